@@ -1,0 +1,1 @@
+# Lumeau node firmware (MicroPython and CPython).

@@ -1,0 +1,1 @@
+"""Lumeau gateway (CPython, asyncio)."""

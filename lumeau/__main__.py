@@ -1,0 +1,3 @@
+from lumeau.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Lumeau host-side simulator."""
