@@ -15,6 +15,6 @@ def test_protocol_bench_prints_its_figures():
     result = json.loads(out)
     for key in ("floor_frames_per_s", "lumeau_frames_per_s", "lumeau_cbor2_frames_per_s"):
         assert result[key] > 0
-    assert result["lumeau_cost_ratio"] == round(result["floor_frames_per_s"] / result["lumeau_frames_per_s"], 2) or \
-        abs(result["lumeau_cost_ratio"] - result["floor_frames_per_s"] / result["lumeau_frames_per_s"]) < 0.02
+    # the ratio is derived from the two rates it reports (both rounded)
+    assert abs(result["lumeau_cost_ratio"] - result["floor_frames_per_s"] / result["lumeau_frames_per_s"]) < 0.02
     assert result["max_frame_bytes"] <= 51
