@@ -53,7 +53,7 @@ class ReplayedFrame(FrameError):
     """Raised by callers that want an exception for a STALE or DUPLICATE verdict."""
 
     def __init__(self, msg, verdict):
-        FrameError.__init__(self, msg)
+        super().__init__(msg)
         self.verdict = verdict
         self.reason = "duplicate" if verdict == DUPLICATE else "replay"
 
