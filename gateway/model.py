@@ -1,0 +1,77 @@
+"""Values that cross module boundaries in the gateway.
+
+Data flows one way: a transport builds a `Reception`; the pipeline turns it
+into a `Record` (or a rejection reason); the store keeps records until the
+upstream answered 2xx. Downlinks travel back as `Downlink` through the
+`DownlinkPath` the reception came with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class DownlinkPath(Protocol):
+    """How to answer a node on the path its uplink came in on.
+
+    Serial and BLE send at once; the Semtech packet forwarder schedules a
+    `txpk` at the uplink's concentrator timestamp plus the receive delay.
+    """
+
+    async def send_downlink(self, frame: bytes, reception: "Reception") -> None: ...
+
+
+@dataclass(slots=True)
+class Reception:
+    """One frame as heard by one radio (or read from one wire)."""
+
+    raw: bytes
+    transport: str  # "serial", "udp", "ble", "inproc"
+    gateway_id: str  # which radio/port/forwarder heard it, e.g. "udp:0102030405060708"
+    rx_time: float  # Unix seconds; the radio's own time when it sends one (the simulator's virtual time)
+    rssi: float | None = None  # dBm
+    snr: float | None = None  # dB
+    freq_hz: int | None = None
+    sf: int | None = None
+    tmst: int | None = None  # concentrator counter, microseconds (Semtech); for downlink timing
+    path: DownlinkPath | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(slots=True)
+class Record:
+    """A verified, decoded uplink, as stored durably and sent upstream."""
+
+    node_id: int
+    counter: int
+    mtype: int
+    kind: str  # "light", "irrigation", "event", "hello", "status", "cmd_ack"
+    rx_time: float
+    body: dict[int, Any]  # the checked body, int keys, air units (lossless)
+    fields: dict[str, dict[str, Any]]  # protocol.expand.expand(): named values with units
+    receptions: int = 1
+    best_rssi: float | None = None
+    best_snr: float | None = None
+    gateway_id: str = ""
+    alarm: bool = False  # an EVENT with severity >= alarm: never evicted when the queue is full
+
+    @property
+    def idempotency_key(self) -> str:
+        """node id + counter: unique per uplink for the life of a root key."""
+        return f"{self.node_id:08x}-{self.counter}"
+
+
+@dataclass(slots=True)
+class Downlink:
+    """A queued downlink for one node."""
+
+    id: int  # store row id
+    node_id: int
+    mtype: int  # COMMAND, CONFIG, TIME (ACKs are made on the fly)
+    body: dict[int, Any]
+    created: float
+    expires: float
+    command_id: int | None = None  # COMMAND only: matched with CMD_ACK
+    attempts: int = 0
+    state: str = "queued"  # queued | sent | acked | expired | failed
+    result: int | None = None
