@@ -9,6 +9,7 @@ Subcommands so far:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Sequence
@@ -104,6 +105,13 @@ def cmd_frame_decode(args: argparse.Namespace) -> int:
     return 0 if "error" not in out else 1
 
 
+# Modules that add their own subcommands: each defines
+# `add_subcommand(subparsers) -> None`, setting `func` on its parser. Imported
+# only when the parser is built, so `lumeau --help` stays the one place that
+# lists every command.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lumeau", description="Lumeau: street lighting and irrigation nodes, "
                                 "gateway and simulator.")
@@ -122,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("hex", help="the frame, hex (spaces or colons allowed)")
     dec.add_argument("--root-key", help="the node's root key, 32 hex digits: verify the MIC and decrypt")
     dec.set_defaults(func=cmd_frame_decode)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_subcommand(sub)
     return p
 
 
