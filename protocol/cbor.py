@@ -22,8 +22,12 @@ Limits and decisions:
   Keys that Python considers equal (1, 1.0, True) count as duplicates.
 - Text must be valid UTF-8 (no overlongs, surrogates, or code points past U+10FFFF),
   checked by hand because MicroPython's str() does not reject those.
+- Floats: NaN payloads are not kept. Half precision is derived by hand from float32 bits,
+  because MicroPython 1.27's struct.pack(">e") is wrong for some half subnormals. On ports
+  built with single-precision floats, decoded doubles lose precision.
 - No streaming: one complete item per call; trailing bytes are an error.
-- On MicroPython ports built with single-precision floats, doubles lose precision.
+
+Errors: CBOREncodeError and CBORDecodeError, both subclasses of CBORError(ValueError).
 """
 
 import struct
@@ -32,8 +36,6 @@ MAX_DEPTH = 32
 
 _U64 = 0xFFFFFFFFFFFFFFFF
 _NAN = b"\xf9\x7e\x00"
-# Tried in order; the first that packs and unpacks to the same value is the shortest.
-_FLOATS = ((">e", 0xF9), (">f", 0xFA))
 
 
 class CBORError(ValueError):
@@ -207,18 +209,49 @@ def _float(buf, x):
     if x != x:
         buf.extend(_NAN)
         return
-    for fmt, ib in _FLOATS:
-        # CPython raises on overflow; MicroPython packs garbage: the unpack check covers both.
-        try:
-            b = struct.pack(fmt, x)
-        except OverflowError:
-            continue
-        if struct.unpack(fmt, b)[0] == x:
-            buf.append(ib)
+    # MicroPython packs out-of-range values as garbage instead of raising: the unpack
+    # comparison is what decides whether single precision is exact.
+    try:
+        b = struct.pack(">f", x)
+    except OverflowError:
+        b = None
+    if b is not None and struct.unpack(">f", b)[0] == x:
+        h = _half_bits(int.from_bytes(b, "big"))
+        if h < 0:
+            buf.append(0xFA)
             buf.extend(b)
-            return
+        else:
+            buf.append(0xF9)
+            buf.extend(h.to_bytes(2, "big"))
+        return
     buf.append(0xFB)
     buf.extend(struct.pack(">d", x))
+
+
+def _half_bits(f):
+    # Half-precision bits of the float32 with bits f, or -1 if not exact. Done by hand:
+    # MicroPython 1.27's struct.pack(">e") mangles subnormals 0x0200..0x03ff.
+    s = (f >> 16) & 0x8000
+    e = (f >> 23) & 0xFF
+    m = f & 0x7FFFFF
+    if e == 0xFF:
+        return s | 0x7C00 if m == 0 else -1
+    if e == 0:
+        # float32 subnormals lie far below the smallest half.
+        return s if m == 0 else -1
+    e -= 127
+    if e > 15 or e < -24:
+        return -1
+    if e >= -14:
+        if m & 0x1FFF:
+            return -1
+        return s | ((e + 15) << 10) | (m >> 13)
+    # Half subnormal: mantissa (with its hidden bit) shifted down, no bit lost.
+    shift = -e - 1
+    m |= 0x800000
+    if m & ((1 << shift) - 1):
+        return -1
+    return s | (m >> shift)
 
 
 # ---------------------------------------------------------------- decoding
