@@ -1,0 +1,283 @@
+"""From bytes heard on the air to a durable record: the gateway's hot path.
+
+For each `Reception` a transport hands over:
+
+1. size: more than a LoRa PHY payload (255 bytes) is `oversized`;
+2. parse the header (protocol.frame.parse): `malformed` if it is not a v1
+   frame, or if it is a downlink (a gateway never accepts its own direction);
+3. look up the node's keys in the registry: `unknown_node`;
+4. verify the MIC (and decrypt): `bad_mic`;
+5. replay window (SPEC §4): below the window is `replay`; a counter already
+   accepted is the same frame heard again (another radio, a retry):
+   `duplicate`, merged into the stored record (receptions counted, the best
+   RSSI kept with the gateway that heard it) -- not a rejection;
+6. decode and check the body (cbor2 for speed, see `decode_body`): `malformed`;
+7. append to the store with the node's new replay window, in one transaction,
+   and await the commit: only then is the frame accepted (and acknowledged,
+   through the downlinks, if it is a confirmed alarm).
+
+The replay window moves in memory before the commit is awaited, so a copy
+arriving meanwhile is already a duplicate; if the commit fails, the counter is
+forgotten again so a later copy can still be stored.
+
+Rejections before a frame exists (bad CRC on a serial line, `stat: -1` from
+a packet forwarder, invalid COBS) are reported by transports with
+`reject(reason, transport)`. Every rejection is counted by (reason,
+transport) and logged through a rate limiter (gateway/logs.py).
+
+Nothing from the air can raise out of `ingest`: an unexpected exception is
+counted as `internal_error`, logged with its traceback (rate limited) and the
+frame dropped. Work per frame is bounded by the 255-byte frame size.
+
+Limits: DEFAULT_MAX_INFLIGHT = 8192 receptions between `submit` and their
+commit (memory stays flat under any load; `submit` waits beyond it, which
+backpressures a serial line and leaves datagrams in the UDP socket buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+import cbor2
+
+from gateway.logs import RateLimiter
+from gateway.model import Reception, Record
+from gateway.store import QueueFull, Store, StoreError, is_alarm
+from protocol import expand, frame
+from protocol import messages as m
+
+log = logging.getLogger("lumeau.gateway.pipeline")
+
+DEFAULT_MAX_INFLIGHT = 8192
+
+# Verdicts of `ingest` that are not rejections.
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+
+# Rejection reasons (stable: they are metric labels).
+OVERSIZED = "oversized"
+MALFORMED = "malformed"
+UNKNOWN_NODE = "unknown_node"
+BAD_MIC = "bad_mic"
+REPLAY = "replay"
+QUEUE_FULL = "queue_full"  # the store's eviction policy dropped it on arrival
+STORE_ERROR = "store_error"  # the commit failed (disk full, I/O error)
+INTERNAL_ERROR = "internal_error"  # a bug: never from valid input, but never a crash either
+BAD_CRC = "bad_crc"  # reported by transports
+REASONS = (OVERSIZED, MALFORMED, UNKNOWN_NODE, BAD_MIC, REPLAY, QUEUE_FULL, STORE_ERROR, INTERNAL_ERROR, BAD_CRC)
+# Transports may report other reasons (e.g. "bad_cobs", "too_long"); they are
+# counted under their own name, which must be a short identifier.
+
+
+class KeyLookup(Protocol):
+    def get(self, node_id: int) -> Any: ...  # an object with `.keys` (protocol.keys.NodeKeys), or None
+
+
+class UplinkObserver(Protocol):
+    """What the pipeline tells the downlink queue (gateway/downlinks.py)."""
+
+    def on_uplink(self, record: Record, reception: Reception) -> None: ...
+
+    def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None: ...
+
+
+def decode_body(mtype: int, plain: bytes) -> dict[int, Any]:
+    """Decode and check a body exactly as protocol.messages.decode would, faster.
+
+    cbor2 (C) decodes; if re-encoding the result canonically gives back the
+    same bytes, the input was deterministic CBOR -- which nodes always send --
+    and both codecs agree on it (tests/test_cbor.py checks that differentially).
+    Anything else (non-canonical encodings, duplicate keys, trailing bytes,
+    tags, errors) is decided by the reference codec, protocol/cbor.py, so the
+    gateway never accepts what the protocol rejects.
+    """
+    try:
+        obj = cbor2.loads(plain)
+        if type(obj) is dict and cbor2.dumps(obj, canonical=True) == plain:
+            return m.validate(mtype, obj)
+    except Exception:  # cbor2 refused it or built something exotic: let the reference decide
+        pass
+    return m.decode(mtype, plain)
+
+
+class Pipeline:
+    def __init__(self, registry: KeyLookup, store: Store, *, downlinks: UplinkObserver | None = None,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, log_limiter: RateLimiter | None = None) -> None:
+        self.registry = registry
+        self.store = store
+        self.downlinks = downlinks
+        self.max_inflight = max_inflight
+        self._windows: dict[int, frame.ReplayWindow] = {}
+        self._inflight: set[asyncio.Task] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._limiter = log_limiter or RateLimiter()
+        # counters (exported by gateway/api.py as Prometheus metrics)
+        self.received: dict[str, int] = {}  # by transport
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected: dict[tuple[str, str], int] = {}  # (reason, transport) -> count
+        self.bad_mic_by_node: dict[int, int] = {}
+
+    # ------------------------------------------------------------ transports call these
+
+    async def ingest(self, rec: Reception) -> str:
+        """Process one reception; returns once it is durably stored (or rejected).
+
+        Returns "accepted", "duplicate" or the rejection reason. Never raises
+        for anything in `rec`.
+        """
+        t = rec.transport
+        self.received[t] = self.received.get(t, 0) + 1
+        try:
+            return await self._ingest(rec)
+        except Exception as e:  # a bug, not the input's fault: count, log, carry on
+            self._count_reject(INTERNAL_ERROR, t)
+            ok, suppressed = self._limiter.allow(INTERNAL_ERROR)
+            if ok:
+                log.error("internal error on a frame: %r", e, exc_info=True,
+                          extra={"reason": INTERNAL_ERROR, "transport": t, "suppressed": suppressed})
+            return INTERNAL_ERROR
+
+    async def submit(self, rec: Reception) -> None:
+        """Start ingesting `rec` and return at once, unless DEFAULT_MAX_INFLIGHT are in flight.
+
+        For transports reading a stream: they must not wait for each commit
+        (that would limit them to one frame per fsync), but they must slow
+        down when the store cannot keep up.
+        """
+        while len(self._inflight) >= self.max_inflight:
+            self._room.clear()
+            await self._room.wait()
+        task = asyncio.get_running_loop().create_task(self.ingest(rec))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        if len(self._inflight) < self.max_inflight:
+            self._room.set()
+
+    def reject(self, reason: str, transport: str, detail: str | None = None, **extra: Any) -> None:
+        """Count (and log, rate limited) a reception dropped before it was a frame."""
+        self.received[transport] = self.received.get(transport, 0) + 1
+        self._reject(reason, transport, detail, extra)
+
+    async def drain(self) -> None:
+        """Wait for every submitted reception to finish."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # ------------------------------------------------------------ node keys changed
+
+    async def reset_node(self, node_id: int) -> None:
+        """Forget the node's counters: it was re-keyed and may restart at 0 (SPEC §2)."""
+        self._windows.pop(node_id, None)
+        await self.store.reset_node(node_id)
+
+    # ------------------------------------------------------------ the steps
+
+    async def _ingest(self, rec: Reception) -> str:
+        raw = rec.raw
+        if len(raw) > frame.MAX_LEN:
+            return self._reject(OVERSIZED, rec.transport, f"{len(raw)} bytes, at most {frame.MAX_LEN}")
+        try:
+            f = frame.parse(raw)
+        except frame.FrameError as e:
+            return self._reject(MALFORMED, rec.transport, str(e))
+        if f.downlink:
+            return self._reject(MALFORMED, rec.transport, f"downlink type {f.mtype} on the uplink path",
+                                {"node": f"{f.node_id:08x}"})
+        node_id = f.node_id
+        entry = self.registry.get(node_id)
+        if entry is None:
+            return self._reject(UNKNOWN_NODE, rec.transport, None, {"node": f"{node_id:08x}"})
+        try:
+            plain = frame.verify(entry.keys, f)
+        except frame.BadMIC:
+            self.bad_mic_by_node[node_id] = self.bad_mic_by_node.get(node_id, 0) + 1
+            return self._reject(BAD_MIC, rec.transport, None, {"node": f"{node_id:08x}", "counter": f.counter})
+        w = self._windows.get(node_id)
+        if w is None:
+            w = self._window(node_id)
+        counter = f.counter
+        verdict = w.check(counter)
+        if verdict == frame.DUPLICATE:
+            return await self._duplicate(node_id, counter, rec)
+        if verdict == frame.STALE:
+            return self._reject(REPLAY, rec.transport, None,
+                                {"node": f"{node_id:08x}", "counter": counter, "top": w.top})
+        mtype = f.mtype
+        try:
+            body = decode_body(mtype, plain)
+        except m.MessageError as e:
+            return self._reject(MALFORMED, rec.transport, str(e), {"node": f"{node_id:08x}", "counter": counter})
+        w.commit(counter)
+        record = Record(node_id=node_id, counter=counter, mtype=mtype, kind=expand.TYPE_NAMES[mtype],
+                        rx_time=rec.rx_time, body=body, fields=expand.expand(mtype, body),
+                        best_rssi=rec.rssi, best_snr=rec.snr, gateway_id=rec.gateway_id,
+                        alarm=is_alarm(mtype, body))
+        try:
+            await self.store.append(record, (node_id, w.top, w.mask))
+        except QueueFull:
+            return self._reject(QUEUE_FULL, rec.transport, None, {"node": f"{node_id:08x}", "counter": counter})
+        except StoreError as e:
+            _forget(w, counter)
+            return self._reject(STORE_ERROR, rec.transport, str(e), {"node": f"{node_id:08x}", "counter": counter})
+        self.accepted += 1
+        if self.downlinks is not None:
+            self.downlinks.on_uplink(record, rec)
+        return ACCEPTED
+
+    def _window(self, node_id: int) -> frame.ReplayWindow:
+        saved = self.store.window(node_id)
+        w = frame.ReplayWindow() if saved is None else frame.ReplayWindow(saved[0], saved[1])
+        self._windows[node_id] = w
+        return w
+
+    async def _duplicate(self, node_id: int, counter: int, rec: Reception) -> str:
+        self.duplicates += 1
+        await self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id)
+        if self.downlinks is not None:
+            self.downlinks.on_duplicate(node_id, counter, rec)
+        return DUPLICATE
+
+    def _count_reject(self, reason: str, transport: str) -> None:
+        k = (reason, transport)
+        self.rejected[k] = self.rejected.get(k, 0) + 1
+
+    def _reject(self, reason: str, transport: str, detail: str | None = None,
+                extra: dict[str, Any] | None = None) -> str:
+        self._count_reject(reason, transport)
+        ok, suppressed = self._limiter.allow(reason)
+        if ok:
+            fields = {"reason": reason, "transport": transport, "suppressed": suppressed}
+            if extra:
+                fields.update(extra)
+            log.info("frame rejected: %s%s", reason, f" ({detail})" if detail else "", extra=fields)
+        return reason
+
+    # ------------------------------------------------------------ figures
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (reason, _t), n in self.rejected.items():
+            out[reason] = out.get(reason, 0) + n
+        return out
+
+
+def _forget(w: frame.ReplayWindow, counter: int) -> None:
+    # The commit of `counter` failed: clear its bit so a copy can still be
+    # stored. `top` may stay raised: later counters are still unseen and a
+    # raised top only rejects what was older than the window anyway.
+    back = w.top - counter
+    if 0 <= back < w.size:
+        w.mask &= ~(1 << back)
+
+

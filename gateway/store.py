@@ -1,0 +1,761 @@
+"""The gateway's one SQLite database: the durable record queue and everything
+that must survive a crash with it.
+
+What it holds (one file, WAL mode, `synchronous=FULL`, so a committed
+transaction survives `kill -9` and power loss):
+
+- `records`: verified uplinks waiting for the upstream (oldest first);
+- `quarantine`: records of batches the upstream refused with a 4xx, kept for
+  inspection, never resent automatically;
+- `windows`: the uplink replay window of every node, written **in the same
+  transaction** as the records it admitted, so after a crash a frame is either
+  stored and known as seen, or neither: exactly once;
+- `downlinks` and `dl_counters`: the downlink queue and the downlink frame
+  counter of every node (a counter is committed before the frame is sent);
+- `nodes`: node state (last seen, radio, firmware, last readings, open alarms),
+  a cache of what the records said, flushed every `STATE_FLUSH_S`;
+- `meta`: lifetime counters (evicted, quarantined).
+
+Group commit: `append` only queues the record; one writer (a dedicated
+thread, so an fsync never blocks the event loop) commits everything queued so
+far in one transaction with one fsync, then wakes every caller of that group.
+While a commit is in flight the next group gathers, so the commit rate adapts
+to the disk: a slow fsync means bigger groups, not fewer frames per second.
+
+Bound and eviction policy, when `max_records` are queued and more arrive:
+1. the oldest routine telemetry (LIGHT, IRRIGATION, STATUS) is deleted first;
+2. then the oldest other records (HELLO, CMD_ACK, events below alarm);
+3. alarms (EVENT with severity >= alarm) are never evicted: an alarm is always
+   stored, even past the bound (they are rare and each matters);
+4. a routine record that finds only alarms in the queue is itself dropped
+   (`append` raises QueueFull).
+Every evicted or dropped record is counted (`evicted_total`, persisted).
+
+Limits (named, all overridable through `Store.open`):
+- DEFAULT_MAX_RECORDS = 1,000,000 records (about 110 bytes each on disk for a
+  LIGHT report: ~110 MB; a Raspberry Pi SD card holds it; an outage of a day
+  for 10,000 nodes reporting every 15 minutes is 960,000 records);
+- DEFAULT_GROUP_MAX = 4096 records per transaction (bounds commit latency);
+- DEFAULT_QUARANTINE_MAX = 100,000 records (oldest dropped beyond, counted);
+- RECENT_MAX = 8192 recently appended records remembered for merging
+  receptions of the same frame heard by several radios;
+- STATE_FLUSH_S = 5 s: node state may be up to this old after a crash
+  (records and replay windows never are).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import cbor2
+
+from gateway.model import Downlink, Record
+from protocol import expand
+from protocol import messages as m
+
+log = logging.getLogger("lumeau.gateway.store")
+
+DEFAULT_MAX_RECORDS = 1_000_000
+DEFAULT_GROUP_MAX = 4096
+DEFAULT_QUARANTINE_MAX = 100_000
+RECENT_MAX = 8192
+STATE_FLUSH_S = 5.0
+RESPONSE_TEXT_MAX = 4096  # bytes of a refusing upstream's answer kept with a quarantined batch
+
+# Eviction classes: lower goes first.
+PRIO_ROUTINE = 0  # LIGHT, IRRIGATION, STATUS
+PRIO_OTHER = 1  # HELLO, CMD_ACK, events below alarm
+PRIO_ALARM = 2  # never evicted
+_ROUTINE = frozenset((m.LIGHT, m.IRRIGATION, m.STATUS))
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    node_id INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    mtype INTEGER NOT NULL,
+    prio INTEGER NOT NULL,
+    rx_time REAL NOT NULL,
+    receptions INTEGER NOT NULL,
+    best_rssi REAL,
+    best_snr REAL,
+    gateway_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    mtype INTEGER NOT NULL,
+    prio INTEGER NOT NULL,
+    rx_time REAL NOT NULL,
+    receptions INTEGER NOT NULL,
+    best_rssi REAL,
+    best_snr REAL,
+    gateway_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine_batches (
+    batch INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    status INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    records INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS windows (
+    node_id INTEGER PRIMARY KEY,
+    top INTEGER NOT NULL,
+    mask INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dl_counters (
+    node_id INTEGER PRIMARY KEY,
+    counter INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS downlinks (
+    id INTEGER PRIMARY KEY,
+    node_id INTEGER NOT NULL,
+    mtype INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    command_id INTEGER,
+    attempts INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    result INTEGER,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS downlinks_node_state ON downlinks (node_id, state);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+_RECORD_COLS = "seq, node_id, counter, mtype, prio, rx_time, receptions, best_rssi, best_snr, gateway_id, body"
+_INSERT_RECORD = f"INSERT INTO records ({_RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_WINDOW = ("INSERT INTO windows (node_id, top, mask) VALUES (?,?,?) "
+                  "ON CONFLICT (node_id) DO UPDATE SET top = excluded.top, mask = excluded.mask")
+_UPDATE_RECEPTION = "UPDATE records SET receptions = ?, best_rssi = ?, best_snr = ?, gateway_id = ? WHERE seq = ?"
+_DL_COLS = "id, node_id, mtype, body, created, expires, command_id, attempts, state, result, updated"
+
+DOWNLINK_OPEN_STATES = ("queued", "sent")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; nothing was half done."""
+
+
+class StoreClosed(StoreError):
+    pass
+
+
+class QueueFull(StoreError):
+    """A routine record dropped on arrival: the queue is full of alarms (see the policy above)."""
+
+
+def priority(record: Record) -> int:
+    if record.alarm:
+        return PRIO_ALARM
+    return PRIO_ROUTINE if record.mtype in _ROUTINE else PRIO_OTHER
+
+
+def is_alarm(mtype: int, body: dict[int, Any]) -> bool:
+    """An EVENT the node sends confirmed (SPEC §6): severity alarm or critical."""
+    return mtype == m.EVENT and body.get(1, 0) >= m.SEV_ALARM
+
+
+def _record_from_row(row: tuple) -> tuple[int, Record]:
+    seq, node_id, counter, mtype, prio, rx_time, receptions, rssi, snr, gw, body = row
+    b = cbor2.loads(body)
+    return seq, Record(node_id=node_id, counter=counter, mtype=mtype, kind=expand.TYPE_NAMES[mtype],
+                       rx_time=rx_time, body=b, fields=expand.expand(mtype, b), receptions=receptions,
+                       best_rssi=rssi, best_snr=snr, gateway_id=gw, alarm=prio == PRIO_ALARM)
+
+
+def _downlink_from_row(row: tuple) -> Downlink:
+    id_, node_id, mtype, body, created, expires, command_id, attempts, state, result, _updated = row
+    return Downlink(id=id_, node_id=node_id, mtype=mtype, body=cbor2.loads(body), created=created,
+                    expires=expires, command_id=command_id, attempts=attempts, state=state, result=result)
+
+
+class _Recent:
+    """A queued record, remembered so later receptions of its frame can be merged into it."""
+
+    __slots__ = ("seq", "record", "taken")
+
+    def __init__(self, seq: int, record: Record) -> None:
+        self.seq = seq
+        self.record = record
+        self.taken = False  # handed to the writer: later changes need an UPDATE
+
+
+class Store:
+    """Open with `await Store.open(path)`; close with `await store.close()`.
+
+    Mutations are coroutines that return once committed. Reads are plain
+    methods on a second connection (WAL readers never wait for the writer)
+    and see every transaction whose coroutine has returned.
+    """
+
+    def __init__(self, path: Path, max_records: int, group_max: int, quarantine_max: int,
+                 state_flush_s: float) -> None:
+        self.path = Path(path)
+        self.max_records = max_records
+        self.group_max = group_max
+        self.quarantine_max = quarantine_max
+        self.state_flush_s = state_flush_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumeau-store")
+        self._w: sqlite3.Connection | None = None  # used only in the pool's thread
+        self._r: sqlite3.Connection | None = None  # used only on the event loop's thread
+        self._appends: list[tuple[int, Record, tuple[int, int, int] | None, asyncio.Future]] = []
+        self._updates: dict[int, _Recent] = {}
+        self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
+        self._closed = False
+        self._next_seq = 1
+        self._next_dl_id = 1
+        self._count = 0  # records queued (maintained by the writer thread)
+        self._recent: dict[tuple[int, int], _Recent] = {}
+        self._windows: dict[int, tuple[int, int]] = {}
+        self._states: dict[int, dict[str, Any]] = {}
+        self._dirty: set[int] = set()
+        # lifetime counters (persisted in meta), plus this process's commit figures
+        self.evicted_total = 0
+        self.quarantined_total = 0
+        self.commits = 0
+        self.committed_records = 0
+        self.commit_seconds = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(cls, path: str | Path, *, max_records: int = DEFAULT_MAX_RECORDS,
+                   group_max: int = DEFAULT_GROUP_MAX, quarantine_max: int = DEFAULT_QUARANTINE_MAX,
+                   state_flush_s: float = STATE_FLUSH_S) -> "Store":
+        if max_records < 1 or group_max < 1 or quarantine_max < 0:
+            raise ValueError("store limits must be positive")
+        self = cls(Path(path), max_records, group_max, quarantine_max, state_flush_s)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._pool, self._open_writer)
+        except sqlite3.Error as e:
+            self._pool.shutdown(wait=False)
+            raise StoreError(f"{path}: cannot open the database: {e}") from e
+        self._r = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._r.execute("PRAGMA query_only = 1")
+        self._load()
+        self._writer = asyncio.create_task(self._run_writer(), name="lumeau-store-writer")
+        if state_flush_s > 0:
+            self._flusher = asyncio.create_task(self._run_flusher(), name="lumeau-store-state")
+        return self
+
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL needed")
+        c.execute("PRAGMA synchronous = FULL")
+        c.executescript(_SCHEMA)
+        self._count = c.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        self._w = c
+
+    def _load(self) -> None:
+        r = self._r
+        assert r is not None
+        top = r.execute("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM records "
+                        "UNION ALL SELECT MAX(seq) FROM quarantine)").fetchone()[0]
+        self._next_seq = (top or 0) + 1
+        self._next_dl_id = (r.execute("SELECT MAX(id) FROM downlinks").fetchone()[0] or 0) + 1
+        self._windows = {n: (t, k) for n, t, k in r.execute("SELECT node_id, top, mask FROM windows")}
+        self._states = {n: json.loads(s) for n, s in r.execute("SELECT node_id, state FROM nodes")}
+        meta = dict(r.execute("SELECT name, value FROM meta"))
+        self.evicted_total = meta.get("evicted", 0)
+        self.quarantined_total = meta.get("quarantined", 0)
+
+    async def close(self) -> None:
+        """Commit everything queued, flush node state, close the database."""
+        if self._closed:
+            return
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._dirty:
+            try:
+                await self._submit(self._state_writer())
+            except StoreError as e:
+                log.warning("node state not flushed at close: %s", e)
+        self._closed = True
+        await self.drain()
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._close_writer)
+        self._pool.shutdown(wait=True)
+        if self._r is not None:
+            self._r.close()
+            self._r = None
+
+    def _close_writer(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        while self._appends or self._ops or self._updates or not self._idle.is_set():
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    # ------------------------------------------------------------ records
+
+    async def append(self, record: Record, window: tuple[int, int, int] | None = None) -> int:
+        """Store a verified record durably; return its sequence number once committed.
+
+        `window` is the node's replay window after admitting this record,
+        `(node_id, top, mask)`; it is persisted in the same transaction. Raises
+        QueueFull if the eviction policy dropped this record on arrival, and
+        StoreError if the transaction failed (nothing of it was stored).
+        """
+        if self._closed:
+            raise StoreClosed("store is closed")
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        fut = asyncio.get_running_loop().create_future()
+        self._appends.append((seq, record, window, fut))
+        recent = self._recent
+        if len(recent) >= RECENT_MAX:
+            del recent[next(iter(recent))]
+        recent[(record.node_id, record.counter)] = _Recent(seq, record)
+        if window is not None:
+            self._windows[window[0]] = (window[1], window[2])
+        self._note_state(record)
+        self._wake.set()
+        return await fut
+
+    async def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None,
+                            gateway_id: str) -> bool:
+        """Merge another radio's reception of a stored frame: count it, keep the best RSSI.
+
+        Returns False when the frame is no longer remembered (older than the
+        last RECENT_MAX appends): the copy is then only counted by the caller.
+        """
+        entry = self._recent.get((node_id, counter))
+        if entry is None:
+            return False
+        rec = entry.record
+        rec.receptions += 1
+        if rssi is not None and (rec.best_rssi is None or rssi > rec.best_rssi):
+            rec.best_rssi = rssi
+            rec.best_snr = snr
+            rec.gateway_id = gateway_id
+        if entry.taken:  # already written: rewrite its reception fields in the next group
+            self._updates[entry.seq] = entry
+            self._wake.set()
+        return True
+
+    def next_batch(self, max_records: int, after: int = 0) -> list[tuple[int, Record]]:
+        """The oldest queued records (seq > after), in arrival order: per-node order is kept."""
+        assert self._r is not None
+        rows = self._r.execute(f"SELECT {_RECORD_COLS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                               (after, max_records)).fetchall()
+        out = []
+        recent = self._recent
+        for row in rows:
+            entry = recent.get((row[1], row[2]))
+            if entry is not None and entry.seq == row[0]:
+                out.append((entry.seq, entry.record))  # already decoded and expanded
+            else:
+                out.append(_record_from_row(row))
+        return out
+
+    async def delete(self, seqs: Iterable[int]) -> int:
+        """Remove records the upstream answered 2xx for; returns how many were still queued."""
+        rows = [(s,) for s in seqs]
+
+        def op(c: sqlite3.Connection) -> int:
+            before = c.total_changes
+            c.executemany("DELETE FROM records WHERE seq = ?", rows)
+            n = c.total_changes - before
+            self._count -= n
+            return n
+
+        return await self._submit(op)
+
+    async def quarantine(self, seqs: Iterable[int], status: int, response_text: str) -> int:
+        """Move the records of a refused batch (4xx) to the quarantine; returns the batch id."""
+        seqs = list(seqs)
+        text = response_text.encode("utf-8", "replace")[:RESPONSE_TEXT_MAX].decode("utf-8", "ignore")
+
+        def op(c: sqlite3.Connection) -> int:
+            batch = (c.execute("SELECT MAX(batch) FROM quarantine_batches").fetchone()[0] or 0) + 1
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS q_seqs (seq INTEGER PRIMARY KEY)")
+            c.execute("DELETE FROM q_seqs")
+            c.executemany("INSERT OR IGNORE INTO q_seqs VALUES (?)", [(s,) for s in seqs])
+            cols = _RECORD_COLS.replace("seq, ", "")
+            moved = c.execute(f"INSERT INTO quarantine (seq, batch, {cols}) SELECT seq, ?, {cols} FROM records "
+                              "WHERE seq IN (SELECT seq FROM q_seqs)", (batch,)).rowcount
+            c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM q_seqs)")
+            c.execute("INSERT INTO quarantine_batches VALUES (?,?,?,?,?)", (batch, time.time(), status, text, moved))
+            self._count -= moved
+            self._bump(c, "quarantined", moved)
+            over = c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] - self.quarantine_max
+            if over > 0:
+                c.execute("DELETE FROM quarantine WHERE seq IN (SELECT seq FROM quarantine ORDER BY seq LIMIT ?)",
+                          (over,))
+                c.execute("DELETE FROM quarantine_batches WHERE batch NOT IN (SELECT DISTINCT batch FROM quarantine)")
+                self._bump(c, "quarantine_dropped", over)
+            return batch
+
+        batch = await self._submit(op)
+        self.quarantined_total += len(seqs)
+        for s in seqs:  # a quarantined record no longer takes reception updates
+            self._updates.pop(s, None)
+        return batch
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent quarantined batches, newest first, with their records."""
+        assert self._r is not None
+        out = []
+        for batch, t, status, response, n in self._r.execute(
+                "SELECT batch, time, status, response, records FROM quarantine_batches "
+                "ORDER BY batch DESC LIMIT ?", (limit,)).fetchall():
+            cols = _RECORD_COLS
+            recs = [_record_from_row(row) for row in self._r.execute(
+                f"SELECT {cols} FROM quarantine WHERE batch = ? ORDER BY seq", (batch,))]
+            out.append({"batch": batch, "time": t, "status": status, "response": response, "count": n,
+                        "records": recs})
+        return out
+
+    def quarantine_count(self) -> int:
+        assert self._r is not None
+        return self._r.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+
+    def count(self) -> int:
+        """Records queued and committed (appends still in flight not included)."""
+        return self._count
+
+    def size_bytes(self) -> int:
+        """Size of the database and its write-ahead log on disk."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def oldest_rx_time(self) -> float | None:
+        """Receive time of the oldest queued record: the upstream lag is now minus this."""
+        assert self._r is not None
+        row = self._r.execute("SELECT rx_time FROM records ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------ replay windows
+
+    def window(self, node_id: int) -> tuple[int, int] | None:
+        """(top, mask) of the node's uplink replay window, or None for a node never heard."""
+        return self._windows.get(node_id)
+
+    def windows(self) -> dict[int, tuple[int, int]]:
+        return dict(self._windows)
+
+    async def reset_node(self, node_id: int) -> None:
+        """Forget a node's counters (replay window, downlink counter): after it was re-keyed.
+
+        SPEC §2: a new root key may restart the counters at 0.
+        """
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM windows WHERE node_id = ?", (node_id,))
+            c.execute("DELETE FROM dl_counters WHERE node_id = ?", (node_id,))
+
+        self._windows.pop(node_id, None)
+        for key in [k for k in self._recent if k[0] == node_id]:
+            del self._recent[key]
+        await self._submit(op)
+
+    # ------------------------------------------------------------ node state
+
+    def _note_state(self, rec: Record) -> None:
+        st = self._states.get(rec.node_id)
+        if st is None:
+            st = self._states[rec.node_id] = {"readings": {}, "open_alarms": {}}
+        if rec.rx_time >= st.get("last_seen", 0):
+            st["last_seen"] = rec.rx_time
+            st["rssi"] = rec.best_rssi
+            st["snr"] = rec.best_snr
+            st["gateway_id"] = rec.gateway_id
+            st["last_counter"] = rec.counter
+        if rec.mtype == m.HELLO:
+            st["firmware"] = rec.body.get(0)
+            st["hello"] = rec.fields
+        elif rec.mtype == m.EVENT:
+            active = rec.body.get(4)
+            if active is not None:
+                key = f"{rec.body[0]}:{rec.body.get(5, 0)}"
+                if active:
+                    st["open_alarms"][key] = {"fields": rec.fields, "since": rec.rx_time, "counter": rec.counter}
+                else:
+                    st["open_alarms"].pop(key, None)
+        else:
+            st["readings"][rec.kind] = {"fields": rec.fields, "rx_time": rec.rx_time}
+        self._dirty.add(rec.node_id)
+
+    def node_state(self, node_id: int) -> dict[str, Any] | None:
+        st = self._states.get(node_id)
+        return json.loads(json.dumps(st)) if st is not None else None
+
+    def node_ids(self) -> list[int]:
+        return list(self._states)
+
+    def _state_writer(self) -> Callable[[sqlite3.Connection], None]:
+        rows = [(n, json.dumps(self._states[n], separators=(",", ":"))) for n in self._dirty]
+        self._dirty = set()
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT INTO nodes (node_id, state) VALUES (?, ?) "
+                          "ON CONFLICT (node_id) DO UPDATE SET state = excluded.state", rows)
+
+        return op
+
+    async def flush_state(self) -> None:
+        if self._dirty:
+            await self._submit(self._state_writer())
+
+    async def _run_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.state_flush_s)
+            try:
+                await self.flush_state()
+            except StoreError as e:
+                log.warning("node state flush failed: %s", e)
+
+    # ------------------------------------------------------------ downlinks
+
+    async def add_downlink(self, node_id: int, mtype: int, body: dict[int, Any], expires: float,
+                           command_id: int | None = None, now: float | None = None) -> Downlink:
+        """Queue a downlink; a COMMAND without an id gets its row id as command id."""
+        now = time.time() if now is None else now
+        id_ = self._next_dl_id
+        self._next_dl_id += 1
+        if mtype == m.COMMAND and command_id is None:
+            command_id = id_ & 0xFFFFFFFF
+            body = dict(body)
+            body[0] = command_id
+        dl = Downlink(id=id_, node_id=node_id, mtype=mtype, body=body, created=now, expires=expires,
+                      command_id=command_id)
+        row = (id_, node_id, mtype, cbor2.dumps(body, canonical=True), now, expires, command_id, 0, "queued",
+               None, now)
+        await self._submit(lambda c: c.execute(f"INSERT INTO downlinks ({_DL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                                               row))
+        return dl
+
+    async def update_downlink(self, dl: Downlink, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        row = (dl.attempts, dl.state, dl.result, now, dl.id)
+        await self._submit(lambda c: c.execute(
+            "UPDATE downlinks SET attempts = ?, state = ?, result = ?, updated = ? WHERE id = ?", row))
+
+    def downlink(self, id_: int) -> Downlink | None:
+        assert self._r is not None
+        row = self._r.execute(f"SELECT {_DL_COLS} FROM downlinks WHERE id = ?", (id_,)).fetchone()
+        return _downlink_from_row(row) if row else None
+
+    def downlinks(self, node_id: int | None = None, states: Iterable[str] | None = None,
+                  limit: int = 1000) -> list[Downlink]:
+        """Downlinks oldest first, optionally of one node and in some states."""
+        assert self._r is not None
+        where, args = [], []
+        if node_id is not None:
+            where.append("node_id = ?")
+            args.append(node_id)
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        sql = f"SELECT {_DL_COLS} FROM downlinks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [_downlink_from_row(r) for r in self._r.execute(sql, args)]
+
+    def downlink_counts(self) -> dict[str, int]:
+        assert self._r is not None
+        return dict(self._r.execute("SELECT state, COUNT(*) FROM downlinks GROUP BY state").fetchall())
+
+    async def next_downlink_counter(self, node_id: int) -> int:
+        """The next downlink frame counter of a node, committed before it is returned.
+
+        A crash after this returns skips a counter, never reuses one.
+        """
+        def op(c: sqlite3.Connection) -> int:
+            row = c.execute("INSERT INTO dl_counters (node_id, counter) VALUES (?, 0) "
+                            "ON CONFLICT (node_id) DO UPDATE SET counter = counter + 1 RETURNING counter",
+                            (node_id,)).fetchone()
+            if row[0] > 0xFFFFFFFF:
+                raise StoreError(f"node {node_id:08x}: downlink counter exhausted, the node must be re-keyed")
+            return row[0]
+
+        return await self._submit(op)
+
+    # ------------------------------------------------------------ the writer
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn(connection)` inside the next group's transaction (in a savepoint of its own)."""
+        if self._closed:
+            raise StoreClosed("store is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._ops.append((fn, fut))
+        self._wake.set()
+        return await fut
+
+    def _bump(self, c: sqlite3.Connection, name: str, n: int) -> None:
+        c.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
+                  "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, n))
+
+    async def _run_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not (self._appends or self._ops or self._updates):
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._idle.clear()
+            appends = self._appends[:self.group_max]
+            del self._appends[:self.group_max]
+            ops, self._ops = self._ops, []
+            updates, self._updates = self._updates, {}
+            # Rows are built here, on the loop's thread, so records can change
+            # (receptions) while the writer thread works on copies.
+            rows = []
+            windows = {}
+            recent = self._recent
+            for seq, r, w, _f in appends:
+                rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
+                             r.best_rssi, r.best_snr, r.gateway_id, cbor2.dumps(r.body)))
+                if w is not None:
+                    windows[w[0]] = (w[1], w[2], w[0])
+                e = recent.get((r.node_id, r.counter))
+                if e is not None and e.seq == seq:
+                    e.taken = True
+            upd = [(e.record.receptions, e.record.best_rssi, e.record.best_snr, e.record.gateway_id, s)
+                   for s, e in updates.items()]
+            t0 = time.perf_counter()
+            try:
+                dropped, results = await loop.run_in_executor(
+                    self._pool, self._commit, rows, list(windows.values()), upd, [fn for fn, _ in ops])
+            except BaseException as e:  # the whole group failed: nothing of it is stored
+                err = e if isinstance(e, StoreError) else StoreError(f"commit failed: {e!r}")
+                for _s, _r, _w, f in appends:
+                    if not f.done():
+                        f.set_exception(err)
+                for _fn, f in ops:
+                    if not f.done():
+                        f.set_exception(err)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                log.error("store commit failed: %r", e)
+                continue
+            self.commits += 1
+            self.committed_records += len(rows) - len(dropped)
+            self.commit_seconds += time.perf_counter() - t0
+            for seq, _r, _w, f in appends:
+                if f.done():
+                    continue
+                if seq in dropped:
+                    f.set_exception(QueueFull("queue full of alarms: routine record dropped"))
+                else:
+                    f.set_result(seq)
+            for (_fn, f), (ok, value) in zip(ops, results):
+                if f.done():
+                    continue
+                if ok:
+                    f.set_result(value)
+                else:
+                    f.set_exception(value if isinstance(value, StoreError) else StoreError(str(value)))
+
+    def _commit(self, rows: list[tuple], windows: list[tuple], updates: list[tuple],
+                ops: list[Callable[[sqlite3.Connection], Any]]) -> tuple[set[int], list[tuple[bool, Any]]]:
+        c = self._w
+        assert c is not None
+        count = self._count
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            dropped: set[int] = set()
+            if rows:
+                dropped = self._make_room(c, rows)
+                if dropped:
+                    rows = [r for r in rows if r[0] not in dropped]
+                c.executemany(_INSERT_RECORD, rows)
+                self._count += len(rows)
+            if windows:
+                c.executemany(_UPSERT_WINDOW, [(n, t, k) for t, k, n in windows])
+            if updates:
+                c.executemany(_UPDATE_RECEPTION, updates)
+            results: list[tuple[bool, Any]] = []
+            for fn in ops:
+                c.execute("SAVEPOINT op")
+                try:
+                    results.append((True, fn(c)))
+                    c.execute("RELEASE op")
+                except Exception as e:  # one failing operation fails alone
+                    c.execute("ROLLBACK TO op")
+                    c.execute("RELEASE op")
+                    results.append((False, e))
+            c.execute("COMMIT")
+        except BaseException:
+            self._count = count
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return dropped, results
+
+    def _make_room(self, c: sqlite3.Connection, rows: list[tuple]) -> set[int]:
+        excess = self._count + len(rows) - self.max_records
+        if excess <= 0:
+            return set()
+        evicted = 0
+        for prio in (PRIO_ROUTINE, PRIO_OTHER):
+            if excess - evicted <= 0:
+                break
+            n = c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE prio = ? "
+                          "ORDER BY seq LIMIT ?)", (prio, excess - evicted)).rowcount
+            evicted += n
+        self._count -= evicted
+        dropped: set[int] = set()
+        left = excess - evicted
+        if left > 0:  # only alarms are queued: drop arriving non-alarms, lowest class and oldest first
+            for prio in (PRIO_ROUTINE, PRIO_OTHER):
+                for r in rows:
+                    if left <= 0:
+                        break
+                    if r[4] == prio:
+                        dropped.add(r[0])
+                        left -= 1
+        if evicted or dropped:
+            self._bump(c, "evicted", evicted + len(dropped))
+            self.evicted_total += evicted + len(dropped)
+            log.warning("queue full (%d records): evicted %d queued and dropped %d arriving records",
+                        self.max_records, evicted, len(dropped))
+        return dropped
