@@ -1,0 +1,397 @@
+# Simulated HAL and a portable virtual clock, for tests and the simulator.
+#
+# Runs unchanged on CPython and MicroPython. Nothing here touches hardware:
+# inputs are values (or callables) set by the test or the simulated world,
+# outputs are recorded, storage is a dict (or a directory), time comes from a
+# clock object that many SimHALs can share.
+#
+# Clocks (both have the same small interface, so test code is portable):
+#
+#   clock.ms()             virtual milliseconds since the clock started (int)
+#   clock.unix0            Unix time (s) of the world at clock.ms() == 0
+#   clock.unix()           the world's true Unix time now (int s)
+#   await clock.sleep_ms(n)  what SimHAL.sleep_ms uses
+#   await clock.run_for(n)   let every task run for n virtual ms, then return
+#
+# - firmware.virtual_loop.VirtualClock (CPython only): the clock of an asyncio
+#   loop whose time is virtual (firmware.virtual_loop.run / new_loop). Every
+#   asyncio timer (asyncio.sleep, wait_for timeouts, the gateway's own timers
+#   when it runs in the same loop) is then virtual. Use it on CPython.
+# - StepClock (here, portable): a clock that advances itself. Sleepers wait on
+#   an asyncio.Event kept in a heap by wake time; `run_for` lets every ready
+#   task run until none is left (it inspects asyncio's run queue), then wakes
+#   the earliest sleeper and jumps the time to it. Use it under MicroPython
+#   (the WebAssembly port has asyncio, but its timers are the JS event loop's,
+#   which cannot be made virtual). Only sleeps through the clock are virtual:
+#   an asyncio.sleep / wait_for elsewhere still takes real time there.
+#
+# Measured (CPython 3.11, 2 cores): a task waking every virtual second for
+# one day (86,400 wakes) costs 0.47 s on the virtual loop and 0.45 s on the
+# StepClock (5.4 and 5.2 us per wake; 4.0 and 2.8 us per wake with 100 tasks
+# on a shared clock). The virtual loop is chosen on CPython because it is as
+# fast and correct for ALL asyncio code, not just for clock sleeps. In the
+# MicroPython WebAssembly port the StepClock costs about 24 us per wake when
+# driven from a task (run_for does that itself: awaiting from the top-level
+# coroutine instead bounces through JS setTimeout, about 1 ms per step).
+#
+# Typical test (the same code under both clocks):
+#
+#   clock = StepClock(unix0=1782000000)          # or VirtualClock on CPython
+#   hal = SimHAL(clock, time_known=True)
+#   hal.set_adc("ambient", 20)                   # a value ...
+#   hal.set_adc("lamp_current", lambda: hal.pwm.get("lamp", 0) // 2)  # ... or a callable
+#   app = Lighting(cfg, hal, node)
+#   task = asyncio.create_task(app.run())
+#   await clock.run_for(24 * 3600 * 1000)        # a simulated day
+#   assert hal.pwm["lamp"] == ...; hal.history   # [(ticks_ms, name, value), ...]
+#
+# Reboot: build a new SimHAL on the same clock with the old one's `storage`
+# dict (and reset_cause=...); the old node's tasks are cancelled by the test.
+
+import asyncio
+
+from firmware.hal import HAL
+from protocol import messages as _m
+
+try:
+    import heapq
+except ImportError:  # some MicroPython builds name it uheapq
+    import uheapq as heapq
+
+DEFAULT_UNIX0 = 1767225600  # 2026-01-01T00:00:00Z: a fixed, documented epoch
+HISTORY_MAX = 20000  # output changes kept in SimHAL.history (oldest half dropped beyond)
+SETTLE_MAX = 100000  # run-queue yields per step before StepClock gives up (a busy loop)
+
+
+class SimReset(BaseException):
+    """Raised by SimHAL.reset(): unwinds the node like a board reset would.
+
+    A BaseException so an app supervisor catching Exception does not swallow it.
+    """
+
+    def __init__(self, cause):
+        super().__init__("simulated reset, cause %d" % cause)
+        self.cause = cause
+
+
+# -- the portable virtual clock ----------------------------------------------
+
+
+def _run_queue():
+    # MicroPython's asyncio keeps runnable and sleeping tasks in one pairing
+    # heap, asyncio.core._task_queue, keyed by wake tick. CPython: loop._ready.
+    core = getattr(asyncio, "core", None)
+    q = getattr(core, "_task_queue", None) if core is not None else None
+    if q is not None:
+        return q, None
+    try:
+        loop = asyncio.get_running_loop()
+    except AttributeError:
+        loop = asyncio.get_event_loop()
+    return None, loop
+
+
+def _runnable(q, loop):
+    if q is not None:
+        t = q.peek()
+        if t is None:
+            return False
+        # a task keyed in the future sleeps in real time (not through the clock)
+        return asyncio.ticks_diff(t.ph_key, asyncio.ticks()) <= 0
+    return bool(getattr(loop, "_ready", None))
+
+
+async def _yield():
+    if hasattr(asyncio, "sleep_ms"):
+        await asyncio.sleep_ms(0)
+    else:
+        await asyncio.sleep(0)
+
+
+class StepClock:
+    """A virtual clock that advances itself when every task is waiting on it.
+
+    Portable (MicroPython and CPython). Time only moves inside run_for /
+    run_until; between them it stands still. Many SimHALs may share one.
+    """
+
+    def __init__(self, unix0=DEFAULT_UNIX0):
+        self.unix0 = unix0
+        self._ms = 0
+        self._heap = []
+        self._seq = 0
+        self.steps = 0  # wake-ups delivered, for benchmarks
+
+    def ms(self):
+        return self._ms
+
+    def unix(self):
+        return self.unix0 + self._ms // 1000
+
+    async def sleep_ms(self, ms):
+        if ms <= 0:
+            await _yield()
+            return
+        ev = asyncio.Event()
+        self._seq += 1
+        heapq.heappush(self._heap, (self._ms + int(ms), self._seq, ev))
+        await ev.wait()
+
+    async def run_for(self, ms):
+        await self.run_until(self._ms + int(ms))
+
+    async def run_until(self, end_ms):
+        # Driven from a task of its own: in the WebAssembly port the top-level
+        # coroutine yields through JS setTimeout (about 1 ms per yield).
+        await asyncio.create_task(self._drive(end_ms))
+
+    async def settle(self):
+        """Yield until no task is runnable (all wait on the clock or on events)."""
+        q, loop = _run_queue()
+        n = 0
+        while True:
+            await _yield()
+            if not _runnable(q, loop):
+                return
+            n += 1
+            if n > SETTLE_MAX:
+                raise RuntimeError("StepClock: a task never waits (busy loop?)")
+
+    async def _drive(self, end_ms):
+        heap = self._heap
+        while True:
+            await self.settle()
+            if not heap or heap[0][0] > end_ms:
+                break
+            when = heap[0][0]
+            self._ms = when
+            # wake everything due at this instant, in the order it went to sleep
+            while heap and heap[0][0] == when:
+                heapq.heappop(heap)[2].set()
+                self.steps += 1
+        if end_ms > self._ms:
+            self._ms = end_ms
+
+
+# -- the simulated HAL --------------------------------------------------------
+
+
+class SimHAL(HAL):
+    """firmware.hal.HAL in software: settable inputs, observable outputs.
+
+    clock          a StepClock or a virtual_loop.VirtualClock (shared by many nodes)
+    storage        dict key -> bytes; pass the previous node's dict to "reboot"
+    storage_dir    optional directory instead: one file per key, atomic rename
+    reset_cause    what reset_cause() answers (protocol.messages.RST_*)
+    time_known     the wall clock is valid from boot (an RTC kept it); else
+                   time() is None until set_time()
+    drift_ppm      local oscillator error: ticks and wall time run fast (+) or slow
+    heap_free      what free_heap() answers (the WebAssembly port's gc.mem_free
+                   is meaningless, and CPython has none)
+
+    Inputs (each takes a value or a callable evaluated at read time, so a
+    world model can tie, say, lamp current to the PWM output):
+      set_pin(name, v), set_adc(name, mv), set_pulses(name, count),
+      set_pulse_rate(name, per_s)  (a counter integrated on virtual time)
+    Outputs: `pins` and `pwm` dicts (last value), `history` list of
+      (ticks_ms, name, value) on every change, `on_output(name, value)` hook.
+    Storage: `writes` counts saves per key; `fail_saves = n` makes the next n
+      saves raise OSError (storage fault injection).
+    Watchdog: started by wdt_start; if not fed within its timeout (virtual
+      time) it bites: `wdt_bites` counts, `bitten_at` holds ticks_ms, and
+      `on_reset(RST_WATCHDOG)` is called if set (the simulator reboots the node).
+    reset(): counts `resets`, calls on_reset(RST_SOFT) if set, raises SimReset.
+    """
+
+    def __init__(self, clock, storage=None, storage_dir=None, reset_cause=_m.RST_POWER_ON,
+                 time_known=False, drift_ppm=0, heap_free=100000):
+        self.clock = clock
+        self.storage = {} if storage is None else storage
+        self.storage_dir = storage_dir
+        self._reset_cause = reset_cause
+        self.drift_ppm = drift_ppm
+        self.heap_free = heap_free
+        self._boot_ms = clock.ms()
+        # wall clock as an offset from ticks_ms: unix ms = ticks + offset
+        self._wall_offset = None
+        if time_known:
+            self._wall_offset = clock.unix0 * 1000 + self._boot_ms
+        self._inputs = {}
+        self._rates = {}  # name -> [per_s, count at mark, ms at mark]
+        self.pins = {}
+        self.pwm = {}
+        self.history = []
+        self.on_output = None
+        self.on_reset = None
+        self.writes = {}
+        self.fail_saves = 0
+        self.wdt_timeout = None
+        self.wdt_feeds = 0
+        self._wdt_last = 0
+        self._wdt_task = None
+        self.wdt_bites = 0
+        self.bitten_at = None
+        self.resets = 0
+        self.time_sets = 0
+
+    # -- time ---------------------------------------------------------------
+
+    def ticks_ms(self):
+        ms = self.clock.ms() - self._boot_ms
+        if self.drift_ppm:
+            ms += ms * self.drift_ppm // 1000000
+        return ms
+
+    def time(self):
+        if self._wall_offset is None:
+            return None
+        return (self.ticks_ms() + self._wall_offset) // 1000
+
+    def set_time(self, unix_s, ms=0):
+        self._wall_offset = unix_s * 1000 + ms - self.ticks_ms()
+        self.time_sets += 1
+
+    def lose_time(self):
+        """Forget the wall clock (RTC lost power): time() is None until set_time."""
+        self._wall_offset = None
+
+    def sleep_ms(self, ms):
+        if self.drift_ppm:
+            ms = ms * 1000000 // (1000000 + self.drift_ppm)
+        return self.clock.sleep_ms(ms)
+
+    # -- inputs (set by tests / the world) -------------------------------------
+
+    def set_pin(self, name, value):
+        self._inputs[name] = value
+
+    def set_adc(self, name, mv):
+        self._inputs[name] = mv
+
+    def set_pulses(self, name, count):
+        self._rates.pop(name, None)
+        self._inputs[name] = count
+
+    def set_pulse_rate(self, name, per_s):
+        """Make counter `name` count `per_s` pulses per second of virtual time."""
+        count = self.pulses(name)
+        self._rates[name] = [per_s, count, self.clock.ms()]
+
+    def _input(self, name):
+        v = self._inputs.get(name, 0)
+        return v() if callable(v) else v
+
+    # -- HAL I/O ----------------------------------------------------------------
+
+    def pin_read(self, name):
+        return 1 if self._input(name) else 0
+
+    def adc_read_mv(self, name):
+        return int(self._input(name))
+
+    def pulses(self, name):
+        r = self._rates.get(name)
+        if r is None:
+            return int(self._input(name))
+        return r[1] + int(r[0] * (self.clock.ms() - r[2]) // 1000)
+
+    def _out(self, table, name, value):
+        if table.get(name) == value:
+            return
+        table[name] = value
+        h = self.history
+        h.append((self.ticks_ms(), name, value))
+        if len(h) > HISTORY_MAX:
+            del h[:HISTORY_MAX // 2]
+        if self.on_output is not None:
+            self.on_output(name, value)
+
+    def pin_write(self, name, value):
+        self._out(self.pins, name, 1 if value else 0)
+
+    def pwm_write(self, name, permille):
+        if permille < 0:
+            permille = 0
+        elif permille > 1000:
+            permille = 1000
+        self._out(self.pwm, name, int(permille))
+
+    def changes(self, name):
+        """[(ticks_ms, value), ...] of one output, from history."""
+        return [(t, v) for (t, n, v) in self.history if n == name]
+
+    # -- persistence ------------------------------------------------------------
+
+    def _path(self, key):
+        return self.storage_dir + "/" + key
+
+    def load(self, key):
+        if self.storage_dir is None:
+            return self.storage.get(key)
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def save(self, key, data):
+        if self.fail_saves > 0:
+            self.fail_saves -= 1
+            raise OSError("simulated storage fault writing %s" % key)
+        data = bytes(data)
+        self.writes[key] = self.writes.get(key, 0) + 1
+        if self.storage_dir is None:
+            self.storage[key] = data
+            return
+        import os
+        tmp = self._path(key) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, self._path(key))
+
+    # -- system -------------------------------------------------------------------
+
+    def wdt_start(self, timeout_ms):
+        # like machine.WDT: starting again only changes the timeout
+        self.wdt_timeout = timeout_ms
+        self._wdt_last = self.ticks_ms()
+        if self._wdt_task is None:
+            self._wdt_task = asyncio.create_task(self._wdt_watch())
+
+    def wdt_feed(self):
+        self.wdt_feeds += 1
+        self._wdt_last = self.ticks_ms()
+
+    async def _wdt_watch(self):
+        while True:
+            due = self._wdt_last + self.wdt_timeout
+            now = self.ticks_ms()
+            if now >= due:
+                break
+            await self.clock.sleep_ms(due - now)
+        self.wdt_bites += 1
+        self.bitten_at = self.ticks_ms()
+        self._wdt_task = None
+        if self.on_reset is not None:
+            self.on_reset(_m.RST_WATCHDOG)
+
+    def reset_cause(self):
+        return self._reset_cause
+
+    def reset(self):
+        self.resets += 1
+        if self.on_reset is not None:
+            self.on_reset(_m.RST_SOFT)
+        raise SimReset(_m.RST_SOFT)
+
+    def free_heap(self):
+        return self.heap_free
+
+    def power_off(self):
+        """Stop this HAL's background work (the watchdog); call when the node is torn down."""
+        if self._wdt_task is not None:
+            self._wdt_task.cancel()
+            self._wdt_task = None
+
+    def __repr__(self):
+        return "SimHAL(t=%d ms, %d keys stored)" % (self.ticks_ms(), len(self.storage))
