@@ -1,0 +1,472 @@
+"""Semtech UDP packet forwarder protocol, version 2: the server side.
+
+Any commercial LoRa gateway running Semtech's `lora_pkt_fwd` (or a
+compatible forwarder: ChirpStack's, the Basic Station's legacy mode, the
+simulator) talks to the gateway through this module. Protocol reference:
+Lora-net/packet_forwarder PROTOCOL.TXT, v1.3 of the document, protocol
+version 2 (v2 added TX_ACK; version 1 forwarders are accepted as well).
+
+Datagrams, all starting with `version | token (2 bytes) | identifier`:
+
+  PUSH_DATA 0x00  forwarder -> us: EUI (8 bytes) + JSON {"rxpk": [...], "stat": {...}}
+  PUSH_ACK  0x01  us -> forwarder, at once, same token
+  PULL_DATA 0x02  forwarder -> us: EUI; keepalive that opens the downlink route
+  PULL_RESP 0x03  us -> forwarder (to the PULL_DATA address): JSON {"txpk": {...}}
+  PULL_ACK  0x04  us -> forwarder, same token as the PULL_DATA
+  TX_ACK    0x05  forwarder -> us: EUI + optional JSON {"txpk_ack": {"error": ...}}
+
+Decisions (each one named, so the config can say otherwise):
+
+- PUSH_ACK goes out before the packets are processed, as the protocol says.
+  It is not a durability promise: the forwarder never resends a datagram
+  (acks only feed its statistics), and `lora_pkt_fwd` waits up to 100 ms for
+  the ack before its next push, so holding the ack until the frames are
+  committed would throttle the radio without protecting anything.
+- `stat` -1 (PHY CRC failed): dropped and counted as `bad_crc`, never
+  passed on. `stat` 0 (sent without a PHY CRC): accepted by default
+  (`accept_no_crc`), counted as `no_crc`: the frame's MIC is the integrity
+  check that matters (a corrupt frame fails it like a forged one), and a
+  forwarder only forwards such packets when its operator enabled
+  `forward_crc_disabled`.
+- Receive time: the forwarder's `time` when it sends one (GPS or NTP time on
+  the gateway; the simulator's virtual time), else our clock.
+- Downlinks: a `txpk` at the uplink's `tmst` + RX1 delay (1 s, SPEC §6), on
+  the uplink's frequency, data rate and coding rate, at `tx_power` dBm
+  (14: the EU868 g1 sub-band limit of 25 mW ERP), polarity per
+  `invert_iq`. It must reach the forwarder's just-in-time queue before the
+  window: `send_margin` (100 ms: lora_pkt_fwd programs the radio 40 ms
+  ahead, plus network latency) before it, else DownlinkError("too_late")
+  and the caller keeps the downlink for the next uplink.
+- The gateway's own EU868 duty cycle is accounted per forwarder with
+  protocol.lora.DutyCycle: a downlink in a closed sub-band fails with
+  DownlinkError("duty_cycle") instead of being sent illegally.
+- TX_ACK: an error other than NONE raises DownlinkError(error.lower()).
+  Without a TX_ACK within `tx_ack_timeout` (version 1 forwarders never
+  send one) the downlink counts as sent (`tx_ack_missing` counts these);
+  the end-to-end check is the node's CMD_ACK/ACK anyway.
+
+Limits: at most MAX_FORWARDERS forwarders are remembered (the least
+recently heard is forgotten first); a route is valid for `route_timeout`
+(60 s, six missed 10 s keepalives) after the last PULL_DATA. UDP carries no
+authentication: uplinks are safe (every frame has a MIC), but anyone who
+can reach the port can claim an EUI's downlink route; bind to the LAN the
+forwarders are on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from gateway.model import Reception
+from gateway.transports import DownlinkError, Ingestor, Pipeline, Throttle
+from protocol import lora
+
+log = logging.getLogger("lumeau.gateway.transports.semtech")
+
+TRANSPORT = "udp"
+
+PUSH_DATA = 0x00
+PUSH_ACK = 0x01
+PULL_DATA = 0x02
+PULL_RESP = 0x03
+PULL_ACK = 0x04
+TX_ACK = 0x05
+
+VERSIONS = (1, 2)
+HEADER_LEN = 4
+EUI_LEN = 8
+
+DEFAULT_PORT = 1700  # the forwarder's default serv_port_up / serv_port_down
+RX1_DELAY_S = 1.0  # SPEC §6
+DEFAULT_TX_POWER_DBM = 14
+DEFAULT_SEND_MARGIN_S = 0.1
+DEFAULT_TX_ACK_TIMEOUT_S = 0.5
+DEFAULT_ROUTE_TIMEOUT_S = 60.0
+MAX_FORWARDERS = 256
+TMST_MOD = 1 << 32
+
+_DATR = re.compile(r"SF(\d{1,2})BW(\d{2,3})\Z")
+_CODR = re.compile(r"4/([5-8])\Z")
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+@dataclass(slots=True)
+class Forwarder:
+    """What we know about one packet forwarder, by its EUI."""
+
+    eui: str
+    version: int = 2
+    push_addr: Any = None
+    pull_addr: Any = None
+    last_push: float = 0.0  # monotonic
+    last_pull: float = 0.0  # monotonic
+    stat: dict[str, Any] = field(default_factory=dict)  # its last "stat" report
+    duty: lora.DutyCycle = field(default_factory=lora.DutyCycle)
+
+
+@dataclass(slots=True)
+class Uplink:
+    """How to answer in the receive window of one uplink: the DownlinkPath of its Reception."""
+
+    server: "SemtechServer"
+    eui: str
+    tmst: int
+    freq_mhz: float
+    datr: str
+    codr: str
+    heard_at: float  # our monotonic clock when the PUSH_DATA arrived
+
+    async def send_downlink(self, frame: bytes, reception: Reception) -> None:
+        await self.server.transmit(frame, self)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _parse_time(v: Any) -> float | None:
+    """Unix seconds from the forwarder's ISO 8601 `time`, or None."""
+    if not isinstance(v, str) or len(v) > 40:
+        return None
+    try:
+        t = datetime.fromisoformat(_FRACTION.sub(r"\1", v))  # some forwarders send nanoseconds
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    try:
+        return t.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _b64(data: str) -> bytes:
+    # PROTOCOL.TXT says "padded"; some forwarders omit the padding.
+    return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+
+
+class SemtechServer(asyncio.DatagramProtocol):
+    """The UDP server packet forwarders talk to; feeds uplinks to the pipeline.
+
+    `await start()` binds (port 0 picks a free one: see `.port`), `await
+    stop()` closes. Each uplink becomes a Reception(transport="udp",
+    gateway_id="udp:<eui hex>") whose `path` answers in that uplink's RX1.
+    """
+
+    def __init__(self, pipeline: Pipeline, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *,
+                 rx_delay: float = RX1_DELAY_S, tx_power: int = DEFAULT_TX_POWER_DBM,
+                 invert_iq: bool = False, accept_no_crc: bool = True,
+                 send_margin: float = DEFAULT_SEND_MARGIN_S,
+                 tx_ack_timeout: float = DEFAULT_TX_ACK_TIMEOUT_S,
+                 route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
+                 ingestor: Ingestor | None = None) -> None:
+        self.pipeline = pipeline
+        self.host = host
+        self.port = port
+        self.rx_delay = rx_delay
+        self.tx_power = tx_power
+        self.invert_iq = invert_iq
+        self.accept_no_crc = accept_no_crc
+        self.send_margin = send_margin
+        self.tx_ack_timeout = tx_ack_timeout
+        self.route_timeout = route_timeout
+        self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
+        self.forwarders: OrderedDict[str, Forwarder] = OrderedDict()
+        self.counts: Counter[str] = Counter()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._pending: dict[int, tuple[str, asyncio.Future[str]]] = {}
+        self._token = random.getrandbits(16)
+        self._throttle = Throttle()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.ingestor.start()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        self._transport = transport  # type: ignore[assignment]
+        self.port = transport.get_extra_info("sockname")[1]
+        log.info("semtech udp listening", extra={"host": self.host, "port": self.port})
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        for _eui, fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+        await self.ingestor.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics: datagrams and packets by outcome, forwarders known."""
+        out: dict[str, Any] = dict(self.counts)
+        out["forwarders"] = len(self.forwarders)
+        out["ingest_waiting"] = self.ingestor.waiting()
+        out["ingest_dropped"] = self.ingestor.dropped
+        return out
+
+    # -- receiving ---------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self._datagram(data, addr)
+        except Exception:  # never let one datagram take the server down
+            self.counts["internal_error"] += 1
+            if self._throttle.allow("internal_error"):
+                log.exception("semtech datagram handling failed", extra={"peer": str(addr)})
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable after a sendto (forwarder gone): not fatal.
+        self.counts["socket_errors"] += 1
+        if self._throttle.allow("socket_error"):
+            log.warning("semtech udp socket error: %s", exc)
+
+    def _malformed(self, what: str, addr: Any) -> None:
+        self.counts["malformed_datagrams"] += 1
+        if self._throttle.allow("malformed"):
+            log.warning("semtech: malformed datagram: %s", what, extra={"peer": str(addr)})
+
+    def _datagram(self, data: bytes, addr: Any) -> None:
+        self.counts["datagrams"] += 1
+        if len(data) < HEADER_LEN:
+            return self._malformed("shorter than a header", addr)
+        version, ident = data[0], data[3]
+        if version not in VERSIONS:
+            return self._malformed(f"protocol version {version}", addr)
+        if ident in (PUSH_DATA, PULL_DATA, TX_ACK) and len(data) < HEADER_LEN + EUI_LEN:
+            return self._malformed("no gateway EUI", addr)
+        if ident == PUSH_DATA:
+            self._reply(data, PUSH_ACK, addr)
+            self._push_data(version, data, addr)
+        elif ident == PULL_DATA:
+            self._reply(data, PULL_ACK, addr)
+            self._pull_data(version, data, addr)
+        elif ident == TX_ACK:
+            self._tx_ack(data)
+        else:
+            self._malformed(f"identifier 0x{ident:02x} is not for a server", addr)
+
+    def _reply(self, data: bytes, ident: int, addr: Any) -> None:
+        if self._transport is not None:
+            self._transport.sendto(bytes((data[0], data[1], data[2], ident)), addr)
+
+    def _forwarder(self, eui: str, version: int) -> Forwarder:
+        fwd = self.forwarders.get(eui)
+        if fwd is None:
+            if len(self.forwarders) >= MAX_FORWARDERS:
+                self.forwarders.popitem(last=False)
+            fwd = self.forwarders[eui] = Forwarder(eui)
+            log.info("semtech: new forwarder", extra={"eui": eui})
+        else:
+            self.forwarders.move_to_end(eui)
+        fwd.version = version
+        return fwd
+
+    def _pull_data(self, version: int, data: bytes, addr: Any) -> None:
+        self.counts["pull_data"] += 1
+        fwd = self._forwarder(data[4:12].hex(), version)
+        fwd.pull_addr = addr
+        fwd.last_pull = time.monotonic()
+
+    def _push_data(self, version: int, data: bytes, addr: Any) -> None:
+        self.counts["push_data"] += 1
+        heard_at = time.monotonic()
+        fwd = self._forwarder(data[4:12].hex(), version)
+        fwd.push_addr = addr
+        fwd.last_push = heard_at
+        try:
+            doc = json.loads(data[12:])
+        except (ValueError, RecursionError):
+            return self._malformed("PUSH_DATA JSON does not parse", addr)
+        if not isinstance(doc, dict):
+            return self._malformed("PUSH_DATA JSON is not an object", addr)
+        stat = doc.get("stat")
+        if isinstance(stat, dict):
+            self.counts["stat_reports"] += 1
+            fwd.stat = {k: v for k, v in stat.items() if isinstance(k, str)}
+        rxpk = doc.get("rxpk")
+        if rxpk is None:
+            return
+        if not isinstance(rxpk, list):
+            return self._malformed("rxpk is not an array", addr)
+        for pk in rxpk:
+            self._rxpk(fwd, pk, heard_at)
+
+    def _rxpk(self, fwd: Forwarder, pk: Any, heard_at: float) -> None:
+        self.counts["rxpk"] += 1
+        if not isinstance(pk, dict):
+            return self._bad_packet("malformed", "rxpk entry is not an object")
+        stat = pk.get("stat", 1)
+        if stat == -1 and not isinstance(stat, bool):
+            return self._bad_packet("bad_crc", "PHY CRC failed")
+        if stat == 0 and not isinstance(stat, bool):
+            self.counts["no_crc"] += 1
+            if not self.accept_no_crc:
+                return self._bad_packet("no_crc", "sent without a PHY CRC")
+        data = pk.get("data")
+        if not isinstance(data, str):
+            return self._bad_packet("malformed", "rxpk without data")
+        try:
+            raw = _b64(data)
+        except (binascii.Error, ValueError):
+            return self._bad_packet("malformed", "rxpk data is not base64")
+        tmst = pk.get("tmst")
+        if isinstance(tmst, bool) or not isinstance(tmst, int) or not 0 <= tmst < TMST_MOD:
+            tmst = None
+        freq = _number(pk.get("freq"))
+        if freq is not None and not 0 < freq < 1e5:  # MHz
+            freq = None
+        datr = pk.get("datr")
+        sf = None
+        if isinstance(datr, str):
+            m = _DATR.match(datr)
+            if m:
+                sf = int(m.group(1))
+        codr = pk.get("codr")
+        rssi = _number(pk.get("rssi"))
+        snr = _number(pk.get("lsnr"))
+        rsig = pk.get("rsig")  # multi-antenna forwarders put the figures per antenna
+        if (rssi is None or snr is None) and isinstance(rsig, list) and rsig and isinstance(rsig[0], dict):
+            rssi = rssi if rssi is not None else _number(rsig[0].get("rssic"))
+            snr = snr if snr is not None else _number(rsig[0].get("lsnr"))
+        rx_time = _parse_time(pk.get("time"))
+        path = None
+        if tmst is not None and freq is not None and sf is not None:
+            path = Uplink(self, fwd.eui, tmst, freq, datr, codr if isinstance(codr, str) and _CODR.match(codr)
+                          else "4/5", heard_at)
+        reception = Reception(
+            raw=raw, transport=TRANSPORT, gateway_id=f"{TRANSPORT}:{fwd.eui}",
+            rx_time=rx_time if rx_time is not None else time.time(),
+            rssi=rssi, snr=snr,
+            freq_hz=int(round(freq * 1e6)) if freq is not None else None,
+            sf=sf, tmst=tmst, path=path)
+        self.counts["rxpk_forwarded"] += 1
+        self.ingestor.offer(reception)
+
+    def _bad_packet(self, reason: str, why: str) -> None:
+        self.counts[f"rxpk_{reason}"] += 1
+        try:
+            self.pipeline.reject(reason, TRANSPORT)
+        except Exception:
+            if self._throttle.allow("reject_error"):
+                log.exception("pipeline.reject failed")
+        if self._throttle.allow(reason):
+            log.info("semtech: packet dropped: %s", why, extra={"reason": reason})
+
+    def _tx_ack(self, data: bytes) -> None:
+        self.counts["tx_ack"] += 1
+        token = int.from_bytes(data[1:3], "big")
+        eui = data[4:12].hex()
+        pending = self._pending.get(token)
+        if pending is None or pending[0] != eui:
+            self.counts["tx_ack_unmatched"] += 1
+            return
+        error = "NONE"
+        body = data[12:].strip(b"\x00 \r\n\t")
+        if body:
+            try:
+                doc = json.loads(body)
+                ack = doc.get("txpk_ack") if isinstance(doc, dict) else None
+                if isinstance(ack, dict) and isinstance(ack.get("error"), str):
+                    error = ack["error"][:40]
+            except (ValueError, RecursionError):
+                self.counts["tx_ack_malformed"] += 1
+        fut = pending[1]
+        if not fut.done():
+            fut.set_result(error)
+
+    # -- downlinks ---------------------------------------------------------
+
+    def _next_token(self) -> int:
+        for _ in range(1 << 16):
+            self._token = (self._token + 1) & 0xFFFF
+            if self._token not in self._pending:
+                return self._token
+        raise DownlinkError("busy", "every PULL_RESP token is waiting for a TX_ACK")
+
+    def route(self, eui: str) -> Forwarder | None:
+        """The forwarder a downlink for `eui` can go through now, or None."""
+        fwd = self.forwarders.get(eui)
+        if fwd is None or fwd.pull_addr is None or time.monotonic() - fwd.last_pull > self.route_timeout:
+            return None
+        return fwd
+
+    async def transmit(self, frame: bytes, up: Uplink) -> None:
+        """Schedule `frame` in the RX1 window of uplink `up`; raises DownlinkError."""
+        try:
+            await self._transmit(frame, up)
+        except DownlinkError as e:
+            self.counts[f"downlink_{e.reason}"] += 1
+            raise
+        self.counts["downlinks_sent"] += 1
+
+    async def _transmit(self, frame: bytes, up: Uplink) -> None:
+        if self._transport is None:
+            raise DownlinkError("no_route", "server stopped")
+        fwd = self.route(up.eui)
+        if fwd is None:
+            raise DownlinkError("no_route", f"no PULL_DATA from {up.eui} in the last {self.route_timeout:g} s")
+        now = time.monotonic()
+        left = up.heard_at + self.rx_delay - now
+        if left < self.send_margin:
+            raise DownlinkError("too_late", f"{left * 1000:.0f} ms before RX1, need {self.send_margin * 1000:.0f}")
+        m = _DATR.match(up.datr)
+        sf, bw_hz = int(m.group(1)), int(m.group(2)) * 1000  # type: ignore[union-attr]
+        freq_hz = int(round(up.freq_mhz * 1e6))
+        band = None
+        try:
+            band = lora.band_for(freq_hz, bw_hz)
+            airtime = lora.airtime_ms(len(frame), sf, bw_hz, int(up.codr[2]))
+        except ValueError:
+            airtime = None  # outside EU868 or a setting lora.py does not model: no accounting
+        start_ms = int((now + left) * 1000)
+        if band is not None and airtime is not None and fwd.duty.wait_ms(start_ms, band):
+            raise DownlinkError("duty_cycle", f"sub-band {lora.band_name(band)} closed for "
+                                f"{fwd.duty.wait_ms(start_ms, band)} ms more")
+        txpk = {
+            "imme": False,
+            "tmst": (up.tmst + int(self.rx_delay * 1_000_000)) % TMST_MOD,
+            "freq": up.freq_mhz,
+            "rfch": 0,
+            "powe": self.tx_power,
+            "modu": "LORA",
+            "datr": up.datr,
+            "codr": up.codr,
+            "ipol": self.invert_iq,
+            "size": len(frame),
+            "data": base64.b64encode(frame).decode("ascii"),
+        }
+        token = self._next_token()
+        payload = bytes((fwd.version, token >> 8, token & 0xFF, PULL_RESP)) + json.dumps(
+            {"txpk": txpk}, separators=(",", ":")).encode()
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending[token] = (fwd.eui, fut)
+        try:
+            self._transport.sendto(payload, fwd.pull_addr)
+            try:
+                error = await asyncio.wait_for(fut, self.tx_ack_timeout)
+            except asyncio.TimeoutError:
+                self.counts["tx_ack_missing"] += 1
+                error = "NONE"  # no feedback: assume it went out (and account its airtime)
+        finally:
+            self._pending.pop(token, None)
+        if error not in ("NONE", ""):
+            raise DownlinkError(error.lower(), f"forwarder {fwd.eui} refused the downlink")
+        if band is not None and airtime is not None:
+            fwd.duty.record(start_ms, airtime, band)

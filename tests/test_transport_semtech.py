@@ -1,0 +1,409 @@
+"""Semtech UDP packet forwarder server, driven by a real UDP client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import struct
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.transports import DownlinkError
+from gateway.transports import semtech
+from protocol import lora
+from tests.transport_helpers import RecordingPipeline, downlink_frame, light_frame
+
+EUI = bytes.fromhex("aa555a0000000101")
+
+
+class FakeForwarder(asyncio.DatagramProtocol):
+    """Plays lora_pkt_fwd: sends PUSH_DATA / PULL_DATA / TX_ACK, collects what the server sends."""
+
+    def __init__(self, version: int = 2) -> None:
+        self.version = version
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+        self._token = 0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.inbox.put_nowait(data)
+
+    def token(self) -> int:
+        self._token += 1
+        return self._token
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
+
+    async def recv(self, timeout: float = 2.0) -> bytes:
+        return await asyncio.wait_for(self.inbox.get(), timeout)
+
+    async def push(self, rxpk: list | None = None, stat: dict | None = None) -> int:
+        doc: dict = {}
+        if rxpk is not None:
+            doc["rxpk"] = rxpk
+        if stat is not None:
+            doc["stat"] = stat
+        t = self.token()
+        self.send(struct.pack(">BHB", self.version, t, semtech.PUSH_DATA) + EUI + json.dumps(doc).encode())
+        ack = await self.recv()
+        assert ack == struct.pack(">BHB", self.version, t, semtech.PUSH_ACK)
+        return t
+
+    async def pull(self) -> None:
+        t = self.token()
+        self.send(struct.pack(">BHB", self.version, t, semtech.PULL_DATA) + EUI)
+        assert await self.recv() == struct.pack(">BHB", self.version, t, semtech.PULL_ACK)
+
+    def tx_ack(self, token: int, error: str | None) -> None:
+        body = b"" if error is None else json.dumps({"txpk_ack": {"error": error}}).encode()
+        self.send(struct.pack(">BHB", self.version, token, semtech.TX_ACK) + EUI + body)
+
+
+def rxpk(raw: bytes, **over) -> dict:
+    pk = {"time": "2026-11-26T10:00:00.250000Z", "tmst": 3512348611, "chan": 2, "rfch": 0,
+          "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF9BW125", "codr": "4/5",
+          "rssi": -97, "lsnr": 7.5, "size": len(raw), "data": base64.b64encode(raw).decode()}
+    pk.update(over)
+    return pk
+
+
+@pytest.fixture
+async def server():
+    pipe = RecordingPipeline()
+    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0)
+    await srv.start()
+    yield srv, pipe
+    await srv.stop()
+
+
+async def forwarder(srv, version: int = 2) -> FakeForwarder:
+    loop = asyncio.get_running_loop()
+    _, fwd = await loop.create_datagram_endpoint(lambda: FakeForwarder(version), remote_addr=("127.0.0.1", srv.port))
+    return fwd
+
+
+async def test_push_data_is_acked_and_every_rxpk_reaches_the_pipeline(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    a, b = light_frame(counter=1), light_frame(node_id=0x0B, counter=9)
+    await fwd.push([rxpk(a), rxpk(b, rssi=-120, lsnr=-12.25, freq=868.3, datr="SF12BW125", tmst=7)])
+    await pipe.wait(lambda: len(pipe.receptions) == 2)
+    r1, r2 = sorted(pipe.receptions, key=lambda r: r.raw != a)
+    assert r1.raw == a and r2.raw == b
+    assert r1.transport == "udp" and r1.gateway_id == "udp:" + EUI.hex()
+    assert (r1.rssi, r1.snr, r1.freq_hz, r1.sf, r1.tmst) == (-97, 7.5, 868_100_000, 9, 3512348611)
+    assert (r2.rssi, r2.snr, r2.freq_hz, r2.sf, r2.tmst) == (-120, -12.25, 868_300_000, 12, 7)
+    assert r1.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc).timestamp()
+    assert srv.ingestor.verdicts["accepted"] == 2
+
+
+async def test_stat_only_push_and_forwarder_status_is_kept(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.push(stat={"time": "2026-11-26 10:00:00 GMT", "rxnb": 5, "rxok": 4, "txnb": 1})
+    assert srv.forwarders[EUI.hex()].stat["rxok"] == 4
+    assert pipe.receptions == [] and srv.counts["stat_reports"] == 1
+
+
+async def test_bad_crc_is_dropped_and_counted_no_crc_is_accepted_by_default(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    good = light_frame(counter=2)
+    await fwd.push([rxpk(light_frame(counter=1), stat=-1), rxpk(good, stat=0)])
+    await pipe.wait(lambda: len(pipe.receptions) == 1)
+    assert pipe.receptions[0].raw == good
+    assert pipe.rejects == {("bad_crc", "udp"): 1}
+    assert srv.counts["no_crc"] == 1 and srv.counts["rxpk_bad_crc"] == 1
+
+
+async def test_no_crc_packets_can_be_refused():
+    pipe = RecordingPipeline()
+    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, accept_no_crc=False)
+    await srv.start()
+    try:
+        fwd = await forwarder(srv)
+        await fwd.push([rxpk(light_frame(), stat=0)])
+        await pipe.wait(lambda: pipe.rejects)
+        assert pipe.rejects == {("no_crc", "udp"): 1} and pipe.receptions == []
+    finally:
+        await srv.stop()
+
+
+async def test_unpadded_base64_and_missing_metadata(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    raw = light_frame(counter=3)
+    data = base64.b64encode(raw).decode().rstrip("=")
+    assert len(raw) % 3  # so the padding really was stripped
+    await fwd.push([{"data": data}])
+    await pipe.wait(lambda: pipe.receptions)
+    r = pipe.receptions[0]
+    assert r.raw == raw and r.rssi is None and r.sf is None and r.path is None
+
+
+async def test_garbage_rxpk_entries_are_counted_not_fatal(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.push([17, {"stat": 1}, {"data": "!!not base64!!"}, rxpk(light_frame(counter=4))])
+    await pipe.wait(lambda: len(pipe.receptions) == 1)
+    assert pipe.rejects[("malformed", "udp")] == 3
+
+
+@pytest.mark.parametrize("datagram", [
+    b"\x02", b"\x02\x00\x01",  # shorter than a header (asyncio does not send empty datagrams)
+    b"\x07\x00\x01\x00" + EUI + b"{}",  # unknown protocol version
+    b"\x02\x00\x01\x00" + EUI[:3],  # PUSH_DATA without a full EUI
+    b"\x02\x00\x01\x00" + EUI + b"{not json",
+    b"\x02\x00\x01\x00" + EUI + b"[1, 2]",
+    b"\x02\x00\x01\x00" + EUI + b"[" * 60_000,  # deeper than the JSON parser recurses
+    b"\x02\x00\x01\x00" + EUI + b'{"rxpk": 5}',
+    b"\x02\x00\x01\x03" + b'{"txpk": {}}',  # a PULL_RESP sent to the server
+    b"\x02\x00\x01\x09" + EUI,
+])
+async def test_malformed_datagrams_are_counted_and_the_server_keeps_going(server, datagram):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    fwd.send(datagram)
+    await asyncio.sleep(0.05)
+    assert srv.counts["malformed_datagrams"] == 1
+    while not fwd.inbox.empty():  # a PUSH_DATA with a header but bad JSON is still acked
+        assert (await fwd.recv())[3] == semtech.PUSH_ACK
+    await fwd.push([rxpk(light_frame(counter=5))])
+    await pipe.wait(lambda: pipe.receptions)
+
+
+async def test_downlink_is_a_txpk_at_tmst_plus_rx1_and_tx_ack_none_succeeds(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.pull()
+    await fwd.push([rxpk(light_frame(counter=6), tmst=1_000_000, freq=868.5, datr="SF10BW125", codr="4/6")])
+    await pipe.wait(lambda: pipe.receptions)
+    r = pipe.receptions[0]
+    down = downlink_frame(counter=1, acked=6)
+    send = asyncio.create_task(r.path.send_downlink(down, r))
+    resp = await fwd.recv()
+    assert resp[0] == 2 and resp[3] == semtech.PULL_RESP
+    txpk = json.loads(resp[4:])["txpk"]
+    assert txpk["tmst"] == 2_000_000 and txpk["imme"] is False
+    assert (txpk["freq"], txpk["datr"], txpk["codr"], txpk["modu"]) == (868.5, "SF10BW125", "4/6", "LORA")
+    assert base64.b64decode(txpk["data"]) == down and txpk["size"] == len(down)
+    assert txpk["powe"] == 14
+    fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "NONE")
+    await asyncio.wait_for(send, 2)
+    assert srv.counts["downlinks_sent"] == 1
+
+
+async def test_tmst_wraps_at_32_bits(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.pull()
+    await fwd.push([rxpk(light_frame(counter=7), tmst=(1 << 32) - 400_000)])
+    await pipe.wait(lambda: pipe.receptions)
+    r = pipe.receptions[0]
+    send = asyncio.create_task(r.path.send_downlink(downlink_frame(), r))
+    resp = await fwd.recv()
+    assert json.loads(resp[4:])["txpk"]["tmst"] == 600_000
+    fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], None)  # an empty TX_ACK means no error
+    await asyncio.wait_for(send, 2)
+
+
+async def test_tx_ack_error_raises_with_the_forwarders_reason(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.pull()
+    await fwd.push([rxpk(light_frame(counter=8))])
+    await pipe.wait(lambda: pipe.receptions)
+    r = pipe.receptions[0]
+    send = asyncio.create_task(r.path.send_downlink(downlink_frame(), r))
+    resp = await fwd.recv()
+    fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "COLLISION_PACKET")
+    with pytest.raises(DownlinkError) as e:
+        await asyncio.wait_for(send, 2)
+    assert e.value.reason == "collision_packet"
+
+
+async def test_downlink_without_pull_data_has_no_route(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.push([rxpk(light_frame(counter=9))])
+    await pipe.wait(lambda: pipe.receptions)
+    r = pipe.receptions[0]
+    with pytest.raises(DownlinkError) as e:
+        await r.path.send_downlink(downlink_frame(), r)
+    assert e.value.reason == "no_route"
+    assert fwd.inbox.empty()
+
+
+async def test_a_downlink_after_the_window_is_refused_not_sent():
+    pipe = RecordingPipeline()
+    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, rx_delay=0.15, send_margin=0.1)
+    await srv.start()
+    try:
+        fwd = await forwarder(srv)
+        await fwd.pull()
+        await fwd.push([rxpk(light_frame(counter=10))])
+        await pipe.wait(lambda: pipe.receptions)
+        r = pipe.receptions[0]
+        await asyncio.sleep(0.1)
+        with pytest.raises(DownlinkError) as e:
+            await r.path.send_downlink(downlink_frame(), r)
+        assert e.value.reason == "too_late"
+        assert fwd.inbox.empty()
+    finally:
+        await srv.stop()
+
+
+async def test_version_1_forwarder_gets_version_1_replies_and_no_tx_ack_is_tolerated():
+    pipe = RecordingPipeline()
+    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, tx_ack_timeout=0.05)
+    await srv.start()
+    try:
+        fwd = await forwarder(srv, version=1)
+        await fwd.pull()
+        await fwd.push([rxpk(light_frame(counter=11))])
+        await pipe.wait(lambda: pipe.receptions)
+        r = pipe.receptions[0]
+        await r.path.send_downlink(downlink_frame(), r)  # returns after tx_ack_timeout
+        resp = await fwd.recv()
+        assert resp[0] == 1 and resp[3] == semtech.PULL_RESP
+        assert srv.counts["tx_ack_missing"] == 1
+    finally:
+        await srv.stop()
+
+
+async def test_gateway_duty_cycle_refuses_a_second_downlink_in_a_closed_sub_band(server):
+    srv, pipe = server
+    fwd = await forwarder(srv)
+    await fwd.pull()
+    await fwd.push([rxpk(light_frame(counter=12), datr="SF12BW125", freq=868.1)])
+    await fwd.push([rxpk(light_frame(node_id=5, counter=1), datr="SF12BW125", freq=868.3)])
+    await pipe.wait(lambda: len(pipe.receptions) == 2)
+    first, second = pipe.receptions
+    send = asyncio.create_task(first.path.send_downlink(downlink_frame(), first))
+    resp = await fwd.recv()
+    fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "NONE")
+    await send
+    # 868.1 and 868.3 MHz share sub-band g1 (1 %): an SF12 downlink shuts it for ~99x its airtime.
+    band = lora.band_for(868_300_000)
+    assert srv.forwarders[EUI.hex()].duty.used_ms(band) == pytest.approx(lora.airtime_ms(len(downlink_frame()), 12))
+    with pytest.raises(DownlinkError) as e:
+        await second.path.send_downlink(downlink_frame(counter=2), second)
+    assert e.value.reason == "duty_cycle"
+    assert fwd.inbox.empty()
+
+
+async def test_unmatched_tx_ack_is_counted(server):
+    srv, _ = server
+    fwd = await forwarder(srv)
+    fwd.tx_ack(4242, "NONE")
+    await asyncio.sleep(0.05)
+    assert srv.counts["tx_ack_unmatched"] == 1
+
+
+async def test_a_flood_is_bounded_by_the_ingest_queue():
+    class Stalled(RecordingPipeline):
+        async def ingest(self, reception):
+            await asyncio.Event().wait()  # the pipeline never answers
+
+    pipe = Stalled()
+    from gateway.transports import Ingestor
+    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, ingestor=Ingestor(pipe, "udp", shards=1, depth=4))
+    await srv.start()
+    try:
+        fwd = await forwarder(srv)
+        await fwd.push([rxpk(light_frame(counter=c)) for c in range(1, 11)])
+        # the whole datagram is handled at once: 4 fit the queue, 6 are dropped and reported
+        assert pipe.rejects[("overload", "udp")] == 6
+        await asyncio.sleep(0.01)
+        assert srv.ingestor.waiting() == 3 and len(pipe.receptions) == 0  # one is held by the stalled worker
+        await fwd.push([rxpk(light_frame(counter=11))])
+        assert pipe.rejects[("overload", "udp")] == 6  # room for exactly one more
+        await fwd.push([rxpk(light_frame(counter=12))])
+        assert pipe.rejects[("overload", "udp")] == 7
+    finally:
+        await srv.ingestor.stop(drain=False)
+        await srv.stop()
+
+
+# -- fuzz: arbitrary datagrams over a real socket never take the server down ---------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20)
+rxpk_like = st.fixed_dictionaries({}, optional={
+    "data": st.one_of(st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()), json_values),
+    "stat": st.sampled_from([-1, 0, 1, True, "1", None, 2]),
+    "tmst": st.one_of(st.integers(-1, 2**33), json_values),
+    "freq": st.one_of(st.floats(), json_values),
+    "datr": st.one_of(st.sampled_from(["SF7BW125", "SF12BW500", "SF99BW1", "x"]), json_values),
+    "codr": st.one_of(st.sampled_from(["4/5", "4/9"]), json_values),
+    "rssi": json_values, "lsnr": json_values, "time": st.one_of(st.text(max_size=40), json_values),
+    "rsig": json_values,
+})
+datagrams = st.one_of(
+    st.binary(max_size=600),
+    st.builds(lambda v, t, body: bytes([v, 0, 1, t]) + EUI + body,
+              st.sampled_from([1, 2, 3]), st.integers(0, 6),
+              st.one_of(st.binary(max_size=200),
+                        st.builds(lambda pks, extra: json.dumps({"rxpk": pks, **extra}).encode(),
+                                  st.lists(rxpk_like, max_size=5),
+                                  st.dictionaries(st.sampled_from(["stat", "x"]), json_values, max_size=2)))),
+)
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    """A server on its own loop, fed through a real UDP socket by a sync hypothesis test."""
+    loop = asyncio.new_event_loop()
+    pipe = RecordingPipeline.__new__(RecordingPipeline)
+    loop.run_until_complete(asyncio.sleep(0))
+    async def make():
+        RecordingPipeline.__init__(pipe)
+        srv = semtech.SemtechServer(pipe, "127.0.0.1", 0)
+        await srv.start()
+        return srv
+    srv = loop.run_until_complete(make())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.setblocking(False)
+    yield loop, srv, pipe, sock
+    sock.close()
+    loop.run_until_complete(srv.stop())
+    loop.close()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(datagram=datagrams)
+def test_fuzz_datagrams_never_crash_the_server(live_server, datagram):
+    loop, srv, pipe, sock = live_server
+    before = srv.counts["datagrams"]
+    sock.send(datagram)
+
+    async def processed():
+        while srv.counts["datagrams"] == before:
+            await asyncio.sleep(0.001)
+    loop.run_until_complete(asyncio.wait_for(processed(), 2))
+    assert srv.counts["internal_error"] == 0
+    assert srv.ingestor.verdicts["internal_error"] == 0
+
+
+def test_after_the_fuzz_a_good_packet_still_goes_through(live_server):
+    loop, srv, pipe, sock = live_server
+    raw = light_frame(node_id=0x7777, counter=1)
+    sock.send(bytes([2, 0, 9, 0]) + EUI + json.dumps({"rxpk": [rxpk(raw)]}).encode())
+
+    async def arrived():
+        while not any(r.raw == raw for r in pipe.receptions):
+            await asyncio.sleep(0.001)
+    loop.run_until_complete(asyncio.wait_for(arrived(), 2))
