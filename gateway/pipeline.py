@@ -29,6 +29,11 @@ Nothing from the air can raise out of `ingest`: an unexpected exception is
 counted as `internal_error`, logged with its traceback (rate limited) and the
 frame dropped. Work per frame is bounded by the 255-byte frame size.
 
+Three entry points: `ingest` (one reception, returns after its commit),
+`ingest_many` (receptions that arrived together: one store round trip), and
+`submit` (queue and return; a worker admits everything queued since its last
+turn as one batch, and admits the next batch while this one's fsync runs).
+
 Limits: DEFAULT_MAX_INFLIGHT = 8192 receptions between `submit` and their
 commit (memory stays flat under any load; `submit` waits beyond it, which
 backpressures a serial line and leaves datagrams in the UDP socket buffer).
@@ -86,16 +91,20 @@ class UplinkObserver(Protocol):
 def decode_body(mtype: int, plain: bytes) -> dict[int, Any]:
     """Decode and check a body exactly as protocol.messages.decode would, faster.
 
-    cbor2 (C) decodes; if re-encoding the result canonically gives back the
-    same bytes, the input was deterministic CBOR -- which nodes always send --
-    and both codecs agree on it (tests/test_cbor.py checks that differentially).
-    Anything else (non-canonical encodings, duplicate keys, trailing bytes,
-    tags, errors) is decided by the reference codec, protocol/cbor.py, so the
-    gateway never accepts what the protocol rejects.
+    cbor2 (C) decodes; if re-encoding the result gives back exactly the same
+    bytes, the input holds no duplicate keys, no trailing bytes, no tags or
+    other values cbor2 would interpret, and it is cbor2's own encoding of the
+    value -- which the reference decoder reads as the same value
+    (tests/test_cbor.py checks that differentially). Deterministic bodies,
+    which nodes always send, take this path. Anything else (non-shortest
+    forms, indefinite lengths, duplicate keys, trailing bytes, tags, floats,
+    errors) is decided by the reference codec, protocol/cbor.py, so the
+    gateway accepts exactly what the protocol accepts. (cbor2's canonical
+    mode would sort keys again: 4x the cost for the same answer.)
     """
     try:
         obj = cbor2.loads(plain)
-        if type(obj) is dict and cbor2.dumps(obj, canonical=True) == plain:
+        if type(obj) is dict and cbor2.dumps(obj) == plain:
             return m.validate(mtype, obj)
     except Exception:  # cbor2 refused it or built something exotic: let the reference decide
         pass
@@ -110,10 +119,17 @@ class Pipeline:
         self.downlinks = downlinks
         self.max_inflight = max_inflight
         self._windows: dict[int, frame.ReplayWindow] = {}
-        self._inflight: set[asyncio.Task] = set()
+        self._limiter = log_limiter or RateLimiter()
+        # submit(): receptions queued for the worker, and admitted ones awaiting their commit
+        self._queue: list[Reception] = []
+        self._committing = 0
+        self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self._limiter = log_limiter or RateLimiter()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task | None = None
+        self._finishers: set[asyncio.Task] = set()
         # counters (exported by gateway/api.py as Prometheus metrics)
         self.received: dict[str, int] = {}  # by transport
         self.accepted = 0
@@ -129,36 +145,49 @@ class Pipeline:
         Returns "accepted", "duplicate" or the rejection reason. Never raises
         for anything in `rec`.
         """
-        t = rec.transport
-        self.received[t] = self.received.get(t, 0) + 1
-        try:
-            return await self._ingest(rec)
-        except Exception as e:  # a bug, not the input's fault: count, log, carry on
-            self._count_reject(INTERNAL_ERROR, t)
-            ok, suppressed = self._limiter.allow(INTERNAL_ERROR)
-            if ok:
-                log.error("internal error on a frame: %r", e, exc_info=True,
-                          extra={"reason": INTERNAL_ERROR, "transport": t, "suppressed": suppressed})
-            return INTERNAL_ERROR
+        return (await self.ingest_many((rec,)))[0]
+
+    async def ingest_many(self, recs: "list[Reception] | tuple[Reception, ...]") -> list[str]:
+        """Process receptions that arrived together (one datagram, one serial read).
+
+        One store round trip for all of them; returns a verdict per reception.
+        """
+        verdicts: list[str] = []
+        items: list[tuple[Record, tuple[int, int, int]]] = []
+        admitted: list[tuple[int, Reception, frame.ReplayWindow]] = []
+        for rec in recs:
+            a = self._admit_safe(rec)
+            if type(a) is str:
+                verdicts.append(a)
+            else:
+                record, snapshot, w = a
+                admitted.append((len(verdicts), rec, w))
+                items.append((record, snapshot))
+                verdicts.append(ACCEPTED)
+        if items:
+            try:
+                results = await self.store.append_many(items)
+            except StoreError as e:  # closed: nothing was queued
+                results = [e] * len(items)
+            self._settle(items, admitted, results, verdicts)
+        return verdicts
 
     async def submit(self, rec: Reception) -> None:
-        """Start ingesting `rec` and return at once, unless DEFAULT_MAX_INFLIGHT are in flight.
+        """Queue `rec` for processing and return at once, unless `max_inflight` are pending.
 
         For transports reading a stream: they must not wait for each commit
         (that would limit them to one frame per fsync), but they must slow
-        down when the store cannot keep up.
+        down when the store cannot keep up. A worker admits everything queued
+        since its last turn and appends it as one batch.
         """
-        while len(self._inflight) >= self.max_inflight:
+        while len(self._queue) + self._committing >= self.max_inflight:
             self._room.clear()
             await self._room.wait()
-        task = asyncio.get_running_loop().create_task(self.ingest(rec))
-        self._inflight.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task) -> None:
-        self._inflight.discard(task)
-        if len(self._inflight) < self.max_inflight:
-            self._room.set()
+        self._queue.append(rec)
+        self._idle.clear()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="lumeau-pipeline")
+        self._wake.set()
 
     def reject(self, reason: str, transport: str, detail: str | None = None, **extra: Any) -> None:
         """Count (and log, rate limited) a reception dropped before it was a frame."""
@@ -166,13 +195,23 @@ class Pipeline:
         self._reject(reason, transport, detail, extra)
 
     async def drain(self) -> None:
-        """Wait for every submitted reception to finish."""
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        """Wait until every submitted reception is stored or rejected."""
+        while self._queue or self._committing or self._finishers:
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._queue) + self._committing
 
     # ------------------------------------------------------------ node keys changed
 
@@ -181,9 +220,95 @@ class Pipeline:
         self._windows.pop(node_id, None)
         await self.store.reset_node(node_id)
 
+    # ------------------------------------------------------------ the worker behind submit()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if not self._committing:
+                    self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._queue = self._queue, []
+            items: list[tuple[Record, tuple[int, int, int]]] = []
+            admitted: list[tuple[int, Reception, frame.ReplayWindow]] = []
+            for rec in batch:
+                a = self._admit_safe(rec)
+                if type(a) is not str:
+                    record, snapshot, w = a
+                    admitted.append((len(items), rec, w))
+                    items.append((record, snapshot))
+            if not items:
+                self._room.set()
+                continue
+            self._committing += len(items)
+            # Do not wait for this commit here: admitting the next batch
+            # overlaps the fsync of this one.
+            try:
+                fut = self.store.append_many(items)
+            except StoreError as e:
+                self._committing -= len(items)
+                self._settle(items, admitted, [e] * len(items), None)
+                continue
+            t = asyncio.get_running_loop().create_task(self._finish(fut, items, admitted))
+            self._finishers.add(t)
+            t.add_done_callback(self._finishers.discard)
+
+    async def _finish(self, fut: asyncio.Future, items: list, admitted: list) -> None:
+        try:
+            results = await fut
+        except StoreError as e:
+            results = [e] * len(items)
+        try:
+            self._settle(items, admitted, results, None)
+        finally:
+            self._committing -= len(items)
+            self._room.set()
+            if not self._queue and not self._committing:
+                self._idle.set()
+
     # ------------------------------------------------------------ the steps
 
-    async def _ingest(self, rec: Reception) -> str:
+    def _settle(self, items: list, admitted: list, results: list, verdicts: list[str] | None) -> None:
+        """After the commit: count, tell the downlinks, or undo the window on failure."""
+        for (record, _snap), (pos, rec, w), res in zip(items, admitted, results):
+            if type(res) is int:
+                self.accepted += 1
+                if self.downlinks is not None:
+                    try:
+                        self.downlinks.on_uplink(record, rec)
+                    except Exception:
+                        log.exception("downlinks failed after an uplink", extra={"node": f"{record.node_id:08x}"})
+                continue
+            info = {"node": f"{record.node_id:08x}", "counter": record.counter}
+            if isinstance(res, QueueFull):
+                v = self._reject(QUEUE_FULL, rec.transport, None, info)
+            else:
+                _forget(w, record.counter)
+                v = self._reject(STORE_ERROR, rec.transport, str(res), info)
+            if verdicts is not None:
+                verdicts[pos] = v
+
+    def _admit_safe(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
+        t = rec.transport
+        self.received[t] = self.received.get(t, 0) + 1
+        try:
+            return self._admit(rec)
+        except Exception as e:  # a bug, not the input's fault: count, log, carry on
+            self._count_reject(INTERNAL_ERROR, t)
+            ok, suppressed = self._limiter.allow(INTERNAL_ERROR)
+            if ok:
+                log.error("internal error on a frame: %r", e, exc_info=True,
+                          extra={"reason": INTERNAL_ERROR, "transport": t, "suppressed": suppressed})
+            return INTERNAL_ERROR
+
+    def _admit(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
+        """Everything up to the store, synchronously: a verdict, or the record to store.
+
+        The replay window moves here, before anything awaits, so a copy that
+        arrives while the commit is in flight is already a duplicate.
+        """
         raw = rec.raw
         if len(raw) > frame.MAX_LEN:
             return self._reject(OVERSIZED, rec.transport, f"{len(raw)} bytes, at most {frame.MAX_LEN}")
@@ -209,7 +334,11 @@ class Pipeline:
         counter = f.counter
         verdict = w.check(counter)
         if verdict == frame.DUPLICATE:
-            return await self._duplicate(node_id, counter, rec)
+            self.duplicates += 1
+            self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id)
+            if self.downlinks is not None:
+                self.downlinks.on_duplicate(node_id, counter, rec)
+            return DUPLICATE
         if verdict == frame.STALE:
             return self._reject(REPLAY, rec.transport, None,
                                 {"node": f"{node_id:08x}", "counter": counter, "top": w.top})
@@ -219,34 +348,15 @@ class Pipeline:
         except m.MessageError as e:
             return self._reject(MALFORMED, rec.transport, str(e), {"node": f"{node_id:08x}", "counter": counter})
         w.commit(counter)
-        record = Record(node_id=node_id, counter=counter, mtype=mtype, kind=expand.TYPE_NAMES[mtype],
-                        rx_time=rec.rx_time, body=body, fields=expand.expand(mtype, body),
-                        best_rssi=rec.rssi, best_snr=rec.snr, gateway_id=rec.gateway_id,
-                        alarm=is_alarm(mtype, body))
-        try:
-            await self.store.append(record, (node_id, w.top, w.mask))
-        except QueueFull:
-            return self._reject(QUEUE_FULL, rec.transport, None, {"node": f"{node_id:08x}", "counter": counter})
-        except StoreError as e:
-            _forget(w, counter)
-            return self._reject(STORE_ERROR, rec.transport, str(e), {"node": f"{node_id:08x}", "counter": counter})
-        self.accepted += 1
-        if self.downlinks is not None:
-            self.downlinks.on_uplink(record, rec)
-        return ACCEPTED
+        record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body,
+                        expand.expand(mtype, body), 1, rec.rssi, rec.snr, rec.gateway_id, is_alarm(mtype, body))
+        return record, (node_id, w.top, w.mask), w
 
     def _window(self, node_id: int) -> frame.ReplayWindow:
         saved = self.store.window(node_id)
         w = frame.ReplayWindow() if saved is None else frame.ReplayWindow(saved[0], saved[1])
         self._windows[node_id] = w
         return w
-
-    async def _duplicate(self, node_id: int, counter: int, rec: Reception) -> str:
-        self.duplicates += 1
-        await self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id)
-        if self.downlinks is not None:
-            self.downlinks.on_duplicate(node_id, counter, rec)
-        return DUPLICATE
 
     def _count_reject(self, reason: str, transport: str) -> None:
         k = (reason, transport)

@@ -190,6 +190,23 @@ def _downlink_from_row(row: tuple) -> Downlink:
                     expires=expires, command_id=command_id, attempts=attempts, state=state, result=result)
 
 
+class _Many:
+    """Results of one append_many call, completed when every item is decided."""
+
+    __slots__ = ("fut", "results", "left")
+
+    def __init__(self, fut: asyncio.Future, n: int) -> None:
+        self.fut = fut
+        self.results: list[Any] = [None] * n
+        self.left = n
+
+    def set(self, i: int, value: Any) -> None:
+        self.results[i] = value
+        self.left -= 1
+        if self.left == 0 and not self.fut.done():
+            self.fut.set_result(self.results)
+
+
 class _Recent:
     """A queued record, remembered so later receptions of its frame can be merged into it."""
 
@@ -219,7 +236,7 @@ class Store:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumeau-store")
         self._w: sqlite3.Connection | None = None  # used only in the pool's thread
         self._r: sqlite3.Connection | None = None  # used only on the event loop's thread
-        self._appends: list[tuple[int, Record, tuple[int, int, int] | None, asyncio.Future]] = []
+        self._appends: list[tuple[int, Record, tuple[int, int, int] | None, _Many, int]] = []
         self._updates: dict[int, _Recent] = {}
         self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
         self._wake = asyncio.Event()
@@ -336,28 +353,49 @@ class Store:
         QueueFull if the eviction policy dropped this record on arrival, and
         StoreError if the transaction failed (nothing of it was stored).
         """
+        result = (await self.append_many([(record, window)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_many(self, items: list[tuple[Record, tuple[int, int, int] | None]]) -> "asyncio.Future[list]":
+        """Queue several records at once; the future gives, per item, its seq or the exception.
+
+        The records join the next group commit (they may span two if there are
+        more than `group_max`); the future completes when all are decided.
+        Windows are taken in order: give each record the window right after it.
+        """
         if self._closed:
             raise StoreClosed("store is closed")
-        seq = self._next_seq
-        self._next_seq = seq + 1
         fut = asyncio.get_running_loop().create_future()
-        self._appends.append((seq, record, window, fut))
+        many = _Many(fut, len(items))
+        if not items:
+            fut.set_result([])
+            return fut
+        seq = self._next_seq
+        self._next_seq = seq + len(items)
         recent = self._recent
-        if len(recent) >= RECENT_MAX:
-            del recent[next(iter(recent))]
-        recent[(record.node_id, record.counter)] = _Recent(seq, record)
-        if window is not None:
-            self._windows[window[0]] = (window[1], window[2])
-        self._note_state(record)
+        windows = self._windows
+        appends = self._appends
+        for i, (record, window) in enumerate(items):
+            appends.append((seq + i, record, window, many, i))
+            if len(recent) >= RECENT_MAX:
+                del recent[next(iter(recent))]
+            recent[(record.node_id, record.counter)] = _Recent(seq + i, record)
+            if window is not None:
+                windows[window[0]] = (window[1], window[2])
+            self._note_state(record)
         self._wake.set()
-        return await fut
+        return fut
 
-    async def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None,
-                            gateway_id: str) -> bool:
+    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None,
+                      gateway_id: str) -> bool:
         """Merge another radio's reception of a stored frame: count it, keep the best RSSI.
 
         Returns False when the frame is no longer remembered (older than the
         last RECENT_MAX appends): the copy is then only counted by the caller.
+        Does not wait: the change is written with the next group (it is
+        reception metadata, not an acknowledged record).
         """
         entry = self._recent.get((node_id, counter))
         if entry is None:
@@ -651,7 +689,7 @@ class Store:
             rows = []
             windows = {}
             recent = self._recent
-            for seq, r, w, _f in appends:
+            for seq, r, w, _m, _i in appends:
                 rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
                              r.best_rssi, r.best_snr, r.gateway_id, cbor2.dumps(r.body)))
                 if w is not None:
@@ -667,9 +705,11 @@ class Store:
                     self._pool, self._commit, rows, list(windows.values()), upd, [fn for fn, _ in ops])
             except BaseException as e:  # the whole group failed: nothing of it is stored
                 err = e if isinstance(e, StoreError) else StoreError(f"commit failed: {e!r}")
-                for _s, _r, _w, f in appends:
-                    if not f.done():
-                        f.set_exception(err)
+                for seq, r, _w, many, i in appends:
+                    many.set(i, err)
+                    e2 = recent.get((r.node_id, r.counter))
+                    if e2 is not None and e2.seq == seq:
+                        del recent[(r.node_id, r.counter)]
                 for _fn, f in ops:
                     if not f.done():
                         f.set_exception(err)
@@ -680,13 +720,14 @@ class Store:
             self.commits += 1
             self.committed_records += len(rows) - len(dropped)
             self.commit_seconds += time.perf_counter() - t0
-            for seq, _r, _w, f in appends:
-                if f.done():
-                    continue
+            for seq, r, _w, many, i in appends:
                 if seq in dropped:
-                    f.set_exception(QueueFull("queue full of alarms: routine record dropped"))
+                    many.set(i, QueueFull("queue full of alarms: routine record dropped"))
+                    e2 = recent.get((r.node_id, r.counter))
+                    if e2 is not None and e2.seq == seq:
+                        del recent[(r.node_id, r.counter)]
                 else:
-                    f.set_result(seq)
+                    many.set(i, seq)
             for (_fn, f), (ok, value) in zip(ops, results):
                 if f.done():
                     continue
