@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.transports import DownlinkError
+from gateway.transports import DownlinkError, Ingestor
 from gateway.transports import semtech
 from protocol import lora
-from tests.transport_helpers import RecordingPipeline, downlink_frame, light_frame
+from tests.transport_helpers import Gateway, RecordingPipeline, downlink_frame, light_frame
 
 EUI = bytes.fromhex("aa555a0000000101")
 
@@ -78,11 +78,17 @@ def rxpk(raw: bytes, **over) -> dict:
 
 
 @pytest.fixture
-async def server():
-    pipe = RecordingPipeline()
-    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0)
+async def gw(tmp_path):
+    g = await Gateway.open(tmp_path / "gw.db")
+    yield g
+    await g.close()
+
+
+@pytest.fixture
+async def server(gw):
+    srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0)
     await srv.start()
-    yield srv, pipe
+    yield srv, gw
     await srv.stop()
 
 
@@ -93,70 +99,71 @@ async def forwarder(srv, version: int = 2) -> FakeForwarder:
 
 
 async def test_push_data_is_acked_and_every_rxpk_reaches_the_pipeline(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     a, b = light_frame(counter=1), light_frame(node_id=0x0B, counter=9)
     await fwd.push([rxpk(a), rxpk(b, rssi=-120, lsnr=-12.25, freq=868.3, datr="SF12BW125", tmst=7)])
-    await pipe.wait(lambda: len(pipe.receptions) == 2)
-    r1, r2 = sorted(pipe.receptions, key=lambda r: r.raw != a)
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    (rec1, r1), (rec2, r2) = gw.seen.uplinks  # in the order the forwarder listed them
     assert r1.raw == a and r2.raw == b
+    assert (rec1.node_id, rec1.counter, rec2.node_id, rec2.counter) == (0x00A1B2C3, 1, 0x0B, 9)
     assert r1.transport == "udp" and r1.gateway_id == "udp:" + EUI.hex()
     assert (r1.rssi, r1.snr, r1.freq_hz, r1.sf, r1.tmst) == (-97, 7.5, 868_100_000, 9, 3512348611)
     assert (r2.rssi, r2.snr, r2.freq_hz, r2.sf, r2.tmst) == (-120, -12.25, 868_300_000, 12, 7)
     assert r1.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc).timestamp()
-    assert srv.ingestor.verdicts["accepted"] == 2
+    assert rec1.rx_time == r1.rx_time and rec1.best_rssi == -97
+    assert gw.pipeline.accepted == 2 and gw.store.count() == 2
 
 
 async def test_stat_only_push_and_forwarder_status_is_kept(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.push(stat={"time": "2026-11-26 10:00:00 GMT", "rxnb": 5, "rxok": 4, "txnb": 1})
     assert srv.forwarders[EUI.hex()].stat["rxok"] == 4
-    assert pipe.receptions == [] and srv.counts["stat_reports"] == 1
+    assert gw.pipeline.received == {} and srv.counts["stat_reports"] == 1
 
 
 async def test_bad_crc_is_dropped_and_counted_no_crc_is_accepted_by_default(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     good = light_frame(counter=2)
     await fwd.push([rxpk(light_frame(counter=1), stat=-1), rxpk(good, stat=0)])
-    await pipe.wait(lambda: len(pipe.receptions) == 1)
-    assert pipe.receptions[0].raw == good
-    assert pipe.rejects == {("bad_crc", "udp"): 1}
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 1)
+    assert gw.seen.receptions[0].raw == good
+    assert gw.rejected("udp") == {"bad_crc": 1}
     assert srv.counts["no_crc"] == 1 and srv.counts["rxpk_bad_crc"] == 1
 
 
-async def test_no_crc_packets_can_be_refused():
-    pipe = RecordingPipeline()
-    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, accept_no_crc=False)
+async def test_no_crc_packets_can_be_refused(gw):
+    srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0, accept_no_crc=False)
     await srv.start()
     try:
         fwd = await forwarder(srv)
         await fwd.push([rxpk(light_frame(), stat=0)])
-        await pipe.wait(lambda: pipe.rejects)
-        assert pipe.rejects == {("no_crc", "udp"): 1} and pipe.receptions == []
+        await gw.wait(lambda: gw.rejected("udp"))
+        assert gw.rejected("udp") == {"no_crc": 1} and gw.seen.uplinks == []
     finally:
         await srv.stop()
 
 
 async def test_unpadded_base64_and_missing_metadata(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     raw = light_frame(counter=3)
     data = base64.b64encode(raw).decode().rstrip("=")
     assert len(raw) % 3  # so the padding really was stripped
     await fwd.push([{"data": data}])
-    await pipe.wait(lambda: pipe.receptions)
-    r = pipe.receptions[0]
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
     assert r.raw == raw and r.rssi is None and r.sf is None and r.path is None
 
 
 async def test_garbage_rxpk_entries_are_counted_not_fatal(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.push([17, {"stat": 1}, {"data": "!!not base64!!"}, rxpk(light_frame(counter=4))])
-    await pipe.wait(lambda: len(pipe.receptions) == 1)
-    assert pipe.rejects[("malformed", "udp")] == 3
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 1)
+    assert gw.rejected("udp") == {"malformed": 3}
 
 
 @pytest.mark.parametrize("datagram", [
@@ -171,7 +178,7 @@ async def test_garbage_rxpk_entries_are_counted_not_fatal(server):
     b"\x02\x00\x01\x09" + EUI,
 ])
 async def test_malformed_datagrams_are_counted_and_the_server_keeps_going(server, datagram):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     fwd.send(datagram)
     await asyncio.sleep(0.05)
@@ -179,16 +186,16 @@ async def test_malformed_datagrams_are_counted_and_the_server_keeps_going(server
     while not fwd.inbox.empty():  # a PUSH_DATA with a header but bad JSON is still acked
         assert (await fwd.recv())[3] == semtech.PUSH_ACK
     await fwd.push([rxpk(light_frame(counter=5))])
-    await pipe.wait(lambda: pipe.receptions)
+    await gw.seen.wait(lambda: gw.seen.uplinks)
 
 
 async def test_downlink_is_a_txpk_at_tmst_plus_rx1_and_tx_ack_none_succeeds(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.pull()
     await fwd.push([rxpk(light_frame(counter=6), tmst=1_000_000, freq=868.5, datr="SF10BW125", codr="4/6")])
-    await pipe.wait(lambda: pipe.receptions)
-    r = pipe.receptions[0]
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
     down = downlink_frame(counter=1, acked=6)
     send = asyncio.create_task(r.path.send_downlink(down, r))
     resp = await fwd.recv()
@@ -204,12 +211,12 @@ async def test_downlink_is_a_txpk_at_tmst_plus_rx1_and_tx_ack_none_succeeds(serv
 
 
 async def test_tmst_wraps_at_32_bits(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.pull()
     await fwd.push([rxpk(light_frame(counter=7), tmst=(1 << 32) - 400_000)])
-    await pipe.wait(lambda: pipe.receptions)
-    r = pipe.receptions[0]
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
     send = asyncio.create_task(r.path.send_downlink(downlink_frame(), r))
     resp = await fwd.recv()
     assert json.loads(resp[4:])["txpk"]["tmst"] == 600_000
@@ -218,12 +225,12 @@ async def test_tmst_wraps_at_32_bits(server):
 
 
 async def test_tx_ack_error_raises_with_the_forwarders_reason(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.pull()
     await fwd.push([rxpk(light_frame(counter=8))])
-    await pipe.wait(lambda: pipe.receptions)
-    r = pipe.receptions[0]
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
     send = asyncio.create_task(r.path.send_downlink(downlink_frame(), r))
     resp = await fwd.recv()
     fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "COLLISION_PACKET")
@@ -233,27 +240,26 @@ async def test_tx_ack_error_raises_with_the_forwarders_reason(server):
 
 
 async def test_downlink_without_pull_data_has_no_route(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.push([rxpk(light_frame(counter=9))])
-    await pipe.wait(lambda: pipe.receptions)
-    r = pipe.receptions[0]
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
     with pytest.raises(DownlinkError) as e:
         await r.path.send_downlink(downlink_frame(), r)
     assert e.value.reason == "no_route"
     assert fwd.inbox.empty()
 
 
-async def test_a_downlink_after_the_window_is_refused_not_sent():
-    pipe = RecordingPipeline()
-    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, rx_delay=0.15, send_margin=0.1)
+async def test_a_downlink_after_the_window_is_refused_not_sent(gw):
+    srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0, rx_delay=0.15, send_margin=0.1)
     await srv.start()
     try:
         fwd = await forwarder(srv)
         await fwd.pull()
         await fwd.push([rxpk(light_frame(counter=10))])
-        await pipe.wait(lambda: pipe.receptions)
-        r = pipe.receptions[0]
+        await gw.seen.wait(lambda: gw.seen.uplinks)
+        r = gw.seen.receptions[0]
         await asyncio.sleep(0.1)
         with pytest.raises(DownlinkError) as e:
             await r.path.send_downlink(downlink_frame(), r)
@@ -263,16 +269,15 @@ async def test_a_downlink_after_the_window_is_refused_not_sent():
         await srv.stop()
 
 
-async def test_version_1_forwarder_gets_version_1_replies_and_no_tx_ack_is_tolerated():
-    pipe = RecordingPipeline()
-    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, tx_ack_timeout=0.05)
+async def test_version_1_forwarder_gets_version_1_replies_and_no_tx_ack_is_tolerated(gw):
+    srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0, tx_ack_timeout=0.05)
     await srv.start()
     try:
         fwd = await forwarder(srv, version=1)
         await fwd.pull()
         await fwd.push([rxpk(light_frame(counter=11))])
-        await pipe.wait(lambda: pipe.receptions)
-        r = pipe.receptions[0]
+        await gw.seen.wait(lambda: gw.seen.uplinks)
+        r = gw.seen.receptions[0]
         await r.path.send_downlink(downlink_frame(), r)  # returns after tx_ack_timeout
         resp = await fwd.recv()
         assert resp[0] == 1 and resp[3] == semtech.PULL_RESP
@@ -282,13 +287,13 @@ async def test_version_1_forwarder_gets_version_1_replies_and_no_tx_ack_is_toler
 
 
 async def test_gateway_duty_cycle_refuses_a_second_downlink_in_a_closed_sub_band(server):
-    srv, pipe = server
+    srv, gw = server
     fwd = await forwarder(srv)
     await fwd.pull()
     await fwd.push([rxpk(light_frame(counter=12), datr="SF12BW125", freq=868.1)])
     await fwd.push([rxpk(light_frame(node_id=5, counter=1), datr="SF12BW125", freq=868.3)])
-    await pipe.wait(lambda: len(pipe.receptions) == 2)
-    first, second = pipe.receptions
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    first, second = gw.seen.receptions
     send = asyncio.create_task(first.path.send_downlink(downlink_frame(), first))
     resp = await fwd.recv()
     fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "NONE")
@@ -312,12 +317,11 @@ async def test_unmatched_tx_ack_is_counted(server):
 
 async def test_a_flood_is_bounded_by_the_ingest_queue():
     class Stalled(RecordingPipeline):
-        async def ingest(self, reception):
-            await asyncio.Event().wait()  # the pipeline never answers
+        async def submit(self, reception):
+            await asyncio.Event().wait()  # the pipeline is at its in-flight bound and stays there
 
     pipe = Stalled()
-    from gateway.transports import Ingestor
-    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, ingestor=Ingestor(pipe, "udp", shards=1, depth=4))
+    srv = semtech.SemtechServer(pipe, "127.0.0.1", 0, ingestor=Ingestor(pipe, "udp", depth=4))
     await srv.start()
     try:
         fwd = await forwarder(srv)
@@ -325,7 +329,7 @@ async def test_a_flood_is_bounded_by_the_ingest_queue():
         # the whole datagram is handled at once: 4 fit the queue, 6 are dropped and reported
         assert pipe.rejects[("overload", "udp")] == 6
         await asyncio.sleep(0.01)
-        assert srv.ingestor.waiting() == 3 and len(pipe.receptions) == 0  # one is held by the stalled worker
+        assert srv.ingestor.waiting() == 3  # the worker holds one, blocked in submit
         await fwd.push([rxpk(light_frame(counter=11))])
         assert pipe.rejects[("overload", "udp")] == 6  # room for exactly one more
         await fwd.push([rxpk(light_frame(counter=12))])
@@ -363,47 +367,44 @@ datagrams = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def live_server():
-    """A server on its own loop, fed through a real UDP socket by a sync hypothesis test."""
+def live_server(tmp_path_factory):
+    """A server and a real pipeline on their own loop, fed through a real UDP socket by sync hypothesis tests."""
     loop = asyncio.new_event_loop()
-    pipe = RecordingPipeline.__new__(RecordingPipeline)
-    loop.run_until_complete(asyncio.sleep(0))
+
     async def make():
-        RecordingPipeline.__init__(pipe)
-        srv = semtech.SemtechServer(pipe, "127.0.0.1", 0)
+        gw = await Gateway.open(tmp_path_factory.mktemp("fuzz") / "gw.db")
+        srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0)
         await srv.start()
-        return srv
-    srv = loop.run_until_complete(make())
+        return gw, srv
+    gw, srv = loop.run_until_complete(make())
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", srv.port))
     sock.setblocking(False)
-    yield loop, srv, pipe, sock
+    yield loop, srv, gw, sock
     sock.close()
     loop.run_until_complete(srv.stop())
+    loop.run_until_complete(gw.close())
     loop.close()
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(datagram=datagrams)
 def test_fuzz_datagrams_never_crash_the_server(live_server, datagram):
-    loop, srv, pipe, sock = live_server
+    loop, srv, gw, sock = live_server
     before = srv.counts["datagrams"]
     sock.send(datagram)
 
     async def processed():
-        while srv.counts["datagrams"] == before:
+        while srv.counts["datagrams"] == before or srv.ingestor.waiting():
             await asyncio.sleep(0.001)
+        await gw.pipeline.drain()
     loop.run_until_complete(asyncio.wait_for(processed(), 2))
-    assert srv.counts["internal_error"] == 0
-    assert srv.ingestor.verdicts["internal_error"] == 0
+    assert srv.counts["internal_error"] == 0 and srv.ingestor.submit_errors == 0
+    assert gw.rejected("udp").get("internal_error", 0) == 0
 
 
 def test_after_the_fuzz_a_good_packet_still_goes_through(live_server):
-    loop, srv, pipe, sock = live_server
+    loop, srv, gw, sock = live_server
     raw = light_frame(node_id=0x7777, counter=1)
     sock.send(bytes([2, 0, 9, 0]) + EUI + json.dumps({"rxpk": [rxpk(raw)]}).encode())
-
-    async def arrived():
-        while not any(r.raw == raw for r in pipe.receptions):
-            await asyncio.sleep(0.001)
-    loop.run_until_complete(asyncio.wait_for(arrived(), 2))
+    loop.run_until_complete(gw.seen.wait(lambda: any(r.raw == raw for r in gw.seen.receptions), 2))

@@ -15,38 +15,43 @@ Shared here:
   Pipeline       what a transport needs from the pipeline (ingest, reject)
   DownlinkError  raised by `DownlinkPath.send_downlink` when a frame could not
                  be handed to the radio or wire (the caller keeps it queued)
-  Ingestor       bounded, concurrent, per-node-ordered feeding of the pipeline
-  Throttle       bounded-rate logging for anything the air can trigger
+  Ingestor       a bounded queue in front of pipeline.submit for callbacks
+  report_reject  pipeline.reject, guarded
 
 Nothing received from the air or a wire may raise out of a transport: each
-entry point catches, counts and logs (at a bounded rate) instead.
+entry point catches, counts and logs instead, through gateway.logs.RateLimiter
+so a noisy channel cannot fill the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
 from typing import Protocol
 
+from gateway.logs import RateLimiter
 from gateway.model import Reception
 
-__all__ = ["DownlinkError", "Ingestor", "Pipeline", "Throttle", "node_id_of"]
+__all__ = ["DownlinkError", "Ingestor", "Pipeline", "node_id_of", "report_reject"]
 
-# Ingestor limits (see Ingestor): enough parallel appends for the store's
-# group commit to batch well, while the memory held by frames waiting for the
-# pipeline stays small (DEFAULT_DEPTH x 255-byte frames is about 2 MB).
-DEFAULT_SHARDS = 64
+# Receptions that may wait for the pipeline in a transport's queue: under a
+# flood, memory stays flat (8192 x a 255-byte frame is about 2 MB, plus the
+# pipeline's own in-flight bound behind it).
 DEFAULT_DEPTH = 8192
 
 
 class Pipeline(Protocol):
-    """The pipeline as a transport sees it (gateway/pipeline.py implements it)."""
+    """The pipeline as a transport sees it (gateway/pipeline.py implements it).
 
-    async def ingest(self, reception: Reception) -> str: ...
+    `submit` starts processing a reception and returns at once unless the
+    pipeline has too much in flight (backpressure); receptions are processed
+    in submission order. `reject` counts something dropped before it was a
+    frame.
+    """
 
-    def reject(self, reason: str, transport: str) -> None: ...
+    async def submit(self, reception: Reception) -> None: ...
+
+    def reject(self, reason: str, transport: str, detail: str | None = None) -> None: ...
 
 
 class DownlinkError(Exception):
@@ -68,122 +73,84 @@ def node_id_of(raw: bytes) -> int:
     return int.from_bytes(raw[1:5], "big") if len(raw) >= 5 else 0
 
 
-class Throttle:
-    """At most `burst` log lines per `per` seconds per key; counts what it held back.
-
-    Anything the air can trigger (garbage, bad CRCs, floods) is logged through
-    one of these, so a noisy channel cannot fill the disk with logs.
-    """
-
-    def __init__(self, burst: int = 10, per: float = 60.0) -> None:
-        self.burst = burst
-        self.per = per
-        self._windows: dict[str, tuple[float, int]] = {}
-        self.suppressed: Counter[str] = Counter()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        start, n = self._windows.get(key, (now, 0))
-        if now - start >= self.per:
-            start, n = now, 0
-        if n >= self.burst:
-            self.suppressed[key] += 1
-            self._windows[key] = (start, n)
-            return False
-        self._windows[key] = (start, n + 1)
-        return True
-
-
 class Ingestor:
-    """Feeds receptions to `pipeline.ingest`: concurrent across nodes, in order per node.
+    """A bounded queue in front of `pipeline.submit`, for callbacks that cannot wait.
 
-    Frames are spread over `shards` worker tasks by node id, each with its own
-    FIFO: frames of one node reach the pipeline in arrival order (so the
-    store keeps them in counter order), while frames of different nodes are
-    ingested concurrently and share the store's group commits. At most
-    `depth` receptions wait in total, `depth // shards` per shard (memory
-    stays flat under a flood, and one chatty or hostile node id fills only
-    its own shard):
-
-    - `offer()` never waits; when full it drops the reception and reports
-      it as an "overload" rejection. For callbacks that cannot wait (UDP
-      datagrams, BLE notifications); a radio cannot be paused anyway.
-    - `put()` waits for room; for streams that can push back (a serial port:
-      the bytes wait in the OS buffer and the sender's flow control).
-
-    `verdicts` counts what the pipeline answered ("accepted", "duplicate",
-    rejection reasons), plus "internal_error" when it raised: a pipeline bug
-    is logged and counted, never allowed to stop the transport.
+    UDP datagrams and BLE notifications arrive in plain callbacks: `offer()`
+    queues the reception without waiting and one worker submits them in
+    arrival order (so frames of a node keep their order into the store).
+    When `depth` receptions already wait -- the pipeline is at its in-flight
+    bound and the radios keep talking -- the reception is dropped and
+    reported as an "overload" rejection: counted and visible, never an
+    unbounded heap. A stream that can push back (a serial port) awaits
+    `pipeline.submit` directly instead.
     """
 
-    def __init__(self, pipeline: Pipeline, transport: str, *, shards: int = DEFAULT_SHARDS,
-                 depth: int = DEFAULT_DEPTH, log: logging.Logger | None = None) -> None:
-        if shards < 1 or depth < shards:
-            raise ValueError("need shards >= 1 and depth >= shards")
+    def __init__(self, pipeline: Pipeline, transport: str, *, depth: int = DEFAULT_DEPTH,
+                 log: logging.Logger | None = None) -> None:
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
         self.pipeline = pipeline
         self.transport = transport
         self.log = log or logging.getLogger(f"lumeau.gateway.transports.{transport}")
-        per_shard = depth // shards
-        self._queues: list[asyncio.Queue[Reception]] = [asyncio.Queue(per_shard) for _ in range(shards)]
-        self._workers: list[asyncio.Task[None]] = []
-        self.verdicts: Counter[str] = Counter()
+        self._queue: asyncio.Queue[Reception] = asyncio.Queue(depth)
+        self._worker: asyncio.Task[None] | None = None
         self.dropped = 0
-        self._throttle = Throttle()
+        self.submit_errors = 0
+        self._limiter = RateLimiter()
 
     def start(self) -> None:
-        if not self._workers:
-            self._workers = [asyncio.create_task(self._work(q), name=f"ingest-{self.transport}-{i}")
-                             for i, q in enumerate(self._queues)]
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=f"ingest-{self.transport}")
 
     async def stop(self, drain: bool = True, timeout: float = 5.0) -> None:
-        """Stop the workers; with `drain`, first let queued receptions through (up to `timeout` s)."""
-        if drain and self._workers:
+        """Stop the worker; with `drain`, first submit what is queued (for up to `timeout` s)."""
+        if self._worker is None:
+            return
+        if drain:
             try:
-                await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
+                await asyncio.wait_for(self._queue.join(), timeout)
             except asyncio.TimeoutError:
                 self.log.warning("ingest queue not drained on stop",
                                  extra={"transport": self.transport, "waiting": self.waiting()})
-        for t in self._workers:
-            t.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        self._worker.cancel()
+        await asyncio.gather(self._worker, return_exceptions=True)
+        self._worker = None
 
     def waiting(self) -> int:
-        return sum(q.qsize() for q in self._queues)
-
-    def _queue(self, reception: Reception) -> asyncio.Queue[Reception]:
-        return self._queues[node_id_of(reception.raw) % len(self._queues)]
+        return self._queue.qsize()
 
     def offer(self, reception: Reception) -> bool:
+        """Queue a reception without waiting; False (and an "overload" rejection) when full."""
         try:
-            self._queue(reception).put_nowait(reception)
+            self._queue.put_nowait(reception)
             return True
         except asyncio.QueueFull:
             self.dropped += 1
-            self._reject("overload")
+            report_reject(self.pipeline, "overload", self.transport, self._limiter, self.log)
             return False
 
-    async def put(self, reception: Reception) -> None:
-        await self._queue(reception).put(reception)
-
-    def _reject(self, reason: str) -> None:
-        try:
-            self.pipeline.reject(reason, self.transport)
-        except Exception:  # a broken counter must not take the transport down
-            if self._throttle.allow("reject_error"):
-                self.log.exception("pipeline.reject failed", extra={"transport": self.transport})
-
-    async def _work(self, q: asyncio.Queue[Reception]) -> None:
+    async def _work(self) -> None:
+        q = self._queue
         while True:
             reception = await q.get()
             try:
-                verdict = await self.pipeline.ingest(reception)
-                self.verdicts[verdict] += 1
+                await self.pipeline.submit(reception)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                self.verdicts["internal_error"] += 1
-                if self._throttle.allow("internal_error"):
-                    self.log.exception("pipeline.ingest raised", extra={"transport": self.transport})
+            except Exception:  # a pipeline bug must not stop the radio
+                self.submit_errors += 1
+                if self._limiter.allow("submit_error")[0]:
+                    self.log.exception("pipeline.submit raised", extra={"transport": self.transport})
             finally:
                 q.task_done()
+
+
+def report_reject(pipeline: Pipeline, reason: str, transport: str, limiter: RateLimiter,
+                  logger: logging.Logger, detail: str | None = None) -> None:
+    """pipeline.reject, guarded: a broken counter must not take a transport down."""
+    try:
+        pipeline.reject(reason, transport, detail)
+    except Exception:
+        if limiter.allow("reject_error")[0]:
+            logger.exception("pipeline.reject failed", extra={"transport": transport})

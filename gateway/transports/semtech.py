@@ -70,7 +70,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gateway.model import Reception
-from gateway.transports import DownlinkError, Ingestor, Pipeline, Throttle
+from gateway.logs import RateLimiter
+from gateway.transports import DownlinkError, Ingestor, Pipeline, report_reject
 from protocol import lora
 
 log = logging.getLogger("lumeau.gateway.transports.semtech")
@@ -191,7 +192,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._pending: dict[int, tuple[str, asyncio.Future[str]]] = {}
         self._token = random.getrandbits(16)
-        self._throttle = Throttle()
+        self._limiter = RateLimiter()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -228,18 +229,18 @@ class SemtechServer(asyncio.DatagramProtocol):
             self._datagram(data, addr)
         except Exception:  # never let one datagram take the server down
             self.counts["internal_error"] += 1
-            if self._throttle.allow("internal_error"):
+            if self._limiter.allow("internal_error")[0]:
                 log.exception("semtech datagram handling failed", extra={"peer": str(addr)})
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable after a sendto (forwarder gone): not fatal.
         self.counts["socket_errors"] += 1
-        if self._throttle.allow("socket_error"):
+        if self._limiter.allow("socket_error")[0]:
             log.warning("semtech udp socket error: %s", exc)
 
     def _malformed(self, what: str, addr: Any) -> None:
         self.counts["malformed_datagrams"] += 1
-        if self._throttle.allow("malformed"):
+        if self._limiter.allow("malformed")[0]:
             log.warning("semtech: malformed datagram: %s", what, extra={"peer": str(addr)})
 
     def _datagram(self, data: bytes, addr: Any) -> None:
@@ -361,13 +362,7 @@ class SemtechServer(asyncio.DatagramProtocol):
 
     def _bad_packet(self, reason: str, why: str) -> None:
         self.counts[f"rxpk_{reason}"] += 1
-        try:
-            self.pipeline.reject(reason, TRANSPORT)
-        except Exception:
-            if self._throttle.allow("reject_error"):
-                log.exception("pipeline.reject failed")
-        if self._throttle.allow(reason):
-            log.info("semtech: packet dropped: %s", why, extra={"reason": reason})
+        report_reject(self.pipeline, reason, TRANSPORT, self._limiter, log, why)
 
     def _tx_ack(self, data: bytes) -> None:
         self.counts["tx_ack"] += 1
