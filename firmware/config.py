@@ -1,0 +1,190 @@
+# The node's provisioned configuration: one JSON file written by the
+# technician tooling, read once at boot.
+#
+#   {
+#     "node_id": 10531523,              required, 32-bit
+#     "kind": "lighting",               required: lighting | irrigation | bridge
+#     "root_key": "000102...0e0f",      required except for a bridge: 32 hex digits
+#     "radio": {"type": "lora", "freq_hz": 868100000, "sf": 9, "bw_hz": 125000,
+#               "cr": 5, "tx_power": 14, "chip": "sx1276"},
+#     "location": {"lat": 48.8566, "lon": 2.3522},
+#     "report_interval_s": 900, "status_interval_s": 21600,
+#     "confirm_alarms": true, "encrypt": false, "wdt_ms": 8000,
+#     "pins": {"lamp": 25, "pir": 26, ...},     for the board HAL
+#     "lighting": {...}, "irrigation": {...}     the app's own section
+#   }
+#
+# load(data) validates everything the runtime uses, fills safe defaults, and
+# returns a plain dict; an error is a ConfigError naming the key and why.
+# The app sections are passed through as dicts: each app validates its own.
+# The root key never stays in the dict: it becomes cfg["keys"], a
+# protocol.keys.NodeKeys whose repr hides key material, so printing a config
+# cannot leak it. The config hash (first 4 bytes of SHA-256 of the file's
+# bytes, SPEC §5 HELLO) is cfg["hash"].
+
+import hashlib
+import json
+
+from protocol import lora
+from protocol.keys import NodeKeys
+
+KINDS = ("lighting", "irrigation", "bridge")
+KIND_CODES = {"lighting": 1, "irrigation": 2, "bridge": 3}  # protocol.messages.KIND_*
+RADIO_TYPES = ("lora", "uart", "sim")
+
+# Limits (seconds unless named): a report at most every 30 s keeps a node
+# inside 1 % duty cycle at SF12 with room for retries; at least once a day
+# keeps it visible. STATUS is rarer than reports.
+REPORT_MIN_S = 30
+REPORT_MAX_S = 86400
+STATUS_MIN_S = 300
+STATUS_MAX_S = 7 * 86400
+WDT_MIN_MS = 2000  # below that a slow flash write could bite
+WDT_MAX_MS = 8388  # the ESP32 and RP2040 both accept this; the RP2040 caps at 8.3 s
+TX_POWER_MIN = 2
+TX_POWER_MAX = 14  # EU868 ERP limit for the g1 sub-band (25 mW ~ 14 dBm)
+MAX_FILE = 4096  # a config file larger than this is refused before parsing
+
+DEFAULTS = {
+    "report_interval_s": 900,
+    "status_interval_s": 21600,
+    "confirm_alarms": True,
+    "encrypt": False,
+    "wdt_ms": 8000,
+}
+RADIO_DEFAULTS = {
+    "type": "lora",
+    "freq_hz": 868100000,
+    "sf": 9,
+    "bw_hz": 125000,
+    "cr": 5,
+    "tx_power": 14,
+}
+
+
+class ConfigError(ValueError):
+    """The config file is unusable; the message names the key and why."""
+
+
+def config_hash(data):
+    return hashlib.sha256(data).digest()[:4]
+
+
+def _int(d, key, lo, hi, where=""):
+    v = d[key]
+    if type(v) is not int:  # bool is an int subclass on CPython
+        raise ConfigError("%s%s: expected an integer, got %r" % (where, key, v))
+    if v < lo or v > hi:
+        raise ConfigError("%s%s: %d out of range %d..%d" % (where, key, v, lo, hi))
+    return v
+
+
+def _num(d, key, lo, hi, where=""):
+    v = d[key]
+    if type(v) is not int and type(v) is not float:
+        raise ConfigError("%s%s: expected a number, got %r" % (where, key, v))
+    if v < lo or v > hi:
+        raise ConfigError("%s%s: %r out of range %r..%r" % (where, key, v, lo, hi))
+    return v
+
+
+def _bool(d, key):
+    v = d[key]
+    if v is not True and v is not False:
+        raise ConfigError("%s: expected true or false, got %r" % (key, v))
+    return v
+
+
+def _section(d, key):
+    v = d.get(key)
+    if v is None:
+        return {}
+    if type(v) is not dict:
+        raise ConfigError("%s: expected an object" % key)
+    return v
+
+
+def _radio(r):
+    out = dict(RADIO_DEFAULTS)
+    out.update(r)
+    if out["type"] not in RADIO_TYPES:
+        raise ConfigError("radio.type: %r is not one of %s" % (out["type"], ", ".join(RADIO_TYPES)))
+    _int(out, "sf", 7, 12, "radio.")
+    bw = _int(out, "bw_hz", 125000, 500000, "radio.")
+    if bw not in lora.BANDWIDTHS_HZ:
+        raise ConfigError("radio.bw_hz: %d is not 125000, 250000 or 500000" % bw)
+    _int(out, "cr", lora.CR_DENOM_MIN, lora.CR_DENOM_MAX, "radio.")
+    _int(out, "tx_power", TX_POWER_MIN, TX_POWER_MAX, "radio.")
+    freq = _int(out, "freq_hz", 0, 0xFFFFFFFF, "radio.")
+    try:
+        out["band"] = lora.band_for(freq, bw)
+    except ValueError as e:
+        raise ConfigError("radio.freq_hz: %s" % e)
+    return out
+
+
+def load(data):
+    """Parse and validate the config file's bytes; returns the config dict."""
+    if type(data) is str:
+        data = data.encode()
+    data = bytes(data)
+    if len(data) > MAX_FILE:
+        raise ConfigError("config file is %d bytes, at most %d" % (len(data), MAX_FILE))
+    try:
+        raw = json.loads(data)
+    except ValueError as e:
+        raise ConfigError("config file is not valid JSON: %s" % e)
+    if type(raw) is not dict:
+        raise ConfigError("config file must hold a JSON object")
+    for key in ("node_id", "kind"):
+        if key not in raw:
+            raise ConfigError("%s: required" % key)
+    cfg = dict(DEFAULTS)
+    cfg.update(raw)
+    node_id = _int(cfg, "node_id", 0, 0xFFFFFFFF)
+    kind = cfg["kind"]
+    if kind not in KINDS:
+        raise ConfigError("kind: %r is not one of %s" % (kind, ", ".join(KINDS)))
+    cfg["kind_code"] = KIND_CODES[kind]
+    _int(cfg, "report_interval_s", REPORT_MIN_S, REPORT_MAX_S)
+    _int(cfg, "status_interval_s", STATUS_MIN_S, STATUS_MAX_S)
+    _int(cfg, "wdt_ms", WDT_MIN_MS, WDT_MAX_MS)
+    _bool(cfg, "confirm_alarms")
+    _bool(cfg, "encrypt")
+    cfg["radio"] = _radio(_section(cfg, "radio"))
+    loc = _section(cfg, "location")
+    if loc:
+        for k in ("lat", "lon"):
+            if k not in loc:
+                raise ConfigError("location.%s: required when location is given" % k)
+        _num(loc, "lat", -90, 90, "location.")
+        _num(loc, "lon", -180, 180, "location.")
+    cfg["location"] = loc
+    pins = _section(cfg, "pins")
+    for name in pins:
+        _int(pins, name, 0, 255, "pins.")
+    cfg["pins"] = pins
+    _section(cfg, "lighting")
+    _section(cfg, "irrigation")
+    root = cfg.pop("root_key", None)
+    if root is None:
+        if kind != "bridge":
+            raise ConfigError("root_key: required")
+        cfg["keys"] = None
+    else:
+        if type(root) is not str or len(root) != 32:
+            raise ConfigError("root_key: expected 32 hex digits (16 bytes)")
+        try:
+            key = bytes.fromhex(root)
+        except ValueError:
+            raise ConfigError("root_key: not hexadecimal")
+        cfg["keys"] = NodeKeys(node_id, key)
+    cfg["hash"] = config_hash(data)
+    return cfg
+
+
+def read(path="config.json"):
+    """Load the config from the board's filesystem (boot.py / main.py)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE + 1)
+    return load(data)
