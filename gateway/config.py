@@ -1,0 +1,422 @@
+"""The gateway's configuration: one TOML file, checked before anything starts.
+
+`load_config(path)` returns a `GatewayConfig` or raises `ConfigError` whose
+message names the file, the key and why (`gateway.toml: api.port: 70000 is
+not a port number (1..65535)`). Unknown keys are errors (a typo must not
+silently fall back to a default), with the closest known key suggested.
+
+Relative paths are relative to the config file's directory, so a deployment
+directory can be moved as a whole. Secrets (API and upstream tokens) come
+from `token_file` (preferred: the file must be mode 0600 or stricter) or
+`token`; they are held in `Secret` objects that never show in reprs or logs.
+
+`example_config()` is the complete commented configuration printed by
+`lumeau gateway --example-config`; it loads as is (tests check that, and
+that it mentions every key), with a fresh random API token each time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import secrets
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
+from gateway.pipeline import DEFAULT_MAX_INFLIGHT
+
+TOKEN_MIN_LEN = 16  # characters: a bearer token shorter than this is guessable
+LOG_LEVELS = ("debug", "info", "warning", "error")
+UPSTREAM_FORMATS = ("native", "ngsi-ld")
+SERIAL_MODES = ("bridge", "wired")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class Secret:
+    """A token or password: compared and used, never printed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+
+# ---------------------------------------------------------------- checks
+
+Check = Callable[[Any], str | None]  # returns why the value is wrong, or None
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"{v} must be positive"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"{v} must not be negative"
+
+
+def _port(v: Any) -> str | None:
+    return None if 1 <= v <= 65535 else f"{v} is not a port number (1..65535)"
+
+
+def _port0(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else f"{v} is not a port number (0..65535; 0 picks a free one)"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"{v!r} is not one of {', '.join(choices)}"
+    return check
+
+
+def _nonempty(v: Any) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _host(v: Any) -> str | None:
+    if not v.strip():
+        return "must not be empty"
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        if v != "localhost" and not all(p.isalnum() or "-" in p for p in v.split(".")):
+            return f"{v!r} is neither an IP address nor a host name"
+    return None
+
+
+def _url(v: Any) -> str | None:
+    if not (v.startswith("http://") or v.startswith("https://")):
+        return f"{v!r} must start with http:// or https://"
+    return None
+
+
+def _range(lo: float, hi: float) -> Check:
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"{v} is outside {lo:g}..{hi:g}"
+    return check
+
+
+def opt(default: Any, help: str, check: Check | None = None, kind: str = "") -> Any:
+    """A config key: default, one-line help (for the example), check, special kind ("path", "secret")."""
+    return field(default=default, metadata={"help": help, "check": check, "kind": kind})
+
+
+# ---------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    id: str = opt("", "name of this gateway in logs and records (default: the host name)")
+    database: Path = opt(Path("gateway.db"), "the SQLite database: durable queue, replay windows, downlinks",
+                         kind="path")
+    registry: Path = opt(Path("nodes.toml"), "the node registry written by provisioning (mode 0600)", kind="path")
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = opt("info", "debug | info | warning | error", _one_of(*LOG_LEVELS))
+    file: str = opt("-", "JSON lines go here; \"-\" is standard error")
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    max_records: int = opt(DEFAULT_MAX_RECORDS, "records kept while the upstream is away (~110 B each); "
+                           "when full: oldest routine telemetry first, alarms never", _positive)
+    quarantine_max_records: int = opt(DEFAULT_QUARANTINE_MAX, "records of refused (4xx) batches kept for "
+                                      "inspection", _non_negative)
+    group_max: int = opt(DEFAULT_GROUP_MAX, "records per transaction at most (one fsync each)", _positive)
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    max_inflight: int = opt(DEFAULT_MAX_INFLIGHT, "receptions queued or committing before transports are "
+                            "slowed down", _positive)
+
+
+@dataclass(frozen=True)
+class DownlinksSection:
+    default_ttl_s: float = opt(3600.0, "a queued downlink expires after this unless the request says", _positive)
+    max_attempts: int = opt(3, "times a COMMAND is sent without a CMD_ACK before it is failed", _positive)
+    max_queued_per_node: int = opt(16, "downlinks waiting per node at most", _positive)
+    collect_s: float = opt(0.2, "after a LoRa uplink, wait this long for other radios' copies and answer "
+                           "through the best one", _range(0.0, 0.8))
+    ack_alarms: bool = opt(True, "acknowledge confirmed alarms (SPEC 6) once they are stored")
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    enabled: bool = opt(True, "the local HTTP API and /metrics")
+    host: str = opt("127.0.0.1", "listen address; keep it local unless a reverse proxy adds TLS", _host)
+    port: int = opt(8760, "listen port", _port0)
+    token_file: Path | None = opt(None, "file holding the bearer token (mode 0600); or set token", kind="path")
+    token: Secret | None = opt(None, f"the bearer token itself, at least {TOKEN_MIN_LEN} characters",
+                               kind="secret")
+
+
+@dataclass(frozen=True)
+class UpstreamSection:
+    enabled: bool = opt(True, "send records upstream (off: they stay queued, bounded)")
+    url: str = opt("http://127.0.0.1:8780/v1/records", "where batches go (the default is `lumeau sink`)", _url)
+    format: str = opt("native", "native | ngsi-ld", _one_of(*UPSTREAM_FORMATS))
+    token_file: Path | None = opt(None, "file holding the upstream's bearer token (mode 0600)", kind="path")
+    token: Secret | None = opt(None, "the upstream's bearer token itself", kind="secret")
+    batch_max_records: int = opt(500, "a batch is sent when it holds this many records", _positive)
+    batch_max_age_s: float = opt(1.0, "or when its oldest record waited this long", _positive)
+    timeout_s: float = opt(30.0, "a request taking longer is retried", _positive)
+    gzip: bool = opt(True, "compress request bodies")
+    backoff_initial_s: float = opt(1.0, "first retry delay; doubled per failure, with jitter", _positive)
+    backoff_max_s: float = opt(300.0, "retry delay at most (Retry-After is honoured up to this)", _positive)
+    tenant: str = opt("", "NGSI-LD tenant (NGSILD-Tenant header), empty for none")
+
+
+@dataclass(frozen=True)
+class SemtechSection:
+    enabled: bool = opt(False, "listen for Semtech UDP packet forwarders (any commercial LoRa gateway)")
+    host: str = opt("0.0.0.0", "listen address: the LAN the forwarders are on", _host)
+    port: int = opt(1700, "the forwarders' serv_port_up and serv_port_down", _port0)
+    rx_delay_s: float = opt(1.0, "RX1 delay after an uplink (SPEC 6)", _range(0.1, 15.0))
+    tx_power_dbm: int = opt(14, "downlink transmit power (EU868 g1: 14 dBm ERP at most)", _range(0, 30))
+    invert_iq: bool = opt(False, "downlink IQ polarity; must match what the nodes listen for")
+    accept_no_crc: bool = opt(True, "accept packets sent without a PHY CRC (stat 0): the MIC still checks them")
+
+
+@dataclass(frozen=True)
+class SerialPortSection:
+    port: str = opt("", "device path, e.g. /dev/ttyUSB0 (required)", _nonempty)
+    baudrate: int = opt(115200, "line speed", _positive)
+    mode: str = opt("bridge", "bridge: a LoRa radio bridge board; wired: a node on the line", _one_of(*SERIAL_MODES))
+    reconnect_s: float = opt(2.0, "retry opening the port this often while it is missing", _positive)
+
+
+@dataclass(frozen=True)
+class BleSection:
+    enabled: bool = opt(False, "talk to nodes in Bluetooth LE reach (bleak)")
+    scan_interval_s: float = opt(30.0, "scan for nodes advertising the Lumeau service this often", _positive)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    gateway: GatewaySection
+    log: LogSection
+    queue: QueueSection
+    pipeline: PipelineSection
+    downlinks: DownlinksSection
+    api: ApiSection
+    upstream: UpstreamSection
+    semtech: SemtechSection
+    serial: tuple[SerialPortSection, ...]
+    ble: BleSection
+
+
+_SECTIONS: dict[str, type] = {
+    "gateway": GatewaySection, "log": LogSection, "queue": QueueSection, "pipeline": PipelineSection,
+    "downlinks": DownlinksSection, "api": ApiSection, "upstream": UpstreamSection, "semtech": SemtechSection,
+    "ble": BleSection,
+}
+_ARRAYS: dict[str, type] = {"serial": SerialPortSection}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _type_name(t: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(t, t.__name__)
+
+
+def _read_secret_file(p: Path, where: str) -> Secret:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {p} does not exist") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{where}: {p} holds a secret but is accessible to group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}")
+    try:
+        value = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read {p}: {e}") from None
+    if len(value) < TOKEN_MIN_LEN:
+        raise ConfigError(f"{where}: the token in {p} is shorter than {TOKEN_MIN_LEN} characters")
+    return Secret(value)
+
+
+def _section(cls: type, data: Any, where: str, base: Path) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            raise ConfigError(f"{where}.{key}: unknown key{hint}")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        kind = f.metadata["kind"]
+        if name not in data:
+            continue
+        v = data[name]
+        key = f"{where}.{name}"
+        if kind == "path":
+            if not isinstance(v, str) or not v.strip():
+                raise ConfigError(f"{key}: must be a path (text)")
+            p = Path(v).expanduser()
+            values[name] = p if p.is_absolute() else base / p
+            continue
+        if kind == "secret":
+            if not isinstance(v, str):
+                raise ConfigError(f"{key}: must be text")
+            if len(v) < TOKEN_MIN_LEN:
+                raise ConfigError(f"{key}: shorter than {TOKEN_MIN_LEN} characters: too easy to guess")
+            values[name] = Secret(v)
+            continue
+        want = type(f.default)
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if type(v) is not want:
+            raise ConfigError(f"{key}: must be {_type_name(want)}, got {v!r}")
+        if want is float and not math.isfinite(v):
+            raise ConfigError(f"{key}: must be a finite number")
+        check = f.metadata["check"]
+        if check is not None:
+            why = check(v)
+            if why:
+                raise ConfigError(f"{key}: {why}")
+        values[name] = v
+    if "token" in known:
+        if "token" in values and "token_file" in values:
+            raise ConfigError(f"{where}: set token or token_file, not both")
+        if "token_file" in values:
+            values["token"] = _read_secret_file(values["token_file"], f"{where}.token_file")
+    return cls(**values)
+
+
+def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
+    """Check a parsed TOML document; `path` names it in errors and anchors relative paths."""
+    base = path.parent
+    name = str(path)
+    for key in data:
+        if key not in _SECTIONS and key not in _ARRAYS:
+            close = difflib.get_close_matches(key, list(_SECTIONS) + list(_ARRAYS), n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            raise ConfigError(f"{name}: [{key}]: unknown section{hint}")
+    try:
+        out: dict[str, Any] = {}
+        for sec, cls in _SECTIONS.items():
+            out[sec] = _section(cls, data.get(sec, {}), sec, base)
+        ports = data.get("serial", [])
+        if not isinstance(ports, list):
+            raise ConfigError("serial: must be an array of tables ([[serial]])")
+        out["serial"] = tuple(_section(SerialPortSection, p, f"serial[{i}]", base) for i, p in enumerate(ports))
+        for i, p in enumerate(out["serial"]):
+            if "port" not in ports[i]:
+                raise ConfigError(f"serial[{i}].port: required")
+        seen = set()
+        for i, p in enumerate(out["serial"]):
+            if p.port in seen:
+                raise ConfigError(f"serial[{i}].port: {p.port} is listed twice")
+            seen.add(p.port)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    gw = out["gateway"]
+    if not gw.id:
+        out["gateway"] = GatewaySection(id=socket.gethostname() or "gateway", database=gw.database,
+                                        registry=gw.registry)
+    api = out["api"]
+    if api.enabled and api.token is None:
+        raise ConfigError(f"{name}: api.token: required when the API is enabled (set token_file or token)")
+    if out["upstream"].backoff_initial_s > out["upstream"].backoff_max_s:
+        raise ConfigError(f"{name}: upstream.backoff_initial_s: larger than backoff_max_s")
+    return GatewayConfig(path=path, **out)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_config(data, path)
+
+
+# ---------------------------------------------------------------- the example
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Path):
+        return f'"{v}"'
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _example_section(header: str, cls: type, overrides: dict[str, str], commented: set[str]) -> list[str]:
+    lines = [header]
+    for f in fields(cls):
+        help_ = f.metadata["help"]
+        value = overrides.get(f.name, _toml_value(f.default) if f.default is not None else '""')
+        prefix = "# " if f.name in commented else ""
+        lines.append(f"{prefix}{f.name} = {value}".ljust(44) + f"  # {help_}")
+    return lines + [""]
+
+
+def example_config() -> str:
+    """A complete, commented configuration that loads as is (fresh API token each call)."""
+    token = secrets.token_urlsafe(32)
+    out = [
+        "# Lumeau gateway configuration (TOML). Print a fresh one with:",
+        "#   lumeau gateway --example-config > gateway.toml",
+        "# Relative paths are relative to this file. Every key is shown with its default;",
+        "# commented keys are alternatives. Secrets: prefer token_file (mode 0600).",
+        "",
+    ]
+    out += _example_section("[gateway]", GatewaySection, {"id": '"gateway-1"'}, set())
+    out += _example_section("[log]", LogSection, {}, set())
+    out += _example_section("[queue]", QueueSection, {}, set())
+    out += _example_section("[pipeline]", PipelineSection, {}, set())
+    out += _example_section("[downlinks]", DownlinksSection, {}, set())
+    out += _example_section("[api]", ApiSection, {"token_file": '"api.token"', "token": f'"{token}"'},
+                            {"token_file"})
+    out += _example_section("[upstream]", UpstreamSection, {"token_file": '"upstream.token"',
+                                                             "token": '"the-upstream-bearer-token"'},
+                            {"token_file", "token"})
+    out += _example_section("[semtech]", SemtechSection, {}, set())
+    out += ["# One [[serial]] table per serial port (radio bridge boards, wired nodes):"]
+    ex = _example_section("[[serial]]", SerialPortSection, {"port": '"/dev/ttyUSB0"'}, set())
+    out += ["# " + line if line else "" for line in ex]
+    out += _example_section("[ble]", BleSection, {}, set())
+    return "\n".join(out).rstrip() + "\n"
+
+
+__all__ = ["ConfigError", "GatewayConfig", "Secret", "example_config", "load_config", "parse_config"]

@@ -1,0 +1,258 @@
+"""The node registry: which nodes exist, their root keys and where they are.
+
+A TOML file written by provisioning (and by the local API), one table per
+node keyed by its id in hex:
+
+    # Lumeau node registry: holds root keys. Mode 0600.
+    version = 1
+
+    [nodes.00a1b2c3]
+    kind = "lighting"                      # lighting | irrigation | bridge
+    root_key = "000102030405060708090a0b0c0d0e0f"  # 16 bytes, hex
+    name = "Rue de Rivoli 12"              # optional, for people
+    site = "Rue de Rivoli"                 # optional: street, park or zone
+    lat = 48.8606                          # optional, degrees (WGS 84)
+    lon = 2.3376
+    firmware = "0.1.0"                     # optional: as provisioned
+
+What the node reports about itself (last seen, firmware it runs, readings)
+is node state in the store, not here: this file changes only when a person
+or provisioning changes it.
+
+Security: the file must not be readable by group or others (loading one that
+is fails, naming the file and the fix, as ssh does with keys); `save()`
+writes a new file with mode 0600, fsyncs it and renames it over the old one,
+so a crash leaves the old or the new registry, never half of one. Root keys
+never appear in reprs, logs or `public()`.
+
+Limits: MAX_NODES = 100,000 nodes per registry (a city district per
+gateway; loading and lookups are dict-sized, not the problem: a bound keeps
+a hostile or broken file from exhausting memory).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import tomli_w
+
+from protocol.keys import ROOT_KEY_LEN, NodeKeys
+
+FORMAT_VERSION = 1
+MAX_NODES = 100_000
+KINDS = ("lighting", "irrigation", "bridge")  # protocol.messages KIND_* 1, 2, 3
+TEXT_MAX = 128
+_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware")
+
+
+class RegistryError(ValueError):
+    """A registry file or entry that cannot be used; the message names file, node, key and why."""
+
+
+def parse_node_id(value: Any) -> int:
+    """A node id from an int or a hex string ("00a1b2c3" or "0x00a1b2c3")."""
+    if isinstance(value, bool):
+        raise ValueError("node id must be an integer or hex text")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        s = value.strip().lower()
+        s = s[2:] if s.startswith("0x") else s
+        if not s or len(s) > 8 or any(c not in "0123456789abcdef" for c in s):
+            raise ValueError(f"node id {value!r} is not 1 to 8 hex digits")
+        n = int(s, 16)
+    else:
+        raise ValueError("node id must be an integer or hex text")
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise ValueError(f"node id {value!r} is not a 32-bit unsigned integer")
+    return n
+
+
+def format_node_id(node_id: int) -> str:
+    return f"{node_id:08x}"
+
+
+@dataclass(slots=True)
+class NodeEntry:
+    """One provisioned node. `keys` are derived from `root_key` on creation."""
+
+    node_id: int
+    kind: str
+    root_key: bytes = field(repr=False)
+    name: str = ""
+    site: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    firmware: str = ""
+    keys: NodeKeys = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"node {self.node_id:08x}" if isinstance(self.node_id, int) else "node"
+        if isinstance(self.node_id, bool) or not isinstance(self.node_id, int) or not 0 <= self.node_id <= 0xFFFFFFFF:
+            raise RegistryError(f"{where}: id must be a 32-bit unsigned integer")
+        if self.kind not in KINDS:
+            raise RegistryError(f"{where}: kind: {self.kind!r} is not one of {', '.join(KINDS)}")
+        if not isinstance(self.root_key, (bytes, bytearray)) or len(self.root_key) != ROOT_KEY_LEN:
+            raise RegistryError(f"{where}: root_key: must be {ROOT_KEY_LEN} bytes")
+        self.root_key = bytes(self.root_key)
+        for name in ("name", "site", "firmware"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or len(v) > TEXT_MAX:
+                raise RegistryError(f"{where}: {name}: must be text of at most {TEXT_MAX} characters")
+        for name, lim in (("lat", 90.0), ("lon", 180.0)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > lim:
+                raise RegistryError(f"{where}: {name}: must be a number of degrees within +-{lim:g}")
+            setattr(self, name, float(v))
+        if (self.lat is None) != (self.lon is None):
+            raise RegistryError(f"{where}: lat and lon go together")
+        self.keys = NodeKeys(self.node_id, self.root_key)
+
+    @classmethod
+    def from_dict(cls, node_id: int, d: dict[str, Any]) -> "NodeEntry":
+        """From a TOML table or API JSON; root_key as 32 hex digits."""
+        where = f"node {node_id:08x}"
+        if not isinstance(d, dict):
+            raise RegistryError(f"{where}: must be a table")
+        unknown = sorted(set(d) - set(_FIELDS))
+        if unknown:
+            raise RegistryError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(_FIELDS)})")
+        for req in ("kind", "root_key"):
+            if req not in d:
+                raise RegistryError(f"{where}: {req}: required")
+        rk = d["root_key"]
+        try:
+            if not isinstance(rk, str):
+                raise ValueError
+            key = bytes.fromhex(rk)
+        except ValueError:
+            raise RegistryError(f"{where}: root_key: must be {2 * ROOT_KEY_LEN} hex digits") from None
+        return cls(node_id=node_id, kind=d["kind"], root_key=key, name=d.get("name", ""), site=d.get("site", ""),
+                   lat=d.get("lat"), lon=d.get("lon"), firmware=d.get("firmware", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML table (with the key: only for the registry file)."""
+        d: dict[str, Any] = {"kind": self.kind, "root_key": self.root_key.hex()}
+        for name in ("name", "site", "firmware"):
+            if getattr(self, name):
+                d[name] = getattr(self, name)
+        if self.lat is not None:
+            d["lat"] = self.lat
+            d["lon"] = self.lon
+        return d
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the key, for the API."""
+        d = self.to_dict()
+        del d["root_key"]
+        d["id"] = format_node_id(self.node_id)
+        return d
+
+
+class Registry:
+    """The nodes of one gateway, loaded from and saved to one TOML file."""
+
+    def __init__(self, path: str | Path, entries: dict[int, NodeEntry] | None = None) -> None:
+        self.path = Path(path)
+        self._entries: dict[int, NodeEntry] = dict(entries or {})
+        # the pipeline's hot path: a bound dict lookup
+        self.get = self._entries.get
+
+    @classmethod
+    def load(cls, path: str | Path, *, missing_ok: bool = True) -> "Registry":
+        """Read and check the file; a missing file is an empty registry when `missing_ok`."""
+        path = Path(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            if missing_ok:
+                return cls(path)
+            raise RegistryError(f"{path}: registry file not found") from None
+        if st.st_mode & 0o077:
+            raise RegistryError(f"{path}: holds root keys but is accessible to group or others "
+                                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise RegistryError(f"{path}: not valid TOML: {e}") from None
+        except OSError as e:
+            raise RegistryError(f"{path}: cannot read: {e.strerror}") from None
+        version = data.get("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise RegistryError(f"{path}: version: {version!r} is not supported (this gateway reads {FORMAT_VERSION})")
+        unknown = sorted(set(data) - {"version", "nodes"})
+        if unknown:
+            raise RegistryError(f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes)")
+        nodes = data.get("nodes", {})
+        if not isinstance(nodes, dict):
+            raise RegistryError(f"{path}: nodes: must be a table of node tables")
+        if len(nodes) > MAX_NODES:
+            raise RegistryError(f"{path}: nodes: {len(nodes)} nodes, at most {MAX_NODES}")
+        entries: dict[int, NodeEntry] = {}
+        for key, table in nodes.items():
+            try:
+                node_id = parse_node_id(key)
+            except ValueError as e:
+                raise RegistryError(f"{path}: nodes.{key}: {e}") from None
+            if node_id in entries:
+                raise RegistryError(f"{path}: nodes.{key}: node {node_id:08x} is listed twice")
+            try:
+                entries[node_id] = NodeEntry.from_dict(node_id, table)
+            except RegistryError as e:
+                raise RegistryError(f"{path}: nodes.{key}: {str(e).split(': ', 1)[1]}") from None
+        return cls(path, entries)
+
+    def save(self) -> None:
+        """Write the registry atomically with mode 0600 (new file, fsync, rename, fsync dir)."""
+        doc = {"version": FORMAT_VERSION,
+               "nodes": {format_node_id(n): self._entries[n].to_dict() for n in sorted(self._entries)}}
+        text = ("# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
+                "# Written by provisioning and the gateway's API; see gateway/registry.py.\n"
+                + tomli_w.dumps(doc))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is reduced by the umask; this is not
+            os.write(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def upsert(self, entry: NodeEntry) -> NodeEntry | None:
+        """Add or replace a node (not saved: call save()); returns the entry it replaced."""
+        old = self._entries.get(entry.node_id)
+        if old is None and len(self._entries) >= MAX_NODES:
+            raise RegistryError(f"{self.path}: at most {MAX_NODES} nodes")
+        self._entries[entry.node_id] = entry
+        return old
+
+    def remove(self, node_id: int) -> NodeEntry | None:
+        return self._entries.pop(node_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[NodeEntry]:
+        return iter(list(self._entries.values()))
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.path)!r}, {len(self._entries)} nodes)"
