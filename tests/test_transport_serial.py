@@ -1,0 +1,272 @@
+"""Serial transport on real pseudo-terminals: the test holds the master side, the gateway opens the slave.
+
+A device that vanishes and comes back is a pty closed and a new one created
+behind the same symlink (as udev's /dev/serial/by-id/... links behave when a
+USB board is replugged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tty
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.transports import DownlinkError
+from gateway.transports.serial import SerialTransport
+from protocol import serial as framing
+from tests.transport_helpers import Gateway, downlink_frame, light_frame
+
+
+class PtyDevice:
+    """The far end of a serial line: a pty master, reachable by the gateway at `link`."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master = -1
+        self.rx = framing.Decoder()
+        self.plug()
+
+    def plug(self) -> None:
+        self.master, slave = os.openpty()
+        tty.setraw(slave)  # no echo or line editing before the gateway configures the port
+        name = os.ttyname(slave)
+        os.close(slave)
+        os.set_blocking(self.master, False)
+        tmp = self.link.with_suffix(".new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(name)
+        tmp.replace(self.link)
+
+    def unplug(self) -> None:
+        os.close(self.master)
+        self.master = -1
+        self.link.unlink(missing_ok=True)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.master, view)
+            view = view[n:]
+
+    async def read_packets(self, n: int = 1, timeout: float = 3.0) -> list[bytes]:
+        got: list[bytes] = []
+
+        async def loop() -> None:
+            while len(got) < n:
+                try:
+                    got.extend(self.rx.feed(os.read(self.master, 4096)))
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+        await asyncio.wait_for(loop(), timeout)
+        return got
+
+    def close(self) -> None:
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+
+@pytest.fixture
+async def gw(tmp_path):
+    g = await Gateway.open(tmp_path / "gw.db")
+    yield g
+    await g.close()
+
+
+@pytest.fixture
+async def line(tmp_path, gw):
+    dev = PtyDevice(tmp_path / "ttyLUMEAU0")
+    t = SerialTransport(gw.pipeline, str(dev.link), reconnect_min=0.02, reconnect_max=0.1)
+    await t.start()
+    await t.wait_connected(3)
+    yield dev, t, gw
+    await t.stop()
+    dev.close()
+
+
+async def test_wired_frames_reach_the_pipeline_and_are_stored(line):
+    dev, t, gw = line
+    frames = [light_frame(counter=c) for c in range(1, 4)]
+    dev.write(b"".join(framing.encode(f) for f in frames))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
+    assert [r.raw for r in gw.seen.receptions] == frames
+    r = gw.seen.receptions[0]
+    assert r.transport == "serial" and r.gateway_id == f"serial:{dev.link}" and r.path is t
+    assert r.rssi is None and r.tmst is None
+    assert [rec.counter for rec, _ in gw.seen.uplinks] == [1, 2, 3]
+    assert gw.pipeline.accepted == 3 and gw.store.count() == 3
+
+
+async def test_frames_cut_at_every_byte_boundary_are_reassembled(line):
+    dev, t, gw = line
+    wire = b"".join(framing.encode(light_frame(counter=c)) for c in range(1, 6))
+    for i in range(len(wire)):  # one byte per write: the worst a UART can do
+        dev.write(wire[i:i + 1])
+        if i % 7 == 0:
+            await asyncio.sleep(0)
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 5)
+    assert [rec.counter for rec, _ in gw.seen.uplinks] == [1, 2, 3, 4, 5]
+
+
+async def test_line_noise_is_rejected_by_reason_and_good_frames_survive_it(line):
+    dev, t, gw = line
+    good1, good2, good3 = (light_frame(counter=c) for c in (1, 2, 3))
+    flipped = bytearray(framing.encode(light_frame(counter=9)))
+    flipped[-3] ^= 0x40  # one bit changed in a data byte on the wire: the CRC catches it
+    assert flipped[-3] != 0
+    startup_garbage = b"\x05garb"  # a well-formed COBS block with no valid CRC
+    bad_cobs = b"\x00\x09\x01\x02\x00"  # a code byte pointing past the end of the packet
+    overlong = framing.encode(bytes(range(1, 256)) * 3)  # 765 bytes: more than the 512 allowed
+    cut = framing.encode(good2)[:9]  # a sender reset mid-packet: the next leading 00 ends it
+    too_short = b"\x00\x01\x00"  # one byte after COBS: no room for a CRC
+    dev.write(startup_garbage + framing.encode(good1) + bytes(flipped) + bad_cobs + overlong
+              + cut + framing.encode(good2) + too_short + framing.encode(good3))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
+    await gw.wait(lambda: sum(gw.rejected("serial").values()) == 6)
+    assert [r.raw for r in gw.seen.receptions] == [good1, good2, good3]
+    assert gw.rejected("serial") == {"bad_crc": 3, "bad_cobs": 2, "oversized": 1}
+    s = t.stats()
+    assert (s["dropped_bad_crc"], s["dropped_bad_cobs"], s["dropped_oversized"], s["packets"]) == (3, 2, 1, 3)
+
+
+async def test_a_frame_the_pipeline_refuses_is_counted_there(line):
+    dev, t, gw = line
+    forged = bytearray(light_frame(counter=1))
+    forged[10] ^= 1  # valid on the line (the CRC is computed over the forged bytes), bad MIC
+    dev.write(framing.encode(bytes(forged)) + framing.encode(b"\x01\x02"))
+    await gw.wait(lambda: sum(gw.rejected("serial").values()) == 2)
+    assert gw.rejected("serial") == {"bad_mic": 1, "malformed": 1}
+
+
+async def test_downlink_is_written_to_the_line_at_once(line):
+    dev, t, gw = line
+    dev.write(framing.encode(light_frame(counter=1)))
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
+    down = [downlink_frame(counter=c) for c in (1, 2)]
+    await asyncio.gather(*(r.path.send_downlink(d, r) for d in down))
+    got = await dev.read_packets(2)
+    assert sorted(got) == sorted(down)  # each packet intact: two writers never interleave
+    assert t.stats()["downlinks_sent"] == 2
+
+
+async def test_device_vanishes_and_comes_back(line):
+    dev, t, gw = line
+    dev.write(framing.encode(light_frame(counter=1)))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 1)
+    r = gw.seen.receptions[0]
+
+    dev.unplug()
+    async def gone() -> None:
+        while t.connected:
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(gone(), 3)
+    with pytest.raises(DownlinkError) as e:
+        await r.path.send_downlink(downlink_frame(), r)
+    assert e.value.reason == "disconnected"
+    await asyncio.sleep(0.3)  # several reopen attempts fail while it is away
+    assert t.stats()["open_failures"] >= 2
+
+    dev.plug()
+    await t.wait_connected(3)
+    dev.write(framing.encode(light_frame(counter=2)))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    await r.path.send_downlink(downlink_frame(counter=5), r)
+    assert await dev.read_packets(1) == [downlink_frame(counter=5)]
+    s = t.stats()
+    assert s["connects"] == 2 and s["disconnects"] == 1
+
+
+async def test_a_port_missing_at_start_is_waited_for(tmp_path, gw):
+    link = tmp_path / "ttyLATE"
+    t = SerialTransport(gw.pipeline, str(link), reconnect_min=0.02, reconnect_max=0.05)
+    await t.start()
+    try:
+        await asyncio.sleep(0.15)
+        assert not t.connected and t.stats()["open_failures"] >= 2
+        dev = PtyDevice(link)
+        try:
+            await t.wait_connected(3)
+            dev.write(framing.encode(light_frame(counter=1)))
+            await gw.seen.wait(lambda: gw.seen.uplinks)
+        finally:
+            dev.close()
+    finally:
+        await t.stop()
+
+
+async def test_port_is_exclusive(line, gw):
+    dev, t, _ = line
+    other = SerialTransport(gw.pipeline, str(dev.link), reconnect_min=0.02, reconnect_max=0.05)
+    await other.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert not other.connected and other.stats()["open_failures"] >= 1
+    finally:
+        await other.stop()
+
+
+def test_bad_arguments_are_refused_clearly():
+    with pytest.raises(ValueError, match="mode"):
+        SerialTransport(None, "/dev/null", mode="modem")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reconnect"):
+        SerialTransport(None, "/dev/null", reconnect_min=0)  # type: ignore[arg-type]
+
+
+# -- fuzz: arbitrary bytes on the line never take the transport down --------------------------
+
+@pytest.fixture(scope="module")
+def live_line(tmp_path_factory):
+    loop = asyncio.new_event_loop()
+    d = tmp_path_factory.mktemp("fuzz")
+
+    async def make():
+        gw = await Gateway.open(d / "gw.db")
+        dev = PtyDevice(d / "ttyFUZZ")
+        t = SerialTransport(gw.pipeline, str(dev.link), reconnect_min=0.02, reconnect_max=0.05)
+        await t.start()
+        await t.wait_connected(3)
+        return gw, dev, t
+    gw, dev, t = loop.run_until_complete(make())
+    yield loop, gw, dev, t
+    loop.run_until_complete(t.stop())
+    loop.run_until_complete(gw.close())
+    dev.close()
+    loop.close()
+
+
+chunks = st.lists(st.one_of(
+    st.binary(max_size=300),
+    st.binary(min_size=1, max_size=300).map(framing.encode),  # well-framed garbage reaches the pipeline
+    st.builds(lambda c, cut: framing.encode(light_frame(node_id=0x4242, counter=c))[:cut],
+              st.integers(1, 2**31), st.integers(0, 60)),
+), max_size=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=chunks)
+def test_fuzz_serial_bytes_never_crash_the_transport(live_line, parts):
+    loop, gw, dev, t = live_line
+    data = b"".join(parts)
+    target = t.counts["bytes"] + len(data)
+    dev.write(data)
+
+    async def consumed() -> None:
+        while t.counts["bytes"] < target:
+            await asyncio.sleep(0.001)
+        await gw.pipeline.drain()
+    loop.run_until_complete(asyncio.wait_for(consumed(), 3))
+    assert t.connected and t.counts["internal_error"] == 0
+    assert gw.rejected("serial").get("internal_error", 0) == 0
+
+
+def test_after_the_fuzz_a_good_frame_still_goes_through(live_line):
+    loop, gw, dev, t = live_line
+    raw = light_frame(node_id=0x5151, counter=1)
+    dev.write(framing.encode(raw))
+    loop.run_until_complete(gw.seen.wait(lambda: any(r.raw == raw for r in gw.seen.receptions), 3))
