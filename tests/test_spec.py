@@ -8,6 +8,7 @@ import re
 import pytest
 
 from conftest import ROOT
+from firmware import bridge_msg
 from protocol import frame, keys, lora, serial
 from protocol import messages as m
 
@@ -33,7 +34,7 @@ def unhex(s: str) -> bytes:
 
 def test_spec_has_examples_of_every_kind():
     kinds = {k for k, _ in BLOCK.findall(SPEC.read_text())}
-    assert kinds == {"key-derivation", "frame", "airtime", "serial"}
+    assert kinds == {"key-derivation", "frame", "airtime", "serial", "bridge"}
     assert len(examples("frame")) >= 4
 
 
@@ -71,3 +72,30 @@ def test_serial_example(ex):
     assert serial.crc16(payload).to_bytes(2, "big") == unhex(ex["crc"])
     assert serial.encode(payload) == unhex(ex["encoded"])
     assert serial.Decoder().feed(unhex(ex["encoded"])) == [payload]
+
+
+def _bridge_decoded(text: str) -> tuple:
+    """Parse `RX tmst=1 ... frame=<hex>` (frame last: its hex has spaces) into decode()'s tuple."""
+    name, _, rest = text.partition(" ")
+    head, _, frame_hex = rest.partition("frame=")
+    values = [int(kv.partition("=")[2]) for kv in head.split()]
+    mtype = getattr(bridge_msg, name)
+    return (mtype, *values) + ((unhex(frame_hex),) if frame_hex else ())
+
+
+@pytest.mark.parametrize("ex", examples("bridge"), ids=lambda ex: ex["name"])
+def test_bridge_example(ex):
+    message = unhex(ex["message"])
+    want = _bridge_decoded(ex["decoded"])
+    assert bridge_msg.decode(message) == want
+    kind = want[0]
+    if kind == bridge_msg.RX:
+        _, tmst, freq, sf, bw, rssi, snr, raw = want
+        assert bridge_msg.encode_rx(tmst, freq, sf, bw, rssi, snr, raw) == message
+        frame.parse(raw)  # a real frame rides inside
+    elif kind == bridge_msg.TX:
+        _, tx_id, flags, tmst, freq, sf, bw, power, raw = want
+        assert bridge_msg.encode_tx(tx_id, raw, freq, sf, bw, power, tmst if flags else None) == message
+        frame.parse(raw)
+    else:
+        assert bridge_msg.encode_tx_result(*want[1:]) == message
