@@ -130,7 +130,7 @@ class NodeEntry:
                 raise RegistryError(f"{where}: {req}: required")
         rk = d["root_key"]
         try:
-            if not isinstance(rk, str):
+            if not isinstance(rk, str) or len(rk) != 2 * ROOT_KEY_LEN:
                 raise ValueError
             key = bytes.fromhex(rk)
         except ValueError:

@@ -455,6 +455,7 @@ class Store:
             c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM q_seqs)")
             c.execute("INSERT INTO quarantine_batches VALUES (?,?,?,?,?)", (batch, time.time(), status, text, moved))
             self._count -= moved
+            self.quarantined_total += moved
             self._bump(c, "quarantined", moved)
             over = c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] - self.quarantine_max
             if over > 0:
@@ -465,7 +466,6 @@ class Store:
             return batch
 
         batch = await self._submit(op)
-        self.quarantined_total += len(seqs)
         for s in seqs:  # a quarantined record no longer takes reception updates
             self._updates.pop(s, None)
         return batch

@@ -1,0 +1,53 @@
+"""Child process for the crash tests: ingest a burst of frames and print each acknowledgement.
+
+    python tests/gateway_crash_child.py DB REGISTRY NODES
+
+Producers (one per node group, so several batches are committing at once)
+seal LIGHT frames and hand them to the real pipeline with ingest_many; after
+a batch's verdicts come back, every accepted frame is printed as
+`ACK <node> <counter>` and flushed. A line is printed only after the commit,
+so every printed frame was acknowledged. Runs until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateway_helpers import reception, seal  # noqa: E402
+
+from gateway.pipeline import Pipeline  # noqa: E402
+from gateway.registry import Registry  # noqa: E402
+from gateway.store import Store  # noqa: E402
+
+BATCH = 16
+
+
+async def produce(pipeline: Pipeline, nodes: list[int]) -> None:
+    counter = 0
+    while True:
+        batch = [(n, counter + i) for i in range(BATCH // len(nodes) or 1) for n in nodes]
+        counter += BATCH // len(nodes) or 1
+        recs = [reception(seal(n, c)) for n, c in batch]
+        verdicts = await pipeline.ingest_many(recs)
+        out = "".join(f"ACK {n} {c}\n" for (n, c), v in zip(batch, verdicts) if v == "accepted")
+        sys.stdout.write(out)
+        sys.stdout.flush()
+
+
+async def main() -> None:
+    db, reg_path, nodes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = await Store.open(db)
+    pipeline = Pipeline(Registry.load(reg_path), store)
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    groups = [list(range(1 + g, nodes + 1, 4)) for g in range(4)]
+    await asyncio.gather(*(produce(pipeline, g) for g in groups if g))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
