@@ -1,0 +1,413 @@
+"""`lumeau sink`: the embedded upstream -- an HTTP receiver that keeps what the gateway sends.
+
+It is the default upstream of the gateway and of the end-to-end tests: a
+real HTTP server, so the gateway's upstream is exercised exactly as against
+a city platform. It stores in SQLite (WAL, synchronous=FULL) and answers 2xx
+only after the transaction is on disk, so a record the gateway deleted after
+a 2xx is never lost here either.
+
+Endpoints (all but /healthz need `Authorization: Bearer <token>`):
+
+  POST /v1/records        a native batch (gateway/FORMATS.md), gzip or not;
+                          records deduplicated by idempotency key ("id"), so
+                          a resend after a crash or a timeout stores nothing
+                          twice. 200 {"accepted": n, "duplicates": d}.
+                          400 names the first bad record (the gateway then
+                          isolates and quarantines it).
+  GET  /v1/records        ?node=<8 hex>&type=<kind>&after=<seq>&since=<ISO or Unix s>&limit=<1..1000>
+                          records in arrival order with their `seq`, and
+                          "next" (the last seq, to pass as `after`).
+  GET  /v1/stats          counts: records, nodes, duplicates, batches, entities.
+  POST /ngsi-ld/v1/entityOperations/upsert
+                          NGSI-LD batch upsert (replace, or ?options=update to
+                          merge attributes): 201 with the ids created, 204
+                          when all existed, 207 with per-entity errors.
+  GET  /ngsi-ld/v1/entities/{id}, GET /ngsi-ld/v1/entities?type=&limit=
+  GET  /healthz           liveness, no auth.
+
+Limits: request bodies up to MAX_BODY (16 MiB after decompression: a gzip
+bomb is cut off there; a 500-record batch is about 300 kB); a native batch
+up to MAX_BATCH records; queries up to QUERY_LIMIT_MAX rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from aiohttp import web
+
+from gateway import formats
+
+log = logging.getLogger("lumeau.gateway.sink")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8088
+MAX_BODY = 16 * 1024 * 1024
+MAX_BATCH = 10_000
+QUERY_LIMIT_DEFAULT = 100
+QUERY_LIMIT_MAX = 1000
+TOKEN_ENV = "LUMEAU_SINK_TOKEN"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    node TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    t REAL NOT NULL,
+    received REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_node ON records (node, seq);
+CREATE INDEX IF NOT EXISTS records_t ON records (t);
+CREATE TABLE IF NOT EXISTS entities (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    updated REAL NOT NULL,
+    updates INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class SinkDB:
+    """The sink's SQLite file, used from one thread only (all calls go through `run`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lumeau-sink-db")
+        self._c: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._c is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            c = sqlite3.connect(self.path, isolation_level=None)
+            c.execute("PRAGMA journal_mode = WAL")
+            c.execute("PRAGMA synchronous = FULL")
+            c.executescript(_SCHEMA)
+            self._c = c
+        return fn(self._c)
+
+    async def close(self) -> None:
+        def shut(c: sqlite3.Connection) -> None:
+            c.close()
+            self._c = None
+        if self._c is not None:
+            await self.run(shut)
+        self._pool.shutdown(wait=True)
+
+
+def _bump(c: sqlite3.Connection, name: str, n: int) -> None:
+    if n:
+        c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, n, n))
+
+
+def _problem(status: int, title: str, detail: str = "", **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"error": title}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return web.json_response(body, status=status)
+
+
+class Sink:
+    """The sink as an aiohttp application; `await start()` serves it, `await stop()` ends it."""
+
+    def __init__(self, db_path: str | Path, token: str | None, *, host: str = DEFAULT_HOST,
+                 port: int = DEFAULT_PORT) -> None:
+        self.db = SinkDB(Path(db_path))
+        self._token = token.encode() if token else None
+        self.host = host
+        self.port = port
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._auth])
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_post("/v1/records", self.post_records)
+        self.app.router.add_get("/v1/records", self.get_records)
+        self.app.router.add_get("/v1/stats", self.get_stats)
+        self.app.router.add_post("/ngsi-ld/v1/entityOperations/upsert", self.upsert_entities)
+        self.app.router.add_get("/ngsi-ld/v1/entities/{id}", self.get_entity)
+        self.app.router.add_get("/ngsi-ld/v1/entities", self.get_entities)
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"Sink({self.db.path}, {self.host}:{self.port}, token={'<set>' if self._token else None})"
+
+    async def start(self) -> int:
+        """Serve; returns the bound port (pass port 0 for a free one)."""
+        await self.db.run(lambda c: None)  # open (and create) the database before accepting anything
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("sink listening", extra={"host": self.host, "port": self.port, "db": str(self.db.path)})
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.db.close()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if self._token is not None and request.path != "/healthz":
+            got = request.headers.get("Authorization", "")
+            scheme, _, value = got.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                resp = _problem(401, "unauthorized", "a valid bearer token is required")
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="lumeau-sink"'
+                return resp
+        return await handler(request)
+
+    async def _json_body(self, request: web.Request) -> Any:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise
+        except Exception as e:  # e.g. a body that does not decompress
+            raise web.HTTPBadRequest(text=json.dumps({"error": "unreadable body", "detail": str(e)[:200]}),
+                                     content_type="application/json") from None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON", "detail": str(e)[:200]}),
+                                     content_type="application/json") from None
+
+    # -- native records ----------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def post_records(self, request: web.Request) -> web.Response:
+        doc = await self._json_body(request)
+        try:
+            recs = formats.check_native_batch(doc, MAX_BATCH)
+        except formats.FormatError as e:
+            return _problem(400, "invalid batch", str(e))
+        now = time.time()
+        rows = [(r.key, r.node, r.counter, r.type, r.time, now,
+                 json.dumps(r.doc, separators=(",", ":"), ensure_ascii=False)) for r in recs]
+
+        def insert(c: sqlite3.Connection) -> int:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                before = c.total_changes
+                c.executemany("INSERT OR IGNORE INTO records (key, node, counter, type, t, received, doc) "
+                              "VALUES (?,?,?,?,?,?,?)", rows)
+                added = c.total_changes - before
+                _bump(c, "duplicates", len(rows) - added)
+                _bump(c, "batches", 1)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return added
+
+        added = await self.db.run(insert)
+        return web.json_response({"accepted": added, "duplicates": len(rows) - added})
+
+    async def get_records(self, request: web.Request) -> web.Response:
+        q = request.query
+        where, args = [], []
+        try:
+            if "node" in q:
+                node = q["node"].lower().removeprefix("0x").rjust(8, "0")
+                if len(node) != 8 or any(ch not in "0123456789abcdef" for ch in node):
+                    raise ValueError("node must be up to 8 hex digits")
+                where.append("node = ?")
+                args.append(node)
+            if "type" in q:
+                where.append("type = ?")
+                args.append(q["type"])
+            if "after" in q:
+                where.append("seq > ?")
+                args.append(int(q["after"]))
+            if "since" in q:
+                s = q["since"]
+                try:
+                    since = float(s)
+                except ValueError:
+                    since = formats.parse_time(s)
+                where.append("t >= ?")
+                args.append(since)
+            limit = int(q.get("limit", QUERY_LIMIT_DEFAULT))
+            if not 1 <= limit <= QUERY_LIMIT_MAX:
+                raise ValueError(f"limit must be 1..{QUERY_LIMIT_MAX}")
+        except ValueError as e:
+            return _problem(400, "bad query", str(e))
+        sql = "SELECT seq, received, doc FROM records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq LIMIT ?"
+        rows = await self.db.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        out = []
+        for seq, received, doc in rows:
+            d = json.loads(doc)
+            d["seq"] = seq
+            d["received"] = formats.iso_time(received)
+            out.append(d)
+        return web.json_response({"records": out, "next": rows[-1][0] if rows else None})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        def stats(c: sqlite3.Connection) -> dict[str, Any]:
+            meta = dict(c.execute("SELECT name, value FROM meta"))
+            n, nodes = c.execute("SELECT COUNT(*), COUNT(DISTINCT node) FROM records").fetchone()
+            last = c.execute("SELECT MAX(received) FROM records").fetchone()[0]
+            return {"records": n, "nodes": nodes, "duplicates": meta.get("duplicates", 0),
+                    "batches": meta.get("batches", 0),
+                    "entities": c.execute("SELECT COUNT(*) FROM entities").fetchone()[0],
+                    "entity_updates": meta.get("entity_updates", 0),
+                    "last_received": formats.iso_time(last) if last else None}
+        return web.json_response(await self.db.run(stats))
+
+    # -- NGSI-LD -----------------------------------------------------------
+
+    async def upsert_entities(self, request: web.Request) -> web.Response:
+        doc = await self._json_body(request)
+        if not isinstance(doc, list):
+            return web.json_response({"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData",
+                                      "title": "the body must be an array of entities"}, status=400)
+        merge = "update" in request.query.get("options", "").split(",")
+        good: list[tuple[str, str, dict[str, Any]]] = []
+        errors: list[dict[str, Any]] = []
+        for i, e in enumerate(doc):
+            eid = e.get("id") if isinstance(e, dict) else None
+            etype = e.get("type") if isinstance(e, dict) else None
+            if not isinstance(eid, str) or ":" not in eid or not isinstance(etype, str) or not etype:
+                errors.append({"entityId": eid if isinstance(eid, str) else f"#{i}",
+                               "error": {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData",
+                                         "title": "an entity needs a URI id and a type"}})
+                continue
+            good.append((eid, etype, e))
+        now = time.time()
+
+        def upsert(c: sqlite3.Connection) -> list[str]:
+            created = []
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for eid, etype, e in good:
+                    row = c.execute("SELECT doc FROM entities WHERE id = ?", (eid,)).fetchone()
+                    if row is None:
+                        created.append(eid)
+                        c.execute("INSERT INTO entities VALUES (?,?,?,?,1)", (eid, etype, json.dumps(e), now))
+                        continue
+                    if merge:
+                        old = json.loads(row[0])
+                        old.update(e)
+                        e = old
+                    c.execute("UPDATE entities SET type = ?, doc = ?, updated = ?, updates = updates + 1 "
+                              "WHERE id = ?", (etype, json.dumps(e), now, eid))
+                _bump(c, "entity_updates", len(good))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return created
+
+        created = await self.db.run(upsert)
+        if errors:
+            return web.json_response({"success": [g[0] for g in good], "errors": errors}, status=207)
+        if created:
+            return web.json_response(created, status=201)
+        return web.Response(status=204)
+
+    async def get_entity(self, request: web.Request) -> web.Response:
+        eid = request.match_info["id"]
+        row = await self.db.run(lambda c: c.execute("SELECT doc, updates FROM entities WHERE id = ?",
+                                                     (eid,)).fetchone())
+        if row is None:
+            return web.json_response({"type": "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound",
+                                      "title": f"no entity {eid}"}, status=404)
+        resp = web.json_response(json.loads(row[0]))
+        resp.headers["X-Lumeau-Updates"] = str(row[1])
+        return resp
+
+    async def get_entities(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", QUERY_LIMIT_DEFAULT))
+            if not 1 <= limit <= QUERY_LIMIT_MAX:
+                raise ValueError
+        except ValueError:
+            return _problem(400, "bad query", f"limit must be 1..{QUERY_LIMIT_MAX}")
+        etype = request.query.get("type")
+        sql, args = "SELECT doc FROM entities", []
+        if etype:
+            sql += " WHERE type = ?"
+            args.append(etype)
+        sql += " ORDER BY id LIMIT ?"
+        rows = await self.db.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        return web.json_response([json.loads(r[0]) for r in rows])
+
+
+# ----------------------------------------------------------------- command line
+
+def add_subcommand(subparsers: Any) -> None:
+    p = subparsers.add_parser("sink", help="run the embedded upstream: receive what a gateway sends, in SQLite",
+                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--db", default="lumeau-sink.db", help="SQLite file (default: lumeau-sink.db)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    p.add_argument("--token-file", help=f"file holding the bearer token (or set {TOKEN_ENV})")
+    p.add_argument("--no-auth", action="store_true", help="accept requests without a token (local experiments only)")
+    p.set_defaults(func=cmd_sink)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"{args.token_file}: empty token file")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    try:
+        token = _token(args)
+    except (OSError, ValueError) as e:
+        print(f"lumeau sink: {e}", file=sys.stderr)
+        return 2
+    if token is None and not args.no_auth:
+        print(f"lumeau sink: no token: give --token-file or set {TOKEN_ENV} (or --no-auth for local "
+              "experiments)", file=sys.stderr)
+        return 2
+    if not logging.getLogger("lumeau").handlers:
+        from gateway import logs
+        logs.setup()
+    return asyncio.run(_serve(Sink(args.db, token, host=args.host, port=args.port)))
+
+
+async def _serve(sink: Sink) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await sink.start()
+    except OSError as e:
+        print(f"lumeau sink: cannot listen on {sink.host}:{sink.port}: {e}", file=sys.stderr)
+        await sink.db.close()
+        return 1
+    # One line on stdout that scripts (and tests) can wait for, with the real port.
+    print(f"lumeau sink: listening on http://{sink.host}:{port} (db {sink.db.path})", flush=True)
+    await stop.wait()
+    await sink.stop()
+    return 0
