@@ -82,14 +82,19 @@ SEV_CRITICAL = 3
 
 # COMMAND operations and their arguments (args, a flat list of ints).
 OP_SET_LEVEL = 1  # [level %, duration s]: an override that expires
-OP_SET_PROFILE = 2  # [anchor, offset min, level %, ...] steps; anchor 0 sunset, 1 sunrise
+OP_SET_PROFILE = 2  # [anchor, offset min, level %, ...] steps; anchors ANCHOR_*
 OP_CLEAR_FAULT = 3  # []
 OP_OPEN_ZONE = 4  # [zone 1-4, minutes]; the node caps it at its hard maximum
 OP_CLOSE_ALL = 5  # []
 OP_RAIN_DELAY = 6  # [hours]
-OP_SET_SCHEDULE = 7  # [zone, weekday mask (bit 0 Monday), start min after midnight, minutes]
+OP_SET_SCHEDULE = 7  # [zone, weekday mask (bit 0 Monday), start min after midnight, minutes, ...]
 OP_SET_INTERVAL = 8  # [report interval s]
 OP_REBOOT = 9  # []
+
+# set_profile anchors: what a step's offset counts from.
+ANCHOR_SUNSET = 0
+ANCHOR_SUNRISE = 1
+ANCHOR_MIDNIGHT = 2  # night midpoint, halfway between sunset and the next sunrise
 
 # CMD_ACK results.
 RES_OK = 0
