@@ -140,3 +140,269 @@ def _check_record(i: int, r: Any) -> NativeRecord:
     if not isinstance(r.get("alarm", False), bool):
         raise FormatError(f"{where}.alarm: must be true or false")
     return NativeRecord(key, node, counter, kind, t, r)
+
+
+# ----------------------------------------------------------------- NGSI-LD (Smart Data Models)
+#
+# Entities in the NGSI-LD *normalised* representation (ETSI GS CIM 009):
+# every attribute is {"type": "Property", "value": ..., "observedAt": ...,
+# "unitCode": UN/CEFACT code}, a Relationship {"object": urn} or a
+# GeoProperty (GeoJSON, [lon, lat]). Upserted with `options=update`, so each
+# record updates the attributes it carries and leaves the others alone.
+#
+# Mapping (entity ids are urn:ngsi-ld:<Type>:lumeau-<node hex>[-<part>]):
+#   LIGHT       -> Streetlight: status (defectiveLamp on lamp failure or
+#                  over-current, else ok), powerState (off / low when dimmed
+#                  / on), illuminanceLevel (0..1), powerConsumption (W),
+#                  lifetimePowerConsumption (Wh), current (A),
+#                  observationDateTime. Streetlight requires a
+#                  location: a lamp without one in the registry is sent as
+#                  DeviceMeasurements (power, energy) instead, never dropped.
+#   IRRIGATION  -> GreenspaceRecord per zone with a sensor (-z<zone>):
+#                  soilMoistureVwc (0..1), dateObserved, refDevice;
+#                  DeviceMeasurement -flow (L/min, waterFlow) and -volume
+#                  (L, waterConsumption); Device (controller state).
+#   HELLO, STATUS, EVENT -> Device: firmwareVersion, rssi (dBm, the best
+#                  reception at the gateway), deviceState (ok, or the
+#                  active alarm's name), dateLastValueReported.
+#   CMD_ACK     -> nothing (a conversation with the gateway, not city data).
+# Everything else a record holds travels in the native format.
+
+NGSI_CONTENT_TYPE = "application/ld+json"
+NGSI_CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
+DEFAULT_CONTEXT = (SDM_CONTEXT, NGSI_CORE_CONTEXT)
+URN_PREFIX = "urn:ngsi-ld:"
+
+# UN/CEFACT Recommendation 20 common codes for the units we send.
+UNIT_CODES = {"W": "WTT", "Wh": "WHR", "A": "AMP", "L/min": "L2", "L": "LTR", "mV": "2Z", "Cel": "CEL", "h": "HUR"}
+
+_CONTROLLED = {
+    "lighting": ["light", "power", "energy"],
+    "irrigation": ["soilMoisture", "waterFlow", "waterConsumption"],
+}
+_CATEGORY = {"lighting": ["actuator", "meter"], "irrigation": ["actuator", "sensor", "meter"]}
+
+
+class NodeInfo:
+    """What the NGSI-LD mapping reads about a node: any object with these attributes
+    (gateway.registry.NodeEntry has them), each optional."""
+
+    kind: str | None  # "lighting" | "irrigation" | "bridge"
+    name: str | None
+    site: str | None  # street, park or zone
+    lat: float | None
+    lon: float | None
+    firmware: str | None
+
+
+def entity_id(etype: str, node_id: int, part: str = "") -> str:
+    return f"{URN_PREFIX}{etype}:lumeau-{node_id:08x}{'-' + part if part else ''}"
+
+
+def _prop(value: Any, t: str, unit: str | None = None) -> dict[str, Any]:
+    p: dict[str, Any] = {"type": "Property", "value": value, "observedAt": t}
+    code = UNIT_CODES.get(unit or "")
+    if code:
+        p["unitCode"] = code
+    return p
+
+
+def _rel(obj: str) -> dict[str, Any]:
+    return {"type": "Relationship", "object": obj}
+
+
+def _value(r: Record, name: str) -> Any:
+    f = r.fields.get(name)
+    return None if f is None else f.get("value")
+
+
+def _number_ok(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class NgsiMapper:
+    """Records -> NGSI-LD entities. `node_info(node_id)` gives location and names (or None)."""
+
+    def __init__(self, node_info: Callable[[int], Any] | None = None,
+                 context: Sequence[str] = DEFAULT_CONTEXT) -> None:
+        self.node_info = node_info or (lambda _n: None)
+        self.context = list(context)
+
+    def _info(self, node_id: int) -> tuple[Any, str | None, dict[str, Any] | None]:
+        info = self.node_info(node_id)
+        kind = getattr(info, "kind", None)
+        lat, lon = getattr(info, "lat", None), getattr(info, "lon", None)
+        loc = None
+        if _number_ok(lat) and _number_ok(lon) and -90 <= lat <= 90 and -180 <= lon <= 180:
+            loc = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+        return info, kind, loc
+
+    def _entity(self, etype: str, eid: str, info: Any, loc: dict[str, Any] | None,
+                name_suffix: str = "") -> dict[str, Any]:
+        e: dict[str, Any] = {"id": eid, "type": etype}
+        name = getattr(info, "name", None)
+        if isinstance(name, str) and name:
+            e["name"] = {"type": "Property", "value": name + name_suffix}
+        site = getattr(info, "site", None)
+        if isinstance(site, str) and site:
+            e["areaServed"] = {"type": "Property", "value": site}
+        if loc is not None:
+            e["location"] = loc
+        e["@context"] = self.context
+        return e
+
+    def entities(self, r: Record) -> list[dict[str, Any]]:
+        """The entities one record updates (possibly none)."""
+        info, kind, loc = self._info(r.node_id)
+        t = iso_time(r.rx_time)
+        if r.kind == "light":
+            return self._light(r, info, loc, t)
+        if r.kind == "irrigation":
+            return self._irrigation(r, info, loc, t)
+        if r.kind in ("hello", "status", "event"):
+            return [self._device(r, info, kind or _kind_of(r), loc, t)]
+        return []
+
+    def _device(self, r: Record, info: Any, kind: str | None, loc: dict[str, Any] | None, t: str,
+                state: str | None = None) -> dict[str, Any]:
+        e = self._entity("Device", entity_id("Device", r.node_id), info, loc)
+        e["controlledProperty"] = {"type": "Property", "value": _CONTROLLED.get(kind or "", [])}
+        if kind in _CATEGORY:
+            e["category"] = {"type": "Property", "value": _CATEGORY[kind]}
+        e["supportedProtocol"] = {"type": "Property", "value": ["lora"]}
+        e["dateLastValueReported"] = {"type": "Property", "value": t}
+        if r.best_rssi is not None and _number_ok(r.best_rssi):
+            e["rssi"] = _prop(r.best_rssi, t)
+        fw = _value(r, "firmware") if r.kind == "hello" else None
+        if isinstance(fw, str):
+            e["firmwareVersion"] = _prop(fw, t)
+        if r.kind == "event":
+            code, active = _value(r, "code"), _value(r, "active")
+            state = "ok" if active == 0 else (code if isinstance(code, str) else f"event_{code}")
+        if state is not None:
+            e["deviceState"] = _prop(state, t)
+        return e
+
+    def _measurement(self, r: Record, info: Any, loc: dict[str, Any] | None, t: str, part: str,
+                     prop: str, value: float, unit: str) -> dict[str, Any]:
+        e = self._entity("DeviceMeasurement", entity_id("DeviceMeasurement", r.node_id, part), info, loc,
+                         f" ({part})")
+        e["controlledProperty"] = {"type": "Property", "value": prop}
+        e["numValue"] = _prop(value, t, unit)
+        e["unit"] = {"type": "Property", "value": UNIT_CODES[unit]}
+        e["measurementType"] = {"type": "Property", "value": part}
+        e["deviceType"] = {"type": "Property", "value": "sensor"}
+        e["dateObserved"] = {"type": "Property", "value": t}
+        e["refDevice"] = _rel(entity_id("Device", r.node_id))
+        return e
+
+    def _light(self, r: Record, info: Any, loc: dict[str, Any] | None, t: str) -> list[dict[str, Any]]:
+        level, power, energy = _value(r, "level"), _value(r, "power"), _value(r, "energy")
+        if loc is None:  # Streetlight requires a location
+            out = []
+            if _number_ok(power):
+                out.append(self._measurement(r, info, None, t, "power", "power", power, "W"))
+            if _number_ok(energy):
+                out.append(self._measurement(r, info, None, t, "energy", "energy", energy, "Wh"))
+            return out
+        state = _value(r, "state") or []
+        e = self._entity("Streetlight", entity_id("Streetlight", r.node_id), info, loc)
+        broken = "lamp_failure" in state or "over_current" in state
+        e["status"] = _prop("defectiveLamp" if broken else "ok", t)
+        if _number_ok(level):
+            e["illuminanceLevel"] = _prop(level / 100, t)
+            e["powerState"] = _prop("off" if "on" not in state or level == 0 else "on" if level >= 100 else "low",
+                                    t)
+        if _number_ok(power):
+            e["powerConsumption"] = _prop(power, t, "W")
+        if _number_ok(energy):
+            e["lifetimePowerConsumption"] = _prop(energy, t, "Wh")
+        current = _value(r, "current")
+        if _number_ok(current):
+            e["current"] = _prop(current / 1000, t, "A")
+        e["controllingMethod"] = {"type": "Property", "value": "individual"}
+        e["observationDateTime"] = {"type": "Property", "value": t}
+        # No refDevice here: the model wants an array of ids, which a plain NGSI-LD
+        # Relationship cannot carry; the Device shares the node part of the id.
+        return [e]
+
+    def _irrigation(self, r: Record, info: Any, loc: dict[str, Any] | None, t: str) -> list[dict[str, Any]]:
+        out = []
+        moisture = _value(r, "soil_moisture")
+        if isinstance(moisture, list):
+            for zone, v in enumerate(moisture, start=1):
+                if not _number_ok(v):
+                    continue  # no sensor in that zone
+                g = self._entity("GreenspaceRecord", entity_id("GreenspaceRecord", r.node_id, f"z{zone}"), info,
+                                 loc, f" (zone {zone})")
+                g["soilMoistureVwc"] = _prop(min(max(v / 100, 0.0), 1.0), t)
+                g["dateObserved"] = {"type": "Property", "value": t}
+                g["refDevice"] = _rel(entity_id("Device", r.node_id))
+                out.append(g)
+        flow, volume = _value(r, "flow"), _value(r, "volume")
+        if _number_ok(flow):
+            out.append(self._measurement(r, info, loc, t, "flow", "waterFlow", flow, "L/min"))
+        if _number_ok(volume):
+            out.append(self._measurement(r, info, loc, t, "volume", "waterConsumption", volume, "L"))
+        faults = _value(r, "faults") or []
+        out.append(self._device(r, info, "irrigation", loc, t, state=faults[0] if faults else "ok"))
+        return out
+
+
+def _kind_of(r: Record) -> str | None:
+    kind = _value(r, "kind") if r.kind == "hello" else None
+    return kind if kind in _CONTROLLED else None
+
+
+@dataclass(slots=True)
+class NgsiRequest:
+    """One upsert request: entities with distinct ids, and which records each came from."""
+
+    entities: list[dict[str, Any]]
+    sources: dict[str, list[int]]  # entity id -> indexes of the records that produced it
+
+    def body(self) -> bytes:
+        return json.dumps(self.entities, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def ngsi_requests(records: Sequence[Record], mapper: NgsiMapper) -> tuple[list[NgsiRequest], list[int]]:
+    """Split records into upsert requests in which no entity id appears twice.
+
+    Two reports of one lamp update the same entity: a broker may refuse or
+    merge duplicates inside one batch operation, and a temporal store would
+    lose the first value. So a record goes into the first request after the
+    last one holding any of its entities; requests are sent in order, and
+    each node's updates reach the broker in counter order. Returns the
+    requests and the indexes of records that map to no entity (delivered
+    trivially).
+    """
+    requests: list[NgsiRequest] = []
+    last: dict[str, int] = {}
+    empty: list[int] = []
+    for i, r in enumerate(records):
+        ents = mapper.entities(r)
+        if not ents:
+            empty.append(i)
+            continue
+        k = max((last.get(e["id"], -1) for e in ents), default=-1) + 1
+        if k == len(requests):
+            requests.append(NgsiRequest([], {}))
+        req = requests[k]
+        for e in ents:
+            last[e["id"]] = k
+            req.entities.append(e)
+            req.sources.setdefault(e["id"], []).append(i)
+    return requests, empty
+
+
+def key_values(entity: dict[str, Any]) -> dict[str, Any]:
+    """The key-values (simplified) form of a normalised entity: what the Smart Data Models schemas validate."""
+    out: dict[str, Any] = {}
+    for k, v in entity.items():
+        if k in ("id", "type") or not isinstance(v, dict) or "type" not in v:
+            if k != "@context":
+                out[k] = v
+            continue
+        out[k] = v["object"] if v["type"] == "Relationship" else v.get("value")
+    return out
