@@ -178,7 +178,7 @@ class ApiSection:
 @dataclass(frozen=True)
 class UpstreamSection:
     enabled: bool = opt(True, "send records upstream (off: they stay queued, bounded)")
-    url: str = opt("http://127.0.0.1:8780/v1/records", "where batches go (the default is `lumeau sink`)", _url)
+    url: str = opt("http://127.0.0.1:8088/v1/records", "where batches go (the default is `lumeau sink`)", _url)
     format: str = opt("native", "native | ngsi-ld", _one_of(*UPSTREAM_FORMATS))
     token_file: Path | None = opt(None, "file holding the upstream's bearer token (mode 0600)", kind="path")
     token: Secret | None = opt(None, "the upstream's bearer token itself", kind="secret")

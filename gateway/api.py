@@ -1,0 +1,457 @@
+"""The gateway's local HTTP API and Prometheus metrics (aiohttp).
+
+Bound to 127.0.0.1 by default. Every endpoint but `/healthz` needs
+`Authorization: Bearer <token>` (compared in constant time; 401 otherwise,
+with `WWW-Authenticate: Bearer`). JSON in and out; errors are
+`{"error": "..."}` with a 4xx status.
+
+  GET    /healthz                  liveness: {"status": "ok"}, no auth
+  GET    /metrics                  Prometheus text format (version 0.0.4)
+  GET    /nodes                    every registered node, with its state
+  GET    /nodes/{id}               one node: registry entry (never the key), last seen,
+                                   RSSI/SNR and gateway of the best reception, supply
+                                   voltage, firmware, last readings, open alarms, downlinks waiting
+  PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
+                                   to add, optional to update: a new key resets the node's
+                                   counters), "name", "site", "lat", "lon", "firmware"};
+                                   saved to the registry file at once. 201 added, 200 updated.
+  DELETE /nodes/{id}               remove a node from the registry (204)
+  POST   /nodes/{id}/commands      queue a downlink (201):
+                                     {"op": "set_level", "args": [100, 600], "ttl_s": 600}
+                                     {"type": "config", "settings": {"report_interval": 900}}
+                                     {"type": "time"}
+                                   op by name (protocol/expand.py) or number; 404 unknown
+                                   node, 400 bad body, 429 the node's queue is full
+  GET    /nodes/{id}/commands      that node's downlinks, oldest first (?state=queued,sent)
+  GET    /commands                 all downlinks (?state=...&limit=...)
+  GET    /commands/{id}            one downlink and its state (queued, sent, acked, failed, expired)
+  DELETE /commands/{id}            expire a queued downlink now
+  GET    /quarantine               batches the upstream refused (?limit=), with their records
+
+Node ids are 8 hex digits (`00a1b2c3`, or with `0x`). Limits: request bodies
+up to MAX_BODY (64 KiB); list endpoints return at most LIST_MAX items.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+from typing import Any, Iterable
+
+from aiohttp import web
+
+from gateway.downlinks import DownlinkRejected, Downlinks
+from gateway.model import Downlink, Record
+from gateway.pipeline import REASONS, Pipeline
+from gateway.registry import NodeEntry, Registry, RegistryError, format_node_id, parse_node_id
+from gateway.store import Store
+from protocol import expand
+from protocol import messages as m
+
+log = logging.getLogger("lumeau.gateway.api")
+
+MAX_BODY = 64 * 1024
+LIST_MAX = 1000
+PUBLIC = frozenset(("/healthz",))
+
+OPS = {name: op for op, name in expand.ENUMS[(m.COMMAND, 1)].items()}
+OP_NAMES = expand.ENUMS[(m.COMMAND, 1)]
+RESULT_NAMES = expand.ENUMS[(m.CMD_ACK, 1)]
+# CONFIG keys by name, from protocol.messages' CFG_* constants: report_interval, tx_power, ...
+CONFIG_KEYS = {n[4:].lower(): getattr(m, n) for n in dir(m) if n.startswith("CFG_")}
+CONFIG_NAMES = {v: k for k, v in CONFIG_KEYS.items()}
+DOWNLINK_TYPES = {m.COMMAND: "command", m.CONFIG: "config", m.TIME: "time"}
+
+
+def _error(status: int, msg: str) -> web.Response:
+    return web.json_response({"error": msg}, status=status)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def downlink_json(dl: Downlink) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": dl.id, "node": format_node_id(dl.node_id), "type": DOWNLINK_TYPES.get(dl.mtype, dl.mtype),
+                           "state": dl.state, "attempts": dl.attempts, "created": dl.created, "expires": dl.expires}
+    if dl.mtype == m.COMMAND:
+        op = dl.body.get(1)
+        out.update(command_id=dl.command_id, op=OP_NAMES.get(op, op), args=list(dl.body.get(2, [])))
+        if dl.result is not None:
+            out["result"] = RESULT_NAMES.get(dl.result, dl.result)
+    elif dl.mtype == m.CONFIG:
+        out["settings"] = {CONFIG_NAMES.get(k, str(k)): v for k, v in dl.body.get(0, {}).items()}
+    return out
+
+
+def record_json(seq: int, r: Record) -> dict[str, Any]:
+    return {"seq": seq, "id": r.idempotency_key, "node": format_node_id(r.node_id), "counter": r.counter,
+            "type": r.kind, "rx_time": r.rx_time, "fields": _json_safe(r.fields), "receptions": r.receptions,
+            "rssi": r.best_rssi, "snr": r.best_snr, "gateway": r.gateway_id}
+
+
+def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]:
+    """API JSON -> (mtype, body, ttl_s). Raises DownlinkRejected naming the problem."""
+    if not isinstance(doc, dict):
+        raise DownlinkRejected("the request must be a JSON object")
+    ttl = doc.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl)):
+        raise DownlinkRejected("ttl_s must be a number of seconds")
+    kind = doc.get("type", "command")
+    allowed = {"command": {"type", "op", "args", "ttl_s"}, "config": {"type", "settings", "ttl_s"},
+               "time": {"type", "ttl_s"}}
+    if kind not in allowed:
+        raise DownlinkRejected(f"type {kind!r} is not one of command, config, time")
+    extra = sorted(set(doc) - allowed[kind])
+    if extra:
+        raise DownlinkRejected(f"unknown field {extra[0]!r} for a {kind}")
+    if kind == "time":
+        return m.TIME, {}, ttl
+    if kind == "config":
+        settings = doc.get("settings")
+        if not isinstance(settings, dict) or not settings:
+            raise DownlinkRejected("settings must be a non-empty object")
+        body: dict[int, Any] = {}
+        for name, v in settings.items():
+            key = CONFIG_KEYS.get(name)
+            if key is None:
+                raise DownlinkRejected(f"unknown setting {name!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
+            body[key] = v
+        return m.CONFIG, {0: body}, ttl
+    op = doc.get("op")
+    if isinstance(op, str):
+        if op not in OPS:
+            raise DownlinkRejected(f"unknown op {op!r} (known: {', '.join(OPS)})")
+        op = OPS[op]
+    if isinstance(op, bool) or not isinstance(op, int):
+        raise DownlinkRejected("op must be an operation name or number")
+    args = doc.get("args", [])
+    if not isinstance(args, list):
+        raise DownlinkRejected("args must be a list of integers")
+    body = {1: op}
+    if args:
+        body[2] = args
+    return m.COMMAND, body, ttl
+
+
+class Metrics:
+    """Prometheus text exposition, built fresh for each scrape."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
+            else:
+                self.lines.append(f"{name} {_num(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(v: float) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+class Api:
+    """The HTTP server: `await start()` binds (port 0 picks a free one: see `.port`), `await stop()`."""
+
+    def __init__(self, *, registry: Registry, store: Store, pipeline: Pipeline, downlinks: Downlinks, token: str,
+                 host: str = "127.0.0.1", port: int = 8760, upstream: Any = None,
+                 transports: Iterable[Any] = (), clock=time.time) -> None:
+        if not token:
+            raise ValueError("the API needs a token")
+        self.registry = registry
+        self.store = store
+        self.pipeline = pipeline
+        self.downlinks = downlinks
+        self.upstream = upstream
+        self.transports = list(transports)
+        self.host = host
+        self.port = port
+        self.clock = clock
+        self._token = ("Bearer " + token).encode()
+        self._runner: web.AppRunner | None = None
+        self.started = clock()
+        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/nodes", self.list_nodes)
+        r.add_get("/nodes/{id}", self.get_node)
+        r.add_put("/nodes/{id}", self.put_node)
+        r.add_delete("/nodes/{id}", self.delete_node)
+        r.add_post("/nodes/{id}/commands", self.post_command)
+        r.add_get("/nodes/{id}/commands", self.node_commands)
+        r.add_get("/commands", self.list_commands)
+        r.add_get("/commands/{id}", self.get_command)
+        r.add_delete("/commands/{id}", self.delete_command)
+        r.add_get("/quarantine", self.quarantine)
+        self.app = app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("api listening", extra={"host": self.host, "port": self.port})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------ auth
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in PUBLIC:
+            got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(got, self._token):
+                return web.json_response({"error": "a valid bearer token is needed"}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="lumeau-gateway"'})
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status >= 400 and e.content_type != "application/json":
+                return _error(e.status, e.reason)
+            raise
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _node_id(request: web.Request) -> int:
+        try:
+            return parse_node_id(request.match_info["id"])
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json")
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be JSON"}),
+                                     content_type="application/json")
+
+    @staticmethod
+    def _limit(request: web.Request) -> int:
+        try:
+            n = int(request.query.get("limit", LIST_MAX))
+        except ValueError:
+            n = -1
+        if not 1 <= n <= LIST_MAX:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"limit must be 1..{LIST_MAX}"}),
+                                     content_type="application/json")
+        return n
+
+    @staticmethod
+    def _states(request: web.Request) -> list[str] | None:
+        s = request.query.get("state")
+        if not s:
+            return None
+        states = s.split(",")
+        bad = [x for x in states if x not in ("queued", "sent", "acked", "failed", "expired")]
+        if bad:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"unknown state {bad[0]!r}"}),
+                                     content_type="application/json")
+        return states
+
+    def _node_json(self, entry: NodeEntry) -> dict[str, Any]:
+        out = entry.public()
+        st = self.store.node_state(entry.node_id) or {}
+        readings = st.get("readings", {})
+        supply = None
+        for kind in ("status", "irrigation"):
+            f = readings.get(kind, {}).get("fields", {})
+            if "supply_voltage" in f:
+                supply = f["supply_voltage"]
+                break
+        out.update(
+            last_seen=st.get("last_seen"), rssi=st.get("rssi"), snr=st.get("snr"), gateway=st.get("gateway_id"),
+            reported_firmware=st.get("firmware"), supply_voltage=supply, readings=readings,
+            open_alarms=list(st.get("open_alarms", {}).values()), downlinks_waiting=self.downlinks.pending(entry.node_id),
+            bad_mic=self.pipeline.bad_mic_by_node.get(entry.node_id, 0))
+        return _json_safe(out)
+
+    # ------------------------------------------------------------ handlers
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        limit = self._limit(request)
+        entries = sorted(self.registry, key=lambda e: e.node_id)[:limit]
+        return web.json_response({"nodes": [self._node_json(e) for e in entries], "total": len(self.registry)})
+
+    async def get_node(self, request: web.Request) -> web.Response:
+        entry = self.registry.get(self._node_id(request))
+        if entry is None:
+            return _error(404, "no such node")
+        return web.json_response(self._node_json(entry))
+
+    async def put_node(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        doc = await self._body(request)
+        if not isinstance(doc, dict):
+            return _error(400, "the body must be a JSON object")
+        old = self.registry.get(node_id)
+        merged = dict(old.to_dict()) if old is not None else {}
+        merged.update(doc)
+        if "root_key" not in merged:
+            return _error(400, f"node {node_id:08x}: root_key: required to add a node")
+        try:
+            entry = NodeEntry.from_dict(node_id, merged)
+        except RegistryError as e:
+            return _error(400, str(e))
+        try:
+            self.registry.upsert(entry)
+            self.registry.save()
+        except (RegistryError, OSError) as e:
+            if old is not None:
+                self.registry.upsert(old)
+            else:
+                self.registry.remove(node_id)
+            return _error(500 if isinstance(e, OSError) else 400, f"registry not saved: {e}")
+        if old is not None and old.root_key != entry.root_key:
+            await self.pipeline.reset_node(node_id)
+            log.info("node re-keyed: counters reset", extra={"node": format_node_id(node_id)})
+        log.info("node %s", "updated" if old else "added", extra={"node": format_node_id(node_id)})
+        return web.json_response(self._node_json(entry), status=200 if old else 201)
+
+    async def delete_node(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        old = self.registry.remove(node_id)
+        if old is None:
+            return _error(404, "no such node")
+        try:
+            self.registry.save()
+        except OSError as e:
+            self.registry.upsert(old)
+            return _error(500, f"registry not saved: {e}")
+        log.info("node removed", extra={"node": format_node_id(node_id)})
+        return web.Response(status=204)
+
+    async def post_command(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        doc = await self._body(request)
+        try:
+            mtype, body, ttl = parse_downlink_request(doc)
+            dl = await self.downlinks.enqueue(node_id, mtype, body, ttl)
+        except DownlinkRejected as e:
+            return _error(e.status, str(e))
+        return web.json_response(downlink_json(dl), status=201)
+
+    async def node_commands(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        dls = self.store.downlinks(node_id=node_id, states=self._states(request), limit=self._limit(request))
+        return web.json_response({"commands": [downlink_json(d) for d in dls]})
+
+    async def list_commands(self, request: web.Request) -> web.Response:
+        dls = self.store.downlinks(states=self._states(request), limit=self._limit(request))
+        return web.json_response({"commands": [downlink_json(d) for d in dls]})
+
+    def _command_id(self, request: web.Request) -> int:
+        try:
+            return int(request.match_info["id"])
+        except ValueError:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "command ids are integers"}),
+                                     content_type="application/json")
+
+    async def get_command(self, request: web.Request) -> web.Response:
+        dl = self.store.downlink(self._command_id(request))
+        if dl is None:
+            return _error(404, "no such command")
+        return web.json_response(downlink_json(dl))
+
+    async def delete_command(self, request: web.Request) -> web.Response:
+        id_ = self._command_id(request)
+        dl = await self.downlinks.cancel(id_)
+        if dl is None:
+            return _error(404 if self.store.downlink(id_) is None else 409, "no such open command")
+        return web.json_response(downlink_json(dl))
+
+    async def quarantine(self, request: web.Request) -> web.Response:
+        limit = min(self._limit(request), 100)
+        batches = self.store.quarantined(limit)
+        for b in batches:
+            b["records"] = [record_json(s, r) for s, r in b["records"]]
+        return web.json_response({"batches": batches, "records": self.store.quarantine_count()})
+
+    # ------------------------------------------------------------ metrics
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.render_metrics(), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+
+    def render_metrics(self) -> str:
+        p, s, d = self.pipeline, self.store, self.downlinks
+        x = Metrics()
+        x.family("lumeau_frames_received_total", "counter", "Receptions handed to the pipeline, by transport.",
+                 [({"transport": t}, n) for t, n in sorted(p.received.items())])
+        x.family("lumeau_frames_accepted_total", "counter", "Frames verified and durably stored.", [({}, p.accepted)])
+        x.family("lumeau_frames_duplicate_total", "counter",
+                 "Copies of stored frames heard again (other radios, retries).", [({}, p.duplicates)])
+        rejected = dict(p.rejected)
+        for reason in REASONS:  # known reasons are always present, so alerts can use rate()
+            if not any(r == reason for r, _t in rejected):
+                rejected[(reason, "")] = 0
+        x.family("lumeau_frames_rejected_total", "counter", "Receptions rejected, by reason and transport.",
+                 [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())])
+        x.family("lumeau_pipeline_inflight", "gauge", "Receptions queued or committing.", [({}, p.inflight)])
+        x.family("lumeau_queue_records", "gauge", "Records waiting for the upstream.", [({}, s.count())])
+        x.family("lumeau_queue_max_records", "gauge", "The queue's bound.", [({}, s.max_records)])
+        x.family("lumeau_queue_bytes", "gauge", "Database and WAL size on disk.", [({}, s.size_bytes())])
+        x.family("lumeau_queue_evicted_total", "counter", "Records evicted or dropped because the queue was full.",
+                 [({}, s.evicted_total)])
+        x.family("lumeau_quarantine_records", "gauge", "Records of batches the upstream refused (4xx).",
+                 [({}, s.quarantine_count())])
+        x.family("lumeau_quarantined_total", "counter", "Records ever quarantined.", [({}, s.quarantined_total)])
+        oldest = s.oldest_rx_time()
+        lag = max(0.0, self.clock() - oldest) if oldest is not None else 0.0
+        x.family("lumeau_upstream_lag_seconds", "gauge",
+                 "Age of the oldest record not yet accepted upstream (0: all delivered).", [({}, lag)])
+        x.family("lumeau_store_commits_total", "counter", "Store transactions (group commits).", [({}, s.commits)])
+        x.family("lumeau_store_commit_seconds_total", "counter", "Time spent committing.", [({}, s.commit_seconds)])
+        x.family("lumeau_store_committed_records_total", "counter", "Records committed.", [({}, s.committed_records)])
+        x.family("lumeau_downlink_queue_depth", "gauge", "Downlinks queued or awaiting their answer.",
+                 [({}, d.depth())])
+        x.family("lumeau_downlinks_total", "counter", "Downlink outcomes.",
+                 [({"outcome": k}, v) for k, v in sorted(d.counts.items())])
+        x.family("lumeau_nodes_registered", "gauge", "Nodes in the registry.", [({}, len(self.registry))])
+        x.family("lumeau_uptime_seconds", "gauge", "Since the API started.", [({}, self.clock() - self.started)])
+        for source in [self.upstream, *self.transports]:
+            fn = getattr(source, "metrics", None)
+            if callable(fn):
+                for name, kind, help_, samples in fn():
+                    x.family(name, kind, help_, samples)
+        return x.text()

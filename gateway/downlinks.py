@@ -1,0 +1,332 @@
+"""Downlinks: what the gateway sends to nodes, and when.
+
+Per node, a queue of COMMAND, CONFIG and TIME downlinks (persisted in the
+store, so a restart forgets nothing), each with an expiry. ACKs of confirmed
+alarms are made on the fly. What happens after an uplink is stored (the
+pipeline calls `on_uplink`):
+
+- a CMD_ACK settles the COMMAND with that id (`acked`, with its result);
+- a confirmed alarm (EVENT, severity >= alarm) is answered with an ACK
+  naming its counter, once it is committed -- never before: an ACK is a
+  promise that the alarm is stored;
+- the oldest queued downlink (or a COMMAND due for a retry) is sent.
+
+When:
+- LoRa (`udp`: a packet forwarder) answers in the node's receive window
+  after its uplink. The gateway waits `collect_s` (0.2 s) for copies of the
+  uplink heard by other radios and answers through the one with the best
+  RSSI (then SNR), as LoRaWAN network servers do. One frame per receive
+  window: an ACK goes first, and its "pending" field tells the node that
+  more is queued; the rest goes after later uplinks.
+- Serial and BLE (`IMMEDIATE_TRANSPORTS`) are always listening: everything
+  due is sent at once, after the uplink and also as soon as it is enqueued.
+
+Delivery: the downlink counter is committed before the frame is sealed
+(SPEC §4: a crash skips a counter, never reuses one). A frame that could
+not be handed to the radio (the transport raised) stays queued. A COMMAND
+is resent (same command id: the node executes an id at most once and
+answers a repeat with the first result) until a CMD_ACK arrives, at most
+`max_attempts` times; then it is `failed`. For LoRa a resend waits for the
+next uplink at least RETRY_AFTER_S after the last send (the CMD_ACK may be
+that uplink); on serial/BLE it happens after ACK_TIMEOUT_S. CONFIG and TIME
+have no answer in the protocol: once handed to the radio they are `sent`,
+final. TIME bodies are filled in when sent, not when queued. Anything still
+open at its expiry is `expired`, counted and logged (and visible through the
+API); a COMMAND also carries its expiry (key 3) so a node refuses it late.
+
+States: queued -> sent -> acked | failed | expired (queued -> expired too).
+
+Limits: max_queued_per_node (16) open downlinks per node; RETRY_AFTER_S =
+5 s; ACK_TIMEOUT_S = 10 s; SWEEP_S = 1 s between expiry checks; EARLY_MAX =
+1024 copies remembered from before their frame's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from gateway.model import Downlink, Reception, Record
+from gateway.store import Store
+from protocol import frame
+from protocol import messages as m
+
+log = logging.getLogger("lumeau.gateway.downlinks")
+
+IMMEDIATE_TRANSPORTS = frozenset(("serial", "ble"))
+RETRY_AFTER_S = 5.0
+ACK_TIMEOUT_S = 10.0
+SWEEP_S = 1.0
+EARLY_MAX = 1024  # copies heard before their first copy was committed, remembered for the path choice
+OPEN = ("queued", "sent")
+KINDS = (m.COMMAND, m.CONFIG, m.TIME)
+
+
+class DownlinkRejected(ValueError):
+    """An enqueue request that cannot be queued (unknown node, bad body, queue full)."""
+
+    def __init__(self, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.status = status  # the HTTP status the API answers with
+
+
+class Downlinks:
+    def __init__(self, store: Store, registry: Any, *, default_ttl_s: float = 3600.0, max_attempts: int = 3,
+                 max_queued_per_node: int = 16, collect_s: float = 0.2, ack_alarms: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.registry = registry
+        self.default_ttl_s = default_ttl_s
+        self.max_attempts = max_attempts
+        self.max_queued_per_node = max_queued_per_node
+        self.collect_s = collect_s
+        self.ack_alarms = ack_alarms
+        self.clock = clock
+        self._open: dict[int, list[Downlink]] = {}  # node -> open downlinks, oldest first
+        self._last_sent: dict[int, float] = {}  # downlink id -> when it was last handed to a radio
+        self._last_rx: dict[int, Reception] = {}  # node -> last reception on an immediate transport
+        self._collect: dict[tuple[int, int], list[Reception]] = {}
+        self._early: dict[tuple[int, int], list[Reception]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+        self.counts: dict[str, int] = {"sent": 0, "acked": 0, "failed": 0, "expired": 0, "acks_sent": 0,
+                                       "send_errors": 0, "unmatched_cmd_acks": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for dl in self.store.downlinks(states=OPEN, limit=1_000_000):
+            self._open.setdefault(dl.node_id, []).append(dl)
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="lumeau-downlinks")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *([self._sweeper] if self._sweeper else []), return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until no send is in progress (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------ the API calls these
+
+    async def enqueue(self, node_id: int, mtype: int, body: dict[int, Any], ttl_s: float | None = None) -> Downlink:
+        """Queue a COMMAND, CONFIG or TIME for a node; returns it with its id (= command id)."""
+        if mtype not in KINDS:
+            raise DownlinkRejected(f"message type {mtype} cannot be queued (COMMAND, CONFIG or TIME)")
+        if self.registry.get(node_id) is None:
+            raise DownlinkRejected(f"node {node_id:08x} is not in the registry", 404)
+        ttl = self.default_ttl_s if ttl_s is None else ttl_s
+        if not 0 < ttl <= 30 * 86400:
+            raise DownlinkRejected("ttl_s must be within 0..2592000 s (30 days)")
+        queue = self._open.setdefault(node_id, [])
+        if len(queue) >= self.max_queued_per_node:
+            raise DownlinkRejected(f"node {node_id:08x} already has {len(queue)} downlinks waiting", 429)
+        now = self.clock()
+        expires = now + ttl
+        body = dict(body)
+        if mtype == m.COMMAND:
+            body[0] = 0  # a placeholder for the check: the store assigns the id
+            body[3] = int(expires)
+        elif mtype == m.TIME:
+            body = {0: int(now)}
+        try:
+            m.encode(mtype, body)  # the node would refuse it: better to say so now
+        except m.MessageError as e:
+            raise DownlinkRejected(str(e)) from None
+        if mtype == m.COMMAND:
+            del body[0]
+        dl = await self.store.add_downlink(node_id, mtype, body, expires, now=now)
+        queue.append(dl)
+        log.info("downlink queued", extra={"node": f"{node_id:08x}", "downlink": dl.id, "mtype": mtype})
+        rx = self._last_rx.get(node_id)
+        if rx is not None and rx.path is not None:
+            self._spawn(self._send_due(node_id, rx, None))
+        return dl
+
+    async def cancel(self, id_: int) -> Downlink | None:
+        """Expire a queued downlink now (an operator changed their mind)."""
+        for node_id, queue in self._open.items():
+            for dl in queue:
+                if dl.id == id_:
+                    await self._close(dl, "expired")
+                    return dl
+        return None
+
+    def pending(self, node_id: int) -> int:
+        return len(self._open.get(node_id, ()))
+
+    def depth(self) -> int:
+        return sum(len(q) for q in self._open.values())
+
+    # ------------------------------------------------------------ the pipeline calls these
+
+    def on_uplink(self, record: Record, reception: Reception) -> None:
+        """A record was committed: settle a CMD_ACK, answer an alarm, send what is due."""
+        node_id = record.node_id
+        if reception.transport in IMMEDIATE_TRANSPORTS:
+            self._last_rx[node_id] = reception
+        if record.mtype == m.CMD_ACK:
+            self._spawn(self._settle_cmd_ack(record))
+        ack = self.ack_alarms and record.alarm
+        if not ack and not self._open.get(node_id):
+            return  # the common case: nothing to say
+        if reception.path is None:
+            return
+        key = (node_id, record.counter)
+        early = self._early.pop(key, [])
+        if reception.transport not in IMMEDIATE_TRANSPORTS and self.collect_s > 0:
+            self._collect[key] = [reception, *early]
+        self._spawn(self._answer(record, reception, ack))
+
+    def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None:
+        if reception.path is None:
+            return
+        key = (node_id, counter)
+        copies = self._collect.get(key)
+        if copies is not None:
+            copies.append(reception)
+            return
+        # heard again before the first copy's commit: remembered until on_uplink (bounded)
+        if len(self._early) >= EARLY_MAX:
+            del self._early[next(iter(self._early))]
+        self._early.setdefault(key, []).append(reception)
+
+    # ------------------------------------------------------------ sending
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._done)
+
+    def _done(self, t: asyncio.Task) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("downlink task failed: %r", t.exception(), exc_info=t.exception())
+
+    async def _answer(self, record: Record, reception: Reception, ack: bool) -> None:
+        key = (record.node_id, record.counter)
+        if key in self._collect:
+            await asyncio.sleep(self.collect_s)
+            copies = self._collect.pop(key)
+            with_path = [r for r in copies if r.path is not None]
+            reception = max(with_path, key=lambda r: (r.rssi if r.rssi is not None else -1e9,
+                                                      r.snr if r.snr is not None else -1e9))
+        await self._send_due(record.node_id, reception, record.counter if ack else None)
+
+    async def _send_due(self, node_id: int, rx: Reception, ack_counter: int | None) -> None:
+        lock = self._locks.setdefault(node_id, asyncio.Lock())
+        async with lock:
+            entry = self.registry.get(node_id)
+            if entry is None:
+                return
+            immediate = rx.transport in IMMEDIATE_TRANSPORTS
+            budget = None if immediate else 1  # LoRa: one frame per receive window
+            if ack_counter is not None:
+                pending = min(255, len(self._due(node_id, rx, immediate)))
+                if await self._send(entry, m.ACK, {0: ack_counter, 1: pending}, rx):
+                    self.counts["acks_sent"] += 1
+                    if budget is not None:
+                        budget -= 1
+            for dl in self._due(node_id, rx, immediate):
+                if budget is not None and budget <= 0:
+                    break
+                if budget is not None:
+                    budget -= 1
+                body = dict(dl.body)
+                if dl.mtype == m.TIME:
+                    now = self.clock()
+                    body = {0: int(now), 1: int(now * 1000) % 1000}
+                if not await self._send(entry, dl.mtype, body, rx):
+                    break  # the path is down: the rest waits too
+                dl.attempts += 1
+                self._last_sent[dl.id] = self.clock()
+                self.counts["sent"] += 1
+                if dl.mtype == m.COMMAND:
+                    dl.state = "sent"
+                    await self.store.update_downlink(dl)
+                else:
+                    await self._close(dl, "sent")
+
+    def _due(self, node_id: int, rx: Reception, immediate: bool) -> list[Downlink]:
+        now = self.clock()
+        wait = ACK_TIMEOUT_S if immediate else RETRY_AFTER_S
+        out = []
+        for dl in self._open.get(node_id, ()):
+            if dl.expires <= now:
+                continue
+            if dl.state == "queued":
+                out.append(dl)
+            elif dl.state == "sent" and dl.attempts < self.max_attempts:
+                if now - self._last_sent.get(dl.id, 0.0) >= wait:
+                    out.append(dl)
+        return out
+
+    async def _send(self, entry: Any, mtype: int, body: dict[int, Any], rx: Reception) -> bool:
+        path = rx.path
+        if path is None:
+            return False
+        try:
+            counter = await self.store.next_downlink_counter(entry.node_id)  # committed first
+            raw = frame.seal(entry.keys, mtype, counter, m.encode(mtype, body))
+            await path.send_downlink(raw, rx)
+        except Exception as e:  # the transport's DownlinkError, a closed store, a vanished port
+            self.counts["send_errors"] += 1
+            log.warning("downlink not sent: %s", e, extra={"node": f"{entry.node_id:08x}", "mtype": mtype,
+                                                          "transport": rx.transport})
+            return False
+        return True
+
+    async def _settle_cmd_ack(self, record: Record) -> None:
+        command_id = record.body.get(0)
+        for dl in self._open.get(record.node_id, ()):
+            if dl.mtype == m.COMMAND and dl.command_id == command_id:
+                dl.result = record.body.get(1)
+                await self._close(dl, "acked")
+                return
+        self.counts["unmatched_cmd_acks"] += 1  # a repeat, or an expired command answered late
+
+    async def _close(self, dl: Downlink, state: str) -> None:
+        dl.state = state
+        queue = self._open.get(dl.node_id)
+        if queue is not None and dl in queue:
+            queue.remove(dl)
+            if not queue:
+                del self._open[dl.node_id]
+        self._last_sent.pop(dl.id, None)
+        if state in self.counts:
+            self.counts[state] += 1
+        await self.store.update_downlink(dl)
+        if state in ("expired", "failed"):
+            log.warning("downlink %s", state, extra={"node": f"{dl.node_id:08x}", "downlink": dl.id,
+                                                     "mtype": dl.mtype, "attempts": dl.attempts})
+
+    # ------------------------------------------------------------ expiry and retries without uplinks
+
+    async def sweep(self) -> None:
+        """Expire what is past its time, fail COMMANDs out of attempts, resend on always-on links."""
+        now = self.clock()
+        for node_id in list(self._open):
+            for dl in list(self._open.get(node_id, ())):
+                if dl.expires <= now:
+                    await self._close(dl, "expired")
+                elif (dl.state == "sent" and dl.attempts >= self.max_attempts
+                      and now - self._last_sent.get(dl.id, 0.0) >= ACK_TIMEOUT_S):
+                    await self._close(dl, "failed")
+            rx = self._last_rx.get(node_id)
+            if rx is not None and self._open.get(node_id) and self._due(node_id, rx, True):
+                await self._send_due(node_id, rx, None)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("downlink sweep failed")

@@ -1,0 +1,194 @@
+"""gateway/downlinks.py with the real pipeline and store: ACKs, commands, CMD_ACK, retries, expiry, paths."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from gateway_helpers import node_keys, registry, reception, seal
+
+from gateway.downlinks import RETRY_AFTER_S, DownlinkRejected, Downlinks
+from gateway.pipeline import Pipeline
+from gateway.store import Store
+from gateway.transports import DownlinkError
+from protocol import frame
+from protocol import messages as m
+
+NODE = 1
+
+
+class Radio:
+    """The DownlinkPath seam (gateway/model.py): what a transport's send_downlink receives."""
+
+    def __init__(self, name: str, fail: int = 0) -> None:
+        self.name = name
+        self.sent: list[tuple[int, int, dict]] = []  # (mtype, counter, body) as the node would read them
+        self.fail = fail
+
+    async def send_downlink(self, raw: bytes, rx) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise DownlinkError("no_route", "test")
+        f, body = frame.unseal(node_keys(frame.parse(raw).node_id), raw)  # the downlink key, as a node checks
+        assert f.downlink
+        self.sent.append((f.mtype, f.counter, m.decode(f.mtype, body)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def gw(tmp_path):
+    s = await Store.open(tmp_path / "gw.db")
+    reg = registry(tmp_path / "nodes.toml", range(1, 4))
+    clock = Clock()
+    d = Downlinks(s, reg, collect_s=0.05, max_attempts=2, clock=clock)
+    await d.start()
+    p = Pipeline(reg, s, downlinks=d)
+    yield p, d, clock
+    await d.close()
+    await p.close()
+    await s.close()
+
+
+def alarm(counter: int, node: int = NODE) -> bytes:
+    return seal(node, counter, m.EVENT, {0: m.EV_LEAK, 1: m.SEV_ALARM, 2: 120, 4: 1, 5: 1})
+
+
+async def uplink(p, d, raw, radio, transport="udp", rssi=-90.0):
+    v = await p.ingest(reception(raw, transport=transport, path=radio, gateway_id=radio.name, rssi=rssi))
+    await d.idle()
+    return v
+
+
+async def test_a_stored_alarm_is_acknowledged(gw):
+    p, d, _ = gw
+    radio = Radio("serial:a")
+    assert await uplink(p, d, alarm(17), radio, "serial") == "accepted"
+    assert radio.sent == [(m.ACK, 0, {0: 17, 1: 0})]
+    assert await uplink(p, d, seal(NODE, 18), radio, "serial") == "accepted"  # routine: nothing to say
+    assert len(radio.sent) == 1
+    assert await uplink(p, d, alarm(17), radio, "serial") == "duplicate"  # only stored frames are acked
+    assert len(radio.sent) == 1 and d.counts["acks_sent"] == 1
+
+
+async def test_lora_answers_once_per_window_through_the_best_radio(gw):
+    p, d, _ = gw
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_SET_LEVEL, 2: [100, 600]}, ttl_s=600)
+    near, far = Radio("udp:near"), Radio("udp:far")
+    raw = alarm(30)
+    verdicts = await asyncio.gather(
+        p.ingest(reception(raw, transport="udp", path=far, gateway_id="udp:far", rssi=-118.0)),
+        p.ingest(reception(raw, transport="udp", path=near, gateway_id="udp:near", rssi=-71.0)))
+    await d.idle()
+    assert sorted(verdicts) == ["accepted", "duplicate"]
+    # one frame per receive window, through the radio that heard the node best; it says one more is queued
+    assert far.sent == [] and near.sent == [(m.ACK, 0, {0: 30, 1: 1})]
+    await uplink(p, d, seal(NODE, 31), far)
+    assert far.sent == [(m.COMMAND, 1, {0: dl.id, 1: m.OP_SET_LEVEL, 2: [100, 600], 3: int(dl.expires)})]
+    assert p.store.downlink(dl.id).state == "sent"
+
+
+async def test_cmd_ack_settles_the_command(gw):
+    p, d, _ = gw
+    radio = Radio("serial:a")
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_OPEN_ZONE, 2: [2, 15]})
+    await uplink(p, d, seal(NODE, 1), radio, "serial")
+    assert radio.sent[0][0] == m.COMMAND and radio.sent[0][2][0] == dl.id
+    await uplink(p, d, seal(NODE, 2, m.CMD_ACK, {0: dl.id, 1: m.RES_OK, 2: 15}), radio, "serial")
+    got = p.store.downlink(dl.id)
+    assert (got.state, got.result, got.attempts) == ("acked", m.RES_OK, 1)
+    assert d.pending(NODE) == 0 and d.counts["acked"] == 1
+    await uplink(p, d, seal(NODE, 3, m.CMD_ACK, {0: dl.id, 1: m.RES_OK}), radio, "serial")  # a repeat
+    assert d.counts["unmatched_cmd_acks"] == 1
+
+
+async def test_unanswered_commands_are_retried_then_failed(gw):
+    p, d, clock = gw
+    radio = Radio("udp:a")
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_REBOOT})
+    await uplink(p, d, seal(NODE, 1), radio)
+    await uplink(p, d, seal(NODE, 2), radio)  # too soon: its CMD_ACK may be this very uplink
+    assert len(radio.sent) == 1
+    clock.t += RETRY_AFTER_S
+    await uplink(p, d, seal(NODE, 3), radio)
+    assert [(t, b[0]) for t, _c, b in radio.sent] == [(m.COMMAND, dl.id)] * 2  # same id: the node runs it once
+    assert [c for _t, c, _b in radio.sent] == [0, 1]  # new frame counters
+    clock.t += 60
+    await uplink(p, d, seal(NODE, 4), radio)
+    assert len(radio.sent) == 2  # max_attempts = 2
+    await d.sweep()
+    assert p.store.downlink(dl.id).state == "failed" and d.counts["failed"] == 1
+
+
+async def test_expired_downlinks_are_reported(gw):
+    p, d, clock = gw
+    dl = await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}}, ttl_s=30)
+    clock.t += 31
+    await d.sweep()
+    assert p.store.downlink(dl.id).state == "expired" and d.counts["expired"] == 1
+    radio = Radio("udp:a")
+    await uplink(p, d, seal(NODE, 1), radio)
+    assert radio.sent == []
+
+
+async def test_serial_nodes_get_downlinks_at_once_and_time_is_filled_when_sent(gw):
+    p, d, clock = gw
+    radio = Radio("serial:a")
+    await uplink(p, d, seal(NODE, 1), radio, "serial")
+    clock.t += 3600.25
+    dl = await d.enqueue(NODE, m.TIME, {})
+    cfg = await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}})
+    await d.idle()
+    assert radio.sent == [(m.TIME, 0, {0: int(clock.t), 1: 250}), (m.CONFIG, 1, {0: {0: 900}})]
+    assert p.store.downlink(dl.id).state == "sent" and p.store.downlink(cfg.id).state == "sent"  # no answer exists
+
+
+async def test_a_failed_send_keeps_the_downlink_and_never_reuses_a_counter(gw):
+    p, d, _ = gw
+    radio = Radio("serial:a", fail=1)
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_CLOSE_ALL})
+    await uplink(p, d, seal(NODE, 1), radio, "serial")
+    assert radio.sent == [] and p.store.downlink(dl.id).state == "queued" and d.counts["send_errors"] == 1
+    await uplink(p, d, seal(NODE, 2), radio, "serial")
+    assert radio.sent == [(m.COMMAND, 1, {0: dl.id, 1: m.OP_CLOSE_ALL, 3: int(dl.expires)})]  # counter 0 was spent
+
+
+async def test_enqueue_refuses_what_cannot_be_sent(gw):
+    _p, d, _ = gw
+    with pytest.raises(DownlinkRejected) as e:
+        await d.enqueue(99, m.COMMAND, {1: m.OP_REBOOT})
+    assert e.value.status == 404
+    with pytest.raises(DownlinkRejected, match="key 2"):
+        await d.enqueue(NODE, m.COMMAND, {1: m.OP_SET_LEVEL, 2: ["full"]})
+    with pytest.raises(DownlinkRejected, match="cannot be queued"):
+        await d.enqueue(NODE, m.ACK, {0: 1})
+    for _ in range(d.max_queued_per_node):
+        await d.enqueue(2, m.COMMAND, {1: m.OP_REBOOT})
+    with pytest.raises(DownlinkRejected) as e:
+        await d.enqueue(2, m.COMMAND, {1: m.OP_REBOOT})
+    assert e.value.status == 429
+
+
+async def test_queued_downlinks_survive_a_restart(tmp_path):
+    reg = registry(tmp_path / "nodes.toml", [NODE])
+    s = await Store.open(tmp_path / "gw.db")
+    d = Downlinks(s, reg)
+    await d.start()
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_RAIN_DELAY, 2: [24]})
+    await d.close()
+    await s.close()
+    s = await Store.open(tmp_path / "gw.db")
+    d = Downlinks(s, reg, collect_s=0)
+    await d.start()
+    p = Pipeline(reg, s, downlinks=d)
+    radio = Radio("udp:a")
+    await uplink(p, d, seal(NODE, 1), radio)
+    assert radio.sent[0][2][0] == dl.id and radio.sent[0][1] == 0
+    await d.close()
+    await s.close()
