@@ -1,0 +1,617 @@
+# The node runtime: one asyncio program per node, around one app.
+#
+#   node = Node(cfg, hal, radio, Lighting)      # cfg from firmware.config.load
+#   await node.run()                            # never returns
+#
+# What it does (firmware/README.md has the contracts, SPEC.md the wire):
+# - boot: the app is built first, so outputs reach their safe state before
+#   anything slow happens; the watchdog starts; the store reserves uplink
+#   counters (SPEC §4) before anything is sent; HELLO (firmware, kind,
+#   capabilities, config hash, reset cause) goes first, after a random
+#   delay of up to HELLO_JITTER_MS so a street of nodes powered on together
+#   does not transmit at once; a watchdog reset is also reported as an EVENT.
+# - the app runs as a supervised task: an exception (in run, report,
+#   command, configure) calls its failsafe() (if that raises too, the
+#   runtime's own last resort: lamp fully on, every valve closed), queues
+#   EVENT app_exception (an alarm), and restarts a new app instance after a
+#   backoff (APP_BACKOFF_MIN_MS doubling to APP_BACKOFF_MAX_MS).
+# - reports at the report interval, STATUS at the status interval, both
+#   with jitter; EVENTs when the app raises them (alarms confirmed).
+# - one sender: priority queue (firmware/uplink.py), EU868 duty cycle
+#   through protocol.lora.DutyCycle (waits, never breaks the law), frame
+#   size checked against the radio's limit, then the receive window: RX1
+#   opens RX1_DELAY_MS after the end of the uplink (RX_EARLY_MS early).
+#   A radio that hears at any time (a wire) gets a receive task instead.
+# - downlinks: parse, MIC, replay window (persisted before acting), decode;
+#   COMMAND idempotent by id (answered with CMD_ACK and the first result),
+#   CONFIG (runtime keys here, app keys to app.configure; persisted), TIME
+#   (hal.set_time), ACK (confirms an alarm; "more queued" keeps listening).
+#   Nothing that arrives can raise out of the handler: it is counted.
+# - the watchdog is fed while every runtime task is alive; a dead task (a
+#   bug) stops the feeding and the board resets. App totals are flushed by
+#   the store's hourly policy from the same loop.
+
+import asyncio
+
+from protocol import frame as fr
+from protocol import lora
+from protocol import messages as m
+
+from firmware import aio
+from firmware.store import CounterExhausted, StorageError, Store
+from firmware.uplink import (PRIO_ACK, PRIO_ALARM, PRIO_EVENT, PRIO_HELLO, PRIO_REPORT,
+                             PRIO_STATUS, UplinkQueue)
+
+FIRMWARE = "0.1.0"
+
+RX1_DELAY_MS = 1000  # SPEC §6
+RX_EARLY_MS = 20  # open the window this early: clock error and wake-up latency
+DOWNLINK_BURST_MAX = 4  # downlinks taken after one uplink when the gateway says more are queued
+HELLO_JITTER_MS = 10000
+REPORT_JITTER = 10  # reports move by up to 1/REPORT_JITTER of the interval, at random
+APP_BACKOFF_MIN_MS = 10000
+APP_BACKOFF_MAX_MS = 600000
+APP_HEALTHY_MS = 3600000  # an app that ran this long without a fault starts its backoff afresh
+REBOOT_GRACE_MS = 30000  # a reboot command waits this long at most for its CMD_ACK to go out
+STORE_RETRY_MS = 10000  # flash refused the counter reservation: retry after 10 s ...
+STORE_RETRY_MAX_MS = 600000  # ... doubling up to 10 min
+IDLE_MS = 3600000  # longest single wait of an idle task (then it looks again)
+WIRE_LISTEN_MS = 60000
+
+STATUS_MIN_S = 300
+REPORT_MIN_S = 30
+REPORT_MAX_S = 86400
+STATUS_MAX_S = 7 * 86400
+
+I32_MIN = -0x80000000
+I32_MAX = 0x7FFFFFFF
+
+# CONFIG keys the app handles; the rest are the runtime's.
+APP_CONFIG_KEYS = (m.CFG_LAMP_POWER, m.CFG_MAX_RUN)
+
+
+def _clamp(v, lo, hi):
+    return lo if v < lo else hi if v > hi else v
+
+
+class Node:
+    """The runtime of one node; also the facade an app gets as `node`."""
+
+    def __init__(self, cfg, hal, radio, app_class=None, hello_jitter_ms=HELLO_JITTER_MS,
+                 watchdog=True):
+        self.cfg = cfg
+        self.hal = hal
+        self.radio = radio
+        self.app_class = app_class
+        self.app = None
+        self.keys = cfg["keys"]
+        self.node_id = cfg["node_id"]
+        self.kind = cfg["kind_code"]
+        self.encrypt = cfg["encrypt"]
+        self.report_s = cfg["report_interval_s"]
+        self.status_s = cfg["status_interval_s"]
+        self.confirm_alarms = cfg["confirm_alarms"]
+        self.wdt_ms = cfg["wdt_ms"]
+        self.watchdog = watchdog
+        self.hello_jitter_ms = hello_jitter_ms
+        self.store = Store(hal)
+        self._seed = ((self.node_id * 2654435761) & 0xFFFFFFFF) | 1
+        self.queue = UplinkQueue(self._rand)
+        self.duty = lora.DutyCycle()
+        self._app_down = asyncio.Event()
+        self._intervals = asyncio.Event()
+        self._tasks = []
+        self._app_task = None
+        self._store_retry_ms = 0
+        self._reboot_at = None
+        self.exhausted = False
+        self.last_rssi = None
+        self.last_snr = None
+        # counters (STATUS, tests, the simulator's report)
+        self.tx = 0
+        self.tx_failed = 0
+        self.tx_oversize = 0
+        self.rx = 0
+        self.rx_rejected = 0  # malformed, bad MIC, replayed, undecodable
+        self.rx_other = 0  # frames for other nodes or uplinks heard
+        self.rx_replayed = 0
+        self.app_faults = 0
+        self.cfg_rejected = 0
+        self.last_error = None
+
+    # -- facade for the app (firmware/README.md) -------------------------------
+
+    def time(self):
+        return self.hal.time()
+
+    def event(self, code, severity, value=0, active=1, zone=0):
+        body = {0: code, 1: severity, 2: _clamp(int(value), I32_MIN, I32_MAX), 4: active}
+        t = self.hal.time()
+        if t is not None:
+            body[3] = t
+        if zone:
+            body[5] = zone
+        alarm = severity >= m.SEV_ALARM
+        key = None
+        if code == m.EV_APP_EXCEPTION:
+            key = "app_exception"  # a crash loop updates one queued event, not many
+        self.queue.put(m.EVENT, m.encode(m.EVENT, body), PRIO_ALARM if alarm else PRIO_EVENT,
+                       alarm and self.confirm_alarms, key)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _rand(self, n):
+        # xorshift32: deterministic per node (the simulator replays runs), no allocation
+        x = self._seed
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self._seed = x
+        return x % n if n > 0 else 0
+
+    def _spawn(self, coro):
+        t = asyncio.create_task(coro)
+        self._tasks.append(t)
+        return t
+
+    # -- boot and main ------------------------------------------------------------------
+
+    async def run(self):
+        hal = self.hal
+        self._build_app()  # outputs safe first
+        if self.watchdog:
+            hal.wdt_start(self.wdt_ms)
+        try:
+            self.store.open()
+        except StorageError as e:
+            self.last_error = repr(e)  # the sender retries; the app runs regardless
+        self._seed ^= self.store.peek_uplink() & 0xFFFFFFFF
+        self._apply_saved_settings()
+        self._hello()
+        self._spawn(self._sender())
+        self._spawn(self._supervise())
+        self._spawn(self._periodic(False))
+        self._spawn(self._periodic(True))
+        if self.radio.continuous:
+            self._spawn(self._receiver())
+        try:
+            await self._housekeeping()
+        finally:
+            # a reset (or the simulator stopping the node) ends every task of
+            # the node, as a board reset would
+            for t in self._tasks:
+                t.cancel()
+            self._app_down.set()
+
+    def _hello(self):
+        body = {0: FIRMWARE, 1: self.kind, 2: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
+                3: self.cfg["hash"], 4: self.hal.reset_cause()}
+        self.queue.put(m.HELLO, m.encode(m.HELLO, body), PRIO_HELLO)
+        if self.hal.reset_cause() == m.RST_WATCHDOG:
+            self.event(m.EV_WATCHDOG_RESET, m.SEV_WARNING)
+        if self.store.faults:
+            self.event(m.EV_STORAGE_FAULT, m.SEV_WARNING, self.store.faults)
+
+    async def _housekeeping(self):
+        hal = self.hal
+        # feeding needs wdt/2; without a watchdog (a simulator's choice) a
+        # minute is enough for the totals and a pending reboot
+        period = self.wdt_ms // 2 if self.watchdog else 60000
+        while True:
+            alive = True
+            for t in self._tasks:
+                if t.done():
+                    alive = False
+            if alive and self.watchdog:
+                hal.wdt_feed()
+            try:
+                self.store.flush()
+            except StorageError as e:
+                self.last_error = repr(e)
+            if self._reboot_at is not None and (hal.ticks_ms() >= self._reboot_at or
+                                                not self.queue.has(m.CMD_ACK)):
+                self._reboot()
+            await hal.sleep_ms(period)
+
+    def _reboot(self):
+        self._failsafe()
+        try:
+            self.store.flush(True)
+        except StorageError:
+            pass
+        self.hal.reset()
+
+    # -- the app -----------------------------------------------------------------------
+
+    def _build_app(self):
+        if self.app_class is None:
+            return
+        try:
+            self.app = self.app_class(self.cfg, self.hal, self)
+        except Exception as e:
+            self.app = None
+            self._app_fault(e)
+
+    def _failsafe(self):
+        app = self.app
+        if app is not None:
+            try:
+                app.failsafe()
+                return
+            except Exception as e:
+                self.last_error = repr(e)
+        self._last_resort()
+
+    def _last_resort(self):
+        # The app could not make itself safe: the runtime knows the channels
+        # (firmware/hal.py) and what safe means for each kind.
+        hal = self.hal
+        try:
+            if self.kind == m.KIND_LIGHTING:
+                hal.pwm_write("lamp", 1000)  # a street is never left dark
+            elif self.kind == m.KIND_IRRIGATION:
+                for name in ("master", "zone1", "zone2", "zone3", "zone4"):
+                    hal.pin_write(name, 0)
+        except Exception as e:
+            self.last_error = repr(e)
+
+    def _app_fault(self, err):
+        self.app_faults += 1
+        self.last_error = repr(err)
+        self._failsafe()
+        self.app = None
+        self._app_down.set()
+        try:
+            self.event(m.EV_APP_EXCEPTION, m.SEV_ALARM, self.app_faults)
+        except Exception:
+            pass
+
+    async def _app_main(self, app):
+        try:
+            await app.run()
+            err = RuntimeError("app run() returned")
+        except Exception as e:
+            err = e
+        if self.app is app:
+            self._app_fault(err)
+
+    async def _supervise(self):
+        try:
+            await self._supervise_loop()
+        finally:
+            if self._app_task is not None:
+                self._app_task.cancel()
+
+    async def _supervise_loop(self):
+        hal = self.hal
+        backoff = APP_BACKOFF_MIN_MS
+        while True:
+            if self.app is None and self.app_class is not None:
+                self._build_app()
+                if self.app is not None:
+                    self._apply_saved_settings(True)
+            if self.app is None:
+                if self.app_class is None:
+                    return await self._idle()
+                await hal.sleep_ms(backoff)
+                backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
+                continue
+            self._app_down.clear()
+            started = hal.ticks_ms()
+            task = self._app_task = asyncio.create_task(self._app_main(self.app))
+            await self._app_down.wait()
+            if not task.done():
+                task.cancel()
+            if hal.ticks_ms() - started >= APP_HEALTHY_MS:
+                backoff = APP_BACKOFF_MIN_MS
+            await hal.sleep_ms(backoff)
+            backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
+
+    async def _idle(self):
+        while True:
+            await self.hal.sleep_ms(IDLE_MS)
+
+    # -- periodic uplinks -------------------------------------------------------------------
+
+    async def _periodic(self, status):
+        hal = self.hal
+        while True:
+            interval = (self.status_s if status else self.report_s) * 1000
+            wait = interval + self._rand(interval // REPORT_JITTER + 1) - interval // (2 * REPORT_JITTER)
+            self._intervals.clear()
+            if await aio.wait_ms(hal, self._intervals, wait):
+                continue  # the interval changed: start over with the new one
+            if status:
+                self._status()
+            else:
+                self._report()
+
+    def _report(self):
+        app = self.app
+        if app is None:
+            return
+        try:
+            mtype, body = app.report()
+            data = m.encode(mtype, body)
+        except Exception as e:
+            self._app_fault(e)
+            return
+        self.queue.put(mtype, data, PRIO_REPORT, False, "report")
+
+    def _status(self):
+        hal = self.hal
+        t = hal.time()
+        body = {0: hal.ticks_ms() // 1000, 1: t if t is not None else 0,
+                6: hal.free_heap() // 16, 7: min(len(self.queue), 255)}
+        if self.last_rssi is not None:
+            body[2] = _clamp(int(self.last_rssi), -200, 0)
+            body[3] = _clamp(int(self.last_snr), -80, 60)
+        try:
+            supply = hal.adc_read_mv("supply")
+        except Exception:  # a board without a supply divider
+            supply = 0
+        if supply:
+            body[4] = _clamp(supply, 0, 0xFFFF)
+        app = self.app
+        if app is not None:
+            try:
+                body[8] = _clamp(app.open_alarms(), 0, 255)
+            except Exception as e:
+                self._app_fault(e)
+        self.queue.put(m.STATUS, m.encode(m.STATUS, body), PRIO_STATUS, False, "status")
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def _sender(self):
+        hal = self.hal
+        q = self.queue
+        await hal.sleep_ms(self._rand(self.hello_jitter_ms + 1))
+        while True:
+            now = hal.ticks_ms()
+            q.changed.clear()
+            it = None if self.exhausted else q.next(now)
+            if it is None:
+                due = q.next_due()
+                wait = IDLE_MS if due is None or self.exhausted else _clamp(due - now, 1, IDLE_MS)
+                await aio.wait_ms(hal, q.changed, wait)
+                continue
+            band = self.radio.band
+            if band is not None:
+                w = self.duty.wait_ms(now, band)
+                if w:
+                    await hal.sleep_ms(w)
+                    continue  # pick again: something more urgent may have come
+            await self._transmit(it)
+
+    async def _transmit(self, it):
+        hal = self.hal
+        q = self.queue
+        now = hal.ticks_ms()
+        n = fr.HEADER_LEN + len(it.body) + fr.MIC_LEN
+        if n > self.radio.max_frame:
+            q.drop(it)  # never sendable at this data rate
+            self.tx_oversize += 1
+            return
+        try:
+            if not self.store.opened:
+                self.store.open()
+            counter = self.store.next_uplink()
+        except CounterExhausted as e:
+            self.exhausted = True
+            self.last_error = repr(e)
+            return
+        except StorageError as e:
+            # not the item's fault: hold everything (the order stays, HELLO
+            # first) and try the flash again later
+            self.last_error = repr(e)
+            self.tx_failed += 1
+            self._store_retry_ms = _clamp(self._store_retry_ms * 2, STORE_RETRY_MS, STORE_RETRY_MAX_MS)
+            await hal.sleep_ms(self._store_retry_ms)
+            return
+        self._store_retry_ms = 0
+        raw = fr.seal(self.keys, it.mtype, counter, it.body, self.encrypt)
+        start = hal.ticks_ms()
+        try:
+            await self.radio.send(raw)
+        except Exception as e:  # a radio driver error must not stop the node
+            self.last_error = repr(e)
+            self.tx_failed += 1
+            q.failed(it, start)
+            return
+        band = self.radio.band
+        if band is not None:
+            self.duty.record(start, self.radio.airtime_ms(n), band)
+        self.tx += 1
+        q.sent(it, counter, hal.ticks_ms())
+        if not self.radio.continuous:
+            await self._rx_window()
+
+    async def _rx_window(self):
+        radio = self.radio
+        await self.hal.sleep_ms(RX1_DELAY_MS - RX_EARLY_MS)
+        window = getattr(radio, "rx_window_ms", None)
+        window = window() if window is not None else 2 * RX_EARLY_MS + 100
+        left = 0
+        for _ in range(DOWNLINK_BURST_MAX):
+            r = await radio.recv(window)
+            if r is None:
+                return
+            more = self._downlink(r[0], r[1], r[2])
+            left = more if more is not None else left - 1
+            if left <= 0:
+                return
+
+    async def _receiver(self):
+        while True:
+            r = await self.radio.recv(WIRE_LISTEN_MS)
+            if r is not None:
+                self._downlink(r[0], r[1], r[2])
+
+    # -- downlinks ---------------------------------------------------------------------------------
+
+    def _downlink(self, raw, rssi, snr):
+        """Handle one received frame.
+
+        Returns what an ACK says is still queued for this node (keep
+        listening for that many), or None for any other frame.
+        """
+        try:
+            return self._downlink_checked(raw, rssi, snr)
+        except Exception as e:  # whatever arrives, the node keeps running
+            self.rx_rejected += 1
+            self.last_error = repr(e)
+            return None
+
+    def _downlink_checked(self, raw, rssi, snr):
+        try:
+            f = fr.parse(raw)
+        except fr.FrameError:
+            self.rx_rejected += 1
+            return None
+        if f.node_id != self.node_id or not f.downlink:
+            self.rx_other += 1
+            return None
+        try:
+            body = fr.verify(self.keys, f)
+        except (fr.FrameError, NotImplementedError):
+            self.rx_rejected += 1
+            return None
+        store = self.store
+        if store.window.check(f.counter) != fr.ACCEPT:
+            self.rx_replayed += 1
+            self.rx_rejected += 1
+            return None
+        try:
+            store.accept_downlink(f.counter)  # persisted before acting (SPEC §4)
+        except StorageError as e:
+            self.last_error = repr(e)
+        self.rx += 1
+        self.last_rssi = rssi
+        self.last_snr = snr
+        try:
+            msg = m.decode(f.mtype, body)
+        except m.MessageError:
+            self.rx_rejected += 1
+            return None
+        t = f.mtype
+        if t == m.COMMAND:
+            self._command(msg)
+        elif t == m.CONFIG:
+            self._configure(msg[0])
+        elif t == m.TIME:
+            self.hal.set_time(msg[0], msg.get(1, 0))
+        elif t == m.ACK:
+            self.queue.ack(msg[0])
+            return msg.get(1, 0)
+        return None
+
+    def _command(self, msg):
+        cid = msg[0]
+        prev = self.store.command_result(cid)
+        if prev is not None:
+            res, value = prev  # a repeat: answer again, do not execute again
+        else:
+            res, value = self._execute(msg[1], msg.get(2, ()), msg.get(3, 0))
+            try:
+                self.store.record_command(cid, res, value)
+            except StorageError as e:
+                self.last_error = repr(e)
+        body = {0: cid, 1: res}
+        if value:
+            body[2] = _clamp(int(value), I32_MIN, I32_MAX)
+        self.queue.put(m.CMD_ACK, m.encode(m.CMD_ACK, body), PRIO_ACK)
+
+    def _execute(self, op, args, expires):
+        now = self.hal.time()
+        if expires and now is not None and now > expires:
+            return m.RES_EXPIRED, 0
+        if op == m.OP_SET_INTERVAL:
+            if len(args) != 1 or not REPORT_MIN_S <= args[0] <= REPORT_MAX_S:
+                return m.RES_BAD_ARGS, 0
+            self._set_runtime(m.CFG_REPORT_INTERVAL, args[0], True)
+            return m.RES_OK, args[0]
+        if op == m.OP_REBOOT:
+            self._reboot_at = self.hal.ticks_ms() + REBOOT_GRACE_MS
+            return m.RES_OK, 0
+        app = self.app
+        if app is None:
+            return m.RES_BUSY, 0  # the app is restarting after a fault
+        try:
+            res, value = app.command(op, list(args))
+        except Exception as e:
+            self._app_fault(e)
+            return m.RES_FAILED, 0
+        return res, value
+
+    # -- configuration over the air -------------------------------------------------------------------
+
+    def _set_runtime(self, key, v, persist):
+        """Apply one runtime CONFIG key; False if it is out of range."""
+        if key == m.CFG_REPORT_INTERVAL:
+            if not REPORT_MIN_S <= v <= REPORT_MAX_S:
+                return False
+            self.report_s = v
+            self._intervals.set()
+        elif key == m.CFG_STATUS_INTERVAL:
+            if not STATUS_MIN_S <= v <= STATUS_MAX_S:
+                return False
+            self.status_s = v
+            self._intervals.set()
+        elif key == m.CFG_TX_POWER:
+            if not 2 <= v <= 14:
+                return False
+            self.radio.configure(tx_power=v)
+        elif key == m.CFG_SF:
+            if not 7 <= v <= 12:
+                return False
+            self.radio.configure(sf=v)
+        elif key == m.CFG_CONFIRM_ALARMS:
+            if v > 1:
+                return False
+            self.confirm_alarms = bool(v)
+        else:
+            return False
+        if persist:
+            try:
+                self.store.set_setting(key, v)
+            except StorageError as e:
+                self.last_error = repr(e)
+        return True
+
+    def _configure(self, settings):
+        app_settings = {}
+        for key in settings:
+            v = settings[key]
+            if key in APP_CONFIG_KEYS:
+                app_settings[key] = v
+            elif not self._set_runtime(key, v, True):
+                self.cfg_rejected += 1
+        if app_settings:
+            for key in app_settings:
+                try:
+                    self.store.set_setting(key, app_settings[key])
+                except StorageError as e:
+                    self.last_error = repr(e)
+            self._configure_app(app_settings)
+
+    def _configure_app(self, settings):
+        app = self.app
+        if app is None:
+            return
+        try:
+            app.configure(settings)
+        except Exception as e:
+            self._app_fault(e)
+
+    def _apply_saved_settings(self, app_only=False):
+        app_settings = {}
+        for key, v in self.store.settings():
+            if key in APP_CONFIG_KEYS:
+                app_settings[key] = v
+            elif not app_only:
+                self._set_runtime(key, v, False)
+        if app_settings:
+            self._configure_app(app_settings)
+
+    def __repr__(self):
+        return "Node(0x%08x, kind %d, tx %d, rx %d)" % (self.node_id, self.kind, self.tx, self.rx)
