@@ -1,0 +1,495 @@
+# The street-lighting app: a dimming profile on the astronomical clock, presence
+# boost, lamp fault detection, energy and burning hours, and a fail-safe that
+# never leaves a street dark. Contract with the runtime: firmware/README.md.
+#
+# Profile. Up to MAX_STEPS steps (anchor, offset min, level %), anchors
+# protocol.messages.ANCHOR_* (sunset, sunrise, night midpoint = "virtual
+# midnight", halfway between sunset and the next sunrise). Each local night is
+# planned once, noon to noon (local mean solar time from the longitude): steps
+# are resolved in profile order and a step that would fall before the one
+# ahead of it is moved up to it, so a short summer night skips steps instead
+# of reordering them. The level is that of the latest step at or before now
+# (0 before the first); a profile ends with an off step (no off step: the last
+# level holds until local noon, when the next plan starts dark). Polar night:
+# the night runs noon to noon; polar day: no night, lamp off.
+# DEFAULT_PROFILE: 100 % at sunset, 50 % four hours later (about 23:00 at
+# mid-latitudes in spring), 30 % from virtual midnight, 100 % from 90 minutes
+# before sunrise, off at sunrise: about 35 % less energy than full power all
+# night at 48 N in spring (tests/test_lighting.py measures it). Night dimming
+# and presence-based dimming are reported to save 25-80 % against full power
+# all night, depending on the profile (../shared/DESIGN.md).
+#
+# Presence: a PIR high (polled every tick; PIR modules hold their output for
+# 2 s or more) raises the lamp at once to boost_level for boost_s, while it is
+# dark; every decrease of the output then fades at 100 % per fade_s.
+#
+# Faults, from the lamp current (mA = mV * ma_per_v / 1000), checked while
+# the lamp has been on settle_s (driver start-up, HID warm-up):
+#   lamp failure  current below fail_pct % of expected (full_ma x level) for
+#                 FAIL_MS; clears after CLEAR_MS of normal current;
+#   over-current  current above over_pct % of expected + 10 % of full_ma for
+#                 OVER_MS (also current drawn while commanded off: stuck
+#                 relay, failed driver); clears after CLEAR_MS. The lamp is
+#                 left on: a dark street is worse than a tripped breaker;
+#   cycling       CYCLE_N outages (normal -> low) within CYCLE_MS while on
+#                 (an HID lamp at end of life, a driver in thermal cut-out);
+#                 replaces a lamp-failure alarm; clears after CYCLE_MS without
+#                 an outage.
+# Each raises one EVENT and one clearing EVENT (protocol.messages EV_*).
+#
+# Energy = rated power x level x time (DESIGN.md: LED drivers are close to
+# linear over the dimming range that matters); current x mains voltage would
+# need the power factor, which the node does not measure. Nothing is counted
+# while the lamp has failed. Wh and burning seconds live in node.store's
+# totals (written hourly by the store).
+#
+# Fail-safe (LS_FAILSAFE): without valid wall time the lamp runs dusk-to-dawn
+# at 100 %: from the last known time carried on by the monotonic clock for up
+# to HOLDOVER_MS, else from the ambient light sensor with hysteresis
+# (dark below ambient_on_mv, light above ambient_off_mv, each held AMBIENT_MS),
+# else fully on. EV_LIGHT_FAILSAFE after FAILSAFE_EVENT_MS without valid time.
+# failsafe() (called by the runtime after an app exception) turns the lamp
+# fully on unless it is known to be day.
+
+from protocol import cbor
+from protocol import messages as m
+from firmware import astro
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+MAX_STEPS = 8  # a COMMAND carries at most 24 args: 8 steps of 3
+_FAIL_MS = const(60000)
+_OVER_MS = const(10000)
+_CLEAR_MS = const(900000)  # 15 min: longer than an HID lamp's on-phase when cycling
+_CYCLE_N = const(3)
+_CYCLE_MS = const(3600000)
+_MIN_CHECK = const(100)  # per mille: below that, current is too small to judge
+_AMBIENT_MS = const(60000)  # a passing car's headlights must not switch the lamp
+_HOLDOVER_MS = const(7 * 86400 * 1000)  # a crystal drifts ~2 s a day: a week is fine
+_FAILSAFE_EVENT_MS = const(900000)  # boot without RTC: give time sync 15 minutes
+_MAX_OVERRIDE_S = const(86400)
+_BIT_EVENTS = ((m.LS_LAMP_FAILURE, m.EV_LAMP_FAILURE, m.SEV_ALARM),
+               (m.LS_OVER_CURRENT, m.EV_OVER_CURRENT, m.SEV_ALARM),
+               (m.LS_CYCLING, m.EV_CYCLING, m.SEV_WARNING),
+               (m.LS_FAILSAFE, m.EV_LIGHT_FAILSAFE, m.SEV_WARNING))
+_ALARM_BITS = m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING | m.LS_FAILSAFE
+_STORE_KEY = "lprof"  # the profile set over the air (hal key-value storage)
+
+DEFAULT_PROFILE = ((m.ANCHOR_SUNSET, 0, 100), (m.ANCHOR_SUNSET, 240, 50), (m.ANCHOR_MIDNIGHT, 0, 30),
+                   (m.ANCHOR_SUNRISE, -90, 100), (m.ANCHOR_SUNRISE, 0, 0))
+# key: (default, lo, hi)
+SETTINGS = {
+    "power_w": (60, 1, 2000),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
+    "full_ma": (0, 0, 20000),  # current at 100 %; 0: power_w / mains_v at power factor 0.95
+    "mains_v": (230, 90, 480),
+    "ma_per_v": (1000, 1, 100000),  # current sensor scale
+    "current_sensor": (1, 0, 1),
+    "ambient_sensor": (1, 0, 1),
+    "ambient_on_mv": (300, 0, 5000),
+    "ambient_off_mv": (600, 0, 5000),
+    "boost_level": (100, 0, 100),
+    "boost_s": (120, 0, 3600),
+    "fade_s": (10, 0, 600),
+    "settle_s": (10, 0, 900),
+    "fail_pct": (30, 1, 95),
+    "over_pct": (130, 105, 400),
+    "tick_ms": (1000, 100, 10000),
+}
+
+
+def parse_profile(args):
+    """Flat [anchor, offset min, level %, ...] -> tuple of steps, or None if invalid."""
+    n = len(args)
+    if n == 0 or n % 3 or n > 3 * MAX_STEPS:
+        return None
+    steps = []
+    for i in range(0, n, 3):
+        a, off, lv = args[i], args[i + 1], args[i + 2]
+        if type(a) is not int or type(off) is not int or type(lv) is not int:
+            return None
+        if not (0 <= a <= 2 and -720 <= off <= 720 and 0 <= lv <= 100):
+            return None
+        steps.append((a, off, lv))
+    return tuple(steps)
+
+
+def check(section):
+    """Validated settings of the config's "lighting" section (ValueError names the key)."""
+    s = {}
+    for key in section:
+        if key not in SETTINGS and key != "profile":
+            raise ValueError("lighting.%s: unknown setting" % key)
+    for key in SETTINGS:
+        d, lo, hi = SETTINGS[key]
+        v = section.get(key, d)
+        if v is True or v is False:
+            v = int(v)
+        if type(v) is not int or v < lo or v > hi:
+            raise ValueError("lighting.%s: %r is not an integer in %d..%d" % (key, v, lo, hi))
+        s[key] = v
+    if s["ambient_on_mv"] >= s["ambient_off_mv"]:
+        raise ValueError("lighting.ambient_on_mv must be below ambient_off_mv (hysteresis)")
+    prof = section.get("profile")
+    if prof is None:
+        s["profile"] = DEFAULT_PROFILE
+    else:
+        flat = []
+        for st in prof:
+            if type(st) is not list or len(st) != 3:
+                raise ValueError("lighting.profile: steps are [anchor, offset min, level %]")
+            flat.extend(st)
+        s["profile"] = parse_profile(flat)
+        if s["profile"] is None:
+            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset -720..720, level 0..100"
+                             % MAX_STEPS)
+    return s
+
+
+class Lighting:
+    KIND = m.KIND_LIGHTING
+
+    def __init__(self, cfg, hal, node):
+        self.hal = hal
+        self.node = node
+        s = check(cfg.get("lighting") or {})
+        self.s = s
+        loc = cfg.get("location") or {}
+        self._lat = loc.get("lat")
+        self._lon = loc.get("lon", 0.0)
+        self._lon_s = int(round(self._lon * 240))  # local mean time offset, s
+        self.profile = s["profile"]
+        self._load_profile()
+        self._at = [0] * MAX_STEPS  # tonight's plan: seconds after local noon
+        self._lv = [0] * MAX_STEPS
+        self._n = 0
+        self._k = None  # the noon-to-noon cycle planned
+        self._sset = self._srise = 0
+        self.flags = 0  # LS_* state bits
+        self._alarms = 0  # LS_* bits whose EVENT is raised
+        self._out = -1  # per mille on the PWM (-1: not written yet)
+        self._on_ms = 0
+        self._last_ms = hal.ticks_ms()
+        self._t0 = None  # last valid wall time and its ticks
+        self._t0_ms = 0
+        self._no_time_ms = self._last_ms
+        self._amb = None  # ambient dark (True/False) once known
+        self._amb_chg = None
+        self._pir = 0
+        self._boost_until = -1
+        self._ovr_until = -1
+        self._ovr = 0
+        self.presence = 0
+        self._low_ms = self._ok_ms = self._hi_ms = self._nhi_ms = 0
+        self._low = False
+        self._edges = [-_CYCLE_MS - 1] * _CYCLE_N  # ticks of the last outages, oldest first
+        self.current_ma = 0
+        self._mj = 0  # energy below one Wh, mJ
+        self._burn_ms = 0  # burning time below one minute
+        self._power_w = s["power_w"]
+        self.failsafe()  # until the first step decides: on unless known day
+
+    # -- persistence -------------------------------------------------------------
+
+    def _load_profile(self):
+        try:
+            p = parse_profile(cbor.loads(self.hal.load(_STORE_KEY)))
+            if p is not None:
+                self.profile = p
+        except Exception:
+            pass  # nothing stored, or unreadable: the provisioned profile stands
+
+    def _save_profile(self):
+        flat = []
+        for st in self.profile:
+            flat.extend(st)
+        self.hal.save(_STORE_KEY, cbor.dumps(flat))
+
+    # -- the schedule ----------------------------------------------------------------
+
+    def _plan(self, k):
+        lat, lon = self._lat, self._lon
+        base = self._lon_s - 43200  # cycle start is 00:00 UTC of day k + 43200 - lon_s
+        sset = astro.sun_times_day(lat, lon, k)[1]
+        srise = astro.sun_times_day(lat, lon, k + 1)[0]
+        if sset is None:
+            sset = 86400 if astro.polar_day(lat, lon, k) else 0
+        else:
+            sset += base
+        srise = 86400 if srise is None else srise + 86400 + base
+        if srise < sset:
+            srise = sset
+        mid = (sset + srise) // 2
+        prev = 0
+        i = 0
+        for a, off, lv in self.profile:
+            t = (sset if a == m.ANCHOR_SUNSET else srise if a == m.ANCHOR_SUNRISE else mid) + off * 60
+            if t < prev:
+                t = prev
+            if t > 86400:
+                t = 86400
+            self._at[i] = prev = t
+            self._lv[i] = lv
+            i += 1
+        self._n = i if sset < 86400 else 0
+        self._sset, self._srise = sset, srise
+        self._k = k
+
+    def schedule(self, t):
+        """(dark, profile level %) at Unix time t: the astronomical plan, no fail-safe."""
+        lm = t + self._lon_s - 43200
+        k = lm // 86400
+        if k != self._k:
+            self._plan(k)
+        rel = lm - k * 86400
+        level = 0
+        for i in range(self._n):
+            if self._at[i] > rel:
+                break
+            level = self._lv[i]
+        return self._sset <= rel < self._srise, level
+
+    def _ambient_dark(self, now):
+        mv = self.hal.adc_read_mv("ambient")
+        on, off = self.s["ambient_on_mv"], self.s["ambient_off_mv"]
+        if self._amb is None:
+            self._amb = mv < off  # in the hysteresis band: dark, the safe side
+            return self._amb
+        want = True if mv < on else False if mv > off else self._amb
+        if want == self._amb:
+            self._amb_chg = None
+        elif self._amb_chg is None:
+            self._amb_chg = now
+        elif now - self._amb_chg >= _AMBIENT_MS:
+            self._amb = want
+            self._amb_chg = None
+        return self._amb
+
+    def _target(self, now):
+        """(dark, level %) the schedule asks for now; sets or clears LS_FAILSAFE."""
+        t = self.hal.time()
+        if t is not None and self._lat is not None:
+            self._t0, self._t0_ms = t, now
+            self._no_time_ms = now
+            self.flags &= ~m.LS_FAILSAFE
+            return self.schedule(t)
+        self.flags |= m.LS_FAILSAFE
+        if self._lat is not None and self._t0 is not None and now - self._t0_ms < _HOLDOVER_MS:
+            dark = self.schedule(self._t0 + (now - self._t0_ms) // 1000)[0]
+        elif self.s["ambient_sensor"]:
+            dark = self._ambient_dark(now)
+        else:
+            dark = True
+        return dark, 100 if dark else 0
+
+    # -- the control loop --------------------------------------------------------------
+
+    async def run(self):
+        while True:
+            self.step()
+            await self.hal.sleep_ms(self.s["tick_ms"])
+
+    def step(self):
+        hal = self.hal
+        s = self.s
+        now = hal.ticks_ms()
+        dt = now - self._last_ms
+        self._last_ms = now
+        if hal.pin_read("pir"):
+            if not self._pir and self.presence < 0xFFFF:
+                self.presence += 1
+            self._pir = 1
+            self._boost_until = now + s["boost_s"] * 1000
+        else:
+            self._pir = 0
+        self._meter(dt)  # the interval just ended ran at the output set before it
+        dark, level = self._target(now)
+        flags = self.flags & ~(m.LS_BOOST | m.LS_OVERRIDE | m.LS_ON)
+        if now < self._ovr_until:
+            level = self._ovr
+            flags |= m.LS_OVERRIDE
+        elif dark and now < self._boost_until and s["boost_level"] > level:
+            level = s["boost_level"]
+            flags |= m.LS_BOOST
+        self._set_output(level * 10, dt, now)
+        if self._out > 0:
+            flags |= m.LS_ON
+        self.flags = flags
+        if s["current_sensor"]:
+            self._check_current(now, dt)
+        self._alarm_events(now)
+
+    def _set_output(self, target, dt, now):
+        out = self._out
+        if target < out and self.s["fade_s"]:
+            fall = 1000 * dt // (self.s["fade_s"] * 1000)
+            target = max(target, out - (fall if fall > 0 else 1))
+        if target != out:
+            if out <= 0 < target:
+                self._on_ms = now
+            self._out = target
+            self.hal.pwm_write("lamp", target)
+
+    # -- faults ----------------------------------------------------------------------
+
+    def _check_current(self, now, dt):
+        s = self.s
+        ma = self.hal.adc_read_mv("lamp_current") * s["ma_per_v"] // 1000
+        self.current_ma = ma
+        full = s["full_ma"] or s["power_w"] * 1000 * 100 // (s["mains_v"] * 95)
+        out = self._out
+        if out > 0 and now - self._on_ms < s["settle_s"] * 1000:
+            return
+        expect = full * out // 1000
+        if ma > expect * s["over_pct"] // 100 + full // 10:
+            self._hi_ms += dt
+            self._nhi_ms = 0
+        else:
+            self._nhi_ms += dt
+            self._hi_ms = 0
+        if self._hi_ms >= _OVER_MS:
+            self.flags |= m.LS_OVER_CURRENT
+        elif self._nhi_ms >= _CLEAR_MS:
+            self.flags &= ~m.LS_OVER_CURRENT
+        if out < _MIN_CHECK:
+            return  # too dim (or off) to judge a lamp failure: states hold
+        low = ma * 100 < expect * s["fail_pct"]
+        if low:
+            if not self._low:
+                e = self._edges
+                e.pop(0)
+                e.append(now)
+                if now - e[0] <= _CYCLE_MS:
+                    self.flags = (self.flags | m.LS_CYCLING) & ~m.LS_LAMP_FAILURE
+            self._low_ms += dt
+            self._ok_ms = 0
+            if self._low_ms >= _FAIL_MS and not self.flags & m.LS_CYCLING:
+                self.flags |= m.LS_LAMP_FAILURE
+        else:
+            self._ok_ms += dt
+            self._low_ms = 0
+            if self._ok_ms >= _CLEAR_MS:
+                self.flags &= ~m.LS_LAMP_FAILURE
+            if self._ok_ms >= _CYCLE_MS:
+                self.flags &= ~m.LS_CYCLING
+        self._low = low
+
+    def _alarm_events(self, now):
+        want = self.flags & _ALARM_BITS
+        if want & m.LS_FAILSAFE and now - self._no_time_ms < _FAILSAFE_EVENT_MS:
+            want &= ~m.LS_FAILSAFE  # time sync after boot gets a grace period
+        diff = want ^ self._alarms
+        if not diff:
+            return
+        for bit, code, sev in _BIT_EVENTS:
+            if diff & bit:
+                on = 1 if want & bit else 0
+                self.node.event(code, sev, self.current_ma if bit != m.LS_FAILSAFE else 0, on)
+        self._alarms = want
+
+    # -- metering ------------------------------------------------------------------------
+
+    def _meter(self, dt):
+        if self._out <= 0 or self.flags & m.LS_LAMP_FAILURE:
+            return
+        store = self.node.store
+        self._mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
+        if self._mj >= 3600000:
+            store.add("wh", self._mj // 3600000)
+            self._mj %= 3600000
+        self._burn_ms += dt
+        if self._burn_ms >= 60000:
+            store.add("burn_s", self._burn_ms // 1000)
+            self._burn_ms %= 1000
+
+    # -- the runtime's interface -----------------------------------------------------------
+
+    def power_dw(self):
+        if self._out <= 0 or self.flags & m.LS_LAMP_FAILURE:
+            return 0
+        return self._power_w * self._out // 100  # 0.1 W
+
+    def report(self):
+        store = self.node.store
+        body = {
+            0: (max(self._out, 0) + 5) // 10,
+            1: min(self.power_dw(), 0xFFFF),
+            2: store.get("wh") & 0xFFFFFFFF,
+            3: self.flags,
+            4: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
+            5: self.presence,
+        }
+        if self.s["current_sensor"]:
+            body[6] = min(max(self.current_ma, 0), 0xFFFF)
+        self.presence = 0
+        return m.LIGHT, body
+
+    def command(self, op, args):
+        try:
+            return self._command(op, args)
+        except (TypeError, ValueError, IndexError):
+            return m.RES_BAD_ARGS, 0
+
+    def _command(self, op, args):
+        now = self.hal.ticks_ms()
+        n = len(args)
+        if op == m.OP_SET_LEVEL:
+            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= _MAX_OVERRIDE_S):
+                return m.RES_BAD_ARGS, 0
+            if args[1] == 0:
+                self._ovr_until = -1
+                return m.RES_OK, -1  # override cancelled: back to the profile
+            self._ovr = args[0]
+            self._ovr_until = now + args[1] * 1000
+            return m.RES_OK, args[0]
+        if op == m.OP_SET_PROFILE:
+            p = parse_profile(args)
+            if p is None:
+                return m.RES_BAD_ARGS, 0
+            self.profile = p
+            self._k = None  # replan tonight
+            try:
+                self._save_profile()
+            except OSError:
+                return m.RES_FAILED, len(p)  # applied, but lost at the next reboot
+            return m.RES_OK, len(p)
+        if op == m.OP_CLEAR_FAULT:
+            if n:
+                return m.RES_BAD_ARGS, 0
+            cleared = self.flags & (m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING)
+            self.flags &= ~cleared
+            self._low_ms = self._ok_ms = self._hi_ms = self._nhi_ms = 0
+            self._low = False
+            for i in range(_CYCLE_N):
+                self._edges[i] = -_CYCLE_MS - 1
+            self._alarm_events(now)
+            return m.RES_OK, bin(cleared).count("1")
+        return m.RES_UNKNOWN_OP, 0
+
+    def configure(self, settings):
+        w = settings.get(m.CFG_LAMP_POWER)
+        if w is not None and 1 <= w <= 2000:
+            self._power_w = w
+            self.s["power_w"] = w
+
+    def failsafe(self):
+        """Lamp fully on unless the wall clock says it is day. Never raises."""
+        try:
+            self._ovr_until = -1
+            dark = True
+            t = self.hal.time()
+            if t is not None and self._lat is not None:
+                dark = self.schedule(t)[0]
+            self._out = 1000 if dark else 0
+        except Exception:
+            self._out = 1000
+        try:
+            self.hal.pwm_write("lamp", self._out)
+        except Exception:
+            pass
+
+    def open_alarms(self):
+        return bin(self._alarms).count("1")
