@@ -1,0 +1,118 @@
+# LoRa radio through micropython-lib's `lora` drivers (SX127x / SX126x),
+# device only: `lora` and `machine` are imported inside make_modem(), so this
+# module loads anywhere and the class above the driver is tested with a
+# modem object shaped like the driver's async API:
+#
+#   modem.configure(lora_cfg)              dict: freq_khz, sf, bw ("125"), coding_rate,
+#                                          output_power, preamble_len, invert_iq_rx/tx, crc_en
+#   await modem.send(packet)               returns when transmission is done
+#   await modem.recv(timeout_ms)           -> RxPacket (a bytearray with .rssi dBm,
+#                                          .snr in dB * 4, .crc_error, .ticks_ms) or None
+#   modem.standby()
+#
+# IQ polarity follows LoRaWAN: nodes transmit with normal IQ and receive
+# inverted; the bridge (the gateway's radio) receives normal and transmits
+# inverted. So nodes never hear each other's uplinks, only downlinks.
+
+from protocol import lora
+
+PREAMBLE = 8  # LoRaWAN's, and what protocol.lora's airtime assumes
+RX_WINDOW_SYMBOLS = 8  # RX1 stays open this many symbols after RX_EARLY_MS, like LoRaWAN's timeout
+RX_MARGIN_MS = 40
+
+
+class LoRaRadio:
+    """firmware.radio.Radio on a micropython-lib async LoRa modem."""
+
+    continuous = False
+
+    def __init__(self, modem, freq_hz=868100000, sf=9, bw_hz=125000, cr=5, tx_power=14, bridge=False):
+        self.modem = modem
+        self.freq_hz = freq_hz
+        self.sf = sf
+        self.bw_hz = bw_hz
+        self.cr = cr
+        self.tx_power = tx_power
+        self.bridge = bridge
+        self.band = lora.band_for(freq_hz, bw_hz)
+        self.max_frame = lora.max_payload(sf)
+        self.crc_errors = 0
+        self._apply()
+
+    def _cfg(self):
+        return {
+            "freq_khz": self.freq_hz // 1000,
+            "sf": self.sf,
+            "bw": str(self.bw_hz // 1000),
+            "coding_rate": self.cr,
+            "output_power": self.tx_power,
+            "preamble_len": PREAMBLE,
+            "crc_en": True,
+            "invert_iq_tx": self.bridge,
+            "invert_iq_rx": not self.bridge,
+        }
+
+    def _apply(self):
+        self.modem.configure(self._cfg())
+
+    def configure(self, sf=None, tx_power=None, freq_hz=None, bw_hz=None):
+        if sf is not None:
+            lora.max_payload(sf)  # ValueError outside 7..12
+            self.sf = sf
+            self.max_frame = lora.max_payload(sf)
+        if tx_power is not None:
+            self.tx_power = tx_power
+        if freq_hz is not None or bw_hz is not None:
+            f = self.freq_hz if freq_hz is None else freq_hz
+            b = self.bw_hz if bw_hz is None else bw_hz
+            self.band = lora.band_for(f, b)
+            self.freq_hz = f
+            self.bw_hz = b
+        self._apply()
+
+    def airtime_ms(self, n):
+        return lora.airtime_ms(n, self.sf, self.bw_hz, self.cr, PREAMBLE)
+
+    def rx_window_ms(self):
+        return 2 * RX_MARGIN_MS + RX_WINDOW_SYMBOLS * lora.symbol_us(self.sf, self.bw_hz) // 1000
+
+    async def send(self, frame):
+        return await self.modem.send(frame)
+
+    async def recv(self, timeout_ms):
+        rx = await self.modem.recv(timeout_ms)
+        if not rx:
+            return None
+        if getattr(rx, "crc_error", False):
+            self.crc_errors += 1
+            return None
+        return (bytes(rx), rx.rssi, rx.snr)
+
+
+# Chips this module knows, and the micropython-lib class for each.
+CHIPS = {
+    "sx1276": "AsyncSX1276", "sx1277": "AsyncSX1277", "sx1278": "AsyncSX1278",
+    "sx1279": "AsyncSX1279", "sx1261": "AsyncSX1261", "sx1262": "AsyncSX1262",
+}
+
+
+def make_modem(radio_cfg, pins):
+    """Build the async modem on a board from config["radio"] and config["pins"].
+
+    pins: spi (bus id), cs, and for SX127x dio0 (+ optional dio1), for SX126x
+    busy and dio1; reset optional. Device only (imports machine and lora).
+    """
+    from machine import SPI, Pin  # noqa: F401  (device only)
+    import lora as lib
+
+    chip = radio_cfg.get("chip", "sx1276")
+    name = CHIPS.get(chip)
+    if name is None:
+        raise ValueError("radio.chip %r: one of %s" % (chip, ", ".join(CHIPS)))
+    cls = getattr(lib, name)
+    spi = SPI(pins.get("spi", 1), baudrate=2000000, polarity=0, phase=0)
+    kw = {}
+    for key in ("dio0", "dio1", "busy", "reset"):
+        if key in pins:
+            kw[key] = Pin(pins[key])
+    return cls(spi, Pin(pins["cs"]), **kw)
