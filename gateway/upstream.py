@@ -1,0 +1,439 @@
+"""The upstream: batches records from the store to the city platform, losing nothing.
+
+A record leaves the store only after the platform answered 2xx for it
+(`store.delete`); a batch the platform refuses as bad data is moved to the
+quarantine (`store.quarantine`: kept, counted, inspectable), never retried
+forever; everything else is retried, with exponential backoff and jitter,
+honouring `Retry-After`. One request is in flight at a time and batches
+leave oldest first, so each node's records arrive in the order they were
+stored. Every record carries an idempotency key (node id + counter; native
+format), so a resend after a timeout or a crash (the platform stored it,
+the answer got lost) is harmless.
+
+Defaults, and why:
+
+- `batch_size` 500 records: about 300 kB of native JSON, 30-40 kB gzipped;
+  far below the 1 MB request limits common on platforms (FIWARE Orion's
+  default), one request per half-second even at 1,000 frames/s, and
+  large enough that at the 20,000 frames/s the pipeline sustains the
+  upstream needs 40 requests/s, not thousands.
+- `max_age` 5 s: a smaller batch goes when its oldest record has waited
+  this long. Nodes report every few minutes, so 5 s is nothing next to the
+  data's own age, while a quiet gateway still sends a few large requests a
+  minute rather than one per frame. Alarms do not wait: a batch holding an
+  alarm goes at once; nor does the tail of a backlog (records that queued
+  behind a full batch have waited long enough).
+- backoff from 1 s doubling to 60 s, "equal jitter" (half fixed, half
+  random: waits never collapse to zero, and many gateways restarting after
+  a platform outage do not retry in lockstep; AWS Architecture Blog,
+  "Exponential Backoff and Jitter", 2015). `Retry-After` (seconds or an
+  HTTP date) replaces the backoff, capped at `max_retry_after` 15 min.
+- `timeout` 30 s per request: generous for a 40 kB upload on a poor
+  cellular backhaul; a slower answer is treated as a failure and retried
+  (the sink or platform drops the duplicate by its key).
+- gzip level 1: telemetry JSON shrinks 8-10x already; higher levels gain a
+  few percent for several times the CPU.
+
+Status codes:
+  2xx                      delivered: deleted from the store
+  207 (NGSI-LD)            per-entity result: records whose entities failed
+                           are quarantined, the rest deleted
+  400, 409, 415, 422, ...  bad data: the batch is split in halves until the
+                           bad record(s) are isolated; those are quarantined
+                           with the status and the response text, the rest
+                           delivered. A poison record costs log2(batch)
+                           extra requests, never the whole batch.
+  413                      too large: split the same way; one record too
+                           large is quarantined
+  401, 403, 404, 405, 407  a configuration problem (token, URL), not the
+                           data's fault: retried with backoff and logged as
+                           errors; quarantining would move the whole backlog
+                           aside because of a typo in the config
+  408, 425, 429, 5xx,      transient: retried with backoff / Retry-After
+  network errors, timeouts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import aiohttp
+
+from gateway import formats
+from gateway.logs import RateLimiter
+from gateway.model import Record
+
+log = logging.getLogger("lumeau.gateway.upstream")
+
+FORMATS = ("native", "ngsi-ld")
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_MAX_AGE_S = 5.0
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_BACKOFF_BASE_S = 1.0
+DEFAULT_BACKOFF_MAX_S = 60.0
+DEFAULT_MAX_RETRY_AFTER_S = 900.0
+DEFAULT_GZIP_LEVEL = 1
+POLL_S = 1.0  # look at the store at least this often even if nobody calls notify()
+RESPONSE_TEXT_MAX = 2000  # what is kept of a refusal's body with the quarantined records
+
+CONFIG_STATUSES = frozenset({401, 403, 404, 405, 407})
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
+class BatchStore(Protocol):
+    """What the upstream needs from gateway.store.Store."""
+
+    def next_batch(self, max_records: int, after: int = 0) -> list[tuple[int, Record]]: ...
+
+    async def delete(self, seqs: Sequence[int]) -> int: ...
+
+    async def quarantine(self, seqs: Sequence[int], status: int, response_text: str) -> int: ...
+
+    def oldest_rx_time(self) -> float | None: ...
+
+
+@dataclass(slots=True)
+class _Outcome:
+    kind: str  # ok | partial | poison | too_large | retry | config
+    status: int = 0
+    text: str = ""
+    retry_after: float | None = None
+    failed: tuple[int, ...] = ()  # partial: indexes (into the part) of records to quarantine
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Upstream:
+    """Sends what the store holds to `url`; `await start()`, `notify()` after appends, `await stop()`."""
+
+    def __init__(self, store: BatchStore, url: str, *, token: str | None = None, fmt: str = "native",
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_age: float = DEFAULT_MAX_AGE_S,
+                 timeout: float = DEFAULT_TIMEOUT_S, backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+                 backoff_max: float = DEFAULT_BACKOFF_MAX_S, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
+                 gzip_level: int = DEFAULT_GZIP_LEVEL, gateway_id: str = "",
+                 node_info: Callable[[int], Any] | None = None, ngsi_tenant: str | None = None,
+                 ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT, rng: random.Random | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"upstream format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        if batch_size < 1 or max_age < 0 or timeout <= 0 or not 0 < backoff_base <= backoff_max:
+            raise ValueError("upstream limits must be positive (and backoff_base <= backoff_max)")
+        if not 0 <= gzip_level <= 9:
+            raise ValueError("gzip_level must be 0 (off) to 9")
+        self.store = store
+        self.url = url
+        self._token = token
+        self.fmt = fmt
+        self.batch_size = batch_size
+        self.max_age = max_age
+        self.timeout = timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.gzip_level = gzip_level
+        self.gateway_id = gateway_id
+        self.ngsi_tenant = ngsi_tenant
+        self._mapper = formats.NgsiMapper(node_info, ngsi_context) if fmt == "ngsi-ld" else None
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._flush = False
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._pending_since: float | None = None
+        self._limiter = RateLimiter()
+        # figures for /metrics
+        self.state = "idle"  # idle | waiting | sending | backoff
+        self.records_sent = 0
+        self.requests = 0
+        self.responses: dict[str, int] = {}  # "2xx", "429", "5xx", "error", ...
+        self.retries = 0
+        self.quarantined_records = 0
+        self.quarantined_batches = 0
+        self.consecutive_failures = 0
+        self.last_success: float | None = None  # Unix time
+        self.last_error = ""
+        self.batch_latency_last = 0.0  # s, from first attempt to settled
+        self.batch_latency_sum = 0.0
+        self.batches = 0
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.url!r}, {self.fmt}, token={'<set>' if self._token else None})"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=1),
+                headers={"User-Agent": "lumeau-gateway"})
+            self._task = asyncio.create_task(self._run(), name="lumeau-upstream")
+
+    async def stop(self) -> None:
+        """Stop now. A request in flight is abandoned: its records stay in the store and
+        are sent again next time (the receiver drops what it already has by key)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.state = "idle"
+
+    def notify(self) -> None:
+        """New records were stored: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Send everything queued now, without waiting for batches to fill or age.
+
+        Returns True when the store is empty (delivered or quarantined), False on timeout.
+        """
+        self._flush = True
+        self._wake.set()
+        try:
+            async def empty() -> None:
+                while self.store.next_batch(1):
+                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(empty(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._flush = False
+
+    def lag(self) -> float:
+        """Seconds since the oldest record still waiting was received (0 when none waits)."""
+        t = self.store.oldest_rx_time()
+        return 0.0 if t is None else max(0.0, time.time() - t)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": self.state, "records_sent": self.records_sent, "requests": self.requests,
+            "responses": dict(self.responses), "retries": self.retries,
+            "quarantined_records": self.quarantined_records, "quarantined_batches": self.quarantined_batches,
+            "consecutive_failures": self.consecutive_failures, "last_success": self.last_success,
+            "last_error": self.last_error, "lag_seconds": self.lag(), "batches": self.batches,
+            "batch_latency_seconds_last": self.batch_latency_last,
+            "batch_latency_seconds_sum": self.batch_latency_sum,
+        }
+
+    # -- the loop ----------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, or until notify()."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
+        except asyncio.TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        draining = False  # the last batch was full: more were waiting, send partial ones at once too
+        while True:
+            batch = self.store.next_batch(self.batch_size)
+            if not batch:
+                self.state = "idle"
+                self._pending_since = None
+                draining = False
+                await self._sleep(POLL_S)
+                continue
+            full = len(batch) >= self.batch_size
+            if not (full or draining or self._flush or any(r.alarm for _, r in batch)):
+                now = time.monotonic()
+                if self._pending_since is None:
+                    self._pending_since = now
+                wait = self._pending_since + self.max_age - now
+                if wait > 0:
+                    self.state = "waiting"
+                    await self._sleep(min(wait, POLL_S))
+                    continue
+            started = time.monotonic()
+            await self._deliver(batch)
+            latency = time.monotonic() - started
+            self.batches += 1
+            self.batch_latency_last = latency
+            self.batch_latency_sum += latency
+            self._pending_since = None
+            draining = full
+
+    async def _deliver(self, batch: list[tuple[int, Record]]) -> None:
+        """Settle every record of `batch`: delivered, or quarantined; retries until then."""
+        parts = [batch]
+        attempt = 0
+        while parts:
+            part = parts[0]
+            self.state = "sending"
+            out = await self._attempt(part)
+            seqs = [s for s, _ in part]
+            if out.kind == "ok":
+                await self.store.delete(seqs)
+                self.records_sent += len(part)
+                self.consecutive_failures = 0
+                self.last_success = time.time()
+                parts.pop(0)
+                attempt = 0
+            elif out.kind == "partial":
+                bad = [seqs[i] for i in out.failed]
+                good = [s for i, s in enumerate(seqs) if i not in set(out.failed)]
+                await self._quarantine(bad, out.status, out.text)
+                await self.store.delete(good)
+                self.records_sent += len(good)
+                self.last_success = time.time()
+                parts.pop(0)
+                attempt = 0
+            elif out.kind in ("poison", "too_large"):
+                parts.pop(0)
+                if len(part) == 1:
+                    await self._quarantine(seqs, out.status, out.text)
+                else:
+                    mid = len(part) // 2
+                    parts[0:0] = [part[:mid], part[mid:]]  # first half first: order kept
+                attempt = 0
+            else:  # retry, config
+                self.retries += 1
+                self.consecutive_failures += 1
+                delay = self._backoff(attempt, out.retry_after)
+                attempt += 1
+                self.state = "backoff"
+                level = logging.ERROR if out.kind == "config" else logging.WARNING
+                if self._limiter.allow(out.kind)[0]:
+                    log.log(level, "upstream %s, retrying in %.1f s: %s", "refused (check url and token)"
+                            if out.kind == "config" else "unavailable", delay, self.last_error,
+                            extra={"status": out.status, "records": len(part), "attempt": attempt})
+                await asyncio.sleep(delay)
+
+    async def _quarantine(self, seqs: list[int], status: int, text: str) -> None:
+        if not seqs:
+            return
+        await self.store.quarantine(seqs, status, text[:RESPONSE_TEXT_MAX])
+        self.quarantined_records += len(seqs)
+        self.quarantined_batches += 1
+        log.error("upstream refused records, quarantined", extra={"status": status, "records": len(seqs),
+                                                                  "response": text[:200]})
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            # as the server asked, plus up to 10 % so that many gateways do not return at once
+            return min(retry_after, self.max_retry_after) * (1 + 0.1 * self._rng.random())
+        cap = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 30))
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    # -- one attempt -------------------------------------------------------
+
+    async def _attempt(self, part: list[tuple[int, Record]]) -> _Outcome:
+        records = [r for _, r in part]
+        if self.fmt == "native":
+            try:
+                body = formats.native_batch(records, self.gateway_id, time.time())
+            except (TypeError, ValueError) as e:  # a record that cannot be encoded: isolate it
+                return _Outcome("poison", 0, f"cannot encode: {e}")
+            key = hashlib.sha256("\n".join(r.idempotency_key for r in records).encode()).hexdigest()[:32]
+            return await self._post(body, formats.NATIVE_CONTENT_TYPE, {"Idempotency-Key": key})
+        return await self._attempt_ngsi(records)
+
+    async def _attempt_ngsi(self, records: list[Record]) -> _Outcome:
+        assert self._mapper is not None
+        try:
+            requests, _empty = formats.ngsi_requests(records, self._mapper)
+            bodies = [req.body() for req in requests]
+        except (TypeError, ValueError) as e:
+            return _Outcome("poison", 0, f"cannot encode: {e}")
+        headers = {"NGSILD-Tenant": self.ngsi_tenant} if self.ngsi_tenant else {}
+        failed: set[int] = set()
+        status, texts = 0, []
+        for req, body in zip(requests, bodies):
+            out = await self._post(body, formats.NGSI_CONTENT_TYPE, headers)
+            if out.kind == "partial":  # 207: which entities failed -> which records
+                ids = _failed_entities(out.text)
+                hit = {i for eid in ids or () for i in req.sources.get(eid, ())}
+                if ids is None or (ids and not hit):
+                    # a result we cannot attribute: find the culprits by splitting instead
+                    return _Outcome("poison", out.status, out.text)
+                failed |= hit
+                status, texts = out.status, texts + [out.text]
+                continue
+            if out.kind != "ok":
+                return out  # upserts are idempotent: a retry may resend earlier requests harmlessly
+        if failed:
+            return _Outcome("partial", status, "\n".join(texts), failed=tuple(sorted(failed)))
+        return _Outcome("ok")
+
+    async def _post(self, body: bytes, content_type: str, extra: dict[str, str]) -> _Outcome:
+        assert self._session is not None
+        headers = {"Content-Type": content_type, **extra}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if self.gzip_level:
+            body = gzip.compress(body, self.gzip_level)
+            headers["Content-Encoding"] = "gzip"
+        url = self.url
+        if self.fmt == "ngsi-ld":
+            url += ("&" if "?" in url else "?") + "options=update"
+        self.requests += 1
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                text = await resp.text(errors="replace")
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            self._count("error")
+            self.last_error = f"no answer within {self.timeout:g} s"
+            return _Outcome("retry")
+        except (aiohttp.ClientError, OSError) as e:
+            self._count("error")
+            self.last_error = f"{type(e).__name__}: {e}"
+            return _Outcome("retry")
+        self._count(f"{status // 100}xx" if status < 400 or status >= 500 else str(status))
+        if 200 <= status < 300:
+            if status == 207 and self.fmt == "ngsi-ld":
+                return _Outcome("partial", status, text)
+            return _Outcome("ok", status)
+        self.last_error = f"HTTP {status}: {text[:200]}"
+        if status >= 500 or status in TRANSIENT_STATUSES:
+            return _Outcome("retry", status, text, retry_after)
+        if status in CONFIG_STATUSES:
+            return _Outcome("config", status, text, retry_after)
+        if status == 413:
+            return _Outcome("too_large", status, text)
+        if 400 <= status < 500:
+            return _Outcome("poison", status, text)
+        return _Outcome("retry", status, text, retry_after)  # 1xx/3xx: not an answer we can use
+
+    def _count(self, key: str) -> None:
+        self.responses[key] = self.responses.get(key, 0) + 1
+
+
+def _failed_entities(text: str) -> list[str] | None:
+    """Entity ids in the `errors` of an NGSI-LD BatchOperationResult (207); None if it is not one."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return None
+    return [e["entityId"] for e in errors if isinstance(e, dict) and isinstance(e.get("entityId"), str)]
