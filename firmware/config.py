@@ -11,6 +11,8 @@
 #     "report_interval_s": 900, "status_interval_s": 21600,
 #     "confirm_alarms": true, "encrypt": false, "wdt_ms": 8000,
 #     "pins": {"lamp": 25, "pir": 26, ...},     for the board HAL
+#     "adc_scale": {"supply": [11, 1]},         voltage dividers in front of ADC inputs
+#     (radio "uart": {"id": 1, "baud": 115200, "tx": 17, "rx": 16} for a wired node)
 #     "lighting": {...}, "irrigation": {...}     the app's own section
 #   }
 #
@@ -115,6 +117,13 @@ def _radio(r):
         raise ConfigError("radio.bw_hz: %d is not 125000, 250000 or 500000" % bw)
     _int(out, "cr", lora.CR_DENOM_MIN, lora.CR_DENOM_MAX, "radio.")
     _int(out, "tx_power", TX_POWER_MIN, TX_POWER_MAX, "radio.")
+    uart = out.get("uart", {})
+    if type(uart) is not dict:
+        raise ConfigError("radio.uart: expected an object")
+    for k in uart:
+        if k not in ("id", "baud", "tx", "rx"):
+            raise ConfigError("radio.uart.%s: unknown (id, baud, tx, rx)" % k)
+        _int(uart, k, 0, 4000000, "radio.uart.")
     freq = _int(out, "freq_hz", 0, 0xFFFFFFFF, "radio.")
     try:
         out["band"] = lora.band_for(freq, bw)
@@ -164,6 +173,13 @@ def load(data):
     for name in pins:
         _int(pins, name, 0, 255, "pins.")
     cfg["pins"] = pins
+    scale = _section(cfg, "adc_scale")
+    for name in scale:
+        v = scale[name]
+        if (type(v) is not list or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not int
+                or v[0] < 1 or v[1] < 1):
+            raise ConfigError("adc_scale.%s: expected [multiplier, divisor], positive integers" % name)
+    cfg["adc_scale"] = scale
     _section(cfg, "lighting")
     _section(cfg, "irrigation")
     root = cfg.pop("root_key", None)

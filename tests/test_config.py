@@ -89,6 +89,8 @@ def test_bridge_needs_no_root_key_but_nodes_do():
         (raw(doc(location={"lat": 10})), "location.lon: required"),
         (raw(doc(pins={"lamp": "GPIO4"})), "pins.lamp"),
         (raw(doc(lighting=3)), "lighting: expected an object"),
+        (raw(doc(adc_scale={"supply": [11, 0]})), "adc_scale.supply"),
+        (raw(doc(radio={"type": "uart", "uart": {"parity": 1}})), "radio.uart.parity"),
     ],
 )
 def test_errors_name_the_key(data, words):

@@ -1,0 +1,102 @@
+# Board entry point (copied to / on the device as main.py).
+#
+# Reads /config.json, builds the HAL on `machine`, the radio the config names
+# and the app for the node's kind, and runs the runtime (or the radio bridge)
+# forever. A config that does not load stops here with the reason printed on
+# the REPL, so the technician sees it on the USB console; outputs stay as
+# the board's reset left them (inputs, i.e. valves closed) - no watchdog
+# is started, so the REPL stays usable to fix the file.
+
+import asyncio
+
+from firmware import config
+
+CONFIG_PATH = "/config.json"
+STATE_DIR = "/state"
+UART_DEFAULTS = {"id": 1, "baud": 115200}
+
+
+def app_class(kind):
+    if kind == "lighting":
+        from firmware.lighting import Lighting
+        return Lighting
+    if kind == "irrigation":
+        from firmware.irrigation import Irrigation
+        return Irrigation
+    return None
+
+
+def make_radio(cfg, hal, machine=None):
+    r = cfg["radio"]
+    if r["type"] == "uart":
+        if machine is None:
+            import machine
+        from firmware.radio import UartRadio
+        u = dict(UART_DEFAULTS)
+        u.update(r.get("uart", {}))
+        kw = {"baudrate": u["baud"], "timeout": 0}
+        for pin in ("tx", "rx"):
+            if pin in u:
+                kw[pin] = u[pin]
+        return UartRadio(hal, machine.UART(u["id"], **kw), u["baud"])
+    if r["type"] == "lora":
+        from firmware.radio_lora import LoRaRadio, make_modem
+        modem = make_modem(r, cfg["pins"])
+        return LoRaRadio(modem, r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"],
+                         bridge=cfg["kind"] == "bridge")
+    raise ValueError("radio.type %r has no board implementation" % r["type"])
+
+
+class StdioPort:
+    """The USB CDC console as a byte port for the radio bridge (non-blocking read)."""
+
+    def __init__(self):
+        import select
+        import sys
+
+        import micropython
+        micropython.kbd_intr(-1)  # 0x03 in binary data must not raise KeyboardInterrupt
+        self._in = sys.stdin.buffer
+        self._out = sys.stdout.buffer
+        self._poll = select.poll()
+        self._poll.register(sys.stdin, select.POLLIN)
+        self._one = bytearray(1)
+
+    def read(self, n):
+        out = None
+        while n > 0 and self._poll.poll(0):
+            self._in.readinto(self._one)
+            if out is None:
+                out = bytearray()
+            out.append(self._one[0])
+            n -= 1
+        return out
+
+    def write(self, data):
+        self._out.write(data)
+
+
+def build(cfg, machine=None):
+    """(hal, awaitable main) for a loaded config; on a board `machine` is imported here."""
+    from firmware.hal_machine import MachineHAL
+    hal = MachineHAL(cfg["pins"], STATE_DIR, cfg.get("adc_scale"), machine)
+    radio = make_radio(cfg, hal, machine)
+    if cfg["kind"] == "bridge":
+        from firmware.bridge import Bridge
+        return hal, Bridge(hal, radio, StdioPort(), cfg["wdt_ms"]).run()
+    from firmware.runtime import Node
+    return hal, Node(cfg, hal, radio, app_class(cfg["kind"])).run()
+
+
+def main():
+    try:
+        cfg = config.read(CONFIG_PATH)
+    except Exception as e:  # OSError (no file) or ConfigError
+        print("lumeau: cannot start, %s: %r" % (CONFIG_PATH, e))
+        return
+    hal, coro = build(cfg)
+    asyncio.run(coro)
+
+
+if __name__ == "__main__":
+    main()

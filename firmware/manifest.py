@@ -1,0 +1,47 @@
+# The files that go on a device, per node kind.
+#
+# Two uses:
+# - read as data (DEVICE_FILES, LIB_PACKAGES) by the deploy tooling and by
+#   tests/test_manifest.py, which checks that each kind's list is exactly
+#   the import closure of main.py for that kind: nothing missing, nothing
+#   carried for nothing (every module costs heap, firmware/README.md);
+# - executed by MicroPython's manifest tool to freeze the code into a
+#   firmware image (bytecode then runs from flash, not from the heap):
+#     make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=<repo>/firmware/manifest.py
+#   which freezes every kind's modules and the micropython-lib LoRa drivers.
+#
+# Device layout: /boot.py and /main.py (from firmware/), /firmware/*.py,
+# /protocol/*.py, /config.json (written by the technician tooling), /state/
+# (the store's records, created at first boot).
+
+PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py",
+            "serial.py")
+_NODE = ("__init__.py", "aio.py", "config.py", "hal.py", "hal_machine.py", "radio.py", "radio_lora.py",
+         "runtime.py", "store.py", "uplink.py")
+FIRMWARE = {
+    "lighting": _NODE + ("astro.py", "lighting.py"),
+    "irrigation": _NODE + ("irrigation.py",),
+    "bridge": ("__init__.py", "aio.py", "bridge.py", "bridge_msg.py", "config.py", "hal.py",
+               "hal_machine.py", "radio.py", "radio_lora.py"),
+}
+ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py
+# micropython-lib packages (mip install on the board, or `require` when freezing)
+LIB_PACKAGES = ("lora-async", "lora-sx127x", "lora-sx126x")
+
+
+def device_files(kind):
+    """[(source path in the repo, path on the device)] for one node kind."""
+    out = [("firmware/" + f, "/" + f) for f in ROOT_FILES]
+    out += [("firmware/" + f, "/firmware/" + f) for f in FIRMWARE[kind]]
+    out += [("protocol/" + f, "/protocol/" + f) for f in PROTOCOL]
+    return out
+
+
+if "freeze" in globals():  # run by MicroPython's manifest tool (tools/manifestfile.py)
+    for _pkg in LIB_PACKAGES:
+        require(_pkg)  # noqa: F821
+    _all = set()
+    for _files in FIRMWARE.values():
+        _all.update(_files)
+    package("firmware", files=sorted(_all), base_path="..")  # noqa: F821
+    package("protocol", files=list(PROTOCOL), base_path="..")  # noqa: F821

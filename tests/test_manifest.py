@@ -1,0 +1,169 @@
+"""firmware/manifest.py lists exactly what each kind of device imports; main.py wires a board.
+
+The import closure is computed from the source with `ast` (every import,
+also inside functions), starting from main.py and the modules main.build()
+imports for that kind, so a module added to the node without a manifest
+entry (or left in the manifest after it stopped being used) fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from firmware import main as board_main
+from firmware import manifest
+from firmware.bridge import Bridge
+from firmware.radio import UartRadio
+from firmware.radio_lora import LoRaRadio
+from test_hal_machine import FakeTime, fake_machine
+
+# What main.build() imports for each kind, beyond main.py's own top-level imports.
+ENTRIES = {
+    "lighting": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.runtime",
+                 "firmware.lighting"],
+    "irrigation": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.runtime",
+                   "firmware.irrigation"],
+    "bridge": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
+}
+
+
+def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
+    out = set()
+    tree = ast.parse(path.read_text())
+    for node in (tree.body if top_level_only else ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)  # from firmware import astro
+    return {name for name in out if name.split(".")[0] in ("firmware", "protocol")}
+
+
+def module_file(name: str) -> Path | None:
+    p = ROOT / Path(*name.split(".")).with_suffix(".py")
+    return p if p.exists() else None
+
+
+def closure(kind: str) -> set[Path]:
+    seen: set[Path] = set()
+    # main.py imports per kind inside its functions: its top level plus ENTRIES[kind]
+    todo = list(imports_of(ROOT / "firmware" / "main.py", True)) + ENTRIES[kind] + ["firmware", "protocol"]
+    while todo:
+        name = todo.pop()
+        f = module_file(name)
+        if f is None and (ROOT / Path(*name.split(".")) / "__init__.py").exists():
+            f = ROOT / Path(*name.split(".")) / "__init__.py"
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        todo += imports_of(f)
+        parts = name.split(".")
+        if len(parts) > 1:  # importing firmware.x runs firmware/__init__.py
+            todo.append(parts[0])
+    return seen
+
+
+@pytest.mark.parametrize("kind", sorted(manifest.FIRMWARE))
+def test_manifest_is_the_import_closure(kind):
+    if kind in ("lighting", "irrigation") and module_file(f"firmware.{kind}") is None:
+        pytest.skip(f"firmware/{kind}.py not written yet")
+    listed = {ROOT / src for src, _ in manifest.device_files(kind)} - {ROOT / "firmware" / "main.py",
+                                                                       ROOT / "firmware" / "boot.py"}
+    needed = closure(kind)
+    assert sorted(p.relative_to(ROOT).as_posix() for p in needed - listed) == []  # missing on the device
+    assert sorted(p.relative_to(ROOT).as_posix() for p in listed - needed) == []  # carried for nothing
+    assert all((ROOT / src).exists() for src, _ in manifest.device_files(kind))
+
+
+def test_device_paths():
+    files = dict(manifest.device_files("bridge"))
+    assert files["firmware/main.py"] == "/main.py" and files["firmware/boot.py"] == "/boot.py"
+    assert files["firmware/bridge.py"] == "/firmware/bridge.py"
+    assert files["protocol/frame.py"] == "/protocol/frame.py"
+    assert "firmware/hal_sim.py" not in files and "protocol/expand.py" not in files
+
+
+def test_manifest_freezes_under_micropythons_manifest_tool():
+    calls: list[tuple] = []
+    g = {
+        "freeze": lambda *a, **k: None,
+        "require": lambda name: calls.append(("require", name)),
+        "package": lambda name, files=None, base_path=".": calls.append(("package", name, tuple(files), base_path)),
+        "__file__": str(ROOT / "firmware" / "manifest.py"),
+    }
+    exec(compile((ROOT / "firmware" / "manifest.py").read_text(), "manifest.py", "exec"), g)
+    assert ("require", "lora-sx127x") in calls and ("require", "lora-async") in calls
+    pkgs = {c[1]: c[2] for c in calls if c[0] == "package"}
+    assert set(pkgs["protocol"]) == set(manifest.PROTOCOL)
+    assert "bridge.py" in pkgs["firmware"] and "hal_sim.py" not in pkgs["firmware"]
+
+
+def cfg_for(kind: str, radio: dict) -> dict:
+    from firmware import config
+
+    d = {"node_id": 7, "kind": kind, "radio": radio, "pins": {"lamp": 25, "zone1": 12, "cs": 18, "dio0": 26}}
+    if kind != "bridge":
+        d["root_key"] = "00" * 16
+    return config.load(json.dumps(d).encode())
+
+
+def test_build_a_wired_lighting_node(monkeypatch, tmp_path):
+    if module_file("firmware.lighting") is None:
+        pytest.skip("firmware/lighting.py not written yet")
+    mach = fake_machine()
+    opened = []
+
+    class UART:
+        def __init__(self, uid, **kw):
+            opened.append((uid, kw))
+
+    mach.UART = UART
+    monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr("firmware.hal_machine.MachineHAL.__init__.__defaults__",
+                        ("/state", None, None, FakeTime()), raising=False)
+    cfg = cfg_for("lighting", {"type": "uart", "uart": {"id": 2, "baud": 9600, "tx": 17}})
+    hal, coro = board_main.build(cfg, machine=mach)
+    coro.close()
+    assert opened == [(2, {"baudrate": 9600, "timeout": 0, "tx": 17})]
+    assert isinstance(board_main.make_radio(cfg, hal, mach), UartRadio)
+
+
+def test_build_a_bridge_on_a_lora_modem(monkeypatch, tmp_path):
+    mach = fake_machine()
+    made = []
+
+    class AsyncSX1276:
+        def __init__(self, spi, cs, **kw):
+            made.append(kw)
+
+        def configure(self, cfg):
+            self.cfg = cfg
+
+    mach.SPI = lambda bus, **kw: ("spi", bus)
+    monkeypatch.setitem(sys.modules, "machine", mach)
+    monkeypatch.setitem(sys.modules, "lora", types.SimpleNamespace(AsyncSX1276=AsyncSX1276))
+    monkeypatch.setattr(board_main, "StdioPort", lambda: None)
+    monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr("firmware.hal_machine.MachineHAL.__init__.__defaults__",
+                        ("/state", None, None, FakeTime()), raising=False)
+    cfg = cfg_for("bridge", {"type": "lora", "sf": 7, "freq_hz": 869525000})
+    hal, coro = board_main.build(cfg, machine=mach)
+    frame = coro.cr_frame
+    bridge = frame.f_locals["self"]
+    coro.close()
+    assert isinstance(bridge, Bridge) and isinstance(bridge.radio, LoRaRadio)
+    assert bridge.radio.modem.cfg["freq_khz"] == 869525 and bridge.radio.modem.cfg["invert_iq_tx"] is True
+    assert list(made[0]) == ["dio0"]
+
+
+def test_main_without_a_config_says_why_and_returns(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(board_main, "CONFIG_PATH", str(tmp_path / "missing.json"))
+    board_main.main()
+    assert "cannot start" in capsys.readouterr().out
