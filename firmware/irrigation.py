@@ -1,0 +1,540 @@
+# The irrigation app: up to 4 zones and a master valve, weekly schedules,
+# soil-moisture control, rain sensor and rain delay, a flow meter with volume
+# accounting and leak / burst / no-flow alarms, a hard maximum run time per
+# valve, and valves that close whenever anything is in doubt. Contract with
+# the runtime: firmware/README.md.
+#
+# Runs. One zone waters at a time (line pressure is sized for one); the
+# master valve is open exactly while a zone is. Scheduled runs that fall due
+# together queue (at most QUEUE_MAX) and run one after the other. A manual
+# open_zone replaces the current run (capped at max_run_min) and bypasses rain
+# and moisture checks (an operator on site wants the valve to open); the queue
+# resumes after it.
+#
+# Schedules: at most SCHED_MAX entries (zone, weekday mask bit 0 Monday, start
+# minute, minutes) on the node's local standard time, UTC + utc_offset_min (no
+# daylight saving). Each entry starts at most once a local day; a start minute
+# that a clock jump skips is not caught up. A scheduled run is skipped when the
+# rain sensor is wet, a rain delay is active, or the zone's soil moisture is
+# at or above skip_pct; it stops early when the sensor turns wet, a rain delay
+# starts, or the moisture has stayed at or above target_pct for MOIST_HOLD_MS
+# (skip_pct <= target_pct: a hysteresis band, so a wet zone is not started and
+# a started one is brought up to the target). The scheduled minutes are the
+# cap: a sensor that lags or fails cannot extend a run.
+#
+# Flow (pulses_per_l from the meter's K-factor; rate over FLOW_WINDOW ticks):
+#   leak      flow >= leak_dlpm with every valve closed for LEAK_MS, after
+#             DRAIN_MS for the pipes to drain; clears after LEAK_MS below;
+#   burst     flow above burst_pct % of the zone's expected rate for BURST_MS,
+#             once the pipes had FILL_MS to fill: master and zones close at
+#             once and stay closed (open_zone refused, schedules skipped) until
+#             clear_fault: a burst pipe needs a person;
+#   no flow   below NO_FLOW_PCT % of the expected rate for no_flow_s with a
+#             zone open (stuck valve, no pressure): that zone closes, the
+#             queue goes on; clears when the zone flows at FLOW_OK_PCT %.
+# Hard maximum: every tick, any zone valve open longer than max_run_min (and
+# the master valve open with no zone) is closed and EV_MAX_RUNTIME raised,
+# whatever the schedule or command said; it is separate from the run logic on
+# purpose (a schedule longer than the maximum is cut and reported). It clears
+# when that zone next finishes a run normally, or on clear_fault.
+#
+# Fail-safe (IF_FAILSAFE): valves are closed at construction (boot, watchdog
+# reset, app restart), by failsafe() (the runtime calls it on an exception),
+# and whenever wall time is unknown (no schedules, rain delay or open_zone
+# without it); EV_IRRIGATION_FAILSAFE after FAILSAFE_EVENT_MS without time.
+# Volume (L) lives in node.store's totals; schedules and the rain delay in the
+# HAL's key-value storage under "iprog", written only when a command changes
+# them.
+
+from protocol import cbor
+from protocol import messages as m
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+MAX_ZONES = 4
+SCHED_MAX = 8
+QUEUE_MAX = 8
+MAX_RAIN_DELAY_H = 720  # 30 days
+_FLOW_WINDOW = const(3)
+_FILL_MS = const(15000)
+_BURST_MS = const(2000)
+_LEAK_MS = const(60000)
+_DRAIN_MS = const(30000)
+_NO_FLOW_PCT = const(10)
+_FLOW_OK_PCT = const(50)
+_MOIST_HOLD_MS = const(30000)
+_MV_RAIL = const(100)  # a sensor within 100 mV of 0 V or 3.3 V is stuck, not reading
+_FAILSAFE_EVENT_MS = const(900000)
+_STORE_KEY = "iprog"
+_ZONE_NAMES = ("zone1", "zone2", "zone3", "zone4")
+_MOIST_NAMES = ("moisture1", "moisture2", "moisture3", "moisture4")
+
+# key: (default, lo, hi)
+SETTINGS = {
+    "master": (1, 0, 1),  # a master valve is fitted
+    "flow_meter": (1, 0, 1),
+    "pulses_per_l": (450, 1, 100000),  # YF-S201-class meters: about 450
+    "max_run_min": (120, 1, 1440),  # CONFIG CFG_MAX_RUN changes it
+    "burst_pct": (200, 120, 1000),
+    "leak_dlpm": (5, 1, 10000),  # 0.1 L/min
+    "no_flow_s": (60, 10, 900),
+    "rain_sensor": (1, 0, 1),
+    "supply_sensor": (0, 0, 1),
+    "moist_mv_0": (2800, 0, 5000),  # sensor reading at 0 % volumetric water content
+    "moist_mv_50": (1400, 0, 5000),  # ... and at 50 % (saturated soil)
+    "utc_offset_min": (0, -720, 840),
+    "tick_ms": (1000, 100, 5000),
+}
+ZONE_SETTINGS = {
+    "flow_dlpm": (100, 1, 50000),  # expected flow, 0.1 L/min
+    "moisture": (0, 0, 1),  # a soil-moisture sensor is fitted
+    "skip_pct": (25, 0, 100),
+    "target_pct": (30, 0, 100),
+}
+
+
+def _ints(where, section, spec):
+    out = {}
+    for key in section:
+        if key not in spec:
+            raise ValueError("%s%s: unknown setting" % (where, key))
+    for key in spec:
+        d, lo, hi = spec[key]
+        v = section.get(key, d)
+        if v is True or v is False:
+            v = int(v)
+        if type(v) is not int or v < lo or v > hi:
+            raise ValueError("%s%s: %r is not an integer in %d..%d" % (where, key, v, lo, hi))
+        out[key] = v
+    return out
+
+
+def parse_schedule(args, nzones, old=()):
+    """Apply set_schedule args (groups of 4) to the entries `old`; None if invalid."""
+    n = len(args)
+    if n == 0 or n % 4 or n > 24:
+        return None
+    named = 0
+    new = []
+    for i in range(0, n, 4):
+        z, mask, start, mins = args[i], args[i + 1], args[i + 2], args[i + 3]
+        for v in (z, mask, start, mins):
+            if type(v) is not int:
+                return None
+        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < 1440 and 0 <= mins <= 1440):
+            return None
+        named |= 1 << z
+        if mins:
+            new.append((z, mask, start, mins))
+    out = [e for e in old if not named >> e[0] & 1] + new
+    return out if len(out) <= SCHED_MAX else None
+
+
+def check(section):
+    """Validated settings of the config's "irrigation" section (ValueError names the key)."""
+    rest = {}
+    for k in section:
+        if k != "zones" and k != "schedule":
+            rest[k] = section[k]
+    s = _ints("irrigation.", rest, SETTINGS)
+    zones = section.get("zones", [{}] * MAX_ZONES)
+    if type(zones) is not list or not 1 <= len(zones) <= MAX_ZONES:
+        raise ValueError("irrigation.zones: a list of 1..%d zones" % MAX_ZONES)
+    s["zones"] = []
+    for i in range(len(zones)):
+        if type(zones[i]) is not dict:
+            raise ValueError("irrigation.zones[%d]: expected an object" % i)
+        z = _ints("irrigation.zones[%d]." % i, zones[i], ZONE_SETTINGS)
+        if z["skip_pct"] > z["target_pct"]:
+            raise ValueError("irrigation.zones[%d]: skip_pct above target_pct" % i)
+        s["zones"].append(z)
+    if s["moist_mv_0"] == s["moist_mv_50"]:
+        raise ValueError("irrigation.moist_mv_0 and moist_mv_50 must differ")
+    flat = []
+    for e in section.get("schedule", []):
+        if type(e) is not list or len(e) != 4:
+            raise ValueError("irrigation.schedule: entries are [zone, weekday mask, start min, minutes]")
+        flat.extend(e)
+    s["schedule"] = parse_schedule(flat, len(s["zones"])) if flat else []
+    if s["schedule"] is None:
+        raise ValueError("irrigation.schedule: zone 1..%d, mask 0..127, start 0..1439, minutes 0..1440, "
+                         "at most %d entries" % (len(s["zones"]), SCHED_MAX))
+    return s
+
+
+class Irrigation:
+    KIND = m.KIND_IRRIGATION
+
+    def __init__(self, cfg, hal, node):
+        self.hal = hal
+        self.node = node
+        s = check(cfg.get("irrigation") or {})
+        self.s = s
+        self.zones = s["zones"]
+        self._nz = len(self.zones)
+        self.schedule = s["schedule"]
+        self.rain_until = 0  # Unix s; 0: no rain delay
+        self._load_program()
+        self._done = [-1] * SCHED_MAX  # local day each entry last started
+        self._last_min = -1
+        self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
+        self._since = [0] * MAX_ZONES
+        self.faults = 0  # IF_LEAK | IF_BURST | IF_FAILSAFE here; per-zone ones below
+        self._nf = 0  # zones (bit z-1) with no flow raised
+        self._mr = 0  # zones whose maximum run time was hit
+        self._fs_raised = False
+        self.queue = []
+        self._zone = 0  # the zone of the current run, 0: none
+        self._end = self._start = self._closed_at = 0
+        self._manual = False
+        self._burst_ms = self._nf_ms = self._moist_ms = 0
+        self._leak_ms = self._noleak_ms = 0
+        self._p = None
+        self._vp = 0  # pulses below one litre
+        self._wp = [0] * _FLOW_WINDOW
+        self._wt = [0] * _FLOW_WINDOW
+        self._wi = 0
+        self.flow = 0  # 0.1 L/min
+        self._last_ms = self._no_time_ms = hal.ticks_ms()
+        self.max_run_min = s["max_run_min"]
+        self.failsafe()
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _load_program(self):
+        try:
+            rec = cbor.loads(self.hal.load(_STORE_KEY))
+            sched = parse_schedule(rec[1], self._nz) if rec[1] else []
+            if type(rec[0]) is int and sched is not None:
+                self.rain_until, self.schedule = rec[0], sched
+        except Exception:
+            pass  # nothing stored, or unreadable: the provisioned schedule stands
+
+    def _save_program(self):
+        flat = []
+        for e in self.schedule:
+            flat.extend(e)
+        self.hal.save(_STORE_KEY, cbor.dumps([self.rain_until, flat]))
+
+    # -- valves -----------------------------------------------------------------------------
+
+    def _valves(self, zone):
+        """Open exactly `zone` (0: none) with the master valve; close the master first."""
+        hal = self.hal
+        want = (1 << (zone - 1) | (m.VALVE_MASTER if self.s["master"] else 0)) if zone else 0
+        have = self._open
+        if have & m.VALVE_MASTER and not want & m.VALVE_MASTER:
+            hal.pin_write("master", 0)
+        for i in range(self._nz):
+            bit = 1 << i
+            if (have ^ want) & bit:
+                hal.pin_write(_ZONE_NAMES[i], 1 if want & bit else 0)
+                if want & bit:
+                    self._since[i] = hal.ticks_ms()
+        if want & m.VALVE_MASTER and not have & m.VALVE_MASTER:
+            hal.pin_write("master", 1)
+        if have and not want:
+            self._closed_at = hal.ticks_ms()
+        self._open = want
+
+    def _run(self, zone, secs, manual):
+        self._zone = zone
+        self._manual = manual
+        self._start = now = self.hal.ticks_ms()
+        self._end = now + secs * 1000
+        self._burst_ms = self._nf_ms = self._moist_ms = 0
+        self._valves(zone)
+
+    def _stop(self):
+        self._zone = 0
+        self._valves(0)
+
+    def _stop_all(self):
+        self.queue = []
+        self._stop()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def moisture(self, z):
+        """Soil moisture of zone z (1-based) in 0.5 % steps (0..200), or None (no sensor, fault)."""
+        if not self.zones[z - 1]["moisture"]:
+            return None
+        s = self.s
+        mv = self.hal.adc_read_mv(_MOIST_NAMES[z - 1])
+        v = (mv - s["moist_mv_0"]) * 100 // (s["moist_mv_50"] - s["moist_mv_0"])
+        if mv < _MV_RAIL or mv > 3300 - _MV_RAIL or v < -20 or v > 200:
+            return None  # stuck at a rail (cut or shorted cable) or far outside the calibration
+        return 0 if v < 0 else 200 if v > 200 else v
+
+    def _rain_flags(self, t):
+        f = 0
+        if self.s["rain_sensor"] and self.hal.pin_read("rain"):
+            f = m.RAIN_SENSOR_WET
+        if t is not None and t < self.rain_until:
+            f |= m.RAIN_DELAY_ACTIVE
+        return f
+
+    def _measure(self, dt):
+        p = self.hal.pulses("flow")
+        d = 0 if self._p is None or p < self._p else p - self._p
+        self._p = p
+        ppl = self.s["pulses_per_l"]
+        self._vp += d
+        if self._vp >= ppl:
+            self.node.store.add("vol_l", self._vp // ppl)
+            self._vp %= ppl
+        i = self._wi
+        self._wp[i] = d
+        self._wt[i] = dt
+        self._wi = (i + 1) % _FLOW_WINDOW
+        t = sum(self._wt)
+        self.flow = sum(self._wp) * 600000 // (ppl * t) if t else 0
+
+    # -- the control loop ---------------------------------------------------------------------
+
+    async def run(self):
+        while True:
+            self.step()
+            await self.hal.sleep_ms(self.s["tick_ms"])
+
+    def step(self):
+        hal = self.hal
+        now = hal.ticks_ms()
+        dt = now - self._last_ms
+        self._last_ms = now
+        if self.s["flow_meter"]:
+            self._measure(dt)
+        t = hal.time()
+        if t is None:
+            if self._open or self.queue:
+                self._stop_all()
+            self.faults |= m.IF_FAILSAFE
+            if not self._fs_raised and now - self._no_time_ms >= _FAILSAFE_EVENT_MS:
+                self._fs_raised = True
+                self.node.event(m.EV_IRRIGATION_FAILSAFE, m.SEV_WARNING, 0, 1)
+        else:
+            self._no_time_ms = now
+            self.faults &= ~m.IF_FAILSAFE
+            if self._fs_raised:
+                self._fs_raised = False
+                self.node.event(m.EV_IRRIGATION_FAILSAFE, m.SEV_WARNING, 0, 0)
+            self._due(t)
+            self._control(now, t, dt)
+        self._hard_limits(now)
+        if self.s["flow_meter"]:
+            self._flow_faults(now, dt)
+
+    def _hard_limits(self, now):
+        limit = self.max_run_min * 60000
+        for i in range(self._nz):
+            if self._open & (1 << i) and now - self._since[i] > limit:
+                if self._zone == i + 1:
+                    self._zone = 0
+                self._valves(0)
+                if not self._mr & (1 << i):
+                    self._mr |= 1 << i
+                    self.node.event(m.EV_MAX_RUNTIME, m.SEV_ALARM, self.max_run_min, 1, i + 1)
+        if self._open == m.VALVE_MASTER:
+            self._valves(0)  # a master valve never stays open on its own
+
+    def _due(self, t):
+        lt = t + self.s["utc_offset_min"] * 60
+        day = lt // 86400
+        minute = lt % 86400 // 60
+        if minute == self._last_min:
+            return
+        self._last_min = minute
+        wd = (day + 3) % 7  # 1970-01-01 was a Thursday; bit 0 is Monday
+        for i in range(len(self.schedule)):
+            z, mask, start, mins = self.schedule[i]
+            if start == minute and mask >> wd & 1 and self._done[i] != day:
+                self._done[i] = day
+                if len(self.queue) < QUEUE_MAX:
+                    self.queue.append((z, mins))
+
+    def _skip(self, z, rain):
+        if rain or self.faults & m.IF_BURST:
+            return True
+        v = self.moisture(z)
+        return v is not None and v >= self.zones[z - 1]["skip_pct"] * 2
+
+    def _control(self, now, t, dt):
+        rain = self._rain_flags(t)
+        z = self._zone
+        if z:
+            stop = now >= self._end
+            if not self._manual:
+                v = self.moisture(z)
+                if v is not None and v >= self.zones[z - 1]["target_pct"] * 2:
+                    self._moist_ms += dt
+                else:
+                    self._moist_ms = 0
+                stop = stop or rain or self._moist_ms >= _MOIST_HOLD_MS
+            if stop:
+                if now >= self._end and self._mr & (1 << (z - 1)):
+                    self._mr &= ~(1 << (z - 1))  # ran its course normally: the limit holds again
+                    self.node.event(m.EV_MAX_RUNTIME, m.SEV_ALARM, self.max_run_min, 0, z)
+                self._zone = 0
+        while not self._zone and self.queue:
+            z, mins = self.queue.pop(0)
+            if not self._skip(z, rain):
+                self._run(z, mins * 60, False)  # from one zone to the next: the master stays open
+        if not self._zone and self._open:
+            self._stop()
+
+    def _flow_faults(self, now, dt):
+        flow = self.flow
+        z = self._zone
+        if z and self._open:
+            expect = self.zones[z - 1]["flow_dlpm"]
+            bit = 1 << (z - 1)
+            if now - self._start >= _FILL_MS and flow * 100 > expect * self.s["burst_pct"]:
+                self._burst_ms += dt
+                if self._burst_ms >= _BURST_MS:
+                    self._stop_all()
+                    self.faults |= m.IF_BURST
+                    self.node.event(m.EV_BURST, m.SEV_CRITICAL, flow, 1, z)
+                    return
+            else:
+                self._burst_ms = 0
+            if flow * 100 < expect * _NO_FLOW_PCT:
+                if now > self._start:  # the tick that opened the valve saw no water yet
+                    self._nf_ms += dt
+                if self._nf_ms >= self.s["no_flow_s"] * 1000:
+                    self._stop()
+                    if not self._nf & bit:
+                        self._nf |= bit
+                        self.node.event(m.EV_NO_FLOW, m.SEV_ALARM, flow, 1, z)
+            else:
+                self._nf_ms = 0
+                if self._nf & bit and flow * 100 >= expect * _FLOW_OK_PCT:
+                    self._nf &= ~bit
+                    self.node.event(m.EV_NO_FLOW, m.SEV_ALARM, flow, 0, z)
+        elif not self._open and now - self._closed_at >= _DRAIN_MS:
+            if flow >= self.s["leak_dlpm"]:
+                self._leak_ms += dt
+                self._noleak_ms = 0
+                if self._leak_ms >= _LEAK_MS and not self.faults & m.IF_LEAK:
+                    self.faults |= m.IF_LEAK
+                    self.node.event(m.EV_LEAK, m.SEV_ALARM, flow, 1)
+            else:
+                self._noleak_ms += dt
+                self._leak_ms = 0
+                if self._noleak_ms >= _LEAK_MS and self.faults & m.IF_LEAK:
+                    self.faults &= ~m.IF_LEAK
+                    self.node.event(m.EV_LEAK, m.SEV_ALARM, flow, 0)
+
+    # -- the runtime's interface ----------------------------------------------------------------
+
+    def report(self):
+        t = self.hal.time()
+        moist = bytearray(self._nz)
+        for i in range(self._nz):
+            v = self.moisture(i + 1)
+            moist[i] = m.NO_VALUE if v is None else v
+        f = self.faults
+        if self._nf:
+            f |= m.IF_NO_FLOW
+        if self._mr:
+            f |= m.IF_MAX_RUNTIME
+        body = {0: bytes(moist), 1: self._open, 4: self._rain_flags(t), 6: f}
+        if self.s["flow_meter"]:
+            body[2] = min(self.flow, 0xFFFF)
+            body[3] = self.node.store.get("vol_l") & 0xFFFFFFFF
+        if self.s["supply_sensor"]:
+            body[5] = min(max(self.hal.adc_read_mv("supply"), 0), 0xFFFF)
+        return m.IRRIGATION, body
+
+    def command(self, op, args):
+        try:
+            return self._command(op, args)
+        except (TypeError, ValueError, IndexError):
+            return m.RES_BAD_ARGS, 0
+
+    def _command(self, op, args):
+        t = self.hal.time()
+        n = len(args)
+        if op == m.OP_OPEN_ZONE:
+            if n != 2 or not (1 <= args[0] <= self._nz and 1 <= args[1] <= 1440):
+                return m.RES_BAD_ARGS, 0
+            if t is None or self.faults & m.IF_BURST:
+                return m.RES_REFUSED, 0
+            mins = min(args[1], self.max_run_min)
+            self._run(args[0], mins * 60, True)
+            return m.RES_OK, mins
+        if op == m.OP_CLOSE_ALL:
+            if n:
+                return m.RES_BAD_ARGS, 0
+            self._stop_all()
+            return m.RES_OK, 0
+        if op == m.OP_RAIN_DELAY:
+            if n != 1 or not 0 <= args[0] <= MAX_RAIN_DELAY_H:
+                return m.RES_BAD_ARGS, 0
+            if t is None:
+                return m.RES_REFUSED, 0
+            self.rain_until = t + args[0] * 3600 if args[0] else 0
+            return self._saved(args[0])
+        if op == m.OP_SET_SCHEDULE:
+            sched = parse_schedule(args, self._nz, self.schedule)
+            if sched is None:
+                return m.RES_BAD_ARGS, 0
+            self.schedule = sched
+            self._done = [-1] * SCHED_MAX
+            return self._saved(len(sched))
+        if op == m.OP_CLEAR_FAULT:
+            if n:
+                return m.RES_BAD_ARGS, 0
+            count = 0
+            for bit, code in ((m.IF_LEAK, m.EV_LEAK), (m.IF_BURST, m.EV_BURST)):
+                if self.faults & bit:
+                    self.faults &= ~bit
+                    count += 1
+                    self.node.event(code, m.SEV_CRITICAL if bit == m.IF_BURST else m.SEV_ALARM, 0, 0)
+            for i in range(self._nz):
+                for mask, code in ((self._nf, m.EV_NO_FLOW), (self._mr, m.EV_MAX_RUNTIME)):
+                    if mask >> i & 1:
+                        count += 1
+                        self.node.event(code, m.SEV_ALARM, 0, 0, i + 1)
+            self._nf = self._mr = 0
+            self._leak_ms = self._noleak_ms = 0
+            return m.RES_OK, count
+        return m.RES_UNKNOWN_OP, 0
+
+    def _saved(self, value):
+        try:
+            self._save_program()
+        except OSError:
+            return m.RES_FAILED, value  # applied, but lost at the next reboot
+        return m.RES_OK, value
+
+    def configure(self, settings):
+        v = settings.get(m.CFG_MAX_RUN)
+        if v is not None and 1 <= v <= 1440:
+            self.max_run_min = v
+
+    def failsafe(self):
+        """Every valve closed, master first; the run and queue dropped. Never raises."""
+        self.queue = []
+        self._zone = 0
+        self._open = 0
+        for name in ("master",) + _ZONE_NAMES[:self._nz]:
+            try:
+                self.hal.pin_write(name, 0)
+            except Exception:
+                pass
+        try:
+            self._closed_at = self.hal.ticks_ms()
+        except Exception:
+            pass
+
+    def open_alarms(self):
+        n = bin(self._nf).count("1") + bin(self._mr).count("1")
+        if self.faults & m.IF_LEAK:
+            n += 1
+        if self.faults & m.IF_BURST:
+            n += 1
+        return n + (1 if self._fs_raised else 0)
