@@ -148,7 +148,7 @@ def load(data):
     for key in ("node_id", "kind"):
         if key not in raw:
             raise ConfigError("%s: required" % key)
-    cfg = dict(DEFAULTS)
+    cfg = dict(DEFAULTS)  # type: dict
     cfg.update(raw)
     node_id = _int(cfg, "node_id", 0, 0xFFFFFFFF)
     kind = cfg["kind"]
@@ -191,10 +191,10 @@ def load(data):
         if type(root) is not str or len(root) != 32:
             raise ConfigError("root_key: expected 32 hex digits (16 bytes)")
         try:
-            key = bytes.fromhex(root)
+            root_bytes = bytes.fromhex(root)
         except ValueError:
             raise ConfigError("root_key: not hexadecimal")
-        cfg["keys"] = NodeKeys(node_id, key)
+        cfg["keys"] = NodeKeys(node_id, root_bytes)
     cfg["hash"] = config_hash(data)
     return cfg
 

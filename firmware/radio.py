@@ -141,13 +141,12 @@ class MemoryRadio(Radio):
         frame = bytes(frame)
         self.sent.append(frame)
         peer = self.peer
-        heard = peer is not None and (peer.continuous or peer._listening > 0)
-        if heard:
-            peer._locked += 1
-        await self.hal.sleep_ms(self.airtime_ms(len(frame)))
-        if not heard:
+        if peer is None or not (peer.continuous or peer._listening > 0):
+            await self.hal.sleep_ms(self.airtime_ms(len(frame)))
             self.lost += 1
             return
+        peer._locked += 1
+        await self.hal.sleep_ms(self.airtime_ms(len(frame)))
         peer._locked -= 1
         peer._queue.append(frame)
         if len(peer._queue) > QUEUE_MAX:

@@ -103,7 +103,7 @@ def make_modem(radio_cfg, pins):
     busy and dio1; reset optional. Device only (imports machine and lora).
     """
     from machine import SPI, Pin  # noqa: F401  (device only)
-    import lora as lib
+    import lora as lib  # type: ignore[import-not-found]  # micropython-lib, on the board
 
     chip = radio_cfg.get("chip", "sx1276")
     name = CHIPS.get(chip)

@@ -269,9 +269,10 @@ class Node:
     async def _app_main(self, app):
         try:
             await app.run()
-            err = RuntimeError("app run() returned")
         except Exception as e:
             err = e
+        else:
+            err = RuntimeError("app run() returned")
         if self.app is app:
             self._app_fault(err)
 
@@ -343,9 +344,11 @@ class Node:
         t = hal.time()
         body = {0: hal.ticks_ms() // 1000, 1: t if t is not None else 0,
                 6: hal.free_heap() // 16, 7: min(len(self.queue), 255)}
-        if self.last_rssi is not None:
-            body[2] = _clamp(int(self.last_rssi), -200, 0)
-            body[3] = _clamp(int(self.last_snr), -80, 60)
+        rssi = self.last_rssi
+        snr = self.last_snr
+        if rssi is not None and snr is not None:
+            body[2] = _clamp(int(rssi), -200, 0)
+            body[3] = _clamp(int(snr), -80, 60)
         try:
             supply = hal.adc_read_mv("supply")
         except Exception:  # a board without a supply divider

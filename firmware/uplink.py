@@ -72,9 +72,9 @@ class UplinkQueue:
                     self.changed.set()
                     return it
         if len(items) >= QUEUE_MAX:
-            victim = None
+            victim = items[0]
             for it in items:
-                if victim is None or it.prio > victim.prio:
+                if it.prio > victim.prio:
                     victim = it  # oldest of the lowest priority (items stay in arrival order)
             if victim.prio < prio:
                 self.dropped += 1
