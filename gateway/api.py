@@ -155,7 +155,10 @@ class Metrics:
         self.lines.append(f"# HELP {name} {help_}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            if labels:
+            suffix = labels.pop("__suffix", "") if labels else ""  # summary/histogram sample names
+            if suffix:
+                self.lines.append(f"{name}{suffix} {_num(value)}")
+            elif labels:
                 lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
                 self.lines.append(f"{name}{{{lab}}} {_num(value)}")
             else:
@@ -163,6 +166,10 @@ class Metrics:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
 def _escape(s: str) -> str:
@@ -449,9 +456,35 @@ class Api:
                  [({"outcome": k}, v) for k, v in sorted(d.counts.items())])
         x.family("lumeau_nodes_registered", "gauge", "Nodes in the registry.", [({}, len(self.registry))])
         x.family("lumeau_uptime_seconds", "gauge", "Since the API started.", [({}, self.clock() - self.started)])
-        for source in [self.upstream, *self.transports]:
-            fn = getattr(source, "metrics", None)
-            if callable(fn):
-                for name, kind, help_, samples in fn():
-                    x.family(name, kind, help_, samples)
+        stats = getattr(self.upstream, "stats", None)
+        if callable(stats):
+            self._upstream_metrics(x, stats())
+        for t in self.transports:
+            counts = getattr(t, "counts", None)
+            if counts:
+                name = type(t).__name__
+                x.family(f"lumeau_transport_{_snake(name)}_events_total", "counter",
+                         f"Events counted by the {name} transport.",
+                         [({"event": k, "instance": str(getattr(t, "port", ""))}, v) for k, v in sorted(counts.items())])
         return x.text()
+
+    @staticmethod
+    def _upstream_metrics(x: Metrics, st: dict[str, Any]) -> None:
+        x.family("lumeau_upstream_records_sent_total", "counter", "Records the upstream acknowledged (2xx).",
+                 [({}, st.get("records_sent", 0))])
+        x.family("lumeau_upstream_requests_total", "counter", "Requests made upstream.",
+                 [({}, st.get("requests", 0))])
+        x.family("lumeau_upstream_responses_total", "counter", "Upstream answers by HTTP status (0: no answer).",
+                 [({"status": str(k)}, v) for k, v in sorted(st.get("responses", {}).items(), key=lambda kv: str(kv[0]))])
+        x.family("lumeau_upstream_retries_total", "counter", "Batches retried after a failure.",
+                 [({}, st.get("retries", 0))])
+        x.family("lumeau_upstream_quarantined_batches_total", "counter", "Refused batches moved to the quarantine.",
+                 [({}, st.get("quarantined_batches", 0))])
+        x.family("lumeau_upstream_consecutive_failures", "gauge", "Failed attempts since the last success.",
+                 [({}, st.get("consecutive_failures", 0))])
+        x.family("lumeau_upstream_batch_latency_seconds", "summary",
+                 "From a batch's first attempt to its settlement (delivered or quarantined).",
+                 [({"__suffix": "_sum"}, st.get("batch_latency_seconds_sum", 0.0)),
+                  ({"__suffix": "_count"}, st.get("batches", 0))])
+        x.family("lumeau_upstream_batch_latency_last_seconds", "gauge", "The last batch's latency.",
+                 [({}, st.get("batch_latency_seconds_last", 0.0))])

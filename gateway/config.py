@@ -34,7 +34,7 @@ from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 TOKEN_MIN_LEN = 16  # characters: a bearer token shorter than this is guessable
 LOG_LEVELS = ("debug", "info", "warning", "error")
 UPSTREAM_FORMATS = ("native", "ngsi-ld")
-SERIAL_MODES = ("bridge", "wired")
+SERIAL_MODES = ("wired", "bridge")
 
 
 class ConfigError(ValueError):
@@ -178,16 +178,18 @@ class ApiSection:
 @dataclass(frozen=True)
 class UpstreamSection:
     enabled: bool = opt(True, "send records upstream (off: they stay queued, bounded)")
-    url: str = opt("http://127.0.0.1:8088/v1/records", "where batches go (the default is `lumeau sink`)", _url)
+    url: str = opt("http://127.0.0.1:8088/v1/records", "where batches go (the default is `lumeau sink`); "
+                   "for ngsi-ld the broker's .../ngsi-ld/v1/entityOperations/upsert", _url)
     format: str = opt("native", "native | ngsi-ld", _one_of(*UPSTREAM_FORMATS))
     token_file: Path | None = opt(None, "file holding the upstream's bearer token (mode 0600)", kind="path")
     token: Secret | None = opt(None, "the upstream's bearer token itself", kind="secret")
-    batch_max_records: int = opt(500, "a batch is sent when it holds this many records", _positive)
-    batch_max_age_s: float = opt(1.0, "or when its oldest record waited this long", _positive)
+    batch_max_records: int = opt(500, "a batch is sent when it holds this many records (~40 kB gzipped)", _positive)
+    batch_max_age_s: float = opt(5.0, "or when its oldest record waited this long (alarms go at once)", _positive)
     timeout_s: float = opt(30.0, "a request taking longer is retried", _positive)
-    gzip: bool = opt(True, "compress request bodies")
+    gzip_level: int = opt(1, "0 (off) to 9; 1 already shrinks telemetry JSON 8-10x", _range(0, 9))
     backoff_initial_s: float = opt(1.0, "first retry delay; doubled per failure, with jitter", _positive)
-    backoff_max_s: float = opt(300.0, "retry delay at most (Retry-After is honoured up to this)", _positive)
+    backoff_max_s: float = opt(60.0, "retry delay at most", _positive)
+    max_retry_after_s: float = opt(900.0, "a Retry-After longer than this is capped", _positive)
     tenant: str = opt("", "NGSI-LD tenant (NGSILD-Tenant header), empty for none")
 
 
@@ -206,8 +208,10 @@ class SemtechSection:
 class SerialPortSection:
     port: str = opt("", "device path, e.g. /dev/ttyUSB0 (required)", _nonempty)
     baudrate: int = opt(115200, "line speed", _positive)
-    mode: str = opt("bridge", "bridge: a LoRa radio bridge board; wired: a node on the line", _one_of(*SERIAL_MODES))
-    reconnect_s: float = opt(2.0, "retry opening the port this often while it is missing", _positive)
+    mode: str = opt("wired", "wired: nodes on the line (UART, RS-485); bridge: a LoRa radio bridge board",
+                    _one_of(*SERIAL_MODES))
+    reconnect_min_s: float = opt(0.2, "first retry when the port is missing; doubled up to reconnect_max_s", _positive)
+    reconnect_max_s: float = opt(5.0, "retry opening a missing port at least this often", _positive)
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,8 @@ def _section(cls: type, data: Any, where: str, base: Path) -> Any:
     for name, f in known.items():
         kind = f.metadata["kind"]
         if name not in data:
+            if kind == "path" and f.default is not None:  # defaults are relative to the file too
+                values[name] = base / f.default
             continue
         v = data[name]
         key = f"{where}.{name}"
@@ -315,7 +321,7 @@ def _section(cls: type, data: Any, where: str, base: Path) -> Any:
 
 def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
     """Check a parsed TOML document; `path` names it in errors and anchors relative paths."""
-    base = path.parent
+    base = path.absolute().parent
     name = str(path)
     for key in data:
         if key not in _SECTIONS and key not in _ARRAYS:
@@ -333,6 +339,8 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
         for i, p in enumerate(out["serial"]):
             if "port" not in ports[i]:
                 raise ConfigError(f"serial[{i}].port: required")
+            if p.reconnect_min_s > p.reconnect_max_s:
+                raise ConfigError(f"serial[{i}].reconnect_min_s: larger than reconnect_max_s")
         seen = set()
         for i, p in enumerate(out["serial"]):
             if p.port in seen:

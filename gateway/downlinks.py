@@ -16,10 +16,13 @@ When:
   after its uplink. The gateway waits `collect_s` (0.2 s) for copies of the
   uplink heard by other radios and answers through the one with the best
   RSSI (then SNR), as LoRaWAN network servers do. One frame per receive
-  window: an ACK goes first, and its "pending" field tells the node that
-  more is queued; the rest goes after later uplinks.
+  window (a transport schedules its frame at the uplink's timestamp plus
+  the RX1 delay; a second one would collide with it): an ACK goes first,
+  with "pending" 0 so the node does not listen for frames that cannot come;
+  queued downlinks go after later uplinks.
 - Serial and BLE (`IMMEDIATE_TRANSPORTS`) are always listening: everything
-  due is sent at once, after the uplink and also as soon as it is enqueued.
+  due is sent at once, after the uplink and also as soon as it is enqueued;
+  an ACK's "pending" counts what follows it.
 
 Delivery: the downlink counter is committed before the frame is sealed
 (SPEC §4: a crash skips a counter, never reuses one). A frame that could
@@ -229,7 +232,9 @@ class Downlinks:
             immediate = rx.transport in IMMEDIATE_TRANSPORTS
             budget = None if immediate else 1  # LoRa: one frame per receive window
             if ack_counter is not None:
-                pending = min(255, len(self._due(node_id, rx, immediate)))
+                # "pending" keeps the node listening for that many more frames right after
+                # this one; on LoRa the rest cannot follow in this window, so say none.
+                pending = min(255, len(self._due(node_id, rx, immediate))) if immediate else 0
                 if await self._send(entry, m.ACK, {0: ack_counter, 1: pending}, rx):
                     self.counts["acks_sent"] += 1
                     if budget is not None:

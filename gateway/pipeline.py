@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import cbor2
 
@@ -130,6 +130,8 @@ class Pipeline:
         self._idle.set()
         self._worker: asyncio.Task | None = None
         self._finishers: set[asyncio.Task] = set()
+        # called with the number of records just committed (e.g. to wake the upstream); must not raise
+        self.listeners: list[Callable[[int], None]] = []
         # counters (exported by gateway/api.py as Prometheus metrics)
         self.received: dict[str, int] = {}  # by transport
         self.accepted = 0
@@ -272,8 +274,10 @@ class Pipeline:
 
     def _settle(self, items: list, admitted: list, results: list, verdicts: list[str] | None) -> None:
         """After the commit: count, tell the downlinks, or undo the window on failure."""
+        stored = 0
         for (record, _snap), (pos, rec, w), res in zip(items, admitted, results):
             if type(res) is int:
+                stored += 1
                 self.accepted += 1
                 if self.downlinks is not None:
                     try:
@@ -289,6 +293,9 @@ class Pipeline:
                 v = self._reject(STORE_ERROR, rec.transport, str(res), info)
             if verdicts is not None:
                 verdicts[pos] = v
+        if stored:
+            for fn in self.listeners:
+                fn(stored)
 
     def _admit_safe(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
         t = rec.transport

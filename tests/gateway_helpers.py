@@ -65,3 +65,80 @@ def alarm_record(node_id: int, counter: int) -> Record:
 
 def event_record(node_id: int, counter: int) -> Record:
     return record(node_id, counter, m.EVENT, {0: m.EV_WATCHDOG_RESET, 1: m.SEV_WARNING})
+
+
+# ---------------------------------------------------------------- a real `lumeau gateway` process
+
+def push_data(raw_frames: list[bytes], eui: bytes = bytes.fromhex("0102030405060708"), token: int = 1,
+              rssi: float = -80.0, tmst: int = 1_000_000) -> bytes:
+    """A Semtech PUSH_DATA datagram (protocol v2) carrying `raw_frames` as rxpk."""
+    import base64
+    import json
+
+    rxpk = [{"tmst": tmst + i, "chan": 0, "rfch": 0, "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF7BW125",
+             "codr": "4/5", "rssi": rssi, "lsnr": 7.5, "size": len(r), "data": base64.b64encode(r).decode()}
+            for i, r in enumerate(raw_frames)]
+    return bytes((2, token >> 8, token & 0xFF, 0)) + eui + json.dumps({"rxpk": rxpk}).encode()
+
+
+class GatewayProcess:
+    """`lumeau gateway --config FILE` as a child process; its JSON log lines read from stderr.
+
+    A thread keeps reading stderr (a full pipe would stall the gateway).
+    `start()` returns the "gateway started" line (bound ports in it).
+    """
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.proc = None
+        self.lines: list[dict] = []
+        self._reader = None
+
+    def start(self, timeout: float = 20.0) -> dict:
+        import subprocess
+        import sys
+        import threading
+
+        self.lines = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "lumeau", "gateway", "--config", str(self.config)],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for doc in list(self.lines):
+                if doc.get("msg") == "gateway started":
+                    return doc
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(f"gateway exited ({self.proc.returncode}): {self.lines[-3:]}")
+            time.sleep(0.02)
+        raise AssertionError("gateway did not start in time")
+
+    def _read(self) -> None:
+        import json
+
+        for line in self.proc.stderr:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                self.lines.append({"raw": line.rstrip("\n")})
+
+    def logged(self, msg: str) -> list[dict]:
+        return [d for d in self.lines if d.get("msg") == msg]
+
+    def stop(self, sig: int | None = None, timeout: float = 30.0) -> int:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM if sig is None else sig)
+        self.proc.wait(timeout)
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)

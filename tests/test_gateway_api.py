@@ -171,6 +171,9 @@ def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
             mt = _SAMPLE.match(line)
             assert mt, f"bad sample line {line!r}"
             name, labels, value = mt.group(1), mt.group(3) or "", mt.group(7)
+            if types.get(current) in ("summary", "histogram") and name in (current + "_sum", current + "_count"):
+                labels = name[len(current):] + labels
+                name = current
             assert name == current and current in types, line
             assert labels not in families[name], f"duplicate sample {line!r}"
             families[name][labels] = float(value)

@@ -48,6 +48,7 @@ def test_each_example_has_its_own_token():
 def test_defaults_with_only_a_token(tmp_path):
     cfg = load_config(write(tmp_path, f"[api]\n{TOKEN}\n"))
     assert cfg.queue.max_records == 1_000_000 and cfg.upstream.format == "native"
+    assert cfg.gateway.registry == tmp_path / "nodes.toml"  # defaults are relative to the file as well
     assert cfg.gateway.id  # the host name
     assert "0123456789abcdef0123" not in repr(cfg) and cfg.api.token.reveal() == "0123456789abcdef0123"
 

@@ -87,11 +87,20 @@ async def test_lora_answers_once_per_window_through_the_best_radio(gw):
         p.ingest(reception(raw, transport="udp", path=near, gateway_id="udp:near", rssi=-71.0)))
     await d.idle()
     assert sorted(verdicts) == ["accepted", "duplicate"]
-    # one frame per receive window, through the radio that heard the node best; it says one more is queued
-    assert far.sent == [] and near.sent == [(m.ACK, 0, {0: 30, 1: 1})]
+    # one frame per receive window, through the radio that heard the node best; nothing else can follow
+    # in this window, so the ACK does not keep the node listening
+    assert far.sent == [] and near.sent == [(m.ACK, 0, {0: 30, 1: 0})]
     await uplink(p, d, seal(NODE, 31), far)
     assert far.sent == [(m.COMMAND, 1, {0: dl.id, 1: m.OP_SET_LEVEL, 2: [100, 600], 3: int(dl.expires)})]
     assert p.store.downlink(dl.id).state == "sent"
+
+
+async def test_on_a_wire_the_ack_announces_what_follows(gw):
+    p, d, _ = gw
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_CLOSE_ALL})
+    radio = Radio("serial:a")
+    await uplink(p, d, alarm(40), radio, "serial")
+    assert [(t, b.get(1) if t == m.ACK else b[0]) for t, _c, b in radio.sent] == [(m.ACK, 1), (m.COMMAND, dl.id)]
 
 
 async def test_cmd_ack_settles_the_command(gw):

@@ -1,0 +1,213 @@
+"""`lumeau gateway`: the service that wires transports, pipeline, store, downlinks, upstream and API.
+
+    lumeau gateway --config gateway.toml
+    lumeau gateway --example-config > gateway.toml
+
+Start order (each step only once the previous one worked; a failure stops
+what was started, in reverse): store, registry, downlinks, pipeline, API,
+upstream, then the transports last, so nothing is heard before it can be
+stored. Once everything listens, one log line "gateway started" gives the
+bound ports (port 0 in the config picks a free one).
+
+Shutdown on SIGTERM or SIGINT, in reverse: transports stop hearing; every
+reception already handed over is committed (pipeline drain); downlinks and
+the API stop; the upstream gets up to SHUTDOWN_UPSTREAM_S to finish the
+batch in flight (anything not acknowledged stays queued for the next start);
+the store commits, flushes node state and closes. A second signal, or
+SHUTDOWN_TIMEOUT_S passing, cancels what is left -- still safe: what was
+acknowledged is committed, the rest was never acknowledged.
+
+Exit status: 0 after a clean shutdown, 2 for a configuration error (the
+message names file, key and why), 1 when startup failed otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from gateway import logs
+from gateway.api import Api
+from gateway.config import ConfigError, GatewayConfig, example_config, load_config
+from gateway.downlinks import Downlinks
+from gateway.pipeline import Pipeline
+from gateway.registry import Registry, RegistryError
+from gateway.store import Store, StoreError
+
+log = logging.getLogger("lumeau.gateway.service")
+
+SHUTDOWN_TIMEOUT_S = 15.0
+SHUTDOWN_UPSTREAM_S = 5.0
+
+
+class Gateway:
+    """One running gateway. `await start()`, then `await stop()`; `run()` does both around signals."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.store: Store | None = None
+        self.registry: Registry | None = None
+        self.downlinks: Downlinks | None = None
+        self.pipeline: Pipeline | None = None
+        self.api: Api | None = None
+        self.upstream: Any = None
+        self.transports: list[Any] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        try:
+            self.store = await Store.open(cfg.gateway.database, max_records=cfg.queue.max_records,
+                                          group_max=cfg.queue.group_max,
+                                          quarantine_max=cfg.queue.quarantine_max_records)
+            self.registry = Registry.load(cfg.gateway.registry)
+            d = cfg.downlinks
+            self.downlinks = Downlinks(self.store, self.registry, default_ttl_s=d.default_ttl_s,
+                                       max_attempts=d.max_attempts, max_queued_per_node=d.max_queued_per_node,
+                                       collect_s=d.collect_s, ack_alarms=d.ack_alarms)
+            await self.downlinks.start()
+            self.pipeline = Pipeline(self.registry, self.store, downlinks=self.downlinks,
+                                     max_inflight=cfg.pipeline.max_inflight)
+            self.upstream = self._make_upstream()
+            self.transports = self._make_transports()
+            if cfg.api.enabled:
+                assert cfg.api.token is not None
+                self.api = Api(registry=self.registry, store=self.store, pipeline=self.pipeline,
+                               downlinks=self.downlinks, token=cfg.api.token.reveal(), host=cfg.api.host,
+                               port=cfg.api.port, upstream=self.upstream, transports=self.transports)
+                await self.api.start()
+            if self.upstream is not None:
+                await self.upstream.start()
+            for t in self.transports:
+                await t.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("gateway started", extra={
+            "gateway": cfg.gateway.id, "database": str(cfg.gateway.database), "nodes": len(self.registry),
+            "queued": self.store.count(), "api_port": self.api.port if self.api else None,
+            "semtech_port": next((t.port for t in self.transports if type(t).__name__ == "SemtechServer"), None),
+            "serial_ports": [t.port for t in self.transports if type(t).__name__ == "SerialTransport"],
+            "upstream": cfg.upstream.url if self.upstream is not None else None})
+
+    def _make_upstream(self) -> Any:
+        u = self.cfg.upstream
+        if not u.enabled:
+            return None
+        from gateway.upstream import Upstream
+
+        assert self.store is not None and self.registry is not None and self.pipeline is not None
+        up = Upstream(self.store, u.url, token=u.token.reveal() if u.token else None, fmt=u.format,
+                      batch_size=u.batch_max_records, max_age=u.batch_max_age_s, timeout=u.timeout_s,
+                      backoff_base=u.backoff_initial_s, backoff_max=u.backoff_max_s,
+                      max_retry_after=u.max_retry_after_s, gzip_level=u.gzip_level,
+                      gateway_id=self.cfg.gateway.id, node_info=self.registry.get, ngsi_tenant=u.tenant or None)
+        self.pipeline.listeners.append(lambda _n: up.notify())  # look at once, not at the next poll
+        return up
+
+    def _make_transports(self) -> list[Any]:
+        cfg, p = self.cfg, self.pipeline
+        out: list[Any] = []
+        if cfg.semtech.enabled:
+            from gateway.transports.semtech import SemtechServer
+
+            s = cfg.semtech
+            out.append(SemtechServer(p, s.host, s.port, rx_delay=s.rx_delay_s, tx_power=s.tx_power_dbm,
+                                     invert_iq=s.invert_iq, accept_no_crc=s.accept_no_crc))
+        for sp in cfg.serial:
+            from gateway.transports.serial import SerialTransport
+
+            out.append(SerialTransport(p, sp.port, baudrate=sp.baudrate, mode=sp.mode,
+                                       reconnect_min=sp.reconnect_min_s, reconnect_max=sp.reconnect_max_s))
+        if cfg.ble.enabled:
+            from gateway.transports.ble import BleTransport
+
+            out.append(BleTransport(p, scan_interval=cfg.ble.scan_interval_s))
+        return out
+
+    async def stop(self) -> None:
+        """Graceful, in reverse order; safe to call on a half-started gateway."""
+        for t in reversed(self.transports):
+            await _quietly(t.stop(), "transport")
+        if self.pipeline is not None:
+            await _quietly(self.pipeline.close(), "pipeline")
+        if self.downlinks is not None:
+            await _quietly(self.downlinks.close(), "downlinks")
+        if self.api is not None:
+            await _quietly(self.api.stop(), "api")
+        if self.upstream is not None:
+            await _quietly(asyncio.wait_for(self.upstream.stop(), SHUTDOWN_UPSTREAM_S), "upstream")
+        if self.store is not None:
+            await _quietly(self.store.close(), "store")
+        self.transports = []
+        self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stopping.is_set():  # a second signal: stop waiting for the graceful path
+                log.warning("second %s: cancelling the shutdown", sig.name)
+                for task in asyncio.all_tasks(loop):
+                    if task is not asyncio.current_task(loop):
+                        task.cancel()
+                return
+            log.info("%s received: shutting down", sig.name)
+            stopping.set()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.start()
+            await stopping.wait()
+        finally:
+            try:
+                await asyncio.wait_for(self.stop(), SHUTDOWN_TIMEOUT_S)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                log.error("shutdown did not finish in %.0f s", SHUTDOWN_TIMEOUT_S)
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        log.info("gateway stopped")
+
+
+async def _quietly(aw: Any, what: str) -> None:
+    try:
+        await aw
+    except Exception as e:  # shutdown goes on: every other part still deserves its stop
+        log.error("stopping the %s failed: %r", what, e)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    if args.example_config:
+        sys.stdout.write(example_config())
+        return 0
+    if not args.config:
+        print("lumeau gateway: --config FILE is required (or --example-config to get one)", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"lumeau gateway: {e}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.log.level, path=cfg.log.file)
+    try:
+        asyncio.run(Gateway(cfg).run())
+    except (RegistryError, StoreError, OSError) as e:
+        log.error("gateway failed to start: %s", e)
+        print(f"lumeau gateway: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_subcommand(subparsers: Any) -> None:
+    p = subparsers.add_parser("gateway", help="run the gateway service (transports, durable queue, upstream, API)",
+                              description="Run the Lumeau gateway until SIGTERM or SIGINT.")
+    p.add_argument("--config", metavar="FILE", help="the gateway's TOML configuration")
+    p.add_argument("--example-config", action="store_true",
+                   help="print a complete commented configuration (with a fresh API token) and exit")
+    p.set_defaults(func=cmd_gateway)

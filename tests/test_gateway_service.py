@@ -1,0 +1,134 @@
+"""`lumeau gateway` as a real process: example config, config errors, UDP in, API out, graceful signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from gateway_helpers import GatewayProcess, push_data, registry, seal
+
+from protocol import messages as m
+
+TOKEN = "service-test-token-0123456789"
+
+
+def lumeau(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lumeau", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_example_config_is_printed_and_loads(tmp_path):
+    r = lumeau("gateway", "--example-config")
+    assert r.returncode == 0 and "[upstream]" in r.stdout
+    (tmp_path / "g.toml").write_text(r.stdout)
+    from gateway.config import load_config
+
+    assert load_config(tmp_path / "g.toml").api.token is not None
+
+
+def test_config_errors_exit_2_naming_file_and_key(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text(f'[api]\ntoken = "{TOKEN}"\nport = 99999\n')
+    r = lumeau("gateway", "--config", str(p))
+    assert r.returncode == 2 and str(p) in r.stderr and "api.port" in r.stderr
+    assert lumeau("gateway").returncode == 2
+
+
+def write_config(tmp_path, *, upstream: str | None = None, extra: str = "") -> object:
+    p = tmp_path / "gateway.toml"
+    up = f'url = "{upstream}"\nbatch_max_age_s = 0.2\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\n' if upstream \
+        else "enabled = false\n"
+    p.write_text(f"""
+[gateway]
+id = "test-gw"
+[log]
+level = "info"
+[api]
+port = 0
+token = "{TOKEN}"
+[semtech]
+enabled = true
+host = "127.0.0.1"
+port = 0
+[upstream]
+{up}
+{extra}
+""")
+    return p
+
+
+def api_get(port: int, path: str, token: str | None = TOKEN):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_frames_over_udp_are_stored_and_shown_then_a_signal_stops_it_cleanly(tmp_path, sig):
+    registry(tmp_path / "nodes.toml", [1, 2]).save()
+    gw = GatewayProcess(write_config(tmp_path))
+    try:
+        started = gw.start()
+        assert started["gateway"] == "test-gw" and started["nodes"] == 2
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(5)
+        frames = [seal(1, c) for c in range(1, 11)] + [seal(2, 1, m.IRRIGATION)]
+        udp.sendto(push_data(frames), ("127.0.0.1", started["semtech_port"]))
+        assert udp.recv(64)[3] == 0x01  # PUSH_ACK
+        bad = bytearray(seal(2, 2))
+        bad[-1] ^= 1
+        udp.sendto(push_data([bytes(bad)], token=2), ("127.0.0.1", started["semtech_port"]))
+        api = started["api_port"]
+        assert api_get(api, "/healthz", token=None)[0] == 200
+        assert api_get(api, "/nodes", token="wrong-token-0123456789")[0] == 401
+
+        def node_seen():
+            status, body = api_get(api, "/nodes/00000001")
+            doc = json.loads(body)
+            return doc if doc.get("last_seen") and doc["readings"]["light"]["fields"]["energy"]["value"] == 123466 \
+                else None
+
+        node = wait_for(node_seen)
+        assert node["gateway"] == "udp:0102030405060708" and node["rssi"] == -80.0
+        def bad_mic_counted():
+            text = api_get(api, "/metrics")[1]
+            return ('lumeau_frames_rejected_total{reason="bad_mic",transport="udp"} 1' in text
+                    and "\nlumeau_frames_accepted_total 11\n" in text)
+
+        wait_for(bad_mic_counted)
+        assert gw.stop(sig) == 0
+        assert gw.logged(f"{sig.name} received: shutting down") and gw.logged("gateway stopped")
+    finally:
+        gw.kill()
+    rows = sqlite3.connect(tmp_path / "gateway.db").execute("SELECT node_id, counter FROM records").fetchall()
+    assert sorted(rows) == [(1, c) for c in range(1, 11)] + [(2, 1)]
+    text = json.dumps(gw.lines)
+    assert TOKEN not in text and (tmp_path / "nodes.toml").read_text().split('root_key = "')[1][:32] not in text
+
+
+def test_a_broken_registry_stops_startup_with_a_clear_message(tmp_path):
+    (tmp_path / "nodes.toml").write_text("version = 1\n")
+    (tmp_path / "nodes.toml").chmod(0o644)
+    r = subprocess.run([sys.executable, "-m", "lumeau", "gateway", "--config", str(write_config(tmp_path))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "chmod 600" in r.stderr
