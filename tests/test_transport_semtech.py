@@ -204,7 +204,7 @@ async def test_downlink_is_a_txpk_at_tmst_plus_rx1_and_tx_ack_none_succeeds(serv
     assert txpk["tmst"] == 2_000_000 and txpk["imme"] is False
     assert (txpk["freq"], txpk["datr"], txpk["codr"], txpk["modu"]) == (868.5, "SF10BW125", "4/6", "LORA")
     assert base64.b64decode(txpk["data"]) == down and txpk["size"] == len(down)
-    assert txpk["powe"] == 14
+    assert txpk["powe"] == 14 and txpk["ipol"] is True  # nodes listen with inverted IQ (SPEC §10)
     fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "NONE")
     await asyncio.wait_for(send, 2)
     assert srv.counts["downlinks_sent"] == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import tty
 from pathlib import Path
 
@@ -16,8 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firmware import bridge_msg as bm
+from firmware.bridge import Bridge
+from firmware.hal_sim import SimHAL
+from firmware.radio_lora import LoRaRadio
 from gateway.transports import DownlinkError
 from gateway.transports.serial import SerialTransport
+from protocol import lora
 from protocol import serial as framing
 from tests.transport_helpers import Gateway, downlink_frame, light_frame
 
@@ -218,6 +224,212 @@ def test_bad_arguments_are_refused_clearly():
         SerialTransport(None, "/dev/null", reconnect_min=0)  # type: ignore[arg-type]
 
 
+# -- radio bridge: the real bridge firmware (firmware/bridge.py) on the far end of the pty -------
+#
+# The bridge runs on the simulated HAL with a real-time clock (the gateway's loop is real time)
+# and a modem shaped like micropython-lib's async lora driver: the only seam, as on F1's tests.
+
+class RealClock:
+    """The clock interface of firmware.hal_sim, on real time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.unix0 = int(time.time())
+
+    def ms(self) -> int:
+        return int((time.monotonic() - self.t0) * 1000)
+
+    def unix(self) -> int:
+        return self.unix0 + self.ms() // 1000
+
+    async def sleep_ms(self, ms: int) -> None:
+        await asyncio.sleep(ms / 1000)
+
+
+class RxPacket(bytearray):
+    def __init__(self, data: bytes, rssi: int, snr_q: int) -> None:
+        super().__init__(data)
+        self.rssi, self.snr, self.crc_error, self.ticks_ms = rssi, snr_q, False, 0
+
+
+class Modem:
+    """micropython-lib AsyncModem shape: configure / send / recv; `air()` is a node transmitting."""
+
+    def __init__(self, hal: SimHAL) -> None:
+        self.hal = hal
+        self.cfg: dict = {}
+        self.sent: list[tuple[int, dict, bytes]] = []  # (bridge ticks at start, config, frame)
+        self._inbox: list[RxPacket] = []
+        self._ev = asyncio.Event()
+
+    def configure(self, cfg: dict) -> None:
+        self.cfg.update(cfg)
+
+    def air(self, pkt: RxPacket) -> None:
+        self._inbox.append(pkt)
+        self._ev.set()
+
+    async def send(self, packet) -> None:
+        self.sent.append((self.hal.ticks_ms(), dict(self.cfg), bytes(packet)))
+        await asyncio.sleep(lora.airtime_ms(len(packet), self.cfg["sf"], int(self.cfg["bw"]) * 1000) / 1000)
+
+    async def recv(self, timeout_ms=None):
+        if not self._inbox:
+            self._ev.clear()
+            try:
+                await asyncio.wait_for(self._ev.wait(), None if timeout_ms is None else timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                return None
+        return self._inbox.pop(0) if self._inbox else None
+
+
+class MasterPort:
+    """The bridge board's end of the USB line: the pty master, non-blocking like machine.UART."""
+
+    def __init__(self, dev: PtyDevice) -> None:
+        self.dev = dev
+
+    def write(self, data) -> int:
+        self.dev.write(bytes(data))
+        return len(data)
+
+    def read(self, n: int):
+        try:
+            return os.read(self.dev.master, n) or None
+        except (BlockingIOError, OSError):
+            return None
+
+
+@pytest.fixture
+async def bridge_line(tmp_path, gw):
+    dev = PtyDevice(tmp_path / "ttyBRIDGE")
+    hal = SimHAL(RealClock())
+    modem = Modem(hal)
+    board = Bridge(hal, LoRaRadio(modem, freq_hz=868_100_000, sf=9, bridge=True), MasterPort(dev), watchdog_ms=0)
+    # RX1 shortened from 1 s to keep the test fast: the timing logic is the same
+    t = SerialTransport(gw.pipeline, str(dev.link), mode="bridge", rx_delay=0.3, reconnect_min=0.02,
+                        reconnect_max=0.05)
+    await t.start()
+    await t.wait_connected(3)
+    running = asyncio.create_task(board.run())
+    yield t, board, modem, gw
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    hal.power_off()
+    await t.stop()
+    dev.close()
+
+
+async def test_bridge_frames_reach_the_pipeline_with_reception_metadata(bridge_line):
+    t, board, modem, gw = bridge_line
+    await gw.wait(lambda: t.bridge_status.get("firmware", "").startswith("bridge"))  # STATUS at start / PING
+    modem.air(RxPacket(light_frame(counter=1), -97, 29))
+    modem.air(RxPacket(light_frame(node_id=0x0C, counter=4), -121, -50))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    (rec, r), (_, r2) = gw.seen.uplinks
+    assert r.raw == light_frame(counter=1) and rec.counter == 1
+    assert r.transport == "bridge" and r.gateway_id == f"serial:{t.port}"
+    assert (r.rssi, r.snr, r.freq_hz, r.sf) == (-97, 7.25, 868_100_000, 9)
+    assert (r2.rssi, r2.snr) == (-121, -12.5)
+    assert rec.best_rssi == -97
+    assert t.stats()["bridge_rx"] == 2
+
+
+async def test_bridge_downlink_is_transmitted_in_rx1_with_inverted_iq(bridge_line):
+    t, board, modem, gw = bridge_line
+    modem.air(RxPacket(light_frame(counter=1), -97, 29))
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
+    down = downlink_frame(counter=1, acked=1)
+    await r.path.send_downlink(down, r)  # returns once the bridge reported TX_SENT
+    ((start, cfg, sent),) = modem.sent
+    assert sent == down
+    assert 300 <= start - r.path.tmst < 340  # RX1: rx_delay after the end of the uplink, bridge time
+    assert (cfg["freq_khz"], cfg["sf"], cfg["bw"], cfg["invert_iq_tx"]) == (868_100, 9, "125", True)
+    assert t.stats()["downlinks_sent"] == 1 and board.tx_ok == 1
+
+
+async def test_bridge_refusals_reach_the_caller_with_their_reason(bridge_line):
+    t, board, modem, gw = bridge_line
+    modem.air(RxPacket(light_frame(counter=1), -97, 29))
+    modem.air(RxPacket(light_frame(node_id=0x0E, counter=1), -98, 20))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    a, b = gw.seen.receptions
+    # two windows a few ms apart: the radio is still busy with the first transmission
+    first = asyncio.create_task(a.path.send_downlink(downlink_frame(counter=1), a))
+    await asyncio.sleep(0.03)  # a's TX request is with the bridge
+    with pytest.raises(DownlinkError) as e:
+        await b.path.send_downlink(downlink_frame(node_id=0x0E, counter=1), b)
+    assert e.value.reason == "busy"
+    await first
+    # the first downlink shut the g1 sub-band for 99x its airtime: the bridge keeps the law
+    modem.air(RxPacket(light_frame(node_id=0x0D, counter=1), -99, 20))
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
+    c = gw.seen.receptions[2]
+    with pytest.raises(DownlinkError) as e:
+        await c.path.send_downlink(downlink_frame(node_id=0x0D, counter=1), c)
+    assert e.value.reason == "duty_cycle"
+    assert len(modem.sent) == 1 and board.tx_refused == 2
+    assert t.stats()["downlink_busy"] == 1 and t.stats()["downlink_duty_cycle"] == 1
+
+
+async def test_bridge_downlink_after_the_window_is_not_sent(bridge_line):
+    t, board, modem, gw = bridge_line
+    modem.air(RxPacket(light_frame(counter=1), -97, 29))
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
+    await asyncio.sleep(0.3)
+    with pytest.raises(DownlinkError) as e:
+        await r.path.send_downlink(downlink_frame(), r)
+    assert e.value.reason == "too_late" and modem.sent == []
+
+
+async def test_bridge_unplugged_during_a_downlink(bridge_line, tmp_path):
+    t, board, modem, gw = bridge_line
+    modem.air(RxPacket(light_frame(counter=1), -97, 29))
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    r = gw.seen.receptions[0]
+    send = asyncio.create_task(r.path.send_downlink(downlink_frame(), r))
+    await asyncio.sleep(0.05)
+    board.port.dev.unplug()
+    with pytest.raises(DownlinkError) as e:
+        await asyncio.wait_for(send, 3)
+    assert e.value.reason == "disconnected"
+
+
+async def test_a_port_in_the_wrong_mode_says_so(tmp_path, gw):
+    dev = PtyDevice(tmp_path / "ttyMIX")
+    wired = SerialTransport(gw.pipeline, str(dev.link), mode="wired", reconnect_min=0.02, reconnect_max=0.05)
+    await wired.start()
+    try:
+        await wired.wait_connected(3)
+        rx = bm.encode_rx(1000, 868_100_000, 9, 125_000, -90, 10, light_frame(counter=1))
+        dev.write(framing.encode(rx) + framing.encode(bm.encode_status(1, 0, 0, 0, 0, 868_100_000, 9, 125_000, "b")))
+        await gw.wait(lambda: gw.rejected("serial").get("wrong_mode") == 2)
+        assert gw.seen.uplinks == []
+    finally:
+        await wired.stop()
+        dev.close()
+
+
+async def test_auto_mode_takes_wired_frames_and_bridge_messages_on_one_port(tmp_path, gw):
+    dev = PtyDevice(tmp_path / "ttyAUTO")
+    t = SerialTransport(gw.pipeline, str(dev.link), reconnect_min=0.02, reconnect_max=0.05)
+    await t.start()
+    try:
+        await t.wait_connected(3)
+        rx = bm.encode_rx(1000, 868_300_000, 10, 125_000, -90, 10, light_frame(node_id=2, counter=1))
+        bad = bytes([bm.RX, 1, 2])  # an RX message cut short
+        dev.write(framing.encode(light_frame(node_id=1, counter=1)) + framing.encode(rx) + framing.encode(bad)
+                  + framing.encode(bytes([bm.TX]) + bytes(20)))  # a host-to-bridge message echoed back
+        await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+        assert [(r.transport, r.sf) for r in gw.seen.receptions] == [("serial", None), ("bridge", 10)]
+        await gw.wait(lambda: gw.rejected("bridge").get("malformed") == 2)
+    finally:
+        await t.stop()
+        dev.close()
+
+
 # -- fuzz: arbitrary bytes on the line never take the transport down --------------------------
 
 @pytest.fixture(scope="module")
@@ -243,6 +455,8 @@ def live_line(tmp_path_factory):
 chunks = st.lists(st.one_of(
     st.binary(max_size=300),
     st.binary(min_size=1, max_size=300).map(framing.encode),  # well-framed garbage reaches the pipeline
+    st.builds(lambda t, rest: framing.encode(bytes([t]) + rest),  # bridge-message-looking garbage
+              st.integers(0x80, 0x9F), st.binary(max_size=40)),
     st.builds(lambda c, cut: framing.encode(light_frame(node_id=0x4242, counter=c))[:cut],
               st.integers(1, 2**31), st.integers(0, 60)),
 ), max_size=6)

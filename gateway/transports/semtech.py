@@ -32,11 +32,13 @@ Decisions (each one named, so the config can say otherwise):
   the gateway; the simulator's virtual time), else our clock.
 - Downlinks: a `txpk` at the uplink's `tmst` + RX1 delay (1 s, SPEC §6), on
   the uplink's frequency, data rate and coding rate, at `tx_power` dBm
-  (14: the EU868 g1 sub-band limit of 25 mW ERP), polarity per
-  `invert_iq`. It must reach the forwarder's just-in-time queue before the
-  window: `send_margin` (100 ms: lora_pkt_fwd programs the radio 40 ms
-  ahead, plus network latency) before it, else DownlinkError("too_late")
-  and the caller keeps the downlink for the next uplink.
+  (14: the EU868 g1 sub-band limit of 25 mW ERP), with inverted IQ
+  (`invert_iq`; SPEC §10 follows LoRaWAN: nodes listen inverted, so they
+  never hear each other's uplinks). It must reach the forwarder's
+  just-in-time queue `send_margin` (100 ms: lora_pkt_fwd programs the radio
+  40 ms ahead, plus network latency) before the window, else
+  DownlinkError("too_late") and the caller keeps the downlink for the next
+  uplink.
 - The gateway's own EU868 duty cycle is accounted per forwarder with
   protocol.lora.DutyCycle: a downlink in a closed sub-band fails with
   DownlinkError("duty_cycle") instead of being sent illegally.
@@ -171,7 +173,7 @@ class SemtechServer(asyncio.DatagramProtocol):
 
     def __init__(self, pipeline: Pipeline, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *,
                  rx_delay: float = RX1_DELAY_S, tx_power: int = DEFAULT_TX_POWER_DBM,
-                 invert_iq: bool = False, accept_no_crc: bool = True,
+                 invert_iq: bool = True, accept_no_crc: bool = True,
                  send_margin: float = DEFAULT_SEND_MARGIN_S,
                  tx_ack_timeout: float = DEFAULT_TX_ACK_TIMEOUT_S,
                  route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,

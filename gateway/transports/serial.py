@@ -1,18 +1,32 @@
 """Serial transport: wired nodes (UART, RS-485) and radio bridge boards on a serial port.
 
 Every packet on the line is `00 | COBS(payload || CRC-16) | 00` (SPEC §8),
-undone by protocol.serial.Decoder. What a packet carries depends on `mode`:
+undone by protocol.serial.Decoder. A payload is either a bare frame (a
+wired node, or several on an RS-485 bus; first byte 0x20-0x3F) or a radio
+bridge message (SPEC §10, first byte 0x80-0x9F, codec firmware/bridge_msg.py).
+`mode` "auto" (default) takes each packet for what its first byte says;
+"wired" or "bridge" accept only that kind and reject the other as
+"wrong_mode" (a port configured for the wrong device is visible at once).
 
-- "wired": the payload is a bare frame (a wired node, or several on an
-  RS-485 bus). Downlinks are written back at once, framed the same way.
-- "bridge": a radio bridge board (firmware/bridge.py) forwarding LoRa
-  frames with their reception metadata; its messages are specified in
-  protocol/SPEC.md (see `parse_bridge_payload` below).
+- Wired frames become Reception(transport="serial"); a downlink is written
+  back at once, framed the same way (the node always listens).
+- Frames a bridge heard become Reception(transport="bridge") with RSSI,
+  SNR, frequency and data rate: they are LoRa frames, so downlinks follow
+  LoRa's rules (one frame in the node's RX1 window). A downlink becomes a
+  timed TX at the uplink's bridge time + `rx_delay` (1 s, SPEC §6) on the
+  uplink's channel and data rate; the bridge answers with TX_RESULT, and a
+  refusal raises DownlinkError with the bridge's reason (too_late,
+  too_early, duty_cycle, busy, bad_request, radio_error). The host refuses
+  by itself ("too_late") a downlink that could not reach the bridge
+  `send_margin` (50 ms: USB latency is a few ms) before the window. The
+  bridge's STATUS messages are kept (`bridge_status`); a PING goes out on
+  every (re)connection to get one.
 
 Drops the decoder sees are reported to the pipeline as rejections, so line
 noise is counted like any other loss: bad CRC -> "bad_crc", invalid COBS or
 a packet too short to hold its CRC -> "bad_cobs", more than `max_frame`
-payload bytes -> "oversized".
+payload bytes -> "oversized"; a bridge message that does not parse ->
+"malformed".
 
 The port comes and goes (a USB bridge unplugged, a converter reset): the
 transport reopens it with exponential backoff from `reconnect_min` (0.2 s)
@@ -38,19 +52,28 @@ import serial_asyncio_fast
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
+from firmware import bridge_msg as bm
 from gateway.transports import DownlinkError, Pipeline, report_reject
+from protocol import lora
 from protocol import serial as framing
 
 log = logging.getLogger("lumeau.gateway.transports.serial")
 
-TRANSPORT = "serial"
-MODES = ("wired", "bridge")
+TRANSPORT = "serial"  # wired frames, and everything about the line itself
+TRANSPORT_BRIDGE = "bridge"  # frames a radio bridge heard: LoRa timing rules apply to their downlinks
+MODES = ("auto", "wired", "bridge")
 
 DEFAULT_BAUDRATE = 115200
 DEFAULT_RECONNECT_MIN_S = 0.2
 DEFAULT_RECONNECT_MAX_S = 5.0
 DEFAULT_WRITE_TIMEOUT_S = 2.0  # a 255-byte frame takes 22 ms at 115200 Bd; 2 s means the line is stuck
 READ_CHUNK = 4096
+RX1_DELAY_S = 1.0  # SPEC §6
+DEFAULT_BRIDGE_MARGIN_S = 0.05
+DEFAULT_TX_POWER_DBM = 14
+TX_RESULT_GRACE_S = 2.0  # TX_RESULT comes after the transmission; later than its end + this: the bridge is gone
+TX_RESULTS = {bm.TX_TOO_LATE: "too_late", bm.TX_TOO_EARLY: "too_early", bm.TX_DUTY_CYCLE: "duty_cycle",
+              bm.TX_BUSY: "busy", bm.TX_BAD_REQUEST: "bad_request", bm.TX_RADIO_ERROR: "radio_error"}
 
 # Decoder counter -> rejection reason.
 _DROPS = (("dropped_crc", "bad_crc"), ("dropped_cobs", "bad_cobs"), ("dropped_short", "bad_cobs"),
@@ -65,9 +88,11 @@ class SerialTransport:
     """
 
     def __init__(self, pipeline: Pipeline, port: str, *, baudrate: int = DEFAULT_BAUDRATE,
-                 mode: str = "wired", max_frame: int = framing.DEFAULT_MAX_FRAME,
+                 mode: str = "auto", max_frame: int = framing.DEFAULT_MAX_FRAME,
                  reconnect_min: float = DEFAULT_RECONNECT_MIN_S, reconnect_max: float = DEFAULT_RECONNECT_MAX_S,
-                 write_timeout: float = DEFAULT_WRITE_TIMEOUT_S, exclusive: bool = True) -> None:
+                 write_timeout: float = DEFAULT_WRITE_TIMEOUT_S, exclusive: bool = True,
+                 rx_delay: float = RX1_DELAY_S, send_margin: float = DEFAULT_BRIDGE_MARGIN_S,
+                 tx_power: int = DEFAULT_TX_POWER_DBM) -> None:
         if mode not in MODES:
             raise ValueError(f"serial mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not 0 < reconnect_min <= reconnect_max:
@@ -80,7 +105,13 @@ class SerialTransport:
         self.reconnect_max = reconnect_max
         self.write_timeout = write_timeout
         self.exclusive = exclusive
+        self.rx_delay = rx_delay
+        self.send_margin = send_margin
+        self.tx_power = tx_power
         self.gateway_id = f"{TRANSPORT}:{port}"
+        self.bridge_status: dict[str, Any] = {}
+        self._tx_id = 0
+        self._tx_pending: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self.decoder = framing.Decoder(max_frame)
         self.counts: Counter[str] = Counter()
         self._seen_drops = dict.fromkeys((a for a, _ in _DROPS), 0)
@@ -111,9 +142,11 @@ class SerialTransport:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for /metrics: bytes, packets, drops by reason, (re)connections."""
+        """Counters for /metrics: bytes, packets, drops by reason, (re)connections, the bridge's STATUS."""
         out: dict[str, Any] = dict(self.counts)
         out["connected"] = int(self.connected)
+        if self.bridge_status:
+            out["bridge"] = dict(self.bridge_status)
         return out
 
     # -- the read loop -----------------------------------------------------
@@ -143,6 +176,8 @@ class SerialTransport:
             self.decoder.reset()  # whatever was half-received belongs to the old connection
             self._writer = writer
             self._connected.set()
+            if self.mode == "bridge":  # (in auto mode the bridge's periodic STATUS will come)
+                self._spawn_ping()
             try:
                 await self._read(reader)
                 why: object = "end of file"
@@ -151,6 +186,9 @@ class SerialTransport:
             finally:
                 self._connected.clear()
                 self._close_writer()
+                for fut in self._tx_pending.values():  # their TX_RESULTs will never come
+                    if not fut.done():
+                        fut.set_exception(DownlinkError("disconnected", "the bridge went away"))
             self.counts["disconnects"] += 1
             down_since = time.monotonic()
             log.warning("serial port lost, reopening: %s", why, extra={"port": self.port, "transport": TRANSPORT})
@@ -195,28 +233,109 @@ class SerialTransport:
 
     async def _packet(self, payload: bytes) -> None:
         self.counts["packets"] += 1
-        if self.mode == "wired":
-            reception = Reception(raw=payload, transport=TRANSPORT, gateway_id=self.gateway_id,
-                                  rx_time=time.time(), path=self)
+        first = payload[0] if payload else 0
+        bridge = 0x80 <= first <= 0x9F  # SPEC §10; a v1 frame starts with 0x20..0x3F
+        if bridge and self.mode != "wired":
+            await self._bridge_message(payload)
+        elif bridge or (self.mode == "bridge" and 0x20 <= first <= 0x3F):
+            self.counts["wrong_mode"] += 1
+            report_reject(self.pipeline, "wrong_mode", TRANSPORT, self._limiter, log,
+                          f"port {self.port} is in {self.mode} mode but got a "
+                          f"{'bridge message' if bridge else 'wired frame'}")
         else:
-            reception = self._bridge_packet(payload)
-            if reception is None:
-                return
-        await self.pipeline.submit(reception)
+            # a wired frame, or something that is neither: the pipeline names and counts it
+            await self.pipeline.submit(Reception(raw=payload, transport=TRANSPORT, gateway_id=self.gateway_id,
+                                                 rx_time=time.time(), path=self))
 
-    def _bridge_packet(self, payload: bytes) -> Reception | None:
-        raise NotImplementedError("bridge mode: waiting for the bridge message format in protocol/SPEC.md")
+    async def _bridge_message(self, payload: bytes) -> None:
+        try:
+            msg = bm.decode(payload)
+        except bm.BridgeMessageError as e:
+            self.counts["bridge_malformed"] += 1
+            report_reject(self.pipeline, "malformed", TRANSPORT_BRIDGE, self._limiter, log, str(e))
+            return
+        t = msg[0]
+        if t == bm.RX:
+            _, tmst, freq_hz, sf, bw_hz, rssi, snr_q, raw = msg
+            self.counts["bridge_rx"] += 1
+            path = BridgeUplink(self, tmst, freq_hz, sf, bw_hz, time.monotonic())
+            await self.pipeline.submit(Reception(
+                raw=raw, transport=TRANSPORT_BRIDGE, gateway_id=self.gateway_id, rx_time=time.time(),
+                rssi=float(rssi), snr=snr_q / 4, freq_hz=freq_hz, sf=sf, path=path))
+        elif t == bm.TX_RESULT:
+            _, tx_id, result, started = msg
+            fut = self._tx_pending.get(tx_id)
+            if fut is None or fut.done():
+                self.counts["tx_result_unmatched"] += 1
+            else:
+                fut.set_result((result, started))
+        elif t == bm.STATUS:
+            _, uptime, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, sf, bw_hz, fw = msg
+            if self.bridge_status.get("firmware") != fw:
+                log.info("radio bridge", extra={"port": self.port, "firmware": fw, "freq_hz": freq_hz, "sf": sf})
+            self.bridge_status = {"uptime_s": uptime, "rx_ok": rx_ok, "rx_dropped": rx_dropped, "tx_ok": tx_ok,
+                                  "tx_refused": tx_refused, "freq_hz": freq_hz, "sf": sf, "bw_hz": bw_hz,
+                                  "firmware": fw[:64]}
+            self.counts["bridge_status"] += 1
+        else:  # a host-to-bridge message coming back: an echoing line or a loop
+            self.counts["bridge_unexpected"] += 1
+            report_reject(self.pipeline, "malformed", TRANSPORT_BRIDGE, self._limiter, log,
+                          f"bridge message type 0x{t:02x} travels host to bridge, not back")
+
+    def _spawn_ping(self) -> None:
+        async def ping() -> None:
+            try:
+                await self._write(framing.encode(bm.encode_ping()))
+            except DownlinkError:
+                pass  # the line went again; the next connection pings again
+        asyncio.get_running_loop().create_task(ping())
 
     # -- downlinks ---------------------------------------------------------
 
     async def send_downlink(self, frame: bytes, reception: Reception) -> None:
-        """Write `frame` to the line now; raises DownlinkError when the port is down or stuck."""
+        """Write `frame` to the line now (a wired node); raises DownlinkError when the port is down or stuck."""
         try:
             await self._write(framing.encode(frame))
         except DownlinkError as e:
             self.counts[f"downlink_{e.reason}"] += 1
             raise
         self.counts["downlinks_sent"] += 1
+
+    async def transmit(self, frame: bytes, up: "BridgeUplink") -> None:
+        """Have the bridge send `frame` in the RX1 window of uplink `up`; raises DownlinkError."""
+        try:
+            await self._transmit(frame, up)
+        except DownlinkError as e:
+            self.counts[f"downlink_{e.reason}"] += 1
+            raise
+        self.counts["downlinks_sent"] += 1
+
+    async def _transmit(self, frame: bytes, up: "BridgeUplink") -> None:
+        left = up.heard_at + self.rx_delay - time.monotonic()
+        if left < self.send_margin:
+            raise DownlinkError("too_late", f"{left * 1000:.0f} ms before RX1, need {self.send_margin * 1000:.0f}")
+        self._tx_id = tx_id = (self._tx_id + 1) & 0xFFFF
+        try:
+            msg = bm.encode_tx(tx_id, frame, up.freq_hz, up.sf, up.bw_hz, self.tx_power,
+                               (up.tmst + int(self.rx_delay * 1000)) & 0xFFFFFFFF)
+        except bm.BridgeMessageError as e:
+            raise DownlinkError("bad_request", str(e)) from None
+        try:
+            airtime = lora.airtime_ms(len(frame), up.sf, up.bw_hz) / 1000
+        except ValueError:
+            airtime = 10.0
+        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._tx_pending[tx_id] = fut
+        try:
+            await self._write(framing.encode(msg))
+            try:
+                result, _started = await asyncio.wait_for(asyncio.shield(fut), left + airtime + TX_RESULT_GRACE_S)
+            except asyncio.TimeoutError:
+                raise DownlinkError("timeout", "no TX_RESULT from the bridge") from None
+        finally:
+            self._tx_pending.pop(tx_id, None)
+        if result != bm.TX_SENT:
+            raise DownlinkError(TX_RESULTS.get(result, f"result_{result}"), "the radio bridge refused the downlink")
 
     async def _write(self, data: bytes) -> None:
         async with self._write_lock:  # one packet at a time: bytes of two packets never interleave
@@ -231,3 +350,21 @@ class SerialTransport:
                                                f"within {self.write_timeout:g} s") from None
             except (pyserial.SerialException, OSError, ConnectionError) as e:
                 raise DownlinkError("disconnected", str(e)) from e
+
+
+class BridgeUplink:
+    """How to answer in the RX1 window of a frame a radio bridge heard: that Reception's DownlinkPath."""
+
+    __slots__ = ("transport", "tmst", "freq_hz", "sf", "bw_hz", "heard_at")
+
+    def __init__(self, transport: SerialTransport, tmst: int, freq_hz: int, sf: int, bw_hz: int,
+                 heard_at: float) -> None:
+        self.transport = transport
+        self.tmst = tmst  # bridge ms clock at the end of reception
+        self.freq_hz = freq_hz
+        self.sf = sf
+        self.bw_hz = bw_hz
+        self.heard_at = heard_at  # our monotonic clock when the RX arrived
+
+    async def send_downlink(self, frame: bytes, reception: Reception) -> None:
+        await self.transport.transmit(frame, self)
