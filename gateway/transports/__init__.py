@@ -17,6 +17,7 @@ Shared here:
                  be handed to the radio or wire (the caller keeps it queued)
   Ingestor       a bounded queue in front of pipeline.submit for callbacks
   report_reject  pipeline.reject, guarded
+  LineDrops      turns protocol.serial.Decoder drop counters into rejections
 
 Nothing received from the air or a wire may raise out of a transport: each
 entry point catches, counts and logs instead, through gateway.logs.RateLimiter
@@ -32,7 +33,7 @@ from typing import Protocol
 from gateway.logs import RateLimiter
 from gateway.model import Reception
 
-__all__ = ["DownlinkError", "Ingestor", "Pipeline", "node_id_of", "report_reject"]
+__all__ = ["DownlinkError", "Ingestor", "LineDrops", "Pipeline", "node_id_of", "report_reject"]
 
 # Receptions that may wait for the pipeline in a transport's queue: under a
 # flood, memory stays flat (8192 x a 255-byte frame is about 2 MB, plus the
@@ -154,3 +155,35 @@ def report_reject(pipeline: Pipeline, reason: str, transport: str, limiter: Rate
     except Exception:
         if limiter.allow("reject_error")[0]:
             logger.exception("pipeline.reject failed", extra={"transport": transport})
+
+
+class LineDrops:
+    """Reports what a protocol.serial.Decoder dropped as pipeline rejections, once each.
+
+    Mapping (SPEC §8): bad CRC -> "bad_crc"; invalid COBS, or a packet too
+    short to hold its CRC -> "bad_cobs"; more payload than the decoder's
+    limit -> "oversized". Used by every transport that carries the serial
+    framing (serial lines, and BLE, which carries the same byte stream).
+    """
+
+    KINDS = (("dropped_crc", "bad_crc"), ("dropped_cobs", "bad_cobs"), ("dropped_short", "bad_cobs"),
+             ("dropped_overlong", "oversized"))
+
+    def __init__(self, pipeline: Pipeline, transport: str, limiter: RateLimiter, logger: logging.Logger) -> None:
+        self.pipeline = pipeline
+        self.transport = transport
+        self.limiter = limiter
+        self.log = logger
+        self._seen = dict.fromkeys((a for a, _ in self.KINDS), 0)
+        self.counts = dict.fromkeys((r for _, r in self.KINDS), 0)
+
+    def report(self, decoder: object) -> None:
+        """Call after each feed(): rejects every drop since the last call."""
+        for attr, reason in self.KINDS:
+            n = getattr(decoder, attr)
+            new = n - self._seen[attr]
+            if new:
+                self._seen[attr] = n
+                self.counts[reason] += new
+                for _ in range(new):
+                    report_reject(self.pipeline, reason, self.transport, self.limiter, self.log)

@@ -53,7 +53,7 @@ import serial_asyncio_fast
 from gateway.logs import RateLimiter
 from gateway.model import Reception
 from firmware import bridge_msg as bm
-from gateway.transports import DownlinkError, Pipeline, report_reject
+from gateway.transports import DownlinkError, LineDrops, Pipeline, report_reject
 from protocol import lora
 from protocol import serial as framing
 
@@ -75,9 +75,6 @@ TX_RESULT_GRACE_S = 2.0  # TX_RESULT comes after the transmission; later than it
 TX_RESULTS = {bm.TX_TOO_LATE: "too_late", bm.TX_TOO_EARLY: "too_early", bm.TX_DUTY_CYCLE: "duty_cycle",
               bm.TX_BUSY: "busy", bm.TX_BAD_REQUEST: "bad_request", bm.TX_RADIO_ERROR: "radio_error"}
 
-# Decoder counter -> rejection reason.
-_DROPS = (("dropped_crc", "bad_crc"), ("dropped_cobs", "bad_cobs"), ("dropped_short", "bad_cobs"),
-          ("dropped_overlong", "oversized"))
 
 
 class SerialTransport:
@@ -114,12 +111,12 @@ class SerialTransport:
         self._tx_pending: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self.decoder = framing.Decoder(max_frame)
         self.counts: Counter[str] = Counter()
-        self._seen_drops = dict.fromkeys((a for a, _ in _DROPS), 0)
         self._writer: asyncio.StreamWriter | None = None
         self._write_lock = asyncio.Lock()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._limiter = RateLimiter()
+        self._drops = LineDrops(pipeline, TRANSPORT, self._limiter, log)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -144,6 +141,7 @@ class SerialTransport:
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics: bytes, packets, drops by reason, (re)connections, the bridge's STATUS."""
         out: dict[str, Any] = dict(self.counts)
+        out.update({f"dropped_{r}": n for r, n in self._drops.counts.items()})
         out["connected"] = int(self.connected)
         if self.bridge_status:
             out["bridge"] = dict(self.bridge_status)
@@ -216,20 +214,9 @@ class SerialTransport:
                 if self._limiter.allow("internal_error")[0]:
                     log.exception("serial decoder failed", extra={"port": self.port})
                 continue
-            self._report_drops()
+            self._drops.report(self.decoder)
             for payload in payloads:
                 await self._packet(payload)
-
-    def _report_drops(self) -> None:
-        d = self.decoder
-        for attr, reason in _DROPS:
-            n = getattr(d, attr)
-            new = n - self._seen_drops[attr]
-            if new:
-                self._seen_drops[attr] = n
-                self.counts[f"dropped_{reason}"] += new
-                for _ in range(new):
-                    report_reject(self.pipeline, reason, TRANSPORT, self._limiter, log)
 
     async def _packet(self, payload: bytes) -> None:
         self.counts["packets"] += 1
