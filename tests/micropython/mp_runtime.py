@@ -1,0 +1,123 @@
+# The node runtime with the real apps inside real MicroPython, on the
+# StepClock: a scripted day per app, faults injected, a reboot. The gateway
+# side is protocol/ code (mpnode.MiniGateway). Node code loads from .mpy.
+import asyncio
+
+import mpnode
+from firmware.runtime import Node
+from protocol import messages as m
+
+MPY = True
+H = 3600 * 1000
+
+
+def level_at(hal, name, t_ms):
+    v = 0
+    for t, val in hal.changes(name):
+        if t <= t_ms:
+            v = val
+    return v
+
+
+def common_checks(gw, node):
+    assert gw.rejected == 0
+    assert gw.heard[0][1] == m.HELLO, gw.heard[0]
+    counters = [h[2] for h in gw.heard]
+    assert counters == sorted(counters) and len(set(counters)) == len(counters)
+    assert gw.max_frame <= 51, gw.max_frame
+    assert node.time() is not None  # synced by the gateway's TIME after HELLO
+    assert node.app_faults == 0, node.last_error
+
+
+async def test_lighting_day():
+    clock = mpnode.new_clock()
+    hal, node, gw, tasks, world = mpnode.start_node(clock, "lighting")
+    walkers = asyncio.create_task(world.pedestrians(clock, (22 * 3600 + 1800, 25 * 3600)))
+    await clock.run_for(24 * H)
+    mpnode.stop(hal, tasks)
+    walkers.cancel()
+    common_checks(gw, node)
+    reports = gw.of_type(m.LIGHT)
+    assert 90 <= len(reports) <= 100, len(reports)
+    # Paris at midsummer: sunset about 19:58 UTC, sunrise about 03:47 UTC
+    assert level_at(hal, "lamp", 12 * H) == 0
+    assert level_at(hal, "lamp", 20 * H + 15 * 60000) > 0
+    assert level_at(hal, "lamp", 23 * H) > 0
+    last = reports[-1][3]
+    assert last[2] > 0, last  # energy metered, Wh
+    assert any(r[3].get(5, 0) > 0 for r in reports), "presence never reported"
+    assert len(gw.of_type(m.STATUS)) >= 3
+
+
+async def test_irrigation_day():
+    clock = mpnode.new_clock()
+    hal, node, gw, tasks, world = mpnode.start_node(clock, "irrigation")
+    await clock.run_for(24 * H)
+    mpnode.stop(hal, tasks)
+    common_checks(gw, node)
+    z1 = hal.changes("zone1")
+    assert z1 and z1[0][1] == 0  # closed at boot
+    opens = [t for t, v in z1 if v == 1]
+    assert len(opens) == 1 and 5 * H <= opens[0] <= 5 * H + 120000, z1
+    assert level_at(hal, "zone1", 5 * H + 25 * 60000) == 0
+    assert level_at(hal, "zone2", 5 * H + 35 * 60000) == 1
+    assert level_at(hal, "master", 12 * H) == 0
+    volume = gw.of_type(m.IRRIGATION)[-1][3][3]
+    assert 330 <= volume <= 380, volume  # 12 L/min x 20 min + 8 L/min x 15 min
+    assert not gw.of_type(m.EVENT), gw.of_type(m.EVENT)
+
+
+def faulty(app_class, at_ms):
+    class Faulty(app_class):
+        async def run(self):
+            task = asyncio.create_task(app_class.run(self))
+            while self.hal.ticks_ms() < at_ms:
+                await self.hal.sleep_ms(1000)
+            task.cancel()
+            self.hal.pwm_write("lamp", 0)
+            self.hal.pin_write("zone1", 1)
+            raise ZeroDivisionError("injected")
+    return Faulty
+
+
+async def test_faults_leave_the_lamp_on_and_the_valves_closed():
+    from firmware.irrigation import Irrigation
+    from firmware.lighting import Lighting
+
+    # each node on its own clock, started shortly before its fault
+    night = mpnode.new_clock(mpnode.MIDSUMMER + 21 * 3600)  # 21:00 UTC, dark in Paris
+    lamp = mpnode.start_node(night, "lighting", app_class=faulty(Lighting, H))
+    await night.run_for(H + 5000)
+    hal, node = lamp[0], lamp[1]
+    assert level_at(hal, "lamp", H - 60000) > 0  # the profile had it on
+    assert node.app_faults == 1 and "injected" in node.last_error
+    assert hal.pwm["lamp"] == 1000  # dark-by-bug became fully on
+    ev = [h[3] for h in lamp[2].of_type(m.EVENT)]
+    assert ev and ev[0][0] == m.EV_APP_EXCEPTION and ev[0][1] == m.SEV_ALARM
+    mpnode.stop(lamp[0], lamp[3])
+
+    dawn = mpnode.new_clock(mpnode.MIDSUMMER + 4 * 3600 + 50 * 60)  # 04:50 UTC, watering at 05:00
+    water = mpnode.start_node(dawn, "irrigation", app_class=faulty(Irrigation, 15 * 60000))
+    await dawn.run_for(15 * 60000 + 5000)
+    whal, wnode = water[0], water[1]
+    assert level_at(whal, "zone1", 12 * 60000) == 1  # it was watering
+    assert wnode.app_faults == 1
+    assert [whal.pins.get(z, 0) for z in ("master", "zone1", "zone2")] == [0, 0, 0]
+    mpnode.stop(water[0], water[3])
+
+
+async def test_reboot_keeps_counters_unique():
+    clock = mpnode.new_clock()
+    storage = {}
+    hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage)
+    await clock.run_for(H)
+    mpnode.stop(hal, tasks)
+    first = [h[2] for h in gw.heard]
+    hal, node, gw2, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage,
+                                                 reset_cause=m.RST_WATCHDOG)
+    await clock.run_for(H)
+    mpnode.stop(hal, tasks)
+    second = [h[2] for h in gw2.heard]
+    assert first[0] == 0 and second[0] == 256 and max(first) < 256
+    assert gw2.heard[0][3][4] == m.RST_WATCHDOG
+    assert any(h[3][0] == m.EV_WATCHDOG_RESET for h in gw2.of_type(m.EVENT))

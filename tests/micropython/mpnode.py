@@ -1,0 +1,158 @@
+# Helpers to run whole nodes under MicroPython (and CPython): a small gateway
+# built from protocol/ only, and the two worlds the apps live in. Used by
+# mp_runtime.py and by bench/firmware_memory.py. Plain MicroPython.
+import asyncio
+import json
+
+from firmware import config
+from firmware.hal_sim import SimHAL, StepClock
+from firmware.radio import memory_link
+from firmware.runtime import Node
+from protocol import frame as fr
+from protocol import messages as m
+from protocol.keys import NodeKeys
+
+ROOT_HEX = "000102030405060708090a0b0c0d0e0f"
+NODE_ID = 0x00A1B2C3
+# 2026-06-21 00:00 UTC: midsummer, the shortest night at the test latitude
+MIDSUMMER = 1782000000 - (1782000000 % 86400)
+
+
+class MiniGateway:
+    """Verifies uplinks with protocol/, answers in RX1: TIME after HELLO, ACK for alarms."""
+
+    def __init__(self, hal, radio, node_id=NODE_ID, clock=None):
+        self.hal = hal
+        self.radio = radio
+        self.clock = clock
+        self.keys = NodeKeys(node_id, bytes.fromhex(ROOT_HEX))
+        self.window = fr.ReplayWindow()
+        self.heard = []  # (ticks_ms, mtype, counter, body, frame length)
+        self.rejected = 0
+        self.pending = []
+        self.down = 0
+        self.max_frame = 0
+
+    def seal(self, mtype, body):
+        raw = fr.seal(self.keys, mtype, self.down, m.encode(mtype, body))
+        self.down += 1
+        return raw
+
+    async def run(self):
+        while True:
+            r = await self.radio.recv(3600000)
+            if r is None:
+                continue
+            try:
+                f, plain = fr.unseal(self.keys, r[0], self.window)
+                body = m.decode(f.mtype, plain)
+            except ValueError:
+                self.rejected += 1
+                continue
+            n = len(r[0])
+            if n > self.max_frame:
+                self.max_frame = n
+            self.heard.append((self.hal.ticks_ms(), f.mtype, f.counter, body, n))
+            replies = []
+            if (f.mtype == m.HELLO or (f.mtype == m.STATUS and not body.get(1))) and self.clock is not None:
+                replies.append(self.seal(m.TIME, {0: self.clock.unix()}))
+            for mtype, b in self.pending:
+                replies.append(self.seal(mtype, b))
+            self.pending = []
+            alarm = f.mtype == m.EVENT and body.get(1, 0) >= m.SEV_ALARM
+            if alarm or len(replies) > 1:
+                ack = {0: f.counter}
+                if replies:
+                    ack[1] = len(replies)
+                replies.insert(0, self.seal(m.ACK, ack))
+            if replies:
+                asyncio.create_task(self._answer(replies))
+
+    async def _answer(self, replies):
+        await self.hal.sleep_ms(1000)
+        for raw in replies:
+            await self.radio.send(raw)
+
+    def of_type(self, mtype):
+        return [h for h in self.heard if h[1] == mtype]
+
+
+def node_config(kind, **section):
+    d = {"node_id": NODE_ID, "kind": kind, "root_key": ROOT_HEX, "report_interval_s": 900,
+         "status_interval_s": 21600, "location": {"lat": 48.8566, "lon": 2.3522}}
+    if kind == "lighting":
+        d["lighting"] = section or {"full_ma": 500}
+    else:
+        d["irrigation"] = section or {
+            "zones": [{"flow_dlpm": 120, "moisture": 1}, {"flow_dlpm": 80}],
+            "schedule": [[1, 127, 300, 20], [2, 127, 330, 15]],  # 05:00 and 05:30 every day
+            "utc_offset_min": 0,
+        }
+    return config.load(json.dumps(d).encode())
+
+
+class LampWorld:
+    """Lamp current follows the PWM (a healthy LED driver), a passer-by now and then."""
+
+    def __init__(self, hal, full_ma=500):
+        self.hal = hal
+        hal.set_adc("lamp_current", lambda: hal.pwm.get("lamp", 0) * full_ma // 1000)
+        hal.set_adc("ambient", 2500)
+        hal.set_adc("supply", 0)
+
+    async def pedestrians(self, clock, times_s):
+        for t in times_s:
+            while clock.ms() < t * 1000:
+                await self.hal.sleep_ms(t * 1000 - clock.ms())
+            self.hal.set_pin("pir", 1)
+            await self.hal.sleep_ms(3000)
+            self.hal.set_pin("pir", 0)
+
+
+class WaterWorld:
+    """Flow through the meter: the open zones' rates while the master valve is open."""
+
+    def __init__(self, hal, flows_lpm=(12, 8, 0, 0), ppl=450):
+        self.hal = hal
+        self.flows = flows_lpm
+        self.ppl = ppl
+        hal.on_output = self._changed
+        for z in range(1, 5):
+            hal.set_adc("moisture%d" % z, 2300)  # about 18 % volumetric: dry enough to water
+        hal.set_pin("rain", 0)
+
+    def _changed(self, name, value):
+        pins = self.hal.pins
+        lpm = 0
+        if pins.get("master", 0):
+            for z in range(4):
+                if pins.get("zone%d" % (z + 1), 0):
+                    lpm += self.flows[z]
+        self.hal.set_pulse_rate("flow", lpm * self.ppl / 60)
+
+
+def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True):
+    """(hal, node, gateway, tasks): one node and its gateway on `clock`, running."""
+    hal = SimHAL(clock, storage=storage, reset_cause=reset_cause)
+    gw_hal = SimHAL(clock)
+    node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
+    if app_class is None:
+        if kind == "lighting":
+            from firmware.lighting import Lighting as app_class
+        else:
+            from firmware.irrigation import Irrigation as app_class
+    world = LampWorld(hal) if kind == "lighting" else WaterWorld(hal)
+    node = Node(node_config(kind), hal, node_radio, app_class, hello_jitter_ms=0, watchdog=watchdog)
+    gw = MiniGateway(gw_hal, gw_radio, clock=clock)
+    tasks = [asyncio.create_task(gw.run()), asyncio.create_task(node.run())]
+    return hal, node, gw, tasks, world
+
+
+def stop(hal, tasks):
+    for t in tasks:
+        t.cancel()
+    hal.power_off()
+
+
+def new_clock(unix0=MIDSUMMER):
+    return StepClock(unix0)
