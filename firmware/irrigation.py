@@ -51,8 +51,8 @@ from protocol import messages as m
 
 try:
     from micropython import const
-except ImportError:
-    def const(x):
+except ImportError:  # CPython: the compiler's constant folding is MicroPython's
+    def const(x):  # type: ignore[misc]
         return x
 
 MAX_ZONES = 4

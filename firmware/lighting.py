@@ -57,8 +57,8 @@ from firmware import astro
 
 try:
     from micropython import const
-except ImportError:
-    def const(x):
+except ImportError:  # CPython: the compiler's constant folding is MicroPython's
+    def const(x):  # type: ignore[misc]
         return x
 
 MAX_STEPS = 8  # a COMMAND carries at most 24 args: 8 steps of 3
@@ -117,9 +117,8 @@ def parse_profile(args):
     return tuple(steps)
 
 
-def check(section):
-    """Validated settings of the config's "lighting" section (ValueError names the key)."""
-    s = {}
+def _ints(section):
+    out = {}
     for key in section:
         if key not in SETTINGS and key != "profile":
             raise ValueError("lighting.%s: unknown setting" % key)
@@ -130,7 +129,13 @@ def check(section):
             v = int(v)
         if type(v) is not int or v < lo or v > hi:
             raise ValueError("lighting.%s: %r is not an integer in %d..%d" % (key, v, lo, hi))
-        s[key] = v
+        out[key] = v
+    return out
+
+
+def check(section):
+    """Validated settings of the config's "lighting" section (ValueError names the key)."""
+    s = _ints(section)
     if s["ambient_on_mv"] >= s["ambient_off_mv"]:
         raise ValueError("lighting.ambient_on_mv must be below ambient_off_mv (hysteresis)")
     prof = section.get("profile")
