@@ -357,6 +357,7 @@ class Channel:
         self._sym = {sf: lora.symbol_us(sf, p.bw_hz) for sf in range(SF_MIN, SF_MAX + 1)}
         self._noise = noise_floor_dbm(p.bw_hz, p.noise_figure_db)
         self._airtime: dict[tuple[int, int], int] = {}
+        self._bands: dict[int, int] = {}
         self.counts: dict[str, int] = {}
 
     # ------------------------------------------------------------ topology
@@ -456,6 +457,12 @@ class Channel:
         dc = self._gw(gateway).dc
         return sum(dc.used_ms(b) for b in range(lora.N_BANDS))
 
+    def _band(self, freq_hz: int) -> int:
+        b = self._bands.get(freq_hz)
+        if b is None:
+            b = self._bands[freq_hz] = lora.band_for(freq_hz, self.params.bw_hz)
+        return b
+
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
 
@@ -476,13 +483,13 @@ class Channel:
         self._check(length, sf)
         node = self._node(node_id)
         p = self.params
-        start = _us(start_ms)
+        start = int(round(start_ms * 1000))
         if start < self._clock:
             raise ValueError(f"uplinks must be registered in start order: {start_ms} ms is before "
                              f"{self._clock / 1000} ms")
         self._clock = start
         up = Uplink(node_id, start, sf, freq_hz, length, payload)
-        band = lora.band_for(freq_hz, p.bw_hz)
+        band = self._band(freq_hz)
         if length > lora.max_payload(sf):
             return self._refuse(up, REFUSED_TOO_LONG)
         if start < node.busy_until:
@@ -540,8 +547,7 @@ class Channel:
             if act is None:
                 act = g.active[key] = []
             elif act:
-                if any(e[0] <= start for e in act):
-                    act[:] = [e for e in act if e[0] > start]
+                act[:] = [e for e in act if e[0] > start]
                 for o_end, o_rssi, o_h in act:
                     # Every entry overlaps (it ends after our start); it only
                     # harms anyone if it reaches into our last lock symbols.
@@ -581,7 +587,7 @@ class Channel:
         if start < self._clock:
             raise ValueError(f"a downlink cannot start in the past ({start_ms} ms < {self._clock / 1000} ms)")
         dl = Downlink(g.site.id, node_id, start, sf, freq_hz, length, payload)
-        band = lora.band_for(freq_hz, p.bw_hz)
+        band = self._band(freq_hz)
         if not g.up:
             return self._refuse(dl, GATEWAY_DOWN)
         if length > lora.max_payload(sf):
