@@ -9,6 +9,8 @@ import sys
 import zoneinfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT
 from simulator import channel as ch
@@ -299,3 +301,24 @@ def test_readme_documents_every_key_the_shipped_scenarios_use():
     for path in SCENARIOS.glob("*.toml"):
         for key in re.findall(r"^\s*([a-z_]+)\s*=", path.read_text(encoding="utf-8"), re.M):
             assert f"`{key}`" in readme, f"{path.name}: {key} is not documented in simulator/README.md"
+
+
+VALUES = ["0", "-1", "1e308", "nan", "inf", '"x"', '""', "[]", "[[1, 2]]", "[1, 2]", "true", "{}", "{a = 1}",
+          "2026-01-01T00:00:00Z", "2026-01-01", '"1h"', '"05:00"', '"auto"', "12", "0.5", '"hata"']
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(VALUES)), min_size=1, max_size=4),
+       st.booleans())
+def test_any_edit_gives_a_scenario_or_a_scenario_error(edits, add_fault):
+    """Whatever value lands on whatever key, the parser answers with a ScenarioError, never a crash."""
+    text = MINIMAL + ('\n[[faults]]\nkind = "leak"\ntarget = "p-1"\nafter = "1h"\n' if add_fault else "")
+    lines = text.splitlines()
+    keyed = [i for i, ln in enumerate(lines) if "=" in ln]
+    for pick, value in edits:
+        i = keyed[pick % len(keyed)]
+        lines[i] = lines[i].split("=", 1)[0] + "= " + value
+    try:
+        S.loads("\n".join(lines), "fuzz.toml")
+    except S.ScenarioError as e:
+        assert str(e).startswith("fuzz.toml: ")
