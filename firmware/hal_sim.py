@@ -145,6 +145,30 @@ class StepClock:
         # coroutine yields through JS setTimeout (about 1 ms per yield).
         await asyncio.create_task(self._drive(end_ms))
 
+    async def step(self, end_ms):
+        """Deliver the wake-ups of the next instant (if due by end_ms) and let them run.
+
+        False when nothing sleeps until end_ms (time then moves to end_ms).
+        For a driver that inspects the node between scheduler steps (the
+        memory benchmark); run_for is the fast path.
+        """
+        return await asyncio.create_task(self._step(end_ms))
+
+    async def _step(self, end_ms):
+        await self.settle()
+        heap = self._heap
+        if not heap or heap[0][0] > end_ms:
+            if end_ms > self._ms:
+                self._ms = end_ms
+            return False
+        when = heap[0][0]
+        self._ms = when
+        while heap and heap[0][0] == when:
+            heapq.heappop(heap)[2].set()
+            self.steps += 1
+        await self.settle()
+        return True
+
     async def settle(self):
         """Yield until no task is runnable (all wait on the clock or on events)."""
         q, loop = _run_queue()
@@ -188,6 +212,7 @@ class SimHAL(HAL):
     drift_ppm      local oscillator error: ticks and wall time run fast (+) or slow
     heap_free      what free_heap() answers (the WebAssembly port's gc.mem_free
                    is meaningless, and CPython has none)
+    history_max    output changes kept in `history` (0: none, for memory benchmarks)
 
     Inputs (each takes a value or a callable evaluated at read time, so a
     world model can tie, say, lamp current to the PWM output):
@@ -204,7 +229,7 @@ class SimHAL(HAL):
     """
 
     def __init__(self, clock, storage=None, storage_dir=None, reset_cause=_m.RST_POWER_ON,
-                 time_known=False, drift_ppm=0, heap_free=100000):
+                 time_known=False, drift_ppm=0, heap_free=100000, history_max=HISTORY_MAX):
         self.clock = clock
         self.storage = {} if storage is None else storage
         self.storage_dir = storage_dir
@@ -221,6 +246,7 @@ class SimHAL(HAL):
         self.pins = {}
         self.pwm = {}
         self.history = []
+        self.history_max = history_max
         self.on_output = None
         self.on_reset = None
         self.writes = {}
@@ -299,10 +325,11 @@ class SimHAL(HAL):
         if table.get(name) == value:
             return
         table[name] = value
-        h = self.history
-        h.append((self.ticks_ms(), name, value))
-        if len(h) > HISTORY_MAX:
-            del h[:HISTORY_MAX // 2]
+        if self.history_max:
+            h = self.history
+            h.append((self.ticks_ms(), name, value))
+            if len(h) > self.history_max:
+                del h[:self.history_max // 2]
         if self.on_output is not None:
             self.on_output(name, value)
 

@@ -18,3 +18,14 @@ def test_protocol_bench_prints_its_figures():
     # the ratio is derived from the two rates it reports (both rounded)
     assert abs(result["lumeau_cost_ratio"] - result["floor_frames_per_s"] / result["lumeau_frames_per_s"]) < 0.02
     assert result["max_frame_bytes"] <= 51
+
+
+def test_firmware_memory_bench_prints_its_figures():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "0.1",
+                          "--apps", "lighting"], capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out)
+    app = result["apps"]["lighting"]
+    assert app["total"] == app["code_heap"] + app["runtime_heap"]
+    assert app["code_heap"] > 10_000 and app["mpy_bundle"] > 10_000 and app["samples"] > 5
+    assert app["frames_rejected"] == 0 and app["frames_heard"] >= 1 and app["app_faults"] == 0
+    assert abs(app["runtime_bar_ratio"] - app["runtime_heap"] / result["runtime_bar"]) < 0.01

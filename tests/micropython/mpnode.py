@@ -21,7 +21,9 @@ MIDSUMMER = 1782000000 - (1782000000 % 86400)
 class MiniGateway:
     """Verifies uplinks with protocol/, answers in RX1: TIME after HELLO, ACK for alarms."""
 
-    def __init__(self, hal, radio, node_id=NODE_ID, clock=None):
+    def __init__(self, hal, radio, node_id=NODE_ID, clock=None, keep=True):
+        self.keep = keep  # False: count, do not keep what was heard (memory benchmark)
+        self.count = 0
         self.hal = hal
         self.radio = radio
         self.clock = clock
@@ -52,7 +54,9 @@ class MiniGateway:
             n = len(r[0])
             if n > self.max_frame:
                 self.max_frame = n
-            self.heard.append((self.hal.ticks_ms(), f.mtype, f.counter, body, n))
+            self.count += 1
+            if self.keep:
+                self.heard.append((self.hal.ticks_ms(), f.mtype, f.counter, body, n))
             replies = []
             if (f.mtype == m.HELLO or (f.mtype == m.STATUS and not body.get(1))) and self.clock is not None:
                 replies.append(self.seal(m.TIME, {0: self.clock.unix()}))
@@ -131,9 +135,13 @@ class WaterWorld:
         self.hal.set_pulse_rate("flow", lpm * self.ppl / 60)
 
 
-def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True):
-    """(hal, node, gateway, tasks): one node and its gateway on `clock`, running."""
-    hal = SimHAL(clock, storage=storage, reset_cause=reset_cause)
+def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True,
+               lean=False):
+    """(hal, node, gateway, tasks, world): one node and its gateway on `clock`, running.
+
+    lean: keep no history (output changes, frames heard), for memory measurements.
+    """
+    hal = SimHAL(clock, storage=storage, reset_cause=reset_cause, history_max=0 if lean else 20000)
     gw_hal = SimHAL(clock)
     node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
     if app_class is None:
@@ -143,7 +151,7 @@ def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=
             from firmware.irrigation import Irrigation as app_class
     world = LampWorld(hal) if kind == "lighting" else WaterWorld(hal)
     node = Node(node_config(kind), hal, node_radio, app_class, hello_jitter_ms=0, watchdog=watchdog)
-    gw = MiniGateway(gw_hal, gw_radio, clock=clock)
+    gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
     tasks = [asyncio.create_task(gw.run()), asyncio.create_task(node.run())]
     return hal, node, gw, tasks, world
 
