@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 from gateway.model import Downlink, Reception, Record
@@ -91,7 +92,7 @@ class Downlinks:
         self._last_sent: dict[int, float] = {}  # downlink id -> when it was last handed to a radio
         self._last_rx: dict[int, Reception] = {}  # node -> last reception on an immediate transport
         self._collect: dict[tuple[int, int], list[Reception]] = {}
-        self._early: dict[tuple[int, int], list[Reception]] = {}
+        self._early: OrderedDict[tuple[int, int], list[Reception]] = OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
@@ -198,7 +199,7 @@ class Downlinks:
             return
         # heard again before the first copy's commit: remembered until on_uplink (bounded)
         if len(self._early) >= EARLY_MAX:
-            del self._early[next(iter(self._early))]
+            self._early.popitem(last=False)
         self._early.setdefault(key, []).append(reception)
 
     # ------------------------------------------------------------ sending

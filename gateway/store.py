@@ -50,6 +50,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -248,7 +249,9 @@ class Store:
         self._next_seq = 1
         self._next_dl_id = 1
         self._count = 0  # records queued (maintained by the writer thread)
-        self._recent: dict[tuple[int, int], _Recent] = {}
+        # insertion-ordered, evicted from the front: OrderedDict.popitem(last=False) is O(1), where
+        # deleting a plain dict's first key again and again makes finding the next one O(n)
+        self._recent: OrderedDict[tuple[int, int], _Recent] = OrderedDict()
         self._windows: dict[int, tuple[int, int]] = {}
         self._states: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
@@ -380,7 +383,7 @@ class Store:
         for i, (record, window) in enumerate(items):
             appends.append((seq + i, record, window, many, i))
             if len(recent) >= RECENT_MAX:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
             recent[(record.node_id, record.counter)] = _Recent(seq + i, record)
             if window is not None:
                 windows[window[0]] = (window[1], window[2])

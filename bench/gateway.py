@@ -1,0 +1,269 @@
+"""Gateway throughput on one core: the whole pipeline against the floor of the same work.
+
+`python bench/gateway.py --json [--frames N] [--nodes N] [--dup F]`
+
+The gateway side runs in this process, pinned to one CPU (the store's writer
+thread included): receptions go through `pipeline.submit` exactly as the
+transports hand them over -- parse, registry lookup, MIC, replay window,
+dedup (a fraction `--dup` of the frames is heard by a second radio), decode
+and check, named fields, durable group-committed insert (WAL,
+synchronous=FULL) -- while the real upstream batches the records (native
+JSON, gzip, bearer token) to a real `lumeau sink` process on another CPU
+and deletes them once it answered 2xx.
+
+Figures:
+- `pipeline_frames_per_s`: frames until the last one is committed;
+- `end_to_end_frames_per_s`: frames until the sink acknowledged the last
+  one and the queue is empty: the sustained rate (the bar: >= 20,000);
+- `floor_frames_per_s`: in the same process on the same CPU, the same
+  frames through the least this work can cost in CPython: cbor2.loads +
+  hmac.digest (+ compare_digest) + a batched SQLite insert (executemany,
+  one commit per group of the size the store's groups averaged, WAL,
+  synchronous=FULL);
+- `cost_ratio` = floor / end_to_end (the bar: <= 3);
+- `peak_rss_mb` (ru_maxrss: the high-water mark of this process, frames
+  included) and `rss_before_mb` (after building the frames, before the run).
+
+Frames are built before the clock starts (sealed with cbor2 bodies: the
+deterministic encoding of int-keyed maps is the same in both codecs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hmac
+import json
+import os
+import platform
+import random
+import re
+import resource
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cbor2  # noqa: E402
+
+from gateway.model import Reception  # noqa: E402
+from gateway.pipeline import Pipeline  # noqa: E402
+from gateway.registry import NodeEntry, Registry  # noqa: E402
+from gateway.service import GC_THRESHOLDS  # noqa: E402
+from gateway.store import Store  # noqa: E402
+from gateway.upstream import Upstream  # noqa: E402
+from protocol import frame  # noqa: E402
+from protocol import messages as m  # noqa: E402
+
+BAR_FRAMES_PER_S = 20_000
+BAR_RATIO = 3.0
+
+
+def build(n_frames: int, n_nodes: int, dup: float, seed: int = 1) -> tuple[Registry, list[Reception], list[bytes]]:
+    rnd = random.Random(seed)
+    reg = Registry(Path(tempfile.gettempdir()) / "unused-registry.toml")
+    for n in range(1, n_nodes + 1):
+        reg.upsert(NodeEntry(node_id=n, kind="lighting" if n % 3 else "irrigation",
+                             root_key=rnd.getrandbits(128).to_bytes(16, "big")))
+    counters = [0] * (n_nodes + 1)
+    recs: list[Reception] = []
+    frames: list[bytes] = []
+    t0 = 1_800_000_000.0
+    for i in range(n_frames):
+        n = i % n_nodes + 1
+        counters[n] += 1
+        if n % 3:
+            mtype, body = m.LIGHT, {0: rnd.randint(0, 100), 1: rnd.randint(0, 2500), 2: rnd.randint(0, 10**7),
+                                    3: rnd.randint(0, 0x7F), 4: rnd.randint(0, 50_000), 5: rnd.randint(0, 500),
+                                    6: rnd.randint(0, 2000)}
+        else:
+            mtype, body = m.IRRIGATION, {0: bytes(rnd.randint(0, 200) for _ in range(4)), 1: rnd.randint(0, 0x8F),
+                                         2: rnd.randint(0, 5000), 3: rnd.randint(0, 10**8), 4: rnd.randint(0, 3),
+                                         5: rnd.randint(11000, 26000), 6: 0}
+        raw = frame.seal(reg.get(n).keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
+        frames.append(raw)
+        t = t0 + i * 0.001
+        recs.append(Reception(raw, "udp", "udp:0000000000000001", t, rssi=-90.0 - rnd.random() * 20, snr=5.0))
+        if rnd.random() < dup:
+            recs.append(Reception(raw, "udp", "udp:0000000000000002", t, rssi=-100.0, snr=1.0))
+    return reg, recs, frames
+
+
+def serve_null_sink() -> None:
+    """A receiver that decompresses, parses and counts each batch, stores nothing: the gateway's own limit."""
+    from aiohttp import web
+
+    token = "Bearer " + os.environ["BENCH_SINK_TOKEN"]
+
+    async def post(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != token:
+            return web.json_response({"error": "token"}, status=401)
+        doc = json.loads(await request.read())  # aiohttp undid the gzip
+        return web.json_response({"accepted": len(doc["records"]), "duplicates": 0})
+
+    async def main() -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/records", post)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(f"null sink listening on http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start_sink(tmp: Path, token: str, cpu: int | None, null: bool = False) -> tuple[subprocess.Popen, str]:
+    tok = tmp / "sink.token"
+    tok.write_text(token)
+    tok.chmod(0o600)
+    cmd = [sys.executable, "-m", "lumeau", "sink", "--db", str(tmp / "sink.db"), "--port", "0",
+           "--token-file", str(tok)]
+    if null:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-null-sink"]
+    os.environ["BENCH_SINK_TOKEN"] = token
+    pre = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=pre,
+                            cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        mt = re.search(r"listening on (http://\S+)", line)
+        if mt:
+            return proc, mt.group(1).rstrip("/") + "/v1/records"
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("lumeau sink did not start")
+
+
+async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str, token: str,
+                      batch: int) -> dict:
+    store = await Store.open(tmp / "gateway.db")
+    pipeline = Pipeline(reg, store)
+    up = Upstream(store, url, token=token, batch_size=batch, max_age=0.05, gateway_id="bench")
+    pipeline.listeners.append(lambda _n: up.notify())
+    await up.start()
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    for r in recs:
+        await pipeline.submit(r)
+    await pipeline.drain()
+    t_pipeline = time.perf_counter() - t0
+    while store.count() or store.next_batch(1):
+        await asyncio.sleep(0.005)
+    t_end = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    stats = up.stats()
+    await up.stop()
+    out = {"t_pipeline": t_pipeline, "t_end": t_end, "cpu": cpu, "accepted": pipeline.accepted, "duplicates": pipeline.duplicates,
+           "rejected": sum(pipeline.rejected.values()), "commits": store.commits,
+           "mean_group": store.committed_records / max(1, store.commits), "upstream_requests": stats["requests"],
+           "upstream_records_sent": stats["records_sent"]}
+    await store.close()
+    return out
+
+
+def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int) -> float:
+    keys = {n.node_id: n.keys.mic_up.key for n in reg}
+    c = sqlite3.connect(tmp / "floor.db", isolation_level=None)
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute("PRAGMA synchronous = FULL")
+    c.execute("CREATE TABLE r (seq INTEGER PRIMARY KEY, node_id INTEGER, counter INTEGER, body BLOB)")
+    t0 = time.perf_counter()
+    rows = []
+    for raw in frames:
+        node = int.from_bytes(raw[1:5], "big")
+        if not hmac.compare_digest(hmac.digest(keys[node], raw[:-4], "sha256")[:4], raw[-4:]):
+            raise AssertionError("floor: MIC")
+        body = raw[9:-4]
+        cbor2.loads(body)
+        rows.append((node, int.from_bytes(raw[5:9], "big"), body))
+        if len(rows) >= group:
+            c.execute("BEGIN")
+            c.executemany("INSERT INTO r (node_id, counter, body) VALUES (?, ?, ?)", rows)
+            c.execute("COMMIT")
+            rows = []
+    if rows:
+        c.execute("BEGIN")
+        c.executemany("INSERT INTO r (node_id, counter, body) VALUES (?, ?, ?)", rows)
+        c.execute("COMMIT")
+    dt = time.perf_counter() - t0
+    c.close()
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the default output anyway)")
+    ap.add_argument("--frames", type=int, default=100_000)
+    ap.add_argument("--nodes", type=int, default=2000)
+    ap.add_argument("--dup", type=float, default=0.2, help="fraction of frames heard by a second radio")
+    ap.add_argument("--batch", type=int, default=500, help="upstream batch size")
+    ap.add_argument("--serve-null-sink", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_null_sink:
+        serve_null_sink()
+        return 0
+
+    cpus = sorted(os.sched_getaffinity(0))
+    gw_cpu = cpus[0]
+    sink_cpu = cpus[1] if len(cpus) > 1 else None
+    os.sched_setaffinity(0, {gw_cpu})
+    reg, recs, frames = build(args.frames, args.nodes, args.dup)
+    # The inputs are the bench's, not the gateway's: keep the cyclic GC from rescanning them
+    # (the service freezes its own startup objects the same way, gateway/service.py).
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    token = secrets.token_urlsafe(24)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="lumeau-bench-") as d:
+        tmp = Path(d)
+        for name, null in (("lumeau_sink", False), ("null_sink", True)):
+            run_dir = tmp / name
+            run_dir.mkdir()
+            sink, url = start_sink(run_dir, token, sink_cpu, null)
+            try:
+                results[name] = asyncio.run(run_gateway(run_dir, reg, recs, url, token, args.batch))
+            finally:
+                sink.terminate()
+                sink.wait(10)
+        g = results["lumeau_sink"]
+        t_floor = run_floor(tmp, reg, frames, max(1, round(g["mean_group"])))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = len(frames)
+    floor = n / t_floor
+    out = {"frames": n, "receptions": len(recs), "nodes": args.nodes, "dup_fraction": args.dup,
+           "floor_frames_per_s": round(floor)}
+    for name, r in results.items():
+        e2e = n / r["t_end"]
+        out[name] = {
+            "pipeline_frames_per_s": round(n / r["t_pipeline"]),
+            "end_to_end_frames_per_s": round(e2e),
+            "cost_ratio": round(floor / e2e, 2),
+            "meets_bar": e2e >= BAR_FRAMES_PER_S and floor / e2e <= BAR_RATIO,
+            "gateway_cpu_busy": round(r["cpu"] / r["t_end"], 2),
+            "accepted": r["accepted"], "duplicates": r["duplicates"], "rejected": r["rejected"],
+            "store_commits": r["commits"], "mean_group": round(r["mean_group"], 1),
+            "upstream_requests": r["upstream_requests"], "upstream_records_sent": r["upstream_records_sent"],
+        }
+    out.update({
+        "bar_frames_per_s": BAR_FRAMES_PER_S, "bar_ratio": BAR_RATIO, "upstream_batch": args.batch,
+        "rss_before_mb": round(rss_before / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
+        "gateway_cpu": gw_cpu, "sink_cpu": sink_cpu, "load_average_1min": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "machine": platform.machine(),
+    })
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""bench/gateway.py runs end to end (real sink processes) and prints one JSON object; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_gateway_bench_prints_its_figures():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gateway.py"), "--json", "--frames", "600",
+                          "--nodes", "50", "--batch", "100"], capture_output=True, text=True, timeout=180,
+                         check=True).stdout
+    r = json.loads(out)
+    assert r["frames"] == 600 and r["receptions"] > 600 and r["floor_frames_per_s"] > 0
+    for name in ("lumeau_sink", "null_sink"):
+        run = r[name]
+        # every frame went through: stored once, every copy counted, all delivered upstream
+        assert run["accepted"] == 600 and run["duplicates"] == r["receptions"] - 600 and run["rejected"] == 0
+        assert run["upstream_records_sent"] == 600
+        assert abs(run["cost_ratio"] - r["floor_frames_per_s"] / run["end_to_end_frames_per_s"]) < 0.05
+    assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
