@@ -19,6 +19,7 @@ from firmware import astro
 from firmware.hal_sim import SimHAL
 from firmware.lighting import DEFAULT_PROFILE, Lighting, check
 from firmware.store import Store
+from protocol import frame
 from protocol import messages as m
 
 LAT, LON = 48.85, 2.35  # Paris
@@ -83,7 +84,8 @@ def make(clock, unix_time_known=True, cfg=None, storage=None, **hal_kw):
 def encode_report(app):
     mtype, body = app.report()
     assert mtype == m.LIGHT
-    m.encode(m.LIGHT, body)  # every report must be a valid LIGHT body
+    cbor = m.encode(m.LIGHT, body)  # every report must be a valid LIGHT body ...
+    assert frame.HEADER_LEN + len(cbor) + frame.MIC_LEN <= 51  # ... in a frame legal at SF12
     return body
 
 
@@ -664,3 +666,27 @@ def test_settings_defaults_and_json_profile():
     s = check({"profile": [[0, -15, 80], [1, 15, 0]], "current_sensor": False})
     assert s["profile"] == ((0, -15, 80), (1, 15, 0))
     assert s["current_sensor"] == 0 and s["power_w"] == 60
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(-1000, 70000), st.integers(-1000, 70000), st.booleans(),
+                          st.one_of(st.none(), st.integers(0, 2**32 - 1)), st.integers(0, 120_000)),
+                min_size=1, max_size=30))
+def test_any_sensor_readings_never_crash_the_loop(readings):
+    clock = _FixedClock()
+    now = [0]
+    clock.ms = lambda: now[0]
+    hal = SimHAL(clock, time_known=True)
+    app = Lighting(CFG, hal, AppNode(hal))
+    for current, ambient, pir, unix, dt in readings:
+        hal.set_adc("lamp_current", current)
+        hal.set_adc("ambient", ambient)
+        hal.set_pin("pir", pir)
+        if unix is None:
+            hal.lose_time()
+        else:
+            hal.set_time(unix)
+        now[0] += dt
+        app.step()
+        assert 0 <= hal.pwm["lamp"] <= 1000
+        encode_report(app)
