@@ -5,13 +5,16 @@
 # Profile. Up to MAX_STEPS steps (anchor, offset min, level %), anchors
 # protocol.messages.ANCHOR_* (sunset, sunrise, night midpoint = "virtual
 # midnight", halfway between sunset and the next sunrise). Each local night is
-# planned once, noon to noon (local mean solar time from the longitude): steps
-# are resolved in profile order and a step that would fall before the one
-# ahead of it is moved up to it, so a short summer night skips steps instead
-# of reordering them. The level is that of the latest step at or before now
-# (0 before the first); a profile ends with an off step (no off step: the last
-# level holds until local noon, when the next plan starts dark). Polar night:
-# the night runs noon to noon; polar day: no night, lamp off.
+# planned once, noon to noon (local mean solar time from the longitude). An
+# offset counted into the night stops at its other end (sunset + 4 h on a
+# 3-hour night falls at sunrise; sunrise - 90 min no earlier than sunset; the
+# midpoint's steps stay within the night). Steps are then taken in profile
+# order and a step that would fall before the one ahead of it is moved up to
+# it, so a short summer night skips steps instead of reordering them. The
+# level is that of the latest step at or before now (0 before the first); a
+# profile ends with an off step (no off step: the last level holds until
+# local noon, when the next plan starts dark). Polar night: the night runs
+# noon to noon; polar day: no night, lamp off.
 # DEFAULT_PROFILE: 100 % at sunset, 50 % four hours later (about 23:00 at
 # mid-latitudes in spring), 30 % from virtual midnight, 100 % from 90 minutes
 # before sunrise, off at sunrise: about 35 % less energy than full power all
@@ -231,7 +234,17 @@ class Lighting:
         prev = 0
         i = 0
         for a, off, lv in self.profile:
-            t = (sset if a == m.ANCHOR_SUNSET else srise if a == m.ANCHOR_SUNRISE else mid) + off * 60
+            # an offset counted into the night stops at its other end
+            if a == m.ANCHOR_SUNSET:
+                t = sset + off * 60
+                if off > 0 and t > srise:
+                    t = srise
+            elif a == m.ANCHOR_SUNRISE:
+                t = srise + off * 60
+                if off < 0 and t < sset:
+                    t = sset
+            else:
+                t = min(max(mid + off * 60, sset), srise)
             if t < prev:
                 t = prev
             if t > 86400:

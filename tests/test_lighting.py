@@ -178,6 +178,27 @@ class _FixedClock:
         return 0
 
 
+@pytest.mark.parametrize("lat, lon", [(69.65, 18.96), (59.91, 10.75), (0.0, -78.5), (-54.8, -68.3)])
+def test_every_night_of_a_year_is_lit_from_sunset_to_sunrise(lat, lon):
+    # the default profile: full at sunset, off at sunrise, whatever the night's length
+    # (on the shortest nights near the polar circle "sunset + 4 h" falls at sunrise)
+    app = Lighting({"location": {"lat": lat, "lon": lon}, "lighting": {}}, SimHAL(_FixedClock()), None)
+    lon_s = int(round(lon * 240))
+    first = astro.days_from_civil(2026, 1, 1)
+    for day in range(first, first + 365):
+        sset = astro.sun_times_day(lat, lon, day)[1]
+        srise = astro.sun_times_day(lat, lon, day + 1)[0]
+        start = day * 86400 + 43200 - lon_s
+        if sset is not None and srise is not None:
+            sunset, sunrise = day * 86400 + sset, (day + 1) * 86400 + srise
+            assert app.schedule(sunset + 30) == (True, 100), day
+            assert app.schedule(sunrise - 30)[1] > 0, day
+            assert app.schedule(sunrise + 30) == (False, 0), day
+        else:
+            dark = not astro.polar_day(lat, lon, day)
+            assert app.schedule(start + 43200)[0] == dark, day
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     lat=st.floats(-60.0, 60.0),
