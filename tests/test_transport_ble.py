@@ -85,6 +85,7 @@ class Air:
     def __init__(self) -> None:
         self.peripherals: dict[str, Peripheral] = {}
         self.scanners: list["SimScanner"] = []
+        self.adapter_missing = 0  # the next n scanner starts fail as without an adapter
         air = self
 
         class Scanner(SimScanner):
@@ -116,6 +117,9 @@ class SimScanner(BaseBleakScanner):
         self.air = air
 
     async def start(self) -> None:
+        if self.air.adapter_missing:
+            self.air.adapter_missing -= 1
+            raise BleakError("No Bluetooth adapters found.")
         self.seen_devices = {}
         self.air.scanners.append(self)
 
@@ -374,6 +378,36 @@ async def test_corrupt_notifications_are_rejected_by_reason(gw):
         await gw.wait(lambda: sum(gw.rejected("ble").values()) == 2)
         assert gw.rejected("ble") == {"bad_crc": 1, "bad_cobs": 1}
         assert [rec.counter for rec, _ in gw.seen.uplinks] == [2]
+    finally:
+        await t.stop()
+
+
+async def test_periodic_scanning_finds_nodes_and_keeps_links_between_scans(gw):
+    air = Air()
+    first = air.add(Peripheral(air, "C0:FF:EE:00:02:01", 1))
+    t = await transport(gw, air, scan_interval=0.3, scan_window=0.1)
+    try:
+        await until(lambda: first.subscriber is not None, advertise=air)
+        await until(lambda: not air.scanners)  # the window closed...
+        assert first.subscriber is not None  # ...and the link stayed up
+        late = air.add(Peripheral(air, "C0:FF:EE:00:02:02", 2))
+        air.advertise()
+        await asyncio.sleep(0.02)
+        assert late.connects == 0  # nobody listens between windows
+        await until(lambda: late.subscriber is not None, advertise=air)  # found in the next window
+        assert t.stats()["scans"] >= 2
+    finally:
+        await t.stop()
+
+
+async def test_a_missing_adapter_is_retried_not_fatal(gw):
+    air = Air()
+    air.adapter_missing = 2
+    node = air.add(Peripheral(air, "C0:FF:EE:00:03:01", 1))
+    t = await transport(gw, air)  # start() does not raise: the other transports keep running
+    try:
+        await until(lambda: node.subscriber is not None, advertise=air)
+        assert t.stats()["scan_errors"] == 2
     finally:
         await t.stop()
 

@@ -9,8 +9,12 @@ works at every ATT MTU (20-byte notifications at the default MTU of 23) and
 resynchronises after anything lost, with the same decoder as a serial line.
 
 What this module does:
-- scans continuously for advertisements of the service (a passive or an
-  active scan; bleak picks the adapter);
+- scans for advertisements of the service: continuously, or, with
+  `scan_interval`, for `scan_window` (5 s: nodes advertise every 0.1-1 s)
+  every `scan_interval` seconds -- links already up stay up, scanning only
+  finds new nodes, and many adapters connect more reliably while not
+  scanning. A missing adapter is retried (backoff up to `retry_max`), not
+  fatal: the other transports keep running;
 - connects to each node it hears, at most `max_connections` at a time
   (7: what common controllers handle with BlueZ), skipping node ids that
   `node_filter` refuses (when the scan response names one);
@@ -64,6 +68,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_RETRY_MIN_S = 2.0
 DEFAULT_RETRY_MAX_S = 60.0
 DEFAULT_WRITE_TIMEOUT_S = 5.0
+DEFAULT_SCAN_WINDOW_S = 5.0
 WRITE_MAX = 512  # the longest attribute value a write with response carries (ATT)
 MAX_TRACKED = 4096
 
@@ -178,10 +183,13 @@ class BleTransport:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, retry_min: float = DEFAULT_RETRY_MIN_S,
                  retry_max: float = DEFAULT_RETRY_MAX_S, write_timeout: float = DEFAULT_WRITE_TIMEOUT_S,
-                 max_frame: int = framing.DEFAULT_MAX_FRAME, scanner_backend: type | None = None,
+                 max_frame: int = framing.DEFAULT_MAX_FRAME, scan_interval: float | None = None,
+                 scan_window: float = DEFAULT_SCAN_WINDOW_S, scanner_backend: type | None = None,
                  client_backend: type | None = None, ingestor: Ingestor | None = None) -> None:
         if max_connections < 1 or not 0 < retry_min <= retry_max:
             raise ValueError("need max_connections >= 1 and 0 < retry_min <= retry_max")
+        if scan_window <= 0 or (scan_interval is not None and scan_interval <= 0):
+            raise ValueError("scan_window and scan_interval must be positive")
         self.pipeline = pipeline
         self.adapter = adapter
         self.node_filter = node_filter
@@ -191,6 +199,8 @@ class BleTransport:
         self.retry_max = retry_max
         self.write_timeout = write_timeout
         self.max_frame = max_frame
+        self.scan_interval = scan_interval
+        self.scan_window = scan_window
         self.scanner_backend = scanner_backend
         self.client_backend = client_backend
         self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
@@ -202,6 +212,8 @@ class BleTransport:
         self._retry: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (not before, last delay)
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanner: BleakScanner | None = None
+        self._scan_task: asyncio.Task[None] | None = None
+        self.scanning = False
 
     async def start(self) -> None:
         self.ingestor.start()
@@ -211,16 +223,47 @@ class BleTransport:
         if self.adapter:
             kw["bluez"] = {"adapter": self.adapter}
         self._scanner = BleakScanner(self._on_advertisement, **kw)
-        await self._scanner.start()
-        log.info("ble scanning", extra={"service": SERVICE_UUID, "transport": TRANSPORT})
+        self._scan_task = asyncio.create_task(self._scan_loop(), name="ble-scan")
 
-    async def stop(self) -> None:
-        if self._scanner is not None:
+    async def _scan_loop(self) -> None:
+        assert self._scanner is not None
+        delay = self.retry_min
+        while True:
+            try:
+                await self._scanner.start()
+            except (BleakError, OSError) as e:  # no adapter (yet), or it is busy
+                self.counts["scan_errors"] += 1
+                if self.limiter.allow("scan_error")[0]:
+                    log.error("ble scan cannot start, retrying in %.0f s: %s", delay, e,
+                              extra={"transport": TRANSPORT})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = self.retry_min
+            self.scanning = True
+            self.counts["scans"] += 1
+            if self.scan_interval is None:
+                log.info("ble scanning", extra={"service": SERVICE_UUID, "transport": TRANSPORT})
+                return  # continuously from now on
+            await asyncio.sleep(self.scan_window)
+            await self._stop_scanner()
+            await asyncio.sleep(max(0.0, self.scan_interval - self.scan_window))
+
+    async def _stop_scanner(self) -> None:
+        if self.scanning and self._scanner is not None:
+            self.scanning = False
             try:
                 await self._scanner.stop()
             except (BleakError, OSError):
                 pass
-            self._scanner = None
+
+    async def stop(self) -> None:
+        if self._scan_task is not None:
+            self._scan_task.cancel()
+            await asyncio.gather(self._scan_task, return_exceptions=True)
+            self._scan_task = None
+        await self._stop_scanner()
+        self._scanner = None
         for link in list(self.links.values()):
             await link.close()
         if self._tasks:
@@ -234,6 +277,7 @@ class BleTransport:
         out: dict[str, Any] = dict(self.counts)
         out.update({f"dropped_{r}": n for r, n in self.drops.counts.items()})
         out["links"] = len(self.links)
+        out["scanning"] = int(self.scanning)
         out["ingest_dropped"] = self.ingestor.dropped
         return out
 
