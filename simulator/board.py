@@ -1,0 +1,782 @@
+"""The virtual board: a pseudo-terminal that behaves like a MicroPython board on USB.
+
+`lumeau sim board` opens a pty and answers on it exactly as a board's USB serial
+REPL does, backed by real MicroPython (the WebAssembly port under Node.js, see
+board_engine.mjs), so mpremote, `lumeau node flash` and a terminal work against it
+unchanged:
+
+- friendly REPL (``>>>``, ``...`` continuation, Ctrl-E paste mode), raw REPL
+  (Ctrl-A; ``OK``, output, ``\\x04``, traceback, ``\\x04``, ``>``) and raw-paste mode
+  (``\\x05A\\x01``, window flow control) as in MicroPython's shared/runtime/pyexec.c;
+- Ctrl-C interrupts a running program (KeyboardInterrupt where it waits: asyncio,
+  time.sleep); Ctrl-D at an empty prompt, ``sys.exit()`` or ``machine.soft_reset()``
+  soft-reset the board: a fresh interpreter, ``MPY: soft reboot``, ``boot.py``, and
+  ``main.py`` unless the raw REPL is active (so tools get a clean raw REPL);
+- power-on runs ``boot.py`` then ``main.py``; ``machine.reset()`` and a watchdog that
+  was not fed (``machine.WDT``) hard-reset it;
+- a filesystem of ``fs_size`` bytes (4 KiB blocks) mirrored in a host directory: files
+  survive resets and restarts of the board, and a full board fails writes with
+  ``OSError: 28`` (ENOSPC) as littlefs on a board does;
+- ``corrupt`` globs (board paths) flip one bit of each matching file when it is
+  written, to test that a flashing tool verifies what it wrote;
+- UARTs as more ptys: ``vboard.UART(1)`` on the board is the hook for a node's serial
+  link or radio (simulator/vboard/vboard.py documents it).
+
+Limits (all named here): a program stuck in a loop that never waits cannot see
+Ctrl-C; after ``interrupt_grace_s`` the board is hard-reset instead and that boot
+skips ``main.py`` (as holding a board's safe-boot button would), so a stuck
+``main.py`` cannot lock a tool out. Console output waiting for a reader is buffered
+up to OUTPUT_BUFFER_MAX bytes per pty, then dropped, as a USB serial port with no
+host drops it. ``sys.stdin`` is not connected to the serial line (the REPL is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codeop
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import sys
+import tty
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("lumeau.board")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ENGINE = HERE / "board_engine.mjs"
+VBOARD_DIR = HERE / "vboard"
+MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
+
+DEFAULT_FS_SIZE = 2 * 1024 * 1024  # about what an ESP32 with 4 MB flash leaves for files
+BLOCK_SIZE = 4096  # littlefs block on ESP32 / RP2040 flash
+DEFAULT_HEAP = 128 * 1024  # initial GC heap; the WebAssembly port grows it on demand
+RAW_PASTE_WINDOW = 128  # MICROPY_REPL_STDIN_BUFFER_MAX (256) / 2, as most ports
+INTERRUPT_GRACE_S = 3.0  # Ctrl-C not honoured within this: hard reset, safe boot
+ENGINE_BOOT_TIMEOUT_S = 20.0
+OUTPUT_BUFFER_MAX = 64 * 1024  # per pty, when nobody reads
+MACHINE = "Lumeau virtual board with WebAssembly"
+
+CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
+
+# Results of an execution, from simulator/vboard/_vbdrv.py.
+OK, ERROR, EXIT, INTERRUPT, ABSENT = "ok", "error", "exit", "interrupt", "absent"
+
+
+class BoardError(RuntimeError):
+    """The virtual board cannot run (no Node.js, no MicroPython, engine crash at boot)."""
+
+
+@dataclass
+class BoardOptions:
+    flash_dir: Path
+    fs_size: int = DEFAULT_FS_SIZE
+    link: Path | None = None
+    uart_links: dict[int, Path | None] = field(default_factory=dict)
+    corrupt: list[str] = field(default_factory=list)
+    heap: int = DEFAULT_HEAP
+    name: str = "vboard"
+    interrupt_grace_s: float = INTERRUPT_GRACE_S
+
+
+def node_executable() -> str:
+    node = os.environ.get("LUMEAU_NODE") or shutil.which("node")
+    if not node or not shutil.which(node):
+        raise BoardError("Node.js not found: the virtual board runs MicroPython's WebAssembly port "
+                         "under Node.js 20 (set LUMEAU_NODE, or install Node.js and run `make setup`)")
+    if not MICROPYTHON_MJS.exists():
+        raise BoardError(f"{MICROPYTHON_MJS} is missing: run `make setup` (npm ci)")
+    return node
+
+
+def needs_more_input(src: str) -> bool:
+    """Whether the friendly REPL shows ``...`` for more (pyexec's mp_repl_continue_with_input).
+
+    CPython's codeop decides; MicroPython's grammar is a subset, and anything codeop
+    calls invalid is handed to MicroPython, which reports it as the board would.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return codeop.compile_command(src, "<stdin>", "single") is None
+        except (SyntaxError, ValueError, OverflowError):
+            return False
+
+
+class Pty:
+    """A pseudo-terminal pair: the board holds the master; clients open ``path``.
+
+    The board also keeps the slave open, so a client closing the port does not
+    hang the line up (reads on the master would fail with EIO), and sets it raw:
+    no echo, no newline translation, like a USB serial port.
+    """
+
+    def __init__(self, link: Path | None):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        self.link = link
+        if link is not None:
+            link.unlink(missing_ok=True)
+            link.symlink_to(self.path)
+        self._out = bytearray()
+        self._writing = False
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        if len(self._out) + len(data) > OUTPUT_BUFFER_MAX:
+            self.dropped += len(data)
+            return
+        self._out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._out:
+            try:
+                n = os.write(self.master, self._out)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.debug("pty write: %s", e)
+                self._out.clear()
+                break
+            del self._out[:n]
+        if self._out and not self._writing:
+            loop.add_writer(self.master, self._flush)
+            self._writing = True
+        elif not self._out and self._writing:
+            loop.remove_writer(self.master)
+            self._writing = False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_writer(self.master)
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.link is not None and self.link.is_symlink():
+            self.link.unlink(missing_ok=True)
+
+
+class Engine:
+    """One boot of the board's interpreter: a Node.js process running board_engine.mjs."""
+
+    def __init__(self, board: VirtualBoard, reset_cause: str):
+        self.board = board
+        self.reset_cause = reset_cause
+        self.proc: asyncio.subprocess.Process | None = None
+        self._wfd = -1
+        self._out = bytearray()
+        self._writing = False
+        self.booted: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._tasks: list[asyncio.Task] = []
+        self.stopping = False
+        self.stderr_tail: list[str] = []
+
+    async def start(self) -> dict:
+        opts = self.board.opts
+        cfg = {
+            "micropython": str(MICROPYTHON_MJS),
+            "fsdir": str(opts.flash_dir),
+            "fs_size": opts.fs_size,
+            "block_size": BLOCK_SIZE,
+            "corrupt": opts.corrupt,
+            "heap": opts.heap,
+            "reset_cause": self.reset_cause,
+            "vboard_dir": str(VBOARD_DIR),
+            "machine": MACHINE,
+            "name": opts.name,
+            "uarts": sorted(opts.uart_links),
+        }
+        r, w = os.pipe()
+        os.set_blocking(r, False)  # the engine polls it between steps of the board's code
+        os.set_blocking(w, False)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                node_executable(), str(ENGINE), json.dumps(cfg),
+                stdin=r, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        finally:
+            os.close(r)
+        self._wfd = w
+        self._tasks = [asyncio.create_task(self._read_frames()), asyncio.create_task(self._read_stderr())]
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.booted), ENGINE_BOOT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise BoardError(f"the MicroPython engine did not boot within {ENGINE_BOOT_TIMEOUT_S:g} s") from None
+
+    def send(self, ftype: str, payload: bytes | str = b"") -> None:
+        if isinstance(payload, str):
+            payload = payload.encode()
+        self._out += ftype.encode() + struct.pack(">I", len(payload)) + payload
+        self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._out:
+            try:
+                n = os.write(self._wfd, self._out)
+            except BlockingIOError:
+                break
+            except OSError:  # the engine is gone; its reader reports it
+                self._out.clear()
+                break
+            del self._out[:n]
+        if self._out and not self._writing:
+            loop.add_writer(self._wfd, self._flush)
+            self._writing = True
+        elif not self._out and self._writing:
+            loop.remove_writer(self._wfd)
+            self._writing = False
+
+    async def _read_frames(self) -> None:
+        assert self.proc and self.proc.stdout
+        try:
+            while True:
+                head = await self.proc.stdout.readexactly(5)
+                payload = await self.proc.stdout.readexactly(struct.unpack(">I", head[1:])[0])
+                ftype = chr(head[0])
+                if ftype == "B":
+                    if not self.booted.done():
+                        self.booted.set_result(json.loads(payload))
+                else:
+                    self.board._engine_frame(self, ftype, payload)
+        except asyncio.IncompleteReadError:
+            pass
+        rc = await self.proc.wait()
+        if not self.booted.done():
+            tail = "\n".join(self.stderr_tail[-10:])
+            self.booted.set_exception(BoardError(f"the MicroPython engine exited with code {rc} at boot:\n{tail}"))
+        elif not self.stopping:
+            self.board._engine_died(self, rc)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        while line := await self.proc.stderr.readline():
+            text = line.decode("utf-8", "replace").rstrip()[:300]  # Node prints whole minified lines
+            if text.strip():
+                self.stderr_tail = (self.stderr_tail + [text])[-50:]
+                log.debug("engine: %s", text)
+
+    async def stop(self, kill: bool = False) -> None:
+        self.stopping = True
+        if self.proc and self.proc.returncode is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.send("Q")
+            try:
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        for t in self._tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_writer(self._wfd)
+        if self._wfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._wfd)
+            self._wfd = -1
+
+
+class _Reset(Exception):
+    def __init__(self, cause: str):
+        self.cause = cause
+
+
+FORCED_EXIT = "forced_exit"
+
+
+class VirtualBoard:
+    """The board: ptys, one Engine per boot, and the REPL protocol (pyexec) on the console."""
+
+    def __init__(self, opts: BoardOptions):
+        self.opts = opts
+        self.mode = "friendly"  # or "raw": survives soft resets, as pyexec_mode_kind does
+        self.console: Pty | None = None
+        self.uarts: dict[int, Pty] = {}
+        self.banner = b""
+        self.info: dict = {}
+        self.boots = 0
+        self.ready = asyncio.Event()  # the first boot's engine is up
+        self._inq = bytearray()
+        self._in_event = asyncio.Event()
+        self._engine: Engine | None = None
+        self._exec_future: asyncio.Future[str] | None = None
+        self._print_eof = False
+        self._error_marked = False
+        self._escalation: asyncio.TimerHandle | None = None
+        self._safe_boot = False
+        self._wdt_ms: int | None = None
+        self._wdt_timer: asyncio.TimerHandle | None = None
+        self._session: asyncio.Task | None = None
+        self._next_cause: str | None = None
+        self._interrupts_sent = 0  # Ctrl-C sent to the engine during the current execution
+        self._booting = False  # from power-on/reset until main.py starts (or the REPL)
+        self._boot_interrupt = False  # a Ctrl-C that arrived while booting: it is main.py's
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Power the board on and run it until cancelled."""
+        node_executable()  # fail fast with a clear message
+        self.opts.flash_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self.console = Pty(self.opts.link)
+        loop.add_reader(self.console.master, self._on_console)
+        for n, link in self.opts.uart_links.items():
+            self.uarts[n] = Pty(link)
+            loop.add_reader(self.uarts[n].master, self._on_uart, n)
+        cause = "power_on"
+        try:
+            while True:
+                self._next_cause = None
+                self._session = asyncio.create_task(self._run_session(cause))
+                try:
+                    cause = await self._session
+                except asyncio.CancelledError:
+                    if self._next_cause is None:
+                        raise
+                    cause = self._next_cause
+                if cause == "soft":
+                    self.console.write(b"MPY: soft reboot\r\n")
+                else:
+                    self.mode = "friendly"  # RAM is cleared: pyexec starts in the friendly REPL
+        finally:
+            if self._session and not self._session.done():
+                self._session.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._session
+            if self._engine:
+                await self._engine.stop()
+            self._cancel_timers()
+            for pty in [self.console, *self.uarts.values()]:
+                if pty is not None:
+                    with contextlib.suppress(Exception):
+                        loop.remove_reader(pty.master)
+                    pty.close()
+
+    def _cancel_timers(self) -> None:
+        for h in (self._escalation, self._wdt_timer):
+            if h is not None:
+                h.cancel()
+        self._escalation = None
+
+    def _reset(self, cause: str) -> None:
+        """Hard reset from outside the session: watchdog, machine.reset(), stuck program, crash."""
+        if self._next_cause is not None or self._session is None or self._session.done():
+            return
+        log.info("virtual board %s: hard reset (%s)", self.opts.name, cause)
+        self._next_cause = cause
+        if self._wdt_timer is not None:
+            self._wdt_timer.cancel()
+        self._wdt_ms = None  # a hard reset stops the watchdog (a soft reset does not)
+        self._session.cancel()
+
+    async def _run_session(self, cause: str) -> str:
+        engine = Engine(self, cause)
+        self._engine = engine
+        self.boots += 1
+        try:
+            self._booting = True
+            self._boot_interrupt = False
+            self.info = await engine.start()
+            self.banner = self.info["banner"].encode()
+            self.ready.set()
+            if await self._exec_file("boot.py") == EXIT:
+                return "soft"
+            self._booting = False
+            if self.mode == "friendly" and not self._safe_boot:
+                # A Ctrl-C sent while the board was booting (a tool connecting right
+                # after a reset) must stop main.py, or a main.py that runs forever
+                # would lock the tool out: the board's own window here is microseconds.
+                if await self._exec_file("main.py", interrupt=self._boot_interrupt) == EXIT:
+                    return "soft"
+            elif self._boot_interrupt:
+                self._inq[0:0] = bytes([CTRL_C])
+            self._boot_interrupt = False
+            self._safe_boot = False
+            while True:
+                ret = await (self._raw_repl() if self.mode == "raw" else self._friendly_repl())
+                if ret == FORCED_EXIT:
+                    return "soft"
+        finally:
+            self._exec_future = None
+            if self._escalation is not None:
+                self._escalation.cancel()
+                self._escalation = None
+            await engine.stop(kill=self._next_cause is not None)
+            self._engine = None
+
+    # -- the serial line ------------------------------------------------------------
+
+    def _on_console(self) -> None:
+        assert self.console is not None
+        try:
+            data = os.read(self.console.master, 4096)
+        except (BlockingIOError, OSError):
+            return
+        running = self._exec_future is not None and not self._exec_future.done()
+        for b in data:
+            if b == CTRL_C and running:
+                # The interrupt character never reaches the input buffer while code runs.
+                self._interrupt()
+            elif b == CTRL_C and self._booting:
+                self._boot_interrupt = True
+            else:
+                self._inq.append(b)
+        self._in_event.set()
+
+    def _interrupt(self) -> None:
+        assert self._engine is not None
+        self._engine.send("C")
+        self._interrupts_sent += 1
+        if self._escalation is None:
+            self._escalation = asyncio.get_running_loop().call_later(self.opts.interrupt_grace_s, self._stuck)
+
+    def _stuck(self) -> None:
+        self._escalation = None
+        if self._exec_future is not None and not self._exec_future.done():
+            log.warning("virtual board %s: program ignored Ctrl-C for %g s (a loop that never waits); "
+                        "hard reset, main.py skipped once", self.opts.name, self.opts.interrupt_grace_s)
+            self._safe_boot = True
+            self._reset("hard")
+
+    def _on_uart(self, n: int) -> None:
+        try:
+            data = os.read(self.uarts[n].master, 4096)
+        except (BlockingIOError, OSError):
+            return
+        if self._engine is not None and data:
+            self._engine.send("U", bytes([n]) + data)
+
+    def _write(self, data: bytes) -> None:
+        assert self.console is not None
+        self.console.write(data)
+
+    async def _getc(self) -> int:
+        while not self._inq:
+            self._in_event.clear()
+            await self._in_event.wait()
+        c = self._inq[0]
+        del self._inq[0]
+        return c
+
+    # -- the engine -------------------------------------------------------------------
+
+    def _engine_frame(self, engine: Engine, ftype: str, payload: bytes) -> None:
+        if engine is not self._engine:
+            return
+        if ftype == "O":
+            self._write(payload)
+        elif ftype == "E":
+            if self._print_eof:
+                self._write(b"\x04")
+            self._error_marked = True
+        elif ftype == "D":
+            if self._exec_future is not None and not self._exec_future.done():
+                done = json.loads(payload)
+                # Ctrl-C still in flight when the code ended: the board would find it
+                # in its input buffer afterwards (while booting: main.py gets it).
+                if self._interrupts_sent > done.get("interrupts", 0):
+                    if self._booting:
+                        self._boot_interrupt = True
+                    else:
+                        self._inq[0:0] = bytes([CTRL_C])
+                        self._in_event.set()
+                self._exec_future.set_result(done["status"])
+        elif ftype == "U":
+            pty = self.uarts.get(payload[0])
+            if pty is not None:
+                pty.write(payload[1:])
+        elif ftype == "R":
+            self._reset(json.loads(payload).get("kind", "hard"))
+        elif ftype == "W":
+            msg = json.loads(payload)
+            if "timeout" in msg:
+                self._wdt_ms = max(1, int(msg["timeout"]))
+            self._arm_watchdog()
+        elif ftype == "L":
+            log.info("virtual board %s: %s", self.opts.name, payload.decode("utf-8", "replace"))
+
+    def _arm_watchdog(self) -> None:
+        if self._wdt_timer is not None:
+            self._wdt_timer.cancel()
+        if self._wdt_ms is not None:
+            self._wdt_timer = asyncio.get_running_loop().call_later(self._wdt_ms / 1000, self._reset, "watchdog")
+
+    def _engine_died(self, engine: Engine, rc: int | None) -> None:
+        if engine is self._engine:
+            log.warning("virtual board %s: MicroPython engine exited (code %s): %s", self.opts.name, rc,
+                        " | ".join(engine.stderr_tail[-3:]))
+            self._reset("hard")
+
+    async def _exec(self, ftype: str, job: dict, print_eof: bool, interrupt: bool = False) -> str:
+        assert self._engine is not None
+        self._print_eof = print_eof
+        self._error_marked = False
+        self._interrupts_sent = 0
+        self._exec_future = asyncio.get_running_loop().create_future()
+        self._engine.send(ftype, json.dumps(job))
+        if interrupt:
+            self._interrupt()
+        try:
+            status = await self._exec_future
+        finally:
+            self._exec_future = None
+            if self._escalation is not None:
+                self._escalation.cancel()
+                self._escalation = None
+        if print_eof:
+            self._write(b"\x04" if self._error_marked else b"\x04\x04")
+        return status
+
+    async def _exec_file(self, path: str, interrupt: bool = False) -> str:
+        return await self._exec("F", {"path": path}, print_eof=False, interrupt=interrupt)
+
+    async def _exec_source(self, src: bytes, mode: str, print_eof: bool) -> str:
+        text = src.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+        return await self._exec("X", {"src": text, "name": "<stdin>", "mode": mode}, print_eof)
+
+    # -- REPLs (shared/runtime/pyexec.c) ------------------------------------------------
+
+    async def _raw_repl(self) -> str | None:
+        self._write(b"raw REPL; CTRL-B to exit\r\n")
+        line = bytearray()
+        self._write(b">")
+        while True:
+            c = await self._getc()
+            if c == CTRL_A:
+                if len(line) == 2 and line[0] == CTRL_E:
+                    if await self._raw_paste(line[1]) == FORCED_EXIT:
+                        return FORCED_EXIT
+                else:
+                    self._write(b"raw REPL; CTRL-B to exit\r\n")
+                line.clear()
+                self._write(b">")
+            elif c == CTRL_B:
+                self._write(b"\r\n")
+                self.mode = "friendly"
+                return None
+            elif c == CTRL_C:
+                line.clear()
+            elif c == CTRL_D:
+                self._write(b"OK")
+                if not line:
+                    self._write(b"\r\n")
+                    return FORCED_EXIT
+                if await self._exec_source(bytes(line), "exec", print_eof=True) == EXIT:
+                    return FORCED_EXIT
+                line.clear()
+                self._write(b">")
+            else:
+                line.append(c)
+
+    async def _raw_paste(self, command: int) -> str | None:
+        if command != ord("A"):
+            self._write(b"R\x00")
+            return None
+        self._write(b"R\x01" + struct.pack("<H", RAW_PASTE_WINDOW) + b"\x01")
+        data = bytearray()
+        remain = RAW_PASTE_WINDOW
+        while True:
+            c = await self._getc()
+            if c == CTRL_C:
+                # The reader raises KeyboardInterrupt: end mark, then an exec that failed.
+                self._write(b"\x04\x04KeyboardInterrupt: \r\n\x04")
+                return None
+            if c == CTRL_D:
+                break
+            data.append(c)
+            remain -= 1
+            if remain == 0:
+                self._write(b"\x01")
+                remain = RAW_PASTE_WINDOW
+        self._write(b"\x04")
+        return FORCED_EXIT if await self._exec_source(bytes(data), "exec", print_eof=True) == EXIT else None
+
+    async def _friendly_repl(self) -> str | None:
+        while True:  # friendly_repl_reset
+            self._write(self.banner + b"\r\nType \"help()\" for more information.\r\n")
+            while True:  # input_restart
+                line, ret = await self._readline(b">>> ")
+                mode = "single"
+                if ret == CTRL_A:
+                    self._write(b"\r\n")
+                    self.mode = "raw"
+                    return None
+                if ret == CTRL_B:
+                    self._write(b"\r\n")
+                    break
+                if ret in (CTRL_C,):
+                    self._write(b"\r\n")
+                    continue
+                if ret == CTRL_D:
+                    self._write(b"\r\n")
+                    return FORCED_EXIT
+                if ret == CTRL_E:
+                    pasted = await self._paste_mode()
+                    if pasted is None:
+                        continue
+                    line, mode = pasted, "exec"
+                elif not line:
+                    continue
+                else:
+                    cancelled = False
+                    while needs_more_input(line.decode("utf-8", "replace")):
+                        more, ret = await self._readline(b"... ")
+                        if ret == CTRL_C:
+                            self._write(b"\r\n")
+                            cancelled = True
+                            break
+                        if ret == CTRL_D:
+                            break
+                        line += b"\n" + more
+                    if cancelled:
+                        continue
+                if await self._exec_source(line, mode, print_eof=False) == EXIT:
+                    return FORCED_EXIT
+
+    async def _paste_mode(self) -> bytes | None:
+        self._write(b"\r\npaste mode; Ctrl-C to cancel, Ctrl-D to finish\r\n=== ")
+        buf = bytearray()
+        while True:
+            c = await self._getc()
+            if c == CTRL_C:
+                self._write(b"\r\n")
+                return None
+            if c == CTRL_D:
+                self._write(b"\r\n")
+                return bytes(buf)
+            buf.append(c)
+            self._write(b"\r\n=== " if c == 13 else bytes([c]))
+
+    async def _readline(self, prompt: bytes) -> tuple[bytes, int | None]:
+        """A line with echo and backspace (shared/readline, without history or completion)."""
+        self._write(prompt)
+        buf = bytearray()
+        last = 0
+        while True:
+            c = await self._getc()
+            if c == CTRL_C:
+                return b"", CTRL_C
+            if c in (CTRL_A, CTRL_B, CTRL_D, CTRL_E):
+                if not buf:
+                    return b"", c
+            elif c == 13 or (c == 10 and last != 13):
+                self._write(b"\r\n")
+                return bytes(buf), None
+            elif c in (8, 127):
+                if buf:
+                    del buf[-1]
+                    self._write(b"\x08 \x08")
+            elif c == 27:  # an escape sequence (arrow keys): read and ignore it
+                c2 = await self._getc()
+                if c2 in (ord("["), ord("O")):
+                    while not (0x40 <= (await self._getc()) <= 0x7E):
+                        pass
+            elif c >= 32 or c == 9:
+                buf.append(c)
+                self._write(bytes([c]))
+            last = c
+
+
+# -- `lumeau sim board` ------------------------------------------------------------------
+
+
+def _uart_arg(text: str) -> tuple[int, Path | None]:
+    n, _, link = text.partition("=")
+    try:
+        num = int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N=PATH, got {text!r}") from None
+    if not 1 <= num <= 9:
+        raise argparse.ArgumentTypeError("UART numbers are 1..9 (UART0 is the REPL)")
+    return num, Path(link) if link else None
+
+
+def _size_arg(text: str) -> int:
+    units = {"k": 1024, "m": 1024 * 1024}
+    t = text.strip().lower().removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        value = int(t[:-1] if t[-1:] in units else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 65536, 64k or 2m, got {text!r}") from None
+    if value < 4 * BLOCK_SIZE:
+        raise argparse.ArgumentTypeError(f"the filesystem needs at least {4 * BLOCK_SIZE} bytes")
+    return value
+
+
+def add_action(actions) -> None:
+    p = actions.add_parser("board", help="a virtual MicroPython board on a pseudo-terminal (real MicroPython)",
+                           description="Open a pseudo-terminal that behaves like a MicroPython board on USB "
+                                       "(raw REPL, raw paste, soft reset, boot.py/main.py), backed by real "
+                                       "MicroPython with a filesystem kept in --dir.")
+    p.add_argument("--dir", type=Path, default=Path("vboard"), help="host directory holding the board's "
+                   "filesystem (created if missing; default ./vboard)")
+    p.add_argument("--link", type=Path, help="also make this path a symlink to the pty (a stable port name)")
+    p.add_argument("--fs-size", type=_size_arg, default=DEFAULT_FS_SIZE,
+                   help=f"filesystem capacity, e.g. 64k or 2m (default {DEFAULT_FS_SIZE // 1024} KiB)")
+    p.add_argument("--uart", type=_uart_arg, action="append", default=[], metavar="N[=PATH]",
+                   help="connect UART N (vboard.UART(N) on the board) to another pty, linked at PATH")
+    p.add_argument("--corrupt", action="append", default=[], metavar="GLOB",
+                   help="flip one bit of every file matching GLOB (board path, e.g. 'lib/*.mpy') when written")
+    p.add_argument("--name", default="vboard", help="board name (machine.unique_id() derives from it)")
+    p.add_argument("--heap", type=_size_arg, default=DEFAULT_HEAP, help="initial MicroPython heap")
+    p.add_argument("--interrupt-grace", type=float, default=INTERRUPT_GRACE_S, metavar="SECONDS",
+                   help="hard-reset a program that ignores Ctrl-C this long (default %(default)g s)")
+    p.add_argument("--json", action="store_true", help="print the ready line as JSON (for scripts)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log resets and engine messages to stderr")
+    p.set_defaults(func=cmd_board)
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    opts = BoardOptions(flash_dir=args.dir.resolve(), fs_size=args.fs_size, link=args.link,
+                        uart_links=dict(args.uart), corrupt=args.corrupt, heap=args.heap, name=args.name,
+                        interrupt_grace_s=args.interrupt_grace)
+    try:
+        return asyncio.run(_main(opts, args.json))
+    except BoardError as e:
+        print(f"lumeau sim board: {e}", file=sys.stderr)
+        return 1
+
+
+async def _main(opts: BoardOptions, as_json: bool) -> int:
+    board = VirtualBoard(opts)
+    task = asyncio.create_task(board.serve())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    ready = asyncio.create_task(board.ready.wait())
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # raises BoardError
+        return 1
+    assert board.console is not None
+    info = {"event": "ready", "port": board.console.path, "link": str(opts.link) if opts.link else None,
+            "uarts": {str(n): p.path for n, p in board.uarts.items()}, "flash": str(opts.flash_dir),
+            "fs_size": opts.fs_size, "banner": board.banner.decode()}
+    if as_json:
+        print(json.dumps(info), flush=True)
+    else:
+        uarts = "".join(f", UART{n} on {p}" for n, p in info["uarts"].items())
+        print(f"virtual board {opts.name} on {info['port']}{' (' + info['link'] + ')' if opts.link else ''}"
+              f"{uarts}; flash {opts.flash_dir} ({opts.fs_size // 1024} KiB); Ctrl-C here to power off",
+              flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return 0
