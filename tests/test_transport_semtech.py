@@ -7,6 +7,7 @@ import base64
 import json
 import socket
 import struct
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -156,6 +157,17 @@ async def test_unpadded_base64_and_missing_metadata(server):
     await gw.seen.wait(lambda: gw.seen.uplinks)
     r = gw.seen.receptions[0]
     assert r.raw == raw and r.rssi is None and r.sf is None and r.path is None
+
+
+async def test_receive_time_from_the_forwarder_or_else_our_clock(server):
+    srv, gw = server
+    fwd = await forwarder(srv)
+    await fwd.push([rxpk(light_frame(counter=1), time="2026-11-26T10:00:00.250000123Z"),  # nanoseconds
+                    rxpk(light_frame(counter=2), time="yesterday at noon")])
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    ns, junk = gw.seen.receptions
+    assert ns.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc).timestamp()
+    assert abs(junk.rx_time - time.time()) < 5
 
 
 async def test_garbage_rxpk_entries_are_counted_not_fatal(server):

@@ -147,9 +147,12 @@ def _parse_time(v: Any) -> float | None:
     if not isinstance(v, str) or len(v) > 40:
         return None
     try:
-        t = datetime.fromisoformat(_FRACTION.sub(r"\1", v))  # some forwarders send nanoseconds
+        t = datetime.fromisoformat(v)
     except ValueError:
-        return None
+        try:
+            t = datetime.fromisoformat(_FRACTION.sub(r"\1", v))  # some forwarders send nanoseconds
+        except ValueError:
+            return None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     try:

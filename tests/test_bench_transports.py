@@ -1,0 +1,22 @@
+"""bench/transports.py runs and prints its figures (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_transports_bench_prints_its_figures():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "transports.py"), "--json", "--frames", "400",
+                          "--nodes", "40"], capture_output=True, text=True, timeout=300, check=True).stdout
+    r = json.loads(out)
+    assert r["frames"] == 400
+    for how in ("direct", "udp", "serial"):
+        assert r[f"{how}_accepted"] == 400  # every frame went through and was committed
+        assert r[f"{how}_frames_per_s"] > 0
+    for how in ("udp", "serial"):  # each ratio is derived from the two rates it reports (both rounded)
+        assert abs(r[f"{how}_cost_ratio"] - r["direct_frames_per_s"] / r[f"{how}_frames_per_s"]) < 0.02
+    assert r["udp_overload_dropped"] == 0
