@@ -38,8 +38,14 @@ class FormatError(ValueError):
 
 
 def iso_time(t: float) -> str:
-    """Unix seconds -> ISO 8601 UTC with milliseconds, e.g. 2026-11-26T10:00:00.250Z."""
-    d = datetime.fromtimestamp(t, timezone.utc)
+    """Unix seconds -> ISO 8601 UTC with milliseconds, e.g. 2026-11-26T10:00:00.250Z.
+
+    ValueError for a time datetime cannot hold (NaN, beyond year 9999).
+    """
+    try:
+        d = datetime.fromtimestamp(t, timezone.utc)
+    except (OverflowError, OSError) as e:
+        raise ValueError(f"time {t!r} out of range") from e
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 

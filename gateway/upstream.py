@@ -252,6 +252,19 @@ class Upstream:
             pass
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # e.g. the store failing under us: never stop delivering for good
+                self.last_error = f"{type(e).__name__}: {e}"
+                if self._limiter.allow("internal_error")[0]:
+                    log.exception("upstream loop failed, restarting it")
+                self.state = "backoff"
+                await asyncio.sleep(self.backoff_max)
+
+    async def _loop(self) -> None:
         draining = False  # the last batch was full: more were waiting, send partial ones at once too
         while True:
             batch = self.store.next_batch(self.batch_size)

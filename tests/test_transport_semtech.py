@@ -163,11 +163,12 @@ async def test_receive_time_from_the_forwarder_or_else_our_clock(server):
     srv, gw = server
     fwd = await forwarder(srv)
     await fwd.push([rxpk(light_frame(counter=1), time="2026-11-26T10:00:00.250000123Z"),  # nanoseconds
-                    rxpk(light_frame(counter=2), time="yesterday at noon")])
-    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
-    ns, junk = gw.seen.receptions
+                    rxpk(light_frame(counter=2), time="yesterday at noon"),
+                    rxpk(light_frame(counter=3), time="1970-01-01T00:00:05Z")])  # a clock never set
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
+    ns, junk, unset = gw.seen.receptions
     assert ns.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc).timestamp()
-    assert abs(junk.rx_time - time.time()) < 5
+    assert abs(junk.rx_time - time.time()) < 5 and abs(unset.rx_time - time.time()) < 5
 
 
 async def test_garbage_rxpk_entries_are_counted_not_fatal(server):

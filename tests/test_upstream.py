@@ -297,6 +297,41 @@ async def test_a_refused_record_is_isolated_and_quarantined_the_rest_delivered_i
         await u.stop()
 
 
+async def test_a_record_that_cannot_be_encoded_is_quarantined_alone(store, platform):
+    bad = record(3, 2)
+    bad.rx_time = 1e300  # no calendar holds it
+    await fill(store, [record(3, 1), bad, record(3, 3)])
+    u = await run_upstream(store, platform.url)
+    try:
+        await until(lambda: store.count() == 0)
+        assert [d["counter"] for d in await platform.records()] == [1, 3]
+        (q,) = store.quarantined()
+        assert q["status"] == 0 and "cannot encode" in q["response"]
+    finally:
+        await u.stop()
+
+
+async def test_the_loop_survives_a_failing_store(store, platform):
+    class Flaky:
+        fails = 2
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def next_batch(self, *a, **kw):
+            if self.fails:
+                self.fails -= 1
+                raise RuntimeError("database is locked")
+            return store.next_batch(*a, **kw)
+    await fill(store, [record(4, 1)])
+    u = await run_upstream(Flaky(), platform.url)
+    try:
+        await until(lambda: store.count() == 0)
+        assert "database is locked" in u.last_error and len(await platform.records()) == 1
+    finally:
+        await u.stop()
+
+
 async def test_a_wrong_token_is_retried_not_quarantined(store, platform):
     await fill(store, [record(1, 1), record(1, 2)])
     u = up.Upstream(store, platform.url, token="wrong", **FAST)

@@ -29,7 +29,8 @@ Decisions (each one named, so the config can say otherwise):
   forwarder only forwards such packets when its operator enabled
   `forward_crc_disabled`.
 - Receive time: the forwarder's `time` when it sends one (GPS or NTP time on
-  the gateway; the simulator's virtual time), else our clock.
+  the gateway; the simulator's virtual time) and it lies in 2000-2100, else
+  our clock.
 - Downlinks: a `txpk` at the uplink's `tmst` + RX1 delay (1 s, SPEC §6), on
   the uplink's frequency, data rate and coding rate, at `tx_power` dBm
   (14: the EU868 g1 sub-band limit of 25 mW ERP), with inverted IQ
@@ -99,6 +100,8 @@ DEFAULT_TX_ACK_TIMEOUT_S = 0.5
 DEFAULT_ROUTE_TIMEOUT_S = 60.0
 MAX_FORWARDERS = 256
 TMST_MOD = 1 << 32
+# A forwarder `time` outside these years (2000-2100) is a clock that was never set: use ours.
+TIME_RANGE = (946_684_800.0, 4_102_444_800.0)
 
 _DATR = re.compile(r"SF(\d{1,2})BW(\d{2,3})\Z")
 _CODR = re.compile(r"4/([5-8])\Z")
@@ -143,7 +146,7 @@ def _number(v: Any) -> float | None:
 
 
 def _parse_time(v: Any) -> float | None:
-    """Unix seconds from the forwarder's ISO 8601 `time`, or None."""
+    """Unix seconds from the forwarder's ISO 8601 `time`, or None (also outside TIME_RANGE)."""
     if not isinstance(v, str) or len(v) > 40:
         return None
     try:
@@ -156,9 +159,10 @@ def _parse_time(v: Any) -> float | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     try:
-        return t.timestamp()
+        ts = t.timestamp()
     except (OverflowError, OSError, ValueError):
         return None
+    return ts if TIME_RANGE[0] <= ts < TIME_RANGE[1] else None
 
 
 def _b64(data: str) -> bytes:
