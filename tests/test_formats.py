@@ -18,6 +18,8 @@ from types import SimpleNamespace
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from gateway import formats
@@ -246,3 +248,27 @@ def test_iso_time_is_utc_with_milliseconds():
     assert formats.parse_time("2026-11-18T12:06:40.250+01:00") == 1_795_000_000.25
     with pytest.raises(formats.FormatError):
         formats.parse_time("18/11/2026")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=25)
+record_like = st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.just("000000a1-1"), json_values), "node": st.one_of(st.just("000000a1"), json_values),
+    "counter": st.one_of(st.just(1), json_values), "type": st.one_of(st.just("light"), json_values),
+    "time": st.one_of(st.just("2026-11-18T11:06:41.000Z"), json_values), "fields": json_values,
+    "radio": json_values, "alarm": json_values})
+
+
+@settings(max_examples=500, deadline=None)
+@given(doc=st.one_of(json_values, st.fixed_dictionaries({"records": st.lists(record_like, max_size=4)},
+                                                        optional={"format": json_values})))
+def test_fuzz_the_native_checker_answers_with_a_format_error_or_records(doc):
+    try:
+        out = formats.check_native_batch(doc)
+    except formats.FormatError as e:
+        assert str(e)
+        return
+    for r in out:  # what passed really is a record
+        assert r.key == f"{r.node}-{r.counter}" and isinstance(r.time, float)
