@@ -157,7 +157,7 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
         await pipeline.submit(r)
     await pipeline.drain()
     t_pipeline = time.perf_counter() - t0
-    while store.count() or store.next_batch(1):
+    while store.count() or store.next_batch(1) or up.records_sent < pipeline.accepted:
         await asyncio.sleep(0.005)
     t_end = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
