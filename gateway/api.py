@@ -459,13 +459,17 @@ class Api:
         stats = getattr(self.upstream, "stats", None)
         if callable(stats):
             self._upstream_metrics(x, stats())
+        samples: list[tuple[dict[str, str], float]] = []
         for t in self.transports:
-            counts = getattr(t, "counts", None)
-            if counts:
-                name = type(t).__name__
-                x.family(f"lumeau_transport_{_snake(name)}_events_total", "counter",
-                         f"Events counted by the {name} transport.",
-                         [({"event": k, "instance": str(getattr(t, "port", ""))}, v) for k, v in sorted(counts.items())])
+            stats = getattr(t, "stats", None)
+            if not callable(stats):
+                continue
+            kind = _snake(type(t).__name__).removesuffix("_transport").removesuffix("_server")
+            instance = str(getattr(t, "port", "") or "")
+            for k, v in sorted(stats().items()):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    samples.append(({"transport": kind, "instance": instance, "counter": k}, v))
+        x.family("lumeau_transport_stat", "gauge", "Transport counters and states (transports' stats()).", samples)
         return x.text()
 
     @staticmethod

@@ -34,7 +34,7 @@ from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 TOKEN_MIN_LEN = 16  # characters: a bearer token shorter than this is guessable
 LOG_LEVELS = ("debug", "info", "warning", "error")
 UPSTREAM_FORMATS = ("native", "ngsi-ld")
-SERIAL_MODES = ("wired", "bridge")
+SERIAL_MODES = ("auto", "wired", "bridge")
 
 
 class ConfigError(ValueError):
@@ -200,7 +200,8 @@ class SemtechSection:
     port: int = opt(1700, "the forwarders' serv_port_up and serv_port_down", _port0)
     rx_delay_s: float = opt(1.0, "RX1 delay after an uplink (SPEC 6)", _range(0.1, 15.0))
     tx_power_dbm: int = opt(14, "downlink transmit power (EU868 g1: 14 dBm ERP at most)", _range(0, 30))
-    invert_iq: bool = opt(False, "downlink IQ polarity; must match what the nodes listen for")
+    invert_iq: bool = opt(True, "downlink IQ polarity inverted (the LoRaWAN convention, so nodes do not hear "
+                          "each other); must match what the nodes listen for")
     accept_no_crc: bool = opt(True, "accept packets sent without a PHY CRC (stat 0): the MIC still checks them")
 
 
@@ -208,8 +209,8 @@ class SemtechSection:
 class SerialPortSection:
     port: str = opt("", "device path, e.g. /dev/ttyUSB0 (required)", _nonempty)
     baudrate: int = opt(115200, "line speed", _positive)
-    mode: str = opt("wired", "wired: nodes on the line (UART, RS-485); bridge: a LoRa radio bridge board",
-                    _one_of(*SERIAL_MODES))
+    mode: str = opt("auto", "auto: tell by what arrives; wired: nodes on the line (UART, RS-485); "
+                    "bridge: a LoRa radio bridge board", _one_of(*SERIAL_MODES))
     reconnect_min_s: float = opt(0.2, "first retry when the port is missing; doubled up to reconnect_max_s", _positive)
     reconnect_max_s: float = opt(5.0, "retry opening a missing port at least this often", _positive)
 
@@ -217,7 +218,11 @@ class SerialPortSection:
 @dataclass(frozen=True)
 class BleSection:
     enabled: bool = opt(False, "talk to nodes in Bluetooth LE reach (bleak)")
-    scan_interval_s: float = opt(30.0, "scan for nodes advertising the Lumeau service this often", _positive)
+    adapter: str = opt("", "the adapter, e.g. hci1; empty: the system's default")
+    scan_interval_s: float = opt(30.0, "scan for nodes advertising the Lumeau service this often; 0: continuously",
+                                 _non_negative)
+    scan_window_s: float = opt(5.0, "each scan lasts this long", _positive)
+    max_connections: int = opt(7, "nodes connected at once (adapters manage 7 to 10)", _range(1, 32))
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,9 @@ class Gateway:
         if cfg.ble.enabled:
             from gateway.transports.ble import BleTransport
 
-            out.append(BleTransport(p, scan_interval=cfg.ble.scan_interval_s))
+            b = cfg.ble
+            out.append(BleTransport(p, adapter=b.adapter or None, max_connections=b.max_connections,
+                                    scan_interval=b.scan_interval_s or None, scan_window=b.scan_window_s))
         return out
 
     async def stop(self) -> None:

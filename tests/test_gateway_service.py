@@ -113,7 +113,8 @@ def test_frames_over_udp_are_stored_and_shown_then_a_signal_stops_it_cleanly(tmp
         def bad_mic_counted():
             text = api_get(api, "/metrics")[1]
             return ('lumeau_frames_rejected_total{reason="bad_mic",transport="udp"} 1' in text
-                    and "\nlumeau_frames_accepted_total 11\n" in text)
+                    and "\nlumeau_frames_accepted_total 11\n" in text
+                    and 'lumeau_transport_stat{transport="semtech"' in text)
 
         wait_for(bad_mic_counted)
         assert gw.stop(sig) == 0
