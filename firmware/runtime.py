@@ -127,7 +127,7 @@ class Node:
     def event(self, code, severity, value=0, active=1, zone=0):
         body = {0: code, 1: severity, 2: _clamp(int(value), I32_MIN, I32_MAX), 4: active}
         t = self.hal.time()
-        if t is not None:
+        if t is not None and 0 < t <= 0xFFFFFFFF:  # a clock gone wrong must not stop an alarm
             body[3] = t
         if zone:
             body[5] = zone
@@ -342,7 +342,7 @@ class Node:
     def _status(self):
         hal = self.hal
         t = hal.time()
-        body = {0: hal.ticks_ms() // 1000, 1: t if t is not None else 0,
+        body = {0: min(hal.ticks_ms() // 1000, 0xFFFFFFFF), 1: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
                 6: hal.free_heap() // 16, 7: min(len(self.queue), 255)}
         rssi = self.last_rssi
         snr = self.last_snr
