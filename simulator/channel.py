@@ -335,6 +335,10 @@ class Channel:
     Node ids are ints (the protocol's node id); gateways are addressed by their
     id string or their index. Times are milliseconds from an origin the caller
     chooses (the simulation start), ints or floats.
+
+    `counts` tallies, for the report: "uplinks" and "downlinks" put on the
+    air, "refused_<reason>", and once settled "up_<status>" / "down_<status>"
+    per hearing and "uplinks_delivered" / "uplinks_lost".
     """
 
     def __init__(self, gateways: Sequence[GatewaySite], params: RadioParams | None = None, seed: int = 0):
