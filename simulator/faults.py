@@ -155,7 +155,7 @@ def parse_fault(raw: Mapping[str, Any], index: int, start: _dt.datetime, duratio
     if not isinstance(raw, Mapping):
         raise FaultError(key, "each fault is a table ([[faults]])")
     kind = raw.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise FaultError(f"{key}.kind", f"must be one of {', '.join(KINDS)}; got {kind!r}")
     _cls, specs = KINDS[kind]
     allowed = {"kind", "at", "after", "target", "duration", *specs}
