@@ -12,7 +12,7 @@ Modules:
   ble.py      nodes in Bluetooth LE reach, through bleak
 
 Shared here:
-  Pipeline       what a transport needs from the pipeline (ingest, reject)
+  Pipeline       what a transport needs from the pipeline (submit, reject)
   DownlinkError  raised by `DownlinkPath.send_downlink` when a frame could not
                  be handed to the radio or wire (the caller keeps it queued)
   Ingestor       a bounded queue in front of pipeline.submit for callbacks
@@ -33,7 +33,7 @@ from typing import Protocol
 from gateway.logs import RateLimiter
 from gateway.model import Reception
 
-__all__ = ["DownlinkError", "Ingestor", "LineDrops", "Pipeline", "node_id_of", "report_reject"]
+__all__ = ["DownlinkError", "Ingestor", "LineDrops", "Pipeline", "report_reject"]
 
 # Receptions that may wait for the pipeline in a transport's queue: under a
 # flood, memory stays flat (8192 x a 255-byte frame is about 2 MB, plus the
@@ -60,18 +60,15 @@ class DownlinkError(Exception):
 
     Reasons used by the transports: "no_route" (never heard from that radio,
     or its link is down), "too_late" (the receive window has passed),
-    "disconnected", "timeout", and the packet forwarder's TX_ACK errors in
-    lower case ("too_early", "collision_packet", "tx_freq", ...).
+    "disconnected", "timeout", "duty_cycle" (the sub-band is in its
+    off-time), "busy" and "bad_request" (a radio bridge's refusals), and the
+    packet forwarder's TX_ACK errors in lower case ("too_early",
+    "collision_packet", "tx_freq", ...).
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
-
-
-def node_id_of(raw: bytes) -> int:
-    """Node id from a frame's header without verifying anything (0 if too short)."""
-    return int.from_bytes(raw[1:5], "big") if len(raw) >= 5 else 0
 
 
 class Ingestor:
