@@ -217,6 +217,40 @@ async def test_port_is_exclusive(line, gw):
         await other.stop()
 
 
+async def test_a_pipeline_that_raises_does_not_make_the_port_deaf(tmp_path):
+    class Broken:
+        calls = 0
+        got: list = []
+
+        async def submit(self, reception):
+            Broken.calls += 1
+            if Broken.calls == 1:
+                raise RuntimeError("store closed under us")
+            Broken.got.append(reception.raw)
+
+        def reject(self, *a, **kw):
+            pass
+    dev = PtyDevice(tmp_path / "ttyBROKEN")
+    t = SerialTransport(Broken(), str(dev.link), reconnect_min=0.02, reconnect_max=0.05)  # type: ignore[arg-type]
+    await t.start()
+    try:
+        await t.wait_connected(3)
+        dev.write(framing.encode(light_frame(counter=1)))
+        async def reopened() -> None:
+            while t.stats().get("connects", 0) < 2 or not t.connected:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(reopened(), 3)
+        dev.write(framing.encode(light_frame(counter=2)))
+        async def heard() -> None:
+            while not Broken.got:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(heard(), 3)
+        assert Broken.got == [light_frame(counter=2)] and t.stats()["internal_error"] == 1
+    finally:
+        await t.stop()
+        dev.close()
+
+
 def test_bad_arguments_are_refused_clearly():
     with pytest.raises(ValueError, match="mode"):
         SerialTransport(None, "/dev/null", mode="modem")  # type: ignore[arg-type]

@@ -181,6 +181,11 @@ class SerialTransport:
                 why: object = "end of file"
             except (pyserial.SerialException, OSError) as e:
                 why = e
+            except Exception as e:  # a bug below us (the pipeline?): reopen rather than go deaf for good
+                why = e
+                self.counts["internal_error"] += 1
+                if self._limiter.allow("internal_error")[0]:
+                    log.exception("serial read loop failed", extra={"port": self.port})
             finally:
                 self._connected.clear()
                 self._close_writer()
