@@ -122,6 +122,10 @@ async def test_stat_only_push_and_forwarder_status_is_kept(server):
     await fwd.push(stat={"time": "2026-11-26 10:00:00 GMT", "rxnb": 5, "rxok": 4, "txnb": 1})
     assert srv.forwarders[EUI.hex()].stat["rxok"] == 4
     assert gw.pipeline.received == {} and srv.counts["stat_reports"] == 1
+    (st,) = srv.forwarder_status()
+    assert (st["eui"], st["stat"]["txnb"], st["downlink_route"], st["last_pull_s"]) == (EUI.hex(), 1, False, None)
+    await fwd.pull()
+    assert srv.forwarder_status()[0]["downlink_route"] is True
 
 
 async def test_bad_crc_is_dropped_and_counted_no_crc_is_accepted_by_default(server):

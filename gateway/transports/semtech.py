@@ -231,6 +231,15 @@ class SemtechServer(asyncio.DatagramProtocol):
         out["ingest_dropped"] = self.ingestor.dropped
         return out
 
+    def forwarder_status(self) -> list[dict[str, Any]]:
+        """Every known forwarder: EUI, seconds since its last PUSH/PULL, downlink route, its last `stat`."""
+        now = time.monotonic()
+        return [{"eui": f.eui, "version": f.version,
+                 "last_push_s": round(now - f.last_push, 1) if f.last_push else None,
+                 "last_pull_s": round(now - f.last_pull, 1) if f.last_pull else None,
+                 "downlink_route": self.route(f.eui) is not None, "stat": dict(f.stat)}
+                for f in self.forwarders.values()]
+
     # -- receiving ---------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
