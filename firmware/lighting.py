@@ -46,13 +46,15 @@
 # while the lamp has failed. Wh and burning seconds live in node.store's
 # totals (written hourly by the store).
 #
-# Fail-safe (LS_FAILSAFE): without valid wall time the lamp runs dusk-to-dawn
-# at 100 %: from the last known time carried on by the monotonic clock for up
-# to HOLDOVER_MS, else from the ambient light sensor with hysteresis
-# (dark below ambient_on_mv, light above ambient_off_mv, each held AMBIENT_MS),
-# else fully on. EV_LIGHT_FAILSAFE after FAILSAFE_EVENT_MS without valid time.
-# failsafe() (called by the runtime after an app exception) turns the lamp
-# fully on unless it is known to be day.
+# Fail-safe (LS_FAILSAFE): without valid wall time (or without a location in
+# the config) the lamp runs dusk-to-dawn at 100 %, no dimming on a clock it
+# cannot trust: from the last known time carried on by the monotonic clock for
+# up to HOLDOVER_MS, else from the ambient light sensor with hysteresis (dark
+# below ambient_on_mv, light above ambient_off_mv, each held AMBIENT_MS; the
+# first reading decides at once, dark inside the band), else fully on.
+# EV_LIGHT_FAILSAFE after FAILSAFE_EVENT_MS in that state. failsafe() (called
+# at construction and by the runtime after an app exception) drops any
+# override and turns the lamp fully on unless the clock says it is day.
 
 from protocol import cbor
 from protocol import messages as m

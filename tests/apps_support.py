@@ -38,7 +38,11 @@ class AppNode:
         self.events: list[Event] = []
 
     def event(self, code: int, severity: int, value: int = 0, active: int = 1, zone: int = 0) -> None:
-        m.encode(m.EVENT, {0: code, 1: severity, 2: value, 3: self.hal.time() or 0, 4: active, 5: zone})
+        # the value is the app's to keep in range; the time stamp is the runtime's (it leaves
+        # out a clock gone wrong, as firmware/runtime.py does)
+        t = self.hal.time()
+        m.encode(m.EVENT, {0: code, 1: severity, 2: value, 3: t if t is not None and 0 < t <= 0xFFFFFFFF else 0,
+                           4: active, 5: zone})
         self.events.append(Event(self.hal.ticks_ms(), code, severity, value, active, zone))
 
     def time(self) -> int | None:
