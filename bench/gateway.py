@@ -1,6 +1,6 @@
 """Gateway throughput on one core: the whole pipeline against the floor of the same work.
 
-`python bench/gateway.py --json [--frames N] [--nodes N] [--dup F]`
+`python bench/gateway.py --json [--frames N] [--nodes N] [--dup F] [--batch N] [--rate R]`
 
 The gateway side runs in this process, pinned to one CPU (the store's writer
 thread included): receptions go through `pipeline.submit` exactly as the
@@ -18,9 +18,16 @@ Figures:
 - `floor_frames_per_s`: in the same process on the same CPU, the same
   frames through the least this work can cost in CPython: cbor2.loads +
   hmac.digest (+ compare_digest) + a batched SQLite insert (executemany,
-  one commit per group of the size the store's groups averaged, WAL,
-  synchronous=FULL);
+  one commit per FLOOR_GROUP rows, WAL, synchronous=FULL);
 - `cost_ratio` = floor / end_to_end (the bar: <= 3);
+- the same per CPU-second of this process (`*_per_cpu_s`, `cpu_cost_ratio`):
+  on a shared machine wall-clock rates move with the neighbours' load, CPU
+  time much less; `gateway_cpu_busy` is CPU time / wall time of the run;
+- `--rate R` offers R frames/s in 10 ms ticks instead of a burst: whether the
+  gateway keeps up (`max_backlog` stays small) is the sustained capacity;
+- `cpu_us_per_frame_by_stage`: each stage alone on the same frames (parse,
+  verify, decode, expand, the whole admission, store, read-back, native
+  JSON, gzip, delete) next to the floor: where the time goes;
 - `peak_rss_mb` (ru_maxrss: the high-water mark of this process, frames
   included) and `rss_before_mb` (after building the frames, before the run).
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import gzip
 import hmac
 import json
 import os
@@ -63,6 +71,7 @@ from protocol import messages as m  # noqa: E402
 
 BAR_FRAMES_PER_S = 20_000
 BAR_RATIO = 3.0
+FLOOR_GROUP = 500  # rows per floor transaction: about what the store's groups hold in a burst
 
 
 def build(n_frames: int, n_nodes: int, dup: float, seed: int = 1) -> tuple[Registry, list[Reception], list[bytes]]:
@@ -145,7 +154,8 @@ def start_sink(tmp: Path, token: str, cpu: int | None, null: bool = False) -> tu
 
 
 async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str, token: str,
-                      batch: int) -> dict:
+                      batch: int, rate: float = 0.0) -> dict:
+    """Feed `recs` (as fast as they are taken, or paced at `rate` frames/s) and wait until delivered."""
     store = await Store.open(tmp / "gateway.db")
     pipeline = Pipeline(reg, store)
     up = Upstream(store, url, token=token, batch_size=batch, max_age=0.05, gateway_id="bench")
@@ -153,8 +163,18 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
     await up.start()
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    for r in recs:
-        await pipeline.submit(r)
+    backlog = 0
+    if rate > 0:  # offered load: ticks of 10 ms, as radios would deliver it
+        per_tick = max(1, round(rate * len(recs) / len(set(r.raw for r in recs)) / 100))
+        for i in range(0, len(recs), per_tick):
+            for r in recs[i:i + per_tick]:
+                await pipeline.submit(r)
+            backlog = max(backlog, store.count() + pipeline.inflight)
+            due = t0 + (i + per_tick) / per_tick * 0.01
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+    else:
+        for r in recs:
+            await pipeline.submit(r)
     await pipeline.drain()
     t_pipeline = time.perf_counter() - t0
     while store.count() or store.next_batch(1) or up.records_sent < pipeline.accepted:
@@ -163,21 +183,74 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
     cpu = time.process_time() - cpu0
     stats = up.stats()
     await up.stop()
-    out = {"t_pipeline": t_pipeline, "t_end": t_end, "cpu": cpu, "accepted": pipeline.accepted, "duplicates": pipeline.duplicates,
+    out = {"t_pipeline": t_pipeline, "t_end": t_end, "cpu": cpu, "max_backlog": backlog,
+           "accepted": pipeline.accepted, "duplicates": pipeline.duplicates,
            "rejected": sum(pipeline.rejected.values()), "commits": store.commits,
            "mean_group": store.committed_records / max(1, store.commits), "upstream_requests": stats["requests"],
            "upstream_records_sent": stats["records_sent"]}
+    await pipeline.close()
     await store.close()
     return out
 
 
-def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int) -> float:
+async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[str, float]:
+    """CPU microseconds per frame of each stage, run one after the other on the same frames.
+
+    Where the time goes, for whoever optimises next: protocol steps, the
+    pipeline's own bookkeeping, the store, and the upstream's share
+    (reading back, native JSON, gzip, deleting).
+    """
+    from gateway import formats
+    from gateway.pipeline import decode_body
+    from protocol import expand
+
+    frames = list({r.raw: r for r in recs}.values())
+    n = len(frames)
+    out: dict[str, float] = {}
+
+    def cpu(name: str, fn):  # noqa: ANN001
+        c = time.process_time()
+        r = fn()
+        out[name] = round((time.process_time() - c) / n * 1e6, 2)
+        return r
+
+    fs = cpu("parse", lambda: [frame.parse(r.raw) for r in frames])
+    ps = cpu("verify", lambda: [frame.verify(reg.get(f.node_id).keys, f) for f in fs])
+    bs = cpu("decode_validate", lambda: [decode_body(f.mtype, p) for f, p in zip(fs, ps)])
+    cpu("expand", lambda: [expand.expand(f.mtype, b) for f, b in zip(fs, bs)])
+    store = await Store.open(tmp / "stages.db")
+    pipeline = Pipeline(reg, store)
+    adm = cpu("admit_total", lambda: [pipeline._admit(r) for r in frames])
+    c = time.process_time()
+    for i in range(0, n, FLOOR_GROUP):
+        await store.append_many([(a[0], a[1]) for a in adm[i:i + FLOOR_GROUP]])
+    out["store_append_commit"] = round((time.process_time() - c) / n * 1e6, 2)
+    c = time.process_time()
+    batches, after = [], 0
+    while batch := store.next_batch(FLOOR_GROUP, after):
+        after = batch[-1][0]
+        batches.append(batch)
+    out["next_batch"] = round((time.process_time() - c) / n * 1e6, 2)
+    bodies = cpu("native_json", lambda: [formats.native_batch([r for _, r in b], "bench", time.time())
+                                         for b in batches])
+    cpu("gzip", lambda: [gzip.compress(x, 1) for x in bodies])
+    c = time.process_time()
+    for b in batches:
+        await store.delete([q for q, _ in b])
+    out["delete"] = round((time.process_time() - c) / n * 1e6, 2)
+    await store.close()
+    return out
+
+
+def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for the floor's work on `frames`."""
     keys = {n.node_id: n.keys.mic_up.key for n in reg}
     c = sqlite3.connect(tmp / "floor.db", isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")
     c.execute("PRAGMA synchronous = FULL")
     c.execute("CREATE TABLE r (seq INTEGER PRIMARY KEY, node_id INTEGER, counter INTEGER, body BLOB)")
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     rows = []
     for raw in frames:
         node = int.from_bytes(raw[1:5], "big")
@@ -196,8 +269,9 @@ def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int) -> floa
         c.executemany("INSERT INTO r (node_id, counter, body) VALUES (?, ?, ?)", rows)
         c.execute("COMMIT")
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     c.close()
-    return dt
+    return dt, cpu
 
 
 def main() -> int:
@@ -207,6 +281,8 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=2000)
     ap.add_argument("--dup", type=float, default=0.2, help="fraction of frames heard by a second radio")
     ap.add_argument("--batch", type=int, default=500, help="upstream batch size")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offer frames at this rate (frames/s) instead of as fast as they are taken")
     ap.add_argument("--serve-null-sink", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_null_sink:
@@ -232,31 +308,38 @@ def main() -> int:
             run_dir.mkdir()
             sink, url = start_sink(run_dir, token, sink_cpu, null)
             try:
-                results[name] = asyncio.run(run_gateway(run_dir, reg, recs, url, token, args.batch))
+                results[name] = asyncio.run(run_gateway(run_dir, reg, recs, url, token, args.batch, args.rate))
             finally:
                 sink.terminate()
                 sink.wait(10)
-        g = results["lumeau_sink"]
-        t_floor = run_floor(tmp, reg, frames, max(1, round(g["mean_group"])))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the stage costs hold every record
+        t_floor, cpu_floor = run_floor(tmp, reg, frames, FLOOR_GROUP)
+        stages = asyncio.run(stage_costs(tmp, reg, recs))
     n = len(frames)
     floor = n / t_floor
+    floor_cpu = n / cpu_floor
     out = {"frames": n, "receptions": len(recs), "nodes": args.nodes, "dup_fraction": args.dup,
-           "floor_frames_per_s": round(floor)}
+           "floor_frames_per_s": round(floor), "floor_frames_per_cpu_s": round(floor_cpu)}
     for name, r in results.items():
         e2e = n / r["t_end"]
+        e2e_cpu = n / r["cpu"]
         out[name] = {
             "pipeline_frames_per_s": round(n / r["t_pipeline"]),
             "end_to_end_frames_per_s": round(e2e),
+            "end_to_end_frames_per_cpu_s": round(e2e_cpu),
             "cost_ratio": round(floor / e2e, 2),
+            "cpu_cost_ratio": round(floor_cpu / e2e_cpu, 2),
             "meets_bar": e2e >= BAR_FRAMES_PER_S and floor / e2e <= BAR_RATIO,
             "gateway_cpu_busy": round(r["cpu"] / r["t_end"], 2),
+            "max_backlog": r["max_backlog"],
             "accepted": r["accepted"], "duplicates": r["duplicates"], "rejected": r["rejected"],
             "store_commits": r["commits"], "mean_group": round(r["mean_group"], 1),
             "upstream_requests": r["upstream_requests"], "upstream_records_sent": r["upstream_records_sent"],
         }
     out.update({
         "bar_frames_per_s": BAR_FRAMES_PER_S, "bar_ratio": BAR_RATIO, "upstream_batch": args.batch,
+        "offered_rate": args.rate or None,
+        "cpu_us_per_frame_by_stage": {**stages, "floor": round(cpu_floor / n * 1e6, 2)},
         "rss_before_mb": round(rss_before / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
         "gateway_cpu": gw_cpu, "sink_cpu": sink_cpu, "load_average_1min": round(os.getloadavg()[0], 2),
         "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "machine": platform.machine(),

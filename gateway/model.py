@@ -48,7 +48,10 @@ class Record:
     kind: str  # "light", "irrigation", "event", "hello", "status", "cmd_ack"
     rx_time: float
     body: dict[int, Any]  # the checked body, int keys, air units (lossless)
-    fields: dict[str, dict[str, Any]]  # protocol.expand.expand(): named values with units
+    # protocol.expand.expand(): named values with units. Filled by the store when it hands
+    # records out (next_batch, quarantined); the pipeline leaves it empty so the ingest
+    # path only does what durability needs, and each record is expanded once.
+    fields: dict[str, dict[str, Any]]
     receptions: int = 1
     best_rssi: float | None = None
     best_snr: float | None = None

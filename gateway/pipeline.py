@@ -11,7 +11,9 @@ For each `Reception` a transport hands over:
    accepted is the same frame heard again (another radio, a retry):
    `duplicate`, merged into the stored record (receptions counted, the best
    RSSI kept with the gateway that heard it) -- not a rejection;
-6. decode and check the body (cbor2 for speed, see `decode_body`): `malformed`;
+6. decode and check the body (cbor2 for speed, see `decode_body`): `malformed`
+   (named fields with units are derived later, once, when the store hands
+   the record to the upstream: not on the path that must keep up with radios);
 7. append to the store with the node's new replay window, in one transaction,
    and await the commit: only then is the frame accepted (and acknowledged,
    through the downlinks, if it is a confirmed alarm).
@@ -295,7 +297,10 @@ class Pipeline:
                 verdicts[pos] = v
         if stored:
             for fn in self.listeners:
-                fn(stored)
+                try:
+                    fn(stored)
+                except Exception:
+                    log.exception("a pipeline listener failed")
 
     def _admit_safe(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
         t = rec.transport
@@ -355,8 +360,9 @@ class Pipeline:
         except m.MessageError as e:
             return self._reject(MALFORMED, rec.transport, str(e), {"node": f"{node_id:08x}", "counter": counter})
         w.commit(counter)
+        # fields stay empty: the store expands them once, when the upstream reads the record
         record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body,
-                        expand.expand(mtype, body), 1, rec.rssi, rec.snr, rec.gateway_id, is_alarm(mtype, body))
+                        {}, 1, rec.rssi, rec.snr, rec.gateway_id, is_alarm(mtype, body))
         return record, (node_id, w.top, w.mask), w
 
     def _window(self, node_id: int) -> frame.ReplayWindow:

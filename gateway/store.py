@@ -191,6 +191,20 @@ def _downlink_from_row(row: tuple) -> Downlink:
                     expires=expires, command_id=command_id, attempts=attempts, state=state, result=result)
 
 
+class _Reading:
+    """A node's last reading of one kind, named only when read (API, state flush)."""
+
+    __slots__ = ("mtype", "body", "rx_time")
+
+    def __init__(self, mtype: int, body: dict[int, Any], rx_time: float) -> None:
+        self.mtype = mtype
+        self.body = body
+        self.rx_time = rx_time
+
+    def json(self) -> dict[str, Any]:
+        return {"fields": expand.expand(self.mtype, self.body), "rx_time": self.rx_time}
+
+
 class _Many:
     """Results of one append_many call, completed when every item is decided."""
 
@@ -424,7 +438,10 @@ class Store:
         for row in rows:
             entry = recent.get((row[1], row[2]))
             if entry is not None and entry.seq == row[0]:
-                out.append((entry.seq, entry.record))  # already decoded and expanded
+                rec = entry.record  # already decoded
+                if not rec.fields:
+                    rec.fields = expand.expand(rec.mtype, rec.body)
+                out.append((entry.seq, rec))
             else:
                 out.append(_record_from_row(row))
         return out
@@ -546,30 +563,39 @@ class Store:
             st["snr"] = rec.best_snr
             st["gateway_id"] = rec.gateway_id
             st["last_counter"] = rec.counter
-        if rec.mtype == m.HELLO:
+        mtype = rec.mtype
+        if mtype == m.HELLO:  # rare: expanded now
             st["firmware"] = rec.body.get(0)
-            st["hello"] = rec.fields
-        elif rec.mtype == m.EVENT:
+            st["hello"] = expand.expand(mtype, rec.body)
+        elif mtype == m.EVENT:
             active = rec.body.get(4)
             if active is not None:
                 key = f"{rec.body[0]}:{rec.body.get(5, 0)}"
                 if active:
-                    st["open_alarms"][key] = {"fields": rec.fields, "since": rec.rx_time, "counter": rec.counter}
+                    st["open_alarms"][key] = {"fields": expand.expand(mtype, rec.body), "since": rec.rx_time,
+                                              "counter": rec.counter}
                 else:
                     st["open_alarms"].pop(key, None)
-        else:
-            st["readings"][rec.kind] = {"fields": rec.fields, "rx_time": rec.rx_time}
+        else:  # the frequent case: keep the body, name its fields only when someone looks
+            st["readings"][rec.kind] = _Reading(mtype, rec.body, rec.rx_time)
         self._dirty.add(rec.node_id)
+
+    @staticmethod
+    def _plain(st: dict[str, Any]) -> dict[str, Any]:
+        """A node state as JSON-able data (readings named now)."""
+        out = dict(st)
+        out["readings"] = {k: v.json() if isinstance(v, _Reading) else v for k, v in st["readings"].items()}
+        return out
 
     def node_state(self, node_id: int) -> dict[str, Any] | None:
         st = self._states.get(node_id)
-        return json.loads(json.dumps(st)) if st is not None else None
+        return json.loads(json.dumps(self._plain(st))) if st is not None else None
 
     def node_ids(self) -> list[int]:
         return list(self._states)
 
     def _state_writer(self) -> Callable[[sqlite3.Connection], None]:
-        rows = [(n, json.dumps(self._states[n], separators=(",", ":"))) for n in self._dirty]
+        rows = [(n, json.dumps(self._plain(self._states[n]), separators=(",", ":"))) for n in self._dirty]
         self._dirty = set()
 
         def op(c: sqlite3.Connection) -> None:
@@ -687,23 +713,23 @@ class Store:
             del self._appends[:self.group_max]
             ops, self._ops = self._ops, []
             updates, self._updates = self._updates, {}
-            # Rows are built here, on the loop's thread, so records can change
-            # (receptions) while the writer thread works on copies.
-            rows = []
-            windows = {}
             recent = self._recent
-            for seq, r, w, _m, _i in appends:
-                rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
-                             r.best_rssi, r.best_snr, r.gateway_id, cbor2.dumps(r.body)))
-                if w is not None:
-                    windows[w[0]] = (w[1], w[2], w[0])
-                e = recent.get((r.node_id, r.counter))
-                if e is not None and e.seq == seq:
-                    e.taken = True
-            upd = [(e.record.receptions, e.record.best_rssi, e.record.best_snr, e.record.gateway_id, s)
-                   for s, e in updates.items()]
             t0 = time.perf_counter()
             try:
+                # Rows are built here, on the loop's thread, so records can change
+                # (receptions) while the writer thread works on copies.
+                rows = []
+                windows = {}
+                for seq, r, w, _m, _i in appends:
+                    rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
+                                 r.best_rssi, r.best_snr, r.gateway_id, cbor2.dumps(r.body)))
+                    if w is not None:
+                        windows[w[0]] = (w[1], w[2], w[0])
+                    e = recent.get((r.node_id, r.counter))
+                    if e is not None and e.seq == seq:
+                        e.taken = True
+                upd = [(e.record.receptions, e.record.best_rssi, e.record.best_snr, e.record.gateway_id, s)
+                       for s, e in updates.items()]
                 dropped, results = await loop.run_in_executor(
                     self._pool, self._commit, rows, list(windows.values()), upd, [fn for fn, _ in ops])
             except BaseException as e:  # the whole group failed: nothing of it is stored

@@ -183,6 +183,23 @@ async def test_a_failed_commit_stores_nothing_and_says_so(store):
     assert rows(store.path) == [(1, 1), (1, 3)]
 
 
+async def test_a_record_that_cannot_be_written_fails_its_group_not_the_writer(store):
+    bad = record(1, 1)
+    bad.body[0] = object()  # not encodable: a bug upstream of the store
+    with pytest.raises(StoreError):
+        await store.append(bad)
+    assert await store.append(record(1, 2)) > 0  # the writer is still there
+    assert rows(store.path) == [(1, 2)]
+
+
+async def test_fields_are_named_once_when_records_are_handed_out(store):
+    rec = record(2, 1)
+    rec.fields = {}  # as the pipeline leaves them
+    await store.append(rec)
+    [(_, got)] = store.next_batch(10)
+    assert got.fields["level"] == {"value": 40, "unit": "%"}
+
+
 async def test_closed_store_refuses(tmp_path):
     s = await Store.open(tmp_path / "gw.db")
     await s.close()
