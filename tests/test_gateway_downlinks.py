@@ -201,3 +201,20 @@ async def test_queued_downlinks_survive_a_restart(tmp_path):
     assert radio.sent[0][2][0] == dl.id and radio.sent[0][1] == 0
     await d.close()
     await s.close()
+
+
+async def test_on_a_wire_unanswered_commands_are_resent_without_waiting_for_an_uplink(gw):
+    from gateway.downlinks import ACK_TIMEOUT_S
+
+    p, d, clock = gw
+    radio = Radio("serial:a")
+    await uplink(p, d, seal(NODE, 1), radio, "serial")
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_SET_INTERVAL, 2: [900]})
+    await d.idle()
+    assert len(radio.sent) == 1
+    await d.sweep()
+    assert len(radio.sent) == 1  # its CMD_ACK may still come
+    clock.t += ACK_TIMEOUT_S
+    await d.sweep()
+    await d.idle()
+    assert [b[0] for _t, _c, b in radio.sent] == [dl.id, dl.id] and p.store.downlink(dl.id).attempts == 2
