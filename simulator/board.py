@@ -85,6 +85,7 @@ class BoardOptions:
     heap: int = DEFAULT_HEAP
     name: str = "vboard"
     interrupt_grace_s: float = INTERRUPT_GRACE_S
+    control: Path | None = None  # Unix socket: set inputs, read outputs (JSON lines)
 
 
 def node_executable() -> str:
@@ -321,6 +322,9 @@ class VirtualBoard:
         self._wdt_timer: asyncio.TimerHandle | None = None
         self._session: asyncio.Task | None = None
         self._next_cause: str | None = None
+        self.inputs: dict[tuple[str, int], int] = {}  # the world: survives resets
+        self.outputs: dict[str, dict[int, int]] = {"out": {}, "pwm": {}}
+        self._control_server: asyncio.AbstractServer | None = None
         self._interrupts_sent = 0  # Ctrl-C sent to the engine during the current execution
         self._booting = False  # from power-on/reset until main.py starts (or the REPL)
         self._boot_interrupt = False  # a Ctrl-C that arrived while booting: it is main.py's
@@ -337,6 +341,10 @@ class VirtualBoard:
         for n, link in self.opts.uart_links.items():
             self.uarts[n] = Pty(link)
             loop.add_reader(self.uarts[n].master, self._on_uart, n)
+        if self.opts.control is not None:
+            self.opts.control.unlink(missing_ok=True)
+            self._control_server = await asyncio.start_unix_server(self._control_client, path=str(self.opts.control))
+            os.chmod(self.opts.control, 0o600)
         cause = "power_on"
         try:
             while True:
@@ -360,6 +368,10 @@ class VirtualBoard:
             if self._engine:
                 await self._engine.stop()
             self._cancel_timers()
+            if self._control_server is not None:
+                self._control_server.close()
+                if self.opts.control is not None:
+                    self.opts.control.unlink(missing_ok=True)
             for pty in [self.console, *self.uarts.values()]:
                 if pty is not None:
                     with contextlib.suppress(Exception):
@@ -391,6 +403,8 @@ class VirtualBoard:
             self._booting = True
             self._boot_interrupt = False
             self.info = await engine.start()
+            for (kind, pin), value in self.inputs.items():  # the world did not reset
+                engine.send("P", json.dumps({"kind": kind, "pin": pin, "value": value}))
             self.banner = self.info["banner"].encode()
             self.ready.set()
             if await self._exec_file("boot.py") == EXIT:
@@ -506,8 +520,49 @@ class VirtualBoard:
             if "timeout" in msg:
                 self._wdt_ms = max(1, int(msg["timeout"]))
             self._arm_watchdog()
+        elif ftype == "P":
+            msg = json.loads(payload)
+            self.outputs.setdefault(msg["kind"], {})[int(msg["pin"])] = int(msg["value"])
         elif ftype == "L":
             log.info("virtual board %s: %s", self.opts.name, payload.decode("utf-8", "replace"))
+
+    # -- inputs and outputs (machine.Pin/ADC/PWM on the board) ----------------------
+
+    INPUT_KINDS = ("pin", "adc", "pulses")
+
+    def set_input(self, kind: str, pin: int, value: int) -> None:
+        """A digital level, an ADC voltage (mV), or pulses to deliver to a Pin.irq."""
+        if kind not in self.INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {', '.join(self.INPUT_KINDS)}")
+        if kind != "pulses":
+            self.inputs[(kind, pin)] = value
+        if self._engine is not None:
+            self._engine.send("P", json.dumps({"kind": kind, "pin": pin, "value": value}))
+
+    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """JSON lines: {"set": "pin"|"adc"|"pulses", "pin": N, "value": V} or {"get": "outputs"}."""
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    if "set" in req:
+                        self.set_input(str(req["set"]), int(req["pin"]), int(req["value"]))
+                        answer: dict = {"ok": True}
+                    elif req.get("get") == "outputs":
+                        answer = {k: {str(p): v for p, v in d.items()} for k, d in self.outputs.items()}
+                    elif req.get("get") == "state":
+                        answer = {"boots": self.boots, "mode": self.mode,
+                                  "running": self._exec_future is not None and not self._exec_future.done()}
+                    else:
+                        answer = {"error": "expected {\"set\": ...} or {\"get\": \"outputs\"|\"state\"}"}
+                except (ValueError, KeyError, TypeError) as e:
+                    answer = {"error": str(e)}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
     def _arm_watchdog(self) -> None:
         if self._wdt_timer is not None:
@@ -734,6 +789,9 @@ def add_action(actions) -> None:
                    help="flip one bit of every file matching GLOB (board path, e.g. 'lib/*.mpy') when written")
     p.add_argument("--name", default="vboard", help="board name (machine.unique_id() derives from it)")
     p.add_argument("--heap", type=_size_arg, default=DEFAULT_HEAP, help="initial MicroPython heap")
+    p.add_argument("--control", type=Path, metavar="SOCKET",
+                   help="Unix socket to set the board's inputs and read its outputs (JSON lines, "
+                        "e.g. {\"set\": \"adc\", \"pin\": 35, \"value\": 1200} or {\"get\": \"outputs\"})")
     p.add_argument("--interrupt-grace", type=float, default=INTERRUPT_GRACE_S, metavar="SECONDS",
                    help="hard-reset a program that ignores Ctrl-C this long (default %(default)g s)")
     p.add_argument("--json", action="store_true", help="print the ready line as JSON (for scripts)")
@@ -746,7 +804,7 @@ def cmd_board(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     opts = BoardOptions(flash_dir=args.dir.resolve(), fs_size=args.fs_size, link=args.link,
                         uart_links=dict(args.uart), corrupt=args.corrupt, heap=args.heap, name=args.name,
-                        interrupt_grace_s=args.interrupt_grace)
+                        interrupt_grace_s=args.interrupt_grace, control=args.control)
     try:
         return asyncio.run(_main(opts, args.json))
     except BoardError as e:
@@ -768,6 +826,7 @@ async def _main(opts: BoardOptions, as_json: bool) -> int:
         return 1
     assert board.console is not None
     info = {"event": "ready", "port": board.console.path, "link": str(opts.link) if opts.link else None,
+            "control": str(opts.control) if opts.control else None,
             "uarts": {str(n): p.path for n, p in board.uarts.items()}, "flash": str(opts.flash_dir),
             "fs_size": opts.fs_size, "banner": board.banner.decode()}
     if as_json:

@@ -14,7 +14,9 @@
 //   F {path}           run a board file  O bytes         console output
 //   C                  Ctrl-C            E               the traceback starts here
 //   U id+bytes         UART rx           D {status,interrupts}  execution finished
-//   Q                  quit              U id+bytes      UART tx
+//   P {kind,pin,value} input pin/adc/    U id+bytes      UART tx
+//                      pulses            P {kind,pin,value}  output changed (out/pwm)
+//   Q                  quit
 //                                        R {kind}        the program reset the board
 //                                        W {[timeout]}   watchdog started / fed
 //                                        L text          diagnostic for the host's log
@@ -140,6 +142,12 @@ function dispatch(frames, running) {
       const q = uartRx.get(id);
       for (const b of f.payload.subarray(1)) q.push(b);
       if (q.length > UART_RX_MAX) q.splice(0, q.length - UART_RX_MAX); // overrun drops oldest
+    } else if (f.type === "P") {
+      try {
+        ioInput(JSON.parse(f.payload.toString("utf8")));
+      } catch (e) {
+        log(`bad P frame: ${e}`);
+      }
     } else if (f.type === "Q") {
       process.exit(0);
     } else {
@@ -148,7 +156,16 @@ function dispatch(frames, running) {
   }
 }
 
-const UART_RX_MAX = 4096; // bytes buffered per virtual UART, like a driver ring buffer
+const UART_RX_MAX = 4096;
+
+// The board's pins as values: inputs set by the host ("pin" levels, "adc" mV,
+// "pulses" to deliver), outputs ("out" levels, "pwm" duty_u16) reported to it.
+const io = { pin: new Map(), adc: new Map(), out: new Map(), pwm: new Map() };
+const pulses = new Map();
+function ioInput(msg) {
+  if (msg.kind === "pulses") pulses.set(msg.pin, (pulses.get(msg.pin) ?? 0) + Math.max(0, msg.value | 0));
+  else if (msg.kind === "pin" || msg.kind === "adc") io[msg.kind].set(msg.pin, msg.value | 0);
+} // bytes buffered per virtual UART, like a driver ring buffer
 
 // Wait up to ms, watching for Ctrl-C. Returns 1 if interrupted.
 let lastPoll = 0;
@@ -278,9 +295,11 @@ function corruptIfAsked(p) {
   log(`corrupted ${rel} on request`);
 }
 
+// One depth for all wrappers: only the outermost FS call (the syscall's) maps
+// errnos; emscripten's own nested calls expect its numbers (e.g. rename -> stat).
+let depth = 0;
 function wrap(name, after) {
   const orig = FS[name];
-  let depth = 0;
   FS[name] = function (...args) {
     if (internal) return orig.apply(this, args);
     depth++;
@@ -392,6 +411,31 @@ mp.registerJsModule("_vbjs", {
     dispatch(readFrames(), true);
     const q = uartRx.get(id) ?? [];
     return hexOf(q.splice(0, Math.min(n, q.length)));
+  },
+  io_get: (kind, pin, dflt) => {
+    dispatch(readFrames(), true);
+    return io[kind].get(pin) ?? dflt;
+  },
+  io_set: (kind, pin, value) => {
+    if (io[kind].get(pin) === value) return;
+    io[kind].set(pin, value);
+    send("P", JSON.stringify({ kind, pin, value }));
+  },
+  io_take_pulses: (pin) => {
+    const n = pulses.get(pin) ?? 0;
+    pulses.delete(pin);
+    return n;
+  },
+  // os.rename on the board comes here: the port's VfsPosix with a root builds
+  // both paths in one buffer, so its rename(old, new) renames new onto itself.
+  rename: (from, to) => {
+    try {
+      FS.rename(ROOT + from, ROOT + to);
+      return 0;
+    } catch (e) {
+      if (e && e.name === "ErrnoError") return e.errno;
+      throw e;
+    }
   },
   board_json: () => JSON.stringify({
     name: cfg.name, fs_size: cfg.fs_size, block_size: cfg.block_size, uarts: cfg.uarts,

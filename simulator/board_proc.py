@@ -26,7 +26,7 @@ READY_TIMEOUT_S = 30.0
 class BoardProcess:
     def __init__(self, flash_dir: Path, *, fs_size: int | None = None, corrupt: list[str] = (),
                  uarts: list[int] = (), name: str = "vboard", interrupt_grace_s: float | None = None,
-                 link: Path | None = None, verbose: bool = False):
+                 link: Path | None = None, control: Path | None = None, verbose: bool = False):
         self.flash_dir = Path(flash_dir)
         self.args = ["--dir", str(self.flash_dir), "--json", "--name", name]
         if fs_size is not None:
@@ -39,6 +39,8 @@ class BoardProcess:
             self.args += ["--interrupt-grace", str(interrupt_grace_s)]
         if link is not None:
             self.args += ["--link", str(link)]
+        if control is not None:
+            self.args += ["--control", str(control)]
         if verbose:
             self.args.append("-v")
         self.proc: subprocess.Popen | None = None
@@ -70,6 +72,22 @@ class BoardProcess:
                 line += byte
         self.info = json.loads(line)
         return self
+
+    def control(self, request: dict) -> dict:
+        """One request on the board's control socket (needs control=PATH)."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(self.info["control"])
+            s.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)
 
     def stop(self) -> str:
         """Power off; returns what the board logged on stderr."""

@@ -80,7 +80,8 @@ class Console:
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     """One board for the module (a board boots in about 0.6 s); tests leave no files behind."""
-    with BoardProcess(tmp_path_factory.mktemp("vboard") / "flash", uarts=[1], interrupt_grace_s=1.0) as b:
+    d = tmp_path_factory.mktemp("vboard")
+    with BoardProcess(d / "flash", uarts=[1], interrupt_grace_s=1.0, control=d / "ctl") as b:
         yield b
 
 
@@ -371,6 +372,50 @@ def test_uart_hook_reaches_a_host_pty(board, console):
         assert b"not connected" in console.read_until(b"\x04>")
     finally:
         uart.close()
+
+
+def test_machine_peripherals_driven_from_the_host(board, console):
+    console.raw_repl()
+    console.write(b"import machine, time\n"
+                  b"out = machine.Pin(5, machine.Pin.OUT, value=0); out.on()\n"
+                  b"pwm = machine.PWM(machine.Pin(25), freq=1000); pwm.duty_u16(30000)\n"
+                  b"count = [0]\n"
+                  b"def edge(p): count[0] += 1\n"
+                  b"machine.Pin(14, machine.Pin.IN, machine.Pin.PULL_UP).irq(edge, machine.Pin.IRQ_FALLING)\n"
+                  b"print(machine.Pin(4, machine.Pin.IN).value(), machine.Pin(6, machine.Pin.IN, machine.Pin.PULL_UP)())\x04")
+    assert b"OK0 1\r\n" in console.read_until(b"\x04>")  # unset inputs read as their pull
+    assert board.control({"get": "outputs"}) == {"out": {"5": 1}, "pwm": {"25": 30000}}
+    for req in ({"set": "adc", "pin": 35, "value": 1650}, {"set": "pin", "pin": 4, "value": 1},
+                {"set": "pulses", "pin": 14, "value": 5}):
+        assert board.control(req) == {"ok": True}
+    console.write(b"a = machine.ADC(machine.Pin(35))\ntime.sleep_ms(20)\n"
+                  b"print(a.read_uv(), a.read_u16(), machine.Pin(4, machine.Pin.IN).value(), count[0])\x04")
+    assert b"OK1650000 32767 1 5\r\n" in console.read_until(b"\x04>")
+    assert "error" in board.control({"set": "voltage", "pin": 1, "value": 2})
+    console.write(b"machine.SPI(1)\x04")
+    assert b"no SPI devices" in console.read_until(b"\x04>")
+
+
+def test_rtc_and_time_are_a_boards(board, console):
+    console.raw_repl()
+    console.write(b"import machine, time\nprint(type(time.time()).__name__)\n"
+                  b"machine.RTC().datetime((2030, 1, 2, 2, 3, 4, 5, 0))\n"
+                  b"print(time.gmtime()[:5], machine.RTC().datetime()[:3])\x04")
+    out = console.read_until(b"\x04>")
+    assert b"OKint\r\n(2030, 1, 2, 3, 4) (2030, 1, 2)\r\n" in out
+
+
+def test_rename_and_mkdir_are_mirrored(board, console):
+    console.raw_repl()
+    console.write(b"import os\nos.mkdir('st')\nf = open('st/a.tmp', 'w'); f.write('v1'); f.close()\n"
+                  b"os.rename('st/a.tmp', '/st/a')\nos.chdir('/st'); os.rename('a', 'b'); os.chdir('/')\n"
+                  b"print(os.listdir('st'))\x04")
+    assert b"OK['b']\r\n" in console.read_until(b"\x04>")
+    assert sorted(p.name for p in (board.flash_dir / "st").iterdir()) == ["b"]
+    assert (board.flash_dir / "st" / "b").read_text() == "v1"
+    console.write(b"os.remove('st/b'); os.rmdir('st')\x04")
+    console.read_until(b"\x04>")
+    assert not (board.flash_dir / "st").exists()
 
 
 # -- robustness -----------------------------------------------------------------------------

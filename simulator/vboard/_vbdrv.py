@@ -19,6 +19,7 @@ import _vbjs
 import __main__
 
 _G = __main__.__dict__
+_machine = None  # the board's machine module, once installed
 _ticks_ms = time.ticks_ms
 _ticks_diff = time.ticks_diff
 _IDLE_MS = 1000  # a loop with nothing scheduled waits in slices this long
@@ -85,6 +86,8 @@ def run_file(path):
 def _wait_ms(ms):
     if _vbjs.wait(ms):
         raise KeyboardInterrupt
+    if _machine._irq_pins:
+        _machine._service()
 
 
 def _ticks_polling():
@@ -194,15 +197,34 @@ def _ilistdir_with_sizes(ilistdir):
     return wrapped
 
 
+def _abspath(p):
+    if not p.startswith("/"):
+        cwd = os.getcwd()
+        p = (cwd if cwd.endswith("/") else cwd + "/") + p
+    return p
+
+
+def _rename(old, new):
+    err = _vbjs.rename(_abspath(old), _abspath(new))
+    if err:
+        raise OSError(err)
+
+
 def install():
     """Mount the flash as "/", make waits interruptible, preload the board modules."""
+    global _machine
     import vboard  # noqa: F401  (kept in sys.modules: /_vb is unreachable after the mount)
-    import machine  # noqa: F401
+    import machine
+    import _vbmicropython
+
+    _machine = machine
+    sys.modules["micropython"] = _vbmicropython
 
     _patch_asyncio()
     time.sleep = _sleep
     time.sleep_ms = _sleep_ms
     os.ilistdir = _ilistdir_with_sizes(os.ilistdir)
+    os.rename = _rename
     vfs.umount("/")
     vfs.mount(vfs.VfsPosix("/flash"), "/")
     os.chdir("/")

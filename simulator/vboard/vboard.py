@@ -13,6 +13,11 @@
 #                              byte API: write(buf) -> n, read([n]) -> bytes or None,
 #                              readinto(buf[, n]) -> n or None, any() -> n.
 #
+# The board's `machine` module (machine.py here) emulates its peripherals at the
+# API level (Pin, PWM, ADC, UART, RTC, WDT), so a node's main.py and its board
+# HAL (firmware/hal_machine.py) run unchanged; the host sets inputs and reads
+# outputs (simulator/board.py: --control).
+#
 # The UART is the radio hook: on the host it is a pseudo-terminal
 # (`lumeau sim board --uart1 PATH`), so a wired node's serial link (protocol/serial.py
 # framing through firmware/radio.py's UART radio) reaches a gateway that opens that
