@@ -1,0 +1,464 @@
+"""`lumeau node flash`: put a bundle and a node's config on a MicroPython board.
+
+Over the board's USB serial REPL with mpremote's transport (the raw REPL and
+raw-paste mode every MicroPython port speaks):
+
+1. (``--micropython IMAGE``, ESP32 only) write the MicroPython image with esptool;
+2. connect, soft-reset into the raw REPL, check the board's .mpy version;
+3. hash every bundle file ON the board (hashlib there): unchanged files are not
+   copied again, so a flash is idempotent and an interrupted one resumes;
+4. check the free space, then write each changed file to ``PATH.part``, hash it on
+   the board, and only then rename it over ``PATH``: a cut cable never leaves a
+   half-written module that would stop the node booting;
+5. remove files under firmware/ and protocol/ that the bundle does not have (an
+   old ``.py`` would shadow the new ``.mpy``; stale ``.part`` files). /config.json,
+   /state (the node's frame counters) and anything else are never touched;
+6. copy the config (validated on the laptop first) to /config.json the same way;
+7. soft-reset in the friendly REPL so boot.py and main.py run, and confirm: on the
+   console (no traceback, no "cannot start" within ``settle_s``) or, with a gateway,
+   by the node's HELLO there (last seen after the reset, reporting this firmware).
+
+Errors are FlashError with a ``reason`` a script can test (REASONS) and a message
+for the technician. Limits: CHUNK bytes per raw-REPL write (raw paste has flow
+control, so any size is safe; 1 KiB keeps a round trip short at 115200 Bd);
+RETRIES per file on a hash mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lumeau.bundle import Bundle, BundleError, load as load_bundle
+
+CONFIG_PATH = "config.json"  # on the board: firmware/main.py reads /config.json
+MANAGED_DIRS = ("firmware", "protocol")  # the bundle owns these directories on the board
+CHUNK = 1024
+RETRIES = 1
+CONNECT_TIMEOUT_S = 10.0
+SETTLE_S = 3.0
+HELLO_TIMEOUT_S = 60.0
+REASONS = ("no_such_port", "port_busy", "port_access", "not_micropython", "timeout", "incompatible",
+           "board_full", "hash_mismatch", "bad_bundle", "bad_config", "node_failed", "transport", "image")
+
+
+class FlashError(Exception):
+    def __init__(self, reason: str, message: str):
+        assert reason in REASONS, reason
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class FlashReport:
+    port: str
+    board: str = ""
+    copied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    bytes_copied: int = 0
+    confirmed: str = ""  # how the node was seen running
+
+
+def _remote_repr(value) -> str:
+    return repr(value)
+
+
+# Runs on the board: sha256 of each path (None when missing), in one round trip.
+HASH_SCRIPT = """
+import hashlib, binascii
+def _lumeau_h(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    b = bytearray(512)
+    m = memoryview(b)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(m[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+print(repr([_lumeau_h(p) for p in %s]))
+del _lumeau_h
+"""
+
+# Runs on the board: (block size, free blocks) and the size of each path (-1 when missing).
+SPACE_SCRIPT = """
+import os
+s = os.statvfs('/')
+def _lumeau_sz(p):
+    try:
+        return os.stat(p)[6]
+    except OSError:
+        return -1
+print(repr((s[0], s[4], [_lumeau_sz(p) for p in %s])))
+del _lumeau_sz
+"""
+
+
+class Flasher:
+    """One flashing session on one port (a context manager holding the port)."""
+
+    def __init__(self, port: str, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 log: Callable[[str], None] = print):
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.log = log
+        self.transport = None
+
+    # -- connection ----------------------------------------------------------------
+
+    def __enter__(self) -> Flasher:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        if not os.path.exists(self.port):
+            raise FlashError("no_such_port", f"{self.port}: no such port (is the board plugged in? "
+                                             "look for /dev/ttyUSB* or /dev/ttyACM*)")
+        try:
+            # A read timeout, or mpremote waits forever on a silent pty.
+            self.transport = SerialTransport(self.port, baudrate=115200, timeout=min(1.0, self.connect_timeout))
+        except TransportError:
+            raise self._diagnose_open() from None
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):  # mpremote prints what it got on failure
+                self.transport.enter_raw_repl(soft_reset=True, timeout_overall=self.connect_timeout)
+        except (TransportError, OSError) as e:
+            got = buf.getvalue().strip()
+            self.close()
+            if isinstance(e, OSError):
+                raise FlashError("transport", f"{self.port}: {e}") from None
+            if got in ("", "b''"):
+                raise FlashError("timeout", f"{self.port}: no answer within {self.connect_timeout:g} s "
+                                            "(is the board powered? in its bootloader? another baud rate?)") from None
+            raise FlashError("not_micropython", f"{self.port}: not a MicroPython REPL; the device answered "
+                                                f"{got[:120]}") from None
+        self.transport.serial.timeout = 5.0  # replies from a working board come within ms
+
+    def _diagnose_open(self) -> FlashError:
+        import serial
+
+        try:
+            s = serial.Serial(self.port, 115200, exclusive=True, timeout=0)
+        except serial.SerialException as e:
+            text = str(e)
+            if "exclusively lock" in text or getattr(e, "errno", None) in (errno.EAGAIN, errno.EBUSY):
+                return FlashError("port_busy", f"{self.port} is in use by another program "
+                                               "(a terminal, mpremote, the gateway?): close it and retry")
+            if getattr(e, "errno", None) == errno.EACCES or "Permission denied" in text:
+                return FlashError("port_access", f"{self.port}: permission denied (add yourself to the "
+                                                 "dialout group, then log in again)")
+            return FlashError("no_such_port", f"{self.port}: cannot open: {text}")
+        s.close()
+        return FlashError("port_busy", f"{self.port}: could not be opened by mpremote (busy a moment ago?)")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                if self.transport.in_raw_repl:
+                    self.transport.exit_raw_repl()
+            with contextlib.suppress(Exception):
+                self.transport.close()
+            self.transport = None
+
+    # -- board operations --------------------------------------------------------------
+
+    def _exec(self, code: str) -> bytes:
+        from mpremote.transport import TransportError, TransportExecError
+
+        try:
+            return self.transport.exec(code)
+        except TransportExecError as e:
+            if "ENOSPC" in e.error_output or "OSError: 28" in e.error_output:
+                raise FlashError("board_full", f"{self.port}: the board's filesystem is full") from None
+            raise FlashError("transport", f"{self.port}: the board failed: {e.error_output.strip()[-300:]}") from None
+        except (TransportError, OSError) as e:
+            raise FlashError("transport", f"{self.port}: lost the board: {e}") from None
+
+    def _eval(self, code: str):
+        import ast
+
+        out = self._exec(code).decode("utf-8", "replace").strip()
+        try:
+            return ast.literal_eval(out)
+        except (ValueError, SyntaxError):
+            raise FlashError("transport", f"{self.port}: unexpected answer from the board: {out[:200]!r}") from None
+
+    def board_info(self) -> dict:
+        mpy, platform, version = self._eval("import sys\nprint(repr((sys.implementation._mpy, sys.platform, "
+                                            "sys.version)))")
+        return {"mpy_version": mpy & 0xFF, "mpy_sub_version": (mpy >> 8) & 3, "mpy_arch": mpy >> 10,
+                "platform": platform, "version": version}
+
+    def remote_hashes(self, paths: list[str]) -> list[str | None]:
+        return self._eval(HASH_SCRIPT % _remote_repr(paths))
+
+    def remote_space(self, paths: list[str]) -> tuple[int, int, list[int]]:
+        bsize, bfree, sizes = self._eval(SPACE_SCRIPT % _remote_repr(paths))
+        return bsize, bfree, sizes
+
+    def mkdirs(self, path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            self._exec("import os\ntry:\n os.mkdir(%r)\nexcept OSError:\n pass" % d)
+
+    def write_verified(self, path: str, data: bytes, sha256: str) -> None:
+        """Write to PATH.part, check its hash on the board, rename over PATH."""
+        part = path + ".part"
+        for attempt in range(RETRIES + 1):
+            self.mkdirs(path)
+            try:
+                self.transport.fs_writefile(part, data, chunk_size=CHUNK)
+            except OSError as e:
+                self._exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % part)
+                if e.errno == errno.ENOSPC:
+                    raise FlashError("board_full", f"{self.port}: the board's filesystem filled up while "
+                                                   f"writing {path} ({len(data)} bytes)") from None
+                raise FlashError("transport", f"{self.port}: writing {path} failed: {e}") from None
+            except Exception as e:  # mpremote's TransportError and friends
+                raise FlashError("transport", f"{self.port}: writing {path} failed: {e}") from None
+            got = self.remote_hashes([part])[0]
+            if got == sha256:
+                self._exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass\nos.rename(%r, %r)"
+                           % (path, part, path))
+                return
+            self._exec("import os\nos.remove(%r)" % part)
+            if attempt < RETRIES:
+                self.log(f"  {path}: hash mismatch on the board, writing it again")
+        raise FlashError("hash_mismatch", f"{self.port}: {path} reads back from the board as sha256 {got}, "
+                                          f"expected {sha256} ({RETRIES + 1} attempts): the board's flash "
+                                          "may be failing")
+
+    def list_managed(self) -> list[str]:
+        """Files under MANAGED_DIRS on the board (relative paths)."""
+        found: list[str] = []
+        todo = [d for d in MANAGED_DIRS]
+        while todo:
+            d = todo.pop()
+            try:
+                entries = self.transport.fs_listdir(d)
+            except OSError:
+                continue
+            except Exception as e:
+                raise FlashError("transport", f"{self.port}: listing {d} failed: {e}") from None
+            for ent in entries:
+                p = d + "/" + ent.name
+                if ent.st_mode & 0x4000:
+                    todo.append(p)
+                else:
+                    found.append(p)
+        return sorted(found)
+
+    def soft_reset_and_watch(self, seconds: float) -> bytes:
+        """Friendly REPL, Ctrl-D: boot.py and main.py run; returns the console output."""
+        t = self.transport
+        t.exit_raw_repl()
+        t.serial.reset_input_buffer()
+        t.serial.write(b"\x04")
+        out = b""
+        deadline = time.monotonic() + seconds
+        t.serial.timeout = 0.1
+        while time.monotonic() < deadline:
+            out += t.serial.read(4096)
+            if b"Traceback (most recent call last)" in out or b"lumeau: cannot start" in out:
+                time.sleep(0.3)  # the rest of the message
+                out += t.serial.read(65536)
+                break
+        return out
+
+
+def _check_compatible(bundle: Bundle, info: dict, log: Callable[[str], None]) -> None:
+    if info["mpy_version"] != bundle.mpy_version or info["mpy_sub_version"] < bundle.mpy_sub_version:
+        raise FlashError("incompatible", f"the board runs MicroPython with .mpy v{info['mpy_version']}."
+                                         f"{info['mpy_sub_version']} ({info['version']}); the bundle is .mpy "
+                                         f"v{bundle.mpy_version}.{bundle.mpy_sub_version} (mpy-cross "
+                                         f"{bundle.mpy_cross}): update the board's MicroPython (--micropython)")
+
+
+def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
+    from firmware import config as fwconfig
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FlashError("bad_config", f"{path}: cannot read: {e.strerror}") from None
+    try:
+        cfg = fwconfig.load(data)
+    except fwconfig.ConfigError as e:
+        raise FlashError("bad_config", f"{path}: {e}") from None
+    if cfg["kind"] != bundle.kind:
+        raise FlashError("bad_config", f"{path}: a {cfg['kind']} node's config, but the bundle is for {bundle.kind} "
+                                       "nodes: build the right bundle (lumeau node build --kind ...)")
+    return data, cfg
+
+
+def wait_hello_at_gateway(url: str, token: str, node_id: int, since: float, firmware: str,
+                          timeout: float, log: Callable[[str], None]) -> str:
+    """Poll the gateway's API until the node was seen after `since` running `firmware`."""
+    req_url = url.rstrip("/") + f"/nodes/{node_id:08x}"
+    deadline = time.monotonic() + timeout
+    last_err = ""
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(req_url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                node = json.loads(resp.read())
+            seen = node.get("last_seen")
+            if isinstance(seen, (int, float)) and seen >= since and (node.get("reported_firmware") in (firmware, None)):
+                return f"HELLO at the gateway (last seen {time.strftime('%H:%M:%S', time.localtime(seen))}" \
+                       f", firmware {node.get('reported_firmware')})"
+        except urllib.error.HTTPError as e:
+            last_err = f"HTTP {e.code}"
+            if e.code in (401, 403):
+                raise FlashError("node_failed", f"the gateway at {url} refused the API token ({last_err})") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            last_err = str(e)
+        time.sleep(0.5)
+    raise FlashError("timeout", f"no HELLO from node {node_id:08x} at the gateway {url} within {timeout:g} s"
+                                + (f" (last error: {last_err})" if last_err else "")
+                                + ": check its radio settings, the antenna, and that the gateway runs")
+
+
+def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+          settle_s: float = SETTLE_S, gateway: str | None = None, token: str | None = None,
+          hello_timeout: float = HELLO_TIMEOUT_S, reset: bool = True,
+          log: Callable[[str], None] = print) -> FlashReport:
+    try:
+        bundle = load_bundle(bundle_dir)
+    except BundleError as e:
+        raise FlashError("bad_bundle", str(e)) from None
+    cfg_data, cfg = read_config(config, bundle) if config is not None else (None, None)
+    if gateway and cfg is None:
+        raise FlashError("bad_config", "waiting for the HELLO at a gateway needs --config (for the node id)")
+
+    report = FlashReport(port)
+    with Flasher(port, connect_timeout=connect_timeout, log=log) as fl:
+        info = fl.board_info()
+        report.board = info["version"]
+        log(f"{port}: {info['version']} ({info['platform']})")
+        _check_compatible(bundle, info, log)
+
+        wanted = [(f.path, bundle.local(f).read_bytes(), f.sha256) for f in bundle.files]
+        if cfg_data is not None:
+            wanted.append((CONFIG_PATH, cfg_data, hashlib.sha256(cfg_data).hexdigest()))
+        remote = fl.remote_hashes([p for p, _, _ in wanted] + ([CONFIG_PATH] if cfg_data is None else []))
+        if cfg_data is None:
+            if remote.pop() is None and reset:
+                raise FlashError("bad_config", f"{port}: the board has no /{CONFIG_PATH} and no --config was given: "
+                                               "the node could not start (lumeau node provision writes one)")
+        todo = []
+        for (path, data, digest), have in zip(wanted, remote):
+            if have == digest:
+                report.unchanged.append(path)
+            else:
+                todo.append((path, data, digest))
+
+        if todo:
+            bsize, bfree, sizes = fl.remote_space([p for p, _, _ in todo])
+            blocks = lambda n: -(-n // bsize) if n > 0 else 0  # noqa: E731
+            grow = sum(max(0, blocks(len(d)) - blocks(max(s, 0))) for (_, d, _), s in zip(todo, sizes))
+            peak = max(blocks(len(d)) for _, d, _ in todo)  # the .part copy beside the old file
+            if grow + peak > bfree:
+                raise FlashError("board_full", f"{port}: the board's filesystem is full: these files need "
+                                               f"{(grow + peak) * bsize // 1024} KiB, {bfree * bsize // 1024} KiB "
+                                               "free (remove files, or erase the board with --micropython --erase)")
+
+        for path, data, digest in todo:
+            log(f"  {path}: {len(data)} bytes")
+            fl.write_verified(path, data, digest)
+            report.copied.append(path)
+            report.bytes_copied += len(data)
+
+        keep = {f.path for f in bundle.files}
+        for path in fl.list_managed():
+            if path not in keep:
+                fl._exec("import os\nos.remove(%r)" % path)
+                report.removed.append(path)
+                log(f"  {path}: removed (not in the bundle)")
+        log(f"{port}: {len(report.copied)} copied ({report.bytes_copied} bytes), "
+            f"{len(report.unchanged)} unchanged, {len(report.removed)} removed")
+
+        if not reset:
+            return report
+        since = time.time()
+        out = fl.soft_reset_and_watch(settle_s)
+    text = out.decode("utf-8", "replace")
+    if b"MPY: soft reboot" not in out:
+        raise FlashError("timeout", f"{port}: the board did not soft-reset after flashing; console: {text[-300:]!r}")
+    if "Traceback (most recent call last)" in text or "lumeau: cannot start" in text:
+        tail = text[text.find("MPY: soft reboot"):].strip()
+        raise FlashError("node_failed", f"{port}: the node failed to start:\n{tail[-1500:]}")
+    if gateway:
+        report.confirmed = wait_hello_at_gateway(gateway, token or "", cfg["node_id"], since,
+                                                 bundle.firmware_version, hello_timeout, log)
+    else:
+        report.confirmed = f"running: no error on the console within {settle_s:g} s of the reset"
+    log(f"{port}: {report.confirmed}")
+    return report
+
+
+def write_micropython(port: str, image: Path, target: str, *, erase: bool = False, baud: int = 460800,
+                      log: Callable[[str], None] = print) -> None:
+    """Write a MicroPython firmware image to an ESP32 with esptool's Python API."""
+    if target != "esp32":
+        raise FlashError("image", f"--micropython writes ESP32 images with esptool; a {target} board takes its "
+                                  "MicroPython .uf2 by copying it to the drive it shows in BOOTSEL mode")
+    try:
+        head = image.read_bytes()[:1]
+    except OSError as e:
+        raise FlashError("image", f"{image}: cannot read: {e.strerror}") from None
+    if head != b"\xe9":
+        raise FlashError("image", f"{image}: not an ESP32 firmware image (no 0xE9 magic byte): download the "
+                                  "ESP32_GENERIC .bin from micropython.org")
+    if not os.path.exists(port):
+        raise FlashError("no_such_port", f"{port}: no such port")
+    from esptool import cmds
+
+    try:
+        esp = cmds.detect_chip(port, baud)
+    except Exception as e:  # esptool raises FatalError and serial errors
+        raise FlashError("image", f"{port}: no ESP32 bootloader answered ({e}): hold BOOT while "
+                                  "pressing EN, then retry") from None
+    try:
+        chip = getattr(esp, "CHIP_NAME", "?")
+        if chip != "ESP32":
+            raise FlashError("image", f"{port}: the chip is an {chip}; this image and offset (0x1000) are for "
+                                      "the ESP32")
+        log(f"{port}: {chip} found, writing {image.name}")
+        esp = cmds.run_stub(esp)
+        cmds.attach_flash(esp)
+        if erase:
+            log(f"{port}: erasing the flash (the board's files go too)")
+            cmds.erase_flash(esp)
+        cmds.write_flash(esp, [(0x1000, str(image))])
+        cmds.reset_chip(esp, "hard-reset")
+    except FlashError:
+        raise
+    except Exception as e:
+        raise FlashError("image", f"{port}: esptool failed: {e}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            esp._port.close()

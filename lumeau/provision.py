@@ -1,0 +1,185 @@
+"""`lumeau node provision`: give a node its identity and key, and tell the gateway.
+
+- node id: given (``--node-id``), or allocated at random among the 32-bit ids the
+  registry does not hold (random, not sequential: two technicians provisioning
+  offline against copies of the registry almost never collide; 0 and 0xffffffff
+  are never allocated);
+- root key: 128 bits from ``secrets`` (the OS's CSPRNG), SPEC §3 derives the
+  per-direction keys from it;
+- config file: firmware/config.py's JSON (a site template for radio, pins and the
+  app's settings, plus node_id, kind, root_key, location), validated with the
+  firmware's own loader, written with mode 0600 (it holds the key);
+- registry: the gateway's registry file (gateway/registry.py, mode 0600, atomic)
+  or, when a gateway runs, its API (``PUT /nodes/{id}``) so it knows the key at once.
+
+Re-provisioning an id the registry holds ROTATES its key and says so: frames the
+node sends with its old key fail verification until it is flashed with the new
+config. The key is never printed unless ``show_key`` is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.keys import ROOT_KEY_LEN
+
+ID_MIN, ID_MAX = 1, 0xFFFFFFFE
+ALLOCATION_TRIES = 1000
+
+
+class ProvisionError(Exception):
+    pass
+
+
+@dataclass
+class Provisioned:
+    node_id: int
+    kind: str
+    root_key: bytes
+    rotated: bool
+    config_path: Path
+    registered_in: str
+
+    def __repr__(self) -> str:  # never the key
+        return (f"Provisioned(node_id={self.node_id:08x}, kind={self.kind!r}, rotated={self.rotated}, "
+                f"config_path={str(self.config_path)!r}, registered_in={self.registered_in!r})")
+
+
+def new_root_key() -> bytes:
+    return secrets.token_bytes(ROOT_KEY_LEN)
+
+
+def allocate_id(taken) -> int:
+    for _ in range(ALLOCATION_TRIES):
+        n = secrets.randbelow(ID_MAX - ID_MIN + 1) + ID_MIN
+        if n not in taken:
+            return n
+    raise ProvisionError("could not find a free node id (is the registry nearly full?)")
+
+
+def build_config(node_id: int, kind: str, root_key: bytes, template: dict | None = None,
+                 lat: float | None = None, lon: float | None = None) -> bytes:
+    """The node's config file bytes, validated by the firmware's own loader."""
+    from firmware import config as fwconfig
+
+    cfg = dict(template or {})
+    for k in ("node_id", "kind", "root_key"):
+        cfg.pop(k, None)
+    cfg = {"node_id": node_id, "kind": kind, "root_key": root_key.hex(), **cfg}
+    if lat is not None and lon is not None:
+        cfg["location"] = {"lat": lat, "lon": lon}
+    data = (json.dumps(cfg, indent=2, sort_keys=False) + "\n").encode()
+    try:
+        fwconfig.load(data)
+    except fwconfig.ConfigError as e:
+        raise ProvisionError(f"the node's config would not load on the node: {e}") from None
+    return data
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _api(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read() or b"{}")
+        except ValueError:
+            detail = {}
+        return e.code, detail
+    except (urllib.error.URLError, OSError) as e:
+        raise ProvisionError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
+
+
+def provision(kind: str, out: Path, *, node_id: int | None = None, registry: Path | None = None,
+              gateway: str | None = None, token: str | None = None, template: dict | None = None,
+              name: str = "", site: str = "", lat: float | None = None, lon: float | None = None,
+              firmware: str = "") -> Provisioned:
+    from gateway.registry import NodeEntry, Registry, RegistryError
+
+    if (registry is None) == (gateway is None):
+        raise ProvisionError("register the node in exactly one place: --registry FILE or --gateway URL")
+    if (lat is None) != (lon is None):
+        raise ProvisionError("give both --lat and --lon, or neither")
+    key = new_root_key()
+
+    if registry is not None:
+        try:
+            reg = Registry.load(registry)
+        except RegistryError as e:
+            raise ProvisionError(str(e)) from None
+        if node_id is None:
+            node_id = allocate_id(reg)
+        old = reg.get(node_id)
+    else:
+        if not token:
+            raise ProvisionError("--gateway needs the API token (--token or LUMEAU_API_TOKEN)")
+        if node_id is None:
+            status, listing = _api(gateway, token, "GET", "/nodes?limit=100000")
+            if status != 200:
+                raise ProvisionError(f"the gateway refused the node list: HTTP {status} {listing.get('error', '')}")
+            node_id = allocate_id({int(n["id"], 16) for n in listing.get("nodes", [])})
+        status, current = _api(gateway, token, "GET", f"/nodes/{node_id:08x}")
+        if status not in (200, 404):
+            raise ProvisionError(f"the gateway refused: HTTP {status} {current.get('error', '')}")
+        old = current if status == 200 else None
+    old_kind = (old.kind if hasattr(old, "kind") else old.get("kind")) if old is not None else None
+    if old_kind is not None and old_kind != kind:
+        raise ProvisionError(f"node {node_id:08x} is a {old_kind} node in the registry; a node does not change "
+                             "kind: provision a new id for the new device")
+
+    def keep(field_name: str, value):
+        if value not in ("", None) or old is None:
+            return value
+        return getattr(old, field_name) if hasattr(old, field_name) else old.get(field_name, value)
+
+    name, site, firmware = keep("name", name) or "", keep("site", site) or "", keep("firmware", firmware) or ""
+    lat, lon = keep("lat", lat), keep("lon", lon)
+    data = build_config(node_id, kind, key, template, lat, lon)
+    try:
+        entry = NodeEntry(node_id=node_id, kind=kind, root_key=key, name=name, site=site, lat=lat, lon=lon,
+                          firmware=firmware)
+    except RegistryError as e:
+        raise ProvisionError(str(e)) from None
+
+    # The registry first: a config whose key the gateway does not know is useless,
+    # while a registered key without its config is fixed by provisioning again.
+    if registry is not None:
+        reg.upsert(entry)
+        try:
+            reg.save()
+        except OSError as e:
+            raise ProvisionError(f"{registry}: cannot write: {e.strerror}") from None
+        where = str(registry)
+    else:
+        body = {"kind": kind, "root_key": key.hex(), "name": name, "site": site, "firmware": firmware}
+        if lat is not None:
+            body.update(lat=lat, lon=lon)
+        status, answer = _api(gateway, token, "PUT", f"/nodes/{node_id:08x}", body)
+        if status not in (200, 201):
+            raise ProvisionError(f"the gateway refused node {node_id:08x}: HTTP {status} {answer.get('error', '')}")
+        where = gateway
+    write_private(out, data)
+    return Provisioned(node_id, kind, key, old is not None, out, where)

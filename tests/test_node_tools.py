@@ -1,0 +1,450 @@
+"""`lumeau node build | provision | flash`, against the virtual board and real ptys.
+
+Real parts: mpy-cross builds the bundles, the flash tool talks to `lumeau sim board`
+(real MicroPython behind a real pty) through mpremote's transport, the registry is
+gateway/registry.py's file, configs load with the firmware's own loader. esptool
+cannot reach a virtual board: its Python API (esptool.cmds) is the seam there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+import pytest
+import serial
+
+from firmware import config as fwconfig
+from firmware import manifest as fwmanifest
+from gateway.registry import Registry
+from lumeau import bundle as bundles
+from lumeau import flash as fl
+from lumeau.cli import main as lumeau_main
+from simulator.board import MICROPYTHON_MJS
+from simulator.board_proc import BoardProcess
+
+needs_board = pytest.mark.skipif(not MICROPYTHON_MJS.exists(), reason="needs node_modules (make setup)")
+
+# A lighting node wired to the virtual board's UART1 (radio.type uart), with every
+# pin the lighting app reads, so main.py runs on the virtual board.
+SITE = {"radio": {"type": "uart", "uart": {"id": 1, "baud": 115200}},
+        "pins": {"lamp": 25, "lamp_current": 34, "ambient": 35, "pir": 26, "supply": 36},
+        "report_interval_s": 30}
+
+
+def lumeau(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lumeau", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "lighting-esp32"
+    proc = lumeau("node", "build", "--target", "esp32", "--kind", "lighting", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def node_config(tmp_path) -> Path:
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps(SITE))
+    out = tmp_path / "node.json"
+    proc = lumeau("node", "provision", "--kind", "lighting", "--registry", str(tmp_path / "nodes.toml"),
+                  "--template", str(site), "--lat", "48.85", "--lon", "2.35", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def board(tmp_path):
+    with BoardProcess(tmp_path / "flash", uarts=[1], control=tmp_path / "ctl") as b:
+        yield b
+
+
+def flash_cli(port: str, *args: str) -> subprocess.CompletedProcess:
+    return lumeau("node", "flash", "--port", port, "--settle", "2", "--timeout", "5", *args)
+
+
+# -- build -------------------------------------------------------------------------------
+
+
+def test_build_compiles_the_manifest_files_for_the_target(bundle_dir):
+    doc = json.loads((bundle_dir / "manifest.json").read_text())
+    expected = sorted(dst.lstrip("/") if dst.lstrip("/") in ("boot.py", "main.py")
+                      else str(Path(dst.lstrip("/")).with_suffix(".mpy"))
+                      for _, dst in fwmanifest.device_files("lighting"))
+    assert sorted(f["path"] for f in doc["files"]) == expected
+    assert doc["kind"] == "lighting" and doc["target"] == "esp32" and doc["march"] == "xtensawin"
+    assert doc["firmware_version"] and doc["micropython"]["mpy_version"] == 6
+    for f in doc["files"]:
+        data = (bundle_dir / f["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["size"]
+        if f["path"].endswith(".mpy"):
+            # .mpy header: "M", version 6, feature flags: 0 = bytecode only, no native code,
+            # so the file loads on any architecture (the arch is recorded only with native code)
+            assert data[0:3] == b"M\x06\x00"
+        else:
+            assert data == (bundles.ROOT / f["source"]).read_bytes()
+
+
+def test_build_is_reproducible_and_targets_the_rp2040(tmp_path, bundle_dir):
+    again = bundles.build("lighting", "esp32", tmp_path / "again")
+    assert (tmp_path / "again" / "manifest.json").read_bytes() == (bundle_dir / "manifest.json").read_bytes()
+    rp2 = bundles.build("lighting", "rp2", tmp_path / "rp2")
+    doc = json.loads((tmp_path / "rp2" / "manifest.json").read_text())
+    assert (rp2.target, rp2.march, doc["march"]) == ("rp2", "armv6m", "armv6m")
+    # Bytecode-only modules: the same bytes for both families (-march only shapes native code).
+    assert rp2.files == again.files
+
+
+def test_build_errors(tmp_path):
+    proc = lumeau("node", "build", "--target", "esp8266", "--kind", "lighting", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    src = tmp_path / "src"
+    for pkg in ("firmware", "protocol"):
+        (src / pkg).mkdir(parents=True)
+        for p in (bundles.ROOT / pkg).glob("*.py"):
+            (src / pkg / p.name).write_bytes(p.read_bytes())
+    (src / "firmware" / "runtime.py").unlink()
+    with pytest.raises(bundles.BundleError, match="firmware/runtime.py: listed in firmware/manifest.py but missing"):
+        bundles.build("lighting", "esp32", tmp_path / "out", source_root=src)
+    (src / "firmware" / "runtime.py").write_text("def broken(:\n")
+    with pytest.raises(bundles.BundleError, match="mpy-cross failed on firmware/runtime.py"):
+        bundles.build("lighting", "esp32", tmp_path / "out", source_root=src)
+    assert not (tmp_path / "out").exists()  # nothing half-built left behind
+
+
+def test_a_damaged_bundle_is_refused(tmp_path, bundle_dir):
+    copy = tmp_path / "b"
+    subprocess.run(["cp", "-r", str(bundle_dir), str(copy)], check=True)
+    target = copy / "firmware" / "runtime.mpy"
+    data = bytearray(target.read_bytes())
+    data[10] ^= 0x40
+    target.write_bytes(bytes(data))
+    with pytest.raises(bundles.BundleError, match="firmware/runtime.mpy does not match its hash"):
+        bundles.load(copy)
+    proc = flash_cli("/dev/null", "--bundle", str(copy))
+    assert proc.returncode == 1 and "[bad_bundle]" in proc.stderr
+    (copy / "manifest.json").write_text('{"format": 1, "files": [{"path": "../../etc/passwd"}]}')
+    with pytest.raises(bundles.BundleError):
+        bundles.load(copy)
+
+
+# -- provision ---------------------------------------------------------------------------------
+
+
+def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps(SITE))
+    reg_path, out = tmp_path / "gw" / "nodes.toml", tmp_path / "node.json"
+    proc = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg_path), "--template", str(site),
+                  "--name", "Rue X 1", "--site", "Rue X", "--lat", "48.85", "--lon", "2.35", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    cfg = fwconfig.load(out.read_bytes())
+    key = json.loads(out.read_text())["root_key"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and stat.S_IMODE(reg_path.stat().st_mode) == 0o600
+    entry = Registry.load(reg_path).get(cfg["node_id"])
+    assert entry is not None and entry.kind == "lighting" and entry.root_key.hex() == key
+    assert (entry.name, entry.site, entry.lat, entry.lon) == ("Rue X 1", "Rue X", 48.85, 2.35)
+    assert cfg["location"] == {"lat": 48.85, "lon": 2.35} and cfg["radio"]["type"] == "uart"
+    assert key not in proc.stdout + proc.stderr and f"{cfg['node_id']:08x}" in proc.stdout
+
+    # The same id again: a new key, said loudly; the rest of the entry is kept.
+    again = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg_path), "--node-id",
+                   f"{cfg['node_id']:08x}", "--template", str(site), "--out", str(out), "--show-key")
+    assert again.returncode == 0, again.stderr
+    new_key = json.loads(out.read_text())["root_key"]
+    entry2 = Registry.load(reg_path).get(cfg["node_id"])
+    assert "ROTATED" in again.stdout and new_key != key and entry2.root_key.hex() == new_key
+    assert new_key in again.stdout  # asked for with --show-key
+    assert (entry2.name, entry2.lat) == ("Rue X 1", 48.85)
+    assert len(Registry.load(reg_path)) == 1
+
+
+def test_provision_refusals(tmp_path):
+    reg = tmp_path / "nodes.toml"
+    first = lumeau("node", "provision", "--kind", "irrigation", "--registry", str(reg), "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    node_id = json.loads((tmp_path / "a").read_text())["node_id"]
+    kind = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--node-id", f"{node_id:x}",
+                  "--out", str(tmp_path / "b"))
+    assert kind.returncode == 1 and "is a irrigation node" in kind.stderr and not (tmp_path / "b").exists()
+    half = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--lat", "1", "--out",
+                  str(tmp_path / "c"))
+    assert half.returncode == 1 and "both --lat and --lon" in half.stderr
+    bad = tmp_path / "site.json"
+    bad.write_text(json.dumps({"report_interval_s": 1}))
+    tmpl = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--template", str(bad),
+                  "--out", str(tmp_path / "d"))
+    assert tmpl.returncode == 1 and "report_interval_s" in tmpl.stderr and not (tmp_path / "d").exists()
+    assert len(Registry.load(reg)) == 1  # nothing registered by the refusals
+    reg.chmod(0o644)
+    loose = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--out", str(tmp_path / "e"))
+    assert loose.returncode == 1 and "chmod 600" in loose.stderr
+
+
+def test_allocated_ids_are_random_and_free(tmp_path):
+    from lumeau.provision import allocate_id
+
+    taken = set(range(1, 1000))
+    ids = {allocate_id(taken) for _ in range(200)}
+    assert len(ids) == 200 and not ids & taken and all(0 < i < 0xFFFFFFFF for i in ids)
+
+
+# -- flash against the virtual board ----------------------------------------------------------
+
+
+@needs_board
+def test_flash_copies_verifies_starts_and_then_skips_unchanged(board, bundle_dir, node_config):
+    proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((bundle_dir / "manifest.json").read_text())
+    for f in doc["files"]:  # on the board's flash, byte for byte
+        assert hashlib.sha256((board.flash_dir / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert (board.flash_dir / "config.json").read_bytes() == node_config.read_bytes()
+    assert f"{len(doc['files']) + 1} files copied" in proc.stdout
+    assert "running: no error on the console" in proc.stdout
+    # main.py runs the node: the lamp output is driven (fail-safe: fully on at boot).
+    deadline = time.monotonic() + 10
+    while board.control({"get": "outputs"})["pwm"].get("25") is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert board.control({"get": "outputs"})["pwm"]["25"] > 0
+
+    again = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
+    assert again.returncode == 0, again.stderr
+    assert f"0 files copied, {len(doc['files']) + 1} unchanged" in again.stdout
+
+
+@needs_board
+def test_flash_replaces_only_what_changed_and_removes_stale_modules(board, bundle_dir, tmp_path):
+    with fl.Flasher(board.port) as f:  # a board flashed before: one module differs, one is stale
+        f.mkdirs("firmware/x")
+        f.mkdirs("state/fc")
+        f.transport.fs_writefile("firmware/runtime.mpy", b"old")
+        f.transport.fs_writefile("firmware/old.py", b"print('stale')\n")
+        f.transport.fs_writefile("state/fc", b"\x00\x01")
+        f.transport.fs_writefile("notes.txt", b"keep")
+    logs: list[str] = []
+    first = fl.flash(board.port, bundle_dir, reset=False, log=logs.append)
+    assert "firmware/old.py" in first.removed and "state/fc" not in first.removed
+    assert (board.flash_dir / "state" / "fc").read_bytes() == b"\x00\x01"  # frame counters never touched
+    assert (board.flash_dir / "notes.txt").read_bytes() == b"keep"
+    second = fl.flash(board.port, bundle_dir, reset=False, log=logs.append)
+    assert second.copied == [] and second.removed == []
+    with fl.Flasher(board.port) as f:
+        f.transport.fs_writefile("firmware/runtime.mpy", b"changed on the board")
+    third = fl.flash(board.port, bundle_dir, reset=False, log=logs.append)
+    assert third.copied == ["firmware/runtime.mpy"]
+
+
+@needs_board
+def test_flashed_mpy_run_on_the_board(board, bundle_dir):
+    fl.flash(board.port, bundle_dir, reset=False, log=lambda s: None)
+    out = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "exec",
+                          "import protocol.cbor as c, firmware.config as f\n"
+                          "print(c.__file__, f.__file__, c.loads(c.dumps({1: [2, b'3']})))"],
+                         capture_output=True, timeout=30)
+    assert out.stdout.split() == [b"protocol/cbor.mpy", b"firmware/config.mpy", b"{1:", b"[2,", b"b'3']}"]
+
+
+@needs_board
+def test_flash_reports_a_node_that_fails_to_start(board, bundle_dir, node_config):
+    cfg = json.loads(node_config.read_text())
+    cfg["radio"] = {"type": "lora"}  # needs micropython-lib's lora driver and a radio chip: not on this board
+    node_config.write_text(json.dumps(cfg))
+    proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
+    assert proc.returncode == 1 and "[node_failed]" in proc.stderr
+    assert "Traceback" in proc.stderr and "no module named 'lora'" in proc.stderr
+
+
+@needs_board
+def test_flash_refuses_a_config_for_another_kind(board, bundle_dir, tmp_path):
+    out = tmp_path / "irr.json"
+    assert lumeau("node", "provision", "--kind", "irrigation", "--registry", str(tmp_path / "r.toml"),
+                  "--out", str(out)).returncode == 0
+    proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(out))
+    assert proc.returncode == 1 and "[bad_config]" in proc.stderr and "bundle is for lighting" in proc.stderr
+    assert not (board.flash_dir / "main.py").exists()  # checked before touching the board
+
+
+# -- every error ------------------------------------------------------------------------------
+
+
+def test_no_such_port(bundle_dir, tmp_path):
+    proc = flash_cli(str(tmp_path / "ttyUSB9"), "--bundle", str(bundle_dir))
+    assert proc.returncode == 1 and "no such port" in proc.stderr and "[no_such_port]" in proc.stderr
+
+
+@needs_board
+def test_port_busy(board, bundle_dir):
+    holder = serial.Serial(board.port, 115200, exclusive=True)  # a terminal left open
+    try:
+        proc = flash_cli(board.port, "--bundle", str(bundle_dir))
+    finally:
+        holder.close()
+    assert proc.returncode == 1 and "[port_busy]" in proc.stderr and "in use by another program" in proc.stderr
+
+
+class FakeDevice:
+    """A pty whose other end is not MicroPython: it answers every write with `reply`, or stays silent."""
+
+    def __init__(self, reply: bytes | None):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.reply = reply
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop:
+            if select.select([self.master], [], [], 0.05)[0]:
+                try:
+                    os.read(self.master, 4096)
+                except OSError:
+                    continue
+                if self.reply:
+                    os.write(self.master, self.reply)
+
+    def close(self) -> None:
+        self._stop = True
+        self._t.join(2)
+        os.close(self.slave)
+        os.close(self.master)
+
+
+def test_not_a_micropython_board(bundle_dir):
+    dev = FakeDevice(b"AT+ERROR\r\n\x00\xff garbage \x1b[0m")
+    try:
+        proc = flash_cli(dev.path, "--bundle", str(bundle_dir), "--timeout", "2")
+    finally:
+        dev.close()
+    assert proc.returncode == 1 and "[not_micropython]" in proc.stderr and "AT+ERROR" in proc.stderr
+
+
+def test_timeout_on_a_silent_port(bundle_dir):
+    dev = FakeDevice(None)
+    try:
+        t0 = time.monotonic()
+        proc = flash_cli(dev.path, "--bundle", str(bundle_dir), "--timeout", "1.5")
+        took = time.monotonic() - t0
+    finally:
+        dev.close()
+    assert proc.returncode == 1 and "[timeout]" in proc.stderr and "no answer within 1.5 s" in proc.stderr
+    assert took < 30
+
+
+@needs_board
+def test_board_full(bundle_dir, node_config, tmp_path):
+    with BoardProcess(tmp_path / "flash", fs_size=48 * 1024) as board:
+        proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
+        assert proc.returncode == 1 and "[board_full]" in proc.stderr and "KiB free" in proc.stderr
+        assert not (board.flash_dir / "main.py").exists()  # refused before writing anything
+
+
+@needs_board
+def test_hash_mismatch_then_resume_on_a_healthy_board(bundle_dir, node_config, tmp_path):
+    flash_dir = tmp_path / "flash"
+    with BoardProcess(flash_dir, corrupt=["firmware/runtime.mpy.part"]) as board:
+        proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
+        assert proc.returncode == 1 and "[hash_mismatch]" in proc.stderr
+        assert "firmware/runtime.mpy" in proc.stderr and "flash may be failing" in proc.stderr
+    assert not (flash_dir / "firmware" / "runtime.mpy").exists()  # never renamed into place
+    assert not (flash_dir / "firmware" / "runtime.mpy.part").exists()
+    # The same flash directory on a board that writes correctly: the flash resumes.
+    with BoardProcess(flash_dir) as board:
+        report = fl.flash(board.port, bundle_dir, reset=False, log=lambda s: None)
+    paths = sorted(f["path"] for f in json.loads((bundle_dir / "manifest.json").read_text())["files"])
+    cut = paths.index("firmware/runtime.mpy")  # files are written in order; the first run stopped here
+    assert report.unchanged == paths[:cut] and report.copied == paths[cut:]
+
+
+# -- --micropython: esptool through its Python API ---------------------------------------------
+
+
+class FakeEsp:
+    CHIP_NAME = "ESP32"
+
+    def __init__(self, calls):
+        self.calls = calls
+
+        class Port:
+            def close(self_inner):
+                calls.append(("close",))
+
+        self._port = Port()
+
+
+def fake_esptool(monkeypatch, chip="ESP32"):
+    from esptool import cmds
+
+    calls: list[tuple] = []
+    esp = FakeEsp(calls)
+    esp.CHIP_NAME = chip
+
+    def record(name, result=None):
+        def f(*args, **kwargs):
+            calls.append((name, *args))
+            return result
+        return f
+
+    monkeypatch.setattr(cmds, "detect_chip", record("detect_chip", esp))
+    monkeypatch.setattr(cmds, "run_stub", record("run_stub", esp))
+    for name in ("attach_flash", "erase_flash", "write_flash", "reset_chip"):
+        monkeypatch.setattr(cmds, name, record(name))
+    return calls, esp
+
+
+@needs_board
+def test_micropython_image_is_written_with_esptool_then_flashed(monkeypatch, board, bundle_dir, node_config,
+                                                                tmp_path, capsys):
+    image = tmp_path / "ESP32_GENERIC-v1.27.0.bin"
+    image.write_bytes(b"\xe9" + bytes(4095))
+    calls, esp = fake_esptool(monkeypatch)
+    no_config = lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--settle", "1"])
+    assert no_config == 1 and "[bad_config]" in capsys.readouterr().err
+    rc = lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--config",
+                      str(node_config), "--micropython", str(image), "--erase", "--baud", "921600", "--settle", "1"])
+    assert rc == 0, capsys.readouterr().err
+    names = [c[0] for c in calls]
+    assert names == ["detect_chip", "run_stub", "attach_flash", "erase_flash", "write_flash", "reset_chip", "close"]
+    assert calls[0][1:] == (board.port, 921600)
+    assert calls[4][1:] == (esp, [(0x1000, str(image))])
+    assert calls[5][1:] == (esp, "hard-reset")
+    calls.clear()
+    assert lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--micropython",
+                        str(image), "--settle", "1"]) == 0  # the board keeps its config
+    assert "erase_flash" not in [c[0] for c in calls]  # only when asked
+
+
+def test_micropython_image_refusals(monkeypatch, tmp_path, bundle_dir, capsys):
+    calls, _ = fake_esptool(monkeypatch, chip="ESP32-S3")
+    image = tmp_path / "fw.bin"
+    image.write_bytes(b"\xe9" + bytes(100))
+    port = tmp_path / "port"
+    port.write_text("")
+    with pytest.raises(fl.FlashError, match="ESP32-S3") as e:
+        fl.write_micropython(str(port), image, "esp32", log=lambda s: None)
+    assert e.value.reason == "image" and "write_flash" not in [c[0] for c in calls]
+    with pytest.raises(fl.FlashError, match="BOOTSEL"):
+        fl.write_micropython(str(port), image, "rp2")
+    text = tmp_path / "notes.bin"
+    text.write_bytes(b"hello")
+    with pytest.raises(fl.FlashError, match="not an ESP32 firmware image"):
+        fl.write_micropython(str(port), text, "esp32")
+    rp2 = bundles.build("lighting", "rp2", tmp_path / "rp2")
+    rc = lumeau_main(["node", "flash", "--port", str(port), "--bundle", str(rp2.directory), "--micropython",
+                      str(image)])
+    assert rc == 1 and "BOOTSEL" in capsys.readouterr().err
