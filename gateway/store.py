@@ -37,8 +37,10 @@ Limits (named, all overridable through `Store.open`):
   for 10,000 nodes reporting every 15 minutes is 960,000 records);
 - DEFAULT_GROUP_MAX = 4096 records per transaction (bounds commit latency);
 - DEFAULT_QUARANTINE_MAX = 100,000 records (oldest dropped beyond, counted);
-- RECENT_MAX = 8192 recently appended records remembered for merging
-  receptions of the same frame heard by several radios;
+- RECENT_MAX = 32,768 records not yet delivered kept in memory (~0.8 kB
+  each, ~25 MB): receptions of the same frame heard by several radios are
+  merged into them, and the upstream gets them without a read-back; a
+  record leaves this cache when delivered, quarantined or pushed out;
 - STATE_FLUSH_S = 5 s: node state may be up to this old after a crash
   (records and replay windows never are).
 """
@@ -66,7 +68,7 @@ log = logging.getLogger("lumeau.gateway.store")
 DEFAULT_MAX_RECORDS = 1_000_000
 DEFAULT_GROUP_MAX = 4096
 DEFAULT_QUARANTINE_MAX = 100_000
-RECENT_MAX = 8192
+RECENT_MAX = 32768
 STATE_FLUSH_S = 5.0
 RESPONSE_TEXT_MAX = 4096  # bytes of a refusing upstream's answer kept with a quarantined batch
 
@@ -266,6 +268,7 @@ class Store:
         # insertion-ordered, evicted from the front: OrderedDict.popitem(last=False) is O(1), where
         # deleting a plain dict's first key again and again makes finding the next one O(n)
         self._recent: OrderedDict[tuple[int, int], _Recent] = OrderedDict()
+        self._seq_key: dict[int, tuple[int, int]] = {}  # seq -> key in _recent, to forget delivered records
         self._windows: dict[int, tuple[int, int]] = {}
         self._states: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
@@ -394,11 +397,14 @@ class Store:
         recent = self._recent
         windows = self._windows
         appends = self._appends
+        seq_key = self._seq_key
         for i, (record, window) in enumerate(items):
             appends.append((seq + i, record, window, many, i))
             if len(recent) >= RECENT_MAX:
-                recent.popitem(last=False)
-            recent[(record.node_id, record.counter)] = _Recent(seq + i, record)
+                seq_key.pop(recent.popitem(last=False)[1].seq, None)
+            key = (record.node_id, record.counter)
+            recent[key] = _Recent(seq + i, record)
+            seq_key[seq + i] = key
             if window is not None:
                 windows[window[0]] = (window[1], window[2])
             self._note_state(record)
@@ -409,8 +415,9 @@ class Store:
                       gateway_id: str) -> bool:
         """Merge another radio's reception of a stored frame: count it, keep the best RSSI.
 
-        Returns False when the frame is no longer remembered (older than the
-        last RECENT_MAX appends): the copy is then only counted by the caller.
+        Returns False when the frame is no longer remembered (delivered,
+        quarantined, or older than the last RECENT_MAX appends): the copy is
+        then only counted by the caller.
         Does not wait: the change is written with the next group (it is
         reception metadata, not an acknowledged record).
         """
@@ -427,6 +434,17 @@ class Store:
             self._updates[entry.seq] = entry
             self._wake.set()
         return True
+
+    def _forget(self, seqs: Iterable[int]) -> None:
+        """Drop records from the in-memory cache (delivered, quarantined, never stored)."""
+        recent, seq_key, updates = self._recent, self._seq_key, self._updates
+        for s in seqs:
+            updates.pop(s, None)
+            key = seq_key.pop(s, None)
+            if key is not None:
+                e = recent.get(key)
+                if e is not None and e.seq == s:
+                    del recent[key]
 
     def next_batch(self, max_records: int, after: int = 0) -> list[tuple[int, Record]]:
         """The oldest queued records (seq > after), in arrival order: per-node order is kept."""
@@ -448,6 +466,7 @@ class Store:
 
     async def delete(self, seqs: Iterable[int]) -> int:
         """Remove records the upstream answered 2xx for; returns how many were still queued."""
+        seqs = list(seqs)
         rows = [(s,) for s in seqs]
 
         def op(c: sqlite3.Connection) -> int:
@@ -457,7 +476,9 @@ class Store:
             self._count -= n
             return n
 
-        return await self._submit(op)
+        n = await self._submit(op)
+        self._forget(seqs)  # delivered: copies heard from now on are only counted
+        return n
 
     async def quarantine(self, seqs: Iterable[int], status: int, response_text: str) -> int:
         """Move the records of a refused batch (4xx) to the quarantine; returns the batch id."""
@@ -486,8 +507,7 @@ class Store:
             return batch
 
         batch = await self._submit(op)
-        for s in seqs:  # a quarantined record no longer takes reception updates
-            self._updates.pop(s, None)
+        self._forget(seqs)  # a quarantined record no longer takes reception updates
         return batch
 
     def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -547,8 +567,7 @@ class Store:
             c.execute("DELETE FROM dl_counters WHERE node_id = ?", (node_id,))
 
         self._windows.pop(node_id, None)
-        for key in [k for k in self._recent if k[0] == node_id]:
-            del self._recent[key]
+        self._forget([e.seq for k, e in self._recent.items() if k[0] == node_id])
         await self._submit(op)
 
     # ------------------------------------------------------------ node state
@@ -736,9 +755,7 @@ class Store:
                 err = e if isinstance(e, StoreError) else StoreError(f"commit failed: {e!r}")
                 for seq, r, _w, many, i in appends:
                     many.set(i, err)
-                    e2 = recent.get((r.node_id, r.counter))
-                    if e2 is not None and e2.seq == seq:
-                        del recent[(r.node_id, r.counter)]
+                self._forget([a[0] for a in appends])
                 for _fn, f in ops:
                     if not f.done():
                         f.set_exception(err)
@@ -752,11 +769,10 @@ class Store:
             for seq, r, _w, many, i in appends:
                 if seq in dropped:
                     many.set(i, QueueFull("queue full of alarms: routine record dropped"))
-                    e2 = recent.get((r.node_id, r.counter))
-                    if e2 is not None and e2.seq == seq:
-                        del recent[(r.node_id, r.counter)]
                 else:
                     many.set(i, seq)
+            if dropped:
+                self._forget(dropped)
             for (_fn, f), (ok, value) in zip(ops, results):
                 if f.done():
                     continue
