@@ -136,14 +136,15 @@ def provision(kind: str, out: Path, *, node_id: int | None = None, registry: Pat
     else:
         if not token:
             raise ProvisionError("--gateway needs the API token (--token or LUMEAU_API_TOKEN)")
-        if node_id is None:
-            status, listing = _api(gateway, token, "GET", "/nodes?limit=100000")
-            if status != 200:
-                raise ProvisionError(f"the gateway refused the node list: HTTP {status} {listing.get('error', '')}")
-            node_id = allocate_id({int(n["id"], 16) for n in listing.get("nodes", [])})
-        status, current = _api(gateway, token, "GET", f"/nodes/{node_id:08x}")
-        if status not in (200, 404):
-            raise ProvisionError(f"the gateway refused: HTTP {status} {current.get('error', '')}")
+        allocate = node_id is None
+        for _ in range(ALLOCATION_TRIES):
+            if allocate:
+                node_id = allocate_id(())  # free when the gateway does not know it (asked just below)
+            status, current = _api(gateway, token, "GET", f"/nodes/{node_id:08x}")
+            if status not in (200, 404):
+                raise ProvisionError(f"the gateway refused: HTTP {status} {current.get('error', '')}")
+            if not (allocate and status == 200):
+                break
         old = current if status == 200 else None
     old_kind = (old.kind if hasattr(old, "kind") else old.get("kind")) if old is not None else None
     if old_kind is not None and old_kind != kind:
