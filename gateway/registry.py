@@ -234,6 +234,17 @@ class Registry:
         finally:
             os.close(dfd)
 
+    def replace_all(self, other: "Registry") -> list[int]:
+        """Take `other`'s nodes (a reloaded file) in place; returns the ids whose root key changed.
+
+        In place, so everyone holding `registry.get` sees the new nodes at once.
+        """
+        rekeyed = [n for n, e in other._entries.items()
+                   if n in self._entries and self._entries[n].root_key != e.root_key]
+        self._entries.clear()
+        self._entries.update(other._entries)
+        return rekeyed
+
     def upsert(self, entry: NodeEntry) -> NodeEntry | None:
         """Add or replace a node (not saved: call save()); returns the entry it replaced."""
         old = self._entries.get(entry.node_id)

@@ -9,6 +9,9 @@ upstream, then the transports last, so nothing is heard before it can be
 stored. Once everything listens, one log line "gateway started" gives the
 bound ports (port 0 in the config picks a free one).
 
+SIGHUP re-reads the node registry file (provisioning added nodes or keys);
+a file that does not load is logged and the running registry kept.
+
 Shutdown on SIGTERM or SIGINT, in reverse: transports stop hearing; every
 reception already handed over is committed (pipeline drain); downlinks and
 the API stop; the upstream gets up to SHUTDOWN_UPSTREAM_S to finish the
@@ -158,6 +161,23 @@ class Gateway:
         self.transports = []
         self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
 
+    async def reload_registry(self) -> None:
+        """Re-read the registry file (SIGHUP): provisioning wrote new nodes or keys.
+
+        A file that does not load leaves the running registry as it was.
+        Nodes whose root key changed start their counters again (SPEC §2).
+        """
+        assert self.registry is not None and self.pipeline is not None
+        try:
+            fresh = Registry.load(self.cfg.gateway.registry)
+        except RegistryError as e:
+            log.error("registry not reloaded, keeping the running one: %s", e)
+            return
+        rekeyed = self.registry.replace_all(fresh)
+        for node_id in rekeyed:
+            await self.pipeline.reset_node(node_id)
+        log.info("registry reloaded", extra={"nodes": len(self.registry), "rekeyed": len(rekeyed)})
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
@@ -173,8 +193,16 @@ class Gateway:
             log.info("%s received: shutting down", sig.name)
             stopping.set()
 
+        def on_hup() -> None:
+            if self.registry is not None and not stopping.is_set():
+                task = loop.create_task(self.reload_registry())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+        reloads: set[asyncio.Task] = set()
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await self.start()
             await stopping.wait()
@@ -183,7 +211,7 @@ class Gateway:
                 await asyncio.wait_for(self.stop(), SHUTDOWN_TIMEOUT_S)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 log.error("shutdown did not finish in %.0f s", SHUTDOWN_TIMEOUT_S)
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("gateway stopped")
 

@@ -119,3 +119,16 @@ def test_upsert_returns_what_it_replaced_and_bounds_the_size(tmp_path, monkeypat
     with pytest.raises(RegistryError, match="at most"):
         reg.upsert(entry(3))
     assert MAX_NODES == 100_000
+
+
+def test_replace_all_keeps_the_bound_lookup_and_names_rekeyed_nodes(tmp_path):
+    reg = Registry(tmp_path / "n.toml")
+    reg.upsert(entry(1))
+    reg.upsert(entry(2))
+    get = reg.get  # what the pipeline holds
+    fresh = Registry(tmp_path / "n.toml")
+    fresh.upsert(entry(1))
+    fresh.upsert(entry(2, root_key=bytes(16)))
+    fresh.upsert(entry(3))
+    assert reg.replace_all(fresh) == [2]
+    assert get(3) is not None and get(2).root_key == bytes(16)

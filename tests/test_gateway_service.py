@@ -133,3 +133,32 @@ def test_a_broken_registry_stops_startup_with_a_clear_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lumeau", "gateway", "--config", str(write_config(tmp_path))],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "chmod 600" in r.stderr
+
+
+def test_sighup_reloads_the_registry(tmp_path):
+    registry(tmp_path / "nodes.toml", [1]).save()
+    gw = GatewayProcess(write_config(tmp_path))
+    try:
+        started = gw.start()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(5)
+        port = started["semtech_port"]
+
+        def metric(name: str) -> str:
+            text = api_get(started["api_port"], "/metrics")[1]
+            return next((ln for ln in text.splitlines() if ln.startswith(name)), "")
+
+        udp.sendto(push_data([seal(7, 1)]), ("127.0.0.1", port))
+        wait_for(lambda: metric('lumeau_frames_rejected_total{reason="unknown_node",transport="udp"}').endswith(" 1"))
+        (tmp_path / "nodes.toml").write_text("not = [toml")  # a broken file: the running registry stays
+        (tmp_path / "nodes.toml").chmod(0o600)
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("registry not reloaded" in d.get("msg", "") for d in gw.lines))
+        registry(tmp_path / "nodes.toml", [1, 7]).save()  # provisioning added node 7
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: gw.logged("registry reloaded"))
+        udp.sendto(push_data([seal(7, 2)], token=3), ("127.0.0.1", port))
+        wait_for(lambda: metric("lumeau_frames_accepted_total") == "lumeau_frames_accepted_total 1")
+        assert gw.stop() == 0
+    finally:
+        gw.kill()
