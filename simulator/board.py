@@ -19,8 +19,10 @@ unchanged:
   ``OSError: 28`` (ENOSPC) as littlefs on a board does;
 - ``corrupt`` globs (board paths) flip one bit of each matching file when it is
   written, to test that a flashing tool verifies what it wrote;
-- UARTs as more ptys: ``vboard.UART(1)`` on the board is the hook for a node's serial
-  link or radio (simulator/vboard/vboard.py documents it).
+- ``machine`` emulates the peripherals (Pin, PWM, ADC, UART, RTC, WDT) so a node's own
+  main.py and board HAL run unchanged; inputs are set and outputs read on a control
+  socket; UARTs are more ptys (``--uart 1=PATH``): the hook through which a node's
+  serial link or radio reaches a gateway. simulator/vboard/README.md has it all.
 
 Limits (all named here): a program stuck in a loop that never waits cannot see
 Ctrl-C; after ``interrupt_grace_s`` the board is hard-reset instead and that boot
@@ -127,6 +129,10 @@ class Pty:
         self.path = os.ttyname(self.slave)
         self.link = link
         if link is not None:
+            if link.exists() and not link.is_symlink():
+                os.close(self.master)
+                os.close(self.slave)
+                raise BoardError(f"{link} exists and is not a symlink: not replacing it")
             link.unlink(missing_ok=True)
             link.symlink_to(self.path)
         self._out = bytearray()

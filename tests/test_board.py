@@ -418,6 +418,25 @@ def test_rename_and_mkdir_are_mirrored(board, console):
     assert not (board.flash_dir / "st").exists()
 
 
+def test_the_boards_own_modules_compile_for_a_board(tmp_path):
+    from lumeau.bundle import mpy_cross_executable
+    from simulator.board import VBOARD_DIR
+
+    for src in sorted(VBOARD_DIR.glob("*.py")):
+        proc = subprocess.run([mpy_cross_executable(), "-o", str(tmp_path / "x.mpy"), str(src)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"{src.name}: {proc.stderr}"
+
+
+def test_a_link_never_replaces_a_real_file(tmp_path):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "lumeau", "sim", "board", "--dir", str(tmp_path / "f"),
+                           "--link", str(victim)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "not a symlink" in proc.stderr
+    assert victim.read_text() == "mine"
+
+
 # -- robustness -----------------------------------------------------------------------------
 
 
