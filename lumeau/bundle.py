@@ -178,6 +178,8 @@ def load(directory: Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{directory}: no {MANIFEST}: not a bundle (build one with `lumeau node build`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{mpath}: expected a JSON object")
     try:
         if doc["format"] != FORMAT:
             raise BundleError(f"{mpath}: format {doc['format']!r} is not supported (this tool reads {FORMAT})")
@@ -187,6 +189,8 @@ def load(directory: Path, verify: bool = True) -> Bundle:
             raise BundleError(f"{mpath}: files: expected a list of 1..{MAX_FILES} entries")
         files = []
         for i, f in enumerate(raw_files):
+            if not isinstance(f, dict):
+                raise BundleError(f"{mpath}: files[{i}]: expected an object")
             p = f["path"]
             if (not isinstance(p, str) or not p or p.startswith("/") or ".." in p.split("/")
                     or not re.fullmatch(r"[A-Za-z0-9_./-]+", p)):

@@ -392,6 +392,9 @@ def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_ti
             report.copied.append(path)
             report.bytes_copied += len(data)
 
+        # A flash cut short leaves PATH.part files; at the root one may hold the key.
+        stray = [p + ".part" for p, _, _ in wanted if "/" not in p]
+        fl._exec("import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n  pass" % (stray,))
         keep = {f.path for f in bundle.files}
         for path in fl.list_managed():
             if path not in keep:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import serial
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from firmware import config as fwconfig
 from firmware import manifest as fwmanifest
@@ -139,6 +141,21 @@ def test_a_damaged_bundle_is_refused(tmp_path, bundle_dir):
         bundles.load(copy)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                            st.sampled_from(["format", "files", "path", "sha256", "size", "micropython", "kind",
+                                             "target", "march", "mpy_version", "mpy_sub_version", "mpy_cross",
+                                             "firmware_version", "source"]), inner, max_size=8),
+                        max_leaves=30))
+def test_any_manifest_is_a_bundle_error_or_a_bundle(tmp_path, doc):
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    try:
+        bundles.load(tmp_path)
+    except bundles.BundleError:
+        pass
+
+
 # -- provision ---------------------------------------------------------------------------------
 
 
@@ -233,9 +250,11 @@ def test_flash_replaces_only_what_changed_and_removes_stale_modules(board, bundl
         f.transport.fs_writefile("firmware/old.py", b"print('stale')\n")
         f.transport.fs_writefile("state/fc", b"\x00\x01")
         f.transport.fs_writefile("notes.txt", b"keep")
+        f.transport.fs_writefile("main.py.part", b"half a main.py from a flash cut short")
     logs: list[str] = []
     first = fl.flash(board.port, bundle_dir, reset=False, log=logs.append)
     assert "firmware/old.py" in first.removed and "state/fc" not in first.removed
+    assert not (board.flash_dir / "main.py.part").exists()
     assert (board.flash_dir / "state" / "fc").read_bytes() == b"\x00\x01"  # frame counters never touched
     assert (board.flash_dir / "notes.txt").read_bytes() == b"keep"
     second = fl.flash(board.port, bundle_dir, reset=False, log=logs.append)
