@@ -12,6 +12,7 @@ import struct
 RX = 0x80  # bridge -> host: a LoRa frame heard, with reception metadata
 TX_RESULT = 0x81  # bridge -> host: what became of a TX request
 STATUS = 0x82  # bridge -> host: counters and settings (periodic, and on PING / RX_CONFIG)
+TIME = 0x83  # bridge -> host: the Unix time its clock `tmst` stands for (only a bridge that knows the time)
 TX = 0x90  # host -> bridge: transmit a frame, now or at a bridge time
 RX_CONFIG = 0x91  # host -> bridge: listen on another channel / data rate
 PING = 0x92  # host -> bridge: answer with STATUS
@@ -40,6 +41,7 @@ _RES = ">BHBI"  # type, id, result, tmst of the start (0 when not sent)
 _STATUS_HEAD = ">BIIIIIIB"  # type, uptime s, rx ok, rx dropped, tx ok, tx refused, freq, dr
 _STATUS_LEN = 26
 _RXCFG = ">BIB"  # type, freq, dr
+_TIME = ">BIIH"  # type, tmst, Unix s, ms
 
 FRAME_MAX = 255
 
@@ -97,6 +99,13 @@ def encode_status(uptime_s, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, sf, b
                        freq_hz, dr_byte(sf, bw_hz)) + firmware.encode()
 
 
+def encode_time(tmst_ms, unix_s, ms=0):
+    """TIME: the bridge's clock read `tmst_ms` at Unix time `unix_s` + `ms` / 1000."""
+    if not 0 <= ms <= 999 or not 0 <= unix_s <= 0xFFFFFFFF:
+        raise BridgeMessageError("TIME needs 0 <= ms <= 999 and a u32 Unix time")
+    return struct.pack(_TIME, TIME, tmst_ms & 0xFFFFFFFF, unix_s, ms)
+
+
 def encode_rx_config(freq_hz, sf, bw_hz=125000):
     return struct.pack(_RXCFG, RX_CONFIG, freq_hz, dr_byte(sf, bw_hz))
 
@@ -112,6 +121,7 @@ def decode(payload):
     TX        (TX, tx_id, flags, tmst_ms, freq_hz, sf, bw_hz, power_dbm, frame)
     TX_RESULT (TX_RESULT, tx_id, result, tmst_ms)
     STATUS    (STATUS, uptime_s, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, sf, bw_hz, firmware)
+    TIME      (TIME, tmst_ms, unix_s, ms)
     RX_CONFIG (RX_CONFIG, freq_hz, sf, bw_hz)
     PING      (PING,)
     Raises BridgeMessageError naming what is wrong.
@@ -151,6 +161,13 @@ def decode(payload):
             sf, bw = dr_parse(v[7])
             fw = bytes(payload[_STATUS_LEN:]).decode()
             return (STATUS, v[1], v[2], v[3], v[4], v[5], v[6], sf, bw, fw)
+        if t == TIME:
+            if n != 11:
+                raise BridgeMessageError("TIME of %d bytes, need 11" % n)
+            _, tmst, unix_s, ms = struct.unpack_from(_TIME, payload, 0)
+            if ms > 999:
+                raise BridgeMessageError("TIME milliseconds %d above 999" % ms)
+            return (TIME, tmst, unix_s, ms)
         if t == RX_CONFIG:
             if n != 6:
                 raise BridgeMessageError("RX_CONFIG of %d bytes, need 6" % n)

@@ -28,6 +28,13 @@ def test_tx_round_trip(tx_id, frame, freq, sf, bw, power, tmst):
     assert b.decode(msg) == (b.TX, tx_id, flags, tmst or 0, freq, sf, bw, power, frame)
 
 
+@given(u32, u32, st.integers(0, 999))
+def test_time_round_trip(tmst, unix_s, ms):
+    msg = b.encode_time(tmst, unix_s, ms)
+    assert len(msg) == 11
+    assert b.decode(msg) == (b.TIME, tmst, unix_s, ms)
+
+
 def test_other_messages_round_trip():
     assert b.decode(b.encode_tx_result(7, b.TX_DUTY_CYCLE)) == (b.TX_RESULT, 7, b.TX_DUTY_CYCLE, 0)
     st_msg = b.encode_status(3600, 10, 2, 5, 1, 869525000, 12, 125000, "bridge 0.1.0")
@@ -46,6 +53,8 @@ def test_other_messages_round_trip():
         (b.encode_rx(0, 868100000, 9, 125000, -90, 0, b"x")[:9] + b"\x05" + b"\x00" * 3 + b"x", "data-rate"),
         (b.encode_rx(0, 868100000, 9, 125000, -90, 0, b"x") + bytes(255), "frame of 256 bytes"),
         (b.encode_ping() + b"\x00", "PING"),
+        (b.encode_time(1, 2, 3)[:-1], "TIME of 10 bytes"),
+        (b.encode_time(1, 2, 0)[:-2] + b"\x03\xe8", "milliseconds 1000"),
         (b.encode_status(1, 1, 1, 1, 1, 868100000, 9, 125000, "x")[:-1] + b"\xff", "UTF-8"),
     ],
 )

@@ -97,5 +97,7 @@ def test_bridge_example(ex):
         _, tx_id, flags, tmst, freq, sf, bw, power, raw = want
         assert bridge_msg.encode_tx(tx_id, raw, freq, sf, bw, power, tmst if flags else None) == message
         frame.parse(raw)
+    elif kind == bridge_msg.TIME:
+        assert bridge_msg.encode_time(*want[1:]) == message
     else:
         assert bridge_msg.encode_tx_result(*want[1:]) == message

@@ -464,6 +464,36 @@ async def test_auto_mode_takes_wired_frames_and_bridge_messages_on_one_port(tmp_
         dev.close()
 
 
+async def test_a_bridge_that_knows_the_time_dates_its_frames(tmp_path, gw):
+    """TIME (SPEC §10) maps the bridge's counter to Unix time: RX are dated by their tmst, not on arrival."""
+    dev = PtyDevice(tmp_path / "ttyTIME")
+    t = SerialTransport(gw.pipeline, str(dev.link), mode="bridge", reconnect_min=0.02, reconnect_max=0.05)
+    await t.start()
+    try:
+        await t.wait_connected(3)
+        t0 = 1_781_524_800  # 2026-06-15 12:00:00 UTC, far from this machine's clock
+
+        def rx(tmst: int, counter: int) -> bytes:
+            return framing.encode(bm.encode_rx(tmst, 868_100_000, 9, 125_000, -90, 10, light_frame(counter=counter)))
+
+        status = framing.encode(bm.encode_status(5, 0, 0, 0, 0, 868_100_000, 9, 125_000, "sim"))
+        # the counter wraps between the TIME and the second frame: still dated right
+        dev.write(status + framing.encode(bm.encode_time(0xFFFFFF00, t0, 500)) + rx(0xFFFFFF00 + 1500, 1)
+                  + rx(0x0000_0100, 2))
+        await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+        (_, r1), (_, r2) = gw.seen.uplinks
+        assert r1.rx_time == pytest.approx(t0 + 2.0)
+        assert r2.rx_time == pytest.approx(t0 + 0.5 + 0x200 / 1000)
+        # the bridge restarted (uptime went back) without a new TIME: our clock again
+        dev.write(framing.encode(bm.encode_status(0, 0, 0, 0, 0, 868_100_000, 9, 125_000, "sim")) + rx(10, 3))
+        await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
+        assert abs(gw.seen.uplinks[2][1].rx_time - time.time()) < 5
+        assert t.stats()["bridge_time"] == 1
+    finally:
+        await t.stop()
+        dev.close()
+
+
 # -- fuzz: arbitrary bytes on the line never take the transport down --------------------------
 
 @pytest.fixture(scope="module")

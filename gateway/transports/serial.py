@@ -21,6 +21,12 @@ bridge message (SPEC §10, first byte 0x80-0x9F, codec firmware/bridge_msg.py).
   `send_margin` (50 ms: USB latency is a few ms) before the window. The
   bridge's STATUS messages are kept (`bridge_status`); a PING goes out on
   every (re)connection to get one.
+- Receive time: our clock when the RX arrives (a bridge's clock is only a
+  counter), unless the bridge said which Unix time its counter stands for
+  (TIME, SPEC §10: a bridge with GNSS or an RTC, or the simulator's virtual
+  clock): then each RX is dated from its own `tmst` on that mapping. The
+  mapping is forgotten when the port reopens or a STATUS shows the bridge
+  restarted (its uptime went back).
 
 Drops the decoder sees are reported to the pipeline as rejections, so line
 noise is counted like any other loss: bad CRC -> "bad_crc", invalid COBS or
@@ -107,6 +113,7 @@ class SerialTransport:
         self.tx_power = tx_power
         self.gateway_id = f"{TRANSPORT}:{port}"
         self.bridge_status: dict[str, Any] = {}
+        self._bridge_clock: tuple[int, float] | None = None  # (tmst, Unix s) from the bridge's TIME
         self._tx_id = 0
         self._tx_pending: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self.decoder = framing.Decoder(max_frame)
@@ -172,6 +179,7 @@ class SerialTransport:
                                                  else round(time.monotonic() - down_since, 3)})
             down_since = None
             self.decoder.reset()  # whatever was half-received belongs to the old connection
+            self._bridge_clock = None  # another board may be on the line now
             self._writer = writer
             self._connected.set()
             if self.mode == "bridge":  # (in auto mode the bridge's periodic STATUS will come)
@@ -251,8 +259,10 @@ class SerialTransport:
             _, tmst, freq_hz, sf, bw_hz, rssi, snr_q, raw = msg
             self.counts["bridge_rx"] += 1
             path = BridgeUplink(self, tmst, freq_hz, sf, bw_hz, time.monotonic())
+            clock = self._bridge_clock
+            rx_time = time.time() if clock is None else clock[1] + _delta32(tmst, clock[0]) / 1000
             await self.pipeline.submit(Reception(
-                raw=raw, transport=TRANSPORT_BRIDGE, gateway_id=self.gateway_id, rx_time=time.time(),
+                raw=raw, transport=TRANSPORT_BRIDGE, gateway_id=self.gateway_id, rx_time=rx_time,
                 rssi=float(rssi), snr=snr_q / 4, freq_hz=freq_hz, sf=sf, path=path))
         elif t == bm.TX_RESULT:
             _, tx_id, result, started = msg
@@ -261,8 +271,14 @@ class SerialTransport:
                 self.counts["tx_result_unmatched"] += 1
             else:
                 fut.set_result((result, started))
+        elif t == bm.TIME:
+            _, tmst, unix_s, ms = msg
+            self._bridge_clock = (tmst, unix_s + ms / 1000)
+            self.counts["bridge_time"] += 1
         elif t == bm.STATUS:
             _, uptime, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, sf, bw_hz, fw = msg
+            if uptime < self.bridge_status.get("uptime_s", 0):
+                self._bridge_clock = None  # the bridge restarted: its counter starts again from 0
             if self.bridge_status.get("firmware") != fw:
                 log.info("radio bridge", extra={"port": self.port, "firmware": fw, "freq_hz": freq_hz, "sf": sf})
             self.bridge_status = {"uptime_s": uptime, "rx_ok": rx_ok, "rx_dropped": rx_dropped, "tx_ok": tx_ok,
@@ -342,6 +358,12 @@ class SerialTransport:
                                                f"within {self.write_timeout:g} s") from None
             except (pyserial.SerialException, OSError, ConnectionError) as e:
                 raise DownlinkError("disconnected", str(e)) from e
+
+
+def _delta32(a: int, b: int) -> int:
+    """a - b for two u32 millisecond counters, as a signed difference (the bridge's clock wraps)."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d & 0x80000000 else d
 
 
 class BridgeUplink:
