@@ -7,9 +7,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lumeau-installed
 NODE_STAMP := node_modules/.lumeau-installed
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup clean chromium
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,20 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# tests/test_web_ui.py drives Debian's Chromium (package chromium); installed when missing (CI runs
+# as root on Debian). Without apt-get the test fails saying so: it is never skipped.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "warning: $(CHROMIUM) is missing and apt-get (as root) is not available: tests/test_web_ui.py will fail" >&2; fi; }
+
 demo: $(STAMP)
 	$(VENV)/bin/lumeau demo
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
