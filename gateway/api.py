@@ -6,11 +6,18 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
 `{"error": "..."}` with a 4xx status.
 
   GET    /healthz                  liveness: {"status": "ok"}, no auth
+  GET    /  and  /ui/...           the technician web page (static files from gateway/web/, no auth:
+                                   they hold no data; the page asks for the token and sends it as
+                                   bearer); `[api] ui = false` turns it off
   GET    /metrics                  Prometheus text format (version 0.0.4)
   GET    /nodes                    every registered node, with its state
   GET    /nodes/{id}               one node: registry entry (never the key), last seen,
                                    RSSI/SNR and gateway of the best reception, supply
-                                   voltage, firmware, last readings, open alarms, downlinks waiting
+                                   voltage, firmware, last readings, open alarms, downlinks waiting,
+                                   health {"state": ok|alarm|silent|failsafe, "conditions", "silent_s"}
+                                   (gateway/health.py)
+  GET    /nodes/{id}/readings      its recent uplinks, oldest first (gateway/history.py: the last
+                                   96 per type): ?type=light,status (default: all) &limit=N
   PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
                                    to add, optional to update: a new key resets the node's
                                    counters), "name", "site", "lat", "lon", "firmware"};
@@ -24,12 +31,21 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    node, 400 bad body, 429 the node's queue is full
   GET    /nodes/{id}/commands      that node's downlinks, oldest first (?state=queued,sent)
   GET    /commands                 all downlinks (?state=...&limit=...)
-  GET    /commands/{id}            one downlink and its state (queued, sent, acked, failed, expired)
+  GET    /commands/{id}            one downlink and its state (queued, sent, acked, failed, expired);
+                                   an acked COMMAND has its "result" and, while the history holds
+                                   the CMD_ACK, its "value"
   DELETE /commands/{id}            expire a queued downlink now
   GET    /quarantine               batches the upstream refused (?limit=), with their records
+  GET    /ops                      the COMMAND ops with their arguments, for forms (gateway/ops.py)
 
 Node ids are 8 hex digits (`00a1b2c3`, or with `0x`). Limits: request bodies
 up to MAX_BODY (64 KiB); list endpoints return at most LIST_MAX items.
+
+Every response carries security headers (SECURITY_HEADERS): no sniffing,
+no framing, no referrer; a Content-Security-Policy that allows nothing on
+API answers and, on the web page, only its own scripts, styles and API
+(PAGE_CSP: no inline code, no other origin). The static files are read once
+at start, served with an ETag and revalidated on every load (no-cache).
 """
 
 from __future__ import annotations
@@ -39,11 +55,15 @@ import json
 import logging
 import math
 import time
+from hashlib import sha256
+from pathlib import Path
 from typing import Any, Iterable
 
 from aiohttp import web
 
+from gateway import health, ops
 from gateway.downlinks import DownlinkRejected, Downlinks
+from gateway.history import History
 from gateway.model import Downlink, Record
 from gateway.pipeline import REASONS, Pipeline
 from gateway.registry import NodeEntry, Registry, RegistryError, format_node_id, parse_node_id
@@ -56,6 +76,19 @@ log = logging.getLogger("lumeau.gateway.api")
 MAX_BODY = 64 * 1024
 LIST_MAX = 1000
 PUBLIC = frozenset(("/healthz",))
+UI_PREFIX = "/ui/"
+WEB_DIR = Path(__file__).with_name("web")
+WEB_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 OPS = {name: op for op, name in expand.ENUMS[(m.COMMAND, 1)].items()}
 OP_NAMES = expand.ENUMS[(m.COMMAND, 1)]
@@ -168,6 +201,19 @@ class Metrics:
         return "\n".join(self.lines) + "\n"
 
 
+def _load_web() -> dict[str, tuple[bytes, str, str]]:
+    """The page's files, read once: name -> (bytes, content type, ETag). Only known file types."""
+    out = {}
+    for p in sorted(WEB_DIR.iterdir()) if WEB_DIR.is_dir() else ():
+        ctype = WEB_TYPES.get(p.suffix)
+        if ctype is not None and p.is_file():
+            body = p.read_bytes()
+            out[p.name] = (body, ctype, '"%s"' % sha256(body).hexdigest()[:32])
+    if "index.html" not in out:
+        raise FileNotFoundError(f"the technician page is missing: {WEB_DIR / 'index.html'}")
+    return out
+
+
 def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
@@ -193,9 +239,12 @@ class Api:
 
     def __init__(self, *, registry: Registry, store: Store, pipeline: Pipeline, downlinks: Downlinks, token: str,
                  host: str = "127.0.0.1", port: int = 8760, upstream: Any = None,
-                 transports: Iterable[Any] = (), clock=time.time) -> None:
+                 transports: Iterable[Any] = (), clock=time.time, history: History | None = None,
+                 ui: bool = True, silent_after_s: float = health.SILENT_AFTER_S) -> None:
         if not token:
             raise ValueError("the API needs a token")
+        self.history = history
+        self.silent_after_s = silent_after_s
         self.registry = registry
         self.store = store
         self.pipeline = pipeline
@@ -208,9 +257,13 @@ class Api:
         self._token = ("Bearer " + token).encode()
         self._runner: web.AppRunner | None = None
         self.started = clock()
-        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        self._web = _load_web() if ui else {}
+        app = web.Application(middlewares=[self._headers, self._auth], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/healthz", self.healthz)
+        if ui:
+            r.add_get("/", self.ui_root)
+            r.add_get(UI_PREFIX + "{name:[A-Za-z0-9_.-]*}", self.ui_file)
         r.add_get("/metrics", self.metrics)
         r.add_get("/nodes", self.list_nodes)
         r.add_get("/nodes/{id}", self.get_node)
@@ -222,6 +275,8 @@ class Api:
         r.add_get("/commands/{id}", self.get_command)
         r.add_delete("/commands/{id}", self.delete_command)
         r.add_get("/quarantine", self.quarantine)
+        r.add_get("/nodes/{id}/readings", self.node_readings)
+        r.add_get("/ops", self.list_ops)
         self.app = app
 
     async def start(self) -> None:
@@ -240,8 +295,23 @@ class Api:
     # ------------------------------------------------------------ auth
 
     @web.middleware
+    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as e:  # redirects, 405s: headers on those too
+            resp = e
+        resp.headers.update(SECURITY_HEADERS)
+        resp.headers.setdefault("Content-Security-Policy", API_CSP)
+        if isinstance(resp, web.HTTPException):
+            raise resp
+        return resp
+
+    def _public(self, path: str) -> bool:
+        return path in PUBLIC or (bool(self._web) and (path == "/" or path.startswith(UI_PREFIX)))
+
+    @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in PUBLIC:
+        if not self._public(request.path):
             got = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(got, self._token):
                 return web.json_response({"error": "a valid bearer token is needed"}, status=401,
@@ -307,7 +377,8 @@ class Api:
             last_seen=st.get("last_seen"), rssi=st.get("rssi"), snr=st.get("snr"), gateway=st.get("gateway_id"),
             reported_firmware=st.get("firmware"), supply_voltage=supply, readings=readings,
             open_alarms=list(st.get("open_alarms", {}).values()), downlinks_waiting=self.downlinks.pending(entry.node_id),
-            bad_mic=self.pipeline.bad_mic_by_node.get(entry.node_id, 0))
+            bad_mic=self.pipeline.bad_mic_by_node.get(entry.node_id, 0),
+            health=health.assess(st or None, self.clock(), self.silent_after_s))
         return _json_safe(out)
 
     # ------------------------------------------------------------ handlers
@@ -365,6 +436,8 @@ class Api:
         except OSError as e:
             self.registry.upsert(old)
             return _error(500, f"registry not saved: {e}")
+        if self.history is not None:
+            self.history.forget(node_id)
         log.info("node removed", extra={"node": format_node_id(node_id)})
         return web.Response(status=204)
 
@@ -398,7 +471,12 @@ class Api:
         dl = self.store.downlink(self._command_id(request))
         if dl is None:
             return _error(404, "no such command")
-        return web.json_response(downlink_json(dl))
+        out = downlink_json(dl)
+        if dl.state == "acked" and dl.command_id is not None and self.history is not None:
+            ack = self.history.command_ack(dl.node_id, dl.command_id)
+            if ack is not None and "value" in ack:
+                out["value"] = ack["value"]["value"]
+        return web.json_response(out)
 
     async def delete_command(self, request: web.Request) -> web.Response:
         id_ = self._command_id(request)
@@ -413,6 +491,42 @@ class Api:
         for b in batches:
             b["records"] = [record_json(s, r) for s, r in b["records"]]
         return web.json_response({"batches": batches, "records": self.store.quarantine_count()})
+
+    async def node_readings(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        if self.registry.get(node_id) is None:
+            return _error(404, "no such node")
+        types = request.query.get("type")
+        limit = self._limit(request) if "limit" in request.query else None
+        if self.history is None:
+            return _error(404, "this gateway keeps no history")
+        try:
+            readings = self.history.recent(node_id, types.split(",") if types else None, limit)
+        except ValueError as e:
+            return _error(400, str(e))
+        return web.json_response({"node": format_node_id(node_id), "per_type": self.history.per_type,
+                                  "readings": _json_safe(readings)})
+
+    async def list_ops(self, request: web.Request) -> web.Response:
+        return web.json_response({"ops": ops.catalogue()})
+
+    # ------------------------------------------------------------ the web page
+
+    async def ui_root(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(UI_PREFIX)
+
+    async def ui_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"] or "index.html"
+        f = self._web.get(name)
+        if f is None:
+            return _error(404, "no such file")
+        body, ctype, etag = f
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if ctype == "text/html":
+            headers["Content-Security-Policy"] = PAGE_CSP
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type=ctype, charset="utf-8", headers=headers)
 
     # ------------------------------------------------------------ metrics
 

@@ -173,6 +173,10 @@ class ApiSection:
     token_file: Path | None = opt(None, "file holding the bearer token (mode 0600); or set token", kind="path")
     token: Secret | None = opt(None, f"the bearer token itself, at least {TOKEN_MIN_LEN} characters",
                                kind="secret")
+    ui: bool = opt(True, "serve the technician web page at / (static files; its data comes through this API, "
+                   "with the token)")
+    silent_after_s: float = opt(2700.0, "a node not heard for this long is shown as silent (three missed reports "
+                                "at the default 15 minutes)", _positive)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from gateway import logs
 from gateway.api import Api
 from gateway.config import ConfigError, GatewayConfig, example_config, load_config
 from gateway.downlinks import Downlinks
+from gateway.history import History
+from gateway.model import Reception, Record
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, RegistryError
 from gateway.store import Store, StoreError
@@ -63,6 +65,7 @@ class Gateway:
         self.downlinks: Downlinks | None = None
         self.pipeline: Pipeline | None = None
         self.api: Api | None = None
+        self.history: History | None = None
         self.upstream: Any = None
         self.transports: list[Any] = []
 
@@ -78,7 +81,9 @@ class Gateway:
                                        max_attempts=d.max_attempts, max_queued_per_node=d.max_queued_per_node,
                                        collect_s=d.collect_s, ack_alarms=d.ack_alarms)
             await self.downlinks.start()
-            self.pipeline = Pipeline(self.registry, self.store, downlinks=self.downlinks,
+            self.history = History() if cfg.api.enabled else None  # read only through the API
+            observer = self.downlinks if self.history is None else _Observers(self.downlinks, self.history)
+            self.pipeline = Pipeline(self.registry, self.store, downlinks=observer,
                                      max_inflight=cfg.pipeline.max_inflight)
             self.upstream = self._make_upstream()
             self.transports = self._make_transports()
@@ -86,7 +91,8 @@ class Gateway:
                 assert cfg.api.token is not None
                 self.api = Api(registry=self.registry, store=self.store, pipeline=self.pipeline,
                                downlinks=self.downlinks, token=cfg.api.token.reveal(), host=cfg.api.host,
-                               port=cfg.api.port, upstream=self.upstream, transports=self.transports)
+                               port=cfg.api.port, upstream=self.upstream, transports=self.transports,
+                               history=self.history, ui=cfg.api.ui, silent_after_s=cfg.api.silent_after_s)
                 await self.api.start()
             if self.upstream is not None:
                 await self.upstream.start()
@@ -214,6 +220,27 @@ class Gateway:
             for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("gateway stopped")
+
+
+class _Observers:
+    """Several observers behind the pipeline's one after-commit seam (downlinks, history)."""
+
+    def __init__(self, *observers: Any) -> None:
+        self.observers = observers
+
+    def on_uplink(self, record: Record, reception: Reception) -> None:
+        for o in self.observers:
+            try:
+                o.on_uplink(record, reception)
+            except Exception:  # one observer's bug must not starve the others
+                log.exception("%s failed after an uplink", type(o).__name__)
+
+    def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None:
+        for o in self.observers:
+            try:
+                o.on_duplicate(node_id, counter, reception)
+            except Exception:
+                log.exception("%s failed after a duplicate", type(o).__name__)
 
 
 async def _quietly(aw: Any, what: str) -> None:
