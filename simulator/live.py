@@ -48,7 +48,8 @@ What this costs and where it differs from the field, named:
 - Latency in live mode is real: from the hand-over of the first copy of a
   frame to the gateway until the sink stored it (the gateway's pipeline,
   commit and upstream batching, BATCH_AGE_S at most; alarms go at once).
-  It is reported as `StoredRecord.stored_at - rx_time` in real seconds.
+  It is reported as `StoredRecord.stored_at - rx_time` in real seconds,
+  to the millisecond (the record format's time resolution).
 - A gateway_restart fault restarts that site's radio front-end (a
   forwarder or bridge reboot: off the air for its downtime, clocks from
   zero, a fresh PULL_DATA or STATUS and TIME), not the gateway process.
@@ -58,8 +59,11 @@ What this costs and where it differs from the field, named:
 `finish()` waits (DRAIN_TIMEOUT_S at most) until the gateway has read
 every frame handed to it and delivered its queue to the sink, then reads
 every record back from the sink (GET /v1/records) as the GatewayReport's
-stored records, and the gateway's /metrics and the sink's /v1/stats as its
-counters.
+stored records (bodies with the protocol's keys) and `sink` (named fields,
+as the platform got them), and the gateway's /metrics and the sink's
+/v1/stats as its counters. What the gateway committed but never delivered
+is not visible from outside: `queued_at_end` counts it, and a run that
+cannot drain fails loudly instead.
 """
 
 from __future__ import annotations
@@ -73,8 +77,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gateway.model import Record
 from gateway.store import is_alarm
 from gateway.transports import DownlinkError
+from protocol import expand
 from protocol import frame as fr
 from protocol import keys as pk
 from protocol import messages as m
@@ -372,23 +378,30 @@ class LiveGateway:
         assert svc.sink_api is not None
         docs = fetch_records(svc.sink_api)
         stats = svc.sink_api.json("/v1/stats")
-        stored = []
+        stored, sink = [], []
         for d in docs:
             try:
                 mtype = mtype_of(d)
                 rx = parse_time(d["time"])
                 received = parse_time(d["received"])
                 node, counter = int(d["node"], 16), int(d["counter"])
+                body = body_from_fields(mtype, d.get("fields", {}))
+                radio = d.get("radio", {})
                 handed = self._handed.get((node, counter))
-                stored.append(StoredRecord(node, counter, mtype, body_from_fields(mtype, d.get("fields", {})), rx,
-                                           rx + (received - handed if handed is not None else 0.0),
-                                           d.get("radio", {}).get("gateway", "")))
-            except (SinkRecordError, KeyError, ValueError) as e:
+                # the format's times have 1 ms resolution: a fast alarm can look faster than 0, never is
+                latency = max(0.0, received - handed) if handed is not None else 0.0
+                stored.append(StoredRecord(node, counter, mtype, body, rx, rx + latency, radio.get("gateway", "")))
+                # named as the gateway's own records are (protocol.expand), whatever the wire format's shape
+                sink.append(Record(node_id=node, counter=counter, mtype=mtype, kind=d["type"], rx_time=rx, body=body,
+                                   fields=expand.expand(mtype, body), receptions=int(radio.get("receptions", 1)),
+                                   best_rssi=radio.get("rssi"), best_snr=radio.get("snr"),
+                                   gateway_id=radio.get("gateway", ""), alarm=bool(d.get("alarm"))))
+            except (SinkRecordError, KeyError, ValueError, TypeError) as e:
                 self.counts["sink_records_unreadable"] += 1
                 log.warning("a record at the sink does not map back: %s", e)
         counters = self._counters(samples, stats)
         return GatewayReport(self.name, stored, int(stats.get("records", len(docs))), int(queued),
-                             max(self.queue_max, int(queued)), counters)
+                             max(self.queue_max, int(queued)), counters, sink)
 
     def _counters(self, samples: list, sink_stats: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {

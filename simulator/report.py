@@ -39,6 +39,8 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display, deterministic PNGs
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patches  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 DPI = 120
 # One palette for the whole report (and the HTML's CSS below).
@@ -91,7 +93,7 @@ def _hour_axis(ax: Any, hours: float, label: Callable[[float], str]) -> None:
 # ---------------------------------------------------------------- the plots
 
 def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
-    fig, ax = plt.subplots(figsize=(9.5, 6.2))
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(11, 5.4), gridspec_kw={"width_ratios": [3.2, 1]})
     ax.set_aspect("equal")
     ax.grid(False)
     delivery = {n["node"]: n for n in results["delivery"].get("by_node", [])}
@@ -137,51 +139,62 @@ def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
     ax.scatter([g["x"] for g in gws], [g["y"] for g in gws], s=170, marker="^", color=INK, edgecolor="white",
                zorder=6, label="gateway")
     for g in gws:
-        ax.annotate(g["id"], (g["x"], g["y"]), xytext=(0, -15), textcoords="offset points", ha="center",
-                    va="top", fontsize=8, fontweight="bold", color=INK, zorder=7,
-                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
-    for g in gws:
         positions[g["id"]] = (g["x"], g["y"])
-    renderer = fig.canvas.get_renderer()
-    labels: list[Any] = []
-    placed = [p for p in positions.values()] or [(0.0, 0.0)]
-    cx = sum(p[0] for p in placed) / len(placed)
-    cy = sum(p[1] for p in placed) / len(placed)
-    for f in results["alarms"]["faults"]:
+    xs = [p[0] for p in positions.values()] + [g["x"] for g in gws]
+    ys = [p[1] for p in positions.values()] + [g["y"] for g in gws]
+    if scenario is not None:
+        for st in scenario.streets:
+            xs += [p[0] for p in st.points]
+            ys += [p[1] for p in st.points]
+    w, h = (max(xs) - min(xs)) or 100.0, (max(ys) - min(ys)) or 100.0
+    ax.set_xlim(min(xs) - 0.06 * w, max(xs) + 0.06 * w)
+    ax.set_ylim(min(ys) - 0.14 * h, max(ys) + 0.1 * h)
+    for g in gws:
+        ax.annotate(g["id"], (g["x"], g["y"]), xytext=(-9, -9), textcoords="offset points", ha="right",
+                    va="top", fontsize=8, fontweight="bold", color=INK, zorder=9,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+    # each fault: a ring at its target with a numbered badge; the numbers are explained beside the map
+    lines = []
+    for i, f in enumerate(results["alarms"]["faults"], start=1):
+        if f["expected"] is None:
+            color, outcome = BASE, "no alarm expected"
+        else:
+            color, outcome = (GOOD, "alarm raised \u2713") if f["detected"] else (BAD, "alarm NOT raised")
+        lines.append((i, f, color, outcome))
         pos = positions.get(f["target"])
         if pos is None:
             continue
-        if f["expected"] is None:
-            color, mark = BASE, "no alarm expected"
-        else:
-            color, mark = (GOOD, "alarm raised \u2713") if f["detected"] else (BAD, "alarm MISSING")
         ax.scatter([pos[0]], [pos[1]], s=420, facecolor="none", edgecolor=color, linewidth=2.2, zorder=7)
-        # the label goes outward from the district's centre, on a leader line, so it hides no node
-        dx, dy = pos[0] - cx, pos[1] - cy
-        norm = math.hypot(dx, dy) or 1.0
-        base = (48 * dx / norm, 34 * dy / norm + 14)
-        text = f"{f['kind'].replace('_', ' ')}: {mark}"
-        for k in (0, 1, -1, 2, -2, 3, -3, 4, -4):  # first spot (outward, then up and down) that overlaps no label
-            ann = ax.annotate(text, pos, xytext=(base[0], base[1] + 17 * k), textcoords="offset points",
-                              fontsize=7.5, color=color, fontweight="bold", zorder=8,
-                              ha="right" if dx < 0 else "left", va="center",
-                              arrowprops={"arrowstyle": "-", "color": color, "linewidth": 1, "shrinkA": 0,
-                                          "shrinkB": 9},
-                              bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": color,
-                                    "alpha": 0.85})
-            box = ann.get_window_extent(renderer).expanded(1.04, 1.15)
-            if not any(box.overlaps(b) for b in labels):
-                labels.append(box)
-                break
-            ann.remove()
-        else:
-            labels.append(box)
-            ax.add_artist(ann)
-    ax.set_xlabel("metres east")
-    ax.set_ylabel("metres north")
-    ax.margins(x=0.2, y=0.12)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=4, fontsize=8, markerscale=0.8)
-    ax.set_title("The district: nodes, gateways and the faults injected")
+        ax.annotate(str(i), pos, xytext=(10, 10), textcoords="offset points", ha="center", va="center",
+                    fontsize=7.5, fontweight="bold", color="white", zorder=10,
+                    bbox={"boxstyle": "circle,pad=0.25", "facecolor": color, "edgecolor": "white", "linewidth": 0.8})
+    side.axis("off")
+    side.text(0.0, 1.0, "Faults injected", transform=side.transAxes, fontsize=10, fontweight="bold", va="bottom")
+    step = 1.0 / max(8, len(lines) + 1)
+    for k, (i, f, color, outcome) in enumerate(lines):
+        y = 1.0 - (k + 0.6) * step
+        side.text(0.0, y, str(i), transform=side.transAxes, ha="center", va="center", fontsize=7.5,
+                  fontweight="bold", color="white",
+                  bbox={"boxstyle": "circle,pad=0.25", "facecolor": color, "edgecolor": "white"})
+        side.text(0.07, y + 0.012, f"{f['kind'].replace('_', ' ')}, {f['at_h']:g} h", transform=side.transAxes,
+                  va="bottom", fontsize=8, fontweight="bold", color=INK)
+        side.text(0.07, y - 0.012, f"{f['target']}: {outcome}", transform=side.transAxes, va="top", fontsize=7.5,
+                  color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ("left", "bottom"):
+        ax.spines[side].set_visible(False)
+    # a scale bar instead of axes (north is up), in a corner left free by the margins
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    bar = 10 ** math.floor(math.log10(max(1.0, (x1 - x0) / 4)))
+    bx, by = x1 - bar - 0.01 * (x1 - x0), y0 + 0.02 * (y1 - y0)
+    ax.plot([bx, bx + bar], [by, by], color=INK, linewidth=2.5, solid_capstyle="butt")
+    ax.text(bx + bar / 2, by + 0.012 * (y1 - y0), f"{bar:g} m", ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, markerscale=0.8)
+    ax.set_title("The district: nodes, gateways and the faults injected", loc="left")
     return _png(fig)
 
 
@@ -241,7 +254,6 @@ def plot_delivery(results: dict[str, Any], scenario: Any) -> bytes:
     ax.bar(x, [100 * n["ratio"] for n in nodes], color=[LIGHT if n["kind"] == "lighting" else WATER for n in nodes],
            width=0.85)
     ax.axhline(95, color=BAD, linewidth=1.2, linestyle="--")
-    ax.text(-0.4, 95.15, "the bar: 95 %", color=BAD, ha="left", va="bottom", fontsize=8)
     lo = min([100 * n["ratio"] for n in nodes] + [95.0])
     ax.set_ylim(max(0.0, math.floor(lo - 3)), 100.4)
     ax.set_xlim(-0.6, len(nodes) - 0.4)
@@ -249,8 +261,9 @@ def plot_delivery(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xlabel(f"{len(nodes)} nodes, worst first")
     ax.set_ylabel("uplinks stored / sent (%)")
     handles = [patches.Patch(color=LIGHT, label=f"street lights: {100 * dv['by_kind']['lighting']['ratio']:.2f} %"),
-               patches.Patch(color=WATER, label=f"irrigation: {100 * dv['by_kind']['irrigation']['ratio']:.2f} %")]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+               patches.Patch(color=WATER, label=f"irrigation: {100 * dv['by_kind']['irrigation']['ratio']:.2f} %"),
+               Line2D([], [], color=BAD, linestyle="--", label="the bar: 95 %")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     ax.set_title(f"Delivery: {dv['stored']:,} of {dv['settled']:,} uplinks stored ({dv['ratio_pct']:.2f} %), "
                  f"{dv['lost_on_air']} lost on the air")
     return _png(fig)
@@ -261,9 +274,9 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
     h = lat["histogram"]
     edges, counts = h["edges_s"], list(h["counts"]) + [h.get("over", 0)]
 
-    def fmt(s: float) -> str:
+    def edge(s: float) -> str:
         return f"{s * 1000:g} ms" if s < 1 else f"{s:g} s"
-    labels = [f"{fmt(a)}\u2013{fmt(b)}" for a, b in zip(edges, edges[1:])] + [f"> {fmt(edges[-1])}"]
+    labels = [f"{edge(a)}\u2013{edge(b)}" for a, b in zip(edges, edges[1:])] + [f"> {edge(edges[-1])}"]
     while len(counts) > 1 and counts[-1] == 0:  # empty tail bins say nothing
         counts.pop()
         labels.pop()
@@ -275,7 +288,7 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
     live = results["run"]["link"] == "live"
     what = ("uplink end \u2192 stored at the city platform (real time, through the real gateway and its upstream)"
             if live else "uplink end \u2192 durable commit at the gateway (simulated time)")
-    ax.set_title(f"Latency: p50 {fmt(lat['p50'])}, p95 {fmt(lat['p95'])}, max {fmt(lat['max'])}")
+    ax.set_title(f"Latency: p50 {_secs(lat['p50'])}, p95 {_secs(lat['p95'])}, max {_secs(lat['max'])}")
     ax.text(0.99, 0.95, what, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#555555")
     return _png(fig)
 
@@ -369,6 +382,14 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
     return _png(fig)
 
 
+def _secs(s: float) -> str:
+    """A latency for people: 0.57 s, 35 ms, 1.2 ms."""
+    if s >= 1:
+        return f"{s:.2f} s"
+    ms = s * 1000
+    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+
+
 def _dur(s: float) -> str:
     if s < 90:
         return f"{s:.0f} s"
@@ -440,9 +461,9 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Lumeau: {_e(sc['name'])} report</title>",
            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>",
            f"<h1>Lumeau simulation: {_e(sc['name'])}</h1>",
-           f"<p class=sub>{_e(sc.get('description', ''))}. {sc['lamps']} street lights, {sc['controllers']} "
-           f"irrigation controllers ({sc['zones']} zones), {len(sc['gateways'])} gateways; "
-           f"{sc['hours']:g} simulated hours from {start:%Y-%m-%d %H:%M} UTC, seed {sc['seed']}. "
+           f"<p class=sub>{sc['lamps']} street lights and {sc['controllers']} irrigation controllers "
+           f"({sc['zones']} zones) on {len(sc['gateways'])} gateways; {sc['hours']:g} simulated hours from "
+           f"{start:%Y-%m-%d %H:%M} UTC; {len(al['faults'])} faults injected; seed {sc['seed']}. "
            f"Every node ran the real firmware on a virtual clock, against {link}.</p>",
            "<div class=hero>",
            f"<div class='card energy'><div class=big>{en['saved_kwh']:.1f} kWh saved</div>"
@@ -512,10 +533,21 @@ def _totals_table(to: dict[str, Any]) -> str:
     return f"<table>{cells}<tr><th>verdict</th><th>{verdict}</th></tr></table>"
 
 
+MAIN_COUNTERS = ("received", "accepted", "duplicates", "delivered_upstream", "queued_at_end", "queue_max",
+                 "downlinks_acks_sent", "downlinks_send_errors", "evicted", "restarts")
+
+
 def _gateway_table(gw: dict[str, Any], live: bool) -> str:
-    keep = [(k, v) for k, v in gw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    cells = "".join(f"<tr><td>{_e(k.replace('_', ' '))}</td><td class=n>{_e(f'{v:,}' if isinstance(v, int) else v)}"
-                    f"</td></tr>" for k, v in keep)
+    nums = {k: v for k, v in gw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def rows(keys: Any) -> str:
+        return "".join(f"<tr><td>{_e(k.replace('_', ' '))}</td><td class=n>"
+                       f"{_e(f'{nums[k]:,}' if isinstance(nums[k], int) else nums[k])}</td></tr>" for k in keys)
+    main = [k for k in MAIN_COUNTERS if k in nums]
+    rest = [k for k in nums if k not in main]
+    cells = rows(main)
+    if rest:
+        cells += f"<tr><td colspan=2><details><summary>all counters</summary><table>{rows(rest)}</table></details></td></tr>"
     extra = ""
     if live:
         sink = gw.get("live_sink", {})
