@@ -82,7 +82,7 @@ class Gateway:
                                        collect_s=d.collect_s, ack_alarms=d.ack_alarms)
             await self.downlinks.start()
             self.history = History() if cfg.api.enabled else None  # read only through the API
-            observer = self.downlinks if self.history is None else _Observers(self.downlinks, self.history)
+            observer = self.downlinks if self.history is None else Observers(self.downlinks, self.history)
             self.pipeline = Pipeline(self.registry, self.store, downlinks=observer,
                                      max_inflight=cfg.pipeline.max_inflight)
             self.upstream = self._make_upstream()
@@ -222,7 +222,7 @@ class Gateway:
         log.info("gateway stopped")
 
 
-class _Observers:
+class Observers:
     """Several observers behind the pipeline's one after-commit seam (downlinks, history)."""
 
     def __init__(self, *observers: Any) -> None:

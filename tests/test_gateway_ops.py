@@ -1,0 +1,100 @@
+"""gateway/ops.py: the COMMAND catalogue the web page's form is built from.
+
+Checked against the three authorities it describes: SPEC §5's op table (numbers
+and names), protocol/expand.py (the names the API accepts), and the real
+firmware apps, which must accept every argument at the catalogue's bounds and
+answer `bad_args` just past them (the form must not offer what a node refuses,
+nor refuse what a node takes).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from apps_support import AppNode
+
+from firmware import config as fw_config
+from firmware.hal_sim import SimHAL
+from firmware.irrigation import Irrigation
+from firmware.lighting import Lighting
+from gateway import ops
+from protocol import expand
+from protocol import messages as m
+
+SPEC = Path(__file__).resolve().parent.parent / "protocol" / "SPEC.md"
+RUNTIME_OPS = {"set_interval", "reboot"}  # executed by firmware/runtime.py, not by an app
+
+
+class _Clock:
+    unix0 = 1_795_000_000
+
+    def ms(self) -> int:
+        return 0
+
+
+def app(kind: str):
+    hal = SimHAL(_Clock(), time_known=True)
+    node = AppNode(hal)
+    if kind == "lighting":
+        return Lighting({"location": {"lat": 48.85, "lon": 2.35}, "lighting": {}}, hal, node)
+    return Irrigation({"irrigation": {"zones": [{"flow_dlpm": 100}] * 4, "utc_offset_min": 60}}, hal, node)
+
+
+def test_every_op_of_the_spec_is_described_with_its_name():
+    text = SPEC.read_text()
+    section = text[text.index("| op | name | args |"):]
+    section = section[:section.index("\n\n")]
+    table = dict(re.findall(r"^\| (\d+) \| (\w+) \|", section, re.M))
+    cat = ops.catalogue()
+    assert {str(o["op"]): o["name"] for o in cat} == table
+    assert {o["op"]: o["name"] for o in cat} == expand.ENUMS[(m.COMMAND, 1)]
+    for o in cat:
+        assert o["kinds"] and set(o["kinds"]) <= {"lighting", "irrigation"} and o["help"]
+        assert 0 <= o["groups"]["min"] <= o["groups"]["max"] and len(o["args"]) * o["groups"]["max"] <= 24
+        assert bool(o["args"]) == (o["groups"]["max"] > 0)
+
+
+def bounds(arg: dict) -> tuple[int, int]:
+    if arg["kind"] == "choice":
+        keys = sorted(int(k) for k in arg["choices"])
+        assert keys == list(range(keys[0], keys[-1] + 1))  # a contiguous enumeration
+        return keys[0], keys[-1]
+    return arg["min"], arg["max"]
+
+
+def cases() -> list:
+    return [pytest.param(o, kind, id=f"{o['name']}-{kind}")
+            for o in ops.catalogue() if o["name"] not in RUNTIME_OPS for kind in o["kinds"]]
+
+
+@pytest.mark.parametrize("op, kind", cases())
+def test_the_firmware_takes_every_bound_and_refuses_what_lies_past_it(op, kind):
+    code, args, gmax = op["op"], op["args"], op["groups"]["max"]
+    if not args:
+        assert app(kind).command(code, [])[0] == m.RES_OK
+        assert app(kind).command(code, [1])[0] == m.RES_BAD_ARGS
+        return
+    lows = [bounds(a)[0] for a in args]
+    highs = [bounds(a)[1] for a in args]
+    for group in (lows, highs):
+        for n in sorted({op["groups"]["min"], gmax}):
+            res, _ = app(kind).command(code, group * n)
+            assert res in (m.RES_OK, m.RES_REFUSED), (group * n, res)  # refused: unsafe now, args fine
+    assert app(kind).command(code, lows * (gmax + 1))[0] == m.RES_BAD_ARGS
+    for i, a in enumerate(args):
+        lo, hi = bounds(a)
+        for bad in (lo - 1, hi + 1):
+            group = list(lows)
+            group[i] = bad
+            assert app(kind).command(code, group)[0] == m.RES_BAD_ARGS, (a["name"], bad)
+
+
+def test_runtime_ops_follow_the_runtime():
+    by_name = {o["name"]: o for o in ops.catalogue()}
+    (interval,) = by_name["set_interval"]["args"]
+    assert (interval["min"], interval["max"]) == (fw_config.REPORT_MIN_S, fw_config.REPORT_MAX_S)
+    assert by_name["reboot"]["args"] == [] and by_name["reboot"]["groups"]["max"] == 0
+    for kind in ("lighting", "irrigation"):  # an app does not know them: the runtime answers them
+        assert app(kind).command(m.OP_REBOOT, [])[0] == m.RES_UNKNOWN_OP
