@@ -148,6 +148,7 @@ class LiveGateway:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._poll_error: str | None = None
+        self._failed: ServiceError | None = None
 
     def __repr__(self) -> str:
         return f"LiveGateway({self.workdir}, speed={self.speed}, fronts={list(self.fronts)})"
@@ -238,8 +239,11 @@ class LiveGateway:
                 del self._by_key[k]
                 self._windows.pop(id(w.uplink), None)
         assert self.services is not None
-        if not self.services.gateway.running:
-            raise ServiceError("the gateway process exited during the run; see gateway.log")
+        if not self.services.gateway.running and self._failed is None:
+            # raised by finish(): an exception here would only end this task
+            self._failed = ServiceError(f"the gateway process exited during the run; see "
+                                        f"{self.services.gateway.log}")
+            log.error("%s", self._failed)
         if self._poll_error:
             log.warning("gateway API: %s", self._poll_error)
             self._poll_error = None
@@ -361,11 +365,15 @@ class LiveGateway:
             await asyncio.gather(self._pacer, return_exceptions=True)
             self._pacer = None
         svc = self.services
+        if self._failed is not None:
+            raise self._failed
         if not svc.sink.running:
             svc.restart_sink()  # an outage lasting to the end: the data is still owed to the platform
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
             self._poll(0.05)
+            if not svc.gateway.running:
+                raise ServiceError(f"the gateway process exited before it delivered everything; see {svc.gateway.log}")
             samples = svc.gateway_metrics()
             got = {t: metric_sum(samples, "lumeau_frames_received_total", transport=t) for t in self._sent}
             queued = metric_sum(samples, "lumeau_queue_records")

@@ -368,7 +368,7 @@ class PacketForwarder:
                 node = _node_of(raw)
                 why = "bad_request" if node is None else self.resolve(self.site, tmst & U32, node, raw)
             error = _TX_ACK.get(why, "TX_FREQ")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # whatever the network sends
             self.counts["malformed"] += 1
             error = "TX_FREQ"
         self.counts["tx_sent" if error == "NONE" else "tx_refused"] += 1

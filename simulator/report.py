@@ -289,7 +289,7 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
     what = ("uplink end \u2192 stored at the city platform (real time, through the real gateway and its upstream)"
             if live else "uplink end \u2192 durable commit at the gateway (simulated time)")
     ax.set_title(f"Latency: p50 {_secs(lat['p50'])}, p95 {_secs(lat['p95'])}, max {_secs(lat['max'])}")
-    ax.text(0.99, 0.95, what, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#555555")
+    ax.set_xlabel(what, fontsize=8.5, color="#555555")
     return _png(fig)
 
 
