@@ -11,6 +11,7 @@ import importlib
 SIM_ACTIONS: list[str] = [
     "simulator.board",  # lumeau sim board: a virtual MicroPython board on a pty
     "simulator.runner",  # lumeau sim run: a scenario, the real firmware against the real gateway
+    "simulator.runner",  # lumeau sim run: a scenario, the real firmware against the real gateway
     "simulator.demo",  # lumeau sim demo: the main job (also `lumeau demo`)
 ]
 

@@ -1,33 +1,67 @@
 """The results of a simulated run: one object for `lumeau sim run --json` and the HTML report.
 
-`Results.to_dict()` is the JSON (stable keys, plain numbers, lists and
-dicts); `Results.summary()` the text the CLI prints. Sections:
+`Results.to_dict()` is the JSON (stable keys; plain numbers, strings, lists
+and dicts); `Results.summary()` the text the CLI prints. Sections:
 
-  scenario   name, file, seed, start, hours, node counts, gateways
-  run        wall seconds, simulated node-seconds per wall second, the link used
-  delivery   uplinks put on the air, stored by the gateway, ratio (overall, per kind,
-             per node), refused by the channel (duty cycle, too long), lost on the air
-  latency_s  uplink end -> durable commit at the gateway: count, mean, p50, p95, p99, max,
-             and a histogram
-  airtime    per node: seconds on the air and the fraction of its EU868 duty-cycle limit
-  frames     largest frame per message type (bytes, header and MIC included) against 51
-  alarms     one entry per injected fault: the alarm it should raise (Fault.expected),
-             whether the gateway stored it, and how long after the fault; alarms raised
-             with no fault behind them
-  energy     kWh the lamps used (measured by the world), the always-full-power baseline,
-             kWh and % saved, and kWh as the gateway's records report it
-  water      m3 through the meters, the fixed-schedule baseline, m3 and % saved, and m3
-             as the gateway's records report it
-  totals     gateway vs nodes' own counters (uplinks, energy Wh, water L), and whether
-             they agree
-  gateway    pipeline, downlink and store counters of the link
-  series     hourly values for plots (uplinks, stored, energy and baseline, water)
+  scenario   name, file, description, seed, start, hours, node counts, gateways, SFs
+  run        link used, wall and CPU seconds, simulated node-seconds per wall second,
+             the apps' ticks
+  delivery   uplinks put on the air (and refused by the channel: duty cycle, too long,
+             busy), settled by the end, heard by a gateway, stored by the gateway;
+             ratio = stored / settled, overall, per kind and per node
+  latency_s  uplink end -> durable commit at the gateway: count, mean, p50, p95, p99,
+             max, histogram (bin edges in s and counts)
+  airtime    per node: seconds on the air and the share of its EU868 sub-band
+             duty-cycle allowance over the run; max and mean share
+  frames     largest frame put on the air per message type (bytes, header and MIC
+             included) against the 51-byte budget, frames over it
+  alarms     per injected fault: the alarm it should raise (Fault.expected), whether
+             the fault showed at all (`manifested`; a latent fault moved no water and lit
+             no lamp, so no node could see it), the record that showed it at the gateway
+             and how long after the fault; alarm-severity events stored with no fault
+             behind them
+  energy     kWh the lamps drew (the world's truth), the always-full-power baseline,
+             kWh and % saved, and kWh as the platform got it from the records
+  water      m3 through the meters (leaks and bursts included) and applied to turf,
+             the fixed-schedule baseline, m3 and % saved, and m3 as the platform got it
+  totals     the gateway's and the platform's totals against the nodes' own counters:
+             uplinks (nodes' tx counters, on the air, heard, stored), energy Wh and
+             water L (platform's last value per node = the value in the node's own
+             frame with that counter), and the nodes' meters at the end
+  gateway    the link's counters (accepted, duplicates, rejected by reason, downlinks,
+             restarts), records delivered upstream, queued at the end, most queued
+  channel    the channel's own counts (simulator/channel.py `counts`)
+  series     hourly: uplinks on the air and stored, energy and baseline (Wh),
+             water (L); for plots
+
+Ratios are fractions (0..1) with a `_pct` twin where a person reads a
+percentage. Times are seconds; energy kWh or Wh, water m3 or L as named.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+from protocol import expand, frame, lora
+from protocol import messages as m
+
+FRAME_BUDGET = lora.max_payload(12)     # 51 bytes: the smallest EU868 payload budget
+LATENCY_BINS_S = (0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of values already sorted (p in 0..100); 0 for none."""
+    if not sorted_values:
+        return 0.0
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100.0 * len(sorted_values)) - 1))
+    return float(sorted_values[k])
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
 
 
 @dataclass
@@ -39,3 +73,371 @@ class Results:
 
     def __getitem__(self, key: str) -> Any:
         return self.sections[key]
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.sections, indent=indent, sort_keys=False)
+
+    def without_wall_clock(self) -> dict[str, Any]:
+        """Everything but what depends on the machine (for comparing runs of one seed)."""
+        d = json.loads(json.dumps(self.sections))
+        d.pop("run", None)
+        return d
+
+    def summary(self) -> str:
+        s = self.sections
+        sc, run, dv, lat, air, fr_, al, en, wa, to = (s["scenario"], s["run"], s["delivery"], s["latency_s"],
+                                                      s["airtime"], s["frames"], s["alarms"], s["energy"],
+                                                      s["water"], s["totals"])
+        lines = [
+            f"{sc['name']}: {sc['lamps']} lamps, {sc['controllers']} irrigation controllers ({sc['zones']} zones), "
+            f"{len(sc['gateways'])} gateways, {sc['hours']:g} h from {sc['start']} (seed {sc['seed']})",
+            f"  run: {run['wall_s']:.1f} s wall, {run['node_seconds_per_wall_s']:,.0f} node-s per s ({run['link']} gateway)",
+            f"  delivery: {dv['stored']}/{dv['settled']} uplinks stored = {dv['ratio_pct']:.2f} % "
+            f"(lost on the air {dv['lost_on_air']}, refused by the channel {sum(dv['refused'].values())})",
+            f"  latency (uplink end -> stored): p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, max {lat['max']:.3f} s",
+            f"  airtime: at most {air['max_share_of_limit_pct']:.1f} % of a node's duty-cycle limit "
+            f"(mean {air['mean_share_of_limit_pct']:.2f} %)",
+            "  largest frames: " + ", ".join(f"{k} {v} B" for k, v in fr_["largest"].items())
+            + f" (budget {fr_['budget']} B, over it: {fr_['over_budget']})",
+            f"  alarms: {al['detected']}/{al['expected']} injected faults raised their alarm at the gateway"
+            + (f" ({al['latent']} latent)" if al["latent"] else "")
+            + (f", {len(al['unexpected'])} other alarms" if al["unexpected"] else ""),
+        ]
+        for f in al["faults"]:
+            what = "no alarm expected" if f["expected"] is None else (
+                f"{f['expected']}: " + (f"stored {f['delay_s']:.0f} s later" if f["detected"] else
+                                        "NOT SEEN" if f["manifested"] else "latent (it never showed: nothing to see)"))
+            lines.append(f"    {f['kind']} {f['target']} at {f['at_h']:g} h -> {what}")
+        lines += [
+            f"  energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night: "
+            f"{en['saved_kwh']:.1f} kWh saved ({en['saved_pct']:.1f} %)",
+            f"  water: {wa['m3']:.2f} m3 against {wa['baseline_m3']:.2f} m3 on the fixed schedule: "
+            f"{wa['saved_m3']:.2f} m3 saved ({wa['saved_pct']:.1f} %)",
+            f"  totals: platform {to['energy_wh']['platform']} Wh / {to['water_l']['platform']} L = nodes' own "
+            f"{to['energy_wh']['nodes']} Wh / {to['water_l']['nodes']} L: "
+            + ("agree" if to["agree"] else "DISAGREE"),
+        ]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- building the sections
+
+def latency_section(latencies: Sequence[float]) -> dict[str, Any]:
+    v = sorted(latencies)
+    counts = [0] * (len(LATENCY_BINS_S) - 1)
+    over = 0
+    for x in v:
+        placed = False
+        for i in range(len(counts)):
+            if LATENCY_BINS_S[i] <= x < LATENCY_BINS_S[i + 1]:
+                counts[i] += 1
+                placed = True
+                break
+        if not placed:
+            over += 1
+    return {"count": len(v), "mean": sum(v) / len(v) if v else 0.0, "p50": percentile(v, 50),
+            "p95": percentile(v, 95), "p99": percentile(v, 99), "max": float(v[-1]) if v else 0.0,
+            "histogram": {"edges_s": list(LATENCY_BINS_S), "counts": counts, "over": over}}
+
+
+def frame_fields(raw: bytes) -> tuple[int, dict[int, Any]] | None:
+    """(mtype, body) of a plaintext uplink frame, None if it cannot be read without keys."""
+    try:
+        f = frame.parse(raw)
+        if f.encrypted:
+            return None
+        return f.mtype, m.decode(f.mtype, raw[frame.HEADER_LEN:-frame.MIC_LEN])
+    except (frame.FrameError, m.MessageError):
+        return None
+
+
+def type_name(mtype: int) -> str:
+    return expand.TYPE_NAMES.get(mtype, f"type{mtype}")
+
+
+def event_name(code: int) -> str:
+    return expand.ENUMS[(m.EVENT, 0)].get(code, str(code))
+
+
+def reset_name(cause: int) -> str:
+    return expand.ENUMS[(m.HELLO, 4)].get(cause, str(cause))
+
+
+def expected_name(expected: tuple[str, int] | None) -> str | None:
+    if expected is None:
+        return None
+    kind, code = expected
+    return f"event {event_name(code)}" if kind == "event" else f"hello reset_cause {reset_name(code)}"
+
+
+# ---------------------------------------------------------------- the whole results object
+
+def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: dict[str, int],
+          wall_s: float, cpu_s: float) -> Results:
+    """Results of a finished simulator.runner.Simulation and its link's GatewayReport."""
+    from simulator.baseline import irrigation_baseline, lighting_baseline
+
+    sc = sim.sc
+    air = sim.air
+    channel = sim.channel
+    start, end = sc.start_unix, sc.end_unix
+    hours = sc.duration_s / 3600.0
+    nodes = sim.nodes
+    by_id = sim.by_id
+
+    # what the gateway stored, first copy per frame
+    stored = report.stored
+    stored_keys = {(r.node_id, r.counter) for r in stored}
+    per_node_stored: dict[int, int] = {}
+    for r in stored:
+        per_node_stored[r.node_id] = per_node_stored.get(r.node_id, 0) + 1
+
+    # -- delivery
+    refused: dict[str, int] = {}
+    on_air = settled = heard = 0
+    by_kind: dict[str, dict[str, int]] = {"lighting": {"settled": 0, "stored": 0},
+                                          "irrigation": {"settled": 0, "stored": 0}}
+    per_node = []
+    for name, sn in nodes.items():
+        st = air.nodes.get(sn.spec.node_id)
+        if st is None:
+            continue
+        for k, v in st.refused.items():
+            refused[k] = refused.get(k, 0) + v
+        on_air += st.uplinks
+        s_settled = st.delivered + st.lost
+        settled += s_settled
+        heard += st.delivered
+        n_stored = per_node_stored.get(sn.spec.node_id, 0)
+        by_kind[sn.spec.kind]["settled"] += s_settled
+        by_kind[sn.spec.kind]["stored"] += n_stored
+        per_node.append({"node": name, "kind": sn.spec.kind, "sf": sn.spec.sf, "uplinks": s_settled,
+                         "stored": n_stored, "ratio": round(ratio(n_stored, s_settled), 6)})
+    n_stored_all = len(stored_keys)
+    delivery = {
+        "on_air": on_air, "settled": settled, "in_flight_at_end": on_air - settled, "heard": heard,
+        "stored": n_stored_all, "lost_on_air": settled - heard, "refused": dict(sorted(refused.items())),
+        "ratio": ratio(n_stored_all, settled), "ratio_pct": 100.0 * ratio(n_stored_all, settled),
+        "by_kind": {k: {**v, "ratio": ratio(v["stored"], v["settled"])} for k, v in by_kind.items()},
+        "by_node": per_node,
+    }
+
+    # -- latency
+    latency = latency_section([r.stored_at - r.rx_time for r in stored])
+
+    # -- airtime
+    dur = sc.duration_s
+    shares = []
+    air_nodes = []
+    for name, sn in nodes.items():
+        inv = lora.BANDS[sn.radio.band][2]
+        used_s = channel.airtime_used_ms(sn.spec.node_id) / 1000.0
+        share = used_s / (dur / inv) if dur else 0.0
+        shares.append(share)
+        air_nodes.append({"node": name, "kind": sn.spec.kind, "sf": sn.spec.sf, "airtime_s": round(used_s, 6),
+                          "share_of_limit": round(share, 6)})
+    airtime = {"duty_cycle": {lora.BANDS[b][3]: 1.0 / lora.BANDS[b][2] for b in sorted({sn.radio.band for sn in nodes.values()})},
+               "max_share_of_limit": max(shares, default=0.0), "max_share_of_limit_pct": 100.0 * max(shares, default=0.0),
+               "mean_share_of_limit": sum(shares) / len(shares) if shares else 0.0,
+               "mean_share_of_limit_pct": 100.0 * (sum(shares) / len(shares) if shares else 0.0),
+               "total_s": sum(n["airtime_s"] for n in air_nodes), "per_node": air_nodes}
+
+    # -- frames
+    over = sum(1 for st in air.nodes.values() for _c, _t, n in st.frames if n > FRAME_BUDGET)
+    frames = {"budget": FRAME_BUDGET,
+              "largest": {type_name(t): n for t, n in sorted(air.largest.items())},
+              "over_budget": over}
+
+    # -- alarms
+    alarms = alarms_section(sc, stored, by_id, start, sim.fault_shown)
+
+    # -- energy and water
+    world = sim.world
+    lb = lighting_baseline(sc.lamps, start, end)
+    used_kwh = world.energy_wh() / 1000.0
+    ib = irrigation_baseline(sc.controllers, start, end, sc.location.tz, world.weather)
+    used_m3 = world.water_l() / 1000.0
+    platform = platform_totals(report, by_id)
+    energy = {"kwh": used_kwh, "baseline_kwh": lb.kwh, "saved_kwh": lb.kwh - used_kwh,
+              "saved_pct": 100.0 * ratio(lb.kwh - used_kwh, lb.kwh), "lamp_hours_baseline": lb.lamp_hours,
+              "reported_kwh": platform["energy_wh"] / 1000.0}
+    water = {"m3": used_m3, "applied_m3": world.applied_l() / 1000.0, "baseline_m3": ib.m3,
+             "saved_m3": ib.m3 - used_m3, "saved_pct": 100.0 * ratio(ib.m3 - used_m3, ib.m3),
+             "baseline_runs": ib.runs, "baseline_wasted_m3": ib.wasted_m3,
+             "lost_m3": (world.water_l() - world.applied_l()) / 1000.0,
+             "reported_m3": platform["water_l"] / 1000.0}
+
+    # -- totals: the gateway and the platform against the nodes' own counters
+    own = node_side_totals(air, platform["last"], by_id)
+    node_tx = sum(c["tx"] for c in counters.values())
+    uplinks = {"nodes_tx": node_tx, "on_air": on_air, "settled": settled, "heard": heard,
+               "stored": n_stored_all, "at_platform": report.delivered_upstream,
+               "queued_at_end": report.queued_at_end}
+    stored_ok = n_stored_all == heard
+    energy_t = {"platform": platform["energy_wh"], "nodes": own["energy_wh"],
+                "nodes_meters_at_end": sum(v for k, v in meters.items() if nodes[k].spec.kind == "lighting")}
+    water_t = {"platform": platform["water_l"], "nodes": own["water_l"],
+               "nodes_meters_at_end": sum(v for k, v in meters.items() if nodes[k].spec.kind == "irrigation")}
+    totals = {"uplinks": uplinks, "energy_wh": energy_t, "water_l": water_t,
+              "stored_equals_heard": stored_ok,
+              "platform_equals_nodes": energy_t["platform"] == energy_t["nodes"] and water_t["platform"] == water_t["nodes"],
+              "mismatches": own["mismatches"]}
+    totals["agree"] = totals["platform_equals_nodes"] and stored_ok and not own["mismatches"]
+
+    # -- series
+    baseline_series = []
+    prev = 0.0
+    for h in sim.hourly:
+        t1 = start + h["t_h"] * 3600.0
+        baseline_series.append(lighting_baseline(sc.lamps, start, t1).kwh * 1000.0)
+    series = {"t_h": [h["t_h"] for h in sim.hourly],
+              "energy_wh": [round(h["energy_wh"], 3) for h in sim.hourly],
+              "baseline_energy_wh": [round(v, 3) for v in baseline_series],
+              "water_l": [round(h["water_l"], 3) for h in sim.hourly],
+              "uplinks": [h["uplinks"] for h in sim.hourly],
+              "settled": [h["settled"] for h in sim.hourly],
+              "stored": _cumulative_by_hour(stored, start, [h["t_h"] for h in sim.hourly])}
+    del prev
+
+    n_nodes = len(nodes)
+    sfs: dict[str, int] = {}
+    for sn in nodes.values():
+        sfs[f"SF{sn.spec.sf}"] = sfs.get(f"SF{sn.spec.sf}", 0) + 1
+    sections = {
+        "scenario": {"name": sc.name, "file": sc.file, "description": sc.description, "seed": sc.seed,
+                     "start": sc.start.isoformat(), "hours": hours, "lamps": len(sc.lamps),
+                     "controllers": len(sc.controllers), "zones": sc.zones,
+                     "gateways": [{"id": g.id, "x": g.x, "y": g.y} for g in sc.gateways],
+                     "sf": dict(sorted(sfs.items())), "nodes_scale": sim.options.nodes_scale},
+        "run": {"link": report.link, "wall_s": wall_s, "cpu_s": cpu_s, "nodes": n_nodes,
+                "node_seconds": n_nodes * sc.duration_s,
+                "node_seconds_per_wall_s": n_nodes * sc.duration_s / wall_s if wall_s > 0 else 0.0,
+                "ticked_apps": sim.options.ticked_apps, "crashed_nodes": list(sim.crashes)},
+        "delivery": delivery, "latency_s": latency, "airtime": airtime, "frames": frames, "alarms": alarms,
+        "energy": energy, "water": water, "totals": totals,
+        "gateway": {**report.counters, "delivered_upstream": report.delivered_upstream,
+                    "queued_at_end": report.queued_at_end, "queue_max": report.queue_max},
+        "nodes": {"counters": _sum_counters(counters), "reboots": sum(sn.boots - 1 for sn in nodes.values())},
+        "channel": dict(sorted(channel.counts.items())),
+        "series": series,
+    }
+    return Results(sections)
+
+
+def _sum_counters(counters: dict[str, dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counters.values():
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+def _cumulative_by_hour(stored: Sequence[Any], start: float, hours: Sequence[float]) -> list[int]:
+    times = sorted(r.rx_time for r in stored)
+    out = []
+    i = 0
+    for h in hours:
+        t = start + h * 3600.0
+        while i < len(times) and times[i] <= t:
+            i += 1
+        out.append(i)
+    return out
+
+
+def alarms_section(sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start: float,
+                   shown: dict[int, bool] | None = None) -> dict[str, Any]:
+    """Each injected fault against the records the gateway stored; alarms with no fault behind them.
+
+    `shown` says, per fault index, whether the fault had any physical effect
+    (simulator/world.py): a burst in a zone that never watered afterwards, or
+    a lamp that failed while it was meant to be off, shows nothing a node
+    could see. Such a fault is `latent`: listed, not expected to raise its
+    alarm, not counted against detection.
+    """
+    by_name = {sn.spec.name: nid for nid, sn in by_id.items()}
+    faults = []
+    explained: set[tuple[int, int]] = set()     # (node, counter) of records matched to a fault
+    for f in sc.faults:
+        exp = f.expected
+        at = start + f.at_s
+        manifested = None if exp is None else (shown or {}).get(f.index, True)
+        entry = {"index": f.index, "kind": f.kind, "target": f.target, "at_h": round(f.at_s / 3600.0, 6),
+                 "params": dict(f.params), "expected": expected_name(exp), "manifested": manifested,
+                 "detected": False, "delay_s": None, "node_time_delay_s": None}
+        nid = by_name.get(f.target)
+        if exp is not None and nid is not None:
+            kind, code = exp
+            for r in stored:
+                if r.node_id != nid or r.rx_time < at:
+                    continue
+                hit = ((kind == "event" and r.mtype == m.EVENT and r.body.get(0) == code and r.body.get(4, 1) == 1)
+                       or (kind == "hello" and r.mtype == m.HELLO and r.body.get(4) == code))
+                if hit:
+                    entry["detected"] = True
+                    entry["delay_s"] = r.stored_at - at
+                    if kind == "event" and 3 in r.body:
+                        entry["node_time_delay_s"] = r.body[3] - at
+                    explained.add((r.node_id, r.counter))
+                    break
+        faults.append(entry)
+    # alarm-severity events stored; resends of one event (same node and body) count once
+    seen: set[tuple[int, bytes]] = set()
+    raised: dict[str, int] = {}
+    unexpected = []
+    fault_nodes = {by_name.get(f.target) for f in sc.faults}
+    for r in stored:
+        if r.mtype != m.EVENT or r.body.get(1, 0) < m.SEV_ALARM:
+            continue
+        key = (r.node_id, repr(sorted(r.body.items())).encode())
+        if key in seen:
+            continue
+        seen.add(key)
+        name = event_name(r.body.get(0))
+        state = "raised" if r.body.get(4, 1) else "cleared"
+        raised[f"{name} {state}"] = raised.get(f"{name} {state}", 0) + 1
+        if r.body.get(4, 1) and r.node_id not in fault_nodes:
+            sn = by_id.get(r.node_id)
+            unexpected.append({"node": sn.spec.name if sn else f"{r.node_id:08x}", "event": name,
+                               "at_h": round((r.rx_time - start) / 3600.0, 6), "value": r.body.get(2)})
+    expected_n = sum(1 for f in faults if f["expected"] is not None and f["manifested"])
+    return {"faults": faults, "expected": expected_n,
+            "detected": sum(1 for f in faults if f["detected"] and f["manifested"]),
+            "latent": sum(1 for f in faults if f["expected"] is not None and not f["manifested"]),
+            "raised": dict(sorted(raised.items())), "unexpected": unexpected}
+
+
+def platform_totals(report: Any, by_id: dict[int, Any]) -> dict[str, Any]:
+    """What the platform (the upstream's receiver) knows: each node's last energy / volume, by name."""
+    last: dict[int, tuple[int, int, float]] = {}     # node -> (counter, mtype, value)
+    for rec in report.sink:
+        fields = rec.fields
+        if rec.mtype == m.LIGHT and "energy" in fields:
+            last[rec.node_id] = (rec.counter, rec.mtype, fields["energy"]["value"])
+        elif rec.mtype == m.IRRIGATION and "volume" in fields:
+            last[rec.node_id] = (rec.counter, rec.mtype, fields["volume"]["value"])
+    wh = sum(v for nid, (_c, t, v) in last.items() if t == m.LIGHT)
+    litres = sum(v for nid, (_c, t, v) in last.items() if t == m.IRRIGATION)
+    return {"energy_wh": wh, "water_l": litres, "last": last}
+
+
+def node_side_totals(air: Any, last: dict[int, tuple[int, int, float]], by_id: dict[int, Any]) -> dict[str, Any]:
+    """The nodes' own values in the very frames whose counters the platform holds last."""
+    wh = 0
+    litres = 0
+    mismatches = []
+    for nid, (counter, mtype, value) in last.items():
+        st = air.nodes.get(nid)
+        raw = st.reports.get(counter) if st is not None else None
+        got = frame_fields(raw) if raw is not None else None
+        if got is None or got[0] != mtype:
+            mismatches.append({"node": by_id[nid].spec.name, "counter": counter, "why": "no such frame sent"})
+            continue
+        own = got[1].get(2 if mtype == m.LIGHT else 3)
+        if mtype == m.LIGHT:
+            wh += own
+        else:
+            litres += own
+        if own != value:
+            mismatches.append({"node": by_id[nid].spec.name, "counter": counter, "node_value": own,
+                               "platform_value": value})
+    return {"energy_wh": wh, "water_l": litres, "mismatches": mismatches}

@@ -1,0 +1,141 @@
+"""The simulation's clock: SimHAL sleeps for many nodes at the cost of a dict append.
+
+`SimClock` is a firmware.virtual_loop.VirtualClock (same `t`, `ms()`,
+`unix()`; the VirtualLoop still moves it) whose `sleep_ms` does not create an
+asyncio timer per call. A thousand nodes each waking every few seconds would
+otherwise keep thousands of TimerHandles in the loop's heap, where every
+push and pop costs a dozen Python-level comparisons (profiled: the largest
+single cost of a 1,000-node run). Instead:
+
+- a sleep of `ms` goes into the bucket of its due millisecond (a dict of
+  lists) and returns a plain loop future;
+- the due milliseconds form a heap of ints (compared in C), and ONE loop
+  timer is armed for the earliest;
+- when it fires, the bucket's entries are released in the order they went to
+  sleep: futures get their result (their tasks run next, as after an
+  asyncio.sleep), callbacks run at the same place in that order (see
+  `_release`: directly, or one call_soon for a run of them).
+
+`call_later_ms(ms, fn)` files a callback the same way; the runner ticks the
+apps with it (simulator/runner.py, `ticked`). Because a callback is released
+through call_soon exactly where a sleeping task would have been woken, an app
+ticked this way sees the same interleaving with every other task as its own
+`run()` loop would (tests/test_sim_runner.py compares whole runs both ways).
+A callback that raises is reported through the loop's exception handler,
+as a call_soon callback's would be; the others still run.
+
+Times are whole milliseconds on the loop's clock, as the HAL's are. Sleeps
+of 0 ms or less yield once, like asyncio.sleep(0). Limits: one loop (the
+first that calls), FIFO within a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from typing import Any, Callable
+
+from firmware.virtual_loop import VirtualClock
+
+
+class SimClock(VirtualClock):
+    def __init__(self, unix0: int) -> None:
+        super().__init__(unix0)
+        self._buckets: dict[int, list[Any]] = {}
+        self._dues: list[int] = []
+        self._armed: int | None = None      # the due ms the loop timer is set for
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._firing = False                # inside _fire: it arms the timer once, at its end
+        self.wakes = 0                      # entries released, for benchmarks
+
+    def _file(self, ms: int, entry: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        due = int(self.t * 1000 + 0.5) + ms
+        b = self._buckets.get(due)
+        if b is None:
+            self._buckets[due] = [entry]
+            heapq.heappush(self._dues, due)
+            if not self._firing and (self._armed is None or due < self._armed):
+                if self._handle is not None:
+                    self._handle.cancel()
+                self._armed = due
+                self._handle = loop.call_at(due / 1000, self._fire)
+        else:
+            b.append(entry)
+
+    def sleep_ms(self, ms: int) -> Any:  # an awaitable, as SimHAL.sleep_ms returns it
+        if ms <= 0:
+            return asyncio.sleep(0)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        fut = self._loop.create_future()
+        self._file(int(ms), fut)
+        return fut
+
+    def call_later_ms(self, ms: int, fn: Callable[[], Any]) -> None:
+        """Call fn() (no arguments) ms from now, in turn with the sleepers of that millisecond."""
+        self._file(max(1, int(ms)), fn)
+
+    def _fire(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._handle = None
+        self._armed = None
+        self._firing = True
+        try:
+            self._release(loop)
+        finally:
+            self._firing = False
+            if self._dues:
+                self._armed = self._dues[0]
+                self._handle = loop.call_at(self._armed / 1000, self._fire)
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = int(self.t * 1000 + 0.5)
+        dues = self._dues
+        buckets = self._buckets
+        # Callbacks keep their place among the woken tasks without a call_soon
+        # each: while nothing released before them waits to run they run right
+        # here (what they schedule goes after everything of this bucket either
+        # way, as it would through call_soon); after that, each run of
+        # consecutive callbacks goes through ONE call_soon at its place.
+        direct = not getattr(loop, "_ready", True)
+        batch: list[Callable[[], Any]] | None = None
+        future = asyncio.Future
+        while dues and dues[0] <= now:
+            for entry in buckets.pop(heapq.heappop(dues)):
+                self.wakes += 1
+                if isinstance(entry, future):
+                    if not entry.done():  # a cancelled sleeper
+                        if batch:
+                            loop.call_soon(_run_all, loop, batch)
+                            batch = None
+                        entry.set_result(None)
+                        direct = False
+                elif direct:
+                    _run_one(loop, entry)
+                elif batch is None:
+                    batch = [entry]
+                else:
+                    batch.append(entry)
+        if batch:
+            loop.call_soon(_run_all, loop, batch)
+
+    def pending(self) -> int:
+        """Entries waiting in buckets (cancelled sleepers included until their due time)."""
+        return sum(len(b) for b in self._buckets.values())
+
+
+def _run_one(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception as e:  # as a call_soon callback's would be: reported, not fatal
+        loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
+
+
+def _run_all(loop: asyncio.AbstractEventLoop, fns: list[Callable[[], Any]]) -> None:
+    for fn in fns:
+        _run_one(loop, fn)

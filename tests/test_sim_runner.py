@@ -1,0 +1,297 @@
+"""lumeau sim run: the real firmware on a simulated district against the real gateway, in-process.
+
+The district is run once for the day (module fixture) and its results are
+checked against what the issue asks of the main job, each figure against
+another figure of the same run or the nodes' own counters, never against a
+number copied from a previous run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT
+from firmware.hal_sim import SimHAL
+from simulator import runner
+from simulator.metrics import FRAME_BUDGET
+from simulator.runner import RunOptions, run
+from simulator.scenario import load, loads
+from simulator.simclock import SimClock
+from simulator.world import WorldHAL
+
+DISTRICT = ROOT / "simulator" / "scenarios" / "district.toml"
+CITY = ROOT / "simulator" / "scenarios" / "city.toml"
+DRY_SEED = 4   # a draw of the district's weather without rain: every zone waters, so every fault shows
+
+
+@pytest.fixture(scope="module")
+def district():
+    sc = load(DISTRICT)
+    return sc, run(sc, RunOptions(seed=DRY_SEED, progress=False))
+
+
+def test_district_every_injected_fault_raises_its_alarm_at_the_gateway(district):
+    sc, res = district
+    al = res["alarms"]
+    by_kind = {f["kind"] for f in al["faults"]}
+    assert {"lamp_failure", "burst", "leak", "node_reboot", "gateway_restart", "upstream_outage"} <= by_kind
+    for f in al["faults"]:
+        if f["expected"] is None:
+            continue
+        assert f["manifested"], f
+        assert f["detected"], f
+        assert 0 <= f["delay_s"] < sc.duration_s - f["at_h"] * 3600
+    assert al["detected"] == al["expected"] == sum(1 for f in sc.faults if f.expected is not None)
+    assert al["unexpected"] == []    # no alarm without a fault behind it
+
+
+def test_district_delivers_at_least_95_percent_within_the_law(district):
+    _sc, res = district
+    dv = res["delivery"]
+    assert dv["ratio"] >= 0.95
+    assert dv["stored"] == res["totals"]["uplinks"]["heard"] <= dv["settled"] <= dv["on_air"]
+    assert dv["refused"] == {}          # the firmware never tried what the duty cycle forbids
+    assert 0 < res["airtime"]["max_share_of_limit"] <= 1.0
+
+
+def test_district_no_frame_over_51_bytes(district):
+    _sc, res = district
+    fr = res["frames"]
+    assert fr["budget"] == FRAME_BUDGET == 51
+    assert fr["over_budget"] == 0
+    assert {"hello", "light", "irrigation", "event", "status"} <= set(fr["largest"])
+    assert max(fr["largest"].values()) <= 51
+
+
+def test_district_totals_at_the_gateway_equal_the_nodes_own_counters(district):
+    _sc, res = district
+    to = res["totals"]
+    assert to["agree"] and to["mismatches"] == []
+    assert to["energy_wh"]["platform"] == to["energy_wh"]["nodes"] > 0
+    assert to["water_l"]["platform"] == to["water_l"]["nodes"] > 0
+    # the meters only grow after their last report (a reboot may lose at most an hour of a total)
+    assert to["energy_wh"]["nodes_meters_at_end"] >= to["energy_wh"]["nodes"] * 0.95
+    up = to["uplinks"]
+    # every frame a node counted as sent went on the air (a send cut by the end or a reboot is on
+    # the air without being counted); everything heard was stored and reached the platform
+    assert up["nodes_tx"] <= up["on_air"] <= up["nodes_tx"] + res["scenario"]["lamps"] + res["scenario"]["controllers"]
+    assert up["stored"] == up["heard"] == up["at_platform"] and up["queued_at_end"] == 0
+    assert res["nodes"]["counters"]["app_faults"] == 0 and res["run"]["crashed_nodes"] == []
+
+
+def test_district_energy_and_water_against_the_baselines(district):
+    _sc, res = district
+    en, wa = res["energy"], res["water"]
+    assert 0 < en["kwh"] < en["baseline_kwh"]
+    assert en["saved_kwh"] == pytest.approx(en["baseline_kwh"] - en["kwh"])
+    # the platform's view lags the lamps by at most one report each
+    assert 0.9 * en["kwh"] < en["reported_kwh"] <= en["kwh"] * 1.01
+    assert wa["m3"] > 0 and wa["baseline_m3"] > 0
+    assert wa["m3"] == pytest.approx(wa["applied_m3"] + wa["lost_m3"])
+    assert wa["lost_m3"] > 0                 # the burst and the leak spilled water
+    series = res["series"]
+    assert len(series["t_h"]) == 24 and series["energy_wh"][-1] == pytest.approx(en["kwh"] * 1000, rel=1e-6)
+
+
+def test_district_gateway_restart_and_upstream_outage_lose_nothing(district):
+    _sc, res = district
+    gw = res["gateway"]
+    assert gw["restarts"] == 1                       # the gateway_restart fault reopened the store
+    assert gw["queue_max"] > 0 and gw["queued_at_end"] == 0
+    assert res["channel"].get("up_gateway_down", 0) > 0   # the site really was off the air
+    assert gw["accepted"] == res["delivery"]["stored"]
+
+
+def test_default_draw_a_burst_in_a_zone_that_never_waters_is_latent_not_missed():
+    """With the scenario's own seed it rains in the afternoon: the soil is full, no zone waters, the
+    burst pipe spills nothing and no node can see it. The results say so instead of 'missed'."""
+    sc = load(DISTRICT)
+    burst = next(f for f in sc.faults if f.kind == "burst")
+    res = run(sc, RunOptions(hours=burst.at_s / 3600 + 3, progress=False, nodes_scale=0.2))
+    f = next(f for f in res["alarms"]["faults"] if f["kind"] == "burst")
+    assert f["manifested"] is False and f["detected"] is False
+    assert res["alarms"]["latent"] == 1 and res["alarms"]["detected"] == res["alarms"]["expected"]
+    assert res["water"]["m3"] == 0   # nothing watered after the rain (and the burst spilled nothing)
+
+
+def test_same_seed_same_results_other_seed_other_results():
+    sc = load(DISTRICT)
+    opts = RunOptions(hours=3, nodes_scale=0.5, progress=False)
+    a = run(sc, opts).without_wall_clock()
+    b = run(sc, opts).without_wall_clock()
+    assert a == b
+    c = run(sc, dataclasses.replace(opts, seed=sc.seed + 1)).without_wall_clock()
+    assert c != a and c["scenario"]["seed"] == sc.seed + 1
+
+
+def test_ticked_apps_behave_exactly_as_their_own_run_loop():
+    """The runner ticks the apps through the clock; the same run with every app in its own run()
+    task (the firmware unchanged) gives the very same results, faults included."""
+    sc = load(DISTRICT)
+    faults = [f for f in sc.faults if f.kind in ("lamp_failure", "node_reboot")]
+    hours = max(f.at_s for f in faults) / 3600 + 1.5
+    opts = RunOptions(hours=hours, nodes_scale=0.3, progress=False)
+    ticked = run(sc, opts).without_wall_clock()
+    own = run(sc, dataclasses.replace(opts, ticked_apps=False)).without_wall_clock()
+    assert ticked == own
+    assert ticked["alarms"]["detected"] >= 2
+
+
+def test_city_scaled_down_runs_on_sf7_within_the_duty_cycle():
+    sc = load(CITY)
+    res = run(sc, RunOptions(hours=1.5, nodes_scale=0.05, progress=False))
+    s = res["scenario"]
+    assert s["lamps"] == pytest.approx(len(sc.lamps) * 0.05, abs=1) and s["controllers"] >= 1
+    assert set(s["sf"]) == {"SF7"}
+    assert res["delivery"]["ratio"] >= 0.95
+    assert res["airtime"]["max_share_of_limit"] <= 1.0 and res["frames"]["over_budget"] == 0
+    assert res["totals"]["agree"]
+
+
+def test_stuck_valves_and_an_over_current_lamp_raise_their_alarms():
+    text = DISTRICT.read_text().split("# Faults, timed")[0] + """
+[weather]
+random_rain = false
+"""
+    text = text.replace("[weather]\nrandom_rain = true\n", "")
+    text += """
+[[faults]]
+kind = "stuck_valve"
+target = "jacobins-1"
+after = "14h"
+zone = 1
+state = "closed"
+
+[[faults]]
+kind = "lamp_failure"
+target = "quai-03"
+after = "9h"
+mode = "over_current"
+"""
+    sc = loads(text, "stuck.toml")
+    res = run(sc, RunOptions(hours=16.5, nodes_scale=0.1, progress=False))
+    faults = {f["kind"]: f for f in res["alarms"]["faults"]}
+    assert faults["stuck_valve"]["expected"] == "event no_flow" and faults["stuck_valve"]["detected"]
+    assert faults["lamp_failure"]["expected"] == "event over_current" and faults["lamp_failure"]["detected"]
+
+
+# ---------------------------------------------------------------- parts
+
+def test_options_are_checked():
+    sc = load(DISTRICT)
+    for bad in (RunOptions(nodes_scale=0), RunOptions(nodes_scale=1.5), RunOptions(hours=-1)):
+        with pytest.raises(ValueError):
+            runner.prepare(sc, bad)
+    thin = runner.prepare(sc, RunOptions(nodes_scale=0.1, hours=10))
+    kept = {n.name for n in thin.nodes}
+    # fault targets within the shortened run are kept, those after it are not needed
+    assert {f.target for f in thin.faults if f.target in {n.name for n in sc.nodes}} <= kept
+    assert all(f.at_s < 10 * 3600 for f in thin.faults)
+
+
+def test_every_node_is_provisioned_through_the_firmware_config_with_its_own_key():
+    sc = load(DISTRICT)
+    from firmware import config as fw_config
+    keys = set()
+    for n in sc.nodes:
+        raw = json.dumps(runner.firmware_config(sc, n, sc.radio.channels_hz[0])).encode()
+        cfg = fw_config.load(raw)
+        assert cfg["node_id"] == n.node_id and cfg["radio"]["sf"] == n.sf
+        assert "NodeKeys" in repr(cfg["keys"]) and runner.root_key(sc.seed, n.node_id).hex() not in repr(cfg)
+        keys.add(runner.root_key(sc.seed, n.node_id))
+    assert len(keys) == len(sc.nodes)
+    c = sc.node("jacobins-1")
+    irr = runner.firmware_config(sc, c, sc.radio.channels_hz[0])["irrigation"]
+    # 05:00 local summer time is 04:00 local standard time, the firmware's clock
+    assert irr["utc_offset_min"] == 60 and {e[2] for e in irr["schedule"]} == {4 * 60}
+    skip, target = runner.zone_thresholds(c.zones[0])
+    assert skip <= target < 100 * c.zones[0].soil.theta_fc
+
+
+@settings(max_examples=60, deadline=None)
+@given(boot=st.integers(0, 10**7), steps=st.lists(st.integers(0, 10**6), max_size=8),
+       value=st.one_of(st.integers(-5, 4000), st.booleans()), wall=st.integers(1_600_000_000, 2_000_000_000))
+def test_world_hal_answers_as_sim_hal(boot, steps, value, wall):
+    clock = SimClock(unix0=1781524800)
+    clock.t = boot / 1000
+
+    def pair():
+        a = SimHAL(clock, time_known=True, history_max=0)
+        b = WorldHAL(clock, time_known=True, history_max=0)
+        return a, b
+
+    a, b = pair()
+    for h in (a, b):
+        h.set_pin("pir", value)
+        h.set_adc("ambient", lambda: value)
+    for dt in steps:
+        clock.t += dt / 1000
+        assert a.ticks_ms() == b.ticks_ms() and a.time() == b.time()
+        assert a.pin_read("pir") == b.pin_read("pir") and a.adc_read_mv("ambient") == b.adc_read_mv("ambient")
+        a.set_time(wall)
+        b.set_time(wall)
+        assert a.time() == b.time()
+
+
+def test_simclock_wakes_sleepers_and_callbacks_in_order_once():
+    from firmware.virtual_loop import VirtualLoop
+
+    clock = SimClock(unix0=1781524800)
+    loop = VirtualLoop(clock)
+    seen = []
+
+    async def sleeper(name, ms):
+        await clock.sleep_ms(ms)
+        seen.append((name, clock.ms()))
+
+    async def main():
+        tasks = [asyncio.ensure_future(sleeper("a", 30)), asyncio.ensure_future(sleeper("c", 10))]
+        await asyncio.sleep(0)
+        clock.call_later_ms(30, lambda: seen.append(("b", clock.ms())))
+        gone = asyncio.ensure_future(sleeper("gone", 20))
+        await asyncio.sleep(0)
+        gone.cancel()
+
+        def boom():
+            raise ZeroDivisionError("a bad callback")
+        clock.call_later_ms(30, boom)
+        clock.call_later_ms(30, lambda: seen.append(("d", clock.ms())))
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(0.01)
+
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx["exception"]))
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert seen == [("c", 10), ("a", 30), ("b", 30), ("d", 30)]
+    assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+
+
+def test_cli_prints_one_json_object():
+    out = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--json", "--hours", "1",
+                          "--nodes-scale", "0.1", "--no-progress"], capture_output=True, text=True, timeout=120,
+                         check=True, cwd=ROOT).stdout
+    res = json.loads(out)
+    assert res["scenario"]["name"] == "district" and res["scenario"]["hours"] == 1
+    assert res["delivery"]["settled"] > 0 and res["run"]["link"] == "inprocess"
+
+
+def test_cli_names_a_bad_scenario_and_option(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scenario]\nname = 'x'\n")
+    p = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(bad)], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "bad.toml" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--nodes-scale", "2"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "nodes_scale" in p.stderr
