@@ -13,7 +13,8 @@ An op's `args` describe one group of arguments; `groups` says how many
 groups it takes (`set_profile`: 1-8 steps of three; `set_schedule`: 1-6
 groups of four); the flat list on the air is the groups one after the other.
 Argument kinds: `int` (min, max), `choice` (an int from `choices`), `weekdays`
-(a 7-bit mask, bit 0 Monday).
+(a 7-bit mask, bit 0 Monday); each has the `default` a form proposes (a
+harmless, common value: 10 minutes of watering, not a whole day).
 """
 
 from __future__ import annotations
@@ -27,38 +28,41 @@ LIGHTING = "lighting"
 IRRIGATION = "irrigation"
 
 
-def _int(name: str, lo: int, hi: int, unit: str | None = None, help: str = "") -> dict[str, Any]:
-    return {"name": name, "kind": "int", "min": lo, "max": hi, "unit": unit, "help": help}
+def _int(name: str, lo: int, hi: int, unit: str | None = None, help: str = "", default: int | None = None
+         ) -> dict[str, Any]:
+    return {"name": name, "kind": "int", "min": lo, "max": hi, "unit": unit, "help": help,
+            "default": lo if default is None else default}
 
 
 # op -> (node kinds, one group of args, (min groups, max groups), what it does)
 _CATALOGUE: dict[int, tuple[tuple[str, ...], list[dict[str, Any]], tuple[int, int], str]] = {
     m.OP_SET_LEVEL: ((LIGHTING,), [
-        _int("level", 0, 100, "%"),
-        _int("duration", 0, 86400, "s", "how long the override lasts; 0 cancels it (back to the profile)"),
+        _int("level", 0, 100, "%", default=100),
+        _int("duration", 0, 86400, "s", "how long the override lasts; 0 cancels it (back to the profile)", 600),
     ], (1, 1), "Override the lamp level for a while."),
     m.OP_SET_PROFILE: ((LIGHTING,), [
         {"name": "anchor", "kind": "choice", "choices": {"0": "sunset", "1": "sunrise", "2": "night midpoint"},
-         "unit": None, "help": "what the offset counts from"},
-        _int("offset", -720, 720, "min"),
-        _int("level", 0, 100, "%"),
+         "unit": None, "help": "what the offset counts from", "default": 0},
+        _int("offset", -720, 720, "min", default=0),
+        _int("level", 0, 100, "%", default=100),
     ], (1, 8), "Replace the night's dimming profile (steps in order)."),
     m.OP_CLEAR_FAULT: ((LIGHTING, IRRIGATION), [], (0, 0),
                        "Clear latched faults (lamp failure, over-current, leak, burst, ...) after a repair."),
     m.OP_OPEN_ZONE: ((IRRIGATION,), [
         _int("zone", 1, 4),
-        _int("minutes", 1, 1440, "min", "capped by the node's hard maximum run time"),
+        _int("minutes", 1, 1440, "min", "capped by the node's hard maximum run time", 10),
     ], (1, 1), "Water one zone now."),
     m.OP_CLOSE_ALL: ((IRRIGATION,), [], (0, 0), "Close every valve now."),
-    m.OP_RAIN_DELAY: ((IRRIGATION,), [_int("hours", 0, 720, "h", "0 cancels the delay")], (1, 1),
+    m.OP_RAIN_DELAY: ((IRRIGATION,), [_int("hours", 0, 720, "h", "0 cancels the delay", 24)], (1, 1),
                       "Skip scheduled watering for a while."),
     m.OP_SET_SCHEDULE: ((IRRIGATION,), [
         _int("zone", 1, 4),
-        {"name": "days", "kind": "weekdays", "min": 0, "max": 127, "unit": None, "help": "bit 0 Monday"},
-        _int("start", 0, 1439, "min", "minutes after local midnight (standard time)"),
-        _int("minutes", 0, 1440, "min", "0 leaves the zone without a schedule"),
+        {"name": "days", "kind": "weekdays", "min": 0, "max": 127, "unit": None, "help": "bit 0 Monday",
+         "default": 127},
+        _int("start", 0, 1439, "min", "minutes after local midnight (standard time)", 360),
+        _int("minutes", 0, 1440, "min", "0 leaves the zone without a schedule", 15),
     ], (1, 6), "Replace the schedule of each zone named (at most 8 entries on a node)."),
-    m.OP_SET_INTERVAL: ((LIGHTING, IRRIGATION), [_int("interval", 30, 86400, "s")], (1, 1),
+    m.OP_SET_INTERVAL: ((LIGHTING, IRRIGATION), [_int("interval", 30, 86400, "s", default=900)], (1, 1),
                         "Set the report interval."),
     m.OP_REBOOT: ((LIGHTING, IRRIGATION), [], (0, 0), "Restart the node (it says HELLO again)."),
 }

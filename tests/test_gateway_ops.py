@@ -54,6 +54,9 @@ def test_every_op_of_the_spec_is_described_with_its_name():
         assert o["kinds"] and set(o["kinds"]) <= {"lighting", "irrigation"} and o["help"]
         assert 0 <= o["groups"]["min"] <= o["groups"]["max"] and len(o["args"]) * o["groups"]["max"] <= 24
         assert bool(o["args"]) == (o["groups"]["max"] > 0)
+        for a in o["args"]:
+            lo, hi = bounds(a)
+            assert lo <= a["default"] <= hi, (o["name"], a)
 
 
 def bounds(arg: dict) -> tuple[int, int]:
@@ -78,6 +81,8 @@ def test_the_firmware_takes_every_bound_and_refuses_what_lies_past_it(op, kind):
         return
     lows = [bounds(a)[0] for a in args]
     highs = [bounds(a)[1] for a in args]
+    defaults = [a["default"] for a in args]
+    assert app(kind).command(code, defaults)[0] in (m.RES_OK, m.RES_REFUSED)  # what the form proposes
     for group in (lows, highs):
         for n in sorted({op["groups"]["min"], gmax}):
             res, _ = app(kind).command(code, group * n)

@@ -273,6 +273,8 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         assert "Depot spare" in page.inner_text("#unplaced")
         assert page.inner_text("#count-alarm") == "1" and page.inner_text("#count-silent") == "1"
         assert page.inner_text("#count-failsafe") == "1" and page.inner_text("#count-ok") == "2"
+        gateway = page.inner_text("#gateway")  # the gateway's own figures, from /metrics
+        assert "Nodes registered\n5" in gateway and "Frames refused\n0" in gateway
         alarms = page.locator("#alarms li")
         assert alarms.count() == 2  # the lamp failure and the park's fail-safe warning
         assert "lamp failure" in alarms.nth(0).inner_text() and "Rue Oberkampf 28" in alarms.nth(0).inner_text()

@@ -29,8 +29,8 @@ export async function signIn(token) {
   sessionStorage.setItem(KEY, token);
 }
 
-export async function request(path, { method = "GET", body, token } = {}) {
-  const headers = { Accept: "application/json", Authorization: "Bearer " + (token ?? sessionStorage.getItem(KEY) ?? "") };
+export async function request(path, { method = "GET", body, token, text = false } = {}) {
+  const headers = { Accept: text ? "text/plain" : "application/json", Authorization: "Bearer " + (token ?? sessionStorage.getItem(KEY) ?? "") };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let r;
   try {
@@ -42,6 +42,7 @@ export async function request(path, { method = "GET", body, token } = {}) {
     throw new ApiError(0, "the gateway did not answer");
   }
   if (r.status === 401) throw new Unauthorized("the gateway refused the token");
+  if (text && r.ok) return r.text();
   const doc = r.status === 204 ? null : await r.json().catch(() => null);
   if (!r.ok) throw new ApiError(r.status, (doc && doc.error) || r.statusText || "HTTP " + r.status);
   return doc;

@@ -106,6 +106,7 @@ async function refresh() {
     ui.nodes = doc.nodes;
     show($("banner"), false);
     renderOverview();
+    renderGateway(await request("/metrics", { text: true }));
     if (ui.selected) await refreshDetail();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
@@ -187,6 +188,38 @@ function renderAlarms() {
   $("alarms").replaceChildren(...items);
   $("alarm-total").textContent = items.length;
   show($("no-alarms"), items.length === 0);
+}
+
+// The gateway's own health, from its Prometheus metrics: sums per family.
+function metrics(text) {
+  const out = {};
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})? (\S+)$/.exec(line);
+    if (m) out[m[1]] = (out[m[1]] || 0) + Number(m[2]);
+  }
+  return out;
+}
+
+function duration(s) {
+  if (s < 120) return `${Math.round(s)} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
+
+function renderGateway(text) {
+  const m = metrics(text);
+  const n = (k) => (m[k] || 0).toLocaleString();
+  $("gateway").replaceChildren(
+    fact("Up for", duration(m.lumeau_uptime_seconds || 0)),
+    fact("Nodes registered", n("lumeau_nodes_registered")),
+    fact("Frames stored", n("lumeau_frames_accepted_total")),
+    fact("Frames refused", n("lumeau_frames_rejected_total"), "bad MIC, replays, unknown nodes, bad CRC... (/metrics)"),
+    fact("Waiting for upstream", n("lumeau_queue_records")),
+    fact("Upstream lag", duration(m.lumeau_upstream_lag_seconds || 0)),
+    fact("Downlinks waiting", n("lumeau_downlink_queue_depth")),
+    fact("Quarantined", n("lumeau_quarantine_records")));
 }
 
 // ------------------------------------------------------------------ one node
@@ -324,6 +357,24 @@ function renderCommands() {
   show($("no-commands"), list.length === 0);
   for (const dl of list) if (dl.state === "queued" || dl.state === "sent") form.follow(dl.id);
 }
+
+// The plan and the chart are drawn at the size they are shown: again when that changes.
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => {
+    if (!ui.running) return;
+    ui.planLook = null;
+    renderOverview();
+    if (ui.selected && !$("detail").hidden) renderChart();
+  }, 150);
+});
+
+// A link to a node (#node=00a1b2c3) opens it, also when only the hash changes.
+window.addEventListener("hashchange", () => {
+  const m = /^#node=([0-9a-f]{8})$/.exec(location.hash);
+  if (ui.running && m && m[1] !== ui.selected) select(m[1]);
+});
 
 // ------------------------------------------------------------------ boot
 

@@ -6,8 +6,6 @@
 
 import { s, clock, hhmm, words } from "./dom.js";
 
-const W = 1000;
-const H = 300;
 const M = { left: 64, right: 24, top: 30, bottom: 34 };
 const GAP_FACTOR = 3;
 const TIME_STEPS = [60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]; // seconds
@@ -53,6 +51,8 @@ function fmt(v) {
 
 // Draw `field` of `readings` into `svg`. Returns the number of points drawn.
 export function drawChart(svg, readings, field, unit) {
+  const W = Math.round(svg.clientWidth) || 1000; // one SVG unit per CSS pixel
+  const H = W < 600 ? 220 : 300;
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const series = seriesOf(readings, field);
@@ -80,7 +80,8 @@ export function drawChart(svg, readings, field, unit) {
     axes.append(s("line", { class: "gridline", x1: M.left, x2: W - M.right, y1: y(v), y2: y(v) }),
       s("text", { x: M.left - 8, y: y(v) + 4, "text-anchor": "end", text: fmt(v) }));
   }
-  const tStep = TIME_STEPS.find((st) => (t1 - t0) / st <= 8) || 86400;
+  const maxTicks = Math.max(3, Math.floor((W - M.left - M.right) / 110));
+  const tStep = TIME_STEPS.find((st) => (t1 - t0) / st <= maxTicks) || 86400;
   for (let t = Math.ceil(t0 / tStep) * tStep; t <= t1; t += tStep) {
     axes.append(s("line", { class: "tick", x1: x(t), x2: x(t), y1: H - M.bottom, y2: H - M.bottom + 5 }),
       s("text", { x: x(t), y: H - M.bottom + 20, "text-anchor": "middle", text: hhmm(t) }));

@@ -12,15 +12,16 @@ const POLL_MS = 1000;
 function argInput(arg, id) {
   if (arg.kind === "choice") {
     return h("select", { id, "data-arg": arg.name },
-      Object.entries(arg.choices).map(([v, label]) => h("option", { value: v, text: label })));
+      Object.entries(arg.choices).map(([v, label]) => h("option", { value: v, text: label,
+        selected: Number(v) === arg.default })));
   }
   if (arg.kind === "weekdays") {
     return h("span", { class: "weekdays", id, "data-arg": arg.name, role: "group", "aria-label": "days" },
       DAYS.map((d, i) => h("label", { class: "day" },
-        h("input", { type: "checkbox", value: 1 << i, checked: true }), d)));
+        h("input", { type: "checkbox", value: 1 << i, checked: Boolean(arg.default & (1 << i)) }), d)));
   }
   return h("input", { id, type: "number", inputmode: "numeric", step: 1, min: arg.min, max: arg.max,
-    required: true, "data-arg": arg.name, value: arg.min > 0 ? arg.min : 0 });
+    required: true, "data-arg": arg.name, value: arg.default });
 }
 
 function readArg(arg, el) {
@@ -88,17 +89,29 @@ export class CommandForm {
     const n = this.groups.length;
     const fields = op.args.map((arg) => {
       const id = `arg-${n}-${arg.name}`;
-      return h("div", { class: "field" },
+      return h("div", { class: "field field-" + arg.kind },
         h("label", { for: id, text: words(arg.name) + (arg.unit ? ` (${arg.unit})` : ""), title: arg.help || null }),
         argInput(arg, id));
     });
     const group = h("fieldset", { class: "group" },
       op.groups.max > 1 ? h("legend", { text: `${op.name === "set_profile" ? "step" : "entry"} ${n + 1}` }) : null,
-      fields);
+      fields,
+      n >= Math.max(1, op.groups.min) ? h("button", { type: "button", class: "ghost small remove-group",
+        text: "remove", onclick: () => this.removeGroup(op, group) }) : null);
     this.groups.push(group);
     const add = $("add-group");
     box.insertBefore(group, add);
     if (add) show(add, this.groups.length < op.groups.max);
+  }
+
+  removeGroup(op, group) {
+    this.groups = this.groups.filter((g) => g !== group);
+    group.remove();
+    this.groups.forEach((g, i) => {
+      const legend = g.querySelector("legend");
+      if (legend) legend.textContent = `${op.name === "set_profile" ? "step" : "entry"} ${i + 1}`;
+    });
+    show($("add-group"), true);
   }
 
   args() {

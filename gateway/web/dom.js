@@ -57,7 +57,11 @@ export function hhmm(t) {
 export function fieldText(f) {
   if (!f || f.value === null || f.value === undefined) return "–";
   const v = f.value;
-  if (Array.isArray(v)) return v.length ? v.map((x) => (x === null ? "–" : x)).join(", ") : "none";
+  if (Array.isArray(v)) {
+    if (!v.length) return "none";
+    const list = v.map((x) => (x === null ? "–" : x)).join(", ");
+    return f.unit && v.some((x) => typeof x === "number") ? `${list} ${f.unit}` : list;
+  }
   return f.unit ? `${v} ${f.unit}` : String(v);
 }
 

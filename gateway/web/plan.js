@@ -7,13 +7,11 @@
 
 import { s, STATE_LABELS, words } from "./dom.js";
 
-const W = 1000;
-const H = 560;
 const PAD = 48;
 const MIN_EXTENT_M = 200; // a single node, or nodes on one spot: show 200 m around them
 const M_PER_DEG = 111320; // metres per degree of latitude (mean)
 
-function project(nodes) {
+function project(nodes, W, H) {
   const lat0 = nodes.reduce((a, n) => a + n.lat, 0) / nodes.length;
   const k = Math.cos((lat0 * Math.PI) / 180);
   const pts = nodes.map((n) => ({ n, x: n.lon * k * M_PER_DEG, y: -n.lat * M_PER_DEG }));
@@ -40,7 +38,7 @@ function niceMetres(target) {
   return best;
 }
 
-function marker(p, selected) {
+function marker(p, selected, W) {
   const n = p.n;
   const state = n.health.state;
   const label = n.name || n.id;
@@ -56,13 +54,19 @@ function marker(p, selected) {
   s("title", { text: `${label} (${n.id}) · ${words(n.kind)} · ${STATE_LABELS[state]}` }),
   selected ? s("circle", { class: "halo", cx: p.px, cy: p.py, r: 17 }) : null,
   shape,
-  s("text", { class: "node-label", x: p.px + 14, y: p.py + 4, text: label }));
+  // A label that would leave the plan goes on the marker's other side (about 7.5 px a character).
+  p.px + 14 + label.length * 7.5 > W
+    ? s("text", { class: "node-label", x: p.px - 14, y: p.py + 4, "text-anchor": "end", text: label })
+    : s("text", { class: "node-label", x: p.px + 14, y: p.py + 4, text: label }));
   return g;
 }
 
 // Draw `nodes` (API node objects) into `svg`; `onPick(id)` when one is clicked.
 // Returns the nodes without a position.
 export function drawPlan(svg, nodes, selectedId, onPick) {
+  // One SVG unit per CSS pixel: labels and markers keep their size on a phone as on a desk.
+  const W = Math.round(svg.clientWidth) || 1000;
+  const H = Math.round(Math.min(560, Math.max(280, W * 0.56)));
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const placed = nodes.filter((n) => typeof n.lat === "number" && typeof n.lon === "number");
@@ -73,7 +77,7 @@ export function drawPlan(svg, nodes, selectedId, onPick) {
       text: "No node has a position yet (lat/lon in the registry)." }));
     return unplaced;
   }
-  const { pts, scale } = project(placed);
+  const { pts, scale } = project(placed, W, H);
   // A grid every "nice" distance, and a scale bar of the same length.
   const step = niceMetres(W / scale / 6);
   const px = step * scale;
@@ -93,7 +97,7 @@ export function drawPlan(svg, nodes, selectedId, onPick) {
   svg.append(s("g", { class: "pulses" }, pts.filter((p) => p.n.health.state === "alarm")
     .map((p) => s("circle", { class: "pulse", cx: p.px, cy: p.py, r: 12 }))));
   for (const p of pts) {
-    const g = marker(p, p.n.id === selectedId);
+    const g = marker(p, p.n.id === selectedId, W);
     g.addEventListener("click", () => onPick(p.n.id));
     g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); onPick(p.n.id); } });
     svg.append(g);
