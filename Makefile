@@ -31,14 +31,17 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "warning: $(CHROMIUM) is missing and apt-get (as root) is not available: tests/test_web_ui.py will fail" >&2; fi; }
 
+# The main job: a simulated district (60 street lights, 12 irrigation zones, 24 h, faults) running the
+# real firmware against a real `lumeau gateway` process and `lumeau sink`; report in out/report.html.
 demo: $(STAMP)
-	$(VENV)/bin/lumeau demo
+	$(VENV)/bin/lumeau demo --out out
 
 test: $(STAMP) $(NODE_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(PY) bench/protocol.py --json
+# Every benchmark in bench/, each printing one JSON object (figures: bench/README.md).
+bench: $(STAMP) $(NODE_STAMP)
+	@for b in bench/*.py; do echo "== $$b" >&2; $(PY) $$b --json || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .hypothesis out build

@@ -1,8 +1,10 @@
 """The ``lumeau`` command: one entry point, a subcommand per job.
 
 Subcommands so far:
-  demo           the main job (until the simulator lands: a protocol round trip
-                 that prints real frames, as they travel over the air and a serial line)
+  demo           the main job: a simulated district running the real firmware against a
+                 real gateway process and the embedded sink, with a report (simulator/demo.py)
+  frame demo     a protocol round trip that prints real frames, as they travel over the
+                 air and a serial line, and what the receiver refuses
   frame decode   decode a frame given in hex, verifying it when the root key is given
 """
 
@@ -21,7 +23,7 @@ def _hex(b: bytes) -> str:
     return b.hex(" ")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_frame_demo(args: argparse.Namespace) -> int:
     from protocol import expand, frame, keys, lora, serial
     from protocol import messages as m
 
@@ -118,14 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"lumeau {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the main job (for now: a protocol round trip printing real frames)")
-    demo.add_argument("--node-id", type=lambda s: int(s, 0), default=0x00A1B2C3, help="node id (default 0x00a1b2c3)")
-    demo.add_argument("--root-key", default="000102030405060708090a0b0c0d0e0f",
-                      help="demo root key, 32 hex digits")
-    demo.set_defaults(func=cmd_demo)
+    from simulator import demo as sim_demo
+
+    demo = sub.add_parser("demo", help="the main job: a simulated district against a real gateway and sink, "
+                                       "with a report (out/report.html)",
+                          description=(sim_demo.__doc__ or "").split("\n\n")[0])
+    sim_demo.add_arguments(demo)
 
     fr = sub.add_parser("frame", help="inspect frames")
     frsub = fr.add_subparsers(dest="frame_command", required=True, metavar="ACTION")
+    fdemo = frsub.add_parser("demo", help="a protocol round trip printing real frames and what a receiver refuses")
+    fdemo.add_argument("--node-id", type=lambda s: int(s, 0), default=0x00A1B2C3, help="node id (default 0x00a1b2c3)")
+    fdemo.add_argument("--root-key", default="000102030405060708090a0b0c0d0e0f",
+                       help="demo root key, 32 hex digits")
+    fdemo.set_defaults(func=cmd_frame_demo)
     dec = frsub.add_parser("decode", help="decode a frame given in hex (verified if --root-key is given)")
     dec.add_argument("hex", help="the frame, hex (spaces or colons allowed)")
     dec.add_argument("--root-key", help="the node's root key, 32 hex digits: verify the MIC and decrypt")

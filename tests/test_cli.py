@@ -1,4 +1,6 @@
-"""The `lumeau` command: demo and frame decode, through the installed console script."""
+"""The `lumeau` command: frame demo and frame decode, through the installed console script.
+
+(`lumeau demo`, the main job, runs the simulated district against real services: tests/test_sim_live.py.)"""
 
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([LUMEAU, *args], capture_output=True, text=True, timeout=60)
 
 
-def test_demo_prints_real_frames_that_verify():
-    out = run("demo")
+def test_frame_demo_prints_real_frames_that_verify():
+    out = run("frame", "demo")
     assert out.returncode == 0, out.stderr
     k = keys.NodeKeys(0x00A1B2C3, bytes.fromhex(ROOT_KEY))
     frames = [line.split(None, 1)[1] for line in out.stdout.splitlines() if line.strip().startswith("frame ")]
@@ -65,3 +67,5 @@ def test_frame_decode_wrong_key_is_a_mic_error():
 def test_help_lists_the_commands():
     out = run("--help")
     assert out.returncode == 0 and "demo" in out.stdout and "frame" in out.stdout
+    out = run("demo", "--help")
+    assert out.returncode == 0 and "--speed" in out.stdout and "district" in out.stdout
