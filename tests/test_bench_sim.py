@@ -1,0 +1,22 @@
+"""bench/sim.py runs and prints one JSON object whose ratios follow from its own figures (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_sim_bench_prints_its_figures():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sim.py"), "--json", "--nodes", "40", "--hours", "0.5",
+                          "--baseline-hours", "0.2"], capture_output=True, text=True, timeout=180, check=True).stdout
+    r = json.loads(out)
+    assert r["bench"] == "sim" and 30 <= r["nodes"] <= 50 and r["nodes"] == r["lamps"] + r["controllers"]
+    rate = r["nodes"] * r["simulated_hours"] * 3600 / r["wall_s"]
+    assert abs(r["node_seconds_per_wall_s"] - rate) <= 0.01 * rate          # wall_s is rounded to 10 ms
+    assert abs(r["vs_bare"] - r["node_seconds_per_wall_s"] / r["bare_wakeups_node_seconds_per_wall_s"]) < 0.002
+    assert abs(r["steps_share"] - r["node_seconds_per_wall_s"] / r["steps_node_seconds_per_wall_s"]) < 0.002
+    assert r["meets_bar"] == (r["wall_s_per_1000_nodes_24h"] <= r["bar_s"])
+    assert r["uplinks"] > 0 and 0.9 <= r["delivery_ratio"] <= 1.0
