@@ -252,16 +252,20 @@ def ticked(app_class: type, clock: SimClock) -> type:
     class Ticked(app_class):  # type: ignore[valid-type, misc]
         async def run(self) -> None:
             fut = asyncio.get_running_loop().create_future()
+            done = fut.done
+            step = self.step
+            settings = self.s
+            later = clock.call_later_ms
 
             def tick() -> None:
-                if fut.done():      # dropped by the runtime (cancelled) or already failed
+                if done():          # dropped by the runtime (cancelled) or already failed
                     return
                 try:
-                    self.step()
+                    step()
                 except Exception as e:  # the app's fault: run() raises it, the runtime supervises
                     fut.set_exception(e)
                     return
-                clock.call_later_ms(self.s["tick_ms"], tick)
+                later(settings["tick_ms"], tick)
 
             tick()
             await fut
@@ -340,7 +344,7 @@ class Simulation:
         first = sc.lamps[0] if sc.lamps else None
         lighting = json.loads(json.dumps(firmware_config(sc, first, sc.radio.channels_hz[0]))) if first else {}
         tick_l = lighting.get("lighting", {}).get("tick_ms", SIM_TICK_MS["lighting"])
-        self.world = World(sc, sc.lamps, sc.controllers, self.unix, pir_hold_s=tick_l / 1000.0)
+        self.world = World(sc, sc.lamps, sc.controllers, clock, pir_hold_s=tick_l / 1000.0)
         apps = {k: (ticked(a, clock) if self.options.ticked_apps else a) for k, a in APPS.items()}
         rng = random.Random(f"lumeau-sim-run:{sc.seed}")
         infos = []

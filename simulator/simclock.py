@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 from firmware.virtual_loop import VirtualClock
 
+_FUTURE = asyncio.Future   # what loop.create_future() makes (the C class on CPython); exact type test
+
 
 class SimClock(VirtualClock):
     def __init__(self, unix0: int) -> None:
@@ -77,7 +79,12 @@ class SimClock(VirtualClock):
 
     def call_later_ms(self, ms: int, fn: Callable[[], Any]) -> None:
         """Call fn() (no arguments) ms from now, in turn with the sleepers of that millisecond."""
-        self._file(max(1, int(ms)), fn)
+        # the path of every app tick: the bucket usually exists already
+        b = self._buckets.get(int(self.t * 1000 + 0.5) + (ms if ms > 0 else 1))
+        if b is not None:
+            b.append(fn)
+        else:
+            self._file(max(1, int(ms)), fn)
 
     def _fire(self) -> None:
         loop = self._loop
@@ -104,11 +111,12 @@ class SimClock(VirtualClock):
         # consecutive callbacks goes through ONE call_soon at its place.
         direct = not getattr(loop, "_ready", True)
         batch: list[Callable[[], Any]] | None = None
-        future = asyncio.Future
+        future = _FUTURE
         while dues and dues[0] <= now:
-            for entry in buckets.pop(heapq.heappop(dues)):
-                self.wakes += 1
-                if isinstance(entry, future):
+            bucket = buckets.pop(heapq.heappop(dues))
+            self.wakes += len(bucket)
+            for entry in bucket:
+                if type(entry) is future:
                     if not entry.done():  # a cancelled sleeper
                         if batch:
                             loop.call_soon(_run_all, loop, batch)
@@ -116,7 +124,10 @@ class SimClock(VirtualClock):
                         entry.set_result(None)
                         direct = False
                 elif direct:
-                    _run_one(loop, entry)
+                    try:
+                        entry()
+                    except Exception as e:  # as a call_soon callback's would be: reported, not fatal
+                        loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
                 elif batch is None:
                     batch = [entry]
                 else:

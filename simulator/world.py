@@ -138,7 +138,8 @@ class LampWorld:
         self._set_current()
 
     def _pir_high(self) -> int:
-        t = self.world.unix()
+        c = self.world.clock
+        t = c.unix0 + c.t
         if t < self._pir_next:      # polled every tick: most reads change nothing
             return self._pir_state
         ivs = self._pir
@@ -334,12 +335,12 @@ class ControllerWorld:
 
 class World:
     def __init__(self, scenario: Scenario, lamps: Sequence[LampNode], controllers: Sequence[IrrigationNode],
-                 unix: Callable[[], float], pir_hold_s: float, master: bool = True,
-                 pulses_per_l: int = 450) -> None:
+                 clock: Any, pir_hold_s: float, master: bool = True, pulses_per_l: int = 450) -> None:
         self.scenario = scenario
+        self.clock = clock            # a VirtualClock whose unix0 is the scenario's start
+        self.unix: Callable[[], float] = lambda: clock.unix0 + clock.t
         self.start = scenario.start_unix
         self.end = scenario.end_unix
-        self.unix = unix
         self.weather: Weather = scenario.weather_model()
         self.rain_wet = self.weather.rain_sensor_wet(self.start)
         hold = max(PIR_HOLD_S, pir_hold_s)
