@@ -11,7 +11,6 @@ import importlib
 SIM_ACTIONS: list[str] = [
     "simulator.board",  # lumeau sim board: a virtual MicroPython board on a pty
     "simulator.runner",  # lumeau sim run: a scenario, the real firmware against the real gateway
-    "simulator.runner",  # lumeau sim run: a scenario, the real firmware against the real gateway
     "simulator.demo",  # lumeau sim demo: the main job (also `lumeau demo`)
 ]
 
