@@ -9,7 +9,8 @@ store and downlinks. The bar: at most BAR_S wall seconds for 1,000 nodes
 over 24 hours on this machine.
 
 Baselines, measured in the same run and compared as rates (node-seconds
-per wall second):
+per CPU second: on a shared machine other work moves wall time, not CPU
+time, so the ratios hold; the bar is on wall time and printed too):
 
   bare    every node a task that only wakes at its app's tick (lamps 10 s,
           controllers 5 s) on the stock firmware.virtual_loop.VirtualLoop,
@@ -62,7 +63,7 @@ def nodes_of(sc: sc_mod.Scenario, opts: runner.RunOptions) -> list:
 
 
 def bare(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
-    """Wall s for every node to wake at its app's tick for `hours` on the stock virtual loop."""
+    """CPU s for every node to wake at its app's tick for `hours` on the stock virtual loop."""
     clock = VirtualClock(unix0=int(sc.start_unix))
     loop = VirtualLoop(clock)
     ticks = {n.name: runner.SIM_TICK_MS[n.kind] for n in nodes}
@@ -78,16 +79,16 @@ def bare(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         loop.run_until_complete(main())
     finally:
         loop.close()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def steps(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
-    """Wall s of the apps' own step() at their tick for `hours`, called in a plain loop."""
+    """CPU s of the apps' own step() at their tick for `hours`, called in a plain loop."""
     clock = VirtualClock(unix0=int(sc.start_unix))
     apps = []
     for n in nodes:
@@ -103,7 +104,7 @@ def steps(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
         app = runner.APPS[n.kind](cfg, hal, node)
         apps.append((runner.SIM_TICK_MS[n.kind], app))
     end_ms = int(hours * 3600 * 1000)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for tick, app in apps:
         clock.t = 0.0
         ms = 0
@@ -111,7 +112,7 @@ def steps(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
             app.step()
             ms += tick
             clock.t = ms / 1000
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     node_s = n * args.hours * 3600
-    sim_rate = node_s / wall
+    sim_rate = node_s / cpu                     # ratios on CPU time: other work on the machine moves wall time
     bare_rate = n * args.baseline_hours * 3600 / t_bare
     steps_rate = len(few) * args.hours * 3600 / t_steps
     r = res.to_dict()
-    per_1000_day = wall * (1000 / n) * (24 / args.hours)
+    scale = (1000 / n) * (24 / args.hours)
     result = {
         "bench": "sim",
         "scenario": "city.toml",
@@ -151,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         "simulated_hours": args.hours,
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
-        "node_seconds_per_wall_s": round(sim_rate),
-        "wall_s_per_1000_nodes_24h": round(per_1000_day, 1),
+        "node_seconds_per_wall_s": round(node_s / wall),
+        "node_seconds_per_cpu_s": round(sim_rate),
+        "wall_s_per_1000_nodes_24h": round(wall * scale, 1),
+        "cpu_s_per_1000_nodes_24h": round(cpu * scale, 1),
         "bar_s": BAR_S,
-        "meets_bar": per_1000_day <= BAR_S,
-        "bare_wakeups_node_seconds_per_wall_s": round(bare_rate),
-        "steps_node_seconds_per_wall_s": round(steps_rate),
+        "meets_bar": wall * scale <= BAR_S,
+        "bare_wakeups_node_seconds_per_cpu_s": round(bare_rate),
+        "steps_node_seconds_per_cpu_s": round(steps_rate),
         "vs_bare": round(sim_rate / bare_rate, 3),
         "steps_share": round(sim_rate / steps_rate, 3),
         "uplinks": r["delivery"]["on_air"],

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as _dt
 import gc
 import hashlib
 import hmac
@@ -201,31 +202,23 @@ def firmware_config(sc: Scenario, node: LampNode | IrrigationNode, freq_hz: int)
     if isinstance(node, LampNode):
         cfg["lighting"] = {"power_w": int(round(node.rated_power_w)), "tick_ms": SIM_TICK_MS["lighting"]}
     else:
-        off = local_standard_offset_min(sc.location.tz, sc.start_unix)
-        local_now = sc.start_unix + (sc.location.tz.utcoffset(_local(sc)) or _ZERO).total_seconds()
-        start_std = (node.schedule.start_min - _dst_min(sc)) % 1440
+        local = sc.start.astimezone(sc.location.tz)
+        dst = local.dst()
+        dst_min = int(dst.total_seconds() // 60) if dst else 0
         zones = []
         for z in node.zones:
             skip, target = zone_thresholds(z)
             zones.append({"flow_dlpm": max(1, int(round(z.flow_l_min * 10))), "moisture": 1,
                           "skip_pct": skip, "target_pct": target})
         minutes = max(1, int(round(node.schedule.minutes_per_zone)))
-        mask = _weekday_mask(node.schedule.every_days, local_now)
-        cfg["irrigation"] = {"tick_ms": SIM_TICK_MS["irrigation"], "utc_offset_min": off, "zones": zones,
-                             "schedule": [[z.number, mask, start_std, minutes] for z in node.zones]}
+        local_unix = sc.start_unix + (local.utcoffset() or _dt.timedelta(0)).total_seconds()
+        mask = _weekday_mask(node.schedule.every_days, local_unix)
+        # all zones at the program's start: the firmware queues runs due together, one after the other
+        start_std = (node.schedule.start_min - dst_min) % 1440
+        cfg["irrigation"] = {"tick_ms": SIM_TICK_MS["irrigation"],
+                             "utc_offset_min": local_standard_offset_min(sc.location.tz, sc.start_unix),
+                             "zones": zones, "schedule": [[z.number, mask, start_std, minutes] for z in node.zones]}
     return _merge(cfg, settings.firmware)
-
-
-_ZERO = __import__("datetime").timedelta(0)
-
-
-def _local(sc: Scenario):
-    return sc.start.astimezone(sc.location.tz)
-
-
-def _dst_min(sc: Scenario) -> int:
-    d = _local(sc).dst()
-    return int(d.total_seconds() // 60) if d else 0
 
 
 def _weekday_mask(every_days: int, local_unix: float) -> int:

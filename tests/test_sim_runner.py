@@ -295,3 +295,73 @@ def test_cli_names_a_bad_scenario_and_option(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--nodes-scale", "2"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 2 and "nodes_scale" in p.stderr
+
+
+def _air_fixture():
+    from firmware.virtual_loop import VirtualLoop
+    from simulator import channel as ch
+    from simulator.air import Air, NodeRadio
+
+    clock = SimClock(unix0=1781524800)
+    loop = VirtualLoop(clock)
+    chan = ch.Channel([ch.GatewaySite("gw", 0.0, 0.0, 30.0)], ch.RadioParams(shadowing_sigma_db=0.0), seed=1)
+    chan.add_node(7, 100.0, 0.0, 2.0)
+    heard = []
+    air = Air(chan, loop, heard.append)
+    radio = NodeRadio(air, 7, 868100000, 7)
+    return loop, air, radio, heard
+
+
+def _frame(counter=1):
+    from protocol import frame as fr
+    from protocol import messages as m2
+    from protocol.keys import NodeKeys
+    return fr.seal(NodeKeys(7, bytes(16)), m2.STATUS, counter, m2.encode(m2.STATUS, {0: 1, 1: 0, 6: 1, 7: 0}))
+
+
+def test_node_radio_sends_through_the_channel_and_refuses_what_the_law_forbids():
+    from gateway.transports import DownlinkError
+
+    loop, air, radio, heard = _air_fixture()
+
+    async def main():
+        t0 = loop.time()
+        await radio.send(_frame(1))
+        # send() returns when the time on air is over, and the gateway heard it then
+        assert loop.time() - t0 == pytest.approx(radio.airtime_ms(len(_frame(1))) / 1000, abs=1e-4)
+        assert len(heard) == 1 and heard[0].gateway == "gw" and heard[0].tx.payload == _frame(1)
+        with pytest.raises(OSError, match="duty_cycle"):
+            await radio.send(_frame(2))        # the 1 % off-time has not passed
+        up = heard[0].tx
+        await asyncio.sleep(2.0)
+        with pytest.raises(DownlinkError) as e:
+            air.downlink("gw", 7, b"late", up)  # RX1 (1 s after the uplink) is over
+        assert e.value.reason == "too_late"
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    st = air.nodes[7]
+    assert st.uplinks == 1 and st.refused == {"duty_cycle": 1} and st.delivered == 1
+
+
+def test_node_radio_hears_a_downlink_whose_preamble_starts_in_its_window_only():
+    loop, air, radio, heard = _air_fixture()
+    got = []
+
+    async def main():
+        await radio.send(_frame(1))
+        up = heard[0].tx
+        air.downlink("gw", 7, b"\x6b" + bytes(20), up)          # scheduled in RX1
+        await asyncio.sleep(0.98)                               # the runtime opens RX1 20 ms early
+        got.append(await radio.recv(radio.rx_window_ms()))
+        got.append(await radio.recv(radio.rx_window_ms()))      # nothing more in this window
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    frame, rssi, snr = got[0]
+    assert frame == b"\x6b" + bytes(20) and -140 < rssi < 0 and isinstance(snr, int)
+    assert got[1] is None and air.nodes[7].downlinks_ok == 1
