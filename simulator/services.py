@@ -257,7 +257,8 @@ class Services:
     """The sink and the gateway of one live run, with their files in `workdir`."""
 
     def __init__(self, workdir: Path, nodes: Sequence[Any]) -> None:
-        self.workdir = Path(workdir)
+        # Absolute: the gateway resolves relative paths in its config against the config's folder.
+        self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         w = self.workdir
         for stale in ("gateway.db", "gateway.db-wal", "gateway.db-shm", "sink.db", "sink.db-wal", "sink.db-shm",
