@@ -89,6 +89,7 @@ class Air:
         self.largest: dict[int, int] = {}          # mtype -> largest frame put on the air (bytes)
         self._pending: dict[int, list[ch.Downlink]] = {}   # node -> downlinks not yet received or missed
         self.uplinks_settled = 0
+        self.closed = False       # the run is over: what ends later is not handed to the gateway
 
     def now_us(self) -> int:
         return int(round(self.loop.time() * 1e6))
@@ -123,6 +124,8 @@ class Air:
         return up
 
     def _settle(self) -> None:
+        if self.closed:
+            return
         for tx in self.channel.settle(self.now_us() / 1000):
             if tx.refused is not None:
                 continue

@@ -80,6 +80,7 @@ import gc
 import hashlib
 import hmac
 import json
+import logging
 import math
 import random
 import sys
@@ -495,6 +496,13 @@ class Simulation:
         workdir.mkdir(parents=True, exist_ok=True)
         tasks: list[asyncio.Task] = []
         gc_threshold: tuple[int, int, int] | None = None
+        # The in-process gateway logs what its service would (a refused downlink, an expiry):
+        # counted into the results instead of interleaving with the progress bar and the summary.
+        self.log_counts = _LogCounts()
+        gw_log = logging.getLogger("lumeau.gateway")
+        saved_log = (gw_log.handlers[:], gw_log.propagate)
+        gw_log.handlers[:] = [self.log_counts]
+        gw_log.propagate = False
         try:
             ctx = self._setup(loop, clock, workdir)
             # Everything but the nodes (the gateway's timers, the world's steps) runs half a
@@ -521,6 +529,7 @@ class Simulation:
                 self._snapshot()
             for t in tasks:
                 t.cancel()
+            self.air.closed = True   # uplinks still on the air at the end are "in flight", not delivered
             end_counters = {name: sn.counters() for name, sn in self.nodes.items()}
             meters = {name: _meter(sn) for name, sn in self.nodes.items()}
             await self._stop_nodes()
@@ -531,6 +540,7 @@ class Simulation:
                 _draw(1.0, self.sc.duration_s, self.sc.duration_s, wall, end="\n")
             return metrics.build(self, report, end_counters, meters, wall, cpu)
         finally:
+            gw_log.handlers[:], gw_log.propagate = saved_log
             if gc_threshold is not None:
                 gc.set_threshold(*gc_threshold)
                 gc.unfreeze()
@@ -550,6 +560,18 @@ class Simulation:
         for sn in self.nodes.values():
             if sn.hal is not None:
                 sn.hal.power_off()
+
+
+class _LogCounts(logging.Handler):
+    """Counts the gateway's log records by level and message (the results' gateway section)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = f"{record.levelname.lower()}: {record.msg}" if isinstance(record.msg, str) else record.levelname.lower()
+        self.counts[key] = self.counts.get(key, 0) + 1
 
 
 def _meter(sn: SimNode) -> int:
