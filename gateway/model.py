@@ -49,14 +49,18 @@ class Record:
     rx_time: float
     body: dict[int, Any]  # the checked body, int keys, air units (lossless)
     # protocol.expand.expand(): named values with units. Filled by the store when it hands
-    # records out (next_batch, quarantined); the pipeline leaves it empty so the ingest
-    # path only does what durability needs, and each record is expanded once.
+    # records out (next_batch unless named=False, quarantined); the pipeline leaves it empty
+    # so the ingest path only does what durability needs, and each record is expanded once.
     fields: dict[str, dict[str, Any]]
     receptions: int = 1
     best_rssi: float | None = None
     best_snr: float | None = None
     gateway_id: str = ""
     alarm: bool = False  # an EVENT with severity >= alarm: never evicted when the queue is full
+    # The body's deterministic CBOR when the pipeline has it at hand (the frame carried exactly
+    # that encoding, as nodes send it): the store keeps these bytes instead of encoding the body
+    # again. None: the store encodes `body`.
+    cbor: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def idempotency_key(self) -> str:
