@@ -3,9 +3,12 @@
 Both are documented for platform builders in gateway/FORMATS.md; this module
 is the one place that builds (and, for the sink, checks) them.
 
-Native (`lumeau.records/1`): one JSON object per batch, one entry per
-record, named fields with units (protocol/expand.py), and an idempotency key
-per record ("<node id hex>-<counter>") so a receiver can drop resends.
+Native (`lumeau.records/2`): one JSON object per batch, one entry per
+record with its fields by name (physical values, gateway/bodies.py), the
+units of every field once per message type in the batch, and an idempotency
+key per record ("<node id hex>-<counter>") so a receiver can drop resends.
+Receivers also accept `lumeau.records/1` (units with every value) and read
+it as /2 (`check_native_batch`).
 
 NGSI-LD (`ngsi-ld`): FIWARE Smart Data Models entities in the NGSI-LD
 normalised representation, for `POST /ngsi-ld/v1/entityOperations/upsert`
@@ -21,16 +24,29 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
+import orjson
+
+from gateway import bodies
 from gateway.model import Record
 
-NATIVE_FORMAT = "lumeau.records/1"
+NATIVE_FORMAT = "lumeau.records/2"
+NATIVE_FORMAT_V1 = "lumeau.records/1"  # still accepted: units with every value
 NATIVE_CONTENT_TYPE = "application/json"
 
 # Limits a receiver enforces on a native record (the sink does).
 KEY_MAX = 64
 TYPE_MAX = 32
 MAX_COUNTER = 0xFFFFFFFF
+UNITS_TYPES_MAX = 32  # message types in a batch's "units"
+UNITS_FIELDS_MAX = 64  # fields per type there
+UNIT_MAX = 32  # characters of a field name or a unit
 _NODE = re.compile(r"[0-9a-f]{8}\Z")
+
+# iso_time: the text up to the second, by Unix second. Records of a batch come from a few
+# seconds, so the cache is small; it is emptied when it holds ISO_CACHE_MAX seconds.
+ISO_CACHE_MAX = 4096
+_iso_seconds: dict[int, str] = {}
+_ISO_MS = [".%03dZ" % ms for ms in range(1000)]
 
 
 class FormatError(ValueError):
@@ -40,13 +56,33 @@ class FormatError(ValueError):
 def iso_time(t: float) -> str:
     """Unix seconds -> ISO 8601 UTC with milliseconds, e.g. 2026-11-26T10:00:00.250Z.
 
+    The same text as `datetime.fromtimestamp(t, timezone.utc)` gives (its
+    microseconds rounded half to even, then truncated to milliseconds), with
+    the part up to the second computed once per second (ISO_CACHE_MAX).
     ValueError for a time datetime cannot hold (NaN, beyond year 9999).
     """
     try:
-        d = datetime.fromtimestamp(t, timezone.utc)
-    except (OverflowError, OSError) as e:
+        frac, whole = math.modf(t)
+        us = round(frac * 1e6)  # as datetime does: half to even, and carried into the seconds
+        if us >= 1_000_000:
+            us -= 1_000_000
+            whole += 1.0
+        elif us < 0:
+            us += 1_000_000
+            whole -= 1.0
+        sec = int(whole)
+    except (ValueError, OverflowError, TypeError) as e:  # NaN, infinities, not a number
         raise ValueError(f"time {t!r} out of range") from e
-    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+    head = _iso_seconds.get(sec)
+    if head is None:
+        try:
+            head = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        except (OverflowError, OSError, ValueError) as e:
+            raise ValueError(f"time {t!r} out of range") from e
+        if len(_iso_seconds) >= ISO_CACHE_MAX:
+            _iso_seconds.clear()
+        _iso_seconds[sec] = head
+    return head + _ISO_MS[us // 1000]
 
 
 def parse_time(s: Any) -> float:
@@ -65,37 +101,48 @@ def parse_time(s: Any) -> float:
 # ----------------------------------------------------------------- native JSON
 
 def native_record(r: Record) -> dict[str, Any]:
-    """One record in the native format (see FORMATS.md)."""
+    """One record in the native format (see FORMATS.md); its fields are named from `r.body`."""
     radio: dict[str, Any] = {"gateway": r.gateway_id, "receptions": r.receptions}
     if r.best_rssi is not None:
         radio["rssi"] = r.best_rssi
     if r.best_snr is not None:
         radio["snr"] = r.best_snr
+    node = "%08x" % r.node_id
     return {
-        "id": r.idempotency_key,
-        "node": f"{r.node_id:08x}",
+        "id": node + "-" + str(r.counter),  # Record.idempotency_key
+        "node": node,
         "counter": r.counter,
         "type": r.kind,
         "time": iso_time(r.rx_time),
         "alarm": r.alarm,
-        "fields": r.fields,
+        "fields": bodies.values(r.mtype, r.body),
         "radio": radio,
     }
 
 
 def native_batch(records: Iterable[Record], gateway: str = "", sent: float | None = None) -> bytes:
-    """A batch request body (UTF-8 JSON)."""
-    doc: dict[str, Any] = {"format": NATIVE_FORMAT, "records": [native_record(r) for r in records]}
+    """A batch request body (UTF-8 JSON, orjson: the upstream's main cost before it was used).
+
+    ValueError or TypeError for a record that cannot be encoded (a time no
+    calendar holds); non-finite radio figures are written as null.
+    """
+    recs = [native_record(r) for r in records]
+    doc: dict[str, Any] = {"format": NATIVE_FORMAT}
     if gateway:
         doc["gateway"] = gateway
     if sent is not None:
         doc["sent"] = iso_time(sent)
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    doc["units"] = {k: bodies.UNITS[k] for k in {r["type"] for r in recs} if k in bodies.UNITS}
+    doc["records"] = recs
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError as e:  # a TypeError: e.g. an integer beyond 64 bits
+        raise TypeError(str(e)) from None
 
 
 @dataclass(slots=True)
 class NativeRecord:
-    """A native record as a receiver checked it."""
+    """A native record as a receiver checked it; `doc` is in the /2 shape (fields by name, plain values)."""
 
     key: str
     node: str
@@ -103,24 +150,62 @@ class NativeRecord:
     type: str
     time: float
     doc: dict[str, Any]
+    units: dict[str, str]  # the units of this record's type (shared by the records of a type)
 
 
 def check_native_batch(doc: Any, max_records: int = 10_000) -> list[NativeRecord]:
-    """Check a parsed native batch; FormatError names the first problem ("records[3].counter: ...")."""
+    """Check a parsed native batch (/2, or /1 read as /2); FormatError names the first problem
+    ("records[3].counter: ...")."""
     if not isinstance(doc, dict):
         raise FormatError("the body must be a JSON object")
     fmt = doc.get("format", NATIVE_FORMAT)
-    if fmt != NATIVE_FORMAT:
-        raise FormatError(f"format {fmt!r} is not {NATIVE_FORMAT!r}")
+    if fmt != NATIVE_FORMAT and fmt != NATIVE_FORMAT_V1:
+        raise FormatError(f"format {fmt!r} is not {NATIVE_FORMAT!r} (nor {NATIVE_FORMAT_V1!r})")
     recs = doc.get("records")
     if not isinstance(recs, list):
         raise FormatError("records must be an array")
     if len(recs) > max_records:
         raise FormatError(f"{len(recs)} records in one batch, at most {max_records}")
-    return [_check_record(i, r) for i, r in enumerate(recs)]
+    if fmt == NATIVE_FORMAT_V1:
+        return [_from_v1(_check_record(i, r, {})) for i, r in enumerate(recs)]
+    units = _check_units(doc.get("units", {}))
+    return [_check_record(i, r, units) for i, r in enumerate(recs)]
 
 
-def _check_record(i: int, r: Any) -> NativeRecord:
+def _short_str(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= UNIT_MAX
+
+
+def _check_units(units: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(units, dict) or len(units) > UNITS_TYPES_MAX:
+        raise FormatError(f"units: must be an object of at most {UNITS_TYPES_MAX} message types")
+    for kind, per_field in units.items():
+        if not isinstance(per_field, dict) or len(per_field) > UNITS_FIELDS_MAX or not all(
+                _short_str(k) and _short_str(u) for k, u in per_field.items()):
+            raise FormatError(f"units.{kind}: must map at most {UNITS_FIELDS_MAX} field names to units "
+                              f"(strings of at most {UNIT_MAX} characters)")
+    return units
+
+
+def _from_v1(r: NativeRecord) -> NativeRecord:
+    """A /1 record ({"value", "unit"} per field) in the /2 shape."""
+    fields, units = {}, {}
+    for name, f in r.doc.get("fields", {}).items():
+        if isinstance(f, dict) and "value" in f:
+            fields[name] = f["value"]
+            if _short_str(f.get("unit")) and _short_str(name):
+                units[name] = f["unit"]
+        else:
+            fields[name] = f
+    r.doc = {**r.doc, "fields": fields}
+    r.units = units
+    return r
+
+
+_NO_UNITS: dict[str, str] = {}
+
+
+def _check_record(i: int, r: Any, units: dict[str, dict[str, str]]) -> NativeRecord:
     where = f"records[{i}]"
     if not isinstance(r, dict):
         raise FormatError(f"{where}: must be an object")
@@ -145,7 +230,7 @@ def _check_record(i: int, r: Any) -> NativeRecord:
         raise FormatError(f"{where}.radio: must be an object")
     if not isinstance(r.get("alarm", False), bool):
         raise FormatError(f"{where}.alarm: must be true or false")
-    return NativeRecord(key, node, counter, kind, t, r)
+    return NativeRecord(key, node, counter, kind, t, r, units.get(kind, _NO_UNITS))
 
 
 # ----------------------------------------------------------------- NGSI-LD (Smart Data Models)

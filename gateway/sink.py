@@ -8,15 +8,20 @@ a 2xx is never lost here either.
 
 Endpoints (all but /healthz need `Authorization: Bearer <token>`):
 
-  POST /v1/records        a native batch (gateway/FORMATS.md), gzip or not;
-                          records deduplicated by idempotency key ("id"), so
-                          a resend after a crash or a timeout stores nothing
-                          twice. 200 {"accepted": n, "duplicates": d}.
+  POST /v1/records        a native batch (gateway/FORMATS.md: lumeau.records/2,
+                          or /1 read as /2), gzip or not; records
+                          deduplicated by idempotency key ("id"), so a
+                          resend after a crash or a timeout stores nothing
+                          twice; each record kept as one JSON document in
+                          the /2 shape, the units of each message type once.
+                          200 {"accepted": n, "duplicates": d}.
                           400 names the first bad record (the gateway then
                           isolates and quarantines it).
   GET  /v1/records        ?node=<8 hex>&type=<kind>&after=<seq>&since=<ISO or Unix s>&limit=<1..1000>
-                          records in arrival order with their `seq`, and
-                          "next" (the last seq, to pass as `after`).
+                          records in arrival order with their `seq` and
+                          `received` time, "units" (per message type among
+                          them, as in a batch) and "next" (the last seq, to
+                          pass as `after`).
   GET  /v1/stats          counts: records, nodes, duplicates, batches, entities.
   POST /ngsi-ld/v1/entityOperations/upsert
                           NGSI-LD batch upsert (replace, or ?options=update to
@@ -46,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import orjson
 from aiohttp import web
 
 from gateway import formats
@@ -81,6 +87,7 @@ CREATE TABLE IF NOT EXISTS entities (
     updates INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS units (type TEXT PRIMARY KEY, units TEXT NOT NULL);
 """
 
 
@@ -186,7 +193,7 @@ class Sink:
             raise web.HTTPBadRequest(text=json.dumps({"error": "unreadable body", "detail": str(e)[:200]}),
                                      content_type="application/json") from None
         try:
-            return json.loads(raw)
+            return orjson.loads(raw)
         except (ValueError, RecursionError) as e:
             raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON", "detail": str(e)[:200]}),
                                      content_type="application/json") from None
@@ -203,8 +210,13 @@ class Sink:
         except formats.FormatError as e:
             return _problem(400, "invalid batch", str(e))
         now = time.time()
-        rows = [(r.key, r.node, r.counter, r.type, r.time, now,
-                 json.dumps(r.doc, separators=(",", ":"), ensure_ascii=False)) for r in recs]
+        dumps = orjson.dumps
+        try:
+            rows = [(r.key, r.node, r.counter, r.type, r.time, now, dumps(r.doc).decode()) for r in recs]
+        except orjson.JSONEncodeError as e:  # e.g. an integer beyond 64 bits in a field
+            return _problem(400, "invalid batch", f"a record cannot be stored: {e}")
+        units = {r.type: r.units for r in recs if r.units}
+        unit_rows = [(k, json.dumps(u, sort_keys=True)) for k, u in units.items()]
 
         def insert(c: sqlite3.Connection) -> int:
             c.execute("BEGIN IMMEDIATE")
@@ -213,6 +225,8 @@ class Sink:
                 c.executemany("INSERT OR IGNORE INTO records (key, node, counter, type, t, received, doc) "
                               "VALUES (?,?,?,?,?,?,?)", rows)
                 added = c.total_changes - before
+                c.executemany("INSERT INTO units VALUES (?, ?) ON CONFLICT (type) DO UPDATE SET units = "
+                              "excluded.units WHERE units != excluded.units", unit_rows)
                 _bump(c, "duplicates", len(rows) - added)
                 _bump(c, "batches", 1)
                 c.execute("COMMIT")
@@ -257,14 +271,20 @@ class Sink:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq LIMIT ?"
-        rows = await self.db.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
+
+        def query(c: sqlite3.Connection) -> tuple[list[tuple], dict[str, str]]:
+            return c.execute(sql, (*args, limit)).fetchall(), dict(c.execute("SELECT type, units FROM units"))
+
+        rows, units = await self.db.run(query)
         out = []
         for seq, received, doc in rows:
-            d = json.loads(doc)
+            d = orjson.loads(doc)
             d["seq"] = seq
             d["received"] = formats.iso_time(received)
             out.append(d)
-        return web.json_response({"records": out, "next": rows[-1][0] if rows else None})
+        kinds = {d.get("type") for d in out}
+        return web.json_response({"records": out, "units": {k: orjson.loads(u) for k, u in units.items() if k in kinds},
+                                  "next": rows[-1][0] if rows else None})
 
     async def get_stats(self, request: web.Request) -> web.Response:
         def stats(c: sqlite3.Connection) -> dict[str, Any]:

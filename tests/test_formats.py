@@ -227,18 +227,78 @@ def test_mapping_tolerates_registry_entries_with_bad_or_missing_fields():
 def test_native_batch_round_trips_through_the_checker():
     body = formats.native_batch([light, irrigation, alarm], gateway="gw-1", sent=T0 + 10)
     doc = json.loads(body)
-    assert doc["format"] == "lumeau.records/1" and doc["gateway"] == "gw-1"
+    assert doc["format"] == "lumeau.records/2" and doc["gateway"] == "gw-1"
     assert doc["sent"] == "2026-11-18T11:06:50.000Z"
     checked = formats.check_native_batch(doc)
     assert [(c.key, c.node, c.counter, c.type) for c in checked] == [
         ("000000a1-1", "000000a1", 1, "light"), ("000000b2-1", "000000b2", 1, "irrigation"),
         ("000000a1-5", "000000a1", 5, "event")]
+    assert [c.key for c in checked] == [r.idempotency_key for r in (light, irrigation, alarm)]
     assert checked[0].time == pytest.approx(light.rx_time, abs=1e-3)
     r = doc["records"][1]
-    assert r["fields"]["soil_moisture"] == {"value": [31, None, 100, 0], "unit": "%"}
-    assert r["fields"]["faults"]["value"] == ["leak"]
+    assert r["fields"]["soil_moisture"] == [31, None, 100, 0]
+    assert r["fields"]["faults"] == ["leak"]
     assert doc["records"][2]["alarm"] is True
     assert r["radio"] == {"gateway": "", "receptions": 1, "rssi": -110.0}
+    # units once per message type present, as protocol/expand.py names them
+    assert set(doc["units"]) == {"light", "irrigation", "event"}
+    assert doc["units"]["irrigation"]["soil_moisture"] == "%" and "faults" not in doc["units"]["irrigation"]
+    assert checked[1].units == doc["units"]["irrigation"]
+
+
+def test_native_fields_are_expands_values_and_units():
+    # the /2 document says what the /1 document said, in two places: values per record, units per type
+    doc = json.loads(formats.native_batch([light, irrigation, alarm]))
+    for rec, r in zip((light, irrigation, alarm), doc["records"]):
+        named = expand.expand(rec.mtype, rec.body)
+        assert r["fields"] == {name: f["value"] for name, f in named.items()}
+        for name, f in named.items():
+            assert doc["units"][rec.kind].get(name) == f["unit"]
+
+
+def test_a_v1_batch_is_read_as_v2():
+    v1 = {"format": "lumeau.records/1", "records": [{
+        "id": "000000a1-7", "node": "000000a1", "counter": 7, "type": "light", "time": "2026-11-18T11:06:41.000Z",
+        "alarm": False, "fields": {"power": {"value": 45.2, "unit": "W"}, "state": {"value": ["on"], "unit": None}},
+        "radio": {"gateway": "udp:1", "receptions": 1}}]}
+    (r,) = formats.check_native_batch(v1)
+    assert r.doc["fields"] == {"power": 45.2, "state": ["on"]} and r.units == {"power": "W"}
+    assert v1["records"][0]["fields"]["power"] == {"value": 45.2, "unit": "W"}  # the caller's document untouched
+
+
+@pytest.mark.parametrize("units", [[], {"light": []}, {"light": {"power": 3}}, {"light": {"p" * 40: "W"}},
+                                   {f"t{i}": {} for i in range(40)}])
+def test_bad_units_are_a_format_error(units):
+    doc = json.loads(formats.native_batch([light]))
+    doc["units"] = units
+    with pytest.raises(formats.FormatError, match="units"):
+        formats.check_native_batch(doc)
+
+
+def _iso_reference(t):
+    from datetime import datetime, timezone
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(-2e9, 2.5e11) | st.integers(0, 2**33) | st.sampled_from(
+    [0.0, -0.0, 0.0005, 0.9995, 0.9999995, -0.0000005, 1_795_000_000.2505, 1_795_000_000.9999996, -1.5]))
+def test_iso_time_is_what_datetime_says(t):
+    try:
+        want = _iso_reference(t)
+    except (OverflowError, OSError, ValueError):
+        with pytest.raises(ValueError):
+            formats.iso_time(t)
+        return
+    assert formats.iso_time(t) == want
+    assert formats.iso_time(t) == want  # the cached second gives the same text
+
+
+@pytest.mark.parametrize("t", [float("nan"), float("inf"), -float("inf"), 1e300, 2.6e11])
+def test_iso_time_refuses_what_no_calendar_holds(t):
+    with pytest.raises(ValueError):
+        formats.iso_time(t)
 
 
 def test_iso_time_is_utc_with_milliseconds():

@@ -84,10 +84,24 @@ async def test_batch_is_stored_and_queryable_in_arrival_order(sink, http):
     assert [(r["node"], r["counter"]) for r in got["records"]] == [("000000a1", 1), ("000000b2", 1), ("000000a1", 2)]
     first = got["records"][0]
     assert first["id"] == "000000a1-1" and first["type"] == "light"
-    assert first["fields"]["power"] == {"value": 45.2, "unit": "W"}
-    assert first["fields"]["state"] == {"value": ["on"], "unit": None}
+    assert first["fields"]["power"] == 45.2 and first["fields"]["state"] == ["on"]
+    # SPEC §5's units of LIGHT, once for the page
+    assert got["units"] == {"light": {"level": "%", "power": "W", "energy": "Wh", "burning_hours": "h", "current": "mA"}}
     assert first["radio"] == {"gateway": "udp:aa55", "receptions": 1, "rssi": -97.0, "snr": 7.5}
     assert got["next"] == got["records"][-1]["seq"]
+
+
+async def test_a_v1_batch_is_stored_as_v2(sink, http):
+    # a gateway from before lumeau.records/2: its records read the same afterwards
+    doc = {"format": "lumeau.records/1", "records": [{
+        "id": "000000c3-9", "node": "000000c3", "counter": 9, "type": "irrigation", "time": "2026-11-18T11:06:41.000Z",
+        "alarm": False, "fields": {"flow": {"value": 14.5, "unit": "L/min"}, "faults": {"value": ["leak"], "unit": None}},
+        "radio": {"gateway": "udp:1", "receptions": 1}}]}
+    status, body = await post_batch(http, sink, None, raw=json.dumps(doc).encode())
+    assert (status, body) == (200, {"accepted": 1, "duplicates": 0})
+    _, got = await get(http, sink, "/v1/records")
+    (r,) = got["records"]
+    assert r["fields"] == {"flow": 14.5, "faults": ["leak"]} and got["units"] == {"irrigation": {"flow": "L/min"}}
 
 
 async def test_resends_are_deduplicated_by_idempotency_key(sink, http):
