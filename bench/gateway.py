@@ -200,9 +200,7 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[s
     pipeline's own bookkeeping, the store, and the upstream's share
     (reading back, native JSON, gzip, deleting).
     """
-    from gateway import formats
-    from gateway.pipeline import decode_body
-    from protocol import expand
+    from gateway import bodies, formats
 
     frames = list({r.raw: r for r in recs}.values())
     n = len(frames)
@@ -216,8 +214,8 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[s
 
     fs = cpu("parse", lambda: [frame.parse(r.raw) for r in frames])
     ps = cpu("verify", lambda: [frame.verify(reg.get(f.node_id).keys, f) for f in fs])
-    bs = cpu("decode_validate", lambda: [decode_body(f.mtype, p) for f, p in zip(fs, ps)])
-    cpu("expand", lambda: [expand.expand(f.mtype, b) for f, b in zip(fs, bs)])
+    bs = cpu("decode_validate", lambda: [bodies.decode(f.mtype, p)[0] for f, p in zip(fs, ps)])
+    cpu("name_values", lambda: [bodies.values(f.mtype, b) for f, b in zip(fs, bs)])
     store = await Store.open(tmp / "stages.db")
     pipeline = Pipeline(reg, store)
     adm = cpu("admit_total", lambda: [pipeline._admit(r) for r in frames])
@@ -227,7 +225,7 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[s
     out["store_append_commit"] = round((time.process_time() - c) / n * 1e6, 2)
     c = time.process_time()
     batches, after = [], 0
-    while batch := store.next_batch(FLOOR_GROUP, after):
+    while batch := store.next_batch(FLOOR_GROUP, after, named=False):
         after = batch[-1][0]
         batches.append(batch)
     out["next_batch"] = round((time.process_time() - c) / n * 1e6, 2)

@@ -37,10 +37,14 @@ Limits (named, all overridable through `Store.open`):
   for 10,000 nodes reporting every 15 minutes is 960,000 records);
 - DEFAULT_GROUP_MAX = 4096 records per transaction (bounds commit latency);
 - DEFAULT_QUARANTINE_MAX = 100,000 records (oldest dropped beyond, counted);
-- RECENT_MAX = 32,768 records not yet delivered kept in memory (~0.8 kB
-  each, ~25 MB): receptions of the same frame heard by several radios are
-  merged into them, and the upstream gets them without a read-back; a
-  record leaves this cache when delivered, quarantined or pushed out;
+- RECENT_MAX = 32,768 committed records not yet delivered kept in memory
+  (~0.8 kB each, ~25 MB), so the upstream gets them without a read-back;
+  older ones (a backlog) are read back from the database. A record leaves
+  memory when delivered, quarantined, evicted or pushed out;
+- receptions of a frame heard by several radios are merged into the
+  record while it is its node's newest one and still waits for the
+  upstream (copies arrive within milliseconds of each other; a copy that
+  comes after the node's next frame is only counted);
 - STATE_FLUSH_S = 5 s: node state may be up to this old after a crash
   (records and replay windows never are).
 """
@@ -179,12 +183,11 @@ def is_alarm(mtype: int, body: dict[int, Any]) -> bool:
     return mtype == m.EVENT and body.get(1, 0) >= m.SEV_ALARM
 
 
-def _record_from_row(row: tuple) -> tuple[int, Record]:
+def _record_from_row(row: tuple, named: bool = True) -> tuple[int, Record]:
     seq, node_id, counter, mtype, prio, rx_time, receptions, rssi, snr, gw, body = row
     b = cbor2.loads(body)
-    return seq, Record(node_id=node_id, counter=counter, mtype=mtype, kind=expand.TYPE_NAMES[mtype],
-                       rx_time=rx_time, body=b, fields=expand.expand(mtype, b), receptions=receptions,
-                       best_rssi=rssi, best_snr=snr, gateway_id=gw, alarm=prio == PRIO_ALARM)
+    return seq, Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rx_time, b,
+                       expand.expand(mtype, b) if named else {}, receptions, rssi, snr, gw, prio == PRIO_ALARM, body)
 
 
 def _downlink_from_row(row: tuple) -> Downlink:
@@ -193,46 +196,37 @@ def _downlink_from_row(row: tuple) -> Downlink:
                     expires=expires, command_id=command_id, attempts=attempts, state=state, result=result)
 
 
-class _Reading:
-    """A node's last reading of one kind, named only when read (API, state flush)."""
+class _Chunk:
+    """The records of one append_many call on their way to the disk; a group may take part of one.
 
-    __slots__ = ("mtype", "body", "rx_time")
+    Records and windows are kept as the caller gave them (no tuple per
+    record); `results` fill in slices as groups commit, and the future
+    completes when the last record is decided.
+    """
 
-    def __init__(self, mtype: int, body: dict[int, Any], rx_time: float) -> None:
-        self.mtype = mtype
-        self.body = body
-        self.rx_time = rx_time
+    __slots__ = ("fut", "seq0", "items", "results", "start", "left")
 
-    def json(self) -> dict[str, Any]:
-        return {"fields": expand.expand(self.mtype, self.body), "rx_time": self.rx_time}
-
-
-class _Many:
-    """Results of one append_many call, completed when every item is decided."""
-
-    __slots__ = ("fut", "results", "left")
-
-    def __init__(self, fut: asyncio.Future, n: int) -> None:
+    def __init__(self, fut: asyncio.Future, seq0: int, items: list[tuple[Record, tuple[int, int, int] | None]]) -> None:
         self.fut = fut
-        self.results: list[Any] = [None] * n
-        self.left = n
+        self.seq0 = seq0
+        self.items = items
+        self.results: list[Any] = [None] * len(items)
+        self.start = 0  # items before this one are in a group already
+        self.left = len(items)
 
-    def set(self, i: int, value: Any) -> None:
-        self.results[i] = value
-        self.left -= 1
+    def settle(self, start: int, n: int, value: Any = None) -> None:
+        """Decide items [start, start + n): their seqs, or `value` (an exception) for all."""
+        if value is None:
+            self.results[start:start + n] = range(self.seq0 + start, self.seq0 + start + n)
+        else:
+            self.results[start:start + n] = [value] * n
+        self.done(n)
+
+    def done(self, n: int) -> None:
+        """`n` more items have their result in `results`."""
+        self.left -= n
         if self.left == 0 and not self.fut.done():
             self.fut.set_result(self.results)
-
-
-class _Recent:
-    """A queued record, remembered so later receptions of its frame can be merged into it."""
-
-    __slots__ = ("seq", "record", "taken")
-
-    def __init__(self, seq: int, record: Record) -> None:
-        self.seq = seq
-        self.record = record
-        self.taken = False  # handed to the writer: later changes need an UPDATE
 
 
 class Store:
@@ -253,8 +247,10 @@ class Store:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumeau-store")
         self._w: sqlite3.Connection | None = None  # used only in the pool's thread
         self._r: sqlite3.Connection | None = None  # used only on the event loop's thread
-        self._appends: list[tuple[int, Record, tuple[int, int, int] | None, _Many, int]] = []
-        self._updates: dict[int, _Recent] = {}
+        self._chunks: list[_Chunk] = []  # appends waiting for the writer, oldest first
+        self._pending = 0  # records in those chunks not yet taken by a group
+        self._taken_upto = 0  # every seq up to this one was handed to the writer (set by _load)
+        self._updates: dict[int, Record] = {}  # seq -> record whose receptions changed after it was written
         self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -265,11 +261,17 @@ class Store:
         self._next_seq = 1
         self._next_dl_id = 1
         self._count = 0  # records queued (maintained by the writer thread)
-        # insertion-ordered, evicted from the front: OrderedDict.popitem(last=False) is O(1), where
-        # deleting a plain dict's first key again and again makes finding the next one O(n)
-        self._recent: OrderedDict[tuple[int, int], _Recent] = OrderedDict()
-        self._seq_key: dict[int, tuple[int, int]] = {}  # seq -> key in _recent, to forget delivered records
-        self._windows: dict[int, tuple[int, int]] = {}
+        # node -> (seq, record) of its newest record: where copies of a frame are merged
+        self._latest: dict[int, tuple[int, Record]] = {}
+        # committed, undelivered records in memory, by seq (oldest first): next_batch reads no
+        # row at or above _mem_floor; older ones (from before a restart, or pushed out of memory
+        # by RECENT_MAX) are read back from the database. Insertion-ordered and trimmed from the
+        # front: OrderedDict.popitem(last=False) is O(1), where deleting a plain dict's first key
+        # again and again makes finding the next one O(n)
+        self._ready: OrderedDict[int, Record] = OrderedDict()
+        self._mem_floor = 1
+        self._committed_upto = 0  # every seq up to this one is committed, or failed for good
+        self._windows: dict[int, tuple[int, int, int]] = {}  # node -> (node, top, mask)
         self._states: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
         # lifetime counters (persisted in meta), plus this process's commit figures
@@ -319,8 +321,11 @@ class Store:
         top = r.execute("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM records "
                         "UNION ALL SELECT MAX(seq) FROM quarantine)").fetchone()[0]
         self._next_seq = (top or 0) + 1
+        # what is on disk now is read from there
+        self._mem_floor = self._next_seq
+        self._taken_upto = self._committed_upto = self._next_seq - 1
         self._next_dl_id = (r.execute("SELECT MAX(id) FROM downlinks").fetchone()[0] or 0) + 1
-        self._windows = {n: (t, k) for n, t, k in r.execute("SELECT node_id, top, mask FROM windows")}
+        self._windows = {row[0]: row for row in r.execute("SELECT node_id, top, mask FROM windows")}
         self._states = {n: json.loads(s) for n, s in r.execute("SELECT node_id, state FROM nodes")}
         meta = dict(r.execute("SELECT name, value FROM meta"))
         self.evicted_total = meta.get("evicted", 0)
@@ -359,7 +364,7 @@ class Store:
 
     async def drain(self) -> None:
         """Wait until everything queued so far is committed."""
-        while self._appends or self._ops or self._updates or not self._idle.is_set():
+        while self._chunks or self._ops or self._updates or not self._idle.is_set():
             await self._idle.wait()
             await asyncio.sleep(0)
 
@@ -388,26 +393,23 @@ class Store:
         if self._closed:
             raise StoreClosed("store is closed")
         fut = asyncio.get_running_loop().create_future()
-        many = _Many(fut, len(items))
         if not items:
             fut.set_result([])
             return fut
+        items = list(items)
         seq = self._next_seq
         self._next_seq = seq + len(items)
-        recent = self._recent
+        self._chunks.append(_Chunk(fut, seq, items))
+        self._pending += len(items)
+        latest = self._latest
         windows = self._windows
-        appends = self._appends
-        seq_key = self._seq_key
-        for i, (record, window) in enumerate(items):
-            appends.append((seq + i, record, window, many, i))
-            if len(recent) >= RECENT_MAX:
-                seq_key.pop(recent.popitem(last=False)[1].seq, None)
-            key = (record.node_id, record.counter)
-            recent[key] = _Recent(seq + i, record)
-            seq_key[seq + i] = key
+        note = self._note_state
+        for record, window in items:
+            latest[record.node_id] = (seq, record)
+            seq += 1
             if window is not None:
-                windows[window[0]] = (window[1], window[2])
-            self._note_state(record)
+                windows[window[0]] = window
+            note(record)
         self._wake.set()
         return fut
 
@@ -415,63 +417,69 @@ class Store:
                       gateway_id: str) -> bool:
         """Merge another radio's reception of a stored frame: count it, keep the best RSSI.
 
-        Returns False when the frame is no longer remembered (delivered,
-        quarantined, or older than the last RECENT_MAX appends): the copy is
-        then only counted by the caller.
+        Returns False when the frame's record can no longer take it (not its
+        node's newest record any more, delivered, quarantined, its commit
+        failed, or read back from the database): the copy is then only
+        counted by the caller.
         Does not wait: the change is written with the next group (it is
         reception metadata, not an acknowledged record).
         """
-        entry = self._recent.get((node_id, counter))
+        entry = self._latest.get(node_id)
         if entry is None:
             return False
-        rec = entry.record
+        seq, rec = entry
+        if rec.counter != counter or seq < self._mem_floor or (seq <= self._committed_upto and seq not in self._ready):
+            return False
         rec.receptions += 1
         if rssi is not None and (rec.best_rssi is None or rssi > rec.best_rssi):
             rec.best_rssi = rssi
             rec.best_snr = snr
             rec.gateway_id = gateway_id
-        if entry.taken:  # already written: rewrite its reception fields in the next group
-            self._updates[entry.seq] = entry
+        if seq <= self._taken_upto:  # already written: rewrite its reception fields in the next group
+            self._updates[seq] = rec
             self._wake.set()
         return True
 
     def _forget(self, seqs: Iterable[int]) -> None:
-        """Drop records from the in-memory cache (delivered, quarantined, never stored)."""
-        recent, seq_key, updates = self._recent, self._seq_key, self._updates
+        """Drop committed records from memory (delivered, quarantined, evicted): no more
+        reception merges, no more batches."""
+        ready, updates = self._ready, self._updates
         for s in seqs:
             updates.pop(s, None)
-            key = seq_key.pop(s, None)
-            if key is not None:
-                e = recent.get(key)
-                if e is not None and e.seq == s:
-                    del recent[key]
+            ready.pop(s, None)
 
-    def next_batch(self, max_records: int, after: int = 0) -> list[tuple[int, Record]]:
-        """The oldest queued records (seq > after), in arrival order: per-node order is kept."""
-        assert self._r is not None
-        rows = self._r.execute(f"SELECT {_RECORD_COLS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
-                               (after, max_records)).fetchall()
-        out = []
-        recent = self._recent
-        for row in rows:
-            entry = recent.get((row[1], row[2]))
-            if entry is not None and entry.seq == row[0]:
-                rec = entry.record  # already decoded
-                if not rec.fields:
+    def next_batch(self, max_records: int, after: int = 0, named: bool = True) -> list[tuple[int, Record]]:
+        """The oldest queued records (seq > after), in arrival order: per-node order is kept.
+
+        `named`: fill `Record.fields` (protocol.expand); the native format
+        names values from the body itself and passes False.
+        """
+        out: list[tuple[int, Record]] = []
+        floor = self._mem_floor
+        if after + 1 < floor:  # the oldest ones are only on disk
+            assert self._r is not None
+            rows = self._r.execute(f"SELECT {_RECORD_COLS} FROM records WHERE seq > ? AND seq < ? "
+                                   "ORDER BY seq LIMIT ?", (after, floor, max_records)).fetchall()
+            out = [_record_from_row(row, named) for row in rows]
+            if len(out) >= max_records:
+                return out
+        for seq, rec in self._ready.items():
+            if seq > after:
+                if named and not rec.fields:
                     rec.fields = expand.expand(rec.mtype, rec.body)
-                out.append((entry.seq, rec))
-            else:
-                out.append(_record_from_row(row))
+                out.append((seq, rec))
+                if len(out) >= max_records:
+                    break
         return out
 
     async def delete(self, seqs: Iterable[int]) -> int:
         """Remove records the upstream answered 2xx for; returns how many were still queued."""
         seqs = list(seqs)
-        rows = [(s,) for s in seqs]
+        runs = _runs(seqs)
 
         def op(c: sqlite3.Connection) -> int:
             before = c.total_changes
-            c.executemany("DELETE FROM records WHERE seq = ?", rows)
+            c.executemany("DELETE FROM records WHERE seq BETWEEN ? AND ?", runs)
             n = c.total_changes - before
             self._count -= n
             return n
@@ -552,10 +560,11 @@ class Store:
 
     def window(self, node_id: int) -> tuple[int, int] | None:
         """(top, mask) of the node's uplink replay window, or None for a node never heard."""
-        return self._windows.get(node_id)
+        w = self._windows.get(node_id)
+        return None if w is None else (w[1], w[2])
 
     def windows(self) -> dict[int, tuple[int, int]]:
-        return dict(self._windows)
+        return {n: (w[1], w[2]) for n, w in self._windows.items()}
 
     async def reset_node(self, node_id: int) -> None:
         """Forget a node's counters (replay window, downlink counter): after it was re-keyed.
@@ -567,7 +576,8 @@ class Store:
             c.execute("DELETE FROM dl_counters WHERE node_id = ?", (node_id,))
 
         self._windows.pop(node_id, None)
-        self._forget([e.seq for k, e in self._recent.items() if k[0] == node_id])
+        # its records stay queued, but its counters start again: copies must not merge into them
+        self._latest.pop(node_id, None)
         await self._submit(op)
 
     # ------------------------------------------------------------ node state
@@ -576,12 +586,9 @@ class Store:
         st = self._states.get(rec.node_id)
         if st is None:
             st = self._states[rec.node_id] = {"readings": {}, "open_alarms": {}}
-        if rec.rx_time >= st.get("last_seen", 0):
-            st["last_seen"] = rec.rx_time
-            st["rssi"] = rec.best_rssi
-            st["snr"] = rec.best_snr
-            st["gateway_id"] = rec.gateway_id
-            st["last_counter"] = rec.counter
+        last = st.get("_last")  # the newest record, folded into last_seen & co when the state is read
+        if last is None or rec.rx_time >= last.rx_time:
+            st["_last"] = rec
         mtype = rec.mtype
         if mtype == m.HELLO:  # rare: expanded now
             st["firmware"] = rec.body.get(0)
@@ -595,15 +602,20 @@ class Store:
                                               "counter": rec.counter}
                 else:
                     st["open_alarms"].pop(key, None)
-        else:  # the frequent case: keep the body, name its fields only when someone looks
-            st["readings"][rec.kind] = _Reading(mtype, rec.body, rec.rx_time)
+        else:  # the frequent case: keep the record, name its fields only when someone looks
+            st["readings"][rec.kind] = rec
         self._dirty.add(rec.node_id)
 
     @staticmethod
     def _plain(st: dict[str, Any]) -> dict[str, Any]:
         """A node state as JSON-able data (readings named now)."""
         out = dict(st)
-        out["readings"] = {k: v.json() if isinstance(v, _Reading) else v for k, v in st["readings"].items()}
+        last = out.pop("_last", None)
+        if last is not None and last.rx_time >= out.get("last_seen", 0):
+            out.update(last_seen=last.rx_time, rssi=last.best_rssi, snr=last.best_snr, gateway_id=last.gateway_id,
+                       last_counter=last.counter)
+        out["readings"] = {k: {"fields": expand.expand(v.mtype, v.body), "rx_time": v.rx_time}
+                           if isinstance(v, Record) else v for k, v in st["readings"].items()}
         return out
 
     def node_state(self, node_id: int) -> dict[str, Any] | None:
@@ -722,40 +734,40 @@ class Store:
     async def _run_writer(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not (self._appends or self._ops or self._updates):
+            if not (self._chunks or self._ops or self._updates):
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             self._idle.clear()
-            appends = self._appends[:self.group_max]
-            del self._appends[:self.group_max]
+            taken = self._take(self.group_max)
             ops, self._ops = self._ops, []
             updates, self._updates = self._updates, {}
-            recent = self._recent
             t0 = time.perf_counter()
             try:
                 # Rows are built here, on the loop's thread, so records can change
                 # (receptions) while the writer thread works on copies.
                 rows = []
                 windows = {}
-                for seq, r, w, _m, _i in appends:
-                    rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
-                                 r.best_rssi, r.best_snr, r.gateway_id, cbor2.dumps(r.body)))
-                    if w is not None:
-                        windows[w[0]] = (w[1], w[2], w[0])
-                    e = recent.get((r.node_id, r.counter))
-                    if e is not None and e.seq == seq:
-                        e.taken = True
-                upd = [(e.record.receptions, e.record.best_rssi, e.record.best_snr, e.record.gateway_id, s)
-                       for s, e in updates.items()]
-                dropped, results = await loop.run_in_executor(
+                dumps = cbor2.dumps
+                for chunk, start, n in taken:
+                    seq = chunk.seq0 + start
+                    for r, w in chunk.items[start:start + n]:
+                        rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
+                                     r.best_rssi, r.best_snr, r.gateway_id,
+                                     r.cbor if r.cbor is not None else dumps(r.body)))
+                        seq += 1
+                        if w is not None:
+                            windows[w[0]] = w
+                upd = [(r.receptions, r.best_rssi, r.best_snr, r.gateway_id, s) for s, r in updates.items()]
+                dropped, evicted, results = await loop.run_in_executor(
                     self._pool, self._commit, rows, list(windows.values()), upd, [fn for fn, _ in ops])
             except BaseException as e:  # the whole group failed: nothing of it is stored
                 err = e if isinstance(e, StoreError) else StoreError(f"commit failed: {e!r}")
-                for seq, r, _w, many, i in appends:
-                    many.set(i, err)
-                self._forget([a[0] for a in appends])
+                for chunk, start, n in taken:
+                    chunk.settle(start, n, err)
+                if taken:
+                    self._committed_upto = max(self._committed_upto, taken[-1][0].seq0 + taken[-1][1] + taken[-1][2] - 1)
                 for _fn, f in ops:
                     if not f.done():
                         f.set_exception(err)
@@ -766,13 +778,34 @@ class Store:
             self.commits += 1
             self.committed_records += len(rows) - len(dropped)
             self.commit_seconds += time.perf_counter() - t0
-            for seq, r, _w, many, i in appends:
-                if seq in dropped:
-                    many.set(i, QueueFull("queue full of alarms: routine record dropped"))
-                else:
-                    many.set(i, seq)
-            if dropped:
-                self._forget(dropped)
+            if evicted:
+                self._forget(evicted)
+            if taken:
+                last, start, n = taken[-1]
+                self._committed_upto = max(self._committed_upto, last.seq0 + start + n - 1)
+            ready, floor = self._ready, self._mem_floor
+            for chunk, start, n in taken:
+                seq0 = chunk.seq0 + start
+                recs = chunk.items[start:start + n]
+                if seq0 >= floor and not dropped:
+                    # the common case: every record of the slice is committed and stays in memory
+                    ready.update(zip(range(seq0, seq0 + n), [r for r, _w in recs]))
+                    chunk.settle(start, n)
+                    continue
+                res = chunk.results
+                for i, (r, _w) in enumerate(recs):
+                    seq = seq0 + i
+                    if seq in dropped:
+                        res[start + i] = QueueFull("queue full of alarms: routine record dropped")
+                    else:
+                        res[start + i] = seq
+                        if seq >= floor:
+                            ready[seq] = r
+                chunk.done(n)
+            if len(ready) > RECENT_MAX:  # memory is full: the oldest are read back from the database
+                while len(ready) > RECENT_MAX:
+                    seq, _r = ready.popitem(last=False)
+                self._mem_floor = seq + 1
             for (_fn, f), (ok, value) in zip(ops, results):
                 if f.done():
                     continue
@@ -781,22 +814,39 @@ class Store:
                 else:
                     f.set_exception(value if isinstance(value, StoreError) else StoreError(str(value)))
 
-    def _commit(self, rows: list[tuple], windows: list[tuple], updates: list[tuple],
-                ops: list[Callable[[sqlite3.Connection], Any]]) -> tuple[set[int], list[tuple[bool, Any]]]:
+    def _take(self, limit: int) -> list[tuple[_Chunk, int, int]]:
+        """Up to `limit` queued records for the next group, oldest first: (chunk, start, n) slices."""
+        taken = []
+        chunks = self._chunks
+        while chunks and limit > 0:
+            chunk = chunks[0]
+            n = min(limit, len(chunk.items) - chunk.start)
+            taken.append((chunk, chunk.start, n))
+            chunk.start += n
+            limit -= n
+            self._pending -= n
+            self._taken_upto = chunk.seq0 + chunk.start - 1
+            if chunk.start == len(chunk.items):
+                chunks.pop(0)
+        return taken
+
+    def _commit(self, rows: list[tuple], windows: list[tuple[int, int, int]], updates: list[tuple],
+                ops: list[Callable[[sqlite3.Connection], Any]]) -> tuple[set[int], list[int], list[tuple[bool, Any]]]:
         c = self._w
         assert c is not None
         count = self._count
         c.execute("BEGIN IMMEDIATE")
         try:
             dropped: set[int] = set()
+            evicted: list[int] = []
             if rows:
-                dropped = self._make_room(c, rows)
+                dropped, evicted = self._make_room(c, rows)
                 if dropped:
                     rows = [r for r in rows if r[0] not in dropped]
                 c.executemany(_INSERT_RECORD, rows)
                 self._count += len(rows)
             if windows:
-                c.executemany(_UPSERT_WINDOW, [(n, t, k) for t, k, n in windows])
+                c.executemany(_UPSERT_WINDOW, windows)
             if updates:
                 c.executemany(_UPDATE_RECEPTION, updates)
             results: list[tuple[bool, Any]] = []
@@ -815,19 +865,21 @@ class Store:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
-        return dropped, results
+        return dropped, evicted, results
 
-    def _make_room(self, c: sqlite3.Connection, rows: list[tuple]) -> set[int]:
+    def _make_room(self, c: sqlite3.Connection, rows: list[tuple]) -> tuple[set[int], list[int]]:
+        """Apply the eviction policy; returns (arriving seqs dropped, queued seqs evicted)."""
         excess = self._count + len(rows) - self.max_records
         if excess <= 0:
-            return set()
-        evicted = 0
+            return set(), []
+        gone: list[int] = []
         for prio in (PRIO_ROUTINE, PRIO_OTHER):
-            if excess - evicted <= 0:
+            if excess - len(gone) <= 0:
                 break
-            n = c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE prio = ? "
-                          "ORDER BY seq LIMIT ?)", (prio, excess - evicted)).rowcount
-            evicted += n
+            gone += [r[0] for r in c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM records "
+                                             "WHERE prio = ? ORDER BY seq LIMIT ?) RETURNING seq",
+                                             (prio, excess - len(gone))).fetchall()]
+        evicted = len(gone)
         self._count -= evicted
         dropped: set[int] = set()
         left = excess - evicted
@@ -844,4 +896,20 @@ class Store:
             self.evicted_total += evicted + len(dropped)
             log.warning("queue full (%d records): evicted %d queued and dropped %d arriving records",
                         self.max_records, evicted, len(dropped))
-        return dropped
+        return dropped, gone
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted seqs as (first, last) runs of consecutive numbers: a batch is usually one run."""
+    out: list[tuple[int, int]] = []
+    if not seqs:
+        return out
+    seqs = sorted(seqs)
+    first = prev = seqs[0]
+    for s in seqs[1:]:
+        if s != prev + 1:
+            out.append((first, prev))
+            first = s
+        prev = s
+    out.append((first, prev))
+    return out

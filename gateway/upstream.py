@@ -10,6 +10,14 @@ stored. Every record carries an idempotency key (node id + counter; native
 format), so a resend after a timeout or a crash (the platform stored it,
 the answer got lost) is harmless.
 
+Pipelined (native format): while a full batch is in flight the next one is
+read and encoded, so the gateway works during the round trip instead of
+waiting; it is sent when the first is answered 2xx (never before: order
+holds). The delete of a delivered batch is not awaited either: it joins the
+store's next group commit while the next batch goes out, and until it is
+committed the batches skip those records (`after`). A crash before that
+commit resends them, which the receiver drops by key.
+
 Defaults, and why:
 
 - `batch_size` 500 records: about 300 kB of native JSON, 30-40 kB gzipped;
@@ -92,13 +100,22 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 class BatchStore(Protocol):
     """What the upstream needs from gateway.store.Store."""
 
-    def next_batch(self, max_records: int, after: int = 0) -> list[tuple[int, Record]]: ...
+    def next_batch(self, max_records: int, after: int = 0, named: bool = True) -> list[tuple[int, Record]]: ...
 
     async def delete(self, seqs: Sequence[int]) -> int: ...
 
     async def quarantine(self, seqs: Sequence[int], status: int, response_text: str) -> int: ...
 
     def oldest_rx_time(self) -> float | None: ...
+
+
+@dataclass(slots=True)
+class _Encoded:
+    """A batch ready to go: its request body (compressed as sent) and headers."""
+
+    batch: list[tuple[int, Record]]
+    body: bytes
+    headers: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -162,6 +179,9 @@ class Upstream:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._pending_since: float | None = None
+        self._after = 0  # every record up to this seq is delivered or quarantined (its delete may be pending)
+        self._rewind = False  # a delete failed: read from the start of the queue again
+        self._deleting: set[asyncio.Task] = set()
         self._limiter = RateLimiter()
         # figures for /metrics
         self.state = "idle"  # idle | waiting | sending | backoff
@@ -266,8 +286,16 @@ class Upstream:
 
     async def _loop(self) -> None:
         draining = False  # the last batch was full: more were waiting, send partial ones at once too
+        ahead: _Encoded | None = None  # the next batch, encoded while the last one was in flight
+        named = self.fmt != "native"  # the native format names values from the body itself
         while True:
-            batch = self.store.next_batch(self.batch_size)
+            if ahead is not None:
+                batch, ready, ahead = ahead.batch, ahead, None
+            else:
+                if self._rewind:
+                    self._rewind = False
+                    self._after = 0
+                batch, ready = self.store.next_batch(self.batch_size, self._after, named=named), None
             if not batch:
                 self.state = "idle"
                 self._pending_since = None
@@ -275,7 +303,7 @@ class Upstream:
                 await self._sleep(POLL_S)
                 continue
             full = len(batch) >= self.batch_size
-            if not (full or draining or self._flush or any(r.alarm for _, r in batch)):
+            if ready is None and not (full or draining or self._flush or any(r.alarm for _, r in batch)):
                 now = time.monotonic()
                 if self._pending_since is None:
                     self._pending_since = now
@@ -285,7 +313,9 @@ class Upstream:
                     await self._sleep(min(wait, POLL_S))
                     continue
             started = time.monotonic()
-            await self._deliver(batch)
+            # a full batch means more are waiting: encode the next one during the round trip
+            ahead = await self._deliver(batch, ready, self._encode_after if full and not named else None)
+            self._after = max(self._after, batch[-1][0])
             latency = time.monotonic() - started
             self.batches += 1
             self.batch_latency_last = latency
@@ -293,17 +323,58 @@ class Upstream:
             self._pending_since = None
             draining = full
 
-    async def _deliver(self, batch: list[tuple[int, Record]]) -> None:
-        """Settle every record of `batch`: delivered, or quarantined; retries until then."""
+    def _encode_after(self, after: int) -> "_Encoded | None":
+        """The batch after `after`, encoded; None when there is none or it cannot be encoded
+        (the loop then finds it again and isolates the culprit)."""
+        batch = self.store.next_batch(self.batch_size, after, named=False)
+        if not batch:
+            return None
+        try:
+            return self._encode_native(batch)
+        except (TypeError, ValueError):
+            return None
+
+    def _delete(self, seqs: list[int]) -> None:
+        """Delete delivered records without waiting for the commit (see the module docstring)."""
+        t = asyncio.ensure_future(self.store.delete(seqs))
+        self._deleting.add(t)
+        t.add_done_callback(self._deleted)
+
+    def _deleted(self, t: "asyncio.Task[int]") -> None:
+        self._deleting.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            # still queued: send them again (the receiver drops them by key), and delete them then
+            self._rewind = True
+            self.last_error = f"delete failed: {t.exception()}"
+            if self._limiter.allow("delete")[0]:
+                log.error("delivered records could not be deleted, they will be sent again: %s", t.exception())
+
+    async def _deliver(self, batch: list[tuple[int, Record]], ready: "_Encoded | None" = None,
+                       overlap: "Callable[[int], _Encoded | None] | None" = None) -> "_Encoded | None":
+        """Settle every record of `batch`: delivered, or quarantined; retries until then.
+
+        `ready`: the batch already encoded. `overlap(after)` is run while the
+        first request is in flight; its result is returned when that request
+        delivered the whole batch (after a failure it is dropped: it would
+        go out late, with stale radio figures).
+        """
         parts = [batch]
         attempt = 0
+        ahead = None
         while parts:
             part = parts[0]
             self.state = "sending"
-            out = await self._attempt(part)
+            if overlap is not None:
+                out, ahead = await self._attempt(part, ready, lambda: overlap(batch[-1][0]))
+                overlap = None
+                if out.kind != "ok":
+                    ahead = None
+            else:
+                out, _ = await self._attempt(part, ready if part is batch else None)
+            ready = None
             seqs = [s for s, _ in part]
             if out.kind == "ok":
-                await self.store.delete(seqs)
+                self._delete(seqs)
                 self.records_sent += len(part)
                 self.consecutive_failures = 0
                 self.last_success = time.time()
@@ -313,7 +384,7 @@ class Upstream:
                 bad = [seqs[i] for i in out.failed]
                 good = [s for i, s in enumerate(seqs) if i not in set(out.failed)]
                 await self._quarantine(bad, out.status, out.text)
-                await self.store.delete(good)
+                self._delete(good)
                 self.records_sent += len(good)
                 self.last_success = time.time()
                 parts.pop(0)
@@ -338,6 +409,7 @@ class Upstream:
                             if out.kind == "config" else "unavailable", delay, self.last_error,
                             extra={"status": out.status, "records": len(part), "attempt": attempt})
                 await asyncio.sleep(delay)
+        return ahead
 
     async def _quarantine(self, seqs: list[int], status: int, text: str) -> None:
         if not seqs:
@@ -357,16 +429,27 @@ class Upstream:
 
     # -- one attempt -------------------------------------------------------
 
-    async def _attempt(self, part: list[tuple[int, Record]]) -> _Outcome:
+    def _encode_native(self, part: list[tuple[int, Record]]) -> _Encoded:
+        """The request for `part` in the native format; TypeError or ValueError if a record cannot be encoded."""
         records = [r for _, r in part]
+        body = formats.native_batch(records, self.gateway_id, time.time())
+        # the same for a resend of the same records: a batch is a run of the queue, named by its ends
+        ends = f"{records[0].idempotency_key}/{records[-1].idempotency_key}/{len(records)}"
+        key = hashlib.sha256(ends.encode()).hexdigest()[:32]
+        headers = {"Content-Type": formats.NATIVE_CONTENT_TYPE, "Idempotency-Key": key}
+        return _Encoded(part, *self._wrap(body, headers))
+
+    async def _attempt(self, part: list[tuple[int, Record]], ready: "_Encoded | None" = None,
+                       overlap: Callable[[], Any] | None = None) -> tuple[_Outcome, Any]:
+        """One try at delivering `part`, and what `overlap()` returned (run while the request was in flight)."""
         if self.fmt == "native":
-            try:
-                body = formats.native_batch(records, self.gateway_id, time.time())
-            except (TypeError, ValueError) as e:  # a record that cannot be encoded: isolate it
-                return _Outcome("poison", 0, f"cannot encode: {e}")
-            key = hashlib.sha256("\n".join(r.idempotency_key for r in records).encode()).hexdigest()[:32]
-            return await self._post(body, formats.NATIVE_CONTENT_TYPE, {"Idempotency-Key": key})
-        return await self._attempt_ngsi(records)
+            if ready is None:
+                try:
+                    ready = self._encode_native(part)
+                except (TypeError, ValueError) as e:  # a record that cannot be encoded: isolate it
+                    return _Outcome("poison", 0, f"cannot encode: {e}"), None
+            return await self._send(ready.body, ready.headers, overlap)
+        return await self._attempt_ngsi([r for _, r in part]), None
 
     async def _attempt_ngsi(self, records: list[Record]) -> _Outcome:
         assert self._mapper is not None
@@ -379,7 +462,7 @@ class Upstream:
         failed: set[int] = set()
         status, texts = 0, []
         for req, body in zip(requests, bodies):
-            out = await self._post(body, formats.NGSI_CONTENT_TYPE, headers)
+            out, _ = await self._send(*self._wrap(body, {"Content-Type": formats.NGSI_CONTENT_TYPE, **headers}))
             if out.kind == "partial":  # 207: which entities failed -> which records
                 ids = _failed_entities(out.text)
                 hit = {i for eid in ids or () for i in req.sources.get(eid, ())}
@@ -395,14 +478,35 @@ class Upstream:
             return _Outcome("partial", status, "\n".join(texts), failed=tuple(sorted(failed)))
         return _Outcome("ok")
 
-    async def _post(self, body: bytes, content_type: str, extra: dict[str, str]) -> _Outcome:
-        assert self._session is not None
-        headers = {"Content-Type": content_type, **extra}
+    def _wrap(self, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        """Compress and authorise a request body."""
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         if self.gzip_level:
             body = gzip.compress(body, self.gzip_level)
             headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    async def _send(self, body: bytes, headers: dict[str, str],
+                    overlap: Callable[[], Any] | None = None) -> tuple[_Outcome, Any]:
+        """POST a wrapped body; `overlap()` runs once the request is on its way."""
+        req = asyncio.ensure_future(self._post(body, headers))
+        extra = None
+        try:
+            if overlap is not None:
+                await asyncio.sleep(0)  # the request is written before the overlapping work starts
+                try:
+                    extra = overlap()
+                except Exception:  # only a head start lost: the loop reads that batch again
+                    if self._limiter.allow("internal_error")[0]:
+                        log.exception("preparing the next batch failed")
+            return await req, extra
+        finally:
+            if not req.done():
+                req.cancel()
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> _Outcome:
+        assert self._session is not None
         url = self.url
         if self.fmt == "ngsi-ld":
             url += ("&" if "?" in url else "?") + "options=update"

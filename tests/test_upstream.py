@@ -12,6 +12,7 @@ import gzip
 import json
 import random
 import socket
+import sqlite3
 import time
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
@@ -24,7 +25,7 @@ from aiohttp import web
 from gateway import upstream as up
 from gateway.model import Record
 from gateway.sink import Sink
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from protocol import expand
 from protocol import messages as m
 
@@ -195,6 +196,87 @@ async def test_flush_sends_what_waits_now(store, platform):
         await fill(store, interleaved(2, 3))
         assert await u.flush(timeout=5)
         assert len(await platform.records()) == 6
+    finally:
+        await u.stop()
+
+
+# -- pipelining --------------------------------------------------------------------------------
+
+def queued_ids(store: Store) -> set[str]:
+    """What the gateway's database holds right now, read as another process would."""
+    c = sqlite3.connect(store.path)
+    try:
+        return {f"{n:08x}-{k}" for n, k in c.execute("SELECT node_id, counter FROM records")}
+    finally:
+        c.close()
+
+
+async def test_pipelined_batches_keep_order_and_leave_only_after_their_2xx(store, platform):
+    spans: list[tuple[float, float]] = []  # (request arrived, answer sent)
+    still_queued: list[bool] = []
+
+    async def slow_and_watchful(request, body):
+        arrived = time.monotonic()
+        # a record is deleted only after its 2xx: everything in this request is still queued
+        still_queued.append({r["id"] for r in body["records"]} <= queued_ids(store))
+        await asyncio.sleep(0.03)  # a round trip long enough for the next batch to be prepared meanwhile
+        resp = await platform.sink.post_records(request)
+        spans.append((arrived, time.monotonic()))
+        return resp
+    platform.faults.append(slow_and_watchful)
+    sent = interleaved(5, 20)  # 100 records, 10 batches of 10
+    await fill(store, sent)
+    u = await run_upstream(store, platform.url, batch_size=10)
+    try:
+        await until(lambda: store.count() == 0)
+        docs = await platform.records()
+        assert [d["id"] for d in docs] == [r.idempotency_key for r in sent]  # queue order, so per-node order
+        assert await platform.duplicates() == 0 and all(still_queued) and len(still_queued) == 10
+        # one request in flight at a time: each arrives after the previous one was answered
+        assert all(nxt[0] >= prev[1] for prev, nxt in zip(spans, spans[1:]))
+    finally:
+        await u.stop()
+
+
+async def test_a_batch_prepared_ahead_waits_for_the_one_in_flight_to_be_accepted(store, platform):
+    fails = [2]
+
+    async def flaky(request, body):
+        if body["records"][0]["counter"] == 1 and fails[0]:  # the first batch, while the second is ready
+            fails[0] -= 1
+            return web.Response(status=503)
+        return None
+    platform.faults.append(flaky)
+    await fill(store, interleaved(1, 30))
+    u = await run_upstream(store, platform.url, batch_size=10)
+    try:
+        await until(lambda: store.count() == 0)
+        firsts = [ids[0] for _, _, ids in platform.seen]
+        assert firsts == ["00000001-1"] * 3 + ["00000001-11", "00000001-21"]
+        assert [d["counter"] for d in await platform.records()] == list(range(1, 31))
+    finally:
+        await u.stop()
+
+
+async def test_records_whose_delete_failed_are_sent_again_and_deleted(store, platform):
+    class FailingDelete:
+        fails = 1
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        async def delete(self, seqs):
+            if self.fails:
+                self.fails -= 1
+                raise StoreError("disk I/O error")
+            return await store.delete(seqs)
+    await fill(store, interleaved(2, 10))
+    u = await run_upstream(FailingDelete(), platform.url, batch_size=5)
+    try:
+        await until(lambda: store.count() == 0)
+        docs = await platform.records()
+        assert len(docs) == 20 and await platform.duplicates() >= 5  # the first batch went twice, stored once
+        assert "delete failed" in u.last_error
     finally:
         await u.stop()
 
