@@ -13,6 +13,8 @@
 #     "pins": {"lamp": 25, "pir": 26, ...},     for the board HAL
 #     "adc_scale": {"supply": [11, 1]},         voltage dividers in front of ADC inputs
 #     (radio "uart": {"id": 1, "baud": 115200, "tx": 17, "rx": 16} for a wired node)
+#     "ble": {"enabled": false, "configure": true, "adv_interval_ms": 500},
+#                                       BLE commissioning (firmware/ble.py); off by default
 #     "lighting": {...}, "irrigation": {...}     the app's own section
 #   }
 #
@@ -54,6 +56,13 @@ DEFAULTS = {
     "encrypt": False,
     "wdt_ms": 8000,
 }
+# BLE commissioning (firmware/ble.py, SPEC §11): off unless asked for, so a
+# board without Bluetooth, or a node whose heap is tight, never loads it.
+# "configure": accept authenticated CONFIG frames from a technician's tool.
+# Advertising interval: the Bluetooth Core's limits, 20 ms .. 10.24 s. (A
+# radio bridge ignores the section.) Kept short: every node loads this file.
+# Defaults: {"enabled": false, "configure": true, "adv_interval_ms": 500}.
+
 RADIO_DEFAULTS = {
     "type": "lora",
     "freq_hz": 868100000,
@@ -90,10 +99,10 @@ def _num(d, key, lo, hi, where=""):
     return v
 
 
-def _bool(d, key):
+def _bool(d, key, where=""):
     v = d[key]
     if v is not True and v is not False:
-        raise ConfigError("%s: expected true or false, got %r" % (key, v))
+        raise ConfigError("%s%s: expected true or false, got %r" % (where, key, v))
     return v
 
 
@@ -161,6 +170,15 @@ def load(data):
     _bool(cfg, "confirm_alarms")
     _bool(cfg, "encrypt")
     cfg["radio"] = _radio(_section(cfg, "radio"))
+    ble = {"enabled": False, "configure": True, "adv_interval_ms": 500}
+    for k in _section(cfg, "ble"):
+        if k not in ble:
+            raise ConfigError("ble.%s: unknown" % k)
+    ble.update(cfg.get("ble") or {})
+    _bool(ble, "enabled", "ble.")
+    _bool(ble, "configure", "ble.")
+    _int(ble, "adv_interval_ms", 20, 10240, "ble.")
+    cfg["ble"] = ble
     loc = _section(cfg, "location")
     if loc:
         for k in ("lat", "lon"):

@@ -85,7 +85,33 @@ def build(cfg, machine=None):
         from firmware.bridge import Bridge
         return hal, Bridge(hal, radio, StdioPort(), cfg["wdt_ms"]).run()
     from firmware.runtime import Node
-    return hal, Node(cfg, hal, radio, app_class(cfg["kind"])).run()
+    node = Node(cfg, hal, radio, app_class(cfg["kind"]))
+    if cfg["ble"]["enabled"]:
+        return hal, with_ble(node, cfg["ble"])
+    return hal, node.run()
+
+
+async def with_ble(node, settings, lib=None, uuid=None):
+    """Run the node with BLE commissioning beside it (firmware/ble.py).
+
+    `lib` is micropython-lib's aioble and `uuid` bluetooth.UUID (imported
+    here when not given). Without them on the board the node runs without
+    BLE and says so on the console: commissioning is a convenience, never a
+    reason for a lamp or a valve to stop working. A BLE failure never stops
+    the node.
+    """
+    if lib is None:
+        try:
+            import aioble  # type: ignore[import-not-found]  # micropython-lib: no stubs
+            import bluetooth
+        except ImportError as e:
+            print("lumeau: BLE commissioning off, %r" % e)
+            return await node.run()
+        lib, uuid = aioble, bluetooth.UUID
+    from firmware.ble import Commissioning
+    c = Commissioning(node, lib, uuid, settings)  # before run(): it hears the boot events
+    asyncio.create_task(c.run())
+    await node.run()
 
 
 def main():

@@ -16,8 +16,10 @@
 
 PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py",
             "serial.py")
-_NODE = ("__init__.py", "aio.py", "config.py", "hal.py", "hal_machine.py", "radio.py", "radio_lora.py",
-         "runtime.py", "store.py", "uplink.py")
+# ble.py is carried by every node but imported only when the config enables
+# BLE commissioning (firmware/main.py): flash, not heap.
+_NODE = ("__init__.py", "aio.py", "ble.py", "config.py", "hal.py", "hal_machine.py", "radio.py",
+         "radio_lora.py", "runtime.py", "store.py", "uplink.py")
 FIRMWARE = {
     "lighting": _NODE + ("astro.py", "lighting.py"),
     "irrigation": _NODE + ("irrigation.py",),
@@ -26,7 +28,7 @@ FIRMWARE = {
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py
 # micropython-lib packages (mip install on the board, or `require` when freezing)
-LIB_PACKAGES = ("lora-async", "lora-sx127x", "lora-sx126x")
+LIB_PACKAGES = ("lora-async", "lora-sx127x", "lora-sx126x", "aioble")  # aioble: BLE commissioning
 
 
 def device_files(kind):

@@ -118,6 +118,7 @@ class Node:
         self.app_faults = 0
         self.cfg_rejected = 0
         self.last_error = None
+        self.on_event = None  # optional hook(severity, EVENT body CBOR): BLE keeps the last alarms
 
     # -- facade for the app (firmware/README.md) -------------------------------
 
@@ -135,8 +136,10 @@ class Node:
         key = None
         if code == m.EV_APP_EXCEPTION:
             key = "app_exception"  # a crash loop updates one queued event, not many
-        self.queue.put(m.EVENT, m.encode(m.EVENT, body), PRIO_ALARM if alarm else PRIO_EVENT,
-                       alarm and self.confirm_alarms, key)
+        data = m.encode(m.EVENT, body)
+        if self.on_event is not None:
+            self.on_event(severity, data)
+        self.queue.put(m.EVENT, data, PRIO_ALARM if alarm else PRIO_EVENT, alarm and self.confirm_alarms, key)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -340,6 +343,10 @@ class Node:
         self.queue.put(mtype, data, PRIO_REPORT, False, "report")
 
     def _status(self):
+        self.queue.put(m.STATUS, m.encode(m.STATUS, self.status_body()), PRIO_STATUS, False, "status")
+
+    def status_body(self):
+        """The STATUS body of now (also read over BLE by a technician's tool)."""
         hal = self.hal
         t = hal.time()
         body = {0: min(hal.ticks_ms() // 1000, 0xFFFFFFFF), 1: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
@@ -361,7 +368,7 @@ class Node:
                 body[8] = _clamp(app.open_alarms(), 0, 255)
             except Exception as e:
                 self._app_fault(e)
-        self.queue.put(m.STATUS, m.encode(m.STATUS, body), PRIO_STATUS, False, "status")
+        return body
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -480,7 +487,7 @@ class Node:
             self.rx_rejected += 1
             return None
         store = self.store
-        if store.window.check(f.counter) != fr.ACCEPT:
+        if store.window_for(f.counter).check(f.counter) != fr.ACCEPT:  # SPEC §4: gateway or tool half
             self.rx_replayed += 1
             self.rx_rejected += 1
             return None
@@ -500,7 +507,7 @@ class Node:
         if t == m.COMMAND:
             self._command(msg)
         elif t == m.CONFIG:
-            self._configure(msg[0])
+            self.apply_settings(msg[0])
         elif t == m.TIME:
             self.hal.set_time(msg[0], msg.get(1, 0))
         elif t == m.ACK:
@@ -581,14 +588,17 @@ class Node:
                 self.last_error = repr(e)
         return True
 
-    def _configure(self, settings):
+    def apply_settings(self, settings):
+        """Apply and persist a CONFIG map; returns the bitmask of the runtime keys refused."""
         app_settings = {}
+        refused = 0
         for key in settings:
             v = settings[key]
             if key in APP_CONFIG_KEYS:
                 app_settings[key] = v
             elif not self._set_runtime(key, v, True):
                 self.cfg_rejected += 1
+                refused |= 1 << key
         if app_settings:
             for key in app_settings:
                 try:
@@ -596,6 +606,7 @@ class Node:
                 except StorageError as e:
                     self.last_error = repr(e)
             self._configure_app(app_settings)
+        return refused
 
     def _configure_app(self, settings):
         app = self.app

@@ -9,11 +9,15 @@
 #          next = reserved, then reserved = next + R is written and read
 #          back BEFORE anything is sent; when next reaches reserved it is
 #          written again. A reboot skips at most R-1 counters, never reuses one.
-#   "dl"   downlink state: the highest accepted downlink counter (u32) and
-#          the results of the last CMD_MEMORY commands (id u32, result u8,
-#          value i32), so a COMMAND repeated after a lost CMD_ACK is answered
-#          with its first result even across a reboot. Written on every
-#          accepted downlink (a few a day). After a reboot the replay window
+#   "dl"   downlink state: the highest accepted downlink counter (u32),
+#          then, once a commissioning tool was heard, the highest accepted
+#          tool counter (u32, >= TOOL_COUNTER_BASE: SPEC §4, the other half
+#          of the counter space, its own window), then the results of the
+#          last CMD_MEMORY commands (id u32, result u8, value i32), so a
+#          COMMAND repeated after a lost CMD_ACK is answered with its first
+#          result even across a reboot. (Length 4 + 9k without the tool
+#          counter, 8 + 9k with it: never ambiguous.) Written on every
+#          accepted downlink (a few a day). After a reboot each replay window
 #          is top = stored, every bit seen: stricter, never looser (SPEC §4).
 #   "tot"  app totals (energy Wh, burning hours, volume L, ...): JSON of
 #          name -> int. Kept in RAM; written at most every TOTALS_FLUSH_MS
@@ -32,7 +36,7 @@ import hashlib
 import json
 import struct
 
-from protocol.frame import MAX_COUNTER, REPLAY_WINDOW, ReplayWindow
+from protocol.frame import MAX_COUNTER, REPLAY_WINDOW, TOOL_COUNTER_BASE, ReplayWindow
 
 R = 256  # counters reserved per write (SPEC §4)
 CMD_MEMORY = 4  # command results remembered for idempotency
@@ -76,7 +80,8 @@ class Store:
         self.reserve = reserve
         self._next = 0
         self._reserved = 0
-        self.window = ReplayWindow()
+        self.window = ReplayWindow()  # the gateway's downlinks
+        self.tool_window = ReplayWindow(TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
         self._cmds = []  # [(id, result, value)], oldest first
         self._totals = {}
         self._dirty = False
@@ -140,10 +145,14 @@ class Store:
         self.opened = True
 
     def _load_down(self, p):
-        top = struct.unpack_from(">I", p, 0)[0]
-        self.window = ReplayWindow(top, _ALL_SEEN)
+        start = 4 + (len(p) - 4) % 9  # 8 when the tool counter is there
+        if start != 4 and start != 8:
+            raise ValueError()
+        self.window = ReplayWindow(struct.unpack_from(">I", p, 0)[0], _ALL_SEEN)
+        if start == 8:
+            self.tool_window = ReplayWindow(struct.unpack_from(">I", p, 4)[0], _ALL_SEEN)
         cmds = []
-        for off in range(4, len(p) - 8, 9):
+        for off in range(start, len(p) - 8, 9):
             cmds.append(struct.unpack_from(">IBi", p, off))
         self._cmds = cmds
 
@@ -188,13 +197,19 @@ class Store:
 
     def _save_down(self):
         p = bytearray(struct.pack(">I", self.window.top if self.window.top >= 0 else 0))
+        if self.tool_window.top >= TOOL_COUNTER_BASE:
+            p.extend(struct.pack(">I", self.tool_window.top))
         for c in self._cmds:
             p.extend(struct.pack(">IBi", c[0], c[1], c[2]))
         self._write(KEY_DOWN, bytes(p))
 
+    def window_for(self, counter):
+        """The replay window a downlink counter belongs to (SPEC §4: gateway or tool half)."""
+        return self.tool_window if counter >= TOOL_COUNTER_BASE else self.window
+
     def accept_downlink(self, counter):
-        """Commit `counter` to the replay window and persist it (before acting on the frame)."""
-        self.window.commit(counter)
+        """Commit `counter` to its replay window and persist it (before acting on the frame)."""
+        self.window_for(counter).commit(counter)
         self._save_down()
 
     def command_result(self, cid):

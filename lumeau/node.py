@@ -3,9 +3,10 @@
     lumeau node build     --target esp32|rp2 --kind KIND [--out DIR]
     lumeau node provision --kind KIND (--registry FILE | --gateway URL) [--node-id ID] [--out FILE]
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
+    lumeau node scan | check ADDR | configure ADDR key=value ...   (BLE, lumeau/ble_tools.py)
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments.
-Modules: lumeau/bundle.py (build), lumeau/provision.py, lumeau/flash.py.
+Modules: lumeau/bundle.py (build), lumeau/provision.py, lumeau/flash.py, lumeau/ble_tools.py.
 """
 
 from __future__ import annotations
@@ -158,3 +159,7 @@ def add_subcommand(subparsers) -> None:
     f.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset")
     f.add_argument("--hello-timeout", type=float, default=60.0, help="seconds to wait for the HELLO at the gateway")
     f.set_defaults(func=cmd_flash)
+
+    from lumeau import ble_tools
+
+    ble_tools.add_actions(actions)

@@ -22,6 +22,11 @@ MIN_BODY = 1  # the smallest CBOR map, a0
 MIN_LEN = HEADER_LEN + MIN_BODY + MIC_LEN
 MAX_LEN = 255  # a LoRa PHY payload; the regional budget is the caller's concern
 MAX_COUNTER = 0xFFFFFFFF
+# Downlink counters split in two halves (SPEC §4): the gateway seals with
+# 0 .. TOOL_COUNTER_BASE - 1, commissioning tools over BLE (SPEC §11) with
+# TOOL_COUNTER_BASE .. MAX_COUNTER, and a node keeps one replay window per
+# half, so neither can make the other's frames look stale or reuse a counter.
+TOOL_COUNTER_BASE = 0x80000000
 
 FLAG_ENCRYPTED = 0x10
 DOWNLINK_BIT = 0x08

@@ -27,9 +27,9 @@ from test_hal_machine import FakeTime, fake_machine
 # What main.build() imports for each kind, beyond main.py's own top-level imports.
 ENTRIES = {
     "lighting": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.runtime",
-                 "firmware.lighting"],
+                 "firmware.lighting", "firmware.ble"],
     "irrigation": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.runtime",
-                   "firmware.irrigation"],
+                   "firmware.irrigation", "firmware.ble"],
     "bridge": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
 }
 

@@ -1,0 +1,332 @@
+# BLE commissioning on the node (SPEC §11, "Commissioning"): a technician on
+# the pavement sees the node's id, kind and state in its advertisement, reads
+# its live status and last alarms, and changes its settings with a CONFIG
+# frame sealed with the node's own downlink key.
+#
+#   c = Commissioning(node, aioble, bluetooth.UUID, cfg["ble"])   # before node.run()
+#   asyncio.create_task(c.run())                                   # firmware/main.py
+#
+# The seam: micropython-lib's `aioble` and a UUID constructor are passed in,
+# never imported here (tests pass a fake shaped like aioble, a board the real
+# ones). Imported only when the config's "ble" section enables it, so a node
+# without BLE carries it on flash but not in its heap.
+#
+# What it does:
+# - advertises the commissioning service, connectable, every
+#   adv_interval_ms, name "Lumeau"; the scan response holds the service data
+#   (node id, kind, state, open alarms, output, firmware, flags), rebuilt
+#   every ADV_REFRESH_MS so a scan shows the state of now;
+# - serves one connection at a time (the stack stops advertising while
+#   connected) and drops it after IDLE_MS without a write, after
+#   CONNECTION_MAX_MS in any case, and after REFUSALS_MAX refused frames, so
+#   a parked phone cannot hold the node and a guesser pays a reconnection
+#   for every few tries;
+# - status characteristic (read): a CBOR map, refreshed every
+#   STATUS_REFRESH_MS while connected; alarms characteristic (read): the last
+#   ALARMS_KEPT EVENTs of severity >= warning since boot, oldest first;
+# - control characteristic (write, notify): downlink frames in the serial
+#   framing of §8, written in pieces of at most CONTROL_WRITE_MAX bytes; each
+#   frame is answered by one framed notification stream: a CMD_ACK uplink
+#   sealed with the node's keys when a CONFIG was applied (command id = the
+#   CONFIG's counter, value = bitmask of refused keys), or a refusal
+#   `A0 reason top` when nothing was applied.
+# Counters: tool frames use the upper half of the downlink counter space
+# (frame.TOOL_COUNTER_BASE) with its own replay window in the store, so they
+# never collide with or outrun the gateway's downlinks (SPEC §4). The tool
+# learns the window's top from the status (key 6).
+#
+# Time: the advertising refresh is aioble's own timeout (the board's clock;
+# BLE has no simulated counterpart); everything else waits through the HAL.
+
+import asyncio
+import struct
+
+from protocol import cbor
+from protocol import frame as fr
+from protocol import messages as m
+from protocol import serial as framing
+
+from firmware.runtime import FIRMWARE
+from firmware.store import StorageError
+
+SERVICE = "1d310003-5046-4915-b8a2-0ff7f1a1f6f9"
+STATUS = "1d310004-5046-4915-b8a2-0ff7f1a1f6f9"
+ALARMS = "1d310005-5046-4915-b8a2-0ff7f1a1f6f9"
+CONTROL = "1d310006-5046-4915-b8a2-0ff7f1a1f6f9"
+NAME = b"Lumeau"
+
+ADV_REFRESH_MS = 10000
+STATUS_REFRESH_MS = 1000
+IDLE_MS = 60000
+CONNECTION_MAX_MS = 600000
+REFUSALS_MAX = 8
+ALARMS_KEPT = 8  # <= 23: the alarms value's CBOR array head is one byte
+CONTROL_WRITE_MAX = 64  # the stack keeps at most this much of one write
+ERROR_BACKOFF_MS = 5000  # the stack refused to advertise: try again later ...
+ERROR_BACKOFF_MAX_MS = 300000  # ... doubling up to 5 min
+LAST_ERROR_MAX = 48
+
+# state in the advertisement and the status
+ST_OK = 0
+ST_ALARM = 1
+ST_FAILSAFE = 2
+
+# flags byte of the service data
+FL_TIME = 0x01  # the node's wall clock is set
+FL_CONFIGURE = 0x02  # it accepts CONFIG over BLE
+
+# refusals: A0 reason top(u32)
+REFUSED = 0xA0
+R_MALFORMED = 1  # not a frame, not a downlink, or a body that is not a CONFIG
+R_WRONG_NODE = 2
+R_UNSUPPORTED = 3  # a message type other than CONFIG
+R_AUTH = 4  # the MIC does not verify with this node's key
+R_REPLAY = 5  # the counter was used already: take top + 1
+R_COUNTER = 6  # a gateway counter (below TOOL_COUNTER_BASE)
+R_DISABLED = 7  # the config says no configuration over BLE
+R_STORAGE = 8  # applied, but no uplink counter to sign the answer with
+
+
+def _le(uuid):
+    # 128-bit UUIDs travel little-endian in advertising data
+    return bytes(reversed(bytes.fromhex(uuid.replace("-", ""))))
+
+
+def _version(text):
+    out = bytearray(3)
+    i = 0
+    for part in text.split("."):
+        if i < 3:
+            try:
+                out[i] = int(part) & 0xFF
+            except ValueError:
+                pass
+        i += 1
+    return bytes(out)
+
+
+class Commissioning:
+    """BLE commissioning for one node; `await run()` (never returns)."""
+
+    def __init__(self, node, aioble, uuid, settings):
+        self.node = node
+        self.aioble = aioble
+        self.interval_us = settings["adv_interval_ms"] * 1000
+        self.configure = settings["configure"]
+        svc = self._svc_le = _le(SERVICE)
+        # flags (LE general discoverable, no BR/EDR), the service, the name: 29 of 31 bytes
+        self.adv = b"\x02\x01\x06\x11\x07" + svc + bytes((len(NAME) + 1, 0x09)) + NAME
+        self._fw = _version(FIRMWARE)
+        service = aioble.Service(uuid(SERVICE))
+        self.status = aioble.Characteristic(service, uuid(STATUS), read=True)
+        self.alarms = aioble.Characteristic(service, uuid(ALARMS), read=True, initial=b"\x80")
+        self.control = aioble.BufferedCharacteristic(service, uuid(CONTROL), write=True, notify=True,
+                                                     capture=True, max_len=CONTROL_WRITE_MAX)
+        self._service = service
+        self._registered = False
+        self._ring = []  # EVENT bodies (CBOR), oldest first
+        self._decoder = None  # per connection: 416 bytes of heap only while a central is connected
+        self._last_write = 0
+        self._refusals = 0
+        # counters, for the status and the tests
+        self.connections = 0
+        self.applied = 0
+        self.refused = 0
+        node.on_event = self._on_event
+
+    # -- what the node shows ----------------------------------------------------------
+
+    def _on_event(self, severity, data):
+        if severity < m.SEV_WARNING:
+            return
+        ring = self._ring
+        ring.append(data)
+        if len(ring) > ALARMS_KEPT:
+            ring.pop(0)
+        try:
+            self.alarms.write(self.alarms_value())
+        except Exception as e:  # an alarm must reach the queue whatever BLE does
+            self.node.last_error = repr(e)
+
+    def alarms_value(self):
+        """CBOR array of the kept EVENT bodies (maps), oldest first."""
+        return bytes((0x80 + len(self._ring),)) + b"".join(self._ring)
+
+    def look(self):
+        """(state, output, open alarms, report type, report body) of now; type None when unknown."""
+        app = self.node.app
+        if app is None:
+            return ST_FAILSAFE, 0xFF, 0, None, None  # the runtime holds the outputs safe
+        try:
+            presence = getattr(app, "presence", None)
+            mtype, body = app.report()
+            if presence is not None:
+                app.presence = presence  # report() starts a new presence count: a look must not
+            alarms = app.open_alarms()
+        except Exception as e:  # the runtime's next report faults the app; a look only says so
+            self.node.last_error = repr(e)
+            return ST_FAILSAFE, 0xFF, 0, None, None
+        if mtype == m.LIGHT:
+            out = body.get(0, 0xFF)
+            failsafe = body.get(3, 0) & m.LS_FAILSAFE
+        else:
+            out = body.get(1, 0xFF)
+            failsafe = body.get(6, 0) & m.IF_FAILSAFE
+        st = ST_FAILSAFE if failsafe else ST_ALARM if alarms else ST_OK
+        return st, out, alarms, mtype, body
+
+    def service_data(self):
+        """The 12 bytes after the service UUID in the scan response (SPEC §11)."""
+        node = self.node
+        st, out, alarms, _, _ = self.look()
+        flags = FL_CONFIGURE if self.configure else 0
+        if node.hal.time() is not None:
+            flags |= FL_TIME
+        fw = self._fw
+        return struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out,
+                           fw[0], fw[1], fw[2], flags)
+
+    def scan_response(self):
+        sd = self.service_data()
+        return bytes((len(sd) + 17, 0x21)) + self._svc_le + sd
+
+    def status_value(self):
+        """CBOR map read by `lumeau node check` (keys in SPEC §11)."""
+        node = self.node
+        store = node.store
+        st, _, _, mtype, body = self.look()
+        v = {0: node.node_id, 1: node.kind, 2: FIRMWARE, 3: st, 5: node.status_body(),
+             6: store.tool_window.top, 7: store.window.top,
+             8: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
+             10: node.cfg["hash"]}
+        if mtype is not None:
+            v[4] = [mtype, body]
+        if node.last_error:
+            v[9] = node.last_error[:LAST_ERROR_MAX]
+        return cbor.dumps(v)
+
+    # -- configuration over BLE ------------------------------------------------------------
+
+    def _refuse(self, reason):
+        self._refusals += 1
+        self.refused += 1
+        return struct.pack(">BBI", REFUSED, reason, self.node.store.tool_window.top)
+
+    def handle(self, raw):
+        """Answer one frame written to the control characteristic (bytes to frame and notify)."""
+        try:
+            return self._handle(raw)
+        except Exception as e:  # whatever is written, the node keeps running
+            self.node.last_error = repr(e)
+            return self._refuse(R_MALFORMED)
+
+    def _handle(self, raw):
+        node = self.node
+        store = node.store
+        try:
+            f = fr.parse(raw)
+        except fr.FrameError:
+            return self._refuse(R_MALFORMED)
+        if not f.downlink:
+            return self._refuse(R_MALFORMED)
+        if f.node_id != node.node_id:
+            return self._refuse(R_WRONG_NODE)
+        if f.mtype != m.CONFIG:
+            return self._refuse(R_UNSUPPORTED)
+        if f.counter < fr.TOOL_COUNTER_BASE:
+            return self._refuse(R_COUNTER)
+        if not self.configure:
+            return self._refuse(R_DISABLED)
+        try:
+            body = fr.verify(node.keys, f)
+        except (fr.FrameError, NotImplementedError):
+            return self._refuse(R_AUTH)
+        if store.tool_window.check(f.counter) != fr.ACCEPT:
+            return self._refuse(R_REPLAY)
+        try:
+            store.accept_downlink(f.counter)  # persisted before acting, as any downlink
+        except StorageError as e:
+            node.last_error = repr(e)
+        try:
+            settings = m.decode(m.CONFIG, body)[0]
+        except m.MessageError:
+            return self._refuse(R_MALFORMED)
+        refused = node.apply_settings(settings)
+        self.applied += 1
+        ack = {0: f.counter, 1: m.RES_BAD_ARGS if refused else m.RES_OK}
+        if refused:
+            ack[2] = refused
+        try:
+            counter = store.next_uplink()
+        except StorageError as e:
+            node.last_error = repr(e)
+            return self._refuse(R_STORAGE)
+        return fr.seal(node.keys, m.CMD_ACK, counter, m.encode(m.CMD_ACK, ack), node.encrypt)
+
+    # -- the BLE side ------------------------------------------------------------------------
+
+    async def run(self):
+        aioble = self.aioble
+        hal = self.node.hal
+        backoff = ERROR_BACKOFF_MS
+        while True:
+            try:
+                if not self._registered:
+                    aioble.register_services(self._service)
+                    self._registered = True
+                    self.alarms.write(self.alarms_value())
+                conn = await aioble.advertise(self.interval_us, adv_data=self.adv,
+                                              resp_data=self.scan_response(), timeout_ms=ADV_REFRESH_MS)
+            except asyncio.TimeoutError:
+                continue  # nobody connected: advertise the state of now
+            except Exception as e:  # OSError from the stack, a controller that went away
+                self.node.last_error = repr(e)
+                await hal.sleep_ms(backoff)
+                backoff = min(backoff * 2, ERROR_BACKOFF_MAX_MS)
+                continue
+            backoff = ERROR_BACKOFF_MS
+            if conn is None:
+                return  # aioble swallows a cancellation of advertise() and returns None: we were stopped
+            await self._serve(conn)
+
+    async def _serve(self, conn):
+        hal = self.node.hal
+        self.connections += 1
+        self._decoder = framing.Decoder(fr.MAX_LEN)
+        self._refusals = 0
+        start = self._last_write = hal.ticks_ms()
+        task = asyncio.create_task(self._control(conn))
+        try:
+            while conn.is_connected():
+                self.status.write(self.status_value())
+                await hal.sleep_ms(STATUS_REFRESH_MS)
+                now = hal.ticks_ms()
+                if (now - self._last_write >= IDLE_MS or now - start >= CONNECTION_MAX_MS
+                        or self._refusals >= REFUSALS_MAX):
+                    await conn.disconnect()
+                    break
+        except Exception as e:  # the link failed under us: advertise again
+            self.node.last_error = repr(e)
+        finally:
+            task.cancel()
+            self._decoder = None
+
+    async def _control(self, conn):
+        hal = self.node.hal
+        ch = self.control
+        while True:
+            who, data = await ch.written()
+            if who is not conn:
+                continue  # left over from an earlier connection
+            self._last_write = hal.ticks_ms()
+            dec = self._decoder
+            if dec is None:
+                return
+            for raw in dec.feed(data):
+                out = framing.encode(self.handle(raw))
+                n = (conn.mtu or 23) - 3  # a notification holds ATT_MTU - 3 bytes
+                try:
+                    for i in range(0, len(out), n):
+                        ch.notify(conn, out[i:i + n])
+                except Exception as e:  # gone meanwhile: the CONFIG stands, the answer is lost
+                    self.node.last_error = repr(e)

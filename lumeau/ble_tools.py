@@ -1,0 +1,712 @@
+"""`lumeau node scan | check | configure`: BLE commissioning from the technician's laptop.
+
+    lumeau node scan      [--timeout S] [--json]
+    lumeau node check     ADDR [--timeout S] [--json]
+    lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
+
+ADDR is the node's Bluetooth address (``C0:FF:EE:00:00:01``; a UUID on macOS) or
+its node id in hex (``00a1b2c3``, found by scanning for its advertisement).
+
+The node's side is firmware/ble.py; the GATT profile and the byte layouts
+are SPEC §11 ("Commissioning"), the counter rules SPEC §4:
+
+- scan: every node advertising the commissioning service in reach, with the
+  id, kind, state, open alarms, output and firmware from its scan response
+  and the signal (RSSI) of its advertisement, strongest first;
+- check: connects, reads the live status and the last alarms, and names every
+  field (protocol/expand.py);
+- configure: the CONFIG keys of SPEC §5 by name (report_interval=600, ...),
+  checked against the node's own limits and kind before anything is sent; a
+  CONFIG frame sealed with the node's downlink key (from its provisioned
+  config file or the gateway's registry file) and a counter from the tool
+  half of the counter space (the top the node reports, + 1), sent in clear
+  (two tools racing offline may pick the same counter: the node takes one,
+  refuses the other, and no keystream is ever reused); the node's answer is
+  an uplink CMD_ACK sealed with its key, verified here, so "applied" is the
+  node's word, not the radio's. A refusal names its reason; a counter taken
+  by another tool meanwhile is retried once with the node's new top.
+
+Errors (BleToolError.reason): not_found (not in reach), connect, timeout,
+disconnected, protocol (the node's answer does not decode), auth (the key is
+not the node's), refused (any other refusal), exhausted (re-key), bad_setting,
+no_key. Exit codes: 0 done, 1 failed, 2 bad arguments (an unknown setting or a
+value out of range included). Keys are never printed.
+
+Limits: DEFAULT_SCAN_S = 5 s of scanning for `scan`, DEFAULT_TIMEOUT_S = 10 s
+for finding and connecting and again for an answer; answers up to
+fr.MAX_LEN bytes.
+
+Tests drive the async cores (`scan_command`, `check_command`,
+`configure_command`) with bleak's backend seam (`Backends`), the real node
+code on the other side (tests/test_ble_commissioning.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+
+from firmware import ble as node_ble
+from firmware import config as fwconfig
+from firmware import runtime
+from protocol import cbor, expand
+from protocol import frame as fr
+from protocol import messages as m
+from protocol import serial as framing
+from protocol.keys import NodeKeys
+
+DEFAULT_SCAN_S = 5.0
+DEFAULT_TIMEOUT_S = 10.0
+SERVICE_UUID = node_ble.SERVICE
+STATUS_UUID = node_ble.STATUS
+ALARMS_UUID = node_ble.ALARMS
+CONTROL_UUID = node_ble.CONTROL
+SERVICE_DATA_LEN = 12
+
+KINDS = {m.KIND_LIGHTING: "lighting", m.KIND_IRRIGATION: "irrigation", m.KIND_BRIDGE: "bridge"}
+STATES = {node_ble.ST_OK: "ok", node_ble.ST_ALARM: "alarm", node_ble.ST_FAILSAFE: "fail-safe"}
+REFUSALS = {
+    node_ble.R_MALFORMED: ("protocol", "the node could not read the frame"),
+    node_ble.R_WRONG_NODE: ("refused", "the frame is for another node"),
+    node_ble.R_UNSUPPORTED: ("refused", "the node takes only CONFIG over BLE"),
+    node_ble.R_AUTH: ("auth", "authentication refused: the key is not this node's (re-provisioned since?)"),
+    node_ble.R_REPLAY: ("refused", "the counter was used already"),
+    node_ble.R_COUNTER: ("refused", "a gateway counter, not a commissioning one"),
+    node_ble.R_DISABLED: ("refused", "this node's config does not allow configuration over BLE"),
+    node_ble.R_STORAGE: ("refused", "applied, but the node's flash refused an uplink counter to confirm it"),
+}
+
+
+def _lighting_power() -> tuple[int, int]:
+    from firmware import lighting
+    return lighting.SETTINGS["power_w"][1:]
+
+
+def _irrigation_max_run() -> tuple[int, int]:
+    from firmware import irrigation
+    return irrigation.SETTINGS["max_run_min"][1:]
+
+
+# CONFIG keys by name (as the gateway API names them: the CFG_* constants), each with
+# its limits as the node applies them, the node kind it is for (None: every kind) and
+# the unit shown. The limits come from the firmware itself, so they cannot drift.
+SETTINGS: dict[str, tuple[int, Callable[[], tuple[int, int]], int | None, str]] = {
+    "report_interval": (m.CFG_REPORT_INTERVAL, lambda: (runtime.REPORT_MIN_S, runtime.REPORT_MAX_S), None, "s"),
+    "status_interval": (m.CFG_STATUS_INTERVAL, lambda: (runtime.STATUS_MIN_S, runtime.STATUS_MAX_S), None, "s"),
+    "tx_power": (m.CFG_TX_POWER, lambda: (fwconfig.TX_POWER_MIN, fwconfig.TX_POWER_MAX), None, "dBm"),
+    "sf": (m.CFG_SF, lambda: (7, 12), None, ""),
+    "lamp_power": (m.CFG_LAMP_POWER, _lighting_power, m.KIND_LIGHTING, "W"),
+    "max_run": (m.CFG_MAX_RUN, _irrigation_max_run, m.KIND_IRRIGATION, "min"),
+    "confirm_alarms": (m.CFG_CONFIRM_ALARMS, lambda: (0, 1), None, ""),
+}
+assert {k for k, *_ in SETTINGS.values()} == {getattr(m, n) for n in dir(m) if n.startswith("CFG_")}
+NAMES = {key: name for name, (key, *_rest) in SETTINGS.items()}
+BOOLEANS = {"true": 1, "yes": 1, "on": 1, "false": 0, "no": 0, "off": 0}
+
+
+class BleToolError(Exception):
+    """A commissioning step that failed; `reason` is one of the module docstring's."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Backends:
+    """bleak's backend seam: BaseBleakScanner / BaseBleakClient subclasses (None: the OS's)."""
+
+    scanner: type | None = None
+    client: type | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One node heard advertising."""
+
+    address: str
+    node_id: int
+    kind: int
+    state: int
+    open_alarms: int
+    output: int | None
+    firmware: str
+    time_set: bool
+    configurable: bool
+    rssi: int
+
+    def json(self) -> dict[str, Any]:
+        return {"address": self.address, "node": f"{self.node_id:08x}", "kind": KINDS.get(self.kind, self.kind),
+                "state": STATES.get(self.state, self.state), "open_alarms": self.open_alarms,
+                "output": self.output, "output_text": output_text(self.kind, self.output),
+                "firmware": self.firmware, "clock_set": self.time_set, "configurable": self.configurable,
+                "rssi": self.rssi}
+
+
+def parse_service_data(address: str, data: bytes, rssi: int) -> Seen:
+    """The scan response's service data (SPEC §11); ValueError when it is not one."""
+    if len(data) < SERVICE_DATA_LEN:
+        raise ValueError(f"service data of {len(data)} bytes, need {SERVICE_DATA_LEN}")
+    node_id = int.from_bytes(data[0:4], "big")
+    kind, state, alarms, out, v0, v1, v2, flags = data[4:12]
+    if kind not in KINDS or state not in STATES:
+        raise ValueError(f"kind {kind} / state {state} unknown")
+    return Seen(address=address, node_id=node_id, kind=kind, state=state, open_alarms=alarms,
+                output=None if out == 0xFF else out, firmware=f"{v0}.{v1}.{v2}",
+                time_set=bool(flags & node_ble.FL_TIME), configurable=bool(flags & node_ble.FL_CONFIGURE),
+                rssi=int(rssi))
+
+
+def seen_from(device: BLEDevice, adv: AdvertisementData) -> Seen | None:
+    """A Lumeau node from an advertisement, or None for anything else (or anything malformed)."""
+    if SERVICE_UUID not in (u.lower() for u in adv.service_uuids):
+        return None
+    data = adv.service_data.get(SERVICE_UUID)
+    if data is None:
+        return None  # heard before its scan response: the next advertisement will have it
+    try:
+        return parse_service_data(device.address, bytes(data), adv.rssi)
+    except ValueError:
+        return None
+
+
+def output_text(kind: int, out: int | None) -> str:
+    if out is None:
+        return "unknown"
+    if kind == m.KIND_LIGHTING:
+        return f"level {out} %"
+    zones = expand.FLAGS[(m.IRRIGATION, 1)]
+    names = [n for i, n in enumerate(zones) if n is not None and (out >> i) & 1]
+    return "open " + "+".join(names) if names else "all closed"
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def parse_settings(pairs: list[str], kind: int | None = None) -> dict[int, int]:
+    """["report_interval=600", ...] -> {CFG key: value}, checked; BleToolError("bad_setting") naming the problem.
+
+    With `kind`, a key meant for another kind of node is refused too.
+    """
+    if not pairs:
+        raise BleToolError("bad_setting", "nothing to configure: give key=value pairs, e.g. report_interval=600")
+    out: dict[int, int] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().lower()
+        if not sep or not name:
+            raise BleToolError("bad_setting", f"{pair!r}: expected key=value")
+        spec = SETTINGS.get(name)
+        if spec is None:
+            raise BleToolError("bad_setting", f"unknown setting {name!r} (known: {', '.join(SETTINGS)})")
+        key, limits, for_kind, unit = spec
+        if key in out:
+            raise BleToolError("bad_setting", f"{name} given twice")
+        text = text.strip().lower()
+        try:
+            v = BOOLEANS[text] if text in BOOLEANS else int(text, 10)
+        except ValueError:
+            raise BleToolError("bad_setting", f"{name}={text}: not an integer") from None
+        lo, hi = limits()
+        if not lo <= v <= hi:
+            raise BleToolError("bad_setting", f"{name}={v}: out of range {lo}..{hi}{' ' + unit if unit else ''}")
+        if kind is not None and for_kind is not None and for_kind != kind:
+            raise BleToolError("bad_setting", f"{name} is a {KINDS[for_kind]} setting; this node is a "
+                                              f"{KINDS.get(kind, kind)} node")
+        out[key] = v
+    return out
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def load_keys(node_id: int, config: Path | None = None, registry: Path | None = None) -> NodeKeys:
+    """The node's keys from its provisioned config file or the gateway's registry file."""
+    if config is not None:
+        try:
+            cfg = fwconfig.load(config.read_bytes())
+        except OSError as e:
+            raise BleToolError("no_key", f"{config}: cannot read: {e.strerror}") from None
+        except fwconfig.ConfigError as e:
+            raise BleToolError("no_key", f"{config}: {e}") from None
+        if cfg["node_id"] != node_id or cfg["keys"] is None:
+            raise BleToolError("no_key", f"{config} is the config of node {cfg['node_id']:08x}, not of node "
+                                         f"{node_id:08x}")
+        return cfg["keys"]
+    if registry is not None:
+        from gateway.registry import Registry, RegistryError
+
+        try:
+            entry = Registry.load(registry, missing_ok=False).get(node_id)
+        except RegistryError as e:
+            raise BleToolError("no_key", str(e)) from None
+        if entry is None:
+            raise BleToolError("no_key", f"{registry} does not hold node {node_id:08x}")
+        return entry.keys
+    raise BleToolError("no_key", "configure needs the node's key: --config FILE or --registry FILE")
+
+
+# -- reading the node -----------------------------------------------------------------------------
+
+
+def decode_status(data: bytes) -> dict[str, Any]:
+    """The status characteristic (SPEC §11) checked and named; BleToolError("protocol") otherwise."""
+    try:
+        v = cbor.loads(bytes(data))
+        if not isinstance(v, dict):
+            raise ValueError("not a map")
+        node_id, kind, firmware, state = v[0], v[1], v[2], v[3]
+        for x in (node_id, kind, state):
+            if type(x) is not int:
+                raise ValueError("id, kind and state must be integers")
+        if not isinstance(firmware, str):
+            raise ValueError("firmware must be text")
+        status = m.validate(m.STATUS, v.get(5, {}))
+        out: dict[str, Any] = {
+            "node": f"{node_id:08x}", "node_id": node_id, "kind": KINDS.get(kind, kind),
+            "firmware": firmware, "state": STATES.get(state, state),
+            "status": expand.expand(m.STATUS, status),
+            "tool_counter": _int(v.get(6, fr.TOOL_COUNTER_BASE - 1)),
+            "gateway_counter": _int(v.get(7, -1)),
+        }
+        report = v.get(4)
+        if report is not None:
+            if not isinstance(report, list) or len(report) != 2 or report[0] not in (m.LIGHT, m.IRRIGATION):
+                raise ValueError("report must be [LIGHT or IRRIGATION, body]")
+            out["report_type"] = expand.TYPE_NAMES[report[0]]
+            out["report"] = expand.expand(report[0], m.validate(report[0], report[1]))
+        counts = v.get(8)
+        if counts is not None:
+            if not isinstance(counts, list) or any(type(x) is not int for x in counts):
+                raise ValueError("counters must be integers")
+            names = ("uplinks_sent", "downlinks_accepted", "downlinks_rejected", "app_faults", "ble_applied",
+                     "ble_refused")
+            out["counters"] = dict(zip(names, counts))
+        err = v.get(9)
+        if err is not None:
+            out["last_error"] = str(err)
+        h = v.get(10)
+        if isinstance(h, bytes):
+            out["config_hash"] = h.hex()
+        return out
+    except (ValueError, KeyError, TypeError) as e:
+        raise BleToolError("protocol", f"the node's status does not decode: {e}") from None
+
+
+def _int(x: Any) -> int:
+    if type(x) is not int:
+        raise ValueError("counter tops must be integers")
+    return x
+
+
+def decode_alarms(data: bytes) -> list[dict[str, Any]]:
+    """The alarms characteristic: EVENT bodies, oldest first, named."""
+    try:
+        v = cbor.loads(bytes(data))
+        if not isinstance(v, list):
+            raise ValueError("not an array")
+        return [expand.expand(m.EVENT, m.validate(m.EVENT, e)) for e in v]
+    except (ValueError, TypeError) as e:
+        raise BleToolError("protocol", f"the node's alarms do not decode: {e}") from None
+
+
+# -- bleak ----------------------------------------------------------------------------------------
+
+
+def _scanner_kw(backends: Backends | None) -> dict[str, Any]:
+    kw: dict[str, Any] = {"service_uuids": [SERVICE_UUID]}
+    if backends is not None and backends.scanner is not None:
+        kw["backend"] = backends.scanner
+    return kw
+
+
+async def scan(timeout: float = DEFAULT_SCAN_S, backends: Backends | None = None) -> list[Seen]:
+    """Every Lumeau node heard within `timeout` seconds, strongest signal first."""
+    found: dict[str, Seen] = {}
+
+    def heard(device: BLEDevice, adv: AdvertisementData) -> None:
+        s = seen_from(device, adv)
+        if s is not None:
+            found[device.address] = s  # the latest advertisement: the state of now
+
+    try:
+        async with BleakScanner(heard, **_scanner_kw(backends)):
+            await asyncio.sleep(timeout)
+    except (BleakError, OSError) as e:
+        raise BleToolError("connect", f"cannot scan: {e}") from None
+    return sorted(found.values(), key=lambda s: (-s.rssi, s.node_id))
+
+
+def parse_target(target: str) -> tuple[str | None, int | None]:
+    """(address, None) for a Bluetooth address, (None, node id) for 1-8 hex digits."""
+    t = target.strip()
+    if ":" in t or "-" in t:
+        return t, None
+    from gateway.registry import parse_node_id
+
+    try:
+        return None, parse_node_id(t)
+    except ValueError:
+        raise BleToolError("bad_setting", f"{target!r} is neither a Bluetooth address nor a node id") from None
+
+
+async def find(target: str, timeout: float, backends: Backends | None = None) -> tuple[BLEDevice, Seen]:
+    """Scan until the node named by address or node id advertises; BleToolError("not_found") after `timeout`."""
+    address, node_id = parse_target(target)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[BLEDevice, Seen]] = loop.create_future()
+
+    def heard(device: BLEDevice, adv: AdvertisementData) -> None:
+        s = seen_from(device, adv)
+        if s is None or done.done():
+            return
+        if (address is not None and device.address.lower() == address.lower()) or s.node_id == node_id:
+            done.set_result((device, s))
+
+    try:
+        async with BleakScanner(heard, **_scanner_kw(backends)):
+            return await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        what = f"address {address}" if address is not None else f"node id {node_id:08x}"
+        raise BleToolError("not_found", f"no Lumeau node with {what} in reach (scanned {timeout:g} s)") from None
+    except (BleakError, OSError) as e:
+        raise BleToolError("connect", f"cannot scan: {e}") from None
+
+
+class Link:
+    """A connection to one node: `async with Link(device, seen, timeout, backends) as link`."""
+
+    def __init__(self, device: BLEDevice, seen: Seen, timeout: float, backends: Backends | None) -> None:
+        self.device = device
+        self.seen = seen
+        self.timeout = timeout
+        kw: dict[str, Any] = {"timeout": timeout}
+        if backends is not None and backends.client is not None:
+            kw["backend"] = backends.client
+        self.gone = asyncio.Event()
+        self.client = BleakClient(device, disconnected_callback=lambda _c: self.gone.set(), **kw)
+
+    async def __aenter__(self) -> "Link":
+        try:
+            await asyncio.wait_for(self.client.connect(), self.timeout)
+        except asyncio.TimeoutError:
+            raise BleToolError("timeout", f"{self.device.address}: no connection within {self.timeout:g} s") from None
+        except (BleakError, OSError) as e:
+            raise BleToolError("connect", f"{self.device.address}: cannot connect: {e}") from None
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            if self.client.is_connected:
+                await asyncio.wait_for(self.client.disconnect(), self.timeout)
+        except (BleakError, OSError, asyncio.TimeoutError):
+            pass
+
+    def _char(self, uuid: str) -> Any:
+        c = self.client.services.get_characteristic(uuid)
+        if c is None:
+            raise BleToolError("protocol", f"{self.device.address} has no Lumeau characteristic {uuid}")
+        return c
+
+    async def read(self, uuid: str) -> bytes:
+        try:
+            return bytes(await asyncio.wait_for(self.client.read_gatt_char(self._char(uuid)), self.timeout))
+        except asyncio.TimeoutError:
+            raise BleToolError("timeout", f"{self.device.address}: no answer to a read within {self.timeout:g} s") \
+                from None
+        except (BleakError, OSError, EOFError) as e:
+            raise BleToolError("disconnected", f"{self.device.address}: {e}") from None
+
+    async def status(self) -> dict[str, Any]:
+        return decode_status(await self.read(STATUS_UUID))
+
+    async def alarms(self) -> list[dict[str, Any]]:
+        return decode_alarms(await self.read(ALARMS_UUID))
+
+    async def exchange(self, frame: bytes) -> bytes:
+        """Write one frame to the control characteristic; return the payload of the node's framed answer."""
+        char = self._char(CONTROL_UUID)
+        decoder = framing.Decoder(fr.MAX_LEN)
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def notified(_c: Any, data: bytearray) -> None:
+            for payload in decoder.feed(bytes(data)):
+                answers.put_nowait(payload)
+
+        data = framing.encode(frame)
+        piece = max(1, min(self.client.mtu_size - 3, node_ble.CONTROL_WRITE_MAX))
+        try:
+            await self.client.start_notify(char, notified)
+            for i in range(0, len(data), piece):
+                await asyncio.wait_for(self.client.write_gatt_char(char, data[i:i + piece], response=True),
+                                       self.timeout)
+            gone = asyncio.ensure_future(self.gone.wait())
+            got = asyncio.ensure_future(answers.get())
+            try:
+                await asyncio.wait({gone, got}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not got.done():
+                    got.cancel()
+            if got.done() and not got.cancelled():
+                return got.result()
+            if self.gone.is_set():
+                raise BleToolError("disconnected", f"{self.device.address} dropped the link before answering: "
+                                                   "the settings may or may not be applied (check it)")
+            raise BleToolError("timeout", f"{self.device.address} did not answer within {self.timeout:g} s: the "
+                                          "settings may or may not be applied (check it)")
+        except asyncio.TimeoutError:
+            raise BleToolError("timeout", f"{self.device.address} did not take the write within "
+                                          f"{self.timeout:g} s") from None
+        except (BleakError, OSError, EOFError) as e:
+            raise BleToolError("disconnected", f"{self.device.address}: {e}") from None
+
+
+# -- the commands' work ------------------------------------------------------------------------------
+
+
+async def check(target: str, timeout: float = DEFAULT_TIMEOUT_S,
+                backends: Backends | None = None) -> tuple[Seen, dict[str, Any], list[dict[str, Any]]]:
+    device, seen = await find(target, timeout, backends)
+    async with Link(device, seen, timeout, backends) as link:
+        status = await link.status()
+        alarms = await link.alarms()
+    if status["node_id"] != seen.node_id:
+        raise BleToolError("protocol", f"{device.address} advertises node {seen.node_id:08x} but its status says "
+                                       f"{status['node']}")
+    return seen, status, alarms
+
+
+@dataclass(frozen=True)
+class Configured:
+    seen: Seen
+    settings: dict[int, int]
+    refused: int  # bitmask of CFG keys the node's runtime refused
+    counter: int  # the CONFIG frame's counter
+    retried: bool
+
+
+async def configure(target: str, pairs: list[str], *, config: Path | None = None, registry: Path | None = None,
+                    timeout: float = DEFAULT_TIMEOUT_S, backends: Backends | None = None) -> Configured:
+    parse_settings(pairs)  # a typo is found before any radio work
+    device, seen = await find(target, timeout, backends)
+    settings = parse_settings(pairs, seen.kind)
+    if not seen.configurable:
+        raise BleToolError("refused", f"node {seen.node_id:08x}'s config does not allow configuration over BLE")
+    keys = load_keys(seen.node_id, config, registry)
+    async with Link(device, seen, timeout, backends) as link:
+        status = await link.status()
+        if status["node_id"] != seen.node_id:
+            raise BleToolError("protocol", f"{device.address} advertises node {seen.node_id:08x} but its status "
+                                           f"says {status['node']}")
+        top = status["tool_counter"]
+        body = m.encode(m.CONFIG, {0: settings})
+        for attempt in (0, 1):
+            counter = max(top, fr.TOOL_COUNTER_BASE - 1) + 1
+            if counter > fr.MAX_COUNTER:
+                raise BleToolError("exhausted", f"node {seen.node_id:08x} used every commissioning counter: "
+                                                "re-key it (lumeau node provision)")
+            answer = await link.exchange(fr.seal(keys, m.CONFIG, counter, body))
+            if answer[:1] == bytes((node_ble.REFUSED,)) and len(answer) == 6:
+                reason, top = answer[1], int.from_bytes(answer[2:6], "big")
+                if reason == node_ble.R_REPLAY and attempt == 0:
+                    continue  # another tool took that counter meanwhile: once more above its top
+                kind, text = REFUSALS.get(reason, ("refused", f"refused (reason {reason})"))
+                raise BleToolError(kind, f"node {seen.node_id:08x}: {text}")
+            refused = _confirmed(keys, answer, counter)
+            return Configured(seen, settings, refused, counter, attempt > 0)
+    raise AssertionError("unreachable")
+
+
+def _confirmed(keys: NodeKeys, answer: bytes, counter: int) -> int:
+    """Verify the node's CMD_ACK for the CONFIG with `counter`; the refused-keys bitmask."""
+    try:
+        f, plain = fr.unseal(keys, answer)
+        if f.mtype != m.CMD_ACK or f.downlink:
+            raise ValueError(f"a message of type {f.mtype}, not a CMD_ACK")
+        ack = m.decode(m.CMD_ACK, plain)
+    except fr.BadMIC:
+        raise BleToolError("auth", "the answer is not signed with this node's key: not the node you meant?") \
+            from None
+    except ValueError as e:
+        raise BleToolError("protocol", f"the node's answer does not decode: {e}") from None
+    if ack[0] != counter:
+        raise BleToolError("protocol", f"the node answered for counter {ack[0]}, not {counter}")
+    if ack[1] not in (m.RES_OK, m.RES_BAD_ARGS):
+        raise BleToolError("refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, 1)].get(ack[1], ack[1])}")
+    return ack.get(2, 0) if ack[1] == m.RES_BAD_ARGS else 0
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def _fields(fields: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    parts = []
+    for name, f in fields.items():
+        if name in skip:
+            continue
+        v = f["value"]
+        if isinstance(v, list):
+            v = "+".join(str(x) for x in v) if v else "none"
+        parts.append(f"{name} {v}{' ' + f['unit'] if f['unit'] else ''}")
+    return ", ".join(parts)
+
+
+def _when(t: Any) -> str:
+    if not isinstance(t, int) or t <= 0:
+        return "time unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _duration(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "?"
+    s = int(s)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    mnt = s // 60
+    return (f"{d} d " if d else "") + f"{h} h {mnt} min"
+
+
+def print_check(seen: Seen, status: dict[str, Any], alarms: list[dict[str, Any]], out: TextIO) -> None:
+    st = status["status"]
+    w = out.write
+    w(f"node {status['node']} ({status['kind']}) at {seen.address}, RSSI {seen.rssi} dBm, "
+      f"firmware {status['firmware']}\n")
+    n_open = st.get("open_alarms", {}).get("value", seen.open_alarms)
+    w(f"state       {status['state']}" + (f", {n_open} open alarm{'s' if n_open != 1 else ''}" if n_open else "")
+      + "\n")
+    clock = st.get("time", {}).get("value")
+    w(f"uptime      {_duration(st.get('uptime', {}).get('value'))}; node clock "
+      f"{_when(clock) if clock else 'not set'}\n")
+    if "report" in status:
+        w(f"{status['report_type']:11s} {_fields(status['report'])}\n")
+    rest = _fields(st, skip=("uptime", "time", "open_alarms"))
+    if rest:
+        w(f"status      {rest}\n")
+    c = status.get("counters")
+    if c:
+        w("counters    " + ", ".join(f"{k} {v}" for k, v in c.items()) + "\n")
+    if status.get("last_error"):
+        w(f"last error  {status['last_error']}\n")
+    if not alarms:
+        w("alarms      none since boot\n")
+        return
+    w(f"alarms      last {len(alarms)} since boot, oldest first:\n")
+    for a in alarms:
+        code = a["code"]["value"]
+        sev = a.get("severity", {}).get("value", "?")
+        active = "raised" if a.get("active", {}).get("value", 1) else "cleared"
+        zone = a.get("zone", {}).get("value")
+        extra = f" zone {zone}" if zone else ""
+        w(f"  {_when(a.get('time', {}).get('value'))}  {code!s:20s} {sev!s:8s} {active:7s} "
+          f"value {a.get('value', {}).get('value', 0)}{extra}\n")
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def _fail(cmd: str, e: BleToolError, err: TextIO) -> int:
+    err.write(f"lumeau node {cmd}: {e} [{e.reason}]\n")
+    return 2 if e.reason == "bad_setting" else 1
+
+
+async def scan_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
+                       backends: Backends | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        nodes = await scan(args.timeout, backends)
+    except BleToolError as e:
+        return _fail("scan", e, err)
+    if args.json:
+        out.write(json.dumps({"nodes": [s.json() for s in nodes]}) + "\n")
+        return 0
+    if not nodes:
+        out.write(f"no Lumeau node in reach (scanned {args.timeout:g} s)\n")
+        return 0
+    out.write(f"{'ADDRESS':18s} {'NODE':8s}  {'KIND':10s} {'STATE':9s} {'ALARMS':>6s}  {'OUTPUT':18s} "
+              f"{'FIRMWARE':9s} {'RSSI':>8s}\n")
+    for s in nodes:
+        out.write(f"{s.address:18s} {s.node_id:08x}  {KINDS.get(s.kind, '?'):10s} {STATES.get(s.state, '?'):9s} "
+                  f"{s.open_alarms:6d}  {output_text(s.kind, s.output):18s} {s.firmware:9s} {s.rssi:4d} dBm\n")
+    out.write(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} in reach\n")
+    return 0
+
+
+async def check_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
+                        backends: Backends | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        seen, status, alarms = await check(args.addr, args.timeout, backends)
+    except BleToolError as e:
+        return _fail("check", e, err)
+    if args.json:
+        out.write(json.dumps({"advertised": seen.json(), "status": status, "alarms": alarms}) + "\n")
+    else:
+        print_check(seen, status, alarms, out)
+    return 0
+
+
+async def configure_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
+                            backends: Backends | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        done = await configure(args.addr, args.settings, config=args.config, registry=args.registry,
+                               timeout=args.timeout, backends=backends)
+    except BleToolError as e:
+        return _fail("configure", e, err)
+    applied = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if not done.refused >> k & 1]
+    refused = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if done.refused >> k & 1]
+    node = f"node {done.seen.node_id:08x}"
+    if applied:
+        out.write(f"{node}: applied {' '.join(applied)} (confirmed by the node, signed with its key)\n")
+    if refused:
+        err.write(f"lumeau node configure: {node} refused {' '.join(refused)} (out of its own limits: an older "
+                  "firmware?) [refused]\n")
+        return 1
+    return 0
+
+
+def _sync(core: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(core(args))
+    return run
+
+
+def add_actions(actions: Any) -> None:
+    """Register scan, check and configure in the `lumeau node` group (lumeau/node.py)."""
+    s = actions.add_parser("scan", help="list the Lumeau nodes in BLE reach: id, kind, state, signal")
+    s.add_argument("--timeout", type=float, default=DEFAULT_SCAN_S, help="seconds to scan (default %(default)g)")
+    s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    s.set_defaults(func=_sync(scan_command))
+
+    c = actions.add_parser("check", help="connect to a node over BLE: live status and last alarms")
+    c.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
+    c.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds to find, connect and read (default %(default)g)")
+    c.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    c.set_defaults(func=_sync(check_command))
+
+    g = actions.add_parser("configure", help="change a node's settings over BLE, authenticated with its key",
+                           description="Settings (SPEC §5 CONFIG): " + ", ".join(
+                               f"{n} ({SETTINGS[n][1]()[0]}..{SETTINGS[n][1]()[1]}"
+                               f"{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})" for n in SETTINGS) + ".")
+    g.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
+    g.add_argument("settings", metavar="KEY=VALUE", nargs="+", help="e.g. report_interval=600")
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the node's config file from lumeau node provision (holds its key)")
+    where.add_argument("--registry", type=Path, help="the gateway's registry file (holds the keys)")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds to find and connect, and again for the answer (default %(default)g)")
+    g.set_defaults(func=_sync(configure_command))

