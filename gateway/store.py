@@ -65,6 +65,7 @@ import cbor2
 
 from gateway.model import Downlink, Record
 from protocol import expand
+from protocol import frame
 from protocol import messages as m
 
 log = logging.getLogger("lumeau.gateway.store")
@@ -704,13 +705,15 @@ class Store:
     async def next_downlink_counter(self, node_id: int) -> int:
         """The next downlink frame counter of a node, committed before it is returned.
 
-        A crash after this returns skips a counter, never reuses one.
+        A crash after this returns skips a counter, never reuses one. The gateway's
+        counters stop below frame.TOOL_COUNTER_BASE (2^31): the upper half belongs to
+        commissioning tools over BLE, with its own replay window on the node (SPEC §4).
         """
         def op(c: sqlite3.Connection) -> int:
             row = c.execute("INSERT INTO dl_counters (node_id, counter) VALUES (?, 0) "
                             "ON CONFLICT (node_id) DO UPDATE SET counter = counter + 1 RETURNING counter",
                             (node_id,)).fetchone()
-            if row[0] > 0xFFFFFFFF:
+            if row[0] >= frame.TOOL_COUNTER_BASE:
                 raise StoreError(f"node {node_id:08x}: downlink counter exhausted, the node must be re-keyed")
             return row[0]
 

