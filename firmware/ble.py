@@ -1,7 +1,8 @@
 # BLE commissioning on the node (SPEC §11, "Commissioning"): a technician on
 # the pavement sees the node's id, kind and state in its advertisement, reads
 # its live status and last alarms, and changes its settings with a CONFIG
-# frame sealed with the node's own downlink key.
+# frame sealed with the node's own downlink key (or sets its clock with a
+# TIME frame: a node without a gateway in reach keeps its dimming schedule).
 #
 #   c = Commissioning(node, aioble, bluetooth.UUID, cfg["ble"])   # before node.run()
 #   asyncio.create_task(c.run())                                   # firmware/main.py
@@ -27,8 +28,8 @@
 # - control characteristic (write, notify): downlink frames in the serial
 #   framing of §8, written in pieces of at most CONTROL_WRITE_MAX bytes; each
 #   frame is answered by one framed notification stream: a CMD_ACK uplink
-#   sealed with the node's keys when a CONFIG was applied (command id = the
-#   CONFIG's counter, value = bitmask of refused keys), or a refusal
+#   sealed with the node's keys when a CONFIG or TIME was applied (command
+#   id = the frame's counter, value = bitmask of refused keys), or a refusal
 #   `A0 reason top` when nothing was applied.
 # Counters: tool frames use the upper half of the downlink counter space
 # (frame.TOOL_COUNTER_BASE) with its own replay window in the store, so they
@@ -79,7 +80,7 @@ FL_CONFIGURE = 0x02  # it accepts CONFIG over BLE
 REFUSED = 0xA0
 R_MALFORMED = 1  # not a frame, not a downlink, or a body that is not a CONFIG
 R_WRONG_NODE = 2
-R_UNSUPPORTED = 3  # a message type other than CONFIG
+R_UNSUPPORTED = 3  # a message type other than CONFIG or TIME
 R_AUTH = 4  # the MIC does not verify with this node's key
 R_REPLAY = 5  # the counter was used already: take top + 1
 R_COUNTER = 6  # a gateway counter (below TOOL_COUNTER_BASE)
@@ -231,7 +232,8 @@ class Commissioning:
             return self._refuse(R_MALFORMED)
         if f.node_id != node.node_id:
             return self._refuse(R_WRONG_NODE)
-        if f.mtype != m.CONFIG:
+        t = f.mtype
+        if t != m.CONFIG and t != m.TIME:
             return self._refuse(R_UNSUPPORTED)
         if f.counter < fr.TOOL_COUNTER_BASE:
             return self._refuse(R_COUNTER)
@@ -248,10 +250,14 @@ class Commissioning:
         except StorageError as e:
             node.last_error = repr(e)
         try:
-            settings = m.decode(m.CONFIG, body)[0]
+            msg = m.decode(t, body)
         except m.MessageError:
             return self._refuse(R_MALFORMED)
-        refused = node.apply_settings(settings)
+        refused = 0
+        if t == m.TIME:
+            node.hal.set_time(msg[0], msg.get(1, 0))
+        else:
+            refused = node.apply_settings(msg[0])
         self.applied += 1
         ack = {0: f.counter, 1: m.RES_BAD_ARGS if refused else m.RES_OK}
         if refused:

@@ -25,8 +25,12 @@ are SPEC §11 ("Commissioning"), the counter rules SPEC §4:
   an uplink CMD_ACK sealed with its key, verified here, so "applied" is the
   node's word, not the radio's. A refusal names its reason; a counter taken
   by another tool meanwhile is retried once with the node's new top.
+  `clock=now` sends a TIME frame with this computer's clock (UTC), the same
+  way: a node with no gateway in reach (lighting in its dusk-to-dawn
+  fail-safe) gets its schedule back.
 
-Errors (BleToolError.reason): not_found (not in reach), connect, timeout,
+Errors (BleToolError.reason): adapter (no Bluetooth to scan with), not_found (not in
+reach), connect, timeout,
 disconnected, protocol (the node's answer does not decode), auth (the key is
 not the node's), refused (any other refusal), exhausted (re-key), bad_setting,
 no_key. Exit codes: 0 done, 1 failed, 2 bad arguments (an unknown setting or a
@@ -79,7 +83,7 @@ STATES = {node_ble.ST_OK: "ok", node_ble.ST_ALARM: "alarm", node_ble.ST_FAILSAFE
 REFUSALS = {
     node_ble.R_MALFORMED: ("protocol", "the node could not read the frame"),
     node_ble.R_WRONG_NODE: ("refused", "the frame is for another node"),
-    node_ble.R_UNSUPPORTED: ("refused", "the node takes only CONFIG over BLE"),
+    node_ble.R_UNSUPPORTED: ("refused", "the node takes only CONFIG and TIME over BLE"),
     node_ble.R_AUTH: ("auth", "authentication refused: the key is not this node's (re-provisioned since?)"),
     node_ble.R_REPLAY: ("refused", "the counter was used already"),
     node_ble.R_COUNTER: ("refused", "a gateway counter, not a commissioning one"),
@@ -113,6 +117,7 @@ SETTINGS: dict[str, tuple[int, Callable[[], tuple[int, int]], int | None, str]] 
 assert {k for k, *_ in SETTINGS.values()} == {getattr(m, n) for n in dir(m) if n.startswith("CFG_")}
 NAMES = {key: name for name, (key, *_rest) in SETTINGS.items()}
 BOOLEANS = {"true": 1, "yes": 1, "on": 1, "false": 0, "no": 0, "off": 0}
+CLOCK = "clock"  # clock=now: not a CONFIG key, a TIME frame with this computer's clock
 
 
 class BleToolError(Exception):
@@ -207,9 +212,13 @@ def parse_settings(pairs: list[str], kind: int | None = None) -> dict[int, int]:
         name = name.strip().lower()
         if not sep or not name:
             raise BleToolError("bad_setting", f"{pair!r}: expected key=value")
+        if name == CLOCK:
+            if text.strip().lower() != "now":
+                raise BleToolError("bad_setting", "clock: only clock=now (this computer's clock, UTC)")
+            continue
         spec = SETTINGS.get(name)
         if spec is None:
-            raise BleToolError("bad_setting", f"unknown setting {name!r} (known: {', '.join(SETTINGS)})")
+            raise BleToolError("bad_setting", f"unknown setting {name!r} (known: {', '.join(SETTINGS)}, clock)")
         key, limits, for_kind, unit = spec
         if key in out:
             raise BleToolError("bad_setting", f"{name} given twice")
@@ -344,8 +353,13 @@ async def scan(timeout: float = DEFAULT_SCAN_S, backends: Backends | None = None
         async with BleakScanner(heard, **_scanner_kw(backends)):
             await asyncio.sleep(timeout)
     except (BleakError, OSError) as e:
-        raise BleToolError("connect", f"cannot scan: {e}") from None
+        raise _no_adapter(e) from None
     return sorted(found.values(), key=lambda s: (-s.rssi, s.node_id))
+
+
+def _no_adapter(e: Exception) -> BleToolError:
+    return BleToolError("adapter", f"cannot scan: {e or type(e).__name__} (is there a Bluetooth adapter, switched on, "
+                                   "and on Linux is bluetoothd running?)")
 
 
 def parse_target(target: str) -> tuple[str | None, int | None]:
@@ -381,7 +395,7 @@ async def find(target: str, timeout: float, backends: Backends | None = None) ->
         what = f"address {address}" if address is not None else f"node id {node_id:08x}"
         raise BleToolError("not_found", f"no Lumeau node with {what} in reach (scanned {timeout:g} s)") from None
     except (BleakError, OSError) as e:
-        raise BleToolError("connect", f"cannot scan: {e}") from None
+        raise _no_adapter(e) from None
 
 
 class Link:
@@ -493,13 +507,15 @@ class Configured:
     seen: Seen
     settings: dict[int, int]
     refused: int  # bitmask of CFG keys the node's runtime refused
-    counter: int  # the CONFIG frame's counter
-    retried: bool
+    clock: int | None  # the Unix time the node's clock was set to
+    retried: bool  # a counter was taken by another tool meanwhile
 
 
 async def configure(target: str, pairs: list[str], *, config: Path | None = None, registry: Path | None = None,
-                    timeout: float = DEFAULT_TIMEOUT_S, backends: Backends | None = None) -> Configured:
+                    timeout: float = DEFAULT_TIMEOUT_S, backends: Backends | None = None,
+                    clock: Callable[[], float] = time.time) -> Configured:
     parse_settings(pairs)  # a typo is found before any radio work
+    set_clock = any(p.partition("=")[0].strip().lower() == CLOCK for p in pairs)
     device, seen = await find(target, timeout, backends)
     settings = parse_settings(pairs, seen.kind)
     if not seen.configurable:
@@ -511,21 +527,37 @@ async def configure(target: str, pairs: list[str], *, config: Path | None = None
             raise BleToolError("protocol", f"{device.address} advertises node {seen.node_id:08x} but its status "
                                            f"says {status['node']}")
         top = status["tool_counter"]
-        body = m.encode(m.CONFIG, {0: settings})
-        for attempt in (0, 1):
-            counter = max(top, fr.TOOL_COUNTER_BASE - 1) + 1
-            if counter > fr.MAX_COUNTER:
-                raise BleToolError("exhausted", f"node {seen.node_id:08x} used every commissioning counter: "
-                                                "re-key it (lumeau node provision)")
-            answer = await link.exchange(fr.seal(keys, m.CONFIG, counter, body))
-            if answer[:1] == bytes((node_ble.REFUSED,)) and len(answer) == 6:
-                reason, top = answer[1], int.from_bytes(answer[2:6], "big")
-                if reason == node_ble.R_REPLAY and attempt == 0:
-                    continue  # another tool took that counter meanwhile: once more above its top
-                kind, text = REFUSALS.get(reason, ("refused", f"refused (reason {reason})"))
-                raise BleToolError(kind, f"node {seen.node_id:08x}: {text}")
-            refused = _confirmed(keys, answer, counter)
-            return Configured(seen, settings, refused, counter, attempt > 0)
+        refused, retried, when = 0, False, None
+        if settings:
+            top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {0: settings}, top)
+        if set_clock:
+            def now() -> dict[int, int]:  # read at the last moment: the answer comes within the timeout
+                t = clock()
+                nonlocal when
+                when = int(t)
+                return {0: int(t), 1: int(t * 1000) % 1000}
+            top, _, again = await _send(link, keys, m.TIME, now, top)
+            retried = retried or again
+        return Configured(seen, settings, refused, when, retried)
+
+
+async def _send(link: Link, keys: NodeKeys, mtype: int, body: Callable[[], dict[int, Any]],
+                top: int) -> tuple[int, int, bool]:
+    """One frame for the tool half, answered and verified: (the counter used, refused keys, retried)."""
+    node = f"node {link.seen.node_id:08x}"
+    for attempt in (0, 1):
+        counter = max(top, fr.TOOL_COUNTER_BASE - 1) + 1
+        if counter > fr.MAX_COUNTER:
+            raise BleToolError("exhausted", f"{node} used every commissioning counter: re-key it "
+                                            "(lumeau node provision)")
+        answer = await link.exchange(fr.seal(keys, mtype, counter, m.encode(mtype, body())))
+        if answer[:1] == bytes((node_ble.REFUSED,)) and len(answer) == 6:
+            reason, top = answer[1], int.from_bytes(answer[2:6], "big")
+            if reason == node_ble.R_REPLAY and attempt == 0:
+                continue  # another tool took that counter meanwhile: once more above its top
+            kind, text = REFUSALS.get(reason, ("refused", f"refused (reason {reason})"))
+            raise BleToolError(kind, f"{node}: {text}")
+        return counter, _confirmed(keys, answer, counter), attempt > 0
     raise AssertionError("unreachable")
 
 
@@ -557,8 +589,10 @@ def _fields(fields: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
         if name in skip:
             continue
         v = f["value"]
-        if isinstance(v, list):
-            v = "+".join(str(x) for x in v) if v else "none"
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):  # flags
+            v = "+".join(v) if v else "none"
+        elif isinstance(v, list):  # per-zone values, zone 1 first (None: no sensor)
+            v = "/".join("-" if x is None else str(x) for x in v)
         parts.append(f"{name} {v}{' ' + f['unit'] if f['unit'] else ''}")
     return ", ".join(parts)
 
@@ -671,6 +705,8 @@ async def configure_command(args: argparse.Namespace, out: TextIO | None = None,
     node = f"node {done.seen.node_id:08x}"
     if applied:
         out.write(f"{node}: applied {' '.join(applied)} (confirmed by the node, signed with its key)\n")
+    if done.clock is not None:
+        out.write(f"{node}: clock set to {_when(done.clock)} (confirmed by the node, signed with its key)\n")
     if refused:
         err.write(f"lumeau node configure: {node} refused {' '.join(refused)} (out of its own limits: an older "
                   "firmware?) [refused]\n")
@@ -701,9 +737,11 @@ def add_actions(actions: Any) -> None:
     g = actions.add_parser("configure", help="change a node's settings over BLE, authenticated with its key",
                            description="Settings (SPEC §5 CONFIG): " + ", ".join(
                                f"{n} ({SETTINGS[n][1]()[0]}..{SETTINGS[n][1]()[1]}"
-                               f"{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})" for n in SETTINGS) + ".")
+                               f"{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})" for n in SETTINGS)
+                           + "; and clock=now (a TIME frame with this computer's clock, UTC).")
     g.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
-    g.add_argument("settings", metavar="KEY=VALUE", nargs="+", help="e.g. report_interval=600")
+    g.add_argument("settings", metavar="KEY=VALUE", nargs="+",
+                   help="e.g. report_interval=600; clock=now sets the node's clock from this computer's (UTC)")
     where = g.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="the node's config file from lumeau node provision (holds its key)")
     where.add_argument("--registry", type=Path, help="the gateway's registry file (holds the keys)")

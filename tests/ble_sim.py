@@ -210,16 +210,17 @@ class SimClient(BaseBleakClient):
             s = BleakGATTService(None, h, svc.uuid.s)
             services.add_service(s)
             for handle, c in chars:
-                props = [name for bit, name in PROPS if c.flags & bit]
+                props: Any = [name for bit, name in PROPS if c.flags & bit]
                 services.add_characteristic(BleakGATTCharacteristic(c, handle, c.uuid.s, props,
                                                                     lambda: self.mtu_size - 3, s))
             h = max((hh for hh, _ in chars), default=h) + 2
         self.services = services
 
     def _alive(self) -> Any:
-        if self.conn is None or not self.conn.is_connected() or not self.device.in_reach:
+        d = self.device
+        if d is None or self.conn is None or not self.conn.is_connected() or not d.in_reach:
             raise BleakError("Not connected")
-        return self.device.stack
+        return d.stack
 
     def _notified(self, handle: int, data: bytes) -> None:
         cb = self._subs.get(handle)
@@ -272,7 +273,7 @@ class SimClient(BaseBleakClient):
         if len(data) > 512:
             raise BleakError("attribute value longer than 512 bytes")
         await asyncio.sleep(0)
-        if self.device.ignore_writes:
+        if self.device is not None and self.device.ignore_writes:
             return
         try:
             stack.write(characteristic.handle, bytes(data))

@@ -64,9 +64,8 @@ class Site:
 
     def node(self, kind: str = "lighting", node_id: int = 0x00A1B2C3, address: str = "C0:FF:EE:00:00:01",
              rssi: int = -60, mtu: int = 23, ble: dict | None = None, key: bytes = KEY,
-             storage: dict | None = None) -> "NodeUnderTest":
-        n = NodeUnderTest(self, kind, node_id, address, rssi, mtu, ble, key, storage)
-        return n
+             storage: dict | None = None, time_known: bool = True) -> "NodeUnderTest":
+        return NodeUnderTest(self, kind, node_id, address, rssi, mtu, ble, key, storage, time_known)
 
     async def cli(self, *argv: str) -> tuple[int, str, str]:
         args = build_parser().parse_args(["node", *argv])
@@ -83,8 +82,9 @@ class Site:
 
 class NodeUnderTest:
     def __init__(self, site: Site, kind: str, node_id: int, address: str, rssi: int, mtu: int,
-                 ble: dict | None, key: bytes, storage: dict | None) -> None:
+                 ble: dict | None, key: bytes, storage: dict | None, time_known: bool) -> None:
         self.site = site
+        self.time_known = time_known
         doc: dict[str, Any] = {"node_id": node_id, "kind": kind, "root_key": key.hex(),
                                "ble": {"enabled": True, **(ble or {})}}
         if kind == "lighting":
@@ -104,7 +104,7 @@ class NodeUnderTest:
 
     def boot(self) -> None:
         site = self.site
-        self.hal = SimHAL(site.clock, time_known=True, storage=self.storage)
+        self.hal = SimHAL(site.clock, time_known=self.time_known, storage=self.storage)
         if self.cfg["kind"] == "lighting":
             self.lamp = Lamp(self.hal)
         radio, gw_radio = memory_link(self.hal, self.gw_hal)
@@ -185,6 +185,22 @@ def test_scan_lists_nodes_in_reach_with_id_kind_state_and_signal(tmp_path):
                          "rssi": -71}
 
 
+def test_scan_tells_fail_safe_nodes_apart(tmp_path):
+    async def body(site: Site):
+        site.node("lighting", 0x00A1B2C3, "C0:FF:EE:00:00:01", time_known=False)  # no clock: dusk-to-dawn
+        broken = site.node("irrigation", 0x00B00001, "C0:FF:EE:00:00:02")
+        await settle(5)
+        broken.node._app_fault(RuntimeError("zone table"))  # the runtime holds the valves closed
+        await settle(node_ble.ADV_REFRESH_MS / 1000)  # the advertisement says the state of now, 10 s late at most
+        return await site.cli("scan", "--json")
+
+    code, out, _ = scenario(body, tmp_path)
+    nodes = {n["node"]: n for n in json.loads(out)["nodes"]}
+    assert code == 0
+    assert (nodes["00a1b2c3"]["state"], nodes["00a1b2c3"]["clock_set"]) == ("fail-safe", False)
+    assert (nodes["00b00001"]["state"], nodes["00b00001"]["output"]) == ("fail-safe", None)
+
+
 def test_scan_with_nobody_in_reach_says_so(tmp_path):
     async def body(site: Site):
         return await site.cli("scan", "--timeout", "2")
@@ -198,7 +214,8 @@ def test_scan_without_an_adapter_fails_clearly(tmp_path):
         return await site.cli("scan")
 
     code, out, err = scenario(body, tmp_path)
-    assert code == 1 and "cannot scan: No Bluetooth adapters found" in err and err.rstrip().endswith("[connect]")
+    assert code == 1 and "cannot scan: No Bluetooth adapters found" in err and "is there a Bluetooth adapter" in err
+    assert err.rstrip().endswith("[adapter]")
 
 
 def test_the_advertisement_fits_legacy_advertising_and_matches_the_spec(tmp_path):
@@ -335,6 +352,24 @@ def test_configure_applies_settings_confirmed_by_the_node_and_they_survive_a_reb
     assert top == fr.TOOL_COUNTER_BASE + 1  # the next counter after the reboot: never one used before
 
 
+def test_clock_now_gives_a_node_without_a_gateway_its_schedule_back(tmp_path):
+    import time as systime
+
+    async def body(site: Site):
+        n = site.node("lighting", time_known=False)
+        await settle(5)
+        before = (n.node.time(), n.node.app.flags & m.LS_FAILSAFE)
+        r = await site.cli("configure", "00a1b2c3", "sf=10", "clock=now", "--config", str(n.config_path))
+        await settle(2)
+        return before, r, n.node.time(), n.node.app.flags & m.LS_FAILSAFE, n.node.store.tool_window.top
+
+    before, (code, out, err), t, failsafe, top = scenario(body, tmp_path)
+    assert before == (None, m.LS_FAILSAFE)
+    assert (code, err) == (0, "") and "applied sf=10" in out and "clock set to 20" in out
+    assert abs(t - systime.time()) < 60 and not failsafe
+    assert top == fr.TOOL_COUNTER_BASE + 1  # one counter for the CONFIG, the next for the TIME
+
+
 def test_configure_with_the_gateways_registry_file(tmp_path):
     from gateway.registry import NodeEntry, Registry
 
@@ -411,7 +446,8 @@ def test_two_tools_racing_for_a_counter_one_retries_above_the_nodes_top(tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["brightness=5"], "unknown setting 'brightness' (known: report_interval, status_interval, tx_power, sf, "
-                       "lamp_power, max_run, confirm_alarms)"),
+                       "lamp_power, max_run, confirm_alarms, clock)"),
+    (["clock=12:00"], "clock: only clock=now (this computer's clock, UTC)"),
     (["report_interval=5"], "report_interval=5: out of range 30..86400 s"),
     (["tx_power=20"], "tx_power=20: out of range 2..14 dBm"),
     (["sf=abc"], "sf=abc: not an integer"),
