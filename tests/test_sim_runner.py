@@ -101,6 +101,14 @@ def test_district_energy_and_water_against_the_baselines(district):
     assert len(series["t_h"]) == 24 and series["energy_wh"][-1] == pytest.approx(en["kwh"] * 1000, rel=1e-6)
 
 
+def test_district_records_carry_simulated_time(district):
+    sc, res = district
+    # the gateway stored the simulated reception time (Reception.rx_time), not the machine's
+    assert res["series"]["stored"][-1] == res["delivery"]["stored"]
+    assert res["series"]["stored"][0] > 0 and sorted(res["series"]["stored"]) == res["series"]["stored"]
+    assert res["latency_s"]["count"] == res["delivery"]["stored"] and res["latency_s"]["max"] < 60
+
+
 def test_district_gateway_restart_and_upstream_outage_lose_nothing(district):
     _sc, res = district
     gw = res["gateway"]
@@ -365,3 +373,32 @@ def test_node_radio_hears_a_downlink_whose_preamble_starts_in_its_window_only():
     frame, rssi, snr = got[0]
     assert frame == b"\x6b" + bytes(20) and -140 < rssi < 0 and isinstance(snr, int)
     assert got[1] is None and air.nodes[7].downlinks_ok == 1
+
+
+def test_cli_draws_a_progress_bar_on_a_terminal_only(tmp_path):
+    """stderr a real pseudo-terminal: the bar is drawn there; piped (the JSON case): nothing but the object."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--hours", "2",
+                              "--nodes-scale", "0.1"], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
+        os.close(slave)
+        out, _ = p.communicate(timeout=120)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:      # the child closed its end
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert p.returncode == 0 and b"district:" in out
+    assert b"\r[" in seen and b"100.0 %" in seen and b"simulated" in seen
+    piped = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--hours", "1",
+                            "--nodes-scale", "0.1", "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert piped.returncode == 0 and piped.stderr == "" and json.loads(piped.stdout)["scenario"]["hours"] == 1
