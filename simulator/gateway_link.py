@@ -114,6 +114,7 @@ import asyncio  # noqa: E402
 import concurrent.futures  # noqa: E402
 import logging  # noqa: E402
 import sqlite3  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from gateway.downlinks import Downlinks  # noqa: E402
 from gateway.model import Reception, Record  # noqa: E402
@@ -242,7 +243,7 @@ class InProcessGateway:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._counters: dict[str, int] = {}
-        self._db = None
+        self._db: Path | None = None
 
     async def start(self, ctx: LinkContext) -> None:
         self.ctx = ctx
@@ -257,7 +258,7 @@ class InProcessGateway:
                        loop.create_task(self._upstream(), name="sim-gateway-upstream")]
 
     async def _open(self) -> None:
-        assert self.ctx is not None and self.registry is not None
+        assert self.ctx is not None and self.registry is not None and self._db is not None
         self.store = await SimStore.open(self._db, state_flush_s=STATE_FLUSH_S)
         self.downlinks = _ObservedDownlinks(self.store, self.registry, clock=self.ctx.unix_now,
                                             on_commit=self._committed)

@@ -286,7 +286,6 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
 
     # -- series
     baseline_series = []
-    prev = 0.0
     for h in sim.hourly:
         t1 = start + h["t_h"] * 3600.0
         baseline_series.append(lighting_baseline(sc.lamps, start, t1).kwh * 1000.0)
@@ -297,7 +296,6 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
               "uplinks": [h["uplinks"] for h in sim.hourly],
               "settled": [h["settled"] for h in sim.hourly],
               "stored": _cumulative_by_hour(stored, start, [h["t_h"] for h in sim.hourly])}
-    del prev
 
     n_nodes = len(nodes)
     sfs: dict[str, int] = {}
@@ -434,6 +432,9 @@ def node_side_totals(air: Any, last: dict[int, tuple[int, int, float]], by_id: d
             mismatches.append({"node": by_id[nid].spec.name, "counter": counter, "why": "no such frame sent"})
             continue
         own = got[1].get(2 if mtype == m.LIGHT else 3)
+        if own is None:
+            mismatches.append({"node": by_id[nid].spec.name, "counter": counter, "why": "no meter in the frame"})
+            continue
         if mtype == m.LIGHT:
             wh += own
         else:

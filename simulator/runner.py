@@ -96,7 +96,6 @@ from firmware import lighting as fw_lighting
 from firmware.hal_sim import SimReset
 from firmware.runtime import Node
 from firmware.virtual_loop import VirtualLoop
-from protocol import lora
 from protocol import messages as m
 from simulator import channel as ch
 from simulator import metrics
@@ -335,9 +334,10 @@ class Simulation:
         for n in sc.nodes:
             self.channel.add_node(n.node_id, n.x, n.y, n.height_m)
         self.air = Air(self.channel, loop, self.link.uplink)
-        first = sc.lamps[0] if sc.lamps else None
-        lighting = json.loads(json.dumps(firmware_config(sc, first, sc.radio.channels_hz[0]))) if first else {}
-        tick_l = lighting.get("lighting", {}).get("tick_ms", SIM_TICK_MS["lighting"])
+        # the PIR holds at least one lamp tick (world.py): the tick the scenario's firmware table leaves
+        tick_l = SIM_TICK_MS["lighting"]
+        if sc.lamps:
+            tick_l = firmware_config(sc, sc.lamps[0], sc.radio.channels_hz[0])["lighting"].get("tick_ms", tick_l)
         self.world = World(sc, sc.lamps, sc.controllers, clock, pir_hold_s=tick_l / 1000.0)
         apps = {k: (ticked(a, clock) if self.options.ticked_apps else a) for k, a in APPS.items()}
         rng = random.Random(f"lumeau-sim-run:{sc.seed}")
