@@ -37,6 +37,14 @@ How time is paced (the virtual clock against a gateway on real time):
 - A downlink that still arrives after its window (the hold timed out, or
   nothing said one would come) is refused the way the hardware refuses it
   (TX_RESULT too_late, TX_ACK TOO_LATE) and counted (`downlinks_late`).
+- Flow control: UDP has none, and the kernel drops datagrams once the
+  gateway's socket buffer is full (a busy machine, a gateway starved of
+  CPU). So the link never lets more than UDP_AHEAD_MAX frames handed over
+  UDP wait unread: it compares what it sent with the gateway's own
+  `lumeau_frames_received_total{transport="udp"}` (read every API_POLL_S)
+  and, past that, holds the simulated clock until the gateway caught up
+  (`catch_ups`, and their real time). The bridge's pty needs none: bytes
+  wait in the line, and in the board's own buffer (OUT_MAX), as on USB.
 
 What this costs and where it differs from the field, named:
 - The gateway accounts its own EU868 duty cycle per packet forwarder on
@@ -97,7 +105,9 @@ PACE_STEP_S = 30.0         # simulated s between pacing checks (and keepalives, 
 MAX_LAG_S = 0.5            # real s of pacing debt forgiven after a hold or a slow stretch (no catch-up burst)
 HOLD_LEAD_S = 0.010        # simulated s before RX1 at which the clock waits for the gateway's decision
 HOLD_SLACK_S = 0.05        # real s past the gateway's 1 s deadline a downlink may still be in flight
-API_POLL_S = 0.5           # real s between looks at the gateway's downlink queue and queue depth
+API_POLL_S = 0.2           # real s between looks at the gateway's counters, downlink queue and queue depth
+UDP_AHEAD_MAX = 64         # rxpk handed over UDP and not yet read by the gateway, at most (see "Flow control")
+CATCH_UP_TIMEOUT_S = 30.0  # real s the gateway may take to read that backlog before the run fails
 DRAIN_TIMEOUT_S = 60.0     # real s for the gateway to read, store and deliver everything at the end
 CONNECT_TIMEOUT_S = 15.0   # real s for the gateway to open the bridge's serial port
 WINDOW_KEEP_S = 10.0       # simulated s a receive window is remembered after it opened
@@ -142,6 +152,8 @@ class LiveGateway:
         self._handed: dict[tuple[int, int], float] = {}   # (node, counter) -> time.time() of the first hand-over
         self._sent: Counter[str] = Counter()              # frames handed over, by gateway transport
         self._open_nodes: frozenset[int] = frozenset()    # nodes with downlinks queued at the gateway
+        self._gw_received: dict[str, float] = {}          # the gateway's receptions by transport (its /metrics)
+        self.catch_up_real_s = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pacer: asyncio.Task | None = None
         self._next_real = 0.0
@@ -256,6 +268,7 @@ class LiveGateway:
                 continue
             try:
                 samples = svc.gateway_metrics()
+                self._note_received(samples)
                 self.queue_max = max(self.queue_max, int(metric_sum(samples, "lumeau_queue_records")))
                 nodes: frozenset[int] = frozenset()
                 if metric_sum(samples, "lumeau_downlink_queue_depth") > 0:
@@ -264,6 +277,29 @@ class LiveGateway:
                 self._open_nodes = nodes
             except (OSError, ValueError, KeyError) as e:  # the gateway stopping, a slow answer: next time
                 self._poll_error = str(e)[:200]
+
+    def _note_received(self, samples: list) -> None:
+        self._gw_received = {t: metric_sum(samples, "lumeau_frames_received_total", transport=t)
+                             for t in ("udp", "bridge")}
+
+    def _catch_up(self) -> None:
+        """Hold the simulated clock until the gateway has read the UDP backlog down to half the bound."""
+        assert self.services is not None
+        t0 = time.monotonic()
+        self.counts["catch_ups"] += 1
+        while self._sent["udp"] - self._gw_received.get("udp", 0) > UDP_AHEAD_MAX // 2:
+            if time.monotonic() - t0 > CATCH_UP_TIMEOUT_S or not self.services.gateway.running:
+                if self._failed is None:
+                    self._failed = ServiceError(f"the gateway read no UDP for {CATCH_UP_TIMEOUT_S:g} s "
+                                                f"({self._sent['udp'] - self._gw_received.get('udp', 0):.0f} "
+                                                f"frames waiting); see {self.services.gateway.log}")
+                break
+            self._poll(0.005)
+            try:
+                self._note_received(self.services.gateway_metrics())
+            except OSError:
+                pass
+        self.catch_up_real_s += time.monotonic() - t0
 
     # ------------------------------------------------------------------ the air's side
 
@@ -278,6 +314,8 @@ class LiveGateway:
         tmst = front.forward(raw, up.end_us, self.ctx.start_unix + up.end_us / 1e6, up.freq_hz, up.sf,
                              hearing.rssi_dbm, hearing.snr_db)
         self._sent[front.kind] += 1
+        if front.kind == "udp" and self._sent["udp"] - self._gw_received.get("udp", 0) > UDP_AHEAD_MAX:
+            self._catch_up()
         w = self._windows.get(id(up))
         if w is None:
             w = self._windows[id(up)] = _Window(up, time.monotonic())
@@ -429,6 +467,7 @@ class LiveGateway:
         out.update({f"live_{k}": v for k, v in sorted(self.counts.items())})
         out["live_handed_over"] = dict(self._sent)
         out["live_holds_real_s"] = round(self.holds_real_s, 3)
+        out["live_catch_up_real_s"] = round(self.catch_up_real_s, 3)
         out["live_speed"] = self.speed
         out["live_fronts"] = {site: {"kind": f.kind, **f.stats()} for site, f in self.fronts.items()}
         out["live_sink"] = sink_stats

@@ -158,6 +158,8 @@ def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
     for i, f in enumerate(results["alarms"]["faults"], start=1):
         if f["expected"] is None:
             color, outcome = BASE, "no alarm expected"
+        elif f.get("manifested") is False:
+            color, outcome = BASE, "latent: never showed"
         else:
             color, outcome = (GOOD, "alarm raised \u2713") if f["detected"] else (BAD, "alarm NOT raised")
         lines.append((i, f, color, outcome))
@@ -363,7 +365,9 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
                  "#555555")
             continue
         ax.scatter([at], [y], marker="v", s=70, color=INK, zorder=3)
-        if f["detected"] and f["delay_s"] is not None:
+        if f.get("manifested") is False and not f["detected"]:
+            note(at, y, f"latent: it never showed (nothing moved), so no {f['expected']} was due", "#555555")
+        elif f["detected"] and f["delay_s"] is not None:
             end = at + f["delay_s"] / 3600
             ax.plot([at, end], [y, y], color=GOOD, linewidth=2.5, zorder=2)
             ax.scatter([end], [y], marker="o", s=60, color=GOOD, zorder=3)
@@ -378,7 +382,7 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
     ax.grid(axis="y", visible=False)
     al = results["alarms"]
     ax.set_title(f"Alarms against faults injected: {al['detected']} of {al['expected']} raised "
-                 f"(\u25bc injected, \u25cf stored)")
+                 f"(\u25bc injected, \u25cf stored)" + (f", {al['latent']} latent" if al.get("latent") else ""))
     return _png(fig)
 
 
@@ -477,14 +481,17 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
            "</div><div class=health>",
            _tile(f"{dv['ratio_pct']:.2f} %", f"uplinks stored ({dv['stored']:,} of {dv['settled']:,})",
                  dv["ratio"] >= 0.95),
-           _tile(f"{al['detected']} / {al['expected']}", "injected faults that raised their alarm",
-                 al["detected"] == al["expected"]),
+           _tile(f"{al['detected']} / {al['expected']}", "faults that showed and raised their alarm"
+                 + (f" ({al['latent']} latent)" if al.get("latent") else ""), al["detected"] == al["expected"]),
            _tile(f"{max(fr['largest'].values(), default=0)} B", f"largest frame (budget {fr['budget']} B)",
                  not fr["over_budget"]),
            _tile("agree" if to["agree"] else "DISAGREE", "platform totals = the nodes' own counters", to["agree"]),
            "</div>",
            f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, {run['node_seconds_per_wall_s']:,.0f} simulated "
-           f"node-seconds per second.</p>",
+           f"node-seconds per second" + (
+               f"; the simulated clock ran at most {gw.get('live_speed') or 'unlimited'} x real time and waited "
+               f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
+               f"({gw.get('live_holds', 0)} receive windows)" if live else "") + ".</p>",
            "<h2>The district</h2>", _img(pngs["map"], "district map"),
            "<h2>Energy</h2>", _img(pngs["energy"], "energy against the baseline"),
            "<h2>Water</h2>", _img(pngs["water"], "water against the baseline"),
@@ -504,6 +511,8 @@ def _fault_table(al: dict[str, Any]) -> str:
     for f in al["faults"]:
         if f["expected"] is None:
             outcome = "<span class=ok>no alarm expected; no record lost</span>"
+        elif f.get("manifested") is False and not f["detected"]:
+            outcome = "latent: the fault never showed (nothing flowed or lit), so there was nothing to raise"
         elif f["detected"]:
             outcome = f"<span class=ok>stored {_dur(f['delay_s'])} after the fault</span>"
         else:
