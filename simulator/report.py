@@ -343,6 +343,7 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
     faults = results["alarms"]["faults"]
     hours = results["scenario"]["hours"]
     label = _local_hours(results, scenario)
+    lost_none = _nothing_lost(results)
     durations = {}
     for sf in getattr(getattr(scenario, "faults", None), "faults", ()) or ():
         durations[sf.index] = sf.duration_s
@@ -361,8 +362,8 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
         if f["expected"] is None:
             width = max(dur_h or 0.0, 0.08)
             ax.barh([y], [width], left=[at], color=BASE, height=0.45)
-            note(at + width, y, f"{_dur((dur_h or 0) * 3600)} down; no alarm expected, nothing may be lost",
-                 "#555555")
+            note(at + width, y, f"{_dur((dur_h or 0) * 3600)} down; no alarm expected; "
+                 + ("no record lost" if lost_none else "RECORDS LOST"), "#555555" if lost_none else BAD)
             continue
         ax.scatter([at], [y], marker="v", s=70, color=INK, zorder=3)
         if f.get("manifested") is False and not f["detected"]:
@@ -434,7 +435,7 @@ h1{font-size:26px;margin:0 0 4px} h2{font-size:18px;margin:34px 0 8px;border-bot
 img{max-width:100%;display:block;margin:8px auto}
 table{border-collapse:collapse;width:100%;font-size:13px;margin:8px 0}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eee;vertical-align:top} th{background:#fafafa}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n{text-align:right;font-variant-numeric:tabular-nums} .nw{white-space:nowrap}
 .note{font-size:12.5px;color:#555;line-height:1.5}
 code{background:#f2f2f2;padding:1px 4px;border-radius:3px;font-size:12px}
 """
@@ -489,14 +490,17 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
            "</div>",
            f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, {run['node_seconds_per_wall_s']:,.0f} simulated "
            f"node-seconds per second" + (
-               f"; the simulated clock ran at most {gw.get('live_speed') or 'unlimited'} x real time and waited "
+               "; the simulated clock ran "
+               + (f"at most {gw['live_speed']:,.0f} times faster than real time" if gw.get("live_speed")
+                  else "as fast as the CPU allowed")
+               + " and waited "
                f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
                f"({gw.get('live_holds', 0)} receive windows)" if live else "") + ".</p>",
            "<h2>The district</h2>", _img(pngs["map"], "district map"),
            "<h2>Energy</h2>", _img(pngs["energy"], "energy against the baseline"),
            "<h2>Water</h2>", _img(pngs["water"], "water against the baseline"),
            "<h2>Faults and alarms</h2>", _img(pngs["alarms"], "alarms against faults"),
-           _fault_table(al), "<h2>Radio</h2>", _img(pngs["delivery"], "delivery per node"),
+           _fault_table(al, _nothing_lost(results)), "<h2>Radio</h2>", _img(pngs["delivery"], "delivery per node"),
            _img(pngs["airtime"], "airtime against the duty-cycle limit"), _img(pngs["frames"], "largest frames"),
            _img(pngs["latency"], "latency"),
            "<h2>Totals: the platform against the nodes</h2>", _totals_table(to),
@@ -506,11 +510,19 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
     return "\n".join(out)
 
 
-def _fault_table(al: dict[str, Any]) -> str:
+def _nothing_lost(results: dict[str, Any]) -> bool:
+    """Every uplink a gateway heard reached the store and the platform (the check for restarts and outages)."""
+    u = results["totals"]["uplinks"]
+    return bool(results["totals"].get("stored_equals_heard")) and u.get("queued_at_end", 0) == 0 \
+        and u.get("at_platform", u.get("stored")) == u.get("stored")
+
+
+def _fault_table(al: dict[str, Any], nothing_lost: bool) -> str:
     rows = ["<table><tr><th>when</th><th>fault</th><th>target</th><th>expected</th><th>outcome</th></tr>"]
     for f in al["faults"]:
         if f["expected"] is None:
-            outcome = "<span class=ok>no alarm expected; no record lost</span>"
+            outcome = ("<span class=ok>no alarm expected; no record lost</span>" if nothing_lost else
+                       "<span class=bad>no alarm expected, but records were lost (see the totals)</span>")
         elif f.get("manifested") is False and not f["detected"]:
             outcome = "latent: the fault never showed (nothing flowed or lit), so there was nothing to raise"
         elif f["detected"]:
@@ -518,8 +530,8 @@ def _fault_table(al: dict[str, Any]) -> str:
         else:
             outcome = "<span class=bad>not raised</span>"
         params = ", ".join(f"{k} {v}" for k, v in f["params"].items())
-        rows.append(f"<tr><td class=n>{f['at_h']:g} h</td><td>{_e(f['kind'].replace('_', ' '))}"
-                    f"{(' (' + _e(params) + ')') if params else ''}</td><td>{_e(f['target'])}</td>"
+        rows.append(f"<tr><td class='n nw'>{f['at_h']:g} h</td><td>{_e(f['kind'].replace('_', ' '))}"
+                    f"{(' (' + _e(params) + ')') if params else ''}</td><td class=nw>{_e(f['target'])}</td>"
                     f"<td>{_e(f['expected'] or '')}</td><td>{outcome}</td></tr>")
     rows.append("</table>")
     if al.get("unexpected"):

@@ -504,3 +504,20 @@ def test_demo_report_has_the_numbers_and_the_plots(demo):
         png = (out / "plots" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     assert "report.html" in stdout and f"{en['saved_kwh']:.1f} kWh saved" in stdout
+
+
+def test_report_of_a_short_in_process_run(tmp_path):
+    """The report is the results object's, whatever the link: two in-process hours of the district."""
+    from simulator.report import PLOTS, write_report
+    from simulator.runner import RunOptions, run
+    from simulator.scenario import load
+
+    sc = load(DISTRICT)
+    results = run(sc, RunOptions(hours=2, progress=False, workdir=tmp_path / "gw")).to_dict()
+    path = write_report(results, tmp_path / "report", sc)
+    html = path.read_text()
+    assert path.name == "report.html" and html.count("data:image/png;base64,") == len(PLOTS)
+    assert "real gateway pipeline and store in the simulator" in html and "lumeau sink" not in html
+    assert f"{results['delivery']['stored']:,} of {results['delivery']['settled']:,}" in html
+    assert f"{results['energy']['baseline_kwh']:.1f} kWh" in html
+    assert sorted(p.name for p in (tmp_path / "report" / "plots").iterdir()) == sorted(f"{n}.png" for n in PLOTS)
