@@ -85,8 +85,30 @@ def iso_time(t: float) -> str:
     return head + _ISO_MS[us // 1000]
 
 
+_parsed_seconds: dict[str, int] = {}  # "2026-11-18T11:06:41" -> Unix seconds (UTC), at most ISO_CACHE_MAX
+
+
 def parse_time(s: Any) -> float:
-    """ISO 8601 (with a zone; a bare time is UTC) -> Unix seconds; FormatError otherwise."""
+    """ISO 8601 (with a zone; a bare time is UTC) -> Unix seconds; FormatError otherwise.
+
+    What iso_time writes (UTC, milliseconds, "Z") is read with the second
+    cached; anything else goes through datetime.fromisoformat.
+    """
+    if type(s) is str and len(s) == 24 and s[19] == "." and s[23] == "Z" and s.isascii() and s[20:23].isdigit():
+        head = s[:19]
+        sec = _parsed_seconds.get(head)
+        if sec is None:
+            try:
+                sec = int(datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp())
+            except ValueError:
+                sec = None
+            else:
+                if len(_parsed_seconds) >= ISO_CACHE_MAX:
+                    _parsed_seconds.clear()
+                _parsed_seconds[head] = sec
+        if sec is not None:
+            # one correctly rounded division, as datetime.timestamp() does
+            return (sec * 1000 + int(s[20:23])) / 1000
     if not isinstance(s, str) or len(s) > 40:
         raise FormatError("time must be an ISO 8601 string")
     try:

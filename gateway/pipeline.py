@@ -39,7 +39,10 @@ turn as one batch, and admits the next batch while this one's fsync runs).
 
 Limits: DEFAULT_MAX_INFLIGHT = 8192 receptions between `submit` and their
 commit (memory stays flat under any load; `submit` waits beyond it, which
-backpressures a serial line and leaves datagrams in the UDP socket buffer).
+backpressures a serial line and leaves datagrams in the UDP socket buffer);
+ADMIT_SLICE = 1024 receptions admitted per turn of the worker (about 10 ms
+of work on a small core) before it lets the event loop run the upstream,
+the transports and the downlinks.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from protocol import messages as m
 log = logging.getLogger("lumeau.gateway.pipeline")
 
 DEFAULT_MAX_INFLIGHT = 8192
+ADMIT_SLICE = 1024
 
 # Verdicts of `ingest` that are not rejections.
 ACCEPTED = "accepted"
@@ -216,7 +220,10 @@ class Pipeline:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch, self._queue = self._queue, []
+            if len(self._queue) > ADMIT_SLICE:
+                batch, self._queue = self._queue[:ADMIT_SLICE], self._queue[ADMIT_SLICE:]
+            else:
+                batch, self._queue = self._queue, []
             items: list[tuple[Record, tuple[int, int, int]]] = []
             admitted: list[tuple[int, Reception, frame.ReplayWindow]] = []
             for rec in batch:
@@ -240,6 +247,8 @@ class Pipeline:
             t = asyncio.get_running_loop().create_task(self._finish(fut, items, admitted))
             self._finishers.add(t)
             t.add_done_callback(self._finishers.discard)
+            if self._queue:  # a burst: let the rest of the gateway run between slices
+                await asyncio.sleep(0)
 
     async def _finish(self, fut: asyncio.Future, items: list, admitted: list) -> None:
         try:

@@ -753,11 +753,14 @@ class Store:
                 rows = []
                 windows = {}
                 dumps = cbor2.dumps
+                routine = _ROUTINE
                 for chunk, start, n in taken:
                     seq = chunk.seq0 + start
                     for r, w in chunk.items[start:start + n]:
-                        rows.append((seq, r.node_id, r.counter, r.mtype, priority(r), r.rx_time, r.receptions,
-                                     r.best_rssi, r.best_snr, r.gateway_id,
+                        mtype = r.mtype
+                        rows.append((seq, r.node_id, r.counter, mtype,  # priority(r), inlined: once per record
+                                     PRIO_ALARM if r.alarm else PRIO_ROUTINE if mtype in routine else PRIO_OTHER,
+                                     r.rx_time, r.receptions, r.best_rssi, r.best_snr, r.gateway_id,
                                      r.cbor if r.cbor is not None else dumps(r.body)))
                         seq += 1
                         if w is not None:

@@ -295,6 +295,28 @@ def test_iso_time_is_what_datetime_says(t):
     assert formats.iso_time(t) == want  # the cached second gives the same text
 
 
+def _parse_reference(s):
+    from datetime import timezone
+    d = datetime.fromisoformat(s)
+    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.floats(-2e9, 2.5e11).map(lambda t: formats.iso_time(t)) | st.text(max_size=26) | st.from_regex(
+    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}[Z+]\Z"))
+def test_parse_time_is_what_datetime_says(s):
+    try:
+        want = _parse_reference(s) if len(s) <= 40 else None
+    except (ValueError, OverflowError, OSError):
+        want = None
+    if want is None:
+        with pytest.raises(formats.FormatError):
+            formats.parse_time(s)
+    else:
+        assert formats.parse_time(s) == want
+        assert formats.parse_time(s) == want  # the cached second gives the same answer
+
+
 @pytest.mark.parametrize("t", [float("nan"), float("inf"), -float("inf"), 1e300, 2.6e11])
 def test_iso_time_refuses_what_no_calendar_holds(t):
     with pytest.raises(ValueError):
