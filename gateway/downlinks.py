@@ -255,8 +255,11 @@ class Downlinks:
                 self._last_sent[dl.id] = self.clock()
                 self.counts["sent"] += 1
                 if dl.mtype == m.COMMAND:
-                    dl.state = "sent"
-                    await self.store.update_downlink(dl)
+                    # The CMD_ACK can settle the command while the send still waits for the
+                    # transport (a forwarder's TX_ACK): never overwrite a final state.
+                    if dl.state in ("queued", "sent"):
+                        dl.state = "sent"
+                        await self.store.update_downlink(dl)
                 else:
                     await self._close(dl, "sent")
 

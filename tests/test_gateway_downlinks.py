@@ -218,3 +218,27 @@ async def test_on_a_wire_unanswered_commands_are_resent_without_waiting_for_an_u
     await d.sweep()
     await d.idle()
     assert [b[0] for _t, _c, b in radio.sent] == [dl.id, dl.id] and p.store.downlink(dl.id).attempts == 2
+
+
+async def test_an_ack_that_arrives_while_the_send_still_waits_is_not_overwritten(gw):
+    """A forwarder's TX_ACK can take longer than the node's answer: the command stays acked."""
+    p, d, _ = gw
+
+    class SlowRadio(Radio):
+        async def send_downlink(self, raw, rx):
+            await super().send_downlink(raw, rx)
+            if self.sent[-1][0] == m.COMMAND:  # the node answers before the transport returns
+                cmd_id = self.sent[-1][2][0]
+                ack = seal(NODE, 2, m.CMD_ACK, {0: cmd_id, 1: m.RES_OK, 2: 80})
+                task = asyncio.ensure_future(p.ingest(reception(ack, transport="serial", path=self,
+                                                                gateway_id=self.name)))
+                await asyncio.sleep(0.1)
+                await task
+
+    radio = SlowRadio("serial:slow")
+    dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_SET_LEVEL, 2: [80, 600]})
+    await uplink(p, d, seal(NODE, 1), radio, "serial")
+    await d.idle()
+    got = p.store.downlink(dl.id)
+    assert (got.state, got.result) == ("acked", m.RES_OK)
+    assert d.pending(NODE) == 0
