@@ -76,7 +76,8 @@ def live_summary(results: dict[str, Any]) -> str:
         f"  city platform (lumeau sink): {sink.get('records', 0):,} records from {sink.get('nodes', 0)} nodes "
         f"in {sink.get('batches', 0)} batches, {sink.get('duplicates', 0)} resends dropped; "
         f"restarted {gw.get('live_sink_restarts', 0)} time(s) for the outage",
-        f"  pacing: at most {gw.get('live_speed') or 'unlimited'} x real time; {gw.get('live_holds', 0)} holds "
+        "  pacing: " + (f"at most {gw['live_speed']:,.0f} x real time" if gw.get("live_speed") else "uncapped")
+        + f"; {gw.get('live_holds', 0)} holds "
         f"before a receive window ({gw.get('live_holds_real_s', 0):.1f} s of real time), "
         f"{gw.get('live_downlinks_late', 0)} downlinks too late, {gw.get('live_catch_ups', 0)} waits for the "
         f"gateway to read UDP ({gw.get('live_catch_up_real_s', 0):.1f} s)",
