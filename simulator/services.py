@@ -124,6 +124,13 @@ class Http:
     def json(self, path: str, timeout: float = HTTP_TIMEOUT_S) -> Any:
         return json.loads(self.get(path, timeout))
 
+    def post(self, path: str, doc: Any, timeout: float = HTTP_TIMEOUT_S) -> Any:
+        """POST a JSON body; the JSON answer (HTTPError for a 4xx/5xx, with the service's message in it)."""
+        req = urllib.request.Request(self.base + path, data=json.dumps(doc).encode(), method="POST",
+                                     headers={"Authorization": self._auth, "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"null")
+
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')

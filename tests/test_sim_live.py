@@ -347,6 +347,57 @@ def test_live_link_through_a_real_gateway_and_sink(tmp_path):
     assert all(n.root_key.hex() not in logs for n in NODES)
 
 
+def test_a_command_queued_at_the_gateway_goes_out_in_the_next_receive_window(tmp_path):
+    """A downlink an operator queued through the gateway's API: the link holds the clock after that node's
+    next uplink (any uplink, not only alarms) and the COMMAND reaches the air in RX1."""
+    channel = ch.Channel(SITES, seed=5)
+    for i, n in enumerate(NODES):
+        channel.add_node(n.node_id, -40 + 40 * i, 20)
+    got: list[tuple] = []
+
+    def downlink(site, node, raw, uplink):
+        assert asyncio.get_running_loop().time() < channel.rx1_start_ms(uplink) / 1000
+        got.append((site, node, raw))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ctx = LinkContext(NODES, SITES, T0, lambda: T0 + loop.time(), downlink, tmp_path)
+        link = LiveGateway(tmp_path / "out", speed=None)
+        try:
+            await link.start(ctx)
+            target = NODES[1]
+            link.services.api.post(f"/nodes/{target.node_id:08x}/commands", {"op": "set_level", "args": [100, 600]})
+            deadline = time.monotonic() + 5
+            while target.node_id not in link._open_nodes and time.monotonic() < deadline:
+                time.sleep(0.05)  # the link's poller has seen the queue (real time; the clock stands)
+            nk = keys.NodeKeys(target.node_id, target.root_key)
+            for counter in (1, 2):
+                raw = frame.seal(nk, m.LIGHT, counter, m.encode(m.LIGHT, {0: 40, 2: 100 + counter}))
+                up = channel.transmit(target.node_id, loop.time() * 1000, len(raw), 9, 868_100_000, raw)
+                await asyncio.sleep(up.airtime_ms / 1000 + 0.001)
+                for tx in channel.settle(loop.time() * 1000):
+                    for h in tx.hearings:
+                        if h.ok:
+                            link.uplink(h)
+                await asyncio.sleep(30)
+            return await link.finish()
+        finally:
+            await link.close()
+
+    loop = VirtualLoop(VirtualClock(T0))
+    try:
+        report = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert report.counters["live_holds"] >= 1 and report.counters["live_holds_answered"] >= 1
+    commands = []
+    for site, node, raw in got:
+        f, body = frame.unseal(keys.NodeKeys(node, NODES[1].root_key), raw)
+        if f.mtype == m.COMMAND:
+            commands.append(m.decode(m.COMMAND, body))
+    assert commands and commands[0][1] == m.OP_SET_LEVEL and list(commands[0][2]) == [100, 600]
+
+
 def test_a_gateway_that_dies_mid_run_is_said_clearly(tmp_path):
     import signal
 
