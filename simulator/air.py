@@ -102,8 +102,8 @@ class Air:
 
     # ------------------------------------------------------------ uplinks
 
-    def transmit(self, node_id: int, frame: bytes, sf: int, freq_hz: int) -> ch.Transmission:
-        now = self.now_us()
+    def transmit(self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None) -> ch.Transmission:
+        now = self.now_us() if start_us is None else start_us
         up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
         st = self.stats(node_id)
         if up.refused is not None:

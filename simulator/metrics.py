@@ -4,8 +4,8 @@
 and dicts); `Results.summary()` the text the CLI prints. Sections:
 
   scenario   name, file, description, seed, start, hours, node counts, gateways, SFs
-  run        link used, wall and CPU seconds, simulated node-seconds per wall second,
-             the apps' ticks
+  run        link used, wall and CPU seconds (all processes), simulated node-seconds per
+             wall second, ticked apps, worker processes (simulator/parallel.py)
   delivery   uplinks put on the air (and refused by the channel: duty cycle, too long,
              busy), settled by the end, heard by a gateway, stored by the gateway;
              ratio = stored / settled, overall, per kind and per node
@@ -310,7 +310,7 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
         "run": {"link": report.link, "wall_s": wall_s, "cpu_s": cpu_s, "nodes": n_nodes,
                 "node_seconds": n_nodes * sc.duration_s,
                 "node_seconds_per_wall_s": n_nodes * sc.duration_s / wall_s if wall_s > 0 else 0.0,
-                "ticked_apps": sim.options.ticked_apps, "crashed_nodes": list(sim.crashes)},
+                "ticked_apps": sim.options.ticked_apps, "workers": 1, "crashed_nodes": list(sim.crashes)},
         "delivery": delivery, "latency_s": latency, "airtime": airtime, "frames": frames, "alarms": alarms,
         "energy": energy, "water": water, "totals": totals,
         "gateway": {**report.counters, "delivered_upstream": report.delivered_upstream,

@@ -128,6 +128,7 @@ class RunOptions:
     workdir: Path | None = None        # where the in-process gateway keeps its SQLite file (default: a temp dir)
     link: Callable[[], GatewayLink] | None = None   # the gateway link factory (default: InProcessGateway)
     ticked_apps: bool = True           # False: every app loops in its own run() (slower; same behaviour)
+    workers: int = 1                   # > 1: the nodes in that many processes (simulator/parallel.py)
 
 
 # ---------------------------------------------------------------- the scenario as run
@@ -146,6 +147,8 @@ def prepare(scenario: Scenario, options: RunOptions) -> Scenario:
     s = options.nodes_scale
     if not 0 < s <= 1:
         raise ValueError(f"nodes_scale must be within (0, 1], got {s}")
+    if not 1 <= options.workers <= 64:
+        raise ValueError(f"workers must be within 1..64, got {options.workers}")
     if s < 1:
         targets = sc.faults.targets()
         sc = dataclasses.replace(sc, lamps=_thin(sc.lamps, s, targets), controllers=_thin(sc.controllers, s, targets))
@@ -326,6 +329,13 @@ class Simulation:
     def unix(self) -> float:
         return self.clock.unix0 + self.clock.t
 
+    def _owns(self, spec: LampNode | IrrigationNode) -> bool:
+        """Whether this process runs the node (all of them, except in a worker of a parallel run)."""
+        return True
+
+    def _make_air(self, loop: asyncio.AbstractEventLoop) -> Air:
+        return Air(self.channel, loop, self.link.uplink)
+
     def _setup(self, loop: asyncio.AbstractEventLoop, clock: SimClock, workdir: Path) -> LinkContext:
         sc = self.sc
         self.loop = loop
@@ -333,18 +343,27 @@ class Simulation:
         self.channel = ch.Channel(sc.gateways, sc.radio.params, sc.seed)
         for n in sc.nodes:
             self.channel.add_node(n.node_id, n.x, n.y, n.height_m)
-        self.air = Air(self.channel, loop, self.link.uplink)
+        self.air = self._make_air(loop)
         # the PIR holds at least one lamp tick (world.py): the tick the scenario's firmware table leaves
         tick_l = SIM_TICK_MS["lighting"]
         if sc.lamps:
             tick_l = firmware_config(sc, sc.lamps[0], sc.radio.channels_hz[0])["lighting"].get("tick_ms", tick_l)
-        self.world = World(sc, sc.lamps, sc.controllers, clock, pir_hold_s=tick_l / 1000.0)
+        self.world = World(sc, [n for n in sc.lamps if self._owns(n)], [n for n in sc.controllers if self._owns(n)],
+                           clock, pir_hold_s=tick_l / 1000.0)
         apps = {k: (ticked(a, clock) if self.options.ticked_apps else a) for k, a in APPS.items()}
         rng = random.Random(f"lumeau-sim-run:{sc.seed}")
         infos = []
-        for i, spec in enumerate(sc.nodes):
+        for spec in sc.nodes:
+            # drawn for every node in file order, whoever runs it: a node's channel and boot instant
+            # do not depend on how the nodes are shared among processes
             freq = sc.radio.channels_hz[rng.randrange(len(sc.radio.channels_hz))]
+            # whole seconds: nodes' ticks then share the clock's millisecond buckets (simclock.py)
+            boot_s = rng.randrange(int(min(BOOT_SPREAD_S, sc.duration_s / 2)) or 1)
             cfg = firmware_config(sc, spec, freq)
+            infos.append(NodeInfo(spec.node_id, spec.name, spec.kind, bytes.fromhex(cfg["root_key"]), spec.lat,
+                                  spec.lon, getattr(spec, "street", "") or getattr(spec, "park", "")))
+            if not self._owns(spec):
+                continue
             raw = json.dumps(cfg, separators=(",", ":")).encode()
             fw_config.load(raw)  # refuse a bad provisioning now, naming the key, not at boot
             radio = NodeRadio(self.air, spec.node_id, freq, spec.sf, sc.radio.params.bw_hz,
@@ -353,11 +372,7 @@ class Simulation:
             sn = SimNode(spec, raw, radio, w, apps[spec.kind])
             self.nodes[spec.name] = sn
             self.by_id[spec.node_id] = sn
-            infos.append(NodeInfo(spec.node_id, spec.name, spec.kind, bytes.fromhex(cfg["root_key"]), spec.lat,
-                                  spec.lon, getattr(spec, "street", "") or getattr(spec, "park", "")))
-            # whole seconds: nodes' ticks then share the clock's millisecond buckets (simclock.py)
-            loop.call_later(rng.randrange(int(min(BOOT_SPREAD_S, sc.duration_s / 2)) or 1), self._boot, sn,
-                            m.RST_POWER_ON)
+            loop.call_later(boot_s, self._boot, sn, m.RST_POWER_ON)
         return LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
 
     def _boot(self, sn: SimNode, cause: int) -> None:
@@ -599,6 +614,9 @@ def new_loop(sc: Scenario) -> VirtualLoop:
 
 def run(scenario: Scenario, options: RunOptions = RunOptions()) -> Results:
     """Run a scenario to its end on a fresh virtual-time loop; the results of the run."""
+    if options.workers > 1:
+        from simulator.parallel import run_parallel
+        return run_parallel(scenario, options)
     sim = Simulation(scenario, options)
     loop = new_loop(sim.sc)
     try:
@@ -636,6 +654,9 @@ def add_action(actions: Any) -> None:
     p.add_argument("--hours", type=float, help="simulate this many hours instead of the scenario's duration")
     p.add_argument("--nodes-scale", type=float, default=1.0, metavar="S",
                    help="keep a share S (0 < S <= 1) of the lamps and controllers (fault targets kept)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the nodes in N processes, the radio channel and gateway in this one "
+                        "(simulator/parallel.py; the same results for any N >= 2)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="draw a progress bar on stderr (default: when stderr is a terminal)")
@@ -655,7 +676,7 @@ def cmd_run(args: Any) -> int:
         return 2
     try:
         opts = RunOptions(seed=args.seed, hours=args.hours, nodes_scale=args.nodes_scale,
-                          progress=args.progress, workdir=args.workdir)
+                          progress=args.progress, workdir=args.workdir, workers=args.workers)
         prepare(sc, opts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
