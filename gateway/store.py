@@ -52,11 +52,12 @@ Limits (named, all overridable through `Store.open`):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import sqlite3
 import time
-from collections import OrderedDict
+from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -264,12 +265,15 @@ class Store:
         self._count = 0  # records queued (maintained by the writer thread)
         # node -> (seq, record) of its newest record: where copies of a frame are merged
         self._latest: dict[int, tuple[int, Record]] = {}
-        # committed, undelivered records in memory, by seq (oldest first): next_batch reads no
-        # row at or above _mem_floor; older ones (from before a restart, or pushed out of memory
-        # by RECENT_MAX) are read back from the database. Insertion-ordered and trimmed from the
-        # front: OrderedDict.popitem(last=False) is O(1), where deleting a plain dict's first key
-        # again and again makes finding the next one O(n)
-        self._ready: OrderedDict[int, Record] = OrderedDict()
+        # committed, undelivered records in memory, by seq: next_batch reads no row at or above
+        # _mem_floor; older ones (from before a restart, or pushed out of memory by RECENT_MAX)
+        # are read back from the database. _order holds their seqs ascending from _head, with
+        # the seqs of records gone since (delivered, quarantined, evicted) left in place until
+        # the head passes them: next_batch(after) finds its start by bisection, so records
+        # handed out but not yet deleted are never walked over again
+        self._ready: dict[int, Record] = {}
+        self._order: list[int] = []
+        self._head = 0
         self._mem_floor = 1
         self._committed_upto = 0  # every seq up to this one is committed, or failed for good
         self._windows: dict[int, tuple[int, int, int]] = {}  # node -> (node, top, mask)
@@ -464,14 +468,26 @@ class Store:
             out = [_record_from_row(row, named) for row in rows]
             if len(out) >= max_records:
                 return out
-        for seq, rec in self._ready.items():
-            if seq > after:
+        ready, order = self._ready, self._order
+        for seq in islice(order, bisect.bisect_right(order, after, self._head), None):
+            rec = ready.get(seq)
+            if rec is not None:
                 if named and not rec.fields:
                     rec.fields = expand.expand(rec.mtype, rec.body)
                 out.append((seq, rec))
                 if len(out) >= max_records:
                     break
         return out
+
+    def _trim_order(self) -> None:
+        """Move _head past seqs no longer in memory; drop them once they are half of _order."""
+        order, ready, head = self._order, self._ready, self._head
+        while head < len(order) and order[head] not in ready:
+            head += 1
+        if head > 1024 and head * 2 > len(order):
+            del order[:head]
+            head = 0
+        self._head = head
 
     async def delete(self, seqs: Iterable[int]) -> int:
         """Remove records the upstream answered 2xx for; returns how many were still queued."""
@@ -789,13 +805,14 @@ class Store:
             if taken:
                 last, start, n = taken[-1]
                 self._committed_upto = max(self._committed_upto, last.seq0 + start + n - 1)
-            ready, floor = self._ready, self._mem_floor
+            ready, order, floor = self._ready, self._order, self._mem_floor
             for chunk, start, n in taken:
                 seq0 = chunk.seq0 + start
                 recs = chunk.items[start:start + n]
                 if seq0 >= floor and not dropped:
                     # the common case: every record of the slice is committed and stays in memory
                     ready.update(zip(range(seq0, seq0 + n), [r for r, _w in recs]))
+                    order.extend(range(seq0, seq0 + n))
                     chunk.settle(start, n)
                     continue
                 res = chunk.results
@@ -807,11 +824,18 @@ class Store:
                         res[start + i] = seq
                         if seq >= floor:
                             ready[seq] = r
+                            order.append(seq)
                 chunk.done(n)
+            self._trim_order()
             if len(ready) > RECENT_MAX:  # memory is full: the oldest are read back from the database
+                head = self._head
                 while len(ready) > RECENT_MAX:
-                    seq, _r = ready.popitem(last=False)
-                self._mem_floor = seq + 1
+                    seq = order[head]
+                    head += 1
+                    if ready.pop(seq, None) is not None:
+                        self._mem_floor = seq + 1
+                self._head = head
+                self._trim_order()
             for (_fn, f), (ok, value) in zip(ops, results):
                 if f.done():
                     continue

@@ -61,7 +61,7 @@ def _validate(mtype, body):
         return ("error", None)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(typed_bodies)
 def test_check_answers_only_what_validate_answers(tb):
     mtype, body = tb
@@ -72,7 +72,7 @@ def test_check_answers_only_what_validate_answers(tb):
         assert got is body
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(UPLINKS).flatmap(lambda t: st.tuples(st.just(t), bodies_of(t))))
 def test_check_is_sure_for_every_valid_body_of_known_keys(tb):
     # the point of the module: a valid uplink body with only known keys never takes the slow path
@@ -82,7 +82,7 @@ def test_check_is_sure_for_every_valid_body_of_known_keys(tb):
         assert bodies.check(mtype, body) is body
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(typed_bodies)
 def test_decode_agrees_with_messages_decode(tb):
     mtype, body = tb
@@ -114,7 +114,7 @@ def test_decode_keeps_the_bytes_only_when_they_are_the_bodys_encoding():
         bodies.decode(m.LIGHT, cbor.dumps({0: 101}))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(typed_bodies)
 def test_values_are_expand_without_units(tb):
     mtype, body = tb

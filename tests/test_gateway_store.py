@@ -79,6 +79,34 @@ async def test_delete_and_batches_after_a_seq(store):
     assert [s for s, _ in store.next_batch(100)] == seqs[4:]
 
 
+async def test_batches_come_from_memory_and_disk_alike(tmp_path, monkeypatch):
+    import gateway.store as gs
+    monkeypatch.setattr(gs, "RECENT_MAX", 8)  # memory holds the 8 newest committed records
+    path = tmp_path / "gw.db"
+    s = await Store.open(path)
+    old = [await s.append(record(1, c)) for c in range(5)]
+    await s.close()
+    s = await Store.open(path)  # what was queued before a restart is read back from the database
+    try:
+        new = await s.append_many([(record(2, c), None) for c in range(20)])
+        seqs = old + new
+        assert len(s._ready) == 8  # the rest was pushed out to the database
+        after, got = 0, []
+        while batch := s.next_batch(3, after, named=False):  # handed out, none deleted yet
+            after = batch[-1][0]
+            got += batch
+        assert [q for q, _ in got] == seqs  # every record once, in order, across the boundary
+        assert [(r.node_id, r.counter) for _, r in got] == [(1, c) for c in range(5)] + [(2, c) for c in range(20)]
+        assert all(r.body == record(r.node_id, r.counter).body for _, r in got)
+        assert not any(r.fields for _, r in got[:17])  # read back with named=False: left for the format
+        await s.delete(seqs[:4] + seqs[10:22])
+        assert [q for q, _ in s.next_batch(100)] == seqs[4:10] + seqs[22:]
+        assert [q for q, _ in s.next_batch(100, after=seqs[23])] == seqs[24:]
+        assert all(r.fields for _, r in s.next_batch(100))
+    finally:
+        await s.close()
+
+
 async def test_receptions_merge_before_and_after_the_commit(store):
     rec = record(5, 1)
     task = asyncio.create_task(store.append(rec, (5, 1, 1)))
