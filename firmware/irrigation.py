@@ -29,6 +29,20 @@
 #             once the pipes had FILL_MS to fill: master and zones close at
 #             once and stay closed (open_zone refused, schedules skipped) until
 #             clear_fault: a burst pipe needs a person;
+#   excess    more flow than the open zone explains: above (100 + excess_pct) %
+#             of its expected rate and at least leak_dlpm over it, for
+#             EXCESS_MS once the pipes had FILL_MS to fill (a valve stuck open
+#             behind the master valve, which flows only while another zone
+#             waters; a leak between the master and the zone valves): master
+#             and zones close and stay closed until clear_fault, as for a
+#             burst (the node cannot tell which valve is stuck; only a person
+#             can). The expected rate is the configured nominal flow_dlpm, not
+#             one learned from the first waterings: a valve already stuck at
+#             commissioning would be learned as normal, and a learned figure
+#             costs RAM and flash writes. excess_pct (default 30) covers
+#             sprinkler flow with line pressure (flow ~ sqrt(pressure): +-30 %
+#             pressure is about +-15 % flow) and a Hall meter's +-10 %; a
+#             burst (burst_pct, 2 s) is caught first, being the faster check;
 #   no flow   below NO_FLOW_PCT % of the expected rate for no_flow_s with a
 #             zone open (stuck valve, no pressure): that zone closes, the
 #             queue goes on; clears when the zone flows at FLOW_OK_PCT %.
@@ -62,6 +76,7 @@ MAX_RAIN_DELAY_H = 720  # 30 days
 _FLOW_WINDOW = const(3)
 _FILL_MS = const(15000)
 _BURST_MS = const(2000)
+_EXCESS_MS = const(30000)
 _LEAK_MS = const(60000)
 _DRAIN_MS = const(30000)
 _NO_FLOW_PCT = const(10)
@@ -69,6 +84,7 @@ _FLOW_OK_PCT = const(50)
 _MOIST_HOLD_MS = const(30000)
 _MV_RAIL = const(100)  # a sensor within 100 mV of 0 V or 3.3 V is stuck, not reading
 _FAILSAFE_EVENT_MS = const(900000)
+_LATCHED = const(0x22)  # m.IF_BURST | m.IF_EXCESS_FLOW: valves stay closed until clear_fault
 _STORE_KEY = "iprog"
 _ZONE_NAMES = ("zone1", "zone2", "zone3", "zone4")
 _MOIST_NAMES = ("moisture1", "moisture2", "moisture3", "moisture4")
@@ -80,6 +96,7 @@ SETTINGS = {
     "pulses_per_l": (450, 1, 100000),  # YF-S201-class meters: about 450
     "max_run_min": (120, 1, 1440),  # CONFIG CFG_MAX_RUN changes it
     "burst_pct": (200, 120, 1000),
+    "excess_pct": (30, 10, 500),  # at or above burst_pct - 100 the burst check (faster) always wins
     "leak_dlpm": (5, 1, 10000),  # 0.1 L/min
     "no_flow_s": (60, 10, 900),
     "rain_sensor": (1, 0, 1),
@@ -183,7 +200,7 @@ class Irrigation:
         self._last_min = -1
         self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
         self._since = [0] * MAX_ZONES
-        self.faults = 0  # IF_LEAK | IF_BURST | IF_FAILSAFE here; per-zone ones below
+        self.faults = 0  # IF_LEAK | IF_BURST | IF_EXCESS_FLOW | IF_FAILSAFE here; per-zone ones below
         self._nf = 0  # zones (bit z-1) with no flow raised
         self._mr = 0  # zones whose maximum run time was hit
         self._fs_raised = False
@@ -191,7 +208,7 @@ class Irrigation:
         self._zone = 0  # the zone of the current run, 0: none
         self._end = self._start = self._closed_at = 0
         self._manual = False
-        self._burst_ms = self._nf_ms = self._moist_ms = 0
+        self._burst_ms = self._nf_ms = self._moist_ms = self._xs_ms = 0
         self._leak_ms = self._noleak_ms = 0
         self._p = None
         self._vp = 0  # pulses below one litre
@@ -246,7 +263,7 @@ class Irrigation:
         self._manual = manual
         self._start = now = self.hal.ticks_ms()
         self._end = now + secs * 1000
-        self._burst_ms = self._nf_ms = self._moist_ms = 0
+        self._burst_ms = self._nf_ms = self._moist_ms = self._xs_ms = 0
         self._valves(zone)
 
     def _stop(self):
@@ -357,7 +374,7 @@ class Irrigation:
                     self.queue.append((z, mins))
 
     def _skip(self, z, rain):
-        if rain or self.faults & m.IF_BURST:
+        if rain or self.faults & _LATCHED:
             return True
         v = self.moisture(z)
         return v is not None and v >= self.zones[z - 1]["skip_pct"] * 2
@@ -392,15 +409,21 @@ class Irrigation:
         if z and self._open:
             expect = self.zones[z - 1]["flow_dlpm"]
             bit = 1 << (z - 1)
-            if now - self._start >= _FILL_MS and flow * 100 > expect * self.s["burst_pct"]:
+            filled = now - self._start >= _FILL_MS
+            if filled and flow * 100 > expect * self.s["burst_pct"]:
                 self._burst_ms += dt
                 if self._burst_ms >= _BURST_MS:
-                    self._stop_all()
-                    self.faults |= m.IF_BURST
-                    self.node.event(m.EV_BURST, m.SEV_CRITICAL, flow, 1, z)
+                    self._latch(m.IF_BURST, m.EV_BURST, m.SEV_CRITICAL, flow, z)
                     return
             else:
                 self._burst_ms = 0
+            if filled and flow * 100 > expect * (100 + self.s["excess_pct"]) and flow - expect >= self.s["leak_dlpm"]:
+                self._xs_ms += dt
+                if self._xs_ms >= _EXCESS_MS:
+                    self._latch(m.IF_EXCESS_FLOW, m.EV_EXCESS_FLOW, m.SEV_ALARM, flow, z)
+                    return
+            else:
+                self._xs_ms = 0
             if flow * 100 < expect * _NO_FLOW_PCT:
                 if now > self._start:  # the tick that opened the valve saw no water yet
                     self._nf_ms += dt
@@ -427,6 +450,12 @@ class Irrigation:
                 if self._noleak_ms >= _LEAK_MS and self.faults & m.IF_LEAK:
                     self.faults &= ~m.IF_LEAK
                     self.node.event(m.EV_LEAK, m.SEV_ALARM, flow, 0)
+
+    def _latch(self, bit, code, sev, flow, z):
+        """A fault that needs a person: every valve closed until clear_fault."""
+        self._stop_all()
+        self.faults |= bit
+        self.node.event(code, sev, flow, 1, z)
 
     # -- the runtime's interface ----------------------------------------------------------------
 
@@ -461,7 +490,7 @@ class Irrigation:
         if op == m.OP_OPEN_ZONE:
             if n != 2 or not (1 <= args[0] <= self._nz and 1 <= args[1] <= 1440):
                 return m.RES_BAD_ARGS, 0
-            if t is None or self.faults & m.IF_BURST:
+            if t is None or self.faults & _LATCHED:
                 return m.RES_REFUSED, 0
             mins = min(args[1], self.max_run_min)
             self._run(args[0], mins * 60, True)
@@ -489,7 +518,7 @@ class Irrigation:
             if n:
                 return m.RES_BAD_ARGS, 0
             count = 0
-            for bit, code in ((m.IF_LEAK, m.EV_LEAK), (m.IF_BURST, m.EV_BURST)):
+            for bit, code in ((m.IF_LEAK, m.EV_LEAK), (m.IF_BURST, m.EV_BURST), (m.IF_EXCESS_FLOW, m.EV_EXCESS_FLOW)):
                 if self.faults & bit:
                     self.faults &= ~bit
                     count += 1
@@ -536,5 +565,7 @@ class Irrigation:
         if self.faults & m.IF_LEAK:
             n += 1
         if self.faults & m.IF_BURST:
+            n += 1
+        if self.faults & m.IF_EXCESS_FLOW:
             n += 1
         return n + (1 if self._fs_raised else 0)

@@ -50,7 +50,7 @@ FLAGS = {
     (m.LIGHT, 3): ("on", "lamp_failure", "over_current", "cycling", "override", "boost", "failsafe"),
     (m.IRRIGATION, 1): ("zone1", "zone2", "zone3", "zone4", None, None, None, "master"),
     (m.IRRIGATION, 4): ("rain_sensor_wet", "rain_delay"),
-    (m.IRRIGATION, 6): ("leak", "burst", "no_flow", "max_runtime", "failsafe"),
+    (m.IRRIGATION, 6): ("leak", "burst", "no_flow", "max_runtime", "failsafe", "excess_flow"),
 }
 
 # Enumerations shown by name.
@@ -64,7 +64,7 @@ ENUMS = {
         m.EV_LAMP_FAILURE: "lamp_failure", m.EV_OVER_CURRENT: "over_current", m.EV_CYCLING: "cycling",
         m.EV_LIGHT_FAILSAFE: "light_failsafe", m.EV_LEAK: "leak", m.EV_BURST: "burst",
         m.EV_NO_FLOW: "no_flow", m.EV_MAX_RUNTIME: "max_runtime",
-        m.EV_IRRIGATION_FAILSAFE: "irrigation_failsafe", m.EV_WATCHDOG_RESET: "watchdog_reset",
+        m.EV_IRRIGATION_FAILSAFE: "irrigation_failsafe", m.EV_EXCESS_FLOW: "excess_flow", m.EV_WATCHDOG_RESET: "watchdog_reset",
         m.EV_LOW_SUPPLY: "low_supply", m.EV_STORAGE_FAULT: "storage_fault",
         m.EV_APP_EXCEPTION: "app_exception",
     },

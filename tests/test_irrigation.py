@@ -49,6 +49,8 @@ class Water:
         self.leak_lpm = 0.0
         self.burst_lpm = 0.0
         self.stuck: set[int] = set()  # zones whose valve never opens
+        self.stuck_open: set[int] = set()  # zones whose valve never closes
+        self.flows = list(FLOWS)  # L/min each zone really takes
         self.theta = [20.0, 20.0, 20.0, 20.0]  # soil moisture, % volumetric
         self.wet_per_min = 0.5  # % gained per minute of watering
         self.sensor_fault: set[int] = set()
@@ -66,8 +68,8 @@ class Water:
         if self.flowing():
             f += self.burst_lpm
             for z in range(1, 5):
-                if self.hal.pins.get(f"zone{z}") and z not in self.stuck:
-                    f += FLOWS[z - 1]
+                if (self.hal.pins.get(f"zone{z}") or z in self.stuck_open) and z not in self.stuck:
+                    f += self.flows[z - 1]
         return f
 
     def update(self) -> None:
@@ -463,6 +465,111 @@ def test_no_pressure_raises_no_flow_per_zone_once():
     assert [(e.active, e.zone) for e in node.of(m.EV_NO_FLOW)] == [(1, 1), (1, 2)]
 
 
+# -- more flow than the open zone explains -------------------------------------------------------
+
+
+def test_a_valve_stuck_open_behind_the_master_raises_excess_flow_and_locks_out():
+    """Zone 2 stuck open flows only while the master is open: 12 + 8 L/min while zone 1 waters,
+    167 % of zone 1's rate -- under the burst threshold (200 %), over the excess one (130 %)."""
+    cfg = cfg_with(schedule=[[1, 0x7F, 300, 10], [2, 0x7F, 300, 5]])
+
+    async def body(clock):
+        hal, water, node, app = make(clock, cfg)
+        water.set(stuck_open={2})
+        task = start(app)
+        await clock.run_for(until_local(T0, 4, 59))
+        assert report(app)[6] == 0  # master closed: the stuck valve shows nothing
+        await clock.run_for(3 * MIN)
+        body_ = report(app)
+        assert body_[1] == 0 and body_[6] & m.IF_EXCESS_FLOW and not body_[6] & m.IF_BURST
+        assert water.lpm() == 0  # behind the closed master the stuck valve is dry
+        assert app.open_alarms() == 1
+        # needs a person: no manual run, no schedule the next morning
+        assert app.command(m.OP_OPEN_ZONE, [1, 5]) == (m.RES_REFUSED, 0)
+        await clock.run_for(until_local(T0, 5 + 24, 30) - hal.ticks_ms())
+        assert hal.pins.get("master") == 0
+        water.set(stuck_open=set())  # the valve is replaced
+        assert app.command(m.OP_CLEAR_FAULT, []) == (m.RES_OK, 1)
+        assert app.open_alarms() == 0 and not report(app)[6]
+        assert app.command(m.OP_OPEN_ZONE, [1, 5]) == (m.RES_OK, 5)
+        await clock.run_for(2 * MIN)
+        assert hal.pins["zone1"] == 1 and hal.pins["master"] == 1
+        task.cancel()
+        return hal, node
+
+    hal, node = simulate(body, T0)
+    start5 = until_local(T0, 5, 0)
+    ((t_open, t_close), _manual) = opened(hal, "master")
+    assert t_open == start5
+    # the pipes fill (15 s), then 30 s over the threshold, plus the meter's 3-tick window
+    assert 44_000 <= t_close - t_open <= 49_000  # (the first tick past the fill counts its whole second)
+    assert opened(hal, "zone2") == []  # the queue was dropped
+    xs = node.of(m.EV_EXCESS_FLOW)
+    assert [(e.active, e.severity, e.zone) for e in xs] == [(1, m.SEV_ALARM, 1), (0, m.SEV_ALARM, 0)]
+    assert 190 <= xs[0].value <= 210  # 20 L/min measured, in 0.1 L/min
+    assert node.of(m.EV_BURST) == [] and node.of(m.EV_LEAK) == [] and node.of(m.EV_NO_FLOW) == []
+
+
+@pytest.mark.parametrize("actual_over_nominal,raised", [(1.0, None), (1.25, None), (1.4, m.EV_EXCESS_FLOW),
+                                                        (1.9, m.EV_EXCESS_FLOW), (2.5, m.EV_BURST)])
+def test_excess_flow_threshold_sits_between_tolerance_and_burst(actual_over_nominal, raised):
+    """The nominal flow is configured; the pipes carry `actual_over_nominal` times it for 20 min."""
+    cfg = cfg_with(zones=[{"flow_dlpm": int(round(FLOWS[0] * 10 / actual_over_nominal))}])
+
+    async def body(clock):
+        hal, water, node, app = make(clock, cfg)
+        task = start(app)
+        app.command(m.OP_OPEN_ZONE, [1, 20])
+        await clock.run_for(21 * MIN)
+        task.cancel()
+        return node
+
+    node = simulate(body, T0)
+    codes = [e.code for e in node.events if e.active]
+    assert codes == ([] if raised is None else [raised])
+
+
+def test_an_excess_shorter_than_the_hold_time_or_below_the_leak_floor_raises_nothing():
+    async def body(clock):
+        # 1: 0.4 L/min expected, 0.6 flowing -- 150 %, but only 0.2 L/min over (leak_dlpm: 0.5)
+        hal, water, node, app = make(clock, cfg_with(zones=[{"flow_dlpm": 4}]))
+        water.set(flows=[0.6, 8.0, 20.0, 6.0])
+        task = start(app)
+        app.command(m.OP_OPEN_ZONE, [1, 10])
+        await clock.run_for(11 * MIN)
+        assert node.events == []
+        task.cancel()
+        # 2: a neighbour's valve sticks for 20 s, then closes (debris flushed)
+        hal, water, node, app = make(clock)
+        task = start(app)
+        app.command(m.OP_OPEN_ZONE, [1, 10])
+        await clock.run_for(2 * MIN)
+        water.set(stuck_open={2})  # 167 %: over the excess threshold, under the burst one
+        await clock.run_for(20_000)
+        water.set(stuck_open=set())
+        await clock.run_for(5 * MIN)
+        assert node.events == [] and hal.pins["zone1"] == 1
+        task.cancel()
+        return True
+
+    assert simulate(body, T0)
+
+
+def test_without_a_master_valve_a_valve_stuck_open_is_a_leak():
+    cfg = cfg_with(master=0)
+
+    async def body(clock):
+        hal, water, node, app = make(clock, cfg)
+        water.set(stuck_open={2})
+        task = start(app)
+        await clock.run_for(3 * MIN)
+        task.cancel()
+        return node
+
+    node = simulate(body, T0)
+    assert [(e.code, e.active) for e in node.events] == [(m.EV_LEAK, 1)]
+
+
 # -- the hard maximum run time ---------------------------------------------------------------
 
 
@@ -718,6 +825,12 @@ def test_volume_survives_a_reboot():
     assert b[3] == 80
 
 
+def test_the_latched_fault_mask_is_the_protocol_s():
+    from firmware import irrigation  # the node folds it into a const(); it must match protocol/messages
+
+    assert irrigation._LATCHED == m.IF_BURST | m.IF_EXCESS_FLOW
+
+
 # -- configuration ----------------------------------------------------------------------------------------
 
 
@@ -726,7 +839,7 @@ def test_volume_survives_a_reboot():
     ({"zones": [{"skip_pct": 40, "target_pct": 30}]}, "skip_pct"), ({"valves": 2}, "unknown"),
     ({"max_run_min": 0}, "max_run_min"), ({"schedule": [[1, 1, 1]]}, "schedule"),
     ({"zones": [{}], "schedule": [[2, 1, 1, 1]]}, "schedule"), ({"moist_mv_0": 1000, "moist_mv_50": 1000}, "differ"),
-    ({"zones": ["a"]}, "zones"),
+    ({"zones": ["a"]}, "zones"), ({"excess_pct": 5}, "excess_pct"),
 ])
 def test_bad_settings_are_named(section, word):
     with pytest.raises(ValueError, match=word):

@@ -1,6 +1,7 @@
 # Both apps inside real MicroPython, loaded from .mpy as on a board, through a scripted night
 # and day on the simulated HAL and its StepClock: profile steps, presence, a dead lamp, time
-# lost; schedules, a burst, a leak, the hard maximum. (Heap figures: bench/firmware_memory.py.)
+# lost; schedules, a burst, a leak, the hard maximum, a valve stuck open behind the master.
+# (Heap figures: bench/firmware_memory.py.)
 import asyncio
 
 from firmware import astro
@@ -148,3 +149,52 @@ async def test_irrigation_day():
     assert 10 * 12 + 30 * 8 + 5 * 12 <= body[3] <= 10 * 12 + 30 * 8 + 6 * 12 + 5
     assert node.codes(m.EV_LEAK) == [1, 0]
     print("irrigation: events", node.events, "report", body)
+
+
+async def test_irrigation_valve_stuck_open_behind_the_master():
+    # zone 2's valve sticks open at 04:00: dry while the master is shut, 8 L/min more while zone 1
+    # waters (167 % of zone 1's 12 L/min: over the excess threshold, under the burst one)
+    monday = astro.days_from_civil(2026, 3, 16)
+    clock = StepClock(monday * 86400)
+    hal = SimHAL(clock, time_known=True)
+    stuck = [0]
+
+    def flow_rate():
+        lpm = 0
+        if hal.pins.get("master"):
+            lpm = 12 * hal.pins.get("zone1", 0) + 8 * (hal.pins.get("zone2", 0) | stuck[0])
+        return lpm * 450 // 60
+
+    hal.on_output = lambda name, value: hal.set_pulse_rate("flow", flow_rate())
+    node = Node(hal)
+    cfg = {"irrigation": {"zones": [{"flow_dlpm": 120}, {"flow_dlpm": 80}],
+                          "schedule": [[1, 0x7F, 300, 10], [2, 0x7F, 300, 10]]}}
+    app = Irrigation(cfg, hal, node)
+    task = asyncio.create_task(app.run())
+
+    async def until(s):
+        while clock.ms() < s * 1000:
+            await clock.run_for(min(600000, s * 1000 - clock.ms()))
+
+    await until(4 * 3600)
+    stuck[0] = 1
+    await until(5 * 3600 - 60)
+    assert node.events == [] and app.report()[1][6] == 0  # nothing flows behind a shut master
+    await until(5 * 3600 + 10)
+    assert hal.pins["master"] == 1 and hal.pins["zone1"] == 1
+    await until(5 * 3600 + 60)
+    assert node.codes(m.EV_EXCESS_FLOW) == [1] and node.events[0][3] == 1  # raised on the open zone
+    assert hal.pins["master"] == 0 and hal.pins["zone1"] == 0
+    opened = [t for t, v in hal.changes("master") if v]
+    shut = [t for t, v in hal.changes("master") if not v and t > opened[0]]
+    assert 44000 <= shut[0] - opened[0] <= 49000  # FILL_MS + EXCESS_MS + the meter's window
+    assert app.report()[1][6] & m.IF_EXCESS_FLOW and app.open_alarms() == 1
+    assert app.command(m.OP_OPEN_ZONE, [2, 5]) == (m.RES_REFUSED, 0)
+    await until(29 * 3600 + 30 * 60)  # the next morning's schedule is skipped too
+    assert len(opened) == len([t for t, v in hal.changes("master") if v]) == 1
+    stuck[0] = 0  # the valve is replaced
+    assert app.command(m.OP_CLEAR_FAULT, []) == (m.RES_OK, 1)
+    assert node.codes(m.EV_EXCESS_FLOW) == [1, 0] and app.open_alarms() == 0
+    assert node.codes(m.EV_BURST) == [] and node.codes(m.EV_LEAK) == []
+    task.cancel()
+    print("irrigation, stuck valve: events", node.events)
