@@ -42,7 +42,10 @@
 #             costs RAM and flash writes. excess_pct (default 30) covers
 #             sprinkler flow with line pressure (flow ~ sqrt(pressure): +-30 %
 #             pressure is about +-15 % flow) and a Hall meter's +-10 %; a
-#             burst (burst_pct, 2 s) is caught first, being the faster check;
+#             burst (burst_pct, 2 s) is caught first, being the faster check.
+#             burst_pct's default (250) sits above twice a zone's flow, so a
+#             valve stuck open on a zone like the open one reads as excess,
+#             and a rupture between 130 and 250 % still closes within 30 s;
 #   no flow   below NO_FLOW_PCT % of the expected rate for no_flow_s with a
 #             zone open (stuck valve, no pressure): that zone closes, the
 #             queue goes on; clears when the zone flows at FLOW_OK_PCT %.
@@ -95,7 +98,7 @@ SETTINGS = {
     "flow_meter": (1, 0, 1),
     "pulses_per_l": (450, 1, 100000),  # YF-S201-class meters: about 450
     "max_run_min": (120, 1, 1440),  # CONFIG CFG_MAX_RUN changes it
-    "burst_pct": (200, 120, 1000),
+    "burst_pct": (250, 120, 1000),  # 250: a valve stuck open on a twin zone (200 %) is excess, not burst
     "excess_pct": (30, 10, 500),  # at or above burst_pct - 100 the burst check (faster) always wins
     "leak_dlpm": (5, 1, 10000),  # 0.1 L/min
     "no_flow_s": (60, 10, 900),

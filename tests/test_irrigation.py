@@ -511,7 +511,8 @@ def test_a_valve_stuck_open_behind_the_master_raises_excess_flow_and_locks_out()
 
 
 @pytest.mark.parametrize("actual_over_nominal,raised", [(1.0, None), (1.25, None), (1.4, m.EV_EXCESS_FLOW),
-                                                        (1.9, m.EV_EXCESS_FLOW), (2.5, m.EV_BURST)])
+                                                        (1.9, m.EV_EXCESS_FLOW), (2.0, m.EV_EXCESS_FLOW), (2.2, m.EV_EXCESS_FLOW),
+                                                        (3.0, m.EV_BURST)])
 def test_excess_flow_threshold_sits_between_tolerance_and_burst(actual_over_nominal, raised):
     """The nominal flow is configured; the pipes carry `actual_over_nominal` times it for 20 min."""
     cfg = cfg_with(zones=[{"flow_dlpm": int(round(FLOWS[0] * 10 / actual_over_nominal))}])
