@@ -3,12 +3,21 @@
 Both are documented for platform builders in gateway/FORMATS.md; this module
 is the one place that builds (and, for the sink, checks) them.
 
-Native (`lumeau.records/2`): one JSON object per batch, one entry per
-record with its fields by name (physical values, gateway/bodies.py), the
-units of every field once per message type in the batch, and an idempotency
-key per record ("<node id hex>-<counter>") so a receiver can drop resends.
-Receivers also accept `lumeau.records/1` (units with every value) and read
-it as /2 (`check_native_batch`).
+Native, two versions (the gateway sends /3 unless told otherwise):
+
+- `lumeau.records/3` (`native_batch_v3`): columnar. Per message type in the
+  batch its field names and units once; then one array per record, in
+  arrival order: the columns named by "columns", the values in the order of
+  their type's "fields". No object per record and no field name repeated:
+  about half the encoding CPU and a third fewer bytes than /2.
+- `lumeau.records/2` (`native_batch`): one object per record with its
+  fields by name (physical values, gateway/bodies.py), the units of every
+  field once per message type in the batch.
+
+Both carry an idempotency key per record ("<node id hex>-<counter>": /2
+writes it, /3 leaves the receiver to join node and counter) so a receiver
+can drop resends. Receivers accept /3, /2 and `lumeau.records/1` (units
+with every value) and read each as /2 (`check_native_batch`).
 
 NGSI-LD (`ngsi-ld`): FIWARE Smart Data Models entities in the NGSI-LD
 normalised representation, for `POST /ngsi-ld/v1/entityOperations/upsert`
@@ -31,6 +40,12 @@ from gateway.model import Record
 
 NATIVE_FORMAT = "lumeau.records/2"
 NATIVE_FORMAT_V1 = "lumeau.records/1"  # still accepted: units with every value
+NATIVE_FORMAT_V3 = "lumeau.records/3"  # columnar: what the gateway sends by default
+NATIVE_VERSIONS = (2, 3)
+DEFAULT_NATIVE_VERSION = 3
+# /3: what each record's array holds, in this order (a receiver finds them by name in "columns",
+# so a later version can add columns)
+V3_COLUMNS = ("type", "node", "counter", "time", "alarm", "values", "gateway", "receptions", "rssi", "snr")
 NATIVE_CONTENT_TYPE = "application/json"
 
 # Limits a receiver enforces on a native record (the sink does).
@@ -162,6 +177,60 @@ def native_batch(records: Iterable[Record], gateway: str = "", sent: float | Non
         raise TypeError(str(e)) from None
 
 
+# /3: per message type, its field names in body-key order and {body key: (position, conversion)}
+# (gateway/bodies.py's naming plans: the same values as `bodies.values`, in an array)
+_V3_PLANS: dict[int, tuple[list[str], dict[int, tuple[int, Callable[[Any], Any] | None]]]] = {}
+for _mtype, _plan in bodies._NAMES.items():
+    _names = [name for name, _conv in _plan.values()]
+    _V3_PLANS[_mtype] = (_names, {k: (i, conv) for i, (k, (_name, conv)) in enumerate(_plan.items())})
+del _mtype, _plan, _names
+
+
+def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | None = None) -> bytes:
+    """A `lumeau.records/3` batch (columnar, FORMATS.md); same errors as `native_batch`."""
+    rows = []
+    types: dict[str, int] = {}
+    plans = _V3_PLANS
+    iso = iso_time
+    for r in records:
+        mtype = r.mtype
+        kind = r.kind
+        if kind not in types:
+            types[kind] = mtype
+        names, plan = plans[mtype]
+        vals: list[Any] = [None] * len(names)  # null: the body does not carry that field
+        get = plan.get
+        for k, v in r.body.items():
+            p = get(k)
+            if p is not None:
+                conv = p[1]
+                vals[p[0]] = v if conv is None else conv(v)
+        rows.append((kind, "%08x" % r.node_id, r.counter, iso(r.rx_time), r.alarm, vals, r.gateway_id, r.receptions,
+                     r.best_rssi, r.best_snr))
+    doc: dict[str, Any] = {"format": NATIVE_FORMAT_V3}
+    if gateway:
+        doc["gateway"] = gateway
+    if sent is not None:
+        doc["sent"] = iso_time(sent)
+    doc["types"] = {kind: {"fields": plans[mtype][0], "units": bodies.UNITS.get(kind, _NO_UNITS)}
+                    for kind, mtype in types.items()}
+    doc["columns"] = V3_COLUMNS
+    doc["records"] = rows
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError as e:  # a TypeError: e.g. an integer beyond 64 bits
+        raise TypeError(str(e)) from None
+
+
+def native_encoder(version: int) -> Callable[..., bytes]:
+    """`native_batch_v3` or `native_batch` for a format version (NATIVE_VERSIONS)."""
+    if version == 3:
+        return native_batch_v3
+    if version == 2:
+        return native_batch
+    raise ValueError(f"native format version must be one of {NATIVE_VERSIONS}, not {version!r}")
+
+
 @dataclass(slots=True)
 class NativeRecord:
     """A native record as a receiver checked it; `doc` is in the /2 shape (fields by name, plain values)."""
@@ -181,13 +250,15 @@ def check_native_batch(doc: Any, max_records: int = 10_000) -> list[NativeRecord
     if not isinstance(doc, dict):
         raise FormatError("the body must be a JSON object")
     fmt = doc.get("format", NATIVE_FORMAT)
-    if fmt != NATIVE_FORMAT and fmt != NATIVE_FORMAT_V1:
-        raise FormatError(f"format {fmt!r} is not {NATIVE_FORMAT!r} (nor {NATIVE_FORMAT_V1!r})")
+    if fmt != NATIVE_FORMAT and fmt != NATIVE_FORMAT_V1 and fmt != NATIVE_FORMAT_V3:
+        raise FormatError(f"format {fmt!r} is not {NATIVE_FORMAT_V3!r}, {NATIVE_FORMAT!r} or {NATIVE_FORMAT_V1!r}")
     recs = doc.get("records")
     if not isinstance(recs, list):
         raise FormatError("records must be an array")
     if len(recs) > max_records:
         raise FormatError(f"{len(recs)} records in one batch, at most {max_records}")
+    if fmt == NATIVE_FORMAT_V3:
+        return _check_v3(doc, recs)
     if fmt == NATIVE_FORMAT_V1:
         return [_from_v1(_check_record(i, r, {})) for i, r in enumerate(recs)]
     units = _check_units(doc.get("units", {}))
@@ -222,6 +293,54 @@ def _from_v1(r: NativeRecord) -> NativeRecord:
     r.doc = {**r.doc, "fields": fields}
     r.units = units
     return r
+
+
+def _check_v3(doc: dict[str, Any], recs: list[Any]) -> list[NativeRecord]:
+    """A /3 batch's records, each in the /2 shape (then checked as a /2 record)."""
+    cols = doc.get("columns")
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        raise FormatError("columns: must be an array of names")
+    try:
+        at = [cols.index(c) for c in V3_COLUMNS]
+    except ValueError:
+        raise FormatError(f"columns: must name {', '.join(V3_COLUMNS)}") from None
+    i_type, i_node, i_counter, i_time, i_alarm, i_values, i_gw, i_rx, i_rssi, i_snr = at
+    types = doc.get("types")
+    if not isinstance(types, dict) or len(types) > UNITS_TYPES_MAX:
+        raise FormatError(f"types: must be an object of at most {UNITS_TYPES_MAX} message types")
+    fields: dict[str, list[str]] = {}
+    units: dict[str, dict[str, str]] = {}
+    for kind, t in types.items():
+        names = t.get("fields") if isinstance(t, dict) else None
+        if not isinstance(names, list) or len(names) > UNITS_FIELDS_MAX or not all(_short_str(n) for n in names):
+            raise FormatError(f"types.{kind}.fields: must be an array of at most {UNITS_FIELDS_MAX} names "
+                              f"(strings of at most {UNIT_MAX} characters)")
+        fields[kind] = names
+        units[kind] = t.get("units", {})
+    units = _check_units(units)
+    n = len(cols)
+    out = []
+    for i, row in enumerate(recs):
+        if not isinstance(row, list) or len(row) != n:
+            raise FormatError(f"records[{i}]: must be an array of {n} values (columns)")
+        kind = row[i_type]
+        names = fields.get(kind) if isinstance(kind, str) else None
+        if names is None:
+            raise FormatError(f"records[{i}].type: {kind!r} is not among types")
+        vals = row[i_values]
+        if not isinstance(vals, list) or len(vals) != len(names):
+            raise FormatError(f"records[{i}].values: must be an array of {len(names)} values (types.{kind}.fields)")
+        node, counter = row[i_node], row[i_counter]
+        radio: dict[str, Any] = {"gateway": row[i_gw], "receptions": row[i_rx]}
+        if row[i_rssi] is not None:
+            radio["rssi"] = row[i_rssi]
+        if row[i_snr] is not None:
+            radio["snr"] = row[i_snr]
+        r = {"id": f"{node}-{counter}" if isinstance(node, str) and type(counter) is int else None,
+             "node": node, "counter": counter, "type": kind, "time": row[i_time], "alarm": row[i_alarm],
+             "fields": {name: v for name, v in zip(names, vals) if v is not None}, "radio": radio}
+        out.append(_check_record(i, r, units))
+    return out
 
 
 _NO_UNITS: dict[str, str] = {}

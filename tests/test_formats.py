@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
-from gateway import formats
+from gateway import bodies, formats
 from gateway.model import Record
 from protocol import expand
 from protocol import messages as m
@@ -355,3 +355,111 @@ def test_fuzz_the_native_checker_answers_with_a_format_error_or_records(doc):
         return
     for r in out:  # what passed really is a record
         assert r.key == f"{r.node}-{r.counter}" and isinstance(r.time, float)
+
+
+# -- native /3 (columnar) ----------------------------------------------------------------------
+
+ALL = [light, light_broken, light_off, light_nowhere, irrigation, status, alarm]
+
+
+def test_v3_says_what_v2_says_record_for_record():
+    # the receiver reads both into the same /2-shaped documents, keys, times and units
+    v3 = formats.check_native_batch(json.loads(formats.native_batch_v3(ALL, "gw-1", T0)))
+    v2 = formats.check_native_batch(json.loads(formats.native_batch(ALL, "gw-1", T0)))
+    assert [(r.key, r.node, r.counter, r.type, r.time, r.units, r.doc) for r in v3] == \
+        [(r.key, r.node, r.counter, r.type, r.time, r.units, r.doc) for r in v2]
+    # and the values are expand's, field for field (absent fields stay absent)
+    for rec, r in zip(ALL, v3):
+        assert r.doc["fields"] == {n: f["value"] for n, f in expand.expand(rec.mtype, rec.body).items()}
+
+
+def test_v3_is_columnar_and_smaller():
+    doc = json.loads(formats.native_batch_v3([light, light_off, irrigation], "gw-1", T0))
+    assert doc["format"] == "lumeau.records/3" and doc["columns"] == list(formats.V3_COLUMNS)
+    assert set(doc["types"]) == {"light", "irrigation"}
+    names = doc["types"]["light"]["fields"]
+    assert names == [name for _k, name, _u, _d in expand.FIELDS[m.LIGHT]]
+    assert doc["types"]["light"]["units"]["power"] == "W"
+    row = doc["records"][1]  # light_off: level and state only, the rest null
+    assert row[:5] == ["light", "000000a1", 3, formats.iso_time(light_off.rx_time), False]
+    assert dict(zip(names, row[5])) == {n: None for n in names} | {"level": 0, "state": []}
+    many = [make(0xA1, c, m.LIGHT, light.body) for c in range(1, 201)]
+    assert len(formats.native_batch_v3(many)) < 0.75 * len(formats.native_batch(many))
+
+
+def test_v3_unknown_radio_figures_are_null_and_left_out_by_the_receiver():
+    r = make(0xA1, 9, m.LIGHT, light.body, best_rssi=float("nan"))
+    doc = json.loads(formats.native_batch_v3([r]))
+    assert doc["records"][0][8:] == [None, None]
+    (c,) = formats.check_native_batch(doc)
+    assert c.doc["radio"] == {"gateway": "", "receptions": 1}
+
+
+def test_v3_columns_are_found_by_name():
+    # a later version may add or reorder columns: the receiver reads them by name
+    doc = json.loads(formats.native_batch_v3([light, irrigation]))
+    order = list(reversed(doc["columns"])) + ["extra"]
+    doc["records"] = [[dict(zip(doc["columns"], row))[c] if c != "extra" else 1 for c in order]
+                      for row in doc["records"]]
+    doc["columns"] = order
+    assert [r.doc for r in formats.check_native_batch(doc)] == \
+        [r.doc for r in formats.check_native_batch(json.loads(formats.native_batch_v3([light, irrigation])))]
+
+
+@pytest.mark.parametrize("mutate, where", [
+    (lambda d: d.update(columns=["type"]), "columns"),
+    (lambda d: d.update(types=[]), "types"),
+    (lambda d: d["types"]["light"].update(fields="level"), "types.light.fields"),
+    (lambda d: d["types"]["light"].update(units={"level": 3}), "units.light"),
+    (lambda d: d["records"][1].pop(), "records[1]"),
+    (lambda d: d["records"][1].__setitem__(0, "status"), "records[1].type"),
+    (lambda d: d["records"][1][5].pop(), "records[1].values"),
+    (lambda d: d["records"][1].__setitem__(2, -1), "records[1].counter"),
+    (lambda d: d["records"][1].__setitem__(1, "A1"), "records[1].node"),
+    (lambda d: d["records"][1].__setitem__(3, "yesterday"), "records[1].time"),
+    (lambda d: d["records"][1].__setitem__(4, "no"), "records[1].alarm"),
+])
+def test_a_bad_v3_batch_is_a_format_error_naming_where(mutate, where):
+    doc = json.loads(formats.native_batch_v3([light, light_broken]))
+    mutate(doc)
+    with pytest.raises(formats.FormatError) as e:
+        formats.check_native_batch(doc)
+    assert str(e.value).startswith(where)
+
+
+def test_native_encoder_by_version():
+    assert formats.native_encoder(3) is formats.native_batch_v3 and formats.native_encoder(2) is formats.native_batch
+    with pytest.raises(ValueError):
+        formats.native_encoder(1)
+
+
+v3_row = st.lists(st.one_of(st.sampled_from(["light", "000000a1", 1, "2026-11-18T11:06:41.000Z", False]),
+                            json_values, st.lists(json_values, max_size=8)), min_size=0, max_size=11)
+
+
+@settings(max_examples=500, deadline=None)
+@given(doc=st.fixed_dictionaries({"format": st.just("lumeau.records/3"), "records": st.lists(v3_row, max_size=4)},
+                                 optional={"columns": st.one_of(st.just(list(formats.V3_COLUMNS)), json_values),
+                                           "types": st.one_of(st.just({"light": {"fields": ["level", "power"]}}),
+                                                              json_values)}))
+def test_fuzz_the_v3_checker_answers_with_a_format_error_or_records(doc):
+    try:
+        out = formats.check_native_batch(doc)
+    except formats.FormatError as e:
+        assert str(e)
+        return
+    for r in out:
+        assert r.key == f"{r.node}-{r.counter}" and isinstance(r.time, float) and isinstance(r.doc["fields"], dict)
+
+
+def test_the_native_examples_in_formats_md_are_valid_and_say_the_same():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "gateway" / "FORMATS.md").read_text()
+    docs = {d["format"]: d for d in (json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S))
+            if isinstance(d, dict) and "format" in d}
+    v3, v2 = (formats.check_native_batch(docs[f]) for f in ("lumeau.records/3", "lumeau.records/2"))
+    assert [(r.key, r.time, r.units) for r in v3] == [(r.key, r.time, r.units) for r in v2] == \
+        [("00a1b2c3-42", formats.parse_time("2026-11-18T11:06:41.000Z"), bodies.UNITS["light"])]
+    assert v3[0].doc["fields"] == v2[0].doc["fields"] and v3[0].doc["radio"] == v2[0].doc["radio"]
+    assert docs["lumeau.records/3"]["types"]["light"]["fields"] == formats._V3_PLANS[m.LIGHT][0]

@@ -91,6 +91,25 @@ async def test_batch_is_stored_and_queryable_in_arrival_order(sink, http):
     assert got["next"] == got["records"][-1]["seq"]
 
 
+async def test_a_v3_batch_is_stored_as_the_same_records_as_v2(sink, http, tmp_path):
+    # the gateway's default, columnar: the sink keeps what a /2 batch of the same records would give
+    recs = [record(0xA1, 1), record(0xB2, 1), record(0xA1, 2, level=80)]
+    status, body = await post_batch(http, sink, None, raw=formats.native_batch_v3(recs, gateway="gw-test"))
+    assert (status, body) == (200, {"accepted": 3, "duplicates": 0})
+    _, got3 = await get(http, sink, "/v1/records")
+    other = Sink(tmp_path / "v2.db", TOKEN, port=0)
+    await other.start()
+    try:
+        assert (await post_batch(http, other, recs))[0] == 200
+        _, got2 = await get(http, other, "/v1/records")
+    finally:
+        await other.stop()
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "received"} for r in rs]  # noqa: E731
+    assert strip(got3["records"]) == strip(got2["records"]) and got3["units"] == got2["units"]
+    # resent as /2 (a gateway downgraded): the same keys, nothing stored twice
+    assert (await post_batch(http, sink, recs))[1] == {"accepted": 0, "duplicates": 3}
+
+
 async def test_a_v1_batch_is_stored_as_v2(sink, http):
     # a gateway from before lumeau.records/2: its records read the same afterwards
     doc = {"format": "lumeau.records/1", "records": [{
