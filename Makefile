@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lumeau-installed
 NODE_STAMP := node_modules/.lumeau-installed
 
-.PHONY: demo test bench setup clean chromium
+.PHONY: demo test bench setup clean chromium openssl-headers
 
 setup: $(STAMP) $(NODE_STAMP) chromium
 
-$(STAMP): pyproject.toml
+# setup.py builds gateway._fastadmit (C, links OpenSSL's libcrypto): the stamp follows its sources.
+$(STAMP): pyproject.toml setup.py gateway/_fastadmit.c | openssl-headers
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
@@ -30,6 +31,17 @@ chromium:
 	    echo "installing Debian's chromium for the browser test"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "warning: $(CHROMIUM) is missing and apt-get (as root) is not available: tests/test_web_ui.py will fail" >&2; fi; }
+
+# gateway/_fastadmit.c includes OpenSSL's headers (Debian package libssl-dev; a fresh Debian 12 has the
+# library, not the headers). Installed when missing, as chromium is; without them the extension is not
+# built, the gateway falls back to its Python admission path and tests/test_gateway_admit_fast.py fails.
+OPENSSL_H := /usr/include/openssl/sha.h
+openssl-headers:
+	@test -f $(OPENSSL_H) || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's libssl-dev for gateway/_fastadmit.c"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev >/dev/null; \
+	  else echo "warning: $(OPENSSL_H) is missing and apt-get (as root) is not available: gateway._fastadmit will not be built" >&2; fi; }
 
 # The main job: a simulated district (60 street lights, 12 irrigation zones, 24 h, faults) running the
 # real firmware against a real `lumeau gateway` process and `lumeau sink`; report in out/report.html.

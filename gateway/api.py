@@ -549,6 +549,12 @@ class Api:
         x.family("lumeau_frames_rejected_total", "counter", "Receptions rejected, by reason and transport.",
                  [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())])
         x.family("lumeau_pipeline_inflight", "gauge", "Receptions queued or committing.", [({}, p.inflight)])
+        x.family("lumeau_admission_path", "gauge",
+                 "1 for the admission path in use: compiled (gateway/_fastadmit.c) or python (the fallback).",
+                 [({"path": q}, int(p.admission_path == q)) for q in ("compiled", "python")])
+        x.family("lumeau_admission_compiled_total", "counter",
+                 "Receptions the compiled path answered, recognised as a copy, or left to the Python path.",
+                 [({"outcome": o}, n) for o, n in p.admission_counts().items()])
         x.family("lumeau_queue_records", "gauge", "Records waiting for the upstream.", [({}, s.count())])
         x.family("lumeau_queue_max_records", "gauge", "The queue's bound.", [({}, s.max_records)])
         x.family("lumeau_queue_bytes", "gauge", "Database and WAL size on disk.", [({}, s.size_bytes())])

@@ -103,6 +103,42 @@ def check(mtype: int, body: Any) -> dict[int, Any] | None:
     return body
 
 
+# Field kinds of the compiled admission path's plans (gateway/_fastadmit.c).
+FAST_INT, FAST_BYTES, FAST_TEXT, FAST_PACKED = 1, 2, 3, 4
+
+
+def fast_plans() -> dict[int, tuple[tuple[int, ...], tuple[tuple[int, int, int, int, bytes], ...]]]:
+    """The same plans as `check`, as compact tables for gateway/_fastadmit.c.
+
+    {mtype: (required keys, ((key, kind, lo, hi, allowed bytes), ...))} for
+    the uplink types. kind FAST_INT: value in [lo, hi]; FAST_BYTES and
+    FAST_TEXT: length in [lo, hi] (text: code points); FAST_PACKED: at most
+    hi bytes, each in `allowed`. Arrays and maps get no entry (as in
+    `check`: the reference decides). Downlink types are left out: the
+    gateway never admits them.
+    """
+    plans = {}
+    for mtype, spec in m.SPECS.items():
+        if mtype & 0x08:  # protocol.frame.DOWNLINK_BIT
+            continue
+        fields = []
+        required = []
+        for key, kind, lo, hi, req, maxlen in spec:
+            if kind == m.U or kind == m.I:
+                fields.append((key, FAST_INT, lo, hi, b""))
+            elif kind == m.V:
+                allowed = bytes(x for x in range(256) if lo <= x <= hi or x == m.NO_VALUE)
+                fields.append((key, FAST_PACKED, 0, maxlen, allowed))
+            elif kind == m.B:
+                fields.append((key, FAST_BYTES, lo, hi, b""))
+            elif kind == m.T:
+                fields.append((key, FAST_TEXT, lo, hi, b""))
+            if req:
+                required.append(key)
+        plans[mtype] = (tuple(required), tuple(fields))
+    return plans
+
+
 def decode(mtype: int, plain: bytes) -> tuple[dict[int, Any], bytes | None]:
     """Decode and check a body exactly as protocol.messages.decode would, faster.
 

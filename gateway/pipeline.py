@@ -32,6 +32,15 @@ Nothing from the air can raise out of `ingest`: an unexpected exception is
 counted as `internal_error`, logged with its traceback (rate limited) and the
 frame dropped. Work per frame is bounded by the 255-byte frame size.
 
+Steps 1-4 and 6 run in one C call (gateway/_fastadmit.c, built by setup.py)
+for the frames nodes send nearly always; it answers only when sure and leaves
+everything else (encrypted, malformed, bad MIC, unknown node, non-canonical
+CBOR, unknown keys) to the Python path above, which is the spec and gives
+every rejection and its message. Copies of a frame whose bytes already passed
+the MIC are recognised by those bytes. Without the extension (a deployment
+that could not compile it) the Python path does everything, with one warning
+at start; `admission_path` and /metrics say which runs.
+
 Three entry points: `ingest` (one reception, returns after its commit),
 `ingest_many` (receptions that arrived together: one store round trip), and
 `submit` (queue and return; a worker admits everything queued since its last
@@ -58,7 +67,16 @@ from gateway.store import QueueFull, Store, StoreError, is_alarm
 from protocol import expand, frame
 from protocol import messages as m
 
+try:  # the compiled admission path (gateway/_fastadmit.c, built by setup.py)
+    from gateway import _fastadmit
+except ImportError:  # a deployment that could not compile it: the Python path alone, same verdicts
+    _fastadmit = None
+
 log = logging.getLogger("lumeau.gateway.pipeline")
+
+# Which admission path a Pipeline uses by default: "compiled" or "python" (exported in /metrics).
+ADMISSION_PATH = "python" if _fastadmit is None else "compiled"
+_warned_fallback = False
 
 DEFAULT_MAX_INFLIGHT = 8192
 ADMIT_SLICE = 1024
@@ -101,8 +119,22 @@ def decode_body(mtype: int, plain: bytes) -> dict[int, Any]:
 
 class Pipeline:
     def __init__(self, registry: KeyLookup, store: Store, *, downlinks: UplinkObserver | None = None,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, log_limiter: RateLimiter | None = None) -> None:
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, log_limiter: RateLimiter | None = None,
+                 compiled: bool | None = None) -> None:
+        """`compiled`: use the compiled admission path (None: when it was built; False: never)."""
+        global _warned_fallback
         self.registry = registry
+        if compiled is None:
+            compiled = _fastadmit is not None
+            if not compiled and not _warned_fallback:
+                _warned_fallback = True
+                log.warning("gateway._fastadmit is not built: admitting frames on the Python path "
+                            "(same verdicts, about 3x the CPU; reinstall with a C compiler and OpenSSL headers)")
+        elif compiled and _fastadmit is None:
+            raise RuntimeError("gateway._fastadmit is not built")
+        # Parse, keys, MIC, decode and check in one C call when it is sure; None: the Python path alone
+        self._fast = _fastadmit.Admitter(registry.get, bodies.fast_plans()) if compiled else None
+        self.admission_path = "compiled" if compiled else "python"
         self.store = store
         self.downlinks = downlinks
         self.max_inflight = max_inflight
@@ -208,6 +240,8 @@ class Pipeline:
     async def reset_node(self, node_id: int) -> None:
         """Forget the node's counters: it was re-keyed and may restart at 0 (SPEC §2)."""
         self._windows.pop(node_id, None)
+        if self._fast is not None:
+            self._fast.forget(node_id)
         await self.store.reset_node(node_id)
 
     # ------------------------------------------------------------ the worker behind submit()
@@ -311,7 +345,35 @@ class Pipeline:
 
         The replay window moves here, before anything awaits, so a copy that
         arrives while the commit is in flight is already a duplicate.
+
+        The compiled path (gateway/_fastadmit.c) does steps 1-4 and 6 in one
+        call when it is sure (a valid, unencrypted frame of a known node);
+        anything else is None and `_admit_reference` decides, so verdicts and
+        messages are the reference's. A copy whose bytes already passed the
+        MIC comes back without a body: the window says it is a duplicate.
         """
+        fast = self._fast
+        if fast is None:
+            return self._admit_reference(rec)
+        r = fast.admit(rec.raw)
+        if r is None:
+            return self._admit_reference(rec)
+        node_id, counter, mtype, body, cbor = r
+        w = self._windows.get(node_id)
+        if w is None:
+            w = self._window(node_id)
+        verdict = w.check(counter)
+        if verdict != frame.ACCEPT:
+            return self._seen(verdict, w, node_id, counter, rec)
+        if body is None:  # a copy of a frame whose commit failed (its counter forgotten): decode it again
+            return self._admit_reference(rec)
+        w.commit(counter)
+        record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body, {}, 1, rec.rssi, rec.snr,
+                        rec.gateway_id, is_alarm(mtype, body), cbor)
+        return record, (node_id, w.top, w.mask), w
+
+    def _admit_reference(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
+        """The Python admission path: the spec the compiled path follows, and its fallback."""
         raw = rec.raw
         if len(raw) > frame.MAX_LEN:
             return self._reject(OVERSIZED, rec.transport, f"{len(raw)} bytes, at most {frame.MAX_LEN}")
@@ -336,15 +398,8 @@ class Pipeline:
             w = self._window(node_id)
         counter = f.counter
         verdict = w.check(counter)
-        if verdict == frame.DUPLICATE:
-            self.duplicates += 1
-            self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id)
-            if self.downlinks is not None:
-                self.downlinks.on_duplicate(node_id, counter, rec)
-            return DUPLICATE
-        if verdict == frame.STALE:
-            return self._reject(REPLAY, rec.transport, None,
-                                {"node": f"{node_id:08x}", "counter": counter, "top": w.top})
+        if verdict != frame.ACCEPT:
+            return self._seen(verdict, w, node_id, counter, rec)
         mtype = f.mtype
         try:
             body, cbor = bodies.decode(mtype, plain)
@@ -356,6 +411,16 @@ class Pipeline:
         record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body, {}, 1, rec.rssi, rec.snr,
                         rec.gateway_id, is_alarm(mtype, body), cbor)
         return record, (node_id, w.top, w.mask), w
+
+    def _seen(self, verdict: int, w: frame.ReplayWindow, node_id: int, counter: int, rec: Reception) -> str:
+        """A counter the window has seen: a copy to merge (DUPLICATE) or a replay (STALE)."""
+        if verdict == frame.DUPLICATE:
+            self.duplicates += 1
+            self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id)
+            if self.downlinks is not None:
+                self.downlinks.on_duplicate(node_id, counter, rec)
+            return DUPLICATE
+        return self._reject(REPLAY, rec.transport, None, {"node": f"{node_id:08x}", "counter": counter, "top": w.top})
 
     def _window(self, node_id: int) -> frame.ReplayWindow:
         saved = self.store.window(node_id)
@@ -379,6 +444,13 @@ class Pipeline:
         return reason
 
     # ------------------------------------------------------------ figures
+
+    def admission_counts(self) -> dict[str, int]:
+        """What the compiled path did: "answered", "copy" (recognised by its bytes), "unsure" (left to Python)."""
+        if self._fast is None:
+            return {"answered": 0, "copy": 0, "unsure": 0}
+        s = self._fast.stats()
+        return {"answered": s["fast"], "copy": s["copies"], "unsure": s["unsure"]}
 
     def rejected_by_reason(self) -> dict[str, int]:
         out: dict[str, int] = {}
