@@ -7,9 +7,15 @@ transaction survives `kill -9` and power loss):
 - `records`: verified uplinks waiting for the upstream (oldest first);
 - `quarantine`: records of batches the upstream refused with a 4xx, kept for
   inspection, never resent automatically;
-- `windows`: the uplink replay window of every node, written **in the same
-  transaction** as the records it admitted, so after a crash a frame is either
-  stored and known as seen, or neither: exactly once;
+- `windows` and `window_log`: the uplink replay window of every node, written
+  **in the same transaction** as the records it admitted, so after a crash a
+  frame is either stored and known as seen, or neither: exactly once. A
+  group appends the windows it moved to `window_log` as one row (a packed
+  array: one insert, where an upsert per node cost about 1 µs a record);
+  every WINDOW_LOG_MAX windows logged, the log is folded into `windows` (an
+  upsert per node changed since) in the group's own transaction. A node's
+  window is the `windows` row overlaid with the log in order; a re-key logs
+  a tombstone (top -1);
 - `downlinks` and `dl_counters`: the downlink queue and the downlink frame
   counter of every node (a counter is committed before the frame is sent);
 - `nodes`: node state (last seen, radio, firmware, last readings, open alarms),
@@ -46,18 +52,21 @@ Limits (named, all overridable through `Store.open`):
   upstream (copies arrive within milliseconds of each other; a copy that
   comes after the node's next frame is only counted);
 - STATE_FLUSH_S = 5 s: node state may be up to this old after a crash
-  (records and replay windows never are).
+  (records and replay windows never are);
+- WINDOW_LOG_MAX = 65,536 windows in the log before it is folded (~1.5 MB;
+  read at start in a few milliseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+from array import array
 import json
 import logging
 import sqlite3
 import time
-from itertools import islice
+from itertools import chain, islice
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -76,6 +85,7 @@ DEFAULT_GROUP_MAX = 4096
 DEFAULT_QUARANTINE_MAX = 100_000
 RECENT_MAX = 32768
 STATE_FLUSH_S = 5.0
+WINDOW_LOG_MAX = 65536
 RESPONSE_TEXT_MAX = 4096  # bytes of a refusing upstream's answer kept with a quarantined batch
 
 # Eviction classes: lower goes first.
@@ -123,6 +133,10 @@ CREATE TABLE IF NOT EXISTS windows (
     node_id INTEGER PRIMARY KEY,
     top INTEGER NOT NULL,
     mask INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS window_log (
+    id INTEGER PRIMARY KEY,
+    windows BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dl_counters (
     node_id INTEGER PRIMARY KEY,
@@ -277,6 +291,11 @@ class Store:
         self._mem_floor = 1
         self._committed_upto = 0  # every seq up to this one is committed, or failed for good
         self._windows: dict[int, tuple[int, int, int]] = {}  # node -> (node, top, mask)
+        # the writer thread's own: committed windows, those logged since the last fold, log size
+        self._durable: dict[int, tuple[int, int, int]] = {}
+        self._logged: set[int] = set()
+        self._log_size = 0
+        self._wpending: list[list[tuple[int, int, int]]] = []  # logged in the transaction under way
         self._states: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
         # lifetime counters (persisted in meta), plus this process's commit figures
@@ -330,7 +349,22 @@ class Store:
         self._mem_floor = self._next_seq
         self._taken_upto = self._committed_upto = self._next_seq - 1
         self._next_dl_id = (r.execute("SELECT MAX(id) FROM downlinks").fetchone()[0] or 0) + 1
-        self._windows = {row[0]: row for row in r.execute("SELECT node_id, top, mask FROM windows")}
+        windows = {row[0]: row for row in r.execute("SELECT node_id, top, mask FROM windows")}
+        logged = set()
+        for (blob,) in r.execute("SELECT windows FROM window_log ORDER BY id"):
+            flat = array("q")
+            flat.frombytes(blob)
+            for i in range(0, len(flat), 3):
+                node = flat[i]
+                logged.add(node)
+                if flat[i + 1] < 0:  # re-keyed: forgotten
+                    windows.pop(node, None)
+                else:
+                    windows[node] = (node, flat[i + 1], flat[i + 2])
+            self._log_size += len(flat) // 3
+        self._windows = windows
+        self._durable = dict(windows)
+        self._logged = logged
         self._states = {n: json.loads(s) for n, s in r.execute("SELECT node_id, state FROM nodes")}
         meta = dict(r.execute("SELECT name, value FROM meta"))
         self.evicted_total = meta.get("evicted", 0)
@@ -589,7 +623,8 @@ class Store:
         SPEC §2: a new root key may restart the counters at 0.
         """
         def op(c: sqlite3.Connection) -> None:
-            c.execute("DELETE FROM windows WHERE node_id = ?", (node_id,))
+            # a tombstone after whatever the log holds for the node; the fold deletes its row
+            self._log_windows(c, [(node_id, -1, 0)])
             c.execute("DELETE FROM dl_counters WHERE node_id = ?", (node_id,))
 
         self._windows.pop(node_id, None)
@@ -865,6 +900,8 @@ class Store:
         c = self._w
         assert c is not None
         count = self._count
+        self._wpending = []
+        folded = None
         c.execute("BEGIN IMMEDIATE")
         try:
             dropped: set[int] = set()
@@ -876,11 +913,12 @@ class Store:
                 c.executemany(_INSERT_RECORD, rows)
                 self._count += len(rows)
             if windows:
-                c.executemany(_UPSERT_WINDOW, windows)
+                self._log_windows(c, windows)
             if updates:
                 c.executemany(_UPDATE_RECEPTION, updates)
             results: list[tuple[bool, Any]] = []
             for fn in ops:
+                mark = len(self._wpending)
                 c.execute("SAVEPOINT op")
                 try:
                     results.append((True, fn(c)))
@@ -888,14 +926,57 @@ class Store:
                 except Exception as e:  # one failing operation fails alone
                     c.execute("ROLLBACK TO op")
                     c.execute("RELEASE op")
+                    del self._wpending[mark:]
                     results.append((False, e))
+            pending = self._wpending
+            if pending and self._log_size + sum(map(len, pending)) >= WINDOW_LOG_MAX:
+                folded = self._fold(c, pending)
             c.execute("COMMIT")
         except BaseException:
             self._count = count
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
+        # committed: what the database now says the windows are
+        if folded is not None:
+            self._durable, self._logged, self._log_size = folded, set(), 0
+        else:
+            durable, logged = self._durable, self._logged
+            for ws in pending:
+                for w in ws:
+                    durable[w[0]] = w
+                    logged.add(w[0])
+                self._log_size += len(ws)
         return dropped, evicted, results
+
+    def _log_windows(self, c: sqlite3.Connection, windows: list[tuple[int, int, int]]) -> None:
+        """Append windows (node, top, mask; top -1: forget the node) to the log (writer thread,
+        inside the group's transaction)."""
+        c.execute("INSERT INTO window_log (windows) VALUES (?)", (array("q", chain.from_iterable(windows)).tobytes(),))
+        self._wpending.append(windows)
+
+    def _fold(self, c: sqlite3.Connection,
+              pending: list[list[tuple[int, int, int]]]) -> dict[int, tuple[int, int, int]]:
+        """Write every window logged since the last fold into `windows` and empty the log;
+        returns the committed windows as they will be once this transaction commits."""
+        merged = dict(self._durable)
+        nodes = set(self._logged)
+        for ws in pending:
+            for w in ws:
+                merged[w[0]] = w
+                nodes.add(w[0])
+        ups, gone = [], []
+        for n in nodes:
+            w = merged.get(n)
+            if w is None or w[1] < 0:  # forgotten (re-keyed), before or after a restart
+                gone.append((n,))
+                merged.pop(n, None)
+            else:
+                ups.append(w)
+        c.executemany(_UPSERT_WINDOW, ups)
+        c.executemany("DELETE FROM windows WHERE node_id = ?", gone)
+        c.execute("DELETE FROM window_log")
+        return merged
 
     def _make_room(self, c: sqlite3.Connection, rows: list[tuple]) -> tuple[set[int], list[int]]:
         """Apply the eviction policy; returns (arriving seqs dropped, queued seqs evicted)."""

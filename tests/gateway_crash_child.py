@@ -1,6 +1,6 @@
 """Child process for the crash tests: ingest a burst of frames and print each acknowledgement.
 
-    python tests/gateway_crash_child.py DB REGISTRY NODES
+    python tests/gateway_crash_child.py DB REGISTRY NODES [WINDOW_LOG_MAX]
 
 Producers (one per node group, so several batches are committing at once)
 seal LIGHT frames and hand them to the real pipeline with ingest_many; after
@@ -22,6 +22,7 @@ from gateway_helpers import reception, seal  # noqa: E402
 
 from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
+from gateway import store as store_module  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 BATCH = 16
@@ -41,6 +42,8 @@ async def produce(pipeline: Pipeline, nodes: list[int]) -> None:
 
 async def main() -> None:
     db, reg_path, nodes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if len(sys.argv) > 4:  # fold the replay-window log every few groups, as a long run does
+        store_module.WINDOW_LOG_MAX = int(sys.argv[4])
     store = await Store.open(db)
     pipeline = Pipeline(Registry.load(reg_path), store)
     sys.stdout.write("READY\n")

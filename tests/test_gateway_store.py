@@ -53,6 +53,63 @@ async def test_records_round_trip_through_the_database(tmp_path):
     await s.close()
 
 
+@pytest.mark.parametrize("log_max", [1_000_000, 7])  # windows only in the log / folded every few groups
+async def test_replay_windows_come_back_after_a_restart_from_the_log_and_its_folds(tmp_path, monkeypatch, log_max):
+    import gateway.store as gs
+    monkeypatch.setattr(gs, "WINDOW_LOG_MAX", log_max)
+    path = tmp_path / "gw.db"
+    s = await Store.open(path)
+    want = {}
+    for c in range(1, 40):  # many groups, several nodes each, windows moving
+        items = [(record(n, c), (n, c, (c * 7 + n) & 0xFFFFFFFF)) for n in range(1, 6) if (c + n) % 3]
+        await s.append_many(items)
+        want.update({w[0]: (w[1], w[2]) for _r, w in items})
+    await s.reset_node(2)  # a re-key: forgotten, also once folded
+    del want[2]
+    await s.append(record(3, 100), (3, 100, 1))
+    want[3] = (100, 1)
+    assert s.windows() == want
+    await s.close()
+    logged = rows(path, "SELECT COUNT(*) FROM window_log")[0][0]
+    assert (logged > 30) if log_max > 1000 else (logged < 7)  # folded: the log stays short
+    s = await Store.open(path)
+    try:
+        assert s.windows() == want
+        assert s.window(2) is None
+        # and the next fold after the restart still forgets node 2
+        for c in range(200, 200 + (log_max if log_max < 1000 else 3)):
+            await s.append(record(1, c), (1, c, 1))
+        want[1] = (c, 1)
+    finally:
+        await s.close()
+    s = await Store.open(path)
+    try:
+        assert s.windows() == want
+    finally:
+        await s.close()
+
+
+async def test_a_failed_operation_leaves_the_window_log_as_it_was(tmp_path):
+    path = tmp_path / "gw.db"
+    s = await Store.open(path)
+    await s.append(record(4, 9), (4, 9, 1))
+
+    def boom(c):
+        s._log_windows(c, [(4, -1, 0)])  # what reset_node logs, then a failure in the same operation
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(StoreError):
+        await s._submit(boom)
+    await s.append(record(5, 1), (5, 1, 1))
+    assert s._durable[4] == (4, 9, 1)
+    await s.close()
+    s = await Store.open(path)
+    try:
+        assert s.window(4) == (9, 1) and s.window(5) == (1, 1)
+    finally:
+        await s.close()
+
+
 async def test_concurrent_appends_share_transactions(store):
     n = 400
     seqs = await asyncio.gather(*(store.append(record(i % 20 + 1, i)) for i in range(n)))
@@ -246,7 +303,8 @@ async def test_node_state_follows_the_records(store):
     assert store.node_state(4)["open_alarms"] == {}
 
 
-def test_sigkill_mid_burst_loses_no_acknowledged_record(tmp_path):
+@pytest.mark.parametrize("log_max", [None, 50])  # the default, and the window log folded every few groups
+def test_sigkill_mid_burst_loses_no_acknowledged_record(tmp_path, log_max):
     """A real child process ingests bursts and is killed with SIGKILL while commits are in flight.
 
     Afterwards every frame it acknowledged is stored exactly once, and the
@@ -258,7 +316,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_record(tmp_path):
     registry(reg_path, range(1, nodes + 1)).save()
     db = tmp_path / "gw.db"
     child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gateway_crash_child.py"), str(db), str(reg_path),
-                              str(nodes)], stdout=subprocess.PIPE, text=True)
+                              str(nodes)] + ([str(log_max)] if log_max else []), stdout=subprocess.PIPE, text=True)
     acked: list[tuple[int, int]] = []
     try:
         assert child.stdout.readline().strip() == "READY"
@@ -284,11 +342,19 @@ def test_sigkill_mid_burst_loses_no_acknowledged_record(tmp_path):
     missing = [a for a in acked if a not in stored]
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:3]}"
 
+    if log_max:
+        assert rows(db, "SELECT COUNT(*) FROM window_log")[0][0] < log_max  # it was folded
+
     async def replay() -> None:
         s = await Store.open(db)
         p = Pipeline(Registry.load(reg_path), s)
         verdicts = await p.ingest_many([reception(seal(n, c)) for n, c in acked[-500:]])
         assert set(verdicts) <= {"duplicate", "replay"}
+        # every node's newest acknowledged frame, the one its window was last moved for
+        newest = {}
+        for n, c in acked:
+            newest[n] = max(c, newest.get(n, -1))
+        assert set(await p.ingest_many([reception(seal(n, c)) for n, c in newest.items()])) == {"duplicate"}
         # the first frame after the last stored one of a node is new
         top = max(c for n, c in stored if n == 1)
         assert await p.ingest(reception(seal(1, top + 1))) == "accepted"
