@@ -296,11 +296,14 @@ async def test_outage_then_recovery_drains_the_backlog_in_per_node_order(tmp_pat
     try:
         sent = interleaved(4, 30)
         await fill(store, sent[:60])
-        await until(lambda: u.responses.get("error", 0) >= 3)
-        assert store.count() == 60 and u.stats()["state"] == "backoff" and u.consecutive_failures >= 3
+        # the state turns to backoff one turn of the loop after the error is counted: wait for both
+        await until(lambda: u.responses.get("error", 0) >= 3 and u.state == "backoff")
+        assert store.count() == 60 and u.consecutive_failures >= 3
         await fill(store, sent[60:])  # the radios keep talking during the outage
         await platform.start()
         await until(lambda: store.count() == 0)
+        # count() drops inside the delete's transaction; lag() reads what is committed: wait for it
+        await store.drain()
         docs = await platform.records()
         assert len(docs) == 120 and len({d["id"] for d in docs}) == 120  # everything, once
         assert per_node_counters(docs) == {f"{n:08x}": list(range(1, 31)) for n in range(1, 5)}
