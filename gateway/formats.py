@@ -177,13 +177,25 @@ def native_batch(records: Iterable[Record], gateway: str = "", sent: float | Non
         raise TypeError(str(e)) from None
 
 
-# /3: per message type, its field names in body-key order and {body key: (position, conversion)}
-# (gateway/bodies.py's naming plans: the same values as `bodies.values`, in an array)
-_V3_PLANS: dict[int, tuple[list[str], dict[int, tuple[int, Callable[[Any], Any] | None]]]] = {}
-for _mtype, _plan in bodies._NAMES.items():
-    _names = [name for name, _conv in _plan.values()]
-    _V3_PLANS[_mtype] = (_names, {k: (i, conv) for i, (k, (_name, conv)) in enumerate(_plan.items())})
-del _mtype, _plan, _names
+# /3: per message type, its field names (body-key order) and a function body -> values array,
+# generated from gateway/bodies.py's naming plans (the same values as `bodies.values`, in an
+# array): one straight-line function per type instead of a loop with a lookup per field
+def _compile_v3(plan: dict[int, tuple[str, Callable[[Any], Any] | None]]) -> tuple[list[str], Callable[[dict], list]]:
+    env: dict[str, Any] = {}
+    lines, cols = [], []
+    for i, (key, (_name, conv)) in enumerate(plan.items()):
+        lines.append(f"    v{i} = g({key!r})")
+        if conv is None:
+            cols.append(f"v{i}")
+        else:
+            env[f"c{i}"] = conv
+            cols.append(f"None if v{i} is None else c{i}(v{i})")
+    src = "def values(b):\n    g = b.get\n" + "\n".join(lines) + f"\n    return [{', '.join(cols)}]\n"
+    exec(compile(src, "<lumeau.records/3 values>", "exec"), env)
+    return [name for name, _conv in plan.values()], env["values"]
+
+
+_V3_PLANS = {mtype: _compile_v3(plan) for mtype, plan in bodies._NAMES.items()}
 
 
 def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | None = None) -> bytes:
@@ -197,16 +209,9 @@ def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | 
         kind = r.kind
         if kind not in types:
             types[kind] = mtype
-        names, plan = plans[mtype]
-        vals: list[Any] = [None] * len(names)  # null: the body does not carry that field
-        get = plan.get
-        for k, v in r.body.items():
-            p = get(k)
-            if p is not None:
-                conv = p[1]
-                vals[p[0]] = v if conv is None else conv(v)
-        rows.append((kind, "%08x" % r.node_id, r.counter, iso(r.rx_time), r.alarm, vals, r.gateway_id, r.receptions,
-                     r.best_rssi, r.best_snr))
+        # values: null where the body does not carry the field
+        rows.append((kind, "%08x" % r.node_id, r.counter, iso(r.rx_time), r.alarm, plans[mtype][1](r.body),
+                     r.gateway_id, r.receptions, r.best_rssi, r.best_snr))
     doc: dict[str, Any] = {"format": NATIVE_FORMAT_V3}
     if gateway:
         doc["gateway"] = gateway

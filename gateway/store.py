@@ -43,10 +43,15 @@ Limits (named, all overridable through `Store.open`):
   for 10,000 nodes reporting every 15 minutes is 960,000 records);
 - DEFAULT_GROUP_MAX = 4096 records per transaction (bounds commit latency);
 - DEFAULT_QUARANTINE_MAX = 100,000 records (oldest dropped beyond, counted);
-- RECENT_MAX = 32,768 committed records not yet delivered kept in memory
-  (~0.8 kB each, ~25 MB), so the upstream gets them without a read-back;
-  older ones (a backlog) are read back from the database. A record leaves
-  memory when delivered, quarantined, evicted or pushed out;
+- RECENT_MAX = 65,536 committed records not yet delivered kept in memory
+  (the pipeline's Records, ~0.85 kB each with their decoded bodies: ~55 MB
+  at most, while that many wait), so the upstream gets them without a
+  read-back; older ones (a backlog, or what was queued before a restart)
+  are read back from the database. A record leaves memory when delivered,
+  quarantined, evicted or pushed out. (A leaner form -- the stored row,
+  ~0.35 kB -- was measured and rejected: rebuilding a Record from it costs
+  1.2 µs, as much as reading it back, which is nearly all that rebuild;
+  bench/README.md, gateway.py);
 - receptions of a frame heard by several radios are merged into the
   record while it is its node's newest one and still waits for the
   upstream (copies arrive within milliseconds of each other; a copy that
@@ -83,7 +88,7 @@ log = logging.getLogger("lumeau.gateway.store")
 DEFAULT_MAX_RECORDS = 1_000_000
 DEFAULT_GROUP_MAX = 4096
 DEFAULT_QUARANTINE_MAX = 100_000
-RECENT_MAX = 32768
+RECENT_MAX = 65536
 STATE_FLUSH_S = 5.0
 WINDOW_LOG_MAX = 65536
 RESPONSE_TEXT_MAX = 4096  # bytes of a refusing upstream's answer kept with a quarantined batch
