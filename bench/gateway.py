@@ -3,14 +3,17 @@
 `python bench/gateway.py --json [--frames N] [--nodes N] [--dup F] [--batch N] [--rate R]`
 
 The gateway side runs in this process, pinned to one CPU (the store's writer
-thread included): receptions go through `pipeline.submit` exactly as the
-transports hand them over -- parse, registry lookup, MIC, replay window,
-dedup (a fraction `--dup` of the frames is heard by a second radio), decode
-and check, durable group-committed insert (WAL, synchronous=FULL) -- while
-the real upstream batches the records (native JSON with named values, gzip,
-bearer token; pipelined: the next batch is encoded while one is in flight)
-to a real `lumeau sink` process on another CPU and deletes them once it
-answered 2xx.
+thread included), wired as `lumeau gateway` wires it (gateway/service.py:
+the downlink queue and the readings history behind the pipeline's
+after-commit observer; `--wiring bare` leaves both out, to measure what they
+cost): receptions go through `pipeline.submit` exactly as the transports
+hand them over -- parse, registry lookup, MIC, replay window, dedup (a
+fraction `--dup` of the frames is heard by a second radio), decode and
+check, durable group-committed insert (WAL, synchronous=FULL) -- while the
+real upstream batches the records (native JSON `lumeau.records/3` by
+default, `--native-version 2` for /2; gzip; bearer token; pipelined: the
+next batch is encoded while one is in flight) to a real `lumeau sink`
+process on another CPU and deletes them once it answered 2xx.
 
 Figures:
 - `pipeline_frames_per_s`: frames until the last one is committed;
@@ -30,9 +33,10 @@ Figures:
 - `--rate R` offers R frames/s in 10 ms ticks instead of a burst: whether the
   gateway keeps up (`max_backlog` stays small) is the sustained capacity;
 - `cpu_us_per_frame_by_stage`: each stage alone on the same frames (parse,
-  verify, decode and check, naming the values, the whole admission, store,
-  reading a batch, native JSON, gzip, delete) next to the floor: where the
-  time goes;
+  verify, decode and check, naming the values, the whole admission, the
+  after-commit observers (downlinks + history), store, reading a batch,
+  native JSON in the version sent, gzip as sent, delete) next to the floor:
+  where the time goes;
 - `sink_cpu_us_per_record`: the receiver's CPU per record (from /proc):
   with one request in flight, a receiver slower than the gateway sets the
   end-to-end rate;
@@ -68,12 +72,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cbor2  # noqa: E402
 
+from gateway import formats  # noqa: E402
+from gateway.downlinks import Downlinks  # noqa: E402
+from gateway.history import History  # noqa: E402
 from gateway.model import Reception  # noqa: E402
 from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.registry import NodeEntry, Registry  # noqa: E402
-from gateway.service import GC_THRESHOLDS  # noqa: E402
+from gateway.service import GC_THRESHOLDS, Observers  # noqa: E402
 from gateway.store import Store  # noqa: E402
-from gateway.upstream import Upstream  # noqa: E402
+from gateway.upstream import Upstream, gzip_compress  # noqa: E402
 from protocol import frame  # noqa: E402
 from protocol import messages as m  # noqa: E402
 
@@ -161,12 +168,22 @@ def start_sink(tmp: Path, token: str, cpu: int | None, null: bool = False) -> tu
     raise RuntimeError("lumeau sink did not start")
 
 
+async def wire(store: Store, reg: Registry, wiring: str) -> tuple[Pipeline, Downlinks | None]:
+    """The pipeline as gateway/service.py builds it ("service"), or without its observers ("bare")."""
+    if wiring == "bare":
+        return Pipeline(reg, store), None
+    downlinks = Downlinks(store, reg)
+    await downlinks.start()
+    return Pipeline(reg, store, downlinks=Observers(downlinks, History())), downlinks
+
+
 async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str, token: str,
-                      batch: int, rate: float = 0.0) -> dict:
+                      batch: int, rate: float = 0.0, wiring: str = "service", native_version: int = 3) -> dict:
     """Feed `recs` (as fast as they are taken, or paced at `rate` frames/s) and wait until delivered."""
     store = await Store.open(tmp / "gateway.db")
-    pipeline = Pipeline(reg, store)
-    up = Upstream(store, url, token=token, batch_size=batch, max_age=0.05, gateway_id="bench")
+    pipeline, downlinks = await wire(store, reg, wiring)
+    up = Upstream(store, url, token=token, batch_size=batch, max_age=0.05, gateway_id="bench",
+                  native_version=native_version)
     pipeline.listeners.append(lambda _n: up.notify())
     await up.start()
     t0 = time.perf_counter()
@@ -197,22 +214,26 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
            "mean_group": store.committed_records / max(1, store.commits), "upstream_requests": stats["requests"],
            "upstream_records_sent": stats["records_sent"]}
     await pipeline.close()
+    if downlinks is not None:
+        await downlinks.close()
     await store.close()
     return out
 
 
-async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[str, float]:
+async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception],
+                      native_version: int = 3) -> tuple[dict[str, float], dict[str, float]]:
     """CPU microseconds per frame of each stage, run one after the other on the same frames.
 
     Where the time goes, for whoever optimises next: protocol steps, the
     pipeline's own bookkeeping, the store, and the upstream's share
     (reading back, native JSON, gzip, deleting).
     """
-    from gateway import bodies, formats
+    from gateway import bodies
 
     frames = list({r.raw: r for r in recs}.values())
     n = len(frames)
     out: dict[str, float] = {}
+    sizes: dict[str, float] = {}  # bytes a record in a request: JSON, gzipped as sent, gzipped by zlib
 
     def cpu(name: str, fn):  # noqa: ANN001
         c = time.process_time()
@@ -227,6 +248,9 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[s
     store = await Store.open(tmp / "stages.db")
     pipeline = Pipeline(reg, store)
     adm = cpu("admit_total", lambda: [pipeline._admit(r) for r in frames])
+    downlinks = Downlinks(store, reg)
+    observer = Observers(downlinks, History())
+    cpu("observers", lambda: [observer.on_uplink(a[0], r) for a, r in zip(adm, frames)])
     c = time.process_time()
     for i in range(0, n, FLOOR_GROUP):
         await store.append_many([(a[0], a[1]) for a in adm[i:i + FLOOR_GROUP]])
@@ -237,15 +261,18 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception]) -> dict[s
         after = batch[-1][0]
         batches.append(batch)
     out["next_batch"] = round((time.process_time() - c) / n * 1e6, 2)
-    bodies = cpu("native_json", lambda: [formats.native_batch([r for _, r in b], "bench", time.time())
-                                         for b in batches])
-    cpu("gzip", lambda: [gzip.compress(x, 1) for x in bodies])
+    encode = formats.native_encoder(native_version)
+    docs = cpu("native_json", lambda: [encode([r for _, r in b], "bench", time.time()) for b in batches])
+    cpu("gzip", lambda: [gzip_compress(x, 1) for x in docs])
+    sizes["json"] = round(sum(len(x) for x in docs) / n, 1)
+    sizes["gzip"] = round(sum(len(gzip_compress(x, 1)) for x in docs) / n, 1)
+    sizes["gzip_zlib"] = round(sum(len(gzip.compress(x, 1)) for x in docs) / n, 1)
     c = time.process_time()
     for b in batches:
         await store.delete([q for q, _ in b])
     out["delete"] = round((time.process_time() - c) / n * 1e6, 2)
     await store.close()
-    return out
+    return out, sizes
 
 
 def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int,
@@ -323,6 +350,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=500, help="upstream batch size")
     ap.add_argument("--rate", type=float, default=0.0,
                     help="offer frames at this rate (frames/s) instead of as fast as they are taken")
+    ap.add_argument("--wiring", choices=("service", "bare"), default="service",
+                    help="service: the downlink queue and the history behind the pipeline, as `lumeau gateway` "
+                         "runs; bare: the pipeline alone")
+    ap.add_argument("--native-version", type=int, choices=formats.NATIVE_VERSIONS,
+                    default=formats.DEFAULT_NATIVE_VERSION, help="native format version sent upstream")
     ap.add_argument("--serve-null-sink", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_null_sink:
@@ -349,7 +381,8 @@ def main() -> int:
             sink, url = start_sink(run_dir, token, sink_cpu, null)
             try:
                 before = process_cpu(sink.pid)
-                results[name] = asyncio.run(run_gateway(run_dir, reg, recs, url, token, args.batch, args.rate))
+                results[name] = asyncio.run(run_gateway(run_dir, reg, recs, url, token, args.batch, args.rate,
+                                                         args.wiring, args.native_version))
                 after = process_cpu(sink.pid)
                 results[name]["sink_cpu"] = None if before is None or after is None else after - before
             finally:
@@ -358,7 +391,7 @@ def main() -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the stage costs hold every record
         t_floor, cpu_floor = run_floor(tmp, reg, frames, FLOOR_GROUP)
         _t, cpu_floor_pads = run_floor(tmp, reg, frames, FLOOR_GROUP, pads=True)
-        stages = asyncio.run(stage_costs(tmp, reg, recs))
+        stages, sizes = asyncio.run(stage_costs(tmp, reg, recs, args.native_version))
     n = len(frames)
     floor = n / t_floor
     floor_cpu = n / cpu_floor
@@ -387,8 +420,9 @@ def main() -> int:
         }
     out.update({
         "bar_frames_per_s": BAR_FRAMES_PER_S, "bar_ratio": BAR_RATIO, "upstream_batch": args.batch,
-        "offered_rate": args.rate or None,
+        "offered_rate": args.rate or None, "wiring": args.wiring, "native_version": args.native_version,
         "cpu_us_per_frame_by_stage": {**stages, "floor": round(cpu_floor / n * 1e6, 2)},
+        "request_bytes_per_record": sizes,
         "rss_before_mb": round(rss_before / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
         "gateway_cpu": gw_cpu, "sink_cpu": sink_cpu, "load_average_1min": round(os.getloadavg()[0], 2),
         "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "machine": platform.machine(),

@@ -22,3 +22,8 @@ def test_gateway_bench_prints_its_figures():
         assert run["upstream_records_sent"] == 600
         assert abs(run["cost_ratio"] - r["floor_frames_per_s"] / run["end_to_end_frames_per_s"]) < 0.05
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+    # measured as `lumeau gateway` runs: the downlinks and the history behind the pipeline, /3 upstream
+    assert r["wiring"] == "service" and r["native_version"] == 3
+    assert {"admit_total", "observers", "store_append_commit", "native_json", "gzip"} <= set(r["cpu_us_per_frame_by_stage"])
+    sizes = r["request_bytes_per_record"]
+    assert 0 < sizes["gzip"] < sizes["json"]
