@@ -105,18 +105,18 @@ static PyTypeObject NodeStateType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *get;   /* registry lookup: node_id -> entry with .keys, or None */
+    PyObject *registry; /* registry.get(node_id) -> entry with .keys, or None; looked up on every call, as the Python path does */
     PyObject *nodes; /* dict: node_id -> NodeState */
     Plan plans[N_TYPES];
     unsigned long long fast, copies, unsure;
 } Admitter;
 
-static PyObject *s_keys, *s_mic_up, *s_node_id, *s_key; /* interned attribute names */
+static PyObject *s_get, *s_keys, *s_mic_up, *s_node_id, *s_key; /* interned attribute names */
 
 static int
 Admitter_traverse(Admitter *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->get);
+    Py_VISIT(self->registry);
     Py_VISIT(self->nodes);
     return 0;
 }
@@ -124,7 +124,7 @@ Admitter_traverse(Admitter *self, visitproc visit, void *arg)
 static int
 Admitter_clear(Admitter *self)
 {
-    Py_CLEAR(self->get);
+    Py_CLEAR(self->registry);
     Py_CLEAR(self->nodes);
     return 0;
 }
@@ -209,22 +209,18 @@ load_plans(Admitter *self, PyObject *plans)
 static int
 Admitter_init(Admitter *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"registry_get", "plans", NULL};
-    PyObject *get, *plans;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Admitter", kwlist, &get, &plans))
+    static char *kwlist[] = {"registry", "plans", NULL};
+    PyObject *registry, *plans;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Admitter", kwlist, &registry, &plans))
         return -1;
-    if (!PyCallable_Check(get)) {
-        PyErr_SetString(PyExc_TypeError, "registry_get must be callable");
-        return -1;
-    }
     memset(self->plans, 0, sizeof(self->plans));
     if (load_plans(self, plans) < 0)
         return -1;
     PyObject *nodes = PyDict_New();
     if (nodes == NULL)
         return -1;
-    Py_INCREF(get);
-    Py_XSETREF(self->get, get);
+    Py_INCREF(registry);
+    Py_XSETREF(self->registry, registry);
     Py_XSETREF(self->nodes, nodes);
     self->fast = self->copies = self->unsure = 0;
     return 0;
@@ -280,7 +276,7 @@ new_state(PyObject *keys, PyObject *mic, PyObject *node_id)
 static NodeState *
 node_state(Admitter *self, PyObject *node_id)
 {
-    PyObject *entry = PyObject_CallOneArg(self->get, node_id);
+    PyObject *entry = PyObject_CallMethodOneArg(self->registry, s_get, node_id);
     if (entry == NULL) {
         PyErr_Clear();
         return NULL;
@@ -622,7 +618,7 @@ static PyTypeObject AdmitterType = {
     .tp_dealloc = (destructor)Admitter_dealloc,
     .tp_repr = (reprfunc)Admitter_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Admitter(registry_get, plans): the gateway's compiled admission path (see the module docstring).",
+    .tp_doc = "Admitter(registry, plans): the gateway's compiled admission path (see the module docstring).",
     .tp_traverse = (traverseproc)Admitter_traverse,
     .tp_clear = (inquiry)Admitter_clear,
     .tp_methods = Admitter_methods,
@@ -642,11 +638,12 @@ PyInit__fastadmit(void)
 {
     if (PyType_Ready(&NodeStateType) < 0 || PyType_Ready(&AdmitterType) < 0)
         return NULL;
+    s_get = PyUnicode_InternFromString("get");
     s_keys = PyUnicode_InternFromString("keys");
     s_mic_up = PyUnicode_InternFromString("mic_up");
     s_node_id = PyUnicode_InternFromString("node_id");
     s_key = PyUnicode_InternFromString("key");
-    if (!s_keys || !s_mic_up || !s_node_id || !s_key)
+    if (!s_get || !s_keys || !s_mic_up || !s_node_id || !s_key)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -123,7 +123,7 @@ class Pipeline:
                  compiled: bool | None = None) -> None:
         """`compiled`: use the compiled admission path (None: when it was built; False: never)."""
         global _warned_fallback
-        self.registry = registry
+        self._registry = registry
         if compiled is None:
             compiled = _fastadmit is not None
             if not compiled and not _warned_fallback:
@@ -133,7 +133,7 @@ class Pipeline:
         elif compiled and _fastadmit is None:
             raise RuntimeError("gateway._fastadmit is not built")
         # Parse, keys, MIC, decode and check in one C call when it is sure; None: the Python path alone
-        self._fast = _fastadmit.Admitter(registry.get, bodies.fast_plans()) if compiled else None
+        self._fast = _fastadmit.Admitter(registry, bodies.fast_plans()) if compiled else None
         self.admission_path = "compiled" if compiled else "python"
         self.store = store
         self.downlinks = downlinks
@@ -158,6 +158,17 @@ class Pipeline:
         self.duplicates = 0
         self.rejected: dict[tuple[str, str], int] = {}  # (reason, transport) -> count
         self.bad_mic_by_node: dict[int, int] = {}
+
+    @property
+    def registry(self) -> KeyLookup:
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: KeyLookup) -> None:
+        # the compiled path asks the same registry as the Python path, and forgets what the old one's keys verified
+        self._registry = registry
+        if self._fast is not None:
+            self._fast = _fastadmit.Admitter(registry, bodies.fast_plans())
 
     # ------------------------------------------------------------ transports call these
 
@@ -369,7 +380,7 @@ class Pipeline:
             return self._admit_reference(rec)
         w.commit(counter)
         record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body, {}, 1, rec.rssi, rec.snr,
-                        rec.gateway_id, is_alarm(mtype, body), cbor)
+                        rec.gateway_id, mtype == m.EVENT and is_alarm(mtype, body), cbor)
         return record, (node_id, w.top, w.mask), w
 
     def _admit_reference(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":

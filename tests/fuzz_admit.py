@@ -60,7 +60,7 @@ class _Entry:
 KEYS = {n: node_keys(n) for n in (1, 2, 3, 7, 8, 9)}  # HKDF once, not per input
 REG = {n: _Entry(KEYS[n]) for n in (1, 2, 3)}
 REG[7] = _Entry(KEYS[8])  # keys of another node
-ADM = _load().Admitter(REG.get, bodies.fast_plans())
+ADM = _load().Admitter(REG, bodies.fast_plans())
 
 
 def _reference(raw: bytes):

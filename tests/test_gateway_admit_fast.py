@@ -183,7 +183,7 @@ def _reference(reg: dict, raw: bytes):
 def fast():
     _need_fast()
     reg = _registry()
-    return reg, _fastadmit.Admitter(reg.get, bodies.fast_plans())
+    return reg, _fastadmit.Admitter(reg, bodies.fast_plans())
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -208,7 +208,7 @@ def test_when_the_c_path_answers_it_is_the_reference_answer(fast, raws):
        st.sampled_from(UPLINKS).flatmap(lambda t: st.tuples(st.just(t), body_of(t, valid_only=True))))
 def test_the_c_path_answers_every_valid_frame_nodes_send(fast, node, counter, tb):
     reg, _adm = fast
-    adm = _fastadmit.Admitter(reg.get, bodies.fast_plans())  # fresh: hypothesis replays examples
+    adm = _fastadmit.Admitter(reg, bodies.fast_plans())  # fresh: hypothesis replays examples
     mtype, body = tb
     raw = frame.seal(node_keys(node), mtype, counter, m.encode(mtype, body))
     assert adm.admit(raw) == (node, counter, mtype, body, raw[frame.HEADER_LEN:-frame.MIC_LEN])
@@ -272,7 +272,7 @@ def test_what_the_c_path_is_not_sure_about(fast, raw, why):
 def test_a_rekeyed_node_is_checked_with_its_new_keys_and_copies_are_forgotten():
     _need_fast()
     reg = {1: _Entry(node_keys(1))}
-    adm = _fastadmit.Admitter(reg.get, bodies.fast_plans())
+    adm = _fastadmit.Admitter(reg, bodies.fast_plans())
     raw = seal(1, 5)
     assert adm.admit(raw) is not None
     reg[1] = _Entry(keys.NodeKeys(1, bytes(16)))  # re-keyed: the old frame no longer verifies
@@ -282,6 +282,20 @@ def test_a_rekeyed_node_is_checked_with_its_new_keys_and_copies_are_forgotten():
     del reg[1]
     assert adm.admit(raw) is None
     assert adm.stats()["unsure"] == 2
+
+
+async def test_the_compiled_path_asks_the_registry_the_pipeline_holds_now(tmp_path):
+    _need_fast()
+    s = await Store.open(tmp_path / "gw.db")
+    p = pl.Pipeline(registry(tmp_path / "a.toml", [1]), s, compiled=True)
+    assert await p.ingest(Reception(seal(1, 1), "udp", "udp:1", 1.0)) == "accepted"
+    p.registry = registry(tmp_path / "b.toml", [2])  # swapped: node 1 is unknown now
+    assert await p.ingest(Reception(seal(1, 2), "udp", "udp:1", 1.0)) == "unknown_node"
+    assert await p.ingest(Reception(seal(2, 1), "udp", "udp:1", 1.0)) == "accepted"
+    p.registry.get = lambda node_id: None  # even a replaced method is looked up on every call
+    assert await p.ingest(Reception(seal(2, 2), "udp", "udp:1", 1.0)) == "unknown_node"
+    await p.close()
+    await s.close()
 
 
 def test_its_repr_and_stats_hold_no_key_material(fast):
@@ -436,7 +450,7 @@ def test_no_reference_or_memory_leaks_over_many_calls():
     """Every branch (answered, copy, each "not sure") run 10^5+ times: refcounts and heap stay flat."""
     _need_fast()
     reg = _registry()
-    adm = _fastadmit.Admitter(reg.get, bodies.fast_plans())
+    adm = _fastadmit.Admitter(reg, bodies.fast_plans())
     raws = [seal(1, c) for c in range(40)]  # more than the copy memory: verified again every round
     raws += [seal(2, 1, m.IRRIGATION), frame.seal(node_keys(3), m.HELLO, 1, m.encode(m.HELLO, {0: "fw-1.2é", 1: 1}))]
     raws += [seal(UNKNOWN, 1), seal(MISKEYED, 1), seal(1, 5, encrypt=True), b"\x00" * 20, seal(1, 6)[:-1] + b"\x00",
@@ -475,7 +489,7 @@ def test_runs_clean_under_x_dev():
                 self.keys = k
 
         reg = {1: E(node_keys(1))}
-        a = _fastadmit.Admitter(reg.get, bodies.fast_plans())
+        a = _fastadmit.Admitter(reg, bodies.fast_plans())
         rnd = random.Random(1)
         good = [seal(1, c) for c in range(64)]
         n = 0
