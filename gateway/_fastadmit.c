@@ -272,7 +272,8 @@ new_state(PyObject *keys, PyObject *mic, PyObject *node_id)
     return st;
 }
 
-/* The node's state, valid for the keys the registry holds now (borrowed), or NULL: not sure. */
+/* The node's state, valid for the keys the registry holds now (a new reference), or NULL: not sure.
+ * A new reference because releasing the old state or the keys may run arbitrary code (__del__). */
 static NodeState *
 node_state(Admitter *self, PyObject *node_id)
 {
@@ -306,8 +307,10 @@ node_state(Admitter *self, PyObject *node_id)
         goto done;
     }
     st = (NodeState *)PyDict_GetItemWithError(self->nodes, node_id);
-    if (st != NULL && st->keys == keys && st->mic == mic && st->node_id == kid)
+    if (st != NULL && st->keys == keys && st->mic == mic && st->node_id == kid) {
+        Py_INCREF(st);
         goto done;
+    }
     if (st == NULL && PyErr_Occurred()) {
         PyErr_Clear();
         goto done;
@@ -315,11 +318,9 @@ node_state(Admitter *self, PyObject *node_id)
     /* first frame of this node, or its keys changed: forget what the old keys verified */
     st = new_state(keys, mic, kid);
     if (st != NULL) {
-        int r = PyDict_SetItem(self->nodes, node_id, (PyObject *)st);
-        Py_DECREF(st); /* the dict holds it */
-        if (r < 0) {
+        if (PyDict_SetItem(self->nodes, node_id, (PyObject *)st) < 0) {
             PyErr_Clear();
-            st = NULL;
+            Py_CLEAR(st);
         }
     }
 done:
@@ -515,7 +516,6 @@ Admitter_admit(Admitter *self, PyObject *raw)
         Py_DECREF(node_id);
         return unsure(self);
     }
-    Py_INCREF(st); /* held while in use, whatever the dict does */
     PyObject *body = NULL, *plain = NULL, *result = NULL;
     if (remembered(st, p, n)) {
         self->copies++;

@@ -440,8 +440,10 @@ async def test_without_the_extension_the_gateway_runs_on_the_python_path(tmp_pat
 
 # ---------------------------------------------------------------- memory
 
-def _leak_loop(adm, raws: list[bytes], rounds: int) -> None:
-    for _ in range(rounds):
+def _leak_loop(adm, reg: dict, raws: list[bytes], rounds: int) -> None:
+    rekeyed = [_Entry(node_keys(3)), _Entry(node_keys(3))]  # equal keys, new objects: the state is rebuilt
+    for i in range(rounds):
+        reg[3] = rekeyed[i % 2]
         for r in raws:
             adm.admit(r)
 
@@ -457,14 +459,14 @@ def test_no_reference_or_memory_leaks_over_many_calls():
              frame.seal(node_keys(1), m.LIGHT, 7, bytes.fromhex("a1001865")),
              frame.seal(node_keys(1), m.LIGHT, 8, bytes.fromhex("a2000101ff")),
              frame.seal(node_keys(1), m.HELLO, 9, bytes.fromhex("a20062eda00101"))]
-    _leak_loop(adm, raws, 50)  # warm up: per-node states, caches, interned ints
+    _leak_loop(adm, reg, raws, 50)  # warm up: per-node states, caches, interned ints
     gc.collect()
     total = getattr(sys, "gettotalrefcount", None)
     r0 = total() if total else None
     blocks0 = sys.getallocatedblocks()
     tracemalloc.start()
     m0 = tracemalloc.get_traced_memory()[0]
-    _leak_loop(adm, raws, 2000)  # 100,000 calls
+    _leak_loop(adm, reg, raws, 2000)  # 100,000 calls
     gc.collect()
     m1 = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
