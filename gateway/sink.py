@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -65,6 +66,7 @@ MAX_BATCH = 10_000
 QUERY_LIMIT_DEFAULT = 100
 QUERY_LIMIT_MAX = 1000
 TOKEN_ENV = "LUMEAU_SINK_TOKEN"
+GC_THRESHOLDS = (20_000, 20, 50)  # as gateway/service.py's, for the same reason
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -426,6 +428,12 @@ async def _serve(sink: Sink) -> int:
         print(f"lumeau sink: cannot listen on {sink.host}:{sink.port}: {e}", file=sys.stderr)
         await sink.db.close()
         return 1
+    # As the gateway does (gateway/service.py): what lives as long as the process out of the
+    # collector's way, the young generation collected less often -- a batch is thousands of
+    # short-lived containers (bench/README.md, gateway.py: the sink's CPU per record)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     # One line on stdout that scripts (and tests) can wait for, with the real port.
     print(f"lumeau sink: listening on http://{sink.host}:{port} (db {sink.db.path})", flush=True)
     await stop.wait()
