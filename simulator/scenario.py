@@ -191,6 +191,7 @@ class KindSettings:
 class WeatherSettings:
     random_rain: bool
     rain: tuple[RainEvent, ...]
+    dry_days: tuple[_dt.date, ...] = ()   # local (mean solar) dates with no drawn rain
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +256,8 @@ class Scenario:
 
     def weather_model(self) -> Weather:
         return Weather(self.location.lat, self.location.lon, self.start_unix, self.duration_s, self.seed,
-                       self.location.climate, self.weather.rain, self.weather.random_rain)
+                       self.location.climate, self.weather.rain, self.weather.random_rain,
+                       tuple(d.toordinal() - _EPOCH_ORDINAL for d in self.weather.dry_days))
 
     def presence(self, street_id: str, profile: Sequence[float] | None = None):
         from simulator.presence import DEFAULT_PROFILE, StreetPresence
@@ -286,6 +288,7 @@ class Scenario:
 # ---------------------------------------------------------------- reading tables
 
 _REQUIRED = object()
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()   # weather.Day.day counts days from here
 
 
 class _Table:
@@ -343,6 +346,9 @@ class _Table:
             if not isinstance(v, list):
                 raise self.err(name, f"expected an array of [x, y] points, got {v!r}")
             v = tuple(_point(self, f"{name}[{i}]", p) for i, p in enumerate(v))
+        elif kind == "list":
+            if not isinstance(v, list):
+                raise self.err(name, f"expected an array, got {v!r}")
         elif kind == "table":
             if not isinstance(v, dict):
                 raise self.err(name, f"expected a table, got {v!r}")
@@ -509,7 +515,16 @@ def _build(top: _Table) -> Scenario:
         r.done()
         if not start.timestamp() - 86400 <= a < start.timestamp() + duration_s:
             raise r.err("at", "must fall within the run (or the day before it)")
-    weather = WeatherSettings(random_rain, tuple(rain))
+    dry = w_t.get("dry_days", "list", [])
+    dry_days = []
+    first_day, last_day = (start - _dt.timedelta(days=1)).date(), (start + _dt.timedelta(seconds=duration_s, days=1)).date()
+    for i, d in enumerate(dry):
+        if not isinstance(d, _dt.date) or isinstance(d, _dt.datetime):
+            raise w_t.err(f"dry_days[{i}]", f"expected a TOML local date like 2026-06-15, got {d!r}")
+        if not first_day <= d <= last_day:
+            raise w_t.err(f"dry_days[{i}]", f"{d} is not within the run (or a day either side of it)")
+        dry_days.append(d)
+    weather = WeatherSettings(random_rain, tuple(rain), tuple(sorted(set(dry_days))))
     w_t.done()
 
     radio = _radio(top.sub("radio"))

@@ -254,15 +254,19 @@ def _interp(values: Sequence[float], month: int, mday: int) -> float:
 class Weather:
     """Weather for one place over [start, start + duration), drawn from a seed.
 
-    The same (climate, place, start, duration, seed, extra_rain) always give
-    the same weather. Queries are valid from a day before start to a day after
-    the end. `extra_rain` adds scripted events (a scenario's storm), and
-    random_rain=False keeps only those.
+    The same (climate, place, start, duration, seed, extra_rain, dry_days)
+    always give the same weather. Queries are valid from a day before start to
+    a day after the end. `extra_rain` adds scripted events (a scenario's
+    storm), random_rain=False keeps only those, and `dry_days` (day numbers
+    since 1970-01-01 as `Day.day` counts them: local mean solar dates) have
+    no drawn rain and a dry day's temperatures, while every other day keeps
+    exactly its seeded draw (the wet/dry chain and the random stream go on
+    as drawn, so scripting a day changes no other).
     """
 
     def __init__(self, lat: float, lon: float, start: float, duration_s: float, seed: int,
                  climate: Climate | str = "lyon", extra_rain: Sequence[RainEvent] = (),
-                 random_rain: bool = True):
+                 random_rain: bool = True, dry_days: Sequence[int] = ()):
         if isinstance(climate, str):
             try:
                 climate = CLIMATES[climate]
@@ -279,22 +283,24 @@ class Weather:
         first = self._day_of(start) - 1
         last = self._day_of(start + duration_s) + 1
         rng = random.Random(f"lumeau-weather:{seed}")
+        dry = frozenset(dry_days)
         self.days: list[Day] = []
         events: list[RainEvent] = []
-        wet = False
+        drawn_wet = False   # the chain's state: the draw, whatever a script made of the day
         anomaly = rng.gauss(0.0, TEMP_SD_C)
         c = climate
         for day in range(first, last + 1):
             doy, month, mday = _doy(day)
             f = _interp(c.wet_days, month, mday) / _MONTH_DAYS[month - 1]
             r = c.wet_persistence
-            p_wet = r + f * (1.0 - r) if wet else f * (1.0 - r)
+            p_wet = r + f * (1.0 - r) if drawn_wet else f * (1.0 - r)
             # Draw every variate every day so a day's weather does not shift
             # the random stream of the days after it.
             u_wet = rng.random()
             g = rng.gammavariate(RAIN_GAMMA_SHAPE, 1.0)
             eps = rng.gauss(0.0, 1.0)
-            wet = random_rain and u_wet < p_wet
+            drawn_wet = random_rain and u_wet < p_wet
+            wet = drawn_wet and day not in dry
             anomaly = TEMP_AR1 * anomaly + math.sqrt(1.0 - TEMP_AR1 ** 2) * TEMP_SD_C * eps
             tmax = _interp(c.tmax_c, month, mday) + anomaly
             tmin = _interp(c.tmin_c, month, mday) + anomaly
@@ -305,12 +311,16 @@ class Weather:
                 tmax, tmin = mid + 0.5, mid - 0.5
             day_start = day * _DAY - self._shift
             amount = 0.0
-            if wet:
+            if drawn_wet:
                 rain_month = _interp(c.rain_mm, month, mday)
                 wet_month = max(_interp(c.wet_days, month, mday), 1e-9)
                 mean = max(rain_month / wet_month - 1.0, 0.1)
                 amount = 1.0 + g * mean / RAIN_GAMMA_SHAPE
-                events.extend(self._split(rng, day_start, amount))
+                split = self._split(rng, day_start, amount)   # drawn even when scripted dry: same stream
+                if wet:
+                    events.extend(split)
+                else:
+                    amount = 0.0
             rise, sset = sun_times_day(lat, lon, day)
             sunrise = day * _DAY + (rise if rise is not None else 6 * 3600 - self._shift)
             sunset = day * _DAY + (sset if sset is not None else 18 * 3600 - self._shift)

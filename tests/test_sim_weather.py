@@ -142,6 +142,25 @@ def test_scripted_rain_and_no_random_rain():
         W.Weather(*LYON, start, 86400, seed=1, extra_rain=[W.RainEvent(5.0, 4.0, 1.0)])
 
 
+def test_scripted_dry_days_change_no_other_day():
+    start = utc(2026, 6, 1)
+    free = W.Weather(*LYON, start, 30 * 86400, seed=7)
+    wet = [d.day for d in free.days[1:-1] if d.wet and d.rain_mm > 0]
+    assert len(wet) >= 3  # June in Lyon: about 8 wet days
+    forced = set(wet[:2])
+    w = W.Weather(*LYON, start, 30 * 86400, seed=7, dry_days=sorted(forced))
+    for a, b in zip(free.days, w.days):
+        if a.day in forced:
+            assert not b.wet and b.rain_mm == 0 and b.tmax_c > a.tmax_c  # a dry day's warmer afternoon
+        else:
+            assert b == a  # same draw, the chain and the stream unchanged
+    assert [e for e in free.events if free.day(e.start).day not in forced] == w.events
+    # a scripted storm on a forced dry day still falls (dry_days removes only the drawn rain)
+    storm = W.RainEvent(w.days[3].start + 3600, w.days[3].start + 7200, 5.0)
+    w2 = W.Weather(*LYON, start, 30 * 86400, seed=7, dry_days=[w.days[3].day], extra_rain=[storm])
+    assert storm in w2.events and w2.days[3].wet
+
+
 def test_temperature_follows_the_day():
     start = utc(2026, 6, 15)
     w = W.Weather(*LYON, start, 4 * 86400, seed=2, random_rain=False)
