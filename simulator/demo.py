@@ -5,7 +5,7 @@
 What happens, in order:
 
 1. the scenario is loaded (default: simulator/scenarios/district.toml, 60
-   street lights and 12 irrigation zones on two gateways, 24 h, seven
+   street lights and 12 irrigation zones on two gateways, 24 h, eight
    faults);
 2. `lumeau sink` (the city platform) and a `lumeau gateway` process start,
    with their config, tokens, node registry (every simulated node and its
@@ -14,7 +14,7 @@ What happens, in order:
    firmware on a virtual clock, the first gateway site is a radio bridge on
    a pseudo-terminal the gateway reads, the second a Semtech UDP packet
    forwarder, faults are injected on schedule (a lamp failing, a burst
-   pipe, a leak, a node rebooting, a gateway site restarting, the platform
+   pipe, a valve stuck open, a leak, a node rebooting, a gateway site restarting, the platform
    going away for half an hour);
 4. the services are stopped cleanly (SIGTERM, their exit statuses
    checked), and the figures are read back from the sink;
@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=DEFAULT_SPEED,
                    help=f"simulated seconds per real second at most (default {DEFAULT_SPEED:g}; 0: no cap)")
     p.add_argument("--hours", type=float, help="run this long instead of the scenario's duration")
-    p.add_argument("--seed", type=int, help="another draw of the same district (weather, people, radio, keys)")
+    p.add_argument("--seed", type=int,
+                   help="another draw of the same district (the weather it does not script, people, radio, keys)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and its plots")
     p.set_defaults(func=cmd_demo)
 

@@ -103,10 +103,30 @@ class Fault:
         if self.kind == BURST:
             return ("event", m.EV_BURST)
         if self.kind == STUCK_VALVE:
-            # Stuck shut: no flow with the valve open. Stuck open: flow with all shut.
-            return ("event", m.EV_NO_FLOW if self.params["state"] == "closed" else m.EV_LEAK)
+            # Stuck shut: no flow with the valve open. Stuck open behind the master valve (the
+            # simulated controllers have one): more flow than the open zone explains while
+            # another zone waters (without a master valve it would be a leak, all valves shut).
+            return ("event", m.EV_NO_FLOW if self.params["state"] == "closed" else m.EV_EXCESS_FLOW)
         if self.kind == NODE_REBOOT:
             return ("hello", _CAUSES[self.params["cause"]])
+        return None
+
+    @property
+    def shows_when(self) -> str | None:
+        """The physical condition a node fault needs before any sensor can see it; None: it always shows.
+
+        A fault whose condition never held while it lasted is latent: the report says which
+        condition, and no alarm is due (simulator/world.py measures whether it held)."""
+        z = self.params.get("zone")
+        if self.kind == LAMP_FAILURE and self.params["mode"] != "over_current":
+            return "the lamp to be lit while it is failed (a dead lamp that is meant to be off shows nothing)"
+        if self.kind == BURST:
+            return f"zone {z} to water while the pipe is burst (a burst shows only in flowing water)"
+        if self.kind == STUCK_VALVE and self.params["state"] == "closed":
+            return f"zone {z} to be opened while its valve is stuck shut"
+        if self.kind == STUCK_VALVE:
+            return (f"another zone to water while zone {z}'s valve is stuck open (behind a shut master "
+                    "valve it has no pressure)")
         return None
 
 

@@ -106,7 +106,7 @@ class Results:
         for f in al["faults"]:
             what = "no alarm expected" if f["expected"] is None else (
                 f"{f['expected']}: " + (f"stored {f['delay_s']:.0f} s later" if f["detected"] else
-                                        "NOT SEEN" if f["manifested"] else "latent (it never showed: nothing to see)"))
+                                        "NOT SEEN" if f["manifested"] else f"latent: {f['latent_reason']}"))
             lines.append(f"    {f['kind']} {f['target']} at {f['at_h']:g} h -> {what}")
         lines += [
             f"  energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night: "
@@ -343,6 +343,14 @@ def _cumulative_by_hour(stored: Sequence[Any], start: float, hours: Sequence[flo
     return out
 
 
+def latent_reason(f: Any) -> str:
+    """Why a fault that never showed had nothing for a node to see (Fault.shows_when, physics)."""
+    cond = f.shows_when
+    if cond is None:  # pragma: no cover - world.py counts these as shown whenever they are active
+        return "it never had any physical effect"
+    return f"it never showed: it needs {cond}, which did not happen while it lasted"
+
+
 def alarms_section(sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start: float,
                    shown: dict[int, bool] | None = None) -> dict[str, Any]:
     """Each injected fault against the records the gateway stored; alarms with no fault behind them.
@@ -362,6 +370,7 @@ def alarms_section(sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start:
         manifested = None if exp is None else (shown or {}).get(f.index, True)
         entry = {"index": f.index, "kind": f.kind, "target": f.target, "at_h": round(f.at_s / 3600.0, 6),
                  "params": dict(f.params), "expected": expected_name(exp), "manifested": manifested,
+                 "latent_reason": latent_reason(f) if manifested is False else None,
                  "detected": False, "delay_s": None, "node_time_delay_s": None}
         nid = by_name.get(f.target)
         if exp is not None and nid is not None:

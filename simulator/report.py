@@ -367,7 +367,7 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
             continue
         ax.scatter([at], [y], marker="v", s=70, color=INK, zorder=3)
         if f.get("manifested") is False and not f["detected"]:
-            note(at, y, f"latent: it never showed (nothing moved), so no {f['expected']} was due", "#555555")
+            note(at, y, f"latent: it never showed, so no {f['expected']} was due (why: the fault table)", "#555555")
         elif f["detected"] and f["delay_s"] is not None:
             end = at + f["delay_s"] / 3600
             ax.plot([at, end], [y, y], color=GOOD, linewidth=2.5, zorder=2)
@@ -524,7 +524,8 @@ def _fault_table(al: dict[str, Any], nothing_lost: bool) -> str:
             outcome = ("<span class=ok>no alarm expected; no record lost</span>" if nothing_lost else
                        "<span class=bad>no alarm expected, but records were lost (see the totals)</span>")
         elif f.get("manifested") is False and not f["detected"]:
-            outcome = "latent: the fault never showed (nothing flowed or lit), so there was nothing to raise"
+            outcome = ("latent: " + _e(f.get("latent_reason") or "the fault never showed (nothing flowed or lit)")
+                       + "; so there was nothing to raise")
         elif f["detected"]:
             outcome = f"<span class=ok>stored {_dur(f['delay_s'])} after the fault</span>"
         else:

@@ -51,7 +51,7 @@ def test_defaults_and_expected_alarms():
     assert by_kind["burst"][0].params == {"zone": 2, "factor": 4.0}
     assert by_kind["burst"][0].expected == ("event", m.EV_BURST)
     stuck = {f.params["state"]: f.expected for f in by_kind["stuck_valve"]}
-    assert stuck == {"open": ("event", m.EV_LEAK), "closed": ("event", m.EV_NO_FLOW)}
+    assert stuck == {"open": ("event", m.EV_EXCESS_FLOW), "closed": ("event", m.EV_NO_FLOW)}
     assert by_kind["node_reboot"][0].expected == ("hello", m.RST_WATCHDOG)
     gw = by_kind["gateway_restart"][0]
     assert gw.params == {"downtime_s": 60.0} and gw.expected is None and gw.end_s == 6 * 3600 + 60
