@@ -110,3 +110,19 @@ def test_errors_name_the_key(entry, key, why):
 def test_section_must_be_an_array():
     with pytest.raises(F.FaultError, match="array of tables"):
         F.FaultSchedule.parse({"kind": "leak"}, START, DAY)
+
+
+def test_what_each_node_fault_needs_to_show():
+    s = parse({"kind": "lamp_failure", "target": "l1", "after": "1h"},
+              {"kind": "lamp_failure", "target": "l2", "after": "1h", "mode": "over_current"},
+              {"kind": "leak", "target": "p1", "after": "1h"},
+              {"kind": "burst", "target": "p1", "after": "2h", "zone": 3},
+              {"kind": "stuck_valve", "target": "p2", "after": "3h", "zone": 2, "state": "open"},
+              {"kind": "stuck_valve", "target": "p2", "after": "4h", "zone": 4})
+    needs = {(f.kind, f.params.get("mode") or f.params.get("state")): f.shows_when for f in s}
+    # a leak flows and an over-current lamp draws whatever the node does: they always show
+    assert needs[("leak", None)] is None and needs[("lamp_failure", "over_current")] is None
+    assert "lit" in needs[("lamp_failure", "open")]
+    assert "zone 3 to water" in needs[("burst", None)]
+    assert "another zone to water" in needs[("stuck_valve", "open")] and "zone 2" in needs[("stuck_valve", "open")]
+    assert "zone 4 to be opened" in needs[("stuck_valve", "closed")]
