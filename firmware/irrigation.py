@@ -36,16 +36,20 @@
 #             waters; a leak between the master and the zone valves): master
 #             and zones close and stay closed until clear_fault, as for a
 #             burst (the node cannot tell which valve is stuck; only a person
-#             can). The expected rate is the configured nominal flow_dlpm, not
-#             one learned from the first waterings: a valve already stuck at
-#             commissioning would be learned as normal, and a learned figure
-#             costs RAM and flash writes. excess_pct (default 30) covers
+#             can). No separate "flow with the master open and every zone
+#             shut" check: the master never stays open without a zone (hard
+#             maximum, below). The expected rate is the configured nominal
+#             flow_dlpm, not one learned from the first waterings: a valve
+#             already stuck at commissioning would be learned as normal, and a
+#             learned figure costs RAM and flash writes. excess_pct (default 30) covers
 #             sprinkler flow with line pressure (flow ~ sqrt(pressure): +-30 %
 #             pressure is about +-15 % flow) and a Hall meter's +-10 %; a
 #             burst (burst_pct, 2 s) is caught first, being the faster check.
 #             burst_pct's default (250) sits above twice a zone's flow, so a
 #             valve stuck open on a zone like the open one reads as excess,
-#             and a rupture between 130 and 250 % still closes within 30 s;
+#             and a rupture between 130 and 250 % still closes within 30 s
+#             (EXCESS_MS; the excess must be at least leak_dlpm, the meter's
+#             floor: 0.5 L/min by default, 0.25 L over the hold);
 #   no flow   below NO_FLOW_PCT % of the expected rate for no_flow_s with a
 #             zone open (stuck valve, no pressure): that zone closes, the
 #             queue goes on; clears when the zone flows at FLOW_OK_PCT %.
