@@ -8,8 +8,8 @@ a 2xx is never lost here either.
 
 Endpoints (all but /healthz need `Authorization: Bearer <token>`):
 
-  POST /v1/records        a native batch (gateway/FORMATS.md: lumeau.records/2,
-                          or /1 read as /2), gzip or not; records
+  POST /v1/records        a native batch (gateway/FORMATS.md: lumeau.records/3,
+                          /2, or /1; all read as /2), gzip or not; records
                           deduplicated by idempotency key ("id"), so a
                           resend after a crash or a timeout stores nothing
                           twice; each record kept as one JSON document in

@@ -957,6 +957,7 @@ class Store:
     def _log_windows(self, c: sqlite3.Connection, windows: list[tuple[int, int, int]]) -> None:
         """Append windows (node, top, mask; top -1: forget the node) to the log (writer thread,
         inside the group's transaction)."""
+        # int64 triples: node ids and tops are below 2**32, masks hold REPLAY_WINDOW (32) bits
         c.execute("INSERT INTO window_log (windows) VALUES (?)", (array("q", chain.from_iterable(windows)).tobytes(),))
         self._wpending.append(windows)
 
