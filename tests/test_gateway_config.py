@@ -48,6 +48,7 @@ def test_each_example_has_its_own_token():
 def test_defaults_with_only_a_token(tmp_path):
     cfg = load_config(write(tmp_path, f"[api]\n{TOKEN}\n"))
     assert cfg.queue.max_records == 1_000_000 and cfg.upstream.format == "native"
+    assert cfg.upstream.native_version == 3  # columnar: gateway/FORMATS.md
     assert cfg.gateway.registry == tmp_path / "nodes.toml"  # defaults are relative to the file as well
     assert cfg.gateway.id  # the host name
     assert "0123456789abcdef0123" not in repr(cfg) and cfg.api.token.reveal() == "0123456789abcdef0123"
@@ -64,6 +65,7 @@ def test_defaults_with_only_a_token(tmp_path):
     ("[api]\n" + TOKEN + "\n[log]\nlevel = \"loud\"\n", "log.level", "'loud' is not one of"),
     ("[api]\n" + TOKEN + "\n[queue]\nmax_records = 0\n", "queue.max_records", "must be positive"),
     ("[api]\n" + TOKEN + "\n[upstream]\nurl = \"ftp://x\"\n", "upstream.url", "http://"),
+    ("[api]\n" + TOKEN + "\n[upstream]\nnative_version = 1\n", "upstream.native_version", "outside 2..3"),
     ("[api]\n" + TOKEN + "\n[upstream]\nbatch_max_age_s = nan\n", "upstream.batch_max_age_s", "finite"),
     ("[api]\n" + TOKEN + "\n[upstream]\nbackoff_initial_s = 500.0\n", "upstream.backoff_initial_s", "larger"),
     ("[api]\n" + TOKEN + "\n[[serial]]\nbaudrate = 9600\n", "serial[0].port", "required"),

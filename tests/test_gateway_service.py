@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -162,3 +163,39 @@ def test_sighup_reloads_the_registry(tmp_path):
         assert gw.stop() == 0
     finally:
         gw.kill()
+
+
+@pytest.mark.parametrize("version, expected", [(2, "lumeau.records/2"), (3, "lumeau.records/3")])
+async def test_upstream_native_version_from_the_config_reaches_the_wire(tmp_path, version, expected):
+    # [upstream] native_version picks what a receiver gets: a real HTTP receiver on 127.0.0.1 reads it.
+    from aiohttp import web
+    from gateway_helpers import reception
+
+    from gateway.config import load_config
+    from gateway.service import Gateway
+
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        got.put_nowait(json.loads(await request.read()))  # aiohttp has undone the gzip
+        return web.json_response({"accepted": 1})
+
+    app = web.Application()
+    app.router.add_post("/v1/records", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    registry(tmp_path / "nodes.toml", [7]).save()
+    cfg = load_config(write_config(tmp_path, upstream=f"http://127.0.0.1:{port}/v1/records",
+                                   extra=f"native_version = {version}\n"))
+    svc = Gateway(cfg)
+    await svc.start()
+    try:
+        assert await svc.pipeline.ingest(reception(seal(7, 1))) == "accepted"
+        doc = await asyncio.wait_for(got.get(), 10)
+        assert doc["format"] == expected
+    finally:
+        await svc.stop()
+        await runner.cleanup()
