@@ -177,6 +177,8 @@ class Lighting:
         self._lv = [0] * MAX_STEPS
         self._n = 0
         self._k = None  # the noon-to-noon cycle planned
+        self._lo = self._hi = 0  # local-time span (s) over which schedule() answers _now
+        self._now = None
         self._sset = self._srise = 0
         self.flags = 0  # LS_* state bits
         self._alarms = 0  # LS_* bits whose EVENT is raised
@@ -261,16 +263,32 @@ class Lighting:
     def schedule(self, t):
         """(dark, profile level %) at Unix time t: the astronomical plan, no fail-safe."""
         lm = t + self._lon_s - 43200
+        if self._lo <= lm < self._hi:
+            return self._now  # still the segment of the plan found last time
         k = lm // 86400
         if k != self._k:
             self._plan(k)
-        rel = lm - k * 86400
-        level = 0
+        base = k * 86400
+        rel = lm - base
+        level = lo = 0
+        hi = 86400
         for i in range(self._n):
-            if self._at[i] > rel:
+            a = self._at[i]
+            if a > rel:
+                hi = a
                 break
             level = self._lv[i]
-        return self._sset <= rel < self._srise, level
+            lo = a
+        # the segment ends at the next step, sunset or sunrise (or the cycle's end)
+        for a in (self._sset, self._srise):
+            if a > rel:
+                if a < hi:
+                    hi = a
+            elif a > lo:
+                lo = a
+        self._lo, self._hi = base + lo, base + hi
+        self._now = r = (self._sset <= rel < self._srise, level)
+        return r
 
     def _ambient_dark(self, now):
         mv = self.hal.adc_read_mv("ambient")
@@ -325,7 +343,8 @@ class Lighting:
             self._boost_until = now + s["boost_s"] * 1000
         else:
             self._pir = 0
-        self._meter(dt)  # the interval just ended ran at the output set before it
+        if self._out > 0:
+            self._meter(dt)  # the interval just ended ran at the output set before it
         dark, level = self._target(now)
         flags = self.flags & ~(m.LS_BOOST | m.LS_OVERRIDE | m.LS_ON)
         if now < self._ovr_until:
@@ -334,13 +353,15 @@ class Lighting:
         elif dark and now < self._boost_until and s["boost_level"] > level:
             level = s["boost_level"]
             flags |= m.LS_BOOST
-        self._set_output(level * 10, dt, now)
+        if level * 10 != self._out:
+            self._set_output(level * 10, dt, now)
         if self._out > 0:
             flags |= m.LS_ON
         self.flags = flags
         if s["current_sensor"]:
             self._check_current(now, dt)
-        self._alarm_events(now)
+        if self._alarms or self.flags & _ALARM_BITS:
+            self._alarm_events(now)
 
     def _set_output(self, target, dt, now):
         out = self._out
@@ -412,8 +433,8 @@ class Lighting:
 
     # -- metering ------------------------------------------------------------------------
 
-    def _meter(self, dt):
-        if self._out <= 0 or self.flags & m.LS_LAMP_FAILURE:
+    def _meter(self, dt):  # step() calls it while the lamp is on
+        if self.flags & m.LS_LAMP_FAILURE:
             return
         store = self.node.store
         self._mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
@@ -471,6 +492,7 @@ class Lighting:
                 return m.RES_BAD_ARGS, 0
             self.profile = p
             self._k = None  # replan tonight
+            self._hi = 0
             try:
                 self._save_profile()
             except OSError:

@@ -38,7 +38,7 @@ from protocol import lora
 from protocol import messages as m
 
 from firmware import aio
-from firmware.store import CounterExhausted, StorageError, Store
+from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, StorageError, Store
 from firmware.uplink import (PRIO_ACK, PRIO_ALARM, PRIO_EVENT, PRIO_HELLO, PRIO_REPORT,
                              PRIO_STATUS, UplinkQueue)
 
@@ -53,6 +53,7 @@ APP_BACKOFF_MIN_MS = 10000
 APP_BACKOFF_MAX_MS = 600000
 APP_HEALTHY_MS = 3600000  # an app that ran this long without a fault starts its backoff afresh
 REBOOT_GRACE_MS = 30000  # a reboot command waits this long at most for its CMD_ACK to go out
+REBOOT_POLL_MS = 60000  # without a watchdog: how often a pending reboot looks at the queue
 STORE_RETRY_MS = 10000  # flash refused the counter reservation: retry after 10 s ...
 STORE_RETRY_MAX_MS = 600000  # ... doubling up to 10 min
 IDLE_MS = 3600000  # longest single wait of an idle task (then it looks again)
@@ -197,9 +198,14 @@ class Node:
 
     async def _housekeeping(self):
         hal = self.hal
-        # feeding needs wdt/2; without a watchdog (a simulator's choice) a
-        # minute is enough for the totals and a pending reboot
-        period = self.wdt_ms // 2 if self.watchdog else 60000
+        # Feeding needs wdt/2. Without a watchdog (a simulator's choice) only
+        # the totals flush and a pending reboot are left: wait for the hourly
+        # flush (the store's policy) or a reboot command, then look every
+        # REBOOT_POLL_MS. (A plain Event wait: a cancel always ends it.)
+        wake = None
+        if not self.watchdog:
+            wake = self._wake = asyncio.Event()
+            self._spawn(self._flush_clock(wake))
         while True:
             alive = True
             for t in self._tasks:
@@ -214,7 +220,18 @@ class Node:
             if self._reboot_at is not None and (hal.ticks_ms() >= self._reboot_at or
                                                 not self.queue.has(m.CMD_ACK)):
                 self._reboot()
-            await hal.sleep_ms(period)
+            if wake is None:
+                await hal.sleep_ms(self.wdt_ms // 2)
+            elif self._reboot_at is not None:
+                await hal.sleep_ms(REBOOT_POLL_MS)
+            else:
+                await wake.wait()
+                wake.clear()
+
+    async def _flush_clock(self, wake):
+        while True:
+            await self.hal.sleep_ms(TOTALS_FLUSH_MS)
+            wake.set()
 
     def _reboot(self):
         self._failsafe()
@@ -280,40 +297,34 @@ class Node:
             self._app_fault(err)
 
     async def _supervise(self):
+        hal = self.hal
+        backoff = APP_BACKOFF_MIN_MS
         try:
-            await self._supervise_loop()
+            while True:
+                if self.app is None and self.app_class is not None:
+                    self._build_app()
+                    if self.app is not None:
+                        self._apply_saved_settings(True)
+                if self.app is None:
+                    if self.app_class is None:
+                        while True:  # no app: nothing to supervise, ever
+                            await hal.sleep_ms(IDLE_MS)
+                    await hal.sleep_ms(backoff)
+                    backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
+                    continue
+                self._app_down.clear()
+                started = hal.ticks_ms()
+                task = self._app_task = asyncio.create_task(self._app_main(self.app))
+                await self._app_down.wait()
+                if not task.done():
+                    task.cancel()
+                if hal.ticks_ms() - started >= APP_HEALTHY_MS:
+                    backoff = APP_BACKOFF_MIN_MS
+                await hal.sleep_ms(backoff)
+                backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
         finally:
             if self._app_task is not None:
                 self._app_task.cancel()
-
-    async def _supervise_loop(self):
-        hal = self.hal
-        backoff = APP_BACKOFF_MIN_MS
-        while True:
-            if self.app is None and self.app_class is not None:
-                self._build_app()
-                if self.app is not None:
-                    self._apply_saved_settings(True)
-            if self.app is None:
-                if self.app_class is None:
-                    return await self._idle()
-                await hal.sleep_ms(backoff)
-                backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
-                continue
-            self._app_down.clear()
-            started = hal.ticks_ms()
-            task = self._app_task = asyncio.create_task(self._app_main(self.app))
-            await self._app_down.wait()
-            if not task.done():
-                task.cancel()
-            if hal.ticks_ms() - started >= APP_HEALTHY_MS:
-                backoff = APP_BACKOFF_MIN_MS
-            await hal.sleep_ms(backoff)
-            backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
-
-    async def _idle(self):
-        while True:
-            await self.hal.sleep_ms(IDLE_MS)
 
     # -- periodic uplinks -------------------------------------------------------------------
 
@@ -542,6 +553,8 @@ class Node:
             return m.RES_OK, args[0]
         if op == m.OP_REBOOT:
             self._reboot_at = self.hal.ticks_ms() + REBOOT_GRACE_MS
+            if not self.watchdog:
+                self._wake.set()
             return m.RES_OK, 0
         app = self.app
         if app is None:

@@ -155,9 +155,14 @@ class SimStore(Store):
 
     `PRAGMA synchronous = OFF`: a commit is not fsynced. The simulated gateway
     never loses power (a gateway restart is a clean close and reopen), and a
-    thousand nodes' commits then cost microseconds. Everything else --
-    schema, group commit, replay windows in the same transaction, eviction,
-    downlinks -- is the real store's.
+    thousand nodes' commits then cost microseconds. `own_file()` (called
+    right after open) makes the reads go through the writer's connection and
+    that connection hold the file alone (`locking_mode = EXCLUSIVE`): with
+    the writer inline on the loop's thread the two connections never ran at
+    the same time anyway, and a commit no longer takes and drops the file's
+    locks (about 10 % of the in-process store's time per uplink). Everything
+    else -- schema, group commit, replay windows in the same transaction,
+    eviction, downlinks -- is the real store's.
     """
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -169,6 +174,15 @@ class SimStore(Store):
         super()._open_writer()
         assert self._w is not None
         self._w.execute("PRAGMA synchronous = OFF")
+
+    def own_file(self) -> None:
+        """Reads through the writer's connection, which keeps the file locked (see the class docstring)."""
+        w, r = self._w, self._r
+        assert w is not None and r is not None
+        if r is not w:
+            r.close()
+            self._r = w
+            w.execute("PRAGMA locking_mode = EXCLUSIVE")
 
 
 class _ObservedDownlinks(Downlinks):
@@ -259,7 +273,10 @@ class InProcessGateway:
 
     async def _open(self) -> None:
         assert self.ctx is not None and self.registry is not None and self._db is not None
-        self.store = await SimStore.open(self._db, state_flush_s=STATE_FLUSH_S)
+        store = await SimStore.open(self._db, state_flush_s=STATE_FLUSH_S)
+        assert isinstance(store, SimStore)
+        store.own_file()
+        self.store = store
         self.downlinks = _ObservedDownlinks(self.store, self.registry, clock=self.ctx.unix_now,
                                             on_commit=self._committed)
         await self.downlinks.start()

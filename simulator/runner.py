@@ -35,8 +35,8 @@ How the firmware is driven, and what is chosen for speed (named below):
 - the apps are ticked by the clock instead of each looping in a task of its
   own (`ticked`): their own `run()` is `step()` then `hal.sleep_ms(tick_ms)`
   forever (firmware/README.md names `step()` for drivers that tick an app
-  themselves); the ticked app does exactly that through
-  `SimClock.call_later_ms`, and a `step()` that raises ends its `run()` with
+  themselves); the ticked app does exactly that through a
+  `simclock.Ticker`, and a `step()` that raises ends its `run()` with
   that exception, so the runtime's supervision (fail-safe, EVENT
   app_exception, restart with backoff) is the real one;
 - each app's tick is the coarsest its own config allows (`SIM_TICK_MS`:
@@ -105,7 +105,7 @@ from simulator.faults import (BURST, GATEWAY_RESTART, LAMP_FAILURE, LEAK, NODE_R
 from simulator.gateway_link import GatewayLink, InProcessGateway, LinkContext, NodeInfo
 from simulator.metrics import Results
 from simulator.scenario import IrrigationNode, LampNode, Scenario
-from simulator.simclock import SimClock
+from simulator.simclock import SimClock, Ticker
 from simulator.world import WORLD_STEP_S, World, WorldHAL, local_standard_offset_min
 
 SIM_TICK_MS = {"lighting": fw_lighting.SETTINGS["tick_ms"][2], "irrigation": fw_irrigation.SETTINGS["tick_ms"][2]}
@@ -247,23 +247,10 @@ def ticked(app_class: type, clock: SimClock) -> type:
 
     class Ticked(app_class):  # type: ignore[valid-type, misc]
         async def run(self) -> None:
+            # the first step now (raising, it ends run() at once), then the clock's ticker:
+            # cancelled with this task it stops; a step that raises sets fut, and run() raises it
             fut = asyncio.get_running_loop().create_future()
-            done = fut.done
-            step = self.step
-            settings = self.s
-            later = clock.call_later_ms
-
-            def tick() -> None:
-                if done():          # dropped by the runtime (cancelled) or already failed
-                    return
-                try:
-                    step()
-                except Exception as e:  # the app's fault: run() raises it, the runtime supervises
-                    fut.set_exception(e)
-                    return
-                later(settings["tick_ms"], tick)
-
-            tick()
+            clock.start(Ticker(self.step, self.s, fut))
             await fut
 
     Ticked.__name__ = Ticked.__qualname__ = app_class.__name__

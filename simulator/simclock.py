@@ -16,13 +16,20 @@ single cost of a 1,000-node run). Instead:
   asyncio.sleep), callbacks run at the same place in that order (see
   `_release`: directly, or one call_soon for a run of them).
 
-`call_later_ms(ms, fn)` files a callback the same way; the runner ticks the
-apps with it (simulator/runner.py, `ticked`). Because a callback is released
-through call_soon exactly where a sleeping task would have been woken, an app
-ticked this way sees the same interleaving with every other task as its own
-`run()` loop would (tests/test_sim_runner.py compares whole runs both ways).
-A callback that raises is reported through the loop's exception handler,
-as a call_soon callback's would be; the others still run.
+`call_later_ms(ms, fn)` files a callback the same way. `Ticker` is the
+runner's way to tick an app (simulator/runner.py, `ticked`): its step() is
+called at each due millisecond and the ticker filed again `tick_ms` later
+(read from the app's settings each time, as its own loop reads them), right
+where the release loop stands -- the work of a callback that re-files itself
+without the two Python calls a closure and call_later_ms would cost per tick
+(a thousand apps tick 8,640 times a day each). Because a callback or ticker
+is released through call_soon exactly where a sleeping task would have been
+woken, an app ticked this way sees the same interleaving with every other
+task as its own `run()` loop would (tests/test_sim_runner.py compares whole
+runs both ways). A callback that raises is reported through the loop's
+exception handler, as a call_soon callback's would be; the others still
+run. A step() that raises ends its ticker: the exception goes to the
+ticker's future (the app's run() raises it).
 
 Times are whole milliseconds on the loop's clock, as the HAL's are. Sleeps
 of 0 ms or less yield once, like asyncio.sleep(0). Limits: one loop (the
@@ -38,6 +45,22 @@ from typing import Any, Callable
 from firmware.virtual_loop import VirtualClock
 
 _FUTURE = asyncio.Future   # what loop.create_future() makes (the C class on CPython); exact type test
+
+
+class Ticker:
+    """step() every settings["tick_ms"] ms on a SimClock until `fut` is done (see the module docstring).
+
+    `fut` is what the ticked app's run() awaits: cancelled (the runtime dropped
+    the app) it stops the ticker; a step() that raises sets it to that
+    exception.
+    """
+
+    __slots__ = ("step", "settings", "fut")
+
+    def __init__(self, step: Callable[[], Any], settings: dict[str, Any], fut: asyncio.Future) -> None:
+        self.step = step
+        self.settings = settings
+        self.fut = fut
 
 
 class SimClock(VirtualClock):
@@ -86,6 +109,11 @@ class SimClock(VirtualClock):
         else:
             self._file(max(1, int(ms)), fn)
 
+    def start(self, ticker: Ticker) -> None:
+        """Step now (an exception propagates to the caller), then every tick_ms in turn with the sleepers."""
+        ticker.step()
+        self._file(max(1, int(ticker.settings["tick_ms"])), ticker)
+
     def _fire(self) -> None:
         loop = self._loop
         assert loop is not None
@@ -110,43 +138,75 @@ class SimClock(VirtualClock):
         # way, as it would through call_soon); after that, each run of
         # consecutive callbacks goes through ONE call_soon at its place.
         direct = not getattr(loop, "_ready", True)
-        batch: list[Callable[[], Any]] | None = None
+        batch: list[Any] | None = None
         future = _FUTURE
+        ticker = Ticker
         while dues and dues[0] <= now:
             bucket = buckets.pop(heapq.heappop(dues))
             self.wakes += len(bucket)
             for entry in bucket:
-                if type(entry) is future:
+                kind = type(entry)
+                if kind is future:
                     if not entry.done():  # a cancelled sleeper
                         if batch:
-                            loop.call_soon(_run_all, loop, batch)
+                            loop.call_soon(self._run_all, loop, batch)
                             batch = None
                         entry.set_result(None)
                         direct = False
-                elif direct:
+                elif not direct:
+                    if batch is None:
+                        batch = [entry]
+                    else:
+                        batch.append(entry)
+                elif kind is ticker:  # inline, not a call: the hottest path of a run
+                    if entry.fut.done():
+                        continue
+                    try:
+                        entry.step()
+                    except Exception as e:
+                        entry.fut.set_exception(e)
+                        continue
+                    due = now + entry.settings["tick_ms"]
+                    b = buckets.get(due)
+                    if b is not None:
+                        b.append(entry)
+                    else:
+                        self._file(due - now, entry)
+                else:
                     try:
                         entry()
                     except Exception as e:  # as a call_soon callback's would be: reported, not fatal
                         loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
-                elif batch is None:
-                    batch = [entry]
-                else:
-                    batch.append(entry)
         if batch:
-            loop.call_soon(_run_all, loop, batch)
+            loop.call_soon(self._run_all, loop, batch)
+
+    def _run_all(self, loop: asyncio.AbstractEventLoop, entries: list[Any]) -> None:
+        """Callbacks and tickers released behind a woken task, at their place (one call_soon for the run)."""
+        now = int(self.t * 1000 + 0.5)
+        buckets = self._buckets
+        ticker = Ticker
+        for entry in entries:
+            if type(entry) is ticker:  # as in _release
+                if entry.fut.done():
+                    continue
+                try:
+                    entry.step()
+                except Exception as e:
+                    entry.fut.set_exception(e)
+                    continue
+                due = now + entry.settings["tick_ms"]
+                b = buckets.get(due)
+                if b is not None:
+                    b.append(entry)
+                else:
+                    self._file(due - now, entry)
+            else:
+                try:
+                    entry()
+                except Exception as e:  # as a call_soon callback's would be: reported, not fatal
+                    loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
 
     def pending(self) -> int:
         """Entries waiting in buckets (cancelled sleepers included until their due time)."""
         return sum(len(b) for b in self._buckets.values())
 
-
-def _run_one(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except Exception as e:  # as a call_soon callback's would be: reported, not fatal
-        loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
-
-
-def _run_all(loop: asyncio.AbstractEventLoop, fns: list[Callable[[], Any]]) -> None:
-    for fn in fns:
-        _run_one(loop, fn)

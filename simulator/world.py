@@ -77,6 +77,12 @@ class WorldHAL(SimHAL):
         if kw.get("drift_ppm"):
             raise ValueError("WorldHAL models no oscillator drift; use SimHAL")
         super().__init__(clock, **kw)
+        self.pir: LampWorld | None = None   # the lamp whose PIR "pir" reads (LampWorld.bind), in one call
+
+    def set_pin(self, name: str, value: Any) -> None:
+        if name == "pir":
+            self.pir = None   # an input set by hand wins over the lamp's
+        super().set_pin(name, value)
 
     def ticks_ms(self) -> int:
         return int(self.clock.t * 1000 + 0.5) - self._boot_ms
@@ -88,6 +94,10 @@ class WorldHAL(SimHAL):
         return (int(self.clock.t * 1000 + 0.5) - self._boot_ms + w) // 1000
 
     def pin_read(self, name: str) -> int:
+        p = self.pir
+        if p is not None and name == "pir":   # LampWorld._pir_high's cached answer, without its call
+            c = self.clock
+            return p._pir_state if c.unix0 + c.t < p._pir_next else p._pir_high()
         v = self._inputs.get(name, 0)
         if callable(v):
             v = v()
@@ -134,6 +144,8 @@ class LampWorld:
         self.hal = hal
         hal.on_output = self._output
         hal.set_pin("pir", self._pir_high)
+        if isinstance(hal, WorldHAL):
+            hal.pir = self
         hal.set_adc("ambient", self._ambient_mv)
         self._set_current()
 

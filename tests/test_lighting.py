@@ -711,3 +711,19 @@ def test_any_sensor_readings_never_crash_the_loop(readings):
         app.step()
         assert 0 <= hal.pwm["lamp"] <= 1000
         encode_report(app)
+
+
+@settings(max_examples=80, deadline=None)
+@given(lat=st.floats(-70, 70), lon=st.floats(-180, 180),
+       moves=st.lists(st.integers(-90_000, 90_000), min_size=1, max_size=40))
+def test_schedule_answers_from_its_cached_segment_as_a_fresh_plan_would(lat, lon, moves):
+    # schedule() keeps the plan's segment it last answered from (F2: a step is then a range
+    # check); forward, backward, across steps, sunset, sunrise and noon-to-noon cycles it must
+    # say exactly what a lamp that never answered before says
+    cfg = {"location": {"lat": lat, "lon": lon}, "lighting": {}}
+    app = Lighting(cfg, SimHAL(_FixedClock()), None)
+    t = NOON
+    for dt in moves:
+        t += dt
+        fresh = Lighting(cfg, SimHAL(_FixedClock()), None)
+        assert app.schedule(t) == fresh.schedule(t), t

@@ -496,3 +496,24 @@ def test_downlinks_sealed_for_another_node_or_direction_are_ignored(mtype):
         asyncio.set_event_loop(None)
         loop.close()
     assert node.rx == 0 and node.rx_other == 2 and node.rx_rejected == 1
+
+
+def test_without_a_watchdog_housekeeping_wakes_for_the_hourly_flush_and_a_reboot_command():
+    # a simulator's node (watchdog=False) sleeps to the next totals flush instead of every
+    # minute, yet a reboot command still resets it once its CMD_ACK is out
+    async def main(clock):
+        w = World(clock, watchdog=False)
+        node = w.boot()
+        node.store.add("wh", 5)
+        await clock.run_for(59 * MIN)
+        assert "tot" not in w.storage  # not due yet
+        await clock.run_for(2 * MIN)
+        assert "tot" in w.storage  # flushed at the hour
+        w.gw.pending.append((m.COMMAND, {0: 9, 1: m.OP_REBOOT}))
+        await clock.run_for(20 * MIN)
+        await w.stop()
+        return w
+
+    w = run(main)
+    assert w.gw.of_type(m.CMD_ACK)[0].body == {0: 9, 1: m.RES_OK}
+    assert isinstance(w.ended, SimReset) and w.hal.resets == 1 and w.hal.wdt_feeds == 0
