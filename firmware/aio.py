@@ -8,9 +8,12 @@ import asyncio
 
 def _uncancel(task):
     # CPython 3.11 counts cancellations; a handled one must be withdrawn or a
-    # later asyncio.timeout() in the same task misfires. MicroPython has none.
+    # later asyncio.timeout() in the same task misfires. What is left counts
+    # cancellations from outside that came in the same instant as our own
+    # (MicroPython has no count: there, the two merge into one).
     if hasattr(task, "uncancel"):
-        task.uncancel()
+        return task.uncancel()
+    return 0
 
 
 async def _timer(hal, ms, waiter, box):
@@ -36,9 +39,8 @@ async def wait_ms(hal, event, ms):
         await event.wait()
         return True
     except asyncio.CancelledError:
-        if not box[0]:
-            raise  # cancelled from outside: propagate
-        _uncancel(me)
+        if not box[0] or _uncancel(me):
+            raise  # cancelled from outside (also in the instant the timer fired): propagate
         return event.is_set()
     finally:
         if not box[0]:
