@@ -40,7 +40,7 @@ API); a COMMAND also carries its expiry (key 3) so a node refuses it late.
 States: queued -> sent -> acked | failed | expired (queued -> expired too).
 
 Limits: max_queued_per_node (16) open downlinks per node; RETRY_AFTER_S =
-5 s; ACK_TIMEOUT_S = 10 s; SWEEP_S = 1 s between expiry checks; EARLY_MAX =
+5 s; ACK_TIMEOUT_S = 10 s; SWEEP_S = 1 s between expiry checks (none while no downlink is open); EARLY_MAX =
 1024 copies remembered from before their frame's commit.
 """
 
@@ -96,6 +96,7 @@ class Downlinks:
         self._locks: dict[int, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
+        self._queued = asyncio.Event()  # set when a downlink is queued: the sweep sleeps while none is open
         self.counts: dict[str, int] = {"sent": 0, "acked": 0, "failed": 0, "expired": 0, "acks_sent": 0,
                                        "send_errors": 0, "unmatched_cmd_acks": 0}
 
@@ -148,6 +149,7 @@ class Downlinks:
             del body[0]
         dl = await self.store.add_downlink(node_id, mtype, body, expires, now=now)
         queue.append(dl)
+        self._queued.set()
         log.info("downlink queued", extra={"node": f"{node_id:08x}", "downlink": dl.id, "mtype": mtype})
         rx = self._last_rx.get(node_id)
         if rx is not None and rx.path is not None:
@@ -334,6 +336,9 @@ class Downlinks:
 
     async def _sweep_loop(self) -> None:
         while True:
+            if not self._open:  # nothing to expire or resend: no timer until something is queued
+                self._queued.clear()
+                await self._queued.wait()
             await asyncio.sleep(SWEEP_S)
             try:
                 await self.sweep()

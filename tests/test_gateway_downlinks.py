@@ -146,6 +146,40 @@ async def test_expired_downlinks_are_reported(gw):
     assert radio.sent == []
 
 
+async def test_the_sweep_sleeps_while_nothing_is_open_and_wakes_for_a_queued_downlink(tmp_path, monkeypatch):
+    # An idle gateway (and the simulator, which runs a day in seconds) sets no timer a second.
+    from gateway import downlinks as dmod
+
+    monkeypatch.setattr(dmod, "SWEEP_S", 0.02)
+    s = await Store.open(tmp_path / "gw.db")
+    clock = Clock()
+    d = Downlinks(s, registry(tmp_path / "nodes.toml", [NODE]), clock=clock)
+    sweeps = []
+    real = d.sweep
+
+    async def counted() -> None:
+        sweeps.append(clock.t)
+        await real()
+    d.sweep = counted
+    await d.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert sweeps == []  # parked on the event: ten sweeps would have run
+        dl = await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}}, ttl_s=30)
+        clock.t += 31
+        for _ in range(200):
+            if s.downlink(dl.id).state == "expired":
+                break
+            await asyncio.sleep(0.01)
+        assert s.downlink(dl.id).state == "expired" and sweeps  # the loop's own sweep expired it
+        n = len(sweeps)
+        await asyncio.sleep(0.2)
+        assert len(sweeps) <= n + 1  # nothing open again: parked after at most the sweep in flight
+    finally:
+        await d.close()
+        await s.close()
+
+
 async def test_serial_nodes_get_downlinks_at_once_and_time_is_filled_when_sent(gw):
     p, d, clock = gw
     radio = Radio("serial:a")
