@@ -637,7 +637,8 @@ def add_action(actions: Any) -> None:
                                        "energy and water against the naive baselines).")
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    p.add_argument("--seed", type=int, help="another draw of the scenario's randomness (weather, people, radio)")
+    p.add_argument("--seed", type=int,
+                   help="another draw of the scenario's randomness (the weather it does not script, people, radio)")
     p.add_argument("--hours", type=float, help="simulate this many hours instead of the scenario's duration")
     p.add_argument("--nodes-scale", type=float, default=1.0, metavar="S",
                    help="keep a share S (0 < S <= 1) of the lamps and controllers (fault targets kept)")
