@@ -80,7 +80,7 @@ from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.registry import NodeEntry, Registry  # noqa: E402
 from gateway.service import GC_THRESHOLDS, Observers  # noqa: E402
 from gateway.store import Store  # noqa: E402
-from gateway.upstream import Upstream, gzip_compress  # noqa: E402
+from gateway.upstream import Upstream, default_batch_size, gzip_compress  # noqa: E402
 from protocol import frame  # noqa: E402
 from protocol import messages as m  # noqa: E402
 
@@ -347,7 +347,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--nodes", type=int, default=2000)
     ap.add_argument("--dup", type=float, default=0.2, help="fraction of frames heard by a second radio")
-    ap.add_argument("--batch", type=int, default=500, help="upstream batch size")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="upstream batch size (default: the gateway's for the format, upstream.default_batch_size)")
     ap.add_argument("--rate", type=float, default=0.0,
                     help="offer frames at this rate (frames/s) instead of as fast as they are taken")
     ap.add_argument("--wiring", choices=("service", "bare"), default="service",
@@ -357,6 +358,8 @@ def main() -> int:
                     default=formats.DEFAULT_NATIVE_VERSION, help="native format version sent upstream")
     ap.add_argument("--serve-null-sink", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.batch is None:
+        args.batch = default_batch_size("native", args.native_version)
     if args.serve_null_sink:
         serve_null_sink()
         return 0

@@ -121,8 +121,8 @@ class Gateway:
 
         assert self.store is not None and self.registry is not None and self.pipeline is not None
         up = Upstream(self.store, u.url, token=u.token.reveal() if u.token else None, fmt=u.format,
-                      native_version=u.native_version, batch_size=u.batch_max_records, max_age=u.batch_max_age_s,
-                      timeout=u.timeout_s,
+                      native_version=u.native_version, batch_size=u.batch_max_records or None,
+                      max_age=u.batch_max_age_s, timeout=u.timeout_s,
                       backoff_base=u.backoff_initial_s, backoff_max=u.backoff_max_s,
                       max_retry_after=u.max_retry_after_s, gzip_level=u.gzip_level,
                       gateway_id=self.cfg.gateway.id, node_info=self.registry.get, ngsi_tenant=u.tenant or None)

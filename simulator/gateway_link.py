@@ -123,7 +123,7 @@ from gateway.registry import NodeEntry, Registry  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 UPSTREAM_PERIOD_S = 5.0       # the real upstream's max_age: a batch at least this often
-UPSTREAM_BATCH = 500          # the real upstream's batch_size
+UPSTREAM_BATCH = 500          # records the in-process upstream takes a period (real: upstream.default_batch_size)
 STATE_FLUSH_S = 0.0           # node state flushed at close and restart only (the service: every 5 s)
 
 

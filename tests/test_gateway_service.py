@@ -196,6 +196,8 @@ async def test_upstream_native_version_from_the_config_reaches_the_wire(tmp_path
         assert await svc.pipeline.ingest(reception(seal(7, 1))) == "accepted"
         doc = await asyncio.wait_for(got.get(), 10)
         assert doc["format"] == expected
+        # batch_max_records = 0 (the default): the format's size, larger for the columnar /3
+        assert svc.upstream.batch_size == (2000 if version == 3 else 500)
     finally:
         await svc.stop()
         await runner.cleanup()

@@ -605,3 +605,13 @@ def test_bad_settings_are_refused():
                {"native_version": 4}):
         with pytest.raises(ValueError):
             up.Upstream(None, "http://x", **kw)  # type: ignore[arg-type]
+
+
+def test_the_default_batch_size_follows_the_format():
+    # /3 rows are small (about 180 B of JSON): 2,000 of them stay far below a 1 MB request limit;
+    # /2 objects and NGSI-LD entities are larger and keep 500.
+    from gateway.upstream import default_batch_size
+
+    assert default_batch_size("native", 3) == 2000
+    assert default_batch_size("native", 2) == 500
+    assert default_batch_size("ngsi-ld", 3) == 500
