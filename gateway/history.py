@@ -1,6 +1,6 @@
 """Recent uplinks per node, kept for people: the technician page's charts and event lists.
 
-The durable queue (gateway/store.py) deletes a record once the upstream has
+The durable queue (gateway/store/) deletes a record once the upstream has
 it, and node state keeps only the last reading of each kind; a technician
 on site wants the last day of a node ("did the lamp dim at midnight?", "when
 did the soil dry out?") without asking the city's platform. So the gateway

@@ -63,9 +63,10 @@ from typing import Any, Callable, Protocol
 from gateway import bodies
 from gateway.logs import RateLimiter
 from gateway.model import Reception, Record
-from gateway.store import QueueFull, Store, StoreError, is_alarm
+from gateway.store import QueueFull, Store, StoreError
 from protocol import expand, frame
 from protocol import messages as m
+from protocol.messages import is_alarm
 
 try:  # the compiled admission path (gateway/_fastadmit.c, built by setup.py)
     from gateway import _fastadmit
@@ -327,7 +328,7 @@ class Pipeline:
             if isinstance(res, QueueFull):
                 v = self._reject(QUEUE_FULL, rec.transport, None, info)
             else:
-                _forget(w, record.counter)
+                w.forget(record.counter)
                 v = self._reject(STORE_ERROR, rec.transport, str(res), info)
             if verdicts is not None:
                 verdicts[pos] = v
@@ -434,9 +435,7 @@ class Pipeline:
         return self._reject(REPLAY, rec.transport, None, {"node": f"{node_id:08x}", "counter": counter, "top": w.top})
 
     def _window(self, node_id: int) -> frame.ReplayWindow:
-        saved = self.store.window(node_id)
-        w = frame.ReplayWindow() if saved is None else frame.ReplayWindow(saved[0], saved[1])
-        self._windows[node_id] = w
+        w = self._windows[node_id] = self.store.replay_window(node_id)
         return w
 
     def _count_reject(self, reason: str, transport: str) -> None:
@@ -468,14 +467,3 @@ class Pipeline:
         for (reason, _t), n in self.rejected.items():
             out[reason] = out.get(reason, 0) + n
         return out
-
-
-def _forget(w: frame.ReplayWindow, counter: int) -> None:
-    # The commit of `counter` failed: clear its bit so a copy can still be
-    # stored. `top` may stay raised: later counters are still unseen and a
-    # raised top only rejects what was older than the window anyway.
-    back = w.top - counter
-    if 0 <= back < w.size:
-        w.mask &= ~(1 << back)
-
-

@@ -296,3 +296,8 @@ def decode(mtype, data):
     except cbor.CBORDecodeError as e:
         raise MessageError("message type %d: %s" % (mtype, e))
     return validate(mtype, body)
+
+
+def is_alarm(mtype, body):
+    """An EVENT the node sends confirmed (SPEC §6): severity alarm or critical (body key 1)."""
+    return mtype == EVENT and body.get(1, 0) >= SEV_ALARM

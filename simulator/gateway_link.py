@@ -150,39 +150,21 @@ class _InlineExecutor(concurrent.futures.Executor):
         pass
 
 
-class SimStore(Store):
-    """gateway.store.Store with its writer inline and durability relaxed, for in-process runs.
+async def open_sim_store(path: Path, state_flush_s: float = STATE_FLUSH_S) -> Store:
+    """The real gateway.store.Store with its writer inline and durability relaxed, for in-process runs.
 
-    `PRAGMA synchronous = OFF`: a commit is not fsynced. The simulated gateway
-    never loses power (a gateway restart is a clean close and reopen), and a
-    thousand nodes' commits then cost microseconds. `own_file()` (called
-    right after open) makes the reads go through the writer's connection and
-    that connection hold the file alone (`locking_mode = EXCLUSIVE`): with
-    the writer inline on the loop's thread the two connections never ran at
-    the same time anyway, and a commit no longer takes and drops the file's
-    locks (about 10 % of the in-process store's time per uplink). Everything
-    else -- schema, group commit, replay windows in the same transaction,
-    eviction, downlinks -- is the real store's.
+    `synchronous = OFF`: a commit is not fsynced. The simulated gateway never
+    loses power (a gateway restart is a clean close and reopen), and a
+    thousand nodes' commits then cost microseconds. `exclusive`: reads go
+    through the writer's connection, which holds the file alone
+    (`locking_mode = EXCLUSIVE`): with the writer inline on the loop's thread
+    the two connections never ran at the same time anyway, and a commit no
+    longer takes and drops the file's locks (bench/README.md has its share of
+    an uplink's cost). Everything else -- schema, group commit, replay windows
+    in the same transaction, eviction, downlinks -- is the real store's.
     """
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self._pool.shutdown(wait=False)
-        self._pool = _InlineExecutor()  # type: ignore[assignment]
-
-    def _open_writer(self) -> None:
-        super()._open_writer()
-        assert self._w is not None
-        self._w.execute("PRAGMA synchronous = OFF")
-
-    def own_file(self) -> None:
-        """Reads through the writer's connection, which keeps the file locked (see the class docstring)."""
-        w, r = self._w, self._r
-        assert w is not None and r is not None
-        if r is not w:
-            r.close()
-            self._r = w
-            w.execute("PRAGMA locking_mode = EXCLUSIVE")
+    return await Store.open(path, state_flush_s=state_flush_s, executor=_InlineExecutor(), synchronous="OFF",
+                            exclusive=True)
 
 
 class _ObservedDownlinks(Downlinks):
@@ -225,7 +207,7 @@ class InProcessGateway:
     best.
 
     Relaxed, and why (in-process only; the live link runs the real service):
-    - SimStore: commits inline and unsynced (see SimStore);
+    - the store commits inline and unsynced (see open_sim_store);
     - the upstream is the store's own contract without HTTP: every
       UPSTREAM_PERIOD_S the oldest UPSTREAM_BATCH records are taken
       (`next_batch`, fields named by protocol.expand) and deleted, as the
@@ -273,10 +255,7 @@ class InProcessGateway:
 
     async def _open(self) -> None:
         assert self.ctx is not None and self.registry is not None and self._db is not None
-        store = await SimStore.open(self._db, state_flush_s=STATE_FLUSH_S)
-        assert isinstance(store, SimStore)
-        store.own_file()
-        self.store = store
+        self.store = await open_sim_store(self._db)
         self.downlinks = _ObservedDownlinks(self.store, self.registry, clock=self.ctx.unix_now,
                                             on_commit=self._committed)
         await self.downlinks.start()

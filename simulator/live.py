@@ -86,12 +86,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.model import Record
-from gateway.store import is_alarm
 from gateway.transports import DownlinkError
 from protocol import expand
 from protocol import frame as fr
 from protocol import keys as pk
 from protocol import messages as m
+from protocol.messages import is_alarm
 from simulator import channel as ch
 from simulator.gateway_link import GatewayReport, LinkContext, StoredRecord
 from simulator.live_radio import RX1_DELAY_MS, BridgeBoard, PacketForwarder

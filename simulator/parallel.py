@@ -53,10 +53,10 @@ import traceback
 from typing import Any
 
 from firmware import config as fw_config
-from gateway.store import is_alarm
 from gateway.transports import DownlinkError
 from protocol import frame as fr
 from protocol import messages as m
+from protocol.messages import is_alarm
 from simulator import channel as ch
 from simulator import metrics
 from simulator.air import Air, NodeStats

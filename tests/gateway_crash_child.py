@@ -22,7 +22,6 @@ from gateway_helpers import reception, seal  # noqa: E402
 
 from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
-from gateway import store as store_module  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 BATCH = 16
@@ -42,9 +41,8 @@ async def produce(pipeline: Pipeline, nodes: list[int]) -> None:
 
 async def main() -> None:
     db, reg_path, nodes = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if len(sys.argv) > 4:  # fold the replay-window log every few groups, as a long run does
-        store_module.WINDOW_LOG_MAX = int(sys.argv[4])
-    store = await Store.open(db)
+    # an argument folds the replay-window log every few groups, as a long run does
+    store = await Store.open(db, **({"window_log_max": int(sys.argv[4])} if len(sys.argv) > 4 else {}))
     pipeline = Pipeline(Registry.load(reg_path), store)
     sys.stdout.write("READY\n")
     sys.stdout.flush()

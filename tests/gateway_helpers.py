@@ -12,9 +12,9 @@ from typing import Any
 
 from gateway.model import Reception, Record
 from gateway.registry import NodeEntry, Registry
-from gateway.store import is_alarm
 from protocol import expand, frame, keys
 from protocol import messages as m
+from protocol.messages import is_alarm
 
 
 def root_key(node_id: int) -> bytes:

@@ -411,7 +411,7 @@ async def test_a_copy_after_a_failed_commit_is_decoded_again(tmp_path):
     raw = seal(1, 5)
     a = p._admit(Reception(raw, "udp", "udp:1", 1.0))
     assert type(a) is tuple
-    pl._forget(a[2], 5)  # what _settle does when the commit failed
+    a[2].forget(5)  # what _settle does when the commit failed
     b = p._admit(Reception(raw, "udp", "udp:2", 1.0))
     assert type(b) is tuple and b[0].body == a[0].body and b[0].cbor == a[0].cbor
     assert p._fast.stats()["copies"] == 1

@@ -109,14 +109,13 @@ def keys_of_other_root(node_id):
 async def test_store_error_forgets_the_counter_so_a_copy_can_still_be_stored(gw):
     s = gw.store
     assert await gw.ingest(reception(seal(1, 1))) == "accepted"
-    loop = asyncio.get_running_loop()
     pages = sqlite3.connect(s.path).execute("PRAGMA page_count").fetchone()[0]
-    await loop.run_in_executor(s._pool, lambda: s._w.execute(f"PRAGMA max_page_count = {pages}"))
+    await s.writer.call(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
     # within the replay window (32): older copies would be replays whatever happened
     many = [reception(seal(n, c)) for c in range(2, 30) for n in NODES]
     verdicts = await gw.ingest_many(many)
     assert "store_error" in verdicts
-    await loop.run_in_executor(s._pool, lambda: s._w.execute("PRAGMA max_page_count = 1073741823"))
+    await s.writer.call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
     failed = [r for r, v in zip(many, verdicts) if v == "store_error"]
     assert set(await gw.ingest_many(failed)) == {"accepted"}  # a copy heard later is stored
     assert len(stored(gw)) == 1 + len(many)

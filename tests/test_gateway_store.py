@@ -1,4 +1,4 @@
-"""gateway/store.py on real SQLite files: group commit, durability across SIGKILL, eviction, quarantine."""
+"""gateway/store/ on real SQLite files: group commit, durability across SIGKILL, eviction, quarantine."""
 
 from __future__ import annotations
 
@@ -54,11 +54,9 @@ async def test_records_round_trip_through_the_database(tmp_path):
 
 
 @pytest.mark.parametrize("log_max", [1_000_000, 7])  # windows only in the log / folded every few groups
-async def test_replay_windows_come_back_after_a_restart_from_the_log_and_its_folds(tmp_path, monkeypatch, log_max):
-    import gateway.store as gs
-    monkeypatch.setattr(gs, "WINDOW_LOG_MAX", log_max)
+async def test_replay_windows_come_back_after_a_restart_from_the_log_and_its_folds(tmp_path, log_max):
     path = tmp_path / "gw.db"
-    s = await Store.open(path)
+    s = await Store.open(path, window_log_max=log_max)
     want = {}
     for c in range(1, 40):  # many groups, several nodes each, windows moving
         items = [(record(n, c), (n, c, (c * 7 + n) & 0xFFFFFFFF)) for n in range(1, 6) if (c + n) % 3]
@@ -72,7 +70,7 @@ async def test_replay_windows_come_back_after_a_restart_from_the_log_and_its_fol
     await s.close()
     logged = rows(path, "SELECT COUNT(*) FROM window_log")[0][0]
     assert (logged > 30) if log_max > 1000 else (logged < 7)  # folded: the log stays short
-    s = await Store.open(path)
+    s = await Store.open(path, window_log_max=log_max)
     try:
         assert s.windows() == want
         assert s.window(2) is None
@@ -82,7 +80,7 @@ async def test_replay_windows_come_back_after_a_restart_from_the_log_and_its_fol
         want[1] = (c, 1)
     finally:
         await s.close()
-    s = await Store.open(path)
+    s = await Store.open(path, window_log_max=log_max)
     try:
         assert s.windows() == want
     finally:
@@ -95,13 +93,13 @@ async def test_a_failed_operation_leaves_the_window_log_as_it_was(tmp_path):
     await s.append(record(4, 9), (4, 9, 1))
 
     def boom(c):
-        s._log_windows(c, [(4, -1, 0)])  # what reset_node logs, then a failure in the same operation
+        s.replay_windows.log(c, [(4, -1, 0)])  # what reset_node logs, then a failure in the same operation
         raise sqlite3.OperationalError("disk I/O error")
 
     with pytest.raises(StoreError):
-        await s._submit(boom)
+        await s.writer.submit(boom)
     await s.append(record(5, 1), (5, 1, 1))
-    assert s._durable[4] == (4, 9, 1)
+    assert s.replay_windows._durable[4] == (4, 9, 1)  # the windows as committed, unchanged
     await s.close()
     s = await Store.open(path)
     try:
@@ -136,18 +134,16 @@ async def test_delete_and_batches_after_a_seq(store):
     assert [s for s, _ in store.next_batch(100)] == seqs[4:]
 
 
-async def test_batches_come_from_memory_and_disk_alike(tmp_path, monkeypatch):
-    import gateway.store as gs
-    monkeypatch.setattr(gs, "RECENT_MAX", 8)  # memory holds the 8 newest committed records
+async def test_batches_come_from_memory_and_disk_alike(tmp_path):
     path = tmp_path / "gw.db"
-    s = await Store.open(path)
+    s = await Store.open(path, recent_max=8)
     old = [await s.append(record(1, c)) for c in range(5)]
     await s.close()
-    s = await Store.open(path)  # what was queued before a restart is read back from the database
+    s = await Store.open(path, recent_max=8)  # what was queued before a restart is read back from the database
     try:
         new = await s.append_many([(record(2, c), None) for c in range(20)])
         seqs = old + new
-        assert len(s._ready) == 8  # the rest was pushed out to the database
+        assert len(s.records.ready) == 8  # the rest was pushed out to the database
         after, got = 0, []
         while batch := s.next_batch(3, after, named=False):  # handed out, none deleted yet
             after = batch[-1][0]
@@ -254,16 +250,15 @@ async def test_downlink_rows_and_counters_persist(tmp_path):
 
 async def test_a_failed_commit_stores_nothing_and_says_so(store):
     await store.append(record(1, 1))
-    loop = asyncio.get_running_loop()
     # the disk is full: SQLite's own limit stands in for a full file system
     pages = rows(store.path, "PRAGMA page_count")[0][0]
-    await loop.run_in_executor(store._pool, lambda: store._w.execute(f"PRAGMA max_page_count = {pages}"))
+    await store.writer.call(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
     big = record(1, 2)
     big.body[99] = b"x" * 200_000  # an unknown key: stored as is, needs pages
     with pytest.raises(StoreError):
         await store.append(big)
     assert store.count() == 1 and rows(store.path) == [(1, 1)]
-    await loop.run_in_executor(store._pool, lambda: store._w.execute("PRAGMA max_page_count = 1073741823"))
+    await store.writer.call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
     await store.append(record(1, 3))  # and it recovers
     assert rows(store.path) == [(1, 1), (1, 3)]
 

@@ -314,16 +314,14 @@ async def test_outage_then_recovery_drains_the_backlog_in_per_node_order(tmp_pat
         await platform.stop()
 
 
-async def test_a_burst_larger_than_memory_arrives_exactly_once_in_per_node_order(tmp_path, platform, monkeypatch):
+async def test_a_burst_larger_than_memory_arrives_exactly_once_in_per_node_order(tmp_path, platform):
     # the store keeps RECENT_MAX committed records in memory; a burst past it is read back from the
     # database while the upstream drains the newest from memory: no record lost, none twice, order kept
-    import gateway.store as gs
-    monkeypatch.setattr(gs, "RECENT_MAX", 40)
-    s = await Store.open(tmp_path / "gw.db")
+    s = await Store.open(tmp_path / "gw.db", recent_max=40)
     sent = interleaved(6, 50)  # 300 records, 7x what memory holds
     for i in range(0, len(sent), 25):  # in groups, as the pipeline hands them over
         await s.append_many([(r, (r.node_id, r.counter, 1)) for r in sent[i:i + 25]])
-    assert len(s._ready) == 40 and s.count() == 300
+    assert len(s.records.ready) == 40 and s.count() == 300
     u = await run_upstream(s, platform.url, batch_size=16)
     try:
         await s.append_many([(r, None) for r in interleaved(6, 52)[300:]])  # and more arrive meanwhile

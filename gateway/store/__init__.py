@@ -1,0 +1,285 @@
+"""The gateway's one SQLite database: the durable record queue and everything
+that must survive a crash with it.
+
+One file, WAL mode, `synchronous=FULL` by default, so a committed
+transaction survives `kill -9` and power loss. `Store` is the public face;
+behind it, one writer core and a part per concern, each owning its tables
+and its in-memory state:
+
+- core.py: the connections, the group commit (everything queued so far in
+  one transaction with one fsync), the writer's executor, the `meta` table
+  (lifetime counters: evicted, quarantined);
+- records.py: `records` and `quarantine`, the bound and eviction policy, the
+  committed records kept in memory for the upstream, reception merges;
+- windows.py: `windows` and `window_log`, every node's uplink replay window,
+  written in the same transaction as the records it admitted (exactly once
+  across a crash);
+- downlinks.py: `downlinks` and `dl_counters`, the downlink queue and every
+  node's downlink frame counter;
+- nodes.py: `nodes`, node state (last seen, radio, firmware, last readings,
+  open alarms), flushed every `state_flush_s`.
+
+Limits and policies are `Store.open` arguments: `max_records`, `group_max`
+(records per transaction: bounds commit latency), `quarantine_max`,
+`state_flush_s`, `recent_max` (committed records kept in memory),
+`window_log_max` (windows logged before the fold), and how the writer runs:
+`executor` (default: a thread of its own), `synchronous` (the SQLite level)
+and `exclusive` (reads through the writer's connection, which holds the file
+alone: for a writer running on the loop's thread, as the simulator's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from pathlib import Path
+from typing import Any, Iterable
+
+from gateway.model import Downlink, Record
+from gateway.store.core import SYNC_LEVELS, Writer, StoreClosed, StoreError
+from gateway.store.downlinks import DOWNLINK_OPEN_STATES, DownlinkTable
+from gateway.store.downlinks import SCHEMA as _DOWNLINKS_SCHEMA
+from gateway.store.nodes import STATE_FLUSH_S, NodeStates
+from gateway.store.nodes import SCHEMA as _NODES_SCHEMA
+from gateway.store.records import (DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX, PRIO_ALARM, PRIO_OTHER, PRIO_ROUTINE,
+                                   RECENT_MAX, RESPONSE_TEXT_MAX, QueueFull, Records, priority)
+from gateway.store.records import SCHEMA as _RECORDS_SCHEMA
+from gateway.store.windows import WINDOW_LOG_MAX, ReplayWindow, Snapshot, Windows
+from gateway.store.windows import SCHEMA as _WINDOWS_SCHEMA
+
+__all__ = ["Store", "StoreError", "StoreClosed", "QueueFull", "ReplayWindow", "priority",
+           "DEFAULT_MAX_RECORDS", "DEFAULT_GROUP_MAX", "DEFAULT_QUARANTINE_MAX", "RECENT_MAX", "STATE_FLUSH_S",
+           "WINDOW_LOG_MAX", "RESPONSE_TEXT_MAX", "PRIO_ROUTINE", "PRIO_OTHER", "PRIO_ALARM",
+           "DOWNLINK_OPEN_STATES", "SYNC_LEVELS"]
+
+DEFAULT_GROUP_MAX = 4096
+
+
+class Store:
+    """Open with `await Store.open(path)`; close with `await store.close()`.
+
+    Mutations are coroutines that return once committed. Reads are plain
+    methods on a second connection (WAL readers never wait for the writer)
+    and see every transaction whose coroutine has returned.
+    """
+
+    def __init__(self, path: Path, max_records: int = DEFAULT_MAX_RECORDS, group_max: int = DEFAULT_GROUP_MAX,
+                 quarantine_max: int = DEFAULT_QUARANTINE_MAX, state_flush_s: float = STATE_FLUSH_S, *,
+                 recent_max: int = RECENT_MAX, window_log_max: int = WINDOW_LOG_MAX,
+                 executor: concurrent.futures.Executor | None = None, synchronous: str = "FULL",
+                 exclusive: bool = False) -> None:
+        self.path = Path(path)
+        self.max_records = max_records
+        self.group_max = group_max
+        self.quarantine_max = quarantine_max
+        self.state_flush_s = state_flush_s
+        self.writer = Writer(self.path, group_max=group_max, executor=executor, synchronous=synchronous,
+                             exclusive=exclusive)
+        self.replay_windows = Windows(window_log_max)
+        self.records = Records(self.writer, self.replay_windows, max_records=max_records,
+                               quarantine_max=quarantine_max, recent_max=recent_max)
+        self.downlink_table = DownlinkTable(self.writer)
+        self.nodes = NodeStates(self.writer, state_flush_s)
+        # the records' windows are logged by the records' share of a group, folded after it
+        self.writer.parts = [self.records, self.replay_windows]
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(cls, path: str | Path, *, max_records: int = DEFAULT_MAX_RECORDS,
+                   group_max: int = DEFAULT_GROUP_MAX, quarantine_max: int = DEFAULT_QUARANTINE_MAX,
+                   state_flush_s: float = STATE_FLUSH_S, recent_max: int = RECENT_MAX,
+                   window_log_max: int = WINDOW_LOG_MAX, executor: concurrent.futures.Executor | None = None,
+                   synchronous: str = "FULL", exclusive: bool = False) -> "Store":
+        """Open (or create) the database at `path`; the keyword arguments are the module docstring's."""
+        if max_records < 1 or group_max < 1 or quarantine_max < 0 or recent_max < 1 or window_log_max < 1:
+            raise ValueError("store limits must be positive")
+        self = cls(Path(path), max_records, group_max, quarantine_max, state_flush_s, recent_max=recent_max,
+                   window_log_max=window_log_max, executor=executor, synchronous=synchronous, exclusive=exclusive)
+        w = self.writer
+        await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA)
+        r = w.reader
+        assert r is not None
+        self.records.load(r, w.meta())
+        self.downlink_table.load(r)
+        self.replay_windows.load(r)
+        self.nodes.load(r)
+        w.start()
+        self.nodes.start()
+        return self
+
+    async def close(self) -> None:
+        """Commit everything queued, flush node state, close the database."""
+        if self.writer.closed:
+            return
+        await self.nodes.close()
+        await self.writer.close()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self.writer.drain()
+
+    # ------------------------------------------------------------ records
+
+    async def append(self, record: Record, window: Snapshot | None = None) -> int:
+        """Store a verified record durably; return its sequence number once committed.
+
+        `window` is the node's replay window after admitting this record,
+        `(node_id, top, mask)`; it is persisted in the same transaction. Raises
+        QueueFull if the eviction policy dropped this record on arrival, and
+        StoreError if the transaction failed (nothing of it was stored).
+        """
+        result = (await self.append_many([(record, window)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_many(self, items: list[tuple[Record, Snapshot | None]]) -> "asyncio.Future[list]":
+        """Queue several records at once; the future gives, per item, its seq or the exception.
+
+        The records join the next group commit (they may span two if there are
+        more than `group_max`); the future completes when all are decided.
+        Windows are taken in order: give each record the window right after it.
+        """
+        fut, items, seq = self.records.queue(items)
+        if not items:
+            return fut
+        # once per record: every lookup bound here
+        latest = self.records.latest
+        windows = self.replay_windows.current
+        note = self.nodes.note
+        for record, window in items:
+            latest[record.node_id] = (seq, record)
+            seq += 1
+            if window is not None:
+                windows[window[0]] = window
+            note(record)
+        self.writer.wake()
+        return fut
+
+    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None,
+                      gateway_id: str) -> bool:
+        """Merge another radio's reception of a stored frame (records.Records.add_reception)."""
+        return self.records.add_reception(node_id, counter, rssi, snr, gateway_id)
+
+    def next_batch(self, max_records: int, after: int = 0, named: bool = True) -> list[tuple[int, Record]]:
+        """The oldest queued records (seq > after), in arrival order (records.Records.next_batch)."""
+        return self.records.next_batch(max_records, after, named)
+
+    async def delete(self, seqs: Iterable[int]) -> int:
+        """Remove records the upstream answered 2xx for; returns how many were still queued."""
+        return await self.records.delete(seqs)
+
+    async def quarantine(self, seqs: Iterable[int], status: int, response_text: str) -> int:
+        """Move the records of a refused batch (4xx) to the quarantine; returns the batch id."""
+        return await self.records.quarantine(seqs, status, response_text)
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent quarantined batches, newest first, with their records."""
+        return self.records.quarantined(limit)
+
+    def quarantine_count(self) -> int:
+        return self.records.quarantine_count()
+
+    def count(self) -> int:
+        """Records queued and committed (appends still in flight not included)."""
+        return self.records.count()
+
+    def oldest_rx_time(self) -> float | None:
+        """Receive time of the oldest queued record: the upstream lag is now minus this."""
+        return self.records.oldest_rx_time()
+
+    def size_bytes(self) -> int:
+        """Size of the database and its write-ahead log on disk."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    @property
+    def evicted_total(self) -> int:
+        return self.records.evicted_total
+
+    @property
+    def quarantined_total(self) -> int:
+        return self.records.quarantined_total
+
+    @property
+    def committed_records(self) -> int:
+        return self.records.committed_records
+
+    @property
+    def commits(self) -> int:
+        return self.writer.commits
+
+    @property
+    def commit_seconds(self) -> float:
+        return self.writer.commit_seconds
+
+    # ------------------------------------------------------------ replay windows
+
+    def window(self, node_id: int) -> tuple[int, int] | None:
+        """(top, mask) of the node's uplink replay window, or None for a node never heard."""
+        return self.replay_windows.get(node_id)
+
+    def replay_window(self, node_id: int) -> ReplayWindow:
+        """The node's uplink replay window as an object the pipeline checks and commits counters with."""
+        return self.replay_windows.replay_window(node_id)
+
+    def windows(self) -> dict[int, tuple[int, int]]:
+        return self.replay_windows.all()
+
+    async def reset_node(self, node_id: int) -> None:
+        """Forget a node's counters (replay window, downlink counter): after it was re-keyed.
+
+        SPEC §2: a new root key may restart the counters at 0.
+        """
+        log_windows, reset_counter = self.replay_windows.log, self.downlink_table.reset_counter
+
+        def op(c: Any) -> None:
+            # a tombstone after whatever the log holds for the node; the fold deletes its row
+            log_windows(c, [(node_id, -1, 0)])
+            reset_counter(c, node_id)
+
+        self.replay_windows.current.pop(node_id, None)
+        self.records.forget_node(node_id)
+        await self.writer.submit(op)
+
+    # ------------------------------------------------------------ node state
+
+    def node_state(self, node_id: int) -> dict[str, Any] | None:
+        return self.nodes.state(node_id)
+
+    def node_ids(self) -> list[int]:
+        return self.nodes.node_ids()
+
+    async def flush_state(self) -> None:
+        await self.nodes.flush()
+
+    # ------------------------------------------------------------ downlinks
+
+    async def add_downlink(self, node_id: int, mtype: int, body: dict[int, Any], expires: float,
+                           command_id: int | None = None, now: float | None = None) -> Downlink:
+        """Queue a downlink; a COMMAND without an id gets its row id as command id."""
+        return await self.downlink_table.add(node_id, mtype, body, expires, command_id, now)
+
+    async def update_downlink(self, dl: Downlink, now: float | None = None) -> None:
+        await self.downlink_table.update(dl, now)
+
+    def downlink(self, id_: int) -> Downlink | None:
+        return self.downlink_table.get(id_)
+
+    def downlinks(self, node_id: int | None = None, states: Iterable[str] | None = None,
+                  limit: int = 1000) -> list[Downlink]:
+        """Downlinks oldest first, optionally of one node and in some states."""
+        return self.downlink_table.list(node_id, states, limit)
+
+    def downlink_counts(self) -> dict[str, int]:
+        return self.downlink_table.counts()
+
+    async def next_downlink_counter(self, node_id: int) -> int:
+        """The next downlink frame counter of a node, committed before it is returned (downlinks.py)."""
+        return await self.downlink_table.next_counter(node_id)

@@ -1,0 +1,312 @@
+"""The store's writer core: the SQLite connections, the group commit, the writer's executor.
+
+It knows nothing of records, windows, downlinks or node state. The parts
+(gateway/store/records.py, windows.py, downlinks.py, nodes.py) own their
+tables and in-memory state and come to the core two ways:
+
+- `submit(fn)`: run `fn(connection)` inside the next group's transaction, in
+  a savepoint of its own (one failing operation fails alone);
+- as a group `Part` (records, windows): each group asks it for its share
+  (`take`), writes it in the group's transaction (`write`), and tells it the
+  outcome (`committed` / `failed`), with hooks on the writer's thread for the
+  state that must follow the transaction (`begin`, `mark`/`undo` around an
+  operation's savepoint, `before_commit`, `after_commit`, `rolled_back`).
+
+Group commit: one writer (by default a dedicated thread, so an fsync never
+blocks the event loop) commits everything queued so far in one transaction
+with one fsync, then wakes every caller of that group. While a commit is in
+flight the next group gathers, so the commit rate adapts to the disk: a slow
+fsync means bigger groups, not fewer frames per second.
+
+Policies are constructor arguments: the executor the writer runs on, the
+`PRAGMA synchronous` level, and `exclusive` (reads go through the writer's
+connection, which holds the file alone: for a writer that runs on the
+loop's own thread, where two connections never run at once anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("lumeau.gateway.store")
+
+SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_META_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; nothing was half done."""
+
+
+class StoreClosed(StoreError):
+    pass
+
+
+class Part:
+    """A concern of the store that takes part in every group commit; every hook is optional.
+
+    Loop thread: `has_work`, `take`, `committed`, `failed`. Writer thread, inside
+    the group's transaction: `begin`, `write`, `mark`/`undo` (around each
+    submitted operation: `undo(mark)` when its savepoint was rolled back),
+    `before_commit`; after it: `after_commit` or `rolled_back`.
+    """
+
+    def has_work(self) -> bool:
+        return False
+
+    def take(self, limit: int) -> Any:
+        """This part's share of the next group (at most `limit` records), or None."""
+        return None
+
+    def begin(self) -> None:
+        pass
+
+    def write(self, c: sqlite3.Connection, work: Any) -> Any:
+        return None
+
+    def mark(self) -> Any:
+        return None
+
+    def undo(self, mark: Any) -> None:
+        pass
+
+    def before_commit(self, c: sqlite3.Connection) -> None:
+        pass
+
+    def after_commit(self) -> None:
+        pass
+
+    def rolled_back(self) -> None:
+        pass
+
+    def committed(self, work: Any, result: Any) -> None:
+        pass
+
+    def failed(self, work: Any, err: StoreError) -> None:
+        pass
+
+
+class Writer:
+    """The connections and the group commit; `await open(schema)`, then `start()`; `await close()`."""
+
+    def __init__(self, path: Path, *, group_max: int, executor: concurrent.futures.Executor | None = None,
+                 synchronous: str = "FULL", exclusive: bool = False) -> None:
+        if synchronous.upper() not in SYNC_LEVELS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNC_LEVELS)}")
+        self.path = Path(path)
+        self.group_max = group_max
+        self.synchronous = synchronous.upper()
+        self.exclusive = exclusive
+        self._own_executor = executor is None
+        self.executor: concurrent.futures.Executor = executor if executor is not None else \
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumeau-store")
+        self._conn: sqlite3.Connection | None = None  # used only on the executor
+        # used only on the event loop's thread; the writer's own connection when exclusive
+        self.reader: sqlite3.Connection | None = None
+        self.parts: list[Part] = []
+        self._ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task | None = None
+        self.closed = False
+        # this process's commit figures
+        self.commits = 0
+        self.commit_seconds = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self, schema: str) -> None:
+        """Open the writer's connection (creating `schema` and the meta table), then the reader's."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, self._open_conn, schema)
+        except sqlite3.Error as e:
+            self.shutdown_executor(wait=False)
+            raise StoreError(f"{self.path}: cannot open the database: {e}") from e
+        self.reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.reader.execute("PRAGMA query_only = 1")
+
+    def _open_conn(self, schema: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL needed")
+        c.execute(f"PRAGMA synchronous = {self.synchronous}")
+        c.executescript(schema + _META_SCHEMA)
+        self._conn = c
+
+    def call_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn(writer's connection)` now, on the caller's thread: only while no group can run
+        (at open, before `start`, on the writer's own thread)."""
+        assert self._conn is not None
+        return fn(self._conn)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn(writer's connection)` on the writer's executor, outside any group's transaction
+        (connection settings; tests use it to make the disk look full)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.call_sync, fn)
+
+    def start(self) -> None:
+        """Begin committing; with `exclusive`, reads move to the writer's connection first."""
+        if self.exclusive:
+            conn, r = self._conn, self.reader
+            assert conn is not None and r is not None
+            if r is not conn:
+                r.close()
+                self.reader = conn
+                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        self._task = asyncio.create_task(self._run(), name="lumeau-store-writer")
+
+    async def close(self) -> None:
+        """Commit everything queued, then close the connections (refusing new work from now on)."""
+        self.closed = True
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._close_conn)
+        self.shutdown_executor(wait=True)
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def shutdown_executor(self, wait: bool) -> None:
+        if self._own_executor:
+            self.executor.shutdown(wait=wait)
+
+    def busy(self) -> bool:
+        return bool(self._ops) or any(p.has_work() for p in self.parts) or not self._idle.is_set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        while self.busy():
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    # ------------------------------------------------------------ what the parts call
+
+    def wake(self) -> None:
+        """A part has work for the next group."""
+        self._wake.set()
+
+    async def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn(connection)` inside the next group's transaction (in a savepoint of its own)."""
+        if self.closed:
+            raise StoreClosed("store is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._ops.append((fn, fut))
+        self._wake.set()
+        return await fut
+
+    @staticmethod
+    def bump(c: sqlite3.Connection, name: str, n: int) -> None:
+        """Add `n` to a lifetime counter of the meta table (writer thread, in a transaction)."""
+        c.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
+                  "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, n))
+
+    def meta(self) -> dict[str, int]:
+        """The lifetime counters as committed."""
+        assert self.reader is not None
+        return dict(self.reader.execute("SELECT name, value FROM meta"))
+
+    # ------------------------------------------------------------ the group commit
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        parts = self.parts
+        while True:
+            if not (self._ops or any(p.has_work() for p in parts)):
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._idle.clear()
+            ops, self._ops = self._ops, []
+            works: list[Any] = []
+            t0 = time.perf_counter()
+            try:
+                for p in parts:  # a part whose take fails decides its own share (see Part.take)
+                    works.append(p.take(self.group_max))
+                results, op_results = await loop.run_in_executor(
+                    self.executor, self._commit, works, [fn for fn, _ in ops])
+            except BaseException as e:  # the whole group failed: nothing of it is stored
+                err = e if isinstance(e, StoreError) else StoreError(f"commit failed: {e!r}")
+                for p, work in zip(parts, works):
+                    p.failed(work, err)
+                for _fn, f in ops:
+                    if not f.done():
+                        f.set_exception(err)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                log.error("store commit failed: %r", e)
+                continue
+            self.commits += 1
+            self.commit_seconds += time.perf_counter() - t0
+            for p, work, result in zip(parts, works, results):
+                p.committed(work, result)
+            for (_fn, f), (ok, value) in zip(ops, op_results):
+                if f.done():
+                    continue
+                if ok:
+                    f.set_result(value)
+                else:
+                    f.set_exception(value if isinstance(value, StoreError) else StoreError(str(value)))
+
+    def _commit(self, works: list[Any],
+                ops: list[Callable[[sqlite3.Connection], Any]]) -> tuple[list[Any], list[tuple[bool, Any]]]:
+        c = self._conn
+        assert c is not None
+        parts = self.parts
+        for p in parts:
+            p.begin()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            results = [p.write(c, work) for p, work in zip(parts, works)]
+            op_results: list[tuple[bool, Any]] = []
+            for fn in ops:
+                marks = [p.mark() for p in parts]
+                c.execute("SAVEPOINT op")
+                try:
+                    op_results.append((True, fn(c)))
+                    c.execute("RELEASE op")
+                except Exception as e:  # one failing operation fails alone
+                    c.execute("ROLLBACK TO op")
+                    c.execute("RELEASE op")
+                    for p, mark in zip(parts, marks):
+                        p.undo(mark)
+                    op_results.append((False, e))
+            for p in parts:
+                p.before_commit(c)
+            c.execute("COMMIT")
+        except BaseException:
+            for p in parts:
+                p.rolled_back()
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        for p in parts:
+            p.after_commit()
+        return results, op_results
