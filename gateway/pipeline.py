@@ -49,8 +49,8 @@ turn as one batch, and admits the next batch while this one's fsync runs).
 Limits: DEFAULT_MAX_INFLIGHT = 8192 receptions between `submit` and their
 commit (memory stays flat under any load; `submit` waits beyond it, which
 backpressures a serial line and leaves datagrams in the UDP socket buffer);
-ADMIT_SLICE = 1024 receptions admitted per turn of the worker (about 10 ms
-of work on a small core) before it lets the event loop run the upstream,
+ADMIT_SLICE = 1024 receptions admitted per turn of the worker (its time on
+a small core: bench/README.md) before it lets the event loop run the upstream,
 the transports and the downlinks.
 """
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -239,7 +240,7 @@ class Store:
         """
         log_windows, reset_counter = self.replay_windows.log, self.downlink_table.reset_counter
 
-        def op(c: Any) -> None:
+        def op(c: sqlite3.Connection) -> None:
             # a tombstone after whatever the log holds for the node; the fold deletes its row
             log_windows(c, [(node_id, -1, 0)])
             reset_counter(c, node_id)

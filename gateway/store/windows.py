@@ -23,7 +23,7 @@ from itertools import chain
 from gateway.store.core import Part
 from protocol import frame
 
-WINDOW_LOG_MAX = 65536  # windows logged before the fold (~1.5 MB, read at start in a few milliseconds)
+WINDOW_LOG_MAX = 65536  # windows logged before the fold: bounds the log read back at start (bench/README.md)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (
