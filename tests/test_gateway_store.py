@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import sqlite3
@@ -356,3 +357,37 @@ def test_sigkill_mid_burst_loses_no_acknowledged_record(tmp_path, log_max):
         await s.close()
 
     asyncio.run(replay())
+
+
+async def test_the_writer_policies_are_constructor_arguments(tmp_path):
+    """What the simulator asks for: its own executor, no fsync, reads through the writer's connection."""
+    calls = []
+
+    class Inline(concurrent.futures.Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            calls.append(fn)
+            f = asyncio.get_running_loop().create_future()
+            try:
+                f.set_result(fn(*args, **kwargs))
+            except Exception as e:
+                f.set_exception(e)
+            return f
+
+    path = tmp_path / "gw.db"
+    with pytest.raises(ValueError):
+        Store(path, synchronous="SOMETIMES")
+    s = await Store.open(path, executor=Inline(), synchronous="OFF", exclusive=True)
+    try:
+        assert await s.writer.call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 0  # OFF
+        assert await s.append(record(1, 1), (1, 1, 1)) == 1
+        assert [r.counter for _s, r in s.next_batch(10)] == [1] and s.window(1) == (1, 1)
+        assert s.writer.reader is not None and s.writer.reader.execute("PRAGMA locking_mode").fetchone()[0] == "exclusive"
+        assert calls  # the commits ran on the given executor
+    finally:
+        await s.close()
+    s = await Store.open(path)  # the default policies again, on the same file
+    try:
+        assert s.count() == 1 and s.window(1) == (1, 1)
+        assert await s.writer.call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+    finally:
+        await s.close()

@@ -149,16 +149,15 @@ class Writer:
         c.executescript(schema + _META_SCHEMA)
         self._conn = c
 
-    def call_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run `fn(writer's connection)` now, on the caller's thread: only while no group can run
-        (at open, before `start`, on the writer's own thread)."""
+    def _call_now(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`fn(writer's connection)`, run by the executor (see `call`)."""
         assert self._conn is not None
         return fn(self._conn)
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run `fn(writer's connection)` on the writer's executor, outside any group's transaction
         (connection settings; tests use it to make the disk look full)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.call_sync, fn)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._call_now, fn)
 
     def start(self) -> None:
         """Begin committing; with `exclusive`, reads move to the writer's connection first."""
