@@ -843,8 +843,8 @@ async def test_the_gateway_never_seals_with_a_tool_counter(tmp_path):
     s = await GatewayStore.open(tmp_path / "gw.db")
     try:
         assert await s.next_downlink_counter(7) == 0
-        await s._submit(lambda c: c.execute("UPDATE dl_counters SET counter = ? WHERE node_id = 7",
-                                            (fr.TOOL_COUNTER_BASE - 2,)))
+        await s.writer.submit(lambda c: c.execute("UPDATE dl_counters SET counter = ? WHERE node_id = 7",
+                                             (fr.TOOL_COUNTER_BASE - 2,)))
         assert await s.next_downlink_counter(7) == fr.TOOL_COUNTER_BASE - 1  # the last of the gateway's half
         with pytest.raises(StoreError, match="downlink counter exhausted"):
             await s.next_downlink_counter(7)
