@@ -1,6 +1,6 @@
 """Upstream against real HTTP servers on 127.0.0.1, draining a real store (gateway.store, SQLite).
 
-The platform is the real sink (`gateway.sink.Sink`) with a fault-injection
+The platform is the real sink (`city.sink.Sink`) with a fault-injection
 middleware in front: outages (nothing listening), 500s, 429 with
 Retry-After, slow answers, refused records, a wrong token.
 """
@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway import formats
 from gateway import upstream as up
 from gateway.model import Record
-from gateway.sink import Sink
+from city.sink import Sink
 from gateway.store import Store, StoreError
 from protocol import expand
 from protocol import messages as m
