@@ -284,7 +284,7 @@ class Api:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the bound one: port 0 picks a free port
         log.info("api listening", extra={"host": self.host, "port": self.port})
 
     async def stop(self) -> None:
