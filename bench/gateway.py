@@ -138,7 +138,7 @@ def serve_null_sink() -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        print(f"null sink listening on http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", flush=True)
+        print(f"null sink listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())

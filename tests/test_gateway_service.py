@@ -186,7 +186,7 @@ async def test_upstream_native_version_from_the_config_reaches_the_wire(tmp_path
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     registry(tmp_path / "nodes.toml", [7]).save()
     cfg = load_config(write_config(tmp_path, upstream=f"http://127.0.0.1:{port}/v1/records",
                                    extra=f"native_version = {version}\n"))

@@ -516,7 +516,7 @@ async def test_requests_carry_gzip_bearer_and_idempotency_key(store, tmp_path, v
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     await fill(store, [record(0xAB, 7)])
     kw = {} if version is None else {"native_version": version}
     u = await run_upstream(store, f"http://127.0.0.1:{port}/in", max_age=0, gzip_level=level, **kw)
