@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable, Protocol
 
 from gateway import bodies
@@ -120,8 +121,11 @@ def decode_body(mtype: int, plain: bytes) -> dict[int, Any]:
 class Pipeline:
     def __init__(self, registry: KeyLookup, store: Store, *, downlinks: UplinkObserver | None = None,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, log_limiter: RateLimiter | None = None,
-                 compiled: bool | None = None) -> None:
-        """`compiled`: use the compiled admission path (None: when it was built; False: never)."""
+                 compiled: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """`compiled`: use the compiled admission path (None: when it was built; False: never).
+
+        `clock`: the monotonic clock of the default log limiter, the pipeline's only use of time
+        (a reception carries its own rx_time); a seam for tests, as in gateway/downlinks.py."""
         global _warned_fallback
         self._registry = registry
         if compiled is None:
@@ -139,7 +143,7 @@ class Pipeline:
         self.downlinks = downlinks
         self.max_inflight = max_inflight
         self._windows: dict[int, frame.ReplayWindow] = {}
-        self._limiter = log_limiter or RateLimiter()
+        self._limiter = log_limiter or RateLimiter(clock=clock)
         # submit(): receptions queued for the worker, and admitted ones awaiting their commit
         self._queue: list[Reception] = []
         self._committing = 0

@@ -182,7 +182,10 @@ class Upstream:
                  gzip_level: int = DEFAULT_GZIP_LEVEL, gateway_id: str = "",
                  native_version: int = formats.DEFAULT_NATIVE_VERSION,
                  node_info: Callable[[int], Any] | None = None, ngsi_tenant: str | None = None,
-                 ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT, rng: random.Random | None = None) -> None:
+                 ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`clock` (wall: record ages, Retry-After dates, batch times) and `monotonic` (batch age,
+        latency) are seams for tests, as in gateway/downlinks.py."""
         if fmt not in FORMATS:
             raise ValueError(f"upstream format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         if batch_size is None:
@@ -192,6 +195,8 @@ class Upstream:
         if not 0 <= gzip_level <= 9:
             raise ValueError("gzip_level must be 0 (off) to 9")
         self._native = formats.native_encoder(native_version)  # ValueError for an unknown version
+        self.clock = clock
+        self.monotonic = monotonic
         self.native_version = native_version
         self.store = store
         self.url = url
@@ -216,7 +221,7 @@ class Upstream:
         self._after = 0  # every record up to this seq is delivered or quarantined (its delete may be pending)
         self._rewind = False  # a delete failed: read from the start of the queue again
         self._deleting: set[asyncio.Task] = set()
-        self._limiter = RateLimiter()
+        self._limiter = RateLimiter(clock=monotonic)
         # figures for /metrics
         self.state = "idle"  # idle | waiting | sending | backoff
         self.records_sent = 0
@@ -282,7 +287,7 @@ class Upstream:
     def lag(self) -> float:
         """Seconds since the oldest record still waiting was received (0 when none waits)."""
         t = self.store.oldest_rx_time()
-        return 0.0 if t is None else max(0.0, time.time() - t)
+        return 0.0 if t is None else max(0.0, self.clock() - t)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -338,7 +343,7 @@ class Upstream:
                 continue
             full = len(batch) >= self.batch_size
             if ready is None and not (full or draining or self._flush or any(r.alarm for _, r in batch)):
-                now = time.monotonic()
+                now = self.monotonic()
                 if self._pending_since is None:
                     self._pending_since = now
                 wait = self._pending_since + self.max_age - now
@@ -346,11 +351,11 @@ class Upstream:
                     self.state = "waiting"
                     await self._sleep(min(wait, POLL_S))
                     continue
-            started = time.monotonic()
+            started = self.monotonic()
             # a full batch means more are waiting: encode the next one during the round trip
             ahead = await self._deliver(batch, ready, self._encode_after if full and not named else None)
             self._after = max(self._after, batch[-1][0])
-            latency = time.monotonic() - started
+            latency = self.monotonic() - started
             self.batches += 1
             self.batch_latency_last = latency
             self.batch_latency_sum += latency
@@ -411,7 +416,7 @@ class Upstream:
                 self._delete(seqs)
                 self.records_sent += len(part)
                 self.consecutive_failures = 0
-                self.last_success = time.time()
+                self.last_success = self.clock()
                 parts.pop(0)
                 attempt = 0
             elif out.kind == "partial":
@@ -420,7 +425,7 @@ class Upstream:
                 await self._quarantine(bad, out.status, out.text)
                 self._delete(good)
                 self.records_sent += len(good)
-                self.last_success = time.time()
+                self.last_success = self.clock()
                 parts.pop(0)
                 attempt = 0
             elif out.kind in ("poison", "too_large"):
@@ -466,7 +471,7 @@ class Upstream:
     def _encode_native(self, part: list[tuple[int, Record]]) -> _Encoded:
         """The request for `part` in the native format; TypeError or ValueError if a record cannot be encoded."""
         records = [r for _, r in part]
-        body = self._native(records, self.gateway_id, time.time())
+        body = self._native(records, self.gateway_id, self.clock())
         # the same for a resend of the same records: a batch is a run of the queue, named by its ends
         ends = f"{records[0].idempotency_key}/{records[-1].idempotency_key}/{len(records)}"
         key = hashlib.sha256(ends.encode()).hexdigest()[:32]
@@ -549,7 +554,7 @@ class Upstream:
             async with self._session.post(url, data=body, headers=headers) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock())
         except asyncio.TimeoutError:
             self._count("error")
             self.last_error = f"no answer within {self.timeout:g} s"
