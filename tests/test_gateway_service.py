@@ -9,11 +9,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 from gateway_helpers import GatewayProcess, push_data, registry, seal
+from waiting import wait_for_sync
 
 from protocol import messages as m
 
@@ -75,13 +75,7 @@ def api_get(port: int, path: str, token: str | None = TOKEN):
 
 
 def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    return wait_for_sync(cond, timeout)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
