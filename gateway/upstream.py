@@ -21,16 +21,13 @@ commit resends them, which the receiver drops by key.
 Defaults, and why:
 
 - `batch_size` by format (`default_batch_size`): 2,000 records for the
-  columnar native format `lumeau.records/3` (about 360 kB of JSON, 90 kB
-  gzipped), 500 for /2 (about 180 kB of JSON, 30 kB gzipped)
-  and NGSI-LD (entities are larger): every request stays far below the
-  1 MB request limits common on platforms (FIWARE Orion's default). A
-  request costs the receiver an fsync and both sides a round trip whatever
-  its size, so larger batches carry more: bench/gateway.py measured /3 at
-  2,000 against 500 at 10-25 % less gateway CPU a frame and 10-25 % more
-  frames/s into `lumeau sink`. At low rates batches go by age anyway
-  (`max_age`), so the size only matters under load: at 20,000 frames/s
-  that is 10 requests/s instead of 40.
+  columnar native format `lumeau.records/3`, 500 for /2 and NGSI-LD
+  (larger rows): every request stays far below the 1 MB request limits
+  common on platforms (FIWARE Orion's default). A request costs the
+  receiver an fsync and both sides a round trip whatever its size, so
+  larger batches carry more (request sizes and the measured gain:
+  bench/README.md, gateway.py). At low rates batches go by age anyway
+  (`max_age`), so the size only matters under load.
 - `max_age` 5 s: a smaller batch goes when its oldest record has waited
   this long. Nodes report every few minutes, so 5 s is nothing next to the
   data's own age, while a quiet gateway still sends a few large requests a
@@ -45,10 +42,10 @@ Defaults, and why:
 - `timeout` 30 s per request: generous for a 40 kB upload on a poor
   cellular backhaul; a slower answer is treated as a failure and retried
   (the sink or platform drops the duplicate by its key).
-- gzip level 1: telemetry JSON shrinks 8-10x already; higher levels gain a
-  few percent for several times the CPU. Compressed by ISA-L (`isal`:
-  the same gzip format, about 7x less CPU than zlib at level 1, output a
-  few percent larger) when it is installed, by zlib otherwise.
+- gzip level 1: telemetry JSON shrinks several times already; higher levels
+  gain little for much more CPU. Compressed by ISA-L (`isal`: the same gzip
+  format, far less CPU than zlib, output slightly larger; figures in
+  bench/README.md, gateway.py) when it is installed, by zlib otherwise.
 - native format version 3 (`lumeau.records/3`, columnar: gateway/FORMATS.md);
   `native_version=2` for a receiver that reads only /2.
 
