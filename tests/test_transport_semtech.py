@@ -422,6 +422,13 @@ def test_fuzz_datagrams_never_crash_the_server(live_server, datagram):
 
 def test_after_the_fuzz_a_good_packet_still_goes_through(live_server):
     loop, srv, gw, sock = live_server
+    # what the fuzz tries, in a fixed sample, sent here: the test holds in any order
+    before = srv.counts["datagrams"]
+    hostile = [b"\x02", b"\x07\x00\x01\x00" + EUI + b"{}", b"\x02\x00\x01\x00" + EUI + b"[" * 60_000,
+               b"\x02\x00\x01\x00" + EUI + b'{"rxpk": [{"data": "!!"}, 5]}']
+    for d in hostile:
+        sock.send(d)
+    loop.run_until_complete(wait_for(lambda: srv.counts["datagrams"] >= before + len(hostile), 2))
     raw = light_frame(node_id=0x7777, counter=1)
     sock.send(bytes([2, 0, 9, 0]) + EUI + json.dumps({"rxpk": [rxpk(raw)]}).encode())
     loop.run_until_complete(gw.seen.wait(lambda: any(r.raw == raw for r in gw.seen.receptions), 2))
