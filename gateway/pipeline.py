@@ -127,6 +127,8 @@ class Pipeline:
         `clock`: the monotonic clock of the default log limiter, the pipeline's only use of time
         (a reception carries its own rx_time); a seam for tests, as in gateway/downlinks.py."""
         global _warned_fallback
+        if log_limiter is None:
+            log_limiter = RateLimiter(clock=clock)
         self._registry = registry
         if compiled is None:
             compiled = _fastadmit is not None
@@ -143,7 +145,7 @@ class Pipeline:
         self.downlinks = downlinks
         self.max_inflight = max_inflight
         self._windows: dict[int, frame.ReplayWindow] = {}
-        self._limiter = log_limiter or RateLimiter(clock=clock)
+        self._limiter = log_limiter or RateLimiter()
         # submit(): receptions queued for the worker, and admitted ones awaiting their commit
         self._queue: list[Reception] = []
         self._committing = 0
