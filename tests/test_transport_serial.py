@@ -63,13 +63,13 @@ class PtyDevice:
     async def read_packets(self, n: int = 1, timeout: float = 3.0) -> list[bytes]:
         got: list[bytes] = []
 
-        async def loop() -> None:
-            while len(got) < n:
-                try:
-                    got.extend(self.rx.feed(os.read(self.master, 4096)))
-                except BlockingIOError:
-                    await asyncio.sleep(0.005)
-        await asyncio.wait_for(loop(), timeout)
+        def read() -> bool:
+            try:
+                got.extend(self.rx.feed(os.read(self.master, 4096)))
+            except BlockingIOError:
+                pass
+            return len(got) >= n
+        await wait_for(read, timeout, what=f"{n} packets from the gateway")
         return got
 
     def close(self) -> None:
