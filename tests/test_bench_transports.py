@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT
 
 
@@ -22,5 +23,7 @@ def test_transports_bench_prints_its_figures():
         # measured here, not by the bench: each way's 400 frames took less than the whole run
         assert r[f"{how}_frames_per_s"] >= 400 / wall
     for how in ("udp", "serial"):  # each ratio is derived from the two rates it reports (both rounded)
-        assert abs(r[f"{how}_cost_ratio"] - r["direct_frames_per_s"] / r[f"{how}_frames_per_s"]) < 0.02
+        # relative: under load a rate of a few hundred frames/s, rounded, moves a large ratio by more than 0.02
+        assert r[f"{how}_cost_ratio"] == pytest.approx(r["direct_frames_per_s"] / r[f"{how}_frames_per_s"],
+                                                       rel=0.01, abs=0.01)
     assert r["udp_overload_dropped"] == 0
