@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import gzip
 import hmac
@@ -138,7 +139,7 @@ def serve_null_sink() -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        print(f"null sink listening on http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", flush=True)
+        print(f"null sink listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -356,6 +357,9 @@ def main() -> int:
                          "runs; bare: the pipeline alone")
     ap.add_argument("--native-version", type=int, choices=formats.NATIVE_VERSIONS,
                     default=formats.DEFAULT_NATIVE_VERSION, help="native format version sent upstream")
+    ap.add_argument("--keep", metavar="DIR", type=Path,
+                    help="work in DIR (which must exist) and leave the databases there, e.g. to check "
+                         "what reached the sink (DIR/lumeau_sink/sink.db)")
     ap.add_argument("--serve-null-sink", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.batch is None:
@@ -376,7 +380,8 @@ def main() -> int:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     token = secrets.token_urlsafe(24)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="lumeau-bench-") as d:
+    work = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="lumeau-bench-")
+    with work as d:
         tmp = Path(d)
         for name, null in (("lumeau_sink", False), ("null_sink", True)):
             run_dir = tmp / name

@@ -64,6 +64,7 @@ from aiohttp import web
 from gateway import health, ops
 from gateway.downlinks import DownlinkRejected, Downlinks
 from gateway.history import History
+from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
 from gateway.pipeline import REASONS, Pipeline
 from gateway.registry import NodeEntry, Registry, RegistryError, format_node_id, parse_node_id
@@ -178,29 +179,6 @@ def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]
     return m.COMMAND, body, ttl
 
 
-class Metrics:
-    """Prometheus text exposition, built fresh for each scrape."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            suffix = labels.pop("__suffix", "") if labels else ""  # summary/histogram sample names
-            if suffix:
-                self.lines.append(f"{name}{suffix} {_num(value)}")
-            elif labels:
-                lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
-            else:
-                self.lines.append(f"{name} {_num(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
 def _load_web() -> dict[str, tuple[bytes, str, str]]:
     """The page's files, read once: name -> (bytes, content type, ETag). Only known file types."""
     out = {}
@@ -212,26 +190,6 @@ def _load_web() -> dict[str, tuple[bytes, str, str]]:
     if "index.html" not in out:
         raise FileNotFoundError(f"the technician page is missing: {WEB_DIR / 'index.html'}")
     return out
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
-
-
-def _escape(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _num(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
 
 
 class Api:
@@ -284,7 +242,7 @@ class Api:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the bound one: port 0 picks a free port
         log.info("api listening", extra={"host": self.host, "port": self.port})
 
     async def stop(self) -> None:
@@ -578,37 +536,16 @@ class Api:
         x.family("lumeau_uptime_seconds", "gauge", "Since the API started.", [({}, self.clock() - self.started)])
         stats = getattr(self.upstream, "stats", None)
         if callable(stats):
-            self._upstream_metrics(x, stats())
+            upstream_families(x, stats())
         samples: list[tuple[dict[str, str], float]] = []
         for t in self.transports:
             stats = getattr(t, "stats", None)
             if not callable(stats):
                 continue
-            kind = _snake(type(t).__name__).removesuffix("_transport").removesuffix("_server")
+            kind = snake(type(t).__name__).removesuffix("_transport").removesuffix("_server")
             instance = str(getattr(t, "port", "") or "")
             for k, v in sorted(stats().items()):
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     samples.append(({"transport": kind, "instance": instance, "counter": k}, v))
         x.family("lumeau_transport_stat", "gauge", "Transport counters and states (transports' stats()).", samples)
         return x.text()
-
-    @staticmethod
-    def _upstream_metrics(x: Metrics, st: dict[str, Any]) -> None:
-        x.family("lumeau_upstream_records_sent_total", "counter", "Records the upstream acknowledged (2xx).",
-                 [({}, st.get("records_sent", 0))])
-        x.family("lumeau_upstream_requests_total", "counter", "Requests made upstream.",
-                 [({}, st.get("requests", 0))])
-        x.family("lumeau_upstream_responses_total", "counter", "Upstream answers by HTTP status (0: no answer).",
-                 [({"status": str(k)}, v) for k, v in sorted(st.get("responses", {}).items(), key=lambda kv: str(kv[0]))])
-        x.family("lumeau_upstream_retries_total", "counter", "Batches retried after a failure.",
-                 [({}, st.get("retries", 0))])
-        x.family("lumeau_upstream_quarantined_batches_total", "counter", "Refused batches moved to the quarantine.",
-                 [({}, st.get("quarantined_batches", 0))])
-        x.family("lumeau_upstream_consecutive_failures", "gauge", "Failed attempts since the last success.",
-                 [({}, st.get("consecutive_failures", 0))])
-        x.family("lumeau_upstream_batch_latency_seconds", "summary",
-                 "From a batch's first attempt to its settlement (delivered or quarantined).",
-                 [({"__suffix": "_sum"}, st.get("batch_latency_seconds_sum", 0.0)),
-                  ({"__suffix": "_count"}, st.get("batches", 0))])
-        x.family("lumeau_upstream_batch_latency_last_seconds", "gauge", "The last batch's latency.",
-                 [({}, st.get("batch_latency_seconds_last", 0.0))])

@@ -3,6 +3,11 @@
 Both are documented for platform builders in gateway/FORMATS.md; this module
 is the one place that builds (and, for the sink, checks) them.
 
+One file, over 600 lines, on purpose: it is the one surface the upstream,
+the sink (city/) and the simulator import for "what goes over the wire
+upstream", and it reads as FORMATS.md does, in two sections -- the native
+format (its encoders and the receiver's check), then NGSI-LD (the mapper).
+
 Native, two versions (the gateway sends /3 unless told otherwise):
 
 - `lumeau.records/3` (`native_batch_v3`): columnar. Per message type in the

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable, Protocol
 
 from gateway import bodies
@@ -121,9 +122,14 @@ def decode_body(mtype: int, plain: bytes) -> dict[int, Any]:
 class Pipeline:
     def __init__(self, registry: KeyLookup, store: Store, *, downlinks: UplinkObserver | None = None,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, log_limiter: RateLimiter | None = None,
-                 compiled: bool | None = None) -> None:
-        """`compiled`: use the compiled admission path (None: when it was built; False: never)."""
+                 compiled: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """`compiled`: use the compiled admission path (None: when it was built; False: never).
+
+        `clock`: the monotonic clock of the default log limiter, the pipeline's only use of time
+        (a reception carries its own rx_time); a seam for tests, as in gateway/downlinks.py."""
         global _warned_fallback
+        if log_limiter is None:
+            log_limiter = RateLimiter(clock=clock)
         self._registry = registry
         if compiled is None:
             compiled = _fastadmit is not None

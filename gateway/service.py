@@ -3,6 +3,8 @@
     lumeau gateway --config gateway.toml
     lumeau gateway --example-config > gateway.toml
 
+(the command line: lumeau/commands/gateway.py; here `run(cfg)` and `Gateway`)
+
 Start order (each step only once the previous one worked; a failure stops
 what was started, in reverse): store, registry, downlinks, pipeline, API,
 upstream, then the transports last, so nothing is heard before it can be
@@ -26,17 +28,15 @@ message names file, key and why), 1 when startup failed otherwise.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
 import signal
-import sys
 from typing import Any
 
 from gateway import logs
 from gateway.api import Api
-from gateway.config import ConfigError, GatewayConfig, example_config, load_config
+from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
 from gateway.history import History
 from gateway.model import Reception, Record
@@ -251,32 +251,15 @@ async def _quietly(aw: Any, what: str) -> None:
         log.error("stopping the %s failed: %r", what, e)
 
 
-def cmd_gateway(args: argparse.Namespace) -> int:
-    if args.example_config:
-        sys.stdout.write(example_config())
-        return 0
-    if not args.config:
-        print("lumeau gateway: --config FILE is required (or --example-config to get one)", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"lumeau gateway: {e}", file=sys.stderr)
-        return 2
+def run(cfg: GatewayConfig) -> None:
+    """Run a gateway with `cfg` until SIGTERM or SIGINT (the body of `lumeau gateway`).
+
+    Sets up logging as the config says. A registry, store or socket that
+    fails at startup is logged and raised (RegistryError, StoreError, OSError).
+    """
     logs.setup(cfg.log.level, path=cfg.log.file)
     try:
         asyncio.run(Gateway(cfg).run())
     except (RegistryError, StoreError, OSError) as e:
         log.error("gateway failed to start: %s", e)
-        print(f"lumeau gateway: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_subcommand(subparsers: Any) -> None:
-    p = subparsers.add_parser("gateway", help="run the gateway service (transports, durable queue, upstream, API)",
-                              description="Run the Lumeau gateway until SIGTERM or SIGINT.")
-    p.add_argument("--config", metavar="FILE", help="the gateway's TOML configuration")
-    p.add_argument("--example-config", action="store_true",
-                   help="print a complete commented configuration (with a fresh API token) and exit")
-    p.set_defaults(func=cmd_gateway)
+        raise

@@ -21,16 +21,13 @@ commit resends them, which the receiver drops by key.
 Defaults, and why:
 
 - `batch_size` by format (`default_batch_size`): 2,000 records for the
-  columnar native format `lumeau.records/3` (about 360 kB of JSON, 90 kB
-  gzipped), 500 for /2 (about 180 kB of JSON, 30 kB gzipped)
-  and NGSI-LD (entities are larger): every request stays far below the
-  1 MB request limits common on platforms (FIWARE Orion's default). A
-  request costs the receiver an fsync and both sides a round trip whatever
-  its size, so larger batches carry more: bench/gateway.py measured /3 at
-  2,000 against 500 at 10-25 % less gateway CPU a frame and 10-25 % more
-  frames/s into `lumeau sink`. At low rates batches go by age anyway
-  (`max_age`), so the size only matters under load: at 20,000 frames/s
-  that is 10 requests/s instead of 40.
+  columnar native format `lumeau.records/3`, 500 for /2 and NGSI-LD
+  (larger rows): every request stays far below the 1 MB request limits
+  common on platforms (FIWARE Orion's default). A request costs the
+  receiver an fsync and both sides a round trip whatever its size, so
+  larger batches carry more (request sizes and the measured gain:
+  bench/README.md, gateway.py). At low rates batches go by age anyway
+  (`max_age`), so the size only matters under load.
 - `max_age` 5 s: a smaller batch goes when its oldest record has waited
   this long. Nodes report every few minutes, so 5 s is nothing next to the
   data's own age, while a quiet gateway still sends a few large requests a
@@ -45,10 +42,10 @@ Defaults, and why:
 - `timeout` 30 s per request: generous for a 40 kB upload on a poor
   cellular backhaul; a slower answer is treated as a failure and retried
   (the sink or platform drops the duplicate by its key).
-- gzip level 1: telemetry JSON shrinks 8-10x already; higher levels gain a
-  few percent for several times the CPU. Compressed by ISA-L (`isal`:
-  the same gzip format, about 7x less CPU than zlib at level 1, output a
-  few percent larger) when it is installed, by zlib otherwise.
+- gzip level 1: telemetry JSON shrinks several times already; higher levels
+  gain little for much more CPU. Compressed by ISA-L (`isal`: the same gzip
+  format, far less CPU than zlib, output slightly larger; figures in
+  bench/README.md, gateway.py) when it is installed, by zlib otherwise.
 - native format version 3 (`lumeau.records/3`, columnar: gateway/FORMATS.md);
   `native_version=2` for a receiver that reads only /2.
 
@@ -182,7 +179,10 @@ class Upstream:
                  gzip_level: int = DEFAULT_GZIP_LEVEL, gateway_id: str = "",
                  native_version: int = formats.DEFAULT_NATIVE_VERSION,
                  node_info: Callable[[int], Any] | None = None, ngsi_tenant: str | None = None,
-                 ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT, rng: random.Random | None = None) -> None:
+                 ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`clock` (wall: record ages, Retry-After dates, batch times) and `monotonic` (batch age,
+        latency) are seams for tests, as in gateway/downlinks.py."""
         if fmt not in FORMATS:
             raise ValueError(f"upstream format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         if batch_size is None:
@@ -192,6 +192,8 @@ class Upstream:
         if not 0 <= gzip_level <= 9:
             raise ValueError("gzip_level must be 0 (off) to 9")
         self._native = formats.native_encoder(native_version)  # ValueError for an unknown version
+        self.clock = clock
+        self.monotonic = monotonic
         self.native_version = native_version
         self.store = store
         self.url = url
@@ -216,7 +218,7 @@ class Upstream:
         self._after = 0  # every record up to this seq is delivered or quarantined (its delete may be pending)
         self._rewind = False  # a delete failed: read from the start of the queue again
         self._deleting: set[asyncio.Task] = set()
-        self._limiter = RateLimiter()
+        self._limiter = RateLimiter(clock=monotonic)
         # figures for /metrics
         self.state = "idle"  # idle | waiting | sending | backoff
         self.records_sent = 0
@@ -282,7 +284,7 @@ class Upstream:
     def lag(self) -> float:
         """Seconds since the oldest record still waiting was received (0 when none waits)."""
         t = self.store.oldest_rx_time()
-        return 0.0 if t is None else max(0.0, time.time() - t)
+        return 0.0 if t is None else max(0.0, self.clock() - t)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -338,7 +340,7 @@ class Upstream:
                 continue
             full = len(batch) >= self.batch_size
             if ready is None and not (full or draining or self._flush or any(r.alarm for _, r in batch)):
-                now = time.monotonic()
+                now = self.monotonic()
                 if self._pending_since is None:
                     self._pending_since = now
                 wait = self._pending_since + self.max_age - now
@@ -346,11 +348,11 @@ class Upstream:
                     self.state = "waiting"
                     await self._sleep(min(wait, POLL_S))
                     continue
-            started = time.monotonic()
+            started = self.monotonic()
             # a full batch means more are waiting: encode the next one during the round trip
             ahead = await self._deliver(batch, ready, self._encode_after if full and not named else None)
             self._after = max(self._after, batch[-1][0])
-            latency = time.monotonic() - started
+            latency = self.monotonic() - started
             self.batches += 1
             self.batch_latency_last = latency
             self.batch_latency_sum += latency
@@ -411,7 +413,7 @@ class Upstream:
                 self._delete(seqs)
                 self.records_sent += len(part)
                 self.consecutive_failures = 0
-                self.last_success = time.time()
+                self.last_success = self.clock()
                 parts.pop(0)
                 attempt = 0
             elif out.kind == "partial":
@@ -420,7 +422,7 @@ class Upstream:
                 await self._quarantine(bad, out.status, out.text)
                 self._delete(good)
                 self.records_sent += len(good)
-                self.last_success = time.time()
+                self.last_success = self.clock()
                 parts.pop(0)
                 attempt = 0
             elif out.kind in ("poison", "too_large"):
@@ -466,7 +468,7 @@ class Upstream:
     def _encode_native(self, part: list[tuple[int, Record]]) -> _Encoded:
         """The request for `part` in the native format; TypeError or ValueError if a record cannot be encoded."""
         records = [r for _, r in part]
-        body = self._native(records, self.gateway_id, time.time())
+        body = self._native(records, self.gateway_id, self.clock())
         # the same for a resend of the same records: a batch is a run of the queue, named by its ends
         ends = f"{records[0].idempotency_key}/{records[-1].idempotency_key}/{len(records)}"
         key = hashlib.sha256(ends.encode()).hexdigest()[:32]
@@ -549,7 +551,7 @@ class Upstream:
             async with self._session.post(url, data=body, headers=headers) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock())
         except asyncio.TimeoutError:
             self._count("error")
             self.last_error = f"no answer within {self.timeout:g} s"

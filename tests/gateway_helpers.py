@@ -15,6 +15,7 @@ from gateway.registry import NodeEntry, Registry
 from protocol import expand, frame, keys
 from protocol import messages as m
 from protocol.messages import is_alarm
+from waiting import wait_for_sync
 
 
 def root_key(node_id: int) -> bytes:
@@ -104,16 +105,15 @@ class GatewayProcess:
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def started() -> dict | None:
             for doc in list(self.lines):
                 if doc.get("msg") == "gateway started":
                     return doc
             if self.proc.poll() is not None:
                 self._reader.join(5)
                 raise AssertionError(f"gateway exited ({self.proc.returncode}): {self.lines[-3:]}")
-            time.sleep(0.02)
-        raise AssertionError("gateway did not start in time")
+            return None
+        return wait_for_sync(started, timeout, what="the gateway's start", interval=0.02)
 
     def _read(self) -> None:
         import json

@@ -20,6 +20,7 @@ import tty
 import urllib.request
 
 from gateway_helpers import GatewayProcess, node_keys, registry, seal
+from waiting import wait_for_sync
 
 from protocol import frame
 from protocol import messages as m
@@ -105,13 +106,7 @@ def queued(api_port: int) -> int:
 
 
 def wait_for(cond, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout:.0f} s")
+    return wait_for_sync(cond, timeout, what)
 
 
 def test_sigkill_during_a_burst_loses_no_acknowledged_frame(tmp_path):

@@ -9,11 +9,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 from gateway_helpers import GatewayProcess, push_data, registry, seal
+from waiting import wait_for_sync
 
 from protocol import messages as m
 
@@ -75,13 +75,7 @@ def api_get(port: int, path: str, token: str | None = TOKEN):
 
 
 def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    return wait_for_sync(cond, timeout)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -186,7 +180,7 @@ async def test_upstream_native_version_from_the_config_reaches_the_wire(tmp_path
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     registry(tmp_path / "nodes.toml", [7]).save()
     cfg = load_config(write_config(tmp_path, upstream=f"http://127.0.0.1:{port}/v1/records",
                                    extra=f"native_version = {version}\n"))

@@ -9,6 +9,7 @@ import asyncio
 import aiohttp
 import pytest
 from gateway_helpers import node_keys, registry, reception, seal
+from waiting import wait_for
 
 from gateway import ops
 from gateway.api import API_CSP, PAGE_CSP, WEB_DIR, Api
@@ -162,18 +163,14 @@ async def test_an_acked_command_shows_the_value_the_node_applied(gw):
     assert await p.ingest(reception(seal(1, 1), transport="serial", path=wire)) == "accepted"
     async with http.post("/nodes/00000001/commands", json={"op": "open_zone", "args": [2, 600]}, headers=AUTH) as r:
         cmd = await r.json()
-    for _ in range(100):  # serial: sent at once
-        if wire.sent:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: wire.sent)  # serial: sent at once
     (mtype, body), = wire.sent
     assert mtype == m.COMMAND and body[0] == cmd["command_id"]
     ack = seal(1, 2, m.CMD_ACK, {0: body[0], 1: m.RES_OK, 2: 45})  # capped at the node's maximum
     assert await p.ingest(reception(ack, transport="serial", path=wire)) == "accepted"
-    for _ in range(100):
+    async def acked() -> dict | None:
         async with http.get(f"/commands/{cmd['id']}", headers=AUTH) as r:
             got = await r.json()
-        if got["state"] == "acked":
-            break
-        await asyncio.sleep(0.01)
+        return got if got["state"] == "acked" else None
+    got = await wait_for(acked)
     assert got["state"] == "acked" and got["result"] == "ok" and got["value"] == 45

@@ -16,7 +16,7 @@ import pytest
 
 from gateway import formats
 from gateway.model import Record
-from gateway.sink import Sink
+from city.sink import Sink
 from protocol import expand
 from protocol import messages as m
 

@@ -1,6 +1,6 @@
 """Upstream against real HTTP servers on 127.0.0.1, draining a real store (gateway.store, SQLite).
 
-The platform is the real sink (`gateway.sink.Sink`) with a fault-injection
+The platform is the real sink (`city.sink.Sink`) with a fault-injection
 middleware in front: outages (nothing listening), 500s, 429 with
 Retry-After, slow answers, refused records, a wrong token.
 """
@@ -25,10 +25,11 @@ from aiohttp import web
 from gateway import formats
 from gateway import upstream as up
 from gateway.model import Record
-from gateway.sink import Sink
+from city.sink import Sink
 from gateway.store import Store, StoreError
 from protocol import expand
 from protocol import messages as m
+from tests.waiting import wait_for
 
 TOKEN = "upstream-test-token"
 FAST = dict(backoff_base=0.02, backoff_max=0.1, max_age=0.05)
@@ -136,11 +137,20 @@ async def fill(store: Store, records: list[Record]) -> None:
         await store.append(r)
 
 
+class Clock:
+    """A monotonic clock for Upstream(monotonic=): it moves when the test moves it; counts its reads."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.t
+
+
 async def until(cond: Callable[[], Any], timeout: float = 10.0) -> None:
-    async def loop() -> None:
-        while not cond():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(loop(), timeout)
+    await wait_for(cond, timeout)
 
 
 def interleaved(nodes: int, per_node: int) -> list[Record]:
@@ -164,19 +174,25 @@ async def run_upstream(store, url, **kw) -> up.Upstream:
 
 async def test_a_backlog_goes_in_full_batches_at_once_and_a_lone_partial_batch_waits_for_its_age(store, platform):
     await fill(store, interleaved(1, 25))
-    u = await run_upstream(store, platform.url, batch_size=10, max_age=0.6)
+    clock = Clock()  # the batch age is read on this clock: it moves only when the test says so
+    u = await run_upstream(store, platform.url, batch_size=10, max_age=0.6, monotonic=clock)
     try:
         # a backlog: full batches at once, and the tail that queued behind them right after
-        await until(lambda: store.count() == 0, timeout=0.5)
+        # (the clock stands still: no batch of these waited for its age)
+        await until(lambda: store.count() == 0)
         assert [len(ids) for _, _, ids in platform.seen] == [10, 10, 5]
         # an idle upstream: a few new records wait until the oldest is max_age old
         await fill(store, [record(1, c) for c in (26, 27, 28)])
         u.notify()
-        t0 = time.monotonic()
-        await asyncio.sleep(0.3)
-        assert len(platform.seen) == 3
+        await until(lambda: u.state == "waiting")
+        clock.t += 0.5
+        clock.reads = 0
+        u.notify()  # look again now, not at the next poll
+        await until(lambda: clock.reads > 0 and u.state == "waiting")  # it looked, and waits on
+        assert len(platform.seen) == 3 and store.count() == 3  # 0.5 s old: still waiting
+        clock.t += 0.1
+        u.notify()
         await until(lambda: store.count() == 0)
-        assert time.monotonic() - t0 >= 0.55
         assert [len(ids) for _, _, ids in platform.seen] == [10, 10, 5, 3]
         assert [d["counter"] for d in await platform.records()] == list(range(1, 29))
     finally:
@@ -476,9 +492,11 @@ async def test_413_splits_the_batch(store, platform):
 
 async def test_stopping_mid_request_loses_nothing(store, platform):
     gate = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def hang(request, body):
         if not gate.is_set():
+            arrived.set()
             await gate.wait()  # hangs until after the upstream gave up on it
             return web.Response(status=503)
         return None
@@ -486,7 +504,7 @@ async def test_stopping_mid_request_loses_nothing(store, platform):
     await fill(store, interleaved(2, 3))
     u = await run_upstream(store, platform.url)
     await until(lambda: len(platform.sink.app.middlewares) and u.requests == 1)
-    await asyncio.sleep(0.05)
+    await until(arrived.is_set)  # the request is at the platform, unanswered
     await u.stop()  # the gateway shuts down with a request in flight
     assert store.count() == 6
     gate.set()
@@ -514,7 +532,7 @@ async def test_requests_carry_gzip_bearer_and_idempotency_key(store, tmp_path, v
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     await fill(store, [record(0xAB, 7)])
     kw = {} if version is None else {"native_version": version}
     u = await run_upstream(store, f"http://127.0.0.1:{port}/in", max_age=0, gzip_level=level, **kw)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from gateway_helpers import GatewayProcess, node_keys, root_key
+from waiting import wait_for_sync
 
 from gateway.registry import NodeEntry, Registry
 from protocol import frame
@@ -144,13 +145,7 @@ def api(port: int, path: str, token: str = TOKEN) -> dict:
 
 
 def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout:.0f} s")
+    return wait_for_sync(cond, timeout, what)
 
 
 def write_config(tmp: Path) -> Path:

@@ -18,6 +18,7 @@ from gateway.pipeline import Pipeline
 from gateway.store import Store
 from protocol import frame, keys
 from protocol import messages as m
+from tests.waiting import wait_for
 
 ROOT_KEY = bytes(range(16))
 
@@ -105,10 +106,7 @@ class Gateway:
 
     async def wait(self, cond: Callable[[], Any], timeout: float = 5.0) -> None:
         # Rejections do not go through the observer: poll briefly for them too.
-        async def loop() -> None:
-            while not cond():
-                await asyncio.sleep(0.005)
-        await asyncio.wait_for(loop(), timeout)
+        await wait_for(cond, timeout)
 
     @classmethod
     async def open(cls, path: Path, known: set[int] | None = None) -> "Gateway":

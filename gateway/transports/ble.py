@@ -142,7 +142,7 @@ class BleLink:
             for raw in payloads:
                 o.counts["packets"] += 1
                 o.ingestor.offer(Reception(raw=raw, transport=TRANSPORT, gateway_id=self.gateway_id,
-                                           rx_time=time.time(), rssi=rssi, path=self))
+                                           rx_time=self.owner.clock(), rssi=rssi, path=self))
         except Exception:  # a notification must never take the link down
             self.decoder.reset()
             o.counts["internal_error"] += 1
@@ -185,7 +185,10 @@ class BleTransport:
                  retry_max: float = DEFAULT_RETRY_MAX_S, write_timeout: float = DEFAULT_WRITE_TIMEOUT_S,
                  max_frame: int = framing.DEFAULT_MAX_FRAME, scan_interval: float | None = None,
                  scan_window: float = DEFAULT_SCAN_WINDOW_S, scanner_backend: type | None = None,
-                 client_backend: type | None = None, ingestor: Ingestor | None = None) -> None:
+                 client_backend: type | None = None, ingestor: Ingestor | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`clock` (wall: reception times) and `monotonic` (reconnection backoff, rate limits)
+        are seams for tests, as in gateway/downlinks.py."""
         if max_connections < 1 or not 0 < retry_min <= retry_max:
             raise ValueError("need max_connections >= 1 and 0 < retry_min <= retry_max")
         if scan_window <= 0 or (scan_interval is not None and scan_interval <= 0):
@@ -203,8 +206,10 @@ class BleTransport:
         self.scan_window = scan_window
         self.scanner_backend = scanner_backend
         self.client_backend = client_backend
+        self.clock = clock
+        self.monotonic = monotonic
         self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(clock=monotonic)
         self.drops = LineDrops(pipeline, TRANSPORT, self.limiter, log)
         self.counts: Counter[str] = Counter()
         self.links: dict[str, BleLink] = {}
@@ -311,7 +316,7 @@ class BleTransport:
             self.counts["filtered"] += 1
             return
         not_before, _ = self._retry.get(addr, (0.0, 0.0))
-        if time.monotonic() < not_before:
+        if self.monotonic() < not_before:
             return
         if len(self.links) >= self.max_connections:
             self.counts["connection_limit"] += 1
@@ -342,8 +347,8 @@ class BleTransport:
         if ok:
             self.counts["disconnects"] += 1
             log.info("ble node disconnected", extra={"address": addr, "transport": TRANSPORT})
-            self._remember(self._retry, addr, (time.monotonic() + self.retry_min, 0.0))
+            self._remember(self._retry, addr, (self.monotonic() + self.retry_min, 0.0))
         else:
             _, last = self._retry.get(addr, (0.0, 0.0))
             delay = min(self.retry_max, max(self.retry_min, last * 2))
-            self._remember(self._retry, addr, (time.monotonic() + delay, delay))
+            self._remember(self._retry, addr, (self.monotonic() + delay, delay))

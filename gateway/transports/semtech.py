@@ -70,7 +70,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from gateway.model import Reception
 from gateway.logs import RateLimiter
@@ -184,7 +184,10 @@ class SemtechServer(asyncio.DatagramProtocol):
                  send_margin: float = DEFAULT_SEND_MARGIN_S,
                  tx_ack_timeout: float = DEFAULT_TX_ACK_TIMEOUT_S,
                  route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
-                 ingestor: Ingestor | None = None) -> None:
+                 ingestor: Ingestor | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`clock` (wall: reception times) and `monotonic` (receive windows, routes, rate limits)
+        are seams for tests, as in gateway/downlinks.py."""
         self.pipeline = pipeline
         self.host = host
         self.port = port
@@ -195,13 +198,15 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.send_margin = send_margin
         self.tx_ack_timeout = tx_ack_timeout
         self.route_timeout = route_timeout
+        self.clock = clock
+        self.monotonic = monotonic
         self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
         self.forwarders: OrderedDict[str, Forwarder] = OrderedDict()
         self.counts: Counter[str] = Counter()
         self._transport: asyncio.DatagramTransport | None = None
         self._pending: dict[int, tuple[str, asyncio.Future[str]]] = {}
         self._token = random.getrandbits(16)
-        self._limiter = RateLimiter()
+        self._limiter = RateLimiter(clock=monotonic)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -233,7 +238,7 @@ class SemtechServer(asyncio.DatagramProtocol):
 
     def forwarder_status(self) -> list[dict[str, Any]]:
         """Every known forwarder: EUI, seconds since its last PUSH/PULL, downlink route, its last `stat`."""
-        now = time.monotonic()
+        now = self.monotonic()
         return [{"eui": f.eui, "version": f.version,
                  "last_push_s": round(now - f.last_push, 1) if f.last_push else None,
                  "last_pull_s": round(now - f.last_pull, 1) if f.last_pull else None,
@@ -301,11 +306,11 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.counts["pull_data"] += 1
         fwd = self._forwarder(data[4:12].hex(), version)
         fwd.pull_addr = addr
-        fwd.last_pull = time.monotonic()
+        fwd.last_pull = self.monotonic()
 
     def _push_data(self, version: int, data: bytes, addr: Any) -> None:
         self.counts["push_data"] += 1
-        heard_at = time.monotonic()
+        heard_at = self.monotonic()
         fwd = self._forwarder(data[4:12].hex(), version)
         fwd.push_addr = addr
         fwd.last_push = heard_at
@@ -371,7 +376,7 @@ class SemtechServer(asyncio.DatagramProtocol):
                           else "4/5", heard_at)
         reception = Reception(
             raw=raw, transport=TRANSPORT, gateway_id=f"{TRANSPORT}:{fwd.eui}",
-            rx_time=rx_time if rx_time is not None else time.time(),
+            rx_time=rx_time if rx_time is not None else self.clock(),
             rssi=rssi, snr=snr,
             freq_hz=int(round(freq * 1e6)) if freq is not None else None,
             sf=sf, tmst=tmst, path=path)
@@ -416,7 +421,7 @@ class SemtechServer(asyncio.DatagramProtocol):
     def route(self, eui: str) -> Forwarder | None:
         """The forwarder a downlink for `eui` can go through now, or None."""
         fwd = self.forwarders.get(eui)
-        if fwd is None or fwd.pull_addr is None or time.monotonic() - fwd.last_pull > self.route_timeout:
+        if fwd is None or fwd.pull_addr is None or self.monotonic() - fwd.last_pull > self.route_timeout:
             return None
         return fwd
 
@@ -435,7 +440,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         fwd = self.route(up.eui)
         if fwd is None:
             raise DownlinkError("no_route", f"no PULL_DATA from {up.eui} in the last {self.route_timeout:g} s")
-        now = time.monotonic()
+        now = self.monotonic()
         left = up.heard_at + self.rx_delay - now
         if left < self.send_margin:
             raise DownlinkError("too_late", f"{left * 1000:.0f} ms before RX1, need {self.send_margin * 1000:.0f}")

@@ -51,7 +51,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import serial as pyserial
 import serial_asyncio_fast
@@ -95,7 +95,10 @@ class SerialTransport:
                  reconnect_min: float = DEFAULT_RECONNECT_MIN_S, reconnect_max: float = DEFAULT_RECONNECT_MAX_S,
                  write_timeout: float = DEFAULT_WRITE_TIMEOUT_S, exclusive: bool = True,
                  rx_delay: float = RX1_DELAY_S, send_margin: float = DEFAULT_BRIDGE_MARGIN_S,
-                 tx_power: int = DEFAULT_TX_POWER_DBM) -> None:
+                 tx_power: int = DEFAULT_TX_POWER_DBM, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`clock` (wall: reception times) and `monotonic` (receive windows, outages) are seams
+        for tests, as in gateway/downlinks.py."""
         if mode not in MODES:
             raise ValueError(f"serial mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not 0 < reconnect_min <= reconnect_max:
@@ -111,6 +114,8 @@ class SerialTransport:
         self.rx_delay = rx_delay
         self.send_margin = send_margin
         self.tx_power = tx_power
+        self.clock = clock
+        self.monotonic = monotonic
         self.gateway_id = f"{TRANSPORT}:{port}"
         self.bridge_status: dict[str, Any] = {}
         self._bridge_clock: tuple[int, float] | None = None  # (tmst, Unix s) from the bridge's TIME
@@ -122,7 +127,7 @@ class SerialTransport:
         self._write_lock = asyncio.Lock()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._limiter = RateLimiter()
+        self._limiter = RateLimiter(clock=monotonic)
         self._drops = LineDrops(pipeline, TRANSPORT, self._limiter, log)
 
     # -- lifecycle ---------------------------------------------------------
@@ -166,7 +171,7 @@ class SerialTransport:
             except (pyserial.SerialException, OSError, ValueError) as e:
                 self.counts["open_failures"] += 1
                 if down_since is None:
-                    down_since = time.monotonic()
+                    down_since = self.monotonic()
                     log.warning("serial port unavailable, retrying: %s", e,
                                 extra={"port": self.port, "transport": TRANSPORT})
                 await asyncio.sleep(delay)
@@ -176,7 +181,7 @@ class SerialTransport:
             self.counts["connects"] += 1
             log.info("serial port open", extra={"port": self.port, "transport": TRANSPORT,
                                                  "down_s": None if down_since is None
-                                                 else round(time.monotonic() - down_since, 3)})
+                                                 else round(self.monotonic() - down_since, 3)})
             down_since = None
             self.decoder.reset()  # whatever was half-received belongs to the old connection
             self._bridge_clock = None  # another board may be on the line now
@@ -201,7 +206,7 @@ class SerialTransport:
                     if not fut.done():
                         fut.set_exception(DownlinkError("disconnected", "the bridge went away"))
             self.counts["disconnects"] += 1
-            down_since = time.monotonic()
+            down_since = self.monotonic()
             log.warning("serial port lost, reopening: %s", why, extra={"port": self.port, "transport": TRANSPORT})
             await asyncio.sleep(delay)
 
@@ -245,7 +250,7 @@ class SerialTransport:
         else:
             # a wired frame, or something that is neither: the pipeline names and counts it
             await self.pipeline.submit(Reception(raw=payload, transport=TRANSPORT, gateway_id=self.gateway_id,
-                                                 rx_time=time.time(), path=self))
+                                                 rx_time=self.clock(), path=self))
 
     async def _bridge_message(self, payload: bytes) -> None:
         try:
@@ -258,9 +263,9 @@ class SerialTransport:
         if t == bm.RX:
             _, tmst, freq_hz, sf, bw_hz, rssi, snr_q, raw = msg
             self.counts["bridge_rx"] += 1
-            path = BridgeUplink(self, tmst, freq_hz, sf, bw_hz, time.monotonic())
+            path = BridgeUplink(self, tmst, freq_hz, sf, bw_hz, self.monotonic())
             clock = self._bridge_clock
-            rx_time = time.time() if clock is None else clock[1] + _delta32(tmst, clock[0]) / 1000
+            rx_time = self.clock() if clock is None else clock[1] + _delta32(tmst, clock[0]) / 1000
             await self.pipeline.submit(Reception(
                 raw=raw, transport=TRANSPORT_BRIDGE, gateway_id=self.gateway_id, rx_time=rx_time,
                 rssi=float(rssi), snr=snr_q / 4, freq_hz=freq_hz, sf=sf, path=path))
@@ -319,7 +324,7 @@ class SerialTransport:
         self.counts["downlinks_sent"] += 1
 
     async def _transmit(self, frame: bytes, up: "BridgeUplink") -> None:
-        left = up.heard_at + self.rx_delay - time.monotonic()
+        left = up.heard_at + self.rx_delay - self.monotonic()
         if left < self.send_margin:
             raise DownlinkError("too_late", f"{left * 1000:.0f} ms before RX1, need {self.send_margin * 1000:.0f}")
         self._tx_id = tx_id = (self._tx_id + 1) & 0xFFFF

@@ -2,7 +2,7 @@
 
 It is the default upstream of the gateway and of the end-to-end tests: a
 real HTTP server, so the gateway's upstream is exercised exactly as against
-a city platform. It stores in SQLite (WAL, synchronous=FULL) and answers 2xx
+a city platform. It stores in SQLite (city/db.py: WAL, synchronous=FULL) and answers 2xx
 only after the transaction is on disk, so a record the gateway deleted after
 a 2xx is never lost here either.
 
@@ -37,27 +37,24 @@ up to MAX_BATCH records; queries up to QUERY_LIMIT_MAX rows.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import hmac
 import json
 import logging
-import os
 import signal
-import sqlite3
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 from aiohttp import web
 
+from city.db import SinkDB, bump
 from gateway import formats
 
-log = logging.getLogger("lumeau.gateway.sink")
+log = logging.getLogger("lumeau.city.sink")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
@@ -67,65 +64,6 @@ QUERY_LIMIT_DEFAULT = 100
 QUERY_LIMIT_MAX = 1000
 TOKEN_ENV = "LUMEAU_SINK_TOKEN"
 GC_THRESHOLDS = (20_000, 20, 50)  # as gateway/service.py's, for the same reason
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    node TEXT NOT NULL,
-    counter INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    t REAL NOT NULL,
-    received REAL NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_node ON records (node, seq);
-CREATE INDEX IF NOT EXISTS records_t ON records (t);
-CREATE TABLE IF NOT EXISTS entities (
-    id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    doc TEXT NOT NULL,
-    updated REAL NOT NULL,
-    updates INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS units (type TEXT PRIMARY KEY, units TEXT NOT NULL);
-"""
-
-
-class SinkDB:
-    """The sink's SQLite file, used from one thread only (all calls go through `run`)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lumeau-sink-db")
-        self._c: sqlite3.Connection | None = None
-
-    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
-
-    def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._c is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            c = sqlite3.connect(self.path, isolation_level=None)
-            c.execute("PRAGMA journal_mode = WAL")
-            c.execute("PRAGMA synchronous = FULL")
-            c.executescript(_SCHEMA)
-            self._c = c
-        return fn(self._c)
-
-    async def close(self) -> None:
-        def shut(c: sqlite3.Connection) -> None:
-            c.close()
-            self._c = None
-        if self._c is not None:
-            await self.run(shut)
-        self._pool.shutdown(wait=True)
-
-
-def _bump(c: sqlite3.Connection, name: str, n: int) -> None:
-    if n:
-        c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, n, n))
 
 
 def _problem(status: int, title: str, detail: str = "", **extra: Any) -> web.Response:
@@ -165,7 +103,7 @@ class Sink:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the bound one: port 0 picks a free port
         log.info("sink listening", extra={"host": self.host, "port": self.port, "db": str(self.db.path)})
         return self.port
 
@@ -229,8 +167,8 @@ class Sink:
                 added = c.total_changes - before
                 c.executemany("INSERT INTO units VALUES (?, ?) ON CONFLICT (type) DO UPDATE SET units = "
                               "excluded.units WHERE units != excluded.units", unit_rows)
-                _bump(c, "duplicates", len(rows) - added)
-                _bump(c, "batches", 1)
+                bump(c, "duplicates", len(rows) - added)
+                bump(c, "batches", 1)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -337,7 +275,7 @@ class Sink:
                         e = old
                     c.execute("UPDATE entities SET type = ?, doc = ?, updated = ?, updates = updates + 1 "
                               "WHERE id = ?", (etype, json.dumps(e), now, eid))
-                _bump(c, "entity_updates", len(good))
+                bump(c, "entity_updates", len(good))
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -379,45 +317,8 @@ class Sink:
         return web.json_response([json.loads(r[0]) for r in rows])
 
 
-# ----------------------------------------------------------------- command line
-
-def add_subcommand(subparsers: Any) -> None:
-    p = subparsers.add_parser("sink", help="run the embedded upstream: receive what a gateway sends, in SQLite",
-                              description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--db", default="lumeau-sink.db", help="SQLite file (default: lumeau-sink.db)")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
-    p.add_argument("--token-file", help=f"file holding the bearer token (or set {TOKEN_ENV})")
-    p.add_argument("--no-auth", action="store_true", help="accept requests without a token (local experiments only)")
-    p.set_defaults(func=cmd_sink)
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        if not token:
-            raise ValueError(f"{args.token_file}: empty token file")
-        return token
-    return os.environ.get(TOKEN_ENV) or None
-
-
-def cmd_sink(args: argparse.Namespace) -> int:
-    try:
-        token = _token(args)
-    except (OSError, ValueError) as e:
-        print(f"lumeau sink: {e}", file=sys.stderr)
-        return 2
-    if token is None and not args.no_auth:
-        print(f"lumeau sink: no token: give --token-file or set {TOKEN_ENV} (or --no-auth for local "
-              "experiments)", file=sys.stderr)
-        return 2
-    if not logging.getLogger("lumeau").handlers:
-        from gateway import logs
-        logs.setup()
-    return asyncio.run(_serve(Sink(args.db, token, host=args.host, port=args.port)))
-
-
-async def _serve(sink: Sink) -> int:
+async def serve(sink: Sink) -> int:
+    """Run `sink` until SIGINT or SIGTERM; the exit status of `lumeau sink` (1: cannot listen)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
