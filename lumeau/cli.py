@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from lumeau import __version__
 
@@ -21,7 +21,13 @@ from lumeau import __version__
 # `add_subcommand(subparsers) -> None`, setting `func` on its parser. Imported
 # only when the parser is built, so `lumeau --help` stays the one place that
 # lists every command.
-COMMAND_MODULES: list[str] = ["lumeau.commands.frame", "gateway.sink", "gateway.service", "simulator.cli", "lumeau.node"]
+COMMAND_MODULES: list[str] = [
+    "lumeau.commands.frame",
+    "gateway.sink",
+    "gateway.service",
+    "simulator.cli",
+    "lumeau.node",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
