@@ -1,13 +1,13 @@
 # Two commands for a fresh machine (Python 3.11, Node.js 20, npm):
 #   make demo   the main job
-#   make test   the whole test suite (what CI runs)
+#   make test   the whole test suite (what CI runs): `make lint`, then pytest
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lumeau-installed
 NODE_STAMP := node_modules/.lumeau-installed
 
-.PHONY: demo test bench setup clean chromium openssl-headers
+.PHONY: demo test lint pytest bench setup clean chromium openssl-headers
 
 setup: $(STAMP) $(NODE_STAMP) chromium
 
@@ -48,7 +48,17 @@ openssl-headers:
 demo: $(STAMP)
 	$(VENV)/bin/lumeau demo --out out
 
-test: $(STAMP) $(NODE_STAMP) chromium
+test: lint pytest
+
+# Lint and types (rules and their reasons: [tool.ruff] and [tool.mypy] in pyproject.toml). mypy checks the
+# CPython packages here; protocol/ and firmware/ are checked against MicroPython's API by tests/test_typecheck.py.
+MYPY_PATHS := gateway lumeau simulator bench $(wildcard city)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(MYPY_PATHS)
+
+pytest: $(STAMP) $(NODE_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every benchmark in bench/, each printing one JSON object (figures: bench/README.md).

@@ -20,26 +20,29 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import math
-import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import emit, machine  # noqa: E402
 from simulator import channel as ch  # noqa: E402
 from simulator import scenario as sc  # noqa: E402
 
 CHANNELS = (868100000, 868300000, 868500000)
 INTERVAL_MS = 15 * 60 * 1000
 ACK_SHARE = 0.02
+Event = tuple[int, int, int, int, int]  # start_ms, node_id, length, sf, freq
+T = TypeVar("T")
 
 
-def workload(nodes: list, hours: float, seed: int = 1) -> list[tuple[int, int, int, int, int]]:
+def workload(nodes: list, hours: float, seed: int = 1) -> list[Event]:
     """(start_ms, node_id, length, sf, freq) for every uplink, in time order."""
     rnd = random.Random(seed)
     end = int(hours * 3600 * 1000)
@@ -53,7 +56,7 @@ def workload(nodes: list, hours: float, seed: int = 1) -> list[tuple[int, int, i
     return out
 
 
-def run_channel(scenario, nodes: list, events: list) -> tuple[int, int, int]:
+def run_channel(scenario: sc.Scenario, nodes: list, events: list[Event]) -> tuple[int, int, int]:
     """Returns (uplinks on the air, delivered, downlinks sent).
 
     A discrete-event loop as the runner's virtual clock would do it: uplink
@@ -64,7 +67,7 @@ def run_channel(scenario, nodes: list, events: list) -> tuple[int, int, int]:
     for n in nodes:
         c.add_node(n.node_id, n.x, n.y, n.height_m)
     rnd = random.Random(2)
-    pending: list = []     # heap of (time_ms, seq, kind, data): "end" or "ack"
+    pending: list[tuple[float, int, str, Any]] = []  # heap of (time_ms, seq, kind, data): "end" or "ack"
     delivered = sent = downs = seq = 0
 
     def run_until(t_ms: float) -> None:
@@ -79,10 +82,11 @@ def run_channel(scenario, nodes: list, events: list) -> tuple[int, int, int]:
                     sent += 1
                     if tx.delivered:
                         delivered += 1
-                        if rnd.random() < ACK_SHARE:
+                        best = tx.best()
+                        if best is not None and rnd.random() < ACK_SHARE:  # delivered: heard by a gateway
                             seq += 1
                             at = c.rx1_start_ms(tx)
-                            heapq.heappush(pending, (at, seq, "ack", (tx.best().gateway, tx.node_id, at, 13,
+                            heapq.heappush(pending, (at, seq, "ack", (best.gateway, tx.node_id, at, 13,
                                                                      tx.sf, tx.freq_hz)))
 
     for start, node, length, sf, freq in events:
@@ -94,7 +98,7 @@ def run_channel(scenario, nodes: list, events: list) -> tuple[int, int, int]:
     return sent, delivered, downs
 
 
-def run_floor(scenario, nodes: list, events: list) -> int:
+def run_floor(scenario: sc.Scenario, nodes: list, events: list[Event]) -> int:
     params = scenario.radio.params
     model = params.path_loss
     sigma = params.shadowing_sigma_db
@@ -111,13 +115,14 @@ def run_floor(scenario, nodes: list, events: list) -> int:
     return heard
 
 
-def best_rate(fn, args, repeats: int) -> tuple[float, object]:
+def best_rate(fn: Callable[..., T], args: tuple, repeats: int) -> tuple[float, T]:
     best = math.inf
-    result = None
+    result: T | None = None
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = fn(*args)
         best = min(best, time.perf_counter() - t0)
+    assert result is not None, "repeats must be at least 1"
     return best, result
 
 
@@ -153,14 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "floor_packets_per_s": floor_pps_r,
         "channel_cost_ratio": round(floor_pps_r / chan_pps_r, 2),
         "channel_wall_s": round(t_chan, 3),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    emit(result, args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ reflash s / flash s (what idempotence saves). Best of R rounds each.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import emit  # noqa: E402
 from lumeau import bundle as bundles  # noqa: E402
 from lumeau import flash as fl  # noqa: E402
 from simulator.board_proc import BoardProcess  # noqa: E402
@@ -81,11 +81,7 @@ def main() -> int:
         "flash_bytes_per_s": round(size / flash),
         "flash_vs_cp_ratio": round(flash / cp, 3), "reflash_vs_flash_ratio": round(reflash / flash, 3),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:24} {v}")
+    emit(result, args.json, "{k:24} {v}")
     return 0
 
 

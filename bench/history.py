@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -37,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cbor2  # noqa: E402
+
+from bench.common import emit  # noqa: E402
 
 from gateway.downlinks import Downlinks  # noqa: E402
 from gateway.history import PER_TYPE, History  # noqa: E402
@@ -166,11 +167,7 @@ def main() -> int:
         "history_add_us": round(add_us, 3), "history_add_encode_us": round(add_encode_us, 3),
         "bytes_per_entry": round(bytes_per_entry(), 1),
     }
-    if a.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:32} {v}")
+    emit(out, a.json, "{k:32} {v}")
     return 0
 
 

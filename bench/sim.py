@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import emit, machine  # noqa: E402
 from firmware import config as fw_config  # noqa: E402
 from firmware.hal_sim import SimHAL  # noqa: E402
 from firmware.runtime import Node  # noqa: E402
@@ -170,14 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps_share": round(sim_rate / steps_rate, 3),
         "uplinks": r["delivery"]["on_air"],
         "delivery_ratio": round(r["delivery"]["ratio"], 4),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>40}: {v}")
+    emit(result, args.json, "{k:>40}: {v}")
     return 0
 
 

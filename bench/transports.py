@@ -75,6 +75,14 @@ def build(n_frames: int, n_nodes: int) -> tuple[Keys, list[bytes]]:
     return Keys(node_keys), frames
 
 
+async def until_taken(pipe: Pipeline, n: int, feeder: subprocess.Popen, what: str) -> None:
+    """Until the pipeline has taken all n frames (accepted or rejected); fails if the feeding process does."""
+    while pipe.accepted + sum(pipe.rejected.values()) < n:
+        await asyncio.sleep(0.005)
+        if feeder.poll() not in (None, 0):
+            raise RuntimeError(f"{what} failed")
+
+
 async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) -> dict:
     store = await Store.open(tmp / f"{how}.db")
     pipe = Pipeline(reg, store)
@@ -97,10 +105,7 @@ async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) ->
         data.write_text(json.dumps(grams))
         t0, c0 = time.perf_counter(), time.process_time()
         sender = subprocess.Popen([sys.executable, __file__, "--udp-sender", str(srv.port), str(data)])
-        while pipe.accepted + sum(pipe.rejected.values()) < n:
-            await asyncio.sleep(0.005)
-            if sender.poll() not in (None, 0):
-                raise RuntimeError("udp sender failed")
+        await until_taken(pipe, n, sender, "udp sender")
         await pipe.drain()
         sender.wait(30)
         out["udp_overload_dropped"] = srv.ingestor.dropped
@@ -120,10 +125,7 @@ async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) ->
         t0, c0 = time.perf_counter(), time.process_time()
         writer = subprocess.Popen([sys.executable, __file__, "--serial-writer", str(master), str(stream)],
                                   pass_fds=(master,))
-        while pipe.accepted + sum(pipe.rejected.values()) < n:
-            await asyncio.sleep(0.005)
-            if writer.poll() not in (None, 0):
-                raise RuntimeError("serial writer failed")
+        await until_taken(pipe, n, writer, "serial writer")
         await pipe.drain()
         writer.wait(30)
         await t.stop()

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Public conformance data vendored into the repository (sources and licences: tests/vectors/README.md),
+# so that a clone with nothing beside it runs every conformance case.
+VECTORS = ROOT / "tests" / "vectors"
 
 
 def vectors_dir() -> Path:
-    """Conformance data lives beside the project (../shared/vectors), never copied into it.
-
-    LUMEAU_VECTORS overrides the location.
-    """
-    return Path(os.environ.get("LUMEAU_VECTORS", ROOT.parent / "shared" / "vectors"))
+    """The vendored conformance data; a missing directory is an error, never a skip."""
+    if not (VECTORS / "cbor" / "appendix_a.json").is_file():
+        raise FileNotFoundError(f"conformance vectors missing at {VECTORS}: they are part of the repository")
+    return VECTORS
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    path = vectors_dir()
-    if not path.is_dir():
-        pytest.skip(f"conformance vectors not found at {path} (set LUMEAU_VECTORS)")
-    return path
+    return vectors_dir()

@@ -6,7 +6,6 @@ import ast
 import base64
 import json
 import math
-import os
 import re
 import shutil
 import struct
@@ -18,6 +17,8 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import vectors_dir
 
 from protocol import cbor
 from protocol.cbor import (
@@ -129,12 +130,9 @@ def decodes(data: bytes):
 
 
 def _vector_hexes(name):
-    # Collection needs the ids before fixtures exist; same lookup as the `vectors` fixture.
-    base = Path(os.environ.get("LUMEAU_VECTORS", ROOT.parent / "shared" / "vectors"))
-    try:
-        return [item["hex"] for item in json.loads((base / "cbor" / name).read_text())]
-    except OSError:
-        return []
+    # Collection needs the ids before fixtures exist; the vendored data is always there, so a missing
+    # file fails collection loudly instead of collecting no cases.
+    return [item["hex"] for item in json.loads((vectors_dir() / "cbor" / name).read_text())]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ an entity; the gateway sends the NGSI-LD normalised one. So each entity is
 checked twice: its NGSI-LD shape here (every attribute a Property,
 Relationship or GeoProperty with a value / object, observedAt a timestamp,
 a @context), and its key-values projection against the model's schema, read
-offline from ../shared/vectors/smart-data-models with the two remote $refs
+offline from tests/vectors/smart-data-models (vendored) with the two remote $refs
 resolved to the local copies. What the schemas cannot see (unitCode,
 observedAt) is checked by the shape test.
 """

