@@ -3,13 +3,13 @@
     results = run(load("simulator/scenarios/district.toml"), RunOptions(hours=6))
     print(results.summary()); json.dumps(results.to_dict())
 
-What runs (all on ONE virtual clock, firmware/virtual_loop.py):
+What runs (all on ONE virtual clock, simulator/virtual_loop.py):
 
 - every lamp and irrigation controller of the scenario is a real
   `firmware.runtime.Node` with the real `firmware.lighting.Lighting` /
   `firmware.irrigation.Irrigation` app, provisioned through
   `firmware.config.load` (per-node root keys derived from the seed), on a
-  `firmware.hal_sim.SimHAL` whose inputs the world drives
+  `simulator.hal_sim.SimHAL` whose inputs the world drives
   (simulator/world.py: sun and sky for the ambient sensor, lamp current from
   the commanded level and lamp faults, PIR from pedestrians, soil moisture
   from an FAO-56 bucket per zone that the valves actually water, flow pulses
@@ -93,9 +93,9 @@ from typing import Any, Callable
 from firmware import config as fw_config
 from firmware import irrigation as fw_irrigation
 from firmware import lighting as fw_lighting
-from firmware.hal_sim import SimReset
+from simulator.hal_sim import SimReset
 from firmware.runtime import Node
-from firmware.virtual_loop import VirtualLoop
+from simulator.virtual_loop import VirtualLoop
 from protocol import messages as m
 from simulator import channel as ch
 from simulator import metrics

@@ -1,6 +1,6 @@
 """The simulation's clock: SimHAL sleeps for many nodes at the cost of a dict append.
 
-`SimClock` is a firmware.virtual_loop.VirtualClock (same `t`, `ms()`,
+`SimClock` is a simulator.virtual_loop.VirtualClock (same `t`, `ms()`,
 `unix()`; the VirtualLoop still moves it) whose `sleep_ms` does not create an
 asyncio timer per call. A thousand nodes each waking every few seconds would
 otherwise keep thousands of TimerHandles in the loop's heap, where every
@@ -42,7 +42,7 @@ import asyncio
 import heapq
 from typing import Any, Callable
 
-from firmware.virtual_loop import VirtualClock
+from simulator.virtual_loop import VirtualClock
 
 _FUTURE = asyncio.Future   # what loop.create_future() makes (the C class on CPython); exact type test
 

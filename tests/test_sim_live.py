@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from firmware import bridge_msg as bm
-from firmware.virtual_loop import VirtualClock, VirtualLoop
+from simulator.virtual_loop import VirtualClock, VirtualLoop
 from protocol import expand, frame, keys
 from protocol import messages as m
 from protocol import serial as framing

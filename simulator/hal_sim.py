@@ -13,8 +13,8 @@
 #   await clock.sleep_ms(n)  what SimHAL.sleep_ms uses
 #   await clock.run_for(n)   let every task run for n virtual ms, then return
 #
-# - firmware.virtual_loop.VirtualClock (CPython only): the clock of an asyncio
-#   loop whose time is virtual (firmware.virtual_loop.run / new_loop). Every
+# - simulator.virtual_loop.VirtualClock (CPython only): the clock of an asyncio
+#   loop whose time is virtual (simulator.virtual_loop.run / new_loop). Every
 #   asyncio timer (asyncio.sleep, wait_for timeouts, the gateway's own timers
 #   when it runs in the same loop) is then virtual. Use it on CPython.
 # - StepClock (here, portable): a clock that advances itself. Sleepers wait on

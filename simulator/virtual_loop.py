@@ -23,7 +23,7 @@ The loop does not poll the selector at all while only its own self-pipe is
 registered (``call_soon_threadsafe`` callbacks are queued before the pipe is
 written, so nothing is lost): that halves the cost of a wake-up. Measured on
 CPython 3.11: 5.4 us per wake for one task, 4.0 us with 100 tasks on a shared
-clock (firmware.hal_sim's header compares it with the portable StepClock).
+clock (simulator.hal_sim's header compares it with the portable StepClock).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import selectors
 from asyncio import events
 from typing import Any, Callable, Coroutine, TypeVar
 
-from firmware.hal_sim import DEFAULT_UNIX0, SETTLE_MAX
+from simulator.hal_sim import DEFAULT_UNIX0, SETTLE_MAX
 
 T = TypeVar("T")
 
 
 class VirtualClock:
-    """The time of a VirtualLoop; same interface as firmware.hal_sim.StepClock.
+    """The time of a VirtualLoop; same interface as simulator.hal_sim.StepClock.
 
     ``t`` is the loop's time in seconds (float) since the clock started.
     """
