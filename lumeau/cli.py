@@ -111,7 +111,7 @@ def cmd_frame_decode(args: argparse.Namespace) -> int:
 # `add_subcommand(subparsers) -> None`, setting `func` on its parser. Imported
 # only when the parser is built, so `lumeau --help` stays the one place that
 # lists every command.
-COMMAND_MODULES: list[str] = ["gateway.sink", "gateway.service", "simulator.cli", "lumeau.node"]
+COMMAND_MODULES: list[str] = ["gateway.sink", "gateway.service", "lumeau.commands.sim", "lumeau.node"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,13 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
                                 "gateway and simulator.")
     p.add_argument("--version", action="version", version=f"lumeau {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from simulator import demo as sim_demo
-
-    demo = sub.add_parser("demo", help="the main job: a simulated district against a real gateway and sink, "
-                                       "with a report (out/report.html)",
-                          description=(sim_demo.__doc__ or "").split("\n\n")[0])
-    sim_demo.add_arguments(demo)
 
     fr = sub.add_parser("frame", help="inspect frames")
     frsub = fr.add_subparsers(dest="frame_command", required=True, metavar="ACTION")

@@ -34,7 +34,6 @@ host drops it. ``sys.stdin`` is not connected to the serial line (the REPL is).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import codeop
 import contextlib
@@ -752,70 +751,12 @@ class VirtualBoard:
             last = c
 
 
-# -- `lumeau sim board` ------------------------------------------------------------------
+# -- `lumeau sim board` (lumeau/commands/sim.py parses its options) -------------------------
 
 
-def _uart_arg(text: str) -> tuple[int, Path | None]:
-    n, _, link = text.partition("=")
-    try:
-        num = int(n)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or N=PATH, got {text!r}") from None
-    if not 1 <= num <= 9:
-        raise argparse.ArgumentTypeError("UART numbers are 1..9 (UART0 is the REPL)")
-    return num, Path(link) if link else None
-
-
-def _size_arg(text: str) -> int:
-    units = {"k": 1024, "m": 1024 * 1024}
-    t = text.strip().lower().removesuffix("b")
-    mult = units.get(t[-1:], 1)
-    try:
-        value = int(t[:-1] if t[-1:] in units else t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 65536, 64k or 2m, got {text!r}") from None
-    if value < 4 * BLOCK_SIZE:
-        raise argparse.ArgumentTypeError(f"the filesystem needs at least {4 * BLOCK_SIZE} bytes")
-    return value
-
-
-def add_action(actions) -> None:
-    p = actions.add_parser("board", help="a virtual MicroPython board on a pseudo-terminal (real MicroPython)",
-                           description="Open a pseudo-terminal that behaves like a MicroPython board on USB "
-                                       "(raw REPL, raw paste, soft reset, boot.py/main.py), backed by real "
-                                       "MicroPython with a filesystem kept in --dir.")
-    p.add_argument("--dir", type=Path, default=Path("vboard"), help="host directory holding the board's "
-                   "filesystem (created if missing; default ./vboard)")
-    p.add_argument("--link", type=Path, help="also make this path a symlink to the pty (a stable port name)")
-    p.add_argument("--fs-size", type=_size_arg, default=DEFAULT_FS_SIZE,
-                   help=f"filesystem capacity, e.g. 64k or 2m (default {DEFAULT_FS_SIZE // 1024} KiB)")
-    p.add_argument("--uart", type=_uart_arg, action="append", default=[], metavar="N[=PATH]",
-                   help="connect UART N (vboard.UART(N) on the board) to another pty, linked at PATH")
-    p.add_argument("--corrupt", action="append", default=[], metavar="GLOB",
-                   help="flip one bit of every file matching GLOB (board path, e.g. 'lib/*.mpy') when written")
-    p.add_argument("--name", default="vboard", help="board name (machine.unique_id() derives from it)")
-    p.add_argument("--heap", type=_size_arg, default=DEFAULT_HEAP, help="initial MicroPython heap")
-    p.add_argument("--control", type=Path, metavar="SOCKET",
-                   help="Unix socket to set the board's inputs and read its outputs (JSON lines, "
-                        "e.g. {\"set\": \"adc\", \"pin\": 35, \"value\": 1200} or {\"get\": \"outputs\"})")
-    p.add_argument("--interrupt-grace", type=float, default=INTERRUPT_GRACE_S, metavar="SECONDS",
-                   help="hard-reset a program that ignores Ctrl-C this long (default %(default)g s)")
-    p.add_argument("--json", action="store_true", help="print the ready line as JSON (for scripts)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log resets and engine messages to stderr")
-    p.set_defaults(func=cmd_board)
-
-
-def cmd_board(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    opts = BoardOptions(flash_dir=args.dir.resolve(), fs_size=args.fs_size, link=args.link,
-                        uart_links=dict(args.uart), corrupt=args.corrupt, heap=args.heap, name=args.name,
-                        interrupt_grace_s=args.interrupt_grace, control=args.control)
-    try:
-        return asyncio.run(_main(opts, args.json))
-    except BoardError as e:
-        print(f"lumeau sim board: {e}", file=sys.stderr)
-        return 1
+def serve(opts: BoardOptions, as_json: bool = False) -> int:
+    """Run the board until SIGINT or SIGTERM; print its ready line (JSON with as_json). Raises BoardError."""
+    return asyncio.run(_main(opts, as_json))
 
 
 async def _main(opts: BoardOptions, as_json: bool) -> int:
