@@ -43,7 +43,6 @@ import os
 import shutil
 import signal
 import struct
-import sys
 import tty
 import warnings
 from dataclasses import dataclass, field

@@ -17,7 +17,7 @@ single cost of a 1,000-node run). Instead:
   `_release`: directly, or one call_soon for a run of them).
 
 `call_later_ms(ms, fn)` files a callback the same way. `Ticker` is the
-runner's way to tick an app (simulator/runner.py, `ticked`): its step() is
+runner's way to tick an app (simulator/engine.py, `ticked`): its step() is
 called at each due millisecond and the ticker filed again `tick_ms` later
 (read from the app's settings each time, as its own loop reads them), right
 where the release loop stands -- the work of a callback that re-files itself
