@@ -137,7 +137,8 @@ class SimClock(VirtualClock):
         # here (what they schedule goes after everything of this bucket either
         # way, as it would through call_soon); after that, each run of
         # consecutive callbacks goes through ONE call_soon at its place.
-        direct = not getattr(loop, "_ready", True)
+        has_ready = getattr(loop, "has_ready_callbacks", None)   # a VirtualLoop's (simulator/virtual_loop.py)
+        direct = has_ready is not None and not has_ready()
         batch: list[Any] | None = None
         future = _FUTURE
         ticker = Ticker
