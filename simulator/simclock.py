@@ -134,60 +134,45 @@ class SimClock(VirtualClock):
         buckets = self._buckets
         # Callbacks keep their place among the woken tasks without a call_soon
         # each: while nothing released before them waits to run they run right
-        # here (what they schedule goes after everything of this bucket either
+        # here, a run of them in one _run_all call before the next sleeper is
+        # woken (what they schedule goes after everything of this bucket either
         # way, as it would through call_soon); after that, each run of
         # consecutive callbacks goes through ONE call_soon at its place.
         has_ready = getattr(loop, "has_ready_callbacks", None)   # a VirtualLoop's (simulator/virtual_loop.py)
         direct = has_ready is not None and not has_ready()
         batch: list[Any] | None = None
         future = _FUTURE
-        ticker = Ticker
         while dues and dues[0] <= now:
             bucket = buckets.pop(heapq.heappop(dues))
             self.wakes += len(bucket)
             for entry in bucket:
-                kind = type(entry)
-                if kind is future:
+                if type(entry) is future:
                     if not entry.done():  # a cancelled sleeper
                         if batch:
-                            loop.call_soon(self._run_all, loop, batch)
+                            if direct:
+                                self._run_all(loop, batch)
+                            else:
+                                loop.call_soon(self._run_all, loop, batch)
                             batch = None
                         entry.set_result(None)
                         direct = False
-                elif not direct:
-                    if batch is None:
-                        batch = [entry]
-                    else:
-                        batch.append(entry)
-                elif kind is ticker:  # inline, not a call: the hottest path of a run
-                    if entry.fut.done():
-                        continue
-                    try:
-                        entry.step()
-                    except Exception as e:
-                        entry.fut.set_exception(e)
-                        continue
-                    due = now + entry.settings["tick_ms"]
-                    b = buckets.get(due)
-                    if b is not None:
-                        b.append(entry)
-                    else:
-                        self._file(due - now, entry)
+                elif batch is None:
+                    batch = [entry]
                 else:
-                    try:
-                        entry()
-                    except Exception as e:  # as a call_soon callback's would be: reported, not fatal
-                        loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
+                    batch.append(entry)
         if batch:
-            loop.call_soon(self._run_all, loop, batch)
+            if direct:
+                self._run_all(loop, batch)
+            else:
+                loop.call_soon(self._run_all, loop, batch)
 
     def _run_all(self, loop: asyncio.AbstractEventLoop, entries: list[Any]) -> None:
-        """Callbacks and tickers released behind a woken task, at their place (one call_soon for the run)."""
+        """A run of callbacks and tickers released together, in order (directly, or one call_soon for the run)."""
         now = int(self.t * 1000 + 0.5)
         buckets = self._buckets
         ticker = Ticker
         for entry in entries:
-            if type(entry) is ticker:  # as in _release
+            if type(entry) is ticker:  # inline, not a call: the hottest path of a run
                 if entry.fut.done():
                     continue
                 try:
