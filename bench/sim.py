@@ -49,13 +49,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from firmware import config as fw_config  # noqa: E402
-from simulator.hal_sim import SimHAL  # noqa: E402
 from firmware.runtime import Node  # noqa: E402
-from simulator.virtual_loop import VirtualClock, VirtualLoop  # noqa: E402
+from printout import emit  # noqa: E402  (bench/printout.py, beside this script)
 from simulator import runner  # noqa: E402
 from simulator import scenario as sc_mod  # noqa: E402
 from simulator import sensors  # noqa: E402
 from simulator.air import NodeRadio  # noqa: E402
+from simulator.hal_sim import SimHAL  # noqa: E402
+from simulator.virtual_loop import VirtualClock, VirtualLoop  # noqa: E402
 
 BAR_S = 60.0
 BASELINE_HOURS = 1.0
@@ -173,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>40}: {v}")
+    emit(result, args.json, width=40)
     return 0
 
 

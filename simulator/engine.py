@@ -9,7 +9,8 @@ share of the nodes, the coordinator the air and the gateway) share.
 - `owns(spec)`: whether this process runs a node (all of them by default);
 - `make_air(loop)`: the air the nodes' radios transmit on;
 - `setup(loop, clock, workdir)`: channel, world, nodes (booted on the
-  clock), the gateway link's context;
+  clock), the gateway link's context; `start(...)`: that, then the link
+  started; `count_gateway_log()`: the gateway's log counted for the results;
 - `world_steps()`, `faults()`, `fault_events()`, `snapshot()`: the run's
   tasks and its hourly series; `note_shown(fault)`: a latent fault's effect;
 - `end_world(tasks)`: the run's last world step and hour, the tasks
@@ -351,15 +352,9 @@ class Simulation:
         workdir, tmp = run_workdir(self.options)
         tasks: list[asyncio.Task] = []
         gc_threshold: tuple[int, int, int] | None = None
-        self.log_counts = LogCounts()
-        restore_log = self.log_counts.capture()
+        restore_log = self.count_gateway_log()
         try:
-            ctx = self.setup(loop, clock, workdir)
-            # Everything but the nodes (the gateway's timers, the world's steps) runs half a
-            # millisecond off the nodes' millisecond grid: sharing an instant with a bucket of
-            # ticks would cost the clock its fast path (simclock.py), and change nothing else.
-            await asyncio.sleep(OFF_GRID_S)
-            await self.link.start(ctx)
+            await self.start(loop, clock, workdir)
             # As the gateway service does: the long-lived objects (a thousand nodes) out of the
             # cyclic collector's way, fewer young collections for the many short-lived ones.
             gc.collect()
@@ -392,6 +387,20 @@ class Simulation:
             await self.link.close()
             if tmp is not None:
                 tmp.cleanup()
+
+    def count_gateway_log(self) -> Callable[[], None]:
+        """The gateway's log records counted in self.log_counts for the run; returns the undo."""
+        self.log_counts = LogCounts()
+        return self.log_counts.capture()
+
+    async def start(self, loop: asyncio.AbstractEventLoop, clock: SimClock, workdir: Path) -> None:
+        """Set the run up, then start the gateway link just off the nodes' grid."""
+        ctx = self.setup(loop, clock, workdir)
+        # Everything but the nodes (the gateway's timers, the world's steps) runs half a
+        # millisecond off the nodes' millisecond grid: sharing an instant with a bucket of
+        # ticks would cost the clock its fast path (simclock.py), and change nothing else.
+        await asyncio.sleep(OFF_GRID_S)
+        await self.link.start(ctx)
 
     def end_world(self, tasks: list[asyncio.Task]) -> None:
         """At the run's end: the world's last step and hour, latent faults noted, tasks stopped, air closed."""

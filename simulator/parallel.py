@@ -59,7 +59,7 @@ from protocol import messages as m
 from simulator import channel as ch
 from simulator import metrics
 from simulator.air import Air
-from simulator.engine import (OFF_GRID_S, LogCounts, RunOptions, Simulation, SimNode, draw_progress, node_meter,
+from simulator.engine import (OFF_GRID_S, RunOptions, Simulation, SimNode, draw_progress, node_meter,
                               prepare, run_workdir)
 from simulator.faults import GATEWAY_RESTART, UPSTREAM_OUTAGE
 from simulator.metrics import Results
@@ -350,12 +350,9 @@ async def _coordinated_run(coord: _Coordinator) -> Results:
     cpu0 = time.process_time()
     workdir, tmp = run_workdir(coord.options)
     tasks: list[asyncio.Task] = []
-    coord.log_counts = LogCounts()
-    restore_log = coord.log_counts.capture()
+    restore_log = coord.count_gateway_log()
     try:
-        ctx = coord.setup(loop, clock, workdir)
-        await asyncio.sleep(OFF_GRID_S)
-        await coord.link.start(ctx)
+        await coord.start(loop, clock, workdir)
         tasks = [loop.create_task(coord.faults()), loop.create_task(_hourly(coord))]
         results, wall0 = await coord.coordinate()
         await coord._until_us(int(round(coord.sc.duration_s * 1e6)))
