@@ -97,7 +97,7 @@ def _uart_arg(text: str) -> tuple[int, Path | None]:
 
 
 def _size_arg(text: str) -> int:
-    from simulator.board import BLOCK_SIZE
+    from simulator.board_host import BLOCK_SIZE
 
     units = {"k": 1024, "m": 1024 * 1024}
     t = text.strip().lower().removesuffix("b")
@@ -112,7 +112,7 @@ def _size_arg(text: str) -> int:
 
 
 def add_board_action(actions: Any) -> None:
-    from simulator.board import DEFAULT_FS_SIZE, DEFAULT_HEAP, INTERRUPT_GRACE_S
+    from simulator.board_host import DEFAULT_FS_SIZE, DEFAULT_HEAP, INTERRUPT_GRACE_S
 
     p = actions.add_parser("board", help="a virtual MicroPython board on a pseudo-terminal (real MicroPython)",
                            description="Open a pseudo-terminal that behaves like a MicroPython board on USB "
@@ -142,7 +142,8 @@ def add_board_action(actions: Any) -> None:
 def cmd_board(args: argparse.Namespace) -> int:
     import logging
 
-    from simulator.board import BoardError, BoardOptions, serve
+    from simulator.board import serve
+    from simulator.board_host import BoardError, BoardOptions
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
