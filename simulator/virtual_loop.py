@@ -46,11 +46,12 @@ import heapq
 import itertools
 import selectors
 import time
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar, TypeVarTuple, Unpack
 
 from simulator.hal_sim import DEFAULT_UNIX0, SETTLE_MAX
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 MAX_JUMP_S = 24 * 3600.0  # the longest wait asyncio asks a selector for (base_events.MAXIMUM_SELECT_TIMEOUT)
 
 
@@ -154,7 +155,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self.clock.t
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+    def call_at(self, when: float, callback: Callable[[Unpack[Ts]], object], *args: Unpack[Ts],
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         # Timers due at the same instant fire first come, first served (asyncio orders them by
         # `when` alone, in heap order): a simulation must be reproducible, as on the StepClock.
