@@ -63,13 +63,14 @@ def mpy_cross() -> str:
 
 def compile_all(out: Path) -> dict[str, Path]:
     built = {}
-    for pkg in ("protocol", "firmware"):
-        for src in sorted((ROOT / pkg).glob("*.py")):
-            rel = src.relative_to(ROOT)
-            dest = out / rel.with_suffix(".mpy")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([mpy_cross(), "-o", str(dest), str(rel)], cwd=ROOT, check=True)
-            built[rel.as_posix()] = dest
+    # the node's packages, and the simulated HAL the harness (mpnode) runs them on
+    sim = [ROOT / "simulator" / "__init__.py", ROOT / "simulator" / "hal_sim.py"]
+    for src in [p for pkg in ("protocol", "firmware") for p in sorted((ROOT / pkg).glob("*.py"))] + sim:
+        rel = src.relative_to(ROOT)
+        dest = out / rel.with_suffix(".mpy")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([mpy_cross(), "-o", str(dest), str(rel)], cwd=ROOT, check=True)
+        built[rel.as_posix()] = dest
     return built
 
 

@@ -16,7 +16,7 @@ per CPU second: on a shared machine other work moves wall time, not CPU
 time, so the ratios hold; the bar is on wall time and printed too):
 
   bare    every node a task that only wakes at its app's tick (lamps 10 s,
-          controllers 5 s) on the stock firmware.virtual_loop.VirtualLoop,
+          controllers 5 s) on the stock simulator.virtual_loop.VirtualLoop,
           for BASELINE_HOURS: what the virtual clock alone costs such a crowd;
   steps   the apps' own step() called at that rate in a plain loop (no
           asyncio, no runtime, radio or gateway) over the whole simulated
@@ -49,13 +49,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import emit, machine  # noqa: E402
 from firmware import config as fw_config  # noqa: E402
-from firmware.hal_sim import SimHAL  # noqa: E402
 from firmware.runtime import Node  # noqa: E402
-from firmware.virtual_loop import VirtualClock, VirtualLoop  # noqa: E402
 from simulator import runner  # noqa: E402
 from simulator import scenario as sc_mod  # noqa: E402
 from simulator import sensors  # noqa: E402
 from simulator.air import NodeRadio  # noqa: E402
+from simulator.hal_sim import SimHAL  # noqa: E402
+from simulator.virtual_loop import VirtualClock, VirtualLoop  # noqa: E402
 
 BAR_S = 60.0
 BASELINE_HOURS = 1.0

@@ -23,9 +23,9 @@ from lumeau import __version__
 # lists every command.
 COMMAND_MODULES: list[str] = [
     "lumeau.commands.frame",
+    "lumeau.commands.sim",
     "lumeau.commands.sink",
     "lumeau.commands.gateway",
-    "simulator.cli",
     "lumeau.node",
 ]
 
@@ -36,12 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"lumeau {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from simulator import demo as sim_demo
-
-    demo = sub.add_parser("demo", help="the main job: a simulated district against a real gateway and sink, "
-                                       "with a report (out/report.html)",
-                          description=(sim_demo.__doc__ or "").split("\n\n")[0])
-    sim_demo.add_arguments(demo)
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_subcommand(sub)

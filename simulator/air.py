@@ -105,10 +105,16 @@ class Air:
     def transmit(self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None) -> ch.Transmission:
         now = self.now_us() if start_us is None else start_us
         up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
+        if self.count(node_id, frame, up) is not None:
+            self.loop.call_at(up.end_us / 1e6, self._settle)
+        return up
+
+    def count(self, node_id: int, frame: bytes, up: ch.Transmission) -> int | None:
+        """Count a transmission in the node's stats: its frame type if it went on the air, None if refused."""
         st = self.stats(node_id)
         if up.refused is not None:
             st.refused[up.refused] = st.refused.get(up.refused, 0) + 1
-            return up
+            return None
         st.uplinks += 1
         try:
             f = fr.parse(frame)
@@ -120,8 +126,7 @@ class Air:
             st.reports[counter] = frame
         if len(frame) > self.largest.get(mtype, 0):
             self.largest[mtype] = len(frame)
-        self.loop.call_at(up.end_us / 1e6, self._settle)
-        return up
+        return mtype
 
     def _settle(self) -> None:
         if self.closed:
@@ -154,9 +159,13 @@ class Air:
         if dl.refused is not None:
             raise DownlinkError(_REFUSALS.get(dl.refused, dl.refused))
         self.stats(node_id).downlinks += 1
-        self._pending.setdefault(node_id, []).append(dl)
+        self.add_downlink(node_id, dl)
         self.loop.call_at(dl.end_us / 1e6, self._settle)
         return dl
+
+    def add_downlink(self, node_id: int, dl: Any) -> None:
+        """A downlink on its way to the node (a ch.Downlink, or what a parallel run's worker is handed)."""
+        self._pending.setdefault(node_id, []).append(dl)
 
     def downlink_in(self, node_id: int, t0_us: int, t1_us: int) -> ch.Downlink | None:
         """The earliest pending downlink to the node whose preamble starts within [t0, t1]."""

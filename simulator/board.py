@@ -28,76 +28,37 @@ Limits (all named here): a program stuck in a loop that never waits cannot see
 Ctrl-C; after ``interrupt_grace_s`` the board is hard-reset instead and that boot
 skips ``main.py`` (as holding a board's safe-boot button would), so a stuck
 ``main.py`` cannot lock a tool out. Console output waiting for a reader is buffered
-up to OUTPUT_BUFFER_MAX bytes per pty, then dropped, as a USB serial port with no
+up to board_host.OUTPUT_BUFFER_MAX bytes per pty, then dropped, as a USB serial port with no
 host drops it. ``sys.stdin`` is not connected to the serial line (the REPL is).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import codeop
 import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import struct
-import sys
-import tty
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+
+from simulator.board_host import (BLOCK_SIZE, DEFAULT_FS_SIZE, DEFAULT_HEAP, INTERRUPT_GRACE_S, MICROPYTHON_MJS,
+                                  VBOARD_DIR, BoardError, BoardOptions, Engine, Pty, node_executable)
+
+# the board's options and paths are board_host's; named here too for the board's users
+__all__ = ["BLOCK_SIZE", "DEFAULT_FS_SIZE", "DEFAULT_HEAP", "INTERRUPT_GRACE_S", "MICROPYTHON_MJS", "VBOARD_DIR",
+           "BoardError", "BoardOptions", "VirtualBoard", "needs_more_input", "serve"]
 
 log = logging.getLogger("lumeau.board")
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-ENGINE = HERE / "board_engine.mjs"
-VBOARD_DIR = HERE / "vboard"
-MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
-
-DEFAULT_FS_SIZE = 2 * 1024 * 1024  # about what an ESP32 with 4 MB flash leaves for files
-BLOCK_SIZE = 4096  # littlefs block on ESP32 / RP2040 flash
-DEFAULT_HEAP = 128 * 1024  # initial GC heap; the WebAssembly port grows it on demand
 RAW_PASTE_WINDOW = 128  # MICROPY_REPL_STDIN_BUFFER_MAX (256) / 2, as most ports
-INTERRUPT_GRACE_S = 3.0  # Ctrl-C not honoured within this: hard reset, safe boot
-ENGINE_BOOT_TIMEOUT_S = 20.0
-OUTPUT_BUFFER_MAX = 64 * 1024  # per pty, when nobody reads
-MACHINE = "Lumeau virtual board with WebAssembly"
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 
 # Results of an execution, from simulator/vboard/_vbdrv.py.
 OK, ERROR, EXIT, INTERRUPT, ABSENT = "ok", "error", "exit", "interrupt", "absent"
-
-
-class BoardError(RuntimeError):
-    """The virtual board cannot run (no Node.js, no MicroPython, engine crash at boot)."""
-
-
-@dataclass
-class BoardOptions:
-    flash_dir: Path
-    fs_size: int = DEFAULT_FS_SIZE
-    link: Path | None = None
-    uart_links: dict[int, Path | None] = field(default_factory=dict)
-    corrupt: list[str] = field(default_factory=list)
-    heap: int = DEFAULT_HEAP
-    name: str = "vboard"
-    interrupt_grace_s: float = INTERRUPT_GRACE_S
-    control: Path | None = None  # Unix socket: set inputs, read outputs (JSON lines)
-
-
-def node_executable() -> str:
-    node = os.environ.get("LUMEAU_NODE") or shutil.which("node")
-    if not node or not shutil.which(node):
-        raise BoardError("Node.js not found: the virtual board runs MicroPython's WebAssembly port "
-                         "under Node.js 20 (set LUMEAU_NODE, or install Node.js and run `make setup`)")
-    if not MICROPYTHON_MJS.exists():
-        raise BoardError(f"{MICROPYTHON_MJS} is missing: run `make setup` (npm ci)")
-    return node
 
 
 def needs_more_input(src: str) -> bool:
@@ -112,188 +73,6 @@ def needs_more_input(src: str) -> bool:
             return codeop.compile_command(src, "<stdin>", "single") is None
         except (SyntaxError, ValueError, OverflowError):
             return False
-
-
-class Pty:
-    """A pseudo-terminal pair: the board holds the master; clients open ``path``.
-
-    The board also keeps the slave open, so a client closing the port does not
-    hang the line up (reads on the master would fail with EIO), and sets it raw:
-    no echo, no newline translation, like a USB serial port.
-    """
-
-    def __init__(self, link: Path | None):
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.link = link
-        if link is not None:
-            if link.exists() and not link.is_symlink():
-                os.close(self.master)
-                os.close(self.slave)
-                raise BoardError(f"{link} exists and is not a symlink: not replacing it")
-            link.unlink(missing_ok=True)
-            link.symlink_to(self.path)
-        self._out = bytearray()
-        self._writing = False
-        self.dropped = 0
-
-    def write(self, data: bytes) -> None:
-        if len(self._out) + len(data) > OUTPUT_BUFFER_MAX:
-            self.dropped += len(data)
-            return
-        self._out += data
-        self._flush()
-
-    def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._out:
-            try:
-                n = os.write(self.master, self._out)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                log.debug("pty write: %s", e)
-                self._out.clear()
-                break
-            del self._out[:n]
-        if self._out and not self._writing:
-            loop.add_writer(self.master, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            loop.remove_writer(self.master)
-            self._writing = False
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_writer(self.master)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self.link is not None and self.link.is_symlink():
-            self.link.unlink(missing_ok=True)
-
-
-class Engine:
-    """One boot of the board's interpreter: a Node.js process running board_engine.mjs."""
-
-    def __init__(self, board: VirtualBoard, reset_cause: str):
-        self.board = board
-        self.reset_cause = reset_cause
-        self.proc: asyncio.subprocess.Process | None = None
-        self._wfd = -1
-        self._out = bytearray()
-        self._writing = False
-        self.booted: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
-        self._tasks: list[asyncio.Task] = []
-        self.stopping = False
-        self.stderr_tail: list[str] = []
-
-    async def start(self) -> dict:
-        opts = self.board.opts
-        cfg = {
-            "micropython": str(MICROPYTHON_MJS),
-            "fsdir": str(opts.flash_dir),
-            "fs_size": opts.fs_size,
-            "block_size": BLOCK_SIZE,
-            "corrupt": opts.corrupt,
-            "heap": opts.heap,
-            "reset_cause": self.reset_cause,
-            "vboard_dir": str(VBOARD_DIR),
-            "machine": MACHINE,
-            "name": opts.name,
-            "uarts": sorted(opts.uart_links),
-        }
-        r, w = os.pipe()
-        os.set_blocking(r, False)  # the engine polls it between steps of the board's code
-        os.set_blocking(w, False)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                node_executable(), str(ENGINE), json.dumps(cfg),
-                stdin=r, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        finally:
-            os.close(r)
-        self._wfd = w
-        self._tasks = [asyncio.create_task(self._read_frames()), asyncio.create_task(self._read_stderr())]
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.booted), ENGINE_BOOT_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise BoardError(f"the MicroPython engine did not boot within {ENGINE_BOOT_TIMEOUT_S:g} s") from None
-
-    def send(self, ftype: str, payload: bytes | str = b"") -> None:
-        if isinstance(payload, str):
-            payload = payload.encode()
-        self._out += ftype.encode() + struct.pack(">I", len(payload)) + payload
-        self._flush()
-
-    def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._out:
-            try:
-                n = os.write(self._wfd, self._out)
-            except BlockingIOError:
-                break
-            except OSError:  # the engine is gone; its reader reports it
-                self._out.clear()
-                break
-            del self._out[:n]
-        if self._out and not self._writing:
-            loop.add_writer(self._wfd, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            loop.remove_writer(self._wfd)
-            self._writing = False
-
-    async def _read_frames(self) -> None:
-        assert self.proc and self.proc.stdout
-        try:
-            while True:
-                head = await self.proc.stdout.readexactly(5)
-                payload = await self.proc.stdout.readexactly(struct.unpack(">I", head[1:])[0])
-                ftype = chr(head[0])
-                if ftype == "B":
-                    if not self.booted.done():
-                        self.booted.set_result(json.loads(payload))
-                else:
-                    self.board._engine_frame(self, ftype, payload)
-        except asyncio.IncompleteReadError:
-            pass
-        rc = await self.proc.wait()
-        if not self.booted.done():
-            tail = "\n".join(self.stderr_tail[-10:])
-            self.booted.set_exception(BoardError(f"the MicroPython engine exited with code {rc} at boot:\n{tail}"))
-        elif not self.stopping:
-            self.board._engine_died(self, rc)
-
-    async def _read_stderr(self) -> None:
-        assert self.proc and self.proc.stderr
-        while line := await self.proc.stderr.readline():
-            text = line.decode("utf-8", "replace").rstrip()[:300]  # Node prints whole minified lines
-            if text.strip():
-                self.stderr_tail = (self.stderr_tail + [text])[-50:]
-                log.debug("engine: %s", text)
-
-    async def stop(self, kill: bool = False) -> None:
-        self.stopping = True
-        if self.proc and self.proc.returncode is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.send("Q")
-            try:
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        for t in self._tasks:
-            t.cancel()
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_writer(self._wfd)
-        if self._wfd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._wfd)
-            self._wfd = -1
 
 
 class _Reset(Exception):
@@ -402,7 +181,7 @@ class VirtualBoard:
         self._session.cancel()
 
     async def _run_session(self, cause: str) -> str:
-        engine = Engine(self, cause)
+        engine = Engine(self.opts, cause, self._engine_frame, self._engine_died)
         self._engine = engine
         self.boots += 1
         try:
@@ -752,70 +531,12 @@ class VirtualBoard:
             last = c
 
 
-# -- `lumeau sim board` ------------------------------------------------------------------
+# -- `lumeau sim board` (lumeau/commands/sim.py parses its options) -------------------------
 
 
-def _uart_arg(text: str) -> tuple[int, Path | None]:
-    n, _, link = text.partition("=")
-    try:
-        num = int(n)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or N=PATH, got {text!r}") from None
-    if not 1 <= num <= 9:
-        raise argparse.ArgumentTypeError("UART numbers are 1..9 (UART0 is the REPL)")
-    return num, Path(link) if link else None
-
-
-def _size_arg(text: str) -> int:
-    units = {"k": 1024, "m": 1024 * 1024}
-    t = text.strip().lower().removesuffix("b")
-    mult = units.get(t[-1:], 1)
-    try:
-        value = int(t[:-1] if t[-1:] in units else t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 65536, 64k or 2m, got {text!r}") from None
-    if value < 4 * BLOCK_SIZE:
-        raise argparse.ArgumentTypeError(f"the filesystem needs at least {4 * BLOCK_SIZE} bytes")
-    return value
-
-
-def add_action(actions) -> None:
-    p = actions.add_parser("board", help="a virtual MicroPython board on a pseudo-terminal (real MicroPython)",
-                           description="Open a pseudo-terminal that behaves like a MicroPython board on USB "
-                                       "(raw REPL, raw paste, soft reset, boot.py/main.py), backed by real "
-                                       "MicroPython with a filesystem kept in --dir.")
-    p.add_argument("--dir", type=Path, default=Path("vboard"), help="host directory holding the board's "
-                   "filesystem (created if missing; default ./vboard)")
-    p.add_argument("--link", type=Path, help="also make this path a symlink to the pty (a stable port name)")
-    p.add_argument("--fs-size", type=_size_arg, default=DEFAULT_FS_SIZE,
-                   help=f"filesystem capacity, e.g. 64k or 2m (default {DEFAULT_FS_SIZE // 1024} KiB)")
-    p.add_argument("--uart", type=_uart_arg, action="append", default=[], metavar="N[=PATH]",
-                   help="connect UART N (vboard.UART(N) on the board) to another pty, linked at PATH")
-    p.add_argument("--corrupt", action="append", default=[], metavar="GLOB",
-                   help="flip one bit of every file matching GLOB (board path, e.g. 'lib/*.mpy') when written")
-    p.add_argument("--name", default="vboard", help="board name (machine.unique_id() derives from it)")
-    p.add_argument("--heap", type=_size_arg, default=DEFAULT_HEAP, help="initial MicroPython heap")
-    p.add_argument("--control", type=Path, metavar="SOCKET",
-                   help="Unix socket to set the board's inputs and read its outputs (JSON lines, "
-                        "e.g. {\"set\": \"adc\", \"pin\": 35, \"value\": 1200} or {\"get\": \"outputs\"})")
-    p.add_argument("--interrupt-grace", type=float, default=INTERRUPT_GRACE_S, metavar="SECONDS",
-                   help="hard-reset a program that ignores Ctrl-C this long (default %(default)g s)")
-    p.add_argument("--json", action="store_true", help="print the ready line as JSON (for scripts)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log resets and engine messages to stderr")
-    p.set_defaults(func=cmd_board)
-
-
-def cmd_board(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    opts = BoardOptions(flash_dir=args.dir.resolve(), fs_size=args.fs_size, link=args.link,
-                        uart_links=dict(args.uart), corrupt=args.corrupt, heap=args.heap, name=args.name,
-                        interrupt_grace_s=args.interrupt_grace, control=args.control)
-    try:
-        return asyncio.run(_main(opts, args.json))
-    except BoardError as e:
-        print(f"lumeau sim board: {e}", file=sys.stderr)
-        return 1
+def serve(opts: BoardOptions, as_json: bool = False) -> int:
+    """Run the board until SIGINT or SIGTERM; print its ready line (JSON with as_json). Raises BoardError."""
+    return asyncio.run(_main(opts, as_json))
 
 
 async def _main(opts: BoardOptions, as_json: bool) -> int:

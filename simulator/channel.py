@@ -1,5 +1,11 @@
 """The LoRa radio channel between simulated nodes and gateways.
 
+(One file of about 700 lines on purpose: reception, collisions, capture,
+demodulators, duty cycle and half duplex all decide on the same
+per-gateway state inside Channel, in one pass per transmission; apart,
+each part would reach into the others' state. The path-loss models and
+records at the top are small and read with it.)
+
 What decides whether a gateway hears an uplink, after LoRaSim (T. Bor,
 U. Roedig, T. Voigt, J. M. Alonso, "Do LoRa Low-Power Wide-Area Networks
 Scale?", MSWiM 2016; its simulator loraDir.py) and FLoRa (M. Slabicki,

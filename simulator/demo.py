@@ -29,7 +29,6 @@ gateway could not keep up), 2 for a bad scenario or option.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -37,27 +36,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SCENARIO = Path(__file__).parent / "scenarios" / "district.toml"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from simulator.live import DEFAULT_SPEED
-
-    p.add_argument("scenario", nargs="?", default=str(DEFAULT_SCENARIO),
-                   help="scenario file (default: the district, simulator/scenarios/district.toml)")
-    p.add_argument("--out", default="out", help="output directory: report, results, services' files (default: out)")
-    p.add_argument("--speed", type=float, default=DEFAULT_SPEED,
-                   help=f"simulated seconds per real second at most (default {DEFAULT_SPEED:g}; 0: no cap)")
-    p.add_argument("--hours", type=float, help="run this long instead of the scenario's duration")
-    p.add_argument("--seed", type=int,
-                   help="another draw of the same district (the weather it does not script, people, radio, keys)")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report and its plots")
-    p.set_defaults(func=cmd_demo)
-
-
-def add_action(actions: Any) -> None:
-    p = actions.add_parser("demo", help="the main job: a simulated district against a real gateway and sink",
-                           description=__doc__.split("\n\n")[0] if __doc__ else None)
-    add_arguments(p)
 
 
 def _say(msg: str) -> None:
@@ -86,23 +64,27 @@ def live_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from simulator.live import LiveGateway
+def run_demo(scenario_path: str | Path = DEFAULT_SCENARIO, out: Path = Path("out"), *, speed: float | None = None,
+             hours: float | None = None, seed: int | None = None, report: bool = True) -> int:
+    """The main job (see the module docstring); its exit status. speed None: live.DEFAULT_SPEED, 0: no cap."""
+    from simulator.live import DEFAULT_SPEED, LiveGateway
     from simulator.report import write_report
     from simulator.runner import RunOptions, run
     from simulator.scenario import ScenarioError, load
     from simulator.services import ServiceError
 
     try:
-        scenario = load(args.scenario)
+        scenario = load(scenario_path)
     except (OSError, ScenarioError) as e:
         print(f"lumeau demo: {e}", file=sys.stderr)
         return 2
-    if args.speed < 0 or (args.hours is not None and args.hours <= 0):
+    if speed is None:
+        speed = DEFAULT_SPEED
+    if speed < 0 or (hours is not None and hours <= 0):
         print("lumeau demo: --speed must be >= 0 and --hours > 0", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    link = LiveGateway(out, speed=args.speed or None, channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
+    out = Path(out)
+    link = LiveGateway(out, speed=speed or None, channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
                        bw_hz=scenario.radio.params.bw_hz)
     _say(f"Lumeau demo: {scenario.name} ({scenario.description})")
     _say(f"  {len(scenario.lamps)} street lights, {len(scenario.controllers)} irrigation controllers "
@@ -110,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
          f"services and their files in {out}/")
     t0 = time.monotonic()
     try:
-        results = run(scenario, RunOptions(seed=args.seed, hours=args.hours, link=lambda: link))
+        results = run(scenario, RunOptions(seed=seed, hours=hours, link=lambda: link))
     except ServiceError as e:
         print(f"lumeau demo: {e}", file=sys.stderr)
         return 1
@@ -122,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _say(results.summary())
     _say(live_summary(doc))
     (out / "results.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    if not args.no_report:
+    if report:
         path = write_report(doc, out, scenario)
         _say(f"\nReport: {path} (plots in {out / 'plots'}/), figures: {out / 'results.json'}")
     return 0

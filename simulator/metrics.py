@@ -174,7 +174,7 @@ def expected_name(expected: tuple[str, int] | None) -> str | None:
 
 def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: dict[str, int],
           wall_s: float, cpu_s: float) -> Results:
-    """Results of a finished simulator.runner.Simulation and its link's GatewayReport."""
+    """Results of a finished simulator.engine.Simulation and its link's GatewayReport."""
     from simulator.baseline import irrigation_baseline, lighting_baseline
 
     sc = sim.sc

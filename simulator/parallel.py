@@ -1,6 +1,6 @@
 """A run on several cores: the nodes shared among worker processes, the air and the gateway in this one.
 
-    results = run(scenario, RunOptions(workers=2))      # simulator/runner.py
+    results = run(scenario, RunOptions(workers=2))      # simulator/runner.py (engine: simulator/engine.py)
 
 Each worker process runs its share of the nodes (every `workers`-th node of
 the scenario) exactly as a single-process run does -- the real runtime and
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import logging
 import multiprocessing
 import multiprocessing.connection
 import sys
@@ -59,12 +58,14 @@ from protocol import messages as m
 from protocol.messages import is_alarm
 from simulator import channel as ch
 from simulator import metrics
-from simulator.air import Air, NodeStats
+from simulator.air import Air
+from simulator.engine import (OFF_GRID_S, RunOptions, Simulation, SimNode, draw_progress, node_meter,
+                              prepare, run_workdir)
 from simulator.faults import GATEWAY_RESTART, UPSTREAM_OUTAGE
 from simulator.metrics import Results
-from simulator.runner import (OFF_GRID_S, RunOptions, Simulation, SimNode, _draw, _LogCounts, _meter, new_loop,
-                              prepare)
 from simulator.scenario import Scenario
+from simulator.simclock import SimClock
+from simulator.virtual_loop import run as run_virtual
 
 SYNC_S = 10.0        # a worker reports its transmissions at least this often (simulated s)
 HOLD_S = 0.95        # after an alarm uplink's end: before the node opens RX1 (0.98 s)
@@ -106,35 +107,24 @@ class _WorkerAir(Air):
                  start_us: int | None = None) -> ch.Transmission:
         now = self.now_us()
         up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
-        st = self.stats(node_id)
-        if up.refused is not None:
-            st.refused[up.refused] = st.refused.get(up.refused, 0) + 1
+        mtype = self.count(node_id, frame, up)
+        if mtype is None:
             return up
-        st.uplinks += 1
-        mtype, counter = 0, -1
-        hold = False
-        try:
-            f = fr.parse(frame)
-            mtype, counter = f.mtype, f.counter
-            if mtype == m.EVENT:
-                keys = self.worker.keys.get(node_id)
-                if keys is not None:
-                    _f, body = fr.unseal(keys, frame)
-                    hold = is_alarm(mtype, m.decode(mtype, body))
-        except (fr.FrameError, m.MessageError):
-            pass
-        st.frames.append((counter, mtype, len(frame)))
-        if mtype == m.LIGHT or mtype == m.IRRIGATION:
-            st.reports[counter] = frame
-        if len(frame) > self.largest.get(mtype, 0):
-            self.largest[mtype] = len(frame)
+        hold = mtype == m.EVENT and self._alarm(node_id, frame)
         self.outbox.append((now, node_id, frame, sf, freq_hz, hold))
         if hold:
             self.loop.call_at((up.end_us + int(HOLD_S * 1e6)) / 1e6, self.worker.hold)
         return up
 
-    def add_downlink(self, node_id: int, dl: _RemoteDownlink) -> None:
-        self._pending.setdefault(node_id, []).append(dl)  # type: ignore[arg-type]
+    def _alarm(self, node_id: int, frame: bytes) -> bool:
+        keys = self.worker.keys.get(node_id)
+        if keys is None:
+            return False
+        try:
+            _f, body = fr.unseal(keys, frame)
+            return is_alarm(m.EVENT, m.decode(m.EVENT, body))
+        except (fr.FrameError, m.MessageError):
+            return False
 
 
 class _Worker(Simulation):
@@ -147,17 +137,17 @@ class _Worker(Simulation):
         self.keys: dict[int, Any] = {}
         self.node_hourly: list[dict[str, Any]] = []
 
-    def _owns(self, spec: Any) -> bool:
+    def owns(self, spec: Any) -> bool:
         return self._order[spec.node_id] % self.workers == self.index
 
-    def _make_air(self, loop: asyncio.AbstractEventLoop) -> Air:
+    def make_air(self, loop: asyncio.AbstractEventLoop) -> Air:
         return _WorkerAir(self.channel, loop, self)
 
-    def _fault_events(self) -> list:
-        return [e for e in super()._fault_events() if e[2].kind not in _GATEWAY_FAULTS]
+    def fault_events(self) -> list:
+        return [e for e in super().fault_events() if e[2].kind not in _GATEWAY_FAULTS]
 
-    def _snapshot(self) -> None:
-        super()._snapshot()
+    def snapshot(self) -> None:
+        super().snapshot()
         self.node_hourly.append({
             "t_h": self.hourly[-1]["t_h"],
             "uplinks": {nid: st.uplinks for nid, st in self.air.nodes.items()},
@@ -187,25 +177,16 @@ class _Worker(Simulation):
     async def work(self) -> None:
         loop = asyncio.get_running_loop()
         clock = getattr(loop, "clock")
-        self._setup(loop, clock, None)  # type: ignore[arg-type]
+        self.setup(loop, clock, None)  # type: ignore[arg-type]
         for sn in self.nodes.values():
             self.keys[sn.spec.node_id] = fw_config.load(sn.cfg_bytes)["keys"]
         await asyncio.sleep(OFF_GRID_S)
         loop.call_at(OFF_GRID_S + SYNC_S, self._report)
-        tasks = [loop.create_task(self._world_steps()), loop.create_task(self._faults())]
+        tasks = [loop.create_task(self.world_steps()), loop.create_task(self.faults())]
         await asyncio.sleep(self.sc.duration_s - OFF_GRID_S)
-        self.world.step()
-        self.world.integrate()
-        for f in self.sc.faults:
-            if f.active(self.clock.t) and f.target in self.nodes:
-                self._shown(f)
-        if not self.hourly or self.hourly[-1]["t_h"] < self.sc.duration_s / 3600.0:
-            self._snapshot()
-        for t in tasks:
-            t.cancel()
-        self.air.closed = True
+        self.end_world(tasks)
         result = {
-            "nodes": {name: {"counters": sn.counters(), "meter": _meter(sn), "boots": sn.boots,
+            "nodes": {name: {"counters": sn.counters(), "meter": node_meter(sn), "boots": sn.boots,
                              "band": sn.radio.band} for name, sn in self.nodes.items()},
             "air": {nid: (st.uplinks, st.refused, st.frames, st.reports, st.downlinks_ok)
                     for nid, st in self.air.nodes.items()},
@@ -218,16 +199,14 @@ class _Worker(Simulation):
             "crashes": list(self.crashes),
             "cpu_s": time.process_time(),
         }
-        await self._stop_nodes()
+        await self.stop_nodes()
         self._send("end", result)
 
 
 def _worker_main(scenario: Scenario, options: RunOptions, index: int, workers: int, conn: Any) -> None:
     try:
         w = _Worker(scenario, options, index, workers, conn)
-        loop = new_loop(w.sc)
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(w.work())
+        run_virtual(w.work(), SimClock(unix0=int(w.sc.start_unix)))
     except BaseException:  # noqa: BLE001 -- told to the coordinator, which fails the run with it
         try:
             conn.send(("error", 0, [], traceback.format_exc()))
@@ -269,10 +248,10 @@ class _Coordinator(Simulation):
         self.conns = conns
         self.owner = {n.node_id: i % len(conns) for i, n in enumerate(self.sc.nodes)}
 
-    def _owns(self, spec: Any) -> bool:
+    def owns(self, spec: Any) -> bool:
         return False
 
-    def _make_air(self, loop: asyncio.AbstractEventLoop) -> Air:
+    def make_air(self, loop: asyncio.AbstractEventLoop) -> Air:
         return _CoordAir(self.channel, loop, self.link.uplink, self.owner)
 
     async def _until_us(self, t_us: int) -> None:
@@ -330,7 +309,7 @@ class _Coordinator(Simulation):
                     holding[w] = False
             if self.progress and time.perf_counter() - last_draw >= 0.25:
                 last_draw = time.perf_counter()
-                _draw(safe / end_us, safe / 1e6, self.sc.duration_s, last_draw - wall0)
+                draw_progress(safe / end_us, safe / 1e6, self.sc.duration_s, last_draw - wall0)
             if all(r is not None for r in results):
                 return [r for r in results if r is not None], wall0
 
@@ -353,48 +332,28 @@ def run_parallel(scenario: Scenario, options: RunOptions) -> Results:
         conns.append(here)
         procs.append(p)
     coord = _Coordinator(scenario, options, conns)
-    loop = new_loop(coord.sc)
     try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(_coordinated_run(coord))
+        return run_virtual(_coordinated_run(coord), SimClock(unix0=int(coord.sc.start_unix)))
     finally:
-        try:
-            loop.close()
-        finally:
-            asyncio.set_event_loop(None)
-            for c in conns:
-                c.close()
-            for p in procs:
-                p.join(5)
-                if p.is_alive():
-                    p.kill()
+        for c in conns:
+            c.close()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
 
 
 async def _coordinated_run(coord: _Coordinator) -> Results:
     """The coordinator's side of Simulation.run: the link, the gateway faults, the air, the merge."""
-    import tempfile
-    from pathlib import Path
-
     loop = asyncio.get_running_loop()
     clock = getattr(loop, "clock")
     cpu0 = time.process_time()
-    tmp = None
-    workdir = coord.options.workdir
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="lumeau-sim-")
-        workdir = Path(tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir, tmp = run_workdir(coord.options)
     tasks: list[asyncio.Task] = []
-    coord.log_counts = _LogCounts()
-    gw_log = logging.getLogger("lumeau.gateway")
-    saved_log = (gw_log.handlers[:], gw_log.propagate)
-    gw_log.handlers[:] = [coord.log_counts]
-    gw_log.propagate = False
+    restore_log = coord.count_gateway_log()
     try:
-        ctx = coord._setup(loop, clock, workdir)
-        await asyncio.sleep(OFF_GRID_S)
-        await coord.link.start(ctx)
-        tasks = [loop.create_task(coord._faults()), loop.create_task(_hourly(coord))]
+        await coord.start(loop, clock, workdir)
+        tasks = [loop.create_task(coord.faults()), loop.create_task(_hourly(coord))]
         results, wall0 = await coord.coordinate()
         await coord._until_us(int(round(coord.sc.duration_s * 1e6)))
         coord.air.closed = True
@@ -405,7 +364,7 @@ async def _coordinated_run(coord: _Coordinator) -> Results:
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         if coord.progress:
-            _draw(1.0, coord.sc.duration_s, coord.sc.duration_s, wall, end="\n")
+            draw_progress(1.0, coord.sc.duration_s, coord.sc.duration_s, wall, end="\n")
         res = metrics.build(view, report, counters, meters, wall, cpu)
         res.sections["run"]["workers"] = len(coord.conns)
         res.sections["run"]["coordinator_cpu_s"] = cpu
@@ -414,7 +373,7 @@ async def _coordinated_run(coord: _Coordinator) -> Results:
         res.sections["run"]["downlinks_refused_unheld"] = coord.air.too_late  # type: ignore[attr-defined]
         return res
     finally:
-        gw_log.handlers[:], gw_log.propagate = saved_log
+        restore_log()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,5 +1,10 @@
 """Scenario files: the simulated city, as TOML, validated with clear errors.
 
+(One file of about 800 lines on purpose: the format's records, its reader
+and the placement of nodes change together whenever a key is added, and
+the reader's error messages name the records' fields; simulator/README.md
+documents the format key by key beside it.)
+
 A scenario names a place and a time, its gateways, streets (lines along
 which lamps stand) and parks (areas whose irrigation zones a controller
 waters), the radio settings, the faults to inject, and what to output. The

@@ -27,6 +27,8 @@ for a clean exit (then SIGKILL, counted in `kills`).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import re
@@ -157,6 +159,24 @@ def metric_sum(samples: list[tuple[str, dict[str, str], float]], family: str, **
                if name == family and all(lab.get(k) == want for k, want in labels.items()))
 
 
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
+
+def _die_with(parent_pid: int, libc: Any) -> None:
+    # In the child, before exec: SIGTERM when the thread that started it dies (the loop's, so the
+    # run's), so a killed test or demo leaves no `lumeau gateway`/`lumeau sink` holding a pty or port.
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl: too late for the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child_setup() -> Any:
+    """The preexec_fn that ties a child to this process (Linux only; None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return functools.partial(_die_with, os.getpid(), ctypes.CDLL(None, use_errno=True))
+
+
 class _Process:
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name = name
@@ -169,7 +189,7 @@ class _Process:
         logf = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdout=stdout if stdout is not None else logf, stderr=logf,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, preexec_fn=_child_setup())
         finally:
             logf.close()
         return self.proc

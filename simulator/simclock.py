@@ -1,6 +1,6 @@
 """The simulation's clock: SimHAL sleeps for many nodes at the cost of a dict append.
 
-`SimClock` is a firmware.virtual_loop.VirtualClock (same `t`, `ms()`,
+`SimClock` is a simulator.virtual_loop.VirtualClock (same `t`, `ms()`,
 `unix()`; the VirtualLoop still moves it) whose `sleep_ms` does not create an
 asyncio timer per call. A thousand nodes each waking every few seconds would
 otherwise keep thousands of TimerHandles in the loop's heap, where every
@@ -17,7 +17,7 @@ single cost of a 1,000-node run). Instead:
   `_release`: directly, or one call_soon for a run of them).
 
 `call_later_ms(ms, fn)` files a callback the same way. `Ticker` is the
-runner's way to tick an app (simulator/runner.py, `ticked`): its step() is
+runner's way to tick an app (simulator/engine.py, `ticked`): its step() is
 called at each due millisecond and the ticker filed again `tick_ms` later
 (read from the app's settings each time, as its own loop reads them), right
 where the release loop stands -- the work of a callback that re-files itself
@@ -42,7 +42,7 @@ import asyncio
 import heapq
 from typing import Any, Callable
 
-from firmware.virtual_loop import VirtualClock
+from simulator.virtual_loop import VirtualClock
 
 _FUTURE = asyncio.Future   # what loop.create_future() makes (the C class on CPython); exact type test
 
@@ -134,59 +134,45 @@ class SimClock(VirtualClock):
         buckets = self._buckets
         # Callbacks keep their place among the woken tasks without a call_soon
         # each: while nothing released before them waits to run they run right
-        # here (what they schedule goes after everything of this bucket either
+        # here, a run of them in one _run_all call before the next sleeper is
+        # woken (what they schedule goes after everything of this bucket either
         # way, as it would through call_soon); after that, each run of
         # consecutive callbacks goes through ONE call_soon at its place.
-        direct = not getattr(loop, "_ready", True)
+        has_ready = getattr(loop, "has_ready_callbacks", None)   # a VirtualLoop's (simulator/virtual_loop.py)
+        direct = has_ready is not None and not has_ready()
         batch: list[Any] | None = None
         future = _FUTURE
-        ticker = Ticker
         while dues and dues[0] <= now:
             bucket = buckets.pop(heapq.heappop(dues))
             self.wakes += len(bucket)
             for entry in bucket:
-                kind = type(entry)
-                if kind is future:
+                if type(entry) is future:
                     if not entry.done():  # a cancelled sleeper
                         if batch:
-                            loop.call_soon(self._run_all, loop, batch)
+                            if direct:
+                                self._run_all(loop, batch)
+                            else:
+                                loop.call_soon(self._run_all, loop, batch)
                             batch = None
                         entry.set_result(None)
                         direct = False
-                elif not direct:
-                    if batch is None:
-                        batch = [entry]
-                    else:
-                        batch.append(entry)
-                elif kind is ticker:  # inline, not a call: the hottest path of a run
-                    if entry.fut.done():
-                        continue
-                    try:
-                        entry.step()
-                    except Exception as e:
-                        entry.fut.set_exception(e)
-                        continue
-                    due = now + entry.settings["tick_ms"]
-                    b = buckets.get(due)
-                    if b is not None:
-                        b.append(entry)
-                    else:
-                        self._file(due - now, entry)
+                elif batch is None:
+                    batch = [entry]
                 else:
-                    try:
-                        entry()
-                    except Exception as e:  # as a call_soon callback's would be: reported, not fatal
-                        loop.call_exception_handler({"message": "SimClock callback failed", "exception": e})
+                    batch.append(entry)
         if batch:
-            loop.call_soon(self._run_all, loop, batch)
+            if direct:
+                self._run_all(loop, batch)
+            else:
+                loop.call_soon(self._run_all, loop, batch)
 
     def _run_all(self, loop: asyncio.AbstractEventLoop, entries: list[Any]) -> None:
-        """Callbacks and tickers released behind a woken task, at their place (one call_soon for the run)."""
+        """A run of callbacks and tickers released together, in order (directly, or one call_soon for the run)."""
         now = int(self.t * 1000 + 0.5)
         buckets = self._buckets
         ticker = Ticker
         for entry in entries:
-            if type(entry) is ticker:  # as in _release
+            if type(entry) is ticker:  # inline, not a call: the hottest path of a run
                 if entry.fut.done():
                     continue
                 try:

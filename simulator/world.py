@@ -48,7 +48,7 @@ import datetime as _dt
 import math
 from typing import Any, Callable, Sequence
 
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from simulator import sensors, sun
 from simulator.presence import PIR_HOLD_S, PIR_RANGE_M
 from simulator.scenario import IrrigationNode, LampNode, Scenario
@@ -65,7 +65,7 @@ ZONE_PINS = ("zone1", "zone2", "zone3", "zone4")
 
 
 class WorldHAL(SimHAL):
-    """firmware.hal_sim.SimHAL without oscillator drift, its hottest reads in one step each.
+    """simulator.hal_sim.SimHAL without oscillator drift, its hottest reads in one step each.
 
     A thousand nodes read the clock and their inputs at every tick; SimHAL's
     general path (drift, nested calls) then costs more than the app's own

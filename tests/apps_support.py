@@ -8,8 +8,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from firmware import virtual_loop
-from firmware.hal_sim import SimHAL
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 from firmware.store import Store
 from protocol import messages as m
 

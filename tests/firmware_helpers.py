@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware import config
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from firmware.radio import MemoryRadio
 from protocol import frame as fr
 from protocol import lora

@@ -1,4 +1,5 @@
-"""bench/sim.py runs and prints one JSON object whose ratios follow from its own figures (no timing asserted)."""
+"""bench/sim.py runs and prints one JSON object whose ratios follow from its own figures (no timing asserted),
+and whose run is the one it names: an in-process run of the same scenario, share and hours gives its figures."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import sys
 
 from conftest import ROOT
 
+from simulator import runner
+from simulator import scenario as sc_mod
+
 
 def test_sim_bench_prints_its_figures():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "sim.py"), "--json", "--nodes", "40", "--hours", "0.5",
-                          "--baseline-hours", "0.2"], capture_output=True, text=True, timeout=180, check=True).stdout
+                          "--baseline-hours", "0.2", "--workers", "2"], capture_output=True, text=True, timeout=180, check=True).stdout
     r = json.loads(out)
     assert r["bench"] == "sim" and 30 <= r["nodes"] <= 50 and r["nodes"] == r["lamps"] + r["controllers"]
     node_s = r["nodes"] * r["simulated_hours"] * 3600
@@ -24,3 +28,10 @@ def test_sim_bench_prints_its_figures():
     assert abs(r["cpu_s_per_1000_nodes_24h"] - r["cpu_s"] * scale) <= 0.0005 * scale + 0.05   # cpu_s rounded to 1 ms
     assert r["meets_bar"] == (r["wall_s_per_1000_nodes_24h"] <= r["bar_s"])
     assert r["uplinks"] > 0 and 0.9 <= r["delivery_ratio"] <= 1.0
+    # the same run in this process: the bench measured the run it says it did
+    sc = sc_mod.load(ROOT / "simulator" / "scenarios" / "city.toml")
+    opts = runner.RunOptions(nodes_scale=min(1.0, 40 / len(sc.nodes)), hours=0.5, progress=False, workers=2)
+    d = runner.run(sc, opts).to_dict()
+    assert r["nodes"] == len(runner.prepare(sc, opts).nodes)
+    assert (r["lamps"], r["controllers"]) == (d["scenario"]["lamps"], d["scenario"]["controllers"])
+    assert r["uplinks"] == d["delivery"]["on_air"] and r["delivery_ratio"] == round(d["delivery"]["ratio"], 4)

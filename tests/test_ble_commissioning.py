@@ -29,8 +29,8 @@ from conftest import ROOT
 from firmware import ble as node_ble
 from firmware import config as fwconfig
 from firmware import main as board_main
-from firmware import virtual_loop
-from firmware.hal_sim import SimHAL
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
 from firmware.radio import memory_link
@@ -738,7 +738,7 @@ def test_without_aioble_on_the_board_the_node_runs_without_ble(monkeypatch, caps
 
 
 def test_the_tool_window_is_persisted_and_old_records_still_load():
-    from firmware.hal_sim import StepClock
+    from simulator.hal_sim import StepClock
 
     hal = SimHAL(StepClock(), storage={})
     s = Store(hal)
@@ -769,7 +769,7 @@ def test_the_tool_window_is_persisted_and_old_records_still_load():
 
 @pytest.fixture(scope="module")
 def lone_node():
-    from firmware.hal_sim import StepClock
+    from simulator.hal_sim import StepClock
 
     hal = SimHAL(StepClock(), time_known=True)
     radio, _ = memory_link(hal, SimHAL(StepClock()))

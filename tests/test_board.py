@@ -41,6 +41,15 @@ def mpremote(port: str, *args: str, timeout: float = 30, check: bool = True) -> 
     return proc
 
 
+def wait_until(cond, timeout: float, what: str, every: float = 0.02) -> None:
+    """Poll cond() until it is true; fail naming `what` if the deadline passes first."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+
+
 class Console:
     """The board's serial port opened as a technician's terminal would."""
 
@@ -59,12 +68,19 @@ class Console:
             data += self.s.read(4096)
         return data
 
-    def drain(self, quiet: float = 0.3) -> bytes:
+    def drain(self, quiet: float = 0.3, timeout: float = 10) -> bytes:
+        """Everything the board writes until it has been silent for `quiet` seconds."""
         data = b""
-        while chunk := self.s.read(4096) or None:
-            data += chunk
-        time.sleep(quiet)
-        return data + self.s.read(65536)
+        deadline = time.monotonic() + timeout
+        silent_since = time.monotonic()
+        while time.monotonic() - silent_since < quiet:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the board never fell silent within {timeout} s; got {data[-800:]!r}")
+            chunk = self.s.read(65536)
+            if chunk:
+                data += chunk
+                silent_since = time.monotonic()
+        return data
 
     def raw_repl(self, quiet: float = 0.2) -> None:
         """Interrupt whatever runs and enter the raw REPL (no soft reset)."""
@@ -208,9 +224,13 @@ def test_ctrl_c_interrupts_an_asyncio_main(board, tmp_path):
 
 def test_a_main_that_ignores_ctrl_c_is_reset_and_skipped_once(board, tmp_path):
     (tmp_path / "main.py").write_text("while True:\n    pass\n")
+    boots = board.control({"get": "state"})["boots"]
     mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py", "+", "reset")
     try:
-        time.sleep(0.3)
+        def main_runs() -> bool:
+            state = board.control({"get": "state"})
+            return state["boots"] > boots and state["running"]
+        wait_until(main_runs, 10, "main.py running after the reset")
         # mpremote's Ctrl-C cannot stop a busy loop; the board resets after the grace
         # period (1 s here) and that boot skips main.py, so the tool still gets in.
         assert mpremote(board.port, "exec", "print('in')", timeout=20).stdout.strip() == b"in"
@@ -367,7 +387,11 @@ def test_uart_hook_reaches_a_host_pty(board, console):
             got += uart.read(16)
         assert got == b"\x00frame\xff"
         uart.write(b"from-host")
-        time.sleep(0.2)
+
+        def all_arrived() -> bool:
+            console.write(b"print(u.any())\x04")
+            return b"OK9\r\n" in console.read_until(b"\x04>")
+        wait_until(all_arrived, 5, "the host's 9 bytes at the board's UART")
         console.write(b"print(u.any(), u.read())\x04")
         assert b"9 b'from-host'" in console.read_until(b"\x04>")
         console.write(b"import vboard; vboard.UART(2)\x04")

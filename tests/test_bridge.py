@@ -15,10 +15,10 @@ import select
 import pytest
 
 from firmware import bridge_msg as bm
-from firmware import virtual_loop
+from simulator import virtual_loop
 from firmware.aio import wait_ms
 from firmware.bridge import Bridge
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from firmware.radio_lora import LoRaRadio
 from protocol import lora
 from protocol import serial as framing

@@ -16,7 +16,7 @@ import pytest
 from apps_support import AppNode
 
 from firmware import config as fw_config
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
 from gateway import ops

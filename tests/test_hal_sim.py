@@ -1,4 +1,4 @@
-"""firmware.hal_sim (SimHAL, StepClock) and firmware.virtual_loop on CPython.
+"""simulator.hal_sim (SimHAL, StepClock) and simulator.virtual_loop on CPython.
 
 Clock tests run under both clocks: the virtual asyncio loop (what CPython
 tests and the simulator use) and the portable StepClock (what MicroPython uses).
@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from firmware import virtual_loop
+from simulator import virtual_loop
 from firmware.hal import HAL
-from firmware.hal_sim import SimHAL, SimReset, StepClock
+from simulator.hal_sim import SimHAL, SimReset, StepClock
 from protocol import messages as m
 
 DAY_MS = 24 * 3600 * 1000

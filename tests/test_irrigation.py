@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from apps_support import AppNode, simulate, start
 from firmware import astro
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation, check
 from protocol import frame
 from protocol import messages as m

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from apps_support import AppNode, level_at, simulate, start
 from firmware import astro
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from firmware.lighting import DEFAULT_PROFILE, Lighting, check
 from firmware.store import Store
 from protocol import frame

@@ -85,7 +85,7 @@ def test_device_paths():
     assert files["firmware/main.py"] == "/main.py" and files["firmware/boot.py"] == "/boot.py"
     assert files["firmware/bridge.py"] == "/firmware/bridge.py"
     assert files["protocol/frame.py"] == "/protocol/frame.py"
-    assert "firmware/hal_sim.py" not in files and "protocol/expand.py" not in files
+    assert "simulator/hal_sim.py" not in files and "protocol/expand.py" not in files
 
 
 def test_manifest_freezes_under_micropythons_manifest_tool():

@@ -1,6 +1,7 @@
 """Node code compiles with mpy-cross exactly as for a board, and the .mpy output runs.
 
-One item per module of protocol/ and firmware/; a failure shows mpy-cross's stderr.
+One item per module of protocol/ and firmware/, and simulator/hal_sim.py (portable: the
+MicroPython tests load it); a failure shows mpy-cross's stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_PACKAGES = ("protocol", "firmware")
+PORTABLE_SIM = ("simulator/hal_sim.py",)  # not node code, but it runs under MicroPython in the tests
 RUNNER = ROOT / "tests" / "micropython" / "runner.mjs"
 MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
 MARK = "@@mptest@@ "
@@ -30,7 +32,8 @@ def mpy_cross() -> str:
 
 
 def node_modules() -> list[Path]:
-    return sorted(p for pkg in NODE_PACKAGES for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted([p for pkg in NODE_PACKAGES for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts]
+                  + [ROOT / f for f in PORTABLE_SIM])
 
 
 def compile_mpy(src: Path, out: Path) -> subprocess.CompletedProcess:

@@ -14,8 +14,9 @@ import types
 
 import pytest
 
-from firmware import radio_lora, virtual_loop
-from firmware.hal_sim import SimHAL
+from firmware import radio_lora
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 from firmware.radio import UartRadio, memory_link
 from firmware.radio_lora import LoRaRadio
 from firmware.runtime import Node

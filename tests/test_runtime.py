@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware import runtime, uplink, virtual_loop
-from firmware.hal_sim import SimHAL, SimReset
+from firmware import runtime, uplink
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL, SimReset
 from firmware.radio import memory_link
 from firmware.runtime import Node
 from firmware.store import R

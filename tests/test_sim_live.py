@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import select
 import socket
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from firmware import bridge_msg as bm
-from firmware.virtual_loop import VirtualClock, VirtualLoop
+from simulator.virtual_loop import VirtualClock, VirtualLoop
 from protocol import expand, frame, keys
 from protocol import messages as m
 from protocol import serial as framing
@@ -121,6 +122,21 @@ def _read_packets(fd: int, n: int, timeout: float = 3.0) -> list[bytes]:
     return got
 
 
+def _readable(fd, timeout: float = 3.0) -> bool:
+    """Wait until fd (or an object with fileno()) has something to read, or the deadline."""
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _until(cond, timeout: float = 3.0) -> bool:
+    """Poll cond() until it is true or the deadline passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def _host_side(board: BridgeBoard) -> int:
     """The gateway's end of the board's line (what `lumeau gateway` opens)."""
     import tty
@@ -148,7 +164,7 @@ def test_bridge_board_speaks_spec_section_10():
         os.write(host, framing.encode(bm.encode_tx(9, down, 868_300_000, 9, 125_000, 14, 3250))
                  + framing.encode(bm.encode_tx(10, down, 868_300_000, 9, 125_000, 14, None))
                  + framing.encode(bm.encode_ping()) + b"\x00garbage\x00" + framing.encode(b"\x85?"))
-        time.sleep(0.05)
+        assert _readable(board)
         board.on_readable(8_000_000)
         res1, res2, st2 = (bm.decode(p) for p in _read_packets(host, 3))
         assert answer.calls == [("gw-a", 3250, 7, down)]
@@ -160,7 +176,7 @@ def test_bridge_board_speaks_spec_section_10():
         # the link says the window has passed: the bridge's own code for it
         answer.answer = "too_late"
         os.write(host, framing.encode(bm.encode_tx(11, down, 868_300_000, 9, 125_000, 14, 3250)))
-        time.sleep(0.05)
+        assert _readable(board)
         board.on_readable(9_000_000)
         assert bm.decode(_read_packets(host, 1)[0]) == (bm.TX_RESULT, 11, bm.TX_TOO_LATE, 0)
     finally:
@@ -196,7 +212,7 @@ def test_packet_forwarder_speaks_semtech_udp_v2():
             txpk = {"imme": False, "tmst": rx1, "freq": 868.5, "datr": "SF10BW125", "size": len(data),
                     "data": base64.b64encode(data).decode()}
             server.sendto(bytes((2, token >> 8, token & 0xFF, 0x03)) + json.dumps({"txpk": txpk}).encode(), addr)
-            time.sleep(0.05)
+            assert _readable(fwd)
             fwd.on_readable(4_000_000)
             ack, _ = server.recvfrom(4096)
             assert ack[:4] == bytes((2, token >> 8, token & 0xFF, 0x05)) and ack[4:12] == fwd.eui
@@ -210,8 +226,11 @@ def test_packet_forwarder_speaks_semtech_udp_v2():
         # junk from the network is counted, never fatal
         server.sendto(b"\x07", addr)
         server.sendto(bytes((2, 0, 1, 0x03)) + b"{not json", addr)
-        time.sleep(0.05)
-        fwd.on_readable(5_000_000)
+
+        def both_read() -> bool:
+            fwd.on_readable(5_000_000)
+            return fwd.counts["malformed"] >= 2
+        assert _until(both_read)
         assert fwd.counts["malformed"] == 2
     finally:
         fwd.close()
@@ -227,10 +246,11 @@ def test_fuzz_whatever_the_gateway_writes_the_bridge_board_stands(chunks):
         for c in chunks:
             os.write(host, c)
             os.write(host, framing.encode(c))
-        time.sleep(0.01)
+        if chunks:
+            assert _readable(board)
         board.on_readable(1_000_000)  # must not raise
         os.write(host, framing.encode(bm.encode_ping()))
-        time.sleep(0.01)
+        assert _readable(board)
         board.on_readable(2_000_000)
         assert any(bm.decode(p)[0] == bm.STATUS for p in _read_packets(host, 1))
     finally:
@@ -256,7 +276,8 @@ def test_fuzz_whatever_the_network_sends_the_forwarder_stands(datagrams):
     try:
         for d in datagrams:
             server.sendto(d, fwd.sock.getsockname())
-        time.sleep(0.005)
+        if datagrams:
+            assert _readable(fwd)
         fwd.on_readable(1_000_000)  # must not raise; every PULL_RESP-shaped datagram gets its TX_ACK
     finally:
         fwd.close()

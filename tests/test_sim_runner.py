@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from simulator import runner
 from simulator.metrics import FRAME_BUDGET
 from simulator.runner import RunOptions, run
@@ -268,7 +268,7 @@ def test_world_hal_answers_as_sim_hal(boot, steps, value, wall):
 
 
 def test_simclock_wakes_sleepers_and_callbacks_in_order_once():
-    from firmware.virtual_loop import VirtualLoop
+    from simulator.virtual_loop import VirtualLoop
 
     clock = SimClock(unix0=1781524800)
     loop = VirtualLoop(clock)
@@ -324,7 +324,7 @@ def test_cli_names_a_bad_scenario_and_option(tmp_path):
 
 
 def _air_fixture():
-    from firmware.virtual_loop import VirtualLoop
+    from simulator.virtual_loop import VirtualLoop
     from simulator import channel as ch
     from simulator.air import Air, NodeRadio
 

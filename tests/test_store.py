@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware import store as st_mod
-from firmware.hal_sim import SimHAL, StepClock
+from simulator.hal_sim import SimHAL, StepClock
 from firmware.store import CounterExhausted, Store, StorageError
 from protocol.frame import ACCEPT, DUPLICATE, MAX_COUNTER, STALE
 

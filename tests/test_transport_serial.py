@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from firmware import bridge_msg as bm
 from firmware.bridge import Bridge
-from firmware.hal_sim import SimHAL
+from simulator.hal_sim import SimHAL
 from firmware.radio_lora import LoRaRadio
 from gateway.transports import DownlinkError
 from gateway.transports.serial import SerialTransport
@@ -256,7 +256,7 @@ def test_bad_arguments_are_refused_clearly():
 # and a modem shaped like micropython-lib's async lora driver: the only seam, as on F1's tests.
 
 class RealClock:
-    """The clock interface of firmware.hal_sim, on real time."""
+    """The clock interface of simulator.hal_sim, on real time."""
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()

@@ -23,7 +23,7 @@
 # framing through firmware/radio.py's UART radio) reaches a gateway that opens that
 # path as a serial port, or the simulator's radio channel that does. Pins, PWM and
 # ADC have no hardware here: a node on the virtual board uses the simulated HAL
-# (firmware/hal_sim.py) for its sensors and actuators, on the board's real clock.
+# (simulator/hal_sim.py) for its sensors and actuators, on the board's real clock.
 #
 # Limits: 4096 bytes buffered per UART on receive (the oldest are dropped beyond,
 # like a driver ring buffer); writes never block.

@@ -6,7 +6,8 @@ Contract (see README.md in this directory):
   (names found with ``ast`` on CPython);
 - each file runs in ONE fresh interpreter (one ``node runner.mjs`` process), all its selected
   tests in order; the results are cached on the file node and mapped to the items;
-- the project's ``protocol/`` and ``firmware/`` are copied to ``/proj`` (on ``sys.path``), the
+- the project's ``protocol/`` and ``firmware/``, and ``simulator/hal_sim.py`` (the portable simulated
+  HAL), are copied to ``/proj`` (on ``sys.path``), the
   directory of the test file to ``/tests`` (on ``sys.path``), ``tests/vectors/cbor/*.json`` to
   ``/vectors/cbor``; module ``mptest`` gives ``VECTORS``, ``load_json(relpath)``, ``mem()``;
 - a module-level ``MPY = True`` in the test file loads ``protocol/`` and ``firmware/`` from
@@ -35,6 +36,9 @@ ROOT = HERE.parent.parent
 RUNNER = HERE / "runner.mjs"
 MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
 NODE_PACKAGES = ("protocol", "firmware")  # copied into the VFS under /proj
+# The simulator's portable part (SimHAL, StepClock), copied beside them; the rest of the
+# simulator package is CPython only.
+SIM_FILES = ("simulator/__init__.py", "simulator/hal_sim.py")
 HEAPSIZE = 128 * 1024  # initial GC heap; the port grows it on demand
 DEFAULT_TIMEOUT = 120.0
 MARK = "@@mptest@@ "
@@ -154,13 +158,12 @@ _MPY_DIR = pytest.StashKey[Path]()
 
 def build_job(path: Path, names: list[str], mpy: bool, config) -> dict:
     files = []
-    for pkg in NODE_PACKAGES:
-        for src in sorted((ROOT / pkg).rglob("*.py")):
-            if "__pycache__" in src.parts:
-                continue
-            host = compile_mpy(config, src) if mpy else src
-            rel = src.relative_to(ROOT).with_suffix(host.suffix)
-            files.append([str(host), f"/proj/{rel.as_posix()}"])
+    sources = [src for pkg in NODE_PACKAGES for src in sorted((ROOT / pkg).rglob("*.py"))
+               if "__pycache__" not in src.parts]
+    for src in sources + [ROOT / f for f in SIM_FILES]:
+        host = compile_mpy(config, src) if mpy else src
+        rel = src.relative_to(ROOT).with_suffix(host.suffix)
+        files.append([str(host), f"/proj/{rel.as_posix()}"])
     for src in sorted(path.parent.glob("*.py")):
         if src.name != "conftest.py":
             files.append([str(src), f"/tests/{src.name}"])

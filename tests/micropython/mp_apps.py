@@ -5,7 +5,7 @@
 import asyncio
 
 from firmware import astro
-from firmware.hal_sim import SimHAL, StepClock
+from simulator.hal_sim import SimHAL, StepClock
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
 from firmware.store import Store

@@ -2,7 +2,7 @@
 # event chains settling within an instant, watchdog, storage, inputs.
 import asyncio
 
-from firmware.hal_sim import SimHAL, SimReset, StepClock
+from simulator.hal_sim import SimHAL, SimReset, StepClock
 from protocol import messages as m
 
 

@@ -5,7 +5,7 @@ import asyncio
 import json
 
 from firmware import config
-from firmware.hal_sim import SimHAL, StepClock
+from simulator.hal_sim import SimHAL, StepClock
 from firmware.radio import memory_link
 from firmware.runtime import Node
 from protocol import frame as fr

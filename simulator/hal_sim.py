@@ -13,8 +13,8 @@
 #   await clock.sleep_ms(n)  what SimHAL.sleep_ms uses
 #   await clock.run_for(n)   let every task run for n virtual ms, then return
 #
-# - firmware.virtual_loop.VirtualClock (CPython only): the clock of an asyncio
-#   loop whose time is virtual (firmware.virtual_loop.run / new_loop). Every
+# - simulator.virtual_loop.VirtualClock (CPython only): the clock of an asyncio
+#   loop whose time is virtual (simulator.virtual_loop.run / new_loop). Every
 #   asyncio timer (asyncio.sleep, wait_for timeouts, the gateway's own timers
 #   when it runs in the same loop) is then virtual. Use it on CPython.
 # - StepClock (here, portable): a clock that advances itself. Sleepers wait on
@@ -25,14 +25,11 @@
 #   which cannot be made virtual). Only sleeps through the clock are virtual:
 #   an asyncio.sleep / wait_for elsewhere still takes real time there.
 #
-# Measured (CPython 3.11, 2 cores): a task waking every virtual second for
-# one day (86,400 wakes) costs 0.47 s on the virtual loop and 0.45 s on the
-# StepClock (5.4 and 5.2 us per wake; 4.0 and 2.8 us per wake with 100 tasks
-# on a shared clock). The virtual loop is chosen on CPython because it is as
-# fast and correct for ALL asyncio code, not just for clock sleeps. In the
-# MicroPython WebAssembly port the StepClock costs about 24 us per wake when
-# driven from a task (run_for does that itself: awaiting from the top-level
-# coroutine instead bounces through JS setTimeout, about 1 ms per step).
+# The virtual loop is chosen on CPython because it is correct for ALL asyncio
+# code, not just for clock sleeps, and no slower per wake. In the MicroPython
+# WebAssembly port, drive the StepClock from a task (run_for does that
+# itself): awaiting from the top-level coroutine instead bounces through JS
+# setTimeout on every step.
 #
 # Typical test (the same code under both clocks):
 #
