@@ -19,6 +19,7 @@ from firmware.radio import memory_link
 from firmware.runtime import Node
 from firmware.store import R
 from firmware_helpers import ROOT_KEY, MiniGateway, ToyLamp, ToyValves, make_cfg
+import protocol
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
@@ -90,7 +91,7 @@ def test_boot_hello_first_then_reports_and_status():
     assert w.gw.rejected == []
     hello = heard[0]
     assert hello.mtype == m.HELLO
-    assert hello.body == {0: runtime.FIRMWARE, 1: m.KIND_LIGHTING, 2: ToyLamp.CAPS, 3: w.cfg["hash"],
+    assert hello.body == {0: protocol.VERSION, 1: m.KIND_LIGHTING, 2: ToyLamp.CAPS, 3: w.cfg["hash"],
                           4: m.RST_POWER_ON}
     reports = w.gw.of_type(m.LIGHT)
     assert 18 <= len(reports) <= 21  # every 60 s +-5 %
