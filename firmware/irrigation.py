@@ -11,7 +11,7 @@
 # and moisture checks (an operator on site wants the valve to open); the queue
 # resumes after it.
 #
-# Schedules: at most SCHED_MAX entries (zone, weekday mask bit 0 Monday, start
+# Schedules: at most m.SCHEDULE_MAX entries (zone, weekday mask bit 0 Monday, start
 # minute, minutes) on the node's local standard time, UTC + utc_offset_min (no
 # daylight saving). Each entry starts at most once a local day; a start minute
 # that a clock jump skips is not caught up. A scheduled run is skipped when the
@@ -76,10 +76,7 @@ except ImportError:  # CPython: the compiler's constant folding is MicroPython's
     def const(x):  # type: ignore[misc]
         return x
 
-MAX_ZONES = 4
-SCHED_MAX = 8
 QUEUE_MAX = 8
-MAX_RAIN_DELAY_H = 720  # 30 days
 _FLOW_WINDOW = const(3)
 _FILL_MS = const(15000)
 _BURST_MS = const(2000)
@@ -101,7 +98,7 @@ SETTINGS = {
     "master": (1, 0, 1),  # a master valve is fitted
     "flow_meter": (1, 0, 1),
     "pulses_per_l": (450, 1, 100000),  # YF-S201-class meters: about 450
-    "max_run_min": (120, 1, 1440),  # CONFIG CFG_MAX_RUN changes it
+    "max_run_min": (120, 1, m.DAY_MIN),  # CONFIG CFG_MAX_RUN changes it
     "burst_pct": (250, 120, 1000),  # 250: a valve stuck open on a twin zone (200 %) is excess, not burst
     "excess_pct": (30, 10, 500),  # at or above burst_pct - 100 the burst check (faster) always wins
     "leak_dlpm": (5, 1, 10000),  # 0.1 L/min
@@ -140,7 +137,7 @@ def _ints(where, section, spec):
 def parse_schedule(args, nzones, old=()):
     """Apply set_schedule args (groups of 4) to the entries `old`; None if invalid."""
     n = len(args)
-    if n == 0 or n % 4 or n > 24:
+    if n == 0 or n % 4 or n > 4 * m.SCHEDULE_GROUPS_MAX:
         return None
     named = 0
     new = []
@@ -149,13 +146,13 @@ def parse_schedule(args, nzones, old=()):
         for v in (z, mask, start, mins):
             if type(v) is not int:
                 return None
-        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < 1440 and 0 <= mins <= 1440):
+        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < m.DAY_MIN and 0 <= mins <= m.DAY_MIN):
             return None
         named |= 1 << z
         if mins:
             new.append((z, mask, start, mins))
     out = [e for e in old if not named >> e[0] & 1] + new
-    return out if len(out) <= SCHED_MAX else None
+    return out if len(out) <= m.SCHEDULE_MAX else None
 
 
 def check(section):
@@ -165,9 +162,9 @@ def check(section):
         if k != "zones" and k != "schedule":
             rest[k] = section[k]
     s = _ints("irrigation.", rest, SETTINGS)
-    zones = section.get("zones", [{}] * MAX_ZONES)
-    if type(zones) is not list or not 1 <= len(zones) <= MAX_ZONES:
-        raise ValueError("irrigation.zones: a list of 1..%d zones" % MAX_ZONES)
+    zones = section.get("zones", [{}] * m.ZONES_MAX)
+    if type(zones) is not list or not 1 <= len(zones) <= m.ZONES_MAX:
+        raise ValueError("irrigation.zones: a list of 1..%d zones" % m.ZONES_MAX)
     s["zones"] = []
     for i in range(len(zones)):
         if type(zones[i]) is not dict:
@@ -186,7 +183,7 @@ def check(section):
     s["schedule"] = parse_schedule(flat, len(s["zones"])) if flat else []
     if s["schedule"] is None:
         raise ValueError("irrigation.schedule: zone 1..%d, mask 0..127, start 0..1439, minutes 0..1440, "
-                         "at most %d entries" % (len(s["zones"]), SCHED_MAX))
+                         "at most %d entries" % (len(s["zones"]), m.SCHEDULE_MAX))
     return s
 
 
@@ -203,10 +200,10 @@ class Irrigation:
         self.schedule = s["schedule"]
         self.rain_until = 0  # Unix s; 0: no rain delay
         self._load_program()
-        self._done = [-1] * SCHED_MAX  # local day each entry last started
+        self._done = [-1] * m.SCHEDULE_MAX  # local day each entry last started
         self._last_min = -1
         self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
-        self._since = [0] * MAX_ZONES
+        self._since = [0] * m.ZONES_MAX
         self.faults = 0  # IF_LEAK | IF_BURST | IF_EXCESS_FLOW | IF_FAILSAFE here; per-zone ones below
         self._nf = 0  # zones (bit z-1) with no flow raised
         self._mr = 0  # zones whose maximum run time was hit
@@ -495,7 +492,7 @@ class Irrigation:
         t = self.hal.time()
         n = len(args)
         if op == m.OP_OPEN_ZONE:
-            if n != 2 or not (1 <= args[0] <= self._nz and 1 <= args[1] <= 1440):
+            if n != 2 or not (1 <= args[0] <= self._nz and 1 <= args[1] <= m.DAY_MIN):
                 return m.RES_BAD_ARGS, 0
             if t is None or self.faults & _LATCHED:
                 return m.RES_REFUSED, 0
@@ -508,7 +505,7 @@ class Irrigation:
             self._stop_all()
             return m.RES_OK, 0
         if op == m.OP_RAIN_DELAY:
-            if n != 1 or not 0 <= args[0] <= MAX_RAIN_DELAY_H:
+            if n != 1 or not 0 <= args[0] <= m.RAIN_DELAY_MAX_H:
                 return m.RES_BAD_ARGS, 0
             if t is None:
                 return m.RES_REFUSED, 0
@@ -519,7 +516,7 @@ class Irrigation:
             if sched is None:
                 return m.RES_BAD_ARGS, 0
             self.schedule = sched
-            self._done = [-1] * SCHED_MAX
+            self._done = [-1] * m.SCHEDULE_MAX
             return self._saved(len(sched))
         if op == m.OP_CLEAR_FAULT:
             if n:
@@ -549,7 +546,7 @@ class Irrigation:
 
     def configure(self, settings):
         v = settings.get(m.CFG_MAX_RUN)
-        if v is not None and 1 <= v <= 1440:
+        if v is not None and 1 <= v <= m.DAY_MIN:
             self.max_run_min = v
 
     def failsafe(self):

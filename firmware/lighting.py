@@ -2,7 +2,7 @@
 # boost, lamp fault detection, energy and burning hours, and a fail-safe that
 # never leaves a street dark. Contract with the runtime: firmware/README.md.
 #
-# Profile. Up to MAX_STEPS steps (anchor, offset min, level %), anchors
+# Profile. Up to m.PROFILE_STEPS_MAX steps (anchor, offset min, level %), anchors
 # protocol.messages.ANCHOR_* (sunset, sunrise, night midpoint = "virtual
 # midnight", halfway between sunset and the next sunrise). Each local night is
 # planned once, noon to noon (local mean solar time from the longitude). An
@@ -66,7 +66,6 @@ except ImportError:  # CPython: the compiler's constant folding is MicroPython's
     def const(x):  # type: ignore[misc]
         return x
 
-MAX_STEPS = 8  # a COMMAND carries at most 24 args: 8 steps of 3
 _FAIL_MS = const(60000)
 _OVER_MS = const(10000)
 _CLEAR_MS = const(900000)  # 15 min: longer than an HID lamp's on-phase when cycling
@@ -76,7 +75,6 @@ _MIN_CHECK = const(100)  # per mille: below that, current is too small to judge
 _AMBIENT_MS = const(60000)  # a passing car's headlights must not switch the lamp
 _HOLDOVER_MS = const(7 * 86400 * 1000)  # a crystal drifts ~2 s a day: a week is fine
 _FAILSAFE_EVENT_MS = const(900000)  # boot without RTC: give time sync 15 minutes
-_MAX_OVERRIDE_S = const(86400)
 _BIT_EVENTS = ((m.LS_LAMP_FAILURE, m.EV_LAMP_FAILURE, m.SEV_ALARM),
                (m.LS_OVER_CURRENT, m.EV_OVER_CURRENT, m.SEV_ALARM),
                (m.LS_CYCLING, m.EV_CYCLING, m.SEV_WARNING),
@@ -88,7 +86,7 @@ DEFAULT_PROFILE = ((m.ANCHOR_SUNSET, 0, 100), (m.ANCHOR_SUNSET, 240, 50), (m.ANC
                    (m.ANCHOR_SUNRISE, -90, 100), (m.ANCHOR_SUNRISE, 0, 0))
 # key: (default, lo, hi)
 SETTINGS = {
-    "power_w": (60, 1, 2000),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
+    "power_w": (60, 1, m.LAMP_POWER_MAX_W),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
     "full_ma": (0, 0, 20000),  # current at 100 %; 0: power_w / mains_v at power factor 0.95
     "mains_v": (230, 90, 480),
     "ma_per_v": (1000, 1, 100000),  # current sensor scale
@@ -109,14 +107,14 @@ SETTINGS = {
 def parse_profile(args):
     """Flat [anchor, offset min, level %, ...] -> tuple of steps, or None if invalid."""
     n = len(args)
-    if n == 0 or n % 3 or n > 3 * MAX_STEPS:
+    if n == 0 or n % 3 or n > 3 * m.PROFILE_STEPS_MAX:
         return None
     steps = []
     for i in range(0, n, 3):
         a, off, lv = args[i], args[i + 1], args[i + 2]
         if type(a) is not int or type(off) is not int or type(lv) is not int:
             return None
-        if not (0 <= a <= 2 and -720 <= off <= 720 and 0 <= lv <= 100):
+        if not (0 <= a <= 2 and -m.OFFSET_MAX_MIN <= off <= m.OFFSET_MAX_MIN and 0 <= lv <= 100):
             return None
         steps.append((a, off, lv))
     return tuple(steps)
@@ -154,8 +152,8 @@ def check(section):
             flat.extend(st)
         s["profile"] = parse_profile(flat)
         if s["profile"] is None:
-            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset -720..720, level 0..100"
-                             % MAX_STEPS)
+            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset -%d..%d, level 0..100"
+                             % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN, m.OFFSET_MAX_MIN))
     return s
 
 
@@ -173,8 +171,8 @@ class Lighting:
         self._lon_s = int(round(self._lon * 240))  # local mean time offset, s
         self.profile = s["profile"]
         self._load_profile()
-        self._at = [0] * MAX_STEPS  # tonight's plan: seconds after local noon
-        self._lv = [0] * MAX_STEPS
+        self._at = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
+        self._lv = [0] * m.PROFILE_STEPS_MAX
         self._n = 0
         self._k = None  # the noon-to-noon cycle planned
         self._lo = self._hi = 0  # local-time span (s) over which schedule() answers _now
@@ -478,7 +476,7 @@ class Lighting:
         now = self.hal.ticks_ms()
         n = len(args)
         if op == m.OP_SET_LEVEL:
-            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= _MAX_OVERRIDE_S):
+            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= m.OVERRIDE_MAX_S):
                 return m.RES_BAD_ARGS, 0
             if args[1] == 0:
                 self._ovr_until = -1
@@ -513,7 +511,7 @@ class Lighting:
 
     def configure(self, settings):
         w = settings.get(m.CFG_LAMP_POWER)
-        if w is not None and 1 <= w <= 2000:
+        if w is not None and 1 <= w <= m.LAMP_POWER_MAX_W:
             self._power_w = w
             self.s["power_w"] = w
 

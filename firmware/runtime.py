@@ -33,6 +33,7 @@
 
 import asyncio
 
+from protocol import VERSION
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
@@ -41,8 +42,6 @@ from firmware import aio
 from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, StorageError, Store
 from firmware.uplink import (PRIO_ACK, PRIO_ALARM, PRIO_EVENT, PRIO_HELLO, PRIO_REPORT,
                              PRIO_STATUS, UplinkQueue)
-
-FIRMWARE = "0.1.0"
 
 RX1_DELAY_MS = 1000  # SPEC §6
 RX_EARLY_MS = 20  # open the window this early: clock error and wake-up latency
@@ -59,10 +58,6 @@ STORE_RETRY_MAX_MS = 600000  # ... doubling up to 10 min
 IDLE_MS = 3600000  # longest single wait of an idle task (then it looks again)
 WIRE_LISTEN_MS = 60000
 
-STATUS_MIN_S = 300
-REPORT_MIN_S = 30
-REPORT_MAX_S = 86400
-STATUS_MAX_S = 7 * 86400
 
 I32_MIN = -0x80000000
 I32_MAX = 0x7FFFFFFF
@@ -188,7 +183,7 @@ class Node:
             self._app_down.set()
 
     def _hello(self):
-        body = {0: FIRMWARE, 1: self.kind, 2: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
+        body = {0: VERSION, 1: self.kind, 2: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
                 3: self.cfg["hash"], 4: self.hal.reset_cause()}
         self.queue.put(m.HELLO, m.encode(m.HELLO, body), PRIO_HELLO)
         if self.hal.reset_cause() == m.RST_WATCHDOG:
@@ -547,7 +542,7 @@ class Node:
         if expires and now is not None and now > expires:
             return m.RES_EXPIRED, 0
         if op == m.OP_SET_INTERVAL:
-            if len(args) != 1 or not REPORT_MIN_S <= args[0] <= REPORT_MAX_S:
+            if len(args) != 1 or not m.REPORT_MIN_S <= args[0] <= m.REPORT_MAX_S:
                 return m.RES_BAD_ARGS, 0
             self._set_runtime(m.CFG_REPORT_INTERVAL, args[0], True)
             return m.RES_OK, args[0]
@@ -571,21 +566,21 @@ class Node:
     def _set_runtime(self, key, v, persist):
         """Apply one runtime CONFIG key; False if it is out of range."""
         if key == m.CFG_REPORT_INTERVAL:
-            if not REPORT_MIN_S <= v <= REPORT_MAX_S:
+            if not m.REPORT_MIN_S <= v <= m.REPORT_MAX_S:
                 return False
             self.report_s = v
             self._intervals.set()
         elif key == m.CFG_STATUS_INTERVAL:
-            if not STATUS_MIN_S <= v <= STATUS_MAX_S:
+            if not m.STATUS_MIN_S <= v <= m.STATUS_MAX_S:
                 return False
             self.status_s = v
             self._intervals.set()
         elif key == m.CFG_TX_POWER:
-            if not 2 <= v <= 14:
+            if not m.TX_POWER_MIN <= v <= m.TX_POWER_MAX:
                 return False
             self.radio.configure(tx_power=v)
         elif key == m.CFG_SF:
-            if not 7 <= v <= 12:
+            if not m.SF_MIN <= v <= m.SF_MAX:
                 return False
             self.radio.configure(sf=v)
         elif key == m.CFG_CONFIRM_ALARMS:
