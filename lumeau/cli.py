@@ -111,7 +111,7 @@ def cmd_frame_decode(args: argparse.Namespace) -> int:
 # `add_subcommand(subparsers) -> None`, setting `func` on its parser. Imported
 # only when the parser is built, so `lumeau --help` stays the one place that
 # lists every command.
-COMMAND_MODULES: list[str] = ["gateway.sink", "gateway.service", "simulator.cli", "lumeau.node"]
+COMMAND_MODULES: list[str] = ["gateway.sink", "gateway.service", "simulator.cli", "lumeau.commands.node"]
 
 
 def build_parser() -> argparse.ArgumentParser:
