@@ -1,10 +1,16 @@
-# BLE commissioning profile (protocol/SPEC.md §11): what a node
+# BLE (protocol/SPEC.md §11): the GATT UUIDs of the frame transport (the
+# gateway's gateway/transports/ble.py) and the commissioning profile a node
 # (firmware/ble.py, MicroPython) and the technician's tool
-# (lumeau/ble_tools.py, CPython) must agree on -- the GATT UUIDs, the
+# (lumeau/ble_tools.py, CPython) must agree on -- the UUIDs, the
 # advertisement's name and service data, the status map's keys, the refusal
 # codes. Imported only by a node whose config enables BLE, so a node without
 # it carries this on flash but not in its heap.
 
+# Transport: frames in the §8 framing; the service data holds the node id (4 bytes, big-endian).
+TRANSPORT_SERVICE_UUID = "1d310001-5046-4915-b8a2-0ff7f1a1f6f9"
+FRAMES_UUID = "1d310002-5046-4915-b8a2-0ff7f1a1f6f9"  # notify, write, write without response
+
+# Commissioning
 SERVICE_UUID = "1d310003-5046-4915-b8a2-0ff7f1a1f6f9"
 STATUS_UUID = "1d310004-5046-4915-b8a2-0ff7f1a1f6f9"  # read: CBOR map, keys ST_* below
 ALARMS_UUID = "1d310005-5046-4915-b8a2-0ff7f1a1f6f9"  # read: CBOR array of EVENT bodies, oldest first
