@@ -50,10 +50,11 @@ None); the apps call it once a day.
 
 from math import acos, asin, cos, sin, tan, pi
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 _RAD = pi / 180.0
 _COS_ZENITH = -0.014543897651582657  # cos(90.833 deg): upper limb, standard refraction
-_DAYS_1970_TO_2000 = 10957  # 1970-01-01 .. 2000-01-01
-_PASSES = 8  # refinements of an event time; 2-3 suffice below 65 degrees of latitude
+_DAYS_1970_TO_2000 = const(10957)  # 1970-01-01 .. 2000-01-01
+_PASSES = const(8)  # refinements of an event time; 2-3 suffice below 65 degrees of latitude
 
 
 def days_from_civil(year, month, day):

@@ -127,11 +127,11 @@ class Commissioning:
             self.node.last_error = repr(e)
             return bp.STATE_FAILSAFE, 0xFF, 0, None, None
         if mtype == m.LIGHT:
-            out = body.get(0, 0xFF)
-            failsafe = body.get(3, 0) & m.LS_FAILSAFE
+            out = body.get(m.L_LEVEL, 0xFF)
+            failsafe = body.get(m.L_STATE, 0) & m.LS_FAILSAFE
         else:
-            out = body.get(1, 0xFF)
-            failsafe = body.get(6, 0) & m.IF_FAILSAFE
+            out = body.get(m.IR_VALVES, 0xFF)
+            failsafe = body.get(m.IR_FAULTS, 0) & m.IF_FAILSAFE
         st = bp.STATE_FAILSAFE if failsafe else bp.STATE_ALARM if alarms else bp.STATE_OK
         return st, out, alarms, mtype, body
 
@@ -215,13 +215,13 @@ class Commissioning:
             return self._refuse(bp.R_MALFORMED)
         refused = 0
         if t == m.TIME:
-            node.hal.set_time(msg[0], msg.get(1, 0))
+            node.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
         else:
-            refused = node.apply_settings(msg[0])
+            refused = node.apply_settings(msg[m.CF_SETTINGS])
         self.applied += 1
-        ack = {0: f.counter, 1: m.RES_BAD_ARGS if refused else m.RES_OK}
+        ack = {m.CA_ID: f.counter, m.CA_RESULT: m.RES_BAD_ARGS if refused else m.RES_OK}
         if refused:
-            ack[2] = refused
+            ack[m.CA_VALUE] = refused
         try:
             counter = store.next_uplink()
         except StorageError as e:

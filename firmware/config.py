@@ -38,9 +38,10 @@ KIND_CODES = {"lighting": m.KIND_LIGHTING, "irrigation": m.KIND_IRRIGATION, "bri
 RADIO_TYPES = ("lora", "uart", "sim")
 
 # Limits; those a CONFIG frame can change are protocol.messages' (REPORT_MIN_S, ...).
-WDT_MIN_MS = 2000  # below that a slow flash write could bite
-WDT_MAX_MS = 8388  # the ESP32 and RP2040 both accept this; the RP2040 caps at 8.3 s
-MAX_FILE = 4096  # a config file larger than this is refused before parsing
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_WDT_MIN_MS = const(2000)  # below that a slow flash write could bite
+_WDT_MAX_MS = const(8388)  # the ESP32 and RP2040 both accept this; the RP2040 caps at 8.3 s
+_MAX_FILE = const(4096)  # a config file larger than this is refused before parsing
 
 DEFAULTS = {
     "report_interval_s": 900,
@@ -139,8 +140,8 @@ def load(data):
     if type(data) is str:
         data = data.encode()
     data = bytes(data)
-    if len(data) > MAX_FILE:
-        raise ConfigError("config file is %d bytes, at most %d" % (len(data), MAX_FILE))
+    if len(data) > _MAX_FILE:
+        raise ConfigError("config file is %d bytes, at most %d" % (len(data), _MAX_FILE))
     try:
         raw = json.loads(data)
     except ValueError as e:
@@ -159,7 +160,7 @@ def load(data):
     cfg["kind_code"] = KIND_CODES[kind]
     _int(cfg, "report_interval_s", m.REPORT_MIN_S, m.REPORT_MAX_S)
     _int(cfg, "status_interval_s", m.STATUS_MIN_S, m.STATUS_MAX_S)
-    _int(cfg, "wdt_ms", WDT_MIN_MS, WDT_MAX_MS)
+    _int(cfg, "wdt_ms", _WDT_MIN_MS, _WDT_MAX_MS)
     _bool(cfg, "confirm_alarms")
     _bool(cfg, "encrypt")
     cfg["radio"] = _radio(_section(cfg, "radio"))
@@ -213,5 +214,5 @@ def load(data):
 def read(path="config.json"):
     """Load the config from the board's filesystem (boot.py / main.py)."""
     with open(path, "rb") as f:
-        data = f.read(MAX_FILE + 1)
+        data = f.read(_MAX_FILE + 1)
     return load(data)

@@ -60,11 +60,7 @@ from protocol import cbor
 from protocol import messages as m
 from firmware import astro
 
-try:
-    from micropython import const
-except ImportError:  # CPython: the compiler's constant folding is MicroPython's
-    def const(x):  # type: ignore[misc]
-        return x
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
 _FAIL_MS = const(60000)
 _OVER_MS = const(10000)
@@ -171,10 +167,10 @@ class Lighting:
         self._lon_s = int(round(self._lon * 240))  # local mean time offset, s
         self.profile = s["profile"]
         self._load_profile()
-        self._at = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
-        self._lv = [0] * m.PROFILE_STEPS_MAX
-        self._n = 0
-        self._k = None  # the noon-to-noon cycle planned
+        self._step_s = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
+        self._levels = [0] * m.PROFILE_STEPS_MAX
+        self._nsteps = 0
+        self._cycle = None  # the noon-to-noon cycle planned
         self._lo = self._hi = 0  # local-time span (s) over which schedule() answers _now
         self._now = None
         self._sset = self._srise = 0
@@ -186,18 +182,18 @@ class Lighting:
         self._t0 = None  # last valid wall time and its ticks
         self._t0_ms = 0
         self._no_time_ms = self._last_ms
-        self._amb = None  # ambient dark (True/False) once known
-        self._amb_chg = None
+        self._amb_dark = None  # ambient dark (True/False) once known
+        self._amb_since = None  # ticks since the sensor disagrees with _amb_dark
         self._pir = 0
         self._boost_until = -1
         self._ovr_until = -1
-        self._ovr = 0
+        self._ovr_level = 0
         self.presence = 0
-        self._low_ms = self._ok_ms = self._hi_ms = self._nhi_ms = 0
+        self._low_ms = self._ok_ms = self._over_ms = self._over_ok_ms = 0
         self._low = False
         self._edges = [-_CYCLE_MS - 1] * _CYCLE_N  # ticks of the last outages, oldest first
         self.current_ma = 0
-        self._mj = 0  # energy below one Wh, mJ
+        self._energy_mj = 0  # energy below one Wh, mJ
         self._burn_ms = 0  # burning time below one minute
         self._power_w = s["power_w"]
         self.failsafe()  # until the first step decides: on unless known day
@@ -251,12 +247,12 @@ class Lighting:
                 t = prev
             if t > 86400:
                 t = 86400
-            self._at[i] = prev = t
-            self._lv[i] = lv
+            self._step_s[i] = prev = t
+            self._levels[i] = lv
             i += 1
-        self._n = i if sset < 86400 else 0
+        self._nsteps = i if sset < 86400 else 0
         self._sset, self._srise = sset, srise
-        self._k = k
+        self._cycle = k
 
     def schedule(self, t):
         """(dark, profile level %) at Unix time t: the astronomical plan, no fail-safe."""
@@ -264,18 +260,18 @@ class Lighting:
         if self._lo <= lm < self._hi:
             return self._now  # still the segment of the plan found last time
         k = lm // 86400
-        if k != self._k:
+        if k != self._cycle:
             self._plan(k)
         base = k * 86400
         rel = lm - base
         level = lo = 0
         hi = 86400
-        for i in range(self._n):
-            a = self._at[i]
+        for i in range(self._nsteps):
+            a = self._step_s[i]
             if a > rel:
                 hi = a
                 break
-            level = self._lv[i]
+            level = self._levels[i]
             lo = a
         # the segment ends at the next step, sunset or sunrise (or the cycle's end)
         for a in (self._sset, self._srise):
@@ -291,18 +287,18 @@ class Lighting:
     def _ambient_dark(self, now):
         mv = self.hal.adc_read_mv("ambient")
         on, off = self.s["ambient_on_mv"], self.s["ambient_off_mv"]
-        if self._amb is None:
-            self._amb = mv < off  # in the hysteresis band: dark, the safe side
-            return self._amb
-        want = True if mv < on else False if mv > off else self._amb
-        if want == self._amb:
-            self._amb_chg = None
-        elif self._amb_chg is None:
-            self._amb_chg = now
-        elif now - self._amb_chg >= _AMBIENT_MS:
-            self._amb = want
-            self._amb_chg = None
-        return self._amb
+        if self._amb_dark is None:
+            self._amb_dark = mv < off  # in the hysteresis band: dark, the safe side
+            return self._amb_dark
+        want = True if mv < on else False if mv > off else self._amb_dark
+        if want == self._amb_dark:
+            self._amb_since = None  # ticks since the sensor disagrees with _amb_dark
+        elif self._amb_since is None:
+            self._amb_since = now
+        elif now - self._amb_since >= _AMBIENT_MS:
+            self._amb_dark = want
+            self._amb_since = None  # ticks since the sensor disagrees with _amb_dark
+        return self._amb_dark
 
     def _target(self, now):
         """(dark, level %) the schedule asks for now; sets or clears LS_FAILSAFE."""
@@ -346,7 +342,7 @@ class Lighting:
         dark, level = self._target(now)
         flags = self.flags & ~(m.LS_BOOST | m.LS_OVERRIDE | m.LS_ON)
         if now < self._ovr_until:
-            level = self._ovr
+            level = self._ovr_level
             flags |= m.LS_OVERRIDE
         elif dark and now < self._boost_until and s["boost_level"] > level:
             level = s["boost_level"]
@@ -384,14 +380,14 @@ class Lighting:
             return
         expect = full * out // 1000
         if ma > expect * s["over_pct"] // 100 + full // 10:
-            self._hi_ms += dt
-            self._nhi_ms = 0
+            self._over_ms += dt
+            self._over_ok_ms = 0
         else:
-            self._nhi_ms += dt
-            self._hi_ms = 0
-        if self._hi_ms >= _OVER_MS:
+            self._over_ok_ms += dt
+            self._over_ms = 0
+        if self._over_ms >= _OVER_MS:
             self.flags |= m.LS_OVER_CURRENT
-        elif self._nhi_ms >= _CLEAR_MS:
+        elif self._over_ok_ms >= _CLEAR_MS:
             self.flags &= ~m.LS_OVER_CURRENT
         if out < _MIN_CHECK:
             return  # too dim (or off) to judge a lamp failure: states hold
@@ -435,10 +431,10 @@ class Lighting:
         if self.flags & m.LS_LAMP_FAILURE:
             return
         store = self.node.store
-        self._mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
-        if self._mj >= 3600000:
-            store.add("wh", self._mj // 3600000)
-            self._mj %= 3600000
+        self._energy_mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
+        if self._energy_mj >= 3600000:
+            store.add("wh", self._energy_mj // 3600000)
+            self._energy_mj %= 3600000
         self._burn_ms += dt
         if self._burn_ms >= 60000:
             store.add("burn_s", self._burn_ms // 1000)
@@ -454,15 +450,15 @@ class Lighting:
     def report(self):
         store = self.node.store
         body = {
-            0: (max(self._out, 0) + 5) // 10,
-            1: min(self.power_dw(), 0xFFFF),
-            2: store.get("wh") & 0xFFFFFFFF,
-            3: self.flags,
-            4: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
-            5: self.presence,
+            m.L_LEVEL: (max(self._out, 0) + 5) // 10,
+            m.L_POWER: min(self.power_dw(), 0xFFFF),
+            m.L_ENERGY: store.get("wh") & 0xFFFFFFFF,
+            m.L_STATE: self.flags,
+            m.L_HOURS: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
+            m.L_PRESENCE: self.presence,
         }
         if self.s["current_sensor"]:
-            body[6] = min(max(self.current_ma, 0), 0xFFFF)
+            body[m.L_CURRENT] = min(max(self.current_ma, 0), 0xFFFF)
         self.presence = 0
         return m.LIGHT, body
 
@@ -481,7 +477,7 @@ class Lighting:
             if args[1] == 0:
                 self._ovr_until = -1
                 return m.RES_OK, -1  # override cancelled: back to the profile
-            self._ovr = args[0]
+            self._ovr_level = args[0]
             self._ovr_until = now + args[1] * 1000
             return m.RES_OK, args[0]
         if op == m.OP_SET_PROFILE:
@@ -489,7 +485,7 @@ class Lighting:
             if p is None:
                 return m.RES_BAD_ARGS, 0
             self.profile = p
-            self._k = None  # replan tonight
+            self._cycle = None  # replan tonight
             self._hi = 0
             try:
                 self._save_profile()
@@ -501,7 +497,7 @@ class Lighting:
                 return m.RES_BAD_ARGS, 0
             cleared = self.flags & (m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING)
             self.flags &= ~cleared
-            self._low_ms = self._ok_ms = self._hi_ms = self._nhi_ms = 0
+            self._low_ms = self._ok_ms = self._over_ms = self._over_ok_ms = 0
             self._low = False
             for i in range(_CYCLE_N):
                 self._edges[i] = -_CYCLE_MS - 1

@@ -13,11 +13,7 @@
 
 from protocol import cbor
 
-try:
-    from micropython import const
-except ImportError:  # CPython: MicroPython's compiler folds const() names; here they are plain ints
-    def const(x):  # type: ignore[misc]
-        return x
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
 # Message types (frame vt bits 3-0). Bit 3 set = downlink.
 HELLO = 1
