@@ -148,8 +148,8 @@ def check(section):
             flat.extend(st)
         s["profile"] = parse_profile(flat)
         if s["profile"] is None:
-            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset -%d..%d, level 0..100"
-                             % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN, m.OFFSET_MAX_MIN))
+            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset within +-%d min, level 0..100"
+                             % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN))
     return s
 
 
@@ -167,9 +167,9 @@ class Lighting:
         self._lon_s = int(round(self._lon * 240))  # local mean time offset, s
         self.profile = s["profile"]
         self._load_profile()
-        self._step_s = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
+        self._at = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
         self._levels = [0] * m.PROFILE_STEPS_MAX
-        self._nsteps = 0
+        self._n = 0
         self._cycle = None  # the noon-to-noon cycle planned
         self._lo = self._hi = 0  # local-time span (s) over which schedule() answers _now
         self._now = None
@@ -182,12 +182,12 @@ class Lighting:
         self._t0 = None  # last valid wall time and its ticks
         self._t0_ms = 0
         self._no_time_ms = self._last_ms
-        self._amb_dark = None  # ambient dark (True/False) once known
-        self._amb_since = None  # ticks since the sensor disagrees with _amb_dark
+        self._dark = None  # ambient sensor: dark (True/False) once known
+        self._dark_since = None  # ticks since the sensor disagrees with _dark
         self._pir = 0
         self._boost_until = -1
         self._ovr_until = -1
-        self._ovr_level = 0
+        self._ovr = 0
         self.presence = 0
         self._low_ms = self._ok_ms = self._over_ms = self._over_ok_ms = 0
         self._low = False
@@ -247,10 +247,10 @@ class Lighting:
                 t = prev
             if t > 86400:
                 t = 86400
-            self._step_s[i] = prev = t
+            self._at[i] = prev = t
             self._levels[i] = lv
             i += 1
-        self._nsteps = i if sset < 86400 else 0
+        self._n = i if sset < 86400 else 0
         self._sset, self._srise = sset, srise
         self._cycle = k
 
@@ -266,8 +266,8 @@ class Lighting:
         rel = lm - base
         level = lo = 0
         hi = 86400
-        for i in range(self._nsteps):
-            a = self._step_s[i]
+        for i in range(self._n):
+            a = self._at[i]
             if a > rel:
                 hi = a
                 break
@@ -287,18 +287,18 @@ class Lighting:
     def _ambient_dark(self, now):
         mv = self.hal.adc_read_mv("ambient")
         on, off = self.s["ambient_on_mv"], self.s["ambient_off_mv"]
-        if self._amb_dark is None:
-            self._amb_dark = mv < off  # in the hysteresis band: dark, the safe side
-            return self._amb_dark
-        want = True if mv < on else False if mv > off else self._amb_dark
-        if want == self._amb_dark:
-            self._amb_since = None  # ticks since the sensor disagrees with _amb_dark
-        elif self._amb_since is None:
-            self._amb_since = now
-        elif now - self._amb_since >= _AMBIENT_MS:
-            self._amb_dark = want
-            self._amb_since = None  # ticks since the sensor disagrees with _amb_dark
-        return self._amb_dark
+        if self._dark is None:
+            self._dark = mv < off  # in the hysteresis band: dark, the safe side
+            return self._dark
+        want = True if mv < on else False if mv > off else self._dark
+        if want == self._dark:
+            self._dark_since = None  # ticks since the sensor disagrees with _dark
+        elif self._dark_since is None:
+            self._dark_since = now
+        elif now - self._dark_since >= _AMBIENT_MS:
+            self._dark = want
+            self._dark_since = None  # ticks since the sensor disagrees with _dark
+        return self._dark
 
     def _target(self, now):
         """(dark, level %) the schedule asks for now; sets or clears LS_FAILSAFE."""
@@ -342,7 +342,7 @@ class Lighting:
         dark, level = self._target(now)
         flags = self.flags & ~(m.LS_BOOST | m.LS_OVERRIDE | m.LS_ON)
         if now < self._ovr_until:
-            level = self._ovr_level
+            level = self._ovr
             flags |= m.LS_OVERRIDE
         elif dark and now < self._boost_until and s["boost_level"] > level:
             level = s["boost_level"]
@@ -477,7 +477,7 @@ class Lighting:
             if args[1] == 0:
                 self._ovr_until = -1
                 return m.RES_OK, -1  # override cancelled: back to the profile
-            self._ovr_level = args[0]
+            self._ovr = args[0]
             self._ovr_until = now + args[1] * 1000
             return m.RES_OK, args[0]
         if op == m.OP_SET_PROFILE:

@@ -46,17 +46,18 @@ wraps after 2^30 ms on a board); the module has no clock of its own, so the
 simulator drives it with a virtual one.
 """
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
 SF_MIN = 6
 SF_MAX = 12
 BANDWIDTHS_HZ = (125000, 250000, 500000)
 CR_DENOM_MIN = 5           # coding rate 4/5 ...
 CR_DENOM_MAX = 8           # ... to 4/8
-const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
-_PAYLOAD_MAX = const(255)          # the SX127x FIFO payload length register is 8 bits
+_PAYLOAD_MAX = const(255)  # the SX127x FIFO payload length register is 8 bits
 _PREAMBLE_MIN = const(6)
 _PREAMBLE_MAX = const(65535)
 PREAMBLE_DEFAULT = 8       # LoRaWAN's preamble
-_LDRO_SYMBOL_US = const(16000)     # LDRO auto-on from this symbol duration (16 ms)
+_LDRO_SYMBOL_US = const(16000)  # LDRO auto-on from this symbol duration (16 ms)
 
 # EU868 sub-bands: (low Hz, high Hz, 1/duty cycle, name).  The inverse duty
 # cycle keeps the off-time arithmetic in integers.  g1..g4 are the names
