@@ -511,13 +511,13 @@ async def configure(target: str, pairs: list[str], *, config: Path | None = None
         top = status["tool_counter"]
         refused, retried, when = 0, False, None
         if settings:
-            top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {0: settings}, top)
+            top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {m.CF_SETTINGS: settings}, top)
         if set_clock:
             def now() -> dict[int, int]:  # read at the last moment: the answer comes within the timeout
                 t = clock()
                 nonlocal when
                 when = int(t)
-                return {0: int(t), 1: int(t * 1000) % 1000}
+                return {m.T_UNIX: int(t), m.T_MS: int(t * 1000) % 1000}
             top, _, again = await _send(link, keys, m.TIME, now, top)
             retried = retried or again
         return Configured(seen, settings, refused, when, retried)
@@ -555,8 +555,9 @@ def _confirmed(keys: NodeKeys, answer: bytes, counter: int) -> int:
             from None
     except ValueError as e:
         raise BleToolError("protocol", f"the node's answer does not decode: {e}") from None
-    if ack[0] != counter:
-        raise BleToolError("protocol", f"the node answered for counter {ack[0]}, not {counter}")
-    if ack[1] not in (m.RES_OK, m.RES_BAD_ARGS):
-        raise BleToolError("refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, 1)].get(ack[1], ack[1])}")
-    return ack.get(2, 0) if ack[1] == m.RES_BAD_ARGS else 0
+    if ack[m.CA_ID] != counter:
+        raise BleToolError("protocol", f"the node answered for counter {ack[m.CA_ID]}, not {counter}")
+    result = ack[m.CA_RESULT]
+    if result not in (m.RES_OK, m.RES_BAD_ARGS):
+        raise BleToolError("refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, m.CA_RESULT)].get(result, result)}")
+    return ack.get(m.CA_VALUE, 0) if result == m.RES_BAD_ARGS else 0

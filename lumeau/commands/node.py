@@ -127,7 +127,7 @@ def _node_id(text: str) -> int:
 
 
 def add_subcommand(subparsers) -> None:
-    node = subparsers.add_parser("node", help="build, provision and flash nodes (technician tooling)",
+    node = subparsers.add_parser("node", help="build, provision, flash and commission nodes (technician tooling)",
                                  description="Turn a blank board into a registered, keyed, working node.")
     actions = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
 
@@ -175,7 +175,7 @@ def add_subcommand(subparsers) -> None:
     add_ble_actions(actions)
 
 
-# -- BLE commissioning: output ----------------------------------------------------------------------------------------
+# -- BLE commissioning: output ---------------------------------------------------------------------
 
 
 def _fields(fields: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
