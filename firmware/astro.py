@@ -50,10 +50,11 @@ None); the apps call it once a day.
 
 from math import acos, asin, cos, sin, tan, pi
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 _RAD = pi / 180.0
 _COS_ZENITH = -0.014543897651582657  # cos(90.833 deg): upper limb, standard refraction
-_DAYS_1970_TO_2000 = 10957  # 1970-01-01 .. 2000-01-01
-_PASSES = 8  # refinements of an event time; 2-3 suffice below 65 degrees of latitude
+_DAYS_1970_TO_2000 = const(10957)  # 1970-01-01 .. 2000-01-01
+_PASSES = const(8)  # refinements of an event time; 2-3 suffice below 65 degrees of latitude
 
 
 def days_from_civil(year, month, day):
@@ -68,7 +69,7 @@ def days_from_civil(year, month, day):
     return era * 146097 + doe - 719468
 
 
-def _sun(n, frac):
+def sun_decl_eot(n, frac):
     """(declination rad, equation of time min) at day n (days since 2000-01-01) + frac days UTC."""
     # Days since J2000.0 = 2000-01-01 12:00: n - 0.5 + frac. The mean motions
     # 0.98564736 and 0.98560028 deg/day are written as 1 - small so that the
@@ -101,7 +102,7 @@ def _event(lat, lon, n, sign):
     """Minutes after 00:00 UTC of day n of sunrise (sign 1) or sunset (-1), or None."""
     t = 720.0 - 4.0 * lon  # first estimate: local mean noon
     for _ in range(_PASSES):
-        decl, eot = _sun(n, t / 1440.0)
+        decl, eot = sun_decl_eot(n, t / 1440.0)
         x = _cos_ha(lat, decl)
         if x > 1.0 or x < -1.0:
             return None
@@ -140,5 +141,5 @@ def polar_day(lat, lon, day):
     without setting: tells polar day from polar night when sun_times gives no events."""
     lat = max(-89.99, min(89.99, lat))
     n = day - _DAYS_1970_TO_2000
-    decl, _ = _sun(n, 0.5 - lon / 360.0)
+    decl, _ = sun_decl_eot(n, 0.5 - lon / 360.0)
     return _cos_ha(lat, decl) < -1.0

@@ -36,25 +36,23 @@
 # never collide with or outrun the gateway's downlinks (SPEC §4). The tool
 # learns the window's top from the status (key 6).
 #
+# The profile both ends share (UUIDs, service data, status keys, refusal
+# codes) is protocol/ble.py.
+#
 # Time: the advertising refresh is aioble's own timeout (the board's clock;
 # BLE has no simulated counterpart); everything else waits through the HAL.
 
 import asyncio
 import struct
 
+from protocol import VERSION
+from protocol import ble as bp
 from protocol import cbor
 from protocol import frame as fr
 from protocol import messages as m
 from protocol import serial as framing
 
-from firmware.runtime import FIRMWARE
 from firmware.store import StorageError
-
-SERVICE = "1d310003-5046-4915-b8a2-0ff7f1a1f6f9"
-STATUS = "1d310004-5046-4915-b8a2-0ff7f1a1f6f9"
-ALARMS = "1d310005-5046-4915-b8a2-0ff7f1a1f6f9"
-CONTROL = "1d310006-5046-4915-b8a2-0ff7f1a1f6f9"
-NAME = b"Lumeau"
 
 ADV_REFRESH_MS = 10000
 STATUS_REFRESH_MS = 1000
@@ -62,48 +60,9 @@ IDLE_MS = 60000
 CONNECTION_MAX_MS = 600000
 REFUSALS_MAX = 8
 ALARMS_KEPT = 8  # <= 23: the alarms value's CBOR array head is one byte
-CONTROL_WRITE_MAX = 64  # the stack keeps at most this much of one write
 ERROR_BACKOFF_MS = 5000  # the stack refused to advertise: try again later ...
 ERROR_BACKOFF_MAX_MS = 300000  # ... doubling up to 5 min
 LAST_ERROR_MAX = 48
-
-# state in the advertisement and the status
-ST_OK = 0
-ST_ALARM = 1
-ST_FAILSAFE = 2
-
-# flags byte of the service data
-FL_TIME = 0x01  # the node's wall clock is set
-FL_CONFIGURE = 0x02  # it accepts CONFIG over BLE
-
-# refusals: A0 reason top(u32)
-REFUSED = 0xA0
-R_MALFORMED = 1  # not a frame, not a downlink, or a body that is not a CONFIG
-R_WRONG_NODE = 2
-R_UNSUPPORTED = 3  # a message type other than CONFIG or TIME
-R_AUTH = 4  # the MIC does not verify with this node's key
-R_REPLAY = 5  # the counter was used already: take top + 1
-R_COUNTER = 6  # a gateway counter (below TOOL_COUNTER_BASE)
-R_DISABLED = 7  # the config says no configuration over BLE
-R_STORAGE = 8  # applied, but no uplink counter to sign the answer with
-
-
-def _le(uuid):
-    # 128-bit UUIDs travel little-endian in advertising data
-    return bytes(reversed(bytes.fromhex(uuid.replace("-", ""))))
-
-
-def _version(text):
-    out = bytearray(3)
-    i = 0
-    for part in text.split("."):
-        if i < 3:
-            try:
-                out[i] = int(part) & 0xFF
-            except ValueError:
-                pass
-        i += 1
-    return bytes(out)
 
 
 class Commissioning:
@@ -114,15 +73,15 @@ class Commissioning:
         self.aioble = aioble
         self.interval_us = settings["adv_interval_ms"] * 1000
         self.configure = settings["configure"]
-        svc = self._svc_le = _le(SERVICE)
+        svc = self._svc_le = bp.uuid_le(bp.SERVICE_UUID)
         # flags (LE general discoverable, no BR/EDR), the service, the name: 29 of 31 bytes
-        self.adv = b"\x02\x01\x06\x11\x07" + svc + bytes((len(NAME) + 1, 0x09)) + NAME
-        self._fw = _version(FIRMWARE)
-        service = aioble.Service(uuid(SERVICE))
-        self.status = aioble.Characteristic(service, uuid(STATUS), read=True)
-        self.alarms = aioble.Characteristic(service, uuid(ALARMS), read=True, initial=b"\x80")
-        self.control = aioble.BufferedCharacteristic(service, uuid(CONTROL), write=True, notify=True,
-                                                     capture=True, max_len=CONTROL_WRITE_MAX)
+        self.adv = b"\x02\x01\x06\x11\x07" + svc + bytes((len(bp.NAME) + 1, 0x09)) + bp.NAME
+        self._fw = bp.version_bytes(VERSION)
+        service = aioble.Service(uuid(bp.SERVICE_UUID))
+        self.status = aioble.Characteristic(service, uuid(bp.STATUS_UUID), read=True)
+        self.alarms = aioble.Characteristic(service, uuid(bp.ALARMS_UUID), read=True, initial=b"\x80")
+        self.control = aioble.BufferedCharacteristic(service, uuid(bp.CONTROL_UUID), write=True, notify=True,
+                                                     capture=True, max_len=bp.CONTROL_WRITE_MAX)
         self._service = service
         self._registered = False
         self._ring = []  # EVENT bodies (CBOR), oldest first
@@ -157,7 +116,7 @@ class Commissioning:
         """(state, output, open alarms, report type, report body) of now; type None when unknown."""
         app = self.node.app
         if app is None:
-            return ST_FAILSAFE, 0xFF, 0, None, None  # the runtime holds the outputs safe
+            return bp.STATE_FAILSAFE, 0xFF, 0, None, None  # the runtime holds the outputs safe
         try:
             presence = getattr(app, "presence", None)
             mtype, body = app.report()
@@ -166,23 +125,23 @@ class Commissioning:
             alarms = app.open_alarms()
         except Exception as e:  # the runtime's next report faults the app; a look only says so
             self.node.last_error = repr(e)
-            return ST_FAILSAFE, 0xFF, 0, None, None
+            return bp.STATE_FAILSAFE, 0xFF, 0, None, None
         if mtype == m.LIGHT:
-            out = body.get(0, 0xFF)
-            failsafe = body.get(3, 0) & m.LS_FAILSAFE
+            out = body.get(m.L_LEVEL, 0xFF)
+            failsafe = body.get(m.L_STATE, 0) & m.LS_FAILSAFE
         else:
-            out = body.get(1, 0xFF)
-            failsafe = body.get(6, 0) & m.IF_FAILSAFE
-        st = ST_FAILSAFE if failsafe else ST_ALARM if alarms else ST_OK
+            out = body.get(m.IR_VALVES, 0xFF)
+            failsafe = body.get(m.IR_FAULTS, 0) & m.IF_FAILSAFE
+        st = bp.STATE_FAILSAFE if failsafe else bp.STATE_ALARM if alarms else bp.STATE_OK
         return st, out, alarms, mtype, body
 
     def service_data(self):
         """The 12 bytes after the service UUID in the scan response (SPEC §11)."""
         node = self.node
         st, out, alarms, _, _ = self.look()
-        flags = FL_CONFIGURE if self.configure else 0
+        flags = bp.FL_CONFIGURE if self.configure else 0
         if node.hal.time() is not None:
-            flags |= FL_TIME
+            flags |= bp.FL_TIME
         fw = self._fw
         return struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out,
                            fw[0], fw[1], fw[2], flags)
@@ -196,14 +155,15 @@ class Commissioning:
         node = self.node
         store = node.store
         st, _, _, mtype, body = self.look()
-        v = {0: node.node_id, 1: node.kind, 2: FIRMWARE, 3: st, 5: node.status_body(),
-             6: store.tool_window.top, 7: store.window.top,
-             8: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
-             10: node.cfg["hash"]}
+        v = {bp.ST_NODE: node.node_id, bp.ST_KIND: node.kind, bp.ST_FIRMWARE: VERSION, bp.ST_STATE: st,
+             bp.ST_STATUS: node.status_body(), bp.ST_TOOL_TOP: store.tool_window.top,
+             bp.ST_GATEWAY_TOP: store.window.top,
+             bp.ST_COUNTERS: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
+             bp.ST_CONFIG_HASH: node.cfg["hash"]}
         if mtype is not None:
-            v[4] = [mtype, body]
+            v[bp.ST_REPORT] = [mtype, body]
         if node.last_error:
-            v[9] = node.last_error[:LAST_ERROR_MAX]
+            v[bp.ST_LAST_ERROR] = node.last_error[:LAST_ERROR_MAX]
         return cbor.dumps(v)
 
     # -- configuration over BLE ------------------------------------------------------------
@@ -211,7 +171,7 @@ class Commissioning:
     def _refuse(self, reason):
         self._refusals += 1
         self.refused += 1
-        return struct.pack(">BBI", REFUSED, reason, self.node.store.tool_window.top)
+        return struct.pack(">BBI", bp.REFUSED, reason, self.node.store.tool_window.top)
 
     def handle(self, raw):
         """Answer one frame written to the control characteristic (bytes to frame and notify)."""
@@ -219,7 +179,7 @@ class Commissioning:
             return self._handle(raw)
         except Exception as e:  # whatever is written, the node keeps running
             self.node.last_error = repr(e)
-            return self._refuse(R_MALFORMED)
+            return self._refuse(bp.R_MALFORMED)
 
     def _handle(self, raw):
         node = self.node
@@ -227,24 +187,24 @@ class Commissioning:
         try:
             f = fr.parse(raw)
         except fr.FrameError:
-            return self._refuse(R_MALFORMED)
+            return self._refuse(bp.R_MALFORMED)
         if not f.downlink:
-            return self._refuse(R_MALFORMED)
+            return self._refuse(bp.R_MALFORMED)
         if f.node_id != node.node_id:
-            return self._refuse(R_WRONG_NODE)
+            return self._refuse(bp.R_WRONG_NODE)
         t = f.mtype
         if t != m.CONFIG and t != m.TIME:
-            return self._refuse(R_UNSUPPORTED)
+            return self._refuse(bp.R_UNSUPPORTED)
         if f.counter < fr.TOOL_COUNTER_BASE:
-            return self._refuse(R_COUNTER)
+            return self._refuse(bp.R_COUNTER)
         if not self.configure:
-            return self._refuse(R_DISABLED)
+            return self._refuse(bp.R_DISABLED)
         try:
             body = fr.verify(node.keys, f)
         except (fr.FrameError, NotImplementedError):
-            return self._refuse(R_AUTH)
+            return self._refuse(bp.R_AUTH)
         if store.tool_window.check(f.counter) != fr.ACCEPT:
-            return self._refuse(R_REPLAY)
+            return self._refuse(bp.R_REPLAY)
         try:
             store.accept_downlink(f.counter)  # persisted before acting, as any downlink
         except StorageError as e:
@@ -252,21 +212,21 @@ class Commissioning:
         try:
             msg = m.decode(t, body)
         except m.MessageError:
-            return self._refuse(R_MALFORMED)
+            return self._refuse(bp.R_MALFORMED)
         refused = 0
         if t == m.TIME:
-            node.hal.set_time(msg[0], msg.get(1, 0))
+            node.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
         else:
-            refused = node.apply_settings(msg[0])
+            refused = node.apply_settings(msg[m.CF_SETTINGS])
         self.applied += 1
-        ack = {0: f.counter, 1: m.RES_BAD_ARGS if refused else m.RES_OK}
+        ack = {m.CA_ID: f.counter, m.CA_RESULT: m.RES_BAD_ARGS if refused else m.RES_OK}
         if refused:
-            ack[2] = refused
+            ack[m.CA_VALUE] = refused
         try:
             counter = store.next_uplink()
         except StorageError as e:
             node.last_error = repr(e)
-            return self._refuse(R_STORAGE)
+            return self._refuse(bp.R_STORAGE)
         return fr.seal(node.keys, m.CMD_ACK, counter, m.encode(m.CMD_ACK, ack), node.encrypt)
 
     # -- the BLE side ------------------------------------------------------------------------

@@ -17,12 +17,12 @@
 
 import asyncio
 
+from protocol import VERSION
+from protocol import bridge_msg as bm
 from protocol import lora
 from protocol import serial as framing
 
-from firmware import bridge_msg as bm
-
-FIRMWARE = "bridge 0.1.0"
+FIRMWARE = "bridge " + VERSION
 STATUS_EVERY_MS = 60000
 SERIAL_POLL_MS = 5  # host messages are read this often; a TX is due at least 1 s after its request
 LISTEN_MS = 60000  # one modem recv() call; then it is simply called again

@@ -30,24 +30,18 @@ import hashlib
 import json
 
 from protocol import lora
+from protocol import messages as m
 from protocol.keys import NodeKeys
 
 KINDS = ("lighting", "irrigation", "bridge")
-KIND_CODES = {"lighting": 1, "irrigation": 2, "bridge": 3}  # protocol.messages.KIND_*
+KIND_CODES = {"lighting": m.KIND_LIGHTING, "irrigation": m.KIND_IRRIGATION, "bridge": m.KIND_BRIDGE}
 RADIO_TYPES = ("lora", "uart", "sim")
 
-# Limits (seconds unless named): a report at most every 30 s keeps a node
-# inside 1 % duty cycle at SF12 with room for retries; at least once a day
-# keeps it visible. STATUS is rarer than reports.
-REPORT_MIN_S = 30
-REPORT_MAX_S = 86400
-STATUS_MIN_S = 300
-STATUS_MAX_S = 7 * 86400
-WDT_MIN_MS = 2000  # below that a slow flash write could bite
-WDT_MAX_MS = 8388  # the ESP32 and RP2040 both accept this; the RP2040 caps at 8.3 s
-TX_POWER_MIN = 2
-TX_POWER_MAX = 14  # EU868 ERP limit for the g1 sub-band (25 mW ~ 14 dBm)
-MAX_FILE = 4096  # a config file larger than this is refused before parsing
+# Limits; those a CONFIG frame can change are protocol.messages' (REPORT_MIN_S, ...).
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_WDT_MIN_MS = const(2000)  # below that a slow flash write could bite
+_WDT_MAX_MS = const(8388)  # the ESP32 and RP2040 both accept this; the RP2040 caps at 8.3 s
+_MAX_FILE = const(4096)  # a config file larger than this is refused before parsing
 
 DEFAULTS = {
     "report_interval_s": 900,
@@ -120,12 +114,12 @@ def _radio(r):
     out.update(r)
     if out["type"] not in RADIO_TYPES:
         raise ConfigError("radio.type: %r is not one of %s" % (out["type"], ", ".join(RADIO_TYPES)))
-    _int(out, "sf", 7, 12, "radio.")
+    _int(out, "sf", m.SF_MIN, m.SF_MAX, "radio.")
     bw = _int(out, "bw_hz", 125000, 500000, "radio.")
     if bw not in lora.BANDWIDTHS_HZ:
         raise ConfigError("radio.bw_hz: %d is not 125000, 250000 or 500000" % bw)
     _int(out, "cr", lora.CR_DENOM_MIN, lora.CR_DENOM_MAX, "radio.")
-    _int(out, "tx_power", TX_POWER_MIN, TX_POWER_MAX, "radio.")
+    _int(out, "tx_power", m.TX_POWER_MIN, m.TX_POWER_MAX, "radio.")
     uart = out.get("uart", {})
     if type(uart) is not dict:
         raise ConfigError("radio.uart: expected an object")
@@ -146,8 +140,8 @@ def load(data):
     if type(data) is str:
         data = data.encode()
     data = bytes(data)
-    if len(data) > MAX_FILE:
-        raise ConfigError("config file is %d bytes, at most %d" % (len(data), MAX_FILE))
+    if len(data) > _MAX_FILE:
+        raise ConfigError("config file is %d bytes, at most %d" % (len(data), _MAX_FILE))
     try:
         raw = json.loads(data)
     except ValueError as e:
@@ -164,9 +158,9 @@ def load(data):
     if kind not in KINDS:
         raise ConfigError("kind: %r is not one of %s" % (kind, ", ".join(KINDS)))
     cfg["kind_code"] = KIND_CODES[kind]
-    _int(cfg, "report_interval_s", REPORT_MIN_S, REPORT_MAX_S)
-    _int(cfg, "status_interval_s", STATUS_MIN_S, STATUS_MAX_S)
-    _int(cfg, "wdt_ms", WDT_MIN_MS, WDT_MAX_MS)
+    _int(cfg, "report_interval_s", m.REPORT_MIN_S, m.REPORT_MAX_S)
+    _int(cfg, "status_interval_s", m.STATUS_MIN_S, m.STATUS_MAX_S)
+    _int(cfg, "wdt_ms", _WDT_MIN_MS, _WDT_MAX_MS)
     _bool(cfg, "confirm_alarms")
     _bool(cfg, "encrypt")
     cfg["radio"] = _radio(_section(cfg, "radio"))
@@ -220,5 +214,5 @@ def load(data):
 def read(path="config.json"):
     """Load the config from the board's filesystem (boot.py / main.py)."""
     with open(path, "rb") as f:
-        data = f.read(MAX_FILE + 1)
+        data = f.read(_MAX_FILE + 1)
     return load(data)

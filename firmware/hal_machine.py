@@ -12,15 +12,15 @@
 #   half period (6 days); the runtime reads it every few seconds.
 # - The wall clock is the board's RTC. It is trusted only after set_time, or
 #   after a reset that keeps the RTC running (soft, watchdog, deep sleep)
-#   when it shows a year >= TRUST_YEAR; after power-on it starts at the
+#   when it shows a year >= _TRUST_YEAR; after power-on it starts at the
 #   port's epoch and is not trusted. Ports with a 2000 epoch are converted.
 # - ADC: read_uv() where the port has it (ESP32, calibrated), else
-#   read_u16() scaled to ADC_REF_MV. `adc_scale` (name -> (mul, div)) undoes
+#   read_u16() scaled to _ADC_REF_MV. `adc_scale` (name -> (mul, div)) undoes
 #   a voltage divider, e.g. {"supply": (11, 1)}.
 # - Pulse counters: a falling-edge IRQ adds 1 to a preallocated int per
 #   channel (no allocation in the handler); good to a few kHz, plenty for a
 #   flow meter (a typical one gives 7.5 pulses/s per L/min).
-# - PWM at PWM_HZ: above what the eye sees, inside every LED driver's
+# - PWM at _PWM_HZ: above what the eye sees, inside every LED driver's
 #   dimming input range.
 # - Storage: one file per key in `storage_dir`, written to key + ".tmp"
 #   then renamed: atomic on LittleFS (the default filesystem of both ports).
@@ -29,10 +29,11 @@ from protocol import messages as m
 
 from firmware.hal import HAL
 
-PWM_HZ = 1000
-ADC_REF_MV = 3300
-TRUST_YEAR = 2024
-_UNIX_2000 = 946684800
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_PWM_HZ = const(1000)
+_ADC_REF_MV = const(3300)
+_TRUST_YEAR = const(2024)
+_UNIX_2000 = const(946684800)
 _SAFE_HIGH = ("lamp",)  # PWM outputs created fully on; every digital output starts at 0
 _PULL_UP_INPUTS = ("rain",)  # rain sensors are dry contacts to ground
 
@@ -85,7 +86,7 @@ class MachineHAL(HAL):
         if not self._synced:
             if self._cause == m.RST_POWER_ON or self._cause == m.RST_BROWNOUT:
                 return None
-            if self._t.gmtime()[0] < TRUST_YEAR:
+            if self._t.gmtime()[0] < _TRUST_YEAR:
                 return None
         return self._t.time() + self._epoch
 
@@ -129,7 +130,7 @@ class MachineHAL(HAL):
     def pwm_write(self, name, permille):
         p = self._pwm.get(name)
         if p is None:
-            p = self._pwm[name] = self._m.PWM(self._m.Pin(self._pin_no(name)), freq=PWM_HZ)
+            p = self._pwm[name] = self._m.PWM(self._m.Pin(self._pin_no(name)), freq=_PWM_HZ)
         if permille < 0:
             permille = 0
         elif permille > 1000:
@@ -143,7 +144,7 @@ class MachineHAL(HAL):
         if hasattr(a, "read_uv"):
             mv = a.read_uv() // 1000
         else:
-            mv = a.read_u16() * ADC_REF_MV // 65535
+            mv = a.read_u16() * _ADC_REF_MV // 65535
         sc = self._adc_scale.get(name)
         if sc is not None:
             mv = mv * sc[0] // sc[1]

@@ -6,12 +6,12 @@
 #
 # Runs. One zone waters at a time (line pressure is sized for one); the
 # master valve is open exactly while a zone is. Scheduled runs that fall due
-# together queue (at most QUEUE_MAX) and run one after the other. A manual
+# together queue (at most _QUEUE_MAX) and run one after the other. A manual
 # open_zone replaces the current run (capped at max_run_min) and bypasses rain
 # and moisture checks (an operator on site wants the valve to open); the queue
 # resumes after it.
 #
-# Schedules: at most SCHED_MAX entries (zone, weekday mask bit 0 Monday, start
+# Schedules: at most m.SCHEDULE_MAX entries (zone, weekday mask bit 0 Monday, start
 # minute, minutes) on the node's local standard time, UTC + utc_offset_min (no
 # daylight saving). Each entry starts at most once a local day; a start minute
 # that a clock jump skips is not caught up. A scheduled run is skipped when the
@@ -70,16 +70,9 @@
 from protocol import cbor
 from protocol import messages as m
 
-try:
-    from micropython import const
-except ImportError:  # CPython: the compiler's constant folding is MicroPython's
-    def const(x):  # type: ignore[misc]
-        return x
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
-MAX_ZONES = 4
-SCHED_MAX = 8
-QUEUE_MAX = 8
-MAX_RAIN_DELAY_H = 720  # 30 days
+_QUEUE_MAX = const(8)
 _FLOW_WINDOW = const(3)
 _FILL_MS = const(15000)
 _BURST_MS = const(2000)
@@ -101,7 +94,7 @@ SETTINGS = {
     "master": (1, 0, 1),  # a master valve is fitted
     "flow_meter": (1, 0, 1),
     "pulses_per_l": (450, 1, 100000),  # YF-S201-class meters: about 450
-    "max_run_min": (120, 1, 1440),  # CONFIG CFG_MAX_RUN changes it
+    "max_run_min": (120, 1, m.DAY_MIN),  # CONFIG CFG_MAX_RUN changes it
     "burst_pct": (250, 120, 1000),  # 250: a valve stuck open on a twin zone (200 %) is excess, not burst
     "excess_pct": (30, 10, 500),  # at or above burst_pct - 100 the burst check (faster) always wins
     "leak_dlpm": (5, 1, 10000),  # 0.1 L/min
@@ -140,7 +133,7 @@ def _ints(where, section, spec):
 def parse_schedule(args, nzones, old=()):
     """Apply set_schedule args (groups of 4) to the entries `old`; None if invalid."""
     n = len(args)
-    if n == 0 or n % 4 or n > 24:
+    if n == 0 or n % 4 or n > 4 * m.SCHEDULE_GROUPS_MAX:
         return None
     named = 0
     new = []
@@ -149,13 +142,13 @@ def parse_schedule(args, nzones, old=()):
         for v in (z, mask, start, mins):
             if type(v) is not int:
                 return None
-        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < 1440 and 0 <= mins <= 1440):
+        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < m.DAY_MIN and 0 <= mins <= m.DAY_MIN):
             return None
         named |= 1 << z
         if mins:
             new.append((z, mask, start, mins))
     out = [e for e in old if not named >> e[0] & 1] + new
-    return out if len(out) <= SCHED_MAX else None
+    return out if len(out) <= m.SCHEDULE_MAX else None
 
 
 def check(section):
@@ -165,9 +158,9 @@ def check(section):
         if k != "zones" and k != "schedule":
             rest[k] = section[k]
     s = _ints("irrigation.", rest, SETTINGS)
-    zones = section.get("zones", [{}] * MAX_ZONES)
-    if type(zones) is not list or not 1 <= len(zones) <= MAX_ZONES:
-        raise ValueError("irrigation.zones: a list of 1..%d zones" % MAX_ZONES)
+    zones = section.get("zones", [{}] * m.ZONES_MAX)
+    if type(zones) is not list or not 1 <= len(zones) <= m.ZONES_MAX:
+        raise ValueError("irrigation.zones: a list of 1..%d zones" % m.ZONES_MAX)
     s["zones"] = []
     for i in range(len(zones)):
         if type(zones[i]) is not dict:
@@ -186,7 +179,7 @@ def check(section):
     s["schedule"] = parse_schedule(flat, len(s["zones"])) if flat else []
     if s["schedule"] is None:
         raise ValueError("irrigation.schedule: zone 1..%d, mask 0..127, start 0..1439, minutes 0..1440, "
-                         "at most %d entries" % (len(s["zones"]), SCHED_MAX))
+                         "at most %d entries" % (len(s["zones"]), m.SCHEDULE_MAX))
     return s
 
 
@@ -199,29 +192,29 @@ class Irrigation:
         s = check(cfg.get("irrigation") or {})
         self.s = s
         self.zones = s["zones"]
-        self._nz = len(self.zones)
+        self._nzones = len(self.zones)
         self.schedule = s["schedule"]
         self.rain_until = 0  # Unix s; 0: no rain delay
         self._load_program()
-        self._done = [-1] * SCHED_MAX  # local day each entry last started
+        self._done = [-1] * m.SCHEDULE_MAX  # local day each entry last started
         self._last_min = -1
         self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
-        self._since = [0] * MAX_ZONES
+        self._since = [0] * m.ZONES_MAX
         self.faults = 0  # IF_LEAK | IF_BURST | IF_EXCESS_FLOW | IF_FAILSAFE here; per-zone ones below
-        self._nf = 0  # zones (bit z-1) with no flow raised
-        self._mr = 0  # zones whose maximum run time was hit
+        self._noflow = 0  # zones (bit z-1) with no flow raised
+        self._maxrun = 0  # zones whose maximum run time was hit
         self._fs_raised = False
         self.queue = []
         self._zone = 0  # the zone of the current run, 0: none
         self._end = self._start = self._closed_at = 0
         self._manual = False
-        self._burst_ms = self._nf_ms = self._moist_ms = self._xs_ms = 0
+        self._burst_ms = self._noflow_ms = self._moist_ms = self._excess_ms = 0
         self._leak_ms = self._noleak_ms = 0
-        self._p = None
-        self._vp = 0  # pulses below one litre
-        self._wp = [0] * _FLOW_WINDOW
-        self._wt = [0] * _FLOW_WINDOW
-        self._wi = 0
+        self._pulses = None  # the flow meter's count at the last tick
+        self._vol_p = 0  # pulses below one litre
+        self._win_p = [0] * _FLOW_WINDOW  # pulses and ms of the last ticks: the flow's window
+        self._win_ms = [0] * _FLOW_WINDOW
+        self._win_i = 0
         self.flow = 0  # 0.1 L/min
         self._last_ms = self._no_time_ms = hal.ticks_ms()
         self.max_run_min = s["max_run_min"]
@@ -232,7 +225,7 @@ class Irrigation:
     def _load_program(self):
         try:
             rec = cbor.loads(self.hal.load(_STORE_KEY))
-            sched = parse_schedule(rec[1], self._nz) if rec[1] else []
+            sched = parse_schedule(rec[1], self._nzones) if rec[1] else []
             if type(rec[0]) is int and sched is not None:
                 self.rain_until, self.schedule = rec[0], sched
         except Exception:
@@ -253,7 +246,7 @@ class Irrigation:
         have = self._open
         if have & m.VALVE_MASTER and not want & m.VALVE_MASTER:
             hal.pin_write("master", 0)
-        for i in range(self._nz):
+        for i in range(self._nzones):
             bit = 1 << i
             if (have ^ want) & bit:
                 hal.pin_write(_ZONE_NAMES[i], 1 if want & bit else 0)
@@ -270,7 +263,7 @@ class Irrigation:
         self._manual = manual
         self._start = now = self.hal.ticks_ms()
         self._end = now + secs * 1000
-        self._burst_ms = self._nf_ms = self._moist_ms = self._xs_ms = 0
+        self._burst_ms = self._noflow_ms = self._moist_ms = self._excess_ms = 0
         self._valves(zone)
 
     def _stop(self):
@@ -304,19 +297,19 @@ class Irrigation:
 
     def _measure(self, dt):
         p = self.hal.pulses("flow")
-        d = 0 if self._p is None or p < self._p else p - self._p
-        self._p = p
+        d = 0 if self._pulses is None or p < self._pulses else p - self._pulses
+        self._pulses = p
         ppl = self.s["pulses_per_l"]
-        self._vp += d
-        if self._vp >= ppl:
-            self.node.store.add("vol_l", self._vp // ppl)
-            self._vp %= ppl
-        i = self._wi
-        self._wp[i] = d
-        self._wt[i] = dt
-        self._wi = (i + 1) % _FLOW_WINDOW
-        t = sum(self._wt)
-        self.flow = sum(self._wp) * 600000 // (ppl * t) if t else 0
+        self._vol_p += d
+        if self._vol_p >= ppl:
+            self.node.store.add("vol_l", self._vol_p // ppl)
+            self._vol_p %= ppl
+        i = self._win_i
+        self._win_p[i] = d
+        self._win_ms[i] = dt
+        self._win_i = (i + 1) % _FLOW_WINDOW
+        t = sum(self._win_ms)
+        self.flow = sum(self._win_p) * 600000 // (ppl * t) if t else 0
 
     # -- the control loop ---------------------------------------------------------------------
 
@@ -354,13 +347,13 @@ class Irrigation:
 
     def _hard_limits(self, now):
         limit = self.max_run_min * 60000
-        for i in range(self._nz):
+        for i in range(self._nzones):
             if self._open & (1 << i) and now - self._since[i] > limit:
                 if self._zone == i + 1:
                     self._zone = 0
                 self._valves(0)
-                if not self._mr & (1 << i):
-                    self._mr |= 1 << i
+                if not self._maxrun & (1 << i):
+                    self._maxrun |= 1 << i
                     self.node.event(m.EV_MAX_RUNTIME, m.SEV_ALARM, self.max_run_min, 1, i + 1)
         if self._open == m.VALVE_MASTER:
             self._valves(0)  # a master valve never stays open on its own
@@ -377,7 +370,7 @@ class Irrigation:
             z, mask, start, mins = self.schedule[i]
             if start == minute and mask >> wd & 1 and self._done[i] != day:
                 self._done[i] = day
-                if len(self.queue) < QUEUE_MAX:
+                if len(self.queue) < _QUEUE_MAX:
                     self.queue.append((z, mins))
 
     def _skip(self, z, rain):
@@ -399,8 +392,8 @@ class Irrigation:
                     self._moist_ms = 0
                 stop = stop or rain or self._moist_ms >= _MOIST_HOLD_MS
             if stop:
-                if now >= self._end and self._mr & (1 << (z - 1)):
-                    self._mr &= ~(1 << (z - 1))  # ran its course normally: the limit holds again
+                if now >= self._end and self._maxrun & (1 << (z - 1)):
+                    self._maxrun &= ~(1 << (z - 1))  # ran its course normally: the limit holds again
                     self.node.event(m.EV_MAX_RUNTIME, m.SEV_ALARM, self.max_run_min, 0, z)
                 self._zone = 0
         while not self._zone and self.queue:
@@ -425,24 +418,24 @@ class Irrigation:
             else:
                 self._burst_ms = 0
             if filled and flow * 100 > expect * (100 + self.s["excess_pct"]) and flow - expect >= self.s["leak_dlpm"]:
-                self._xs_ms += dt
-                if self._xs_ms >= _EXCESS_MS:
+                self._excess_ms += dt
+                if self._excess_ms >= _EXCESS_MS:
                     self._latch(m.IF_EXCESS_FLOW, m.EV_EXCESS_FLOW, m.SEV_ALARM, flow, z)
                     return
             else:
-                self._xs_ms = 0
+                self._excess_ms = 0
             if flow * 100 < expect * _NO_FLOW_PCT:
                 if now > self._start:  # the tick that opened the valve saw no water yet
-                    self._nf_ms += dt
-                if self._nf_ms >= self.s["no_flow_s"] * 1000:
+                    self._noflow_ms += dt
+                if self._noflow_ms >= self.s["no_flow_s"] * 1000:
                     self._stop()
-                    if not self._nf & bit:
-                        self._nf |= bit
+                    if not self._noflow & bit:
+                        self._noflow |= bit
                         self.node.event(m.EV_NO_FLOW, m.SEV_ALARM, flow, 1, z)
             else:
-                self._nf_ms = 0
-                if self._nf & bit and flow * 100 >= expect * _FLOW_OK_PCT:
-                    self._nf &= ~bit
+                self._noflow_ms = 0
+                if self._noflow & bit and flow * 100 >= expect * _FLOW_OK_PCT:
+                    self._noflow &= ~bit
                     self.node.event(m.EV_NO_FLOW, m.SEV_ALARM, flow, 0, z)
         elif not self._open and now - self._closed_at >= _DRAIN_MS:
             if flow >= self.s["leak_dlpm"]:
@@ -468,21 +461,21 @@ class Irrigation:
 
     def report(self):
         t = self.hal.time()
-        moist = bytearray(self._nz)
-        for i in range(self._nz):
+        moist = bytearray(self._nzones)
+        for i in range(self._nzones):
             v = self.moisture(i + 1)
             moist[i] = m.NO_VALUE if v is None else v
         f = self.faults
-        if self._nf:
+        if self._noflow:
             f |= m.IF_NO_FLOW
-        if self._mr:
+        if self._maxrun:
             f |= m.IF_MAX_RUNTIME
-        body = {0: bytes(moist), 1: self._open, 4: self._rain_flags(t), 6: f}
+        body = {m.IR_MOISTURE: bytes(moist), m.IR_VALVES: self._open, m.IR_RAIN: self._rain_flags(t), m.IR_FAULTS: f}
         if self.s["flow_meter"]:
-            body[2] = min(self.flow, 0xFFFF)
-            body[3] = self.node.store.get("vol_l") & 0xFFFFFFFF
+            body[m.IR_FLOW] = min(self.flow, 0xFFFF)
+            body[m.IR_VOLUME] = self.node.store.get("vol_l") & 0xFFFFFFFF
         if self.s["supply_sensor"]:
-            body[5] = min(max(self.hal.adc_read_mv("supply"), 0), 0xFFFF)
+            body[m.IR_SUPPLY] = min(max(self.hal.adc_read_mv("supply"), 0), 0xFFFF)
         return m.IRRIGATION, body
 
     def command(self, op, args):
@@ -495,7 +488,7 @@ class Irrigation:
         t = self.hal.time()
         n = len(args)
         if op == m.OP_OPEN_ZONE:
-            if n != 2 or not (1 <= args[0] <= self._nz and 1 <= args[1] <= 1440):
+            if n != 2 or not (1 <= args[0] <= self._nzones and 1 <= args[1] <= m.DAY_MIN):
                 return m.RES_BAD_ARGS, 0
             if t is None or self.faults & _LATCHED:
                 return m.RES_REFUSED, 0
@@ -508,18 +501,18 @@ class Irrigation:
             self._stop_all()
             return m.RES_OK, 0
         if op == m.OP_RAIN_DELAY:
-            if n != 1 or not 0 <= args[0] <= MAX_RAIN_DELAY_H:
+            if n != 1 or not 0 <= args[0] <= m.RAIN_DELAY_MAX_H:
                 return m.RES_BAD_ARGS, 0
             if t is None:
                 return m.RES_REFUSED, 0
             self.rain_until = t + args[0] * 3600 if args[0] else 0
             return self._saved(args[0])
         if op == m.OP_SET_SCHEDULE:
-            sched = parse_schedule(args, self._nz, self.schedule)
+            sched = parse_schedule(args, self._nzones, self.schedule)
             if sched is None:
                 return m.RES_BAD_ARGS, 0
             self.schedule = sched
-            self._done = [-1] * SCHED_MAX
+            self._done = [-1] * m.SCHEDULE_MAX
             return self._saved(len(sched))
         if op == m.OP_CLEAR_FAULT:
             if n:
@@ -530,12 +523,12 @@ class Irrigation:
                     self.faults &= ~bit
                     count += 1
                     self.node.event(code, m.SEV_CRITICAL if bit == m.IF_BURST else m.SEV_ALARM, 0, 0)
-            for i in range(self._nz):
-                for mask, code in ((self._nf, m.EV_NO_FLOW), (self._mr, m.EV_MAX_RUNTIME)):
+            for i in range(self._nzones):
+                for mask, code in ((self._noflow, m.EV_NO_FLOW), (self._maxrun, m.EV_MAX_RUNTIME)):
                     if mask >> i & 1:
                         count += 1
                         self.node.event(code, m.SEV_ALARM, 0, 0, i + 1)
-            self._nf = self._mr = 0
+            self._noflow = self._maxrun = 0
             self._leak_ms = self._noleak_ms = 0
             return m.RES_OK, count
         return m.RES_UNKNOWN_OP, 0
@@ -549,7 +542,7 @@ class Irrigation:
 
     def configure(self, settings):
         v = settings.get(m.CFG_MAX_RUN)
-        if v is not None and 1 <= v <= 1440:
+        if v is not None and 1 <= v <= m.DAY_MIN:
             self.max_run_min = v
 
     def failsafe(self):
@@ -557,7 +550,7 @@ class Irrigation:
         self.queue = []
         self._zone = 0
         self._open = 0
-        for name in ("master",) + _ZONE_NAMES[:self._nz]:
+        for name in ("master",) + _ZONE_NAMES[:self._nzones]:
             try:
                 self.hal.pin_write(name, 0)
             except Exception:
@@ -568,7 +561,7 @@ class Irrigation:
             pass
 
     def open_alarms(self):
-        n = bin(self._nf).count("1") + bin(self._mr).count("1")
+        n = bin(self._noflow).count("1") + bin(self._maxrun).count("1")
         if self.faults & m.IF_LEAK:
             n += 1
         if self.faults & m.IF_BURST:

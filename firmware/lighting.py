@@ -2,7 +2,7 @@
 # boost, lamp fault detection, energy and burning hours, and a fail-safe that
 # never leaves a street dark. Contract with the runtime: firmware/README.md.
 #
-# Profile. Up to MAX_STEPS steps (anchor, offset min, level %), anchors
+# Profile. Up to m.PROFILE_STEPS_MAX steps (anchor, offset min, level %), anchors
 # protocol.messages.ANCHOR_* (sunset, sunrise, night midpoint = "virtual
 # midnight", halfway between sunset and the next sunrise). Each local night is
 # planned once, noon to noon (local mean solar time from the longitude). An
@@ -60,13 +60,8 @@ from protocol import cbor
 from protocol import messages as m
 from firmware import astro
 
-try:
-    from micropython import const
-except ImportError:  # CPython: the compiler's constant folding is MicroPython's
-    def const(x):  # type: ignore[misc]
-        return x
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
-MAX_STEPS = 8  # a COMMAND carries at most 24 args: 8 steps of 3
 _FAIL_MS = const(60000)
 _OVER_MS = const(10000)
 _CLEAR_MS = const(900000)  # 15 min: longer than an HID lamp's on-phase when cycling
@@ -76,7 +71,6 @@ _MIN_CHECK = const(100)  # per mille: below that, current is too small to judge
 _AMBIENT_MS = const(60000)  # a passing car's headlights must not switch the lamp
 _HOLDOVER_MS = const(7 * 86400 * 1000)  # a crystal drifts ~2 s a day: a week is fine
 _FAILSAFE_EVENT_MS = const(900000)  # boot without RTC: give time sync 15 minutes
-_MAX_OVERRIDE_S = const(86400)
 _BIT_EVENTS = ((m.LS_LAMP_FAILURE, m.EV_LAMP_FAILURE, m.SEV_ALARM),
                (m.LS_OVER_CURRENT, m.EV_OVER_CURRENT, m.SEV_ALARM),
                (m.LS_CYCLING, m.EV_CYCLING, m.SEV_WARNING),
@@ -88,7 +82,7 @@ DEFAULT_PROFILE = ((m.ANCHOR_SUNSET, 0, 100), (m.ANCHOR_SUNSET, 240, 50), (m.ANC
                    (m.ANCHOR_SUNRISE, -90, 100), (m.ANCHOR_SUNRISE, 0, 0))
 # key: (default, lo, hi)
 SETTINGS = {
-    "power_w": (60, 1, 2000),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
+    "power_w": (60, 1, m.LAMP_POWER_MAX_W),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
     "full_ma": (0, 0, 20000),  # current at 100 %; 0: power_w / mains_v at power factor 0.95
     "mains_v": (230, 90, 480),
     "ma_per_v": (1000, 1, 100000),  # current sensor scale
@@ -109,14 +103,14 @@ SETTINGS = {
 def parse_profile(args):
     """Flat [anchor, offset min, level %, ...] -> tuple of steps, or None if invalid."""
     n = len(args)
-    if n == 0 or n % 3 or n > 3 * MAX_STEPS:
+    if n == 0 or n % 3 or n > 3 * m.PROFILE_STEPS_MAX:
         return None
     steps = []
     for i in range(0, n, 3):
         a, off, lv = args[i], args[i + 1], args[i + 2]
         if type(a) is not int or type(off) is not int or type(lv) is not int:
             return None
-        if not (0 <= a <= 2 and -720 <= off <= 720 and 0 <= lv <= 100):
+        if not (0 <= a <= 2 and -m.OFFSET_MAX_MIN <= off <= m.OFFSET_MAX_MIN and 0 <= lv <= 100):
             return None
         steps.append((a, off, lv))
     return tuple(steps)
@@ -154,8 +148,8 @@ def check(section):
             flat.extend(st)
         s["profile"] = parse_profile(flat)
         if s["profile"] is None:
-            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset -720..720, level 0..100"
-                             % MAX_STEPS)
+            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset within +-%d min, level 0..100"
+                             % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN))
     return s
 
 
@@ -173,10 +167,10 @@ class Lighting:
         self._lon_s = int(round(self._lon * 240))  # local mean time offset, s
         self.profile = s["profile"]
         self._load_profile()
-        self._at = [0] * MAX_STEPS  # tonight's plan: seconds after local noon
-        self._lv = [0] * MAX_STEPS
+        self._at = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
+        self._levels = [0] * m.PROFILE_STEPS_MAX
         self._n = 0
-        self._k = None  # the noon-to-noon cycle planned
+        self._cycle = None  # the noon-to-noon cycle planned
         self._lo = self._hi = 0  # local-time span (s) over which schedule() answers _now
         self._now = None
         self._sset = self._srise = 0
@@ -188,18 +182,18 @@ class Lighting:
         self._t0 = None  # last valid wall time and its ticks
         self._t0_ms = 0
         self._no_time_ms = self._last_ms
-        self._amb = None  # ambient dark (True/False) once known
-        self._amb_chg = None
+        self._dark = None  # ambient sensor: dark (True/False) once known
+        self._dark_since = None  # ticks since the sensor disagrees with _dark
         self._pir = 0
         self._boost_until = -1
         self._ovr_until = -1
         self._ovr = 0
         self.presence = 0
-        self._low_ms = self._ok_ms = self._hi_ms = self._nhi_ms = 0
+        self._low_ms = self._ok_ms = self._over_ms = self._over_ok_ms = 0
         self._low = False
         self._edges = [-_CYCLE_MS - 1] * _CYCLE_N  # ticks of the last outages, oldest first
         self.current_ma = 0
-        self._mj = 0  # energy below one Wh, mJ
+        self._energy_mj = 0  # energy below one Wh, mJ
         self._burn_ms = 0  # burning time below one minute
         self._power_w = s["power_w"]
         self.failsafe()  # until the first step decides: on unless known day
@@ -254,11 +248,11 @@ class Lighting:
             if t > 86400:
                 t = 86400
             self._at[i] = prev = t
-            self._lv[i] = lv
+            self._levels[i] = lv
             i += 1
         self._n = i if sset < 86400 else 0
         self._sset, self._srise = sset, srise
-        self._k = k
+        self._cycle = k
 
     def schedule(self, t):
         """(dark, profile level %) at Unix time t: the astronomical plan, no fail-safe."""
@@ -266,7 +260,7 @@ class Lighting:
         if self._lo <= lm < self._hi:
             return self._now  # still the segment of the plan found last time
         k = lm // 86400
-        if k != self._k:
+        if k != self._cycle:
             self._plan(k)
         base = k * 86400
         rel = lm - base
@@ -277,7 +271,7 @@ class Lighting:
             if a > rel:
                 hi = a
                 break
-            level = self._lv[i]
+            level = self._levels[i]
             lo = a
         # the segment ends at the next step, sunset or sunrise (or the cycle's end)
         for a in (self._sset, self._srise):
@@ -293,18 +287,18 @@ class Lighting:
     def _ambient_dark(self, now):
         mv = self.hal.adc_read_mv("ambient")
         on, off = self.s["ambient_on_mv"], self.s["ambient_off_mv"]
-        if self._amb is None:
-            self._amb = mv < off  # in the hysteresis band: dark, the safe side
-            return self._amb
-        want = True if mv < on else False if mv > off else self._amb
-        if want == self._amb:
-            self._amb_chg = None
-        elif self._amb_chg is None:
-            self._amb_chg = now
-        elif now - self._amb_chg >= _AMBIENT_MS:
-            self._amb = want
-            self._amb_chg = None
-        return self._amb
+        if self._dark is None:
+            self._dark = mv < off  # in the hysteresis band: dark, the safe side
+            return self._dark
+        want = True if mv < on else False if mv > off else self._dark
+        if want == self._dark:
+            self._dark_since = None  # ticks since the sensor disagrees with _dark
+        elif self._dark_since is None:
+            self._dark_since = now
+        elif now - self._dark_since >= _AMBIENT_MS:
+            self._dark = want
+            self._dark_since = None  # ticks since the sensor disagrees with _dark
+        return self._dark
 
     def _target(self, now):
         """(dark, level %) the schedule asks for now; sets or clears LS_FAILSAFE."""
@@ -386,14 +380,14 @@ class Lighting:
             return
         expect = full * out // 1000
         if ma > expect * s["over_pct"] // 100 + full // 10:
-            self._hi_ms += dt
-            self._nhi_ms = 0
+            self._over_ms += dt
+            self._over_ok_ms = 0
         else:
-            self._nhi_ms += dt
-            self._hi_ms = 0
-        if self._hi_ms >= _OVER_MS:
+            self._over_ok_ms += dt
+            self._over_ms = 0
+        if self._over_ms >= _OVER_MS:
             self.flags |= m.LS_OVER_CURRENT
-        elif self._nhi_ms >= _CLEAR_MS:
+        elif self._over_ok_ms >= _CLEAR_MS:
             self.flags &= ~m.LS_OVER_CURRENT
         if out < _MIN_CHECK:
             return  # too dim (or off) to judge a lamp failure: states hold
@@ -437,10 +431,10 @@ class Lighting:
         if self.flags & m.LS_LAMP_FAILURE:
             return
         store = self.node.store
-        self._mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
-        if self._mj >= 3600000:
-            store.add("wh", self._mj // 3600000)
-            self._mj %= 3600000
+        self._energy_mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
+        if self._energy_mj >= 3600000:
+            store.add("wh", self._energy_mj // 3600000)
+            self._energy_mj %= 3600000
         self._burn_ms += dt
         if self._burn_ms >= 60000:
             store.add("burn_s", self._burn_ms // 1000)
@@ -456,15 +450,15 @@ class Lighting:
     def report(self):
         store = self.node.store
         body = {
-            0: (max(self._out, 0) + 5) // 10,
-            1: min(self.power_dw(), 0xFFFF),
-            2: store.get("wh") & 0xFFFFFFFF,
-            3: self.flags,
-            4: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
-            5: self.presence,
+            m.L_LEVEL: (max(self._out, 0) + 5) // 10,
+            m.L_POWER: min(self.power_dw(), 0xFFFF),
+            m.L_ENERGY: store.get("wh") & 0xFFFFFFFF,
+            m.L_STATE: self.flags,
+            m.L_HOURS: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
+            m.L_PRESENCE: self.presence,
         }
         if self.s["current_sensor"]:
-            body[6] = min(max(self.current_ma, 0), 0xFFFF)
+            body[m.L_CURRENT] = min(max(self.current_ma, 0), 0xFFFF)
         self.presence = 0
         return m.LIGHT, body
 
@@ -478,7 +472,7 @@ class Lighting:
         now = self.hal.ticks_ms()
         n = len(args)
         if op == m.OP_SET_LEVEL:
-            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= _MAX_OVERRIDE_S):
+            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= m.OVERRIDE_MAX_S):
                 return m.RES_BAD_ARGS, 0
             if args[1] == 0:
                 self._ovr_until = -1
@@ -491,7 +485,7 @@ class Lighting:
             if p is None:
                 return m.RES_BAD_ARGS, 0
             self.profile = p
-            self._k = None  # replan tonight
+            self._cycle = None  # replan tonight
             self._hi = 0
             try:
                 self._save_profile()
@@ -503,7 +497,7 @@ class Lighting:
                 return m.RES_BAD_ARGS, 0
             cleared = self.flags & (m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING)
             self.flags &= ~cleared
-            self._low_ms = self._ok_ms = self._hi_ms = self._nhi_ms = 0
+            self._low_ms = self._ok_ms = self._over_ms = self._over_ok_ms = 0
             self._low = False
             for i in range(_CYCLE_N):
                 self._edges[i] = -_CYCLE_MS - 1
@@ -513,7 +507,7 @@ class Lighting:
 
     def configure(self, settings):
         w = settings.get(m.CFG_LAMP_POWER)
-        if w is not None and 1 <= w <= 2000:
+        if w is not None and 1 <= w <= m.LAMP_POWER_MAX_W:
             self._power_w = w
             self.s["power_w"] = w
 

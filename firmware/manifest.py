@@ -14,8 +14,11 @@
 # /protocol/*.py, /config.json (written by the technician tooling), /state/
 # (the store's records, created at first boot).
 
+# protocol/ files every kind imports, then those only some kinds import (the
+# bridge's serial messages; the BLE commissioning profile, with ble.py below).
 PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py",
             "serial.py")
+PROTOCOL_FOR = {"lighting": ("ble.py",), "irrigation": ("ble.py",), "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.
 _NODE = ("__init__.py", "aio.py", "ble.py", "config.py", "hal.py", "hal_machine.py", "radio.py",
@@ -23,8 +26,8 @@ _NODE = ("__init__.py", "aio.py", "ble.py", "config.py", "hal.py", "hal_machine.
 FIRMWARE = {
     "lighting": _NODE + ("astro.py", "lighting.py"),
     "irrigation": _NODE + ("irrigation.py",),
-    "bridge": ("__init__.py", "aio.py", "bridge.py", "bridge_msg.py", "config.py", "hal.py",
-               "hal_machine.py", "radio.py", "radio_lora.py"),
+    "bridge": ("__init__.py", "aio.py", "bridge.py", "config.py", "hal.py", "hal_machine.py", "radio.py",
+               "radio_lora.py"),
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py
 # micropython-lib packages (mip install on the board, or `require` when freezing)
@@ -35,7 +38,7 @@ def device_files(kind):
     """[(source path in the repo, path on the device)] for one node kind."""
     out = [("firmware/" + f, "/" + f) for f in ROOT_FILES]
     out += [("firmware/" + f, "/firmware/" + f) for f in FIRMWARE[kind]]
-    out += [("protocol/" + f, "/protocol/" + f) for f in PROTOCOL]
+    out += [("protocol/" + f, "/protocol/" + f) for f in PROTOCOL + PROTOCOL_FOR[kind]]
     return out
 
 
@@ -46,4 +49,7 @@ if "freeze" in globals():  # run by MicroPython's manifest tool (tools/manifestf
     for _files in FIRMWARE.values():
         _all.update(_files)
     package("firmware", files=sorted(_all), base_path="..")  # noqa: F821
-    package("protocol", files=list(PROTOCOL), base_path="..")  # noqa: F821
+    _proto = set(PROTOCOL)
+    for _files in PROTOCOL_FOR.values():
+        _proto.update(_files)
+    package("protocol", files=sorted(_proto), base_path="..")  # noqa: F821

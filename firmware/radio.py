@@ -22,9 +22,10 @@ from protocol.frame import MAX_LEN
 
 from firmware.aio import wait_ms
 
-UART_POLL_MS = 20  # a 255-byte frame takes 22 ms at 115200 Bd: one poll per frame or so
-UART_READ = 64  # bytes read per poll
-QUEUE_MAX = 8  # frames buffered by a receiver that is not listening yet; older are dropped
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_UART_POLL_MS = const(20)  # a 255-byte frame takes 22 ms at 115200 Bd: one poll per frame or so
+_UART_READ = const(64)  # bytes read per poll
+_QUEUE_MAX = const(8)  # frames buffered by a receiver that is not listening yet; older are dropped
 
 
 class Radio:
@@ -51,12 +52,12 @@ class UartRadio(Radio):
     `port` is anything with write(bytes) and a non-blocking read(n) returning
     bytes, or None / b"" when nothing waits: machine.UART(timeout=0) on a
     board, a pyserial port with timeout=0, a pseudo-terminal in tests.
-    Reception polls every UART_POLL_MS while someone listens.
+    Reception polls every _UART_POLL_MS while someone listens.
     """
 
     continuous = True
 
-    def __init__(self, hal, port, baud=115200, poll_ms=UART_POLL_MS):
+    def __init__(self, hal, port, baud=115200, poll_ms=_UART_POLL_MS):
         self.hal = hal
         self.port = port
         self.baud = baud
@@ -76,11 +77,11 @@ class UartRadio(Radio):
         await self.hal.sleep_ms(self.airtime_ms(len(frame)))
 
     def _poll(self):
-        data = self.port.read(UART_READ)
+        data = self.port.read(_UART_READ)
         if data:
             for f in self.decoder.feed(data):
                 self._queue.append(f)
-                if len(self._queue) > QUEUE_MAX:
+                if len(self._queue) > _QUEUE_MAX:
                     del self._queue[0]
                     self.dropped += 1
 
@@ -99,7 +100,7 @@ class UartRadio(Radio):
 class MemoryRadio(Radio):
     """One end of an in-memory link (make a pair with memory_link); for tests.
 
-    sf=None makes a wire: frames queue (up to QUEUE_MAX) until read, and
+    sf=None makes a wire: frames queue (up to _QUEUE_MAX) until read, and
     take 1 ms. With an SF it is a LoRa radio: sending takes the time on air
     at that SF (accounted by the runtime against the duty cycle of `band`),
     and unless `continuous` (a gateway, always listening) a frame is heard
@@ -149,7 +150,7 @@ class MemoryRadio(Radio):
         await self.hal.sleep_ms(self.airtime_ms(len(frame)))
         peer._locked -= 1
         peer._queue.append(frame)
-        if len(peer._queue) > QUEUE_MAX:
+        if len(peer._queue) > _QUEUE_MAX:
             del peer._queue[0]
         peer._arrived.set()
 

@@ -16,7 +16,8 @@
 
 from protocol import lora
 
-PREAMBLE = 8  # LoRaWAN's, and what protocol.lora's airtime assumes
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_PREAMBLE = const(8)  # LoRaWAN's, and what protocol.lora's airtime assumes
 RX_WINDOW_SYMBOLS = 8  # RX1 stays open this many symbols after RX_EARLY_MS, like LoRaWAN's timeout
 RX_MARGIN_MS = 40
 
@@ -46,7 +47,7 @@ class LoRaRadio:
             "bw": str(self.bw_hz // 1000),
             "coding_rate": self.cr,
             "output_power": self.tx_power,
-            "preamble_len": PREAMBLE,
+            "preamble_len": _PREAMBLE,
             "crc_en": True,
             "invert_iq_tx": self.bridge,
             "invert_iq_rx": not self.bridge,
@@ -71,7 +72,7 @@ class LoRaRadio:
         self._apply()
 
     def airtime_ms(self, n):
-        return lora.airtime_ms(n, self.sf, self.bw_hz, self.cr, PREAMBLE)
+        return lora.airtime_ms(n, self.sf, self.bw_hz, self.cr, _PREAMBLE)
 
     def rx_window_ms(self):
         return 2 * RX_MARGIN_MS + RX_WINDOW_SYMBOLS * lora.symbol_us(self.sf, self.bw_hz) // 1000

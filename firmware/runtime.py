@@ -33,39 +33,30 @@
 
 import asyncio
 
+from protocol import VERSION
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
 
-from firmware import aio
+from firmware import aio, uplink
 from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, StorageError, Store
-from firmware.uplink import (PRIO_ACK, PRIO_ALARM, PRIO_EVENT, PRIO_HELLO, PRIO_REPORT,
-                             PRIO_STATUS, UplinkQueue)
 
-FIRMWARE = "0.1.0"
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
 RX1_DELAY_MS = 1000  # SPEC §6
-RX_EARLY_MS = 20  # open the window this early: clock error and wake-up latency
-DOWNLINK_BURST_MAX = 4  # downlinks taken after one uplink when the gateway says more are queued
-HELLO_JITTER_MS = 10000
-REPORT_JITTER = 10  # reports move by up to 1/REPORT_JITTER of the interval, at random
-APP_BACKOFF_MIN_MS = 10000
-APP_BACKOFF_MAX_MS = 600000
-APP_HEALTHY_MS = 3600000  # an app that ran this long without a fault starts its backoff afresh
-REBOOT_GRACE_MS = 30000  # a reboot command waits this long at most for its CMD_ACK to go out
-REBOOT_POLL_MS = 60000  # without a watchdog: how often a pending reboot looks at the queue
-STORE_RETRY_MS = 10000  # flash refused the counter reservation: retry after 10 s ...
-STORE_RETRY_MAX_MS = 600000  # ... doubling up to 10 min
-IDLE_MS = 3600000  # longest single wait of an idle task (then it looks again)
-WIRE_LISTEN_MS = 60000
-
-STATUS_MIN_S = 300
-REPORT_MIN_S = 30
-REPORT_MAX_S = 86400
-STATUS_MAX_S = 7 * 86400
-
-I32_MIN = -0x80000000
-I32_MAX = 0x7FFFFFFF
+_RX_EARLY_MS = const(20)  # open the window this early: clock error and wake-up latency
+_DOWNLINK_BURST_MAX = const(4)  # downlinks taken after one uplink when the gateway says more are queued
+_HELLO_JITTER_MS = const(10000)
+_REPORT_JITTER = const(10)  # reports move by up to 1/REPORT_JITTER of the interval, at random
+_APP_BACKOFF_MIN_MS = const(10000)
+_APP_BACKOFF_MAX_MS = const(600000)
+_APP_HEALTHY_MS = const(3600000)  # an app that ran this long without a fault starts its backoff afresh
+_REBOOT_GRACE_MS = const(30000)  # a reboot command waits this long at most for its CMD_ACK to go out
+_REBOOT_POLL_MS = const(60000)  # without a watchdog: how often a pending reboot looks at the queue
+_STORE_RETRY_MS = const(10000)  # flash refused the counter reservation: retry after 10 s ...
+_STORE_RETRY_MAX_MS = const(600000)  # ... doubling up to 10 min
+_IDLE_MS = const(3600000)  # longest single wait of an idle task (then it looks again)
+_WIRE_LISTEN_MS = const(60000)
 
 # CONFIG keys the app handles; the rest are the runtime's.
 APP_CONFIG_KEYS = (m.CFG_LAMP_POWER, m.CFG_MAX_RUN)
@@ -78,7 +69,7 @@ def _clamp(v, lo, hi):
 class Node:
     """The runtime of one node; also the facade an app gets as `node`."""
 
-    def __init__(self, cfg, hal, radio, app_class=None, hello_jitter_ms=HELLO_JITTER_MS,
+    def __init__(self, cfg, hal, radio, app_class=None, hello_jitter_ms=_HELLO_JITTER_MS,
                  watchdog=True):
         self.cfg = cfg
         self.hal = hal
@@ -97,7 +88,7 @@ class Node:
         self.hello_jitter_ms = hello_jitter_ms
         self.store = Store(hal)
         self._seed = ((self.node_id * 2654435761) & 0xFFFFFFFF) | 1
-        self.queue = UplinkQueue(self._rand)
+        self.queue = uplink.UplinkQueue(self._rand)
         self.duty = lora.DutyCycle()
         self._app_down = asyncio.Event()
         self._intervals = asyncio.Event()
@@ -127,12 +118,13 @@ class Node:
         return self.hal.time()
 
     def event(self, code, severity, value=0, active=1, zone=0):
-        body = {0: code, 1: severity, 2: _clamp(int(value), I32_MIN, I32_MAX), 4: active}
+        body = {m.E_CODE: code, m.E_SEVERITY: severity, m.E_VALUE: _clamp(int(value), m.I32_MIN, m.I32_MAX),
+                m.E_ACTIVE: active}
         t = self.hal.time()
         if t is not None and 0 < t <= 0xFFFFFFFF:  # a clock gone wrong must not stop an alarm
-            body[3] = t
+            body[m.E_TIME] = t
         if zone:
-            body[5] = zone
+            body[m.E_ZONE] = zone
         alarm = severity >= m.SEV_ALARM
         key = None
         if code == m.EV_APP_EXCEPTION:
@@ -140,7 +132,8 @@ class Node:
         data = m.encode(m.EVENT, body)
         if self.on_event is not None:
             self.on_event(severity, data)
-        self.queue.put(m.EVENT, data, PRIO_ALARM if alarm else PRIO_EVENT, alarm and self.confirm_alarms, key)
+        self.queue.put(m.EVENT, data, uplink.PRIO_ALARM if alarm else uplink.PRIO_EVENT, alarm and self.confirm_alarms,
+                       key)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -188,9 +181,9 @@ class Node:
             self._app_down.set()
 
     def _hello(self):
-        body = {0: FIRMWARE, 1: self.kind, 2: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
-                3: self.cfg["hash"], 4: self.hal.reset_cause()}
-        self.queue.put(m.HELLO, m.encode(m.HELLO, body), PRIO_HELLO)
+        body = {m.H_FIRMWARE: VERSION, m.H_KIND: self.kind, m.H_CAPS: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
+                m.H_CONFIG_HASH: self.cfg["hash"], m.H_RESET: self.hal.reset_cause()}
+        self.queue.put(m.HELLO, m.encode(m.HELLO, body), uplink.PRIO_HELLO)
         if self.hal.reset_cause() == m.RST_WATCHDOG:
             self.event(m.EV_WATCHDOG_RESET, m.SEV_WARNING)
         if self.store.faults:
@@ -201,7 +194,7 @@ class Node:
         # Feeding needs wdt/2. Without a watchdog (a simulator's choice) only
         # the totals flush and a pending reboot are left: wait for the hourly
         # flush (the store's policy) or a reboot command, then look every
-        # REBOOT_POLL_MS. (A plain Event wait: a cancel always ends it.)
+        # _REBOOT_POLL_MS. (A plain Event wait: a cancel always ends it.)
         wake = None
         if not self.watchdog:
             wake = self._wake = asyncio.Event()
@@ -223,7 +216,7 @@ class Node:
             if wake is None:
                 await hal.sleep_ms(self.wdt_ms // 2)
             elif self._reboot_at is not None:
-                await hal.sleep_ms(REBOOT_POLL_MS)
+                await hal.sleep_ms(_REBOOT_POLL_MS)
             else:
                 await wake.wait()
                 wake.clear()
@@ -298,7 +291,7 @@ class Node:
 
     async def _supervise(self):
         hal = self.hal
-        backoff = APP_BACKOFF_MIN_MS
+        backoff = _APP_BACKOFF_MIN_MS
         try:
             while True:
                 if self.app is None and self.app_class is not None:
@@ -308,9 +301,9 @@ class Node:
                 if self.app is None:
                     if self.app_class is None:
                         while True:  # no app: nothing to supervise, ever
-                            await hal.sleep_ms(IDLE_MS)
+                            await hal.sleep_ms(_IDLE_MS)
                     await hal.sleep_ms(backoff)
-                    backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
+                    backoff = min(backoff * 2, _APP_BACKOFF_MAX_MS)
                     continue
                 self._app_down.clear()
                 started = hal.ticks_ms()
@@ -318,10 +311,10 @@ class Node:
                 await self._app_down.wait()
                 if not task.done():
                     task.cancel()
-                if hal.ticks_ms() - started >= APP_HEALTHY_MS:
-                    backoff = APP_BACKOFF_MIN_MS
+                if hal.ticks_ms() - started >= _APP_HEALTHY_MS:
+                    backoff = _APP_BACKOFF_MIN_MS
                 await hal.sleep_ms(backoff)
-                backoff = min(backoff * 2, APP_BACKOFF_MAX_MS)
+                backoff = min(backoff * 2, _APP_BACKOFF_MAX_MS)
         finally:
             if self._app_task is not None:
                 self._app_task.cancel()
@@ -332,7 +325,7 @@ class Node:
         hal = self.hal
         while True:
             interval = (self.status_s if status else self.report_s) * 1000
-            wait = interval + self._rand(interval // REPORT_JITTER + 1) - interval // (2 * REPORT_JITTER)
+            wait = interval + self._rand(interval // _REPORT_JITTER + 1) - interval // (2 * _REPORT_JITTER)
             self._intervals.clear()
             if await aio.wait_ms(hal, self._intervals, wait):
                 continue  # the interval changed: start over with the new one
@@ -351,32 +344,33 @@ class Node:
         except Exception as e:
             self._app_fault(e)
             return
-        self.queue.put(mtype, data, PRIO_REPORT, False, "report")
+        self.queue.put(mtype, data, uplink.PRIO_REPORT, False, "report")
 
     def _status(self):
-        self.queue.put(m.STATUS, m.encode(m.STATUS, self.status_body()), PRIO_STATUS, False, "status")
+        self.queue.put(m.STATUS, m.encode(m.STATUS, self.status_body()), uplink.PRIO_STATUS, False, "status")
 
     def status_body(self):
         """The STATUS body of now (also read over BLE by a technician's tool)."""
         hal = self.hal
         t = hal.time()
-        body = {0: min(hal.ticks_ms() // 1000, 0xFFFFFFFF), 1: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
-                6: hal.free_heap() // 16, 7: min(len(self.queue), 255)}
+        body = {m.S_UPTIME: min(hal.ticks_ms() // 1000, 0xFFFFFFFF),
+                m.S_TIME: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
+                m.S_HEAP: hal.free_heap() // 16, m.S_QUEUE: min(len(self.queue), 255)}
         rssi = self.last_rssi
         snr = self.last_snr
         if rssi is not None and snr is not None:
-            body[2] = _clamp(int(rssi), -200, 0)
-            body[3] = _clamp(int(snr), -80, 60)
+            body[m.S_RSSI] = _clamp(int(rssi), -200, 0)
+            body[m.S_SNR] = _clamp(int(snr), -80, 60)
         try:
             supply = hal.adc_read_mv("supply")
         except Exception:  # a board without a supply divider
             supply = 0
         if supply:
-            body[4] = _clamp(supply, 0, 0xFFFF)
+            body[m.S_SUPPLY] = _clamp(supply, 0, 0xFFFF)
         app = self.app
         if app is not None:
             try:
-                body[8] = _clamp(app.open_alarms(), 0, 255)
+                body[m.S_ALARMS] = _clamp(app.open_alarms(), 0, 255)
             except Exception as e:
                 self._app_fault(e)
         return body
@@ -393,7 +387,7 @@ class Node:
             it = None if self.exhausted else q.next(now)
             if it is None:
                 due = q.next_due()
-                wait = IDLE_MS if due is None or self.exhausted else _clamp(due - now, 1, IDLE_MS)
+                wait = _IDLE_MS if due is None or self.exhausted else _clamp(due - now, 1, _IDLE_MS)
                 await aio.wait_ms(hal, q.changed, wait)
                 continue
             band = self.radio.band
@@ -426,7 +420,7 @@ class Node:
             # first) and try the flash again later
             self.last_error = repr(e)
             self.tx_failed += 1
-            self._store_retry_ms = _clamp(self._store_retry_ms * 2, STORE_RETRY_MS, STORE_RETRY_MAX_MS)
+            self._store_retry_ms = _clamp(self._store_retry_ms * 2, _STORE_RETRY_MS, _STORE_RETRY_MAX_MS)
             await hal.sleep_ms(self._store_retry_ms)
             return
         self._store_retry_ms = 0
@@ -449,11 +443,11 @@ class Node:
 
     async def _rx_window(self):
         radio = self.radio
-        await self.hal.sleep_ms(RX1_DELAY_MS - RX_EARLY_MS)
+        await self.hal.sleep_ms(RX1_DELAY_MS - _RX_EARLY_MS)
         window = getattr(radio, "rx_window_ms", None)
-        window = window() if window is not None else 2 * RX_EARLY_MS + 100
+        window = window() if window is not None else 2 * _RX_EARLY_MS + 100
         left = 0
-        for _ in range(DOWNLINK_BURST_MAX):
+        for _ in range(_DOWNLINK_BURST_MAX):
             r = await radio.recv(window)
             if r is None:
                 return
@@ -464,7 +458,7 @@ class Node:
 
     async def _receiver(self):
         while True:
-            r = await self.radio.recv(WIRE_LISTEN_MS)
+            r = await self.radio.recv(_WIRE_LISTEN_MS)
             if r is not None:
                 self._downlink(r[0], r[1], r[2])
 
@@ -518,41 +512,41 @@ class Node:
         if t == m.COMMAND:
             self._command(msg)
         elif t == m.CONFIG:
-            self.apply_settings(msg[0])
+            self.apply_settings(msg[m.CF_SETTINGS])
         elif t == m.TIME:
-            self.hal.set_time(msg[0], msg.get(1, 0))
+            self.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
         elif t == m.ACK:
-            self.queue.ack(msg[0])
-            return msg.get(1, 0)
+            self.queue.ack(msg[m.A_COUNTER])
+            return msg.get(m.A_QUEUED, 0)
         return None
 
     def _command(self, msg):
-        cid = msg[0]
+        cid = msg[m.C_ID]
         prev = self.store.command_result(cid)
         if prev is not None:
             res, value = prev  # a repeat: answer again, do not execute again
         else:
-            res, value = self._execute(msg[1], msg.get(2, ()), msg.get(3, 0))
+            res, value = self._execute(msg[m.C_OP], msg.get(m.C_ARGS, ()), msg.get(m.C_EXPIRES, 0))
             try:
                 self.store.record_command(cid, res, value)
             except StorageError as e:
                 self.last_error = repr(e)
-        body = {0: cid, 1: res}
+        body = {m.CA_ID: cid, m.CA_RESULT: res}
         if value:
-            body[2] = _clamp(int(value), I32_MIN, I32_MAX)
-        self.queue.put(m.CMD_ACK, m.encode(m.CMD_ACK, body), PRIO_ACK)
+            body[m.CA_VALUE] = _clamp(int(value), m.I32_MIN, m.I32_MAX)
+        self.queue.put(m.CMD_ACK, m.encode(m.CMD_ACK, body), uplink.PRIO_ACK)
 
     def _execute(self, op, args, expires):
         now = self.hal.time()
         if expires and now is not None and now > expires:
             return m.RES_EXPIRED, 0
         if op == m.OP_SET_INTERVAL:
-            if len(args) != 1 or not REPORT_MIN_S <= args[0] <= REPORT_MAX_S:
+            if len(args) != 1 or not m.REPORT_MIN_S <= args[0] <= m.REPORT_MAX_S:
                 return m.RES_BAD_ARGS, 0
             self._set_runtime(m.CFG_REPORT_INTERVAL, args[0], True)
             return m.RES_OK, args[0]
         if op == m.OP_REBOOT:
-            self._reboot_at = self.hal.ticks_ms() + REBOOT_GRACE_MS
+            self._reboot_at = self.hal.ticks_ms() + _REBOOT_GRACE_MS
             if not self.watchdog:
                 self._wake.set()
             return m.RES_OK, 0
@@ -571,21 +565,21 @@ class Node:
     def _set_runtime(self, key, v, persist):
         """Apply one runtime CONFIG key; False if it is out of range."""
         if key == m.CFG_REPORT_INTERVAL:
-            if not REPORT_MIN_S <= v <= REPORT_MAX_S:
+            if not m.REPORT_MIN_S <= v <= m.REPORT_MAX_S:
                 return False
             self.report_s = v
             self._intervals.set()
         elif key == m.CFG_STATUS_INTERVAL:
-            if not STATUS_MIN_S <= v <= STATUS_MAX_S:
+            if not m.STATUS_MIN_S <= v <= m.STATUS_MAX_S:
                 return False
             self.status_s = v
             self._intervals.set()
         elif key == m.CFG_TX_POWER:
-            if not 2 <= v <= 14:
+            if not m.TX_POWER_MIN <= v <= m.TX_POWER_MAX:
                 return False
             self.radio.configure(tx_power=v)
         elif key == m.CFG_SF:
-            if not 7 <= v <= 12:
+            if not m.SF_MIN <= v <= m.SF_MAX:
                 return False
             self.radio.configure(sf=v)
         elif key == m.CFG_CONFIRM_ALARMS:

@@ -13,7 +13,7 @@
 #          then, once a commissioning tool was heard, the highest accepted
 #          tool counter (u32, >= TOOL_COUNTER_BASE: SPEC §4, the other half
 #          of the counter space, its own window), then the results of the
-#          last CMD_MEMORY commands (id u32, result u8, value i32), so a
+#          last _CMD_MEMORY commands (id u32, result u8, value i32), so a
 #          COMMAND repeated after a lost CMD_ACK is answered with its first
 #          result even across a reboot. (Length 4 + 9k without the tool
 #          counter, 8 + 9k with it: never ambiguous.) Written on every
@@ -38,10 +38,12 @@ import struct
 
 from protocol.frame import MAX_COUNTER, REPLAY_WINDOW, TOOL_COUNTER_BASE, ReplayWindow
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
 R = 256  # counters reserved per write (SPEC §4)
-CMD_MEMORY = 4  # command results remembered for idempotency
+_CMD_MEMORY = const(4)  # command results remembered for idempotency
 TOTALS_FLUSH_MS = 3600 * 1000
-SEAL = 4
+_SEAL = const(4)
 
 KEY_UP = "fc"
 KEY_DOWN = "dl"
@@ -60,16 +62,16 @@ class CounterExhausted(StorageError):
 
 
 def _seal(payload):
-    return payload + hashlib.sha256(payload).digest()[:SEAL]
+    return payload + hashlib.sha256(payload).digest()[:_SEAL]
 
 
 def _unseal(rec):
     if rec is None:
         return None
     rec = bytes(rec)
-    if len(rec) < SEAL or hashlib.sha256(rec[:-SEAL]).digest()[:SEAL] != rec[-SEAL:]:
+    if len(rec) < _SEAL or hashlib.sha256(rec[:-_SEAL]).digest()[:_SEAL] != rec[-_SEAL:]:
         raise StorageError("corrupted record")
-    return rec[:-SEAL]
+    return rec[:-_SEAL]
 
 
 class Store:
@@ -222,7 +224,7 @@ class Store:
     def record_command(self, cid, result, value):
         cmds = self._cmds
         cmds.append((cid, result, value))
-        if len(cmds) > CMD_MEMORY:
+        if len(cmds) > _CMD_MEMORY:
             del cmds[0]
         self._save_down()
 

@@ -7,9 +7,9 @@
 #   gone out yet: after a long duty-cycle wait only the newest readings go.
 # - Confirmed items (alarms, SPEC §6) stay after a send until an ACK names
 #   one of the counters they went out with; they are resent with backoff,
-#   at most CONFIRM_MAX_SENDS transmissions in all, then dropped and counted.
+#   at most _CONFIRM_MAX_SENDS transmissions in all, then dropped and counted.
 # - A failed send (radio or storage error) is retried with the same backoff.
-# - Bounded: at QUEUE_MAX items a new item pushes out the oldest of the
+# - Bounded: at _QUEUE_MAX items a new item pushes out the oldest of the
 #   lowest priority present (a report before an alarm), or is itself dropped
 #   when it is the least important. Counted in `dropped`.
 #
@@ -18,6 +18,8 @@
 
 import asyncio
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
 PRIO_ALARM = 0
 PRIO_HELLO = -1  # before everything, alarms included (SPEC §6)
 PRIO_ACK = 1
@@ -25,11 +27,11 @@ PRIO_EVENT = 2
 PRIO_REPORT = 3
 PRIO_STATUS = 4
 
-QUEUE_MAX = 16
-CONFIRM_MAX_SENDS = 8  # SPEC §6: "at most 8 times"
-BACKOFF_MS = 30000  # first resend of an unacknowledged alarm after 30 s ...
-BACKOFF_MAX_MS = 1800000  # ... doubling up to 30 min: 8 sends span about 1.5 h
-JITTER = 4  # backoff is stretched by up to 1/JITTER at random, so nodes desynchronise
+_QUEUE_MAX = const(16)
+_CONFIRM_MAX_SENDS = const(8)  # SPEC §6: "at most 8 times"
+_BACKOFF_MS = const(30000)  # first resend of an unacknowledged alarm after 30 s ...
+_BACKOFF_MAX_MS = const(1800000)  # ... doubling up to 30 min: 8 sends span about 1.5 h
+_JITTER = const(4)  # backoff is stretched by up to 1/_JITTER at random, so nodes desynchronise
 
 
 class Uplink:
@@ -56,7 +58,7 @@ class UplinkQueue:
         self.changed = asyncio.Event()
         self.rand = rand  # rand(n) -> 0..n-1, for backoff jitter
         self.dropped = 0
-        self.unconfirmed = 0  # confirmed items given up after CONFIRM_MAX_SENDS
+        self.unconfirmed = 0  # confirmed items given up after _CONFIRM_MAX_SENDS
         self.acked = 0
 
     def __len__(self):
@@ -71,7 +73,7 @@ class UplinkQueue:
                     it.body = body
                     self.changed.set()
                     return it
-        if len(items) >= QUEUE_MAX:
+        if len(items) >= _QUEUE_MAX:
             victim = items[0]
             for it in items:
                 if it.prio > victim.prio:
@@ -104,11 +106,11 @@ class UplinkQueue:
         return due
 
     def _backoff(self, n):
-        ms = BACKOFF_MS << (n - 1 if n < 16 else 15)
-        if ms > BACKOFF_MAX_MS:
-            ms = BACKOFF_MAX_MS
+        ms = _BACKOFF_MS << (n - 1 if n < 16 else 15)
+        if ms > _BACKOFF_MAX_MS:
+            ms = _BACKOFF_MAX_MS
         if self.rand is not None:
-            ms += self.rand(ms // JITTER + 1)
+            ms += self.rand(ms // _JITTER + 1)
         return ms
 
     def sent(self, it, counter, now):
@@ -118,7 +120,7 @@ class UplinkQueue:
             self._remove(it)
             return
         it.counters.append(counter)
-        if it.sends >= CONFIRM_MAX_SENDS:
+        if it.sends >= _CONFIRM_MAX_SENDS:
             self._remove(it)
             self.unconfirmed += 1
             return

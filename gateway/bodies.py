@@ -175,17 +175,17 @@ _NO = m.NO_VALUE
 
 
 def _scaled(div: float) -> Callable[[int], int | float]:
-    # expand._scale: the physical value, an int when it is a whole number
-    return lambda v: expand._scale(v, div)
+    # expand.scale: the physical value, an int when it is a whole number
+    return lambda v: expand.scale(v, div)
 
 
 def _tenths(v: int) -> int | float:
-    # expand._scale(v, 10) for an int, without the float round trip when it is whole
+    # expand.scale(v, 10) for an int, without the float round trip when it is whole
     return v // 10 if v % 10 == 0 else v / 10
 
 
 def _zones(div: float) -> Callable[[bytes], list]:
-    table = [None if x == _NO else expand._scale(x, div) for x in range(256)]
+    table = [None if x == _NO else expand.scale(x, div) for x in range(256)]
     return lambda v: [table[x] for x in v]
 
 
@@ -201,7 +201,7 @@ def _flags(names: tuple) -> Callable[[int], tuple]:
         k = v & used
         t = cache.get(k)
         if t is None:
-            t = cache[k] = tuple(expand._flag_names(names, k))
+            t = cache[k] = tuple(expand.flag_names(names, k))
         return t
     return named
 
@@ -238,7 +238,8 @@ def _compile_names(mtype: int) -> dict[int, tuple[str, Callable[[Any], Any] | No
     return plan
 
 
-_NAMES = {mtype: _compile_names(mtype) for mtype in expand.FIELDS}
+# {mtype: {key: (field name, converter to the physical value or None)}}: how values() names a body
+PLANS = {mtype: _compile_names(mtype) for mtype in expand.FIELDS}
 
 # {type name: {field name: unit}}, fields without a unit left out: the native format's "units"
 UNITS: dict[str, dict[str, str]] = {
@@ -252,7 +253,7 @@ def values(mtype: int, body: dict[int, Any]) -> dict[str, Any]:
 
     Flag lists are tuples (shared between records: never mutate them).
     """
-    plan = _NAMES[mtype]
+    plan = PLANS[mtype]
     out = {}
     for k, v in body.items():
         p = plan.get(k)

@@ -200,7 +200,7 @@ def _compile_v3(plan: dict[int, tuple[str, Callable[[Any], Any] | None]]) -> tup
     return [name for name, _conv in plan.values()], env["values"]
 
 
-_V3_PLANS = {mtype: _compile_v3(plan) for mtype, plan in bodies._NAMES.items()}
+_V3_PLANS = {mtype: _compile_v3(plan) for mtype, plan in bodies.PLANS.items()}
 
 
 def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | None = None) -> bytes:

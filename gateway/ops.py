@@ -2,10 +2,9 @@
 
 Served at `GET /ops` so a client (the technician page's command form)
 builds its fields from one description instead of its own copy of the spec.
-Op numbers and names come from protocol/expand.py; the ranges are those of
-SPEC §5 and of the firmware that checks them (firmware/lighting.py,
-irrigation.py, runtime.py: tests/test_gateway_ops.py sends each op at its
-bounds and just past them to the real apps). The node stays the authority:
+Op numbers and names come from protocol/expand.py; the ranges are
+protocol/messages.py's, which the firmware checks too (tests/test_gateway_ops.py
+sends each op at its bounds and just past them to the real apps). The node stays the authority:
 the gateway does not refuse a command the catalogue would (a newer firmware
 may accept more); a node answers `bad_args`.
 
@@ -38,32 +37,34 @@ def _int(name: str, lo: int, hi: int, unit: str | None = None, help: str = "", d
 _CATALOGUE: dict[int, tuple[tuple[str, ...], list[dict[str, Any]], tuple[int, int], str]] = {
     m.OP_SET_LEVEL: ((LIGHTING,), [
         _int("level", 0, 100, "%", default=100),
-        _int("duration", 0, 86400, "s", "how long the override lasts; 0 cancels it (back to the profile)", 600),
+        _int("duration", 0, m.OVERRIDE_MAX_S, "s", "how long the override lasts; 0 cancels it (back to the profile)",
+             600),
     ], (1, 1), "Override the lamp level for a while."),
     m.OP_SET_PROFILE: ((LIGHTING,), [
         {"name": "anchor", "kind": "choice", "choices": {"0": "sunset", "1": "sunrise", "2": "night midpoint"},
          "unit": None, "help": "what the offset counts from", "default": 0},
-        _int("offset", -720, 720, "min", default=0),
+        _int("offset", -m.OFFSET_MAX_MIN, m.OFFSET_MAX_MIN, "min", default=0),
         _int("level", 0, 100, "%", default=100),
-    ], (1, 8), "Replace the night's dimming profile (steps in order)."),
+    ], (1, m.PROFILE_STEPS_MAX), "Replace the night's dimming profile (steps in order)."),
     m.OP_CLEAR_FAULT: ((LIGHTING, IRRIGATION), [], (0, 0),
                        "Clear latched faults (lamp failure, over-current, leak, burst, ...) after a repair."),
     m.OP_OPEN_ZONE: ((IRRIGATION,), [
-        _int("zone", 1, 4),
-        _int("minutes", 1, 1440, "min", "capped by the node's hard maximum run time", 10),
+        _int("zone", 1, m.ZONES_MAX),
+        _int("minutes", 1, m.DAY_MIN, "min", "capped by the node's hard maximum run time", 10),
     ], (1, 1), "Water one zone now."),
     m.OP_CLOSE_ALL: ((IRRIGATION,), [], (0, 0), "Close every valve now."),
-    m.OP_RAIN_DELAY: ((IRRIGATION,), [_int("hours", 0, 720, "h", "0 cancels the delay", 24)], (1, 1),
+    m.OP_RAIN_DELAY: ((IRRIGATION,), [_int("hours", 0, m.RAIN_DELAY_MAX_H, "h", "0 cancels the delay", 24)], (1, 1),
                       "Skip scheduled watering for a while."),
     m.OP_SET_SCHEDULE: ((IRRIGATION,), [
-        _int("zone", 1, 4),
+        _int("zone", 1, m.ZONES_MAX),
         {"name": "days", "kind": "weekdays", "min": 0, "max": 127, "unit": None, "help": "bit 0 Monday",
          "default": 127},
-        _int("start", 0, 1439, "min", "minutes after local midnight (standard time)", 360),
-        _int("minutes", 0, 1440, "min", "0 leaves the zone without a schedule", 15),
-    ], (1, 6), "Replace the schedule of each zone named (at most 8 entries on a node)."),
-    m.OP_SET_INTERVAL: ((LIGHTING, IRRIGATION), [_int("interval", 30, 86400, "s", default=900)], (1, 1),
-                        "Set the report interval."),
+        _int("start", 0, m.DAY_MIN - 1, "min", "minutes after local midnight (standard time)", 360),
+        _int("minutes", 0, m.DAY_MIN, "min", "0 leaves the zone without a schedule", 15),
+    ], (1, m.SCHEDULE_GROUPS_MAX),
+        f"Replace the schedule of each zone named (at most {m.SCHEDULE_MAX} entries on a node)."),
+    m.OP_SET_INTERVAL: ((LIGHTING, IRRIGATION), [_int("interval", m.REPORT_MIN_S, m.REPORT_MAX_S, "s", default=900)],
+                        (1, 1), "Set the report interval."),
     m.OP_REBOOT: ((LIGHTING, IRRIGATION), [], (0, 0), "Restart the node (it says HELLO again)."),
 }
 

@@ -1,3 +1,6 @@
 """Lumeau command-line entry point (``lumeau``)."""
 
-__version__ = "0.1.0"
+# One version number for the project: protocol.VERSION (the firmware reports it too).
+from protocol import VERSION as __version__
+
+__all__ = ["__version__"]

@@ -1,14 +1,12 @@
-"""`lumeau node scan | check | configure`: BLE commissioning from the technician's laptop.
+"""BLE commissioning from the technician's laptop: the work behind `lumeau node scan | check | configure`.
 
-    lumeau node scan      [--timeout S] [--json]
-    lumeau node check     ADDR [--timeout S] [--json]
-    lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
-
-ADDR is the node's Bluetooth address (``C0:FF:EE:00:00:01``; a UUID on macOS) or
+The commands' argparse side and output are lumeau/commands/node.py; this
+module exposes `scan`, `check`, `configure` and the parsers they use.
+ADDR (a target) is the node's Bluetooth address (``C0:FF:EE:00:00:01``; a UUID on macOS) or
 its node id in hex (``00a1b2c3``, found by scanning for its advertisement).
 
 The node's side is firmware/ble.py; the GATT profile and the byte layouts
-are SPEC §11 ("Commissioning"), the counter rules SPEC §4:
+are SPEC §11 ("Commissioning", protocol/ble.py), the counter rules SPEC §4:
 
 - scan: every node advertising the commissioning service in reach, with the
   id, kind, state, open alarms, output and firmware from its scan response
@@ -33,37 +31,31 @@ Errors (BleToolError.reason): adapter (no Bluetooth to scan with), not_found (no
 reach), connect, timeout,
 disconnected, protocol (the node's answer does not decode), auth (the key is
 not the node's), refused (any other refusal), exhausted (re-key), bad_setting,
-no_key. Exit codes: 0 done, 1 failed, 2 bad arguments (an unknown setting or a
-value out of range included). Keys are never printed.
+no_key. Keys are never printed.
 
 Limits: DEFAULT_SCAN_S = 5 s of scanning for `scan`, DEFAULT_TIMEOUT_S = 10 s
 for finding and connecting and again for an answer; answers up to
 fr.MAX_LEN bytes.
 
-Tests drive the async cores (`scan_command`, `check_command`,
-`configure_command`) with bleak's backend seam (`Backends`), the real node
-code on the other side (tests/test_ble_commissioning.py).
+Tests drive it with bleak's backend seam (`Backends`), the real node code on
+the other side (tests/test_ble_commissioning.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
-from firmware import ble as node_ble
 from firmware import config as fwconfig
-from firmware import runtime
+from protocol import ble as pb
 from protocol import cbor, expand
 from protocol import frame as fr
 from protocol import messages as m
@@ -72,47 +64,37 @@ from protocol.keys import NodeKeys
 
 DEFAULT_SCAN_S = 5.0
 DEFAULT_TIMEOUT_S = 10.0
-SERVICE_UUID = node_ble.SERVICE
-STATUS_UUID = node_ble.STATUS
-ALARMS_UUID = node_ble.ALARMS
-CONTROL_UUID = node_ble.CONTROL
-SERVICE_DATA_LEN = 12
+SERVICE_UUID = pb.SERVICE_UUID
+STATUS_UUID = pb.STATUS_UUID
+ALARMS_UUID = pb.ALARMS_UUID
+CONTROL_UUID = pb.CONTROL_UUID
+SERVICE_DATA_LEN = pb.SERVICE_DATA_LEN
 
 KINDS = {m.KIND_LIGHTING: "lighting", m.KIND_IRRIGATION: "irrigation", m.KIND_BRIDGE: "bridge"}
-STATES = {node_ble.ST_OK: "ok", node_ble.ST_ALARM: "alarm", node_ble.ST_FAILSAFE: "fail-safe"}
+STATES = {pb.STATE_OK: "ok", pb.STATE_ALARM: "alarm", pb.STATE_FAILSAFE: "fail-safe"}
 REFUSALS = {
-    node_ble.R_MALFORMED: ("protocol", "the node could not read the frame"),
-    node_ble.R_WRONG_NODE: ("refused", "the frame is for another node"),
-    node_ble.R_UNSUPPORTED: ("refused", "the node takes only CONFIG and TIME over BLE"),
-    node_ble.R_AUTH: ("auth", "authentication refused: the key is not this node's (re-provisioned since?)"),
-    node_ble.R_REPLAY: ("refused", "the counter was used already"),
-    node_ble.R_COUNTER: ("refused", "a gateway counter, not a commissioning one"),
-    node_ble.R_DISABLED: ("refused", "this node's config does not allow configuration over BLE"),
-    node_ble.R_STORAGE: ("refused", "applied, but the node's flash refused an uplink counter to confirm it"),
+    pb.R_MALFORMED: ("protocol", "the node could not read the frame"),
+    pb.R_WRONG_NODE: ("refused", "the frame is for another node"),
+    pb.R_UNSUPPORTED: ("refused", "the node takes only CONFIG and TIME over BLE"),
+    pb.R_AUTH: ("auth", "authentication refused: the key is not this node's (re-provisioned since?)"),
+    pb.R_REPLAY: ("refused", "the counter was used already"),
+    pb.R_COUNTER: ("refused", "a gateway counter, not a commissioning one"),
+    pb.R_DISABLED: ("refused", "this node's config does not allow configuration over BLE"),
+    pb.R_STORAGE: ("refused", "applied, but the node's flash refused an uplink counter to confirm it"),
 }
 
 
-def _lighting_power() -> tuple[int, int]:
-    from firmware import lighting
-    return lighting.SETTINGS["power_w"][1:]
-
-
-def _irrigation_max_run() -> tuple[int, int]:
-    from firmware import irrigation
-    return irrigation.SETTINGS["max_run_min"][1:]
-
-
 # CONFIG keys by name (as the gateway API names them: the CFG_* constants), each with
-# its limits as the node applies them, the node kind it is for (None: every kind) and
-# the unit shown. The limits come from the firmware itself, so they cannot drift.
-SETTINGS: dict[str, tuple[int, Callable[[], tuple[int, int]], int | None, str]] = {
-    "report_interval": (m.CFG_REPORT_INTERVAL, lambda: (runtime.REPORT_MIN_S, runtime.REPORT_MAX_S), None, "s"),
-    "status_interval": (m.CFG_STATUS_INTERVAL, lambda: (runtime.STATUS_MIN_S, runtime.STATUS_MAX_S), None, "s"),
-    "tx_power": (m.CFG_TX_POWER, lambda: (fwconfig.TX_POWER_MIN, fwconfig.TX_POWER_MAX), None, "dBm"),
-    "sf": (m.CFG_SF, lambda: (7, 12), None, ""),
-    "lamp_power": (m.CFG_LAMP_POWER, _lighting_power, m.KIND_LIGHTING, "W"),
-    "max_run": (m.CFG_MAX_RUN, _irrigation_max_run, m.KIND_IRRIGATION, "min"),
-    "confirm_alarms": (m.CFG_CONFIRM_ALARMS, lambda: (0, 1), None, ""),
+# its limits (protocol/messages.py's, which the node applies), the node kind it is for
+# (None: every kind) and the unit shown.
+SETTINGS: dict[str, tuple[int, tuple[int, int], int | None, str]] = {
+    "report_interval": (m.CFG_REPORT_INTERVAL, (m.REPORT_MIN_S, m.REPORT_MAX_S), None, "s"),
+    "status_interval": (m.CFG_STATUS_INTERVAL, (m.STATUS_MIN_S, m.STATUS_MAX_S), None, "s"),
+    "tx_power": (m.CFG_TX_POWER, (m.TX_POWER_MIN, m.TX_POWER_MAX), None, "dBm"),
+    "sf": (m.CFG_SF, (m.SF_MIN, m.SF_MAX), None, ""),
+    "lamp_power": (m.CFG_LAMP_POWER, (1, m.LAMP_POWER_MAX_W), m.KIND_LIGHTING, "W"),
+    "max_run": (m.CFG_MAX_RUN, (1, m.DAY_MIN), m.KIND_IRRIGATION, "min"),
+    "confirm_alarms": (m.CFG_CONFIRM_ALARMS, (0, 1), None, ""),
 }
 assert {k for k, *_ in SETTINGS.values()} == {getattr(m, n) for n in dir(m) if n.startswith("CFG_")}
 NAMES = {key: name for name, (key, *_rest) in SETTINGS.items()}
@@ -169,7 +151,7 @@ def parse_service_data(address: str, data: bytes, rssi: int) -> Seen:
         raise ValueError(f"kind {kind} / state {state} unknown")
     return Seen(address=address, node_id=node_id, kind=kind, state=state, open_alarms=alarms,
                 output=None if out == 0xFF else out, firmware=f"{v0}.{v1}.{v2}",
-                time_set=bool(flags & node_ble.FL_TIME), configurable=bool(flags & node_ble.FL_CONFIGURE),
+                time_set=bool(flags & pb.FL_TIME), configurable=bool(flags & pb.FL_CONFIGURE),
                 rssi=int(rssi))
 
 
@@ -227,7 +209,7 @@ def parse_settings(pairs: list[str], kind: int | None = None) -> dict[int, int]:
             v = BOOLEANS[text] if text in BOOLEANS else int(text, 10)
         except ValueError:
             raise BleToolError("bad_setting", f"{name}={text}: not an integer") from None
-        lo, hi = limits()
+        lo, hi = limits
         if not lo <= v <= hi:
             raise BleToolError("bad_setting", f"{name}={v}: out of range {lo}..{hi}{' ' + unit if unit else ''}")
         if kind is not None and for_kind is not None and for_kind != kind:
@@ -275,37 +257,37 @@ def decode_status(data: bytes) -> dict[str, Any]:
         v = cbor.loads(bytes(data))
         if not isinstance(v, dict):
             raise ValueError("not a map")
-        node_id, kind, firmware, state = v[0], v[1], v[2], v[3]
+        node_id, kind, firmware, state = v[pb.ST_NODE], v[pb.ST_KIND], v[pb.ST_FIRMWARE], v[pb.ST_STATE]
         for x in (node_id, kind, state):
             if type(x) is not int:
                 raise ValueError("id, kind and state must be integers")
         if not isinstance(firmware, str):
             raise ValueError("firmware must be text")
-        status = m.validate(m.STATUS, v.get(5, {}))
+        status = m.validate(m.STATUS, v.get(pb.ST_STATUS, {}))
         out: dict[str, Any] = {
             "node": f"{node_id:08x}", "node_id": node_id, "kind": KINDS.get(kind, kind),
             "firmware": firmware, "state": STATES.get(state, state),
             "status": expand.expand(m.STATUS, status),
-            "tool_counter": _int(v.get(6, fr.TOOL_COUNTER_BASE - 1)),
-            "gateway_counter": _int(v.get(7, -1)),
+            "tool_counter": _int(v.get(pb.ST_TOOL_TOP, fr.TOOL_COUNTER_BASE - 1)),
+            "gateway_counter": _int(v.get(pb.ST_GATEWAY_TOP, -1)),
         }
-        report = v.get(4)
+        report = v.get(pb.ST_REPORT)
         if report is not None:
             if not isinstance(report, list) or len(report) != 2 or report[0] not in (m.LIGHT, m.IRRIGATION):
                 raise ValueError("report must be [LIGHT or IRRIGATION, body]")
             out["report_type"] = expand.TYPE_NAMES[report[0]]
             out["report"] = expand.expand(report[0], m.validate(report[0], report[1]))
-        counts = v.get(8)
+        counts = v.get(pb.ST_COUNTERS)
         if counts is not None:
             if not isinstance(counts, list) or any(type(x) is not int for x in counts):
                 raise ValueError("counters must be integers")
             names = ("uplinks_sent", "downlinks_accepted", "downlinks_rejected", "app_faults", "ble_applied",
                      "ble_refused")
             out["counters"] = dict(zip(names, counts))
-        err = v.get(9)
+        err = v.get(pb.ST_LAST_ERROR)
         if err is not None:
             out["last_error"] = str(err)
-        h = v.get(10)
+        h = v.get(pb.ST_CONFIG_HASH)
         if isinstance(h, bytes):
             out["config_hash"] = h.hex()
         return out
@@ -459,7 +441,7 @@ class Link:
                 answers.put_nowait(payload)
 
         data = framing.encode(frame)
-        piece = max(1, min(self.client.mtu_size - 3, node_ble.CONTROL_WRITE_MAX))
+        piece = max(1, min(self.client.mtu_size - 3, pb.CONTROL_WRITE_MAX))
         try:
             await self.client.start_notify(char, notified)
             for i in range(0, len(data), piece):
@@ -529,13 +511,13 @@ async def configure(target: str, pairs: list[str], *, config: Path | None = None
         top = status["tool_counter"]
         refused, retried, when = 0, False, None
         if settings:
-            top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {0: settings}, top)
+            top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {m.CF_SETTINGS: settings}, top)
         if set_clock:
             def now() -> dict[int, int]:  # read at the last moment: the answer comes within the timeout
                 t = clock()
                 nonlocal when
                 when = int(t)
-                return {0: int(t), 1: int(t * 1000) % 1000}
+                return {m.T_UNIX: int(t), m.T_MS: int(t * 1000) % 1000}
             top, _, again = await _send(link, keys, m.TIME, now, top)
             retried = retried or again
         return Configured(seen, settings, refused, when, retried)
@@ -551,9 +533,9 @@ async def _send(link: Link, keys: NodeKeys, mtype: int, body: Callable[[], dict[
             raise BleToolError("exhausted", f"{node} used every commissioning counter: re-key it "
                                             "(lumeau node provision)")
         answer = await link.exchange(fr.seal(keys, mtype, counter, m.encode(mtype, body())))
-        if answer[:1] == bytes((node_ble.REFUSED,)) and len(answer) == 6:
+        if answer[:1] == bytes((pb.REFUSED,)) and len(answer) == 6:
             reason, top = answer[1], int.from_bytes(answer[2:6], "big")
-            if reason == node_ble.R_REPLAY and attempt == 0:
+            if reason == pb.R_REPLAY and attempt == 0:
                 continue  # another tool took that counter meanwhile: once more above its top
             kind, text = REFUSALS.get(reason, ("refused", f"refused (reason {reason})"))
             raise BleToolError(kind, f"{node}: {text}")
@@ -573,178 +555,9 @@ def _confirmed(keys: NodeKeys, answer: bytes, counter: int) -> int:
             from None
     except ValueError as e:
         raise BleToolError("protocol", f"the node's answer does not decode: {e}") from None
-    if ack[0] != counter:
-        raise BleToolError("protocol", f"the node answered for counter {ack[0]}, not {counter}")
-    if ack[1] not in (m.RES_OK, m.RES_BAD_ARGS):
-        raise BleToolError("refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, 1)].get(ack[1], ack[1])}")
-    return ack.get(2, 0) if ack[1] == m.RES_BAD_ARGS else 0
-
-
-# -- output ----------------------------------------------------------------------------------------
-
-
-def _fields(fields: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
-    parts = []
-    for name, f in fields.items():
-        if name in skip:
-            continue
-        v = f["value"]
-        if isinstance(v, list) and all(isinstance(x, str) for x in v):  # flags
-            v = "+".join(v) if v else "none"
-        elif isinstance(v, list):  # per-zone values, zone 1 first (None: no sensor)
-            v = "/".join("-" if x is None else str(x) for x in v)
-        parts.append(f"{name} {v}{' ' + f['unit'] if f['unit'] else ''}")
-    return ", ".join(parts)
-
-
-def _when(t: Any) -> str:
-    if not isinstance(t, int) or t <= 0:
-        return "time unknown"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-
-
-def _duration(s: Any) -> str:
-    if not isinstance(s, (int, float)):
-        return "?"
-    s = int(s)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    mnt = s // 60
-    return (f"{d} d " if d else "") + f"{h} h {mnt} min"
-
-
-def print_check(seen: Seen, status: dict[str, Any], alarms: list[dict[str, Any]], out: TextIO) -> None:
-    st = status["status"]
-    w = out.write
-    w(f"node {status['node']} ({status['kind']}) at {seen.address}, RSSI {seen.rssi} dBm, "
-      f"firmware {status['firmware']}\n")
-    n_open = st.get("open_alarms", {}).get("value", seen.open_alarms)
-    w(f"state       {status['state']}" + (f", {n_open} open alarm{'s' if n_open != 1 else ''}" if n_open else "")
-      + "\n")
-    clock = st.get("time", {}).get("value")
-    w(f"uptime      {_duration(st.get('uptime', {}).get('value'))}; node clock "
-      f"{_when(clock) if clock else 'not set'}\n")
-    if "report" in status:
-        w(f"{status['report_type']:11s} {_fields(status['report'])}\n")
-    rest = _fields(st, skip=("uptime", "time", "open_alarms"))
-    if rest:
-        w(f"status      {rest}\n")
-    c = status.get("counters")
-    if c:
-        w("counters    " + ", ".join(f"{k} {v}" for k, v in c.items()) + "\n")
-    if status.get("last_error"):
-        w(f"last error  {status['last_error']}\n")
-    if not alarms:
-        w("alarms      none since boot\n")
-        return
-    w(f"alarms      last {len(alarms)} since boot, oldest first:\n")
-    for a in alarms:
-        code = a["code"]["value"]
-        sev = a.get("severity", {}).get("value", "?")
-        active = "raised" if a.get("active", {}).get("value", 1) else "cleared"
-        zone = a.get("zone", {}).get("value")
-        extra = f" zone {zone}" if zone else ""
-        w(f"  {_when(a.get('time', {}).get('value'))}  {code!s:20s} {sev!s:8s} {active:7s} "
-          f"value {a.get('value', {}).get('value', 0)}{extra}\n")
-
-
-# -- commands ----------------------------------------------------------------------------------------
-
-
-def _fail(cmd: str, e: BleToolError, err: TextIO) -> int:
-    err.write(f"lumeau node {cmd}: {e} [{e.reason}]\n")
-    return 2 if e.reason == "bad_setting" else 1
-
-
-async def scan_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
-                       backends: Backends | None = None) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        nodes = await scan(args.timeout, backends)
-    except BleToolError as e:
-        return _fail("scan", e, err)
-    if args.json:
-        out.write(json.dumps({"nodes": [s.json() for s in nodes]}) + "\n")
-        return 0
-    if not nodes:
-        out.write(f"no Lumeau node in reach (scanned {args.timeout:g} s)\n")
-        return 0
-    out.write(f"{'ADDRESS':18s} {'NODE':8s}  {'KIND':10s} {'STATE':9s} {'ALARMS':>6s}  {'OUTPUT':18s} "
-              f"{'FIRMWARE':9s} {'RSSI':>8s}\n")
-    for s in nodes:
-        out.write(f"{s.address:18s} {s.node_id:08x}  {KINDS.get(s.kind, '?'):10s} {STATES.get(s.state, '?'):9s} "
-                  f"{s.open_alarms:6d}  {output_text(s.kind, s.output):18s} {s.firmware:9s} {s.rssi:4d} dBm\n")
-    out.write(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} in reach\n")
-    return 0
-
-
-async def check_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
-                        backends: Backends | None = None) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        seen, status, alarms = await check(args.addr, args.timeout, backends)
-    except BleToolError as e:
-        return _fail("check", e, err)
-    if args.json:
-        out.write(json.dumps({"advertised": seen.json(), "status": status, "alarms": alarms}) + "\n")
-    else:
-        print_check(seen, status, alarms, out)
-    return 0
-
-
-async def configure_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
-                            backends: Backends | None = None) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        done = await configure(args.addr, args.settings, config=args.config, registry=args.registry,
-                               timeout=args.timeout, backends=backends)
-    except BleToolError as e:
-        return _fail("configure", e, err)
-    applied = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if not done.refused >> k & 1]
-    refused = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if done.refused >> k & 1]
-    node = f"node {done.seen.node_id:08x}"
-    if applied:
-        out.write(f"{node}: applied {' '.join(applied)} (confirmed by the node, signed with its key)\n")
-    if done.clock is not None:
-        out.write(f"{node}: clock set to {_when(done.clock)} (confirmed by the node, signed with its key)\n")
-    if refused:
-        err.write(f"lumeau node configure: {node} refused {' '.join(refused)} (out of its own limits: an older "
-                  "firmware?) [refused]\n")
-        return 1
-    return 0
-
-
-def _sync(core: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        return asyncio.run(core(args))
-    return run
-
-
-def add_actions(actions: Any) -> None:
-    """Register scan, check and configure in the `lumeau node` group (lumeau/node.py)."""
-    s = actions.add_parser("scan", help="list the Lumeau nodes in BLE reach: id, kind, state, signal")
-    s.add_argument("--timeout", type=float, default=DEFAULT_SCAN_S, help="seconds to scan (default %(default)g)")
-    s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    s.set_defaults(func=_sync(scan_command))
-
-    c = actions.add_parser("check", help="connect to a node over BLE: live status and last alarms")
-    c.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
-    c.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to find, connect and read (default %(default)g)")
-    c.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    c.set_defaults(func=_sync(check_command))
-
-    g = actions.add_parser("configure", help="change a node's settings over BLE, authenticated with its key",
-                           description="Settings (SPEC §5 CONFIG): " + ", ".join(
-                               f"{n} ({SETTINGS[n][1]()[0]}..{SETTINGS[n][1]()[1]}"
-                               f"{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})" for n in SETTINGS)
-                           + "; and clock=now (a TIME frame with this computer's clock, UTC).")
-    g.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
-    g.add_argument("settings", metavar="KEY=VALUE", nargs="+",
-                   help="e.g. report_interval=600; clock=now sets the node's clock from this computer's (UTC)")
-    where = g.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, help="the node's config file from lumeau node provision (holds its key)")
-    where.add_argument("--registry", type=Path, help="the gateway's registry file (holds the keys)")
-    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to find and connect, and again for the answer (default %(default)g)")
-    g.set_defaults(func=_sync(configure_command))
+    if ack[m.CA_ID] != counter:
+        raise BleToolError("protocol", f"the node answered for counter {ack[m.CA_ID]}, not {counter}")
+    result = ack[m.CA_RESULT]
+    if result not in (m.RES_OK, m.RES_BAD_ARGS):
+        raise BleToolError("refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, m.CA_RESULT)].get(result, result)}")
+    return ack.get(m.CA_VALUE, 0) if result == m.RES_BAD_ARGS else 0

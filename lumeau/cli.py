@@ -26,7 +26,7 @@ COMMAND_MODULES: list[str] = [
     "lumeau.commands.sim",
     "lumeau.commands.sink",
     "lumeau.commands.gateway",
-    "lumeau.node",
+    "lumeau.commands.node",
 ]
 
 

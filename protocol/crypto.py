@@ -17,7 +17,8 @@ except ImportError:  # MicroPython: micropython-lib hmac has neither
     _compare_digest = None
     _hmac_digest = None
 
-_BLOCK = 64  # SHA-256 block size in bytes
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_BLOCK = const(64)  # SHA-256 block size in bytes
 
 
 def _xor_byte(data, value):

@@ -81,21 +81,23 @@ ENUMS = {
 }
 
 
-def _flag_names(names, v):
+def flag_names(names, v):
+    """The names of the bits set in `v` (names[i] for bit i; None: a bit without a name)."""
     return [n for i, n in enumerate(names) if n is not None and (v >> i) & 1]
 
 
-def _scale(v, div):
+def scale(v, div):
+    """An air value divided by its scale: an int when it is a whole number, else a float."""
     x = v / div
     return int(x) if x == int(x) else x
 
 
 def _physical(v, div):
     if isinstance(v, bytes):  # packed per-zone values (messages.V)
-        return [None if x == m.NO_VALUE else _scale(x, div) for x in v]
+        return [None if x == m.NO_VALUE else scale(x, div) for x in v]
     if div == 1:
         return v
-    return _scale(v, div)
+    return scale(v, div)
 
 
 def expand(mtype, body):
@@ -112,7 +114,7 @@ def expand(mtype, body):
         flags = FLAGS.get((mtype, key))
         enum = ENUMS.get((mtype, key))
         if flags is not None:
-            v = _flag_names(flags, v)
+            v = flag_names(flags, v)
         elif enum is not None:
             v = enum.get(v, v)
         elif isinstance(v, bytes) and m.SPECS[mtype][key][1] == m.B:

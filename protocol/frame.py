@@ -15,11 +15,13 @@
 
 from protocol.crypto import aes128_ctr, ct_equal
 
-VERSION = 1
-HEADER_LEN = 9
-MIC_LEN = 4
-MIN_BODY = 1  # the smallest CBOR map, a0
-MIN_LEN = HEADER_LEN + MIN_BODY + MIC_LEN
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
+_FORMAT = const(1)  # frame format version: the vt byte's bits 7-5
+HEADER_LEN = const(9)
+MIC_LEN = const(4)
+_MIN_BODY = const(1)  # the smallest CBOR map, a0
+_MIN_LEN = const(HEADER_LEN + _MIN_BODY + MIC_LEN)
 MAX_LEN = 255  # a LoRa PHY payload; the regional budget is the caller's concern
 MAX_COUNTER = 0xFFFFFFFF
 # Downlink counters split in two halves (SPEC §4): the gateway seals with
@@ -28,9 +30,9 @@ MAX_COUNTER = 0xFFFFFFFF
 # half, so neither can make the other's frames look stale or reuse a counter.
 TOOL_COUNTER_BASE = 0x80000000
 
-FLAG_ENCRYPTED = 0x10
+_FLAG_ENCRYPTED = const(0x10)
 DOWNLINK_BIT = 0x08
-TYPE_MASK = 0x0F
+_TYPE_MASK = const(0x0F)
 
 # Replay verdicts, from ReplayWindow.check().
 ACCEPT = 0
@@ -83,16 +85,16 @@ def seal(keys, mtype, counter, body, encrypt=False):
 
     `keys` is a protocol.keys.NodeKeys; the direction follows from `mtype`.
     """
-    if not (0 <= mtype <= TYPE_MASK):
+    if not (0 <= mtype <= _TYPE_MASK):
         raise ValueError("message type out of range")
     if not (0 <= counter <= MAX_COUNTER):
         raise ValueError("counter out of range (32-bit; a node at the end must be re-keyed)")
     n = len(body)
-    if n < MIN_BODY or HEADER_LEN + n + MIC_LEN > MAX_LEN:
+    if n < _MIN_BODY or HEADER_LEN + n + MIC_LEN > MAX_LEN:
         raise ValueError("body length %d does not fit a frame" % n)
-    vt = (VERSION << 5) | mtype
+    vt = (_FORMAT << 5) | mtype
     if encrypt:
-        vt |= FLAG_ENCRYPTED
+        vt |= _FLAG_ENCRYPTED
     out = bytearray(HEADER_LEN + n + MIC_LEN)
     out[0] = vt
     out[1:5] = keys.node_id.to_bytes(4, "big")
@@ -111,8 +113,8 @@ class Frame:
     def __init__(self, raw, vt, node_id, counter):
         self.raw = raw
         self.vt = vt
-        self.mtype = vt & TYPE_MASK
-        self.encrypted = bool(vt & FLAG_ENCRYPTED)
+        self.mtype = vt & _TYPE_MASK
+        self.encrypted = bool(vt & _FLAG_ENCRYPTED)
         self.downlink = bool(vt & DOWNLINK_BIT)
         self.node_id = node_id
         self.counter = counter
@@ -135,12 +137,12 @@ def parse(raw):
     """Split a frame into its header fields without verifying anything."""
     raw = bytes(raw)
     n = len(raw)
-    if n < MIN_LEN:
-        raise MalformedFrame("frame too short: %d bytes, need at least %d" % (n, MIN_LEN))
+    if n < _MIN_LEN:
+        raise MalformedFrame("frame too short: %d bytes, need at least %d" % (n, _MIN_LEN))
     if n > MAX_LEN:
         raise MalformedFrame("frame too long: %d bytes, at most %d" % (n, MAX_LEN))
     vt = raw[0]
-    if vt >> 5 != VERSION:
+    if vt >> 5 != _FORMAT:
         raise MalformedFrame("unsupported frame version %d" % (vt >> 5))
     return Frame(raw, vt, int.from_bytes(raw[1:5], "big"), int.from_bytes(raw[5:9], "big"))
 

@@ -7,9 +7,11 @@
 
 from protocol.crypto import HmacKey, hkdf_sha256
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
 ROOT_KEY_LEN = 16
-MIC_KEY_LEN = 32  # full SHA-256 block-size key: no reason to derive less
-ENC_KEY_LEN = 16  # AES-128
+_MIC_KEY_LEN = const(32)  # full SHA-256 block-size key: no reason to derive less
+_ENC_KEY_LEN = const(16)  # AES-128
 
 SALT = b"lumeau/v1"
 INFO_MIC_UP = b"lumeau mic up"
@@ -36,9 +38,9 @@ class NodeKeys:
         if len(root_key) != ROOT_KEY_LEN:
             raise ValueError("root key must be 16 bytes")
         self.node_id = node_id
-        self.mic_up = HmacKey(hkdf_sha256(root_key, SALT, _info(INFO_MIC_UP, node_id), MIC_KEY_LEN))
-        self.mic_down = HmacKey(hkdf_sha256(root_key, SALT, _info(INFO_MIC_DOWN, node_id), MIC_KEY_LEN))
-        self.enc = hkdf_sha256(root_key, SALT, _info(INFO_ENC, node_id), ENC_KEY_LEN)
+        self.mic_up = HmacKey(hkdf_sha256(root_key, SALT, _info(INFO_MIC_UP, node_id), _MIC_KEY_LEN))
+        self.mic_down = HmacKey(hkdf_sha256(root_key, SALT, _info(INFO_MIC_DOWN, node_id), _MIC_KEY_LEN))
+        self.enc = hkdf_sha256(root_key, SALT, _info(INFO_ENC, node_id), _ENC_KEY_LEN)
 
     def mic_key(self, downlink):
         return self.mic_down if downlink else self.mic_up

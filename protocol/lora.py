@@ -46,16 +46,18 @@ wraps after 2^30 ms on a board); the module has no clock of its own, so the
 simulator drives it with a virtual one.
 """
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
 SF_MIN = 6
 SF_MAX = 12
 BANDWIDTHS_HZ = (125000, 250000, 500000)
 CR_DENOM_MIN = 5           # coding rate 4/5 ...
 CR_DENOM_MAX = 8           # ... to 4/8
-PAYLOAD_MAX = 255          # the SX127x FIFO payload length register is 8 bits
-PREAMBLE_MIN = 6
-PREAMBLE_MAX = 65535
+_PAYLOAD_MAX = const(255)  # the SX127x FIFO payload length register is 8 bits
+_PREAMBLE_MIN = const(6)
+_PREAMBLE_MAX = const(65535)
 PREAMBLE_DEFAULT = 8       # LoRaWAN's preamble
-LDRO_SYMBOL_US = 16000     # LDRO auto-on from this symbol duration (16 ms)
+_LDRO_SYMBOL_US = const(16000)  # LDRO auto-on from this symbol duration (16 ms)
 
 # EU868 sub-bands: (low Hz, high Hz, 1/duty cycle, name).  The inverse duty
 # cycle keeps the off-time arithmetic in integers.  g1..g4 are the names
@@ -73,7 +75,7 @@ N_BANDS = len(BANDS)
 DEFAULT_CHANNELS_HZ = (868100000, 868300000, 868500000)
 RX2_FREQ_HZ = 869525000
 RX2_SF = 12
-RX2_BW_HZ = 125000
+_RX2_BW_HZ = const(125000)
 
 # Max application payload (RP002 "N") at BW125, indexed by SF - 7.
 _MAX_PAYLOAD = (222, 222, 115, 51, 51, 51)
@@ -88,9 +90,9 @@ def _check(sf, bw_hz, cr_denom, explicit_header, payload_bytes, preamble):
         raise ValueError("bandwidth must be 125000, 250000 or 500000 Hz, got %r" % (bw_hz,))
     if not CR_DENOM_MIN <= cr_denom <= CR_DENOM_MAX:
         raise ValueError("coding rate denominator must be 5..8 (4/5..4/8), got %r" % (cr_denom,))
-    if not 0 <= payload_bytes <= PAYLOAD_MAX:
+    if not 0 <= payload_bytes <= _PAYLOAD_MAX:
         raise ValueError("payload must be 0..255 bytes, got %r" % (payload_bytes,))
-    if not PREAMBLE_MIN <= preamble <= PREAMBLE_MAX:
+    if not _PREAMBLE_MIN <= preamble <= _PREAMBLE_MAX:
         raise ValueError("preamble must be 6..65535 symbols, got %r" % (preamble,))
 
 
@@ -109,7 +111,7 @@ def airtime_us(payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DE
     # first keeps it a small int on a board (1000000 << 12 would be a long int).
     t_sym = (1000000 // bw_hz) << sf
     if ldro is None:
-        ldro = t_sym >= LDRO_SYMBOL_US
+        ldro = t_sym >= _LDRO_SYMBOL_US
     de = 1 if ldro else 0
     ih = 0 if explicit_header else 1
     num = 8 * payload_bytes - 4 * sf + 28 + (16 if crc else 0) - 20 * ih

@@ -13,6 +13,8 @@
 
 from protocol import cbor
 
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
 # Message types (frame vt bits 3-0). Bit 3 set = downlink.
 HELLO = 1
 LIGHT = 2
@@ -116,6 +118,30 @@ CFG_LAMP_POWER = 4
 CFG_MAX_RUN = 5
 CFG_CONFIRM_ALARMS = 6
 
+# Value ranges, inclusive, defined here once: the node refuses a CONFIG value
+# or COMMAND argument outside them (firmware/), the gateway's op catalogue
+# (gateway/ops.py) and the technician's tool (lumeau/ble_tools.py) show them.
+# A report at most every 30 s keeps a node inside 1 % duty cycle at SF12 with
+# room for retries; at least once a day keeps it visible. STATUS is rarer.
+REPORT_MIN_S = 30  # CFG_REPORT_INTERVAL, OP_SET_INTERVAL
+REPORT_MAX_S = 86400
+STATUS_MIN_S = 300  # CFG_STATUS_INTERVAL
+STATUS_MAX_S = 7 * 86400
+TX_POWER_MIN = 2  # CFG_TX_POWER, dBm
+TX_POWER_MAX = 14  # EU868 ERP limit for the g1 sub-band (25 mW ~ 14 dBm)
+SF_MIN = 7  # CFG_SF: EU868's data rates (the modem itself goes down to SF6)
+SF_MAX = 12
+# CFG_CONFIRM_ALARMS: 0..1
+LAMP_POWER_MAX_W = 2000  # CFG_LAMP_POWER, 1..this
+DAY_MIN = 1440  # CFG_MAX_RUN and OP_OPEN_ZONE 1..this min; a schedule's start below it, its minutes 0..it
+OVERRIDE_MAX_S = 86400  # OP_SET_LEVEL duration, 0..this (0 cancels)
+OFFSET_MAX_MIN = 720  # OP_SET_PROFILE step offset, -this..this
+PROFILE_STEPS_MAX = 8  # OP_SET_PROFILE steps of 3 args (a COMMAND carries at most 24 args)
+ZONES_MAX = 4  # irrigation zones, numbered from 1
+RAIN_DELAY_MAX_H = 720  # OP_RAIN_DELAY hours, 0..this (0 cancels)
+SCHEDULE_GROUPS_MAX = 6  # OP_SET_SCHEDULE groups of 4 args
+SCHEDULE_MAX = 8  # schedule entries an irrigation node keeps
+
 # Field kinds.
 U = 0  # unsigned int in [lo, hi]
 I = 1  # signed int in [lo, hi]
@@ -135,78 +161,133 @@ U32 = 0xFFFFFFFF
 I32_MIN = -0x80000000
 I32_MAX = 0x7FFFFFFF
 
-# (key, kind, lo, hi, required, maxlen)
-_HELLO = (
-    (0, T, 1, 16, True, 0),  # firmware version
-    (1, U, 1, 3, True, 0),  # node kind
-    (2, U, 0, U16, False, 0),  # capabilities bitmask
-    (3, B, 4, 4, False, 0),  # config hash: first 4 bytes of SHA-256 of the config
-    (4, U, 0, 7, False, 0),  # reset cause
-)
-_LIGHT = (
-    (0, U, 0, 100, False, 0),  # level %
-    (1, U, 0, U16, False, 0),  # power, 0.1 W
-    (2, U, 0, U32, False, 0),  # energy counter, Wh
-    (3, U, 0, U16, False, 0),  # state and fault flags
-    (4, U, 0, U32, False, 0),  # burning hours, h
-    (5, U, 0, U16, False, 0),  # presence detections since the last report
-    (6, U, 0, U16, False, 0),  # lamp current, mA
-)
-_IRRIGATION = (
-    (0, V, 0, 200, False, 4),  # soil moisture per zone, 0.5 % volumetric; 255: no sensor
-    (1, U, 0, U8, False, 0),  # valve states
-    (2, U, 0, U16, False, 0),  # flow, 0.1 L/min
-    (3, U, 0, U32, False, 0),  # volume counter, L
-    (4, U, 0, U8, False, 0),  # rain flags
-    (5, U, 0, U16, False, 0),  # supply voltage, mV
-    (6, U, 0, U16, False, 0),  # fault flags
-)
-_EVENT = (
-    (0, U, 0, U16, True, 0),  # event code
-    (1, U, 0, 3, False, 0),  # severity
-    (2, I, I32_MIN, I32_MAX, False, 0),  # value, scaled per code
-    (3, U, 0, U32, False, 0),  # time, Unix s (0: unknown)
-    (4, U, 0, 1, False, 0),  # 1 raised, 0 cleared
-    (5, U, 0, 4, False, 0),  # zone (0: the node as a whole)
-)
-_STATUS = (
-    (0, U, 0, U32, False, 0),  # uptime, s
-    (1, U, 0, U32, False, 0),  # node time, Unix s (0: unknown)
-    (2, I, -200, 0, False, 0),  # RSSI of the last downlink, dBm
-    (3, I, -80, 60, False, 0),  # SNR of the last downlink, 0.25 dB (the modem's step)
-    (4, U, 0, U16, False, 0),  # supply voltage, mV
-    (5, I, -40, 125, False, 0),  # board temperature, degC
-    (6, U, 0, U32, False, 0),  # free heap, 16-byte blocks (MicroPython's GC block)
-    (7, U, 0, U8, False, 0),  # uplink queue length
-    (8, U, 0, U8, False, 0),  # open alarms
-)
-_CMD_ACK = (
-    (0, U, 0, U32, True, 0),  # command id
-    (1, U, 0, 15, True, 0),  # result
-    (2, I, I32_MIN, I32_MAX, False, 0),  # value applied, per op
-)
-_COMMAND = (
-    (0, U, 0, U32, True, 0),  # command id
-    (1, U, 1, U8, True, 0),  # op
-    (2, A, I32_MIN, I32_MAX, False, 24),  # args
-    (3, U, 0, U32, False, 0),  # expires, Unix s (0: never)
-)
-_CONFIG = (
-    (0, M, 0, U32, True, 16),  # partial config: CFG_* -> value
-)
-_TIME = (
-    (0, U, 0, U32, True, 0),  # Unix time, s
-    (1, U, 0, 999, False, 0),  # ms
-)
-_ACK = (
-    (0, U, 0, U32, True, 0),  # acknowledged uplink counter
-    (1, U, 0, U8, False, 0),  # downlinks still queued for the node
-)
+# Body keys, per message type: what each field's small integer means (units
+# and scales in the comments of SPECS below and in protocol/expand.py).
+# HELLO
+H_FIRMWARE = const(0)
+H_KIND = const(1)
+H_CAPS = const(2)
+H_CONFIG_HASH = const(3)
+H_RESET = const(4)
+# LIGHT
+L_LEVEL = const(0)
+L_POWER = const(1)
+L_ENERGY = const(2)
+L_STATE = const(3)
+L_HOURS = const(4)
+L_PRESENCE = const(5)
+L_CURRENT = const(6)
+# IRRIGATION
+IR_MOISTURE = const(0)
+IR_VALVES = const(1)
+IR_FLOW = const(2)
+IR_VOLUME = const(3)
+IR_RAIN = const(4)
+IR_SUPPLY = const(5)
+IR_FAULTS = const(6)
+# EVENT
+E_CODE = const(0)
+E_SEVERITY = const(1)
+E_VALUE = const(2)
+E_TIME = const(3)
+E_ACTIVE = const(4)
+E_ZONE = const(5)
+# STATUS
+S_UPTIME = const(0)
+S_TIME = const(1)
+S_RSSI = const(2)
+S_SNR = const(3)
+S_SUPPLY = const(4)
+S_TEMP = const(5)
+S_HEAP = const(6)
+S_QUEUE = const(7)
+S_ALARMS = const(8)
+# CMD_ACK
+CA_ID = const(0)
+CA_RESULT = const(1)
+CA_VALUE = const(2)
+# COMMAND
+C_ID = const(0)
+C_OP = const(1)
+C_ARGS = const(2)
+C_EXPIRES = const(3)
+# CONFIG
+CF_SETTINGS = const(0)
+# TIME
+T_UNIX = const(0)
+T_MS = const(1)
+# ACK
+A_COUNTER = const(0)
+A_QUEUED = const(1)
 
+# (key, kind, lo, hi, required, maxlen)
 SPECS = {
-    HELLO: _HELLO, LIGHT: _LIGHT, IRRIGATION: _IRRIGATION, EVENT: _EVENT,
-    STATUS: _STATUS, CMD_ACK: _CMD_ACK, COMMAND: _COMMAND, CONFIG: _CONFIG,
-    TIME: _TIME, ACK: _ACK,
+    HELLO: (
+        (H_FIRMWARE, T, 1, 16, True, 0),  # firmware version
+        (H_KIND, U, 1, 3, True, 0),  # node kind
+        (H_CAPS, U, 0, U16, False, 0),  # capabilities bitmask
+        (H_CONFIG_HASH, B, 4, 4, False, 0),  # config hash: first 4 bytes of SHA-256 of the config
+        (H_RESET, U, 0, 7, False, 0),  # reset cause
+    ),
+    LIGHT: (
+        (L_LEVEL, U, 0, 100, False, 0),  # level %
+        (L_POWER, U, 0, U16, False, 0),  # power, 0.1 W
+        (L_ENERGY, U, 0, U32, False, 0),  # energy counter, Wh
+        (L_STATE, U, 0, U16, False, 0),  # state and fault flags
+        (L_HOURS, U, 0, U32, False, 0),  # burning hours, h
+        (L_PRESENCE, U, 0, U16, False, 0),  # presence detections since the last report
+        (L_CURRENT, U, 0, U16, False, 0),  # lamp current, mA
+    ),
+    IRRIGATION: (
+        (IR_MOISTURE, V, 0, 200, False, 4),  # soil moisture per zone, 0.5 % volumetric; 255: no sensor
+        (IR_VALVES, U, 0, U8, False, 0),  # valve states
+        (IR_FLOW, U, 0, U16, False, 0),  # flow, 0.1 L/min
+        (IR_VOLUME, U, 0, U32, False, 0),  # volume counter, L
+        (IR_RAIN, U, 0, U8, False, 0),  # rain flags
+        (IR_SUPPLY, U, 0, U16, False, 0),  # supply voltage, mV
+        (IR_FAULTS, U, 0, U16, False, 0),  # fault flags
+    ),
+    EVENT: (
+        (E_CODE, U, 0, U16, True, 0),  # event code
+        (E_SEVERITY, U, 0, 3, False, 0),  # severity
+        (E_VALUE, I, I32_MIN, I32_MAX, False, 0),  # value, scaled per code
+        (E_TIME, U, 0, U32, False, 0),  # time, Unix s (0: unknown)
+        (E_ACTIVE, U, 0, 1, False, 0),  # 1 raised, 0 cleared
+        (E_ZONE, U, 0, 4, False, 0),  # zone (0: the node as a whole)
+    ),
+    STATUS: (
+        (S_UPTIME, U, 0, U32, False, 0),  # uptime, s
+        (S_TIME, U, 0, U32, False, 0),  # node time, Unix s (0: unknown)
+        (S_RSSI, I, -200, 0, False, 0),  # RSSI of the last downlink, dBm
+        (S_SNR, I, -80, 60, False, 0),  # SNR of the last downlink, 0.25 dB (the modem's step)
+        (S_SUPPLY, U, 0, U16, False, 0),  # supply voltage, mV
+        (S_TEMP, I, -40, 125, False, 0),  # board temperature, degC
+        (S_HEAP, U, 0, U32, False, 0),  # free heap, 16-byte blocks (MicroPython's GC block)
+        (S_QUEUE, U, 0, U8, False, 0),  # uplink queue length
+        (S_ALARMS, U, 0, U8, False, 0),  # open alarms
+    ),
+    CMD_ACK: (
+        (CA_ID, U, 0, U32, True, 0),  # command id
+        (CA_RESULT, U, 0, 15, True, 0),  # result
+        (CA_VALUE, I, I32_MIN, I32_MAX, False, 0),  # value applied, per op
+    ),
+    COMMAND: (
+        (C_ID, U, 0, U32, True, 0),  # command id
+        (C_OP, U, 1, U8, True, 0),  # op
+        (C_ARGS, A, I32_MIN, I32_MAX, False, 24),  # args
+        (C_EXPIRES, U, 0, U32, False, 0),  # expires, Unix s (0: never)
+    ),
+    CONFIG: (
+        (CF_SETTINGS, M, 0, U32, True, 16),  # partial config: CFG_* -> value
+    ),
+    TIME: (
+        (T_UNIX, U, 0, U32, True, 0),  # Unix time, s
+        (T_MS, U, 0, 999, False, 0),  # ms
+    ),
+    ACK: (
+        (A_COUNTER, U, 0, U32, True, 0),  # acknowledged uplink counter
+        (A_QUEUED, U, 0, U8, False, 0),  # downlinks still queued for the node
+    ),
 }
 
 

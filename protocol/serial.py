@@ -39,14 +39,15 @@ CRC) stays small beside a node's heap.
 """
 
 DEFAULT_MAX_FRAME = 512
-CRC_INIT = 0xFFFF
-CRC_LEN = 2
-DELIMITER = 0
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_CRC_INIT = const(0xFFFF)
+_CRC_LEN = const(2)
+_DELIMITER = const(0)
 
 _NONE = ()  # returned by Decoder.feed when nothing completed: no allocation
 
 
-def crc16(data, crc=CRC_INIT):
+def crc16(data, crc=_CRC_INIT):
     """CRC-16/CCITT-FALSE of a bytes-like object; pass crc to continue one."""
     for b in data:
         x = (crc >> 8) ^ b
@@ -58,7 +59,7 @@ def crc16(data, crc=CRC_INIT):
 
 def max_encoded_len(n):
     """Bytes that encode() can produce for an n-byte payload, delimiters included."""
-    m = n + CRC_LEN
+    m = n + _CRC_LEN
     return m + 1 + m // 254 + 2
 
 
@@ -72,11 +73,11 @@ def encode_into(payload, out):
     if len(out) < max_encoded_len(n):
         raise ValueError("output buffer too small: %d < %d" % (len(out), max_encoded_len(n)))
     crc = crc16(payload)
-    out[0] = DELIMITER
+    out[0] = _DELIMITER
     code_at = 1     # where the current block's code byte goes
     o = 2
     code = 1
-    for i in range(n + CRC_LEN):
+    for i in range(n + _CRC_LEN):
         if i < n:
             b = payload[i]
         elif i == n:
@@ -98,7 +99,7 @@ def encode_into(payload, out):
                 o += 1
                 code = 1
     out[code_at] = code
-    out[o] = DELIMITER
+    out[o] = _DELIMITER
     return o + 1
 
 
@@ -110,9 +111,9 @@ def encode(payload):
 
 
 # Decoder states
-_IDLE = 0      # nothing since the last delimiter
-_IN = 1        # inside a frame
-_SKIP = 2      # frame too long: discard up to the next delimiter
+_IDLE = const(0)  # nothing since the last delimiter
+_IN = const(1)  # inside a frame
+_SKIP = const(2)  # frame too long: discard up to the next delimiter
 
 
 class Decoder:
@@ -134,7 +135,7 @@ class Decoder:
         if max_frame < 0:
             raise ValueError("max_frame must be >= 0")
         self.max_frame = max_frame
-        self._buf = bytearray(max_frame + CRC_LEN)
+        self._buf = bytearray(max_frame + _CRC_LEN)
         self._mv = memoryview(self._buf)
         self.frames = 0
         self.dropped_crc = 0
@@ -164,11 +165,11 @@ class Decoder:
         zero = self._zero
         out = None
         for b in chunk:
-            if b == DELIMITER:
+            if b == _DELIMITER:
                 if state == _IN:
                     if left:
                         self.dropped_cobs += 1
-                    elif n < CRC_LEN:
+                    elif n < _CRC_LEN:
                         self.dropped_short += 1
                     elif crc16(self._mv[:n]) != 0:
                         self.dropped_crc += 1
@@ -176,7 +177,7 @@ class Decoder:
                         self.frames += 1
                         if out is None:
                             out = []
-                        out.append(bytes(self._mv[:n - CRC_LEN]))
+                        out.append(bytes(self._mv[:n - _CRC_LEN]))
                 state = _IDLE
                 n = 0
                 left = 0

@@ -5,7 +5,7 @@ does, on its real transports:
 
 - `BridgeBoard`: a radio bridge board (SPEC §10) on a pseudo-terminal the
   gateway opens as its serial port. Every frame the site heard goes up as an
-  RX message (COBS + CRC-16, SPEC §8, built with firmware/bridge_msg.py);
+  RX message (COBS + CRC-16, SPEC §8, built with protocol/bridge_msg.py);
   the gateway's TX requests come down and are answered with exactly one
   TX_RESULT; PING and RX_CONFIG are answered with STATUS. Bridge time
   (`tmst`, ms) is the board's clock: virtual milliseconds since the board
@@ -53,7 +53,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from firmware import bridge_msg as bm
+from protocol import bridge_msg as bm
 from protocol import frame as fr
 from protocol import serial as framing
 

@@ -5,7 +5,7 @@ world needs the sun's continuous elevation, for the ambient light sensor of
 every lamp and for the daily course of evapotranspiration. Both follow the
 NOAA solar equations (NOAA Global Monitoring Laboratory, "Solar Calculator"
 and its spreadsheet NOAA_Solar_Calculations_day.xls, after J. Meeus,
-"Astronomical Algorithms", 1991): this module reuses astro's `_sun`
+"Astronomical Algorithms", 1991): this module reuses astro's `sun_decl_eot`
 (declination and equation of time, the NOAA series) and adds what the
 spreadsheet computes from them:
 
@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from firmware.astro import _sun  # NOAA declination and equation of time (shared with the node)
+from firmware.astro import sun_decl_eot  # NOAA declination and equation of time (shared with the node)
 
 _DAYS_1970_TO_2000 = 10957
 _RAD = math.pi / 180.0
@@ -64,7 +64,7 @@ def _geometry(lat: float, lon: float, unix_s: float) -> tuple[float, float, floa
         raise ValueError(f"latitude/longitude out of range: {lat}, {lon}")
     day, sec = divmod(unix_s, 86400)
     frac = sec / 86400.0
-    decl, eot = _sun(int(day) - _DAYS_1970_TO_2000, frac)
+    decl, eot = sun_decl_eot(int(day) - _DAYS_1970_TO_2000, frac)
     tst = frac * 1440.0 + eot + 4.0 * lon
     ha = (tst / 4.0 - 180.0) * _RAD
     phi = lat * _RAD

@@ -259,7 +259,7 @@ def astro_float32():
         ns[name] = (lambda f: lambda x: F32(f(x)))(getattr(math, name))
     ns["_RAD"] = F32(ns["_RAD"])
     ns["_COS_ZENITH"] = F32(ns["_COS_ZENITH"])
-    return SimpleNamespace(**{k: ns[k] for k in ("sun_times", "_sun")})
+    return SimpleNamespace(**{k: ns[k] for k in ("sun_times", "sun_decl_eot")})
 
 
 A32 = astro_float32()
@@ -270,11 +270,11 @@ def sun_times_f32(lat, lon, y, m, d):
 
 
 def test_float32_emulation_really_rounds():
-    decl, eot = A32._sun(9000, F32(0.25))
+    decl, eot = A32.sun_decl_eot(9000, F32(0.25))
     assert type(decl) is F32 and type(eot) is F32
     assert f32(float(decl)) == float(decl)
     # and it differs from the double result, or the test would prove nothing
-    assert (decl, eot) != astro._sun(9000, 0.25)
+    assert (decl, eot) != astro.sun_decl_eot(9000, 0.25)
 
 
 def test_float32_grid_within_tolerance():

@@ -40,6 +40,8 @@ from firmware_helpers import MiniGateway
 from lumeau import ble_tools
 from lumeau.cli import build_parser
 from lumeau.cli import main as cli_main
+from lumeau.commands import node as node_cmd
+from protocol import ble as pb
 from protocol import cbor
 from protocol import frame as fr
 from protocol import messages as m
@@ -69,8 +71,8 @@ class Site:
 
     async def cli(self, *argv: str) -> tuple[int, str, str]:
         args = build_parser().parse_args(["node", *argv])
-        core = {"scan": ble_tools.scan_command, "check": ble_tools.check_command,
-                "configure": ble_tools.configure_command}[args.node_command]
+        core = {"scan": node_cmd.scan_command, "check": node_cmd.check_command,
+                "configure": node_cmd.configure_command}[args.node_command]
         out, err = io.StringIO(), io.StringIO()
         code = await core(args, out, err, self.air.backends)
         return code, out.getvalue(), err.getvalue()
@@ -227,8 +229,8 @@ def test_the_advertisement_fits_legacy_advertising_and_matches_the_spec(tmp_path
     (interval_us, adv, resp), ble = scenario(body, tmp_path)
     assert interval_us == 500_000 and len(adv) <= 31 and len(resp) <= 31
     f = parse_ad(adv, resp)
-    assert f["service_uuids"] == [node_ble.SERVICE] and f["local_name"] == "Lumeau"
-    sd = f["service_data"][node_ble.SERVICE]
+    assert f["service_uuids"] == [pb.SERVICE_UUID] and f["local_name"] == "Lumeau"
+    sd = f["service_data"][pb.SERVICE_UUID]
     assert len(sd) == ble_tools.SERVICE_DATA_LEN
     # the worked example in SPEC §11 is these exact bytes, for a node in this state
     ex = spec_examples("ble-advertisement")[0]
@@ -236,7 +238,7 @@ def test_the_advertisement_fits_legacy_advertising_and_matches_the_spec(tmp_path
     seen = ble_tools.parse_service_data("x", unhex(ex["service_data"]), -60)
     assert (seen.node_id, seen.kind, seen.state, seen.output, seen.firmware) == (0x00A1B2C3, 1, 0, 100, "0.1.0")
     assert unhex(ex["scan_response"]) == bytes((len(sd) + 17, 0x21)) + bytes(reversed(unhex(
-        node_ble.SERVICE.replace("-", "")))) + unhex(ex["service_data"])
+        pb.SERVICE_UUID.replace("-", "")))) + unhex(ex["service_data"])
 
 
 def spec_examples(kind: str) -> list[dict[str, str]]:
@@ -558,7 +560,7 @@ def test_configure_refused_when_the_nodes_config_says_no(tmp_path):
 
     (code, _, err), direct, stored, c2 = scenario(body, tmp_path)
     assert code == 1 and "does not allow configuration over BLE [refused]" in err
-    assert direct[:2] == bytes((node_ble.REFUSED, node_ble.R_DISABLED)) and stored == {}
+    assert direct[:2] == bytes((pb.REFUSED, pb.R_DISABLED)) and stored == {}
     assert c2 == 0  # looking is still allowed
 
 
@@ -604,13 +606,13 @@ def test_the_node_refuses_each_kind_of_bad_frame_with_its_reason(tmp_path):
         return out, n.node, n.ble
 
     out, node, ble = scenario(body, tmp_path)
-    reasons = {k: (v[1], int.from_bytes(v[2:6], "big")) for k, v in out.items() if v[0] == node_ble.REFUSED}
+    reasons = {k: (v[1], int.from_bytes(v[2:6], "big")) for k, v in out.items() if v[0] == pb.REFUSED}
     base = fr.TOOL_COUNTER_BASE
     assert reasons == {
-        "garbage": (node_ble.R_MALFORMED, base - 1), "uplink": (node_ble.R_MALFORMED, base - 1),
-        "other node": (node_ble.R_WRONG_NODE, base - 1), "command": (node_ble.R_UNSUPPORTED, base - 1),
-        "gateway counter": (node_ble.R_COUNTER, base - 1), "bad mic": (node_ble.R_AUTH, base - 1),
-        "replay": (node_ble.R_REPLAY, base + 40), "stale": (node_ble.R_REPLAY, base + 40)}
+        "garbage": (pb.R_MALFORMED, base - 1), "uplink": (pb.R_MALFORMED, base - 1),
+        "other node": (pb.R_WRONG_NODE, base - 1), "command": (pb.R_UNSUPPORTED, base - 1),
+        "gateway counter": (pb.R_COUNTER, base - 1), "bad mic": (pb.R_AUTH, base - 1),
+        "replay": (pb.R_REPLAY, base + 40), "stale": (pb.R_REPLAY, base + 40)}
     f, plain = fr.unseal(NodeKeys(0x00A1B2C3, KEY), out["ok"])
     ack = m.decode(m.CMD_ACK, plain)
     # tx_power 30 is beyond the node's limits: applied sf, said which key it refused
@@ -643,7 +645,7 @@ def test_an_idle_or_guessing_central_is_dropped_and_advertising_resumes(tmp_path
         await settle(1)
         readvertised = stack.advertising is not None
         conn = stack.connect()  # a guesser: refused frames, one after the other
-        h = stack.handle_of(aioble_fake.UUID(node_ble.CONTROL))
+        h = stack.handle_of(aioble_fake.UUID(pb.CONTROL_UUID))
         for i in range(node_ble.REFUSALS_MAX):
             data = framing.encode(config_frame(fr.TOOL_COUNTER_BASE + i, {0: 60}, key=OTHER_KEY))
             for k in range(0, len(data), 20):
@@ -796,7 +798,7 @@ def test_fuzz_the_node_answers_anything_written_with_a_refusal(lone_node, raw):
     node, ble = lone_node
     before = (node.report_s, dict(node.store.settings()), node.store.tool_window.top)
     answer = ble.handle(raw)
-    assert answer[0] == node_ble.REFUSED and len(answer) == 6
+    assert answer[0] == pb.REFUSED and len(answer) == 6
     assert (node.report_s, dict(node.store.settings()), node.store.tool_window.top) == before
 
 

@@ -1,6 +1,6 @@
 """firmware.bridge: a radio bridge on a real pseudo-terminal, with a driver-shaped modem.
 
-The host side speaks SPEC §10 through firmware.bridge_msg and protocol.serial
+The host side speaks SPEC §10 through protocol.bridge_msg and protocol.serial
 over the pty's master end; the modem is shaped like micropython-lib's async
 lora driver (the only seam: no radio chip here).
 """
@@ -14,7 +14,7 @@ import select
 
 import pytest
 
-from firmware import bridge_msg as bm
+from protocol import bridge_msg as bm
 from simulator import virtual_loop
 from firmware.aio import wait_ms
 from firmware.bridge import Bridge

@@ -1,4 +1,4 @@
-"""firmware.bridge_msg: the radio bridge's serial messages (SPEC §10)."""
+"""protocol.bridge_msg: the radio bridge's serial messages (SPEC §10)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware import bridge_msg as b
+from protocol import bridge_msg as b
 
 frames = st.binary(min_size=1, max_size=255)
 sfs = st.integers(7, 12)

@@ -102,7 +102,7 @@ def test_node_keys_are_separate_per_direction_node_and_purpose():
     b = keys.NodeKeys(2, root)
     assert a.mic_up.key != a.mic_down.key
     assert a.mic_up.key != b.mic_up.key  # same root key on two nodes still gives distinct keys
-    assert len(a.mic_up.key) == keys.MIC_KEY_LEN and len(a.enc) == keys.ENC_KEY_LEN
+    assert len(a.mic_up.key) == keys._MIC_KEY_LEN and len(a.enc) == keys._ENC_KEY_LEN
     # Derivation is exactly HKDF-SHA256(root, salt, label || node id), as SPEC.md says.
     ref = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"lumeau/v1",
                info=b"lumeau mic up" + (1).to_bytes(4, "big")).derive(root)

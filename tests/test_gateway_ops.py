@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from apps_support import AppNode
 
-from firmware import config as fw_config
 from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
@@ -99,7 +98,7 @@ def test_the_firmware_takes_every_bound_and_refuses_what_lies_past_it(op, kind):
 def test_runtime_ops_follow_the_runtime():
     by_name = {o["name"]: o for o in ops.catalogue()}
     (interval,) = by_name["set_interval"]["args"]
-    assert (interval["min"], interval["max"]) == (fw_config.REPORT_MIN_S, fw_config.REPORT_MAX_S)
+    assert (interval["min"], interval["max"]) == (m.REPORT_MIN_S, m.REPORT_MAX_S)
     assert by_name["reboot"]["args"] == [] and by_name["reboot"]["groups"]["max"] == 0
     for kind in ("lighting", "irrigation"):  # an app does not know them: the runtime answers them
         assert app(kind).command(m.OP_REBOOT, [])[0] == m.RES_UNKNOWN_OP

@@ -99,7 +99,7 @@ def test_manifest_freezes_under_micropythons_manifest_tool():
     exec(compile((ROOT / "firmware" / "manifest.py").read_text(), "manifest.py", "exec"), g)
     assert ("require", "lora-sx127x") in calls and ("require", "lora-async") in calls
     pkgs = {c[1]: c[2] for c in calls if c[0] == "package"}
-    assert set(pkgs["protocol"]) == set(manifest.PROTOCOL)
+    assert set(pkgs["protocol"]) == set(manifest.PROTOCOL).union(*manifest.PROTOCOL_FOR.values())
     assert "bridge.py" in pkgs["firmware"] and "hal_sim.py" not in pkgs["firmware"]
 
 

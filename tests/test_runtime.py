@@ -20,6 +20,7 @@ from firmware.radio import memory_link
 from firmware.runtime import Node
 from firmware.store import R
 from firmware_helpers import ROOT_KEY, MiniGateway, ToyLamp, ToyValves, make_cfg
+import protocol
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
@@ -91,7 +92,7 @@ def test_boot_hello_first_then_reports_and_status():
     assert w.gw.rejected == []
     hello = heard[0]
     assert hello.mtype == m.HELLO
-    assert hello.body == {0: runtime.FIRMWARE, 1: m.KIND_LIGHTING, 2: ToyLamp.CAPS, 3: w.cfg["hash"],
+    assert hello.body == {0: protocol.VERSION, 1: m.KIND_LIGHTING, 2: ToyLamp.CAPS, 3: w.cfg["hash"],
                           4: m.RST_POWER_ON}
     reports = w.gw.of_type(m.LIGHT)
     assert 18 <= len(reports) <= 21  # every 60 s +-5 %
@@ -241,12 +242,12 @@ def test_confirmed_alarm_resent_with_backoff_until_given_up():
 
     w, node = run(main)
     alarms = w.gw.of_type(m.EVENT)
-    assert len(alarms) == uplink.CONFIRM_MAX_SENDS
+    assert len(alarms) == uplink._CONFIRM_MAX_SENDS
     assert all(a.body[0] == m.EV_LAMP_FAILURE and a.body[2] == 123 for a in alarms)
     assert len({a.counter for a in alarms}) == len(alarms)  # same body, new counter each time
     gaps = [b.t_end - a.t_end for a, b in zip(alarms, alarms[1:])]
     assert all(b > a for a, b in zip(gaps, gaps[1:-1])), gaps  # backing off
-    assert gaps[0] >= uplink.BACKOFF_MS and max(gaps) <= uplink.BACKOFF_MAX_MS * 1.25 + 5000
+    assert gaps[0] >= uplink._BACKOFF_MS and max(gaps) <= uplink._BACKOFF_MAX_MS * 1.25 + 5000
     assert node.queue.unconfirmed == 1 and len(node.queue) == 0
 
 
@@ -281,7 +282,7 @@ def test_app_exception_fail_safe_lamp_on_event_and_restart():
         await clock.run_for(22_000)
         lamp_after_fault = w.hal.pwm["lamp"]
         assert node.app is None  # in backoff
-        await clock.run_for(runtime.APP_BACKOFF_MIN_MS + 10_000)
+        await clock.run_for(runtime._APP_BACKOFF_MIN_MS + 10_000)
         restarted = node.app
         await w.stop()
         return w, node, app, lamp_after_fault, restarted

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from firmware import bridge_msg as bm
+from protocol import bridge_msg as bm
 from simulator.virtual_loop import VirtualClock, VirtualLoop
 from protocol import expand, frame, keys
 from protocol import messages as m

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import ROOT
-from firmware import bridge_msg
+from protocol import bridge_msg
 from protocol import frame, keys, lora, serial
 from protocol import messages as m
 

@@ -144,7 +144,7 @@ def test_command_results_survive_a_reboot_and_are_bounded():
     _, s2 = f.boot()
     assert s2.command_result(15) == (0, -105)
     assert s2.command_result(12) == (0, -84)
-    assert s2.command_result(11) is None  # only the last CMD_MEMORY are kept
+    assert s2.command_result(11) is None  # only the last _CMD_MEMORY are kept
     assert s2.window.top == 1
 
 

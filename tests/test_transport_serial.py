@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware import bridge_msg as bm
+from protocol import bridge_msg as bm
 from firmware.bridge import Bridge
 from simulator.hal_sim import SimHAL
 from firmware.radio_lora import LoRaRadio

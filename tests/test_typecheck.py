@@ -28,7 +28,7 @@ import pytest
 from conftest import ROOT
 
 DEVICE_MODULES = [
-    "firmware/aio.py", "firmware/boot.py", "firmware/bridge.py", "firmware/bridge_msg.py", "firmware/config.py",
+    "firmware/aio.py", "firmware/boot.py", "firmware/bridge.py", "protocol/bridge_msg.py", "firmware/config.py",
     "firmware/hal.py", "firmware/hal_machine.py", "firmware/main.py", "firmware/radio.py",
     "firmware/radio_lora.py", "firmware/runtime.py", "firmware/store.py", "firmware/uplink.py",
     "firmware/astro.py", "firmware/lighting.py", "firmware/irrigation.py", "firmware/ble.py",

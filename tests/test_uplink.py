@@ -36,18 +36,18 @@ def test_reports_coalesce_until_sent():
 
 def test_bound_drops_the_least_important_oldest_first():
     q = UplinkQueue()
-    for i in range(uplink.QUEUE_MAX - 2):
+    for i in range(uplink._QUEUE_MAX - 2):
         q.put(4, bytes([i]), PRIO_ALARM, confirmed=True)
     q.put(5, b"s1", PRIO_STATUS)
     q.put(5, b"s2", PRIO_STATUS)
-    assert len(q) == uplink.QUEUE_MAX
+    assert len(q) == uplink._QUEUE_MAX
     q.put(4, b"alarm", PRIO_ALARM)  # pushes out the oldest STATUS
     assert [it.body for it in q.items if it.prio == PRIO_STATUS] == [b"s2"]
     q.put(5, b"s3", PRIO_STATUS)  # same priority: the newer replaces the older
     assert [it.body for it in q.items if it.prio == PRIO_STATUS] == [b"s3"]
     q.put(4, b"alarm2", PRIO_ALARM)
     assert q.put(5, b"s4", PRIO_STATUS) is None  # less important than everything queued: dropped itself
-    assert q.dropped == 4 and len(q) == uplink.QUEUE_MAX
+    assert q.dropped == 4 and len(q) == uplink._QUEUE_MAX
     assert all(it.prio == PRIO_ALARM for it in q.items)
 
 
@@ -62,7 +62,7 @@ def test_confirmed_resends_with_growing_backoff_and_late_ack_of_any_attempt():
         dues.append(it.due - now)
         assert q.next(now) is None and q.next_due() == it.due
         now = it.due
-    assert dues[0] == uplink.BACKOFF_MS + uplink.BACKOFF_MS // uplink.JITTER
+    assert dues[0] == uplink._BACKOFF_MS + uplink._BACKOFF_MS // uplink._JITTER
     assert dues[1] > dues[0] and dues[2] > dues[1]
     assert not q.ack(99)
     assert q.ack(100)  # an ACK naming the first attempt still counts
@@ -72,16 +72,16 @@ def test_confirmed_resends_with_growing_backoff_and_late_ack_of_any_attempt():
 def test_gives_up_after_the_maximum_sends():
     q = UplinkQueue()
     it = q.put(4, b"x", PRIO_ALARM, confirmed=True)
-    for c in range(uplink.CONFIRM_MAX_SENDS):
+    for c in range(uplink._CONFIRM_MAX_SENDS):
         assert q.next(10**9) is it
         q.sent(it, c, 0)
     assert len(q) == 0 and q.unconfirmed == 1
-    assert max((uplink.BACKOFF_MS << 10), 0) > uplink.BACKOFF_MAX_MS  # the cap is reached within 8 sends
+    assert max((uplink._BACKOFF_MS << 10), 0) > uplink._BACKOFF_MAX_MS  # the cap is reached within 8 sends
 
 
 def test_failed_send_backs_off_without_losing_the_item():
     q = UplinkQueue()
     it = q.put(2, b"r", PRIO_REPORT)
     q.failed(it, 1000)
-    assert q.next(1000) is None and it.due == 1000 + uplink.BACKOFF_MS
+    assert q.next(1000) is None and it.due == 1000 + uplink._BACKOFF_MS
     assert q.next(it.due) is it

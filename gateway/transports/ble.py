@@ -56,12 +56,12 @@ from gateway.logs import RateLimiter
 from gateway.model import Reception
 from gateway.transports import DownlinkError, Ingestor, LineDrops, Pipeline
 from protocol import serial as framing
+from protocol.ble import FRAMES_UUID
+from protocol.ble import TRANSPORT_SERVICE_UUID as SERVICE_UUID
 
 log = logging.getLogger("lumeau.gateway.transports.ble")
 
 TRANSPORT = "ble"
-SERVICE_UUID = "1d310001-5046-4915-b8a2-0ff7f1a1f6f9"
-FRAMES_UUID = "1d310002-5046-4915-b8a2-0ff7f1a1f6f9"
 
 DEFAULT_MAX_CONNECTIONS = 7
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

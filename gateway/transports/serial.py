@@ -3,7 +3,7 @@
 Every packet on the line is `00 | COBS(payload || CRC-16) | 00` (SPEC §8),
 undone by protocol.serial.Decoder. A payload is either a bare frame (a
 wired node, or several on an RS-485 bus; first byte 0x20-0x3F) or a radio
-bridge message (SPEC §10, first byte 0x80-0x9F, codec firmware/bridge_msg.py).
+bridge message (SPEC §10, first byte 0x80-0x9F, codec protocol/bridge_msg.py).
 `mode` "auto" (default) takes each packet for what its first byte says;
 "wired" or "bridge" accept only that kind and reject the other as
 "wrong_mode" (a port configured for the wrong device is visible at once).
@@ -58,7 +58,7 @@ import serial_asyncio_fast
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
-from firmware import bridge_msg as bm
+from protocol import bridge_msg as bm
 from gateway.transports import DownlinkError, LineDrops, Pipeline, report_reject
 from protocol import lora
 from protocol import serial as framing

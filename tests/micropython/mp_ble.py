@@ -33,7 +33,7 @@ def keys():
 
 async def exchange(clock, stack, raw):
     """Write one frame to the control characteristic in 20-byte pieces; the decoded answer."""
-    from firmware.ble import CONTROL
+    from protocol.ble import CONTROL_UUID as CONTROL
 
     h = stack.handle_of(aioble_fake.UUID(CONTROL))
     got = []
@@ -56,7 +56,8 @@ async def test_heap_of_ble_commissioning():
     await clock.run_for(10000)
     await asyncio.sleep_ms(0)
     before = mptest.mem()
-    from firmware.ble import STATUS, Commissioning
+    from firmware.ble import Commissioning
+    from protocol.ble import STATUS_UUID as STATUS
 
     code = mptest.mem() - before
     stack = aioble_fake.Stack()
@@ -85,7 +86,7 @@ async def test_heap_of_ble_commissioning():
 
 
 async def test_advertise_read_status_and_configure():
-    from firmware.ble import STATUS
+    from protocol.ble import STATUS_UUID as STATUS
 
     clock = mpnode.new_clock()
     hal, node, tasks, stack, c = start(clock)

@@ -1,0 +1,345 @@
+"""`lumeau node ...`: the technician's commands for one node (the argparse side).
+
+    lumeau node build     --target esp32|rp2 --kind KIND [--out DIR]
+    lumeau node provision --kind KIND (--registry FILE | --gateway URL) [--node-id ID] [--out FILE]
+    lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
+    lumeau node scan      [--timeout S] [--json]
+    lumeau node check     ADDR [--timeout S] [--json]
+    lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
+
+Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
+(for configure, an unknown setting or a value out of range included).
+The work is done by library modules: lumeau/bundle.py (build),
+lumeau/provision.py, lumeau/flash.py, lumeau/ble_tools.py (BLE commissioning:
+scan, check, configure; its docstring says what each does). Tests drive the
+async cores of the BLE commands (`scan_command`, `check_command`,
+`configure_command`) with bleak's backend seam (ble_tools.Backends).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from lumeau import bundle as bundles
+from lumeau.ble_tools import (DEFAULT_SCAN_S, DEFAULT_TIMEOUT_S, KINDS, NAMES, SETTINGS, STATES, Backends,
+                              BleToolError, Seen, check, configure, output_text, scan)
+
+TOKEN_ENV = "LUMEAU_API_TOKEN"  # the gateway API token, kept out of shell history
+
+
+def _err(cmd: str, msg: str) -> int:
+    print(f"lumeau node {cmd}: {msg}", file=sys.stderr)
+    return 1
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    out = args.out or bundles.default_out(args.kind, args.target)
+    try:
+        b = bundles.build(args.kind, args.target, out)
+    except bundles.BundleError as e:
+        return _err("build", str(e))
+    total = sum(f.size for f in b.files)
+    print(f"{out}: {len(b.files)} files, {total} bytes, firmware {b.firmware_version} for {b.target} "
+          f"({b.march}), .mpy v{b.mpy_version}.{b.mpy_sub_version} (mpy-cross {b.mpy_cross})")
+    return 0
+
+
+def _find_bundle(kind: str | None) -> Path:
+    found = sorted(p.parent for p in Path("build").glob("*/" + bundles.MANIFEST))
+    if kind is not None:
+        found = [p for p in found if p.name.endswith("-" + kind)]
+    if len(found) != 1:
+        names = ", ".join(str(p) for p in found) or "none in ./build"
+        raise bundles.BundleError(f"say which bundle with --bundle (found: {names})")
+    return found[0]
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    from lumeau import flash as fl
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    try:
+        kind = None
+        if args.config is not None and args.bundle is None:
+            try:
+                kind = json.loads(args.config.read_text()).get("kind")
+            except (OSError, ValueError, AttributeError):
+                kind = None
+        bundle_dir = args.bundle or _find_bundle(kind)
+        if args.micropython is not None:
+            target = bundles.load(bundle_dir, verify=False).target
+            fl.write_micropython(args.port, args.micropython, target, erase=args.erase, baud=args.baud)
+        report = fl.flash(args.port, bundle_dir, args.config, connect_timeout=args.timeout, settle_s=args.settle,
+                          gateway=args.gateway, token=token, hello_timeout=args.hello_timeout)
+    except bundles.BundleError as e:
+        return _err("flash", str(e))
+    except fl.FlashError as e:
+        return _err("flash", f"{e} [{e.reason}]")
+    print(f"{args.port}: flashed {report.board}: {len(report.copied)} files copied, {len(report.unchanged)} "
+          f"unchanged, {len(report.removed)} removed; {report.confirmed}")
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from lumeau import provision as pv
+
+    template = None
+    if args.template is not None:
+        try:
+            template = json.loads(args.template.read_text())
+        except (OSError, ValueError) as e:
+            return _err("provision", f"{args.template}: {e}")
+        if not isinstance(template, dict):
+            return _err("provision", f"{args.template}: must hold a JSON object")
+    try:
+        p = pv.provision(args.kind, args.out, node_id=args.node_id, registry=args.registry, gateway=args.gateway,
+                         token=args.token or os.environ.get(TOKEN_ENV), template=template, name=args.name,
+                         site=args.site, lat=args.lat, lon=args.lon, firmware=args.firmware)
+    except pv.ProvisionError as e:
+        return _err("provision", str(e))
+    verb = "re-provisioned: its root key was ROTATED (frames under the old key now fail; flash the new config)" \
+        if p.rotated else "provisioned"
+    print(f"node {p.node_id:08x} ({p.kind}) {verb}")
+    print(f"  config   {p.config_path} (mode 0600: it holds the key)")
+    print(f"  registry {p.registered_in}")
+    if args.show_key:
+        print(f"  root key {p.root_key.hex()}")
+    return 0
+
+
+def _node_id(text: str) -> int:
+    from gateway.registry import parse_node_id
+
+    try:
+        n = parse_node_id(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if n in (0, 0xFFFFFFFF):
+        raise argparse.ArgumentTypeError("0 and ffffffff are reserved")
+    return n
+
+
+def add_subcommand(subparsers) -> None:
+    node = subparsers.add_parser("node", help="build, provision, flash and commission nodes (technician tooling)",
+                                 description="Turn a blank board into a registered, keyed, working node.")
+    actions = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+
+    b = actions.add_parser("build", help="compile firmware/ and protocol/ to .mpy: a bundle for one node kind")
+    b.add_argument("--target", choices=sorted(bundles.TARGETS), required=True,
+                   help="board family: esp32 (xtensawin) or rp2 (RP2040, armv6m)")
+    b.add_argument("--kind", choices=bundles.KINDS, required=True, help="node kind (its files differ)")
+    b.add_argument("--out", type=Path, help="bundle directory (default build/lumeau-VERSION-TARGET-KIND)")
+    b.set_defaults(func=cmd_build)
+
+    p = actions.add_parser("provision", help="allocate an id and a key, write the config, register the node")
+    p.add_argument("--kind", choices=bundles.KINDS, required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--registry", type=Path, help="the gateway's registry file (gateway offline)")
+    where.add_argument("--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8080 (gateway running)")
+    p.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
+    p.add_argument("--node-id", type=_node_id, help="the id, hex (default: a free random one); an id already "
+                   "registered is re-provisioned with a new key")
+    p.add_argument("--out", type=Path, default=Path("config.json"), help="config file to write (default config.json)")
+    p.add_argument("--template", type=Path, help="site template: a JSON config without node_id/kind/root_key "
+                   "(radio, pins, the app's section)")
+    p.add_argument("--name", default="", help="a name for people, e.g. 'Rue de Rivoli 12'")
+    p.add_argument("--site", default="", help="street, park or zone")
+    p.add_argument("--lat", type=float, help="latitude, degrees")
+    p.add_argument("--lon", type=float, help="longitude, degrees")
+    p.add_argument("--firmware", default="", help="firmware version as provisioned")
+    p.add_argument("--show-key", action="store_true", help="print the root key (it is never printed otherwise)")
+    p.set_defaults(func=cmd_provision)
+
+    f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
+    f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    f.add_argument("--bundle", type=Path, help="bundle directory (default: the one in ./build for the config's kind)")
+    f.add_argument("--config", type=Path, help="the node's config file (from lumeau node provision)")
+    f.add_argument("--micropython", type=Path, metavar="IMAGE.bin",
+                   help="first write this MicroPython image with esptool (ESP32)")
+    f.add_argument("--erase", action="store_true", help="with --micropython: erase the whole flash first")
+    f.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default %(default)d)")
+    f.add_argument("--gateway", help="confirm by the node's HELLO at this gateway API (needs --config)")
+    f.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
+    f.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the board's REPL")
+    f.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset")
+    f.add_argument("--hello-timeout", type=float, default=60.0, help="seconds to wait for the HELLO at the gateway")
+    f.set_defaults(func=cmd_flash)
+
+    add_ble_actions(actions)
+
+
+# -- BLE commissioning: output ---------------------------------------------------------------------
+
+
+def _fields(fields: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    parts = []
+    for name, f in fields.items():
+        if name in skip:
+            continue
+        v = f["value"]
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):  # flags
+            v = "+".join(v) if v else "none"
+        elif isinstance(v, list):  # per-zone values, zone 1 first (None: no sensor)
+            v = "/".join("-" if x is None else str(x) for x in v)
+        parts.append(f"{name} {v}{' ' + f['unit'] if f['unit'] else ''}")
+    return ", ".join(parts)
+
+
+def _when(t: Any) -> str:
+    if not isinstance(t, int) or t <= 0:
+        return "time unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _duration(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "?"
+    s = int(s)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    mnt = s // 60
+    return (f"{d} d " if d else "") + f"{h} h {mnt} min"
+
+
+def print_check(seen: Seen, status: dict[str, Any], alarms: list[dict[str, Any]], out: TextIO) -> None:
+    st = status["status"]
+    w = out.write
+    w(f"node {status['node']} ({status['kind']}) at {seen.address}, RSSI {seen.rssi} dBm, "
+      f"firmware {status['firmware']}\n")
+    n_open = st.get("open_alarms", {}).get("value", seen.open_alarms)
+    w(f"state       {status['state']}" + (f", {n_open} open alarm{'s' if n_open != 1 else ''}" if n_open else "")
+      + "\n")
+    clock = st.get("time", {}).get("value")
+    w(f"uptime      {_duration(st.get('uptime', {}).get('value'))}; node clock "
+      f"{_when(clock) if clock else 'not set'}\n")
+    if "report" in status:
+        w(f"{status['report_type']:11s} {_fields(status['report'])}\n")
+    rest = _fields(st, skip=("uptime", "time", "open_alarms"))
+    if rest:
+        w(f"status      {rest}\n")
+    c = status.get("counters")
+    if c:
+        w("counters    " + ", ".join(f"{k} {v}" for k, v in c.items()) + "\n")
+    if status.get("last_error"):
+        w(f"last error  {status['last_error']}\n")
+    if not alarms:
+        w("alarms      none since boot\n")
+        return
+    w(f"alarms      last {len(alarms)} since boot, oldest first:\n")
+    for a in alarms:
+        code = a["code"]["value"]
+        sev = a.get("severity", {}).get("value", "?")
+        active = "raised" if a.get("active", {}).get("value", 1) else "cleared"
+        zone = a.get("zone", {}).get("value")
+        extra = f" zone {zone}" if zone else ""
+        w(f"  {_when(a.get('time', {}).get('value'))}  {code!s:20s} {sev!s:8s} {active:7s} "
+          f"value {a.get('value', {}).get('value', 0)}{extra}\n")
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def _fail(cmd: str, e: BleToolError, err: TextIO) -> int:
+    err.write(f"lumeau node {cmd}: {e} [{e.reason}]\n")
+    return 2 if e.reason == "bad_setting" else 1
+
+
+async def scan_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
+                       backends: Backends | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        nodes = await scan(args.timeout, backends)
+    except BleToolError as e:
+        return _fail("scan", e, err)
+    if args.json:
+        out.write(json.dumps({"nodes": [s.json() for s in nodes]}) + "\n")
+        return 0
+    if not nodes:
+        out.write(f"no Lumeau node in reach (scanned {args.timeout:g} s)\n")
+        return 0
+    out.write(f"{'ADDRESS':18s} {'NODE':8s}  {'KIND':10s} {'STATE':9s} {'ALARMS':>6s}  {'OUTPUT':18s} "
+              f"{'FIRMWARE':9s} {'RSSI':>8s}\n")
+    for s in nodes:
+        out.write(f"{s.address:18s} {s.node_id:08x}  {KINDS.get(s.kind, '?'):10s} {STATES.get(s.state, '?'):9s} "
+                  f"{s.open_alarms:6d}  {output_text(s.kind, s.output):18s} {s.firmware:9s} {s.rssi:4d} dBm\n")
+    out.write(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} in reach\n")
+    return 0
+
+
+async def check_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
+                        backends: Backends | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        seen, status, alarms = await check(args.addr, args.timeout, backends)
+    except BleToolError as e:
+        return _fail("check", e, err)
+    if args.json:
+        out.write(json.dumps({"advertised": seen.json(), "status": status, "alarms": alarms}) + "\n")
+    else:
+        print_check(seen, status, alarms, out)
+    return 0
+
+
+async def configure_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
+                            backends: Backends | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        done = await configure(args.addr, args.settings, config=args.config, registry=args.registry,
+                               timeout=args.timeout, backends=backends)
+    except BleToolError as e:
+        return _fail("configure", e, err)
+    applied = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if not done.refused >> k & 1]
+    refused = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if done.refused >> k & 1]
+    node = f"node {done.seen.node_id:08x}"
+    if applied:
+        out.write(f"{node}: applied {' '.join(applied)} (confirmed by the node, signed with its key)\n")
+    if done.clock is not None:
+        out.write(f"{node}: clock set to {_when(done.clock)} (confirmed by the node, signed with its key)\n")
+    if refused:
+        err.write(f"lumeau node configure: {node} refused {' '.join(refused)} (out of its own limits: an older "
+                  "firmware?) [refused]\n")
+        return 1
+    return 0
+
+
+def _sync(core: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(core(args))
+    return run
+
+
+def add_ble_actions(actions: Any) -> None:
+    """Register scan, check and configure in the `lumeau node` group."""
+    s = actions.add_parser("scan", help="list the Lumeau nodes in BLE reach: id, kind, state, signal")
+    s.add_argument("--timeout", type=float, default=DEFAULT_SCAN_S, help="seconds to scan (default %(default)g)")
+    s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    s.set_defaults(func=_sync(scan_command))
+
+    c = actions.add_parser("check", help="connect to a node over BLE: live status and last alarms")
+    c.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
+    c.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds to find, connect and read (default %(default)g)")
+    c.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    c.set_defaults(func=_sync(check_command))
+
+    g = actions.add_parser("configure", help="change a node's settings over BLE, authenticated with its key",
+                           description="Settings (SPEC §5 CONFIG): " + ", ".join(
+                               f"{n} ({SETTINGS[n][1][0]}..{SETTINGS[n][1][1]}"
+                               f"{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})" for n in SETTINGS)
+                           + "; and clock=now (a TIME frame with this computer's clock, UTC).")
+    g.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
+    g.add_argument("settings", metavar="KEY=VALUE", nargs="+",
+                   help="e.g. report_interval=600; clock=now sets the node's clock from this computer's (UTC)")
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the node's config file from lumeau node provision (holds its key)")
+    where.add_argument("--registry", type=Path, help="the gateway's registry file (holds the keys)")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds to find and connect, and again for the answer (default %(default)g)")
+    g.set_defaults(func=_sync(configure_command))
