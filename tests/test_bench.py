@@ -29,3 +29,18 @@ def test_firmware_memory_bench_prints_its_figures():
     assert app["code_heap"] > 10_000 and app["mpy_bundle"] > 10_000 and app["samples"] > 5
     assert app["frames_rejected"] == 0 and app["frames_heard"] >= 1 and app["app_faults"] == 0
     assert abs(app["runtime_bar_ratio"] - app["runtime_heap"] / result["runtime_bar"]) < 0.01
+
+
+def test_firmware_memory_soak_is_flat_over_three_days():
+    """Both nodes under MicroPython for 3 simulated days: their heap must not grow (issue 21).
+
+    A sparse sample (every 200 scheduler steps) is enough here: what is checked is the
+    daily floor, which anything kept per uplink (about 100 a day) raises for good.
+    """
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--days", "3",
+                          "--sample-every", "200"], capture_output=True, text=True, timeout=600, check=True).stdout
+    result = json.loads(out)
+    for kind, app in result["apps"].items():
+        assert len(app["floor_by_day"]) == 3 and app["growth_days"] == [2, 3], kind
+        assert app["growth_day2_to_7"] <= result["growth_bar"], (kind, app["floor_by_day"])
+        assert app["frames_rejected"] == 0 and app["frames_heard"] >= 250 and app["app_faults"] == 0, kind
