@@ -14,8 +14,9 @@
 // board's collector would see it. A JS gc per step would cost about 7 ms a step.
 //
 // Per simulated day (`day_ms` of the clock) it keeps the peak, the floor (lowest) and the
-// median sample, and at the end of each day runs `probe` (optional Python that sets _probe to a JSON string: what the caller wants
-// counted then, e.g. list lengths), after the same collections.
+// median sample, and at the end of each day, after the same collections, runs `probe`
+// (optional Python that sets _probe to a JSON string: what the caller wants counted then,
+// e.g. list lengths) and, with `heap_map`, counts the live objects by type (heapMap below).
 
 import fs from "node:fs";
 import { pathToFileURL } from "node:url";

@@ -1,7 +1,7 @@
 """Heap of each node app under real MicroPython over a simulated week (issues 3 and 21).
 
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
-                                           [--tick-ms MS] [--sample-every 400]
+                                           [--tick-ms MS] [--sample-every 400] [--heap-map]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
 small gateway, tests/micropython/mpnode.py) in the MicroPython WebAssembly
@@ -22,7 +22,9 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
 - total = code_heap + runtime_heap; heap_grew: whether the peak in use
   passed the initial heap (a board's heap does not grow);
 - days: per simulated day, runtime_heap (that day's peak), floor (its lowest
-  sample) and median, all minus everything imported;
+  sample) and median, all minus everything imported; with --heap-map also
+  `objects`, the live objects by type at the day's end (how issue 21's leak
+  was found: one more bytes object per frame sent, every day);
 - growth_day2_to_7: floor of day 7 minus floor of day 2 (day 1 holds
   start-up: HELLO, first time sync). The floor is the heap with nothing in
   flight: whatever the node keeps for good raises it, while a peak depends on
@@ -98,7 +100,7 @@ def compile_all(out: Path) -> dict[str, Path]:
 
 
 def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None = TICK_MS,
-            sample_every: int = SAMPLE_EVERY) -> dict:
+            sample_every: int = SAMPLE_EVERY, heap_map: bool = False) -> dict:
     module, cls = APP_CLASS[kind]
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
@@ -120,6 +122,7 @@ def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None
         "watch": "_gw.count",  # also sample right after each frame the gateway hears
         "day_ms": 86400 * 1000,
         "resample": RESAMPLE,
+        "heap_map": heap_map,
         "check": ("import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
                   "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error})"),
     }
@@ -137,7 +140,8 @@ def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None
     bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files(kind))
     base = r["code_sim"]
     days = [{"runtime_heap": d["peak"] - base, "floor": d["floor"] - base, "median": d["median"] - base,
-             "samples": d["samples"], "resampled": d["resampled"], "pinned_max": d["pinned_max"]} for d in r["days"]]
+             "samples": d["samples"], "resampled": d["resampled"], "pinned_max": d["pinned_max"],
+             **({"objects": d["heap_map"]} if heap_map else {})} for d in r["days"]]
     whole = int(hours // 24)  # days run to their end
     growth = peak_growth = None
     if whole >= 3:
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tick-ms", type=int, default=TICK_MS,
                     help="the apps' tick in ms (default: theirs, 1000; coarser runs faster)")
     ap.add_argument("--sample-every", type=int, default=SAMPLE_EVERY, help="scheduler steps per heap sample")
+    ap.add_argument("--heap-map", action="store_true",
+                    help="per day, live objects by type ({letter: [objects, 16-byte blocks]}, firmware_memory.mjs)")
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         built = compile_all(tmp)  # source path ("firmware/x.py") -> its .mpy
         with ThreadPoolExecutor(max_workers=len(apps)) as pool:
             results = dict(zip(apps, pool.map(
-                lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every), apps)))
+                lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map), apps)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {

@@ -22,7 +22,8 @@ def test_protocol_bench_prints_its_figures():
 
 def test_firmware_memory_bench_prints_its_figures():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "0.1",
-                          "--apps", "lighting", "--sample-every", "20"], capture_output=True, text=True, timeout=300, check=True).stdout
+                          "--apps", "lighting", "--sample-every", "20"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
     result = json.loads(out)
     app = result["apps"]["lighting"]
     assert app["total"] == app["code_heap"] + app["runtime_heap"]
