@@ -84,7 +84,7 @@ class Commissioning:
                                                      capture=True, max_len=bp.CONTROL_WRITE_MAX)
         self._service = service
         self._registered = False
-        self._ring = []  # EVENT bodies (CBOR), oldest first
+        self._ring = []  # EVENT bodies (CBOR), oldest first: at most ALARMS_KEPT
         self._decoder = None  # per connection: 416 bytes of heap only while a central is connected
         self._last_write = 0
         self._refusals = 0

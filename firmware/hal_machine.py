@@ -49,6 +49,7 @@ class MachineHAL(HAL):
         self._pins = pins
         self._adc_scale = adc_scale or {}
         self._storage = storage_dir
+        # one entry per channel name at most (the board's pin map): bounded by the board
         self._in = {}
         self._out = {}
         self._pwm = {}

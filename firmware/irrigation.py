@@ -204,7 +204,7 @@ class Irrigation:
         self._noflow = 0  # zones (bit z-1) with no flow raised
         self._maxrun = 0  # zones whose maximum run time was hit
         self._fs_raised = False
-        self.queue = []
+        self.queue = []  # (zone, minutes) waiting to run: at most QUEUE_MAX
         self._zone = 0  # the zone of the current run, 0: none
         self._end = self._start = self._closed_at = 0
         self._manual = False

@@ -26,6 +26,7 @@ const = int  # MicroPython's compiler folds const() itself, whatever the name is
 _UART_POLL_MS = const(20)  # a 255-byte frame takes 22 ms at 115200 Bd: one poll per frame or so
 _UART_READ = const(64)  # bytes read per poll
 _QUEUE_MAX = const(8)  # frames buffered by a receiver that is not listening yet; older are dropped
+_RECENT_MAX = const(4)  # frames a MemoryRadio keeps of those it sent (a test looks at the last ones)
 
 
 class Radio:
@@ -64,7 +65,7 @@ class UartRadio(Radio):
         self.poll_ms = poll_ms
         self.decoder = framing.Decoder(MAX_LEN)
         self._out = bytearray(framing.max_encoded_len(MAX_LEN))
-        self._queue = []
+        self._queue = []  # at most _QUEUE_MAX frames
         self.dropped = 0
 
     def airtime_ms(self, n):
@@ -105,8 +106,10 @@ class MemoryRadio(Radio):
     at that SF (accounted by the runtime against the duty cycle of `band`),
     and unless `continuous` (a gateway, always listening) a frame is heard
     only if a recv() is in progress when its transmission starts: a receive
-    window. `rssi`/`snr` are what this end reports for what it hears; `lost`
-    counts frames this end sent that nobody heard; `sent` keeps them all.
+    window. `rssi`/`snr` are what this end reports for what it hears; `sent`
+    counts frames this end sent, `recent` keeps the last _RECENT_MAX of them
+    (not all: a list of every frame grew the node's heap by about 64 B an
+    uplink, forever), `lost` counts those nobody heard.
     """
 
     def __init__(self, hal, sf=9, continuous=False, freq_hz=868100000, rssi=-90, snr=20):
@@ -118,11 +121,12 @@ class MemoryRadio(Radio):
         self.rssi = rssi
         self.snr = snr
         self.peer = None
-        self._queue = []
+        self._queue = []  # at most _QUEUE_MAX frames
         self._arrived = asyncio.Event()
         self._listening = 0
         self._locked = 0  # transmissions to us in progress that we started hearing
-        self.sent = []
+        self.sent = 0
+        self.recent = []  # the last _RECENT_MAX frames sent, oldest first
         self.lost = 0
         self.tx_power = 14
 
@@ -140,7 +144,11 @@ class MemoryRadio(Radio):
 
     async def send(self, frame):
         frame = bytes(frame)
-        self.sent.append(frame)
+        self.sent += 1
+        recent = self.recent
+        recent.append(frame)
+        if len(recent) > _RECENT_MAX:
+            del recent[0]
         peer = self.peer
         if peer is None or not (peer.continuous or peer._listening > 0):
             await self.hal.sleep_ms(self.airtime_ms(len(frame)))

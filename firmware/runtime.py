@@ -92,7 +92,7 @@ class Node:
         self.duty = lora.DutyCycle()
         self._app_down = asyncio.Event()
         self._intervals = asyncio.Event()
-        self._tasks = []
+        self._tasks = []  # the node's own, at most 6: sender, supervisor, 2 periodic, receiver, flush clock
         self._app_task = None
         self._store_retry_ms = 0
         self._reboot_at = None

@@ -84,11 +84,11 @@ class Store:
         self._reserved = 0
         self.window = ReplayWindow()  # the gateway's downlinks
         self.tool_window = ReplayWindow(TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
-        self._cmds = []  # [(id, result, value)], oldest first
-        self._totals = {}
+        self._cmds = []  # [(id, result, value)], oldest first: at most CMD_MEMORY
+        self._totals = {}  # name -> int: the app's few fixed names (lighting wh, burn_s; irrigation vol_l)
         self._dirty = False
         self._flushed_at = 0
-        self._cfg = []
+        self._cfg = []  # [(CFG_* key, value)]: one per key at most (set_setting replaces)
         self.writes = 0
         self.faults = 0  # records found corrupted or not written, since boot
         self.opened = False

@@ -45,7 +45,7 @@ class Uplink:
         self.sends = 0
         self.fails = 0
         self.due = 0  # ticks_ms before which it is not sent
-        self.counters = []  # counters it went out with (confirmed items)
+        self.counters = []  # counters it went out with (confirmed items): at most CONFIRM_MAX_SENDS
 
     def __repr__(self):
         return "Uplink(type=%d, prio=%d, sends=%d)" % (self.mtype, self.prio, self.sends)
@@ -53,7 +53,7 @@ class Uplink:
 
 class UplinkQueue:
     def __init__(self, rand=None):
-        self.items = []
+        self.items = []  # at most QUEUE_MAX
         self._seq = 0
         self.changed = asyncio.Event()
         self.rand = rand  # rand(n) -> 0..n-1, for backoff jitter

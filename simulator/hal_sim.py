@@ -115,7 +115,7 @@ class StepClock:
     def __init__(self, unix0=DEFAULT_UNIX0):
         self.unix0 = unix0
         self._ms = 0
-        self._heap = []
+        self._heap = []  # (wake ms, seq, Event), one per sleep under way (a cancelled one's until its time)
         self._seq = 0
         self.steps = 0  # wake-ups delivered, for benchmarks
 

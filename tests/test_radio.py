@@ -15,9 +15,10 @@ import types
 import pytest
 
 from firmware import radio_lora
+from firmware.radio import _RECENT_MAX as RECENT_MAX  # the bound under test
+from firmware.radio import UartRadio, memory_link
 from simulator import virtual_loop
 from simulator.hal_sim import SimHAL
-from firmware.radio import UartRadio, memory_link
 from firmware.radio_lora import LoRaRadio
 from firmware.runtime import Node
 from firmware_helpers import NODE_ID, ROOT_KEY, ToyLamp, make_cfg
@@ -119,6 +120,19 @@ def test_memory_link_receive_window_semantics():
     got, up = virtual_loop.run(main(clock), clock)
     assert got == [(b"y" * 200, -90, 20)]
     assert up == (b"up", -90, 20)
+
+
+def test_memory_link_keeps_a_count_and_the_last_frames_not_all():
+    async def main(clock):
+        node, _gw = memory_link(SimHAL(clock), SimHAL(clock), sf=7)
+        for i in range(RECENT_MAX + 5):
+            await node.send(bytes([i]))
+        return node
+
+    clock = virtual_loop.VirtualClock()
+    node = virtual_loop.run(main(clock), clock)
+    assert node.sent == RECENT_MAX + 5
+    assert node.recent == [bytes([i]) for i in range(5, RECENT_MAX + 5)]  # bounded: the newest, oldest first
 
 
 class RxPacket(bytearray):

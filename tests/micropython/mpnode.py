@@ -81,7 +81,7 @@ class MiniGateway:
         return [h for h in self.heard if h[1] == mtype]
 
 
-def node_config(kind, **section):
+def node_config(kind, tick_ms=None, **section):
     d = {"node_id": NODE_ID, "kind": kind, "root_key": ROOT_HEX, "report_interval_s": 900,
          "status_interval_s": 21600, "location": {"lat": 48.8566, "lon": 2.3522}}
     if kind == "lighting":
@@ -92,6 +92,8 @@ def node_config(kind, **section):
             "schedule": [[1, 127, 300, 20], [2, 127, 330, 15]],  # 05:00 and 05:30 every day
             "utc_offset_min": 0,
         }
+    if tick_ms is not None:
+        d[kind]["tick_ms"] = tick_ms
     return config.load(json.dumps(d).encode())
 
 
@@ -136,10 +138,11 @@ class WaterWorld:
 
 
 def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True,
-               lean=False):
+               lean=False, tick_ms=None):
     """(hal, node, gateway, tasks, world): one node and its gateway on `clock`, running.
 
     lean: keep no history (output changes, frames heard), for memory measurements.
+    tick_ms: the app's tick instead of its default (a soak runs faster on a coarser one).
     """
     hal = SimHAL(clock, storage=storage, reset_cause=reset_cause, history_max=0 if lean else 20000)
     gw_hal = SimHAL(clock)
@@ -150,7 +153,7 @@ def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=
         else:
             from firmware.irrigation import Irrigation as app_class
     world = LampWorld(hal) if kind == "lighting" else WaterWorld(hal)
-    node = Node(node_config(kind), hal, node_radio, app_class, hello_jitter_ms=0, watchdog=watchdog)
+    node = Node(node_config(kind, tick_ms), hal, node_radio, app_class, hello_jitter_ms=0, watchdog=watchdog)
     gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
     tasks = [asyncio.create_task(gw.run()), asyncio.create_task(node.run())]
     return hal, node, gw, tasks, world
