@@ -100,8 +100,14 @@ def compile_all(out: Path) -> dict[str, Path]:
     return built
 
 
-def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None = TICK_MS,
-            sample_every: int = SAMPLE_EVERY, heap_map: bool = False) -> dict:
+def run_app(
+    kind: str,
+    built: dict[str, Path],
+    hours: float,
+    tick_ms: int | None = TICK_MS,
+    sample_every: int = SAMPLE_EVERY,
+    heap_map: bool = False,
+) -> dict:
     module, cls = APP_CLASS[kind]
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
@@ -110,8 +116,7 @@ def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None
         "heapsize": HEAP,
         "files": files,
         "device_imports": (
-            "from firmware import config, hal_machine, radio, radio_lora, runtime\n"
-            f"from {module} import {cls}\n"
+            f"from firmware import config, hal_machine, radio, radio_lora, runtime\nfrom {module} import {cls}\n"
         ),
         "sim_imports": "import mpnode\n",
         "setup": (
@@ -124,11 +129,19 @@ def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None
         "day_ms": 86400 * 1000,
         "resample": RESAMPLE,
         "heap_map": heap_map,
-        "check": ("import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
-                  "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error})"),
+        "check": (
+            "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
+            "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error})"
+        ),
     }
-    proc = subprocess.run(["node", "--expose-gc", str(RUNNER)], input=json.dumps(job), capture_output=True, text=True,
-                          timeout=1800, cwd=ROOT)
+    proc = subprocess.run(
+        ["node", "--expose-gc", str(RUNNER)],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"{kind}: runner printed nothing (rc {proc.returncode}): {proc.stderr[-2000:]}")
@@ -140,9 +153,18 @@ def run_app(kind: str, built: dict[str, Path], hours: float, tick_ms: int | None
     total = code_heap + runtime_heap
     bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files(kind))
     base = r["code_sim"]
-    days = [{"runtime_heap": d["peak"] - base, "floor": d["floor"] - base, "median": d["median"] - base,
-             "samples": d["samples"], "resampled": d["resampled"], "pinned_max": d["pinned_max"],
-             **({"objects": d["heap_map"]} if heap_map else {})} for d in r["days"]]
+    days = [
+        {
+            "runtime_heap": d["peak"] - base,
+            "floor": d["floor"] - base,
+            "median": d["median"] - base,
+            "samples": d["samples"],
+            "resampled": d["resampled"],
+            "pinned_max": d["pinned_max"],
+            **({"objects": d["heap_map"]} if heap_map else {}),
+        }
+        for d in r["days"]
+    ]
     whole = int(hours // 24)  # days run to their end
     growth = peak_growth = None
     if whole >= 3:
@@ -186,11 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=float, default=DAYS, help=f"simulated days per app (default {DAYS})")
     ap.add_argument("--hours", type=float, default=None, help="simulated hours per app instead of --days")
     ap.add_argument("--apps", default="lighting,irrigation")
-    ap.add_argument("--tick-ms", type=int, default=TICK_MS,
-                    help="the apps' tick in ms (default: theirs, 1000; coarser runs faster)")
+    ap.add_argument(
+        "--tick-ms", type=int, default=TICK_MS, help="the apps' tick in ms (default: theirs, 1000; coarser runs faster)"
+    )
     ap.add_argument("--sample-every", type=int, default=SAMPLE_EVERY, help="scheduler steps per heap sample")
-    ap.add_argument("--heap-map", action="store_true",
-                    help="per day, live objects by type ({letter: [objects, 16-byte blocks]}, firmware_memory.mjs)")
+    ap.add_argument(
+        "--heap-map",
+        action="store_true",
+        help="per day, live objects by type ({letter: [objects, 16-byte blocks]}, firmware_memory.mjs)",
+    )
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
@@ -201,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         built = compile_all(tmp)  # source path ("firmware/x.py") -> its .mpy
         with ThreadPoolExecutor(max_workers=len(apps)) as pool:
-            results = dict(zip(apps, pool.map(
-                lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map), apps)))
+            results = dict(
+                zip(
+                    apps,
+                    pool.map(lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map), apps),
+                )
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
@@ -217,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         for kind, r in results.items():
-            print(f"{kind:11s} code {r['code_heap']:6d} B  runtime {r['runtime_heap']:6d} B  total {r['total']:6d} B"
-                  f"  grew {r['heap_grew']}  .mpy {r['mpy_bundle']} B  ({r['steps']} steps, {r['wall_s']} s)")
-            print(f"{'':11s} by day: peak {r['runtime_heap_by_day']}  floor {r['floor_by_day']}"
-                  f"  growth day 2-7 {r['growth_day2_to_7']} B")
+            print(
+                f"{kind:11s} code {r['code_heap']:6d} B  runtime {r['runtime_heap']:6d} B  total {r['total']:6d} B"
+                f"  grew {r['heap_grew']}  .mpy {r['mpy_bundle']} B  ({r['steps']} steps, {r['wall_s']} s)"
+            )
+            print(
+                f"{'':11s} by day: peak {r['runtime_heap_by_day']}  floor {r['floor_by_day']}"
+                f"  growth day 2-7 {r['growth_day2_to_7']} B"
+            )
     return 0
 
 
