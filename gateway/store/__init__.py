@@ -34,7 +34,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from gateway.model import Downlink, Record
 from gateway.store.core import SYNC_LEVELS, Writer, StoreClosed, StoreError
@@ -135,7 +135,7 @@ class Store:
             raise result
         return result
 
-    def append_many(self, items: list[tuple[Record, Snapshot | None]]) -> "asyncio.Future[list]":
+    def append_many(self, items: Sequence[tuple[Record, Snapshot | None]]) -> "asyncio.Future[list]":
         """Queue several records at once; the future gives, per item, its seq or the exception.
 
         The records join the next group commit (they may span two if there are
