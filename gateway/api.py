@@ -57,7 +57,7 @@ import math
 import time
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from aiohttp import web
 
@@ -121,7 +121,8 @@ def downlink_json(dl: Downlink) -> dict[str, Any]:
                            "state": dl.state, "attempts": dl.attempts, "created": dl.created, "expires": dl.expires}
     if dl.mtype == m.COMMAND:
         op = dl.body.get(1)
-        out.update(command_id=dl.command_id, op=OP_NAMES.get(op, op), args=list(dl.body.get(2, [])))
+        op_name = OP_NAMES.get(op, op) if op is not None else None
+        out.update(command_id=dl.command_id, op=op_name, args=list(dl.body.get(2, [])))
         if dl.result is not None:
             out["result"] = RESULT_NAMES.get(dl.result, dl.result)
     elif dl.mtype == m.CONFIG:
@@ -197,7 +198,8 @@ class Api:
 
     def __init__(self, *, registry: Registry, store: Store, pipeline: Pipeline, downlinks: Downlinks, token: str,
                  host: str = "127.0.0.1", port: int = 8760, upstream: Any = None,
-                 transports: Iterable[Any] = (), clock=time.time, history: History | None = None,
+                 transports: Iterable[Any] = (), clock: Callable[[], float] = time.time,
+                 history: History | None = None,
                  ui: bool = True, silent_after_s: float = health.SILENT_AFTER_S) -> None:
         if not token:
             raise ValueError("the API needs a token")
@@ -288,7 +290,7 @@ class Api:
         try:
             return parse_node_id(request.match_info["id"])
         except ValueError as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json")
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
@@ -296,7 +298,7 @@ class Api:
             return await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be JSON"}),
-                                     content_type="application/json")
+                                     content_type="application/json") from None
 
     @staticmethod
     def _limit(request: web.Request) -> int:
@@ -423,7 +425,7 @@ class Api:
             return int(request.match_info["id"])
         except ValueError:
             raise web.HTTPBadRequest(text=json.dumps({"error": "command ids are integers"}),
-                                     content_type="application/json")
+                                     content_type="application/json") from None
 
     async def get_command(self, request: web.Request) -> web.Response:
         dl = self.store.downlink(self._command_id(request))
