@@ -36,7 +36,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeGuard
 
 import orjson
 
@@ -481,7 +481,7 @@ def _value(r: Record, name: str) -> Any:
     return None if f is None else f.get("value")
 
 
-def _number_ok(v: Any) -> bool:
+def _number_ok(v: Any) -> TypeGuard[float]:  # an int or a float, finite, not a bool
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
