@@ -43,6 +43,7 @@ import hmac
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -189,7 +190,8 @@ class Sink:
 
     async def get_records(self, request: web.Request) -> web.Response:
         q = request.query
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int | float] = []
         try:
             if "node" in q:
                 node = q["node"].lower().removeprefix("0x").rjust(8, "0")

@@ -55,7 +55,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,8 @@ def downlink_json(dl: Downlink) -> dict[str, Any]:
     }
     if dl.mtype == m.COMMAND:
         op = dl.body.get(1)
-        out.update(command_id=dl.command_id, op=OP_NAMES.get(op, op), args=list(dl.body.get(2, [])))
+        op_name = OP_NAMES.get(op, op) if op is not None else None
+        out.update(command_id=dl.command_id, op=op_name, args=list(dl.body.get(2, [])))
         if dl.result is not None:
             out["result"] = RESULT_NAMES.get(dl.result, dl.result)
     elif dl.mtype == m.CONFIG:
@@ -230,7 +231,7 @@ class Api:
         port: int = 8760,
         upstream: Any = None,
         transports: Iterable[Any] = (),
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
         history: History | None = None,
         ui: bool = True,
         silent_after_s: float = health.SILENT_AFTER_S,
@@ -327,7 +328,7 @@ class Api:
         try:
             return parse_node_id(request.match_info["id"])
         except ValueError as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json")
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
@@ -336,7 +337,7 @@ class Api:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "the body must be JSON"}), content_type="application/json"
-            )
+            ) from None
 
     @staticmethod
     def _limit(request: web.Request) -> int:
@@ -473,7 +474,7 @@ class Api:
         except ValueError:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "command ids are integers"}), content_type="application/json"
-            )
+            ) from None
 
     async def get_command(self, request: web.Request) -> web.Response:
         dl = self.store.downlink(self._command_id(request))

@@ -44,7 +44,7 @@ def _packed(lo: int, hi: int, maxlen: int) -> Callable[[Any], bool]:
     return lambda v: type(v) is bytes and len(v) <= maxlen and not v.translate(None, allowed)
 
 
-def _sized(kind: type, lo: int, hi: int) -> Callable[[Any], bool]:
+def _sized(kind: type[bytes] | type[str], lo: int, hi: int) -> Callable[[Any], bool]:
     return lambda v: type(v) is kind and lo <= len(v) <= hi
 
 

@@ -25,7 +25,7 @@ import socket
 import stat
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -334,9 +334,11 @@ def _section(cls: type, data: Any, where: str, base: Path) -> Any:
     values: dict[str, Any] = {}
     for name, f in known.items():
         kind = f.metadata["kind"]
+        default = f.default
+        assert default is not MISSING  # every field is made by opt(), which gives it a default
         if name not in data:
-            if kind == "path" and f.default is not None:  # defaults are relative to the file too
-                values[name] = base / f.default
+            if kind == "path" and default is not None:  # defaults are relative to the file too
+                values[name] = base / default
             continue
         v = data[name]
         key = f"{where}.{name}"
@@ -353,7 +355,7 @@ def _section(cls: type, data: Any, where: str, base: Path) -> Any:
                 raise ConfigError(f"{key}: shorter than {TOKEN_MIN_LEN} characters: too easy to guess")
             values[name] = Secret(v)
             continue
-        want = type(f.default)
+        want = type(default)
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if type(v) is not want:

@@ -175,7 +175,7 @@ class Downlinks:
 
     async def cancel(self, id_: int) -> Downlink | None:
         """Expire a queued downlink now (an operator changed their mind)."""
-        for node_id, queue in self._open.items():
+        for queue in self._open.values():
             for dl in queue:
                 if dl.id == id_:
                     await self._close(dl, "expired")

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -519,7 +519,7 @@ def _value(r: Record, name: str) -> Any:
     return None if f is None else f.get("value")
 
 
-def _number_ok(v: Any) -> bool:
+def _number_ok(v: Any) -> TypeGuard[float]:  # an int or a float, finite, not a bool
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

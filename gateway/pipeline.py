@@ -60,7 +60,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import bodies
 from gateway.logs import RateLimiter
@@ -70,6 +71,10 @@ from protocol import expand, frame
 from protocol import messages as m
 from protocol.messages import is_alarm
 
+if TYPE_CHECKING:
+    from gateway._fastadmit import Admitter
+
+_fastadmit: ModuleType | None  # the module, or None where it was not built
 try:  # the compiled admission path (gateway/_fastadmit.c, built by setup.py)
     from gateway import _fastadmit
 except ImportError:  # a deployment that could not compile it: the Python path alone, same verdicts
@@ -151,7 +156,10 @@ class Pipeline:
         elif compiled and _fastadmit is None:
             raise RuntimeError("gateway._fastadmit is not built")
         # Parse, keys, MIC, decode and check in one C call when it is sure; None: the Python path alone
-        self._fast = _fastadmit.Admitter(registry, bodies.fast_plans()) if compiled else None
+        self._fast: Admitter | None = None
+        if compiled:
+            assert _fastadmit is not None  # checked above
+            self._fast = _fastadmit.Admitter(registry, bodies.fast_plans())
         self.admission_path = "compiled" if compiled else "python"
         self.store = store
         self.downlinks = downlinks
@@ -186,6 +194,7 @@ class Pipeline:
         # the compiled path asks the same registry as the Python path, and forgets what the old one's keys verified
         self._registry = registry
         if self._fast is not None:
+            assert _fastadmit is not None  # a compiled path was built with it
             self._fast = _fastadmit.Admitter(registry, bodies.fast_plans())
 
     # ------------------------------------------------------------ transports call these
@@ -206,12 +215,16 @@ class Pipeline:
         verdicts: list[str] = []
         items: list[tuple[Record, tuple[int, int, int]]] = []
         admitted: list[tuple[int, Reception, frame.ReplayWindow]] = []
+        record: Record
+        snapshot: tuple[int, int, int]
+        w: frame.ReplayWindow
         for rec in recs:
             a = self._admit_safe(rec)
             if type(a) is str:
                 verdicts.append(a)
             else:
-                record, snapshot, w = a
+                # not a str, so the tuple: mypy does not narrow the else of an exact-type test (kept: per frame)
+                record, snapshot, w = a  # type: ignore[str-unpack, assignment]
                 admitted.append((len(verdicts), rec, w))
                 items.append((record, snapshot))
                 verdicts.append(ACCEPTED)
@@ -289,10 +302,14 @@ class Pipeline:
                 batch, self._queue = self._queue, []
             items: list[tuple[Record, tuple[int, int, int]]] = []
             admitted: list[tuple[int, Reception, frame.ReplayWindow]] = []
+            record: Record
+            snapshot: tuple[int, int, int]
+            w: frame.ReplayWindow
             for rec in batch:
                 a = self._admit_safe(rec)
                 if type(a) is not str:
-                    record, snapshot, w = a
+                    # the tuple: mypy does not narrow an exact-type test (kept: per frame; see ingest_many)
+                    record, snapshot, w = a  # type: ignore[str-unpack, assignment]
                     admitted.append((len(items), rec, w))
                     items.append((record, snapshot))
             if not items:

@@ -169,6 +169,7 @@ class Gateway:
 
     def _make_transports(self) -> list[Any]:
         cfg, p = self.cfg, self.pipeline
+        assert p is not None  # start() made it first
         out: list[Any] = []
         if cfg.semtech.enabled:
             from gateway.transports.semtech import SemtechServer

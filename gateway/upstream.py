@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import gzip
 import hashlib
 import json
@@ -80,10 +81,16 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 import aiohttp
 
+from gateway import formats
+from gateway.logs import RateLimiter
+from gateway.model import Record
+
+_igzip: ModuleType | None  # isal.igzip, or None without it
 try:  # ISA-L's gzip: the same format as zlib's at a seventh of the CPU (bench/README.md, gateway.py)
     from isal import igzip as _igzip
 except ImportError:  # pragma: no cover - isal is a dependency; zlib still works
@@ -97,10 +104,6 @@ def gzip_compress(body: bytes, level: int) -> bytes:
         return _igzip.compress(body, level)
     return gzip.compress(body, level)
 
-
-from gateway import formats
-from gateway.logs import RateLimiter
-from gateway.model import Record
 
 log = logging.getLogger("lumeau.gateway.upstream")
 
@@ -433,7 +436,7 @@ class Upstream:
             part = parts[0]
             self.state = "sending"
             if overlap is not None:
-                out, ahead = await self._attempt(part, ready, lambda: overlap(batch[-1][0]))
+                out, ahead = await self._attempt(part, ready, functools.partial(overlap, batch[-1][0]))
                 overlap = None
                 if out.kind != "ok":
                     ahead = None
@@ -536,7 +539,8 @@ class Upstream:
             return _Outcome("poison", 0, f"cannot encode: {e}")
         headers = {"NGSILD-Tenant": self.ngsi_tenant} if self.ngsi_tenant else {}
         failed: set[int] = set()
-        status, texts = 0, []
+        status = 0
+        texts: list[str] = []
         for req, body in zip(requests, bodies):
             out, _ = await self._send(*self._wrap(body, {"Content-Type": formats.NGSI_CONTENT_TYPE, **headers}))
             if out.kind == "partial":  # 207: which entities failed -> which records

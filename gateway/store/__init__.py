@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ class Store:
             raise result
         return result
 
-    def append_many(self, items: list[tuple[Record, Snapshot | None]]) -> asyncio.Future[list]:
+    def append_many(self, items: Sequence[tuple[Record, Snapshot | None]]) -> asyncio.Future[list]:
         """Queue several records at once; the future gives, per item, its seq or the exception.
 
         The records join the next group commit (they may span two if there are

@@ -115,7 +115,8 @@ class DownlinkTable:
         """Downlinks oldest first, optionally of one node and in some states."""
         r = self.writer.reader
         assert r is not None
-        where, args = [], []
+        where: list[str] = []
+        args: list[int | str] = []
         if node_id is not None:
             where.append("node_id = ?")
             args.append(node_id)

@@ -152,12 +152,12 @@ class Windows(Part):
                 nodes.add(w[0])
         ups, gone = [], []
         for n in nodes:
-            w = merged.get(n)
-            if w is None or w[1] < 0:  # forgotten (re-keyed), before or after a restart
+            snap = merged.get(n)
+            if snap is None or snap[1] < 0:  # forgotten (re-keyed), before or after a restart
                 gone.append((n,))
                 merged.pop(n, None)
             else:
-                ups.append(w)
+                ups.append(snap)
         c.executemany(_UPSERT_WINDOW, ups)
         c.executemany("DELETE FROM windows WHERE node_id = ?", gone)
         c.execute("DELETE FROM window_log")

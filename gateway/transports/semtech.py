@@ -224,7 +224,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         self.ingestor.start()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
         log.info("semtech udp listening", extra={"host": self.host, "port": self.port})
 
@@ -387,7 +387,7 @@ class SemtechServer(asyncio.DatagramProtocol):
             snr = snr if snr is not None else _number(rsig[0].get("lsnr"))
         rx_time = _parse_time(pk.get("time"))
         path = None
-        if tmst is not None and freq is not None and sf is not None:
+        if tmst is not None and freq is not None and sf is not None and isinstance(datr, str):
             path = Uplink(
                 self,
                 fwd.eui,
