@@ -18,14 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
 
 
 class BoardProcess:
-    def __init__(self, flash_dir: Path, *, fs_size: int | None = None, corrupt: list[str] = (),
-                 uarts: list[int] = (), name: str = "vboard", interrupt_grace_s: float | None = None,
+    def __init__(self, flash_dir: Path, *, fs_size: int | None = None, corrupt: Sequence[str] = (),
+                 uarts: Sequence[int] = (), name: str = "vboard", interrupt_grace_s: float | None = None,
                  link: Path | None = None, control: Path | None = None, verbose: bool = False):
         self.flash_dir = Path(flash_dir)
         self.args = ["--dir", str(self.flash_dir), "--json", "--name", name]
@@ -43,7 +44,7 @@ class BoardProcess:
             self.args += ["--control", str(control)]
         if verbose:
             self.args.append("-v")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict = {}
 
     @property
@@ -58,6 +59,8 @@ class BoardProcess:
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "lumeau", "sim", "board", *self.args], bufsize=0,
                                      stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True)
+        out = self.proc.stdout
+        assert out is not None  # stdout=PIPE
         deadline = time.monotonic() + READY_TIMEOUT_S
         line = b""
         while not line.endswith(b"\n"):
@@ -65,8 +68,8 @@ class BoardProcess:
             if left <= 0 or self.proc.poll() is not None:
                 err = self.stop()
                 raise RuntimeError(f"virtual board did not start: {err[-2000:]}")
-            if select.select([self.proc.stdout], [], [], left)[0]:
-                byte = self.proc.stdout.read(1)
+            if select.select([out], [], [], left)[0]:
+                byte = out.read(1)
                 if not byte:
                     continue
                 line += byte
@@ -100,7 +103,8 @@ class BoardProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-            self.proc.stdout.close()
+            if self.proc.stdout is not None:  # always: stdout=PIPE
+                self.proc.stdout.close()
             self._stderr.seek(0)
             err = self._stderr.read().decode("utf-8", "replace")
             self._stderr.close()
@@ -114,5 +118,5 @@ class BoardProcess:
     def __enter__(self) -> BoardProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
