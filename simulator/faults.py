@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from protocol import messages as m
 
@@ -227,7 +227,7 @@ class FaultSchedule:
     def __len__(self) -> int:
         return len(self.faults)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Fault]:
         return iter(self.faults)
 
     def due(self, t0_s: float, t1_s: float) -> list[Fault]:
