@@ -43,6 +43,7 @@ import os
 import signal
 import struct
 import warnings
+from typing import Any
 
 from simulator.board_host import (BLOCK_SIZE, DEFAULT_FS_SIZE, DEFAULT_HEAP, INTERRUPT_GRACE_S, MICROPYTHON_MJS,
                                   VBOARD_DIR, BoardError, BoardOptions, Engine, Pty, node_executable)
@@ -552,7 +553,7 @@ async def _main(opts: BoardOptions, as_json: bool) -> int:
         task.result()  # raises BoardError
         return 1
     assert board.console is not None
-    info = {"event": "ready", "port": board.console.path, "link": str(opts.link) if opts.link else None,
+    info: dict[str, Any] = {"event": "ready", "port": board.console.path, "link": str(opts.link) if opts.link else None,
             "control": str(opts.control) if opts.control else None,
             "uarts": {str(n): p.path for n, p in board.uarts.items()}, "flash": str(opts.flash_dir),
             "fs_size": opts.fs_size, "banner": board.banner.decode()}
