@@ -97,7 +97,7 @@ class VirtualClock:
         return f"VirtualClock(t={self.t:.3f} s)"
 
 
-class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _VirtualSelector(selectors.DefaultSelector):
     """The loop's selector: where the loop would wait, the clock jumps to the next timer instead.
 
     asyncio's own timer heap stays empty (VirtualLoop.call_at keeps the
