@@ -155,7 +155,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self.clock.t
 
-    def call_at(self, when: float, callback: Callable[[Unpack[Ts]], object], *args: Unpack[Ts],
+    def call_at(self, when: float, callback: Callable[[Unpack[Ts]], object], *args: *Ts,
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
         # Timers due at the same instant fire first come, first served (asyncio orders them by
         # `when` alone, in heap order): a simulation must be reproducible, as on the StepClock.
