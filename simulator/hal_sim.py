@@ -245,9 +245,17 @@ class SimHAL(HAL):
     reset(): counts `resets`, calls on_reset(RST_SOFT) if set, raises SimReset.
     """
 
-    def __init__(self, clock: "Clock", storage: "dict[str, bytes] | None" = None, storage_dir: "str | None" = None,
-                 reset_cause: int = _m.RST_POWER_ON, time_known: bool = False, drift_ppm: int = 0,
-                 heap_free: int = 100000, history_max: int = HISTORY_MAX) -> None:
+    def __init__(
+        self,
+        clock: "Clock",
+        storage: "dict[str, bytes] | None" = None,
+        storage_dir: "str | None" = None,
+        reset_cause: int = _m.RST_POWER_ON,
+        time_known: bool = False,
+        drift_ppm: int = 0,
+        heap_free: int = 100000,
+        history_max: int = HISTORY_MAX,
+    ) -> None:
         self.clock = clock
         self.storage = {} if storage is None else storage
         self.storage_dir = storage_dir
@@ -347,7 +355,7 @@ class SimHAL(HAL):
             h = self.history
             h.append((self.ticks_ms(), name, value))
             if len(h) > self.history_max:
-                del h[:self.history_max // 2]
+                del h[: self.history_max // 2]
         if self.on_output is not None:
             self.on_output(name, value)
 
@@ -390,6 +398,7 @@ class SimHAL(HAL):
             self.storage[key] = data
             return
         import os
+
         tmp = self._path(key) + ".tmp"
         with open(tmp, "wb") as f:
             f.write(data)
