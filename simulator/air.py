@@ -243,4 +243,5 @@ class NodeRadio(Radio):
         if h is None or h.status != ch.OK:
             return None
         air.stats(self.node_id).downlinks_ok += 1
+        assert dl.payload is not None  # the air's frames carry their bytes
         return bytes(dl.payload), int(round(h.rssi_dbm)), int(round(h.snr_db * 4))

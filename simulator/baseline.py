@@ -25,10 +25,14 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from firmware.astro import polar_day, sun_times_day
 from simulator.soil import SoilBucket, mm_from_litres
 from simulator.weather import Weather
+
+if TYPE_CHECKING:
+    from simulator.scenario import Zone
 
 _DAY = 86400
 SOIL_STEP_S = 600  # 10 minutes: short against a 15-20 minute zone run
@@ -121,7 +125,7 @@ def irrigation_baseline(
     return IrrigationBaseline(litres / 1000.0, runs, drained / 1000.0, wasted / 1000.0, zones)
 
 
-def _drainage_litres(zone, runs: list[tuple[float, float]], start: float, end: float, weather: Weather) -> float:
+def _drainage_litres(zone: Zone, runs: list[tuple[float, float]], start: float, end: float, weather: Weather) -> float:
     bucket = SoilBucket(zone.soil, zone.crop)
     rate_mm_s = mm_from_litres(zone.flow_l_min, zone.area_m2) / 60.0
     t = start

@@ -43,6 +43,7 @@ import os
 import signal
 import struct
 import warnings
+from typing import Any
 
 from simulator.board_host import (
     BLOCK_SIZE,
@@ -585,7 +586,7 @@ async def _main(opts: BoardOptions, as_json: bool) -> int:
         task.result()  # raises BoardError
         return 1
     assert board.console is not None
-    info = {
+    info: dict[str, Any] = {
         "event": "ready",
         "port": board.console.path,
         "link": str(opts.link) if opts.link else None,

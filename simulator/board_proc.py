@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
@@ -29,8 +30,8 @@ class BoardProcess:
         flash_dir: Path,
         *,
         fs_size: int | None = None,
-        corrupt: list[str] = (),
-        uarts: list[int] = (),
+        corrupt: Sequence[str] = (),
+        uarts: Sequence[int] = (),
         name: str = "vboard",
         interrupt_grace_s: float | None = None,
         link: Path | None = None,
@@ -53,7 +54,7 @@ class BoardProcess:
             self.args += ["--control", str(control)]
         if verbose:
             self.args.append("-v")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict = {}
 
     @property
@@ -73,6 +74,8 @@ class BoardProcess:
             stderr=self._stderr,
             start_new_session=True,
         )
+        out = self.proc.stdout
+        assert out is not None  # stdout=PIPE
         deadline = time.monotonic() + READY_TIMEOUT_S
         line = b""
         while not line.endswith(b"\n"):
@@ -80,8 +83,8 @@ class BoardProcess:
             if left <= 0 or self.proc.poll() is not None:
                 err = self.stop()
                 raise RuntimeError(f"virtual board did not start: {err[-2000:]}")
-            if select.select([self.proc.stdout], [], [], left)[0]:
-                byte = self.proc.stdout.read(1)
+            if select.select([out], [], [], left)[0]:
+                byte = out.read(1)
                 if not byte:
                     continue
                 line += byte
@@ -115,7 +118,8 @@ class BoardProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-            self.proc.stdout.close()
+            if self.proc.stdout is not None:  # always: stdout=PIPE
+                self.proc.stdout.close()
             self._stderr.seek(0)
             err = self._stderr.read().decode("utf-8", "replace")
             self._stderr.close()
@@ -129,5 +133,5 @@ class BoardProcess:
     def __enter__(self) -> BoardProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

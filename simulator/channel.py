@@ -81,6 +81,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from protocol import lora
 
@@ -224,7 +225,7 @@ class Transmission:
 
     __slots__ = ("node_id", "start_us", "end_us", "sf", "freq_hz", "length", "payload", "refused", "hearings", "seq")
 
-    def __init__(self, node_id: int, start_us: int, sf: int, freq_hz: int, length: int, payload):
+    def __init__(self, node_id: int, start_us: int, sf: int, freq_hz: int, length: int, payload: bytes | None) -> None:
         self.node_id = node_id
         self.start_us = start_us
         self.end_us = start_us
@@ -283,7 +284,9 @@ class Downlink(Transmission):
 
     __slots__ = ("gateway",)
 
-    def __init__(self, gateway: str, node_id: int, start_us: int, sf: int, freq_hz: int, length: int, payload):
+    def __init__(
+        self, gateway: str, node_id: int, start_us: int, sf: int, freq_hz: int, length: int, payload: bytes | None
+    ) -> None:
         super().__init__(node_id, start_us, sf, freq_hz, length, payload)
         self.gateway = gateway
 
@@ -294,6 +297,9 @@ class Downlink(Transmission):
     def __repr__(self) -> str:
         what = self.refused or (self.hearings[0].status if self.hearings else "?")
         return f"Downlink({self.gateway} -> node={self.node_id}, {self.start_ms:.3f} ms, SF{self.sf}, {what})"
+
+
+_Tx = TypeVar("_Tx", bound=Transmission)  # an Uplink or a Downlink, returned as given
 
 
 class _Node:
@@ -312,7 +318,7 @@ class _Node:
         "rx",
     )
 
-    def __init__(self, node_id, x, y, height, tx_power, rng):
+    def __init__(self, node_id: int, x: float, y: float, height: float, tx_power: float, rng: random.Random) -> None:
         self.id = node_id
         self.x = x
         self.y = y
@@ -369,7 +375,7 @@ class Channel:
         self._gw_by_id = {g.site.id: g for g in self._gws}
         self._nodes: dict[int, _Node] = {}
         self._clock = -(1 << 62)  # latest uplink start seen (us)
-        self._pending: list = []  # heap of (end_us, seq, tx)
+        self._pending: list[tuple[int, int, Transmission]] = []  # heap of (end_us, seq, tx)
         self._seq = 0
         self._dl_active: dict[tuple[int, int], list[Downlink]] = {}
         p = self.params
@@ -588,15 +594,16 @@ class Channel:
             act.append((end, rssi, h))
         return self._schedule(up)
 
-    def _refuse(self, tx: Transmission, why: str) -> Transmission:
+    def _refuse(self, tx: _Tx, why: str) -> _Tx:
         tx.refused = why
         self._count("refused_" + why)
         return self._schedule(tx)
 
-    def _schedule(self, tx: Transmission):
+    def _schedule(self, tx: _Tx) -> _Tx:
         self._seq += 1
         tx.seq = self._seq
-        heapq.heappush(self._pending, (tx.end_us, self._seq, tx))
+        entry: tuple[int, int, Transmission] = (tx.end_us, self._seq, tx)
+        heapq.heappush(self._pending, entry)
         return tx
 
     # ------------------------------------------------------------ downlinks

@@ -114,7 +114,7 @@ def _thin(nodes: tuple, share: float, keep: set[str]) -> tuple:
 def ticked(app_class: type, clock: SimClock) -> type:
     """The app with its run() loop ticked by the clock: step(), then again tick_ms later (see above)."""
 
-    class Ticked(app_class):  # type: ignore[valid-type, misc]
+    class Ticked(app_class):
         async def run(self) -> None:
             # the first step now (raising, it ends run() at once), then the clock's ticker:
             # cancelled with this task it stops; a step that raises sets fut, and run() raises it

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,7 +237,7 @@ class FaultSchedule:
     def __len__(self) -> int:
         return len(self.faults)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Fault]:
         return iter(self.faults)
 
     def due(self, t0_s: float, t1_s: float) -> list[Fault]:

@@ -144,7 +144,7 @@ class _InlineExecutor(concurrent.futures.Executor):
     is the same.
     """
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:  # type: ignore[override]  # an asyncio future
         # An asyncio future: loop.run_in_executor hands it back as is (asyncio.wrap_future
         # passes futures of its own kind through), so no thread-safe wake-up per commit.
         f = asyncio.get_running_loop().create_future()
@@ -317,6 +317,7 @@ class InProcessGateway:
     def uplink(self, hearing: ch.Hearing) -> None:
         assert self.ctx is not None
         up = hearing.tx
+        assert up.payload is not None  # the air's frames carry their bytes
         self._inbox.append(
             Reception(
                 raw=up.payload,

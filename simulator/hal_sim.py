@@ -53,7 +53,26 @@ from protocol import messages as _m
 try:
     import heapq
 except ImportError:  # some MicroPython builds name it uheapq
-    import uheapq as heapq
+    import uheapq as heapq  # type: ignore[import-not-found,no-redef]  # MicroPython's name, no stubs on CPython
+
+# Type hints for mypy (make lint) that MicroPython can carry: it parses annotations and never evaluates
+# them, but it has no `typing` (nor `__future__`). So `typing` is imported for the checker only, and a
+# parameter or return annotation that names one of its types is quoted (CPython evaluates those).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING's value at run time; mypy takes any name TYPE_CHECKING as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+    from typing import Any, Protocol
+
+    class Clock(Protocol):
+        """What SimHAL needs of a clock: StepClock or simulator.virtual_loop.VirtualClock."""
+
+        unix0: int
+
+        def ms(self) -> int: ...
+
+        async def sleep_ms(self, ms: int) -> None: ...
+
+    Input = int | float | Callable[[], int | float]  # a value set by set_pin / set_adc / set_pulses, or a callable
 
 DEFAULT_UNIX0 = 1767225600  # 2026-01-01T00:00:00Z: a fixed, documented epoch
 HISTORY_MAX = 20000  # output changes kept in SimHAL.history (oldest half dropped beyond)
@@ -66,7 +85,7 @@ class SimReset(BaseException):
     A BaseException so an app supervisor catching Exception does not swallow it.
     """
 
-    def __init__(self, cause):
+    def __init__(self, cause: int) -> None:
         super().__init__("simulated reset, cause %d" % cause)
         self.cause = cause
 
@@ -74,7 +93,7 @@ class SimReset(BaseException):
 # -- the portable virtual clock ----------------------------------------------
 
 
-def _run_queue():
+def _run_queue() -> "tuple[Any, asyncio.AbstractEventLoop | None]":
     # MicroPython's asyncio keeps runnable and sleeping tasks in one pairing
     # heap, asyncio.core._task_queue, keyed by wake tick. CPython: loop._ready.
     core = getattr(asyncio, "core", None)
@@ -88,17 +107,18 @@ def _run_queue():
     return None, loop
 
 
-def _runnable(q, loop):
+def _runnable(q: "Any", loop: "asyncio.AbstractEventLoop | None") -> bool:
     if q is not None:
         t = q.peek()
         if t is None:
             return False
         # a task keyed in the future sleeps in real time (not through the clock)
-        return asyncio.ticks_diff(t.ph_key, asyncio.ticks()) <= 0
+        # ticks/ticks_diff: MicroPython's asyncio only (CPython's stubs lack them; q is None there)
+        return asyncio.ticks_diff(t.ph_key, asyncio.ticks()) <= 0  # type: ignore[attr-defined]
     return bool(getattr(loop, "_ready", None))
 
 
-async def _yield():
+async def _yield() -> None:
     if hasattr(asyncio, "sleep_ms"):
         await asyncio.sleep_ms(0)
     else:
@@ -112,20 +132,20 @@ class StepClock:
     run_until; between them it stands still. Many SimHALs may share one.
     """
 
-    def __init__(self, unix0=DEFAULT_UNIX0):
+    def __init__(self, unix0: int = DEFAULT_UNIX0) -> None:
         self.unix0 = unix0
         self._ms = 0
-        self._heap = []  # (wake ms, seq, Event), one per sleep under way (a cancelled one's until its time)
+        self._heap: list[tuple[int, int, asyncio.Event]] = []
         self._seq = 0
         self.steps = 0  # wake-ups delivered, for benchmarks
 
-    def ms(self):
+    def ms(self) -> int:
         return self._ms
 
-    def unix(self):
+    def unix(self) -> int:
         return self.unix0 + self._ms // 1000
 
-    async def sleep_ms(self, ms):
+    async def sleep_ms(self, ms: int) -> None:
         if ms <= 0:
             await _yield()
             return
@@ -134,15 +154,15 @@ class StepClock:
         heapq.heappush(self._heap, (self._ms + int(ms), self._seq, ev))
         await ev.wait()
 
-    async def run_for(self, ms):
+    async def run_for(self, ms: int) -> None:
         await self.run_until(self._ms + int(ms))
 
-    async def run_until(self, end_ms):
+    async def run_until(self, end_ms: int) -> None:
         # Driven from a task of its own: in the WebAssembly port the top-level
         # coroutine yields through JS setTimeout (about 1 ms per yield).
         await asyncio.create_task(self._drive(end_ms))
 
-    async def step(self, end_ms):
+    async def step(self, end_ms: int) -> bool:
         """Deliver the wake-ups of the next instant (if due by end_ms) and let them run.
 
         False when nothing sleeps until end_ms (time then moves to end_ms).
@@ -151,7 +171,7 @@ class StepClock:
         """
         return await asyncio.create_task(self._step(end_ms))
 
-    async def _step(self, end_ms):
+    async def _step(self, end_ms: int) -> bool:
         await self.settle()
         heap = self._heap
         if not heap or heap[0][0] > end_ms:
@@ -166,7 +186,7 @@ class StepClock:
         await self.settle()
         return True
 
-    async def settle(self):
+    async def settle(self) -> None:
         """Yield until no task is runnable (all wait on the clock or on events)."""
         q, loop = _run_queue()
         n = 0
@@ -178,7 +198,7 @@ class StepClock:
             if n > SETTLE_MAX:
                 raise RuntimeError("StepClock: a task never waits (busy loop?)")
 
-    async def _drive(self, end_ms):
+    async def _drive(self, end_ms: int) -> None:
         heap = self._heap
         while True:
             await self.settle()
@@ -227,15 +247,15 @@ class SimHAL(HAL):
 
     def __init__(
         self,
-        clock,
-        storage=None,
-        storage_dir=None,
-        reset_cause=_m.RST_POWER_ON,
-        time_known=False,
-        drift_ppm=0,
-        heap_free=100000,
-        history_max=HISTORY_MAX,
-    ):
+        clock: "Clock",
+        storage: "dict[str, bytes] | None" = None,
+        storage_dir: "str | None" = None,
+        reset_cause: int = _m.RST_POWER_ON,
+        time_known: bool = False,
+        drift_ppm: int = 0,
+        heap_free: int = 100000,
+        history_max: int = HISTORY_MAX,
+    ) -> None:
         self.clock = clock
         self.storage = {} if storage is None else storage
         self.storage_dir = storage_dir
@@ -244,90 +264,90 @@ class SimHAL(HAL):
         self.heap_free = heap_free
         self._boot_ms = clock.ms()
         # wall clock as an offset from ticks_ms: unix ms = ticks + offset
-        self._wall_offset = None
+        self._wall_offset: int | None = None
         if time_known:
             self._wall_offset = clock.unix0 * 1000 + self._boot_ms
-        self._inputs = {}
-        self._rates = {}  # name -> [per_s, count at mark, ms at mark]
-        self.pins = {}
-        self.pwm = {}
-        self.history = []
+        self._inputs: dict[str, Input] = {}
+        self._rates: dict[str, tuple[float, int, int]] = {}  # name -> (per_s, count at mark, ms at mark)
+        self.pins: dict[str, int] = {}
+        self.pwm: dict[str, int] = {}
+        self.history: list[tuple[int, str, int]] = []
         self.history_max = history_max
-        self.on_output = None
-        self.on_reset = None
-        self.writes = {}
+        self.on_output: Callable[[str, int], object] | None = None
+        self.on_reset: Callable[[int], object] | None = None
+        self.writes: dict[str, int] = {}
         self.fail_saves = 0
-        self.wdt_timeout = None
+        self.wdt_timeout: int | None = None
         self.wdt_feeds = 0
         self._wdt_last = 0
-        self._wdt_task = None
+        self._wdt_task: asyncio.Task[None] | None = None
         self.wdt_bites = 0
-        self.bitten_at = None
+        self.bitten_at: int | None = None
         self.resets = 0
         self.time_sets = 0
 
     # -- time ---------------------------------------------------------------
 
-    def ticks_ms(self):
+    def ticks_ms(self) -> int:
         ms = self.clock.ms() - self._boot_ms
         if self.drift_ppm:
             ms += ms * self.drift_ppm // 1000000
         return ms
 
-    def time(self):
+    def time(self) -> "int | None":
         if self._wall_offset is None:
             return None
         return (self.ticks_ms() + self._wall_offset) // 1000
 
-    def set_time(self, unix_s, ms=0):
+    def set_time(self, unix_s: int, ms: int = 0) -> None:
         self._wall_offset = unix_s * 1000 + ms - self.ticks_ms()
         self.time_sets += 1
 
-    def lose_time(self):
+    def lose_time(self) -> None:
         """Forget the wall clock (RTC lost power): time() is None until set_time."""
         self._wall_offset = None
 
-    def sleep_ms(self, ms):
+    def sleep_ms(self, ms: int) -> "Coroutine[Any, Any, None]":  # the clock's coroutine
         if self.drift_ppm:
             ms = ms * 1000000 // (1000000 + self.drift_ppm)
         return self.clock.sleep_ms(ms)
 
     # -- inputs (set by tests / the world) -------------------------------------
 
-    def set_pin(self, name, value):
+    def set_pin(self, name: str, value: "Input") -> None:
         self._inputs[name] = value
 
-    def set_adc(self, name, mv):
+    def set_adc(self, name: str, mv: "Input") -> None:
         self._inputs[name] = mv
 
-    def set_pulses(self, name, count):
+    def set_pulses(self, name: str, count: "Input") -> None:
         self._rates.pop(name, None)
         self._inputs[name] = count
 
-    def set_pulse_rate(self, name, per_s):
+    def set_pulse_rate(self, name: str, per_s: float) -> None:
         """Make counter `name` count `per_s` pulses per second of virtual time."""
         count = self.pulses(name)
-        self._rates[name] = [per_s, count, self.clock.ms()]
+        self._rates[name] = (per_s, count, self.clock.ms())
 
-    def _input(self, name):
+    def _input(self, name: str) -> "int | float":
         v = self._inputs.get(name, 0)
         return v() if callable(v) else v
 
     # -- HAL I/O ----------------------------------------------------------------
 
-    def pin_read(self, name):
+    def pin_read(self, name: str) -> int:
         return 1 if self._input(name) else 0
 
-    def adc_read_mv(self, name):
+    def adc_read_mv(self, name: str) -> int:
         return int(self._input(name))
 
-    def pulses(self, name):
+    def pulses(self, name: str) -> int:
         r = self._rates.get(name)
         if r is None:
             return int(self._input(name))
         return r[1] + int(r[0] * (self.clock.ms() - r[2]) // 1000)
 
-    def _out(self, table, name, value):
+    def _out(self, table: "dict[str, int]", name: str, value: int) -> None:
         if table.get(name) == value:
             return
         table[name] = value
@@ -339,26 +359,27 @@ class SimHAL(HAL):
         if self.on_output is not None:
             self.on_output(name, value)
 
-    def pin_write(self, name, value):
+    def pin_write(self, name: str, value: int) -> None:
         self._out(self.pins, name, 1 if value else 0)
 
-    def pwm_write(self, name, permille):
+    def pwm_write(self, name: str, permille: int) -> None:
         if permille < 0:
             permille = 0
         elif permille > 1000:
             permille = 1000
         self._out(self.pwm, name, int(permille))
 
-    def changes(self, name):
+    def changes(self, name: str) -> "list[tuple[int, int]]":
         """[(ticks_ms, value), ...] of one output, from history."""
         return [(t, v) for (t, n, v) in self.history if n == name]
 
     # -- persistence ------------------------------------------------------------
 
-    def _path(self, key):
+    def _path(self, key: str) -> str:
+        assert self.storage_dir is not None  # only called when storage goes to a directory
         return self.storage_dir + "/" + key
 
-    def load(self, key):
+    def load(self, key: str) -> "bytes | None":
         if self.storage_dir is None:
             return self.storage.get(key)
         try:
@@ -367,7 +388,7 @@ class SimHAL(HAL):
         except OSError:
             return None
 
-    def save(self, key, data):
+    def save(self, key: str, data: "bytes | bytearray | memoryview") -> None:
         if self.fail_saves > 0:
             self.fail_saves -= 1
             raise OSError("simulated storage fault writing %s" % key)
@@ -385,19 +406,20 @@ class SimHAL(HAL):
 
     # -- system -------------------------------------------------------------------
 
-    def wdt_start(self, timeout_ms):
+    def wdt_start(self, timeout_ms: int) -> None:
         # like machine.WDT: starting again only changes the timeout
         self.wdt_timeout = timeout_ms
         self._wdt_last = self.ticks_ms()
         if self._wdt_task is None:
             self._wdt_task = asyncio.create_task(self._wdt_watch())
 
-    def wdt_feed(self):
+    def wdt_feed(self) -> None:
         self.wdt_feeds += 1
         self._wdt_last = self.ticks_ms()
 
-    async def _wdt_watch(self):
+    async def _wdt_watch(self) -> None:
         while True:
+            assert self.wdt_timeout is not None  # wdt_start sets it before it starts this task
             due = self._wdt_last + self.wdt_timeout
             now = self.ticks_ms()
             if now >= due:
@@ -409,23 +431,23 @@ class SimHAL(HAL):
         if self.on_reset is not None:
             self.on_reset(_m.RST_WATCHDOG)
 
-    def reset_cause(self):
+    def reset_cause(self) -> int:
         return self._reset_cause
 
-    def reset(self):
+    def reset(self) -> None:
         self.resets += 1
         if self.on_reset is not None:
             self.on_reset(_m.RST_SOFT)
         raise SimReset(_m.RST_SOFT)
 
-    def free_heap(self):
+    def free_heap(self) -> int:
         return self.heap_free
 
-    def power_off(self):
+    def power_off(self) -> None:
         """Stop this HAL's background work (the watchdog); call when the node is torn down."""
         if self._wdt_task is not None:
             self._wdt_task.cancel()
             self._wdt_task = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "SimHAL(t=%d ms, %d keys stored)" % (self.ticks_ms(), len(self.storage))

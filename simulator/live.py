@@ -328,6 +328,7 @@ class LiveGateway:
             self.counts["uplinks_site_down"] += 1
             return
         up = hearing.tx
+        assert isinstance(up, ch.Uplink) and up.payload is not None  # a gateway hears uplinks, with their bytes
         raw = bytes(up.payload)
         tmst = front.forward(
             raw, up.end_us, self.ctx.start_unix + up.end_us / 1e6, up.freq_hz, up.sf, hearing.rssi_dbm, hearing.snr_db

@@ -277,7 +277,12 @@ class _Coordinator(Simulation):
         loop = asyncio.get_running_loop()
         if t_us > int(round(loop.time() * 1e6)):
             fut = loop.create_future()
-            loop.call_at(t_us / 1e6, lambda: fut.done() or fut.set_result(None))
+
+            def wake() -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            loop.call_at(t_us / 1e6, wake)
             await fut
 
     async def coordinate(self) -> tuple[list[dict[str, Any]], float]:
@@ -294,8 +299,9 @@ class _Coordinator(Simulation):
         last_draw = 0.0
         while True:
             active = [self.conns[w] for w in range(n) if results[w] is None and not holding[w]]
-            for c in multiprocessing.connection.wait(active) if active else ():
-                w = self.conns.index(c)
+            for ready in multiprocessing.connection.wait(active) if active else ():
+                w = self.conns.index(ready)
+                c = self.conns[w]  # the worker's Connection (wait's answer is typed for sockets and fds too)
                 try:
                     msg = c.recv()
                 except EOFError:

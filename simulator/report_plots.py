@@ -179,15 +179,15 @@ def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
     )
     for g in gws:
         positions[g["id"]] = (g["x"], g["y"])
-    xs = [p[0] for p in positions.values()] + [g["x"] for g in gws]
-    ys = [p[1] for p in positions.values()] + [g["y"] for g in gws]
+    all_x = [p[0] for p in positions.values()] + [g["x"] for g in gws]
+    all_y = [p[1] for p in positions.values()] + [g["y"] for g in gws]
     if scenario is not None:
         for st in scenario.streets:
-            xs += [p[0] for p in st.points]
-            ys += [p[1] for p in st.points]
-    w, h = (max(xs) - min(xs)) or 100.0, (max(ys) - min(ys)) or 100.0
-    ax.set_xlim(min(xs) - 0.06 * w, max(xs) + 0.06 * w)
-    ax.set_ylim(min(ys) - 0.14 * h, max(ys) + 0.1 * h)
+            all_x += [p[0] for p in st.points]
+            all_y += [p[1] for p in st.points]
+    w, h = (max(all_x) - min(all_x)) or 100.0, (max(all_y) - min(all_y)) or 100.0
+    ax.set_xlim(min(all_x) - 0.06 * w, max(all_x) + 0.06 * w)
+    ax.set_ylim(min(all_y) - 0.14 * h, max(all_y) + 0.1 * h)
     for g in gws:
         ax.annotate(
             g["id"],

@@ -101,8 +101,10 @@ __all__ = [
     "zone_thresholds",
 ]
 
+_DEFAULT_OPTIONS = RunOptions()  # the scenario's own settings; RunOptions is frozen, so one shared default is safe
 
-def run(scenario: Scenario, options: RunOptions = RunOptions()) -> Results:
+
+def run(scenario: Scenario, options: RunOptions = _DEFAULT_OPTIONS) -> Results:
     """Run a scenario to its end on a fresh virtual-time loop; the results of the run."""
     if options.workers > 1:
         return run_parallel(scenario, options)
@@ -110,6 +112,6 @@ def run(scenario: Scenario, options: RunOptions = RunOptions()) -> Results:
     return run_virtual(sim.run(), SimClock(unix0=int(sim.sc.start_unix)))
 
 
-async def run_async(scenario: Scenario, options: RunOptions = RunOptions()) -> Results:
+async def run_async(scenario: Scenario, options: RunOptions = _DEFAULT_OPTIONS) -> Results:
     """The same, inside a running loop made by new_loop(prepare(scenario, options))."""
     return await Simulation(scenario, options).run()

@@ -44,13 +44,16 @@ import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import lora
 from simulator import channel as ch
 from simulator import soil as soil_mod
 from simulator.faults import KINDS, FaultError, FaultSchedule, parse_duration
 from simulator.weather import CLIMATES, RainEvent, Weather
+
+if TYPE_CHECKING:
+    from simulator.presence import StreetPresence
 
 LAMP_ID_BASE = 0x01000000
 IRRIGATION_ID_BASE = 0x02000000
@@ -274,7 +277,7 @@ class Scenario:
             tuple(d.toordinal() - _EPOCH_ORDINAL for d in self.weather.dry_days),
         )
 
-    def presence(self, street_id: str, profile: Sequence[float] | None = None):
+    def presence(self, street_id: str, profile: Sequence[float] | None = None) -> StreetPresence:
         from simulator.presence import DEFAULT_PROFILE, StreetPresence
 
         st = next((s for s in self.streets if s.id == street_id), None)
@@ -570,7 +573,7 @@ def _build(top: _Table) -> Scenario:
 
     radio = _radio(top.sub("radio"))
 
-    gateways = []
+    gateways: list[ch.GatewaySite] = []
     for g in top.array("gateways"):
         gid = g.get("id", "str", check=_ident)
         x, y = g.get("x", "float"), g.get("y", "float")
@@ -787,7 +790,7 @@ def _radio(r: _Table) -> RadioSettings:
     bw = r.get(
         "bw_hz", "int", 125000, lambda v: None if v in ch.SENSITIVITY_DBM else "must be 125000, 250000 or 500000"
     )
-    channels = []
+    channels: list[int] = []
     for i, v in enumerate(raw):
         hz = int(round(v * 1e6))
         try:
@@ -901,7 +904,7 @@ def _grid(g: _Table, defaults: Mapping[str, Any]) -> list[Street]:
     return [Street(sid, sid, pts, ln, n, peak, power) for (sid, pts), ln, n in zip(lines, lengths, counts)]
 
 
-def _park(p: _Table, d: Mapping[str, Any]):
+def _park(p: _Table, d: Mapping[str, Any]) -> tuple[Park, _Table, soil_mod.Soil, soil_mod.Crop, float, Schedule]:
     pid = p.get("id", "str", check=_ident)
     poly = p.get("polygon", "points", check=lambda v: None if len(v) >= 3 else f"needs at least 3 points, got {len(v)}")
     area = polygon_area(poly)

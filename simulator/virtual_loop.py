@@ -98,7 +98,7 @@ class VirtualClock:
         return f"VirtualClock(t={self.t:.3f} s)"
 
 
-class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _VirtualSelector(selectors.DefaultSelector):
     """The loop's selector: where the loop would wait, the clock jumps to the next timer instead.
 
     asyncio's own timer heap stays empty (VirtualLoop.call_at keeps the
@@ -161,7 +161,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self,
         when: float,
         callback: Callable[[Unpack[Ts]], object],
-        *args: Unpack[Ts],
+        *args: *Ts,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         # Timers due at the same instant fire first come, first served (asyncio orders them by

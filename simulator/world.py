@@ -54,6 +54,7 @@ from simulator.hal_sim import SimHAL
 from simulator.presence import PIR_HOLD_S, PIR_RANGE_M
 from simulator.scenario import IrrigationNode, LampNode, Scenario
 from simulator.soil import SoilBucket, mm_from_litres
+from simulator.virtual_loop import VirtualClock
 from simulator.weather import Weather
 
 WORLD_STEP_S = 60.0
@@ -74,7 +75,9 @@ class WorldHAL(SimHAL):
     compares them); everything else is SimHAL's.
     """
 
-    def __init__(self, clock: Any, **kw: Any) -> None:
+    clock: VirtualClock  # read as `clock.t` directly (SimHAL takes any clock)
+
+    def __init__(self, clock: VirtualClock, **kw: Any) -> None:
         if kw.get("drift_ppm"):
             raise ValueError("WorldHAL models no oscillator drift; use SimHAL")
         super().__init__(clock, **kw)
