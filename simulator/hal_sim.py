@@ -135,7 +135,7 @@ class StepClock:
     def __init__(self, unix0: int = DEFAULT_UNIX0) -> None:
         self.unix0 = unix0
         self._ms = 0
-        self._heap: list[tuple[int, int, asyncio.Event]] = []
+        self._heap: list[tuple[int, int, asyncio.Event]] = []  # (wake ms, seq, Event): one per sleep under way
         self._seq = 0
         self.steps = 0  # wake-ups delivered, for benchmarks
 

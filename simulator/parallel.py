@@ -73,6 +73,7 @@ from simulator.faults import GATEWAY_RESTART, UPSTREAM_OUTAGE
 from simulator.metrics import Results
 from simulator.scenario import Scenario
 from simulator.simclock import SimClock
+from simulator.virtual_loop import VirtualLoop
 from simulator.virtual_loop import run as run_virtual
 
 SYNC_S = 10.0  # a worker reports its transmissions at least this often (simulated s)
@@ -189,6 +190,7 @@ class _Worker(Simulation):
 
     async def work(self) -> None:
         loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualLoop) and isinstance(loop.clock, SimClock)  # engine.new_loop's
         clock = loop.clock
         self.setup(loop, clock, None)  # type: ignore[arg-type]
         for sn in self.nodes.values():
@@ -382,6 +384,7 @@ def run_parallel(scenario: Scenario, options: RunOptions) -> Results:
 async def _coordinated_run(coord: _Coordinator) -> Results:
     """The coordinator's side of Simulation.run: the link, the gateway faults, the air, the merge."""
     loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualLoop) and isinstance(loop.clock, SimClock)  # engine.new_loop's
     clock = loop.clock
     cpu0 = time.process_time()
     workdir, tmp = run_workdir(coord.options)
