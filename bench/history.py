@@ -32,6 +32,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,7 +43,7 @@ from bench.common import emit  # noqa: E402
 from gateway.downlinks import Downlinks  # noqa: E402
 from gateway.history import PER_TYPE, History  # noqa: E402
 from gateway.model import Reception  # noqa: E402
-from gateway.pipeline import Pipeline  # noqa: E402
+from gateway.pipeline import Pipeline, UplinkObserver  # noqa: E402
 from gateway.registry import NodeEntry, Registry  # noqa: E402
 from gateway.service import GC_THRESHOLDS, Observers  # noqa: E402
 from gateway.store import Store  # noqa: E402
@@ -64,13 +65,16 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
     for i in range(n_frames):
         n = i % n_nodes + 1
         counters[n] += 1
+        body: dict[int, Any]
         if n % 3:
             mtype, body = m.LIGHT, {0: rnd.randint(0, 100), 1: rnd.randint(0, 2500), 2: rnd.randint(0, 10**7),
                                     3: rnd.randint(0, 0x7F), 4: rnd.randint(0, 50_000), 6: rnd.randint(0, 2000)}
         else:
             mtype, body = m.IRRIGATION, {0: bytes(rnd.randint(0, 200) for _ in range(4)), 1: rnd.randint(0, 0x8F),
                                          3: rnd.randint(0, 10**8), 5: rnd.randint(11000, 26000), 6: 0}
-        raw = frame.seal(reg.get(n).keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
+        entry = reg.get(n)
+        assert entry is not None  # provisioned just above
+        raw = frame.seal(entry.keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
         recs.append(Reception(raw, "udp", "udp:0000000000000001", T0 + i, rssi=-95.0, snr=5.0))
     return reg, recs
 
@@ -78,7 +82,7 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
 async def ingest(tmp: Path, reg: Registry, recs: list[Reception], variant: str) -> dict:
     store = await Store.open(tmp / f"{variant}.db")
     downlinks = history = None
-    observer = None
+    observer: UplinkObserver | None = None
     if variant != "observer_none":
         downlinks = Downlinks(store, reg)
         await downlinks.start()
