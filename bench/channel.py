@@ -86,8 +86,9 @@ def run_channel(scenario: sc.Scenario, nodes: list, events: list[Event]) -> tupl
                         if best is not None and rnd.random() < ACK_SHARE:  # delivered: heard by a gateway
                             seq += 1
                             at = c.rx1_start_ms(tx)
-                            heapq.heappush(pending, (at, seq, "ack", (best.gateway, tx.node_id, at, 13,
-                                                                     tx.sf, tx.freq_hz)))
+                            heapq.heappush(
+                                pending, (at, seq, "ack", (best.gateway, tx.node_id, at, 13, tx.sf, tx.freq_hz))
+                            )
 
     for start, node, length, sf, freq in events:
         run_until(start)

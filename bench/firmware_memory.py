@@ -83,8 +83,7 @@ def run_app(kind: str, built: dict[str, Path], hours: float) -> dict:
         "heapsize": HEAP,
         "files": files,
         "device_imports": (
-            "from firmware import config, hal_machine, radio, radio_lora, runtime\n"
-            f"from {module} import {cls}\n"
+            f"from firmware import config, hal_machine, radio, radio_lora, runtime\nfrom {module} import {cls}\n"
         ),
         "sim_imports": "import mpnode\n",
         "setup": (
@@ -93,11 +92,19 @@ def run_app(kind: str, built: dict[str, Path], hours: float) -> dict:
             f"_end = {int(hours * 3600 * 1000)}\n"
         ),
         "sample_every": SAMPLE_EVERY,
-        "check": ("import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
-                  "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error})"),
+        "check": (
+            "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
+            "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error})"
+        ),
     }
-    proc = subprocess.run(["node", "--expose-gc", str(RUNNER)], input=json.dumps(job), capture_output=True, text=True,
-                          timeout=1800, cwd=ROOT)
+    proc = subprocess.run(
+        ["node", "--expose-gc", str(RUNNER)],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"{kind}: runner printed nothing (rc {proc.returncode}): {proc.stderr[-2000:]}")
@@ -158,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         for kind, r in results.items():
-            print(f"{kind:11s} code {r['code_heap']:6d} B  runtime {r['runtime_heap']:6d} B  total {r['total']:6d} B"
-                  f"  grew {r['heap_grew']}  .mpy {r['mpy_bundle']} B  ({r['steps']} steps, {r['wall_s']} s)")
+            print(
+                f"{kind:11s} code {r['code_heap']:6d} B  runtime {r['runtime_heap']:6d} B  total {r['total']:6d} B"
+                f"  grew {r['heap_grew']}  .mpy {r['mpy_bundle']} B  ({r['steps']} steps, {r['wall_s']} s)"
+            )
     return 0
 
 

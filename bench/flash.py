@@ -76,10 +76,16 @@ def main() -> int:
     cp, flash, reflash = (min(r[k] for r in rounds) for k in range(3))
     size = sum(f.size for f in b.files)
     result = {
-        "kind": args.kind, "files": len(b.files), "bytes": size, "repeats": args.repeats,
-        "mpremote_cp_s": round(cp, 3), "flash_s": round(flash, 3), "reflash_unchanged_s": round(reflash, 3),
+        "kind": args.kind,
+        "files": len(b.files),
+        "bytes": size,
+        "repeats": args.repeats,
+        "mpremote_cp_s": round(cp, 3),
+        "flash_s": round(flash, 3),
+        "reflash_unchanged_s": round(reflash, 3),
         "flash_bytes_per_s": round(size / flash),
-        "flash_vs_cp_ratio": round(flash / cp, 3), "reflash_vs_flash_ratio": round(reflash / flash, 3),
+        "flash_vs_cp_ratio": round(flash / cp, 3),
+        "reflash_vs_flash_ratio": round(reflash / flash, 3),
     }
     emit(result, args.json, "{k:24} {v}")
     return 0

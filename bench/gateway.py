@@ -73,19 +73,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cbor2  # noqa: E402
+import cbor2
 
-from gateway import formats  # noqa: E402
-from gateway.downlinks import Downlinks  # noqa: E402
-from gateway.history import History  # noqa: E402
-from gateway.model import Reception  # noqa: E402
-from gateway.pipeline import KeyLookup, Pipeline  # noqa: E402
-from gateway.registry import NodeEntry, Registry  # noqa: E402
-from gateway.service import GC_THRESHOLDS, Observers  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.upstream import Upstream, default_batch_size, gzip_compress  # noqa: E402
-from protocol import frame  # noqa: E402
-from protocol import messages as m  # noqa: E402
+from gateway import formats
+from gateway.downlinks import Downlinks
+from gateway.history import History
+from gateway.model import Reception
+from gateway.pipeline import KeyLookup, Pipeline
+from gateway.registry import NodeEntry, Registry
+from gateway.service import GC_THRESHOLDS, Observers
+from gateway.store import Store
+from gateway.upstream import Upstream, default_batch_size, gzip_compress
+from protocol import frame
+from protocol import messages as m
 
 BAR_FRAMES_PER_S = 20_000
 BAR_RATIO = 3.0
@@ -96,8 +96,11 @@ def build(n_frames: int, n_nodes: int, dup: float, seed: int = 1) -> tuple[Regis
     rnd = random.Random(seed)
     reg = Registry(Path(tempfile.gettempdir()) / "unused-registry.toml")
     for n in range(1, n_nodes + 1):
-        reg.upsert(NodeEntry(node_id=n, kind="lighting" if n % 3 else "irrigation",
-                             root_key=rnd.getrandbits(128).to_bytes(16, "big")))
+        reg.upsert(
+            NodeEntry(
+                node_id=n, kind="lighting" if n % 3 else "irrigation", root_key=rnd.getrandbits(128).to_bytes(16, "big")
+            )
+        )
     counters = [0] * (n_nodes + 1)
     recs: list[Reception] = []
     frames: list[bytes] = []
@@ -107,13 +110,31 @@ def build(n_frames: int, n_nodes: int, dup: float, seed: int = 1) -> tuple[Regis
         counters[n] += 1
         body: dict[int, Any]
         if n % 3:
-            mtype, body = m.LIGHT, {0: rnd.randint(0, 100), 1: rnd.randint(0, 2500), 2: rnd.randint(0, 10**7),
-                                    3: rnd.randint(0, 0x7F), 4: rnd.randint(0, 50_000), 5: rnd.randint(0, 500),
-                                    6: rnd.randint(0, 2000)}
+            mtype, body = (
+                m.LIGHT,
+                {
+                    0: rnd.randint(0, 100),
+                    1: rnd.randint(0, 2500),
+                    2: rnd.randint(0, 10**7),
+                    3: rnd.randint(0, 0x7F),
+                    4: rnd.randint(0, 50_000),
+                    5: rnd.randint(0, 500),
+                    6: rnd.randint(0, 2000),
+                },
+            )
         else:
-            mtype, body = m.IRRIGATION, {0: bytes(rnd.randint(0, 200) for _ in range(4)), 1: rnd.randint(0, 0x8F),
-                                         2: rnd.randint(0, 5000), 3: rnd.randint(0, 10**8), 4: rnd.randint(0, 3),
-                                         5: rnd.randint(11000, 26000), 6: 0}
+            mtype, body = (
+                m.IRRIGATION,
+                {
+                    0: bytes(rnd.randint(0, 200) for _ in range(4)),
+                    1: rnd.randint(0, 0x8F),
+                    2: rnd.randint(0, 5000),
+                    3: rnd.randint(0, 10**8),
+                    4: rnd.randint(0, 3),
+                    5: rnd.randint(11000, 26000),
+                    6: 0,
+                },
+            )
         entry = reg.get(n)
         assert entry is not None  # provisioned just above
         raw = frame.seal(entry.keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
@@ -154,14 +175,30 @@ def start_sink(tmp: Path, token: str, cpu: int | None, null: bool = False) -> tu
     tok = tmp / "sink.token"
     tok.write_text(token)
     tok.chmod(0o600)
-    cmd = [sys.executable, "-m", "lumeau", "sink", "--db", str(tmp / "sink.db"), "--port", "0",
-           "--token-file", str(tok)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumeau",
+        "sink",
+        "--db",
+        str(tmp / "sink.db"),
+        "--port",
+        "0",
+        "--token-file",
+        str(tok),
+    ]
     if null:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-null-sink"]
     os.environ["BENCH_SINK_TOKEN"] = token
     pre = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=pre,
-                            cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=pre,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert proc.stdout is not None  # stdout=PIPE
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -184,13 +221,23 @@ async def wire(store: Store, reg: Registry, wiring: str) -> tuple[Pipeline, Down
     return Pipeline(reg, store, downlinks=Observers(downlinks, History())), downlinks
 
 
-async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str, token: str,
-                      batch: int, rate: float = 0.0, wiring: str = "service", native_version: int = 3) -> dict:
+async def run_gateway(
+    tmp: Path,
+    reg: Registry,
+    recs: list[Reception],
+    url: str,
+    token: str,
+    batch: int,
+    rate: float = 0.0,
+    wiring: str = "service",
+    native_version: int = 3,
+) -> dict:
     """Feed `recs` (as fast as they are taken, or paced at `rate` frames/s) and wait until delivered."""
     store = await Store.open(tmp / "gateway.db")
     pipeline, downlinks = await wire(store, reg, wiring)
-    up = Upstream(store, url, token=token, batch_size=batch, max_age=0.05, gateway_id="bench",
-                  native_version=native_version)
+    up = Upstream(
+        store, url, token=token, batch_size=batch, max_age=0.05, gateway_id="bench", native_version=native_version
+    )
     pipeline.listeners.append(lambda _n: up.notify())
     await up.start()
     t0 = time.perf_counter()
@@ -199,7 +246,7 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
     if rate > 0:  # offered load: ticks of 10 ms, as radios would deliver it
         per_tick = max(1, round(rate * len(recs) / len(set(r.raw for r in recs)) / 100))
         for i in range(0, len(recs), per_tick):
-            for r in recs[i:i + per_tick]:
+            for r in recs[i : i + per_tick]:
                 await pipeline.submit(r)
             backlog = max(backlog, store.count() + pipeline.inflight)
             due = t0 + (i + per_tick) / per_tick * 0.01
@@ -215,11 +262,19 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
     cpu = time.process_time() - cpu0
     stats = up.stats()
     await up.stop()
-    out = {"t_pipeline": t_pipeline, "t_end": t_end, "cpu": cpu, "max_backlog": backlog,
-           "accepted": pipeline.accepted, "duplicates": pipeline.duplicates,
-           "rejected": sum(pipeline.rejected.values()), "commits": store.commits,
-           "mean_group": store.committed_records / max(1, store.commits), "upstream_requests": stats["requests"],
-           "upstream_records_sent": stats["records_sent"]}
+    out = {
+        "t_pipeline": t_pipeline,
+        "t_end": t_end,
+        "cpu": cpu,
+        "max_backlog": backlog,
+        "accepted": pipeline.accepted,
+        "duplicates": pipeline.duplicates,
+        "rejected": sum(pipeline.rejected.values()),
+        "commits": store.commits,
+        "mean_group": store.committed_records / max(1, store.commits),
+        "upstream_requests": stats["requests"],
+        "upstream_records_sent": stats["records_sent"],
+    }
     await pipeline.close()
     if downlinks is not None:
         await downlinks.close()
@@ -227,8 +282,9 @@ async def run_gateway(tmp: Path, reg: Registry, recs: list[Reception], url: str,
     return out
 
 
-async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception],
-                      native_version: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+async def stage_costs(
+    tmp: Path, reg: Registry, recs: list[Reception], native_version: int = 3
+) -> tuple[dict[str, float], dict[str, float]]:
     """CPU microseconds per frame of each stage, run one after the other on the same frames.
 
     Where the time goes, for whoever optimises next: protocol steps, the
@@ -266,7 +322,7 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception],
     cpu("observers", observe)
     c = time.process_time()
     for i in range(0, n, FLOOR_GROUP):
-        await store.append_many([(a[0], a[1]) for a in adm[i:i + FLOOR_GROUP]])
+        await store.append_many([(a[0], a[1]) for a in adm[i : i + FLOOR_GROUP]])
     out["store_append_commit"] = round((time.process_time() - c) / n * 1e6, 2)
     c = time.process_time()
     batches, after = [], 0
@@ -288,8 +344,7 @@ async def stage_costs(tmp: Path, reg: Registry, recs: list[Reception],
     return out, sizes
 
 
-def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int,
-              pads: bool = False) -> tuple[float, float]:
+def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int, pads: bool = False) -> tuple[float, float]:
     """(wall seconds, CPU seconds) for the floor's work on `frames`.
 
     `pads`: the MIC with each key's padded hash states computed once and
@@ -299,6 +354,7 @@ def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int,
     """
     if pads:
         import hashlib
+
         states = {}
         for n in reg:
             k = n.keys.mic_up.key.ljust(64, b"\0")
@@ -316,6 +372,7 @@ def run_floor(tmp: Path, reg: Registry, frames: list[bytes], group: int,
 
         def mic(node: int, msg: bytes) -> bytes:
             return hmac.digest(keys[node], msg, "sha256")
+
     c = sqlite3.connect(tmp / ("floor-pads.db" if pads else "floor.db"), isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")
     c.execute("PRAGMA synchronous = FULL")
@@ -360,18 +417,39 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--nodes", type=int, default=2000)
     ap.add_argument("--dup", type=float, default=0.2, help="fraction of frames heard by a second radio")
-    ap.add_argument("--batch", type=int, default=None,
-                    help="upstream batch size (default: the gateway's for the format, upstream.default_batch_size)")
-    ap.add_argument("--rate", type=float, default=0.0,
-                    help="offer frames at this rate (frames/s) instead of as fast as they are taken")
-    ap.add_argument("--wiring", choices=("service", "bare"), default="service",
-                    help="service: the downlink queue and the history behind the pipeline, as `lumeau gateway` "
-                         "runs; bare: the pipeline alone")
-    ap.add_argument("--native-version", type=int, choices=formats.NATIVE_VERSIONS,
-                    default=formats.DEFAULT_NATIVE_VERSION, help="native format version sent upstream")
-    ap.add_argument("--keep", metavar="DIR", type=Path,
-                    help="work in DIR (which must exist) and leave the databases there, e.g. to check "
-                         "what reached the sink (DIR/lumeau_sink/sink.db)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="upstream batch size (default: the gateway's for the format, upstream.default_batch_size)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer frames at this rate (frames/s) instead of as fast as they are taken",
+    )
+    ap.add_argument(
+        "--wiring",
+        choices=("service", "bare"),
+        default="service",
+        help="service: the downlink queue and the history behind the pipeline, as `lumeau gateway` "
+        "runs; bare: the pipeline alone",
+    )
+    ap.add_argument(
+        "--native-version",
+        type=int,
+        choices=formats.NATIVE_VERSIONS,
+        default=formats.DEFAULT_NATIVE_VERSION,
+        help="native format version sent upstream",
+    )
+    ap.add_argument(
+        "--keep",
+        metavar="DIR",
+        type=Path,
+        help="work in DIR (which must exist) and leave the databases there, e.g. to check "
+        "what reached the sink (DIR/lumeau_sink/sink.db)",
+    )
     ap.add_argument("--serve-null-sink", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.batch is None:
@@ -401,8 +479,9 @@ def main() -> int:
             sink, url = start_sink(run_dir, token, sink_cpu, null)
             try:
                 before = process_cpu(sink.pid)
-                results[name] = asyncio.run(run_gateway(run_dir, reg, recs, url, token, args.batch, args.rate,
-                                                         args.wiring, args.native_version))
+                results[name] = asyncio.run(
+                    run_gateway(run_dir, reg, recs, url, token, args.batch, args.rate, args.wiring, args.native_version)
+                )
                 after = process_cpu(sink.pid)
                 results[name]["sink_cpu"] = None if before is None or after is None else after - before
             finally:
@@ -415,9 +494,15 @@ def main() -> int:
     n = len(frames)
     floor = n / t_floor
     floor_cpu = n / cpu_floor
-    out = {"frames": n, "receptions": len(recs), "nodes": args.nodes, "dup_fraction": args.dup,
-           "floor_frames_per_s": round(floor), "floor_frames_per_cpu_s": round(floor_cpu),
-           "floor_precomputed_pads_frames_per_cpu_s": round(n / cpu_floor_pads)}
+    out = {
+        "frames": n,
+        "receptions": len(recs),
+        "nodes": args.nodes,
+        "dup_fraction": args.dup,
+        "floor_frames_per_s": round(floor),
+        "floor_frames_per_cpu_s": round(floor_cpu),
+        "floor_precomputed_pads_frames_per_cpu_s": round(n / cpu_floor_pads),
+    }
     for name, r in results.items():
         e2e = n / r["t_end"]
         e2e_cpu = n / r["cpu"]
@@ -431,22 +516,37 @@ def main() -> int:
             "meets_bar": e2e >= BAR_FRAMES_PER_S and floor / e2e <= BAR_RATIO,
             "gateway_cpu_busy": round(r["cpu"] / r["t_end"], 2),
             "max_backlog": r["max_backlog"],
-            "accepted": r["accepted"], "duplicates": r["duplicates"], "rejected": r["rejected"],
-            "store_commits": r["commits"], "mean_group": round(r["mean_group"], 1),
-            "upstream_requests": r["upstream_requests"], "upstream_records_sent": r["upstream_records_sent"],
+            "accepted": r["accepted"],
+            "duplicates": r["duplicates"],
+            "rejected": r["rejected"],
+            "store_commits": r["commits"],
+            "mean_group": round(r["mean_group"], 1),
+            "upstream_requests": r["upstream_requests"],
+            "upstream_records_sent": r["upstream_records_sent"],
             # the receiver's own CPU per record (its threads included): what bounds the wall rate when
             # the gateway waits for its answers (one request in flight)
             "sink_cpu_us_per_record": None if r["sink_cpu"] is None else round(r["sink_cpu"] / n * 1e6, 2),
         }
-    out.update({
-        "bar_frames_per_s": BAR_FRAMES_PER_S, "bar_ratio": BAR_RATIO, "upstream_batch": args.batch,
-        "offered_rate": args.rate or None, "wiring": args.wiring, "native_version": args.native_version,
-        "cpu_us_per_frame_by_stage": {**stages, "floor": round(cpu_floor / n * 1e6, 2)},
-        "request_bytes_per_record": sizes,
-        "rss_before_mb": round(rss_before / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
-        "gateway_cpu": gw_cpu, "sink_cpu": sink_cpu, "load_average_1min": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "machine": platform.machine(),
-    })
+    out.update(
+        {
+            "bar_frames_per_s": BAR_FRAMES_PER_S,
+            "bar_ratio": BAR_RATIO,
+            "upstream_batch": args.batch,
+            "offered_rate": args.rate or None,
+            "wiring": args.wiring,
+            "native_version": args.native_version,
+            "cpu_us_per_frame_by_stage": {**stages, "floor": round(cpu_floor / n * 1e6, 2)},
+            "request_bytes_per_record": sizes,
+            "rss_before_mb": round(rss_before / 1024, 1),
+            "peak_rss_mb": round(peak / 1024, 1),
+            "gateway_cpu": gw_cpu,
+            "sink_cpu": sink_cpu,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "machine": platform.machine(),
+        }
+    )
     print(json.dumps(out))
     return 0
 

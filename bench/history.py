@@ -36,19 +36,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cbor2  # noqa: E402
+import cbor2
 
-from bench.common import emit  # noqa: E402
-
-from gateway.downlinks import Downlinks  # noqa: E402
-from gateway.history import PER_TYPE, History  # noqa: E402
-from gateway.model import Reception  # noqa: E402
-from gateway.pipeline import Pipeline, UplinkObserver  # noqa: E402
-from gateway.registry import NodeEntry, Registry  # noqa: E402
-from gateway.service import GC_THRESHOLDS, Observers  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from protocol import frame  # noqa: E402
-from protocol import messages as m  # noqa: E402
+from bench.common import emit
+from gateway.downlinks import Downlinks
+from gateway.history import PER_TYPE, History
+from gateway.model import Reception
+from gateway.pipeline import Pipeline, UplinkObserver
+from gateway.registry import NodeEntry, Registry
+from gateway.service import GC_THRESHOLDS, Observers
+from gateway.store import Store
+from protocol import frame
+from protocol import messages as m
 
 T0 = 1_800_000_000.0
 
@@ -57,8 +56,11 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
     rnd = random.Random(seed)
     reg = Registry(tmp / "nodes.toml")
     for n in range(1, n_nodes + 1):
-        reg.upsert(NodeEntry(node_id=n, kind="lighting" if n % 3 else "irrigation",
-                             root_key=rnd.getrandbits(128).to_bytes(16, "big")))
+        reg.upsert(
+            NodeEntry(
+                node_id=n, kind="lighting" if n % 3 else "irrigation", root_key=rnd.getrandbits(128).to_bytes(16, "big")
+            )
+        )
     reg.save()
     counters = [0] * (n_nodes + 1)
     recs = []
@@ -67,11 +69,28 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
         counters[n] += 1
         body: dict[int, Any]
         if n % 3:
-            mtype, body = m.LIGHT, {0: rnd.randint(0, 100), 1: rnd.randint(0, 2500), 2: rnd.randint(0, 10**7),
-                                    3: rnd.randint(0, 0x7F), 4: rnd.randint(0, 50_000), 6: rnd.randint(0, 2000)}
+            mtype, body = (
+                m.LIGHT,
+                {
+                    0: rnd.randint(0, 100),
+                    1: rnd.randint(0, 2500),
+                    2: rnd.randint(0, 10**7),
+                    3: rnd.randint(0, 0x7F),
+                    4: rnd.randint(0, 50_000),
+                    6: rnd.randint(0, 2000),
+                },
+            )
         else:
-            mtype, body = m.IRRIGATION, {0: bytes(rnd.randint(0, 200) for _ in range(4)), 1: rnd.randint(0, 0x8F),
-                                         3: rnd.randint(0, 10**8), 5: rnd.randint(11000, 26000), 6: 0}
+            mtype, body = (
+                m.IRRIGATION,
+                {
+                    0: bytes(rnd.randint(0, 200) for _ in range(4)),
+                    1: rnd.randint(0, 0x8F),
+                    3: rnd.randint(0, 10**8),
+                    5: rnd.randint(11000, 26000),
+                    6: 0,
+                },
+            )
         entry = reg.get(n)
         assert entry is not None  # provisioned just above
         raw = frame.seal(entry.keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
@@ -98,8 +117,12 @@ async def ingest(tmp: Path, reg: Registry, recs: list[Reception], variant: str) 
     await pipeline.drain()
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - t0
-    out = {"accepted": pipeline.accepted, "cpu_s": cpu, "wall_s": wall,
-           "history_entries": len(history) if history is not None else 0}
+    out = {
+        "accepted": pipeline.accepted,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "history_entries": len(history) if history is not None else 0,
+    }
     await pipeline.close()
     if downlinks is not None:
         await downlinks.close()
@@ -162,13 +185,17 @@ def main() -> int:
     rate = {v: a.frames / best[v]["cpu_s"] for v in variants}
     add_us, add_encode_us = add_cost(50_000)
     out = {
-        "frames": a.frames, "nodes": a.nodes, "repeats": a.repeats,
-        "python": platform.python_version(), "cpus": os.cpu_count(),
+        "frames": a.frames,
+        "nodes": a.nodes,
+        "repeats": a.repeats,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
         **{f"{v}_frames_per_cpu_s": round(rate[v]) for v in variants},
         "downlinks_cost_ratio": round(rate["observer_none"] / rate["downlinks"], 3),
         "history_cost_ratio": round(rate["downlinks"] / rate["downlinks_history"], 3),
         "history_entries": best["downlinks_history"]["history_entries"],
-        "history_add_us": round(add_us, 3), "history_add_encode_us": round(add_encode_us, 3),
+        "history_add_us": round(add_us, 3),
+        "history_add_encode_us": round(add_encode_us, 3),
         "bytes_per_entry": round(bytes_per_entry(), 1),
     }
     emit(out, a.json, "{k:32} {v}")

@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cbor2  # noqa: E402
+import cbor2
 
-from protocol import cbor, frame, keys  # noqa: E402
-from protocol import messages as m  # noqa: E402
+from protocol import cbor, frame, keys
+from protocol import messages as m
 
 
 def make_bodies(n: int, seed: int = 1) -> list[tuple[int, dict]]:
@@ -38,13 +38,35 @@ def make_bodies(n: int, seed: int = 1) -> list[tuple[int, dict]]:
     out: list[tuple[int, dict[int, Any]]] = []
     for _ in range(n):
         if rnd.random() < 0.6:
-            out.append((m.LIGHT, {0: rnd.randint(0, 100), 1: rnd.randint(0, 2500), 2: rnd.randint(0, 10**7),
-                                  3: rnd.randint(0, 0x7F), 4: rnd.randint(0, 50_000), 5: rnd.randint(0, 500),
-                                  6: rnd.randint(0, 2000)}))
+            out.append(
+                (
+                    m.LIGHT,
+                    {
+                        0: rnd.randint(0, 100),
+                        1: rnd.randint(0, 2500),
+                        2: rnd.randint(0, 10**7),
+                        3: rnd.randint(0, 0x7F),
+                        4: rnd.randint(0, 50_000),
+                        5: rnd.randint(0, 500),
+                        6: rnd.randint(0, 2000),
+                    },
+                )
+            )
         else:
-            out.append((m.IRRIGATION, {0: bytes(rnd.randint(0, 200) for _ in range(4)), 1: rnd.randint(0, 0x8F),
-                                       2: rnd.randint(0, 5000), 3: rnd.randint(0, 10**8), 4: rnd.randint(0, 3),
-                                       5: rnd.randint(11000, 26000), 6: 0}))
+            out.append(
+                (
+                    m.IRRIGATION,
+                    {
+                        0: bytes(rnd.randint(0, 200) for _ in range(4)),
+                        1: rnd.randint(0, 0x8F),
+                        2: rnd.randint(0, 5000),
+                        3: rnd.randint(0, 10**8),
+                        4: rnd.randint(0, 3),
+                        5: rnd.randint(11000, 26000),
+                        6: 0,
+                    },
+                )
+            )
     return out
 
 
@@ -75,8 +97,12 @@ def run_floor(k: keys.NodeKeys, bodies: list[tuple[int, dict]]) -> None:
         cbor2.loads(raw[9:-4])
 
 
-def frames_per_s(fn: Callable[[keys.NodeKeys, list[tuple[int, dict]]], None], k: keys.NodeKeys,
-                 bodies: list[tuple[int, dict]], repeats: int) -> float:
+def frames_per_s(
+    fn: Callable[[keys.NodeKeys, list[tuple[int, dict]]], None],
+    k: keys.NodeKeys,
+    bodies: list[tuple[int, dict]],
+    repeats: int,
+) -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -99,18 +125,25 @@ def main() -> int:
         assert cbor.dumps(body) == cbor2.dumps(body, canonical=True)
     sizes = [len(frame.seal(k, t, 0, m.encode(t, b))) for t, b in bodies]
 
-    result = {"bench": "protocol", "python": platform.python_version(), "frames": args.frames,
-              "mean_frame_bytes": round(sum(sizes) / len(sizes), 1), "max_frame_bytes": max(sizes)}
+    result = {
+        "bench": "protocol",
+        "python": platform.python_version(),
+        "frames": args.frames,
+        "mean_frame_bytes": round(sum(sizes) / len(sizes), 1),
+        "max_frame_bytes": max(sizes),
+    }
     floor = frames_per_s(run_floor, k, bodies, args.repeats)
     ours = frames_per_s(run_lumeau, k, bodies, args.repeats)
     ours_c = frames_per_s(run_lumeau_cbor2, k, bodies, args.repeats)
-    result.update({
-        "floor_frames_per_s": round(floor),
-        "lumeau_frames_per_s": round(ours),
-        "lumeau_cbor2_frames_per_s": round(ours_c),
-        "lumeau_cost_ratio": round(floor / ours, 2),
-        "lumeau_cbor2_cost_ratio": round(floor / ours_c, 2),
-    })
+    result.update(
+        {
+            "floor_frames_per_s": round(floor),
+            "lumeau_frames_per_s": round(ours),
+            "lumeau_cbor2_frames_per_s": round(ours_c),
+            "lumeau_cost_ratio": round(floor / ours, 2),
+            "lumeau_cbor2_cost_ratio": round(floor / ours_c, 2),
+        }
+    )
     print(json.dumps(result))
     return 0
 

@@ -52,9 +52,11 @@ from firmware import config as fw_config  # noqa: E402
 from firmware.irrigation import Irrigation  # noqa: E402
 from firmware.lighting import Lighting  # noqa: E402
 from firmware.runtime import Node  # noqa: E402
-from simulator import runner  # noqa: E402
+from simulator import (
+    runner,
+    sensors,
+)
 from simulator import scenario as sc_mod  # noqa: E402
-from simulator import sensors  # noqa: E402
 from simulator.air import NodeRadio  # noqa: E402
 from simulator.hal_sim import SimHAL  # noqa: E402
 from simulator.virtual_loop import VirtualClock, VirtualLoop  # noqa: E402
@@ -102,8 +104,12 @@ def steps(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
         cfg = fw_config.load(raw)
         hal = SimHAL(clock, time_known=True, history_max=0)
         power = getattr(n, "rated_power_w", 60.0)
-        hal.set_adc("lamp_current", lambda hal=hal, power=power: sensors.lamp_current_mv(
-            sensors.lamp_current_ma(hal.pwm.get("lamp", 0), power)))   # a healthy lamp
+        hal.set_adc(
+            "lamp_current",
+            lambda hal=hal, power=power: sensors.lamp_current_mv(
+                sensors.lamp_current_ma(hal.pwm.get("lamp", 0), power)
+            ),
+        )  # a healthy lamp
         hal.set_adc("ambient", 100)
         # No air: only step() runs, no event loop, so the radio never sends (a send would fail loudly).
         radio = NodeRadio(None, n.node_id, cfg["radio"]["freq_hz"], n.sf)  # type: ignore[arg-type]
@@ -129,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--baseline-hours", type=float, default=BASELINE_HOURS)
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                    help="node processes (simulator/parallel.py; 1: everything in one process); default: the cores")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="node processes (simulator/parallel.py; 1: everything in one process); default: the cores",
+    )
     args = ap.parse_args(argv)
 
     sc = sc_mod.load(ROOT / "simulator" / "scenarios" / "city.toml")
@@ -145,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = runner.run(sc, opts)
     wall = time.perf_counter() - t0
-    cpu = res.to_dict()["run"]["cpu_s"]        # every process of the run
+    cpu = res.to_dict()["run"]["cpu_s"]  # every process of the run
     node_s = n * args.hours * 3600
-    sim_rate = node_s / cpu                     # ratios on CPU time: other work on the machine moves wall time
+    sim_rate = node_s / cpu  # ratios on CPU time: other work on the machine moves wall time
     bare_rate = n * args.baseline_hours * 3600 / t_bare
     steps_rate = len(few) * args.hours * 3600 / t_steps
     r = res.to_dict()

@@ -41,14 +41,14 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.model import Reception  # noqa: E402
-from gateway.pipeline import Pipeline  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.transports.semtech import SemtechServer  # noqa: E402
-from gateway.transports.serial import SerialTransport  # noqa: E402
-from protocol import frame, keys  # noqa: E402
-from protocol import messages as m  # noqa: E402
-from protocol import serial as framing  # noqa: E402
+from gateway.model import Reception
+from gateway.pipeline import Pipeline
+from gateway.store import Store
+from gateway.transports.semtech import SemtechServer
+from gateway.transports.serial import SerialTransport
+from protocol import frame, keys
+from protocol import messages as m
+from protocol import serial as framing
 
 EUI = bytes.fromhex("aa555a0000000101")
 WINDOW = 32  # datagrams in flight before the sender waits for a PUSH_ACK
@@ -98,10 +98,22 @@ async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) ->
         srv = SemtechServer(pipe, "127.0.0.1", 0)
         await srv.start()
         data = tmp / "datagrams.json"
-        pks = [{"tmst": i, "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF7BW125", "codr": "4/5",
-                "rssi": -90, "lsnr": 7.5, "size": len(raw), "data": base64.b64encode(raw).decode()}
-               for i, raw in enumerate(frames)]
-        grams = [json.dumps({"rxpk": pks[i:i + rxpk]}) for i in range(0, n, rxpk)]
+        pks = [
+            {
+                "tmst": i,
+                "freq": 868.1,
+                "stat": 1,
+                "modu": "LORA",
+                "datr": "SF7BW125",
+                "codr": "4/5",
+                "rssi": -90,
+                "lsnr": 7.5,
+                "size": len(raw),
+                "data": base64.b64encode(raw).decode(),
+            }
+            for i, raw in enumerate(frames)
+        ]
+        grams = [json.dumps({"rxpk": pks[i : i + rxpk]}) for i in range(0, n, rxpk)]
         data.write_text(json.dumps(grams))
         t0, c0 = time.perf_counter(), time.process_time()
         sender = subprocess.Popen([sys.executable, __file__, "--udp-sender", str(srv.port), str(data)])
@@ -123,8 +135,9 @@ async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) ->
         stream.write_bytes(b"".join(framing.encode(raw) for raw in frames))
         out["serial_bytes"] = stream.stat().st_size
         t0, c0 = time.perf_counter(), time.process_time()
-        writer = subprocess.Popen([sys.executable, __file__, "--serial-writer", str(master), str(stream)],
-                                  pass_fds=(master,))
+        writer = subprocess.Popen(
+            [sys.executable, __file__, "--serial-writer", str(master), str(stream)], pass_fds=(master,)
+        )
         await until_taken(pipe, n, writer, "serial writer")
         await pipe.drain()
         writer.wait(30)
@@ -132,8 +145,9 @@ async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) ->
         os.close(master)
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    out.update({"seconds": dt, "cpu_busy": cpu / dt, "accepted": pipe.accepted,
-                "rejected": sum(pipe.rejected.values())})
+    out.update(
+        {"seconds": dt, "cpu_busy": cpu / dt, "accepted": pipe.accepted, "rejected": sum(pipe.rejected.values())}
+    )
     await pipe.close()
     await store.close()
     return out
@@ -191,8 +205,7 @@ def main() -> int:
             runs[how] = asyncio.run(run(Path(d) / how, reg, frames, how, args.rxpk))
     n = len(frames)
     direct = n / runs["direct"]["seconds"]
-    out: dict = {"frames": n, "nodes": args.nodes, "rxpk_per_datagram": args.rxpk,
-                 "direct_frames_per_s": round(direct)}
+    out: dict = {"frames": n, "nodes": args.nodes, "rxpk_per_datagram": args.rxpk, "direct_frames_per_s": round(direct)}
     for how in ("udp", "serial"):
         fps = n / runs[how]["seconds"]
         out[f"{how}_frames_per_s"] = round(fps)

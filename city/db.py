@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -64,6 +65,7 @@ class SinkDB:
         def shut(c: sqlite3.Connection) -> None:
             c.close()
             self._c = None
+
         if self._c is not None:
             await self.run(shut)
         self._pool.shutdown(wait=True)

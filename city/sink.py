@@ -45,8 +45,9 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -77,8 +78,9 @@ def _problem(status: int, title: str, detail: str = "", **extra: Any) -> web.Res
 class Sink:
     """The sink as an aiohttp application; `await start()` serves it, `await stop()` ends it."""
 
-    def __init__(self, db_path: str | Path, token: str | None, *, host: str = DEFAULT_HOST,
-                 port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self, db_path: str | Path, token: str | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+    ) -> None:
         self.db = SinkDB(Path(db_path))
         self._token = token.encode() if token else None
         self.host = host
@@ -130,13 +132,15 @@ class Sink:
         except web.HTTPRequestEntityTooLarge:
             raise
         except Exception as e:  # e.g. a body that does not decompress
-            raise web.HTTPBadRequest(text=json.dumps({"error": "unreadable body", "detail": str(e)[:200]}),
-                                     content_type="application/json") from None
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "unreadable body", "detail": str(e)[:200]}), content_type="application/json"
+            ) from None
         try:
             return orjson.loads(raw)
         except (ValueError, RecursionError) as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON", "detail": str(e)[:200]}),
-                                     content_type="application/json") from None
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "body is not JSON", "detail": str(e)[:200]}), content_type="application/json"
+            ) from None
 
     # -- native records ----------------------------------------------------
 
@@ -162,11 +166,16 @@ class Sink:
             c.execute("BEGIN IMMEDIATE")
             try:
                 before = c.total_changes
-                c.executemany("INSERT OR IGNORE INTO records (key, node, counter, type, t, received, doc) "
-                              "VALUES (?,?,?,?,?,?,?)", rows)
+                c.executemany(
+                    "INSERT OR IGNORE INTO records (key, node, counter, type, t, received, doc) VALUES (?,?,?,?,?,?,?)",
+                    rows,
+                )
                 added = c.total_changes - before
-                c.executemany("INSERT INTO units VALUES (?, ?) ON CONFLICT (type) DO UPDATE SET units = "
-                              "excluded.units WHERE units != excluded.units", unit_rows)
+                c.executemany(
+                    "INSERT INTO units VALUES (?, ?) ON CONFLICT (type) DO UPDATE SET units = "
+                    "excluded.units WHERE units != excluded.units",
+                    unit_rows,
+                )
                 bump(c, "duplicates", len(rows) - added)
                 bump(c, "batches", 1)
                 c.execute("COMMIT")
@@ -223,19 +232,29 @@ class Sink:
             d["received"] = formats.iso_time(received)
             out.append(d)
         kinds = {d.get("type") for d in out}
-        return web.json_response({"records": out, "units": {k: orjson.loads(u) for k, u in units.items() if k in kinds},
-                                  "next": rows[-1][0] if rows else None})
+        return web.json_response(
+            {
+                "records": out,
+                "units": {k: orjson.loads(u) for k, u in units.items() if k in kinds},
+                "next": rows[-1][0] if rows else None,
+            }
+        )
 
     async def get_stats(self, request: web.Request) -> web.Response:
         def stats(c: sqlite3.Connection) -> dict[str, Any]:
             meta = dict(c.execute("SELECT name, value FROM meta"))
             n, nodes = c.execute("SELECT COUNT(*), COUNT(DISTINCT node) FROM records").fetchone()
             last = c.execute("SELECT MAX(received) FROM records").fetchone()[0]
-            return {"records": n, "nodes": nodes, "duplicates": meta.get("duplicates", 0),
-                    "batches": meta.get("batches", 0),
-                    "entities": c.execute("SELECT COUNT(*) FROM entities").fetchone()[0],
-                    "entity_updates": meta.get("entity_updates", 0),
-                    "last_received": formats.iso_time(last) if last else None}
+            return {
+                "records": n,
+                "nodes": nodes,
+                "duplicates": meta.get("duplicates", 0),
+                "batches": meta.get("batches", 0),
+                "entities": c.execute("SELECT COUNT(*) FROM entities").fetchone()[0],
+                "entity_updates": meta.get("entity_updates", 0),
+                "last_received": formats.iso_time(last) if last else None,
+            }
+
         return web.json_response(await self.db.run(stats))
 
     # -- NGSI-LD -----------------------------------------------------------
@@ -243,8 +262,13 @@ class Sink:
     async def upsert_entities(self, request: web.Request) -> web.Response:
         doc = await self._json_body(request)
         if not isinstance(doc, list):
-            return web.json_response({"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData",
-                                      "title": "the body must be an array of entities"}, status=400)
+            return web.json_response(
+                {
+                    "type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData",
+                    "title": "the body must be an array of entities",
+                },
+                status=400,
+            )
         merge = "update" in request.query.get("options", "").split(",")
         good: list[tuple[str, str, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
@@ -252,9 +276,15 @@ class Sink:
             eid = e.get("id") if isinstance(e, dict) else None
             etype = e.get("type") if isinstance(e, dict) else None
             if not isinstance(eid, str) or ":" not in eid or not isinstance(etype, str) or not etype:
-                errors.append({"entityId": eid if isinstance(eid, str) else f"#{i}",
-                               "error": {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData",
-                                         "title": "an entity needs a URI id and a type"}})
+                errors.append(
+                    {
+                        "entityId": eid if isinstance(eid, str) else f"#{i}",
+                        "error": {
+                            "type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData",
+                            "title": "an entity needs a URI id and a type",
+                        },
+                    }
+                )
                 continue
             good.append((eid, etype, e))
         now = time.time()
@@ -273,8 +303,10 @@ class Sink:
                         old = json.loads(row[0])
                         old.update(e)
                         e = old
-                    c.execute("UPDATE entities SET type = ?, doc = ?, updated = ?, updates = updates + 1 "
-                              "WHERE id = ?", (etype, json.dumps(e), now, eid))
+                    c.execute(
+                        "UPDATE entities SET type = ?, doc = ?, updated = ?, updates = updates + 1 WHERE id = ?",
+                        (etype, json.dumps(e), now, eid),
+                    )
                 bump(c, "entity_updates", len(good))
                 c.execute("COMMIT")
             except BaseException:
@@ -291,11 +323,14 @@ class Sink:
 
     async def get_entity(self, request: web.Request) -> web.Response:
         eid = request.match_info["id"]
-        row = await self.db.run(lambda c: c.execute("SELECT doc, updates FROM entities WHERE id = ?",
-                                                     (eid,)).fetchone())
+        row = await self.db.run(
+            lambda c: c.execute("SELECT doc, updates FROM entities WHERE id = ?", (eid,)).fetchone()
+        )
         if row is None:
-            return web.json_response({"type": "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound",
-                                      "title": f"no entity {eid}"}, status=404)
+            return web.json_response(
+                {"type": "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound", "title": f"no entity {eid}"},
+                status=404,
+            )
         resp = web.json_response(json.loads(row[0]))
         resp.headers["X-Lumeau-Updates"] = str(row[1])
         return resp

@@ -87,8 +87,13 @@ def sun_decl_eot(n, frac):
     y = tan(eps / 2)
     y *= y
     l0 = (l0 % 360.0) * _RAD
-    eot = (y * sin(2 * l0) - 2 * e * sin(m) + 4 * e * y * sin(m) * cos(2 * l0)
-           - 0.5 * y * y * sin(4 * l0) - 1.25 * e * e * sin(2 * m))
+    eot = (
+        y * sin(2 * l0)
+        - 2 * e * sin(m)
+        + 4 * e * y * sin(m) * cos(2 * l0)
+        - 0.5 * y * y * sin(4 * l0)
+        - 1.25 * e * e * sin(2 * m)
+    )
     return decl, eot * 229.1831180523293  # radians of hour angle -> minutes of time
 
 
@@ -122,8 +127,7 @@ def sun_times_day(lat, lon, day):
     n = day - _DAYS_1970_TO_2000
     rise = _event(lat, lon, n, 1)
     sset = _event(lat, lon, n, -1)
-    return (None if rise is None else int(round(rise * 60.0)),
-            None if sset is None else int(round(sset * 60.0)))
+    return (None if rise is None else int(round(rise * 60.0)), None if sset is None else int(round(sset * 60.0)))
 
 
 def sun_times(lat, lon, year, month, day):

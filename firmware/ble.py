@@ -80,8 +80,9 @@ class Commissioning:
         service = aioble.Service(uuid(bp.SERVICE_UUID))
         self.status = aioble.Characteristic(service, uuid(bp.STATUS_UUID), read=True)
         self.alarms = aioble.Characteristic(service, uuid(bp.ALARMS_UUID), read=True, initial=b"\x80")
-        self.control = aioble.BufferedCharacteristic(service, uuid(bp.CONTROL_UUID), write=True, notify=True,
-                                                     capture=True, max_len=bp.CONTROL_WRITE_MAX)
+        self.control = aioble.BufferedCharacteristic(
+            service, uuid(bp.CONTROL_UUID), write=True, notify=True, capture=True, max_len=bp.CONTROL_WRITE_MAX
+        )
         self._service = service
         self._registered = False
         self._ring = []  # EVENT bodies (CBOR), oldest first
@@ -143,8 +144,7 @@ class Commissioning:
         if node.hal.time() is not None:
             flags |= bp.FL_TIME
         fw = self._fw
-        return struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out,
-                           fw[0], fw[1], fw[2], flags)
+        return struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out, fw[0], fw[1], fw[2], flags)
 
     def scan_response(self):
         sd = self.service_data()
@@ -155,11 +155,17 @@ class Commissioning:
         node = self.node
         store = node.store
         st, _, _, mtype, body = self.look()
-        v = {bp.ST_NODE: node.node_id, bp.ST_KIND: node.kind, bp.ST_FIRMWARE: VERSION, bp.ST_STATE: st,
-             bp.ST_STATUS: node.status_body(), bp.ST_TOOL_TOP: store.tool_window.top,
-             bp.ST_GATEWAY_TOP: store.window.top,
-             bp.ST_COUNTERS: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
-             bp.ST_CONFIG_HASH: node.cfg["hash"]}
+        v = {
+            bp.ST_NODE: node.node_id,
+            bp.ST_KIND: node.kind,
+            bp.ST_FIRMWARE: VERSION,
+            bp.ST_STATE: st,
+            bp.ST_STATUS: node.status_body(),
+            bp.ST_TOOL_TOP: store.tool_window.top,
+            bp.ST_GATEWAY_TOP: store.window.top,
+            bp.ST_COUNTERS: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
+            bp.ST_CONFIG_HASH: node.cfg["hash"],
+        }
         if mtype is not None:
             v[bp.ST_REPORT] = [mtype, body]
         if node.last_error:
@@ -241,8 +247,9 @@ class Commissioning:
                     aioble.register_services(self._service)
                     self._registered = True
                     self.alarms.write(self.alarms_value())
-                conn = await aioble.advertise(self.interval_us, adv_data=self.adv,
-                                              resp_data=self.scan_response(), timeout_ms=ADV_REFRESH_MS)
+                conn = await aioble.advertise(
+                    self.interval_us, adv_data=self.adv, resp_data=self.scan_response(), timeout_ms=ADV_REFRESH_MS
+                )
             except asyncio.TimeoutError:
                 continue  # nobody connected: advertise the state of now
             except Exception as e:  # OSError from the stack, a controller that went away
@@ -267,8 +274,11 @@ class Commissioning:
                 self.status.write(self.status_value())
                 await hal.sleep_ms(STATUS_REFRESH_MS)
                 now = hal.ticks_ms()
-                if (now - self._last_write >= IDLE_MS or now - start >= CONNECTION_MAX_MS
-                        or self._refusals >= REFUSALS_MAX):
+                if (
+                    now - self._last_write >= IDLE_MS
+                    or now - start >= CONNECTION_MAX_MS
+                    or self._refusals >= REFUSALS_MAX
+                ):
                     await conn.disconnect()
                     break
         except Exception as e:  # the link failed under us: advertise again
@@ -293,6 +303,6 @@ class Commissioning:
                 n = (conn.mtu or 23) - 3  # a notification holds ATT_MTU - 3 bytes
                 try:
                     for i in range(0, len(out), n):
-                        ch.notify(conn, out[i:i + n])
+                        ch.notify(conn, out[i : i + n])
                 except Exception as e:  # gone meanwhile: the CONFIG stands, the answer is lost
                     self.node.last_error = repr(e)

@@ -62,8 +62,19 @@ class Bridge:
 
     def _status(self):
         r = self.radio
-        self._write(bm.encode_status(self.hal.ticks_ms() // 1000, self.rx_ok, self.rx_dropped, self.tx_ok,
-                                     self.tx_refused, r.freq_hz, r.sf, r.bw_hz, FIRMWARE))
+        self._write(
+            bm.encode_status(
+                self.hal.ticks_ms() // 1000,
+                self.rx_ok,
+                self.rx_dropped,
+                self.tx_ok,
+                self.tx_refused,
+                r.freq_hz,
+                r.sf,
+                r.bw_hz,
+                FIRMWARE,
+            )
+        )
 
     async def run(self):
         hal = self.hal
@@ -103,8 +114,7 @@ class Bridge:
                 continue
             raw, rssi, snr = r
             try:
-                msg = bm.encode_rx(self.now32(), radio.freq_hz, radio.sf, radio.bw_hz,
-                                   int(rssi), int(snr), raw)
+                msg = bm.encode_rx(self.now32(), radio.freq_hz, radio.sf, radio.bw_hz, int(rssi), int(snr), raw)
             except bm.BridgeMessageError:
                 self.rx_dropped += 1  # an empty or oversized packet: nothing a gateway can use
                 continue

@@ -188,8 +188,7 @@ def load(data):
     scale = _section(cfg, "adc_scale")
     for name in scale:
         v = scale[name]
-        if (type(v) is not list or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not int
-                or v[0] < 1 or v[1] < 1):
+        if type(v) is not list or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not int or v[0] < 1 or v[1] < 1:
             raise ConfigError("adc_scale.%s: expected [multiplier, divisor], positive integers" % name)
     cfg["adc_scale"] = scale
     _section(cfg, "lighting")

@@ -63,6 +63,7 @@ class MachineHAL(HAL):
         self._cause = self._map_cause(machine.reset_cause())
         try:
             import os
+
             os.mkdir(storage_dir)
         except OSError:
             pass  # exists
@@ -98,6 +99,7 @@ class MachineHAL(HAL):
 
     async def sleep_ms(self, ms):
         import asyncio
+
         await asyncio.sleep_ms(ms)
 
     # -- I/O ------------------------------------------------------------------------
@@ -174,6 +176,7 @@ class MachineHAL(HAL):
 
     def save(self, key, data):
         import os
+
         path = self._storage + "/" + key
         with open(path + ".tmp", "wb") as f:
             f.write(data)
@@ -190,9 +193,14 @@ class MachineHAL(HAL):
 
     def _map_cause(self, c):
         mm = self._m
-        for attr, code in (("PWRON_RESET", m.RST_POWER_ON), ("HARD_RESET", m.RST_HARD),
-                           ("WDT_RESET", m.RST_WATCHDOG), ("DEEPSLEEP_RESET", m.RST_DEEPSLEEP),
-                           ("SOFT_RESET", m.RST_SOFT), ("BROWNOUT_RESET", m.RST_BROWNOUT)):
+        for attr, code in (
+            ("PWRON_RESET", m.RST_POWER_ON),
+            ("HARD_RESET", m.RST_HARD),
+            ("WDT_RESET", m.RST_WATCHDOG),
+            ("DEEPSLEEP_RESET", m.RST_DEEPSLEEP),
+            ("SOFT_RESET", m.RST_SOFT),
+            ("BROWNOUT_RESET", m.RST_BROWNOUT),
+        ):
             if getattr(mm, attr, None) == c:
                 return code
         return m.RST_HARD
@@ -205,4 +213,5 @@ class MachineHAL(HAL):
 
     def free_heap(self):
         import gc
+
         return gc.mem_free()

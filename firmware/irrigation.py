@@ -178,8 +178,10 @@ def check(section):
         flat.extend(e)
     s["schedule"] = parse_schedule(flat, len(s["zones"])) if flat else []
     if s["schedule"] is None:
-        raise ValueError("irrigation.schedule: zone 1..%d, mask 0..127, start 0..1439, minutes 0..1440, "
-                         "at most %d entries" % (len(s["zones"]), m.SCHEDULE_MAX))
+        raise ValueError(
+            "irrigation.schedule: zone 1..%d, mask 0..127, start 0..1439, minutes 0..1440, "
+            "at most %d entries" % (len(s["zones"]), m.SCHEDULE_MAX)
+        )
     return s
 
 
@@ -550,7 +552,7 @@ class Irrigation:
         self.queue = []
         self._zone = 0
         self._open = 0
-        for name in ("master",) + _ZONE_NAMES[:self._nzones]:
+        for name in ("master",) + _ZONE_NAMES[: self._nzones]:
             try:
                 self.hal.pin_write(name, 0)
             except Exception:

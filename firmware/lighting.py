@@ -71,15 +71,22 @@ _MIN_CHECK = const(100)  # per mille: below that, current is too small to judge
 _AMBIENT_MS = const(60000)  # a passing car's headlights must not switch the lamp
 _HOLDOVER_MS = const(7 * 86400 * 1000)  # a crystal drifts ~2 s a day: a week is fine
 _FAILSAFE_EVENT_MS = const(900000)  # boot without RTC: give time sync 15 minutes
-_BIT_EVENTS = ((m.LS_LAMP_FAILURE, m.EV_LAMP_FAILURE, m.SEV_ALARM),
-               (m.LS_OVER_CURRENT, m.EV_OVER_CURRENT, m.SEV_ALARM),
-               (m.LS_CYCLING, m.EV_CYCLING, m.SEV_WARNING),
-               (m.LS_FAILSAFE, m.EV_LIGHT_FAILSAFE, m.SEV_WARNING))
+_BIT_EVENTS = (
+    (m.LS_LAMP_FAILURE, m.EV_LAMP_FAILURE, m.SEV_ALARM),
+    (m.LS_OVER_CURRENT, m.EV_OVER_CURRENT, m.SEV_ALARM),
+    (m.LS_CYCLING, m.EV_CYCLING, m.SEV_WARNING),
+    (m.LS_FAILSAFE, m.EV_LIGHT_FAILSAFE, m.SEV_WARNING),
+)
 _ALARM_BITS = m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING | m.LS_FAILSAFE
 _STORE_KEY = "lprof"  # the profile set over the air (hal key-value storage)
 
-DEFAULT_PROFILE = ((m.ANCHOR_SUNSET, 0, 100), (m.ANCHOR_SUNSET, 240, 50), (m.ANCHOR_MIDNIGHT, 0, 30),
-                   (m.ANCHOR_SUNRISE, -90, 100), (m.ANCHOR_SUNRISE, 0, 0))
+DEFAULT_PROFILE = (
+    (m.ANCHOR_SUNSET, 0, 100),
+    (m.ANCHOR_SUNSET, 240, 50),
+    (m.ANCHOR_MIDNIGHT, 0, 30),
+    (m.ANCHOR_SUNRISE, -90, 100),
+    (m.ANCHOR_SUNRISE, 0, 0),
+)
 # key: (default, lo, hi)
 SETTINGS = {
     "power_w": (60, 1, m.LAMP_POWER_MAX_W),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
@@ -148,8 +155,10 @@ def check(section):
             flat.extend(st)
         s["profile"] = parse_profile(flat)
         if s["profile"] is None:
-            raise ValueError("lighting.profile: 1..%d steps, anchor 0..2, offset within +-%d min, level 0..100"
-                             % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN))
+            raise ValueError(
+                "lighting.profile: 1..%d steps, anchor 0..2, offset within +-%d min, level 0..100"
+                % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN)
+            )
     return s
 
 

@@ -19,9 +19,11 @@ UART_DEFAULTS = {"id": 1, "baud": 115200}
 def app_class(kind):
     if kind == "lighting":
         from firmware.lighting import Lighting
+
         return Lighting
     if kind == "irrigation":
         from firmware.irrigation import Irrigation
+
         return Irrigation
     return None
 
@@ -32,6 +34,7 @@ def make_radio(cfg, hal, machine=None):
         if machine is None:
             import machine
         from firmware.radio import UartRadio
+
         u = dict(UART_DEFAULTS)
         u.update(r.get("uart", {}))
         kw = {"baudrate": u["baud"], "timeout": 0}
@@ -41,9 +44,11 @@ def make_radio(cfg, hal, machine=None):
         return UartRadio(hal, machine.UART(u["id"], **kw), u["baud"])
     if r["type"] == "lora":
         from firmware.radio_lora import LoRaRadio, make_modem
+
         modem = make_modem(r, cfg["pins"])
-        return LoRaRadio(modem, r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"],
-                         bridge=cfg["kind"] == "bridge")
+        return LoRaRadio(
+            modem, r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"], bridge=cfg["kind"] == "bridge"
+        )
     raise ValueError("radio.type %r has no board implementation" % r["type"])
 
 
@@ -55,6 +60,7 @@ class StdioPort:
         import sys
 
         import micropython
+
         micropython.kbd_intr(-1)  # 0x03 in binary data must not raise KeyboardInterrupt
         self._in = sys.stdin.buffer
         self._out = sys.stdout.buffer
@@ -79,12 +85,15 @@ class StdioPort:
 def build(cfg, machine=None):
     """(hal, awaitable main) for a loaded config; on a board `machine` is imported here."""
     from firmware.hal_machine import MachineHAL
+
     hal = MachineHAL(cfg["pins"], STATE_DIR, cfg.get("adc_scale"), machine)
     radio = make_radio(cfg, hal, machine)
     if cfg["kind"] == "bridge":
         from firmware.bridge import Bridge
+
         return hal, Bridge(hal, radio, StdioPort(), cfg["wdt_ms"]).run()
     from firmware.runtime import Node
+
     node = Node(cfg, hal, radio, app_class(cfg["kind"]))
     if cfg["ble"]["enabled"]:
         return hal, with_ble(node, cfg["ble"])
@@ -109,6 +118,7 @@ async def with_ble(node, settings, lib=None, uuid=None):
             return await node.run()
         lib, uuid = aioble, bluetooth.UUID
     from firmware.ble import Commissioning
+
     c = Commissioning(node, lib, uuid, settings)  # before run(): it hears the boot events
     asyncio.create_task(c.run())
     await node.run()

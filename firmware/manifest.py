@@ -16,18 +16,36 @@
 
 # protocol/ files every kind imports, then those only some kinds import (the
 # bridge's serial messages; the BLE commissioning profile, with ble.py below).
-PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py",
-            "serial.py")
+PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py", "serial.py")
 PROTOCOL_FOR = {"lighting": ("ble.py",), "irrigation": ("ble.py",), "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.
-_NODE = ("__init__.py", "aio.py", "ble.py", "config.py", "hal.py", "hal_machine.py", "radio.py",
-         "radio_lora.py", "runtime.py", "store.py", "uplink.py")
+_NODE = (
+    "__init__.py",
+    "aio.py",
+    "ble.py",
+    "config.py",
+    "hal.py",
+    "hal_machine.py",
+    "radio.py",
+    "radio_lora.py",
+    "runtime.py",
+    "store.py",
+    "uplink.py",
+)
 FIRMWARE = {
     "lighting": _NODE + ("astro.py", "lighting.py"),
     "irrigation": _NODE + ("irrigation.py",),
-    "bridge": ("__init__.py", "aio.py", "bridge.py", "config.py", "hal.py", "hal_machine.py", "radio.py",
-               "radio_lora.py"),
+    "bridge": (
+        "__init__.py",
+        "aio.py",
+        "bridge.py",
+        "config.py",
+        "hal.py",
+        "hal_machine.py",
+        "radio.py",
+        "radio_lora.py",
+    ),
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py
 # micropython-lib packages (mip install on the board, or `require` when freezing)

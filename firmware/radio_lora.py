@@ -92,8 +92,12 @@ class LoRaRadio:
 
 # Chips this module knows, and the micropython-lib class for each.
 CHIPS = {
-    "sx1276": "AsyncSX1276", "sx1277": "AsyncSX1277", "sx1278": "AsyncSX1278",
-    "sx1279": "AsyncSX1279", "sx1261": "AsyncSX1261", "sx1262": "AsyncSX1262",
+    "sx1276": "AsyncSX1276",
+    "sx1277": "AsyncSX1277",
+    "sx1278": "AsyncSX1278",
+    "sx1279": "AsyncSX1279",
+    "sx1261": "AsyncSX1261",
+    "sx1262": "AsyncSX1262",
 }
 
 
@@ -103,7 +107,7 @@ def make_modem(radio_cfg, pins):
     pins: spi (bus id), cs, and for SX127x dio0 (+ optional dio1), for SX126x
     busy and dio1; reset optional. Device only (imports machine and lora).
     """
-    from machine import SPI, Pin  # noqa: F401  (device only)
+    from machine import SPI, Pin
     import lora as lib  # type: ignore[import-not-found]  # micropython-lib, on the board
 
     chip = radio_cfg.get("chip", "sx1276")

@@ -69,8 +69,7 @@ def _clamp(v, lo, hi):
 class Node:
     """The runtime of one node; also the facade an app gets as `node`."""
 
-    def __init__(self, cfg, hal, radio, app_class=None, hello_jitter_ms=_HELLO_JITTER_MS,
-                 watchdog=True):
+    def __init__(self, cfg, hal, radio, app_class=None, hello_jitter_ms=_HELLO_JITTER_MS, watchdog=True):
         self.cfg = cfg
         self.hal = hal
         self.radio = radio
@@ -118,8 +117,12 @@ class Node:
         return self.hal.time()
 
     def event(self, code, severity, value=0, active=1, zone=0):
-        body = {m.E_CODE: code, m.E_SEVERITY: severity, m.E_VALUE: _clamp(int(value), m.I32_MIN, m.I32_MAX),
-                m.E_ACTIVE: active}
+        body = {
+            m.E_CODE: code,
+            m.E_SEVERITY: severity,
+            m.E_VALUE: _clamp(int(value), m.I32_MIN, m.I32_MAX),
+            m.E_ACTIVE: active,
+        }
         t = self.hal.time()
         if t is not None and 0 < t <= 0xFFFFFFFF:  # a clock gone wrong must not stop an alarm
             body[m.E_TIME] = t
@@ -132,8 +135,9 @@ class Node:
         data = m.encode(m.EVENT, body)
         if self.on_event is not None:
             self.on_event(severity, data)
-        self.queue.put(m.EVENT, data, uplink.PRIO_ALARM if alarm else uplink.PRIO_EVENT, alarm and self.confirm_alarms,
-                       key)
+        self.queue.put(
+            m.EVENT, data, uplink.PRIO_ALARM if alarm else uplink.PRIO_EVENT, alarm and self.confirm_alarms, key
+        )
 
     # -- helpers --------------------------------------------------------------------
 
@@ -181,8 +185,13 @@ class Node:
             self._app_down.set()
 
     def _hello(self):
-        body = {m.H_FIRMWARE: VERSION, m.H_KIND: self.kind, m.H_CAPS: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
-                m.H_CONFIG_HASH: self.cfg["hash"], m.H_RESET: self.hal.reset_cause()}
+        body = {
+            m.H_FIRMWARE: VERSION,
+            m.H_KIND: self.kind,
+            m.H_CAPS: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
+            m.H_CONFIG_HASH: self.cfg["hash"],
+            m.H_RESET: self.hal.reset_cause(),
+        }
         self.queue.put(m.HELLO, m.encode(m.HELLO, body), uplink.PRIO_HELLO)
         if self.hal.reset_cause() == m.RST_WATCHDOG:
             self.event(m.EV_WATCHDOG_RESET, m.SEV_WARNING)
@@ -210,8 +219,7 @@ class Node:
                 self.store.flush()
             except StorageError as e:
                 self.last_error = repr(e)
-            if self._reboot_at is not None and (hal.ticks_ms() >= self._reboot_at or
-                                                not self.queue.has(m.CMD_ACK)):
+            if self._reboot_at is not None and (hal.ticks_ms() >= self._reboot_at or not self.queue.has(m.CMD_ACK)):
                 self._reboot()
             if wake is None:
                 await hal.sleep_ms(self.wdt_ms // 2)
@@ -353,9 +361,12 @@ class Node:
         """The STATUS body of now (also read over BLE by a technician's tool)."""
         hal = self.hal
         t = hal.time()
-        body = {m.S_UPTIME: min(hal.ticks_ms() // 1000, 0xFFFFFFFF),
-                m.S_TIME: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
-                m.S_HEAP: hal.free_heap() // 16, m.S_QUEUE: min(len(self.queue), 255)}
+        body = {
+            m.S_UPTIME: min(hal.ticks_ms() // 1000, 0xFFFFFFFF),
+            m.S_TIME: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
+            m.S_HEAP: hal.free_heap() // 16,
+            m.S_QUEUE: min(len(self.queue), 255),
+        }
         rssi = self.last_rssi
         snr = self.last_snr
         if rssi is not None and snr is not None:

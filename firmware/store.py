@@ -132,8 +132,7 @@ class Store:
         reserved = 0 if rec is None else int.from_bytes(rec, "big")
         self._next = reserved
         self._reserve()
-        for key, loader in ((KEY_DOWN, self._load_down), (KEY_TOTALS, self._load_totals),
-                            (KEY_CFG, self._load_cfg)):
+        for key, loader in ((KEY_DOWN, self._load_down), (KEY_TOTALS, self._load_totals), (KEY_CFG, self._load_cfg)):
             try:
                 payload = self._read(key)  # counts a corrupted record itself
             except StorageError:

@@ -55,9 +55,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -88,8 +89,10 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 OPS = {name: op for op, name in expand.ENUMS[(m.COMMAND, 1)].items()}
 OP_NAMES = expand.ENUMS[(m.COMMAND, 1)]
@@ -117,8 +120,15 @@ def _json_safe(v: Any) -> Any:
 
 
 def downlink_json(dl: Downlink) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": dl.id, "node": format_node_id(dl.node_id), "type": DOWNLINK_TYPES.get(dl.mtype, dl.mtype),
-                           "state": dl.state, "attempts": dl.attempts, "created": dl.created, "expires": dl.expires}
+    out: dict[str, Any] = {
+        "id": dl.id,
+        "node": format_node_id(dl.node_id),
+        "type": DOWNLINK_TYPES.get(dl.mtype, dl.mtype),
+        "state": dl.state,
+        "attempts": dl.attempts,
+        "created": dl.created,
+        "expires": dl.expires,
+    }
     if dl.mtype == m.COMMAND:
         op = dl.body.get(1)
         out.update(command_id=dl.command_id, op=OP_NAMES.get(op, op), args=list(dl.body.get(2, [])))
@@ -130,9 +140,19 @@ def downlink_json(dl: Downlink) -> dict[str, Any]:
 
 
 def record_json(seq: int, r: Record) -> dict[str, Any]:
-    return {"seq": seq, "id": r.idempotency_key, "node": format_node_id(r.node_id), "counter": r.counter,
-            "type": r.kind, "rx_time": r.rx_time, "fields": _json_safe(r.fields), "receptions": r.receptions,
-            "rssi": r.best_rssi, "snr": r.best_snr, "gateway": r.gateway_id}
+    return {
+        "seq": seq,
+        "id": r.idempotency_key,
+        "node": format_node_id(r.node_id),
+        "counter": r.counter,
+        "type": r.kind,
+        "rx_time": r.rx_time,
+        "fields": _json_safe(r.fields),
+        "receptions": r.receptions,
+        "rssi": r.best_rssi,
+        "snr": r.best_snr,
+        "gateway": r.gateway_id,
+    }
 
 
 def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]:
@@ -143,8 +163,11 @@ def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl)):
         raise DownlinkRejected("ttl_s must be a number of seconds")
     kind = doc.get("type", "command")
-    allowed = {"command": {"type", "op", "args", "ttl_s"}, "config": {"type", "settings", "ttl_s"},
-               "time": {"type", "ttl_s"}}
+    allowed = {
+        "command": {"type", "op", "args", "ttl_s"},
+        "config": {"type", "settings", "ttl_s"},
+        "time": {"type", "ttl_s"},
+    }
     if kind not in allowed:
         raise DownlinkRejected(f"type {kind!r} is not one of command, config, time")
     extra = sorted(set(doc) - allowed[kind])
@@ -195,10 +218,23 @@ def _load_web() -> dict[str, tuple[bytes, str, str]]:
 class Api:
     """The HTTP server: `await start()` binds (port 0 picks a free one: see `.port`), `await stop()`."""
 
-    def __init__(self, *, registry: Registry, store: Store, pipeline: Pipeline, downlinks: Downlinks, token: str,
-                 host: str = "127.0.0.1", port: int = 8760, upstream: Any = None,
-                 transports: Iterable[Any] = (), clock=time.time, history: History | None = None,
-                 ui: bool = True, silent_after_s: float = health.SILENT_AFTER_S) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        store: Store,
+        pipeline: Pipeline,
+        downlinks: Downlinks,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 8760,
+        upstream: Any = None,
+        transports: Iterable[Any] = (),
+        clock=time.time,
+        history: History | None = None,
+        ui: bool = True,
+        silent_after_s: float = health.SILENT_AFTER_S,
+    ) -> None:
         if not token:
             raise ValueError("the API needs a token")
         self.history = history
@@ -272,8 +308,11 @@ class Api:
         if not self._public(request.path):
             got = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(got, self._token):
-                return web.json_response({"error": "a valid bearer token is needed"}, status=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="lumeau-gateway"'})
+                return web.json_response(
+                    {"error": "a valid bearer token is needed"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="lumeau-gateway"'},
+                )
         try:
             return await handler(request)
         except web.HTTPException as e:
@@ -295,8 +334,9 @@ class Api:
         try:
             return await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be JSON"}),
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "the body must be JSON"}), content_type="application/json"
+            )
 
     @staticmethod
     def _limit(request: web.Request) -> int:
@@ -305,8 +345,9 @@ class Api:
         except ValueError:
             n = -1
         if not 1 <= n <= LIST_MAX:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"limit must be 1..{LIST_MAX}"}),
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"limit must be 1..{LIST_MAX}"}), content_type="application/json"
+            )
         return n
 
     @staticmethod
@@ -317,8 +358,9 @@ class Api:
         states = s.split(",")
         bad = [x for x in states if x not in ("queued", "sent", "acked", "failed", "expired")]
         if bad:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"unknown state {bad[0]!r}"}),
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"unknown state {bad[0]!r}"}), content_type="application/json"
+            )
         return states
 
     def _node_json(self, entry: NodeEntry) -> dict[str, Any]:
@@ -332,11 +374,18 @@ class Api:
                 supply = f["supply_voltage"]
                 break
         out.update(
-            last_seen=st.get("last_seen"), rssi=st.get("rssi"), snr=st.get("snr"), gateway=st.get("gateway_id"),
-            reported_firmware=st.get("firmware"), supply_voltage=supply, readings=readings,
-            open_alarms=list(st.get("open_alarms", {}).values()), downlinks_waiting=self.downlinks.pending(entry.node_id),
+            last_seen=st.get("last_seen"),
+            rssi=st.get("rssi"),
+            snr=st.get("snr"),
+            gateway=st.get("gateway_id"),
+            reported_firmware=st.get("firmware"),
+            supply_voltage=supply,
+            readings=readings,
+            open_alarms=list(st.get("open_alarms", {}).values()),
+            downlinks_waiting=self.downlinks.pending(entry.node_id),
             bad_mic=self.pipeline.bad_mic_by_node.get(entry.node_id, 0),
-            health=health.assess(st or None, self.clock(), self.silent_after_s))
+            health=health.assess(st or None, self.clock(), self.silent_after_s),
+        )
         return _json_safe(out)
 
     # ------------------------------------------------------------ handlers
@@ -422,8 +471,9 @@ class Api:
         try:
             return int(request.match_info["id"])
         except ValueError:
-            raise web.HTTPBadRequest(text=json.dumps({"error": "command ids are integers"}),
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "command ids are integers"}), content_type="application/json"
+            )
 
     async def get_command(self, request: web.Request) -> web.Response:
         dl = self.store.downlink(self._command_id(request))
@@ -462,8 +512,9 @@ class Api:
             readings = self.history.recent(node_id, types.split(",") if types else None, limit)
         except ValueError as e:
             return _error(400, str(e))
-        return web.json_response({"node": format_node_id(node_id), "per_type": self.history.per_type,
-                                  "readings": _json_safe(readings)})
+        return web.json_response(
+            {"node": format_node_id(node_id), "per_type": self.history.per_type, "readings": _json_safe(readings)}
+        )
 
     async def list_ops(self, request: web.Request) -> web.Response:
         return web.json_response({"ops": ops.catalogue()})
@@ -489,49 +540,88 @@ class Api:
     # ------------------------------------------------------------ metrics
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.render_metrics(), content_type="text/plain",
-                            headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+        return web.Response(
+            text=self.render_metrics(),
+            content_type="text/plain",
+            headers={"X-Content-Type-Options": "nosniff"},
+            charset="utf-8",
+        )
 
     def render_metrics(self) -> str:
         p, s, d = self.pipeline, self.store, self.downlinks
         x = Metrics()
-        x.family("lumeau_frames_received_total", "counter", "Receptions handed to the pipeline, by transport.",
-                 [({"transport": t}, n) for t, n in sorted(p.received.items())])
+        x.family(
+            "lumeau_frames_received_total",
+            "counter",
+            "Receptions handed to the pipeline, by transport.",
+            [({"transport": t}, n) for t, n in sorted(p.received.items())],
+        )
         x.family("lumeau_frames_accepted_total", "counter", "Frames verified and durably stored.", [({}, p.accepted)])
-        x.family("lumeau_frames_duplicate_total", "counter",
-                 "Copies of stored frames heard again (other radios, retries).", [({}, p.duplicates)])
+        x.family(
+            "lumeau_frames_duplicate_total",
+            "counter",
+            "Copies of stored frames heard again (other radios, retries).",
+            [({}, p.duplicates)],
+        )
         rejected = dict(p.rejected)
         for reason in REASONS:  # known reasons are always present, so alerts can use rate()
             if not any(r == reason for r, _t in rejected):
                 rejected[(reason, "")] = 0
-        x.family("lumeau_frames_rejected_total", "counter", "Receptions rejected, by reason and transport.",
-                 [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())])
+        x.family(
+            "lumeau_frames_rejected_total",
+            "counter",
+            "Receptions rejected, by reason and transport.",
+            [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())],
+        )
         x.family("lumeau_pipeline_inflight", "gauge", "Receptions queued or committing.", [({}, p.inflight)])
-        x.family("lumeau_admission_path", "gauge",
-                 "1 for the admission path in use: compiled (gateway/_fastadmit.c) or python (the fallback).",
-                 [({"path": q}, int(p.admission_path == q)) for q in ("compiled", "python")])
-        x.family("lumeau_admission_compiled_total", "counter",
-                 "Receptions the compiled path answered, recognised as a copy, or left to the Python path.",
-                 [({"outcome": o}, n) for o, n in p.admission_counts().items()])
+        x.family(
+            "lumeau_admission_path",
+            "gauge",
+            "1 for the admission path in use: compiled (gateway/_fastadmit.c) or python (the fallback).",
+            [({"path": q}, int(p.admission_path == q)) for q in ("compiled", "python")],
+        )
+        x.family(
+            "lumeau_admission_compiled_total",
+            "counter",
+            "Receptions the compiled path answered, recognised as a copy, or left to the Python path.",
+            [({"outcome": o}, n) for o, n in p.admission_counts().items()],
+        )
         x.family("lumeau_queue_records", "gauge", "Records waiting for the upstream.", [({}, s.count())])
         x.family("lumeau_queue_max_records", "gauge", "The queue's bound.", [({}, s.max_records)])
         x.family("lumeau_queue_bytes", "gauge", "Database and WAL size on disk.", [({}, s.size_bytes())])
-        x.family("lumeau_queue_evicted_total", "counter", "Records evicted or dropped because the queue was full.",
-                 [({}, s.evicted_total)])
-        x.family("lumeau_quarantine_records", "gauge", "Records of batches the upstream refused (4xx).",
-                 [({}, s.quarantine_count())])
+        x.family(
+            "lumeau_queue_evicted_total",
+            "counter",
+            "Records evicted or dropped because the queue was full.",
+            [({}, s.evicted_total)],
+        )
+        x.family(
+            "lumeau_quarantine_records",
+            "gauge",
+            "Records of batches the upstream refused (4xx).",
+            [({}, s.quarantine_count())],
+        )
         x.family("lumeau_quarantined_total", "counter", "Records ever quarantined.", [({}, s.quarantined_total)])
         oldest = s.oldest_rx_time()
         lag = max(0.0, self.clock() - oldest) if oldest is not None else 0.0
-        x.family("lumeau_upstream_lag_seconds", "gauge",
-                 "Age of the oldest record not yet accepted upstream (0: all delivered).", [({}, lag)])
+        x.family(
+            "lumeau_upstream_lag_seconds",
+            "gauge",
+            "Age of the oldest record not yet accepted upstream (0: all delivered).",
+            [({}, lag)],
+        )
         x.family("lumeau_store_commits_total", "counter", "Store transactions (group commits).", [({}, s.commits)])
         x.family("lumeau_store_commit_seconds_total", "counter", "Time spent committing.", [({}, s.commit_seconds)])
         x.family("lumeau_store_committed_records_total", "counter", "Records committed.", [({}, s.committed_records)])
-        x.family("lumeau_downlink_queue_depth", "gauge", "Downlinks queued or awaiting their answer.",
-                 [({}, d.depth())])
-        x.family("lumeau_downlinks_total", "counter", "Downlink outcomes.",
-                 [({"outcome": k}, v) for k, v in sorted(d.counts.items())])
+        x.family(
+            "lumeau_downlink_queue_depth", "gauge", "Downlinks queued or awaiting their answer.", [({}, d.depth())]
+        )
+        x.family(
+            "lumeau_downlinks_total",
+            "counter",
+            "Downlink outcomes.",
+            [({"outcome": k}, v) for k, v in sorted(d.counts.items())],
+        )
         x.family("lumeau_nodes_registered", "gauge", "Nodes in the registry.", [({}, len(self.registry))])
         x.family("lumeau_uptime_seconds", "gauge", "Since the API started.", [({}, self.clock() - self.started)])
         stats = getattr(self.upstream, "stats", None)

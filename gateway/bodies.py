@@ -22,7 +22,8 @@ hypothesis draws from the whole spec, valid or not.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cbor2
 
@@ -203,6 +204,7 @@ def _flags(names: tuple) -> Callable[[int], tuple]:
         if t is None:
             t = cache[k] = tuple(expand.flag_names(names, k))
         return t
+
     return named
 
 

@@ -24,12 +24,13 @@ import secrets
 import socket
 import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
+from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
 
 TOKEN_MIN_LEN = 16  # characters: a bearer token shorter than this is guessable
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -88,6 +89,7 @@ def _port0(v: Any) -> str | None:
 def _one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
         return None if v in choices else f"{v!r} is not one of {', '.join(choices)}"
+
     return check
 
 
@@ -115,6 +117,7 @@ def _url(v: Any) -> str | None:
 def _range(lo: float, hi: float) -> Check:
     def check(v: Any) -> str | None:
         return None if lo <= v <= hi else f"{v} is outside {lo:g}..{hi:g}"
+
     return check
 
 
@@ -129,30 +132,37 @@ def opt(default: Any, help: str, check: Check | None = None, kind: str = "") -> 
 @dataclass(frozen=True)
 class GatewaySection:
     id: str = opt("", "name of this gateway in logs and records (default: the host name)")
-    database: Path = opt(Path("gateway.db"), "the SQLite database: durable queue, replay windows, downlinks",
-                         kind="path")
+    database: Path = opt(
+        Path("gateway.db"), "the SQLite database: durable queue, replay windows, downlinks", kind="path"
+    )
     registry: Path = opt(Path("nodes.toml"), "the node registry written by provisioning (mode 0600)", kind="path")
 
 
 @dataclass(frozen=True)
 class LogSection:
     level: str = opt("info", "debug | info | warning | error", _one_of(*LOG_LEVELS))
-    file: str = opt("-", "JSON lines go here; \"-\" is standard error")
+    file: str = opt("-", 'JSON lines go here; "-" is standard error')
 
 
 @dataclass(frozen=True)
 class QueueSection:
-    max_records: int = opt(DEFAULT_MAX_RECORDS, "records kept while the upstream is away (~110 B each); "
-                           "when full: oldest routine telemetry first, alarms never", _positive)
-    quarantine_max_records: int = opt(DEFAULT_QUARANTINE_MAX, "records of refused (4xx) batches kept for "
-                                      "inspection", _non_negative)
+    max_records: int = opt(
+        DEFAULT_MAX_RECORDS,
+        "records kept while the upstream is away (~110 B each); "
+        "when full: oldest routine telemetry first, alarms never",
+        _positive,
+    )
+    quarantine_max_records: int = opt(
+        DEFAULT_QUARANTINE_MAX, "records of refused (4xx) batches kept for inspection", _non_negative
+    )
     group_max: int = opt(DEFAULT_GROUP_MAX, "records per transaction at most (one fsync each)", _positive)
 
 
 @dataclass(frozen=True)
 class PipelineSection:
-    max_inflight: int = opt(DEFAULT_MAX_INFLIGHT, "receptions queued or committing before transports are "
-                            "slowed down", _positive)
+    max_inflight: int = opt(
+        DEFAULT_MAX_INFLIGHT, "receptions queued or committing before transports are slowed down", _positive
+    )
 
 
 @dataclass(frozen=True)
@@ -160,8 +170,11 @@ class DownlinksSection:
     default_ttl_s: float = opt(3600.0, "a queued downlink expires after this unless the request says", _positive)
     max_attempts: int = opt(3, "times a COMMAND is sent without a CMD_ACK before it is failed", _positive)
     max_queued_per_node: int = opt(16, "downlinks waiting per node at most", _positive)
-    collect_s: float = opt(0.2, "after a LoRa uplink, wait this long for other radios' copies and answer "
-                           "through the best one", _range(0.0, 0.8))
+    collect_s: float = opt(
+        0.2,
+        "after a LoRa uplink, wait this long for other radios' copies and answer through the best one",
+        _range(0.0, 0.8),
+    )
     ack_alarms: bool = opt(True, "acknowledge confirmed alarms (SPEC 6) once they are stored")
 
 
@@ -171,27 +184,41 @@ class ApiSection:
     host: str = opt("127.0.0.1", "listen address; keep it local unless a reverse proxy adds TLS", _host)
     port: int = opt(8760, "listen port", _port0)
     token_file: Path | None = opt(None, "file holding the bearer token (mode 0600); or set token", kind="path")
-    token: Secret | None = opt(None, f"the bearer token itself, at least {TOKEN_MIN_LEN} characters",
-                               kind="secret")
-    ui: bool = opt(True, "serve the technician web page at / (static files; its data comes through this API, "
-                   "with the token)")
-    silent_after_s: float = opt(2700.0, "a node not heard for this long is shown as silent (three missed reports "
-                                "at the default 15 minutes)", _positive)
+    token: Secret | None = opt(None, f"the bearer token itself, at least {TOKEN_MIN_LEN} characters", kind="secret")
+    ui: bool = opt(
+        True, "serve the technician web page at / (static files; its data comes through this API, with the token)"
+    )
+    silent_after_s: float = opt(
+        2700.0,
+        "a node not heard for this long is shown as silent (three missed reports at the default 15 minutes)",
+        _positive,
+    )
 
 
 @dataclass(frozen=True)
 class UpstreamSection:
     enabled: bool = opt(True, "send records upstream (off: they stay queued, bounded)")
-    url: str = opt("http://127.0.0.1:8088/v1/records", "where batches go (the default is `lumeau sink`); "
-                   "for ngsi-ld the broker's .../ngsi-ld/v1/entityOperations/upsert", _url)
+    url: str = opt(
+        "http://127.0.0.1:8088/v1/records",
+        "where batches go (the default is `lumeau sink`); "
+        "for ngsi-ld the broker's .../ngsi-ld/v1/entityOperations/upsert",
+        _url,
+    )
     format: str = opt("native", "native | ngsi-ld", _one_of(*UPSTREAM_FORMATS))
-    native_version: int = opt(3, "native format version (gateway/FORMATS.md): 3 is columnar, about half the bytes "
-                              "and CPU; 2 (one object per record) for receivers written against /2", _range(2, 3))
+    native_version: int = opt(
+        3,
+        "native format version (gateway/FORMATS.md): 3 is columnar, about half the bytes "
+        "and CPU; 2 (one object per record) for receivers written against /2",
+        _range(2, 3),
+    )
     token_file: Path | None = opt(None, "file holding the upstream's bearer token (mode 0600)", kind="path")
     token: Secret | None = opt(None, "the upstream's bearer token itself", kind="secret")
-    batch_max_records: int = opt(0, "a batch is sent when it holds this many records; 0: by format, 2000 for "
-                                 "native /3 (~90 kB gzipped), 500 for /2 and ngsi-ld (below 1 MB request limits)",
-                                 _range(0, 10_000))
+    batch_max_records: int = opt(
+        0,
+        "a batch is sent when it holds this many records; 0: by format, 2000 for "
+        "native /3 (~90 kB gzipped), 500 for /2 and ngsi-ld (below 1 MB request limits)",
+        _range(0, 10_000),
+    )
     batch_max_age_s: float = opt(5.0, "or when its oldest record waited this long (alarms go at once)", _positive)
     timeout_s: float = opt(30.0, "a request taking longer is retried", _positive)
     gzip_level: int = opt(1, "0 (off) to 9; 1 already shrinks telemetry JSON 8-10x", _range(0, 9))
@@ -208,8 +235,11 @@ class SemtechSection:
     port: int = opt(1700, "the forwarders' serv_port_up and serv_port_down", _port0)
     rx_delay_s: float = opt(1.0, "RX1 delay after an uplink (SPEC 6)", _range(0.1, 15.0))
     tx_power_dbm: int = opt(14, "downlink transmit power (EU868 g1: 14 dBm ERP at most)", _range(0, 30))
-    invert_iq: bool = opt(True, "downlink IQ polarity inverted (the LoRaWAN convention, so nodes do not hear "
-                          "each other); must match what the nodes listen for")
+    invert_iq: bool = opt(
+        True,
+        "downlink IQ polarity inverted (the LoRaWAN convention, so nodes do not hear "
+        "each other); must match what the nodes listen for",
+    )
     accept_no_crc: bool = opt(True, "accept packets sent without a PHY CRC (stat 0): the MIC still checks them")
 
 
@@ -217,8 +247,11 @@ class SemtechSection:
 class SerialPortSection:
     port: str = opt("", "device path, e.g. /dev/ttyUSB0 (required)", _nonempty)
     baudrate: int = opt(115200, "line speed", _positive)
-    mode: str = opt("auto", "auto: tell by what arrives; wired: nodes on the line (UART, RS-485); "
-                    "bridge: a LoRa radio bridge board", _one_of(*SERIAL_MODES))
+    mode: str = opt(
+        "auto",
+        "auto: tell by what arrives; wired: nodes on the line (UART, RS-485); bridge: a LoRa radio bridge board",
+        _one_of(*SERIAL_MODES),
+    )
     reconnect_min_s: float = opt(0.2, "first retry when the port is missing; doubled up to reconnect_max_s", _positive)
     reconnect_max_s: float = opt(5.0, "retry opening a missing port at least this often", _positive)
 
@@ -227,8 +260,9 @@ class SerialPortSection:
 class BleSection:
     enabled: bool = opt(False, "talk to nodes in Bluetooth LE reach (bleak)")
     adapter: str = opt("", "the adapter, e.g. hci1; empty: the system's default")
-    scan_interval_s: float = opt(30.0, "scan for nodes advertising the Lumeau service this often; 0: continuously",
-                                 _non_negative)
+    scan_interval_s: float = opt(
+        30.0, "scan for nodes advertising the Lumeau service this often; 0: continuously", _non_negative
+    )
     scan_window_s: float = opt(5.0, "each scan lasts this long", _positive)
     max_connections: int = opt(7, "nodes connected at once (adapters manage 7 to 10)", _range(1, 32))
 
@@ -249,8 +283,14 @@ class GatewayConfig:
 
 
 _SECTIONS: dict[str, type] = {
-    "gateway": GatewaySection, "log": LogSection, "queue": QueueSection, "pipeline": PipelineSection,
-    "downlinks": DownlinksSection, "api": ApiSection, "upstream": UpstreamSection, "semtech": SemtechSection,
+    "gateway": GatewaySection,
+    "log": LogSection,
+    "queue": QueueSection,
+    "pipeline": PipelineSection,
+    "downlinks": DownlinksSection,
+    "api": ApiSection,
+    "upstream": UpstreamSection,
+    "semtech": SemtechSection,
     "ble": BleSection,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
@@ -269,8 +309,10 @@ def _read_secret_file(p: Path, where: str) -> Secret:
     except FileNotFoundError:
         raise ConfigError(f"{where}: {p} does not exist") from None
     if st.st_mode & 0o077:
-        raise ConfigError(f"{where}: {p} holds a secret but is accessible to group or others "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}")
+        raise ConfigError(
+            f"{where}: {p} holds a secret but is accessible to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {p}"
+        )
     try:
         value = p.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
@@ -363,8 +405,9 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
         raise ConfigError(f"{name}: {e}") from None
     gw = out["gateway"]
     if not gw.id:
-        out["gateway"] = GatewaySection(id=socket.gethostname() or "gateway", database=gw.database,
-                                        registry=gw.registry)
+        out["gateway"] = GatewaySection(
+            id=socket.gethostname() or "gateway", database=gw.database, registry=gw.registry
+        )
     api = out["api"]
     if api.enabled and api.token is None:
         raise ConfigError(f"{name}: api.token: required when the API is enabled (set token_file or token)")
@@ -427,11 +470,13 @@ def example_config() -> str:
     out += _example_section("[queue]", QueueSection, {}, set())
     out += _example_section("[pipeline]", PipelineSection, {}, set())
     out += _example_section("[downlinks]", DownlinksSection, {}, set())
-    out += _example_section("[api]", ApiSection, {"token_file": '"api.token"', "token": f'"{token}"'},
-                            {"token_file"})
-    out += _example_section("[upstream]", UpstreamSection, {"token_file": '"upstream.token"',
-                                                             "token": '"the-upstream-bearer-token"'},
-                            {"token_file", "token"})
+    out += _example_section("[api]", ApiSection, {"token_file": '"api.token"', "token": f'"{token}"'}, {"token_file"})
+    out += _example_section(
+        "[upstream]",
+        UpstreamSection,
+        {"token_file": '"upstream.token"', "token": '"the-upstream-bearer-token"'},
+        {"token_file", "token"},
+    )
     out += _example_section("[semtech]", SemtechSection, {}, set())
     out += ["# One [[serial]] table per serial port (radio bridge boards, wired nodes):"]
     ex = _example_section("[[serial]]", SerialPortSection, {"port": '"/dev/ttyUSB0"'}, set())

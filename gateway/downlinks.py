@@ -50,7 +50,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.model import Downlink, Reception, Record
 from gateway.store import Store
@@ -77,9 +78,18 @@ class DownlinkRejected(ValueError):
 
 
 class Downlinks:
-    def __init__(self, store: Store, registry: Any, *, default_ttl_s: float = 3600.0, max_attempts: int = 3,
-                 max_queued_per_node: int = 16, collect_s: float = 0.2, ack_alarms: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Any,
+        *,
+        default_ttl_s: float = 3600.0,
+        max_attempts: int = 3,
+        max_queued_per_node: int = 16,
+        collect_s: float = 0.2,
+        ack_alarms: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.default_ttl_s = default_ttl_s
@@ -97,8 +107,15 @@ class Downlinks:
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
         self._queued = asyncio.Event()  # set when a downlink is queued: the sweep sleeps while none is open
-        self.counts: dict[str, int] = {"sent": 0, "acked": 0, "failed": 0, "expired": 0, "acks_sent": 0,
-                                       "send_errors": 0, "unmatched_cmd_acks": 0}
+        self.counts: dict[str, int] = {
+            "sent": 0,
+            "acked": 0,
+            "failed": 0,
+            "expired": 0,
+            "acks_sent": 0,
+            "send_errors": 0,
+            "unmatched_cmd_acks": 0,
+        }
 
     # ------------------------------------------------------------ lifecycle
 
@@ -222,8 +239,9 @@ class Downlinks:
             await asyncio.sleep(self.collect_s)
             copies = self._collect.pop(key)
             with_path = [r for r in copies if r.path is not None]
-            reception = max(with_path, key=lambda r: (r.rssi if r.rssi is not None else -1e9,
-                                                      r.snr if r.snr is not None else -1e9))
+            reception = max(
+                with_path, key=lambda r: (r.rssi if r.rssi is not None else -1e9, r.snr if r.snr is not None else -1e9)
+            )
         await self._send_due(record.node_id, reception, record.counter if ack else None)
 
     async def _send_due(self, node_id: int, rx: Reception, ack_counter: int | None) -> None:
@@ -289,8 +307,11 @@ class Downlinks:
             await path.send_downlink(raw, rx)
         except Exception as e:  # the transport's DownlinkError, a closed store, a vanished port
             self.counts["send_errors"] += 1
-            log.warning("downlink not sent: %s", e, extra={"node": f"{entry.node_id:08x}", "mtype": mtype,
-                                                          "transport": rx.transport})
+            log.warning(
+                "downlink not sent: %s",
+                e,
+                extra={"node": f"{entry.node_id:08x}", "mtype": mtype, "transport": rx.transport},
+            )
             return False
         return True
 
@@ -315,8 +336,11 @@ class Downlinks:
             self.counts[state] += 1
         await self.store.update_downlink(dl)
         if state in ("expired", "failed"):
-            log.warning("downlink %s", state, extra={"node": f"{dl.node_id:08x}", "downlink": dl.id,
-                                                     "mtype": dl.mtype, "attempts": dl.attempts})
+            log.warning(
+                "downlink %s",
+                state,
+                extra={"node": f"{dl.node_id:08x}", "downlink": dl.id, "mtype": dl.mtype, "attempts": dl.attempts},
+            )
 
     # ------------------------------------------------------------ expiry and retries without uplinks
 
@@ -327,8 +351,11 @@ class Downlinks:
             for dl in list(self._open.get(node_id, ())):
                 if dl.expires <= now:
                     await self._close(dl, "expired")
-                elif (dl.state == "sent" and dl.attempts >= self.max_attempts
-                      and now - self._last_sent.get(dl.id, 0.0) >= ACK_TIMEOUT_S):
+                elif (
+                    dl.state == "sent"
+                    and dl.attempts >= self.max_attempts
+                    and now - self._last_sent.get(dl.id, 0.0) >= ACK_TIMEOUT_S
+                ):
                     await self._close(dl, "failed")
             rx = self._last_rx.get(node_id)
             if rx is not None and self._open.get(node_id) and self._due(node_id, rx, True):

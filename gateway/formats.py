@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -96,7 +97,7 @@ def iso_time(t: float) -> str:
     head = _iso_seconds.get(sec)
     if head is None:
         try:
-            head = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            head = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         except (OverflowError, OSError, ValueError) as e:
             raise ValueError(f"time {t!r} out of range") from e
         if len(_iso_seconds) >= ISO_CACHE_MAX:
@@ -119,7 +120,7 @@ def parse_time(s: Any) -> float:
         sec = _parsed_seconds.get(head)
         if sec is None:
             try:
-                sec = int(datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp())
+                sec = int(datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp())
             except ValueError:
                 sec = None
             else:
@@ -136,11 +137,12 @@ def parse_time(s: Any) -> float:
     except ValueError:
         raise FormatError(f"time {s!r} is not ISO 8601") from None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=timezone.utc)
+        d = d.replace(tzinfo=UTC)
     return d.timestamp()
 
 
 # ----------------------------------------------------------------- native JSON
+
 
 def native_record(r: Record) -> dict[str, Any]:
     """One record in the native format (see FORMATS.md); its fields are named from `r.body`."""
@@ -215,15 +217,28 @@ def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | 
         if kind not in types:
             types[kind] = mtype
         # values: null where the body does not carry the field
-        rows.append((kind, "%08x" % r.node_id, r.counter, iso(r.rx_time), r.alarm, plans[mtype][1](r.body),
-                     r.gateway_id, r.receptions, r.best_rssi, r.best_snr))
+        rows.append(
+            (
+                kind,
+                "%08x" % r.node_id,
+                r.counter,
+                iso(r.rx_time),
+                r.alarm,
+                plans[mtype][1](r.body),
+                r.gateway_id,
+                r.receptions,
+                r.best_rssi,
+                r.best_snr,
+            )
+        )
     doc: dict[str, Any] = {"format": NATIVE_FORMAT_V3}
     if gateway:
         doc["gateway"] = gateway
     if sent is not None:
         doc["sent"] = iso_time(sent)
-    doc["types"] = {kind: {"fields": plans[mtype][0], "units": bodies.UNITS.get(kind, _NO_UNITS)}
-                    for kind, mtype in types.items()}
+    doc["types"] = {
+        kind: {"fields": plans[mtype][0], "units": bodies.UNITS.get(kind, _NO_UNITS)} for kind, mtype in types.items()
+    }
     doc["columns"] = V3_COLUMNS
     doc["records"] = rows
     try:
@@ -283,10 +298,15 @@ def _check_units(units: Any) -> dict[str, dict[str, str]]:
     if not isinstance(units, dict) or len(units) > UNITS_TYPES_MAX:
         raise FormatError(f"units: must be an object of at most {UNITS_TYPES_MAX} message types")
     for kind, per_field in units.items():
-        if not isinstance(per_field, dict) or len(per_field) > UNITS_FIELDS_MAX or not all(
-                _short_str(k) and _short_str(u) for k, u in per_field.items()):
-            raise FormatError(f"units.{kind}: must map at most {UNITS_FIELDS_MAX} field names to units "
-                              f"(strings of at most {UNIT_MAX} characters)")
+        if (
+            not isinstance(per_field, dict)
+            or len(per_field) > UNITS_FIELDS_MAX
+            or not all(_short_str(k) and _short_str(u) for k, u in per_field.items())
+        ):
+            raise FormatError(
+                f"units.{kind}: must map at most {UNITS_FIELDS_MAX} field names to units "
+                f"(strings of at most {UNIT_MAX} characters)"
+            )
     return units
 
 
@@ -329,8 +349,10 @@ def _check_v3(doc: dict[str, Any], recs: list[Any]) -> list[NativeRecord]:
             raise FormatError(f"types: a message type is a name of 1..{TYPE_MAX} characters, not {kind[:40]!r}")
         names = t.get("fields") if isinstance(t, dict) else None
         if not isinstance(names, list) or len(names) > UNITS_FIELDS_MAX or not all(_short_str(n) for n in names):
-            raise FormatError(f"types.{kind}.fields: must be an array of at most {UNITS_FIELDS_MAX} names "
-                              f"(strings of at most {UNIT_MAX} characters)")
+            raise FormatError(
+                f"types.{kind}.fields: must be an array of at most {UNITS_FIELDS_MAX} names "
+                f"(strings of at most {UNIT_MAX} characters)"
+            )
         fields[kind] = names
         units[kind] = t.get("units", {})
     units = _check_units(units)
@@ -368,10 +390,26 @@ def _check_v3(doc: dict[str, Any], recs: list[Any]) -> list[NativeRecord]:
         if v is not None:
             radio["snr"] = v
         key = node + "-" + str(counter)  # at most 19 characters: within KEY_MAX
-        out.append(NativeRecord(key, node, counter, kind, t, {
-            "id": key, "node": node, "counter": counter, "type": kind, "time": when, "alarm": alarm,
-            "fields": {name: v for name, v in zip(names, vals) if v is not None}, "radio": radio},
-            units.get(kind, _NO_UNITS)))
+        out.append(
+            NativeRecord(
+                key,
+                node,
+                counter,
+                kind,
+                t,
+                {
+                    "id": key,
+                    "node": node,
+                    "counter": counter,
+                    "type": kind,
+                    "time": when,
+                    "alarm": alarm,
+                    "fields": {name: v for name, v in zip(names, vals) if v is not None},
+                    "radio": radio,
+                },
+                units.get(kind, _NO_UNITS),
+            )
+        )
     return out
 
 
@@ -488,8 +526,7 @@ def _number_ok(v: Any) -> bool:
 class NgsiMapper:
     """Records -> NGSI-LD entities. `node_info(node_id)` gives location and names (or None)."""
 
-    def __init__(self, node_info: Callable[[int], Any] | None = None,
-                 context: Sequence[str] = DEFAULT_CONTEXT) -> None:
+    def __init__(self, node_info: Callable[[int], Any] | None = None, context: Sequence[str] = DEFAULT_CONTEXT) -> None:
         self.node_info = node_info or (lambda _n: None)
         self.context = list(context)
 
@@ -502,8 +539,9 @@ class NgsiMapper:
             loc = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
         return info, kind, loc
 
-    def _entity(self, etype: str, eid: str, info: Any, loc: dict[str, Any] | None,
-                name_suffix: str = "") -> dict[str, Any]:
+    def _entity(
+        self, etype: str, eid: str, info: Any, loc: dict[str, Any] | None, name_suffix: str = ""
+    ) -> dict[str, Any]:
         e: dict[str, Any] = {"id": eid, "type": etype}
         name = getattr(info, "name", None)
         if isinstance(name, str) and name:
@@ -528,8 +566,9 @@ class NgsiMapper:
             return [self._device(r, info, kind or _kind_of(r), loc, t)]
         return []
 
-    def _device(self, r: Record, info: Any, kind: str | None, loc: dict[str, Any] | None, t: str,
-                state: str | None = None) -> dict[str, Any]:
+    def _device(
+        self, r: Record, info: Any, kind: str | None, loc: dict[str, Any] | None, t: str, state: str | None = None
+    ) -> dict[str, Any]:
         e = self._entity("Device", entity_id("Device", r.node_id), info, loc)
         e["controlledProperty"] = {"type": "Property", "value": _CONTROLLED.get(kind or "", [])}
         if kind in _CATEGORY:
@@ -548,10 +587,10 @@ class NgsiMapper:
             e["deviceState"] = _prop(state, t)
         return e
 
-    def _measurement(self, r: Record, info: Any, loc: dict[str, Any] | None, t: str, part: str,
-                     prop: str, value: float, unit: str) -> dict[str, Any]:
-        e = self._entity("DeviceMeasurement", entity_id("DeviceMeasurement", r.node_id, part), info, loc,
-                         f" ({part})")
+    def _measurement(
+        self, r: Record, info: Any, loc: dict[str, Any] | None, t: str, part: str, prop: str, value: float, unit: str
+    ) -> dict[str, Any]:
+        e = self._entity("DeviceMeasurement", entity_id("DeviceMeasurement", r.node_id, part), info, loc, f" ({part})")
         e["controlledProperty"] = {"type": "Property", "value": prop}
         e["numValue"] = _prop(value, t, unit)
         e["unit"] = {"type": "Property", "value": UNIT_CODES[unit]}
@@ -576,8 +615,7 @@ class NgsiMapper:
         e["status"] = _prop("defectiveLamp" if broken else "ok", t)
         if _number_ok(level):
             e["illuminanceLevel"] = _prop(level / 100, t)
-            e["powerState"] = _prop("off" if "on" not in state or level == 0 else "on" if level >= 100 else "low",
-                                    t)
+            e["powerState"] = _prop("off" if "on" not in state or level == 0 else "on" if level >= 100 else "low", t)
         if _number_ok(power):
             e["powerConsumption"] = _prop(power, t, "W")
         if _number_ok(energy):
@@ -598,8 +636,13 @@ class NgsiMapper:
             for zone, v in enumerate(moisture, start=1):
                 if not _number_ok(v):
                     continue  # no sensor in that zone
-                g = self._entity("GreenspaceRecord", entity_id("GreenspaceRecord", r.node_id, f"z{zone}"), info,
-                                 loc, f" (zone {zone})")
+                g = self._entity(
+                    "GreenspaceRecord",
+                    entity_id("GreenspaceRecord", r.node_id, f"z{zone}"),
+                    info,
+                    loc,
+                    f" (zone {zone})",
+                )
                 g["soilMoistureVwc"] = _prop(min(max(v / 100, 0.0), 1.0), t)
                 g["dateObserved"] = {"type": "Property", "value": t}
                 g["refDevice"] = _rel(entity_id("Device", r.node_id))

@@ -43,8 +43,11 @@ def assess(state: dict[str, Any] | None, now: float, silent_after_s: float = SIL
     """
     st = state or {}
     conditions: list[str] = []
-    alarms = list((st.get("open_alarms") or {}).values()) if isinstance(st.get("open_alarms"), dict) \
+    alarms = (
+        list((st.get("open_alarms") or {}).values())
+        if isinstance(st.get("open_alarms"), dict)
         else list(st.get("open_alarms") or [])
+    )
     severities = {_value(a.get("fields", {}), "severity") for a in alarms}
     codes = {_value(a.get("fields", {}), "code") for a in alarms}
     if severities & _ALARM_SEVERITIES:

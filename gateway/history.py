@@ -72,8 +72,7 @@ class History:
 
     # ------------------------------------------------------------
 
-    def add(self, node_id: int, mtype: int, body: dict[int, Any], rx_time: float,
-            encoded: bytes | None = None) -> None:
+    def add(self, node_id: int, mtype: int, body: dict[int, Any], rx_time: float, encoded: bytes | None = None) -> None:
         """Keep one uplink; `encoded` is `body` in CBOR when the caller has it already."""
         nodes = self._nodes
         types = nodes.get(node_id)
@@ -133,8 +132,10 @@ class History:
         out.sort(key=lambda t: t[0])
         if limit is not None:
             out = out[-limit:] if limit > 0 else []
-        return [{"type": expand.TYPE_NAMES[mtype], "rx_time": t,
-                 "fields": expand.expand(mtype, cbor2.loads(e[8:]))} for t, mtype, e in out]
+        return [
+            {"type": expand.TYPE_NAMES[mtype], "rx_time": t, "fields": expand.expand(mtype, cbor2.loads(e[8:]))}
+            for t, mtype, e in out
+        ]
 
     def command_ack(self, node_id: int, command_id: int) -> dict[str, Any] | None:
         """The most recent CMD_ACK kept for that command (its result and value), or None."""

@@ -21,7 +21,8 @@ import json
 import logging
 import sys
 import time
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 SECRET_NAMES = ("key", "token", "secret", "password", "passwd", "authorization")
 LOG_BURST = 20
@@ -87,8 +88,9 @@ class RateLimiter:
     The number of keys is bounded by the caller (reasons are a fixed set).
     """
 
-    def __init__(self, burst: int = LOG_BURST, rate: float = LOG_RATE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, burst: int = LOG_BURST, rate: float = LOG_RATE, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.burst = burst
         self.rate = rate
         self.clock = clock

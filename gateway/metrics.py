@@ -8,7 +8,8 @@ transports) and `upstream_families` here (the upstream's stats()).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class Metrics:
@@ -59,21 +60,46 @@ def num(v: float) -> str:
 
 def upstream_families(x: Metrics, st: dict[str, Any]) -> None:
     """The upstream's families, from its stats() (gateway/upstream.py)."""
-    x.family("lumeau_upstream_records_sent_total", "counter", "Records the upstream acknowledged (2xx).",
-             [({}, st.get("records_sent", 0))])
-    x.family("lumeau_upstream_requests_total", "counter", "Requests made upstream.",
-             [({}, st.get("requests", 0))])
-    x.family("lumeau_upstream_responses_total", "counter", "Upstream answers by HTTP status (0: no answer).",
-             [({"status": str(k)}, v) for k, v in sorted(st.get("responses", {}).items(), key=lambda kv: str(kv[0]))])
-    x.family("lumeau_upstream_retries_total", "counter", "Batches retried after a failure.",
-             [({}, st.get("retries", 0))])
-    x.family("lumeau_upstream_quarantined_batches_total", "counter", "Refused batches moved to the quarantine.",
-             [({}, st.get("quarantined_batches", 0))])
-    x.family("lumeau_upstream_consecutive_failures", "gauge", "Failed attempts since the last success.",
-             [({}, st.get("consecutive_failures", 0))])
-    x.family("lumeau_upstream_batch_latency_seconds", "summary",
-             "From a batch's first attempt to its settlement (delivered or quarantined).",
-             [({"__suffix": "_sum"}, st.get("batch_latency_seconds_sum", 0.0)),
-              ({"__suffix": "_count"}, st.get("batches", 0))])
-    x.family("lumeau_upstream_batch_latency_last_seconds", "gauge", "The last batch's latency.",
-             [({}, st.get("batch_latency_seconds_last", 0.0))])
+    x.family(
+        "lumeau_upstream_records_sent_total",
+        "counter",
+        "Records the upstream acknowledged (2xx).",
+        [({}, st.get("records_sent", 0))],
+    )
+    x.family("lumeau_upstream_requests_total", "counter", "Requests made upstream.", [({}, st.get("requests", 0))])
+    x.family(
+        "lumeau_upstream_responses_total",
+        "counter",
+        "Upstream answers by HTTP status (0: no answer).",
+        [({"status": str(k)}, v) for k, v in sorted(st.get("responses", {}).items(), key=lambda kv: str(kv[0]))],
+    )
+    x.family(
+        "lumeau_upstream_retries_total", "counter", "Batches retried after a failure.", [({}, st.get("retries", 0))]
+    )
+    x.family(
+        "lumeau_upstream_quarantined_batches_total",
+        "counter",
+        "Refused batches moved to the quarantine.",
+        [({}, st.get("quarantined_batches", 0))],
+    )
+    x.family(
+        "lumeau_upstream_consecutive_failures",
+        "gauge",
+        "Failed attempts since the last success.",
+        [({}, st.get("consecutive_failures", 0))],
+    )
+    x.family(
+        "lumeau_upstream_batch_latency_seconds",
+        "summary",
+        "From a batch's first attempt to its settlement (delivered or quarantined).",
+        [
+            ({"__suffix": "_sum"}, st.get("batch_latency_seconds_sum", 0.0)),
+            ({"__suffix": "_count"}, st.get("batches", 0)),
+        ],
+    )
+    x.family(
+        "lumeau_upstream_batch_latency_last_seconds",
+        "gauge",
+        "The last batch's latency.",
+        [({}, st.get("batch_latency_seconds_last", 0.0))],
+    )

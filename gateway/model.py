@@ -19,7 +19,7 @@ class DownlinkPath(Protocol):
     `txpk` at the uplink's concentrator timestamp plus the receive delay.
     """
 
-    async def send_downlink(self, frame: bytes, reception: "Reception") -> None: ...
+    async def send_downlink(self, frame: bytes, reception: Reception) -> None: ...
 
 
 @dataclass(slots=True)

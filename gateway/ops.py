@@ -27,44 +27,102 @@ LIGHTING = "lighting"
 IRRIGATION = "irrigation"
 
 
-def _int(name: str, lo: int, hi: int, unit: str | None = None, help: str = "", default: int | None = None
-         ) -> dict[str, Any]:
-    return {"name": name, "kind": "int", "min": lo, "max": hi, "unit": unit, "help": help,
-            "default": lo if default is None else default}
+def _int(
+    name: str, lo: int, hi: int, unit: str | None = None, help: str = "", default: int | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "int",
+        "min": lo,
+        "max": hi,
+        "unit": unit,
+        "help": help,
+        "default": lo if default is None else default,
+    }
 
 
 # op -> (node kinds, one group of args, (min groups, max groups), what it does)
 _CATALOGUE: dict[int, tuple[tuple[str, ...], list[dict[str, Any]], tuple[int, int], str]] = {
-    m.OP_SET_LEVEL: ((LIGHTING,), [
-        _int("level", 0, 100, "%", default=100),
-        _int("duration", 0, m.OVERRIDE_MAX_S, "s", "how long the override lasts; 0 cancels it (back to the profile)",
-             600),
-    ], (1, 1), "Override the lamp level for a while."),
-    m.OP_SET_PROFILE: ((LIGHTING,), [
-        {"name": "anchor", "kind": "choice", "choices": {"0": "sunset", "1": "sunrise", "2": "night midpoint"},
-         "unit": None, "help": "what the offset counts from", "default": 0},
-        _int("offset", -m.OFFSET_MAX_MIN, m.OFFSET_MAX_MIN, "min", default=0),
-        _int("level", 0, 100, "%", default=100),
-    ], (1, m.PROFILE_STEPS_MAX), "Replace the night's dimming profile (steps in order)."),
-    m.OP_CLEAR_FAULT: ((LIGHTING, IRRIGATION), [], (0, 0),
-                       "Clear latched faults (lamp failure, over-current, leak, burst, ...) after a repair."),
-    m.OP_OPEN_ZONE: ((IRRIGATION,), [
-        _int("zone", 1, m.ZONES_MAX),
-        _int("minutes", 1, m.DAY_MIN, "min", "capped by the node's hard maximum run time", 10),
-    ], (1, 1), "Water one zone now."),
+    m.OP_SET_LEVEL: (
+        (LIGHTING,),
+        [
+            _int("level", 0, 100, "%", default=100),
+            _int(
+                "duration",
+                0,
+                m.OVERRIDE_MAX_S,
+                "s",
+                "how long the override lasts; 0 cancels it (back to the profile)",
+                600,
+            ),
+        ],
+        (1, 1),
+        "Override the lamp level for a while.",
+    ),
+    m.OP_SET_PROFILE: (
+        (LIGHTING,),
+        [
+            {
+                "name": "anchor",
+                "kind": "choice",
+                "choices": {"0": "sunset", "1": "sunrise", "2": "night midpoint"},
+                "unit": None,
+                "help": "what the offset counts from",
+                "default": 0,
+            },
+            _int("offset", -m.OFFSET_MAX_MIN, m.OFFSET_MAX_MIN, "min", default=0),
+            _int("level", 0, 100, "%", default=100),
+        ],
+        (1, m.PROFILE_STEPS_MAX),
+        "Replace the night's dimming profile (steps in order).",
+    ),
+    m.OP_CLEAR_FAULT: (
+        (LIGHTING, IRRIGATION),
+        [],
+        (0, 0),
+        "Clear latched faults (lamp failure, over-current, leak, burst, ...) after a repair.",
+    ),
+    m.OP_OPEN_ZONE: (
+        (IRRIGATION,),
+        [
+            _int("zone", 1, m.ZONES_MAX),
+            _int("minutes", 1, m.DAY_MIN, "min", "capped by the node's hard maximum run time", 10),
+        ],
+        (1, 1),
+        "Water one zone now.",
+    ),
     m.OP_CLOSE_ALL: ((IRRIGATION,), [], (0, 0), "Close every valve now."),
-    m.OP_RAIN_DELAY: ((IRRIGATION,), [_int("hours", 0, m.RAIN_DELAY_MAX_H, "h", "0 cancels the delay", 24)], (1, 1),
-                      "Skip scheduled watering for a while."),
-    m.OP_SET_SCHEDULE: ((IRRIGATION,), [
-        _int("zone", 1, m.ZONES_MAX),
-        {"name": "days", "kind": "weekdays", "min": 0, "max": 127, "unit": None, "help": "bit 0 Monday",
-         "default": 127},
-        _int("start", 0, m.DAY_MIN - 1, "min", "minutes after local midnight (standard time)", 360),
-        _int("minutes", 0, m.DAY_MIN, "min", "0 leaves the zone without a schedule", 15),
-    ], (1, m.SCHEDULE_GROUPS_MAX),
-        f"Replace the schedule of each zone named (at most {m.SCHEDULE_MAX} entries on a node)."),
-    m.OP_SET_INTERVAL: ((LIGHTING, IRRIGATION), [_int("interval", m.REPORT_MIN_S, m.REPORT_MAX_S, "s", default=900)],
-                        (1, 1), "Set the report interval."),
+    m.OP_RAIN_DELAY: (
+        (IRRIGATION,),
+        [_int("hours", 0, m.RAIN_DELAY_MAX_H, "h", "0 cancels the delay", 24)],
+        (1, 1),
+        "Skip scheduled watering for a while.",
+    ),
+    m.OP_SET_SCHEDULE: (
+        (IRRIGATION,),
+        [
+            _int("zone", 1, m.ZONES_MAX),
+            {
+                "name": "days",
+                "kind": "weekdays",
+                "min": 0,
+                "max": 127,
+                "unit": None,
+                "help": "bit 0 Monday",
+                "default": 127,
+            },
+            _int("start", 0, m.DAY_MIN - 1, "min", "minutes after local midnight (standard time)", 360),
+            _int("minutes", 0, m.DAY_MIN, "min", "0 leaves the zone without a schedule", 15),
+        ],
+        (1, m.SCHEDULE_GROUPS_MAX),
+        f"Replace the schedule of each zone named (at most {m.SCHEDULE_MAX} entries on a node).",
+    ),
+    m.OP_SET_INTERVAL: (
+        (LIGHTING, IRRIGATION),
+        [_int("interval", m.REPORT_MIN_S, m.REPORT_MAX_S, "s", default=900)],
+        (1, 1),
+        "Set the report interval.",
+    ),
     m.OP_REBOOT: ((LIGHTING, IRRIGATION), [], (0, 0), "Restart the node (it says HELLO again)."),
 }
 
@@ -75,6 +133,14 @@ def catalogue() -> list[dict[str, Any]]:
     out = []
     for op in sorted(names):
         kinds, args, (gmin, gmax), help_ = _CATALOGUE[op]
-        out.append({"op": op, "name": names[op], "kinds": list(kinds), "args": args,
-                    "groups": {"min": gmin, "max": gmax}, "help": help_})
+        out.append(
+            {
+                "op": op,
+                "name": names[op],
+                "kinds": list(kinds),
+                "args": args,
+                "groups": {"min": gmin, "max": gmax},
+                "help": help_,
+            }
+        )
     return out

@@ -59,7 +59,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from gateway import bodies
 from gateway.logs import RateLimiter
@@ -120,9 +121,17 @@ def decode_body(mtype: int, plain: bytes) -> dict[int, Any]:
 
 
 class Pipeline:
-    def __init__(self, registry: KeyLookup, store: Store, *, downlinks: UplinkObserver | None = None,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, log_limiter: RateLimiter | None = None,
-                 compiled: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: KeyLookup,
+        store: Store,
+        *,
+        downlinks: UplinkObserver | None = None,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        log_limiter: RateLimiter | None = None,
+        compiled: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`compiled`: use the compiled admission path (None: when it was built; False: never).
 
         `clock`: the monotonic clock of the default log limiter, the pipeline's only use of time
@@ -135,8 +144,10 @@ class Pipeline:
             compiled = _fastadmit is not None
             if not compiled and not _warned_fallback:
                 _warned_fallback = True
-                log.warning("gateway._fastadmit is not built: admitting frames on the Python path "
-                            "(same verdicts, about 3x the CPU; reinstall with a C compiler and OpenSSL headers)")
+                log.warning(
+                    "gateway._fastadmit is not built: admitting frames on the Python path "
+                    "(same verdicts, about 3x the CPU; reinstall with a C compiler and OpenSSL headers)"
+                )
         elif compiled and _fastadmit is None:
             raise RuntimeError("gateway._fastadmit is not built")
         # Parse, keys, MIC, decode and check in one C call when it is sure; None: the Python path alone
@@ -187,7 +198,7 @@ class Pipeline:
         """
         return (await self.ingest_many((rec,)))[0]
 
-    async def ingest_many(self, recs: "list[Reception] | tuple[Reception, ...]") -> list[str]:
+    async def ingest_many(self, recs: list[Reception] | tuple[Reception, ...]) -> list[str]:
         """Process receptions that arrived together (one datagram, one serial read).
 
         One store round trip for all of them; returns a verdict per reception.
@@ -345,7 +356,7 @@ class Pipeline:
                 except Exception:
                     log.exception("a pipeline listener failed")
 
-    def _admit_safe(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
+    def _admit_safe(self, rec: Reception) -> str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]:
         t = rec.transport
         self.received[t] = self.received.get(t, 0) + 1
         try:
@@ -354,11 +365,15 @@ class Pipeline:
             self._count_reject(INTERNAL_ERROR, t)
             ok, suppressed = self._limiter.allow(INTERNAL_ERROR)
             if ok:
-                log.error("internal error on a frame: %r", e, exc_info=True,
-                          extra={"reason": INTERNAL_ERROR, "transport": t, "suppressed": suppressed})
+                log.error(
+                    "internal error on a frame: %r",
+                    e,
+                    exc_info=True,
+                    extra={"reason": INTERNAL_ERROR, "transport": t, "suppressed": suppressed},
+                )
             return INTERNAL_ERROR
 
-    def _admit(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
+    def _admit(self, rec: Reception) -> str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]:
         """Everything up to the store, synchronously: a verdict, or the record to store.
 
         The replay window moves here, before anything awaits, so a copy that
@@ -386,11 +401,24 @@ class Pipeline:
         if body is None:  # a copy of a frame whose commit failed (its counter forgotten): decode it again
             return self._admit_reference(rec)
         w.commit(counter)
-        record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body, {}, 1, rec.rssi, rec.snr,
-                        rec.gateway_id, mtype == m.EVENT and is_alarm(mtype, body), cbor)
+        record = Record(
+            node_id,
+            counter,
+            mtype,
+            expand.TYPE_NAMES[mtype],
+            rec.rx_time,
+            body,
+            {},
+            1,
+            rec.rssi,
+            rec.snr,
+            rec.gateway_id,
+            mtype == m.EVENT and is_alarm(mtype, body),
+            cbor,
+        )
         return record, (node_id, w.top, w.mask), w
 
-    def _admit_reference(self, rec: Reception) -> "str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]":
+    def _admit_reference(self, rec: Reception) -> str | tuple[Record, tuple[int, int, int], frame.ReplayWindow]:
         """The Python admission path: the spec the compiled path follows, and its fallback."""
         raw = rec.raw
         if len(raw) > frame.MAX_LEN:
@@ -400,8 +428,9 @@ class Pipeline:
         except frame.FrameError as e:
             return self._reject(MALFORMED, rec.transport, str(e))
         if f.downlink:
-            return self._reject(MALFORMED, rec.transport, f"downlink type {f.mtype} on the uplink path",
-                                {"node": f"{f.node_id:08x}"})
+            return self._reject(
+                MALFORMED, rec.transport, f"downlink type {f.mtype} on the uplink path", {"node": f"{f.node_id:08x}"}
+            )
         node_id = f.node_id
         entry = self.registry.get(node_id)
         if entry is None:
@@ -426,8 +455,21 @@ class Pipeline:
         w.commit(counter)
         # fields stay empty: named values are derived on the way out (the native format names
         # them from the body; the store fills `fields` for whoever asks for them)
-        record = Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rec.rx_time, body, {}, 1, rec.rssi, rec.snr,
-                        rec.gateway_id, is_alarm(mtype, body), cbor)
+        record = Record(
+            node_id,
+            counter,
+            mtype,
+            expand.TYPE_NAMES[mtype],
+            rec.rx_time,
+            body,
+            {},
+            1,
+            rec.rssi,
+            rec.snr,
+            rec.gateway_id,
+            is_alarm(mtype, body),
+            cbor,
+        )
         return record, (node_id, w.top, w.mask), w
 
     def _seen(self, verdict: int, w: frame.ReplayWindow, node_id: int, counter: int, rec: Reception) -> str:
@@ -448,8 +490,9 @@ class Pipeline:
         k = (reason, transport)
         self.rejected[k] = self.rejected.get(k, 0) + 1
 
-    def _reject(self, reason: str, transport: str, detail: str | None = None,
-                extra: dict[str, Any] | None = None) -> str:
+    def _reject(
+        self, reason: str, transport: str, detail: str | None = None, extra: dict[str, Any] | None = None
+    ) -> str:
         self._count_reject(reason, transport)
         ok, suppressed = self._limiter.allow(reason)
         if ok:

@@ -36,9 +36,10 @@ import math
 import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import tomli_w
 
@@ -117,7 +118,7 @@ class NodeEntry:
         self.keys = NodeKeys(self.node_id, self.root_key)
 
     @classmethod
-    def from_dict(cls, node_id: int, d: dict[str, Any]) -> "NodeEntry":
+    def from_dict(cls, node_id: int, d: dict[str, Any]) -> NodeEntry:
         """From a TOML table or API JSON; root_key as 32 hex digits."""
         where = f"node {node_id:08x}"
         if not isinstance(d, dict):
@@ -135,8 +136,16 @@ class NodeEntry:
             key = bytes.fromhex(rk)
         except ValueError:
             raise RegistryError(f"{where}: root_key: must be {2 * ROOT_KEY_LEN} hex digits") from None
-        return cls(node_id=node_id, kind=d["kind"], root_key=key, name=d.get("name", ""), site=d.get("site", ""),
-                   lat=d.get("lat"), lon=d.get("lon"), firmware=d.get("firmware", ""))
+        return cls(
+            node_id=node_id,
+            kind=d["kind"],
+            root_key=key,
+            name=d.get("name", ""),
+            site=d.get("site", ""),
+            lat=d.get("lat"),
+            lon=d.get("lon"),
+            firmware=d.get("firmware", ""),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML table (with the key: only for the registry file)."""
@@ -167,7 +176,7 @@ class Registry:
         self.get = self._entries.get
 
     @classmethod
-    def load(cls, path: str | Path, *, missing_ok: bool = True) -> "Registry":
+    def load(cls, path: str | Path, *, missing_ok: bool = True) -> Registry:
         """Read and check the file; a missing file is an empty registry when `missing_ok`."""
         path = Path(path)
         try:
@@ -177,8 +186,10 @@ class Registry:
                 return cls(path)
             raise RegistryError(f"{path}: registry file not found") from None
         if st.st_mode & 0o077:
-            raise RegistryError(f"{path}: holds root keys but is accessible to group or others "
-                                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+            raise RegistryError(
+                f"{path}: holds root keys but is accessible to group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+            )
         try:
             with path.open("rb") as f:
                 data = tomllib.load(f)
@@ -213,11 +224,14 @@ class Registry:
 
     def save(self) -> None:
         """Write the registry atomically with mode 0600 (new file, fsync, rename, fsync dir)."""
-        doc = {"version": FORMAT_VERSION,
-               "nodes": {format_node_id(n): self._entries[n].to_dict() for n in sorted(self._entries)}}
-        text = ("# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
-                "# Written by provisioning and the gateway's API; see gateway/registry.py.\n"
-                + tomli_w.dumps(doc))
+        doc = {
+            "version": FORMAT_VERSION,
+            "nodes": {format_node_id(n): self._entries[n].to_dict() for n in sorted(self._entries)},
+        }
+        text = (
+            "# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
+            "# Written by provisioning and the gateway's API; see gateway/registry.py.\n" + tomli_w.dumps(doc)
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -234,13 +248,14 @@ class Registry:
         finally:
             os.close(dfd)
 
-    def replace_all(self, other: "Registry") -> list[int]:
+    def replace_all(self, other: Registry) -> list[int]:
         """Take `other`'s nodes (a reloaded file) in place; returns the ids whose root key changed.
 
         In place, so everyone holding `registry.get` sees the new nodes at once.
         """
-        rekeyed = [n for n, e in other._entries.items()
-                   if n in self._entries and self._entries[n].root_key != e.root_key]
+        rekeyed = [
+            n for n, e in other._entries.items() if n in self._entries and self._entries[n].root_key != e.root_key
+        ]
         self._entries.clear()
         self._entries.update(other._entries)
         return rekeyed

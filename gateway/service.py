@@ -72,27 +72,47 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.cfg
         try:
-            self.store = await Store.open(cfg.gateway.database, max_records=cfg.queue.max_records,
-                                          group_max=cfg.queue.group_max,
-                                          quarantine_max=cfg.queue.quarantine_max_records)
+            self.store = await Store.open(
+                cfg.gateway.database,
+                max_records=cfg.queue.max_records,
+                group_max=cfg.queue.group_max,
+                quarantine_max=cfg.queue.quarantine_max_records,
+            )
             self.registry = Registry.load(cfg.gateway.registry)
             d = cfg.downlinks
-            self.downlinks = Downlinks(self.store, self.registry, default_ttl_s=d.default_ttl_s,
-                                       max_attempts=d.max_attempts, max_queued_per_node=d.max_queued_per_node,
-                                       collect_s=d.collect_s, ack_alarms=d.ack_alarms)
+            self.downlinks = Downlinks(
+                self.store,
+                self.registry,
+                default_ttl_s=d.default_ttl_s,
+                max_attempts=d.max_attempts,
+                max_queued_per_node=d.max_queued_per_node,
+                collect_s=d.collect_s,
+                ack_alarms=d.ack_alarms,
+            )
             await self.downlinks.start()
             self.history = History() if cfg.api.enabled else None  # read only through the API
             observer = self.downlinks if self.history is None else Observers(self.downlinks, self.history)
-            self.pipeline = Pipeline(self.registry, self.store, downlinks=observer,
-                                     max_inflight=cfg.pipeline.max_inflight)
+            self.pipeline = Pipeline(
+                self.registry, self.store, downlinks=observer, max_inflight=cfg.pipeline.max_inflight
+            )
             self.upstream = self._make_upstream()
             self.transports = self._make_transports()
             if cfg.api.enabled:
                 assert cfg.api.token is not None
-                self.api = Api(registry=self.registry, store=self.store, pipeline=self.pipeline,
-                               downlinks=self.downlinks, token=cfg.api.token.reveal(), host=cfg.api.host,
-                               port=cfg.api.port, upstream=self.upstream, transports=self.transports,
-                               history=self.history, ui=cfg.api.ui, silent_after_s=cfg.api.silent_after_s)
+                self.api = Api(
+                    registry=self.registry,
+                    store=self.store,
+                    pipeline=self.pipeline,
+                    downlinks=self.downlinks,
+                    token=cfg.api.token.reveal(),
+                    host=cfg.api.host,
+                    port=cfg.api.port,
+                    upstream=self.upstream,
+                    transports=self.transports,
+                    history=self.history,
+                    ui=cfg.api.ui,
+                    silent_after_s=cfg.api.silent_after_s,
+                )
                 await self.api.start()
             if self.upstream is not None:
                 await self.upstream.start()
@@ -106,12 +126,19 @@ class Gateway:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-        log.info("gateway started", extra={
-            "gateway": cfg.gateway.id, "database": str(cfg.gateway.database), "nodes": len(self.registry),
-            "queued": self.store.count(), "api_port": self.api.port if self.api else None,
-            "semtech_port": next((t.port for t in self.transports if type(t).__name__ == "SemtechServer"), None),
-            "serial_ports": [t.port for t in self.transports if type(t).__name__ == "SerialTransport"],
-            "upstream": cfg.upstream.url if self.upstream is not None else None})
+        log.info(
+            "gateway started",
+            extra={
+                "gateway": cfg.gateway.id,
+                "database": str(cfg.gateway.database),
+                "nodes": len(self.registry),
+                "queued": self.store.count(),
+                "api_port": self.api.port if self.api else None,
+                "semtech_port": next((t.port for t in self.transports if type(t).__name__ == "SemtechServer"), None),
+                "serial_ports": [t.port for t in self.transports if type(t).__name__ == "SerialTransport"],
+                "upstream": cfg.upstream.url if self.upstream is not None else None,
+            },
+        )
 
     def _make_upstream(self) -> Any:
         u = self.cfg.upstream
@@ -120,12 +147,23 @@ class Gateway:
         from gateway.upstream import Upstream
 
         assert self.store is not None and self.registry is not None and self.pipeline is not None
-        up = Upstream(self.store, u.url, token=u.token.reveal() if u.token else None, fmt=u.format,
-                      native_version=u.native_version, batch_size=u.batch_max_records or None,
-                      max_age=u.batch_max_age_s, timeout=u.timeout_s,
-                      backoff_base=u.backoff_initial_s, backoff_max=u.backoff_max_s,
-                      max_retry_after=u.max_retry_after_s, gzip_level=u.gzip_level,
-                      gateway_id=self.cfg.gateway.id, node_info=self.registry.get, ngsi_tenant=u.tenant or None)
+        up = Upstream(
+            self.store,
+            u.url,
+            token=u.token.reveal() if u.token else None,
+            fmt=u.format,
+            native_version=u.native_version,
+            batch_size=u.batch_max_records or None,
+            max_age=u.batch_max_age_s,
+            timeout=u.timeout_s,
+            backoff_base=u.backoff_initial_s,
+            backoff_max=u.backoff_max_s,
+            max_retry_after=u.max_retry_after_s,
+            gzip_level=u.gzip_level,
+            gateway_id=self.cfg.gateway.id,
+            node_info=self.registry.get,
+            ngsi_tenant=u.tenant or None,
+        )
         self.pipeline.listeners.append(lambda _n: up.notify())  # look at once, not at the next poll
         return up
 
@@ -136,19 +174,43 @@ class Gateway:
             from gateway.transports.semtech import SemtechServer
 
             s = cfg.semtech
-            out.append(SemtechServer(p, s.host, s.port, rx_delay=s.rx_delay_s, tx_power=s.tx_power_dbm,
-                                     invert_iq=s.invert_iq, accept_no_crc=s.accept_no_crc))
+            out.append(
+                SemtechServer(
+                    p,
+                    s.host,
+                    s.port,
+                    rx_delay=s.rx_delay_s,
+                    tx_power=s.tx_power_dbm,
+                    invert_iq=s.invert_iq,
+                    accept_no_crc=s.accept_no_crc,
+                )
+            )
         for sp in cfg.serial:
             from gateway.transports.serial import SerialTransport
 
-            out.append(SerialTransport(p, sp.port, baudrate=sp.baudrate, mode=sp.mode,
-                                       reconnect_min=sp.reconnect_min_s, reconnect_max=sp.reconnect_max_s))
+            out.append(
+                SerialTransport(
+                    p,
+                    sp.port,
+                    baudrate=sp.baudrate,
+                    mode=sp.mode,
+                    reconnect_min=sp.reconnect_min_s,
+                    reconnect_max=sp.reconnect_max_s,
+                )
+            )
         if cfg.ble.enabled:
             from gateway.transports.ble import BleTransport
 
             b = cfg.ble
-            out.append(BleTransport(p, adapter=b.adapter or None, max_connections=b.max_connections,
-                                    scan_interval=b.scan_interval_s or None, scan_window=b.scan_window_s))
+            out.append(
+                BleTransport(
+                    p,
+                    adapter=b.adapter or None,
+                    max_connections=b.max_connections,
+                    scan_interval=b.scan_interval_s or None,
+                    scan_window=b.scan_window_s,
+                )
+            )
         return out
 
     async def stop(self) -> None:
@@ -216,7 +278,7 @@ class Gateway:
         finally:
             try:
                 await asyncio.wait_for(self.stop(), SHUTDOWN_TIMEOUT_S)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 log.error("shutdown did not finish in %.0f s", SHUTDOWN_TIMEOUT_S)
             for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

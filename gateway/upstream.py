@@ -78,8 +78,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -96,6 +97,7 @@ def gzip_compress(body: bytes, level: int) -> bytes:
         return _igzip.compress(body, level)
     return gzip.compress(body, level)
 
+
 from gateway import formats
 from gateway.logs import RateLimiter
 from gateway.model import Record
@@ -110,6 +112,8 @@ COLUMNAR_BATCH_SIZE = 2000
 def default_batch_size(fmt: str = "native", native_version: int = formats.DEFAULT_NATIVE_VERSION) -> int:
     """Records per batch when none is configured (the module docstring says why)."""
     return COLUMNAR_BATCH_SIZE if fmt == "native" and native_version >= 3 else DEFAULT_BATCH_SIZE
+
+
 DEFAULT_MAX_AGE_S = 5.0
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_BACKOFF_BASE_S = 1.0
@@ -172,15 +176,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class Upstream:
     """Sends what the store holds to `url`; `await start()`, `notify()` after appends, `await stop()`."""
 
-    def __init__(self, store: BatchStore, url: str, *, token: str | None = None, fmt: str = "native",
-                 batch_size: int | None = None, max_age: float = DEFAULT_MAX_AGE_S,
-                 timeout: float = DEFAULT_TIMEOUT_S, backoff_base: float = DEFAULT_BACKOFF_BASE_S,
-                 backoff_max: float = DEFAULT_BACKOFF_MAX_S, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
-                 gzip_level: int = DEFAULT_GZIP_LEVEL, gateway_id: str = "",
-                 native_version: int = formats.DEFAULT_NATIVE_VERSION,
-                 node_info: Callable[[int], Any] | None = None, ngsi_tenant: str | None = None,
-                 ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: BatchStore,
+        url: str,
+        *,
+        token: str | None = None,
+        fmt: str = "native",
+        batch_size: int | None = None,
+        max_age: float = DEFAULT_MAX_AGE_S,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
+        gzip_level: int = DEFAULT_GZIP_LEVEL,
+        gateway_id: str = "",
+        native_version: int = formats.DEFAULT_NATIVE_VERSION,
+        node_info: Callable[[int], Any] | None = None,
+        ngsi_tenant: str | None = None,
+        ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`clock` (wall: record ages, Retry-After dates, batch times) and `monotonic` (batch age,
         latency) are seams for tests, as in gateway/downlinks.py."""
         if fmt not in FORMATS:
@@ -244,7 +262,8 @@ class Upstream:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 connector=aiohttp.TCPConnector(limit=1),
-                headers={"User-Agent": "lumeau-gateway"})
+                headers={"User-Agent": "lumeau-gateway"},
+            )
             self._task = asyncio.create_task(self._run(), name="lumeau-upstream")
 
     async def stop(self) -> None:
@@ -271,12 +290,14 @@ class Upstream:
         self._flush = True
         self._wake.set()
         try:
+
             async def empty() -> None:
                 while self.store.next_batch(1):
                     await asyncio.sleep(0.01)
+
             await asyncio.wait_for(empty(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             self._flush = False
@@ -288,11 +309,18 @@ class Upstream:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "state": self.state, "records_sent": self.records_sent, "requests": self.requests,
-            "responses": dict(self.responses), "retries": self.retries,
-            "quarantined_records": self.quarantined_records, "quarantined_batches": self.quarantined_batches,
-            "consecutive_failures": self.consecutive_failures, "last_success": self.last_success,
-            "last_error": self.last_error, "lag_seconds": self.lag(), "batches": self.batches,
+            "state": self.state,
+            "records_sent": self.records_sent,
+            "requests": self.requests,
+            "responses": dict(self.responses),
+            "retries": self.retries,
+            "quarantined_records": self.quarantined_records,
+            "quarantined_batches": self.quarantined_batches,
+            "consecutive_failures": self.consecutive_failures,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "lag_seconds": self.lag(),
+            "batches": self.batches,
             "batch_latency_seconds_last": self.batch_latency_last,
             "batch_latency_seconds_sum": self.batch_latency_sum,
         }
@@ -304,7 +332,7 @@ class Upstream:
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _run(self) -> None:
@@ -359,7 +387,7 @@ class Upstream:
             self._pending_since = None
             draining = full
 
-    def _encode_after(self, after: int) -> "_Encoded | None":
+    def _encode_after(self, after: int) -> _Encoded | None:
         """The batch after `after`, encoded; None when there is none or it cannot be encoded
         (the loop then finds it again and isolates the culprit)."""
         batch = self.store.next_batch(self.batch_size, after, named=False)
@@ -376,7 +404,7 @@ class Upstream:
         self._deleting.add(t)
         t.add_done_callback(self._deleted)
 
-    def _deleted(self, t: "asyncio.Task[int]") -> None:
+    def _deleted(self, t: asyncio.Task[int]) -> None:
         self._deleting.discard(t)
         if not t.cancelled() and t.exception() is not None:
             # still queued: send them again (the receiver drops them by key), and delete them then
@@ -385,8 +413,12 @@ class Upstream:
             if self._limiter.allow("delete")[0]:
                 log.error("delivered records could not be deleted, they will be sent again: %s", t.exception())
 
-    async def _deliver(self, batch: list[tuple[int, Record]], ready: "_Encoded | None" = None,
-                       overlap: "Callable[[int], _Encoded | None] | None" = None) -> "_Encoded | None":
+    async def _deliver(
+        self,
+        batch: list[tuple[int, Record]],
+        ready: _Encoded | None = None,
+        overlap: Callable[[int], _Encoded | None] | None = None,
+    ) -> _Encoded | None:
         """Settle every record of `batch`: delivered, or quarantined; retries until then.
 
         `ready`: the batch already encoded. `overlap(after)` is run while the
@@ -441,9 +473,14 @@ class Upstream:
                 self.state = "backoff"
                 level = logging.ERROR if out.kind == "config" else logging.WARNING
                 if self._limiter.allow(out.kind)[0]:
-                    log.log(level, "upstream %s, retrying in %.1f s: %s", "refused (check url and token)"
-                            if out.kind == "config" else "unavailable", delay, self.last_error,
-                            extra={"status": out.status, "records": len(part), "attempt": attempt})
+                    log.log(
+                        level,
+                        "upstream %s, retrying in %.1f s: %s",
+                        "refused (check url and token)" if out.kind == "config" else "unavailable",
+                        delay,
+                        self.last_error,
+                        extra={"status": out.status, "records": len(part), "attempt": attempt},
+                    )
                 await asyncio.sleep(delay)
         return ahead
 
@@ -453,8 +490,10 @@ class Upstream:
         await self.store.quarantine(seqs, status, text[:RESPONSE_TEXT_MAX])
         self.quarantined_records += len(seqs)
         self.quarantined_batches += 1
-        log.error("upstream refused records, quarantined", extra={"status": status, "records": len(seqs),
-                                                                  "response": text[:200]})
+        log.error(
+            "upstream refused records, quarantined",
+            extra={"status": status, "records": len(seqs), "response": text[:200]},
+        )
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -475,8 +514,9 @@ class Upstream:
         headers = {"Content-Type": formats.NATIVE_CONTENT_TYPE, "Idempotency-Key": key}
         return _Encoded(part, *self._wrap(body, headers))
 
-    async def _attempt(self, part: list[tuple[int, Record]], ready: "_Encoded | None" = None,
-                       overlap: Callable[[], Any] | None = None) -> tuple[_Outcome, Any]:
+    async def _attempt(
+        self, part: list[tuple[int, Record]], ready: _Encoded | None = None, overlap: Callable[[], Any] | None = None
+    ) -> tuple[_Outcome, Any]:
         """One try at delivering `part`, and what `overlap()` returned (run while the request was in flight)."""
         if self.fmt == "native":
             if ready is None:
@@ -523,8 +563,9 @@ class Upstream:
             headers["Content-Encoding"] = "gzip"
         return body, headers
 
-    async def _send(self, body: bytes, headers: dict[str, str],
-                    overlap: Callable[[], Any] | None = None) -> tuple[_Outcome, Any]:
+    async def _send(
+        self, body: bytes, headers: dict[str, str], overlap: Callable[[], Any] | None = None
+    ) -> tuple[_Outcome, Any]:
         """POST a wrapped body; `overlap()` runs once the request is on its way."""
         req = asyncio.ensure_future(self._post(body, headers))
         extra = None
@@ -552,7 +593,7 @@ class Upstream:
                 text = await resp.text(errors="replace")
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._count("error")
             self.last_error = f"no answer within {self.timeout:g} s"
             return _Outcome("retry")

@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
@@ -134,11 +135,19 @@ class Seen:
     rssi: int
 
     def json(self) -> dict[str, Any]:
-        return {"address": self.address, "node": f"{self.node_id:08x}", "kind": KINDS.get(self.kind, self.kind),
-                "state": STATES.get(self.state, self.state), "open_alarms": self.open_alarms,
-                "output": self.output, "output_text": output_text(self.kind, self.output),
-                "firmware": self.firmware, "clock_set": self.time_set, "configurable": self.configurable,
-                "rssi": self.rssi}
+        return {
+            "address": self.address,
+            "node": f"{self.node_id:08x}",
+            "kind": KINDS.get(self.kind, self.kind),
+            "state": STATES.get(self.state, self.state),
+            "open_alarms": self.open_alarms,
+            "output": self.output,
+            "output_text": output_text(self.kind, self.output),
+            "firmware": self.firmware,
+            "clock_set": self.time_set,
+            "configurable": self.configurable,
+            "rssi": self.rssi,
+        }
 
 
 def parse_service_data(address: str, data: bytes, rssi: int) -> Seen:
@@ -149,10 +158,18 @@ def parse_service_data(address: str, data: bytes, rssi: int) -> Seen:
     kind, state, alarms, out, v0, v1, v2, flags = data[4:12]
     if kind not in KINDS or state not in STATES:
         raise ValueError(f"kind {kind} / state {state} unknown")
-    return Seen(address=address, node_id=node_id, kind=kind, state=state, open_alarms=alarms,
-                output=None if out == 0xFF else out, firmware=f"{v0}.{v1}.{v2}",
-                time_set=bool(flags & pb.FL_TIME), configurable=bool(flags & pb.FL_CONFIGURE),
-                rssi=int(rssi))
+    return Seen(
+        address=address,
+        node_id=node_id,
+        kind=kind,
+        state=state,
+        open_alarms=alarms,
+        output=None if out == 0xFF else out,
+        firmware=f"{v0}.{v1}.{v2}",
+        time_set=bool(flags & pb.FL_TIME),
+        configurable=bool(flags & pb.FL_CONFIGURE),
+        rssi=int(rssi),
+    )
 
 
 def seen_from(device: BLEDevice, adv: AdvertisementData) -> Seen | None:
@@ -213,8 +230,9 @@ def parse_settings(pairs: list[str], kind: int | None = None) -> dict[int, int]:
         if not lo <= v <= hi:
             raise BleToolError("bad_setting", f"{name}={v}: out of range {lo}..{hi}{' ' + unit if unit else ''}")
         if kind is not None and for_kind is not None and for_kind != kind:
-            raise BleToolError("bad_setting", f"{name} is a {KINDS[for_kind]} setting; this node is a "
-                                              f"{KINDS.get(kind, kind)} node")
+            raise BleToolError(
+                "bad_setting", f"{name} is a {KINDS[for_kind]} setting; this node is a {KINDS.get(kind, kind)} node"
+            )
         out[key] = v
     return out
 
@@ -232,8 +250,9 @@ def load_keys(node_id: int, config: Path | None = None, registry: Path | None = 
         except fwconfig.ConfigError as e:
             raise BleToolError("no_key", f"{config}: {e}") from None
         if cfg["node_id"] != node_id or cfg["keys"] is None:
-            raise BleToolError("no_key", f"{config} is the config of node {cfg['node_id']:08x}, not of node "
-                                         f"{node_id:08x}")
+            raise BleToolError(
+                "no_key", f"{config} is the config of node {cfg['node_id']:08x}, not of node {node_id:08x}"
+            )
         return cfg["keys"]
     if registry is not None:
         from gateway.registry import Registry, RegistryError
@@ -265,8 +284,11 @@ def decode_status(data: bytes) -> dict[str, Any]:
             raise ValueError("firmware must be text")
         status = m.validate(m.STATUS, v.get(pb.ST_STATUS, {}))
         out: dict[str, Any] = {
-            "node": f"{node_id:08x}", "node_id": node_id, "kind": KINDS.get(kind, kind),
-            "firmware": firmware, "state": STATES.get(state, state),
+            "node": f"{node_id:08x}",
+            "node_id": node_id,
+            "kind": KINDS.get(kind, kind),
+            "firmware": firmware,
+            "state": STATES.get(state, state),
             "status": expand.expand(m.STATUS, status),
             "tool_counter": _int(v.get(pb.ST_TOOL_TOP, fr.TOOL_COUNTER_BASE - 1)),
             "gateway_counter": _int(v.get(pb.ST_GATEWAY_TOP, -1)),
@@ -281,8 +303,14 @@ def decode_status(data: bytes) -> dict[str, Any]:
         if counts is not None:
             if not isinstance(counts, list) or any(type(x) is not int for x in counts):
                 raise ValueError("counters must be integers")
-            names = ("uplinks_sent", "downlinks_accepted", "downlinks_rejected", "app_faults", "ble_applied",
-                     "ble_refused")
+            names = (
+                "uplinks_sent",
+                "downlinks_accepted",
+                "downlinks_rejected",
+                "app_faults",
+                "ble_applied",
+                "ble_refused",
+            )
             out["counters"] = dict(zip(names, counts))
         err = v.get(pb.ST_LAST_ERROR)
         if err is not None:
@@ -340,8 +368,11 @@ async def scan(timeout: float = DEFAULT_SCAN_S, backends: Backends | None = None
 
 
 def _no_adapter(e: Exception) -> BleToolError:
-    return BleToolError("adapter", f"cannot scan: {e or type(e).__name__} (is there a Bluetooth adapter, switched on, "
-                                   "and on Linux is bluetoothd running?)")
+    return BleToolError(
+        "adapter",
+        f"cannot scan: {e or type(e).__name__} (is there a Bluetooth adapter, switched on, "
+        "and on Linux is bluetoothd running?)",
+    )
 
 
 def parse_target(target: str) -> tuple[str | None, int | None]:
@@ -373,7 +404,7 @@ async def find(target: str, timeout: float, backends: Backends | None = None) ->
     try:
         async with BleakScanner(heard, **_scanner_kw(backends)):
             return await asyncio.wait_for(done, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         what = f"address {address}" if address is not None else f"node id {node_id:08x}"
         raise BleToolError("not_found", f"no Lumeau node with {what} in reach (scanned {timeout:g} s)") from None
     except (BleakError, OSError) as e:
@@ -393,10 +424,10 @@ class Link:
         self.gone = asyncio.Event()
         self.client = BleakClient(device, disconnected_callback=lambda _c: self.gone.set(), **kw)
 
-    async def __aenter__(self) -> "Link":
+    async def __aenter__(self) -> Link:
         try:
             await asyncio.wait_for(self.client.connect(), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BleToolError("timeout", f"{self.device.address}: no connection within {self.timeout:g} s") from None
         except (BleakError, OSError) as e:
             raise BleToolError("connect", f"{self.device.address}: cannot connect: {e}") from None
@@ -406,7 +437,7 @@ class Link:
         try:
             if self.client.is_connected:
                 await asyncio.wait_for(self.client.disconnect(), self.timeout)
-        except (BleakError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, BleakError, OSError):
             pass
 
     def _char(self, uuid: str) -> Any:
@@ -418,9 +449,10 @@ class Link:
     async def read(self, uuid: str) -> bytes:
         try:
             return bytes(await asyncio.wait_for(self.client.read_gatt_char(self._char(uuid)), self.timeout))
-        except asyncio.TimeoutError:
-            raise BleToolError("timeout", f"{self.device.address}: no answer to a read within {self.timeout:g} s") \
-                from None
+        except TimeoutError:
+            raise BleToolError(
+                "timeout", f"{self.device.address}: no answer to a read within {self.timeout:g} s"
+            ) from None
         except (BleakError, OSError, EOFError) as e:
             raise BleToolError("disconnected", f"{self.device.address}: {e}") from None
 
@@ -445,8 +477,9 @@ class Link:
         try:
             await self.client.start_notify(char, notified)
             for i in range(0, len(data), piece):
-                await asyncio.wait_for(self.client.write_gatt_char(char, data[i:i + piece], response=True),
-                                       self.timeout)
+                await asyncio.wait_for(
+                    self.client.write_gatt_char(char, data[i : i + piece], response=True), self.timeout
+                )
             gone = asyncio.ensure_future(self.gone.wait())
             got = asyncio.ensure_future(answers.get())
             try:
@@ -458,13 +491,20 @@ class Link:
             if got.done() and not got.cancelled():
                 return got.result()
             if self.gone.is_set():
-                raise BleToolError("disconnected", f"{self.device.address} dropped the link before answering: "
-                                                   "the settings may or may not be applied (check it)")
-            raise BleToolError("timeout", f"{self.device.address} did not answer within {self.timeout:g} s: the "
-                                          "settings may or may not be applied (check it)")
-        except asyncio.TimeoutError:
-            raise BleToolError("timeout", f"{self.device.address} did not take the write within "
-                                          f"{self.timeout:g} s") from None
+                raise BleToolError(
+                    "disconnected",
+                    f"{self.device.address} dropped the link before answering: "
+                    "the settings may or may not be applied (check it)",
+                )
+            raise BleToolError(
+                "timeout",
+                f"{self.device.address} did not answer within {self.timeout:g} s: the "
+                "settings may or may not be applied (check it)",
+            )
+        except TimeoutError:
+            raise BleToolError(
+                "timeout", f"{self.device.address} did not take the write within {self.timeout:g} s"
+            ) from None
         except (BleakError, OSError, EOFError) as e:
             raise BleToolError("disconnected", f"{self.device.address}: {e}") from None
 
@@ -472,15 +512,17 @@ class Link:
 # -- the commands' work ------------------------------------------------------------------------------
 
 
-async def check(target: str, timeout: float = DEFAULT_TIMEOUT_S,
-                backends: Backends | None = None) -> tuple[Seen, dict[str, Any], list[dict[str, Any]]]:
+async def check(
+    target: str, timeout: float = DEFAULT_TIMEOUT_S, backends: Backends | None = None
+) -> tuple[Seen, dict[str, Any], list[dict[str, Any]]]:
     device, seen = await find(target, timeout, backends)
     async with Link(device, seen, timeout, backends) as link:
         status = await link.status()
         alarms = await link.alarms()
     if status["node_id"] != seen.node_id:
-        raise BleToolError("protocol", f"{device.address} advertises node {seen.node_id:08x} but its status says "
-                                       f"{status['node']}")
+        raise BleToolError(
+            "protocol", f"{device.address} advertises node {seen.node_id:08x} but its status says {status['node']}"
+        )
     return seen, status, alarms
 
 
@@ -493,9 +535,16 @@ class Configured:
     retried: bool  # a counter was taken by another tool meanwhile
 
 
-async def configure(target: str, pairs: list[str], *, config: Path | None = None, registry: Path | None = None,
-                    timeout: float = DEFAULT_TIMEOUT_S, backends: Backends | None = None,
-                    clock: Callable[[], float] = time.time) -> Configured:
+async def configure(
+    target: str,
+    pairs: list[str],
+    *,
+    config: Path | None = None,
+    registry: Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    backends: Backends | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Configured:
     parse_settings(pairs)  # a typo is found before any radio work
     set_clock = any(p.partition("=")[0].strip().lower() == CLOCK for p in pairs)
     device, seen = await find(target, timeout, backends)
@@ -506,32 +555,37 @@ async def configure(target: str, pairs: list[str], *, config: Path | None = None
     async with Link(device, seen, timeout, backends) as link:
         status = await link.status()
         if status["node_id"] != seen.node_id:
-            raise BleToolError("protocol", f"{device.address} advertises node {seen.node_id:08x} but its status "
-                                           f"says {status['node']}")
+            raise BleToolError(
+                "protocol", f"{device.address} advertises node {seen.node_id:08x} but its status says {status['node']}"
+            )
         top = status["tool_counter"]
         refused, retried, when = 0, False, None
         if settings:
             top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {m.CF_SETTINGS: settings}, top)
         if set_clock:
+
             def now() -> dict[int, int]:  # read at the last moment: the answer comes within the timeout
                 t = clock()
                 nonlocal when
                 when = int(t)
                 return {m.T_UNIX: int(t), m.T_MS: int(t * 1000) % 1000}
+
             top, _, again = await _send(link, keys, m.TIME, now, top)
             retried = retried or again
         return Configured(seen, settings, refused, when, retried)
 
 
-async def _send(link: Link, keys: NodeKeys, mtype: int, body: Callable[[], dict[int, Any]],
-                top: int) -> tuple[int, int, bool]:
+async def _send(
+    link: Link, keys: NodeKeys, mtype: int, body: Callable[[], dict[int, Any]], top: int
+) -> tuple[int, int, bool]:
     """One frame for the tool half, answered and verified: (the counter used, refused keys, retried)."""
     node = f"node {link.seen.node_id:08x}"
     for attempt in (0, 1):
         counter = max(top, fr.TOOL_COUNTER_BASE - 1) + 1
         if counter > fr.MAX_COUNTER:
-            raise BleToolError("exhausted", f"{node} used every commissioning counter: re-key it "
-                                            "(lumeau node provision)")
+            raise BleToolError(
+                "exhausted", f"{node} used every commissioning counter: re-key it (lumeau node provision)"
+            )
         answer = await link.exchange(fr.seal(keys, mtype, counter, m.encode(mtype, body())))
         if answer[:1] == bytes((pb.REFUSED,)) and len(answer) == 6:
             reason, top = answer[1], int.from_bytes(answer[2:6], "big")
@@ -551,8 +605,7 @@ def _confirmed(keys: NodeKeys, answer: bytes, counter: int) -> int:
             raise ValueError(f"a message of type {f.mtype}, not a CMD_ACK")
         ack = m.decode(m.CMD_ACK, plain)
     except fr.BadMIC:
-        raise BleToolError("auth", "the answer is not signed with this node's key: not the node you meant?") \
-            from None
+        raise BleToolError("auth", "the answer is not signed with this node's key: not the node you meant?") from None
     except ValueError as e:
         raise BleToolError("protocol", f"the node's answer does not decode: {e}") from None
     if ack[m.CA_ID] != counter:

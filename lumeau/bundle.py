@@ -140,8 +140,11 @@ def build(kind: str, target: str, out: Path, source_root: Path = ROOT) -> Bundle
                 target_path = staging / dst
                 target_path.parent.mkdir(parents=True, exist_ok=True)
                 # -s: tracebacks on the board name the module as the board sees it.
-                proc = subprocess.run([exe, f"-march={march}", "-s", src, "-o", str(target_path), str(src_path)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [exe, f"-march={march}", "-s", src, "-o", str(target_path), str(src_path)],
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode != 0:
                     raise BundleError(f"mpy-cross failed on {src}:\n{proc.stderr.strip()}")
             files.append(BundleFile(dst, src, target_path.stat().st_size, sha256_file(target_path)))
@@ -192,15 +195,28 @@ def load(directory: Path, verify: bool = True) -> Bundle:
             if not isinstance(f, dict):
                 raise BundleError(f"{mpath}: files[{i}]: expected an object")
             p = f["path"]
-            if (not isinstance(p, str) or not p or p.startswith("/") or ".." in p.split("/")
-                    or not re.fullmatch(r"[A-Za-z0-9_./-]+", p)):
+            if (
+                not isinstance(p, str)
+                or not p
+                or p.startswith("/")
+                or ".." in p.split("/")
+                or not re.fullmatch(r"[A-Za-z0-9_./-]+", p)
+            ):
                 raise BundleError(f"{mpath}: files[{i}].path: {p!r} is not a plain relative path")
             if not re.fullmatch(r"[0-9a-f]{64}", str(f["sha256"])):
                 raise BundleError(f"{mpath}: files[{i}].sha256: not 64 hex digits")
             files.append(BundleFile(p, str(f.get("source", "")), int(f["size"]), f["sha256"]))
-        bundle = Bundle(directory, str(doc["firmware_version"]), str(doc["kind"]), str(doc["target"]),
-                        str(doc["march"]), int(mp["mpy_version"]), int(mp["mpy_sub_version"]),
-                        str(mp["mpy_cross"]), tuple(files))
+        bundle = Bundle(
+            directory,
+            str(doc["firmware_version"]),
+            str(doc["kind"]),
+            str(doc["target"]),
+            str(doc["march"]),
+            int(mp["mpy_version"]),
+            int(mp["mpy_sub_version"]),
+            str(mp["mpy_cross"]),
+            tuple(files),
+        )
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, BundleError):
             raise
@@ -213,6 +229,8 @@ def load(directory: Path, verify: bool = True) -> Bundle:
             if not local.is_file():
                 raise BundleError(f"{directory}: {f.path} is listed in {MANIFEST} but missing")
             if local.stat().st_size != f.size or sha256_file(local) != f.sha256:
-                raise BundleError(f"{directory}: {f.path} does not match its hash in {MANIFEST} "
-                                  "(changed or damaged since the build): rebuild the bundle")
+                raise BundleError(
+                    f"{directory}: {f.path} does not match its hash in {MANIFEST} "
+                    "(changed or damaged since the build): rebuild the bundle"
+                )
     return bundle

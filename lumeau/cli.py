@@ -31,11 +31,11 @@ COMMAND_MODULES: list[str] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lumeau", description="Lumeau: street lighting and irrigation nodes, "
-                                "gateway and simulator.")
+    p = argparse.ArgumentParser(
+        prog="lumeau", description="Lumeau: street lighting and irrigation nodes, gateway and simulator."
+    )
     p.add_argument("--version", action="version", version=f"lumeau {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_subcommand(sub)

@@ -35,11 +35,13 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from lumeau.bundle import Bundle, BundleError, load as load_bundle
+from lumeau.bundle import Bundle, BundleError
+from lumeau.bundle import load as load_bundle
 
 if TYPE_CHECKING:  # imported where used: mpremote loads only for a flash
     from mpremote.transport_serial import SerialTransport
@@ -51,8 +53,21 @@ RETRIES = 1
 CONNECT_TIMEOUT_S = 10.0
 SETTLE_S = 3.0
 HELLO_TIMEOUT_S = 60.0
-REASONS = ("no_such_port", "port_busy", "port_access", "not_micropython", "timeout", "incompatible",
-           "board_full", "hash_mismatch", "bad_bundle", "bad_config", "node_failed", "transport", "image")
+REASONS = (
+    "no_such_port",
+    "port_busy",
+    "port_access",
+    "not_micropython",
+    "timeout",
+    "incompatible",
+    "board_full",
+    "hash_mismatch",
+    "bad_bundle",
+    "bad_config",
+    "node_failed",
+    "transport",
+    "image",
+)
 
 
 class FlashError(Exception):
@@ -116,8 +131,7 @@ del _lumeau_sz
 class Flasher:
     """One flashing session on one port (a context manager holding the port)."""
 
-    def __init__(self, port: str, *, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 log: Callable[[str], None] = print):
+    def __init__(self, port: str, *, connect_timeout: float = CONNECT_TIMEOUT_S, log: Callable[[str], None] = print):
         self.port = port
         self.connect_timeout = connect_timeout
         self.log = log
@@ -137,8 +151,10 @@ class Flasher:
         from mpremote.transport_serial import SerialTransport
 
         if not os.path.exists(self.port):
-            raise FlashError("no_such_port", f"{self.port}: no such port (is the board plugged in? "
-                                             "look for /dev/ttyUSB* or /dev/ttyACM*)")
+            raise FlashError(
+                "no_such_port",
+                f"{self.port}: no such port (is the board plugged in? look for /dev/ttyUSB* or /dev/ttyACM*)",
+            )
         try:
             # A read timeout, or mpremote waits forever on a silent pty.
             t = self.transport = SerialTransport(self.port, baudrate=115200, timeout=min(1.0, self.connect_timeout))
@@ -154,10 +170,14 @@ class Flasher:
             if isinstance(e, OSError):
                 raise FlashError("transport", f"{self.port}: {e}") from None
             if got in ("", "b''"):
-                raise FlashError("timeout", f"{self.port}: no answer within {self.connect_timeout:g} s "
-                                            "(is the board powered? in its bootloader? another baud rate?)") from None
-            raise FlashError("not_micropython", f"{self.port}: not a MicroPython REPL; the device answered "
-                                                f"{got[:120]}") from None
+                raise FlashError(
+                    "timeout",
+                    f"{self.port}: no answer within {self.connect_timeout:g} s "
+                    "(is the board powered? in its bootloader? another baud rate?)",
+                ) from None
+            raise FlashError(
+                "not_micropython", f"{self.port}: not a MicroPython REPL; the device answered {got[:120]}"
+            ) from None
         t.serial.timeout = 5.0  # replies from a working board come within ms
 
     def _diagnose_open(self) -> FlashError:
@@ -168,11 +188,16 @@ class Flasher:
         except serial.SerialException as e:
             text = str(e)
             if "exclusively lock" in text or getattr(e, "errno", None) in (errno.EAGAIN, errno.EBUSY):
-                return FlashError("port_busy", f"{self.port} is in use by another program "
-                                               "(a terminal, mpremote, the gateway?): close it and retry")
+                return FlashError(
+                    "port_busy",
+                    f"{self.port} is in use by another program "
+                    "(a terminal, mpremote, the gateway?): close it and retry",
+                )
             if getattr(e, "errno", None) == errno.EACCES or "Permission denied" in text:
-                return FlashError("port_access", f"{self.port}: permission denied (add yourself to the "
-                                                 "dialout group, then log in again)")
+                return FlashError(
+                    "port_access",
+                    f"{self.port}: permission denied (add yourself to the dialout group, then log in again)",
+                )
             return FlashError("no_such_port", f"{self.port}: cannot open: {text}")
         s.close()
         return FlashError("port_busy", f"{self.port}: could not be opened by mpremote (busy a moment ago?)")
@@ -215,10 +240,16 @@ class Flasher:
             raise FlashError("transport", f"{self.port}: unexpected answer from the board: {out[:200]!r}") from None
 
     def board_info(self) -> dict[str, Any]:
-        mpy, platform, version = self._eval("import sys\nprint(repr((sys.implementation._mpy, sys.platform, "
-                                            "sys.version)))")
-        return {"mpy_version": mpy & 0xFF, "mpy_sub_version": (mpy >> 8) & 3, "mpy_arch": mpy >> 10,
-                "platform": platform, "version": version}
+        mpy, platform, version = self._eval(
+            "import sys\nprint(repr((sys.implementation._mpy, sys.platform, sys.version)))"
+        )
+        return {
+            "mpy_version": mpy & 0xFF,
+            "mpy_sub_version": (mpy >> 8) & 3,
+            "mpy_arch": mpy >> 10,
+            "platform": platform,
+            "version": version,
+        }
 
     def remote_hashes(self, paths: list[str]) -> list[str | None]:
         return self._eval(HASH_SCRIPT % _remote_repr(paths))
@@ -243,22 +274,28 @@ class Flasher:
             except OSError as e:
                 self._exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % part)
                 if e.errno == errno.ENOSPC:
-                    raise FlashError("board_full", f"{self.port}: the board's filesystem filled up while "
-                                                   f"writing {path} ({len(data)} bytes)") from None
+                    raise FlashError(
+                        "board_full",
+                        f"{self.port}: the board's filesystem filled up while writing {path} ({len(data)} bytes)",
+                    ) from None
                 raise FlashError("transport", f"{self.port}: writing {path} failed: {e}") from None
             except Exception as e:  # mpremote's TransportError and friends
                 raise FlashError("transport", f"{self.port}: writing {path} failed: {e}") from None
             got = self.remote_hashes([part])[0]
             if got == sha256:
-                self._exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass\nos.rename(%r, %r)"
-                           % (path, part, path))
+                self._exec(
+                    "import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass\nos.rename(%r, %r)" % (path, part, path)
+                )
                 return
             self._exec("import os\nos.remove(%r)" % part)
             if attempt < RETRIES:
                 self.log(f"  {path}: hash mismatch on the board, writing it again")
-        raise FlashError("hash_mismatch", f"{self.port}: {path} reads back from the board as sha256 {got}, "
-                                          f"expected {sha256} ({RETRIES + 1} attempts): the board's flash "
-                                          "may be failing")
+        raise FlashError(
+            "hash_mismatch",
+            f"{self.port}: {path} reads back from the board as sha256 {got}, "
+            f"expected {sha256} ({RETRIES + 1} attempts): the board's flash "
+            "may be failing",
+        )
 
     def list_managed(self) -> list[str]:
         """Files under MANAGED_DIRS on the board (relative paths)."""
@@ -300,10 +337,13 @@ class Flasher:
 
 def _check_compatible(bundle: Bundle, info: dict, log: Callable[[str], None]) -> None:
     if info["mpy_version"] != bundle.mpy_version or info["mpy_sub_version"] < bundle.mpy_sub_version:
-        raise FlashError("incompatible", f"the board runs MicroPython with .mpy v{info['mpy_version']}."
-                                         f"{info['mpy_sub_version']} ({info['version']}); the bundle is .mpy "
-                                         f"v{bundle.mpy_version}.{bundle.mpy_sub_version} (mpy-cross "
-                                         f"{bundle.mpy_cross}): update the board's MicroPython (--micropython)")
+        raise FlashError(
+            "incompatible",
+            f"the board runs MicroPython with .mpy v{info['mpy_version']}."
+            f"{info['mpy_sub_version']} ({info['version']}); the bundle is .mpy "
+            f"v{bundle.mpy_version}.{bundle.mpy_sub_version} (mpy-cross "
+            f"{bundle.mpy_cross}): update the board's MicroPython (--micropython)",
+        )
 
 
 def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
@@ -318,13 +358,17 @@ def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
     except fwconfig.ConfigError as e:
         raise FlashError("bad_config", f"{path}: {e}") from None
     if cfg["kind"] != bundle.kind:
-        raise FlashError("bad_config", f"{path}: a {cfg['kind']} node's config, but the bundle is for {bundle.kind} "
-                                       "nodes: build the right bundle (lumeau node build --kind ...)")
+        raise FlashError(
+            "bad_config",
+            f"{path}: a {cfg['kind']} node's config, but the bundle is for {bundle.kind} "
+            "nodes: build the right bundle (lumeau node build --kind ...)",
+        )
     return data, cfg
 
 
-def wait_hello_at_gateway(url: str, token: str, node_id: int, since: float, firmware: str,
-                          timeout: float, log: Callable[[str], None]) -> str:
+def wait_hello_at_gateway(
+    url: str, token: str, node_id: int, since: float, firmware: str, timeout: float, log: Callable[[str], None]
+) -> str:
     """Poll the gateway's API until the node was seen after `since` running `firmware`."""
     req_url = url.rstrip("/") + f"/nodes/{node_id:08x}"
     deadline = time.monotonic() + timeout
@@ -336,8 +380,10 @@ def wait_hello_at_gateway(url: str, token: str, node_id: int, since: float, firm
                 node = json.loads(resp.read())
             seen = node.get("last_seen")
             if isinstance(seen, (int, float)) and seen >= since and (node.get("reported_firmware") in (firmware, None)):
-                return f"HELLO at the gateway (last seen {time.strftime('%H:%M:%S', time.localtime(seen))}" \
-                       f", firmware {node.get('reported_firmware')})"
+                return (
+                    f"HELLO at the gateway (last seen {time.strftime('%H:%M:%S', time.localtime(seen))}"
+                    f", firmware {node.get('reported_firmware')})"
+                )
         except urllib.error.HTTPError as e:
             last_err = f"HTTP {e.code}"
             if e.code in (401, 403):
@@ -345,15 +391,27 @@ def wait_hello_at_gateway(url: str, token: str, node_id: int, since: float, firm
         except (urllib.error.URLError, OSError, ValueError) as e:
             last_err = str(e)
         time.sleep(0.5)
-    raise FlashError("timeout", f"no HELLO from node {node_id:08x} at the gateway {url} within {timeout:g} s"
-                                + (f" (last error: {last_err})" if last_err else "")
-                                + ": check its radio settings, the antenna, and that the gateway runs")
+    raise FlashError(
+        "timeout",
+        f"no HELLO from node {node_id:08x} at the gateway {url} within {timeout:g} s"
+        + (f" (last error: {last_err})" if last_err else "")
+        + ": check its radio settings, the antenna, and that the gateway runs",
+    )
 
 
-def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_timeout: float = CONNECT_TIMEOUT_S,
-          settle_s: float = SETTLE_S, gateway: str | None = None, token: str | None = None,
-          hello_timeout: float = HELLO_TIMEOUT_S, reset: bool = True,
-          log: Callable[[str], None] = print) -> FlashReport:
+def flash(
+    port: str,
+    bundle_dir: Path,
+    config: Path | None = None,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    settle_s: float = SETTLE_S,
+    gateway: str | None = None,
+    token: str | None = None,
+    hello_timeout: float = HELLO_TIMEOUT_S,
+    reset: bool = True,
+    log: Callable[[str], None] = print,
+) -> FlashReport:
     try:
         bundle = load_bundle(bundle_dir)
     except BundleError as e:
@@ -375,8 +433,11 @@ def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_ti
         remote = fl.remote_hashes([p for p, _, _ in wanted] + ([CONFIG_PATH] if cfg_data is None else []))
         if cfg_data is None:
             if remote.pop() is None and reset:
-                raise FlashError("bad_config", f"{port}: the board has no /{CONFIG_PATH} and no --config was given: "
-                                               "the node could not start (lumeau node provision writes one)")
+                raise FlashError(
+                    "bad_config",
+                    f"{port}: the board has no /{CONFIG_PATH} and no --config was given: "
+                    "the node could not start (lumeau node provision writes one)",
+                )
         todo = []
         for (path, data, digest), have in zip(wanted, remote):
             if have == digest:
@@ -390,9 +451,12 @@ def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_ti
             grow = sum(max(0, blocks(len(d)) - blocks(max(s, 0))) for (_, d, _), s in zip(todo, sizes))
             peak = max(blocks(len(d)) for _, d, _ in todo)  # the .part copy beside the old file
             if grow + peak > bfree:
-                raise FlashError("board_full", f"{port}: the board's filesystem is full: these files need "
-                                               f"{(grow + peak) * bsize // 1024} KiB, {bfree * bsize // 1024} KiB "
-                                               "free (remove files, or erase the board with --micropython --erase)")
+                raise FlashError(
+                    "board_full",
+                    f"{port}: the board's filesystem is full: these files need "
+                    f"{(grow + peak) * bsize // 1024} KiB, {bfree * bsize // 1024} KiB "
+                    "free (remove files, or erase the board with --micropython --erase)",
+                )
 
         for path, data, digest in todo:
             log(f"  {path}: {len(data)} bytes")
@@ -409,8 +473,10 @@ def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_ti
                 fl._exec("import os\nos.remove(%r)" % path)
                 report.removed.append(path)
                 log(f"  {path}: removed (not in the bundle)")
-        log(f"{port}: {len(report.copied)} copied ({report.bytes_copied} bytes), "
-            f"{len(report.unchanged)} unchanged, {len(report.removed)} removed")
+        log(
+            f"{port}: {len(report.copied)} copied ({report.bytes_copied} bytes), "
+            f"{len(report.unchanged)} unchanged, {len(report.removed)} removed"
+        )
 
         if not reset:
             return report
@@ -420,31 +486,39 @@ def flash(port: str, bundle_dir: Path, config: Path | None = None, *, connect_ti
     if b"MPY: soft reboot" not in out:
         raise FlashError("timeout", f"{port}: the board did not soft-reset after flashing; console: {text[-300:]!r}")
     if "Traceback (most recent call last)" in text or "lumeau: cannot start" in text:
-        tail = text[text.find("MPY: soft reboot"):].strip()
+        tail = text[text.find("MPY: soft reboot") :].strip()
         raise FlashError("node_failed", f"{port}: the node failed to start:\n{tail[-1500:]}")
     if gateway:
         assert cfg is not None  # checked before connecting: a gateway needs --config
-        report.confirmed = wait_hello_at_gateway(gateway, token or "", cfg["node_id"], since,
-                                                 bundle.firmware_version, hello_timeout, log)
+        report.confirmed = wait_hello_at_gateway(
+            gateway, token or "", cfg["node_id"], since, bundle.firmware_version, hello_timeout, log
+        )
     else:
         report.confirmed = f"running: no error on the console within {settle_s:g} s of the reset"
     log(f"{port}: {report.confirmed}")
     return report
 
 
-def write_micropython(port: str, image: Path, target: str, *, erase: bool = False, baud: int = 460800,
-                      log: Callable[[str], None] = print) -> None:
+def write_micropython(
+    port: str, image: Path, target: str, *, erase: bool = False, baud: int = 460800, log: Callable[[str], None] = print
+) -> None:
     """Write a MicroPython firmware image to an ESP32 with esptool's Python API."""
     if target != "esp32":
-        raise FlashError("image", f"--micropython writes ESP32 images with esptool; a {target} board takes its "
-                                  "MicroPython .uf2 by copying it to the drive it shows in BOOTSEL mode")
+        raise FlashError(
+            "image",
+            f"--micropython writes ESP32 images with esptool; a {target} board takes its "
+            "MicroPython .uf2 by copying it to the drive it shows in BOOTSEL mode",
+        )
     try:
         head = image.read_bytes()[:1]
     except OSError as e:
         raise FlashError("image", f"{image}: cannot read: {e.strerror}") from None
     if head != b"\xe9":
-        raise FlashError("image", f"{image}: not an ESP32 firmware image (no 0xE9 magic byte): download the "
-                                  "ESP32_GENERIC .bin from micropython.org")
+        raise FlashError(
+            "image",
+            f"{image}: not an ESP32 firmware image (no 0xE9 magic byte): download the "
+            "ESP32_GENERIC .bin from micropython.org",
+        )
     if not os.path.exists(port):
         raise FlashError("no_such_port", f"{port}: no such port")
     from esptool import cmds
@@ -452,13 +526,15 @@ def write_micropython(port: str, image: Path, target: str, *, erase: bool = Fals
     try:
         esp = cmds.detect_chip(port, baud)
     except Exception as e:  # esptool raises FatalError and serial errors
-        raise FlashError("image", f"{port}: no ESP32 bootloader answered ({e}): hold BOOT while "
-                                  "pressing EN, then retry") from None
+        raise FlashError(
+            "image", f"{port}: no ESP32 bootloader answered ({e}): hold BOOT while pressing EN, then retry"
+        ) from None
     try:
         chip = getattr(esp, "CHIP_NAME", "?")
         if chip != "ESP32":
-            raise FlashError("image", f"{port}: the chip is an {chip}; this image and offset (0x1000) are for "
-                                      "the ESP32")
+            raise FlashError(
+                "image", f"{port}: the chip is an {chip}; this image and offset (0x1000) are for the ESP32"
+            )
         log(f"{port}: {chip} found, writing {image.name}")
         esp = cmds.run_stub(esp)
         cmds.attach_flash(esp)

@@ -49,8 +49,10 @@ class Provisioned:
     registered_in: str
 
     def __repr__(self) -> str:  # never the key
-        return (f"Provisioned(node_id={self.node_id:08x}, kind={self.kind!r}, rotated={self.rotated}, "
-                f"config_path={str(self.config_path)!r}, registered_in={self.registered_in!r})")
+        return (
+            f"Provisioned(node_id={self.node_id:08x}, kind={self.kind!r}, rotated={self.rotated}, "
+            f"config_path={str(self.config_path)!r}, registered_in={self.registered_in!r})"
+        )
 
 
 def new_root_key() -> bytes:
@@ -65,8 +67,14 @@ def allocate_id(taken: Container[int]) -> int:
     raise ProvisionError("could not find a free node id (is the registry nearly full?)")
 
 
-def build_config(node_id: int, kind: str, root_key: bytes, template: dict | None = None,
-                 lat: float | None = None, lon: float | None = None) -> bytes:
+def build_config(
+    node_id: int,
+    kind: str,
+    root_key: bytes,
+    template: dict | None = None,
+    lat: float | None = None,
+    lon: float | None = None,
+) -> bytes:
     """The node's config file bytes, validated by the firmware's own loader."""
     from firmware import config as fwconfig
 
@@ -100,8 +108,12 @@ def write_private(path: Path, data: bytes) -> None:
 
 def _api(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
@@ -115,10 +127,21 @@ def _api(url: str, token: str, method: str, path: str, body: dict | None = None)
         raise ProvisionError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
 
 
-def provision(kind: str, out: Path, *, node_id: int | None = None, registry: Path | None = None,
-              gateway: str | None = None, token: str | None = None, template: dict | None = None,
-              name: str = "", site: str = "", lat: float | None = None, lon: float | None = None,
-              firmware: str = "") -> Provisioned:
+def provision(
+    kind: str,
+    out: Path,
+    *,
+    node_id: int | None = None,
+    registry: Path | None = None,
+    gateway: str | None = None,
+    token: str | None = None,
+    template: dict | None = None,
+    name: str = "",
+    site: str = "",
+    lat: float | None = None,
+    lon: float | None = None,
+    firmware: str = "",
+) -> Provisioned:
     from gateway.registry import NodeEntry, Registry, RegistryError
 
     if (registry is None) == (gateway is None):
@@ -153,8 +176,10 @@ def provision(kind: str, out: Path, *, node_id: int | None = None, registry: Pat
     assert node_id is not None  # given, or allocated above
     old_kind = (old.kind if isinstance(old, NodeEntry) else old.get("kind")) if old is not None else None
     if old_kind is not None and old_kind != kind:
-        raise ProvisionError(f"node {node_id:08x} is a {old_kind} node in the registry; a node does not change "
-                             "kind: provision a new id for the new device")
+        raise ProvisionError(
+            f"node {node_id:08x} is a {old_kind} node in the registry; a node does not change "
+            "kind: provision a new id for the new device"
+        )
 
     def keep(field_name: str, value: Any) -> Any:
         if value not in ("", None) or old is None:
@@ -165,8 +190,9 @@ def provision(kind: str, out: Path, *, node_id: int | None = None, registry: Pat
     lat, lon = keep("lat", lat), keep("lon", lon)
     data = build_config(node_id, kind, key, template, lat, lon)
     try:
-        entry = NodeEntry(node_id=node_id, kind=kind, root_key=key, name=name, site=site, lat=lat, lon=lon,
-                          firmware=firmware)
+        entry = NodeEntry(
+            node_id=node_id, kind=kind, root_key=key, name=name, site=site, lat=lat, lon=lon, firmware=firmware
+        )
     except RegistryError as e:
         raise ProvisionError(str(e)) from None
 

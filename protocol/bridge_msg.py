@@ -78,16 +78,16 @@ def encode_rx(tmst_ms, freq_hz, sf, bw_hz, rssi_dbm, snr_q, frame):
     _frame(frame)
     if not -128 <= snr_q <= 127 or not -32768 <= rssi_dbm <= 32767:
         raise BridgeMessageError("rssi/snr out of range")
-    return struct.pack(_RX_HEAD, RX, tmst_ms & 0xFFFFFFFF, freq_hz, dr_byte(sf, bw_hz),
-                       rssi_dbm, snr_q) + bytes(frame)
+    return struct.pack(_RX_HEAD, RX, tmst_ms & 0xFFFFFFFF, freq_hz, dr_byte(sf, bw_hz), rssi_dbm, snr_q) + bytes(frame)
 
 
 def encode_tx(tx_id, frame, freq_hz, sf, bw_hz=125000, power_dbm=14, tmst_ms=None):
     """TX: immediately when tmst_ms is None, else at that bridge time."""
     _frame(frame)
     flags = 0 if tmst_ms is None else TX_TIMED
-    return struct.pack(_TX_HEAD, TX, tx_id & 0xFFFF, flags, (tmst_ms or 0) & 0xFFFFFFFF, freq_hz,
-                       dr_byte(sf, bw_hz), power_dbm) + bytes(frame)
+    return struct.pack(
+        _TX_HEAD, TX, tx_id & 0xFFFF, flags, (tmst_ms or 0) & 0xFFFFFFFF, freq_hz, dr_byte(sf, bw_hz), power_dbm
+    ) + bytes(frame)
 
 
 def encode_tx_result(tx_id, result, tmst_ms=0):
@@ -95,8 +95,10 @@ def encode_tx_result(tx_id, result, tmst_ms=0):
 
 
 def encode_status(uptime_s, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, sf, bw_hz, firmware):
-    return struct.pack(_STATUS_HEAD, STATUS, uptime_s, rx_ok, rx_dropped, tx_ok, tx_refused,
-                       freq_hz, dr_byte(sf, bw_hz)) + firmware.encode()
+    return (
+        struct.pack(_STATUS_HEAD, STATUS, uptime_s, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, dr_byte(sf, bw_hz))
+        + firmware.encode()
+    )
 
 
 def encode_time(tmst_ms, unix_s, ms=0):

@@ -101,9 +101,9 @@ def seal(keys, mtype, counter, body, encrypt=False):
     out[5:9] = counter.to_bytes(4, "big")
     if encrypt:
         body = aes128_ctr(keys.enc, _iv(vt, keys.node_id, counter), body)
-    out[HEADER_LEN:HEADER_LEN + n] = body
-    mic = keys.mic_key(mtype & DOWNLINK_BIT).digest(memoryview(out)[:HEADER_LEN + n])
-    out[HEADER_LEN + n:] = mic[:MIC_LEN]
+    out[HEADER_LEN : HEADER_LEN + n] = body
+    mic = keys.mic_key(mtype & DOWNLINK_BIT).digest(memoryview(out)[: HEADER_LEN + n])
+    out[HEADER_LEN + n :] = mic[:MIC_LEN]
     return bytes(out)
 
 
@@ -129,8 +129,12 @@ class Frame:
 
     def __repr__(self):
         return "Frame(type=%d, node=0x%08x, counter=%d, %d bytes%s)" % (
-            self.mtype, self.node_id, self.counter, len(self.raw),
-            ", encrypted" if self.encrypted else "")
+            self.mtype,
+            self.node_id,
+            self.counter,
+            len(self.raw),
+            ", encrypted" if self.encrypted else "",
+        )
 
 
 def parse(raw):
@@ -215,8 +219,9 @@ def unseal(keys, raw, window=None):
         verdict = window.check(frame.counter)
         if verdict != ACCEPT:
             raise ReplayedFrame(
-                "%s counter %d (highest seen %d)" % (
-                    "duplicate" if verdict == DUPLICATE else "stale", frame.counter, window.top),
-                verdict)
+                "%s counter %d (highest seen %d)"
+                % ("duplicate" if verdict == DUPLICATE else "stale", frame.counter, window.top),
+                verdict,
+            )
         window.commit(frame.counter)
     return frame, body

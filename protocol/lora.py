@@ -51,24 +51,24 @@ const = int  # MicroPython's compiler folds const() itself, whatever the name is
 SF_MIN = 6
 SF_MAX = 12
 BANDWIDTHS_HZ = (125000, 250000, 500000)
-CR_DENOM_MIN = 5           # coding rate 4/5 ...
-CR_DENOM_MAX = 8           # ... to 4/8
+CR_DENOM_MIN = 5  # coding rate 4/5 ...
+CR_DENOM_MAX = 8  # ... to 4/8
 _PAYLOAD_MAX = const(255)  # the SX127x FIFO payload length register is 8 bits
 _PREAMBLE_MIN = const(6)
 _PREAMBLE_MAX = const(65535)
-PREAMBLE_DEFAULT = 8       # LoRaWAN's preamble
+PREAMBLE_DEFAULT = 8  # LoRaWAN's preamble
 _LDRO_SYMBOL_US = const(16000)  # LDRO auto-on from this symbol duration (16 ms)
 
 # EU868 sub-bands: (low Hz, high Hz, 1/duty cycle, name).  The inverse duty
 # cycle keeps the off-time arithmetic in integers.  g1..g4 are the names
 # LoRaWAN tooling uses for the 868-870 MHz bands.
 BANDS = (
-    (863000000, 865000000, 1000, "863.0-865.0"),    # 0.1 %
-    (865000000, 868000000, 100, "865.0-868.0"),     # 1 %
-    (868000000, 868600000, 100, "g1"),              # 1 %
-    (868700000, 869200000, 1000, "g2"),             # 0.1 %
-    (869400000, 869650000, 10, "g3"),               # 10 %, holds RX2
-    (869700000, 870000000, 100, "g4"),              # 1 %
+    (863000000, 865000000, 1000, "863.0-865.0"),  # 0.1 %
+    (865000000, 868000000, 100, "865.0-868.0"),  # 1 %
+    (868000000, 868600000, 100, "g1"),  # 1 %
+    (868700000, 869200000, 1000, "g2"),  # 0.1 %
+    (869400000, 869650000, 10, "g3"),  # 10 %, holds RX2
+    (869700000, 870000000, 100, "g4"),  # 1 %
 )
 N_BANDS = len(BANDS)
 
@@ -103,8 +103,9 @@ def symbol_us(sf, bw_hz=125000):
     return (1000000 // bw_hz) << sf
 
 
-def airtime_us(payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DEFAULT,
-               explicit_header=True, crc=True, ldro=None):
+def airtime_us(
+    payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DEFAULT, explicit_header=True, crc=True, ldro=None
+):
     """Time on air in whole microseconds (AN1200.13); see airtime_ms."""
     _check(sf, bw_hz, cr_denom, explicit_header, payload_bytes, preamble)
     # 10^6 / BW is 8, 4 or 2 us, so T_sym = 2^SF * 10^6 / BW is whole; dividing
@@ -116,7 +117,7 @@ def airtime_us(payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DE
     ih = 0 if explicit_header else 1
     num = 8 * payload_bytes - 4 * sf + 28 + (16 if crc else 0) - 20 * ih
     den = 4 * (sf - 2 * de)
-    blocks = -(-num // den)          # ceil for integers, also for negatives
+    blocks = -(-num // den)  # ceil for integers, also for negatives
     if blocks < 0:
         blocks = 0
     # AN1200.13 writes (CR + 4) with CR = 1..4 for 4/5..4/8: that is cr_denom.
@@ -127,8 +128,9 @@ def airtime_us(payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DE
     return quarters * (t_sym >> 2)
 
 
-def airtime_ms(payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DEFAULT,
-               explicit_header=True, crc=True, ldro=None):
+def airtime_ms(
+    payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DEFAULT, explicit_header=True, crc=True, ldro=None
+):
     """Time on air of one LoRa packet in milliseconds (float).
 
     payload_bytes: PHY payload 0..255; sf 6..12 (6 needs explicit_header=False);
@@ -136,8 +138,7 @@ def airtime_ms(payload_bytes, sf, bw_hz=125000, cr_denom=5, preamble=PREAMBLE_DE
     as programmed (6..65535); ldro None = on when a symbol lasts >= 16 ms.
     Raises ValueError for anything outside those ranges.
     """
-    return airtime_us(payload_bytes, sf, bw_hz, cr_denom, preamble,
-                      explicit_header, crc, ldro) / 1000
+    return airtime_us(payload_bytes, sf, bw_hz, cr_denom, preamble, explicit_header, crc, ldro) / 1000
 
 
 def max_payload(sf):

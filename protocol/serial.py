@@ -74,7 +74,7 @@ def encode_into(payload, out):
         raise ValueError("output buffer too small: %d < %d" % (len(out), max_encoded_len(n)))
     crc = crc16(payload)
     out[0] = _DELIMITER
-    code_at = 1     # where the current block's code byte goes
+    code_at = 1  # where the current block's code byte goes
     o = 2
     code = 1
     for i in range(n + _CRC_LEN):
@@ -148,8 +148,8 @@ class Decoder:
         """Forget a partial frame (e.g. after reopening the port); keeps counters."""
         self._state = _IDLE
         self._n = 0
-        self._left = 0       # data bytes still due in the current COBS block
-        self._zero = False   # the current block ends with an implied 0x00
+        self._left = 0  # data bytes still due in the current COBS block
+        self._zero = False  # the current block ends with an implied 0x00
 
     def feed(self, chunk):
         """Consume bytes; return the payloads (bytes) of the frames completed.
@@ -177,7 +177,7 @@ class Decoder:
                         self.frames += 1
                         if out is None:
                             out = []
-                        out.append(bytes(self._mv[:n - _CRC_LEN]))
+                        out.append(bytes(self._mv[: n - _CRC_LEN]))
                 state = _IDLE
                 n = 0
                 left = 0

@@ -35,7 +35,8 @@ the channel's milliseconds are those over 1000.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from firmware.radio import Radio
 from gateway.transports import DownlinkError
@@ -44,12 +45,16 @@ from protocol import lora
 from protocol import messages as m
 from simulator import channel as ch
 
-AIRTIME_MARGIN_MS = 0.02     # 2 ms more off-time at 1 %: covers the runtime's ms rounding
-RX_MARGIN_MS = 40            # as firmware/radio_lora.py
+AIRTIME_MARGIN_MS = 0.02  # 2 ms more off-time at 1 %: covers the runtime's ms rounding
+RX_MARGIN_MS = 40  # as firmware/radio_lora.py
 RX_WINDOW_SYMBOLS = 8
 
-_REFUSALS = {ch.REFUSED_DUTY_CYCLE: "duty_cycle", ch.REFUSED_BUSY: "busy", ch.REFUSED_TOO_LONG: "too_long",
-             ch.GATEWAY_DOWN: "no_route"}
+_REFUSALS = {
+    ch.REFUSED_DUTY_CYCLE: "duty_cycle",
+    ch.REFUSED_BUSY: "busy",
+    ch.REFUSED_TOO_LONG: "too_long",
+    ch.GATEWAY_DOWN: "no_route",
+}
 
 
 def _sleep_until_us(loop: asyncio.AbstractEventLoop, when_us: int) -> asyncio.Future:
@@ -69,27 +74,28 @@ class NodeStats:
     __slots__ = ("uplinks", "refused", "delivered", "lost", "frames", "reports", "downlinks", "downlinks_ok")
 
     def __init__(self) -> None:
-        self.uplinks = 0          # put on the air
+        self.uplinks = 0  # put on the air
         self.refused: dict[str, int] = {}
-        self.delivered = 0        # heard by at least one gateway (settled)
-        self.lost = 0             # heard by none (settled)
-        self.frames: list[tuple[int, int, int]] = []   # (counter, mtype, length) of every uplink on the air
-        self.reports: dict[int, bytes] = {}            # counter -> LIGHT / IRRIGATION frame as sent (its meter)
-        self.downlinks = 0        # sent to it
-        self.downlinks_ok = 0     # received by it
+        self.delivered = 0  # heard by at least one gateway (settled)
+        self.lost = 0  # heard by none (settled)
+        self.frames: list[tuple[int, int, int]] = []  # (counter, mtype, length) of every uplink on the air
+        self.reports: dict[int, bytes] = {}  # counter -> LIGHT / IRRIGATION frame as sent (its meter)
+        self.downlinks = 0  # sent to it
+        self.downlinks_ok = 0  # received by it
 
 
 class Air:
-    def __init__(self, channel: ch.Channel, loop: asyncio.AbstractEventLoop,
-                 on_uplink: Callable[[ch.Hearing], None]) -> None:
+    def __init__(
+        self, channel: ch.Channel, loop: asyncio.AbstractEventLoop, on_uplink: Callable[[ch.Hearing], None]
+    ) -> None:
         self.channel = channel
         self.loop = loop
         self.on_uplink = on_uplink
         self.nodes: dict[int, NodeStats] = {}
-        self.largest: dict[int, int] = {}          # mtype -> largest frame put on the air (bytes)
-        self._pending: dict[int, list[ch.Downlink]] = {}   # node -> downlinks not yet received or missed
+        self.largest: dict[int, int] = {}  # mtype -> largest frame put on the air (bytes)
+        self._pending: dict[int, list[ch.Downlink]] = {}  # node -> downlinks not yet received or missed
         self.uplinks_settled = 0
-        self.closed = False       # the run is over: what ends later is not handed to the gateway
+        self.closed = False  # the run is over: what ends later is not handed to the gateway
 
     def now_us(self) -> int:
         return int(round(self.loop.time() * 1e6))
@@ -102,7 +108,9 @@ class Air:
 
     # ------------------------------------------------------------ uplinks
 
-    def transmit(self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None) -> ch.Transmission:
+    def transmit(
+        self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None
+    ) -> ch.Transmission:
         now = self.now_us() if start_us is None else start_us
         up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
         if self.count(node_id, frame, up) is not None:
@@ -172,7 +180,7 @@ class Air:
         pend = self._pending.get(node_id)
         if not pend:
             return None
-        pend[:] = [d for d in pend if d.end_us > t0_us]     # missed ones are gone
+        pend[:] = [d for d in pend if d.end_us > t0_us]  # missed ones are gone
         for d in pend:
             if t0_us <= d.start_us <= t1_us:
                 return d
@@ -207,7 +215,7 @@ class NodeRadio(Radio):
 
     def configure(self, sf: int | None = None, tx_power: int | None = None) -> None:
         if sf is not None:
-            self.max_frame = lora.max_payload(sf)   # ValueError outside 7..12
+            self.max_frame = lora.max_payload(sf)  # ValueError outside 7..12
             self.sf = sf
         if tx_power is not None:
             self.tx_power = tx_power
@@ -225,11 +233,11 @@ class NodeRadio(Radio):
         dl = air.downlink_in(self.node_id, t0, t1)
         if dl is None:
             await _sleep_until_us(air.loop, t1)
-            dl = air.downlink_in(self.node_id, t0, t1)   # one scheduled while we listened
+            dl = air.downlink_in(self.node_id, t0, t1)  # one scheduled while we listened
             if dl is None:
                 return None
         if dl.end_us > air.now_us():
-            await _sleep_until_us(air.loop, dl.end_us)   # settled by then: the channel's timer came first
+            await _sleep_until_us(air.loop, dl.end_us)  # settled by then: the channel's timer came first
         air.received(self.node_id, dl)
         h = dl.hearings[0] if dl.hearings else None
         if h is None or h.status != ch.OK:

@@ -23,15 +23,15 @@ Weather) and count only what falls inside [start, end).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from firmware.astro import polar_day, sun_times_day
 from simulator.soil import SoilBucket, mm_from_litres
 from simulator.weather import Weather
 
 _DAY = 86400
-SOIL_STEP_S = 600   # 10 minutes: short against a 15-20 minute zone run
+SOIL_STEP_S = 600  # 10 minutes: short against a 15-20 minute zone run
 
 
 def night_hours(lat: float, lon: float, start: float, end: float) -> float:
@@ -44,7 +44,7 @@ def night_hours(lat: float, lon: float, start: float, end: float) -> float:
     dark = 0.0
     # Walk day by day: dark from sunset of day d until sunrise of day d + 1.
     for day in range(first, last + 1):
-        lo = day * _DAY - shift                   # local mean midnight starting day d
+        lo = day * _DAY - shift  # local mean midnight starting day d
         hi = lo + _DAY
         rise, sset = sun_times_day(lat, lon, day)
         if rise is None and sset is None:
@@ -62,8 +62,8 @@ def night_hours(lat: float, lon: float, start: float, end: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class LightingBaseline:
-    kwh: float                # all lamps, full power, dusk to dawn
-    lamp_hours: float         # sum over lamps of hours burning
+    kwh: float  # all lamps, full power, dusk to dawn
+    lamp_hours: float  # sum over lamps of hours burning
     lamps: int
 
 
@@ -85,15 +85,16 @@ def lighting_baseline(lamps: Sequence, start: float, end: float) -> LightingBase
 
 @dataclass(frozen=True, slots=True)
 class IrrigationBaseline:
-    m3: float                 # water applied by the fixed schedule
-    runs: int                 # zone runs (whole or clipped to the period)
-    drainage_m3: float        # irrigation and rain that drained below the roots
-    wasted_m3: float          # the part of the drainage the schedule added (vs. not watering at all)
+    m3: float  # water applied by the fixed schedule
+    runs: int  # zone runs (whole or clipped to the period)
+    drainage_m3: float  # irrigation and rain that drained below the roots
+    wasted_m3: float  # the part of the drainage the schedule added (vs. not watering at all)
     zones: int
 
 
-def irrigation_baseline(controllers: Sequence, start: float, end: float, tz: _dt.tzinfo,
-                        weather: Weather | None = None) -> IrrigationBaseline:
+def irrigation_baseline(
+    controllers: Sequence, start: float, end: float, tz: _dt.tzinfo, weather: Weather | None = None
+) -> IrrigationBaseline:
     """Controllers need .zones (with .number, .area_m2, .flow_l_min, .soil, .crop) and .schedule.
 
     Without weather only the applied volume is computed (drainage 0).

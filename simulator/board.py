@@ -44,12 +44,34 @@ import signal
 import struct
 import warnings
 
-from simulator.board_host import (BLOCK_SIZE, DEFAULT_FS_SIZE, DEFAULT_HEAP, INTERRUPT_GRACE_S, MICROPYTHON_MJS,
-                                  VBOARD_DIR, BoardError, BoardOptions, Engine, Pty, node_executable)
+from simulator.board_host import (
+    BLOCK_SIZE,
+    DEFAULT_FS_SIZE,
+    DEFAULT_HEAP,
+    INTERRUPT_GRACE_S,
+    MICROPYTHON_MJS,
+    VBOARD_DIR,
+    BoardError,
+    BoardOptions,
+    Engine,
+    Pty,
+    node_executable,
+)
 
 # the board's options and paths are board_host's; named here too for the board's users
-__all__ = ["BLOCK_SIZE", "DEFAULT_FS_SIZE", "DEFAULT_HEAP", "INTERRUPT_GRACE_S", "MICROPYTHON_MJS", "VBOARD_DIR",
-           "BoardError", "BoardOptions", "VirtualBoard", "needs_more_input", "serve"]
+__all__ = [
+    "BLOCK_SIZE",
+    "DEFAULT_FS_SIZE",
+    "DEFAULT_HEAP",
+    "INTERRUPT_GRACE_S",
+    "MICROPYTHON_MJS",
+    "VBOARD_DIR",
+    "BoardError",
+    "BoardOptions",
+    "VirtualBoard",
+    "needs_more_input",
+    "serve",
+]
 
 log = logging.getLogger("lumeau.board")
 
@@ -246,8 +268,12 @@ class VirtualBoard:
     def _stuck(self) -> None:
         self._escalation = None
         if self._exec_future is not None and not self._exec_future.done():
-            log.warning("virtual board %s: program ignored Ctrl-C for %g s (a loop that never waits); "
-                        "hard reset, main.py skipped once", self.opts.name, self.opts.interrupt_grace_s)
+            log.warning(
+                "virtual board %s: program ignored Ctrl-C for %g s (a loop that never waits); "
+                "hard reset, main.py skipped once",
+                self.opts.name,
+                self.opts.interrupt_grace_s,
+            )
             self._safe_boot = True
             self._reset("hard")
 
@@ -336,10 +362,13 @@ class VirtualBoard:
                     elif req.get("get") == "outputs":
                         answer = {k: {str(p): v for p, v in d.items()} for k, d in self.outputs.items()}
                     elif req.get("get") == "state":
-                        answer = {"boots": self.boots, "mode": self.mode,
-                                  "running": self._exec_future is not None and not self._exec_future.done()}
+                        answer = {
+                            "boots": self.boots,
+                            "mode": self.mode,
+                            "running": self._exec_future is not None and not self._exec_future.done(),
+                        }
                     else:
-                        answer = {"error": "expected {\"set\": ...} or {\"get\": \"outputs\"|\"state\"}"}
+                        answer = {"error": 'expected {"set": ...} or {"get": "outputs"|"state"}'}
                 except (ValueError, KeyError, TypeError) as e:
                     answer = {"error": str(e)}
                 writer.write(json.dumps(answer).encode() + b"\n")
@@ -357,8 +386,12 @@ class VirtualBoard:
 
     def _engine_died(self, engine: Engine, rc: int | None) -> None:
         if engine is self._engine:
-            log.warning("virtual board %s: MicroPython engine exited (code %s): %s", self.opts.name, rc,
-                        " | ".join(engine.stderr_tail[-3:]))
+            log.warning(
+                "virtual board %s: MicroPython engine exited (code %s): %s",
+                self.opts.name,
+                rc,
+                " | ".join(engine.stderr_tail[-3:]),
+            )
             self._reset("hard")
 
     async def _exec(self, ftype: str, job: dict, print_eof: bool, interrupt: bool = False) -> str:
@@ -447,7 +480,7 @@ class VirtualBoard:
 
     async def _friendly_repl(self) -> str | None:
         while True:  # friendly_repl_reset
-            self._write(self.banner + b"\r\nType \"help()\" for more information.\r\n")
+            self._write(self.banner + b'\r\nType "help()" for more information.\r\n')
             while True:  # input_restart
                 line, ret = await self._readline(b">>> ")
                 mode = "single"
@@ -552,17 +585,25 @@ async def _main(opts: BoardOptions, as_json: bool) -> int:
         task.result()  # raises BoardError
         return 1
     assert board.console is not None
-    info = {"event": "ready", "port": board.console.path, "link": str(opts.link) if opts.link else None,
-            "control": str(opts.control) if opts.control else None,
-            "uarts": {str(n): p.path for n, p in board.uarts.items()}, "flash": str(opts.flash_dir),
-            "fs_size": opts.fs_size, "banner": board.banner.decode()}
+    info = {
+        "event": "ready",
+        "port": board.console.path,
+        "link": str(opts.link) if opts.link else None,
+        "control": str(opts.control) if opts.control else None,
+        "uarts": {str(n): p.path for n, p in board.uarts.items()},
+        "flash": str(opts.flash_dir),
+        "fs_size": opts.fs_size,
+        "banner": board.banner.decode(),
+    }
     if as_json:
         print(json.dumps(info), flush=True)
     else:
         uarts = "".join(f", UART{n} on {p}" for n, p in info["uarts"].items())
-        print(f"virtual board {opts.name} on {info['port']}{' (' + info['link'] + ')' if opts.link else ''}"
-              f"{uarts}; flash {opts.flash_dir} ({opts.fs_size // 1024} KiB); Ctrl-C here to power off",
-              flush=True)
+        print(
+            f"virtual board {opts.name} on {info['port']}{' (' + info['link'] + ')' if opts.link else ''}"
+            f"{uarts}; flash {opts.flash_dir} ({opts.fs_size // 1024} KiB); Ctrl-C here to power off",
+            flush=True,
+        )
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return 0

@@ -17,9 +17,9 @@ import os
 import shutil
 import struct
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger("lumeau.board")
 
@@ -58,8 +58,10 @@ class BoardOptions:
 def node_executable() -> str:
     node = os.environ.get("LUMEAU_NODE") or shutil.which("node")
     if not node or not shutil.which(node):
-        raise BoardError("Node.js not found: the virtual board runs MicroPython's WebAssembly port "
-                         "under Node.js 20 (set LUMEAU_NODE, or install Node.js and run `make setup`)")
+        raise BoardError(
+            "Node.js not found: the virtual board runs MicroPython's WebAssembly port "
+            "under Node.js 20 (set LUMEAU_NODE, or install Node.js and run `make setup`)"
+        )
     if not MICROPYTHON_MJS.exists():
         raise BoardError(f"{MICROPYTHON_MJS} is missing: run `make setup` (npm ci)")
     return node
@@ -129,12 +131,17 @@ class Pty:
 class Engine:
     """One boot of the board's interpreter: a Node.js process running board_engine.mjs."""
 
-    def __init__(self, opts: BoardOptions, reset_cause: str, on_frame: Callable[[Engine, str, bytes], None],
-                 on_exit: Callable[[Engine, int], None]):
+    def __init__(
+        self,
+        opts: BoardOptions,
+        reset_cause: str,
+        on_frame: Callable[[Engine, str, bytes], None],
+        on_exit: Callable[[Engine, int], None],
+    ):
         self.opts = opts
         self.reset_cause = reset_cause
         self.on_frame = on_frame  # every frame but the boot report
-        self.on_exit = on_exit    # the process ended after booting, and nobody stopped it
+        self.on_exit = on_exit  # the process ended after booting, and nobody stopped it
         self.proc: asyncio.subprocess.Process | None = None
         self._wfd = -1
         self._out = bytearray()
@@ -164,15 +171,20 @@ class Engine:
         os.set_blocking(w, False)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                node_executable(), str(ENGINE), json.dumps(cfg),
-                stdin=r, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                node_executable(),
+                str(ENGINE),
+                json.dumps(cfg),
+                stdin=r,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
         finally:
             os.close(r)
         self._wfd = w
         self._tasks = [asyncio.create_task(self._read_frames()), asyncio.create_task(self._read_stderr())]
         try:
             return await asyncio.wait_for(asyncio.shield(self.booted), ENGINE_BOOT_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BoardError(f"the MicroPython engine did not boot within {ENGINE_BOOT_TIMEOUT_S:g} s") from None
 
     def send(self, ftype: str, payload: bytes | str = b"") -> None:
@@ -237,7 +249,7 @@ class Engine:
                 self.send("Q")
             try:
                 await asyncio.wait_for(self.proc.wait(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         for t in self._tasks:

@@ -24,9 +24,19 @@ READY_TIMEOUT_S = 30.0
 
 
 class BoardProcess:
-    def __init__(self, flash_dir: Path, *, fs_size: int | None = None, corrupt: list[str] = (),
-                 uarts: list[int] = (), name: str = "vboard", interrupt_grace_s: float | None = None,
-                 link: Path | None = None, control: Path | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        flash_dir: Path,
+        *,
+        fs_size: int | None = None,
+        corrupt: list[str] = (),
+        uarts: list[int] = (),
+        name: str = "vboard",
+        interrupt_grace_s: float | None = None,
+        link: Path | None = None,
+        control: Path | None = None,
+        verbose: bool = False,
+    ):
         self.flash_dir = Path(flash_dir)
         self.args = ["--dir", str(self.flash_dir), "--json", "--name", name]
         if fs_size is not None:
@@ -56,8 +66,13 @@ class BoardProcess:
     def start(self) -> BoardProcess:
         # stderr to a file: a pipe nobody reads would block a chatty board.
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "lumeau", "sim", "board", *self.args], bufsize=0,
-                                     stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lumeau", "sim", "board", *self.args],
+            bufsize=0,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         line = b""
         while not line.endswith(b"\n"):

@@ -79,8 +79,8 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from protocol import lora
 
@@ -89,13 +89,13 @@ OK = "ok"
 BELOW_SENSITIVITY = "below_sensitivity"
 COLLISION = "collision"
 NO_DEMODULATOR = "no_demodulator"
-GATEWAY_TX = "gateway_tx"          # the gateway was transmitting (half duplex)
-GATEWAY_DOWN = "gateway_down"      # the gateway was off (restart fault)
-NODE_TX = "node_tx"                # downlink: the node was transmitting
+GATEWAY_TX = "gateway_tx"  # the gateway was transmitting (half duplex)
+GATEWAY_DOWN = "gateway_down"  # the gateway was off (restart fault)
+NODE_TX = "node_tx"  # downlink: the node was transmitting
 # Refusals: the transmission never went on the air.
 REFUSED_DUTY_CYCLE = "duty_cycle"
 REFUSED_TOO_LONG = "too_long"
-REFUSED_BUSY = "busy"              # the radio was already transmitting
+REFUSED_BUSY = "busy"  # the radio was already transmitting
 
 SF_MIN = 7
 SF_MAX = 12
@@ -155,8 +155,7 @@ class HataUrban:
         hm = max(node_height_m, 1.0)
         a_hm = (1.1 * lf - 0.7) * hm - (1.56 * lf - 0.8)
         d_km = max(d_m, MIN_DISTANCE_M) / 1000.0
-        return (69.55 + 26.16 * lf - 13.82 * math.log10(hb) - a_hm
-                + (44.9 - 6.55 * math.log10(hb)) * math.log10(d_km))
+        return 69.55 + 26.16 * lf - 13.82 * math.log10(hb) - a_hm + (44.9 - 6.55 * math.log10(hb)) * math.log10(d_km)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,18 +163,18 @@ class RadioParams:
     """Everything the channel assumes; defaults are the reference models of DESIGN.md."""
 
     path_loss: LogDistance | HataUrban = field(default_factory=LogDistance)
-    tx_power_dbm: float = 14.0            # node (EU868 g1 limit is 14 dBm ERP)
+    tx_power_dbm: float = 14.0  # node (EU868 g1 limit is 14 dBm ERP)
     gateway_tx_power_dbm: float = 14.0
-    shadowing_sigma_db: float = 3.57      # FLoRa
-    shadowing: str = "packet"             # "packet" (FLoRa) or "link"
-    capture_db: float = 6.0               # LoRaSim's power threshold
-    lock_symbols: int = 5                 # preamble symbols that must be clean to lock
-    demodulators: int = 8                 # SX1301
+    shadowing_sigma_db: float = 3.57  # FLoRa
+    shadowing: str = "packet"  # "packet" (FLoRa) or "link"
+    capture_db: float = 6.0  # LoRaSim's power threshold
+    lock_symbols: int = 5  # preamble symbols that must be clean to lock
+    demodulators: int = 8  # SX1301
     noise_figure_db: float = 6.0
     bw_hz: int = 125000
-    cr_denom: int = 5                     # 4/5
+    cr_denom: int = 5  # 4/5
     preamble: int = lora.PREAMBLE_DEFAULT
-    rx1_delay_ms: int = 1000              # SPEC section 6
+    rx1_delay_ms: int = 1000  # SPEC section 6
 
     def __post_init__(self) -> None:
         if self.shadowing not in ("packet", "link"):
@@ -205,7 +204,7 @@ class Hearing:
 
     __slots__ = ("tx", "gateway", "rssi_dbm", "snr_db", "status")
 
-    def __init__(self, tx: "Transmission", gateway: str, rssi_dbm: float, snr_db: float, status: str):
+    def __init__(self, tx: Transmission, gateway: str, rssi_dbm: float, snr_db: float, status: str):
         self.tx = tx
         self.gateway = gateway
         self.rssi_dbm = rssi_dbm
@@ -223,8 +222,7 @@ class Hearing:
 class Transmission:
     """A frame put on the air (or refused). Times are integer microseconds inside."""
 
-    __slots__ = ("node_id", "start_us", "end_us", "sf", "freq_hz", "length", "payload", "refused",
-                 "hearings", "seq")
+    __slots__ = ("node_id", "start_us", "end_us", "sf", "freq_hz", "length", "payload", "refused", "hearings", "seq")
 
     def __init__(self, node_id: int, start_us: int, sf: int, freq_hz: int, length: int, payload):
         self.node_id = node_id
@@ -299,8 +297,20 @@ class Downlink(Transmission):
 
 
 class _Node:
-    __slots__ = ("id", "x", "y", "height", "tx_power", "loss", "link_shadow", "mean_up", "rng", "dc",
-                 "busy_until", "rx")
+    __slots__ = (
+        "id",
+        "x",
+        "y",
+        "height",
+        "tx_power",
+        "loss",
+        "link_shadow",
+        "mean_up",
+        "rng",
+        "dc",
+        "busy_until",
+        "rx",
+    )
 
     def __init__(self, node_id, x, y, height, tx_power, rng):
         self.id = node_id
@@ -314,7 +324,7 @@ class _Node:
         self.rng = rng
         self.dc = lora.DutyCycle()
         self.busy_until = -1
-        self.rx: list[Downlink] = []   # downlinks scheduled to this node, not yet over
+        self.rx: list[Downlink] = []  # downlinks scheduled to this node, not yet over
 
 
 class _Gateway:
@@ -326,8 +336,8 @@ class _Gateway:
         self.up = True
         # (freq, sf) -> [(end_us, rssi, hearing)] of packets on the air here.
         self.active: dict[tuple[int, int], list] = {}
-        self.demod: list[int] = []     # end times of packets holding a demodulator
-        self.tx: list[Downlink] = []   # own downlinks not yet over
+        self.demod: list[int] = []  # end times of packets holding a demodulator
+        self.tx: list[Downlink] = []  # own downlinks not yet over
         self.dc = lora.DutyCycle()
 
 
@@ -358,8 +368,8 @@ class Channel:
         self._gws = [_Gateway(g, i) for i, g in enumerate(gateways)]
         self._gw_by_id = {g.site.id: g for g in self._gws}
         self._nodes: dict[int, _Node] = {}
-        self._clock = -(1 << 62)           # latest uplink start seen (us)
-        self._pending: list = []           # heap of (end_us, seq, tx)
+        self._clock = -(1 << 62)  # latest uplink start seen (us)
+        self._pending: list = []  # heap of (end_us, seq, tx)
         self._seq = 0
         self._dl_active: dict[tuple[int, int], list[Downlink]] = {}
         p = self.params
@@ -375,22 +385,29 @@ class Channel:
     def gateways(self) -> list[GatewaySite]:
         return [g.site for g in self._gws]
 
-    def add_node(self, node_id: int, x: float, y: float, height_m: float = 2.0,
-                 tx_power_dbm: float | None = None) -> None:
+    def add_node(
+        self, node_id: int, x: float, y: float, height_m: float = 2.0, tx_power_dbm: float | None = None
+    ) -> None:
         """Place a node; its random stream depends only on (seed, node_id), not on call order."""
         if node_id in self._nodes:
             raise ValueError(f"node {node_id} is already on the channel")
         p = self.params
-        node = _Node(node_id, float(x), float(y), float(height_m),
-                     p.tx_power_dbm if tx_power_dbm is None else float(tx_power_dbm),
-                     random.Random(f"lumeau-channel:{self.seed}:{node_id}"))
+        node = _Node(
+            node_id,
+            float(x),
+            float(y),
+            float(height_m),
+            p.tx_power_dbm if tx_power_dbm is None else float(tx_power_dbm),
+            random.Random(f"lumeau-channel:{self.seed}:{node_id}"),
+        )
         for g in self._gws:
             d = math.hypot(node.x - g.site.x, node.y - g.site.y)
             loss = p.path_loss.loss_db(d, g.site.height_m, node.height)
             shadow = 0.0
             if p.shadowing == "link" and p.shadowing_sigma_db > 0:
                 shadow = random.Random(f"lumeau-link:{self.seed}:{node_id}:{g.site.id}").gauss(
-                    0.0, p.shadowing_sigma_db)
+                    0.0, p.shadowing_sigma_db
+                )
             node.loss.append(loss)
             node.link_shadow.append(shadow)
             node.mean_up.append(node.tx_power - loss - shadow)
@@ -483,8 +500,9 @@ class Channel:
             raise ValueError("length must be >= 0")
 
     # ------------------------------------------------------------ uplinks
-    def transmit(self, node_id: int, start_ms: float, length: int, sf: int, freq_hz: int,
-                 payload: bytes | None = None) -> Uplink:
+    def transmit(
+        self, node_id: int, start_ms: float, length: int, sf: int, freq_hz: int, payload: bytes | None = None
+    ) -> Uplink:
         """Put a node's frame on the air at start_ms (or refuse it; see `refused`).
 
         Start times must not decrease from one call to the next. The hearings
@@ -495,8 +513,9 @@ class Channel:
         p = self.params
         start = int(round(start_ms * 1000))
         if start < self._clock:
-            raise ValueError(f"uplinks must be registered in start order: {start_ms} ms is before "
-                             f"{self._clock / 1000} ms")
+            raise ValueError(
+                f"uplinks must be registered in start order: {start_ms} ms is before {self._clock / 1000} ms"
+            )
         self._clock = start
         up = Uplink(node_id, start, sf, freq_hz, length, payload)
         band = self._band(freq_hz)
@@ -581,8 +600,16 @@ class Channel:
         return tx
 
     # ------------------------------------------------------------ downlinks
-    def downlink(self, gateway: str | int, node_id: int, start_ms: float, length: int, sf: int,
-                 freq_hz: int, payload: bytes | None = None) -> Downlink:
+    def downlink(
+        self,
+        gateway: str | int,
+        node_id: int,
+        start_ms: float,
+        length: int,
+        sf: int,
+        freq_hz: int,
+        payload: bytes | None = None,
+    ) -> Downlink:
         """A gateway sends a frame to a node at start_ms (its receive window).
 
         Refused when the gateway is down, already transmitting then, or its
@@ -686,7 +713,7 @@ class Channel:
                 d.hearings[0].status = GATEWAY_DOWN
                 dropped.add(id(d))
             elif d.end_us > at and d.hearings and d.hearings[0].status == OK:
-                d.hearings[0].status = GATEWAY_DOWN   # cut off mid-frame
+                d.hearings[0].status = GATEWAY_DOWN  # cut off mid-frame
         if dropped:
             for lst in self._dl_active.values():
                 lst[:] = [d for d in lst if id(d) not in dropped]

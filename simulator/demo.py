@@ -55,7 +55,8 @@ def live_summary(results: dict[str, Any]) -> str:
         f"  city platform (lumeau sink): {sink.get('records', 0):,} records from {sink.get('nodes', 0)} nodes "
         f"in {sink.get('batches', 0)} batches, {sink.get('duplicates', 0)} resends dropped; "
         f"restarted {gw.get('live_sink_restarts', 0)} time(s) for the outage",
-        "  pacing: " + (f"at most {gw['live_speed']:,.0f} x real time" if gw.get("live_speed") else "uncapped")
+        "  pacing: "
+        + (f"at most {gw['live_speed']:,.0f} x real time" if gw.get("live_speed") else "uncapped")
         + f"; {gw.get('live_holds', 0)} holds "
         f"before a receive window ({gw.get('live_holds_real_s', 0):.1f} s of real time), "
         f"{gw.get('live_downlinks_late', 0)} downlinks too late, {gw.get('live_catch_ups', 0)} waits for the "
@@ -64,8 +65,15 @@ def live_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(scenario_path: str | Path = DEFAULT_SCENARIO, out: Path = Path("out"), *, speed: float | None = None,
-             hours: float | None = None, seed: int | None = None, report: bool = True) -> int:
+def run_demo(
+    scenario_path: str | Path = DEFAULT_SCENARIO,
+    out: Path = Path("out"),
+    *,
+    speed: float | None = None,
+    hours: float | None = None,
+    seed: int | None = None,
+    report: bool = True,
+) -> int:
     """The main job (see the module docstring); its exit status. speed None: live.DEFAULT_SPEED, 0: no cap."""
     from simulator.live import DEFAULT_SPEED, LiveGateway
     from simulator.report import write_report
@@ -84,12 +92,18 @@ def run_demo(scenario_path: str | Path = DEFAULT_SCENARIO, out: Path = Path("out
         print("lumeau demo: --speed must be >= 0 and --hours > 0", file=sys.stderr)
         return 2
     out = Path(out)
-    link = LiveGateway(out, speed=speed or None, channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
-                       bw_hz=scenario.radio.params.bw_hz)
+    link = LiveGateway(
+        out,
+        speed=speed or None,
+        channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
+        bw_hz=scenario.radio.params.bw_hz,
+    )
     _say(f"Lumeau demo: {scenario.name} ({scenario.description})")
-    _say(f"  {len(scenario.lamps)} street lights, {len(scenario.controllers)} irrigation controllers "
-         f"({scenario.zones} zones), {len(scenario.gateways)} gateways, {len(scenario.faults.faults)} faults; "
-         f"services and their files in {out}/")
+    _say(
+        f"  {len(scenario.lamps)} street lights, {len(scenario.controllers)} irrigation controllers "
+        f"({scenario.zones} zones), {len(scenario.gateways)} gateways, {len(scenario.faults.faults)} faults; "
+        f"services and their files in {out}/"
+    )
     t0 = time.monotonic()
     try:
         results = run(scenario, RunOptions(seed=seed, hours=hours, link=lambda: link))
@@ -97,8 +111,10 @@ def run_demo(scenario_path: str | Path = DEFAULT_SCENARIO, out: Path = Path("out
         print(f"lumeau demo: {e}", file=sys.stderr)
         return 1
     codes = getattr(link, "exit_codes", {})
-    _say(f"  services stopped: gateway exit {codes.get('gateway')}, sink exit {codes.get('sink')} "
-         f"({time.monotonic() - t0:.0f} s in all)")
+    _say(
+        f"  services stopped: gateway exit {codes.get('gateway')}, sink exit {codes.get('sink')} "
+        f"({time.monotonic() - t0:.0f} s in all)"
+    )
     doc = results.to_dict()
     _say("")
     _say(results.summary())

@@ -29,9 +29,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from firmware import config as fw_config
 from firmware.runtime import Node
@@ -39,8 +40,17 @@ from protocol import messages as m
 from simulator import channel as ch
 from simulator import metrics
 from simulator.air import Air, NodeRadio
-from simulator.faults import (BURST, GATEWAY_RESTART, LAMP_FAILURE, LEAK, NODE_REBOOT, STUCK_VALVE,
-                              UPSTREAM_OUTAGE, Fault, FaultSchedule)
+from simulator.faults import (
+    BURST,
+    GATEWAY_RESTART,
+    LAMP_FAILURE,
+    LEAK,
+    NODE_REBOOT,
+    STUCK_VALVE,
+    UPSTREAM_OUTAGE,
+    Fault,
+    FaultSchedule,
+)
 from simulator.gateway_link import GatewayLink, InProcessGateway, LinkContext, NodeInfo
 from simulator.hal_sim import SimReset
 from simulator.metrics import Results
@@ -50,28 +60,29 @@ from simulator.simclock import SimClock, Ticker
 from simulator.virtual_loop import VirtualLoop
 from simulator.world import WORLD_STEP_S, World, WorldHAL
 
-BOOT_SPREAD_S = 600.0        # nodes power up over the first 10 minutes
-OFF_GRID_S = 0.0005         # the gateway and the world tick half a millisecond after the nodes' grid
+BOOT_SPREAD_S = 600.0  # nodes power up over the first 10 minutes
+OFF_GRID_S = 0.0005  # the gateway and the world tick half a millisecond after the nodes' grid
 GC_YOUNG_THRESHOLD = 20000  # allocations between young collections during a run (gateway/service.py does the same)
-PROGRESS_STEP_S = 300.0      # the progress bar looks at the clock every 5 simulated minutes ...
-PROGRESS_REFRESH_S = 0.25    # ... and redraws at most 4 times a wall second
+PROGRESS_STEP_S = 300.0  # the progress bar looks at the clock every 5 simulated minutes ...
+PROGRESS_REFRESH_S = 0.25  # ... and redraws at most 4 times a wall second
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a scenario; None keeps the scenario's own value."""
 
-    seed: int | None = None            # another draw of the same map (weather, people, shadowing, keys)
-    hours: float | None = None         # run this long instead of the scenario's duration
-    nodes_scale: float = 1.0           # keep this share (0 < s <= 1) of the lamps and of the controllers
-    progress: bool | None = None       # a progress bar on stderr; None: when stderr is a terminal
-    workdir: Path | None = None        # where the in-process gateway keeps its SQLite file (default: a temp dir)
-    link: Callable[[], GatewayLink] | None = None   # the gateway link factory (default: InProcessGateway)
-    ticked_apps: bool = True           # False: every app loops in its own run() (slower; same behaviour)
-    workers: int = 1                   # > 1: the nodes in that many processes (simulator/parallel.py)
+    seed: int | None = None  # another draw of the same map (weather, people, shadowing, keys)
+    hours: float | None = None  # run this long instead of the scenario's duration
+    nodes_scale: float = 1.0  # keep this share (0 < s <= 1) of the lamps and of the controllers
+    progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal
+    workdir: Path | None = None  # where the in-process gateway keeps its SQLite file (default: a temp dir)
+    link: Callable[[], GatewayLink] | None = None  # the gateway link factory (default: InProcessGateway)
+    ticked_apps: bool = True  # False: every app loops in its own run() (slower; same behaviour)
+    workers: int = 1  # > 1: the nodes in that many processes (simulator/parallel.py)
 
 
 # ---------------------------------------------------------------- the scenario as run
+
 
 def prepare(scenario: Scenario, options: RunOptions) -> Scenario:
     """The scenario with the options applied (seed, hours, nodes_scale)."""
@@ -82,8 +93,7 @@ def prepare(scenario: Scenario, options: RunOptions) -> Scenario:
         if not 0 < options.hours <= 366 * 24:
             raise ValueError(f"hours must be within 0..{366 * 24}, got {options.hours}")
         dur = options.hours * 3600.0
-        sc = dataclasses.replace(sc, duration_s=dur,
-                                 faults=FaultSchedule([f for f in sc.faults if f.at_s < dur]))
+        sc = dataclasses.replace(sc, duration_s=dur, faults=FaultSchedule([f for f in sc.faults if f.at_s < dur]))
     s = options.nodes_scale
     if not 0 < s <= 1:
         raise ValueError(f"nodes_scale must be within (0, 1], got {s}")
@@ -98,8 +108,8 @@ def prepare(scenario: Scenario, options: RunOptions) -> Scenario:
 def _thin(nodes: tuple, share: float, keep: set[str]) -> tuple:
     # an even share along the file's order (every street and park keeps its part; the first node
     # always), fault targets kept
-    return tuple(n for i, n in enumerate(nodes) if math.ceil((i + 1) * share) > math.ceil(i * share)
-                 or n.name in keep)
+    return tuple(n for i, n in enumerate(nodes) if math.ceil((i + 1) * share) > math.ceil(i * share) or n.name in keep)
+
 
 def ticked(app_class: type, clock: SimClock) -> type:
     """The app with its run() loop ticked by the clock: step(), then again tick_ms later (see above)."""
@@ -118,11 +128,13 @@ def ticked(app_class: type, clock: SimClock) -> type:
 
 # ---------------------------------------------------------------- one simulated node
 
+
 class SimNode:
     """A node of the run: its provisioning, storage (kept across reboots), HAL, radio and runtime."""
 
-    def __init__(self, spec: LampNode | IrrigationNode, cfg_bytes: bytes, radio: NodeRadio, world: Any,
-                 app_class: type) -> None:
+    def __init__(
+        self, spec: LampNode | IrrigationNode, cfg_bytes: bytes, radio: NodeRadio, world: Any, app_class: type
+    ) -> None:
         self.spec = spec
         self.cfg_bytes = cfg_bytes
         self.radio = radio
@@ -134,8 +146,17 @@ class SimNode:
         self.task: asyncio.Task | None = None
         self.boots = 0
         self.crashed: str | None = None
-        self.past: dict[str, int] = {"tx": 0, "tx_failed": 0, "tx_oversize": 0, "rx": 0, "rx_rejected": 0,
-                                     "app_faults": 0, "dropped": 0, "unconfirmed": 0, "acked": 0}
+        self.past: dict[str, int] = {
+            "tx": 0,
+            "tx_failed": 0,
+            "tx_oversize": 0,
+            "rx": 0,
+            "rx_rejected": 0,
+            "app_faults": 0,
+            "dropped": 0,
+            "unconfirmed": 0,
+            "acked": 0,
+        }
 
     def counters(self) -> dict[str, int]:
         """The node's own counters over all its boots."""
@@ -158,6 +179,7 @@ class SimNode:
 
 # ---------------------------------------------------------------- the run
 
+
 class Simulation:
     def __init__(self, scenario: Scenario, options: RunOptions = RunOptions()) -> None:
         self.options = options
@@ -168,7 +190,7 @@ class Simulation:
         self.progress = options.progress if options.progress is not None else sys.stderr.isatty()
         self.hourly: list[dict[str, float]] = []
         self.crashes: list[str] = []
-        self.fault_shown: dict[int, bool] = {}   # fault index -> it had a physical effect
+        self.fault_shown: dict[int, bool] = {}  # fault index -> it had a physical effect
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -194,8 +216,13 @@ class Simulation:
         tick_l = SIM_TICK_MS["lighting"]
         if sc.lamps:
             tick_l = firmware_config(sc, sc.lamps[0], sc.radio.channels_hz[0])["lighting"].get("tick_ms", tick_l)
-        self.world = World(sc, [n for n in sc.lamps if self.owns(n)], [n for n in sc.controllers if self.owns(n)],
-                           clock, pir_hold_s=tick_l / 1000.0)
+        self.world = World(
+            sc,
+            [n for n in sc.lamps if self.owns(n)],
+            [n for n in sc.controllers if self.owns(n)],
+            clock,
+            pir_hold_s=tick_l / 1000.0,
+        )
         apps = {k: (ticked(a, clock) if self.options.ticked_apps else a) for k, a in APPS.items()}
         rng = random.Random(f"lumeau-sim-run:{sc.seed}")
         infos = []
@@ -206,14 +233,22 @@ class Simulation:
             # whole seconds: nodes' ticks then share the clock's millisecond buckets (simclock.py)
             boot_s = rng.randrange(int(min(BOOT_SPREAD_S, sc.duration_s / 2)) or 1)
             cfg = firmware_config(sc, spec, freq)
-            infos.append(NodeInfo(spec.node_id, spec.name, spec.kind, bytes.fromhex(cfg["root_key"]), spec.lat,
-                                  spec.lon, getattr(spec, "street", "") or getattr(spec, "park", "")))
+            infos.append(
+                NodeInfo(
+                    spec.node_id,
+                    spec.name,
+                    spec.kind,
+                    bytes.fromhex(cfg["root_key"]),
+                    spec.lat,
+                    spec.lon,
+                    getattr(spec, "street", "") or getattr(spec, "park", ""),
+                )
+            )
             if not self.owns(spec):
                 continue
             raw = json.dumps(cfg, separators=(",", ":")).encode()
             fw_config.load(raw)  # refuse a bad provisioning now, naming the key, not at boot
-            radio = NodeRadio(self.air, spec.node_id, freq, spec.sf, sc.radio.params.bw_hz,
-                              cfg["radio"]["tx_power"])
+            radio = NodeRadio(self.air, spec.node_id, freq, spec.sf, sc.radio.params.bw_hz, cfg["radio"]["tx_power"])
             w = self.world.lamps[spec.name] if spec.kind == "lighting" else self.world.controllers[spec.name]
             sn = SimNode(spec, raw, radio, w, apps[spec.kind])
             self.nodes[spec.name] = sn
@@ -274,8 +309,15 @@ class Simulation:
         self.world.integrate()
         settled = sum(s.delivered + s.lost for s in self.air.nodes.values())
         on_air = sum(s.uplinks for s in self.air.nodes.values())
-        self.hourly.append({"t_h": round(self.clock.t / 3600.0, 6), "energy_wh": self.world.energy_wh(),
-                            "water_l": self.world.water_l(), "uplinks": on_air, "settled": settled})
+        self.hourly.append(
+            {
+                "t_h": round(self.clock.t / 3600.0, 6),
+                "energy_wh": self.world.energy_wh(),
+                "water_l": self.world.water_l(),
+                "uplinks": on_air,
+                "settled": settled,
+            }
+        )
 
     def fault_events(self) -> list[tuple[float, int, Fault, bool]]:
         ev: list[tuple[float, int, Fault, bool]] = []
@@ -345,8 +387,10 @@ class Simulation:
         loop = asyncio.get_running_loop()
         clock = getattr(loop, "clock", None)
         if not isinstance(clock, SimClock) or clock.t != 0.0 or clock.unix0 != int(self.sc.start_unix):
-            raise ValueError("a simulation runs on a fresh VirtualLoop whose clock is a SimClock at the "
-                             "scenario's start (use runner.run())")
+            raise ValueError(
+                "a simulation runs on a fresh VirtualLoop whose clock is a SimClock at the "
+                "scenario's start (use runner.run())"
+            )
         wall0 = time.perf_counter()
         cpu0 = time.process_time()
         workdir, tmp = run_workdir(self.options)
@@ -361,9 +405,11 @@ class Simulation:
             gc.freeze()
             gc_threshold = gc.get_threshold()
             gc.set_threshold(GC_YOUNG_THRESHOLD, gc_threshold[1], gc_threshold[2])
-            tasks = [loop.create_task(self.world_steps(), name="sim-world"),
-                     loop.create_task(self.faults(), name="sim-faults"),
-                     loop.create_task(self._progress(wall0), name="sim-progress")]
+            tasks = [
+                loop.create_task(self.world_steps(), name="sim-world"),
+                loop.create_task(self.faults(), name="sim-faults"),
+                loop.create_task(self._progress(wall0), name="sim-progress"),
+            ]
             await asyncio.sleep(self.sc.duration_s - OFF_GRID_S)
             self.end_world(tasks)
             end_counters = {name: sn.counters() for name, sn in self.nodes.items()}
@@ -413,7 +459,7 @@ class Simulation:
             self.snapshot()
         for t in tasks:
             t.cancel()
-        self.air.closed = True   # uplinks still on the air at the end are "in flight", not delivered
+        self.air.closed = True  # uplinks still on the air at the end are "in flight", not delivered
 
     async def stop_nodes(self) -> None:
         live = [sn.task for sn in self.nodes.values() if sn.task is not None and not sn.task.done()]
@@ -477,8 +523,10 @@ def draw_progress(frac: float, t: float, total: float, wall: float, end: str = "
     width = 30
     k = int(frac * width)
     eta = wall / frac * (1 - frac) if frac > 0 else 0.0
-    sys.stderr.write(f"\r[{'#' * k}{'.' * (width - k)}] {100 * frac:5.1f} %  {t / 3600:6.2f}/{total / 3600:g} h "
-                     f"simulated  {wall:6.1f} s  ETA {eta:5.1f} s{end}")
+    sys.stderr.write(
+        f"\r[{'#' * k}{'.' * (width - k)}] {100 * frac:5.1f} %  {t / 3600:6.2f}/{total / 3600:g} h "
+        f"simulated  {wall:6.1f} s  ETA {eta:5.1f} s{end}"
+    )
     sys.stderr.flush()
 
 

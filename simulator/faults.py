@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from protocol import messages as m
 
@@ -71,12 +72,12 @@ class FaultError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    at_s: float                     # seconds after the scenario start
+    at_s: float  # seconds after the scenario start
     kind: str
-    target: str                     # node name, gateway id, or "upstream"
+    target: str  # node name, gateway id, or "upstream"
     params: Mapping[str, Any] = field(default_factory=dict)
     duration_s: float | None = None  # None: to the end of the run (or an instant, for events)
-    index: int = 0                  # position in the scenario's [[faults]]
+    index: int = 0  # position in the scenario's [[faults]]
 
     @property
     def end_s(self) -> float | None:
@@ -125,28 +126,32 @@ class Fault:
         if self.kind == STUCK_VALVE and self.params["state"] == "closed":
             return f"zone {z} to be opened while its valve is stuck shut"
         if self.kind == STUCK_VALVE:
-            return (f"another zone to water while zone {z}'s valve is stuck open (behind a shut master "
-                    "valve it has no pressure)")
+            return (
+                f"another zone to water while zone {z}'s valve is stuck open (behind a shut master "
+                "valve it has no pressure)"
+            )
         return None
 
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?"
-                       r"\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?"
+    r"\s*(?:(\d+(?:\.\d+)?)s)?\s*$"
+)
 
 
 def parse_duration(text: Any, key: str) -> float:
-    """"1d", "6h", "2h30m", "90s", "1.5h" -> seconds; a bare number is seconds."""
+    """ "1d", "6h", "2h30m", "90s", "1.5h" -> seconds; a bare number is seconds."""
     if isinstance(text, bool):
-        raise FaultError(key, f"expected a duration like \"2h30m\", got {text!r}")
+        raise FaultError(key, f'expected a duration like "2h30m", got {text!r}')
     if isinstance(text, (int, float)):
         if text < 0:
             raise FaultError(key, "a duration cannot be negative")
         return float(text)
     if not isinstance(text, str):
-        raise FaultError(key, f"expected a duration like \"2h30m\", got {text!r}")
+        raise FaultError(key, f'expected a duration like "2h30m", got {text!r}')
     mt = _DURATION.match(text)
     if not mt or not any(mt.groups()):
-        raise FaultError(key, f"expected a duration like \"90s\", \"6h\", \"2h30m\" or \"1d\", got {text!r}")
+        raise FaultError(key, f'expected a duration like "90s", "6h", "2h30m" or "1d", got {text!r}')
     d, h, mi, s = (float(g) if g else 0.0 for g in mt.groups())
     return d * 86400 + h * 3600 + mi * 60 + s
 
@@ -168,8 +173,9 @@ def _param(kind: str, name: str, spec: tuple, raw: Mapping[str, Any], key: str) 
     return v
 
 
-def parse_fault(raw: Mapping[str, Any], index: int, start: _dt.datetime, duration_s: float,
-                section: str = "faults") -> Fault:
+def parse_fault(
+    raw: Mapping[str, Any], index: int, start: _dt.datetime, duration_s: float, section: str = "faults"
+) -> Fault:
     """One [[faults]] table -> Fault. Targets are checked by the scenario, which knows the names."""
     key = f"{section}[{index}]"
     if not isinstance(raw, Mapping):
@@ -187,8 +193,9 @@ def parse_fault(raw: Mapping[str, Any], index: int, start: _dt.datetime, duratio
     if "at" in raw:
         at = raw["at"]
         if not isinstance(at, _dt.datetime) or at.tzinfo is None:
-            raise FaultError(f"{key}.at", f"needs a TOML date-time with an offset, e.g. 2026-06-15T22:30:00Z; "
-                                          f"got {at!r}")
+            raise FaultError(
+                f"{key}.at", f"needs a TOML date-time with an offset, e.g. 2026-06-15T22:30:00Z; got {at!r}"
+            )
         at_s = (at - start).total_seconds()
     else:
         at_s = parse_duration(raw["after"], f"{key}.after")
@@ -201,8 +208,10 @@ def parse_fault(raw: Mapping[str, Any], index: int, start: _dt.datetime, duratio
     dur = None
     if "duration" in raw:
         if kind in (NODE_REBOOT, GATEWAY_RESTART):
-            raise FaultError(f"{key}.duration", f"{kind} is an event; "
-                                                + ("use downtime_s" if kind == GATEWAY_RESTART else "it has no duration"))
+            raise FaultError(
+                f"{key}.duration",
+                f"{kind} is an event; " + ("use downtime_s" if kind == GATEWAY_RESTART else "it has no duration"),
+            )
         dur = parse_duration(raw["duration"], f"{key}.duration")
         if dur <= 0:
             raise FaultError(f"{key}.duration", "must be positive")
@@ -218,8 +227,9 @@ class FaultSchedule:
         self.faults = sorted(faults, key=lambda f: (f.at_s, f.index))
 
     @classmethod
-    def parse(cls, raw: Sequence[Mapping[str, Any]], start: _dt.datetime, duration_s: float,
-              section: str = "faults") -> "FaultSchedule":
+    def parse(
+        cls, raw: Sequence[Mapping[str, Any]], start: _dt.datetime, duration_s: float, section: str = "faults"
+    ) -> FaultSchedule:
         if not isinstance(raw, list):
             raise FaultError(section, "must be an array of tables ([[faults]])")
         return cls([parse_fault(r, i, start, duration_s, section) for i, r in enumerate(raw)])

@@ -33,8 +33,9 @@ the nodes' side into the results object.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from simulator import channel as ch
 
@@ -45,11 +46,11 @@ class NodeInfo:
 
     node_id: int
     name: str
-    kind: str            # "lighting" | "irrigation"
+    kind: str  # "lighting" | "irrigation"
     root_key: bytes = field(repr=False)
     lat: float = 0.0
     lon: float = 0.0
-    site: str = ""       # street or park id
+    site: str = ""  # street or park id
 
 
 @dataclass(slots=True)
@@ -60,36 +61,43 @@ class StoredRecord:
     counter: int
     mtype: int
     body: dict[int, Any]
-    rx_time: float        # Unix s: when the uplink ended on the air (Reception.rx_time)
-    stored_at: float      # Unix s, virtual: when its commit completed
+    rx_time: float  # Unix s: when the uplink ended on the air (Reception.rx_time)
+    stored_at: float  # Unix s, virtual: when its commit completed
     gateway_id: str
 
 
 @dataclass(slots=True)
 class GatewayReport:
-    link: str                                   # "inprocess", "live", ...
-    stored: list[StoredRecord]                  # in commit order
-    delivered_upstream: int                     # records the upstream (sink) acknowledged
-    queued_at_end: int                          # records still waiting for the upstream
-    queue_max: int                              # most records queued at once
-    counters: dict[str, Any]                    # pipeline / downlink / store counters
-    sink: list[Any] = field(default_factory=list)   # gateway.model.Record as the platform got them (fields named)
+    link: str  # "inprocess", "live", ...
+    stored: list[StoredRecord]  # in commit order
+    delivered_upstream: int  # records the upstream (sink) acknowledged
+    queued_at_end: int  # records still waiting for the upstream
+    queue_max: int  # most records queued at once
+    counters: dict[str, Any]  # pipeline / downlink / store counters
+    sink: list[Any] = field(default_factory=list)  # gateway.model.Record as the platform got them (fields named)
 
 
 class LinkContext:
     """What the runner gives a link: the scenario's nodes, the clock and the way back to the air."""
 
-    def __init__(self, nodes: Sequence[NodeInfo], gateways: Sequence[ch.GatewaySite], start_unix: float,
-                 unix_now: Callable[[], float], downlink: Callable[..., Any], workdir: Any) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[NodeInfo],
+        gateways: Sequence[ch.GatewaySite],
+        start_unix: float,
+        unix_now: Callable[[], float],
+        downlink: Callable[..., Any],
+        workdir: Any,
+    ) -> None:
         self.nodes = list(nodes)
         self.gateways = list(gateways)
         self.start_unix = start_unix  # Unix s of the loop's time 0 (the channel's 0 ms)
-        self.unix_now = unix_now     # virtual Unix time, s (float)
+        self.unix_now = unix_now  # virtual Unix time, s (float)
         # downlink(site_id, node_id, frame, uplink) -> None, or raises
         # gateway.transports.DownlinkError: puts a frame on the air in the
         # node's RX1 after `uplink` (simulator/air.py)
         self.downlink = downlink
-        self.workdir = workdir       # a private temporary directory (pathlib.Path)
+        self.workdir = workdir  # a private temporary directory (pathlib.Path)
 
 
 class GatewayLink(Protocol):
@@ -122,9 +130,9 @@ from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.registry import NodeEntry, Registry  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
-UPSTREAM_PERIOD_S = 5.0       # the real upstream's max_age: a batch at least this often
-UPSTREAM_BATCH = 500          # records the in-process upstream takes a period (real: upstream.default_batch_size)
-STATE_FLUSH_S = 0.0           # node state flushed at close and restart only (the service: every 5 s)
+UPSTREAM_PERIOD_S = 5.0  # the real upstream's max_age: a batch at least this often
+UPSTREAM_BATCH = 500  # records the in-process upstream takes a period (real: upstream.default_batch_size)
+STATE_FLUSH_S = 0.0  # node state flushed at close and restart only (the service: every 5 s)
 
 
 class _InlineExecutor(concurrent.futures.Executor):
@@ -163,8 +171,9 @@ async def open_sim_store(path: Path, state_flush_s: float = STATE_FLUSH_S) -> St
     an uplink's cost). Everything else -- schema, group commit, replay windows
     in the same transaction, eviction, downlinks -- is the real store's.
     """
-    return await Store.open(path, state_flush_s=state_flush_s, executor=_InlineExecutor(), synchronous="OFF",
-                            exclusive=True)
+    return await Store.open(
+        path, state_flush_s=state_flush_s, executor=_InlineExecutor(), synchronous="OFF", exclusive=True
+    )
 
 
 class _ObservedDownlinks(Downlinks):
@@ -230,7 +239,7 @@ class InProcessGateway:
         self.downlinks: Downlinks | None = None
         self.registry: Registry | None = None
         self.stored: list[StoredRecord] = []
-        self.sink: list[Record] = []          # what the upstream delivered, fields named
+        self.sink: list[Record] = []  # what the upstream delivered, fields named
         self.upstream_up = True
         self.queue_max = 0
         self.restarts = 0
@@ -243,21 +252,26 @@ class InProcessGateway:
 
     async def start(self, ctx: LinkContext) -> None:
         self.ctx = ctx
-        entries = {n.node_id: NodeEntry(n.node_id, n.kind, n.root_key, name=n.name, site=n.site,
-                                        lat=n.lat, lon=n.lon) for n in ctx.nodes}
+        entries = {
+            n.node_id: NodeEntry(n.node_id, n.kind, n.root_key, name=n.name, site=n.site, lat=n.lat, lon=n.lon)
+            for n in ctx.nodes
+        }
         self.registry = Registry(ctx.workdir / "registry.toml", entries)
         self.registry.save()
         self._db = ctx.workdir / "gateway.db"
         await self._open()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._feed(), name="sim-gateway-feed"),
-                       loop.create_task(self._upstream(), name="sim-gateway-upstream")]
+        self._tasks = [
+            loop.create_task(self._feed(), name="sim-gateway-feed"),
+            loop.create_task(self._upstream(), name="sim-gateway-upstream"),
+        ]
 
     async def _open(self) -> None:
         assert self.ctx is not None and self.registry is not None and self._db is not None
         self.store = await open_sim_store(self._db)
-        self.downlinks = _ObservedDownlinks(self.store, self.registry, clock=self.ctx.unix_now,
-                                            on_commit=self._committed)
+        self.downlinks = _ObservedDownlinks(
+            self.store, self.registry, clock=self.ctx.unix_now, on_commit=self._committed
+        )
         await self.downlinks.start()
         self.pipeline = Pipeline(self.registry, self.store, downlinks=self.downlinks)
 
@@ -273,8 +287,7 @@ class InProcessGateway:
     def _keep_counters(self) -> None:
         p, d = self.pipeline, self.downlinks
         assert p is not None and d is not None
-        add = {"accepted": p.accepted, "duplicates": p.duplicates,
-               "received": sum(p.received.values())}
+        add = {"accepted": p.accepted, "duplicates": p.duplicates, "received": sum(p.received.values())}
         for (reason, _t), n in p.rejected.items():
             add["rejected_" + reason] = add.get("rejected_" + reason, 0) + n
         for k, v in d.counts.items():
@@ -284,8 +297,17 @@ class InProcessGateway:
 
     def _committed(self, record: Record) -> None:
         assert self.ctx is not None and self.store is not None
-        self.stored.append(StoredRecord(record.node_id, record.counter, record.mtype, record.body,
-                                        record.rx_time, self.ctx.unix_now(), record.gateway_id))
+        self.stored.append(
+            StoredRecord(
+                record.node_id,
+                record.counter,
+                record.mtype,
+                record.body,
+                record.rx_time,
+                self.ctx.unix_now(),
+                record.gateway_id,
+            )
+        )
         n = self.store.count()
         if n > self.queue_max:
             self.queue_max = n
@@ -295,11 +317,20 @@ class InProcessGateway:
     def uplink(self, hearing: ch.Hearing) -> None:
         assert self.ctx is not None
         up = hearing.tx
-        self._inbox.append(Reception(
-            raw=up.payload, transport="inproc", gateway_id="sim:" + hearing.gateway,
-            rx_time=self.ctx.start_unix + up.end_us / 1e6, rssi=round(hearing.rssi_dbm, 1),
-            snr=round(hearing.snr_db, 1), freq_hz=up.freq_hz, sf=up.sf, tmst=up.end_us & 0xFFFFFFFF,
-            path=_AirPath(self.ctx, hearing)))
+        self._inbox.append(
+            Reception(
+                raw=up.payload,
+                transport="inproc",
+                gateway_id="sim:" + hearing.gateway,
+                rx_time=self.ctx.start_unix + up.end_us / 1e6,
+                rssi=round(hearing.rssi_dbm, 1),
+                snr=round(hearing.snr_db, 1),
+                freq_hz=up.freq_hz,
+                sf=up.sf,
+                tmst=up.end_us & 0xFFFFFFFF,
+                path=_AirPath(self.ctx, hearing),
+            )
+        )
         self._wake.set()
 
     async def _feed(self) -> None:

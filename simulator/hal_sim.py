@@ -225,8 +225,17 @@ class SimHAL(HAL):
     reset(): counts `resets`, calls on_reset(RST_SOFT) if set, raises SimReset.
     """
 
-    def __init__(self, clock, storage=None, storage_dir=None, reset_cause=_m.RST_POWER_ON,
-                 time_known=False, drift_ppm=0, heap_free=100000, history_max=HISTORY_MAX):
+    def __init__(
+        self,
+        clock,
+        storage=None,
+        storage_dir=None,
+        reset_cause=_m.RST_POWER_ON,
+        time_known=False,
+        drift_ppm=0,
+        heap_free=100000,
+        history_max=HISTORY_MAX,
+    ):
         self.clock = clock
         self.storage = {} if storage is None else storage
         self.storage_dir = storage_dir
@@ -326,7 +335,7 @@ class SimHAL(HAL):
             h = self.history
             h.append((self.ticks_ms(), name, value))
             if len(h) > self.history_max:
-                del h[:self.history_max // 2]
+                del h[: self.history_max // 2]
         if self.on_output is not None:
             self.on_output(name, value)
 
@@ -368,6 +377,7 @@ class SimHAL(HAL):
             self.storage[key] = data
             return
         import os
+
         tmp = self._path(key) + ".tmp"
         with open(tmp, "wb") as f:
             f.write(data)

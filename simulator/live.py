@@ -100,17 +100,17 @@ from simulator.sink_records import SinkRecordError, body_from_fields, fetch_reco
 
 log = logging.getLogger("lumeau.sim.live")
 
-DEFAULT_SPEED = 2000.0     # simulated s per real s at most: 24 h in 43 s
-PACE_STEP_S = 30.0         # simulated s between pacing checks (and keepalives, window clean-up)
-MAX_LAG_S = 0.5            # real s of pacing debt forgiven after a hold or a slow stretch (no catch-up burst)
-HOLD_LEAD_S = 0.010        # simulated s before RX1 at which the clock waits for the gateway's decision
-HOLD_SLACK_S = 0.05        # real s past the gateway's 1 s deadline a downlink may still be in flight
-API_POLL_S = 0.2           # real s between looks at the gateway's counters, downlink queue and queue depth
-UDP_AHEAD_MAX = 64         # rxpk handed over UDP and not yet read by the gateway, at most (see "Flow control")
+DEFAULT_SPEED = 2000.0  # simulated s per real s at most: 24 h in 43 s
+PACE_STEP_S = 30.0  # simulated s between pacing checks (and keepalives, window clean-up)
+MAX_LAG_S = 0.5  # real s of pacing debt forgiven after a hold or a slow stretch (no catch-up burst)
+HOLD_LEAD_S = 0.010  # simulated s before RX1 at which the clock waits for the gateway's decision
+HOLD_SLACK_S = 0.05  # real s past the gateway's 1 s deadline a downlink may still be in flight
+API_POLL_S = 0.2  # real s between looks at the gateway's counters, downlink queue and queue depth
+UDP_AHEAD_MAX = 64  # rxpk handed over UDP and not yet read by the gateway, at most (see "Flow control")
 CATCH_UP_TIMEOUT_S = 30.0  # real s the gateway may take to read that backlog before the run fails
-DRAIN_TIMEOUT_S = 60.0     # real s for the gateway to read, store and deliver everything at the end
-CONNECT_TIMEOUT_S = 15.0   # real s for the gateway to open the bridge's serial port
-WINDOW_KEEP_S = 10.0       # simulated s a receive window is remembered after it opened
+DRAIN_TIMEOUT_S = 60.0  # real s for the gateway to read, store and deliver everything at the end
+CONNECT_TIMEOUT_S = 15.0  # real s for the gateway to open the bridge's serial port
+WINDOW_KEEP_S = 10.0  # simulated s a receive window is remembered after it opened
 FORWARDER_EUI = bytes.fromhex("0016c001ff100000")  # + site index: an EUI-64 per forwarder
 
 
@@ -123,7 +123,7 @@ class _Window:
         self.uplink = uplink
         self.node_id = uplink.node_id
         self.rx1_s = uplink.end_us / 1e6 + RX1_DELAY_MS / 1000  # loop time when the window opens
-        self.handed = handed          # time.monotonic() when the first copy went to the gateway
+        self.handed = handed  # time.monotonic() when the first copy went to the gateway
         self.answered = False
         self.hold = False
 
@@ -133,13 +133,20 @@ class LiveGateway:
 
     name = "live"
 
-    def __init__(self, workdir: Path, *, speed: float | None = DEFAULT_SPEED, bw_hz: int = 125000,
-                 channels_mhz: tuple[float, ...] = (868.1, 868.3, 868.5), bridges: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        speed: float | None = DEFAULT_SPEED,
+        bw_hz: int = 125000,
+        channels_mhz: tuple[float, ...] = (868.1, 868.3, 868.5),
+        bridges: int = 1,
+    ) -> None:
         self.workdir = Path(workdir)
         self.speed = speed
         self.bw_hz = bw_hz
         self.channels_hz = tuple(int(round(f * 1e6)) for f in channels_mhz)
-        self.bridges = bridges       # how many sites (the first ones) are radio bridges; the rest forward over UDP
+        self.bridges = bridges  # how many sites (the first ones) are radio bridges; the rest forward over UDP
         self.ctx: LinkContext | None = None
         self.services: Services | None = None
         self.fronts: dict[str, BridgeBoard | PacketForwarder] = {}
@@ -147,12 +154,12 @@ class LiveGateway:
         self.holds_real_s = 0.0
         self.queue_max = 0
         self._keys: dict[int, pk.NodeKeys] = {}
-        self._windows: dict[int, _Window] = {}            # id(uplink) -> window
+        self._windows: dict[int, _Window] = {}  # id(uplink) -> window
         self._by_key: dict[tuple[str, int, int], _Window] = {}  # (site, front-end tmst of RX1, node) -> window
-        self._handed: dict[tuple[int, int], float] = {}   # (node, counter) -> time.time() of the first hand-over
-        self._sent: Counter[str] = Counter()              # frames handed over, by gateway transport
-        self._open_nodes: frozenset[int] = frozenset()    # nodes with downlinks queued at the gateway
-        self._gw_received: dict[str, float] = {}          # the gateway's receptions by transport (its /metrics)
+        self._handed: dict[tuple[int, int], float] = {}  # (node, counter) -> time.time() of the first hand-over
+        self._sent: Counter[str] = Counter()  # frames handed over, by gateway transport
+        self._open_nodes: frozenset[int] = frozenset()  # nodes with downlinks queued at the gateway
+        self._gw_received: dict[str, float] = {}  # the gateway's receptions by transport (its /metrics)
         self.catch_up_real_s = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pacer: asyncio.Task | None = None
@@ -175,8 +182,13 @@ class LiveGateway:
             if i < self.bridges:
                 self.fronts[site.id] = BridgeBoard(site.id, self._resolve, bw_hz=self.bw_hz)
             else:
-                self.fronts[site.id] = PacketForwarder(site.id, FORWARDER_EUI[:7] + bytes((i,)), self._resolve,
-                                                       bw_hz=self.bw_hz, channels_hz=self.channels_hz)
+                self.fronts[site.id] = PacketForwarder(
+                    site.id,
+                    FORWARDER_EUI[:7] + bytes((i,)),
+                    self._resolve,
+                    bw_hz=self.bw_hz,
+                    channels_hz=self.channels_hz,
+                )
         # Blocking here is right: the simulated clock stands still until the services are up.
         self.services = svc = Services(self.workdir, ctx.nodes)
         bridges = [f for f in self.fronts.values() if isinstance(f, BridgeBoard)]
@@ -203,12 +215,16 @@ class LiveGateway:
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while bridges:
             samples = self.services.gateway_metrics()
-            if all(metric_sum(samples, "lumeau_transport_stat", transport="serial", instance=b.path,
-                              counter="connected") >= 1 for b in bridges):
+            if all(
+                metric_sum(samples, "lumeau_transport_stat", transport="serial", instance=b.path, counter="connected")
+                >= 1
+                for b in bridges
+            ):
                 return
             if time.monotonic() > deadline:
-                raise ServiceError(f"the gateway did not open {[b.path for b in bridges]} within "
-                                   f"{CONNECT_TIMEOUT_S:g} s")
+                raise ServiceError(
+                    f"the gateway did not open {[b.path for b in bridges]} within {CONNECT_TIMEOUT_S:g} s"
+                )
             time.sleep(0.02)
 
     def _now_us(self) -> int:
@@ -253,8 +269,7 @@ class LiveGateway:
         assert self.services is not None
         if not self.services.gateway.running and self._failed is None:
             # raised by finish(): an exception here would only end this task
-            self._failed = ServiceError(f"the gateway process exited during the run; see "
-                                        f"{self.services.gateway.log}")
+            self._failed = ServiceError(f"the gateway process exited during the run; see {self.services.gateway.log}")
             log.error("%s", self._failed)
         if self._poll_error:
             log.warning("gateway API: %s", self._poll_error)
@@ -279,8 +294,9 @@ class LiveGateway:
                 self._poll_error = str(e)[:200]
 
     def _note_received(self, samples: list) -> None:
-        self._gw_received = {t: metric_sum(samples, "lumeau_frames_received_total", transport=t)
-                             for t in ("udp", "bridge")}
+        self._gw_received = {
+            t: metric_sum(samples, "lumeau_frames_received_total", transport=t) for t in ("udp", "bridge")
+        }
 
     def _catch_up(self) -> None:
         """Hold the simulated clock until the gateway has read the UDP backlog down to half the bound."""
@@ -290,9 +306,11 @@ class LiveGateway:
         while self._sent["udp"] - self._gw_received.get("udp", 0) > UDP_AHEAD_MAX // 2:
             if time.monotonic() - t0 > CATCH_UP_TIMEOUT_S or not self.services.gateway.running:
                 if self._failed is None:
-                    self._failed = ServiceError(f"the gateway read no UDP for {CATCH_UP_TIMEOUT_S:g} s "
-                                                f"({self._sent['udp'] - self._gw_received.get('udp', 0):.0f} "
-                                                f"frames waiting); see {self.services.gateway.log}")
+                    self._failed = ServiceError(
+                        f"the gateway read no UDP for {CATCH_UP_TIMEOUT_S:g} s "
+                        f"({self._sent['udp'] - self._gw_received.get('udp', 0):.0f} "
+                        f"frames waiting); see {self.services.gateway.log}"
+                    )
                 break
             self._poll(0.005)
             try:
@@ -311,8 +329,9 @@ class LiveGateway:
             return
         up = hearing.tx
         raw = bytes(up.payload)
-        tmst = front.forward(raw, up.end_us, self.ctx.start_unix + up.end_us / 1e6, up.freq_hz, up.sf,
-                             hearing.rssi_dbm, hearing.snr_db)
+        tmst = front.forward(
+            raw, up.end_us, self.ctx.start_unix + up.end_us / 1e6, up.freq_hz, up.sf, hearing.rssi_dbm, hearing.snr_db
+        )
         self._sent[front.kind] += 1
         if front.kind == "udp" and self._sent["udp"] - self._gw_received.get("udp", 0) > UDP_AHEAD_MAX:
             self._catch_up()
@@ -384,6 +403,7 @@ class LiveGateway:
             front.boot(now_us)
             if isinstance(front, BridgeBoard):
                 front.time_sync(now_us, self.ctx.start_unix + now_us / 1e6)
+
         self._loop.call_later(downtime_s, back)
 
     async def set_upstream(self, up: bool) -> None:
@@ -415,12 +435,18 @@ class LiveGateway:
             samples = svc.gateway_metrics()
             got = {t: metric_sum(samples, "lumeau_frames_received_total", transport=t) for t in self._sent}
             queued = metric_sum(samples, "lumeau_queue_records")
-            if (all(got[t] >= n for t, n in self._sent.items()) and not any(f.wants_write for f in self.fronts.values())
-                    and metric_sum(samples, "lumeau_pipeline_inflight") == 0 and queued == 0):
+            if (
+                all(got[t] >= n for t, n in self._sent.items())
+                and not any(f.wants_write for f in self.fronts.values())
+                and metric_sum(samples, "lumeau_pipeline_inflight") == 0
+                and queued == 0
+            ):
                 break
             if time.monotonic() > deadline:
-                raise ServiceError(f"the gateway did not take and deliver everything within {DRAIN_TIMEOUT_S:g} s: "
-                                   f"read {got} of {dict(self._sent)}, {queued:.0f} records still queued")
+                raise ServiceError(
+                    f"the gateway did not take and deliver everything within {DRAIN_TIMEOUT_S:g} s: "
+                    f"read {got} of {dict(self._sent)}, {queued:.0f} records still queued"
+                )
         assert svc.sink_api is not None
         docs = fetch_records(svc.sink_api)
         stats = svc.sink_api.json("/v1/stats")
@@ -438,16 +464,35 @@ class LiveGateway:
                 latency = max(0.0, received - handed) if handed is not None else 0.0
                 stored.append(StoredRecord(node, counter, mtype, body, rx, rx + latency, radio.get("gateway", "")))
                 # named as the gateway's own records are (protocol.expand), whatever the wire format's shape
-                sink.append(Record(node_id=node, counter=counter, mtype=mtype, kind=d["type"], rx_time=rx, body=body,
-                                   fields=expand.expand(mtype, body), receptions=int(radio.get("receptions", 1)),
-                                   best_rssi=radio.get("rssi"), best_snr=radio.get("snr"),
-                                   gateway_id=radio.get("gateway", ""), alarm=bool(d.get("alarm"))))
+                sink.append(
+                    Record(
+                        node_id=node,
+                        counter=counter,
+                        mtype=mtype,
+                        kind=d["type"],
+                        rx_time=rx,
+                        body=body,
+                        fields=expand.expand(mtype, body),
+                        receptions=int(radio.get("receptions", 1)),
+                        best_rssi=radio.get("rssi"),
+                        best_snr=radio.get("snr"),
+                        gateway_id=radio.get("gateway", ""),
+                        alarm=bool(d.get("alarm")),
+                    )
+                )
             except (SinkRecordError, KeyError, ValueError, TypeError) as e:
                 self.counts["sink_records_unreadable"] += 1
                 log.warning("a record at the sink does not map back: %s", e)
         counters = self._counters(samples, stats)
-        return GatewayReport(self.name, stored, int(stats.get("records", len(docs))), int(queued),
-                             max(self.queue_max, int(queued)), counters, sink)
+        return GatewayReport(
+            self.name,
+            stored,
+            int(stats.get("records", len(docs))),
+            int(queued),
+            max(self.queue_max, int(queued)),
+            counters,
+            sink,
+        )
 
     def _counters(self, samples: list, sink_stats: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {

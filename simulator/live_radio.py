@@ -50,8 +50,8 @@ import socket
 import time
 import tty
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from protocol import bridge_msg as bm
 from protocol import frame as fr
@@ -67,14 +67,27 @@ BRIDGE_FIRMWARE = "lumeau-sim bridge"
 SERIAL_MAX = 300  # the longest bridge message (TX: 14 + 255 bytes)
 
 # DownlinkError reasons (what `resolve` returns) -> the front-end's answer.
-_TX_RESULT = {None: bm.TX_SENT, "too_late": bm.TX_TOO_LATE, "too_early": bm.TX_TOO_EARLY,
-              "duty_cycle": bm.TX_DUTY_CYCLE, "busy": bm.TX_BUSY, "too_long": bm.TX_BAD_REQUEST,
-              "bad_request": bm.TX_BAD_REQUEST}
-_TX_ACK = {None: "NONE", "too_late": "TOO_LATE", "too_early": "TOO_EARLY", "busy": "COLLISION_PACKET",
-           "duty_cycle": "DUTY_CYCLE", "too_long": "TX_FREQ", "bad_request": "TX_FREQ"}
+_TX_RESULT = {
+    None: bm.TX_SENT,
+    "too_late": bm.TX_TOO_LATE,
+    "too_early": bm.TX_TOO_EARLY,
+    "duty_cycle": bm.TX_DUTY_CYCLE,
+    "busy": bm.TX_BUSY,
+    "too_long": bm.TX_BAD_REQUEST,
+    "bad_request": bm.TX_BAD_REQUEST,
+}
+_TX_ACK = {
+    None: "NONE",
+    "too_late": "TOO_LATE",
+    "too_early": "TOO_EARLY",
+    "busy": "COLLISION_PACKET",
+    "duty_cycle": "DUTY_CYCLE",
+    "too_long": "TX_FREQ",
+    "bad_request": "TX_FREQ",
+}
 
 # resolve(site, front-end time of the RX1 window, node id, frame) -> None (on the air) or a DownlinkError reason
-Resolver = Callable[[str, int, int, bytes], Optional[str]]
+Resolver = Callable[[str, int, int, bytes], str | None]
 
 
 def _snr_q(snr_db: float) -> int:
@@ -150,8 +163,19 @@ class BridgeBoard:
 
     def status(self, now_us: int) -> None:
         c = self.counts
-        self._send(bm.encode_status(max(0, (now_us - self.boot_us) // 1_000_000) & U32, c["rx"], 0, c["tx_sent"],
-                                    c["tx_refused"], self.rx_cfg[0], self.rx_cfg[1], self.bw_hz, BRIDGE_FIRMWARE))
+        self._send(
+            bm.encode_status(
+                max(0, (now_us - self.boot_us) // 1_000_000) & U32,
+                c["rx"],
+                0,
+                c["tx_sent"],
+                c["tx_refused"],
+                self.rx_cfg[0],
+                self.rx_cfg[1],
+                self.bw_hz,
+                BRIDGE_FIRMWARE,
+            )
+        )
 
     def boot(self, now_us: int) -> None:
         """Power on (the run's start, or the end of a restart): the clock starts at 0, STATUS goes up."""
@@ -169,8 +193,9 @@ class BridgeBoard:
     def down(self) -> None:
         self.up = False
 
-    def forward(self, raw: bytes, end_us: int, unix_s: float, freq_hz: int, sf: int, rssi_dbm: float,
-                snr_db: float) -> int:
+    def forward(
+        self, raw: bytes, end_us: int, unix_s: float, freq_hz: int, sf: int, rssi_dbm: float, snr_db: float
+    ) -> int:
         """An uplink the site heard, as an RX message; returns the bridge time of its RX1 window."""
         t = self.tmst(end_us)
         self._send(bm.encode_rx(t, freq_hz, sf, self.bw_hz, _rssi(rssi_dbm), _snr_q(snr_db), raw))
@@ -236,7 +261,7 @@ class BridgeBoard:
 
 
 def _iso(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class PacketForwarder:
@@ -244,8 +269,9 @@ class PacketForwarder:
 
     kind = "udp"
 
-    def __init__(self, site: str, eui: bytes, resolve: Resolver, *, bw_hz: int = 125000,
-                 channels_hz: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, site: str, eui: bytes, resolve: Resolver, *, bw_hz: int = 125000, channels_hz: tuple[int, ...] = ()
+    ) -> None:
         if len(eui) != 8:
             raise ValueError("a forwarder EUI is 8 bytes")
         self.site = site
@@ -311,21 +337,39 @@ class PacketForwarder:
         if force or now - self._last_stat >= STAT_EVERY_S:
             self._last_stat = now
             c = self.counts
-            stat = {"time": _iso(time.time()).replace("T", " ")[:19] + " GMT", "rxnb": c["rxpk"], "rxok": c["rxpk"],
-                    "rxfw": c["rxpk"], "ackr": 100.0 * c["push_ack"] / max(1, c["push_data"]),
-                    "dwnb": c["pull_resp"], "txnb": c["tx_sent"]}
+            stat = {
+                "time": _iso(time.time()).replace("T", " ")[:19] + " GMT",
+                "rxnb": c["rxpk"],
+                "rxok": c["rxpk"],
+                "rxfw": c["rxpk"],
+                "ackr": 100.0 * c["push_ack"] / max(1, c["push_data"]),
+                "dwnb": c["pull_resp"],
+                "txnb": c["tx_sent"],
+            }
             self._datagram(0x00, json.dumps({"stat": stat}, separators=(",", ":")).encode())
             self.counts["push_data"] += 1
 
-    def forward(self, raw: bytes, end_us: int, unix_s: float, freq_hz: int, sf: int, rssi_dbm: float,
-                snr_db: float) -> int:
+    def forward(
+        self, raw: bytes, end_us: int, unix_s: float, freq_hz: int, sf: int, rssi_dbm: float, snr_db: float
+    ) -> int:
         """One PUSH_DATA with the frame as an rxpk; returns the concentrator time of its RX1 window."""
         t = self.tmst(end_us)
         chan = self.channels_hz.index(freq_hz) if freq_hz in self.channels_hz else 0
-        rxpk = {"time": _iso(unix_s), "tmst": t, "chan": chan, "rfch": 0, "freq": round(freq_hz / 1e6, 6),
-                "stat": 1, "modu": "LORA", "datr": f"SF{sf}BW{self.bw_hz // 1000}", "codr": "4/5",
-                "rssi": _rssi(rssi_dbm), "lsnr": round(snr_db, 1), "size": len(raw),
-                "data": base64.b64encode(raw).decode("ascii")}
+        rxpk = {
+            "time": _iso(unix_s),
+            "tmst": t,
+            "chan": chan,
+            "rfch": 0,
+            "freq": round(freq_hz / 1e6, 6),
+            "stat": 1,
+            "modu": "LORA",
+            "datr": f"SF{sf}BW{self.bw_hz // 1000}",
+            "codr": "4/5",
+            "rssi": _rssi(rssi_dbm),
+            "lsnr": round(snr_db, 1),
+            "size": len(raw),
+            "data": base64.b64encode(raw).decode("ascii"),
+        }
         self._datagram(0x00, json.dumps({"rxpk": [rxpk]}, separators=(",", ":")).encode())
         self.counts["push_data"] += 1
         self.counts["rxpk"] += 1
@@ -375,8 +419,11 @@ class PacketForwarder:
         if error != "NONE":
             self.counts[f"tx_{error.lower()}"] += 1
         # TX_ACK carries the PULL_RESP's token
-        ack = bytes((2, data[1], data[2], 0x05)) + self.eui + json.dumps(
-            {"txpk_ack": {"error": error}}, separators=(",", ":")).encode()
+        ack = (
+            bytes((2, data[1], data[2], 0x05))
+            + self.eui
+            + json.dumps({"txpk_ack": {"error": error}}, separators=(",", ":")).encode()
+        )
         if self.server is not None:
             try:
                 self.sock.sendto(ack, self.server)

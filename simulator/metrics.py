@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from protocol import expand, frame, lora
 from protocol import messages as m
 
-FRAME_BUDGET = lora.max_payload(12)     # 51 bytes: the smallest EU868 payload budget
+FRAME_BUDGET = lora.max_payload(12)  # 51 bytes: the smallest EU868 payload budget
 LATENCY_BINS_S = (0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 
 
@@ -85,9 +86,18 @@ class Results:
 
     def summary(self) -> str:
         s = self.sections
-        sc, run, dv, lat, air, fr_, al, en, wa, to = (s["scenario"], s["run"], s["delivery"], s["latency_s"],
-                                                      s["airtime"], s["frames"], s["alarms"], s["energy"],
-                                                      s["water"], s["totals"])
+        sc, run, dv, lat, air, fr_, al, en, wa, to = (
+            s["scenario"],
+            s["run"],
+            s["delivery"],
+            s["latency_s"],
+            s["airtime"],
+            s["frames"],
+            s["alarms"],
+            s["energy"],
+            s["water"],
+            s["totals"],
+        )
         lines = [
             f"{sc['name']}: {sc['lamps']} lamps, {sc['controllers']} irrigation controllers ({sc['zones']} zones), "
             f"{len(sc['gateways'])} gateways, {sc['hours']:g} h from {sc['start']} (seed {sc['seed']})",
@@ -97,16 +107,28 @@ class Results:
             f"  latency (uplink end -> stored): p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, max {lat['max']:.3f} s",
             f"  airtime: at most {air['max_share_of_limit_pct']:.1f} % of a node's duty-cycle limit "
             f"(mean {air['mean_share_of_limit_pct']:.2f} %)",
-            "  largest frames: " + ", ".join(f"{k} {v} B" for k, v in fr_["largest"].items())
+            "  largest frames: "
+            + ", ".join(f"{k} {v} B" for k, v in fr_["largest"].items())
             + f" (budget {fr_['budget']} B, over it: {fr_['over_budget']})",
             f"  alarms: {al['detected']}/{al['expected']} injected faults raised their alarm at the gateway"
             + (f" ({al['latent']} latent)" if al["latent"] else "")
             + (f", {len(al['unexpected'])} other alarms" if al["unexpected"] else ""),
         ]
         for f in al["faults"]:
-            what = "no alarm expected" if f["expected"] is None else (
-                f"{f['expected']}: " + (f"stored {f['delay_s']:.0f} s later" if f["detected"] else
-                                        "NOT SEEN" if f["manifested"] else f"latent: {f['latent_reason']}"))
+            what = (
+                "no alarm expected"
+                if f["expected"] is None
+                else (
+                    f"{f['expected']}: "
+                    + (
+                        f"stored {f['delay_s']:.0f} s later"
+                        if f["detected"]
+                        else "NOT SEEN"
+                        if f["manifested"]
+                        else f"latent: {f['latent_reason']}"
+                    )
+                )
+            )
             lines.append(f"    {f['kind']} {f['target']} at {f['at_h']:g} h -> {what}")
         lines += [
             f"  energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night: "
@@ -114,13 +136,13 @@ class Results:
             f"  water: {wa['m3']:.2f} m3 against {wa['baseline_m3']:.2f} m3 on the fixed schedule: "
             f"{wa['saved_m3']:.2f} m3 saved ({wa['saved_pct']:.1f} %)",
             f"  totals: platform {to['energy_wh']['platform']} Wh / {to['water_l']['platform']} L = nodes' own "
-            f"{to['energy_wh']['nodes']} Wh / {to['water_l']['nodes']} L: "
-            + ("agree" if to["agree"] else "DISAGREE"),
+            f"{to['energy_wh']['nodes']} Wh / {to['water_l']['nodes']} L: " + ("agree" if to["agree"] else "DISAGREE"),
         ]
         return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- building the sections
+
 
 def latency_section(latencies: Sequence[float]) -> dict[str, Any]:
     v = sorted(latencies)
@@ -135,9 +157,15 @@ def latency_section(latencies: Sequence[float]) -> dict[str, Any]:
                 break
         if not placed:
             over += 1
-    return {"count": len(v), "mean": sum(v) / len(v) if v else 0.0, "p50": percentile(v, 50),
-            "p95": percentile(v, 95), "p99": percentile(v, 99), "max": float(v[-1]) if v else 0.0,
-            "histogram": {"edges_s": list(LATENCY_BINS_S), "counts": counts, "over": over}}
+    return {
+        "count": len(v),
+        "mean": sum(v) / len(v) if v else 0.0,
+        "p50": percentile(v, 50),
+        "p95": percentile(v, 95),
+        "p99": percentile(v, 99),
+        "max": float(v[-1]) if v else 0.0,
+        "histogram": {"edges_s": list(LATENCY_BINS_S), "counts": counts, "over": over},
+    }
 
 
 def frame_fields(raw: bytes) -> tuple[int, dict[int, Any]] | None:
@@ -146,7 +174,7 @@ def frame_fields(raw: bytes) -> tuple[int, dict[int, Any]] | None:
         f = frame.parse(raw)
         if f.encrypted:
             return None
-        return f.mtype, m.decode(f.mtype, raw[frame.HEADER_LEN:-frame.MIC_LEN])
+        return f.mtype, m.decode(f.mtype, raw[frame.HEADER_LEN : -frame.MIC_LEN])
     except (frame.FrameError, m.MessageError):
         return None
 
@@ -172,8 +200,10 @@ def expected_name(expected: tuple[str, int] | None) -> str | None:
 
 # ---------------------------------------------------------------- the whole results object
 
-def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: dict[str, int],
-          wall_s: float, cpu_s: float) -> Results:
+
+def build(
+    sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: dict[str, int], wall_s: float, cpu_s: float
+) -> Results:
     """Results of a finished simulator.engine.Simulation and its link's GatewayReport."""
     from simulator.baseline import irrigation_baseline, lighting_baseline
 
@@ -195,8 +225,10 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
     # -- delivery
     refused: dict[str, int] = {}
     on_air = settled = heard = 0
-    by_kind: dict[str, dict[str, int]] = {"lighting": {"settled": 0, "stored": 0},
-                                          "irrigation": {"settled": 0, "stored": 0}}
+    by_kind: dict[str, dict[str, int]] = {
+        "lighting": {"settled": 0, "stored": 0},
+        "irrigation": {"settled": 0, "stored": 0},
+    }
     per_node = []
     for name, sn in nodes.items():
         st = air.nodes.get(sn.spec.node_id)
@@ -211,13 +243,27 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
         n_stored = per_node_stored.get(sn.spec.node_id, 0)
         by_kind[sn.spec.kind]["settled"] += s_settled
         by_kind[sn.spec.kind]["stored"] += n_stored
-        per_node.append({"node": name, "kind": sn.spec.kind, "sf": sn.spec.sf, "uplinks": s_settled,
-                         "stored": n_stored, "ratio": round(ratio(n_stored, s_settled), 6)})
+        per_node.append(
+            {
+                "node": name,
+                "kind": sn.spec.kind,
+                "sf": sn.spec.sf,
+                "uplinks": s_settled,
+                "stored": n_stored,
+                "ratio": round(ratio(n_stored, s_settled), 6),
+            }
+        )
     n_stored_all = len(stored_keys)
     delivery = {
-        "on_air": on_air, "settled": settled, "in_flight_at_end": on_air - settled, "heard": heard,
-        "stored": n_stored_all, "lost_on_air": settled - heard, "refused": dict(sorted(refused.items())),
-        "ratio": ratio(n_stored_all, settled), "ratio_pct": 100.0 * ratio(n_stored_all, settled),
+        "on_air": on_air,
+        "settled": settled,
+        "in_flight_at_end": on_air - settled,
+        "heard": heard,
+        "stored": n_stored_all,
+        "lost_on_air": settled - heard,
+        "refused": dict(sorted(refused.items())),
+        "ratio": ratio(n_stored_all, settled),
+        "ratio_pct": 100.0 * ratio(n_stored_all, settled),
         "by_kind": {k: {**v, "ratio": ratio(v["stored"], v["settled"])} for k, v in by_kind.items()},
         "by_node": per_node,
     }
@@ -234,19 +280,34 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
         used_s = channel.airtime_used_ms(sn.spec.node_id) / 1000.0
         share = used_s / (dur / inv) if dur else 0.0
         shares.append(share)
-        air_nodes.append({"node": name, "kind": sn.spec.kind, "sf": sn.spec.sf, "airtime_s": round(used_s, 6),
-                          "share_of_limit": round(share, 6)})
-    airtime = {"duty_cycle": {lora.BANDS[b][3]: 1.0 / lora.BANDS[b][2] for b in sorted({sn.radio.band for sn in nodes.values()})},
-               "max_share_of_limit": max(shares, default=0.0), "max_share_of_limit_pct": 100.0 * max(shares, default=0.0),
-               "mean_share_of_limit": sum(shares) / len(shares) if shares else 0.0,
-               "mean_share_of_limit_pct": 100.0 * (sum(shares) / len(shares) if shares else 0.0),
-               "total_s": sum(n["airtime_s"] for n in air_nodes), "per_node": air_nodes}
+        air_nodes.append(
+            {
+                "node": name,
+                "kind": sn.spec.kind,
+                "sf": sn.spec.sf,
+                "airtime_s": round(used_s, 6),
+                "share_of_limit": round(share, 6),
+            }
+        )
+    airtime = {
+        "duty_cycle": {
+            lora.BANDS[b][3]: 1.0 / lora.BANDS[b][2] for b in sorted({sn.radio.band for sn in nodes.values()})
+        },
+        "max_share_of_limit": max(shares, default=0.0),
+        "max_share_of_limit_pct": 100.0 * max(shares, default=0.0),
+        "mean_share_of_limit": sum(shares) / len(shares) if shares else 0.0,
+        "mean_share_of_limit_pct": 100.0 * (sum(shares) / len(shares) if shares else 0.0),
+        "total_s": sum(n["airtime_s"] for n in air_nodes),
+        "per_node": air_nodes,
+    }
 
     # -- frames
     over = sum(1 for st in air.nodes.values() for _c, _t, n in st.frames if n > FRAME_BUDGET)
-    frames = {"budget": FRAME_BUDGET,
-              "largest": {type_name(t): n for t, n in sorted(air.largest.items())},
-              "over_budget": over}
+    frames = {
+        "budget": FRAME_BUDGET,
+        "largest": {type_name(t): n for t, n in sorted(air.largest.items())},
+        "over_budget": over,
+    }
 
     # -- alarms
     alarms = alarms_section(sc, stored, by_id, start, sim.fault_shown)
@@ -258,30 +319,57 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
     ib = irrigation_baseline(sc.controllers, start, end, sc.location.tz, world.weather)
     used_m3 = world.water_l() / 1000.0
     platform = platform_totals(report, by_id)
-    energy = {"kwh": used_kwh, "baseline_kwh": lb.kwh, "saved_kwh": lb.kwh - used_kwh,
-              "saved_pct": 100.0 * ratio(lb.kwh - used_kwh, lb.kwh), "lamp_hours_baseline": lb.lamp_hours,
-              "reported_kwh": platform["energy_wh"] / 1000.0}
-    water = {"m3": used_m3, "applied_m3": world.applied_l() / 1000.0, "baseline_m3": ib.m3,
-             "saved_m3": ib.m3 - used_m3, "saved_pct": 100.0 * ratio(ib.m3 - used_m3, ib.m3),
-             "baseline_runs": ib.runs, "baseline_wasted_m3": ib.wasted_m3,
-             "lost_m3": (world.water_l() - world.applied_l()) / 1000.0,
-             "reported_m3": platform["water_l"] / 1000.0}
+    energy = {
+        "kwh": used_kwh,
+        "baseline_kwh": lb.kwh,
+        "saved_kwh": lb.kwh - used_kwh,
+        "saved_pct": 100.0 * ratio(lb.kwh - used_kwh, lb.kwh),
+        "lamp_hours_baseline": lb.lamp_hours,
+        "reported_kwh": platform["energy_wh"] / 1000.0,
+    }
+    water = {
+        "m3": used_m3,
+        "applied_m3": world.applied_l() / 1000.0,
+        "baseline_m3": ib.m3,
+        "saved_m3": ib.m3 - used_m3,
+        "saved_pct": 100.0 * ratio(ib.m3 - used_m3, ib.m3),
+        "baseline_runs": ib.runs,
+        "baseline_wasted_m3": ib.wasted_m3,
+        "lost_m3": (world.water_l() - world.applied_l()) / 1000.0,
+        "reported_m3": platform["water_l"] / 1000.0,
+    }
 
     # -- totals: the gateway and the platform against the nodes' own counters
     own = node_side_totals(air, platform["last"], by_id)
     node_tx = sum(c["tx"] for c in counters.values())
-    uplinks = {"nodes_tx": node_tx, "on_air": on_air, "settled": settled, "heard": heard,
-               "stored": n_stored_all, "at_platform": report.delivered_upstream,
-               "queued_at_end": report.queued_at_end}
+    uplinks = {
+        "nodes_tx": node_tx,
+        "on_air": on_air,
+        "settled": settled,
+        "heard": heard,
+        "stored": n_stored_all,
+        "at_platform": report.delivered_upstream,
+        "queued_at_end": report.queued_at_end,
+    }
     stored_ok = n_stored_all == heard
-    energy_t = {"platform": platform["energy_wh"], "nodes": own["energy_wh"],
-                "nodes_meters_at_end": sum(v for k, v in meters.items() if nodes[k].spec.kind == "lighting")}
-    water_t = {"platform": platform["water_l"], "nodes": own["water_l"],
-               "nodes_meters_at_end": sum(v for k, v in meters.items() if nodes[k].spec.kind == "irrigation")}
-    totals = {"uplinks": uplinks, "energy_wh": energy_t, "water_l": water_t,
-              "stored_equals_heard": stored_ok,
-              "platform_equals_nodes": energy_t["platform"] == energy_t["nodes"] and water_t["platform"] == water_t["nodes"],
-              "mismatches": own["mismatches"]}
+    energy_t = {
+        "platform": platform["energy_wh"],
+        "nodes": own["energy_wh"],
+        "nodes_meters_at_end": sum(v for k, v in meters.items() if nodes[k].spec.kind == "lighting"),
+    }
+    water_t = {
+        "platform": platform["water_l"],
+        "nodes": own["water_l"],
+        "nodes_meters_at_end": sum(v for k, v in meters.items() if nodes[k].spec.kind == "irrigation"),
+    }
+    totals = {
+        "uplinks": uplinks,
+        "energy_wh": energy_t,
+        "water_l": water_t,
+        "stored_equals_heard": stored_ok,
+        "platform_equals_nodes": energy_t["platform"] == energy_t["nodes"] and water_t["platform"] == water_t["nodes"],
+        "mismatches": own["mismatches"],
+    }
     totals["agree"] = totals["platform_equals_nodes"] and stored_ok and not own["mismatches"]
 
     # -- series
@@ -289,33 +377,61 @@ def build(sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: di
     for h in sim.hourly:
         t1 = start + h["t_h"] * 3600.0
         baseline_series.append(lighting_baseline(sc.lamps, start, t1).kwh * 1000.0)
-    series = {"t_h": [h["t_h"] for h in sim.hourly],
-              "energy_wh": [round(h["energy_wh"], 3) for h in sim.hourly],
-              "baseline_energy_wh": [round(v, 3) for v in baseline_series],
-              "water_l": [round(h["water_l"], 3) for h in sim.hourly],
-              "uplinks": [h["uplinks"] for h in sim.hourly],
-              "settled": [h["settled"] for h in sim.hourly],
-              "stored": _cumulative_by_hour(stored, start, [h["t_h"] for h in sim.hourly])}
+    series = {
+        "t_h": [h["t_h"] for h in sim.hourly],
+        "energy_wh": [round(h["energy_wh"], 3) for h in sim.hourly],
+        "baseline_energy_wh": [round(v, 3) for v in baseline_series],
+        "water_l": [round(h["water_l"], 3) for h in sim.hourly],
+        "uplinks": [h["uplinks"] for h in sim.hourly],
+        "settled": [h["settled"] for h in sim.hourly],
+        "stored": _cumulative_by_hour(stored, start, [h["t_h"] for h in sim.hourly]),
+    }
 
     n_nodes = len(nodes)
     sfs: dict[str, int] = {}
     for sn in nodes.values():
         sfs[f"SF{sn.spec.sf}"] = sfs.get(f"SF{sn.spec.sf}", 0) + 1
     sections = {
-        "scenario": {"name": sc.name, "file": sc.file, "description": sc.description, "seed": sc.seed,
-                     "start": sc.start.isoformat(), "hours": hours, "lamps": len(sc.lamps),
-                     "controllers": len(sc.controllers), "zones": sc.zones,
-                     "gateways": [{"id": g.id, "x": g.x, "y": g.y} for g in sc.gateways],
-                     "sf": dict(sorted(sfs.items())), "nodes_scale": sim.options.nodes_scale},
-        "run": {"link": report.link, "wall_s": wall_s, "cpu_s": cpu_s, "nodes": n_nodes,
-                "node_seconds": n_nodes * sc.duration_s,
-                "node_seconds_per_wall_s": n_nodes * sc.duration_s / wall_s if wall_s > 0 else 0.0,
-                "ticked_apps": sim.options.ticked_apps, "workers": 1, "crashed_nodes": list(sim.crashes)},
-        "delivery": delivery, "latency_s": latency, "airtime": airtime, "frames": frames, "alarms": alarms,
-        "energy": energy, "water": water, "totals": totals,
-        "gateway": {**report.counters, "delivered_upstream": report.delivered_upstream,
-                    "queued_at_end": report.queued_at_end, "queue_max": report.queue_max,
-                    "log_warnings": dict(sorted(getattr(getattr(sim, "log_counts", None), "counts", {}).items()))},
+        "scenario": {
+            "name": sc.name,
+            "file": sc.file,
+            "description": sc.description,
+            "seed": sc.seed,
+            "start": sc.start.isoformat(),
+            "hours": hours,
+            "lamps": len(sc.lamps),
+            "controllers": len(sc.controllers),
+            "zones": sc.zones,
+            "gateways": [{"id": g.id, "x": g.x, "y": g.y} for g in sc.gateways],
+            "sf": dict(sorted(sfs.items())),
+            "nodes_scale": sim.options.nodes_scale,
+        },
+        "run": {
+            "link": report.link,
+            "wall_s": wall_s,
+            "cpu_s": cpu_s,
+            "nodes": n_nodes,
+            "node_seconds": n_nodes * sc.duration_s,
+            "node_seconds_per_wall_s": n_nodes * sc.duration_s / wall_s if wall_s > 0 else 0.0,
+            "ticked_apps": sim.options.ticked_apps,
+            "workers": 1,
+            "crashed_nodes": list(sim.crashes),
+        },
+        "delivery": delivery,
+        "latency_s": latency,
+        "airtime": airtime,
+        "frames": frames,
+        "alarms": alarms,
+        "energy": energy,
+        "water": water,
+        "totals": totals,
+        "gateway": {
+            **report.counters,
+            "delivered_upstream": report.delivered_upstream,
+            "queued_at_end": report.queued_at_end,
+            "queue_max": report.queue_max,
+            "log_warnings": dict(sorted(getattr(getattr(sim, "log_counts", None), "counts", {}).items())),
+        },
         "nodes": {"counters": _sum_counters(counters), "reboots": sum(sn.boots - 1 for sn in nodes.values())},
         "channel": dict(sorted(channel.counts.items())),
         "series": series,
@@ -351,8 +467,9 @@ def latent_reason(f: Any) -> str:
     return f"it never showed: it needs {cond}, which did not happen while it lasted"
 
 
-def alarms_section(sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start: float,
-                   shown: dict[int, bool] | None = None) -> dict[str, Any]:
+def alarms_section(
+    sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start: float, shown: dict[int, bool] | None = None
+) -> dict[str, Any]:
     """Each injected fault against the records the gateway stored; alarms with no fault behind them.
 
     `shown` says, per fault index, whether the fault had any physical effect
@@ -363,23 +480,33 @@ def alarms_section(sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start:
     """
     by_name = {sn.spec.name: nid for nid, sn in by_id.items()}
     faults = []
-    explained: set[tuple[int, int]] = set()     # (node, counter) of records matched to a fault
+    explained: set[tuple[int, int]] = set()  # (node, counter) of records matched to a fault
     for f in sc.faults:
         exp = f.expected
         at = start + f.at_s
         manifested = None if exp is None else (shown or {}).get(f.index, True)
-        entry = {"index": f.index, "kind": f.kind, "target": f.target, "at_h": round(f.at_s / 3600.0, 6),
-                 "params": dict(f.params), "expected": expected_name(exp), "manifested": manifested,
-                 "latent_reason": latent_reason(f) if manifested is False else None,
-                 "detected": False, "delay_s": None, "node_time_delay_s": None}
+        entry = {
+            "index": f.index,
+            "kind": f.kind,
+            "target": f.target,
+            "at_h": round(f.at_s / 3600.0, 6),
+            "params": dict(f.params),
+            "expected": expected_name(exp),
+            "manifested": manifested,
+            "latent_reason": latent_reason(f) if manifested is False else None,
+            "detected": False,
+            "delay_s": None,
+            "node_time_delay_s": None,
+        }
         nid = by_name.get(f.target)
         if exp is not None and nid is not None:
             kind, code = exp
             for r in stored:
                 if r.node_id != nid or r.rx_time < at:
                     continue
-                hit = ((kind == "event" and r.mtype == m.EVENT and r.body.get(0) == code and r.body.get(4, 1) == 1)
-                       or (kind == "hello" and r.mtype == m.HELLO and r.body.get(4) == code))
+                hit = (kind == "event" and r.mtype == m.EVENT and r.body.get(0) == code and r.body.get(4, 1) == 1) or (
+                    kind == "hello" and r.mtype == m.HELLO and r.body.get(4) == code
+                )
                 if hit:
                     entry["detected"] = True
                     entry["delay_s"] = r.stored_at - at
@@ -405,18 +532,28 @@ def alarms_section(sc: Any, stored: Sequence[Any], by_id: dict[int, Any], start:
         raised[f"{name} {state}"] = raised.get(f"{name} {state}", 0) + 1
         if r.body.get(4, 1) and r.node_id not in fault_nodes:
             sn = by_id.get(r.node_id)
-            unexpected.append({"node": sn.spec.name if sn else f"{r.node_id:08x}", "event": name,
-                               "at_h": round((r.rx_time - start) / 3600.0, 6), "value": r.body.get(2)})
+            unexpected.append(
+                {
+                    "node": sn.spec.name if sn else f"{r.node_id:08x}",
+                    "event": name,
+                    "at_h": round((r.rx_time - start) / 3600.0, 6),
+                    "value": r.body.get(2),
+                }
+            )
     expected_n = sum(1 for f in faults if f["expected"] is not None and f["manifested"])
-    return {"faults": faults, "expected": expected_n,
-            "detected": sum(1 for f in faults if f["detected"] and f["manifested"]),
-            "latent": sum(1 for f in faults if f["expected"] is not None and not f["manifested"]),
-            "raised": dict(sorted(raised.items())), "unexpected": unexpected}
+    return {
+        "faults": faults,
+        "expected": expected_n,
+        "detected": sum(1 for f in faults if f["detected"] and f["manifested"]),
+        "latent": sum(1 for f in faults if f["expected"] is not None and not f["manifested"]),
+        "raised": dict(sorted(raised.items())),
+        "unexpected": unexpected,
+    }
 
 
 def platform_totals(report: Any, by_id: dict[int, Any]) -> dict[str, Any]:
     """What the platform (the upstream's receiver) knows: each node's last energy / volume, by name."""
-    last: dict[int, tuple[int, int, float]] = {}     # node -> (counter, mtype, value)
+    last: dict[int, tuple[int, int, float]] = {}  # node -> (counter, mtype, value)
     for rec in report.sink:
         fields = rec.fields
         if rec.mtype == m.LIGHT and "energy" in fields:
@@ -449,6 +586,7 @@ def node_side_totals(air: Any, last: dict[int, tuple[int, int, float]], by_id: d
         else:
             litres += own
         if own != value:
-            mismatches.append({"node": by_id[nid].spec.name, "counter": counter, "node_value": own,
-                               "platform_value": value})
+            mismatches.append(
+                {"node": by_id[nid].spec.name, "counter": counter, "node_value": own, "platform_value": value}
+            )
     return {"energy_wh": wh, "water_l": litres, "mismatches": mismatches}

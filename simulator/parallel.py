@@ -59,16 +59,24 @@ from protocol.messages import is_alarm
 from simulator import channel as ch
 from simulator import metrics
 from simulator.air import Air
-from simulator.engine import (OFF_GRID_S, RunOptions, Simulation, SimNode, draw_progress, node_meter,
-                              prepare, run_workdir)
+from simulator.engine import (
+    OFF_GRID_S,
+    RunOptions,
+    SimNode,
+    Simulation,
+    draw_progress,
+    node_meter,
+    prepare,
+    run_workdir,
+)
 from simulator.faults import GATEWAY_RESTART, UPSTREAM_OUTAGE
 from simulator.metrics import Results
 from simulator.scenario import Scenario
 from simulator.simclock import SimClock
 from simulator.virtual_loop import run as run_virtual
 
-SYNC_S = 10.0        # a worker reports its transmissions at least this often (simulated s)
-HOLD_S = 0.95        # after an alarm uplink's end: before the node opens RX1 (0.98 s)
+SYNC_S = 10.0  # a worker reports its transmissions at least this often (simulated s)
+HOLD_S = 0.95  # after an alarm uplink's end: before the node opens RX1 (0.98 s)
 _GATEWAY_FAULTS = (GATEWAY_RESTART, UPSTREAM_OUTAGE)
 
 
@@ -95,16 +103,18 @@ class _RemoteDownlink:
 
 # ---------------------------------------------------------------- the worker side
 
+
 class _WorkerAir(Air):
     """The worker's air: the law decided locally, the transmission sent to the coordinator."""
 
-    def __init__(self, channel: ch.Channel, loop: asyncio.AbstractEventLoop, worker: "_Worker") -> None:
+    def __init__(self, channel: ch.Channel, loop: asyncio.AbstractEventLoop, worker: _Worker) -> None:
         super().__init__(channel, loop, lambda h: None)
         self.worker = worker
         self.outbox: list[tuple[int, int, bytes, int, int, bool]] = []
 
-    def transmit(self, node_id: int, frame: bytes, sf: int, freq_hz: int,
-                 start_us: int | None = None) -> ch.Transmission:
+    def transmit(
+        self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None
+    ) -> ch.Transmission:
         now = self.now_us()
         up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
         mtype = self.count(node_id, frame, up)
@@ -148,11 +158,14 @@ class _Worker(Simulation):
 
     def snapshot(self) -> None:
         super().snapshot()
-        self.node_hourly.append({
-            "t_h": self.hourly[-1]["t_h"],
-            "uplinks": {nid: st.uplinks for nid, st in self.air.nodes.items()},
-            "energy_wh": {name: lw.energy_wh for name, lw in self.world.lamps.items()},
-            "water_l": {name: cw.meter_l for name, cw in self.world.controllers.items()}})
+        self.node_hourly.append(
+            {
+                "t_h": self.hourly[-1]["t_h"],
+                "uplinks": {nid: st.uplinks for nid, st in self.air.nodes.items()},
+                "energy_wh": {name: lw.energy_wh for name, lw in self.world.lamps.items()},
+                "water_l": {name: cw.meter_l for name, cw in self.world.controllers.items()},
+            }
+        )
 
     def _send(self, kind: str, *extra: Any) -> None:
         air = self.air
@@ -162,7 +175,7 @@ class _Worker(Simulation):
 
     def _report(self) -> None:
         self._send("tx")
-        self.channel.settle(self.air.now_us() / 1000)   # the local copy keeps nothing it does not need
+        self.channel.settle(self.air.now_us() / 1000)  # the local copy keeps nothing it does not need
         self.loop.call_at(self.loop.time() + SYNC_S, self._report)
 
     def hold(self) -> None:
@@ -176,7 +189,7 @@ class _Worker(Simulation):
 
     async def work(self) -> None:
         loop = asyncio.get_running_loop()
-        clock = getattr(loop, "clock")
+        clock = loop.clock
         self.setup(loop, clock, None)  # type: ignore[arg-type]
         for sn in self.nodes.values():
             self.keys[sn.spec.node_id] = fw_config.load(sn.cfg_bytes)["keys"]
@@ -186,10 +199,14 @@ class _Worker(Simulation):
         await asyncio.sleep(self.sc.duration_s - OFF_GRID_S)
         self.end_world(tasks)
         result = {
-            "nodes": {name: {"counters": sn.counters(), "meter": node_meter(sn), "boots": sn.boots,
-                             "band": sn.radio.band} for name, sn in self.nodes.items()},
-            "air": {nid: (st.uplinks, st.refused, st.frames, st.reports, st.downlinks_ok)
-                    for nid, st in self.air.nodes.items()},
+            "nodes": {
+                name: {"counters": sn.counters(), "meter": node_meter(sn), "boots": sn.boots, "band": sn.radio.band}
+                for name, sn in self.nodes.items()
+            },
+            "air": {
+                nid: (st.uplinks, st.refused, st.frames, st.reports, st.downlinks_ok)
+                for nid, st in self.air.nodes.items()
+            },
             "largest": dict(self.air.largest),
             # per node, so the coordinator adds them up in the scenario's order whatever the sharing
             "world": {name: (lw.energy_wh, 0.0, 0.0) for name, lw in self.world.lamps.items()}
@@ -207,7 +224,7 @@ def _worker_main(scenario: Scenario, options: RunOptions, index: int, workers: i
     try:
         w = _Worker(scenario, options, index, workers, conn)
         run_virtual(w.work(), SimClock(unix0=int(w.sc.start_unix)))
-    except BaseException:  # noqa: BLE001 -- told to the coordinator, which fails the run with it
+    except BaseException:
         try:
             conn.send(("error", 0, [], traceback.format_exc()))
         except OSError:
@@ -218,14 +235,16 @@ def _worker_main(scenario: Scenario, options: RunOptions, index: int, workers: i
 
 # ---------------------------------------------------------------- the coordinator side
 
+
 class _CoordAir(Air):
     """The coordinator's air: transmissions arrive from the workers; downlinks go back to held nodes."""
 
-    def __init__(self, channel: ch.Channel, loop: asyncio.AbstractEventLoop, on_uplink: Any,
-                 owner: dict[int, int]) -> None:
+    def __init__(
+        self, channel: ch.Channel, loop: asyncio.AbstractEventLoop, on_uplink: Any, owner: dict[int, int]
+    ) -> None:
         super().__init__(channel, loop, on_uplink)
         self.owner = owner
-        self.held: set[int] = set()            # id() of uplinks whose node waits before RX1
+        self.held: set[int] = set()  # id() of uplinks whose node waits before RX1
         self.outgoing: dict[int, list[Any]] = {}
         self.too_late = 0
 
@@ -275,7 +294,7 @@ class _Coordinator(Simulation):
         last_draw = 0.0
         while True:
             active = [self.conns[w] for w in range(n) if results[w] is None and not holding[w]]
-            for c in (multiprocessing.connection.wait(active) if active else ()):
+            for c in multiprocessing.connection.wait(active) if active else ():
                 w = self.conns.index(c)
                 try:
                     msg = c.recv()
@@ -303,8 +322,18 @@ class _Coordinator(Simulation):
             await self._until_us(safe)
             for w in range(n):
                 if holding[w] and at[w] <= safe:
-                    out = [(d.node_id, d.start_us, d.end_us, bytes(d.payload), d.hearings[0].rssi_dbm,
-                            d.hearings[0].snr_db, d.hearings[0].status) for d in air.outgoing.pop(w, [])]
+                    out = [
+                        (
+                            d.node_id,
+                            d.start_us,
+                            d.end_us,
+                            bytes(d.payload),
+                            d.hearings[0].rssi_dbm,
+                            d.hearings[0].snr_db,
+                            d.hearings[0].status,
+                        )
+                        for d in air.outgoing.pop(w, [])
+                    ]
                     self.conns[w].send(("go", out))
                     holding[w] = False
             if self.progress and time.perf_counter() - last_draw >= 0.25:
@@ -319,14 +348,15 @@ def run_parallel(scenario: Scenario, options: RunOptions) -> Results:
     workers = options.workers
     if workers < 2:
         raise ValueError("a parallel run needs at least 2 workers")
-    prepare(scenario, options)   # bad options fail here, before any process starts
+    prepare(scenario, options)  # bad options fail here, before any process starts
     ctx = multiprocessing.get_context("fork")
     conns, procs = [], []
     for i in range(workers):
         here, there = ctx.Pipe()
         # the scenario as given: each process prepares it (seed, hours, share) the same way
-        p = ctx.Process(target=_worker_main, args=(scenario, options, i, workers, there), daemon=True,
-                        name=f"lumeau-sim-worker-{i}")
+        p = ctx.Process(
+            target=_worker_main, args=(scenario, options, i, workers, there), daemon=True, name=f"lumeau-sim-worker-{i}"
+        )
         p.start()
         there.close()
         conns.append(here)
@@ -346,7 +376,7 @@ def run_parallel(scenario: Scenario, options: RunOptions) -> Results:
 async def _coordinated_run(coord: _Coordinator) -> Results:
     """The coordinator's side of Simulation.run: the link, the gateway faults, the air, the merge."""
     loop = asyncio.get_running_loop()
-    clock = getattr(loop, "clock")
+    clock = loop.clock
     cpu0 = time.process_time()
     workdir, tmp = run_workdir(coord.options)
     tasks: list[asyncio.Task] = []
@@ -423,7 +453,7 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
             fault_shown[k] = fault_shown.get(k, False) or v
         crashes += r["crashes"]
     air.largest = largest
-    order = [n.name for n in sc.nodes if n.name in truth]    # sums in the scenario's order: same floats
+    order = [n.name for n in sc.nodes if n.name in truth]  # sums in the scenario's order: same floats
     energy = sum(truth[name][0] for name in order)
     water = sum(truth[name][1] for name in order)
     applied = sum(truth[name][2] for name in order)
@@ -440,11 +470,15 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
                 per_e.update(r["hourly"][i]["energy_wh"])
                 per_w.update(r["hourly"][i]["water_l"])
                 per_u.update(r["hourly"][i]["uplinks"])
-        hourly.append({"t_h": h0["t_h"], "energy_wh": sum(per_e[nm] for nm in order if nm in per_e),
-                       "water_l": sum(per_w[nm] for nm in order if nm in per_w),
-                       "uplinks": sum(per_u.get(nid, 0) for nid in ids),
-                       "settled": settled[i] if i < len(settled)
-                       else sum(s.delivered + s.lost for s in air.nodes.values())})
+        hourly.append(
+            {
+                "t_h": h0["t_h"],
+                "energy_wh": sum(per_e[nm] for nm in order if nm in per_e),
+                "water_l": sum(per_w[nm] for nm in order if nm in per_w),
+                "uplinks": sum(per_u.get(nid, 0) for nid in ids),
+                "settled": settled[i] if i < len(settled) else sum(s.delivered + s.lost for s in air.nodes.values()),
+            }
+        )
     world = type("W", (), {})()
     world.energy_wh = lambda: energy
     world.water_l = lambda: water

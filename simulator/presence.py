@@ -29,11 +29,35 @@ import bisect
 import datetime as _dt
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-DEFAULT_PROFILE = (0.15, 0.08, 0.05, 0.03, 0.03, 0.06, 0.20, 0.45, 0.60, 0.50, 0.50, 0.60,
-                   0.70, 0.65, 0.60, 0.65, 0.80, 0.95, 1.00, 0.90, 0.70, 0.50, 0.35, 0.25)
+DEFAULT_PROFILE = (
+    0.15,
+    0.08,
+    0.05,
+    0.03,
+    0.03,
+    0.06,
+    0.20,
+    0.45,
+    0.60,
+    0.50,
+    0.50,
+    0.60,
+    0.70,
+    0.65,
+    0.60,
+    0.65,
+    0.80,
+    0.95,
+    1.00,
+    0.90,
+    0.70,
+    0.50,
+    0.35,
+    0.25,
+)
 WALK_MEAN_M_S = 1.34
 WALK_SD_M_S = 0.26
 WALK_MIN_M_S = 0.6
@@ -45,10 +69,10 @@ PIR_HOLD_S = 3.0
 
 @dataclass(frozen=True, slots=True)
 class Pedestrian:
-    enter: float      # Unix seconds
-    s0: float         # where along the street (m from its first point)
-    direction: int    # +1 towards the street's end, -1 towards its start
-    speed: float      # m/s
+    enter: float  # Unix seconds
+    s0: float  # where along the street (m from its first point)
+    direction: int  # +1 towards the street's end, -1 towards its start
+    speed: float  # m/s
 
     def leave(self, length_m: float) -> float:
         far = length_m - self.s0 if self.direction > 0 else self.s0
@@ -64,8 +88,17 @@ def _validate_profile(profile: Sequence[float]) -> tuple[float, ...]:
 class StreetPresence:
     """Pedestrians of one street over [start, end), drawn from (seed, street id)."""
 
-    def __init__(self, street_id: str, length_m: float, peak_per_h: float, start: float, end: float,
-                 seed: int, tz: _dt.tzinfo = _dt.timezone.utc, profile: Sequence[float] = DEFAULT_PROFILE):
+    def __init__(
+        self,
+        street_id: str,
+        length_m: float,
+        peak_per_h: float,
+        start: float,
+        end: float,
+        seed: int,
+        tz: _dt.tzinfo = _dt.UTC,
+        profile: Sequence[float] = DEFAULT_PROFILE,
+    ):
         if length_m <= 0:
             raise ValueError(f"street {street_id}: length must be positive")
         if peak_per_h < 0:
@@ -102,8 +135,14 @@ class StreetPresence:
         """People who entered the street in [t0, t1)."""
         return sum(1 for p in self.pedestrians if t0 <= p.enter < t1)
 
-    def pir_intervals(self, lamp_s: Sequence[float], range_m: float = PIR_RANGE_M, hold_s: float = PIR_HOLD_S,
-                      t0: float = -math.inf, t1: float = math.inf) -> list[list[tuple[float, float]]]:
+    def pir_intervals(
+        self,
+        lamp_s: Sequence[float],
+        range_m: float = PIR_RANGE_M,
+        hold_s: float = PIR_HOLD_S,
+        t0: float = -math.inf,
+        t1: float = math.inf,
+    ) -> list[list[tuple[float, float]]]:
         """For each lamp at distance s along the street: when its PIR output is high.
 
         Returns one list per lamp (in the order given) of merged (rise, fall)

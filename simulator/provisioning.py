@@ -60,9 +60,16 @@ def firmware_config(sc: Scenario, node: LampNode | IrrigationNode, freq_hz: int)
     kind = node.kind
     settings = sc.lighting if kind == "lighting" else sc.irrigation
     cfg: dict[str, Any] = {
-        "node_id": node.node_id, "kind": kind, "root_key": root_key(sc.seed, node.node_id).hex(),
-        "radio": {"type": "sim", "freq_hz": freq_hz, "sf": node.sf, "bw_hz": sc.radio.params.bw_hz,
-                  "tx_power": int(round(sc.radio.params.tx_power_dbm))},
+        "node_id": node.node_id,
+        "kind": kind,
+        "root_key": root_key(sc.seed, node.node_id).hex(),
+        "radio": {
+            "type": "sim",
+            "freq_hz": freq_hz,
+            "sf": node.sf,
+            "bw_hz": sc.radio.params.bw_hz,
+            "tx_power": int(round(sc.radio.params.tx_power_dbm)),
+        },
         "location": {"lat": round(node.lat, 6), "lon": round(node.lon, 6)},
         "report_interval_s": int(round(settings.report_interval_s)),
     }
@@ -75,16 +82,25 @@ def firmware_config(sc: Scenario, node: LampNode | IrrigationNode, freq_hz: int)
         zones = []
         for z in node.zones:
             skip, target = zone_thresholds(z)
-            zones.append({"flow_dlpm": max(1, int(round(z.flow_l_min * 10))), "moisture": 1,
-                          "skip_pct": skip, "target_pct": target})
+            zones.append(
+                {
+                    "flow_dlpm": max(1, int(round(z.flow_l_min * 10))),
+                    "moisture": 1,
+                    "skip_pct": skip,
+                    "target_pct": target,
+                }
+            )
         minutes = max(1, int(round(node.schedule.minutes_per_zone)))
         local_unix = sc.start_unix + (local.utcoffset() or _dt.timedelta(0)).total_seconds()
         mask = _weekday_mask(node.schedule.every_days, local_unix)
         # all zones at the program's start: the firmware queues runs due together, one after the other
         start_std = (node.schedule.start_min - dst_min) % 1440
-        cfg["irrigation"] = {"tick_ms": SIM_TICK_MS["irrigation"],
-                             "utc_offset_min": local_standard_offset_min(sc.location.tz, sc.start_unix),
-                             "zones": zones, "schedule": [[z.number, mask, start_std, minutes] for z in node.zones]}
+        cfg["irrigation"] = {
+            "tick_ms": SIM_TICK_MS["irrigation"],
+            "utc_offset_min": local_standard_offset_min(sc.location.tz, sc.start_unix),
+            "zones": zones,
+            "schedule": [[z.number, mask, start_std, minutes] for z in node.zones],
+        }
     return _merge(cfg, settings.firmware)
 
 
@@ -102,5 +118,5 @@ def _weekday_mask(every_days: int, local_unix: float) -> int:
     mask = 0
     for d in range(day0, day0 + 7):
         if d % every_days == 0:
-            mask |= 1 << ((d + 3) % 7)   # 1970-01-01 was a Thursday
+            mask |= 1 << ((d + 3) % 7)  # 1970-01-01 was a Thursday
     return mask or 127

@@ -77,58 +77,89 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
-    sc, run, dv, al, en, wa, fr, to = (results[k] for k in ("scenario", "run", "delivery", "alarms", "energy",
-                                                             "water", "frames", "totals"))
+    sc, run, dv, al, en, wa, fr, to = (
+        results[k] for k in ("scenario", "run", "delivery", "alarms", "energy", "water", "frames", "totals")
+    )
     live = run["link"] == "live"
     gw = results.get("gateway", {})
     start = dt.datetime.fromisoformat(sc["start"])
-    link = ("a real <code>lumeau gateway</code> process (radio bridge on a pseudo-terminal and a Semtech UDP "
-            "packet forwarder) and <code>lumeau sink</code> as the city platform" if live
-            else "the real gateway pipeline and store in the simulator's process")
-    out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Lumeau: {_e(sc['name'])} report</title>",
-           f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>",
-           f"<h1>Lumeau simulation: {_e(sc['name'])}</h1>",
-           f"<p class=sub>{sc['lamps']} street lights and {sc['controllers']} irrigation controllers "
-           f"({sc['zones']} zones) on {len(sc['gateways'])} gateways; {sc['hours']:g} simulated hours from "
-           f"{start:%Y-%m-%d %H:%M} UTC; {len(al['faults'])} faults injected; seed {sc['seed']}. "
-           f"Every node ran the real firmware on a virtual clock, against {link}.</p>",
-           "<div class=hero>",
-           f"<div class='card energy'><div class=big>{en['saved_kwh']:.1f} kWh saved</div>"
-           f"<div class=pct>{en['saved_pct']:.0f} % less than full power all night</div>"
-           f"<div class=what>{en['kwh']:.1f} kWh used against {en['baseline_kwh']:.1f} kWh with every lamp at its rated "
-           f"power from sunset to sunrise</div></div>",
-           f"<div class='card water'><div class=big>{wa['saved_m3']:.2f} m\u00b3 saved</div>"
-           f"<div class=pct>{wa['saved_pct']:.0f} % less than the fixed schedule</div>"
-           f"<div class=what>{wa['m3']:.2f} m\u00b3 through the meters against {wa['baseline_m3']:.2f} m\u00b3 "
-           f"watering every zone on its schedule whatever the soil and the rain</div></div>",
-           "</div><div class=health>",
-           _tile(f"{dv['ratio_pct']:.2f} %", f"uplinks stored ({dv['stored']:,} of {dv['settled']:,})",
-                 dv["ratio"] >= 0.95),
-           _tile(f"{al['detected']} / {al['expected']}", "faults that showed and raised their alarm"
-                 + (f" ({al['latent']} latent)" if al.get("latent") else ""), al["detected"] == al["expected"]),
-           _tile(f"{max(fr['largest'].values(), default=0)} B", f"largest frame (budget {fr['budget']} B)",
-                 not fr["over_budget"]),
-           _tile("agree" if to["agree"] else "DISAGREE", "platform totals = the nodes' own counters", to["agree"]),
-           "</div>",
-           f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, {run['node_seconds_per_wall_s']:,.0f} simulated "
-           f"node-seconds per second" + (
-               "; the simulated clock ran "
-               + (f"at most {gw['live_speed']:,.0f} times faster than real time" if gw.get("live_speed")
-                  else "as fast as the CPU allowed")
-               + " and waited "
-               f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
-               f"({gw.get('live_holds', 0)} receive windows)" if live else "") + ".</p>",
-           "<h2>The district</h2>", _img(pngs["map"], "district map"),
-           "<h2>Energy</h2>", _img(pngs["energy"], "energy against the baseline"),
-           "<h2>Water</h2>", _img(pngs["water"], "water against the baseline"),
-           "<h2>Faults and alarms</h2>", _img(pngs["alarms"], "alarms against faults"),
-           _fault_table(al, nothing_lost(results)), "<h2>Radio</h2>", _img(pngs["delivery"], "delivery per node"),
-           _img(pngs["airtime"], "airtime against the duty-cycle limit"), _img(pngs["frames"], "largest frames"),
-           _img(pngs["latency"], "latency"),
-           "<h2>Totals: the platform against the nodes</h2>", _totals_table(to),
-           "<h2>The gateway</h2>", _gateway_table(gw, live),
-           "<h2>Models and their limits</h2>", _limits(live),
-           "</main></body></html>"]
+    link = (
+        "a real <code>lumeau gateway</code> process (radio bridge on a pseudo-terminal and a Semtech UDP "
+        "packet forwarder) and <code>lumeau sink</code> as the city platform"
+        if live
+        else "the real gateway pipeline and store in the simulator's process"
+    )
+    out = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Lumeau: {_e(sc['name'])} report</title>",
+        f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>",
+        f"<h1>Lumeau simulation: {_e(sc['name'])}</h1>",
+        f"<p class=sub>{sc['lamps']} street lights and {sc['controllers']} irrigation controllers "
+        f"({sc['zones']} zones) on {len(sc['gateways'])} gateways; {sc['hours']:g} simulated hours from "
+        f"{start:%Y-%m-%d %H:%M} UTC; {len(al['faults'])} faults injected; seed {sc['seed']}. "
+        f"Every node ran the real firmware on a virtual clock, against {link}.</p>",
+        "<div class=hero>",
+        f"<div class='card energy'><div class=big>{en['saved_kwh']:.1f} kWh saved</div>"
+        f"<div class=pct>{en['saved_pct']:.0f} % less than full power all night</div>"
+        f"<div class=what>{en['kwh']:.1f} kWh used against {en['baseline_kwh']:.1f} kWh with every lamp at its rated "
+        f"power from sunset to sunrise</div></div>",
+        f"<div class='card water'><div class=big>{wa['saved_m3']:.2f} m\u00b3 saved</div>"
+        f"<div class=pct>{wa['saved_pct']:.0f} % less than the fixed schedule</div>"
+        f"<div class=what>{wa['m3']:.2f} m\u00b3 through the meters against {wa['baseline_m3']:.2f} m\u00b3 "
+        f"watering every zone on its schedule whatever the soil and the rain</div></div>",
+        "</div><div class=health>",
+        _tile(
+            f"{dv['ratio_pct']:.2f} %", f"uplinks stored ({dv['stored']:,} of {dv['settled']:,})", dv["ratio"] >= 0.95
+        ),
+        _tile(
+            f"{al['detected']} / {al['expected']}",
+            "faults that showed and raised their alarm" + (f" ({al['latent']} latent)" if al.get("latent") else ""),
+            al["detected"] == al["expected"],
+        ),
+        _tile(
+            f"{max(fr['largest'].values(), default=0)} B",
+            f"largest frame (budget {fr['budget']} B)",
+            not fr["over_budget"],
+        ),
+        _tile("agree" if to["agree"] else "DISAGREE", "platform totals = the nodes' own counters", to["agree"]),
+        "</div>",
+        f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, {run['node_seconds_per_wall_s']:,.0f} simulated "
+        f"node-seconds per second"
+        + (
+            "; the simulated clock ran "
+            + (
+                f"at most {gw['live_speed']:,.0f} times faster than real time"
+                if gw.get("live_speed")
+                else "as fast as the CPU allowed"
+            )
+            + " and waited "
+            f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
+            f"({gw.get('live_holds', 0)} receive windows)"
+            if live
+            else ""
+        )
+        + ".</p>",
+        "<h2>The district</h2>",
+        _img(pngs["map"], "district map"),
+        "<h2>Energy</h2>",
+        _img(pngs["energy"], "energy against the baseline"),
+        "<h2>Water</h2>",
+        _img(pngs["water"], "water against the baseline"),
+        "<h2>Faults and alarms</h2>",
+        _img(pngs["alarms"], "alarms against faults"),
+        _fault_table(al, nothing_lost(results)),
+        "<h2>Radio</h2>",
+        _img(pngs["delivery"], "delivery per node"),
+        _img(pngs["airtime"], "airtime against the duty-cycle limit"),
+        _img(pngs["frames"], "largest frames"),
+        _img(pngs["latency"], "latency"),
+        "<h2>Totals: the platform against the nodes</h2>",
+        _totals_table(to),
+        "<h2>The gateway</h2>",
+        _gateway_table(gw, live),
+        "<h2>Models and their limits</h2>",
+        _limits(live),
+        "</main></body></html>",
+    ]
     return "\n".join(out)
 
 
@@ -136,64 +167,109 @@ def _fault_table(al: dict[str, Any], nothing_lost: bool) -> str:
     rows = ["<table><tr><th>when</th><th>fault</th><th>target</th><th>expected</th><th>outcome</th></tr>"]
     for f in al["faults"]:
         if f["expected"] is None:
-            outcome = ("<span class=ok>no alarm expected; no record lost</span>" if nothing_lost else
-                       "<span class=bad>no alarm expected, but records were lost (see the totals)</span>")
+            outcome = (
+                "<span class=ok>no alarm expected; no record lost</span>"
+                if nothing_lost
+                else "<span class=bad>no alarm expected, but records were lost (see the totals)</span>"
+            )
         elif f.get("manifested") is False and not f["detected"]:
-            outcome = ("latent: " + _e(f.get("latent_reason") or "the fault never showed (nothing flowed or lit)")
-                       + "; so there was nothing to raise")
+            outcome = (
+                "latent: "
+                + _e(f.get("latent_reason") or "the fault never showed (nothing flowed or lit)")
+                + "; so there was nothing to raise"
+            )
         elif f["detected"]:
             outcome = f"<span class=ok>stored {duration_text(f['delay_s'])} after the fault</span>"
         else:
             outcome = "<span class=bad>not raised</span>"
         params = ", ".join(f"{k} {v}" for k, v in f["params"].items())
-        rows.append(f"<tr><td class='n nw'>{f['at_h']:g} h</td><td>{_e(f['kind'].replace('_', ' '))}"
-                    f"{(' (' + _e(params) + ')') if params else ''}</td><td class=nw>{_e(f['target'])}</td>"
-                    f"<td>{_e(f['expected'] or '')}</td><td>{outcome}</td></tr>")
+        rows.append(
+            f"<tr><td class='n nw'>{f['at_h']:g} h</td><td>{_e(f['kind'].replace('_', ' '))}"
+            f"{(' (' + _e(params) + ')') if params else ''}</td><td class=nw>{_e(f['target'])}</td>"
+            f"<td>{_e(f['expected'] or '')}</td><td>{outcome}</td></tr>"
+        )
     rows.append("</table>")
     if al.get("unexpected"):
-        rows.append(f"<p class=note>Alarms with no fault behind them: {len(al['unexpected'])} "
-                    + _e(", ".join(f"{u['node']} {u['event']}" for u in al["unexpected"][:10])) + "</p>")
+        rows.append(
+            f"<p class=note>Alarms with no fault behind them: {len(al['unexpected'])} "
+            + _e(", ".join(f"{u['node']} {u['event']}" for u in al["unexpected"][:10]))
+            + "</p>"
+        )
     return "".join(rows)
 
 
 def _totals_table(to: dict[str, Any]) -> str:
     u, e, w = to["uplinks"], to["energy_wh"], to["water_l"]
-    rows = [("uplinks the nodes sent", u.get("nodes_tx")), ("put on the air", u.get("on_air")),
-            ("heard by a gateway", u.get("heard")), ("stored by the gateway", u.get("stored")),
-            ("at the city platform", u.get("at_platform")), ("queued at the end", u.get("queued_at_end")),
-            ("energy, Wh: platform / nodes' own", f"{e['platform']:,} / {e['nodes']:,}"),
-            ("water, L: platform / nodes' own", f"{w['platform']:,} / {w['nodes']:,}")]
-    cells = "".join(f"<tr><td>{_e(k)}</td><td class=n>{_e(f'{v:,}' if isinstance(v, int) else v)}</td></tr>"
-                    for k, v in rows if v is not None)
-    verdict = ("<span class=ok>agree</span>" if to["agree"] else
-               f"<span class=bad>disagree: {_e(to.get('mismatches', [])[:5])}</span>")
+    rows = [
+        ("uplinks the nodes sent", u.get("nodes_tx")),
+        ("put on the air", u.get("on_air")),
+        ("heard by a gateway", u.get("heard")),
+        ("stored by the gateway", u.get("stored")),
+        ("at the city platform", u.get("at_platform")),
+        ("queued at the end", u.get("queued_at_end")),
+        ("energy, Wh: platform / nodes' own", f"{e['platform']:,} / {e['nodes']:,}"),
+        ("water, L: platform / nodes' own", f"{w['platform']:,} / {w['nodes']:,}"),
+    ]
+    cells = "".join(
+        f"<tr><td>{_e(k)}</td><td class=n>{_e(f'{v:,}' if isinstance(v, int) else v)}</td></tr>"
+        for k, v in rows
+        if v is not None
+    )
+    verdict = (
+        "<span class=ok>agree</span>"
+        if to["agree"]
+        else f"<span class=bad>disagree: {_e(to.get('mismatches', [])[:5])}</span>"
+    )
     return f"<table>{cells}<tr><th>verdict</th><th>{verdict}</th></tr></table>"
 
 
-MAIN_COUNTERS = ("received", "accepted", "duplicates", "delivered_upstream", "queued_at_end", "queue_max",
-                 "downlinks_acks_sent", "downlinks_send_errors", "evicted", "restarts")
+MAIN_COUNTERS = (
+    "received",
+    "accepted",
+    "duplicates",
+    "delivered_upstream",
+    "queued_at_end",
+    "queue_max",
+    "downlinks_acks_sent",
+    "downlinks_send_errors",
+    "evicted",
+    "restarts",
+)
 
 
 def _gateway_table(gw: dict[str, Any], live: bool) -> str:
     nums = {k: v for k, v in gw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     def rows(keys: Any) -> str:
-        return "".join(f"<tr><td>{_e(k.replace('_', ' '))}</td><td class=n>"
-                       f"{_e(f'{nums[k]:,}' if isinstance(nums[k], int) else nums[k])}</td></tr>" for k in keys)
+        return "".join(
+            f"<tr><td>{_e(k.replace('_', ' '))}</td><td class=n>"
+            f"{_e(f'{nums[k]:,}' if isinstance(nums[k], int) else nums[k])}</td></tr>"
+            for k in keys
+        )
+
     main = [k for k in MAIN_COUNTERS if k in nums]
     rest = [k for k in nums if k not in main]
     cells = rows(main)
     if rest:
-        cells += f"<tr><td colspan=2><details><summary>all counters</summary><table>{rows(rest)}</table></details></td></tr>"
+        cells += (
+            f"<tr><td colspan=2><details><summary>all counters</summary><table>{rows(rest)}</table></details></td></tr>"
+        )
     extra = ""
     if live:
         sink = gw.get("live_sink", {})
         fronts = gw.get("live_fronts", {})
-        extra = ("<p class=note>The city platform (<code>lumeau sink</code>): "
-                 + _e(", ".join(f"{k} {v}" for k, v in sink.items())) + ". Radio front-ends: "
-                 + _e("; ".join(f"{site} ({f.get('kind')}): " + ", ".join(f"{k} {v}" for k, v in f.items()
-                                                                         if k != "kind")
-                                for site, f in fronts.items())) + ".</p>")
+        extra = (
+            "<p class=note>The city platform (<code>lumeau sink</code>): "
+            + _e(", ".join(f"{k} {v}" for k, v in sink.items()))
+            + ". Radio front-ends: "
+            + _e(
+                "; ".join(
+                    f"{site} ({f.get('kind')}): " + ", ".join(f"{k} {v}" for k, v in f.items() if k != "kind")
+                    for site, f in fronts.items()
+                )
+            )
+            + ".</p>"
+        )
     return f"<table>{cells}</table>{extra}"
 
 
@@ -209,11 +285,13 @@ def _limits(live: bool) -> str:
         "Faults are injected as data (simulator/faults.py); each names the alarm it must raise.",
     ]
     if live:
-        items.append("Live pacing: the simulated clock runs at most a set number of times faster than real time "
-                     "and stops, in real time, before the receive window of any uplink the gateway may answer, "
-                     "until the gateway answered or cannot any more (simulator/live.py). The gateway's own "
-                     "downlink duty cycle runs on real time, so it is that many times stricter than in the field. "
-                     "Latency here is real: hand-over to the gateway until stored at the platform.")
+        items.append(
+            "Live pacing: the simulated clock runs at most a set number of times faster than real time "
+            "and stops, in real time, before the receive window of any uplink the gateway may answer, "
+            "until the gateway answered or cannot any more (simulator/live.py). The gateway's own "
+            "downlink duty cycle runs on real time, so it is that many times stricter than in the field. "
+            "Latency here is real: hand-over to the gateway until stored at the platform."
+        )
     return "<ul class=note>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 

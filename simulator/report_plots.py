@@ -12,20 +12,21 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: no display, deterministic PNGs
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import patches  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib import patches
+from matplotlib.lines import Line2D
 
 DPI = 120
 # One palette for the whole report (and the HTML's CSS below).
-LIGHT = "#e69f00"      # lamps, energy
-WATER = "#0072b2"      # irrigation, water
-BASE = "#9a9a9a"       # baselines
+LIGHT = "#e69f00"  # lamps, energy
+WATER = "#0072b2"  # irrigation, water
+BASE = "#9a9a9a"  # baselines
 GOOD = "#009e73"
 BAD = "#d55e00"
 INK = "#222222"
@@ -34,13 +35,25 @@ PLOTS = ("map", "energy", "water", "delivery", "latency", "airtime", "frames", "
 
 
 def _style() -> None:
-    plt.rcParams.update({
-        "font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.labelsize": 10,
-        "axes.edgecolor": "#bbbbbb", "axes.grid": True, "grid.color": GRID, "grid.linewidth": 0.8,
-        "axes.axisbelow": True, "axes.spines.top": False, "axes.spines.right": False,
-        "legend.frameon": False, "figure.facecolor": "white", "savefig.facecolor": "white",
-        "font.family": "DejaVu Sans",
-    })
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.titlesize": 12,
+            "axes.titleweight": "bold",
+            "axes.labelsize": 10,
+            "axes.edgecolor": "#bbbbbb",
+            "axes.grid": True,
+            "grid.color": GRID,
+            "grid.linewidth": 0.8,
+            "axes.axisbelow": True,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+            "figure.facecolor": "white",
+            "savefig.facecolor": "white",
+            "font.family": "DejaVu Sans",
+        }
+    )
 
 
 def _png(fig: Any) -> bytes:
@@ -53,10 +66,11 @@ def _png(fig: Any) -> bytes:
 def _local_hours(results: dict[str, Any], scenario: Any) -> Callable[[float], str]:
     """Hours since the start -> local clock time "HH:MM" (the scenario's time zone), for axis labels."""
     start = dt.datetime.fromisoformat(results["scenario"]["start"])
-    tz = getattr(getattr(scenario, "location", None), "tz", None) or dt.timezone.utc
+    tz = getattr(getattr(scenario, "location", None), "tz", None) or dt.UTC
 
     def label(h: float) -> str:
         return (start + dt.timedelta(hours=h)).astimezone(tz).strftime("%H:%M")
+
     return label
 
 
@@ -71,6 +85,7 @@ def _hour_axis(ax: Any, hours: float, label: Callable[[float], str]) -> None:
 
 # ---------------------------------------------------------------- the plots
 
+
 def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
     fig, (ax, side) = plt.subplots(1, 2, figsize=(11, 5.4), gridspec_kw={"width_ratios": [3.2, 1]})
     ax.set_aspect("equal")
@@ -78,45 +93,90 @@ def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
     delivery = {n["node"]: n for n in results["delivery"].get("by_node", [])}
     if scenario is not None:
         for park in scenario.parks:
-            ax.add_patch(patches.Polygon(park.polygon, closed=True, facecolor="#cfe8c6", edgecolor="#8cbf7f",
-                                         linewidth=1, zorder=1))
+            ax.add_patch(
+                patches.Polygon(
+                    park.polygon, closed=True, facecolor="#cfe8c6", edgecolor="#8cbf7f", linewidth=1, zorder=1
+                )
+            )
             cx = sum(p[0] for p in park.polygon) / len(park.polygon)
             cy = min(p[1] for p in park.polygon)
-            ax.text(cx, cy + 3, park.name, ha="center", va="bottom", fontsize=7.5, color="#3d6b33",
-                    style="italic", zorder=3)
+            ax.text(
+                cx, cy + 3, park.name, ha="center", va="bottom", fontsize=7.5, color="#3d6b33", style="italic", zorder=3
+            )
         for st in scenario.streets:
             xs, ys = zip(*st.points)
             ax.plot(xs, ys, color="#dddddd", linewidth=7, solid_capstyle="round", zorder=2)
             vertical = abs(xs[-1] - xs[0]) < abs(ys[-1] - ys[0])
             if vertical:  # along the line near its southern end, to the right of it
                 i = 0 if ys[0] < ys[-1] else -1
-                ax.text(xs[i] + 5, ys[i] + 3, st.name, fontsize=6.5, color="#888888", rotation=90, ha="left",
-                        va="bottom", zorder=3)
+                ax.text(
+                    xs[i] + 5,
+                    ys[i] + 3,
+                    st.name,
+                    fontsize=6.5,
+                    color="#888888",
+                    rotation=90,
+                    ha="left",
+                    va="bottom",
+                    zorder=3,
+                )
             else:  # above the line at its western end
                 i = 0 if xs[0] < xs[-1] else -1
-                ax.text(xs[i] + 3, ys[i] + 5, st.name, fontsize=6.5, color="#888888", ha="left", va="bottom",
-                        zorder=3)
+                ax.text(xs[i] + 3, ys[i] + 5, st.name, fontsize=6.5, color="#888888", ha="left", va="bottom", zorder=3)
         lamps = [n for n in scenario.lamps if n.name in delivery] or list(scenario.lamps)
         ctrls = [n for n in scenario.controllers if n.name in delivery] or list(scenario.controllers)
 
         def worst(n: Any) -> bool:
             d = delivery.get(n.name)
             return d is not None and d["ratio"] < 0.95
-        ax.scatter([n.x for n in lamps], [n.y for n in lamps], s=26, color=LIGHT, edgecolor="white",
-                   linewidth=0.6, zorder=4, label=f"street light ({len(lamps)})")
-        ax.scatter([n.x for n in ctrls], [n.y for n in ctrls], s=70, marker="s", color=WATER, edgecolor="white",
-                   linewidth=0.8, zorder=9, label=f"irrigation controller ({len(ctrls)}, "
-                                                  f"{sum(len(c.zones) for c in ctrls)} zones)")
+
+        ax.scatter(
+            [n.x for n in lamps],
+            [n.y for n in lamps],
+            s=26,
+            color=LIGHT,
+            edgecolor="white",
+            linewidth=0.6,
+            zorder=4,
+            label=f"street light ({len(lamps)})",
+        )
+        ax.scatter(
+            [n.x for n in ctrls],
+            [n.y for n in ctrls],
+            s=70,
+            marker="s",
+            color=WATER,
+            edgecolor="white",
+            linewidth=0.8,
+            zorder=9,
+            label=f"irrigation controller ({len(ctrls)}, {sum(len(c.zones) for c in ctrls)} zones)",
+        )
         low = [n for n in list(lamps) + list(ctrls) if worst(n)]
         if low:
-            ax.scatter([n.x for n in low], [n.y for n in low], s=120, facecolor="none", edgecolor=BAD,
-                       linewidth=1.2, zorder=5, label="delivery below 95 %")
+            ax.scatter(
+                [n.x for n in low],
+                [n.y for n in low],
+                s=120,
+                facecolor="none",
+                edgecolor=BAD,
+                linewidth=1.2,
+                zorder=5,
+                label="delivery below 95 %",
+            )
         positions = {n.name: (n.x, n.y) for n in scenario.nodes}
     else:
         positions = {}
     gws = results["scenario"]["gateways"]
-    ax.scatter([g["x"] for g in gws], [g["y"] for g in gws], s=170, marker="^", color=INK, edgecolor="white",
-               zorder=6, label="gateway")
+    ax.scatter(
+        [g["x"] for g in gws],
+        [g["y"] for g in gws],
+        s=170,
+        marker="^",
+        color=INK,
+        edgecolor="white",
+        zorder=6,
+        label="gateway",
+    )
     for g in gws:
         positions[g["id"]] = (g["x"], g["y"])
     xs = [p[0] for p in positions.values()] + [g["x"] for g in gws]
@@ -129,9 +189,19 @@ def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xlim(min(xs) - 0.06 * w, max(xs) + 0.06 * w)
     ax.set_ylim(min(ys) - 0.14 * h, max(ys) + 0.1 * h)
     for g in gws:
-        ax.annotate(g["id"], (g["x"], g["y"]), xytext=(-9, -9), textcoords="offset points", ha="right",
-                    va="top", fontsize=8, fontweight="bold", color=INK, zorder=9,
-                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+        ax.annotate(
+            g["id"],
+            (g["x"], g["y"]),
+            xytext=(-9, -9),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=8,
+            fontweight="bold",
+            color=INK,
+            zorder=9,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+        )
     # each fault: a ring at its target with a numbered badge; the numbers are explained beside the map
     lines = []
     for i, f in enumerate(results["alarms"]["faults"], start=1):
@@ -146,21 +216,49 @@ def plot_map(results: dict[str, Any], scenario: Any) -> bytes:
         if pos is None:
             continue
         ax.scatter([pos[0]], [pos[1]], s=420, facecolor="none", edgecolor=color, linewidth=2.2, zorder=7)
-        ax.annotate(str(i), pos, xytext=(10, 10), textcoords="offset points", ha="center", va="center",
-                    fontsize=7.5, fontweight="bold", color="white", zorder=10,
-                    bbox={"boxstyle": "circle,pad=0.25", "facecolor": color, "edgecolor": "white", "linewidth": 0.8})
+        ax.annotate(
+            str(i),
+            pos,
+            xytext=(10, 10),
+            textcoords="offset points",
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            fontweight="bold",
+            color="white",
+            zorder=10,
+            bbox={"boxstyle": "circle,pad=0.25", "facecolor": color, "edgecolor": "white", "linewidth": 0.8},
+        )
     side.axis("off")
     side.text(0.0, 1.0, "Faults injected", transform=side.transAxes, fontsize=10, fontweight="bold", va="bottom")
     step = 1.0 / max(8, len(lines) + 1)
     for k, (i, f, color, outcome) in enumerate(lines):
         y = 1.0 - (k + 0.6) * step
-        side.text(0.0, y, str(i), transform=side.transAxes, ha="center", va="center", fontsize=7.5,
-                  fontweight="bold", color="white",
-                  bbox={"boxstyle": "circle,pad=0.25", "facecolor": color, "edgecolor": "white"})
-        side.text(0.07, y + 0.012, f"{f['kind'].replace('_', ' ')}, {f['at_h']:g} h", transform=side.transAxes,
-                  va="bottom", fontsize=8, fontweight="bold", color=INK)
-        side.text(0.07, y - 0.012, f"{f['target']}: {outcome}", transform=side.transAxes, va="top", fontsize=7.5,
-                  color=color)
+        side.text(
+            0.0,
+            y,
+            str(i),
+            transform=side.transAxes,
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            fontweight="bold",
+            color="white",
+            bbox={"boxstyle": "circle,pad=0.25", "facecolor": color, "edgecolor": "white"},
+        )
+        side.text(
+            0.07,
+            y + 0.012,
+            f"{f['kind'].replace('_', ' ')}, {f['at_h']:g} h",
+            transform=side.transAxes,
+            va="bottom",
+            fontsize=8,
+            fontweight="bold",
+            color=INK,
+        )
+        side.text(
+            0.07, y - 0.012, f"{f['target']}: {outcome}", transform=side.transAxes, va="top", fontsize=7.5, color=color
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ("left", "bottom"):
@@ -187,8 +285,16 @@ def plot_energy(results: dict[str, Any], scenario: Any) -> bytes:
     used = [0.0] + [v / 1000 for v in s["energy_wh"]]
     base = [0.0] + [v / 1000 for v in s["baseline_energy_wh"]]
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.fill_between(t, used, base, where=[b >= u for u, b in zip(used, base)], color=LIGHT, alpha=0.18,
-                    step=None, label=f"saved: {en['saved_kwh']:.1f} kWh ({en['saved_pct']:.0f} %)")
+    ax.fill_between(
+        t,
+        used,
+        base,
+        where=[b >= u for u, b in zip(used, base)],
+        color=LIGHT,
+        alpha=0.18,
+        step=None,
+        label=f"saved: {en['saved_kwh']:.1f} kWh ({en['saved_pct']:.0f} %)",
+    )
     ax.plot(t, base, color=BASE, linewidth=2, linestyle="--", label="baseline: every lamp at full power, dusk to dawn")
     ax.plot(t, used, color=LIGHT, linewidth=2.6, label="Lumeau: dimming profiles and presence boost")
     _hour_axis(ax, hours, label)
@@ -206,13 +312,27 @@ def plot_water(results: dict[str, Any], scenario: Any) -> bytes:
     wasted = min(base, wa.get("baseline_wasted_m3", 0.0) or 0.0)
     ax.barh([1], [base], color=BASE, height=0.55)
     if wasted > 0:
-        ax.barh([1], [wasted], left=[base - wasted], color="#c4c4c4", edgecolor="#7a7a7a", hatch="///", height=0.55,
-                label=f"of which drained past the roots: {wasted:.1f} m\u00b3")
+        ax.barh(
+            [1],
+            [wasted],
+            left=[base - wasted],
+            color="#c4c4c4",
+            edgecolor="#7a7a7a",
+            hatch="///",
+            height=0.55,
+            label=f"of which drained past the roots: {wasted:.1f} m\u00b3",
+        )
     lost = wa.get("lost_m3", 0.0) or 0.0
     ax.barh([0], [used], color=WATER, height=0.55)
     if lost > 0:
-        ax.barh([0], [min(lost, used)], left=[used - min(lost, used)], color=BAD, height=0.55,
-                label=f"lost to leaks and bursts: {lost:.2f} m\u00b3")
+        ax.barh(
+            [0],
+            [min(lost, used)],
+            left=[used - min(lost, used)],
+            color=BAD,
+            height=0.55,
+            label=f"lost to leaks and bursts: {lost:.2f} m\u00b3",
+        )
     ax.set_yticks([0, 1])
     ax.set_yticklabels(["Lumeau: soil moisture,\nrain sensor, leak shut-off", "baseline: fixed schedule,\nevery day"])
     right = max(base, used) or 1.0
@@ -232,8 +352,12 @@ def plot_delivery(results: dict[str, Any], scenario: Any) -> bytes:
     nodes = sorted(dv.get("by_node", []), key=lambda n: (n["ratio"], n["node"]))
     fig, ax = plt.subplots(figsize=(9, 3.8))
     x = range(len(nodes))
-    ax.bar(x, [100 * n["ratio"] for n in nodes], color=[LIGHT if n["kind"] == "lighting" else WATER for n in nodes],
-           width=0.85)
+    ax.bar(
+        x,
+        [100 * n["ratio"] for n in nodes],
+        color=[LIGHT if n["kind"] == "lighting" else WATER for n in nodes],
+        width=0.85,
+    )
     ax.axhline(95, color=BAD, linewidth=1.2, linestyle="--")
     lo = min([100 * n["ratio"] for n in nodes] + [95.0])
     ax.set_ylim(max(0.0, math.floor(lo - 3)), 100.4)
@@ -241,12 +365,16 @@ def plot_delivery(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xticks([])
     ax.set_xlabel(f"{len(nodes)} nodes, worst first")
     ax.set_ylabel("uplinks stored / sent (%)")
-    handles = [patches.Patch(color=LIGHT, label=f"street lights: {100 * dv['by_kind']['lighting']['ratio']:.2f} %"),
-               patches.Patch(color=WATER, label=f"irrigation: {100 * dv['by_kind']['irrigation']['ratio']:.2f} %"),
-               Line2D([], [], color=BAD, linestyle="--", label="the bar: 95 %")]
+    handles = [
+        patches.Patch(color=LIGHT, label=f"street lights: {100 * dv['by_kind']['lighting']['ratio']:.2f} %"),
+        patches.Patch(color=WATER, label=f"irrigation: {100 * dv['by_kind']['irrigation']['ratio']:.2f} %"),
+        Line2D([], [], color=BAD, linestyle="--", label="the bar: 95 %"),
+    ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
-    ax.set_title(f"Delivery: {dv['stored']:,} of {dv['settled']:,} uplinks stored ({dv['ratio_pct']:.2f} %), "
-                 f"{dv['lost_on_air']} lost on the air")
+    ax.set_title(
+        f"Delivery: {dv['stored']:,} of {dv['settled']:,} uplinks stored ({dv['ratio_pct']:.2f} %), "
+        f"{dv['lost_on_air']} lost on the air"
+    )
     return _png(fig)
 
 
@@ -257,6 +385,7 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
 
     def edge(s: float) -> str:
         return f"{s * 1000:g} ms" if s < 1 else f"{s:g} s"
+
     labels = [f"{edge(a)}\u2013{edge(b)}" for a, b in zip(edges, edges[1:])] + [f"> {edge(edges[-1])}"]
     while len(counts) > 1 and counts[-1] == 0:  # empty tail bins say nothing
         counts.pop()
@@ -267,9 +396,14 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("records")
     live = results["run"]["link"] == "live"
-    what = ("uplink end \u2192 stored at the city platform (real time, through the real gateway and its upstream)"
-            if live else "uplink end \u2192 durable commit at the gateway (simulated time)")
-    ax.set_title(f"Latency: p50 {seconds_text(lat['p50'])}, p95 {seconds_text(lat['p95'])}, max {seconds_text(lat['max'])}")
+    what = (
+        "uplink end \u2192 stored at the city platform (real time, through the real gateway and its upstream)"
+        if live
+        else "uplink end \u2192 durable commit at the gateway (simulated time)"
+    )
+    ax.set_title(
+        f"Latency: p50 {seconds_text(lat['p50'])}, p95 {seconds_text(lat['p95'])}, max {seconds_text(lat['max'])}"
+    )
     ax.set_xlabel(what, fontsize=8.5, color="#555555")
     return _png(fig)
 
@@ -281,21 +415,37 @@ def plot_airtime(results: dict[str, Any], scenario: Any) -> bytes:
     sfs = sorted({n["sf"] for n in nodes})
     cmap = plt.get_cmap("viridis")
     color = {sf: cmap(i / max(1, len(sfs) - 1)) for i, sf in enumerate(sfs)}
-    ax.bar(range(len(nodes)), [100 * n["share_of_limit"] for n in nodes], color=[color[n["sf"]] for n in nodes],
-           width=0.85)
+    ax.bar(
+        range(len(nodes)), [100 * n["share_of_limit"] for n in nodes], color=[color[n["sf"]] for n in nodes], width=0.85
+    )
     ax.axhline(100, color=BAD, linewidth=1.5)
     limits = ", ".join(f"{k} {100 * v:g} %" for k, v in air.get("duty_cycle", {}).items())
-    ax.text(len(nodes) - 0.5, 98, f"the law: EU868 duty cycle ({limits} of the time)", color=BAD, ha="right",
-            va="top", fontsize=8)
+    ax.text(
+        len(nodes) - 0.5,
+        98,
+        f"the law: EU868 duty cycle ({limits} of the time)",
+        color=BAD,
+        ha="right",
+        va="top",
+        fontsize=8,
+    )
     ax.set_ylim(0, 105)
     ax.set_xlim(-0.6, len(nodes) - 0.4)
     ax.set_xticks([])
     ax.set_xlabel(f"{len(nodes)} nodes, busiest first")
     ax.set_ylabel("airtime used (% of the allowed)")
-    ax.legend(handles=[patches.Patch(color=color[sf], label=f"SF{sf}") for sf in sfs], loc="center right",
-              ncol=1, title="spreading factor", fontsize=8, title_fontsize=8)
-    ax.set_title(f"Airtime: the busiest node used {air['max_share_of_limit_pct']:.1f} % of its allowance "
-                 f"(mean {air['mean_share_of_limit_pct']:.1f} %)")
+    ax.legend(
+        handles=[patches.Patch(color=color[sf], label=f"SF{sf}") for sf in sfs],
+        loc="center right",
+        ncol=1,
+        title="spreading factor",
+        fontsize=8,
+        title_fontsize=8,
+    )
+    ax.set_title(
+        f"Airtime: the busiest node used {air['max_share_of_limit_pct']:.1f} % of its allowance "
+        f"(mean {air['mean_share_of_limit_pct']:.1f} %)"
+    )
     return _png(fig)
 
 
@@ -303,18 +453,23 @@ def plot_frames(results: dict[str, Any], scenario: Any) -> bytes:
     fr = results["frames"]
     items = sorted(fr["largest"].items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(items) + 1.6))
-    ax.barh([k for k, _ in items], [v for _, v in items], color=[BAD if v > fr["budget"] else GOOD for _, v in items],
-            height=0.6)
+    ax.barh(
+        [k for k, _ in items],
+        [v for _, v in items],
+        color=[BAD if v > fr["budget"] else GOOD for _, v in items],
+        height=0.6,
+    )
     ax.axvline(fr["budget"], color=BAD, linewidth=1.5, linestyle="--")
-    ax.text(fr["budget"], len(items) - 0.4, f" budget {fr['budget']} B\n (EU868 SF12)", color=BAD, fontsize=8,
-            va="top")
+    ax.text(fr["budget"], len(items) - 0.4, f" budget {fr['budget']} B\n (EU868 SF12)", color=BAD, fontsize=8, va="top")
     for i, (_k, v) in enumerate(items):
         ax.text(v - 0.6, i, f"{v} B", va="center", ha="right", color="white", fontweight="bold", fontsize=9)
     ax.set_xlim(0, max([fr["budget"]] + [v for _, v in items]) * 1.2)
     ax.set_xlabel("largest frame put on the air (bytes, header and MIC included)")
     ax.grid(axis="y", visible=False)
-    ax.set_title("Largest frame per message type" + (": all within the budget" if not fr["over_budget"]
-                                                      else f": {fr['over_budget']} frames over the budget"))
+    ax.set_title(
+        "Largest frame per message type"
+        + (": all within the budget" if not fr["over_budget"] else f": {fr['over_budget']} frames over the budget")
+    )
     return _png(fig)
 
 
@@ -330,8 +485,17 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
     ys = list(range(len(faults)))[::-1]
 
     def note(x: float, y: float, text: str, color: str, bold: bool = False) -> None:
-        ax.annotate(text, (x, y), xytext=(9, 0), textcoords="offset points", va="center", fontsize=8, color=color,
-                    fontweight="bold" if bold else "normal")
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(9, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+            color=color,
+            fontweight="bold" if bold else "normal",
+        )
+
     for y, f in zip(ys, faults):
         at = f["at_h"]
         dur_h = durations.get(f["index"])
@@ -341,8 +505,13 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
         if f["expected"] is None:
             width = max(dur_h or 0.0, 0.08)
             ax.barh([y], [width], left=[at], color=BASE, height=0.45)
-            note(at + width, y, f"{duration_text((dur_h or 0) * 3600)} down; no alarm expected; "
-                 + ("no record lost" if lost_none else "RECORDS LOST"), "#555555" if lost_none else BAD)
+            note(
+                at + width,
+                y,
+                f"{duration_text((dur_h or 0) * 3600)} down; no alarm expected; "
+                + ("no record lost" if lost_none else "RECORDS LOST"),
+                "#555555" if lost_none else BAD,
+            )
             continue
         ax.scatter([at], [y], marker="v", s=70, color=INK, zorder=3)
         if f.get("manifested") is False and not f["detected"]:
@@ -361,16 +530,21 @@ def plot_alarms(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_ylim(-0.7, len(faults) - 0.3)
     ax.grid(axis="y", visible=False)
     al = results["alarms"]
-    ax.set_title(f"Alarms against faults injected: {al['detected']} of {al['expected']} raised "
-                 f"(\u25bc injected, \u25cf stored)" + (f", {al['latent']} latent" if al.get("latent") else ""))
+    ax.set_title(
+        f"Alarms against faults injected: {al['detected']} of {al['expected']} raised "
+        f"(\u25bc injected, \u25cf stored)" + (f", {al['latent']} latent" if al.get("latent") else "")
+    )
     return _png(fig)
 
 
 def nothing_lost(results: dict[str, Any]) -> bool:
     """Every uplink a gateway heard reached the store and the platform (the check for restarts and outages)."""
     u = results["totals"]["uplinks"]
-    return bool(results["totals"].get("stored_equals_heard")) and u.get("queued_at_end", 0) == 0 \
+    return (
+        bool(results["totals"].get("stored_equals_heard"))
+        and u.get("queued_at_end", 0) == 0
         and u.get("at_platform", u.get("stored")) == u.get("stored")
+    )
 
 
 def seconds_text(s: float) -> str:
@@ -390,8 +564,14 @@ def duration_text(s: float) -> str:
 
 
 PLOTTERS: dict[str, Callable[[dict[str, Any], Any], bytes]] = {
-    "map": plot_map, "energy": plot_energy, "water": plot_water, "delivery": plot_delivery,
-    "latency": plot_latency, "airtime": plot_airtime, "frames": plot_frames, "alarms": plot_alarms,
+    "map": plot_map,
+    "energy": plot_energy,
+    "water": plot_water,
+    "delivery": plot_delivery,
+    "latency": plot_latency,
+    "airtime": plot_airtime,
+    "frames": plot_frames,
+    "alarms": plot_alarms,
 }
 
 

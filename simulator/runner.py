@@ -76,8 +76,7 @@ must start on a fresh loop whose SimClock is at the scenario's start.
 
 from __future__ import annotations
 
-from simulator.engine import (BOOT_SPREAD_S, OFF_GRID_S, PROGRESS_STEP_S, RunOptions, Simulation, new_loop,
-                              prepare)
+from simulator.engine import BOOT_SPREAD_S, OFF_GRID_S, PROGRESS_STEP_S, RunOptions, Simulation, new_loop, prepare
 from simulator.metrics import Results
 from simulator.parallel import run_parallel
 from simulator.provisioning import APPS, SIM_TICK_MS, firmware_config, root_key, zone_thresholds
@@ -85,8 +84,22 @@ from simulator.scenario import Scenario
 from simulator.simclock import SimClock
 from simulator.virtual_loop import run as run_virtual
 
-__all__ = ["APPS", "BOOT_SPREAD_S", "OFF_GRID_S", "PROGRESS_STEP_S", "SIM_TICK_MS", "RunOptions", "Simulation",
-           "firmware_config", "new_loop", "prepare", "root_key", "run", "run_async", "zone_thresholds"]
+__all__ = [
+    "APPS",
+    "BOOT_SPREAD_S",
+    "OFF_GRID_S",
+    "PROGRESS_STEP_S",
+    "SIM_TICK_MS",
+    "RunOptions",
+    "Simulation",
+    "firmware_config",
+    "new_loop",
+    "prepare",
+    "root_key",
+    "run",
+    "run_async",
+    "zone_thresholds",
+]
 
 
 def run(scenario: Scenario, options: RunOptions = RunOptions()) -> Results:

@@ -41,9 +41,10 @@ import random
 import sys
 import tomllib
 import zoneinfo
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from protocol import lora
 from simulator import channel as ch
@@ -53,10 +54,10 @@ from simulator.weather import CLIMATES, RainEvent, Weather
 
 LAMP_ID_BASE = 0x01000000
 IRRIGATION_ID_BASE = 0x02000000
-MAX_NODES = 100_000            # per kind; ids stay inside their base's range
+MAX_NODES = 100_000  # per kind; ids stay inside their base's range
 MAX_DURATION_S = 366 * 86400
 JITTER_FRACTION = 0.1
-M_PER_DEG_LAT = 111_320.0      # equirectangular projection around the scenario origin
+M_PER_DEG_LAT = 111_320.0  # equirectangular projection around the scenario origin
 
 
 class ScenarioError(ValueError):
@@ -70,6 +71,7 @@ class ScenarioError(ValueError):
 
 
 # ---------------------------------------------------------------- what a scenario holds
+
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -89,7 +91,7 @@ class Location:
 @dataclass(frozen=True, slots=True)
 class RadioSettings:
     channels_hz: tuple[int, ...]
-    sf: int | None                 # None: auto
+    sf: int | None  # None: auto
     sf_margin_db: float
     params: ch.RadioParams
 
@@ -109,7 +111,7 @@ class Street:
 class Schedule:
     """A controller's fixed program: zones one after the other, every `every_days` days."""
 
-    start_min: int          # local minutes after midnight
+    start_min: int  # local minutes after midnight
     minutes_per_zone: float
     every_days: int
 
@@ -143,9 +145,9 @@ class Park:
 
 @dataclass(frozen=True, slots=True)
 class Zone:
-    number: int                 # 1..4, the firmware's zone channel
+    number: int  # 1..4, the firmware's zone channel
     area_m2: float
-    flow_l_min: float           # at the design application rate
+    flow_l_min: float  # at the design application rate
     soil: soil_mod.Soil
     crop: soil_mod.Crop
 
@@ -159,7 +161,7 @@ class LampNode:
     lat: float
     lon: float
     street: str
-    s_m: float                  # distance along the street from its first point
+    s_m: float  # distance along the street from its first point
     rated_power_w: float
     height_m: float
     sf: int
@@ -188,7 +190,7 @@ class KindSettings:
 
     report_interval_s: float
     height_m: float
-    firmware: Mapping[str, Any]        # merged into each node's firmware config by the runner
+    firmware: Mapping[str, Any]  # merged into each node's firmware config by the runner
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -196,7 +198,7 @@ class KindSettings:
 class WeatherSettings:
     random_rain: bool
     rain: tuple[RainEvent, ...]
-    dry_days: tuple[_dt.date, ...] = ()   # local (mean solar) dates with no drawn rain
+    dry_days: tuple[_dt.date, ...] = ()  # local (mean solar) dates with no drawn rain
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +262,17 @@ class Scenario:
         return c
 
     def weather_model(self) -> Weather:
-        return Weather(self.location.lat, self.location.lon, self.start_unix, self.duration_s, self.seed,
-                       self.location.climate, self.weather.rain, self.weather.random_rain,
-                       tuple(d.toordinal() - _EPOCH_ORDINAL for d in self.weather.dry_days))
+        return Weather(
+            self.location.lat,
+            self.location.lon,
+            self.start_unix,
+            self.duration_s,
+            self.seed,
+            self.location.climate,
+            self.weather.rain,
+            self.weather.random_rain,
+            tuple(d.toordinal() - _EPOCH_ORDINAL for d in self.weather.dry_days),
+        )
 
     def presence(self, street_id: str, profile: Sequence[float] | None = None):
         from simulator.presence import DEFAULT_PROFILE, StreetPresence
@@ -270,8 +280,16 @@ class Scenario:
         st = next((s for s in self.streets if s.id == street_id), None)
         if st is None:
             raise KeyError(street_id)
-        return StreetPresence(st.id, st.length_m, st.pedestrians_peak_per_h, self.start_unix, self.end_unix,
-                              self.seed, self.location.tz, profile or DEFAULT_PROFILE)
+        return StreetPresence(
+            st.id,
+            st.length_m,
+            st.pedestrians_peak_per_h,
+            self.start_unix,
+            self.end_unix,
+            self.seed,
+            self.location.tz,
+            profile or DEFAULT_PROFILE,
+        )
 
     def summary(self) -> str:
         sfs: dict[int, int] = {}
@@ -293,7 +311,7 @@ class Scenario:
 # ---------------------------------------------------------------- reading tables
 
 _REQUIRED = object()
-_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()   # weather.Day.day counts days from here
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()  # weather.Day.day counts days from here
 
 
 class _Table:
@@ -316,8 +334,9 @@ class _Table:
     def has(self, name: str) -> bool:
         return name in self.data
 
-    def get(self, name: str, kind: str, default: Any = _REQUIRED,
-            check: Callable[[Any], str | None] | None = None) -> Any:
+    def get(
+        self, name: str, kind: str, default: Any = _REQUIRED, check: Callable[[Any], str | None] | None = None
+    ) -> Any:
         self.used.add(name)
         if name not in self.data:
             if default is _REQUIRED:
@@ -365,11 +384,11 @@ class _Table:
                 raise self.err(name, why)
         return v
 
-    def sub(self, name: str) -> "_Table":
+    def sub(self, name: str) -> _Table:
         self.used.add(name)
         return _Table(self.data.get(name, {}), self._k(name), self.file)
 
-    def array(self, name: str) -> list["_Table"]:
+    def array(self, name: str) -> list[_Table]:
         self.used.add(name)
         raw = self.data.get(name, [])
         if not isinstance(raw, list):
@@ -384,8 +403,11 @@ class _Table:
 
 
 def _point(t: _Table, name: str, v: Any) -> tuple[float, float]:
-    if (not isinstance(v, list) or len(v) != 2
-            or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in v)):
+    if (
+        not isinstance(v, list)
+        or len(v) != 2
+        or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in v)
+    ):
         raise t.err(name, f"expected a point [x, y] in metres, got {v!r}")
     return float(v[0]), float(v[1])
 
@@ -402,12 +424,17 @@ def _ident(v: str) -> str | None:
 
 def _hhmm(v: str) -> str | None:
     parts = v.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not (0 <= int(parts[0]) < 24 and 0 <= int(parts[1]) < 60):
-        return f"expected a local time \"HH:MM\", got {v!r}"
+    if (
+        len(parts) != 2
+        or not all(p.isdigit() for p in parts)
+        or not (0 <= int(parts[0]) < 24 and 0 <= int(parts[1]) < 60)
+    ):
+        return f'expected a local time "HH:MM", got {v!r}'
     return None
 
 
 # ---------------------------------------------------------------- geometry
+
 
 def polyline_length(points: Sequence[tuple[float, float]]) -> float:
     return sum(math.dist(points[i], points[i + 1]) for i in range(len(points) - 1))
@@ -458,6 +485,7 @@ def share(total: int, weights: Sequence[float]) -> list[int]:
 
 # ---------------------------------------------------------------- parsing
 
+
 def load(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     p = Path(path)
@@ -482,8 +510,8 @@ def _build(top: _Table) -> Scenario:
     sc = top.sub("scenario")
     name = sc.get("name", "str", "scenario", _ident)
     description = sc.get("description", "str", "")
-    seed = sc.get("seed", "int", 0, _in(0, 2 ** 63 - 1))
-    start = sc.get("start", "datetime").astimezone(_dt.timezone.utc)
+    seed = sc.get("seed", "int", 0, _in(0, 2**63 - 1))
+    start = sc.get("start", "datetime").astimezone(_dt.UTC)
     duration_s = sc.get("duration", "duration", check=_in(60, MAX_DURATION_S))
     sc.done()
 
@@ -501,10 +529,15 @@ def _build(top: _Table) -> Scenario:
         try:
             tz = zoneinfo.ZoneInfo(tzname)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise loc_t.err("timezone", f"unknown time zone {tzname!r} (an IANA name like \"Europe/Paris\"; "
-                                        "or give utc_offset_h)") from None
-    climate = loc_t.get("climate", "str", "lyon",
-                        lambda v: None if v in CLIMATES else f"unknown climate {v!r} (known: {', '.join(sorted(CLIMATES))})")
+            raise loc_t.err(
+                "timezone", f'unknown time zone {tzname!r} (an IANA name like "Europe/Paris"; or give utc_offset_h)'
+            ) from None
+    climate = loc_t.get(
+        "climate",
+        "str",
+        "lyon",
+        lambda v: None if v in CLIMATES else f"unknown climate {v!r} (known: {', '.join(sorted(CLIMATES))})",
+    )
     location = Location(loc_t.get("name", "str", ""), lat, lon, tz, climate)
     loc_t.done()
 
@@ -522,7 +555,10 @@ def _build(top: _Table) -> Scenario:
             raise r.err("at", "must fall within the run (or the day before it)")
     dry = w_t.get("dry_days", "list", [])
     dry_days = []
-    first_day, last_day = (start - _dt.timedelta(days=1)).date(), (start + _dt.timedelta(seconds=duration_s, days=1)).date()
+    first_day, last_day = (
+        (start - _dt.timedelta(days=1)).date(),
+        (start + _dt.timedelta(seconds=duration_s, days=1)).date(),
+    )
     for i, d in enumerate(dry):
         if not isinstance(d, _dt.date) or isinstance(d, _dt.datetime):
             raise w_t.err(f"dry_days[{i}]", f"expected a TOML local date like 2026-06-15, got {d!r}")
@@ -547,12 +583,16 @@ def _build(top: _Table) -> Scenario:
         raise ScenarioError(file, "gateways", "at least one [[gateways]] entry is required")
 
     lt = top.sub("lighting")
-    lighting = KindSettings(lt.get("report_interval", "duration", 900.0, _in(10, 86400)),
-                            lt.get("height_m", "float", 8.0, _in(0.5, 50)),
-                            lt.get("firmware", "table", {}),
-                            {"rated_power_w": lt.get("rated_power_w", "float", 60.0, _in(1, 2000)),
-                             "spacing_m": lt.get("spacing_m", "float", 30.0, _in(5, 500)),
-                             "pedestrians_peak_per_h": lt.get("pedestrians_peak_per_h", "float", 60.0, _in(0, 100000))})
+    lighting = KindSettings(
+        lt.get("report_interval", "duration", 900.0, _in(10, 86400)),
+        lt.get("height_m", "float", 8.0, _in(0.5, 50)),
+        lt.get("firmware", "table", {}),
+        {
+            "rated_power_w": lt.get("rated_power_w", "float", 60.0, _in(1, 2000)),
+            "spacing_m": lt.get("spacing_m", "float", 30.0, _in(5, 500)),
+            "pedestrians_peak_per_h": lt.get("pedestrians_peak_per_h", "float", 60.0, _in(0, 100000)),
+        },
+    )
     lt.done()
     it = top.sub("irrigation")
     irr_defaults = {
@@ -565,9 +605,12 @@ def _build(top: _Table) -> Scenario:
         "schedule_minutes": it.get("schedule_minutes", "float", 20.0, _in(1, 240)),
         "schedule_every_days": it.get("schedule_every_days", "int", 1, _in(1, 14)),
     }
-    irrigation = KindSettings(it.get("report_interval", "duration", 900.0, _in(10, 86400)),
-                              it.get("height_m", "float", 1.0, _in(0.2, 50)),
-                              it.get("firmware", "table", {}), irr_defaults)
+    irrigation = KindSettings(
+        it.get("report_interval", "duration", 900.0, _in(10, 86400)),
+        it.get("height_m", "float", 1.0, _in(0.2, 50)),
+        it.get("firmware", "table", {}),
+        irr_defaults,
+    )
     it.done()
 
     streets = [_street(s, lighting.extra) for s in top.array("streets")]
@@ -589,8 +632,21 @@ def _build(top: _Table) -> Scenario:
             s = (k + 0.5) * spacing + (rng.random() * 2.0 - 1.0) * JITTER_FRACTION * spacing
             x, y = point_along(st.points, s)
             la, lo = location.to_latlon(x, y)
-            lamps.append(LampNode(f"{st.id}-{k + 1:0{width}d}", LAMP_ID_BASE + len(lamps) + 1, x, y, la, lo,
-                                  st.id, s, st.rated_power_w, lighting.height_m, 0))
+            lamps.append(
+                LampNode(
+                    f"{st.id}-{k + 1:0{width}d}",
+                    LAMP_ID_BASE + len(lamps) + 1,
+                    x,
+                    y,
+                    la,
+                    lo,
+                    st.id,
+                    s,
+                    st.rated_power_w,
+                    lighting.height_m,
+                    0,
+                )
+            )
     controllers: list[IrrigationNode] = []
     for park, t, zone_soil, zone_crop, rate, sched in parks:
         rng = random.Random(f"{rng_root}:park:{park.id}")
@@ -608,10 +664,22 @@ def _build(top: _Table) -> Scenario:
             else:
                 raise t.err("polygon", "could not place a controller inside it (is it degenerate?)")
             la, lo = location.to_latlon(x, y)
-            zones = tuple(Zone(z + 1, zone_area, flow, zone_soil, zone_crop)
-                          for z in range(park.zones_per_controller))
-            controllers.append(IrrigationNode(f"{park.id}-{k + 1}", IRRIGATION_ID_BASE + len(controllers) + 1,
-                                              x, y, la, lo, park.id, zones, sched, irrigation.height_m, 0))
+            zones = tuple(Zone(z + 1, zone_area, flow, zone_soil, zone_crop) for z in range(park.zones_per_controller))
+            controllers.append(
+                IrrigationNode(
+                    f"{park.id}-{k + 1}",
+                    IRRIGATION_ID_BASE + len(controllers) + 1,
+                    x,
+                    y,
+                    la,
+                    lo,
+                    park.id,
+                    zones,
+                    sched,
+                    irrigation.height_m,
+                    0,
+                )
+            )
     if len(lamps) > MAX_NODES or len(controllers) > MAX_NODES:
         raise ScenarioError(file, "", f"at most {MAX_NODES} nodes of each kind")
 
@@ -626,8 +694,10 @@ def _build(top: _Table) -> Scenario:
             sf = probe.best_sf(n.node_id, radio.sf_margin_db)
             if sf is None:
                 sf = ch.SF_MAX
-                warnings.append(f"{n.name}: no SF reaches a gateway with {radio.sf_margin_db:g} dB margin "
-                                f"(best margin {probe.margin_db(n.node_id, sf):.1f} dB at SF12)")
+                warnings.append(
+                    f"{n.name}: no SF reaches a gateway with {radio.sf_margin_db:g} dB margin "
+                    f"(best margin {probe.margin_db(n.node_id, sf):.1f} dB at SF12)"
+                )
         assigned.append(_replace_sf(n, sf))
     lamps_t = tuple(a for a in assigned if isinstance(a, LampNode))
     ctrl_t = tuple(a for a in assigned if isinstance(a, IrrigationNode))
@@ -647,7 +717,7 @@ def _build(top: _Table) -> Scenario:
                 raise ScenarioError(file, key, f"no gateway {f.target!r} (gateways: {', '.join(sorted(gw_ids))})")
         elif cls == "upstream":
             if f.target != "upstream":
-                raise ScenarioError(file, key, "upstream_outage targets \"upstream\"")
+                raise ScenarioError(file, key, 'upstream_outage targets "upstream"')
         else:
             node = names.get(f.target)
             if node is None:
@@ -656,17 +726,41 @@ def _build(top: _Table) -> Scenario:
                 raise ScenarioError(file, key, f"{f.kind} needs a {cls} node; {f.target!r} is {node.kind}")
             zone = f.params.get("zone")
             if zone is not None and zone > len(node.zones):
-                raise ScenarioError(file, f"faults[{f.index}].zone",
-                                    f"{f.target!r} has {len(node.zones)} zones, not {zone}")
+                raise ScenarioError(
+                    file, f"faults[{f.index}].zone", f"{f.target!r} has {len(node.zones)} zones, not {zone}"
+                )
 
     o = top.sub("output")
-    output = Output(o.get("dir", "str", "out"), o.get("html", "bool", True), o.get("plots", "bool", True),
-                    o.get("json", "bool", False), o.get("progress", "bool", True))
+    output = Output(
+        o.get("dir", "str", "out"),
+        o.get("html", "bool", True),
+        o.get("plots", "bool", True),
+        o.get("json", "bool", False),
+        o.get("progress", "bool", True),
+    )
     o.done()
     top.done()
-    return Scenario(file, name, description, seed, start, duration_s, location, weather, radio, tuple(gateways),
-                    tuple(s for s in streets), tuple(p[0] for p in parks), lighting, irrigation, lamps_t, ctrl_t,
-                    faults, output, tuple(warnings))
+    return Scenario(
+        file,
+        name,
+        description,
+        seed,
+        start,
+        duration_s,
+        location,
+        weather,
+        radio,
+        tuple(gateways),
+        tuple(s for s in streets),
+        tuple(p[0] for p in parks),
+        lighting,
+        irrigation,
+        lamps_t,
+        ctrl_t,
+        faults,
+        output,
+        tuple(warnings),
+    )
 
 
 def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationNode:
@@ -690,7 +784,9 @@ def _radio(r: _Table) -> RadioSettings:
     r.used.add("channels_mhz")
     if not isinstance(raw, list) or not raw or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw):
         raise r.err("channels_mhz", f"expected a non-empty array of frequencies in MHz, got {raw!r}")
-    bw = r.get("bw_hz", "int", 125000, lambda v: None if v in ch.SENSITIVITY_DBM else "must be 125000, 250000 or 500000")
+    bw = r.get(
+        "bw_hz", "int", 125000, lambda v: None if v in ch.SENSITIVITY_DBM else "must be 125000, 250000 or 500000"
+    )
     channels = []
     for i, v in enumerate(raw):
         hz = int(round(v * 1e6))
@@ -700,7 +796,9 @@ def _radio(r: _Table) -> RadioSettings:
             raise r.err(f"channels_mhz[{i}]", str(e)) from None
         for o in channels:
             if abs(o - hz) < bw:
-                raise r.err(f"channels_mhz[{i}]", f"{v} MHz overlaps {o / 1e6} MHz (channels must be a bandwidth apart)")
+                raise r.err(
+                    f"channels_mhz[{i}]", f"{v} MHz overlaps {o / 1e6} MHz (channels must be a bandwidth apart)"
+                )
         channels.append(hz)
     sf_raw = r.data.get("sf", "auto")
     r.used.add("sf")
@@ -709,34 +807,41 @@ def _radio(r: _Table) -> RadioSettings:
     elif isinstance(sf_raw, int) and not isinstance(sf_raw, bool) and ch.SF_MIN <= sf_raw <= ch.SF_MAX:
         sf = sf_raw
     else:
-        raise r.err("sf", f"must be \"auto\" or 7..12, got {sf_raw!r}")
+        raise r.err("sf", f'must be "auto" or 7..12, got {sf_raw!r}')
     margin = r.get("sf_margin_db", "float", 10.0, _in(0, 40))
-    model_name = r.get("path_loss", "str", "log_distance",
-                       lambda v: None if v in ("log_distance", "hata") else "must be \"log_distance\" or \"hata\"")
+    model_name = r.get(
+        "path_loss",
+        "str",
+        "log_distance",
+        lambda v: None if v in ("log_distance", "hata") else 'must be "log_distance" or "hata"',
+    )
     if model_name == "log_distance":
         for k in ("freq_mhz",):
             if r.has(k):
-                raise r.err(k, "applies to path_loss = \"hata\" only")
-        model: Any = ch.LogDistance(r.get("d0_m", "float", 40.0, _in(0.1, 10000)),
-                                    r.get("pl_d0_db", "float", 127.41, _in(0, 250)),
-                                    r.get("gamma", "float", 2.08, _in(1.0, 8.0)))
+                raise r.err(k, 'applies to path_loss = "hata" only')
+        model: Any = ch.LogDistance(
+            r.get("d0_m", "float", 40.0, _in(0.1, 10000)),
+            r.get("pl_d0_db", "float", 127.41, _in(0, 250)),
+            r.get("gamma", "float", 2.08, _in(1.0, 8.0)),
+        )
     else:
         for k in ("d0_m", "pl_d0_db", "gamma"):
             if r.has(k):
-                raise r.err(k, "applies to path_loss = \"log_distance\" only")
+                raise r.err(k, 'applies to path_loss = "log_distance" only')
         model = ch.HataUrban(r.get("freq_mhz", "float", 868.0, _in(150, 1500)))
     kw = dict(
         path_loss=model,
         tx_power_dbm=r.get("tx_power_dbm", "float", 14.0, _in(-10, 27)),
         gateway_tx_power_dbm=r.get("gateway_tx_power_dbm", "float", 14.0, _in(-10, 30)),
         shadowing_sigma_db=r.get("shadowing_sigma_db", "float", 3.57, _in(0, 20)),
-        shadowing=r.get("shadowing", "str", "packet",
-                        lambda v: None if v in ("packet", "link") else "must be \"packet\" or \"link\""),
+        shadowing=r.get(
+            "shadowing", "str", "packet", lambda v: None if v in ("packet", "link") else 'must be "packet" or "link"'
+        ),
         capture_db=r.get("capture_db", "float", 6.0, _in(0, 30)),
         demodulators=r.get("demodulators", "int", 8, _in(1, 64)),
         bw_hz=bw,
     )
-    params = ch.RadioParams(**kw)   # every field is checked above
+    params = ch.RadioParams(**kw)  # every field is checked above
     r.done()
     return RadioSettings(tuple(channels), sf, margin, params)
 
@@ -753,9 +858,15 @@ def _street(s: _Table, defaults: Mapping[str, Any]) -> Street:
         n = s.get("lamps", "int", check=_in(0, MAX_NODES))
     else:
         n = max(1, round(length / s.get("spacing_m", "float", defaults["spacing_m"], _in(5, 500))))
-    st = Street(sid, s.get("name", "str", sid), pts, length, n,
-                s.get("pedestrians_peak_per_h", "float", defaults["pedestrians_peak_per_h"], _in(0, 100000)),
-                s.get("rated_power_w", "float", defaults["rated_power_w"], _in(1, 2000)))
+    st = Street(
+        sid,
+        s.get("name", "str", sid),
+        pts,
+        length,
+        n,
+        s.get("pedestrians_peak_per_h", "float", defaults["pedestrians_peak_per_h"], _in(0, 100000)),
+        s.get("rated_power_w", "float", defaults["rated_power_w"], _in(1, 2000)),
+    )
     s.done()
     return st
 
@@ -763,8 +874,15 @@ def _street(s: _Table, defaults: Mapping[str, Any]) -> Street:
 def _grid(g: _Table, defaults: Mapping[str, Any]) -> list[Street]:
     gid = g.get("id", "str", check=_ident)
     ox, oy = g.get("origin", "point")
-    blocks = g.get("blocks", "point", check=lambda v: None if v[0] >= 1 and v[1] >= 1 and v[0] == int(v[0])
-                   and v[1] == int(v[1]) and v[0] * v[1] <= 10000 else "needs whole numbers of blocks >= 1 (at most 10,000)")
+    blocks = g.get(
+        "blocks",
+        "point",
+        check=lambda v: (
+            None
+            if v[0] >= 1 and v[1] >= 1 and v[0] == int(v[0]) and v[1] == int(v[1]) and v[0] * v[1] <= 10000
+            else "needs whole numbers of blocks >= 1 (at most 10,000)"
+        ),
+    )
     bx, by = int(blocks[0]), int(blocks[1])
     bw, bh = g.get("block_m", "point", check=lambda v: None if min(v) >= 10 else "blocks must be at least 10 m")
     peak = g.get("pedestrians_peak_per_h", "float", defaults["pedestrians_peak_per_h"], _in(0, 100000))
@@ -797,8 +915,11 @@ def _park(p: _Table, d: Mapping[str, Any]):
     zone_crop = soil_mod.CROPS[p.get("crop", "str", d["crop"], _oneof(soil_mod.CROPS))]
     rate = p.get("precip_rate_mm_h", "float", d["precip_rate_mm_h"], _in(1, 200))
     hh, mm = p.get("schedule_start", "str", d["schedule_start"], _hhmm).split(":")
-    sched = Schedule(int(hh) * 60 + int(mm), p.get("schedule_minutes", "float", d["schedule_minutes"], _in(1, 240)),
-                     p.get("schedule_every_days", "int", d["schedule_every_days"], _in(1, 14)))
+    sched = Schedule(
+        int(hh) * 60 + int(mm),
+        p.get("schedule_minutes", "float", d["schedule_minutes"], _in(1, 240)),
+        p.get("schedule_every_days", "int", d["schedule_every_days"], _in(1, 14)),
+    )
     p.done()
     return park, p, zone_soil, zone_crop, rate, sched
 

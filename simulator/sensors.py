@@ -27,7 +27,7 @@ Limits: no sensor noise, drift or quantisation beyond whole millivolts.
 
 from __future__ import annotations
 
-ADC_MAX_MV = 3300          # a 3.3 V ADC
+ADC_MAX_MV = 3300  # a 3.3 V ADC
 AMBIENT_MV_PER_LUX = 10.0
 POWER_FACTOR = 0.95
 

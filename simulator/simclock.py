@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from simulator.virtual_loop import VirtualClock
 
-_FUTURE = asyncio.Future   # what loop.create_future() makes (the C class on CPython); exact type test
+_FUTURE = asyncio.Future  # what loop.create_future() makes (the C class on CPython); exact type test
 
 
 class Ticker:
@@ -68,11 +69,11 @@ class SimClock(VirtualClock):
         super().__init__(unix0)
         self._buckets: dict[int, list[Any]] = {}
         self._dues: list[int] = []
-        self._armed: int | None = None      # the due ms the loop timer is set for
+        self._armed: int | None = None  # the due ms the loop timer is set for
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._firing = False                # inside _fire: it arms the timer once, at its end
-        self.wakes = 0                      # entries released, for benchmarks
+        self._firing = False  # inside _fire: it arms the timer once, at its end
+        self.wakes = 0  # entries released, for benchmarks
 
     def _file(self, ms: int, entry: Any) -> None:
         loop = self._loop
@@ -138,7 +139,7 @@ class SimClock(VirtualClock):
         # woken (what they schedule goes after everything of this bucket either
         # way, as it would through call_soon); after that, each run of
         # consecutive callbacks goes through ONE call_soon at its place.
-        has_ready = getattr(loop, "has_ready_callbacks", None)   # a VirtualLoop's (simulator/virtual_loop.py)
+        has_ready = getattr(loop, "has_ready_callbacks", None)  # a VirtualLoop's (simulator/virtual_loop.py)
         direct = has_ready is not None and not has_ready()
         batch: list[Any] | None = None
         future = _FUTURE
@@ -195,4 +196,3 @@ class SimClock(VirtualClock):
     def pending(self) -> int:
         """Entries waiting in buckets (cancelled sleepers included until their due time)."""
         return sum(len(b) for b in self._buckets.values())
-

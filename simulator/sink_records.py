@@ -15,8 +15,9 @@ every uplink message type with hypothesis.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 from protocol import expand
 from protocol import messages as m

@@ -53,8 +53,8 @@ INTERCEPTION_ET0_RATIO = 0.2
 @dataclass(frozen=True, slots=True)
 class Soil:
     name: str
-    theta_fc: float   # field capacity, m3/m3
-    theta_wp: float   # wilting point, m3/m3
+    theta_fc: float  # field capacity, m3/m3
+    theta_wp: float  # wilting point, m3/m3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.theta_wp < self.theta_fc < 1.0:
@@ -78,9 +78,9 @@ SOILS = {
 @dataclass(frozen=True, slots=True)
 class Crop:
     name: str
-    kc: float      # crop (landscape) coefficient
-    zr_m: float    # effective root depth, m
-    p: float       # depletion fraction before stress
+    kc: float  # crop (landscape) coefficient
+    zr_m: float  # effective root depth, m
+    p: float  # depletion fraction before stress
 
     def __post_init__(self) -> None:
         if not 0.0 < self.kc <= 2.0 or not 0.0 < self.zr_m <= 3.0 or not 0.0 < self.p < 1.0:
@@ -96,14 +96,14 @@ CROPS = {c.name: c for c in (TURF_COOL, TURF_WARM)}
 class Flux:
     """What one step moved, mm."""
 
-    rain_mm: float = 0.0          # as it fell
-    rain_eff_mm: float = 0.0      # after interception
+    rain_mm: float = 0.0  # as it fell
+    rain_eff_mm: float = 0.0  # after interception
     irrigation_mm: float = 0.0
-    etc_mm: float = 0.0           # Kc ET0, the unstressed demand
-    eta_mm: float = 0.0           # Ks Kc ET0, what the turf got
-    drainage_mm: float = 0.0      # deep percolation below the root zone
+    etc_mm: float = 0.0  # Kc ET0, the unstressed demand
+    eta_mm: float = 0.0  # Ks Kc ET0, what the turf got
+    drainage_mm: float = 0.0  # deep percolation below the root zone
 
-    def add(self, other: "Flux") -> None:
+    def add(self, other: Flux) -> None:
         self.rain_mm += other.rain_mm
         self.rain_eff_mm += other.rain_eff_mm
         self.irrigation_mm += other.irrigation_mm
@@ -118,10 +118,10 @@ class SoilBucket:
     def __init__(self, soil: Soil = SOILS["loam"], crop: Crop = TURF_COOL, depletion_mm: float | None = None):
         self.soil = soil
         self.crop = crop
-        self.taw_mm = 1000.0 * (soil.theta_fc - soil.theta_wp) * crop.zr_m     # Eq. 82
-        self.raw_mm = crop.p * self.taw_mm                                       # Eq. 83
+        self.taw_mm = 1000.0 * (soil.theta_fc - soil.theta_wp) * crop.zr_m  # Eq. 82
+        self.raw_mm = crop.p * self.taw_mm  # Eq. 83
         if depletion_mm is None:
-            depletion_mm = 0.5 * self.raw_mm   # moist, unstressed: halfway to the stress point
+            depletion_mm = 0.5 * self.raw_mm  # moist, unstressed: halfway to the stress point
         if not 0.0 <= depletion_mm <= self.taw_mm:
             raise ValueError(f"depletion {depletion_mm} mm outside 0..TAW ({self.taw_mm:.1f} mm)")
         self.dr_mm = float(depletion_mm)
@@ -156,9 +156,9 @@ class SoilBucket:
         dr = self.dr_mm - p_eff - irrigation_mm + eta
         dp = 0.0
         if dr < 0.0:
-            dp = -dr                       # Eq. 88: what exceeds field capacity drains
+            dp = -dr  # Eq. 88: what exceeds field capacity drains
             dr = 0.0
-        if dr > self.taw_mm:               # a coarse step cannot dry past the wilting point
+        if dr > self.taw_mm:  # a coarse step cannot dry past the wilting point
             eta -= dr - self.taw_mm
             dr = self.taw_mm
         self.dr_mm = dr

@@ -53,9 +53,9 @@ NIGHT_LUX = 0.001  # clear moonless night sky: the floor the model never goes be
 
 
 class SunPosition(NamedTuple):
-    elevation_deg: float            # geometric (airless) elevation of the sun's centre
-    apparent_elevation_deg: float   # with atmospheric refraction (what a sensor sees)
-    azimuth_deg: float              # from north, clockwise (90 = east)
+    elevation_deg: float  # geometric (airless) elevation of the sun's centre
+    apparent_elevation_deg: float  # with atmospheric refraction (what a sensor sees)
+    azimuth_deg: float  # from north, clockwise (90 = east)
 
 
 def _geometry(lat: float, lon: float, unix_s: float) -> tuple[float, float, float]:
@@ -79,7 +79,7 @@ def refraction_deg(elevation_deg: float) -> float:
         return 0.0
     if h > 5.0:
         t = math.tan(h * _RAD)
-        return (58.1 / t - 0.07 / t ** 3 + 0.000086 / t ** 5) / 3600.0
+        return (58.1 / t - 0.07 / t**3 + 0.000086 / t**5) / 3600.0
     if h > -0.575:
         return (1735.0 + h * (-518.2 + h * (103.4 + h * (-12.79 + h * 0.711)))) / 3600.0
     return -20.772 / math.tan(h * _RAD) / 3600.0

@@ -46,7 +46,8 @@ import heapq
 import itertools
 import selectors
 import time
-from typing import Any, Callable, Coroutine, TypeVar, TypeVarTuple, Unpack
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from simulator.hal_sim import DEFAULT_UNIX0, SETTLE_MAX
 
@@ -109,7 +110,7 @@ class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
     callbacks the loop runs next.
     """
 
-    def __init__(self, loop: "VirtualLoop") -> None:
+    def __init__(self, loop: VirtualLoop) -> None:
         super().__init__()
         self._loop = loop
         self._own = 1  # the loop's self-pipe, registered by the loop itself
@@ -145,8 +146,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, clock: VirtualClock | None = None) -> None:
         self.clock = clock if clock is not None else VirtualClock()
-        self._vl_timers: list[tuple[float, int, asyncio.TimerHandle, Callable[..., object], tuple[Any, ...],
-                                    contextvars.Context]] = []
+        self._vl_timers: list[
+            tuple[float, int, asyncio.TimerHandle, Callable[..., object], tuple[Any, ...], contextvars.Context]
+        ] = []
         self._vl_seq = itertools.count()
         # what asyncio's loop adds to "now" when it picks the due timers (BaseEventLoop.__init__)
         self._vl_resolution = time.get_clock_info("monotonic").resolution
@@ -155,8 +157,13 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self.clock.t
 
-    def call_at(self, when: float, callback: Callable[[Unpack[Ts]], object], *args: Unpack[Ts],
-                context: contextvars.Context | None = None) -> asyncio.TimerHandle:
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[Unpack[Ts]], object],
+        *args: Unpack[Ts],
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
         # Timers due at the same instant fire first come, first served (asyncio orders them by
         # `when` alone, in heap order): a simulation must be reproducible, as on the StepClock.
         if self.is_closed():

@@ -53,26 +53,26 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from firmware.astro import sun_times_day
 
 GSC = 0.0820  # solar constant, MJ m-2 min-1 (FAO-56 Eq. 21)
 _DAY = 86400
 _MONTH_DAYS = (31, 28.25, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-MAX_EVENT_H = 10.0       # longest single rain event
+MAX_EVENT_H = 10.0  # longest single rain event
 MIN_EVENT_H = 0.25
 RAIN_INTENSITY_MEDIAN_MM_H = 2.0
-RAIN_INTENSITY_SIGMA = 0.8   # of the natural log
+RAIN_INTENSITY_SIGMA = 0.8  # of the natural log
 RAIN_GAMMA_SHAPE = 0.75
 TEMP_AR1 = 0.65
 TEMP_SD_C = 2.5
-WET_TMAX_DROP_C = 2.0    # a wet day's afternoon is cooler ...
-WET_TMIN_RISE_C = 0.5    # ... and its night milder (clouds)
-PL_A_H = 1.86            # Parton & Logan: Tmax lag after solar noon
-PL_B = 2.2               # night cooling coefficient
-PL_C_H = -0.17           # Tmin lag after sunrise
+WET_TMAX_DROP_C = 2.0  # a wet day's afternoon is cooler ...
+WET_TMIN_RISE_C = 0.5  # ... and its night milder (clouds)
+PL_A_H = 1.86  # Parton & Logan: Tmax lag after solar noon
+PL_B = 2.2  # night cooling coefficient
+PL_C_H = -0.17  # Tmin lag after sunrise
 SKY_DRY, SKY_WET, SKY_RAIN = 1.0, 3.0, 10.0
 
 
@@ -84,7 +84,7 @@ class Climate:
     tmax_c: tuple[float, ...]
     tmin_c: tuple[float, ...]
     rain_mm: tuple[float, ...]
-    wet_days: tuple[float, ...]   # days with >= 1 mm
+    wet_days: tuple[float, ...]  # days with >= 1 mm
     wet_persistence: float = 0.35
 
     def __post_init__(self) -> None:
@@ -106,30 +106,39 @@ class Climate:
 # national services' station pages (Meteo-France Lyon-Bron and Paris-Montsouris,
 # DWD Berlin, AEMET Sevilla Aeropuerto). Targets for a generator, not data.
 CLIMATES = {
-    "lyon": Climate("lyon",
-                    (7.4, 9.3, 13.9, 17.4, 21.5, 25.6, 28.3, 27.9, 23.3, 18.0, 11.6, 8.0),
-                    (0.6, 1.0, 3.9, 6.8, 10.7, 14.5, 16.6, 16.3, 12.6, 9.5, 4.6, 1.5),
-                    (48, 43, 52, 69, 85, 74, 63, 66, 86, 107, 93, 56),
-                    (8.6, 7.6, 8.1, 8.9, 10.3, 7.8, 6.4, 6.6, 7.2, 9.6, 9.4, 8.9)),
-    "paris": Climate("paris",
-                     (7.5, 8.9, 12.8, 16.3, 19.8, 23.3, 25.7, 25.5, 21.4, 16.6, 11.1, 8.0),
-                     (3.0, 3.4, 5.6, 7.8, 11.2, 14.3, 16.4, 16.2, 13.1, 10.3, 6.2, 3.7),
-                     (51, 41, 43, 44, 63, 50, 63, 55, 45, 59, 53, 60),
-                     (10, 9, 9, 8, 9, 8, 7, 7, 7, 9, 10, 11)),
-    "berlin": Climate("berlin",
-                      (3.7, 5.1, 9.1, 15.0, 19.4, 22.7, 25.0, 24.6, 19.8, 13.9, 7.8, 4.3),
-                      (-1.5, -1.1, 1.3, 5.0, 9.1, 12.4, 14.6, 14.2, 10.6, 6.5, 2.6, -0.4),
-                      (43, 35, 37, 29, 54, 56, 67, 59, 45, 36, 40, 43),
-                      (10, 8, 8, 7, 8, 8, 9, 8, 7, 7, 8, 10)),
-    "seville": Climate("seville",
-                       (16.0, 18.1, 21.7, 23.4, 27.2, 31.9, 35.3, 35.1, 31.6, 26.0, 20.3, 16.6),
-                       (5.7, 7.1, 9.5, 11.2, 14.5, 18.2, 20.2, 20.3, 18.4, 14.8, 10.1, 7.2),
-                       (59, 51, 40, 51, 27, 8, 1, 5, 25, 64, 82, 86),
-                       (6, 5, 5, 6, 3, 1, 0.2, 0.5, 2, 5, 6, 7)),
+    "lyon": Climate(
+        "lyon",
+        (7.4, 9.3, 13.9, 17.4, 21.5, 25.6, 28.3, 27.9, 23.3, 18.0, 11.6, 8.0),
+        (0.6, 1.0, 3.9, 6.8, 10.7, 14.5, 16.6, 16.3, 12.6, 9.5, 4.6, 1.5),
+        (48, 43, 52, 69, 85, 74, 63, 66, 86, 107, 93, 56),
+        (8.6, 7.6, 8.1, 8.9, 10.3, 7.8, 6.4, 6.6, 7.2, 9.6, 9.4, 8.9),
+    ),
+    "paris": Climate(
+        "paris",
+        (7.5, 8.9, 12.8, 16.3, 19.8, 23.3, 25.7, 25.5, 21.4, 16.6, 11.1, 8.0),
+        (3.0, 3.4, 5.6, 7.8, 11.2, 14.3, 16.4, 16.2, 13.1, 10.3, 6.2, 3.7),
+        (51, 41, 43, 44, 63, 50, 63, 55, 45, 59, 53, 60),
+        (10, 9, 9, 8, 9, 8, 7, 7, 7, 9, 10, 11),
+    ),
+    "berlin": Climate(
+        "berlin",
+        (3.7, 5.1, 9.1, 15.0, 19.4, 22.7, 25.0, 24.6, 19.8, 13.9, 7.8, 4.3),
+        (-1.5, -1.1, 1.3, 5.0, 9.1, 12.4, 14.6, 14.2, 10.6, 6.5, 2.6, -0.4),
+        (43, 35, 37, 29, 54, 56, 67, 59, 45, 36, 40, 43),
+        (10, 8, 8, 7, 8, 8, 9, 8, 7, 7, 8, 10),
+    ),
+    "seville": Climate(
+        "seville",
+        (16.0, 18.1, 21.7, 23.4, 27.2, 31.9, 35.3, 35.1, 31.6, 26.0, 20.3, 16.6),
+        (5.7, 7.1, 9.5, 11.2, 14.5, 18.2, 20.2, 20.3, 18.4, 14.8, 10.1, 7.2),
+        (59, 51, 40, 51, 27, 8, 1, 5, 25, 64, 82, 86),
+        (6, 5, 5, 6, 3, 1, 0.2, 0.5, 2, 5, 6, 7),
+    ),
 }
 
 
 # ---------------------------------------------------------------- FAO-56 radiation and ET0
+
 
 def inverse_distance(doy: int) -> float:
     """dr, inverse relative Earth-Sun distance (FAO-56 Eq. 23)."""
@@ -154,15 +163,21 @@ def ra_mj(lat_deg: float, doy: int) -> float:
     phi = math.radians(lat_deg)
     d = declination(doy)
     ws = sunset_hour_angle(phi, d)
-    return 24.0 * 60.0 / math.pi * GSC * inverse_distance(doy) * (
-        ws * math.sin(phi) * math.sin(d) + math.cos(phi) * math.cos(d) * math.sin(ws))
+    return (
+        24.0
+        * 60.0
+        / math.pi
+        * GSC
+        * inverse_distance(doy)
+        * (ws * math.sin(phi) * math.sin(d) + math.cos(phi) * math.cos(d) * math.sin(ws))
+    )
 
 
 def et0_hargreaves(tmin_c: float, tmax_c: float, ra: float) -> float:
     """Reference evapotranspiration, mm/day (FAO-56 Eq. 52), Ra in MJ m-2 day-1."""
     if tmax_c < tmin_c:
         raise ValueError(f"tmax {tmax_c} below tmin {tmin_c}")
-    tmean = (tmax_c + tmin_c) / 2.0                   # Eq. 9
+    tmean = (tmax_c + tmin_c) / 2.0  # Eq. 9
     return max(0.0, 0.0023 * (tmean + 17.8) * math.sqrt(tmax_c - tmin_c) * 0.408 * ra)
 
 
@@ -204,9 +219,10 @@ def ra_fraction(lat_deg: float, doy: int, h0: float, h1: float) -> float:
 
 # ---------------------------------------------------------------- the generator
 
+
 @dataclass(frozen=True, slots=True)
 class RainEvent:
-    start: float   # Unix seconds
+    start: float  # Unix seconds
     end: float
     mm: float
 
@@ -219,15 +235,15 @@ class RainEvent:
 class Day:
     """One local mean solar day of weather."""
 
-    day: int            # days since 1970-01-01 (local mean solar date)
-    start: float        # Unix seconds of its local mean midnight
+    day: int  # days since 1970-01-01 (local mean solar date)
+    start: float  # Unix seconds of its local mean midnight
     doy: int
     tmin_c: float
     tmax_c: float
-    rain_mm: float      # total of the events that start this day
+    rain_mm: float  # total of the events that start this day
     ra_mj: float
     et0_mm: float
-    sunrise: float      # Unix seconds (a 06:00/18:00 stand-in in polar day or night)
+    sunrise: float  # Unix seconds (a 06:00/18:00 stand-in in polar day or night)
     sunset: float
     wet: bool
 
@@ -243,7 +259,7 @@ def _doy(day: int) -> tuple[int, int, int]:
 def _interp(values: Sequence[float], month: int, mday: int) -> float:
     """A month's normal interpolated linearly between mid-months (month 1..12)."""
     m = month - 1
-    pos = (mday - 0.5) / _MONTH_DAYS[m] - 0.5   # -0.5 .. 0.5 around mid-month
+    pos = (mday - 0.5) / _MONTH_DAYS[m] - 0.5  # -0.5 .. 0.5 around mid-month
     if pos >= 0:
         other, w = (m + 1) % 12, pos
     else:
@@ -264,9 +280,18 @@ class Weather:
     as drawn, so scripting a day changes no other).
     """
 
-    def __init__(self, lat: float, lon: float, start: float, duration_s: float, seed: int,
-                 climate: Climate | str = "lyon", extra_rain: Sequence[RainEvent] = (),
-                 random_rain: bool = True, dry_days: Sequence[int] = ()):
+    def __init__(
+        self,
+        lat: float,
+        lon: float,
+        start: float,
+        duration_s: float,
+        seed: int,
+        climate: Climate | str = "lyon",
+        extra_rain: Sequence[RainEvent] = (),
+        random_rain: bool = True,
+        dry_days: Sequence[int] = (),
+    ):
         if isinstance(climate, str):
             try:
                 climate = CLIMATES[climate]
@@ -279,14 +304,14 @@ class Weather:
         self.climate = climate
         self.lat = lat
         self.lon = lon
-        self._shift = lon * 240.0          # seconds local mean solar time is ahead of UTC
+        self._shift = lon * 240.0  # seconds local mean solar time is ahead of UTC
         first = self._day_of(start) - 1
         last = self._day_of(start + duration_s) + 1
         rng = random.Random(f"lumeau-weather:{seed}")
         dry = frozenset(dry_days)
         self.days: list[Day] = []
         events: list[RainEvent] = []
-        drawn_wet = False   # the chain's state: the draw, whatever a script made of the day
+        drawn_wet = False  # the chain's state: the draw, whatever a script made of the day
         anomaly = rng.gauss(0.0, TEMP_SD_C)
         c = climate
         for day in range(first, last + 1):
@@ -301,7 +326,7 @@ class Weather:
             eps = rng.gauss(0.0, 1.0)
             drawn_wet = random_rain and u_wet < p_wet
             wet = drawn_wet and day not in dry
-            anomaly = TEMP_AR1 * anomaly + math.sqrt(1.0 - TEMP_AR1 ** 2) * TEMP_SD_C * eps
+            anomaly = TEMP_AR1 * anomaly + math.sqrt(1.0 - TEMP_AR1**2) * TEMP_SD_C * eps
             tmax = _interp(c.tmax_c, month, mday) + anomaly
             tmin = _interp(c.tmin_c, month, mday) + anomaly
             tmax += -WET_TMAX_DROP_C * (1.0 - f) if wet else WET_TMAX_DROP_C * f
@@ -316,7 +341,7 @@ class Weather:
                 wet_month = max(_interp(c.wet_days, month, mday), 1e-9)
                 mean = max(rain_month / wet_month - 1.0, 0.1)
                 amount = 1.0 + g * mean / RAIN_GAMMA_SHAPE
-                split = self._split(rng, day_start, amount)   # drawn even when scripted dry: same stream
+                split = self._split(rng, day_start, amount)  # drawn even when scripted dry: same stream
                 if wet:
                     events.extend(split)
                 else:
@@ -325,8 +350,9 @@ class Weather:
             sunrise = day * _DAY + (rise if rise is not None else 6 * 3600 - self._shift)
             sunset = day * _DAY + (sset if sset is not None else 18 * 3600 - self._shift)
             ra = ra_mj(lat, doy)
-            self.days.append(Day(day, day_start, doy, tmin, tmax, amount, ra,
-                                 et0_hargreaves(tmin, tmax, ra), sunrise, sunset, wet))
+            self.days.append(
+                Day(day, day_start, doy, tmin, tmax, amount, ra, et0_hargreaves(tmin, tmax, ra), sunrise, sunset, wet)
+            )
         for e in extra_rain:
             if e.end <= e.start or e.mm < 0:
                 raise ValueError(f"bad rain event {e}")
@@ -339,8 +365,19 @@ class Weather:
         for e in extra_rain:
             i = self._index(e.start)
             d = self.days[i]
-            self.days[i] = Day(d.day, d.start, d.doy, d.tmin_c, d.tmax_c, d.rain_mm + e.mm, d.ra_mj,
-                               d.et0_mm, d.sunrise, d.sunset, True)
+            self.days[i] = Day(
+                d.day,
+                d.start,
+                d.doy,
+                d.tmin_c,
+                d.tmax_c,
+                d.rain_mm + e.mm,
+                d.ra_mj,
+                d.et0_mm,
+                d.sunrise,
+                d.sunset,
+                True,
+            )
 
     @staticmethod
     def _split(rng: random.Random, day_start: float, amount: float) -> list[RainEvent]:
@@ -363,8 +400,9 @@ class Weather:
     def _index(self, unix_s: float) -> int:
         i = self._day_of(unix_s) - self.days[0].day
         if not 0 <= i < len(self.days):
-            raise ValueError(f"time {unix_s} is outside the weather's span "
-                             f"({self.days[0].start}..{self.days[-1].start + _DAY})")
+            raise ValueError(
+                f"time {unix_s} is outside the weather's span ({self.days[0].start}..{self.days[-1].start + _DAY})"
+            )
         return i
 
     def day(self, unix_s: float) -> Day:

@@ -46,20 +46,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from simulator.hal_sim import SimHAL
 from simulator import sensors, sun
+from simulator.hal_sim import SimHAL
 from simulator.presence import PIR_HOLD_S, PIR_RANGE_M
 from simulator.scenario import IrrigationNode, LampNode, Scenario
 from simulator.soil import SoilBucket, mm_from_litres
 from simulator.weather import Weather
 
 WORLD_STEP_S = 60.0
-CYCLE_ON_S = 600.0          # a cycling lamp: lit 10 min ...
-CYCLE_OFF_S = 120.0         # ... out 2 min to cool, and again
+CYCLE_ON_S = 600.0  # a cycling lamp: lit 10 min ...
+CYCLE_OFF_S = 120.0  # ... out 2 min to cool, and again
 OVER_CURRENT_FACTOR = 2.0
-OVER_CURRENT_EXTRA = 0.2    # of full current, drawn even when dimmed or off
+OVER_CURRENT_EXTRA = 0.2  # of full current, drawn even when dimmed or off
 MAINS_V = 230.0
 ZONE_PINS = ("zone1", "zone2", "zone3", "zone4")
 
@@ -77,11 +78,11 @@ class WorldHAL(SimHAL):
         if kw.get("drift_ppm"):
             raise ValueError("WorldHAL models no oscillator drift; use SimHAL")
         super().__init__(clock, **kw)
-        self.pir: LampWorld | None = None   # the lamp whose PIR "pir" reads (LampWorld.bind), in one call
+        self.pir: LampWorld | None = None  # the lamp whose PIR "pir" reads (LampWorld.bind), in one call
 
     def set_pin(self, name: str, value: Any) -> None:
         if name == "pir":
-            self.pir = None   # an input set by hand wins over the lamp's
+            self.pir = None  # an input set by hand wins over the lamp's
         super().set_pin(name, value)
 
     def ticks_ms(self) -> int:
@@ -95,7 +96,7 @@ class WorldHAL(SimHAL):
 
     def pin_read(self, name: str) -> int:
         p = self.pir
-        if p is not None and name == "pir":   # LampWorld._pir_high's cached answer, without its call
+        if p is not None and name == "pir":  # LampWorld._pir_high's cached answer, without its call
             c = self.clock
             return p._pir_state if c.unix0 + c.t < p._pir_next else p._pir_high()
         v = self._inputs.get(name, 0)
@@ -121,20 +122,20 @@ def _on_time(t0: float, t1: float, since: float) -> float:
 
 
 class LampWorld:
-    def __init__(self, node: LampNode, world: "World", pir: list[tuple[float, float]]) -> None:
+    def __init__(self, node: LampNode, world: World, pir: list[tuple[float, float]]) -> None:
         self.node = node
         self.world = world
         self.full_ma = sensors.lamp_current_ma(1000, node.rated_power_w)
-        self.level = 0                    # per mille, as the node commands it
-        self.fault: str | None = None     # None | "open" | "over_current" | "cycling"
+        self.level = 0  # per mille, as the node commands it
+        self.fault: str | None = None  # None | "open" | "over_current" | "cycling"
         self.fault_since = 0.0
-        self.energy_wh = 0.0              # drawn from the mains (truth)
-        self.fault_shown_s = 0.0          # seconds the current fault was visible (lamp commanded on)
+        self.energy_wh = 0.0  # drawn from the mains (truth)
+        self.fault_shown_s = 0.0  # seconds the current fault was visible (lamp commanded on)
         self._t = world.start
         self._pir = pir
         self._pir_i = 0
         self._pir_state = 0
-        self._pir_next = -math.inf   # the read's answer holds until then
+        self._pir_next = -math.inf  # the read's answer holds until then
         self.hal: Any = None
 
     # -- the HAL's inputs ------------------------------------------------------------
@@ -152,7 +153,7 @@ class LampWorld:
     def _pir_high(self) -> int:
         c = self.world.clock
         t = c.unix0 + c.t
-        if t < self._pir_next:      # polled every tick: most reads change nothing
+        if t < self._pir_next:  # polled every tick: most reads change nothing
             return self._pir_state
         ivs = self._pir
         i = self._pir_i
@@ -179,7 +180,7 @@ class LampWorld:
             return 0.0
         if f == "over_current":
             return OVER_CURRENT_FACTOR * healthy + OVER_CURRENT_EXTRA * self.full_ma
-        return healthy if lit else 0.0   # cycling
+        return healthy if lit else 0.0  # cycling
 
     def _cycling_mv(self) -> int:
         t = self.world.unix()
@@ -215,7 +216,7 @@ class LampWorld:
             return
         dt = t - self._t
         if self.fault is not None and (self.level > 0 or self.fault == "over_current"):
-            self.fault_shown_s += dt      # a failed lamp shows only when it should be lit
+            self.fault_shown_s += dt  # a failed lamp shows only when it should be lit
         if self.fault == "cycling":
             lit = _on_time(self._t, t, self.fault_since)
             ma_s = self._ma(True) * lit + self._ma(False) * (dt - lit)
@@ -226,23 +227,23 @@ class LampWorld:
 
 
 class ControllerWorld:
-    def __init__(self, node: IrrigationNode, world: "World", master: bool, pulses_per_l: int) -> None:
+    def __init__(self, node: IrrigationNode, world: World, master: bool, pulses_per_l: int) -> None:
         self.node = node
         self.world = world
         self.master_fitted = master
         self.pulses_per_l = pulses_per_l
         self.zones = node.zones
         self.buckets = [SoilBucket(z.soil, z.crop) for z in node.zones]
-        self.valves = 0                   # zone bits as the node drives them
+        self.valves = 0  # zone bits as the node drives them
         self.master = False
         self.leak_l_min = 0.0
-        self.burst: dict[int, float] = {}   # zone number -> factor
-        self.stuck: dict[int, str] = {}     # zone number -> "open" | "closed"
-        self.meter_l = 0.0                # through the meter (truth)
+        self.burst: dict[int, float] = {}  # zone number -> factor
+        self.stuck: dict[int, str] = {}  # zone number -> "open" | "closed"
+        self.meter_l = 0.0  # through the meter (truth)
         # litres each active fault made flow (or kept from flowing): did it show at all?
         self.fault_litres: dict[str, float] = {}
-        self.applied_l = [0.0] * len(node.zones)    # reached each zone's turf
-        self._irr_mm = [0.0] * len(node.zones)      # applied since the last soil step
+        self.applied_l = [0.0] * len(node.zones)  # reached each zone's turf
+        self._irr_mm = [0.0] * len(node.zones)  # applied since the last soil step
         self._meter_l_min = 0.0
         self._shows: dict[str, float] = {}
         self._turf_l_min = [0.0] * len(node.zones)
@@ -308,7 +309,7 @@ class ControllerWorld:
             if stuck == "open" and f and not commanded:
                 shows["stuck_valve"] = shows.get("stuck_valve", 0.0) + f
             if stuck == "closed" and commanded and pressure:
-                shows["stuck_valve"] = shows.get("stuck_valve", 0.0) + z.flow_l_min   # water that did not come
+                shows["stuck_valve"] = shows.get("stuck_valve", 0.0) + z.flow_l_min  # water that did not come
         self._shows = shows
         self._meter_l_min = meter
         if self.hal is not None:
@@ -346,10 +347,18 @@ class ControllerWorld:
 
 
 class World:
-    def __init__(self, scenario: Scenario, lamps: Sequence[LampNode], controllers: Sequence[IrrigationNode],
-                 clock: Any, pir_hold_s: float, master: bool = True, pulses_per_l: int = 450) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        lamps: Sequence[LampNode],
+        controllers: Sequence[IrrigationNode],
+        clock: Any,
+        pir_hold_s: float,
+        master: bool = True,
+        pulses_per_l: int = 450,
+    ) -> None:
         self.scenario = scenario
-        self.clock = clock            # a VirtualClock whose unix0 is the scenario's start
+        self.clock = clock  # a VirtualClock whose unix0 is the scenario's start
         self.unix: Callable[[], float] = lambda: clock.unix0 + clock.t
         self.start = scenario.start_unix
         self.end = scenario.end_unix
@@ -366,7 +375,8 @@ class World:
             for lamp, iv in zip(ls, ivs):
                 self.lamps[lamp.name] = LampWorld(lamp, self, iv)
         self.controllers: dict[str, ControllerWorld] = {
-            c.name: ControllerWorld(c, self, master, pulses_per_l) for c in controllers}
+            c.name: ControllerWorld(c, self, master, pulses_per_l) for c in controllers
+        }
         self._day: int | None = None
         self._t = self.start
 

@@ -5,13 +5,14 @@ driver that runs a test body on the virtual asyncio loop."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from simulator import virtual_loop
-from simulator.hal_sim import SimHAL
 from firmware.store import Store
 from protocol import messages as m
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,10 @@ class AppNode:
         # the value is the app's to keep in range; the time stamp is the runtime's (it leaves
         # out a clock gone wrong, as firmware/runtime.py does)
         t = self.hal.time()
-        m.encode(m.EVENT, {0: code, 1: severity, 2: value, 3: t if t is not None and 0 < t <= 0xFFFFFFFF else 0,
-                           4: active, 5: zone})
+        m.encode(
+            m.EVENT,
+            {0: code, 1: severity, 2: value, 3: t if t is not None and 0 < t <= 0xFFFFFFFF else 0, 4: active, 5: zone},
+        )
         self.events.append(Event(self.hal.ticks_ms(), code, severity, value, active, zone))
 
     def time(self) -> int | None:

@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient
-from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
@@ -54,8 +54,13 @@ def _load_fake() -> Any:
 
 aioble_fake = _load_fake()
 
-PROPS = ((0x0002, "read"), (0x0004, "write-without-response"), (0x0008, "write"), (0x0010, "notify"),
-         (0x0020, "indicate"))
+PROPS = (
+    (0x0002, "read"),
+    (0x0004, "write-without-response"),
+    (0x0008, "write"),
+    (0x0010, "notify"),
+    (0x0020, "indicate"),
+)
 
 
 def _uuid128(le: bytes) -> str:
@@ -65,19 +70,24 @@ def _uuid128(le: bytes) -> str:
 
 def parse_ad(*payloads: bytes) -> dict[str, Any]:
     """AD structures of advertising data + scan response, merged as an OS stack reports them."""
-    out: dict[str, Any] = {"local_name": None, "manufacturer_data": {}, "service_data": {}, "service_uuids": [],
-                           "tx_power": None}
+    out: dict[str, Any] = {
+        "local_name": None,
+        "manufacturer_data": {},
+        "service_data": {},
+        "service_uuids": [],
+        "tx_power": None,
+    }
     for p in payloads:
         i = 0
         while i < len(p):
             n = p[i]
             if n == 0 or i + 1 + n > len(p):
                 break  # padding, or a truncated structure: the rest is not trusted
-            t, v = p[i + 1], bytes(p[i + 2:i + 1 + n])
+            t, v = p[i + 1], bytes(p[i + 2 : i + 1 + n])
             i += 1 + n
             if t in (0x06, 0x07):
                 for j in range(0, len(v) - 15, 16):
-                    u = _uuid128(v[j:j + 16])
+                    u = _uuid128(v[j : j + 16])
                     if u not in out["service_uuids"]:
                         out["service_uuids"].append(u)
             elif t in (0x08, 0x09):
@@ -94,7 +104,7 @@ def parse_ad(*payloads: bytes) -> dict[str, Any]:
 class Device:
     """One node's radio in the air."""
 
-    def __init__(self, air: "Air", stack: Any, rssi: int, mtu: int) -> None:
+    def __init__(self, air: Air, stack: Any, rssi: int, mtu: int) -> None:
         self.air = air
         self.stack = stack
         self.address = stack.address
@@ -139,8 +149,7 @@ class Air:
 
 
 class SimScanner(BaseBleakScanner):
-    def __init__(self, air: Air, detection_callback, service_uuids, scanning_mode: str = "active",
-                 **kw: Any) -> None:
+    def __init__(self, air: Air, detection_callback, service_uuids, scanning_mode: str = "active", **kw: Any) -> None:
         super().__init__(detection_callback, service_uuids)
         self.air = air
         self._task: asyncio.Task[None] | None = None
@@ -167,9 +176,15 @@ class SimScanner(BaseBleakScanner):
 
     def heard(self, d: Device, adv_data: bytes, resp_data: bytes) -> None:
         f = parse_ad(adv_data, resp_data)
-        adv = AdvertisementData(local_name=f["local_name"], manufacturer_data=f["manufacturer_data"],
-                                service_data=f["service_data"], service_uuids=f["service_uuids"],
-                                tx_power=f["tx_power"], rssi=d.rssi, platform_data=())
+        adv = AdvertisementData(
+            local_name=f["local_name"],
+            manufacturer_data=f["manufacturer_data"],
+            service_data=f["service_data"],
+            service_uuids=f["service_uuids"],
+            tx_power=f["tx_power"],
+            rssi=d.rssi,
+            platform_data=(),
+        )
         if not self.is_allowed_uuid(adv.service_uuids):
             return
         device = self.create_or_update_device(d.address, d.address, f["local_name"], d, adv)
@@ -178,8 +193,11 @@ class SimScanner(BaseBleakScanner):
 
 class SimClient(BaseBleakClient):
     def __init__(self, air: Air, address_or_ble_device, **kw: Any) -> None:
-        super().__init__(address_or_ble_device, disconnected_callback=kw.pop("disconnected_callback", None),
-                         timeout=kw.pop("timeout", 10.0))
+        super().__init__(
+            address_or_ble_device,
+            disconnected_callback=kw.pop("disconnected_callback", None),
+            timeout=kw.pop("timeout", 10.0),
+        )
         self.air = air
         self.device: Device | None = None
         self.conn: Any = None
@@ -195,7 +213,7 @@ class SimClient(BaseBleakClient):
             raise BleakDeviceNotFoundError(self.address, f"Device with address {self.address} was not found.")
         if not d.in_reach or d.stack.advertising is None:
             await asyncio.sleep(self._timeout)  # the OS keeps trying until the timeout
-            raise asyncio.TimeoutError
+            raise TimeoutError
         await asyncio.sleep(0)
         stack = d.stack
         self.conn = stack.connect("AA:BB:CC:DD:EE:FF", mtu=None if d.mtu == 23 else d.mtu)
@@ -211,8 +229,9 @@ class SimClient(BaseBleakClient):
             services.add_service(s)
             for handle, c in chars:
                 props: Any = [name for bit, name in PROPS if c.flags & bit]
-                services.add_characteristic(BleakGATTCharacteristic(c, handle, c.uuid.s, props,
-                                                                    lambda: self.mtu_size - 3, s))
+                services.add_characteristic(
+                    BleakGATTCharacteristic(c, handle, c.uuid.s, props, lambda: self.mtu_size - 3, s)
+                )
             h = max((hh for hh, _ in chars), default=h) + 2
         self.services = services
 

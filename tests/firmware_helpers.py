@@ -14,20 +14,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware import config
-from simulator.hal_sim import SimHAL
 from firmware.radio import MemoryRadio
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
 from protocol.keys import NodeKeys
+from simulator.hal_sim import SimHAL
 
 ROOT_KEY = bytes(range(16))
 NODE_ID = 0x00A1B2C3
 
 
 def make_cfg(kind: str = "lighting", **over: Any) -> dict:
-    d = {"node_id": NODE_ID, "kind": kind, "root_key": ROOT_KEY.hex(), "report_interval_s": 60,
-         "status_interval_s": 600}
+    d = {
+        "node_id": NODE_ID,
+        "kind": kind,
+        "root_key": ROOT_KEY.hex(),
+        "report_interval_s": 60,
+        "status_interval_s": 600,
+    }
     d.update(over)
     return config.load(json.dumps(d).encode())
 

@@ -45,6 +45,7 @@ def _load():
     path = os.environ.get("LUMEAU_FASTADMIT")
     if not path:
         from gateway import _fastadmit
+
         return _fastadmit
     loader = importlib.machinery.ExtensionFileLoader("gateway._fastadmit", path)
     spec = importlib.util.spec_from_file_location("gateway._fastadmit", path, loader=loader)
@@ -95,10 +96,15 @@ def one(data: bytes) -> None:
 def seed(directory: str) -> None:
     """Valid bodies of every uplink type, as nodes send them."""
     from gateway_helpers import IRRIGATION_BODY, LIGHT_BODY
-    samples = {m.LIGHT: LIGHT_BODY, m.IRRIGATION: IRRIGATION_BODY, m.HELLO: {0: "1.4.2", 1: 1, 2: 7, 3: b"abcd", 4: 2},
-               m.EVENT: {0: 10, 1: 2, 2: -1234, 3: 1_700_000_000, 4: 1, 5: 2},
-               m.STATUS: {0: 86400, 1: 1_700_000_000, 2: -110, 3: -12, 4: 3300, 5: 31, 6: 4000, 7: 1, 8: 0},
-               m.CMD_ACK: {0: 77, 1: 0, 2: -5}}
+
+    samples = {
+        m.LIGHT: LIGHT_BODY,
+        m.IRRIGATION: IRRIGATION_BODY,
+        m.HELLO: {0: "1.4.2", 1: 1, 2: 7, 3: b"abcd", 4: 2},
+        m.EVENT: {0: 10, 1: 2, 2: -1234, 3: 1_700_000_000, 4: 1, 5: 2},
+        m.STATUS: {0: 86400, 1: 1_700_000_000, 2: -110, 3: -12, 4: 3300, 5: 31, 6: 4000, 7: 1, 8: 0},
+        m.CMD_ACK: {0: 77, 1: 0, 2: -5},
+    }
     os.makedirs(directory, exist_ok=True)
     for mtype, body in samples.items():
         with open(os.path.join(directory, f"type{mtype}"), "wb") as f:
@@ -110,6 +116,7 @@ def mutate_loop(seconds: float, rnd_seed: int = 1) -> int:
     coverage does not work with a preloaded libasan). Returns the number of inputs run."""
     import random
     import time
+
     rnd = random.Random(rnd_seed)
     seeds = []
     seed("/tmp/lumeau-fuzz-seeds")
@@ -126,7 +133,7 @@ def mutate_loop(seconds: float, rnd_seed: int = 1) -> int:
             elif op == 1 and len(b) > 6:
                 b[rnd.randrange(6, len(b))] ^= 1 << rnd.randrange(8)
             elif op == 2:
-                del b[rnd.randrange(6, len(b) + 1):]
+                del b[rnd.randrange(6, len(b) + 1) :]
             elif op == 3:
                 i = rnd.randrange(6, len(b) + 1)
                 b[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 9)))

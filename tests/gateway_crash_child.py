@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_helpers import reception, seal  # noqa: E402
+from gateway_helpers import reception, seal
 
-from gateway.pipeline import Pipeline  # noqa: E402
-from gateway.registry import Registry  # noqa: E402
-from gateway.store import Store  # noqa: E402
+from gateway.pipeline import Pipeline
+from gateway.registry import Registry
+from gateway.store import Store
 
 BATCH = 16
 

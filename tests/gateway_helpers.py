@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from waiting import wait_for_sync
+
 from gateway.model import Reception, Record
 from gateway.registry import NodeEntry, Registry
 from protocol import expand, frame, keys
 from protocol import messages as m
 from protocol.messages import is_alarm
-from waiting import wait_for_sync
 
 
 def root_key(node_id: int) -> bytes:
@@ -44,20 +45,46 @@ def seal(node_id: int, counter: int, mtype: int = m.LIGHT, body: dict | None = N
     return frame.seal(node_keys(node_id), mtype, counter, m.encode(mtype, body), encrypt=encrypt)
 
 
-def reception(raw: bytes, gateway_id: str = "test:1", rssi: float | None = -90.0, snr: float | None = 7.5,
-              transport: str = "inproc", path: Any = None, rx_time: float | None = None) -> Reception:
-    return Reception(raw=raw, transport=transport, gateway_id=gateway_id,
-                     rx_time=time.time() if rx_time is None else rx_time, rssi=rssi, snr=snr, path=path)
+def reception(
+    raw: bytes,
+    gateway_id: str = "test:1",
+    rssi: float | None = -90.0,
+    snr: float | None = 7.5,
+    transport: str = "inproc",
+    path: Any = None,
+    rx_time: float | None = None,
+) -> Reception:
+    return Reception(
+        raw=raw,
+        transport=transport,
+        gateway_id=gateway_id,
+        rx_time=time.time() if rx_time is None else rx_time,
+        rssi=rssi,
+        snr=snr,
+        path=path,
+    )
 
 
 def record(node_id: int, counter: int, mtype: int = m.LIGHT, body: dict | None = None) -> Record:
     if body is None:
-        body = dict(LIGHT_BODY) if mtype == m.LIGHT else (
-            IRRIGATION_BODY if mtype == m.IRRIGATION else {0: m.EV_LEAK, 1: m.SEV_ALARM, 4: 1})
+        body = (
+            dict(LIGHT_BODY)
+            if mtype == m.LIGHT
+            else (IRRIGATION_BODY if mtype == m.IRRIGATION else {0: m.EV_LEAK, 1: m.SEV_ALARM, 4: 1})
+        )
     body = m.validate(mtype, body)
-    return Record(node_id=node_id, counter=counter, mtype=mtype, kind=expand.TYPE_NAMES[mtype], rx_time=time.time(),
-                  body=body, fields=expand.expand(mtype, body), best_rssi=-90.0, gateway_id="test:1",
-                  alarm=is_alarm(mtype, body))
+    return Record(
+        node_id=node_id,
+        counter=counter,
+        mtype=mtype,
+        kind=expand.TYPE_NAMES[mtype],
+        rx_time=time.time(),
+        body=body,
+        fields=expand.expand(mtype, body),
+        best_rssi=-90.0,
+        gateway_id="test:1",
+        alarm=is_alarm(mtype, body),
+    )
 
 
 def alarm_record(node_id: int, counter: int) -> Record:
@@ -70,15 +97,35 @@ def event_record(node_id: int, counter: int) -> Record:
 
 # ---------------------------------------------------------------- a real `lumeau gateway` process
 
-def push_data(raw_frames: list[bytes], eui: bytes = bytes.fromhex("0102030405060708"), token: int = 1,
-              rssi: float = -80.0, tmst: int = 1_000_000) -> bytes:
+
+def push_data(
+    raw_frames: list[bytes],
+    eui: bytes = bytes.fromhex("0102030405060708"),
+    token: int = 1,
+    rssi: float = -80.0,
+    tmst: int = 1_000_000,
+) -> bytes:
     """A Semtech PUSH_DATA datagram (protocol v2) carrying `raw_frames` as rxpk."""
     import base64
     import json
 
-    rxpk = [{"tmst": tmst + i, "chan": 0, "rfch": 0, "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF7BW125",
-             "codr": "4/5", "rssi": rssi, "lsnr": 7.5, "size": len(r), "data": base64.b64encode(r).decode()}
-            for i, r in enumerate(raw_frames)]
+    rxpk = [
+        {
+            "tmst": tmst + i,
+            "chan": 0,
+            "rfch": 0,
+            "freq": 868.1,
+            "stat": 1,
+            "modu": "LORA",
+            "datr": "SF7BW125",
+            "codr": "4/5",
+            "rssi": rssi,
+            "lsnr": 7.5,
+            "size": len(r),
+            "data": base64.b64encode(r).decode(),
+        }
+        for i, r in enumerate(raw_frames)
+    ]
     return bytes((2, token >> 8, token & 0xFF, 0)) + eui + json.dumps({"rxpk": rxpk}).encode()
 
 
@@ -101,10 +148,15 @@ class GatewayProcess:
         import threading
 
         self.lines = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "lumeau", "gateway", "--config", str(self.config)],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lumeau", "gateway", "--config", str(self.config)],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
         def started() -> dict | None:
             for doc in list(self.lines):
                 if doc.get("msg") == "gateway started":
@@ -113,6 +165,7 @@ class GatewayProcess:
                 self._reader.join(5)
                 raise AssertionError(f"gateway exited ({self.proc.returncode}): {self.lines[-3:]}")
             return None
+
         return wait_for_sync(started, timeout, what="the gateway's start", interval=0.02)
 
     def _read(self) -> None:

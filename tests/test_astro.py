@@ -100,8 +100,12 @@ def test_tromso_midnight_sun_and_polar_night():
     for d in date_range(datetime.date(2024, 12, 1), datetime.date(2025, 1, 11)):
         assert astro.sun_times(lat, lon, d.year, d.month, d.day) == (None, None), d
         assert not astro.polar_day(lat, lon, astro.days_from_civil(d.year, d.month, d.day)), d
-    for d in (datetime.date(2024, 5, 14), datetime.date(2024, 7, 28), datetime.date(2024, 11, 21),
-              datetime.date(2025, 1, 21)):
+    for d in (
+        datetime.date(2024, 5, 14),
+        datetime.date(2024, 7, 28),
+        datetime.date(2024, 11, 21),
+        datetime.date(2025, 1, 21),
+    ):
         rise, sset = astro.sun_times(lat, lon, d.year, d.month, d.day)
         assert rise is not None and sset is not None and rise < sset, d
 
@@ -193,8 +197,12 @@ def test_events_fall_in_their_local_mean_day_in_order(lat, lon, day):
 def test_days_from_civil_matches_the_gregorian_calendar():
     epoch = datetime.date(1970, 1, 1).toordinal()
     for d in list(date_range(datetime.date(1999, 12, 25), datetime.date(2001, 3, 5))) + [
-        datetime.date(1600, 2, 29), datetime.date(1900, 3, 1), datetime.date(2100, 2, 28),
-        datetime.date(2100, 3, 1), datetime.date(2400, 2, 29), datetime.date(1, 1, 1),
+        datetime.date(1600, 2, 29),
+        datetime.date(1900, 3, 1),
+        datetime.date(2100, 2, 28),
+        datetime.date(2100, 3, 1),
+        datetime.date(2400, 2, 29),
+        datetime.date(1, 1, 1),
     ]:
         assert astro.days_from_civil(d.year, d.month, d.day) == d.toordinal() - epoch, d
 
@@ -244,8 +252,11 @@ def _binary(fn):
 
 
 for _name, _fn in {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "truediv": lambda a, b: a / b, "mod": lambda a, b: a % b,
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "truediv": lambda a, b: a / b,
+    "mod": lambda a, b: a % b,
 }.items():
     setattr(F32, f"__{_name}__", _binary(_fn))
     setattr(F32, f"__r{_name}__", _binary(lambda a, b, fn=_fn: fn(b, a)))
@@ -281,7 +292,7 @@ def test_float32_grid_within_tolerance():
     worst = [0.0]
     for lat in range(-85, 86, 5):
         for lon in (-179.5, -75.0, 0.0, 18.96, 151.2):
-            for (y, m, d) in ((2001, 1, 5), (2026, 3, 20), (2051, 6, 21), (2077, 9, 23), (2099, 12, 21)):
+            for y, m, d in ((2001, 1, 5), (2026, 3, 20), (2051, 6, 21), (2077, 9, 23), (2099, 12, 21)):
                 check_against_reference(sun_times_f32, float(lat), lon, y, m, d, worst)
     assert worst[0] < TOLERANCE_S
     print(f"float32 worst error on the grid: {worst[0]:.1f} s")

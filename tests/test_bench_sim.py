@@ -14,8 +14,25 @@ from simulator import scenario as sc_mod
 
 
 def test_sim_bench_prints_its_figures():
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "sim.py"), "--json", "--nodes", "40", "--hours", "0.5",
-                          "--baseline-hours", "0.2", "--workers", "2"], capture_output=True, text=True, timeout=180, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sim.py"),
+            "--json",
+            "--nodes",
+            "40",
+            "--hours",
+            "0.5",
+            "--baseline-hours",
+            "0.2",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
     r = json.loads(out)
     assert r["bench"] == "sim" and 30 <= r["nodes"] <= 50 and r["nodes"] == r["lamps"] + r["controllers"]
     node_s = r["nodes"] * r["simulated_hours"] * 3600
@@ -25,7 +42,7 @@ def test_sim_bench_prints_its_figures():
     assert abs(r["vs_bare"] - cpu_rate / r["bare_wakeups_node_seconds_per_cpu_s"]) < 0.002
     assert abs(r["steps_share"] - cpu_rate / r["steps_node_seconds_per_cpu_s"]) < 0.002
     scale = 1000 / r["nodes"] * 24 / r["simulated_hours"]
-    assert abs(r["cpu_s_per_1000_nodes_24h"] - r["cpu_s"] * scale) <= 0.0005 * scale + 0.05   # cpu_s rounded to 1 ms
+    assert abs(r["cpu_s_per_1000_nodes_24h"] - r["cpu_s"] * scale) <= 0.0005 * scale + 0.05  # cpu_s rounded to 1 ms
     assert r["meets_bar"] == (r["wall_s_per_1000_nodes_24h"] <= r["bar_s"])
     assert r["uplinks"] > 0 and 0.9 <= r["delivery_ratio"] <= 1.0
     # the same run in this process: the bench measured the run it says it did

@@ -13,8 +13,13 @@ from conftest import ROOT
 
 def test_transports_bench_prints_its_figures():
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "transports.py"), "--json", "--frames", "400",
-                          "--nodes", "40"], capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "transports.py"), "--json", "--frames", "400", "--nodes", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     wall = time.monotonic() - t0
     r = json.loads(out)
     assert r["frames"] == 400
@@ -24,6 +29,7 @@ def test_transports_bench_prints_its_figures():
         assert r[f"{how}_frames_per_s"] >= 400 / wall
     for how in ("udp", "serial"):  # each ratio is derived from the two rates it reports (both rounded)
         # relative: under load a rate of a few hundred frames/s, rounded, moves a large ratio by more than 0.02
-        assert r[f"{how}_cost_ratio"] == pytest.approx(r["direct_frames_per_s"] / r[f"{how}_frames_per_s"],
-                                                       rel=0.01, abs=0.01)
+        assert r[f"{how}_cost_ratio"] == pytest.approx(
+            r["direct_frames_per_s"] / r[f"{how}_frames_per_s"], rel=0.01, abs=0.01
+        )
     assert r["udp_overload_dropped"] == 0

@@ -16,27 +16,26 @@ import io
 import json
 import os
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from ble_sim import Air, aioble_fake, parse_ad
 from conftest import ROOT
+from firmware_helpers import MiniGateway
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_lighting import CFG as LIGHT_CFG
+from test_lighting import MIDNIGHT, Lamp
+
 from firmware import ble as node_ble
 from firmware import config as fwconfig
 from firmware import main as board_main
-from simulator import virtual_loop
-from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
 from firmware.radio import memory_link
 from firmware.runtime import Node
 from firmware.store import Store
-from firmware_helpers import MiniGateway
 from lumeau import ble_tools
 from lumeau.cli import build_parser
 from lumeau.cli import main as cli_main
@@ -47,8 +46,8 @@ from protocol import frame as fr
 from protocol import messages as m
 from protocol import serial as framing
 from protocol.keys import NodeKeys
-from test_lighting import CFG as LIGHT_CFG
-from test_lighting import MIDNIGHT, Lamp
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 
 KEY = bytes(range(16))
 OTHER_KEY = bytes(range(16, 32))
@@ -64,15 +63,27 @@ class Site:
         self.air = Air()
         self.tasks: list[asyncio.Task] = []
 
-    def node(self, kind: str = "lighting", node_id: int = 0x00A1B2C3, address: str = "C0:FF:EE:00:00:01",
-             rssi: int = -60, mtu: int = 23, ble: dict | None = None, key: bytes = KEY,
-             storage: dict | None = None, time_known: bool = True) -> "NodeUnderTest":
+    def node(
+        self,
+        kind: str = "lighting",
+        node_id: int = 0x00A1B2C3,
+        address: str = "C0:FF:EE:00:00:01",
+        rssi: int = -60,
+        mtu: int = 23,
+        ble: dict | None = None,
+        key: bytes = KEY,
+        storage: dict | None = None,
+        time_known: bool = True,
+    ) -> NodeUnderTest:
         return NodeUnderTest(self, kind, node_id, address, rssi, mtu, ble, key, storage, time_known)
 
     async def cli(self, *argv: str) -> tuple[int, str, str]:
         args = build_parser().parse_args(["node", *argv])
-        core = {"scan": node_cmd.scan_command, "check": node_cmd.check_command,
-                "configure": node_cmd.configure_command}[args.node_command]
+        core = {
+            "scan": node_cmd.scan_command,
+            "check": node_cmd.check_command,
+            "configure": node_cmd.configure_command,
+        }[args.node_command]
         out, err = io.StringIO(), io.StringIO()
         code = await core(args, out, err, self.air.backends)
         return code, out.getvalue(), err.getvalue()
@@ -83,12 +94,27 @@ class Site:
 
 
 class NodeUnderTest:
-    def __init__(self, site: Site, kind: str, node_id: int, address: str, rssi: int, mtu: int,
-                 ble: dict | None, key: bytes, storage: dict | None, time_known: bool) -> None:
+    def __init__(
+        self,
+        site: Site,
+        kind: str,
+        node_id: int,
+        address: str,
+        rssi: int,
+        mtu: int,
+        ble: dict | None,
+        key: bytes,
+        storage: dict | None,
+        time_known: bool,
+    ) -> None:
         self.site = site
         self.time_known = time_known
-        doc: dict[str, Any] = {"node_id": node_id, "kind": kind, "root_key": key.hex(),
-                               "ble": {"enabled": True, **(ble or {})}}
+        doc: dict[str, Any] = {
+            "node_id": node_id,
+            "kind": kind,
+            "root_key": key.hex(),
+            "ble": {"enabled": True, **(ble or {})},
+        }
         if kind == "lighting":
             doc.update(LIGHT_CFG)
         else:
@@ -110,8 +136,9 @@ class NodeUnderTest:
         if self.cfg["kind"] == "lighting":
             self.lamp = Lamp(self.hal)
         radio, gw_radio = memory_link(self.hal, self.gw_hal)
-        self.gw = MiniGateway(self.gw_hal, gw_radio, keys=NodeKeys(self.cfg["node_id"], bytes.fromhex(
-            self.doc["root_key"])))
+        self.gw = MiniGateway(
+            self.gw_hal, gw_radio, keys=NodeKeys(self.cfg["node_id"], bytes.fromhex(self.doc["root_key"]))
+        )
         app = Lighting if self.cfg["kind"] == "lighting" else Irrigation
         self.node = Node(self.cfg, self.hal, radio, app, hello_jitter_ms=0)
         self.ble = node_ble.Commissioning(self.node, self.stack.aioble(), aioble_fake.UUID, self.cfg["ble"])
@@ -182,9 +209,17 @@ def test_scan_lists_nodes_in_reach_with_id_kind_state_and_signal(tmp_path):
     assert set(nodes) == {"00a1b2c3", "00b00001"}
     lamp_json = dict(nodes["00a1b2c3"])
     assert 0 <= lamp_json.pop("output") <= 100 and lamp_json.pop("output_text").startswith("level ")
-    assert lamp_json == {"address": "C0:FF:EE:00:00:01", "node": "00a1b2c3", "kind": "lighting", "state": "alarm",
-                         "open_alarms": 1, "firmware": "0.1.0", "clock_set": True, "configurable": True,
-                         "rssi": -71}
+    assert lamp_json == {
+        "address": "C0:FF:EE:00:00:01",
+        "node": "00a1b2c3",
+        "kind": "lighting",
+        "state": "alarm",
+        "open_alarms": 1,
+        "firmware": "0.1.0",
+        "clock_set": True,
+        "configurable": True,
+        "rssi": -71,
+    }
 
 
 def test_scan_tells_fail_safe_nodes_apart(tmp_path):
@@ -237,8 +272,9 @@ def test_the_advertisement_fits_legacy_advertising_and_matches_the_spec(tmp_path
     assert adv == unhex(ex["adv_data"])
     seen = ble_tools.parse_service_data("x", unhex(ex["service_data"]), -60)
     assert (seen.node_id, seen.kind, seen.state, seen.output, seen.firmware) == (0x00A1B2C3, 1, 0, 100, "0.1.0")
-    assert unhex(ex["scan_response"]) == bytes((len(sd) + 17, 0x21)) + bytes(reversed(unhex(
-        pb.SERVICE_UUID.replace("-", "")))) + unhex(ex["service_data"])
+    assert unhex(ex["scan_response"]) == bytes((len(sd) + 17, 0x21)) + bytes(
+        reversed(unhex(pb.SERVICE_UUID.replace("-", "")))
+    ) + unhex(ex["service_data"])
 
 
 def spec_examples(kind: str) -> list[dict[str, str]]:
@@ -275,8 +311,12 @@ def test_check_shows_live_status_and_the_last_alarms(tmp_path):
     assert out.startswith("node 00a1b2c3 (lighting) at C0:FF:EE:00:00:01, RSSI -66 dBm, firmware 0.1.0\n")
     assert "state       alarm, 1 open alarm\n" in out
     assert re.search(r"^light\s+level \d+ %, power [\d.]+ W, energy \d+ Wh, state on\+lamp_failure", out, re.M)
-    assert re.search(r"^alarms      last 1 since boot, oldest first:\n  20\d\d-\d\d-\d\d [\d:]+ UTC  lamp_failure\s+"
-                     r"alarm\s+raised\s+value \d+$", out, re.M)
+    assert re.search(
+        r"^alarms      last 1 since boot, oldest first:\n  20\d\d-\d\d-\d\d [\d:]+ UTC  lamp_failure\s+"
+        r"alarm\s+raised\s+value \d+$",
+        out,
+        re.M,
+    )
     st = doc["status"]
     assert doc["advertised"]["node"] == st["node"] == "00a1b2c3"
     assert st["state"] == "alarm" and st["report_type"] == "light"
@@ -310,8 +350,9 @@ def test_check_of_a_node_out_of_reach_fails_clearly(tmp_path):
 
     code, out, err = scenario(body, tmp_path)
     assert code == 1 and out == ""
-    assert err == ("lumeau node check: no Lumeau node with address C0:FF:EE:00:00:77 in reach (scanned 3 s) "
-                   "[not_found]\n")
+    assert err == (
+        "lumeau node check: no Lumeau node with address C0:FF:EE:00:00:77 in reach (scanned 3 s) [not_found]\n"
+    )
 
 
 def test_check_of_a_node_that_answers_garbage_is_a_protocol_error(tmp_path):
@@ -332,22 +373,32 @@ def test_configure_applies_settings_confirmed_by_the_node_and_they_survive_a_reb
     async def body(site: Site):
         n = site.node("lighting")
         await settle(2)
-        code, out, err = await site.cli("configure", "C0:FF:EE:00:00:01", "report_interval=600",
-                                        "lamp_power=90", "confirm_alarms=off", "--config", str(n.config_path))
+        code, out, err = await site.cli(
+            "configure",
+            "C0:FF:EE:00:00:01",
+            "report_interval=600",
+            "lamp_power=90",
+            "confirm_alarms=off",
+            "--config",
+            str(n.config_path),
+        )
         applied = (n.node.report_s, n.node.app._power_w, n.node.confirm_alarms, n.node.store.tool_window.top)
         n.power_off()
         await settle(1)
         n.boot()
         await settle(2)
         after = (n.node.report_s, n.node.app._power_w, n.node.confirm_alarms, n.node.store.tool_window.top)
-        code2, out2, err2 = await site.cli("configure", "00a1b2c3", "status_interval=3600",
-                                           "--config", str(n.config_path))
+        code2, out2, err2 = await site.cli(
+            "configure", "00a1b2c3", "status_interval=3600", "--config", str(n.config_path)
+        )
         return code, out, err, applied, after, code2, out2, n.node.status_s, n.node.store.tool_window.top
 
     code, out, err, applied, after, code2, out2, status_s, top = scenario(body, tmp_path)
     assert (code, err) == (0, "")
-    assert out == ("node 00a1b2c3: applied report_interval=600 lamp_power=90 confirm_alarms=0 "
-                   "(confirmed by the node, signed with its key)\n")
+    assert out == (
+        "node 00a1b2c3: applied report_interval=600 lamp_power=90 confirm_alarms=0 "
+        "(confirmed by the node, signed with its key)\n"
+    )
     assert applied == (600, 90, False, fr.TOOL_COUNTER_BASE)
     assert after == applied  # persisted on the node's flash, window included
     assert code2 == 0 and "applied status_interval=3600" in out2 and status_s == 3600
@@ -406,8 +457,12 @@ def test_tool_and_gateway_counters_never_get_in_each_others_way(tmp_path):
         gw.pending.append((m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 2400}}))
         await settle(130)
         # a recorded tool frame replayed over the air is a replay for the tool window
-        replay = fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE,
-                         m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 86400}}))
+        replay = fr.seal(
+            NodeKeys(0x00A1B2C3, KEY),
+            m.CONFIG,
+            fr.TOOL_COUNTER_BASE,
+            m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 86400}}),
+        )
         gw.raw_pending.append(replay)
         await settle(130)
         gw.pending.append((m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 3000}}))
@@ -426,8 +481,12 @@ def test_two_tools_racing_for_a_counter_one_retries_above_the_nodes_top(tmp_path
         n = site.node("lighting")
         await settle(2)
         # another technician's tool took the next counter a moment ago
-        other = fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE,
-                        m.encode(m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 900}}))
+        other = fr.seal(
+            NodeKeys(0x00A1B2C3, KEY),
+            m.CONFIG,
+            fr.TOOL_COUNTER_BASE,
+            m.encode(m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 900}}),
+        )
         real_status = n.ble.status_value
         stale = real_status()  # ...after this tool read the status
 
@@ -446,17 +505,23 @@ def test_two_tools_racing_for_a_counter_one_retries_above_the_nodes_top(tmp_path
     assert node.store.tool_window.top == fr.TOOL_COUNTER_BASE + 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["brightness=5"], "unknown setting 'brightness' (known: report_interval, status_interval, tx_power, sf, "
-                       "lamp_power, max_run, confirm_alarms, clock)"),
-    (["clock=12:00"], "clock: only clock=now (this computer's clock, UTC)"),
-    (["report_interval=5"], "report_interval=5: out of range 30..86400 s"),
-    (["tx_power=20"], "tx_power=20: out of range 2..14 dBm"),
-    (["sf=abc"], "sf=abc: not an integer"),
-    (["report_interval"], "'report_interval': expected key=value"),
-    (["sf=9", "sf=10"], "sf given twice"),
-    (["max_run=30"], "max_run is a irrigation setting; this node is a lighting node"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["brightness=5"],
+            "unknown setting 'brightness' (known: report_interval, status_interval, tx_power, sf, "
+            "lamp_power, max_run, confirm_alarms, clock)",
+        ),
+        (["clock=12:00"], "clock: only clock=now (this computer's clock, UTC)"),
+        (["report_interval=5"], "report_interval=5: out of range 30..86400 s"),
+        (["tx_power=20"], "tx_power=20: out of range 2..14 dBm"),
+        (["sf=abc"], "sf=abc: not an integer"),
+        (["report_interval"], "'report_interval': expected key=value"),
+        (["sf=9", "sf=10"], "sf given twice"),
+        (["max_run=30"], "max_run is a irrigation setting; this node is a lighting node"),
+    ],
+)
 def test_bad_settings_are_refused_before_anything_is_sent(tmp_path, argv, message):
     async def body(site: Site):
         n = site.node("lighting")
@@ -556,8 +621,9 @@ def test_configure_refused_when_the_nodes_config_says_no(tmp_path):
         await settle(2)
         r = await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path))
         # a tool that does not look at the advertisement is refused by the node itself
-        direct = n.ble.handle(fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE,
-                                      m.encode(m.CONFIG, {0: {m.CFG_SF: 10}})))
+        direct = n.ble.handle(
+            fr.seal(NodeKeys(0x00A1B2C3, KEY), m.CONFIG, fr.TOOL_COUNTER_BASE, m.encode(m.CONFIG, {0: {m.CFG_SF: 10}}))
+        )
         c2, out2, _ = await site.cli("check", "00a1b2c3")
         return r, direct, n.settings, c2
 
@@ -583,8 +649,9 @@ def test_a_forged_answer_is_not_taken_for_the_nodes_word():
 # -- the node's side -----------------------------------------------------------------------------------
 
 
-def config_frame(counter: int, settings: dict[int, int], key: bytes = KEY, node_id: int = 0x00A1B2C3,
-                 mtype: int = m.CONFIG) -> bytes:
+def config_frame(
+    counter: int, settings: dict[int, int], key: bytes = KEY, node_id: int = 0x00A1B2C3, mtype: int = m.CONFIG
+) -> bytes:
     body = m.encode(m.CONFIG, {0: settings}) if mtype == m.CONFIG else m.encode(mtype, {0: 1, 1: m.OP_REBOOT})
     return fr.seal(NodeKeys(node_id, key), mtype, counter, body)
 
@@ -612,10 +679,15 @@ def test_the_node_refuses_each_kind_of_bad_frame_with_its_reason(tmp_path):
     reasons = {k: (v[1], int.from_bytes(v[2:6], "big")) for k, v in out.items() if v[0] == pb.REFUSED}
     base = fr.TOOL_COUNTER_BASE
     assert reasons == {
-        "garbage": (pb.R_MALFORMED, base - 1), "uplink": (pb.R_MALFORMED, base - 1),
-        "other node": (pb.R_WRONG_NODE, base - 1), "command": (pb.R_UNSUPPORTED, base - 1),
-        "gateway counter": (pb.R_COUNTER, base - 1), "bad mic": (pb.R_AUTH, base - 1),
-        "replay": (pb.R_REPLAY, base + 40), "stale": (pb.R_REPLAY, base + 40)}
+        "garbage": (pb.R_MALFORMED, base - 1),
+        "uplink": (pb.R_MALFORMED, base - 1),
+        "other node": (pb.R_WRONG_NODE, base - 1),
+        "command": (pb.R_UNSUPPORTED, base - 1),
+        "gateway counter": (pb.R_COUNTER, base - 1),
+        "bad mic": (pb.R_AUTH, base - 1),
+        "replay": (pb.R_REPLAY, base + 40),
+        "stale": (pb.R_REPLAY, base + 40),
+    }
     f, plain = fr.unseal(NodeKeys(0x00A1B2C3, KEY), out["ok"])
     ack = m.decode(m.CMD_ACK, plain)
     # tx_power 30 is beyond the node's limits: applied sf, said which key it refused
@@ -652,7 +724,7 @@ def test_an_idle_or_guessing_central_is_dropped_and_advertising_resumes(tmp_path
         for i in range(node_ble.REFUSALS_MAX):
             data = framing.encode(config_frame(fr.TOOL_COUNTER_BASE + i, {0: 60}, key=OTHER_KEY))
             for k in range(0, len(data), 20):
-                stack.write(h, data[k:k + 20])
+                stack.write(h, data[k : k + 20])
             await asyncio.sleep(0.01)
         await settle(3)
         return idle_dropped, readvertised, not conn.is_connected(), n.ble.connections, n.settings
@@ -690,11 +762,16 @@ def test_alarms_keep_the_last_eight_warnings_and_alarms(tmp_path):
 
 def test_ble_is_off_unless_the_config_enables_it(monkeypatch, tmp_path):
     base = {"node_id": 7, "kind": "lighting", "root_key": "00" * 16}
-    assert fwconfig.load(json.dumps(base).encode())["ble"] == {"enabled": False, "configure": True,
-                                                               "adv_interval_ms": 500}
-    for bad, why in [({"enabled": 1}, "ble.enabled: expected true or false"),
-                     ({"adv_interval_ms": 10}, "ble.adv_interval_ms: 10 out of range 20..10240"),
-                     ({"pin": 1234}, "ble.pin: unknown")]:
+    assert fwconfig.load(json.dumps(base).encode())["ble"] == {
+        "enabled": False,
+        "configure": True,
+        "adv_interval_ms": 500,
+    }
+    for bad, why in [
+        ({"enabled": 1}, "ble.enabled: expected true or false"),
+        ({"adv_interval_ms": 10}, "ble.adv_interval_ms: 10 out of range 20..10240"),
+        ({"pin": 1234}, "ble.pin: unknown"),
+    ]:
         with pytest.raises(fwconfig.ConfigError, match=re.escape(why)):
             fwconfig.load(json.dumps(dict(base, ble=bad)).encode())
 
@@ -707,12 +784,14 @@ def test_ble_is_off_unless_the_config_enables_it(monkeypatch, tmp_path):
     mach = fake_machine()
     mach.UART = UART
     monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr("firmware.hal_machine.MachineHAL.__init__.__defaults__",
-                        ("/state", None, None, FakeTime()), raising=False)
+    monkeypatch.setattr(
+        "firmware.hal_machine.MachineHAL.__init__.__defaults__", ("/state", None, None, FakeTime()), raising=False
+    )
     wired = {"radio": {"type": "uart"}}
     _, off = board_main.build(fwconfig.load(json.dumps(dict(base, **wired)).encode()), machine=mach)
-    _, on = board_main.build(fwconfig.load(json.dumps(dict(base, ble={"enabled": True}, **wired)).encode()),
-                             machine=mach)
+    _, on = board_main.build(
+        fwconfig.load(json.dumps(dict(base, ble={"enabled": True}, **wired)).encode()), machine=mach
+    )
     assert off.cr_code.co_name == "run" and on.cr_code.co_name == "with_ble"
     off.close()
     on.close()
@@ -763,6 +842,7 @@ def test_the_tool_window_is_persisted_and_old_records_still_load():
     s3.open()
     assert (s3.window.top, s3.tool_window.top, s3.faults) == (9, fr.TOOL_COUNTER_BASE - 1, 0)
     from firmware import store as st_mod
+
     hal.storage["dl"] = st_mod._seal(b"\x00" * 6)  # a length neither format has
     s4 = Store(hal)
     s4.open()
@@ -778,8 +858,11 @@ def lone_node():
 
     hal = SimHAL(StepClock(), time_known=True)
     radio, _ = memory_link(hal, SimHAL(StepClock()))
-    cfg = fwconfig.load(json.dumps({"node_id": 0x00A1B2C3, "kind": "lighting", "root_key": KEY.hex(),
-                                    "ble": {"enabled": True}}).encode())
+    cfg = fwconfig.load(
+        json.dumps(
+            {"node_id": 0x00A1B2C3, "kind": "lighting", "root_key": KEY.hex(), "ble": {"enabled": True}}
+        ).encode()
+    )
     node = Node(cfg, hal, radio, Lighting)
     node._build_app()
     node.store.open()
@@ -789,9 +872,13 @@ def lone_node():
 
 frames = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda c, mt, body, enc: fr.seal(NodeKeys(0x00A1B2C3, OTHER_KEY), mt, c, body, enc),
-              st.integers(0, fr.MAX_COUNTER), st.sampled_from([m.CONFIG, m.COMMAND, m.TIME, m.STATUS]),
-              st.binary(min_size=1, max_size=60), st.booleans()),
+    st.builds(
+        lambda c, mt, body, enc: fr.seal(NodeKeys(0x00A1B2C3, OTHER_KEY), mt, c, body, enc),
+        st.integers(0, fr.MAX_COUNTER),
+        st.sampled_from([m.CONFIG, m.COMMAND, m.TIME, m.STATUS]),
+        st.binary(min_size=1, max_size=60),
+        st.booleans(),
+    ),
 )
 
 
@@ -806,10 +893,16 @@ def test_fuzz_the_node_answers_anything_written_with_a_refusal(lone_node, raw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.one_of(st.binary(max_size=200), st.recursive(
-    st.one_of(st.integers(-2**40, 2**40), st.text(max_size=8), st.binary(max_size=8), st.booleans()),
-    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.integers(0, 12), c, max_size=12)),
-    max_leaves=30).map(cbor.dumps)))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=8), st.binary(max_size=8), st.booleans()),
+            lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.integers(0, 12), c, max_size=12)),
+            max_leaves=30,
+        ).map(cbor.dumps),
+    )
+)
 def test_fuzz_the_tool_decodes_any_status_or_alarms_or_says_why(data):
     for decode in (ble_tools.decode_status, ble_tools.decode_alarms):
         try:
@@ -825,8 +918,9 @@ def test_fuzz_advertisements_never_crash_the_scanner(adv, resp, rssi):
     from bleak.backends.scanner import AdvertisementData
 
     f = parse_ad(adv, resp)
-    a = AdvertisementData(f["local_name"], f["manufacturer_data"], f["service_data"], f["service_uuids"],
-                          f["tx_power"], rssi, ())
+    a = AdvertisementData(
+        f["local_name"], f["manufacturer_data"], f["service_data"], f["service_uuids"], f["tx_power"], rssi, ()
+    )
     s = ble_tools.seen_from(BLEDevice("C0:FF:EE:00:00:01", None, None), a)
     assert s is None or (0 <= s.node_id <= 0xFFFFFFFF and s.kind in ble_tools.KINDS)
 
@@ -848,8 +942,9 @@ async def test_the_gateway_never_seals_with_a_tool_counter(tmp_path):
     s = await GatewayStore.open(tmp_path / "gw.db")
     try:
         assert await s.next_downlink_counter(7) == 0
-        await s.writer.submit(lambda c: c.execute("UPDATE dl_counters SET counter = ? WHERE node_id = 7",
-                                             (fr.TOOL_COUNTER_BASE - 2,)))
+        await s.writer.submit(
+            lambda c: c.execute("UPDATE dl_counters SET counter = ? WHERE node_id = 7", (fr.TOOL_COUNTER_BASE - 2,))
+        )
         assert await s.next_downlink_counter(7) == fr.TOOL_COUNTER_BASE - 1  # the last of the gateway's half
         with pytest.raises(StoreError, match="downlink counter exhausted"):
             await s.next_downlink_counter(7)

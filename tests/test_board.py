@@ -16,7 +16,6 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import serial
@@ -26,8 +25,9 @@ from hypothesis import strategies as st
 from simulator.board import MICROPYTHON_MJS
 from simulator.board_proc import BoardProcess
 
-pytestmark = pytest.mark.skipif(not MICROPYTHON_MJS.exists() or not shutil.which("node"),
-                                reason="needs Node.js and node_modules (make setup)")
+pytestmark = pytest.mark.skipif(
+    not MICROPYTHON_MJS.exists() or not shutil.which("node"), reason="needs Node.js and node_modules (make setup)"
+)
 
 MPREMOTE = [sys.executable, "-m", "mpremote"]
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
@@ -36,8 +36,10 @@ RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 def mpremote(port: str, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([*MPREMOTE, "connect", port, *args], capture_output=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"mpremote {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}")
+        raise AssertionError(
+            f"mpremote {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}"
+        )
     return proc
 
 
@@ -148,7 +150,9 @@ def test_missing_file_is_enoent_as_on_a_board(board):
     proc = mpremote(board.port, "fs", "ls", ":nonexistent", check=False)
     assert proc.returncode != 0
     assert b"No such file or directory" in proc.stdout + proc.stderr
-    out = mpremote(board.port, "exec", "import errno\ntry:\n open('nope')\nexcept OSError as e:\n print(e.errno == errno.ENOENT)")
+    out = mpremote(
+        board.port, "exec", "import errno\ntry:\n open('nope')\nexcept OSError as e:\n print(e.errno == errno.ENOENT)"
+    )
     assert out.stdout.strip() == b"True"
 
 
@@ -173,8 +177,18 @@ def test_soft_reset_clears_the_interpreter(board):
 def test_soft_reset_in_friendly_repl_runs_boot_and_main(board, tmp_path):
     (tmp_path / "boot.py").write_text("print('boot ran')\n")
     (tmp_path / "main.py").write_text("import machine\nprint('main ran, cause', machine.reset_cause())\n")
-    mpremote(board.port, "fs", "cp", str(tmp_path / "boot.py"), ":boot.py", "+",
-             "fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    mpremote(
+        board.port,
+        "fs",
+        "cp",
+        str(tmp_path / "boot.py"),
+        ":boot.py",
+        "+",
+        "fs",
+        "cp",
+        str(tmp_path / "main.py"),
+        ":main.py",
+    )
     console = Console(board.port)
     console.write(b"\r\x03\x02")  # friendly REPL
     console.read_until(b">>> ")
@@ -190,8 +204,18 @@ def test_soft_reset_in_friendly_repl_runs_boot_and_main(board, tmp_path):
 def test_raw_repl_soft_reset_runs_boot_but_not_main(board, tmp_path):
     (tmp_path / "boot.py").write_text("print('boot ran')\n")
     (tmp_path / "main.py").write_text("print('main ran')\n")
-    mpremote(board.port, "fs", "cp", str(tmp_path / "boot.py"), ":boot.py", "+",
-             "fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    mpremote(
+        board.port,
+        "fs",
+        "cp",
+        str(tmp_path / "boot.py"),
+        ":boot.py",
+        "+",
+        "fs",
+        "cp",
+        str(tmp_path / "main.py"),
+        ":main.py",
+    )
     console = Console(board.port)
     console.raw_repl()
     console.write(b"\x04")
@@ -210,7 +234,8 @@ def test_ctrl_c_interrupts_an_asyncio_main(board, tmp_path):
         "    while True:\n"
         "        print('tick', n); n += 1\n"
         "        await asyncio.sleep_ms(50)\n"
-        "asyncio.run(main())\n")
+        "asyncio.run(main())\n"
+    )
     mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py", "+", "reset")
     console = Console(board.port)
     console.read_until(b"tick 3")
@@ -227,9 +252,11 @@ def test_a_main_that_ignores_ctrl_c_is_reset_and_skipped_once(board, tmp_path):
     boots = board.control({"get": "state"})["boots"]
     mpremote(board.port, "fs", "cp", str(tmp_path / "main.py"), ":main.py", "+", "reset")
     try:
+
         def main_runs() -> bool:
             state = board.control({"get": "state"})
             return state["boots"] > boots and state["running"]
+
         wait_until(main_runs, 10, "main.py running after the reset")
         # mpremote's Ctrl-C cannot stop a busy loop; the board resets after the grace
         # period (1 s here) and that boot skips main.py, so the tool still gets in.
@@ -258,9 +285,11 @@ def test_a_fed_watchdog_does_not_bite(board, console):
     console.raw_repl()
     # Fed every 100 ms for 2 s with a 1 s timeout: 900 ms of slack per feed, so a loaded
     # machine cannot make it bite, yet the loop outlives the timeout twice over.
-    console.write(b"import machine, time\nw = machine.WDT(timeout=1000)\n"
-                  b"for i in range(20):\n    time.sleep_ms(100)\n    w.feed()\nprint('survived')\n"
-                  b"import machine; machine.soft_reset()\x04")
+    console.write(
+        b"import machine, time\nw = machine.WDT(timeout=1000)\n"
+        b"for i in range(20):\n    time.sleep_ms(100)\n    w.feed()\nprint('survived')\n"
+        b"import machine; machine.soft_reset()\x04"
+    )
     out = console.read_until(b"MPY: soft reboot")
     assert b"survived" in out
     console.read_until(RAW_PROMPT)
@@ -286,7 +315,7 @@ def test_raw_repl_protocol_bytes(board, console):
     console.write(b"\x01")  # Ctrl-A again: raw REPL reset
     console.read_until(RAW_PROMPT)
     console.write(b"\x02")  # Ctrl-B: friendly REPL
-    assert b"Type \"help()\"" in console.read_until(b">>> ")
+    assert b'Type "help()"' in console.read_until(b">>> ")
 
 
 def test_raw_paste_with_flow_control(board, console):
@@ -309,7 +338,7 @@ def test_raw_paste_with_flow_control(board, console):
             else:
                 assert b == b"", b
         n = min(credit, len(body) - sent)
-        console.write(body[sent:sent + n])
+        console.write(body[sent : sent + n])
         sent += n
         credit -= n
     console.write(b"\x04")
@@ -364,8 +393,22 @@ def test_corrupted_writes_on_request(tmp_path):
     with BoardProcess(tmp_path / "flash", corrupt=["lib/*.py"]) as board:
         src = tmp_path / "m.py"
         src.write_bytes(b"VALUE = 12345\n")
-        mpremote(board.port, "fs", "mkdir", ":lib", "+", "fs", "cp", str(src), ":lib/m.py", "+",
-                 "fs", "cp", str(src), ":ok.py")
+        mpremote(
+            board.port,
+            "fs",
+            "mkdir",
+            ":lib",
+            "+",
+            "fs",
+            "cp",
+            str(src),
+            ":lib/m.py",
+            "+",
+            "fs",
+            "cp",
+            str(src),
+            ":ok.py",
+        )
         assert (board.flash_dir / "ok.py").read_bytes() == src.read_bytes()
         bad = (board.flash_dir / "lib" / "m.py").read_bytes()
         assert bad != src.read_bytes() and len(bad) == len(src.read_bytes())
@@ -391,6 +434,7 @@ def test_uart_hook_reaches_a_host_pty(board, console):
         def all_arrived() -> bool:
             console.write(b"print(u.any())\x04")
             return b"OK9\r\n" in console.read_until(b"\x04>")
+
         wait_until(all_arrived, 5, "the host's 9 bytes at the board's UART")
         console.write(b"print(u.any(), u.read())\x04")
         assert b"9 b'from-host'" in console.read_until(b"\x04>")
@@ -402,20 +446,27 @@ def test_uart_hook_reaches_a_host_pty(board, console):
 
 def test_machine_peripherals_driven_from_the_host(board, console):
     console.raw_repl()
-    console.write(b"import machine, time\n"
-                  b"out = machine.Pin(5, machine.Pin.OUT, value=0); out.on()\n"
-                  b"pwm = machine.PWM(machine.Pin(25), freq=1000); pwm.duty_u16(30000)\n"
-                  b"count = [0]\n"
-                  b"def edge(p): count[0] += 1\n"
-                  b"machine.Pin(14, machine.Pin.IN, machine.Pin.PULL_UP).irq(edge, machine.Pin.IRQ_FALLING)\n"
-                  b"print(machine.Pin(4, machine.Pin.IN).value(), machine.Pin(6, machine.Pin.IN, machine.Pin.PULL_UP)())\x04")
+    console.write(
+        b"import machine, time\n"
+        b"out = machine.Pin(5, machine.Pin.OUT, value=0); out.on()\n"
+        b"pwm = machine.PWM(machine.Pin(25), freq=1000); pwm.duty_u16(30000)\n"
+        b"count = [0]\n"
+        b"def edge(p): count[0] += 1\n"
+        b"machine.Pin(14, machine.Pin.IN, machine.Pin.PULL_UP).irq(edge, machine.Pin.IRQ_FALLING)\n"
+        b"print(machine.Pin(4, machine.Pin.IN).value(), machine.Pin(6, machine.Pin.IN, machine.Pin.PULL_UP)())\x04"
+    )
     assert b"OK0 1\r\n" in console.read_until(b"\x04>")  # unset inputs read as their pull
     assert board.control({"get": "outputs"}) == {"out": {"5": 1}, "pwm": {"25": 30000}}
-    for req in ({"set": "adc", "pin": 35, "value": 1650}, {"set": "pin", "pin": 4, "value": 1},
-                {"set": "pulses", "pin": 14, "value": 5}):
+    for req in (
+        {"set": "adc", "pin": 35, "value": 1650},
+        {"set": "pin", "pin": 4, "value": 1},
+        {"set": "pulses", "pin": 14, "value": 5},
+    ):
         assert board.control(req) == {"ok": True}
-    console.write(b"a = machine.ADC(machine.Pin(35))\ntime.sleep_ms(20)\n"
-                  b"print(a.read_uv(), a.read_u16(), machine.Pin(4, machine.Pin.IN).value(), count[0])\x04")
+    console.write(
+        b"a = machine.ADC(machine.Pin(35))\ntime.sleep_ms(20)\n"
+        b"print(a.read_uv(), a.read_u16(), machine.Pin(4, machine.Pin.IN).value(), count[0])\x04"
+    )
     assert b"OK1650000 32767 1 5\r\n" in console.read_until(b"\x04>")
     assert "error" in board.control({"set": "voltage", "pin": 1, "value": 2})
     console.write(b"machine.SPI(1)\x04")
@@ -424,18 +475,22 @@ def test_machine_peripherals_driven_from_the_host(board, console):
 
 def test_rtc_and_time_are_a_boards(board, console):
     console.raw_repl()
-    console.write(b"import machine, time\nprint(type(time.time()).__name__)\n"
-                  b"machine.RTC().datetime((2030, 1, 2, 2, 3, 4, 5, 0))\n"
-                  b"print(time.gmtime()[:5], machine.RTC().datetime()[:3])\x04")
+    console.write(
+        b"import machine, time\nprint(type(time.time()).__name__)\n"
+        b"machine.RTC().datetime((2030, 1, 2, 2, 3, 4, 5, 0))\n"
+        b"print(time.gmtime()[:5], machine.RTC().datetime()[:3])\x04"
+    )
     out = console.read_until(b"\x04>")
     assert b"OKint\r\n(2030, 1, 2, 3, 4) (2030, 1, 2)\r\n" in out
 
 
 def test_rename_and_mkdir_are_mirrored(board, console):
     console.raw_repl()
-    console.write(b"import os\nos.mkdir('st')\nf = open('st/a.tmp', 'w'); f.write('v1'); f.close()\n"
-                  b"os.rename('st/a.tmp', '/st/a')\nos.chdir('/st'); os.rename('a', 'b'); os.chdir('/')\n"
-                  b"print(os.listdir('st'))\x04")
+    console.write(
+        b"import os\nos.mkdir('st')\nf = open('st/a.tmp', 'w'); f.write('v1'); f.close()\n"
+        b"os.rename('st/a.tmp', '/st/a')\nos.chdir('/st'); os.rename('a', 'b'); os.chdir('/')\n"
+        b"print(os.listdir('st'))\x04"
+    )
     assert b"OK['b']\r\n" in console.read_until(b"\x04>")
     assert sorted(p.name for p in (board.flash_dir / "st").iterdir()) == ["b"]
     assert (board.flash_dir / "st" / "b").read_text() == "v1"
@@ -449,16 +504,21 @@ def test_the_boards_own_modules_compile_for_a_board(tmp_path):
     from simulator.board import VBOARD_DIR
 
     for src in sorted(VBOARD_DIR.glob("*.py")):
-        proc = subprocess.run([mpy_cross_executable(), "-o", str(tmp_path / "x.mpy"), str(src)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [mpy_cross_executable(), "-o", str(tmp_path / "x.mpy"), str(src)], capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"{src.name}: {proc.stderr}"
 
 
 def test_a_link_never_replaces_a_real_file(tmp_path):
     victim = tmp_path / "notes.txt"
     victim.write_text("mine")
-    proc = subprocess.run([sys.executable, "-m", "lumeau", "sim", "board", "--dir", str(tmp_path / "f"),
-                           "--link", str(victim)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lumeau", "sim", "board", "--dir", str(tmp_path / "f"), "--link", str(victim)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1 and "not a symlink" in proc.stderr
     assert victim.read_text() == "mine"
 

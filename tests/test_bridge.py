@@ -13,16 +13,16 @@ import random
 import select
 
 import pytest
+from test_radio import PtyPort, RxPacket
 
-from protocol import bridge_msg as bm
-from simulator import virtual_loop
 from firmware.aio import wait_ms
 from firmware.bridge import Bridge
-from simulator.hal_sim import SimHAL
 from firmware.radio_lora import LoRaRadio
+from protocol import bridge_msg as bm
 from protocol import lora
 from protocol import serial as framing
-from test_radio import PtyPort, RxPacket
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 
 
 class AirModem:
@@ -141,7 +141,7 @@ def test_frames_heard_go_to_the_host_with_metadata_and_a_timed_downlink_hits_rx1
     assert rx == [(bm.RX, tmst, 868100000, 9, 125000, -97, 29, FRAME)]
     assert 1000 <= tmst <= 1050
     assert res == [(bm.TX_RESULT, 7, bm.TX_SENT, tmst + 1000)]
-    (start, cfg, frame), = sent
+    ((start, cfg, frame),) = sent
     assert start == tmst + 1000 and frame == ACK
     assert cfg["invert_iq_tx"] is True  # downlinks inverted, as LoRaWAN
     _, _, rx_ok, rx_dropped, tx_ok, tx_refused, freq, sf, bw, _ = status2[0]
@@ -170,8 +170,16 @@ def test_tx_requests_the_bridge_must_refuse(line):
 
     got, sent, bridge = run_bridge(line, script)
     results = {m[1]: m[2] for m in got if m[0] == bm.TX_RESULT}
-    assert results == {1: bm.TX_TOO_LATE, 2: bm.TX_TOO_EARLY, 3: bm.TX_BAD_REQUEST, 4: bm.TX_BAD_REQUEST,
-                       5: bm.TX_SENT, 6: bm.TX_BUSY, 8: bm.TX_DUTY_CYCLE, 9: bm.TX_SENT}
+    assert results == {
+        1: bm.TX_TOO_LATE,
+        2: bm.TX_TOO_EARLY,
+        3: bm.TX_BAD_REQUEST,
+        4: bm.TX_BAD_REQUEST,
+        5: bm.TX_SENT,
+        6: bm.TX_BUSY,
+        8: bm.TX_DUTY_CYCLE,
+        9: bm.TX_SENT,
+    }
     assert [s[2] for s in sent] == [ACK, ACK]
     # the RX2 transmission retuned the modem and reception came back to 868.1 SF9
     assert sent[1][1]["freq_khz"] == 869525 and sent[1][1]["sf"] == 12

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from conftest import vectors_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import vectors_dir
 
 from protocol import cbor
 from protocol.cbor import (
@@ -272,7 +271,7 @@ def test_dumps_matches_rfc8949_reference(x):
 
 def test_key_order_is_bytewise_not_length_first():
     x = {24: 1, -1: 2, "b": 3, 1000: 4}
-    assert dumps(x) == bytes.fromhex("a4" "1818" "01" "1903e8" "04" "20" "02" "6162" "03")
+    assert dumps(x) == bytes.fromhex("a41818011903e8042002616203")
     # cbor2's canonical order differs here, and only here: keys of several major types.
     assert cbor2.dumps(x, canonical=True) != dumps(x)
 
@@ -293,7 +292,11 @@ def test_roundtrip(x):
 
 
 @FAST
-@given(st.recursive(leaves, lambda ch: st.builds(Tag, st.integers(0, U64).filter(lambda t: t not in (2, 3)), ch), max_leaves=3))
+@given(
+    st.recursive(
+        leaves, lambda ch: st.builds(Tag, st.integers(0, U64).filter(lambda t: t not in (2, 3)), ch), max_leaves=3
+    )
+)
 def test_tags_roundtrip(x):
     data = dumps(x)
     assert data == ref_dumps(x)
@@ -318,7 +321,11 @@ def _half_exact(x):
 
 
 @settings(max_examples=3000, deadline=None)
-@given(st.one_of(st.integers(0, 2**32 - 1), st.integers(0x33000000 - 2**16, 0x38800000 + 2**16).map(lambda b: b | (b & 1) << 31)))
+@given(
+    st.one_of(
+        st.integers(0, 2**32 - 1), st.integers(0x33000000 - 2**16, 0x38800000 + 2**16).map(lambda b: b | (b & 1) << 31)
+    )
+)
 def test_float32_to_half_by_hand_matches_cpython_struct(bits):
     # The module converts by hand (MicroPython's '>e' pack is wrong for half subnormals
     # 0x200..0x3ff); CPython's struct is the reference. Second range: the subnormal band.
@@ -365,7 +372,14 @@ def test_float_sizes():
 def test_integer_limits():
     assert dumps(U64) == b"\x1b" + b"\xff" * 8
     assert dumps(-(2**64)) == b"\x3b" + b"\xff" * 8
-    for n, hexstr in {23: "17", 24: "1818", 255: "18ff", 256: "190100", 65536: "1a00010000", 2**32: "1b0000000100000000"}.items():
+    for n, hexstr in {
+        23: "17",
+        24: "1818",
+        255: "18ff",
+        256: "190100",
+        65536: "1a00010000",
+        2**32: "1b0000000100000000",
+    }.items():
         assert dumps(n).hex() == hexstr
         assert dumps(-1 - n).hex() == "%02x" % (int(hexstr[:2], 16) | 0x20) + hexstr[2:]
     for n in (2**64, -(2**64) - 1, 10**30):
@@ -568,8 +582,27 @@ def test_hand_utf8_validator_on_every_lead_byte():
 
 
 def _utf8_ish():
-    pieces = st.sampled_from([b"\x80", b"\xbf", b"\xc0", b"\xc2", b"\xe0", b"\xed", b"\xa0", b"\x9f", b"\xf0", b"\xf4", b"\x8f", b"\x90", b"a", b"\xff"])
-    return st.lists(st.one_of(pieces, st.binary(max_size=2), st.text(max_size=2).map(lambda s: s.encode())), max_size=8).map(b"".join)
+    pieces = st.sampled_from(
+        [
+            b"\x80",
+            b"\xbf",
+            b"\xc0",
+            b"\xc2",
+            b"\xe0",
+            b"\xed",
+            b"\xa0",
+            b"\x9f",
+            b"\xf0",
+            b"\xf4",
+            b"\x8f",
+            b"\x90",
+            b"a",
+            b"\xff",
+        ]
+    )
+    return st.lists(
+        st.one_of(pieces, st.binary(max_size=2), st.text(max_size=2).map(lambda s: s.encode())), max_size=8
+    ).map(b"".join)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -584,7 +617,38 @@ def test_hand_utf8_validator_matches_cpython(raw):
 
 # ---------------------------------------------------------------- robustness fuzz
 
-INTERESTING = [0x18, 0x19, 0x1A, 0x1B, 0x1F, 0x3B, 0x5B, 0x5F, 0x7B, 0x7F, 0x9B, 0x9F, 0xBB, 0xBF, 0xC2, 0xC3, 0xD8, 0xF8, 0xF9, 0xFA, 0xFB, 0xFF, 0x80, 0xA0, 0x81, 0xA1, 0x41, 0x61, 0xC3, 0xED]
+INTERESTING = [
+    0x18,
+    0x19,
+    0x1A,
+    0x1B,
+    0x1F,
+    0x3B,
+    0x5B,
+    0x5F,
+    0x7B,
+    0x7F,
+    0x9B,
+    0x9F,
+    0xBB,
+    0xBF,
+    0xC2,
+    0xC3,
+    0xD8,
+    0xF8,
+    0xF9,
+    0xFA,
+    0xFB,
+    0xFF,
+    0x80,
+    0xA0,
+    0x81,
+    0xA1,
+    0x41,
+    0x61,
+    0xC3,
+    0xED,
+]
 cborish = st.lists(st.one_of(st.sampled_from(INTERESTING), st.integers(0, 255)), max_size=48).map(bytes)
 
 

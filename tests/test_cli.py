@@ -49,10 +49,13 @@ def test_frame_decode_verifies_with_the_root_key():
     assert doc["verified"] is False and "fields" not in doc
 
 
-@pytest.mark.parametrize("args,code,text", [
-    (["frame", "decode", "zz"], 2, "non-hexadecimal"),
-    (["frame", "decode", "2200"], 2, "too short"),
-])
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["frame", "decode", "zz"], 2, "non-hexadecimal"),
+        (["frame", "decode", "2200"], 2, "too short"),
+    ],
+)
 def test_frame_decode_errors_are_clear(args, code, text):
     out = run(*args)
     assert out.returncode == code and text in out.stderr

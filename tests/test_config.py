@@ -33,7 +33,14 @@ def test_minimal_config_gets_safe_defaults_and_keys():
     assert cfg["report_interval_s"] == 900 and cfg["status_interval_s"] == 21600
     assert cfg["confirm_alarms"] is True and cfg["encrypt"] is False
     r = cfg["radio"]
-    assert (r["type"], r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"]) == ("lora", 868100000, 9, 125000, 5, 14)
+    assert (r["type"], r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"]) == (
+        "lora",
+        868100000,
+        9,
+        125000,
+        5,
+        14,
+    )
     assert lora.band_name(r["band"]) == "g1"
     assert cfg["lighting"] == {"lamp_w": 60}  # the app's section passes through
     assert cfg["hash"] == hashlib.sha256(data).digest()[:4]
@@ -112,8 +119,21 @@ json_values = st.recursive(
     max_leaves=20,
 )
 keys_used = st.sampled_from(
-    ["node_id", "kind", "root_key", "radio", "location", "pins", "report_interval_s", "status_interval_s",
-     "wdt_ms", "confirm_alarms", "encrypt", "lighting", "irrigation"]
+    [
+        "node_id",
+        "kind",
+        "root_key",
+        "radio",
+        "location",
+        "pins",
+        "report_interval_s",
+        "status_interval_s",
+        "wdt_ms",
+        "confirm_alarms",
+        "encrypt",
+        "lighting",
+        "irrigation",
+    ]
 )
 
 

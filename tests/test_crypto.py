@@ -41,8 +41,12 @@ def test_hkdf_rfc5869_vectors(ikm, salt, info, length, okm):
 
 
 @settings(max_examples=100, deadline=None)
-@given(ikm=st.binary(min_size=1, max_size=64), salt=st.binary(max_size=64),
-       info=st.binary(max_size=64), length=st.integers(1, 255))
+@given(
+    ikm=st.binary(min_size=1, max_size=64),
+    salt=st.binary(max_size=64),
+    info=st.binary(max_size=64),
+    length=st.integers(1, 255),
+)
 def test_hkdf_matches_cryptography(ikm, salt, info, length):
     ref = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
     assert crypto.hkdf_sha256(ikm, salt, info, length) == ref
@@ -70,8 +74,7 @@ def test_ct_equal_portable_path(monkeypatch):
 
 
 @settings(max_examples=100, deadline=None)
-@given(key=st.binary(min_size=16, max_size=16), iv=st.binary(min_size=16, max_size=16),
-       data=st.binary(max_size=300))
+@given(key=st.binary(min_size=16, max_size=16), iv=st.binary(min_size=16, max_size=16), data=st.binary(max_size=300))
 def test_ctr_from_ecb_matches_cryptography_ctr(key, iv, data):
     """The board path (CTR built from ECB, as with cryptolib) equals a real CTR mode,
     including the counter wrapping past 2**128."""
@@ -104,8 +107,9 @@ def test_node_keys_are_separate_per_direction_node_and_purpose():
     assert a.mic_up.key != b.mic_up.key  # same root key on two nodes still gives distinct keys
     assert len(a.mic_up.key) == keys._MIC_KEY_LEN and len(a.enc) == keys._ENC_KEY_LEN
     # Derivation is exactly HKDF-SHA256(root, salt, label || node id), as SPEC.md says.
-    ref = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"lumeau/v1",
-               info=b"lumeau mic up" + (1).to_bytes(4, "big")).derive(root)
+    ref = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"lumeau/v1", info=b"lumeau mic up" + (1).to_bytes(4, "big")
+    ).derive(root)
     assert a.mic_up.key == ref
 
 

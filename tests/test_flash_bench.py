@@ -18,12 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(not MICROPYTHON_MJS.exists(), reason="needs node_modules (make setup)")
 def test_flash_bench_prints_its_figures(tmp_path):
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "flash.py"), "--json", "--repeats", "1"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "flash.py"), "--json", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     wall = time.monotonic() - t0
     r = json.loads(out)
     # what it flashed is the lighting bundle, built here as `lumeau node build` builds it
     from lumeau import bundle
+
     b = bundle.build("lighting", "esp32", tmp_path / "bundle")
     assert (r["files"], r["bytes"]) == (len(b.files), sum(f.size for f in b.files))
     assert r["files"] > 10 and r["bytes"] > 10_000

@@ -13,7 +13,7 @@ observedAt) is checked by the shape test.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import jsonschema
@@ -34,24 +34,46 @@ T0 = 1_795_000_000.0
 
 
 def make(node: int, counter: int, mtype: int, body: dict, **kw) -> Record:
-    return Record(node_id=node, counter=counter, mtype=mtype, kind=expand.TYPE_NAMES[mtype], rx_time=T0 + counter,
-                  body=body, fields=expand.expand(mtype, body), **kw)
+    return Record(
+        node_id=node,
+        counter=counter,
+        mtype=mtype,
+        kind=expand.TYPE_NAMES[mtype],
+        rx_time=T0 + counter,
+        body=body,
+        fields=expand.expand(mtype, body),
+        **kw,
+    )
 
 
-LAMP = SimpleNamespace(kind="lighting", name="Rue de Rivoli 12", site="Rue de Rivoli", lat=48.8606, lon=2.3376,
-                       firmware="0.1.0")
-PARK = SimpleNamespace(kind="irrigation", name="Parc Monceau north", site="Parc Monceau", lat=48.8796,
-                       lon=2.3088, firmware="0.1.0")
+LAMP = SimpleNamespace(
+    kind="lighting", name="Rue de Rivoli 12", site="Rue de Rivoli", lat=48.8606, lon=2.3376, firmware="0.1.0"
+)
+PARK = SimpleNamespace(
+    kind="irrigation", name="Parc Monceau north", site="Parc Monceau", lat=48.8796, lon=2.3088, firmware="0.1.0"
+)
 NOWHERE = SimpleNamespace(kind="lighting", name=None, site=None, lat=None, lon=None, firmware=None)
 NODES = {0xA1: LAMP, 0xB2: PARK, 0xC3: NOWHERE}
 
-light = make(0xA1, 1, m.LIGHT, {0: 40, 1: 452, 2: 123456, 3: m.LS_ON | m.LS_BOOST, 4: 8760, 5: 3, 6: 205},
-             best_rssi=-97.0, best_snr=7.5, gateway_id="udp:aa55")
+light = make(
+    0xA1,
+    1,
+    m.LIGHT,
+    {0: 40, 1: 452, 2: 123456, 3: m.LS_ON | m.LS_BOOST, 4: 8760, 5: 3, 6: 205},
+    best_rssi=-97.0,
+    best_snr=7.5,
+    gateway_id="udp:aa55",
+)
 light_broken = make(0xA1, 2, m.LIGHT, {0: 100, 1: 0, 2: 123460, 3: m.LS_ON | m.LS_LAMP_FAILURE})
 light_off = make(0xA1, 3, m.LIGHT, {0: 0, 3: 0})
 light_nowhere = make(0xC3, 1, m.LIGHT, {0: 70, 1: 300, 2: 5000, 3: m.LS_ON})
-irrigation = make(0xB2, 1, m.IRRIGATION, {0: bytes([62, 0xFF, 200, 0]), 1: 0x81, 2: 145, 3: 982311, 4: 0,
-                                          5: 24050, 6: m.IF_LEAK}, best_rssi=-110.0)
+irrigation = make(
+    0xB2,
+    1,
+    m.IRRIGATION,
+    {0: bytes([62, 0xFF, 200, 0]), 1: 0x81, 2: 145, 3: 982311, 4: 0, 5: 24050, 6: m.IF_LEAK},
+    best_rssi=-110.0,
+)
 hello = make(0xA1, 4, m.HELLO, {0: "0.1.0", 1: m.KIND_LIGHTING, 4: m.RST_WATCHDOG})
 status = make(0xB2, 2, m.STATUS, {0: 3600, 4: 24000, 5: 21}, best_rssi=-101.0)
 alarm = make(0xA1, 5, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 2: 3, 4: 1}, alarm=True)
@@ -63,10 +85,12 @@ ALL = [light, light_broken, light_off, light_nowhere, irrigation, hello, status,
 @pytest.fixture(scope="module")
 def validators(vectors):
     d = vectors / "smart-data-models"
-    registry = Registry().with_resources([
-        (COMMON, Resource.from_contents(json.loads((d / "common-schema.json").read_text()))),
-        (DEVICE_COMMON, Resource.from_contents(json.loads((d / "device-schema.json").read_text()))),
-    ])
+    registry = Registry().with_resources(
+        [
+            (COMMON, Resource.from_contents(json.loads((d / "common-schema.json").read_text()))),
+            (DEVICE_COMMON, Resource.from_contents(json.loads((d / "device-schema.json").read_text()))),
+        ]
+    )
     # jsonschema only checks "date-time" with an optional package installed: check it here instead.
     checker = jsonschema.FormatChecker()
     checker.checks("date-time", raises=ValueError)(lambda s: not isinstance(s, str) or _is_timestamp(s))
@@ -106,20 +130,24 @@ def check_ngsi_shape(e: dict) -> None:
 
 # -- the validator itself ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", ["Streetlight", "GreenspaceRecord", "DeviceMeasurement"])
 def test_official_examples_validate(validators, vectors, model):
     example = json.loads((vectors / "smart-data-models" / model / "example.json").read_text())
     validators[model].validate(example)
 
 
-@pytest.mark.parametrize("model, change", [
-    ("Streetlight", lambda e: e.pop("location")),
-    ("Streetlight", lambda e: e.update(illuminanceLevel=1.5)),
-    ("Streetlight", lambda e: e.update(status="fine")),
-    ("GreenspaceRecord", lambda e: e.update(soilMoistureVwc=31)),
-    ("Device", lambda e: e.update(controlledProperty=["light", "magic"])),
-    ("DeviceMeasurement", lambda e: e.update(dateObserved="Tuesday")),
-])
+@pytest.mark.parametrize(
+    "model, change",
+    [
+        ("Streetlight", lambda e: e.pop("location")),
+        ("Streetlight", lambda e: e.update(illuminanceLevel=1.5)),
+        ("Streetlight", lambda e: e.update(status="fine")),
+        ("GreenspaceRecord", lambda e: e.update(soilMoistureVwc=31)),
+        ("Device", lambda e: e.update(controlledProperty=["light", "magic"])),
+        ("DeviceMeasurement", lambda e: e.update(dateObserved="Tuesday")),
+    ],
+)
 def test_the_validator_catches_broken_entities(validators, model, change):
     e = next(x for r in ALL for x in mapper().entities(r) if x["type"] == model)
     kv = formats.key_values(e)
@@ -130,6 +158,7 @@ def test_the_validator_catches_broken_entities(validators, model, change):
 
 
 # -- every entity we produce is valid ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("rec", ALL, ids=lambda r: f"{r.kind}-{r.node_id:x}-{r.counter}")
 def test_every_entity_is_valid_ngsi_ld_and_valid_against_its_model(validators, rec):
@@ -145,6 +174,7 @@ def test_every_model_is_exercised():
 
 # -- what the mapping says ---------------------------------------------------------------------
 
+
 def attrs(e: dict) -> dict:
     return formats.key_values(e)
 
@@ -156,19 +186,26 @@ def test_streetlight_mapping():
     assert kv["location"] == {"type": "Point", "coordinates": [2.3376, 48.8606]}  # GeoJSON is lon, lat
     assert (kv["status"], kv["powerState"], kv["illuminanceLevel"]) == ("ok", "low", 0.4)
     assert (kv["powerConsumption"], kv["lifetimePowerConsumption"], kv["current"]) == (45.2, 123456, 0.205)
-    assert (e["powerConsumption"]["unitCode"], e["lifetimePowerConsumption"]["unitCode"],
-            e["current"]["unitCode"]) == ("WTT", "WHR", "AMP")
+    assert (e["powerConsumption"]["unitCode"], e["lifetimePowerConsumption"]["unitCode"], e["current"]["unitCode"]) == (
+        "WTT",
+        "WHR",
+        "AMP",
+    )
     assert e["status"]["observedAt"] == formats.iso_time(light.rx_time)
     assert (kv["name"], kv["areaServed"]) == ("Rue de Rivoli 12", "Rue de Rivoli")
-    assert (attrs(mapper().entities(light_broken)[0])["status"], attrs(mapper().entities(light_broken)[0])
-            ["powerState"]) == ("defectiveLamp", "on")
+    assert (
+        attrs(mapper().entities(light_broken)[0])["status"],
+        attrs(mapper().entities(light_broken)[0])["powerState"],
+    ) == ("defectiveLamp", "on")
     assert attrs(mapper().entities(light_off)[0])["powerState"] == "off"
 
 
 def test_a_lamp_without_location_is_sent_as_measurements():
     ents = mapper().entities(light_nowhere)
     assert [(e["type"], attrs(e)["controlledProperty"], attrs(e)["numValue"]) for e in ents] == [
-        ("DeviceMeasurement", "power", 30), ("DeviceMeasurement", "energy", 5000)]
+        ("DeviceMeasurement", "power", 30),
+        ("DeviceMeasurement", "energy", 5000),
+    ]
     assert all("location" not in e for e in ents)
 
 
@@ -208,8 +245,11 @@ def test_requests_never_repeat_an_entity_and_keep_each_nodes_order():
         assert len(ids) == len(set(ids))
         assert json.loads(req.body()) == req.entities
     # the three reports of lamp a1 go out in three requests, in counter order
-    lamp = [(k, req.sources["urn:ngsi-ld:Streetlight:lumeau-000000a1"]) for k, req in enumerate(reqs)
-            if "urn:ngsi-ld:Streetlight:lumeau-000000a1" in req.sources]
+    lamp = [
+        (k, req.sources["urn:ngsi-ld:Streetlight:lumeau-000000a1"])
+        for k, req in enumerate(reqs)
+        if "urn:ngsi-ld:Streetlight:lumeau-000000a1" in req.sources
+    ]
     assert lamp == [(0, [0]), (1, [2]), (2, [4])]
     # the irrigation record and the park's STATUS share the park's Device entity: two requests
     dev = [k for k, req in enumerate(reqs) if "urn:ngsi-ld:Device:lumeau-000000b2" in req.sources]
@@ -224,6 +264,7 @@ def test_mapping_tolerates_registry_entries_with_bad_or_missing_fields():
 
 # -- native ------------------------------------------------------------------------------------
 
+
 def test_native_batch_round_trips_through_the_checker():
     body = formats.native_batch([light, irrigation, alarm], gateway="gw-1", sent=T0 + 10)
     doc = json.loads(body)
@@ -231,8 +272,10 @@ def test_native_batch_round_trips_through_the_checker():
     assert doc["sent"] == "2026-11-18T11:06:50.000Z"
     checked = formats.check_native_batch(doc)
     assert [(c.key, c.node, c.counter, c.type) for c in checked] == [
-        ("000000a1-1", "000000a1", 1, "light"), ("000000b2-1", "000000b2", 1, "irrigation"),
-        ("000000a1-5", "000000a1", 5, "event")]
+        ("000000a1-1", "000000a1", 1, "light"),
+        ("000000b2-1", "000000b2", 1, "irrigation"),
+        ("000000a1-5", "000000a1", 5, "event"),
+    ]
     assert [c.key for c in checked] == [r.idempotency_key for r in (light, irrigation, alarm)]
     assert checked[0].time == pytest.approx(light.rx_time, abs=1e-3)
     r = doc["records"][1]
@@ -257,17 +300,29 @@ def test_native_fields_are_expands_values_and_units():
 
 
 def test_a_v1_batch_is_read_as_v2():
-    v1 = {"format": "lumeau.records/1", "records": [{
-        "id": "000000a1-7", "node": "000000a1", "counter": 7, "type": "light", "time": "2026-11-18T11:06:41.000Z",
-        "alarm": False, "fields": {"power": {"value": 45.2, "unit": "W"}, "state": {"value": ["on"], "unit": None}},
-        "radio": {"gateway": "udp:1", "receptions": 1}}]}
+    v1 = {
+        "format": "lumeau.records/1",
+        "records": [
+            {
+                "id": "000000a1-7",
+                "node": "000000a1",
+                "counter": 7,
+                "type": "light",
+                "time": "2026-11-18T11:06:41.000Z",
+                "alarm": False,
+                "fields": {"power": {"value": 45.2, "unit": "W"}, "state": {"value": ["on"], "unit": None}},
+                "radio": {"gateway": "udp:1", "receptions": 1},
+            }
+        ],
+    }
     (r,) = formats.check_native_batch(v1)
     assert r.doc["fields"] == {"power": 45.2, "state": ["on"]} and r.units == {"power": "W"}
     assert v1["records"][0]["fields"]["power"] == {"value": 45.2, "unit": "W"}  # the caller's document untouched
 
 
-@pytest.mark.parametrize("units", [[], {"light": []}, {"light": {"power": 3}}, {"light": {"p" * 40: "W"}},
-                                   {f"t{i}": {} for i in range(40)}])
+@pytest.mark.parametrize(
+    "units", [[], {"light": []}, {"light": {"power": 3}}, {"light": {"p" * 40: "W"}}, {f"t{i}": {} for i in range(40)}]
+)
 def test_bad_units_are_a_format_error(units):
     doc = json.loads(formats.native_batch([light]))
     doc["units"] = units
@@ -276,14 +331,20 @@ def test_bad_units_are_a_format_error(units):
 
 
 def _iso_reference(t):
-    from datetime import datetime, timezone
-    d = datetime.fromtimestamp(t, timezone.utc)
+    from datetime import datetime
+
+    d = datetime.fromtimestamp(t, UTC)
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.floats(-2e9, 2.5e11) | st.integers(0, 2**33) | st.sampled_from(
-    [0.0, -0.0, 0.0005, 0.9995, 0.9999995, -0.0000005, 1_795_000_000.2505, 1_795_000_000.9999996, -1.5]))
+@given(
+    st.floats(-2e9, 2.5e11)
+    | st.integers(0, 2**33)
+    | st.sampled_from(
+        [0.0, -0.0, 0.0005, 0.9995, 0.9999995, -0.0000005, 1_795_000_000.2505, 1_795_000_000.9999996, -1.5]
+    )
+)
 def test_iso_time_is_what_datetime_says(t):
     try:
         want = _iso_reference(t)
@@ -296,14 +357,16 @@ def test_iso_time_is_what_datetime_says(t):
 
 
 def _parse_reference(s):
-    from datetime import timezone
     d = datetime.fromisoformat(s)
-    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
 
 @settings(max_examples=800, deadline=None)
-@given(st.floats(-2e9, 2.5e11).map(lambda t: formats.iso_time(t)) | st.text(max_size=26) | st.from_regex(
-    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}[Z+]\Z"))
+@given(
+    st.floats(-2e9, 2.5e11).map(lambda t: formats.iso_time(t))
+    | st.text(max_size=26)
+    | st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}[Z+]\Z")
+)
 def test_parse_time_is_what_datetime_says(s):
     try:
         want = _parse_reference(s) if len(s) <= 40 else None
@@ -333,20 +396,38 @@ def test_iso_time_is_utc_with_milliseconds():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=5),
-    max_leaves=25)
-record_like = st.fixed_dictionaries({}, optional={
-    "id": st.one_of(st.just("000000a1-1"), json_values), "node": st.one_of(st.just("000000a1"), json_values),
-    "counter": st.one_of(st.just(1), json_values), "type": st.one_of(st.just("light"), json_values),
-    "time": st.one_of(st.just("2026-11-18T11:06:41.000Z"), json_values), "fields": json_values,
-    "radio": json_values, "alarm": json_values})
+    max_leaves=25,
+)
+record_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.just("000000a1-1"), json_values),
+        "node": st.one_of(st.just("000000a1"), json_values),
+        "counter": st.one_of(st.just(1), json_values),
+        "type": st.one_of(st.just("light"), json_values),
+        "time": st.one_of(st.just("2026-11-18T11:06:41.000Z"), json_values),
+        "fields": json_values,
+        "radio": json_values,
+        "alarm": json_values,
+    },
+)
 
 
 @settings(max_examples=500, deadline=None)
-@given(doc=st.one_of(json_values, st.fixed_dictionaries(
-    {"records": st.lists(record_like, max_size=4)},
-    optional={"format": json_values | st.sampled_from(["lumeau.records/1", "lumeau.records/2"]), "units": json_values})))
+@given(
+    doc=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"records": st.lists(record_like, max_size=4)},
+            optional={
+                "format": json_values | st.sampled_from(["lumeau.records/1", "lumeau.records/2"]),
+                "units": json_values,
+            },
+        ),
+    )
+)
 def test_fuzz_the_native_checker_answers_with_a_format_error_or_records(doc):
     try:
         out = formats.check_native_batch(doc)
@@ -366,8 +447,9 @@ def test_v3_says_what_v2_says_record_for_record():
     # the receiver reads both into the same /2-shaped documents, keys, times and units
     v3 = formats.check_native_batch(json.loads(formats.native_batch_v3(ALL, "gw-1", T0)))
     v2 = formats.check_native_batch(json.loads(formats.native_batch(ALL, "gw-1", T0)))
-    assert [(r.key, r.node, r.counter, r.type, r.time, r.units, r.doc) for r in v3] == \
-        [(r.key, r.node, r.counter, r.type, r.time, r.units, r.doc) for r in v2]
+    assert [(r.key, r.node, r.counter, r.type, r.time, r.units, r.doc) for r in v3] == [
+        (r.key, r.node, r.counter, r.type, r.time, r.units, r.doc) for r in v2
+    ]
     # and the values are expand's, field for field (absent fields stay absent)
     for rec, r in zip(ALL, v3):
         assert r.doc["fields"] == {n: f["value"] for n, f in expand.expand(rec.mtype, rec.body).items()}
@@ -399,26 +481,31 @@ def test_v3_columns_are_found_by_name():
     # a later version may add or reorder columns: the receiver reads them by name
     doc = json.loads(formats.native_batch_v3([light, irrigation]))
     order = list(reversed(doc["columns"])) + ["extra"]
-    doc["records"] = [[dict(zip(doc["columns"], row))[c] if c != "extra" else 1 for c in order]
-                      for row in doc["records"]]
+    doc["records"] = [
+        [dict(zip(doc["columns"], row))[c] if c != "extra" else 1 for c in order] for row in doc["records"]
+    ]
     doc["columns"] = order
-    assert [r.doc for r in formats.check_native_batch(doc)] == \
-        [r.doc for r in formats.check_native_batch(json.loads(formats.native_batch_v3([light, irrigation])))]
+    assert [r.doc for r in formats.check_native_batch(doc)] == [
+        r.doc for r in formats.check_native_batch(json.loads(formats.native_batch_v3([light, irrigation])))
+    ]
 
 
-@pytest.mark.parametrize("mutate, where", [
-    (lambda d: d.update(columns=["type"]), "columns"),
-    (lambda d: d.update(types=[]), "types"),
-    (lambda d: d["types"]["light"].update(fields="level"), "types.light.fields"),
-    (lambda d: d["types"]["light"].update(units={"level": 3}), "units.light"),
-    (lambda d: d["records"][1].pop(), "records[1]"),
-    (lambda d: d["records"][1].__setitem__(0, "status"), "records[1].type"),
-    (lambda d: d["records"][1][5].pop(), "records[1].values"),
-    (lambda d: d["records"][1].__setitem__(2, -1), "records[1].counter"),
-    (lambda d: d["records"][1].__setitem__(1, "A1"), "records[1].node"),
-    (lambda d: d["records"][1].__setitem__(3, "yesterday"), "records[1].time"),
-    (lambda d: d["records"][1].__setitem__(4, "no"), "records[1].alarm"),
-])
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda d: d.update(columns=["type"]), "columns"),
+        (lambda d: d.update(types=[]), "types"),
+        (lambda d: d["types"]["light"].update(fields="level"), "types.light.fields"),
+        (lambda d: d["types"]["light"].update(units={"level": 3}), "units.light"),
+        (lambda d: d["records"][1].pop(), "records[1]"),
+        (lambda d: d["records"][1].__setitem__(0, "status"), "records[1].type"),
+        (lambda d: d["records"][1][5].pop(), "records[1].values"),
+        (lambda d: d["records"][1].__setitem__(2, -1), "records[1].counter"),
+        (lambda d: d["records"][1].__setitem__(1, "A1"), "records[1].node"),
+        (lambda d: d["records"][1].__setitem__(3, "yesterday"), "records[1].time"),
+        (lambda d: d["records"][1].__setitem__(4, "no"), "records[1].alarm"),
+    ],
+)
 def test_a_bad_v3_batch_is_a_format_error_naming_where(mutate, where):
     doc = json.loads(formats.native_batch_v3([light, light_broken]))
     mutate(doc)
@@ -433,15 +520,27 @@ def test_native_encoder_by_version():
         formats.native_encoder(1)
 
 
-v3_row = st.lists(st.one_of(st.sampled_from(["light", "000000a1", 1, "2026-11-18T11:06:41.000Z", False]),
-                            json_values, st.lists(json_values, max_size=8)), min_size=0, max_size=11)
+v3_row = st.lists(
+    st.one_of(
+        st.sampled_from(["light", "000000a1", 1, "2026-11-18T11:06:41.000Z", False]),
+        json_values,
+        st.lists(json_values, max_size=8),
+    ),
+    min_size=0,
+    max_size=11,
+)
 
 
 @settings(max_examples=500, deadline=None)
-@given(doc=st.fixed_dictionaries({"format": st.just("lumeau.records/3"), "records": st.lists(v3_row, max_size=4)},
-                                 optional={"columns": st.one_of(st.just(list(formats.V3_COLUMNS)), json_values),
-                                           "types": st.one_of(st.just({"light": {"fields": ["level", "power"]}}),
-                                                              json_values)}))
+@given(
+    doc=st.fixed_dictionaries(
+        {"format": st.just("lumeau.records/3"), "records": st.lists(v3_row, max_size=4)},
+        optional={
+            "columns": st.one_of(st.just(list(formats.V3_COLUMNS)), json_values),
+            "types": st.one_of(st.just({"light": {"fields": ["level", "power"]}}), json_values),
+        },
+    )
+)
 def test_fuzz_the_v3_checker_answers_with_a_format_error_or_records(doc):
     try:
         out = formats.check_native_batch(doc)
@@ -455,11 +554,18 @@ def test_fuzz_the_v3_checker_answers_with_a_format_error_or_records(doc):
 def test_the_native_examples_in_formats_md_are_valid_and_say_the_same():
     import re
     from pathlib import Path
+
     text = (Path(__file__).resolve().parent.parent / "gateway" / "FORMATS.md").read_text()
-    docs = {d["format"]: d for d in (json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S))
-            if isinstance(d, dict) and "format" in d}
+    docs = {
+        d["format"]: d
+        for d in (json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S))
+        if isinstance(d, dict) and "format" in d
+    }
     v3, v2 = (formats.check_native_batch(docs[f]) for f in ("lumeau.records/3", "lumeau.records/2"))
-    assert [(r.key, r.time, r.units) for r in v3] == [(r.key, r.time, r.units) for r in v2] == \
-        [("00a1b2c3-42", formats.parse_time("2026-11-18T11:06:41.000Z"), bodies.UNITS["light"])]
+    assert (
+        [(r.key, r.time, r.units) for r in v3]
+        == [(r.key, r.time, r.units) for r in v2]
+        == [("00a1b2c3-42", formats.parse_time("2026-11-18T11:06:41.000Z"), bodies.UNITS["light"])]
+    )
     assert v3[0].doc["fields"] == v2[0].doc["fields"] and v3[0].doc["radio"] == v2[0].doc["radio"]
     assert docs["lumeau.records/3"]["types"]["light"]["fields"] == formats._V3_PLANS[m.LIGHT][0]

@@ -31,13 +31,16 @@ def test_layout_is_byte_exact():
 
 
 @settings(max_examples=200, deadline=None)
-@given(mtype=st.sampled_from(sorted(m.SPECS)), counter=st.integers(0, 0xFFFFFFFF),
-       body=st.binary(min_size=1, max_size=frame.MAX_LEN - 13), encrypt=st.booleans())
+@given(
+    mtype=st.sampled_from(sorted(m.SPECS)),
+    counter=st.integers(0, 0xFFFFFFFF),
+    body=st.binary(min_size=1, max_size=frame.MAX_LEN - 13),
+    encrypt=st.booleans(),
+)
 def test_seal_unseal_round_trip(mtype, counter, body, encrypt):
     raw = frame.seal(K, mtype, counter, body, encrypt=encrypt)
     f, plain = frame.unseal(K, raw)
-    assert (f.mtype, f.node_id, f.counter, f.encrypted, f.downlink) == (
-        mtype, NODE, counter, encrypt, mtype >= 8)
+    assert (f.mtype, f.node_id, f.counter, f.encrypted, f.downlink) == (mtype, NODE, counter, encrypt, mtype >= 8)
     assert plain == body
     if encrypt and len(body) >= 8:
         assert f.body != body  # the air does not carry the plaintext
@@ -78,12 +81,15 @@ def test_encrypted_ciphertext_depends_on_counter_and_direction():
     assert len({c1, c2, c3, body}) == 4
 
 
-@pytest.mark.parametrize("raw,why", [
-    (b"", "too short"),
-    (bytes(13), "too short"),
-    (b"\x22" + bytes(300), "too long"),
-    (b"\x42" + bytes(20), "version"),
-])
+@pytest.mark.parametrize(
+    "raw,why",
+    [
+        (b"", "too short"),
+        (bytes(13), "too short"),
+        (b"\x22" + bytes(300), "too long"),
+        (b"\x42" + bytes(20), "version"),
+    ],
+)
 def test_malformed_frames_have_clear_errors(raw, why):
     with pytest.raises(frame.MalformedFrame, match=why):
         frame.parse(raw)

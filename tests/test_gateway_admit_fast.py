@@ -57,7 +57,8 @@ def test_the_extension_is_built_in_this_venv():
     """Fails (never skips): CI must not lose the compiled path silently."""
     assert _fastadmit is not None, (
         "gateway._fastadmit is not built: `pip install -e '.[dev]'` needs gcc, the Python headers and "
-        "OpenSSL's (Debian: libssl-dev; `make setup` installs it)")
+        "OpenSSL's (Debian: libssl-dev; `make setup` installs it)"
+    )
     assert pl.ADMISSION_PATH == "compiled"
 
 
@@ -79,11 +80,12 @@ def _registry() -> dict[int, _Entry]:
 
 # ---------------------------------------------------------------- bodies and frames
 
+
 def _value(kind: int, lo: int, hi: int, maxlen: int, valid_only: bool = False) -> st.SearchStrategy:
     """A field's value: in range, at its edges, just past them, or of another type."""
     if kind in (m.U, m.I):
         good = st.integers(lo, hi) | st.sampled_from([lo, hi])
-        bad = st.sampled_from([lo - 1, hi + 1, True, None, b"\x01", "1", 2**64 - 1, -2**64])
+        bad = st.sampled_from([lo - 1, hi + 1, True, None, b"\x01", "1", 2**64 - 1, -(2**64)])
     elif kind == m.V:
         good = st.lists(st.integers(lo, hi) | st.just(m.NO_VALUE), max_size=maxlen).map(bytes)
         bad = st.binary(max_size=maxlen + 2) | st.text(max_size=2)
@@ -112,8 +114,12 @@ def body_of(draw, mtype: int, valid_only: bool = False) -> dict:
 def _encodings(body: dict) -> st.SearchStrategy:
     """The body as nodes send it, as cbor2 writes it (insertion order), or not canonical at all."""
     out = []
-    for enc in (lambda b: cbor.dumps(b), lambda b: cbor2.dumps(b),
-                lambda b: cbor2.dumps(dict(reversed(list(b.items())))), lambda b: cbor2.dumps(b, canonical=True)):
+    for enc in (
+        lambda b: cbor.dumps(b),
+        lambda b: cbor2.dumps(b),
+        lambda b: cbor2.dumps(dict(reversed(list(b.items())))),
+        lambda b: cbor2.dumps(b, canonical=True),
+    ):
         try:
             out.append(enc(body))
         except Exception:
@@ -134,13 +140,20 @@ def receptions(draw) -> list[bytes]:
         body = draw(body_of(mtype if mtype in m.SPECS else m.LIGHT, valid_only=draw(st.integers(0, 9)) < 6))
         data = draw(_encodings(body))
         if draw(st.integers(0, 9)) == 0:  # non-canonical: a non-shortest head, trailing bytes, indefinite map
-            data = draw(st.sampled_from([bytes([0xB9, 0]) + data[1:] if data[:1] == b"\xa0" else data + b"\x00",
-                                         b"\xbf" + data[1:] + b"\xff" if data[:1] and 0xA0 <= data[0] < 0xB8 else data,
-                                         data + b"\x00"]))
+            data = draw(
+                st.sampled_from(
+                    [
+                        bytes([0xB9, 0]) + data[1:] if data[:1] == b"\xa0" else data + b"\x00",
+                        b"\xbf" + data[1:] + b"\xff" if data[:1] and 0xA0 <= data[0] < 0xB8 else data,
+                        data + b"\x00",
+                    ]
+                )
+            )
         data = data[:230] or b"\xa0"
         k = node_keys(UNKNOWN if node == UNKNOWN else node)
-        raw = frame.seal(k, mtype, draw(st.integers(0, 40) | st.integers(0, 2**32 - 1)), data,
-                         encrypt=draw(st.integers(0, 9)) == 0)
+        raw = frame.seal(
+            k, mtype, draw(st.integers(0, 40) | st.integers(0, 2**32 - 1)), data, encrypt=draw(st.integers(0, 9)) == 0
+        )
         how = draw(st.integers(0, 19))
         if how == 0:  # damaged in flight
             b = bytearray(raw)
@@ -148,7 +161,7 @@ def receptions(draw) -> list[bytes]:
             b[pos % len(b)] = val
             raw = bytes(b)
         elif how == 1:
-            raw = raw[:draw(st.integers(0, len(raw)))]
+            raw = raw[: draw(st.integers(0, len(raw)))]
         elif how == 2:
             raw = raw + draw(st.binary(min_size=1, max_size=300))  # trailing junk, possibly oversized
         elif how == 3:
@@ -160,6 +173,7 @@ def receptions(draw) -> list[bytes]:
 
 
 # ---------------------------------------------------------------- the C call alone
+
 
 def _reference(reg: dict, raw: bytes):
     """What the Python path decides before the replay window: (node, counter, mtype, body, cbor) or None."""
@@ -204,14 +218,17 @@ def test_when_the_c_path_answers_it_is_the_reference_answer(fast, raws):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(NODES), st.integers(0, 2**32 - 1),
-       st.sampled_from(UPLINKS).flatmap(lambda t: st.tuples(st.just(t), body_of(t, valid_only=True))))
+@given(
+    st.sampled_from(NODES),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(UPLINKS).flatmap(lambda t: st.tuples(st.just(t), body_of(t, valid_only=True))),
+)
 def test_the_c_path_answers_every_valid_frame_nodes_send(fast, node, counter, tb):
     reg, _adm = fast
     adm = _fastadmit.Admitter(reg, bodies.fast_plans())  # fresh: hypothesis replays examples
     mtype, body = tb
     raw = frame.seal(node_keys(node), mtype, counter, m.encode(mtype, body))
-    assert adm.admit(raw) == (node, counter, mtype, body, raw[frame.HEADER_LEN:-frame.MIC_LEN])
+    assert adm.admit(raw) == (node, counter, mtype, body, raw[frame.HEADER_LEN : -frame.MIC_LEN])
     assert list(adm.admit(raw)) == [node, counter, mtype, None, None]  # a copy: no hashing, no decoding
 
 
@@ -237,32 +254,40 @@ def test_vectors_that_are_not_deterministic_cbor_are_left_to_the_reference(fast,
     assert answered > 0  # the vectors hold a few valid bodies (a0, small ints): it must take those
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b"", "empty"),
-    (seal(1, 5)[:13], "short"),
-    (seal(1, 5) + bytes(300), "oversized"),
-    (bytes([0x42]) + seal(1, 5)[1:], "version 2"),
-    (seal(1, 5, encrypt=True), "encrypted"),
-    (frame.seal(node_keys(1), m.COMMAND, 5, m.encode(m.COMMAND, {0: 1, 1: 1})), "a downlink type"),
-    (frame.seal(node_keys(1), 7, 5, b"\xa0"), "a type without a plan"),
-    (seal(UNKNOWN, 5), "unknown node"),
-    (seal(MISKEYED, 5), "keys of another node"),
-    (seal(1, 5)[:-1] + bytes([seal(1, 5)[-1] ^ 1]), "bad MIC"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a1001805")), "non-shortest head"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a10019002c")), "non-shortest 16-bit head"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a2000101ff")), "trailing byte"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a200010001")), "duplicate key"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a11400")), "unknown key 20"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a1001865")), "101 % out of range"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a100f5")), "true for an int"),
-    (frame.seal(node_keys(1), m.HELLO, 5, bytes.fromhex("a20062ed a0 0101".replace(" ", ""))), "a surrogate in text"),
-    (frame.seal(node_keys(1), m.HELLO, 5, bytes.fromhex("a1 0101".replace(" ", ""))), "required key missing"),
-    (frame.seal(node_keys(1), m.IRRIGATION, 5, bytes.fromhex("a1 00 41 c9".replace(" ", ""))), "201 in a zone"),
-    (frame.seal(node_keys(1), m.IRRIGATION, 5, bytes.fromhex("a1 00 45 0000000000".replace(" ", ""))), "5 zones"),
-    (frame.seal(node_keys(1), m.EVENT, 5, bytes.fromhex("a2 000a 02 3b8000000000000000".replace(" ", ""))),
-     "-2**63-1"),
-    (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("bf 0001 ff".replace(" ", ""))), "indefinite map"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"", "empty"),
+        (seal(1, 5)[:13], "short"),
+        (seal(1, 5) + bytes(300), "oversized"),
+        (bytes([0x42]) + seal(1, 5)[1:], "version 2"),
+        (seal(1, 5, encrypt=True), "encrypted"),
+        (frame.seal(node_keys(1), m.COMMAND, 5, m.encode(m.COMMAND, {0: 1, 1: 1})), "a downlink type"),
+        (frame.seal(node_keys(1), 7, 5, b"\xa0"), "a type without a plan"),
+        (seal(UNKNOWN, 5), "unknown node"),
+        (seal(MISKEYED, 5), "keys of another node"),
+        (seal(1, 5)[:-1] + bytes([seal(1, 5)[-1] ^ 1]), "bad MIC"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a1001805")), "non-shortest head"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a10019002c")), "non-shortest 16-bit head"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a2000101ff")), "trailing byte"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a200010001")), "duplicate key"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a11400")), "unknown key 20"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a1001865")), "101 % out of range"),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("a100f5")), "true for an int"),
+        (
+            frame.seal(node_keys(1), m.HELLO, 5, bytes.fromhex("a20062ed a0 0101".replace(" ", ""))),
+            "a surrogate in text",
+        ),
+        (frame.seal(node_keys(1), m.HELLO, 5, bytes.fromhex("a1 0101".replace(" ", ""))), "required key missing"),
+        (frame.seal(node_keys(1), m.IRRIGATION, 5, bytes.fromhex("a1 00 41 c9".replace(" ", ""))), "201 in a zone"),
+        (frame.seal(node_keys(1), m.IRRIGATION, 5, bytes.fromhex("a1 00 45 0000000000".replace(" ", ""))), "5 zones"),
+        (
+            frame.seal(node_keys(1), m.EVENT, 5, bytes.fromhex("a2 000a 02 3b8000000000000000".replace(" ", ""))),
+            "-2**63-1",
+        ),
+        (frame.seal(node_keys(1), m.LIGHT, 5, bytes.fromhex("bf 0001 ff".replace(" ", ""))), "indefinite map"),
+    ],
+)
 def test_what_the_c_path_is_not_sure_about(fast, raw, why):
     _reg, adm = fast
     assert adm.admit(raw) is None, why
@@ -308,14 +333,23 @@ def test_its_repr_and_stats_hold_no_key_material(fast):
 
 # ---------------------------------------------------------------- two pipelines, one per path
 
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[tuple] = []
 
     def emit(self, r: logging.LogRecord) -> None:
-        self.lines.append((r.levelname, r.getMessage(), getattr(r, "reason", None), getattr(r, "node", None),
-                           getattr(r, "counter", None), getattr(r, "top", None)))
+        self.lines.append(
+            (
+                r.levelname,
+                r.getMessage(),
+                getattr(r, "reason", None),
+                getattr(r, "node", None),
+                getattr(r, "counter", None),
+                getattr(r, "top", None),
+            )
+        )
 
 
 class _Twins:
@@ -359,8 +393,10 @@ def _run(t: _Twins, p: pl.Pipeline, raws: list[bytes]) -> tuple:
     old = lg.level
     lg.setLevel(logging.DEBUG)
     try:
-        recs = [Reception(raw=r, transport="udp", gateway_id=f"udp:{i % 2}", rx_time=1.0e9, rssi=-90.0 - i, snr=1.0)
-                for i, r in enumerate(raws)]
+        recs = [
+            Reception(raw=r, transport="udp", gateway_id=f"udp:{i % 2}", rx_time=1.0e9, rssi=-90.0 - i, snr=1.0)
+            for i, r in enumerate(raws)
+        ]
         verdicts = t.loop.run_until_complete(p.ingest_many(recs))
     finally:
         lg.removeHandler(cap)
@@ -370,10 +406,18 @@ def _run(t: _Twins, p: pl.Pipeline, raws: list[bytes]) -> tuple:
 
 def _state(p: pl.Pipeline) -> tuple:
     rows = p.store.next_batch(100_000, 0, named=False)
-    return (p.received, p.accepted, p.duplicates, p.rejected, p.bad_mic_by_node,
-            {n: (w.top, w.mask) for n, w in p._windows.items()},
-            [(r.node_id, r.counter, r.mtype, r.kind, r.body, r.cbor, r.receptions, r.best_rssi, r.gateway_id, r.alarm)
-             for _s, r in rows])
+    return (
+        p.received,
+        p.accepted,
+        p.duplicates,
+        p.rejected,
+        p.bad_mic_by_node,
+        {n: (w.top, w.mask) for n, w in p._windows.items()},
+        [
+            (r.node_id, r.counter, r.mtype, r.kind, r.body, r.cbor, r.receptions, r.best_rssi, r.gateway_id, r.alarm)
+            for _s, r in rows
+        ],
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -440,6 +484,7 @@ async def test_without_the_extension_the_gateway_runs_on_the_python_path(tmp_pat
 
 # ---------------------------------------------------------------- memory
 
+
 def _leak_loop(adm, reg: dict, raws: list[bytes], rounds: int) -> None:
     rekeyed = [_Entry(node_keys(3)), _Entry(node_keys(3))]  # equal keys, new objects: the state is rebuilt
     for i in range(rounds):
@@ -455,10 +500,16 @@ def test_no_reference_or_memory_leaks_over_many_calls():
     adm = _fastadmit.Admitter(reg, bodies.fast_plans())
     raws = [seal(1, c) for c in range(40)]  # more than the copy memory: verified again every round
     raws += [seal(2, 1, m.IRRIGATION), frame.seal(node_keys(3), m.HELLO, 1, m.encode(m.HELLO, {0: "fw-1.2é", 1: 1}))]
-    raws += [seal(UNKNOWN, 1), seal(MISKEYED, 1), seal(1, 5, encrypt=True), b"\x00" * 20, seal(1, 6)[:-1] + b"\x00",
-             frame.seal(node_keys(1), m.LIGHT, 7, bytes.fromhex("a1001865")),
-             frame.seal(node_keys(1), m.LIGHT, 8, bytes.fromhex("a2000101ff")),
-             frame.seal(node_keys(1), m.HELLO, 9, bytes.fromhex("a20062eda00101"))]
+    raws += [
+        seal(UNKNOWN, 1),
+        seal(MISKEYED, 1),
+        seal(1, 5, encrypt=True),
+        b"\x00" * 20,
+        seal(1, 6)[:-1] + b"\x00",
+        frame.seal(node_keys(1), m.LIGHT, 7, bytes.fromhex("a1001865")),
+        frame.seal(node_keys(1), m.LIGHT, 8, bytes.fromhex("a2000101ff")),
+        frame.seal(node_keys(1), m.HELLO, 9, bytes.fromhex("a20062eda00101")),
+    ]
     _leak_loop(adm, reg, raws, 50)  # warm up: per-node states, caches, interned ints
     gc.collect()
     total = getattr(sys, "gettotalrefcount", None)
@@ -506,14 +557,21 @@ def test_runs_clean_under_x_dev():
         assert n > 5000, n
         print("ok", n)
     """)
-    r = subprocess.run([sys.executable, "-X", "dev", "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONMALLOC": "debug"})
+    r = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONMALLOC": "debug"},
+    )
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
 
 
 async def test_metrics_say_which_admission_path_runs(tmp_path):
     """The local API's /metrics (real server): a deployment that lost the extension shows it."""
     import aiohttp
+
     from gateway.api import Api
     from gateway.downlinks import Downlinks
 

@@ -7,7 +7,7 @@ import stat
 
 import aiohttp
 import pytest
-from gateway_helpers import node_keys, registry, reception, root_key, seal
+from gateway_helpers import reception, registry, root_key, seal
 
 from gateway.api import Api
 from gateway.downlinks import Downlinks
@@ -42,10 +42,18 @@ async def test_only_healthz_is_open(gw):
     http, *_ = gw
     async with http.get("/healthz") as r:
         assert r.status == 200 and (await r.json())["status"] == "ok"
-    for method, path in [("GET", "/metrics"), ("GET", "/nodes"), ("GET", "/nodes/00000001"),
-                         ("PUT", "/nodes/00000003"), ("DELETE", "/nodes/00000001"),
-                         ("POST", "/nodes/00000001/commands"), ("GET", "/commands"), ("GET", "/commands/1"),
-                         ("GET", "/quarantine"), ("GET", "/no/such/path")]:
+    for method, path in [
+        ("GET", "/metrics"),
+        ("GET", "/nodes"),
+        ("GET", "/nodes/00000001"),
+        ("PUT", "/nodes/00000003"),
+        ("DELETE", "/nodes/00000001"),
+        ("POST", "/nodes/00000001/commands"),
+        ("GET", "/commands"),
+        ("GET", "/commands/1"),
+        ("GET", "/quarantine"),
+        ("GET", "/no/such/path"),
+    ]:
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
             async with http.request(method, path, headers=headers, json={}) as r:
                 assert r.status == 401, (method, path, headers)
@@ -95,8 +103,12 @@ async def test_nodes_are_added_updated_rekeyed_and_removed(gw, tmp_path):
         assert r.status == 200
     raw = frame.seal(NodeEntry(node_id=1, kind="lighting", root_key=other).keys, m.LIGHT, 0, m.encode(m.LIGHT, {0: 5}))
     assert await p.ingest(reception(raw)) == "accepted"
-    for bad, why in [({"kind": "lamp", "root_key": "00" * 16}, "kind"), ({"kind": "lighting"}, "root_key"),
-                     ({"kind": "lighting", "root_key": "zz"}, "root_key"), ([1], "object")]:
+    for bad, why in [
+        ({"kind": "lamp", "root_key": "00" * 16}, "kind"),
+        ({"kind": "lighting"}, "root_key"),
+        ({"kind": "lighting", "root_key": "zz"}, "root_key"),
+        ([1], "object"),
+    ]:
         async with http.put("/nodes/000000bb", json=bad, headers=AUTH) as r:
             assert r.status == 400 and why in (await r.json())["error"]
     async with http.put("/nodes/000000bb", data=b"{not json", headers=AUTH) as r:
@@ -111,21 +123,27 @@ async def test_nodes_are_added_updated_rekeyed_and_removed(gw, tmp_path):
 
 async def test_commands_enqueue_list_status_cancel(gw):
     http, p, _ = gw
-    async with http.post("/nodes/00000001/commands", json={"op": "set_level", "args": [100, 600], "ttl_s": 900},
-                         headers=AUTH) as r:
+    async with http.post(
+        "/nodes/00000001/commands", json={"op": "set_level", "args": [100, 600], "ttl_s": 900}, headers=AUTH
+    ) as r:
         assert r.status == 201
         cmd = await r.json()
     assert cmd["op"] == "set_level" and cmd["args"] == [100, 600] and cmd["state"] == "queued"
     assert cmd["command_id"] == cmd["id"] and cmd["expires"] - cmd["created"] == 900
-    async with http.post("/nodes/00000001/commands", json={"type": "config", "settings": {"report_interval": 900}},
-                         headers=AUTH) as r:
+    async with http.post(
+        "/nodes/00000001/commands", json={"type": "config", "settings": {"report_interval": 900}}, headers=AUTH
+    ) as r:
         assert r.status == 201 and (await r.json())["settings"] == {"report_interval": 900}
     async with http.post("/nodes/00000001/commands", json={"type": "time"}, headers=AUTH) as r:
         assert r.status == 429  # this test's queue holds two per node
-    for bad, status, why in [({"op": "explode"}, 400, "unknown op"), ({"op": "set_level", "args": "x"}, 400, "args"),
-                             ({"op": 1, "args": [2**31]}, 400, "out of range"),  # per-op ranges: the node says bad_args
-                             ({"type": "config", "settings": {"colour": 1}}, 400, "unknown setting"),
-                             ({"type": "mail"}, 400, "type"), ({"op": 1, "when": 3}, 400, "unknown field")]:
+    for bad, status, why in [
+        ({"op": "explode"}, 400, "unknown op"),
+        ({"op": "set_level", "args": "x"}, 400, "args"),
+        ({"op": 1, "args": [2**31]}, 400, "out of range"),  # per-op ranges: the node says bad_args
+        ({"type": "config", "settings": {"colour": 1}}, 400, "unknown setting"),
+        ({"type": "mail"}, 400, "type"),
+        ({"op": 1, "when": 3}, 400, "unknown field"),
+    ]:
         async with http.post("/nodes/00000002/commands", json=bad, headers=AUTH) as r:
             assert r.status == status and why in (await r.json())["error"], bad
     async with http.post("/nodes/000000ff/commands", json={"op": "reboot"}, headers=AUTH) as r:
@@ -148,8 +166,10 @@ async def test_commands_enqueue_list_status_cancel(gw):
         assert r.status == 413
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*"'
-                     r'(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*")*)?\})? (\S+)$')
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*"'
+    r'(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*")*)?\})? (\S+)$'
+)
 
 
 def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
@@ -172,7 +192,7 @@ def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
             assert mt, f"bad sample line {line!r}"
             name, labels, value = mt.group(1), mt.group(3) or "", mt.group(7)
             if types.get(current) in ("summary", "histogram") and name in (current + "_sum", current + "_count"):
-                labels = name[len(current):] + labels
+                labels = name[len(current) :] + labels
                 name = current
             assert name == current and current in types, line
             assert labels not in families[name], f"duplicate sample {line!r}"

@@ -131,7 +131,11 @@ def test_values_are_expand_without_units(tb):
 
 def test_values_examples():
     assert bodies.values(m.LIGHT, {0: 40, 1: 452, 2: 7, 3: m.LS_ON | m.LS_BOOST | 0x8000}) == {
-        "level": 40, "power": 45.2, "energy": 7, "state": ("on", "boost")}
+        "level": 40,
+        "power": 45.2,
+        "energy": 7,
+        "state": ("on", "boost"),
+    }
     assert bodies.values(m.LIGHT, {1: 450}) == {"power": 45}
     assert type(bodies.values(m.LIGHT, {1: 450})["power"]) is int
     assert bodies.values(m.IRRIGATION, {0: bytes([62, 71, 255, 0])})["soil_moisture"] == [31, 35.5, None, 0]

@@ -26,9 +26,18 @@ def test_the_example_loads_and_mentions_every_key(tmp_path):
     assert cfg.api.enabled and cfg.api.host == "127.0.0.1" and cfg.api.token is not None
     assert cfg.gateway.database == tmp_path / "gateway.db"  # relative to the file
     assert cfg.serial == () and not cfg.semtech.enabled
-    for section in (config.GatewaySection, config.LogSection, config.QueueSection, config.PipelineSection,
-                    config.DownlinksSection, config.ApiSection, config.UpstreamSection, config.SemtechSection,
-                    config.SerialPortSection, config.BleSection):
+    for section in (
+        config.GatewaySection,
+        config.LogSection,
+        config.QueueSection,
+        config.PipelineSection,
+        config.DownlinksSection,
+        config.ApiSection,
+        config.UpstreamSection,
+        config.SemtechSection,
+        config.SerialPortSection,
+        config.BleSection,
+    ):
         for f in dataclasses.fields(section):
             assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f.name
     # uncommenting the [[serial]] example gives a valid port
@@ -54,28 +63,34 @@ def test_defaults_with_only_a_token(tmp_path):
     assert "0123456789abcdef0123" not in repr(cfg) and cfg.api.token.reveal() == "0123456789abcdef0123"
 
 
-@pytest.mark.parametrize("text, where, why", [
-    ("[api]\nport = 70000\n" + TOKEN, "api.port", "not a port number"),
-    ("[api]\nport = \"80\"\n" + TOKEN, "api.port", "must be an integer"),
-    ("[api]\nprot = 80\n" + TOKEN, "api.prot", "did you mean 'port'"),
-    ("[apii]\n", "[apii]", "did you mean [api]"),
-    ("[api]\nenabled = true\n", "api.token", "required when the API is enabled"),
-    ("[api]\ntoken = \"short\"\n", "api.token", "shorter than 16"),
-    ("[api]\n" + TOKEN + "\ntoken_file = \"t\"\n", "api", "not both"),
-    ("[api]\n" + TOKEN + "\n[log]\nlevel = \"loud\"\n", "log.level", "'loud' is not one of"),
-    ("[api]\n" + TOKEN + "\n[queue]\nmax_records = 0\n", "queue.max_records", "must be positive"),
-    ("[api]\n" + TOKEN + "\n[upstream]\nurl = \"ftp://x\"\n", "upstream.url", "http://"),
-    ("[api]\n" + TOKEN + "\n[upstream]\nnative_version = 1\n", "upstream.native_version", "outside 2..3"),
-    ("[api]\n" + TOKEN + "\n[upstream]\nbatch_max_age_s = nan\n", "upstream.batch_max_age_s", "finite"),
-    ("[api]\n" + TOKEN + "\n[upstream]\nbackoff_initial_s = 500.0\n", "upstream.backoff_initial_s", "larger"),
-    ("[api]\n" + TOKEN + "\n[[serial]]\nbaudrate = 9600\n", "serial[0].port", "required"),
-    ("[api]\n" + TOKEN + "\n[[serial]]\nport = \"/dev/a\"\n[[serial]]\nport = \"/dev/a\"\n", "serial[1].port",
-     "listed twice"),
-    ("serial = 1\n[api]\n" + TOKEN, "serial", "array of tables"),
-    ("[api]\n" + TOKEN + "\n[downlinks]\ncollect_s = 2.0\n", "downlinks.collect_s", "outside"),
-    ("[api]\n" + TOKEN + "\n[gateway]\ndatabase = \"\"\n", "gateway.database", "must be a path"),
-    ("[api\n", "", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, where, why",
+    [
+        ("[api]\nport = 70000\n" + TOKEN, "api.port", "not a port number"),
+        ('[api]\nport = "80"\n' + TOKEN, "api.port", "must be an integer"),
+        ("[api]\nprot = 80\n" + TOKEN, "api.prot", "did you mean 'port'"),
+        ("[apii]\n", "[apii]", "did you mean [api]"),
+        ("[api]\nenabled = true\n", "api.token", "required when the API is enabled"),
+        ('[api]\ntoken = "short"\n', "api.token", "shorter than 16"),
+        ("[api]\n" + TOKEN + '\ntoken_file = "t"\n', "api", "not both"),
+        ("[api]\n" + TOKEN + '\n[log]\nlevel = "loud"\n', "log.level", "'loud' is not one of"),
+        ("[api]\n" + TOKEN + "\n[queue]\nmax_records = 0\n", "queue.max_records", "must be positive"),
+        ("[api]\n" + TOKEN + '\n[upstream]\nurl = "ftp://x"\n', "upstream.url", "http://"),
+        ("[api]\n" + TOKEN + "\n[upstream]\nnative_version = 1\n", "upstream.native_version", "outside 2..3"),
+        ("[api]\n" + TOKEN + "\n[upstream]\nbatch_max_age_s = nan\n", "upstream.batch_max_age_s", "finite"),
+        ("[api]\n" + TOKEN + "\n[upstream]\nbackoff_initial_s = 500.0\n", "upstream.backoff_initial_s", "larger"),
+        ("[api]\n" + TOKEN + "\n[[serial]]\nbaudrate = 9600\n", "serial[0].port", "required"),
+        (
+            "[api]\n" + TOKEN + '\n[[serial]]\nport = "/dev/a"\n[[serial]]\nport = "/dev/a"\n',
+            "serial[1].port",
+            "listed twice",
+        ),
+        ("serial = 1\n[api]\n" + TOKEN, "serial", "array of tables"),
+        ("[api]\n" + TOKEN + "\n[downlinks]\ncollect_s = 2.0\n", "downlinks.collect_s", "outside"),
+        ("[api]\n" + TOKEN + '\n[gateway]\ndatabase = ""\n', "gateway.database", "must be a path"),
+        ("[api\n", "", "not valid TOML"),
+    ],
+)
 def test_errors_name_file_key_and_why(tmp_path, text, where, why):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:

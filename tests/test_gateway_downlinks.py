@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from gateway_helpers import node_keys, registry, reception, seal
+from gateway_helpers import node_keys, reception, registry, seal
 from waiting import wait_for
 
 from gateway.downlinks import RETRY_AFTER_S, DownlinkRejected, Downlinks
@@ -85,7 +85,8 @@ async def test_lora_answers_once_per_window_through_the_best_radio(gw):
     raw = alarm(30)
     verdicts = await asyncio.gather(
         p.ingest(reception(raw, transport="udp", path=far, gateway_id="udp:far", rssi=-118.0)),
-        p.ingest(reception(raw, transport="udp", path=near, gateway_id="udp:near", rssi=-71.0)))
+        p.ingest(reception(raw, transport="udp", path=near, gateway_id="udp:near", rssi=-71.0)),
+    )
     await d.idle()
     assert sorted(verdicts) == ["accepted", "duplicate"]
     # one frame per receive window, through the radio that heard the node best; nothing else can follow
@@ -161,6 +162,7 @@ async def test_the_sweep_sleeps_while_nothing_is_open_and_wakes_for_a_queued_dow
     async def counted() -> None:
         sweeps.append(clock.t)
         await real()
+
     d.sweep = counted
     await d.start()
     try:
@@ -262,8 +264,9 @@ async def test_an_ack_that_arrives_while_the_send_still_waits_is_not_overwritten
             if self.sent[-1][0] == m.COMMAND:  # the node answers before the transport returns
                 cmd_id = self.sent[-1][2][0]
                 ack = seal(NODE, 2, m.CMD_ACK, {0: cmd_id, 1: m.RES_OK, 2: 80})
-                task = asyncio.ensure_future(p.ingest(reception(ack, transport="serial", path=self,
-                                                                gateway_id=self.name)))
+                task = asyncio.ensure_future(
+                    p.ingest(reception(ack, transport="serial", path=self, gateway_id=self.name))
+                )
                 await asyncio.sleep(0.1)
                 await task
 

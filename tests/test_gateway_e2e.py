@@ -78,8 +78,12 @@ def start_sink(tmp) -> tuple[subprocess.Popen, str]:
     tok = tmp / "sink.token"
     tok.write_text(SINK_TOKEN)
     tok.chmod(0o600)
-    proc = subprocess.Popen([sys.executable, "-m", "lumeau", "sink", "--db", str(tmp / "sink.db"), "--port", "0",
-                             "--token-file", str(tok)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lumeau", "sink", "--db", str(tmp / "sink.db"), "--port", "0", "--token-file", str(tok)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = proc.stdout.readline()
     mt = re.search(r"listening on (http://\S+)", line)
     assert mt, line
@@ -89,8 +93,9 @@ def start_sink(tmp) -> tuple[subprocess.Popen, str]:
 def sink_records(base: str) -> list[dict]:
     out, after = [], 0
     while True:
-        req = urllib.request.Request(f"{base}/v1/records?limit=1000&after={after}",
-                                     headers={"Authorization": f"Bearer {SINK_TOKEN}"})
+        req = urllib.request.Request(
+            f"{base}/v1/records?limit=1000&after={after}", headers={"Authorization": f"Bearer {SINK_TOKEN}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             doc = json.loads(r.read())
         out += doc["records"]

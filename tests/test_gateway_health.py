@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gateway_helpers import registry, reception, seal
+from gateway_helpers import reception, registry, seal
 
 from gateway.health import SILENT_AFTER_S, assess
 from gateway.pipeline import Pipeline
@@ -46,12 +46,15 @@ async def test_a_node_heard_lately_is_ok_and_falls_silent_after_the_limit(feed):
     assert assess(st, 1_000_100.0, silent_after_s=60)["state"] == "silent"
 
 
-@pytest.mark.parametrize("mtype, body", [
-    (m.LIGHT, {**LIGHT, 3: m.LS_ON | m.LS_FAILSAFE}),
-    (m.IRRIGATION, {0: b"\x40\xff\xff\xff", 1: 0, 6: m.IF_FAILSAFE}),
-    (m.EVENT, {0: m.EV_LIGHT_FAILSAFE, 1: m.SEV_WARNING, 4: 1}),
-    (m.EVENT, {0: m.EV_IRRIGATION_FAILSAFE, 1: m.SEV_INFO, 4: 1}),
-])
+@pytest.mark.parametrize(
+    "mtype, body",
+    [
+        (m.LIGHT, {**LIGHT, 3: m.LS_ON | m.LS_FAILSAFE}),
+        (m.IRRIGATION, {0: b"\x40\xff\xff\xff", 1: 0, 6: m.IF_FAILSAFE}),
+        (m.EVENT, {0: m.EV_LIGHT_FAILSAFE, 1: m.SEV_WARNING, 4: 1}),
+        (m.EVENT, {0: m.EV_IRRIGATION_FAILSAFE, 1: m.SEV_INFO, 4: 1}),
+    ],
+)
 async def test_fail_safe_as_any_node_says_it(feed, mtype, body):
     st = await feed(mtype, body)
     assert assess(st, 1_000_010.0)["state"] == "failsafe"

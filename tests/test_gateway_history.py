@@ -6,7 +6,7 @@ import tracemalloc
 
 import cbor2
 import pytest
-from gateway_helpers import LIGHT_BODY, registry, reception, seal
+from gateway_helpers import LIGHT_BODY, reception, registry, seal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,8 +31,12 @@ def test_the_last_per_type_uplinks_per_type_oldest_first_named():
     h.add(2, m.LIGHT, light(99), T0)
     got = h.recent(1)
     assert [(r["type"], r["rx_time"]) for r in got] == [  # all types merged in time order
-        ("status", T0 + 5 * 900 + 1), ("light", T0 + 6 * 900), ("light", T0 + 7 * 900),
-        ("light", T0 + 8 * 900), ("light", T0 + 9 * 900)]
+        ("status", T0 + 5 * 900 + 1),
+        ("light", T0 + 6 * 900),
+        ("light", T0 + 7 * 900),
+        ("light", T0 + 8 * 900),
+        ("light", T0 + 9 * 900),
+    ]
     assert [r["fields"]["level"]["value"] for r in h.recent(1, ["light"])] == [6, 7, 8, 9]
     assert h.recent(1, ["light"])[0]["fields"] == expand.expand(m.LIGHT, light(6))
     assert [r["type"] for r in h.recent(1, ["status"])] == ["status"]
@@ -81,9 +85,13 @@ def test_bounds_must_be_positive():
 
 
 @settings(max_examples=150, deadline=None)
-@given(adds=st.lists(st.tuples(st.integers(1, 4), st.sampled_from([m.LIGHT, m.STATUS, m.EVENT]),
-                               st.integers(0, 100)), max_size=80),
-       per_type=st.integers(1, 6), max_entries=st.integers(1, 30))
+@given(
+    adds=st.lists(
+        st.tuples(st.integers(1, 4), st.sampled_from([m.LIGHT, m.STATUS, m.EVENT]), st.integers(0, 100)), max_size=80
+    ),
+    per_type=st.integers(1, 6),
+    max_entries=st.integers(1, 30),
+)
 def test_whatever_arrives_the_bounds_hold_and_what_is_kept_is_the_latest(adds, per_type, max_entries):
     h = History(per_type=per_type, max_entries=max_entries)
     sent: dict[tuple[int, int], list[float]] = {}
@@ -95,7 +103,7 @@ def test_whatever_arrives_the_bounds_hold_and_what_is_kept_is_the_latest(adds, p
     assert len(h) == sum(len(v) for v in kept.values()) <= max_entries
     for key, times in kept.items():
         assert len(times) <= per_type
-        assert times == sent[key][len(sent[key]) - len(times):]  # a suffix: only the oldest go
+        assert times == sent[key][len(sent[key]) - len(times) :]  # a suffix: only the oldest go
     if adds:
         last_node, last_type, _ = adds[-1]
         assert kept[(last_node, last_type)][-1] == T0 + len(adds) - 1  # the newest is always kept
@@ -150,8 +158,11 @@ def _value(kind: int, lo: int, hi: int, maxlen: int):
 def uplinks(draw) -> tuple[int, dict]:
     """Any valid uplink body, as the pipeline hands it over: every field at any value of its range."""
     mtype = draw(st.sampled_from([t for t in m.SPECS if t < 8]))
-    body = {key: draw(_value(kind, lo, hi, maxlen)) for key, kind, lo, hi, req, maxlen in m.SPECS[mtype]
-            if req or draw(st.booleans())}
+    body = {
+        key: draw(_value(kind, lo, hi, maxlen))
+        for key, kind, lo, hi, req, maxlen in m.SPECS[mtype]
+        if req or draw(st.booleans())
+    }
     return mtype, m.validate(mtype, body)
 
 

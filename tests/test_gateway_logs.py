@@ -31,9 +31,17 @@ def test_lines_are_json_with_the_fields_given(captured):
 
 def test_secrets_and_bytes_never_reach_the_log(captured):
     key = bytes(range(16))
-    logging.getLogger("lumeau.test").warning("provisioned", extra={
-        "root_key": key.hex(), "api_token": "tok-123456789012345", "Authorization": "Bearer x",
-        "payload": key, "nested": {"upstream_token": "abc", "ok": 1}, "items": [key]})
+    logging.getLogger("lumeau.test").warning(
+        "provisioned",
+        extra={
+            "root_key": key.hex(),
+            "api_token": "tok-123456789012345",
+            "Authorization": "Bearer x",
+            "payload": key,
+            "nested": {"upstream_token": "abc", "ok": 1},
+            "items": [key],
+        },
+    )
     text = captured.getvalue()
     doc = json.loads(text)
     assert key.hex() not in text and "tok-123456789012345" not in text and "Bearer x" not in text

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from apps_support import AppNode
 
-from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
 from gateway import ops
 from protocol import expand
 from protocol import messages as m
+from simulator.hal_sim import SimHAL
 
 SPEC = Path(__file__).resolve().parent.parent / "protocol" / "SPEC.md"
 RUNTIME_OPS = {"set_interval", "reboot"}  # executed by firmware/runtime.py, not by an app
@@ -43,8 +43,8 @@ def app(kind: str):
 
 def test_every_op_of_the_spec_is_described_with_its_name():
     text = SPEC.read_text()
-    section = text[text.index("| op | name | args |"):]
-    section = section[:section.index("\n\n")]
+    section = text[text.index("| op | name | args |") :]
+    section = section[: section.index("\n\n")]
     table = dict(re.findall(r"^\| (\d+) \| (\w+) \|", section, re.M))
     cat = ops.catalogue()
     assert {str(o["op"]): o["name"] for o in cat} == table
@@ -67,8 +67,12 @@ def bounds(arg: dict) -> tuple[int, int]:
 
 
 def cases() -> list:
-    return [pytest.param(o, kind, id=f"{o['name']}-{kind}")
-            for o in ops.catalogue() if o["name"] not in RUNTIME_OPS for kind in o["kinds"]]
+    return [
+        pytest.param(o, kind, id=f"{o['name']}-{kind}")
+        for o in ops.catalogue()
+        if o["name"] not in RUNTIME_OPS
+        for kind in o["kinds"]
+    ]
 
 
 @pytest.mark.parametrize("op, kind", cases())

@@ -9,7 +9,7 @@ import sqlite3
 
 import cbor2
 import pytest
-from gateway_helpers import node_keys, registry, reception, root_key, seal
+from gateway_helpers import node_keys, reception, registry, root_key, seal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +37,9 @@ async def gw(tmp_path):
 def stored(p: Pipeline) -> list[tuple]:
     c = sqlite3.connect(p.store.path)
     try:
-        return c.execute("SELECT node_id, counter, receptions, best_rssi, gateway_id FROM records ORDER BY seq").fetchall()
+        return c.execute(
+            "SELECT node_id, counter, receptions, best_rssi, gateway_id FROM records ORDER BY seq"
+        ).fetchall()
     finally:
         c.close()
 
@@ -92,8 +94,15 @@ async def test_every_rejection_reason_is_counted(tmp_path):
     assert await p.ingest(reception(seal(2, 2))) == "queue_full"
     p.reject("bad_crc", "serial")
     by_reason = p.rejected_by_reason()
-    assert by_reason == {"oversized": 1, "malformed": 6, "unknown_node": 1, "bad_mic": 2, "replay": 1,
-                         "queue_full": 1, "bad_crc": 1}
+    assert by_reason == {
+        "oversized": 1,
+        "malformed": 6,
+        "unknown_node": 1,
+        "bad_mic": 2,
+        "replay": 1,
+        "queue_full": 1,
+        "bad_crc": 1,
+    }
     assert p.rejected[("bad_crc", "serial")] == 1 and p.received["serial"] == 1
     assert set(by_reason) <= set(REASONS)
     assert p.bad_mic_by_node == {1: 2}
@@ -103,6 +112,7 @@ async def test_every_rejection_reason_is_counted(tmp_path):
 
 def keys_of_other_root(node_id):
     from protocol.keys import NodeKeys
+
     return NodeKeys(node_id, bytes(16))
 
 
@@ -136,8 +146,18 @@ async def test_the_same_frame_from_several_radios_is_stored_once(gw):
 async def test_replay_window_accepts_reordering_and_rejects_replays(gw):
     order = [10, 8, 9, 12, 11, 10, 41, 9, 20, 8]  # 41 - 9 = 32: just outside the window
     got = [await gw.ingest(reception(seal(4, c))) for c in order]
-    assert got == ["accepted", "accepted", "accepted", "accepted", "accepted", "duplicate", "accepted", "replay",
-                   "accepted", "replay"]
+    assert got == [
+        "accepted",
+        "accepted",
+        "accepted",
+        "accepted",
+        "accepted",
+        "duplicate",
+        "accepted",
+        "replay",
+        "accepted",
+        "replay",
+    ]
 
 
 async def test_windows_survive_a_restart(tmp_path):
@@ -158,8 +178,9 @@ async def test_a_rekeyed_node_may_restart_its_counters(gw):
     new_root = bytes(reversed(root_key(5)))
     gw.registry.upsert(NodeEntry(node_id=5, kind="lighting", root_key=new_root))
     await gw.reset_node(5)
-    raw = frame.seal(NodeEntry(node_id=5, kind="lighting", root_key=new_root).keys, m.LIGHT, 0,
-                     m.encode(m.LIGHT, {0: 10}))
+    raw = frame.seal(
+        NodeEntry(node_id=5, kind="lighting", root_key=new_root).keys, m.LIGHT, 0, m.encode(m.LIGHT, {0: 10})
+    )
     assert await gw.ingest(reception(raw)) == "accepted"
     assert await gw.ingest(reception(seal(5, 1001))) == "bad_mic"  # the old key is gone
 
@@ -218,8 +239,11 @@ async def test_rejections_are_logged_at_a_bounded_rate_without_keys(gw):
 
 # ---------------------------------------------------------------- decode_body agrees with the reference
 
-_value = st.recursive(st.integers(-2**64, 2**64 - 1) | st.binary(max_size=8) | st.text(max_size=8) | st.booleans()
-                      | st.none(), lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+_value = st.recursive(
+    st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=8) | st.text(max_size=8) | st.booleans() | st.none(),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
 _light_body = st.dictionaries(st.integers(0, 30), st.integers(-5, 70_000) | _value, max_size=9)
 
 
@@ -253,15 +277,18 @@ def test_decode_body_agrees_on_arbitrary_bytes(data, mtype):
     assert _fast(mtype, data) == _reference(mtype, data)
 
 
-@pytest.mark.parametrize("data", [
-    bytes.fromhex("a2000101ff"),  # trailing byte
-    bytes.fromhex("a200010002"),  # duplicate key: cbor2 alone would keep the last
-    bytes.fromhex("a1001828") + b"\x00",  # trailing zero
-    bytes.fromhex("a1 00 19 0028".replace(" ", "")),  # non-shortest integer: well-formed, accepted
-    bytes.fromhex("bf0018 28ff".replace(" ", "")),  # indefinite-length map: well-formed, accepted
-    bytes.fromhex("a100c249010000000000000000"),  # a bignum tag where an int is expected
-    bytes.fromhex("a100f818"),  # two-byte simple value 24: not well-formed in RFC 8949
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes.fromhex("a2000101ff"),  # trailing byte
+        bytes.fromhex("a200010002"),  # duplicate key: cbor2 alone would keep the last
+        bytes.fromhex("a1001828") + b"\x00",  # trailing zero
+        bytes.fromhex("a1 00 19 0028".replace(" ", "")),  # non-shortest integer: well-formed, accepted
+        bytes.fromhex("bf0018 28ff".replace(" ", "")),  # indefinite-length map: well-formed, accepted
+        bytes.fromhex("a100c249010000000000000000"),  # a bignum tag where an int is expected
+        bytes.fromhex("a100f818"),  # two-byte simple value 24: not well-formed in RFC 8949
+    ],
+)
 def test_decode_body_edge_cases_follow_the_reference(data):
     assert _fast(m.LIGHT, data) == _reference(m.LIGHT, data)
 
@@ -299,8 +326,13 @@ def test_fuzz_arbitrary_bytes(fuzz_gw, raws):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(1, 5), st.integers(0, 2**32 - 1), st.sampled_from(range(16)), st.binary(min_size=1, max_size=60),
-       st.booleans())
+@given(
+    st.integers(1, 5),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(range(16)),
+    st.binary(min_size=1, max_size=60),
+    st.booleans(),
+)
 def test_fuzz_authentic_frames_with_arbitrary_bodies(fuzz_gw, node, counter, mtype, body, encrypt):
     """A node with a bug (or a stolen key) can send anything behind a valid MIC."""
     raw = frame.seal(node_keys(node), mtype, counter, body, encrypt=encrypt)

@@ -13,8 +13,16 @@ from protocol.keys import NodeKeys
 
 
 def entry(n: int = 0x00A1B2C3, **kw) -> NodeEntry:
-    args = dict(node_id=n, kind="lighting", root_key=root_key(n), name="Rue de Rivoli 12", site="Rue de Rivoli",
-                lat=48.8606, lon=2.3376, firmware="0.1.0")
+    args = dict(
+        node_id=n,
+        kind="lighting",
+        root_key=root_key(n),
+        name="Rue de Rivoli 12",
+        site="Rue de Rivoli",
+        lat=48.8606,
+        lon=2.3376,
+        firmware="0.1.0",
+    )
     args.update(kw)
     return NodeEntry(**args)
 
@@ -74,23 +82,38 @@ def test_missing_file_is_an_empty_registry_unless_required(tmp_path):
         Registry.load(tmp_path / "none.toml", missing_ok=False)
 
 
-@pytest.mark.parametrize("text, why", [
-    ("nodes = [", "not valid TOML"),
-    ("version = 2", "version: 2 is not supported"),
-    ("other = 1", "unknown top-level key 'other'"),
-    ('[nodes.zz]\nkind = "lighting"\nroot_key = "00"', r"nodes.zz: node id 'zz' is not 1 to 8 hex digits"),
-    ('[nodes.1]\nroot_key = "000102030405060708090a0b0c0d0e0f"', r"nodes.1: kind: required"),
-    ('[nodes.1]\nkind = "lamp"\nroot_key = "000102030405060708090a0b0c0d0e0f"', r"nodes.1: kind: 'lamp' is not one"),
-    ('[nodes.1]\nkind = "lighting"\nroot_key = "0001"', r"nodes.1: root_key: must be 32 hex digits"),
-    ('[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\nlat = 91.0\nlon = 0.0',
-     r"nodes.1: lat: must be a number of degrees"),
-    ('[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\nlat = 1.0',
-     r"nodes.1: lat and lon go together"),
-    ('[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\ncolour = 1',
-     r"nodes.1: unknown key 'colour'"),
-    ('[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\n'
-     '[nodes.0x01]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"', "listed twice"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("nodes = [", "not valid TOML"),
+        ("version = 2", "version: 2 is not supported"),
+        ("other = 1", "unknown top-level key 'other'"),
+        ('[nodes.zz]\nkind = "lighting"\nroot_key = "00"', r"nodes.zz: node id 'zz' is not 1 to 8 hex digits"),
+        ('[nodes.1]\nroot_key = "000102030405060708090a0b0c0d0e0f"', r"nodes.1: kind: required"),
+        (
+            '[nodes.1]\nkind = "lamp"\nroot_key = "000102030405060708090a0b0c0d0e0f"',
+            r"nodes.1: kind: 'lamp' is not one",
+        ),
+        ('[nodes.1]\nkind = "lighting"\nroot_key = "0001"', r"nodes.1: root_key: must be 32 hex digits"),
+        (
+            '[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\nlat = 91.0\nlon = 0.0',
+            r"nodes.1: lat: must be a number of degrees",
+        ),
+        (
+            '[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\nlat = 1.0',
+            r"nodes.1: lat and lon go together",
+        ),
+        (
+            '[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\ncolour = 1',
+            r"nodes.1: unknown key 'colour'",
+        ),
+        (
+            '[nodes.1]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"\n'
+            '[nodes.0x01]\nkind = "lighting"\nroot_key = "000102030405060708090a0b0c0d0e0f"',
+            "listed twice",
+        ),
+    ],
+)
 def test_errors_name_file_node_key_and_why(tmp_path, text, why):
     path = tmp_path / "nodes.toml"
     path.write_text(text)

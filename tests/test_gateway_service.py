@@ -43,8 +43,11 @@ def test_config_errors_exit_2_naming_file_and_key(tmp_path):
 
 def write_config(tmp_path, *, upstream: str | None = None, extra: str = "") -> object:
     p = tmp_path / "gateway.toml"
-    up = f'url = "{upstream}"\nbatch_max_age_s = 0.2\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\n' if upstream \
+    up = (
+        f'url = "{upstream}"\nbatch_max_age_s = 0.2\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\n'
+        if upstream
         else "enabled = false\n"
+    )
     p.write_text(f"""
 [gateway]
 id = "test-gw"
@@ -65,8 +68,9 @@ port = 0
 
 
 def api_get(port: int, path: str, token: str | None = TOKEN):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
@@ -100,16 +104,22 @@ def test_frames_over_udp_are_stored_and_shown_then_a_signal_stops_it_cleanly(tmp
         def node_seen():
             status, body = api_get(api, "/nodes/00000001")
             doc = json.loads(body)
-            return doc if doc.get("last_seen") and doc["readings"]["light"]["fields"]["energy"]["value"] == 123466 \
+            return (
+                doc
+                if doc.get("last_seen") and doc["readings"]["light"]["fields"]["energy"]["value"] == 123466
                 else None
+            )
 
         node = wait_for(node_seen)
         assert node["gateway"] == "udp:0102030405060708" and node["rssi"] == -80.0
+
         def bad_mic_counted():
             text = api_get(api, "/metrics")[1]
-            return ('lumeau_frames_rejected_total{reason="bad_mic",transport="udp"} 1' in text
-                    and "\nlumeau_frames_accepted_total 11\n" in text
-                    and 'lumeau_transport_stat{transport="semtech"' in text)
+            return (
+                'lumeau_frames_rejected_total{reason="bad_mic",transport="udp"} 1' in text
+                and "\nlumeau_frames_accepted_total 11\n" in text
+                and 'lumeau_transport_stat{transport="semtech"' in text
+            )
 
         wait_for(bad_mic_counted)
         assert gw.stop(sig) == 0
@@ -125,8 +135,12 @@ def test_frames_over_udp_are_stored_and_shown_then_a_signal_stops_it_cleanly(tmp
 def test_a_broken_registry_stops_startup_with_a_clear_message(tmp_path):
     (tmp_path / "nodes.toml").write_text("version = 1\n")
     (tmp_path / "nodes.toml").chmod(0o644)
-    r = subprocess.run([sys.executable, "-m", "lumeau", "gateway", "--config", str(write_config(tmp_path))],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "lumeau", "gateway", "--config", str(write_config(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "chmod 600" in r.stderr
 
 
@@ -182,8 +196,9 @@ async def test_upstream_native_version_from_the_config_reaches_the_wire(tmp_path
     await site.start()
     port = runner.addresses[0][1]
     registry(tmp_path / "nodes.toml", [7]).save()
-    cfg = load_config(write_config(tmp_path, upstream=f"http://127.0.0.1:{port}/v1/records",
-                                   extra=f"native_version = {version}\n"))
+    cfg = load_config(
+        write_config(tmp_path, upstream=f"http://127.0.0.1:{port}/v1/records", extra=f"native_version = {version}\n")
+    )
     svc = Gateway(cfg)
     await svc.start()
     try:

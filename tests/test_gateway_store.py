@@ -13,9 +13,9 @@ import time
 from collections import Counter
 
 import pytest
-from gateway_helpers import alarm_record, event_record, record, registry, reception, seal
-
 from conftest import ROOT
+from gateway_helpers import alarm_record, event_record, reception, record, registry, seal
+
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
 from gateway.store import QueueFull, Store, StoreClosed, StoreError
@@ -312,8 +312,12 @@ def test_sigkill_mid_burst_loses_no_acknowledged_record(tmp_path, log_max):
     reg_path = tmp_path / "nodes.toml"
     registry(reg_path, range(1, nodes + 1)).save()
     db = tmp_path / "gw.db"
-    child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gateway_crash_child.py"), str(db), str(reg_path),
-                              str(nodes)] + ([str(log_max)] if log_max else []), stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "gateway_crash_child.py"), str(db), str(reg_path), str(nodes)]
+        + ([str(log_max)] if log_max else []),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     acked: list[tuple[int, int]] = []
     try:
         assert child.stdout.readline().strip() == "READY"
@@ -382,7 +386,9 @@ async def test_the_writer_policies_are_constructor_arguments(tmp_path):
         assert await s.writer.call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 0  # OFF
         assert await s.append(record(1, 1), (1, 1, 1)) == 1
         assert [r.counter for _s, r in s.next_batch(10)] == [1] and s.window(1) == (1, 1)
-        assert s.writer.reader is not None and s.writer.reader.execute("PRAGMA locking_mode").fetchone()[0] == "exclusive"
+        assert (
+            s.writer.reader is not None and s.writer.reader.execute("PRAGMA locking_mode").fetchone()[0] == "exclusive"
+        )
         assert calls  # the commits ran on the given executor
     finally:
         await s.close()

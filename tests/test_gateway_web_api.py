@@ -4,11 +4,9 @@ catalogue, and a command's acknowledged value. The page itself runs in tests/tes
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import pytest
-from gateway_helpers import node_keys, registry, reception, seal
+from gateway_helpers import node_keys, reception, registry, seal
 from waiting import wait_for
 
 from gateway import ops
@@ -78,9 +76,12 @@ async def test_the_page_is_public_and_locked_down_the_data_is_not(gw):
             assert r.headers["Referrer-Policy"] == "no-referrer" and r.headers["Cache-Control"] == "no-cache"
             html = name in ("", "index.html")
             assert r.headers["Content-Security-Policy"] == (PAGE_CSP if html else API_CSP)
-            assert r.headers["Content-Type"].split(";")[0] == {
-                "html": "text/html", "js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}[
-                (name or "index.html").rsplit(".", 1)[1]]
+            assert (
+                r.headers["Content-Type"].split(";")[0]
+                == {"html": "text/html", "js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}[
+                    (name or "index.html").rsplit(".", 1)[1]
+                ]
+            )
             etag = r.headers["ETag"]
         async with http.get("/ui/" + name, headers={"If-None-Match": etag}) as r:
             assert r.status == 304 and not await r.read()
@@ -133,10 +134,12 @@ async def test_recent_readings_of_a_node(gw):
         assert [x["rx_time"] for x in (await r.json())["readings"]] == [1_795_000_004.0, 1_795_000_005.0]
     async with http.get("/nodes/00000002/readings", headers=AUTH) as r:
         assert r.status == 200 and (await r.json())["readings"] == []
-    for path, status, why in [("/nodes/000000ff/readings", 404, "no such node"),
-                              ("/nodes/xyz/readings", 400, "hex"),
-                              ("/nodes/00000001/readings?type=light,cake", 400, "unknown uplink type 'cake'"),
-                              ("/nodes/00000001/readings?limit=0", 400, "limit")]:
+    for path, status, why in [
+        ("/nodes/000000ff/readings", 404, "no such node"),
+        ("/nodes/xyz/readings", 400, "hex"),
+        ("/nodes/00000001/readings?type=light,cake", 400, "unknown uplink type 'cake'"),
+        ("/nodes/00000001/readings?limit=0", 400, "limit"),
+    ]:
         async with http.get(path, headers=AUTH) as r:
             assert r.status == status and why in (await r.json())["error"], path
 
@@ -164,13 +167,15 @@ async def test_an_acked_command_shows_the_value_the_node_applied(gw):
     async with http.post("/nodes/00000001/commands", json={"op": "open_zone", "args": [2, 600]}, headers=AUTH) as r:
         cmd = await r.json()
     await wait_for(lambda: wire.sent)  # serial: sent at once
-    (mtype, body), = wire.sent
+    ((mtype, body),) = wire.sent
     assert mtype == m.COMMAND and body[0] == cmd["command_id"]
     ack = seal(1, 2, m.CMD_ACK, {0: body[0], 1: m.RES_OK, 2: 45})  # capped at the node's maximum
     assert await p.ingest(reception(ack, transport="serial", path=wire)) == "accepted"
+
     async def acked() -> dict | None:
         async with http.get(f"/commands/{cmd['id']}", headers=AUTH) as r:
             got = await r.json()
         return got if got["state"] == "acked" else None
+
     got = await wait_for(acked)
     assert got["state"] == "acked" and got["result"] == "ok" and got["value"] == 45

@@ -102,9 +102,20 @@ def fake_machine(cause="PWRON_RESET", clock: FakeTime | None = None):
                 y, mo, d, wd, h, mi, s, _ = dt
                 clock.unix = int(_time.mktime((y, mo, d, h, mi, s, 0, 0, 0)) - _time.timezone)
 
-    mod = types.SimpleNamespace(Pin=Pin, PWM=PWM, ADC=ADC, WDT=WDT, RTC=RTC, PWRON_RESET=1, HARD_RESET=2,
-                                WDT_RESET=3, DEEPSLEEP_RESET=4, SOFT_RESET=5, log=log,
-                                reset=lambda: log.append(("reset",)))
+    mod = types.SimpleNamespace(
+        Pin=Pin,
+        PWM=PWM,
+        ADC=ADC,
+        WDT=WDT,
+        RTC=RTC,
+        PWRON_RESET=1,
+        HARD_RESET=2,
+        WDT_RESET=3,
+        DEEPSLEEP_RESET=4,
+        SOFT_RESET=5,
+        log=log,
+        reset=lambda: log.append(("reset",)),
+    )
     mod.reset_cause = lambda: getattr(mod, cause)
     return mod
 
@@ -115,8 +126,9 @@ PINS = {"lamp": 25, "pir": 26, "rain": 27, "zone1": 12, "master": 13, "lamp_curr
 def make(tmp_path, cause="PWRON_RESET", epoch_year=1970):
     clock = FakeTime(epoch_year)
     mach = fake_machine(cause, clock)
-    hal = MachineHAL(PINS, storage_dir=str(tmp_path / "state"), adc_scale={"supply": (11, 1)}, machine=mach,
-                     time_module=clock)
+    hal = MachineHAL(
+        PINS, storage_dir=str(tmp_path / "state"), adc_scale={"supply": (11, 1)}, machine=mach, time_module=clock
+    )
     return hal, mach, clock
 
 
@@ -180,8 +192,15 @@ def test_wall_clock_trusted_after_a_soft_reset_when_plausible(tmp_path):
     assert hal.time() is None
 
 
-@pytest.mark.parametrize("cause, code", [("PWRON_RESET", m.RST_POWER_ON), ("WDT_RESET", m.RST_WATCHDOG),
-                                         ("DEEPSLEEP_RESET", m.RST_DEEPSLEEP), ("HARD_RESET", m.RST_HARD)])
+@pytest.mark.parametrize(
+    "cause, code",
+    [
+        ("PWRON_RESET", m.RST_POWER_ON),
+        ("WDT_RESET", m.RST_WATCHDOG),
+        ("DEEPSLEEP_RESET", m.RST_DEEPSLEEP),
+        ("HARD_RESET", m.RST_HARD),
+    ],
+)
 def test_reset_causes(tmp_path, cause, code):
     hal, _, _ = make(tmp_path, cause)
     assert hal.reset_cause() == code

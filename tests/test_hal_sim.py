@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from simulator import virtual_loop
 from firmware.hal import HAL
-from simulator.hal_sim import SimHAL, SimReset, StepClock
 from protocol import messages as m
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL, SimReset, StepClock
 
 DAY_MS = 24 * 3600 * 1000
 

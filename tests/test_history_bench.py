@@ -12,9 +12,23 @@ from conftest import ROOT
 
 def test_history_bench_prints_its_figures():
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "history.py"), "--json", "--frames", "600",
-                          "--nodes", "20", "--repeats", "1"], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "history.py"),
+            "--json",
+            "--frames",
+            "600",
+            "--nodes",
+            "20",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # the bench process's, seen from here
     r = json.loads(out)

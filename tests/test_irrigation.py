@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from apps_support import AppNode, simulate, start
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apps_support import AppNode, simulate, start
 from firmware import astro
-from simulator.hal_sim import SimHAL
 from firmware.irrigation import Irrigation, check
 from protocol import frame
 from protocol import messages as m
+from simulator.hal_sim import SimHAL
 
 PPL = 450
 MONDAY = astro.days_from_civil(2026, 3, 16)  # a Monday
@@ -206,10 +206,22 @@ def test_set_schedule_replaces_the_zones_it_names_and_persists():
     assert sorted(app2.schedule) == [(1, 0x7F, 240, 4), (1, 0x7F, 250, 3)]
 
 
-@pytest.mark.parametrize("args", [
-    [], [1, 0x7F, 300], [0, 0x7F, 300, 5], [3, 0x7F, 300, 5], [1, 128, 300, 5], [1, -1, 300, 5],
-    [1, 0x7F, 1440, 5], [1, 0x7F, -1, 5], [1, 0x7F, 300, 1441], [1, 0x7F, 300, -1], [1, 1, 1, 1] * 7,
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        [1, 0x7F, 300],
+        [0, 0x7F, 300, 5],
+        [3, 0x7F, 300, 5],
+        [1, 128, 300, 5],
+        [1, -1, 300, 5],
+        [1, 0x7F, 1440, 5],
+        [1, 0x7F, -1, 5],
+        [1, 0x7F, 300, 1441],
+        [1, 0x7F, 300, -1],
+        [1, 1, 1, 1] * 7,
+    ],
+)
 def test_set_schedule_bounds(args):
     hal = SimHAL(_Clock(), time_known=True)
     app = Irrigation(cfg_with(), hal, AppNode(hal))
@@ -224,8 +236,10 @@ def test_at_most_eight_schedule_entries():
     assert app.command(m.OP_SET_SCHEDULE, six) == (m.RES_OK, 6)
     # zone 1 and 2 entries are replaced (4 go, 2 come): 4 left + 2 = 6 ... then two more zones
     assert app.command(m.OP_SET_SCHEDULE, [1, 1, 1, 1, 2, 1, 2, 1]) == (m.RES_OK, 4)
-    assert app.command(m.OP_SET_SCHEDULE, [1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 3, 1, 1, 1, 4, 1, 1, 1, 5, 1,
-                                           2, 1, 6, 1]) == (m.RES_OK, 8)
+    assert app.command(m.OP_SET_SCHEDULE, [1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 3, 1, 1, 1, 4, 1, 1, 1, 5, 1, 2, 1, 6, 1]) == (
+        m.RES_OK,
+        8,
+    )
     # 6 new zone-1 entries + zones 2, 3, 4 kept = 9: refused, nothing changed
     assert app.command(m.OP_SET_SCHEDULE, [1, 1, 1, 1] * 6) == (m.RES_BAD_ARGS, 0)
     assert len(app.schedule) == 8
@@ -244,8 +258,10 @@ class _Clock:
 
 
 def test_soil_moisture_skips_wet_zones_and_waters_toward_the_target():
-    cfg = cfg_with(zones=zones(3, moisture=1, skip_pct=25, target_pct=30),
-                   schedule=[[1, 0x7F, 300, 40], [2, 0x7F, 300, 10], [3, 0x7F, 300, 15]])
+    cfg = cfg_with(
+        zones=zones(3, moisture=1, skip_pct=25, target_pct=30),
+        schedule=[[1, 0x7F, 300, 40], [2, 0x7F, 300, 10], [3, 0x7F, 300, 15]],
+    )
 
     async def body(clock):
         hal, water, node, app = make(clock, cfg)
@@ -510,9 +526,18 @@ def test_a_valve_stuck_open_behind_the_master_raises_excess_flow_and_locks_out()
     assert node.of(m.EV_BURST) == [] and node.of(m.EV_LEAK) == [] and node.of(m.EV_NO_FLOW) == []
 
 
-@pytest.mark.parametrize("actual_over_nominal,raised", [(1.0, None), (1.25, None), (1.4, m.EV_EXCESS_FLOW),
-                                                        (1.9, m.EV_EXCESS_FLOW), (2.0, m.EV_EXCESS_FLOW), (2.2, m.EV_EXCESS_FLOW),
-                                                        (3.0, m.EV_BURST)])
+@pytest.mark.parametrize(
+    "actual_over_nominal,raised",
+    [
+        (1.0, None),
+        (1.25, None),
+        (1.4, m.EV_EXCESS_FLOW),
+        (1.9, m.EV_EXCESS_FLOW),
+        (2.0, m.EV_EXCESS_FLOW),
+        (2.2, m.EV_EXCESS_FLOW),
+        (3.0, m.EV_BURST),
+    ],
+)
 def test_excess_flow_threshold_sits_between_tolerance_and_burst(actual_over_nominal, raised):
     """The nominal flow is configured; the pipes carry `actual_over_nominal` times it for 20 min."""
     cfg = cfg_with(zones=[{"flow_dlpm": int(round(FLOWS[0] * 10 / actual_over_nominal))}])
@@ -671,8 +696,7 @@ def test_unknown_ops_are_refused():
 
 
 @settings(max_examples=300, deadline=None)
-@given(op=st.integers(0, 255), args=st.lists(st.integers(-2**31, 2**31 - 1), max_size=24),
-       time_known=st.booleans())
+@given(op=st.integers(0, 255), args=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=24), time_known=st.booleans())
 def test_any_command_from_the_air_is_answered(op, args, time_known):
     hal = SimHAL(_Clock(), time_known=time_known)
     app = Irrigation(cfg_with(zones=zones(4)), hal, AppNode(hal))
@@ -835,30 +859,48 @@ def test_the_latched_fault_mask_is_the_protocol_s():
 # -- configuration ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section, word", [
-    ({"zones": []}, "zones"), ({"zones": [{}] * 5}, "zones"), ({"zones": [{"flow_dlpm": 0}]}, "flow_dlpm"),
-    ({"zones": [{"skip_pct": 40, "target_pct": 30}]}, "skip_pct"), ({"valves": 2}, "unknown"),
-    ({"max_run_min": 0}, "max_run_min"), ({"schedule": [[1, 1, 1]]}, "schedule"),
-    ({"zones": [{}], "schedule": [[2, 1, 1, 1]]}, "schedule"), ({"moist_mv_0": 1000, "moist_mv_50": 1000}, "differ"),
-    ({"zones": ["a"]}, "zones"), ({"excess_pct": 5}, "excess_pct"),
-])
+@pytest.mark.parametrize(
+    "section, word",
+    [
+        ({"zones": []}, "zones"),
+        ({"zones": [{}] * 5}, "zones"),
+        ({"zones": [{"flow_dlpm": 0}]}, "flow_dlpm"),
+        ({"zones": [{"skip_pct": 40, "target_pct": 30}]}, "skip_pct"),
+        ({"valves": 2}, "unknown"),
+        ({"max_run_min": 0}, "max_run_min"),
+        ({"schedule": [[1, 1, 1]]}, "schedule"),
+        ({"zones": [{}], "schedule": [[2, 1, 1, 1]]}, "schedule"),
+        ({"moist_mv_0": 1000, "moist_mv_50": 1000}, "differ"),
+        ({"zones": ["a"]}, "zones"),
+        ({"excess_pct": 5}, "excess_pct"),
+    ],
+)
 def test_bad_settings_are_named(section, word):
     with pytest.raises(ValueError, match=word):
         check(section)
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(-1000, 70000), st.booleans(),
-                          st.one_of(st.none(), st.integers(0, 2**32 - 1)), st.integers(0, 120_000),
-                          st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 1440)))),
-                min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10**7),
+            st.integers(-1000, 70000),
+            st.booleans(),
+            st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+            st.integers(0, 120_000),
+            st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 1440))),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_any_sensor_readings_never_crash_the_loop(readings):
     clock = _Clock()
     now = [0]
     clock.ms = lambda: now[0]
     hal = SimHAL(clock, time_known=True)
-    cfg = cfg_with(zones=zones(4, moisture=1), supply_sensor=1,
-                   schedule=[[z, 0x7F, 60 * z, 30] for z in range(1, 5)])
+    cfg = cfg_with(zones=zones(4, moisture=1), supply_sensor=1, schedule=[[z, 0x7F, 60 * z, 30] for z in range(1, 5)])
     app = Irrigation(cfg, hal, AppNode(hal))
     for pulses, mv, rain, unix, dt, cmd in readings:
         hal.set_pulses("flow", pulses)  # may run backwards: a meter swapped or reset

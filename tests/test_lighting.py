@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from apps_support import AppNode, level_at, simulate, start
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apps_support import AppNode, level_at, simulate, start
 from firmware import astro
-from simulator.hal_sim import SimHAL
 from firmware.lighting import DEFAULT_PROFILE, Lighting, check
-from firmware.store import Store
 from protocol import frame
 from protocol import messages as m
+from simulator.hal_sim import SimHAL
 
 LAT, LON = 48.85, 2.35  # Paris
 DAY = astro.days_from_civil(2026, 3, 20)
@@ -42,7 +41,7 @@ class Lamp:
         self.full_ma = full_ma
         self.health = "ok"
         self.off_current = 0
-        self._changes = [(-10**9, 0)]
+        self._changes = [(-(10**9), 0)]
         hal.on_output = self._output
         hal.set_adc("lamp_current", self.current)
 
@@ -121,15 +120,18 @@ def test_a_night_and_a_day_of_the_default_profile():
     assert node.events == []  # a normal night with fades raises nothing
     # Energy: rated power x level x time, step by step (fades add a few seconds each)
     hours = lambda a, b: (b - a) / 3600  # noqa: E731
-    expected_wh = 60 * (hours(SUNSET, SUNSET + 4 * 3600) + 0.5 * hours(SUNSET + 4 * 3600, MIDNIGHT)
-                        + 0.3 * hours(MIDNIGHT, SUNRISE - 5400) + hours(SUNRISE - 5400, SUNRISE))
+    expected_wh = 60 * (
+        hours(SUNSET, SUNSET + 4 * 3600)
+        + 0.5 * hours(SUNSET + 4 * 3600, MIDNIGHT)
+        + 0.3 * hours(MIDNIGHT, SUNRISE - 5400)
+        + hours(SUNRISE - 5400, SUNRISE)
+    )
     wh = node.store.get("wh")
     assert abs(wh - expected_wh) <= 2
     assert node.store.get("burn_s") // 60 == (SUNRISE - SUNSET) // 60
     full_night_wh = 60 * hours(SUNSET, SUNRISE)
     saving = 1 - wh / full_night_wh
-    print(f"default profile, Paris, 20 March 2026: {wh} Wh vs {full_night_wh:.0f} Wh full power, "
-          f"saving {saving:.0%}")
+    print(f"default profile, Paris, 20 March 2026: {wh} Wh vs {full_night_wh:.0f} Wh full power, saving {saving:.0%}")
     assert 0.25 <= saving <= 0.80  # the range DESIGN.md cites for night dimming
     body = encode_report(app)
     assert body[2] == wh and body[4] == (SUNRISE - SUNSET) // 3600 and body[3] & m.LS_ON == 0
@@ -204,8 +206,7 @@ def test_every_night_of_a_year_is_lit_from_sunset_to_sunrise(lat, lon):
     lat=st.floats(-60.0, 60.0),
     lon=st.floats(-180.0, 180.0),
     day=st.integers(astro.days_from_civil(2024, 1, 1), astro.days_from_civil(2030, 12, 31)),
-    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(-720, 720), st.integers(0, 100)), min_size=1,
-                   max_size=8),
+    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(-720, 720), st.integers(0, 100)), min_size=1, max_size=8),
 )
 def test_plan_follows_profile_order(lat, lon, day, steps):
     cfg = {"location": {"lat": lat, "lon": lon}, "lighting": {"profile": [list(s) for s in steps]}}
@@ -356,10 +357,20 @@ def test_set_profile_applies_tonight_and_survives_reboot():
     simulate(body, t0)
 
 
-@pytest.mark.parametrize("args", [
-    [], [0, 0], [0, 0, 100, 1], [3, 0, 100], [0, 721, 100], [0, -721, 100], [0, 0, 101], [0, 0, -1],
-    [0, 0, 100] * 9,
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        [0, 0],
+        [0, 0, 100, 1],
+        [3, 0, 100],
+        [0, 721, 100],
+        [0, -721, 100],
+        [0, 0, 101],
+        [0, 0, -1],
+        [0, 0, 100] * 9,
+    ],
+)
 def test_set_profile_bounds(args):
     hal = SimHAL(_FixedClock())
     app = Lighting(CFG, hal, None)
@@ -374,7 +385,7 @@ def test_unknown_ops_are_refused():
 
 
 @settings(max_examples=300, deadline=None)
-@given(op=st.integers(0, 255), args=st.lists(st.integers(-2**31, 2**31 - 1), max_size=24))
+@given(op=st.integers(0, 255), args=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=24))
 def test_any_command_from_the_air_is_answered(op, args):
     hal = SimHAL(_FixedClock(), time_known=True)
     node = AppNode(hal)
@@ -434,10 +445,17 @@ def test_lamp_failure_raised_once_and_cleared():
     def mark(name):
         return lambda app, lamp, hal: marks.__setitem__(name, (hal.ticks_ms(), encode_report(app)))
 
-    node, hal, app = fault_run([
-        (60_000, "dead"), (30_000, mark("30 s")), (40_000, mark("70 s")), (600_000, "ok"),
-        (14 * 60_000, mark("14 min")), (2 * 60_000, mark("16 min")), (1800_000, None),
-    ])
+    node, hal, app = fault_run(
+        [
+            (60_000, "dead"),
+            (30_000, mark("30 s")),
+            (40_000, mark("70 s")),
+            (600_000, "ok"),
+            (14 * 60_000, mark("14 min")),
+            (2 * 60_000, mark("16 min")),
+            (1800_000, None),
+        ]
+    )
     lf = node.of(m.EV_LAMP_FAILURE)
     assert [(e.active, e.severity) for e in lf] == [(1, m.SEV_ALARM), (0, m.SEV_ALARM)]
     assert 60_000 + 60_000 <= lf[0].t_ms <= 60_000 + 62_000  # FAIL_MS after the lamp died
@@ -673,11 +691,19 @@ def test_energy_and_burning_hours_survive_a_reboot():
 # -- configuration ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section, word", [
-    ({"power_w": 0}, "power_w"), ({"power_w": "60"}, "power_w"), ({"tick_ms": 1.5}, "tick_ms"),
-    ({"lamp": 1}, "unknown"), ({"ambient_on_mv": 700, "ambient_off_mv": 600}, "hysteresis"),
-    ({"profile": [[0, 0]]}, "profile"), ({"profile": [[0, 0, 150]]}, "profile"), ({"profile": []}, "profile"),
-])
+@pytest.mark.parametrize(
+    "section, word",
+    [
+        ({"power_w": 0}, "power_w"),
+        ({"power_w": "60"}, "power_w"),
+        ({"tick_ms": 1.5}, "tick_ms"),
+        ({"lamp": 1}, "unknown"),
+        ({"ambient_on_mv": 700, "ambient_off_mv": 600}, "hysteresis"),
+        ({"profile": [[0, 0]]}, "profile"),
+        ({"profile": [[0, 0, 150]]}, "profile"),
+        ({"profile": []}, "profile"),
+    ],
+)
 def test_bad_settings_are_named(section, word):
     with pytest.raises(ValueError, match=word):
         check(section)
@@ -690,9 +716,19 @@ def test_settings_defaults_and_json_profile():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.integers(-1000, 70000), st.integers(-1000, 70000), st.booleans(),
-                          st.one_of(st.none(), st.integers(0, 2**32 - 1)), st.integers(0, 120_000)),
-                min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-1000, 70000),
+            st.integers(-1000, 70000),
+            st.booleans(),
+            st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+            st.integers(0, 120_000),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_any_sensor_readings_never_crash_the_loop(readings):
     clock = _FixedClock()
     now = [0]
@@ -714,8 +750,11 @@ def test_any_sensor_readings_never_crash_the_loop(readings):
 
 
 @settings(max_examples=80, deadline=None)
-@given(lat=st.floats(-70, 70), lon=st.floats(-180, 180),
-       moves=st.lists(st.integers(-90_000, 90_000), min_size=1, max_size=40))
+@given(
+    lat=st.floats(-70, 70),
+    lon=st.floats(-180, 180),
+    moves=st.lists(st.integers(-90_000, 90_000), min_size=1, max_size=40),
+)
 def test_schedule_answers_from_its_cached_segment_as_a_fresh_plan_would(lat, lon, moves):
     # schedule() keeps the plan's segment it last answered from (F2: a step is then a range
     # check); forward, backward, across steps, sunset, sunrise and noon-to-noon cycles it must

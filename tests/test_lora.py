@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from protocol import lora
 
-
 # ---------------------------------------------------------------- time on air
 
 
@@ -192,8 +191,8 @@ def test_default_channels_and_rx2():
         (866000000, 125000, 1),
         (868900000, 125000, 3),
         (869850000, 125000, 5),
-        (865000000, 0, 0),          # shared edge: the lower (stricter) band
-        (869650000, 0, 4),          # centre on the edge is inside with bw=0 ...
+        (865000000, 0, 0),  # shared edge: the lower (stricter) band
+        (869650000, 0, 4),  # centre on the edge is inside with bw=0 ...
     ],
 )
 def test_band_for(freq, bw, band):
@@ -204,10 +203,10 @@ def test_band_for(freq, bw, band):
     "freq, bw",
     [
         (862000000, 125000),
-        (863000000, 125000),        # half the channel below 863 MHz
-        (868650000, 0),             # gap between g1 and g2
-        (869300000, 125000),        # gap between g2 and g3
-        (869650000, 125000),        # ... but a 125 kHz channel there spills out of g3
+        (863000000, 125000),  # half the channel below 863 MHz
+        (868650000, 0),  # gap between g1 and g2
+        (869300000, 125000),  # gap between g2 and g3
+        (869650000, 125000),  # ... but a 125 kHz channel there spills out of g3
         (870000000, 0 + 125000),
         (915000000, 125000),
     ],
@@ -233,7 +232,7 @@ def test_one_percent_band_blocked_99s_after_1s_tx():
     dc = lora.DutyCycle()
     assert dc.wait_ms(0, G1) == 0
     dc.record(0, 1000, G1)
-    assert dc.wait_ms(1000, G1) == 99000           # after the end of the transmission
+    assert dc.wait_ms(1000, G1) == 99000  # after the end of the transmission
     assert dc.wait_ms(99999, G1) == 1
     assert dc.wait_ms(100000, G1) == 0
 
@@ -253,8 +252,8 @@ def test_point_one_percent_band_blocked_999s():
 
 def test_bands_independent_and_frequency_arguments():
     dc = lora.DutyCycle()
-    dc.record(0, 1000, 868100000)                 # g1 by frequency
-    assert dc.wait_ms(1000, 868500000) == 99000   # same band, other channel
+    dc.record(0, 1000, 868100000)  # g1 by frequency
+    assert dc.wait_ms(1000, 868500000) == 99000  # same band, other channel
     assert dc.wait_ms(1000, G3) == 0
     assert dc.wait_ms(1000, lora.RX2_FREQ_HZ) == 0
     assert all(dc.wait_ms(1000, b) == 0 for b in range(lora.N_BANDS) if b != G1)
@@ -262,14 +261,14 @@ def test_bands_independent_and_frequency_arguments():
 
 def test_off_time_rounds_up():
     dc = lora.DutyCycle()
-    dc.record(0, lora.airtime_ms(51, 12), G1)     # 2465.792 ms * 100 = 246579.2 ms
+    dc.record(0, lora.airtime_ms(51, 12), G1)  # 2465.792 ms * 100 = 246579.2 ms
     assert dc.wait_ms(0, G1) == 246580
 
 
 def test_may_send():
     dc = lora.DutyCycle()
     assert dc.may_send(0, 51, 12, 868100000)
-    assert not dc.may_send(0, 52, 12, 868100000)   # over the SF12 budget
+    assert not dc.may_send(0, 52, 12, 868100000)  # over the SF12 budget
     assert dc.may_send(0, 222, 7, G1)
     dc.record(0, lora.airtime_ms(51, 12), G1)
     assert not dc.may_send(1000, 51, 12, G1)
@@ -291,10 +290,10 @@ def test_used_ms_and_reset():
 
 frames = st.lists(
     st.tuples(
-        st.integers(0, 222),               # payload bytes
-        st.sampled_from(range(7, 13)),      # SF
-        st.integers(0, 5),                  # band
-        st.integers(0, 200000),             # extra idle time after being allowed
+        st.integers(0, 222),  # payload bytes
+        st.sampled_from(range(7, 13)),  # SF
+        st.integers(0, 5),  # band
+        st.integers(0, 200000),  # extra idle time after being allowed
     ),
     min_size=1,
     max_size=60,
@@ -360,8 +359,8 @@ def test_hourly_budget_long_run():
 
 def test_forced_transmission_does_not_shorten_off_time():
     dc = lora.DutyCycle()
-    dc.record(0, 2465.792, G1)            # band shut until 246580
-    dc.record(1000, 1.0, G1)              # a frame pushed through anyway
+    dc.record(0, 2465.792, G1)  # band shut until 246580
+    dc.record(1000, 1.0, G1)  # a frame pushed through anyway
     assert dc.wait_ms(1000, G1) == 245580
     dc.record(300000, 1000, G1)
     assert dc.wait_ms(300000, G1) == 100000

@@ -15,21 +15,33 @@ import types
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+from test_hal_machine import FakeTime, fake_machine
+
 from firmware import main as board_main
 from firmware import manifest
 from firmware.bridge import Bridge
 from firmware.radio import UartRadio
 from firmware.radio_lora import LoRaRadio
-from test_hal_machine import FakeTime, fake_machine
 
 # What main.build() imports for each kind, beyond main.py's own top-level imports.
 ENTRIES = {
-    "lighting": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.runtime",
-                 "firmware.lighting", "firmware.ble"],
-    "irrigation": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.runtime",
-                   "firmware.irrigation", "firmware.ble"],
+    "lighting": [
+        "firmware.hal_machine",
+        "firmware.radio",
+        "firmware.radio_lora",
+        "firmware.runtime",
+        "firmware.lighting",
+        "firmware.ble",
+    ],
+    "irrigation": [
+        "firmware.hal_machine",
+        "firmware.radio",
+        "firmware.radio_lora",
+        "firmware.runtime",
+        "firmware.irrigation",
+        "firmware.ble",
+    ],
     "bridge": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
 }
 
@@ -37,7 +49,7 @@ ENTRIES = {
 def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
     out = set()
     tree = ast.parse(path.read_text())
-    for node in (tree.body if top_level_only else ast.walk(tree)):
+    for node in tree.body if top_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -72,8 +84,10 @@ def closure(kind: str) -> set[Path]:
 
 @pytest.mark.parametrize("kind", sorted(manifest.FIRMWARE))
 def test_manifest_is_the_import_closure(kind):
-    listed = {ROOT / src for src, _ in manifest.device_files(kind)} - {ROOT / "firmware" / "main.py",
-                                                                       ROOT / "firmware" / "boot.py"}
+    listed = {ROOT / src for src, _ in manifest.device_files(kind)} - {
+        ROOT / "firmware" / "main.py",
+        ROOT / "firmware" / "boot.py",
+    }
     needed = closure(kind)
     assert sorted(p.relative_to(ROOT).as_posix() for p in needed - listed) == []  # missing on the device
     assert sorted(p.relative_to(ROOT).as_posix() for p in listed - needed) == []  # carried for nothing
@@ -122,8 +136,9 @@ def test_build_a_wired_lighting_node(monkeypatch, tmp_path):
 
     mach.UART = UART
     monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr("firmware.hal_machine.MachineHAL.__init__.__defaults__",
-                        ("/state", None, None, FakeTime()), raising=False)
+    monkeypatch.setattr(
+        "firmware.hal_machine.MachineHAL.__init__.__defaults__", ("/state", None, None, FakeTime()), raising=False
+    )
     cfg = cfg_for("lighting", {"type": "uart", "uart": {"id": 2, "baud": 9600, "tx": 17}})
     hal, coro = board_main.build(cfg, machine=mach)
     coro.close()
@@ -147,8 +162,9 @@ def test_build_a_bridge_on_a_lora_modem(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lora", types.SimpleNamespace(AsyncSX1276=AsyncSX1276))
     monkeypatch.setattr(board_main, "StdioPort", lambda: None)
     monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr("firmware.hal_machine.MachineHAL.__init__.__defaults__",
-                        ("/state", None, None, FakeTime()), raising=False)
+    monkeypatch.setattr(
+        "firmware.hal_machine.MachineHAL.__init__.__defaults__", ("/state", None, None, FakeTime()), raising=False
+    )
     cfg = cfg_for("bridge", {"type": "lora", "sf": 7, "freq_hz": 869525000})
     hal, coro = board_main.build(cfg, machine=mach)
     frame = coro.cr_frame

@@ -15,23 +15,30 @@ K = keys.NodeKeys(7, bytes(16))
 # Realistic maxima of a periodic report: a 250 W lamp metered for 10 years,
 # 100 m3/h of flow, a 4-zone controller on 24 V, a board with 4 MB of heap.
 LIGHT_MAX = {0: 100, 1: 2500, 2: 25_000_000, 3: 0x7F, 4: 100_000, 5: 5000, 6: 2000}
-IRRIGATION_MAX = {0: bytes([200, 200, 200, 200]), 1: 0x8F, 2: 16_667, 3: 100_000_000,
-                  4: 0x03, 5: 30_000, 6: 0x1F}
-STATUS_MAX = {0: 0xFFFFFFFF, 1: 0xFFFFFFFF, 2: -137, 3: -80, 4: 30_000, 5: -40,
-              6: 4 * 1024 * 1024 // 16, 7: 255, 8: 13}
+IRRIGATION_MAX = {0: bytes([200, 200, 200, 200]), 1: 0x8F, 2: 16_667, 3: 100_000_000, 4: 0x03, 5: 30_000, 6: 0x1F}
+STATUS_MAX = {0: 0xFFFFFFFF, 1: 0xFFFFFFFF, 2: -137, 3: -80, 4: 30_000, 5: -40, 6: 4 * 1024 * 1024 // 16, 7: 255, 8: 13}
 PERIODIC = {m.LIGHT: LIGHT_MAX, m.IRRIGATION: IRRIGATION_MAX, m.STATUS: STATUS_MAX}
 
 # Cayenne LPP (myDevices, with the extended types of the CayenneLPP library):
 # each reading costs channel (1) + type (1) + data. The same readings, at the
 # closest LPP type and resolution.
-LPP_SIZE = {"digital": 3, "percentage": 3, "power": 4, "energy": 6, "generic": 6,
-            "current": 4, "humidity": 3, "analog": 4, "voltage": 4, "unixtime": 6,
-            "temperature": 4}
+LPP_SIZE = {
+    "digital": 3,
+    "percentage": 3,
+    "power": 4,
+    "energy": 6,
+    "generic": 6,
+    "current": 4,
+    "humidity": 3,
+    "analog": 4,
+    "voltage": 4,
+    "unixtime": 6,
+    "temperature": 4,
+}
 LPP_READINGS = {
     m.LIGHT: ["percentage", "power", "energy", "digital", "generic", "generic", "current"],
     m.IRRIGATION: ["humidity"] * 4 + ["digital", "analog", "generic", "digital", "voltage", "digital"],
-    m.STATUS: ["generic", "unixtime", "analog", "analog", "voltage", "temperature", "generic",
-               "digital", "digital"],
+    m.STATUS: ["generic", "unixtime", "analog", "analog", "voltage", "temperature", "generic", "digital", "digital"],
 }
 
 
@@ -53,8 +60,10 @@ def test_periodic_reports_fit_sf12_and_beat_cayenne_lpp(mtype, capsys):
     body = realistic - frame.HEADER_LEN - frame.MIC_LEN
     lpp = sum(LPP_SIZE[t] for t in LPP_READINGS[mtype])
     with capsys.disabled():
-        print(f"\n  {expand.TYPE_NAMES[mtype]:>10}: frame {realistic} B (worst case {worst} B), "
-              f"body {body} B vs Cayenne LPP {lpp} B; budget {lora.max_payload(12)} B at SF12")
+        print(
+            f"\n  {expand.TYPE_NAMES[mtype]:>10}: frame {realistic} B (worst case {worst} B), "
+            f"body {body} B vs Cayenne LPP {lpp} B; budget {lora.max_payload(12)} B at SF12"
+        )
     assert worst <= lora.max_payload(12) == 51
     assert body < lpp
 
@@ -62,7 +71,9 @@ def test_periodic_reports_fit_sf12_and_beat_cayenne_lpp(mtype, capsys):
 def test_round_trip_every_type():
     bodies = {
         m.HELLO: {0: "1.0.0", 1: m.KIND_LIGHTING, 2: 3, 3: b"\x01\x02\x03\x04", 4: m.RST_WATCHDOG},
-        m.LIGHT: LIGHT_MAX, m.IRRIGATION: IRRIGATION_MAX, m.STATUS: STATUS_MAX,
+        m.LIGHT: LIGHT_MAX,
+        m.IRRIGATION: IRRIGATION_MAX,
+        m.STATUS: STATUS_MAX,
         m.EVENT: {0: m.EV_BURST, 1: m.SEV_CRITICAL, 2: -5, 3: 1_800_000_000, 4: 1, 5: 2},
         m.CMD_ACK: {0: 77, 1: m.RES_REFUSED, 2: -1},
         m.COMMAND: {0: 77, 1: m.OP_SET_PROFILE, 2: [0, -30, 100, 0, 120, 50], 3: 0},
@@ -84,26 +95,29 @@ def test_unknown_keys_are_ignored_on_receive_but_refused_on_send():
         m.encode(m.LIGHT, {0: 50, 23: 1})
 
 
-@pytest.mark.parametrize("mtype,body,why", [
-    (m.LIGHT, {0: 101}, "out of range"),
-    (m.LIGHT, {0: -1}, "out of range"),
-    (m.LIGHT, {0: True}, "integer"),
-    (m.LIGHT, {0: 50.0}, "integer"),
-    (m.LIGHT, {2: 1 << 32}, "out of range"),
-    (m.HELLO, {1: 1}, "required"),
-    (m.HELLO, {0: "x" * 17, 1: 1}, "length"),
-    (m.HELLO, {0: b"1.0", 1: 1}, "text"),
-    (m.HELLO, {0: "1.0", 1: 1, 3: b"\x00"}, "length"),
-    (m.IRRIGATION, {0: bytes([201])}, "out of range"),
-    (m.IRRIGATION, {0: bytes(5)}, "at most"),
-    (m.IRRIGATION, {0: [1, 2]}, "bytes"),
-    (m.COMMAND, {0: 1, 1: 0}, "out of range"),
-    (m.COMMAND, {0: 1, 1: 1, 2: list(range(25))}, "at most"),
-    (m.COMMAND, {0: 1, 1: 1, 2: "x"}, "array"),
-    (m.CONFIG, {0: {24: 1}}, "out of range"),
-    (m.CONFIG, {0: [1]}, "map"),
-    (m.STATUS, {3: 61}, "out of range"),
-])
+@pytest.mark.parametrize(
+    "mtype,body,why",
+    [
+        (m.LIGHT, {0: 101}, "out of range"),
+        (m.LIGHT, {0: -1}, "out of range"),
+        (m.LIGHT, {0: True}, "integer"),
+        (m.LIGHT, {0: 50.0}, "integer"),
+        (m.LIGHT, {2: 1 << 32}, "out of range"),
+        (m.HELLO, {1: 1}, "required"),
+        (m.HELLO, {0: "x" * 17, 1: 1}, "length"),
+        (m.HELLO, {0: b"1.0", 1: 1}, "text"),
+        (m.HELLO, {0: "1.0", 1: 1, 3: b"\x00"}, "length"),
+        (m.IRRIGATION, {0: bytes([201])}, "out of range"),
+        (m.IRRIGATION, {0: bytes(5)}, "at most"),
+        (m.IRRIGATION, {0: [1, 2]}, "bytes"),
+        (m.COMMAND, {0: 1, 1: 0}, "out of range"),
+        (m.COMMAND, {0: 1, 1: 1, 2: list(range(25))}, "at most"),
+        (m.COMMAND, {0: 1, 1: 1, 2: "x"}, "array"),
+        (m.CONFIG, {0: {24: 1}}, "out of range"),
+        (m.CONFIG, {0: [1]}, "map"),
+        (m.STATUS, {3: 61}, "out of range"),
+    ],
+)
 def test_invalid_fields_are_rejected_with_the_key_named(mtype, body, why):
     with pytest.raises(m.MessageError, match=why) as e:
         m.validate(mtype, body)

@@ -32,8 +32,10 @@ def mpy_cross() -> str:
 
 
 def node_modules() -> list[Path]:
-    return sorted([p for pkg in NODE_PACKAGES for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts]
-                  + [ROOT / f for f in PORTABLE_SIM])
+    return sorted(
+        [p for pkg in NODE_PACKAGES for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts]
+        + [ROOT / f for f in PORTABLE_SIM]
+    )
 
 
 def compile_mpy(src: Path, out: Path) -> subprocess.CompletedProcess:
@@ -110,7 +112,7 @@ def test_mpy_loads_in_webassembly_micropython(tmp_path):
         "tests": ["test_runs_from_mpy"],
     }
     proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=60)
-    events = [json.loads(line[len(MARK):]) for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    events = [json.loads(line[len(MARK) :]) for line in proc.stdout.splitlines() if line.startswith(MARK)]
     results = [e for e in events if e["event"] == "result"]
     assert proc.returncode == 0, proc.stderr
     assert [e for e in events if e["event"] == "import"] == [{"event": "import", "ok": True}], proc.stdout

@@ -37,14 +37,15 @@ needs_board = pytest.mark.skipif(not MICROPYTHON_MJS.exists(), reason="needs nod
 
 # A lighting node wired to the virtual board's UART1 (radio.type uart), with every
 # pin the lighting app reads, so main.py runs on the virtual board.
-SITE = {"radio": {"type": "uart", "uart": {"id": 1, "baud": 115200}},
-        "pins": {"lamp": 25, "lamp_current": 34, "ambient": 35, "pir": 26, "supply": 36},
-        "report_interval_s": 30}
+SITE = {
+    "radio": {"type": "uart", "uart": {"id": 1, "baud": 115200}},
+    "pins": {"lamp": 25, "lamp_current": 34, "ambient": 35, "pir": 26, "supply": 36},
+    "report_interval_s": 30,
+}
 
 
 def lumeau(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lumeau", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "lumeau", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,22 @@ def node_config(tmp_path) -> Path:
     site = tmp_path / "site.json"
     site.write_text(json.dumps(SITE))
     out = tmp_path / "node.json"
-    proc = lumeau("node", "provision", "--kind", "lighting", "--registry", str(tmp_path / "nodes.toml"),
-                  "--template", str(site), "--lat", "48.85", "--lon", "2.35", "--out", str(out))
+    proc = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "lighting",
+        "--registry",
+        str(tmp_path / "nodes.toml"),
+        "--template",
+        str(site),
+        "--lat",
+        "48.85",
+        "--lon",
+        "2.35",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -81,9 +96,10 @@ def flash_cli(port: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_build_compiles_the_manifest_files_for_the_target(bundle_dir):
     doc = json.loads((bundle_dir / "manifest.json").read_text())
-    expected = sorted(dst.lstrip("/") if dst.lstrip("/") in ("boot.py", "main.py")
-                      else str(Path(dst.lstrip("/")).with_suffix(".mpy"))
-                      for _, dst in fwmanifest.device_files("lighting"))
+    expected = sorted(
+        dst.lstrip("/") if dst.lstrip("/") in ("boot.py", "main.py") else str(Path(dst.lstrip("/")).with_suffix(".mpy"))
+        for _, dst in fwmanifest.device_files("lighting")
+    )
     assert sorted(f["path"] for f in doc["files"]) == expected
     assert doc["kind"] == "lighting" and doc["target"] == "esp32" and doc["march"] == "xtensawin"
     assert doc["firmware_version"] and doc["micropython"]["mpy_version"] == 6
@@ -142,12 +158,37 @@ def test_a_damaged_bundle_is_refused(tmp_path, bundle_dir):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(doc=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-                            st.sampled_from(["format", "files", "path", "sha256", "size", "micropython", "kind",
-                                             "target", "march", "mpy_version", "mpy_sub_version", "mpy_cross",
-                                             "firmware_version", "source"]), inner, max_size=8),
-                        max_leaves=30))
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "format",
+                        "files",
+                        "path",
+                        "sha256",
+                        "size",
+                        "micropython",
+                        "kind",
+                        "target",
+                        "march",
+                        "mpy_version",
+                        "mpy_sub_version",
+                        "mpy_cross",
+                        "firmware_version",
+                        "source",
+                    ]
+                ),
+                inner,
+                max_size=8,
+            )
+        ),
+        max_leaves=30,
+    )
+)
 def test_any_manifest_is_a_bundle_error_or_a_bundle(tmp_path, doc):
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
     try:
@@ -163,8 +204,26 @@ def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
     site = tmp_path / "site.json"
     site.write_text(json.dumps(SITE))
     reg_path, out = tmp_path / "gw" / "nodes.toml", tmp_path / "node.json"
-    proc = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg_path), "--template", str(site),
-                  "--name", "Rue X 1", "--site", "Rue X", "--lat", "48.85", "--lon", "2.35", "--out", str(out))
+    proc = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "lighting",
+        "--registry",
+        str(reg_path),
+        "--template",
+        str(site),
+        "--name",
+        "Rue X 1",
+        "--site",
+        "Rue X",
+        "--lat",
+        "48.85",
+        "--lon",
+        "2.35",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     cfg = fwconfig.load(out.read_bytes())
     key = json.loads(out.read_text())["root_key"]
@@ -176,8 +235,21 @@ def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
     assert key not in proc.stdout + proc.stderr and f"{cfg['node_id']:08x}" in proc.stdout
 
     # The same id again: a new key, said loudly; the rest of the entry is kept.
-    again = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg_path), "--node-id",
-                   f"{cfg['node_id']:08x}", "--template", str(site), "--out", str(out), "--show-key")
+    again = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "lighting",
+        "--registry",
+        str(reg_path),
+        "--node-id",
+        f"{cfg['node_id']:08x}",
+        "--template",
+        str(site),
+        "--out",
+        str(out),
+        "--show-key",
+    )
     assert again.returncode == 0, again.stderr
     new_key = json.loads(out.read_text())["root_key"]
     entry2 = Registry.load(reg_path).get(cfg["node_id"])
@@ -192,16 +264,37 @@ def test_provision_refusals(tmp_path):
     first = lumeau("node", "provision", "--kind", "irrigation", "--registry", str(reg), "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr
     node_id = json.loads((tmp_path / "a").read_text())["node_id"]
-    kind = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--node-id", f"{node_id:x}",
-                  "--out", str(tmp_path / "b"))
+    kind = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "lighting",
+        "--registry",
+        str(reg),
+        "--node-id",
+        f"{node_id:x}",
+        "--out",
+        str(tmp_path / "b"),
+    )
     assert kind.returncode == 1 and "is a irrigation node" in kind.stderr and not (tmp_path / "b").exists()
-    half = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--lat", "1", "--out",
-                  str(tmp_path / "c"))
+    half = lumeau(
+        "node", "provision", "--kind", "lighting", "--registry", str(reg), "--lat", "1", "--out", str(tmp_path / "c")
+    )
     assert half.returncode == 1 and "both --lat and --lon" in half.stderr
     bad = tmp_path / "site.json"
     bad.write_text(json.dumps({"report_interval_s": 1}))
-    tmpl = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--template", str(bad),
-                  "--out", str(tmp_path / "d"))
+    tmpl = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "lighting",
+        "--registry",
+        str(reg),
+        "--template",
+        str(bad),
+        "--out",
+        str(tmp_path / "d"),
+    )
     assert tmpl.returncode == 1 and "report_interval_s" in tmpl.stderr and not (tmp_path / "d").exists()
     assert len(Registry.load(reg)) == 1  # nothing registered by the refusals
     reg.chmod(0o644)
@@ -268,10 +361,20 @@ def test_flash_replaces_only_what_changed_and_removes_stale_modules(board, bundl
 @needs_board
 def test_flashed_mpy_run_on_the_board(board, bundle_dir):
     fl.flash(board.port, bundle_dir, reset=False, log=lambda s: None)
-    out = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "exec",
-                          "import protocol.cbor as c, firmware.config as f\n"
-                          "print(c.__file__, f.__file__, c.loads(c.dumps({1: [2, b'3']})))"],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpremote",
+            "connect",
+            board.port,
+            "exec",
+            "import protocol.cbor as c, firmware.config as f\n"
+            "print(c.__file__, f.__file__, c.loads(c.dumps({1: [2, b'3']})))",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     assert out.stdout.split() == [b"protocol/cbor.mpy", b"firmware/config.mpy", b"{1:", b"[2,", b"b'3']}"]
 
 
@@ -288,8 +391,12 @@ def test_flash_reports_a_node_that_fails_to_start(board, bundle_dir, node_config
 @needs_board
 def test_flash_refuses_a_config_for_another_kind(board, bundle_dir, tmp_path):
     out = tmp_path / "irr.json"
-    assert lumeau("node", "provision", "--kind", "irrigation", "--registry", str(tmp_path / "r.toml"),
-                  "--out", str(out)).returncode == 0
+    assert (
+        lumeau(
+            "node", "provision", "--kind", "irrigation", "--registry", str(tmp_path / "r.toml"), "--out", str(out)
+        ).returncode
+        == 0
+    )
     proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(out))
     assert proc.returncode == 1 and "[bad_config]" in proc.stderr and "bundle is for lighting" in proc.stderr
     assert not (board.flash_dir / "main.py").exists()  # checked before touching the board
@@ -417,6 +524,7 @@ def fake_esptool(monkeypatch, chip="ESP32"):
         def f(*args, **kwargs):
             calls.append((name, *args))
             return result
+
         return f
 
     monkeypatch.setattr(cmds, "detect_chip", record("detect_chip", esp))
@@ -427,15 +535,33 @@ def fake_esptool(monkeypatch, chip="ESP32"):
 
 
 @needs_board
-def test_micropython_image_is_written_with_esptool_then_flashed(monkeypatch, board, bundle_dir, node_config,
-                                                                tmp_path, capsys):
+def test_micropython_image_is_written_with_esptool_then_flashed(
+    monkeypatch, board, bundle_dir, node_config, tmp_path, capsys
+):
     image = tmp_path / "ESP32_GENERIC-v1.27.0.bin"
     image.write_bytes(b"\xe9" + bytes(4095))
     calls, esp = fake_esptool(monkeypatch)
     no_config = lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--settle", "1"])
     assert no_config == 1 and "[bad_config]" in capsys.readouterr().err
-    rc = lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--config",
-                      str(node_config), "--micropython", str(image), "--erase", "--baud", "921600", "--settle", "1"])
+    rc = lumeau_main(
+        [
+            "node",
+            "flash",
+            "--port",
+            board.port,
+            "--bundle",
+            str(bundle_dir),
+            "--config",
+            str(node_config),
+            "--micropython",
+            str(image),
+            "--erase",
+            "--baud",
+            "921600",
+            "--settle",
+            "1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     names = [c[0] for c in calls]
     assert names == ["detect_chip", "run_stub", "attach_flash", "erase_flash", "write_flash", "reset_chip", "close"]
@@ -443,8 +569,23 @@ def test_micropython_image_is_written_with_esptool_then_flashed(monkeypatch, boa
     assert calls[4][1:] == (esp, [(0x1000, str(image))])
     assert calls[5][1:] == (esp, "hard-reset")
     calls.clear()
-    assert lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--micropython",
-                        str(image), "--settle", "1"]) == 0  # the board keeps its config
+    assert (
+        lumeau_main(
+            [
+                "node",
+                "flash",
+                "--port",
+                board.port,
+                "--bundle",
+                str(bundle_dir),
+                "--micropython",
+                str(image),
+                "--settle",
+                "1",
+            ]
+        )
+        == 0
+    )  # the board keeps its config
     assert "erase_flash" not in [c[0] for c in calls]  # only when asked
 
 
@@ -464,6 +605,7 @@ def test_micropython_image_refusals(monkeypatch, tmp_path, bundle_dir, capsys):
     with pytest.raises(fl.FlashError, match="not an ESP32 firmware image"):
         fl.write_micropython(str(port), text, "esp32")
     rp2 = bundles.build("lighting", "rp2", tmp_path / "rp2")
-    rc = lumeau_main(["node", "flash", "--port", str(port), "--bundle", str(rp2.directory), "--micropython",
-                      str(image)])
+    rc = lumeau_main(
+        ["node", "flash", "--port", str(port), "--bundle", str(rp2.directory), "--micropython", str(image)]
+    )
     assert rc == 1 and "BOOTSEL" in capsys.readouterr().err

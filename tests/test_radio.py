@@ -13,19 +13,19 @@ import sys
 import types
 
 import pytest
+from firmware_helpers import NODE_ID, ROOT_KEY, ToyLamp, make_cfg
 
 from firmware import radio_lora
-from simulator import virtual_loop
-from simulator.hal_sim import SimHAL
 from firmware.radio import UartRadio, memory_link
 from firmware.radio_lora import LoRaRadio
 from firmware.runtime import Node
-from firmware_helpers import NODE_ID, ROOT_KEY, ToyLamp, make_cfg
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
 from protocol import serial as framing
 from protocol.keys import NodeKeys
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
 
 
 class PtyPort:
@@ -144,8 +144,9 @@ class FakeAsyncModem:
 
     async def send(self, packet):
         self.sent.append(bytes(packet))
-        air = lora.airtime_ms(len(packet), self.cfg["sf"], int(self.cfg["bw"]) * 1000, self.cfg["coding_rate"],
-                              self.cfg["preamble_len"])
+        air = lora.airtime_ms(
+            len(packet), self.cfg["sf"], int(self.cfg["bw"]) * 1000, self.cfg["coding_rate"], self.cfg["preamble_len"]
+        )
         await self.hal.sleep_ms(int(air + 1))
         return self.hal.ticks_ms()
 
@@ -158,8 +159,17 @@ class FakeAsyncModem:
 def test_lora_radio_configures_the_driver_like_lorawan():
     modem = FakeAsyncModem(SimHAL(virtual_loop.VirtualClock()))
     r = LoRaRadio(modem, freq_hz=868300000, sf=10, tx_power=12)
-    assert modem.cfg == {"freq_khz": 868300, "sf": 10, "bw": "125", "coding_rate": 5, "output_power": 12,
-                         "preamble_len": 8, "crc_en": True, "invert_iq_tx": False, "invert_iq_rx": True}
+    assert modem.cfg == {
+        "freq_khz": 868300,
+        "sf": 10,
+        "bw": "125",
+        "coding_rate": 5,
+        "output_power": 12,
+        "preamble_len": 8,
+        "crc_en": True,
+        "invert_iq_tx": False,
+        "invert_iq_rx": True,
+    }
     assert lora.band_name(r.band) == "g1" and r.max_frame == 51
     assert r.airtime_ms(40) == lora.airtime_ms(40, 10)
     r.configure(sf=7)

@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from firmware_helpers import ROOT_KEY, MiniGateway, ToyLamp, ToyValves, make_cfg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import protocol
 from firmware import runtime, uplink
-from simulator import virtual_loop
-from simulator.hal_sim import SimHAL, SimReset
 from firmware.radio import memory_link
 from firmware.runtime import Node
 from firmware.store import R
-from firmware_helpers import ROOT_KEY, MiniGateway, ToyLamp, ToyValves, make_cfg
-import protocol
 from protocol import frame as fr
 from protocol import lora
 from protocol import messages as m
 from protocol.keys import NodeKeys
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL, SimReset
 
 MIN = 60_000
 
@@ -92,8 +92,7 @@ def test_boot_hello_first_then_reports_and_status():
     assert w.gw.rejected == []
     hello = heard[0]
     assert hello.mtype == m.HELLO
-    assert hello.body == {0: protocol.VERSION, 1: m.KIND_LIGHTING, 2: ToyLamp.CAPS, 3: w.cfg["hash"],
-                          4: m.RST_POWER_ON}
+    assert hello.body == {0: protocol.VERSION, 1: m.KIND_LIGHTING, 2: ToyLamp.CAPS, 3: w.cfg["hash"], 4: m.RST_POWER_ON}
     reports = w.gw.of_type(m.LIGHT)
     assert 18 <= len(reports) <= 21  # every 60 s +-5 %
     gaps = [b.t_end - a.t_end for a, b in zip(reports, reports[1:])]
@@ -338,8 +337,9 @@ def test_config_over_the_air_applies_and_persists():
         w = World(clock)
         node = w.boot()
         await clock.run_for(30_000)
-        w.gw.pending.append((m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 300, m.CFG_LAMP_POWER: 90,
-                                            m.CFG_TX_POWER: 99, m.CFG_SF: 10}}))
+        w.gw.pending.append(
+            (m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 300, m.CFG_LAMP_POWER: 90, m.CFG_TX_POWER: 99, m.CFG_SF: 10}})
+        )
         await clock.run_for(2 * MIN)
         assert node.report_s == 300 and node.cfg_rejected == 1 and node.radio.sf == 10
         assert node.app.settings == [{m.CFG_LAMP_POWER: 90}]
@@ -410,8 +410,17 @@ def test_storage_fault_at_boot_holds_sending_until_flash_works():
 def test_oversize_frames_are_dropped_not_sent():
     class Chatty(ToyLamp):
         def report(self):
-            return m.STATUS, {0: 2**32 - 1, 1: 2**32 - 1, 2: -200, 3: -80, 4: 65535, 5: -40, 6: 2**32 - 1,
-                              7: 255, 8: 255}
+            return m.STATUS, {
+                0: 2**32 - 1,
+                1: 2**32 - 1,
+                2: -200,
+                3: -80,
+                4: 65535,
+                5: -40,
+                6: 2**32 - 1,
+                7: 255,
+                8: 255,
+            }
 
     async def main(clock):
         cfg = make_cfg()
@@ -469,8 +478,12 @@ def test_fuzz_downlink_bytes_never_raise(data):
 @given(st.integers(0, 30), st.integers(0, 7), st.sampled_from([m.COMMAND, m.CONFIG, m.TIME, m.ACK]))
 def test_fuzz_bit_flips_in_authentic_downlinks_are_rejected(byte, bit, mtype):
     loop, node = _node_for_fuzz()
-    bodies = {m.COMMAND: {0: 1, 1: m.OP_SET_LEVEL, 2: [1, 2]}, m.CONFIG: {0: {0: 120}},
-              m.TIME: {0: 1_800_000_000}, m.ACK: {0: 3}}
+    bodies = {
+        m.COMMAND: {0: 1, 1: m.OP_SET_LEVEL, 2: [1, 2]},
+        m.CONFIG: {0: {0: 120}},
+        m.TIME: {0: 1_800_000_000},
+        m.ACK: {0: 3},
+    }
     raw = bytearray(fr.seal(NodeKeys(node.node_id, ROOT_KEY), mtype, 5, m.encode(mtype, bodies[mtype])))
     byte %= len(raw)
     raw[byte] ^= 1 << bit

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from protocol import serial
 
-
 # ------------------------------------------------- independent references
 
 
@@ -255,8 +254,8 @@ def test_garbage_is_counted():
     frame = serial.encode(b"reading")
     got = d.feed(b"\x13\x37\x42" + frame + b"\x05\xaa" + frame)
     assert got == [b"reading", b"reading"]
-    assert d.dropped_cobs == 2        # both garbage runs announce more bytes than they have
-    assert ref_crc(b"") != 0xAABB                      # aa bb is not the CRC of b""
+    assert d.dropped_cobs == 2  # both garbage runs announce more bytes than they have
+    assert ref_crc(b"") != 0xAABB  # aa bb is not the CRC of b""
     assert d.feed(b"\x03\xaa\xbb" + frame) == [b"reading"]  # well-formed COBS, bad CRC
     assert d.dropped_crc == 1 and d.dropped() == 3
 
@@ -266,7 +265,7 @@ def test_frame_cut_by_reset():
     new frame's leading 00 and is dropped; the new frame is delivered."""
     first = serial.encode(b"lamp 17 dim 40%\x00\x01")
     second = serial.encode(b"valve 3 closed")
-    for k in range(2, len(first) - 1):   # at least one byte of body, not the whole body
+    for k in range(2, len(first) - 1):  # at least one byte of body, not the whole body
         d = serial.Decoder()
         assert d.feed(first[:k] + second) == [b"valve 3 closed"], k
         assert d.dropped() == 1, k
@@ -283,7 +282,7 @@ def test_bit_flips_are_detected():
     payload = bytes(range(40)) + b"\x00" * 5 + b"Lumeau"
     enc = serial.encode(payload)
     other = serial.encode(b"next")
-    for bit in range(8, (len(enc) - 1) * 8):          # every bit of the body
+    for bit in range(8, (len(enc) - 1) * 8):  # every bit of the body
         bad = bytearray(enc)
         bad[bit // 8] ^= 1 << (bit % 8)
         d = serial.Decoder()
@@ -295,24 +294,24 @@ def test_bit_flips_are_detected():
 
 
 def test_bit_flip_counts_by_kind():
-    enc = serial.encode(b"\x11\x22\x00\xd8")         # 00 03 11 22 03 d8 4b 01 00
+    enc = serial.encode(b"\x11\x22\x00\xd8")  # 00 03 11 22 03 d8 4b 01 00
     d = serial.Decoder()
     bad = bytearray(enc)
-    bad[2] ^= 0x01                                    # data byte 11 -> 10
+    bad[2] ^= 0x01  # data byte 11 -> 10
     d.feed(bytes(bad))
     assert (d.dropped_crc, d.dropped_cobs) == (1, 0)
     bad = bytearray(enc)
-    bad[1] = 0x09                                     # code byte now points past the end
+    bad[1] = 0x09  # code byte now points past the end
     d.feed(bytes(bad))
     assert (d.dropped_crc, d.dropped_cobs) == (1, 1)
 
 
 def test_overlong_dropped_and_next_frame_kept():
     d = serial.Decoder(max_frame=16)
-    assert d.feed(serial.encode(bytes(range(1, 17)))) == [bytes(range(1, 17))]   # exactly max
-    assert d.feed(serial.encode(bytes(range(1, 18)))) == ()                      # one too many
+    assert d.feed(serial.encode(bytes(range(1, 17)))) == [bytes(range(1, 17))]  # exactly max
+    assert d.feed(serial.encode(bytes(range(1, 18)))) == ()  # one too many
     assert d.dropped_overlong == 1
-    assert d.feed(serial.encode(b"\x00" * 17)) == ()                            # via implied zeros
+    assert d.feed(serial.encode(b"\x00" * 17)) == ()  # via implied zeros
     assert d.dropped_overlong == 2
     assert d.feed(serial.encode(b"ok")) == [b"ok"]
     assert d.dropped() == 2
@@ -330,8 +329,8 @@ def test_overlong_stream_without_delimiter_stays_bounded():
 
 def test_short_frames():
     d = serial.Decoder()
-    assert d.feed(b"\x00\x01\x00") == ()          # decodes to nothing
-    assert d.feed(b"\x00\x02\x41\x00") == ()      # one byte: no room for a CRC
+    assert d.feed(b"\x00\x01\x00") == ()  # decodes to nothing
+    assert d.feed(b"\x00\x02\x41\x00") == ()  # one byte: no room for a CRC
     assert d.dropped_short == 2 and d.dropped() == 2
 
 
@@ -350,7 +349,7 @@ def test_reset_forgets_partial_frame():
     enc = serial.encode(b"abc")
     d.feed(enc[:4])
     d.reset()
-    assert d.feed(enc[4:]) == ()        # the tail alone is not a frame
+    assert d.feed(enc[4:]) == ()  # the tail alone is not a frame
     assert d.feed(enc) == [b"abc"]
 
 
@@ -382,7 +381,7 @@ def test_mixed_stream_any_chunking(items, cuts):
     for kind, data in items:
         if kind == "junk":
             assume(not serial.Decoder().feed(b"\x00" + data + b"\x00"))
-            stream += b"\x00" + data   # ended by the next leading delimiter (or left pending)
+            stream += b"\x00" + data  # ended by the next leading delimiter (or left pending)
             bad += 1
         elif kind == "cut":
             enc = serial.encode(data)

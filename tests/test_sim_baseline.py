@@ -7,8 +7,8 @@ import zoneinfo
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import ROOT
+
 from firmware import astro
 from simulator import baseline as B
 from simulator import scenario as S
@@ -27,7 +27,7 @@ def test_one_night_is_sunset_to_sunrise():
     _, sset = astro.sun_times(lat, lon, 2026, 6, 15)
     rise, _ = astro.sun_times(lat, lon, 2026, 6, 16)
     expect = (utc(2026, 6, 16) + rise - (utc(2026, 6, 15) + sset)) / 3600
-    assert 8.0 < expect < 8.6                                   # a June night in Lyon
+    assert 8.0 < expect < 8.6  # a June night in Lyon
     assert B.night_hours(lat, lon, utc(2026, 6, 15, 12), utc(2026, 6, 16, 12)) == pytest.approx(expect)
 
 
@@ -77,18 +77,18 @@ def test_district_baselines_by_hand():
     # at 12 mm/h = 72 L/min, x 20 min.
     assert water.m3 == pytest.approx((8 * 58.5 * 20 + 4 * 72.0 * 20) / 1000)
     assert water.runs == 12 and water.zones == 12
-    assert water.drainage_m3 == 0.0     # no weather given: volume only
+    assert water.drainage_m3 == 0.0  # no weather given: volume only
 
 
 def zone_controller(start_min: int = 5 * 60, minutes: float = 30.0):
-    zone = S.Zone(1, 100.0, 20.0, SOILS["loam"], TURF_COOL)    # 20 L/min on 100 m2: 12 mm/h
+    zone = S.Zone(1, 100.0, 20.0, SOILS["loam"], TURF_COOL)  # 20 L/min on 100 m2: 12 mm/h
     return SimpleNamespace(zones=(zone,), schedule=S.Schedule(start_min, minutes, 1))
 
 
 def test_watering_after_rain_is_wasted_and_after_drought_is_not():
     start = utc(2026, 6, 15, 12)
     end = start + 86400
-    c = zone_controller()       # 30 min at 12 mm/h = 6 mm = 600 L, at 03:00 UTC
+    c = zone_controller()  # 30 min at 12 mm/h = 6 mm = 600 L, at 03:00 UTC
     storm = RainEvent(utc(2026, 6, 16, 0), utc(2026, 6, 16, 2), 20.0)
     wet = Weather(45.76, 4.83, start, 86400, seed=1, extra_rain=[storm], random_rain=False)
     dry = Weather(45.76, 4.83, start, 86400, seed=1, random_rain=False)
@@ -104,7 +104,7 @@ def test_watering_after_rain_is_wasted_and_after_drought_is_not():
 
 def test_runs_clip_to_the_window():
     c = zone_controller(minutes=60.0)
-    start = utc(2026, 6, 16, 3, 30)        # half way through the 05:00 CEST run
+    start = utc(2026, 6, 16, 3, 30)  # half way through the 05:00 CEST run
     got = B.irrigation_baseline([c], start, start + 3600, PARIS)
-    assert got.m3 == pytest.approx(0.6)    # 30 of its 60 minutes at 20 L/min
+    assert got.m3 == pytest.approx(0.6)  # 30 of its 60 minutes at 20 L/min
     assert got.runs == 1

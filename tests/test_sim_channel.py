@@ -41,18 +41,19 @@ def place(c: ch.Channel, node_id: int, rssi: float, angle: float = 0.0) -> None:
 
 
 def sym_ms(sf: int) -> float:
-    return (2 ** sf) / 125.0   # 2^SF / 125 kHz in ms
+    return (2**sf) / 125.0  # 2^SF / 125 kHz in ms
 
 
 # ---------------------------------------------------------------- reference models
 
+
 def test_log_distance_matches_the_lorasim_parameters_by_hand():
     m = ch.LogDistance()
     assert m.loss_db(40) == pytest.approx(127.41)
-    assert m.loss_db(400) == pytest.approx(127.41 + 20.8)            # one decade: 10 x 2.08 dB
-    assert m.loss_db(100) == pytest.approx(135.687, abs=1e-3)         # 20.8 log10(2.5) = 8.277
+    assert m.loss_db(400) == pytest.approx(127.41 + 20.8)  # one decade: 10 x 2.08 dB
+    assert m.loss_db(100) == pytest.approx(135.687, abs=1e-3)  # 20.8 log10(2.5) = 8.277
     assert m.loss_db(10) == pytest.approx(127.41 - 12.523, abs=1e-3)  # 20.8 log10(0.25)
-    assert m.loss_db(0) == m.loss_db(ch.MIN_DISTANCE_M)               # no log10(0)
+    assert m.loss_db(0) == m.loss_db(ch.MIN_DISTANCE_M)  # no log10(0)
 
 
 def test_hata_urban_by_hand():
@@ -82,7 +83,7 @@ def test_received_power_and_snr_without_shadowing():
     c.add_node(1, 300.0, 0.0)
     up = c.transmit(1, 0, 20, 12, F1)
     h = up.hearings[0]
-    assert h.rssi_dbm == pytest.approx(14 - 145.611, abs=1e-3)   # 20.8 log10(7.5) = 18.201
+    assert h.rssi_dbm == pytest.approx(14 - 145.611, abs=1e-3)  # 20.8 log10(7.5) = 18.201
     # Noise floor -174 + 10 log10(125000) + 6 = -117.03 dBm.
     assert h.snr_db == pytest.approx(h.rssi_dbm + 117.031, abs=1e-3)
     assert h.status == ch.OK
@@ -110,6 +111,7 @@ def test_airtime_comes_from_protocol_lora():
 
 
 # ---------------------------------------------------------------- collisions and capture
+
 
 def two(rssi_a: float, rssi_b: float, dt_ms: float, sf: int = 7, fa: int = F1, fb: int = F1, sfb: int | None = None):
     c = one_gw()
@@ -172,9 +174,9 @@ def test_preamble_lock(sf):
 def test_pairwise_against_every_interferer():
     """A packet must beat every overlapping interferer, one by one (no summing)."""
     c = one_gw()
-    place(c, 1, -90, 0.0)     # strong, long
-    place(c, 2, -97, 1.0)     # 7 dB below 1: loses to 1
-    place(c, 3, -104, 2.0)    # 7 dB below 2, 14 below 1
+    place(c, 1, -90, 0.0)  # strong, long
+    place(c, 2, -97, 1.0)  # 7 dB below 1: loses to 1
+    place(c, 3, -104, 2.0)  # 7 dB below 2, 14 below 1
     a = c.transmit(1, 0, 40, 9, F1)
     b = c.transmit(2, 30, 20, 9, F1)
     d = c.transmit(3, 60, 20, 9, F1)
@@ -185,7 +187,7 @@ def test_pairwise_against_every_interferer():
 def test_lost_packets_still_interfere_but_below_sensitivity_ones_do_not():
     c = one_gw()
     place(c, 1, -100, 0.0)
-    c.add_node(2, 0, dist_for(ch.sensitivity_dbm(7) - 1))   # never heard
+    c.add_node(2, 0, dist_for(ch.sensitivity_dbm(7) - 1))  # never heard
     a = c.transmit(1, 0, 20, 7, F1)
     b = c.transmit(2, 5, 20, 7, F1)
     c.settle(1000)
@@ -194,6 +196,7 @@ def test_lost_packets_still_interfere_but_below_sensitivity_ones_do_not():
 
 
 # ---------------------------------------------------------------- demodulators
+
 
 def test_eight_demodulators_at_once():
     c = one_gw()
@@ -209,10 +212,10 @@ def test_demodulator_freed_when_a_packet_ends():
     c = one_gw(demodulators=2)
     for i in range(4):
         place(c, i + 1, -100, i * 0.5)
-    a = c.transmit(1, 0, 10, 7, F1)                  # ends ~41 ms
+    a = c.transmit(1, 0, 10, 7, F1)  # ends ~41 ms
     b = c.transmit(2, 1, 40, 12, F2)
-    x = c.transmit(3, 2, 10, 8, F3)                  # both busy: no demodulator
-    y = c.transmit(4, a.end_ms, 10, 9, F1)           # a's demodulator is free again
+    x = c.transmit(3, 2, 10, 8, F3)  # both busy: no demodulator
+    y = c.transmit(4, a.end_ms, 10, 9, F1)  # a's demodulator is free again
     c.settle(1e9)
     assert [u.hearings[0].status for u in (a, b, x, y)] == [ch.OK, ch.OK, ch.NO_DEMODULATOR, ch.OK]
 
@@ -221,19 +224,20 @@ def test_packet_without_demodulator_still_interferes():
     c = one_gw(demodulators=1)
     place(c, 1, -100, 0.0)
     place(c, 2, -100, 1.0)
-    y = c.transmit(1, 0, 20, 7, F1)      # holds the only demodulator
-    x = c.transmit(2, 5, 20, 7, F1)      # finds none, yet its energy is on the air
+    y = c.transmit(1, 0, 20, 7, F1)  # holds the only demodulator
+    x = c.transmit(2, 5, 20, 7, F1)  # finds none, yet its energy is on the air
     c.settle(1e9)
     assert [u.hearings[0].status for u in (y, x)] == [ch.COLLISION, ch.NO_DEMODULATOR]
 
 
 # ---------------------------------------------------------------- several gateways
 
+
 def test_each_gateway_hears_what_its_path_loss_allows():
     gws = [ch.GatewaySite("west", -500.0, 0.0), ch.GatewaySite("east", 500.0, 0.0)]
     c = ch.Channel(gws, quiet(), seed=3)
-    c.add_node(1, -480.0, 0.0)   # 20 m from west, 980 m from east
-    c.add_node(2, 0.0, 0.0)      # 500 m from both
+    c.add_node(1, -480.0, 0.0)  # 20 m from west, 980 m from east
+    c.add_node(2, 0.0, 0.0)  # 500 m from both
     a = c.transmit(1, 0, 20, 7, F1)
     b = c.transmit(2, 1000, 20, 12, F2)
     c.settle(1e9)
@@ -248,15 +252,15 @@ def test_each_gateway_hears_what_its_path_loss_allows():
 def test_gateway_diversity_saves_a_collision():
     gws = [ch.GatewaySite("a", 0.0, 0.0), ch.GatewaySite("b", 200.0, 0.0)]
     c = ch.Channel(gws, quiet(), seed=3)
-    c.add_node(1, 0.0, 30.0)      # 30 m from a
-    c.add_node(2, 0.0, -30.0)     # 30 m from a, on the far side from b too
-    c.add_node(3, 190.0, 0.0)     # near b
+    c.add_node(1, 0.0, 30.0)  # 30 m from a
+    c.add_node(2, 0.0, -30.0)  # 30 m from a, on the far side from b too
+    c.add_node(3, 190.0, 0.0)  # near b
     x = c.transmit(1, 0, 20, 9, F1)
     y = c.transmit(2, 10, 20, 9, F1)
     c.settle(1e9)
     # At a they are equal: both lost. At b they are equal too: both lost.
     assert not x.delivered and not y.delivered
-    u = c.transmit(3, 100_000, 20, 9, F1)      # after node 1's duty-cycle off-time
+    u = c.transmit(3, 100_000, 20, 9, F1)  # after node 1's duty-cycle off-time
     v = c.transmit(1, 100_010, 20, 9, F1)
     c.settle(1e9)
     # At a, node 1 is far stronger than node 3; at b, node 3 is far stronger than node 1.
@@ -267,6 +271,7 @@ def test_gateway_diversity_saves_a_collision():
 
 # ---------------------------------------------------------------- the law
 
+
 def test_duty_cycle_enforced_per_node_and_band():
     c = one_gw()
     place(c, 1, -100)
@@ -276,9 +281,9 @@ def test_duty_cycle_enforced_per_node_and_band():
     # g1 is a 1 % band: shut for T/d = 246,579.2 ms from the start, rounded up to a whole ms.
     early = c.transmit(1, 246_579, 10, 12, F2)
     assert early.refused == ch.REFUSED_DUTY_CYCLE and not early.hearings
-    other_band = c.transmit(1, 246_579, 10, 12, RX2)        # g3 (10 %) is still open
+    other_band = c.transmit(1, 246_579, 10, 12, RX2)  # g3 (10 %) is still open
     assert other_band.refused is None
-    other_node = c.transmit(2, 246_579, 10, 12, F1)         # the law is per node
+    other_node = c.transmit(2, 246_579, 10, 12, F1)  # the law is per node
     assert other_node.refused is None
     on_time = c.transmit(1, 246_580 + 50_000, 10, 12, F1)
     assert on_time.refused is None
@@ -289,16 +294,16 @@ def test_duty_cycle_enforced_per_node_and_band():
 def test_refusals_too_long_and_busy():
     c = one_gw()
     place(c, 1, -100)
-    assert c.transmit(1, 0, 52, 12, F1).refused == ch.REFUSED_TOO_LONG     # SF12 budget is 51
+    assert c.transmit(1, 0, 52, 12, F1).refused == ch.REFUSED_TOO_LONG  # SF12 budget is 51
     a = c.transmit(1, 0, 222, 7, F1)
     assert a.refused is None
-    assert c.transmit(1, 10, 10, 7, RX2).refused == ch.REFUSED_BUSY        # still on the air
+    assert c.transmit(1, 10, 10, 7, RX2).refused == ch.REFUSED_BUSY  # still on the air
     with pytest.raises(ValueError):
-        c.transmit(1, 1e6, 10, 6, F1)                                      # SF6 is not EU868
+        c.transmit(1, 1e6, 10, 6, F1)  # SF6 is not EU868
     with pytest.raises(ValueError):
-        c.transmit(1, 1e6, 10, 7, 915_000_000)                             # not an EU868 channel
+        c.transmit(1, 1e6, 10, 7, 915_000_000)  # not an EU868 channel
     with pytest.raises(ValueError):
-        c.transmit(99, 1e6, 10, 7, F1)                                     # unknown node
+        c.transmit(99, 1e6, 10, 7, F1)  # unknown node
 
 
 def test_uplinks_must_come_in_start_order():
@@ -311,6 +316,7 @@ def test_uplinks_must_come_in_start_order():
 
 
 # ---------------------------------------------------------------- downlinks and half duplex
+
 
 def test_downlink_in_rx1_reaches_the_node():
     c = one_gw()
@@ -365,8 +371,8 @@ def test_node_cannot_hear_while_transmitting():
     c = one_gw()
     place(c, 1, -100)
     dl = c.downlink("gw", 1, 1000, 13, 7, F1)
-    c.transmit(1, 1010, 10, 8, F2)             # the node talks over its own receive window
-    up = c.transmit(1, 90_000, 200, 7, RX2)    # and a downlink while it is sending
+    c.transmit(1, 1010, 10, 8, F2)  # the node talks over its own receive window
+    up = c.transmit(1, 90_000, 200, 7, RX2)  # and a downlink while it is sending
     dl2 = c.downlink("gw", 1, 90_050, 13, 7, F3)
     c.settle(1e9)
     assert up.refused is None
@@ -377,14 +383,14 @@ def test_node_cannot_hear_while_transmitting():
 def test_downlinks_collide_at_the_nodes():
     gws = [ch.GatewaySite("a", 0.0, 0.0), ch.GatewaySite("b", 1000.0, 0.0)]
     c = ch.Channel(gws, quiet(), seed=3)
-    c.add_node(1, 20.0, 0.0)        # near a
-    c.add_node(2, 980.0, 0.0)       # near b
-    c.add_node(3, 500.0, 0.0)       # in the middle
+    c.add_node(1, 20.0, 0.0)  # near a
+    c.add_node(2, 980.0, 0.0)  # near b
+    c.add_node(3, 500.0, 0.0)  # in the middle
     c.add_node(4, 500.0, 1.0)
     x = c.downlink("a", 1, 1000, 13, 9, F1)
     y = c.downlink("b", 2, 1010, 13, 9, F1)
     c.settle(1e9)
-    assert x.delivered and y.delivered            # each far louder than the other gateway
+    assert x.delivered and y.delivered  # each far louder than the other gateway
     # 500 m from both: -136 dBm, below SF9; use SF12 (-133.25)... still below: move closer.
     c2 = ch.Channel([ch.GatewaySite("a", 0.0, 0.0), ch.GatewaySite("b", 200.0, 0.0)], quiet(), seed=3)
     c2.add_node(3, 100.0, 0.0)
@@ -403,7 +409,7 @@ def test_gateway_restart():
     c.add_node(1, 25.0, 10.0)
     mid = c.transmit(1, 0, 51, 12, F1)
     dl = c.downlink("a", 1, 5000, 10, 12, RX2)
-    c.set_gateway_up("a", False, 100)           # while mid is on the air
+    c.set_gateway_up("a", False, 100)  # while mid is on the air
     assert not c.gateway_up("a")
     during = c.transmit(1, 400_000, 20, 7, F2)
     assert c.downlink("a", 1, 401_000, 10, 7, F2).refused == ch.GATEWAY_DOWN
@@ -418,13 +424,14 @@ def test_gateway_restart():
 
 # ---------------------------------------------------------------- settle, determinism, statistics
 
+
 def test_settle_hands_back_each_transmission_once_in_end_order():
     c = one_gw()
     for i in range(3):
         place(c, i + 1, -100, i)
     long = c.transmit(1, 0, 51, 12, F1)
     short = c.transmit(2, 10, 10, 7, F2)
-    refused = c.transmit(3, 20, 300, 7, F3)      # too long: ends when it starts
+    refused = c.transmit(3, 20, 300, 7, F3)  # too long: ends when it starts
     assert c.settle(15) == []
     assert c.settle(100) == [refused, short]
     assert c.pending() == 1
@@ -448,7 +455,7 @@ def rssi_series(seed: int, with_neighbour: bool) -> list[float]:
 def test_same_seed_same_draws_and_nodes_draw_independently():
     a = rssi_series(5, False)
     assert a == rssi_series(5, False)
-    assert a == rssi_series(5, True)      # another node's traffic does not shift node 1's draws
+    assert a == rssi_series(5, True)  # another node's traffic does not shift node 1's draws
     assert a != rssi_series(6, False)
 
 
@@ -468,7 +475,7 @@ def test_shadowing_is_lognormal_with_sigma_3_57():
 
 def test_delivery_probability_predicts_the_delivery_ratio():
     c = ch.Channel([ch.GatewaySite("gw", 0, 0)], ch.RadioParams(), seed=12)
-    c.add_node(1, dist_for(ch.sensitivity_dbm(7) + 3.0), 0.0)   # 3 dB margin: Phi(3 / 3.57) = 0.80
+    c.add_node(1, dist_for(ch.sensitivity_dbm(7) + 3.0), 0.0)  # 3 dB margin: Phi(3 / 3.57) = 0.80
     p = c.delivery_probability(1, 7)
     assert p == pytest.approx(0.5 * (1 + math.erf(3.0 / 3.57 / math.sqrt(2))))
     n = 3000
@@ -483,7 +490,7 @@ def test_link_shadowing_is_fixed_per_link():
     got = {tuple(h.rssi_dbm for h in c.transmit(1, k * 10_000, 10, 7, RX2).hearings) for k in range(20)}
     assert len(got) == 1
     a, b = got.pop()
-    assert a != b     # same distance, different obstacles
+    assert a != b  # same distance, different obstacles
     # Another seed draws other obstacles.
     c2 = ch.Channel([ch.GatewaySite("a", 0, 0), ch.GatewaySite("b", 100, 0)], params, seed=5)
     c2.add_node(1, 50.0, 0.0)
@@ -492,7 +499,7 @@ def test_link_shadowing_is_fixed_per_link():
 
 def test_best_sf_by_margin():
     c = one_gw()
-    c.add_node(1, dist_for(-120.0), 0)   # margins: SF7 6.5, SF8 7.25, SF9 11.25, ... SF11 14.5
+    c.add_node(1, dist_for(-120.0), 0)  # margins: SF7 6.5, SF8 7.25, SF9 11.25, ... SF11 14.5
     assert c.best_sf(1, 5.0) == 7
     assert c.best_sf(1, 10.0) == 9
     assert c.best_sf(1, 14.0) == 11
@@ -517,20 +524,28 @@ def test_parameters_are_checked():
 
 # ---------------------------------------------------------------- against a brute-force oracle
 
+
 def oracle(ups: list[ch.Uplink], gw_count: int, demods: int = 8, capture: float = 6.0) -> list[list[str]]:
     """LoRaSim's rules over all pairs, O(n^2): statuses per uplink per gateway (non-refused only)."""
     out = []
     for u in ups:
-        out.append([h.status if h.status in (ch.BELOW_SENSITIVITY, ch.GATEWAY_DOWN, ch.GATEWAY_TX) else None
-                    for h in u.hearings])
+        out.append(
+            [
+                h.status if h.status in (ch.BELOW_SENSITIVITY, ch.GATEWAY_DOWN, ch.GATEWAY_TX) else None
+                for h in u.hearings
+            ]
+        )
     for g in range(gw_count):
         heard = [i for i, u in enumerate(ups) if out[i][g] is None or out[i][g] == ch.GATEWAY_TX]
         # Demodulators in registration order, only for packets the gateway is listening to.
         for i in heard:
             if out[i][g] is not None:
                 continue
-            busy = sum(1 for j in heard if j < i and out[j][g] != ch.GATEWAY_TX
-                       and out[j][g] != "nodemod" and ups[j].end_us > ups[i].start_us)
+            busy = sum(
+                1
+                for j in heard
+                if j < i and out[j][g] != ch.GATEWAY_TX and out[j][g] != "nodemod" and ups[j].end_us > ups[i].start_us
+            )
             out[i][g] = "nodemod" if busy >= demods else None
         for i in heard:
             for j in heard:
@@ -556,10 +571,22 @@ def oracle(ups: list[ch.Uplink], gw_count: int, demods: int = 8, capture: float 
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 400), st.sampled_from([7, 8, 9, 12]),
-                          st.sampled_from([F1, F2]), st.integers(1, 60), st.none() | st.integers(0, 6)),
-                min_size=1, max_size=40),
-       st.integers(0, 2**32), st.sampled_from([2, 8]))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 7),
+            st.integers(0, 400),
+            st.sampled_from([7, 8, 9, 12]),
+            st.sampled_from([F1, F2]),
+            st.integers(1, 60),
+            st.none() | st.integers(0, 6),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 2**32),
+    st.sampled_from([2, 8]),
+)
 def test_index_agrees_with_all_pairs_oracle(events, seed, demods):
     rnd = random.Random(seed)
     gws = [ch.GatewaySite("a", 0.0, 0.0), ch.GatewaySite("b", 120.0, 0.0)]
@@ -584,8 +611,18 @@ def test_index_agrees_with_all_pairs_oracle(events, seed, demods):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5000), st.sampled_from([7, 10, 12]),
-                          st.sampled_from([F1, F2, F3, RX2]), st.integers(0, 260)), max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 5000),
+            st.sampled_from([7, 10, 12]),
+            st.sampled_from([F1, F2, F3, RX2]),
+            st.integers(0, 260),
+        ),
+        max_size=40,
+    )
+)
 def test_duty_cycle_law_holds_for_any_traffic(events):
     """Whatever a node tries, what goes on the air keeps each band's off-time."""
     c = one_gw()

@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from protocol import bridge_msg as bm
-from simulator.virtual_loop import VirtualClock, VirtualLoop
 from protocol import expand, frame, keys
 from protocol import messages as m
 from protocol import serial as framing
@@ -30,13 +29,15 @@ from simulator import channel as ch
 from simulator.gateway_link import LinkContext, NodeInfo
 from simulator.live import LiveGateway
 from simulator.live_radio import BridgeBoard, PacketForwarder
-from simulator.services import parse_metrics, metric_sum
+from simulator.services import metric_sum, parse_metrics
 from simulator.sink_records import SinkRecordError, body_from_fields
+from simulator.virtual_loop import VirtualClock, VirtualLoop
 
 T0 = 1_781_524_800  # 2026-06-15 12:00 UTC: months away from this machine's clock, so a wrong time shows
 
 
 # ---------------------------------------------------------------- records back from the sink
+
 
 def _value(spec: tuple, mtype: int) -> st.SearchStrategy:
     key, kind, lo, hi, _req, maxlen = spec
@@ -86,9 +87,11 @@ def test_a_field_that_does_not_map_back_is_named():
 
 
 def test_prometheus_text_is_read_with_labels():
-    text = ('# HELP x y\nlumeau_frames_received_total{transport="bridge"} 3\n'
-            'lumeau_frames_received_total{transport="udp"} 4.0\nlumeau_queue_records 0\n'
-            'lumeau_transport_stat{transport="serial",instance="/dev/pts/3",counter="connected"} 1\nbroken line\n')
+    text = (
+        '# HELP x y\nlumeau_frames_received_total{transport="bridge"} 3\n'
+        'lumeau_frames_received_total{transport="udp"} 4.0\nlumeau_queue_records 0\n'
+        'lumeau_transport_stat{transport="serial",instance="/dev/pts/3",counter="connected"} 1\nbroken line\n'
+    )
     s = parse_metrics(text)
     assert metric_sum(s, "lumeau_frames_received_total") == 7
     assert metric_sum(s, "lumeau_frames_received_total", transport="udp") == 4
@@ -96,6 +99,7 @@ def test_prometheus_text_is_read_with_labels():
 
 
 # ---------------------------------------------------------------- the front-ends on their own
+
 
 class Resolver:
     """Stands in for the link's resolve(): records requests, answers with a scripted reason."""
@@ -140,6 +144,7 @@ def _until(cond, timeout: float = 3.0) -> bool:
 def _host_side(board: BridgeBoard) -> int:
     """The gateway's end of the board's line (what `lumeau gateway` opens)."""
     import tty
+
     fd = os.open(board.path, os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     return fd
@@ -161,9 +166,14 @@ def test_bridge_board_speaks_spec_section_10():
         assert rx1 == 3250  # the board's clock when that uplink's RX1 opens
         # the gateway asks for a timed TX in RX1: handed to the link, answered with TX_RESULT sent
         down = frame.seal(keys.NodeKeys(7, bytes(16)), m.ACK, 1, m.encode(m.ACK, {0: 3}))
-        os.write(host, framing.encode(bm.encode_tx(9, down, 868_300_000, 9, 125_000, 14, 3250))
-                 + framing.encode(bm.encode_tx(10, down, 868_300_000, 9, 125_000, 14, None))
-                 + framing.encode(bm.encode_ping()) + b"\x00garbage\x00" + framing.encode(b"\x85?"))
+        os.write(
+            host,
+            framing.encode(bm.encode_tx(9, down, 868_300_000, 9, 125_000, 14, 3250))
+            + framing.encode(bm.encode_tx(10, down, 868_300_000, 9, 125_000, 14, None))
+            + framing.encode(bm.encode_ping())
+            + b"\x00garbage\x00"
+            + framing.encode(b"\x85?"),
+        )
         assert _readable(board)
         board.on_readable(8_000_000)
         res1, res2, st2 = (bm.decode(p) for p in _read_packets(host, 3))
@@ -203,20 +213,33 @@ def test_packet_forwarder_speaks_semtech_udp_v2():
         pk = json.loads(push[12:])["rxpk"][0]
         assert pk["time"] == "2026-06-15T12:00:03.000000Z"  # the simulated time travels as radio metadata
         assert (pk["tmst"], pk["freq"], pk["chan"], pk["datr"], pk["rssi"], pk["lsnr"]) == (
-            2_000_000, 868.5, 1, "SF10BW125", -118, -9.4)
+            2_000_000,
+            868.5,
+            1,
+            "SF10BW125",
+            -118,
+            -9.4,
+        )
         assert base64.b64decode(pk["data"]) == raw and rx1 == 3_000_000
         # PULL_RESP: handed to the link, then TX_ACK with the same token and the link's verdict
         down = frame.seal(keys.NodeKeys(7, bytes(16)), m.ACK, 1, m.encode(m.ACK, {0: 3}))
 
         def pull_resp(token: int, data: bytes) -> None:
-            txpk = {"imme": False, "tmst": rx1, "freq": 868.5, "datr": "SF10BW125", "size": len(data),
-                    "data": base64.b64encode(data).decode()}
+            txpk = {
+                "imme": False,
+                "tmst": rx1,
+                "freq": 868.5,
+                "datr": "SF10BW125",
+                "size": len(data),
+                "data": base64.b64encode(data).decode(),
+            }
             server.sendto(bytes((2, token >> 8, token & 0xFF, 0x03)) + json.dumps({"txpk": txpk}).encode(), addr)
             assert _readable(fwd)
             fwd.on_readable(4_000_000)
             ack, _ = server.recvfrom(4096)
             assert ack[:4] == bytes((2, token >> 8, token & 0xFF, 0x05)) and ack[4:12] == fwd.eui
             return json.loads(ack[12:])["txpk_ack"]["error"]
+
         assert pull_resp(0xABCD, down) == "NONE"
         answer.answer = "duty_cycle"
         assert pull_resp(0xABCE, down) == "DUTY_CYCLE"
@@ -230,6 +253,7 @@ def test_packet_forwarder_speaks_semtech_udp_v2():
         def both_read() -> bool:
             fwd.on_readable(5_000_000)
             return fwd.counts["malformed"] >= 2
+
         assert _until(both_read)
         assert fwd.counts["malformed"] == 2
     finally:
@@ -259,15 +283,27 @@ def test_fuzz_whatever_the_gateway_writes_the_bridge_board_stands(chunks):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.one_of(
-    st.binary(max_size=200),
-    st.builds(lambda tok, body: bytes((2, tok >> 8, tok & 0xFF, 0x03)) + body, st.integers(0, 0xFFFF),
-              st.one_of(st.binary(max_size=100),
-                        st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c,
-                                                                                        max_size=3),
-                                     max_leaves=10).map(lambda d: json.dumps({"txpk": d}).encode()),
-                        st.just(b'{"txpk":' * 3000)))), max_size=5))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            st.builds(
+                lambda tok, body: bytes((2, tok >> 8, tok & 0xFF, 0x03)) + body,
+                st.integers(0, 0xFFFF),
+                st.one_of(
+                    st.binary(max_size=100),
+                    st.recursive(
+                        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                        max_leaves=10,
+                    ).map(lambda d: json.dumps({"txpk": d}).encode()),
+                    st.just(b'{"txpk":' * 3000),
+                ),
+            ),
+        ),
+        max_size=5,
+    )
+)
 def test_fuzz_whatever_the_network_sends_the_forwarder_stands(datagrams):
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
@@ -286,8 +322,10 @@ def test_fuzz_whatever_the_network_sends_the_forwarder_stands(datagrams):
 
 # ---------------------------------------------------------------- the link against the real processes
 
-NODES = [NodeInfo(0x0100 + i, f"lamp-{i}", "lighting", bytes((i * 7 + j) & 0xFF for j in range(16)),
-                  45.75, 4.83, "street") for i in range(3)]
+NODES = [
+    NodeInfo(0x0100 + i, f"lamp-{i}", "lighting", bytes((i * 7 + j) & 0xFF for j in range(16)), 45.75, 4.83, "street")
+    for i in range(3)
+]
 SITES = [ch.GatewaySite("gw-west", -90, 0, 20), ch.GatewaySite("gw-east", 90, 0, 20)]
 
 
@@ -354,7 +392,7 @@ def test_live_link_through_a_real_gateway_and_sink(tmp_path):
     assert c["accepted"] == len(sent) and c["duplicates"] == c["received"] - len(sent)
     # the alarm was acknowledged in its receive window, through one of the two sites
     assert c["downlinks_acks_sent"] == 1 and c["live_holds"] == 1 and c["live_holds_answered"] == 1
-    (site, node, raw), = downlinks
+    ((site, node, raw),) = downlinks
     f, body = frame.unseal(keys.NodeKeys(node, NODES[0].root_key), raw)
     assert node == NODES[0].node_id and f.mtype == m.ACK and m.decode(m.ACK, body)[0] == 5
     # the alarm itself, as the platform got it
@@ -469,8 +507,12 @@ def demo(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "lumeau", "demo", "--out", str(out), "--speed", "0"],
-                          capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lumeau", "demo", "--out", str(out), "--speed", "0"],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc.stdout, json.loads((out / "results.json").read_text())
 
@@ -515,12 +557,21 @@ def test_demo_every_injected_fault_raises_its_alarm_at_the_sink(demo):
         kind, code = f.expected
         node = f"{ids[f.target]:08x}"
         at = sc.start_unix + f.at_s
-        hits = [r for r in records if r["node"] == node
-                and datetime_unix(r["time"]) >= at
-                and ((kind == "event" and r["type"] == "event" and _plain(r["fields"]["code"]) == events[code]
-                      and _plain(r["fields"].get("active", 1)) in (1, True))
-                     or (kind == "hello" and r["type"] == "hello"
-                         and _plain(r["fields"].get("reset_cause")) == causes[code]))]
+        hits = [
+            r
+            for r in records
+            if r["node"] == node
+            and datetime_unix(r["time"]) >= at
+            and (
+                (
+                    kind == "event"
+                    and r["type"] == "event"
+                    and _plain(r["fields"]["code"]) == events[code]
+                    and _plain(r["fields"].get("active", 1)) in (1, True)
+                )
+                or (kind == "hello" and r["type"] == "hello" and _plain(r["fields"].get("reset_cause")) == causes[code])
+            )
+        ]
         assert hits, f"{f.kind} on {f.target} at {f.at_s / 3600:g} h: no {kind} {code} at the sink"
         checked += 1
     assert checked == sum(1 for f in sc.faults.faults if f.expected is not None) >= 6

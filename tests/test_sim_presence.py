@@ -40,13 +40,13 @@ def test_counts_follow_the_poisson_rates():
     for h in range(24):
         mu = days * 100.0 * P.DEFAULT_PROFILE[h]
         assert abs(by_hour[h] - mu) < 4 * math.sqrt(mu) + 1
-    assert sum(by_hour[1:5]) * 10 < sum(by_hour[17:21])      # quiet deep night, busy evening
+    assert sum(by_hour[1:5]) * 10 < sum(by_hour[17:21])  # quiet deep night, busy evening
 
 
 def test_profile_hours_are_local_hours():
-    paris = zoneinfo.ZoneInfo("Europe/Paris")    # UTC+2 in June
+    paris = zoneinfo.ZoneInfo("Europe/Paris")  # UTC+2 in June
     profile = [0.0] * 24
-    profile[20] = 1.0                            # people only at 20:00-21:00 local
+    profile[20] = 1.0  # people only at 20:00-21:00 local
     s = street(4, days=5, peak=200.0, tz=paris, profile=profile)
     assert s.pedestrians
     assert {(int(p.enter) % DAY) // 3600 for p in s.pedestrians} == {18}

@@ -15,12 +15,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
-from simulator.hal_sim import SimHAL
 from simulator import runner
+from simulator.hal_sim import SimHAL
 from simulator.metrics import FRAME_BUDGET
 from simulator.runner import RunOptions, run
 from simulator.scenario import load, loads
@@ -34,15 +34,22 @@ CITY = ROOT / "simulator" / "scenarios" / "city.toml"
 @pytest.fixture(scope="module")
 def district():
     sc = load(DISTRICT)
-    return sc, run(sc, RunOptions(progress=False))   # the scenario's own seed, as `make demo` runs it
+    return sc, run(sc, RunOptions(progress=False))  # the scenario's own seed, as `make demo` runs it
 
 
 def test_district_every_injected_fault_raises_its_alarm_at_the_gateway(district):
     sc, res = district
     al = res["alarms"]
     by_kind = {f["kind"] for f in al["faults"]}
-    assert {"lamp_failure", "burst", "stuck_valve", "leak", "node_reboot", "gateway_restart",
-            "upstream_outage"} <= by_kind
+    assert {
+        "lamp_failure",
+        "burst",
+        "stuck_valve",
+        "leak",
+        "node_reboot",
+        "gateway_restart",
+        "upstream_outage",
+    } <= by_kind
     for f in al["faults"]:
         if f["expected"] is None:
             continue
@@ -50,7 +57,7 @@ def test_district_every_injected_fault_raises_its_alarm_at_the_gateway(district)
         assert f["detected"], f
         assert 0 <= f["delay_s"] < sc.duration_s - f["at_h"] * 3600
     assert al["detected"] == al["expected"] == sum(1 for f in sc.faults if f.expected is not None)
-    assert al["unexpected"] == []    # no alarm without a fault behind it
+    assert al["unexpected"] == []  # no alarm without a fault behind it
 
 
 def test_district_delivers_at_least_95_percent_within_the_law(district):
@@ -58,7 +65,7 @@ def test_district_delivers_at_least_95_percent_within_the_law(district):
     dv = res["delivery"]
     assert dv["ratio"] >= 0.95
     assert dv["stored"] == res["totals"]["uplinks"]["heard"] <= dv["settled"] <= dv["on_air"]
-    assert dv["refused"] == {}          # the firmware never tried what the duty cycle forbids
+    assert dv["refused"] == {}  # the firmware never tried what the duty cycle forbids
     assert 0 < res["airtime"]["max_share_of_limit"] <= 1.0
 
 
@@ -96,7 +103,7 @@ def test_district_energy_and_water_against_the_baselines(district):
     assert 0.9 * en["kwh"] < en["reported_kwh"] <= en["kwh"] * 1.01
     assert wa["m3"] > 0 and wa["baseline_m3"] > 0
     assert wa["m3"] == pytest.approx(wa["applied_m3"] + wa["lost_m3"])
-    assert wa["lost_m3"] > 0                 # the burst and the leak spilled water
+    assert wa["lost_m3"] > 0  # the burst and the leak spilled water
     series = res["series"]
     assert len(series["t_h"]) == 24 and series["energy_wh"][-1] == pytest.approx(en["kwh"] * 1000, rel=1e-6)
 
@@ -112,9 +119,9 @@ def test_district_records_carry_simulated_time(district):
 def test_district_gateway_restart_and_upstream_outage_lose_nothing(district):
     _sc, res = district
     gw = res["gateway"]
-    assert gw["restarts"] == 1                       # the gateway_restart fault reopened the store
+    assert gw["restarts"] == 1  # the gateway_restart fault reopened the store
     assert gw["queue_max"] > 0 and gw["queued_at_end"] == 0
-    assert res["channel"].get("up_gateway_down", 0) > 0   # the site really was off the air
+    assert res["channel"].get("up_gateway_down", 0) > 0  # the site really was off the air
     assert gw["accepted"] == res["delivery"]["stored"]
 
 
@@ -134,7 +141,7 @@ def test_a_burst_in_a_zone_that_never_waters_is_latent_and_says_why():
     latent = [f for f in res["alarms"]["faults"] if f["manifested"] is False]
     assert res["alarms"]["latent"] == len(latent) and all(f["latent_reason"] for f in latent)
     assert res["alarms"]["detected"] == res["alarms"]["expected"]
-    assert res["water"]["m3"] == 0   # nothing watered after the rain (and the burst spilled nothing)
+    assert res["water"]["m3"] == 0  # nothing watered after the rain (and the burst spilled nothing)
 
 
 def test_same_seed_same_results_other_seed_other_results():
@@ -175,7 +182,7 @@ def test_stuck_valves_and_an_over_current_lamp_raise_their_alarms():
     """Stuck shut: no flow. Stuck open behind the master valve: dry until another zone of the
     controller waters, then more flow than that zone explains (not a burst, not a leak)."""
     text = DISTRICT.read_text().split("# Faults, timed")[0]
-    assert "dry_days = " in text     # the district's dry spell: every zone waters in the morning
+    assert "dry_days = " in text  # the district's dry spell: every zone waters in the morning
     text += """
 [[faults]]
 kind = "stuck_valve"
@@ -203,13 +210,14 @@ mode = "over_current"
     shut, stuck_open = faults[("stuck_valve", "closed")], faults[("stuck_valve", "open")]
     assert shut["expected"] == "event no_flow" and shut["detected"]
     assert stuck_open["expected"] == "event excess_flow" and stuck_open["detected"], stuck_open
-    assert stuck_open["delay_s"] >= 3600   # not before zone 1 waters, at 05:00 local (an hour after)
+    assert stuck_open["delay_s"] >= 3600  # not before zone 1 waters, at 05:00 local (an hour after)
     assert "burst raised" not in res["alarms"]["raised"] and "leak raised" not in res["alarms"]["raised"]
     lamp = faults[("lamp_failure", None)]
     assert lamp["expected"] == "event over_current" and lamp["detected"]
 
 
 # ---------------------------------------------------------------- parts
+
 
 def test_options_are_checked():
     sc = load(DISTRICT)
@@ -226,6 +234,7 @@ def test_options_are_checked():
 def test_every_node_is_provisioned_through_the_firmware_config_with_its_own_key():
     sc = load(DISTRICT)
     from firmware import config as fw_config
+
     keys = set()
     for n in sc.nodes:
         raw = json.dumps(runner.firmware_config(sc, n, sc.radio.channels_hz[0])).encode()
@@ -243,8 +252,12 @@ def test_every_node_is_provisioned_through_the_firmware_config_with_its_own_key(
 
 
 @settings(max_examples=60, deadline=None)
-@given(boot=st.integers(0, 10**7), steps=st.lists(st.integers(0, 10**6), max_size=8),
-       value=st.one_of(st.integers(-5, 4000), st.booleans()), wall=st.integers(1_600_000_000, 2_000_000_000))
+@given(
+    boot=st.integers(0, 10**7),
+    steps=st.lists(st.integers(0, 10**6), max_size=8),
+    value=st.one_of(st.integers(-5, 4000), st.booleans()),
+    wall=st.integers(1_600_000_000, 2_000_000_000),
+)
 def test_world_hal_answers_as_sim_hal(boot, steps, value, wall):
     clock = SimClock(unix0=1781524800)
     clock.t = boot / 1000
@@ -288,6 +301,7 @@ def test_simclock_wakes_sleepers_and_callbacks_in_order_once():
 
         def boom():
             raise ZeroDivisionError("a bad callback")
+
         clock.call_later_ms(30, boom)
         clock.call_later_ms(30, lambda: seen.append(("d", clock.ms())))
         await asyncio.gather(*tasks)
@@ -304,9 +318,27 @@ def test_simclock_wakes_sleepers_and_callbacks_in_order_once():
 
 
 def test_cli_prints_one_json_object():
-    out = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--json", "--hours", "1",
-                          "--nodes-scale", "0.1", "--no-progress"], capture_output=True, text=True, timeout=120,
-                         check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lumeau",
+            "sim",
+            "run",
+            str(DISTRICT),
+            "--json",
+            "--hours",
+            "1",
+            "--nodes-scale",
+            "0.1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     res = json.loads(out)
     assert res["scenario"]["name"] == "district" and res["scenario"]["hours"] == 1
     assert res["delivery"]["settled"] > 0 and res["run"]["link"] == "inprocess"
@@ -315,18 +347,24 @@ def test_cli_prints_one_json_object():
 def test_cli_names_a_bad_scenario_and_option(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[scenario]\nname = 'x'\n")
-    p = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(bad)], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "lumeau", "sim", "run", str(bad)], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert p.returncode == 2 and "bad.toml" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--nodes-scale", "2"],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--nodes-scale", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert p.returncode == 2 and "nodes_scale" in p.stderr
 
 
 def _air_fixture():
-    from simulator.virtual_loop import VirtualLoop
     from simulator import channel as ch
     from simulator.air import Air, NodeRadio
+    from simulator.virtual_loop import VirtualLoop
 
     clock = SimClock(unix0=1781524800)
     loop = VirtualLoop(clock)
@@ -342,6 +380,7 @@ def _frame(counter=1):
     from protocol import frame as fr
     from protocol import messages as m2
     from protocol.keys import NodeKeys
+
     return fr.seal(NodeKeys(7, bytes(16)), m2.STATUS, counter, m2.encode(m2.STATUS, {0: 1, 1: 0, 6: 1, 7: 0}))
 
 
@@ -357,7 +396,7 @@ def test_node_radio_sends_through_the_channel_and_refuses_what_the_law_forbids()
         assert loop.time() - t0 == pytest.approx(radio.airtime_ms(len(_frame(1))) / 1000, abs=1e-4)
         assert len(heard) == 1 and heard[0].gateway == "gw" and heard[0].tx.payload == _frame(1)
         with pytest.raises(OSError, match="duty_cycle"):
-            await radio.send(_frame(2))        # the 1 % off-time has not passed
+            await radio.send(_frame(2))  # the 1 % off-time has not passed
         up = heard[0].tx
         await asyncio.sleep(2.0)
         with pytest.raises(DownlinkError) as e:
@@ -379,10 +418,10 @@ def test_node_radio_hears_a_downlink_whose_preamble_starts_in_its_window_only():
     async def main():
         await radio.send(_frame(1))
         up = heard[0].tx
-        air.downlink("gw", 7, b"\x6b" + bytes(20), up)          # scheduled in RX1
-        await asyncio.sleep(0.98)                               # the runtime opens RX1 20 ms early
+        air.downlink("gw", 7, b"\x6b" + bytes(20), up)  # scheduled in RX1
+        await asyncio.sleep(0.98)  # the runtime opens RX1 20 ms early
         got.append(await radio.recv(radio.rx_window_ms()))
-        got.append(await radio.recv(radio.rx_window_ms()))      # nothing more in this window
+        got.append(await radio.recv(radio.rx_window_ms()))  # nothing more in this window
 
     try:
         loop.run_until_complete(main())
@@ -400,15 +439,19 @@ def test_cli_draws_a_progress_bar_on_a_terminal_only(tmp_path):
 
     master, slave = pty.openpty()
     try:
-        p = subprocess.Popen([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--hours", "2",
-                              "--nodes-scale", "0.1"], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--hours", "2", "--nodes-scale", "0.1"],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            cwd=ROOT,
+        )
         os.close(slave)
         out, _ = p.communicate(timeout=120)
         seen = b""
         while True:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:      # the child closed its end
+            except OSError:  # the child closed its end
                 break
             if not chunk:
                 break
@@ -417,8 +460,13 @@ def test_cli_draws_a_progress_bar_on_a_terminal_only(tmp_path):
         os.close(master)
     assert p.returncode == 0 and b"district:" in out
     assert b"\r[" in seen and b"100.0 %" in seen and b"simulated" in seen
-    piped = subprocess.run([sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--hours", "1",
-                            "--nodes-scale", "0.1", "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    piped = subprocess.run(
+        [sys.executable, "-m", "lumeau", "sim", "run", str(DISTRICT), "--hours", "1", "--nodes-scale", "0.1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert piped.returncode == 0 and piped.stderr == "" and json.loads(piped.stdout)["scenario"]["hours"] == 1
 
 
@@ -433,6 +481,6 @@ def test_parallel_workers_give_the_same_results_as_one_process():
     three = run(sc, dataclasses.replace(opts, workers=3))
     assert two.without_wall_clock() == three.without_wall_clock() == one
     assert two["run"]["workers"] == 2 and len(two["run"]["workers_cpu_s"]) == 2
-    assert two["run"]["downlinks_refused_unheld"] == 0     # every ACK found its node waiting
+    assert two["run"]["downlinks_refused_unheld"] == 0  # every ACK found its node waiting
     assert one["alarms"]["detected"] == one["alarms"]["expected"] >= 3
-    assert one["gateway"]["downlinks_acks_sent"] >= 1      # the held alarms were answered in RX1
+    assert one["gateway"]["downlinks_acks_sent"] >= 1  # the held alarms were answered in RX1

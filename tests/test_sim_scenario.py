@@ -9,10 +9,10 @@ import sys
 import zoneinfo
 
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
 from simulator import channel as ch
 from simulator import scenario as S
 
@@ -171,17 +171,20 @@ def test_far_nodes_get_sf12_and_a_warning():
 
 
 def test_street_grid_expands():
-    text = MINIMAL.replace("[[streets]]", """[[street_grids]]
+    text = MINIMAL.replace(
+        "[[streets]]",
+        """[[street_grids]]
 id = "g"
 origin = [-300, -200]
 blocks = [3, 2]
 block_m = [100, 100]
 lamps = 50
 
-[[streets]]""")
+[[streets]]""",
+    )
     sc = S.loads(text)
     grid = [s for s in sc.streets if s.id.startswith("g-")]
-    assert len(grid) == 3 + 4                          # 3 west-east lines, 4 south-north
+    assert len(grid) == 3 + 4  # 3 west-east lines, 4 south-north
     assert sum(s.lamps for s in grid) == 50
     assert {s.length_m for s in grid} == {300.0, 200.0}
     # 3 x 300 + 4 x 200 = 1,700 m: 50 x 300 / 1700 = 8.82 and 50 x 200 / 1700 = 5.88 lamps a street;
@@ -198,11 +201,14 @@ def test_share_is_largest_remainder():
 def test_schedule_runs_in_local_time():
     paris = zoneinfo.ZoneInfo("Europe/Paris")
     sched = S.Schedule(5 * 60, 20.0, 1)
-    start = 1781524800.0   # 2026-06-15T12:00:00Z
+    start = 1781524800.0  # 2026-06-15T12:00:00Z
     runs = sched.runs(3, start, start + 86400, paris)
     # 05:00 CEST = 03:00 UTC on the 16th; zones one after the other.
     assert [(z, a - start, b - start) for z, a, b in runs] == [
-        (1, 15 * 3600, 15 * 3600 + 1200), (2, 15 * 3600 + 1200, 15 * 3600 + 2400), (3, 15 * 3600 + 2400, 16 * 3600)]
+        (1, 15 * 3600, 15 * 3600 + 1200),
+        (2, 15 * 3600 + 1200, 15 * 3600 + 2400),
+        (3, 15 * 3600 + 2400, 16 * 3600),
+    ]
     every_other = S.Schedule(5 * 60, 20.0, 2).runs(1, start, start + 10 * 86400, paris)
     assert len(every_other) == 5
 
@@ -221,56 +227,99 @@ def broken(old: str, new: str) -> str:
     return MINIMAL.replace(old, new)
 
 
-@pytest.mark.parametrize("text,key,why", [
-    ("not toml [", "", "not valid TOML"),
-    ("[location]\nlat = 1.0\nlon = 1.0\n", "scenario.start", "is required"),
-    (broken('duration = "24h"', 'duration = "2y"'), "scenario.duration", "expected a duration"),
-    (broken('duration = "24h"', 'duration = "10s"'), "scenario.duration", "must be within"),
-    (broken("start = 2026-06-15T12:00:00Z", "start = 2026-06-15T12:00:00"), "scenario.start", "offset"),
-    (broken('name = "mini"', 'name = "mini"\ncolour = "blue"'), "scenario.colour", "unknown key"),
-    (broken('name = "mini"', 'name = "has space"'), "scenario.name", "non-empty name"),
-    (broken("lat = 45.76", "lat = 95.0"), "location.lat", "must be within"),
-    (broken("lat = 45.76", 'lat = "north"'), "location.lat", "expected a number"),
-    (broken('timezone = "Europe/Paris"', 'timezone = "Mars/Olympus"'), "location.timezone", "unknown time zone"),
-    (broken('timezone = "Europe/Paris"', 'timezone = "UTC"\nutc_offset_h = 2'), "location.timezone", "not both"),
-    (broken('timezone = "Europe/Paris"', 'climate = "atlantis"'), "location.climate", "unknown climate"),
-    (broken('[[gateways]]\nid = "gw"\nx = 0.0\ny = 0.0\n', ""), "gateways", "at least one"),
-    (broken('id = "gw"\nx = 0.0', 'id = "gw"\nx = "east"'), "gateways[0].x", "expected a number"),
-    (broken('[[streets]]', '[[gateways]]\nid = "gw"\nx = 1.0\ny = 0.0\n\n[[streets]]'), "gateways[1].id", "duplicate"),
-    (broken("points = [[-100, 0], [0, 0], [0, 100]]", "points = [[0, 0]]"), "streets[0].points",
-     "needs at least 2 points, got 1"),
-    (broken("points = [[-100, 0], [0, 0], [0, 100]]", "points = [[0, 0], [0]]"), "streets[0].points[1]",
-     "expected a point"),
-    (broken("points = [[-100, 0], [0, 0], [0, 100]]", "points = [[5, 5], [5, 5]]"), "streets[0].points", "zero length"),
-    (broken("lamps = 8", "lamps = 8\nspacing_m = 30"), "streets[0].lamps", "not both"),
-    (broken("lamps = 8", "lamps = 8.5"), "streets[0].lamps", "expected an integer"),
-    (broken('[[parks]]', '[[streets]]\nid = "a"\npoints = [[0, 0], [1, 1]]\n\n[[parks]]'), "streets", "duplicate id"),
-    (broken("polygon = [[10, 10], [60, 10], [60, 40], [10, 40]]", "polygon = [[0, 0], [1, 1], [2, 2]]"),
-     "parks[0].polygon", "needs an area"),
-    (broken("zones_per_controller = 3", "zones_per_controller = 5"), "parks[0].zones_per_controller", "within 1..4"),
-    (broken("controllers = 2", 'controllers = 2\nsoil = "moon_dust"'), "parks[0].soil", "must be one of"),
-    (broken("controllers = 2", 'controllers = 2\nschedule_start = "25:00"'), "parks[0].schedule_start", "HH:MM"),
-    (MINIMAL + '\n[radio]\nchannels_mhz = [868.1, 868.15]\n', "radio.channels_mhz[1]", "overlaps"),
-    (MINIMAL + '\n[radio]\nchannels_mhz = [915.0]\n', "radio.channels_mhz[0]", "outside every EU868 sub-band"),
-    (MINIMAL + '\n[radio]\nsf = 6\n', "radio.sf", "\"auto\" or 7..12"),
-    (MINIMAL + '\n[radio]\npath_loss = "free_space"\n', "radio.path_loss", "must be"),
-    (MINIMAL + '\n[radio]\npath_loss = "hata"\ngamma = 3.0\n', "radio.gamma", "log_distance\" only"),
-    (MINIMAL + '\n[radio]\nshadowing = "node"\n', "radio.shadowing", "must be"),
-    (MINIMAL + '\n[weather]\n[[weather.rain]]\nat = 2026-07-01T00:00:00Z\nduration = "1h"\nmm = 5.0\n',
-     "weather.rain[0].at", "within the run"),
-    (MINIMAL + '\n[output]\nhtml = "yes"\n', "output.html", "true or false"),
-    (MINIMAL + '\n[lighting]\nreport_interval = "1s"\n', "lighting.report_interval", "within"),
-    (MINIMAL + '\n[[faults]]\nkind = "leak"\ntarget = "a-01"\nafter = "1h"\n', "faults[0].target",
-     "needs a irrigation node"),
-    (MINIMAL + '\n[[faults]]\nkind = "lamp_failure"\ntarget = "a-99"\nafter = "1h"\n', "faults[0].target",
-     "no node named 'a-99'"),
-    (MINIMAL + '\n[[faults]]\nkind = "burst"\ntarget = "p-1"\nafter = "1h"\nzone = 4\n', "faults[0].zone",
-     "has 3 zones"),
-    (MINIMAL + '\n[[faults]]\nkind = "gateway_restart"\ntarget = "gw-x"\nafter = "1h"\n', "faults[0].target",
-     "no gateway"),
-    (MINIMAL + '\n[[faults]]\nkind = "leak"\ntarget = "p-1"\nafter = "30h"\n', "faults[0]", "outside the run"),
-    (MINIMAL + '\n[extras]\nx = 1\n', "extras", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "text,key,why",
+    [
+        ("not toml [", "", "not valid TOML"),
+        ("[location]\nlat = 1.0\nlon = 1.0\n", "scenario.start", "is required"),
+        (broken('duration = "24h"', 'duration = "2y"'), "scenario.duration", "expected a duration"),
+        (broken('duration = "24h"', 'duration = "10s"'), "scenario.duration", "must be within"),
+        (broken("start = 2026-06-15T12:00:00Z", "start = 2026-06-15T12:00:00"), "scenario.start", "offset"),
+        (broken('name = "mini"', 'name = "mini"\ncolour = "blue"'), "scenario.colour", "unknown key"),
+        (broken('name = "mini"', 'name = "has space"'), "scenario.name", "non-empty name"),
+        (broken("lat = 45.76", "lat = 95.0"), "location.lat", "must be within"),
+        (broken("lat = 45.76", 'lat = "north"'), "location.lat", "expected a number"),
+        (broken('timezone = "Europe/Paris"', 'timezone = "Mars/Olympus"'), "location.timezone", "unknown time zone"),
+        (broken('timezone = "Europe/Paris"', 'timezone = "UTC"\nutc_offset_h = 2'), "location.timezone", "not both"),
+        (broken('timezone = "Europe/Paris"', 'climate = "atlantis"'), "location.climate", "unknown climate"),
+        (broken('[[gateways]]\nid = "gw"\nx = 0.0\ny = 0.0\n', ""), "gateways", "at least one"),
+        (broken('id = "gw"\nx = 0.0', 'id = "gw"\nx = "east"'), "gateways[0].x", "expected a number"),
+        (
+            broken("[[streets]]", '[[gateways]]\nid = "gw"\nx = 1.0\ny = 0.0\n\n[[streets]]'),
+            "gateways[1].id",
+            "duplicate",
+        ),
+        (
+            broken("points = [[-100, 0], [0, 0], [0, 100]]", "points = [[0, 0]]"),
+            "streets[0].points",
+            "needs at least 2 points, got 1",
+        ),
+        (
+            broken("points = [[-100, 0], [0, 0], [0, 100]]", "points = [[0, 0], [0]]"),
+            "streets[0].points[1]",
+            "expected a point",
+        ),
+        (
+            broken("points = [[-100, 0], [0, 0], [0, 100]]", "points = [[5, 5], [5, 5]]"),
+            "streets[0].points",
+            "zero length",
+        ),
+        (broken("lamps = 8", "lamps = 8\nspacing_m = 30"), "streets[0].lamps", "not both"),
+        (broken("lamps = 8", "lamps = 8.5"), "streets[0].lamps", "expected an integer"),
+        (
+            broken("[[parks]]", '[[streets]]\nid = "a"\npoints = [[0, 0], [1, 1]]\n\n[[parks]]'),
+            "streets",
+            "duplicate id",
+        ),
+        (
+            broken("polygon = [[10, 10], [60, 10], [60, 40], [10, 40]]", "polygon = [[0, 0], [1, 1], [2, 2]]"),
+            "parks[0].polygon",
+            "needs an area",
+        ),
+        (
+            broken("zones_per_controller = 3", "zones_per_controller = 5"),
+            "parks[0].zones_per_controller",
+            "within 1..4",
+        ),
+        (broken("controllers = 2", 'controllers = 2\nsoil = "moon_dust"'), "parks[0].soil", "must be one of"),
+        (broken("controllers = 2", 'controllers = 2\nschedule_start = "25:00"'), "parks[0].schedule_start", "HH:MM"),
+        (MINIMAL + "\n[radio]\nchannels_mhz = [868.1, 868.15]\n", "radio.channels_mhz[1]", "overlaps"),
+        (MINIMAL + "\n[radio]\nchannels_mhz = [915.0]\n", "radio.channels_mhz[0]", "outside every EU868 sub-band"),
+        (MINIMAL + "\n[radio]\nsf = 6\n", "radio.sf", '"auto" or 7..12'),
+        (MINIMAL + '\n[radio]\npath_loss = "free_space"\n', "radio.path_loss", "must be"),
+        (MINIMAL + '\n[radio]\npath_loss = "hata"\ngamma = 3.0\n', "radio.gamma", 'log_distance" only'),
+        (MINIMAL + '\n[radio]\nshadowing = "node"\n', "radio.shadowing", "must be"),
+        (
+            MINIMAL + '\n[weather]\n[[weather.rain]]\nat = 2026-07-01T00:00:00Z\nduration = "1h"\nmm = 5.0\n',
+            "weather.rain[0].at",
+            "within the run",
+        ),
+        (MINIMAL + '\n[output]\nhtml = "yes"\n', "output.html", "true or false"),
+        (MINIMAL + '\n[lighting]\nreport_interval = "1s"\n', "lighting.report_interval", "within"),
+        (
+            MINIMAL + '\n[[faults]]\nkind = "leak"\ntarget = "a-01"\nafter = "1h"\n',
+            "faults[0].target",
+            "needs a irrigation node",
+        ),
+        (
+            MINIMAL + '\n[[faults]]\nkind = "lamp_failure"\ntarget = "a-99"\nafter = "1h"\n',
+            "faults[0].target",
+            "no node named 'a-99'",
+        ),
+        (
+            MINIMAL + '\n[[faults]]\nkind = "burst"\ntarget = "p-1"\nafter = "1h"\nzone = 4\n',
+            "faults[0].zone",
+            "has 3 zones",
+        ),
+        (
+            MINIMAL + '\n[[faults]]\nkind = "gateway_restart"\ntarget = "gw-x"\nafter = "1h"\n',
+            "faults[0].target",
+            "no gateway",
+        ),
+        (MINIMAL + '\n[[faults]]\nkind = "leak"\ntarget = "p-1"\nafter = "30h"\n', "faults[0]", "outside the run"),
+        (MINIMAL + "\n[extras]\nx = 1\n", "extras", "unknown key"),
+    ],
+)
 def test_errors_name_file_key_and_why(text, key, why):
     with pytest.raises(S.ScenarioError) as e:
         S.loads(text, "bad.toml")
@@ -287,12 +336,22 @@ def test_missing_file():
 
 
 def test_command_line_summary():
-    out = subprocess.run([sys.executable, "-m", "simulator.scenario", str(SCENARIOS / "district.toml")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "simulator.scenario", str(SCENARIOS / "district.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "60 lamps on 6 streets" in out.stdout and "(12 zones)" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "simulator.scenario", str(SCENARIOS / "nope.toml")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "simulator.scenario", str(SCENARIOS / "nope.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "error:" in bad.stderr
 
 
@@ -303,13 +362,33 @@ def test_readme_documents_every_key_the_shipped_scenarios_use():
             assert f"`{key}`" in readme, f"{path.name}: {key} is not documented in simulator/README.md"
 
 
-VALUES = ["0", "-1", "1e308", "nan", "inf", '"x"', '""', "[]", "[[1, 2]]", "[1, 2]", "true", "{}", "{a = 1}",
-          "2026-01-01T00:00:00Z", "2026-01-01", '"1h"', '"05:00"', '"auto"', "12", "0.5", '"hata"']
+VALUES = [
+    "0",
+    "-1",
+    "1e308",
+    "nan",
+    "inf",
+    '"x"',
+    '""',
+    "[]",
+    "[[1, 2]]",
+    "[1, 2]",
+    "true",
+    "{}",
+    "{a = 1}",
+    "2026-01-01T00:00:00Z",
+    "2026-01-01",
+    '"1h"',
+    '"05:00"',
+    '"auto"',
+    "12",
+    "0.5",
+    '"hata"',
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(VALUES)), min_size=1, max_size=4),
-       st.booleans())
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(VALUES)), min_size=1, max_size=4), st.booleans())
 def test_any_edit_gives_a_scenario_or_a_scenario_error(edits, add_fault):
     """Whatever value lands on whatever key, the parser answers with a ScenarioError, never a crash."""
     text = MINIMAL + ('\n[[faults]]\nkind = "leak"\ntarget = "p-1"\nafter = "1h"\n' if add_fault else "")

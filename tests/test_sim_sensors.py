@@ -30,7 +30,7 @@ def test_lamp_current_by_hand():
     # 60 W at 230 V, power factor 0.95: 274.6 mA at full level, half at 50 %.
     assert X.lamp_current_ma(1000, 60.0) == pytest.approx(274.6, abs=0.1)
     assert X.lamp_current_ma(500, 60.0) == pytest.approx(137.3, abs=0.1)
-    assert X.lamp_current_mv(274.6) == 274            # 1000 mA per volt
+    assert X.lamp_current_mv(274.6) == 274  # 1000 mA per volt
     assert X.lamp_current_mv(274.6, ma_per_v=100) == 2746
     # The lighting app expects power_w * 1000 * 100 // (mains_v * 95) mA at full level: the same lamp.
     assert int(X.lamp_current_ma(1000, 60.0)) == 60 * 1000 * 100 // (230 * 95)
@@ -41,7 +41,7 @@ def test_lamp_current_by_hand():
 def test_moisture_by_hand():
     assert X.moisture_mv(0.0) == 2800
     assert X.moisture_mv(0.5) == 1400
-    assert X.moisture_mv(0.25) == 2100               # field capacity of loam: 25 %
+    assert X.moisture_mv(0.25) == 2100  # field capacity of loam: 25 %
     # What the irrigation app computes from it: (mv - mv_0) * 100 // (mv_50 - mv_0) half-percent steps.
     for theta in (0.12, 0.2, 0.25, 0.31):
         mv = X.moisture_mv(theta)
@@ -53,7 +53,7 @@ def test_moisture_by_hand():
 
 def test_flow_pulses():
     assert X.flow_pulses(0.0) == 0
-    assert X.flow_pulses(58.5) == 26325               # a minute of a Jacobins zone
+    assert X.flow_pulses(58.5) == 26325  # a minute of a Jacobins zone
     assert X.flow_pulses(1.0, pulses_per_l=1) == 1
     with pytest.raises(ValueError):
         X.flow_pulses(-1.0)

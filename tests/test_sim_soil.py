@@ -10,21 +10,21 @@ from simulator import soil as S
 
 
 def test_turf_on_loam_by_hand():
-    b = S.SoilBucket()   # loam 0.25 / 0.12, Zr 0.30 m, p 0.40, Kc 0.8
-    assert b.taw_mm == pytest.approx(39.0)                 # 1000 x 0.13 x 0.30 (Eq. 82)
-    assert b.raw_mm == pytest.approx(15.6)                 # 0.4 x 39 (Eq. 83)
-    assert b.dr_mm == pytest.approx(7.8)                   # default start: half of RAW
-    assert S.SOILS["loam"].theta_fc == 0.25 and S.SOILS["loam"].theta_wp == 0.12   # FAO-56 Table 19 middles
+    b = S.SoilBucket()  # loam 0.25 / 0.12, Zr 0.30 m, p 0.40, Kc 0.8
+    assert b.taw_mm == pytest.approx(39.0)  # 1000 x 0.13 x 0.30 (Eq. 82)
+    assert b.raw_mm == pytest.approx(15.6)  # 0.4 x 39 (Eq. 83)
+    assert b.dr_mm == pytest.approx(7.8)  # default start: half of RAW
+    assert S.SOILS["loam"].theta_fc == 0.25 and S.SOILS["loam"].theta_wp == 0.12  # FAO-56 Table 19 middles
     assert S.TURF_COOL.kc == 0.8 and S.TURF_COOL.p == 0.40
 
 
 def test_ks_and_sensor_reading_by_hand():
     b = S.SoilBucket(depletion_mm=25.0)
-    assert b.ks == pytest.approx(14.0 / 23.4)               # (39 - 25) / (39 - 15.6), Eq. 84
-    assert b.theta == pytest.approx(0.25 - 25.0 / 300.0)    # theta_FC - Dr / (1000 Zr)
+    assert b.ks == pytest.approx(14.0 / 23.4)  # (39 - 25) / (39 - 15.6), Eq. 84
+    assert b.theta == pytest.approx(0.25 - 25.0 / 300.0)  # theta_FC - Dr / (1000 Zr)
     assert S.SoilBucket(depletion_mm=15.6).ks == 1.0
     assert S.SoilBucket(depletion_mm=39.0).ks == 0.0
-    assert S.SoilBucket(depletion_mm=39.0).theta == pytest.approx(0.12)   # the wilting point
+    assert S.SoilBucket(depletion_mm=39.0).theta == pytest.approx(0.12)  # the wilting point
     assert S.SoilBucket(depletion_mm=0.0).theta == pytest.approx(0.25)
 
 
@@ -67,19 +67,25 @@ def test_sub_daily_steps_add_up_without_stress():
     day.step(4.8, rain_mm=3.0)
     parts = S.SoilBucket(depletion_mm=5.0)
     parts.new_day(4.8)
-    for _ in range(144):     # ten-minute steps
+    for _ in range(144):  # ten-minute steps
         parts.step(4.8 / 144, rain_mm=3.0 / 144)
     assert parts.dr_mm == pytest.approx(day.dr_mm)
     assert parts.total.rain_eff_mm == pytest.approx(3.0 - 0.96)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.floats(0, 39), st.lists(st.tuples(st.floats(0, 3), st.floats(0, 20), st.floats(0, 30), st.booleans()),
-                                  max_size=60),
-       st.sampled_from(sorted(S.SOILS)), st.sampled_from(sorted(S.CROPS)))
+@given(
+    st.floats(0, 39),
+    st.lists(st.tuples(st.floats(0, 3), st.floats(0, 20), st.floats(0, 30), st.booleans()), max_size=60),
+    st.sampled_from(sorted(S.SOILS)),
+    st.sampled_from(sorted(S.CROPS)),
+)
 def test_water_is_conserved(dr0, steps, soil, crop):
-    b = S.SoilBucket(S.SOILS[soil], S.CROPS[crop], depletion_mm=min(dr0, 1000 * (
-        S.SOILS[soil].theta_fc - S.SOILS[soil].theta_wp) * S.CROPS[crop].zr_m))
+    b = S.SoilBucket(
+        S.SOILS[soil],
+        S.CROPS[crop],
+        depletion_mm=min(dr0, 1000 * (S.SOILS[soil].theta_fc - S.SOILS[soil].theta_wp) * S.CROPS[crop].zr_m),
+    )
     start = b.dr_mm
     for et0, rain, irr, new_day in steps:
         if new_day:

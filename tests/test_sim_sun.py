@@ -41,7 +41,7 @@ def test_meeus_example_28a_equation_of_time_sets_solar_noon():
     """Meeus example 28.a: on 1992 October 13 the equation of time is +13 min 42.6 s, so
     the sun crosses the meridian at Greenwich at 11:46:17 UTC (within the day's drift)."""
     lo, hi = utc(1992, 10, 13, 11, 30), utc(1992, 10, 13, 12, 0)
-    for _ in range(40):   # bisect the azimuth through due south
+    for _ in range(40):  # bisect the azimuth through due south
         mid = (lo + hi) / 2
         if sun.position(45.0, 0.0, mid).azimuth_deg < 180.0:
             lo = mid
@@ -52,20 +52,30 @@ def test_meeus_example_28a_equation_of_time_sets_solar_noon():
 
 def test_noon_elevation_by_hand():
     # 21 June, 45 N, Greenwich: noon elevation = 90 - 45 + 23.44 = 68.44 deg, due south.
-    noon = max((sun.position(45.0, 0.0, utc(2026, 6, 21, 11) + s) for s in range(0, 7200, 30)),
-               key=lambda p: p.elevation_deg)
+    noon = max(
+        (sun.position(45.0, 0.0, utc(2026, 6, 21, 11) + s) for s in range(0, 7200, 30)), key=lambda p: p.elevation_deg
+    )
     assert noon.elevation_deg == pytest.approx(68.44, abs=0.05)
     assert noon.azimuth_deg == pytest.approx(180.0, abs=0.5)
     # Southern hemisphere: the noon sun stands in the north.
-    p = max((sun.position(-33.86, 151.21, utc(2026, 6, 21, 1) + s) for s in range(0, 7200, 30)),
-            key=lambda p: p.elevation_deg)
+    p = max(
+        (sun.position(-33.86, 151.21, utc(2026, 6, 21, 1) + s) for s in range(0, 7200, 30)),
+        key=lambda p: p.elevation_deg,
+    )
     assert min(p.azimuth_deg, 360 - p.azimuth_deg) < 1.0
     assert p.elevation_deg == pytest.approx(90 - 33.86 - 23.44, abs=0.1)
 
 
-@pytest.mark.parametrize("lat,lon,date", [(45.76, 4.83, (2026, 6, 15)), (51.5, -0.12, (2025, 12, 21)),
-                                          (-33.86, 151.2, (2026, 1, 3)), (0.0, -78.5, (2026, 3, 20)),
-                                          (64.1, -21.9, (2026, 9, 1))])
+@pytest.mark.parametrize(
+    "lat,lon,date",
+    [
+        (45.76, 4.83, (2026, 6, 15)),
+        (51.5, -0.12, (2025, 12, 21)),
+        (-33.86, 151.2, (2026, 1, 3)),
+        (0.0, -78.5, (2026, 3, 20)),
+        (64.1, -21.9, (2026, 9, 1)),
+    ],
+)
 def test_consistent_with_the_nodes_sunrise_and_sunset(lat, lon, date):
     """At astro's sunrise/sunset the sun's centre is 0.833 deg below the horizon."""
     rise, sset = astro.sun_times(lat, lon, *date)
@@ -82,7 +92,7 @@ def test_sunrise_azimuth_at_the_solstice_by_hand():
 
 def test_refraction_noaa_values():
     assert sun.refraction_deg(90) == 0.0
-    assert sun.refraction_deg(0.0) == pytest.approx(1735 / 3600)               # 28.9' ... the NOAA fit
+    assert sun.refraction_deg(0.0) == pytest.approx(1735 / 3600)  # 28.9' ... the NOAA fit
     # 10 deg: 58.1/tan - 0.07/tan^3 + 0.000086/tan^5 = 317.2" (Bennett's table: 5.3')
     assert sun.refraction_deg(10.0) == pytest.approx(317.2 / 3600, abs=1e-4)
     assert sun.refraction_deg(-5.0) > 0
@@ -110,9 +120,9 @@ def test_a_day_of_light_at_a_lamp():
     lat, lon = 45.7578, 4.832
     rise, sset = astro.sun_times(lat, lon, 2026, 6, 15)
     day0 = utc(2026, 6, 15)
-    assert sun.lux_at(lat, lon, day0 + (rise + sset) // 2) > 80_000      # summer noon
-    assert sun.lux_at(lat, lon, day0 + sset + 3600) < 10                  # an hour after sunset
-    assert sun.lux_at(lat, lon, day0 + sset + 3 * 3600) < 0.01            # night
+    assert sun.lux_at(lat, lon, day0 + (rise + sset) // 2) > 80_000  # summer noon
+    assert sun.lux_at(lat, lon, day0 + sset + 3600) < 10  # an hour after sunset
+    assert sun.lux_at(lat, lon, day0 + sset + 3 * 3600) < 0.01  # night
 
 
 def test_bad_coordinates():

@@ -20,20 +20,24 @@ def utc(*t: int) -> int:
 
 # ---------------------------------------------------------------- FAO-56
 
+
 def test_fao56_example_8():
     """Ra for 3 September at 20 S: J = 246, dr = 0.985, d = 0.120 rad, ws = 1.527 rad, Ra = 32.2 MJ."""
     assert W.inverse_distance(246) == pytest.approx(0.985, abs=5e-4)
     assert W.declination(246) == pytest.approx(0.120, abs=5e-4)
     assert W.sunset_hour_angle(math.radians(-20), W.declination(246)) == pytest.approx(1.527, abs=5e-4)
     assert W.ra_mj(-20.0, 246) == pytest.approx(32.2, abs=0.05)
-    assert 0.408 * W.ra_mj(-20.0, 246) == pytest.approx(13.1, abs=0.05)     # mm/day equivalent
+    assert 0.408 * W.ra_mj(-20.0, 246) == pytest.approx(13.1, abs=0.05)  # mm/day equivalent
 
 
-@pytest.mark.parametrize("lat,doy,ra", [
-    (-(22 + 54 / 60), 135, 25.1),    # Example 10: Rio de Janeiro, 15 May
-    (13 + 44 / 60, 105, 38.06),      # Example 17: Bangkok, April
-    (50 + 48 / 60, 187, 41.09),      # Example 18: Brussels (Uccle), 6 July
-])
+@pytest.mark.parametrize(
+    "lat,doy,ra",
+    [
+        (-(22 + 54 / 60), 135, 25.1),  # Example 10: Rio de Janeiro, 15 May
+        (13 + 44 / 60, 105, 38.06),  # Example 17: Bangkok, April
+        (50 + 48 / 60, 187, 41.09),  # Example 18: Brussels (Uccle), 6 July
+    ],
+)
 def test_fao56_ra_examples(lat, doy, ra):
     assert W.ra_mj(lat, doy) == pytest.approx(ra, abs=0.05)
 
@@ -44,14 +48,14 @@ def test_hargreaves_by_hand():
     assert W.et0_hargreaves(12.3, 21.5, 41.09) == pytest.approx(4.058, abs=0.005)
     # Bangkok, April (Example 17's): 0.0023 x 48.0 x 3.0332 x 15.528 = 5.200 mm/day.
     assert W.et0_hargreaves(25.6, 34.8, 38.06) == pytest.approx(5.200, abs=0.005)
-    assert W.et0_hargreaves(-30.0, -25.0, 10.0) == 0.0          # below -17.8 degC: no ET
+    assert W.et0_hargreaves(-30.0, -25.0, 10.0) == 0.0  # below -17.8 degC: no ET
     with pytest.raises(ValueError):
         W.et0_hargreaves(20.0, 10.0, 30.0)
 
 
 def test_polar_night_has_no_extraterrestrial_radiation():
     assert W.ra_mj(80.0, 355) == 0.0
-    assert W.ra_mj(80.0, 172) > W.ra_mj(0.0, 172)   # the midnight sun out-radiates the equator in June
+    assert W.ra_mj(80.0, 172) > W.ra_mj(0.0, 172)  # the midnight sun out-radiates the equator in June
 
 
 def test_ra_fraction_spreads_the_day():
@@ -67,6 +71,7 @@ def test_ra_fraction_spreads_the_day():
 
 
 # ---------------------------------------------------------------- the generator
+
 
 @pytest.fixture(scope="module")
 def twenty_years():
@@ -97,7 +102,7 @@ def test_generator_meets_its_climate(twenty_years):
 def test_a_dry_climate_stays_dry():
     w = W.Weather(37.4, -5.9, utc(2026, 7, 1), 30 * 86400, seed=3, climate="seville")
     assert sum(d.rain_mm for d in w.days) < 20.0
-    assert statistics.mean(d.et0_mm for d in w.days) > 6.0   # Hargreaves in Andalusian July
+    assert statistics.mean(d.et0_mm for d in w.days) > 6.0  # Hargreaves in Andalusian July
 
 
 def test_same_seed_same_weather():
@@ -130,12 +135,12 @@ def test_scripted_rain_and_no_random_rain():
     w = W.Weather(*LYON, start, 86400, seed=1, extra_rain=[storm], random_rain=False)
     assert w.events == [storm]
     assert w.rain_mm(start, start + 86400) == pytest.approx(12.0)
-    assert w.rain_mm(utc(2026, 6, 16, 3), utc(2026, 6, 16, 5)) == pytest.approx(6.0)   # half of it, 6 mm/h
+    assert w.rain_mm(utc(2026, 6, 16, 3), utc(2026, 6, 16, 5)) == pytest.approx(6.0)  # half of it, 6 mm/h
     assert w.day(utc(2026, 6, 16, 3)).wet
     assert not w.raining(utc(2026, 6, 16, 1, 59)) and w.raining(utc(2026, 6, 16, 2, 1))
     # A rain sensor trips at 3 mm and dries 6 h after.
-    assert not w.rain_sensor_wet(utc(2026, 6, 16, 2, 15))            # 1.5 mm so far
-    assert w.rain_sensor_wet(utc(2026, 6, 16, 2, 45))                # 4.5 mm
+    assert not w.rain_sensor_wet(utc(2026, 6, 16, 2, 15))  # 1.5 mm so far
+    assert w.rain_sensor_wet(utc(2026, 6, 16, 2, 45))  # 4.5 mm
     assert w.rain_sensor_wet(utc(2026, 6, 16, 9, 0))
     assert not w.rain_sensor_wet(utc(2026, 6, 16, 10, 30))
     with pytest.raises(ValueError):

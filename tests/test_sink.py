@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from city.sink import Sink
 from gateway import formats
 from gateway.model import Record
-from city.sink import Sink
 from protocol import expand
 from protocol import messages as m
 
@@ -27,8 +27,18 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def record(node: int, counter: int, level: int = 40, t: float = 1_795_000_000.0) -> Record:
     body = {0: level, 1: 452, 2: 123456, 3: m.LS_ON}
-    return Record(node_id=node, counter=counter, mtype=m.LIGHT, kind="light", rx_time=t + counter, body=body,
-                  fields=expand.expand(m.LIGHT, body), best_rssi=-97.0, best_snr=7.5, gateway_id="udp:aa55")
+    return Record(
+        node_id=node,
+        counter=counter,
+        mtype=m.LIGHT,
+        kind="light",
+        rx_time=t + counter,
+        body=body,
+        fields=expand.expand(m.LIGHT, body),
+        best_rssi=-97.0,
+        best_snr=7.5,
+        gateway_id="udp:aa55",
+    )
 
 
 @pytest.fixture
@@ -86,7 +96,9 @@ async def test_batch_is_stored_and_queryable_in_arrival_order(sink, http):
     assert first["id"] == "000000a1-1" and first["type"] == "light"
     assert first["fields"]["power"] == 45.2 and first["fields"]["state"] == ["on"]
     # SPEC §5's units of LIGHT, once for the page
-    assert got["units"] == {"light": {"level": "%", "power": "W", "energy": "Wh", "burning_hours": "h", "current": "mA"}}
+    assert got["units"] == {
+        "light": {"level": "%", "power": "W", "energy": "Wh", "burning_hours": "h", "current": "mA"}
+    }
     assert first["radio"] == {"gateway": "udp:aa55", "receptions": 1, "rssi": -97.0, "snr": 7.5}
     assert got["next"] == got["records"][-1]["seq"]
 
@@ -112,10 +124,21 @@ async def test_a_v3_batch_is_stored_as_the_same_records_as_v2(sink, http, tmp_pa
 
 async def test_a_v1_batch_is_stored_as_v2(sink, http):
     # a gateway from before lumeau.records/2: its records read the same afterwards
-    doc = {"format": "lumeau.records/1", "records": [{
-        "id": "000000c3-9", "node": "000000c3", "counter": 9, "type": "irrigation", "time": "2026-11-18T11:06:41.000Z",
-        "alarm": False, "fields": {"flow": {"value": 14.5, "unit": "L/min"}, "faults": {"value": ["leak"], "unit": None}},
-        "radio": {"gateway": "udp:1", "receptions": 1}}]}
+    doc = {
+        "format": "lumeau.records/1",
+        "records": [
+            {
+                "id": "000000c3-9",
+                "node": "000000c3",
+                "counter": 9,
+                "type": "irrigation",
+                "time": "2026-11-18T11:06:41.000Z",
+                "alarm": False,
+                "fields": {"flow": {"value": 14.5, "unit": "L/min"}, "faults": {"value": ["leak"], "unit": None}},
+                "radio": {"gateway": "udp:1", "receptions": 1},
+            }
+        ],
+    }
     status, body = await post_batch(http, sink, None, raw=json.dumps(doc).encode())
     assert (status, body) == (200, {"accepted": 1, "duplicates": 0})
     _, got = await get(http, sink, "/v1/records")
@@ -138,15 +161,18 @@ async def test_plain_json_is_accepted_too(sink, http):
     assert (await post_batch(http, sink, [record(3, 1)], gz=False))[0] == 200
 
 
-@pytest.mark.parametrize("mutate, where", [
-    (lambda r: r.update(counter=-1), "records[1].counter"),
-    (lambda r: r.update(counter=True), "records[1].counter"),
-    (lambda r: r.update(node="A1"), "records[1].node"),
-    (lambda r: r.update(id="000000a1-999"), "records[1].id"),
-    (lambda r: r.update(time="yesterday"), "records[1].time"),
-    (lambda r: r.pop("type"), "records[1].type"),
-    (lambda r: r.update(fields=[1]), "records[1].fields"),
-])
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda r: r.update(counter=-1), "records[1].counter"),
+        (lambda r: r.update(counter=True), "records[1].counter"),
+        (lambda r: r.update(node="A1"), "records[1].node"),
+        (lambda r: r.update(id="000000a1-999"), "records[1].id"),
+        (lambda r: r.update(time="yesterday"), "records[1].time"),
+        (lambda r: r.pop("type"), "records[1].type"),
+        (lambda r: r.update(fields=[1]), "records[1].fields"),
+    ],
+)
 async def test_a_bad_record_refuses_the_whole_batch_naming_it(sink, http, mutate, where):
     doc = json.loads(formats.native_batch([record(0xA1, 1), record(0xA1, 2)]))
     mutate(doc["records"][1])
@@ -155,10 +181,16 @@ async def test_a_bad_record_refuses_the_whole_batch_naming_it(sink, http, mutate
     assert (await get(http, sink, "/v1/stats"))[1]["records"] == 0  # all or nothing
 
 
-@pytest.mark.parametrize("raw, gz", [
-    (b"{not json", False), (b"[1,2]", False), (b'{"records": 5}', False),
-    (b'{"format": "other/9", "records": []}', False), (b"\x1f\x8bnot really gzip", None),
-])
+@pytest.mark.parametrize(
+    "raw, gz",
+    [
+        (b"{not json", False),
+        (b"[1,2]", False),
+        (b'{"records": 5}', False),
+        (b'{"format": "other/9", "records": []}', False),
+        (b"\x1f\x8bnot really gzip", None),
+    ],
+)
 async def test_unreadable_bodies_are_400(sink, http, raw, gz):
     headers = dict(AUTH)
     if gz is None:
@@ -169,8 +201,7 @@ async def test_unreadable_bodies_are_400(sink, http, raw, gz):
 
 async def test_a_gzip_bomb_is_cut_off(sink, http):
     bomb = gzip.compress(b" " * (17 * 1024 * 1024))  # 17 MiB of spaces in about 17 kB
-    async with http.post(url(sink, "/v1/records"), data=bomb,
-                         headers={**AUTH, "Content-Encoding": "gzip"}) as r:
+    async with http.post(url(sink, "/v1/records"), data=bomb, headers={**AUTH, "Content-Encoding": "gzip"}) as r:
         assert r.status == 413
 
 
@@ -181,8 +212,7 @@ async def test_query_filters(sink, http):
     _, got2 = await get(http, sink, f"/v1/records?node=00000001&after={got['next']}")
     assert [r["counter"] for r in got2["records"]] == [3, 4, 5]
     _, got3 = await get(http, sink, "/v1/records?since=2027-01-15T08:00:03Z")  # 1_800_000_003
-    assert [(r["node"], r["counter"]) for r in got3["records"]] == [("00000001", 3), ("00000001", 4),
-                                                                    ("00000001", 5)]
+    assert [(r["node"], r["counter"]) for r in got3["records"]] == [("00000001", 3), ("00000001", 4), ("00000001", 5)]
     _, got4 = await get(http, sink, "/v1/records?since=1800000004&type=light")
     assert [r["counter"] for r in got4["records"]] == [4, 5]
     for bad in ("limit=0", "limit=5000", "node=xyz", "after=x", "since=never"):
@@ -206,8 +236,12 @@ async def test_records_survive_a_restart_and_dedup_still_holds(tmp_path, http):
 
 async def test_ngsi_ld_upsert_creates_replaces_merges_and_reports_bad_entities(sink, http):
     up = url(sink, "/ngsi-ld/v1/entityOperations/upsert")
-    e1 = {"id": "urn:ngsi-ld:Streetlight:lumeau-000000a1", "type": "Streetlight",
-          "status": {"type": "Property", "value": "ok"}, "powerState": {"type": "Property", "value": "on"}}
+    e1 = {
+        "id": "urn:ngsi-ld:Streetlight:lumeau-000000a1",
+        "type": "Streetlight",
+        "status": {"type": "Property", "value": "ok"},
+        "powerState": {"type": "Property", "value": "on"},
+    }
     async with http.post(up, json=[e1], headers=AUTH) as r:
         assert r.status == 201 and await r.json() == [e1["id"]]
     replaced = {"id": e1["id"], "type": "Streetlight", "status": {"type": "Property", "value": "defectiveLamp"}}
@@ -221,8 +255,9 @@ async def test_ngsi_ld_upsert_creates_replaces_merges_and_reports_bad_entities(s
     async with http.get(url(sink, f"/ngsi-ld/v1/entities/{e1['id']}"), headers=AUTH) as r:
         merged = await r.json()
         assert merged["status"]["value"] == "defectiveLamp" and merged["powerState"]["value"] == "on"
-    async with http.post(up, json=[{"type": "Device"}, {"id": "urn:ngsi-ld:Device:x", "type": "Device"}],
-                         headers=AUTH) as r:
+    async with http.post(
+        up, json=[{"type": "Device"}, {"id": "urn:ngsi-ld:Device:x", "type": "Device"}], headers=AUTH
+    ) as r:
         body = await r.json()
         assert r.status == 207 and body["success"] == ["urn:ngsi-ld:Device:x"] and len(body["errors"]) == 1
     async with http.post(up, json={"id": "x"}, headers=AUTH) as r:
@@ -235,9 +270,17 @@ async def test_ngsi_ld_upsert_creates_replaces_merges_and_reports_bad_entities(s
 
 # -- the command -------------------------------------------------------------------------------
 
+
 def lumeau(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lumeau", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lumeau", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_cli_refuses_to_run_without_a_token(tmp_path):
@@ -256,8 +299,9 @@ async def test_cli_serves_until_sigterm(tmp_path, http):
         assert line.startswith("lumeau sink: listening on http://127.0.0.1:")
         port = int(line.split(":")[3].split()[0])
         body = gzip.compress(formats.native_batch([record(5, 1)]))
-        async with http.post(f"http://127.0.0.1:{port}/v1/records", data=body,
-                             headers={**AUTH, "Content-Encoding": "gzip"}) as r:
+        async with http.post(
+            f"http://127.0.0.1:{port}/v1/records", data=body, headers={**AUTH, "Content-Encoding": "gzip"}
+        ) as r:
             assert r.status == 200 and (await r.json())["accepted"] == 1
         p.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(asyncio.to_thread(p.wait), 30) == 0

@@ -6,10 +6,9 @@ import ast
 import re
 
 import pytest
-
 from conftest import ROOT
-from protocol import bridge_msg
-from protocol import frame, keys, lora, serial
+
+from protocol import bridge_msg, frame, keys, lora, serial
 from protocol import messages as m
 
 SPEC = ROOT / "protocol" / "SPEC.md"

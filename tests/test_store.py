@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware import store as st_mod
-from simulator.hal_sim import SimHAL, StepClock
-from firmware.store import CounterExhausted, Store, StorageError
+from firmware.store import CounterExhausted, StorageError, Store
 from protocol.frame import ACCEPT, DUPLICATE, MAX_COUNTER, STALE
+from simulator.hal_sim import SimHAL, StepClock
 
 
 class Flash:

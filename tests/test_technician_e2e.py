@@ -22,9 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from gateway_helpers import GatewayProcess
 from waiting import wait_for_sync
+
 from simulator.board import MICROPYTHON_MJS
 from simulator.board_proc import BoardProcess
 
@@ -32,23 +32,28 @@ pytestmark = pytest.mark.skipif(not MICROPYTHON_MJS.exists(), reason="needs node
 
 API_TOKEN = "technician-e2e-api-token-0123"
 SINK_TOKEN = "technician-e2e-sink-token-0123"
-SITE = {"radio": {"type": "uart", "uart": {"id": 1, "baud": 115200}},
-        "pins": {"lamp": 25, "lamp_current": 34, "ambient": 35, "pir": 26, "supply": 36},
-        "report_interval_s": 30}
+SITE = {
+    "radio": {"type": "uart", "uart": {"id": 1, "baud": 115200}},
+    "pins": {"lamp": 25, "lamp_current": 34, "ambient": 35, "pir": 26, "supply": 36},
+    "report_interval_s": 30,
+}
 FIRST_REPORT_TIMEOUT_S = 60  # HELLO jitter (<= 10 s) + one report interval (30 s +- 5 %) + margin
 
 
 def lumeau(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lumeau", *args], capture_output=True, text=True, timeout=180,
-                          env=env)
+    return subprocess.run([sys.executable, "-m", "lumeau", *args], capture_output=True, text=True, timeout=180, env=env)
 
 
 def start_sink(tmp: Path) -> tuple[subprocess.Popen, str]:
     tok = tmp / "sink.token"
     tok.write_text(SINK_TOKEN)
     tok.chmod(0o600)
-    proc = subprocess.Popen([sys.executable, "-m", "lumeau", "sink", "--db", str(tmp / "sink.db"), "--port", "0",
-                             "--token-file", str(tok)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lumeau", "sink", "--db", str(tmp / "sink.db"), "--port", "0", "--token-file", str(tok)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     m = re.search(r"listening on (http://\S+)", proc.stdout.readline())
     assert m, "the sink did not start"
     return proc, m.group(1).rstrip("/")
@@ -102,9 +107,27 @@ reconnect_max_s = 0.2
         site.write_text(json.dumps(SITE))
         config = tmp_path / "node.json"
         env = {**__import__("os").environ, "LUMEAU_API_TOKEN": API_TOKEN}  # the token stays out of argv
-        prov = lumeau("node", "provision", "--kind", "lighting", "--gateway", gateway_url, "--template", str(site),
-                      "--name", "Rue de Test 12", "--site", "Rue de Test", "--lat", "48.8566", "--lon", "2.3522",
-                      "--out", str(config), env=env)
+        prov = lumeau(
+            "node",
+            "provision",
+            "--kind",
+            "lighting",
+            "--gateway",
+            gateway_url,
+            "--template",
+            str(site),
+            "--name",
+            "Rue de Test 12",
+            "--site",
+            "Rue de Test",
+            "--lat",
+            "48.8566",
+            "--lon",
+            "2.3522",
+            "--out",
+            str(config),
+            env=env,
+        )
         assert prov.returncode == 0, prov.stderr
         node_id = json.loads(config.read_text())["node_id"]
         node = api(api_port, f"/nodes/{node_id:08x}")
@@ -112,14 +135,29 @@ reconnect_max_s = 0.2
         assert node["last_seen"] is None
 
         t0 = time.time()
-        flashed = lumeau("node", "flash", "--port", board.port, "--bundle", str(bundle), "--config", str(config),
-                         "--gateway", gateway_url, "--hello-timeout", "40", env=env)
+        flashed = lumeau(
+            "node",
+            "flash",
+            "--port",
+            board.port,
+            "--bundle",
+            str(bundle),
+            "--config",
+            str(config),
+            "--gateway",
+            gateway_url,
+            "--hello-timeout",
+            "40",
+            env=env,
+        )
         assert flashed.returncode == 0, flashed.stdout + flashed.stderr
         assert "HELLO at the gateway" in flashed.stdout
 
         node = api(api_port, f"/nodes/{node_id:08x}")
-        assert node["last_seen"] >= t0 and node["reported_firmware"] == json.loads(
-            (bundle / "manifest.json").read_text())["firmware_version"]
+        assert (
+            node["last_seen"] >= t0
+            and node["reported_firmware"] == json.loads((bundle / "manifest.json").read_text())["firmware_version"]
+        )
         assert node["bad_mic"] == 0
 
         records: list[dict] = []
@@ -127,6 +165,7 @@ reconnect_max_s = 0.2
         def a_light_report() -> bool:
             records[:] = [r for r in sink_records(sink_url) if int(r["node"], 16) == node_id]
             return any(r["type"] == "light" for r in records)
+
         try:
             wait_for_sync(a_light_report, FIRST_REPORT_TIMEOUT_S, interval=0.5)
         except AssertionError:

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient
-from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.transports import DownlinkError
-from gateway.transports import ble
+from gateway.transports import DownlinkError, ble
 from protocol import serial as framing
 from tests.transport_helpers import Gateway, downlink_frame, light_frame
 from tests.waiting import wait_for
@@ -35,8 +34,17 @@ from tests.waiting import wait_for
 class Peripheral:
     """A simulated Lumeau node as the BLE stack would see it."""
 
-    def __init__(self, air: "Air", address: str, node_id: int | None, *, mtu: int = 23, rssi: int = -60,
-                 services: tuple[str, ...] = (ble.SERVICE_UUID,), has_frames_char: bool = True) -> None:
+    def __init__(
+        self,
+        air: Air,
+        address: str,
+        node_id: int | None,
+        *,
+        mtu: int = 23,
+        rssi: int = -60,
+        services: tuple[str, ...] = (ble.SERVICE_UUID,),
+        has_frames_char: bool = True,
+    ) -> None:
         self.air = air
         self.address = address
         self.node_id = node_id
@@ -46,7 +54,7 @@ class Peripheral:
         self.has_frames_char = has_frames_char
         self.advertising = True
         self.refuse_connections = 0
-        self.client: "SimClient | None" = None
+        self.client: SimClient | None = None
         self.subscriber: Callable[[bytearray], None] | None = None
         self.rx = framing.Decoder()
         self.received: list[bytes] = []
@@ -57,15 +65,22 @@ class Peripheral:
         sd = {}
         if self.node_id is not None:
             sd[ble.SERVICE_UUID] = self.node_id.to_bytes(4, "big")
-        return AdvertisementData(local_name=None, manufacturer_data={}, service_data=sd,
-                                 service_uuids=list(self.services), tx_power=None, rssi=self.rssi, platform_data=())
+        return AdvertisementData(
+            local_name=None,
+            manufacturer_data={},
+            service_data=sd,
+            service_uuids=list(self.services),
+            tx_power=None,
+            rssi=self.rssi,
+            platform_data=(),
+        )
 
     def notify_bytes(self, data: bytes) -> None:
         """Send bytes as notifications of at most MTU - 3 bytes each, as the stack would."""
         assert self.subscriber is not None, "nobody subscribed"
         n = self.mtu - 3
         for i in range(0, len(data), n):
-            self.subscriber(bytearray(data[i:i + n]))
+            self.subscriber(bytearray(data[i : i + n]))
 
     def notify_frame(self, frame: bytes) -> None:
         self.notify_bytes(framing.encode(frame))
@@ -85,7 +100,7 @@ class Air:
 
     def __init__(self) -> None:
         self.peripherals: dict[str, Peripheral] = {}
-        self.scanners: list["SimScanner"] = []
+        self.scanners: list[SimScanner] = []
         self.adapter_missing = 0  # the next n scanner starts fail as without an adapter
         air = self
 
@@ -137,8 +152,11 @@ class SimScanner(BaseBleakScanner):
 
 class SimClient(BaseBleakClient):
     def __init__(self, air: Air, address_or_ble_device, **kw: Any) -> None:
-        super().__init__(address_or_ble_device, disconnected_callback=kw.pop("disconnected_callback", None),
-                         timeout=kw.pop("timeout", 10.0))
+        super().__init__(
+            address_or_ble_device,
+            disconnected_callback=kw.pop("disconnected_callback", None),
+            timeout=kw.pop("timeout", 10.0),
+        )
         self.air = air
         self.peripheral: Peripheral | None = None
         self._connected = False
@@ -160,8 +178,11 @@ class SimClient(BaseBleakClient):
         svc = BleakGATTService(None, 1, ble.SERVICE_UUID)
         services.add_service(svc)
         if p.has_frames_char:
-            services.add_characteristic(BleakGATTCharacteristic(
-                None, 2, ble.FRAMES_UUID, ["notify", "write", "write-without-response"], lambda: p.mtu - 3, svc))
+            services.add_characteristic(
+                BleakGATTCharacteristic(
+                    None, 2, ble.FRAMES_UUID, ["notify", "write", "write-without-response"], lambda: p.mtu - 3, svc
+                )
+            )
         self.services = services
         self.peripheral = p
         p.client = self
@@ -223,6 +244,7 @@ class SimClient(BaseBleakClient):
 
 # -- fixtures ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 async def gw(tmp_path):
     g = await Gateway.open(tmp_path / "gw.db")
@@ -231,22 +253,31 @@ async def gw(tmp_path):
 
 
 async def transport(gw, air: Air, **kw) -> ble.BleTransport:
-    t = ble.BleTransport(gw.pipeline, scanner_backend=air.scanner_backend, client_backend=air.client_backend,
-                         retry_min=0.05, retry_max=0.2, **kw)
+    t = ble.BleTransport(
+        gw.pipeline,
+        scanner_backend=air.scanner_backend,
+        client_backend=air.client_backend,
+        retry_min=0.05,
+        retry_max=0.2,
+        **kw,
+    )
     await t.start()
     return t
 
 
 async def until(cond: Callable[[], Any], timeout: float = 5.0, advertise: Air | None = None) -> None:
     """Wait for `cond`; with `advertise`, the peripherals advertise once per look (one interval each)."""
+
     def look() -> Any:
         if advertise is not None:
             advertise.advertise()
         return cond()
+
     await wait_for(look, timeout, interval=0.01)
 
 
 # -- tests ---------------------------------------------------------------------------------------
+
 
 async def test_scan_connect_and_frames_in_mtu_sized_notifications_reach_the_pipeline(gw):
     air = Air()
@@ -420,6 +451,7 @@ async def test_a_missing_adapter_is_retried_not_fatal(gw):
 
 # -- fuzz: whatever a node notifies, the transport keeps going ------------------------------------
 
+
 @pytest.fixture(scope="module")
 def live_link(tmp_path_factory):
     loop = asyncio.new_event_loop()
@@ -431,6 +463,7 @@ def live_link(tmp_path_factory):
         t = await transport(g, air)
         await until(lambda: node.subscriber is not None, advertise=air)
         return g, air, node, t
+
     g, air, node, t = loop.run_until_complete(make())
     yield loop, g, node, t
     loop.run_until_complete(t.stop())
@@ -439,8 +472,11 @@ def live_link(tmp_path_factory):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(chunks=st.lists(st.one_of(st.binary(max_size=200), st.binary(min_size=1, max_size=260).map(framing.encode)),
-                       max_size=6))
+@given(
+    chunks=st.lists(
+        st.one_of(st.binary(max_size=200), st.binary(min_size=1, max_size=260).map(framing.encode)), max_size=6
+    )
+)
 def test_fuzz_notifications_never_crash_the_transport(live_link, chunks):
     loop, g, node, t = live_link
     for c in chunks:
@@ -450,6 +486,7 @@ def test_fuzz_notifications_never_crash_the_transport(live_link, chunks):
     async def settle() -> None:
         await wait_for(lambda: not t.ingestor.waiting(), 3, interval=0.001)
         await g.pipeline.drain()
+
     loop.run_until_complete(settle())
     assert t.stats().get("internal_error", 0) == 0 and len(t.links) == 1
     assert g.rejected("ble").get("internal_error", 0) == 0

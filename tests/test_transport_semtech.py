@@ -8,14 +8,13 @@ import json
 import socket
 import struct
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.transports import DownlinkError, Ingestor
-from gateway.transports import semtech
+from gateway.transports import DownlinkError, Ingestor, semtech
 from protocol import lora
 from tests.transport_helpers import Gateway, RecordingPipeline, downlink_frame, light_frame
 from tests.waiting import wait_for
@@ -72,9 +71,21 @@ class FakeForwarder(asyncio.DatagramProtocol):
 
 
 def rxpk(raw: bytes, **over) -> dict:
-    pk = {"time": "2026-11-26T10:00:00.250000Z", "tmst": 3512348611, "chan": 2, "rfch": 0,
-          "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF9BW125", "codr": "4/5",
-          "rssi": -97, "lsnr": 7.5, "size": len(raw), "data": base64.b64encode(raw).decode()}
+    pk = {
+        "time": "2026-11-26T10:00:00.250000Z",
+        "tmst": 3512348611,
+        "chan": 2,
+        "rfch": 0,
+        "freq": 868.1,
+        "stat": 1,
+        "modu": "LORA",
+        "datr": "SF9BW125",
+        "codr": "4/5",
+        "rssi": -97,
+        "lsnr": 7.5,
+        "size": len(raw),
+        "data": base64.b64encode(raw).decode(),
+    }
     pk.update(over)
     return pk
 
@@ -112,7 +123,7 @@ async def test_push_data_is_acked_and_every_rxpk_reaches_the_pipeline(server):
     assert r1.transport == "udp" and r1.gateway_id == "udp:" + EUI.hex()
     assert (r1.rssi, r1.snr, r1.freq_hz, r1.sf, r1.tmst) == (-97, 7.5, 868_100_000, 9, 3512348611)
     assert (r2.rssi, r2.snr, r2.freq_hz, r2.sf, r2.tmst) == (-120, -12.25, 868_300_000, 12, 7)
-    assert r1.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc).timestamp()
+    assert r1.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=UTC).timestamp()
     assert rec1.rx_time == r1.rx_time and rec1.best_rssi == -97
     assert gw.pipeline.accepted == 2 and gw.store.count() == 2
 
@@ -167,12 +178,16 @@ async def test_unpadded_base64_and_missing_metadata(server):
 async def test_receive_time_from_the_forwarder_or_else_our_clock(server):
     srv, gw = server
     fwd = await forwarder(srv)
-    await fwd.push([rxpk(light_frame(counter=1), time="2026-11-26T10:00:00.250000123Z"),  # nanoseconds
-                    rxpk(light_frame(counter=2), time="yesterday at noon"),
-                    rxpk(light_frame(counter=3), time="1970-01-01T00:00:05Z")])  # a clock never set
+    await fwd.push(
+        [
+            rxpk(light_frame(counter=1), time="2026-11-26T10:00:00.250000123Z"),  # nanoseconds
+            rxpk(light_frame(counter=2), time="yesterday at noon"),
+            rxpk(light_frame(counter=3), time="1970-01-01T00:00:05Z"),
+        ]
+    )  # a clock never set
     await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
     ns, junk, unset = gw.seen.receptions
-    assert ns.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=timezone.utc).timestamp()
+    assert ns.rx_time == datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=UTC).timestamp()
     assert abs(junk.rx_time - time.time()) < 5 and abs(unset.rx_time - time.time()) < 5
 
 
@@ -184,17 +199,21 @@ async def test_garbage_rxpk_entries_are_counted_not_fatal(server):
     assert gw.rejected("udp") == {"malformed": 3}
 
 
-@pytest.mark.parametrize("datagram", [
-    b"\x02", b"\x02\x00\x01",  # shorter than a header (asyncio does not send empty datagrams)
-    b"\x07\x00\x01\x00" + EUI + b"{}",  # unknown protocol version
-    b"\x02\x00\x01\x00" + EUI[:3],  # PUSH_DATA without a full EUI
-    b"\x02\x00\x01\x00" + EUI + b"{not json",
-    b"\x02\x00\x01\x00" + EUI + b"[1, 2]",
-    b"\x02\x00\x01\x00" + EUI + b"[" * 60_000,  # deeper than the JSON parser recurses
-    b"\x02\x00\x01\x00" + EUI + b'{"rxpk": 5}',
-    b"\x02\x00\x01\x03" + b'{"txpk": {}}',  # a PULL_RESP sent to the server
-    b"\x02\x00\x01\x09" + EUI,
-])
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"\x02",
+        b"\x02\x00\x01",  # shorter than a header (asyncio does not send empty datagrams)
+        b"\x07\x00\x01\x00" + EUI + b"{}",  # unknown protocol version
+        b"\x02\x00\x01\x00" + EUI[:3],  # PUSH_DATA without a full EUI
+        b"\x02\x00\x01\x00" + EUI + b"{not json",
+        b"\x02\x00\x01\x00" + EUI + b"[1, 2]",
+        b"\x02\x00\x01\x00" + EUI + b"[" * 60_000,  # deeper than the JSON parser recurses
+        b"\x02\x00\x01\x00" + EUI + b'{"rxpk": 5}',
+        b"\x02\x00\x01\x03" + b'{"txpk": {}}',  # a PULL_RESP sent to the server
+        b"\x02\x00\x01\x09" + EUI,
+    ],
+)
 async def test_malformed_datagrams_are_counted_and_the_server_keeps_going(server, datagram):
     srv, gw = server
     fwd = await forwarder(srv)
@@ -271,8 +290,7 @@ async def test_downlink_without_pull_data_has_no_route(server):
 
 async def test_a_downlink_after_the_window_is_refused_not_sent(gw):
     now = [1000.0]  # the server's monotonic clock: the window passes when the test says so
-    srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0, rx_delay=0.15, send_margin=0.1,
-                                monotonic=lambda: now[0])
+    srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0, rx_delay=0.15, send_margin=0.1, monotonic=lambda: now[0])
     await srv.start()
     try:
         fwd = await forwarder(srv)
@@ -360,27 +378,40 @@ async def test_a_flood_is_bounded_by_the_ingest_queue():
 # -- fuzz: arbitrary datagrams over a real socket never take the server down ---------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
-    max_leaves=20)
-rxpk_like = st.fixed_dictionaries({}, optional={
-    "data": st.one_of(st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()), json_values),
-    "stat": st.sampled_from([-1, 0, 1, True, "1", None, 2]),
-    "tmst": st.one_of(st.integers(-1, 2**33), json_values),
-    "freq": st.one_of(st.floats(), json_values),
-    "datr": st.one_of(st.sampled_from(["SF7BW125", "SF12BW500", "SF99BW1", "x"]), json_values),
-    "codr": st.one_of(st.sampled_from(["4/5", "4/9"]), json_values),
-    "rssi": json_values, "lsnr": json_values, "time": st.one_of(st.text(max_size=40), json_values),
-    "rsig": json_values,
-})
+    max_leaves=20,
+)
+rxpk_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": st.one_of(st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()), json_values),
+        "stat": st.sampled_from([-1, 0, 1, True, "1", None, 2]),
+        "tmst": st.one_of(st.integers(-1, 2**33), json_values),
+        "freq": st.one_of(st.floats(), json_values),
+        "datr": st.one_of(st.sampled_from(["SF7BW125", "SF12BW500", "SF99BW1", "x"]), json_values),
+        "codr": st.one_of(st.sampled_from(["4/5", "4/9"]), json_values),
+        "rssi": json_values,
+        "lsnr": json_values,
+        "time": st.one_of(st.text(max_size=40), json_values),
+        "rsig": json_values,
+    },
+)
 datagrams = st.one_of(
     st.binary(max_size=600),
-    st.builds(lambda v, t, body: bytes([v, 0, 1, t]) + EUI + body,
-              st.sampled_from([1, 2, 3]), st.integers(0, 6),
-              st.one_of(st.binary(max_size=200),
-                        st.builds(lambda pks, extra: json.dumps({"rxpk": pks, **extra}).encode(),
-                                  st.lists(rxpk_like, max_size=5),
-                                  st.dictionaries(st.sampled_from(["stat", "x"]), json_values, max_size=2)))),
+    st.builds(
+        lambda v, t, body: bytes([v, 0, 1, t]) + EUI + body,
+        st.sampled_from([1, 2, 3]),
+        st.integers(0, 6),
+        st.one_of(
+            st.binary(max_size=200),
+            st.builds(
+                lambda pks, extra: json.dumps({"rxpk": pks, **extra}).encode(),
+                st.lists(rxpk_like, max_size=5),
+                st.dictionaries(st.sampled_from(["stat", "x"]), json_values, max_size=2),
+            ),
+        ),
+    ),
 )
 
 
@@ -394,6 +425,7 @@ def live_server(tmp_path_factory):
         srv = semtech.SemtechServer(gw.pipeline, "127.0.0.1", 0)
         await srv.start()
         return gw, srv
+
     gw, srv = loop.run_until_complete(make())
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", srv.port))
@@ -415,6 +447,7 @@ def test_fuzz_datagrams_never_crash_the_server(live_server, datagram):
     async def processed():
         await wait_for(lambda: srv.counts["datagrams"] != before and not srv.ingestor.waiting(), 2, interval=0.001)
         await gw.pipeline.drain()
+
     loop.run_until_complete(processed())
     assert srv.counts["internal_error"] == 0 and srv.ingestor.submit_errors == 0
     assert gw.rejected("udp").get("internal_error", 0) == 0
@@ -424,8 +457,12 @@ def test_after_the_fuzz_a_good_packet_still_goes_through(live_server):
     loop, srv, gw, sock = live_server
     # what the fuzz tries, in a fixed sample, sent here: the test holds in any order
     before = srv.counts["datagrams"]
-    hostile = [b"\x02", b"\x07\x00\x01\x00" + EUI + b"{}", b"\x02\x00\x01\x00" + EUI + b"[" * 60_000,
-               b"\x02\x00\x01\x00" + EUI + b'{"rxpk": [{"data": "!!"}, 5]}']
+    hostile = [
+        b"\x02",
+        b"\x07\x00\x01\x00" + EUI + b"{}",
+        b"\x02\x00\x01\x00" + EUI + b"[" * 60_000,
+        b"\x02\x00\x01\x00" + EUI + b'{"rxpk": [{"data": "!!"}, 5]}',
+    ]
     for d in hostile:
         sock.send(d)
     loop.run_until_complete(wait_for(lambda: srv.counts["datagrams"] >= before + len(hostile), 2))

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import bridge_msg as bm
 from firmware.bridge import Bridge
-from simulator.hal_sim import SimHAL
 from firmware.radio_lora import LoRaRadio
 from gateway.transports import DownlinkError
 from gateway.transports.serial import SerialTransport
+from protocol import bridge_msg as bm
 from protocol import lora
 from protocol import serial as framing
+from simulator.hal_sim import SimHAL
 from tests.transport_helpers import Gateway, downlink_frame, light_frame
 from tests.waiting import wait_for
 
@@ -69,6 +69,7 @@ class PtyDevice:
             except BlockingIOError:
                 pass
             return len(got) >= n
+
         await wait_for(read, timeout, what=f"{n} packets from the gateway")
         return got
 
@@ -113,7 +114,7 @@ async def test_frames_cut_at_every_byte_boundary_are_reassembled(line):
     dev, t, gw = line
     wire = b"".join(framing.encode(light_frame(counter=c)) for c in range(1, 6))
     for i in range(len(wire)):  # one byte per write: the worst a UART can do
-        dev.write(wire[i:i + 1])
+        dev.write(wire[i : i + 1])
         if i % 7 == 0:
             await asyncio.sleep(0)
     await gw.seen.wait(lambda: len(gw.seen.uplinks) == 5)
@@ -131,8 +132,17 @@ async def test_line_noise_is_rejected_by_reason_and_good_frames_survive_it(line)
     overlong = framing.encode(bytes(range(1, 256)) * 3)  # 765 bytes: more than the 512 allowed
     cut = framing.encode(good2)[:9]  # a sender reset mid-packet: the next leading 00 ends it
     too_short = b"\x00\x01\x00"  # one byte after COBS: no room for a CRC
-    dev.write(startup_garbage + framing.encode(good1) + bytes(flipped) + bad_cobs + overlong
-              + cut + framing.encode(good2) + too_short + framing.encode(good3))
+    dev.write(
+        startup_garbage
+        + framing.encode(good1)
+        + bytes(flipped)
+        + bad_cobs
+        + overlong
+        + cut
+        + framing.encode(good2)
+        + too_short
+        + framing.encode(good3)
+    )
     await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
     await gw.wait(lambda: sum(gw.rejected("serial").values()) == 6)
     assert [r.raw for r in gw.seen.receptions] == [good1, good2, good3]
@@ -228,6 +238,7 @@ async def test_a_pipeline_that_raises_does_not_make_the_port_deaf(tmp_path):
 
         def reject(self, *a, **kw):
             pass
+
     dev = PtyDevice(tmp_path / "ttyBROKEN")
     t = SerialTransport(Broken(), str(dev.link), reconnect_min=0.02, reconnect_max=0.05)  # type: ignore[arg-type]
     await t.start()
@@ -254,6 +265,7 @@ def test_bad_arguments_are_refused_clearly():
 #
 # The bridge runs on the simulated HAL with a real-time clock (the gateway's loop is real time)
 # and a modem shaped like micropython-lib's async lora driver: the only seam, as on F1's tests.
+
 
 class RealClock:
     """The clock interface of simulator.hal_sim, on real time."""
@@ -304,7 +316,7 @@ class Modem:
             self._ev.clear()
             try:
                 await asyncio.wait_for(self._ev.wait(), None if timeout_ms is None else timeout_ms / 1000)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         return self._inbox.pop(0) if self._inbox else None
 
@@ -341,8 +353,7 @@ async def bridge_line(tmp_path, gw):
     modem = Modem(hal)
     board = Bridge(hal, LoRaRadio(modem, freq_hz=868_100_000, sf=9, bridge=True), MasterPort(dev), watchdog_ms=0)
     # RX1 shortened from 1 s to keep the test fast: the timing logic is the same
-    t = SerialTransport(gw.pipeline, str(dev.link), mode="bridge", rx_delay=0.3, reconnect_min=0.02,
-                        reconnect_max=0.05)
+    t = SerialTransport(gw.pipeline, str(dev.link), mode="bridge", rx_delay=0.3, reconnect_min=0.02, reconnect_max=0.05)
     await t.start()
     await t.wait_connected(3)
     running = asyncio.create_task(board.run())
@@ -455,8 +466,12 @@ async def test_auto_mode_takes_wired_frames_and_bridge_messages_on_one_port(tmp_
         await t.wait_connected(3)
         rx = bm.encode_rx(1000, 868_300_000, 10, 125_000, -90, 10, light_frame(node_id=2, counter=1))
         bad = bytes([bm.RX, 1, 2])  # an RX message cut short
-        dev.write(framing.encode(light_frame(node_id=1, counter=1)) + framing.encode(rx) + framing.encode(bad)
-                  + framing.encode(bytes([bm.TX]) + bytes(20)))  # a host-to-bridge message echoed back
+        dev.write(
+            framing.encode(light_frame(node_id=1, counter=1))
+            + framing.encode(rx)
+            + framing.encode(bad)
+            + framing.encode(bytes([bm.TX]) + bytes(20))
+        )  # a host-to-bridge message echoed back
         await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
         assert [(r.transport, r.sf) for r in gw.seen.receptions] == [("serial", None), ("bridge", 10)]
         await gw.wait(lambda: gw.rejected("bridge").get("malformed") == 2)
@@ -479,8 +494,9 @@ async def test_a_bridge_that_knows_the_time_dates_its_frames(tmp_path, gw):
 
         status = framing.encode(bm.encode_status(5, 0, 0, 0, 0, 868_100_000, 9, 125_000, "sim"))
         # the counter wraps between the TIME and the second frame: still dated right
-        dev.write(status + framing.encode(bm.encode_time(0xFFFFFF00, t0, 500)) + rx(0xFFFFFF00 + 1500, 1)
-                  + rx(0x0000_0100, 2))
+        dev.write(
+            status + framing.encode(bm.encode_time(0xFFFFFF00, t0, 500)) + rx(0xFFFFFF00 + 1500, 1) + rx(0x0000_0100, 2)
+        )
         await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
         (_, r1), (_, r2) = gw.seen.uplinks
         assert r1.rx_time == pytest.approx(t0 + 2.0)
@@ -497,6 +513,7 @@ async def test_a_bridge_that_knows_the_time_dates_its_frames(tmp_path, gw):
 
 # -- fuzz: arbitrary bytes on the line never take the transport down --------------------------
 
+
 @pytest.fixture(scope="module")
 def live_line(tmp_path_factory):
     loop = asyncio.new_event_loop()
@@ -509,6 +526,7 @@ def live_line(tmp_path_factory):
         await t.start()
         await t.wait_connected(3)
         return gw, dev, t
+
     gw, dev, t = loop.run_until_complete(make())
     yield loop, gw, dev, t
     loop.run_until_complete(t.stop())
@@ -517,14 +535,23 @@ def live_line(tmp_path_factory):
     loop.close()
 
 
-chunks = st.lists(st.one_of(
-    st.binary(max_size=300),
-    st.binary(min_size=1, max_size=300).map(framing.encode),  # well-framed garbage reaches the pipeline
-    st.builds(lambda t, rest: framing.encode(bytes([t]) + rest),  # bridge-message-looking garbage
-              st.integers(0x80, 0x9F), st.binary(max_size=40)),
-    st.builds(lambda c, cut: framing.encode(light_frame(node_id=0x4242, counter=c))[:cut],
-              st.integers(1, 2**31), st.integers(0, 60)),
-), max_size=6)
+chunks = st.lists(
+    st.one_of(
+        st.binary(max_size=300),
+        st.binary(min_size=1, max_size=300).map(framing.encode),  # well-framed garbage reaches the pipeline
+        st.builds(
+            lambda t, rest: framing.encode(bytes([t]) + rest),  # bridge-message-looking garbage
+            st.integers(0x80, 0x9F),
+            st.binary(max_size=40),
+        ),
+        st.builds(
+            lambda c, cut: framing.encode(light_frame(node_id=0x4242, counter=c))[:cut],
+            st.integers(1, 2**31),
+            st.integers(0, 60),
+        ),
+    ),
+    max_size=6,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -538,6 +565,7 @@ def test_fuzz_serial_bytes_never_crash_the_transport(live_line, parts):
     async def consumed() -> None:
         await wait_for(lambda: t.counts["bytes"] >= target, 3, interval=0.001)
         await gw.pipeline.drain()
+
     loop.run_until_complete(consumed())
     assert t.connected and t.counts["internal_error"] == 0
     assert gw.rejected("serial").get("internal_error", 0) == 0

@@ -24,14 +24,26 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 DEVICE_MODULES = [
-    "firmware/aio.py", "firmware/boot.py", "firmware/bridge.py", "protocol/bridge_msg.py", "firmware/config.py",
-    "firmware/hal.py", "firmware/hal_machine.py", "firmware/main.py", "firmware/radio.py",
-    "firmware/radio_lora.py", "firmware/runtime.py", "firmware/store.py", "firmware/uplink.py",
-    "firmware/astro.py", "firmware/lighting.py", "firmware/irrigation.py", "firmware/ble.py",
+    "firmware/aio.py",
+    "firmware/boot.py",
+    "firmware/bridge.py",
+    "protocol/bridge_msg.py",
+    "firmware/config.py",
+    "firmware/hal.py",
+    "firmware/hal_machine.py",
+    "firmware/main.py",
+    "firmware/radio.py",
+    "firmware/radio_lora.py",
+    "firmware/runtime.py",
+    "firmware/store.py",
+    "firmware/uplink.py",
+    "firmware/astro.py",
+    "firmware/lighting.py",
+    "firmware/irrigation.py",
+    "firmware/ble.py",
 ]
 ERROR = re.compile(r"^(?P<path>[^:\s]+\.pyi?):\d+: error: ", re.M)
 
@@ -58,13 +70,31 @@ def stubs(tmp_path_factory) -> tuple[Path, Path]:
 def mypy(stubs: tuple[Path, Path], files: list[str], cwd: Path = ROOT) -> tuple[str, list[str]]:
     typings, typeshed = stubs
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--custom-typeshed-dir", str(typeshed), "--check-untyped-defs",
-         "--no-incremental", "--follow-imports=silent", "--explicit-package-bases", "--no-site-packages",
-         "--no-error-summary", "--show-error-codes", *files],
-        cwd=cwd, capture_output=True, text=True, env={"MYPYPATH": str(typings), "PATH": "/usr/bin:/bin"},
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--custom-typeshed-dir",
+            str(typeshed),
+            "--check-untyped-defs",
+            "--no-incremental",
+            "--follow-imports=silent",
+            "--explicit-package-bases",
+            "--no-site-packages",
+            "--no-error-summary",
+            "--show-error-codes",
+            *files,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"MYPYPATH": str(typings), "PATH": "/usr/bin:/bin"},
     )
-    ours = [line for line in proc.stdout.splitlines()
-            if (mt := ERROR.match(line)) and not Path(mt["path"]).is_absolute() and not mt["path"].startswith("..")]
+    ours = [
+        line
+        for line in proc.stdout.splitlines()
+        if (mt := ERROR.match(line)) and not Path(mt["path"]).is_absolute() and not mt["path"].startswith("..")
+    ]
     return proc.stdout + proc.stderr, ours
 
 
@@ -78,9 +108,9 @@ def test_the_check_catches_cpython_only_calls(stubs, tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import time\nimport machine\n\n\ndef f(s):\n"
-        "    t = time.monotonic()\n"           # not in MicroPython's time
+        "    t = time.monotonic()\n"  # not in MicroPython's time
         "    p = machine.Pin(4, machine.Pin.OUT)\n"
-        "    p.toggle_all()\n"                  # no such method
+        "    p.toggle_all()\n"  # no such method
         "    return 'x'.removeprefix(s), t\n"
     )
     _, ours = mypy(stubs, ["probe.py"], cwd=tmp_path)

@@ -14,18 +14,19 @@ import random
 import socket
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from city.sink import Sink
 from gateway import formats
 from gateway import upstream as up
 from gateway.model import Record
-from city.sink import Sink
 from gateway.store import Store, StoreError
 from protocol import expand
 from protocol import messages as m
@@ -38,11 +39,29 @@ FAST = dict(backoff_base=0.02, backoff_max=0.1, max_age=0.05)
 def record(node: int, counter: int, *, alarm: bool = False) -> Record:
     if alarm:
         body = {0: m.EV_LEAK, 1: m.SEV_ALARM, 4: 1}
-        return Record(node_id=node, counter=counter, mtype=m.EVENT, kind="event", rx_time=time.time(), body=body,
-                      fields=expand.expand(m.EVENT, body), alarm=True, gateway_id="test")
+        return Record(
+            node_id=node,
+            counter=counter,
+            mtype=m.EVENT,
+            kind="event",
+            rx_time=time.time(),
+            body=body,
+            fields=expand.expand(m.EVENT, body),
+            alarm=True,
+            gateway_id="test",
+        )
     body = {0: counter % 101, 1: 452, 2: 1000 + counter, 3: m.LS_ON}
-    return Record(node_id=node, counter=counter, mtype=m.LIGHT, kind="light", rx_time=time.time(), body=body,
-                  fields=expand.expand(m.LIGHT, body), best_rssi=-90.0, gateway_id="test")
+    return Record(
+        node_id=node,
+        counter=counter,
+        mtype=m.LIGHT,
+        kind="light",
+        rx_time=time.time(),
+        body=body,
+        fields=expand.expand(m.LIGHT, body),
+        best_rssi=-90.0,
+        gateway_id="test",
+    )
 
 
 Fault = Callable[[web.Request, dict], Awaitable["web.StreamResponse | None"]]
@@ -68,8 +87,13 @@ class Platform:
             if isinstance(body, dict) and body.get("format") == formats.NATIVE_FORMAT_V3:
                 # the faults below read records by name: the /3 rows as the receiver reads them (/2 shape)
                 body = {**body, "records": [r.doc for r in formats.check_native_batch(body)]}
-        ids = [r.get("id") for r in body.get("records", [])] if isinstance(body, dict) else \
-            [e.get("id") for e in body] if isinstance(body, list) else []
+        ids = (
+            [r.get("id") for r in body.get("records", [])]
+            if isinstance(body, dict)
+            else [e.get("id") for e in body]
+            if isinstance(body, list)
+            else []
+        )
         arrival = time.monotonic()
         resp = None
         for fault in list(self.faults):
@@ -99,11 +123,13 @@ class Platform:
     async def records(self) -> list[dict]:
         def q(c):
             return [json.loads(d) for (d,) in c.execute("SELECT doc FROM records ORDER BY seq")]
+
         return await self.sink.db.run(q)
 
     async def duplicates(self) -> int:
         return await self.sink.db.run(
-            lambda c: (c.execute("SELECT value FROM meta WHERE name = 'duplicates'").fetchone() or (0,))[0])
+            lambda c: (c.execute("SELECT value FROM meta WHERE name = 'duplicates'").fetchone() or (0,))[0]
+        )
 
 
 def first_n(n: int, response: Callable[[], web.StreamResponse]) -> Fault:
@@ -114,6 +140,7 @@ def first_n(n: int, response: Callable[[], web.StreamResponse]) -> Fault:
             left[0] -= 1
             return response()
         return None
+
     return fault
 
 
@@ -172,6 +199,7 @@ async def run_upstream(store, url, **kw) -> up.Upstream:
 
 # -- batching ----------------------------------------------------------------------------------
 
+
 async def test_a_backlog_goes_in_full_batches_at_once_and_a_lone_partial_batch_waits_for_its_age(store, platform):
     await fill(store, interleaved(1, 25))
     clock = Clock()  # the batch age is read on this clock: it moves only when the test says so
@@ -222,6 +250,7 @@ async def test_flush_sends_what_waits_now(store, platform):
 
 # -- pipelining --------------------------------------------------------------------------------
 
+
 def queued_ids(store: Store) -> set[str]:
     """What the gateway's database holds right now, read as another process would."""
     c = sqlite3.connect(store.path)
@@ -243,6 +272,7 @@ async def test_pipelined_batches_keep_order_and_leave_only_after_their_2xx(store
         resp = await platform.sink.post_records(request)
         spans.append((arrived, time.monotonic()))
         return resp
+
     platform.faults.append(slow_and_watchful)
     sent = interleaved(5, 20)  # 100 records, 10 batches of 10
     await fill(store, sent)
@@ -266,6 +296,7 @@ async def test_a_batch_prepared_ahead_waits_for_the_one_in_flight_to_be_accepted
             fails[0] -= 1
             return web.Response(status=503)
         return None
+
     platform.faults.append(flaky)
     await fill(store, interleaved(1, 30))
     u = await run_upstream(store, platform.url, batch_size=10)
@@ -290,6 +321,7 @@ async def test_records_whose_delete_failed_are_sent_again_and_deleted(store, pla
                 self.fails -= 1
                 raise StoreError("disk I/O error")
             return await store.delete(seqs)
+
     await fill(store, interleaved(2, 10))
     u = await run_upstream(FailingDelete(), platform.url, batch_size=5)
     try:
@@ -302,6 +334,7 @@ async def test_records_whose_delete_failed_are_sent_again_and_deleted(store, pla
 
 
 # -- failures ----------------------------------------------------------------------------------
+
 
 async def test_outage_then_recovery_drains_the_backlog_in_per_node_order(tmp_path, store):
     with socket.socket() as s:  # a port with nothing behind it: connection refused
@@ -336,7 +369,7 @@ async def test_a_burst_larger_than_memory_arrives_exactly_once_in_per_node_order
     s = await Store.open(tmp_path / "gw.db", recent_max=40)
     sent = interleaved(6, 50)  # 300 records, 7x what memory holds
     for i in range(0, len(sent), 25):  # in groups, as the pipeline hands them over
-        await s.append_many([(r, (r.node_id, r.counter, 1)) for r in sent[i:i + 25]])
+        await s.append_many([(r, (r.node_id, r.counter, 1)) for r in sent[i : i + 25]])
     assert len(s.records.ready) == 40 and s.count() == 300
     u = await run_upstream(s, platform.url, batch_size=16)
     try:
@@ -345,8 +378,9 @@ async def test_a_burst_larger_than_memory_arrives_exactly_once_in_per_node_order
         docs = await platform.records()
         assert len(docs) == 312 and len({d["id"] for d in docs}) == 312 and await platform.duplicates() == 0
         assert per_node_counters(docs) == {f"{n:08x}": list(range(1, 53)) for n in range(1, 7)}
-        assert [(d["node"], d["counter"]) for d in docs] == [(f"{r.node_id:08x}", r.counter)
-                                                            for r in interleaved(6, 52)]  # arrival order
+        assert [(d["node"], d["counter"]) for d in docs] == [
+            (f"{r.node_id:08x}", r.counter) for r in interleaved(6, 52)
+        ]  # arrival order
     finally:
         await u.stop()
         await s.close()
@@ -391,6 +425,7 @@ async def test_slow_answers_time_out_and_the_resend_is_deduplicated(store, platf
             await asyncio.sleep(0.6)  # ...but the answer comes too late
             return resp
         return None
+
     platform.faults.append(slow_once)
     await fill(store, interleaved(3, 4))
     u = await run_upstream(store, platform.url, timeout=0.3)
@@ -408,6 +443,7 @@ async def test_a_refused_record_is_isolated_and_quarantined_the_rest_delivered_i
         if isinstance(body, dict) and any(r["id"] == "00000002-5" for r in body["records"]):
             return web.json_response({"error": "records[?]: flow out of range"}, status=422)
         return None
+
     platform.faults.append(refuse_node2_counter5)
     await fill(store, interleaved(2, 8))
     u = await run_upstream(store, platform.url, batch_size=16)
@@ -452,6 +488,7 @@ async def test_the_loop_survives_a_failing_store(store, platform):
                 self.fails -= 1
                 raise RuntimeError("database is locked")
             return store.next_batch(*a, **kw)
+
     await fill(store, [record(4, 1)])
     u = await run_upstream(Flaky(), platform.url)
     try:
@@ -481,6 +518,7 @@ async def test_413_splits_the_batch(store, platform):
         if isinstance(body, dict) and len(body["records"]) > 3:
             return web.Response(status=413)
         return None
+
     platform.faults.append(too_big)
     await fill(store, interleaved(1, 10))
     u = await run_upstream(store, platform.url)
@@ -502,6 +540,7 @@ async def test_stopping_mid_request_loses_nothing(store, platform):
             await gate.wait()  # hangs until after the upstream gave up on it
             return web.Response(status=503)
         return None
+
     platform.faults.append(hang)
     await fill(store, interleaved(2, 3))
     u = await run_upstream(store, platform.url)
@@ -518,8 +557,9 @@ async def test_stopping_mid_request_loses_nothing(store, platform):
         await u2.stop()
 
 
-@pytest.mark.parametrize("version, level, fmt", [(None, 1, "lumeau.records/3"), (2, 1, "lumeau.records/2"),
-                                                 (3, 6, "lumeau.records/3")])
+@pytest.mark.parametrize(
+    "version, level, fmt", [(None, 1, "lumeau.records/3"), (2, 1, "lumeau.records/2"), (3, 6, "lumeau.records/3")]
+)
 async def test_requests_carry_gzip_bearer_and_idempotency_key(store, tmp_path, version, level, fmt):
     # the default (/3, ISA-L's gzip), the /2 of older receivers, a level above ISA-L's (zlib)
     got: list[tuple[dict, bytes]] = []
@@ -527,6 +567,7 @@ async def test_requests_carry_gzip_bearer_and_idempotency_key(store, tmp_path, v
     async def handler(request: web.Request) -> web.Response:
         got.append((dict(request.headers), await request.content.read()))
         return web.json_response({"accepted": 1})
+
     app = web.Application()
     app.router.add_post("/in", handler)
     # a raw server that does not decompress, to see the bytes on the wire
@@ -554,19 +595,25 @@ async def test_requests_carry_gzip_bearer_and_idempotency_key(store, tmp_path, v
 
 # -- NGSI-LD -----------------------------------------------------------------------------------
 
+
 class Lamp:
     kind, name, site, lat, lon, firmware = "lighting", "Pole 1", "Quai", 45.76, 4.83, "0.1.0"
 
 
 async def test_ngsi_ld_upserts_reach_the_broker_in_order(store, platform):
     await fill(store, [record(1, 1), record(1, 2), record(2, 1)])
-    u = await run_upstream(store, f"http://127.0.0.1:{platform.port}/ngsi-ld/v1/entityOperations/upsert",
-                           fmt="ngsi-ld", node_info=lambda n: Lamp())
+    u = await run_upstream(
+        store,
+        f"http://127.0.0.1:{platform.port}/ngsi-ld/v1/entityOperations/upsert",
+        fmt="ngsi-ld",
+        node_info=lambda n: Lamp(),
+    )
     try:
         await until(lambda: store.count() == 0)
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-            async with http.get(f"http://127.0.0.1:{platform.port}/ngsi-ld/v1/entities/"
-                                "urn:ngsi-ld:Streetlight:lumeau-00000001") as r:
+            async with http.get(
+                f"http://127.0.0.1:{platform.port}/ngsi-ld/v1/entities/urn:ngsi-ld:Streetlight:lumeau-00000001"
+            ) as r:
                 e = await r.json()
                 assert r.headers["X-Lumeau-Updates"] == "2"  # both reports, not one merged away
         assert e["illuminanceLevel"]["value"] == 0.02 and e["status"]["value"] == "ok"  # the later report
@@ -579,15 +626,28 @@ async def test_ngsi_ld_partial_failure_quarantines_only_the_failed_records(store
     async def refuse_lamp2(request, body):
         if isinstance(body, list) and any(e["id"].endswith("lumeau-00000002") for e in body):
             ok = [e["id"] for e in body if not e["id"].endswith("lumeau-00000002")]
-            return web.json_response({"success": ok, "errors": [
-                {"entityId": "urn:ngsi-ld:Streetlight:lumeau-00000002",
-                 "error": {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData", "title": "nope"}}]},
-                status=207)
+            return web.json_response(
+                {
+                    "success": ok,
+                    "errors": [
+                        {
+                            "entityId": "urn:ngsi-ld:Streetlight:lumeau-00000002",
+                            "error": {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData", "title": "nope"},
+                        }
+                    ],
+                },
+                status=207,
+            )
         return None
+
     platform.faults.append(refuse_lamp2)
     await fill(store, [record(1, 1), record(2, 1), record(3, 1)])
-    u = await run_upstream(store, f"http://127.0.0.1:{platform.port}/ngsi-ld/v1/entityOperations/upsert",
-                           fmt="ngsi-ld", node_info=lambda n: Lamp())
+    u = await run_upstream(
+        store,
+        f"http://127.0.0.1:{platform.port}/ngsi-ld/v1/entityOperations/upsert",
+        fmt="ngsi-ld",
+        node_info=lambda n: Lamp(),
+    )
     try:
         await until(lambda: store.count() == 0)
         (q,) = store.quarantined()
@@ -597,6 +657,7 @@ async def test_ngsi_ld_partial_failure_quarantines_only_the_failed_records(store
 
 
 # -- pieces ------------------------------------------------------------------------------------
+
 
 def test_backoff_doubles_to_its_cap_with_equal_jitter():
     u = up.Upstream(None, "http://x", backoff_base=1, backoff_max=60, rng=random.Random(7))  # type: ignore[arg-type]
@@ -611,7 +672,7 @@ def test_backoff_doubles_to_its_cap_with_equal_jitter():
 def test_retry_after_parsing():
     now = 1_800_000_000.0
     assert up.parse_retry_after("120") == 120
-    date = format_datetime(datetime.fromtimestamp(now, timezone.utc) + timedelta(seconds=90), usegmt=True)
+    date = format_datetime(datetime.fromtimestamp(now, UTC) + timedelta(seconds=90), usegmt=True)
     assert up.parse_retry_after(date, now=now) == 90
     assert up.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0  # in the past
     for bad in (None, "", "soon", "-5", "1.5"):
@@ -619,8 +680,13 @@ def test_retry_after_parsing():
 
 
 def test_bad_settings_are_refused():
-    for kw in ({"fmt": "xml"}, {"batch_size": 0}, {"backoff_base": 5, "backoff_max": 1}, {"gzip_level": 11},
-               {"native_version": 4}):
+    for kw in (
+        {"fmt": "xml"},
+        {"batch_size": 0},
+        {"backoff_base": 5, "backoff_max": 1},
+        {"gzip_level": 11},
+        {"native_version": 4},
+    ):
         with pytest.raises(ValueError):
             up.Upstream(None, "http://x", **kw)  # type: ignore[arg-type]
 

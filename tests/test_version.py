@@ -12,16 +12,18 @@ import importlib.metadata as md
 import subprocess
 import sys
 
+from conftest import ROOT
+
 import lumeau
 import protocol
-from conftest import ROOT
 from firmware import bridge
 from protocol import ble as pb
 
 
 def test_lumeau_version_prints_the_protocol_version():
-    p = subprocess.run([sys.executable, "-m", "lumeau", "--version"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "lumeau", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"lumeau {protocol.VERSION}"
     assert lumeau.__version__ == protocol.VERSION

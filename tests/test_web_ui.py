@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,8 +34,16 @@ from protocol import frame
 from protocol import messages as m
 
 CHROMIUM = Path(os.environ.get("LUMEAU_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 OUT = Path(__file__).resolve().parent.parent / "out"
 TOKEN = "web-ui-test-token-0123456789"
 EUI = bytes.fromhex("a1a2a3a4a5a6a7a8")
@@ -52,12 +60,12 @@ DAY = 96  # 15-minute reports in a day: gateway/history.py keeps exactly that ma
 
 
 def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def night_level(t: float) -> int:
     """A dimming profile by the hour (UTC, Paris in winter): full at dusk, 40 % at night, off by day."""
-    hour = datetime.fromtimestamp(t, timezone.utc).hour
+    hour = datetime.fromtimestamp(t, UTC).hour
     return 100 if 16 <= hour < 22 or 5 <= hour < 7 else 40 if hour >= 22 or hour < 5 else 0
 
 
@@ -106,9 +114,21 @@ class Forwarder:
     def uplink(self, node: int, mtype: int, body: dict, at: float | None = None) -> None:
         c = self.counters[node] = self.counters.get(node, 0) + 1
         raw = frame.seal(node_keys(node), mtype, c, m.encode(mtype, body))
-        rxpk = {"tmst": int(time.monotonic() * 1e6) & 0xFFFFFFFF, "time": iso(at or time.time()), "chan": 0,
-                "rfch": 0, "freq": 868.1, "stat": 1, "modu": "LORA", "datr": "SF7BW125", "codr": "4/5",
-                "rssi": -97 - (node % 7), "lsnr": 6.5, "size": len(raw), "data": base64.b64encode(raw).decode()}
+        rxpk = {
+            "tmst": int(time.monotonic() * 1e6) & 0xFFFFFFFF,
+            "time": iso(at or time.time()),
+            "chan": 0,
+            "rfch": 0,
+            "freq": 868.1,
+            "stat": 1,
+            "modu": "LORA",
+            "datr": "SF7BW125",
+            "codr": "4/5",
+            "rssi": -97 - (node % 7),
+            "lsnr": 6.5,
+            "size": len(raw),
+            "data": base64.b64encode(raw).decode(),
+        }
         self._datagram(0, EUI + json.dumps({"rxpk": [rxpk]}).encode())
 
     def _read(self) -> None:
@@ -151,8 +171,9 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
 def write_config(tmp: Path) -> Path:
     reg = Registry(tmp / "nodes.toml")
     for node, kind, name, lat, lon in NODES:
-        reg.upsert(NodeEntry(node_id=node, kind=kind, root_key=root_key(node), name=name, site="Paris 11e",
-                             lat=lat, lon=lon))
+        reg.upsert(
+            NodeEntry(node_id=node, kind=kind, root_key=root_key(node), name=name, site="Paris 11e", lat=lat, lon=lon)
+        )
     reg.save()
     cfg = tmp / "gateway.toml"
     cfg.write_text(f"""
@@ -185,16 +206,19 @@ def feed_a_day(fwd: Forwarder, now: float) -> None:
             fwd.uplink(LAMP_ALARM, m.LIGHT, light_body(t, i), at=t)
         time.sleep(0.002)  # a forwarder's pace; keeps the test's socket buffer from overflowing
     fwd.uplink(LAMP, m.STATUS, {0: 86400, 1: int(now), 4: 3300, 5: 21}, at=now - 60)
-    fwd.uplink(LAMP_ALARM, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 2: 12, 3: int(now - 120), 4: 1},
-               at=now - 120)
+    fwd.uplink(
+        LAMP_ALARM, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 2: 12, 3: int(now - 120), 4: 1}, at=now - 120
+    )
     fwd.uplink(PARK, m.EVENT, {0: m.EV_IRRIGATION_FAILSAFE, 1: m.SEV_WARNING, 3: int(now - 300), 4: 1}, at=now - 300)
 
 
 @pytest.fixture
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the web page is tested in Debian's Chromium. `make test` installs it "
-                    "(apt-get install chromium, as root); without apt-get, install Chromium and set LUMEAU_CHROMIUM.")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the web page is tested in Debian's Chromium. `make test` installs it "
+            "(apt-get install chromium, as root); without apt-get, install Chromium and set LUMEAU_CHROMIUM."
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -216,9 +240,14 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         fwd = Forwarder(started["semtech_port"])
         now = time.time()
         feed_a_day(fwd, now)
-        wait_for(lambda: len(api(port, f"/nodes/{LAMP:08x}/readings?type=light")["readings"]) == DAY
-                 and api(port, f"/nodes/{LAMP_ALARM:08x}")["open_alarms"]
-                 and api(port, f"/nodes/{PARK:08x}")["open_alarms"], what="a day of readings stored")
+        wait_for(
+            lambda: (
+                len(api(port, f"/nodes/{LAMP:08x}/readings?type=light")["readings"]) == DAY
+                and api(port, f"/nodes/{LAMP_ALARM:08x}")["open_alarms"]
+                and api(port, f"/nodes/{PARK:08x}")["open_alarms"]
+            ),
+            what="a day of readings stored",
+        )
         base = f"http://127.0.0.1:{port}"
 
         ctx = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
@@ -260,8 +289,12 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         assert page.evaluate("document.cookie") == "" and page.evaluate("localStorage.length") == 0
 
         # Every node with a position is on the plan, coloured by its state.
-        states = {f"{LAMP:08x}": "ok", f"{LAMP_ALARM:08x}": "alarm", f"{LAMP_NEVER:08x}": "silent",
-                  f"{PARK:08x}": "failsafe"}
+        states = {
+            f"{LAMP:08x}": "ok",
+            f"{LAMP_ALARM:08x}": "alarm",
+            f"{LAMP_NEVER:08x}": "silent",
+            f"{PARK:08x}": "failsafe",
+        }
         for node, state in states.items():
             page.wait_for_selector(f'#plan .node-marker[data-node="{node}"][data-state="{state}"]')
         assert page.locator(f'#plan .node-marker[data-node="{LAMP_NOWHERE:08x}"]').count() == 0
@@ -292,8 +325,10 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         page.wait_for_selector("#detail-state[data-state='ok']")
         assert "started firmware 0.1.0 (power on reset)" in page.inner_text("#node-events")
         page.wait_for_function("document.querySelectorAll('#chart circle.point').length === %d" % DAY)
-        assert page.eval_on_selector_all("#chart-types [data-type]", "bs => bs.map(b => b.dataset.type)") == \
-            ["light", "status"]
+        assert page.eval_on_selector_all("#chart-types [data-type]", "bs => bs.map(b => b.dataset.type)") == [
+            "light",
+            "status",
+        ]
         assert page.input_value("#chart-field") == "level"
         levels = page.eval_on_selector_all("#chart circle.point title", "ts => ts.map(t => t.textContent)")
         expected = [light_body(now - (DAY - 1 - i) * 900, i + 4)[0] for i in range(DAY)]
@@ -337,8 +372,9 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         for r in requests:
             assert TOKEN not in r.url and r.url.startswith(base)
         data_calls = [r for r in requests if "/ui/" not in r.url and r.url != base + "/"]
-        assert data_calls and all(r.headers.get("authorization") in (f"Bearer {TOKEN}", "Bearer not-the-right-token-000")
-                                  for r in data_calls)
+        assert data_calls and all(
+            r.headers.get("authorization") in (f"Bearer {TOKEN}", "Bearer not-the-right-token-000") for r in data_calls
+        )
 
         # Signing out forgets the token.
         page.click("#logout")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from gateway.model import Reception, Record
 from gateway.pipeline import Pipeline
@@ -69,6 +70,7 @@ class Changes:
             while not cond():
                 self._changed.clear()
                 await self._changed.wait()
+
         await asyncio.wait_for(loop(), timeout)
 
 
@@ -109,7 +111,7 @@ class Gateway:
         await wait_for(cond, timeout)
 
     @classmethod
-    async def open(cls, path: Path, known: set[int] | None = None) -> "Gateway":
+    async def open(cls, path: Path, known: set[int] | None = None) -> Gateway:
         store = await Store.open(path)
         seen = Observer()
         return cls(Pipeline(KeyTable(known), store, downlinks=seen), store, seen)

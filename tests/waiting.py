@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
-                   interval: float = 0.005) -> Any:
+async def wait_for(
+    cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition", interval: float = 0.005
+) -> Any:
     """Poll `cond` on the running loop until it is truthy (returned), or fail after `timeout` s.
 
     `cond` may be a coroutine function (e.g. a query through an HTTP API)."""
@@ -31,8 +33,9 @@ async def wait_for(cond: Callable[[], Any], timeout: float = 5.0, what: str = "c
         await asyncio.sleep(interval)
 
 
-def wait_for_sync(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
-                  interval: float = 0.05) -> Any:
+def wait_for_sync(
+    cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition", interval: float = 0.05
+) -> Any:
     """As wait_for, for tests that drive another process or thread without an event loop."""
     deadline = time.monotonic() + timeout
     while True:

@@ -33,25 +33,52 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from gateway.model import Downlink, Record
-from gateway.store.core import SYNC_LEVELS, Writer, StoreClosed, StoreError
+from gateway.store.core import SYNC_LEVELS, StoreClosed, StoreError, Writer
 from gateway.store.downlinks import DOWNLINK_OPEN_STATES, DownlinkTable
 from gateway.store.downlinks import SCHEMA as _DOWNLINKS_SCHEMA
-from gateway.store.nodes import STATE_FLUSH_S, NodeStates
 from gateway.store.nodes import SCHEMA as _NODES_SCHEMA
-from gateway.store.records import (DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX, PRIO_ALARM, PRIO_OTHER, PRIO_ROUTINE,
-                                   RECENT_MAX, RESPONSE_TEXT_MAX, QueueFull, Records, priority)
+from gateway.store.nodes import STATE_FLUSH_S, NodeStates
+from gateway.store.records import (
+    DEFAULT_MAX_RECORDS,
+    DEFAULT_QUARANTINE_MAX,
+    PRIO_ALARM,
+    PRIO_OTHER,
+    PRIO_ROUTINE,
+    RECENT_MAX,
+    RESPONSE_TEXT_MAX,
+    QueueFull,
+    Records,
+    priority,
+)
 from gateway.store.records import SCHEMA as _RECORDS_SCHEMA
-from gateway.store.windows import WINDOW_LOG_MAX, ReplayWindow, Snapshot, Windows
 from gateway.store.windows import SCHEMA as _WINDOWS_SCHEMA
+from gateway.store.windows import WINDOW_LOG_MAX, ReplayWindow, Snapshot, Windows
 
-__all__ = ["Store", "StoreError", "StoreClosed", "QueueFull", "ReplayWindow", "priority",
-           "DEFAULT_MAX_RECORDS", "DEFAULT_GROUP_MAX", "DEFAULT_QUARANTINE_MAX", "RECENT_MAX", "STATE_FLUSH_S",
-           "WINDOW_LOG_MAX", "RESPONSE_TEXT_MAX", "PRIO_ROUTINE", "PRIO_OTHER", "PRIO_ALARM",
-           "DOWNLINK_OPEN_STATES", "SYNC_LEVELS"]
+__all__ = [
+    "Store",
+    "StoreError",
+    "StoreClosed",
+    "QueueFull",
+    "ReplayWindow",
+    "priority",
+    "DEFAULT_MAX_RECORDS",
+    "DEFAULT_GROUP_MAX",
+    "DEFAULT_QUARANTINE_MAX",
+    "RECENT_MAX",
+    "STATE_FLUSH_S",
+    "WINDOW_LOG_MAX",
+    "RESPONSE_TEXT_MAX",
+    "PRIO_ROUTINE",
+    "PRIO_OTHER",
+    "PRIO_ALARM",
+    "DOWNLINK_OPEN_STATES",
+    "SYNC_LEVELS",
+]
 
 DEFAULT_GROUP_MAX = 4096
 
@@ -64,21 +91,36 @@ class Store:
     and see every transaction whose coroutine has returned.
     """
 
-    def __init__(self, path: Path, max_records: int = DEFAULT_MAX_RECORDS, group_max: int = DEFAULT_GROUP_MAX,
-                 quarantine_max: int = DEFAULT_QUARANTINE_MAX, state_flush_s: float = STATE_FLUSH_S, *,
-                 recent_max: int = RECENT_MAX, window_log_max: int = WINDOW_LOG_MAX,
-                 executor: concurrent.futures.Executor | None = None, synchronous: str = "FULL",
-                 exclusive: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        group_max: int = DEFAULT_GROUP_MAX,
+        quarantine_max: int = DEFAULT_QUARANTINE_MAX,
+        state_flush_s: float = STATE_FLUSH_S,
+        *,
+        recent_max: int = RECENT_MAX,
+        window_log_max: int = WINDOW_LOG_MAX,
+        executor: concurrent.futures.Executor | None = None,
+        synchronous: str = "FULL",
+        exclusive: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.max_records = max_records
         self.group_max = group_max
         self.quarantine_max = quarantine_max
         self.state_flush_s = state_flush_s
-        self.writer = Writer(self.path, group_max=group_max, executor=executor, synchronous=synchronous,
-                             exclusive=exclusive)
+        self.writer = Writer(
+            self.path, group_max=group_max, executor=executor, synchronous=synchronous, exclusive=exclusive
+        )
         self.replay_windows = Windows(window_log_max)
-        self.records = Records(self.writer, self.replay_windows, max_records=max_records,
-                               quarantine_max=quarantine_max, recent_max=recent_max)
+        self.records = Records(
+            self.writer,
+            self.replay_windows,
+            max_records=max_records,
+            quarantine_max=quarantine_max,
+            recent_max=recent_max,
+        )
         self.downlink_table = DownlinkTable(self.writer)
         self.nodes = NodeStates(self.writer, state_flush_s)
         # the records' windows are logged by the records' share of a group, folded after it
@@ -87,16 +129,35 @@ class Store:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, path: str | Path, *, max_records: int = DEFAULT_MAX_RECORDS,
-                   group_max: int = DEFAULT_GROUP_MAX, quarantine_max: int = DEFAULT_QUARANTINE_MAX,
-                   state_flush_s: float = STATE_FLUSH_S, recent_max: int = RECENT_MAX,
-                   window_log_max: int = WINDOW_LOG_MAX, executor: concurrent.futures.Executor | None = None,
-                   synchronous: str = "FULL", exclusive: bool = False) -> "Store":
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        group_max: int = DEFAULT_GROUP_MAX,
+        quarantine_max: int = DEFAULT_QUARANTINE_MAX,
+        state_flush_s: float = STATE_FLUSH_S,
+        recent_max: int = RECENT_MAX,
+        window_log_max: int = WINDOW_LOG_MAX,
+        executor: concurrent.futures.Executor | None = None,
+        synchronous: str = "FULL",
+        exclusive: bool = False,
+    ) -> Store:
         """Open (or create) the database at `path`; the keyword arguments are the module docstring's."""
         if max_records < 1 or group_max < 1 or quarantine_max < 0 or recent_max < 1 or window_log_max < 1:
             raise ValueError("store limits must be positive")
-        self = cls(Path(path), max_records, group_max, quarantine_max, state_flush_s, recent_max=recent_max,
-                   window_log_max=window_log_max, executor=executor, synchronous=synchronous, exclusive=exclusive)
+        self = cls(
+            Path(path),
+            max_records,
+            group_max,
+            quarantine_max,
+            state_flush_s,
+            recent_max=recent_max,
+            window_log_max=window_log_max,
+            executor=executor,
+            synchronous=synchronous,
+            exclusive=exclusive,
+        )
         w = self.writer
         await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA)
         r = w.reader
@@ -135,7 +196,7 @@ class Store:
             raise result
         return result
 
-    def append_many(self, items: list[tuple[Record, Snapshot | None]]) -> "asyncio.Future[list]":
+    def append_many(self, items: list[tuple[Record, Snapshot | None]]) -> asyncio.Future[list]:
         """Queue several records at once; the future gives, per item, its seq or the exception.
 
         The records join the next group commit (they may span two if there are
@@ -158,8 +219,7 @@ class Store:
         self.writer.wake()
         return fut
 
-    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None,
-                      gateway_id: str) -> bool:
+    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str) -> bool:
         """Merge another radio's reception of a stored frame (records.Records.add_reception)."""
         return self.records.add_reception(node_id, counter, rssi, snr, gateway_id)
 
@@ -262,8 +322,15 @@ class Store:
 
     # ------------------------------------------------------------ downlinks
 
-    async def add_downlink(self, node_id: int, mtype: int, body: dict[int, Any], expires: float,
-                           command_id: int | None = None, now: float | None = None) -> Downlink:
+    async def add_downlink(
+        self,
+        node_id: int,
+        mtype: int,
+        body: dict[int, Any],
+        expires: float,
+        command_id: int | None = None,
+        now: float | None = None,
+    ) -> Downlink:
         """Queue a downlink; a COMMAND without an id gets its row id as command id."""
         return await self.downlink_table.add(node_id, mtype, body, expires, command_id, now)
 
@@ -273,8 +340,9 @@ class Store:
     def downlink(self, id_: int) -> Downlink | None:
         return self.downlink_table.get(id_)
 
-    def downlinks(self, node_id: int | None = None, states: Iterable[str] | None = None,
-                  limit: int = 1000) -> list[Downlink]:
+    def downlinks(
+        self, node_id: int | None = None, states: Iterable[str] | None = None, limit: int = 1000
+    ) -> list[Downlink]:
         """Downlinks oldest first, optionally of one node and in some states."""
         return self.downlink_table.list(node_id, states, limit)
 

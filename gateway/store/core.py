@@ -31,8 +31,9 @@ import concurrent.futures
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("lumeau.gateway.store")
 
@@ -101,8 +102,15 @@ class Part:
 class Writer:
     """The connections and the group commit; `await open(schema)`, then `start()`; `await close()`."""
 
-    def __init__(self, path: Path, *, group_max: int, executor: concurrent.futures.Executor | None = None,
-                 synchronous: str = "FULL", exclusive: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        group_max: int,
+        executor: concurrent.futures.Executor | None = None,
+        synchronous: str = "FULL",
+        exclusive: bool = False,
+    ) -> None:
         if synchronous.upper() not in SYNC_LEVELS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNC_LEVELS)}")
         self.path = Path(path)
@@ -110,8 +118,11 @@ class Writer:
         self.synchronous = synchronous.upper()
         self.exclusive = exclusive
         self._own_executor = executor is None
-        self.executor: concurrent.futures.Executor = executor if executor is not None else \
-            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumeau-store")
+        self.executor: concurrent.futures.Executor = (
+            executor
+            if executor is not None
+            else concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumeau-store")
+        )
         self._conn: sqlite3.Connection | None = None  # used only on the executor
         # used only on the event loop's thread; the writer's own connection when exclusive
         self.reader: sqlite3.Connection | None = None
@@ -223,8 +234,11 @@ class Writer:
     @staticmethod
     def bump(c: sqlite3.Connection, name: str, n: int) -> None:
         """Add `n` to a lifetime counter of the meta table (writer thread, in a transaction)."""
-        c.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
-                  "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, n))
+        c.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
 
     def meta(self) -> dict[str, int]:
         """The lifetime counters as committed."""
@@ -250,7 +264,8 @@ class Writer:
                 for p in parts:  # a part whose take fails decides its own share (see Part.take)
                     works.append(p.take(self.group_max))
                 results, op_results = await loop.run_in_executor(
-                    self.executor, self._commit, works, [fn for fn, _ in ops])
+                    self.executor, self._commit, works, [fn for fn, _ in ops]
+                )
             except BaseException as e:  # the whole group failed: nothing of it is stored
                 err = e if isinstance(e, StoreError) else StoreError(f"commit failed: {e!r}")
                 for p, work in zip(parts, works):
@@ -274,8 +289,9 @@ class Writer:
                 else:
                     f.set_exception(value if isinstance(value, StoreError) else StoreError(str(value)))
 
-    def _commit(self, works: list[Any],
-                ops: list[Callable[[sqlite3.Connection], Any]]) -> tuple[list[Any], list[tuple[bool, Any]]]:
+    def _commit(
+        self, works: list[Any], ops: list[Callable[[sqlite3.Connection], Any]]
+    ) -> tuple[list[Any], list[tuple[bool, Any]]]:
         c = self._conn
         assert c is not None
         parts = self.parts

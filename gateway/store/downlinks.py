@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import cbor2
 
@@ -45,8 +46,18 @@ _DL_COLS = "id, node_id, mtype, body, created, expires, command_id, attempts, st
 
 def _downlink_from_row(row: tuple) -> Downlink:
     id_, node_id, mtype, body, created, expires, command_id, attempts, state, result, _updated = row
-    return Downlink(id=id_, node_id=node_id, mtype=mtype, body=cbor2.loads(body), created=created,
-                    expires=expires, command_id=command_id, attempts=attempts, state=state, result=result)
+    return Downlink(
+        id=id_,
+        node_id=node_id,
+        mtype=mtype,
+        body=cbor2.loads(body),
+        created=created,
+        expires=expires,
+        command_id=command_id,
+        attempts=attempts,
+        state=state,
+        result=result,
+    )
 
 
 class DownlinkTable:
@@ -57,8 +68,15 @@ class DownlinkTable:
     def load(self, r: sqlite3.Connection) -> None:
         self._next_id = (r.execute("SELECT MAX(id) FROM downlinks").fetchone()[0] or 0) + 1
 
-    async def add(self, node_id: int, mtype: int, body: dict[int, Any], expires: float,
-                  command_id: int | None = None, now: float | None = None) -> Downlink:
+    async def add(
+        self,
+        node_id: int,
+        mtype: int,
+        body: dict[int, Any],
+        expires: float,
+        command_id: int | None = None,
+        now: float | None = None,
+    ) -> Downlink:
         """Queue a downlink; a COMMAND without an id gets its row id as command id."""
         now = time.time() if now is None else now
         id_ = self._next_id
@@ -67,19 +85,23 @@ class DownlinkTable:
             command_id = id_ & 0xFFFFFFFF
             body = dict(body)
             body[0] = command_id
-        dl = Downlink(id=id_, node_id=node_id, mtype=mtype, body=body, created=now, expires=expires,
-                      command_id=command_id)
-        row = (id_, node_id, mtype, cbor2.dumps(body, canonical=True), now, expires, command_id, 0, "queued",
-               None, now)
-        await self.writer.submit(lambda c: c.execute(f"INSERT INTO downlinks ({_DL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                                     row))
+        dl = Downlink(
+            id=id_, node_id=node_id, mtype=mtype, body=body, created=now, expires=expires, command_id=command_id
+        )
+        row = (id_, node_id, mtype, cbor2.dumps(body, canonical=True), now, expires, command_id, 0, "queued", None, now)
+        await self.writer.submit(
+            lambda c: c.execute(f"INSERT INTO downlinks ({_DL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+        )
         return dl
 
     async def update(self, dl: Downlink, now: float | None = None) -> None:
         now = time.time() if now is None else now
         row = (dl.attempts, dl.state, dl.result, now, dl.id)
-        await self.writer.submit(lambda c: c.execute(
-            "UPDATE downlinks SET attempts = ?, state = ?, result = ?, updated = ? WHERE id = ?", row))
+        await self.writer.submit(
+            lambda c: c.execute(
+                "UPDATE downlinks SET attempts = ?, state = ?, result = ?, updated = ? WHERE id = ?", row
+            )
+        )
 
     def get(self, id_: int) -> Downlink | None:
         r = self.writer.reader
@@ -87,8 +109,9 @@ class DownlinkTable:
         row = r.execute(f"SELECT {_DL_COLS} FROM downlinks WHERE id = ?", (id_,)).fetchone()
         return _downlink_from_row(row) if row else None
 
-    def list(self, node_id: int | None = None, states: Iterable[str] | None = None,
-             limit: int = 1000) -> list[Downlink]:
+    def list(
+        self, node_id: int | None = None, states: Iterable[str] | None = None, limit: int = 1000
+    ) -> list[Downlink]:
         """Downlinks oldest first, optionally of one node and in some states."""
         r = self.writer.reader
         assert r is not None
@@ -119,10 +142,13 @@ class DownlinkTable:
         counters stop below frame.TOOL_COUNTER_BASE (2^31): the upper half belongs to
         commissioning tools over BLE, with its own replay window on the node (SPEC §4).
         """
+
         def op(c: sqlite3.Connection) -> int:
-            row = c.execute("INSERT INTO dl_counters (node_id, counter) VALUES (?, 0) "
-                            "ON CONFLICT (node_id) DO UPDATE SET counter = counter + 1 RETURNING counter",
-                            (node_id,)).fetchone()
+            row = c.execute(
+                "INSERT INTO dl_counters (node_id, counter) VALUES (?, 0) "
+                "ON CONFLICT (node_id) DO UPDATE SET counter = counter + 1 RETURNING counter",
+                (node_id,),
+            ).fetchone()
             if row[0] >= frame.TOOL_COUNTER_BASE:
                 raise StoreError(f"node {node_id:08x}: downlink counter exhausted, the node must be re-keyed")
             return row[0]

@@ -13,7 +13,8 @@ import asyncio
 import json
 import logging
 import sqlite3
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.model import Record
 from gateway.store.core import StoreError, Writer
@@ -74,8 +75,11 @@ class NodeStates:
             if active is not None:
                 key = f"{rec.body[0]}:{rec.body.get(5, 0)}"
                 if active:
-                    st["open_alarms"][key] = {"fields": expand.expand(mtype, rec.body), "since": rec.rx_time,
-                                              "counter": rec.counter}
+                    st["open_alarms"][key] = {
+                        "fields": expand.expand(mtype, rec.body),
+                        "since": rec.rx_time,
+                        "counter": rec.counter,
+                    }
                 else:
                     st["open_alarms"].pop(key, None)
         else:  # the frequent case: keep the record, name its fields only when someone looks
@@ -88,10 +92,17 @@ class NodeStates:
         out = dict(st)
         last = out.pop("_last", None)
         if last is not None and last.rx_time >= out.get("last_seen", 0):
-            out.update(last_seen=last.rx_time, rssi=last.best_rssi, snr=last.best_snr, gateway_id=last.gateway_id,
-                       last_counter=last.counter)
-        out["readings"] = {k: {"fields": expand.expand(v.mtype, v.body), "rx_time": v.rx_time}
-                           if isinstance(v, Record) else v for k, v in st["readings"].items()}
+            out.update(
+                last_seen=last.rx_time,
+                rssi=last.best_rssi,
+                snr=last.best_snr,
+                gateway_id=last.gateway_id,
+                last_counter=last.counter,
+            )
+        out["readings"] = {
+            k: {"fields": expand.expand(v.mtype, v.body), "rx_time": v.rx_time} if isinstance(v, Record) else v
+            for k, v in st["readings"].items()
+        }
         return out
 
     def state(self, node_id: int) -> dict[str, Any] | None:
@@ -106,8 +117,11 @@ class NodeStates:
         self._dirty = set()
 
         def op(c: sqlite3.Connection) -> None:
-            c.executemany("INSERT INTO nodes (node_id, state) VALUES (?, ?) "
-                          "ON CONFLICT (node_id) DO UPDATE SET state = excluded.state", rows)
+            c.executemany(
+                "INSERT INTO nodes (node_id, state) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET state = excluded.state",
+                rows,
+            )
 
         return op
 

@@ -38,8 +38,9 @@ import bisect
 import logging
 import sqlite3
 import time
+from collections.abc import Iterable
 from itertools import islice
-from typing import Any, Iterable
+from typing import Any
 
 import cbor2
 
@@ -121,8 +122,21 @@ def priority(record: Record) -> int:
 def record_from_row(row: tuple, named: bool = True) -> tuple[int, Record]:
     seq, node_id, counter, mtype, prio, rx_time, receptions, rssi, snr, gw, body = row
     b = cbor2.loads(body)
-    return seq, Record(node_id, counter, mtype, expand.TYPE_NAMES[mtype], rx_time, b,
-                       expand.expand(mtype, b) if named else {}, receptions, rssi, snr, gw, prio == PRIO_ALARM, body)
+    return seq, Record(
+        node_id,
+        counter,
+        mtype,
+        expand.TYPE_NAMES[mtype],
+        rx_time,
+        b,
+        expand.expand(mtype, b) if named else {},
+        receptions,
+        rssi,
+        snr,
+        gw,
+        prio == PRIO_ALARM,
+        body,
+    )
 
 
 class Chunk:
@@ -146,9 +160,9 @@ class Chunk:
     def settle(self, start: int, n: int, value: Any = None) -> None:
         """Decide items [start, start + n): their seqs, or `value` (an exception) for all."""
         if value is None:
-            self.results[start:start + n] = range(self.seq0 + start, self.seq0 + start + n)
+            self.results[start : start + n] = range(self.seq0 + start, self.seq0 + start + n)
         else:
-            self.results[start:start + n] = [value] * n
+            self.results[start : start + n] = [value] * n
         self.done(n)
 
     def done(self, n: int) -> None:
@@ -162,8 +176,15 @@ Slices = list[tuple[Chunk, int, int]]  # (chunk, start, n): the records of a gro
 
 
 class Records(Part):
-    def __init__(self, writer: Writer, windows: Windows, *, max_records: int = DEFAULT_MAX_RECORDS,
-                 quarantine_max: int = DEFAULT_QUARANTINE_MAX, recent_max: int = RECENT_MAX) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        windows: Windows,
+        *,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        quarantine_max: int = DEFAULT_QUARANTINE_MAX,
+        recent_max: int = RECENT_MAX,
+    ) -> None:
         self.writer = writer
         self.windows = windows
         self.max_records = max_records
@@ -196,8 +217,9 @@ class Records(Part):
 
     def load(self, r: sqlite3.Connection, meta: dict[str, int]) -> None:
         self._count = r.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-        top = r.execute("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM records "
-                        "UNION ALL SELECT MAX(seq) FROM quarantine)").fetchone()[0]
+        top = r.execute(
+            "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM records UNION ALL SELECT MAX(seq) FROM quarantine)"
+        ).fetchone()[0]
         self.next_seq = (top or 0) + 1
         # what is on disk now is read from there
         self.mem_floor = self.next_seq
@@ -207,7 +229,7 @@ class Records(Part):
 
     # ------------------------------------------------------------ the loop's side
 
-    def queue(self, items: Iterable[tuple[Record, Snapshot | None]]) -> tuple["asyncio.Future[list]", list, int]:
+    def queue(self, items: Iterable[tuple[Record, Snapshot | None]]) -> tuple[asyncio.Future[list], list, int]:
         """Queue records for the next group: (future, the items as a list, the first one's seq).
 
         The caller notes each record where it belongs (its node's newest, its
@@ -226,8 +248,7 @@ class Records(Part):
         self._pending += len(items)
         return fut, items, seq
 
-    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None,
-                      gateway_id: str) -> bool:
+    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str) -> bool:
         """Merge another radio's reception of a stored frame: count it, keep the best RSSI.
 
         Returns False when the frame's record can no longer take it (not its
@@ -276,8 +297,10 @@ class Records(Part):
         if after + 1 < floor:  # the oldest ones are only on disk
             r = self.writer.reader
             assert r is not None
-            rows = r.execute(f"SELECT {_RECORD_COLS} FROM records WHERE seq > ? AND seq < ? "
-                             "ORDER BY seq LIMIT ?", (after, floor, max_records)).fetchall()
+            rows = r.execute(
+                f"SELECT {_RECORD_COLS} FROM records WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after, floor, max_records),
+            ).fetchall()
             out = [record_from_row(row, named) for row in rows]
             if len(out) >= max_records:
                 return out
@@ -330,8 +353,11 @@ class Records(Part):
             c.execute("DELETE FROM q_seqs")
             c.executemany("INSERT OR IGNORE INTO q_seqs VALUES (?)", [(s,) for s in seqs])
             cols = _RECORD_COLS.replace("seq, ", "")
-            moved = c.execute(f"INSERT INTO quarantine (seq, batch, {cols}) SELECT seq, ?, {cols} FROM records "
-                              "WHERE seq IN (SELECT seq FROM q_seqs)", (batch,)).rowcount
+            moved = c.execute(
+                f"INSERT INTO quarantine (seq, batch, {cols}) SELECT seq, ?, {cols} FROM records "
+                "WHERE seq IN (SELECT seq FROM q_seqs)",
+                (batch,),
+            ).rowcount
             c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM q_seqs)")
             c.execute("INSERT INTO quarantine_batches VALUES (?,?,?,?,?)", (batch, time.time(), status, text, moved))
             self._count -= moved
@@ -339,8 +365,9 @@ class Records(Part):
             bump(c, "quarantined", moved)
             over = c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] - self.quarantine_max
             if over > 0:
-                c.execute("DELETE FROM quarantine WHERE seq IN (SELECT seq FROM quarantine ORDER BY seq LIMIT ?)",
-                          (over,))
+                c.execute(
+                    "DELETE FROM quarantine WHERE seq IN (SELECT seq FROM quarantine ORDER BY seq LIMIT ?)", (over,)
+                )
                 c.execute("DELETE FROM quarantine_batches WHERE batch NOT IN (SELECT DISTINCT batch FROM quarantine)")
                 bump(c, "quarantine_dropped", over)
             return batch
@@ -355,12 +382,14 @@ class Records(Part):
         assert r is not None
         out = []
         for batch, t, status, response, n in r.execute(
-                "SELECT batch, time, status, response, records FROM quarantine_batches "
-                "ORDER BY batch DESC LIMIT ?", (limit,)).fetchall():
-            recs = [record_from_row(row) for row in r.execute(
-                f"SELECT {_RECORD_COLS} FROM quarantine WHERE batch = ? ORDER BY seq", (batch,))]
-            out.append({"batch": batch, "time": t, "status": status, "response": response, "count": n,
-                        "records": recs})
+            "SELECT batch, time, status, response, records FROM quarantine_batches ORDER BY batch DESC LIMIT ?",
+            (limit,),
+        ).fetchall():
+            recs = [
+                record_from_row(row)
+                for row in r.execute(f"SELECT {_RECORD_COLS} FROM quarantine WHERE batch = ? ORDER BY seq", (batch,))
+            ]
+            out.append({"batch": batch, "time": t, "status": status, "response": response, "count": n, "records": recs})
         return out
 
     def quarantine_count(self) -> int:
@@ -409,12 +438,23 @@ class Records(Part):
             routine = _ROUTINE
             for chunk, start, n in taken:
                 seq = chunk.seq0 + start
-                for r, w in chunk.items[start:start + n]:
+                for r, w in chunk.items[start : start + n]:
                     mtype = r.mtype
-                    rows.append((seq, r.node_id, r.counter, mtype,  # priority(r), inlined: once per record
-                                 PRIO_ALARM if r.alarm else PRIO_ROUTINE if mtype in routine else PRIO_OTHER,
-                                 r.rx_time, r.receptions, r.best_rssi, r.best_snr, r.gateway_id,
-                                 r.cbor if r.cbor is not None else dumps(r.body)))
+                    rows.append(
+                        (
+                            seq,
+                            r.node_id,
+                            r.counter,
+                            mtype,  # priority(r), inlined: once per record
+                            PRIO_ALARM if r.alarm else PRIO_ROUTINE if mtype in routine else PRIO_OTHER,
+                            r.rx_time,
+                            r.receptions,
+                            r.best_rssi,
+                            r.best_snr,
+                            r.gateway_id,
+                            r.cbor if r.cbor is not None else dumps(r.body),
+                        )
+                    )
                     seq += 1
                     if w is not None:
                         windows[w[0]] = w
@@ -427,8 +467,9 @@ class Records(Part):
     def begin(self) -> None:
         self._count_at_begin = self._count
 
-    def write(self, c: sqlite3.Connection, work: tuple[Slices, list[tuple], list[Snapshot], list[tuple]]
-              ) -> tuple[set[int], list[int]]:
+    def write(
+        self, c: sqlite3.Connection, work: tuple[Slices, list[tuple], list[Snapshot], list[tuple]]
+    ) -> tuple[set[int], list[int]]:
         """Insert the group's rows (after making room), log their windows, rewrite receptions."""
         _taken, rows, windows, updates = work
         dropped: set[int] = set()
@@ -455,8 +496,9 @@ class Records(Part):
         if taken:
             self._committed_upto = max(self._committed_upto, taken[-1][0].seq0 + taken[-1][1] + taken[-1][2] - 1)
 
-    def committed(self, work: tuple[Slices, list[tuple], list[Snapshot], list[tuple]],
-                  result: tuple[set[int], list[int]]) -> None:
+    def committed(
+        self, work: tuple[Slices, list[tuple], list[Snapshot], list[tuple]], result: tuple[set[int], list[int]]
+    ) -> None:
         taken, rows = work[0], work[1]
         dropped, evicted = result
         self.committed_records += len(rows) - len(dropped)
@@ -468,7 +510,7 @@ class Records(Part):
         ready, order, floor = self.ready, self._order, self.mem_floor
         for chunk, start, n in taken:
             seq0 = chunk.seq0 + start
-            recs = chunk.items[start:start + n]
+            recs = chunk.items[start : start + n]
             if seq0 >= floor and not dropped:
                 # the common case: every record of the slice is committed and stays in memory
                 ready.update(zip(range(seq0, seq0 + n), [r for r, _w in recs]))
@@ -506,9 +548,14 @@ class Records(Part):
         for prio in (PRIO_ROUTINE, PRIO_OTHER):
             if excess - len(gone) <= 0:
                 break
-            gone += [r[0] for r in c.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM records "
-                                             "WHERE prio = ? ORDER BY seq LIMIT ?) RETURNING seq",
-                                             (prio, excess - len(gone))).fetchall()]
+            gone += [
+                r[0]
+                for r in c.execute(
+                    "DELETE FROM records WHERE seq IN (SELECT seq FROM records "
+                    "WHERE prio = ? ORDER BY seq LIMIT ?) RETURNING seq",
+                    (prio, excess - len(gone)),
+                ).fetchall()
+            ]
         evicted = len(gone)
         self._count -= evicted
         dropped: set[int] = set()
@@ -524,8 +571,12 @@ class Records(Part):
         if evicted or dropped:
             self.writer.bump(c, "evicted", evicted + len(dropped))
             self.evicted_total += evicted + len(dropped)
-            log.warning("queue full (%d records): evicted %d queued and dropped %d arriving records",
-                        self.max_records, evicted, len(dropped))
+            log.warning(
+                "queue full (%d records): evicted %d queued and dropped %d arriving records",
+                self.max_records,
+                evicted,
+                len(dropped),
+            )
         return dropped, gone
 
 

@@ -37,8 +37,10 @@ CREATE TABLE IF NOT EXISTS window_log (
 );
 """
 
-_UPSERT_WINDOW = ("INSERT INTO windows (node_id, top, mask) VALUES (?,?,?) "
-                  "ON CONFLICT (node_id) DO UPDATE SET top = excluded.top, mask = excluded.mask")
+_UPSERT_WINDOW = (
+    "INSERT INTO windows (node_id, top, mask) VALUES (?,?,?) "
+    "ON CONFLICT (node_id) DO UPDATE SET top = excluded.top, mask = excluded.mask"
+)
 
 Snapshot = tuple[int, int, int]  # (node_id, top, mask); top -1: the node is forgotten
 

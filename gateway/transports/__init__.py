@@ -84,8 +84,9 @@ class Ingestor:
     `pipeline.submit` directly instead.
     """
 
-    def __init__(self, pipeline: Pipeline, transport: str, *, depth: int = DEFAULT_DEPTH,
-                 log: logging.Logger | None = None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, transport: str, *, depth: int = DEFAULT_DEPTH, log: logging.Logger | None = None
+    ) -> None:
         if depth < 1:
             raise ValueError("depth must be >= 1")
         self.pipeline = pipeline
@@ -108,9 +109,10 @@ class Ingestor:
         if drain:
             try:
                 await asyncio.wait_for(self._queue.join(), timeout)
-            except asyncio.TimeoutError:
-                self.log.warning("ingest queue not drained on stop",
-                                 extra={"transport": self.transport, "waiting": self.waiting()})
+            except TimeoutError:
+                self.log.warning(
+                    "ingest queue not drained on stop", extra={"transport": self.transport, "waiting": self.waiting()}
+                )
         self._worker.cancel()
         await asyncio.gather(self._worker, return_exceptions=True)
         self._worker = None
@@ -144,8 +146,14 @@ class Ingestor:
                 q.task_done()
 
 
-def report_reject(pipeline: Pipeline, reason: str, transport: str, limiter: RateLimiter,
-                  logger: logging.Logger, detail: str | None = None) -> None:
+def report_reject(
+    pipeline: Pipeline,
+    reason: str,
+    transport: str,
+    limiter: RateLimiter,
+    logger: logging.Logger,
+    detail: str | None = None,
+) -> None:
     """pipeline.reject, guarded: a broken counter must not take a transport down."""
     try:
         pipeline.reject(reason, transport, detail)
@@ -163,8 +171,12 @@ class LineDrops:
     framing (serial lines, and BLE, which carries the same byte stream).
     """
 
-    KINDS = (("dropped_crc", "bad_crc"), ("dropped_cobs", "bad_cobs"), ("dropped_short", "bad_cobs"),
-             ("dropped_overlong", "oversized"))
+    KINDS = (
+        ("dropped_crc", "bad_crc"),
+        ("dropped_cobs", "bad_cobs"),
+        ("dropped_short", "bad_cobs"),
+        ("dropped_overlong", "oversized"),
+    )
 
     def __init__(self, pipeline: Pipeline, transport: str, limiter: RateLimiter, logger: logging.Logger) -> None:
         self.pipeline = pipeline

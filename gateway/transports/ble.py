@@ -44,7 +44,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -84,7 +85,7 @@ def advertised_node_id(adv: AdvertisementData) -> int | None:
 class BleLink:
     """One connection to one node: reads its notifications, writes its downlinks."""
 
-    def __init__(self, owner: "BleTransport", device: BLEDevice) -> None:
+    def __init__(self, owner: BleTransport, device: BLEDevice) -> None:
         self.owner = owner
         self.device = device
         self.address = device.address
@@ -125,7 +126,7 @@ class BleLink:
             if client.is_connected:
                 try:
                     await asyncio.wait_for(client.disconnect(), o.connect_timeout)
-                except (BleakError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, BleakError, OSError):
                     pass
 
     async def close(self) -> None:
@@ -141,8 +142,16 @@ class BleLink:
             rssi = o.rssi.get(self.address)
             for raw in payloads:
                 o.counts["packets"] += 1
-                o.ingestor.offer(Reception(raw=raw, transport=TRANSPORT, gateway_id=self.gateway_id,
-                                           rx_time=self.owner.clock(), rssi=rssi, path=self))
+                o.ingestor.offer(
+                    Reception(
+                        raw=raw,
+                        transport=TRANSPORT,
+                        gateway_id=self.gateway_id,
+                        rx_time=self.owner.clock(),
+                        rssi=rssi,
+                        path=self,
+                    )
+                )
         except Exception:  # a notification must never take the link down
             self.decoder.reset()
             o.counts["internal_error"] += 1
@@ -167,9 +176,10 @@ class BleLink:
                 raise DownlinkError("disconnected", f"no BLE link to {self.address}")
             try:
                 for i in range(0, len(data), WRITE_MAX):
-                    await asyncio.wait_for(client.write_gatt_char(char, data[i:i + WRITE_MAX], response=True),
-                                           self.owner.write_timeout)
-            except asyncio.TimeoutError:
+                    await asyncio.wait_for(
+                        client.write_gatt_char(char, data[i : i + WRITE_MAX], response=True), self.owner.write_timeout
+                    )
+            except TimeoutError:
                 raise DownlinkError("timeout", f"{self.address} did not acknowledge the write") from None
             except (BleakError, OSError, EOFError) as e:
                 raise DownlinkError("disconnected", f"{self.address}: {e}") from e
@@ -178,15 +188,26 @@ class BleLink:
 class BleTransport:
     """Scans for Lumeau nodes and keeps links to them. `await start()`, `await stop()`."""
 
-    def __init__(self, pipeline: Pipeline, *, adapter: str | None = None,
-                 node_filter: Callable[[int], bool] | None = None,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, retry_min: float = DEFAULT_RETRY_MIN_S,
-                 retry_max: float = DEFAULT_RETRY_MAX_S, write_timeout: float = DEFAULT_WRITE_TIMEOUT_S,
-                 max_frame: int = framing.DEFAULT_MAX_FRAME, scan_interval: float | None = None,
-                 scan_window: float = DEFAULT_SCAN_WINDOW_S, scanner_backend: type | None = None,
-                 client_backend: type | None = None, ingestor: Ingestor | None = None,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        adapter: str | None = None,
+        node_filter: Callable[[int], bool] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        retry_min: float = DEFAULT_RETRY_MIN_S,
+        retry_max: float = DEFAULT_RETRY_MAX_S,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT_S,
+        max_frame: int = framing.DEFAULT_MAX_FRAME,
+        scan_interval: float | None = None,
+        scan_window: float = DEFAULT_SCAN_WINDOW_S,
+        scanner_backend: type | None = None,
+        client_backend: type | None = None,
+        ingestor: Ingestor | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`clock` (wall: reception times) and `monotonic` (reconnection backoff, rate limits)
         are seams for tests, as in gateway/downlinks.py."""
         if max_connections < 1 or not 0 < retry_min <= retry_max:
@@ -239,8 +260,7 @@ class BleTransport:
             except (BleakError, OSError) as e:  # no adapter (yet), or it is busy
                 self.counts["scan_errors"] += 1
                 if self.limiter.allow("scan_error")[0]:
-                    log.error("ble scan cannot start, retrying in %.0f s: %s", delay, e,
-                              extra={"transport": TRANSPORT})
+                    log.error("ble scan cannot start, retrying in %.0f s: %s", delay, e, extra={"transport": TRANSPORT})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
                 continue
@@ -334,7 +354,7 @@ class BleTransport:
             ok = True
         except asyncio.CancelledError:
             raise
-        except (BleakError, OSError, asyncio.TimeoutError, EOFError) as e:
+        except (TimeoutError, BleakError, OSError, EOFError) as e:
             self.counts["connect_failures"] += 1
             if self.limiter.allow("connect_failure")[0]:
                 log.warning("ble connection to %s failed: %s", addr, e, extra={"transport": TRANSPORT})

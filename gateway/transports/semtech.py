@@ -68,12 +68,13 @@ import random
 import re
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from gateway.model import Reception
 from gateway.logs import RateLimiter
+from gateway.model import Reception
 from gateway.transports import DownlinkError, Ingestor, Pipeline, report_reject
 from protocol import lora
 
@@ -126,7 +127,7 @@ class Forwarder:
 class Uplink:
     """How to answer in the receive window of one uplink: the DownlinkPath of its Reception."""
 
-    server: "SemtechServer"
+    server: SemtechServer
     eui: str
     tmst: int
     freq_mhz: float
@@ -157,7 +158,7 @@ def _parse_time(v: Any) -> float | None:
         except ValueError:
             return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     try:
         ts = t.timestamp()
     except (OverflowError, OSError, ValueError):
@@ -178,14 +179,23 @@ class SemtechServer(asyncio.DatagramProtocol):
     gateway_id="udp:<eui hex>") whose `path` answers in that uplink's RX1.
     """
 
-    def __init__(self, pipeline: Pipeline, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *,
-                 rx_delay: float = RX1_DELAY_S, tx_power: int = DEFAULT_TX_POWER_DBM,
-                 invert_iq: bool = True, accept_no_crc: bool = True,
-                 send_margin: float = DEFAULT_SEND_MARGIN_S,
-                 tx_ack_timeout: float = DEFAULT_TX_ACK_TIMEOUT_S,
-                 route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
-                 ingestor: Ingestor | None = None, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PORT,
+        *,
+        rx_delay: float = RX1_DELAY_S,
+        tx_power: int = DEFAULT_TX_POWER_DBM,
+        invert_iq: bool = True,
+        accept_no_crc: bool = True,
+        send_margin: float = DEFAULT_SEND_MARGIN_S,
+        tx_ack_timeout: float = DEFAULT_TX_ACK_TIMEOUT_S,
+        route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
+        ingestor: Ingestor | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`clock` (wall: reception times) and `monotonic` (receive windows, routes, rate limits)
         are seams for tests, as in gateway/downlinks.py."""
         self.pipeline = pipeline
@@ -239,11 +249,17 @@ class SemtechServer(asyncio.DatagramProtocol):
     def forwarder_status(self) -> list[dict[str, Any]]:
         """Every known forwarder: EUI, seconds since its last PUSH/PULL, downlink route, its last `stat`."""
         now = self.monotonic()
-        return [{"eui": f.eui, "version": f.version,
-                 "last_push_s": round(now - f.last_push, 1) if f.last_push else None,
-                 "last_pull_s": round(now - f.last_pull, 1) if f.last_pull else None,
-                 "downlink_route": self.route(f.eui) is not None, "stat": dict(f.stat)}
-                for f in self.forwarders.values()]
+        return [
+            {
+                "eui": f.eui,
+                "version": f.version,
+                "last_push_s": round(now - f.last_push, 1) if f.last_push else None,
+                "last_pull_s": round(now - f.last_pull, 1) if f.last_pull else None,
+                "downlink_route": self.route(f.eui) is not None,
+                "stat": dict(f.stat),
+            }
+            for f in self.forwarders.values()
+        ]
 
     # -- receiving ---------------------------------------------------------
 
@@ -372,14 +388,27 @@ class SemtechServer(asyncio.DatagramProtocol):
         rx_time = _parse_time(pk.get("time"))
         path = None
         if tmst is not None and freq is not None and sf is not None:
-            path = Uplink(self, fwd.eui, tmst, freq, datr, codr if isinstance(codr, str) and _CODR.match(codr)
-                          else "4/5", heard_at)
+            path = Uplink(
+                self,
+                fwd.eui,
+                tmst,
+                freq,
+                datr,
+                codr if isinstance(codr, str) and _CODR.match(codr) else "4/5",
+                heard_at,
+            )
         reception = Reception(
-            raw=raw, transport=TRANSPORT, gateway_id=f"{TRANSPORT}:{fwd.eui}",
+            raw=raw,
+            transport=TRANSPORT,
+            gateway_id=f"{TRANSPORT}:{fwd.eui}",
             rx_time=rx_time if rx_time is not None else self.clock(),
-            rssi=rssi, snr=snr,
+            rssi=rssi,
+            snr=snr,
             freq_hz=int(round(freq * 1e6)) if freq is not None else None,
-            sf=sf, tmst=tmst, path=path)
+            sf=sf,
+            tmst=tmst,
+            path=path,
+        )
         self.counts["rxpk_forwarded"] += 1
         self.ingestor.offer(reception)
 
@@ -455,8 +484,9 @@ class SemtechServer(asyncio.DatagramProtocol):
             airtime = None  # outside EU868 or a setting lora.py does not model: no accounting
         start_ms = int((now + left) * 1000)
         if band is not None and airtime is not None and fwd.duty.wait_ms(start_ms, band):
-            raise DownlinkError("duty_cycle", f"sub-band {lora.band_name(band)} closed for "
-                                f"{fwd.duty.wait_ms(start_ms, band)} ms more")
+            raise DownlinkError(
+                "duty_cycle", f"sub-band {lora.band_name(band)} closed for {fwd.duty.wait_ms(start_ms, band)} ms more"
+            )
         txpk = {
             "imme": False,
             "tmst": (up.tmst + int(self.rx_delay * 1_000_000)) % TMST_MOD,
@@ -471,15 +501,17 @@ class SemtechServer(asyncio.DatagramProtocol):
             "data": base64.b64encode(frame).decode("ascii"),
         }
         token = self._next_token()
-        payload = bytes((fwd.version, token >> 8, token & 0xFF, PULL_RESP)) + json.dumps(
-            {"txpk": txpk}, separators=(",", ":")).encode()
+        payload = (
+            bytes((fwd.version, token >> 8, token & 0xFF, PULL_RESP))
+            + json.dumps({"txpk": txpk}, separators=(",", ":")).encode()
+        )
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[token] = (fwd.eui, fut)
         try:
             self._transport.sendto(payload, fwd.pull_addr)
             try:
                 error = await asyncio.wait_for(fut, self.tx_ack_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.counts["tx_ack_missing"] += 1
                 error = "NONE"  # no feedback: assume it went out (and account its airtime)
         finally:

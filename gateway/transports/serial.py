@@ -51,15 +51,16 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import serial as pyserial
 import serial_asyncio_fast
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
-from protocol import bridge_msg as bm
 from gateway.transports import DownlinkError, LineDrops, Pipeline, report_reject
+from protocol import bridge_msg as bm
 from protocol import lora
 from protocol import serial as framing
 
@@ -78,9 +79,14 @@ RX1_DELAY_S = 1.0  # SPEC §6
 DEFAULT_BRIDGE_MARGIN_S = 0.05
 DEFAULT_TX_POWER_DBM = 14
 TX_RESULT_GRACE_S = 2.0  # TX_RESULT comes after the transmission; later than its end + this: the bridge is gone
-TX_RESULTS = {bm.TX_TOO_LATE: "too_late", bm.TX_TOO_EARLY: "too_early", bm.TX_DUTY_CYCLE: "duty_cycle",
-              bm.TX_BUSY: "busy", bm.TX_BAD_REQUEST: "bad_request", bm.TX_RADIO_ERROR: "radio_error"}
-
+TX_RESULTS = {
+    bm.TX_TOO_LATE: "too_late",
+    bm.TX_TOO_EARLY: "too_early",
+    bm.TX_DUTY_CYCLE: "duty_cycle",
+    bm.TX_BUSY: "busy",
+    bm.TX_BAD_REQUEST: "bad_request",
+    bm.TX_RADIO_ERROR: "radio_error",
+}
 
 
 class SerialTransport:
@@ -90,13 +96,24 @@ class SerialTransport:
     downlink is written to the line at once.
     """
 
-    def __init__(self, pipeline: Pipeline, port: str, *, baudrate: int = DEFAULT_BAUDRATE,
-                 mode: str = "auto", max_frame: int = framing.DEFAULT_MAX_FRAME,
-                 reconnect_min: float = DEFAULT_RECONNECT_MIN_S, reconnect_max: float = DEFAULT_RECONNECT_MAX_S,
-                 write_timeout: float = DEFAULT_WRITE_TIMEOUT_S, exclusive: bool = True,
-                 rx_delay: float = RX1_DELAY_S, send_margin: float = DEFAULT_BRIDGE_MARGIN_S,
-                 tx_power: int = DEFAULT_TX_POWER_DBM, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        port: str,
+        *,
+        baudrate: int = DEFAULT_BAUDRATE,
+        mode: str = "auto",
+        max_frame: int = framing.DEFAULT_MAX_FRAME,
+        reconnect_min: float = DEFAULT_RECONNECT_MIN_S,
+        reconnect_max: float = DEFAULT_RECONNECT_MAX_S,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT_S,
+        exclusive: bool = True,
+        rx_delay: float = RX1_DELAY_S,
+        send_margin: float = DEFAULT_BRIDGE_MARGIN_S,
+        tx_power: int = DEFAULT_TX_POWER_DBM,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`clock` (wall: reception times) and `monotonic` (receive windows, outages) are seams
         for tests, as in gateway/downlinks.py."""
         if mode not in MODES:
@@ -167,21 +184,28 @@ class SerialTransport:
         while True:
             try:
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self.port, baudrate=self.baudrate, exclusive=self.exclusive)
+                    url=self.port, baudrate=self.baudrate, exclusive=self.exclusive
+                )
             except (pyserial.SerialException, OSError, ValueError) as e:
                 self.counts["open_failures"] += 1
                 if down_since is None:
                     down_since = self.monotonic()
-                    log.warning("serial port unavailable, retrying: %s", e,
-                                extra={"port": self.port, "transport": TRANSPORT})
+                    log.warning(
+                        "serial port unavailable, retrying: %s", e, extra={"port": self.port, "transport": TRANSPORT}
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
             delay = self.reconnect_min
             self.counts["connects"] += 1
-            log.info("serial port open", extra={"port": self.port, "transport": TRANSPORT,
-                                                 "down_s": None if down_since is None
-                                                 else round(self.monotonic() - down_since, 3)})
+            log.info(
+                "serial port open",
+                extra={
+                    "port": self.port,
+                    "transport": TRANSPORT,
+                    "down_s": None if down_since is None else round(self.monotonic() - down_since, 3),
+                },
+            )
             down_since = None
             self.decoder.reset()  # whatever was half-received belongs to the old connection
             self._bridge_clock = None  # another board may be on the line now
@@ -244,13 +268,19 @@ class SerialTransport:
             await self._bridge_message(payload)
         elif bridge or (self.mode == "bridge" and 0x20 <= first <= 0x3F):
             self.counts["wrong_mode"] += 1
-            report_reject(self.pipeline, "wrong_mode", TRANSPORT, self._limiter, log,
-                          f"port {self.port} is in {self.mode} mode but got a "
-                          f"{'bridge message' if bridge else 'wired frame'}")
+            report_reject(
+                self.pipeline,
+                "wrong_mode",
+                TRANSPORT,
+                self._limiter,
+                log,
+                f"port {self.port} is in {self.mode} mode but got a {'bridge message' if bridge else 'wired frame'}",
+            )
         else:
             # a wired frame, or something that is neither: the pipeline names and counts it
-            await self.pipeline.submit(Reception(raw=payload, transport=TRANSPORT, gateway_id=self.gateway_id,
-                                                 rx_time=self.clock(), path=self))
+            await self.pipeline.submit(
+                Reception(raw=payload, transport=TRANSPORT, gateway_id=self.gateway_id, rx_time=self.clock(), path=self)
+            )
 
     async def _bridge_message(self, payload: bytes) -> None:
         try:
@@ -266,9 +296,19 @@ class SerialTransport:
             path = BridgeUplink(self, tmst, freq_hz, sf, bw_hz, self.monotonic())
             clock = self._bridge_clock
             rx_time = self.clock() if clock is None else clock[1] + _delta32(tmst, clock[0]) / 1000
-            await self.pipeline.submit(Reception(
-                raw=raw, transport=TRANSPORT_BRIDGE, gateway_id=self.gateway_id, rx_time=rx_time,
-                rssi=float(rssi), snr=snr_q / 4, freq_hz=freq_hz, sf=sf, path=path))
+            await self.pipeline.submit(
+                Reception(
+                    raw=raw,
+                    transport=TRANSPORT_BRIDGE,
+                    gateway_id=self.gateway_id,
+                    rx_time=rx_time,
+                    rssi=float(rssi),
+                    snr=snr_q / 4,
+                    freq_hz=freq_hz,
+                    sf=sf,
+                    path=path,
+                )
+            )
         elif t == bm.TX_RESULT:
             _, tx_id, result, started = msg
             fut = self._tx_pending.get(tx_id)
@@ -286,14 +326,28 @@ class SerialTransport:
                 self._bridge_clock = None  # the bridge restarted: its counter starts again from 0
             if self.bridge_status.get("firmware") != fw:
                 log.info("radio bridge", extra={"port": self.port, "firmware": fw, "freq_hz": freq_hz, "sf": sf})
-            self.bridge_status = {"uptime_s": uptime, "rx_ok": rx_ok, "rx_dropped": rx_dropped, "tx_ok": tx_ok,
-                                  "tx_refused": tx_refused, "freq_hz": freq_hz, "sf": sf, "bw_hz": bw_hz,
-                                  "firmware": fw[:64]}
+            self.bridge_status = {
+                "uptime_s": uptime,
+                "rx_ok": rx_ok,
+                "rx_dropped": rx_dropped,
+                "tx_ok": tx_ok,
+                "tx_refused": tx_refused,
+                "freq_hz": freq_hz,
+                "sf": sf,
+                "bw_hz": bw_hz,
+                "firmware": fw[:64],
+            }
             self.counts["bridge_status"] += 1
         else:  # a host-to-bridge message coming back: an echoing line or a loop
             self.counts["bridge_unexpected"] += 1
-            report_reject(self.pipeline, "malformed", TRANSPORT_BRIDGE, self._limiter, log,
-                          f"bridge message type 0x{t:02x} travels host to bridge, not back")
+            report_reject(
+                self.pipeline,
+                "malformed",
+                TRANSPORT_BRIDGE,
+                self._limiter,
+                log,
+                f"bridge message type 0x{t:02x} travels host to bridge, not back",
+            )
 
     def _spawn_ping(self) -> None:
         async def ping() -> None:
@@ -301,6 +355,7 @@ class SerialTransport:
                 await self._write(framing.encode(bm.encode_ping()))
             except DownlinkError:
                 pass  # the line went again; the next connection pings again
+
         asyncio.get_running_loop().create_task(ping())
 
     # -- downlinks ---------------------------------------------------------
@@ -314,7 +369,7 @@ class SerialTransport:
             raise
         self.counts["downlinks_sent"] += 1
 
-    async def transmit(self, frame: bytes, up: "BridgeUplink") -> None:
+    async def transmit(self, frame: bytes, up: BridgeUplink) -> None:
         """Have the bridge send `frame` in the RX1 window of uplink `up`; raises DownlinkError."""
         try:
             await self._transmit(frame, up)
@@ -323,14 +378,21 @@ class SerialTransport:
             raise
         self.counts["downlinks_sent"] += 1
 
-    async def _transmit(self, frame: bytes, up: "BridgeUplink") -> None:
+    async def _transmit(self, frame: bytes, up: BridgeUplink) -> None:
         left = up.heard_at + self.rx_delay - self.monotonic()
         if left < self.send_margin:
             raise DownlinkError("too_late", f"{left * 1000:.0f} ms before RX1, need {self.send_margin * 1000:.0f}")
         self._tx_id = tx_id = (self._tx_id + 1) & 0xFFFF
         try:
-            msg = bm.encode_tx(tx_id, frame, up.freq_hz, up.sf, up.bw_hz, self.tx_power,
-                               (up.tmst + int(self.rx_delay * 1000)) & 0xFFFFFFFF)
+            msg = bm.encode_tx(
+                tx_id,
+                frame,
+                up.freq_hz,
+                up.sf,
+                up.bw_hz,
+                self.tx_power,
+                (up.tmst + int(self.rx_delay * 1000)) & 0xFFFFFFFF,
+            )
         except bm.BridgeMessageError as e:
             raise DownlinkError("bad_request", str(e)) from None
         try:
@@ -343,7 +405,7 @@ class SerialTransport:
             await self._write(framing.encode(msg))
             try:
                 result, _started = await asyncio.wait_for(asyncio.shield(fut), left + airtime + TX_RESULT_GRACE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise DownlinkError("timeout", "no TX_RESULT from the bridge") from None
         finally:
             self._tx_pending.pop(tx_id, None)
@@ -358,9 +420,10 @@ class SerialTransport:
             try:
                 w.write(data)
                 await asyncio.wait_for(w.drain(), self.write_timeout)
-            except asyncio.TimeoutError:
-                raise DownlinkError("timeout", f"serial port {self.port} did not take the frame "
-                                               f"within {self.write_timeout:g} s") from None
+            except TimeoutError:
+                raise DownlinkError(
+                    "timeout", f"serial port {self.port} did not take the frame within {self.write_timeout:g} s"
+                ) from None
             except (pyserial.SerialException, OSError, ConnectionError) as e:
                 raise DownlinkError("disconnected", str(e)) from e
 
@@ -376,8 +439,9 @@ class BridgeUplink:
 
     __slots__ = ("transport", "tmst", "freq_hz", "sf", "bw_hz", "heard_at")
 
-    def __init__(self, transport: SerialTransport, tmst: int, freq_hz: int, sf: int, bw_hz: int,
-                 heard_at: float) -> None:
+    def __init__(
+        self, transport: SerialTransport, tmst: int, freq_hz: int, sf: int, bw_hz: int, heard_at: float
+    ) -> None:
         self.transport = transport
         self.tmst = tmst  # bridge ms clock at the end of reception
         self.freq_hz = freq_hz

@@ -42,8 +42,10 @@ def cmd_frame_demo(args: argparse.Namespace) -> int:
         sent.append(raw)
         on_wire = serial.encode(raw)
         ms = lora.airtime_ms(len(raw), 12)
-        print(f"{expand.TYPE_NAMES[mtype].upper()}  counter {counter}: {len(raw)} bytes, "
-              f"{ms:.0f} ms on air at SF12 (budget {lora.max_payload(12)} bytes)")
+        print(
+            f"{expand.TYPE_NAMES[mtype].upper()}  counter {counter}: {len(raw)} bytes, "
+            f"{ms:.0f} ms on air at SF12 (budget {lora.max_payload(12)} bytes)"
+        )
         print(f"  frame   {_hex(raw)}")
         print(f"  serial  {_hex(on_wire)}")
         # What the gateway does with it: resynchronise, verify, replay-check, decode, name.
@@ -66,8 +68,10 @@ def cmd_frame_demo(args: argparse.Namespace) -> int:
         print(f"  one bit changed in its body      -> {e.reason}: {e}")
     noisy = b"\x13\x37" + serial.encode(sent[0])[:7] + serial.encode(sent[2])
     got = line.feed(noisy)
-    print(f"  garbage + a frame cut by a reset -> {len(got)} good frame recovered, "
-          f"drops so far: crc {line.dropped_crc}, cobs {line.dropped_cobs}, short {line.dropped_short}")
+    print(
+        f"  garbage + a frame cut by a reset -> {len(got)} good frame recovered, "
+        f"drops so far: crc {line.dropped_crc}, cobs {line.dropped_cobs}, short {line.dropped_short}"
+    )
     return 0
 
 
@@ -81,8 +85,14 @@ def cmd_frame_decode(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"lumeau frame decode: {e}", file=sys.stderr)
         return 2
-    out: dict = {"type": expand.TYPE_NAMES.get(f.mtype, f.mtype), "node_id": f"0x{f.node_id:08x}",
-                 "counter": f.counter, "encrypted": f.encrypted, "length": len(raw), "verified": False}
+    out: dict = {
+        "type": expand.TYPE_NAMES.get(f.mtype, f.mtype),
+        "node_id": f"0x{f.node_id:08x}",
+        "counter": f.counter,
+        "encrypted": f.encrypted,
+        "length": len(raw),
+        "verified": False,
+    }
     body = f.body
     if args.root_key:
         try:
@@ -109,8 +119,7 @@ def add_subcommand(subparsers: Any) -> None:
     frsub = fr.add_subparsers(dest="frame_command", required=True, metavar="ACTION")
     fdemo = frsub.add_parser("demo", help="a protocol round trip printing real frames and what a receiver refuses")
     fdemo.add_argument("--node-id", type=lambda s: int(s, 0), default=0x00A1B2C3, help="node id (default 0x00a1b2c3)")
-    fdemo.add_argument("--root-key", default="000102030405060708090a0b0c0d0e0f",
-                       help="demo root key, 32 hex digits")
+    fdemo.add_argument("--root-key", default="000102030405060708090a0b0c0d0e0f", help="demo root key, 32 hex digits")
     fdemo.set_defaults(func=cmd_frame_demo)
     dec = frsub.add_parser("decode", help="decode a frame given in hex (verified if --root-key is given)")
     dec.add_argument("hex", help="the frame, hex (spaces or colons allowed)")

@@ -33,9 +33,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def add_subcommand(subparsers: Any) -> None:
-    p = subparsers.add_parser("gateway", help="run the gateway service (transports, durable queue, upstream, API)",
-                              description="Run the Lumeau gateway until SIGTERM or SIGINT.")
+    p = subparsers.add_parser(
+        "gateway",
+        help="run the gateway service (transports, durable queue, upstream, API)",
+        description="Run the Lumeau gateway until SIGTERM or SIGINT.",
+    )
     p.add_argument("--config", metavar="FILE", help="the gateway's TOML configuration")
-    p.add_argument("--example-config", action="store_true",
-                   help="print a complete commented configuration (with a fresh API token) and exit")
+    p.add_argument(
+        "--example-config",
+        action="store_true",
+        help="print a complete commented configuration (with a fresh API token) and exit",
+    )
     p.set_defaults(func=cmd_gateway)

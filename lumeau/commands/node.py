@@ -24,12 +24,26 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from lumeau import bundle as bundles
-from lumeau.ble_tools import (DEFAULT_SCAN_S, DEFAULT_TIMEOUT_S, KINDS, NAMES, SETTINGS, STATES, Backends,
-                              BleToolError, Seen, check, configure, output_text, scan)
+from lumeau.ble_tools import (
+    DEFAULT_SCAN_S,
+    DEFAULT_TIMEOUT_S,
+    KINDS,
+    NAMES,
+    SETTINGS,
+    STATES,
+    Backends,
+    BleToolError,
+    Seen,
+    check,
+    configure,
+    output_text,
+    scan,
+)
 
 TOKEN_ENV = "LUMEAU_API_TOKEN"  # the gateway API token, kept out of shell history
 
@@ -46,8 +60,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     except bundles.BundleError as e:
         return _err("build", str(e))
     total = sum(f.size for f in b.files)
-    print(f"{out}: {len(b.files)} files, {total} bytes, firmware {b.firmware_version} for {b.target} "
-          f"({b.march}), .mpy v{b.mpy_version}.{b.mpy_sub_version} (mpy-cross {b.mpy_cross})")
+    print(
+        f"{out}: {len(b.files)} files, {total} bytes, firmware {b.firmware_version} for {b.target} "
+        f"({b.march}), .mpy v{b.mpy_version}.{b.mpy_sub_version} (mpy-cross {b.mpy_cross})"
+    )
     return 0
 
 
@@ -76,14 +92,24 @@ def cmd_flash(args: argparse.Namespace) -> int:
         if args.micropython is not None:
             target = bundles.load(bundle_dir, verify=False).target
             fl.write_micropython(args.port, args.micropython, target, erase=args.erase, baud=args.baud)
-        report = fl.flash(args.port, bundle_dir, args.config, connect_timeout=args.timeout, settle_s=args.settle,
-                          gateway=args.gateway, token=token, hello_timeout=args.hello_timeout)
+        report = fl.flash(
+            args.port,
+            bundle_dir,
+            args.config,
+            connect_timeout=args.timeout,
+            settle_s=args.settle,
+            gateway=args.gateway,
+            token=token,
+            hello_timeout=args.hello_timeout,
+        )
     except bundles.BundleError as e:
         return _err("flash", str(e))
     except fl.FlashError as e:
         return _err("flash", f"{e} [{e.reason}]")
-    print(f"{args.port}: flashed {report.board}: {len(report.copied)} files copied, {len(report.unchanged)} "
-          f"unchanged, {len(report.removed)} removed; {report.confirmed}")
+    print(
+        f"{args.port}: flashed {report.board}: {len(report.copied)} files copied, {len(report.unchanged)} "
+        f"unchanged, {len(report.removed)} removed; {report.confirmed}"
+    )
     return 0
 
 
@@ -99,13 +125,27 @@ def cmd_provision(args: argparse.Namespace) -> int:
         if not isinstance(template, dict):
             return _err("provision", f"{args.template}: must hold a JSON object")
     try:
-        p = pv.provision(args.kind, args.out, node_id=args.node_id, registry=args.registry, gateway=args.gateway,
-                         token=args.token or os.environ.get(TOKEN_ENV), template=template, name=args.name,
-                         site=args.site, lat=args.lat, lon=args.lon, firmware=args.firmware)
+        p = pv.provision(
+            args.kind,
+            args.out,
+            node_id=args.node_id,
+            registry=args.registry,
+            gateway=args.gateway,
+            token=args.token or os.environ.get(TOKEN_ENV),
+            template=template,
+            name=args.name,
+            site=args.site,
+            lat=args.lat,
+            lon=args.lon,
+            firmware=args.firmware,
+        )
     except pv.ProvisionError as e:
         return _err("provision", str(e))
-    verb = "re-provisioned: its root key was ROTATED (frames under the old key now fail; flash the new config)" \
-        if p.rotated else "provisioned"
+    verb = (
+        "re-provisioned: its root key was ROTATED (frames under the old key now fail; flash the new config)"
+        if p.rotated
+        else "provisioned"
+    )
     print(f"node {p.node_id:08x} ({p.kind}) {verb}")
     print(f"  config   {p.config_path} (mode 0600: it holds the key)")
     print(f"  registry {p.registered_in}")
@@ -127,13 +167,20 @@ def _node_id(text: str) -> int:
 
 
 def add_subcommand(subparsers: Any) -> None:
-    node = subparsers.add_parser("node", help="build, provision, flash and commission nodes (technician tooling)",
-                                 description="Turn a blank board into a registered, keyed, working node.")
+    node = subparsers.add_parser(
+        "node",
+        help="build, provision, flash and commission nodes (technician tooling)",
+        description="Turn a blank board into a registered, keyed, working node.",
+    )
     actions = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
 
     b = actions.add_parser("build", help="compile firmware/ and protocol/ to .mpy: a bundle for one node kind")
-    b.add_argument("--target", choices=sorted(bundles.TARGETS), required=True,
-                   help="board family: esp32 (xtensawin) or rp2 (RP2040, armv6m)")
+    b.add_argument(
+        "--target",
+        choices=sorted(bundles.TARGETS),
+        required=True,
+        help="board family: esp32 (xtensawin) or rp2 (RP2040, armv6m)",
+    )
     b.add_argument("--kind", choices=bundles.KINDS, required=True, help="node kind (its files differ)")
     b.add_argument("--out", type=Path, help="bundle directory (default build/lumeau-VERSION-TARGET-KIND)")
     b.set_defaults(func=cmd_build)
@@ -144,11 +191,17 @@ def add_subcommand(subparsers: Any) -> None:
     where.add_argument("--registry", type=Path, help="the gateway's registry file (gateway offline)")
     where.add_argument("--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8080 (gateway running)")
     p.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
-    p.add_argument("--node-id", type=_node_id, help="the id, hex (default: a free random one); an id already "
-                   "registered is re-provisioned with a new key")
+    p.add_argument(
+        "--node-id",
+        type=_node_id,
+        help="the id, hex (default: a free random one); an id already registered is re-provisioned with a new key",
+    )
     p.add_argument("--out", type=Path, default=Path("config.json"), help="config file to write (default config.json)")
-    p.add_argument("--template", type=Path, help="site template: a JSON config without node_id/kind/root_key "
-                   "(radio, pins, the app's section)")
+    p.add_argument(
+        "--template",
+        type=Path,
+        help="site template: a JSON config without node_id/kind/root_key (radio, pins, the app's section)",
+    )
     p.add_argument("--name", default="", help="a name for people, e.g. 'Rue de Rivoli 12'")
     p.add_argument("--site", default="", help="street, park or zone")
     p.add_argument("--lat", type=float, help="latitude, degrees")
@@ -161,8 +214,9 @@ def add_subcommand(subparsers: Any) -> None:
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
     f.add_argument("--bundle", type=Path, help="bundle directory (default: the one in ./build for the config's kind)")
     f.add_argument("--config", type=Path, help="the node's config file (from lumeau node provision)")
-    f.add_argument("--micropython", type=Path, metavar="IMAGE.bin",
-                   help="first write this MicroPython image with esptool (ESP32)")
+    f.add_argument(
+        "--micropython", type=Path, metavar="IMAGE.bin", help="first write this MicroPython image with esptool (ESP32)"
+    )
     f.add_argument("--erase", action="store_true", help="with --micropython: erase the whole flash first")
     f.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default %(default)d)")
     f.add_argument("--gateway", help="confirm by the node's HELLO at this gateway API (needs --config)")
@@ -211,14 +265,21 @@ def _duration(s: Any) -> str:
 def print_check(seen: Seen, status: dict[str, Any], alarms: list[dict[str, Any]], out: TextIO) -> None:
     st = status["status"]
     w = out.write
-    w(f"node {status['node']} ({status['kind']}) at {seen.address}, RSSI {seen.rssi} dBm, "
-      f"firmware {status['firmware']}\n")
+    w(
+        f"node {status['node']} ({status['kind']}) at {seen.address}, RSSI {seen.rssi} dBm, "
+        f"firmware {status['firmware']}\n"
+    )
     n_open = st.get("open_alarms", {}).get("value", seen.open_alarms)
-    w(f"state       {status['state']}" + (f", {n_open} open alarm{'s' if n_open != 1 else ''}" if n_open else "")
-      + "\n")
+    w(
+        f"state       {status['state']}"
+        + (f", {n_open} open alarm{'s' if n_open != 1 else ''}" if n_open else "")
+        + "\n"
+    )
     clock = st.get("time", {}).get("value")
-    w(f"uptime      {_duration(st.get('uptime', {}).get('value'))}; node clock "
-      f"{_when(clock) if clock else 'not set'}\n")
+    w(
+        f"uptime      {_duration(st.get('uptime', {}).get('value'))}; node clock "
+        f"{_when(clock) if clock else 'not set'}\n"
+    )
     if "report" in status:
         w(f"{status['report_type']:11s} {_fields(status['report'])}\n")
     rest = _fields(st, skip=("uptime", "time", "open_alarms"))
@@ -239,8 +300,10 @@ def print_check(seen: Seen, status: dict[str, Any], alarms: list[dict[str, Any]]
         active = "raised" if a.get("active", {}).get("value", 1) else "cleared"
         zone = a.get("zone", {}).get("value")
         extra = f" zone {zone}" if zone else ""
-        w(f"  {_when(a.get('time', {}).get('value'))}  {code!s:20s} {sev!s:8s} {active:7s} "
-          f"value {a.get('value', {}).get('value', 0)}{extra}\n")
+        w(
+            f"  {_when(a.get('time', {}).get('value'))}  {code!s:20s} {sev!s:8s} {active:7s} "
+            f"value {a.get('value', {}).get('value', 0)}{extra}\n"
+        )
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -251,8 +314,9 @@ def _fail(cmd: str, e: BleToolError, err: TextIO) -> int:
     return 2 if e.reason == "bad_setting" else 1
 
 
-async def scan_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
-                       backends: Backends | None = None) -> int:
+async def scan_command(
+    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None, backends: Backends | None = None
+) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         nodes = await scan(args.timeout, backends)
@@ -264,17 +328,22 @@ async def scan_command(args: argparse.Namespace, out: TextIO | None = None, err:
     if not nodes:
         out.write(f"no Lumeau node in reach (scanned {args.timeout:g} s)\n")
         return 0
-    out.write(f"{'ADDRESS':18s} {'NODE':8s}  {'KIND':10s} {'STATE':9s} {'ALARMS':>6s}  {'OUTPUT':18s} "
-              f"{'FIRMWARE':9s} {'RSSI':>8s}\n")
+    out.write(
+        f"{'ADDRESS':18s} {'NODE':8s}  {'KIND':10s} {'STATE':9s} {'ALARMS':>6s}  {'OUTPUT':18s} "
+        f"{'FIRMWARE':9s} {'RSSI':>8s}\n"
+    )
     for s in nodes:
-        out.write(f"{s.address:18s} {s.node_id:08x}  {KINDS.get(s.kind, '?'):10s} {STATES.get(s.state, '?'):9s} "
-                  f"{s.open_alarms:6d}  {output_text(s.kind, s.output):18s} {s.firmware:9s} {s.rssi:4d} dBm\n")
+        out.write(
+            f"{s.address:18s} {s.node_id:08x}  {KINDS.get(s.kind, '?'):10s} {STATES.get(s.state, '?'):9s} "
+            f"{s.open_alarms:6d}  {output_text(s.kind, s.output):18s} {s.firmware:9s} {s.rssi:4d} dBm\n"
+        )
     out.write(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} in reach\n")
     return 0
 
 
-async def check_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
-                        backends: Backends | None = None) -> int:
+async def check_command(
+    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None, backends: Backends | None = None
+) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         seen, status, alarms = await check(args.addr, args.timeout, backends)
@@ -287,12 +356,19 @@ async def check_command(args: argparse.Namespace, out: TextIO | None = None, err
     return 0
 
 
-async def configure_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None,
-                            backends: Backends | None = None) -> int:
+async def configure_command(
+    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None, backends: Backends | None = None
+) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        done = await configure(args.addr, args.settings, config=args.config, registry=args.registry,
-                               timeout=args.timeout, backends=backends)
+        done = await configure(
+            args.addr,
+            args.settings,
+            config=args.config,
+            registry=args.registry,
+            timeout=args.timeout,
+            backends=backends,
+        )
     except BleToolError as e:
         return _fail("configure", e, err)
     applied = [f"{NAMES[k]}={v}" for k, v in done.settings.items() if not done.refused >> k & 1]
@@ -303,8 +379,10 @@ async def configure_command(args: argparse.Namespace, out: TextIO | None = None,
     if done.clock is not None:
         out.write(f"{node}: clock set to {_when(done.clock)} (confirmed by the node, signed with its key)\n")
     if refused:
-        err.write(f"lumeau node configure: {node} refused {' '.join(refused)} (out of its own limits: an older "
-                  "firmware?) [refused]\n")
+        err.write(
+            f"lumeau node configure: {node} refused {' '.join(refused)} (out of its own limits: an older "
+            "firmware?) [refused]\n"
+        )
         return 1
     return 0
 
@@ -312,6 +390,7 @@ async def configure_command(args: argparse.Namespace, out: TextIO | None = None,
 def _sync(core: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return asyncio.run(core(args))
+
     return run
 
 
@@ -324,22 +403,39 @@ def add_ble_actions(actions: Any) -> None:
 
     c = actions.add_parser("check", help="connect to a node over BLE: live status and last alarms")
     c.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
-    c.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to find, connect and read (default %(default)g)")
+    c.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to find, connect and read (default %(default)g)",
+    )
     c.add_argument("--json", action="store_true", help="one JSON object instead of text")
     c.set_defaults(func=_sync(check_command))
 
-    g = actions.add_parser("configure", help="change a node's settings over BLE, authenticated with its key",
-                           description="Settings (SPEC §5 CONFIG): " + ", ".join(
-                               f"{n} ({SETTINGS[n][1][0]}..{SETTINGS[n][1][1]}"
-                               f"{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})" for n in SETTINGS)
-                           + "; and clock=now (a TIME frame with this computer's clock, UTC).")
+    g = actions.add_parser(
+        "configure",
+        help="change a node's settings over BLE, authenticated with its key",
+        description="Settings (SPEC §5 CONFIG): "
+        + ", ".join(
+            f"{n} ({SETTINGS[n][1][0]}..{SETTINGS[n][1][1]}{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})"
+            for n in SETTINGS
+        )
+        + "; and clock=now (a TIME frame with this computer's clock, UTC).",
+    )
     g.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
-    g.add_argument("settings", metavar="KEY=VALUE", nargs="+",
-                   help="e.g. report_interval=600; clock=now sets the node's clock from this computer's (UTC)")
+    g.add_argument(
+        "settings",
+        metavar="KEY=VALUE",
+        nargs="+",
+        help="e.g. report_interval=600; clock=now sets the node's clock from this computer's (UTC)",
+    )
     where = g.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="the node's config file from lumeau node provision (holds its key)")
     where.add_argument("--registry", type=Path, help="the gateway's registry file (holds the keys)")
-    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to find and connect, and again for the answer (default %(default)g)")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to find and connect, and again for the answer (default %(default)g)",
+    )
     g.set_defaults(func=_sync(configure_command))

@@ -19,13 +19,18 @@ def add_subcommand(subparsers: Any) -> None:
     """`lumeau demo` and the `lumeau sim` group (see lumeau/cli.py, COMMAND_MODULES)."""
     from simulator import demo as sim_demo
 
-    demo = subparsers.add_parser("demo", help="the main job: a simulated district against a real gateway and sink, "
-                                              "with a report (out/report.html)",
-                                 description=(sim_demo.__doc__ or "").split("\n\n")[0])
+    demo = subparsers.add_parser(
+        "demo",
+        help="the main job: a simulated district against a real gateway and sink, with a report (out/report.html)",
+        description=(sim_demo.__doc__ or "").split("\n\n")[0],
+    )
     add_demo_arguments(demo)
 
-    sim = subparsers.add_parser("sim", help="the simulator: virtual boards and simulated cities",
-                                description="Host-side simulation: virtual boards running the real firmware.")
+    sim = subparsers.add_parser(
+        "sim",
+        help="the simulator: virtual boards and simulated cities",
+        description="Host-side simulation: virtual boards running the real firmware.",
+    )
     actions = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     add_board_action(actions)
     add_run_action(actions)
@@ -34,28 +39,54 @@ def add_subcommand(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------- lumeau sim run
 
+
 def add_run_action(actions: Any) -> None:
-    p = actions.add_parser("run", help="run a scenario: the real firmware and gateway on a simulated city",
-                           description="Run SCENARIO.toml: every node runs the real firmware on a virtual "
-                                       "clock against the real gateway pipeline and store; prints the "
-                                       "results (delivery, latency, airtime, frames, alarms against faults, "
-                                       "energy and water against the naive baselines).")
+    p = actions.add_parser(
+        "run",
+        help="run a scenario: the real firmware and gateway on a simulated city",
+        description="Run SCENARIO.toml: every node runs the real firmware on a virtual "
+        "clock against the real gateway pipeline and store; prints the "
+        "results (delivery, latency, airtime, frames, alarms against faults, "
+        "energy and water against the naive baselines).",
+    )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    p.add_argument("--seed", type=int,
-                   help="another draw of the scenario's randomness (the weather it does not script, people, radio)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="another draw of the scenario's randomness (the weather it does not script, people, radio)",
+    )
     p.add_argument("--hours", type=float, help="simulate this many hours instead of the scenario's duration")
-    p.add_argument("--nodes-scale", type=float, default=1.0, metavar="S",
-                   help="keep a share S (0 < S <= 1) of the lamps and controllers (fault targets kept)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run the nodes in N processes, the radio channel and gateway in this one "
-                        "(simulator/parallel.py; the same results for any N >= 2)")
+    p.add_argument(
+        "--nodes-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="keep a share S (0 < S <= 1) of the lamps and controllers (fault targets kept)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the nodes in N processes, the radio channel and gateway in this one "
+        "(simulator/parallel.py; the same results for any N >= 2)",
+    )
     bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="draw a progress bar on stderr (default: when stderr is a terminal)")
+    bar.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="draw a progress bar on stderr (default: when stderr is a terminal)",
+    )
     bar.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--workdir", type=Path, help="keep the in-process gateway's database and registry here "
-                                                "(default: a temporary directory, removed after the run)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the in-process gateway's database and registry here "
+        "(default: a temporary directory, removed after the run)",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -69,8 +100,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        opts = RunOptions(seed=args.seed, hours=args.hours, nodes_scale=args.nodes_scale,
-                          progress=args.progress, workdir=args.workdir, workers=args.workers)
+        opts = RunOptions(
+            seed=args.seed,
+            hours=args.hours,
+            nodes_scale=args.nodes_scale,
+            progress=args.progress,
+            workdir=args.workdir,
+            workers=args.workers,
+        )
         prepare(sc, opts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -84,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- lumeau sim board
+
 
 def _uart_arg(text: str) -> tuple[int, Path | None]:
     n, _, link = text.partition("=")
@@ -114,26 +152,57 @@ def _size_arg(text: str) -> int:
 def add_board_action(actions: Any) -> None:
     from simulator.board_host import DEFAULT_FS_SIZE, DEFAULT_HEAP, INTERRUPT_GRACE_S
 
-    p = actions.add_parser("board", help="a virtual MicroPython board on a pseudo-terminal (real MicroPython)",
-                           description="Open a pseudo-terminal that behaves like a MicroPython board on USB "
-                                       "(raw REPL, raw paste, soft reset, boot.py/main.py), backed by real "
-                                       "MicroPython with a filesystem kept in --dir.")
-    p.add_argument("--dir", type=Path, default=Path("vboard"), help="host directory holding the board's "
-                   "filesystem (created if missing; default ./vboard)")
+    p = actions.add_parser(
+        "board",
+        help="a virtual MicroPython board on a pseudo-terminal (real MicroPython)",
+        description="Open a pseudo-terminal that behaves like a MicroPython board on USB "
+        "(raw REPL, raw paste, soft reset, boot.py/main.py), backed by real "
+        "MicroPython with a filesystem kept in --dir.",
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("vboard"),
+        help="host directory holding the board's filesystem (created if missing; default ./vboard)",
+    )
     p.add_argument("--link", type=Path, help="also make this path a symlink to the pty (a stable port name)")
-    p.add_argument("--fs-size", type=_size_arg, default=DEFAULT_FS_SIZE,
-                   help=f"filesystem capacity, e.g. 64k or 2m (default {DEFAULT_FS_SIZE // 1024} KiB)")
-    p.add_argument("--uart", type=_uart_arg, action="append", default=[], metavar="N[=PATH]",
-                   help="connect UART N (vboard.UART(N) on the board) to another pty, linked at PATH")
-    p.add_argument("--corrupt", action="append", default=[], metavar="GLOB",
-                   help="flip one bit of every file matching GLOB (board path, e.g. 'lib/*.mpy') when written")
+    p.add_argument(
+        "--fs-size",
+        type=_size_arg,
+        default=DEFAULT_FS_SIZE,
+        help=f"filesystem capacity, e.g. 64k or 2m (default {DEFAULT_FS_SIZE // 1024} KiB)",
+    )
+    p.add_argument(
+        "--uart",
+        type=_uart_arg,
+        action="append",
+        default=[],
+        metavar="N[=PATH]",
+        help="connect UART N (vboard.UART(N) on the board) to another pty, linked at PATH",
+    )
+    p.add_argument(
+        "--corrupt",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="flip one bit of every file matching GLOB (board path, e.g. 'lib/*.mpy') when written",
+    )
     p.add_argument("--name", default="vboard", help="board name (machine.unique_id() derives from it)")
     p.add_argument("--heap", type=_size_arg, default=DEFAULT_HEAP, help="initial MicroPython heap")
-    p.add_argument("--control", type=Path, metavar="SOCKET",
-                   help="Unix socket to set the board's inputs and read its outputs (JSON lines, "
-                        "e.g. {\"set\": \"adc\", \"pin\": 35, \"value\": 1200} or {\"get\": \"outputs\"})")
-    p.add_argument("--interrupt-grace", type=float, default=INTERRUPT_GRACE_S, metavar="SECONDS",
-                   help="hard-reset a program that ignores Ctrl-C this long (default %(default)g s)")
+    p.add_argument(
+        "--control",
+        type=Path,
+        metavar="SOCKET",
+        help="Unix socket to set the board's inputs and read its outputs (JSON lines, "
+        'e.g. {"set": "adc", "pin": 35, "value": 1200} or {"get": "outputs"})',
+    )
+    p.add_argument(
+        "--interrupt-grace",
+        type=float,
+        default=INTERRUPT_GRACE_S,
+        metavar="SECONDS",
+        help="hard-reset a program that ignores Ctrl-C this long (default %(default)g s)",
+    )
     p.add_argument("--json", action="store_true", help="print the ready line as JSON (for scripts)")
     p.add_argument("-v", "--verbose", action="store_true", help="log resets and engine messages to stderr")
     p.set_defaults(func=cmd_board)
@@ -145,11 +214,22 @@ def cmd_board(args: argparse.Namespace) -> int:
     from simulator.board import serve
     from simulator.board_host import BoardError, BoardOptions
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    opts = BoardOptions(flash_dir=args.dir.resolve(), fs_size=args.fs_size, link=args.link,
-                        uart_links=dict(args.uart), corrupt=args.corrupt, heap=args.heap, name=args.name,
-                        interrupt_grace_s=args.interrupt_grace, control=args.control)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    opts = BoardOptions(
+        flash_dir=args.dir.resolve(),
+        fs_size=args.fs_size,
+        link=args.link,
+        uart_links=dict(args.uart),
+        corrupt=args.corrupt,
+        heap=args.heap,
+        name=args.name,
+        interrupt_grace_s=args.interrupt_grace,
+        control=args.control,
+    )
     try:
         return serve(opts, as_json=args.json)
     except BoardError as e:
@@ -159,18 +239,30 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- lumeau demo / lumeau sim demo
 
+
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     from simulator.demo import DEFAULT_SCENARIO
     from simulator.live import DEFAULT_SPEED
 
-    p.add_argument("scenario", nargs="?", default=str(DEFAULT_SCENARIO),
-                   help="scenario file (default: the district, simulator/scenarios/district.toml)")
+    p.add_argument(
+        "scenario",
+        nargs="?",
+        default=str(DEFAULT_SCENARIO),
+        help="scenario file (default: the district, simulator/scenarios/district.toml)",
+    )
     p.add_argument("--out", default="out", help="output directory: report, results, services' files (default: out)")
-    p.add_argument("--speed", type=float, default=DEFAULT_SPEED,
-                   help=f"simulated seconds per real second at most (default {DEFAULT_SPEED:g}; 0: no cap)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=DEFAULT_SPEED,
+        help=f"simulated seconds per real second at most (default {DEFAULT_SPEED:g}; 0: no cap)",
+    )
     p.add_argument("--hours", type=float, help="run this long instead of the scenario's duration")
-    p.add_argument("--seed", type=int,
-                   help="another draw of the same district (the weather it does not script, people, radio, keys)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="another draw of the same district (the weather it does not script, people, radio, keys)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and its plots")
     p.set_defaults(func=cmd_demo)
 
@@ -178,13 +270,17 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def add_demo_action(actions: Any) -> None:
     from simulator import demo as sim_demo
 
-    p = actions.add_parser("demo", help="the main job: a simulated district against a real gateway and sink",
-                           description=sim_demo.__doc__.split("\n\n")[0] if sim_demo.__doc__ else None)
+    p = actions.add_parser(
+        "demo",
+        help="the main job: a simulated district against a real gateway and sink",
+        description=sim_demo.__doc__.split("\n\n")[0] if sim_demo.__doc__ else None,
+    )
     add_demo_arguments(p)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulator.demo import run_demo
 
-    return run_demo(args.scenario, Path(args.out), speed=args.speed, hours=args.hours, seed=args.seed,
-                    report=not args.no_report)
+    return run_demo(
+        args.scenario, Path(args.out), speed=args.speed, hours=args.hours, seed=args.seed, report=not args.no_report
+    )

@@ -1,6 +1,6 @@
 # `micropython` on the virtual board: the WebAssembly port's module plus what
 # board ports have and it lacks (installed as sys.modules["micropython"]).
-from micropython import *  # noqa: F401,F403
+from micropython import *  # noqa: F403
 
 
 def alloc_emergency_exception_buf(size):

@@ -243,8 +243,10 @@ class RTC:
 
 class _NoDevice:
     def __init__(self, *args, **kwargs):
-        raise OSError("the virtual board has no %s devices (no radio chip): a node uses radio type "
-                      "'uart' here" % type(self).__name__)
+        raise OSError(
+            "the virtual board has no %s devices (no radio chip): a node uses radio type "
+            "'uart' here" % type(self).__name__
+        )
 
 
 class SPI(_NoDevice):

@@ -106,8 +106,18 @@ class BaseCharacteristic:
 
 
 class Characteristic(BaseCharacteristic):
-    def __init__(self, service, uuid, read=False, write=False, write_no_response=False, notify=False,
-                 indicate=False, initial=None, capture=False):
+    def __init__(
+        self,
+        service,
+        uuid,
+        read=False,
+        write=False,
+        write_no_response=False,
+        notify=False,
+        indicate=False,
+        initial=None,
+        capture=False,
+    ):
         service.characteristics.append(self)
         self.descriptors = []
         flags = 0
@@ -210,8 +220,20 @@ class Stack:
                     self._next_handle += 1  # its CCCD
             self.services.append((svc, handles))
 
-    async def advertise(self, interval_us, adv_data=None, resp_data=None, connectable=True, limited_disc=False,
-                        br_edr=False, name=None, services=None, appearance=0, manufacturer=None, timeout_ms=None):
+    async def advertise(
+        self,
+        interval_us,
+        adv_data=None,
+        resp_data=None,
+        connectable=True,
+        limited_disc=False,
+        br_edr=False,
+        name=None,
+        services=None,
+        appearance=0,
+        manufacturer=None,
+        timeout_ms=None,
+    ):
         if self.fail_advertise:
             self.fail_advertise -= 1
             raise OSError(5)
@@ -275,7 +297,7 @@ class Stack:
         c = self.chars[handle]
         if not c.flags & (_FLAG_WRITE | _FLAG_WRITE_NO_RESPONSE):
             raise OSError("write not permitted")
-        data = bytes(data)[:c._max_len]  # the attribute buffer keeps no more
+        data = bytes(data)[: c._max_len]  # the attribute buffer keeps no more
         if getattr(c, "_append", False):
             data = self.values[handle] + data
         self.values[handle] = data
@@ -302,7 +324,7 @@ class Stack:
             raise OSError("not connected")
         if data is None:
             data = self.values[handle]
-        data = bytes(data)[:(connection.mtu or 23) - 3]  # ATT_MTU - 3
+        data = bytes(data)[: (connection.mtu or 23) - 3]  # ATT_MTU - 3
         if handle in self.subscribed and self.on_notify is not None:
             self.on_notify(handle, data)
         else:

@@ -39,8 +39,11 @@ def sun_position(jd):
     m = 357.52911 + t * (35999.05029 - 0.0001537 * t)
     e = 0.016708634 - t * (0.000042037 + 0.0000001267 * t)
     mrad = _rad(m)
-    c = (math.sin(mrad) * (1.914602 - t * (0.004817 + 0.000014 * t))
-         + math.sin(2 * mrad) * (0.019993 - 0.000101 * t) + math.sin(3 * mrad) * 0.000289)
+    c = (
+        math.sin(mrad) * (1.914602 - t * (0.004817 + 0.000014 * t))
+        + math.sin(2 * mrad) * (0.019993 - 0.000101 * t)
+        + math.sin(3 * mrad) * 0.000289
+    )
     true_long = l0 + c
     omega = 125.04 - 1934.136 * t
     app_long = true_long - 0.00569 - 0.00478 * math.sin(_rad(omega))
@@ -50,15 +53,21 @@ def sun_position(jd):
     decl = _deg(math.asin(math.sin(_rad(obliq)) * math.sin(_rad(app_long))))
     y = math.tan(_rad(obliq) / 2.0) ** 2
     l0r = _rad(l0)
-    etime = (y * math.sin(2 * l0r) - 2 * e * math.sin(mrad) + 4 * e * y * math.sin(mrad) * math.cos(2 * l0r)
-             - 0.5 * y * y * math.sin(4 * l0r) - 1.25 * e * e * math.sin(2 * mrad))
+    etime = (
+        y * math.sin(2 * l0r)
+        - 2 * e * math.sin(mrad)
+        + 4 * e * y * math.sin(mrad) * math.cos(2 * l0r)
+        - 0.5 * y * y * math.sin(4 * l0r)
+        - 1.25 * e * e * math.sin(2 * mrad)
+    )
     return decl, _deg(etime) * 4.0
 
 
 def hour_angle_arg(lat, decl):
     """The argument of acos in NOAA calcHourAngleSunrise (zenith 90.833 deg)."""
-    return (math.cos(_rad(90.833)) / (math.cos(_rad(lat)) * math.cos(_rad(decl)))
-            - math.tan(_rad(lat)) * math.tan(_rad(decl)))
+    return math.cos(_rad(90.833)) / (math.cos(_rad(lat)) * math.cos(_rad(decl))) - math.tan(_rad(lat)) * math.tan(
+        _rad(decl)
+    )
 
 
 def event(lat, lon, year, month, day, rise):

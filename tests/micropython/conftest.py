@@ -158,8 +158,9 @@ _MPY_DIR = pytest.StashKey[Path]()
 
 def build_job(path: Path, names: list[str], mpy: bool, config) -> dict:
     files = []
-    sources = [src for pkg in NODE_PACKAGES for src in sorted((ROOT / pkg).rglob("*.py"))
-               if "__pycache__" not in src.parts]
+    sources = [
+        src for pkg in NODE_PACKAGES for src in sorted((ROOT / pkg).rglob("*.py")) if "__pycache__" not in src.parts
+    ]
     for src in sources + [ROOT / f for f in SIM_FILES]:
         host = compile_mpy(config, src) if mpy else src
         rel = src.relative_to(ROOT).with_suffix(host.suffix)
@@ -231,7 +232,7 @@ def parse_output(stdout, stderr, rc, timed_out, timeout, path, names) -> dict[st
         if not line.startswith(MARK):
             output.append(line)
             continue
-        event = json.loads(line[len(MARK):])
+        event = json.loads(line[len(MARK) :])
         kind = event["event"]
         if kind == "import" and not event["ok"]:
             import_failure = f"importing {path.name} under MicroPython failed:\n{event['traceback']}"

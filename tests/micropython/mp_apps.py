@@ -111,8 +111,13 @@ async def test_irrigation_day():
 
     hal.on_output = lambda name, value: hal.set_pulse_rate("flow", flow_rate())
     node = Node(hal)
-    cfg = {"irrigation": {"zones": [{"flow_dlpm": 120}, {"flow_dlpm": 80}], "max_run_min": 30,
-                          "schedule": [[1, 0x7F, 300, 10], [2, 0x7F, 300, 45]]}}
+    cfg = {
+        "irrigation": {
+            "zones": [{"flow_dlpm": 120}, {"flow_dlpm": 80}],
+            "max_run_min": 30,
+            "schedule": [[1, 0x7F, 300, 10], [2, 0x7F, 300, 45]],
+        }
+    }
     app = Irrigation(cfg, hal, node)
     task = asyncio.create_task(app.run())
 
@@ -167,8 +172,12 @@ async def test_irrigation_valve_stuck_open_behind_the_master():
 
     hal.on_output = lambda name, value: hal.set_pulse_rate("flow", flow_rate())
     node = Node(hal)
-    cfg = {"irrigation": {"zones": [{"flow_dlpm": 120}, {"flow_dlpm": 80}],
-                          "schedule": [[1, 0x7F, 300, 10], [2, 0x7F, 300, 10]]}}
+    cfg = {
+        "irrigation": {
+            "zones": [{"flow_dlpm": 120}, {"flow_dlpm": 80}],
+            "schedule": [[1, 0x7F, 300, 10], [2, 0x7F, 300, 10]],
+        }
+    }
     app = Irrigation(cfg, hal, node)
     task = asyncio.create_task(app.run())
 

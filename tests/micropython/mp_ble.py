@@ -42,7 +42,7 @@ async def exchange(clock, stack, raw):
     stack.subscribe(h)
     data = framing.encode(raw)
     for i in range(0, len(data), 20):
-        stack.write(h, data[i:i + 20])
+        stack.write(h, data[i : i + 20])
         await clock.run_for(10)
     await clock.run_for(100)
     assert len(got) == 1, got
@@ -78,8 +78,10 @@ async def test_heap_of_ble_commissioning():
     stack.read(stack.handle_of(uuid))
     await asyncio.sleep_ms(0)
     connected = mptest.mem() - base
-    print("ble.mpy code heap %d B; objects %d B built, %d B after 3 s connected (tasks, decoder, status)"
-          % (code, objects, connected))
+    print(
+        "ble.mpy code heap %d B; objects %d B built, %d B after 3 s connected (tasks, decoder, status)"
+        % (code, objects, connected)
+    )
     assert 0 < code < 8 * 1024, code
     assert 0 < connected < 6 * 1024, connected
     mpnode.stop(hal, tasks)
@@ -104,11 +106,10 @@ async def test_advertise_read_status_and_configure():
     f, plain = fr.unseal(keys(), await exchange(clock, stack, raw))
     assert f.mtype == m.CMD_ACK and m.decode(m.CMD_ACK, plain) == {0: counter, 1: m.RES_OK}
     assert node.report_s == 600
-    wrong = fr.seal(NodeKeys(mpnode.NODE_ID, bytes(16)), m.CONFIG, counter + 1,
-                    m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 30}}))
+    wrong = fr.seal(
+        NodeKeys(mpnode.NODE_ID, bytes(16)), m.CONFIG, counter + 1, m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 30}})
+    )
     answer = await exchange(clock, stack, wrong)
     assert answer == bytes((0xA0, 4)) + counter.to_bytes(4, "big"), answer
     assert node.report_s == 600
     mpnode.stop(hal, tasks)
-
-

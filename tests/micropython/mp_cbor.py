@@ -138,7 +138,7 @@ def test_nested_roundtrip():
 
 
 def test_map_keys_sorted_bytewise():
-    assert cbor.dumps({24: 1, -1: 2, "b": 3, 1000: 4}) == unhexlify("a418180119" "03e80420026162" "03")
+    assert cbor.dumps({24: 1, -1: 2, "b": 3, 1000: 4}) == unhexlify("a41818011903e8042002616203")
 
 
 def test_bool_is_not_int_here():
@@ -149,7 +149,17 @@ def test_bool_is_not_int_here():
 
 def test_utf8_checked_by_hand():
     # MicroPython's str(b, "utf-8") accepts overlongs, surrogates and code points past U+10FFFF.
-    for bad in (b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf0\x80\x80\xaf", b"\xc3\x28", b"\xe6\xb0", b"\xff"):
+    for bad in (
+        b"\xc0\xaf",
+        b"\xe0\x80\xaf",
+        b"\xed\xa0\x80",
+        b"\xed\xbf\xbf",
+        b"\xf4\x90\x80\x80",
+        b"\xf0\x80\x80\xaf",
+        b"\xc3\x28",
+        b"\xe6\xb0",
+        b"\xff",
+    ):
         e = raises(cbor.CBORDecodeError, cbor.loads, bytes([0x60 | len(bad)]) + bad)
         assert "UTF-8" in str(e), bad
     for good in (b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf4\x8f\xbf\xbf", b"\xc3\xbc"):
@@ -166,7 +176,13 @@ def test_half_floats_shortest():
         x = struct.unpack(">e", raw)[0]
         if x == x:
             assert cbor.dumps(x) == b"\xf9" + raw, hex(bits)
-    cases = ((1e6, "fa49742400"), (65520.0, "fa477ff000"), (2.0**-25, "fa33000000"), (1e300, "fb7e37e43c8800759c"), (-0.0, "f98000"))
+    cases = (
+        (1e6, "fa49742400"),
+        (65520.0, "fa477ff000"),
+        (2.0**-25, "fa33000000"),
+        (1e300, "fb7e37e43c8800759c"),
+        (-0.0, "f98000"),
+    )
     for x, hexstr in cases:
         assert cbor.dumps(x) == unhexlify(hexstr), x
 
@@ -218,7 +234,30 @@ def test_errors_are_value_errors():
 def test_mutated_vectors_only_raise_decode_errors():
     # No hypothesis here: every truncation and a set of byte substitutions of each vector.
     # Guards against port-specific exceptions (e.g. range() overflowing past 2**31).
-    subs = (0x00, 0x18, 0x1B, 0x1F, 0x3B, 0x5B, 0x5F, 0x7B, 0x7F, 0x9B, 0x9F, 0xBB, 0xBF, 0xC2, 0xDB, 0xF8, 0xF9, 0xFB, 0xFF, 0x80, 0xED, 0xC0)
+    subs = (
+        0x00,
+        0x18,
+        0x1B,
+        0x1F,
+        0x3B,
+        0x5B,
+        0x5F,
+        0x7B,
+        0x7F,
+        0x9B,
+        0x9F,
+        0xBB,
+        0xBF,
+        0xC2,
+        0xDB,
+        0xF8,
+        0xF9,
+        0xFB,
+        0xFF,
+        0x80,
+        0xED,
+        0xC0,
+    )
     seeds = [unhexlify(item["hex"]) for item in appendix()]
     seeds.append(cbor.dumps({0: [1, -2, 1.5, "é", b"\x00"], "x": {1: cbor.Tag(7, [])}}))
     outcomes = 0

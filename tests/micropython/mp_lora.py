@@ -13,9 +13,9 @@ def _raises(fn, *args, **kwargs):
 
 def test_airtime_published_values():
     # Exact integers in us: no float drift even where floats are 32-bit.
-    assert lora.airtime_us(51, 12) == 2465792     # Semtech calculator: 2465.79 ms
+    assert lora.airtime_us(51, 12) == 2465792  # Semtech calculator: 2465.79 ms
     assert lora.airtime_us(51, 7) == 102656
-    assert lora.airtime_us(64, 7) == 118016       # TTN calculator, 51 B + 13 B LoRaWAN
+    assert lora.airtime_us(64, 7) == 118016  # TTN calculator, 51 B + 13 B LoRaWAN
     assert abs(lora.airtime_ms(51, 12) - 2465.792) < 0.01
     assert abs(lora.airtime_ms(51, 7) - 102.656) < 0.001
 

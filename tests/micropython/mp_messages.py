@@ -27,9 +27,15 @@ def test_periodic_reports_fit_51_bytes():
 
 def test_unknown_keys_ignored_known_keys_checked():
     from protocol import cbor
+
     assert m.decode(m.LIGHT, cbor.dumps({0: 5, 20: "future"})) == {0: 5}
-    for mtype, body in ((m.LIGHT, {0: 101}), (m.LIGHT, {0: True}), (m.HELLO, {0: "1"}),
-                        (m.IRRIGATION, {0: b"\xc9"}), (m.COMMAND, {0: 1, 1: 1, 2: "x"})):
+    for mtype, body in (
+        (m.LIGHT, {0: 101}),
+        (m.LIGHT, {0: True}),
+        (m.HELLO, {0: "1"}),
+        (m.IRRIGATION, {0: b"\xc9"}),
+        (m.COMMAND, {0: 1, 1: 1, 2: "x"}),
+    ):
         try:
             m.validate(mtype, body)
             assert False, "accepted %r" % (body,)

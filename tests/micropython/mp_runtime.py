@@ -4,7 +4,6 @@
 import asyncio
 
 import mpnode
-from firmware.runtime import Node
 from protocol import messages as m
 
 MPY = True
@@ -77,6 +76,7 @@ def faulty(app_class, at_ms):
             self.hal.pwm_write("lamp", 0)
             self.hal.pin_write("zone1", 1)
             raise ZeroDivisionError("injected")
+
     return Faulty
 
 
@@ -113,8 +113,7 @@ async def test_reboot_keeps_counters_unique():
     await clock.run_for(H)
     mpnode.stop(hal, tasks)
     first = [h[2] for h in gw.heard]
-    hal, node, gw2, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage,
-                                                 reset_cause=m.RST_WATCHDOG)
+    hal, node, gw2, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage, reset_cause=m.RST_WATCHDOG)
     await clock.run_for(H)
     mpnode.stop(hal, tasks)
     second = [h[2] for h in gw2.heard]

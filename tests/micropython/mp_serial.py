@@ -26,7 +26,7 @@ def test_round_trip_every_chunk_size():
         d = serial.Decoder()
         got = []
         for i in range(0, len(stream), size):
-            got.extend(d.feed(stream[i:i + size]))
+            got.extend(d.feed(stream[i : i + size]))
         assert got == payloads, size
         assert d.frames == len(payloads) and d.dropped() == 0
 
@@ -55,18 +55,18 @@ def test_encode_into_and_byte_feed_allocate_nothing():
     payload = bytes(range(1, 60))
     out = bytearray(serial.max_encoded_len(len(payload)))
     enc = serial.encode(payload)
-    one = bytearray(1)                  # a UART read into a reused buffer
+    one = bytearray(1)  # a UART read into a reused buffer
     d = serial.Decoder()
-    serial.encode_into(payload, out)    # warm up
+    serial.encode_into(payload, out)  # warm up
     d.feed(one)
-    if not hasattr(gc, "mem_alloc"):    # collected by CPython too when named on the command line
+    if not hasattr(gc, "mem_alloc"):  # collected by CPython too when named on the command line
         return
     gc.collect()
     gc.disable()
     try:
         before = gc.mem_alloc()
         n = serial.encode_into(payload, out)
-        for i in range(len(enc) - 1):   # all but the final delimiter
+        for i in range(len(enc) - 1):  # all but the final delimiter
             one[0] = enc[i]
             d.feed(one)
         used = gc.mem_alloc() - before

@@ -82,8 +82,14 @@ class MiniGateway:
 
 
 def node_config(kind, **section):
-    d = {"node_id": NODE_ID, "kind": kind, "root_key": ROOT_HEX, "report_interval_s": 900,
-         "status_interval_s": 21600, "location": {"lat": 48.8566, "lon": 2.3522}}
+    d = {
+        "node_id": NODE_ID,
+        "kind": kind,
+        "root_key": ROOT_HEX,
+        "report_interval_s": 900,
+        "status_interval_s": 21600,
+        "location": {"lat": 48.8566, "lon": 2.3522},
+    }
     if kind == "lighting":
         d["lighting"] = section or {"full_ma": 500}
     else:
@@ -135,8 +141,7 @@ class WaterWorld:
         self.hal.set_pulse_rate("flow", lpm * self.ppl / 60)
 
 
-def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True,
-               lean=False):
+def start_node(clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True, lean=False):
     """(hal, node, gateway, tasks, world): one node and its gateway on `clock`, running.
 
     lean: keep no history (output changes, frames heard), for memory measurements.
