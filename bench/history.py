@@ -32,6 +32,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,7 +42,7 @@ from bench.common import emit
 from gateway.downlinks import Downlinks
 from gateway.history import PER_TYPE, History
 from gateway.model import Reception
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, UplinkObserver
 from gateway.registry import NodeEntry, Registry
 from gateway.service import GC_THRESHOLDS, Observers
 from gateway.store import Store
@@ -66,6 +67,7 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
     for i in range(n_frames):
         n = i % n_nodes + 1
         counters[n] += 1
+        body: dict[int, Any]
         if n % 3:
             mtype, body = (
                 m.LIGHT,
@@ -89,7 +91,9 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
                     6: 0,
                 },
             )
-        raw = frame.seal(reg.get(n).keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
+        entry = reg.get(n)
+        assert entry is not None  # provisioned just above
+        raw = frame.seal(entry.keys, mtype, counters[n], cbor2.dumps(body, canonical=True))
         recs.append(Reception(raw, "udp", "udp:0000000000000001", T0 + i, rssi=-95.0, snr=5.0))
     return reg, recs
 
@@ -97,7 +101,7 @@ def build(n_frames: int, n_nodes: int, tmp: Path, seed: int = 1) -> tuple[Regist
 async def ingest(tmp: Path, reg: Registry, recs: list[Reception], variant: str) -> dict:
     store = await Store.open(tmp / f"{variant}.db")
     downlinks = history = None
-    observer = None
+    observer: UplinkObserver | None = None
     if variant != "observer_none":
         downlinks = Downlinks(store, reg)
         await downlinks.start()

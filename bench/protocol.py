@@ -21,7 +21,9 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,7 +35,7 @@ from protocol import messages as m
 
 def make_bodies(n: int, seed: int = 1) -> list[tuple[int, dict]]:
     rnd = random.Random(seed)
-    out = []
+    out: list[tuple[int, dict[int, Any]]] = []
     for _ in range(n):
         if rnd.random() < 0.6:
             out.append(
@@ -95,7 +97,12 @@ def run_floor(k: keys.NodeKeys, bodies: list[tuple[int, dict]]) -> None:
         cbor2.loads(raw[9:-4])
 
 
-def frames_per_s(fn, k, bodies, repeats: int) -> float:
+def frames_per_s(
+    fn: Callable[[keys.NodeKeys, list[tuple[int, dict]]], None],
+    k: keys.NodeKeys,
+    bodies: list[tuple[int, dict]],
+    repeats: int,
+) -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -114,7 +121,7 @@ def main() -> int:
     k = keys.NodeKeys(0x00A1B2C3, bytes(range(16)))
     bodies = make_bodies(args.frames)
     # The variants must do the same work: check they produce the same bytes first.
-    for mtype, body in bodies[:50]:
+    for _mtype, body in bodies[:50]:
         assert cbor.dumps(body) == cbor2.dumps(body, canonical=True)
     sizes = [len(frame.seal(k, t, 0, m.encode(t, b))) for t, b in bodies]
 

@@ -49,11 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import emit, machine  # noqa: E402
 from firmware import config as fw_config  # noqa: E402
+from firmware.irrigation import Irrigation  # noqa: E402
+from firmware.lighting import Lighting  # noqa: E402
 from firmware.runtime import Node  # noqa: E402
-from simulator import (
-    runner,
-    sensors,
-)
+from simulator import runner, sensors  # noqa: E402
 from simulator import scenario as sc_mod  # noqa: E402
 from simulator.air import NodeRadio  # noqa: E402
 from simulator.hal_sim import SimHAL  # noqa: E402
@@ -96,23 +95,23 @@ def bare(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
 def steps(sc: sc_mod.Scenario, nodes: list, hours: float) -> float:
     """CPU s of the apps' own step() at their tick for `hours`, called in a plain loop."""
     clock = VirtualClock(unix0=int(sc.start_unix))
-    apps = []
+    apps: list[tuple[int, Lighting | Irrigation]] = []
     for n in nodes:
         raw = json.dumps(runner.firmware_config(sc, n, sc.radio.channels_hz[0])).encode()
         cfg = fw_config.load(raw)
         hal = SimHAL(clock, time_known=True, history_max=0)
         power = getattr(n, "rated_power_w", 60.0)
-        hal.set_adc(
-            "lamp_current",
-            lambda hal=hal, power=power: sensors.lamp_current_mv(
-                sensors.lamp_current_ma(hal.pwm.get("lamp", 0), power)
-            ),
-        )  # a healthy lamp
+
+        def lamp_mv(hal: SimHAL = hal, power: float = power) -> int:  # a healthy lamp
+            return sensors.lamp_current_mv(sensors.lamp_current_ma(hal.pwm.get("lamp", 0), power))
+
+        hal.set_adc("lamp_current", lamp_mv)
         hal.set_adc("ambient", 100)
-        node = Node(
-            cfg, hal, NodeRadio(None, n.node_id, cfg["radio"]["freq_hz"], n.sf), runner.APPS[n.kind], watchdog=False
-        )
+        # No air: only step() runs, no event loop, so the radio never sends (a send would fail loudly).
+        radio = NodeRadio(None, n.node_id, cfg["radio"]["freq_hz"], n.sf)  # type: ignore[arg-type]
+        node = Node(cfg, hal, radio, runner.APPS[n.kind], watchdog=False)
         app = runner.APPS[n.kind](cfg, hal, node)
+        assert isinstance(app, (Lighting, Irrigation))  # runner.APPS' classes
         apps.append((runner.SIM_TICK_MS[n.kind], app))
     end_ms = int(hours * 3600 * 1000)
     t0 = time.process_time()

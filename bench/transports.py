@@ -60,7 +60,7 @@ class Keys:
     def __init__(self, nodes: dict[int, keys.NodeKeys]) -> None:
         self._e = {n: SimpleNamespace(keys=k) for n, k in nodes.items()}
 
-    def get(self, node_id: int):
+    def get(self, node_id: int) -> SimpleNamespace | None:
         return self._e.get(node_id)
 
 

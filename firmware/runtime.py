@@ -412,7 +412,6 @@ class Node:
     async def _transmit(self, it):
         hal = self.hal
         q = self.queue
-        now = hal.ticks_ms()
         n = fr.HEADER_LEN + len(it.body) + fr.MIC_LEN
         if n > self.radio.max_frame:
             q.drop(it)  # never sendable at this data rate

@@ -38,9 +38,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lumeau.bundle import Bundle, BundleError
 from lumeau.bundle import load as load_bundle
+
+if TYPE_CHECKING:  # imported where used: mpremote loads only for a flash
+    from mpremote.transport_serial import SerialTransport
 
 CONFIG_PATH = "config.json"  # on the board: firmware/main.py reads /config.json
 MANAGED_DIRS = ("firmware", "protocol")  # the bundle owns these directories on the board
@@ -84,7 +88,7 @@ class FlashReport:
     confirmed: str = ""  # how the node was seen running
 
 
-def _remote_repr(value) -> str:
+def _remote_repr(value: object) -> str:
     return repr(value)
 
 
@@ -131,7 +135,7 @@ class Flasher:
         self.port = port
         self.connect_timeout = connect_timeout
         self.log = log
-        self.transport = None
+        self.transport: SerialTransport | None = None
 
     # -- connection ----------------------------------------------------------------
 
@@ -139,7 +143,7 @@ class Flasher:
         self.connect()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def connect(self) -> None:
@@ -153,13 +157,13 @@ class Flasher:
             )
         try:
             # A read timeout, or mpremote waits forever on a silent pty.
-            self.transport = SerialTransport(self.port, baudrate=115200, timeout=min(1.0, self.connect_timeout))
+            t = self.transport = SerialTransport(self.port, baudrate=115200, timeout=min(1.0, self.connect_timeout))
         except TransportError:
             raise self._diagnose_open() from None
         buf = io.StringIO()
         try:
             with contextlib.redirect_stdout(buf):  # mpremote prints what it got on failure
-                self.transport.enter_raw_repl(soft_reset=True, timeout_overall=self.connect_timeout)
+                t.enter_raw_repl(soft_reset=True, timeout_overall=self.connect_timeout)
         except (TransportError, OSError) as e:
             got = buf.getvalue().strip()
             self.close()
@@ -174,7 +178,7 @@ class Flasher:
             raise FlashError(
                 "not_micropython", f"{self.port}: not a MicroPython REPL; the device answered {got[:120]}"
             ) from None
-        self.transport.serial.timeout = 5.0  # replies from a working board come within ms
+        t.serial.timeout = 5.0  # replies from a working board come within ms
 
     def _diagnose_open(self) -> FlashError:
         import serial
@@ -209,11 +213,16 @@ class Flasher:
 
     # -- board operations --------------------------------------------------------------
 
+    def _connected(self) -> SerialTransport:
+        if self.transport is None:
+            raise FlashError("transport", f"{self.port}: not connected to the board")
+        return self.transport
+
     def _exec(self, code: str) -> bytes:
         from mpremote.transport import TransportError, TransportExecError
 
         try:
-            return self.transport.exec(code)
+            return self._connected().exec(code)
         except TransportExecError as e:
             if "ENOSPC" in e.error_output or "OSError: 28" in e.error_output:
                 raise FlashError("board_full", f"{self.port}: the board's filesystem is full") from None
@@ -221,7 +230,7 @@ class Flasher:
         except (TransportError, OSError) as e:
             raise FlashError("transport", f"{self.port}: lost the board: {e}") from None
 
-    def _eval(self, code: str):
+    def _eval(self, code: str) -> Any:
         import ast
 
         out = self._exec(code).decode("utf-8", "replace").strip()
@@ -230,7 +239,7 @@ class Flasher:
         except (ValueError, SyntaxError):
             raise FlashError("transport", f"{self.port}: unexpected answer from the board: {out[:200]!r}") from None
 
-    def board_info(self) -> dict:
+    def board_info(self) -> dict[str, Any]:
         mpy, platform, version = self._eval(
             "import sys\nprint(repr((sys.implementation._mpy, sys.platform, sys.version)))"
         )
@@ -261,7 +270,7 @@ class Flasher:
         for attempt in range(RETRIES + 1):
             self.mkdirs(path)
             try:
-                self.transport.fs_writefile(part, data, chunk_size=CHUNK)
+                self._connected().fs_writefile(part, data, chunk_size=CHUNK)
             except OSError as e:
                 self._exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % part)
                 if e.errno == errno.ENOSPC:
@@ -295,7 +304,7 @@ class Flasher:
         while todo:
             d = todo.pop()
             try:
-                entries = self.transport.fs_listdir(d)
+                entries = self._connected().fs_listdir(d)
             except OSError:
                 continue
             except Exception as e:
@@ -310,7 +319,7 @@ class Flasher:
 
     def soft_reset_and_watch(self, seconds: float) -> bytes:
         """Friendly REPL, Ctrl-D: boot.py and main.py run; returns the console output."""
-        t = self.transport
+        t = self._connected()
         t.exit_raw_repl()
         t.serial.reset_input_buffer()
         t.serial.write(b"\x04")
@@ -480,6 +489,7 @@ def flash(
         tail = text[text.find("MPY: soft reboot") :].strip()
         raise FlashError("node_failed", f"{port}: the node failed to start:\n{tail[-1500:]}")
     if gateway:
+        assert cfg is not None  # checked before connecting: a gateway needs --config
         report.confirmed = wait_hello_at_gateway(
             gateway, token or "", cfg["node_id"], since, bundle.firmware_version, hello_timeout, log
         )

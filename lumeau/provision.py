@@ -24,8 +24,10 @@ import os
 import secrets
 import urllib.error
 import urllib.request
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from protocol.keys import ROOT_KEY_LEN
 
@@ -57,7 +59,7 @@ def new_root_key() -> bytes:
     return secrets.token_bytes(ROOT_KEY_LEN)
 
 
-def allocate_id(taken) -> int:
+def allocate_id(taken: Container[int]) -> int:
     for _ in range(ALLOCATION_TRIES):
         n = secrets.randbelow(ID_MAX - ID_MIN + 1) + ID_MIN
         if n not in taken:
@@ -148,6 +150,7 @@ def provision(
         raise ProvisionError("give both --lat and --lon, or neither")
     key = new_root_key()
 
+    old: NodeEntry | dict[str, Any] | None  # the registry's entry, or the gateway's JSON for it
     if registry is not None:
         try:
             reg = Registry.load(registry)
@@ -157,6 +160,7 @@ def provision(
             node_id = allocate_id(reg)
         old = reg.get(node_id)
     else:
+        assert gateway is not None  # exactly one of registry and gateway, checked above
         if not token:
             raise ProvisionError("--gateway needs the API token (--token or LUMEAU_API_TOKEN)")
         allocate = node_id is None
@@ -169,17 +173,18 @@ def provision(
             if not (allocate and status == 200):
                 break
         old = current if status == 200 else None
-    old_kind = (old.kind if hasattr(old, "kind") else old.get("kind")) if old is not None else None
+    assert node_id is not None  # given, or allocated above
+    old_kind = (old.kind if isinstance(old, NodeEntry) else old.get("kind")) if old is not None else None
     if old_kind is not None and old_kind != kind:
         raise ProvisionError(
             f"node {node_id:08x} is a {old_kind} node in the registry; a node does not change "
             "kind: provision a new id for the new device"
         )
 
-    def keep(field_name: str, value):
+    def keep(field_name: str, value: Any) -> Any:
         if value not in ("", None) or old is None:
             return value
-        return getattr(old, field_name) if hasattr(old, field_name) else old.get(field_name, value)
+        return getattr(old, field_name) if isinstance(old, NodeEntry) else old.get(field_name, value)
 
     name, site, firmware = keep("name", name) or "", keep("site", site) or "", keep("firmware", firmware) or ""
     lat, lon = keep("lat", lat), keep("lon", lon)
@@ -201,6 +206,7 @@ def provision(
             raise ProvisionError(f"{registry}: cannot write: {e.strerror}") from None
         where = str(registry)
     else:
+        assert gateway is not None and token  # the gateway branch above
         body = {"kind": kind, "root_key": key.hex(), "name": name, "site": site, "firmware": firmware}
         if lat is not None:
             body.update(lat=lat, lon=lon)

@@ -101,7 +101,8 @@ class Results:
         lines = [
             f"{sc['name']}: {sc['lamps']} lamps, {sc['controllers']} irrigation controllers ({sc['zones']} zones), "
             f"{len(sc['gateways'])} gateways, {sc['hours']:g} h from {sc['start']} (seed {sc['seed']})",
-            f"  run: {run['wall_s']:.1f} s wall, {run['node_seconds_per_wall_s']:,.0f} node-s per s ({run['link']} gateway)",
+            f"  run: {run['wall_s']:.1f} s wall, "
+            f"{run['node_seconds_per_wall_s']:,.0f} node-s per s ({run['link']} gateway)",
             f"  delivery: {dv['stored']}/{dv['settled']} uplinks stored = {dv['ratio_pct']:.2f} % "
             f"(lost on the air {dv['lost_on_air']}, refused by the channel {sum(dv['refused'].values())})",
             f"  latency (uplink end -> stored): p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, max {lat['max']:.3f} s",

@@ -300,7 +300,8 @@ class Scenario:
             sfs[n.sf] = sfs.get(n.sf, 0) + 1
         lines = [
             f"{self.name}: {self.description}".rstrip(": "),
-            f"  {self.location.name} ({self.location.lat:.4f}, {self.location.lon:.4f}), climate {self.location.climate}",
+            f"  {self.location.name} ({self.location.lat:.4f}, {self.location.lon:.4f}), "
+            f"climate {self.location.climate}",
             f"  {self.start.isoformat()} for {self.duration_s / 3600:g} h, seed {self.seed}",
             f"  {len(self.gateways)} gateways, {len(self.lamps)} lamps on {len(self.streets)} streets, "
             f"{len(self.controllers)} irrigation controllers ({self.zones} zones) in {len(self.parks)} parks",

@@ -152,6 +152,7 @@ class MiniGateway:
     sent: list[bytes] = field(default_factory=list)
     down_counter: int = 0
     rx1_delay_ms: int = 1000
+    answers: list[asyncio.Task] = field(default_factory=list, repr=False, compare=False)  # held: asyncio keeps weakrefs
 
     def __post_init__(self):
         self.window = fr.ReplayWindow()
@@ -187,7 +188,7 @@ class MiniGateway:
                     ack[1] = len(replies)
                 replies.insert(0, self.seal(m.ACK, ack))
             if replies:
-                asyncio.create_task(self._answer(replies))
+                self.answers.append(asyncio.create_task(self._answer(replies)))
 
     async def _answer(self, replies: list[bytes]):
         await self.hal.sleep_ms(self.rx1_delay_ms)

@@ -185,7 +185,7 @@ async def settle(s: float = 2.0) -> None:
 def test_scan_lists_nodes_in_reach_with_id_kind_state_and_signal(tmp_path):
     async def body(site: Site):
         lamp = site.node("lighting", 0x00A1B2C3, "C0:FF:EE:00:00:01", rssi=-71)
-        valves = site.node("irrigation", 0x00B00001, "C0:FF:EE:00:00:02", rssi=-48)
+        site.node("irrigation", 0x00B00001, "C0:FF:EE:00:00:02", rssi=-48)
         gone = site.node("lighting", 0x00C00001, "C0:FF:EE:00:00:03")
         gone.device.in_reach = False
         other = aioble_fake.Stack("AA:00:00:00:00:09")  # another BLE device on the street
@@ -605,8 +605,11 @@ def test_configure_when_the_node_leaves_mid_exchange(tmp_path):
             await asyncio.sleep(0.5)
             n.device.leave()
 
-        asyncio.create_task(walk_away())
-        return await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path))
+        walker = asyncio.create_task(walk_away())
+        try:
+            return await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path))
+        finally:
+            walker.cancel()  # done by now (its leave() ended the exchange), never left behind
 
     code, _, err = scenario(body, tmp_path)
     assert code == 1 and "dropped the link before answering" in err and err.rstrip().endswith("[disconnected]")

@@ -178,7 +178,8 @@ async def test_receptions_merge_before_and_after_the_commit(store):
 async def test_eviction_policy_when_full(tmp_path):
     s = await Store.open(tmp_path / "gw.db", max_records=10)
     routine = [await s.append(record(1, c)) for c in range(5)]
-    other = [await s.append(event_record(2, c)) for c in range(3)]
+    for c in range(3):
+        await s.append(event_record(2, c))  # other records
     alarms = [await s.append(alarm_record(3, c)) for c in range(2)]
     assert s.count() == 10 and s.evicted_total == 0
     # 1. the oldest routine telemetry goes first

@@ -103,9 +103,10 @@ def test_same_instant_wakes_in_sleep_order_and_nodes_share_time(kind):
             await hals[i].sleep_ms(100)
             order.append(i)
 
-        for i in range(5):
-            asyncio.create_task(node(i))
+        tasks = [asyncio.create_task(node(i)) for i in range(5)]
         await clock.run_for(100)
+        for t in tasks:
+            await t  # done: each woke at 100
         return order, [h.ticks_ms() for h in hals]
 
     (order, ticks), _ = drive(kind, main)

@@ -171,7 +171,7 @@ def test_weekday_mask():
     for day, runs in ((MONDAY, 1), (MONDAY + 1, 0), (MONDAY + 7, 1), (MONDAY + 6, 0)):
         t0 = day * 86400 + 3 * 3600
 
-        async def body(clock):
+        async def body(clock, t0=t0):
             hal, water, node, app = make(clock, cfg)
             task = start(app)
             await clock.run_for(until_local(t0, 5, 5))

@@ -206,8 +206,9 @@ def test_duty_cycle_respected_at_sf12():
                 node.event(m.EV_LAMP_FAILURE, m.SEV_WARNING, i)
                 await w.hal.sleep_ms(5000)
 
-        asyncio.create_task(storm())
+        storm_task = asyncio.create_task(storm())
         await clock.run_for(60 * MIN)
+        await storm_task  # done: 12 events 5 s apart
         await w.stop()
         return w
 

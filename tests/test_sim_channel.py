@@ -636,7 +636,7 @@ def test_duty_cycle_law_holds_for_any_traffic(events):
         if u.refused is None:
             assert length <= lora.max_payload(sf)
             on_air.setdefault((node, lora.band_for(f)), []).append(u)
-    for (node, band), ups in on_air.items():
+    for (_node, band), ups in on_air.items():
         inv = lora.BANDS[band][2]
         for prev, nxt in zip(ups, ups[1:]):
             assert nxt.start_ms >= prev.start_ms + prev.airtime_ms * inv - 1e-6

@@ -450,7 +450,7 @@ def test_a_command_queued_at_the_gateway_goes_out_in_the_next_receive_window(tmp
         loop.close()
     assert report.counters["live_holds"] >= 1 and report.counters["live_holds_answered"] >= 1
     commands = []
-    for site, node, raw in got:
+    for _site, node, raw in got:
         f, body = frame.unseal(keys.NodeKeys(node, NODES[1].root_key), raw)
         if f.mtype == m.COMMAND:
             commands.append(m.decode(m.COMMAND, body))

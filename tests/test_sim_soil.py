@@ -67,7 +67,7 @@ def test_sub_daily_steps_add_up_without_stress():
     day.step(4.8, rain_mm=3.0)
     parts = S.SoilBucket(depletion_mm=5.0)
     parts.new_day(4.8)
-    for k in range(144):  # ten-minute steps
+    for _ in range(144):  # ten-minute steps
         parts.step(4.8 / 144, rain_mm=3.0 / 144)
     assert parts.dr_mm == pytest.approx(day.dr_mm)
     assert parts.total.rain_eff_mm == pytest.approx(3.0 - 0.96)

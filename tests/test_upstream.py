@@ -416,7 +416,9 @@ async def test_429_retry_after_is_honoured(store, platform):
 
 
 async def test_slow_answers_time_out_and_the_resend_is_deduplicated(store, platform):
-    async def slow_once(request, body, done=[]):
+    done: list[int] = []
+
+    async def slow_once(request, body):
         if not done:
             done.append(1)
             resp = await platform.sink.post_records(request)  # stored by the sink...

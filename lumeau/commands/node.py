@@ -166,7 +166,7 @@ def _node_id(text: str) -> int:
     return n
 
 
-def add_subcommand(subparsers) -> None:
+def add_subcommand(subparsers: Any) -> None:
     node = subparsers.add_parser(
         "node",
         help="build, provision, flash and commission nodes (technician tooling)",
