@@ -1,4 +1,8 @@
-"""protocol/cbor.py: RFC 8949 conformance vectors, differential tests against cbor2, fuzzing."""
+"""protocol/cbor.py: RFC 8949 conformance vectors, differential tests against cbor2, fuzzing.
+
+One file over 600 lines on purpose: the codec's whole contract (vectors, differential, fuzz, mpy-cross)
+beside one set of strategies; split, each part would re-declare them.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ pulses per litre counting whatever passes (integrated on virtual time by the Sim
 bursts, stuck valves, and soil that gets wetter while its zone waters, read by capacitive
 sensors (2800 mV dry, 1400 mV at 50 % volumetric water content). Events go through a
 runtime-shaped facade on a real Store.
+
+Over 600 lines on purpose: every test drives the one simulated world defined at the top (valves,
+flow meter, soil); splitting it by feature would copy that world into each file.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The world: a lamp whose current follows the PWM output one second late (a driver
 60 W / (230 V x 0.95) = 275 mA at full power, scaled by the lamp's health (ok, dead, drawing
 too much, cycling). Sun times come from firmware/astro.py, which tests/test_astro.py checks
 against the NOAA equations. Events go through a runtime-shaped facade on a real Store.
+
+Over 600 lines on purpose: every test drives the one simulated lamp defined at the top.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ demodulators, half duplex, duty cycle, several gateways, determinism.
 Hand-built cases use sigma = 0 and place nodes at distances chosen for an
 exact received power, from the reference formula typed in here again:
 Lpl(d) = 127.41 + 20.8 log10(d / 40) (LoRaSim / FLoRa), 14 dBm.
+
+Over 600 lines on purpose: one model (simulator/channel.py, itself one file for the same reason)
+and the hand-built geometry its cases share.
 """
 
 from __future__ import annotations
