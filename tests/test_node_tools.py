@@ -24,6 +24,7 @@ import serial
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firmware import astro
 from firmware import config as fwconfig
 from firmware import manifest as fwmanifest
 from gateway.registry import Registry
@@ -323,11 +324,18 @@ def test_flash_copies_verifies_starts_and_then_skips_unchanged(board, bundle_dir
     assert (board.flash_dir / "config.json").read_bytes() == node_config.read_bytes()
     assert f"{len(doc['files']) + 1} files copied" in proc.stdout
     assert "running: no error on the console" in proc.stdout
-    # main.py runs the node: the lamp output is driven (fail-safe: fully on at boot).
+    # main.py runs the node: the lamp output is driven. The virtual board's RTC is the
+    # host's clock, so the node knows the time and follows the sun over Paris: on at
+    # night, off by day (a run within minutes of sunrise or sunset cannot tell).
     deadline = time.monotonic() + 10
     while board.control({"get": "outputs"})["pwm"].get("25") is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert board.control({"get": "outputs"})["pwm"]["25"] > 0
+    lamp = board.control({"get": "outputs"})["pwm"]["25"]
+    now = time.time()
+    rise, sset = astro.sun_times_day(48.85, 2.35, int(now // 86400))
+    into_day = now % 86400
+    if min(abs(into_day - rise), abs(into_day - sset)) > 300:
+        assert (lamp > 0) == (not rise <= into_day < sset), (lamp, rise, sset, into_day)
 
     again = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
     assert again.returncode == 0, again.stderr
