@@ -327,7 +327,7 @@ class Api:
         try:
             return parse_node_id(request.match_info["id"])
         except ValueError as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json")
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
@@ -336,7 +336,7 @@ class Api:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "the body must be JSON"}), content_type="application/json"
-            )
+            ) from None
 
     @staticmethod
     def _limit(request: web.Request) -> int:
@@ -473,7 +473,7 @@ class Api:
         except ValueError:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "command ids are integers"}), content_type="application/json"
-            )
+            ) from None
 
     async def get_command(self, request: web.Request) -> web.Response:
         dl = self.store.downlink(self._command_id(request))
@@ -574,6 +574,25 @@ class Api:
             [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())],
         )
         x.family("lumeau_pipeline_inflight", "gauge", "Receptions queued or committing.", [({}, p.inflight)])
+        guard = p.mic_guard.stats()
+        x.family(
+            "lumeau_mic_lockouts_total",
+            "counter",
+            "(link, node) lockouts started after too many bad MICs (gateway/micguard.py).",
+            [({}, guard["lockouts"])],
+        )
+        x.family(
+            "lumeau_mic_locked",
+            "gauge",
+            "(link, node) pairs locked out now; their receptions are rejected as mic_lockout.",
+            [({}, guard["locked"])],
+        )
+        x.family(
+            "lumeau_mic_tracked",
+            "gauge",
+            "(link, node) pairs with a bad-MIC bucket (bounded by MAX_TRACKED).",
+            [({}, guard["tracked"])],
+        )
         x.family(
             "lumeau_admission_path",
             "gauge",
