@@ -180,7 +180,7 @@ def provision(
             node_id = allocate_id(reg)
         old = reg.get(node_id)
     else:
-        check_gateway_url(gateway)
+        check_gateway_url(gateway or "")
         if not token:
             raise ProvisionError("--gateway needs the API token (--token or LUMEAU_API_TOKEN)")
         allocate = node_id is None
