@@ -575,6 +575,25 @@ class Api:
             [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())],
         )
         x.family("lumeau_pipeline_inflight", "gauge", "Receptions queued or committing.", [({}, p.inflight)])
+        guard = p.mic_guard.stats()
+        x.family(
+            "lumeau_mic_lockouts_total",
+            "counter",
+            "(link, node) lockouts started after too many bad MICs (gateway/micguard.py).",
+            [({}, guard["lockouts"])],
+        )
+        x.family(
+            "lumeau_mic_locked",
+            "gauge",
+            "(link, node) pairs locked out now; their receptions are rejected as mic_lockout.",
+            [({}, guard["locked"])],
+        )
+        x.family(
+            "lumeau_mic_tracked",
+            "gauge",
+            "(link, node) pairs with a bad-MIC bucket (bounded by MAX_TRACKED).",
+            [({}, guard["tracked"])],
+        )
         x.family(
             "lumeau_admission_path",
             "gauge",

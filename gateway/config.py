@@ -136,6 +136,12 @@ class GatewaySection:
         Path("gateway.db"), "the SQLite database: durable queue, replay windows, downlinks", kind="path"
     )
     registry: Path = opt(Path("nodes.toml"), "the node registry written by provisioning (mode 0600)", kind="path")
+    trust_radio_time: bool = opt(
+        False,
+        "take radios' own times (a bridge's TIME, a forwarder's `time`) even far from this host's clock: "
+        "only for the simulator's virtual time (otherwise a bridge TIME beyond 5 s is refused and no "
+        "reception is dated after the present)",
+    )
 
 
 @dataclass(frozen=True)

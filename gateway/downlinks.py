@@ -15,7 +15,8 @@ When:
 - LoRa (`udp`: a packet forwarder) answers in the node's receive window
   after its uplink. The gateway waits `collect_s` (0.2 s) for copies of the
   uplink heard by other radios and answers through the one with the best
-  RSSI (then SNR), as LoRaWAN network servers do. One frame per receive
+  RSSI (then SNR), as LoRaWAN network servers do -- among the copies heard
+  on the transport of the copy that was committed only (below). One frame per receive
   window (a transport schedules its frame at the uplink's timestamp plus
   the RX1 delay; a second one would collide with it): an ACK goes first,
   with "pending" 0 so the node does not listen for frames that cannot come;
@@ -23,6 +24,20 @@ When:
 - Serial and BLE (`IMMEDIATE_TRANSPORTS`) are always listening: everything
   due is sent at once, after the uplink and also as soon as it is enqueued;
   an ACK's "pending" counts what follows it.
+
+Path binding (issue 20): the answer goes back the way the stored copy came.
+- RSSI is compared only within one transport: a copy of the same frame heard
+  on another transport (a BLE or serial "relay" claiming -45 dBm) never
+  takes the answer from the radio path; it is counted in
+  `path_switches_refused`. A frame is only signed, not bound to a link, so a
+  relay can always repeat it; it must not steer the gateway's answers.
+- The last-receive record of an immediate link (what `enqueue` and the sweep
+  push to) lasts LAST_RX_TTL_S (1800 s: two default report intervals) after that link's last committed
+  uplink, and is dropped at once when the node's next uplink is committed
+  on another transport: a link heard once does not keep the node's
+  downlinks.
+- The gateway's BLE transport connects only to registered nodes and binds
+  each link to the node id it advertised (gateway/transports/ble.py).
 
 Delivery: the downlink counter is committed before the frame is sealed
 (SPEC §4: a crash skips a counter, never reuses one). A frame that could
@@ -39,7 +54,7 @@ API); a COMMAND also carries its expiry (key 3) so a node refuses it late.
 
 States: queued -> sent -> acked | failed | expired (queued -> expired too).
 
-Limits: max_queued_per_node (16) open downlinks per node; RETRY_AFTER_S =
+Limits: max_queued_per_node (16) open downlinks per node; LAST_RX_TTL_S = 1800 s; RETRY_AFTER_S =
 5 s; ACK_TIMEOUT_S = 10 s; SWEEP_S = 1 s between expiry checks (none while no downlink is open); EARLY_MAX =
 1024 copies remembered from before their frame's commit.
 """
@@ -64,6 +79,9 @@ IMMEDIATE_TRANSPORTS = frozenset(("serial", "ble"))
 RETRY_AFTER_S = 5.0
 ACK_TIMEOUT_S = 10.0
 SWEEP_S = 1.0
+# An immediate link's last committed uplink is the node's route for this long: two of the default
+# 900 s report intervals. Older, a queued downlink waits for the node's next uplink (which renews it).
+LAST_RX_TTL_S = 1800.0
 EARLY_MAX = 1024  # copies heard before their first copy was committed, remembered for the path choice
 OPEN = ("queued", "sent")
 KINDS = (m.COMMAND, m.CONFIG, m.TIME)
@@ -101,6 +119,7 @@ class Downlinks:
         self._open: dict[int, list[Downlink]] = {}  # node -> open downlinks, oldest first
         self._last_sent: dict[int, float] = {}  # downlink id -> when it was last handed to a radio
         self._last_rx: dict[int, Reception] = {}  # node -> last reception on an immediate transport
+        self._last_rx_at: dict[int, float] = {}  # node -> when (self.clock) that reception was committed
         self._collect: dict[tuple[int, int], list[Reception]] = {}
         self._early: OrderedDict[tuple[int, int], list[Reception]] = OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
@@ -115,6 +134,7 @@ class Downlinks:
             "acks_sent": 0,
             "send_errors": 0,
             "unmatched_cmd_acks": 0,
+            "path_switches_refused": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -168,7 +188,7 @@ class Downlinks:
         queue.append(dl)
         self._queued.set()
         log.info("downlink queued", extra={"node": f"{node_id:08x}", "downlink": dl.id, "mtype": mtype})
-        rx = self._last_rx.get(node_id)
+        rx = self._route(node_id)
         if rx is not None and rx.path is not None:
             self._spawn(self._send_due(node_id, rx, None))
         return dl
@@ -195,6 +215,10 @@ class Downlinks:
         node_id = record.node_id
         if reception.transport in IMMEDIATE_TRANSPORTS:
             self._last_rx[node_id] = reception
+            self._last_rx_at[node_id] = self.clock()
+        elif node_id in self._last_rx:  # the node now speaks over the radio: the wire/BLE route is stale
+            del self._last_rx[node_id]
+            self._last_rx_at.pop(node_id, None)
         if record.mtype == m.CMD_ACK:
             self._spawn(self._settle_cmd_ack(record))
         ack = self.ack_alarms and record.alarm
@@ -204,6 +228,8 @@ class Downlinks:
             return
         key = (node_id, record.counter)
         early = self._early.pop(key, [])
+        if early:
+            early = self._same_transport(reception, early)
         if reception.transport not in IMMEDIATE_TRANSPORTS and self.collect_s > 0:
             self._collect[key] = [reception, *early]
         self._spawn(self._answer(record, reception, ack))
@@ -214,12 +240,31 @@ class Downlinks:
         key = (node_id, counter)
         copies = self._collect.get(key)
         if copies is not None:
-            copies.append(reception)
+            if copies[0].transport == reception.transport:
+                copies.append(reception)
+            else:  # a copy on another transport never takes the answer (path binding)
+                self.counts["path_switches_refused"] += 1
             return
         # heard again before the first copy's commit: remembered until on_uplink (bounded)
         if len(self._early) >= EARLY_MAX:
             self._early.popitem(last=False)
         self._early.setdefault(key, []).append(reception)
+
+    def _same_transport(self, committed: Reception, copies: list[Reception]) -> list[Reception]:
+        same = [r for r in copies if r.transport == committed.transport]
+        self.counts["path_switches_refused"] += len(copies) - len(same)
+        return same
+
+    def _route(self, node_id: int) -> Reception | None:
+        """The node's immediate link (serial, BLE) if it spoke over it within LAST_RX_TTL_S, else None."""
+        rx = self._last_rx.get(node_id)
+        if rx is None:
+            return None
+        if self.clock() - self._last_rx_at.get(node_id, 0.0) > LAST_RX_TTL_S:
+            del self._last_rx[node_id]
+            self._last_rx_at.pop(node_id, None)
+            return None
+        return rx
 
     # ------------------------------------------------------------ sending
 
@@ -237,7 +282,7 @@ class Downlinks:
         key = (record.node_id, record.counter)
         if key in self._collect:
             await asyncio.sleep(self.collect_s)
-            copies = self._collect.pop(key)
+            copies = self._collect.pop(key)  # all on the committed copy's transport (on_duplicate)
             with_path = [r for r in copies if r.path is not None]
             reception = max(
                 with_path, key=lambda r: (r.rssi if r.rssi is not None else -1e9, r.snr if r.snr is not None else -1e9)
@@ -357,7 +402,7 @@ class Downlinks:
                     and now - self._last_sent.get(dl.id, 0.0) >= ACK_TIMEOUT_S
                 ):
                     await self._close(dl, "failed")
-            rx = self._last_rx.get(node_id)
+            rx = self._route(node_id)
             if rx is not None and self._open.get(node_id) and self._due(node_id, rx, True):
                 await self._send_due(node_id, rx, None)
 

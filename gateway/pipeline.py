@@ -23,6 +23,13 @@ The replay window moves in memory before the commit is awaited, so a copy
 arriving meanwhile is already a duplicate; if the commit fails, the counter is
 forgotten again so a later copy can still be stored.
 
+Brute force (gateway/micguard.py): a bad MIC also costs its (link, node) a
+token; past BAD_MIC_BURST, refilled one per 10 s, that (link, node) is
+locked out (60 s doubling to 1 h) and its receptions are refused as
+`mic_lockout` before any MIC is computed -- checked only while some lockout
+is active, so the hot path pays one truthiness test. `mic_guard.listeners`
+hear each lockout (the BLE transport drops the link).
+
 Rejections before a frame exists (bad CRC on a serial line, `stat: -1` from
 a packet forwarder, invalid COBS) are reported by transports with
 `reject(reason, transport)`. Every rejection is counted by (reason,
@@ -65,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import bodies
 from gateway.logs import RateLimiter
+from gateway.micguard import MicGuard
 from gateway.model import Reception, Record
 from gateway.store import QueueFull, Store, StoreError
 from protocol import expand, frame
@@ -103,7 +111,19 @@ QUEUE_FULL = "queue_full"  # the store's eviction policy dropped it on arrival
 STORE_ERROR = "store_error"  # the commit failed (disk full, I/O error)
 INTERNAL_ERROR = "internal_error"  # a bug: never from valid input, but never a crash either
 BAD_CRC = "bad_crc"  # reported by transports
-REASONS = (OVERSIZED, MALFORMED, UNKNOWN_NODE, BAD_MIC, REPLAY, QUEUE_FULL, STORE_ERROR, INTERNAL_ERROR, BAD_CRC)
+MIC_LOCKOUT = "mic_lockout"  # (link, node) locked out after too many bad MICs (gateway/micguard.py)
+REASONS = (
+    OVERSIZED,
+    MALFORMED,
+    UNKNOWN_NODE,
+    BAD_MIC,
+    MIC_LOCKOUT,
+    REPLAY,
+    QUEUE_FULL,
+    STORE_ERROR,
+    INTERNAL_ERROR,
+    BAD_CRC,
+)
 # Transports may report other reasons (e.g. "bad_cobs", "too_long"); they are
 # counted under their own name, which must be a short identifier.
 
@@ -184,6 +204,9 @@ class Pipeline:
         self.duplicates = 0
         self.rejected: dict[tuple[str, str], int] = {}  # (reason, transport) -> count
         self.bad_mic_by_node: dict[int, int] = {}
+        # brute force: bad MICs per (link, node), lockouts (gateway/micguard.py)
+        self.mic_guard = MicGuard(clock)
+        self._locked = self.mic_guard.locked  # the same dict, never rebound: empty unless a lockout is on
 
     @property
     def registry(self) -> KeyLookup:
@@ -377,6 +400,8 @@ class Pipeline:
         t = rec.transport
         self.received[t] = self.received.get(t, 0) + 1
         try:
+            if self._locked and self._locked_out(rec):
+                return self._reject(MIC_LOCKOUT, t, None, {"gateway": rec.gateway_id})
             return self._admit(rec)
         except Exception as e:  # a bug, not the input's fault: count, log, carry on
             self._count_reject(INTERNAL_ERROR, t)
@@ -456,6 +481,13 @@ class Pipeline:
             plain = frame.verify(entry.keys, f)
         except frame.BadMIC:
             self.bad_mic_by_node[node_id] = self.bad_mic_by_node.get(node_id, 0) + 1
+            locked_s = self.mic_guard.bad_mic(rec.gateway_id, node_id)
+            if locked_s and self._limiter.allow("mic_lockout_start")[0]:
+                log.warning(
+                    "too many bad MICs: locked out for %.0f s",
+                    locked_s,
+                    extra={"node": f"{node_id:08x}", "gateway": rec.gateway_id, "transport": rec.transport},
+                )
             return self._reject(BAD_MIC, rec.transport, None, {"node": f"{node_id:08x}", "counter": f.counter})
         w = self._windows.get(node_id)
         if w is None:
@@ -488,6 +520,12 @@ class Pipeline:
             cbor,
         )
         return record, (node_id, w.top, w.mask), w
+
+    def _locked_out(self, rec: Reception) -> bool:
+        raw = rec.raw
+        if len(raw) < frame.HEADER_LEN:
+            return False
+        return self.mic_guard.is_locked(rec.gateway_id, int.from_bytes(raw[1:5], "big"))
 
     def _seen(self, verdict: int, w: frame.ReplayWindow, node_id: int, counter: int, rec: Reception) -> str:
         """A counter the window has seen: a copy to merge (DUPLICATE) or a replay (STALE)."""

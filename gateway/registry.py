@@ -32,8 +32,10 @@ a hostile or broken file from exhausting memory).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import secrets
 import stat
 import tomllib
 from collections.abc import Iterator
@@ -166,6 +168,50 @@ class NodeEntry:
         return d
 
 
+# Exclusive creation: a file or symlink planted at the temporary name makes the open fail (never
+# followed, never truncated); O_NOFOLLOW where the OS has it, for the same reason.
+_EXCL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_TMP_TRIES = 16
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically with mode 0600: new file, fsync, rename, fsync the directory.
+
+    The temporary file (same directory, random name) is created with O_CREAT | O_EXCL, mode
+    0600 (issue 20): before, a predictable name opened without O_EXCL followed a symlink
+    planted there, and the root keys went wherever it pointed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(_TMP_TRIES):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, _EXCL_FLAGS, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path.parent}: cannot create a temporary file for {path.name}")
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is reduced by the umask; this is not
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class Registry:
     """The nodes of one gateway, loaded from and saved to one TOML file."""
 
@@ -232,21 +278,7 @@ class Registry:
             "# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
             "# Written by provisioning and the gateway's API; see gateway/registry.py.\n" + tomli_w.dumps(doc)
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode is reduced by the umask; this is not
-            os.write(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_private(self.path, text.encode("utf-8"))
 
     def replace_all(self, other: Registry) -> list[int]:
         """Take `other`'s nodes (a reloaded file) in place; returns the ids whose root key changed.

@@ -184,6 +184,7 @@ class Gateway:
                     tx_power=s.tx_power_dbm,
                     invert_iq=s.invert_iq,
                     accept_no_crc=s.accept_no_crc,
+                    trust_time=cfg.gateway.trust_radio_time,
                 )
             )
         for sp in cfg.serial:
@@ -197,6 +198,7 @@ class Gateway:
                     mode=sp.mode,
                     reconnect_min=sp.reconnect_min_s,
                     reconnect_max=sp.reconnect_max_s,
+                    trust_time=cfg.gateway.trust_radio_time,
                 )
             )
         if cfg.ble.enabled:

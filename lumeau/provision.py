@@ -20,7 +20,6 @@ config. The key is never printed unless ``show_key`` is asked for.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import urllib.error
 import urllib.request
@@ -93,17 +92,41 @@ def build_config(
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a file only its owner can read, atomically (temporary file created O_EXCL, mode 0600)."""
+    from gateway.registry import write_private as write
+
+    write(path, data)
+
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def check_gateway_url(url: str) -> None:
+    """Refuse a URL the root key must not travel to: https://, or http:// to this host only.
+
+    The key goes in the request body; over plain HTTP anyone on the path reads it (issue 20).
+    """
+    import ipaddress
+    import urllib.parse
+
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        u = urllib.parse.urlsplit(url)
+        host = u.hostname or ""
+    except ValueError as e:
+        raise ProvisionError(f"--gateway {url!r}: not a URL ({e})") from None
+    if u.scheme == "https" and host:
+        return
+    if u.scheme != "http" or not host:
+        raise ProvisionError(f"--gateway {url!r}: give an https:// URL (or http:// to this host)")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host.lower().rstrip(".") in LOOPBACK_NAMES
+    if not loopback:
+        raise ProvisionError(
+            f"--gateway {url!r}: refusing to send a root key over plain http:// to {host}; "
+            "use https:// (plain http:// only to this host: localhost, 127.0.0.1, ::1)"
+        )
 
 
 def _api(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -161,6 +184,7 @@ def provision(
         old = reg.get(node_id)
     else:
         assert gateway is not None  # exactly one of registry and gateway, checked above
+        check_gateway_url(gateway)
         if not token:
             raise ProvisionError("--gateway needs the API token (--token or LUMEAU_API_TOKEN)")
         allocate = node_id is None

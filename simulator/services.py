@@ -119,6 +119,7 @@ def gateway_config(
         f"id = {q(gateway_id)}",
         f"database = {q(database)}",
         f"registry = {q(registry)}",
+        "trust_radio_time = true",  # the bridges' TIME and forwarders' `time` are the virtual clock
         "[log]",
         'level = "info"',
         f"file = {q(log_file)}",

@@ -239,3 +239,21 @@ async def test_quarantine_is_inspectable(gw):
     assert doc["records"] == 1
     [batch] = doc["batches"]
     assert batch["status"] == 422 and batch["records"][0]["id"] == "00000002-3"
+
+
+async def test_metrics_count_bad_mic_lockouts(gw):
+    # issue 20, finding 8: the brute-force limiter is visible to the operator
+    from gateway.micguard import BAD_MIC_BURST
+
+    http, p, _ = gw
+    for i in range(BAD_MIC_BURST + 5):
+        bad = bytearray(seal(2, 1))
+        bad[-4:] = i.to_bytes(4, "big")
+        await p.ingest(reception(bytes(bad), gateway_id="serial:/dev/ttyS0", transport="serial"))
+    async with http.get("/metrics", headers=AUTH) as r:
+        fams = parse_prometheus(await r.text())
+    assert fams["lumeau_mic_lockouts_total"] == {"": 1}
+    assert fams["lumeau_mic_locked"] == {"": 1} and fams["lumeau_mic_tracked"] == {"": 1}
+    rej = fams["lumeau_frames_rejected_total"]
+    assert rej['reason="mic_lockout",transport="serial"'] == 4
+    assert rej['reason="bad_mic",transport="serial"'] == BAD_MIC_BURST + 1

@@ -184,7 +184,7 @@ async def test_serial_nodes_get_downlinks_at_once_and_time_is_filled_when_sent(g
     p, d, clock = gw
     radio = Radio("serial:a")
     await uplink(p, d, seal(NODE, 1), radio, "serial")
-    clock.t += 3600.25
+    clock.t += 600.25  # within LAST_RX_TTL_S: the wire is still the node's route
     dl = await d.enqueue(NODE, m.TIME, {})
     cfg = await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}})
     await d.idle()
@@ -277,3 +277,67 @@ async def test_an_ack_that_arrives_while_the_send_still_waits_is_not_overwritten
     got = p.store.downlink(dl.id)
     assert (got.state, got.result) == ("acked", m.RES_OK)
     assert d.pending(NODE) == 0
+
+
+# ---------------------------------------------------------------- path binding (issue 20, finding 2)
+
+
+async def test_a_ble_relay_of_a_lora_alarm_does_not_take_the_downlinks(gw):
+    # The attack: a device relays a copy of a LoRa alarm over BLE, claiming -45 dBm. Before the
+    # fix the best-RSSI choice ran across transports, so the BLE copy won: ACK, CONFIG and TIME
+    # went to the relay (immediate: everything due at once) and were marked sent.
+    p, d, _ = gw
+    cfg = await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}})
+    tim = await d.enqueue(NODE, m.TIME, {})
+    lora, relay = Radio("udp:mast"), Radio("ble:66:66:66:66:66:66")
+    raw = alarm(50)
+    verdicts = await asyncio.gather(
+        p.ingest(reception(raw, transport="udp", path=lora, gateway_id=lora.name, rssi=-112.0)),
+        p.ingest(reception(raw, transport="ble", path=relay, gateway_id=relay.name, rssi=-45.0)),
+    )
+    await d.idle()
+    assert verdicts == ["accepted", "duplicate"]
+    assert relay.sent == []
+    assert lora.sent == [(m.ACK, 0, {0: 50, 1: 0})]  # one frame per LoRa window, on the radio path
+    assert p.store.downlink(cfg.id).state == "queued" and p.store.downlink(tim.id).state == "queued"
+    # the next uplinks, heard on the radio only, carry the CONFIG then the TIME -- still not the relay
+    await uplink(p, d, seal(NODE, 51), lora, rssi=-112.0)
+    await uplink(p, d, seal(NODE, 52), lora, rssi=-112.0)
+    assert [t for t, _c, _b in lora.sent] == [m.ACK, m.CONFIG, m.TIME] and relay.sent == []
+    assert d.counts["path_switches_refused"] >= 1
+
+
+async def test_a_duplicate_heard_first_never_switches_the_transport(gw):
+    # The relay's copy may reach the pipeline while the radio copy's commit is in flight (the
+    # "early" copies): it still does not take the answer from the transport that was committed.
+    p, d, _ = gw
+    lora, relay = Radio("udp:mast"), Radio("ble:66:66:66:66:66:66")
+    raw = alarm(60)
+    first = asyncio.ensure_future(
+        p.ingest(reception(raw, transport="udp", path=lora, gateway_id=lora.name, rssi=-110.0))
+    )
+    await asyncio.sleep(0)
+    assert await p.ingest(reception(raw, transport="ble", path=relay, gateway_id=relay.name, rssi=-40.0)) == "duplicate"
+    assert await first == "accepted"
+    await d.idle()
+    assert relay.sent == [] and lora.sent == [(m.ACK, 0, {0: 60, 1: 0})]
+
+
+async def test_the_last_receive_record_expires_and_a_radio_uplink_replaces_it(gw):
+    from gateway.downlinks import LAST_RX_TTL_S
+
+    p, d, clock = gw
+    wire, lora = Radio("ble:aa"), Radio("udp:mast")
+    await uplink(p, d, seal(NODE, 1), wire, "ble")
+    clock.t += LAST_RX_TTL_S + 1  # the BLE node left (or a relay spoke once) long ago
+    await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}})
+    await d.idle()
+    assert wire.sent == []  # not pushed to a stale link: it waits for the next uplink
+    await uplink(p, d, seal(NODE, 2), lora)
+    assert [t for t, _c, _b in lora.sent] == [m.CONFIG]
+    # an uplink over the radio forgets an immediate link at once: later downlinks wait for the radio
+    await uplink(p, d, seal(NODE, 3), wire, "ble")
+    await uplink(p, d, seal(NODE, 4), lora)
+    await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 600}})
+    await d.idle()
+    assert wire.sent == []

@@ -229,8 +229,11 @@ async def test_rejections_are_logged_at_a_bounded_rate_without_keys(gw):
         root.propagate = True  # give the other tests their caplog back
         root.setLevel(logs.logging.NOTSET)
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
-    assert gw.rejected[("bad_mic", "inproc")] == 500
-    assert 0 < len(lines) <= logs.LOG_BURST + 5  # the burst, then about LOG_RATE per second
+    # past the bad-MIC budget of (link, node) the rest are refused unchecked (gateway/micguard.py)
+    assert gw.rejected[("bad_mic", "inproc")] + gw.rejected[("mic_lockout", "inproc")] == 500
+    # per reason (bad_mic, then mic_lockout, and the lockout's own warning): the burst, then about
+    # LOG_RATE per second
+    assert 0 < len(lines) <= 2 * logs.LOG_BURST + 6
     assert lines[0]["reason"] == "bad_mic" and lines[0]["node"] == "00000001"
     text = buf.getvalue()
     for n in NODES:
@@ -362,3 +365,88 @@ def test_fuzz_damaged_frames(fuzz_gw, pos, value, cut):
 def test_reception_model_is_what_transports_build():
     r = Reception(raw=b"x", transport="udp", gateway_id="udp:01", rx_time=1.0)
     assert r.rssi is None and r.path is None
+
+
+# ---------------------------------------------------------------- brute force (issue 20, finding 8)
+
+
+def forged(node_id: int, i: int) -> bytes:
+    raw = bytearray(seal(node_id, 1))
+    raw[-4:] = (0xA5A5A5A5 ^ i).to_bytes(4, "big")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+async def test_forgeries_past_the_budget_lock_out_only_that_link_and_node(tmp_path, compiled):
+    # Before: every forgery cost a MIC (206,000 a second on one core over serial/BLE), forever.
+    from gateway.micguard import BAD_MIC_BURST, LOCKOUT_MIN_S
+
+    if compiled:
+        from gateway import pipeline as pmod
+
+        if pmod._fastadmit is None:
+            pytest.skip("gateway._fastadmit is not built")
+    t = [1000.0]
+    s = await Store.open(tmp_path / "gw.db")
+    p = Pipeline(registry(tmp_path / "nodes.toml", range(1, 4)), s, compiled=compiled, clock=lambda: t[0])
+    heard = []
+    p.mic_guard.listeners.append(lambda gw_id, node, secs: heard.append((gw_id, node, secs)))
+    calls = []
+    real_verify = frame.verify
+
+    def counting_verify(keys, f):
+        calls.append(f.node_id)
+        return real_verify(keys, f)
+
+    try:
+        frame.verify = counting_verify
+        link = "serial:/dev/ttyUSB0"
+        verdicts = [await p.ingest(reception(forged(1, i), gateway_id=link, transport="serial")) for i in range(1000)]
+        assert verdicts.count("bad_mic") == BAD_MIC_BURST + 1  # the burst, then the one that locked it
+        assert verdicts.count("mic_lockout") == 1000 - BAD_MIC_BURST - 1
+        assert len(calls) == BAD_MIC_BURST + 1  # refused without computing a MIC
+        assert heard == [(link, 1, LOCKOUT_MIN_S)]
+        # other nodes on the same wire, and the same node on another radio, are not touched
+        assert await p.ingest(reception(seal(2, 1), gateway_id=link, transport="serial")) == "accepted"
+        assert await p.ingest(reception(seal(1, 1), gateway_id="udp:mast", transport="udp")) == "accepted"
+        # the locked (link, node) loses its valid frames too until the lockout ends: the trade-off
+        assert await p.ingest(reception(seal(1, 2), gateway_id=link, transport="serial")) == "mic_lockout"
+        t[0] += LOCKOUT_MIN_S + 1
+        assert await p.ingest(reception(seal(1, 3), gateway_id=link, transport="serial")) == "accepted"
+        # a second lockout lasts twice as long
+        for i in range(BAD_MIC_BURST + 1):
+            await p.ingest(reception(forged(1, i), gateway_id=link, transport="serial"))
+        assert heard[-1] == (link, 1, 2 * LOCKOUT_MIN_S)
+        st = p.mic_guard.stats()
+        assert st["lockouts"] == 2 and st["locked"] == 1 and st["refused"] >= 1000 - BAD_MIC_BURST - 1
+    finally:
+        frame.verify = real_verify
+        await p.close()
+        await s.close()
+
+
+async def test_a_node_with_a_stale_key_is_never_locked_out(tmp_path):
+    # A re-keyed node still sealing with its old key fails one MIC per report: far below the refill.
+    t = [1000.0]
+    s = await Store.open(tmp_path / "gw.db")
+    p = Pipeline(registry(tmp_path / "nodes.toml", [1]), s, clock=lambda: t[0])
+    try:
+        for i in range(500):
+            assert await p.ingest(reception(forged(1, i), gateway_id="serial:a", transport="serial")) == "bad_mic"
+            t[0] += 30.0  # the shortest report interval
+        assert p.mic_guard.stats()["lockouts"] == 0
+    finally:
+        await p.close()
+        await s.close()
+
+
+async def test_the_limiter_memory_is_bounded(tmp_path):
+    from gateway import micguard
+
+    t = [0.0]
+    g = micguard.MicGuard(lambda: t[0])
+    for i in range(micguard.MAX_TRACKED * 3):
+        for _ in range(micguard.BAD_MIC_BURST + 1):
+            g.bad_mic(f"udp:{i:016x}", 1)
+    st = g.stats()
+    assert st["tracked"] == micguard.MAX_TRACKED and st["locked"] <= micguard.MAX_TRACKED

@@ -617,3 +617,71 @@ def test_micropython_image_refusals(monkeypatch, tmp_path, bundle_dir, capsys):
         ["node", "flash", "--port", str(port), "--bundle", str(rp2.directory), "--micropython", str(image)]
     )
     assert rc == 1 and "BOOTSEL" in capsys.readouterr().err
+
+
+# -- issue 20, finding 10: where the root key may go, and how its files are created ---------------
+
+
+def test_provision_refuses_plain_http_to_another_host(tmp_path):
+    # Before: the root key was PUT to any URL, plain http:// to a remote host included.
+    proc = lumeau(
+        "node", "provision", "--kind", "lighting", "--gateway", "http://192.0.2.7:8080", "--out", str(tmp_path / "m")
+    )
+    assert proc.returncode == 1 and "https://" in proc.stderr and "cannot reach" not in proc.stderr
+    from lumeau.provision import ProvisionError, check_gateway_url, provision
+
+    for url in ("http://gateway.example.org:8080", "http://10.0.0.5", "http://[2001:db8::1]/", "ftp://x", "gw:8080"):
+        with pytest.raises(ProvisionError):
+            check_gateway_url(url)
+    for url in ("https://gateway.example.org", "http://localhost:8080", "http://127.0.0.1:1", "http://[::1]:8080"):
+        check_gateway_url(url)
+    sent = []
+
+    import lumeau.provision as prov
+
+    real = prov._api
+
+    def spy(*a, **kw):
+        sent.append(a)
+        return real(*a, **kw)
+
+    prov._api = spy
+    try:
+        with pytest.raises(ProvisionError, match="plain http"):
+            provision("lighting", tmp_path / "n.json", gateway="http://192.0.2.7:8080", token="t")
+    finally:
+        prov._api = real
+    assert sent == [] and not (tmp_path / "n.json").exists()  # nothing left the machine
+
+
+@pytest.mark.parametrize("writer", ["registry", "config"])
+def test_key_files_are_written_through_an_exclusively_created_temp_file(tmp_path, monkeypatch, writer):
+    # Before: `.NAME.PID.tmp` opened with O_CREAT|O_TRUNC (no O_EXCL) followed a symlink planted
+    # there, and the root keys were written wherever it pointed.
+    from gateway.registry import NodeEntry
+    from lumeau.provision import write_private
+
+    victim = tmp_path / "victim"
+    victim.write_text("not yours\n")
+    target = tmp_path / "nodes.toml" if writer == "registry" else tmp_path / "node.json"
+    (tmp_path / f".{target.name}.{os.getpid()}.tmp").symlink_to(victim)
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, mode=0o777, *a, **kw):
+        opened.append((str(path), flags, mode))
+        return real_open(path, flags, mode, *a, **kw)
+
+    monkeypatch.setattr(os, "open", spy)
+    if writer == "registry":
+        reg = Registry(target)
+        reg.upsert(NodeEntry(node_id=7, kind="lighting", root_key=bytes(range(16))))
+        reg.save()
+    else:
+        write_private(target, b'{"root_key": "00"}\n')
+    monkeypatch.undo()
+    assert victim.read_text() == "not yours\n"  # the planted link was not followed
+    [(tmp, flags, mode)] = [o for o in opened if o[0].endswith(".tmp")]
+    assert flags & os.O_CREAT and flags & os.O_EXCL and mode == 0o600
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not os.path.exists(tmp)  # renamed over the target

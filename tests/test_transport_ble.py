@@ -390,7 +390,11 @@ async def test_the_connection_limit_is_kept(gw):
     nodes = [air.add(Peripheral(air, f"C0:FF:EE:00:01:{i:02X}", i + 1)) for i in range(5)]
     t = await transport(gw, air, max_connections=3)
     try:
+<<<<<<< ours
         await until(lambda: len(t.links) == 3 and all(link.connected for link in t.links.values()), advertise=air)
+=======
+        await until(lambda: len(t.links) == 3 and all(k.connected for k in t.links.values()), advertise=air)
+>>>>>>> theirs
         refused = t.stats().get("connection_limit", 0)
         for _ in range(5):
             air.advertise()
@@ -506,7 +510,73 @@ def test_after_the_fuzz_a_good_frame_still_goes_through(live_link):
     loop, g, node, t = live_link
     for c in HOSTILE:
         node.notify_bytes(c)
-    raw = light_frame(node_id=0x5151, counter=1)
+    raw = light_frame(node_id=0x4242, counter=1)  # the link's own node (a link carries only its frames)
     node.notify_frame(raw)
     loop.run_until_complete(g.seen.wait(lambda: any(r.raw == raw for r in g.seen.receptions), 3))
     assert t.stats().get("internal_error", 0) == 0 and len(t.links) == 1
+
+
+# -- path binding and brute force (issue 20, findings 2 and 8) ------------------------------------
+
+
+async def test_only_registered_nodes_are_connected_by_default(tmp_path):
+    # Before: the transport connected to any device advertising the service (a relay, a fake node).
+    g = await Gateway.open(tmp_path / "gw.db", known={0x00A1B2C3})
+    air = Air()
+    anonymous = air.add(Peripheral(air, "AA:00:00:00:01:01", None))  # no node id in its advertisement
+    stranger = air.add(Peripheral(air, "AA:00:00:00:01:02", 0x0BADF00D))  # not in the registry
+    ours = air.add(Peripheral(air, "AA:00:00:00:01:03", 0x00A1B2C3))
+    t = await transport(g, air)
+    try:
+        await until(lambda: ours.subscriber is not None, advertise=air)
+        for _ in range(3):
+            air.advertise()
+        assert (anonymous.connects, stranger.connects, ours.connects) == (0, 0, 1)
+        assert list(t.links) == [ours.address]
+        assert t.stats()["filtered"] >= 6
+    finally:
+        await t.stop()
+        await g.close()
+
+
+async def test_a_link_carries_only_its_own_nodes_frames(gw):
+    # A registered device relays another node's (LoRa) frame over its BLE link: refused, so the
+    # relay never becomes that node's downlink path.
+    air = Air()
+    node = air.add(Peripheral(air, "C0:FF:EE:00:04:01", 0x00A1B2C3))
+    t = await transport(gw, air)
+    try:
+        await until(lambda: node.subscriber is not None, advertise=air)
+        node.notify_frame(light_frame(node_id=0x00D00D00, counter=9))  # someone else's frame
+        node.notify_frame(light_frame(counter=1))  # its own
+        await gw.seen.wait(lambda: gw.seen.uplinks)
+        await gw.wait(lambda: gw.rejected("ble").get("wrong_node") == 1)
+        assert [rec.node_id for rec, _ in gw.seen.uplinks] == [0x00A1B2C3]
+        assert t.stats()["wrong_node"] == 1
+    finally:
+        await t.stop()
+
+
+async def test_forging_macs_over_a_link_gets_it_dropped(gw):
+    # Brute force: forged MICs at line rate over BLE. Past the bad-MIC budget of (link, node) the
+    # gateway drops the connection and does not reconnect before the lockout ends.
+    air = Air()
+    node = air.add(Peripheral(air, "C0:FF:EE:00:04:02", 0x00A1B2C3))
+    t = await transport(gw, air)
+    try:
+        await until(lambda: node.subscriber is not None, advertise=air)
+        good = light_frame(counter=1)
+        for i in range(200):
+            forged = bytearray(good)
+            forged[-4:] = i.to_bytes(4, "big")
+            node.notify_frame(bytes(forged))
+        await until(lambda: t.stats().get("mic_lockout_disconnects", 0) == 1)
+        await until(lambda: node.address not in t.links)
+        for _ in range(5):
+            air.advertise()
+            await asyncio.sleep(0.01)
+        assert node.connects == 1  # not reconnected while locked out
+        rejected = gw.rejected("ble")
+        assert rejected["bad_mic"] <= 40 and rejected.get("mic_lockout", 0) >= 1
+    finally:
+        await t.stop()

@@ -191,6 +191,17 @@ async def test_receive_time_from_the_forwarder_or_else_our_clock(server):
     assert abs(junk.rx_time - time.time()) < 5 and abs(unset.rx_time - time.time()) < 5
 
 
+async def test_a_forwarder_time_in_the_future_is_capped_at_the_present(server):
+    # issue 20, finding 9: a reception is never dated after the present, so a node's last_seen is not
+    srv, gw = server
+    fwd = await forwarder(srv)
+    await fwd.push([rxpk(light_frame(counter=1), time="2096-01-01T00:00:00Z")])
+    await gw.seen.wait(lambda: gw.seen.uplinks)
+    assert abs(gw.seen.receptions[0].rx_time - time.time()) < 5
+    await gw.store.drain()
+    assert gw.store.node_state(0x00A1B2C3)["last_seen"] <= time.time()
+
+
 async def test_garbage_rxpk_entries_are_counted_not_fatal(server):
     srv, gw = server
     fwd = await forwarder(srv)

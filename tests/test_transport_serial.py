@@ -483,7 +483,10 @@ async def test_auto_mode_takes_wired_frames_and_bridge_messages_on_one_port(tmp_
 async def test_a_bridge_that_knows_the_time_dates_its_frames(tmp_path, gw):
     """TIME (SPEC §10) maps the bridge's counter to Unix time: RX are dated by their tmst, not on arrival."""
     dev = PtyDevice(tmp_path / "ttyTIME")
-    t = SerialTransport(gw.pipeline, str(dev.link), mode="bridge", reconnect_min=0.02, reconnect_max=0.05)
+    # trust_time: the simulator's virtual clock, far from this machine's (the test below is the default)
+    t = SerialTransport(
+        gw.pipeline, str(dev.link), mode="bridge", reconnect_min=0.02, reconnect_max=0.05, trust_time=True
+    )
     await t.start()
     try:
         await t.wait_connected(3)
@@ -506,6 +509,40 @@ async def test_a_bridge_that_knows_the_time_dates_its_frames(tmp_path, gw):
         await gw.seen.wait(lambda: len(gw.seen.uplinks) == 3)
         assert abs(gw.seen.uplinks[2][1].rx_time - time.time()) < 5
         assert t.stats()["bridge_time"] == 1
+    finally:
+        await t.stop()
+        dev.close()
+
+
+async def test_a_bridge_time_far_from_the_host_clock_is_refused_and_last_seen_stays_in_the_present(tmp_path, gw):
+    """Issue 20, finding 9: bridge TIME is unauthenticated. Before, a TIME of 2096 made the node's
+    last_seen 2096: it could never be reported silent."""
+    dev = PtyDevice(tmp_path / "ttyT2096")
+    t = SerialTransport(gw.pipeline, str(dev.link), mode="bridge", reconnect_min=0.02, reconnect_max=0.05)
+    await t.start()
+    try:
+        await t.wait_connected(3)
+        y2096 = 3_976_214_400  # 2096-01-01 00:00:00 UTC
+
+        def rx(tmst: int, counter: int) -> bytes:
+            return framing.encode(bm.encode_rx(tmst, 868_100_000, 9, 125_000, -90, 10, light_frame(counter=counter)))
+
+        dev.write(framing.encode(bm.encode_time(1000, y2096, 0)) + rx(2000, 1))
+        await gw.seen.wait(lambda: len(gw.seen.uplinks) == 1)
+        assert abs(gw.seen.uplinks[0][1].rx_time - time.time()) < 5
+        await gw.store.drain()
+        assert gw.store.node_state(0x00A1B2C3)["last_seen"] <= time.time()
+        assert t.stats()["bridge_time_refused"] == 1 and t.stats().get("bridge_time", 0) == 0
+        # a TIME within the bound is taken; an RX whose tmst runs far ahead of it is still not dated
+        # after the present
+        now = time.time()
+        dev.write(framing.encode(bm.encode_time(5000, int(now), 0)) + rx(5000 + 86_400_000, 2))
+        await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+        assert gw.seen.uplinks[1][1].rx_time <= time.time()
+        assert t.stats()["bridge_time"] == 1
+        from gateway.transports.serial import BRIDGE_TIME_SKEW_S
+
+        assert BRIDGE_TIME_SKEW_S == 5.0  # the bound, named
     finally:
         await t.stop()
         dev.close()

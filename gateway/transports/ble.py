@@ -16,8 +16,17 @@ What this module does:
   scanning. A missing adapter is retried (backoff up to `retry_max`), not
   fatal: the other transports keep running;
 - connects to each node it hears, at most `max_connections` at a time
-  (7: what common controllers handle with BlueZ), skipping node ids that
-  `node_filter` refuses (when the scan response names one);
+  (7: what common controllers handle with BlueZ), only when its
+  advertisement names a node id (service data) that `node_filter` accepts
+  -- by default, a node in the pipeline's registry (issue 20: a device
+  advertising the service is not thereby a node; anything else is counted
+  in `filtered`);
+- binds each link to the node id it advertised: a frame of another node
+  arriving over it (a relayed LoRa frame) is rejected as `wrong_node`
+  before the pipeline, so a relay never becomes a node's downlink path;
+- drops a link when the pipeline locks its (link, node) out after too many
+  bad MICs (gateway/micguard.py) and does not connect that node id over
+  BLE, from any address, until the lockout ends (`mic_lockout_disconnects`);
 - turns notifications into frames (protocol.serial.Decoder per link) and
   hands them to the pipeline as Reception(transport="ble",
   gateway_id="ble:<address>", rssi=the node's last advertisement RSSI);
@@ -55,7 +64,7 @@ from bleak.exc import BleakError
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
-from gateway.transports import DownlinkError, Ingestor, LineDrops, Pipeline
+from gateway.transports import DownlinkError, Ingestor, LineDrops, Pipeline, report_reject
 from protocol import serial as framing
 from protocol.ble import FRAMES_UUID
 from protocol.ble import TRANSPORT_SERVICE_UUID as SERVICE_UUID
@@ -85,9 +94,11 @@ def advertised_node_id(adv: AdvertisementData) -> int | None:
 class BleLink:
     """One connection to one node: reads its notifications, writes its downlinks."""
 
-    def __init__(self, owner: BleTransport, device: BLEDevice) -> None:
+    def __init__(self, owner: BleTransport, device: BLEDevice, node_id: int) -> None:
         self.owner = owner
         self.device = device
+        self.node_id = node_id  # the node it advertised: the only one whose frames it carries
+        self._node_bytes = node_id.to_bytes(4, "big")
         self.address = device.address
         self.gateway_id = f"{TRANSPORT}:{device.address}"
         self.decoder = framing.Decoder(owner.max_frame)
@@ -132,6 +143,10 @@ class BleLink:
     async def close(self) -> None:
         self._gone.set()
 
+    def drop(self) -> None:
+        """End the link now (from a callback): `run` returns and disconnects."""
+        self._gone.set()
+
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         o = self.owner
         try:
@@ -142,6 +157,17 @@ class BleLink:
             rssi = o.rssi.get(self.address)
             for raw in payloads:
                 o.counts["packets"] += 1
+                if len(raw) >= 5 and raw[1:5] != self._node_bytes:
+                    o.counts["wrong_node"] += 1
+                    report_reject(
+                        o.pipeline,
+                        "wrong_node",
+                        TRANSPORT,
+                        o.limiter,
+                        log,
+                        f"node {int.from_bytes(raw[1:5], 'big'):08x} over the link of node {self.node_id:08x}",
+                    )
+                    continue
                 o.ingestor.offer(
                     Reception(
                         raw=raw,
@@ -216,7 +242,7 @@ class BleTransport:
             raise ValueError("scan_window and scan_interval must be positive")
         self.pipeline = pipeline
         self.adapter = adapter
-        self.node_filter = node_filter
+        self.node_filter = node_filter if node_filter is not None else self._registered
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.retry_min = retry_min
@@ -236,6 +262,10 @@ class BleTransport:
         self.links: dict[str, BleLink] = {}
         self.rssi: OrderedDict[str, float] = OrderedDict()
         self._retry: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (not before, last delay)
+        self._banned: OrderedDict[int, float] = OrderedDict()  # node id -> monotonic end of its MIC lockout
+        guard = getattr(pipeline, "mic_guard", None)
+        if guard is not None:
+            guard.listeners.append(self._on_mic_lockout)
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanner: BleakScanner | None = None
         self._scan_task: asyncio.Task[None] | None = None
@@ -282,6 +312,25 @@ class BleTransport:
             except (BleakError, OSError):
                 pass
 
+    def _registered(self, node_id: int) -> bool:
+        """The default node_filter: the node is in the pipeline's registry (asked at each advertisement)."""
+        registry = getattr(self.pipeline, "registry", None)
+        return registry is not None and registry.get(node_id) is not None
+
+    def _on_mic_lockout(self, gateway_id: str, node_id: int, seconds: float) -> None:
+        """The pipeline locked (link, node) out: drop the link, keep that node off BLE until it ends."""
+        if not gateway_id.startswith(TRANSPORT + ":"):
+            return
+        self._remember(self._banned, node_id, self.monotonic() + seconds)
+        link = self.links.get(gateway_id[len(TRANSPORT) + 1 :])
+        if link is not None:
+            self.counts["mic_lockout_disconnects"] += 1
+            log.warning(
+                "ble link dropped: too many bad MICs",
+                extra={"address": link.address, "node": f"{node_id:08x}", "lockout_s": seconds},
+            )
+            link.drop()
+
     async def stop(self) -> None:
         if self._scan_task is not None:
             self._scan_task.cancel()
@@ -309,7 +358,7 @@ class BleTransport:
     # -- scanning ----------------------------------------------------------
 
     @staticmethod
-    def _remember(d: OrderedDict, key: str, value: Any) -> None:
+    def _remember(d: OrderedDict, key: Any, value: Any) -> None:
         d[key] = value
         d.move_to_end(key)
         while len(d) > MAX_TRACKED:
@@ -332,16 +381,22 @@ class BleTransport:
         if addr in self.links:
             return
         node_id = advertised_node_id(adv)
-        if node_id is not None and self.node_filter is not None and not self.node_filter(node_id):
+        if node_id is None or not self.node_filter(node_id):
             self.counts["filtered"] += 1
             return
+        banned = self._banned.get(node_id)
+        if banned is not None:
+            if self.monotonic() < banned:
+                self.counts["mic_lockout_refused"] += 1
+                return
+            del self._banned[node_id]
         not_before, _ = self._retry.get(addr, (0.0, 0.0))
         if self.monotonic() < not_before:
             return
         if len(self.links) >= self.max_connections:
             self.counts["connection_limit"] += 1
             return
-        link = self.links[addr] = BleLink(self, device)
+        link = self.links[addr] = BleLink(self, device, node_id)
         task = asyncio.get_running_loop().create_task(self._keep(link), name=f"ble-{addr}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -193,6 +193,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         tx_ack_timeout: float = DEFAULT_TX_ACK_TIMEOUT_S,
         route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
         ingestor: Ingestor | None = None,
+        trust_time: bool = False,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -208,6 +209,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.send_margin = send_margin
         self.tx_ack_timeout = tx_ack_timeout
         self.route_timeout = route_timeout
+        self.trust_time = trust_time  # a `time` after the present is kept (the simulator's virtual time)
         self.clock = clock
         self.monotonic = monotonic
         self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
@@ -386,6 +388,9 @@ class SemtechServer(asyncio.DatagramProtocol):
             rssi = rssi if rssi is not None else _number(rsig[0].get("rssic"))
             snr = snr if snr is not None else _number(rsig[0].get("lsnr"))
         rx_time = _parse_time(pk.get("time"))
+        now = self.clock()
+        if rx_time is None or (rx_time > now and not self.trust_time):
+            rx_time = now  # never after the present: a node's last_seen must not leave it (issue 20)
         path = None
         if tmst is not None and freq is not None and sf is not None and isinstance(datr, str):
             path = Uplink(
@@ -401,7 +406,7 @@ class SemtechServer(asyncio.DatagramProtocol):
             raw=raw,
             transport=TRANSPORT,
             gateway_id=f"{TRANSPORT}:{fwd.eui}",
-            rx_time=rx_time if rx_time is not None else self.clock(),
+            rx_time=rx_time,
             rssi=rssi,
             snr=snr,
             freq_hz=int(round(freq * 1e6)) if freq is not None else None,

@@ -26,7 +26,13 @@ bridge message (SPEC §10, first byte 0x80-0x9F, codec protocol/bridge_msg.py).
   (TIME, SPEC §10: a bridge with GNSS or an RTC, or the simulator's virtual
   clock): then each RX is dated from its own `tmst` on that mapping. The
   mapping is forgotten when the port reopens or a STATUS shows the bridge
-  restarted (its uptime went back).
+  restarted (its uptime went back). TIME is not authenticated (SPEC §10):
+  one further than BRIDGE_TIME_SKEW_S (5 s) from this host's clock is
+  refused (`bridge_time_refused`; the RX are dated by our clock), and an RX
+  is never dated after the present (issue 20: a TIME of 2096 made a node's
+  `last_seen` 2096, never silent). `trust_time=True` takes the bridge's
+  clock as it comes: only for the simulator's virtual time
+  (`[gateway] trust_radio_time`).
 
 Drops the decoder sees are reported to the pipeline as rejections, so line
 noise is counted like any other loss: bad CRC -> "bad_crc", invalid COBS or
@@ -73,6 +79,7 @@ MODES = ("auto", "wired", "bridge")
 DEFAULT_BAUDRATE = 115200
 DEFAULT_RECONNECT_MIN_S = 0.2
 DEFAULT_RECONNECT_MAX_S = 5.0
+BRIDGE_TIME_SKEW_S = 5.0  # a bridge TIME further than this from the host clock is refused
 DEFAULT_WRITE_TIMEOUT_S = 2.0  # a 255-byte frame takes 22 ms at 115200 Bd; 2 s means the line is stuck
 READ_CHUNK = 4096
 RX1_DELAY_S = 1.0  # SPEC §6
@@ -111,6 +118,7 @@ class SerialTransport:
         rx_delay: float = RX1_DELAY_S,
         send_margin: float = DEFAULT_BRIDGE_MARGIN_S,
         tx_power: int = DEFAULT_TX_POWER_DBM,
+        trust_time: bool = False,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -131,6 +139,7 @@ class SerialTransport:
         self.rx_delay = rx_delay
         self.send_margin = send_margin
         self.tx_power = tx_power
+        self.trust_time = trust_time
         self.clock = clock
         self.monotonic = monotonic
         self.gateway_id = f"{TRANSPORT}:{port}"
@@ -295,7 +304,10 @@ class SerialTransport:
             self.counts["bridge_rx"] += 1
             path = BridgeUplink(self, tmst, freq_hz, sf, bw_hz, self.monotonic())
             clock = self._bridge_clock
-            rx_time = self.clock() if clock is None else clock[1] + _delta32(tmst, clock[0]) / 1000
+            now = self.clock()
+            rx_time = now if clock is None else clock[1] + _delta32(tmst, clock[0]) / 1000
+            if rx_time > now and not self.trust_time:
+                rx_time = now  # never after the present (a tmst far ahead of the TIME's)
             await self.pipeline.submit(
                 Reception(
                     raw=raw,
@@ -318,7 +330,19 @@ class SerialTransport:
                 fut.set_result((result, started))
         elif t == bm.TIME:
             _, tmst, unix_s, ms = msg
-            self._bridge_clock = (tmst, unix_s + ms / 1000)
+            said = unix_s + ms / 1000
+            if not self.trust_time and abs(said - self.clock()) > BRIDGE_TIME_SKEW_S:
+                self.counts["bridge_time_refused"] += 1
+                self._bridge_clock = None
+                if self._limiter.allow("bridge_time_refused")[0]:
+                    log.warning(
+                        "bridge TIME refused: %.0f s from this host's clock (at most %.0f s)",
+                        said - self.clock(),
+                        BRIDGE_TIME_SKEW_S,
+                        extra={"port": self.port, "transport": TRANSPORT_BRIDGE},
+                    )
+                return
+            self._bridge_clock = (tmst, said)
             self.counts["bridge_time"] += 1
         elif t == bm.STATUS:
             _, uptime, rx_ok, rx_dropped, tx_ok, tx_refused, freq_hz, sf, bw_hz, fw = msg
