@@ -24,6 +24,7 @@
 #   dimming input range.
 # - Storage: one file per key in `storage_dir`, written to key + ".tmp"
 #   then renamed: atomic on LittleFS (the default filesystem of both ports).
+#   load() returns None only for ENOENT; any other error is raised.
 
 from protocol import messages as m
 
@@ -34,6 +35,7 @@ _PWM_HZ = const(1000)
 _ADC_REF_MV = const(3300)
 _TRUST_YEAR = const(2024)
 _UNIX_2000 = const(946684800)
+_ENOENT = const(2)  # errno.ENOENT on every MicroPython port and on CPython
 _SAFE_HIGH = ("lamp",)  # PWM outputs created fully on; every digital output starts at 0
 _PULL_UP_INPUTS = ("rain",)  # rain sensors are dry contacts to ground
 
@@ -169,11 +171,17 @@ class MachineHAL(HAL):
     # -- persistence ------------------------------------------------------------------
 
     def load(self, key):
+        # Only "no such file" means absent. Any other OSError (EIO, a flash
+        # read error, ENOMEM...) propagates: the store then refuses to open
+        # rather than restart a counter at 0 (SPEC §4 "Counter persistence").
         try:
-            with open(self._storage + "/" + key, "rb") as f:
-                return f.read()
-        except OSError:
-            return None
+            f = open(self._storage + "/" + key, "rb")
+        except OSError as e:
+            if e.args and e.args[0] == _ENOENT:
+                return None
+            raise
+        with f:
+            return f.read()
 
     def save(self, key, data):
         import os
