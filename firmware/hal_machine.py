@@ -35,7 +35,6 @@ _PWM_HZ = const(1000)
 _ADC_REF_MV = const(3300)
 _TRUST_YEAR = const(2024)
 _UNIX_2000 = const(946684800)
-_ENOENT = const(2)  # errno.ENOENT on every MicroPython port and on CPython
 _SAFE_HIGH = ("lamp",)  # PWM outputs created fully on; every digital output starts at 0
 _PULL_UP_INPUTS = ("rain",)  # rain sensors are dry contacts to ground
 
@@ -64,6 +63,9 @@ class MachineHAL(HAL):
         self._synced = False
         self._epoch = _UNIX_2000 if time_module.gmtime(0)[0] == 2000 else 0
         self._cause = self._map_cause(machine.reset_cause())
+        import errno
+
+        self._enoent = errno.ENOENT  # 2 on the boards; the port's own number, never hardcoded
         try:
             import os
 
@@ -177,7 +179,7 @@ class MachineHAL(HAL):
         try:
             f = open(self._storage + "/" + key, "rb")
         except OSError as e:
-            if e.args and e.args[0] == _ENOENT:
+            if e.args and e.args[0] == self._enoent:
                 return None
             raise
         with f:

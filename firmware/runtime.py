@@ -465,7 +465,8 @@ class Node:
         except StorageError as e:
             # not the item's fault: hold everything (the order stays, HELLO
             # first) and try the flash again later
-            self.last_error = repr(e)
+            if self.store.opened:  # else _open_store said why
+                self.last_error = repr(e)
             self.tx_failed += 1
             self._store_retry_ms = _clamp(self._store_retry_ms * 2, _STORE_RETRY_MS, _STORE_RETRY_MAX_MS)
             await hal.sleep_ms(self._store_retry_ms)
