@@ -74,6 +74,10 @@ class CounterExhausted(StorageError):
     """The uplink counter reached 2^32 - 1: the node must be re-keyed (SPEC §4)."""
 
 
+class ReadError(StorageError):
+    """A record could not be read (an I/O error, not "no such record"): try again later."""
+
+
 class NeedsRekey(StorageError):
     """No counter state for this root key and the key is not marked fresh (SPEC §4)."""
 
@@ -133,7 +137,7 @@ class Store:
             return _unseal(self.hal.load(key))  # None: no such record, and only that
         except OSError as e:
             self.faults += 1
-            raise StorageError("reading %s: %s" % (key, e))
+            raise ReadError("reading %s: %s" % (key, e))
         except StorageError:
             self.faults += 1
             raise StorageError("record %s is corrupted" % key)
@@ -144,7 +148,9 @@ class Store:
         """Reserve the first counters (write + read back) and load the rest.
 
         Raises StorageError when the counter record cannot be trusted or
-        written: the caller must not send then. A corrupted downlink, totals
+        written, or any record cannot be read (ReadError: an I/O error):
+        the caller must not send, nor accept downlinks, then. A corrupted
+        (unsealed) downlink, totals
         or settings record is dropped and counted in `faults` (the runtime
         reports EV_STORAGE_FAULT): totals restart from 0, settings from the
         file, and the downlink window from empty. An empty window would take
@@ -175,6 +181,8 @@ class Store:
         for key, loader in loaders:
             try:
                 payload = self._read(key)  # counts a corrupted record itself
+            except ReadError:
+                raise  # unread is not empty: an empty window would take old downlinks again
             except StorageError:
                 continue
             try:

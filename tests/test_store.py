@@ -305,3 +305,17 @@ def test_command_id_mark_persists_and_refuses_forgotten_old_ids():
     assert not s.stale_command(6)
     _, s2 = f.boot()
     assert s2.cmd_mark == 5 and s2.stale_command(1) and not s2.stale_command(6)
+
+
+def test_an_io_error_reading_the_window_is_not_an_empty_window():
+    f = Flash()
+    _, s = f.boot()
+    s.accept_downlink(40)
+    hal = FlakyHAL(f.clock, storage=f.storage, fail_loads=("dl",))
+    s2 = Store(hal)
+    with pytest.raises(StorageError):
+        s2.open()
+    assert not s2.opened  # no downlink accepted against an empty window
+    hal.fail_loads.clear()
+    s2.open()
+    assert s2.window.top == 40 and s2.window.check(30) != ACCEPT
