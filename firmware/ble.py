@@ -215,6 +215,7 @@ class Commissioning:
             store.accept_downlink(f.counter)  # persisted before acting, as any downlink
         except StorageError as e:
             node.last_error = repr(e)
+            return self._refuse(bp.R_STORAGE)  # not persisted (or the store is not open): not acted on
         try:
             msg = m.decode(t, body)
         except m.MessageError:

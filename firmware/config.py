@@ -13,6 +13,11 @@
 #     "pins": {"lamp": 25, "pir": 26, ...},     for the board HAL
 #     "adc_scale": {"supply": [11, 1]},         voltage dividers in front of ADC inputs
 #     (radio "uart": {"id": 1, "baud": 115200, "tx": 17, "rx": 16} for a wired node)
+#     "key_fresh": true,                written by `lumeau node provision` with a new
+#                                       key: the uplink counter may start at 0 when
+#                                       no state of this key is on the board (SPEC §4
+#                                       "Counter persistence"); the node clears it
+#                                       once it holds state (clear_fresh)
 #     "ble": {"enabled": false, "configure": true, "adv_interval_ms": 500},
 #                                       BLE commissioning (firmware/ble.py); off by default
 #     "lighting": {...}, "irrigation": {...}     the app's own section
@@ -23,7 +28,9 @@
 # The app sections are passed through as dicts: each app validates its own.
 # The root key never stays in the dict: it becomes cfg["keys"], a
 # protocol.keys.NodeKeys whose repr hides key material, so printing a config
-# cannot leak it. The config hash (first 4 bytes of SHA-256 of the file's
+# cannot leak it. cfg["key_id"] is key_id(root): 8 bytes of SHA-256 over a
+# label and the key (never the key), stored beside the uplink counter so the
+# counter state is known to be this key's. The config hash (first 4 bytes of SHA-256 of the file's
 # bytes, SPEC §5 HELLO) is cfg["hash"].
 
 import hashlib
@@ -49,6 +56,7 @@ DEFAULTS = {
     "confirm_alarms": True,
     "encrypt": False,
     "wdt_ms": 8000,
+    "key_fresh": False,
 }
 # BLE commissioning (firmware/ble.py, SPEC §11): off unless asked for, so a
 # board without Bluetooth, or a node whose heap is tight, never loads it.
@@ -73,6 +81,47 @@ class ConfigError(ValueError):
 
 def config_hash(data):
     return hashlib.sha256(data).digest()[:4]
+
+
+def key_id(root):
+    """The root key's id stored with the counter state: a hash, never the key."""
+    return hashlib.sha256(b"lumeau key id\x00" + root).digest()[:8]
+
+
+def cleared(data):
+    """The config file's bytes with the fresh mark cleared, or None if not marked.
+
+    The node (clear_fresh) and `lumeau node flash` compute the same bytes, so
+    the laptop knows the board's cleared file for the config it flashed.
+    """
+    data = bytes(data)
+    new = data.replace(b'"key_fresh": true', b'"key_fresh": false')
+    if new == data:
+        if not json.loads(data).get("key_fresh"):
+            return None
+        raw = json.loads(data)  # marked, spelled otherwise: rewrite it
+        raw["key_fresh"] = False
+        new = json.dumps(raw).encode()
+    return new
+
+
+def clear_fresh(path="config.json"):
+    """Clear the fresh mark in the config file (atomic: tmp + rename); True if it changed.
+
+    Called by the runtime once the counter state of a fresh key is on flash,
+    so that this file, copied to another board, cannot start at 0 there.
+    """
+    with open(path, "rb") as f:
+        data = f.read(_MAX_FILE + 1)
+    new = cleared(data)
+    if new is None:
+        return False
+    import os
+
+    with open(path + ".tmp", "wb") as f:
+        f.write(new)
+    os.rename(path + ".tmp", path)
+    return True
 
 
 def _int(d, key, lo, hi, where=""):
@@ -163,6 +212,7 @@ def load(data):
     _int(cfg, "wdt_ms", _WDT_MIN_MS, _WDT_MAX_MS)
     _bool(cfg, "confirm_alarms")
     _bool(cfg, "encrypt")
+    _bool(cfg, "key_fresh")
     cfg["radio"] = _radio(_section(cfg, "radio"))
     ble = {"enabled": False, "configure": True, "adv_interval_ms": 500}
     for k in _section(cfg, "ble"):
@@ -198,6 +248,7 @@ def load(data):
         if kind != "bridge":
             raise ConfigError("root_key: required")
         cfg["keys"] = None
+        cfg["key_id"] = None
     else:
         if type(root) is not str or len(root) != 32:
             raise ConfigError("root_key: expected 32 hex digits (16 bytes)")
@@ -206,6 +257,7 @@ def load(data):
         except ValueError:
             raise ConfigError("root_key: not hexadecimal")
         cfg["keys"] = NodeKeys(node_id, root_bytes)
+        cfg["key_id"] = key_id(root_bytes)
     cfg["hash"] = config_hash(data)
     return cfg
 
@@ -214,4 +266,6 @@ def read(path="config.json"):
     """Load the config from the board's filesystem (boot.py / main.py)."""
     with open(path, "rb") as f:
         data = f.read(_MAX_FILE + 1)
-    return load(data)
+    cfg = load(data)
+    cfg["path"] = path  # where clear_fresh rewrites it
+    return cfg

@@ -24,6 +24,7 @@
 #   dimming input range.
 # - Storage: one file per key in `storage_dir`, written to key + ".tmp"
 #   then renamed: atomic on LittleFS (the default filesystem of both ports).
+#   load() returns None only for ENOENT; any other error is raised.
 
 from protocol import messages as m
 
@@ -62,6 +63,9 @@ class MachineHAL(HAL):
         self._synced = False
         self._epoch = _UNIX_2000 if time_module.gmtime(0)[0] == 2000 else 0
         self._cause = self._map_cause(machine.reset_cause())
+        import errno
+
+        self._enoent = errno.ENOENT  # 2 on the boards; the port's own number, never hardcoded
         try:
             import os
 
@@ -169,11 +173,17 @@ class MachineHAL(HAL):
     # -- persistence ------------------------------------------------------------------
 
     def load(self, key):
+        # Only "no such file" means absent. Any other OSError (EIO, a flash
+        # read error, ENOMEM...) propagates: the store then refuses to open
+        # rather than restart a counter at 0 (SPEC §4 "Counter persistence").
         try:
-            with open(self._storage + "/" + key, "rb") as f:
-                return f.read()
-        except OSError:
-            return None
+            f = open(self._storage + "/" + key, "rb")
+        except OSError as e:
+            if e.args and e.args[0] == self._enoent:
+                return None
+            raise
+        with f:
+            return f.read()
 
     def save(self, key, data):
         import os

@@ -39,7 +39,7 @@ from protocol import lora
 from protocol import messages as m
 
 from firmware import aio, uplink
-from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, StorageError, Store
+from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, NeedsRekey, StorageError, Store
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
@@ -85,7 +85,7 @@ class Node:
         self.wdt_ms = cfg["wdt_ms"]
         self.watchdog = watchdog
         self.hello_jitter_ms = hello_jitter_ms
-        self.store = Store(hal)
+        self.store = Store(hal, key_id=cfg.get("key_id"), fresh=cfg.get("key_fresh", False))
         self._seed = ((self.node_id * 2654435761) & 0xFFFFFFFF) | 1
         self.queue = uplink.UplinkQueue(self._rand)
         self.duty = lora.DutyCycle()
@@ -94,6 +94,7 @@ class Node:
         self._tasks = []  # the node's own, at most 6: sender, supervisor, 2 periodic, receiver, flush clock
         self._app_task = None
         self._store_retry_ms = 0
+        self._rekey_said = False
         self._reboot_at = None
         self.exhausted = False
         self.last_rssi = None
@@ -162,12 +163,10 @@ class Node:
         self._build_app()  # outputs safe first
         if self.watchdog:
             hal.wdt_start(self.wdt_ms)
-        try:
-            self.store.open()
-        except StorageError as e:
-            self.last_error = repr(e)  # the sender retries; the app runs regardless
+        self._open_store()
         self._seed ^= self.store.peek_uplink() & 0xFFFFFFFF
-        self._apply_saved_settings()
+        if self.store.opened:
+            self._apply_saved_settings()
         self._hello()
         self._spawn(self._sender())
         self._spawn(self._supervise())
@@ -195,8 +194,39 @@ class Node:
         self.queue.put(m.HELLO, m.encode(m.HELLO, body), uplink.PRIO_HELLO)
         if self.hal.reset_cause() == m.RST_WATCHDOG:
             self.event(m.EV_WATCHDOG_RESET, m.SEV_WARNING)
-        if self.store.faults:
-            self.event(m.EV_STORAGE_FAULT, m.SEV_WARNING, self.store.faults)
+        if self.store.faults or not self.store.opened:
+            sev = m.SEV_WARNING if self.store.opened else m.SEV_ALARM
+            self.event(m.EV_STORAGE_FAULT, sev, self.store.faults)
+
+    def _open_store(self):
+        """Open the store; until it opens the node is stopped safely (SPEC §4).
+
+        No counter can be trusted, so nothing is sent and no downlink is
+        accepted; the app does not run (its outputs at their fail-safe: lamp
+        fully on, valves closed). EV_STORAGE_FAULT (an alarm) is queued and
+        goes out first once the store opens. A transient error (an I/O error
+        while reading) is retried by the supervisor and the sender; NeedsRekey
+        stays until the node is re-keyed, and says so on the console.
+        """
+        store = self.store
+        try:
+            store.open()
+        except StorageError as e:
+            self.last_error = repr(e)
+            self._failsafe()
+            if isinstance(e, NeedsRekey) and not self._rekey_said:
+                self._rekey_said = True
+                print("lumeau: cannot start: needs re-key:", e)  # lumeau node flash shows it
+            return False
+        path = self.cfg.get("path")
+        if store.fresh and store.key_id is not None and path:
+            try:  # this key's state is on flash now: the file must not let another board start at 0
+                from firmware import config
+
+                config.clear_fresh(path)
+            except Exception as e:
+                self.last_error = repr(e)
+        return True
 
     async def _housekeeping(self):
         hal = self.hal
@@ -300,6 +330,12 @@ class Node:
     async def _supervise(self):
         hal = self.hal
         backoff = _APP_BACKOFF_MIN_MS
+        retry = _STORE_RETRY_MS
+        while not self.store.opened:  # stopped safely until the store opens (SPEC §4)
+            await hal.sleep_ms(retry)
+            retry = _clamp(retry * 2, _STORE_RETRY_MS, _STORE_RETRY_MAX_MS)
+            if self.store.opened or self._open_store():
+                self._apply_saved_settings()
         try:
             while True:
                 if self.app is None and self.app_class is not None:
@@ -418,8 +454,8 @@ class Node:
             self.tx_oversize += 1
             return
         try:
-            if not self.store.opened:
-                self.store.open()
+            if not self.store.opened and not self._open_store():
+                raise StorageError("store not opened")
             counter = self.store.next_uplink()
         except CounterExhausted as e:
             self.exhausted = True
@@ -428,7 +464,8 @@ class Node:
         except StorageError as e:
             # not the item's fault: hold everything (the order stays, HELLO
             # first) and try the flash again later
-            self.last_error = repr(e)
+            if self.store.opened:  # else _open_store said why
+                self.last_error = repr(e)
             self.tx_failed += 1
             self._store_retry_ms = _clamp(self._store_retry_ms * 2, _STORE_RETRY_MS, _STORE_RETRY_MAX_MS)
             await hal.sleep_ms(self._store_retry_ms)
@@ -502,25 +539,35 @@ class Node:
             self.rx_rejected += 1
             return None
         store = self.store
+        if not store.opened:  # no window to check against: refuse everything (SPEC §4)
+            self.rx_rejected += 1
+            return None
         if store.window_for(f.counter).check(f.counter) != fr.ACCEPT:  # SPEC §4: gateway or tool half
             self.rx_replayed += 1
             self.rx_rejected += 1
             return None
+        t = f.mtype
         try:
-            store.accept_downlink(f.counter)  # persisted before acting (SPEC §4)
+            msg = m.decode(t, body)
+        except m.MessageError:
+            msg = None
+        cid = 0
+        if msg is not None and t == m.COMMAND and not store.stale_command(msg[m.C_ID]):
+            cid = msg[m.C_ID]  # executed below: the new high-water mark, persisted with the window
+        try:
+            store.accept_downlink(f.counter, cid)  # persisted before acting (SPEC §4)
         except StorageError as e:
-            self.last_error = repr(e)
+            self.last_error = repr(e)  # not acted on; the sender retries it
+            self.rx_rejected += 1
+            return None
         self.rx += 1
         self.last_rssi = rssi
         self.last_snr = snr
-        try:
-            msg = m.decode(f.mtype, body)
-        except m.MessageError:
+        if msg is None:
             self.rx_rejected += 1
             return None
-        t = f.mtype
         if t == m.COMMAND:
-            self._command(msg)
+            self._command(msg, cid)
         elif t == m.CONFIG:
             self.apply_settings(msg[m.CF_SETTINGS])
         elif t == m.TIME:
@@ -530,11 +577,13 @@ class Node:
             return msg.get(m.A_QUEUED, 0)
         return None
 
-    def _command(self, msg):
+    def _command(self, msg, fresh_id):
         cid = msg[m.C_ID]
         prev = self.store.command_result(cid)
         if prev is not None:
             res, value = prev  # a repeat: answer again, do not execute again
+        elif cid != fresh_id:
+            res, value = m.RES_EXPIRED, 0  # stale: at or below the mark, its result forgotten: never run again
         else:
             res, value = self._execute(msg[m.C_OP], msg.get(m.C_ARGS, ()), msg.get(m.C_EXPIRES, 0))
             try:

@@ -5,20 +5,31 @@
 # flash page is detected instead of trusted:
 #
 #   "fc"   uplink counter reservation: `reserved`, 8 bytes big-endian (it can
-#          reach 2^32, one past the last counter). SPEC §4: at boot
+#          reach 2^32, one past the last counter), then the root key's id
+#          (8 bytes, config.key_id: a hash, never the key), so the state is
+#          known to be this key's (SPEC §4 "Counter persistence"). A record
+#          of another key, or none, is no state for this key: the node starts
+#          at 0 only when the config marks the key fresh, else it refuses to
+#          send (NeedsRekey). (An 8-byte record, from before the key id, is
+#          adopted by the key in use.) SPEC §4: at boot
 #          next = reserved, then reserved = next + R is written and read
 #          back BEFORE anything is sent; when next reaches reserved it is
 #          written again. A reboot skips at most R-1 counters, never reuses one.
 #   "dl"   downlink state: the highest accepted downlink counter (u32),
 #          then, once a commissioning tool was heard, the highest accepted
 #          tool counter (u32, >= TOOL_COUNTER_BASE: SPEC §4, the other half
-#          of the counter space, its own window), then the results of the
-#          last _CMD_MEMORY commands (id u32, result u8, value i32), so a
-#          COMMAND repeated after a lost CMD_ACK is answered with its first
-#          result even across a reboot. (Length 4 + 9k without the tool
-#          counter, 8 + 9k with it: never ambiguous.) Written on every
-#          accepted downlink (a few a day). After a reboot each replay window
-#          is top = stored, every bit seen: stricter, never looser (SPEC §4).
+#          of the counter space, its own window; 0 when no tool was heard),
+#          then the command-id high-water mark (u32: the highest command id
+#          ever accepted), then the results of the last _CMD_MEMORY commands
+#          (id u32, result u8, value i32), so a COMMAND repeated after a lost
+#          CMD_ACK is answered with its first result even across a reboot,
+#          and an older id whose result is forgotten is refused as stale,
+#          never run again. (Length 12 + 9k; the older 4 + 9k and 8 + 9k,
+#          without the mark, still load: never ambiguous.) Written BEFORE
+#          acting on every accepted downlink (a few a day): a write that fails
+#          leaves RAM as it was, and the frame is not acted on. After a reboot
+#          each replay window is top = stored, every bit seen: stricter,
+#          never looser (SPEC §4).
 #   "tot"  app totals (energy Wh, burning hours, volume L, ...): JSON of
 #          name -> int. Kept in RAM; written at most every TOTALS_FLUSH_MS
 #          (and on demand before a reboot), so a power cut loses at most that
@@ -28,9 +39,11 @@
 #   "cfg"  settings changed over the air (CONFIG, set_interval): JSON list
 #          of [CFG_* key, value], applied over the provisioned file at boot.
 #
-# A write that fails (OSError) or does not read back is a StorageError. For
-# the counter that is fatal to sending, on purpose: without a reservation on
-# flash a counter could be reused after the next reboot.
+# A write that fails (OSError) or does not read back is a StorageError, and
+# so is a read that fails for any reason but "no such record" (hal.load
+# returns None only then). For the counter that is fatal to sending, on
+# purpose: without a reservation on flash a counter could be reused after the
+# next reboot; until open() succeeds no downlink is accepted either.
 
 import hashlib
 import json
@@ -61,6 +74,14 @@ class CounterExhausted(StorageError):
     """The uplink counter reached 2^32 - 1: the node must be re-keyed (SPEC §4)."""
 
 
+class ReadError(StorageError):
+    """A record could not be read (an I/O error, not "no such record"): try again later."""
+
+
+class NeedsRekey(StorageError):
+    """No counter state for this root key and the key is not marked fresh (SPEC §4)."""
+
+
 def _seal(payload):
     return payload + hashlib.sha256(payload).digest()[:_SEAL]
 
@@ -77,14 +98,17 @@ def _unseal(rec):
 class Store:
     """The node's persistent state; call open() once at boot before sending."""
 
-    def __init__(self, hal, reserve=R):
+    def __init__(self, hal, reserve=R, key_id=None, fresh=True):
         self.hal = hal
         self.reserve = reserve
+        self.key_id = key_id  # bytes (config.key_id) or None: the state is not tied to a key
+        self.fresh = fresh  # the config marks the key fresh: no state may start at 0
         self._next = 0
         self._reserved = 0
         self.window = ReplayWindow()  # the gateway's downlinks
         self.tool_window = ReplayWindow(TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
         self._cmds = []  # [(id, result, value)], oldest first: at most CMD_MEMORY
+        self.cmd_mark = 0  # the highest command id accepted (persisted with the windows)
         self._totals = {}  # name -> int: the app's few fixed names (lighting wh, burn_s; irrigation vol_l)
         self._dirty = False
         self._flushed_at = 0
@@ -110,7 +134,10 @@ class Store:
 
     def _read(self, key):
         try:
-            return _unseal(self.hal.load(key))
+            return _unseal(self.hal.load(key))  # None: no such record, and only that
+        except OSError as e:
+            self.faults += 1
+            raise ReadError("reading %s: %s" % (key, e))
         except StorageError:
             self.faults += 1
             raise StorageError("record %s is corrupted" % key)
@@ -121,20 +148,41 @@ class Store:
         """Reserve the first counters (write + read back) and load the rest.
 
         Raises StorageError when the counter record cannot be trusted or
-        written: the caller must not send then. A corrupted downlink, totals
+        written, or any record cannot be read (ReadError: an I/O error):
+        the caller must not send, nor accept downlinks, then. A corrupted
+        (unsealed) downlink, totals
         or settings record is dropped and counted in `faults` (the runtime
         reports EV_STORAGE_FAULT): totals restart from 0, settings from the
         file, and the downlink window from empty. An empty window would take
         a recorded old downlink again; hal.save is atomic, so only failing
         flash gets here, and the gateway hears about it at once.
         """
-        rec = self._read(KEY_UP)
-        reserved = 0 if rec is None else int.from_bytes(rec, "big")
+        rec = self._read(KEY_UP)  # an I/O error or a corrupted record: StorageError, nothing opened
+        kid = self.key_id
+        other = False  # the record is another key's
+        if rec is not None:
+            if len(rec) != 8 and len(rec) != 16:
+                self.faults += 1
+                raise StorageError("record fc: bad length")
+            other = kid is not None and len(rec) == 16 and rec[8:] != kid
+        if (rec is None or other) and kid is not None and not self.fresh:
+            raise NeedsRekey("no counter state for this key: re-key the node (lumeau node provision, then flash)")
+        reserved = 0 if rec is None or other else int.from_bytes(rec[:8], "big")
+        loaders = [(KEY_TOTALS, self._load_totals), (KEY_CFG, self._load_cfg)]
+        if other:
+            # a fresh key over another key's state: its downlink windows and
+            # commands are that key's; clear them BEFORE the counter record
+            # names this key (a cut in between adopts again at the next boot)
+            self._write(KEY_DOWN, self._down_record(-1, -1, 0, ()))
+        else:
+            loaders.append((KEY_DOWN, self._load_down))
         self._next = reserved
         self._reserve()
-        for key, loader in ((KEY_DOWN, self._load_down), (KEY_TOTALS, self._load_totals), (KEY_CFG, self._load_cfg)):
+        for key, loader in loaders:
             try:
                 payload = self._read(key)  # counts a corrupted record itself
+            except ReadError:
+                raise  # unread is not empty: an empty window would take old downlinks again
             except StorageError:
                 continue
             try:
@@ -146,16 +194,25 @@ class Store:
         self.opened = True
 
     def _load_down(self, p):
-        start = 4 + (len(p) - 4) % 9  # 8 when the tool counter is there
-        if start != 4 and start != 8:
+        start = 4 + (len(p) - 4) % 9  # 12 today; 4 or 8 (no mark) from older firmware
+        if start != 4 and start != 8 and start != 12:
             raise ValueError()
-        self.window = ReplayWindow(struct.unpack_from(">I", p, 0)[0], _ALL_SEEN)
-        if start == 8:
-            self.tool_window = ReplayWindow(struct.unpack_from(">I", p, 4)[0], _ALL_SEEN)
         cmds = []
+        mark = 0
         for off in range(start, len(p) - 8, 9):
-            cmds.append(struct.unpack_from(">IBi", p, off))
+            c = struct.unpack_from(">IBi", p, off)
+            cmds.append(c)
+            if c[0] > mark:
+                mark = c[0]
+        if start == 12:
+            mark = struct.unpack_from(">I", p, 8)[0]
+        self.window = ReplayWindow(struct.unpack_from(">I", p, 0)[0], _ALL_SEEN)
+        if start > 4:
+            tool = struct.unpack_from(">I", p, 4)[0]
+            if tool >= TOOL_COUNTER_BASE:
+                self.tool_window = ReplayWindow(tool, _ALL_SEEN)
         self._cmds = cmds
+        self.cmd_mark = mark
 
     def _load_totals(self, p):
         t = json.loads(p)
@@ -176,7 +233,10 @@ class Store:
         top = self._next + self.reserve
         if top > MAX_COUNTER + 1:
             top = MAX_COUNTER + 1
-        self._write(KEY_UP, top.to_bytes(8, "big"))
+        rec = top.to_bytes(8, "big")
+        if self.key_id is not None:
+            rec += self.key_id
+        self._write(KEY_UP, rec)
         self._reserved = top
 
     def next_uplink(self):
@@ -196,22 +256,39 @@ class Store:
 
     # -- downlinks ------------------------------------------------------------------
 
-    def _save_down(self):
-        p = bytearray(struct.pack(">I", self.window.top if self.window.top >= 0 else 0))
-        if self.tool_window.top >= TOOL_COUNTER_BASE:
-            p.extend(struct.pack(">I", self.tool_window.top))
-        for c in self._cmds:
+    def _down_record(self, top, tool, mark, cmds):
+        p = bytearray(struct.pack(">III", top if top >= 0 else 0, tool if tool >= TOOL_COUNTER_BASE else 0, mark))
+        for c in cmds:
             p.extend(struct.pack(">IBi", c[0], c[1], c[2]))
-        self._write(KEY_DOWN, bytes(p))
+        return bytes(p)
 
     def window_for(self, counter):
         """The replay window a downlink counter belongs to (SPEC §4: gateway or tool half)."""
         return self.tool_window if counter >= TOOL_COUNTER_BASE else self.window
 
-    def accept_downlink(self, counter):
-        """Commit `counter` to its replay window and persist it (before acting on the frame)."""
-        self.window_for(counter).commit(counter)
-        self._save_down()
+    def accept_downlink(self, counter, cid=0):
+        """Persist `counter` (and a COMMAND's id `cid` as the new mark), then commit it.
+
+        Raises StorageError, leaving RAM as it was, when the store is not
+        open or the write fails: the caller must not act on the frame then.
+        """
+        if not self.opened:
+            raise StorageError("store not opened")
+        w = self.window_for(counter)
+        top = self.window.top
+        tool = self.tool_window.top
+        if w is self.window:
+            top = counter if counter > top else top
+        else:
+            tool = counter if counter > tool else tool
+        mark = cid if cid > self.cmd_mark else self.cmd_mark
+        self._write(KEY_DOWN, self._down_record(top, tool, mark, self._cmds))
+        w.commit(counter)
+        self.cmd_mark = mark
+
+    def stale_command(self, cid):
+        """True for a command id at or below the mark whose result is not remembered."""
+        return cid <= self.cmd_mark and self.command_result(cid) is None
 
     def command_result(self, cid):
         """(result, value) of a command already executed, or None."""
@@ -225,7 +302,7 @@ class Store:
         cmds.append((cid, result, value))
         if len(cmds) > _CMD_MEMORY:
             del cmds[0]
-        self._save_down()
+        self._write(KEY_DOWN, self._down_record(self.window.top, self.tool_window.top, self.cmd_mark, cmds))
 
     # -- totals -----------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ raw-paste mode every MicroPython port speaks):
    old ``.py`` would shadow the new ``.mpy``; stale ``.part`` files). /config.json,
    /state (the node's frame counters) and anything else are never touched;
 6. copy the config (validated on the laptop first) to /config.json the same way;
+   a config marked ``key_fresh`` (a new key, from ``lumeau node provision``) is
+   flashed once: the node clears the mark on the board once it holds counter state
+   for the key, and the laptop's file is cleared the same way right after it was
+   copied (firmware.config.cleared: the same bytes on both sides, so the next flash
+   finds it unchanged). A key's counter never restarts at 0 (SPEC §4 "Counter
+   persistence"): an erased board, or the file moved to another board, refuses to
+   send until re-keyed;
 7. soft-reset in the friendly REPL so boot.py and main.py run, and confirm: on the
    console (no traceback, no "cannot start" within ``settle_s``) or, with a gateway,
    by the node's HELLO there (last seen after the reset, reporting this firmware).
@@ -67,6 +74,7 @@ REASONS = (
     "node_failed",
     "transport",
     "image",
+    "rekey",
 )
 
 
@@ -366,6 +374,69 @@ def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
     return data, cfg
 
 
+def fresh_consumed(cfg_data: bytes | None, cfg: dict | None) -> bytes | None:
+    """The config's bytes with its fresh mark cleared, or None when it is not marked."""
+    if cfg_data is None or cfg is None or not cfg.get("key_fresh"):
+        return None
+    from firmware import config as fwconfig
+
+    return fwconfig.cleared(cfg_data)
+
+
+def rekey(
+    config: Path,
+    *,
+    registry: Path | None = None,
+    gateway: str | None = None,
+    token: str | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Give the node of `config` a new root key, as `lumeau node provision` does.
+
+    `flash --erase` wipes the board's counter state; under the old key its
+    counter would restart at 0 and reuse the AES-CTR keystream (SPEC §4
+    "Counter persistence"). So the erase re-keys first: same id, kind, site
+    settings and location; a new key registered (registry file or gateway API)
+    and written to `config`, marked fresh. Returns where it was registered.
+    """
+    from lumeau import provision as pv
+
+    try:
+        doc = json.loads(config.read_bytes())
+        node_id, kind = doc["node_id"], doc["kind"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FlashError("bad_config", f"{config}: cannot read the node's config to re-key it: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(node_id, int) or not isinstance(kind, str):
+        raise FlashError("bad_config", f"{config}: not a node's config")
+    if registry is None and gateway is None:
+        raise FlashError(
+            "rekey",
+            "--erase wipes the node's frame counters, so it re-keys the node: give --registry FILE "
+            "or --gateway URL (with --token) to register the new key, and --config",
+        )
+    loc = doc.get("location") or {}
+    template = {k: v for k, v in doc.items() if k not in ("node_id", "kind", "root_key", "key_fresh", "location")}
+    try:
+        p = pv.provision(
+            kind,
+            config,
+            node_id=node_id,
+            registry=registry,
+            gateway=gateway,
+            token=token,
+            template=template,
+            lat=loc.get("lat"),
+            lon=loc.get("lon"),
+        )
+    except pv.ProvisionError as e:
+        raise FlashError("rekey", f"re-keying node {node_id:08x} before the erase failed: {e}") from None
+    log(
+        f"node {node_id:08x}: re-keyed before the erase (as lumeau node provision does): the erase wipes "
+        f"its frame counters, and a new key never reuses one; the new key is in {config} and {p.registered_in}"
+    )
+    return p.registered_in
+
+
 def wait_hello_at_gateway(
     url: str, token: str, node_id: int, since: float, firmware: str, timeout: float, log: Callable[[str], None]
 ) -> str:
@@ -428,6 +499,8 @@ def flash(
         _check_compatible(bundle, info, log)
 
         wanted = [(f.path, bundle.local(f).read_bytes(), f.sha256) for f in bundle.files]
+        fresh_cleared = fresh_consumed(cfg_data, cfg)
+        cleared_digest = hashlib.sha256(fresh_cleared).hexdigest() if fresh_cleared is not None else None
         if cfg_data is not None:
             wanted.append((CONFIG_PATH, cfg_data, hashlib.sha256(cfg_data).hexdigest()))
         remote = fl.remote_hashes([p for p, _, _ in wanted] + ([CONFIG_PATH] if cfg_data is None else []))
@@ -440,7 +513,7 @@ def flash(
                 )
         todo = []
         for (path, data, digest), have in zip(wanted, remote):
-            if have == digest:
+            if have == digest or (path == CONFIG_PATH and have is not None and have == cleared_digest):
                 report.unchanged.append(path)
             else:
                 todo.append((path, data, digest))
@@ -455,7 +528,7 @@ def flash(
                     "board_full",
                     f"{port}: the board's filesystem is full: these files need "
                     f"{(grow + peak) * bsize // 1024} KiB, {bfree * bsize // 1024} KiB "
-                    "free (remove files, or erase the board with --micropython --erase)",
+                    "free (remove files, or erase the board with --micropython --erase, which re-keys the node)",
                 )
 
         for path, data, digest in todo:
@@ -463,6 +536,12 @@ def flash(
             fl.write_verified(path, data, digest)
             report.copied.append(path)
             report.bytes_copied += len(data)
+        if fresh_cleared is not None and config is not None:
+            # the key is this board's now: the laptop's copy must not start another board at 0
+            from lumeau.provision import write_private
+
+            write_private(config, fresh_cleared)
+            log(f"  {config}: key_fresh cleared (the key is in use on this board; SPEC §4)")
 
         # A flash cut short leaves PATH.part files; at the root one may hold the key.
         stray = [p + ".part" for p, _, _ in wanted if "/" not in p]

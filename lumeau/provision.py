@@ -7,7 +7,7 @@
 - root key: 128 bits from ``secrets`` (the OS's CSPRNG), SPEC §3 derives the
   per-direction keys from it;
 - config file: firmware/config.py's JSON (a site template for radio, pins and the
-  app's settings, plus node_id, kind, root_key, location), validated with the
+  app's settings, plus node_id, kind, root_key, key_fresh, location), validated with the
   firmware's own loader, written with mode 0600 (it holds the key);
 - registry: the gateway's registry file (gateway/registry.py, mode 0600, atomic)
   or, when a gateway runs, its API (``PUT /nodes/{id}``) so it knows the key at once.
@@ -78,9 +78,11 @@ def build_config(
     from firmware import config as fwconfig
 
     cfg = dict(template or {})
-    for k in ("node_id", "kind", "root_key"):
+    for k in ("node_id", "kind", "root_key", "key_fresh"):
         cfg.pop(k, None)
-    cfg = {"node_id": node_id, "kind": kind, "root_key": root_key.hex(), **cfg}
+    # key_fresh: this key was never used, so the node may start its counter at 0
+    # (SPEC §4 "Counter persistence"); the node clears the mark once it holds state
+    cfg = {"node_id": node_id, "kind": kind, "root_key": root_key.hex(), "key_fresh": True, **cfg}
     if lat is not None and lon is not None:
         cfg["location"] = {"lat": lat, "lon": lon}
     data = (json.dumps(cfg, indent=2, sort_keys=False) + "\n").encode()

@@ -72,6 +72,7 @@ def firmware_config(sc: Scenario, node: LampNode | IrrigationNode, freq_hz: int)
         },
         "location": {"lat": round(node.lat, 6), "lon": round(node.lon, 6)},
         "report_interval_s": int(round(settings.report_interval_s)),
+        "key_fresh": True,  # a new key per run, as `lumeau node provision` marks it (SPEC §4)
     }
     if isinstance(node, LampNode):
         cfg["lighting"] = {"power_w": int(round(node.rated_power_w)), "tick_ms": SIM_TICK_MS["lighting"]}

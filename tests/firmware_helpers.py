@@ -32,6 +32,7 @@ def make_cfg(kind: str = "lighting", **over: Any) -> dict:
         "root_key": ROOT_KEY.hex(),
         "report_interval_s": 60,
         "status_interval_s": 600,
+        "key_fresh": True,  # as `lumeau node provision` writes it (SPEC §4 "Counter persistence")
     }
     d.update(over)
     return config.load(json.dumps(d).encode())

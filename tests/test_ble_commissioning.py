@@ -113,6 +113,7 @@ class NodeUnderTest:
             "node_id": node_id,
             "kind": kind,
             "root_key": key.hex(),
+            "key_fresh": True,  # as provisioned (SPEC §4 "Counter persistence")
             "ble": {"enabled": True, **(ble or {})},
         }
         if kind == "lighting":
@@ -829,8 +830,11 @@ def test_the_tool_window_is_persisted_and_old_records_still_load():
     s.open()
     s.accept_downlink(9)
     s.record_command(4, 0, 1)
-    old_record = hal.storage["dl"]
-    assert len(old_record) == 4 + 9 + 4  # no tool counter yet: the format of before
+    assert len(hal.storage["dl"]) == 12 + 9 + 4  # tops, command-id mark, one result, seal
+    from firmware import store as st_mod
+
+    # the format of before the mark, without a tool counter: 4 + 9k
+    old_record = st_mod._seal(bytes([0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0, 1]))
     s.accept_downlink(fr.TOOL_COUNTER_BASE + 5)
     s2 = Store(hal)
     s2.open()
@@ -841,7 +845,7 @@ def test_the_tool_window_is_persisted_and_old_records_still_load():
     s3 = Store(hal)
     s3.open()
     assert (s3.window.top, s3.tool_window.top, s3.faults) == (9, fr.TOOL_COUNTER_BASE - 1, 0)
-    from firmware import store as st_mod
+    assert (s3.cmd_mark, s3.command_result(4)) == (4, (0, 1))  # the mark of an old record: its newest id
 
     hal.storage["dl"] = st_mod._seal(b"\x00" * 6)  # a length neither format has
     s4 = Store(hal)
@@ -860,7 +864,13 @@ def lone_node():
     radio, _ = memory_link(hal, SimHAL(StepClock()))
     cfg = fwconfig.load(
         json.dumps(
-            {"node_id": 0x00A1B2C3, "kind": "lighting", "root_key": KEY.hex(), "ble": {"enabled": True}}
+            {
+                "node_id": 0x00A1B2C3,
+                "kind": "lighting",
+                "root_key": KEY.hex(),
+                "key_fresh": True,
+                "ble": {"enabled": True},
+            }
         ).encode()
     )
     node = Node(cfg, hal, radio, Lighting)

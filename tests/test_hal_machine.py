@@ -226,3 +226,36 @@ def test_no_machine_import_at_module_level():
     src = open(sys.modules[MachineHAL.__module__].__file__).read()
     top = [line for line in src.splitlines() if line.startswith(("import ", "from "))]
     assert all("machine" not in line and "time" not in line for line in top), top
+
+
+def test_storage_load_only_no_such_file_is_absent(tmp_path, monkeypatch):
+    # issue 20: a single I/O error while reading the counter record was taken
+    # for "absent", and the counter restarted at 0 under the same key
+    import builtins
+    import errno
+
+    from firmware.store import StorageError, Store
+
+    hal, _, _ = make(tmp_path)
+    assert hal.load("nothing") is None  # ENOENT: absent
+    s = Store(hal)
+    s.open()
+    for _ in range(300):
+        s.next_uplink()
+    real_open = builtins.open
+
+    def flaky_open(path, mode="r", *a, **kw):
+        if str(path).endswith("/fc") and "r" in mode:
+            raise OSError(errno.EIO, "I/O error")
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", flaky_open)
+    with pytest.raises(OSError):
+        hal.load("fc")
+    s2 = Store(hal)
+    with pytest.raises(StorageError):
+        s2.open()
+    monkeypatch.setattr(builtins, "open", real_open)
+    s3 = Store(hal)
+    s3.open()
+    assert s3.next_uplink() == 512  # never 0 again

@@ -551,26 +551,32 @@ def test_micropython_image_is_written_with_esptool_then_flashed(
     calls, esp = fake_esptool(monkeypatch)
     no_config = lumeau_main(["node", "flash", "--port", board.port, "--bundle", str(bundle_dir), "--settle", "1"])
     assert no_config == 1 and "[bad_config]" in capsys.readouterr().err
-    rc = lumeau_main(
-        [
-            "node",
-            "flash",
-            "--port",
-            board.port,
-            "--bundle",
-            str(bundle_dir),
-            "--config",
-            str(node_config),
-            "--micropython",
-            str(image),
-            "--erase",
-            "--baud",
-            "921600",
-            "--settle",
-            "1",
-        ]
-    )
-    assert rc == 0, capsys.readouterr().err
+    erase = [
+        "node",
+        "flash",
+        "--port",
+        board.port,
+        "--bundle",
+        str(bundle_dir),
+        "--config",
+        str(node_config),
+        "--micropython",
+        str(image),
+        "--erase",
+        "--baud",
+        "921600",
+        "--settle",
+        "1",
+    ]
+    # the erase wipes the node's counters: without a registry for a new key, nothing is erased (SPEC §4)
+    assert lumeau_main(erase) == 1 and "[rekey]" in capsys.readouterr().err and calls == []
+    old_key = json.loads(node_config.read_text())["root_key"]
+    rc = lumeau_main(erase + ["--registry", str(node_config.parent / "nodes.toml")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    new_doc = json.loads(node_config.read_text())
+    assert "re-keyed before the erase" in out and new_doc["root_key"] != old_key
+    assert new_doc["key_fresh"] is False  # flashed once: the laptop's copy is consumed
     names = [c[0] for c in calls]
     assert names == ["detect_chip", "run_stub", "attach_flash", "erase_flash", "write_flash", "reset_chip", "close"]
     assert calls[0][1:] == (board.port, 921600)

@@ -197,3 +197,125 @@ def test_settings_over_the_air_persist():
 def test_repr_is_short_and_safe():
     _, s = Flash().boot()
     assert repr(s) == "Store(next=0, reserved=256, downlink top=-1)"
+
+
+# -- issue 20: counters never restart under a key; windows persisted before acting -----------------
+
+KEY_A = b"\xaa" * 8  # config.key_id of two root keys
+KEY_B = b"\xbb" * 8
+
+
+class FlakyHAL(SimHAL):
+    """A SimHAL whose next reads of some keys fail with an I/O error (not "no such record")."""
+
+    def __init__(self, *a, fail_loads=(), **kw):
+        super().__init__(*a, **kw)
+        self.fail_loads = set(fail_loads)
+
+    def load(self, key):
+        if key in self.fail_loads:
+            raise OSError(5, "EIO")
+        return super().load(key)
+
+
+def test_an_io_error_reading_the_counter_never_restarts_it_at_0():
+    f = Flash()
+    _, s = f.boot()
+    for _ in range(300):
+        s.next_uplink()
+    hal = FlakyHAL(f.clock, storage=f.storage, fail_loads=("fc",))
+    s2 = Store(hal)
+    with pytest.raises(StorageError):
+        s2.open()
+    assert not s2.opened and s2.faults == 1 and f.reserved() == 512  # nothing written
+    with pytest.raises(StorageError):
+        s2.next_uplink()
+    with pytest.raises(StorageError):  # and no downlink either (SPEC §4)
+        s2.accept_downlink(1)
+    hal.fail_loads.clear()  # the flash recovers: the counter goes on
+    s2.open()
+    assert s2.next_uplink() == 512
+
+
+def test_counter_state_is_tied_to_the_key():
+    f = Flash()
+    hal = SimHAL(f.clock, storage=f.storage)
+    s = Store(hal, key_id=KEY_A, fresh=True)
+    s.open()
+    for _ in range(300):
+        s.next_uplink()
+    s.accept_downlink(40)
+    assert f.storage["fc"][8:16] == KEY_A  # the key's id, beside the counter (never the key)
+    # the same key, no longer marked fresh: continues
+    s2 = Store(SimHAL(f.clock, storage=f.storage), key_id=KEY_A, fresh=False)
+    s2.open()
+    assert s2.next_uplink() == 512 and s2.window.top == 40
+    # another key's state is no state for this one: not fresh -> refuses, writes nothing
+    before = dict(f.storage)
+    s3 = Store(SimHAL(f.clock, storage=f.storage), key_id=KEY_B, fresh=False)
+    with pytest.raises(st_mod.NeedsRekey):
+        s3.open()
+    assert f.storage == before and not s3.opened
+    # a fresh key over it: starts at 0, without the old key's downlink window
+    s4 = Store(SimHAL(f.clock, storage=f.storage), key_id=KEY_B, fresh=True)
+    s4.open()
+    assert s4.next_uplink() == 0 and s4.window.top == -1 and s4.window.check(0) == ACCEPT
+
+
+def test_erased_state_for_a_used_key_needs_a_rekey():
+    # `flash --erase`, or config.json moved to a replacement board: no state at all
+    s = Store(SimHAL(StepClock(), storage={}), key_id=KEY_A, fresh=False)
+    with pytest.raises(st_mod.NeedsRekey):
+        s.open()
+    with pytest.raises(StorageError):
+        s.next_uplink()
+
+
+def test_a_counter_record_from_before_the_key_id_is_adopted():
+    f = Flash()
+    _, s = f.boot()  # Store(hal): 8-byte record, the format of before
+    for _ in range(10):
+        s.next_uplink()
+    s2 = Store(SimHAL(f.clock, storage=f.storage), key_id=KEY_A, fresh=False)
+    s2.open()
+    assert s2.next_uplink() == 256 and f.storage["fc"][8:16] == KEY_A
+
+
+def test_a_failed_window_write_changes_nothing_in_ram():
+    f = Flash()
+    hal, s = f.boot()
+    s.accept_downlink(5, 3)
+    hal.fail_saves = 1
+    with pytest.raises(StorageError):
+        s.accept_downlink(6, 4)
+    assert s.window.check(6) == ACCEPT and s.cmd_mark == 3  # not consumed: the retry is taken
+    s.accept_downlink(6, 4)
+    assert s.window.top == 6 and s.cmd_mark == 4
+
+
+def test_command_id_mark_persists_and_refuses_forgotten_old_ids():
+    f = Flash()
+    _, s = f.boot()
+    for n, cid in enumerate(range(1, 6)):
+        s.accept_downlink(n, cid)
+        s.record_command(cid, 0, cid)
+    assert s.cmd_mark == 5
+    assert s.command_result(1) is None and s.stale_command(1)  # forgotten, older than the mark
+    assert not s.stale_command(5) and s.command_result(5) == (0, 5)  # remembered: answered again
+    assert not s.stale_command(6)
+    _, s2 = f.boot()
+    assert s2.cmd_mark == 5 and s2.stale_command(1) and not s2.stale_command(6)
+
+
+def test_an_io_error_reading_the_window_is_not_an_empty_window():
+    f = Flash()
+    _, s = f.boot()
+    s.accept_downlink(40)
+    hal = FlakyHAL(f.clock, storage=f.storage, fail_loads=("dl",))
+    s2 = Store(hal)
+    with pytest.raises(StorageError):
+        s2.open()
+    assert not s2.opened  # no downlink accepted against an empty window
+    hal.fail_loads.clear()
+    s2.open()
+    assert s2.window.top == 40 and s2.window.check(30) != ACCEPT

@@ -89,6 +89,10 @@ def cmd_flash(args: argparse.Namespace) -> int:
             except (OSError, ValueError, AttributeError):
                 kind = None
         bundle_dir = args.bundle or _find_bundle(kind)
+        if args.micropython is not None and args.erase:
+            if args.config is None:
+                return _err("flash", "--erase wipes the node's frame counters: it re-keys the node, give --config")
+            fl.rekey(args.config, registry=args.registry, gateway=None if args.registry else args.gateway, token=token)
         if args.micropython is not None:
             target = bundles.load(bundle_dir, verify=False).target
             fl.write_micropython(args.port, args.micropython, target, erase=args.erase, baud=args.baud)
@@ -217,7 +221,12 @@ def add_subcommand(subparsers: Any) -> None:
     f.add_argument(
         "--micropython", type=Path, metavar="IMAGE.bin", help="first write this MicroPython image with esptool (ESP32)"
     )
-    f.add_argument("--erase", action="store_true", help="with --micropython: erase the whole flash first")
+    f.add_argument(
+        "--erase",
+        action="store_true",
+        help="with --micropython: erase the whole flash first; re-keys the node first (its counters go)",
+    )
+    f.add_argument("--registry", type=Path, help="with --erase: the registry that gets the new key")
     f.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default %(default)d)")
     f.add_argument("--gateway", help="confirm by the node's HELLO at this gateway API (needs --config)")
     f.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")

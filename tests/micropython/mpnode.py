@@ -89,6 +89,7 @@ def node_config(kind, tick_ms=None, **section):
         "report_interval_s": 900,
         "status_interval_s": 21600,
         "location": {"lat": 48.8566, "lon": 2.3522},
+        "key_fresh": True,
     }
     if kind == "lighting":
         d["lighting"] = section or {"full_ma": 500}
