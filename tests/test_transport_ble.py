@@ -390,11 +390,7 @@ async def test_the_connection_limit_is_kept(gw):
     nodes = [air.add(Peripheral(air, f"C0:FF:EE:00:01:{i:02X}", i + 1)) for i in range(5)]
     t = await transport(gw, air, max_connections=3)
     try:
-<<<<<<< ours
         await until(lambda: len(t.links) == 3 and all(link.connected for link in t.links.values()), advertise=air)
-=======
-        await until(lambda: len(t.links) == 3 and all(k.connected for k in t.links.values()), advertise=air)
->>>>>>> theirs
         refused = t.stats().get("connection_limit", 0)
         for _ in range(5):
             air.advertise()
