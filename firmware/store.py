@@ -9,7 +9,8 @@
 #          next = reserved, then reserved = next + R is written and read
 #          back BEFORE anything is sent; when next reaches reserved it is
 #          written again. A reboot skips at most R-1 counters, never reuses one.
-#   "dl"   downlink state: the highest accepted downlink counter (u32),
+#   "dl"   downlink state: the highest accepted downlink counter (u32;
+#          0xffffffff: none yet, as after a tool's frame only),
 #          then, once a commissioning tool was heard, the highest accepted
 #          tool counter (u32, >= TOOL_COUNTER_BASE: SPEC §4, the other half
 #          of the counter space, its own window), then the results of the
@@ -51,6 +52,7 @@ KEY_TOTALS = "tot"
 KEY_CFG = "cfg"
 
 _ALL_SEEN = (1 << REPLAY_WINDOW) - 1
+_NO_TOP = 0xFFFFFFFF  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
 
 
 class StorageError(Exception):
@@ -149,7 +151,8 @@ class Store:
         start = 4 + (len(p) - 4) % 9  # 8 when the tool counter is there
         if start != 4 and start != 8:
             raise ValueError()
-        self.window = ReplayWindow(struct.unpack_from(">I", p, 0)[0], _ALL_SEEN)
+        top = struct.unpack_from(">I", p, 0)[0]
+        self.window = ReplayWindow(-1 if top == _NO_TOP else top, _ALL_SEEN)
         if start == 8:
             self.tool_window = ReplayWindow(struct.unpack_from(">I", p, 4)[0], _ALL_SEEN)
         cmds = []
@@ -197,7 +200,8 @@ class Store:
     # -- downlinks ------------------------------------------------------------------
 
     def _save_down(self):
-        p = bytearray(struct.pack(">I", self.window.top if self.window.top >= 0 else 0))
+        # no gateway downlink yet (only a tool's): _NO_TOP, never 0, or counter 0 is refused later
+        p = bytearray(struct.pack(">I", self.window.top if self.window.top >= 0 else _NO_TOP))
         if self.tool_window.top >= TOOL_COUNTER_BASE:
             p.extend(struct.pack(">I", self.tool_window.top))
         for c in self._cmds:
