@@ -221,12 +221,17 @@ class Commissioning:
         except m.MessageError:
             return self._refuse(bp.R_MALFORMED)
         refused = 0
-        if t == m.TIME:
+        res = node.fresh(t, msg, False)  # SPEC §4, "Freshness": a CONFIG's expiry, a TIME's bound
+        if res:
+            pass  # answered with the result, nothing applied
+        elif t == m.TIME:
             node.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
         else:
             refused = node.apply_settings(msg[m.CF_SETTINGS])
-        self.applied += 1
-        ack = {m.CA_ID: f.counter, m.CA_RESULT: m.RES_BAD_ARGS if refused else m.RES_OK}
+        if not res:
+            self.applied += 1
+            res = m.RES_BAD_ARGS if refused else m.RES_OK
+        ack = {m.CA_ID: f.counter, m.CA_RESULT: res}
         if refused:
             ack[m.CA_VALUE] = refused
         try:

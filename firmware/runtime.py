@@ -22,10 +22,14 @@
 #   size checked against the radio's limit, then the receive window: RX1
 #   opens RX1_DELAY_MS after the end of the uplink (RX_EARLY_MS early).
 #   A radio that hears at any time (a wire) gets a receive task instead.
-# - downlinks: parse, MIC, replay window (persisted before acting), decode;
-#   COMMAND idempotent by id (answered with CMD_ACK and the first result),
-#   CONFIG (runtime keys here, app keys to app.configure; persisted), TIME
-#   (hal.set_time), ACK (confirms an alarm; "more queued" keeps listening).
+# - downlinks: parse, MIC, counter (SPEC §4: on this link only the gateway's
+#   half, strictly above its top -- one sender, in order; persisted before
+#   acting), decode; COMMAND idempotent by id (answered with CMD_ACK and the
+#   first result; refused after its expiry), CONFIG (refused after its
+#   expiry; runtime keys here, app keys to app.configure; persisted), TIME
+#   (only in answer to one of the node's last uplinks, sent at most
+#   TIME_SLACK_S ago: `fresh`), ACK (confirms an alarm; "more queued" keeps
+#   listening).
 #   Nothing that arrives can raise out of the handler: it is counted.
 # - the watchdog is fed while every runtime task is alive; a dead task (a
 #   bug) stops the feeding and the board resets. App totals are flushed by
@@ -99,6 +103,10 @@ class Node:
         self.exhausted = False
         self.last_rssi = None
         self.last_snr = None
+        # the last uplink sent and when each of the last TIME_UPLINKS went out (ticks_ms): a TIME
+        # must answer one of them (SPEC §4, "Freshness")
+        self._up_last = -1
+        self._up_ticks = [0] * m.TIME_UPLINKS
         # counters (STATUS, tests, the simulator's report)
         self.tx = 0
         self.tx_failed = 0
@@ -484,7 +492,10 @@ class Node:
         if band is not None:
             self.duty.record(start, self.radio.airtime_ms(n), band)
         self.tx += 1
-        q.sent(it, counter, hal.ticks_ms())
+        self._up_last = counter
+        t = hal.ticks_ms()
+        self._up_ticks[counter % m.TIME_UPLINKS] = t
+        q.sent(it, counter, t)
         if not self.radio.continuous:
             await self._rx_window()
 
@@ -542,7 +553,10 @@ class Node:
         if not store.opened:  # no window to check against: refuse everything (SPEC §4)
             self.rx_rejected += 1
             return None
-        if store.window_for(f.counter).check(f.counter) != fr.ACCEPT:  # SPEC §4: gateway or tool half
+        c = f.counter
+        # SPEC §4: this link carries the gateway's half only (a tool's frames come over BLE), and the
+        # gateway is its one sender, in order: anything at or below the top is late or replayed
+        if c >= fr.TOOL_COUNTER_BASE or c <= store.window.top:
             self.rx_replayed += 1
             self.rx_rejected += 1
             return None
@@ -555,7 +569,7 @@ class Node:
         if msg is not None and t == m.COMMAND and not store.stale_command(msg[m.C_ID]):
             cid = msg[m.C_ID]  # executed below: the new high-water mark, persisted with the window
         try:
-            store.accept_downlink(f.counter, cid)  # persisted before acting (SPEC §4)
+            store.accept_downlink(c, cid)  # persisted before acting (SPEC §4)
         except StorageError as e:
             self.last_error = repr(e)  # not acted on; the sender retries it
             self.rx_rejected += 1
@@ -568,14 +582,47 @@ class Node:
             return None
         if t == m.COMMAND:
             self._command(msg, cid)
-        elif t == m.CONFIG:
-            self.apply_settings(msg[m.CF_SETTINGS])
-        elif t == m.TIME:
-            self.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
+        elif t == m.CONFIG or t == m.TIME:
+            res = self.fresh(t, msg, True)
+            if res:
+                self.rx_rejected += 1
+                self.last_error = "downlink %d refused: %d" % (t, res)
+            elif t == m.CONFIG:
+                self.apply_settings(msg[m.CF_SETTINGS])
+            else:
+                self.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
         elif t == m.ACK:
             self.queue.ack(msg[m.A_COUNTER])
             return msg.get(m.A_QUEUED, 0)
         return None
+
+    def fresh(self, mtype, msg, air):
+        """0 when a checked CONFIG or TIME may be applied now, else the CMD_ACK result saying why not.
+
+        SPEC §4, "Freshness": a CONFIG past its expiry is RES_EXPIRED (a node
+        without a clock cannot tell and takes it: the counter rule is its
+        guard then). A TIME that answers an uplink (T_ANSWERS) must name one of
+        the last TIME_UPLINKS this node sent, at most TIME_SLACK_S ago
+        (RES_EXPIRED otherwise); it may then set the clock anywhere: the
+        gateway is the time authority, and a held-back copy is late by
+        TIME_SLACK_S at most. A TIME that answers nothing comes only from a
+        commissioning tool (`air` False; on the air RES_REFUSED), and never
+        moves a set clock back by more than TIME_SLACK_S (RES_REFUSED).
+        """
+        now = self.hal.time()
+        if mtype == m.CONFIG:
+            exp = msg.get(m.CF_EXPIRES, 0)
+            return m.RES_EXPIRED if exp and now is not None and now > exp else 0
+        c = msg.get(m.T_ANSWERS)
+        if c is not None:
+            last = self._up_last
+            if 0 <= last - c < m.TIME_UPLINKS:
+                if self.hal.ticks_ms() - self._up_ticks[c % m.TIME_UPLINKS] <= m.TIME_SLACK_S * 1000:
+                    return 0
+            return m.RES_EXPIRED
+        if air or (now is not None and msg[m.T_UNIX] < now - m.TIME_SLACK_S):
+            return m.RES_REFUSED
+        return 0
 
     def _command(self, msg, fresh_id):
         cid = msg[m.C_ID]

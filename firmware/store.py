@@ -15,7 +15,8 @@
 #          next = reserved, then reserved = next + R is written and read
 #          back BEFORE anything is sent; when next reaches reserved it is
 #          written again. A reboot skips at most R-1 counters, never reuses one.
-#   "dl"   downlink state: the highest accepted downlink counter (u32),
+#   "dl"   downlink state: the highest accepted downlink counter (u32;
+#          0xffffffff: none yet, as after a tool's frame only),
 #          then, once a commissioning tool was heard, the highest accepted
 #          tool counter (u32, >= TOOL_COUNTER_BASE: SPEC §4, the other half
 #          of the counter space, its own window; 0 when no tool was heard),
@@ -64,6 +65,7 @@ KEY_TOTALS = "tot"
 KEY_CFG = "cfg"
 
 _ALL_SEEN = (1 << REPLAY_WINDOW) - 1
+_NO_TOP = 0xFFFFFFFF  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
 
 
 class StorageError(Exception):
@@ -206,7 +208,8 @@ class Store:
                 mark = c[0]
         if start == 12:
             mark = struct.unpack_from(">I", p, 8)[0]
-        self.window = ReplayWindow(struct.unpack_from(">I", p, 0)[0], _ALL_SEEN)
+        top = struct.unpack_from(">I", p, 0)[0]
+        self.window = ReplayWindow(-1 if top == _NO_TOP else top, _ALL_SEEN)
         if start > 4:
             tool = struct.unpack_from(">I", p, 4)[0]
             if tool >= TOOL_COUNTER_BASE:
@@ -257,7 +260,8 @@ class Store:
     # -- downlinks ------------------------------------------------------------------
 
     def _down_record(self, top, tool, mark, cmds):
-        p = bytearray(struct.pack(">III", top if top >= 0 else 0, tool if tool >= TOOL_COUNTER_BASE else 0, mark))
+        # no gateway downlink yet (only a tool's): _NO_TOP, never 0, or counter 0 is refused later
+        p = bytearray(struct.pack(">III", top if top >= 0 else _NO_TOP, tool if tool >= TOOL_COUNTER_BASE else 0, mark))
         for c in cmds:
             p.extend(struct.pack(">IBi", c[0], c[1], c[2]))
         return bytes(p)

@@ -48,9 +48,15 @@ answers a repeat with the first result) until a CMD_ACK arrives, at most
 next uplink at least RETRY_AFTER_S after the last send (the CMD_ACK may be
 that uplink); on serial/BLE it happens after ACK_TIMEOUT_S. CONFIG and TIME
 have no answer in the protocol: once handed to the radio they are `sent`,
-final. TIME bodies are filled in when sent, not when queued. Anything still
-open at its expiry is `expired`, counted and logged (and visible through the
-API); a COMMAND also carries its expiry (key 3) so a node refuses it late.
+final. Anything still open at its expiry is `expired`, counted and logged
+(and visible through the API); a COMMAND (key 3) and a CONFIG (key 1) also
+carry their expiry so a node refuses them late.
+
+Freshness (SPEC §4): a TIME is filled in when sent, not when queued, and
+answers an uplink: it names the counter of the node's latest uplink (key 2)
+and goes out only while that uplink is younger than TIME_ANSWER_S (the node
+takes it within messages.TIME_SLACK_S of sending that uplink). A TIME queued
+while the node is quiet waits for its next uplink.
 
 States: queued -> sent -> acked | failed | expired (queued -> expired too).
 
@@ -83,6 +89,7 @@ SWEEP_S = 1.0
 # 900 s report intervals. Older, a queued downlink waits for the node's next uplink (which renews it).
 LAST_RX_TTL_S = 1800.0
 EARLY_MAX = 1024  # copies heard before their first copy was committed, remembered for the path choice
+TIME_ANSWER_S = m.TIME_SLACK_S / 2  # a TIME answers an uplink heard at most this long ago (SPEC §4)
 OPEN = ("queued", "sent")
 KINDS = (m.COMMAND, m.CONFIG, m.TIME)
 
@@ -120,6 +127,7 @@ class Downlinks:
         self._last_sent: dict[int, float] = {}  # downlink id -> when it was last handed to a radio
         self._last_rx: dict[int, Reception] = {}  # node -> last reception on an immediate transport
         self._last_rx_at: dict[int, float] = {}  # node -> when (self.clock) that reception was committed
+        self._answering: dict[int, tuple[int, float]] = {}  # node -> (uplink counter, when) a TIME may answer
         self._collect: dict[tuple[int, int], list[Reception]] = {}
         self._early: OrderedDict[tuple[int, int], list[Reception]] = OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
@@ -176,6 +184,8 @@ class Downlinks:
         if mtype == m.COMMAND:
             body[0] = 0  # a placeholder for the check: the store assigns the id
             body[3] = int(expires)
+        elif mtype == m.CONFIG:
+            body[m.CF_EXPIRES] = int(expires)
         elif mtype == m.TIME:
             body = {0: int(now)}
         try:
@@ -279,6 +289,7 @@ class Downlinks:
             log.error("downlink task failed: %r", t.exception(), exc_info=t.exception())
 
     async def _answer(self, record: Record, reception: Reception, ack: bool) -> None:
+        self._note_uplink(record)
         key = (record.node_id, record.counter)
         if key in self._collect:
             await asyncio.sleep(self.collect_s)
@@ -312,8 +323,12 @@ class Downlinks:
                     budget -= 1
                 body = dict(dl.body)
                 if dl.mtype == m.TIME:
-                    now = self.clock()
-                    body = {0: int(now), 1: int(now * 1000) % 1000}
+                    time_body = self._time_body(node_id)
+                    if time_body is None:  # no uplink of now to answer: it waits for the next one
+                        if budget is not None:
+                            budget += 1
+                        continue
+                    body = time_body
                 if not await self._send(entry, dl.mtype, body, rx):
                     break  # the path is down: the rest waits too
                 dl.attempts += 1
@@ -327,6 +342,20 @@ class Downlinks:
                         await self.store.update_downlink(dl)
                 else:
                     await self._close(dl, "sent")
+
+    def _note_uplink(self, record: Record) -> None:
+        """Remember the node's latest uplink: the one a TIME answers (SPEC §4, "Freshness")."""
+        last = self._answering.get(record.node_id)
+        if last is None or record.counter >= last[0] or self.clock() - last[1] > TIME_ANSWER_S:
+            self._answering[record.node_id] = (record.counter, self.clock())
+
+    def _time_body(self, node_id: int) -> dict[int, int] | None:
+        """A TIME body of now answering the node's latest uplink, or None when that is not fresh."""
+        last = self._answering.get(node_id)
+        now = self.clock()
+        if last is None or now - last[1] > TIME_ANSWER_S:
+            return None
+        return {m.T_UNIX: int(now), m.T_MS: int(now * 1000) % 1000, m.T_ANSWERS: last[0]}
 
     def _due(self, node_id: int, rx: Reception, immediate: bool) -> list[Downlink]:
         now = self.clock()

@@ -25,7 +25,10 @@ are SPEC §11 ("Commissioning", protocol/ble.py), the counter rules SPEC §4:
   by another tool meanwhile is retried once with the node's new top.
   `clock=now` sends a TIME frame with this computer's clock (UTC), the same
   way: a node with no gateway in reach (lighting in its dusk-to-dawn
-  fail-safe) gets its schedule back.
+  fail-safe) gets its schedule back. Freshness (SPEC §4): the CONFIG expires
+  TOOL_CONFIG_TTL_S after it is sealed, and a node whose clock is set refuses
+  a TIME more than messages.TIME_SLACK_S behind it (this computer's clock is
+  behind, or the frame was held back).
 
 Errors (BleToolError.reason): adapter (no Bluetooth to scan with), not_found (not in
 reach), connect, timeout,
@@ -65,6 +68,7 @@ from protocol.keys import NodeKeys
 
 DEFAULT_SCAN_S = 5.0
 DEFAULT_TIMEOUT_S = 10.0
+TOOL_CONFIG_TTL_S = 600  # a tool's CONFIG expires this long after it is sealed (SPEC §4, "Freshness")
 SERVICE_UUID = pb.SERVICE_UUID
 STATUS_UUID = pb.STATUS_UUID
 ALARMS_UUID = pb.ALARMS_UUID
@@ -561,7 +565,13 @@ async def configure(
         top = status["tool_counter"]
         refused, retried, when = 0, False, None
         if settings:
-            top, refused, retried = await _send(link, keys, m.CONFIG, lambda: {m.CF_SETTINGS: settings}, top)
+            top, refused, retried = await _send(
+                link,
+                keys,
+                m.CONFIG,
+                lambda: {m.CF_SETTINGS: settings, m.CF_EXPIRES: int(clock()) + TOOL_CONFIG_TTL_S},
+                top,
+            )
         if set_clock:
 
             def now() -> dict[int, int]:  # read at the last moment: the answer comes within the timeout
@@ -612,5 +622,11 @@ def _confirmed(keys: NodeKeys, answer: bytes, counter: int) -> int:
         raise BleToolError("protocol", f"the node answered for counter {ack[m.CA_ID]}, not {counter}")
     result = ack[m.CA_RESULT]
     if result not in (m.RES_OK, m.RES_BAD_ARGS):
-        raise BleToolError("refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, m.CA_RESULT)].get(result, result)}")
+        why = {
+            m.RES_EXPIRED: " (its clock is past the frame's expiry: is this computer's clock right?)",
+            m.RES_REFUSED: f" (the time is more than {m.TIME_SLACK_S} s behind the node's clock)",
+        }.get(result, "")
+        raise BleToolError(
+            "refused", f"the node answered {expand.ENUMS[(m.CMD_ACK, m.CA_RESULT)].get(result, result)}{why}"
+        )
     return ack.get(m.CA_VALUE, 0) if result == m.RES_BAD_ARGS else 0

@@ -142,6 +142,15 @@ RAIN_DELAY_MAX_H = 720  # OP_RAIN_DELAY hours, 0..this (0 cancels)
 SCHEDULE_GROUPS_MAX = 6  # OP_SET_SCHEDULE groups of 4 args
 SCHEDULE_MAX = 8  # schedule entries an irrigation node keeps
 
+# Freshness of downlinks (SPEC §4, "Freshness"). A TIME from the gateway
+# answers an uplink (T_ANSWERS): the node takes it only when it names one of
+# its last TIME_UPLINKS uplinks and that uplink went out at most TIME_SLACK_S
+# ago, so a TIME held back by an attacker sets the clock late by at most that.
+# A TIME that answers nothing (a commissioning tool's) never moves a clock that
+# is set back by more than TIME_SLACK_S. CONFIG and COMMAND carry an expiry.
+TIME_SLACK_S = 5
+TIME_UPLINKS = 4
+
 # Field kinds.
 U = 0  # unsigned int in [lo, hi]
 I = 1  # signed int in [lo, hi]
@@ -213,9 +222,11 @@ C_ARGS = const(2)
 C_EXPIRES = const(3)
 # CONFIG
 CF_SETTINGS = const(0)
+CF_EXPIRES = const(1)
 # TIME
 T_UNIX = const(0)
 T_MS = const(1)
+T_ANSWERS = const(2)
 # ACK
 A_COUNTER = const(0)
 A_QUEUED = const(1)
@@ -279,10 +290,12 @@ SPECS = {
     ),
     CONFIG: (
         (CF_SETTINGS, M, 0, U32, True, 16),  # partial config: CFG_* -> value
+        (CF_EXPIRES, U, 0, U32, False, 0),  # expires, Unix s (0: never)
     ),
     TIME: (
         (T_UNIX, U, 0, U32, True, 0),  # Unix time, s
         (T_MS, U, 0, 999, False, 0),  # ms
+        (T_ANSWERS, U, 0, U32, False, 0),  # the uplink counter this TIME answers
     ),
     ACK: (
         (A_COUNTER, U, 0, U32, True, 0),  # acknowledged uplink counter

@@ -154,6 +154,7 @@ class MiniGateway:
     down_counter: int = 0
     rx1_delay_ms: int = 1000
     answers: list[asyncio.Task] = field(default_factory=list, repr=False, compare=False)  # held: asyncio keeps weakrefs
+    bind_time: bool = True  # fill in T_ANSWERS of a pending TIME with the uplink it answers
 
     def __post_init__(self):
         self.window = fr.ReplayWindow()
@@ -176,18 +177,24 @@ class MiniGateway:
                 self.rejected.append(f"{type(e).__name__}: {e}")
                 continue
             self.heard.append(Heard(self.hal.ticks_ms(), f.mtype, f.counter, body, raw))
-            replies: list[bytes] = list(self.raw_pending)
+            raw = list(self.raw_pending)
             self.raw_pending.clear()
-            for mtype, b in self.pending:
-                replies.append(self.seal(mtype, b))
+            todo = list(self.pending)
             self.pending.clear()
+            replies: list[bytes] = []
             alarm = f.mtype == m.EVENT and body.get(1, 0) >= m.SEV_ALARM
-            if (self.auto_ack and alarm) or len(replies) > 1:
-                # an ACK first, announcing the rest: the node keeps listening for them
+            if (self.auto_ack and alarm) or len(raw) + len(todo) > 1:
+                # an ACK first, announcing the rest: the node keeps listening for them. Sealed
+                # first too: the gateway's counters reach the node in order (SPEC §4)
                 ack = {0: f.counter}
-                if replies:
-                    ack[1] = len(replies)
-                replies.insert(0, self.seal(m.ACK, ack))
+                if raw or todo:
+                    ack[1] = len(raw) + len(todo)
+                replies.append(self.seal(m.ACK, ack))
+            replies.extend(raw)
+            for mtype, b in todo:
+                if mtype == m.TIME and self.bind_time and m.T_ANSWERS not in b:
+                    b = {**b, m.T_ANSWERS: f.counter}  # a TIME answers the uplink it follows (SPEC §4)
+                replies.append(self.seal(mtype, b))
             if replies:
                 self.answers.append(asyncio.create_task(self._answer(replies)))
 

@@ -180,7 +180,7 @@ async def test_the_sweep_sleeps_while_nothing_is_open_and_wakes_for_a_queued_dow
         await s.close()
 
 
-async def test_serial_nodes_get_downlinks_at_once_and_time_is_filled_when_sent(gw):
+async def test_serial_nodes_get_downlinks_at_once_and_time_answers_the_next_uplink(gw):
     p, d, clock = gw
     radio = Radio("serial:a")
     await uplink(p, d, seal(NODE, 1), radio, "serial")
@@ -188,8 +188,13 @@ async def test_serial_nodes_get_downlinks_at_once_and_time_is_filled_when_sent(g
     dl = await d.enqueue(NODE, m.TIME, {})
     cfg = await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 900}})
     await d.idle()
-    assert radio.sent == [(m.TIME, 0, {0: int(clock.t), 1: 250}), (m.CONFIG, 1, {0: {0: 900}})]
-    assert p.store.downlink(dl.id).state == "sent" and p.store.downlink(cfg.id).state == "sent"  # no answer exists
+    # the CONFIG at once, with its expiry; the TIME has no uplink of now to answer (SPEC §4): it waits
+    assert radio.sent == [(m.CONFIG, 0, {0: {0: 900}, 1: int(cfg.expires)})]
+    assert p.store.downlink(dl.id).state == "queued" and p.store.downlink(cfg.id).state == "sent"  # no answer exists
+    clock.t += 60
+    await uplink(p, d, seal(NODE, 2), radio, "serial")
+    assert radio.sent[1:] == [(m.TIME, 1, {0: int(clock.t), 1: 250, 2: 2})]  # filled in when sent, answering 2
+    assert p.store.downlink(dl.id).state == "sent"
 
 
 async def test_a_failed_send_keeps_the_downlink_and_never_reuses_a_counter(gw):

@@ -158,5 +158,14 @@ class DownlinkTable:
 
     @staticmethod
     def reset_counter(c: sqlite3.Connection, node_id: int) -> None:
-        """Forget the node's downlink counter (writer thread, in a transaction): it was re-keyed."""
-        c.execute("DELETE FROM dl_counters WHERE node_id = ?", (node_id,))
+        """The node was re-keyed (writer thread, in a transaction): its downlink counter goes ON.
+
+        A node takes the gateway's downlinks only above the top of its window
+        (SPEC §4). Starting again at 0 would be refused by a node that kept its
+        window through the re-key (a config swapped in without an erase); going
+        on is accepted by it and by a node that started afresh under the new
+        key alike, and a counter is never reused under either key. Only an
+        exhausted counter starts again at 0: that node must come back with
+        fresh state (SPEC §2).
+        """
+        c.execute("DELETE FROM dl_counters WHERE node_id = ? AND counter >= ?", (node_id, frame.TOOL_COUNTER_BASE - 1))

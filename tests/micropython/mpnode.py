@@ -57,18 +57,21 @@ class MiniGateway:
             self.count += 1
             if self.keep:
                 self.heard.append((self.hal.ticks_ms(), f.mtype, f.counter, body, n))
-            replies = []
+            todo = []
             if (f.mtype == m.HELLO or (f.mtype == m.STATUS and not body.get(1))) and self.clock is not None:
-                replies.append(self.seal(m.TIME, {0: self.clock.unix()}))
-            for mtype, b in self.pending:
-                replies.append(self.seal(mtype, b))
+                # a TIME answers the uplink it follows (SPEC §4, "Freshness")
+                todo.append((m.TIME, {0: self.clock.unix(), 2: f.counter}))
+            todo.extend(self.pending)
             self.pending = []
+            replies = []
             alarm = f.mtype == m.EVENT and body.get(1, 0) >= m.SEV_ALARM
-            if alarm or len(replies) > 1:
+            if alarm or len(todo) > 1:
                 ack = {0: f.counter}
-                if replies:
-                    ack[1] = len(replies)
-                replies.insert(0, self.seal(m.ACK, ack))
+                if todo:
+                    ack[1] = len(todo)
+                replies.append(self.seal(m.ACK, ack))  # first, so its counter is the lowest: sent in order
+            for mtype, b in todo:
+                replies.append(self.seal(mtype, b))
             if replies:
                 asyncio.create_task(self._answer(replies))
 
