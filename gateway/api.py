@@ -46,6 +46,9 @@ no framing, no referrer; a Content-Security-Policy that allows nothing on
 API answers and, on the web page, only its own scripts, styles and API
 (PAGE_CSP: no inline code, no other origin). The static files are read once
 at start, served with an ETag and revalidated on every load (no-cache).
+
+One file (over 600 lines): the route table below is the API's documentation;
+its handlers sit beside it. Metrics live in metrics.py.
 """
 
 from __future__ import annotations

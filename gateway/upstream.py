@@ -66,6 +66,9 @@ Status codes:
                            aside because of a typo in the config
   408, 425, 429, 5xx,      transient: retried with backoff / Retry-After
   network errors, timeouts
+
+One file (over 600 lines): batching, retry and the three formats' sending
+share one loop and its state; the wire formats themselves live in formats.py.
 """
 
 from __future__ import annotations

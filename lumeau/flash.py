@@ -29,6 +29,9 @@ Errors are FlashError with a ``reason`` a script can test (REASONS) and a messag
 for the technician. Limits: CHUNK bytes per raw-REPL write (raw paste has flow
 control, so any size is safe; 1 KiB keeps a round trip short at 115200 Bd);
 RETRIES per file on a hash mismatch.
+
+One file (over 600 lines): the steps below share one connection and one
+report, and read in the order a flash runs them.
 """
 
 from __future__ import annotations

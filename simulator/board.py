@@ -30,6 +30,9 @@ skips ``main.py`` (as holding a board's safe-boot button would), so a stuck
 ``main.py`` cannot lock a tool out. Console output waiting for a reader is buffered
 up to board_host.OUTPUT_BUFFER_MAX bytes per pty, then dropped, as a USB serial port with no
 host drops it. ``sys.stdin`` is not connected to the serial line (the REPL is).
+
+One file (about 600 lines): the pty, the REPL state machine and the
+bridge to the engine are one protocol, read top to bottom against pyexec.c.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Real parts: mpy-cross builds the bundles, the flash tool talks to `lumeau sim bo
 (real MicroPython behind a real pty) through mpremote's transport, the registry is
 gateway/registry.py's file, configs load with the firmware's own loader. esptool
 cannot reach a virtual board: its Python API (esptool.cmds) is the seam there.
+
+One file (over 600 lines): build, provision and flash share the bundle and
+virtual-board fixtures, and a flash test needs the first two.
 """
 
 from __future__ import annotations

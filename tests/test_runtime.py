@@ -3,6 +3,9 @@
 Every frame the node sends is verified by protocol/ on the gateway side
 (tests/firmware_helpers.MiniGateway), so counters, MICs and bodies are
 checked by the receiver's code, not by the node's own bookkeeping.
+
+One file (over 600 lines): every case runs the same node on the same
+MiniGateway fixtures; the app-specific cases live in test_lighting/irrigation.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Semtech packet forwarder) and a real `lumeau sink`, driven by simulated radios o
 Real parts throughout: child processes, a pseudo-terminal, UDP sockets on 127.0.0.1, SQLite files,
 HTTP. The simulated side is the channel (simulator/channel.py) and frames sealed with each node's
 own key; what is checked is what reached the sink.
+
+One file (over 600 lines): each case starts the same gateway and sink
+processes; apart they would repeat that set-up.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 A device that vanishes and comes back is a pty closed and a new one created
 behind the same symlink (as udev's /dev/serial/by-id/... links behave when a
 USB board is replugged).
+
+One file (over 600 lines): every case drives the same pty fixtures; split by
+concern they would copy them.
 """
 
 from __future__ import annotations

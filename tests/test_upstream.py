@@ -3,6 +3,9 @@
 The platform is the real sink (`city.sink.Sink`) with a fault-injection
 middleware in front: outages (nothing listening), 500s, 429 with
 Retry-After, slow answers, refused records, a wrong token.
+
+One file (over 600 lines): every case drives the same sink-behind-faults
+fixture; the formats' own tests live in test_formats.py.
 """
 
 from __future__ import annotations
