@@ -1211,3 +1211,33 @@ async def test_the_gateway_never_seals_with_a_tool_counter(tmp_path):
             await s.next_downlink_counter(7)
     finally:
         await s.close()
+
+
+class _Answers:
+    """A Link stand-in whose node answers each write with the next of `answers` (the tool's parsers under fuzz)."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self.written: list[bytes] = []
+        self.seen = ble_tools.Seen("x", 0x00A1B2C3, 1, 0, 0, None, "0.1.0", True, True, -60)
+
+    async def exchange(self, frame: bytes) -> bytes:
+        self.written.append(frame)
+        return self.answers.pop(0) if self.answers else b""
+
+
+@settings(max_examples=300, deadline=None)
+@given(session_answer=st.binary(max_size=40), refusal=st.binary(max_size=40))
+def test_fuzz_the_tool_trusts_no_answer_it_cannot_verify(session_answer, refusal):
+    """Whatever a device answers, the tool raises a BleToolError; it seals a frame only after a verified session."""
+    keys = NodeKeys(0x00A1B2C3, KEY)
+    link = _Answers([session_answer, refusal])
+
+    async def run() -> None:
+        s = await ble_tools._open_session(link, keys)  # type: ignore[arg-type]
+        await ble_tools._send(link, keys, s, m.CONFIG, lambda: {0: {0: 60}, 2: s.nonce}, s.top)  # type: ignore[arg-type]
+
+    with pytest.raises(ble_tools.BleToolError) as e:
+        asyncio.run(run())
+    assert e.value.reason in ("protocol", "auth", "refused")
+    assert len(link.written) == 1  # the session request only: a keyless answer gets no frame
