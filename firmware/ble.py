@@ -16,25 +16,33 @@
 # - advertises the commissioning service, connectable, every
 #   adv_interval_ms, name "Lumeau"; the scan response holds the service data
 #   (node id, kind, state, open alarms, output, firmware, flags), rebuilt
-#   every ADV_REFRESH_MS so a scan shows the state of now;
+#   every _ADV_REFRESH_MS so a scan shows the state of now;
 # - serves one connection at a time (the stack stops advertising while
-#   connected) and drops it after IDLE_MS without a write, after
-#   CONNECTION_MAX_MS in any case, and after REFUSALS_MAX refused frames, so
+#   connected) and drops it after _IDLE_MS without a write, after
+#   _CONNECTION_MAX_MS in any case, and after _REFUSALS_MAX refused frames, so
 #   a parked phone cannot hold the node and a guesser pays a reconnection
 #   for every few tries;
 # - status characteristic (read): a CBOR map, refreshed every
-#   STATUS_REFRESH_MS while connected; alarms characteristic (read): the last
-#   ALARMS_KEPT EVENTs of severity >= warning since boot, oldest first;
+#   _STATUS_REFRESH_MS while connected; alarms characteristic (read): the last
+#   _ALARMS_KEPT EVENTs of severity >= warning since boot, oldest first;
 # - control characteristic (write, notify): downlink frames in the serial
 #   framing of §8, written in pieces of at most CONTROL_WRITE_MAX bytes; each
-#   frame is answered by one framed notification stream: a CMD_ACK uplink
-#   sealed with the node's keys when a CONFIG or TIME was applied (command
-#   id = the frame's counter, value = bitmask of refused keys), or a refusal
-#   `A0 reason top` when nothing was applied.
+#   write is answered by one framed notification stream: a session request
+#   `A1 challenge` by `A1 nonce top tag`, a frame by a CMD_ACK uplink sealed
+#   with the node's keys when a CONFIG or TIME was applied (command id = the
+#   frame's counter, value = bitmask of refused keys), or by a refusal
+#   `A0 reason top tag` when nothing was applied.
+# Sessions (SPEC §11, "Sessions", after OSCORE's Echo, RFC 9175): the node
+# draws a random nonce for each session request and takes a tool frame only
+# if it carries that nonce (CONFIG key 2, TIME key 3), so a frame sealed by a
+# tool talking to someone else is worth nothing here; its answers are tagged
+# with its key over the tool's challenge and the nonce, so the tool trusts a
+# counter top only from this node, now. A new connection has no session.
 # Counters: tool frames use the upper half of the downlink counter space
 # (frame.TOOL_COUNTER_BASE) with its own replay window in the store, so they
 # never collide with or outrun the gateway's downlinks (SPEC §4). The tool
-# learns the window's top from the status (key 6).
+# learns the window's top from the session answer (the status's key 6 is
+# for people: it is not tagged).
 #
 # The profile both ends share (UUIDs, service data, status keys, refusal
 # codes) is protocol/ble.py.
@@ -43,6 +51,7 @@
 # BLE has no simulated counterpart); everything else waits through the HAL.
 
 import asyncio
+import os
 import struct
 
 from protocol import VERSION
@@ -54,15 +63,17 @@ from protocol import serial as framing
 
 from firmware.store import StorageError
 
-ADV_REFRESH_MS = 10000
-STATUS_REFRESH_MS = 1000
-IDLE_MS = 60000
-CONNECTION_MAX_MS = 600000
-REFUSALS_MAX = 8
-ALARMS_KEPT = 8  # <= 23: the alarms value's CBOR array head is one byte
-ERROR_BACKOFF_MS = 5000  # the stack refused to advertise: try again later ...
-ERROR_BACKOFF_MAX_MS = 300000  # ... doubling up to 5 min
-LAST_ERROR_MAX = 48
+const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
+_ADV_REFRESH_MS = const(10000)
+_STATUS_REFRESH_MS = const(1000)
+_IDLE_MS = const(60000)
+_CONNECTION_MAX_MS = const(600000)
+_REFUSALS_MAX = const(8)
+_ALARMS_KEPT = const(8)  # <= 23: the alarms value's CBOR array head is one byte
+_ERROR_BACKOFF_MS = const(5000)  # the stack refused to advertise: try again later ...
+_ERROR_BACKOFF_MAX_MS = const(300000)  # ... doubling up to 5 min
+_LAST_ERROR_MAX = const(48)
 
 
 class Commissioning:
@@ -85,10 +96,11 @@ class Commissioning:
         )
         self._service = service
         self._registered = False
-        self._ring = []  # EVENT bodies (CBOR), oldest first: at most ALARMS_KEPT
+        self._ring = []  # EVENT bodies (CBOR), oldest first: at most _ALARMS_KEPT
         self._decoder = None  # per connection: 416 bytes of heap only while a central is connected
         self._last_write = 0
         self._refusals = 0
+        self._sess = None  # the tool's challenge + the node's nonce: None until a session request
         # counters, for the status and the tests
         self.connections = 0
         self.applied = 0
@@ -102,7 +114,7 @@ class Commissioning:
             return
         ring = self._ring
         ring.append(data)
-        if len(ring) > ALARMS_KEPT:
+        if len(ring) > _ALARMS_KEPT:
             ring.pop(0)
         try:
             self.alarms.write(self.alarms_value())
@@ -136,18 +148,15 @@ class Commissioning:
         st = bp.STATE_FAILSAFE if failsafe else bp.STATE_ALARM if alarms else bp.STATE_OK
         return st, out, alarms, mtype, body
 
-    def service_data(self):
-        """The 12 bytes after the service UUID in the scan response (SPEC §11)."""
+    def scan_response(self):
+        """The service data (SPEC §11): its 12 bytes after the service UUID say the state of now."""
         node = self.node
         st, out, alarms, _, _ = self.look()
         flags = bp.FL_CONFIGURE if self.configure else 0
         if node.hal.time() is not None:
             flags |= bp.FL_TIME
         fw = self._fw
-        return struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out, fw[0], fw[1], fw[2], flags)
-
-    def scan_response(self):
-        sd = self.service_data()
+        sd = struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out, fw[0], fw[1], fw[2], flags)
         return bytes((len(sd) + 17, 0x21)) + self._svc_le + sd
 
     def status_value(self):
@@ -169,15 +178,18 @@ class Commissioning:
         if mtype is not None:
             v[bp.ST_REPORT] = [mtype, body]
         if node.last_error:
-            v[bp.ST_LAST_ERROR] = node.last_error[:LAST_ERROR_MAX]
+            v[bp.ST_LAST_ERROR] = node.last_error[:_LAST_ERROR_MAX]
         return cbor.dumps(v)
 
     # -- configuration over BLE ------------------------------------------------------------
 
+    def _tagged(self, answer):
+        return answer + bp.tag(self.node.keys, answer, self._sess or bytes(16))
+
     def _refuse(self, reason):
         self._refusals += 1
         self.refused += 1
-        return struct.pack(">BBI", bp.REFUSED, reason, self.node.store.tool_window.top)
+        return self._tagged(struct.pack(">BBI", bp.REFUSED, reason, self.node.store.tool_window.top))
 
     def handle(self, raw):
         """Answer one frame written to the control characteristic (bytes to frame and notify)."""
@@ -190,6 +202,12 @@ class Commissioning:
     def _handle(self, raw):
         node = self.node
         store = node.store
+        if raw and raw[0] == bp.SESSION:
+            if len(raw) != 1 + bp.CHALLENGE_LEN:
+                return self._refuse(bp.R_MALFORMED)
+            nonce = os.urandom(bp.NONCE_LEN)  # the board's random source (ESP32, RP2040: hardware)
+            self._sess = bytes(raw[1:]) + nonce
+            return self._tagged(bytes((bp.SESSION,)) + nonce + struct.pack(">I", store.tool_window.top))
         try:
             f = fr.parse(raw)
         except fr.FrameError:
@@ -209,6 +227,13 @@ class Commissioning:
             body = fr.verify(node.keys, f)
         except (fr.FrameError, NotImplementedError):
             return self._refuse(bp.R_AUTH)
+        try:
+            msg = m.decode(t, body)
+        except m.MessageError:
+            return self._refuse(bp.R_MALFORMED)
+        sess = self._sess
+        if sess is None or msg.get(m.CF_ECHO if t == m.CONFIG else m.T_ECHO) != sess[bp.CHALLENGE_LEN :]:
+            return self._refuse(bp.R_ECHO)  # sealed for another session, or for nobody's
         if store.tool_window.check(f.counter) != fr.ACCEPT:
             return self._refuse(bp.R_REPLAY)
         try:
@@ -216,10 +241,6 @@ class Commissioning:
         except StorageError as e:
             node.last_error = repr(e)
             return self._refuse(bp.R_STORAGE)  # not persisted (or the store is not open): not acted on
-        try:
-            msg = m.decode(t, body)
-        except m.MessageError:
-            return self._refuse(bp.R_MALFORMED)
         refused = 0
         res = node.fresh(t, msg, False)  # SPEC §4, "Freshness": a CONFIG's expiry, a TIME's bound
         if res:
@@ -246,7 +267,7 @@ class Commissioning:
     async def run(self):
         aioble = self.aioble
         hal = self.node.hal
-        backoff = ERROR_BACKOFF_MS
+        backoff = _ERROR_BACKOFF_MS
         while True:
             try:
                 if not self._registered:
@@ -254,16 +275,16 @@ class Commissioning:
                     self._registered = True
                     self.alarms.write(self.alarms_value())
                 conn = await aioble.advertise(
-                    self.interval_us, adv_data=self.adv, resp_data=self.scan_response(), timeout_ms=ADV_REFRESH_MS
+                    self.interval_us, adv_data=self.adv, resp_data=self.scan_response(), timeout_ms=_ADV_REFRESH_MS
                 )
             except asyncio.TimeoutError:
                 continue  # nobody connected: advertise the state of now
             except Exception as e:  # OSError from the stack, a controller that went away
                 self.node.last_error = repr(e)
                 await hal.sleep_ms(backoff)
-                backoff = min(backoff * 2, ERROR_BACKOFF_MAX_MS)
+                backoff = min(backoff * 2, _ERROR_BACKOFF_MAX_MS)
                 continue
-            backoff = ERROR_BACKOFF_MS
+            backoff = _ERROR_BACKOFF_MS
             if conn is None:
                 return  # aioble swallows a cancellation of advertise() and returns None: we were stopped
             await self._serve(conn)
@@ -273,17 +294,18 @@ class Commissioning:
         self.connections += 1
         self._decoder = framing.Decoder(fr.MAX_LEN)
         self._refusals = 0
+        self._sess = None  # each connection asks for its own session
         start = self._last_write = hal.ticks_ms()
         task = asyncio.create_task(self._control(conn))
         try:
             while conn.is_connected():
                 self.status.write(self.status_value())
-                await hal.sleep_ms(STATUS_REFRESH_MS)
+                await hal.sleep_ms(_STATUS_REFRESH_MS)
                 now = hal.ticks_ms()
                 if (
-                    now - self._last_write >= IDLE_MS
-                    or now - start >= CONNECTION_MAX_MS
-                    or self._refusals >= REFUSALS_MAX
+                    now - self._last_write >= _IDLE_MS
+                    or now - start >= _CONNECTION_MAX_MS
+                    or self._refusals >= _REFUSALS_MAX
                 ):
                     await conn.disconnect()
                     break
@@ -292,6 +314,7 @@ class Commissioning:
         finally:
             task.cancel()
             self._decoder = None
+            self._sess = None
 
     async def _control(self, conn):
         hal = self.node.hal

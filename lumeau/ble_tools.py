@@ -12,17 +12,25 @@ are SPEC §11 ("Commissioning", protocol/ble.py), the counter rules SPEC §4:
   id, kind, state, open alarms, output and firmware from its scan response
   and the signal (RSSI) of its advertisement, strongest first;
 - check: connects, reads the live status and the last alarms, and names every
-  field (protocol/expand.py);
+  field (protocol/expand.py); needs no key, so nothing it shows is
+  authenticated (reading is open to anyone in reach, SPEC §11);
 - configure: the CONFIG keys of SPEC §5 by name (report_interval=600, ...),
-  checked against the node's own limits and kind before anything is sent; a
-  CONFIG frame sealed with the node's downlink key (from its provisioned
-  config file or the gateway's registry file) and a counter from the tool
-  half of the counter space (the top the node reports, + 1), sent in clear
-  (two tools racing offline may pick the same counter: the node takes one,
-  refuses the other, and no keystream is ever reused); the node's answer is
-  an uplink CMD_ACK sealed with its key, verified here, so "applied" is the
-  node's word, not the radio's. A refusal names its reason; a counter taken
-  by another tool meanwhile is retried once with the node's new top.
+  checked against the node's own limits and kind before anything is sent.
+  First a session (SPEC §11, "Sessions"): the tool writes a random
+  challenge, the node answers with a fresh nonce and the top of its tool
+  counter window, tagged with its key over both; the tool trusts that top
+  only once the tag verifies with the node's key (from its provisioned config
+  file or the gateway's registry file), and seals nothing otherwise (a
+  device without the key -- a fake node, or a relay that alters the answer
+  -- gets no frame). Then a CONFIG frame sealed with the node's downlink key,
+  carrying the nonce, with a counter from the tool half of the counter space
+  (the verified top + 1), sent in clear (two tools racing offline may pick
+  the same counter: the node takes one, refuses the other, and no keystream
+  is ever reused); the node's answer is an uplink CMD_ACK sealed with its
+  key, verified here, so "applied" is the node's word, not the radio's. A
+  refusal is tagged too and trusted only when its tag verifies; it names its
+  reason, and a counter taken by another tool meanwhile is retried once
+  above the node's new (verified) top.
   `clock=now` sends a TIME frame with this computer's clock (UTC), the same
   way: a node with no gateway in reach (lighting in its dusk-to-dawn
   fail-safe) gets its schedule back. Freshness (SPEC §4): the CONFIG expires
@@ -32,9 +40,10 @@ are SPEC §11 ("Commissioning", protocol/ble.py), the counter rules SPEC §4:
 
 Errors (BleToolError.reason): adapter (no Bluetooth to scan with), not_found (not in
 reach), connect, timeout,
-disconnected, protocol (the node's answer does not decode), auth (the key is
-not the node's), refused (any other refusal), exhausted (re-key), bad_setting,
-no_key. Keys are never printed.
+disconnected, protocol (the node's answer does not decode, or its firmware has
+no sessions), auth (an answer not tagged or sealed with the key: the key is
+not the node's, or the device is not that node), refused (any other refusal),
+exhausted (re-key), bad_setting, no_key. Keys are never printed.
 
 Limits: DEFAULT_SCAN_S = 5 s of scanning for `scan`, DEFAULT_TIMEOUT_S = 10 s
 for finding and connecting and again for an answer; answers up to
@@ -47,6 +56,8 @@ the other side (tests/test_ble_commissioning.py).
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +97,7 @@ REFUSALS = {
     pb.R_COUNTER: ("refused", "a gateway counter, not a commissioning one"),
     pb.R_DISABLED: ("refused", "this node's config does not allow configuration over BLE"),
     pb.R_STORAGE: ("refused", "applied, but the node's flash refused an uplink counter to confirm it"),
+    pb.R_ECHO: ("refused", "the frame does not carry this connection's session nonce (the node restarted?)"),
 }
 
 
@@ -562,31 +574,80 @@ async def configure(
             raise BleToolError(
                 "protocol", f"{device.address} advertises node {seen.node_id:08x} but its status says {status['node']}"
             )
-        top = status["tool_counter"]
+        session = await _open_session(link, keys)
+        top = session.top
         refused, retried, when = 0, False, None
         if settings:
             top, refused, retried = await _send(
                 link,
                 keys,
+                session,
                 m.CONFIG,
-                lambda: {m.CF_SETTINGS: settings, m.CF_EXPIRES: int(clock()) + TOOL_CONFIG_TTL_S},
+                lambda: {
+                    m.CF_SETTINGS: settings,
+                    m.CF_EXPIRES: int(clock()) + TOOL_CONFIG_TTL_S,
+                    m.CF_ECHO: session.nonce,
+                },
                 top,
             )
         if set_clock:
 
-            def now() -> dict[int, int]:  # read at the last moment: the answer comes within the timeout
+            def now() -> dict[int, Any]:  # read at the last moment: the answer comes within the timeout
                 t = clock()
                 nonlocal when
                 when = int(t)
-                return {m.T_UNIX: int(t), m.T_MS: int(t * 1000) % 1000}
+                return {m.T_UNIX: int(t), m.T_MS: int(t * 1000) % 1000, m.T_ECHO: session.nonce}
 
-            top, _, again = await _send(link, keys, m.TIME, now, top)
+            top, _, again = await _send(link, keys, session, m.TIME, now, top)
             retried = retried or again
         return Configured(seen, settings, refused, when, retried)
 
 
+@dataclass(frozen=True)
+class Session:
+    """A commissioning session (SPEC §11, "Sessions"): verified with the node's key."""
+
+    challenge: bytes  # the tool's, random
+    nonce: bytes  # the node's, random: every frame of the session carries it
+    top: int  # the top of the node's tool counter window when it answered
+
+    @property
+    def tag_input(self) -> bytes:
+        return self.challenge + self.nonce
+
+
+def _verified(keys: NodeKeys, answer: bytes, session: bytes) -> bool:
+    n = len(answer) - pb.TAG_LEN
+    return hmac.compare_digest(answer[n:], pb.tag(keys, answer[:n], session))
+
+
+async def _open_session(link: Link, keys: NodeKeys) -> Session:
+    """Ask the node for a session; trust its nonce and counter top only when its tag verifies."""
+    node = f"node {link.seen.node_id:08x}"
+    challenge = os.urandom(pb.CHALLENGE_LEN)
+    answer = await link.exchange(bytes((pb.SESSION,)) + challenge)
+    if answer[:1] == bytes((pb.REFUSED,)) and len(answer) == 6:  # the untagged refusal of older firmware
+        raise BleToolError(
+            "protocol",
+            f"{node} does not open commissioning sessions (SPEC §11): its firmware predates them; update it",
+        )
+    if answer[:1] == bytes((pb.REFUSED,)) and len(answer) == pb.REFUSAL_LEN:  # nothing to trust, nothing sent
+        kind, text = REFUSALS.get(answer[1], ("refused", f"refused (reason {answer[1]})"))
+        raise BleToolError(kind, f"{node} refused a session: {text}")
+    if answer[:1] != bytes((pb.SESSION,)) or len(answer) != pb.SESSION_ANSWER_LEN:
+        raise BleToolError("protocol", f"{node} answered a session request with {len(answer)} bytes of something else")
+    nonce = answer[1 : 1 + pb.NONCE_LEN]
+    if not _verified(keys, answer, challenge + nonce):
+        raise BleToolError(
+            "auth",
+            f"{node}: its answer is not tagged with this key -- the key is not this node's "
+            "(re-provisioned since?), or the device is not that node; nothing was sent",
+        )
+    return Session(challenge, nonce, int.from_bytes(answer[1 + pb.NONCE_LEN : 5 + pb.NONCE_LEN], "big"))
+
+
 async def _send(
-    link: Link, keys: NodeKeys, mtype: int, body: Callable[[], dict[int, Any]], top: int
+    link: Link, keys: NodeKeys, session: Session, mtype: int, body: Callable[[], dict[int, Any]], top: int
 ) -> tuple[int, int, bool]:
     """One frame for the tool half, answered and verified: (the counter used, refused keys, retried)."""
     node = f"node {link.seen.node_id:08x}"
@@ -597,7 +658,11 @@ async def _send(
                 "exhausted", f"{node} used every commissioning counter: re-key it (lumeau node provision)"
             )
         answer = await link.exchange(fr.seal(keys, mtype, counter, m.encode(mtype, body())))
-        if answer[:1] == bytes((pb.REFUSED,)) and len(answer) == 6:
+        if answer[:1] == bytes((pb.REFUSED,)):
+            if len(answer) != pb.REFUSAL_LEN or not _verified(keys, answer, session.tag_input):
+                raise BleToolError(
+                    "auth", f"{node}: a refusal not tagged with this node's key for this session: not trusted"
+                )
             reason, top = answer[1], int.from_bytes(answer[2:6], "big")
             if reason == pb.R_REPLAY and attempt == 0:
                 continue  # another tool took that counter meanwhile: once more above its top

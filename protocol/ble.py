@@ -42,8 +42,18 @@ ST_COUNTERS = 8  # [uplinks sent, downlinks accepted, rejected, app faults, BLE 
 ST_LAST_ERROR = 9  # the last error, text, cut short
 ST_CONFIG_HASH = 10  # the config hash, 4 bytes (as in HELLO)
 
-# A refusal notified on the control characteristic: REFUSED reason top(u32).
+# Sessions (SPEC §11, "Sessions"): the tool writes SESSION challenge(8); the node draws a
+# nonce and answers SESSION nonce(8) top(u32) tag. A tool frame carries the nonce (CONFIG
+# key 2, TIME key 3: messages.CF_ECHO, T_ECHO); every answer that is not a frame is tagged.
+SESSION = 0xA1
+CHALLENGE_LEN = 8
+NONCE_LEN = 8
+TAG_LEN = 8
+SESSION_ANSWER_LEN = 1 + NONCE_LEN + 4 + TAG_LEN
+
+# A refusal notified on the control characteristic: REFUSED reason top(u32) tag.
 REFUSED = 0xA0
+REFUSAL_LEN = 1 + 1 + 4 + TAG_LEN
 R_MALFORMED = 1  # not a frame, not a downlink, or a body that is not a CONFIG
 R_WRONG_NODE = 2
 R_UNSUPPORTED = 3  # a message type other than CONFIG or TIME
@@ -52,6 +62,17 @@ R_REPLAY = 5  # the counter was used already: take top + 1
 R_COUNTER = 6  # a gateway counter (below TOOL_COUNTER_BASE)
 R_DISABLED = 7  # the config says no configuration over BLE
 R_STORAGE = 8  # applied, but no uplink counter to sign the answer with
+R_ECHO = 9  # the frame does not carry the nonce of this connection's session
+
+
+def tag(keys, answer, session):
+    """The tag of a node's answer: HMAC-SHA256(uplink MIC key, answer || node id || session)[:8].
+
+    `answer` starts with SESSION or REFUSED (version bits 101: never a frame's
+    first byte, so a tag is never a frame's MIC); `session` is the tool's
+    challenge and the node's nonce (16 bytes; zeros before any session).
+    """
+    return keys.mic_up.digest(answer, keys.node_id.to_bytes(4, "big"), session)[:TAG_LEN]
 
 
 def uuid_le(uuid):

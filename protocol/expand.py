@@ -55,8 +55,8 @@ FIELDS = {
     ),
     m.CMD_ACK: ((0, "command_id", None, 1), (1, "result", None, 1), (2, "value", None, 1)),
     m.COMMAND: ((0, "command_id", None, 1), (1, "op", None, 1), (2, "args", None, 1), (3, "expires", "s", 1)),
-    m.CONFIG: ((0, "settings", None, 1), (1, "expires", "s", 1)),
-    m.TIME: ((0, "time", "s", 1), (1, "ms", "ms", 1), (2, "answers", None, 1)),
+    m.CONFIG: ((0, "settings", None, 1), (1, "expires", "s", 1), (2, "echo", None, 1)),
+    m.TIME: ((0, "time", "s", 1), (1, "ms", "ms", 1), (2, "answers", None, 1), (3, "echo", None, 1)),
     m.ACK: ((0, "counter", None, 1), (1, "pending", None, 1)),
 }
 

@@ -223,10 +223,12 @@ C_EXPIRES = const(3)
 # CONFIG
 CF_SETTINGS = const(0)
 CF_EXPIRES = const(1)
+CF_ECHO = const(2)
 # TIME
 T_UNIX = const(0)
 T_MS = const(1)
 T_ANSWERS = const(2)
+T_ECHO = const(3)
 # ACK
 A_COUNTER = const(0)
 A_QUEUED = const(1)
@@ -291,11 +293,13 @@ SPECS = {
     CONFIG: (
         (CF_SETTINGS, M, 0, U32, True, 16),  # partial config: CFG_* -> value
         (CF_EXPIRES, U, 0, U32, False, 0),  # expires, Unix s (0: never)
+        (CF_ECHO, B, 8, 8, False, 0),  # a commissioning session's nonce (BLE tool only)
     ),
     TIME: (
         (T_UNIX, U, 0, U32, True, 0),  # Unix time, s
         (T_MS, U, 0, 999, False, 0),  # ms
         (T_ANSWERS, U, 0, U32, False, 0),  # the uplink counter this TIME answers
+        (T_ECHO, B, 8, 8, False, 0),  # a commissioning session's nonce (BLE tool only)
     ),
     ACK: (
         (A_COUNTER, U, 0, U32, True, 0),  # acknowledged uplink counter

@@ -229,7 +229,7 @@ def test_scan_tells_fail_safe_nodes_apart(tmp_path):
         broken = site.node("irrigation", 0x00B00001, "C0:FF:EE:00:00:02")
         await settle(5)
         broken.node._app_fault(RuntimeError("zone table"))  # the runtime holds the valves closed
-        await settle(node_ble.ADV_REFRESH_MS / 1000)  # the advertisement says the state of now, 10 s late at most
+        await settle(10)  # the advertisement says the state of now, 10 s late at most (_ADV_REFRESH_MS)
         return await site.cli("scan", "--json")
 
     code, out, _ = scenario(body, tmp_path)
@@ -276,6 +276,34 @@ def test_the_advertisement_fits_legacy_advertising_and_matches_the_spec(tmp_path
     assert unhex(ex["scan_response"]) == bytes((len(sd) + 17, 0x21)) + bytes(
         reversed(unhex(pb.SERVICE_UUID.replace("-", "")))
     ) + unhex(ex["service_data"])
+
+
+def test_the_session_example_of_the_spec_is_what_node_and_tool_compute(tmp_path, monkeypatch):
+    ex = spec_examples("ble-session")[0]
+    keys = NodeKeys(int(ex["node_id"], 0), unhex(ex["root_key"]))
+    request, nonce, answer, refusal = (unhex(ex[k]) for k in ("request", "nonce", "answer", "refusal"))
+    challenge = request[1:]
+    assert ble_tools._verified(keys, answer, challenge + nonce) and ble_tools._verified(
+        keys, refusal, challenge + nonce
+    )
+    assert not ble_tools._verified(keys, answer, bytes(8) + nonce)  # another challenge: another tag
+
+    class Os:
+        @staticmethod
+        def urandom(n: int) -> bytes:
+            return nonce[:n]
+
+    async def body(site: Site):
+        n = site.node("lighting", int(ex["node_id"], 0), key=unhex(ex["root_key"]))
+        await settle(1)
+        monkeypatch.setattr(node_ble, "os", Os)
+        got = n.ble.handle(request)
+        first = config_frame(fr.TOOL_COUNTER_BASE, {0: 60}, echo=nonce)
+        assert n.ble.handle(first)[0] == 0x26  # a CMD_ACK: taken
+        return got, n.ble.handle(first)  # again: replay, top 2^31
+
+    got, refused = scenario(body, tmp_path)
+    assert got == answer and refused == refusal
 
 
 def spec_examples(kind: str) -> list[dict[str, str]]:
@@ -481,22 +509,17 @@ def test_two_tools_racing_for_a_counter_one_retries_above_the_nodes_top(tmp_path
     async def body(site: Site):
         n = site.node("lighting")
         await settle(2)
-        # another technician's tool took the next counter a moment ago
-        other = fr.seal(
-            NodeKeys(0x00A1B2C3, KEY),
-            m.CONFIG,
-            fr.TOOL_COUNTER_BASE,
-            m.encode(m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 900}}),
-        )
-        real_status = n.ble.status_value
-        stale = real_status()  # ...after this tool read the status
+        real_handle = n.ble.handle
 
-        def racing() -> bytes:
-            n.ble.handle(other)
-            n.ble.status_value = real_status
-            return stale
+        def racing(raw: bytes) -> bytes:
+            answer = real_handle(raw)
+            if raw[0] == pb.SESSION:  # another tool takes the next counter right after this session's answer
+                nonce = answer[1 : 1 + pb.NONCE_LEN]
+                real_handle(config_frame(fr.TOOL_COUNTER_BASE, {m.CFG_STATUS_INTERVAL: 900}, echo=nonce))
+                n.ble.handle = real_handle
+            return answer
 
-        n.ble.status_value = racing
+        n.ble.handle = racing
         r = await site.cli("configure", "00a1b2c3", "report_interval=300", "--config", str(n.config_path))
         return r, n.node
 
@@ -555,8 +578,9 @@ def test_configure_with_the_wrong_key_is_refused_and_changes_nothing(tmp_path):
 
     (code, out, err), report_s, stored, refused = scenario(body, tmp_path)
     assert code == 1 and out == ""
-    assert "authentication refused: the key is not this node's" in err and err.rstrip().endswith("[auth]")
-    assert report_s == 900 and stored == {} and refused == 1
+    assert "its answer is not tagged with this key -- the key is not this node's" in err
+    assert err.rstrip().endswith("[auth]")
+    assert report_s == 900 and stored == {} and refused == 0  # the session failed: no frame was even sealed
 
 
 def test_configure_needs_the_key_of_that_node(tmp_path):
@@ -647,14 +671,222 @@ def test_a_forged_answer_is_not_taken_for_the_nodes_word():
     assert ble_tools._confirmed(keys, fr.seal(keys, m.CMD_ACK, 7, ack), fr.TOOL_COUNTER_BASE) == 0
 
 
+# -- a fake node (issue 20, finding 3; SPEC §11 "Sessions", §12) ------------------------------------
+
+FAKE_ADDRESS = "C0:FF:EE:00:00:66"
+
+
+class FakeNode:
+    """A BLE peripheral without the node's key posing as node `real`: the attacker of SPEC §12.
+
+    It advertises the real node's id and answers as firmware does, but with
+    a key of its own; it shows a status whose tool counter top it chooses,
+    keeps every frame the tool writes (`harvested`), and answers each with a
+    refusal "replay: take top + 1" at the top it chooses, in the format the
+    tool in front of it reads (6 bytes before sessions, 14 after). With
+    `relay` it is a man in the middle: it opens the tool's session with the
+    real node (changing the top in its answer) and passes every frame on.
+    """
+
+    def __init__(self, site: Site, real: NodeUnderTest, top: int, relay: bool = False) -> None:
+        self.real = real
+        self.top = top
+        self.relay = relay
+        self.harvested: list[bytes] = []
+        self.sessions = 0
+        self.n = site.node(real.cfg["kind"], real.cfg["node_id"], FAKE_ADDRESS, rssi=-40, key=OTHER_KEY)
+        real.config_path.write_text(json.dumps(real.doc))  # the technician's file: the real node's key
+        own_status = self.n.ble.status_value
+        own_handle = self.n.ble.handle
+
+        def status() -> bytes:
+            v = cbor.loads(own_status())
+            v[pb.ST_TOOL_TOP] = top
+            return cbor.dumps(v)
+
+        def handle(raw: bytes) -> bytes:
+            if raw[:1] == b"\xa1":  # a session request
+                self.sessions += 1
+                answer = real.ble.handle(raw) if relay else own_handle(raw)
+                return answer[:9] + top.to_bytes(4, "big") + answer[13:]
+            self.harvested.append(raw)
+            if relay:
+                real.ble.handle(raw)  # the real node gets it at once
+            refusal = bytes((0xA0, 5)) + top.to_bytes(4, "big")
+            return refusal + os.urandom(8) if self.sessions else refusal
+
+        self.n.ble.status_value = status
+        self.n.ble.handle = handle
+
+
+async def play(n: NodeUnderTest, frames: list[bytes]) -> list[bytes]:
+    """Someone in reach connects to node `n`, opens a session of its own and writes `frames`: its answers."""
+    stack = n.stack
+    conn = stack.connect(central="66:66:66:66:66:66")
+    await settle(1)
+    h = stack.handle_of(aioble_fake.UUID(pb.CONTROL_UUID))
+    got: list[bytes] = []
+    dec = framing.Decoder(fr.MAX_LEN)
+    stack.on_notify = lambda _h, data: got.extend(dec.feed(data))
+    stack.subscribe(h)
+    for raw in [b"\xa1" + os.urandom(8), *frames]:
+        data = framing.encode(raw)
+        for k in range(0, len(data), 20):
+            stack.write(h, data[k : k + 20])
+        await settle(0.5)
+    if conn.is_connected():
+        stack.disconnect()
+    await settle(1)
+    return got[1:]
+
+
+def test_a_fake_node_gets_no_time_frame_the_real_node_would_take_later(tmp_path):
+    """Attack (a): a keyless peripheral makes the tool seal TIME frames at counters it chooses.
+
+    The real lamp's clock is not set (it lost power with no gateway in reach:
+    dusk-to-dawn fail-safe), the very case `clock=now` is for. The fake
+    harvests whatever the tool seals; forty days on it plays them to the
+    real lamp. Before sessions the tool sealed a TIME at the fake's
+    counter, the lamp took it and its clock went 40 days back.
+    """
+    import time as systime
+
+    async def body(site: Site):
+        real = site.node("lighting", time_known=False)
+        fake = FakeNode(site, real, top=fr.TOOL_COUNTER_BASE + 1000)
+        await settle(2)
+        recorded_at = systime.time() - 40 * 86400  # the recording is 40 days old when it is played
+        with pytest.raises(ble_tools.BleToolError) as e:
+            await ble_tools.configure(
+                FAKE_ADDRESS,
+                ["clock=now"],
+                config=real.config_path,
+                backends=site.air.backends,
+                clock=lambda: recorded_at,
+            )
+        fake.n.device.leave()
+        answers = await play(real, fake.harvested)
+        return e.value, fake.harvested, answers, real.node.time(), real.node.store.tool_window.top
+
+    err, harvested, answers, clock, top = scenario(body, tmp_path)
+    assert clock is None, f"a harvested TIME set the lamp's clock to {clock}"
+    assert top == fr.TOOL_COUNTER_BASE - 1
+    assert err.reason == "auth" and "not tagged with this key" in str(err)
+    assert harvested == []  # the tool sealed nothing for a device it could not verify
+    assert all(a[0] == pb.REFUSED for a in answers)
+
+
+@pytest.mark.parametrize("lie", ["in the session", "in a refusal"])
+def test_a_fake_node_in_the_middle_cannot_fill_the_tools_counter_half(tmp_path, lie):
+    """Attack (b): a man in the middle steers the tool to the last tool counter, locking the real technician out.
+
+    It relays to the real node but lies about the top: in the session's
+    answer (once, the status), or in a refusal "replay, take top + 1" after
+    swallowing the tool's first frame. Before sessions the tool sealed a
+    CONFIG at 2^32 - 1, the real node took it, and every later tool frame
+    was "exhausted".
+    """
+
+    async def body(site: Site):
+        real = site.node("lighting")
+        last = fr.MAX_COUNTER - 1
+        fake = FakeNode(site, real, top=last, relay=True)
+        if lie == "in a refusal":
+            honest = fake.n.ble.handle
+            fake.n.ble.status_value = real.ble.status_value
+
+            def swallow_first(raw: bytes) -> bytes:
+                if raw[:1] == b"\xa1":
+                    fake.sessions += 1
+                    return real.ble.handle(raw)  # an honest session: the real top
+                fake.n.ble.handle = honest
+                fake.harvested.append(raw)
+                refusal = bytes((pb.REFUSED, pb.R_REPLAY)) + last.to_bytes(4, "big")
+                return refusal + bytes(8) if fake.sessions else refusal
+
+            fake.n.ble.handle = swallow_first
+        await settle(2)
+        first = await site.cli("configure", FAKE_ADDRESS, "sf=10", "--config", str(real.config_path))
+        fake.n.device.leave()
+        top = real.node.store.tool_window.top
+        second = await site.cli("configure", "00a1b2c3", "report_interval=600", "--config", str(real.config_path))
+        return first, top, fake.harvested, second, real.node.report_s
+
+    first, top, harvested, (code, out, err), report_s = scenario(body, tmp_path)
+    assert top < fr.MAX_COUNTER, "the real node's tool half was filled by a frame sealed at the fake's top"
+    assert (code, err) == (0, "") and "applied report_interval=600" in out and report_s == 600
+    assert first[0] == 1 and first[2].rstrip().endswith("[auth]")
+    assert all(int.from_bytes(f[5:9], "big") == fr.TOOL_COUNTER_BASE for f in harvested)  # the verified top + 1
+
+
+def test_a_recorded_session_answer_does_not_open_a_session(tmp_path):
+    """A fake replaying a real node's session answer: the tag covers the tool's own challenge."""
+
+    async def body(site: Site):
+        real = site.node("lighting")
+        await settle(2)
+        recorded = real.ble.handle(b"\xa1" + b"\x33" * 8)  # someone's earlier session with the real node
+        fake = FakeNode(site, real, top=fr.TOOL_COUNTER_BASE + 7)
+        fake.n.ble.handle = lambda raw: recorded if raw[:1] == b"\xa1" else b"\xa0\x05" + bytes(12)
+        await settle(2)
+        return await site.cli("configure", FAKE_ADDRESS, "sf=10", "--config", str(real.config_path))
+
+    code, _, err = scenario(body, tmp_path)
+    assert code == 1 and "not tagged with this key" in err and err.rstrip().endswith("[auth]")
+
+
+def test_a_tool_frame_is_good_for_its_own_session_only(tmp_path):
+    """A genuine frame never delivered (jammed) and played in a later connection: refused, counter untouched."""
+
+    async def body(site: Site):
+        n = site.node("lighting")
+        await settle(2)
+        nonce = session(n.ble)
+        jammed = config_frame(fr.TOOL_COUNTER_BASE, {m.CFG_REPORT_INTERVAL: 86400}, echo=nonce)
+        answers = await play(n, [jammed])  # a new connection: a new session, another nonce
+        return answers, n.node.report_s, n.node.store.tool_window.top
+
+    [answer], report_s, top = scenario(body, tmp_path)
+    assert answer[:2] == bytes((pb.REFUSED, pb.R_ECHO)) and report_s == 900 and top == fr.TOOL_COUNTER_BASE - 1
+
+
+def test_an_older_node_without_sessions_is_named(tmp_path):
+    async def body(site: Site):
+        n = site.node("lighting")
+        own = n.ble.handle
+        n.ble.handle = lambda raw: b"\xa0\x01" + bytes(4) if raw[:1] == b"\xa1" else own(raw)
+        await settle(2)
+        return await site.cli("configure", "00a1b2c3", "sf=10", "--config", str(n.config_path))
+
+    code, _, err = scenario(body, tmp_path)
+    assert code == 1 and "its firmware predates them; update it" in err and err.rstrip().endswith("[protocol]")
+
+
 # -- the node's side -----------------------------------------------------------------------------------
 
 
 def config_frame(
-    counter: int, settings: dict[int, int], key: bytes = KEY, node_id: int = 0x00A1B2C3, mtype: int = m.CONFIG
+    counter: int,
+    settings: dict[int, int],
+    key: bytes = KEY,
+    node_id: int = 0x00A1B2C3,
+    mtype: int = m.CONFIG,
+    echo: bytes | None = None,
 ) -> bytes:
-    body = m.encode(m.CONFIG, {0: settings}) if mtype == m.CONFIG else m.encode(mtype, {0: 1, 1: m.OP_REBOOT})
+    if mtype == m.CONFIG:
+        body = m.encode(m.CONFIG, {0: settings} if echo is None else {0: settings, m.CF_ECHO: echo})
+    else:
+        body = m.encode(mtype, {0: 1, 1: m.OP_REBOOT})
     return fr.seal(NodeKeys(node_id, key), mtype, counter, body)
+
+
+def session(ble: node_ble.Commissioning, challenge: bytes = b"\x11" * 8) -> bytes:
+    """Open a session as a tool does (SPEC §11, "Sessions"); the node's nonce, its tag checked."""
+    answer = ble.handle(bytes((pb.SESSION,)) + challenge)
+    assert answer[0] == pb.SESSION and len(answer) == pb.SESSION_ANSWER_LEN
+    nonce = answer[1 : 1 + pb.NONCE_LEN]
+    assert answer[-pb.TAG_LEN :] == pb.tag(NodeKeys(0x00A1B2C3, KEY), answer[: -pb.TAG_LEN], challenge + nonce)
+    return nonce
 
 
 def test_the_node_refuses_each_kind_of_bad_frame_with_its_reason(tmp_path):
@@ -663,29 +895,45 @@ def test_the_node_refuses_each_kind_of_bad_frame_with_its_reason(tmp_path):
         await settle(1)
         h = n.ble.handle
         base = fr.TOOL_COUNTER_BASE
+        before = h(config_frame(base, {0: 60}, echo=b"\x00" * 8))  # no session yet
+        old = session(n.ble, b"\x22" * 8)
+        nonce = session(n.ble)  # a new session: the old nonce is void
         out = {
             "garbage": h(b"\x01\x02\x03"),
+            "short session request": h(bytes((pb.SESSION,)) + b"\x11" * 7),
             "uplink": h(fr.seal(NodeKeys(0x00A1B2C3, KEY), m.STATUS, base, m.encode(m.STATUS, {0: 1}))),
-            "other node": h(config_frame(base, {0: 60}, node_id=0x00A1B2C4)),
+            "other node": h(config_frame(base, {0: 60}, node_id=0x00A1B2C4, echo=nonce)),
             "command": h(config_frame(base, {}, mtype=m.COMMAND)),
-            "gateway counter": h(config_frame(5, {0: 60})),
-            "bad mic": h(config_frame(base, {0: 60}, key=OTHER_KEY)),
-            "ok": h(config_frame(base + 40, {m.CFG_SF: 11, m.CFG_TX_POWER: 30})),
-            "replay": h(config_frame(base + 40, {m.CFG_SF: 8})),
-            "stale": h(config_frame(base + 3, {m.CFG_SF: 8})),  # 37 behind: outside the window
+            "gateway counter": h(config_frame(5, {0: 60}, echo=nonce)),
+            "bad mic": h(config_frame(base, {0: 60}, key=OTHER_KEY, echo=nonce)),
+            "no echo": h(config_frame(base, {0: 60})),
+            "old session": h(config_frame(base, {0: 60}, echo=old)),
+            "ok": h(config_frame(base + 40, {m.CFG_SF: 11, m.CFG_TX_POWER: 30}, echo=nonce)),
+            "replay": h(config_frame(base + 40, {m.CFG_SF: 8}, echo=nonce)),
+            "stale": h(config_frame(base + 3, {m.CFG_SF: 8}, echo=nonce)),  # 37 behind: outside the window
         }
-        return out, n.node, n.ble
+        return before, nonce, out, n.node, n.ble
 
-    out, node, ble = scenario(body, tmp_path)
+    before, nonce, out, node, ble = scenario(body, tmp_path)
+    keys = NodeKeys(0x00A1B2C3, KEY)
+    sess = b"\x11" * 8 + nonce
+    for k, v in out.items():  # every refusal is tagged with the node's key over this session
+        if v[0] == pb.REFUSED:
+            assert len(v) == pb.REFUSAL_LEN and v[-pb.TAG_LEN :] == pb.tag(keys, v[: -pb.TAG_LEN], sess), k
+    assert before[:2] == bytes((pb.REFUSED, pb.R_ECHO))
+    assert before[-pb.TAG_LEN :] == pb.tag(keys, before[: -pb.TAG_LEN], bytes(16))  # zeros: no session
     reasons = {k: (v[1], int.from_bytes(v[2:6], "big")) for k, v in out.items() if v[0] == pb.REFUSED}
     base = fr.TOOL_COUNTER_BASE
     assert reasons == {
         "garbage": (pb.R_MALFORMED, base - 1),
+        "short session request": (pb.R_MALFORMED, base - 1),
         "uplink": (pb.R_MALFORMED, base - 1),
         "other node": (pb.R_WRONG_NODE, base - 1),
         "command": (pb.R_UNSUPPORTED, base - 1),
         "gateway counter": (pb.R_COUNTER, base - 1),
         "bad mic": (pb.R_AUTH, base - 1),
+        "no echo": (pb.R_ECHO, base - 1),
+        "old session": (pb.R_ECHO, base - 1),
         "replay": (pb.R_REPLAY, base + 40),
         "stale": (pb.R_REPLAY, base + 40),
     }
@@ -694,7 +942,7 @@ def test_the_node_refuses_each_kind_of_bad_frame_with_its_reason(tmp_path):
     # tx_power 30 is beyond the node's limits: applied sf, said which key it refused
     assert (f.mtype, ack) == (m.CMD_ACK, {0: base + 40, 1: m.RES_BAD_ARGS, 2: 1 << m.CFG_TX_POWER})
     assert dict(node.store.settings()) == {m.CFG_SF: 11}
-    assert (ble.applied, ble.refused) == (1, 8)
+    assert (ble.applied, ble.refused) == (1, 12)
 
 
 def test_answers_are_cut_to_the_mtu_and_a_larger_mtu_works_too(tmp_path):
@@ -716,13 +964,13 @@ def test_an_idle_or_guessing_central_is_dropped_and_advertising_resumes(tmp_path
         await settle(1)
         stack = n.stack
         conn = stack.connect()  # a phone that connects and does nothing
-        await settle(node_ble.IDLE_MS / 1000 + 3)
+        await settle(60 + 3)  # dropped after 60 s without a write (_IDLE_MS)
         idle_dropped = not conn.is_connected()
         await settle(1)
         readvertised = stack.advertising is not None
         conn = stack.connect()  # a guesser: refused frames, one after the other
         h = stack.handle_of(aioble_fake.UUID(pb.CONTROL_UUID))
-        for i in range(node_ble.REFUSALS_MAX):
+        for i in range(8):  # dropped after 8 refusals (_REFUSALS_MAX)
             data = framing.encode(config_frame(fr.TOOL_COUNTER_BASE + i, {0: 60}, key=OTHER_KEY))
             for k in range(0, len(data), 20):
                 stack.write(h, data[k : k + 20])
@@ -898,7 +1146,10 @@ def test_fuzz_the_node_answers_anything_written_with_a_refusal(lone_node, raw):
     node, ble = lone_node
     before = (node.report_s, dict(node.store.settings()), node.store.tool_window.top)
     answer = ble.handle(raw)
-    assert answer[0] == pb.REFUSED and len(answer) == 6
+    if answer[0] == pb.SESSION:  # `a1` and 8 bytes: a session request, answered
+        assert len(raw) == 9 and len(answer) == pb.SESSION_ANSWER_LEN
+    else:
+        assert answer[0] == pb.REFUSED and len(answer) == pb.REFUSAL_LEN
     assert (node.report_s, dict(node.store.settings()), node.store.tool_window.top) == before
 
 
@@ -960,3 +1211,33 @@ async def test_the_gateway_never_seals_with_a_tool_counter(tmp_path):
             await s.next_downlink_counter(7)
     finally:
         await s.close()
+
+
+class _Answers:
+    """A Link stand-in whose node answers each write with the next of `answers` (the tool's parsers under fuzz)."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self.written: list[bytes] = []
+        self.seen = ble_tools.Seen("x", 0x00A1B2C3, 1, 0, 0, None, "0.1.0", True, True, -60)
+
+    async def exchange(self, frame: bytes) -> bytes:
+        self.written.append(frame)
+        return self.answers.pop(0) if self.answers else b""
+
+
+@settings(max_examples=300, deadline=None)
+@given(session_answer=st.binary(max_size=40), refusal=st.binary(max_size=40))
+def test_fuzz_the_tool_trusts_no_answer_it_cannot_verify(session_answer, refusal):
+    """Whatever a device answers, the tool raises a BleToolError; it seals a frame only after a verified session."""
+    keys = NodeKeys(0x00A1B2C3, KEY)
+    link = _Answers([session_answer, refusal])
+
+    async def run() -> None:
+        s = await ble_tools._open_session(link, keys)  # type: ignore[arg-type]
+        await ble_tools._send(link, keys, s, m.CONFIG, lambda: {0: {0: 60}, 2: s.nonce}, s.top)  # type: ignore[arg-type]
+
+    with pytest.raises(ble_tools.BleToolError) as e:
+        asyncio.run(run())
+    assert e.value.reason in ("protocol", "auth", "refused")
+    assert len(link.written) == 1  # the session request only: a keyless answer gets no frame

@@ -429,7 +429,8 @@ def add_ble_actions(actions: Any) -> None:
             f"{n} ({SETTINGS[n][1][0]}..{SETTINGS[n][1][1]}{' ' + SETTINGS[n][3] if SETTINGS[n][3] else ''})"
             for n in SETTINGS
         )
-        + "; and clock=now (a TIME frame with this computer's clock, UTC).",
+        + "; and clock=now (a TIME frame with this computer's clock, UTC). The tool first opens a session "
+        "with the node (SPEC §11): nothing is sealed unless the node's answer verifies with its key.",
     )
     g.add_argument("addr", metavar="ADDR", help="Bluetooth address, or the node id in hex")
     g.add_argument(

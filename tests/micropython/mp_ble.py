@@ -18,7 +18,20 @@ SETTINGS = {"enabled": True, "configure": True, "adv_interval_ms": 500}
 
 
 def start(clock):
+    import firmware.ble
     from firmware.ble import Commissioning
+
+    if not hasattr(firmware.ble.os, "urandom"):  # this port has none; a board's is its hardware RNG
+
+        class Os:
+            drawn = 0
+
+            @classmethod
+            def urandom(cls, n):  # distinct per call: enough for a test, no secret
+                cls.drawn += 1
+                return bytes((cls.drawn * 37 + i * 101) & 0xFF for i in range(n))
+
+        firmware.ble.os = Os
 
     hal, node, gw, tasks, world = mpnode.start_node(clock, "lighting")
     stack = aioble_fake.Stack()
@@ -88,6 +101,7 @@ async def test_heap_of_ble_commissioning():
 
 
 async def test_advertise_read_status_and_configure():
+    from protocol import ble as bp  # not at the top: the heap test counts this module's code
     from protocol.ble import STATUS_UUID as STATUS
 
     clock = mpnode.new_clock()
@@ -101,15 +115,26 @@ async def test_advertise_read_status_and_configure():
     st = cbor.loads(stack.read(stack.handle_of(aioble_fake.UUID(STATUS))))
     assert st[0] == mpnode.NODE_ID and st[1] == m.KIND_LIGHTING and st[3] == 0, st
     assert st[4][0] == m.LIGHT and st[6] == fr.TOOL_COUNTER_BASE - 1
-    counter = st[6] + 1
-    raw = fr.seal(keys(), m.CONFIG, counter, m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 600}}))
+    # a session (SPEC §11): the nonce and the top, tagged with the node's key over the challenge
+    challenge = b"\x5a" * bp.CHALLENGE_LEN
+    answer = await exchange(clock, stack, bytes((bp.SESSION,)) + challenge)
+    assert len(answer) == bp.SESSION_ANSWER_LEN and answer[0] == bp.SESSION, (answer, node.last_error)
+    nonce = answer[1:9]
+    assert answer[-8:] == bp.tag(keys(), answer[:-8], challenge + nonce)
+    counter = int.from_bytes(answer[9:13], "big") + 1
+    assert counter == fr.TOOL_COUNTER_BASE
+    body = {0: {m.CFG_REPORT_INTERVAL: 600}, m.CF_ECHO: nonce}
+    raw = fr.seal(keys(), m.CONFIG, counter, m.encode(m.CONFIG, body))
     f, plain = fr.unseal(keys(), await exchange(clock, stack, raw))
     assert f.mtype == m.CMD_ACK and m.decode(m.CMD_ACK, plain) == {0: counter, 1: m.RES_OK}
     assert node.report_s == 600
-    wrong = fr.seal(
-        NodeKeys(mpnode.NODE_ID, bytes(16)), m.CONFIG, counter + 1, m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 30}})
-    )
+    body = {0: {m.CFG_REPORT_INTERVAL: 30}, m.CF_ECHO: nonce}
+    wrong = fr.seal(NodeKeys(mpnode.NODE_ID, bytes(16)), m.CONFIG, counter + 1, m.encode(m.CONFIG, body))
     answer = await exchange(clock, stack, wrong)
-    assert answer == bytes((0xA0, 4)) + counter.to_bytes(4, "big"), answer
+    assert answer[:6] == bytes((0xA0, 4)) + counter.to_bytes(4, "big"), answer
+    assert answer[6:] == bp.tag(keys(), answer[:6], challenge + nonce)
+    stale = fr.seal(keys(), m.CONFIG, counter + 1, m.encode(m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 30}}))
+    answer = await exchange(clock, stack, stale)  # no nonce: not for this session
+    assert answer[:2] == bytes((0xA0, bp.R_ECHO)), answer
     assert node.report_s == 600
     mpnode.stop(hal, tasks)
