@@ -50,7 +50,10 @@ for finding and connecting and again for an answer; answers up to
 fr.MAX_LEN bytes.
 
 Tests drive it with bleak's backend seam (`Backends`), the real node code on
-the other side (tests/test_ble_commissioning.py).
+the other side (tests/test_ble_tool.py, test_ble_sessions.py, test_ble_node.py).
+
+One file (about 700 lines): scan, check and configure share the session, the
+parsers of SPEC §11 and the error classes; the byte layouts are protocol/ble.py.
 """
 
 from __future__ import annotations
