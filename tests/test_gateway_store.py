@@ -243,10 +243,10 @@ async def test_downlink_rows_and_counters_persist(tmp_path):
     assert (got.state, got.attempts, got.body, got.command_id) == ("sent", 1, dl.body, dl.id)
     assert [d.id for d in s.downlinks(node_id=7, states=("sent",))] == [dl.id]
     assert s.downlinks(node_id=8) == []
-    # a re-keyed node starts its counters again
+    # a re-keyed node: its uplink window is forgotten, the downlink counter goes on (SPEC §4, "Re-keying")
     await s.append(record(7, 5), (7, 5, 1))
     await s.reset_node(7)
-    assert s.window(7) is None and await s.next_downlink_counter(7) == 0
+    assert s.window(7) is None and await s.next_downlink_counter(7) == 4
     await s.close()
 
 

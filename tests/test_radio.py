@@ -204,12 +204,18 @@ def test_node_on_a_lora_modem_listens_in_rx1_and_drops_crc_errors():
         modem = FakeAsyncModem(hal)
         node = Node(make_cfg(), hal, LoRaRadio(modem), ToyLamp, hello_jitter_ms=0)
         bad = RxPacket(fr.seal(keys, m.TIME, 0, m.encode(m.TIME, {0: 1_800_000_000})), -120, -30, crc_error=True)
-        good = RxPacket(fr.seal(keys, m.TIME, 1, m.encode(m.TIME, {0: 1_800_000_000})), -101, -7)
         modem.inbox += [bad]
         task = asyncio.create_task(node.run())
         await clock.run_for(5000)
-        modem.inbox += [good]
-        await clock.run_for(70_000)  # the next report opens the next window
+        for _ in range(700):  # the next report opens the next window
+            if len(modem.sent) > 1:
+                break
+            await clock.run_for(100)
+        # a gateway's TIME answers the uplink it follows (SPEC §4, "Freshness")
+        answered = fr.parse(modem.sent[-1]).counter
+        body = m.encode(m.TIME, {0: 1_800_000_000, m.T_ANSWERS: answered})
+        modem.inbox += [RxPacket(fr.seal(keys, m.TIME, 1, body), -101, -7)]
+        await clock.run_for(5000)
         task.cancel()
         hal.power_off()
         return modem, node
