@@ -274,11 +274,12 @@ class NgsiMapper:
     # -- the entities ------------------------------------------------------
 
     def _entity(
-        self, etype: str, eid: str, info: Any, loc: dict[str, Any] | None, name_suffix: str = ""
+        self, etype: str, eid: str, info: Any, loc: dict[str, Any] | None, name_suffix: str | None = ""
     ) -> dict[str, Any]:
+        """An entity with the node's name (+ `name_suffix`; None: no name), area and location."""
         e: dict[str, Any] = {"id": eid, "type": etype}
         name = getattr(info, "name", None)
-        if isinstance(name, str) and name:
+        if isinstance(name, str) and name and name_suffix is not None:
             e["name"] = {"type": "Property", "value": name + name_suffix}
         site = getattr(info, "site", None)
         if isinstance(site, str) and site:
@@ -359,10 +360,7 @@ class NgsiMapper:
         """The Alert of one alarm cycle: one entity per node and alarm (code and zone), so a
         resend, or the same frame through a second gateway, updates it and never adds one."""
         code, zone = _code_name(a.get("code")), a.get("zone") or 0
-        e = self._entity("Alert", entity_id("Alert", r.node_id, code + (f"-z{zone}" if zone else "")), None, loc)
-        site = getattr(info, "site", None)
-        if isinstance(site, str) and site:
-            e["areaServed"] = {"type": "Property", "value": site}
+        e = self._entity("Alert", entity_id("Alert", r.node_id, code + (f"-z{zone}" if zone else "")), info, loc, None)
         if kind not in ALERT_CATEGORY:
             kind = "lighting" if code in LIGHTING_EVENTS else "irrigation" if code in IRRIGATION_ALARMS else kind
         category, sub = ALERT_CATEGORY.get(kind or "", ALERT_CATEGORY_OTHER)

@@ -8,6 +8,8 @@ to a broker, are in tests/test_ngsi_ld_twin.py.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -459,3 +461,48 @@ def test_any_event_sequence_maps_to_valid_entities(events, node):
         alarms = [k for k, sev in open_now.items() if sev >= m.SEV_ALARM and k[0] != m.EV_WATCHDOG_RESET]
         state = kv(of_type(ents, "Device")[0])["deviceState"]
         assert (state == "ok") == (not alarms), (r, state, open_now)
+
+
+# -- FORMATS.md's examples are what the mapping gives ---------------------------------------------
+
+DOC_LAMP, DOC_PARK = 0x00A1B2C3, 0x00B2C3D4
+DOC_NODES = {
+    DOC_LAMP: SimpleNamespace(kind="lighting", name="Rue de Rivoli 12", site="Rue de Rivoli", lat=48.8606, lon=2.3376),
+    DOC_PARK: SimpleNamespace(
+        kind="irrigation", name="Parc Monceau north", site="Parc Monceau", lat=48.8796, lon=2.3088
+    ),
+}
+
+
+def doc_record(node: int, counter: int, mtype: int, body: dict) -> Record:
+    return make(node, counter, mtype, body, best_rssi=-97.0, alarm=m.is_alarm(mtype, body))
+
+
+DOC_EXAMPLES = {  # name: (records before it, the record)
+    "light": ([], doc_record(DOC_LAMP, 42, m.LIGHT, {0: 40, 1: 452, 2: 123456, 3: m.LS_ON | m.LS_BOOST, 6: 205})),
+    "irrigation": ([], doc_record(DOC_PARK, 17, m.IRRIGATION, {0: bytes([62, 0xFF, 0xFF, 0xFF]), 2: 145, 6: 0})),
+    "hello": ([], doc_record(DOC_LAMP, 1, m.HELLO, {0: "0.2.0", 1: m.KIND_LIGHTING, 4: m.RST_POWER_ON})),
+    "event-raised": ([], doc_record(DOC_LAMP, 43, m.EVENT, {0: 1, 1: 2, 2: 12, 3: int(T0) + 40, 4: 1})),
+    "event-cleared": (["event-raised"], doc_record(DOC_LAMP, 50, m.EVENT, {0: 1, 1: 2, 2: 0, 3: int(T0) + 48, 4: 0})),
+    "status": (["event-raised"], doc_record(DOC_LAMP, 44, m.STATUS, {0: 86400, 1: int(T0) + 43, 8: 0})),
+}
+
+
+def doc_blocks() -> dict[str, Any]:
+    text = (Path(__file__).parent.parent / "gateway" / "FORMATS.md").read_text()
+    found = re.findall(r"<!-- ngsi-ld example: ([\w-]+) -->\n```json\n(.*?)\n```", text, re.S)
+    return {name: json.loads(block) for name, block in found}
+
+
+def test_the_examples_in_formats_md_are_what_the_mapping_gives():
+    blocks = doc_blocks()
+    assert set(blocks) == set(DOC_EXAMPLES)
+    for name, (before, r) in DOC_EXAMPLES.items():
+        states = folded([DOC_EXAMPLES[b][1] for b in before] + [r])
+        ups = ngsi_ld.NgsiMapper(DOC_NODES.get, alarms=states.alarms).upserts(r)
+        assert blocks[name] == [e for e, _ in ups], name
+        for e, option in ups:
+            check(e)
+            assert option == (ngsi_ld.REPLACE if e["type"] == "Alert" else ngsi_ld.UPDATE)
+    # every message type the mapping knows has one
+    assert {r.kind for _, r in DOC_EXAMPLES.values()} == {"light", "irrigation", "hello", "event", "status"}
