@@ -235,7 +235,9 @@ class NgsiMapper:
                     open_.append(a)
             elif until == c:
                 closed.append(a)
-            cycle[_key(a)] = a
+            k = _key(a)
+            if k not in cycle or raised >= cycle[k]["counter"]:  # the latest cycle raised by now
+                cycle[k] = a
         if r.kind == "event" and _value(r, "active") == 1 and _key(_event_alarm(r)) not in cycle:
             # raised here but not in the store's state (a record mapped on its own): from the record
             a = _event_alarm(r)

@@ -355,6 +355,21 @@ def test_a_resent_raise_keeps_the_first_issue_time():
     resent.body[3] = alarm.body[3]  # the same body, a new counter
     (a,) = of_type(mapper([alarm, resent]).entities(resent), "Alert")
     assert kv(a)["dateIssued"] == iso_time(alarm.rx_time)
+    # the same after an earlier cycle of the same alarm (raised, cleared, raised again, resent)
+    again = event(0xA1, 14, m.EV_LAMP_FAILURE, m.SEV_ALARM)
+    again_resent = event(0xA1, 15, m.EV_LAMP_FAILURE, m.SEV_ALARM)
+    again_resent.body[3] = again.body[3]
+    (a,) = of_type(mapper([alarm, cleared, again, again_resent]).entities(again_resent), "Alert")
+    assert kv(a)["dateIssued"] == iso_time(again.rx_time) and "validTo" not in kv(a)
+
+
+def test_an_alarm_raised_after_the_counters_restarted_is_open():
+    # a node re-keyed (its counters start again) without a HELLO the gateway heard
+    before = event(0xA1, 100, m.EV_LAMP_FAILURE, m.SEV_ALARM)
+    after = event(0xA1, 3, m.EV_LAMP_FAILURE, m.SEV_ALARM)
+    ents = mapper([before, after]).entities(after)
+    assert kv(of_type(ents, "Device")[0])["deviceState"] == "lamp_failure"
+    assert kv(of_type(ents, "Alert")[0])["dateIssued"] == iso_time(after.rx_time)
 
 
 def test_status_and_hello_close_the_alerts_they_close():

@@ -23,7 +23,7 @@ from waiting import wait_for
 
 from gateway.pipeline import Pipeline
 from gateway.registry import NodeEntry, Registry
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from gateway.upstream import Upstream
 from protocol import frame
 from protocol import messages as m
@@ -362,3 +362,27 @@ async def test_ngsi_ld_requests_are_not_gzipped_unless_asked(tmp_path, broker):
     finally:
         await t.stop()
         await zipped.stop()
+
+
+async def test_a_failed_alarm_write_is_left_to_the_periodic_flush_not_retried_at_once(tmp_path):
+    store = await Store.open(tmp_path / "gw.db", state_flush_s=3600)
+    try:
+        lamp = Node(LAMP)
+        raw, t = lamp.event(m.EV_LAMP_FAILURE, m.SEV_ALARM)
+        rec = Pipeline(registry(tmp_path / "nodes.toml"), store)
+        store.writer.parts.remove(store.nodes)  # hold the part's share back, to fail it by hand
+        assert await rec.ingest(reception(raw, rx_time=t)) == "accepted"
+        work = store.nodes.take(100)
+        assert work is not None
+        store.nodes.failed(work, StoreError("disk full"))
+        assert not store.nodes.has_work()  # the writer does not spin on it
+        await store.flush_state()  # the periodic flush writes it
+        c = sqlite3.connect(store.path)
+        try:
+            (row,) = c.execute("SELECT state FROM nodes WHERE node_id = ?", (LAMP,)).fetchall()
+        finally:
+            c.close()
+        assert list(json.loads(row[0])["open_alarms"]) == [f"{m.EV_LAMP_FAILURE}:0"]
+        await rec.close()
+    finally:
+        await store.close()

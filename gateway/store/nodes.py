@@ -133,7 +133,7 @@ class NodeStates(Part):
         if active:
             fields = expand.expand(m.EVENT, rec.body)
             entry = opened.get(key)
-            if entry is None:
+            if entry is None or entry.get("counter", 0) > rec.counter:  # new, or counters restarted (re-keyed)
                 opened[key] = {"fields": fields, "since": rec.rx_time, "counter": rec.counter}
                 self._changed(rec.node_id)
             elif entry["fields"] != fields:  # raised again (a new severity, value): since stays
@@ -216,7 +216,7 @@ class NodeStates(Part):
 
     def failed(self, work: Any, err: StoreError) -> None:
         if work is not None:
-            self._urgent |= work[0]  # again with the next group
+            self._dirty |= work[0]  # the periodic flush tries again (not the next group: no busy loop)
 
     @staticmethod
     def _plain(st: dict[str, Any]) -> dict[str, Any]:
