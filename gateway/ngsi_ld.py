@@ -224,7 +224,9 @@ class NgsiMapper:
         if not isinstance(got, dict):
             return self._view_of_record(r)
         c = r.counter
-        open_, closed, cycle = [], [], {}
+        open_: list[dict[str, Any]] = []
+        closed: list[dict[str, Any]] = []
+        cycle: dict[str, dict[str, Any]] = {}
         for a in got.get("alarms") or ():
             raised, until = a.get("counter"), a.get("until_counter")
             if not isinstance(raised, int) or raised > c:
