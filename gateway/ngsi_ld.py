@@ -228,6 +228,8 @@ class NgsiMapper:
         closed: list[dict[str, Any]] = []
         cycle: dict[str, dict[str, Any]] = {}
         for a in got.get("alarms") or ():
+            if not isinstance(a, dict):
+                continue
             raised, until = a.get("counter"), a.get("until_counter")
             if not isinstance(raised, int) or raised > c:
                 continue  # raised after this record (or unreadable)
@@ -246,7 +248,8 @@ class NgsiMapper:
             cycle[_key(a)] = a
             if _is_state_alarm(a):
                 open_.append(a)
-        return _View(open_, closed, cycle, list(got.get("zones") or ()))
+        zones = got.get("zones")
+        return _View(open_, closed, cycle, [z for z in zones if isinstance(z, int)] if isinstance(zones, list) else [])
 
     def _view_of_record(self, r: Record) -> _View:
         """What one record says of its node's alarms, without the node's state."""
@@ -268,7 +271,7 @@ class NgsiMapper:
         info, kind, loc = self._info(r.node_id)
         t = iso_time(r.rx_time)
         if r.kind == "light":
-            return [(e, UPDATE) for e in self._light(r, info, loc, t, self._view(r))]
+            return [(e, UPDATE) for e in self._light(r, info, loc, t)]
         if r.kind == "irrigation":
             return self._irrigation(r, info, loc, t, self._view(r))
         if r.kind in ("hello", "status", "event"):
@@ -420,7 +423,7 @@ class NgsiMapper:
         e["refDevice"] = _rel(entity_id("Device", r.node_id))
         return e
 
-    def _light(self, r: Record, info: Any, loc: dict[str, Any] | None, t: str, view: _View) -> list[Entity]:
+    def _light(self, r: Record, info: Any, loc: dict[str, Any] | None, t: str) -> list[Entity]:
         level, power, energy = _value(r, "level"), _value(r, "power"), _value(r, "energy")
         if loc is None:  # Streetlight requires a location
             out = []

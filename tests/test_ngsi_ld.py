@@ -430,7 +430,9 @@ def test_mapping_tolerates_registry_entries_with_bad_or_missing_fields():
 
 
 def test_a_store_state_that_is_odd_does_not_break_the_mapping():
-    weird = ngsi_ld.NgsiMapper(NODES.get, alarms=lambda n: {"alarms": [{"code": 1, "counter": "x"}, {}], "zones": None})
+    weird = ngsi_ld.NgsiMapper(
+        NODES.get, alarms=lambda n: {"alarms": [{"code": 1, "counter": "x"}, {}, None, 7], "zones": 7}
+    )
     for r in ALL:
         for e, option in weird.upserts(r):
             check(e, partial=option == ngsi_ld.UPDATE and e["type"] == "Alert")
