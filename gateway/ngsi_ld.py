@@ -8,10 +8,12 @@ Representation (ETSI GS CIM 009): every attribute is a Property
 {"type": "Property", "value": ..., "observedAt": the record's time,
 "unitCode": UN/CEFACT Rec. 20 code where the value is measured}, a
 Relationship {"object": urn} or a GeoProperty (GeoJSON Point, [lon, lat]).
-A DateTime value is a JSON-LD typed value {"@type": "DateTime", "@value":
-"...Z"} (clause 4.6.3, "Supported data types for Values"); `observedAt`
-itself is a plain string. Entity ids: urn:ngsi-ld:<Type>:lumeau-<node
-hex>[-<part>].
+Times are DateTime strings as clause 4.6.3 ("Supported data types for
+Values") requires (UTC, milliseconds after a decimal point, "Z"); a
+DateTime value is sent as a JSON-LD typed value {"@type": "DateTime",
+"@value": "...Z"} (the core @context's term: a broker reads it as a time,
+not a text), `observedAt` as a plain string. Entity ids:
+urn:ngsi-ld:<Type>:lumeau-<node hex>[-<part>].
 
 Each entity goes with an upsert option: `update` merges the attributes it
 carries into the broker's entity (a report updates what it says, leaves the
