@@ -391,11 +391,11 @@ class NgsiMapper:
         if _number_ok(until):
             e["validTo"] = _when(iso_time(until))
         e["alertSource"] = _rel(entity_id("Device", r.node_id))
-        data: dict[str, Any] = {"alarm": code, "severity": a.get("severity"), "zone": zone}
+        data: dict[str, Any] = {"alarm": code, "severity": a.get("severity") or "alarm", "zone": zone}
         if _number_ok(a.get("value")):
             data["value"] = a.get("value")
-        if a.get("closed_by"):
-            data["closedBy"] = a.get("closed_by")
+        if isinstance(a.get("closed_by"), str):
+            data["closedBy"] = a["closed_by"]
         e["data"] = _prop(data, t)
         return e
 

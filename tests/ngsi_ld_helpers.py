@@ -80,13 +80,30 @@ def _strict_timestamp(s: str) -> bool:
     return "T" in s
 
 
+# NGSI-LD clause 4.6.2: an attribute name is a letter, then letters, digits and "_"
+_NAME = re.compile(r"[^\W\d_]\w*\Z")
+
+
+def _no_null(v: Any, where: str) -> None:
+    """NGSI-LD admits no JSON null in a value (5.2.1: expansion would drop it)."""
+    assert v is not None, where
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _no_null(x, f"{where}.{k}")
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _no_null(x, f"{where}[{i}]")
+
+
 def check_shape(e: dict[str, Any]) -> None:
     """The NGSI-LD normalised shape of one entity as the gateway sends it (AssertionError if not)."""
     assert e["id"].startswith("urn:ngsi-ld:" + e["type"] + ":lumeau-"), e["id"]
     assert e["@context"] == list(ngsi_ld.DEFAULT_CONTEXT)
+    _no_null(e, e["id"])
     for k, v in e.items():
         if k in ("id", "type", "@context"):
             continue
+        assert _NAME.match(k), k
         assert v["type"] in ("Property", "Relationship", "GeoProperty"), k
         if v["type"] == "Relationship":
             assert isinstance(v["object"], str) and v["object"].startswith("urn:ngsi-ld:"), k
@@ -157,6 +174,9 @@ class Broker:
         if request.headers.get("Content-Encoding") and not self.accept_gzip:
             self.refused_encoding += 1
             return web.json_response({"title": "Content-Encoding not supported"}, status=415)
+        if request.headers.get("Content-Type") != ngsi_ld.NGSI_CONTENT_TYPE:  # @context in the body: JSON-LD
+            self.problems.append(f"Content-Type {request.headers.get('Content-Type')}")
+            return web.json_response({"title": "Content-Type"}, status=415)
         options = request.query.get("options", "replace")
         if options not in ("update", "replace"):
             return web.json_response({"title": f"options={options}"}, status=400)
