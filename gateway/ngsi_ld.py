@@ -83,7 +83,8 @@ _FLAGGED = {
     "irrigation_failsafe": "failsafe",
 }
 _SEVERITY_RANK = {"critical": 0, "alarm": 1}
-ALERT_SEVERITY = {"alarm": "high", "critical": "critical"}  # Alert's enum
+# Alert's enum; an Alert is an alarm or critical, the others only name a cycle a later EVENT changed
+ALERT_SEVERITY = {"info": "informational", "warning": "medium", "alarm": "high", "critical": "critical"}
 # Alert's category and subCategory enums have no infrastructure faults: a street lamp's faults are
 # a hazard to the road's users, an irrigation system's belong to "agriculture / irrigation".
 ALERT_CATEGORY = {"lighting": ("traffic", "hazardOnRoad"), "irrigation": ("agriculture", "irrigation")}
