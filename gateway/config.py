@@ -228,6 +228,12 @@ class UpstreamSection:
     batch_max_age_s: float = opt(5.0, "or when its oldest record waited this long (alarms go at once)", _positive)
     timeout_s: float = opt(30.0, "a request taking longer is retried", _positive)
     gzip_level: int = opt(1, "0 (off) to 9; 1 already shrinks telemetry JSON 8-10x", _range(0, 9))
+    gzip: str = opt(
+        "auto",
+        "auto | on | off: gzip request bodies; auto: on for native (lumeau sink takes it), off for "
+        "ngsi-ld (brokers differ; on only for one known to decode Content-Encoding: gzip)",
+        _one_of("auto", "on", "off"),
+    )
     backoff_initial_s: float = opt(1.0, "first retry delay; doubled per failure, with jitter", _positive)
     backoff_max_s: float = opt(60.0, "retry delay at most", _positive)
     max_retry_after_s: float = opt(900.0, "a Retry-After longer than this is capped", _positive)

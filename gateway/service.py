@@ -160,6 +160,7 @@ class Gateway:
             backoff_max=u.backoff_max_s,
             max_retry_after=u.max_retry_after_s,
             gzip_level=u.gzip_level,
+            gzip=None if u.gzip == "auto" else u.gzip == "on",
             gateway_id=self.cfg.gateway.id,
             node_info=self.registry.get,
             ngsi_tenant=u.tenant or None,

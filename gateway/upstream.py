@@ -46,6 +46,12 @@ Defaults, and why:
   gain little for much more CPU. Compressed by ISA-L (`isal`: the same gzip
   format, far less CPU than zlib, output slightly larger; figures in
   bench/README.md, gateway.py) when it is installed, by zlib otherwise.
+  On by default only where the receiver is known to accept a gzip request
+  body (`gzip=None`): the native format (`lumeau sink`, and receivers written
+  for it, FORMATS.md), not NGSI-LD: request `Content-Encoding` is not part of
+  the NGSI-LD API and brokers differ (a broker that does not decode it
+  refuses the body, and each refusal would quarantine data). `gzip=True`
+  for a broker known to take it (or a proxy in front that decodes it).
 - native format version 3 (`lumeau.records/3`, columnar: gateway/FORMATS.md);
   `native_version=2` for a receiver that reads only /2.
 
@@ -67,8 +73,8 @@ Status codes:
   408, 425, 429, 5xx,      transient: retried with backoff / Retry-After
   network errors, timeouts
 
-One file (over 600 lines): batching, retry and the three formats' sending
-share one loop and its state; the wire formats themselves live in formats.py.
+One file (over 600 lines): batching, retry and the three formats' sending share one loop
+and its state; the wire formats themselves live in formats.py (native) and ngsi_ld.py.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from gateway import formats
+from gateway import formats, ngsi_ld
 from gateway.logs import RateLimiter
 from gateway.model import Record
 
@@ -144,6 +150,8 @@ class BatchStore(Protocol):
 
     def oldest_rx_time(self) -> float | None: ...
 
+    # and, read when present (NGSI-LD): node_alarms(node_id), the alarm state of a node (Store.node_alarms)
+
 
 @dataclass(slots=True)
 class _Encoded:
@@ -196,17 +204,23 @@ class Upstream:
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
         gzip_level: int = DEFAULT_GZIP_LEVEL,
+        gzip: bool | None = None,
         gateway_id: str = "",
         native_version: int = formats.DEFAULT_NATIVE_VERSION,
         node_info: Callable[[int], Any] | None = None,
         ngsi_tenant: str | None = None,
-        ngsi_context: Sequence[str] = formats.DEFAULT_CONTEXT,
+        ngsi_context: Sequence[str] = ngsi_ld.DEFAULT_CONTEXT,
+        node_alarms: Callable[[int], Any] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`clock` (wall: record ages, Retry-After dates, batch times) and `monotonic` (batch age,
-        latency) are seams for tests, as in gateway/downlinks.py."""
+        latency) are seams for tests, as in gateway/downlinks.py.
+
+        `gzip`: compress request bodies (at `gzip_level`); None: for the native format only
+        (see the module docstring). `node_alarms(node_id)`: the alarm state NGSI-LD derives
+        `deviceState` and Alerts from; by default the store's `node_alarms` when it has one."""
         if fmt not in FORMATS:
             raise ValueError(f"upstream format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         if batch_size is None:
@@ -229,10 +243,12 @@ class Upstream:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
-        self.gzip_level = gzip_level
+        self.gzip_level = gzip_level if (fmt == "native" if gzip is None else gzip) else 0
         self.gateway_id = gateway_id
         self.ngsi_tenant = ngsi_tenant
-        self._mapper = formats.NgsiMapper(node_info, ngsi_context) if fmt == "ngsi-ld" else None
+        if node_alarms is None:
+            node_alarms = getattr(store, "node_alarms", None)
+        self._mapper = ngsi_ld.NgsiMapper(node_info, ngsi_context, node_alarms) if fmt == "ngsi-ld" else None
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._flush = False
@@ -536,7 +552,7 @@ class Upstream:
     async def _attempt_ngsi(self, records: list[Record]) -> _Outcome:
         assert self._mapper is not None
         try:
-            requests, _empty = formats.ngsi_requests(records, self._mapper)
+            requests, _empty = ngsi_ld.ngsi_requests(records, self._mapper)
             bodies = [req.body() for req in requests]
         except (TypeError, ValueError) as e:
             return _Outcome("poison", 0, f"cannot encode: {e}")
@@ -545,7 +561,8 @@ class Upstream:
         status = 0
         texts: list[str] = []
         for req, body in zip(requests, bodies):
-            out, _ = await self._send(*self._wrap(body, {"Content-Type": formats.NGSI_CONTENT_TYPE, **headers}))
+            wrapped = self._wrap(body, {"Content-Type": ngsi_ld.NGSI_CONTENT_TYPE, **headers})
+            out, _ = await self._send(*wrapped, options=req.options)
             if out.kind == "partial":  # 207: which entities failed -> which records
                 ids = _failed_entities(out.text)
                 hit = {i for eid in ids or () for i in req.sources.get(eid, ())}
@@ -571,10 +588,15 @@ class Upstream:
         return body, headers
 
     async def _send(
-        self, body: bytes, headers: dict[str, str], overlap: Callable[[], Any] | None = None
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        overlap: Callable[[], Any] | None = None,
+        options: str = ngsi_ld.UPDATE,
     ) -> tuple[_Outcome, Any]:
-        """POST a wrapped body; `overlap()` runs once the request is on its way."""
-        req = asyncio.ensure_future(self._post(body, headers))
+        """POST a wrapped body; `overlap()` runs once the request is on its way; `options`: the
+        NGSI-LD upsert's."""
+        req = asyncio.ensure_future(self._post(body, headers, options))
         extra = None
         try:
             if overlap is not None:
@@ -589,11 +611,11 @@ class Upstream:
             if not req.done():
                 req.cancel()
 
-    async def _post(self, body: bytes, headers: dict[str, str]) -> _Outcome:
+    async def _post(self, body: bytes, headers: dict[str, str], options: str = ngsi_ld.UPDATE) -> _Outcome:
         assert self._session is not None
         url = self.url
         if self.fmt == "ngsi-ld":
-            url += ("&" if "?" in url else "?") + "options=update"
+            url += ("&" if "?" in url else "?") + "options=" + options
         self.requests += 1
         try:
             async with self._session.post(url, data=body, headers=headers) as resp:

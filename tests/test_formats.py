@@ -1,35 +1,22 @@
-"""Upstream formats: the native JSON, and NGSI-LD entities checked against the official Smart Data Models.
+"""The native upstream format (gateway/formats.py): encoders, the receiver's check, times.
 
-The Smart Data Models JSON Schemas validate the key-values representation of
-an entity; the gateway sends the NGSI-LD normalised one. So each entity is
-checked twice: its NGSI-LD shape here (every attribute a Property,
-Relationship or GeoProperty with a value / object, observedAt a timestamp,
-a @context), and its key-values projection against the model's schema, read
-offline from tests/vectors/smart-data-models (vendored) with the two remote $refs
-resolved to the local copies. What the schemas cannot see (unitCode,
-observedAt) is checked by the shape test.
+NGSI-LD, the other upstream format, is tested beside its module: tests/test_ngsi_ld.py.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
-import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from referencing import Registry, Resource
 
 from gateway import bodies, formats
 from gateway.model import Record
 from protocol import expand
 from protocol import messages as m
 
-COMMON = "https://smart-data-models.github.io/data-models/common-schema.json"
-DEVICE_COMMON = "https://smart-data-models.github.io/dataModel.Device/device-schema.json"
-MODELS = ("Streetlight", "GreenspaceRecord", "Device", "DeviceMeasurement")
 T0 = 1_795_000_000.0
 
 
@@ -45,15 +32,6 @@ def make(node: int, counter: int, mtype: int, body: dict, **kw) -> Record:
         **kw,
     )
 
-
-LAMP = SimpleNamespace(
-    kind="lighting", name="Rue de Rivoli 12", site="Rue de Rivoli", lat=48.8606, lon=2.3376, firmware="0.1.0"
-)
-PARK = SimpleNamespace(
-    kind="irrigation", name="Parc Monceau north", site="Parc Monceau", lat=48.8796, lon=2.3088, firmware="0.1.0"
-)
-NOWHERE = SimpleNamespace(kind="lighting", name=None, site=None, lat=None, lon=None, firmware=None)
-NODES = {0xA1: LAMP, 0xB2: PARK, 0xC3: NOWHERE}
 
 light = make(
     0xA1,
@@ -80,186 +58,6 @@ alarm = make(0xA1, 5, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 2: 3, 4: 1
 cleared = make(0xA1, 6, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 4: 0})
 cmd_ack = make(0xA1, 7, m.CMD_ACK, {0: 1001, 1: m.RES_OK})
 ALL = [light, light_broken, light_off, light_nowhere, irrigation, hello, status, alarm, cleared, cmd_ack]
-
-
-@pytest.fixture(scope="module")
-def validators(vectors):
-    d = vectors / "smart-data-models"
-    registry = Registry().with_resources(
-        [
-            (COMMON, Resource.from_contents(json.loads((d / "common-schema.json").read_text()))),
-            (DEVICE_COMMON, Resource.from_contents(json.loads((d / "device-schema.json").read_text()))),
-        ]
-    )
-    # jsonschema only checks "date-time" with an optional package installed: check it here instead.
-    checker = jsonschema.FormatChecker()
-    checker.checks("date-time", raises=ValueError)(lambda s: not isinstance(s, str) or _is_timestamp(s))
-    out = {}
-    for model in MODELS:
-        schema = json.loads((d / model / "schema.json").read_text())
-        jsonschema.Draft202012Validator.check_schema(schema)
-        out[model] = jsonschema.Draft202012Validator(schema, registry=registry, format_checker=checker)
-    return out
-
-
-def _is_timestamp(s: str) -> bool:
-    datetime.fromisoformat(s)
-    return "T" in s
-
-
-def mapper() -> formats.NgsiMapper:
-    return formats.NgsiMapper(NODES.get)
-
-
-def check_ngsi_shape(e: dict) -> None:
-    assert e["id"].startswith("urn:ngsi-ld:" + e["type"] + ":lumeau-")
-    assert e["@context"] == list(formats.DEFAULT_CONTEXT)
-    for k, v in e.items():
-        if k in ("id", "type", "@context"):
-            continue
-        assert v["type"] in ("Property", "Relationship", "GeoProperty"), k
-        if v["type"] == "Relationship":
-            assert isinstance(v["object"], str) and v["object"].startswith("urn:ngsi-ld:"), k
-        else:
-            assert "value" in v and v["value"] is not None, k
-        if "observedAt" in v:
-            assert _is_timestamp(v["observedAt"]) and v["observedAt"].endswith("Z"), k
-        if "unitCode" in v:
-            assert v["unitCode"] in formats.UNIT_CODES.values(), k
-
-
-# -- the validator itself ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model", ["Streetlight", "GreenspaceRecord", "DeviceMeasurement"])
-def test_official_examples_validate(validators, vectors, model):
-    example = json.loads((vectors / "smart-data-models" / model / "example.json").read_text())
-    validators[model].validate(example)
-
-
-@pytest.mark.parametrize(
-    "model, change",
-    [
-        ("Streetlight", lambda e: e.pop("location")),
-        ("Streetlight", lambda e: e.update(illuminanceLevel=1.5)),
-        ("Streetlight", lambda e: e.update(status="fine")),
-        ("GreenspaceRecord", lambda e: e.update(soilMoistureVwc=31)),
-        ("Device", lambda e: e.update(controlledProperty=["light", "magic"])),
-        ("DeviceMeasurement", lambda e: e.update(dateObserved="Tuesday")),
-    ],
-)
-def test_the_validator_catches_broken_entities(validators, model, change):
-    e = next(x for r in ALL for x in mapper().entities(r) if x["type"] == model)
-    kv = formats.key_values(e)
-    validators[model].validate(kv)
-    change(kv)
-    with pytest.raises(jsonschema.ValidationError):
-        validators[model].validate(kv)
-
-
-# -- every entity we produce is valid ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("rec", ALL, ids=lambda r: f"{r.kind}-{r.node_id:x}-{r.counter}")
-def test_every_entity_is_valid_ngsi_ld_and_valid_against_its_model(validators, rec):
-    for e in mapper().entities(rec):
-        check_ngsi_shape(e)
-        validators[e["type"]].validate(formats.key_values(e))
-
-
-def test_every_model_is_exercised():
-    produced = {e["type"] for r in ALL for e in mapper().entities(r)}
-    assert produced == set(MODELS)
-
-
-# -- what the mapping says ---------------------------------------------------------------------
-
-
-def attrs(e: dict) -> dict:
-    return formats.key_values(e)
-
-
-def test_streetlight_mapping():
-    (e,) = mapper().entities(light)
-    assert e["id"] == "urn:ngsi-ld:Streetlight:lumeau-000000a1"
-    kv = attrs(e)
-    assert kv["location"] == {"type": "Point", "coordinates": [2.3376, 48.8606]}  # GeoJSON is lon, lat
-    assert (kv["status"], kv["powerState"], kv["illuminanceLevel"]) == ("ok", "low", 0.4)
-    assert (kv["powerConsumption"], kv["lifetimePowerConsumption"], kv["current"]) == (45.2, 123456, 0.205)
-    assert (e["powerConsumption"]["unitCode"], e["lifetimePowerConsumption"]["unitCode"], e["current"]["unitCode"]) == (
-        "WTT",
-        "WHR",
-        "AMP",
-    )
-    assert e["status"]["observedAt"] == formats.iso_time(light.rx_time)
-    assert (kv["name"], kv["areaServed"]) == ("Rue de Rivoli 12", "Rue de Rivoli")
-    assert (
-        attrs(mapper().entities(light_broken)[0])["status"],
-        attrs(mapper().entities(light_broken)[0])["powerState"],
-    ) == ("defectiveLamp", "on")
-    assert attrs(mapper().entities(light_off)[0])["powerState"] == "off"
-
-
-def test_a_lamp_without_location_is_sent_as_measurements():
-    ents = mapper().entities(light_nowhere)
-    assert [(e["type"], attrs(e)["controlledProperty"], attrs(e)["numValue"]) for e in ents] == [
-        ("DeviceMeasurement", "power", 30),
-        ("DeviceMeasurement", "energy", 5000),
-    ]
-    assert all("location" not in e for e in ents)
-
-
-def test_irrigation_mapping():
-    ents = mapper().entities(irrigation)
-    by_id = {e["id"]: attrs(e) for e in ents}
-    z1 = by_id["urn:ngsi-ld:GreenspaceRecord:lumeau-000000b2-z1"]
-    assert z1["soilMoistureVwc"] == 0.31 and z1["refDevice"] == "urn:ngsi-ld:Device:lumeau-000000b2"
-    assert by_id["urn:ngsi-ld:GreenspaceRecord:lumeau-000000b2-z3"]["soilMoistureVwc"] == 1.0
-    assert by_id["urn:ngsi-ld:GreenspaceRecord:lumeau-000000b2-z4"]["soilMoistureVwc"] == 0.0
-    assert "urn:ngsi-ld:GreenspaceRecord:lumeau-000000b2-z2" not in by_id  # 0xff: no sensor in zone 2
-    flow = by_id["urn:ngsi-ld:DeviceMeasurement:lumeau-000000b2-flow"]
-    assert (flow["numValue"], flow["unit"], flow["controlledProperty"]) == (14.5, "L2", "waterFlow")
-    vol = by_id["urn:ngsi-ld:DeviceMeasurement:lumeau-000000b2-volume"]
-    assert (vol["numValue"], vol["unit"], vol["controlledProperty"]) == (982311, "LTR", "waterConsumption")
-    dev = by_id["urn:ngsi-ld:Device:lumeau-000000b2"]
-    assert dev["deviceState"] == "leak" and dev["rssi"] == -110.0
-    assert dev["controlledProperty"] == ["soilMoisture", "waterFlow", "waterConsumption"]
-
-
-def test_device_mapping_of_hello_status_and_events():
-    h = attrs(mapper().entities(hello)[0])
-    assert h["firmwareVersion"] == "0.1.0" and h["controlledProperty"] == ["light", "power", "energy"]
-    assert attrs(mapper().entities(alarm)[0])["deviceState"] == "lamp_failure"
-    assert attrs(mapper().entities(cleared)[0])["deviceState"] == "ok"
-    s = attrs(mapper().entities(status)[0])
-    assert s["rssi"] == -101.0 and s["dateLastValueReported"] == formats.iso_time(status.rx_time)
-    assert mapper().entities(cmd_ack) == []
-
-
-def test_requests_never_repeat_an_entity_and_keep_each_nodes_order():
-    records = [light, irrigation, light_broken, cmd_ack, light_off, status]
-    reqs, empty = formats.ngsi_requests(records, mapper())
-    assert empty == [3]
-    for req in reqs:
-        ids = [e["id"] for e in req.entities]
-        assert len(ids) == len(set(ids))
-        assert json.loads(req.body()) == req.entities
-    # the three reports of lamp a1 go out in three requests, in counter order
-    lamp = [
-        (k, req.sources["urn:ngsi-ld:Streetlight:lumeau-000000a1"])
-        for k, req in enumerate(reqs)
-        if "urn:ngsi-ld:Streetlight:lumeau-000000a1" in req.sources
-    ]
-    assert lamp == [(0, [0]), (1, [2]), (2, [4])]
-    # the irrigation record and the park's STATUS share the park's Device entity: two requests
-    dev = [k for k, req in enumerate(reqs) if "urn:ngsi-ld:Device:lumeau-000000b2" in req.sources]
-    assert dev == [0, 1]
-
-
-def test_mapping_tolerates_registry_entries_with_bad_or_missing_fields():
-    odd = formats.NgsiMapper(lambda n: SimpleNamespace(kind=None, name=3, lat=float("nan"), lon=2.0))
-    assert [e["type"] for e in odd.entities(light)] == ["DeviceMeasurement", "DeviceMeasurement"]
-    assert formats.NgsiMapper().entities(status)[0]["controlledProperty"]["value"] == []
 
 
 # -- native ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ middleware in front: outages (nothing listening), 500s, 429 with
 Retry-After, slow answers, refused records, a wrong token.
 
 One file (over 600 lines): every case drives the same sink-behind-faults
-fixture; the formats' own tests live in test_formats.py.
+fixture; the formats' own tests live in test_formats.py and test_ngsi_ld*.py.
 """
 
 from __future__ import annotations

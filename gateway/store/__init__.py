@@ -17,7 +17,7 @@ and its in-memory state:
 - downlinks.py: `downlinks` and `dl_counters`, the downlink queue and every
   node's downlink frame counter;
 - nodes.py: `nodes`, node state (last seen, radio, firmware, last readings,
-  open alarms), flushed every `state_flush_s`.
+  open alarms), flushed every `state_flush_s` (alarm changes with their group).
 
 Limits and policies are `Store.open` arguments: `max_records`, `group_max`
 (records per transaction: bounds commit latency), `quarantine_max`,
@@ -123,8 +123,9 @@ class Store:
         )
         self.downlink_table = DownlinkTable(self.writer)
         self.nodes = NodeStates(self.writer, state_flush_s)
-        # the records' windows are logged by the records' share of a group, folded after it
-        self.writer.parts = [self.records, self.replay_windows]
+        # the records' windows are logged by the records' share of a group, folded after it;
+        # a node whose alarms changed has its state written in the same group (nodes.py)
+        self.writer.parts = [self.records, self.replay_windows, self.nodes]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -316,6 +317,10 @@ class Store:
 
     def node_ids(self) -> list[int]:
         return self.nodes.node_ids()
+
+    def node_alarms(self, node_id: int) -> dict[str, Any] | None:
+        """The latest cycle of each of a node's alarms (nodes.NodeStates.alarms)."""
+        return self.nodes.alarms(node_id)
 
     async def flush_state(self) -> None:
         await self.nodes.flush()

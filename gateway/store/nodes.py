@@ -2,9 +2,23 @@
 
 A cache of what the records said, kept in memory as records are appended and
 flushed to the database every `flush_s` seconds (and at close): after a crash
-it may be up to that old (records and replay windows never are). The newest
-record and the readings are kept as Records and named only when someone
-reads the state.
+it may be up to that old (records and replay windows never are) -- except
+the alarms: a record that opens or closes one writes its node's state in the
+same group commit as the record (`NodeStates` is a part of the writer's
+group, gateway/store/core.py), so the alarm state survives `kill -9` with
+the record that changed it. The newest record and the readings are kept as
+Records and named only when someone reads the state.
+
+Alarms (`open_alarms`, keyed "<code>:<zone>"): an EVENT with `active` 1
+opens one (a resend of the same raise keeps the first `since`), `active` 0
+closes it. The node forgets its alarms when it restarts (its fault flags
+live in RAM and are raised again if the fault persists), so a HELLO closes
+every open one; and a STATUS whose `open_alarms` is 0 closes those raised
+before the STATUS was taken (node clock, when both times are known: an
+alarm raised after it may overtake it in the node's queue). The last closed
+cycle of each alarm is kept in `closed_alarms` (when, by what record), so
+the upstream, which maps records some time after they arrived, knows which
+alarms were open at any record of the latest cycle (`alarms`).
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.model import Record
-from gateway.store.core import StoreError, Writer
+from gateway.store.core import Part, StoreError, Writer
 from protocol import expand
 from protocol import messages as m
 
@@ -33,12 +47,43 @@ CREATE TABLE IF NOT EXISTS nodes (
 """
 
 
-class NodeStates:
+_OPEN = "open_alarms"
+_CLOSED = "closed_alarms"
+
+
+_UPSERT = "INSERT INTO nodes (node_id, state) VALUES (?, ?) ON CONFLICT (node_id) DO UPDATE SET state = excluded.state"
+
+
+def _alarm(entry: dict[str, Any]) -> dict[str, Any]:
+    """An open_alarms / closed_alarms entry as `alarms` gives it (plain values by name)."""
+    f = entry.get("fields", {})
+
+    def v(name: str) -> Any:
+        x = f.get(name)
+        return x.get("value") if isinstance(x, dict) else None
+
+    return {
+        "code": v("code"),
+        "severity": v("severity"),
+        "zone": v("zone") or 0,
+        "value": v("value"),
+        "time": v("time") or None,
+        "since": entry.get("since"),
+        "counter": entry.get("counter"),
+        "until": entry.get("until"),
+        "until_counter": entry.get("until_counter"),
+        "until_time": entry.get("until_time"),
+        "closed_by": entry.get("closed_by"),
+    }
+
+
+class NodeStates(Part):
     def __init__(self, writer: Writer, flush_s: float = STATE_FLUSH_S) -> None:
         self.writer = writer
         self.flush_s = flush_s
         self._states: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
+        self._urgent: set[int] = set()  # alarms changed: written with the next group commit
         self._flusher: asyncio.Task | None = None
 
     def load(self, r: sqlite3.Connection) -> None:
@@ -70,21 +115,108 @@ class NodeStates:
         if mtype == m.HELLO:  # rare: expanded now
             st["firmware"] = rec.body.get(0)
             st["hello"] = expand.expand(mtype, rec.body)
+            self._close(rec, st, "hello", None)  # a restarted node raises again what still holds
         elif mtype == m.EVENT:
-            active = rec.body.get(4)
-            if active is not None:
-                key = f"{rec.body[0]}:{rec.body.get(5, 0)}"
-                if active:
-                    st["open_alarms"][key] = {
-                        "fields": expand.expand(mtype, rec.body),
-                        "since": rec.rx_time,
-                        "counter": rec.counter,
-                    }
-                else:
-                    st["open_alarms"].pop(key, None)
+            self._event(rec, st)
         else:  # the frequent case: keep the record, name its fields only when someone looks
             st["readings"][rec.kind] = rec
+            if mtype == m.STATUS and rec.body.get(m.S_ALARMS) == 0 and st[_OPEN]:
+                self._close(rec, st, "status", rec.body.get(m.S_TIME) or None)
         self._dirty.add(rec.node_id)
+
+    def _event(self, rec: Record, st: dict[str, Any]) -> None:
+        active = rec.body.get(m.E_ACTIVE)
+        if active is None:  # a one-shot report: nothing opens or closes
+            return
+        key = f"{rec.body[m.E_CODE]}:{rec.body.get(m.E_ZONE, 0)}"
+        opened = st[_OPEN]
+        if active:
+            fields = expand.expand(m.EVENT, rec.body)
+            entry = opened.get(key)
+            if entry is None or entry.get("counter", 0) > rec.counter:  # new, or counters restarted (re-keyed)
+                opened[key] = {"fields": fields, "since": rec.rx_time, "counter": rec.counter}
+                self._changed(rec.node_id)
+            elif entry["fields"] != fields:  # raised again (a new severity, value): since stays
+                entry["fields"] = fields
+                self._changed(rec.node_id)
+        else:
+            entry = opened.pop(key, None)
+            if entry is not None:
+                t = rec.body.get(m.E_TIME)
+                st.setdefault(_CLOSED, {})[key] = {
+                    **entry,
+                    "until": rec.rx_time,
+                    "until_counter": rec.counter,
+                    "until_time": t or None,
+                    "closed_by": "event",
+                }
+                self._changed(rec.node_id)
+
+    def _close(self, rec: Record, st: dict[str, Any], by: str, node_time: int | None) -> None:
+        """Close the open alarms (those raised up to `node_time` on the node's clock, when known)."""
+        opened = st[_OPEN]
+        closed = st.setdefault(_CLOSED, {})
+        for key, entry in list(opened.items()):
+            raised = (entry["fields"].get("time") or {}).get("value")
+            if node_time is not None and raised and raised > node_time:
+                continue  # raised after the STATUS was taken: the STATUS does not know it
+            del opened[key]
+            closed[key] = {
+                **entry,
+                "until": rec.rx_time,
+                "until_counter": rec.counter,
+                "until_time": node_time,
+                "closed_by": by,
+            }
+            self._changed(rec.node_id)
+
+    def _changed(self, node_id: int) -> None:
+        self._urgent.add(node_id)
+        self.writer.wake()
+
+    def alarms(self, node_id: int) -> dict[str, Any] | None:
+        """The latest cycle of each alarm a node raised, and its zones with a soil sensor, for the
+        upstream's mapping (gateway/ngsi_ld.py); None for a node never heard.
+
+        {"alarms": [...], "zones": [1, 3]}, each alarm {"code", "severity", "zone", "value",
+        "time" (node clock when raised, s, or None), "since" (received), "counter" (of the raise),
+        and once closed "until" (received), "until_counter", "until_time" (node clock, or None),
+        "closed_by" ("event", "status" or "hello"); None while open}. Which alarms were open at a
+        given record follows from the counters; a record older than an alarm's previous cycle
+        sees only the latest one.
+        """
+        st = self._states.get(node_id)
+        if st is None:
+            return None
+        cycles = [_alarm(e) for e in st[_OPEN].values()] + [_alarm(e) for e in st.get(_CLOSED, {}).values()]
+        reading = st["readings"].get("irrigation")
+        moisture: Any = None
+        if isinstance(reading, Record):
+            moisture = reading.body.get(m.IR_MOISTURE)
+        elif isinstance(reading, dict):
+            moisture = (reading.get("fields", {}).get("soil_moisture") or {}).get("value")
+        zones = [z for z, v in enumerate(moisture or (), start=1) if v is not None and v != m.NO_VALUE]
+        return {"alarms": cycles, "zones": zones}
+
+    # -- a part of the group commit: alarm changes are written with the records that made them
+
+    def has_work(self) -> bool:
+        return bool(self._urgent)
+
+    def take(self, limit: int) -> Any:
+        if not self._urgent:
+            return None
+        nodes, self._urgent = self._urgent, set()
+        return nodes, self._rows(nodes)
+
+    def write(self, c: sqlite3.Connection, work: Any) -> Any:
+        if work is not None:
+            c.executemany(_UPSERT, work[1])
+        return None
+
+    def failed(self, work: Any, err: StoreError) -> None:
+        if work is not None:
+            self._dirty |= work[0]  # the periodic flush tries again (not the next group: no busy loop)
 
     @staticmethod
     def _plain(st: dict[str, Any]) -> dict[str, Any]:
@@ -112,16 +244,15 @@ class NodeStates:
     def node_ids(self) -> list[int]:
         return list(self._states)
 
+    def _rows(self, nodes: set[int]) -> list[tuple[int, str]]:
+        return [(n, json.dumps(self._plain(self._states[n]), separators=(",", ":"))) for n in nodes]
+
     def _state_writer(self) -> Callable[[sqlite3.Connection], None]:
-        rows = [(n, json.dumps(self._plain(self._states[n]), separators=(",", ":"))) for n in self._dirty]
+        rows = self._rows(self._dirty)
         self._dirty = set()
 
         def op(c: sqlite3.Connection) -> None:
-            c.executemany(
-                "INSERT INTO nodes (node_id, state) VALUES (?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET state = excluded.state",
-                rows,
-            )
+            c.executemany(_UPSERT, rows)
 
         return op
 
