@@ -19,9 +19,11 @@ When (reasons, in priority order):
   `retry_max_s` (a lamp with no location in its config stays in fail-safe
   whatever its clock: it costs a TIME every few hours, not every report).
 - `drift`: the node's clock is set, and the gateway's bound on its offset
-  could pass `threshold_s` before the node's next uplink (or the gateway
-  has no bound: it never set nor measured that clock). At most once per
-  `resync_min_s` per node.
+  could pass `threshold_s` before the node's next uplink (two of its mean
+  gaps ahead: one refusal or loss can be made good), or the gateway has no
+  bound (it never set nor measured that clock). At most once per
+  `resync_min_s` per node; refused by the radio, tried again at the next
+  two uplinks, then backing off.
 - `repeat`: the same re-sync once more, at the node's next uplink. A TIME
   has no answer in the protocol, and a lost one would leave the gateway
   believing a clock set that goes on drifting until the next STATUS (6 h);
@@ -107,6 +109,7 @@ REASONS = (BOOT, NO_TIME, DRIFT, REPEAT)
 DEFAULT_THRESHOLD_S = 2.0
 DEFAULT_MAX_DRIFT_PPM = 100.0
 RX1_DELAY_S = 1.0  # SPEC §6
+REFUSALS_FREE = 2  # drift TIMEs refused in a row that are tried again at once (then back off)
 TIME_FRAME_MAX = 30  # bytes: the largest TIME frame (SPEC §5 "Sizes"), to price one before it is built
 
 
@@ -260,9 +263,13 @@ class TimeSync:
             self._measure(st, body[m.S_TIME], rx_end - airtime_s)
         if st.repeat:
             return self._afford(REPEAT, now, wire, sf, low=True)
-        if st.sent_at is not None and now - st.sent_at < min(self.resync_min_s * 2**st.fails, self.retry_max_s):
+        if st.fails > REFUSALS_FREE:  # a radio that keeps refusing: back off
+            wait = min(self.resync_min_s * 2 ** (st.fails - REFUSALS_FREE), self.retry_max_s)
+        else:  # after a TIME; a refusal or two (a radio's off-time) are tried again at the next uplink
+            wait = self.resync_min_s if st.fails == 0 else 0.0
+        if st.sent_at is not None and now - st.sent_at < wait:
             return None
-        ahead = min(max(1.5 * st.gap, 60.0), 3600.0) if st.gap is not None else self.lookahead_s
+        ahead = min(max(2 * st.gap, 60.0), 3600.0) if st.gap is not None else self.lookahead_s
         b = self.bound(node_id, now + ahead)
         if b is not None and max(-b[0], b[1]) < self.threshold_s:
             return None
@@ -289,8 +296,10 @@ class TimeSync:
     def failed(self, node_id: int, reason: str, at: float) -> None:
         """An automatic TIME could not be handed to a radio (its duty cycle, its window passed).
 
-        Nothing changed on the node; the next try waits as after a TIME sent (`retry_s`,
-        `resync_min_s`), doubling with each refusal in a row up to `retry_max_s`."""
+        Nothing changed on the node. A boot/no_time answer is asked again as after a TIME
+        sent (`retry_s`, doubling); a re-sync at the next uplink twice (a radio's duty-cycle
+        off-time passes), then after `resync_min_s` doubling with each refusal up to
+        `retry_max_s` (a radio that cannot reach the window at all)."""
         st = self._node(node_id)
         st.sent_at = at
         st.fails += 1

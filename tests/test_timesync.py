@@ -283,3 +283,21 @@ async def test_a_queued_time_is_served_by_the_automatic_one(gw):
     assert [t for t, _b, _n in radio.sent] == [m.TIME]
     assert radio.sent[0][1] == {0: int(T0), 1: 0, 2: 9}  # on a wire: now
     assert p.store.downlink(dl.id).state == "sent"
+
+
+def test_a_resync_the_radio_refuses_is_tried_again_at_once_twice_then_backs_off():
+    ts = TimeSync(resync_min_s=600.0, retry_max_s=6 * 3600.0)
+    t = T0
+    assert ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, t) == DRIFT  # unknown offset
+    tried = []
+    for _ in range(12):
+        r = ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, t)
+        if r is not None:
+            tried.append(t - T0)
+            ts.failed(NODE, r, t)  # the radio is in its off-time, or the window has passed
+        t += 900
+    # at once (0), at the next two uplinks, then 1200 s, 2400 s ... after the last refusal
+    assert tried[:3] == [0, 900, 1800] and tried[3] >= 1800 + 1200 and tried[4] - tried[3] >= 2400
+    assert ts.bound(NODE) is None  # nothing reached the node
+    ts.sent(NODE, DRIFT, t)
+    assert ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, t + 900) == REPEAT
