@@ -251,7 +251,8 @@ class Downlinks:
         ts = self.timesync
         if ts is not None:
             wire = reception.transport in IMMEDIATE_TRANSPORTS
-            air = 0.0 if wire else ts.airtime_s(len(reception.raw), reception.sf)
+            # the uplink's time on air dates a STATUS's node time (its start); nothing else needs it
+            air = ts.airtime_s(len(reception.raw), reception.sf) if record.mtype == m.STATUS and not wire else 0.0
             auto = ts.on_uplink(node_id, record.mtype, record.body, reception.rx_time, air, wire, reception.sf)
         if not ack and auto is None and not self._open.get(node_id):
             return  # the common case: nothing to say

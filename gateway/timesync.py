@@ -78,8 +78,8 @@ packet forwarder's GPS time, a bridge's mapping, or the host's clock at
 arrival), in a simulation the simulated one even when the gateway process
 runs on real time. `clock` only serves `bound`/`offset` asked for "now".
 
-State: one small record per node heard (at most `max_nodes`, the least
-recently heard forgotten first), in memory; `save(path)` / `load(path)`
+State: one small record per node heard (at most `max_nodes`, the earliest
+heard forgotten first), in memory; `save(path)` / `load(path)`
 keep it across a restart (the service writes it next to its database at a
 clean stop: `<database>.time.json`). A node the gateway knows nothing of
 (after a crash, or a lost file) gets one `drift` TIME at its next uplink,
@@ -92,7 +92,6 @@ import json
 import math
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,7 @@ def time_value(rx_end: float, rx1_delay_s: float, airtime_s: float) -> float:
     return rx_end + rx1_delay_s + airtime_s
 
 
-_OPTIONAL = frozenset(("a_t", "s_t", "last_rx", "gap", "sent_at"))  # None: not known yet
+_OPTIONAL = frozenset(("a_t", "s_t", "last_rx", "gap", "sent_at", "cross"))  # None: not known yet
 
 
 class _Node:
@@ -153,6 +152,7 @@ class _Node:
         "tries",
         "repeat",
         "fails",
+        "cross",
     )
 
     def __init__(self, max_rate: float) -> None:
@@ -170,6 +170,7 @@ class _Node:
         self.tries = 0  # boot/no_time TIMEs since the node last said its clock is set
         self.repeat = False  # a drift re-sync went: send it once more
         self.fails = 0  # automatic TIMEs in a row the radio refused (duty cycle, too late)
+        self.cross: float | None = None  # when the bound, as last computed, reaches the threshold (a cache)
 
 
 class TimeSync:
@@ -211,7 +212,7 @@ class TimeSync:
         self.bw_hz = bw_hz
         self.max_nodes = max_nodes
         self.clock = clock
-        self._nodes: OrderedDict[int, _Node] = OrderedDict()
+        self._nodes: dict[int, _Node] = {}
         self._tokens = airtime_s_per_h
         self._tokens_at: float | None = None
         self.counts: dict[str, int] = {
@@ -242,11 +243,16 @@ class TimeSync:
         time on air (0 on a wire); `wire`: answered at once on a link without duty
         cycle; `sf`: the uplink's spreading factor (the answer's, in RX1)."""
         now = rx_end
-        st = self._node(node_id)
-        if st.last_rx is not None and rx_end > st.last_rx:
-            g = rx_end - st.last_rx
+        st = self._nodes.get(node_id)
+        if st is None:
+            st = self._node(node_id)
+        last = st.last_rx
+        if last is None:
+            st.last_rx = rx_end
+        elif rx_end > last:
+            g = rx_end - last
             st.gap = g if st.gap is None else 0.75 * st.gap + 0.25 * g
-        st.last_rx = rx_end if st.last_rx is None else max(st.last_rx, rx_end)
+            st.last_rx = rx_end
         if mtype == m.HELLO:
             st.repeat = False
             self._forget_clock(st)
@@ -270,8 +276,11 @@ class TimeSync:
         if st.sent_at is not None and now - st.sent_at < wait:
             return None
         ahead = min(max(2 * st.gap, 60.0), 3600.0) if st.gap is not None else self.lookahead_s
+        if st.cross is not None and now + ahead < st.cross:
+            return None  # the common case: the bound is known to stay below the threshold till then
         b = self.bound(node_id, now + ahead)
         if b is not None and max(-b[0], b[1]) < self.threshold_s:
+            st.cross = self._cross(st)
             return None
         return self._afford(DRIFT, now, wire, sf, low=b is None)
 
@@ -285,6 +294,7 @@ class TimeSync:
         st.repeat = reason == DRIFT
         st.fails = 0
         e = self.sync_error_s
+        st.cross = None
         st.a_t = st.s_t = set_at
         st.a_lo = st.s_lo = -e
         st.a_hi = st.s_hi = e
@@ -355,7 +365,7 @@ class TimeSync:
             raise ValueError(f"{path}: not a time-sync state file: {e}") from None
         if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("nodes"), dict):
             raise ValueError(f"{path}: not a version 1 time-sync state file")
-        nodes: OrderedDict[int, _Node] = OrderedDict()
+        nodes: dict[int, _Node] = {}
         for k, vals in doc["nodes"].items():
             if not (
                 isinstance(k, str) and k.isdigit() and isinstance(vals, list) and len(vals) == len(_Node.__slots__)
@@ -385,13 +395,23 @@ class TimeSync:
         if st is None:
             st = self._nodes[node_id] = _Node(self.max_rate)
             if len(self._nodes) > self.max_nodes:
-                self._nodes.popitem(last=False)
-        else:
-            self._nodes.move_to_end(node_id)
+                del self._nodes[next(iter(self._nodes))]  # the earliest heard first
         return st
 
     def _forget_clock(self, st: _Node) -> None:
-        st.a_t = st.s_t = None  # the rate is the crystal's: kept
+        st.a_t = st.s_t = st.cross = None  # the rate is the crystal's: kept
+
+    def _cross(self, st: _Node) -> float | None:
+        """When the bound reaches the threshold (None: never, or unknown)."""
+        a = st.a_t
+        if a is None:
+            return None
+        t = float("inf")
+        if st.r_hi > 0:
+            t = a + (self.threshold_s - st.a_hi) / st.r_hi
+        if st.r_lo < 0:
+            t = min(t, a + (self.threshold_s + st.a_lo) / -st.r_lo)
+        return t
 
     def _retry(self, st: _Node, reason: str, now: float, wire: bool) -> str | None:
         if st.sent_at is not None and st.tries:
@@ -423,6 +443,7 @@ class TimeSync:
         return reason
 
     def _measure(self, st: _Node, node_s: int, t0: float) -> None:
+        st.cross = None
         lo, hi = node_s - t0, node_s + 1 - t0 + self.report_delay_s
         if st.a_t is not None:
             dt = max(0.0, t0 - st.a_t)
