@@ -17,7 +17,7 @@ plot per question (delivery ratio per node, latency, airtime against the
 EU868 duty-cycle limit, largest frame per message type against the 51-byte
 budget, alarms raised against faults injected, energy and water against
 their baselines), the fault table, the totals (platform against the nodes'
-own counters), the gateway's and the sink's counters in a live run, and
+own counters), the nodes' clocks (automatic time), the gateway's and the sink's counters in a live run, and
 the models' limits.
 
 The plots are simulator/report_plots.py; this module is the page.
