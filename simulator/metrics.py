@@ -149,6 +149,11 @@ class Results:
                     else ""
                 )
                 + (f"; NEVER restored: {', '.join(ck['never_restored'])}" if ck["never_restored"] else "")
+                + (
+                    "\n    (live link: drift re-syncs are not held for, so they miss their window)"
+                    if run["link"] == "live"
+                    else ""
+                )
             )
         lines += [
             f"  energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night: "
