@@ -301,3 +301,45 @@ def test_a_resync_the_radio_refuses_is_tried_again_at_once_twice_then_backs_off(
     assert ts.bound(NODE) is None  # nothing reached the node
     ts.sent(NODE, DRIFT, t)
     assert ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, t + 900) == REPEAT
+
+
+async def test_the_service_keeps_what_it_knows_of_the_clocks_across_a_restart(tmp_path, caplog):
+    from test_gateway_service import write_config
+
+    from gateway.config import load_config
+    from gateway.service import Gateway
+
+    registry(tmp_path / "nodes.toml", [7]).save()
+    cfg = load_config(write_config(tmp_path, extra="[downlinks]\ntime_resync_s = 1.5\n"))
+    svc = Gateway(cfg)
+    await svc.start()
+    try:
+        assert svc.timesync is not None and svc.timesync.threshold_s == 1.5
+        assert await svc.pipeline.ingest(reception(seal(7, 1, m.STATUS, status(int(T0))), rx_time=T0)) == "accepted"
+        known = svc.timesync.bound(7, T0 + 60)
+        assert known is not None
+    finally:
+        await svc.stop()
+    state = cfg.gateway.database.with_name(cfg.gateway.database.name + ".time.json")
+    assert state.exists()
+    svc = Gateway(cfg)
+    await svc.start()
+    try:
+        assert svc.timesync.bound(7, T0 + 60) == known
+    finally:
+        await svc.stop()
+    state.write_text("not json")  # a damaged file costs a re-sync per node, not the start
+    svc = Gateway(cfg)
+    await svc.start()
+    try:
+        assert svc.timesync.bound(7, T0 + 60) is None
+        assert "time-sync state not loaded" in caplog.text
+    finally:
+        await svc.stop()
+    off = load_config(write_config(tmp_path, extra="[downlinks]\nauto_time = false\n"))
+    svc = Gateway(off)
+    await svc.start()
+    try:
+        assert svc.timesync is None and svc.downlinks.timesync is None
+    finally:
+        await svc.stop()
