@@ -98,8 +98,9 @@ class MachineHAL(HAL):
 
     def set_time(self, unix_s, ms=0):
         y, mo, d, h, mi, s, wd, _ = self._t.gmtime(unix_s - self._epoch)[:8]
-        # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, subseconds)
-        self._m.RTC().datetime((y, mo, d, wd, h, mi, s, 0))
+        # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, subseconds): microseconds
+        # on the ESP32 (a TIME's milliseconds: SPEC §4 error budget); ports without them ignore it
+        self._m.RTC().datetime((y, mo, d, wd, h, mi, s, ms * 1000))
         self._synced = True
 
     async def sleep_ms(self, ms):

@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
+from gateway.timesync import DEFAULT_MAX_DRIFT_PPM, DEFAULT_THRESHOLD_S
 
 TOKEN_MIN_LEN = 16  # characters: a bearer token shorter than this is guessable
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -182,6 +183,18 @@ class DownlinksSection:
         _range(0.0, 0.8),
     )
     ack_alarms: bool = opt(True, "acknowledge confirmed alarms (SPEC 6) once they are stored")
+    auto_time: bool = opt(True, "send TIME on its own: to nodes without valid time, and to re-sync drift (SPEC 4)")
+    time_resync_s: float = opt(
+        DEFAULT_THRESHOLD_S,
+        "re-sync a node's clock before its offset could pass this many seconds",
+        _range(0.5, 3600.0),
+    )
+    time_max_drift_ppm: float = opt(
+        DEFAULT_MAX_DRIFT_PPM, "the worst crystal drift the re-sync plans for, ppm", _range(1.0, 10000.0)
+    )
+    time_airtime_s_per_h: float = opt(
+        9.0, "air time per hour automatic TIMEs may use (within the 1 % duty cycle)", _range(0.1, 36.0)
+    )
 
 
 @dataclass(frozen=True)

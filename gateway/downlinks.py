@@ -56,7 +56,17 @@ Freshness (SPEC §4): a TIME is filled in when sent, not when queued, and
 answers an uplink: it names the counter of the node's latest uplink (key 2)
 and goes out only while that uplink is younger than TIME_ANSWER_S (the node
 takes it within messages.TIME_SLACK_S of sending that uplink). A TIME queued
-while the node is quiet waits for its next uplink.
+while the node is quiet waits for its next uplink. Its value is the instant
+the node takes it: on LoRa the uplink's end + the RX1 delay + the TIME's own
+time on air (gateway/timesync.py `time_value`); on a wire, now.
+
+Automatic time (SPEC §4, gateway/timesync.py): with a `TimeSync` the
+gateway also answers on its own: a HELLO or an uplink saying the node's clock
+is not set gets a TIME in that uplink's window, right after an ACK if one is
+due and before the queued downlinks; a re-sync of a drifting clock goes only
+in a window nothing else needs. Neither is stored: like ACKs they are made on
+the fly (a lost one is made again at a later uplink); a queued TIME is
+served by an automatic one sent in the same pass.
 
 States: queued -> sent -> acked | failed | expired (queued -> expired too).
 
@@ -76,7 +86,8 @@ from typing import Any
 
 from gateway.model import Downlink, Reception, Record
 from gateway.store import Store
-from protocol import frame
+from gateway.timesync import BOOT, DRIFT, NO_TIME, REPEAT, RX1_DELAY_S, TimeSync
+from protocol import frame, lora
 from protocol import messages as m
 
 log = logging.getLogger("lumeau.gateway.downlinks")
@@ -114,8 +125,11 @@ class Downlinks:
         collect_s: float = 0.2,
         ack_alarms: bool = True,
         clock: Callable[[], float] = time.time,
+        timesync: TimeSync | None = None,
     ) -> None:
+        """`timesync`: the automatic time policy (None: TIME only when queued); it should share `clock`."""
         self.store = store
+        self.timesync = timesync
         self.registry = registry
         self.default_ttl_s = default_ttl_s
         self.max_attempts = max_attempts
@@ -143,6 +157,7 @@ class Downlinks:
             "send_errors": 0,
             "unmatched_cmd_acks": 0,
             "path_switches_refused": 0,
+            "time_auto": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -232,7 +247,14 @@ class Downlinks:
         if record.mtype == m.CMD_ACK:
             self._spawn(self._settle_cmd_ack(record))
         ack = self.ack_alarms and record.alarm
-        if not ack and not self._open.get(node_id):
+        auto = None
+        ts = self.timesync
+        if ts is not None:
+            wire = reception.transport in IMMEDIATE_TRANSPORTS
+            # the uplink's time on air dates a STATUS's node time (its start); nothing else needs it
+            air = ts.airtime_s(len(reception.raw), reception.sf) if record.mtype == m.STATUS and not wire else 0.0
+            auto = ts.on_uplink(node_id, record.mtype, record.body, reception.rx_time, air, wire, reception.sf)
+        if not ack and auto is None and not self._open.get(node_id):
             return  # the common case: nothing to say
         if reception.path is None:
             return
@@ -242,7 +264,7 @@ class Downlinks:
             early = self._same_transport(reception, early)
         if reception.transport not in IMMEDIATE_TRANSPORTS and self.collect_s > 0:
             self._collect[key] = [reception, *early]
-        self._spawn(self._answer(record, reception, ack))
+        self._spawn(self._answer(record, reception, ack, auto))
 
     def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None:
         if reception.path is None:
@@ -288,7 +310,7 @@ class Downlinks:
         if not t.cancelled() and t.exception() is not None:
             log.error("downlink task failed: %r", t.exception(), exc_info=t.exception())
 
-    async def _answer(self, record: Record, reception: Reception, ack: bool) -> None:
+    async def _answer(self, record: Record, reception: Reception, ack: bool, auto: str | None = None) -> None:
         self._note_uplink(record)
         key = (record.node_id, record.counter)
         if key in self._collect:
@@ -298,9 +320,9 @@ class Downlinks:
             reception = max(
                 with_path, key=lambda r: (r.rssi if r.rssi is not None else -1e9, r.snr if r.snr is not None else -1e9)
             )
-        await self._send_due(record.node_id, reception, record.counter if ack else None)
+        await self._send_due(record.node_id, reception, record.counter if ack else None, auto)
 
-    async def _send_due(self, node_id: int, rx: Reception, ack_counter: int | None) -> None:
+    async def _send_due(self, node_id: int, rx: Reception, ack_counter: int | None, auto: str | None = None) -> None:
         lock = self._locks.setdefault(node_id, asyncio.Lock())
         async with lock:
             entry = self.registry.get(node_id)
@@ -316,19 +338,28 @@ class Downlinks:
                     self.counts["acks_sent"] += 1
                     if budget is not None:
                         budget -= 1
+            timed = False  # an automatic TIME went: a queued one is served by it
+            if auto in (BOOT, NO_TIME) and (budget is None or budget > 0):
+                timed = await self._auto_time(entry, rx, auto)
+                if timed and budget is not None:
+                    budget -= 1
             for dl in self._due(node_id, rx, immediate):
                 if budget is not None and budget <= 0:
                     break
+                if dl.mtype == m.TIME and timed:
+                    await self._close(dl, "sent")
+                    continue
                 if budget is not None:
                     budget -= 1
                 body = dict(dl.body)
                 if dl.mtype == m.TIME:
-                    time_body = self._time_body(node_id)
+                    time_body = self._time_body(node_id, rx)
                     if time_body is None:  # no uplink of now to answer: it waits for the next one
                         if budget is not None:
                             budget += 1
                         continue
-                    body = time_body
+                    body = time_body[0]
+                    timed = True
                 if not await self._send(entry, dl.mtype, body, rx):
                     break  # the path is down: the rest waits too
                 dl.attempts += 1
@@ -342,6 +373,22 @@ class Downlinks:
                         await self.store.update_downlink(dl)
                 else:
                     await self._close(dl, "sent")
+            if auto in (DRIFT, REPEAT) and not timed and (budget is None or budget > 0):
+                await self._auto_time(entry, rx, auto)
+
+    async def _auto_time(self, entry: Any, rx: Reception, reason: str) -> bool:
+        """Send an automatic TIME answering the node's latest uplink; tell the policy when it went."""
+        ts = self.timesync
+        made = self._time_body(entry.node_id, rx)
+        if ts is None or made is None:
+            return False
+        body, set_at, air = made
+        if not await self._send(entry, m.TIME, body, rx):
+            ts.failed(entry.node_id, reason, rx.rx_time)
+            return False
+        self.counts["time_auto"] += 1
+        ts.sent(entry.node_id, reason, set_at, air)
+        return True
 
     def _note_uplink(self, record: Record) -> None:
         """Remember the node's latest uplink: the one a TIME answers (SPEC §4, "Freshness")."""
@@ -349,13 +396,42 @@ class Downlinks:
         if last is None or record.counter >= last[0] or self.clock() - last[1] > TIME_ANSWER_S:
             self._answering[record.node_id] = (record.counter, self.clock())
 
-    def _time_body(self, node_id: int) -> dict[int, int] | None:
-        """A TIME body of now answering the node's latest uplink, or None when that is not fresh."""
+    def _time_body(self, node_id: int, rx: Reception) -> tuple[dict[int, int], float, float] | None:
+        """(TIME body, the instant it holds, its time on air) answering the node's latest uplink.
+
+        None when that uplink is not fresh. On LoRa the value is the instant the node
+        takes the frame (SPEC §4 "Automatic time"): the uplink's end + RX1 delay + the
+        TIME's own time on air (its length depends on the value: computed until stable);
+        on a wire (or without the uplink's SF) it is now."""
         last = self._answering.get(node_id)
         now = self.clock()
         if last is None or now - last[1] > TIME_ANSWER_S:
             return None
-        return {m.T_UNIX: int(now), m.T_MS: int(now * 1000) % 1000, m.T_ANSWERS: last[0]}
+
+        answers = last[0]
+
+        def body(v: float) -> dict[int, int]:
+            return {m.T_UNIX: int(v), m.T_MS: int(v * 1000) % 1000, m.T_ANSWERS: answers}
+
+        if rx.transport in IMMEDIATE_TRANSPORTS or rx.sf is None:
+            return body(now), now, 0.0
+        # LoRa: on the radio's time (a forwarder's GPS time, a bridge's, else this host's at arrival)
+        ts = self.timesync
+        delay = ts.rx1_delay_s if ts is not None else RX1_DELAY_S
+        bw = ts.bw_hz if ts is not None else 125000
+        air = 0.0
+        for _ in range(4):  # the value's encoding can change the length, and the length the time on air
+            v = rx.rx_time + delay + air
+            n = frame.HEADER_LEN + len(m.encode(m.TIME, body(v))) + frame.MIC_LEN
+            try:
+                a = lora.airtime_ms(n, rx.sf, bw) / 1000.0
+            except ValueError:  # not a LoRa setting
+                a = 0.0
+            if a == air:
+                break
+            air = a
+        v = rx.rx_time + delay + air
+        return body(v), v, air
 
     def _due(self, node_id: int, rx: Reception, immediate: bool) -> list[Downlink]:
         now = self.clock()

@@ -32,6 +32,7 @@ import asyncio
 import gc
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from gateway import logs
@@ -43,6 +44,7 @@ from gateway.model import Reception, Record
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, RegistryError
 from gateway.store import Store, StoreError
+from gateway.timesync import TimeSync
 
 log = logging.getLogger("lumeau.gateway.service")
 
@@ -68,6 +70,23 @@ class Gateway:
         self.history: History | None = None
         self.upstream: Any = None
         self.transports: list[Any] = []
+        self.timesync: TimeSync | None = None
+
+    def _timesync_path(self) -> Path:
+        db = self.cfg.gateway.database
+        return db.with_name(db.name + ".time.json")
+
+    def _load_timesync(self) -> TimeSync:
+        """Automatic time (SPEC §4), with what it knew of the nodes' clocks at the last clean stop."""
+        d = self.cfg.downlinks
+        ts = TimeSync(
+            threshold_s=d.time_resync_s, max_drift_ppm=d.time_max_drift_ppm, airtime_s_per_h=d.time_airtime_s_per_h
+        )
+        try:
+            ts.load(self._timesync_path())
+        except ValueError as e:  # a damaged file costs one re-sync per node, not the start
+            log.warning("time-sync state not loaded: %s", e)
+        return ts
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -80,6 +99,7 @@ class Gateway:
             )
             self.registry = Registry.load(cfg.gateway.registry)
             d = cfg.downlinks
+            self.timesync = self._load_timesync() if d.auto_time else None
             self.downlinks = Downlinks(
                 self.store,
                 self.registry,
@@ -88,6 +108,7 @@ class Gateway:
                 max_queued_per_node=d.max_queued_per_node,
                 collect_s=d.collect_s,
                 ack_alarms=d.ack_alarms,
+                timesync=self.timesync,
             )
             await self.downlinks.start()
             self.history = History() if cfg.api.enabled else None  # read only through the API
@@ -225,6 +246,12 @@ class Gateway:
             await _quietly(self.pipeline.close(), "pipeline")
         if self.downlinks is not None:
             await _quietly(self.downlinks.close(), "downlinks")
+        if self.timesync is not None:
+            try:
+                self.timesync.save(self._timesync_path())
+            except OSError as e:
+                log.warning("time-sync state not saved: %s", e)
+            self.timesync = None
         if self.api is not None:
             await _quietly(self.api.stop(), "api")
         if self.upstream is not None:

@@ -61,6 +61,7 @@ from simulator.virtual_loop import VirtualLoop
 from simulator.world import WORLD_STEP_S, World, WorldHAL
 
 BOOT_SPREAD_S = 600.0  # nodes power up over the first 10 minutes
+CLOCK_DRIFT_PPM = 100.0  # each node's RTC crystal: drift drawn uniformly in +-this, per node from the seed
 OFF_GRID_S = 0.0005  # the gateway and the world tick half a millisecond after the nodes' grid
 GC_YOUNG_THRESHOLD = 20000  # allocations between young collections during a run (gateway/service.py does the same)
 PROGRESS_STEP_S = 300.0  # the progress bar looks at the clock every 5 simulated minutes ...
@@ -79,6 +80,9 @@ class RunOptions:
     link: Callable[[], GatewayLink] | None = None  # the gateway link factory (default: InProcessGateway)
     ticked_apps: bool = True  # False: every app loops in its own run() (slower; same behaviour)
     workers: int = 1  # > 1: the nodes in that many processes (simulator/parallel.py)
+    # the in-process gateway's automatic TIME (SPEC §4); a parallel run goes without it (its workers
+    # hold their clocks only for alarms, and a TIME may follow any uplink)
+    auto_time: bool = True
 
 
 # ---------------------------------------------------------------- the scenario as run
@@ -145,6 +149,7 @@ class SimNode:
         self.node: Node | None = None
         self.task: asyncio.Task | None = None
         self.boots = 0
+        self.wall_ppm = 0.0  # its crystal's drift (Simulation.setup draws it)
         self.crashed: str | None = None
         self.past: dict[str, int] = {
             "tx": 0,
@@ -184,7 +189,7 @@ class Simulation:
     def __init__(self, scenario: Scenario, options: RunOptions = RunOptions()) -> None:
         self.options = options
         self.sc = prepare(scenario, options)
-        self.link: GatewayLink = (options.link or InProcessGateway)()
+        self.link: GatewayLink = options.link() if options.link else InProcessGateway(auto_time=options.auto_time)
         self.nodes: dict[str, SimNode] = {}
         self.by_id: dict[int, SimNode] = {}
         self.progress = options.progress if options.progress is not None else sys.stderr.isatty()
@@ -226,6 +231,7 @@ class Simulation:
         apps = {k: (ticked(a, clock) if self.options.ticked_apps else a) for k, a in APPS.items()}
         rng = random.Random(f"lumeau-sim-run:{sc.seed}")
         infos = []
+        drift: dict[str, float] = {}
         for spec in sc.nodes:
             # drawn for every node in file order, whoever runs it: a node's channel and boot instant
             # do not depend on how the nodes are shared among processes
@@ -251,13 +257,24 @@ class Simulation:
             radio = NodeRadio(self.air, spec.node_id, freq, spec.sf, sc.radio.params.bw_hz, cfg["radio"]["tx_power"])
             w = self.world.lamps[spec.name] if spec.kind == "lighting" else self.world.controllers[spec.name]
             sn = SimNode(spec, raw, radio, w, apps[spec.kind])
+            # a stream of its own per node: the other draws do not move when drift is added or changed
+            sn.wall_ppm = drift[spec.name] = random.Random(f"lumeau-sim-clock:{sc.seed}:{spec.node_id}").uniform(
+                -CLOCK_DRIFT_PPM, CLOCK_DRIFT_PPM
+            )
             self.nodes[spec.name] = sn
             self.by_id[spec.node_id] = sn
             loop.call_later(boot_s, self._boot, sn, m.RST_POWER_ON)
+        self.clock_watch = metrics.ClockWatch(lambda: self.clock.t, drift)
         return LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
 
-    def _boot(self, sn: SimNode, cause: int) -> None:
-        hal = WorldHAL(self.clock, storage=sn.storage, reset_cause=cause, time_known=True, history_max=0)
+    def _boot(self, sn: SimNode, cause: int, old: WorldHAL | None = None, lost: bool = False) -> None:
+        """Boot the node: first with its clock set at commissioning; after a reset with the old
+        board's clock carried on (its RTC kept running), or none (`lost`: it needs a TIME)."""
+        hal = WorldHAL(self.clock, storage=sn.storage, reset_cause=cause, time_known=old is None, history_max=0)
+        hal.wall_ppm = sn.wall_ppm
+        if old is not None and not lost:
+            hal.carry_clock(old)
+        hal.on_time_set = lambda before, after: self._time_set(sn, before, after)
         sn.world.bind(hal)
         sn.hal = hal
         sn.node = Node(fw_config.load(sn.cfg_bytes), hal, sn.radio, sn.app_class, watchdog=False)
@@ -276,22 +293,33 @@ class Simulation:
             sn.crashed = repr(e)
             self.crashes.append(f"{sn.spec.name}: {e!r}")
 
-    def _restart(self, sn: SimNode, cause: int) -> None:
-        if sn.hal is not None:
-            sn.hal.power_off()
-        sn.retire()
-        self._boot(sn, cause)
+    def _time_set(self, sn: SimNode, before_ms: int | None, after_ms: int) -> None:
+        node = sn.node
+        app = node.app if node is not None else None
+        tick_ms = getattr(app, "s", {}).get("tick_ms", SIM_TICK_MS[sn.spec.kind])
+        self.clock_watch.time_set(sn.spec.name, before_ms, after_ms, node.tx if node is not None else 0, tick_ms / 1000)
 
-    async def _reboot(self, sn: SimNode, cause: int) -> None:
-        """A node_reboot fault: the board resets (power, watchdog, brownout) and boots again."""
+    def _restart(self, sn: SimNode, cause: int) -> None:
+        old = sn.hal
+        if old is not None:
+            old.power_off()
+        sn.retire()
+        self._boot(sn, cause, old)  # a soft reset: the RTC runs on
+
+    async def _reboot(self, sn: SimNode, cause: int, lost: bool = False) -> None:
+        """A node_reboot fault: the board resets (power, watchdog, brownout) and boots again.
+
+        `lost`: the reset stopped its RTC (the node boots without wall time)."""
         t = sn.task
         sn.retire()
         if t is not None and not t.done():
             t.cancel()
             await asyncio.gather(t, return_exceptions=True)
-        if sn.hal is not None:
-            sn.hal.power_off()
-        self._boot(sn, cause)
+        old = sn.hal
+        if old is not None:
+            old.power_off()
+            self.clock_watch.reboot(sn.spec.name, old.clock_error_ms(), lost)
+        self._boot(sn, cause, old, lost)
 
     # -- what happens during the run ---------------------------------------------------------------
 
@@ -360,7 +388,7 @@ class Simulation:
             expected = f.expected
             assert expected is not None
             self.fault_shown[f.index] = True
-            await self._reboot(self.nodes[f.target], expected[1])
+            await self._reboot(self.nodes[f.target], expected[1], f.loses_clock)
         elif k == GATEWAY_RESTART:
             now_ms = self.clock.t * 1000.0
             self.channel.set_gateway_up(f.target, not start, now_ms)
@@ -413,6 +441,9 @@ class Simulation:
             await asyncio.sleep(self.sc.duration_s - OFF_GRID_S)
             self.end_world(tasks)
             end_counters = {name: sn.counters() for name, sn in self.nodes.items()}
+            self.clock_watch.end(
+                {name: sn.hal.clock_error_ms() for name, sn in self.nodes.items() if sn.hal is not None}
+            )
             meters = {name: node_meter(sn) for name, sn in self.nodes.items()}
             await self.stop_nodes()
             report = await self.link.finish()

@@ -12,7 +12,9 @@ Kinds, their target and parameters (defaults in brackets):
   leak             irrigation   rate_l_min: flow with every valve shut [2.0]
   burst            irrigation   zone: 1..4 [1]; factor: flow over the zone's expected rate [4.0]
   stuck_valve      irrigation   zone: 1..4 [1]; state: "closed" (will not open) | "open" (will not close) ["closed"]
-  node_reboot      any node     cause: "power" | "watchdog" | "brownout" ["power"]
+  node_reboot      any node     cause: "power" | "watchdog" | "brownout" ["power"];
+                                clock: "lost" | "kept" | "auto" ["auto": lost on a power cut,
+                                kept on a watchdog or brownout reset, whose RTC runs on]
   gateway_restart  gateway id   downtime_s [60]
   upstream_outage  "upstream"   (needs duration)
 
@@ -54,7 +56,7 @@ KINDS: dict[str, tuple[str, dict[str, tuple]]] = {
     LEAK: ("irrigation", {"rate_l_min": (float, 2.0, (0.1, 1000.0))}),
     BURST: ("irrigation", {"zone": (int, 1, (1, 4)), "factor": (float, 4.0, (1.5, 100.0))}),
     STUCK_VALVE: ("irrigation", {"zone": (int, 1, (1, 4)), "state": (str, "closed", ("closed", "open"))}),
-    NODE_REBOOT: ("node", {"cause": (str, "power", tuple(_CAUSES))}),
+    NODE_REBOOT: ("node", {"cause": (str, "power", tuple(_CAUSES)), "clock": (str, "auto", ("auto", "lost", "kept"))}),
     GATEWAY_RESTART: ("gateway", {"downtime_s": (float, 60.0, (1.0, 86400.0))}),
     UPSTREAM_OUTAGE: ("upstream", {}),
 }
@@ -111,6 +113,14 @@ class Fault:
         if self.kind == NODE_REBOOT:
             return ("hello", _CAUSES[self.params["cause"]])
         return None
+
+    @property
+    def loses_clock(self) -> bool:
+        """A node_reboot that leaves the node without wall time (it must get TIME again)."""
+        if self.kind != NODE_REBOOT:
+            return False
+        c = self.params.get("clock", "auto")
+        return c == "lost" or (c == "auto" and self.params["cause"] == "power")
 
     @property
     def shows_when(self) -> str | None:

@@ -129,6 +129,7 @@ from gateway.model import Reception, Record  # noqa: E402
 from gateway.pipeline import Pipeline  # noqa: E402
 from gateway.registry import NodeEntry, Registry  # noqa: E402
 from gateway.store import Store  # noqa: E402
+from gateway.timesync import TimeSync  # noqa: E402
 
 UPSTREAM_PERIOD_S = 5.0  # the real upstream's max_age: a batch at least this often
 UPSTREAM_BATCH = 500  # records the in-process upstream takes a period (real: upstream.default_batch_size)
@@ -230,13 +231,17 @@ class InProcessGateway:
 
     name = "inprocess"
 
-    def __init__(self, upstream_period_s: float = UPSTREAM_PERIOD_S, upstream_batch: int = UPSTREAM_BATCH) -> None:
+    def __init__(
+        self, upstream_period_s: float = UPSTREAM_PERIOD_S, upstream_batch: int = UPSTREAM_BATCH, auto_time: bool = True
+    ) -> None:
+        self.auto_time = auto_time
         self.upstream_period_s = upstream_period_s
         self.upstream_batch = upstream_batch
         self.ctx: LinkContext | None = None
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
         self.downlinks: Downlinks | None = None
+        self.timesync: TimeSync | None = None
         self.registry: Registry | None = None
         self.stored: list[StoredRecord] = []
         self.sink: list[Record] = []  # what the upstream delivered, fields named
@@ -259,6 +264,9 @@ class InProcessGateway:
         self.registry = Registry(ctx.workdir / "registry.toml", entries)
         self.registry.save()
         self._db = ctx.workdir / "gateway.db"
+        # automatic time with the service's defaults (SPEC §4); kept across a gateway restart, as the
+        # service keeps it in its state file
+        self.timesync = TimeSync(clock=ctx.unix_now) if self.auto_time else None
         await self._open()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -270,7 +278,11 @@ class InProcessGateway:
         assert self.ctx is not None and self.registry is not None and self._db is not None
         self.store = await open_sim_store(self._db)
         self.downlinks = _ObservedDownlinks(
-            self.store, self.registry, clock=self.ctx.unix_now, on_commit=self._committed
+            self.store,
+            self.registry,
+            clock=self.ctx.unix_now,
+            on_commit=self._committed,
+            timesync=self.timesync,
         )
         await self.downlinks.start()
         self.pipeline = Pipeline(self.registry, self.store, downlinks=self.downlinks)

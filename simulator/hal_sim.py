@@ -44,6 +44,13 @@
 #
 # Reboot: build a new SimHAL on the same clock with the old one's `storage`
 # dict (and reset_cause=...); the old node's tasks are cancelled by the test.
+# A reset that keeps the RTC running: `new.carry_clock(old)` (the wall clock
+# goes on with its error); one that loses it: the new HAL without time_known.
+#
+# Clock error (the simulator's `clock` results): `clock_error_ms()` is the
+# wall clock minus the world's true time; `on_time_set(before_ms, after_ms)`
+# is called on every set_time with the error just before (None: it was not
+# set) and just after.
 
 import asyncio
 
@@ -227,6 +234,8 @@ class SimHAL(HAL):
     time_known     the wall clock is valid from boot (an RTC kept it); else
                    time() is None until set_time()
     drift_ppm      local oscillator error: ticks and wall time run fast (+) or slow
+    wall_ppm       the wall clock's own drift on top (an RTC crystal), ppm; settable
+                   later (`hal.wall_ppm = x`): ticks and sleeps keep their pace
     heap_free      what free_heap() answers (the WebAssembly port's gc.mem_free
                    is meaningless, and CPython has none)
     history_max    output changes kept in `history` (0: none, for memory benchmarks)
@@ -253,6 +262,7 @@ class SimHAL(HAL):
         reset_cause: int = _m.RST_POWER_ON,
         time_known: bool = False,
         drift_ppm: int = 0,
+        wall_ppm: float = 0.0,
         heap_free: int = 100000,
         history_max: int = HISTORY_MAX,
     ) -> None:
@@ -261,6 +271,9 @@ class SimHAL(HAL):
         self.storage_dir = storage_dir
         self._reset_cause = reset_cause
         self.drift_ppm = drift_ppm
+        self.wall_ppm = wall_ppm
+        self._wall_set = 0  # ticks_ms when the wall clock was last set (wall_ppm counts from there)
+        self.on_time_set: Callable[[int | None, int], object] | None = None
         self.heap_free = heap_free
         self._boot_ms = clock.ms()
         # wall clock as an offset from ticks_ms: unix ms = ticks + offset
@@ -294,14 +307,48 @@ class SimHAL(HAL):
             ms += ms * self.drift_ppm // 1000000
         return ms
 
-    def time(self) -> "int | None":
-        if self._wall_offset is None:
+    def wall_ms(self) -> "int | None":
+        """The wall clock in Unix milliseconds, None while it is not set."""
+        w = self._wall_offset
+        if w is None:
             return None
-        return (self.ticks_ms() + self._wall_offset) // 1000
+        t = self.ticks_ms()
+        if self.wall_ppm:
+            w += int((t - self._wall_set) * self.wall_ppm / 1000000)
+        return t + w
+
+    def time(self) -> "int | None":
+        w = self.wall_ms()
+        return None if w is None else w // 1000
+
+    def true_ms(self) -> int:
+        """The world's true Unix time, ms (what a perfect clock would read)."""
+        return self.clock.unix0 * 1000 + self.clock.ms()
+
+    def clock_error_ms(self) -> "int | None":
+        """Wall clock minus true time, ms; None while the clock is not set."""
+        w = self.wall_ms()
+        return None if w is None else w - self.true_ms()
 
     def set_time(self, unix_s: int, ms: int = 0) -> None:
-        self._wall_offset = unix_s * 1000 + ms - self.ticks_ms()
+        before = self.clock_error_ms()
+        t = self.ticks_ms()
+        self._wall_offset = unix_s * 1000 + ms - t
+        self._wall_set = t
         self.time_sets += 1
+        if self.on_time_set is not None:
+            self.on_time_set(before, unix_s * 1000 + ms - self.true_ms())
+
+    def carry_clock(self, old: "SimHAL") -> None:
+        """Go on with `old`'s wall clock, error and crystal included (a reset that kept the RTC running)."""
+        w = old.wall_ms()
+        self.wall_ppm = old.wall_ppm
+        if w is None:
+            self._wall_offset = None
+            return
+        t = self.ticks_ms()
+        self._wall_offset = w - t
+        self._wall_set = t
 
     def lose_time(self) -> None:
         """Forget the wall clock (RTC lost power): time() is None until set_time."""

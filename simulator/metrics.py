@@ -31,6 +31,13 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
   gateway    the link's counters (accepted, duplicates, rejected by reason, downlinks,
              restarts), records delivered upstream, queued at the end, most queued
   channel    the channel's own counts (simulator/channel.py `counts`)
+  clock      the nodes' wall clocks (`ClockWatch`): crystal drift drawn per node, the
+             largest |clock error| after each node's first TIME (exact: the error is
+             linear between settings, so its extremes are just before a setting, at a
+             reboot and at the end), reboots that lost the clock and the time from each
+             to the clock set again and to the profile back (the app's next tick with
+             time), the uplinks the node sent till then, TIME downlinks the gateway
+             sent and TIMEs the nodes took; null in a parallel run
   series     hourly: uplinks on the air and stored, energy and baseline (Wh),
              water (L); for plots
 
@@ -131,6 +138,23 @@ class Results:
                 )
             )
             lines.append(f"    {f['kind']} {f['target']} at {f['at_h']:g} h -> {what}")
+        ck = s.get("clock")
+        if ck:
+            lines.append(
+                f"  clock: at most {ck['max_error_s']:.3f} s off after the first sync; "
+                f"{ck['time_downlinks_sent']} TIME downlinks sent"
+                + (
+                    f"; profile back {ck['reboot_to_profile_s']:.1f} s after a reboot that lost the clock"
+                    if ck["reboot_to_profile_s"] is not None
+                    else ""
+                )
+                + (f"; NEVER restored: {', '.join(ck['never_restored'])}" if ck["never_restored"] else "")
+                + (
+                    "\n    (live link: drift re-syncs are not held for, so they miss their window)"
+                    if run["link"] == "live"
+                    else ""
+                )
+            )
         lines += [
             f"  energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night: "
             f"{en['saved_kwh']:.1f} kWh saved ({en['saved_pct']:.1f} %)",
@@ -415,6 +439,7 @@ def build(
             "node_seconds": n_nodes * sc.duration_s,
             "node_seconds_per_wall_s": n_nodes * sc.duration_s / wall_s if wall_s > 0 else 0.0,
             "ticked_apps": sim.options.ticked_apps,
+            "auto_time": sim.options.auto_time and sim.options.link is None,
             "workers": 1,
             "crashed_nodes": list(sim.crashes),
         },
@@ -435,9 +460,77 @@ def build(
         },
         "nodes": {"counters": _sum_counters(counters), "reboots": sum(sn.boots - 1 for sn in nodes.values())},
         "channel": dict(sorted(channel.counts.items())),
+        "clock": None,
         "series": series,
     }
+    watch = getattr(sim, "clock_watch", None)
+    if watch is not None:
+        sections["clock"] = watch.section(report.counters)
     return Results(sections)
+
+
+class ClockWatch:
+    """The nodes' wall clocks over a run (the `clock` section): fed by SimHAL.on_time_set and the reboots."""
+
+    def __init__(self, now_s: Any, drift_ppm: dict[str, float]) -> None:
+        self.now_s = now_s  # seconds since the run's start
+        self.drift_ppm = drift_ppm  # node -> its crystal's drift (drawn per node)
+        self.synced: set[str] = set()  # nodes whose clock a TIME has set
+        self.max_error_ms = 0
+        self.worst: str | None = None
+        self.sets = 0
+        self.lost: dict[str, float] = {}  # node -> when a reboot lost its clock (not set since)
+        self.restores: list[dict[str, Any]] = []
+
+    def _error(self, name: str, err_ms: int | None) -> None:
+        if err_ms is not None and name in self.synced and abs(err_ms) > self.max_error_ms:
+            self.max_error_ms = abs(err_ms)
+            self.worst = name
+
+    def time_set(self, name: str, before_ms: int | None, after_ms: int, uplinks: int, tick_s: float) -> None:
+        """A node took a TIME: errors just before and after; a reboot's clock back after `uplinks` uplinks."""
+        self.sets += 1
+        self._error(name, before_ms)
+        self.synced.add(name)
+        self._error(name, after_ms)
+        t = self.lost.pop(name, None)
+        if t is not None:
+            now = self.now_s()
+            self.restores.append(
+                {
+                    "node": name,
+                    "at_h": round(t / 3600.0, 6),
+                    "to_time_s": round(now - t, 3),
+                    "to_profile_s": round(now - t + tick_s, 3),
+                    "uplinks": uplinks,
+                }
+            )
+
+    def reboot(self, name: str, err_ms: int | None, lost: bool) -> None:
+        """A node reset with its clock reading err_ms; `lost`: the reset stopped its RTC."""
+        self._error(name, err_ms)
+        if lost:
+            self.lost[name] = self.now_s()
+
+    def end(self, errors: dict[str, int | None]) -> None:
+        for name, err in errors.items():
+            self._error(name, err)
+
+    def section(self, gateway: dict[str, Any]) -> dict[str, Any]:
+        ppm = sorted(self.drift_ppm.values())
+        to_profile = [r["to_profile_s"] for r in self.restores]
+        return {
+            "drift_ppm": {"min": round(ppm[0], 3), "max": round(ppm[-1], 3)} if ppm else None,
+            "max_error_s": round(self.max_error_ms / 1000.0, 3),
+            "worst_node": self.worst,
+            "nodes_synced": len(self.synced),
+            "reboots_losing_clock": len(self.restores) + len(self.lost),
+            "reboot_to_profile_s": max(to_profile) if to_profile else None,
+            "restores": self.restores,
+            "never_restored": sorted(self.lost),
+            "time_downlinks_sent": gateway.get("downlinks_time_auto", 0),
+            "time_taken": self.sets,
+        }
 
 
 def _sum_counters(counters: dict[str, dict[str, int]]) -> dict[str, int]:

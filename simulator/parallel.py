@@ -22,7 +22,10 @@ Conservative synchronisation (no time warp, no rollback):
   transmission that could overlap it is known;
 - the one thing a node needs back is a downlink in its RX1 window, and the
   gateway only answers confirmed alarms (it has no other downlinks queued
-  in a simulation). So a worker that sends an alarm holds its clock at
+  in a simulation, and its automatic time is off in a parallel run:
+  `RunOptions.auto_time`, since a TIME may follow any uplink and holding
+  every uplink would put the workers in lockstep; the results' `clock`
+  section is null). So a worker that sends an alarm holds its clock at
   HOLD_S after that uplink's end (before the node opens RX1, 0.98 s) until
   the coordinator, past that instant, hands it the downlinks decided for
   its nodes. A downlink for an uplink no worker holds for is refused as
@@ -43,6 +46,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import multiprocessing
 import multiprocessing.connection
@@ -357,6 +361,7 @@ def run_parallel(scenario: Scenario, options: RunOptions) -> Results:
     if workers < 2:
         raise ValueError("a parallel run needs at least 2 workers")
     prepare(scenario, options)  # bad options fail here, before any process starts
+    options = dataclasses.replace(options, auto_time=False)  # see RunOptions.auto_time
     ctx = multiprocessing.get_context("fork")
     conns, procs = [], []
     for i in range(workers):

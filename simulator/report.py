@@ -17,7 +17,7 @@ plot per question (delivery ratio per node, latency, airtime against the
 EU868 duty-cycle limit, largest frame per message type against the 51-byte
 budget, alarms raised against faults injected, energy and water against
 their baselines), the fault table, the totals (platform against the nodes'
-own counters), the gateway's and the sink's counters in a live run, and
+own counters), the nodes' clocks (automatic time), the gateway's and the sink's counters in a live run, and
 the models' limits.
 
 The plots are simulator/report_plots.py; this module is the page.
@@ -154,6 +154,7 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         _img(pngs["latency"], "latency"),
         "<h2>Totals: the platform against the nodes</h2>",
         _totals_table(to),
+        *_clock_section(results.get("clock")),
         "<h2>The gateway</h2>",
         _gateway_table(gw, live),
         "<h2>Models and their limits</h2>",
@@ -221,6 +222,29 @@ def _totals_table(to: dict[str, Any]) -> str:
         else f"<span class=bad>disagree: {_e(to.get('mismatches', [])[:5])}</span>"
     )
     return f"<table>{cells}<tr><th>verdict</th><th>{verdict}</th></tr></table>"
+
+
+def _clock_section(ck: dict[str, Any] | None) -> list[str]:
+    """The nodes' clocks and the gateway's automatic time (SPEC §4); nothing without a `clock` section."""
+    if not ck:
+        return []
+    drift = ck["drift_ppm"] or {"min": 0.0, "max": 0.0}
+    rows = [
+        ("crystal drift drawn, ppm", f"{drift['min']:+.1f} .. {drift['max']:+.1f}"),
+        ("largest |clock error| after the first TIME, s", f"{ck['max_error_s']:.3f} ({ck['worst_node'] or '-'})"),
+        ("TIME downlinks sent / taken by the nodes", f"{ck['time_downlinks_sent']:,} / {ck['time_taken']:,}"),
+    ]
+    for r in ck["restores"]:
+        rows.append(
+            (
+                f"{r['node']} lost its clock at {r['at_h']:g} h",
+                f"clock back {r['to_time_s']:.1f} s later (uplink {r['uplinks']}), "
+                f"profile by {r['to_profile_s']:.1f} s",
+            )
+        )
+    rows += [(f"{n} lost its clock", "never restored") for n in ck["never_restored"]]
+    cells = "".join(f"<tr><td>{_e(k)}</td><td class=n>{_e(v)}</td></tr>" for k, v in rows)
+    return ["<h2>Clocks</h2>", f"<table>{cells}</table>"]
 
 
 MAIN_COUNTERS = (

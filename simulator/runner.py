@@ -23,7 +23,8 @@ What runs (all on ONE virtual clock, simulator/virtual_loop.py):
   same loop, every reception carrying the simulated time as rx_time;
 - faults (simulator/faults.py) are applied when due: lamp failure, leak,
   burst, stuck valve, node reboot (the Node is restarted on the same
-  persistent storage), gateway restart, upstream outage.
+  persistent storage, its clock lost on a power cut), gateway restart,
+  upstream outage.
 
 `run()` returns one `simulator.metrics.Results`; `--json` prints its
 `to_dict()`, and the HTML report is built from the same object.
@@ -50,8 +51,9 @@ How the firmware is driven, and what is chosen for speed (named below):
 - nodes power up at seeded whole seconds spread over BOOT_SPREAD_S, as a
   network whose nodes booted at different times, so the first reports do
   not all collide (whole seconds: nodes whose ticks fall in the same
-  millisecond are woken together, one loop timer for all); every node has a valid wall clock from boot (a battery-backed
-  RTC: the gateway has no automatic time sync to model).
+  millisecond are woken together, one loop timer for all); every node's wall clock is set at commissioning and
+  drifts by its own crystal's rate (+-100 ppm, drawn per node from the seed; engine.CLOCK_DRIFT_PPM),
+  which the gateway's automatic time (gateway/timesync.py) corrects; the results' `clock` section.
 
 Node provisioning (simulator/provisioning.py): `firmware_config()` writes the JSON a technician's tool
 would (node id, kind, a per-node root key derived from the seed, radio:

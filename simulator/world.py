@@ -67,7 +67,7 @@ ZONE_PINS = ("zone1", "zone2", "zone3", "zone4")
 
 
 class WorldHAL(SimHAL):
-    """simulator.hal_sim.SimHAL without oscillator drift, its hottest reads in one step each.
+    """simulator.hal_sim.SimHAL without tick drift (the RTC's wall_ppm is kept), its hottest reads in one step each.
 
     A thousand nodes read the clock and their inputs at every tick; SimHAL's
     general path (drift, nested calls) then costs more than the app's own
@@ -95,7 +95,10 @@ class WorldHAL(SimHAL):
         w = self._wall_offset
         if w is None:
             return None
-        return (int(self.clock.t * 1000 + 0.5) - self._boot_ms + w) // 1000
+        t = int(self.clock.t * 1000 + 0.5) - self._boot_ms
+        if self.wall_ppm:  # the RTC's drift (SimHAL.wall_ppm): ticks keep the grid's pace
+            w += int((t - self._wall_set) * self.wall_ppm / 1000000)
+        return (t + w) // 1000
 
     def pin_read(self, name: str) -> int:
         p = self.pir

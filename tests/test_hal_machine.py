@@ -181,6 +181,9 @@ def test_wall_clock_untrusted_after_power_on_until_set(tmp_path, epoch_year):
     assert hal.time() == 1_800_000_000
     rtc = [e for e in mach.log if e[0] == "rtc"][0][1]
     assert rtc[:3] == tuple(_time.gmtime(1_800_000_000)[:3])
+    assert rtc[7] == 0
+    hal.set_time(1_800_000_000, 250)  # a TIME's milliseconds reach the RTC (microseconds on the ESP32)
+    assert [e for e in mach.log if e[0] == "rtc"][1][1][7] == 250_000
 
 
 def test_wall_clock_trusted_after_a_soft_reset_when_plausible(tmp_path):

@@ -60,6 +60,21 @@ def test_district_every_injected_fault_raises_its_alarm_at_the_gateway(district)
     assert al["unexpected"] == []  # no alarm without a fault behind it
 
 
+def test_district_clocks_stay_within_2_s_all_day_and_a_lost_clock_is_back_after_one_uplink(district):
+    """Issue 11, automatic time: crystals drawn within +-100 ppm, the gateway's TIMEs keep every
+    clock within 2 s of true time after its first sync; the power cut's lamp gets its clock (and
+    so its profile) back in the receive window of its first uplink, its HELLO."""
+    sc, res = district
+    ck = res["clock"]
+    assert -100 <= ck["drift_ppm"]["min"] < 0 < ck["drift_ppm"]["max"] <= 100
+    assert ck["nodes_synced"] == len(sc.lamps) + len(sc.controllers)
+    assert ck["max_error_s"] <= 2.0, ck["worst_node"]
+    lost = [f for f in sc.faults if f.kind == "node_reboot" and f.loses_clock]
+    assert lost and ck["reboots_losing_clock"] == len(lost) and ck["never_restored"] == []
+    assert all(r["uplinks"] == 1 for r in ck["restores"])
+    assert ck["time_taken"] <= ck["time_downlinks_sent"] == res["gateway"]["downlinks_time_auto"]
+
+
 def test_district_delivers_at_least_95_percent_within_the_law(district):
     _sc, res = district
     dv = res["delivery"]
@@ -475,12 +490,16 @@ def test_parallel_workers_give_the_same_results_as_one_process():
     (they could only differ where two uplinks start in the same microsecond and a gateway's 8
     demodulators are all taken: the processes' order of such ties is not the loop's)."""
     sc = load(DISTRICT)
-    opts = RunOptions(hours=16, nodes_scale=0.3, progress=False)
+    # without automatic time, as a parallel run goes (RunOptions.auto_time: its workers hold for alarms only)
+    opts = RunOptions(hours=16, nodes_scale=0.3, progress=False, auto_time=False)
     one = run(sc, opts).without_wall_clock()
+    assert one.pop("clock")["time_downlinks_sent"] == 0  # the nodes' clocks are in the workers: not reported
+    one["clock"] = None
     two = run(sc, dataclasses.replace(opts, workers=2))
     three = run(sc, dataclasses.replace(opts, workers=3))
     assert two.without_wall_clock() == three.without_wall_clock() == one
     assert two["run"]["workers"] == 2 and len(two["run"]["workers_cpu_s"]) == 2
+    assert run(sc, dataclasses.replace(opts, hours=0.5, workers=2, auto_time=True))["run"]["auto_time"] is False
     assert two["run"]["downlinks_refused_unheld"] == 0  # every ACK found its node waiting
     assert one["alarms"]["detected"] == one["alarms"]["expected"] >= 3
     assert one["gateway"]["downlinks_acks_sent"] >= 1  # the held alarms were answered in RX1

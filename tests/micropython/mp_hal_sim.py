@@ -95,3 +95,17 @@ async def test_inputs_outputs_storage():
         assert False, "reset must not be an Exception"
     except SimReset as e:
         assert e.cause == m.RST_SOFT
+
+
+async def test_the_wall_clock_drifts_and_is_carried_over_a_reset():
+    clock = StepClock(unix0=1781524800)
+    hal = SimHAL(clock, time_known=True, wall_ppm=-50.0)
+    seen = []
+    hal.on_time_set = lambda before, after: seen.append((before, after))
+    await clock.run_for(20000000)  # 20,000 s at -50 ppm: 1 s slow
+    assert hal.clock_error_ms() == -1000 and hal.time() == clock.unix() - 1
+    hal.set_time(clock.unix(), 500)
+    assert seen == [(-1000, 500)]
+    again = SimHAL(clock)
+    again.carry_clock(hal)
+    assert again.clock_error_ms() == 500 and again.wall_ppm == -50.0
