@@ -57,11 +57,7 @@ def test_power_only_at_the_fastest_sf() -> None:
 
 def test_negative_margin_raises_power_then_sf() -> None:
     a = Adr()
-    a.observe(N, 1, 0.0, 9)
-    st_ = a._nodes[N]  # noqa: SLF001 - set up a node at low power
-    st_.power = 6
-    acts = feed(a, 2, 20, -5.0, 9)  # SF9 needs -12.5: margin -2.5 dB: power first, 2 x 2 dB
-    assert acts[0].settings == {m.CFG_TX_POWER: 10}
+    assert a.target(-5.0, 9, 6) == (9, 10)  # at 6 dBm, SF9 needs -12.5: margin -2.5 dB: power first, 2 x 2 dB
     b = Adr()
     acts = feed(b, 1, 20, -4.0, 9)  # at 14 dBm already: margin -1.5 dB -> the SF goes up (SF10 needs -15: fits)
     assert acts[0].settings == {m.CFG_SF: 10}
