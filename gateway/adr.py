@@ -77,6 +77,21 @@ FALLBACK_UPLINKS = 6
 STATISTICS = ("max", "mean")
 SF_POLICIES = ("fastest", "balanced")
 
+# The Adr arguments gateway/config.py's [adr] section sets (enabled aside).
+ADR_KEYS = (
+    "margin_db",
+    "step_db",
+    "history",
+    "min_uplinks",
+    "statistic",
+    "sf_policy",
+    "tx_power_min",
+    "tx_power_max",
+    "power_step_db",
+    "raise_sf",
+    "penalty_db",
+)
+
 CONFIG = "config"  # Action.kind: send a CONFIG with `settings`
 CONFIRM = "confirm"  # Action.kind: send any downlink (the node takes it as proof it is heard)
 

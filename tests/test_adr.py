@@ -274,3 +274,114 @@ async def test_observer_survives_a_full_queue() -> None:
     await obs.idle()
     await asyncio.sleep(0)
     assert obs.refused == 1 and dl.seen == [("up", 1, False)]
+
+
+# ---------------------------------------------------------------- configuration and service
+
+
+def test_config_section_defaults_and_errors(tmp_path: Any) -> None:
+    import tomllib
+
+    from gateway.config import ConfigError, example_config, parse_config
+
+    cfg = parse_config(tomllib.loads(example_config()), tmp_path / "g.toml")
+    assert cfg.adr.enabled is False and cfg.adr.margin_db == 10.0 and cfg.adr.sf_policy == "fastest"
+    for bad, msg in (
+        ({"min_uplinks": 30}, "adr.min_uplinks: larger than adr.history"),
+        ({"statistic": "median"}, "adr.statistic"),
+        ({"tx_power_min": 12, "tx_power_max": 8}, "adr.tx_power_min"),
+        ({"margin": 3}, "did you mean 'margin_db'"),
+    ):
+        data = tomllib.loads(example_config())
+        data["adr"].update(bad)
+        with pytest.raises(ConfigError, match=msg):
+            parse_config(data, tmp_path / "g.toml")
+
+
+def test_every_adr_key_reaches_the_algorithm() -> None:
+    import dataclasses
+
+    from gateway.config import AdrSection
+
+    keys = {f.name for f in dataclasses.fields(AdrSection)} - {"enabled"}
+    assert keys == set(adr_mod.ADR_KEYS)
+    Adr(**{k: getattr(AdrSection(), k) for k in adr_mod.ADR_KEYS})
+
+
+# ---------------------------------------------------------------- the node's step-back (firmware/runtime.py)
+
+
+def _node_world(main: Any) -> Any:
+    from test_runtime import run
+
+    return run(main)
+
+
+def test_node_steps_back_after_uplinks_without_a_downlink() -> None:
+    from test_runtime import World
+
+    async def main(clock: Any) -> Any:
+        w = World(clock)
+        node = w.boot()
+        await clock.run_for(30_000)
+        w.gw.pending.append((m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 60, m.CFG_SF: 7, m.CFG_TX_POWER: 8}}))
+        while node.radio.sf != 7:
+            await clock.run_for(100)
+        changed = (node.radio.sf, node.radio.tx_power)
+        tx0 = node.tx
+        for _ in range(12 * 60):  # no downlink at all: when does it step back?
+            await clock.run_for(1000)
+            if node.radio.sf != 7:
+                break
+        after = (node.radio.sf, node.radio.tx_power)
+        uplinks = node.tx - tx0
+        node = w.boot()  # and a reboot keeps the safe settings
+        await clock.run_for(1000)
+        rebooted = node.radio.sf
+        await w.stop()
+        return changed, after, uplinks, rebooted
+
+    changed, after, uplinks, rebooted = _node_world(main)
+    assert changed == (7, 8)
+    assert after == (9, 14) and uplinks == adr_mod.FALLBACK_UPLINKS  # the gateway's FALLBACK_UPLINKS
+    assert rebooted == 9
+
+
+def test_node_keeps_the_change_once_a_downlink_is_heard() -> None:
+    from test_runtime import MIN, World
+
+    async def main(clock: Any) -> Any:
+        w = World(clock)
+        node = w.boot()
+        await clock.run_for(30_000)
+        w.gw.pending.append((m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 60, m.CFG_SF: 7}}))
+        await clock.run_for(2 * MIN)
+        w.gw.pending.append((m.TIME, {0: 1_800_000_000}))  # the gateway's confirmation: any downlink
+        await clock.run_for(15 * MIN)
+        kept = node.radio.sf
+        node = w.boot()
+        await clock.run_for(1000)
+        rebooted = node.radio.sf
+        await w.stop()
+        return kept, rebooted
+
+    assert _node_world(main) == (7, 7)
+
+
+def test_node_rebooting_on_trial_comes_back_to_what_worked() -> None:
+    from test_runtime import MIN, World
+
+    async def main(clock: Any) -> Any:
+        w = World(clock)
+        node = w.boot()
+        await clock.run_for(30_000)
+        w.gw.pending.append((m.CONFIG, {0: {m.CFG_SF: 12}}))
+        await clock.run_for(2 * MIN)
+        trial = node.radio.sf
+        node = w.boot()
+        await clock.run_for(1000)
+        rebooted = node.radio.sf
+        await w.stop()
+        return trial, rebooted
+
+    assert _node_world(main) == (12, 9)
