@@ -188,8 +188,14 @@ class Adr:
 
     # ------------------------------------------------------------ what the gateway tells it
 
-    def observe(self, node_id: int, counter: int, snr_db: float | None, sf: int | None) -> Action | None:
-        """One copy of an uplink; the action to take now, if any (a repeated copy only refines the SNR)."""
+    def observe(
+        self, node_id: int, counter: int, snr_db: float | None, sf: int | None, held: bool = False
+    ) -> Action | None:
+        """One copy of an uplink; the action to take now, if any (a repeated copy only refines the SNR).
+
+        `held`: the CONFIG last decided for this node is still waiting in the downlink queue (the
+        gateway's duty cycle, other downlinks first): uplinks at the old settings do not count it lost.
+        """
         if snr_db is None or sf is None or not self.sf_min <= sf <= m.SF_MAX or not math.isfinite(snr_db):
             return None
         st = self._nodes.get(node_id)
@@ -202,7 +208,7 @@ class Adr:
         self._plan_age += 1
         gap = counter - st.last - 1 if st.last >= 0 else 0
         st.last = counter
-        action = self._settings_heard(node_id, st, sf, gap)
+        action = self._settings_heard(node_id, st, sf, gap, held)
         st.snr[counter] = snr_db
         while len(st.snr) > self.history:
             st.snr.popitem(last=False)
@@ -234,7 +240,7 @@ class Adr:
 
     # ------------------------------------------------------------ the state machine
 
-    def _settings_heard(self, node_id: int, st: _Node, sf: int, gap: int) -> Action | None:
+    def _settings_heard(self, node_id: int, st: _Node, sf: int, gap: int, held: bool) -> Action | None:
         """Follow what the node really uses: a CONFIG applied, lost, or stepped back from."""
         if st.pending is not None:
             new_sf, new_power = st.pending
@@ -248,7 +254,7 @@ class Adr:
                 self.counts["confirms"] += 1
                 return Action(node_id, CONFIRM, {m.CFG_SF: st.sf, m.CFG_TX_POWER: st.power}, "first uplink heard")
             if sf == st.sf:
-                st.pending_seen += 1
+                st.pending_seen += 0 if held else 1
                 if st.pending_seen > self.fallback_uplinks:  # the CONFIG never arrived
                     st.pending = None
                     self.counts["lost_configs"] += 1
@@ -426,10 +432,12 @@ class AdrObserver:
         self.downlinks = downlinks
         self.config_ttl_s = config_ttl_s
         self._queuing: dict[int, asyncio.Task] = {}  # node -> its action being queued
+        self._configs: dict[int, Any] = {}  # node -> its last CONFIG (a gateway.model.Downlink), while queued
         self.refused = 0
 
     def on_uplink(self, record: Record, reception: Reception) -> None:
-        self._act(self.adr.observe(record.node_id, record.counter, reception.snr, reception.sf))
+        nid = record.node_id
+        self._act(self.adr.observe(nid, record.counter, reception.snr, reception.sf, self._held(nid)))
         t = self._queuing.get(record.node_id)
         if t is None:
             self.downlinks.on_uplink(record, reception)
@@ -437,7 +445,7 @@ class AdrObserver:
             t.add_done_callback(lambda _t: self.downlinks.on_uplink(record, reception))
 
     def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None:
-        self._act(self.adr.observe(node_id, counter, reception.snr, reception.sf))
+        self._act(self.adr.observe(node_id, counter, reception.snr, reception.sf, self._held(node_id)))
         self.downlinks.on_duplicate(node_id, counter, reception)
 
     def _act(self, action: Action | None) -> None:
@@ -451,9 +459,20 @@ class AdrObserver:
         t = asyncio.get_running_loop().create_task(self._queue(nid, action, coro))
         self._queuing[nid] = t
 
+    def _held(self, nid: int) -> bool:
+        dl = self._configs.get(nid)
+        if dl is None:
+            return False
+        if getattr(dl, "state", None) == "queued":
+            return True
+        del self._configs[nid]
+        return False
+
     async def _queue(self, nid: int, action: Action, coro: Any) -> None:
         try:
-            await coro
+            dl = await coro
+            if action.kind == CONFIG and dl is not None:
+                self._configs[nid] = dl
             log.info("adr %s %s (%s)", action.kind, dict(action.settings), action.reason, extra={"node": f"{nid:08x}"})
         except Exception as e:  # a full queue, a node just removed: the state machine sees the CONFIG lost
             self.refused += 1

@@ -254,7 +254,9 @@ class Simulation:
             self.nodes[spec.name] = sn
             self.by_id[spec.node_id] = sn
             loop.call_later(boot_s, self._boot, sn, m.RST_POWER_ON)
-        return LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
+        ctx = LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
+        ctx.adr = None if sc.adr is None else dict(sc.adr)
+        return ctx
 
     def _boot(self, sn: SimNode, cause: int) -> None:
         hal = WorldHAL(self.clock, storage=sn.storage, reset_cause=cause, time_known=True, history_max=0)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,6 +150,14 @@ def test_lost_config_is_forgotten_and_decided_again() -> None:
     acts = feed(a, 21 + adr_mod.FALLBACK_UPLINKS, 1, 1.0, 12)
     assert a.counts["lost_configs"] == 1
     assert [x.kind for x in acts] == [CONFIG]  # sent again: the history at SF12 still holds
+
+
+def test_config_still_queued_is_not_lost() -> None:
+    a = Adr()
+    feed(a, 1, 20, 1.0, 12)
+    for c in range(21, 21 + 3 * adr_mod.FALLBACK_UPLINKS):  # the gateway's duty cycle holds it back
+        assert a.observe(N, c, 1.0, 12, held=True) is None
+    assert a.counts["lost_configs"] == 0 and a.snapshot()[N]["pending"] == (9, 14)
 
 
 def test_sf_changed_without_us_is_taken() -> None:
@@ -385,3 +394,65 @@ def test_node_rebooting_on_trial_comes_back_to_what_worked() -> None:
         return trial, rebooted
 
     assert _node_world(main) == (12, 9)
+
+
+# ---------------------------------------------------------------- simulator and benchmark
+
+
+def test_scenario_adr_section_is_checked() -> None:
+    from simulator import scenario as sc
+
+    text = (ROOT / "simulator" / "scenarios" / "city_adr.toml").read_text()
+    s = sc.loads(text)
+    assert s.adr == {"margin_db": 10.0, "history": 20, "min_uplinks": 10}
+    assert {n.sf for n in s.nodes} == {12}
+    assert sc.loads(text.replace("enabled = true", "enabled = false")).adr is None
+    with pytest.raises(sc.ScenarioError, match="bad ADR policy"):
+        sc.loads(text.replace("min_uplinks = 10", "min_uplinks = 30"))
+    with pytest.raises(sc.ScenarioError, match="unknown key"):
+        sc.loads(text.replace("min_uplinks = 10", "min_uplink = 10"))
+
+
+def test_city_adr_scenario_moves_nodes_off_sf12() -> None:
+    from simulator import runner
+    from simulator import scenario as sc
+
+    s = sc.load(ROOT / "simulator" / "scenarios" / "city_adr.toml")
+    res = runner.run(s, runner.RunOptions(hours=6, nodes_scale=0.2, progress=False)).to_dict()
+    a = res["adr"]
+    n = res["run"]["nodes"]
+    assert a["sf_before"] == {"SF12": n}
+    assert sum(a["sf_after"].values()) == n and a["sf_after"].get("SF12", 0) < n  # some moved in 6 h
+    assert a["gateway"]["changes"] >= 1 and a["gateway"]["confirms"] >= 1
+    assert 0 < a["airtime_s"] < a["airtime_at_start_sf_s"] and a["airtime_saved_pct"] > 0
+    assert a["der"] == pytest.approx(res["delivery"]["ratio"], abs=1e-4)
+
+
+def test_capacity_bench_prints_its_figures() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "adr_capacity.py"),
+            "--json",
+            "--hours",
+            "1",
+            "--max-nodes",
+            "300",
+            "--variants",
+            "sf12,adr",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    r = json.loads(out)
+    base, adr = r["sf12"], r["adr"]
+    assert base["sf_histogram"] == {"SF12": base["capacity_nodes"]} and base["der_at_capacity"] >= 0.9
+    assert adr["der_at_capacity"] >= 0.9 and sum(adr["sf_histogram"].values()) == adr["capacity_nodes"]
+    assert adr["capacity_nodes"] > base["capacity_nodes"] > 0
+    assert adr["capacity_ratio"] == round(adr["capacity_nodes"] / base["capacity_nodes"], 2)
