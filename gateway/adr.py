@@ -38,7 +38,10 @@ the gateway hears it). Then:
   or, for a TX-power-only change, a gap of at least FALLBACK_UPLINKS
   counters): the gateway takes the old settings back, and, if uplinks were
   lost (a counter gap), adds `penalty_db` to that node's margin (up to
-  `penalty_max_db`): the next change of that node needs more room;
+  `penalty_max_db`): the next change of that node needs more room; either
+  way it lets min_uplinks x 2^fallbacks (up to x 32) uplinks pass before the
+  next change, so a node whose confirmations cannot leave (the gateway's own
+  duty cycle spent) is not tried again and again;
 - after FALLBACK_UPLINKS uplinks heard at the new settings the change is
   final (a node that missed the confirmation would have stepped back).
 
@@ -116,6 +119,7 @@ class _Node:
         "trial_heard",
         "penalty",
         "fallbacks",
+        "wait",
     )
 
     def __init__(self, sf: int, power: int) -> None:
@@ -129,6 +133,7 @@ class _Node:
         self.trial_heard = 0
         self.penalty = 0.0
         self.fallbacks = 0
+        self.wait = 0  # uplinks to let pass before the next change (after a step-back)
 
 
 class Adr:
@@ -184,7 +189,13 @@ class Adr:
         self._nodes: dict[int, _Node] = {}
         self._plan: dict[int, int] = {}  # balanced: node -> SF, from every node's SNR (plan())
         self._plan_age = 0  # uplinks observed since the plan was made
-        self.counts: dict[str, int] = {"changes": 0, "confirms": 0, "fallbacks": 0, "lost_configs": 0}
+        self.counts: dict[str, int] = {
+            "changes": 0,
+            "confirms": 0,
+            "fallbacks": 0,
+            "fallbacks_with_loss": 0,
+            "lost_configs": 0,
+        }
 
     # ------------------------------------------------------------ what the gateway tells it
 
@@ -234,6 +245,7 @@ class Adr:
                 "trial": st.trial is not None,
                 "penalty_db": st.penalty,
                 "fallbacks": st.fallbacks,
+                "wait": st.wait,
             }
             for nid, st in self._nodes.items()
         }
@@ -278,6 +290,10 @@ class Adr:
                 self.counts["fallbacks"] += 1
                 if gap > 0:  # uplinks were lost at the new settings: ask for more room next time
                     st.penalty = min(self.penalty_max_db, st.penalty + self.penalty_db)
+                    self.counts["fallbacks_with_loss"] += 1
+                # and wait longer each time (a confirmation that could not leave: the gateway's own
+                # duty cycle is spent): min_uplinks x 2, 4, ... 32 uplinks before the next change
+                st.wait = self.min_uplinks * (1 << min(st.fallbacks, 5))
                 st.snr.clear()
                 return None
             st.trial_heard += 1
@@ -290,6 +306,9 @@ class Adr:
         return None
 
     def _decide(self, node_id: int, st: _Node) -> Action | None:
+        if st.wait > 0:
+            st.wait -= 1
+            return None
         if st.pending is not None or st.trial is not None or len(st.snr) < self.min_uplinks:
             return None
         values = st.snr.values()

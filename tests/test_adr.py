@@ -119,8 +119,10 @@ def test_node_stepping_back_is_followed_and_penalised() -> None:
     assert a.settings(N) == (12, 14)
     assert a.counts["fallbacks"] == 1
     assert a.snapshot()[N]["penalty_db"] == 3.0
-    # the next change needs 3 dB more room: 11 - 3 = 8 dB -> 2 steps only
-    acts = feed(a, 29, 20, 1.0, 12)
+    # and waits 2 x min_uplinks; the next change needs 3 dB more room: 11 - 3 = 8 dB -> 2 steps only
+    assert a.snapshot()[N]["wait"] == 39 and a.counts["fallbacks_with_loss"] == 1  # 40 with this one
+    assert feed(a, 29, 39, 1.0, 12) == []
+    acts = feed(a, 68, 1, 1.0, 12)
     assert acts[0].settings == {m.CFG_SF: 10}
 
 
@@ -131,6 +133,7 @@ def test_missed_confirmation_steps_back_without_penalty() -> None:
     feed(a, 22, 3, 1.0, 9)  # heard fine, but the node never heard our confirmation
     assert a.observe(N, 25, 1.0, 12) is None  # stepped back
     assert a.counts["fallbacks"] == 1 and a.snapshot()[N]["penalty_db"] == 0.0
+    assert a.counts["fallbacks_with_loss"] == 0 and a.snapshot()[N]["wait"] == 39
 
 
 def test_power_only_fallback_seen_as_a_counter_gap() -> None:
@@ -269,7 +272,7 @@ async def test_observer_queues_the_config_before_the_downlinks_hear_the_uplink()
     obs.on_duplicate(N, 2, _rx(1.0, 9))  # first heard at SF9 as a copy: confirmed with a TIME
     await obs.idle()
     assert dl.queued[-1] == (N, m.TIME, {})
-    assert obs.adr.counts == {"changes": 1, "confirms": 1, "fallbacks": 0, "lost_configs": 0}
+    assert obs.adr.counts == {"changes": 1, "confirms": 1, "fallbacks": 0, "fallbacks_with_loss": 0, "lost_configs": 0}
 
 
 async def test_observer_survives_a_full_queue() -> None:
