@@ -459,3 +459,29 @@ def test_capacity_bench_prints_its_figures() -> None:
     assert adr["der_at_capacity"] >= 0.9 and sum(adr["sf_histogram"].values()) == adr["capacity_nodes"]
     assert adr["capacity_nodes"] > base["capacity_nodes"] > 0
     assert adr["capacity_ratio"] == round(adr["capacity_nodes"] / base["capacity_nodes"], 2)
+
+
+async def test_service_wires_adr_when_enabled(tmp_path: Any) -> None:
+    import dataclasses
+
+    from gateway_helpers import reception, registry, seal
+    from test_gateway_service import write_config
+
+    from gateway.config import load_config
+    from gateway.service import Gateway
+
+    registry(tmp_path / "nodes.toml", [7]).save()
+    cfg = load_config(write_config(tmp_path, extra="[adr]\nenabled = true\nhistory = 1\nmin_uplinks = 1\n"))
+    svc = Gateway(cfg)
+    await svc.start()
+    try:
+        assert isinstance(svc.adr, AdrObserver) and svc.adr.downlinks is svc.downlinks
+        rx = dataclasses.replace(reception(seal(7, 1), snr=1.0), sf=12)
+        assert await svc.pipeline.ingest(rx) == "accepted"
+        await svc.adr.idle()
+        assert svc.downlinks.pending(7) == 1  # the CONFIG: SF12 -> SF9
+        assert svc.adr.adr.settings(7) == (12, 14) and svc.adr.adr.snapshot()[7]["pending"] == (9, 14)
+    finally:
+        await svc.stop()
+    off = Gateway(load_config(write_config(tmp_path)))
+    assert off.adr is None
