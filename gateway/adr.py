@@ -189,6 +189,7 @@ class Adr:
         self._nodes: dict[int, _Node] = {}
         self._plan: dict[int, int] = {}  # balanced: node -> SF, from every node's SNR (plan())
         self._plan_age = 0  # uplinks observed since the plan was made
+        self._plan_nodes: set[int] = set()  # the nodes the plan considered (some fit no SF)
         self.counts: dict[str, int] = {
             "changes": 0,
             "confirms": 0,
@@ -386,7 +387,8 @@ class Adr:
 
     def _planned(self, node_id: int) -> int | None:
         n = len(self._nodes)
-        if not self._plan or node_id not in self._plan or self._plan_age > n // 2:
+        if node_id not in self._plan_nodes or self._plan_age > n // 2:
+            self._plan_nodes = {nid for nid, st in self._nodes.items() if st.snr}
             self._plan = self.plan()
             self._plan_age = 0
         return self._plan.get(node_id)
@@ -416,8 +418,9 @@ class Adr:
         out = {}
         for snr, nid in rows:
             ok = [s for s in range(self.sf_min, self.sf_max + 1) if snr - self.required_snr_db[s] - self.margin_db >= 0]
-            if not ok:
-                continue  # nothing fits: target() raises power / SF on its own
+            if not ok:  # nothing fits: target() takes the most robust SF; its airtime counts there
+                count[min(range(self.sf_min, self.sf_max + 1), key=lambda s: (self.required_snr_db[s], -s))] += 1
+                continue
             s = min(ok, key=lambda s: ((2 * count[s] + 1) * self.airtime_ms[s], s))
             count[s] += 1
             out[nid] = s

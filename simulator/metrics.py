@@ -139,6 +139,13 @@ class Results:
             f"  totals: platform {to['energy_wh']['platform']} Wh / {to['water_l']['platform']} L = nodes' own "
             f"{to['energy_wh']['nodes']} Wh / {to['water_l']['nodes']} L: " + ("agree" if to["agree"] else "DISAGREE"),
         ]
+        a = s.get("adr")
+        if a is not None:
+            hist = lambda d: ", ".join(f"{k} x{v}" for k, v in d.items())  # noqa: E731
+            lines.append(
+                f"  adr: {hist(a['sf_before'])} -> {hist(a['sf_after'])}; airtime saved {a['airtime_saved_pct']:.1f} %"
+                f"; DER {a['der']:.3f} (first quarter {a['der_first_quarter']}, last {a['der_last_quarter']})"
+            )
         return "\n".join(lines)
 
 
