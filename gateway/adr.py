@@ -21,7 +21,10 @@ recommendation; policies are constructor arguments, defaults ChirpStack's):
   power by `power_step_db` up to `tx_power_max`, then (unlike ChirpStack, which
   leaves that to the device: we own both ends) raises the SF by one;
 - all steps at once, in one CONFIG (SPEC §5: keys 3 spreading factor, 2 TX
-  power), sent in the receive window of the uplink that decided it.
+  power), sent in the receive window of the uplink that decided it;
+- at most `max_active` nodes (0: no limit) with a change under way (sent, or
+  on trial): each change costs the gateway two downlinks, and a gateway's own
+  duty cycle carries only a few dozen an hour at SF12.
 
 Never unreachable (SPEC §5 "ADR"): a node that applied an SF or TX power from
 a CONFIG keeps the settings it had before, and returns to them by itself
@@ -93,6 +96,7 @@ ADR_KEYS = (
     "power_step_db",
     "raise_sf",
     "penalty_db",
+    "max_active",
 )
 
 CONFIG = "config"  # Action.kind: send a CONFIG with `settings`
@@ -157,6 +161,7 @@ class Adr:
         fallback_uplinks: int = FALLBACK_UPLINKS,
         sf_policy: str = "fastest",
         frame_bytes: int = 40,
+        max_active: int = 0,
     ) -> None:
         if sf_policy not in SF_POLICIES:
             raise ValueError(f"sf_policy must be one of {SF_POLICIES}, got {sf_policy!r}")
@@ -169,6 +174,8 @@ class Adr:
         missing = [sf for sf in range(sf_min, sf_max + 1) if sf not in required_snr_db]
         if missing:
             raise ValueError(f"required_snr_db has no value for SF {missing}")
+        if max_active < 0:
+            raise ValueError("max_active must be >= 0 (0: no limit)")
         if step_db <= 0 or power_step_db <= 0 or not 1 <= min_uplinks <= history or fallback_uplinks < 1:
             raise ValueError("step_db, power_step_db > 0; 1 <= min_uplinks <= history; fallback_uplinks >= 1")
         self.margin_db = margin_db
@@ -185,6 +192,8 @@ class Adr:
         self.penalty_max_db = penalty_max_db
         self.fallback_uplinks = fallback_uplinks
         self.sf_policy = sf_policy
+        self.max_active = max_active
+        self._active: set[int] = set()  # nodes with a change pending or on trial
         self.airtime_ms = {sf: lora.airtime_ms(frame_bytes, sf) for sf in range(m.SF_MIN, m.SF_MAX + 1)}
         self._nodes: dict[int, _Node] = {}
         self._plan: dict[int, int] = {}  # balanced: node -> SF, from every node's SNR (plan())
@@ -224,11 +233,17 @@ class Adr:
         st.snr[counter] = snr_db
         while len(st.snr) > self.history:
             st.snr.popitem(last=False)
-        return action or self._decide(node_id, st)
+        if st.pending is None and st.trial is None:
+            self._active.discard(node_id)
+        action = action or self._decide(node_id, st)
+        if st.pending is not None or st.trial is not None:
+            self._active.add(node_id)
+        return action
 
     def forget(self, node_id: int) -> None:
         """A node re-provisioned or removed: start afresh."""
         self._nodes.pop(node_id, None)
+        self._active.discard(node_id)
 
     def settings(self, node_id: int) -> tuple[int, int] | None:
         """(SF, TX power dBm) the gateway believes the node uses, or None if never heard by radio."""
@@ -312,6 +327,8 @@ class Adr:
             return None
         if st.pending is not None or st.trial is not None or len(st.snr) < self.min_uplinks:
             return None
+        if self.max_active and len(self._active) >= self.max_active:
+            return None  # enough changes under way: their downlinks share the gateway's duty cycle
         values = st.snr.values()
         stat = max(values) if self.statistic == "max" else sum(values) / len(values)
         want = self._planned(node_id) if self.sf_policy == "balanced" else None

@@ -204,6 +204,11 @@ class AdrSection:
     power_step_db: int = opt(2, "TX power step, dB", _range(1, 12))
     raise_sf: bool = opt(True, "at full power and short of margin, move a node to a slower SF")
     penalty_db: float = opt(3.0, "margin added to a node each time it stepped back after losing uplinks", _range(0, 20))
+    max_active: int = opt(
+        0,
+        "nodes with a change under way at once (each costs 2 downlinks of the gateway's duty cycle); 0: no limit",
+        _range(0, 100000),
+    )
 
 
 @dataclass(frozen=True)

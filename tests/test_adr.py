@@ -163,6 +163,22 @@ def test_config_still_queued_is_not_lost() -> None:
     assert a.counts["lost_configs"] == 0 and a.snapshot()[N]["pending"] == (9, 14)
 
 
+def test_max_active_bounds_the_changes_under_way() -> None:
+    a = Adr(min_uplinks=1, history=1, max_active=1)
+    assert a.observe(1, 1, 1.0, 12) is not None  # node 1: CONFIG
+    assert a.observe(2, 1, 1.0, 12) is None  # node 2 waits: one change under way
+    assert a.observe(1, 2, 1.0, 9).kind == CONFIRM  # type: ignore[union-attr]
+    assert a.observe(2, 2, 1.0, 12) is None  # node 1 on trial: still under way
+    final = feed(a, 3, adr_mod.FALLBACK_UPLINKS, 1.0, 9, node=1)
+    assert [x.settings for x in final] == [{m.CFG_SF: 8}]  # final, and its next step (3.5 dB at SF9) at once
+    assert a.observe(2, 3, 1.0, 12) is None
+    a.forget(1)
+    act = a.observe(2, 4, 1.0, 12)
+    assert act is not None and act.settings == {m.CFG_SF: 9}
+    with pytest.raises(ValueError, match="max_active"):
+        Adr(max_active=-1)
+
+
 def test_sf_changed_without_us_is_taken() -> None:
     a = Adr()
     feed(a, 1, 5, 1.0, 12)
@@ -407,7 +423,7 @@ def test_scenario_adr_section_is_checked() -> None:
 
     text = (ROOT / "simulator" / "scenarios" / "city_adr.toml").read_text()
     s = sc.loads(text)
-    assert s.adr == {"margin_db": 10.0, "history": 20, "min_uplinks": 10}
+    assert s.adr == {"margin_db": 10.0, "history": 20, "min_uplinks": 10, "max_active": 48}
     assert {n.sf for n in s.nodes} == {12}
     assert sc.loads(text.replace("enabled = true", "enabled = false")).adr is None
     with pytest.raises(sc.ScenarioError, match="bad ADR policy"):
