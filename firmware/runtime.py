@@ -29,7 +29,10 @@
 #   expiry; runtime keys here, app keys to app.configure; persisted), TIME
 #   (only in answer to one of the node's last uplinks, sent at most
 #   TIME_SLACK_S ago: `fresh`), ACK (confirms an alarm; "more queued" keeps
-#   listening).
+#   listening). A CONFIG over the air that changes SF or TX power is on trial:
+#   any downlink heard keeps it; after _ADR_FALLBACK uplinks without one the
+#   node returns to the previous settings, which stay saved meanwhile (SPEC §5
+#   "ADR").
 #   Nothing that arrives can raise out of the handler: it is counted.
 # - the watchdog is fed while every runtime task is alive; a dead task (a
 #   bug) stops the feeding and the board resets. App totals are flushed by
