@@ -29,7 +29,10 @@
 #   expiry; runtime keys here, app keys to app.configure; persisted), TIME
 #   (only in answer to one of the node's last uplinks, sent at most
 #   TIME_SLACK_S ago: `fresh`), ACK (confirms an alarm; "more queued" keeps
-#   listening).
+#   listening). A CONFIG over the air that changes SF or TX power is on trial:
+#   any downlink heard keeps it; after _ADR_FALLBACK uplinks without one the
+#   node returns to the previous settings, which stay saved meanwhile (SPEC §5
+#   "ADR").
 #   Nothing that arrives can raise out of the handler: it is counted.
 # - the watchdog is fed while every runtime task is alive; a dead task (a
 #   bug) stops the feeding and the board resets. App totals are flushed by
@@ -61,6 +64,7 @@ _STORE_RETRY_MS = const(10000)  # flash refused the counter reservation: retry a
 _STORE_RETRY_MAX_MS = const(600000)  # ... doubling up to 10 min
 _IDLE_MS = const(3600000)  # longest single wait of an idle task (then it looks again)
 _WIRE_LISTEN_MS = const(60000)
+_ADR_FALLBACK = const(6)  # uplinks without a downlink after a CONFIG changed SF / TX power: step back (SPEC §5)
 
 # CONFIG keys the app handles; the rest are the runtime's.
 APP_CONFIG_KEYS = (m.CFG_LAMP_POWER, m.CFG_MAX_RUN)
@@ -103,6 +107,8 @@ class Node:
         self.exhausted = False
         self.last_rssi = None
         self.last_snr = None
+        self._adr_prev = None  # (sf, tx power) before a CONFIG changed them, until a downlink is heard
+        self._adr_left = 0
         # the last uplink sent and when each of the last TIME_UPLINKS went out (ticks_ms): a TIME
         # must answer one of them (SPEC §4, "Freshness")
         self._up_last = -1
@@ -498,6 +504,12 @@ class Node:
         q.sent(it, counter, t)
         if not self.radio.continuous:
             await self._rx_window()
+            p = self._adr_prev
+            if p is not None:
+                self._adr_left -= 1
+                if self._adr_left <= 0:  # nothing heard since the change: back to what worked (saved)
+                    self._adr_prev = None
+                    self.radio.configure(sf=p[0], tx_power=p[1])
 
     async def _rx_window(self):
         radio = self.radio
@@ -577,6 +589,10 @@ class Node:
         self.rx += 1
         self.last_rssi = rssi
         self.last_snr = snr
+        r = self.radio
+        if self._adr_prev is not None:  # heard after a change: the new settings work, keep them
+            self._adr_prev = None
+            self._save_radio(r.sf, r.tx_power)
         if msg is None:
             self.rx_rejected += 1
             return None
@@ -588,7 +604,12 @@ class Node:
                 self.rx_rejected += 1
                 self.last_error = "downlink %d refused: %d" % (t, res)
             elif t == m.CONFIG:
+                was = None if r.continuous else (r.sf, r.tx_power)
                 self.apply_settings(msg[m.CF_SETTINGS])
+                if was is not None and was != (r.sf, r.tx_power):  # ADR: on trial until a downlink is heard
+                    self._adr_prev = was
+                    self._adr_left = _ADR_FALLBACK + 1  # the window it came in counts down too
+                    self._save_radio(was[0], was[1])  # a reboot meanwhile comes back to what worked
             else:
                 self.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
         elif t == m.ACK:
@@ -700,6 +721,13 @@ class Node:
             except StorageError as e:
                 self.last_error = repr(e)
         return True
+
+    def _save_radio(self, sf, tx_power):
+        try:
+            self.store.set_setting(m.CFG_SF, sf)
+            self.store.set_setting(m.CFG_TX_POWER, tx_power)
+        except StorageError as e:
+            self.last_error = repr(e)
 
     def apply_settings(self, settings):
         """Apply and persist a CONFIG map; returns the bitmask of the runtime keys refused."""

@@ -198,6 +198,33 @@ class DownlinksSection:
 
 
 @dataclass(frozen=True)
+class AdrSection:
+    """Adaptive data rate (gateway/adr.py; SPEC 5 "ADR"): off unless enabled; defaults ChirpStack's."""
+
+    enabled: bool = opt(False, "set LoRa nodes' SF and TX power by CONFIG from the SNR of their uplinks")
+    margin_db: float = opt(10.0, "installation margin kept above the demodulation floor, dB", _range(0.0, 40.0))
+    step_db: float = opt(3.0, "margin per step: one SF faster, or power_step_db less power at SF7", _range(0.5, 20.0))
+    history: int = opt(20, "uplinks whose SNR is kept per node", _range(1, 1000))
+    min_uplinks: int = opt(20, "uplinks at the current settings before any change (at most history)", _range(1, 1000))
+    statistic: str = opt("max", "the SNR of the history used: max (ChirpStack) or mean", _one_of("max", "mean"))
+    sf_policy: str = opt(
+        "fastest",
+        "fastest: each node's fastest SF; balanced: spread the airtime of all nodes over the SFs",
+        _one_of("fastest", "balanced"),
+    )
+    tx_power_min: int = opt(2, "lowest TX power set, dBm", _range(2, 14))
+    tx_power_max: int = opt(14, "highest TX power set (and assumed for a node not yet set), dBm", _range(2, 14))
+    power_step_db: int = opt(2, "TX power step, dB", _range(1, 12))
+    raise_sf: bool = opt(True, "at full power and short of margin, move a node to a slower SF")
+    penalty_db: float = opt(3.0, "margin added to a node each time it stepped back after losing uplinks", _range(0, 20))
+    max_active: int = opt(
+        0,
+        "nodes with a change under way at once (each costs 2 downlinks of the gateway's duty cycle); 0: no limit",
+        _range(0, 100000),
+    )
+
+
+@dataclass(frozen=True)
 class ApiSection:
     enabled: bool = opt(True, "the local HTTP API and /metrics")
     host: str = opt("127.0.0.1", "listen address; keep it local unless a reverse proxy adds TLS", _host)
@@ -305,6 +332,7 @@ class GatewayConfig:
     semtech: SemtechSection
     serial: tuple[SerialPortSection, ...]
     ble: BleSection
+    adr: AdrSection = field(default_factory=AdrSection)
 
 
 _SECTIONS: dict[str, type] = {
@@ -317,6 +345,7 @@ _SECTIONS: dict[str, type] = {
     "upstream": UpstreamSection,
     "semtech": SemtechSection,
     "ble": BleSection,
+    "adr": AdrSection,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
 
@@ -440,6 +469,11 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
         raise ConfigError(f"{name}: api.token: required when the API is enabled (set token_file or token)")
     if out["upstream"].backoff_initial_s > out["upstream"].backoff_max_s:
         raise ConfigError(f"{name}: upstream.backoff_initial_s: larger than backoff_max_s")
+    adr = out["adr"]
+    if adr.min_uplinks > adr.history:
+        raise ConfigError(f"{name}: adr.min_uplinks: larger than adr.history")
+    if adr.tx_power_min > adr.tx_power_max:
+        raise ConfigError(f"{name}: adr.tx_power_min: larger than adr.tx_power_max")
     return GatewayConfig(path=path, **out)
 
 
@@ -509,6 +543,7 @@ def example_config() -> str:
     ex = _example_section("[[serial]]", SerialPortSection, {"port": '"/dev/ttyUSB0"'}, set())
     out += ["# " + line if line else "" for line in ex]
     out += _example_section("[ble]", BleSection, {}, set())
+    out += _example_section("[adr]", AdrSection, {}, set())
     return "\n".join(out).rstrip() + "\n"
 
 

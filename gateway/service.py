@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import logs
+from gateway.adr import ADR_KEYS, FALLBACK_UPLINKS, Adr, AdrObserver
 from gateway.api import Api
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
@@ -66,6 +67,7 @@ class Gateway:
         self.registry: Registry | None = None
         self.downlinks: Downlinks | None = None
         self.pipeline: Pipeline | None = None
+        self.adr: AdrObserver | None = None
         self.api: Api | None = None
         self.history: History | None = None
         self.upstream: Any = None
@@ -112,7 +114,14 @@ class Gateway:
             )
             await self.downlinks.start()
             self.history = History() if cfg.api.enabled else None  # read only through the API
-            observer = self.downlinks if self.history is None else Observers(self.downlinks, self.history)
+            first: Any = self.downlinks
+            if cfg.adr.enabled:  # ADR queues its CONFIG before the downlinks answer the uplink (gateway/adr.py)
+                a = cfg.adr
+                self.adr = AdrObserver(
+                    Adr(**{k: getattr(a, k) for k in ADR_KEYS}, fallback_uplinks=FALLBACK_UPLINKS), self.downlinks
+                )
+                first = self.adr
+            observer = first if self.history is None else Observers(first, self.history)
             self.pipeline = Pipeline(
                 self.registry, self.store, downlinks=observer, max_inflight=cfg.pipeline.max_inflight
             )

@@ -21,7 +21,8 @@
 
 NodeRadio mirrors firmware/radio_lora.py's LoRaRadio: one channel
 (the node's configured frequency), its SF, the same receive window
-(2 x 40 ms + 8 symbols), `configure(sf=, tx_power=)` from CONFIG. Its
+(2 x 40 ms + 8 symbols), `configure(sf=, tx_power=)` from CONFIG (a TX
+power set that way moves the frame's received power at every gateway). Its
 `airtime_ms` is the exact time on air plus AIRTIME_MARGIN_MS: the runtime's
 duty-cycle bookkeeping counts in whole milliseconds of its own clock, the
 channel's in microseconds of the loop's, and the margin keeps the node's
@@ -109,10 +110,16 @@ class Air:
     # ------------------------------------------------------------ uplinks
 
     def transmit(
-        self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None
+        self,
+        node_id: int,
+        frame: bytes,
+        sf: int,
+        freq_hz: int,
+        start_us: int | None = None,
+        tx_power: float | None = None,
     ) -> ch.Transmission:
         now = self.now_us() if start_us is None else start_us
-        up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
+        up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame, tx_power)
         if self.count(node_id, frame, up) is not None:
             self.loop.call_at(up.end_us / 1e6, self._settle)
         return up
@@ -204,6 +211,7 @@ class NodeRadio(Radio):
         self.sf = sf
         self.bw_hz = bw_hz
         self.tx_power = tx_power
+        self._tx0 = tx_power  # as provisioned: the channel's own power for this node
         self.band = lora.band_for(freq_hz, bw_hz)
         self.max_frame = lora.max_payload(sf)
 
@@ -221,7 +229,10 @@ class NodeRadio(Radio):
             self.tx_power = tx_power
 
     async def send(self, frame: Any) -> None:
-        up = self.air.transmit(self.node_id, bytes(frame), self.sf, self.freq_hz)
+        p = self.tx_power
+        up = self.air.transmit(
+            self.node_id, bytes(frame), self.sf, self.freq_hz, tx_power=None if p == self._tx0 else p
+        )
         if up.refused is not None:
             raise OSError(f"the channel refused the transmission: {up.refused}")
         await _sleep_until_us(self.air.loop, up.end_us)

@@ -507,9 +507,18 @@ class Channel:
 
     # ------------------------------------------------------------ uplinks
     def transmit(
-        self, node_id: int, start_ms: float, length: int, sf: int, freq_hz: int, payload: bytes | None = None
+        self,
+        node_id: int,
+        start_ms: float,
+        length: int,
+        sf: int,
+        freq_hz: int,
+        payload: bytes | None = None,
+        tx_power_dbm: float | None = None,
     ) -> Uplink:
         """Put a node's frame on the air at start_ms (or refuse it; see `refused`).
+
+        `tx_power_dbm`: this frame's power (a node whose power was set by CONFIG); None: the node's own.
 
         Start times must not decrease from one call to the next. The hearings
         are final once the channel has been settled past the frame's end.
@@ -544,6 +553,7 @@ class Channel:
                 if d.start_us < end and d.hearings and d.hearings[0].status == OK:
                     d.hearings[0].status = NODE_TX
 
+        dp = 0.0 if tx_power_dbm is None else tx_power_dbm - node.tx_power
         lock = start + (p.preamble - p.lock_symbols) * self._sym[sf]
         sens = self._sens[sf]
         sigma = p.shadowing_sigma_db if p.shadowing == "packet" else 0.0
@@ -554,7 +564,7 @@ class Channel:
         for gi, g in enumerate(self._gws):
             # Draw before any early exit so a node's random stream does not
             # depend on what the gateways are doing.
-            rssi = node.mean_up[gi] + (gauss(0.0, sigma) if sigma else 0.0)
+            rssi = node.mean_up[gi] + dp + (gauss(0.0, sigma) if sigma else 0.0)
             h = Hearing(up, g.site.id, rssi, rssi - noise, OK)
             up.hearings.append(h)
             if not g.up:

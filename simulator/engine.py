@@ -265,7 +265,9 @@ class Simulation:
             self.by_id[spec.node_id] = sn
             loop.call_later(boot_s, self._boot, sn, m.RST_POWER_ON)
         self.clock_watch = metrics.ClockWatch(lambda: self.clock.t, drift)
-        return LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
+        ctx = LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
+        ctx.adr = None if sc.adr is None else dict(sc.adr)
+        return ctx
 
     def _boot(self, sn: SimNode, cause: int, old: WorldHAL | None = None, lost: bool = False) -> None:
         """Boot the node: first with its clock set at commissioning; after a reset with the old

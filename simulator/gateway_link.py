@@ -98,6 +98,7 @@ class LinkContext:
         # node's RX1 after `uplink` (simulator/air.py)
         self.downlink = downlink
         self.workdir = workdir  # a private temporary directory (pathlib.Path)
+        self.adr: dict[str, Any] | None = None  # the scenario's [adr] policy (gateway.adr.Adr arguments); None: off
 
 
 class GatewayLink(Protocol):
@@ -124,6 +125,7 @@ import logging  # noqa: E402
 import sqlite3  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from gateway.adr import Adr, AdrObserver  # noqa: E402
 from gateway.downlinks import Downlinks  # noqa: E402
 from gateway.model import Reception, Record  # noqa: E402
 from gateway.pipeline import Pipeline  # noqa: E402
@@ -242,6 +244,7 @@ class InProcessGateway:
         self.pipeline: Pipeline | None = None
         self.downlinks: Downlinks | None = None
         self.timesync: TimeSync | None = None
+        self.adr: AdrObserver | None = None
         self.registry: Registry | None = None
         self.stored: list[StoredRecord] = []
         self.sink: list[Record] = []  # what the upstream delivered, fields named
@@ -285,7 +288,11 @@ class InProcessGateway:
             timesync=self.timesync,
         )
         await self.downlinks.start()
-        self.pipeline = Pipeline(self.registry, self.store, downlinks=self.downlinks)
+        observer: Any = self.downlinks
+        if self.ctx.adr is not None:  # as the service does with [adr] enabled; a restart starts it afresh
+            self.adr = AdrObserver(Adr(**self.ctx.adr), self.downlinks)
+            observer = self.adr
+        self.pipeline = Pipeline(self.registry, self.store, downlinks=observer)
 
     async def _shut(self) -> None:
         if self.pipeline is not None:
@@ -304,6 +311,9 @@ class InProcessGateway:
             add["rejected_" + reason] = add.get("rejected_" + reason, 0) + n
         for k, v in d.counts.items():
             add["downlinks_" + k] = v
+        if self.adr is not None:
+            for k, v in self.adr.adr.counts.items():
+                add["adr_" + k] = v
         for k, v in add.items():
             self._counters[k] = self._counters.get(k, 0) + v
 
@@ -405,6 +415,10 @@ class InProcessGateway:
             live["rejected_" + reason] = live.get("rejected_" + reason, 0) + n
         for k, v in d.counts.items():
             live["downlinks_" + k] = v
+        if self.adr is not None:
+            await self.adr.idle()
+            for k, v in self.adr.adr.counts.items():
+                live["adr_" + k] = v
         for k, v in live.items():
             counters[k] = counters.get(k, 0) + v
         counters["restarts"] = self.restarts

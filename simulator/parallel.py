@@ -115,18 +115,24 @@ class _WorkerAir(Air):
     def __init__(self, channel: ch.Channel, loop: asyncio.AbstractEventLoop, worker: _Worker) -> None:
         super().__init__(channel, loop, lambda h: None)
         self.worker = worker
-        self.outbox: list[tuple[int, int, bytes, int, int, bool]] = []
+        self.outbox: list[tuple[int, int, bytes, int, int, bool, float | None]] = []
 
     def transmit(
-        self, node_id: int, frame: bytes, sf: int, freq_hz: int, start_us: int | None = None
+        self,
+        node_id: int,
+        frame: bytes,
+        sf: int,
+        freq_hz: int,
+        start_us: int | None = None,
+        tx_power: float | None = None,
     ) -> ch.Transmission:
         now = self.now_us()
-        up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame)
+        up = self.channel.transmit(node_id, now / 1000, len(frame), sf, freq_hz, frame, tx_power)
         mtype = self.count(node_id, frame, up)
         if mtype is None:
             return up
         hold = mtype == m.EVENT and self._alarm(node_id, frame)
-        self.outbox.append((now, node_id, frame, sf, freq_hz, hold))
+        self.outbox.append((now, node_id, frame, sf, freq_hz, hold, tx_power))
         if hold:
             self.loop.call_at((up.end_us + int(HOLD_S * 1e6)) / 1e6, self.worker.hold)
         return up
@@ -298,7 +304,7 @@ class _Coordinator(Simulation):
         at = [0] * n
         holding: list[bool] = [False] * n
         results: list[dict[str, Any] | None] = [None] * n
-        heap: list[tuple[int, int, int, bytes, int, int, bool]] = []
+        heap: list[tuple[int, int, int, bytes, int, int, bool, float | None]] = []
         seq = 0
         end_us = int(round(self.sc.duration_s * 1e6))
         wall0 = time.perf_counter()
@@ -318,7 +324,7 @@ class _Coordinator(Simulation):
                 at[w] = t_us
                 for tx in txs:
                     seq += 1
-                    heapq.heappush(heap, (tx[0], tx[1], seq, tx[2], tx[3], tx[4], tx[5]))
+                    heapq.heappush(heap, (tx[0], tx[1], seq, tx[2], tx[3], tx[4], tx[5], tx[6]))
                 if kind == "hold":
                     holding[w] = True
                 elif kind == "end":
@@ -326,9 +332,9 @@ class _Coordinator(Simulation):
                     at[w] = end_us
             safe = min(at)
             while heap and heap[0][0] < safe:
-                start, node_id, _s, frame, sf, freq, hold = heapq.heappop(heap)
+                start, node_id, _s, frame, sf, freq, hold, power = heapq.heappop(heap)
                 await self._until_us(start)
-                up = air.transmit(node_id, frame, sf, freq, start_us=start)
+                up = air.transmit(node_id, frame, sf, freq, start_us=start, tx_power=power)
                 if hold and up.refused is None:
                     air.held.add(id(up))
             await self._until_us(safe)

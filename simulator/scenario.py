@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import adr as adr_mod
 from protocol import lora
 from simulator import channel as ch
 from simulator import soil as soil_mod
@@ -234,6 +235,7 @@ class Scenario:
     faults: FaultSchedule
     output: Output
     warnings: tuple[str, ...] = ()
+    adr: Mapping[str, Any] | None = None  # [adr]: the gateway's ADR policy (Adr keyword arguments); None = off
 
     @property
     def start_unix(self) -> float:
@@ -573,6 +575,7 @@ def _build(top: _Table) -> Scenario:
     w_t.done()
 
     radio = _radio(top.sub("radio"))
+    adr = _adr(top.sub("adr"))
 
     gateways: list[ch.GatewaySite] = []
     for g in top.array("gateways"):
@@ -764,7 +767,24 @@ def _build(top: _Table) -> Scenario:
         faults,
         output,
         tuple(warnings),
+        adr,
     )
+
+
+def _adr(t: _Table) -> dict[str, Any] | None:
+    """[adr]: enabled = true turns the gateway's ADR on (gateway/adr.py); other keys are its policies."""
+    enabled = t.get("enabled", "bool", False)
+    kw: dict[str, Any] = {}
+    for k in adr_mod.ADR_KEYS:
+        if t.has(k):
+            kw[k] = t.data[k]
+            t.used.add(k)
+    t.done()
+    try:
+        adr_mod.Adr(**kw)
+    except (ValueError, TypeError) as e:
+        raise t.err("enabled", f"bad ADR policy: {e}") from None
+    return kw if enabled else None
 
 
 def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationNode:

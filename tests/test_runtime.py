@@ -345,6 +345,7 @@ def test_config_over_the_air_applies_and_persists():
         )
         await clock.run_for(2 * MIN)
         assert node.report_s == 300 and node.cfg_rejected == 1 and node.radio.sf == 10
+        w.gw.pending.append((m.CONFIG, {0: {m.CFG_STATUS_INTERVAL: 3600}}))  # heard: SF10 kept (SPEC §5 ADR)
         assert node.app.settings == [{m.CFG_LAMP_POWER: 90}]
         t0 = len(w.gw.of_type(m.LIGHT))
         await clock.run_for(30 * MIN)

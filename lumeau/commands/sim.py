@@ -47,7 +47,8 @@ def add_run_action(actions: Any) -> None:
         description="Run SCENARIO.toml: every node runs the real firmware on a virtual "
         "clock against the real gateway pipeline and store; prints the "
         "results (delivery, latency, airtime, frames, alarms against faults, "
-        "energy and water against the naive baselines).",
+        "energy and water against the naive baselines; with [adr], the SFs before and after, "
+        "the airtime saved and the DER).",
     )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
