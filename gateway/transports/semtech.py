@@ -48,6 +48,16 @@ Decisions (each one named, so the config can say otherwise):
   send one) the downlink counts as sent (`tx_ack_missing` counts these);
   the end-to-end check is the node's CMD_ACK/ACK anyway.
 
+Hostile input (issue 15): a metadata value a radio cannot have (a 400-digit
+rssi, an integer past MAX_INT_DIGITS, a string for a number) drops that field,
+not the frame, and counts `rxpk_bad_field`; anything else one rxpk breaks costs
+that rxpk only (`rxpk_failed`, rejected as "malformed"). Only a datagram whose
+JSON does not parse at all (bad syntax, nesting past the parser's limit) is lost
+whole, as one `malformed_datagrams`: the sender's own datagram, since nothing
+heard over the air can change the JSON's structure. A `stat` report keeps only
+small scalar fields. "new forwarder" lines are rate-limited (`forwarders_new`
+counts them all).
+
 Limits: at most MAX_FORWARDERS forwarders are remembered (the least
 recently heard is forgotten first); a route is valid for `route_timeout`
 (60 s, six missed 10 s keepalives) after the last PULL_DATA. UDP carries no
@@ -61,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
 import json
 import logging
 import math
@@ -100,6 +111,9 @@ DEFAULT_SEND_MARGIN_S = 0.1
 DEFAULT_TX_ACK_TIMEOUT_S = 0.5
 DEFAULT_ROUTE_TIMEOUT_S = 60.0
 MAX_FORWARDERS = 256
+MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure (see _parse_int)
+STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
+STAT_TEXT_MAX = 64
 TMST_MOD = 1 << 32
 # A forwarder `time` outside these years (2000-2100) is a clock that was never set: use ours.
 TIME_RANGE = (946_684_800.0, 4_102_444_800.0)
@@ -139,11 +153,36 @@ class Uplink:
         await self.server.transmit(frame, self)
 
 
+def _parse_int(text: str) -> int | float:
+    """json.loads' parse_int: an integer longer than MAX_INT_DIGITS becomes +-inf, which no field accepts.
+
+    Python refuses to parse an integer of more than 4,300 digits (a ValueError that would cost
+    the whole datagram) and float() overflows on one above 1e308; neither is a radio's figure.
+    """
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(data, parse_int=_parse_int)
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
     return v if math.isfinite(v) else None
+
+
+def _stat_value(v: Any) -> bool:
+    """What of a forwarder's `stat` report is kept (and served by the API): small scalars only."""
+    if isinstance(v, str):
+        return len(v) <= STAT_TEXT_MAX
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, int) or v is None
 
 
 def _parse_time(v: Any) -> float | None:
@@ -314,7 +353,11 @@ class SemtechServer(asyncio.DatagramProtocol):
             if len(self.forwarders) >= MAX_FORWARDERS:
                 self.forwarders.popitem(last=False)
             fwd = self.forwarders[eui] = Forwarder(eui)
-            log.info("semtech: new forwarder", extra={"eui": eui})
+            self.counts["forwarders_new"] += 1
+            # rate-limited: every datagram may claim a new EUI (issue 15: 56,000 lines in 50 s)
+            allowed, suppressed = self._limiter.allow("new_forwarder")
+            if allowed:
+                log.info("semtech: new forwarder", extra={"eui": eui, "suppressed": suppressed})
         else:
             self.forwarders.move_to_end(eui)
         fwd.version = version
@@ -333,7 +376,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         fwd.push_addr = addr
         fwd.last_push = heard_at
         try:
-            doc = json.loads(data[12:])
+            doc = _loads(data[12:])
         except (ValueError, RecursionError):
             return self._malformed("PUSH_DATA JSON does not parse", addr)
         if not isinstance(doc, dict):
@@ -341,20 +384,29 @@ class SemtechServer(asyncio.DatagramProtocol):
         stat = doc.get("stat")
         if isinstance(stat, dict):
             self.counts["stat_reports"] += 1
-            fwd.stat = {k: v for k, v in stat.items() if isinstance(k, str)}
+            kept = ((k, v) for k, v in stat.items() if isinstance(k, str) and len(k) <= 32 and _stat_value(v))
+            fwd.stat = dict(itertools.islice(kept, STAT_KEYS_MAX))
         rxpk = doc.get("rxpk")
         if rxpk is None:
             return
         if not isinstance(rxpk, list):
             return self._malformed("rxpk is not an array", addr)
         for pk in rxpk:
-            self._rxpk(fwd, pk, heard_at)
+            try:
+                self._rxpk(fwd, pk, heard_at)
+            except Exception:  # a bug hit by one rxpk costs that rxpk only, counted (issue 15)
+                self.counts["rxpk_failed"] += 1
+                if self._limiter.allow("rxpk_failed")[0]:
+                    log.exception("semtech: rxpk handling failed", extra={"eui": fwd.eui})
+                self._bad_packet("malformed", "rxpk handling failed")
 
     def _rxpk(self, fwd: Forwarder, pk: Any, heard_at: float) -> None:
         self.counts["rxpk"] += 1
         if not isinstance(pk, dict):
             return self._bad_packet("malformed", "rxpk entry is not an object")
         stat = pk.get("stat", 1)
+        if isinstance(stat, bool) or stat not in (-1, 0, 1):
+            self._bad_field("stat")  # kept: the frame's MIC is the integrity check that decides
         if stat == -1 and not isinstance(stat, bool):
             return self._bad_packet("bad_crc", "PHY CRC failed")
         if stat == 0 and not isinstance(stat, bool):
@@ -370,9 +422,11 @@ class SemtechServer(asyncio.DatagramProtocol):
             return self._bad_packet("malformed", "rxpk data is not base64")
         tmst = pk.get("tmst")
         if isinstance(tmst, bool) or not isinstance(tmst, int) or not 0 <= tmst < TMST_MOD:
+            self._bad_field("tmst", tmst)
             tmst = None
         freq = _number(pk.get("freq"))
-        if freq is not None and not 0 < freq < 1e5:  # MHz
+        if freq is None or not 0 < freq < 1e5:  # MHz
+            self._bad_field("freq", pk.get("freq"))
             freq = None
         datr = pk.get("datr")
         sf = None
@@ -382,12 +436,18 @@ class SemtechServer(asyncio.DatagramProtocol):
                 sf = int(m.group(1))
         codr = pk.get("codr")
         rssi = _number(pk.get("rssi"))
+        if rssi is None:
+            self._bad_field("rssi", pk.get("rssi"))
         snr = _number(pk.get("lsnr"))
+        if snr is None:
+            self._bad_field("lsnr", pk.get("lsnr"))
         rsig = pk.get("rsig")  # multi-antenna forwarders put the figures per antenna
         if (rssi is None or snr is None) and isinstance(rsig, list) and rsig and isinstance(rsig[0], dict):
             rssi = rssi if rssi is not None else _number(rsig[0].get("rssic"))
             snr = snr if snr is not None else _number(rsig[0].get("lsnr"))
         rx_time = _parse_time(pk.get("time"))
+        if rx_time is None:
+            self._bad_field("time", pk.get("time"))
         now = self.clock()
         if rx_time is None or (rx_time > now and not self.trust_time):
             rx_time = now  # never after the present: a node's last_seen must not leave it (issue 20)
@@ -417,6 +477,12 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.counts["rxpk_forwarded"] += 1
         self.ingestor.offer(reception)
 
+    def _bad_field(self, name: str, value: Any = 0) -> None:
+        """A metadata field present but unusable (a 400-digit rssi, a string for a number): the
+        field is dropped, not the frame, and counted as `rxpk_bad_field` (an absent one is not)."""
+        if value is not None:
+            self.counts["rxpk_bad_field"] += 1
+
     def _bad_packet(self, reason: str, why: str) -> None:
         self.counts[f"rxpk_{reason}"] += 1
         report_reject(self.pipeline, reason, TRANSPORT, self._limiter, log, why)
@@ -433,7 +499,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         body = data[12:].strip(b"\x00 \r\n\t")
         if body:
             try:
-                doc = json.loads(body)
+                doc = _loads(body)
                 ack = doc.get("txpk_ack") if isinstance(doc, dict) else None
                 if isinstance(ack, dict) and isinstance(ack.get("error"), str):
                     error = ack["error"][:40]
