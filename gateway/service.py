@@ -34,7 +34,7 @@ import logging
 import signal
 from typing import Any
 
-from gateway import logs
+from gateway import files, logs
 from gateway.api import Api
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
@@ -71,6 +71,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.cfg
+        files.set_group(cfg.gateway.file_group or None)  # before any file is created (issue 15)
         try:
             self.store = await Store.open(
                 cfg.gateway.database,
@@ -323,6 +324,7 @@ def run(cfg: GatewayConfig) -> None:
     Sets up logging as the config says. A registry, store or socket that
     fails at startup is logged and raised (RegistryError, StoreError, OSError).
     """
+    files.set_group(cfg.gateway.file_group or None)
     logs.setup(cfg.log.level, path=cfg.log.file)
     try:
         asyncio.run(Gateway(cfg).run())

@@ -1,0 +1,88 @@
+"""Modes of the files the gateway and the city platform create (issue 15).
+
+The database, its WAL and shared-memory files, the log and the sink's database
+hold a city's telemetry: they are created mode 0600 (owner only), or 0640 and
+owned by the configured group (`[gateway] file_group`: e.g. a backup or log
+reader), whatever the umask. A file an older version left 0644 is tightened
+when it is opened again.
+
+SQLite creates `-wal` and `-shm` with the mode of the database file, so
+creating the database file first with the right mode is enough for the mode;
+`secure_sqlite` also fixes their group and mode after opening (they may survive
+a crash from an older version).
+
+`set_group` is called once at startup (gateway/service.py) before any file is
+opened; the default is no group (0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+from pathlib import Path
+
+PRIVATE = 0o600
+GROUP_READ = 0o640
+SQLITE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+_group: int | None = None
+_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def group_id(group: str | int) -> int:
+    """A group name or number -> its gid; ValueError naming it when it does not exist."""
+    if isinstance(group, int) or (isinstance(group, str) and group.isdigit()):
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"no group named {group!r}") from None
+
+
+def set_group(group: str | int | None) -> None:
+    """Files created from now on are 0640 and owned by `group`; None: 0600."""
+    global _group
+    _group = None if group is None or group == "" else group_id(group)
+
+
+def mode(group: int | None = None) -> int:
+    return GROUP_READ if (group if group is not None else _group) is not None else PRIVATE
+
+
+def _apply(fd: int, group: int | None) -> None:
+    g = group if group is not None else _group
+    if g is not None:
+        os.fchown(fd, -1, g)
+    os.fchmod(fd, mode(g))  # after the chown: a chown may clear bits, and the umask never applies
+
+
+def create(path: str | Path, group: int | None = None) -> None:
+    """Create `path` if missing (never following a symlink) and give it the private mode and group."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, _FLAGS, PRIVATE)
+    try:
+        _apply(fd, group)
+    finally:
+        os.close(fd)
+
+
+def secure(path: str | Path, group: int | None = None) -> None:
+    """Give an existing file the private mode and group; a missing one is left missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    try:
+        _apply(fd, group)
+    finally:
+        os.close(fd)
+
+
+def secure_sqlite(path: str | Path, group: int | None = None) -> None:
+    """The database file (created if missing) and its -wal, -shm and -journal files."""
+    create(path, group)
+    for suffix in SQLITE_SUFFIXES:
+        with contextlib.suppress(OSError):  # a sidecar SQLite removes meanwhile
+            secure(f"{path}{suffix}", group)
