@@ -268,6 +268,12 @@ class SemtechSection:
         "each other); must match what the nodes listen for",
     )
     accept_no_crc: bool = opt(True, "accept packets sent without a PHY CRC (stat 0): the MIC still checks them")
+    rcvbuf_bytes: int = opt(
+        8 * 1024 * 1024,
+        "socket receive buffer asked for (0: the system's); Linux caps it at net.core.rmem_max "
+        "without CAP_NET_ADMIN; what was granted and the kernel's drops are in /metrics",
+        _non_negative,
+    )
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,7 @@ class Gateway:
                     invert_iq=s.invert_iq,
                     accept_no_crc=s.accept_no_crc,
                     trust_time=cfg.gateway.trust_radio_time,
+                    rcvbuf=s.rcvbuf_bytes,
                 )
             )
         for sp in cfg.serial:

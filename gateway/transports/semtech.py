@@ -58,6 +58,16 @@ heard over the air can change the JSON's structure. A `stat` report keeps only
 small scalar fields. "new forwarder" lines are rate-limited (`forwarders_new`
 counts them all).
 
+Receive buffer (issue 15): the socket asks for `rcvbuf` bytes (DEFAULT_RCVBUF,
+8 MiB; `[semtech] rcvbuf_bytes`), so a burst that arrives while the loop is busy
+(startup, a long commit) waits in the kernel instead of being dropped. Linux
+grants twice the value, capped at net.core.rmem_max unless the process has
+CAP_NET_ADMIN (SO_RCVBUFFORCE is tried first); a smaller grant is logged.
+stats() reports `rcvbuf_bytes` (granted) and, on Linux, the kernel's
+`kernel_drops` and `socket_rx_queue_bytes` for this socket (the `drops` and
+`rx_queue` columns of /proc/net/udp or udp6, found by the socket's inode); on
+other systems those two are absent from stats() and /metrics, not zero.
+
 Limits: at most MAX_FORWARDERS forwarders are remembered (the least
 recently heard is forgotten first); a route is valid for `route_timeout`
 (60 s, six missed 10 s keepalives) after the last PULL_DATA. UDP carries no
@@ -75,8 +85,10 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -111,6 +123,11 @@ DEFAULT_SEND_MARGIN_S = 0.1
 DEFAULT_TX_ACK_TIMEOUT_S = 0.5
 DEFAULT_ROUTE_TIMEOUT_S = 60.0
 MAX_FORWARDERS = 256
+# Receive buffer asked for the socket: datagrams wait there while the loop is busy (startup, a
+# long commit). Linux grants twice the value asked, capped at net.core.rmem_max unless the
+# process may use SO_RCVBUFFORCE (CAP_NET_ADMIN); stats() reports what was granted.
+DEFAULT_RCVBUF = 8 * 1024 * 1024
+PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
 MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure (see _parse_int)
 STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
 STAT_TEXT_MAX = 64
@@ -205,6 +222,23 @@ def _parse_time(v: Any) -> float | None:
     return ts if TIME_RANGE[0] <= ts < TIME_RANGE[1] else None
 
 
+def udp_socket_counters(inode: int) -> tuple[int, int] | None:
+    """(drops, bytes queued) of the UDP socket with this inode, from Linux's /proc/net/udp and
+    udp6 (the `drops` and `rx_queue` columns); None where there is no such file (other systems)."""
+    key = str(inode)
+    for name in PROC_NET_UDP:
+        try:
+            with open(name, encoding="ascii", errors="replace") as f:
+                next(f, None)  # the header
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and cols[9] == key:
+                        return int(cols[12]), int(cols[4].partition(":")[2] or "0", 16)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _b64(data: str) -> bytes:
     # PROTOCOL.TXT says "padded"; some forwarders omit the padding.
     return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
@@ -233,6 +267,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
         ingestor: Ingestor | None = None,
         trust_time: bool = False,
+        rcvbuf: int = DEFAULT_RCVBUF,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -249,6 +284,9 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.tx_ack_timeout = tx_ack_timeout
         self.route_timeout = route_timeout
         self.trust_time = trust_time  # a `time` after the present is kept (the simulator's virtual time)
+        self.rcvbuf = rcvbuf  # asked for; 0: the system's default
+        self.rcvbuf_granted = 0
+        self._inode = 0
         self.clock = clock
         self.monotonic = monotonic
         self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
@@ -267,7 +305,36 @@ class SemtechServer(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
+        sock = transport.get_extra_info("socket")
+        self._inode = os.fstat(sock.fileno()).st_ino
+        self.rcvbuf_granted = self._size_buffer(sock)
         log.info("semtech udp listening", extra={"host": self.host, "port": self.port})
+
+    def _size_buffer(self, sock: Any) -> int:
+        """SO_RCVBUFFORCE where allowed (past rmem_max), else SO_RCVBUF; returns what was granted."""
+        if self.rcvbuf > 0:
+            force = getattr(socket, "SO_RCVBUFFORCE", None)
+            try:
+                if force is None:
+                    raise PermissionError
+                sock.setsockopt(socket.SOL_SOCKET, force, self.rcvbuf)
+            except OSError:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+                except OSError as e:
+                    log.warning("semtech: receive buffer not set: %s", e)
+        granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        if granted < self.rcvbuf:
+            log.warning(
+                "semtech: receive buffer smaller than asked (raise net.core.rmem_max)",
+                extra={"asked": self.rcvbuf, "granted": granted},
+            )
+        return granted
+
+    def socket_fileno(self) -> int:
+        """The listening socket's descriptor (-1 when stopped), for inspection."""
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        return sock.fileno() if sock is not None else -1
 
     async def stop(self) -> None:
         if self._transport is not None:
@@ -285,6 +352,11 @@ class SemtechServer(asyncio.DatagramProtocol):
         out["forwarders"] = len(self.forwarders)
         out["ingest_waiting"] = self.ingestor.waiting()
         out["ingest_dropped"] = self.ingestor.dropped
+        out["rcvbuf_bytes"] = self.rcvbuf_granted
+        if self._transport is not None:
+            counters = udp_socket_counters(self._inode)  # None off Linux: absent, never invented
+            if counters is not None:
+                out["kernel_drops"], out["socket_rx_queue_bytes"] = counters
         return out
 
     def forwarder_status(self) -> list[dict[str, Any]]:
