@@ -120,6 +120,16 @@ def _group(v: Any) -> str | None:
     return None
 
 
+def _sources(v: Any) -> str | None:
+    from gateway.transports.semtech import parse_sources
+
+    try:
+        parse_sources(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _url(v: Any) -> str | None:
     if not (v.startswith("http://") or v.startswith("https://")):
         return f"{v!r} must start with http:// or https://"
@@ -274,6 +284,13 @@ class SemtechSection:
         "without CAP_NET_ADMIN; what was granted and the kernel's drops are in /metrics",
         _non_negative,
     )
+    source_binding: str = opt(
+        "tofu",
+        "tofu: each gateway EUI is bound to the address it is first heard from; configured: only the "
+        "EUIs in `sources`; off: any source (spoofable); PUSH/PULL_DATA from another address are refused",
+        _one_of("tofu", "configured", "off"),
+    )
+    sources: str = opt("", 'gateway EUI = its source IP, e.g. "aa555a0000000101=192.0.2.10, ..."', _sources)
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ class Gateway:
         assert p is not None  # start() made it first
         out: list[Any] = []
         if cfg.semtech.enabled:
-            from gateway.transports.semtech import SemtechServer
+            from gateway.transports.semtech import SemtechServer, parse_sources
 
             s = cfg.semtech
             out.append(
@@ -188,6 +188,8 @@ class Gateway:
                     accept_no_crc=s.accept_no_crc,
                     trust_time=cfg.gateway.trust_radio_time,
                     rcvbuf=s.rcvbuf_bytes,
+                    source_binding=s.source_binding,
+                    sources=parse_sources(s.sources),
                 )
             )
         for sp in cfg.serial:

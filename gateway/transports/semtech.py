@@ -70,10 +70,23 @@ other systems those two are absent from stats() and /metrics, not zero.
 
 Limits: at most MAX_FORWARDERS forwarders are remembered (the least
 recently heard is forgotten first); a route is valid for `route_timeout`
-(60 s, six missed 10 s keepalives) after the last PULL_DATA. UDP carries no
-authentication: uplinks are safe (every frame has a MIC), but anyone who
-can reach the port can claim an EUI's downlink route; bind to the LAN the
-forwarders are on.
+(60 s, six missed 10 s keepalives) after the last PULL_DATA.
+
+Source binding (issue 15): UDP carries no authentication. Uplinks are safe
+(every frame has a MIC), but before, anyone who could reach the port took over
+an EUI's downlink route with one PULL_DATA. Now each gateway EUI is bound to a
+source IP address (not a port: lora_pkt_fwd sends PUSH and PULL from two
+ephemeral ports): the one configured in `sources`, else, with `source_binding`
+"tofu" (the default), the first one it is heard from, kept for the process's
+life (up to MAX_BINDINGS EUIs; past that new EUIs are refused, a bound one is
+never evicted, so a flood of made-up EUIs cannot free a real one). PUSH_DATA,
+PULL_DATA and TX_ACK from another address are refused (no ack, nothing done),
+counted (`source_conflicts`, `<kind>_refused`) and raise an alarm: an error
+line naming the EUI, its bound address and the intruder (rate-limited; the
+counter is exact). "configured" refuses EUIs not in `sources`
+(`source_unknown`); "off" is the old behaviour. Trust on first use trusts
+whoever speaks first after a restart, and an address spoofed on the LAN still
+passes: configure `sources` and keep the port on the forwarders' LAN.
 """
 
 from __future__ import annotations
@@ -81,6 +94,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import itertools
 import json
 import logging
@@ -128,6 +142,8 @@ MAX_FORWARDERS = 256
 # process may use SO_RCVBUFFORCE (CAP_NET_ADMIN); stats() reports what was granted.
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
+SOURCE_BINDINGS = ("tofu", "configured", "off")
+MAX_BINDINGS = 4096  # EUIs bound on first use at most; then new EUIs are refused, never a bound one evicted
 MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure (see _parse_int)
 STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
 STAT_TEXT_MAX = 64
@@ -239,6 +255,33 @@ def udp_socket_counters(inode: int) -> tuple[int, int] | None:
     return None
 
 
+def _address(host: str) -> str:
+    """An IP address in one canonical text form (an IPv4-mapped IPv6 address as IPv4)."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def parse_sources(text: str) -> dict[str, str]:
+    """`[semtech] sources`: "EUI=address" pairs (16 hex digits = an IP address), separated by commas
+    or white space -> {eui hex: address}. Raises ValueError naming the bad pair."""
+    out: dict[str, str] = {}
+    for pair in text.replace(",", " ").split():
+        eui, sep, host = pair.partition("=")
+        eui = eui.strip().lower()
+        if not sep or len(eui) != 2 * EUI_LEN or any(c not in "0123456789abcdef" for c in eui):
+            raise ValueError(f"{pair!r} is not EUI=address (the EUI as 16 hex digits)")
+        try:
+            addr = _address(host.strip())
+        except ValueError:
+            raise ValueError(f"{pair!r}: {host!r} is not an IP address") from None
+        if eui in out:
+            raise ValueError(f"gateway EUI {eui} is listed twice")
+        out[eui] = addr
+    return out
+
+
 def _b64(data: str) -> bytes:
     # PROTOCOL.TXT says "padded"; some forwarders omit the padding.
     return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
@@ -268,6 +311,8 @@ class SemtechServer(asyncio.DatagramProtocol):
         ingestor: Ingestor | None = None,
         trust_time: bool = False,
         rcvbuf: int = DEFAULT_RCVBUF,
+        source_binding: str = "tofu",
+        sources: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -285,6 +330,11 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.route_timeout = route_timeout
         self.trust_time = trust_time  # a `time` after the present is kept (the simulator's virtual time)
         self.rcvbuf = rcvbuf  # asked for; 0: the system's default
+        if source_binding not in SOURCE_BINDINGS:
+            raise ValueError(f"source_binding must be one of {', '.join(SOURCE_BINDINGS)}")
+        self.source_binding = source_binding
+        self.sources = {eui.lower(): _address(a) for eui, a in (sources or {}).items()}  # configured
+        self.learned: dict[str, str] = {}  # bound on first use
         self.rcvbuf_granted = 0
         self._inode = 0
         self.clock = clock
@@ -404,6 +454,8 @@ class SemtechServer(asyncio.DatagramProtocol):
             return self._malformed(f"protocol version {version}", addr)
         if ident in (PUSH_DATA, PULL_DATA, TX_ACK) and len(data) < HEADER_LEN + EUI_LEN:
             return self._malformed("no gateway EUI", addr)
+        if ident in (PUSH_DATA, PULL_DATA, TX_ACK) and not self._source_ok(ident, data[4:12].hex(), addr):
+            return  # refused: no ack, nothing processed
         if ident == PUSH_DATA:
             self._reply(data, PUSH_ACK, addr)
             self._push_data(version, data, addr)
@@ -414,6 +466,47 @@ class SemtechServer(asyncio.DatagramProtocol):
             self._tx_ack(data)
         else:
             self._malformed(f"identifier 0x{ident:02x} is not for a server", addr)
+
+    def _source_ok(self, ident: int, eui: str, addr: Any) -> bool:
+        """Is `addr` the source `eui` is bound to? Binds it on first use (tofu); counts and alarms."""
+        if self.source_binding == "off":
+            return True
+        kind = {PUSH_DATA: "push_data", PULL_DATA: "pull_data", TX_ACK: "tx_ack"}[ident]
+        try:
+            source = _address(str(addr[0]))
+        except (ValueError, TypeError, IndexError):
+            source = str(addr)
+        bound = self.sources.get(eui) or self.learned.get(eui)
+        if bound is None:
+            if ident == TX_ACK:
+                return True  # no route was ever opened for it: _tx_ack finds nothing pending
+            if self.source_binding == "configured":
+                self.counts["source_unknown"] += 1
+                self.counts[f"{kind}_refused"] += 1
+                if self._limiter.allow("source_unknown")[0]:
+                    log.warning("semtech: gateway EUI not configured: refused", extra={"eui": eui, "source": source})
+                return False
+            if len(self.learned) >= MAX_BINDINGS:
+                self.counts["source_table_full"] += 1
+                self.counts[f"{kind}_refused"] += 1
+                if self._limiter.allow("source_table_full")[0]:
+                    log.warning("semtech: source table full: new gateway EUI refused", extra={"eui": eui})
+                return False
+            self.learned[eui] = source
+            self.counts["sources_learned"] += 1
+            if self._limiter.allow("source_learned")[0]:
+                log.info("semtech: gateway EUI bound to its first source", extra={"eui": eui, "source": source})
+            return True
+        if source == bound:
+            return True
+        self.counts["source_conflicts"] += 1
+        self.counts[f"{kind}_refused"] += 1
+        if self._limiter.allow("source_conflict")[0]:  # the alarm; the counter is exact
+            log.error(
+                "semtech: gateway EUI claimed from another source: refused",
+                extra={"eui": eui, "bound": bound, "source": source, "datagram": kind},
+            )
+        return False
 
     def _reply(self, data: bytes, ident: int, addr: Any) -> None:
         if self._transport is not None:
