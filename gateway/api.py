@@ -184,6 +184,7 @@ def parse_body(data: bytes) -> Any:
 # 5.5), so the handler never sees it; StrictHandler looks at the bytes on the wire instead.
 _AUTH_WS = re.compile(rb"\nauthorization[ \t]*:[^\r\n]*[ \t]\r?\n", re.IGNORECASE)
 _TAIL_MAX = 8192
+_HTTP_ERRORS = RateLimiter()  # requests aiohttp could not parse, in every API of the process
 
 
 class StrictHandler(web.RequestHandler):
@@ -210,7 +211,17 @@ class StrictHandler(web.RequestHandler):
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs; raises if a response was begun
+        # Not aiohttp's own handle_error: it logs each of these (a traceback to stderr), unlimited,
+        # for anyone who can reach the port. Rate-limited here, as every line the network causes.
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was begun: no error response can follow")
+        allowed, suppressed = _HTTP_ERRORS.allow(f"http_{status}")
+        if allowed:
+            why = message or (repr(exc) if exc is not None else "")
+            log.warning(
+                "http request refused",
+                extra={"status": status, "why": why[:200], "peer": str(request.remote), "suppressed": suppressed},
+            )
         try:
             reason = HTTPStatus(status).phrase.lower()
         except ValueError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import socket
 import threading
 
@@ -21,6 +22,8 @@ from gateway_helpers import registry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import api as api_module
+from gateway import logs
 from gateway.api import API_CSP, SECURITY_HEADERS, Api
 from gateway.downlinks import Downlinks
 from gateway.pipeline import Pipeline
@@ -300,3 +303,32 @@ def test_fuzz_every_endpoint_never_answers_500_and_always_locks_down(srv, endpoi
     if status >= 400:
         assert headers["content-type"].startswith("application/json")
         assert isinstance(json.loads(out)["error"], str)
+
+
+def test_unparseable_requests_are_logged_at_a_bounded_rate(srv, monkeypatch):
+    """aiohttp logged every request it could not parse, unlimited (a traceback on stderr each):
+    a log flood from anyone who can reach the port. Now: the API's rate limiter."""
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.n = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.n += 1
+
+    lines = Lines()
+    monkeypatch.setattr(api_module, "_HTTP_ERRORS", logs.RateLimiter())  # a budget of its own
+    loggers = [logging.getLogger(n) for n in ("aiohttp.server", "aiohttp.access", "lumeau.gateway.api")]
+    levels = [x.level for x in loggers]
+    for x in loggers:
+        x.addHandler(lines)
+        x.setLevel(logging.DEBUG)
+    try:
+        for _ in range(3 * logs.LOG_BURST):
+            srv.raw(b"GET /nodes HTTP/1.1\r\nHost: x\r\nBad Header: x\r\nConnection: close\r\n\r\n")
+    finally:
+        for x, level in zip(loggers, levels, strict=True):
+            x.removeHandler(lines)
+            x.setLevel(level)
+    assert 1 <= lines.n <= logs.LOG_BURST, lines.n
