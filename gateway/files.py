@@ -4,7 +4,9 @@ The database, its WAL and shared-memory files, the log and the sink's database
 hold a city's telemetry: they are created mode 0600 (owner only), or 0640 and
 owned by the configured group (`[gateway] file_group`: e.g. a backup or log
 reader), whatever the umask. A file an older version left 0644 is tightened
-when it is opened again.
+when it is opened again. Only regular files are touched: a symlink, a device
+or a pipe at the path (`[log] file = "/dev/stderr"`, /dev/null) is left as it
+is, never chmod-ed.
 
 SQLite creates `-wal` and `-shm` with the mode of the database file, so
 creating the database file first with the right mode is enough for the mode;
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import stat
 from pathlib import Path
 
 PRIVATE = 0o600
@@ -57,25 +60,41 @@ def _apply(fd: int, group: int | None) -> None:
     os.fchmod(fd, mode(g))  # after the chown: a chown may clear bits, and the umask never applies
 
 
-def create(path: str | Path, group: int | None = None) -> None:
-    """Create `path` if missing (never following a symlink) and give it the private mode and group."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, _FLAGS, PRIVATE)
+def _ours(path: Path) -> bool | None:
+    """True: a regular file (ours to tighten); None: missing; False: anything else -- a symlink, a
+    device or a pipe (`file = "/dev/stderr"`, /dev/null): left exactly as it is, never chmod-ed."""
     try:
-        _apply(fd, group)
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return stat.S_ISREG(st.st_mode)
+
+
+def create(path: str | Path, group: int | None = None) -> None:
+    """Create `path` if missing and give a regular file the private mode and group (see _ours)."""
+    path = Path(path)
+    if _ours(path) is False:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, _FLAGS, PRIVATE)  # O_NOFOLLOW: a symlink planted meanwhile fails, is not followed
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            _apply(fd, group)
     finally:
         os.close(fd)
 
 
 def secure(path: str | Path, group: int | None = None) -> None:
-    """Give an existing file the private mode and group; a missing one is left missing."""
+    """Give an existing regular file the private mode and group; anything else is left alone."""
+    if not _ours(Path(path)):
+        return
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, IsADirectoryError):
         return
     try:
-        _apply(fd, group)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            _apply(fd, group)
     finally:
         os.close(fd)
 

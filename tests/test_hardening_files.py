@@ -99,14 +99,23 @@ async def test_with_a_group_the_files_are_0640_and_that_groups(tmp_path):
     await s.close()
 
 
-def test_a_symlink_is_never_followed(tmp_path):
+def test_symlinks_devices_and_pipes_are_left_as_they_are(tmp_path):
     target = tmp_path / "elsewhere"
     target.write_text("keep")
     target.chmod(0o644)
     (tmp_path / "gw.log").symlink_to(target)
-    with pytest.raises(OSError):
-        files.create(tmp_path / "gw.log")
+    files.create(tmp_path / "gw.log")
+    files.secure(tmp_path / "gw.log")
     assert mode(target) == 0o644
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo, 0o644)
+    files.create(fifo)
+    assert mode(fifo) == 0o644
+    null = Path("/dev/null")
+    before = mode(null)
+    files.create(null)  # `[log] file = "/dev/null"` as root must not make /dev/null 0600
+    files.secure(null)
+    assert mode(null) == before
 
 
 def test_the_group_is_a_checked_config_option(tmp_path):
