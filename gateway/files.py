@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger("lumeau.gateway.files")
 
 PRIVATE = 0o600
 GROUP_READ = 0o640
@@ -53,11 +56,14 @@ def mode(group: int | None = None) -> int:
     return GROUP_READ if (group if group is not None else _group) is not None else PRIVATE
 
 
-def _apply(fd: int, group: int | None) -> None:
+def _apply(fd: int, group: int | None, path: str | Path) -> None:
     g = group if group is not None else _group
-    if g is not None:
-        os.fchown(fd, -1, g)
-    os.fchmod(fd, mode(g))  # after the chown: a chown may clear bits, and the umask never applies
+    try:
+        if g is not None:
+            os.fchown(fd, -1, g)
+        os.fchmod(fd, mode(g))  # after the chown: a chown may clear bits, and the umask never applies
+    except PermissionError as e:  # a file of another user: usable as before, said loudly
+        log.warning("cannot give %s mode %04o: %s", path, mode(g), e.strerror, extra={"path": str(path)})
 
 
 def _ours(path: Path) -> bool | None:
@@ -79,7 +85,7 @@ def create(path: str | Path, group: int | None = None) -> None:
     fd = os.open(path, _FLAGS, PRIVATE)  # O_NOFOLLOW: a symlink planted meanwhile fails, is not followed
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            _apply(fd, group)
+            _apply(fd, group, path)
     finally:
         os.close(fd)
 
@@ -94,7 +100,7 @@ def secure(path: str | Path, group: int | None = None) -> None:
         return
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            _apply(fd, group)
+            _apply(fd, group, path)
     finally:
         os.close(fd)
 

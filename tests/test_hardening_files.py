@@ -126,3 +126,16 @@ def test_the_group_is_a_checked_config_option(tmp_path):
         load_config(cfg)
     cfg.write_text(f'[gateway]\nfile_group = "{os.getgid()}"\n' + api)
     assert load_config(cfg).gateway.file_group == str(os.getgid())
+
+
+async def test_a_file_of_another_user_is_used_as_before_with_a_warning(tmp_path, monkeypatch, caplog):
+    """fchmod of a file this process does not own fails (EPERM): the database still opens."""
+
+    def refuse(fd, mode):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "fchmod", refuse)
+    with caplog.at_level(logging.WARNING, logger="lumeau.gateway.files"):
+        s = await Store.open(tmp_path / "gw.db")
+        await s.close()
+    assert any("cannot give" in r.getMessage() for r in caplog.records)
