@@ -471,12 +471,14 @@ class SemtechServer(asyncio.DatagramProtocol):
         """Is `addr` the source `eui` is bound to? Binds it on first use (tofu); counts and alarms."""
         if self.source_binding == "off":
             return True
+        bound = self.sources.get(eui) or self.learned.get(eui)
+        if bound is not None and addr[0] == bound:
+            return True  # the common case, without parsing the address
         kind = {PUSH_DATA: "push_data", PULL_DATA: "pull_data", TX_ACK: "tx_ack"}[ident]
         try:
             source = _address(str(addr[0]))
         except (ValueError, TypeError, IndexError):
             source = str(addr)
-        bound = self.sources.get(eui) or self.learned.get(eui)
         if bound is None:
             if ident == TX_ACK:
                 return True  # no route was ever opened for it: _tx_ack finds nothing pending
