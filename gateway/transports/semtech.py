@@ -196,7 +196,10 @@ def _parse_int(text: str) -> int | float:
 
 
 def _loads(data: bytes) -> Any:
-    return json.loads(data, parse_int=_parse_int)
+    try:
+        return json.loads(data)  # the common case at full speed: a parse_int hook costs a call per integer
+    except ValueError:
+        return json.loads(data, parse_int=_parse_int)  # e.g. past Python's 4,300-digit limit; else raises again
 
 
 def _number(v: Any) -> float | None:
@@ -215,7 +218,9 @@ def _stat_value(v: Any) -> bool:
         return len(v) <= STAT_TEXT_MAX
     if isinstance(v, float):
         return math.isfinite(v)
-    return isinstance(v, int) or v is None
+    if isinstance(v, int):
+        return -(1 << 63) <= v < 1 << 63
+    return v is None
 
 
 def _parse_time(v: Any) -> float | None:
