@@ -1,5 +1,8 @@
 """The sink's SQLite file: schema and the one thread every query runs on.
 
+Mode 0600 for the database, its WAL and shared memory (gateway/files.py; 0640
+with a group given to gateway.files.set_group).
+
 WAL with synchronous=FULL: the sink answers 2xx only once a transaction is on
 disk, so a record the gateway deleted after a 2xx is never lost here either.
 New parts of the city platform (reports, ledger, open data) add their tables
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from gateway import files
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -53,11 +58,12 @@ class SinkDB:
 
     def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._c is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            files.secure_sqlite(self.path)  # 0600 (or 0640 with a group): it holds a city's telemetry
             c = sqlite3.connect(self.path, isolation_level=None)
             c.execute("PRAGMA journal_mode = WAL")
             c.execute("PRAGMA synchronous = FULL")
             c.executescript(SCHEMA)
+            files.secure_sqlite(self.path)  # the -wal and -shm it just created
             self._c = c
         return fn(self._c)
 

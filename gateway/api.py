@@ -41,7 +41,17 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
 Node ids are 8 hex digits (`00a1b2c3`, or with `0x`). Limits: request bodies
 up to MAX_BODY (64 KiB); list endpoints return at most LIST_MAX items.
 
-Every response carries security headers (SECURITY_HEADERS): no sniffing,
+Hostile input (issue 15): bodies are strict JSON (`parse_body`): UTF-8, no key
+given twice, no NaN or Infinity, integers of at most MAX_INT_DIGITS digits,
+nesting within the parser's limit; anything else is a 400 naming the problem.
+The token is accepted only in its exact form `Bearer <token>`: HTTP parsers drop
+trailing whitespace from a header, so a connection that sent an Authorization
+line ending in a space or tab is refused (401) for its whole life. A bug in a
+handler answers a JSON 500 ("internal error"; the traceback only in the log).
+
+Every response carries security headers (SECURITY_HEADERS), errors included,
+and also the 400 aiohttp answers itself to a request it cannot parse (an
+unknown method, a bad header line, TLS on the HTTP port: StrictHandler): no sniffing,
 no framing, no referrer; a Content-Security-Policy that allows nothing on
 API answers and, on the web page, only its own scripts, styles and API
 (PAGE_CSP: no inline code, no other origin). The static files are read once
@@ -57,9 +67,11 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from hashlib import sha256
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +80,7 @@ from aiohttp import web
 from gateway import health, ops
 from gateway.downlinks import DownlinkRejected, Downlinks
 from gateway.history import History
+from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
 from gateway.pipeline import REASONS, Pipeline
@@ -79,6 +92,7 @@ from protocol import messages as m
 log = logging.getLogger("lumeau.gateway.api")
 
 MAX_BODY = 64 * 1024
+MAX_INT_DIGITS = 20  # a JSON integer with more digits is refused (no field needs one: 2**64 has 20)
 LIST_MAX = 1000
 PUBLIC = frozenset(("/healthz",))
 UI_PREFIX = "/ui/"
@@ -108,6 +122,128 @@ DOWNLINK_TYPES = {m.COMMAND: "command", m.CONFIG: "config", m.TIME: "time"}
 
 def _error(status: int, msg: str) -> web.Response:
     return web.json_response({"error": msg}, status=status)
+
+
+def _lock_down(resp: web.StreamResponse) -> None:
+    resp.headers.update(SECURITY_HEADERS)
+    resp.headers.setdefault("Content-Security-Policy", API_CSP)
+
+
+class BodyError(ValueError):
+    """A request body the API refuses before looking at it (400)."""
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BodyError(f"numbers have at most {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise BodyError("numbers must be finite")
+    return v
+
+
+def _constant(name: str) -> Any:
+    raise BodyError(f"{name} is not JSON")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise BodyError(f"key {k[:40]!r} is given twice")
+            seen.add(k)
+    return out
+
+
+def parse_body(data: bytes) -> Any:
+    """Strict JSON for request bodies: UTF-8, no duplicate keys, no NaN or infinities, integers of at
+    most MAX_INT_DIGITS digits, nesting within the parser's limit. Raises BodyError naming the problem."""
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            parse_int=_int,
+            parse_float=_float,
+            parse_constant=_constant,
+            object_pairs_hook=_object,
+        )
+    except BodyError:
+        raise
+    except RecursionError:
+        raise BodyError("the body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise BodyError(f"the body must be JSON: {str(e)[:80]}") from None
+
+
+# An Authorization header line ending in whitespace: the HTTP parser strips it (RFC 9110
+# 5.5), so the handler never sees it; StrictHandler looks at the bytes on the wire instead.
+_AUTH_WS = re.compile(rb"\nauthorization[ \t]*:[^\r\n]*[ \t]\r?\n", re.IGNORECASE)
+_TAIL_MAX = 8192
+_HTTP_ERRORS = RateLimiter()  # requests aiohttp could not parse, in every API of the process
+
+
+class StrictHandler(web.RequestHandler):
+    """aiohttp's connection handler with two changes: errors it answers itself (a request it
+    cannot parse: an unknown method, a bad header, TLS on the HTTP port) are JSON with the
+    security headers, and a connection that sent `Authorization: ...<space>` is marked."""
+
+    __slots__ = ("auth_whitespace", "_tail")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.auth_whitespace = False
+        self._tail = b""
+
+    def data_received(self, data: bytes) -> None:
+        if not self.auth_whitespace:
+            buf = self._tail + data
+            if _AUTH_WS.search(buf):
+                self.auth_whitespace = True
+            nl = buf.rfind(b"\n")
+            self._tail = buf[nl:][-_TAIL_MAX:] if nl >= 0 else buf[-_TAIL_MAX:]
+        super().data_received(data)
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        # Not aiohttp's own handle_error: it logs each of these (a traceback to stderr), unlimited,
+        # for anyone who can reach the port. Rate-limited here, as every line the network causes.
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was begun: no error response can follow")
+        allowed, suppressed = _HTTP_ERRORS.allow(f"http_{status}")
+        if allowed:
+            why = message or (repr(exc) if exc is not None else "")
+            log.warning(
+                "http request refused",
+                extra={"status": status, "why": why[:200], "peer": str(request.remote), "suppressed": suppressed},
+            )
+        try:
+            reason = HTTPStatus(status).phrase.lower()
+        except ValueError:
+            reason = "error"
+        resp = _error(status, reason)
+        _lock_down(resp)
+        resp.force_close()
+        return resp
+
+
+class _StrictServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return StrictHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections are StrictHandlers (aiohttp has no parameter for the class)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _StrictServer  # same layout: only __call__ differs
+        return server
 
 
 def _json_safe(v: Any) -> Any:
@@ -164,7 +300,11 @@ def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]
     if not isinstance(doc, dict):
         raise DownlinkRejected("the request must be a JSON object")
     ttl = doc.get("ttl_s")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl)):
+    if ttl is not None and (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, (int, float))
+        or (isinstance(ttl, float) and not math.isfinite(ttl))
+    ):
         raise DownlinkRejected("ttl_s must be a number of seconds")
     kind = doc.get("type", "command")
     allowed = {
@@ -253,6 +393,7 @@ class Api:
         self.port = port
         self.clock = clock
         self._token = ("Bearer " + token).encode()
+        self._limiter = RateLimiter()
         self._runner: web.AppRunner | None = None
         self.started = clock()
         self._web = _load_web() if ui else {}
@@ -278,7 +419,7 @@ class Api:
         self.app = app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = _Runner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -298,8 +439,11 @@ class Api:
             resp = await handler(request)
         except web.HTTPException as e:  # redirects, 405s: headers on those too
             resp = e
-        resp.headers.update(SECURITY_HEADERS)
-        resp.headers.setdefault("Content-Security-Policy", API_CSP)
+        except Exception:  # a bug: a JSON 500 with the headers, the details only in the log
+            if self._limiter.allow("internal_error")[0]:
+                log.exception("api handler failed", extra={"method": request.method, "path": request.path[:200]})
+            resp = _error(500, "internal error")
+        _lock_down(resp)
         if isinstance(resp, web.HTTPException):
             raise resp
         return resp
@@ -311,7 +455,8 @@ class Api:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not self._public(request.path):
             got = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(got, self._token):
+            exact = not getattr(request.protocol, "auth_whitespace", False)  # no trailing space
+            if not hmac.compare_digest(got, self._token) or not exact:
                 return web.json_response(
                     {"error": "a valid bearer token is needed"},
                     status=401,
@@ -336,11 +481,9 @@ class Api:
     @staticmethod
     async def _body(request: web.Request) -> Any:
         try:
-            return await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "the body must be JSON"}), content_type="application/json"
-            ) from None
+            return parse_body(await request.read())
+        except BodyError as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
 
     @staticmethod
     def _limit(request: web.Request) -> int:
@@ -472,12 +615,12 @@ class Api:
         return web.json_response({"commands": [downlink_json(d) for d in dls]})
 
     def _command_id(self, request: web.Request) -> int:
-        try:
-            return int(request.match_info["id"])
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "command ids are integers"}), content_type="application/json"
-            ) from None
+        text = request.match_info["id"]
+        if text.isascii() and text.isdigit() and len(text) <= 18:  # an SQLite integer: 63 bits
+            return int(text)
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "command ids are integers of 1 to 18 digits"}), content_type="application/json"
+        )
 
     async def get_command(self, request: web.Request) -> web.Response:
         dl = self.store.downlink(self._command_id(request))

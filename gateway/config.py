@@ -17,6 +17,7 @@ that it mentions every key), with a fresh random API token each time.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import math
@@ -29,6 +30,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gateway import files
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
 from gateway.timesync import DEFAULT_MAX_DRIFT_PPM, DEFAULT_THRESHOLD_S
@@ -109,6 +111,26 @@ def _host(v: Any) -> str | None:
     return None
 
 
+def _group(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        files.group_id(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _sources(v: Any) -> str | None:
+    from gateway.transports.semtech import parse_sources
+
+    try:
+        parse_sources(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _url(v: Any) -> str | None:
     if not (v.startswith("http://") or v.startswith("https://")):
         return f"{v!r} must start with http:// or https://"
@@ -137,6 +159,9 @@ class GatewaySection:
         Path("gateway.db"), "the SQLite database: durable queue, replay windows, downlinks", kind="path"
     )
     registry: Path = opt(Path("nodes.toml"), "the node registry written by provisioning (mode 0600)", kind="path")
+    file_group: str = opt(
+        "", "group that may read the database and the log (mode 0640); empty: the owner only (0600)", _group
+    )
     trust_radio_time: bool = opt(
         False,
         "take radios' own times (a bridge's TIME, a forwarder's `time`) even far from this host's clock: "
@@ -293,6 +318,19 @@ class SemtechSection:
         "each other); must match what the nodes listen for",
     )
     accept_no_crc: bool = opt(True, "accept packets sent without a PHY CRC (stat 0): the MIC still checks them")
+    rcvbuf_bytes: int = opt(
+        8 * 1024 * 1024,
+        "socket receive buffer asked for (0: the system's); Linux caps it at net.core.rmem_max "
+        "without CAP_NET_ADMIN; what was granted and the kernel's drops are in /metrics",
+        _non_negative,
+    )
+    source_binding: str = opt(
+        "tofu",
+        "tofu: each gateway EUI is bound to the address it is first heard from; configured: only the "
+        "EUIs in `sources`; off: any source (spoofable); PUSH/PULL_DATA from another address are refused",
+        _one_of("tofu", "configured", "off"),
+    )
+    sources: str = opt("", 'gateway EUI = its source IP, e.g. "aa555a0000000101=192.0.2.10, ..."', _sources)
 
 
 @dataclass(frozen=True)
@@ -461,9 +499,7 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
         raise ConfigError(f"{name}: {e}") from None
     gw = out["gateway"]
     if not gw.id:
-        out["gateway"] = GatewaySection(
-            id=socket.gethostname() or "gateway", database=gw.database, registry=gw.registry
-        )
+        out["gateway"] = dataclasses.replace(gw, id=socket.gethostname() or "gateway")  # keeps every other key
     api = out["api"]
     if api.enabled and api.token is None:
         raise ConfigError(f"{name}: api.token: required when the API is enabled (set token_file or token)")

@@ -9,6 +9,9 @@ are never printed (only their length), so a root key passed by mistake shows
 as `<16 bytes>`. The objects that hold keys (`protocol.keys.NodeKeys`,
 `gateway.registry.NodeEntry`) also hide them in their reprs.
 
+A log file is created (or tightened) mode 0600, or 0640 with the configured
+group (gateway/files.py).
+
 Rejections from the air are logged through `RateLimiter`: an attacker or a
 noisy radio must not be able to fill the disk with log lines. Limits (per
 reason): LOG_BURST lines at once, then LOG_RATE lines per second; the number
@@ -23,6 +26,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
+
+from gateway import files
 
 SECRET_NAMES = ("key", "token", "secret", "password", "passwd", "authorization")
 LOG_BURST = 20
@@ -69,6 +74,7 @@ def setup(level: str = "info", stream: IO[str] | None = None, path: str | None =
     """Send the `lumeau` loggers to one JSON-lines handler (a file, or stderr); returns it."""
     handler: logging.Handler
     if path and path != "-":
+        files.create(path)  # 0600 (0640 with [gateway] file_group) whatever the umask (issue 15)
         handler = logging.FileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(stream or sys.stderr)

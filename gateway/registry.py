@@ -33,7 +33,6 @@ a hostile or broken file from exhausting memory).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import secrets
 import stat
@@ -112,7 +111,8 @@ class NodeEntry:
             v = getattr(self, name)
             if v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > lim:
+            # the range first: math.isfinite() of a 400-digit integer raises OverflowError (issue 15)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= lim:
                 raise RegistryError(f"{where}: {name}: must be a number of degrees within +-{lim:g}")
             setattr(self, name, float(v))
         if (self.lat is None) != (self.lon is None):

@@ -35,7 +35,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
+from gateway import files, logs
 from gateway.adr import ADR_KEYS, FALLBACK_UPLINKS, Adr, AdrObserver
 from gateway.api import Api
 from gateway.config import GatewayConfig
@@ -92,6 +92,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.cfg
+        files.set_group(cfg.gateway.file_group or None)  # before any file is created (issue 15)
         try:
             self.store = await Store.open(
                 cfg.gateway.database,
@@ -203,7 +204,7 @@ class Gateway:
         assert p is not None  # start() made it first
         out: list[Any] = []
         if cfg.semtech.enabled:
-            from gateway.transports.semtech import SemtechServer
+            from gateway.transports.semtech import SemtechServer, parse_sources
 
             s = cfg.semtech
             out.append(
@@ -216,6 +217,9 @@ class Gateway:
                     invert_iq=s.invert_iq,
                     accept_no_crc=s.accept_no_crc,
                     trust_time=cfg.gateway.trust_radio_time,
+                    rcvbuf=s.rcvbuf_bytes,
+                    source_binding=s.source_binding,
+                    sources=parse_sources(s.sources),
                 )
             )
         for sp in cfg.serial:
@@ -359,6 +363,7 @@ def run(cfg: GatewayConfig) -> None:
     Sets up logging as the config says. A registry, store or socket that
     fails at startup is logged and raised (RegistryError, StoreError, OSError).
     """
+    files.set_group(cfg.gateway.file_group or None)
     logs.setup(cfg.log.level, path=cfg.log.file)
     try:
         asyncio.run(Gateway(cfg).run())

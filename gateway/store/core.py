@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway import files
+
 log = logging.getLogger("lumeau.gateway.store")
 
 SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -151,13 +153,19 @@ class Writer:
         self.reader.execute("PRAGMA query_only = 1")
 
     def _open_conn(self, schema: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 (0640 with [gateway] file_group) before SQLite creates anything: the -wal and
+        # -shm files take the database file's mode (gateway/files.py, issue 15)
+        try:
+            files.secure_sqlite(self.path)
+        except OSError as e:
+            raise sqlite3.OperationalError(f"cannot create it with mode 0600: {e}") from e
         c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL needed")
         c.execute(f"PRAGMA synchronous = {self.synchronous}")
         c.executescript(schema + _META_SCHEMA)
+        files.secure_sqlite(self.path)  # the group of the -wal and -shm just created
         self._conn = c
 
     def _call_now(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:

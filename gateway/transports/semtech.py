@@ -48,12 +48,45 @@ Decisions (each one named, so the config can say otherwise):
   send one) the downlink counts as sent (`tx_ack_missing` counts these);
   the end-to-end check is the node's CMD_ACK/ACK anyway.
 
+Hostile input (issue 15): a metadata value a radio cannot have (a 400-digit
+rssi, an integer past MAX_INT_DIGITS, a string for a number) drops that field,
+not the frame, and counts `rxpk_bad_field`; anything else one rxpk breaks costs
+that rxpk only (`rxpk_failed`, rejected as "malformed"). Only a datagram whose
+JSON does not parse at all (bad syntax, nesting past the parser's limit) is lost
+whole, as one `malformed_datagrams`: the sender's own datagram, since nothing
+heard over the air can change the JSON's structure. A `stat` report keeps only
+small scalar fields. "new forwarder" lines are rate-limited (`forwarders_new`
+counts them all).
+
+Receive buffer (issue 15): the socket asks for `rcvbuf` bytes (DEFAULT_RCVBUF,
+8 MiB; `[semtech] rcvbuf_bytes`), so a burst that arrives while the loop is busy
+(startup, a long commit) waits in the kernel instead of being dropped. Linux
+grants twice the value, capped at net.core.rmem_max unless the process has
+CAP_NET_ADMIN (SO_RCVBUFFORCE is tried first); a smaller grant is logged.
+stats() reports `rcvbuf_bytes` (granted) and, on Linux, the kernel's
+`kernel_drops` and `socket_rx_queue_bytes` for this socket (the `drops` and
+`rx_queue` columns of /proc/net/udp or udp6, found by the socket's inode); on
+other systems those two are absent from stats() and /metrics, not zero.
+
 Limits: at most MAX_FORWARDERS forwarders are remembered (the least
 recently heard is forgotten first); a route is valid for `route_timeout`
-(60 s, six missed 10 s keepalives) after the last PULL_DATA. UDP carries no
-authentication: uplinks are safe (every frame has a MIC), but anyone who
-can reach the port can claim an EUI's downlink route; bind to the LAN the
-forwarders are on.
+(60 s, six missed 10 s keepalives) after the last PULL_DATA.
+
+Source binding (issue 15): UDP carries no authentication. Uplinks are safe
+(every frame has a MIC), but before, anyone who could reach the port took over
+an EUI's downlink route with one PULL_DATA. Now each gateway EUI is bound to a
+source IP address (not a port: lora_pkt_fwd sends PUSH and PULL from two
+ephemeral ports): the one configured in `sources`, else, with `source_binding`
+"tofu" (the default), the first one it is heard from, kept for the process's
+life (up to MAX_BINDINGS EUIs; past that new EUIs are refused, a bound one is
+never evicted, so a flood of made-up EUIs cannot free a real one). PUSH_DATA,
+PULL_DATA and TX_ACK from another address are refused (no ack, nothing done),
+counted (`source_conflicts`, `<kind>_refused`) and raise an alarm: an error
+line naming the EUI, its bound address and the intruder (rate-limited; the
+counter is exact). "configured" refuses EUIs not in `sources`
+(`source_unknown`); "off" is the old behaviour. Trust on first use trusts
+whoever speaks first after a restart, and an address spoofed on the LAN still
+passes: configure `sources` and keep the port on the forwarders' LAN.
 """
 
 from __future__ import annotations
@@ -61,11 +94,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
+import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -100,6 +137,16 @@ DEFAULT_SEND_MARGIN_S = 0.1
 DEFAULT_TX_ACK_TIMEOUT_S = 0.5
 DEFAULT_ROUTE_TIMEOUT_S = 60.0
 MAX_FORWARDERS = 256
+# Receive buffer asked for the socket: datagrams wait there while the loop is busy (startup, a
+# long commit). Linux grants twice the value asked, capped at net.core.rmem_max unless the
+# process may use SO_RCVBUFFORCE (CAP_NET_ADMIN); stats() reports what was granted.
+DEFAULT_RCVBUF = 8 * 1024 * 1024
+PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
+SOURCE_BINDINGS = ("tofu", "configured", "off")
+MAX_BINDINGS = 4096  # EUIs bound on first use at most; then new EUIs are refused, never a bound one evicted
+MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure (see _parse_int)
+STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
+STAT_TEXT_MAX = 64
 TMST_MOD = 1 << 32
 # A forwarder `time` outside these years (2000-2100) is a clock that was never set: use ours.
 TIME_RANGE = (946_684_800.0, 4_102_444_800.0)
@@ -139,11 +186,41 @@ class Uplink:
         await self.server.transmit(frame, self)
 
 
+def _parse_int(text: str) -> int | float:
+    """json.loads' parse_int: an integer longer than MAX_INT_DIGITS becomes +-inf, which no field accepts.
+
+    Python refuses to parse an integer of more than 4,300 digits (a ValueError that would cost
+    the whole datagram) and float() overflows on one above 1e308; neither is a radio's figure.
+    """
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)  # the common case at full speed: a parse_int hook costs a call per integer
+    except ValueError:
+        return json.loads(data, parse_int=_parse_int)  # e.g. past Python's 4,300-digit limit; else raises again
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
     return v if math.isfinite(v) else None
+
+
+def _stat_value(v: Any) -> bool:
+    """What of a forwarder's `stat` report is kept (and served by the API): small scalars only."""
+    if isinstance(v, str):
+        return len(v) <= STAT_TEXT_MAX
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, int):
+        return -(1 << 63) <= v < 1 << 63
+    return v is None
 
 
 def _parse_time(v: Any) -> float | None:
@@ -164,6 +241,50 @@ def _parse_time(v: Any) -> float | None:
     except (OverflowError, OSError, ValueError):
         return None
     return ts if TIME_RANGE[0] <= ts < TIME_RANGE[1] else None
+
+
+def udp_socket_counters(inode: int) -> tuple[int, int] | None:
+    """(drops, bytes queued) of the UDP socket with this inode, from Linux's /proc/net/udp and
+    udp6 (the `drops` and `rx_queue` columns); None where there is no such file (other systems)."""
+    key = str(inode)
+    for name in PROC_NET_UDP:
+        try:
+            with open(name, encoding="ascii", errors="replace") as f:
+                next(f, None)  # the header
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and cols[9] == key:
+                        return int(cols[12]), int(cols[4].partition(":")[2] or "0", 16)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _address(host: str) -> str:
+    """An IP address in one canonical text form (an IPv4-mapped IPv6 address as IPv4)."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def parse_sources(text: str) -> dict[str, str]:
+    """`[semtech] sources`: "EUI=address" pairs (16 hex digits = an IP address), separated by commas
+    or white space -> {eui hex: address}. Raises ValueError naming the bad pair."""
+    out: dict[str, str] = {}
+    for pair in text.replace(",", " ").split():
+        eui, sep, host = pair.partition("=")
+        eui = eui.strip().lower()
+        if not sep or len(eui) != 2 * EUI_LEN or any(c not in "0123456789abcdef" for c in eui):
+            raise ValueError(f"{pair!r} is not EUI=address (the EUI as 16 hex digits)")
+        try:
+            addr = _address(host.strip())
+        except ValueError:
+            raise ValueError(f"{pair!r}: {host!r} is not an IP address") from None
+        if eui in out:
+            raise ValueError(f"gateway EUI {eui} is listed twice")
+        out[eui] = addr
+    return out
 
 
 def _b64(data: str) -> bytes:
@@ -194,6 +315,9 @@ class SemtechServer(asyncio.DatagramProtocol):
         route_timeout: float = DEFAULT_ROUTE_TIMEOUT_S,
         ingestor: Ingestor | None = None,
         trust_time: bool = False,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        source_binding: str = "tofu",
+        sources: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -210,6 +334,14 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.tx_ack_timeout = tx_ack_timeout
         self.route_timeout = route_timeout
         self.trust_time = trust_time  # a `time` after the present is kept (the simulator's virtual time)
+        self.rcvbuf = rcvbuf  # asked for; 0: the system's default
+        if source_binding not in SOURCE_BINDINGS:
+            raise ValueError(f"source_binding must be one of {', '.join(SOURCE_BINDINGS)}")
+        self.source_binding = source_binding
+        self.sources = {eui.lower(): _address(a) for eui, a in (sources or {}).items()}  # configured
+        self.learned: dict[str, str] = {}  # bound on first use
+        self.rcvbuf_granted = 0
+        self._inode = 0
         self.clock = clock
         self.monotonic = monotonic
         self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
@@ -228,7 +360,36 @@ class SemtechServer(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
+        sock = transport.get_extra_info("socket")
+        self._inode = os.fstat(sock.fileno()).st_ino
+        self.rcvbuf_granted = self._size_buffer(sock)
         log.info("semtech udp listening", extra={"host": self.host, "port": self.port})
+
+    def _size_buffer(self, sock: Any) -> int:
+        """SO_RCVBUFFORCE where allowed (past rmem_max), else SO_RCVBUF; returns what was granted."""
+        if self.rcvbuf > 0:
+            force = getattr(socket, "SO_RCVBUFFORCE", None)
+            try:
+                if force is None:
+                    raise PermissionError
+                sock.setsockopt(socket.SOL_SOCKET, force, self.rcvbuf)
+            except OSError:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+                except OSError as e:
+                    log.warning("semtech: receive buffer not set: %s", e)
+        granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        if granted < self.rcvbuf:
+            log.warning(
+                "semtech: receive buffer smaller than asked (raise net.core.rmem_max)",
+                extra={"asked": self.rcvbuf, "granted": granted},
+            )
+        return granted
+
+    def socket_fileno(self) -> int:
+        """The listening socket's descriptor (-1 when stopped), for inspection."""
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        return sock.fileno() if sock is not None else -1
 
     async def stop(self) -> None:
         if self._transport is not None:
@@ -246,6 +407,11 @@ class SemtechServer(asyncio.DatagramProtocol):
         out["forwarders"] = len(self.forwarders)
         out["ingest_waiting"] = self.ingestor.waiting()
         out["ingest_dropped"] = self.ingestor.dropped
+        out["rcvbuf_bytes"] = self.rcvbuf_granted
+        if self._transport is not None:
+            counters = udp_socket_counters(self._inode)  # None off Linux: absent, never invented
+            if counters is not None:
+                out["kernel_drops"], out["socket_rx_queue_bytes"] = counters
         return out
 
     def forwarder_status(self) -> list[dict[str, Any]]:
@@ -293,6 +459,8 @@ class SemtechServer(asyncio.DatagramProtocol):
             return self._malformed(f"protocol version {version}", addr)
         if ident in (PUSH_DATA, PULL_DATA, TX_ACK) and len(data) < HEADER_LEN + EUI_LEN:
             return self._malformed("no gateway EUI", addr)
+        if ident in (PUSH_DATA, PULL_DATA, TX_ACK) and not self._source_ok(ident, data[4:12].hex(), addr):
+            return  # refused: no ack, nothing processed
         if ident == PUSH_DATA:
             self._reply(data, PUSH_ACK, addr)
             self._push_data(version, data, addr)
@@ -304,6 +472,49 @@ class SemtechServer(asyncio.DatagramProtocol):
         else:
             self._malformed(f"identifier 0x{ident:02x} is not for a server", addr)
 
+    def _source_ok(self, ident: int, eui: str, addr: Any) -> bool:
+        """Is `addr` the source `eui` is bound to? Binds it on first use (tofu); counts and alarms."""
+        if self.source_binding == "off":
+            return True
+        bound = self.sources.get(eui) or self.learned.get(eui)
+        if bound is not None and addr[0] == bound:
+            return True  # the common case, without parsing the address
+        kind = {PUSH_DATA: "push_data", PULL_DATA: "pull_data", TX_ACK: "tx_ack"}[ident]
+        try:
+            source = _address(str(addr[0]))
+        except (ValueError, TypeError, IndexError):
+            source = str(addr)
+        if bound is None:
+            if ident == TX_ACK:
+                return True  # no route was ever opened for it: _tx_ack finds nothing pending
+            if self.source_binding == "configured":
+                self.counts["source_unknown"] += 1
+                self.counts[f"{kind}_refused"] += 1
+                if self._limiter.allow("source_unknown")[0]:
+                    log.warning("semtech: gateway EUI not configured: refused", extra={"eui": eui, "source": source})
+                return False
+            if len(self.learned) >= MAX_BINDINGS:
+                self.counts["source_table_full"] += 1
+                self.counts[f"{kind}_refused"] += 1
+                if self._limiter.allow("source_table_full")[0]:
+                    log.warning("semtech: source table full: new gateway EUI refused", extra={"eui": eui})
+                return False
+            self.learned[eui] = source
+            self.counts["sources_learned"] += 1
+            if self._limiter.allow("source_learned")[0]:
+                log.info("semtech: gateway EUI bound to its first source", extra={"eui": eui, "source": source})
+            return True
+        if source == bound:
+            return True
+        self.counts["source_conflicts"] += 1
+        self.counts[f"{kind}_refused"] += 1
+        if self._limiter.allow("source_conflict")[0]:  # the alarm; the counter is exact
+            log.error(
+                "semtech: gateway EUI claimed from another source: refused",
+                extra={"eui": eui, "bound": bound, "source": source, "datagram": kind},
+            )
+        return False
+
     def _reply(self, data: bytes, ident: int, addr: Any) -> None:
         if self._transport is not None:
             self._transport.sendto(bytes((data[0], data[1], data[2], ident)), addr)
@@ -314,7 +525,11 @@ class SemtechServer(asyncio.DatagramProtocol):
             if len(self.forwarders) >= MAX_FORWARDERS:
                 self.forwarders.popitem(last=False)
             fwd = self.forwarders[eui] = Forwarder(eui)
-            log.info("semtech: new forwarder", extra={"eui": eui})
+            self.counts["forwarders_new"] += 1
+            # rate-limited: every datagram may claim a new EUI (issue 15: 56,000 lines in 50 s)
+            allowed, suppressed = self._limiter.allow("new_forwarder")
+            if allowed:
+                log.info("semtech: new forwarder", extra={"eui": eui, "suppressed": suppressed})
         else:
             self.forwarders.move_to_end(eui)
         fwd.version = version
@@ -333,7 +548,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         fwd.push_addr = addr
         fwd.last_push = heard_at
         try:
-            doc = json.loads(data[12:])
+            doc = _loads(data[12:])
         except (ValueError, RecursionError):
             return self._malformed("PUSH_DATA JSON does not parse", addr)
         if not isinstance(doc, dict):
@@ -341,20 +556,29 @@ class SemtechServer(asyncio.DatagramProtocol):
         stat = doc.get("stat")
         if isinstance(stat, dict):
             self.counts["stat_reports"] += 1
-            fwd.stat = {k: v for k, v in stat.items() if isinstance(k, str)}
+            kept = ((k, v) for k, v in stat.items() if isinstance(k, str) and len(k) <= 32 and _stat_value(v))
+            fwd.stat = dict(itertools.islice(kept, STAT_KEYS_MAX))
         rxpk = doc.get("rxpk")
         if rxpk is None:
             return
         if not isinstance(rxpk, list):
             return self._malformed("rxpk is not an array", addr)
         for pk in rxpk:
-            self._rxpk(fwd, pk, heard_at)
+            try:
+                self._rxpk(fwd, pk, heard_at)
+            except Exception:  # a bug hit by one rxpk costs that rxpk only, counted (issue 15)
+                self.counts["rxpk_failed"] += 1
+                if self._limiter.allow("rxpk_failed")[0]:
+                    log.exception("semtech: rxpk handling failed", extra={"eui": fwd.eui})
+                self._bad_packet("malformed", "rxpk handling failed")
 
     def _rxpk(self, fwd: Forwarder, pk: Any, heard_at: float) -> None:
         self.counts["rxpk"] += 1
         if not isinstance(pk, dict):
             return self._bad_packet("malformed", "rxpk entry is not an object")
         stat = pk.get("stat", 1)
+        if isinstance(stat, bool) or stat not in (-1, 0, 1):
+            self._bad_field("stat")  # kept: the frame's MIC is the integrity check that decides
         if stat == -1 and not isinstance(stat, bool):
             return self._bad_packet("bad_crc", "PHY CRC failed")
         if stat == 0 and not isinstance(stat, bool):
@@ -370,9 +594,11 @@ class SemtechServer(asyncio.DatagramProtocol):
             return self._bad_packet("malformed", "rxpk data is not base64")
         tmst = pk.get("tmst")
         if isinstance(tmst, bool) or not isinstance(tmst, int) or not 0 <= tmst < TMST_MOD:
+            self._bad_field("tmst", tmst)
             tmst = None
         freq = _number(pk.get("freq"))
-        if freq is not None and not 0 < freq < 1e5:  # MHz
+        if freq is None or not 0 < freq < 1e5:  # MHz
+            self._bad_field("freq", pk.get("freq"))
             freq = None
         datr = pk.get("datr")
         sf = None
@@ -382,12 +608,18 @@ class SemtechServer(asyncio.DatagramProtocol):
                 sf = int(m.group(1))
         codr = pk.get("codr")
         rssi = _number(pk.get("rssi"))
+        if rssi is None:
+            self._bad_field("rssi", pk.get("rssi"))
         snr = _number(pk.get("lsnr"))
+        if snr is None:
+            self._bad_field("lsnr", pk.get("lsnr"))
         rsig = pk.get("rsig")  # multi-antenna forwarders put the figures per antenna
         if (rssi is None or snr is None) and isinstance(rsig, list) and rsig and isinstance(rsig[0], dict):
             rssi = rssi if rssi is not None else _number(rsig[0].get("rssic"))
             snr = snr if snr is not None else _number(rsig[0].get("lsnr"))
         rx_time = _parse_time(pk.get("time"))
+        if rx_time is None:
+            self._bad_field("time", pk.get("time"))
         now = self.clock()
         if rx_time is None or (rx_time > now and not self.trust_time):
             rx_time = now  # never after the present: a node's last_seen must not leave it (issue 20)
@@ -417,6 +649,12 @@ class SemtechServer(asyncio.DatagramProtocol):
         self.counts["rxpk_forwarded"] += 1
         self.ingestor.offer(reception)
 
+    def _bad_field(self, name: str, value: Any = 0) -> None:
+        """A metadata field present but unusable (a 400-digit rssi, a string for a number): the
+        field is dropped, not the frame, and counted as `rxpk_bad_field` (an absent one is not)."""
+        if value is not None:
+            self.counts["rxpk_bad_field"] += 1
+
     def _bad_packet(self, reason: str, why: str) -> None:
         self.counts[f"rxpk_{reason}"] += 1
         report_reject(self.pipeline, reason, TRANSPORT, self._limiter, log, why)
@@ -433,7 +671,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         body = data[12:].strip(b"\x00 \r\n\t")
         if body:
             try:
-                doc = json.loads(body)
+                doc = _loads(body)
                 ack = doc.get("txpk_ack") if isinstance(doc, dict) else None
                 if isinstance(ack, dict) and isinstance(ack.get("error"), str):
                     error = ack["error"][:40]
