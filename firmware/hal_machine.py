@@ -26,11 +26,17 @@
 #   then renamed: atomic on LittleFS (the default filesystem of both ports).
 #   load() returns None only for ENOENT; any other error is raised.
 
-from protocol import messages as m
 
 from firmware.hal import HAL
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
+_RST_BROWNOUT = const(5)
+_RST_DEEPSLEEP = const(3)
+_RST_HARD = const(1)
+_RST_POWER_ON = const(0)
+_RST_SOFT = const(4)
+_RST_WATCHDOG = const(2)
 _PWM_HZ = const(1000)
 _ADC_REF_MV = const(3300)
 _TRUST_YEAR = const(2024)
@@ -90,7 +96,7 @@ class MachineHAL(HAL):
 
     def time(self):
         if not self._synced:
-            if self._cause == m.RST_POWER_ON or self._cause == m.RST_BROWNOUT:
+            if self._cause == _RST_POWER_ON or self._cause == _RST_BROWNOUT:
                 return None
             if self._t.gmtime()[0] < _TRUST_YEAR:
                 return None
@@ -205,16 +211,16 @@ class MachineHAL(HAL):
     def _map_cause(self, c):
         mm = self._m
         for attr, code in (
-            ("PWRON_RESET", m.RST_POWER_ON),
-            ("HARD_RESET", m.RST_HARD),
-            ("WDT_RESET", m.RST_WATCHDOG),
-            ("DEEPSLEEP_RESET", m.RST_DEEPSLEEP),
-            ("SOFT_RESET", m.RST_SOFT),
-            ("BROWNOUT_RESET", m.RST_BROWNOUT),
+            ("PWRON_RESET", _RST_POWER_ON),
+            ("HARD_RESET", _RST_HARD),
+            ("WDT_RESET", _RST_WATCHDOG),
+            ("DEEPSLEEP_RESET", _RST_DEEPSLEEP),
+            ("SOFT_RESET", _RST_SOFT),
+            ("BROWNOUT_RESET", _RST_BROWNOUT),
         ):
             if getattr(mm, attr, None) == c:
                 return code
-        return m.RST_HARD
+        return _RST_HARD
 
     def reset_cause(self):
         return self._cause

@@ -14,10 +14,13 @@
 # /protocol/*.py, /config.json (written by the technician tooling), /state/
 # (the store's records, created at first boot).
 
-# protocol/ files every kind imports, then those only some kinds import (the
-# bridge's serial messages; the BLE commissioning profile, with ble.py below).
-PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py", "serial.py")
-PROTOCOL_FOR = {"lighting": ("ble.py",), "irrigation": ("ble.py",), "bridge": ("bridge_msg.py",)}
+# protocol/ files every kind imports, then those only some kinds import: the
+# nodes' messages (nodemsg.py; messages.py only for firmware/ble.py, imported
+# when BLE commissioning is on: flash, not heap) and the BLE profile, the
+# bridge's serial messages.
+PROTOCOL = ("__init__.py", "crypto.py", "frame.py", "keys.py", "lora.py", "serial.py")
+_PROTOCOL_NODE = ("ble.py", "cbor.py", "messages.py", "nodemsg.py")
+PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.
 _NODE = (
