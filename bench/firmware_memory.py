@@ -36,6 +36,10 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   the figures are for day 2 to the last whole day (growth_days says which);
 - mpy_bundle: bytes of .mpy for the files the manifest puts on that kind of
   device (firmware/manifest.py);
+- qstr_pool: MicroPython's interned names (identifiers, attribute names,
+  short strings) when code_heap is read: pools, qstrs, str_bytes, bytes (all
+  of it heap, part of code_heap). Each new pool doubles the last one's
+  entries, so a few names more can cost a whole new pool of several KB;
 - the bars: runtime_heap <= 24 KB and total <= 96 KB on the worst day,
   growth <= 512 B over days 2-7, and their ratios.
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -122,6 +127,7 @@ def run_app(
             f"from firmware import config, hal_machine, radio, radio_lora, runtime\nfrom {module} import {cls}\n"
             "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
+            "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool
         ),
         "sim_imports": "import mpnode\n",
         "setup": (
@@ -154,6 +160,7 @@ def run_app(
     if "error" in r:
         raise RuntimeError(f"{kind}: {r['error']}\n{r.get('output', '')[-3000:]}")
     code_heap = r["code"] - r["interpreter"]
+    pool = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", r.get("output", ""))
     runtime_heap = max(0, r["peak"] - r["code_sim"])
     total = code_heap + runtime_heap
     bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files(kind))
@@ -183,6 +190,7 @@ def run_app(
         "peak_in_use": r["peak"],
         "heap_grew": r["peak"] > HEAP,
         "mpy_bundle": bundle,
+        "qstr_pool": dict(zip(("pools", "qstrs", "str_bytes", "bytes"), map(int, pool.groups()))) if pool else None,
         "runtime_bar_ratio": round(runtime_heap / RUNTIME_BAR, 3),
         "total_bar_ratio": round(total / TOTAL_BAR, 3),
         "days": days,
