@@ -67,7 +67,7 @@
 # HAL's key-value storage under "iprog", written only when a command changes
 # them.
 
-from protocol import cbor
+from protocol import nodecbor as cbor
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 # protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
@@ -270,7 +270,10 @@ class Irrigation:
 
     def _load_program(self):
         try:
-            rec = cbor.loads(self.hal.load(_STORE_KEY))
+            data = self.hal.load(_STORE_KEY)
+            if data is None:
+                return  # nothing stored (and no reason to load the full CBOR codec for None)
+            rec = cbor.loads(data)
             sched = parse_schedule(rec[1], self._nzones) if rec[1] else []
             if type(rec[0]) is int and sched is not None:
                 self.rain_until, self.schedule = rec[0], sched

@@ -56,7 +56,7 @@
 # at construction and by the runtime after an app exception) drops any
 # override and turns the lamp fully on unless the clock says it is day.
 
-from protocol import cbor
+from protocol import nodecbor as cbor
 from firmware import astro
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
@@ -248,7 +248,10 @@ class Lighting:
 
     def _load_profile(self):
         try:
-            p = parse_profile(cbor.loads(self.hal.load(_STORE_KEY)))
+            data = self.hal.load(_STORE_KEY)
+            if data is None:
+                return  # nothing stored (and no reason to load the full CBOR codec for None)
+            p = parse_profile(cbor.loads(data))
             if p is not None:
                 self.profile = p
         except Exception:

@@ -12,7 +12,7 @@
 # A, M, V) plus 8 when required; maxlen; the index of its (lo, hi) pair in
 # _RANGES. Units and scales: protocol/SPEC.md, protocol/expand.py.
 
-from protocol import cbor
+from protocol import nodecbor as cbor
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
@@ -208,6 +208,6 @@ def decode(mtype, data):
     """Decode and check a frame body; malformed CBOR is a MessageError too."""
     try:
         body = cbor.loads(data)
-    except cbor.CBORDecodeError as e:
+    except ValueError as e:  # cbor.CBORDecodeError
         raise MessageError("message type %d: %s" % (mtype, e))
     return validate(mtype, body)

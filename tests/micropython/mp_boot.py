@@ -32,3 +32,42 @@ async def test_unload_gives_the_config_module_back():
     assert config.cleared(b'{"key_fresh": true}') == b'{"key_fresh": false}'
     firmware.unload("config", "not_a_module")  # unknown names are ignored
     assert "firmware.config" not in sys.modules
+
+
+def _outcome(f, x):
+    try:
+        v = f(x)
+    except Exception as e:
+        return ("raises", type(e).__name__, str(e))
+    return ("returns", type(v).__name__, repr(v))
+
+
+def test_a_nodes_bodies_never_load_cbor_py():
+    # protocol/nodecbor.py handles a node's bodies itself; cbor.py only for the rest
+    from protocol import nodemsg
+
+    assert "protocol.cbor" not in sys.modules
+    b = nodemsg.encode(4, {0: 10, 1: 2, 2: -5, 3: 1700000000, 4: 1, 5: 2})
+    assert nodemsg.decode(4, b)[2] == -5
+    assert nodemsg.decode(8, nodemsg.encode(8, {0: 7, 1: 2, 2: [0, 240, 50] * 8, 3: 0xFFFFFFFF}))[3] == 0xFFFFFFFF
+    assert nodemsg.decode(9, nodemsg.encode(9, {0: {0: 900, 3: 12}}))[0] == {0: 900, 3: 12}
+    assert nodemsg.decode(1, nodemsg.encode(1, {0: "0.1.0", 1: 1, 3: b"abcd"}))[3] == b"abcd"
+    assert "protocol.cbor" not in sys.modules
+
+
+def test_nodecbor_agrees_with_cbor_on_the_rfc_vectors():
+    # MicroPython's str() accepts some bad UTF-8 that CPython's refuses: the subset must still agree
+    from binascii import unhexlify
+
+    from protocol import cbor, nodecbor
+
+    n = 0
+    for name in ("cbor/appendix_a.json", "cbor/fail.json"):
+        for v in mptest.load_json(name):
+            raw = unhexlify(v["hex"])
+            assert _outcome(nodecbor.loads, raw) == _outcome(cbor.loads, raw), v["hex"]
+            n += 1
+    for bad in (b"\xff", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"a\x80"):
+        raw = bytes([0x60 | len(bad)]) + bad
+        assert _outcome(nodecbor.loads, raw) == _outcome(cbor.loads, raw), bad
+    assert n > 100
