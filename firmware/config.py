@@ -36,11 +36,13 @@
 import hashlib
 import json
 
-from protocol import lora
+from protocol import nodelora as lora
 from protocol.keys import NodeKeys
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
-# protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
+# protocol.messages (and lora) numbers, as private consts (tests/test_node_consts.py checks them)
+_CR_DENOM_MAX = const(8)
+_CR_DENOM_MIN = const(5)
 _KIND_BRIDGE = const(3)
 _KIND_IRRIGATION = const(2)
 _KIND_LIGHTING = const(1)
@@ -176,9 +178,9 @@ def _radio(r):
         raise ConfigError("radio.type: %r is not one of %s" % (out["type"], ", ".join(RADIO_TYPES)))
     _int(out, "sf", _SF_MIN, _SF_MAX, "radio.")
     bw = _int(out, "bw_hz", 125000, 500000, "radio.")
-    if bw not in lora.BANDWIDTHS_HZ:
+    if bw not in (125000, 250000, 500000):  # protocol.lora.BANDWIDTHS_HZ
         raise ConfigError("radio.bw_hz: %d is not 125000, 250000 or 500000" % bw)
-    _int(out, "cr", lora.CR_DENOM_MIN, lora.CR_DENOM_MAX, "radio.")
+    _int(out, "cr", _CR_DENOM_MIN, _CR_DENOM_MAX, "radio.")
     _int(out, "tx_power", _TX_POWER_MIN, _TX_POWER_MAX, "radio.")
     uart = out.get("uart", {})
     if type(uart) is not dict:

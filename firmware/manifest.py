@@ -19,7 +19,7 @@
 # outside a node's subset, and messages.py, only for firmware/ble.py when
 # BLE commissioning is on: flash, not heap) and the BLE profile, the
 # bridge's serial messages.
-PROTOCOL = ("__init__.py", "crypto.py", "frame.py", "keys.py", "lora.py", "serial.py")
+PROTOCOL = ("__init__.py", "crypto.py", "frame.py", "keys.py", "nodelora.py", "serial.py")
 _PROTOCOL_NODE = ("ble.py", "cbor.py", "messages.py", "nodecbor.py", "nodemsg.py")
 PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
@@ -29,7 +29,6 @@ _NODE = (
     "aio.py",
     "ble.py",
     "config.py",
-    "hal.py",
     "hal_machine.py",
     "radio.py",
     "radio_lora.py",
@@ -45,7 +44,6 @@ FIRMWARE = {
         "aio.py",
         "bridge.py",
         "config.py",
-        "hal.py",
         "hal_machine.py",
         "radio.py",
         "radio_lora.py",

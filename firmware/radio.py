@@ -16,7 +16,7 @@
 
 import asyncio
 
-from protocol import lora
+from protocol import nodelora as lora
 from protocol import serial as framing
 from protocol.frame import MAX_LEN
 

@@ -14,7 +14,7 @@
 # inverted; the bridge (the gateway's radio) receives normal and transmits
 # inverted. So nodes never hear each other's uplinks, only downlinks.
 
-from protocol import lora
+from protocol import nodelora as lora
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 _PREAMBLE = const(8)  # LoRaWAN's, and what protocol.lora's airtime assumes

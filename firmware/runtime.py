@@ -39,7 +39,7 @@ import asyncio
 
 from protocol import VERSION
 from protocol import frame as fr
-from protocol import lora
+from protocol import nodelora as lora
 from protocol import nodemsg as m
 
 from firmware import aio, uplink
