@@ -20,7 +20,10 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   each sample), minus everything imported
   (the simulation harness's own code included). It counts the simulated HAL,
   radio link and gateway too (a few hundred bytes: history keeping is off),
-  so it is an upper bound for the node;
+  so it is an upper bound for the node. The harness's clock
+  (tests/micropython/mpnode.py, LeanClock) drops a cancelled sleep at once,
+  as a board's asyncio does (the simulator's StepClock keeps it until its
+  time);
 - total = code_heap + runtime_heap; heap_grew: whether the peak in use
   passed the initial heap (a board's heap does not grow);
 - days: per simulated day, runtime_heap (that day's peak), floor (its lowest
@@ -131,7 +134,7 @@ def run_app(
         ),
         "sim_imports": "import mpnode\n",
         "setup": (
-            "_clock = mpnode.new_clock()\n"
+            "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
             f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
             f"_end = {int(hours * 3600 * 1000)}\n"
         ),
