@@ -451,17 +451,29 @@ class Node:
     # -- periodic uplinks -------------------------------------------------------------------
 
     async def _periodic(self, status):
-        hal = self.hal
         while True:
             interval = (self.status_s if status else self.report_s) * 1000
             wait = interval + self._rand(interval // _REPORT_JITTER + 1) - interval // (2 * _REPORT_JITTER)
             self._intervals.clear()
-            if await aio.wait_ms(hal, self._intervals, wait):
+            if await self._wait_changed(wait):
                 continue  # the interval changed: start over with the new one
             if status:
                 self._status()
             else:
                 self._report()
+
+    async def _wait_changed(self, ms):
+        # aio.wait_ms on the intervals event, in waits of at most _IDLE_MS like
+        # every idle task: a wait of hours (STATUS) otherwise kept the timers of
+        # the other tasks' waits meanwhile in the heap (tests/micropython/mp_runtime.py)
+        hal = self.hal
+        due = hal.ticks_ms() + ms
+        while True:
+            left = due - hal.ticks_ms()
+            if left <= 0:
+                return False
+            if await aio.wait_ms(hal, self._intervals, _clamp(left, 1, _IDLE_MS)):
+                return True
 
     def _report(self):
         app = self.app
