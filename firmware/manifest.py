@@ -37,8 +37,8 @@ _NODE = (
     "uplink.py",
 )
 FIRMWARE = {
-    "lighting": _NODE + ("astro.py", "lighting.py"),
-    "irrigation": _NODE + ("irrigation.py",),
+    "lighting": _NODE + ("astro.py", "lighting.py", "lighting_cfg.py"),
+    "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py"),
     "bridge": (
         "__init__.py",
         "aio.py",

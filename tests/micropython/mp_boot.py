@@ -71,3 +71,21 @@ def test_nodecbor_agrees_with_cbor_on_the_rfc_vectors():
         raw = bytes([0x60 | len(bad)]) + bad
         assert _outcome(nodecbor.loads, raw) == _outcome(cbor.loads, raw), bad
     assert n > 100
+
+
+def test_the_apps_config_checks_leave_after_use():
+    # lighting_cfg / irrigation_cfg hold boot-only checks: loaded for check(), dropped after it
+    from firmware import irrigation, lighting
+
+    s = lighting.check({"power_w": 100})
+    assert s["power_w"] == 100 and s["profile"][0] == (0, 0, 100)  # the default profile
+    assert "firmware.lighting_cfg" not in sys.modules
+    try:
+        lighting.check({"power_w": 0})
+        raise AssertionError("power_w 0 accepted")
+    except ValueError as e:
+        assert "lighting.power_w" in str(e)
+    assert "firmware.lighting_cfg" not in sys.modules  # dropped after a refusal too
+    z = irrigation.check({"zones": [{"flow_dlpm": 120}], "schedule": [[1, 127, 300, 20]]})
+    assert z["zones"][0]["flow_dlpm"] == 120 and z["schedule"] == [(1, 127, 300, 20)]
+    assert "firmware.irrigation_cfg" not in sys.modules
