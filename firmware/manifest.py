@@ -15,12 +15,12 @@
 # (the store's records, created at first boot).
 
 # protocol/ files every kind imports, then those only some kinds import: the
-# nodes' messages (nodemsg.py, nodecbor.py; cbor.py, loaded only for CBOR
-# outside a node's subset, and messages.py, only for firmware/ble.py when
+# nodes' frames and messages (nodeframe.py, nodemsg.py, nodecbor.py; cbor.py, loaded only for CBOR
+# outside a node's subset, and frame.py and messages.py, only for firmware/ble.py when
 # BLE commissioning is on: flash, not heap) and the BLE profile, the
 # bridge's serial messages.
-PROTOCOL = ("__init__.py", "crypto.py", "frame.py", "keys.py", "nodelora.py", "serial.py")
-_PROTOCOL_NODE = ("ble.py", "cbor.py", "messages.py", "nodecbor.py", "nodemsg.py")
+PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
+_PROTOCOL_NODE = ("ble.py", "cbor.py", "frame.py", "messages.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
 PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.

@@ -38,7 +38,7 @@
 import asyncio
 
 from protocol import VERSION
-from protocol import frame as fr
+from protocol import nodeframe as fr
 from protocol import nodelora as lora
 from protocol import nodemsg as m
 
@@ -46,7 +46,10 @@ from firmware import aio, uplink
 from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, NeedsRekey, StorageError, Store
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
-# protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
+# protocol.messages (and frame) numbers, as private consts (tests/test_node_consts.py checks them)
+_HEADER_LEN = const(9)
+_MIC_LEN = const(4)
+_TOOL_COUNTER_BASE = const(0x80000000)
 _ACK = const(11)
 _A_COUNTER = const(0)
 _A_QUEUED = const(1)
@@ -545,7 +548,7 @@ class Node:
     async def _transmit(self, it):
         hal = self.hal
         q = self.queue
-        n = fr.HEADER_LEN + len(it.body) + fr.MIC_LEN
+        n = _HEADER_LEN + len(it.body) + _MIC_LEN
         if n > self.radio.max_frame:
             q.drop(it)  # never sendable at this data rate
             self.tx_oversize += 1
@@ -645,7 +648,7 @@ class Node:
         c = f.counter
         # SPEC §4: this link carries the gateway's half only (a tool's frames come over BLE), and the
         # gateway is its one sender, in order: anything at or below the top is late or replayed
-        if c >= fr.TOOL_COUNTER_BASE or c <= store.window.top:
+        if c >= _TOOL_COUNTER_BASE or c <= store.window.top:
             self.rx_replayed += 1
             self.rx_rejected += 1
             return None

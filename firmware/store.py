@@ -50,9 +50,13 @@ import hashlib
 import json
 import struct
 
-from protocol.frame import MAX_COUNTER, REPLAY_WINDOW, TOOL_COUNTER_BASE, ReplayWindow
+from protocol.nodeframe import ReplayWindow
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.frame numbers, as private consts (tests/test_node_consts.py checks them)
+_MAX_COUNTER = const(0xFFFFFFFF)
+_REPLAY_WINDOW = const(32)
+_TOOL_COUNTER_BASE = const(0x80000000)
 
 R = 256  # counters reserved per write (SPEC §4)
 _CMD_MEMORY = const(4)  # command results remembered for idempotency
@@ -64,7 +68,7 @@ KEY_DOWN = "dl"
 KEY_TOTALS = "tot"
 KEY_CFG = "cfg"
 
-_ALL_SEEN = (1 << REPLAY_WINDOW) - 1
+_ALL_SEEN = (1 << _REPLAY_WINDOW) - 1
 _NO_TOP = 0xFFFFFFFF  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
 
 
@@ -108,7 +112,7 @@ class Store:
         self._next = 0
         self._reserved = 0
         self.window = ReplayWindow()  # the gateway's downlinks
-        self.tool_window = ReplayWindow(TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
+        self.tool_window = ReplayWindow(_TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
         self._cmds = []  # [(id, result, value)], oldest first: at most CMD_MEMORY
         self.cmd_mark = 0  # the highest command id accepted (persisted with the windows)
         self._totals = {}  # name -> int: the app's few fixed names (lighting wh, burn_s; irrigation vol_l)
@@ -212,7 +216,7 @@ class Store:
         self.window = ReplayWindow(-1 if top == _NO_TOP else top, _ALL_SEEN)
         if start > 4:
             tool = struct.unpack_from(">I", p, 4)[0]
-            if tool >= TOOL_COUNTER_BASE:
+            if tool >= _TOOL_COUNTER_BASE:
                 self.tool_window = ReplayWindow(tool, _ALL_SEEN)
         self._cmds = cmds
         self.cmd_mark = mark
@@ -234,8 +238,8 @@ class Store:
 
     def _reserve(self):
         top = self._next + self.reserve
-        if top > MAX_COUNTER + 1:
-            top = MAX_COUNTER + 1
+        if top > _MAX_COUNTER + 1:
+            top = _MAX_COUNTER + 1
         rec = top.to_bytes(8, "big")
         if self.key_id is not None:
             rec += self.key_id
@@ -247,7 +251,7 @@ class Store:
         if not self.opened:
             raise StorageError("store not opened")
         n = self._next
-        if n > MAX_COUNTER:
+        if n > _MAX_COUNTER:
             raise CounterExhausted("uplink counter exhausted: re-key the node")
         if n >= self._reserved:
             self._reserve()
@@ -261,14 +265,16 @@ class Store:
 
     def _down_record(self, top, tool, mark, cmds):
         # no gateway downlink yet (only a tool's): _NO_TOP, never 0, or counter 0 is refused later
-        p = bytearray(struct.pack(">III", top if top >= 0 else _NO_TOP, tool if tool >= TOOL_COUNTER_BASE else 0, mark))
+        p = bytearray(
+            struct.pack(">III", top if top >= 0 else _NO_TOP, tool if tool >= _TOOL_COUNTER_BASE else 0, mark)
+        )
         for c in cmds:
             p.extend(struct.pack(">IBi", c[0], c[1], c[2]))
         return bytes(p)
 
     def window_for(self, counter):
         """The replay window a downlink counter belongs to (SPEC §4: gateway or tool half)."""
-        return self.tool_window if counter >= TOOL_COUNTER_BASE else self.window
+        return self.tool_window if counter >= _TOOL_COUNTER_BASE else self.window
 
     def accept_downlink(self, counter, cid=0):
         """Persist `counter` (and a COMMAND's id `cid` as the new mark), then commit it.

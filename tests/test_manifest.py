@@ -100,7 +100,7 @@ def test_device_paths():
     files = dict(manifest.device_files("bridge"))
     assert files["firmware/main.py"] == "/main.py" and files["firmware/boot.py"] == "/boot.py"
     assert files["firmware/bridge.py"] == "/firmware/bridge.py"
-    assert files["protocol/frame.py"] == "/protocol/frame.py"
+    assert files["protocol/nodelora.py"] == "/protocol/nodelora.py"
     assert "simulator/hal_sim.py" not in files and "protocol/expand.py" not in files
 
 

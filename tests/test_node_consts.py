@@ -4,7 +4,7 @@ A node never loads protocol/messages.py (every public name there would cost
 it heap, firmware/README.md): each firmware module keeps `_NAME = const(v)`
 for the numbers it uses. Here, every private module constant of a node
 module whose name without the underscore is a public int of protocol.messages
-(else protocol.lora, protocol.frame; for protocol/nodelora.py, protocol.lora)
+(else protocol.lora, protocol.frame; for nodelora.py lora's, for nodeframe.py frame's)
 must have that value, so protocol stays the one source of the wire's numbers.
 """
 
@@ -22,7 +22,7 @@ from protocol import frame, lora, messages
 SOURCES = [messages, lora, frame]
 NODE_MODULES = sorted(
     [f"firmware.{p.stem}" for p in (ROOT / "firmware").glob("*.py") if p.stem not in ("manifest", "boot", "main")]
-    + ["protocol.nodemsg", "protocol.nodelora"]
+    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe"]
 )
 
 
@@ -39,7 +39,7 @@ def public_ints(sources: list = SOURCES) -> dict[str, int]:
 def test_private_copies_match_protocol(modname: str) -> None:
     mod = importlib.import_module(modname)
     # nodelora copies lora.py's (lora.SF_MIN 6 is the modem's, messages.SF_MIN 7 EU868's CONFIG range)
-    ints = public_ints([lora] if modname == "protocol.nodelora" else SOURCES)
+    ints = public_ints({"protocol.nodelora": [lora], "protocol.nodeframe": [frame]}.get(modname, SOURCES))
     src = Path(mod.__file__ or "").read_text()
     checked = 0
     for name in re.findall(r"^_([A-Z][A-Z0-9_]*) = const\(", src, re.M):
