@@ -39,8 +39,8 @@ _PWM_HZ = const(1000)
 _ADC_REF_MV = const(3300)
 _TRUST_YEAR = const(2024)
 _UNIX_2000 = const(946684800)
-_SAFE_HIGH = ("lamp",)  # PWM outputs created fully on; every digital output starts at 0
-_PULL_UP_INPUTS = ("rain",)  # rain sensors are dry contacts to ground
+# PWM outputs created fully on: "lamp" (every digital output starts at 0); inputs with a
+# pull-up: "rain" (rain sensors are dry contacts to ground). Inline: a name would cost heap.
 
 
 # Implements firmware.hal.HAL without subclassing it, so a board never loads
@@ -82,7 +82,7 @@ class MachineHAL:
         for name in pins:
             if name.startswith("zone") or name == "master":
                 self._digital_out(name).value(0)
-            elif name in _SAFE_HIGH:
+            elif name == "lamp":
                 self.pwm_write(name, 1000)
 
     # -- time -------------------------------------------------------------------
@@ -132,10 +132,10 @@ class MachineHAL:
         p = self._in.get(name)
         if p is None:
             Pin = self._m.Pin
-            pull = Pin.PULL_UP if name in _PULL_UP_INPUTS else None
+            pull = Pin.PULL_UP if name == "rain" else None
             p = self._in[name] = Pin(self._pin_no(name), Pin.IN, pull)
         v = p.value()
-        return 1 - v if name in _PULL_UP_INPUTS else v  # a closed contact reads 0: "wet"
+        return 1 - v if name == "rain" else v  # a closed contact reads 0: "wet"
 
     def pin_write(self, name, value):
         self._digital_out(name).value(1 if value else 0)

@@ -130,7 +130,7 @@ _MOIST_HOLD_MS = const(30000)
 _MV_RAIL = const(100)  # a sensor within 100 mV of 0 V or 3.3 V is stuck, not reading
 _FAILSAFE_EVENT_MS = const(900000)
 _LATCHED = const(0x22)  # _IF_BURST | _IF_EXCESS_FLOW: valves stay closed until clear_fault
-_STORE_KEY = "iprog"
+# HAL storage: "iprog", the program set over the air (written inline: a name would cost heap)
 _ZONE_NAMES = ("zone1", "zone2", "zone3", "zone4")
 _MOIST_NAMES = ("moisture1", "moisture2", "moisture3", "moisture4")
 
@@ -221,7 +221,7 @@ class Irrigation:
 
     def _load_program(self):
         try:
-            data = self.hal.load(_STORE_KEY)
+            data = self.hal.load("iprog")
             if data is None:
                 return  # nothing stored (and no reason to load the full CBOR codec for None)
             rec = cbor.loads(data)
@@ -235,7 +235,7 @@ class Irrigation:
         flat = []
         for e in self.schedule:
             flat.extend(e)
-        self.hal.save(_STORE_KEY, cbor.dumps([self.rain_until, flat]))
+        self.hal.save("iprog", cbor.dumps([self.rain_until, flat]))
 
     # -- valves -----------------------------------------------------------------------------
 

@@ -108,14 +108,8 @@ _MIN_CHECK = const(100)  # per mille: below that, current is too small to judge
 _AMBIENT_MS = const(60000)  # a passing car's headlights must not switch the lamp
 _HOLDOVER_MS = const(7 * 86400 * 1000)  # a crystal drifts ~2 s a day: a week is fine
 _FAILSAFE_EVENT_MS = const(900000)  # boot without RTC: give time sync 15 minutes
-_BIT_EVENTS = (
-    (_LS_LAMP_FAILURE, _EV_LAMP_FAILURE, _SEV_ALARM),
-    (_LS_OVER_CURRENT, _EV_OVER_CURRENT, _SEV_ALARM),
-    (_LS_CYCLING, _EV_CYCLING, _SEV_WARNING),
-    (_LS_FAILSAFE, _EV_LIGHT_FAILSAFE, _SEV_WARNING),
-)
-_ALARM_BITS = _LS_LAMP_FAILURE | _LS_OVER_CURRENT | _LS_CYCLING | _LS_FAILSAFE
-_STORE_KEY = "lprof"  # the profile set over the air (hal key-value storage)
+_ALARM_BITS = const(_LS_LAMP_FAILURE | _LS_OVER_CURRENT | _LS_CYCLING | _LS_FAILSAFE)
+# HAL storage: "lprof", the profile set over the air (written inline: a name would cost heap)
 
 
 def parse_profile(args):
@@ -207,7 +201,7 @@ class Lighting:
 
     def _load_profile(self):
         try:
-            data = self.hal.load(_STORE_KEY)
+            data = self.hal.load("lprof")
             if data is None:
                 return  # nothing stored (and no reason to load the full CBOR codec for None)
             p = parse_profile(cbor.loads(data))
@@ -220,7 +214,7 @@ class Lighting:
         flat = []
         for st in self.profile:
             flat.extend(st)
-        self.hal.save(_STORE_KEY, cbor.dumps(flat))
+        self.hal.save("lprof", cbor.dumps(flat))
 
     # -- the schedule ----------------------------------------------------------------
 
@@ -427,7 +421,12 @@ class Lighting:
         diff = want ^ self._alarms
         if not diff:
             return
-        for bit, code, sev in _BIT_EVENTS:
+        for bit, code, sev in (
+            (_LS_LAMP_FAILURE, _EV_LAMP_FAILURE, _SEV_ALARM),
+            (_LS_OVER_CURRENT, _EV_OVER_CURRENT, _SEV_ALARM),
+            (_LS_CYCLING, _EV_CYCLING, _SEV_WARNING),
+            (_LS_FAILSAFE, _EV_LIGHT_FAILSAFE, _SEV_WARNING),
+        ):
             if diff & bit:
                 on = 1 if want & bit else 0
                 self.node.event(code, sev, self.current_ma if bit != _LS_FAILSAFE else 0, on)

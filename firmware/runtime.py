@@ -142,9 +142,6 @@ _STORE_RETRY_MAX_MS = const(600000)  # ... doubling up to 10 min
 _IDLE_MS = const(3600000)  # longest single wait of an idle task (then it looks again)
 _WIRE_LISTEN_MS = const(60000)
 
-# CONFIG keys the app handles; the rest are the runtime's.
-APP_CONFIG_KEYS = (_CFG_LAMP_POWER, _CFG_MAX_RUN)
-
 
 def _clamp(v, lo, hi):
     return lo if v < lo else hi if v > hi else v
@@ -799,7 +796,7 @@ class Node:
         refused = 0
         for key in settings:
             v = settings[key]
-            if key in APP_CONFIG_KEYS:
+            if key in (_CFG_LAMP_POWER, _CFG_MAX_RUN):  # the app's CONFIG keys; the rest are the runtime's
                 app_settings[key] = v
             elif not self._set_runtime(key, v, True):
                 self.cfg_rejected += 1
@@ -825,7 +822,7 @@ class Node:
     def _apply_saved_settings(self, app_only=False):
         app_settings = {}
         for key, v in self.store.settings():
-            if key in APP_CONFIG_KEYS:
+            if key in (_CFG_LAMP_POWER, _CFG_MAX_RUN):  # the app's CONFIG keys; the rest are the runtime's
                 app_settings[key] = v
             elif not app_only:
                 self._set_runtime(key, v, False)

@@ -63,13 +63,11 @@ _CMD_MEMORY = const(4)  # command results remembered for idempotency
 TOTALS_FLUSH_MS = 3600 * 1000
 _SEAL = const(4)
 
-KEY_UP = "fc"
-KEY_DOWN = "dl"
-KEY_TOTALS = "tot"
-KEY_CFG = "cfg"
+# HAL storage keys, written inline (a module-level name would cost node heap): "fc" the
+# uplink counter, "dl" the downlink windows and commands, "tot" the totals, "cfg" settings.
 
-_ALL_SEEN = (1 << _REPLAY_WINDOW) - 1
-_NO_TOP = 0xFFFFFFFF  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
+_ALL_SEEN = const((1 << _REPLAY_WINDOW) - 1)
+_NO_TOP = const(0xFFFFFFFF)  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
 
 
 class StorageError(Exception):
@@ -163,7 +161,7 @@ class Store:
         a recorded old downlink again; hal.save is atomic, so only failing
         flash gets here, and the gateway hears about it at once.
         """
-        rec = self._read(KEY_UP)  # an I/O error or a corrupted record: StorageError, nothing opened
+        rec = self._read("fc")  # an I/O error or a corrupted record: StorageError, nothing opened
         kid = self.key_id
         other = False  # the record is another key's
         if rec is not None:
@@ -174,14 +172,14 @@ class Store:
         if (rec is None or other) and kid is not None and not self.fresh:
             raise NeedsRekey("no counter state for this key: re-key the node (lumeau node provision, then flash)")
         reserved = 0 if rec is None or other else int.from_bytes(rec[:8], "big")
-        loaders = [(KEY_TOTALS, self._load_totals), (KEY_CFG, self._load_cfg)]
+        loaders = [("tot", self._load_totals), ("cfg", self._load_cfg)]
         if other:
             # a fresh key over another key's state: its downlink windows and
             # commands are that key's; clear them BEFORE the counter record
             # names this key (a cut in between adopts again at the next boot)
-            self._write(KEY_DOWN, self._down_record(-1, -1, 0, ()))
+            self._write("dl", self._down_record(-1, -1, 0, ()))
         else:
-            loaders.append((KEY_DOWN, self._load_down))
+            loaders.append(("dl", self._load_down))
         self._next = reserved
         self._reserve()
         for key, loader in loaders:
@@ -243,7 +241,7 @@ class Store:
         rec = top.to_bytes(8, "big")
         if self.key_id is not None:
             rec += self.key_id
-        self._write(KEY_UP, rec)
+        self._write("fc", rec)
         self._reserved = top
 
     def next_uplink(self):
@@ -292,7 +290,7 @@ class Store:
         else:
             tool = counter if counter > tool else tool
         mark = cid if cid > self.cmd_mark else self.cmd_mark
-        self._write(KEY_DOWN, self._down_record(top, tool, mark, self._cmds))
+        self._write("dl", self._down_record(top, tool, mark, self._cmds))
         w.commit(counter)
         self.cmd_mark = mark
 
@@ -312,7 +310,7 @@ class Store:
         cmds.append((cid, result, value))
         if len(cmds) > _CMD_MEMORY:
             del cmds[0]
-        self._write(KEY_DOWN, self._down_record(self.window.top, self.tool_window.top, self.cmd_mark, cmds))
+        self._write("dl", self._down_record(self.window.top, self.tool_window.top, self.cmd_mark, cmds))
 
     # -- totals -----------------------------------------------------------------------
 
@@ -336,7 +334,7 @@ class Store:
         now = self.hal.ticks_ms()
         if not force and now - self._flushed_at < TOTALS_FLUSH_MS:
             return False
-        self._write(KEY_TOTALS, json.dumps(self._totals).encode())
+        self._write("tot", json.dumps(self._totals).encode())
         self._dirty = False
         self._flushed_at = now
         return True
@@ -349,7 +347,7 @@ class Store:
     def set_setting(self, key, value):
         cfg = [c for c in self._cfg if c[0] != key]
         cfg.append((key, value))
-        self._write(KEY_CFG, json.dumps(cfg).encode())
+        self._write("cfg", json.dumps(cfg).encode())
         self._cfg = cfg
 
     def __repr__(self):

@@ -30,9 +30,6 @@ BAND_LIMITS = (
     869700000, 870000000, 100,  # g4, 1 %
 )  # fmt: skip
 
-# Max application payload (RP002 "N") at BW125, indexed by SF - 7.
-_MAX_PAYLOAD = (222, 222, 115, 51, 51, 51)
-
 
 def _check(sf, bw_hz, cr_denom, explicit_header, payload_bytes, preamble):
     if not _SF_MIN <= sf <= _SF_MAX:
@@ -98,7 +95,7 @@ def max_payload(sf):
     """Largest Lumeau frame (bytes, everything included) allowed at SF7..12, BW125."""
     if not 7 <= sf <= 12:
         raise ValueError("EU868 uses SF7..SF12, got %r" % (sf,))
-    return _MAX_PAYLOAD[sf - 7]
+    return (222, 222, 115, 51, 51, 51)[sf - 7]  # RP002 "N" at BW125, by SF - 7
 
 
 def band_for(freq_hz, bw_hz=125000):
