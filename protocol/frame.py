@@ -10,9 +10,10 @@
 #
 # The full layout, key derivation and replay rules are in protocol/SPEC.md.
 # A node loads protocol/nodeframe.py (seal, parse, verify, ReplayWindow,
-# the errors), re-exported here. Everything here runs on MicroPython: no allocation beyond the frame itself
-# on the seal path, and the header is parsed without touching the keys so the
-# gateway can find the node's keys first.
+# the errors), re-exported here. Everything here runs on MicroPython: no
+# allocation beyond the frame itself on the seal path, and the header is
+# parsed without touching the keys so the gateway can find the node's keys
+# first.
 
 from protocol.nodeframe import (  # noqa: F401  # the node's part, re-exported
     BadMIC,
