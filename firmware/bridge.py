@@ -19,7 +19,7 @@ import asyncio
 
 from protocol import VERSION
 from protocol import bridge_msg as bm
-from protocol import lora
+from protocol import nodelora as lora
 from protocol import serial as framing
 
 FIRMWARE = "bridge " + VERSION

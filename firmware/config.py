@@ -36,19 +36,32 @@
 import hashlib
 import json
 
-from protocol import lora
-from protocol import messages as m
+from protocol import nodelora as lora
 from protocol.keys import NodeKeys
 
-KINDS = ("lighting", "irrigation", "bridge")
-KIND_CODES = {"lighting": m.KIND_LIGHTING, "irrigation": m.KIND_IRRIGATION, "bridge": m.KIND_BRIDGE}
-RADIO_TYPES = ("lora", "uart", "sim")
-
-# Limits; those a CONFIG frame can change are protocol.messages' (REPORT_MIN_S, ...).
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.messages (and lora) numbers, as private consts (tests/test_node_consts.py checks them)
+_CR_DENOM_MAX = const(8)
+_CR_DENOM_MIN = const(5)
+_KIND_BRIDGE = const(3)
+_KIND_IRRIGATION = const(2)
+_KIND_LIGHTING = const(1)
+_REPORT_MAX_S = const(86400)
+_REPORT_MIN_S = const(30)
+_SF_MAX = const(12)
+_SF_MIN = const(7)
+_STATUS_MAX_S = const(604800)
+_STATUS_MIN_S = const(300)
+_TX_POWER_MAX = const(14)
+_TX_POWER_MIN = const(2)
+# Limits; those a CONFIG frame can change are protocol.messages' (REPORT_MIN_S, ...).
 _WDT_MIN_MS = const(2000)  # below that a slow flash write could bite
 _WDT_MAX_MS = const(8388)  # the ESP32 and RP2040 both accept this; the RP2040 caps at 8.3 s
 _MAX_FILE = const(4096)  # a config file larger than this is refused before parsing
+
+KINDS = ("lighting", "irrigation", "bridge")
+KIND_CODES = {"lighting": _KIND_LIGHTING, "irrigation": _KIND_IRRIGATION, "bridge": _KIND_BRIDGE}
+RADIO_TYPES = ("lora", "uart", "sim")
 
 DEFAULTS = {
     "report_interval_s": 900,
@@ -163,12 +176,12 @@ def _radio(r):
     out.update(r)
     if out["type"] not in RADIO_TYPES:
         raise ConfigError("radio.type: %r is not one of %s" % (out["type"], ", ".join(RADIO_TYPES)))
-    _int(out, "sf", m.SF_MIN, m.SF_MAX, "radio.")
+    _int(out, "sf", _SF_MIN, _SF_MAX, "radio.")
     bw = _int(out, "bw_hz", 125000, 500000, "radio.")
-    if bw not in lora.BANDWIDTHS_HZ:
+    if bw not in (125000, 250000, 500000):  # protocol.lora.BANDWIDTHS_HZ
         raise ConfigError("radio.bw_hz: %d is not 125000, 250000 or 500000" % bw)
-    _int(out, "cr", lora.CR_DENOM_MIN, lora.CR_DENOM_MAX, "radio.")
-    _int(out, "tx_power", m.TX_POWER_MIN, m.TX_POWER_MAX, "radio.")
+    _int(out, "cr", _CR_DENOM_MIN, _CR_DENOM_MAX, "radio.")
+    _int(out, "tx_power", _TX_POWER_MIN, _TX_POWER_MAX, "radio.")
     uart = out.get("uart", {})
     if type(uart) is not dict:
         raise ConfigError("radio.uart: expected an object")
@@ -207,8 +220,8 @@ def load(data):
     if kind not in KINDS:
         raise ConfigError("kind: %r is not one of %s" % (kind, ", ".join(KINDS)))
     cfg["kind_code"] = KIND_CODES[kind]
-    _int(cfg, "report_interval_s", m.REPORT_MIN_S, m.REPORT_MAX_S)
-    _int(cfg, "status_interval_s", m.STATUS_MIN_S, m.STATUS_MAX_S)
+    _int(cfg, "report_interval_s", _REPORT_MIN_S, _REPORT_MAX_S)
+    _int(cfg, "status_interval_s", _STATUS_MIN_S, _STATUS_MAX_S)
     _int(cfg, "wdt_ms", _WDT_MIN_MS, _WDT_MAX_MS)
     _bool(cfg, "confirm_alarms")
     _bool(cfg, "encrypt")

@@ -26,20 +26,26 @@
 #   then renamed: atomic on LittleFS (the default filesystem of both ports).
 #   load() returns None only for ENOENT; any other error is raised.
 
-from protocol import messages as m
-
-from firmware.hal import HAL
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
+_RST_BROWNOUT = const(5)
+_RST_DEEPSLEEP = const(3)
+_RST_HARD = const(1)
+_RST_POWER_ON = const(0)
+_RST_SOFT = const(4)
+_RST_WATCHDOG = const(2)
 _PWM_HZ = const(1000)
 _ADC_REF_MV = const(3300)
 _TRUST_YEAR = const(2024)
 _UNIX_2000 = const(946684800)
-_SAFE_HIGH = ("lamp",)  # PWM outputs created fully on; every digital output starts at 0
-_PULL_UP_INPUTS = ("rain",)  # rain sensors are dry contacts to ground
+# PWM outputs created fully on: "lamp" (every digital output starts at 0); inputs with a
+# pull-up: "rain" (rain sensors are dry contacts to ground). Inline: a name would cost heap.
 
 
-class MachineHAL(HAL):
+# Implements firmware.hal.HAL without subclassing it, so a board never loads
+# hal.py's abstract methods (tests/test_node_consts.py checks every method is here).
+class MachineHAL:
     def __init__(self, pins, storage_dir="/state", adc_scale=None, machine=None, time_module=None):
         if machine is None:
             import machine
@@ -76,7 +82,7 @@ class MachineHAL(HAL):
         for name in pins:
             if name.startswith("zone") or name == "master":
                 self._digital_out(name).value(0)
-            elif name in _SAFE_HIGH:
+            elif name == "lamp":
                 self.pwm_write(name, 1000)
 
     # -- time -------------------------------------------------------------------
@@ -90,7 +96,7 @@ class MachineHAL(HAL):
 
     def time(self):
         if not self._synced:
-            if self._cause == m.RST_POWER_ON or self._cause == m.RST_BROWNOUT:
+            if self._cause == _RST_POWER_ON or self._cause == _RST_BROWNOUT:
                 return None
             if self._t.gmtime()[0] < _TRUST_YEAR:
                 return None
@@ -127,10 +133,10 @@ class MachineHAL(HAL):
         p = self._in.get(name)
         if p is None:
             Pin = self._m.Pin
-            pull = Pin.PULL_UP if name in _PULL_UP_INPUTS else None
+            pull = Pin.PULL_UP if name == "rain" else None
             p = self._in[name] = Pin(self._pin_no(name), Pin.IN, pull)
         v = p.value()
-        return 1 - v if name in _PULL_UP_INPUTS else v  # a closed contact reads 0: "wet"
+        return 1 - v if name == "rain" else v  # a closed contact reads 0: "wet"
 
     def pin_write(self, name, value):
         self._digital_out(name).value(1 if value else 0)
@@ -206,16 +212,16 @@ class MachineHAL(HAL):
     def _map_cause(self, c):
         mm = self._m
         for attr, code in (
-            ("PWRON_RESET", m.RST_POWER_ON),
-            ("HARD_RESET", m.RST_HARD),
-            ("WDT_RESET", m.RST_WATCHDOG),
-            ("DEEPSLEEP_RESET", m.RST_DEEPSLEEP),
-            ("SOFT_RESET", m.RST_SOFT),
-            ("BROWNOUT_RESET", m.RST_BROWNOUT),
+            ("PWRON_RESET", _RST_POWER_ON),
+            ("HARD_RESET", _RST_HARD),
+            ("WDT_RESET", _RST_WATCHDOG),
+            ("DEEPSLEEP_RESET", _RST_DEEPSLEEP),
+            ("SOFT_RESET", _RST_SOFT),
+            ("BROWNOUT_RESET", _RST_BROWNOUT),
         ):
             if getattr(mm, attr, None) == c:
                 return code
-        return m.RST_HARD
+        return _RST_HARD
 
     def reset_cause(self):
         return self._cause

@@ -11,7 +11,7 @@
 # and moisture checks (an operator on site wants the valve to open); the queue
 # resumes after it.
 #
-# Schedules: at most m.SCHEDULE_MAX entries (zone, weekday mask bit 0 Monday, start
+# Schedules: at most _SCHEDULE_MAX entries (zone, weekday mask bit 0 Monday, start
 # minute, minutes) on the node's local standard time, UTC + utc_offset_min (no
 # daylight saving). Each entry starts at most once a local day; a start minute
 # that a clock jump skips is not caught up. A scheduled run is skipped when the
@@ -67,10 +67,55 @@
 # HAL's key-value storage under "iprog", written only when a command changes
 # them.
 
-from protocol import cbor
-from protocol import messages as m
+from protocol import nodecbor as cbor
+from firmware import unload
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
+_CFG_MAX_RUN = const(5)
+_DAY_MIN = const(1440)
+_EV_BURST = const(11)
+_EV_EXCESS_FLOW = const(15)
+_EV_IRRIGATION_FAILSAFE = const(14)
+_EV_LEAK = const(10)
+_EV_MAX_RUNTIME = const(13)
+_EV_NO_FLOW = const(12)
+_IF_BURST = const(0x02)
+_IF_EXCESS_FLOW = const(0x20)
+_IF_FAILSAFE = const(0x10)
+_IF_LEAK = const(0x01)
+_IF_MAX_RUNTIME = const(0x08)
+_IF_NO_FLOW = const(0x04)
+_IRRIGATION = const(3)
+_IR_FAULTS = const(6)
+_IR_FLOW = const(2)
+_IR_MOISTURE = const(0)
+_IR_RAIN = const(4)
+_IR_SUPPLY = const(5)
+_IR_VALVES = const(1)
+_IR_VOLUME = const(3)
+_KIND_IRRIGATION = const(2)
+_NO_VALUE = const(255)
+_OP_CLEAR_FAULT = const(3)
+_OP_CLOSE_ALL = const(5)
+_OP_OPEN_ZONE = const(4)
+_OP_RAIN_DELAY = const(6)
+_OP_SET_SCHEDULE = const(7)
+_RAIN_DELAY_ACTIVE = const(0x02)
+_RAIN_DELAY_MAX_H = const(0x2D0)
+_RAIN_SENSOR_WET = const(0x01)
+_RES_BAD_ARGS = const(2)
+_RES_FAILED = const(6)
+_RES_OK = const(0)
+_RES_REFUSED = const(4)
+_RES_UNKNOWN_OP = const(1)
+_SCHEDULE_GROUPS_MAX = const(6)
+_SCHEDULE_MAX = const(8)
+_SEV_ALARM = const(2)
+_SEV_CRITICAL = const(3)
+_SEV_WARNING = const(1)
+_VALVE_MASTER = const(0x80)
+_ZONES_MAX = const(4)
 
 _QUEUE_MAX = const(8)
 _FLOW_WINDOW = const(3)
@@ -84,56 +129,16 @@ _FLOW_OK_PCT = const(50)
 _MOIST_HOLD_MS = const(30000)
 _MV_RAIL = const(100)  # a sensor within 100 mV of 0 V or 3.3 V is stuck, not reading
 _FAILSAFE_EVENT_MS = const(900000)
-_LATCHED = const(0x22)  # m.IF_BURST | m.IF_EXCESS_FLOW: valves stay closed until clear_fault
-_STORE_KEY = "iprog"
+_LATCHED = const(0x22)  # _IF_BURST | _IF_EXCESS_FLOW: valves stay closed until clear_fault
+# HAL storage: "iprog", the program set over the air (written inline: a name would cost heap)
 _ZONE_NAMES = ("zone1", "zone2", "zone3", "zone4")
 _MOIST_NAMES = ("moisture1", "moisture2", "moisture3", "moisture4")
-
-# key: (default, lo, hi)
-SETTINGS = {
-    "master": (1, 0, 1),  # a master valve is fitted
-    "flow_meter": (1, 0, 1),
-    "pulses_per_l": (450, 1, 100000),  # YF-S201-class meters: about 450
-    "max_run_min": (120, 1, m.DAY_MIN),  # CONFIG CFG_MAX_RUN changes it
-    "burst_pct": (250, 120, 1000),  # 250: a valve stuck open on a twin zone (200 %) is excess, not burst
-    "excess_pct": (30, 10, 500),  # at or above burst_pct - 100 the burst check (faster) always wins
-    "leak_dlpm": (5, 1, 10000),  # 0.1 L/min
-    "no_flow_s": (60, 10, 900),
-    "rain_sensor": (1, 0, 1),
-    "supply_sensor": (0, 0, 1),
-    "moist_mv_0": (2800, 0, 5000),  # sensor reading at 0 % volumetric water content
-    "moist_mv_50": (1400, 0, 5000),  # ... and at 50 % (saturated soil)
-    "utc_offset_min": (0, -720, 840),
-    "tick_ms": (1000, 100, 5000),
-}
-ZONE_SETTINGS = {
-    "flow_dlpm": (100, 1, 50000),  # expected flow, 0.1 L/min
-    "moisture": (0, 0, 1),  # a soil-moisture sensor is fitted
-    "skip_pct": (25, 0, 100),
-    "target_pct": (30, 0, 100),
-}
-
-
-def _ints(where, section, spec):
-    out = {}
-    for key in section:
-        if key not in spec:
-            raise ValueError("%s%s: unknown setting" % (where, key))
-    for key in spec:
-        d, lo, hi = spec[key]
-        v = section.get(key, d)
-        if v is True or v is False:
-            v = int(v)
-        if type(v) is not int or v < lo or v > hi:
-            raise ValueError("%s%s: %r is not an integer in %d..%d" % (where, key, v, lo, hi))
-        out[key] = v
-    return out
 
 
 def parse_schedule(args, nzones, old=()):
     """Apply set_schedule args (groups of 4) to the entries `old`; None if invalid."""
     n = len(args)
-    if n == 0 or n % 4 or n > 4 * m.SCHEDULE_GROUPS_MAX:
+    if n == 0 or n % 4 or n > 4 * _SCHEDULE_GROUPS_MAX:
         return None
     named = 0
     new = []
@@ -142,51 +147,41 @@ def parse_schedule(args, nzones, old=()):
         for v in (z, mask, start, mins):
             if type(v) is not int:
                 return None
-        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < m.DAY_MIN and 0 <= mins <= m.DAY_MIN):
+        if not (1 <= z <= nzones and 0 <= mask <= 127 and 0 <= start < _DAY_MIN and 0 <= mins <= _DAY_MIN):
             return None
         named |= 1 << z
         if mins:
             new.append((z, mask, start, mins))
     out = [e for e in old if not named >> e[0] & 1] + new
-    return out if len(out) <= m.SCHEDULE_MAX else None
+    return out if len(out) <= _SCHEDULE_MAX else None
 
 
 def check(section):
-    """Validated settings of the config's "irrigation" section (ValueError names the key)."""
-    rest = {}
-    for k in section:
-        if k != "zones" and k != "schedule":
-            rest[k] = section[k]
-    s = _ints("irrigation.", rest, SETTINGS)
-    zones = section.get("zones", [{}] * m.ZONES_MAX)
-    if type(zones) is not list or not 1 <= len(zones) <= m.ZONES_MAX:
-        raise ValueError("irrigation.zones: a list of 1..%d zones" % m.ZONES_MAX)
-    s["zones"] = []
-    for i in range(len(zones)):
-        if type(zones[i]) is not dict:
-            raise ValueError("irrigation.zones[%d]: expected an object" % i)
-        z = _ints("irrigation.zones[%d]." % i, zones[i], ZONE_SETTINGS)
-        if z["skip_pct"] > z["target_pct"]:
-            raise ValueError("irrigation.zones[%d]: skip_pct above target_pct" % i)
-        s["zones"].append(z)
-    if s["moist_mv_0"] == s["moist_mv_50"]:
-        raise ValueError("irrigation.moist_mv_0 and moist_mv_50 must differ")
-    flat = []
-    for e in section.get("schedule", []):
-        if type(e) is not list or len(e) != 4:
-            raise ValueError("irrigation.schedule: entries are [zone, weekday mask, start min, minutes]")
-        flat.extend(e)
-    s["schedule"] = parse_schedule(flat, len(s["zones"])) if flat else []
-    if s["schedule"] is None:
-        raise ValueError(
-            "irrigation.schedule: zone 1..%d, mask 0..127, start 0..1439, minutes 0..1440, "
-            "at most %d entries" % (len(s["zones"]), m.SCHEDULE_MAX)
-        )
-    return s
+    """Validated settings of the config's "irrigation" section (ValueError names the key).
+
+    The checks and their tables (SETTINGS, ZONE_SETTINGS) are in
+    firmware/irrigation_cfg.py: loaded for the call and dropped again after
+    it on a board (firmware.unload), since they run at boot only.
+    """
+    from firmware import irrigation_cfg
+
+    try:
+        return irrigation_cfg.check(section, parse_schedule)
+    finally:
+        unload("irrigation_cfg")
+
+
+def __getattr__(name):
+    # irrigation.SETTINGS and irrigation.ZONE_SETTINGS, for the tools and the simulator (CPython)
+    if name in ("SETTINGS", "ZONE_SETTINGS"):
+        from firmware import irrigation_cfg
+
+        return getattr(irrigation_cfg, name)
+    raise AttributeError(name)
 
 
 class Irrigation:
-    KIND = m.KIND_IRRIGATION
+    KIND = _KIND_IRRIGATION
 
     def __init__(self, cfg, hal, node):
         self.hal = hal
@@ -198,10 +193,10 @@ class Irrigation:
         self.schedule = s["schedule"]
         self.rain_until = 0  # Unix s; 0: no rain delay
         self._load_program()
-        self._done = [-1] * m.SCHEDULE_MAX  # local day each entry last started
+        self._done = [-1] * _SCHEDULE_MAX  # local day each entry last started
         self._last_min = -1
         self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
-        self._since = [0] * m.ZONES_MAX
+        self._since = [0] * _ZONES_MAX
         self.faults = 0  # IF_LEAK | IF_BURST | IF_EXCESS_FLOW | IF_FAILSAFE here; per-zone ones below
         self._noflow = 0  # zones (bit z-1) with no flow raised
         self._maxrun = 0  # zones whose maximum run time was hit
@@ -226,7 +221,10 @@ class Irrigation:
 
     def _load_program(self):
         try:
-            rec = cbor.loads(self.hal.load(_STORE_KEY))
+            data = self.hal.load("iprog")
+            if data is None:
+                return  # nothing stored (and no reason to load the full CBOR codec for None)
+            rec = cbor.loads(data)
             sched = parse_schedule(rec[1], self._nzones) if rec[1] else []
             if type(rec[0]) is int and sched is not None:
                 self.rain_until, self.schedule = rec[0], sched
@@ -237,16 +235,16 @@ class Irrigation:
         flat = []
         for e in self.schedule:
             flat.extend(e)
-        self.hal.save(_STORE_KEY, cbor.dumps([self.rain_until, flat]))
+        self.hal.save("iprog", cbor.dumps([self.rain_until, flat]))
 
     # -- valves -----------------------------------------------------------------------------
 
     def _valves(self, zone):
         """Open exactly `zone` (0: none) with the master valve; close the master first."""
         hal = self.hal
-        want = (1 << (zone - 1) | (m.VALVE_MASTER if self.s["master"] else 0)) if zone else 0
+        want = (1 << (zone - 1) | (_VALVE_MASTER if self.s["master"] else 0)) if zone else 0
         have = self._open
-        if have & m.VALVE_MASTER and not want & m.VALVE_MASTER:
+        if have & _VALVE_MASTER and not want & _VALVE_MASTER:
             hal.pin_write("master", 0)
         for i in range(self._nzones):
             bit = 1 << i
@@ -254,7 +252,7 @@ class Irrigation:
                 hal.pin_write(_ZONE_NAMES[i], 1 if want & bit else 0)
                 if want & bit:
                     self._since[i] = hal.ticks_ms()
-        if want & m.VALVE_MASTER and not have & m.VALVE_MASTER:
+        if want & _VALVE_MASTER and not have & _VALVE_MASTER:
             hal.pin_write("master", 1)
         if have and not want:
             self._closed_at = hal.ticks_ms()
@@ -292,9 +290,9 @@ class Irrigation:
     def _rain_flags(self, t):
         f = 0
         if self.s["rain_sensor"] and self.hal.pin_read("rain"):
-            f = m.RAIN_SENSOR_WET
+            f = _RAIN_SENSOR_WET
         if t is not None and t < self.rain_until:
-            f |= m.RAIN_DELAY_ACTIVE
+            f |= _RAIN_DELAY_ACTIVE
         return f
 
     def _measure(self, dt):
@@ -331,16 +329,16 @@ class Irrigation:
         if t is None:
             if self._open or self.queue:
                 self._stop_all()
-            self.faults |= m.IF_FAILSAFE
+            self.faults |= _IF_FAILSAFE
             if not self._fs_raised and now - self._no_time_ms >= _FAILSAFE_EVENT_MS:
                 self._fs_raised = True
-                self.node.event(m.EV_IRRIGATION_FAILSAFE, m.SEV_WARNING, 0, 1)
+                self.node.event(_EV_IRRIGATION_FAILSAFE, _SEV_WARNING, 0, 1)
         else:
             self._no_time_ms = now
-            self.faults &= ~m.IF_FAILSAFE
+            self.faults &= ~_IF_FAILSAFE
             if self._fs_raised:
                 self._fs_raised = False
-                self.node.event(m.EV_IRRIGATION_FAILSAFE, m.SEV_WARNING, 0, 0)
+                self.node.event(_EV_IRRIGATION_FAILSAFE, _SEV_WARNING, 0, 0)
             self._due(t)
             self._control(now, t, dt)
         self._hard_limits(now)
@@ -356,8 +354,8 @@ class Irrigation:
                 self._valves(0)
                 if not self._maxrun & (1 << i):
                     self._maxrun |= 1 << i
-                    self.node.event(m.EV_MAX_RUNTIME, m.SEV_ALARM, self.max_run_min, 1, i + 1)
-        if self._open == m.VALVE_MASTER:
+                    self.node.event(_EV_MAX_RUNTIME, _SEV_ALARM, self.max_run_min, 1, i + 1)
+        if self._open == _VALVE_MASTER:
             self._valves(0)  # a master valve never stays open on its own
 
     def _due(self, t):
@@ -396,7 +394,7 @@ class Irrigation:
             if stop:
                 if now >= self._end and self._maxrun & (1 << (z - 1)):
                     self._maxrun &= ~(1 << (z - 1))  # ran its course normally: the limit holds again
-                    self.node.event(m.EV_MAX_RUNTIME, m.SEV_ALARM, self.max_run_min, 0, z)
+                    self.node.event(_EV_MAX_RUNTIME, _SEV_ALARM, self.max_run_min, 0, z)
                 self._zone = 0
         while not self._zone and self.queue:
             z, mins = self.queue.pop(0)
@@ -415,14 +413,14 @@ class Irrigation:
             if filled and flow * 100 > expect * self.s["burst_pct"]:
                 self._burst_ms += dt
                 if self._burst_ms >= _BURST_MS:
-                    self._latch(m.IF_BURST, m.EV_BURST, m.SEV_CRITICAL, flow, z)
+                    self._latch(_IF_BURST, _EV_BURST, _SEV_CRITICAL, flow, z)
                     return
             else:
                 self._burst_ms = 0
             if filled and flow * 100 > expect * (100 + self.s["excess_pct"]) and flow - expect >= self.s["leak_dlpm"]:
                 self._excess_ms += dt
                 if self._excess_ms >= _EXCESS_MS:
-                    self._latch(m.IF_EXCESS_FLOW, m.EV_EXCESS_FLOW, m.SEV_ALARM, flow, z)
+                    self._latch(_IF_EXCESS_FLOW, _EV_EXCESS_FLOW, _SEV_ALARM, flow, z)
                     return
             else:
                 self._excess_ms = 0
@@ -433,25 +431,25 @@ class Irrigation:
                     self._stop()
                     if not self._noflow & bit:
                         self._noflow |= bit
-                        self.node.event(m.EV_NO_FLOW, m.SEV_ALARM, flow, 1, z)
+                        self.node.event(_EV_NO_FLOW, _SEV_ALARM, flow, 1, z)
             else:
                 self._noflow_ms = 0
                 if self._noflow & bit and flow * 100 >= expect * _FLOW_OK_PCT:
                     self._noflow &= ~bit
-                    self.node.event(m.EV_NO_FLOW, m.SEV_ALARM, flow, 0, z)
+                    self.node.event(_EV_NO_FLOW, _SEV_ALARM, flow, 0, z)
         elif not self._open and now - self._closed_at >= _DRAIN_MS:
             if flow >= self.s["leak_dlpm"]:
                 self._leak_ms += dt
                 self._noleak_ms = 0
-                if self._leak_ms >= _LEAK_MS and not self.faults & m.IF_LEAK:
-                    self.faults |= m.IF_LEAK
-                    self.node.event(m.EV_LEAK, m.SEV_ALARM, flow, 1)
+                if self._leak_ms >= _LEAK_MS and not self.faults & _IF_LEAK:
+                    self.faults |= _IF_LEAK
+                    self.node.event(_EV_LEAK, _SEV_ALARM, flow, 1)
             else:
                 self._noleak_ms += dt
                 self._leak_ms = 0
-                if self._noleak_ms >= _LEAK_MS and self.faults & m.IF_LEAK:
-                    self.faults &= ~m.IF_LEAK
-                    self.node.event(m.EV_LEAK, m.SEV_ALARM, flow, 0)
+                if self._noleak_ms >= _LEAK_MS and self.faults & _IF_LEAK:
+                    self.faults &= ~_IF_LEAK
+                    self.node.event(_EV_LEAK, _SEV_ALARM, flow, 0)
 
     def _latch(self, bit, code, sev, flow, z):
         """A fault that needs a person: every valve closed until clear_fault."""
@@ -466,85 +464,85 @@ class Irrigation:
         moist = bytearray(self._nzones)
         for i in range(self._nzones):
             v = self.moisture(i + 1)
-            moist[i] = m.NO_VALUE if v is None else v
+            moist[i] = _NO_VALUE if v is None else v
         f = self.faults
         if self._noflow:
-            f |= m.IF_NO_FLOW
+            f |= _IF_NO_FLOW
         if self._maxrun:
-            f |= m.IF_MAX_RUNTIME
-        body = {m.IR_MOISTURE: bytes(moist), m.IR_VALVES: self._open, m.IR_RAIN: self._rain_flags(t), m.IR_FAULTS: f}
+            f |= _IF_MAX_RUNTIME
+        body = {_IR_MOISTURE: bytes(moist), _IR_VALVES: self._open, _IR_RAIN: self._rain_flags(t), _IR_FAULTS: f}
         if self.s["flow_meter"]:
-            body[m.IR_FLOW] = min(self.flow, 0xFFFF)
-            body[m.IR_VOLUME] = self.node.store.get("vol_l") & 0xFFFFFFFF
+            body[_IR_FLOW] = min(self.flow, 0xFFFF)
+            body[_IR_VOLUME] = self.node.store.get("vol_l") & 0xFFFFFFFF
         if self.s["supply_sensor"]:
-            body[m.IR_SUPPLY] = min(max(self.hal.adc_read_mv("supply"), 0), 0xFFFF)
-        return m.IRRIGATION, body
+            body[_IR_SUPPLY] = min(max(self.hal.adc_read_mv("supply"), 0), 0xFFFF)
+        return _IRRIGATION, body
 
     def command(self, op, args):
         try:
             return self._command(op, args)
         except (TypeError, ValueError, IndexError):
-            return m.RES_BAD_ARGS, 0
+            return _RES_BAD_ARGS, 0
 
     def _command(self, op, args):
         t = self.hal.time()
         n = len(args)
-        if op == m.OP_OPEN_ZONE:
-            if n != 2 or not (1 <= args[0] <= self._nzones and 1 <= args[1] <= m.DAY_MIN):
-                return m.RES_BAD_ARGS, 0
+        if op == _OP_OPEN_ZONE:
+            if n != 2 or not (1 <= args[0] <= self._nzones and 1 <= args[1] <= _DAY_MIN):
+                return _RES_BAD_ARGS, 0
             if t is None or self.faults & _LATCHED:
-                return m.RES_REFUSED, 0
+                return _RES_REFUSED, 0
             mins = min(args[1], self.max_run_min)
             self._run(args[0], mins * 60, True)
-            return m.RES_OK, mins
-        if op == m.OP_CLOSE_ALL:
+            return _RES_OK, mins
+        if op == _OP_CLOSE_ALL:
             if n:
-                return m.RES_BAD_ARGS, 0
+                return _RES_BAD_ARGS, 0
             self._stop_all()
-            return m.RES_OK, 0
-        if op == m.OP_RAIN_DELAY:
-            if n != 1 or not 0 <= args[0] <= m.RAIN_DELAY_MAX_H:
-                return m.RES_BAD_ARGS, 0
+            return _RES_OK, 0
+        if op == _OP_RAIN_DELAY:
+            if n != 1 or not 0 <= args[0] <= _RAIN_DELAY_MAX_H:
+                return _RES_BAD_ARGS, 0
             if t is None:
-                return m.RES_REFUSED, 0
+                return _RES_REFUSED, 0
             self.rain_until = t + args[0] * 3600 if args[0] else 0
             return self._saved(args[0])
-        if op == m.OP_SET_SCHEDULE:
+        if op == _OP_SET_SCHEDULE:
             sched = parse_schedule(args, self._nzones, self.schedule)
             if sched is None:
-                return m.RES_BAD_ARGS, 0
+                return _RES_BAD_ARGS, 0
             self.schedule = sched
-            self._done = [-1] * m.SCHEDULE_MAX
+            self._done = [-1] * _SCHEDULE_MAX
             return self._saved(len(sched))
-        if op == m.OP_CLEAR_FAULT:
+        if op == _OP_CLEAR_FAULT:
             if n:
-                return m.RES_BAD_ARGS, 0
+                return _RES_BAD_ARGS, 0
             count = 0
-            for bit, code in ((m.IF_LEAK, m.EV_LEAK), (m.IF_BURST, m.EV_BURST), (m.IF_EXCESS_FLOW, m.EV_EXCESS_FLOW)):
+            for bit, code in ((_IF_LEAK, _EV_LEAK), (_IF_BURST, _EV_BURST), (_IF_EXCESS_FLOW, _EV_EXCESS_FLOW)):
                 if self.faults & bit:
                     self.faults &= ~bit
                     count += 1
-                    self.node.event(code, m.SEV_CRITICAL if bit == m.IF_BURST else m.SEV_ALARM, 0, 0)
+                    self.node.event(code, _SEV_CRITICAL if bit == _IF_BURST else _SEV_ALARM, 0, 0)
             for i in range(self._nzones):
-                for mask, code in ((self._noflow, m.EV_NO_FLOW), (self._maxrun, m.EV_MAX_RUNTIME)):
+                for mask, code in ((self._noflow, _EV_NO_FLOW), (self._maxrun, _EV_MAX_RUNTIME)):
                     if mask >> i & 1:
                         count += 1
-                        self.node.event(code, m.SEV_ALARM, 0, 0, i + 1)
+                        self.node.event(code, _SEV_ALARM, 0, 0, i + 1)
             self._noflow = self._maxrun = 0
             self._leak_ms = self._noleak_ms = 0
-            return m.RES_OK, count
-        return m.RES_UNKNOWN_OP, 0
+            return _RES_OK, count
+        return _RES_UNKNOWN_OP, 0
 
     def _saved(self, value):
         try:
             self._save_program()
         except OSError:
-            return m.RES_FAILED, value  # applied, but lost at the next reboot
-        return m.RES_OK, value
+            return _RES_FAILED, value  # applied, but lost at the next reboot
+        return _RES_OK, value
 
     def configure(self, settings):
-        v = settings.get(m.CFG_MAX_RUN)
-        if v is not None and 1 <= v <= m.DAY_MIN:
+        v = settings.get(_CFG_MAX_RUN)
+        if v is not None and 1 <= v <= _DAY_MIN:
             self.max_run_min = v
 
     def failsafe(self):
@@ -564,10 +562,10 @@ class Irrigation:
 
     def open_alarms(self):
         n = bin(self._noflow).count("1") + bin(self._maxrun).count("1")
-        if self.faults & m.IF_LEAK:
+        if self.faults & _IF_LEAK:
             n += 1
-        if self.faults & m.IF_BURST:
+        if self.faults & _IF_BURST:
             n += 1
-        if self.faults & m.IF_EXCESS_FLOW:
+        if self.faults & _IF_EXCESS_FLOW:
             n += 1
         return n + (1 if self._fs_raised else 0)

@@ -2,7 +2,7 @@
 # boost, lamp fault detection, energy and burning hours, and a fail-safe that
 # never leaves a street dark. Contract with the runtime: firmware/README.md.
 #
-# Profile. Up to m.PROFILE_STEPS_MAX steps (anchor, offset min, level %), anchors
+# Profile. Up to _PROFILE_STEPS_MAX steps (anchor, offset min, level %), anchors
 # protocol.messages.ANCHOR_* (sunset, sunrise, night midpoint = "virtual
 # midnight", halfway between sunset and the next sunrise). Each local night is
 # planned once, noon to noon (local mean solar time from the longitude). An
@@ -56,11 +56,48 @@
 # at construction and by the runtime after an app exception) drops any
 # override and turns the lamp fully on unless the clock says it is day.
 
-from protocol import cbor
-from protocol import messages as m
-from firmware import astro
+from protocol import nodecbor as cbor
+from firmware import astro, unload
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.messages numbers, as private consts (tests/test_node_consts.py checks them)
+_ANCHOR_MIDNIGHT = const(2)
+_ANCHOR_SUNRISE = const(1)
+_ANCHOR_SUNSET = const(0)
+_CFG_LAMP_POWER = const(4)
+_EV_CYCLING = const(3)
+_EV_LAMP_FAILURE = const(1)
+_EV_LIGHT_FAILSAFE = const(4)
+_EV_OVER_CURRENT = const(2)
+_KIND_LIGHTING = const(1)
+_LAMP_POWER_MAX_W = const(2000)
+_LIGHT = const(2)
+_LS_BOOST = const(0x20)
+_LS_CYCLING = const(0x08)
+_LS_FAILSAFE = const(0x40)
+_LS_LAMP_FAILURE = const(0x02)
+_LS_ON = const(0x01)
+_LS_OVERRIDE = const(0x10)
+_LS_OVER_CURRENT = const(0x04)
+_L_CURRENT = const(6)
+_L_ENERGY = const(2)
+_L_HOURS = const(4)
+_L_LEVEL = const(0)
+_L_POWER = const(1)
+_L_PRESENCE = const(5)
+_L_STATE = const(3)
+_OFFSET_MAX_MIN = const(720)
+_OP_CLEAR_FAULT = const(3)
+_OP_SET_LEVEL = const(1)
+_OP_SET_PROFILE = const(2)
+_OVERRIDE_MAX_S = const(86400)
+_PROFILE_STEPS_MAX = const(8)
+_RES_BAD_ARGS = const(2)
+_RES_FAILED = const(6)
+_RES_OK = const(0)
+_RES_UNKNOWN_OP = const(1)
+_SEV_ALARM = const(2)
+_SEV_WARNING = const(1)
 
 _FAIL_MS = const(60000)
 _OVER_MS = const(10000)
@@ -71,99 +108,52 @@ _MIN_CHECK = const(100)  # per mille: below that, current is too small to judge
 _AMBIENT_MS = const(60000)  # a passing car's headlights must not switch the lamp
 _HOLDOVER_MS = const(7 * 86400 * 1000)  # a crystal drifts ~2 s a day: a week is fine
 _FAILSAFE_EVENT_MS = const(900000)  # boot without RTC: give time sync 15 minutes
-_BIT_EVENTS = (
-    (m.LS_LAMP_FAILURE, m.EV_LAMP_FAILURE, m.SEV_ALARM),
-    (m.LS_OVER_CURRENT, m.EV_OVER_CURRENT, m.SEV_ALARM),
-    (m.LS_CYCLING, m.EV_CYCLING, m.SEV_WARNING),
-    (m.LS_FAILSAFE, m.EV_LIGHT_FAILSAFE, m.SEV_WARNING),
-)
-_ALARM_BITS = m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING | m.LS_FAILSAFE
-_STORE_KEY = "lprof"  # the profile set over the air (hal key-value storage)
-
-DEFAULT_PROFILE = (
-    (m.ANCHOR_SUNSET, 0, 100),
-    (m.ANCHOR_SUNSET, 240, 50),
-    (m.ANCHOR_MIDNIGHT, 0, 30),
-    (m.ANCHOR_SUNRISE, -90, 100),
-    (m.ANCHOR_SUNRISE, 0, 0),
-)
-# key: (default, lo, hi)
-SETTINGS = {
-    "power_w": (60, 1, m.LAMP_POWER_MAX_W),  # rated lamp power; CONFIG CFG_LAMP_POWER changes it
-    "full_ma": (0, 0, 20000),  # current at 100 %; 0: power_w / mains_v at power factor 0.95
-    "mains_v": (230, 90, 480),
-    "ma_per_v": (1000, 1, 100000),  # current sensor scale
-    "current_sensor": (1, 0, 1),
-    "ambient_sensor": (1, 0, 1),
-    "ambient_on_mv": (300, 0, 5000),
-    "ambient_off_mv": (600, 0, 5000),
-    "boost_level": (100, 0, 100),
-    "boost_s": (120, 0, 3600),
-    "fade_s": (10, 0, 600),
-    "settle_s": (10, 0, 900),
-    "fail_pct": (30, 1, 95),
-    "over_pct": (130, 105, 400),
-    "tick_ms": (1000, 100, 10000),
-}
+_ALARM_BITS = const(_LS_LAMP_FAILURE | _LS_OVER_CURRENT | _LS_CYCLING | _LS_FAILSAFE)
+# HAL storage: "lprof", the profile set over the air (written inline: a name would cost heap)
 
 
 def parse_profile(args):
     """Flat [anchor, offset min, level %, ...] -> tuple of steps, or None if invalid."""
     n = len(args)
-    if n == 0 or n % 3 or n > 3 * m.PROFILE_STEPS_MAX:
+    if n == 0 or n % 3 or n > 3 * _PROFILE_STEPS_MAX:
         return None
     steps = []
     for i in range(0, n, 3):
         a, off, lv = args[i], args[i + 1], args[i + 2]
         if type(a) is not int or type(off) is not int or type(lv) is not int:
             return None
-        if not (0 <= a <= 2 and -m.OFFSET_MAX_MIN <= off <= m.OFFSET_MAX_MIN and 0 <= lv <= 100):
+        if not (0 <= a <= 2 and -_OFFSET_MAX_MIN <= off <= _OFFSET_MAX_MIN and 0 <= lv <= 100):
             return None
         steps.append((a, off, lv))
     return tuple(steps)
 
 
-def _ints(section):
-    out = {}
-    for key in section:
-        if key not in SETTINGS and key != "profile":
-            raise ValueError("lighting.%s: unknown setting" % key)
-    for key in SETTINGS:
-        d, lo, hi = SETTINGS[key]
-        v = section.get(key, d)
-        if v is True or v is False:
-            v = int(v)
-        if type(v) is not int or v < lo or v > hi:
-            raise ValueError("lighting.%s: %r is not an integer in %d..%d" % (key, v, lo, hi))
-        out[key] = v
-    return out
-
-
 def check(section):
-    """Validated settings of the config's "lighting" section (ValueError names the key)."""
-    s = _ints(section)
-    if s["ambient_on_mv"] >= s["ambient_off_mv"]:
-        raise ValueError("lighting.ambient_on_mv must be below ambient_off_mv (hysteresis)")
-    prof = section.get("profile")
-    if prof is None:
-        s["profile"] = DEFAULT_PROFILE
-    else:
-        flat = []
-        for st in prof:
-            if type(st) is not list or len(st) != 3:
-                raise ValueError("lighting.profile: steps are [anchor, offset min, level %]")
-            flat.extend(st)
-        s["profile"] = parse_profile(flat)
-        if s["profile"] is None:
-            raise ValueError(
-                "lighting.profile: 1..%d steps, anchor 0..2, offset within +-%d min, level 0..100"
-                % (m.PROFILE_STEPS_MAX, m.OFFSET_MAX_MIN)
-            )
-    return s
+    """Validated settings of the config's "lighting" section (ValueError names the key).
+
+    The checks and their tables (SETTINGS, DEFAULT_PROFILE) are in
+    firmware/lighting_cfg.py: loaded for the call and dropped again after it
+    on a board (firmware.unload), since they run at boot only.
+    """
+    from firmware import lighting_cfg
+
+    try:
+        return lighting_cfg.check(section, parse_profile)
+    finally:
+        unload("lighting_cfg")
+
+
+def __getattr__(name):
+    # lighting.SETTINGS and lighting.DEFAULT_PROFILE, for the tools and the simulator (CPython)
+    if name in ("SETTINGS", "DEFAULT_PROFILE"):
+        from firmware import lighting_cfg
+
+        return getattr(lighting_cfg, name)
+    raise AttributeError(name)
 
 
 class Lighting:
-    KIND = m.KIND_LIGHTING
+    KIND = _KIND_LIGHTING
 
     def __init__(self, cfg, hal, node):
         self.hal = hal
@@ -176,8 +166,8 @@ class Lighting:
         self._lon_s = int(round(self._lon * 240))  # local mean time offset, s
         self.profile = s["profile"]
         self._load_profile()
-        self._at = [0] * m.PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
-        self._levels = [0] * m.PROFILE_STEPS_MAX
+        self._at = [0] * _PROFILE_STEPS_MAX  # tonight's plan: seconds after local noon
+        self._levels = [0] * _PROFILE_STEPS_MAX
         self._n = 0
         self._cycle = None  # the noon-to-noon cycle planned
         self._lo = self._hi = 0  # local-time span (s) over which schedule() answers _now
@@ -211,7 +201,10 @@ class Lighting:
 
     def _load_profile(self):
         try:
-            p = parse_profile(cbor.loads(self.hal.load(_STORE_KEY)))
+            data = self.hal.load("lprof")
+            if data is None:
+                return  # nothing stored (and no reason to load the full CBOR codec for None)
+            p = parse_profile(cbor.loads(data))
             if p is not None:
                 self.profile = p
         except Exception:
@@ -221,7 +214,7 @@ class Lighting:
         flat = []
         for st in self.profile:
             flat.extend(st)
-        self.hal.save(_STORE_KEY, cbor.dumps(flat))
+        self.hal.save("lprof", cbor.dumps(flat))
 
     # -- the schedule ----------------------------------------------------------------
 
@@ -242,11 +235,11 @@ class Lighting:
         i = 0
         for a, off, lv in self.profile:
             # an offset counted into the night stops at its other end
-            if a == m.ANCHOR_SUNSET:
+            if a == _ANCHOR_SUNSET:
                 t = sset + off * 60
                 if off > 0 and t > srise:
                     t = srise
-            elif a == m.ANCHOR_SUNRISE:
+            elif a == _ANCHOR_SUNRISE:
                 t = srise + off * 60
                 if off < 0 and t < sset:
                     t = sset
@@ -315,9 +308,9 @@ class Lighting:
         if t is not None and self._lat is not None:
             self._t0, self._t0_ms = t, now
             self._no_time_ms = now
-            self.flags &= ~m.LS_FAILSAFE
+            self.flags &= ~_LS_FAILSAFE
             return self.schedule(t)
-        self.flags |= m.LS_FAILSAFE
+        self.flags |= _LS_FAILSAFE
         if self._lat is not None and self._t0 is not None and now - self._t0_ms < _HOLDOVER_MS:
             dark = self.schedule(self._t0 + (now - self._t0_ms) // 1000)[0]
         elif self.s["ambient_sensor"]:
@@ -349,17 +342,17 @@ class Lighting:
         if self._out > 0:
             self._meter(dt)  # the interval just ended ran at the output set before it
         dark, level = self._target(now)
-        flags = self.flags & ~(m.LS_BOOST | m.LS_OVERRIDE | m.LS_ON)
+        flags = self.flags & ~(_LS_BOOST | _LS_OVERRIDE | _LS_ON)
         if now < self._ovr_until:
             level = self._ovr
-            flags |= m.LS_OVERRIDE
+            flags |= _LS_OVERRIDE
         elif dark and now < self._boost_until and s["boost_level"] > level:
             level = s["boost_level"]
-            flags |= m.LS_BOOST
+            flags |= _LS_BOOST
         if level * 10 != self._out:
             self._set_output(level * 10, dt, now)
         if self._out > 0:
-            flags |= m.LS_ON
+            flags |= _LS_ON
         self.flags = flags
         if s["current_sensor"]:
             self._check_current(now, dt)
@@ -395,9 +388,9 @@ class Lighting:
             self._over_ok_ms += dt
             self._over_ms = 0
         if self._over_ms >= _OVER_MS:
-            self.flags |= m.LS_OVER_CURRENT
+            self.flags |= _LS_OVER_CURRENT
         elif self._over_ok_ms >= _CLEAR_MS:
-            self.flags &= ~m.LS_OVER_CURRENT
+            self.flags &= ~_LS_OVER_CURRENT
         if out < _MIN_CHECK:
             return  # too dim (or off) to judge a lamp failure: states hold
         low = ma * 100 < expect * s["fail_pct"]
@@ -407,37 +400,42 @@ class Lighting:
                 e.pop(0)
                 e.append(now)
                 if now - e[0] <= _CYCLE_MS:
-                    self.flags = (self.flags | m.LS_CYCLING) & ~m.LS_LAMP_FAILURE
+                    self.flags = (self.flags | _LS_CYCLING) & ~_LS_LAMP_FAILURE
             self._low_ms += dt
             self._ok_ms = 0
-            if self._low_ms >= _FAIL_MS and not self.flags & m.LS_CYCLING:
-                self.flags |= m.LS_LAMP_FAILURE
+            if self._low_ms >= _FAIL_MS and not self.flags & _LS_CYCLING:
+                self.flags |= _LS_LAMP_FAILURE
         else:
             self._ok_ms += dt
             self._low_ms = 0
             if self._ok_ms >= _CLEAR_MS:
-                self.flags &= ~m.LS_LAMP_FAILURE
+                self.flags &= ~_LS_LAMP_FAILURE
             if self._ok_ms >= _CYCLE_MS:
-                self.flags &= ~m.LS_CYCLING
+                self.flags &= ~_LS_CYCLING
         self._low = low
 
     def _alarm_events(self, now):
         want = self.flags & _ALARM_BITS
-        if want & m.LS_FAILSAFE and now - self._no_time_ms < _FAILSAFE_EVENT_MS:
-            want &= ~m.LS_FAILSAFE  # time sync after boot gets a grace period
+        if want & _LS_FAILSAFE and now - self._no_time_ms < _FAILSAFE_EVENT_MS:
+            want &= ~_LS_FAILSAFE  # time sync after boot gets a grace period
         diff = want ^ self._alarms
         if not diff:
             return
-        for bit, code, sev in _BIT_EVENTS:
+        for bit, code, sev in (
+            (_LS_LAMP_FAILURE, _EV_LAMP_FAILURE, _SEV_ALARM),
+            (_LS_OVER_CURRENT, _EV_OVER_CURRENT, _SEV_ALARM),
+            (_LS_CYCLING, _EV_CYCLING, _SEV_WARNING),
+            (_LS_FAILSAFE, _EV_LIGHT_FAILSAFE, _SEV_WARNING),
+        ):
             if diff & bit:
                 on = 1 if want & bit else 0
-                self.node.event(code, sev, self.current_ma if bit != m.LS_FAILSAFE else 0, on)
+                self.node.event(code, sev, self.current_ma if bit != _LS_FAILSAFE else 0, on)
         self._alarms = want
 
     # -- metering ------------------------------------------------------------------------
 
     def _meter(self, dt):  # step() calls it while the lamp is on
-        if self.flags & m.LS_LAMP_FAILURE:
+        if self.flags & _LS_LAMP_FAILURE:
             return
         store = self.node.store
         self._energy_mj += self._power_w * self._out * dt // 1000  # W x ms = mJ
@@ -452,71 +450,71 @@ class Lighting:
     # -- the runtime's interface -----------------------------------------------------------
 
     def power_dw(self):
-        if self._out <= 0 or self.flags & m.LS_LAMP_FAILURE:
+        if self._out <= 0 or self.flags & _LS_LAMP_FAILURE:
             return 0
         return self._power_w * self._out // 100  # 0.1 W
 
     def report(self):
         store = self.node.store
         body = {
-            m.L_LEVEL: (max(self._out, 0) + 5) // 10,
-            m.L_POWER: min(self.power_dw(), 0xFFFF),
-            m.L_ENERGY: store.get("wh") & 0xFFFFFFFF,
-            m.L_STATE: self.flags,
-            m.L_HOURS: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
-            m.L_PRESENCE: self.presence,
+            _L_LEVEL: (max(self._out, 0) + 5) // 10,
+            _L_POWER: min(self.power_dw(), 0xFFFF),
+            _L_ENERGY: store.get("wh") & 0xFFFFFFFF,
+            _L_STATE: self.flags,
+            _L_HOURS: (store.get("burn_s") // 3600) & 0xFFFFFFFF,
+            _L_PRESENCE: self.presence,
         }
         if self.s["current_sensor"]:
-            body[m.L_CURRENT] = min(max(self.current_ma, 0), 0xFFFF)
+            body[_L_CURRENT] = min(max(self.current_ma, 0), 0xFFFF)
         self.presence = 0
-        return m.LIGHT, body
+        return _LIGHT, body
 
     def command(self, op, args):
         try:
             return self._command(op, args)
         except (TypeError, ValueError, IndexError):
-            return m.RES_BAD_ARGS, 0
+            return _RES_BAD_ARGS, 0
 
     def _command(self, op, args):
         now = self.hal.ticks_ms()
         n = len(args)
-        if op == m.OP_SET_LEVEL:
-            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= m.OVERRIDE_MAX_S):
-                return m.RES_BAD_ARGS, 0
+        if op == _OP_SET_LEVEL:
+            if n != 2 or not (0 <= args[0] <= 100 and 0 <= args[1] <= _OVERRIDE_MAX_S):
+                return _RES_BAD_ARGS, 0
             if args[1] == 0:
                 self._ovr_until = -1
-                return m.RES_OK, -1  # override cancelled: back to the profile
+                return _RES_OK, -1  # override cancelled: back to the profile
             self._ovr = args[0]
             self._ovr_until = now + args[1] * 1000
-            return m.RES_OK, args[0]
-        if op == m.OP_SET_PROFILE:
+            return _RES_OK, args[0]
+        if op == _OP_SET_PROFILE:
             p = parse_profile(args)
             if p is None:
-                return m.RES_BAD_ARGS, 0
+                return _RES_BAD_ARGS, 0
             self.profile = p
             self._cycle = None  # replan tonight
             self._hi = 0
             try:
                 self._save_profile()
             except OSError:
-                return m.RES_FAILED, len(p)  # applied, but lost at the next reboot
-            return m.RES_OK, len(p)
-        if op == m.OP_CLEAR_FAULT:
+                return _RES_FAILED, len(p)  # applied, but lost at the next reboot
+            return _RES_OK, len(p)
+        if op == _OP_CLEAR_FAULT:
             if n:
-                return m.RES_BAD_ARGS, 0
-            cleared = self.flags & (m.LS_LAMP_FAILURE | m.LS_OVER_CURRENT | m.LS_CYCLING)
+                return _RES_BAD_ARGS, 0
+            cleared = self.flags & (_LS_LAMP_FAILURE | _LS_OVER_CURRENT | _LS_CYCLING)
             self.flags &= ~cleared
             self._low_ms = self._ok_ms = self._over_ms = self._over_ok_ms = 0
             self._low = False
             for i in range(_CYCLE_N):
                 self._edges[i] = -_CYCLE_MS - 1
             self._alarm_events(now)
-            return m.RES_OK, bin(cleared).count("1")
-        return m.RES_UNKNOWN_OP, 0
+            return _RES_OK, bin(cleared).count("1")
+        return _RES_UNKNOWN_OP, 0
 
     def configure(self, settings):
-        w = settings.get(m.CFG_LAMP_POWER)
-        if w is not None and 1 <= w <= m.LAMP_POWER_MAX_W:
+        w = settings.get(_CFG_LAMP_POWER)
+        if w is not None and 1 <= w <= _LAMP_POWER_MAX_W:
             self._power_w = w
             self.s["power_w"] = w
 

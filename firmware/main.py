@@ -9,7 +9,7 @@
 
 import asyncio
 
-from firmware import config
+import firmware
 
 CONFIG_PATH = "/config.json"
 STATE_DIR = "/state"
@@ -124,13 +124,23 @@ async def with_ble(node, settings, lib=None, uuid=None):
     await node.run()
 
 
-def main():
+def read_config(path):
+    """The validated config, or None (the reason printed on the console)."""
+    from firmware import config
+
     try:
-        cfg = config.read(CONFIG_PATH)
+        return config.read(path)
     except Exception as e:  # OSError (no file) or ConfigError
-        print("lumeau: cannot start, %s: %r" % (CONFIG_PATH, e))
+        print("lumeau: cannot start, %s: %r" % (path, e))
+        return None
+
+
+def main():
+    cfg = read_config(CONFIG_PATH)
+    if cfg is None:
         return
     hal, coro = build(cfg)
+    firmware.unload("config")  # boot-only: validation never runs again
     asyncio.run(coro)
 
 

@@ -14,10 +14,14 @@
 # /protocol/*.py, /config.json (written by the technician tooling), /state/
 # (the store's records, created at first boot).
 
-# protocol/ files every kind imports, then those only some kinds import (the
-# bridge's serial messages; the BLE commissioning profile, with ble.py below).
-PROTOCOL = ("__init__.py", "cbor.py", "crypto.py", "frame.py", "keys.py", "lora.py", "messages.py", "serial.py")
-PROTOCOL_FOR = {"lighting": ("ble.py",), "irrigation": ("ble.py",), "bridge": ("bridge_msg.py",)}
+# protocol/ files every kind imports, then those only some kinds import: the
+# nodes' frames and messages (nodeframe.py, nodemsg.py, nodecbor.py; cbor.py, loaded only for CBOR
+# outside a node's subset, and frame.py and messages.py, only for firmware/ble.py when
+# BLE commissioning is on: flash, not heap) and the BLE profile, the
+# bridge's serial messages.
+PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
+_PROTOCOL_NODE = ("ble.py", "cbor.py", "frame.py", "messages.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
+PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.
 _NODE = (
@@ -25,7 +29,6 @@ _NODE = (
     "aio.py",
     "ble.py",
     "config.py",
-    "hal.py",
     "hal_machine.py",
     "radio.py",
     "radio_lora.py",
@@ -34,14 +37,13 @@ _NODE = (
     "uplink.py",
 )
 FIRMWARE = {
-    "lighting": _NODE + ("astro.py", "lighting.py"),
-    "irrigation": _NODE + ("irrigation.py",),
+    "lighting": _NODE + ("astro.py", "lighting.py", "lighting_cfg.py"),
+    "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py"),
     "bridge": (
         "__init__.py",
         "aio.py",
         "bridge.py",
         "config.py",
-        "hal.py",
         "hal_machine.py",
         "radio.py",
         "radio_lora.py",

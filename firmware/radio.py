@@ -16,13 +16,13 @@
 
 import asyncio
 
-from protocol import lora
+from protocol import nodelora as lora
 from protocol import serial as framing
-from protocol.frame import MAX_LEN
 
 from firmware.aio import wait_ms
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+_MAX_LEN = const(255)  # protocol.frame.MAX_LEN (tests/test_node_consts.py checks it)
 _UART_POLL_MS = const(20)  # a 255-byte frame takes 22 ms at 115200 Bd: one poll per frame or so
 _UART_READ = const(64)  # bytes read per poll
 _QUEUE_MAX = const(8)  # frames buffered by a receiver that is not listening yet; older are dropped
@@ -63,8 +63,8 @@ class UartRadio(Radio):
         self.port = port
         self.baud = baud
         self.poll_ms = poll_ms
-        self.decoder = framing.Decoder(MAX_LEN)
-        self._out = bytearray(framing.max_encoded_len(MAX_LEN))
+        self.decoder = framing.Decoder(_MAX_LEN)
+        self._out = bytearray(framing.max_encoded_len(_MAX_LEN))
         self._queue = []  # at most _QUEUE_MAX frames
         self.dropped = 0
 
@@ -117,7 +117,7 @@ class MemoryRadio(Radio):
         self.sf = sf
         self.continuous = continuous or sf is None
         self.band = None if sf is None else lora.band_for(freq_hz)
-        self.max_frame = MAX_LEN if sf is None else lora.max_payload(sf)
+        self.max_frame = _MAX_LEN if sf is None else lora.max_payload(sf)
         self.rssi = rssi
         self.snr = snr
         self.peer = None

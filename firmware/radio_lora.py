@@ -14,7 +14,7 @@
 # inverted; the bridge (the gateway's radio) receives normal and transmits
 # inverted. So nodes never hear each other's uplinks, only downlinks.
 
-from protocol import lora
+from protocol import nodelora as lora
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 _PREAMBLE = const(8)  # LoRaWAN's, and what protocol.lora's airtime assumes
@@ -90,17 +90,6 @@ class LoRaRadio:
         return (bytes(rx), rx.rssi, rx.snr)
 
 
-# Chips this module knows, and the micropython-lib class for each.
-CHIPS = {
-    "sx1276": "AsyncSX1276",
-    "sx1277": "AsyncSX1277",
-    "sx1278": "AsyncSX1278",
-    "sx1279": "AsyncSX1279",
-    "sx1261": "AsyncSX1261",
-    "sx1262": "AsyncSX1262",
-}
-
-
 def make_modem(radio_cfg, pins):
     """Build the async modem on a board from config["radio"] and config["pins"].
 
@@ -110,10 +99,19 @@ def make_modem(radio_cfg, pins):
     from machine import SPI, Pin
     import lora as lib  # type: ignore[import-not-found]  # micropython-lib, on the board
 
+    # the chips this module knows, and the micropython-lib class of each (built here: boot only)
+    chips = {
+        "sx1276": "AsyncSX1276",
+        "sx1277": "AsyncSX1277",
+        "sx1278": "AsyncSX1278",
+        "sx1279": "AsyncSX1279",
+        "sx1261": "AsyncSX1261",
+        "sx1262": "AsyncSX1262",
+    }
     chip = radio_cfg.get("chip", "sx1276")
-    name = CHIPS.get(chip)
+    name = chips.get(chip)
     if name is None:
-        raise ValueError("radio.chip %r: one of %s" % (chip, ", ".join(CHIPS)))
+        raise ValueError("radio.chip %r: one of %s" % (chip, ", ".join(chips)))
     cls = getattr(lib, name)
     spi = SPI(pins.get("spi", 1), baudrate=2000000, polarity=0, phase=0)
     kw = {}

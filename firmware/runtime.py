@@ -41,14 +41,94 @@
 import asyncio
 
 from protocol import VERSION
-from protocol import frame as fr
-from protocol import lora
-from protocol import messages as m
+from protocol import nodeframe as fr
+from protocol import nodelora as lora
+from protocol import nodemsg as m
 
 from firmware import aio, uplink
 from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, NeedsRekey, StorageError, Store
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.messages (and frame) numbers, as private consts (tests/test_node_consts.py checks them)
+_HEADER_LEN = const(9)
+_MIC_LEN = const(4)
+_TOOL_COUNTER_BASE = const(0x80000000)
+_ACK = const(11)
+_A_COUNTER = const(0)
+_A_QUEUED = const(1)
+_CA_ID = const(0)
+_CA_RESULT = const(1)
+_CA_VALUE = const(2)
+_CFG_CONFIRM_ALARMS = const(6)
+_CFG_LAMP_POWER = const(4)
+_CFG_MAX_RUN = const(5)
+_CFG_REPORT_INTERVAL = const(0)
+_CFG_SF = const(3)
+_CFG_STATUS_INTERVAL = const(1)
+_CFG_TX_POWER = const(2)
+_CF_EXPIRES = const(1)
+_CF_SETTINGS = const(0)
+_CMD_ACK = const(6)
+_COMMAND = const(8)
+_CONFIG = const(9)
+_C_ARGS = const(2)
+_C_EXPIRES = const(3)
+_C_ID = const(0)
+_C_OP = const(1)
+_EVENT = const(4)
+_EV_APP_EXCEPTION = const(23)
+_EV_STORAGE_FAULT = const(22)
+_EV_WATCHDOG_RESET = const(20)
+_E_ACTIVE = const(4)
+_E_CODE = const(0)
+_E_SEVERITY = const(1)
+_E_TIME = const(3)
+_E_VALUE = const(2)
+_E_ZONE = const(5)
+_HELLO = const(1)
+_H_CAPS = const(2)
+_H_CONFIG_HASH = const(3)
+_H_FIRMWARE = const(0)
+_H_KIND = const(1)
+_H_RESET = const(4)
+_I32_MAX = const(0x7FFFFFFF)
+_I32_MIN = const(-0x80000000)
+_KIND_IRRIGATION = const(2)
+_KIND_LIGHTING = const(1)
+_OP_REBOOT = const(9)
+_OP_SET_INTERVAL = const(8)
+_REPORT_MAX_S = const(86400)
+_REPORT_MIN_S = const(30)
+_RES_BAD_ARGS = const(2)
+_RES_BUSY = const(3)
+_RES_EXPIRED = const(5)
+_RES_FAILED = const(6)
+_RES_OK = const(0)
+_RES_REFUSED = const(4)
+_RST_WATCHDOG = const(2)
+_SEV_ALARM = const(2)
+_SEV_WARNING = const(1)
+_SF_MAX = const(12)
+_SF_MIN = const(7)
+_STATUS = const(5)
+_STATUS_MAX_S = const(604800)
+_STATUS_MIN_S = const(300)
+_S_ALARMS = const(8)
+_S_HEAP = const(6)
+_S_QUEUE = const(7)
+_S_RSSI = const(2)
+_S_SNR = const(3)
+_S_SUPPLY = const(4)
+_S_TIME = const(1)
+_S_UPTIME = const(0)
+_TIME = const(10)
+_TIME_SLACK_S = const(5)
+_TIME_UPLINKS = const(4)
+_TX_POWER_MAX = const(14)
+_TX_POWER_MIN = const(2)
+_T_ANSWERS = const(2)
+_T_MS = const(1)
+_T_UNIX = const(0)
 
 RX1_DELAY_MS = 1000  # SPEC §6
 _RX_EARLY_MS = const(20)  # open the window this early: clock error and wake-up latency
@@ -65,9 +145,6 @@ _STORE_RETRY_MAX_MS = const(600000)  # ... doubling up to 10 min
 _IDLE_MS = const(3600000)  # longest single wait of an idle task (then it looks again)
 _WIRE_LISTEN_MS = const(60000)
 _ADR_FALLBACK = const(6)  # uplinks without a downlink after a CONFIG changed SF / TX power: step back (SPEC §5)
-
-# CONFIG keys the app handles; the rest are the runtime's.
-APP_CONFIG_KEYS = (m.CFG_LAMP_POWER, m.CFG_MAX_RUN)
 
 
 def _clamp(v, lo, hi):
@@ -112,7 +189,7 @@ class Node:
         # the last uplink sent and when each of the last TIME_UPLINKS went out (ticks_ms): a TIME
         # must answer one of them (SPEC §4, "Freshness")
         self._up_last = -1
-        self._up_ticks = [0] * m.TIME_UPLINKS
+        self._up_ticks = [0] * _TIME_UPLINKS
         # counters (STATUS, tests, the simulator's report)
         self.tx = 0
         self.tx_failed = 0
@@ -133,25 +210,25 @@ class Node:
 
     def event(self, code, severity, value=0, active=1, zone=0):
         body = {
-            m.E_CODE: code,
-            m.E_SEVERITY: severity,
-            m.E_VALUE: _clamp(int(value), m.I32_MIN, m.I32_MAX),
-            m.E_ACTIVE: active,
+            _E_CODE: code,
+            _E_SEVERITY: severity,
+            _E_VALUE: _clamp(int(value), _I32_MIN, _I32_MAX),
+            _E_ACTIVE: active,
         }
         t = self.hal.time()
         if t is not None and 0 < t <= 0xFFFFFFFF:  # a clock gone wrong must not stop an alarm
-            body[m.E_TIME] = t
+            body[_E_TIME] = t
         if zone:
-            body[m.E_ZONE] = zone
-        alarm = severity >= m.SEV_ALARM
+            body[_E_ZONE] = zone
+        alarm = severity >= _SEV_ALARM
         key = None
-        if code == m.EV_APP_EXCEPTION:
+        if code == _EV_APP_EXCEPTION:
             key = "app_exception"  # a crash loop updates one queued event, not many
-        data = m.encode(m.EVENT, body)
+        data = m.encode(_EVENT, body)
         if self.on_event is not None:
             self.on_event(severity, data)
         self.queue.put(
-            m.EVENT, data, uplink.PRIO_ALARM if alarm else uplink.PRIO_EVENT, alarm and self.confirm_alarms, key
+            _EVENT, data, uplink.PRIO_ALARM if alarm else uplink.PRIO_EVENT, alarm and self.confirm_alarms, key
         )
 
     # -- helpers --------------------------------------------------------------------
@@ -199,18 +276,18 @@ class Node:
 
     def _hello(self):
         body = {
-            m.H_FIRMWARE: VERSION,
-            m.H_KIND: self.kind,
-            m.H_CAPS: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
-            m.H_CONFIG_HASH: self.cfg["hash"],
-            m.H_RESET: self.hal.reset_cause(),
+            _H_FIRMWARE: VERSION,
+            _H_KIND: self.kind,
+            _H_CAPS: getattr(self.app_class, "CAPS", 0) & 0xFFFF,
+            _H_CONFIG_HASH: self.cfg["hash"],
+            _H_RESET: self.hal.reset_cause(),
         }
-        self.queue.put(m.HELLO, m.encode(m.HELLO, body), uplink.PRIO_HELLO)
-        if self.hal.reset_cause() == m.RST_WATCHDOG:
-            self.event(m.EV_WATCHDOG_RESET, m.SEV_WARNING)
+        self.queue.put(_HELLO, m.encode(_HELLO, body), uplink.PRIO_HELLO)
+        if self.hal.reset_cause() == _RST_WATCHDOG:
+            self.event(_EV_WATCHDOG_RESET, _SEV_WARNING)
         if self.store.faults or not self.store.opened:
-            sev = m.SEV_WARNING if self.store.opened else m.SEV_ALARM
-            self.event(m.EV_STORAGE_FAULT, sev, self.store.faults)
+            sev = _SEV_WARNING if self.store.opened else _SEV_ALARM
+            self.event(_EV_STORAGE_FAULT, sev, self.store.faults)
 
     def _open_store(self):
         """Open the store; until it opens the node is stopped safely (SPEC §4).
@@ -263,7 +340,7 @@ class Node:
                 self.store.flush()
             except StorageError as e:
                 self.last_error = repr(e)
-            if self._reboot_at is not None and (hal.ticks_ms() >= self._reboot_at or not self.queue.has(m.CMD_ACK)):
+            if self._reboot_at is not None and (hal.ticks_ms() >= self._reboot_at or not self.queue.has(_CMD_ACK)):
                 self._reboot()
             if wake is None:
                 await hal.sleep_ms(self.wdt_ms // 2)
@@ -312,9 +389,9 @@ class Node:
         # (firmware/hal.py) and what safe means for each kind.
         hal = self.hal
         try:
-            if self.kind == m.KIND_LIGHTING:
+            if self.kind == _KIND_LIGHTING:
                 hal.pwm_write("lamp", 1000)  # a street is never left dark
-            elif self.kind == m.KIND_IRRIGATION:
+            elif self.kind == _KIND_IRRIGATION:
                 for name in ("master", "zone1", "zone2", "zone3", "zone4"):
                     hal.pin_write(name, 0)
         except Exception as e:
@@ -327,7 +404,7 @@ class Node:
         self.app = None
         self._app_down.set()
         try:
-            self.event(m.EV_APP_EXCEPTION, m.SEV_ALARM, self.app_faults)
+            self.event(_EV_APP_EXCEPTION, _SEV_ALARM, self.app_faults)
         except Exception:
             pass
 
@@ -380,17 +457,29 @@ class Node:
     # -- periodic uplinks -------------------------------------------------------------------
 
     async def _periodic(self, status):
-        hal = self.hal
         while True:
             interval = (self.status_s if status else self.report_s) * 1000
             wait = interval + self._rand(interval // _REPORT_JITTER + 1) - interval // (2 * _REPORT_JITTER)
             self._intervals.clear()
-            if await aio.wait_ms(hal, self._intervals, wait):
+            if await self._wait_changed(wait):
                 continue  # the interval changed: start over with the new one
             if status:
                 self._status()
             else:
                 self._report()
+
+    async def _wait_changed(self, ms):
+        # aio.wait_ms on the intervals event, in waits of at most _IDLE_MS like
+        # every idle task: a wait of hours (STATUS) otherwise kept the timers of
+        # the other tasks' waits meanwhile in the heap (tests/micropython/mp_runtime.py)
+        hal = self.hal
+        due = hal.ticks_ms() + ms
+        while True:
+            left = due - hal.ticks_ms()
+            if left <= 0:
+                return False
+            if await aio.wait_ms(hal, self._intervals, _clamp(left, 1, _IDLE_MS)):
+                return True
 
     def _report(self):
         app = self.app
@@ -405,33 +494,33 @@ class Node:
         self.queue.put(mtype, data, uplink.PRIO_REPORT, False, "report")
 
     def _status(self):
-        self.queue.put(m.STATUS, m.encode(m.STATUS, self.status_body()), uplink.PRIO_STATUS, False, "status")
+        self.queue.put(_STATUS, m.encode(_STATUS, self.status_body()), uplink.PRIO_STATUS, False, "status")
 
     def status_body(self):
         """The STATUS body of now (also read over BLE by a technician's tool)."""
         hal = self.hal
         t = hal.time()
         body = {
-            m.S_UPTIME: min(hal.ticks_ms() // 1000, 0xFFFFFFFF),
-            m.S_TIME: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
-            m.S_HEAP: hal.free_heap() // 16,
-            m.S_QUEUE: min(len(self.queue), 255),
+            _S_UPTIME: min(hal.ticks_ms() // 1000, 0xFFFFFFFF),
+            _S_TIME: t if t is not None and 0 <= t <= 0xFFFFFFFF else 0,
+            _S_HEAP: hal.free_heap() // 16,
+            _S_QUEUE: min(len(self.queue), 255),
         }
         rssi = self.last_rssi
         snr = self.last_snr
         if rssi is not None and snr is not None:
-            body[m.S_RSSI] = _clamp(int(rssi), -200, 0)
-            body[m.S_SNR] = _clamp(int(snr), -80, 60)
+            body[_S_RSSI] = _clamp(int(rssi), -200, 0)
+            body[_S_SNR] = _clamp(int(snr), -80, 60)
         try:
             supply = hal.adc_read_mv("supply")
         except Exception:  # a board without a supply divider
             supply = 0
         if supply:
-            body[m.S_SUPPLY] = _clamp(supply, 0, 0xFFFF)
+            body[_S_SUPPLY] = _clamp(supply, 0, 0xFFFF)
         app = self.app
         if app is not None:
             try:
-                body[m.S_ALARMS] = _clamp(app.open_alarms(), 0, 255)
+                body[_S_ALARMS] = _clamp(app.open_alarms(), 0, 255)
             except Exception as e:
                 self._app_fault(e)
         return body
@@ -462,7 +551,7 @@ class Node:
     async def _transmit(self, it):
         hal = self.hal
         q = self.queue
-        n = fr.HEADER_LEN + len(it.body) + fr.MIC_LEN
+        n = _HEADER_LEN + len(it.body) + _MIC_LEN
         if n > self.radio.max_frame:
             q.drop(it)  # never sendable at this data rate
             self.tx_oversize += 1
@@ -500,7 +589,7 @@ class Node:
         self.tx += 1
         self._up_last = counter
         t = hal.ticks_ms()
-        self._up_ticks[counter % m.TIME_UPLINKS] = t
+        self._up_ticks[counter % _TIME_UPLINKS] = t
         q.sent(it, counter, t)
         if not self.radio.continuous:
             await self._rx_window()
@@ -568,7 +657,7 @@ class Node:
         c = f.counter
         # SPEC §4: this link carries the gateway's half only (a tool's frames come over BLE), and the
         # gateway is its one sender, in order: anything at or below the top is late or replayed
-        if c >= fr.TOOL_COUNTER_BASE or c <= store.window.top:
+        if c >= _TOOL_COUNTER_BASE or c <= store.window.top:
             self.rx_replayed += 1
             self.rx_rejected += 1
             return None
@@ -578,8 +667,8 @@ class Node:
         except m.MessageError:
             msg = None
         cid = 0
-        if msg is not None and t == m.COMMAND and not store.stale_command(msg[m.C_ID]):
-            cid = msg[m.C_ID]  # executed below: the new high-water mark, persisted with the window
+        if msg is not None and t == _COMMAND and not store.stale_command(msg[_C_ID]):
+            cid = msg[_C_ID]  # executed below: the new high-water mark, persisted with the window
         try:
             store.accept_downlink(c, cid)  # persisted before acting (SPEC §4)
         except StorageError as e:
@@ -596,25 +685,25 @@ class Node:
         if msg is None:
             self.rx_rejected += 1
             return None
-        if t == m.COMMAND:
+        if t == _COMMAND:
             self._command(msg, cid)
-        elif t == m.CONFIG or t == m.TIME:
+        elif t == _CONFIG or t == _TIME:
             res = self.fresh(t, msg, True)
             if res:
                 self.rx_rejected += 1
                 self.last_error = "downlink %d refused: %d" % (t, res)
-            elif t == m.CONFIG:
+            elif t == _CONFIG:
                 was = None if r.continuous else (r.sf, r.tx_power)
-                self.apply_settings(msg[m.CF_SETTINGS])
+                self.apply_settings(msg[_CF_SETTINGS])
                 if was is not None and was != (r.sf, r.tx_power):  # ADR: on trial until a downlink is heard
                     self._adr_prev = was
                     self._adr_left = _ADR_FALLBACK + 1  # the window it came in counts down too
                     self._save_radio(was[0], was[1])  # a reboot meanwhile comes back to what worked
             else:
-                self.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
-        elif t == m.ACK:
-            self.queue.ack(msg[m.A_COUNTER])
-            return msg.get(m.A_QUEUED, 0)
+                self.hal.set_time(msg[_T_UNIX], msg.get(_T_MS, 0))
+        elif t == _ACK:
+            self.queue.ack(msg[_A_COUNTER])
+            return msg.get(_A_QUEUED, 0)
         return None
 
     def fresh(self, mtype, msg, air):
@@ -631,85 +720,85 @@ class Node:
         moves a set clock back by more than TIME_SLACK_S (RES_REFUSED).
         """
         now = self.hal.time()
-        if mtype == m.CONFIG:
-            exp = msg.get(m.CF_EXPIRES, 0)
-            return m.RES_EXPIRED if exp and now is not None and now > exp else 0
-        c = msg.get(m.T_ANSWERS)
+        if mtype == _CONFIG:
+            exp = msg.get(_CF_EXPIRES, 0)
+            return _RES_EXPIRED if exp and now is not None and now > exp else 0
+        c = msg.get(_T_ANSWERS)
         if c is not None:
             last = self._up_last
-            if 0 <= last - c < m.TIME_UPLINKS:
-                if self.hal.ticks_ms() - self._up_ticks[c % m.TIME_UPLINKS] <= m.TIME_SLACK_S * 1000:
+            if 0 <= last - c < _TIME_UPLINKS:
+                if self.hal.ticks_ms() - self._up_ticks[c % _TIME_UPLINKS] <= _TIME_SLACK_S * 1000:
                     return 0
-            return m.RES_EXPIRED
-        if air or (now is not None and msg[m.T_UNIX] < now - m.TIME_SLACK_S):
-            return m.RES_REFUSED
+            return _RES_EXPIRED
+        if air or (now is not None and msg[_T_UNIX] < now - _TIME_SLACK_S):
+            return _RES_REFUSED
         return 0
 
     def _command(self, msg, fresh_id):
-        cid = msg[m.C_ID]
+        cid = msg[_C_ID]
         prev = self.store.command_result(cid)
         if prev is not None:
             res, value = prev  # a repeat: answer again, do not execute again
         elif cid != fresh_id:
-            res, value = m.RES_EXPIRED, 0  # stale: at or below the mark, its result forgotten: never run again
+            res, value = _RES_EXPIRED, 0  # stale: at or below the mark, its result forgotten: never run again
         else:
-            res, value = self._execute(msg[m.C_OP], msg.get(m.C_ARGS, ()), msg.get(m.C_EXPIRES, 0))
+            res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
             try:
                 self.store.record_command(cid, res, value)
             except StorageError as e:
                 self.last_error = repr(e)
-        body = {m.CA_ID: cid, m.CA_RESULT: res}
+        body = {_CA_ID: cid, _CA_RESULT: res}
         if value:
-            body[m.CA_VALUE] = _clamp(int(value), m.I32_MIN, m.I32_MAX)
-        self.queue.put(m.CMD_ACK, m.encode(m.CMD_ACK, body), uplink.PRIO_ACK)
+            body[_CA_VALUE] = _clamp(int(value), _I32_MIN, _I32_MAX)
+        self.queue.put(_CMD_ACK, m.encode(_CMD_ACK, body), uplink.PRIO_ACK)
 
     def _execute(self, op, args, expires):
         now = self.hal.time()
         if expires and now is not None and now > expires:
-            return m.RES_EXPIRED, 0
-        if op == m.OP_SET_INTERVAL:
-            if len(args) != 1 or not m.REPORT_MIN_S <= args[0] <= m.REPORT_MAX_S:
-                return m.RES_BAD_ARGS, 0
-            self._set_runtime(m.CFG_REPORT_INTERVAL, args[0], True)
-            return m.RES_OK, args[0]
-        if op == m.OP_REBOOT:
+            return _RES_EXPIRED, 0
+        if op == _OP_SET_INTERVAL:
+            if len(args) != 1 or not _REPORT_MIN_S <= args[0] <= _REPORT_MAX_S:
+                return _RES_BAD_ARGS, 0
+            self._set_runtime(_CFG_REPORT_INTERVAL, args[0], True)
+            return _RES_OK, args[0]
+        if op == _OP_REBOOT:
             self._reboot_at = self.hal.ticks_ms() + _REBOOT_GRACE_MS
             if not self.watchdog:
                 self._wake.set()
-            return m.RES_OK, 0
+            return _RES_OK, 0
         app = self.app
         if app is None:
-            return m.RES_BUSY, 0  # the app is restarting after a fault
+            return _RES_BUSY, 0  # the app is restarting after a fault
         try:
             res, value = app.command(op, list(args))
         except Exception as e:
             self._app_fault(e)
-            return m.RES_FAILED, 0
+            return _RES_FAILED, 0
         return res, value
 
     # -- configuration over the air -------------------------------------------------------------------
 
     def _set_runtime(self, key, v, persist):
         """Apply one runtime CONFIG key; False if it is out of range."""
-        if key == m.CFG_REPORT_INTERVAL:
-            if not m.REPORT_MIN_S <= v <= m.REPORT_MAX_S:
+        if key == _CFG_REPORT_INTERVAL:
+            if not _REPORT_MIN_S <= v <= _REPORT_MAX_S:
                 return False
             self.report_s = v
             self._intervals.set()
-        elif key == m.CFG_STATUS_INTERVAL:
-            if not m.STATUS_MIN_S <= v <= m.STATUS_MAX_S:
+        elif key == _CFG_STATUS_INTERVAL:
+            if not _STATUS_MIN_S <= v <= _STATUS_MAX_S:
                 return False
             self.status_s = v
             self._intervals.set()
-        elif key == m.CFG_TX_POWER:
-            if not m.TX_POWER_MIN <= v <= m.TX_POWER_MAX:
+        elif key == _CFG_TX_POWER:
+            if not _TX_POWER_MIN <= v <= _TX_POWER_MAX:
                 return False
             self.radio.configure(tx_power=v)
-        elif key == m.CFG_SF:
-            if not m.SF_MIN <= v <= m.SF_MAX:
+        elif key == _CFG_SF:
+            if not _SF_MIN <= v <= _SF_MAX:
                 return False
             self.radio.configure(sf=v)
-        elif key == m.CFG_CONFIRM_ALARMS:
+        elif key == _CFG_CONFIRM_ALARMS:
             if v > 1:
                 return False
             self.confirm_alarms = bool(v)
@@ -724,8 +813,8 @@ class Node:
 
     def _save_radio(self, sf, tx_power):
         try:
-            self.store.set_setting(m.CFG_SF, sf)
-            self.store.set_setting(m.CFG_TX_POWER, tx_power)
+            self.store.set_setting(_CFG_SF, sf)
+            self.store.set_setting(_CFG_TX_POWER, tx_power)
         except StorageError as e:
             self.last_error = repr(e)
 
@@ -735,7 +824,7 @@ class Node:
         refused = 0
         for key in settings:
             v = settings[key]
-            if key in APP_CONFIG_KEYS:
+            if key in (_CFG_LAMP_POWER, _CFG_MAX_RUN):  # the app's CONFIG keys; the rest are the runtime's
                 app_settings[key] = v
             elif not self._set_runtime(key, v, True):
                 self.cfg_rejected += 1
@@ -761,7 +850,7 @@ class Node:
     def _apply_saved_settings(self, app_only=False):
         app_settings = {}
         for key, v in self.store.settings():
-            if key in APP_CONFIG_KEYS:
+            if key in (_CFG_LAMP_POWER, _CFG_MAX_RUN):  # the app's CONFIG keys; the rest are the runtime's
                 app_settings[key] = v
             elif not app_only:
                 self._set_runtime(key, v, False)

@@ -50,22 +50,24 @@ import hashlib
 import json
 import struct
 
-from protocol.frame import MAX_COUNTER, REPLAY_WINDOW, TOOL_COUNTER_BASE, ReplayWindow
+from protocol.nodeframe import ReplayWindow
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+# protocol.frame numbers, as private consts (tests/test_node_consts.py checks them)
+_MAX_COUNTER = const(0xFFFFFFFF)
+_REPLAY_WINDOW = const(32)
+_TOOL_COUNTER_BASE = const(0x80000000)
 
 R = 256  # counters reserved per write (SPEC §4)
 _CMD_MEMORY = const(4)  # command results remembered for idempotency
 TOTALS_FLUSH_MS = 3600 * 1000
 _SEAL = const(4)
 
-KEY_UP = "fc"
-KEY_DOWN = "dl"
-KEY_TOTALS = "tot"
-KEY_CFG = "cfg"
+# HAL storage keys, written inline (a module-level name would cost node heap): "fc" the
+# uplink counter, "dl" the downlink windows and commands, "tot" the totals, "cfg" settings.
 
-_ALL_SEEN = (1 << REPLAY_WINDOW) - 1
-_NO_TOP = 0xFFFFFFFF  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
+_ALL_SEEN = const((1 << _REPLAY_WINDOW) - 1)
+_NO_TOP = const(0xFFFFFFFF)  # "dl": no gateway downlink accepted yet (its counters stop below 2^31)
 
 
 class StorageError(Exception):
@@ -108,7 +110,7 @@ class Store:
         self._next = 0
         self._reserved = 0
         self.window = ReplayWindow()  # the gateway's downlinks
-        self.tool_window = ReplayWindow(TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
+        self.tool_window = ReplayWindow(_TOOL_COUNTER_BASE - 1)  # commissioning tools' (SPEC §4)
         self._cmds = []  # [(id, result, value)], oldest first: at most CMD_MEMORY
         self.cmd_mark = 0  # the highest command id accepted (persisted with the windows)
         self._totals = {}  # name -> int: the app's few fixed names (lighting wh, burn_s; irrigation vol_l)
@@ -159,7 +161,7 @@ class Store:
         a recorded old downlink again; hal.save is atomic, so only failing
         flash gets here, and the gateway hears about it at once.
         """
-        rec = self._read(KEY_UP)  # an I/O error or a corrupted record: StorageError, nothing opened
+        rec = self._read("fc")  # an I/O error or a corrupted record: StorageError, nothing opened
         kid = self.key_id
         other = False  # the record is another key's
         if rec is not None:
@@ -170,14 +172,14 @@ class Store:
         if (rec is None or other) and kid is not None and not self.fresh:
             raise NeedsRekey("no counter state for this key: re-key the node (lumeau node provision, then flash)")
         reserved = 0 if rec is None or other else int.from_bytes(rec[:8], "big")
-        loaders = [(KEY_TOTALS, self._load_totals), (KEY_CFG, self._load_cfg)]
+        loaders = [("tot", self._load_totals), ("cfg", self._load_cfg)]
         if other:
             # a fresh key over another key's state: its downlink windows and
             # commands are that key's; clear them BEFORE the counter record
             # names this key (a cut in between adopts again at the next boot)
-            self._write(KEY_DOWN, self._down_record(-1, -1, 0, ()))
+            self._write("dl", self._down_record(-1, -1, 0, ()))
         else:
-            loaders.append((KEY_DOWN, self._load_down))
+            loaders.append(("dl", self._load_down))
         self._next = reserved
         self._reserve()
         for key, loader in loaders:
@@ -212,7 +214,7 @@ class Store:
         self.window = ReplayWindow(-1 if top == _NO_TOP else top, _ALL_SEEN)
         if start > 4:
             tool = struct.unpack_from(">I", p, 4)[0]
-            if tool >= TOOL_COUNTER_BASE:
+            if tool >= _TOOL_COUNTER_BASE:
                 self.tool_window = ReplayWindow(tool, _ALL_SEEN)
         self._cmds = cmds
         self.cmd_mark = mark
@@ -234,12 +236,12 @@ class Store:
 
     def _reserve(self):
         top = self._next + self.reserve
-        if top > MAX_COUNTER + 1:
-            top = MAX_COUNTER + 1
+        if top > _MAX_COUNTER + 1:
+            top = _MAX_COUNTER + 1
         rec = top.to_bytes(8, "big")
         if self.key_id is not None:
             rec += self.key_id
-        self._write(KEY_UP, rec)
+        self._write("fc", rec)
         self._reserved = top
 
     def next_uplink(self):
@@ -247,7 +249,7 @@ class Store:
         if not self.opened:
             raise StorageError("store not opened")
         n = self._next
-        if n > MAX_COUNTER:
+        if n > _MAX_COUNTER:
             raise CounterExhausted("uplink counter exhausted: re-key the node")
         if n >= self._reserved:
             self._reserve()
@@ -261,14 +263,16 @@ class Store:
 
     def _down_record(self, top, tool, mark, cmds):
         # no gateway downlink yet (only a tool's): _NO_TOP, never 0, or counter 0 is refused later
-        p = bytearray(struct.pack(">III", top if top >= 0 else _NO_TOP, tool if tool >= TOOL_COUNTER_BASE else 0, mark))
+        p = bytearray(
+            struct.pack(">III", top if top >= 0 else _NO_TOP, tool if tool >= _TOOL_COUNTER_BASE else 0, mark)
+        )
         for c in cmds:
             p.extend(struct.pack(">IBi", c[0], c[1], c[2]))
         return bytes(p)
 
     def window_for(self, counter):
         """The replay window a downlink counter belongs to (SPEC §4: gateway or tool half)."""
-        return self.tool_window if counter >= TOOL_COUNTER_BASE else self.window
+        return self.tool_window if counter >= _TOOL_COUNTER_BASE else self.window
 
     def accept_downlink(self, counter, cid=0):
         """Persist `counter` (and a COMMAND's id `cid` as the new mark), then commit it.
@@ -286,7 +290,7 @@ class Store:
         else:
             tool = counter if counter > tool else tool
         mark = cid if cid > self.cmd_mark else self.cmd_mark
-        self._write(KEY_DOWN, self._down_record(top, tool, mark, self._cmds))
+        self._write("dl", self._down_record(top, tool, mark, self._cmds))
         w.commit(counter)
         self.cmd_mark = mark
 
@@ -306,7 +310,7 @@ class Store:
         cmds.append((cid, result, value))
         if len(cmds) > _CMD_MEMORY:
             del cmds[0]
-        self._write(KEY_DOWN, self._down_record(self.window.top, self.tool_window.top, self.cmd_mark, cmds))
+        self._write("dl", self._down_record(self.window.top, self.tool_window.top, self.cmd_mark, cmds))
 
     # -- totals -----------------------------------------------------------------------
 
@@ -330,7 +334,7 @@ class Store:
         now = self.hal.ticks_ms()
         if not force and now - self._flushed_at < TOTALS_FLUSH_MS:
             return False
-        self._write(KEY_TOTALS, json.dumps(self._totals).encode())
+        self._write("tot", json.dumps(self._totals).encode())
         self._dirty = False
         self._flushed_at = now
         return True
@@ -343,7 +347,7 @@ class Store:
     def set_setting(self, key, value):
         cfg = [c for c in self._cfg if c[0] != key]
         cfg.append((key, value))
-        self._write(KEY_CFG, json.dumps(cfg).encode())
+        self._write("cfg", json.dumps(cfg).encode())
         self._cfg = cfg
 
     def __repr__(self):

@@ -22,6 +22,12 @@ The target's -march shapes only native code (@native/@viper): node code has
 none, so its .mpy files are bytecode only (header flags 0, no architecture
 recorded) and identical for both families; the manifest still names the
 family the bundle is for, and the flash tool checks the .mpy version.
+
+build_frozen (`lumeau node build --frozen`) writes instead what it takes to
+build a MicroPython image with the node's code frozen in (in flash, not in the
+heap): a freeze manifest in the format of MicroPython's tools/manifestfile.py,
+the sources it names, boot.py and main.py, and README.txt with the steps. This
+machine cannot build that image; every module is compiled with mpy-cross first.
 """
 
 from __future__ import annotations
@@ -234,3 +240,139 @@ def load(directory: Path, verify: bool = True) -> Bundle:
                     "(changed or damaged since the build): rebuild the bundle"
                 )
     return bundle
+
+
+# -- frozen firmware: the node's code in the board image's flash --------------------------------------
+
+FROZEN_MANIFEST = "manifest.py"
+FROZEN_README = "README.txt"
+# A board's MicroPython port directory per target, and a board to build for (the README's example).
+FROZEN_PORTS = {"esp32": ("ports/esp32", "ESP32_GENERIC"), "rp2": ("ports/rp2", "RPI_PICO")}
+
+
+@dataclass(frozen=True)
+class FrozenBuild:
+    directory: Path
+    kind: str
+    target: str
+    modules: tuple[str, ...]  # repository paths frozen into the image: "firmware/runtime.py", ...
+    board_files: tuple[str, ...]  # copied to the board's filesystem as source: "boot.py", "main.py"
+    requires: tuple[str, ...]  # micropython-lib packages the manifest requires
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / FROZEN_MANIFEST
+
+
+def _frozen_readme(kind: str, target: str, modules: list[str], requires: tuple[str, ...]) -> str:
+    port, board = FROZEN_PORTS[target]
+    toolchain = "ESP-IDF" if target == "esp32" else "the Pico SDK and arm-none-eabi-gcc"
+    image = "firmware.bin" if target == "esp32" else "firmware.uf2"
+    write = (
+        "esptool.py --chip esp32 write_flash -z 0x1000 firmware.bin\n"
+        "     (0x1000 is the ESP32's offset; other chips: the port's README)"
+        if target == "esp32"
+        else "copy firmware.uf2 to the RPI-RP2 drive (BOOTSEL held at power-up)"
+    )
+    return f"""Lumeau {__version__}: a MicroPython image with the {kind} node's code frozen in, for {target}
+
+Written by `lumeau node build --frozen --kind {kind} --target {target}`. This
+directory holds:
+  {FROZEN_MANIFEST}     the freeze manifest (MicroPython's tools/manifestfile.py format):
+                  the port's own manifest, the micropython-lib packages
+                  {", ".join(requires)}, and one module() line per file of the node's
+                  import closure ({len(modules)} files, firmware/manifest.py's list)
+  modules/        those files, as source: the build compiles them to bytecode
+  board/          boot.py and main.py, which stay on the board's filesystem
+
+Why: bytecode frozen into the image runs from flash. Loaded from .mpy files
+(`lumeau node build` without --frozen) the same code takes most of the
+board's heap (bench/firmware_memory.py, code_heap); frozen, its bytecode,
+constants and names stay in flash and the heap is left to the node's work.
+
+This machine cannot build the image: that needs the MicroPython source tree
+(the version of the board's firmware, with its micropython-lib submodule)
+and the port's toolchain ({toolchain}). On a machine that has them:
+
+  1. git clone https://github.com/micropython/micropython && cd micropython
+     git checkout v<the board's MicroPython version> && make -C mpy-cross
+     git submodule update --init lib/micropython-lib
+     make -C {port} BOARD={board} submodules
+  2. make -C {port} BOARD={board} FROZEN_MANIFEST=/absolute/path/to/this/directory/{FROZEN_MANIFEST}
+     (the manifest finds modules/ beside itself; it includes the port's own
+     manifest, so asyncio and the port's other frozen modules stay in)
+  3. write the image ({port}/build-{board}/{image}) to the board:
+     {write}
+  4. put board/boot.py, board/main.py and the node's config.json on the board's
+     filesystem (e.g. mpremote cp board/boot.py board/main.py config.json :),
+     and NOT the firmware/ and protocol/ .mpy files: files on the filesystem
+     are found before frozen modules and would be loaded into the heap
+     instead (`lumeau node flash` copies a whole .mpy bundle: after it,
+     remove /firmware and /protocol from the board).
+
+Check on the board: `import firmware.runtime; print(firmware.runtime.__file__)`
+names a frozen path (starting with ".frozen") and `micropython.mem_info()`
+shows the heap the node's code no longer takes.
+"""
+
+
+def build_frozen(kind: str, target: str, out: Path, source_root: Path = ROOT) -> FrozenBuild:
+    """Write a freeze manifest, the sources it names and the build steps for one node kind (out is replaced).
+
+    Every module is compiled with mpy-cross here first, so a file the image
+    build would refuse fails now, with its name.
+    """
+    from firmware import manifest as fw
+
+    if target not in FROZEN_PORTS:
+        raise BundleError(f"unknown target {target!r} (known: {', '.join(FROZEN_PORTS)})")
+    exe = mpy_cross_executable()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lumeau-frozen-", dir=out.parent))
+    try:
+        modules: list[str] = []
+        board: list[str] = []
+        for src, dst in device_files(kind):
+            src_path = source_root / src
+            if not src_path.is_file():
+                raise BundleError(f"{src}: listed in firmware/manifest.py but missing")
+            if Path(dst).name in SOURCE_ONLY and "/" not in dst:
+                (staging / "board").mkdir(exist_ok=True)
+                shutil.copyfile(src_path, staging / "board" / dst)
+                board.append(dst)
+                continue
+            target_path = staging / "modules" / dst
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src_path, target_path)
+            with tempfile.TemporaryDirectory() as tmp:
+                proc = subprocess.run(
+                    [exe, "-s", dst, "-o", str(Path(tmp) / "m.mpy"), str(target_path)], capture_output=True, text=True
+                )
+            if proc.returncode != 0:
+                raise BundleError(f"mpy-cross failed on {src}:\n{proc.stderr.strip()}")
+            modules.append(dst)
+        modules.sort()
+        requires = tuple(p for p in fw.LIB_PACKAGES if kind != "bridge" or p != "aioble")
+        lines = [
+            f"# MicroPython freeze manifest: Lumeau {__version__}, {kind} node, {target}.",
+            "# Written by `lumeau node build --frozen`; the build steps are in README.txt beside it.",
+            "# make -C %s BOARD=%s FROZEN_MANIFEST=<this file, absolute>" % FROZEN_PORTS[target],
+            "",
+            'include("$(PORT_DIR)/boards/manifest.py")  # the port\'s own frozen modules (asyncio, ...)',
+            *(f'require("{p}")' for p in requires),
+            *(f'module("{m}", base_path="modules")' for m in modules),
+            "",
+        ]
+        (staging / FROZEN_MANIFEST).write_text("\n".join(lines))
+        (staging / FROZEN_README).write_text(_frozen_readme(kind, target, modules, requires))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return FrozenBuild(out, kind, target, tuple(modules), tuple(sorted(board)), requires)
+
+
+def default_frozen_out(kind: str, target: str, base: Path = Path("build")) -> Path:
+    return base / f"lumeau-{__version__}-{target}-{kind}-frozen"

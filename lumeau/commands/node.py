@@ -1,6 +1,6 @@
 """`lumeau node ...`: the technician's commands for one node (the argparse side).
 
-    lumeau node build     --target esp32|rp2 --kind KIND [--out DIR]
+    lumeau node build     --target esp32|rp2 --kind KIND [--out DIR] [--frozen]
     lumeau node provision --kind KIND (--registry FILE | --gateway URL) [--node-id ID] [--out FILE]
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
     lumeau node scan      [--timeout S] [--json]
@@ -53,7 +53,29 @@ def _err(cmd: str, msg: str) -> int:
     return 1
 
 
+FROZEN_NOTE = (
+    "this machine cannot build the image (it needs the MicroPython source tree and the port's toolchain); "
+    "the steps are in {readme}"
+)
+
+
+def cmd_build_frozen(args: argparse.Namespace) -> int:
+    out = args.out or bundles.default_frozen_out(args.kind, args.target)
+    try:
+        fb = bundles.build_frozen(args.kind, args.target, out)
+    except bundles.BundleError as e:
+        return _err("build", str(e))
+    print(
+        f"{fb.manifest}: freeze manifest for {len(fb.modules)} modules of the {fb.kind} node "
+        f"(each compiles with mpy-cross), for {fb.target}; {', '.join(fb.board_files)} stay on the filesystem"
+    )
+    print(FROZEN_NOTE.format(readme=out / bundles.FROZEN_README))
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.frozen:
+        return cmd_build_frozen(args)
     out = args.out or bundles.default_out(args.kind, args.target)
     try:
         b = bundles.build(args.kind, args.target, out)
@@ -186,7 +208,13 @@ def add_subcommand(subparsers: Any) -> None:
         help="board family: esp32 (xtensawin) or rp2 (RP2040, armv6m)",
     )
     b.add_argument("--kind", choices=bundles.KINDS, required=True, help="node kind (its files differ)")
-    b.add_argument("--out", type=Path, help="bundle directory (default build/lumeau-VERSION-TARGET-KIND)")
+    b.add_argument("--out", type=Path, help="bundle directory (default build/lumeau-VERSION-TARGET-KIND[-frozen])")
+    b.add_argument(
+        "--frozen",
+        action="store_true",
+        help="instead, write a MicroPython freeze manifest (manifest.py), the node's sources and the steps "
+        "(README.txt) to build a board image with the node code in flash; this machine cannot build the image",
+    )
     b.set_defaults(func=cmd_build)
 
     p = actions.add_parser("provision", help="allocate an id and a key, write the config, register the node")

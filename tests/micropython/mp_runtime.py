@@ -185,3 +185,25 @@ def test_counter_state_is_tied_to_the_key_on_micropython():
     doc = b'{\n  "node_id": 1,\n  "kind": "lighting",\n  "key_fresh": true\n}'
     assert config.cleared(doc) == doc.replace(b"true", b"false")
     assert config.cleared(config.cleared(doc)) is None
+
+
+async def test_no_wait_outlasts_the_idle_limit():
+    # Every wait of the node's tasks lasts at most runtime._IDLE_MS (1 h), STATUS's too (every
+    # 6 h here, up to 7 days by CONFIG). A wait of hours kept, under MicroPython, the timer of
+    # each shorter wait that ended meanwhile (one per report): some 230 B per report, over 5 KB
+    # of heap before STATUS went out (bench/firmware_memory.py).
+    clock = mpnode.new_clock()
+    hal, node, gw, tasks, world = mpnode.start_node(clock, "lighting")
+    longest = [0]
+    sleep = hal.sleep_ms
+
+    def spy(ms):
+        if ms > longest[0]:
+            longest[0] = ms
+        return sleep(ms)
+
+    hal.sleep_ms = spy
+    await clock.run_for(13 * H)
+    mpnode.stop(hal, tasks)
+    assert len(gw.of_type(m.STATUS)) >= 2  # STATUS still every 6 h (+-5 %)
+    assert 0 < longest[0] <= H, longest[0]

@@ -12,6 +12,11 @@ from protocol import frame as fr
 from protocol import messages as m
 from protocol.keys import NodeKeys
 
+try:
+    import heapq
+except ImportError:  # some MicroPython builds name it uheapq
+    import uheapq as heapq
+
 ROOT_HEX = "000102030405060708090a0b0c0d0e0f"
 NODE_ID = 0x00A1B2C3
 # 2026-06-21 00:00 UTC: midsummer, the shortest night at the test latitude
@@ -176,5 +181,34 @@ def stop(hal, tasks):
     hal.power_off()
 
 
-def new_clock(unix0=MIDSUMMER):
-    return StepClock(unix0)
+class LeanClock(StepClock):
+    """A StepClock whose cancelled sleeps leave its heap at once (the memory benchmark's clock).
+
+    StepClock keeps a sleep's (wake ms, seq, Event) entry until that time even
+    when the sleeping task was cancelled; a board's asyncio drops a cancelled
+    sleeper at once. firmware/aio.wait_ms cancels its timer task whenever the
+    event comes first, so under StepClock every such wait left its entry (a
+    tuple and an Event) for the rest of the timeout, hours for the runtime's
+    long waits: some 200 B per uplink, counted as the node's runtime heap.
+    """
+
+    async def sleep_ms(self, ms):
+        if ms <= 0:
+            await StepClock.sleep_ms(self, ms)
+            return
+        ev = asyncio.Event()
+        self._seq += 1
+        entry = (self._ms + int(ms), self._seq, ev)
+        heapq.heappush(self._heap, entry)
+        try:
+            await ev.wait()
+        except asyncio.CancelledError:
+            if not ev.is_set():  # still in the heap: take it out
+                self._heap.remove(entry)
+                heapq.heapify(self._heap)
+            raise
+
+
+def new_clock(unix0=MIDSUMMER, lean=False):
+    """A StepClock at unix0; lean: a LeanClock (cancelled sleeps leave at once, for memory figures)."""
+    return LeanClock(unix0) if lean else StepClock(unix0)
