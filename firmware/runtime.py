@@ -37,6 +37,11 @@
 # - the watchdog is fed while every runtime task is alive; a dead task (a
 #   bug) stops the feeding and the board resets. App totals are flushed by
 #   the store's hourly policy from the same loop.
+#
+# One module (over 800 lines), on purpose: the tasks above share one Node's
+# state, and on the node every extra module costs a module object, its
+# globals and their names in the heap; what runs only at boot already lives
+# apart (firmware/config.py, lighting_cfg.py, irrigation_cfg.py, unloaded).
 
 import asyncio
 
