@@ -40,6 +40,7 @@ from protocol import messages as m
 from simulator import channel as ch
 from simulator import metrics
 from simulator.air import Air, NodeRadio
+from simulator.clock_watch import ClockWatch
 from simulator.faults import (
     BURST,
     GATEWAY_RESTART,
@@ -264,7 +265,7 @@ class Simulation:
             self.nodes[spec.name] = sn
             self.by_id[spec.node_id] = sn
             loop.call_later(boot_s, self._boot, sn, m.RST_POWER_ON)
-        self.clock_watch = metrics.ClockWatch(lambda: self.clock.t, drift)
+        self.clock_watch = ClockWatch(lambda: self.clock.t, drift)
         ctx = LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
         ctx.adr = None if sc.adr is None else dict(sc.adr)
         return ctx

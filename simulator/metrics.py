@@ -31,7 +31,7 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
   gateway    the link's counters (accepted, duplicates, rejected by reason, downlinks,
              restarts), records delivered upstream, queued at the end, most queued
   channel    the channel's own counts (simulator/channel.py `counts`)
-  clock      the nodes' wall clocks (`ClockWatch`): crystal drift drawn per node, the
+  clock      the nodes' wall clocks (simulator/clock_watch.py): crystal drift drawn per node, the
              largest |clock error| after each node's first TIME (exact: the error is
              linear between settings, so its extremes are just before a setting, at a
              reboot and at the end), reboots that lost the clock and the time from each
@@ -43,6 +43,9 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
 
 Ratios are fractions (0..1) with a `_pct` twin where a person reads a
 percentage. Times are seconds; energy kWh or Wh, water m3 or L as named.
+
+One file (over 600 lines): every section is built from the same run objects in
+one pass (build); the clock and ADR sections live in clock_watch.py and adr_results.py.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from typing import Any
 
 from protocol import expand, frame, lora
 from protocol import messages as m
+from simulator import adr_results
 
 FRAME_BUDGET = lora.max_payload(12)  # 51 bytes: the smallest EU868 payload budget
 LATENCY_BINS_S = (0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -474,124 +478,8 @@ def build(
     if watch is not None:
         sections["clock"] = watch.section(report.counters)
     if sc.adr is not None:
-        sections["adr"] = adr_section(sim, report, series)
+        sections["adr"] = adr_results.section(sim, report, series)
     return Results(sections)
-
-
-class ClockWatch:
-    """The nodes' wall clocks over a run (the `clock` section): fed by SimHAL.on_time_set and the reboots."""
-
-    def __init__(self, now_s: Any, drift_ppm: dict[str, float]) -> None:
-        self.now_s = now_s  # seconds since the run's start
-        self.drift_ppm = drift_ppm  # node -> its crystal's drift (drawn per node)
-        self.synced: set[str] = set()  # nodes whose clock a TIME has set
-        self.max_error_ms = 0
-        self.worst: str | None = None
-        self.sets = 0
-        self.lost: dict[str, float] = {}  # node -> when a reboot lost its clock (not set since)
-        self.restores: list[dict[str, Any]] = []
-
-    def _error(self, name: str, err_ms: int | None) -> None:
-        if err_ms is not None and name in self.synced and abs(err_ms) > self.max_error_ms:
-            self.max_error_ms = abs(err_ms)
-            self.worst = name
-
-    def time_set(self, name: str, before_ms: int | None, after_ms: int, uplinks: int, tick_s: float) -> None:
-        """A node took a TIME: errors just before and after; a reboot's clock back after `uplinks` uplinks."""
-        self.sets += 1
-        self._error(name, before_ms)
-        self.synced.add(name)
-        self._error(name, after_ms)
-        t = self.lost.pop(name, None)
-        if t is not None:
-            now = self.now_s()
-            self.restores.append(
-                {
-                    "node": name,
-                    "at_h": round(t / 3600.0, 6),
-                    "to_time_s": round(now - t, 3),
-                    "to_profile_s": round(now - t + tick_s, 3),
-                    "uplinks": uplinks,
-                }
-            )
-
-    def reboot(self, name: str, err_ms: int | None, lost: bool) -> None:
-        """A node reset with its clock reading err_ms; `lost`: the reset stopped its RTC."""
-        self._error(name, err_ms)
-        if lost:
-            self.lost[name] = self.now_s()
-
-    def end(self, errors: dict[str, int | None]) -> None:
-        for name, err in errors.items():
-            self._error(name, err)
-
-    def section(self, gateway: dict[str, Any]) -> dict[str, Any]:
-        ppm = sorted(self.drift_ppm.values())
-        to_profile = [r["to_profile_s"] for r in self.restores]
-        return {
-            "drift_ppm": {"min": round(ppm[0], 3), "max": round(ppm[-1], 3)} if ppm else None,
-            "max_error_s": round(self.max_error_ms / 1000.0, 3),
-            "worst_node": self.worst,
-            "nodes_synced": len(self.synced),
-            "reboots_losing_clock": len(self.restores) + len(self.lost),
-            "reboot_to_profile_s": max(to_profile) if to_profile else None,
-            "restores": self.restores,
-            "never_restored": sorted(self.lost),
-            "time_downlinks_sent": gateway.get("downlinks_time_auto", 0),
-            "time_taken": self.sets,
-        }
-
-
-def adr_section(sim: Any, report: Any, series: dict[str, list]) -> dict[str, Any]:
-    """The gateway's ADR at work (scenario [adr]): SFs before and after, airtime saved, DER.
-
-    before: each node's provisioned SF; after: its radio's SF and TX power at the end. Airtime
-    saved: every uplink put on the air, at the SF it was sent at, against the same frames at the
-    provisioned SF. DER (data extraction rate): uplinks the gateway stored / uplinks settled on
-    the air, over the run and over its first and last quarter (series are hourly, cumulative).
-    """
-    before: dict[str, int] = {}
-    after: dict[str, int] = {}
-    power: dict[str, int] = {}
-    base_ms = used_ms = 0.0
-    for sn in sim.nodes.values():
-        before[f"SF{sn.spec.sf}"] = before.get(f"SF{sn.spec.sf}", 0) + 1
-        after[f"SF{sn.radio.sf}"] = after.get(f"SF{sn.radio.sf}", 0) + 1
-        power[f"{sn.radio.tx_power}dBm"] = power.get(f"{sn.radio.tx_power}dBm", 0) + 1
-        st = sim.air.nodes.get(sn.spec.node_id)
-        if st is not None:
-            base_ms += sum(sim.channel.airtime_us(n, sn.spec.sf) for _c, _t, n in st.frames) / 1000.0
-        used_ms += sim.channel.airtime_used_ms(sn.spec.node_id)
-
-    def der(i0: int, i1: int) -> float | None:
-        settled, stored = series["settled"], series["stored"]
-        if not settled or i1 <= i0:
-            return None
-        a = settled[i1] - (settled[i0] if i0 >= 0 else 0)
-        b = stored[i1] - (stored[i0] if i0 >= 0 else 0)
-        return round(ratio(b, a), 4) if a else None
-
-    n = len(series["settled"])
-    q = max(1, n // 4)
-
-    def by_sf(d: dict[str, int]) -> dict[str, int]:
-        return dict(sorted(d.items(), key=lambda kv: int(kv[0][2:])))
-
-    stored_n = len({(r.node_id, r.counter) for r in report.stored})
-    settled_n = sum(s.delivered + s.lost for s in sim.air.nodes.values())
-    return {
-        "policy": dict(sim.sc.adr),
-        "sf_before": by_sf(before),
-        "sf_after": by_sf(after),
-        "tx_power_after": dict(sorted(power.items(), key=lambda kv: -int(kv[0][:-3]))),
-        "airtime_s": round(used_ms / 1000.0, 3),
-        "airtime_at_start_sf_s": round(base_ms / 1000.0, 3),
-        "airtime_saved_pct": round(100.0 * ratio(base_ms - used_ms, base_ms), 2),
-        "der": round(ratio(stored_n, settled_n), 4),
-        "der_first_quarter": der(-1, q - 1) if n else None,
-        "der_last_quarter": der(n - 1 - q, n - 1) if n > q else None,
-        "gateway": {k[4:]: v for k, v in sorted(report.counters.items()) if k.startswith("adr_")},
-    }
 
 
 def _sum_counters(counters: dict[str, dict[str, int]]) -> dict[str, int]:

@@ -87,6 +87,9 @@ counter is exact). "configured" refuses EUIs not in `sources`
 (`source_unknown`); "off" is the old behaviour. Trust on first use trusts
 whoever speaks first after a restart, and an address spoofed on the LAN still
 passes: configure `sources` and keep the port on the forwarders' LAN.
+
+One file (over 700 lines): the datagram parser, the per-forwarder state (source
+binding, downlink routes) and the hostile-input counters are one protocol's server.
 """
 
 from __future__ import annotations
