@@ -21,8 +21,10 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
                                    to add, optional to update: a new key resets the node's
                                    counters), "name", "site", "lat", "lon", "firmware"};
-                                   saved to the registry file at once. 201 added, 200 updated.
-  DELETE /nodes/{id}               remove a node from the registry (204)
+                                   saved to the registry file at once, merged with the file as it
+                                   is (Registry.change: a node added to it offline is kept, and
+                                   known from then on). 201 added, 200 updated.
+  DELETE /nodes/{id}               remove a node from the registry (204), merged the same way
   POST   /nodes/{id}/commands      queue a downlink (201):
                                      {"op": "set_level", "args": [100, 600], "ttl_s": 600}
                                      {"type": "config", "settings": {"report_interval": 900}}
@@ -556,40 +558,42 @@ class Api:
         doc = await self._body(request)
         if not isinstance(doc, dict):
             return _error(400, "the body must be a JSON object")
-        old = self.registry.get(node_id)
-        merged = dict(old.to_dict()) if old is not None else {}
-        merged.update(doc)
-        if "root_key" not in merged:
-            return _error(400, f"node {node_id:08x}: root_key: required to add a node")
-        try:
+
+        def edit(reg: Registry) -> tuple[NodeEntry, NodeEntry | None]:
+            # on the file as it is now (issue 17): a node provisioned offline meanwhile is kept
+            old = reg.get(node_id)
+            merged = dict(old.to_dict()) if old is not None else {}
+            merged.update(doc)
+            if "root_key" not in merged:
+                raise RegistryError(f"node {node_id:08x}: root_key: required to add a node")
             entry = NodeEntry.from_dict(node_id, merged)
+            reg.upsert(entry)
+            return entry, old
+
+        try:
+            (entry, old), rekeyed = self.registry.change(edit)
         except RegistryError as e:
             return _error(400, str(e))
-        try:
-            self.registry.upsert(entry)
-            self.registry.save()
-        except (RegistryError, OSError) as e:
-            if old is not None:
-                self.registry.upsert(old)
-            else:
-                self.registry.remove(node_id)
-            return _error(500 if isinstance(e, OSError) else 400, f"registry not saved: {e}")
-        if old is not None and old.root_key != entry.root_key:
-            await self.pipeline.reset_node(node_id)
-            log.info("node re-keyed: counters reset", extra={"node": format_node_id(node_id)})
+        except OSError as e:
+            return _error(500, f"registry not saved: {e}")
+        for n in rekeyed:
+            await self.pipeline.reset_node(n)
+            log.info("node re-keyed: counters reset", extra={"node": format_node_id(n)})
         log.info("node %s", "updated" if old else "added", extra={"node": format_node_id(node_id)})
         return web.json_response(self._node_json(entry), status=200 if old else 201)
 
     async def delete_node(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)
-        old = self.registry.remove(node_id)
+        try:
+            (old, rekeyed) = self.registry.change(lambda reg: reg.remove(node_id))
+        except RegistryError as e:
+            return _error(400, str(e))
+        except OSError as e:
+            return _error(500, f"registry not saved: {e}")
+        for n in rekeyed:
+            await self.pipeline.reset_node(n)
         if old is None:
             return _error(404, "no such node")
-        try:
-            self.registry.save()
-        except OSError as e:
-            self.registry.upsert(old)
-            return _error(500, f"registry not saved: {e}")
         if self.history is not None:
             self.history.forget(node_id)
         log.info("node removed", extra={"node": format_node_id(node_id)})

@@ -25,6 +25,14 @@ writes a new file with mode 0600, fsyncs it and renames it over the old one,
 so a crash leaves the old or the new registry, never half of one. Root keys
 never appear in reprs, logs or `public()`.
 
+Several writers, one file (issue 17): the gateway's API and `lumeau node
+provision | remove` on the same file, while the gateway runs. Every write goes
+through `Registry.change()`: under an exclusive lock (flock on a `.NAME.lock`
+file beside it) it re-reads the file, applies the one change to what is on disk
+and writes the result, then the in-memory registry takes the file's nodes. A
+node added to the file meanwhile is kept (and the gateway knows it from then on),
+never erased by a write from an older copy.
+
 Limits: MAX_NODES = 100,000 nodes per registry (a city district per
 gateway; loading and lookups are dict-sized, not the problem: a bound keeps
 a hostile or broken file from exhausting memory).
@@ -33,14 +41,16 @@ a hostile or broken file from exhausting memory).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomli_w
 
@@ -50,6 +60,8 @@ FORMAT_VERSION = 1
 MAX_NODES = 100_000
 KINDS = ("lighting", "irrigation", "bridge")  # protocol.messages KIND_* 1, 2, 3
 TEXT_MAX = 128
+LOCK_WAIT_S = 10.0
+_T = TypeVar("_T")
 _FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware")
 
 
@@ -279,6 +291,46 @@ class Registry:
             "# Written by provisioning and the gateway's API; see gateway/registry.py.\n" + tomli_w.dumps(doc)
         )
         write_private(self.path, text.encode("utf-8"))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the registry's write lock (flock on `.NAME.lock` beside the file, mode 0600)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(
+                            f"{self.path}: another writer holds {lock} for over {LOCK_WAIT_S:g} s; "
+                            "try again (a stuck `lumeau node` command?)"
+                        ) from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def change(self, edit: Callable[[Registry], _T], *, missing_ok: bool = True) -> tuple[_T, list[int]]:
+        """Apply `edit` to the file as it is now, under the lock; save; take the file's nodes.
+
+        `edit` gets a fresh copy read from disk (not this object) and changes it; if it
+        raises, nothing is written and this registry is unchanged. Returns what `edit`
+        returned and the ids whose root key differs from this registry's before (a
+        change made on disk, or by `edit`): their counters start again (SPEC §2).
+        """
+        with self.locked():
+            if missing_ok and not self.path.exists():  # no file (yet): what this registry holds
+                fresh = Registry(self.path, self._entries)
+            else:
+                fresh = Registry.load(self.path, missing_ok=False)
+            result = edit(fresh)
+            fresh.save()
+        return result, self.replace_all(fresh)
 
     def replace_all(self, other: Registry) -> list[int]:
         """Take `other`'s nodes (a reloaded file) in place; returns the ids whose root key changed.
