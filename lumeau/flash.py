@@ -430,6 +430,7 @@ def rekey(
             template=template,
             lat=loc.get("lat"),
             lon=loc.get("lon"),
+            force=True,  # a re-key replaces the registered key and this config (issue 17)
         )
     except pv.ProvisionError as e:
         raise FlashError("rekey", f"re-keying node {node_id:08x} before the erase failed: {e}") from None

@@ -15,6 +15,20 @@
 Re-provisioning an id the registry holds ROTATES its key and says so: frames the
 node sends with its old key fail verification until it is flashed with the new
 config. The key is never printed unless ``show_key`` is asked for.
+
+Nothing is lost silently (issue 17):
+
+- an id the registry holds, or a config file that exists, is refused unless
+  ``force``; with ``force`` and no template, the existing config's settings
+  (radio, pins, the app's section, hand-made changes) are kept, only the key
+  and the identity are new;
+- a registry file that does not exist is refused unless ``new_registry`` (a
+  typo in the path would otherwise start an empty registry);
+- the registry file is changed under its lock, merged with what is on disk
+  (gateway/registry.py `Registry.change`), so a gateway's API write and a
+  provisioning never erase each other's node;
+- a name another node already has is registered, with a warning
+  (`Provisioned.warnings`).
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +60,7 @@ class Provisioned:
     rotated: bool
     config_path: Path
     registered_in: str
+    warnings: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:  # never the key
         return (
@@ -131,7 +146,7 @@ def check_gateway_url(url: str) -> None:
         )
 
 
-def _api(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+def api_call(url: str, token: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         url.rstrip("/") + path,
@@ -152,6 +167,11 @@ def _api(url: str, token: str, method: str, path: str, body: dict | None = None)
         raise ProvisionError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
 
 
+def http_error(status: int, answer: dict, url: str) -> str:
+    """An API refusal, said so that a person knows what to do."""
+    return f"the gateway refused: HTTP {status} {answer.get('error', '')}".rstrip()
+
+
 def provision(
     kind: str,
     out: Path,
@@ -166,6 +186,8 @@ def provision(
     lat: float | None = None,
     lon: float | None = None,
     firmware: str = "",
+    force: bool = False,
+    new_registry: bool = False,
 ) -> Provisioned:
     from gateway.registry import NodeEntry, Registry, RegistryError
 
@@ -173,10 +195,23 @@ def provision(
         raise ProvisionError("register the node in exactly one place: --registry FILE or --gateway URL")
     if (lat is None) != (lon is None):
         raise ProvisionError("give both --lat and --lon, or neither")
+    if out.exists() and not force:
+        raise ProvisionError(
+            f"{out} already exists (a node's config: it holds its key); give another --out, "
+            "or --force to replace it (its settings are kept unless --template is given)"
+        )
+    if force and template is None and out.exists():
+        template = existing_settings(out)
     key = new_root_key()
 
+    others: list[tuple[int, str]] = []  # (id, name) of the registered nodes, for duplicate names
     old: NodeEntry | dict[str, Any] | None  # the registry's entry, or the gateway's JSON for it
     if registry is not None:
+        if not new_registry and not registry.exists():
+            raise ProvisionError(
+                f"{registry}: no such registry file; check the path (the gateway's is [gateway] registry "
+                "in its config), or give --new-registry to start a new one"
+            )
         try:
             reg = Registry.load(registry)
         except RegistryError as e:
@@ -184,6 +219,7 @@ def provision(
         if node_id is None:
             node_id = allocate_id(reg)
         old = reg.get(node_id)
+        others = [(e.node_id, e.name) for e in reg]
     else:
         assert gateway is not None  # exactly one of registry and gateway, checked above
         check_gateway_url(gateway)
@@ -193,18 +229,26 @@ def provision(
         for _ in range(ALLOCATION_TRIES):
             if allocate:
                 node_id = allocate_id(())  # free when the gateway does not know it (asked just below)
-            status, current = _api(gateway, token, "GET", f"/nodes/{node_id:08x}")
+            status, current = api_call(gateway, token, "GET", f"/nodes/{node_id:08x}")
             if status not in (200, 404):
                 raise ProvisionError(f"the gateway refused: HTTP {status} {current.get('error', '')}")
             if not (allocate and status == 200):
                 break
         old = current if status == 200 else None
+        status, listing = api_call(gateway, token, "GET", "/nodes")
+        if status == 200:
+            others = [(parse_id(n.get("id")), n.get("name", "")) for n in listing.get("nodes", [])]
     assert node_id is not None  # given, or allocated above
     old_kind = (old.kind if isinstance(old, NodeEntry) else old.get("kind")) if old is not None else None
     if old_kind is not None and old_kind != kind:
         raise ProvisionError(
             f"node {node_id:08x} is a {old_kind} node in the registry; a node does not change "
             "kind: provision a new id for the new device"
+        )
+    if old is not None and not force:
+        raise ProvisionError(
+            f"node {node_id:08x} is already registered; provisioning it again ROTATES its key (the node "
+            "stops being heard until flashed with the new config): give --force to do that"
         )
 
     def keep(field_name: str, value: Any) -> Any:
@@ -222,12 +266,26 @@ def provision(
     except RegistryError as e:
         raise ProvisionError(str(e)) from None
 
+    warnings = [
+        f"node {other:08x} already has the name {name!r}: two nodes, one name"
+        for other, n in others
+        if name and n == name and other != node_id
+    ]
+
     # The registry first: a config whose key the gateway does not know is useless,
     # while a registered key without its config is fixed by provisioning again.
     if registry is not None:
-        reg.upsert(entry)
+
+        def edit(disk: Registry) -> None:  # the file as it is now, under its lock
+            now = disk.get(node_id)
+            if now is not None and old is None and not force:
+                raise RegistryError(f"node {node_id:08x} was registered meanwhile; provision again")
+            disk.upsert(entry)
+
         try:
-            reg.save()
+            reg.change(edit, missing_ok=new_registry)
+        except RegistryError as e:
+            raise ProvisionError(str(e)) from None
         except OSError as e:
             raise ProvisionError(f"{registry}: cannot write: {e.strerror}") from None
         where = str(registry)
@@ -236,9 +294,30 @@ def provision(
         body = {"kind": kind, "root_key": key.hex(), "name": name, "site": site, "firmware": firmware}
         if lat is not None:
             body.update(lat=lat, lon=lon)
-        status, answer = _api(gateway, token, "PUT", f"/nodes/{node_id:08x}", body)
+        status, answer = api_call(gateway, token, "PUT", f"/nodes/{node_id:08x}", body)
         if status not in (200, 201):
             raise ProvisionError(f"the gateway refused node {node_id:08x}: HTTP {status} {answer.get('error', '')}")
         where = gateway
     write_private(out, data)
-    return Provisioned(node_id, kind, key, old is not None, out, where)
+    return Provisioned(node_id, kind, key, old is not None, out, where, warnings)
+
+
+def parse_id(value: Any) -> int:
+    """A node id from the API (8 hex digits); -1 when it is not one."""
+    from gateway.registry import parse_node_id
+
+    try:
+        return parse_node_id(value) if isinstance(value, str) else -1
+    except ValueError:
+        return -1
+
+
+def existing_settings(path: Path) -> dict[str, Any] | None:
+    """An existing node config's settings (what a template holds), to keep them on --force."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # not a config: replaced (--force) from the defaults
+    if not isinstance(doc, dict):
+        return None
+    return {k: v for k, v in doc.items() if k not in ("node_id", "kind", "root_key", "key_fresh", "location")}

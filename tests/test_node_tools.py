@@ -70,6 +70,7 @@ def node_config(tmp_path) -> Path:
         "provision",
         "--kind",
         "lighting",
+        "--new-registry",
         "--registry",
         str(tmp_path / "nodes.toml"),
         "--template",
@@ -285,6 +286,7 @@ def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
         "provision",
         "--kind",
         "lighting",
+        "--new-registry",
         "--registry",
         str(reg_path),
         "--template",
@@ -310,7 +312,14 @@ def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
     assert cfg["location"] == {"lat": 48.85, "lon": 2.35} and cfg["radio"]["type"] == "uart"
     assert key not in proc.stdout + proc.stderr and f"{cfg['node_id']:08x}" in proc.stdout
 
-    # The same id again: a new key, said loudly; the rest of the entry is kept.
+    # The same id again: refused without --force (it would rotate the key and replace the config)
+    refused = lumeau(
+        "node", "provision", "--kind", "lighting", "--registry", str(reg_path), "--node-id", f"{cfg['node_id']:08x}",
+        "--out", str(tmp_path / "other.json"),
+    )  # fmt: skip
+    assert refused.returncode == 1 and "--force" in refused.stderr and "already registered" in refused.stderr
+    assert not (tmp_path / "other.json").exists() and Registry.load(reg_path).get(cfg["node_id"]).root_key.hex() == key
+    # with --force: a new key, said loudly; the rest of the entry is kept.
     again = lumeau(
         "node",
         "provision",
@@ -325,6 +334,7 @@ def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
         "--out",
         str(out),
         "--show-key",
+        "--force",
     )
     assert again.returncode == 0, again.stderr
     new_key = json.loads(out.read_text())["root_key"]
@@ -337,7 +347,17 @@ def test_provision_writes_a_private_config_and_registers_the_node(tmp_path):
 
 def test_provision_refusals(tmp_path):
     reg = tmp_path / "nodes.toml"
-    first = lumeau("node", "provision", "--kind", "irrigation", "--registry", str(reg), "--out", str(tmp_path / "a"))
+    first = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "irrigation",
+        "--new-registry",
+        "--registry",
+        str(reg),
+        "--out",
+        str(tmp_path / "a"),
+    )
     assert first.returncode == 0, first.stderr
     node_id = json.loads((tmp_path / "a").read_text())["node_id"]
     kind = lumeau(
@@ -376,6 +396,77 @@ def test_provision_refusals(tmp_path):
     reg.chmod(0o644)
     loose = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--out", str(tmp_path / "e"))
     assert loose.returncode == 1 and "chmod 600" in loose.stderr
+
+
+def test_provision_never_overwrites_silently(tmp_path):
+    """Issue 17: no silent loss of a config, a registry entry or a whole registry."""
+    reg, out = tmp_path / "nodes.toml", tmp_path / "node.json"
+    typo = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--out", str(out))
+    assert typo.returncode == 1 and "--new-registry" in typo.stderr and "no such registry file" in typo.stderr
+    assert not reg.exists() and not out.exists()
+    first = lumeau(
+        "node", "provision", "--kind", "lighting", "--new-registry", "--registry", str(reg), "--out", str(out),
+        "--name", "Rue X 1",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "kill -HUP" in first.stdout  # says how a running gateway learns it
+    cfg = json.loads(out.read_text())
+
+    # the same command again (no --node-id): the config is not overwritten, nothing registered
+    twice = lumeau("node", "provision", "--kind", "lighting", "--registry", str(reg), "--out", str(out))
+    assert twice.returncode == 1 and "already exists" in twice.stderr and "--force" in twice.stderr
+    assert json.loads(out.read_text()) == cfg and len(Registry.load(reg)) == 1
+
+    # a second node with the same name: registered, with a warning
+    dup = lumeau(
+        "node", "provision", "--kind", "lighting", "--registry", str(reg), "--out", str(tmp_path / "b.json"),
+        "--name", "Rue X 1",
+    )  # fmt: skip
+    assert dup.returncode == 0, dup.stderr
+    assert "warning" in dup.stderr and f"{cfg['node_id']:08x}" in dup.stderr and "Rue X 1" in dup.stderr
+    assert len(Registry.load(reg)) == 2
+
+    # --force keeps the hand-made settings of the config it replaces (no --template)
+    cfg["report_interval_s"] = 1234
+    cfg["pins"] = {"lamp": 25}
+    out.write_text(json.dumps(cfg))
+    forced = lumeau(
+        "node", "provision", "--kind", "lighting", "--registry", str(reg), "--node-id", f"{cfg['node_id']:x}",
+        "--out", str(out), "--force",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    new = json.loads(out.read_text())
+    assert new["root_key"] != cfg["root_key"] and new["report_interval_s"] == 1234 and new["pins"] == {"lamp": 25}
+    assert Registry.load(reg).get(cfg["node_id"]).root_key.hex() == new["root_key"]
+
+
+def test_node_list_and_remove_on_a_registry_file(tmp_path):
+    reg = tmp_path / "nodes.toml"
+    ids = []
+    for i, name in enumerate(("Rue A", "Parc B")):
+        p = lumeau(
+            "node", "provision", "--kind", "lighting", "--new-registry", "--registry", str(reg),
+            "--out", str(tmp_path / f"{i}.json"), "--name", name, "--lat", "48.5", "--lon", "2.25",
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        ids.append(json.loads((tmp_path / f"{i}.json").read_text())["node_id"])
+    keys = [e.root_key.hex() for e in Registry.load(reg)]
+    listed = lumeau("node", "list", "--registry", str(reg))
+    assert listed.returncode == 0, listed.stderr
+    assert all(f"{n:08x}" in listed.stdout for n in ids) and "Rue A" in listed.stdout and "2 nodes" in listed.stdout
+    as_json = lumeau("node", "list", "--registry", str(reg), "--json")
+    doc = json.loads(as_json.stdout)
+    assert {n["id"] for n in doc["nodes"]} == {f"{n:08x}" for n in ids}
+    assert not any(k in listed.stdout + as_json.stdout for k in keys)
+
+    gone = lumeau("node", "remove", f"{ids[0]:08x}", "--registry", str(reg))
+    assert gone.returncode == 0 and "removed" in gone.stdout, gone.stderr
+    assert {e.node_id for e in Registry.load(reg)} == {ids[1]}
+    again = lumeau("node", "remove", f"{ids[0]:08x}", "--registry", str(reg))
+    assert again.returncode == 1 and "not in" in again.stderr
+    missing = lumeau("node", "list", "--registry", str(tmp_path / "typo.toml"))
+    assert missing.returncode == 1 and "no such registry file" in missing.stderr
+    assert not (tmp_path / "typo.toml").exists()
 
 
 def test_allocated_ids_are_random_and_free(tmp_path):
@@ -476,7 +567,15 @@ def test_flash_refuses_a_config_for_another_kind(board, bundle_dir, tmp_path):
     out = tmp_path / "irr.json"
     assert (
         lumeau(
-            "node", "provision", "--kind", "irrigation", "--registry", str(tmp_path / "r.toml"), "--out", str(out)
+            "node",
+            "provision",
+            "--kind",
+            "irrigation",
+            "--new-registry",
+            "--registry",
+            str(tmp_path / "r.toml"),
+            "--out",
+            str(out),  # fmt: skip
         ).returncode
         == 0
     )
@@ -720,18 +819,18 @@ def test_provision_refuses_plain_http_to_another_host(tmp_path):
 
     import lumeau.provision as prov
 
-    real = prov._api
+    real = prov.api_call
 
     def spy(*a, **kw):
         sent.append(a)
         return real(*a, **kw)
 
-    prov._api = spy
+    prov.api_call = spy
     try:
         with pytest.raises(ProvisionError, match="plain http"):
             provision("lighting", tmp_path / "n.json", gateway="http://192.0.2.7:8080", token="t")
     finally:
-        prov._api = real
+        prov.api_call = real
     assert sent == [] and not (tmp_path / "n.json").exists()  # nothing left the machine
 
 

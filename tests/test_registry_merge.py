@@ -6,6 +6,7 @@ as a technician provisioning offline while the gateway runs does.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import aiohttp
@@ -127,3 +128,31 @@ def test_a_stuck_lock_is_a_clear_error(tmp_path, monkeypatch):
     holder = Registry.load(path)
     with holder.locked(), pytest.raises(RegistryError, match="another writer holds"):
         Registry.load(path).change(lambda reg: None)
+
+
+async def test_provision_list_and_remove_through_the_gateway_api(gw, tmp_path, capsys):
+    import asyncio
+
+    from lumeau.cli import main as lumeau_main
+
+    http, reg = gw
+    url = str(http._base_url)
+    again = tmp_path / "again.json"
+    with pytest.raises(pv.ProvisionError, match="already registered.*--force"):
+        await asyncio.to_thread(pv.provision, "lighting", again, node_id=1, gateway=url, token=TOKEN)
+    assert not again.exists() and reg.get(1).root_key == root_key(1)
+    async with http.put("/nodes/00000001", json={"name": "Rue A"}) as r:
+        assert r.status == 200
+    p = await asyncio.to_thread(pv.provision, "lighting", tmp_path / "b.json", gateway=url, token=TOKEN, name="Rue A")
+    assert p.warnings and "00000001" in p.warnings[0] and p.node_id in reg
+
+    args = ["node", "list", "--gateway", url, "--token", TOKEN, "--json"]
+    assert await asyncio.to_thread(lumeau_main, args) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {n["id"] for n in listed["nodes"]} == {"00000001", "00000002", f"{p.node_id:08x}"}
+    assert root_key(1).hex() not in json.dumps(listed) and all("root_key" not in n for n in listed["nodes"])
+    args = ["node", "remove", f"{p.node_id:08x}", "--gateway", url, "--token", TOKEN]
+    assert await asyncio.to_thread(lumeau_main, args) == 0
+    assert p.node_id not in reg and p.node_id not in Registry.load(tmp_path / "nodes.toml")
+    assert await asyncio.to_thread(lumeau_main, args) == 1
+    assert "not registered" in capsys.readouterr().err

@@ -1,7 +1,10 @@
 """`lumeau node ...`: the technician's commands for one node (the argparse side).
 
     lumeau node build     --target esp32|rp2 --kind KIND [--out DIR] [--frozen]
-    lumeau node provision --kind KIND (--registry FILE | --gateway URL) [--node-id ID] [--out FILE]
+    lumeau node provision --kind KIND (--registry FILE [--new-registry] | --gateway URL) [--node-id ID]
+                          [--out FILE] [--force]
+    lumeau node list      (--registry FILE | --gateway URL) [--json]
+    lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
     lumeau node scan      [--timeout S] [--json]
     lumeau node check     ADDR [--timeout S] [--json]
@@ -164,9 +167,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
             lat=args.lat,
             lon=args.lon,
             firmware=args.firmware,
+            force=args.force,
+            new_registry=args.new_registry,
         )
     except pv.ProvisionError as e:
         return _err("provision", str(e))
+    for w in p.warnings:
+        print(f"lumeau node provision: warning: {w}", file=sys.stderr)
     verb = (
         "re-provisioned: its root key was ROTATED (frames under the old key now fail; flash the new config)"
         if p.rotated
@@ -177,6 +184,86 @@ def cmd_provision(args: argparse.Namespace) -> int:
     print(f"  registry {p.registered_in}")
     if args.show_key:
         print(f"  root key {p.root_key.hex()}")
+    if args.registry is not None:
+        print("  a running gateway knows it after `kill -HUP` of the gateway or its next API change of a node")
+    return 0
+
+
+def _registry_nodes(args: argparse.Namespace, cmd: str) -> list[dict[str, Any]]:
+    """The registered nodes, public fields only (never a key), from the file or the gateway."""
+    from gateway.registry import Registry
+    from lumeau import provision as pv
+
+    if args.registry is not None:
+        if not args.registry.exists():
+            raise pv.ProvisionError(f"{args.registry}: no such registry file")
+        return [e.public() for e in sorted(Registry.load(args.registry), key=lambda e: e.node_id)]
+    token = _token(args)
+    pv.check_gateway_url(args.gateway)
+    status, doc = pv.api_call(args.gateway, token, "GET", "/nodes")
+    if status != 200:
+        raise pv.ProvisionError(pv.http_error(status, doc, args.gateway))
+    return [{k: v for k, v in n.items() if k in PUBLIC_FIELDS} for n in doc.get("nodes", [])]
+
+
+PUBLIC_FIELDS = ("id", "kind", "name", "site", "lat", "lon", "firmware")
+
+
+def _token(args: argparse.Namespace) -> str:
+    from lumeau import provision as pv
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise pv.ProvisionError(f"--gateway needs the API token (--token or ${TOKEN_ENV})")
+    return token
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gateway.registry import RegistryError
+    from lumeau import provision as pv
+
+    try:
+        nodes = _registry_nodes(args, "list")
+    except (pv.ProvisionError, RegistryError) as e:
+        return _err("list", str(e))
+    if args.json:
+        print(json.dumps({"nodes": nodes}))
+        return 0
+    print(f"{'NODE':8s}  {'KIND':10s} {'NAME':24s} {'SITE':20s} LOCATION")
+    for n in nodes:
+        loc = f"{n['lat']:.5f},{n['lon']:.5f}" if n.get("lat") is not None else "-"
+        print(f"{n['id']:8s}  {n['kind']:10s} {n.get('name') or '-':24s} {n.get('site') or '-':20s} {loc}")
+    print(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from gateway.registry import Registry, RegistryError
+    from lumeau import provision as pv
+
+    node_id = args.id
+    try:
+        if args.registry is not None:
+            if not args.registry.exists():
+                return _err("remove", f"{args.registry}: no such registry file")
+            gone, _ = Registry.load(args.registry).change(lambda reg: reg.remove(node_id), missing_ok=False)
+            if gone is None:
+                return _err("remove", f"node {node_id:08x} is not in {args.registry}")
+            where = str(args.registry)
+        else:
+            token = _token(args)
+            pv.check_gateway_url(args.gateway)
+            status, doc = pv.api_call(args.gateway, token, "DELETE", f"/nodes/{node_id:08x}")
+            if status == 404:
+                return _err("remove", f"node {node_id:08x} is not registered at {args.gateway}")
+            if status != 204:
+                return _err("remove", pv.http_error(status, doc, args.gateway))
+            where = args.gateway
+    except (pv.ProvisionError, RegistryError) as e:
+        return _err("remove", str(e))
+    except OSError as e:
+        return _err("remove", f"{args.registry}: cannot write: {e.strerror}")
+    print(f"node {node_id:08x} removed from {where} (its key is gone: frames from it are no longer accepted)")
     return 0
 
 
@@ -240,7 +327,34 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--lon", type=float, help="longitude, degrees")
     p.add_argument("--firmware", default="", help="firmware version as provisioned")
     p.add_argument("--show-key", action="store_true", help="print the root key (it is never printed otherwise)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-provision a registered --node-id (ROTATES its key) and replace an existing --out file "
+        "(its settings are kept unless --template is given)",
+    )
+    p.add_argument(
+        "--new-registry",
+        action="store_true",
+        help="create the --registry file if it does not exist (without it, a missing file is an error: a typo)",
+    )
     p.set_defaults(func=cmd_provision)
+
+    ls = actions.add_parser("list", help="list the registered nodes (id, kind, name, site; never keys)")
+    lw = ls.add_mutually_exclusive_group(required=True)
+    lw.add_argument("--registry", type=Path, help="the gateway's registry file")
+    lw.add_argument("--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8760")
+    ls.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
+    ls.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    ls.set_defaults(func=cmd_list)
+
+    rm = actions.add_parser("remove", help="remove a node from the registry (its key goes with it)")
+    rm.add_argument("id", type=_node_id, metavar="ID", help="the node id, hex")
+    rw = rm.add_mutually_exclusive_group(required=True)
+    rw.add_argument("--registry", type=Path, help="the gateway's registry file")
+    rw.add_argument("--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8760")
+    rm.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
+    rm.set_defaults(func=cmd_remove)
 
     f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
