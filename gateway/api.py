@@ -29,8 +29,14 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                      {"op": "set_level", "args": [100, 600], "ttl_s": 600}
                                      {"type": "config", "settings": {"report_interval": 900}}
                                      {"type": "time"}
-                                   op by name (protocol/expand.py) or number; 404 unknown
-                                   node, 400 bad body, 429 the node's queue is full
+                                     {"op": "set_level", "args": {"level": 50, "duration": 600}}
+                                   op by name (protocol/expand.py) or number; args as on the air
+                                   or named as GET /ops describes them (an object, or a list of
+                                   one object per group); checked against the op catalogue (the
+                                   node's kind, argument count and ranges: gateway/ops.py) and
+                                   refused at once, never sent; 404 unknown node, 400 bad body or
+                                   a command the node would refuse (naming the argument), 429 the
+                                   node's queue is full
   GET    /nodes/{id}/commands      that node's downlinks, oldest first (?state=queued,sent)
   GET    /commands                 all downlinks (?state=...&limit=...)
   GET    /commands/{id}            one downlink and its state (queued, sent, acked, failed, expired);
@@ -297,8 +303,12 @@ def record_json(seq: int, r: Record) -> dict[str, Any]:
     }
 
 
-def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]:
-    """API JSON -> (mtype, body, ttl_s). Raises DownlinkRejected naming the problem."""
+def parse_downlink_request(doc: Any, node_kind: str | None = None) -> tuple[int, dict[int, Any], float | None]:
+    """API JSON -> (mtype, body, ttl_s). Raises DownlinkRejected naming the problem.
+
+    With the node's kind, a COMMAND is checked against the op catalogue (gateway/ops.py):
+    kind, argument count and ranges; named arguments become the list on the air.
+    """
     if not isinstance(doc, dict):
         raise DownlinkRejected("the request must be a JSON object")
     ttl = doc.get("ttl_s")
@@ -340,7 +350,12 @@ def parse_downlink_request(doc: Any) -> tuple[int, dict[int, Any], float | None]
     if isinstance(op, bool) or not isinstance(op, int):
         raise DownlinkRejected("op must be an operation name or number")
     args = doc.get("args", [])
-    if not isinstance(args, list):
+    if node_kind is not None:
+        try:
+            args = ops.check_command(op, args, node_kind)
+        except ops.CommandRefused as e:
+            raise DownlinkRejected(str(e)) from None
+    elif not isinstance(args, list):
         raise DownlinkRejected("args must be a list of integers")
     body = {1: op}
     if args:
@@ -602,8 +617,11 @@ class Api:
     async def post_command(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)
         doc = await self._body(request)
+        entry = self.registry.get(node_id)
+        if entry is None:
+            return _error(404, f"node {node_id:08x} is not in the registry")
         try:
-            mtype, body, ttl = parse_downlink_request(doc)
+            mtype, body, ttl = parse_downlink_request(doc, entry.kind)
             dl = await self.downlinks.enqueue(node_id, mtype, body, ttl)
         except DownlinkRejected as e:
             return _error(e.status, str(e))

@@ -4,9 +4,15 @@ Served at `GET /ops` so a client (the technician page's command form)
 builds its fields from one description instead of its own copy of the spec.
 Op numbers and names come from protocol/expand.py; the ranges are
 protocol/messages.py's, which the firmware checks too (tests/test_gateway_ops.py
-sends each op at its bounds and just past them to the real apps). The node stays the authority:
-the gateway does not refuse a command the catalogue would (a newer firmware
-may accept more); a node answers `bad_args`.
+sends each op at its bounds and just past them to the real apps).
+
+The API checks every COMMAND against this catalogue before it is queued
+(`check_command`, issue 17): the node's kind, the number of arguments and each
+one's range. A command the node would answer with `unknown_op` or `bad_args` is
+refused at once (400, naming the argument), never sent over the air. Arguments
+come as the flat list on the air, or named as `args` describes them: one object
+(`{"level": 50, "duration": 600}`) for an op of one group, a list of objects
+(one per group) for any op.
 
 An op's `args` describe one group of arguments; `groups` says how many
 groups it takes (`set_profile`: 1-8 steps of three; `set_schedule`: 1-6
@@ -143,4 +149,71 @@ def catalogue() -> list[dict[str, Any]]:
                 "help": help_,
             }
         )
+    return out
+
+
+class CommandRefused(ValueError):
+    """A command the node would refuse (`unknown_op`, `bad_args`); the message names the argument."""
+
+
+def _value(op_name: str, arg: dict[str, Any], v: Any, where: str) -> int:
+    label = f"{op_name}: {arg['name']}{where}"
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CommandRefused(f"{label}: {v!r} is not an integer")
+    if arg["kind"] == "choice":
+        if str(v) not in arg["choices"]:
+            known = ", ".join(f"{k} ({n})" for k, n in arg["choices"].items())
+            raise CommandRefused(f"{label}: {v} is not one of {known}")
+    elif not arg["min"] <= v <= arg["max"]:
+        unit = f" {arg['unit']}" if arg["unit"] else ""
+        raise CommandRefused(f"{label}: {v} is out of range {arg['min']}..{arg['max']}{unit}")
+    return v
+
+
+def check_command(op: int, args: Any, kind: str) -> list[int]:
+    """The flat argument list of `op` for a node of `kind`, or CommandRefused naming what is wrong.
+
+    `args`: a list of integers (as on the air), an object of named arguments (an op of one
+    group), or a list of such objects (one per group).
+    """
+    names = expand.ENUMS[(m.COMMAND, 1)]
+    if op not in _CATALOGUE:
+        known = ", ".join(names[n] for n in sorted(_CATALOGUE))
+        raise CommandRefused(f"unknown op {op!r} (known: {known})")
+    kinds, spec, (gmin, gmax), _ = _CATALOGUE[op]
+    name = names[op]
+    if kind not in kinds:
+        raise CommandRefused(f"{name} is an op for {' and '.join(kinds)} nodes; this node is a {kind} node")
+    arg_names = ", ".join(a["name"] for a in spec) or "none"
+    if isinstance(args, dict):
+        args = [args] if args or spec else []
+    if not isinstance(args, list):
+        raise CommandRefused(f"{name}: args must be a list of integers or an object of named arguments ({arg_names})")
+    if args and all(isinstance(g, dict) for g in args):
+        flat: list[Any] = []
+        for i, g in enumerate(args):
+            where = f" (group {i + 1})" if gmax > 1 else ""
+            unknown = sorted(set(g) - {a["name"] for a in spec})
+            if unknown:
+                raise CommandRefused(f"{name}: unknown argument {unknown[0]!r}{where} (arguments: {arg_names})")
+            for a in spec:
+                if a["name"] not in g:
+                    raise CommandRefused(f"{name}: argument {a['name']!r}{where} missing (arguments: {arg_names})")
+                flat.append(g[a["name"]])
+        args = flat
+    elif any(isinstance(g, dict) for g in args):
+        raise CommandRefused(f"{name}: args mixes objects and numbers: give one or the other")
+    per = len(spec)
+    if per == 0:
+        if args:
+            raise CommandRefused(f"{name} takes no arguments, got {len(args)}")
+        return []
+    if len(args) % per or not gmin <= len(args) // per <= gmax:
+        counts = f"{per * gmin}" if gmin == gmax else f"{per} to {per * gmax} in groups of {per}"
+        raise CommandRefused(f"{name} takes {counts} arguments ({arg_names}), got {len(args)}")
+    out = []
+    for i, v in enumerate(args):
+        group, pos = divmod(i, per)
+        where = f" (group {group + 1})" if gmax > 1 else ""
+        out.append(_value(name, spec[pos], v, where))
     return out

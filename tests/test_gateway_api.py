@@ -126,8 +126,8 @@ async def test_commands_enqueue_list_status_cancel(gw):
     async with http.post(
         "/nodes/00000001/commands", json={"op": "set_level", "args": [100, 600], "ttl_s": 900}, headers=AUTH
     ) as r:
-        assert r.status == 201
         cmd = await r.json()
+        assert r.status == 201, cmd
     assert cmd["op"] == "set_level" and cmd["args"] == [100, 600] and cmd["state"] == "queued"
     assert cmd["command_id"] == cmd["id"] and cmd["expires"] - cmd["created"] == 900
     async with http.post(
@@ -139,7 +139,7 @@ async def test_commands_enqueue_list_status_cancel(gw):
     for bad, status, why in [
         ({"op": "explode"}, 400, "unknown op"),
         ({"op": "set_level", "args": "x"}, 400, "args"),
-        ({"op": 1, "args": [2**31]}, 400, "out of range"),  # per-op ranges: the node says bad_args
+        ({"op": 1, "args": [2**31, 0]}, 400, "out of range"),  # per-op ranges: checked at the API (issue 17)
         ({"type": "config", "settings": {"colour": 1}}, 400, "unknown setting"),
         ({"type": "mail"}, 400, "type"),
         ({"op": 1, "when": 3}, 400, "unknown field"),
@@ -164,6 +164,31 @@ async def test_commands_enqueue_list_status_cancel(gw):
         assert r.status == 404
     async with http.post("/nodes/00000002/commands", data=b"x" * 100_000, headers=AUTH) as r:
         assert r.status == 413
+
+
+async def test_commands_are_checked_against_the_catalogue_and_never_queued_when_bad(gw):
+    """Issue 17: what the node would answer `bad_args` / `unknown_op` is refused at once, naming why."""
+    http, _, reg = gw
+    reg.upsert(NodeEntry(5, "irrigation", root_key(5)))
+    for node, bad, words in [
+        ("00000001", {"op": "set_level", "args": [150, 600]}, ("level", "0..100")),
+        ("00000001", {"op": "set_level", "args": [80]}, ("takes 2 arguments", "got 1")),
+        ("00000001", {"op": "open_zone", "args": [1, 10]}, ("open_zone", "lighting node")),
+        ("00000001", {"op": "set_level", "args": {"level": 50}}, ("'duration'", "missing")),
+        ("00000005", {"op": "set_schedule", "args": [{"zone": 9, "days": 1, "start": 0, "minutes": 5}]}, ("zone",)),
+        ("00000005", {"op": 42}, ("unknown op",)),
+    ]:
+        async with http.post(f"/nodes/{node}/commands", json=bad, headers=AUTH) as r:
+            doc = await r.json()
+            assert r.status == 400 and all(w in doc["error"] for w in words), (bad, doc)
+    async with http.get("/commands", headers=AUTH) as r:
+        assert (await r.json())["commands"] == []  # nothing queued, so nothing sent over the air
+    named = {"op": "set_level", "args": {"level": 50, "duration": 600}}
+    async with http.post("/nodes/00000001/commands", json=named, headers=AUTH) as r:
+        assert r.status == 201 and (await r.json())["args"] == [50, 600]
+    groups = {"op": "open_zone", "args": [{"zone": 2, "minutes": 10}]}
+    async with http.post("/nodes/00000005/commands", json=groups, headers=AUTH) as r:
+        assert r.status == 201 and (await r.json())["args"] == [2, 10]
 
 
 _SAMPLE = re.compile(

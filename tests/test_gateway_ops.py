@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from apps_support import AppNode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware.irrigation import Irrigation
 from firmware.lighting import Lighting
@@ -106,3 +108,74 @@ def test_runtime_ops_follow_the_runtime():
     assert by_name["reboot"]["args"] == [] and by_name["reboot"]["groups"]["max"] == 0
     for kind in ("lighting", "irrigation"):  # an app does not know them: the runtime answers them
         assert app(kind).command(m.OP_REBOOT, [])[0] == m.RES_UNKNOWN_OP
+
+
+# -- the API's check (issue 17): what the node would refuse is refused before it is queued --------
+
+
+def test_check_command_takes_what_the_node_takes_and_names_what_it_would_refuse():
+    L, I = "lighting", "irrigation"  # noqa: E741
+    assert ops.check_command(m.OP_SET_LEVEL, [100, 600], L) == [100, 600]
+    assert ops.check_command(m.OP_SET_LEVEL, {"level": 50, "duration": 0}, L) == [50, 0]
+    assert ops.check_command(m.OP_SET_LEVEL, [{"level": 50, "duration": 0}], L) == [50, 0]
+    steps = [{"anchor": 0, "offset": -30, "level": 80}, {"anchor": 2, "offset": 0, "level": 20}]
+    assert ops.check_command(m.OP_SET_PROFILE, steps, L) == [0, -30, 80, 2, 0, 20]
+    assert ops.check_command(m.OP_REBOOT, [], I) == [] and ops.check_command(m.OP_CLOSE_ALL, {}, I) == []
+    for op, args, kind, words in [
+        (m.OP_SET_LEVEL, [150, 600], L, ("level", "150", "0..100")),
+        (m.OP_SET_LEVEL, [80], L, ("takes 2 arguments", "level, duration", "got 1")),
+        (m.OP_OPEN_ZONE, [1, 10], L, ("open_zone", "irrigation", "lighting node")),
+        (m.OP_SET_LEVEL, [1, 2], "bridge", ("bridge",)),
+        (m.OP_SET_LEVEL, {"level": 50}, L, ("'duration'", "missing")),
+        (m.OP_SET_LEVEL, {"level": 50, "duraton": 1}, L, ("unknown argument 'duraton'",)),
+        (m.OP_SET_LEVEL, [50, True], L, ("duration", "not an integer")),
+        (m.OP_SET_LEVEL, "x", L, ("args must be",)),
+        (m.OP_SET_PROFILE, [0, 0], L, ("3 to 24 in groups of 3",)),
+        (m.OP_SET_PROFILE, [0, 0, 50, 3, 0, 50], L, ("anchor (group 2)", "not one of")),
+        (m.OP_SET_SCHEDULE, [5, 127, 0, 10], I, ("zone", "1..4")),
+        (m.OP_REBOOT, [1], I, ("takes no arguments",)),
+        (m.OP_SET_LEVEL, [{"level": 1, "duration": 1}, 5], L, ("mixes",)),
+        (99, [], L, ("unknown op 99",)),
+    ]:
+        with pytest.raises(ops.CommandRefused) as e:
+            ops.check_command(op, args, kind)
+        assert all(w in str(e.value) for w in words), (op, args, str(e.value))
+
+
+@pytest.mark.parametrize(
+    "op, kind", [pytest.param(o, k, id=f"{o['name']}-{k}") for o in ops.catalogue() for k in o["kinds"]]
+)
+def test_check_command_agrees_with_the_catalogue_bounds(op, kind):
+    code, args, gmin, gmax = op["op"], op["args"], op["groups"]["min"], op["groups"]["max"]
+    lows = [bounds(a)[0] for a in args]
+    highs = [bounds(a)[1] for a in args]
+    for group in (lows, highs):
+        for n in sorted({gmin, gmax}):
+            assert ops.check_command(code, group * n, kind) == group * n
+    if args:
+        with pytest.raises(ops.CommandRefused):
+            ops.check_command(code, lows * (gmax + 1), kind)
+    for i, a in enumerate(args):
+        lo, hi = bounds(a)
+        for bad in (lo - 1, hi + 1):
+            group = list(lows)
+            group[i] = bad
+            with pytest.raises(ops.CommandRefused, match=a["name"]):
+                ops.check_command(code, group, kind)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=6) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(op=st.integers(-2, 12), args=json_values, kind=st.sampled_from(["lighting", "irrigation", "bridge"]))
+def test_check_command_never_crashes(op, args, kind):
+    try:
+        out = ops.check_command(op, args, kind)
+    except ops.CommandRefused:
+        return
+    assert isinstance(out, list) and all(type(v) is int for v in out)

@@ -164,12 +164,12 @@ async def test_an_acked_command_shows_the_value_the_node_applied(gw):
     http, p = gw
     wire = Wire()
     assert await p.ingest(reception(seal(1, 1), transport="serial", path=wire)) == "accepted"
-    async with http.post("/nodes/00000001/commands", json={"op": "open_zone", "args": [2, 600]}, headers=AUTH) as r:
+    async with http.post("/nodes/00000001/commands", json={"op": "set_level", "args": [100, 600]}, headers=AUTH) as r:
         cmd = await r.json()
     await wait_for(lambda: wire.sent)  # serial: sent at once
     ((mtype, body),) = wire.sent
     assert mtype == m.COMMAND and body[0] == cmd["command_id"]
-    ack = seal(1, 2, m.CMD_ACK, {0: body[0], 1: m.RES_OK, 2: 45})  # capped at the node's maximum
+    ack = seal(1, 2, m.CMD_ACK, {0: body[0], 1: m.RES_OK, 2: 45})  # the value the node answered
     assert await p.ingest(reception(ack, transport="serial", path=wire)) == "accepted"
 
     async def acked() -> dict | None:
