@@ -126,6 +126,10 @@ def check_gateway_url(url: str) -> None:
     import ipaddress
     import urllib.parse
 
+    if "://" not in url:
+        raise ProvisionError(
+            f"--gateway {url!r} has no scheme: write http://{url} (a gateway on this host) or https://{url}"
+        )
     try:
         u = urllib.parse.urlsplit(url)
         host = u.hostname or ""
@@ -167,9 +171,24 @@ def api_call(url: str, token: str, method: str, path: str, body: dict | None = N
         raise ProvisionError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
 
 
-def http_error(status: int, answer: dict, url: str) -> str:
-    """An API refusal, said so that a person knows what to do."""
-    return f"the gateway refused: HTTP {status} {answer.get('error', '')}".rstrip()
+TOKEN_ENV = "LUMEAU_API_TOKEN"
+NO_SUCH_NODE = "no such node"  # the API's 404 for a node it does not hold (gateway/api.py)
+
+
+def http_error(status: int, answer: dict, url: str, what: str = "") -> str:
+    """An API refusal, said so that a person knows what to do (never the token)."""
+    reason = answer.get("error", "") if isinstance(answer, dict) else ""
+    head = f"the gateway at {url} refused{' ' + what if what else ''}: HTTP {status}"
+    if status == 401:
+        return (
+            f"{head}: the API token is not the gateway's; it is [api] token_file (or token) in the "
+            f"gateway's config (gateway.toml): give it with --token or ${TOKEN_ENV}"
+        )
+    if status in (404, 405) and reason != NO_SUCH_NODE:
+        return (
+            f"{head} {reason}: is this the gateway's API URL? (scheme, host and port only, e.g. http://127.0.0.1:8760)"
+        )
+    return f"{head} {reason}".rstrip()
 
 
 def provision(
@@ -224,14 +243,17 @@ def provision(
         assert gateway is not None  # exactly one of registry and gateway, checked above
         check_gateway_url(gateway)
         if not token:
-            raise ProvisionError("--gateway needs the API token (--token or LUMEAU_API_TOKEN)")
+            raise ProvisionError(
+                f"--gateway needs the API token (--token or ${TOKEN_ENV}): it is [api] token_file (or token) "
+                "in the gateway's config"
+            )
         allocate = node_id is None
         for _ in range(ALLOCATION_TRIES):
             if allocate:
                 node_id = allocate_id(())  # free when the gateway does not know it (asked just below)
             status, current = api_call(gateway, token, "GET", f"/nodes/{node_id:08x}")
-            if status not in (200, 404):
-                raise ProvisionError(f"the gateway refused: HTTP {status} {current.get('error', '')}")
+            if status not in (200, 404) or (status == 404 and current.get("error") != NO_SUCH_NODE):
+                raise ProvisionError(http_error(status, current, gateway))
             if not (allocate and status == 200):
                 break
         old = current if status == 200 else None
@@ -296,7 +318,7 @@ def provision(
             body.update(lat=lat, lon=lon)
         status, answer = api_call(gateway, token, "PUT", f"/nodes/{node_id:08x}", body)
         if status not in (200, 201):
-            raise ProvisionError(f"the gateway refused node {node_id:08x}: HTTP {status} {answer.get('error', '')}")
+            raise ProvisionError(http_error(status, answer, gateway, f"node {node_id:08x}"))
         where = gateway
     write_private(out, data)
     return Provisioned(node_id, kind, key, old is not None, out, where, warnings)

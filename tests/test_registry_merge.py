@@ -156,3 +156,37 @@ async def test_provision_list_and_remove_through_the_gateway_api(gw, tmp_path, c
     assert p.node_id not in reg and p.node_id not in Registry.load(tmp_path / "nodes.toml")
     assert await asyncio.to_thread(lumeau_main, args) == 1
     assert "not registered" in capsys.readouterr().err
+
+
+# -- messages that say what to do (issue 17, deliver 5) ----------------------------------------------
+
+
+def test_provision_help_gives_the_api_port_the_gateway_listens_on(capsys):
+    from gateway.config import ApiSection
+    from lumeau.cli import main as lumeau_main
+
+    with pytest.raises(SystemExit):
+        lumeau_main(["node", "provision", "--help"])
+    text = capsys.readouterr().out
+    assert f":{ApiSection().port}" in text and ":8080" not in text
+
+
+def test_a_gateway_url_without_scheme_says_what_to_write(tmp_path):
+    with pytest.raises(pv.ProvisionError, match=r"write http://127\.0\.0\.1:8760"):
+        pv.provision("lighting", tmp_path / "n.json", gateway="127.0.0.1:8760", token=TOKEN)
+    assert not (tmp_path / "n.json").exists()
+
+
+async def test_a_refused_token_says_where_the_token_lives(gw, tmp_path):
+    import asyncio
+
+    http, _ = gw
+    url = str(http._base_url)
+    with pytest.raises(pv.ProvisionError) as e:
+        await asyncio.to_thread(
+            pv.provision, "lighting", tmp_path / "n.json", gateway=url, token="wrong-token-0123456789"
+        )
+    msg = str(e.value)
+    assert "401" in msg and "[api] token" in msg and "LUMEAU_API_TOKEN" in msg and "wrong-token" not in msg
+    with pytest.raises(pv.ProvisionError, match="is this the gateway's API URL"):
+        await asyncio.to_thread(pv.provision, "lighting", tmp_path / "n.json", gateway=url + "/nope", token=TOKEN)

@@ -308,8 +308,12 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--kind", choices=bundles.KINDS, required=True)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--registry", type=Path, help="the gateway's registry file (gateway offline)")
-    where.add_argument("--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8080 (gateway running)")
-    p.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
+    where.add_argument(
+        "--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8760 (gateway running; its [api] port)"
+    )
+    p.add_argument(
+        "--token", help=f"API token for --gateway (or ${TOKEN_ENV}): [api] token_file or token in the gateway's config"
+    )
     p.add_argument(
         "--node-id",
         type=_node_id,
