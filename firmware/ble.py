@@ -48,8 +48,10 @@
 # codes) is protocol/ble.py. Like the rest of the firmware (firmware/README.md)
 # this module loads only the node's parts of protocol/ (nodeble, nodeframe,
 # nodemsg, nodecbor) and keeps private const() copies of the numbers it uses,
-# so a node with BLE on never loads messages.py, frame.py, cbor.py or ble.py
-# (tests/test_node_consts.py checks the copies).
+# so a node with BLE on never loads messages.py, frame.py or ble.py, and
+# cbor.py only as nodecbor's fallback (a body outside a node's CBOR subset;
+# frames are decoded after their MIC verified). tests/test_node_consts.py
+# checks the copies and the imports.
 #
 # Time: the advertising refresh is aioble's own timeout (the board's clock;
 # BLE has no simulated counterpart); everything else waits through the HAL.
