@@ -1,7 +1,7 @@
 """Heap of each node app under real MicroPython over a simulated week (issues 3 and 21).
 
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
-                                           [--tick-ms MS] [--sample-every 400] [--heap-map]
+                                           [--tick-ms MS] [--sample-every 400] [--heap-map] [--ble]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
 small gateway, tests/micropython/mpnode.py) in the MicroPython WebAssembly
@@ -43,6 +43,14 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   short strings) when code_heap is read: pools, qstrs, str_bytes, bytes (all
   of it heap, part of code_heap). Each new pool doubles the last one's
   entries, so a few names more can cost a whole new pool of several KB;
+- with --ble, a node whose config enables BLE commissioning (firmware/ble.py,
+  SPEC §11): firmware.ble is among the device imports (so its code and the
+  protocol modules it loads count in code_heap), a Commissioning runs beside
+  the node over the aioble stand-in (tests/micropython/aioble_fake.py), and
+  once a simulated day at 10:00 a technician's central (BLE_CENTRAL below,
+  harness code) connects, reads the status, opens a session, writes a sealed
+  CONFIG, reads the status for 30 s and leaves, so the day's peak includes a
+  connection; `ble` in each app's result counts sessions and CONFIGs applied;
 - the bars: runtime_heap <= 16 KB and total <= 72 KB on the worst day
   (issue 11; issue 3's were 24 and 96 KB), growth <= 512 B over days 2-7,
   and their ratios.
@@ -78,6 +86,7 @@ from firmware import manifest  # noqa: E402
 MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
 RUNNER = ROOT / "bench" / "firmware_memory.mjs"
 MPNODE = ROOT / "tests" / "micropython" / "mpnode.py"
+AIOBLE_FAKE = ROOT / "tests" / "micropython" / "aioble_fake.py"
 HEAP = 64 * 1024
 SAMPLE_EVERY = 400  # scheduler steps per heap sample, besides one after each frame heard (the docstring says why)
 TICK_MS = None  # the apps' own tick (1 s); --tick-ms sets another
@@ -86,6 +95,102 @@ RESAMPLE = 3  # extra collections before a sample may raise a day's peak (firmwa
 RUNTIME_BAR = 16 * 1024  # issue 11
 TOTAL_BAR = 72 * 1024  # issue 11: code + runtime
 GROWTH_BAR = 512  # bytes, day 2 to day 7 (issue 21)
+# The technician's central of --ble (plain MicroPython, harness code: loaded with the
+# simulation, so it counts as the harness, not as the node). The aioble stand-in's
+# advertising refresh waits in real time (BLE has no simulated clock); everything
+# else waits on the simulated clock.
+BLE_CENTRAL = """
+import asyncio
+import aioble_fake
+from firmware import ble
+from protocol import ble as bp
+from protocol import frame as fr
+from protocol import messages as m
+from protocol import serial as framing
+
+SETTINGS = {"enabled": True, "configure": True, "adv_interval_ms": 500}
+AT_MS = 10 * 3600 * 1000  # 10:00 of each simulated day
+stats = {"connections": 0, "sessions": 0, "applied": 0, "answers_bad": 0}
+
+
+class _Os:  # this port has no os.urandom; a board's is its hardware RNG
+    drawn = 0
+
+    @classmethod
+    def urandom(cls, n):
+        cls.drawn += 1
+        return bytes((cls.drawn * 37 + i * 101) & 0xFF for i in range(n))
+
+
+def start(node, tasks):
+    if not hasattr(ble.os, "urandom"):
+        ble.os = _Os
+    stack = aioble_fake.Stack()
+    c = ble.Commissioning(node, stack.aioble(), aioble_fake.UUID, SETTINGS)
+    tasks.append(asyncio.create_task(c.run()))
+    tasks.append(asyncio.create_task(_central(node, stack)))
+    return c
+
+
+async def _exchange(hal, stack, h, raw):
+    got = []
+    dec = framing.Decoder(fr.MAX_LEN)
+    stack.on_notify = lambda handle, data: got.extend(dec.feed(data))
+    data = framing.encode(raw)
+    for i in range(0, len(data), 20):
+        stack.write(h, data[i : i + 20])
+        await hal.sleep_ms(20)
+    for _ in range(50):
+        if got:
+            break
+        await hal.sleep_ms(20)
+    stack.on_notify = None
+    return got[0] if len(got) == 1 else None
+
+
+async def _central(node, stack):
+    hal = node.hal
+    day = 0
+    while True:
+        await hal.sleep_ms(day * 86400000 + AT_MS - hal.ticks_ms())
+        day += 1
+        while stack.advertising is None:  # between two advertising refreshes
+            await hal.sleep_ms(100)
+        await _visit(node, stack)  # its locals go with it: the harness keeps nothing between visits
+
+
+async def _visit(node, stack):
+    hal = node.hal
+    keys = node.keys  # the tool knows the node key; a copy of its own would count as node heap here
+    status = stack.handle_of(aioble_fake.UUID(bp.STATUS_UUID))
+    control = stack.handle_of(aioble_fake.UUID(bp.CONTROL_UUID))
+    stack.connect(mtu=64)
+    stats["connections"] += 1
+    stack.subscribe(control)
+    await hal.sleep_ms(1500)
+    stack.read(status)
+    challenge = bytes(range(bp.CHALLENGE_LEN))
+    answer = await _exchange(hal, stack, control, bytes((bp.SESSION,)) + challenge)
+    if answer is None or len(answer) != bp.SESSION_ANSWER_LEN:
+        stats["answers_bad"] += 1
+    else:
+        stats["sessions"] += 1
+        nonce = answer[1:9]
+        counter = int.from_bytes(answer[9:13], "big") + 1
+        body = {m.CF_SETTINGS: {m.CFG_REPORT_INTERVAL: node.report_s}, m.CF_ECHO: nonce}
+        raw = fr.seal(keys, m.CONFIG, counter, m.encode(m.CONFIG, body))
+        answer = await _exchange(hal, stack, control, raw)
+        try:
+            f, plain = fr.unseal(keys, answer)
+            ok = f.mtype == m.CMD_ACK and m.decode(m.CMD_ACK, plain)[m.CA_RESULT] == m.RES_OK
+        except Exception:
+            ok = False
+        stats["applied" if ok else "answers_bad"] += 1
+    for _ in range(30):
+        await hal.sleep_ms(1000)
+        stack.read(status)
+    stack.disconnect()
+"""
 APP_CLASS = {"lighting": ("firmware.lighting", "Lighting"), "irrigation": ("firmware.irrigation", "Irrigation")}
 
 
@@ -118,10 +223,15 @@ def run_app(
     tick_ms: int | None = TICK_MS,
     sample_every: int = SAMPLE_EVERY,
     heap_map: bool = False,
+    ble_central: Path | None = None,
 ) -> dict:
+    """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too."""
     module, cls = APP_CLASS[kind]
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
+    ble = ble_central is not None
+    if ble:
+        files += [[str(AIOBLE_FAKE), "/bench/aioble_fake.py"], [str(ble_central), "/bench/blecentral.py"]]
     job = {
         "micropython": str(MICROPYTHON_MJS),
         "heapsize": HEAP,
@@ -129,15 +239,16 @@ def run_app(
         "device_imports": (
             "import firmware\n"
             f"from firmware import config, hal_machine, radio, radio_lora, runtime\nfrom {module} import {cls}\n"
-            "del config\n"
+            + ("from firmware import ble\n" if ble else "")
+            + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
             "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool
         ),
-        "sim_imports": "import mpnode\n",
+        "sim_imports": "import mpnode\n" + ("import blecentral\n" if ble else ""),
         "setup": (
             "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
             f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
-            f"_end = {int(hours * 3600 * 1000)}\n"
+            f"_end = {int(hours * 3600 * 1000)}\n" + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears
@@ -146,7 +257,9 @@ def run_app(
         "heap_map": heap_map,
         "check": (
             "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
-            "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error})"
+            "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error"
+            + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
+            + "})"
         ),
     }
     proc = subprocess.run(
@@ -216,6 +329,7 @@ def run_app(
         "frames_rejected": r["check"]["rejected"],
         "max_frame_bytes": r["check"]["max_frame"],
         "app_faults": r["check"]["app_faults"],
+        **({"ble": r["check"]["ble"]} if ble else {}),
     }
 
 
@@ -234,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="per day, live objects by type ({letter: [objects, 16-byte blocks]}, firmware_memory.mjs)",
     )
+    ap.add_argument(
+        "--ble",
+        action="store_true",
+        help="a node with BLE commissioning on (firmware/ble.py over the aioble stand-in, a central once a day)",
+    )
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
@@ -243,11 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lumeau-mem-"))
     try:
         built = compile_all(tmp)  # source path ("firmware/x.py") -> its .mpy
+        central = None
+        if args.ble:
+            central = tmp / "blecentral.py"
+            central.write_text(BLE_CENTRAL)
         with ThreadPoolExecutor(max_workers=len(apps)) as pool:
             results = dict(
                 zip(
                     apps,
-                    pool.map(lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map), apps),
+                    pool.map(
+                        lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map, central),
+                        apps,
+                    ),
                 )
             )
     finally:
@@ -257,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_bar": RUNTIME_BAR,
         "total_bar": TOTAL_BAR,
         "growth_bar": GROWTH_BAR,
+        "ble": args.ble,
         "apps": results,
         "all_meet_bar": all(r["meets_bar"] for r in results.values()),
     }

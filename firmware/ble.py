@@ -45,7 +45,13 @@
 # for people: it is not tagged).
 #
 # The profile both ends share (UUIDs, service data, status keys, refusal
-# codes) is protocol/ble.py.
+# codes) is protocol/ble.py. Like the rest of the firmware (firmware/README.md)
+# this module loads only the node's parts of protocol/ (nodeble, nodeframe,
+# nodemsg, nodecbor) and keeps private const() copies of the numbers it uses,
+# so a node with BLE on never loads messages.py, frame.py or ble.py, and
+# cbor.py only as nodecbor's fallback (a body outside a node's CBOR subset;
+# frames are decoded after their MIC verified). tests/test_node_consts.py
+# checks the copies and the imports.
 #
 # Time: the advertising refresh is aioble's own timeout (the board's clock;
 # BLE has no simulated counterpart); everything else waits through the HAL.
@@ -55,15 +61,71 @@ import os
 import struct
 
 from protocol import VERSION
-from protocol import ble as bp
-from protocol import cbor
-from protocol import frame as fr
-from protocol import messages as m
+from protocol import nodeble as bp
+from protocol import nodecbor as cbor
+from protocol import nodeframe as fr
+from protocol import nodemsg as m
 from protocol import serial as framing
 
 from firmware.store import StorageError
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
+
+# protocol's numbers (messages, frame, ble), as private copies
+_LIGHT = const(2)
+_CMD_ACK = const(6)
+_CONFIG = const(9)
+_TIME = const(10)
+_SEV_WARNING = const(1)
+_L_LEVEL = const(0)
+_L_STATE = const(3)
+_LS_FAILSAFE = const(0x40)
+_IR_VALVES = const(1)
+_IR_FAULTS = const(6)
+_IF_FAILSAFE = const(0x10)
+_CF_SETTINGS = const(0)
+_CF_ECHO = const(2)
+_T_UNIX = const(0)
+_T_MS = const(1)
+_T_ECHO = const(3)
+_CA_ID = const(0)
+_CA_RESULT = const(1)
+_CA_VALUE = const(2)
+_RES_OK = const(0)
+_RES_BAD_ARGS = const(2)
+_MAX_LEN = const(255)
+_TOOL_COUNTER_BASE = const(0x80000000)
+_ACCEPT = const(0)
+_CONTROL_WRITE_MAX = const(64)
+_STATE_OK = const(0)
+_STATE_ALARM = const(1)
+_STATE_FAILSAFE = const(2)
+_FL_TIME = const(0x01)
+_FL_CONFIGURE = const(0x02)
+_ST_NODE = const(0)
+_ST_KIND = const(1)
+_ST_FIRMWARE = const(2)
+_ST_STATE = const(3)
+_ST_REPORT = const(4)
+_ST_STATUS = const(5)
+_ST_TOOL_TOP = const(6)
+_ST_GATEWAY_TOP = const(7)
+_ST_COUNTERS = const(8)
+_ST_LAST_ERROR = const(9)
+_ST_CONFIG_HASH = const(10)
+_SESSION = const(0xA1)
+_CHALLENGE_LEN = const(8)
+_NONCE_LEN = const(8)
+_REFUSED = const(0xA0)
+_R_MALFORMED = const(1)
+_R_WRONG_NODE = const(2)
+_R_UNSUPPORTED = const(3)
+_R_AUTH = const(4)
+_R_REPLAY = const(5)
+_R_COUNTER = const(6)
+_R_DISABLED = const(7)
+_R_STORAGE = const(8)
+_R_ECHO = const(9)
 
 _ADV_REFRESH_MS = const(10000)
 _STATUS_REFRESH_MS = const(1000)
@@ -84,15 +146,16 @@ class Commissioning:
         self.aioble = aioble
         self.interval_us = settings["adv_interval_ms"] * 1000
         self.configure = settings["configure"]
-        svc = self._svc_le = bp.uuid_le(bp.SERVICE_UUID)
+        uuids = bp.COMMISSIONING  # service, status, alarms, control
+        svc = self._svc_le = bp.uuid_le(uuids[0])
         # flags (LE general discoverable, no BR/EDR), the service, the name: 29 of 31 bytes
         self.adv = b"\x02\x01\x06\x11\x07" + svc + bytes((len(bp.NAME) + 1, 0x09)) + bp.NAME
         self._fw = bp.version_bytes(VERSION)
-        service = aioble.Service(uuid(bp.SERVICE_UUID))
-        self.status = aioble.Characteristic(service, uuid(bp.STATUS_UUID), read=True)
-        self.alarms = aioble.Characteristic(service, uuid(bp.ALARMS_UUID), read=True, initial=b"\x80")
+        service = aioble.Service(uuid(uuids[0]))
+        self.status = aioble.Characteristic(service, uuid(uuids[1]), read=True)
+        self.alarms = aioble.Characteristic(service, uuid(uuids[2]), read=True, initial=b"\x80")
         self.control = aioble.BufferedCharacteristic(
-            service, uuid(bp.CONTROL_UUID), write=True, notify=True, capture=True, max_len=bp.CONTROL_WRITE_MAX
+            service, uuid(uuids[3]), write=True, notify=True, capture=True, max_len=_CONTROL_WRITE_MAX
         )
         self._service = service
         self._registered = False
@@ -110,7 +173,7 @@ class Commissioning:
     # -- what the node shows ----------------------------------------------------------
 
     def _on_event(self, severity, data):
-        if severity < m.SEV_WARNING:
+        if severity < _SEV_WARNING:
             return
         ring = self._ring
         ring.append(data)
@@ -129,7 +192,7 @@ class Commissioning:
         """(state, output, open alarms, report type, report body) of now; type None when unknown."""
         app = self.node.app
         if app is None:
-            return bp.STATE_FAILSAFE, 0xFF, 0, None, None  # the runtime holds the outputs safe
+            return _STATE_FAILSAFE, 0xFF, 0, None, None  # the runtime holds the outputs safe
         try:
             presence = getattr(app, "presence", None)
             mtype, body = app.report()
@@ -138,23 +201,23 @@ class Commissioning:
             alarms = app.open_alarms()
         except Exception as e:  # the runtime's next report faults the app; a look only says so
             self.node.last_error = repr(e)
-            return bp.STATE_FAILSAFE, 0xFF, 0, None, None
-        if mtype == m.LIGHT:
-            out = body.get(m.L_LEVEL, 0xFF)
-            failsafe = body.get(m.L_STATE, 0) & m.LS_FAILSAFE
+            return _STATE_FAILSAFE, 0xFF, 0, None, None
+        if mtype == _LIGHT:
+            out = body.get(_L_LEVEL, 0xFF)
+            failsafe = body.get(_L_STATE, 0) & _LS_FAILSAFE
         else:
-            out = body.get(m.IR_VALVES, 0xFF)
-            failsafe = body.get(m.IR_FAULTS, 0) & m.IF_FAILSAFE
-        st = bp.STATE_FAILSAFE if failsafe else bp.STATE_ALARM if alarms else bp.STATE_OK
+            out = body.get(_IR_VALVES, 0xFF)
+            failsafe = body.get(_IR_FAULTS, 0) & _IF_FAILSAFE
+        st = _STATE_FAILSAFE if failsafe else _STATE_ALARM if alarms else _STATE_OK
         return st, out, alarms, mtype, body
 
     def scan_response(self):
         """The service data (SPEC §11): its 12 bytes after the service UUID say the state of now."""
         node = self.node
         st, out, alarms, _, _ = self.look()
-        flags = bp.FL_CONFIGURE if self.configure else 0
+        flags = _FL_CONFIGURE if self.configure else 0
         if node.hal.time() is not None:
-            flags |= bp.FL_TIME
+            flags |= _FL_TIME
         fw = self._fw
         sd = struct.pack(">IBBBB3BB", node.node_id, node.kind, st, min(alarms, 255), out, fw[0], fw[1], fw[2], flags)
         return bytes((len(sd) + 17, 0x21)) + self._svc_le + sd
@@ -165,20 +228,20 @@ class Commissioning:
         store = node.store
         st, _, _, mtype, body = self.look()
         v = {
-            bp.ST_NODE: node.node_id,
-            bp.ST_KIND: node.kind,
-            bp.ST_FIRMWARE: VERSION,
-            bp.ST_STATE: st,
-            bp.ST_STATUS: node.status_body(),
-            bp.ST_TOOL_TOP: store.tool_window.top,
-            bp.ST_GATEWAY_TOP: store.window.top,
-            bp.ST_COUNTERS: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
-            bp.ST_CONFIG_HASH: node.cfg["hash"],
+            _ST_NODE: node.node_id,
+            _ST_KIND: node.kind,
+            _ST_FIRMWARE: VERSION,
+            _ST_STATE: st,
+            _ST_STATUS: node.status_body(),
+            _ST_TOOL_TOP: store.tool_window.top,
+            _ST_GATEWAY_TOP: store.window.top,
+            _ST_COUNTERS: [node.tx, node.rx, node.rx_rejected, node.app_faults, self.applied, self.refused],
+            _ST_CONFIG_HASH: node.cfg["hash"],
         }
         if mtype is not None:
-            v[bp.ST_REPORT] = [mtype, body]
+            v[_ST_REPORT] = [mtype, body]
         if node.last_error:
-            v[bp.ST_LAST_ERROR] = node.last_error[:_LAST_ERROR_MAX]
+            v[_ST_LAST_ERROR] = node.last_error[:_LAST_ERROR_MAX]
         return cbor.dumps(v)
 
     # -- configuration over BLE ------------------------------------------------------------
@@ -189,7 +252,7 @@ class Commissioning:
     def _refuse(self, reason):
         self._refusals += 1
         self.refused += 1
-        return self._tagged(struct.pack(">BBI", bp.REFUSED, reason, self.node.store.tool_window.top))
+        return self._tagged(struct.pack(">BBI", _REFUSED, reason, self.node.store.tool_window.top))
 
     def handle(self, raw):
         """Answer one frame written to the control characteristic (bytes to frame and notify)."""
@@ -197,70 +260,70 @@ class Commissioning:
             return self._handle(raw)
         except Exception as e:  # whatever is written, the node keeps running
             self.node.last_error = repr(e)
-            return self._refuse(bp.R_MALFORMED)
+            return self._refuse(_R_MALFORMED)
 
     def _handle(self, raw):
         node = self.node
         store = node.store
-        if raw and raw[0] == bp.SESSION:
-            if len(raw) != 1 + bp.CHALLENGE_LEN:
-                return self._refuse(bp.R_MALFORMED)
-            nonce = os.urandom(bp.NONCE_LEN)  # the board's random source (ESP32, RP2040: hardware)
+        if raw and raw[0] == _SESSION:
+            if len(raw) != 1 + _CHALLENGE_LEN:
+                return self._refuse(_R_MALFORMED)
+            nonce = os.urandom(_NONCE_LEN)  # the board's random source (ESP32, RP2040: hardware)
             self._sess = bytes(raw[1:]) + nonce
-            return self._tagged(bytes((bp.SESSION,)) + nonce + struct.pack(">I", store.tool_window.top))
+            return self._tagged(bytes((_SESSION,)) + nonce + struct.pack(">I", store.tool_window.top))
         try:
             f = fr.parse(raw)
         except fr.FrameError:
-            return self._refuse(bp.R_MALFORMED)
+            return self._refuse(_R_MALFORMED)
         if not f.downlink:
-            return self._refuse(bp.R_MALFORMED)
+            return self._refuse(_R_MALFORMED)
         if f.node_id != node.node_id:
-            return self._refuse(bp.R_WRONG_NODE)
+            return self._refuse(_R_WRONG_NODE)
         t = f.mtype
-        if t != m.CONFIG and t != m.TIME:
-            return self._refuse(bp.R_UNSUPPORTED)
-        if f.counter < fr.TOOL_COUNTER_BASE:
-            return self._refuse(bp.R_COUNTER)
+        if t != _CONFIG and t != _TIME:
+            return self._refuse(_R_UNSUPPORTED)
+        if f.counter < _TOOL_COUNTER_BASE:
+            return self._refuse(_R_COUNTER)
         if not self.configure:
-            return self._refuse(bp.R_DISABLED)
+            return self._refuse(_R_DISABLED)
         try:
             body = fr.verify(node.keys, f)
         except (fr.FrameError, NotImplementedError):
-            return self._refuse(bp.R_AUTH)
+            return self._refuse(_R_AUTH)
         try:
             msg = m.decode(t, body)
         except m.MessageError:
-            return self._refuse(bp.R_MALFORMED)
+            return self._refuse(_R_MALFORMED)
         sess = self._sess
-        if sess is None or msg.get(m.CF_ECHO if t == m.CONFIG else m.T_ECHO) != sess[bp.CHALLENGE_LEN :]:
-            return self._refuse(bp.R_ECHO)  # sealed for another session, or for nobody's
-        if store.tool_window.check(f.counter) != fr.ACCEPT:
-            return self._refuse(bp.R_REPLAY)
+        if sess is None or msg.get(_CF_ECHO if t == _CONFIG else _T_ECHO) != sess[_CHALLENGE_LEN:]:
+            return self._refuse(_R_ECHO)  # sealed for another session, or for nobody's
+        if store.tool_window.check(f.counter) != _ACCEPT:
+            return self._refuse(_R_REPLAY)
         try:
             store.accept_downlink(f.counter)  # persisted before acting, as any downlink
         except StorageError as e:
             node.last_error = repr(e)
-            return self._refuse(bp.R_STORAGE)  # not persisted (or the store is not open): not acted on
+            return self._refuse(_R_STORAGE)  # not persisted (or the store is not open): not acted on
         refused = 0
         res = node.fresh(t, msg, False)  # SPEC §4, "Freshness": a CONFIG's expiry, a TIME's bound
         if res:
             pass  # answered with the result, nothing applied
-        elif t == m.TIME:
-            node.hal.set_time(msg[m.T_UNIX], msg.get(m.T_MS, 0))
+        elif t == _TIME:
+            node.hal.set_time(msg[_T_UNIX], msg.get(_T_MS, 0))
         else:
-            refused = node.apply_settings(msg[m.CF_SETTINGS])
+            refused = node.apply_settings(msg[_CF_SETTINGS])
         if not res:
             self.applied += 1
-            res = m.RES_BAD_ARGS if refused else m.RES_OK
-        ack = {m.CA_ID: f.counter, m.CA_RESULT: res}
+            res = _RES_BAD_ARGS if refused else _RES_OK
+        ack = {_CA_ID: f.counter, _CA_RESULT: res}
         if refused:
-            ack[m.CA_VALUE] = refused
+            ack[_CA_VALUE] = refused
         try:
             counter = store.next_uplink()
         except StorageError as e:
             node.last_error = repr(e)
-            return self._refuse(bp.R_STORAGE)
-        return fr.seal(node.keys, m.CMD_ACK, counter, m.encode(m.CMD_ACK, ack), node.encrypt)
+            return self._refuse(_R_STORAGE)
+        return fr.seal(node.keys, _CMD_ACK, counter, m.encode(_CMD_ACK, ack), node.encrypt)
 
     # -- the BLE side ------------------------------------------------------------------------
 
@@ -292,7 +355,7 @@ class Commissioning:
     async def _serve(self, conn):
         hal = self.node.hal
         self.connections += 1
-        self._decoder = framing.Decoder(fr.MAX_LEN)
+        self._decoder = framing.Decoder(_MAX_LEN)
         self._refusals = 0
         self._sess = None  # each connection asks for its own session
         start = self._last_write = hal.ticks_ms()

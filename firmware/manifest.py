@@ -16,11 +16,10 @@
 
 # protocol/ files every kind imports, then those only some kinds import: the
 # nodes' frames and messages (nodeframe.py, nodemsg.py, nodecbor.py; cbor.py, loaded only for CBOR
-# outside a node's subset, and frame.py and messages.py, only for firmware/ble.py when
-# BLE commissioning is on: flash, not heap) and the BLE profile, the
-# bridge's serial messages.
+# outside a node's subset) and the BLE profile (nodeble.py, only for firmware/ble.py when
+# BLE commissioning is on: flash, not heap), the bridge's serial messages.
 PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
-_PROTOCOL_NODE = ("ble.py", "cbor.py", "frame.py", "messages.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
+_PROTOCOL_NODE = ("cbor.py", "nodeble.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
 PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.

@@ -3,19 +3,21 @@
 # (firmware/ble.py, MicroPython) and the technician's tool
 # (lumeau/ble_tools.py, CPython) must agree on -- the UUIDs, the
 # advertisement's name and service data, the status map's keys, the refusal
-# codes. Imported only by a node whose config enables BLE, so a node without
-# it carries this on flash but not in its heap.
+# codes. A node never loads this module: its part (the UUIDs, the name, the
+# tag and the byte layouts) is protocol/nodeble.py, re-exported here, and
+# firmware/ble.py keeps private const() copies of the numbers below.
+
+from protocol.nodeble import COMMISSIONING, NAME, tag, uuid_le, version_bytes  # noqa: F401  # the node's part
 
 # Transport: frames in the §8 framing; the service data holds the node id (4 bytes, big-endian).
 TRANSPORT_SERVICE_UUID = "1d310001-5046-4915-b8a2-0ff7f1a1f6f9"
 FRAMES_UUID = "1d310002-5046-4915-b8a2-0ff7f1a1f6f9"  # notify, write, write without response
 
-# Commissioning
-SERVICE_UUID = "1d310003-5046-4915-b8a2-0ff7f1a1f6f9"
-STATUS_UUID = "1d310004-5046-4915-b8a2-0ff7f1a1f6f9"  # read: CBOR map, keys ST_* below
-ALARMS_UUID = "1d310005-5046-4915-b8a2-0ff7f1a1f6f9"  # read: CBOR array of EVENT bodies, oldest first
-CONTROL_UUID = "1d310006-5046-4915-b8a2-0ff7f1a1f6f9"  # write, notify: frames in the serial framing (§8)
-NAME = b"Lumeau"  # the advertised local name
+# Commissioning (the strings are protocol/nodeble.py's COMMISSIONING: 1d310003- to 1d310006-...):
+# the service; status (read: CBOR map, keys ST_* below); alarms (read: CBOR array of EVENT
+# bodies, oldest first); control (write, notify: frames in the serial framing, §8).
+SERVICE_UUID, STATUS_UUID, ALARMS_UUID, CONTROL_UUID = COMMISSIONING
+# NAME, the advertised local name: protocol/nodeble.py
 
 CONTROL_WRITE_MAX = 64  # the node's stack keeps at most this much of one write
 SERVICE_DATA_LEN = 12  # node id u32, kind, state, open alarms, output, firmware x.y.z, flags
@@ -63,32 +65,3 @@ R_COUNTER = 6  # a gateway counter (below TOOL_COUNTER_BASE)
 R_DISABLED = 7  # the config says no configuration over BLE
 R_STORAGE = 8  # applied, but no uplink counter to sign the answer with
 R_ECHO = 9  # the frame does not carry the nonce of this connection's session
-
-
-def tag(keys, answer, session):
-    """The tag of a node's answer: HMAC-SHA256(uplink MIC key, answer || node id || session)[:8].
-
-    `answer` starts with SESSION or REFUSED (version bits 101: never a frame's
-    first byte, so a tag is never a frame's MIC); `session` is the tool's
-    challenge and the node's nonce (16 bytes; zeros before any session).
-    """
-    return keys.mic_up.digest(answer, keys.node_id.to_bytes(4, "big"), session)[:TAG_LEN]
-
-
-def uuid_le(uuid):
-    """A 128-bit UUID's bytes as advertising data carries them: little-endian."""
-    return bytes(reversed(bytes.fromhex(uuid.replace("-", ""))))
-
-
-def version_bytes(text):
-    """The service data's firmware field: "x.y.z" -> 3 bytes (anything else counts as 0)."""
-    out = bytearray(3)
-    i = 0
-    for part in text.split("."):
-        if i < 3:
-            try:
-                out[i] = int(part) & 0xFF
-            except ValueError:
-                pass
-        i += 1
-    return bytes(out)

@@ -64,6 +64,24 @@ def test_firmware_memory_bench_prints_its_figures():
     assert abs(app["runtime_bar_ratio"] - app["runtime_heap"] / result["runtime_bar"]) < 0.01
 
 
+def test_firmware_memory_bench_measures_a_node_with_ble():
+    # --ble: firmware/ble.py in the code heap, commissioning beside the node, a central at 10:00
+    cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "10.5"]
+    out = subprocess.run(
+        [*cmd, "--apps", "lighting", "--tick-ms", "5000", "--ble"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    app = result["apps"]["lighting"]
+    assert result["ble"] is True and app["app_faults"] == 0 and app["frames_rejected"] == 0
+    assert app["ble"]["connections"] == 1 and app["ble"]["sessions"] == 1, app["ble"]
+    assert app["ble"]["applied"] == app["ble"]["applied_node"] == 1 and app["ble"]["answers_bad"] == 0, app["ble"]
+    assert app["code_heap"] > 10_000
+
+
 def test_firmware_memory_soak_is_flat_over_three_days():
     """Both nodes under MicroPython for 3 simulated days: their heap must not grow (issue 21).
 

@@ -6,6 +6,8 @@ for the numbers it uses. Here, every private module constant of a node
 module whose name without the underscore is a public int of protocol.messages
 (else protocol.lora, protocol.frame; for nodelora.py lora's, for nodeframe.py frame's)
 must have that value, so protocol stays the one source of the wire's numbers.
+firmware/ble.py (BLE commissioning) copies protocol.ble's numbers as well, and
+protocol/nodeble.py ble's.
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from protocol import frame, lora, messages
+from protocol import ble, frame, lora, messages
 
 SOURCES = [messages, lora, frame]
 NODE_MODULES = sorted(
     [f"firmware.{p.stem}" for p in (ROOT / "firmware").glob("*.py") if p.stem not in ("manifest", "boot", "main")]
-    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe"]
+    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble"]
 )
+# whose copies each module keeps, where not SOURCES
+COPIES_OF = {
+    "protocol.nodelora": [lora],  # lora.SF_MIN 6 is the modem's, messages.SF_MIN 7 EU868's CONFIG range
+    "protocol.nodeframe": [frame],
+    "protocol.nodeble": [ble],
+    "firmware.ble": [messages, frame, ble],
+}
 
 
 def public_ints(sources: list = SOURCES) -> dict[str, int]:
@@ -38,16 +47,26 @@ def public_ints(sources: list = SOURCES) -> dict[str, int]:
 @pytest.mark.parametrize("modname", NODE_MODULES)
 def test_private_copies_match_protocol(modname: str) -> None:
     mod = importlib.import_module(modname)
-    # nodelora copies lora.py's (lora.SF_MIN 6 is the modem's, messages.SF_MIN 7 EU868's CONFIG range)
-    ints = public_ints({"protocol.nodelora": [lora], "protocol.nodeframe": [frame]}.get(modname, SOURCES))
+    ints = public_ints(COPIES_OF.get(modname, SOURCES))
     src = Path(mod.__file__ or "").read_text()
     checked = 0
     for name in re.findall(r"^_([A-Z][A-Z0-9_]*) = const\(", src, re.M):
         if name in ints:
             assert getattr(mod, "_" + name) == ints[name], f"{modname}._{name} != protocol's {name}"
             checked += 1
-    if modname in ("firmware.runtime", "firmware.lighting", "firmware.irrigation"):
+    if modname in ("firmware.runtime", "firmware.lighting", "firmware.irrigation", "firmware.ble"):
         assert checked > 10  # the copies are there, and this test sees them
+
+
+def test_sources_do_not_disagree_on_a_name() -> None:
+    # firmware/ble.py's copies are checked against messages, frame and ble at once: a name
+    # two of them define must mean the same number there, or a copy could match the wrong one
+    seen: dict[str, tuple[str, int]] = {}
+    for mod in COPIES_OF["firmware.ble"]:
+        for name, v in public_ints([mod]).items():
+            if name in seen:
+                assert seen[name][1] == v, f"{name}: {seen[name][0]} {seen[name][1]} != {mod.__name__} {v}"
+            seen[name] = (mod.__name__, v)
 
 
 def test_a_wrong_copy_is_caught(tmp_path: Path) -> None:
@@ -58,12 +77,31 @@ def test_a_wrong_copy_is_caught(tmp_path: Path) -> None:
     assert bad == [("EV_LEAK", "11")]
 
 
+# an import of a full protocol module: the node loads its node* part instead
+FULL_IMPORT = re.compile(
+    r"^[ \t]*(from protocol import (messages|frame|cbor|lora|ble)\b"
+    r"|from protocol\.(messages|frame|cbor|lora|ble) import"
+    r"|import protocol\.(messages|frame|cbor|lora|ble)\b)",
+    re.M,
+)
+
+
 def test_node_modules_do_not_import_messages() -> None:
-    # messages.py is the gateway's catalogue; a node loads protocol/nodemsg.py
+    # messages.py is the gateway's catalogue; a node loads protocol/nodemsg.py, and the same
+    # for frame.py (nodeframe), cbor.py (nodecbor: cbor.py only as its fallback), lora.py
+    # (nodelora) and ble.py (nodeble), BLE commissioning (firmware/ble.py) included
     for path in sorted((ROOT / "firmware").glob("*.py")):
-        if path.name == "ble.py":  # loaded only when BLE commissioning is on
-            continue
-        assert "protocol import messages" not in path.read_text(), path.name
+        found = FULL_IMPORT.search(path.read_text())
+        assert found is None, f"{path.name}: {found.group(0).strip() if found else ''}"
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["from protocol import frame as fr", "    from protocol import ble", "from protocol.messages import CONFIG"],
+)
+def test_the_import_check_sees_a_full_import(line: str) -> None:
+    assert FULL_IMPORT.search("import asyncio\n" + line + "\n")
+    assert not FULL_IMPORT.search("from protocol import nodeframe as fr\nfrom protocol import nodeble\n")
 
 
 def test_machine_hal_implements_every_hal_method() -> None:
