@@ -45,6 +45,21 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   DELETE /commands/{id}            expire a queued downlink now
   GET    /quarantine               batches the upstream refused (?limit=), with their records
   GET    /ops                      the COMMAND ops with their arguments, for forms (gateway/ops.py)
+  GET    /groups                   every group: {"groups": [{"name", "kind", "members", "title"}]}
+  POST   /groups                   create a group: {"name", "kind" (street|park|district|custom),
+                                   "members": [node ids], "title"}; 201, 409 the name is taken,
+                                   400 a bad name or kind, or a member not in the registry
+  GET    /groups/{name}            one group
+  PUT    /groups/{name}            create (201) or update (200) a group; fields not given are kept
+  DELETE /groups/{name}            remove a group (204; its nodes stay registered)
+                                   (groups are saved in the registry file by Registry.change)
+  POST   /groups/{name}/commands   one COMMAND for every member (201): {"op", "args", "ttl_s"} as
+                                   for a node; unicast fan-out through each member's downlink
+                                   queue; members of a kind the op is not for are "skipped"
+                                   (gateway/groups.py); 400 bad op or arguments, nothing queued
+  GET    /groups/{name}/commands   the group's commands with their progress counts
+  GET    /groups/{name}/commands/{id}  one group command: per member applied, pending, failed
+                                   (with the reason) or skipped, and the counts
 
 Node ids are 8 hex digits (`00a1b2c3`, or with `0x`). Limits: request bodies
 up to MAX_BODY (64 KiB); list endpoints return at most LIST_MAX items.
@@ -87,12 +102,22 @@ from aiohttp import web
 
 from gateway import health, ops
 from gateway.downlinks import DownlinkRejected, Downlinks
+from gateway.groups import GroupCommandError, GroupCommands
 from gateway.history import History
 from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
 from gateway.pipeline import REASONS, Pipeline
-from gateway.registry import NodeEntry, Registry, RegistryError, format_node_id, parse_node_id
+from gateway.registry import (
+    Group,
+    GroupExists,
+    NodeEntry,
+    Registry,
+    RegistryError,
+    check_group_name,
+    format_node_id,
+    parse_node_id,
+)
 from gateway.store import Store
 from protocol import expand
 from protocol import messages as m
@@ -414,6 +439,7 @@ class Api:
         self._runner: web.AppRunner | None = None
         self.started = clock()
         self._web = _load_web() if ui else {}
+        self.groups = GroupCommands(registry, store, downlinks, clock=clock)
         app = web.Application(middlewares=[self._headers, self._auth], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -433,6 +459,14 @@ class Api:
         r.add_get("/quarantine", self.quarantine)
         r.add_get("/nodes/{id}/readings", self.node_readings)
         r.add_get("/ops", self.list_ops)
+        r.add_get("/groups", self.list_groups)
+        r.add_post("/groups", self.post_group)
+        r.add_get("/groups/{name}", self.get_group)
+        r.add_put("/groups/{name}", self.put_group)
+        r.add_delete("/groups/{name}", self.delete_group)
+        r.add_post("/groups/{name}/commands", self.post_group_command)
+        r.add_get("/groups/{name}/commands", self.group_commands)
+        r.add_get("/groups/{name}/commands/{id}", self.get_group_command)
         self.app = app
 
     async def start(self) -> None:
@@ -687,6 +721,103 @@ class Api:
 
     async def list_ops(self, request: web.Request) -> web.Response:
         return web.json_response({"ops": ops.catalogue()})
+
+    # ------------------------------------------------------------ groups (gateway/groups.py)
+
+    @staticmethod
+    def _group_name(request: web.Request) -> str:
+        try:
+            return check_group_name(request.match_info["name"])
+        except RegistryError as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
+
+    async def _save_group(self, name: str, doc: Any, create: bool) -> web.Response:
+        if not isinstance(doc, dict):
+            return _error(400, "the body must be a JSON object")
+
+        def edit(reg: Registry) -> tuple[Group, Group | None]:
+            old = reg.group(name)
+            merged = dict(old.to_dict()) if old is not None and not create else {}
+            merged.update(doc)
+            group = Group.from_dict(name, merged)
+            return group, reg.put_group(group, create=create)
+
+        try:
+            (group, old), rekeyed = self.registry.change(edit)
+        except RegistryError as e:
+            return _error(409 if isinstance(e, GroupExists) else 400, str(e))
+        except OSError as e:
+            return _error(500, f"registry not saved: {e}")
+        for n in rekeyed:
+            await self.pipeline.reset_node(n)
+        log.info("group %s", "updated" if old else "added", extra={"group": name, "members": len(group.members)})
+        return web.json_response(group.public(), status=200 if old else 201)
+
+    async def list_groups(self, request: web.Request) -> web.Response:
+        return web.json_response({"groups": [g.public() for g in self.registry.groups()]})
+
+    async def post_group(self, request: web.Request) -> web.Response:
+        doc = await self._body(request)
+        if not isinstance(doc, dict):
+            return _error(400, "the body must be a JSON object")
+        doc = dict(doc)
+        try:
+            name = check_group_name(doc.pop("name", None))
+        except RegistryError as e:
+            return _error(400, str(e))
+        return await self._save_group(name, doc, create=True)
+
+    async def get_group(self, request: web.Request) -> web.Response:
+        g = self.registry.group(self._group_name(request))
+        if g is None:
+            return _error(404, "no such group")
+        return web.json_response(g.public())
+
+    async def put_group(self, request: web.Request) -> web.Response:
+        name = self._group_name(request)
+        return await self._save_group(name, await self._body(request), create=False)
+
+    async def delete_group(self, request: web.Request) -> web.Response:
+        name = self._group_name(request)
+        try:
+            old, rekeyed = self.registry.change(lambda reg: reg.remove_group(name))
+        except RegistryError as e:
+            return _error(400, str(e))
+        except OSError as e:
+            return _error(500, f"registry not saved: {e}")
+        for n in rekeyed:
+            await self.pipeline.reset_node(n)
+        if old is None:
+            return _error(404, "no such group")
+        log.info("group removed", extra={"group": name})
+        return web.Response(status=204)
+
+    async def post_group_command(self, request: web.Request) -> web.Response:
+        name = self._group_name(request)
+        doc = await self._body(request)
+        g = self.registry.group(name)
+        if g is None:
+            return _error(404, "no such group")
+        try:
+            out = await self.groups.command(g, doc)
+        except GroupCommandError as e:
+            return _error(e.status, str(e))
+        except OSError as e:
+            return _error(500, f"group command queued but its record not saved: {e}")
+        return web.json_response(out, status=201)
+
+    async def group_commands(self, request: web.Request) -> web.Response:
+        name = self._group_name(request)
+        if self.registry.group(name) is None:
+            return _error(404, "no such group")
+        return web.json_response({"commands": self.groups.commands(name)})
+
+    async def get_group_command(self, request: web.Request) -> web.Response:
+        name = self._group_name(request)
+        out = self.groups.progress(self._command_id(request), name)
+        if out is None:
+            return _error(404, "no such group command")
+        return web.json_response(out)
 
     # ------------------------------------------------------------ the web page
 

@@ -36,6 +36,19 @@ never erased by a write from an older copy.
 Limits: MAX_NODES = 100,000 nodes per registry (a city district per
 gateway; loading and lookups are dict-sized, not the problem: a bound keeps
 a hostile or broken file from exhausting memory).
+
+Groups (issue 11): named sets of registered nodes, one table each, in the same file (and
+written by the same locked merge, `Registry.change`):
+
+    [groups.rue-de-rivoli]
+    kind = "street"                        # street | park | district | custom
+    members = ["00a1b2c3", "00a1b2c4"]     # registered node ids, hex, each once
+    title = "Rue de Rivoli"                # optional, for people
+
+A name is 1 to 64 of a-z, 0-9, `-`, `_` (it is a URL path segment), starting with a
+letter or digit. A group naming a node the registry does not hold is refused on load
+and on change (naming group and node); removing a node takes it out of its groups.
+Limits: MAX_GROUPS = 1,000 groups, MAX_MEMBERS = 10,000 members per group.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 import stat
 import time
@@ -63,6 +77,11 @@ TEXT_MAX = 128
 LOCK_WAIT_S = 10.0
 _T = TypeVar("_T")
 _FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware")
+GROUP_KINDS = ("street", "park", "district", "custom")
+MAX_GROUPS = 1000
+MAX_MEMBERS = 10_000
+GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_GROUP_FIELDS = ("kind", "members", "title")
 
 
 class RegistryError(ValueError):
@@ -180,6 +199,84 @@ class NodeEntry:
         return d
 
 
+class GroupExists(RegistryError):
+    """A group created under a name already in use."""
+
+
+def check_group_name(name: Any) -> str:
+    """`name` if it is a valid group name, else RegistryError saying what a name is."""
+    if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):
+        shown = repr(name)[:70]
+        raise RegistryError(
+            f"group name {shown} is not 1 to 64 of a-z, 0-9, '-', '_' (starting with a letter or digit)"
+        )
+    return name
+
+
+@dataclass(slots=True)
+class Group:
+    """A named set of nodes (street, park, district, custom); members in the order given."""
+
+    name: str
+    kind: str
+    members: list[int]
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        check_group_name(self.name)
+        where = f"group {self.name}"
+        if self.kind not in GROUP_KINDS:
+            raise RegistryError(f"{where}: kind: {str(self.kind)[:40]!r} is not one of {', '.join(GROUP_KINDS)}")
+        if not isinstance(self.title, str) or len(self.title) > TEXT_MAX:
+            raise RegistryError(f"{where}: title: must be text of at most {TEXT_MAX} characters")
+        if not isinstance(self.members, list):
+            raise RegistryError(f"{where}: members: must be a list of node ids")
+        if len(self.members) > MAX_MEMBERS:
+            raise RegistryError(f"{where}: members: {len(self.members)} nodes, at most {MAX_MEMBERS}")
+        seen: set[int] = set()
+        for n in self.members:
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 0xFFFFFFFF:
+                raise RegistryError(f"{where}: members: {n!r} is not a node id")
+            if n in seen:
+                raise RegistryError(f"{where}: members: node {n:08x} is listed twice")
+            seen.add(n)
+
+    @classmethod
+    def from_dict(cls, name: str, d: Any) -> Group:
+        """From a TOML table or API JSON; members as hex ids (or integers)."""
+        check_group_name(name)
+        where = f"group {name}"
+        if not isinstance(d, dict):
+            raise RegistryError(f"{where}: must be a table")
+        unknown = sorted(set(d) - set(_GROUP_FIELDS))
+        if unknown:
+            raise RegistryError(f"{where}: unknown key {str(unknown[0])[:40]!r} (known: {', '.join(_GROUP_FIELDS)})")
+        for req in ("kind", "members"):
+            if req not in d:
+                raise RegistryError(f"{where}: {req}: required")
+        raw = d["members"]
+        if not isinstance(raw, list):
+            raise RegistryError(f"{where}: members: must be a list of node ids")
+        if len(raw) > MAX_MEMBERS:
+            raise RegistryError(f"{where}: members: {len(raw)} nodes, at most {MAX_MEMBERS}")
+        members = []
+        for v in raw:
+            try:
+                members.append(parse_node_id(v))
+            except ValueError as e:
+                raise RegistryError(f"{where}: members: {str(e)[:120]}") from None
+        return cls(name=name, kind=d["kind"], members=members, title=d.get("title", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "members": [format_node_id(n) for n in self.members]}
+        if self.title:
+            d["title"] = self.title
+        return d
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, **self.to_dict()}
+
+
 # Exclusive creation: a file or symlink planted at the temporary name makes the open fail (never
 # followed, never truncated); O_NOFOLLOW where the OS has it, for the same reason.
 _EXCL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -227,9 +324,12 @@ def write_private(path: Path, data: bytes) -> None:
 class Registry:
     """The nodes of one gateway, loaded from and saved to one TOML file."""
 
-    def __init__(self, path: str | Path, entries: dict[int, NodeEntry] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, entries: dict[int, NodeEntry] | None = None, groups: dict[str, Group] | None = None
+    ) -> None:
         self.path = Path(path)
         self._entries: dict[int, NodeEntry] = dict(entries or {})
+        self._groups: dict[str, Group] = dict(groups or {})
         # the pipeline's hot path: a bound dict lookup
         self.get = self._entries.get
 
@@ -258,9 +358,9 @@ class Registry:
         version = data.get("version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise RegistryError(f"{path}: version: {version!r} is not supported (this gateway reads {FORMAT_VERSION})")
-        unknown = sorted(set(data) - {"version", "nodes"})
+        unknown = sorted(set(data) - {"version", "nodes", "groups"})
         if unknown:
-            raise RegistryError(f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes)")
+            raise RegistryError(f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes, groups)")
         nodes = data.get("nodes", {})
         if not isinstance(nodes, dict):
             raise RegistryError(f"{path}: nodes: must be a table of node tables")
@@ -278,14 +378,27 @@ class Registry:
                 entries[node_id] = NodeEntry.from_dict(node_id, table)
             except RegistryError as e:
                 raise RegistryError(f"{path}: nodes.{key}: {str(e).split(': ', 1)[1]}") from None
-        return cls(path, entries)
+        reg = cls(path, entries)
+        groups = data.get("groups", {})
+        if not isinstance(groups, dict):
+            raise RegistryError(f"{path}: groups: must be a table of group tables")
+        if len(groups) > MAX_GROUPS:
+            raise RegistryError(f"{path}: groups: {len(groups)} groups, at most {MAX_GROUPS}")
+        for name, table in groups.items():
+            try:
+                reg.put_group(Group.from_dict(name, table))
+            except RegistryError as e:
+                raise RegistryError(f"{path}: groups: {e}") from None
+        return reg
 
     def save(self) -> None:
         """Write the registry atomically with mode 0600 (new file, fsync, rename, fsync dir)."""
-        doc = {
+        doc: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "nodes": {format_node_id(n): self._entries[n].to_dict() for n in sorted(self._entries)},
         }
+        if self._groups:
+            doc["groups"] = {g: self._groups[g].to_dict() for g in sorted(self._groups)}
         text = (
             "# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
             "# Written by provisioning and the gateway's API; see gateway/registry.py.\n" + tomli_w.dumps(doc)
@@ -325,7 +438,7 @@ class Registry:
         """
         with self.locked():
             if missing_ok and not self.path.exists():  # no file (yet): what this registry holds
-                fresh = Registry(self.path, self._entries)
+                fresh = Registry(self.path, self._entries, self._groups)
             else:
                 fresh = Registry.load(self.path, missing_ok=False)
             result = edit(fresh)
@@ -342,6 +455,8 @@ class Registry:
         ]
         self._entries.clear()
         self._entries.update(other._entries)
+        self._groups.clear()
+        self._groups.update(other._groups)
         return rekeyed
 
     def upsert(self, entry: NodeEntry) -> NodeEntry | None:
@@ -353,7 +468,41 @@ class Registry:
         return old
 
     def remove(self, node_id: int) -> NodeEntry | None:
-        return self._entries.pop(node_id, None)
+        """Remove a node (not saved), and take it out of every group."""
+        old = self._entries.pop(node_id, None)
+        if old is not None:
+            for name, g in list(self._groups.items()):
+                if node_id in g.members:
+                    self._groups[name] = Group(g.name, g.kind, [n for n in g.members if n != node_id], g.title)
+        return old
+
+    # ------------------------------------------------------------ groups
+
+    def groups(self) -> list[Group]:
+        """Every group, by name."""
+        return [self._groups[g] for g in sorted(self._groups)]
+
+    def group(self, name: str) -> Group | None:
+        return self._groups.get(name)
+
+    def put_group(self, group: Group, *, create: bool = False) -> Group | None:
+        """Add or replace a group (not saved); returns the one it replaced.
+
+        Every member must be a node of this registry; `create` refuses a name already used.
+        """
+        old = self._groups.get(group.name)
+        if old is not None and create:
+            raise GroupExists(f"group {group.name}: a group of that name exists (replace it, or pick another name)")
+        if old is None and len(self._groups) >= MAX_GROUPS:
+            raise RegistryError(f"{self.path}: at most {MAX_GROUPS} groups")
+        for n in group.members:
+            if n not in self._entries:
+                raise RegistryError(f"group {group.name}: members: node {n:08x} is not in the registry")
+        self._groups[group.name] = group
+        return old
+
+    def remove_group(self, name: str) -> Group | None:
+        return self._groups.pop(name, None)
 
     def __len__(self) -> int:
         return len(self._entries)
