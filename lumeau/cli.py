@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "lumeau.commands.sink",
     "lumeau.commands.gateway",
     "lumeau.commands.node",
+    "lumeau.commands.group",
 ]
 
 
