@@ -106,6 +106,7 @@ class GroupCommands:
         self.log_path = log_path or p.with_name(f"{p.stem}.group-commands.jsonl")
         self._commands: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._lines = 0
+        self._torn = False  # the log ends in a torn line (a crash mid-write): end it before appending
         self._load()
 
     # ------------------------------------------------------------ the log
@@ -118,6 +119,7 @@ class GroupCommands:
         except (OSError, UnicodeDecodeError) as e:
             log.warning("group command log unreadable: progress of old commands lost", extra={"why": str(e)[:200]})
             return
+        self._torn = bool(text) and not text.endswith("\n")
         for line in text.splitlines():
             self._lines += 1
             try:
@@ -142,8 +144,12 @@ class GroupCommands:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self.log_path, flags, 0o600)
         try:
-            os.write(fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode("utf-8"))
+            line = ("\n" if self._torn else "") + json.dumps(rec, separators=(",", ":")) + "\n"
+            view = memoryview(line.encode("utf-8"))
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
+            self._torn = False
         finally:
             os.close(fd)
         self._lines += 1
