@@ -175,7 +175,7 @@ class GroupCommands:
                 members[key] = {"failed": "not in the registry"}
                 continue
             if entry.kind not in kinds:
-                members[key] = {"skipped": f"a {entry.kind} node: {OP_NAMES[op]} is for {' and '.join(kinds)} nodes"}
+                members[key] = {"skipped": f"{OP_NAMES[op]} is for {' and '.join(kinds)} nodes, not {entry.kind}"}
                 continue
             try:
                 dl = await self.downlinks.enqueue(n, m.COMMAND, body, ttl)

@@ -202,7 +202,7 @@ async def test_a_group_command_is_checked_once_and_wrong_kinds_are_skipped(gw):
     assert status == 201 and out["progress"] == {"applied": 0, "pending": 3, "failed": 0, "skipped": 3}
     skipped = {x["node"]: x["reason"] for x in out["members"] if x["state"] == "skipped"}
     assert set(skipped) == {f"{n:08x}" for n in LAMPS[:3]}
-    assert "a lighting node: rain_delay is for irrigation nodes" in skipped["00000100"]
+    assert "rain_delay is for irrigation nodes, not lighting" in skipped["00000100"]
     assert sorted(d.node_id for d in gw.store.downlinks()) == VALVES  # the lamps got nothing
     assert (await gw.call("POST", "/groups/nosuch/commands", {"op": "reboot"}))[0] == 404
     assert (await gw.call("GET", f"/groups/nosuch/commands/{out['id']}"))[0] == 404  # another group's id
