@@ -301,3 +301,30 @@ async def test_groups_and_group_commands_survive_a_gateway_restart(tmp_path):
         assert json.loads(log.read_text().splitlines()[-1])["id"] == again["id"]
     finally:
         await g.stop()
+
+
+async def test_a_group_added_offline_is_kept_by_the_gateways_next_write(gw):
+    """`lumeau group add --registry` while the gateway runs: the gateway's next change merges, never erases."""
+    offline = Registry.load(gw.tmp / "nodes.toml")
+    offline.change(lambda r: r.put_group(Group("offline", "park", [VALVES[0]])), missing_ok=False)
+    assert (await gw.call("POST", "/groups", {"name": "online", "kind": "street", "members": ["100"]}))[0] == 201
+    assert [g.name for g in Registry.load(gw.tmp / "nodes.toml").groups()] == ["offline", "online"]
+    assert (await gw.call("GET", "/groups/offline"))[0] == 200  # and the gateway knows it from then on
+
+
+async def test_the_group_command_log_keeps_the_last_commands_and_never_reuses_an_id(gw, monkeypatch):
+    from gateway import groups
+
+    monkeypatch.setattr(groups, "MAX_KEPT", 3)
+    assert (await gw.call("POST", "/groups", {"name": "s", "kind": "street", "members": ["100"]}))[0] == 201
+    for _ in range(8):
+        status, out = await gw.call("POST", "/groups/s/commands", {"op": "set_interval", "args": [900], "ttl_s": 60})
+        assert status == 201, out
+        await gw.call("DELETE", f"/commands/{out['members'][0]['command']}")  # keep the node's queue short
+    log = gw.tmp / "nodes.group-commands.jsonl"
+    ids = [json.loads(line)["id"] for line in log.read_text().splitlines()]
+    assert ids[-1] == 8 and len(ids) <= 2 * 3 and len(set(ids)) == len(ids)  # rewritten once it held 6 lines
+    assert [c["id"] for c in (await gw.call("GET", "/groups/s/commands"))[1]["commands"]] == [6, 7, 8]
+    assert (await gw.call("GET", "/groups/s/commands/5"))[0] == 404
+    again = groups.GroupCommands(gw.reg, gw.store, gw.d)  # as at a restart
+    assert [c["id"] for c in again.commands("s")] == [6, 7, 8]
