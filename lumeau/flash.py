@@ -358,15 +358,15 @@ def _check_compatible(bundle: Bundle, info: dict, log: Callable[[str], None]) ->
 
 
 def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
-    from firmware import config as fwconfig
+    from lumeau import boards
 
     try:
         data = path.read_bytes()
     except OSError as e:
         raise FlashError("bad_config", f"{path}: cannot read: {e.strerror}") from None
     try:
-        cfg = fwconfig.load(data)
-    except fwconfig.ConfigError as e:
+        cfg = boards.validate(data, require_pins=False)  # the node's validators, apps included; unknown keys
+    except boards.ConfigKeyError as e:
         raise FlashError("bad_config", f"{path}: {e}") from None
     if cfg["kind"] != bundle.kind:
         raise FlashError(
@@ -374,6 +374,10 @@ def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
             f"{path}: a {cfg['kind']} node's config, but the bundle is for {bundle.kind} "
             "nodes: build the right bundle (lumeau node build --kind ...)",
         )
+    try:
+        boards.validate(data)  # and every pin the node reads
+    except boards.ConfigKeyError as e:
+        raise FlashError("bad_config", f"{path}: {e}") from None
     return data, cfg
 
 

@@ -556,6 +556,7 @@ def test_flashed_mpy_run_on_the_board(board, bundle_dir):
 def test_flash_reports_a_node_that_fails_to_start(board, bundle_dir, node_config):
     cfg = json.loads(node_config.read_text())
     cfg["radio"] = {"type": "lora"}  # needs micropython-lib's lora driver and a radio chip: not on this board
+    cfg["pins"].update(cs=5, dio0=4)  # the modem's pins: a config the laptop accepts
     node_config.write_text(json.dumps(cfg))
     proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
     assert proc.returncode == 1 and "[node_failed]" in proc.stderr
