@@ -13,7 +13,8 @@ raw-paste mode every MicroPython port speaks):
 5. remove files under firmware/ and protocol/ that the bundle does not have (an
    old ``.py`` would shadow the new ``.mpy``; stale ``.part`` files). /config.json,
    /state (the node's frame counters) and anything else are never touched;
-6. copy the config (validated on the laptop first) to /config.json the same way;
+6. copy the config (validated on the laptop first: the node's validators, unknown keys
+   and missing pins, lumeau/boards.py) to /config.json the same way;
    a config marked ``key_fresh`` (a new key, from ``lumeau node provision``) is
    flashed once: the node clears the mark on the board once it holds counter state
    for the key, and the laptop's file is cleared the same way right after it was

@@ -378,7 +378,12 @@ def add_subcommand(subparsers: Any) -> None:
     f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
     f.add_argument("--bundle", type=Path, help="bundle directory (default: the one in ./build for the config's kind)")
-    f.add_argument("--config", type=Path, help="the node's config file (from lumeau node provision)")
+    f.add_argument(
+        "--config",
+        type=Path,
+        help="the node's config file (from lumeau node provision); checked first as the node checks it, "
+        "and refused on an unknown key or a missing pin (schema: firmware/README.md)",
+    )
     f.add_argument(
         "--micropython", type=Path, metavar="IMAGE.bin", help="first write this MicroPython image with esptool (ESP32)"
     )
