@@ -13,7 +13,8 @@ raw-paste mode every MicroPython port speaks):
 5. remove files under firmware/ and protocol/ that the bundle does not have (an
    old ``.py`` would shadow the new ``.mpy``; stale ``.part`` files). /config.json,
    /state (the node's frame counters) and anything else are never touched;
-6. copy the config (validated on the laptop first) to /config.json the same way;
+6. copy the config (validated on the laptop first: the node's validators, unknown keys
+   and missing pins, lumeau/boards.py) to /config.json the same way;
    a config marked ``key_fresh`` (a new key, from ``lumeau node provision``) is
    flashed once: the node clears the mark on the board once it holds counter state
    for the key, and the laptop's file is cleared the same way right after it was
@@ -358,15 +359,15 @@ def _check_compatible(bundle: Bundle, info: dict, log: Callable[[str], None]) ->
 
 
 def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
-    from firmware import config as fwconfig
+    from lumeau import boards
 
     try:
         data = path.read_bytes()
     except OSError as e:
         raise FlashError("bad_config", f"{path}: cannot read: {e.strerror}") from None
     try:
-        cfg = fwconfig.load(data)
-    except fwconfig.ConfigError as e:
+        cfg = boards.validate(data, require_pins=False)  # the node's validators, apps included; unknown keys
+    except boards.ConfigKeyError as e:
         raise FlashError("bad_config", f"{path}: {e}") from None
     if cfg["kind"] != bundle.kind:
         raise FlashError(
@@ -374,6 +375,10 @@ def read_config(path: Path, bundle: Bundle) -> tuple[bytes, dict]:
             f"{path}: a {cfg['kind']} node's config, but the bundle is for {bundle.kind} "
             "nodes: build the right bundle (lumeau node build --kind ...)",
         )
+    try:
+        boards.validate(data)  # and every pin the node reads
+    except boards.ConfigKeyError as e:
+        raise FlashError("bad_config", f"{path}: {e}") from None
     return data, cfg
 
 

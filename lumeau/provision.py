@@ -6,9 +6,11 @@
   are never allocated);
 - root key: 128 bits from ``secrets`` (the OS's CSPRNG), SPEC §3 derives the
   per-direction keys from it;
-- config file: firmware/config.py's JSON (a site template for radio, pins and the
-  app's settings, plus node_id, kind, root_key, key_fresh, location), validated with the
-  firmware's own loader, written with mode 0600 (it holds the key);
+- config file: firmware/config.py's JSON (a board preset for radio and pins,
+  lumeau/boards.py, and a site template for radio, pins and the app's settings, plus
+  node_id, kind, root_key, key_fresh, location), validated with the node's own
+  validators and refused on an unknown key (lumeau/boards.py validate), written
+  with mode 0600 (it holds the key);
 - registry: the gateway's registry file (gateway/registry.py, mode 0600, atomic)
   or, when a gateway runs, its API (``PUT /nodes/{id}``) so it knows the key at once.
 
@@ -88,11 +90,15 @@ def build_config(
     template: dict | None = None,
     lat: float | None = None,
     lon: float | None = None,
+    preset: dict | None = None,
 ) -> bytes:
-    """The node's config file bytes, validated by the firmware's own loader."""
-    from firmware import config as fwconfig
+    """The node's config file bytes, validated by the node's own validators (lumeau/boards.py).
 
-    cfg = dict(template or {})
+    `preset` (boards.preset: radio and pins) is the base; the template's keys replace its.
+    """
+    from lumeau import boards
+
+    cfg = {**(preset or {}), **(template or {})}
     for k in ("node_id", "kind", "root_key", "key_fresh"):
         cfg.pop(k, None)
     # key_fresh: this key was never used, so the node may start its counter at 0
@@ -102,9 +108,9 @@ def build_config(
         cfg["location"] = {"lat": lat, "lon": lon}
     data = (json.dumps(cfg, indent=2, sort_keys=False) + "\n").encode()
     try:
-        fwconfig.load(data)
-    except fwconfig.ConfigError as e:
-        raise ProvisionError(f"the node's config would not load on the node: {e}") from None
+        boards.validate(data, require_pins=False)  # pins to fill in: a warning (pins_warning)
+    except boards.ConfigKeyError as e:
+        raise ProvisionError(f"the node's config would not run on the node: {e}") from None
     return data
 
 
@@ -207,13 +213,24 @@ def provision(
     firmware: str = "",
     force: bool = False,
     new_registry: bool = False,
+    board: str | None = None,
+    radio: str | None = None,
 ) -> Provisioned:
     from gateway.registry import NodeEntry, Registry, RegistryError
+    from lumeau import boards
 
     if (registry is None) == (gateway is None):
         raise ProvisionError("register the node in exactly one place: --registry FILE or --gateway URL")
     if (lat is None) != (lon is None):
         raise ProvisionError("give both --lat and --lon, or neither")
+    preset = None
+    if radio is not None and board is None:
+        raise ProvisionError(f"--radio {radio} needs --board ({', '.join(boards.BOARDS)}): the pins depend on it")
+    if board is not None:
+        try:
+            preset = boards.preset(board, kind, radio)
+        except boards.PresetError as e:
+            raise ProvisionError(str(e)) from None
     if out.exists() and not force:
         raise ProvisionError(
             f"{out} already exists (a node's config: it holds its key); give another --out, "
@@ -221,6 +238,8 @@ def provision(
         )
     if force and template is None and out.exists():
         template = existing_settings(out)
+        if template is not None and preset is not None:  # --board asked for: its radio and pins
+            template = {k: v for k, v in template.items() if k not in ("radio", "pins")}
     key = new_root_key()
 
     others: list[tuple[int, str]] = []  # (id, name) of the registered nodes, for duplicate names
@@ -280,7 +299,7 @@ def provision(
 
     name, site, firmware = keep("name", name) or "", keep("site", site) or "", keep("firmware", firmware) or ""
     lat, lon = keep("lat", lat), keep("lon", lon)
-    data = build_config(node_id, kind, key, template, lat, lon)
+    data = build_config(node_id, kind, key, template, lat, lon, preset)
     try:
         entry = NodeEntry(
             node_id=node_id, kind=kind, root_key=key, name=name, site=site, lat=lat, lon=lon, firmware=firmware
@@ -293,6 +312,13 @@ def provision(
         for other, n in others
         if name and n == name and other != node_id
     ]
+    missing = boards.missing_pins(boards.validate(data, require_pins=False))
+    if missing:
+        warnings.append(
+            f"{out}: no pins for {', '.join(missing)}: the node cannot run (and flash refuses it) until they "
+            f"are in its pins section: give --board ({', '.join(boards.BOARDS)}) or a --template with them "
+            "(firmware/README.md, 'Config file')"
+        )
 
     # The registry first: a config whose key the gateway does not know is useless,
     # while a registered key without its config is fixed by provisioning again.

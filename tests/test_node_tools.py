@@ -556,6 +556,7 @@ def test_flashed_mpy_run_on_the_board(board, bundle_dir):
 def test_flash_reports_a_node_that_fails_to_start(board, bundle_dir, node_config):
     cfg = json.loads(node_config.read_text())
     cfg["radio"] = {"type": "lora"}  # needs micropython-lib's lora driver and a radio chip: not on this board
+    cfg["pins"].update(cs=5, dio0=4)  # the modem's pins: a config the laptop accepts
     node_config.write_text(json.dumps(cfg))
     proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
     assert proc.returncode == 1 and "[node_failed]" in proc.stderr
@@ -865,3 +866,62 @@ def test_key_files_are_written_through_an_exclusively_created_temp_file(tmp_path
     assert flags & os.O_CREAT and flags & os.O_EXCL and mode == 0o600
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert not os.path.exists(tmp)  # renamed over the target
+
+
+# -- board presets and the config check (issue 17, "Configs that run") ----------------------------
+
+
+def provision_board(tmp_path: Path, *args: str) -> Path:
+    out = tmp_path / "node.json"
+    proc = lumeau(
+        "node",
+        "provision",
+        "--kind",
+        "lighting",
+        "--new-registry",
+        "--registry",
+        str(tmp_path / "nodes.toml"),
+        "--out",
+        str(out),
+        *args,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@needs_board
+def test_a_vboard_preset_config_flashed_runs_on_the_virtual_board(board, bundle_dir, tmp_path):
+    # Before: provision's default config was a LoRa radio without pins, and the node
+    # stopped with ImportError: no module named 'lora' on the virtual board.
+    cfg = provision_board(tmp_path, "--board", "vboard", "--lat", "48.85", "--lon", "2.35")
+    proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(cfg))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "running: no error on the console" in proc.stdout
+    assert "Error" not in proc.stdout + proc.stderr
+    deadline = time.monotonic() + 10  # main.py runs the lighting app: the lamp output is driven
+    while board.control({"get": "outputs"})["pwm"].get("25") is None:
+        assert time.monotonic() < deadline, board.control({"get": "outputs"})
+        time.sleep(0.1)
+
+
+@needs_board
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(report_intervall_s=60), "did you mean 'report_interval_s'?"),
+        (lambda c: c["pins"].update(lamp_curent=c["pins"].pop("lamp_current")), "did you mean 'lamp_current'?"),
+        (lambda c: c.update(lighting={"profle": [[0, 0, 100]]}), "did you mean 'profile'?"),
+        (lambda c: c["pins"].pop("lamp"), "pins: lamp missing"),
+    ],
+)
+def test_flash_refuses_a_misspelled_key_or_a_missing_pin_before_touching_the_board(
+    board, bundle_dir, tmp_path, change, message
+):
+    # Before: each of these flashed "successfully" and the app crash-looped (issue 17).
+    cfg = provision_board(tmp_path, "--board", "vboard")
+    doc = json.loads(cfg.read_text())
+    change(doc)
+    cfg.write_text(json.dumps(doc))
+    proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(cfg))
+    assert proc.returncode == 1 and "[bad_config]" in proc.stderr and message in proc.stderr, proc.stderr
+    assert not (board.flash_dir / "main.py").exists() and not (board.flash_dir / "config.json").exists()

@@ -2,7 +2,7 @@
 
     lumeau node build     --target esp32|rp2 --kind KIND [--out DIR] [--frozen]
     lumeau node provision --kind KIND (--registry FILE [--new-registry] | --gateway URL) [--node-id ID]
-                          [--out FILE] [--force]
+                          [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart]] [--out FILE] [--force]
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from lumeau import boards
 from lumeau import bundle as bundles
 from lumeau.ble_tools import (
     DEFAULT_SCAN_S,
@@ -169,6 +170,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
             firmware=args.firmware,
             force=args.force,
             new_registry=args.new_registry,
+            board=args.board,
+            radio=args.radio,
         )
     except pv.ProvisionError as e:
         return _err("provision", str(e))
@@ -321,9 +324,21 @@ def add_subcommand(subparsers: Any) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("config.json"), help="config file to write (default config.json)")
     p.add_argument(
+        "--board",
+        choices=boards.BOARDS,
+        help="write the radio and pins sections that run on this board (lumeau/boards.py; "
+        "vboard: the virtual board, lumeau sim board --uart 1=PATH); schema: firmware/README.md",
+    )
+    p.add_argument(
+        "--radio",
+        choices=boards.RADIOS,
+        help="with --board: lora (default on esp32-devkit and rp2-pico) or uart, a wired node (the only one on vboard)",
+    )
+    p.add_argument(
         "--template",
         type=Path,
-        help="site template: a JSON config without node_id/kind/root_key (radio, pins, the app's section)",
+        help="site template: a JSON config without node_id/kind/root_key (radio, pins, the app's section); "
+        "its keys replace the --board preset's",
     )
     p.add_argument("--name", default="", help="a name for people, e.g. 'Rue de Rivoli 12'")
     p.add_argument("--site", default="", help="street, park or zone")
@@ -335,7 +350,7 @@ def add_subcommand(subparsers: Any) -> None:
         "--force",
         action="store_true",
         help="re-provision a registered --node-id (ROTATES its key) and replace an existing --out file "
-        "(its settings are kept unless --template is given)",
+        "(its settings are kept unless --template is given; its radio and pins too unless --board is)",
     )
     p.add_argument(
         "--new-registry",
@@ -363,7 +378,12 @@ def add_subcommand(subparsers: Any) -> None:
     f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
     f.add_argument("--bundle", type=Path, help="bundle directory (default: the one in ./build for the config's kind)")
-    f.add_argument("--config", type=Path, help="the node's config file (from lumeau node provision)")
+    f.add_argument(
+        "--config",
+        type=Path,
+        help="the node's config file (from lumeau node provision); checked first as the node checks it, "
+        "and refused on an unknown key or a missing pin (schema: firmware/README.md)",
+    )
     f.add_argument(
         "--micropython", type=Path, metavar="IMAGE.bin", help="first write this MicroPython image with esptool (ESP32)"
     )
