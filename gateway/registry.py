@@ -84,6 +84,19 @@ GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _GROUP_FIELDS = ("kind", "members", "title")
 
 
+def file_stamp(path: str | Path) -> tuple[int, int, int, int] | None:
+    """What tells that a registry file changed under a reader: (device, inode, size, mtime ns).
+
+    None when there is no file. A save (write_private: a new file renamed over the old one)
+    always gives a new inode; an edit in place changes the size or the mtime.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class RegistryError(ValueError):
     """A registry file or entry that cannot be used; the message names file, node, key and why."""
 

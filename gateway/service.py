@@ -11,8 +11,18 @@ upstream, then the transports last, so nothing is heard before it can be
 stored. Once everything listens, one log line "gateway started" gives the
 bound ports (port 0 in the config picks a free one).
 
-SIGHUP re-reads the node registry file (provisioning added nodes or keys);
-a file that does not load is logged and the running registry kept.
+The node registry file is watched (every REGISTRY_WATCH_S, its inode, size
+and mtime): when it changes under the gateway -- `lumeau node provision
+--registry FILE` run offline, an edit -- it is re-read at once, so a node
+provisioned while the gateway runs is known without a signal. SIGHUP
+re-reads it too. A file that does not load is refused with one error line
+("registry not reloaded ...") and the running registry kept; it is tried
+again at its next change.
+
+At info level the log says when a node is first heard since this start
+("node heard", with its id, message kind and radio) and when an alarm is
+raised or cleared ("alarm raised" / "alarm cleared", with the node, the
+code's name and the zone), through a rate limiter (gateway/logs.py).
 
 Shutdown on SIGTERM or SIGINT, in reverse: transports stop hearing; every
 reception already handed over is committed (pipeline drain); downlinks and
@@ -43,14 +53,17 @@ from gateway.downlinks import Downlinks
 from gateway.history import History
 from gateway.model import Reception, Record
 from gateway.pipeline import Pipeline
-from gateway.registry import Registry, RegistryError
+from gateway.registry import Registry, RegistryError, file_stamp
 from gateway.store import Store, StoreError
 from gateway.timesync import TimeSync
+from protocol import messages as m
+from protocol.expand import ENUMS
 
 log = logging.getLogger("lumeau.gateway.service")
 
 SHUTDOWN_TIMEOUT_S = 15.0
 SHUTDOWN_UPSTREAM_S = 5.0
+REGISTRY_WATCH_S = 1.0  # how often the registry file's stamp is compared
 # The hot path allocates many short-lived, acyclic objects (records, dicts of fields):
 # collecting the youngest generation every 700 allocations (CPython's default) costs
 # more than it finds. Measured with bench/gateway.py; memory stays bounded by the
@@ -73,6 +86,9 @@ class Gateway:
         self.upstream: Any = None
         self.transports: list[Any] = []
         self.timesync: TimeSync | None = None
+        self.node_log = NodeLog()
+        self._registry_stamp: tuple[int, int, int, int] | None = None
+        self._watcher: asyncio.Task | None = None
 
     def _timesync_path(self) -> Path:
         db = self.cfg.gateway.database
@@ -100,6 +116,7 @@ class Gateway:
                 group_max=cfg.queue.group_max,
                 quarantine_max=cfg.queue.quarantine_max_records,
             )
+            self._registry_stamp = file_stamp(cfg.gateway.registry)
             self.registry = Registry.load(cfg.gateway.registry)
             d = cfg.downlinks
             self.timesync = self._load_timesync() if d.auto_time else None
@@ -122,7 +139,11 @@ class Gateway:
                     Adr(**{k: getattr(a, k) for k in ADR_KEYS}, fallback_uplinks=FALLBACK_UPLINKS), self.downlinks
                 )
                 first = self.adr
-            observer = first if self.history is None else Observers(first, self.history)
+            observer = (
+                Observers(first, self.node_log)
+                if self.history is None
+                else Observers(first, self.history, self.node_log)
+            )
             self.pipeline = Pipeline(
                 self.registry, self.store, downlinks=observer, max_inflight=cfg.pipeline.max_inflight
             )
@@ -149,6 +170,7 @@ class Gateway:
                 await self.upstream.start()
             for t in self.transports:
                 await t.start()
+            self._watcher = asyncio.create_task(self._watch_registry(), name="lumeau-registry-watch")
         except BaseException:
             await self.stop()
             raise
@@ -253,6 +275,10 @@ class Gateway:
 
     async def stop(self) -> None:
         """Graceful, in reverse order; safe to call on a half-started gateway."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         for t in reversed(self.transports):
             await _quietly(t.stop(), "transport")
         if self.pipeline is not None:
@@ -274,13 +300,31 @@ class Gateway:
         self.transports = []
         self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
 
+    async def _watch_registry(self) -> None:
+        """Reload the registry whenever its file changes under the gateway (see the module doc)."""
+        while True:
+            await asyncio.sleep(REGISTRY_WATCH_S)
+            try:
+                await self.reload_if_changed()
+            except Exception:  # the watch must outlive any one bad turn
+                log.exception("registry watch failed")
+
+    async def reload_if_changed(self) -> bool:
+        """Reload the registry if its file's stamp changed since the last load; True if it did."""
+        stamp = file_stamp(self.cfg.gateway.registry)
+        if stamp == self._registry_stamp or stamp is None:  # unchanged, or gone (a save in progress)
+            return False
+        await self.reload_registry()
+        return True
+
     async def reload_registry(self) -> None:
-        """Re-read the registry file (SIGHUP): provisioning wrote new nodes or keys.
+        """Re-read the registry file (SIGHUP, or its file changed): provisioning wrote nodes or keys.
 
         A file that does not load leaves the running registry as it was.
         Nodes whose root key changed start their counters again (SPEC §2).
         """
         assert self.registry is not None and self.pipeline is not None
+        self._registry_stamp = file_stamp(self.cfg.gateway.registry)  # before reading: a later change is seen
         try:
             fresh = Registry.load(self.cfg.gateway.registry)
         except RegistryError as e:
@@ -327,6 +371,61 @@ class Gateway:
             for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("gateway stopped")
+
+
+_EVENT_NAMES: dict[int, str] = ENUMS[(m.EVENT, m.E_CODE)]
+
+
+class NodeLog:
+    """Info lines for a technician: a node first heard since start, an alarm raised or cleared.
+
+    Rate limited per kind of line (gateway/logs.py): a district restarting at once cannot
+    flood the log; the next line that gets through says how many were left out. The set of
+    nodes heard is bounded by the registry (a frame is stored only for a registered node).
+    """
+
+    def __init__(self, limiter: logs.RateLimiter | None = None) -> None:
+        self.heard: set[int] = set()
+        self.limiter = limiter or logs.RateLimiter()
+
+    def on_uplink(self, record: Record, reception: Reception) -> None:
+        node = f"{record.node_id:08x}"
+        if record.node_id not in self.heard:
+            self.heard.add(record.node_id)
+            self._info(
+                "first_heard",
+                "node heard (first time since the gateway started)",
+                node=node,
+                kind=record.kind,
+                via=reception.gateway_id,
+                rssi=reception.rssi,
+            )
+        if record.mtype != m.EVENT:
+            return
+        body = record.body
+        active = body.get(m.E_ACTIVE)
+        if active is None and not record.alarm:
+            return  # a one-shot report below alarm severity
+        code = body.get(m.E_CODE)
+        self._info(
+            "alarm",
+            "alarm cleared" if active == 0 else "alarm raised",
+            node=node,
+            code=_EVENT_NAMES.get(code, code) if isinstance(code, int) else code,
+            zone=body.get(m.E_ZONE, 0),
+            severity=body.get(m.E_SEVERITY),
+            value=body.get(m.E_VALUE),
+        )
+
+    def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None:
+        pass  # a copy of a frame already logged
+
+    def _info(self, key: str, msg: str, **extra: Any) -> None:
+        allowed, suppressed = self.limiter.allow(key)
+        if allowed:
+            if suppressed:
+                extra["suppressed"] = suppressed
+            log.info(msg, extra=extra)
 
 
 class Observers:

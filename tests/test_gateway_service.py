@@ -173,6 +173,35 @@ def test_sighup_reloads_the_registry(tmp_path):
         gw.kill()
 
 
+def test_the_registry_is_reloaded_when_its_file_changes_without_a_signal(tmp_path):
+    """Issue 17: a node provisioned offline while the gateway runs is known without SIGHUP."""
+    registry(tmp_path / "nodes.toml", [1]).save()
+    gw = GatewayProcess(write_config(tmp_path))
+    try:
+        started = gw.start()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        port = started["semtech_port"]
+
+        def metric(name: str) -> str:
+            text = api_get(started["api_port"], "/metrics")[1]
+            return next((ln for ln in text.splitlines() if ln.startswith(name)), "")
+
+        registry(tmp_path / "nodes.toml", [1, 7]).save()  # `lumeau node provision --registry` offline
+        wait_for(lambda: gw.logged("registry reloaded"))
+        udp.sendto(push_data([seal(7, 1)]), ("127.0.0.1", port))
+        wait_for(lambda: metric("lumeau_frames_accepted_total") == "lumeau_frames_accepted_total 1")
+        # A file that does not load is refused, once, and the running registry kept.
+        (tmp_path / "nodes.toml").write_text("not = [toml")
+        wait_for(lambda: any("registry not reloaded" in d.get("msg", "") for d in gw.lines))
+        udp.sendto(push_data([seal(7, 2)], token=3), ("127.0.0.1", port))
+        wait_for(lambda: metric("lumeau_frames_accepted_total") == "lumeau_frames_accepted_total 2")
+        assert sum("registry not reloaded" in d.get("msg", "") for d in gw.lines) == 1
+        assert len(gw.logged("registry reloaded")) == 1
+        assert gw.stop() == 0
+    finally:
+        gw.kill()
+
+
 @pytest.mark.parametrize("version, expected", [(2, "lumeau.records/2"), (3, "lumeau.records/3")])
 async def test_upstream_native_version_from_the_config_reaches_the_wire(tmp_path, version, expected):
     # [upstream] native_version picks what a receiver gets: a real HTTP receiver on 127.0.0.1 reads it.
