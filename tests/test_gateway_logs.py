@@ -66,3 +66,49 @@ def test_rate_limiter_bursts_then_trickles_and_reports_what_it_hid():
     now[0] += 1.0
     assert rl.allow("bad_mic") == (True, 2)  # one more token; two lines were suppressed meanwhile
     assert rl.allow("bad_mic") == (False, 0)
+
+
+# ---------------------------------------------------------------- gateway/service.py NodeLog (issue 17)
+
+
+def _lines(buf: io.StringIO) -> list[dict]:
+    return [json.loads(ln) for ln in buf.getvalue().splitlines()]
+
+
+def test_a_node_first_heard_and_its_alarms_are_logged_at_info(captured):
+    from gateway_helpers import reception, record
+
+    from gateway.service import NodeLog
+    from protocol import messages as m
+
+    nl = NodeLog()
+    rx = reception(b"", rssi=-97.0)
+    nl.on_uplink(record(0xA1B2C3, 1, m.HELLO, {0: "0.1.0", 1: m.KIND_LIGHTING}), rx)
+    nl.on_uplink(record(0xA1B2C3, 2), rx)  # heard again: no line
+    nl.on_uplink(record(0xA1B2C3, 3, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 4: 1}), rx)
+    nl.on_uplink(record(0xA1B2C3, 4, m.EVENT, {0: m.EV_LAMP_FAILURE, 1: m.SEV_ALARM, 4: 0}), rx)
+    nl.on_uplink(record(0xA1B2C3, 5, m.EVENT, {0: m.EV_WATCHDOG_RESET, 1: m.SEV_WARNING}), rx)  # a report
+    got = [(d["level"], d["msg"], d["node"], d.get("code"), d.get("kind")) for d in _lines(captured)]
+    assert got == [
+        ("info", "node heard (first time since the gateway started)", "00a1b2c3", None, "hello"),
+        ("info", "alarm raised", "00a1b2c3", "lamp_failure", None),
+        ("info", "alarm cleared", "00a1b2c3", "lamp_failure", None),
+    ]
+    assert _lines(captured)[0]["rssi"] == -97.0
+
+
+def test_node_log_lines_are_rate_limited_and_say_what_they_left_out(captured):
+    from gateway_helpers import reception, record
+
+    from gateway.service import NodeLog
+
+    now = [0.0]
+    nl = NodeLog(logs.RateLimiter(burst=3, rate=1.0, clock=lambda: now[0]))
+    rx = reception(b"")
+    for n in range(10):  # a district restarting at once
+        nl.on_uplink(record(n + 1, 1), rx)
+    assert len(_lines(captured)) == 3
+    now[0] = 1.0
+    nl.on_uplink(record(99, 1), rx)
+    last = _lines(captured)[-1]
+    assert last["node"] == "00000063" and last["suppressed"] == 7
