@@ -439,7 +439,9 @@ def test_uart_hook_reaches_a_host_pty(board, console):
         console.write(b"print(u.any(), u.read())\x04")
         assert b"9 b'from-host'" in console.read_until(b"\x04>")
         console.write(b"import vboard; vboard.UART(2)\x04")
-        assert b"not connected" in console.read_until(b"\x04>")
+        assert b"not connected on this virtual board: start it with `lumeau sim board --uart 2=PATH`" in (
+            console.read_until(b"\x04>")
+        )
     finally:
         uart.close()
 

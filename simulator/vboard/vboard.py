@@ -46,7 +46,10 @@ def reset_cause():
 class UART:
     def __init__(self, id=1, baudrate=115200, **kwargs):
         if id not in info()["uarts"]:
-            raise ValueError("UART(%d) is not connected on this virtual board" % id)
+            raise ValueError(
+                "UART(%d) is not connected on this virtual board: start it with"
+                " `lumeau sim board --uart %d=PATH` (PATH: the serial port the gateway reads)" % (id, id)
+            )
         self.id = id
         self.baudrate = baudrate
 
