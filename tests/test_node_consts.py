@@ -119,3 +119,15 @@ def test_machine_hal_implements_every_hal_method() -> None:
         assert inspect.iscoroutinefunction(mine) == inspect.iscoroutinefunction(f), name
         want = list(inspect.signature(f).parameters)
         assert list(inspect.signature(mine).parameters)[: len(want)] == want, name
+
+
+def test_app_exception_types_match_protocol() -> None:
+    # firmware/runtime.py tests the types in reverse order, counting down from the last index
+    from protocol import messages as m
+
+    src = Path(importlib.import_module("firmware.runtime").__file__ or "").read_text()
+    found = re.search(r"t = (\d+)\n\s+for c in \(([^)]*)\):", src)
+    assert found, "firmware/runtime.py: the app exception types loop moved"
+    names = [n.strip() for n in found.group(2).split(",") if n.strip()]
+    assert int(found.group(1)) == len(m.APP_EXC_TYPES) - 1
+    assert names == list(reversed(m.APP_EXC_TYPES[1:]))
