@@ -6,6 +6,7 @@
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
+                          [--gateway URL [--run-check S]]
     lumeau node scan      [--timeout S] [--json]
     lumeau node check     ADDR [--timeout S] [--json]
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
