@@ -13,8 +13,10 @@
 # - the app runs as a supervised task: an exception (in run, report,
 #   command, configure) calls its failsafe() (if that raises too, the
 #   runtime's own last resort: lamp fully on, every valve closed), queues
-#   EVENT app_exception (an alarm), and restarts a new app instance after a
-#   backoff (APP_BACKOFF_MIN_MS doubling to APP_BACKOFF_MAX_MS).
+#   EVENT app_exception (an alarm; the exception printed on the console, its
+#   type in the value), and restarts a new app instance after a backoff
+#   (APP_BACKOFF_MIN_MS doubling to APP_BACKOFF_MAX_MS). The alarm clears
+#   (active 0) with the first report after that.
 # - reports at the report interval, STATUS at the status interval, both
 #   with jitter; EVENTs when the app raises them (alarms confirmed).
 # - one sender: priority queue (firmware/uplink.py), EU868 duty cycle
@@ -204,6 +206,7 @@ class Node:
         self.rx_other = 0  # frames for other nodes or uplinks heard
         self.rx_replayed = 0
         self.app_faults = 0
+        self._exc_open = False  # EVENT app_exception raised and not cleared yet
         self.cfg_rejected = 0
         self.last_error = None
         self.on_event = None  # optional hook(severity, EVENT body CBOR): BLE keeps the last alarms
@@ -405,11 +408,32 @@ class Node:
     def _app_fault(self, err):
         self.app_faults += 1
         self.last_error = repr(err)
+        try:
+            import sys
+
+            sys.print_exception(err)  # on the console (lumeau node flash shows it); CPython has none
+        except Exception:
+            pass
         self._failsafe()
         self.app = None
         self._app_down.set()
+        # EVENT value: the index of the exception's type name in protocol.messages.APP_EXC_TYPES
+        # (0: not there) << 16 | restarts (SPEC §5). One string: a tuple of the classes costs
+        # far more code heap (bench/firmware_memory.py)
         try:
-            self.event(_EV_APP_EXCEPTION, _SEV_ALARM, self.app_faults)
+            t = (
+                (
+                    "Exception ImportError KeyError ValueError TypeError AttributeError OSError MemoryError "
+                    "ZeroDivisionError IndexError NameError RuntimeError"
+                )
+                .split()
+                .index(type(err).__name__)
+            )
+        except Exception:
+            t = 0
+        self._exc_open = True
+        try:
+            self.event(_EV_APP_EXCEPTION, _SEV_ALARM, t << 16 | _clamp(self.app_faults, 1, 0xFFFF))
         except Exception:
             pass
 
@@ -497,6 +521,9 @@ class Node:
             self._app_fault(e)
             return
         self.queue.put(mtype, data, uplink.PRIO_REPORT, False, "report")
+        if self._exc_open:  # a report after the app failed: it runs cleanly again, the alarm clears
+            self._exc_open = False
+            self.event(_EV_APP_EXCEPTION, _SEV_ALARM, 0, 0)
 
     def _status(self):
         self.queue.put(_STATUS, m.encode(_STATUS, self.status_body()), uplink.PRIO_STATUS, False, "status")

@@ -23,8 +23,14 @@ raw-paste mode every MicroPython port speaks):
    persistence"): an erased board, or the file moved to another board, refuses to
    send until re-keyed;
 7. soft-reset in the friendly REPL so boot.py and main.py run, and confirm: on the
-   console (no traceback, no "cannot start" within ``settle_s``) or, with a gateway,
-   by the node's HELLO there (last seen after the reset, reporting this firmware).
+   console (no traceback, no "cannot start" within ``settle_s``: the node prints an
+   app's exception there) or, with a gateway, by the node's HELLO there (last seen
+   after the reset, reporting this firmware), then by ``run_check_s`` without an
+   app_exception alarm (its EVENT value names the exception's type, SPEC §5), and
+   say when the first report is due.
+
+With a gateway, its API and the token are checked before the board is touched
+(a refused token, an unknown node, a gateway that does not answer).
 
 Errors are FlashError with a ``reason`` a script can test (REASONS) and a message
 for the technician. Limits: CHUNK bytes per raw-REPL write (raw paste has flow
@@ -64,6 +70,13 @@ RETRIES = 1
 CONNECT_TIMEOUT_S = 10.0
 SETTLE_S = 3.0
 HELLO_TIMEOUT_S = 60.0
+RUN_CHECK_S = 20.0  # after the HELLO: the node restarts a failed app after 10 s, so a crash loop shows
+API_PORT = 8760  # the gateway API's default port ([api] port)
+TOKEN_HELP = (
+    "the token is the gateway config's [api] token, or the file its [api] token_file names; "
+    "give it with --token or $LUMEAU_API_TOKEN"
+)
+RESUME = "reconnect the board and rerun the same command: it resumes (files already on the board are not copied again)"
 REASONS = (
     "no_such_port",
     "port_busy",
@@ -79,6 +92,9 @@ REASONS = (
     "transport",
     "image",
     "rekey",
+    "token",
+    "gateway",
+    "app_failed",
 )
 
 
@@ -98,6 +114,7 @@ class FlashReport:
     removed: list[str] = field(default_factory=list)
     bytes_copied: int = 0
     confirmed: str = ""  # how the node was seen running
+    first_report: str = ""  # when the node's first report is due
 
 
 def _remote_repr(value: object) -> str:
@@ -180,7 +197,7 @@ class Flasher:
             got = buf.getvalue().strip()
             self.close()
             if isinstance(e, OSError):
-                raise FlashError("transport", f"{self.port}: {e}") from None
+                raise FlashError("transport", f"{self.port}: {e}; {RESUME}") from None
             if got in ("", "b''"):
                 raise FlashError(
                     "timeout",
@@ -238,9 +255,11 @@ class Flasher:
         except TransportExecError as e:
             if "ENOSPC" in e.error_output or "OSError: 28" in e.error_output:
                 raise FlashError("board_full", f"{self.port}: the board's filesystem is full") from None
-            raise FlashError("transport", f"{self.port}: the board failed: {e.error_output.strip()[-300:]}") from None
+            raise FlashError(
+                "transport", f"{self.port}: the board failed: {e.error_output.strip()[-300:]}; {RESUME}"
+            ) from None
         except (TransportError, OSError) as e:
-            raise FlashError("transport", f"{self.port}: lost the board: {e}") from None
+            raise FlashError("transport", f"{self.port}: lost the board: {e}; {RESUME}") from None
 
     def _eval(self, code: str) -> Any:
         import ast
@@ -261,6 +280,9 @@ class Flasher:
             "mpy_arch": mpy >> 10,
             "platform": platform,
             "version": version,
+            # sys.version is "3.4.0; MicroPython v1.24.1 on ...": 3.4.0 is the Python
+            # language level MicroPython implements, not a version of anything here
+            "board": version.split("; ", 1)[-1],
         }
 
     def remote_hashes(self, paths: list[str]) -> list[str | None]:
@@ -290,9 +312,9 @@ class Flasher:
                         "board_full",
                         f"{self.port}: the board's filesystem filled up while writing {path} ({len(data)} bytes)",
                     ) from None
-                raise FlashError("transport", f"{self.port}: writing {path} failed: {e}") from None
+                raise FlashError("transport", f"{self.port}: writing {path} failed: {e}; {RESUME}") from None
             except Exception as e:  # mpremote's TransportError and friends
-                raise FlashError("transport", f"{self.port}: writing {path} failed: {e}") from None
+                raise FlashError("transport", f"{self.port}: writing {path} failed: {e}; {RESUME}") from None
             got = self.remote_hashes([part])[0]
             if got == sha256:
                 self._exec(
@@ -320,7 +342,7 @@ class Flasher:
             except OSError:
                 continue
             except Exception as e:
-                raise FlashError("transport", f"{self.port}: listing {d} failed: {e}") from None
+                raise FlashError("transport", f"{self.port}: listing {d} failed: {e}; {RESUME}") from None
             for ent in entries:
                 p = d + "/" + ent.name
                 if ent.st_mode & 0x4000:
@@ -446,6 +468,92 @@ def rekey(
     return p.registered_in
 
 
+def _api_get(url: str, token: str, path: str) -> dict[str, Any]:
+    req = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        doc = json.loads(resp.read())
+    if not isinstance(doc, dict):
+        raise ValueError(f"not a JSON object: {str(doc)[:80]}")
+    return doc
+
+
+def _http_error(url: str, node_id: int, e: urllib.error.HTTPError) -> FlashError:
+    """What an HTTP error from the gateway's /nodes/ID means, and what to do."""
+    if e.code in (401, 403):
+        return FlashError("token", f"the gateway at {url} refused the API token (HTTP {e.code}): {TOKEN_HELP}")
+    if e.code == 404:
+        return FlashError(
+            "gateway",
+            f"the gateway at {url} does not know node {node_id:08x} (HTTP 404: not in its registry): "
+            f"provision it there (lumeau node provision --gateway {url}), or, provisioned into the "
+            "registry file, reload the gateway (kill -HUP); or --gateway names another service",
+        )
+    return FlashError("gateway", f"the gateway at {url} answered HTTP {e.code} {e.reason or ''}".rstrip())
+
+
+def check_gateway(url: str, token: str | None, node_id: int) -> None:
+    """Before the board is touched: the gateway answers, takes the token and knows the node."""
+    if not token:
+        raise FlashError("token", f"--gateway needs the gateway's API token: {TOKEN_HELP}")
+    if "://" not in url:
+        raise FlashError("gateway", f"--gateway {url!r} has no scheme: write http://{url}")
+    try:
+        _api_get(url, token, f"/nodes/{node_id:08x}")
+    except urllib.error.HTTPError as e:
+        raise _http_error(url, node_id, e) from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", e)
+        raise FlashError(
+            "gateway",
+            f"cannot reach the gateway API at {url} ({why}): is the gateway running, and is that its "
+            f"[api] port (default {API_PORT})? Nothing was written to the board",
+        ) from None
+
+
+def app_exception_reason(alarm: dict[str, Any]) -> str:
+    """The EVENT app_exception's value as words (SPEC §5: type << 16 | restarts)."""
+    from protocol.messages import APP_EXC_TYPES
+
+    v = alarm.get("value")
+    if not isinstance(v, int) or v < 0:
+        return "the app raised an exception"
+    t, n = v >> 16, v & 0xFFFF
+    name = APP_EXC_TYPES[t] if t < len(APP_EXC_TYPES) else f"exception type {t}"
+    return f"the app raised {'an' if name[0] in 'AEIOU' else 'a'} {name} ({n} restart{'s' if n != 1 else ''} so far)"
+
+
+def wait_app_runs(url: str, token: str, node_id: int, seconds: float, port: str, log: Callable[[str], None]) -> None:
+    """After the HELLO: `seconds` without an app_exception alarm open at the gateway."""
+    log(f"  waiting {seconds:g} s for the app to run cleanly (no app_exception alarm at the gateway)")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            node = _api_get(url, token, f"/nodes/{node_id:08x}")
+        except urllib.error.HTTPError as e:
+            raise _http_error(url, node_id, e) from None
+        except (urllib.error.URLError, OSError, ValueError):
+            node = {}
+        for a in node.get("open_alarms") or []:
+            if isinstance(a, dict) and a.get("code") in ("app_exception", 23):
+                raise FlashError(
+                    "app_failed",
+                    f"node {node_id:08x} started, but {app_exception_reason(a)}: it crash-loops with its "
+                    f"outputs in their safe state. The traceback is on its console (mpremote connect {port}); "
+                    "check the config against firmware/README.md, fix it and flash again",
+                )
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)
+
+
+def first_report_due(cfg: dict, since: float) -> str:
+    from firmware import config as fwconfig
+
+    s = cfg.get("report_interval_s") or fwconfig.DEFAULTS["report_interval_s"]
+    at = time.strftime("%H:%M:%S", time.localtime(since + s))
+    return f"first report due about {s} s after the start (at {at}, +-5 %), then every {s} s (report_interval_s)"
+
+
 def wait_hello_at_gateway(
     url: str, token: str, node_id: int, since: float, firmware: str, timeout: float, log: Callable[[str], None]
 ) -> str:
@@ -465,9 +573,7 @@ def wait_hello_at_gateway(
                     f", firmware {node.get('reported_firmware')})"
                 )
         except urllib.error.HTTPError as e:
-            last_err = f"HTTP {e.code}"
-            if e.code in (401, 403):
-                raise FlashError("node_failed", f"the gateway at {url} refused the API token ({last_err})") from None
+            raise _http_error(url, node_id, e) from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             last_err = str(e)
         time.sleep(0.5)
@@ -489,6 +595,7 @@ def flash(
     gateway: str | None = None,
     token: str | None = None,
     hello_timeout: float = HELLO_TIMEOUT_S,
+    run_check_s: float = RUN_CHECK_S,
     reset: bool = True,
     log: Callable[[str], None] = print,
 ) -> FlashReport:
@@ -499,12 +606,14 @@ def flash(
     cfg_data, cfg = read_config(config, bundle) if config is not None else (None, None)
     if gateway and cfg is None:
         raise FlashError("bad_config", "waiting for the HELLO at a gateway needs --config (for the node id)")
+    if gateway and cfg is not None:
+        check_gateway(gateway, token, cfg["node_id"])  # before the board is touched
 
     report = FlashReport(port)
     with Flasher(port, connect_timeout=connect_timeout, log=log) as fl:
         info = fl.board_info()
-        report.board = info["version"]
-        log(f"{port}: {info['version']} ({info['platform']})")
+        report.board = info["board"]
+        log(f"{port}: {info['board']} ({info['platform']})")
         _check_compatible(bundle, info, log)
 
         wanted = [(f.path, bundle.local(f).read_bytes(), f.sha256) for f in bundle.files]
@@ -581,9 +690,16 @@ def flash(
         report.confirmed = wait_hello_at_gateway(
             gateway, token or "", cfg["node_id"], since, bundle.firmware_version, hello_timeout, log
         )
+        log(f"{port}: {report.confirmed}")
+        if run_check_s > 0:
+            wait_app_runs(gateway, token or "", cfg["node_id"], run_check_s, port, log)
+            report.confirmed += f"; the app ran {run_check_s:g} s without an exception"
     else:
         report.confirmed = f"running: no error on the console within {settle_s:g} s of the reset"
-    log(f"{port}: {report.confirmed}")
+        log(f"{port}: {report.confirmed}")
+    if cfg is not None:
+        report.first_report = first_report_due(cfg, since)
+        log(f"node {cfg['node_id']:08x}: {report.first_report}")
     return report
 
 

@@ -79,6 +79,22 @@ EV_WATCHDOG_RESET = 20
 EV_LOW_SUPPLY = 21
 EV_STORAGE_FAULT = 22
 EV_APP_EXCEPTION = 23
+# EV_APP_EXCEPTION's value: APP_EXC_TYPES index << 16 | the app's restarts (0xFFFF at most);
+# the index of the exception's type name here, 0 for any other (SPEC §5).
+APP_EXC_TYPES = (
+    "Exception",
+    "ImportError",
+    "KeyError",
+    "ValueError",
+    "TypeError",
+    "AttributeError",
+    "OSError",
+    "MemoryError",
+    "ZeroDivisionError",
+    "IndexError",
+    "NameError",
+    "RuntimeError",
+)
 
 # EVENT severities.
 SEV_INFO = 0

@@ -119,3 +119,13 @@ def test_machine_hal_implements_every_hal_method() -> None:
         assert inspect.iscoroutinefunction(mine) == inspect.iscoroutinefunction(f), name
         want = list(inspect.signature(f).parameters)
         assert list(inspect.signature(mine).parameters)[: len(want)] == want, name
+
+
+def test_app_exception_types_match_protocol() -> None:
+    # firmware/runtime.py looks the exception's type name up in one string of the names
+    from protocol import messages as m
+
+    src = Path(importlib.import_module("firmware.runtime").__file__ or "").read_text()
+    found = re.search(r'"(Exception ImportError [^"]*)"\s*"([^"]*)"', src)
+    assert found, "firmware/runtime.py: the app exception type names moved"
+    assert (found.group(1) + found.group(2)).split() == list(m.APP_EXC_TYPES)

@@ -925,3 +925,186 @@ def test_flash_refuses_a_misspelled_key_or_a_missing_pin_before_touching_the_boa
     proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(cfg))
     assert proc.returncode == 1 and "[bad_config]" in proc.stderr and message in proc.stderr, proc.stderr
     assert not (board.flash_dir / "main.py").exists() and not (board.flash_dir / "config.json").exists()
+
+
+# -- issue 17: flash tells the truth, and its messages say what to do --------------------------
+
+API_TOKEN = "node-tools-api-token-0123456789"
+
+
+@pytest.fixture
+def gateway_url(tmp_path):
+    from gateway_helpers import GatewayProcess
+
+    (tmp_path / "gw").mkdir()
+    cfg = tmp_path / "gw" / "gateway.toml"  # its registry beside it, not node_config's
+    cfg.write_text(f'[gateway]\nid = "node-tools"\n[api]\nport = 0\ntoken = "{API_TOKEN}"\n')
+    gw = GatewayProcess(cfg)
+    try:
+        yield f"http://127.0.0.1:{gw.start()['api_port']}"
+    finally:
+        gw.kill()
+
+
+def flash_no_env_token(port: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LUMEAU_API_TOKEN"}
+    return subprocess.run(
+        [sys.executable, "-m", "lumeau", "node", "flash", "--port", port, "--settle", "2", "--timeout", "5", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+@needs_board
+def test_flash_checks_the_gateway_and_its_token_before_touching_the_board(
+    board, bundle_dir, node_config, gateway_url, tmp_path
+):
+    # Before: a missing or wrong token copied the bundle and reset the board first, then
+    # failed with [node_failed]; a 404 said "HTTP 404" and nothing else (issue 17).
+    gw_cfg = tmp_path / "gw-node.json"
+    prov = subprocess.run(
+        [sys.executable, "-m", "lumeau", "node", "provision", "--board", "vboard", "--kind", "lighting"]
+        + ["--gateway", gateway_url, "--out", str(gw_cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LUMEAU_API_TOKEN": API_TOKEN},
+    )
+    assert prov.returncode == 0, prov.stderr
+    base = ["--bundle", str(bundle_dir), "--gateway", gateway_url]
+    cases = [
+        (["--config", str(gw_cfg)], "[token]", ["needs the gateway's API token", "token_file", "$LUMEAU_API_TOKEN"]),
+        (["--config", str(gw_cfg), "--token", "wrong"], "[token]", ["refused the API token (HTTP 401)", "token_file"]),
+        (
+            ["--config", str(node_config), "--token", API_TOKEN],  # provisioned into a registry file only
+            "[gateway]",
+            ["does not know node", "HTTP 404: not in its registry", "lumeau node provision --gateway", "kill -HUP"],
+        ),
+    ]
+    for args, tag, words in cases:
+        proc = flash_no_env_token(board.port, *base, *args)
+        assert proc.returncode == 1 and tag in proc.stderr, (args, proc.stderr)
+        assert "[node_failed]" not in proc.stderr
+        for w in words:
+            assert w in proc.stderr, (w, proc.stderr)
+        assert not (board.flash_dir / "main.py").exists() and not (board.flash_dir / "config.json").exists()
+    down = flash_no_env_token(
+        board.port,
+        "--bundle",
+        str(bundle_dir),
+        "--config",
+        str(gw_cfg),
+        "--gateway",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+    )
+    assert down.returncode == 1 and "[gateway]" in down.stderr and "cannot reach the gateway API" in down.stderr
+    assert "8760" in down.stderr and not (board.flash_dir / "main.py").exists()
+
+
+@needs_board
+def test_flash_output_names_micropython_not_a_bare_version(board, bundle_dir, node_config):
+    # Before: the output started with "3.4.0; MicroPython ..." (sys.version: the Python
+    # language level MicroPython implements), unexplained (issue 17).
+    proc = flash_cli(board.port, "--bundle", str(bundle_dir), "--config", str(node_config))
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(f"{board.port}: MicroPython v"), first
+    assert "3.4.0" not in proc.stdout
+    # and says when the first report is due (SITE: report_interval_s 30)
+    assert "first report due about 30 s after the start" in proc.stdout
+
+
+def test_a_lost_board_says_to_reconnect_and_rerun():
+    # Before: "lost the board: ... [transport]" and nothing about what to do (issue 17).
+    from mpremote.transport import TransportError
+
+    class Gone:
+        in_raw_repl = False
+
+        def exec(self, code: str) -> bytes:
+            raise TransportError("could not enter raw repl")
+
+        def fs_writefile(self, *a: object, **k: object) -> None:
+            raise OSError(5, "Input/output error")
+
+    f = fl.Flasher("/dev/ttyUSB9", log=lambda s: None)
+    f.transport = Gone()  # type: ignore[assignment]
+    for call in (lambda: f._exec("x"), lambda: f.write_verified("firmware/a.mpy", b"x", "0" * 64)):
+        with pytest.raises(fl.FlashError) as e:
+            call()
+        assert e.value.reason == "transport"
+        assert "reconnect the board and rerun the same command: it resumes" in str(e.value)
+
+
+class FakeNodesApi:
+    """GET /nodes/ID as the gateway's API answers it (open_alarms entries as gateway/store/nodes.py gives them)."""
+
+    def __init__(self, alarms_after_s: float, alarm: dict | None):
+        import http.server
+
+        self.t0 = time.monotonic()
+        api = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != f"Bearer {API_TOKEN}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                late = time.monotonic() - api.t0 >= alarms_after_s
+                doc = {"node_id": "0a0b0c0d", "open_alarms": [alarm] if alarm and late else []}
+                body = json.dumps(doc).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_flash_waits_for_the_app_to_run_and_fails_with_its_exception():
+    # Before: flash returned after the HELLO while the app crash-looped (issue 17).
+    from protocol import messages as m
+
+    alarm = {
+        "code": "app_exception",
+        "severity": "alarm",
+        "zone": 0,
+        "value": m.APP_EXC_TYPES.index("ImportError") << 16 | 2,
+        "since": time.time(),
+    }
+    api = FakeNodesApi(0.6, alarm)
+    try:
+        fl.check_gateway(api.url, API_TOKEN, 0x0A0B0C0D)
+        t0 = time.monotonic()
+        with pytest.raises(fl.FlashError) as e:
+            fl.wait_app_runs(api.url, API_TOKEN, 0x0A0B0C0D, 10, "/dev/ttyUSB0", log=lambda s: None)
+        assert time.monotonic() - t0 < 5  # as soon as the alarm is there
+        assert e.value.reason == "app_failed"
+        text = str(e.value)
+        assert "raised an ImportError (2 restarts so far)" in text and "mpremote connect /dev/ttyUSB0" in text
+    finally:
+        api.close()
+    clean = FakeNodesApi(0, None)
+    try:
+        t0 = time.monotonic()
+        fl.wait_app_runs(clean.url, API_TOKEN, 0x0A0B0C0D, 1.0, "/dev/ttyUSB0", log=lambda s: None)
+        assert time.monotonic() - t0 >= 1.0  # waited the whole bounded time, then returned
+    finally:
+        clean.close()
+    assert fl.app_exception_reason({"value": 0}) == "the app raised an Exception (0 restarts so far)"
+    assert fl.app_exception_reason({"value": None}) == "the app raised an exception"
+    assert "exception type 99" in fl.app_exception_reason({"value": 99 << 16 | 1})

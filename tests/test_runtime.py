@@ -297,7 +297,9 @@ def test_app_exception_fail_safe_lamp_on_event_and_restart():
     assert changes[i_dark + 1][1] == 1000 and changes[i_dark + 1][0] == changes[i_dark][0]  # same instant
     assert node.app_faults == 1 and "ZeroDivisionError" in node.last_error
     ev = w.gw.of_type(m.EVENT)[0]
-    assert ev.body[0] == m.EV_APP_EXCEPTION and ev.body[1] == m.SEV_ALARM and ev.body[2] == 1
+    assert ev.body[0] == m.EV_APP_EXCEPTION and ev.body[1] == m.SEV_ALARM and ev.body[4] == 1
+    # the value: the exception's type (SPEC §5) and the restarts so far
+    assert ev.body[2] == m.APP_EXC_TYPES.index("ZeroDivisionError") << 16 | 1
     assert restarted is not None and restarted is not app
 
 
@@ -650,3 +652,77 @@ def test_a_retry_of_an_old_command_id_after_newer_ones_never_runs_again():
     assert level == 50 and node.app.commands == []  # id 5's level stays
     acks = [h.body for h in w.gw.of_type(m.CMD_ACK)]
     assert acks[-2:] == [{0: 1, 1: m.RES_EXPIRED}, {0: 1, 1: m.RES_EXPIRED}]
+
+
+# -- issue 17: an app's exception says why, and its alarm clears -------------------------------
+
+
+def test_app_exception_prints_on_the_console_and_names_its_type(monkeypatch):
+    # Before: the EVENT carried only a count and nothing was printed (issue 17).
+    import sys
+
+    printed: list[BaseException] = []
+    monkeypatch.setattr(sys, "print_exception", printed.append, raising=False)  # MicroPython's
+
+    async def main(clock):
+        w = World(clock)
+        node = w.boot()
+        await clock.run_for(5000)
+        node.app.fail_report = True
+        await clock.run_for(2 * MIN)
+        await w.stop()
+        return w, node
+
+    w, node = run(main)
+    assert printed and isinstance(printed[0], KeyError)
+    ev = w.gw.of_type(m.EVENT)[0]
+    assert ev.body[0] == m.EV_APP_EXCEPTION and ev.body[2] >> 16 == m.APP_EXC_TYPES.index("KeyError")
+    assert 1 <= ev.body[2] & 0xFFFF <= node.app_faults
+
+
+@pytest.mark.parametrize(
+    ("err", "name"),
+    [
+        (ImportError("no module named 'lora'"), "ImportError"),
+        (KeyError("lamp"), "KeyError"),
+        (RuntimeError("app run() returned"), "RuntimeError"),
+        (NotImplementedError(), "Exception"),  # the type's own name only: 0
+        (StopIteration(), "Exception"),  # none of the table: 0
+    ],
+)
+def test_app_exception_type_codes(err, name):
+    async def main(clock):
+        w = World(clock)
+        node = w.boot()
+        await clock.run_for(1000)
+        node._app_fault(err)
+        await clock.run_for(30_000)
+        await w.stop()
+        return w
+
+    w = run(main)
+    ev = [h.body for h in w.gw.of_type(m.EVENT) if h.body[0] == m.EV_APP_EXCEPTION]
+    assert ev and ev[0][2] == m.APP_EXC_TYPES.index(name) << 16 | 1
+
+
+def test_app_exception_alarm_clears_after_the_app_runs_cleanly_again():
+    # Before: the alarm stayed open after the fix (issue 17): nothing ever sent active 0.
+    async def main(clock):
+        w = World(clock)
+        node = w.boot()
+        await clock.run_for(5000)
+        node.app.fail_report = True
+        await clock.run_for(2 * MIN)  # one fault, then the app restarts (a fresh ToyLamp reports fine)
+        await clock.run_for(runtime._APP_BACKOFF_MIN_MS + 3 * MIN)
+        await w.stop()
+        return w, node
+
+    w, node = run(main)
+    ev = [h for h in w.gw.of_type(m.EVENT) if h.body[0] == m.EV_APP_EXCEPTION]
+    assert node.app_faults == 1 and node.app is not None
+    assert [e.body[4] for e in ev] == [1, 0]  # raised, then cleared
+    cleared = ev[1]
+    assert cleared.body[1] == m.SEV_ALARM and cleared.body[2] == 0
+    reports = [h for h in w.gw.of_type(m.LIGHT) if h.counter > ev[0].counter]
+    assert reports and reports[0].counter == cleared.counter + 1  # queued with the first report (before it)
+    assert not node._exc_open

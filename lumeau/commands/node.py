@@ -6,6 +6,7 @@
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
+                          [--gateway URL [--run-check S]]
     lumeau node scan      [--timeout S] [--json]
     lumeau node check     ADDR [--timeout S] [--json]
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
@@ -120,6 +121,10 @@ def cmd_flash(args: argparse.Namespace) -> int:
                 return _err("flash", "--erase wipes the node's frame counters: it re-keys the node, give --config")
             fl.rekey(args.config, registry=args.registry, gateway=None if args.registry else args.gateway, token=token)
         if args.micropython is not None:
+            if args.gateway and args.config is not None and not args.erase:  # before the image is written
+                fl.check_gateway(
+                    args.gateway, token, fl.read_config(args.config, bundles.load(bundle_dir))[1]["node_id"]
+                )
             target = bundles.load(bundle_dir, verify=False).target
             fl.write_micropython(args.port, args.micropython, target, erase=args.erase, baud=args.baud)
         report = fl.flash(
@@ -131,6 +136,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
             gateway=args.gateway,
             token=token,
             hello_timeout=args.hello_timeout,
+            run_check_s=args.run_check,
         )
     except bundles.BundleError as e:
         return _err("flash", str(e))
@@ -139,6 +145,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
     print(
         f"{args.port}: flashed {report.board}: {len(report.copied)} files copied, {len(report.unchanged)} "
         f"unchanged, {len(report.removed)} removed; {report.confirmed}"
+        + (f"; {report.first_report}" if report.first_report else "")
     )
     return 0
 
@@ -394,11 +401,26 @@ def add_subcommand(subparsers: Any) -> None:
     )
     f.add_argument("--registry", type=Path, help="with --erase: the registry that gets the new key")
     f.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default %(default)d)")
-    f.add_argument("--gateway", help="confirm by the node's HELLO at this gateway API (needs --config)")
-    f.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
+    f.add_argument(
+        "--gateway",
+        help="confirm by the node's HELLO at this gateway API, e.g. http://127.0.0.1:8760 (needs --config), then "
+        "that its app runs (--run-check); the API and token are checked before the board is touched",
+    )
+    f.add_argument(
+        "--token",
+        help=f"API token for --gateway (or ${TOKEN_ENV}): [api] token_file or token in the gateway's config",
+    )
     f.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the board's REPL")
     f.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset")
     f.add_argument("--hello-timeout", type=float, default=60.0, help="seconds to wait for the HELLO at the gateway")
+    f.add_argument(
+        "--run-check",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="with --gateway: after the HELLO, seconds the app must run without an app_exception alarm "
+        "(fails with the exception's type; 0 skips; default %(default)g)",
+    )
     f.set_defaults(func=cmd_flash)
 
     add_ble_actions(actions)

@@ -106,6 +106,32 @@ async def test_faults_leave_the_lamp_on_and_the_valves_closed():
     mpnode.stop(water[0], water[3])
 
 
+async def test_app_exception_names_its_type_and_clears():
+    # issue 17: the EVENT value carries the exception's type (SPEC §5), the node prints it
+    # (sys.print_exception, real here), and the alarm clears with the first report after
+    # the restarted app ran cleanly. Before: the value was a count and nothing cleared it.
+    from firmware.lighting import Lighting
+
+    class Once(Lighting):
+        failed = [False]
+
+        async def run(self):
+            if not Once.failed[0]:
+                Once.failed[0] = True
+                raise KeyError("once")
+            await Lighting.run(self)
+
+    clock = mpnode.new_clock(mpnode.MIDSUMMER + 21 * 3600)
+    lamp = mpnode.start_node(clock, "lighting", app_class=Once)
+    await clock.run_for(1100 * 1000)  # the 10 s backoff, then the first report (900 s +-5 %)
+    node, gw = lamp[1], lamp[2]
+    ev = [h[3] for h in gw.of_type(m.EVENT) if h[3][0] == m.EV_APP_EXCEPTION]
+    assert node.app_faults == 1 and node.app is not None, node.last_error
+    assert ev[0][2] == m.APP_EXC_TYPES.index("KeyError") << 16 | 1 and ev[0][4] == 1, ev
+    assert ev[-1][4] == 0 and ev[-1][2] == 0, ev
+    mpnode.stop(lamp[0], lamp[3])
+
+
 async def test_reboot_keeps_counters_unique():
     clock = mpnode.new_clock()
     storage = {}
