@@ -28,8 +28,9 @@ mapper reads them through `alarms(node_id)` and derives, for the record it
 maps, the alarms open just after it (raised at or before its counter, not
 closed by then). An alarm is an EVENT of severity alarm or critical
 (protocol.messages.is_alarm); warnings, info and the one-shot reports
-(ONE_SHOT: a watchdog reset, a storage fault found at boot, an application
-exception -- the node never clears them) never set `deviceState`. Without
+(ONE_SHOT: a watchdog reset, a storage fault found at boot -- the node never
+clears them) never set `deviceState`. An application exception is an alarm:
+the node clears it once its app runs cleanly again. Without
 `alarms` (a mapper on its own) the state is what the record alone says, and
 left out where it cannot say (an alarm cleared: others may be open).
 """
@@ -68,7 +69,7 @@ UNIT_CODES = {
 }
 
 ALARM_SEVERITIES = frozenset(("alarm", "critical"))
-ONE_SHOT = frozenset(("watchdog_reset", "storage_fault", "app_exception"))
+ONE_SHOT = frozenset(("watchdog_reset", "storage_fault"))
 LAMP_ALARMS = frozenset(("lamp_failure", "over_current"))  # Streetlight status defectiveLamp
 IRRIGATION_ALARMS = frozenset(("leak", "burst", "no_flow", "max_runtime", "irrigation_failsafe", "excess_flow"))
 LIGHTING_EVENTS = frozenset(("lamp_failure", "over_current", "cycling", "light_failsafe"))

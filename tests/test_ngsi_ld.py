@@ -88,7 +88,7 @@ cleared = event(0xA1, 6, m.EV_LAMP_FAILURE, m.SEV_ALARM, active=0)
 leak = event(0xB2, 4, m.EV_LEAK, m.SEV_ALARM)
 no_flow = event(0xB2, 5, m.EV_NO_FLOW, m.SEV_ALARM, zone=2)
 watchdog = event(0xA1, 7, m.EV_WATCHDOG_RESET, m.SEV_WARNING)
-crash = event(0xA1, 8, m.EV_APP_EXCEPTION, m.SEV_ALARM)
+one_shot = event(0xA1, 8, m.EV_STORAGE_FAULT, m.SEV_ALARM)  # a storage fault found at boot: never cleared
 cmd_ack = make(0xA1, 9, m.CMD_ACK, {0: 1001, 1: m.RES_OK})
 ALL = [
     light,
@@ -104,7 +104,7 @@ ALL = [
     leak,
     no_flow,
     watchdog,
-    crash,
+    one_shot,
     cmd_ack,
 ]
 
@@ -297,7 +297,7 @@ def test_device_state_follows_the_open_alarms_not_the_last_event():
     assert state([alarm, cleared], cleared) == "ok"
     assert state([watchdog], watchdog) == "ok"  # a warning never sets it
     assert state([alarm, watchdog], watchdog) == "lamp_failure"  # ...nor hides an alarm
-    assert state([crash], crash) == "ok"  # a one-shot alarm is an Alert, not a state
+    assert state([one_shot], one_shot) == "ok"  # a one-shot alarm is an Alert, not a state
     assert state([alarm, hello], hello) == "ok"  # the node restarted: it raises again what holds
     # a STATUS counting one alarm leaves it; one counting none closes it
     lamp_status = make(0xA1, 11, m.STATUS, {8: 1})
@@ -337,7 +337,7 @@ def test_alerts_open_and_close():
     assert (kv(z)["category"], kv(z)["subCategory"], kv(z)["data"]["zone"]) == ("agriculture", "irrigation", 2)
     # warnings are not alerts; a one-shot alarm is issued and over at once
     assert of_type(mapper([watchdog]).entities(watchdog), "Alert") == []
-    (x,) = of_type(mapper([crash]).entities(crash), "Alert")
+    (x,) = of_type(mapper([one_shot]).entities(one_shot), "Alert")
     assert kv(x)["validFrom"] == kv(x)["validTo"]
 
 

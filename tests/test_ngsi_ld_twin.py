@@ -208,12 +208,17 @@ async def test_a_warning_never_sets_the_device_state(twin, broker):
     # nor does one hide an alarm
     await twin.send(lamp.event(m.EV_LAMP_FAILURE, m.SEV_ALARM), lamp.event(m.EV_WATCHDOG_RESET, m.SEV_WARNING))
     assert state(broker) == "lamp_failure"
-    # a one-shot alarm (an application exception) is an Alert over at once, not a state
-    crash = lamp.event(m.EV_APP_EXCEPTION, m.SEV_ALARM, value=1)
+    # an application exception is an alarm until the node reports its app running again (SPEC §5)
+    crash = lamp.event(m.EV_APP_EXCEPTION, m.SEV_ALARM, value=(1 << 16) | 1)
     await twin.send(crash)
-    assert state(broker) == "lamp_failure"
+    assert state(broker) == "lamp_failure"  # the older of two open alarms
     a = alert(broker, LAMP, "app_exception")
-    assert a["validFrom"] == a["validTo"] == iso(crash[1] - 5)
+    assert a["validFrom"] == iso(crash[1] - 5) and "validTo" not in a
+    await twin.send(lamp.event(m.EV_LAMP_FAILURE, m.SEV_ALARM, active=0))
+    assert state(broker) == "app_exception"
+    fixed = lamp.event(m.EV_APP_EXCEPTION, m.SEV_ALARM, active=0)
+    await twin.send(fixed)
+    assert state(broker) == "ok" and alert(broker, LAMP, "app_exception")["validTo"] == iso(fixed[1] - 5)
 
 
 async def test_a_reboot_closes_what_the_node_forgot(twin, broker):
