@@ -486,7 +486,8 @@ def _http_error(url: str, node_id: int, e: urllib.error.HTTPError) -> FlashError
             "gateway",
             f"the gateway at {url} does not know node {node_id:08x} (HTTP 404: not in its registry): "
             f"provision it there (lumeau node provision --gateway {url}), or, provisioned into the "
-            "registry file, reload the gateway (kill -HUP); or --gateway names another service",
+            "registry file, check that it is the file the gateway reads (it reloads it by itself within a second); "
+            "or --gateway names another service",
         )
     return FlashError("gateway", f"the gateway at {url} answered HTTP {e.code} {e.reason or ''}".rstrip())
 

@@ -7,8 +7,8 @@
     lumeau group status  NAME [ID] --gateway URL [--json]
 
 Groups live in the gateway's registry file (gateway/registry.py): `--registry` edits the
-file through its locked merge (a running gateway sees the change at its next registry
-change or `kill -HUP`), `--gateway` goes through the running gateway's API. A group
+file through its locked merge (a running gateway reads the changed file by itself
+within a second), `--gateway` goes through the running gateway's API. A group
 command needs the running gateway (its downlink queue): one COMMAND per member, unicast
 in each member's receive window (gateway/groups.py). ARGs are integers as on the air
 (`set_level 100 7200`) or named (`set_level level=100 duration=7200`); `GET /ops` and

@@ -195,7 +195,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if args.show_key:
         print(f"  root key {p.root_key.hex()}")
     if args.registry is not None:
-        print("  a running gateway knows it after `kill -HUP` of the gateway or its next API change of a node")
+        print("  a running gateway reads the changed registry file by itself within a second (or at `kill -HUP`)")
     return 0
 
 
