@@ -492,16 +492,27 @@ def _http_error(url: str, node_id: int, e: urllib.error.HTTPError) -> FlashError
     return FlashError("gateway", f"the gateway at {url} answered HTTP {e.code} {e.reason or ''}".rstrip())
 
 
+NEW_NODE_WAIT_S = 5.0
+
+
 def check_gateway(url: str, token: str | None, node_id: int) -> None:
     """Before the board is touched: the gateway answers, takes the token and knows the node."""
     if not token:
         raise FlashError("token", f"--gateway needs the gateway's API token: {TOKEN_HELP}")
     if "://" not in url:
         raise FlashError("gateway", f"--gateway {url!r} has no scheme: write http://{url}")
+    # A node just provisioned into the registry file is known once the gateway reloads the file,
+    # within a second (gateway/service.py's watcher): a 404 is taken as final after NEW_NODE_WAIT_S.
+    deadline = time.monotonic() + NEW_NODE_WAIT_S
     try:
-        _api_get(url, token, f"/nodes/{node_id:08x}")
-    except urllib.error.HTTPError as e:
-        raise _http_error(url, node_id, e) from None
+        while True:
+            try:
+                _api_get(url, token, f"/nodes/{node_id:08x}")
+                return
+            except urllib.error.HTTPError as e:
+                if e.code != 404 or time.monotonic() >= deadline:
+                    raise _http_error(url, node_id, e) from None
+            time.sleep(0.25)
     except (urllib.error.URLError, OSError, ValueError) as e:
         why = getattr(e, "reason", e)
         raise FlashError(
