@@ -7,9 +7,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lumeau-installed
 NODE_STAMP := node_modules/.lumeau-installed
 
-.PHONY: demo test lint pytest bench setup clean chromium openssl-headers curl
+.PHONY: demo test lint pytest bench setup clean chromium openssl-headers
 
-setup: $(STAMP) $(NODE_STAMP) chromium curl
+setup: $(STAMP) $(NODE_STAMP) chromium
 
 # setup.py builds gateway._fastadmit (C, links OpenSSL's libcrypto): the stamp follows its sources.
 $(STAMP): pyproject.toml setup.py gateway/_fastadmit.c | openssl-headers
@@ -31,15 +31,6 @@ chromium:
 	    echo "installing Debian's chromium for the browser test"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "warning: $(CHROMIUM) is missing and apt-get (as root) is not available: tests/test_web_ui.py will fail" >&2; fi; }
-
-# The README's quick start (run as written by tests/test_quickstart.py) talks to the API with curl;
-# installed when missing, as chromium is.
-curl:
-	@command -v curl >/dev/null || { \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's curl for the quick-start test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null; \
-	  else echo "warning: curl is missing and apt-get (as root) is not available: tests/test_quickstart.py is skipped" >&2; fi; }
 
 # gateway/_fastadmit.c includes OpenSSL's headers (Debian package libssl-dev; a fresh Debian 12 has the
 # library, not the headers). Installed when missing, as chromium is; without them the extension is not
@@ -67,7 +58,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(MYPY_PATHS)
 
-pytest: $(STAMP) $(NODE_STAMP) chromium curl
+pytest: $(STAMP) $(NODE_STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every benchmark in bench/, each printing one JSON object (figures: bench/README.md).

@@ -31,7 +31,7 @@ KINDS = ("street", "park", "district", "custom")  # gateway/registry.py GROUP_KI
 
 
 class GroupCliError(Exception):
-    """A failure to print as `lumeau group CMD: message` (exit 1)."""
+    """A failure to print as `lumeau group CMD: message` (exit 1); `lumeau node show|command` too."""
 
 
 def _err(cmd: str, msg: str) -> int:
@@ -39,7 +39,7 @@ def _err(cmd: str, msg: str) -> int:
     return 1
 
 
-def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+def gateway_call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     from lumeau import provision as pv
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -52,7 +52,7 @@ def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = N
         raise GroupCliError(str(e)) from None
 
 
-def _refused(status: int, doc: dict, args: argparse.Namespace) -> GroupCliError:
+def refusal(status: int, doc: dict, args: argparse.Namespace) -> GroupCliError:
     from lumeau import provision as pv
 
     return GroupCliError(pv.http_error(status, doc, args.gateway))
@@ -84,9 +84,9 @@ def _list(args: argparse.Namespace) -> int:
     if args.registry is not None:
         groups = [g.public() for g in _registry(args).groups()]
     else:
-        status, doc = _api(args, "GET", "/groups")
+        status, doc = gateway_call(args, "GET", "/groups")
         if status != 200:
-            raise _refused(status, doc, args)
+            raise refusal(status, doc, args)
         groups = doc.get("groups", [])
     if args.json:
         print(json.dumps({"groups": groups}))
@@ -114,11 +114,11 @@ def _add(args: argparse.Namespace) -> int:
         where = str(args.registry)
     else:
         if args.replace:
-            status, answer = _api(args, "PUT", f"/groups/{args.name}", {**doc, "title": args.title or ""})
+            status, answer = gateway_call(args, "PUT", f"/groups/{args.name}", {**doc, "title": args.title or ""})
         else:
-            status, answer = _api(args, "POST", "/groups", {"name": args.name, **doc})
+            status, answer = gateway_call(args, "POST", "/groups", {"name": args.name, **doc})
         if status not in (200, 201):
-            raise _refused(status, answer, args)
+            raise refusal(status, answer, args)
         old = status == 200
         where = args.gateway
     n = len(args.nodes)
@@ -135,11 +135,11 @@ def _remove(args: argparse.Namespace) -> int:
             raise GroupCliError(f"no group {args.name} in {args.registry}")
         where = str(args.registry)
     else:
-        status, doc = _api(args, "DELETE", f"/groups/{args.name}")
+        status, doc = gateway_call(args, "DELETE", f"/groups/{args.name}")
         if status == 404:
             raise GroupCliError(f"no group {args.name} at {args.gateway}")
         if status != 204:
-            raise _refused(status, doc, args)
+            raise refusal(status, doc, args)
         where = args.gateway
     print(f"group {args.name} removed from {where} (its nodes stay registered)")
     return 0
@@ -184,9 +184,9 @@ def _command(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"op": args.op, "args": parse_args_list(args.args)}
     if args.ttl is not None:
         body["ttl_s"] = args.ttl
-    status, doc = _api(args, "POST", f"/groups/{args.name}/commands", body)
+    status, doc = gateway_call(args, "POST", f"/groups/{args.name}/commands", body)
     if status != 201:
-        raise _refused(status, doc, args)
+        raise refusal(status, doc, args)
     if args.json:
         print(json.dumps(doc))
     else:
@@ -197,9 +197,9 @@ def _command(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     if args.id is None:
-        status, doc = _api(args, "GET", f"/groups/{args.name}/commands")
+        status, doc = gateway_call(args, "GET", f"/groups/{args.name}/commands")
         if status != 200:
-            raise _refused(status, doc, args)
+            raise refusal(status, doc, args)
         if args.json:
             print(json.dumps(doc))
             return 0
@@ -207,9 +207,9 @@ def _status(args: argparse.Namespace) -> int:
             _print_progress(c)
         print(f"{len(doc.get('commands', []))} command(s) for group {args.name}")
         return 0
-    status, doc = _api(args, "GET", f"/groups/{args.name}/commands/{args.id}")
+    status, doc = gateway_call(args, "GET", f"/groups/{args.name}/commands/{args.id}")
     if status != 200:
-        raise _refused(status, doc, args)
+        raise refusal(status, doc, args)
     if args.json:
         print(json.dumps(doc))
     else:

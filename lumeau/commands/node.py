@@ -5,6 +5,8 @@
                           [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart]] [--out FILE] [--force]
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
+    lumeau node show      ID --gateway URL [--json]
+    lumeau node command   ID OP [ARG...] --gateway URL [--ttl S] [--wait S] [--json]
     lumeau node flash     --port PORT [--bundle DIR] [--config FILE] [--micropython IMAGE.bin]
                           [--gateway URL [--run-check S]]
     lumeau node scan      [--timeout S] [--json]
@@ -14,7 +16,8 @@
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
 (for configure, an unknown setting or a value out of range included).
 The work is done by library modules: lumeau/bundle.py (build),
-lumeau/provision.py, lumeau/flash.py, lumeau/ble_tools.py (BLE commissioning:
+lumeau/provision.py, lumeau/flash.py, lumeau/commands/node_api.py (show,
+command: the gateway's API without curl), lumeau/ble_tools.py (BLE commissioning:
 scan, check, configure; its docstring says what each does). Tests drive the
 async cores of the BLE commands (`scan_command`, `check_command`,
 `configure_command`) with bleak's backend seam (ble_tools.Backends).
@@ -49,6 +52,7 @@ from lumeau.ble_tools import (
     output_text,
     scan,
 )
+from lumeau.commands.node_api import add_api_actions
 
 TOKEN_ENV = "LUMEAU_API_TOKEN"  # the gateway API token, kept out of shell history
 
@@ -381,6 +385,8 @@ def add_subcommand(subparsers: Any) -> None:
     rw.add_argument("--gateway", help="the gateway's API URL, e.g. http://127.0.0.1:8760")
     rm.add_argument("--token", help=f"API token for --gateway (or ${TOKEN_ENV})")
     rm.set_defaults(func=cmd_remove)
+
+    add_api_actions(actions, _node_id)
 
     f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
