@@ -2,7 +2,8 @@
 # technician tooling, read once at boot.
 #
 #   {
-#     "node_id": 10531523,              required, 32-bit
+#     "node_id": "00a0b3c3",            required: 8 hex digits as every tool prints
+#                                       it (an integer, 10531523, is read too)
 #     "kind": "lighting",               required: lighting | irrigation | bridge
 #     "root_key": "000102...0e0f",      required except for a bridge: 32 hex digits
 #     "radio": {"type": "lora", "freq_hz": 868100000, "sf": 9, "bw_hz": 125000,
@@ -215,6 +216,14 @@ def load(data):
             raise ConfigError("%s: required" % key)
     cfg = dict(DEFAULTS)  # type: dict
     cfg.update(raw)
+    node_id = cfg["node_id"]
+    if type(node_id) is str:  # "00a0b3c3": the id as the gateway, the API and the tools print it
+        try:
+            if len(node_id) != 8 or node_id.strip("0123456789abcdefABCDEF"):
+                raise ValueError  # int() alone takes "0x..", signs, spaces and "_"
+            cfg["node_id"] = int(node_id, 16)
+        except ValueError:
+            raise ConfigError("node_id: %r is not 8 hex digits" % node_id)
     node_id = _int(cfg, "node_id", 0, 0xFFFFFFFF)
     kind = cfg["kind"]
     if kind not in KINDS:

@@ -434,6 +434,8 @@ def rekey(
     try:
         doc = json.loads(config.read_bytes())
         node_id, kind = doc["node_id"], doc["kind"]
+        if isinstance(node_id, str):  # "00c0ffee", as provision writes it (the node reads both)
+            node_id = int(node_id, 16)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise FlashError("bad_config", f"{config}: cannot read the node's config to re-key it: {e}") from None
     if not isinstance(doc, dict) or not isinstance(node_id, int) or not isinstance(kind, str):

@@ -103,7 +103,8 @@ def build_config(
         cfg.pop(k, None)
     # key_fresh: this key was never used, so the node may start its counter at 0
     # (SPEC §4 "Counter persistence"); the node clears the mark once it holds state
-    cfg = {"node_id": node_id, "kind": kind, "root_key": root_key.hex(), "key_fresh": True, **cfg}
+    # node_id as 8 hex digits, the form the gateway, its API and every tool print (issue 17)
+    cfg = {"node_id": f"{node_id:08x}", "kind": kind, "root_key": root_key.hex(), "key_fresh": True, **cfg}
     if lat is not None and lon is not None:
         cfg["location"] = {"lat": lat, "lon": lon}
     data = (json.dumps(cfg, indent=2, sort_keys=False) + "\n").encode()

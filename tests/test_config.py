@@ -48,6 +48,16 @@ def test_minimal_config_gets_safe_defaults_and_keys():
     assert cfg["keys"].mic_up.key == ref.mic_up.key and cfg["keys"].enc == ref.enc
 
 
+def test_node_id_as_8_hex_digits_as_every_tool_prints_it():
+    # Before: only an integer (168496141), where the gateway, its API and the tools print 0a0b0c0d.
+    assert config.load(raw(doc(node_id="00a1b2c3")))["node_id"] == 0x00A1B2C3
+    assert (
+        config.load(raw(doc(node_id="00A1B2C3")))["keys"].mic_up.key
+        == NodeKeys(0xA1B2C3, bytes.fromhex(ROOT)).mic_up.key
+    )
+    assert config.load(raw(doc(node_id="ffffffff")))["node_id"] == 0xFFFFFFFF
+
+
 def test_hash_is_of_the_file_bytes():
     a = config.load(b'{"node_id": 1, "kind": "bridge"}')
     b = config.load(b'{"kind": "bridge", "node_id": 1}')
@@ -79,6 +89,12 @@ def test_bridge_needs_no_root_key_but_nodes_do():
         (raw(doc(node_id=-1)), "node_id"),
         (raw(doc(node_id=2**32)), "node_id"),
         (raw(doc(node_id=True)), "node_id: expected an integer"),
+        (raw(doc(node_id="a1b2c3")), "node_id: 'a1b2c3' is not 8 hex digits"),
+        (raw(doc(node_id="0x0a1b2c")), "not 8 hex digits"),
+        (raw(doc(node_id="+0a1b2c3")), "not 8 hex digits"),
+        (raw(doc(node_id=" 0a1b2c ")), "not 8 hex digits"),
+        (raw(doc(node_id="0a1b_2c3")), "not 8 hex digits"),
+        (raw(doc(node_id="0a1b2c3g")), "not 8 hex digits"),
         (raw(doc(kind="fountain")), "kind"),
         (raw(doc(root_key="00" * 15)), "root_key"),
         (raw(doc(root_key="zz" * 16)), "root_key: not hex"),

@@ -359,7 +359,7 @@ def test_provision_refusals(tmp_path):
         str(tmp_path / "a"),
     )
     assert first.returncode == 0, first.stderr
-    node_id = json.loads((tmp_path / "a").read_text())["node_id"]
+    node_id = int(json.loads((tmp_path / "a").read_text())["node_id"], 16)  # 8 hex digits
     kind = lumeau(
         "node",
         "provision",
@@ -423,7 +423,7 @@ def test_provision_never_overwrites_silently(tmp_path):
         "--name", "Rue X 1",
     )  # fmt: skip
     assert dup.returncode == 0, dup.stderr
-    assert "warning" in dup.stderr and f"{cfg['node_id']:08x}" in dup.stderr and "Rue X 1" in dup.stderr
+    assert "warning" in dup.stderr and cfg["node_id"] in dup.stderr and "Rue X 1" in dup.stderr
     assert len(Registry.load(reg)) == 2
 
     # --force keeps the hand-made settings of the config it replaces (no --template)
@@ -431,13 +431,13 @@ def test_provision_never_overwrites_silently(tmp_path):
     cfg["pins"] = {"lamp": 25}
     out.write_text(json.dumps(cfg))
     forced = lumeau(
-        "node", "provision", "--kind", "lighting", "--registry", str(reg), "--node-id", f"{cfg['node_id']:x}",
+        "node", "provision", "--kind", "lighting", "--registry", str(reg), "--node-id", cfg["node_id"],
         "--out", str(out), "--force",
     )  # fmt: skip
     assert forced.returncode == 0, forced.stderr
     new = json.loads(out.read_text())
     assert new["root_key"] != cfg["root_key"] and new["report_interval_s"] == 1234 and new["pins"] == {"lamp": 25}
-    assert Registry.load(reg).get(cfg["node_id"]).root_key.hex() == new["root_key"]
+    assert Registry.load(reg).get(int(cfg["node_id"], 16)).root_key.hex() == new["root_key"]
 
 
 def test_node_list_and_remove_on_a_registry_file(tmp_path):
@@ -449,7 +449,7 @@ def test_node_list_and_remove_on_a_registry_file(tmp_path):
             "--out", str(tmp_path / f"{i}.json"), "--name", name, "--lat", "48.5", "--lon", "2.25",
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
-        ids.append(json.loads((tmp_path / f"{i}.json").read_text())["node_id"])
+        ids.append(int(json.loads((tmp_path / f"{i}.json").read_text())["node_id"], 16))
     keys = [e.root_key.hex() for e in Registry.load(reg)]
     listed = lumeau("node", "list", "--registry", str(reg))
     assert listed.returncode == 0, listed.stderr

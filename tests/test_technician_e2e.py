@@ -129,7 +129,7 @@ reconnect_max_s = 0.2
             env=env,
         )
         assert prov.returncode == 0, prov.stderr
-        node_id = json.loads(config.read_text())["node_id"]
+        node_id = int(json.loads(config.read_text())["node_id"], 16)  # 8 hex digits, as every tool prints it
         node = api(api_port, f"/nodes/{node_id:08x}")
         assert node["kind"] == "lighting" and node["name"] == "Rue de Test 12" and "root_key" not in node
         assert node["last_seen"] is None
