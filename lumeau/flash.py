@@ -524,11 +524,18 @@ def check_gateway(url: str, token: str | None, node_id: int) -> None:
         ) from None
 
 
+def alarm_field(alarm: Any, name: str) -> Any:
+    """A field of an open alarm as GET /nodes/{id} gives it: {"fields": {name: {"value": ...}}, "since": ...}."""
+    f = alarm.get("fields") if isinstance(alarm, dict) else None
+    v = f.get(name) if isinstance(f, dict) else None
+    return v.get("value") if isinstance(v, dict) else None
+
+
 def app_exception_reason(alarm: dict[str, Any]) -> str:
     """The EVENT app_exception's value as words (SPEC §5: type << 16 | restarts)."""
     from protocol.messages import APP_EXC_TYPES
 
-    v = alarm.get("value")
+    v = alarm_field(alarm, "value")
     if not isinstance(v, int) or v < 0:
         return "the app raised an exception"
     t, n = v >> 16, v & 0xFFFF
@@ -548,7 +555,7 @@ def wait_app_runs(url: str, token: str, node_id: int, seconds: float, port: str,
         except (urllib.error.URLError, OSError, ValueError):
             node = {}
         for a in node.get("open_alarms") or []:
-            if isinstance(a, dict) and a.get("code") in ("app_exception", 23):
+            if alarm_field(a, "code") in ("app_exception", 23):
                 raise FlashError(
                     "app_failed",
                     f"node {node_id:08x} started, but {app_exception_reason(a)}: it crash-loops with its "

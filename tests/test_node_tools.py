@@ -1084,13 +1084,11 @@ def test_flash_waits_for_the_app_to_run_and_fails_with_its_exception():
     # Before: flash returned after the HELLO while the app crash-looped (issue 17).
     from protocol import messages as m
 
-    alarm = {
-        "code": "app_exception",
-        "severity": "alarm",
-        "zone": 0,
-        "value": m.APP_EXC_TYPES.index("ImportError") << 16 | 2,
-        "since": time.time(),
-    }
+    # An open alarm as GET /nodes/{id} gives it (gateway/store/nodes.py; the end-to-end test against a
+    # real gateway is tests/test_technician_e2e.py): its fields by name, each a {"value": ...}.
+    fields = {"code": "app_exception", "severity": "alarm", "zone": 0}
+    fields["value"] = m.APP_EXC_TYPES.index("ImportError") << 16 | 2
+    alarm = {"fields": {k: {"value": v} for k, v in fields.items()}, "since": time.time(), "counter": 3}
     api = FakeNodesApi(0.6, alarm)
     try:
         fl.check_gateway(api.url, API_TOKEN, 0x0A0B0C0D)
@@ -1110,6 +1108,11 @@ def test_flash_waits_for_the_app_to_run_and_fails_with_its_exception():
         assert time.monotonic() - t0 >= 1.0  # waited the whole bounded time, then returned
     finally:
         clean.close()
-    assert fl.app_exception_reason({"value": 0}) == "the app raised an Exception (0 restarts so far)"
-    assert fl.app_exception_reason({"value": None}) == "the app raised an exception"
-    assert "exception type 99" in fl.app_exception_reason({"value": 99 << 16 | 1})
+
+    def alarm_of(value: object) -> dict:
+        return {"fields": {"code": {"value": "app_exception"}, "value": {"value": value}}}
+
+    assert fl.app_exception_reason(alarm_of(0)) == "the app raised an Exception (0 restarts so far)"
+    assert fl.app_exception_reason(alarm_of(None)) == "the app raised an exception"
+    assert fl.app_exception_reason({"code": "app_exception"}) == "the app raised an exception"
+    assert "exception type 99" in fl.app_exception_reason(alarm_of(99 << 16 | 1))

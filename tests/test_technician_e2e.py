@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from waiting import wait_for_sync
 from simulator.board import MICROPYTHON_MJS
 from simulator.board_proc import BoardProcess
 
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not MICROPYTHON_MJS.exists(), reason="needs node_modules (make setup)")
 
 API_TOKEN = "technician-e2e-api-token-0123"
@@ -183,4 +185,74 @@ reconnect_max_s = 0.2
         gw.kill()
         sink.terminate()
         sink.wait(10)
+        board.stop()
+
+
+def crashing_sources(tmp: Path, after_ms: int) -> Path:
+    """firmware/ and protocol/ as in the repository, but the lighting app raises a KeyError `after_ms` in."""
+    src = tmp / "src"
+    for part in ("firmware", "protocol"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    app = src / "firmware" / "lighting.py"
+    text = app.read_text()
+    assert text.count("    async def run(self):\n") == 1
+    crash = f"    async def run(self):\n        await self.hal.sleep_ms({after_ms})\n        {{}}['e2e']\n"
+    app.write_text(text.replace("    async def run(self):\n", crash))
+    return src
+
+
+@pytest.mark.parametrize("after_ms, seen", [(0, "console"), (6000, "gateway")])
+def test_flash_fails_with_the_reason_when_the_app_crash_loops(tmp_path, after_ms, seen):
+    # Issue 17 item 3 end to end: a real gateway, a real board, an app that raises. At once, flash sees
+    # the traceback on the console; later than its console watch (--settle 3 s), the app_exception
+    # alarm at the gateway, during --run-check.
+    from lumeau import bundle as bundles
+
+    board = BoardProcess(tmp_path / "flash", uarts=[1], control=tmp_path / "ctl", name="rue-crash-1").start()
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f"""
+[gateway]
+id = "crash-e2e"
+[api]
+port = 0
+token = "{API_TOKEN}"
+[upstream]
+enabled = false
+[[serial]]
+port = "{board.uart_port(1)}"
+mode = "wired"
+reconnect_min_s = 0.05
+reconnect_max_s = 0.2
+""")
+    gw = GatewayProcess(cfg)
+    try:
+        gateway_url = f"http://127.0.0.1:{gw.start()['api_port']}"
+        bundle = tmp_path / "bundle"
+        bundles.build("lighting", "esp32", bundle, source_root=crashing_sources(tmp_path, after_ms))
+        config = tmp_path / "node.json"
+        env = {**__import__("os").environ, "LUMEAU_API_TOKEN": API_TOKEN}
+        prov = lumeau(
+            "node", "provision", "--kind", "lighting", "--board", "vboard", "--gateway", gateway_url,
+            "--out", str(config), env=env,
+        )  # fmt: skip
+        assert prov.returncode == 0, prov.stderr
+        node_id = int(json.loads(config.read_text())["node_id"], 16)
+        flashed = lumeau(
+            "node", "flash", "--port", board.port, "--bundle", str(bundle), "--config", str(config),
+            "--gateway", gateway_url, "--hello-timeout", "40", "--run-check", "30", env=env,
+        )  # fmt: skip
+        out = flashed.stdout + flashed.stderr
+        assert flashed.returncode == 1, out
+        if seen == "console":
+            assert "the node failed to start" in flashed.stderr and "KeyError: e2e [node_failed]" in flashed.stderr
+            return
+        assert "HELLO at the gateway" in flashed.stdout, out
+        assert f"node {node_id:08x} started, but the app raised a KeyError" in flashed.stderr, out
+        assert "[app_failed]" in flashed.stderr, out
+        # The node keeps its street lit while its app is down (the runtime's fail-safe).
+        assert board.control({"get": "outputs"})["pwm"].get("25") == 65535  # full duty (duty_u16)
+        alarms = api(int(gateway_url.rsplit(":", 1)[1]), f"/nodes/{node_id:08x}")["open_alarms"]
+        assert len(alarms) == 1, alarms
+    finally:
+        gw.kill()
         board.stop()
