@@ -154,6 +154,13 @@ class Zone:
     flow_l_min: float  # at the design application rate
     soil: soil_mod.Soil
     crop: soil_mod.Crop
+    # share of the root zone's available water at the start (1 field capacity, 0 wilting
+    # point); None: soil.default_depletion, halfway to the stress point
+    soil_start: float | None = None
+
+    def bucket(self) -> soil_mod.SoilBucket:
+        """The zone's FAO-56 bucket in its start state (the world and the baseline start alike)."""
+        return soil_mod.start_bucket(self.soil, self.crop, self.soil_start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +429,15 @@ def _in(lo: float, hi: float) -> Callable[[Any], str | None]:
     return lambda v: None if lo <= v <= hi else f"must be within {lo:g}..{hi:g}, got {v!r}"
 
 
+def _soil_start_ok(v: float) -> str | None:
+    if 0.0 <= v <= 1.0:
+        return None
+    return (
+        f"must be within 0..1 (the share of the root zone's available water at the start: "
+        f"1 field capacity, 0 wilting point), got {v:g}"
+    )
+
+
 def _ident(v: str) -> str | None:
     if not v or not all(c.isalnum() or c in "-_." for c in v):
         return f"must be a non-empty name of letters, digits, '-', '_' or '.', got {v!r}"
@@ -611,6 +627,7 @@ def _build(top: _Table) -> Scenario:
         "schedule_start": it.get("schedule_start", "str", "05:00", _hhmm),
         "schedule_minutes": it.get("schedule_minutes", "float", 20.0, _in(1, 240)),
         "schedule_every_days": it.get("schedule_every_days", "int", 1, _in(1, 14)),
+        "soil_start": it.get("soil_start", "float", None, _soil_start_ok),
     }
     irrigation = KindSettings(
         it.get("report_interval", "duration", 900.0, _in(10, 86400)),
@@ -655,7 +672,7 @@ def _build(top: _Table) -> Scenario:
                 )
             )
     controllers: list[IrrigationNode] = []
-    for park, t, zone_soil, zone_crop, rate, sched in parks:
+    for park, t, zone_soil, zone_crop, rate, sched, soil_start in parks:
         rng = random.Random(f"{rng_root}:park:{park.id}")
         xs = [p[0] for p in park.polygon]
         ys = [p[1] for p in park.polygon]
@@ -671,7 +688,9 @@ def _build(top: _Table) -> Scenario:
             else:
                 raise t.err("polygon", "could not place a controller inside it (is it degenerate?)")
             la, lo = location.to_latlon(x, y)
-            zones = tuple(Zone(z + 1, zone_area, flow, zone_soil, zone_crop) for z in range(park.zones_per_controller))
+            zones = tuple(
+                Zone(z + 1, zone_area, flow, zone_soil, zone_crop, soil_start) for z in range(park.zones_per_controller)
+            )
             controllers.append(
                 IrrigationNode(
                     f"{park.id}-{k + 1}",
@@ -925,7 +944,9 @@ def _grid(g: _Table, defaults: Mapping[str, Any]) -> list[Street]:
     return [Street(sid, sid, pts, ln, n, peak, power) for (sid, pts), ln, n in zip(lines, lengths, counts)]
 
 
-def _park(p: _Table, d: Mapping[str, Any]) -> tuple[Park, _Table, soil_mod.Soil, soil_mod.Crop, float, Schedule]:
+def _park(
+    p: _Table, d: Mapping[str, Any]
+) -> tuple[Park, _Table, soil_mod.Soil, soil_mod.Crop, float, Schedule, float | None]:
     pid = p.get("id", "str", check=_ident)
     poly = p.get("polygon", "points", check=lambda v: None if len(v) >= 3 else f"needs at least 3 points, got {len(v)}")
     area = polygon_area(poly)
@@ -944,8 +965,9 @@ def _park(p: _Table, d: Mapping[str, Any]) -> tuple[Park, _Table, soil_mod.Soil,
         p.get("schedule_minutes", "float", d["schedule_minutes"], _in(1, 240)),
         p.get("schedule_every_days", "int", d["schedule_every_days"], _in(1, 14)),
     )
+    soil_start = p.get("soil_start", "float", d["soil_start"], _soil_start_ok)
     p.done()
-    return park, p, zone_soil, zone_crop, rate, sched
+    return park, p, zone_soil, zone_crop, rate, sched, soil_start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
