@@ -171,14 +171,14 @@ class Results:
             )
         ef, wf = en["faults"], wa["faults"]
         lines += [
-            f"  energy saved by the control: {en['saved_kwh']:.1f} kWh ({en['saved_pct']:.1f} %): "
+            f"  energy: {en['saved_kwh']:.1f} kWh saved by the control ({en['saved_pct']:.1f} %): "
             f"{en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night"
             + (
                 f", over the {100 * en['coverage']:.1f} % of lamp-night no fault affected"
                 if ef["lamps_affected"]
                 else ""
             ),
-            f"  water saved by the control: {wa['saved_m3']:.2f} m3 ({wa['saved_pct']:.1f} %): "
+            f"  water: {wa['saved_m3']:.2f} m3 saved by the control ({wa['saved_pct']:.1f} %): "
             f"{wa['m3']:.2f} m3 against {wa['baseline_m3']:.2f} m3 on the fixed schedule"
             + (
                 f", over the {100 * wa['coverage']:.1f} % of zone-time no fault affected"

@@ -113,7 +113,7 @@ def test_a_burst_pipe_and_a_dead_lamp_are_value_destroyed_not_savings(clean, fau
     assert en["baseline_kwh"] + ef["excluded_baseline_kwh"] == pytest.approx(en["total_baseline_kwh"])
     # and the text says so
     text = faulty.summary()
-    assert "value destroyed by faults" in text and "energy saved by the control" in text
+    assert "value destroyed by faults" in text and f"{en['saved_kwh']:.1f} kWh saved by the control" in text
 
 
 def test_each_day_carries_its_physics_and_soil(clean):
