@@ -359,7 +359,7 @@ def plot_water(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xlabel("water used (m\u00b3)")
     ax.grid(axis="y", visible=False)
     if wasted > 0 or lost > 0 or missing > 0:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
     ax.set_title(
         f"Irrigation water: the control saved {wa['saved_m3']:.2f} m\u00b3 ({wa['saved_pct']:.0f} %)"
         + (f" over the {100 * wa['coverage']:.0f} % of zone-time no fault affected" if missing or lost else ""),
