@@ -53,7 +53,8 @@ def add_run_action(actions: Any) -> None:
         description="Run SCENARIO.toml: every node runs the real firmware on a virtual "
         "clock against the real gateway pipeline and store; prints the "
         "results (delivery, latency, airtime, frames, alarms against faults, "
-        "energy and water against the naive baselines; with [adr], the SFs before and after, "
+        "energy and water saved by the control against the naive baselines, apart from what faults destroyed; "
+        "with [adr], the SFs before and after, "
         "the airtime saved and the DER).",
     )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
@@ -107,6 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.runner import RunOptions, prepare, run
     from simulator.scenario import ScenarioError, load
 
+    if args.no_wall_clock and not args.json:
+        print("error: --no-wall-clock goes with --json (the summary shows the wall time)", file=sys.stderr)
+        return INVALID
     try:
         sc = load(args.scenario)
     except (ScenarioError, OSError) as e:
