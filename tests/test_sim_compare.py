@@ -64,6 +64,8 @@ def test_two_runs_of_one_seed_print_the_same_json_without_wall_clock(tmp_path):
     seed_line = next(ln for ln in diff.stdout.splitlines() if "run: seed" in ln)
     assert seed_line.startswith("*") and seed_line.split()[-3:] == ["3", "4", "+1"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    alone = lumeau("run", str(sc), "--no-wall-clock")
+    assert alone.returncode == 2 and "goes with --json" in alone.stderr
 
 
 def test_compare_names_a_bad_file_and_exits_2(tmp_path):
