@@ -17,13 +17,18 @@ schedule adds to the drainage below the roots (against not watering at all)
 is water no plant used, which a moisture-aware controller can save.
 
 Both take the same world the simulation runs in (a Scenario and its
-Weather) and count only what falls inside [start, end).
+Weather) and count only what falls inside [start, end). The irrigation
+baseline starts every zone's soil where the simulated zone starts
+(`[irrigation] soil_start`), and also says how much of the schedule's water
+fell in given intervals per zone (`exclude`: the fault-affected time that
+simulator/savings.py leaves out of the control's saving) and how long its
+turf was stressed.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,19 +99,35 @@ class IrrigationBaseline:
     drainage_m3: float  # irrigation and rain that drained below the roots
     wasted_m3: float  # the part of the drainage the schedule added (vs. not watering at all)
     zones: int
+    excluded_m3: float = 0.0  # of m3, what fell in the `exclude` intervals
+    stress_zone_h: float = 0.0  # zone-hours past readily available water (FAO-56 Ks < 1), with weather
+
+
+def overlap_s(runs: Sequence[tuple[float, float]], intervals: Sequence[tuple[float, float]]) -> float:
+    """Seconds the runs spend inside the intervals (each list without overlaps of its own)."""
+    return sum(max(0.0, min(b, d) - max(a, c)) for a, b in runs for c, d in intervals)
 
 
 def irrigation_baseline(
-    controllers: Sequence, start: float, end: float, tz: _dt.tzinfo, weather: Weather | None = None
+    controllers: Sequence,
+    start: float,
+    end: float,
+    tz: _dt.tzinfo,
+    weather: Weather | None = None,
+    exclude: Mapping[str, Sequence[Sequence[tuple[float, float]]]] | None = None,
 ) -> IrrigationBaseline:
-    """Controllers need .zones (with .number, .area_m2, .flow_l_min, .soil, .crop) and .schedule.
+    """Controllers need .name, .zones (with .number, .area_m2, .flow_l_min, .bucket()) and .schedule.
 
-    Without weather only the applied volume is computed (drainage 0).
+    Without weather only the applied volume is computed (drainage and stress 0).
+    `exclude`: controller name -> per zone (in .zones order) the intervals whose
+    scheduled water `excluded_m3` counts.
     """
     litres = 0.0
+    excluded = 0.0
     runs = 0
     drained = 0.0
     wasted = 0.0
+    stress_s = 0.0
     zones = 0
     for c in controllers:
         plan = c.schedule.runs(len(c.zones), start, end, tz)
@@ -114,19 +135,29 @@ def irrigation_baseline(
         by_zone: dict[int, list[tuple[float, float]]] = {}
         for z, a, b in plan:
             by_zone.setdefault(z, []).append((a, b))
-        for zone in c.zones:
+        skip = (exclude or {}).get(getattr(c, "name", ""), ())
+        for i, zone in enumerate(c.zones):
             zones += 1
             mine = by_zone.get(zone.number, [])
             litres += sum((b - a) / 60.0 * zone.flow_l_min for a, b in mine)
+            if i < len(skip):
+                excluded += overlap_s(mine, skip[i]) / 60.0 * zone.flow_l_min
             if weather is not None:
-                with_schedule = _drainage_litres(zone, mine, start, end, weather)
+                with_schedule, stressed = _drainage_litres(zone, mine, start, end, weather)
                 drained += with_schedule
-                wasted += with_schedule - _drainage_litres(zone, [], start, end, weather)
-    return IrrigationBaseline(litres / 1000.0, runs, drained / 1000.0, wasted / 1000.0, zones)
+                stress_s += stressed
+                wasted += with_schedule - _drainage_litres(zone, [], start, end, weather)[0]
+    return IrrigationBaseline(
+        litres / 1000.0, runs, drained / 1000.0, wasted / 1000.0, zones, excluded / 1000.0, stress_s / 3600.0
+    )
 
 
-def _drainage_litres(zone: Zone, runs: list[tuple[float, float]], start: float, end: float, weather: Weather) -> float:
-    bucket = SoilBucket(zone.soil, zone.crop)
+def _drainage_litres(
+    zone: Zone, runs: list[tuple[float, float]], start: float, end: float, weather: Weather
+) -> tuple[float, float]:
+    """(litres drained below the roots, seconds of stress) of a zone watered on `runs`."""
+    bucket: SoilBucket = zone.bucket()
+    stress = 0.0
     rate_mm_s = mm_from_litres(zone.flow_l_min, zone.area_m2) / 60.0
     t = start
     day = None
@@ -137,6 +168,8 @@ def _drainage_litres(zone: Zone, runs: list[tuple[float, float]], start: float, 
             day = d.day
             bucket.new_day(d.et0_mm)
         irr = sum(max(0.0, min(b, t1) - max(a, t)) for a, b in runs) * rate_mm_s
+        if bucket.ks < 1.0:  # as the world counts it (simulator/world.py)
+            stress += t1 - t
         bucket.step(weather.et0_mm(t, t1), weather.rain_mm(t, t1), irr)
         t = t1
-    return bucket.total.drainage_mm * zone.area_m2
+    return bucket.total.drainage_mm * zone.area_m2, stress

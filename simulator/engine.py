@@ -59,7 +59,7 @@ from simulator.provisioning import APPS, SIM_TICK_MS, firmware_config
 from simulator.scenario import IrrigationNode, LampNode, Scenario
 from simulator.simclock import SimClock, Ticker
 from simulator.virtual_loop import VirtualLoop
-from simulator.world import WORLD_STEP_S, World, WorldHAL
+from simulator.world import WORLD_STEP_S, ControllerWorld, World, WorldHAL
 
 BOOT_SPREAD_S = 600.0  # nodes power up over the first 10 minutes
 CLOCK_DRIFT_PPM = 100.0  # each node's RTC crystal: drift drawn uniformly in +-this, per node from the seed
@@ -96,14 +96,14 @@ def prepare(scenario: Scenario, options: RunOptions) -> Scenario:
         sc = dataclasses.replace(sc, seed=int(options.seed))
     if options.hours is not None:
         if not 0 < options.hours <= 366 * 24:
-            raise ValueError(f"hours must be within 0..{366 * 24}, got {options.hours}")
+            raise ValueError(f"--hours must be > 0 and at most {366 * 24} (366 days), got {options.hours:g}")
         dur = options.hours * 3600.0
         sc = dataclasses.replace(sc, duration_s=dur, faults=FaultSchedule([f for f in sc.faults if f.at_s < dur]))
     s = options.nodes_scale
     if not 0 < s <= 1:
-        raise ValueError(f"nodes_scale must be within (0, 1], got {s}")
+        raise ValueError(f"--nodes-scale must be > 0 and at most 1, got {s:g}")
     if not 1 <= options.workers <= 64:
-        raise ValueError(f"workers must be within 1..64, got {options.workers}")
+        raise ValueError(f"--workers must be within 1..64, got {options.workers}")
     if s < 1:
         targets = sc.faults.targets()
         sc = dataclasses.replace(sc, lamps=_thin(sc.lamps, s, targets), controllers=_thin(sc.controllers, s, targets))
@@ -281,6 +281,8 @@ class Simulation:
         sn.world.bind(hal)
         sn.hal = hal
         sn.node = Node(fw_config.load(sn.cfg_bytes), hal, sn.radio, sn.app_class, watchdog=False)
+        if isinstance(sn.world, ControllerWorld):
+            sn.world.latched = _latch_probe(sn.node)
         sn.boots += 1
         sn.task = self.loop.create_task(self._live(sn, sn.node), name=f"node {sn.spec.name}")
 
@@ -543,6 +545,18 @@ def run_workdir(options: RunOptions) -> tuple[Path, tempfile.TemporaryDirectory 
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
     return workdir, tmp
+
+
+def _latch_probe(node: Node) -> Callable[[], bool]:
+    """Whether a controller's app holds its valves shut for a person (burst, excess flow: the
+    IF_ bits firmware/irrigation.py latches), read by the world's fault ledger (ledger.py)."""
+    bits = m.IF_BURST | m.IF_EXCESS_FLOW
+
+    def latched() -> bool:
+        app = node.app
+        return app is not None and bool(getattr(app, "faults", 0) & bits)
+
+    return latched
 
 
 def node_meter(sn: SimNode) -> int:

@@ -33,12 +33,14 @@ raise no node alarm: the check for them is that no record is lost.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import messages as m
+from simulator.wording import did_you_mean, duration_text, show
 
 LAMP_FAILURE = "lamp_failure"
 LEAK = "leak"
@@ -152,16 +154,18 @@ _DURATION = re.compile(
 def parse_duration(text: Any, key: str) -> float:
     """ "1d", "6h", "2h30m", "90s", "1.5h" -> seconds; a bare number is seconds."""
     if isinstance(text, bool):
-        raise FaultError(key, f'expected a duration like "2h30m", got {text!r}')
+        raise FaultError(key, f'expected a duration like "2h30m", got {show(text)}')
     if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise FaultError(key, f'expected a duration like "2h30m", got {show(text)}')
         if text < 0:
             raise FaultError(key, "a duration cannot be negative")
         return float(text)
     if not isinstance(text, str):
-        raise FaultError(key, f'expected a duration like "2h30m", got {text!r}')
+        raise FaultError(key, f'expected a duration like "2h30m", got {show(text)}')
     mt = _DURATION.match(text)
     if not mt or not any(mt.groups()):
-        raise FaultError(key, f'expected a duration like "90s", "6h", "2h30m" or "1d", got {text!r}')
+        raise FaultError(key, f'expected a duration like "90s", "6h", "2h30m" or "1d", got {show(text)}')
     d, h, mi, s = (float(g) if g else 0.0 for g in mt.groups())
     return d * 86400 + h * 3600 + mi * 60 + s
 
@@ -174,12 +178,15 @@ def _param(kind: str, name: str, spec: tuple, raw: Mapping[str, Any], key: str) 
     if typ is float and isinstance(v, int) and not isinstance(v, bool):
         v = float(v)
     if not isinstance(v, typ) or isinstance(v, bool):
-        raise FaultError(f"{key}.{name}", f"{kind} needs {typ.__name__}, got {v!r}")
+        what = {"str": "a string", "int": "an integer", "float": "a number"}.get(typ.__name__, typ.__name__)
+        raise FaultError(f"{key}.{name}", f"{kind} needs {what}, got {show(v)}")
     if typ is str:
         if v not in allowed:
-            raise FaultError(f"{key}.{name}", f"must be one of {', '.join(allowed)}; got {v!r}")
+            raise FaultError(
+                f"{key}.{name}", f"must be one of {', '.join(allowed)}; got {show(v)}{did_you_mean(v, allowed)}"
+            )
     elif not allowed[0] <= v <= allowed[1]:
-        raise FaultError(f"{key}.{name}", f"must be within {allowed[0]}..{allowed[1]}, got {v!r}")
+        raise FaultError(f"{key}.{name}", f"must be within {allowed[0]:g}..{allowed[1]:g}, got {show(v)}")
     return v
 
 
@@ -192,25 +199,34 @@ def parse_fault(
         raise FaultError(key, "each fault is a table ([[faults]])")
     kind = raw.get("kind")
     if not isinstance(kind, str) or kind not in KINDS:
-        raise FaultError(f"{key}.kind", f"must be one of {', '.join(KINDS)}; got {kind!r}")
+        raise FaultError(
+            f"{key}.kind", f"must be one of {', '.join(KINDS)}; got {show(kind)}{did_you_mean(kind, KINDS)}"
+        )
     _cls, specs = KINDS[kind]
     allowed = {"kind", "at", "after", "target", "duration", *specs}
     for k in raw:
         if k not in allowed:
-            raise FaultError(f"{key}.{k}", f"unknown key for {kind} (allowed: {', '.join(sorted(allowed))})")
+            raise FaultError(
+                f"{key}.{k}",
+                f"unknown key for {kind}{did_you_mean(k, allowed)} (allowed: {', '.join(sorted(allowed))})",
+            )
     if ("at" in raw) == ("after" in raw):
         raise FaultError(key, "give exactly one of 'at' (a UTC date-time) or 'after' (a duration)")
     if "at" in raw:
         at = raw["at"]
         if not isinstance(at, _dt.datetime) or at.tzinfo is None:
             raise FaultError(
-                f"{key}.at", f"needs a TOML date-time with an offset, e.g. 2026-06-15T22:30:00Z; got {at!r}"
+                f"{key}.at", f"needs a TOML date-time with an offset, e.g. 2026-06-15T22:30:00Z; got {show(at)}"
             )
         at_s = (at - start).total_seconds()
     else:
         at_s = parse_duration(raw["after"], f"{key}.after")
     if not 0 <= at_s < duration_s:
-        raise FaultError(key, f"happens {at_s:.0f} s after the start, outside the run (0..{duration_s:.0f} s)")
+        raise FaultError(
+            key,
+            f"happens {duration_text(at_s)} after the start, outside the run "
+            f"(from the start to {duration_text(duration_s)} after it)",
+        )
     target = raw.get("target", "upstream" if kind == UPSTREAM_OUTAGE else None)
     if not isinstance(target, str) or not target:
         raise FaultError(f"{key}.target", f"{kind} needs a target (a node name or gateway id)")

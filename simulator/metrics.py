@@ -20,10 +20,20 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
              no lamp, so no node could see it), the record that showed it at the gateway
              and how long after the fault; alarm-severity events stored with no fault
              behind them
-  energy     kWh the lamps drew (the world's truth), the always-full-power baseline,
-             kWh and % saved, and kWh as the platform got it from the records
-  water      m3 through the meters (leaks and bursts included) and applied to turf,
-             the fixed-schedule baseline, m3 and % saved, and m3 as the platform got it
+  energy     the control's own saving (simulator/savings.py): kWh the lamps drew (the
+             world's truth) and the always-full-power baseline over the lamp-time no
+             fault affected, kWh and % saved, `coverage` (that time's share); the
+             totals and the gross saving (`gross_saved_*`, faults included); kWh as
+             the platform got it; `faults`: what failed lamps did (dark lamp-hours,
+             kWh not drawn, kWh wasted)
+  water      likewise: m3 applied to turf against the fixed-schedule baseline over the
+             zone-time no fault affected, m3 and % saved, coverage, turf stress
+             zone-hours of the control and of the baseline; m3 through the meters
+             (leaks and bursts included), applied to turf, gross saving, m3 as the
+             platform got it; `faults`: water lost (leaks, bursts), water the
+             affected zones did not get against the schedule, their stress hours
+  days       per weather day: ET0, rain, Tmin/Tmax, night length, soil water at the
+             start and end (share of the available water, mean over zones), stress
   totals     the gateway's and the platform's totals against the nodes' own counters:
              uplinks (nodes' tx counters, on the air, heard, stored), energy Wh and
              water L (platform's last value per node = the value in the node's own
@@ -159,11 +169,38 @@ class Results:
                     else ""
                 )
             )
+        ef, wf = en["faults"], wa["faults"]
         lines += [
-            f"  energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night: "
-            f"{en['saved_kwh']:.1f} kWh saved ({en['saved_pct']:.1f} %)",
-            f"  water: {wa['m3']:.2f} m3 against {wa['baseline_m3']:.2f} m3 on the fixed schedule: "
-            f"{wa['saved_m3']:.2f} m3 saved ({wa['saved_pct']:.1f} %)",
+            f"  energy: {en['saved_kwh']:.1f} kWh saved by the control ({en['saved_pct']:.1f} %): "
+            f"{en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh at full power all night"
+            + (
+                f", over the {100 * en['coverage']:.1f} % of lamp-night no fault affected"
+                if ef["lamps_affected"]
+                else ""
+            ),
+            f"  water: {wa['saved_m3']:.2f} m3 saved by the control ({wa['saved_pct']:.1f} %): "
+            f"{wa['m3']:.2f} m3 against {wa['baseline_m3']:.2f} m3 on the fixed schedule"
+            + (
+                f", over the {100 * wa['coverage']:.1f} % of zone-time no fault affected"
+                if wf["zones_affected"]
+                else ""
+            )
+            + f"; turf stressed {wa['stress_zone_hours']:.1f} zone-h "
+            f"(schedule: {wa['baseline_stress_zone_hours']:.1f})",
+        ]
+        if ef["lamps_affected"] or wf["zones_affected"] or wf["lost_m3"] > 0:
+            lines.append(
+                "  value destroyed by faults (not savings): "
+                f"{ef['dark_lamp_hours']:.1f} dark lamp-h ({ef['lamps_affected']} lamps; "
+                f"{ef['not_drawn_kwh']:.1f} kWh not drawn, {ef['wasted_kwh']:.1f} kWh wasted); "
+                f"{wf['lost_m3']:.2f} m3 lost to leaks and bursts; "
+                f"{wf['not_delivered_m3']:.2f} m3 the schedule would have given {wf['zones_affected']} affected zones "
+                f"and they did not get; {wf['stress_zone_hours']:.1f} zone-h of turf stress while affected"
+            )
+            lines.append(
+                f"  gross (faults included): energy {en['gross_saved_pct']:.1f} %, water {wa['gross_saved_pct']:.1f} %"
+            )
+        lines += [
             f"  totals: platform {to['energy_wh']['platform']} Wh / {to['water_l']['platform']} L = nodes' own "
             f"{to['energy_wh']['nodes']} Wh / {to['water_l']['nodes']} L: " + ("agree" if to["agree"] else "DISAGREE"),
         ]
@@ -241,7 +278,8 @@ def build(
     sim: Any, report: Any, counters: dict[str, dict[str, int]], meters: dict[str, int], wall_s: float, cpu_s: float
 ) -> Results:
     """Results of a finished simulator.engine.Simulation and its link's GatewayReport."""
-    from simulator.baseline import irrigation_baseline, lighting_baseline
+    from simulator.baseline import lighting_baseline
+    from simulator.savings import days_section, energy_section, water_section
 
     sc = sim.sc
     air = sim.air
@@ -351,29 +389,11 @@ def build(
     # -- energy and water
     world = sim.world
     lb = lighting_baseline(sc.lamps, start, end)
-    used_kwh = world.energy_wh() / 1000.0
-    ib = irrigation_baseline(sc.controllers, start, end, sc.location.tz, world.weather)
-    used_m3 = world.water_l() / 1000.0
     platform = platform_totals(report, by_id)
-    energy = {
-        "kwh": used_kwh,
-        "baseline_kwh": lb.kwh,
-        "saved_kwh": lb.kwh - used_kwh,
-        "saved_pct": 100.0 * ratio(lb.kwh - used_kwh, lb.kwh),
-        "lamp_hours_baseline": lb.lamp_hours,
-        "reported_kwh": platform["energy_wh"] / 1000.0,
-    }
-    water = {
-        "m3": used_m3,
-        "applied_m3": world.applied_l() / 1000.0,
-        "baseline_m3": ib.m3,
-        "saved_m3": ib.m3 - used_m3,
-        "saved_pct": 100.0 * ratio(ib.m3 - used_m3, ib.m3),
-        "baseline_runs": ib.runs,
-        "baseline_wasted_m3": ib.wasted_m3,
-        "lost_m3": (world.water_l() - world.applied_l()) / 1000.0,
-        "reported_m3": platform["water_l"] / 1000.0,
-    }
+    accounts = world.accounts()
+    energy = energy_section(sc, accounts, world.energy_wh() / 1000.0, lb, platform["energy_wh"] / 1000.0)
+    water = water_section(sc, accounts, world.weather, world.water_l(), world.applied_l(), platform["water_l"])
+    days = days_section(sc, accounts, world.weather)
 
     # -- totals: the gateway and the platform against the nodes' own counters
     own = node_side_totals(air, platform["last"], by_id)
@@ -462,6 +482,7 @@ def build(
         "energy": energy,
         "water": water,
         "totals": totals,
+        "days": days,
         "gateway": {
             **report.counters,
             "delivered_upstream": report.delivered_upstream,

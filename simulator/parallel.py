@@ -223,6 +223,7 @@ class _Worker(Simulation):
             # per node, so the coordinator adds them up in the scenario's order whatever the sharing
             "world": {name: (lw.energy_wh, 0.0, 0.0) for name, lw in self.world.lamps.items()}
             | {name: (0.0, cw.meter_l, sum(cw.applied_l)) for name, cw in self.world.controllers.items()},
+            "accounts": self.world.accounts(),
             "fault_shown": dict(self.fault_shown),
             "hourly": self.node_hourly,
             "crashes": list(self.crashes),
@@ -451,6 +452,7 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
     fault_shown: dict[int, bool] = {}
     crashes: list[str] = []
     truth: dict[str, tuple[float, float, float]] = {}
+    accounts: dict[str, Any] = {}
     specs = {n.name: n for n in sc.nodes}
     for r in results:
         for name, d in r["nodes"].items():
@@ -469,6 +471,7 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
         for t, n in r["largest"].items():
             largest[t] = max(largest.get(t, 0), n)
         truth.update(r["world"])
+        accounts.update(r["accounts"])
         for k, v in r["fault_shown"].items():
             fault_shown[k] = fault_shown.get(k, False) or v
         crashes += r["crashes"]
@@ -503,6 +506,7 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
     world.energy_wh = lambda: energy
     world.water_l = lambda: water
     world.applied_l = lambda: applied
+    world.accounts = lambda: accounts
     world.weather = coord.world.weather
     view = _View()
     view.sc = sc  # type: ignore[attr-defined]

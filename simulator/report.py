@@ -8,15 +8,18 @@ plots as files in `plots/` next to it (`map.png`, `energy.png`,
 `water.png`, `delivery.png`, `latency.png`, `airtime.png`, `frames.png`,
 `alarms.png`). Matplotlib with the Agg backend: no display needed.
 
-What it shows, top to bottom: the public value as a headline (kWh and %
-saved against lamps at full power all night, m3 and % saved against the
-fixed watering schedule), the health figures (delivery, alarms detected,
+What it shows, top to bottom: the public value as a headline -- the
+control's own saving (simulator/savings.py: kWh and % saved against lamps
+at full power all night, m3 and % saved against the fixed watering
+schedule, over the node-time no fault affected) -- the health figures (delivery, alarms detected,
 largest frame, totals agreeing), the district map with gateways, lamps,
 irrigation controllers and each injected fault with its outcome, then one
 plot per question (delivery ratio per node, latency, airtime against the
 EU868 duty-cycle limit, largest frame per message type against the 51-byte
 budget, alarms raised against faults injected, energy and water against
-their baselines), the fault table, the totals (platform against the nodes'
+their baselines), the value faults destroyed (dark lamp-hours, water lost,
+water not delivered, turf stress) apart from the savings, the days (ET0,
+rain, temperatures, night length, soil water, stress), the fault table, the totals (platform against the nodes'
 own counters), the nodes' clocks (automatic time), the gateway's and the sink's counters in a live run, and
 the models' limits.
 
@@ -100,12 +103,13 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "<div class=hero>",
         f"<div class='card energy'><div class=big>{en['saved_kwh']:.1f} kWh saved</div>"
         f"<div class=pct>{en['saved_pct']:.0f} % less than full power all night</div>"
-        f"<div class=what>{en['kwh']:.1f} kWh used against {en['baseline_kwh']:.1f} kWh with every lamp at its rated "
-        f"power from sunset to sunrise</div></div>",
+        f"<div class=what>by the control: {en['kwh']:.1f} kWh used against {en['baseline_kwh']:.1f} kWh with every "
+        f"lamp at its rated power from sunset to sunrise{_coverage(en['coverage'], 'lamp-night')}</div></div>",
         f"<div class='card water'><div class=big>{wa['saved_m3']:.2f} m\u00b3 saved</div>"
         f"<div class=pct>{wa['saved_pct']:.0f} % less than the fixed schedule</div>"
-        f"<div class=what>{wa['m3']:.2f} m\u00b3 through the meters against {wa['baseline_m3']:.2f} m\u00b3 "
-        f"watering every zone on its schedule whatever the soil and the rain</div></div>",
+        f"<div class=what>by the control: {wa['m3']:.2f} m\u00b3 onto the turf against {wa['baseline_m3']:.2f} "
+        f"m\u00b3 watering every zone on its schedule whatever the soil and the rain"
+        f"{_coverage(wa['coverage'], 'zone-time')}</div></div>",
         "</div><div class=health>",
         _tile(
             f"{dv['ratio_pct']:.2f} %", f"uplinks stored ({dv['stored']:,} of {dv['settled']:,})", dv["ratio"] >= 0.95
@@ -144,6 +148,8 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         _img(pngs["energy"], "energy against the baseline"),
         "<h2>Water</h2>",
         _img(pngs["water"], "water against the baseline"),
+        *_destroyed_section(en, wa),
+        *_days_section(results.get("days") or []),
         "<h2>Faults and alarms</h2>",
         _img(pngs["alarms"], "alarms against faults"),
         _fault_table(al, nothing_lost(results)),
@@ -162,6 +168,69 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "</main></body></html>",
     ]
     return "\n".join(out)
+
+
+def _coverage(share: float, what: str) -> str:
+    if share >= 1.0:
+        return ""
+    return f", over the {100 * share:.1f} % of {what} no fault affected (the rest is below, as value destroyed)"
+
+
+def _destroyed_section(en: dict[str, Any], wa: dict[str, Any]) -> list[str]:
+    """What faults cost, apart from the savings: a dead lamp or a latched controller is no saving."""
+    ef, wf = en["faults"], wa["faults"]
+    rows = [
+        ("lamps a fault affected", f"{ef['lamps_affected']}"),
+        ("dark lamp-hours (commanded lit, no light)", f"{ef['dark_lamp_hours']:.1f} h"),
+        ("energy failed lamps did not draw (not a saving)", f"{ef['not_drawn_kwh']:.2f} kWh"),
+        ("energy wasted by over-current", f"{ef['wasted_kwh']:.2f} kWh"),
+        ("irrigation zones a fault affected (burst, stuck valve, controller latched)", f"{wf['zones_affected']}"),
+        ("water lost to leaks and bursts (through the meter, not onto the turf)", f"{wf['lost_m3']:.3f} m\u00b3"),
+        (
+            "water the schedule would have given the affected zones, which they did not get",
+            f"{wf['not_delivered_m3']:.3f} m\u00b3",
+        ),
+        ("turf stress in affected zones (FAO-56 Ks < 1)", f"{wf['stress_zone_hours']:.1f} zone-h"),
+    ]
+    cells = "".join(f"<tr><td>{_e(k)}</td><td class=n>{_e(v)}</td></tr>" for k, v in rows)
+    return [
+        "<h2>Value destroyed by faults</h2>",
+        "<p class=note>Left out of the savings above: the control's saving is counted over the lamp-time and "
+        "zone-time no fault affected, in both the controlled and the baseline sums. Faults included, the "
+        f"difference to the baselines would read {en['gross_saved_pct']:.1f} % for energy and "
+        f"{wa['gross_saved_pct']:.1f} % for water. Turf stress under the control elsewhere: "
+        f"{wa['stress_zone_hours']:.1f} zone-h (the fixed schedule: {wa['baseline_stress_zone_hours']:.1f}).</p>",
+        f"<table>{cells}</table>",
+    ]
+
+
+def _days_section(days: list[dict[str, Any]]) -> list[str]:
+    if not days:
+        return []
+    head = (
+        "<tr><th>day</th><th>in run, h</th><th>ET0, mm</th><th>rain, mm</th><th>Tmin / Tmax, \u00b0C</th>"
+        "<th>night, h</th><th>soil water start \u2192 end</th><th>stress, zone-h</th></tr>"
+    )
+
+    def soil(d: dict[str, Any]) -> str:
+        if d["soil_start"] is None:
+            return "-"
+        return f"{100 * d['soil_start']:.0f} % \u2192 {100 * d['soil_end']:.0f} %"
+
+    rows = "".join(
+        f"<tr><td class=nw>{_e(d['date'])}</td><td class=n>{d['hours_in_run']:g}</td><td class=n>{d['et0_mm']:.1f}"
+        f"</td><td class=n>{d['rain_mm']:.1f}</td><td class=n>{d['tmin_c']:.1f} / {d['tmax_c']:.1f}</td>"
+        f"<td class=n>{d['night_h']:.1f}</td><td class=n>{_e(soil(d))}</td>"
+        f"<td class=n>{d['stress_zone_hours']:.1f}</td></tr>"
+        for d in days
+    )
+    return [
+        "<h2>The days</h2>",
+        "<p class=note>Weather days (local mean solar dates); soil water is the share of the root zone's "
+        "available water (1 = field capacity, 0 = wilting point), mean over the zones; stress is time past the "
+        "readily available water. The start state is the scenario's <code>[irrigation] soil_start</code>.</p>",
+        f"<table>{head}{rows}</table>",
+    ]
 
 
 def _fault_table(al: dict[str, Any], nothing_lost: bool) -> str:

@@ -293,7 +293,7 @@ def plot_energy(results: dict[str, Any], scenario: Any) -> bytes:
         color=LIGHT,
         alpha=0.18,
         step=None,
-        label=f"saved: {en['saved_kwh']:.1f} kWh ({en['saved_pct']:.0f} %)",
+        label=f"below the baseline, faults included: {en['gross_saved_kwh']:.1f} kWh",
     )
     ax.plot(t, base, color=BASE, linewidth=2, linestyle="--", label="baseline: every lamp at full power, dusk to dawn")
     ax.plot(t, used, color=LIGHT, linewidth=2.6, label="Lumeau: dimming profiles and presence boost")
@@ -301,14 +301,20 @@ def plot_energy(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_ylabel("energy used, cumulative (kWh)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left")
-    ax.set_title(f"Street lighting energy: {en['kwh']:.1f} kWh against {en['baseline_kwh']:.1f} kWh")
+    dark = en["faults"]["dark_lamp_hours"]
+    ax.set_title(
+        f"Street lighting energy: the control saved {en['saved_pct']:.0f} % ({en['saved_kwh']:.1f} kWh)"
+        + (f"; failed lamps dark {dark:.1f} lamp-h (not a saving)" if dark > 0 else ""),
+        fontsize=10,
+    )
     return _png(fig)
 
 
 def plot_water(results: dict[str, Any], scenario: Any) -> bytes:
     wa = results["water"]
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    base, used = wa["baseline_m3"], wa["m3"]
+    base, used = wa["total_baseline_m3"], wa["total_m3"]
+    missing = wa["faults"]["not_delivered_m3"]
     wasted = min(base, wa.get("baseline_wasted_m3", 0.0) or 0.0)
     ax.barh([1], [base], color=BASE, height=0.55)
     if wasted > 0:
@@ -333,17 +339,32 @@ def plot_water(results: dict[str, Any], scenario: Any) -> bytes:
             height=0.55,
             label=f"lost to leaks and bursts: {lost:.2f} m\u00b3",
         )
+    if missing > 0:
+        ax.barh(
+            [0],
+            [missing],
+            left=[used],
+            fill=False,
+            edgecolor=BAD,
+            hatch="..",
+            height=0.55,
+            label=f"not delivered: zones a fault held shut, {missing:.2f} m\u00b3 (not a saving)",
+        )
     ax.set_yticks([0, 1])
     ax.set_yticklabels(["Lumeau: soil moisture,\nrain sensor, leak shut-off", "baseline: fixed schedule,\nevery day"])
-    right = max(base, used) or 1.0
+    right = max(base, used + missing) or 1.0
     ax.set_xlim(0, right * 1.28)
     for y, v in ((1, base), (0, used)):
         ax.text(v + right * 0.01, y, f"{v:.2f} m\u00b3", va="center", fontsize=10, fontweight="bold")
     ax.set_xlabel("water used (m\u00b3)")
     ax.grid(axis="y", visible=False)
-    if wasted > 0 or lost > 0:
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"Irrigation water: {wa['saved_m3']:.2f} m\u00b3 saved ({wa['saved_pct']:.0f} %)")
+    if wasted > 0 or lost > 0 or missing > 0:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    ax.set_title(
+        f"Irrigation water: the control saved {wa['saved_m3']:.2f} m\u00b3 ({wa['saved_pct']:.0f} %)"
+        + (f" over the {100 * wa['coverage']:.0f} % of zone-time no fault affected" if missing or lost else ""),
+        fontsize=10,
+    )
     return _png(fig)
 
 

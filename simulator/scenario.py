@@ -52,6 +52,7 @@ from simulator import channel as ch
 from simulator import soil as soil_mod
 from simulator.faults import KINDS, FaultError, FaultSchedule, parse_duration
 from simulator.weather import CLIMATES, RainEvent, Weather
+from simulator.wording import did_you_mean, duration_text, show
 
 if TYPE_CHECKING:
     from simulator.presence import StreetPresence
@@ -154,6 +155,13 @@ class Zone:
     flow_l_min: float  # at the design application rate
     soil: soil_mod.Soil
     crop: soil_mod.Crop
+    # share of the root zone's available water at the start (1 field capacity, 0 wilting
+    # point); None: soil.default_depletion, halfway to the stress point
+    soil_start: float | None = None
+
+    def bucket(self) -> soil_mod.SoilBucket:
+        """The zone's FAO-56 bucket in its start state (the world and the baseline start alike)."""
+        return soil_mod.start_bucket(self.soil, self.crop, self.soil_start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +338,7 @@ class _Table:
         self.key = key
         self.file = file
         self.used: set[str] = set()
+        self.allowed: set[str] = set()  # keys this table takes that a given file may not have read
 
     def _k(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
@@ -351,17 +360,17 @@ class _Table:
         v = self.data[name]
         if kind == "float":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise self.err(name, f"expected a number, got {v!r}")
+                raise self.err(name, f"expected a number, got {show(v)}")
             v = float(v)
         elif kind == "int":
             if isinstance(v, bool) or not isinstance(v, int):
-                raise self.err(name, f"expected an integer, got {v!r}")
+                raise self.err(name, f"expected an integer, got {show(v)}")
         elif kind == "str":
             if not isinstance(v, str):
-                raise self.err(name, f"expected a string, got {v!r}")
+                raise self.err(name, f"expected a string, got {show(v)}")
         elif kind == "bool":
             if not isinstance(v, bool):
-                raise self.err(name, f"expected true or false, got {v!r}")
+                raise self.err(name, f"expected true or false, got {show(v)}")
         elif kind == "duration":
             try:
                 v = parse_duration(v, self._k(name))
@@ -369,19 +378,19 @@ class _Table:
                 raise self.err(name, e.why) from None
         elif kind == "datetime":
             if not isinstance(v, _dt.datetime) or v.tzinfo is None:
-                raise self.err(name, f"expected a date-time with an offset, e.g. 2026-06-15T12:00:00Z; got {v!r}")
+                raise self.err(name, f"expected a date-time with an offset, e.g. 2026-06-15T12:00:00Z; got {show(v)}")
         elif kind == "point":
             v = _point(self, name, v)
         elif kind == "points":
             if not isinstance(v, list):
-                raise self.err(name, f"expected an array of [x, y] points, got {v!r}")
+                raise self.err(name, f"expected an array of [x, y] points, got {show(v)}")
             v = tuple(_point(self, f"{name}[{i}]", p) for i, p in enumerate(v))
         elif kind == "list":
             if not isinstance(v, list):
-                raise self.err(name, f"expected an array, got {v!r}")
+                raise self.err(name, f"expected an array, got {show(v)}")
         elif kind == "table":
             if not isinstance(v, dict):
-                raise self.err(name, f"expected a table, got {v!r}")
+                raise self.err(name, f"expected a table, got {show(v)}")
         else:  # pragma: no cover - a programming error
             raise AssertionError(kind)
         if check is not None:
@@ -401,11 +410,16 @@ class _Table:
             raise self.err(name, "must be an array of tables ([[" + self._k(name) + "]])")
         return [_Table(r, f"{self._k(name)}[{i}]", self.file) for i, r in enumerate(raw)]
 
+    def allow(self, *names: str) -> None:
+        """Keys this table takes besides those read (one of two alternatives, keys of one model)."""
+        self.allowed.update(names)
+
     def done(self) -> None:
+        known = self.used | self.allowed
         for k in self.data:
-            if k not in self.used:
-                allowed = ", ".join(sorted(self.used)) or "none"
-                raise self.err(k, f"unknown key (allowed here: {allowed})")
+            if k not in known:
+                allowed = ", ".join(sorted(known)) or "none"
+                raise self.err(k, f"unknown key{did_you_mean(k, known)} (allowed here: {allowed})")
 
 
 def _point(t: _Table, name: str, v: Any) -> tuple[float, float]:
@@ -414,17 +428,41 @@ def _point(t: _Table, name: str, v: Any) -> tuple[float, float]:
         or len(v) != 2
         or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in v)
     ):
-        raise t.err(name, f"expected a point [x, y] in metres, got {v!r}")
+        raise t.err(name, f"expected a point [x, y] in metres, got {show(v)}")
     return float(v[0]), float(v[1])
 
 
 def _in(lo: float, hi: float) -> Callable[[Any], str | None]:
-    return lambda v: None if lo <= v <= hi else f"must be within {lo:g}..{hi:g}, got {v!r}"
+    return lambda v: None if lo <= v <= hi else f"must be within {lo:g}..{hi:g}, got {show(v)}"
+
+
+def _soil_start_ok(v: float) -> str | None:
+    if 0.0 <= v <= 1.0:
+        return None
+    return (
+        f"must be within 0..1 (the share of the root zone's available water at the start: "
+        f"1 field capacity, 0 wilting point), got {v:g}"
+    )
+
+
+def _span(lo: float, hi: float) -> Callable[[Any], str | None]:
+    """A duration's range, said in human units ("must be at least 1 min, got 30 s")."""
+
+    def check(v: float) -> str | None:
+        if lo <= v <= hi:
+            return None
+        if not v >= lo:  # below, or not a number at all
+            return f"must be at least {duration_text(lo)}, got {duration_text(v)}"
+        if v > hi:
+            return f"must be at most {duration_text(hi)}, got {duration_text(v)}"
+        return None
+
+    return check
 
 
 def _ident(v: str) -> str | None:
     if not v or not all(c.isalnum() or c in "-_." for c in v):
-        return f"must be a non-empty name of letters, digits, '-', '_' or '.', got {v!r}"
+        return f"must be a non-empty name of letters, digits, '-', '_' or '.', got {show(v)}"
     return None
 
 
@@ -435,7 +473,7 @@ def _hhmm(v: str) -> str | None:
         or not all(p.isdigit() for p in parts)
         or not (0 <= int(parts[0]) < 24 and 0 <= int(parts[1]) < 60)
     ):
-        return f'expected a local time "HH:MM", got {v!r}'
+        return f'expected a local time "HH:MM", got {show(v)}'
     return None
 
 
@@ -518,10 +556,11 @@ def _build(top: _Table) -> Scenario:
     description = sc.get("description", "str", "")
     seed = sc.get("seed", "int", 0, _in(0, 2**63 - 1))
     start = sc.get("start", "datetime").astimezone(_dt.UTC)
-    duration_s = sc.get("duration", "duration", check=_in(60, MAX_DURATION_S))
+    duration_s = sc.get("duration", "duration", check=_span(60, MAX_DURATION_S))
     sc.done()
 
     loc_t = top.sub("location")
+    loc_t.allow("timezone", "utc_offset_h")
     lat = loc_t.get("lat", "float", check=_in(-89.0, 89.0))
     lon = loc_t.get("lon", "float", check=_in(-180.0, 180.0))
     tz: _dt.tzinfo
@@ -536,13 +575,18 @@ def _build(top: _Table) -> Scenario:
             tz = zoneinfo.ZoneInfo(tzname)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise loc_t.err(
-                "timezone", f'unknown time zone {tzname!r} (an IANA name like "Europe/Paris"; or give utc_offset_h)'
+                "timezone",
+                f'unknown time zone {show(tzname)} (an IANA name like "Europe/Paris"; or give utc_offset_h)',
             ) from None
     climate = loc_t.get(
         "climate",
         "str",
         "lyon",
-        lambda v: None if v in CLIMATES else f"unknown climate {v!r} (known: {', '.join(sorted(CLIMATES))})",
+        lambda v: (
+            None
+            if v in CLIMATES
+            else f"unknown climate {show(v)}{did_you_mean(v, CLIMATES)} (known: {', '.join(sorted(CLIMATES))})"
+        ),
     )
     location = Location(loc_t.get("name", "str", ""), lat, lon, tz, climate)
     loc_t.done()
@@ -552,7 +596,7 @@ def _build(top: _Table) -> Scenario:
     rain = []
     for r in w_t.array("rain"):
         at = r.get("at", "datetime")
-        hours = r.get("duration", "duration", check=_in(60, 2 * 86400))
+        hours = r.get("duration", "duration", check=_span(60, 2 * 86400))
         mm = r.get("mm", "float", check=_in(0.1, 500))
         a = at.timestamp()
         rain.append(RainEvent(a, a + hours, mm))
@@ -567,7 +611,7 @@ def _build(top: _Table) -> Scenario:
     )
     for i, d in enumerate(dry):
         if not isinstance(d, _dt.date) or isinstance(d, _dt.datetime):
-            raise w_t.err(f"dry_days[{i}]", f"expected a TOML local date like 2026-06-15, got {d!r}")
+            raise w_t.err(f"dry_days[{i}]", f"expected a TOML local date like 2026-06-15, got {show(d)}")
         if not first_day <= d <= last_day:
             raise w_t.err(f"dry_days[{i}]", f"{d} is not within the run (or a day either side of it)")
         dry_days.append(d)
@@ -584,14 +628,14 @@ def _build(top: _Table) -> Scenario:
         h = g.get("height_m", "float", 30.0, _in(1, 500))
         g.done()
         if any(o.id == gid for o in gateways):
-            raise g.err("id", f"duplicate gateway id {gid!r}")
+            raise g.err("id", f"duplicate gateway id {show(gid)}")
         gateways.append(ch.GatewaySite(gid, x, y, h))
     if not gateways:
         raise ScenarioError(file, "gateways", "at least one [[gateways]] entry is required")
 
     lt = top.sub("lighting")
     lighting = KindSettings(
-        lt.get("report_interval", "duration", 900.0, _in(10, 86400)),
+        lt.get("report_interval", "duration", 900.0, _span(10, 86400)),
         lt.get("height_m", "float", 8.0, _in(0.5, 50)),
         lt.get("firmware", "table", {}),
         {
@@ -611,9 +655,10 @@ def _build(top: _Table) -> Scenario:
         "schedule_start": it.get("schedule_start", "str", "05:00", _hhmm),
         "schedule_minutes": it.get("schedule_minutes", "float", 20.0, _in(1, 240)),
         "schedule_every_days": it.get("schedule_every_days", "int", 1, _in(1, 14)),
+        "soil_start": it.get("soil_start", "float", None, _soil_start_ok),
     }
     irrigation = KindSettings(
-        it.get("report_interval", "duration", 900.0, _in(10, 86400)),
+        it.get("report_interval", "duration", 900.0, _span(10, 86400)),
         it.get("height_m", "float", 1.0, _in(0.2, 50)),
         it.get("firmware", "table", {}),
         irr_defaults,
@@ -655,7 +700,7 @@ def _build(top: _Table) -> Scenario:
                 )
             )
     controllers: list[IrrigationNode] = []
-    for park, t, zone_soil, zone_crop, rate, sched in parks:
+    for park, t, zone_soil, zone_crop, rate, sched, soil_start in parks:
         rng = random.Random(f"{rng_root}:park:{park.id}")
         xs = [p[0] for p in park.polygon]
         ys = [p[1] for p in park.polygon]
@@ -671,7 +716,9 @@ def _build(top: _Table) -> Scenario:
             else:
                 raise t.err("polygon", "could not place a controller inside it (is it degenerate?)")
             la, lo = location.to_latlon(x, y)
-            zones = tuple(Zone(z + 1, zone_area, flow, zone_soil, zone_crop) for z in range(park.zones_per_controller))
+            zones = tuple(
+                Zone(z + 1, zone_area, flow, zone_soil, zone_crop, soil_start) for z in range(park.zones_per_controller)
+            )
             controllers.append(
                 IrrigationNode(
                     f"{park.id}-{k + 1}",
@@ -721,20 +768,25 @@ def _build(top: _Table) -> Scenario:
         cls = KINDS[f.kind][0]
         if cls == "gateway":
             if f.target not in gw_ids:
-                raise ScenarioError(file, key, f"no gateway {f.target!r} (gateways: {', '.join(sorted(gw_ids))})")
+                raise ScenarioError(
+                    file,
+                    key,
+                    f"no gateway {show(f.target)}{did_you_mean(f.target, gw_ids)} "
+                    f"(gateways: {', '.join(sorted(gw_ids))})",
+                )
         elif cls == "upstream":
             if f.target != "upstream":
                 raise ScenarioError(file, key, 'upstream_outage targets "upstream"')
         else:
             node = names.get(f.target)
             if node is None:
-                raise ScenarioError(file, key, f"no node named {f.target!r}")
+                raise ScenarioError(file, key, f"no node named {show(f.target)}{did_you_mean(f.target, names)}")
             if cls != "node" and node.kind != cls:
-                raise ScenarioError(file, key, f"{f.kind} needs a {cls} node; {f.target!r} is {node.kind}")
+                raise ScenarioError(file, key, f"{f.kind} needs a {cls} node; {show(f.target)} is {node.kind}")
             zone = f.params.get("zone")
             if zone is not None and zone > len(node.zones):
                 raise ScenarioError(
-                    file, f"faults[{f.index}].zone", f"{f.target!r} has {len(node.zones)} zones, not {zone}"
+                    file, f"faults[{f.index}].zone", f"{show(f.target)} has {len(node.zones)} zones, not {zone}"
                 )
 
     o = top.sub("output")
@@ -774,6 +826,7 @@ def _build(top: _Table) -> Scenario:
 def _adr(t: _Table) -> dict[str, Any] | None:
     """[adr]: enabled = true turns the gateway's ADR on (gateway/adr.py); other keys are its policies."""
     enabled = t.get("enabled", "bool", False)
+    t.allow(*adr_mod.ADR_KEYS)
     kw: dict[str, Any] = {}
     for k in adr_mod.ADR_KEYS:
         if t.has(k):
@@ -792,14 +845,18 @@ def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationN
 
 
 def _oneof(options: Mapping[str, Any]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else f"must be one of {', '.join(sorted(options))}; got {v!r}"
+    return lambda v: (
+        None
+        if v in options
+        else f"must be one of {', '.join(sorted(options))}; got {show(v)}{did_you_mean(v, options)}"
+    )
 
 
 def _unique(file: str, what: str, ids: list[str]) -> None:
     seen = set()
     for i in ids:
         if i in seen:
-            raise ScenarioError(file, what, f"duplicate id {i!r}")
+            raise ScenarioError(file, what, f"duplicate id {show(i)}")
         seen.add(i)
 
 
@@ -807,7 +864,7 @@ def _radio(r: _Table) -> RadioSettings:
     raw = r.data.get("channels_mhz", [hz / 1e6 for hz in lora.DEFAULT_CHANNELS_HZ])
     r.used.add("channels_mhz")
     if not isinstance(raw, list) or not raw or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw):
-        raise r.err("channels_mhz", f"expected a non-empty array of frequencies in MHz, got {raw!r}")
+        raise r.err("channels_mhz", f"expected a non-empty array of frequencies in MHz, got {show(raw)}")
     bw = r.get(
         "bw_hz", "int", 125000, lambda v: None if v in ch.SENSITIVITY_DBM else "must be 125000, 250000 or 500000"
     )
@@ -831,8 +888,9 @@ def _radio(r: _Table) -> RadioSettings:
     elif isinstance(sf_raw, int) and not isinstance(sf_raw, bool) and ch.SF_MIN <= sf_raw <= ch.SF_MAX:
         sf = sf_raw
     else:
-        raise r.err("sf", f'must be "auto" or 7..12, got {sf_raw!r}')
+        raise r.err("sf", f'must be "auto" or 7..12, got {show(sf_raw)}')
     margin = r.get("sf_margin_db", "float", 10.0, _in(0, 40))
+    r.allow("freq_mhz", "d0_m", "pl_d0_db", "gamma")
     model_name = r.get(
         "path_loss",
         "str",
@@ -872,6 +930,7 @@ def _radio(r: _Table) -> RadioSettings:
 
 def _street(s: _Table, defaults: Mapping[str, Any]) -> Street:
     sid = s.get("id", "str", check=_ident)
+    s.allow("lamps", "spacing_m")
     pts = s.get("points", "points", check=lambda v: None if len(v) >= 2 else f"needs at least 2 points, got {len(v)}")
     length = polyline_length(pts)
     if length <= 0:
@@ -897,6 +956,7 @@ def _street(s: _Table, defaults: Mapping[str, Any]) -> Street:
 
 def _grid(g: _Table, defaults: Mapping[str, Any]) -> list[Street]:
     gid = g.get("id", "str", check=_ident)
+    g.allow("lamps", "spacing_m")
     ox, oy = g.get("origin", "point")
     blocks = g.get(
         "blocks",
@@ -925,7 +985,9 @@ def _grid(g: _Table, defaults: Mapping[str, Any]) -> list[Street]:
     return [Street(sid, sid, pts, ln, n, peak, power) for (sid, pts), ln, n in zip(lines, lengths, counts)]
 
 
-def _park(p: _Table, d: Mapping[str, Any]) -> tuple[Park, _Table, soil_mod.Soil, soil_mod.Crop, float, Schedule]:
+def _park(
+    p: _Table, d: Mapping[str, Any]
+) -> tuple[Park, _Table, soil_mod.Soil, soil_mod.Crop, float, Schedule, float | None]:
     pid = p.get("id", "str", check=_ident)
     poly = p.get("polygon", "points", check=lambda v: None if len(v) >= 3 else f"needs at least 3 points, got {len(v)}")
     area = polygon_area(poly)
@@ -944,23 +1006,33 @@ def _park(p: _Table, d: Mapping[str, Any]) -> tuple[Park, _Table, soil_mod.Soil,
         p.get("schedule_minutes", "float", d["schedule_minutes"], _in(1, 240)),
         p.get("schedule_every_days", "int", d["schedule_every_days"], _in(1, 14)),
     )
+    soil_start = p.get("soil_start", "float", d["soil_start"], _soil_start_ok)
     p.done()
-    return park, p, zone_soil, zone_crop, rate, sched
+    return park, p, zone_soil, zone_crop, rate, sched, soil_start
+
+
+INVALID = 2  # exit status for a scenario that cannot be used, as `lumeau sim run` (and argparse) give
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m simulator.scenario FILE...: validate scenarios and print what they hold."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print("usage: python -m simulator.scenario SCENARIO.toml...", file=sys.stderr)
-        return 2
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m simulator.scenario",
+        description="Check scenario files (TOML; simulator/README.md, 'Scenario files') and print what each "
+        "holds: nodes, zones, gateways, SFs, faults. An error names the file, the key and why, and the "
+        f"status is {INVALID}; the warnings (e.g. a node no SF reaches with margin) are printed with the summary.",
+    )
+    p.add_argument("scenarios", nargs="+", metavar="SCENARIO.toml", help="the files to check")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     rc = 0
-    for a in args:
+    for a in args.scenarios:
         try:
             print(load(a).summary())
         except ScenarioError as e:
             print(f"error: {e}", file=sys.stderr)
-            rc = 1
+            rc = INVALID
     return rc
 
 

@@ -51,9 +51,10 @@ from typing import Any
 
 from simulator import sensors, sun
 from simulator.hal_sim import SimHAL
+from simulator.ledger import LampLedger, SoilDay, ZoneLedger, available_fraction, close_interval, open_interval
 from simulator.presence import PIR_HOLD_S, PIR_RANGE_M
 from simulator.scenario import IrrigationNode, LampNode, Scenario
-from simulator.soil import SoilBucket, mm_from_litres
+from simulator.soil import mm_from_litres
 from simulator.virtual_loop import VirtualClock
 from simulator.weather import Weather
 
@@ -137,6 +138,7 @@ class LampWorld:
         self.fault_since = 0.0
         self.energy_wh = 0.0  # drawn from the mains (truth)
         self.fault_shown_s = 0.0  # seconds the current fault was visible (lamp commanded on)
+        self.ledger = LampLedger()  # fault-affected time and what it drew (simulator/ledger.py)
         self._t = world.start
         self._pir = pir
         self._pir_i = 0
@@ -215,6 +217,10 @@ class LampWorld:
         self.fault = mode
         self.fault_since = t
         self.fault_shown_s = 0.0
+        if mode is None:
+            close_interval(self.ledger.fault_intervals, t)
+        else:
+            open_interval(self.ledger.fault_intervals, t)
         self._set_current()
 
     def integrate(self, t: float) -> None:
@@ -227,8 +233,18 @@ class LampWorld:
             lit = _on_time(self._t, t, self.fault_since)
             ma_s = self._ma(True) * lit + self._ma(False) * (dt - lit)
         else:
+            lit = 0.0 if self.fault == "open" else dt
             ma_s = self._ma() * dt
-        self.energy_wh += ma_s / 1000.0 * MAINS_V * sensors.POWER_FACTOR / 3600.0
+        wh = ma_s / 1000.0 * MAINS_V * sensors.POWER_FACTOR / 3600.0
+        self.energy_wh += wh
+        if self.fault is not None:
+            led = self.ledger
+            led.fault_wh += wh
+            led.healthy_fault_wh += (
+                self.full_ma * self.level / 1000.0 * dt / 1000.0 * MAINS_V * sensors.POWER_FACTOR / 3600.0
+            )
+            if self.level > 0:
+                led.dark_s += dt - lit
         self._t = t
 
 
@@ -239,7 +255,14 @@ class ControllerWorld:
         self.master_fitted = master
         self.pulses_per_l = pulses_per_l
         self.zones = node.zones
-        self.buckets = [SoilBucket(z.soil, z.crop) for z in node.zones]
+        self.buckets = [z.bucket() for z in node.zones]
+        # fault-affected time, water and stress per zone, and the soil per day (simulator/ledger.py)
+        self.ledgers = [ZoneLedger() for _ in node.zones]
+        self.soil_days: list[SoilDay] = []
+        # the node's app latched shut (burst, excess flow): set by the engine at each boot
+        self.latched: Callable[[], bool] | None = None
+        self._affected = [False] * len(node.zones)
+        self._soil_t = world.start
         self.valves = 0  # zone bits as the node drives them
         self.master = False
         self.leak_l_min = 0.0
@@ -265,6 +288,7 @@ class ControllerWorld:
         hal.on_output = self._output
         self._update_rates()
         self.update_sensors(self.world.rain_wet)
+        self.refresh_affected()
 
     def _output(self, name: str, value: int) -> None:
         if name == "master":
@@ -277,6 +301,7 @@ class ControllerWorld:
                 self.integrate(self.world.unix())
                 self.valves = self.valves | (1 << z) if value else self.valves & ~(1 << z)
                 self._update_rates()
+        self.refresh_affected()
 
     def set_fault(self, kind: str, params: dict[str, Any], on: bool) -> None:
         self.integrate(self.world.unix())
@@ -295,6 +320,18 @@ class ControllerWorld:
             else:
                 self.stuck.pop(int(params["zone"]), None)
         self._update_rates()
+        self.refresh_affected()
+
+    def refresh_affected(self) -> None:
+        """Open or close each zone's fault-affected interval (ledger.py says what counts), at now."""
+        t = self.world.unix()
+        latched = self.latched is not None and self.latched()
+        for i, z in enumerate(self.zones):
+            now = latched or z.number in self.burst or z.number in self.stuck
+            if now != self._affected[i]:
+                self.integrate(t)  # the water so far belongs to the state it flowed in
+                self._affected[i] = now
+                (open_interval if now else close_interval)(self.ledgers[i].affected, t)
 
     def _update_rates(self) -> None:
         pressure = self.master or not self.master_fitted
@@ -333,15 +370,38 @@ class ControllerWorld:
             if litres:
                 self.applied_l[i] += litres
                 self._irr_mm[i] += mm_from_litres(litres, z.area_m2)
+                if self._affected[i]:
+                    self.ledgers[i].applied_affected_l += litres
+                else:
+                    self.ledgers[i].applied_clean_l += litres
         self._t = t
 
-    def step_soil(self, t: float, et0_mm: float, rain_mm: float, new_day_et0: float | None) -> None:
+    def step_soil(self, t: float, et0_mm: float, rain_mm: float, new_day: tuple[int, float] | None) -> None:
+        """One soil step to t; `new_day` (day number, its ET0) when a weather day begins with it."""
+        self.refresh_affected()  # a latch set since the last output (the app sets it after closing)
         self.integrate(t)
+        dt = t - self._soil_t
+        self._soil_t = t
+        if new_day is not None:
+            self.soil_days.append(SoilDay(new_day[0], self._fractions(), self._fractions(), [0.0] * len(self.buckets)))
+        today = self.soil_days[-1] if self.soil_days else None
         for i, b in enumerate(self.buckets):
-            if new_day_et0 is not None:
-                b.new_day(new_day_et0)
+            if new_day is not None:
+                b.new_day(new_day[1])
+            if b.ks < 1.0:  # past readily available water at the step's start (as Eq. 85 takes Ks)
+                if self._affected[i]:
+                    self.ledgers[i].stress_affected_s += dt
+                else:
+                    self.ledgers[i].stress_clean_s += dt
+                if today is not None:
+                    today.stress_s[i] += dt
             b.step(et0_mm, rain_mm, self._irr_mm[i])
             self._irr_mm[i] = 0.0
+        if today is not None:
+            today.end = self._fractions()
+
+    def _fractions(self) -> list[float]:
+        return [round(available_fraction(b.dr_mm, b.taw_mm), 6) for b in self.buckets]
 
     def update_sensors(self, rain_wet: bool) -> None:
         hal = self.hal
@@ -396,7 +456,7 @@ class World:
         new_day = None
         if d.day != self._day:
             self._day = d.day
-            new_day = d.et0_mm
+            new_day = (d.day, d.et0_mm)
         et0 = w.et0_mm(self._t, t)
         rain = w.rain_mm(self._t, t)
         self.rain_wet = w.rain_sensor_wet(t)
@@ -421,6 +481,13 @@ class World:
 
     def applied_l(self) -> float:
         return sum(sum(c.applied_l) for c in self.controllers.values())
+
+    def accounts(self) -> dict[str, dict[str, Any]]:
+        """Every node's ledger as plain data (simulator/ledger.py), by node name."""
+        out: dict[str, dict[str, Any]] = {n: {"lamp": lw.ledger.to_dict()} for n, lw in self.lamps.items()}
+        for n, c in self.controllers.items():
+            out[n] = {"zones": [z.to_dict() for z in c.ledgers], "days": [d.to_dict() for d in c.soil_days]}
+        return out
 
 
 def local_standard_offset_min(tz: _dt.tzinfo, at_unix: float) -> int:

@@ -107,7 +107,11 @@ def test_due_active_ending():
         ({"kind": "leak", "target": "x", "at": dt.datetime(2026, 6, 15, 10)}, "faults[0].at", "offset"),
         ({"kind": "leak", "after": "1h"}, "faults[0].target", "needs a target"),
         ({"kind": "leak", "target": "x", "after": "1h", "rate": 3}, "faults[0].rate", "unknown key"),
-        ({"kind": "leak", "target": "x", "after": "1h", "rate_l_min": "lots"}, "faults[0].rate_l_min", "float"),
+        (
+            {"kind": "leak", "target": "x", "after": "1h", "rate_l_min": "lots"},
+            "faults[0].rate_l_min",
+            'needs a number, got "lots"',
+        ),
         ({"kind": "leak", "target": "x", "after": "1h", "rate_l_min": 0}, "faults[0].rate_l_min", "within"),
         ({"kind": "burst", "target": "x", "after": "1h", "zone": 5}, "faults[0].zone", "within 1..4"),
         ({"kind": "lamp_failure", "target": "x", "after": "1h", "mode": "dim"}, "faults[0].mode", "one of"),

@@ -233,7 +233,7 @@ def broken(old: str, new: str) -> str:
         ("not toml [", "", "not valid TOML"),
         ("[location]\nlat = 1.0\nlon = 1.0\n", "scenario.start", "is required"),
         (broken('duration = "24h"', 'duration = "2y"'), "scenario.duration", "expected a duration"),
-        (broken('duration = "24h"', 'duration = "10s"'), "scenario.duration", "must be within"),
+        (broken('duration = "24h"', 'duration = "10s"'), "scenario.duration", "must be at least 1 min, got 10 s"),
         (broken("start = 2026-06-15T12:00:00Z", "start = 2026-06-15T12:00:00"), "scenario.start", "offset"),
         (broken('name = "mini"', 'name = "mini"\ncolour = "blue"'), "scenario.colour", "unknown key"),
         (broken('name = "mini"', 'name = "has space"'), "scenario.name", "non-empty name"),
@@ -295,7 +295,7 @@ def broken(old: str, new: str) -> str:
             "within the run",
         ),
         (MINIMAL + '\n[output]\nhtml = "yes"\n', "output.html", "true or false"),
-        (MINIMAL + '\n[lighting]\nreport_interval = "1s"\n', "lighting.report_interval", "within"),
+        (MINIMAL + '\n[lighting]\nreport_interval = "1s"\n', "lighting.report_interval", "at least 10 s, got 1 s"),
         (
             MINIMAL + '\n[[faults]]\nkind = "leak"\ntarget = "a-01"\nafter = "1h"\n',
             "faults[0].target",
@@ -304,7 +304,7 @@ def broken(old: str, new: str) -> str:
         (
             MINIMAL + '\n[[faults]]\nkind = "lamp_failure"\ntarget = "a-99"\nafter = "1h"\n',
             "faults[0].target",
-            "no node named 'a-99'",
+            'no node named "a-99"',
         ),
         (
             MINIMAL + '\n[[faults]]\nkind = "burst"\ntarget = "p-1"\nafter = "1h"\nzone = 4\n',
@@ -352,7 +352,7 @@ def test_command_line_summary():
         cwd=ROOT,
         timeout=60,
     )
-    assert bad.returncode == 1 and "error:" in bad.stderr
+    assert bad.returncode == 2 and "error:" in bad.stderr
 
 
 def test_readme_documents_every_key_the_shipped_scenarios_use():
@@ -401,3 +401,62 @@ def test_any_edit_gives_a_scenario_or_a_scenario_error(edits, add_fault):
         S.loads("\n".join(lines), "fuzz.toml")
     except S.ScenarioError as e:
         assert str(e).startswith("fuzz.toml: ")
+
+
+# ---------------------------------------------------------------- issue 18: messages a city engineer can act on
+
+
+def why(text: str) -> str:
+    with pytest.raises(S.ScenarioError) as e:
+        S.loads(text, "bad.toml")
+    msg = str(e.value)
+    # no Python reprs: single-quoted strings, True/False, datetime(...) objects
+    assert "datetime." not in msg and "True" not in msg and "False" not in msg, msg
+    return msg
+
+
+def test_unknown_keys_list_the_real_allowed_keys_and_the_nearest():
+    msg = why(broken("lamps = 8", "lamp = 8"))
+    assert msg.startswith('bad.toml: streets[0].lamp: unknown key (did you mean "lamps"?)')
+    allowed = msg.split("allowed here: ")[1].rstrip(")").split(", ")
+    assert {"lamps", "spacing_m", "id", "points", "rated_power_w"} <= set(allowed)
+    msg = why(MINIMAL.replace('timezone = "Europe/Paris"', 'utc_offset_h = 1\ntimezon = "x"'))
+    assert 'did you mean "timezone"?' in msg and "timezone" in msg.split("allowed here: ")[1]
+    assert 'did you mean "kind"?' in why(MINIMAL + '\n[[faults]]\nkid = "leak"\nkind = "leak"\ntarget = "p-1"\n')
+
+
+def test_unknown_names_say_the_nearest_one():
+    assert 'no node named "a-1" (did you mean "a-01"?)' in why(
+        MINIMAL + '\n[[faults]]\nkind = "lamp_failure"\ntarget = "a-1"\nafter = "1h"\n'
+    )
+    assert 'got "lamp_failur" (did you mean "lamp_failure"?)' in why(
+        MINIMAL + '\n[[faults]]\nkind = "lamp_failur"\ntarget = "a-01"\nafter = "1h"\n'
+    )
+    assert 'did you mean "seville"?' in why(broken('timezone = "Europe/Paris"', 'climate = "sevile"'))
+    assert 'did you mean "loam"?' in why(broken("controllers = 2", 'controllers = 2\nsoil = "loan"'))
+
+
+def test_ranges_are_said_in_human_units_and_values_as_the_file_writes_them():
+    assert "scenario.duration: must be at least 1 min, got 30 s" in why(broken('duration = "24h"', 'duration = "30s"'))
+    assert "must be at most 366 d, got 400 d" in why(broken('duration = "24h"', 'duration = "400d"'))
+    assert "got 2026-06-15T00:00:00Z" in why(MINIMAL + "\n[weather]\ndry_days = [2026-06-15T00:00:00Z]\n")
+    assert "expected a number, got true" in why(broken("lat = 45.76", "lat = true"))
+    assert "outside the run (from the start to 1 d after it)" in why(
+        MINIMAL + '\n[[faults]]\nkind = "leak"\ntarget = "p-1"\nafter = "30h"\n'
+    )
+    assert "within 0..1" in why(broken("controllers = 2", "controllers = 2\nsoil_start = -0.1"))
+
+
+def test_the_validator_has_help_and_one_status_for_invalid_input(tmp_path):
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "simulator.scenario", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+
+    h = check("--help")
+    assert h.returncode == 0 and "SCENARIO.toml" in h.stdout and "status is 2" in h.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(broken('duration = "24h"', 'duration = "30s"'))
+    r = check(str(bad))
+    assert r.returncode == 2 and "at least 1 min" in r.stderr and "Traceback" not in r.stderr
+    assert check().returncode == 2  # no file: argparse's usage error, the same status

@@ -1,8 +1,10 @@
-"""`lumeau sim run|board|demo` and `lumeau demo`: the simulator's command line.
+"""`lumeau sim run|compare|board|demo` and `lumeau demo`: the simulator's command line.
 
 Only argument parsing and exit statuses live here; the work is the library's:
-simulator.runner.run (a scenario on the virtual clock), simulator.board.serve
-(the virtual MicroPython board), simulator.demo.run_demo (the main job).
+simulator.runner.run (a scenario on the virtual clock), simulator.compare
+(two results side by side), simulator.board.serve (the virtual MicroPython
+board), simulator.demo.run_demo (the main job). Invalid input (a scenario,
+an option, a results file) exits with status 2 (INVALID), as argparse does.
 The simulator modules are imported when a command runs, except the few
 whose defaults the help texts print.
 """
@@ -10,9 +12,12 @@ whose defaults the help texts print.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
+
+INVALID = 2  # the exit status of every invalid input: scenario, option, results file (argparse's own)
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -34,6 +39,7 @@ def add_subcommand(subparsers: Any) -> None:
     actions = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     add_board_action(actions)
     add_run_action(actions)
+    add_compare_action(actions)
     add_demo_action(actions)
 
 
@@ -47,11 +53,18 @@ def add_run_action(actions: Any) -> None:
         description="Run SCENARIO.toml: every node runs the real firmware on a virtual "
         "clock against the real gateway pipeline and store; prints the "
         "results (delivery, latency, airtime, frames, alarms against faults, "
-        "energy and water against the naive baselines; with [adr], the SFs before and after, "
+        "energy and water saved by the control against the naive baselines, apart from what faults destroyed; "
+        "with [adr], the SFs before and after, "
         "the airtime saved and the DER).",
     )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--no-wall-clock",
+        action="store_true",
+        help="leave out what depends on the machine (the `run` section: wall and CPU time, speed), "
+        "so two runs of one scenario and seed print the same JSON",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -95,11 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.runner import RunOptions, prepare, run
     from simulator.scenario import ScenarioError, load
 
+    if args.no_wall_clock and not args.json:
+        print("error: --no-wall-clock goes with --json (the summary shows the wall time)", file=sys.stderr)
+        return INVALID
     try:
         sc = load(args.scenario)
     except (ScenarioError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return INVALID
     try:
         opts = RunOptions(
             seed=args.seed,
@@ -112,12 +128,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepare(sc, opts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return INVALID
     results = run(sc, opts)
     if args.json:
-        print(results.to_json())
+        print(json.dumps(results.without_wall_clock()) if args.no_wall_clock else results.to_json())
     else:
         print(results.summary())
+    return 0
+
+
+# ---------------------------------------------------------------- lumeau sim compare
+
+
+def add_compare_action(actions: Any) -> None:
+    p = actions.add_parser(
+        "compare",
+        help="two runs' results side by side (delivery, savings, faults' effects, alarms, airtime)",
+        description="Compare two results files (lumeau sim run --json, or a demo's results.json): "
+        "one line per figure that matters, A, B and B - A, a * where they differ; "
+        "optionally the percentages as a bar chart.",
+    )
+    p.add_argument("a", type=Path, metavar="A.json", help="the first run's results")
+    p.add_argument("b", type=Path, metavar="B.json", help="the second run's results")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the percentages side by side into this PNG")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simulator.compare import CompareError, load_results, plot, table
+
+    try:
+        a, b = load_results(args.a), load_results(args.b)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return INVALID
+    name_a, name_b = args.a.name, args.b.name
+    if name_a == name_b:
+        name_a, name_b = str(args.a), str(args.b)
+    print(table(a, b, name_a, name_b))
+    if args.plot is not None:
+        try:
+            args.plot.write_bytes(plot(a, b, name_a, name_b))
+        except OSError as e:
+            print(f"error: {args.plot}: cannot write: {e.strerror or e}", file=sys.stderr)
+            return 1
+        print(f"plot: {args.plot}")
     return 0
 
 
