@@ -69,7 +69,8 @@ TEXT_LIMITS = {
     "account_id": 100,
 }
 _XML_ITEMS = {"services": "service", "service_requests": "request", "errors": "error"}
-_XML_LISTS = {"attributes": "attribute", "values": "value"}
+_XML_LISTS = {"attributes": "attribute", "values": "value", "endpoints": "endpoint", "formats": "format"}
+STARTED = time.time()  # the discovery document's changeset: the catalogue is the code's
 
 
 @dataclass
@@ -193,6 +194,7 @@ class Open311:
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         for ext in ("", ".{fmt}"):
+            r.add_get(f"{PREFIX}/discovery{ext}", self.get_discovery)
             r.add_get(f"{PREFIX}/services{ext}", self.get_services)
             r.add_get(f"{PREFIX}/services/{{code:[^/.]+}}{ext}", self.get_service)
             r.add_post(f"{PREFIX}/requests{ext}", self.post_request)
@@ -211,7 +213,29 @@ class Open311:
             return errors(fmt, 404, [f"jurisdiction_id {jid[:64]!r} not found"])
         return fmt
 
-    # -- services ----------------------------------------------------------
+    # -- discovery and services ----------------------------------------------
+
+    async def get_discovery(self, request: web.Request) -> web.Response:
+        """Service discovery (wiki.open311.org/Service_Discovery): where this endpoint is, in what formats."""
+        fmt = self._check(request)
+        if isinstance(fmt, web.Response):
+            return fmt
+        base = f"{request.scheme}://{request.host}{PREFIX}/"
+        doc = {
+            "changeset": requests_db.iso(STARTED),
+            "contact": "the city's Lumeau operators",
+            "key_service": "api_key values are issued by the city (lumeau sink --open311-keys)",
+            "endpoints": [
+                {
+                    "specification": "http://wiki.open311.org/GeoReport_v2",
+                    "url": base,
+                    "changeset": requests_db.iso(STARTED),
+                    "type": "production",
+                    "formats": ["application/json", "text/xml"],
+                }
+            ],
+        }
+        return respond(fmt, "discovery", doc)
 
     async def get_services(self, request: web.Request) -> web.Response:
         fmt = self._check(request)

@@ -32,6 +32,10 @@ Endpoints (all but /healthz need `Authorization: Bearer <token>`):
                           "site", "lat", "lon"}]} (no keys), upserted; what reports
                           are matched against (`lumeau sink --nodes` loads a registry).
   GET  /v1/nodes          them, with their open alarms.
+  POST /v1/service-requests/{id}/close
+                          city staff close a request after a field check:
+                          {"service_notice": "..."}; its reporters' contact
+                          details are erased. 200, 404 unknown, 409 closed already.
   GET  /healthz           liveness, no auth.
 
 Open311 GeoReport v2 (city/open311.py) under /open311/v2/, without the
@@ -114,6 +118,7 @@ class Sink:
         self.app.router.add_get("/ngsi-ld/v1/entities", self.get_entities)
         self.app.router.add_put("/v1/nodes", self.put_nodes)
         self.app.router.add_get("/v1/nodes", self.get_nodes)
+        self.app.router.add_post("/v1/service-requests/{id:[0-9]{1,18}}/close", self.close_request)
         self.open311 = Open311(self.db, open311)
         self.open311.add_routes(self.app)
         self._initial_nodes = nodes or []
@@ -320,6 +325,33 @@ class Sink:
         for a in alarms:
             by.setdefault(a.node, []).append({"alarm": a.alarm, "zone": a.zone})
         return web.json_response({"nodes": [{**n.__dict__, "open_alarms": by.get(n.id, [])} for n in nodes]})
+
+    async def close_request(self, request: web.Request) -> web.Response:
+        doc = await self._json_body(request)
+        notice = doc.get("service_notice") if isinstance(doc, dict) else None
+        if not isinstance(notice, str) or not notice.strip() or len(notice) > 2000:
+            return _problem(400, "invalid close", "service_notice: a text of 1 to 2000 characters")
+        rid = int(request.match_info["id"])
+        now = time.time()
+
+        def close(c: sqlite3.Connection) -> str | None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT status FROM service_requests WHERE id = ?", (rid,)).fetchone()
+                if row is not None and row[0] == "open":
+                    requests_db.close(c, rid, notice.strip(), now)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return row[0] if row else None
+
+        was = await self.db.run(close)
+        if was is None:
+            return _problem(404, "not found", f"no service request {rid}")
+        if was != "open":
+            return _problem(409, "already closed", f"service request {rid} is closed")
+        return web.json_response({"service_request_id": str(rid), "status": "closed"})
 
     # -- NGSI-LD -----------------------------------------------------------
 

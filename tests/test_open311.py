@@ -433,3 +433,59 @@ async def test_sink_still_serves_after_concurrent_reports(sink, http):
     assert len(ids) == 1, "ten reports of one fault make one request"
     _, one = await get(http, sink, f"/requests/{ids.pop()}.json")
     assert one[0]["lumeau_reports"] == 10
+
+
+async def test_staff_close_erases_contacts_and_needs_the_token(sink, http):
+    st_, r = await post(http, sink, {"service_code": "watering_in_rain", **at(PARK, 10), "first_name": "Zoé"})
+    rid = r[0]["service_request_id"]
+    path = f"/v1/service-requests/{rid}/close"
+    async with http.post(url(sink, path), json={"service_notice": "checked"}) as resp:
+        assert resp.status == 401
+    async with http.post(
+        url(sink, path), json={"service_notice": "Field check: the rain sensor was replaced."}, headers=AUTH
+    ) as resp:
+        assert resp.status == 200
+    async with http.post(url(sink, path), json={"service_notice": "again"}, headers=AUTH) as resp:
+        assert resp.status == 409
+    async with http.post(
+        url(sink, "/v1/service-requests/424242/close"), json={"service_notice": "x"}, headers=AUTH
+    ) as resp:
+        assert resp.status == 404
+    _, one = await get(http, sink, f"/requests/{rid}.json")
+    assert one[0]["status"] == "closed" and one[0]["service_notice"].startswith("Field check")
+    db = sqlite3.connect(sink.db.path)
+    assert db.execute("SELECT first_name FROM reporters").fetchall() == [(None,)]
+    db.close()
+
+
+async def test_discovery(sink, http):
+    st_, doc = await get(http, sink, "/discovery.json")
+    assert st_ == 200 and doc["endpoints"][0]["url"] == url(sink, PREFIX + "/")
+    _, raw = await get(http, sink, "/discovery.xml")
+    assert ET.fromstring(raw).findtext("endpoints/endpoint/formats/format") == "application/json"
+
+
+queries = st.dictionaries(
+    st.sampled_from(["service_request_id", "service_code", "start_date", "end_date", "status", "jurisdiction_id", "x"]),
+    st.one_of(
+        st.text(max_size=40), st.sampled_from(["open", "closed,open", "1,2,3", "2026-01-01T00:00:00Z", "lamp_out"])
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(q=queries, fmt=st.sampled_from(["json", "xml"]), rid=st.text(max_size=20))
+async def test_fuzz_get_endpoints(sink, http, q, fmt, rid):
+    for path in (
+        f"/requests.{fmt}",
+        f"/requests/{urllib.parse.quote(rid, safe='')}.{fmt}",
+        f"/tokens/{urllib.parse.quote(rid, safe='')}.{fmt}",
+    ):
+        async with http.get(url(sink, PREFIX + path), params=q) as r:
+            body = await r.read()
+            assert r.status in (200, 400, 404), (path, q, body[:200])
+            if r.content_type == "text/xml":
+                ET.fromstring(body)
+            elif r.content_type == "application/json":
+                assert isinstance(json.loads(body), list)
