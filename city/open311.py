@@ -171,16 +171,21 @@ def _parse_time(text: str, name: str) -> float:
     return d.timestamp()
 
 
-def _clean(name: str, value: str) -> str:
-    """Text a report may hold: bounded, and only characters XML 1.0 can carry (no control characters)."""
-    lim = TEXT_LIMITS.get(name, 200)
-    if len(value) > lim:
-        raise ValueError(f"{name} is longer than {lim} characters")
+def check_text(name: str, value: str, limit: int) -> str:
+    """`value` stripped, if it is at most `limit` characters that XML 1.0 can carry (no control
+    characters); ValueError names the field otherwise. Every text the Open311 output may show
+    passes here first: a report's fields, node names and sites, staff notices."""
+    if len(value) > limit:
+        raise ValueError(f"{name} is longer than {limit} characters")
     for ch in value:
         o = ord(ch)
         if (o < 0x20 and ch not in "\t\n\r") or 0xD800 <= o <= 0xDFFF or o in (0xFFFE, 0xFFFF) or o == 0x7F:
             raise ValueError(f"{name} contains a control character (U+{o:04X})")
     return value.strip()
+
+
+def _clean(name: str, value: str) -> str:
+    return check_text(name, value, TEXT_LIMITS.get(name, 200))
 
 
 class Open311:

@@ -68,7 +68,7 @@ from aiohttp import web
 from city import matching, requests_db
 from city.db import SinkDB, bump
 from city.open311 import PREFIX as OPEN311_PREFIX
-from city.open311 import Open311, Open311Config
+from city.open311 import Open311, Open311Config, check_text
 from gateway import formats
 
 log = logging.getLogger("lumeau.city.sink")
@@ -329,8 +329,12 @@ class Sink:
     async def close_request(self, request: web.Request) -> web.Response:
         doc = await self._json_body(request)
         notice = doc.get("service_notice") if isinstance(doc, dict) else None
-        if not isinstance(notice, str) or not notice.strip() or len(notice) > 2000:
-            return _problem(400, "invalid close", "service_notice: a text of 1 to 2000 characters")
+        try:
+            notice = check_text("service_notice", notice, 2000) if isinstance(notice, str) else ""
+            if not notice:
+                raise ValueError("service_notice: a text of 1 to 2000 characters")
+        except ValueError as e:
+            return _problem(400, "invalid close", str(e))
         rid = int(request.match_info["id"])
         now = time.time()
 
@@ -339,7 +343,7 @@ class Sink:
             try:
                 row = c.execute("SELECT status FROM service_requests WHERE id = ?", (rid,)).fetchone()
                 if row is not None and row[0] == "open":
-                    requests_db.close(c, rid, notice.strip(), now)
+                    requests_db.close(c, rid, notice, now)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -475,9 +479,9 @@ def node_infos(items: Any) -> list[matching.NodeInfo]:
         text = {}
         for k in ("name", "site"):
             v = d.get(k) or ""
-            if not isinstance(v, str) or len(v) > 128:
+            if not isinstance(v, str):
                 raise ValueError(f"{where}.{k}: a text of at most 128 characters")
-            text[k] = v
+            text[k] = check_text(f"{where}.{k}", v, 128)
         lat, lon = d.get("lat"), d.get("lon")
         if (lat is None) != (lon is None):
             raise ValueError(f"{where}: lat and lon go together")

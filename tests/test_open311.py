@@ -326,6 +326,12 @@ async def test_oversized_and_wrong_bodies(sink, http):
 
     async with http.post(url(sink, f"{PREFIX}/requests.json"), data=chunks(), headers=FORM) as r:
         assert r.status == 413
+    bomb = gzip.compress(b"description=" + b"0" * 5_000_000)  # 5 MB of form in 5 kB of gzip
+    assert len(bomb) < 16 * 1024
+    async with http.post(
+        url(sink, f"{PREFIX}/requests.json"), data=bomb, headers={**FORM, "Content-Encoding": "gzip"}
+    ) as r:
+        assert r.status == 413
     async with http.post(url(sink, f"{PREFIX}/requests.json"), json={"service_code": "lamp_out"}) as r:
         assert r.status == 400 and "x-www-form-urlencoded" in (await r.json())[0]["description"]
     async with http.post(url(sink, f"{PREFIX}/requests.json"), data=b"service_code=%FF%FE", headers=FORM) as r:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -63,7 +64,9 @@ def sink_url(tmp_path_factory):
         text=True,
     )
     try:
-        line = p.stdout.readline()  # the sink prints its listening line, or exits
+        ready, _, _ = select.select([p.stdout], [], [], 30)  # its listening line, within a deadline
+        assert ready, "lumeau sink did not start within 30 s"
+        line = p.stdout.readline()
         assert line.startswith("lumeau sink: listening on http://127.0.0.1:"), p.stderr.read()
         yield line.split()[4]
     finally:
