@@ -150,6 +150,11 @@ def put_nodes(c: sqlite3.Connection, nodes: Iterable[NodeInfo], now: float) -> i
     return len(rows)
 
 
+def note_node(c: sqlite3.Connection, node: str, kind: str, now: float) -> None:
+    """A node that said HELLO is known by its kind at least (no position until the sink is told one)."""
+    c.execute("INSERT OR IGNORE INTO nodes VALUES (?, ?, '', '', NULL, NULL, ?)", (node, kind, now))
+
+
 def load_nodes(c: sqlite3.Connection) -> list[NodeInfo]:
     return [NodeInfo(*r) for r in c.execute("SELECT id, kind, name, site, lat, lon FROM nodes ORDER BY id")]
 

@@ -222,6 +222,8 @@ class Sink:
                 for k, d, t in alarmy:  # a resend changes nothing: only records new to the sink count
                     if k not in seen:
                         seen.add(k)
+                        if d.get("type") == "hello" and d.get("fields", {}).get("kind") in NODE_KINDS:
+                            requests_db.note_node(c, d["node"], d["fields"]["kind"], now)
                         ch = matching.alarm_change(d, t)
                         if ch is not None:
                             requests_db.apply_change(c, ch, now)

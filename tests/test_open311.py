@@ -214,6 +214,22 @@ async def test_reboot_is_not_a_repair(sink, http):
     assert [(r["status"], r["service_code"]) for r in reqs] == [("open", "lamp_out")]
 
 
+async def test_a_node_that_says_hello_is_known_by_its_kind(tmp_path, http):
+    s = Sink(tmp_path / "bare.db", TOKEN, port=0, open311=config())  # told of no node
+    await s.start()
+    try:
+        await records(http, s, [hello("00c0ffee", 1)])
+        async with http.get(url(s, "/v1/nodes"), headers=AUTH) as r:
+            (n,) = (await r.json())["nodes"]
+        assert (n["id"], n["kind"], n["lat"]) == ("00c0ffee", "lighting", None)
+        st_, r = await post(http, s, {"service_code": "lamp_out", "address_id": "c0ffee"})
+        assert st_ == 201 and "reports normal" in r[0]["service_notice"]
+        # no node has a position: any position on Earth is inside (no bounds to check against)
+        assert (await post(http, s, {"service_code": "lamp_out", "lat": "-33.9", "long": "151.2"}))[0] == 201
+    finally:
+        await s.stop()
+
+
 async def test_no_device_nearby_and_wrong_kind(sink, http):
     # 300 m north of the lamps: inside the city, no node within 60 m
     st_, r = await post(http, sink, {"service_code": "lamp_out", **at(LAMP_A, 300)})

@@ -168,3 +168,25 @@ def test_client_gets_the_spec_errors(sink_url):
         timeout=10,
     )
     assert r.status_code == 400 and b"<errors><error><code>400</code>" in r.content
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--report-rate", "lots"], "--report-rate 'lots': give N/SECONDS"),
+        (["--city-bounds", "48.9,2.2"], "give south,west,north,east"),
+        (["--match-radius", "0"], "--match-radius 0.0: must be more than 0 m"),
+        (["--open311-keys", "/nonexistent/keys"], "/nonexistent/keys"),
+        (["--nodes", "/nonexistent/nodes.toml"], "/nonexistent/nodes.toml"),
+    ],
+)
+def test_cli_refuses_bad_open311_options(tmp_path, args, why):
+    p = subprocess.run(
+        [sys.executable, "-m", "lumeau", "sink", "--db", str(tmp_path / "s.db"), "--port", "0", "--no-auth", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and why in p.stderr, p.stderr
