@@ -177,13 +177,18 @@ def bounds_of(nodes: Iterable[NodeInfo], margin_m: float = BOUNDS_MARGIN_M) -> B
         return None
     lats = [p[0] for p in pts]
     lons = [p[1] for p in pts]
+    return widen(Bounds(min(lats), min(lons), max(lats), max(lons)), margin_m)
+
+
+def widen(box: Bounds, margin_m: float) -> Bounds:
+    """`box` grown by `margin_m` on every side (clamped to the globe)."""
     dlat = math.degrees(margin_m / EARTH_RADIUS_M)
-    dlon = dlat / max(0.01, math.cos(math.radians(max(abs(min(lats)), abs(max(lats))))))
+    dlon = dlat / max(0.01, math.cos(math.radians(max(abs(box.south), abs(box.north)))))
     return Bounds(
-        max(-90.0, min(lats) - dlat),
-        max(-180.0, min(lons) - dlon),
-        min(90.0, max(lats) + dlat),
-        min(180.0, max(lons) + dlon),
+        max(-90.0, box.south - dlat),
+        max(-180.0, box.west - dlon),
+        min(90.0, box.north + dlat),
+        min(180.0, box.east + dlon),
     )
 
 

@@ -281,9 +281,9 @@ class Open311:
         key = params.get("api_key", "")
         if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.config.api_keys):
             return errors(fmt_ok, 403, ["api_key missing or not valid"])
-        nodes = await self.db.run(requests_db.load_nodes)
+        box = self.config.bounds or await self.db.run(requests_db.city_bounds)
         try:
-            rep = self._report(params, nodes)
+            rep = self._report(params, box)
         except BadInput as e:
             return errors(fmt_ok, e.status, e.errors)
         now = time.time()
@@ -352,7 +352,7 @@ class Open311:
             out.setdefault(k, v)
         return out
 
-    def _report(self, p: dict[str, str], nodes: list[matching.NodeInfo]) -> requests_db.Report:
+    def _report(self, p: dict[str, str], box: Bounds | None) -> requests_db.Report:
         errs: list[str] = []
         text: dict[str, str] = {}
         for name in TEXT_LIMITS:
@@ -381,7 +381,6 @@ class Open311:
                 errs.append("lat and long must be decimal degrees (WGS 84): -90..90 and -180..180")
                 lat = lon = None
             if lat is not None and lon is not None:
-                box = self.config.bounds or matching.bounds_of(nodes)
                 if box is not None and not box.contains(lat, lon):
                     errs.append(
                         f"the position {lat:.5f},{lon:.5f} is outside the city "

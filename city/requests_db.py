@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     lon REAL,
     updated REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS nodes_kind_lat ON nodes (kind, lat);
 CREATE TABLE IF NOT EXISTS alarms (
     node TEXT NOT NULL,
     alarm TEXT NOT NULL,
@@ -157,6 +158,29 @@ def note_node(c: sqlite3.Connection, node: str, kind: str, now: float) -> None:
 
 def load_nodes(c: sqlite3.Connection) -> list[NodeInfo]:
     return [NodeInfo(*r) for r in c.execute("SELECT id, kind, name, site, lat, lon FROM nodes ORDER BY id")]
+
+
+def nodes_of(c: sqlite3.Connection, kind: str | None, near: tuple[float, float, float] | None = None) -> list[NodeInfo]:
+    """The nodes of `kind`; with `near` (lat, lon, metres) only those in the box around it (an index
+    range, so a report in a city of 100,000 nodes reads a handful)."""
+    if kind is None:
+        return []
+    sql = "SELECT id, kind, name, site, lat, lon FROM nodes WHERE kind = ?"
+    args: list[Any] = [kind]
+    if near is not None:
+        lat, lon, r = near
+        box = matching.widen(matching.Bounds(lat, lon, lat, lon), r * 1.01)
+        sql += " AND lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?"
+        args += [box.south, box.north, box.west, box.east]
+    return [NodeInfo(*row) for row in c.execute(sql + " ORDER BY id", args)]
+
+
+def city_bounds(c: sqlite3.Connection) -> matching.Bounds | None:
+    """The known nodes' box widened by matching.BOUNDS_MARGIN_M; None when no node has a position."""
+    row = c.execute("SELECT MIN(lat), MIN(lon), MAX(lat), MAX(lon) FROM nodes WHERE lat IS NOT NULL").fetchone()
+    if row is None or row[0] is None:
+        return None
+    return matching.widen(matching.Bounds(*row), matching.BOUNDS_MARGIN_M)
 
 
 def open_alarms(c: sqlite3.Connection) -> list[Alarm]:
@@ -309,8 +333,9 @@ def close(c: sqlite3.Connection, rid: int, notice: str, now: float) -> bool:
 def submit(c: sqlite3.Connection, rep: Report, radius_m: float, now: float) -> Submitted:
     """Match, judge, then open a request or join the open one it duplicates; a token for this reporter."""
     svc = catalogue.BY_CODE[rep.service_code]
+    near = (rep.lat, rep.lon, radius_m) if rep.lat is not None and rep.lon is not None else None
     matches = matching.match(
-        load_nodes(c),
+        nodes_of(c, svc.kind, near),
         svc.kind,
         lat=rep.lat,
         lon=rep.lon,
