@@ -217,10 +217,10 @@ def alarm_change(doc: dict[str, Any], t: float) -> AlarmChange | None:
     if kind != "event" or fields.get("severity") not in ALARM_SEVERITIES:
         return None
     code = fields.get("code")
-    if not isinstance(code, str) or code in ONE_SHOT:
+    if not isinstance(code, str) or code in ONE_SHOT or len(code) > 64:
         return None  # an unknown code stays a number: not an alarm we can name to a resident
     zone = fields.get("zone")
-    zone = zone if isinstance(zone, int) and not isinstance(zone, bool) else 0
+    zone = zone if isinstance(zone, int) and not isinstance(zone, bool) and 0 <= zone <= 255 else 0
     active = fields.get("active")
     if active == 0:
         return AlarmChange("clear", node, code, zone, t)

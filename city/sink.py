@@ -222,11 +222,7 @@ class Sink:
                 for k, d, t in alarmy:  # a resend changes nothing: only records new to the sink count
                     if k not in seen:
                         seen.add(k)
-                        if d.get("type") == "hello" and d.get("fields", {}).get("kind") in NODE_KINDS:
-                            requests_db.note_node(c, d["node"], d["fields"]["kind"], now)
-                        ch = matching.alarm_change(d, t)
-                        if ch is not None:
-                            requests_db.apply_change(c, ch, now)
+                        apply_alarm_state(c, k, d, t, now)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -452,6 +448,24 @@ class Sink:
         sql += " ORDER BY id LIMIT ?"
         rows = await self.db.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
         return web.json_response([json.loads(r[0]) for r in rows])
+
+
+def apply_alarm_state(c: sqlite3.Connection, key: str, doc: dict[str, Any], t: float, now: float) -> None:
+    """What a new record changes in the nodes' alarms and service requests. Derived state: a record
+    it cannot be applied to (odd values) is still stored, and this part alone is undone and logged,
+    so one strange record never blocks a batch (the gateway would resend it forever)."""
+    c.execute("SAVEPOINT alarm_state")
+    try:
+        fields = doc.get("fields")
+        if doc.get("type") == "hello" and isinstance(fields, dict) and fields.get("kind") in NODE_KINDS:
+            requests_db.note_node(c, doc["node"], fields["kind"], now)
+        ch = matching.alarm_change(doc, t)
+        if ch is not None:
+            requests_db.apply_change(c, ch, now)
+    except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+        c.execute("ROLLBACK TO alarm_state")
+        log.warning("record %s: its alarm state was not applied: %s", key, str(e)[:200])
+    c.execute("RELEASE alarm_state")
 
 
 NODE_KINDS = ("lighting", "irrigation", "bridge")  # gateway/registry.py KINDS

@@ -189,6 +189,37 @@ async def test_resend_of_an_alarm_record_opens_nothing_twice(sink, http):
     assert [r["service_code"] for r in reqs] == ["water_leak"]
 
 
+async def test_an_odd_alarm_record_is_stored_and_blocks_nothing(sink, http):
+    """A record the alarm state cannot use is still stored (200); the batch's other records still count."""
+    doc = {
+        "format": "lumeau.records/2",
+        "records": [
+            {
+                "id": f"{LAMP_A['id']}-900",
+                "node": LAMP_A["id"],
+                "counter": 900,
+                "type": "event",
+                "time": "2026-11-18T11:06:41.000Z",
+                "alarm": True,
+                "fields": {"code": "lamp_failure", "severity": "alarm", "active": 1, "zone": 2**80},
+            },
+            {
+                "id": f"{PARK['id']}-901",
+                "node": PARK["id"],
+                "counter": 901,
+                "type": "event",
+                "time": "2026-11-18T11:06:42.000Z",
+                "alarm": True,
+                "fields": {"code": "leak", "severity": "critical", "active": 1, "zone": 0},
+            },
+        ],
+    }
+    async with http.post(url(sink, "/v1/records"), json=doc, headers=AUTH) as r:
+        assert r.status == 200 and (await r.json())["accepted"] == 2
+    _, reqs = await get(http, sink, "/requests.json")
+    assert sorted(r["service_code"] for r in reqs) == ["lamp_out", "water_leak"]  # the zone read as 0
+
+
 async def test_device_normal_then_alarm_confirms_and_status_closes(sink, http):
     st_, r = await post(http, sink, {"service_code": "lamp_flickering", **at(LAMP_B, 3), "description": "blinks"})
     assert st_ == 201 and "device reports normal" in r[0]["service_notice"]
@@ -511,3 +542,23 @@ async def test_fuzz_get_endpoints(sink, http, q, fmt, rid):
                 ET.fromstring(body)
             elif r.content_type == "application/json":
                 assert isinstance(json.loads(body), list)
+
+
+def test_alarm_state_undoes_only_itself_on_an_odd_record(tmp_path, caplog):
+    from city import sink as sink_mod
+    from city.db import SCHEMA
+
+    c = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    c.executescript(SCHEMA)
+    c.execute("BEGIN")
+    c.execute("INSERT INTO meta VALUES ('kept', 1)")
+    odd = {"node": ["not", "an", "id"], "type": "hello", "fields": {"kind": "lighting"}}  # sqlite cannot bind it
+    sink_mod.apply_alarm_state(c, "x-1", odd, 1.0, 1.0)
+    sink_mod.apply_alarm_state(
+        c, "00c0ffee-2", {"node": "00c0ffee", "type": "hello", "fields": {"kind": "lighting"}}, 2.0, 2.0
+    )
+    c.execute("COMMIT")
+    assert c.execute("SELECT value FROM meta WHERE name = 'kept'").fetchone() == (1,)  # the batch's work stays
+    assert c.execute("SELECT id FROM nodes").fetchall() == [("00c0ffee",)]
+    assert "x-1: its alarm state was not applied" in caplog.text
+    c.close()
