@@ -97,7 +97,8 @@ SERVICES: tuple[Service, ...] = (
         "A street lamp is lit in daylight.",
         "Street lighting",
         LIGHTING,
-        # a node in fail-safe follows its own dusk-to-dawn clock; one whose app crashed drives nothing
+        # a node in fail-safe follows its own dusk-to-dawn clock; one whose app crashed drives nothing;
+        # and, without an alarm, its own latest LIGHT report lit with the sun up (city/matching.py)
         frozenset(("light_failsafe", "app_exception")),
         ("lamp", "light", "day", "energy"),
     ),

@@ -68,12 +68,13 @@ class Judgement:
     verdict: str
     nodes: tuple[str, ...]  # matched node ids, nearest first
     alarms: tuple[Alarm, ...]  # the open alarms that confirm it
+    evidence: tuple[str, ...] = ()  # what else the nodes' own reports say that confirms it
 
     def note(self) -> str:
         """The request's `status_notes`: the verdict in words."""
         if self.verdict == CONFIRMED:
-            what = ", ".join(sorted({f"{ALARM_TEXT.get(a.alarm, a.alarm)} at node {a.node}" for a in self.alarms}))
-            return f"Confirmed by the device: {what}."
+            what = sorted({f"{ALARM_TEXT.get(a.alarm, a.alarm)} at node {a.node}" for a in self.alarms})
+            return f"Confirmed by the device: {', '.join(what + list(self.evidence))}."
         if self.verdict == DEVICE_NORMAL:
             return f"The device reports normal operation ({', '.join(self.nodes)}): a field check is needed."
         return "No monitored device nearby: a field check is needed."
@@ -133,14 +134,61 @@ def _by_distance(m: Match) -> tuple[float, str]:
     return (m.distance_m or 0.0, m.node.id)
 
 
-def judge(service: Service, matches: list[Match], open_alarms: Iterable[Alarm]) -> Judgement:
-    """The verdict of a report of `service` about `matches`, given the open alarms."""
+def judge(
+    service: Service, matches: list[Match], open_alarms: Iterable[Alarm], evidence: Iterable[str] = ()
+) -> Judgement:
+    """The verdict of a report of `service` about `matches`, given the open alarms and any other
+    evidence from the nodes' own reports (`lit_in_daylight`)."""
     ids = tuple(m.node.id for m in matches)
     if not ids:
         return Judgement(NO_DEVICE, (), ())
     on = set(ids)
     hits = tuple(sorted((a for a in open_alarms if a.node in on and a.alarm in service.alarms), key=_alarm_order(ids)))
-    return Judgement(CONFIRMED if hits else DEVICE_NORMAL, ids, hits)
+    ev = tuple(evidence)
+    return Judgement(CONFIRMED if hits or ev else DEVICE_NORMAL, ids, hits, ev)
+
+
+# -- daylight: a lamp lit with the sun well up ------------------------------------------------
+
+DAYLIGHT_ELEVATION_DEG = 6.0  # sun this high: no dimming profile keeps a lamp on (civil twilight ends at -6)
+
+
+def sun_elevation_deg(lat: float, lon: float, unix_s: float) -> float:
+    """The sun's geometric elevation, degrees (the US Naval Observatory's approximate algorithm, about
+    0.1 degree between 1950 and 2050: ample for "is it broad day")."""
+    d = unix_s / 86400.0 - 10957.5  # days since J2000.0 (2000-01-01 12:00 UTC)
+    g = math.radians((357.529 + 0.98560028 * d) % 360)
+    q = (280.459 + 0.98564736 * d) % 360
+    ecl_lon = math.radians(q + 1.915 * math.sin(g) + 0.020 * math.sin(2 * g))
+    eps = math.radians(23.439 - 0.00000036 * d)
+    ra = math.atan2(math.cos(eps) * math.sin(ecl_lon), math.cos(ecl_lon))
+    dec = math.asin(math.sin(eps) * math.sin(ecl_lon))
+    gmst_deg = (18.697374558 + 24.06570982441908 * d) % 24 * 15
+    ha = math.radians(gmst_deg + lon) - ra
+    phi = math.radians(lat)
+    s = math.sin(phi) * math.sin(dec) + math.cos(phi) * math.cos(dec) * math.cos(ha)
+    return math.degrees(math.asin(max(-1.0, min(1.0, s))))
+
+
+def lit_in_daylight(doc: dict[str, Any], t: float, node: NodeInfo) -> str | None:
+    """Evidence from one LIGHT record (the /2 shape) taken at `t`: the lamp on, with the sun above
+    DAYLIGHT_ELEVATION_DEG at the node; None when the record does not show it (or no position)."""
+    fields = doc.get("fields")
+    if node.lat is None or node.lon is None or not isinstance(fields, dict):
+        return None
+    state = fields.get("state")
+    level = fields.get("level")
+    lit = isinstance(state, list) and "on" in state and not (isinstance(level, int | float) and level <= 0)
+    if not lit:
+        return None
+    elev = sun_elevation_deg(node.lat, node.lon, t)
+    if elev <= DAYLIGHT_ELEVATION_DEG:
+        return None
+    return f"node {node.id} reported its lamp on at {_pct(level)} with the sun {elev:.0f}° up"
+
+
+def _pct(level: Any) -> str:
+    return f"{level:g} %" if isinstance(level, int | float) else "an unknown level"
 
 
 def _alarm_order(ids: tuple[str, ...]) -> Any:

@@ -343,7 +343,8 @@ def submit(c: sqlite3.Connection, rep: Report, radius_m: float, now: float) -> S
         address_id=rep.address_id,
         radius_m=radius_m,
     )
-    j = matching.judge(svc, matches, open_alarms(c))
+    evidence = _daylight(c, matches, now) if svc.code == "lamp_on_by_day" else []
+    j = matching.judge(svc, matches, open_alarms(c), evidence)
     rid = _duplicate_of(c, rep, j, radius_m)
     duplicate = rid is not None
     if rid is None:
@@ -379,6 +380,25 @@ def submit(c: sqlite3.Connection, rep: Report, radius_m: float, now: float) -> S
         (token, rid, now, *(rep.contact.get(f) or None for f in CONTACT_FIELDS)),
     )
     return Submitted(rid, token, duplicate, j)
+
+
+DAYLIGHT_RECENT_S = 6 * 3600  # a LIGHT report received this recently still tells what the lamp does
+
+
+def _daylight(c: sqlite3.Connection, matches: list[matching.Match], now: float) -> list[str]:
+    """Each matched lamp's latest LIGHT report, received in the last DAYLIGHT_RECENT_S, if it shows
+    the lamp lit in daylight (city/matching.py lit_in_daylight)."""
+    out = []
+    for m in matches:
+        row = c.execute(
+            "SELECT doc, t FROM records WHERE node = ? AND type = 'light' AND received >= ? ORDER BY seq DESC LIMIT 1",
+            (m.node.id, now - DAYLIGHT_RECENT_S),
+        ).fetchone()
+        if row is not None:
+            ev = matching.lit_in_daylight(json.loads(row[0]), row[1], m.node)
+            if ev:
+                out.append(ev)
+    return out
 
 
 def _duplicate_of(c: sqlite3.Connection, rep: Report, j: Judgement, radius_m: float) -> int | None:

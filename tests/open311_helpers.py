@@ -91,3 +91,20 @@ def hello(node: str, counter: int) -> Record:
         best_snr=7.5,
         gateway_id="udp:aa55",
     )
+
+
+def light(node: str, counter: int, t: float, *, on: bool = True, level: int = 100) -> Record:
+    """A LIGHT report taken at Unix time `t`."""
+    body = {0: level, 1: 452, 2: 123456, 3: m.LS_ON if on else 0}
+    return Record(
+        node_id=int(node, 16),
+        counter=counter,
+        mtype=m.LIGHT,
+        kind="light",
+        rx_time=t,
+        body=body,
+        fields=expand.expand(m.LIGHT, body),
+        best_rssi=-97.0,
+        best_snr=7.5,
+        gateway_id="udp:aa55",
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from open311_helpers import NODES
 
@@ -104,3 +104,29 @@ def test_bounds():
     for bad in ("1,2,3", "48.9,2.2,48.8,2.4", "a,b,c,d"):
         with pytest.raises(ValueError):
             Bounds.parse(bad)
+
+
+@settings(max_examples=300)
+@given(st.floats(-60, 65), st.floats(-180, 180), st.floats(946_684_800, 2_524_608_000))  # 2000..2050
+def test_sun_elevation_agrees_with_the_simulators_sun(lat, lon, t):
+    from simulator import sun
+
+    geometric = sun.position(lat, lon, t).elevation_deg  # the simulator's NOAA equations, independent of ours
+    assert matching.sun_elevation_deg(lat, lon, t) == pytest.approx(geometric, abs=0.2)
+
+
+def test_lit_in_daylight():
+    a = CITY[0]
+    noon = 1_795_003_200.0 + 3600 * 3  # 2026-11-18 12:20 UTC: the sun about 21 degrees up over Paris
+    night = noon + 10 * 3600
+    lit = {"type": "light", "fields": {"level": 80, "state": ["on"]}}
+    ev = matching.lit_in_daylight(lit, noon, a)
+    assert ev is not None and "80 %" in ev and a.id in ev
+    assert matching.lit_in_daylight(lit, night, a) is None
+    assert matching.lit_in_daylight({"fields": {"level": 0, "state": ["on"]}}, noon, a) is None
+    assert matching.lit_in_daylight({"fields": {"level": 80, "state": []}}, noon, a) is None
+    assert matching.lit_in_daylight(lit, noon, NodeInfo("00000009", "lighting")) is None  # no position
+    j = matching.judge(
+        catalogue.BY_CODE["lamp_on_by_day"], matching.match(CITY, "lighting", lat=a.lat, lon=a.lon), [], [ev]
+    )
+    assert j.verdict == matching.CONFIRMED and j.alarms == () and "sun" in j.note()

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from open311_helpers import API_KEY, LAMP_A, LAMP_B, NODES, PARK, event, hello, status
+from open311_helpers import API_KEY, LAMP_A, LAMP_B, NODES, PARK, event, hello, light, status
 
 from city import catalogue
 from city.open311 import PREFIX, Open311Config
@@ -259,6 +259,20 @@ async def test_a_node_that_says_hello_is_known_by_its_kind(tmp_path, http):
         assert (await post(http, s, {"service_code": "lamp_out", "lat": "-33.9", "long": "151.2"}))[0] == 201
     finally:
         await s.stop()
+
+
+async def test_lamp_on_by_day_confirmed_by_the_lamps_own_report(sink, http):
+    noon = 1_795_003_200.0 + 3 * 3600  # 2026-11-18 12:20 UTC: broad day in Paris
+    await records(http, sink, [light(LAMP_A["id"], 80, noon, level=70), light(LAMP_B["id"], 81, noon, on=False)])
+    st_, r = await post(http, sink, {"service_code": "lamp_on_by_day", "address_id": LAMP_A["id"]})
+    assert st_ == 201 and "Confirmed by the device" in r[0]["service_notice"] and "70 %" in r[0]["service_notice"]
+    # the neighbour reports its lamp off: a report about it alone gets a field check
+    st_, r = await post(http, sink, {"service_code": "lamp_on_by_day", "address_id": LAMP_B["id"]})
+    assert "reports normal" in r[0]["service_notice"]
+    # lit at night is what a lamp is for
+    await records(http, sink, [light(LAMP_A["id"], 82, noon + 10 * 3600)])
+    st_, r = await post(http, sink, {"service_code": "lamp_on_by_day", "address_id": LAMP_A["id"]})
+    assert "reports normal" in r[0]["service_notice"]
 
 
 async def test_no_device_nearby_and_wrong_kind(sink, http):
