@@ -370,6 +370,11 @@ def submit(c: sqlite3.Connection, rep: Report, radius_m: float, now: float) -> S
             ),
         )
         rid = int(cur.lastrowid or 0)
+    elif j.verdict == matching.CONFIRMED:  # this report brings the device's word to the request it joins
+        c.execute(
+            "UPDATE service_requests SET verdict = ?, status_notes = ?, updated = ? WHERE id = ?",
+            (j.verdict, j.note(), now, rid),
+        )
     else:
         c.execute("UPDATE service_requests SET updated = ? WHERE id = ?", (now, rid))
     for a in j.alarms:

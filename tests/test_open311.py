@@ -275,6 +275,18 @@ async def test_lamp_on_by_day_confirmed_by_the_lamps_own_report(sink, http):
     assert "reports normal" in r[0]["service_notice"]
 
 
+async def test_a_confirmed_report_confirms_the_request_it_joins(sink, http):
+    _, first = await post(http, sink, {"service_code": "lamp_on_by_day", "address_id": LAMP_A["id"]})
+    rid = first[0]["service_request_id"]
+    _, one = await get(http, sink, f"/requests/{rid}.json")
+    assert one[0]["lumeau_verdict"] == "device_normal"
+    await records(http, sink, [light(LAMP_A["id"], 90, 1_795_003_200.0 + 3 * 3600)])  # lit at noon
+    _, second = await post(http, sink, {"service_code": "lamp_on_by_day", "address_id": LAMP_A["id"]})
+    assert second[0]["service_request_id"] == rid
+    _, one = await get(http, sink, f"/requests/{rid}.json")
+    assert one[0]["lumeau_verdict"] == "confirmed" and one[0]["lumeau_reports"] == 2
+
+
 async def test_no_device_nearby_and_wrong_kind(sink, http):
     # 300 m north of the lamps: inside the city, no node within 60 m
     st_, r = await post(http, sink, {"service_code": "lamp_out", **at(LAMP_A, 300)})
