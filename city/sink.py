@@ -28,7 +28,19 @@ Endpoints (all but /healthz need `Authorization: Bearer <token>`):
                           merge attributes): 201 with the ids created, 204
                           when all existed, 207 with per-entity errors.
   GET  /ngsi-ld/v1/entities/{id}, GET /ngsi-ld/v1/entities?type=&limit=
+  PUT  /v1/nodes          the nodes' public facts: {"nodes": [{"id", "kind", "name",
+                          "site", "lat", "lon"}]} (no keys), upserted; what reports
+                          are matched against (`lumeau sink --nodes` loads a registry).
+  GET  /v1/nodes          them, with their open alarms.
+  POST /v1/service-requests/{id}/close
+                          city staff close a request after a field check:
+                          {"service_notice": "..."}; its reporters' contact
+                          details are erased. 200, 404 unknown, 409 closed already.
   GET  /healthz           liveness, no auth.
+
+Open311 GeoReport v2 (city/open311.py) under /open311/v2/, without the
+bearer token: residents' reports, matched to the nodes and judged by them;
+node alarms open requests by themselves.
 
 Limits: request bodies up to MAX_BODY (16 MiB after decompression: a gzip
 bomb is cut off there; a 500-record batch is about 300 kB); a native batch
@@ -53,7 +65,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from city import matching, requests_db
 from city.db import SinkDB, bump
+from city.open311 import PREFIX as OPEN311_PREFIX
+from city.open311 import Open311, Open311Config, check_text
 from gateway import formats
 
 log = logging.getLogger("lumeau.city.sink")
@@ -80,7 +95,14 @@ class Sink:
     """The sink as an aiohttp application; `await start()` serves it, `await stop()` ends it."""
 
     def __init__(
-        self, db_path: str | Path, token: str | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+        self,
+        db_path: str | Path,
+        token: str | None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        open311: Open311Config | None = None,
+        nodes: list[matching.NodeInfo] | None = None,
     ) -> None:
         self.db = SinkDB(Path(db_path))
         self._token = token.encode() if token else None
@@ -94,6 +116,12 @@ class Sink:
         self.app.router.add_post("/ngsi-ld/v1/entityOperations/upsert", self.upsert_entities)
         self.app.router.add_get("/ngsi-ld/v1/entities/{id}", self.get_entity)
         self.app.router.add_get("/ngsi-ld/v1/entities", self.get_entities)
+        self.app.router.add_put("/v1/nodes", self.put_nodes)
+        self.app.router.add_get("/v1/nodes", self.get_nodes)
+        self.app.router.add_post("/v1/service-requests/{id:[0-9]{1,18}}/close", self.close_request)
+        self.open311 = Open311(self.db, open311)
+        self.open311.add_routes(self.app)
+        self._initial_nodes = nodes or []
         self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
@@ -102,6 +130,8 @@ class Sink:
     async def start(self) -> int:
         """Serve; returns the bound port (pass port 0 for a free one)."""
         await self.db.run(lambda c: None)  # open (and create) the database before accepting anything
+        if self._initial_nodes:
+            await self.db.run(lambda c: requests_db.put_nodes(c, self._initial_nodes, time.time()))
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -118,7 +148,8 @@ class Sink:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        if self._token is not None and request.path != "/healthz":
+        public = request.path == "/healthz" or request.path.startswith(OPEN311_PREFIX + "/")
+        if self._token is not None and not public:
             got = request.headers.get("Authorization", "")
             scheme, _, value = got.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
@@ -160,12 +191,21 @@ class Sink:
             rows = [(r.key, r.node, r.counter, r.type, r.time, now, dumps(r.doc).decode()) for r in recs]
         except orjson.JSONEncodeError as e:  # e.g. an integer beyond 64 bits in a field
             return _problem(400, "invalid batch", f"a record cannot be stored: {e}")
+        # the records that may open or close an alarm (and so a service request), in arrival order
+        alarmy = [(r.key, r.doc, r.time) for r in recs if r.type in ("event", "status", "hello")]
         units = {r.type: r.units for r in recs if r.units}
         unit_rows = [(k, json.dumps(u, sort_keys=True)) for k, u in units.items()]
 
         def insert(c: sqlite3.Connection) -> int:
             c.execute("BEGIN IMMEDIATE")
             try:
+                seen: set[str] = set()
+                if alarmy:
+                    keys = [k for k, _d, _t in alarmy]
+                    for i in range(0, len(keys), 500):
+                        part = keys[i : i + 500]
+                        q = f"SELECT key FROM records WHERE key IN ({','.join('?' * len(part))})"
+                        seen.update(k for (k,) in c.execute(q, part))
                 before = c.total_changes
                 c.executemany(
                     "INSERT OR IGNORE INTO records (key, node, counter, type, t, received, doc) VALUES (?,?,?,?,?,?,?)",
@@ -179,6 +219,10 @@ class Sink:
                 )
                 bump(c, "duplicates", len(rows) - added)
                 bump(c, "batches", 1)
+                for k, d, t in alarmy:  # a resend changes nothing: only records new to the sink count
+                    if k not in seen:
+                        seen.add(k)
+                        apply_alarm_state(c, k, d, t, now)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -258,6 +302,58 @@ class Sink:
             }
 
         return web.json_response(await self.db.run(stats))
+
+    # -- nodes (what residents' reports are matched against) -----------------
+
+    async def put_nodes(self, request: web.Request) -> web.Response:
+        doc = await self._json_body(request)
+        try:
+            nodes = node_infos(doc.get("nodes") if isinstance(doc, dict) else None)
+        except ValueError as e:
+            return _problem(400, "invalid nodes", str(e))
+        n = await self.db.run(lambda c: requests_db.put_nodes(c, nodes, time.time()))
+        return web.json_response({"nodes": n})
+
+    async def get_nodes(self, request: web.Request) -> web.Response:
+        def read(c: sqlite3.Connection) -> tuple[list[matching.NodeInfo], list[matching.Alarm]]:
+            return requests_db.load_nodes(c), requests_db.open_alarms(c)
+
+        nodes, alarms = await self.db.run(read)
+        by: dict[str, list[dict[str, Any]]] = {}
+        for a in alarms:
+            by.setdefault(a.node, []).append({"alarm": a.alarm, "zone": a.zone})
+        return web.json_response({"nodes": [{**n.__dict__, "open_alarms": by.get(n.id, [])} for n in nodes]})
+
+    async def close_request(self, request: web.Request) -> web.Response:
+        doc = await self._json_body(request)
+        notice = doc.get("service_notice") if isinstance(doc, dict) else None
+        try:
+            notice = check_text("service_notice", notice, 2000) if isinstance(notice, str) else ""
+            if not notice:
+                raise ValueError("service_notice: a text of 1 to 2000 characters")
+        except ValueError as e:
+            return _problem(400, "invalid close", str(e))
+        rid = int(request.match_info["id"])
+        now = time.time()
+
+        def close(c: sqlite3.Connection) -> str | None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT status FROM service_requests WHERE id = ?", (rid,)).fetchone()
+                if row is not None and row[0] == "open":
+                    requests_db.close(c, rid, notice, now)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return row[0] if row else None
+
+        was = await self.db.run(close)
+        if was is None:
+            return _problem(404, "not found", f"no service request {rid}")
+        if was != "open":
+            return _problem(409, "already closed", f"service request {rid} is closed")
+        return web.json_response({"service_request_id": str(rid), "status": "closed"})
 
     # -- NGSI-LD -----------------------------------------------------------
 
@@ -352,6 +448,66 @@ class Sink:
         sql += " ORDER BY id LIMIT ?"
         rows = await self.db.run(lambda c: c.execute(sql, (*args, limit)).fetchall())
         return web.json_response([json.loads(r[0]) for r in rows])
+
+
+def apply_alarm_state(c: sqlite3.Connection, key: str, doc: dict[str, Any], t: float, now: float) -> None:
+    """What a new record changes in the nodes' alarms and service requests. Derived state: a record
+    it cannot be applied to (odd values) is still stored, and this part alone is undone and logged,
+    so one strange record never blocks a batch (the gateway would resend it forever)."""
+    c.execute("SAVEPOINT alarm_state")
+    try:
+        fields = doc.get("fields")
+        if doc.get("type") == "hello" and isinstance(fields, dict) and fields.get("kind") in NODE_KINDS:
+            requests_db.note_node(c, doc["node"], fields["kind"], now)
+        ch = matching.alarm_change(doc, t)
+        if ch is not None:
+            requests_db.apply_change(c, ch, now)
+    except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+        c.execute("ROLLBACK TO alarm_state")
+        log.warning("record %s: its alarm state was not applied: %s", key, str(e)[:200])
+    c.execute("RELEASE alarm_state")
+
+
+NODE_KINDS = ("lighting", "irrigation", "bridge")  # gateway/registry.py KINDS
+MAX_NODES = 100_000
+
+
+def node_infos(items: Any) -> list[matching.NodeInfo]:
+    """Checked node facts from a PUT /v1/nodes body or a registry's public entries; ValueError names the bad one."""
+    if not isinstance(items, list):
+        raise ValueError("nodes must be a list")
+    if len(items) > MAX_NODES:
+        raise ValueError(f"at most {MAX_NODES} nodes")
+    out = []
+    for i, d in enumerate(items):
+        where = f"nodes[{i}]"
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: not an object")
+        nid = d.get("id")
+        if not isinstance(nid, str):
+            raise ValueError(f"{where}.id: 8 hex digits required")
+        nid = nid.lower().removeprefix("0x").rjust(8, "0")
+        if len(nid) != 8 or any(ch not in "0123456789abcdef" for ch in nid):
+            raise ValueError(f"{where}.id: 8 hex digits required")
+        kind = d.get("kind")
+        if kind not in NODE_KINDS:
+            raise ValueError(f"{where}.kind: one of {', '.join(NODE_KINDS)}")
+        text = {}
+        for k in ("name", "site"):
+            v = d.get(k) or ""
+            if not isinstance(v, str):
+                raise ValueError(f"{where}.{k}: a text of at most 128 characters")
+            text[k] = check_text(f"{where}.{k}", v, 128)
+        lat, lon = d.get("lat"), d.get("lon")
+        if (lat is None) != (lon is None):
+            raise ValueError(f"{where}: lat and lon go together")
+        if lat is not None and lon is not None:
+            ok = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (lat, lon))
+            if not ok or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                raise ValueError(f"{where}: lat -90..90 and lon -180..180, in degrees")
+            lat, lon = float(lat), float(lon)
+        out.append(matching.NodeInfo(nid, kind, text["name"], text["site"], lat, lon))
+    return out
 
 
 async def serve(sink: Sink) -> int:

@@ -263,9 +263,10 @@ class _Process:
 class SinkProcess(_Process):
     """`lumeau sink` on 127.0.0.1; `start()` waits for its "listening" line and returns the port."""
 
-    def __init__(self, db: Path, token_file: Path, log: Path, port: int = 0) -> None:
+    def __init__(self, db: Path, token_file: Path, log: Path, port: int = 0, nodes: Path | None = None) -> None:
         super().__init__("sink", [], log)
         self.db, self.token_file, self.port = db, token_file, port
+        self.nodes = nodes  # the registry: the sink matches residents' reports to these nodes' kinds and positions
 
     def start(self, timeout: float = START_TIMEOUT_S) -> int:
         self.argv = [
@@ -280,6 +281,8 @@ class SinkProcess(_Process):
             "--token-file",
             str(self.token_file),
         ]
+        if self.nodes is not None:
+            self.argv += ["--nodes", str(self.nodes)]
         p = self.spawn(stdout=subprocess.PIPE)
         assert p.stdout is not None
         deadline = time.monotonic() + timeout
@@ -361,7 +364,7 @@ class Services:
         self.registry_file = w / "nodes.toml"
         self.nodes = write_registry(self.registry_file, nodes)
         self.config_file = w / "gateway.toml"
-        self.sink = SinkProcess(w / "sink.db", self.sink_token_file, w / "sink.log")
+        self.sink = SinkProcess(w / "sink.db", self.sink_token_file, w / "sink.log", nodes=self.registry_file)
         self.gateway = GatewayProcess(self.config_file, w / "gateway.log")
         self.api: Http | None = None
         self.sink_api: Http | None = None

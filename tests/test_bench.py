@@ -101,3 +101,21 @@ def test_firmware_memory_soak_is_flat_over_three_days():
         assert len(app["floor_by_day"]) == 3 and app["growth_days"] == [2, 3], kind
         assert app["growth_day2_to_7"] <= result["growth_bar"], (kind, app["floor_by_day"])
         assert app["frames_rejected"] == 0 and app["frames_heard"] >= 250 and app["app_faults"] == 0, kind
+
+
+def test_open311_bench_prints_its_figures():
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "open311.py"), "--json", "--nodes", "2000", "--reports", "20"]
+        + ["--baseline-reports", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    wall = time.monotonic() - t0
+    result = json.loads(out)
+    assert (result["nodes"], result["reports"], result["baseline_reports"]) == (2000, 20, 5)
+    # measured here: each variant's reports were filed within the whole run
+    assert result["indexed_reports_per_s"] >= 20 / wall and result["full_scan_reports_per_s"] >= 5 / wall
+    assert result["speedup"] > 0

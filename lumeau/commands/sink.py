@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from city import sink
+from city import matching, open311, sink
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -26,7 +26,73 @@ def add_subcommand(subparsers: Any) -> None:
     )
     p.add_argument("--token-file", help=f"file holding the bearer token (or set {sink.TOKEN_ENV})")
     p.add_argument("--no-auth", action="store_true", help="accept requests without a token (local experiments only)")
+    o = p.add_argument_group("Open311 GeoReport v2 (served under /open311/v2/, see city/README.md)")
+    o.add_argument(
+        "--nodes",
+        metavar="REGISTRY",
+        help="node registry (TOML) whose kinds, names, sites and positions reports are matched against "
+        "(keys are not kept); nodes can also be sent with PUT /v1/nodes",
+    )
+    o.add_argument(
+        "--open311-keys",
+        metavar="FILE",
+        help="file of api_key values allowed to POST requests, one a line (without it, POST answers 403)",
+    )
+    o.add_argument("--jurisdiction", default=open311.DEFAULT_JURISDICTION, help="jurisdiction_id (default %(default)s)")
+    o.add_argument(
+        "--match-radius",
+        type=float,
+        default=matching.DEFAULT_RADIUS_M,
+        metavar="M",
+        help="metres around a report's position where nodes match it (default %(default)g)",
+    )
+    o.add_argument(
+        "--city-bounds",
+        metavar="S,W,N,E",
+        help="positions accepted in reports, in degrees (default: the nodes' box plus 1 km)",
+    )
+    o.add_argument(
+        "--report-rate",
+        default="10/600",
+        metavar="N/SECONDS",
+        help="submissions allowed per client address (default %(default)s: 10 per 10 minutes, bursts of 10)",
+    )
     p.set_defaults(func=cmd_sink)
+
+
+def open311_config(args: argparse.Namespace) -> open311.Open311Config:
+    """The Open311 settings from the command line; ValueError names the option and why."""
+    keys: frozenset[str] = frozenset()
+    if args.open311_keys:
+        lines = Path(args.open311_keys).read_text(encoding="utf-8").splitlines()
+        keys = frozenset(x.strip() for x in lines if x.strip() and not x.strip().startswith("#"))
+        if not keys:
+            raise ValueError(f"--open311-keys {args.open311_keys}: no key in the file")
+    if not args.match_radius > 0:
+        raise ValueError(f"--match-radius {args.match_radius}: must be more than 0 m")
+    try:
+        n, _, secs = args.report_rate.partition("/")
+        count, window = int(n), float(secs)
+        if count < 1 or not window > 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--report-rate {args.report_rate!r}: give N/SECONDS, e.g. 10/600") from None
+    bounds = matching.Bounds.parse(args.city_bounds) if args.city_bounds else None
+    return open311.Open311Config(
+        jurisdiction_id=args.jurisdiction,
+        api_keys=keys,
+        radius_m=args.match_radius,
+        bounds=bounds,
+        rate_count=count,
+        rate_window_s=window,
+    )
+
+
+def registry_nodes(path: str) -> list[matching.NodeInfo]:
+    """The public facts of a registry's nodes (kind, name, site, position); its keys are dropped here."""
+    from gateway.registry import Registry
+
+    return sink.node_infos([e.public() for e in Registry.load(path, missing_ok=False)])
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -41,6 +107,8 @@ def _token(args: argparse.Namespace) -> str | None:
 def cmd_sink(args: argparse.Namespace) -> int:
     try:
         token = _token(args)
+        config = open311_config(args)
+        nodes = registry_nodes(args.nodes) if args.nodes else None
     except (OSError, ValueError) as e:
         print(f"lumeau sink: {e}", file=sys.stderr)
         return 2
@@ -54,4 +122,6 @@ def cmd_sink(args: argparse.Namespace) -> int:
         from gateway import logs
 
         logs.setup()
-    return asyncio.run(sink.serve(sink.Sink(args.db, token, host=args.host, port=args.port)))
+    return asyncio.run(
+        sink.serve(sink.Sink(args.db, token, host=args.host, port=args.port, open311=config, nodes=nodes))
+    )
