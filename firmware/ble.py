@@ -79,6 +79,7 @@ _TIME = const(10)
 _SEV_WARNING = const(1)
 _L_LEVEL = const(0)
 _L_STATE = const(3)
+_L_PRESENCE = const(5)
 _LS_FAILSAFE = const(0x40)
 _IR_VALVES = const(1)
 _IR_FAULTS = const(6)
@@ -239,6 +240,8 @@ class Commissioning:
             _ST_CONFIG_HASH: node.cfg["hash"],
         }
         if mtype is not None:
+            if mtype == _LIGHT:  # who passes by a lamp, and when, is not for anyone in reach (SPEC §11)
+                body.pop(_L_PRESENCE, None)
             v[_ST_REPORT] = [mtype, body]
         if node.last_error:
             v[_ST_LAST_ERROR] = node.last_error[:_LAST_ERROR_MAX]

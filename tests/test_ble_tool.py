@@ -189,10 +189,13 @@ def test_a_look_does_not_steal_the_presence_count_of_the_next_report(tmp_path):
         await settle(3)
         before = n.node.app.presence
         code, _, _ = await site.cli("check", "C0:FF:EE:00:00:01")
-        return before, n.node.app.presence, code
+        _, out, _ = await site.cli("check", "C0:FF:EE:00:00:01", "--json")
+        return before, n.node.app.presence, code, json.loads(out)["status"]["report"]
 
-    before, after, code = scenario(body, tmp_path)
+    before, after, code, report = scenario(body, tmp_path)
     assert code == 0 and before >= 1 and after == before
+    # The open status shows the lamp as a passer-by sees it, not who passed by (SPEC §11, issue 15)
+    assert "level" in report and "presence_count" not in report
 
 
 def test_check_of_a_node_out_of_reach_fails_clearly(tmp_path):
