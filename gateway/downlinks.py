@@ -20,7 +20,10 @@ When:
   window (a transport schedules its frame at the uplink's timestamp plus
   the RX1 delay; a second one would collide with it): an ACK goes first,
   with "pending" 0 so the node does not listen for frames that cannot come;
-  queued downlinks go after later uplinks.
+  queued downlinks go after later uplinks. An ACK the best radio refuses
+  (its forwarder says TOO_LATE, or its duty cycle is spent) is tried
+  through the next copy's radio on the same transport (`acks_rerouted`):
+  otherwise the node would resend the alarm and spend its own airtime.
 - Serial and BLE (`IMMEDIATE_TRANSPORTS`) are always listening: everything
   due is sent at once, after the uplink and also as soon as it is enqueued;
   an ACK's "pending" counts what follows it.
@@ -154,6 +157,7 @@ class Downlinks:
             "failed": 0,
             "expired": 0,
             "acks_sent": 0,
+            "acks_rerouted": 0,  # an alarm's ACK a radio refused, sent through another that heard it
             "send_errors": 0,
             "unmatched_cmd_acks": 0,
             "path_switches_refused": 0,
@@ -313,16 +317,29 @@ class Downlinks:
     async def _answer(self, record: Record, reception: Reception, ack: bool, auto: str | None = None) -> None:
         self._note_uplink(record)
         key = (record.node_id, record.counter)
+        others: list[Reception] = []
         if key in self._collect:
             await asyncio.sleep(self.collect_s)
             copies = self._collect.pop(key)  # all on the committed copy's transport (on_duplicate)
-            with_path = [r for r in copies if r.path is not None]
-            reception = max(
-                with_path, key=lambda r: (r.rssi if r.rssi is not None else -1e9, r.snr if r.snr is not None else -1e9)
+            ranked = sorted(
+                (r for r in copies if r.path is not None),
+                key=lambda r: (r.rssi if r.rssi is not None else -1e9, r.snr if r.snr is not None else -1e9),
+                reverse=True,
             )
-        await self._send_due(record.node_id, reception, record.counter if ack else None, auto)
+            reception, others = ranked[0], ranked[1:]
+        await self._send_due(record.node_id, reception, record.counter if ack else None, auto, others)
 
-    async def _send_due(self, node_id: int, rx: Reception, ack_counter: int | None, auto: str | None = None) -> None:
+    async def _send_due(
+        self,
+        node_id: int,
+        rx: Reception,
+        ack_counter: int | None,
+        auto: str | None = None,
+        others: list[Reception] | None = None,
+    ) -> None:
+        """Send what is due to the node through `rx`; an alarm's ACK that `rx` refuses is tried
+        through `others` (the uplink's other copies on the same transport, best first: another
+        forwarder whose duty cycle or schedule allows it), as the alarm is retried otherwise."""
         lock = self._locks.setdefault(node_id, asyncio.Lock())
         async with lock:
             entry = self.registry.get(node_id)
@@ -334,10 +351,15 @@ class Downlinks:
                 # "pending" keeps the node listening for that many more frames right after
                 # this one; on LoRa the rest cannot follow in this window, so say none.
                 pending = min(255, len(self._due(node_id, rx, immediate))) if immediate else 0
-                if await self._send(entry, m.ACK, {0: ack_counter, 1: pending}, rx):
-                    self.counts["acks_sent"] += 1
-                    if budget is not None:
-                        budget -= 1
+                for i, path_rx in enumerate([rx, *(others or ())]):
+                    if await self._send(entry, m.ACK, {0: ack_counter, 1: pending}, path_rx):
+                        self.counts["acks_sent"] += 1
+                        if i:
+                            self.counts["acks_rerouted"] += 1
+                        rx = path_rx  # what follows goes the way that took the ACK
+                        if budget is not None:
+                            budget -= 1
+                        break
             timed = False  # an automatic TIME went: a queued one is served by it
             if auto in (BOOT, NO_TIME) and (budget is None or budget > 0):
                 timed = await self._auto_time(entry, rx, auto)

@@ -97,6 +97,36 @@ async def test_lora_answers_once_per_window_through_the_best_radio(gw):
     assert p.store.downlink(dl.id).state == "sent"
 
 
+async def test_an_ack_the_best_radio_refuses_goes_through_the_next_one(gw):
+    # Issue 15: an alarm's ACK refused on one radio was never retried through another that heard
+    # the uplink, so the node resent the alarm (its airtime) though a second forwarder could answer.
+    p, d, _ = gw
+    near, mid, far = Radio("udp:near", fail=1), Radio("udp:mid", fail=1), Radio("udp:far")
+    relay = Radio("ble:relay")
+    raw = alarm(60)
+    await asyncio.gather(
+        p.ingest(reception(raw, transport="udp", path=far, gateway_id="udp:far", rssi=-118.0)),
+        p.ingest(reception(raw, transport="udp", path=near, gateway_id="udp:near", rssi=-71.0)),
+        p.ingest(reception(raw, transport="udp", path=mid, gateway_id="udp:mid", rssi=-95.0)),
+        p.ingest(reception(raw, transport="ble", path=relay, gateway_id="ble:relay", rssi=-40.0)),
+    )
+    await d.idle()
+    # best first: near refused, mid refused, far took it (each try spent a downlink counter);
+    # the BLE copy never takes the answer (path binding)
+    assert near.sent == [] and mid.sent == [] and relay.sent == []
+    assert far.sent == [(m.ACK, 2, {0: 60, 1: 0})]
+    assert d.counts["acks_sent"] == 1 and d.counts["acks_rerouted"] == 1 and d.counts["send_errors"] == 2
+    # every radio refuses: no ACK, nothing lost but the frame; the node's retry gets a new chance
+    a, b = Radio("udp:a", fail=5), Radio("udp:b", fail=5)
+    raw = alarm(61)
+    await asyncio.gather(
+        p.ingest(reception(raw, transport="udp", path=a, gateway_id="udp:a", rssi=-80.0)),
+        p.ingest(reception(raw, transport="udp", path=b, gateway_id="udp:b", rssi=-90.0)),
+    )
+    await d.idle()
+    assert a.sent == b.sent == [] and d.counts["acks_sent"] == 1 and d.counts["send_errors"] == 4
+
+
 async def test_on_a_wire_the_ack_announces_what_follows(gw):
     p, d, _ = gw
     dl = await d.enqueue(NODE, m.COMMAND, {1: m.OP_CLOSE_ALL})
