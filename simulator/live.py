@@ -53,11 +53,10 @@ How time is paced (the virtual clock against a gateway on real time):
 
 What this costs and where it differs from the field, named:
 - The gateway accounts its own EU868 duty cycle per packet forwarder on
-  its real clock, which runs `speed` times slower than the simulated one:
-  a forwarder's downlink budget is that many times tighter than in the
-  field. ACKs it refuses for that leave the node to retry its alarm
-  (possibly through the bridge, whose duty cycle the simulated channel
-  keeps on simulated time).
+  the forwarder's concentrator clock (`tmst`), which the simulated
+  forwarders run on simulated time: the budget is the field's, whatever
+  the speed (before issue 15 it ran on the gateway's real clock, `speed`
+  times tighter). The RX1 deadline (`send_margin`) is still real time.
 - Latency in live mode is real: from the hand-over of the first copy of a
   frame to the gateway until the sink stored it (the gateway's pipeline,
   commit and upstream batching, BATCH_AGE_S at most; alarms go at once).

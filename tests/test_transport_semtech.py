@@ -356,6 +356,41 @@ async def test_gateway_duty_cycle_refuses_a_second_downlink_in_a_closed_sub_band
     assert fwd.inbox.empty()
 
 
+async def test_the_duty_cycle_runs_on_the_forwarders_clock_not_ours(server):
+    # Issue 15: the duty cycle was kept on the gateway's host clock. Under the simulator's time
+    # compression the radio's time (tmst) runs `speed` times faster than ours, so a budget that
+    # had reopened on the air stayed closed. Here two uplinks arrive within milliseconds of ours,
+    # but 200 s apart on the concentrator: the SF12 downlink's off-time (~99 x 1.5 s) is over.
+    srv, gw = server
+    fwd = await forwarder(srv)
+    await fwd.pull()
+    t0 = 4_294_000_000  # the second one wraps the 32-bit us counter: still 200 s later
+    await fwd.push([rxpk(light_frame(counter=12), datr="SF12BW125", freq=868.1, tmst=t0)])
+    later = (t0 + 200_000_000) % semtech.TMST_MOD
+    await fwd.push([rxpk(light_frame(node_id=5, counter=1), datr="SF12BW125", freq=868.3, tmst=later)])
+    await gw.seen.wait(lambda: len(gw.seen.uplinks) == 2)
+    for i, r in enumerate(gw.seen.receptions):
+        send = asyncio.create_task(r.path.send_downlink(downlink_frame(counter=i + 1), r))
+        resp = await fwd.recv()
+        fwd.tx_ack(struct.unpack(">H", resp[1:3])[0], "NONE")
+        await send  # the second is not refused for duty cycle
+    band = lora.band_for(868_300_000)
+    assert srv.forwarders[EUI.hex()].duty.used_ms(band) == pytest.approx(2 * lora.airtime_ms(len(downlink_frame()), 12))
+
+
+def test_a_forwarders_clock_never_steps_back():
+    f = semtech.Forwarder("0102030405060708")
+    assert f.air_ms(1_000_000) == 0  # the first time heard is its zero
+    assert f.air_ms(3_000_000) == 2_000
+    half = semtech.TMST_MOD // 2
+    assert f.air_ms(half) == (half - 1_000_000) // 1000
+    assert f.air_ms(semtech.TMST_MOD - 1_000_000) == (semtech.TMST_MOD - 2_000_000) // 1000
+    assert f.air_ms(4_000_000) == (semtech.TMST_MOD + 3_000_000) // 1000  # wrapped: 5 s later
+    before = f.air_ms(4_000_000)
+    assert f.air_ms(500) == before  # a restart (its clock from zero): no time passes
+    assert f.air_ms(1_000_500) == before + 1_000  # and it counts on from there
+
+
 async def test_unmatched_tx_ack_is_counted(server):
     srv, _ = server
     fwd = await forwarder(srv)

@@ -42,7 +42,13 @@ Decisions (each one named, so the config can say otherwise):
   uplink.
 - The gateway's own EU868 duty cycle is accounted per forwarder with
   protocol.lora.DutyCycle: a downlink in a closed sub-band fails with
-  DownlinkError("duty_cycle") instead of being sent illegally.
+  DownlinkError("duty_cycle") instead of being sent illegally. It is kept
+  on the forwarder's own concentrator clock (`tmst`, unwrapped per
+  forwarder: `Forwarder.air_ms`), the clock its radio transmits on, not on
+  ours: the same in the field, and right under the simulator's time
+  compression, where the host clock runs `speed` times slower than the
+  radio's. A `tmst` that steps back (a forwarder restart, a datagram out of
+  order) lets no time pass: the budget never loosens for it.
 - TX_ACK: an error other than NONE raises DownlinkError(error.lower()).
   Without a TX_ACK within `tx_ack_timeout` (version 1 forwarders never
   send one) the downlink counts as sent (`tx_ack_missing` counts these);
@@ -170,7 +176,22 @@ class Forwarder:
     last_push: float = 0.0  # monotonic
     last_pull: float = 0.0  # monotonic
     stat: dict[str, Any] = field(default_factory=dict)  # its last "stat" report
-    duty: lora.DutyCycle = field(default_factory=lora.DutyCycle)
+    duty: lora.DutyCycle = field(default_factory=lora.DutyCycle)  # on air_ms's clock
+    air_us: int = 0  # its concentrator clock unwrapped (us since we first heard it)
+    last_tmst: int | None = None
+
+    def air_ms(self, tmst: int) -> int:
+        """The forwarder's concentrator time of `tmst`, unwrapped, in ms (the duty cycle's clock).
+
+        A step forward of less than half the counter's range is time passing (a wrap of the
+        32-bit us counter included); a larger one is a step back (a restart, an old datagram):
+        no time passes for it."""
+        if self.last_tmst is not None:
+            step = (tmst - self.last_tmst) % TMST_MOD
+            if step < TMST_MOD // 2:
+                self.air_us += step
+        self.last_tmst = tmst
+        return self.air_us // 1000
 
 
 @dataclass(slots=True)
@@ -184,6 +205,7 @@ class Uplink:
     datr: str
     codr: str
     heard_at: float  # our monotonic clock when the PUSH_DATA arrived
+    air_ms: int = 0  # the forwarder's concentrator time of tmst, unwrapped (Forwarder.air_ms)
 
     async def send_downlink(self, frame: bytes, reception: Reception) -> None:
         await self.server.transmit(frame, self)
@@ -636,6 +658,7 @@ class SemtechServer(asyncio.DatagramProtocol):
                 datr,
                 codr if isinstance(codr, str) and _CODR.match(codr) else "4/5",
                 heard_at,
+                fwd.air_ms(tmst),
             )
         reception = Reception(
             raw=raw,
@@ -728,7 +751,7 @@ class SemtechServer(asyncio.DatagramProtocol):
             airtime = lora.airtime_ms(len(frame), sf, bw_hz, int(up.codr[2]))
         except ValueError:
             airtime = None  # outside EU868 or a setting lora.py does not model: no accounting
-        start_ms = int((now + left) * 1000)
+        start_ms = up.air_ms + int(self.rx_delay * 1000)  # on the radio's clock (module docstring)
         if band is not None and airtime is not None and fwd.duty.wait_ms(start_ms, band):
             raise DownlinkError(
                 "duty_cycle", f"sub-band {lora.band_name(band)} closed for {fwd.duty.wait_ms(start_ms, band)} ms more"
