@@ -217,6 +217,27 @@ def validate(data: bytes | str, require_pins: bool = True) -> dict[str, Any]:
 RADIOS = ("lora", "uart")
 DEFAULT_RADIO = {"esp32-devkit": "lora", "rp2-pico": "lora", "vboard": "uart"}
 
+# The ESP32 DevKit's pins per kind; the virtual board (simulator/vboard) emulates an ESP32 with
+# the same numbering, so its preset uses them too (presets are deep-copied when given out).
+ESP32_PINS: dict[str, dict[str, int]] = {
+    "lighting": {"lamp": 25, "pir": 26, "lamp_current": 34, "ambient": 35, "supply": 36},
+    "irrigation": {
+        "master": 22,
+        "zone1": 25,
+        "zone2": 26,
+        "zone3": 27,
+        "zone4": 21,
+        "flow": 13,
+        "rain": 33,
+        "moisture1": 34,
+        "moisture2": 35,
+        "moisture3": 39,
+        "moisture4": 32,
+        "supply": 36,
+    },
+    "bridge": {},
+}
+
 # board -> {"radio": {radio type -> the config's radio section and its pins}, "pins": {kind -> pins}}
 # ESP32 DevKit: an SX1276 on VSPI (SPI 2: SCK 18, MOSI 23, MISO 19), ADC on ADC1 (GPIO 32..39,
 # usable with Wi-Fi), wired link on UART2. Pico: an SX1276 on SPI 0 (SCK 18, MOSI 19, MISO 16),
@@ -232,24 +253,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             },
             "uart": {"radio": {"type": "uart", "uart": {"id": 2, "baud": 115200, "tx": 17, "rx": 16}}, "pins": {}},
         },
-        "pins": {
-            "lighting": {"lamp": 25, "pir": 26, "lamp_current": 34, "ambient": 35, "supply": 36},
-            "irrigation": {
-                "master": 22,
-                "zone1": 25,
-                "zone2": 26,
-                "zone3": 27,
-                "zone4": 21,
-                "flow": 13,
-                "rain": 33,
-                "moisture1": 34,
-                "moisture2": 35,
-                "moisture3": 39,
-                "moisture4": 32,
-                "supply": 36,
-            },
-            "bridge": {},
-        },
+        "pins": ESP32_PINS,
     },
     "rp2-pico": {
         "radio": {
@@ -278,24 +282,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "vboard": {
         "radio": {"uart": {"radio": {"type": "uart", "uart": {"id": 1, "baud": 115200}}, "pins": {}}},
-        "pins": {
-            "lighting": {"lamp": 25, "pir": 26, "lamp_current": 34, "ambient": 35, "supply": 36},
-            "irrigation": {
-                "master": 22,
-                "zone1": 25,
-                "zone2": 26,
-                "zone3": 27,
-                "zone4": 21,
-                "flow": 13,
-                "rain": 33,
-                "moisture1": 34,
-                "moisture2": 35,
-                "moisture3": 39,
-                "moisture4": 32,
-                "supply": 36,
-            },
-            "bridge": {},
-        },
+        "pins": ESP32_PINS,
     },
 }
 BOARDS = tuple(PRESETS)
