@@ -586,6 +586,24 @@ class Api:
         )
         return _json_safe(out)
 
+    async def _change_registry(self, edit: Callable[[Registry], Any]) -> tuple[Any, web.Response | None]:
+        """Edit the registry through its locked merge with the file (gateway/registry.py).
+
+        Returns (what `edit` returned, None), or (None, the error response). Nodes whose key
+        the change replaced (here or in the file meanwhile) get fresh counter windows."""
+        try:
+            done, rekeyed = self.registry.change(edit)
+        except GroupExists as e:
+            return None, _error(409, str(e))
+        except RegistryError as e:
+            return None, _error(400, str(e))
+        except OSError as e:
+            return None, _error(500, f"registry not saved: {e}")
+        for n in rekeyed:
+            await self.pipeline.reset_node(n)
+            log.info("node re-keyed: counters reset", extra={"node": format_node_id(n)})
+        return done, None
+
     # ------------------------------------------------------------ handlers
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -619,28 +637,18 @@ class Api:
             reg.upsert(entry)
             return entry, old
 
-        try:
-            (entry, old), rekeyed = self.registry.change(edit)
-        except RegistryError as e:
-            return _error(400, str(e))
-        except OSError as e:
-            return _error(500, f"registry not saved: {e}")
-        for n in rekeyed:
-            await self.pipeline.reset_node(n)
-            log.info("node re-keyed: counters reset", extra={"node": format_node_id(n)})
+        done, refused = await self._change_registry(edit)
+        if refused is not None:
+            return refused
+        entry, old = done
         log.info("node %s", "updated" if old else "added", extra={"node": format_node_id(node_id)})
         return web.json_response(self._node_json(entry), status=200 if old else 201)
 
     async def delete_node(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)
-        try:
-            (old, rekeyed) = self.registry.change(lambda reg: reg.remove(node_id))
-        except RegistryError as e:
-            return _error(400, str(e))
-        except OSError as e:
-            return _error(500, f"registry not saved: {e}")
-        for n in rekeyed:
-            await self.pipeline.reset_node(n)
+        old, refused = await self._change_registry(lambda reg: reg.remove(node_id))
+        if refused is not None:
+            return refused
         if old is None:
             return _error(404, "no such node")
         if self.history is not None:
@@ -742,14 +750,10 @@ class Api:
             group = Group.from_dict(name, merged)
             return group, reg.put_group(group, create=create)
 
-        try:
-            (group, old), rekeyed = self.registry.change(edit)
-        except RegistryError as e:
-            return _error(409 if isinstance(e, GroupExists) else 400, str(e))
-        except OSError as e:
-            return _error(500, f"registry not saved: {e}")
-        for n in rekeyed:
-            await self.pipeline.reset_node(n)
+        done, refused = await self._change_registry(edit)
+        if refused is not None:
+            return refused
+        group, old = done
         log.info("group %s", "updated" if old else "added", extra={"group": name, "members": len(group.members)})
         return web.json_response(group.public(), status=200 if old else 201)
 
@@ -779,14 +783,9 @@ class Api:
 
     async def delete_group(self, request: web.Request) -> web.Response:
         name = self._group_name(request)
-        try:
-            old, rekeyed = self.registry.change(lambda reg: reg.remove_group(name))
-        except RegistryError as e:
-            return _error(400, str(e))
-        except OSError as e:
-            return _error(500, f"registry not saved: {e}")
-        for n in rekeyed:
-            await self.pipeline.reset_node(n)
+        old, refused = await self._change_registry(lambda reg: reg.remove_group(name))
+        if refused is not None:
+            return refused
         if old is None:
             return _error(404, "no such group")
         log.info("group removed", extra={"group": name})
