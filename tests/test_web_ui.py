@@ -29,7 +29,7 @@ import pytest
 from gateway_helpers import GatewayProcess, node_keys, root_key
 from waiting import wait_for_sync
 
-from gateway.registry import NodeEntry, Registry
+from gateway.registry import Group, NodeEntry, Registry
 from protocol import frame
 from protocol import messages as m
 
@@ -164,6 +164,16 @@ def api(port: int, path: str, token: str = TOKEN) -> dict:
         return json.loads(r.read())
 
 
+def post(port: int, path: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
     return wait_for_sync(cond, timeout, what)
 
@@ -174,6 +184,12 @@ def write_config(tmp: Path) -> Path:
         reg.upsert(
             NodeEntry(node_id=node, kind=kind, root_key=root_key(node), name=name, site="Paris 11e", lat=lat, lon=lon)
         )
+    street = {
+        "kind": "street",
+        "title": "Rue Oberkampf",
+        "members": [f"{n:08x}" for n in (LAMP, LAMP_ALARM, LAMP_NEVER)],
+    }
+    reg.put_group(Group.from_dict("oberkampf", street), create=True)
     reg.save()
     cfg = tmp / "gateway.toml"
     cfg.write_text(f"""
@@ -362,6 +378,28 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         cmd = fwd.commands[-1]
         assert cmd[1] == m.OP_SET_LEVEL and cmd[2] == [80, 600]
         assert api(port, f"/commands/{cmd[0]}")["state"] == "acked"
+
+        # A group command to the street (issue 11): its progress member by member on the page.
+        page.wait_for_selector("#groups li[data-group='oberkampf'] >> text=No group command yet.")
+        group_cmd = post(
+            port, "/groups/oberkampf/commands", {"op": "set_level", "args": {"level": 60, "duration": 900}}
+        )
+        assert group_cmd["progress"]["pending"] == 3
+        for i in range(20):  # each member hears its command after its own uplink; LAMP_NEVER stays silent
+            for node in (LAMP, LAMP_ALARM):
+                fwd.uplink(node, m.LIGHT, light_body(time.time(), DAY + 30 + i))
+            if len([c for c in fwd.commands if c[2] == [60, 900]]) == 2:
+                break
+            page.wait_for_timeout(1000)
+        group = page.locator("#groups li[data-group='oberkampf']")
+        group.locator(".group-progress:text-is('2 of 3 applied, 1 pending')").wait_for(timeout=15000)
+        assert "set level 60 900 · " in group.inner_text()
+        group.locator("summary").click()
+        member_states = group.locator(".member").evaluate_all("ls => ls.map(l => [l.dataset.node, l.dataset.state])")
+        assert sorted(member_states) == sorted(
+            [[f"{LAMP:08x}", "applied"], [f"{LAMP_ALARM:08x}", "applied"], [f"{LAMP_NEVER:08x}", "pending"]]
+        )
+        assert "Rue Oberkampf 44" in group.locator(f".member[data-node='{LAMP_NEVER:08x}']").inner_text()
 
         OUT.mkdir(exist_ok=True)
         page.wait_for_timeout(300)  # the detail's smooth scroll

@@ -8,6 +8,7 @@ import { $, h, show, ago, clock, fieldText, words, STATE_LABELS } from "./dom.js
 import { drawPlan } from "./plan.js";
 import { chartableFields, drawChart } from "./chart.js";
 import { CommandForm, commandItem } from "./command.js";
+import { loadGroups, renderGroups } from "./groups.js";
 
 const REFRESH_MS = 5000;
 const CHART_TYPES = ["light", "irrigation", "status"];
@@ -107,6 +108,7 @@ async function refresh() {
     show($("banner"), false);
     renderOverview();
     renderGateway(await request("/metrics", { text: true }));
+    renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select);
     if (ui.selected) await refreshDetail();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
