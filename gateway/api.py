@@ -349,8 +349,8 @@ def parse_downlink_request(doc: Any, node_kind: str | None = None) -> tuple[int,
         "config": {"type", "settings", "ttl_s"},
         "time": {"type", "ttl_s"},
     }
-    if kind not in allowed:
-        raise DownlinkRejected(f"type {kind!r} is not one of command, config, time")
+    if not isinstance(kind, str) or kind not in allowed:  # a list or an object is no type (and unhashable)
+        raise DownlinkRejected(f"type {str(kind)[:40]!r} is not one of command, config, time")
     extra = sorted(set(doc) - allowed[kind])
     if extra:
         raise DownlinkRejected(f"unknown field {extra[0]!r} for a {kind}")
