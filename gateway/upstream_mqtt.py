@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 import time
@@ -67,6 +68,9 @@ DEFAULT_BACKOFF_BASE_S = 1.0
 DEFAULT_BACKOFF_MAX_S = 60.0
 POLL_S = 1.0
 INFLIGHT = 100  # QoS 1 messages unacknowledged at once on the wire (paho queues the rest in order)
+# publishes awaiting their PUBACK at once: aiomqtt walks all of its pending calls on every call, so a
+# whole batch at once costs its square (bench/README.md, upstream_mqtt.py: 32 halves the CPU of 500)
+WINDOW = 32
 PENDING_MAX = 10_000  # commands remembered for their CMD_ACK's reply
 GOODBYE_S = 2.0  # at a clean stop: time for "offline" / device disconnects
 # CONNACK codes that mean "your credentials": MQTT 3.1.1 4 and 5, MQTT 5 0x86 and 0x87
@@ -268,6 +272,7 @@ class MqttUpstream:
             timeout=self.timeout,
             tls_context=self._tls,
             max_inflight_messages=INFLIGHT,
+            max_concurrent_outgoing_calls=WINDOW,
             logger=logging.getLogger("lumeau.gateway.upstream_mqtt.client"),
         )
         client.pending_calls_threshold = 1 << 30  # a batch in flight is many pending publishes by design
@@ -362,8 +367,13 @@ class MqttUpstream:
         if not pubs:
             return
         self.requests += len(pubs)
-        # paho writes them in call order; each await returns at its PUBACK
-        await asyncio.gather(*(client.publish(p.topic, p.payload, qos=1, retain=p.retain) for p in pubs))
+        # paho writes them in call order; each await returns at its PUBACK. One deadline for them all
+        # (aiomqtt's own, per message, would cost a timer task per message: most of the CPU per record)
+        waits = [client.publish(p.topic, p.payload, qos=1, retain=p.retain, timeout=math.inf) for p in pubs]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), self.timeout)
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"no PUBACK within {self.timeout:g} s") from None
         self.responses["puback"] = self.responses.get("puback", 0) + len(pubs)
 
     # -- sending -----------------------------------------------------------
@@ -457,7 +467,7 @@ class MqttUpstream:
         attrs: dict[int, dict[str, Any]] = {}
         if announce:
             for r in records:
-                if r.node_id not in self._devices:
+                if r.node_id not in self._devices and r.node_id not in attrs:
                     entry = self.node_info(r.node_id)
                     out.append(ms.tb_connect(r.node_id, getattr(entry, "kind", "") or "default"))
                     attrs[r.node_id] = _registry_attributes(entry)

@@ -101,3 +101,37 @@ def test_firmware_memory_soak_is_flat_over_three_days():
         assert len(app["floor_by_day"]) == 3 and app["growth_days"] == [2, 3], kind
         assert app["growth_day2_to_7"] <= result["growth_bar"], (kind, app["floor_by_day"])
         assert app["frames_rejected"] == 0 and app["frames_heard"] >= 250 and app["app_faults"] == 0, kind
+
+
+def test_upstream_mqtt_bench_prints_its_figures():
+    # against Debian's mosquitto (make mosquitto) and bench/gateway.py's null HTTP sink
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "upstream_mqtt.py"),
+            "--json",
+            "--records",
+            "300",
+            "--nodes",
+            "10",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    wall = time.monotonic() - t0
+    result = json.loads(out)
+    for name in ("http", "mqtt_plain", "mqtt_thingsboard"):
+        assert result[f"{name}_records_per_s"] >= 300 / wall  # each drain took less than the whole run
+        assert result[f"{name}_cpu_us_per_record"] > 0
+    # one message per record on plain topics; ThingsBoard groups a batch's records (+ a connect and a
+    # disconnect per device)
+    assert result["mqtt_plain_messages_per_record"] >= 1.0 > result["mqtt_thingsboard_messages_per_record"]
+    for name in ("mqtt_plain", "mqtt_thingsboard"):
+        assert result[f"{name}_cpu_ratio"] == pytest.approx(
+            result[f"{name}_cpu_us_per_record"] / result["http_cpu_us_per_record"], rel=0.02, abs=0.01
+        )
