@@ -9,6 +9,7 @@ sealed CMD_ACK from the node closes the loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -140,6 +141,31 @@ async def test_thingsboard_frames_in_connect_the_device_then_telemetry_with_ms_t
         assert "root_key" not in json.dumps(attrs)
         await wait_for(lambda: sub.on(ms.TB_DISCONNECT), 5, "the disconnect at the clean stop")
         assert json.loads(sub.on(ms.TB_DISCONNECT)[0]) == {"device": "00000007"}
+
+
+async def test_lumeau_gateway_process_udp_frames_in_mqtt_out_and_offline_at_sigterm(tmp_path, broker):
+    # the real `lumeau gateway` process, frames from a packet forwarder over UDP
+    import socket
+
+    from gateway_helpers import GatewayProcess, push_data
+
+    registry(tmp_path / "nodes.toml", [7]).save()
+    cfg = write_config(tmp_path, broker.port, "plain", extra="")
+    cfg.write_text(cfg.read_text() + '[semtech]\nenabled = true\nhost = "127.0.0.1"\nport = 0\n')
+    async with Subscriber(broker.port, "lumeau/parc-nord/#") as sub:
+        gw = GatewayProcess(cfg)
+        try:
+            started = await asyncio.to_thread(gw.start)
+            assert started["upstream"] == f"mqtt://127.0.0.1:{broker.port}"
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.sendto(push_data([seal(7, c) for c in (1, 2, 3)]), ("127.0.0.1", started["semtech_port"]))
+            await wait_for(lambda: len(sub.on("lumeau/parc-nord/00000007/light")) == 3, 15, "3 records")
+            assert [json.loads(p)["counter"] for p in sub.on("lumeau/parc-nord/00000007/light")] == [1, 2, 3]
+            assert await asyncio.to_thread(gw.stop) == 0
+            await wait_for(lambda: sub.on("lumeau/parc-nord/status")[-1:] == [b"offline"], 5, "offline")
+            assert "connected to the MQTT broker" in {d.get("msg") for d in gw.lines}
+        finally:
+            gw.kill()
 
 
 # ---------------------------------------------------------------- commands in, CMD_ACK out
