@@ -17,7 +17,8 @@ functions, `api.parse_downlink_request` and `Downlinks.enqueue`: one
 validation (op catalogue, argument ranges, queue limits), one expiry, one
 record of every downlink (the store; GET /commands shows them). The node's
 CMD_ACK, when its record is delivered, is published as the answer (an RPC
-reply, or on the plain reply topic) in the same batch.
+reply, or on the plain reply topic) in the same batch; a command the queue
+expires or fails without one is answered so ("success": false, its state).
 
 Connection: one client, clean session (nothing is left at the broker between
 connections: the store is the queue). Lost or refused: reconnect with
@@ -55,7 +56,7 @@ from gateway import mqtt_shapes as ms
 from gateway.api import downlink_json, parse_downlink_request
 from gateway.downlinks import DownlinkRejected
 from gateway.logs import RateLimiter
-from gateway.model import Record
+from gateway.model import Downlink, Record
 from gateway.upstream import BatchStore
 from protocol import messages as m
 
@@ -72,6 +73,7 @@ INFLIGHT = 100  # QoS 1 messages unacknowledged at once on the wire (paho queues
 # whole batch at once costs its square (bench/README.md, upstream_mqtt.py: 32 halves the CPU of 500)
 WINDOW = 32
 PENDING_MAX = 10_000  # commands remembered for their CMD_ACK's reply
+PENDING_SWEEP_S = 1.0  # how often commands waiting for their CMD_ACK are looked at (expired? failed?)
 GOODBYE_S = 2.0  # at a clean stop: time for "offline" / device disconnects
 # CONNACK codes that mean "your credentials": MQTT 3.1.1 4 and 5, MQTT 5 0x86 and 0x87
 REFUSED_CREDENTIALS = frozenset((4, 5, 0x86, 0x87))
@@ -154,7 +156,8 @@ class MqttUpstream:
         self._deleting: set[asyncio.Task] = set()
         self._handlers: set[asyncio.Task] = set()
         self._devices: set[int] = set()  # ThingsBoard devices connected on this connection
-        self._pending: OrderedDict[tuple[int, int], ms.ReplyTo] = OrderedDict()  # (node, command id) -> reply
+        # (node, command id) -> where the answer goes, and the downlink (Downlinks updates its state)
+        self._pending: OrderedDict[tuple[int, int], tuple[ms.ReplyTo, Downlink]] = OrderedDict()
         self._limiter = RateLimiter(clock=monotonic)
         self._attempt = 0
         # figures for /metrics (the HTTP upstream's names where they mean the same)
@@ -355,6 +358,7 @@ class MqttUpstream:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._receive(client))
             tg.create_task(self._send_loop(client))
+            tg.create_task(self._watch_pending(client))
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         if self.shape == ms.PLAIN:
@@ -452,9 +456,10 @@ class MqttUpstream:
             cid = ms.command_id_of(r)
             if cid is None:
                 continue
-            reply = self._pending.get((r.node_id, cid))
-            if reply is None:
+            pending = self._pending.get((r.node_id, cid))
+            if pending is None:
                 continue
+            reply = pending[0]
             ans = ms.ack_answer(r)
             if reply.shape == ms.THINGSBOARD:
                 replies.append(ms.tb_rpc_reply(reply, ans))
@@ -558,7 +563,7 @@ class MqttUpstream:
             raise ms.RequestError(str(e), cmd.reply) from None
         log.info("MQTT command queued", extra={"node": f"{cmd.node_id:08x}", "downlink": dl.id, "mtype": mtype})
         if mtype == m.COMMAND and dl.command_id is not None:
-            self._pending[(cmd.node_id, dl.command_id)] = cmd.reply
+            self._pending[(cmd.node_id, dl.command_id)] = (cmd.reply, dl)
             while len(self._pending) > PENDING_MAX:
                 self._pending.popitem(last=False)
             if cmd.reply.shape == ms.PLAIN:  # ThingsBoard takes one reply per RPC: the CMD_ACK's
@@ -573,6 +578,20 @@ class MqttUpstream:
             pub = ms.plain_reply(reply, self.site, data)
         await self._publish(client, [pub])
         self.replies += 1
+
+    async def _watch_pending(self, client: aiomqtt.Client) -> None:
+        """A command that expired or failed without a CMD_ACK is answered so (the downlink queue
+        decides: its expiry, its attempts), rather than left for the platform to time out."""
+        while True:
+            await asyncio.sleep(PENDING_SWEEP_S)
+            for key, (reply, dl) in list(self._pending.items()):
+                if dl.state in ("expired", "failed"):
+                    await self._answer(
+                        client,
+                        reply,
+                        {"success": False, "state": dl.state, "error": f"the command {dl.state} without an answer"},
+                    )
+                    self._pending.pop(key, None)
 
     def _count(self, key: str) -> None:
         self.responses[key] = self.responses.get(key, 0) + 1

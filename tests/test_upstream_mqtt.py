@@ -244,6 +244,26 @@ async def test_a_plain_command_is_answered_queued_then_acked_on_the_reply_topic(
             await gw.stop()
 
 
+async def test_an_rpc_whose_command_expires_unanswered_is_answered_so(tmp_path, broker):
+    async with Subscriber(broker.port, ms.TB_RPC) as sub:
+        gw = await started_gateway(tmp_path, broker.port, "thingsboard")
+        try:
+            await wait_for(lambda: gw.upstream.connected, 5, "connected")
+            call = {"device": "00000008", "data": {"id": 77, "method": "clear_fault", "params": {"ttl_s": 1}}}
+            await rpc(broker.port, call)
+            (dl,) = await wait_for(lambda: gw.store.downlinks(node_id=8), 5, "queued")
+            # the node never answers: the downlink queue expires it after its ttl, and the RPC hears so
+            got = await wait_for(lambda: replies(sub, 77), 10, "the expiry's reply")
+            assert got[0]["data"] == {
+                "success": False,
+                "state": "expired",
+                "error": "the command expired without an answer",
+            }
+            assert gw.store.downlink(dl.id).state == "expired"
+        finally:
+            await gw.stop()
+
+
 async def test_malformed_rpcs_and_unknown_devices_get_an_error_and_nothing_breaks(tmp_path, broker, caplog):
     caplog.set_level(logging.WARNING, "lumeau.gateway.upstream_mqtt")
     async with Subscriber(broker.port, ms.TB_RPC) as sub:
