@@ -15,6 +15,8 @@ from its `_file` key or the value itself (no length rule: the broker decides).
 `example_config()` is the complete commented configuration printed by
 `lumeau gateway --example-config`; it loads as is (tests check that, and
 that it mentions every key), with a fresh random API token each time.
+
+One file (over 600 lines): every section's declarations are both the validator and the example.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ still delivered as telemetry, but no RPC reply is made for it (ThingsBoard
 times the RPC out; the command's state is in the local API). MQTT 3.1.1
 has no refusal per message: a broker that denies a publish by ACL still
 acknowledges it (mosquitto does), and such records count as delivered.
+
+One file (over 600 lines): the connection, the batches and the commands share one client and session.
 """
 
 from __future__ import annotations
