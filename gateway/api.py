@@ -388,6 +388,17 @@ def parse_downlink_request(doc: Any, node_kind: str | None = None) -> tuple[int,
     return m.COMMAND, body, ttl
 
 
+async def queue_command(registry: Registry, downlinks: Downlinks, node_id: int, doc: Any) -> Downlink:
+    """Queue a downlink from a command document (`POST /nodes/{id}/commands`' body): the one path
+    every command takes, from this API or from the MQTT upstream (gateway/upstream_mqtt.py).
+    Raises DownlinkRejected (404 unknown node, 400 bad document, 429 queue full)."""
+    entry = registry.get(node_id)
+    if entry is None:
+        raise DownlinkRejected(f"node {node_id:08x} is not in the registry", 404)
+    mtype, body, ttl = parse_downlink_request(doc, entry.kind)
+    return await downlinks.enqueue(node_id, mtype, body, ttl)
+
+
 def _load_web() -> dict[str, tuple[bytes, str, str]]:
     """The page's files, read once: name -> (bytes, content type, ETag). Only known file types."""
     out = {}
@@ -651,12 +662,8 @@ class Api:
     async def post_command(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)
         doc = await self._body(request)
-        entry = self.registry.get(node_id)
-        if entry is None:
-            return _error(404, f"node {node_id:08x} is not in the registry")
         try:
-            mtype, body, ttl = parse_downlink_request(doc, entry.kind)
-            dl = await self.downlinks.enqueue(node_id, mtype, body, ttl)
+            dl = await queue_command(self.registry, self.downlinks, node_id, doc)
         except DownlinkRejected as e:
             return _error(e.status, str(e))
         return web.json_response(downlink_json(dl), status=201)

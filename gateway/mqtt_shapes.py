@@ -33,8 +33,8 @@ Plain topics (`plain`), under `lumeau/<site>` (the gateway's site, `[mqtt] site`
                                  "result", "value"} when the node's CMD_ACK is delivered
 
 A command (RPC or plain) becomes the same document the HTTP API takes, and
-gateway/upstream_mqtt.py queues it through the same functions
-(`api.parse_downlink_request`, `Downlinks.enqueue`): one validation, one expiry.
+gateway/upstream_mqtt.py queues it through the same function (`api.queue_command`,
+which POST /nodes/{id}/commands calls): one validation, one expiry.
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ class Gateway:
             backoff_base=q.backoff_initial_s,
             backoff_max=q.backoff_max_s,
             max_payload=q.max_payload_bytes,
-            node_info=self.registry.get,
+            registry=self.registry,
             downlinks=self.downlinks,
         )
         self.pipeline.listeners.append(lambda _n: up.notify())

@@ -13,7 +13,7 @@ ThingsBoard, by the same timestamp and key overwriting itself).
 What goes out, and what comes in, is gateway/mqtt_shapes.py (sans-I/O):
 ThingsBoard's Gateway MQTT API or plain topics. Commands (a ThingsBoard RPC,
 a plain command message) become downlinks through the local API's own
-functions, `api.parse_downlink_request` and `Downlinks.enqueue`: one
+path, `api.queue_command` (POST /nodes/{id}/commands calls it too): one
 validation (op catalogue, argument ranges, queue limits), one expiry, one
 record of every downlink (the store; GET /commands shows them). The node's
 CMD_ACK, when its record is delivered, is published as the answer (an RPC
@@ -55,7 +55,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from gateway import mqtt_shapes as ms
-from gateway.api import downlink_json, parse_downlink_request
+from gateway.api import downlink_json, queue_command
 from gateway.downlinks import DownlinkRejected
 from gateway.logs import RateLimiter
 from gateway.model import Downlink, Record
@@ -113,13 +113,15 @@ class MqttUpstream:
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         max_payload: int = ms.TB_DEFAULT_MAX_PAYLOAD,
         node_info: Callable[[int], Any] | None = None,
+        registry: Any = None,
         downlinks: Any = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`node_info(node_id)`: the registry entry (kind, name, site, ...) or None; `downlinks`:
-        gateway.downlinks.Downlinks, which commands are queued through (None: commands refused)."""
+        """`node_info(node_id)`: the registry entry (kind, name, site, ...) or None (default:
+        `registry.get`); `registry` and `downlinks` (gateway.downlinks.Downlinks): what commands
+        are queued through, as the local API queues them (None: commands refused)."""
         if shape not in ms.SHAPES:
             raise ValueError(f"mqtt shape must be one of {', '.join(ms.SHAPES)}, not {shape!r}")
         why = ms.check_site(site)
@@ -143,7 +145,8 @@ class MqttUpstream:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_payload = max_payload
-        self.node_info = node_info or (lambda _n: None)
+        self.registry = registry
+        self.node_info = node_info or (registry.get if registry is not None else (lambda _n: None))
         self.downlinks = downlinks
         self.clock = clock
         self.monotonic = monotonic
@@ -553,18 +556,15 @@ class MqttUpstream:
             await self._answer(client, e.reply, {"success": False, "error": str(e)})
 
     async def _queue(self, client: aiomqtt.Client, cmd: ms.Command) -> None:
-        entry = self.node_info(cmd.node_id)
-        if entry is None:
-            raise ms.RequestError(f"unknown device: node {cmd.node_id:08x} is not in the registry", cmd.reply)
-        if self.downlinks is None:
+        if self.downlinks is None or self.registry is None:
             raise ms.RequestError("this gateway takes no commands over MQTT", cmd.reply)
-        try:
-            mtype, body, ttl = parse_downlink_request(cmd.doc, entry.kind)  # the local API's checks
-            dl = await self.downlinks.enqueue(cmd.node_id, mtype, body, ttl)
+        try:  # the local API's own path: its checks, the downlink queue's limits and expiry
+            dl = await queue_command(self.registry, self.downlinks, cmd.node_id, cmd.doc)
         except DownlinkRejected as e:
-            raise ms.RequestError(str(e), cmd.reply) from None
-        log.info("MQTT command queued", extra={"node": f"{cmd.node_id:08x}", "downlink": dl.id, "mtype": mtype})
-        if mtype == m.COMMAND and dl.command_id is not None:
+            why = f"unknown device: {e}" if e.status == 404 else str(e)
+            raise ms.RequestError(why, cmd.reply) from None
+        log.info("MQTT command queued", extra={"node": f"{cmd.node_id:08x}", "downlink": dl.id, "mtype": dl.mtype})
+        if dl.mtype == m.COMMAND and dl.command_id is not None:
             self._pending[(cmd.node_id, dl.command_id)] = (cmd.reply, dl)
             while len(self._pending) > PENDING_MAX:
                 self._pending.popitem(last=False)
