@@ -328,6 +328,11 @@ class MqttSection:
         _one_of("plain", "thingsboard"),
     )
     site: str = opt("", "the <site> topic level (plain); empty: the gateway's id", _mqtt_site)
+    commands: bool = opt(
+        True,
+        "take commands (ThingsBoard RPCs, plain command topic) from whoever the broker lets publish there: "
+        "restrict it with the broker's ACL; false: refused with an error reply",
+    )
     client_id: str = opt("", "MQTT client identifier; empty: lumeau-<site>")
     username_file: Path | None = opt(
         None, "file holding the user name (mode 0600); ThingsBoard: the access token", kind="path"

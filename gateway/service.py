@@ -248,7 +248,7 @@ class Gateway:
             backoff_max=q.backoff_max_s,
             max_payload=q.max_payload_bytes,
             registry=self.registry,
-            downlinks=self.downlinks,
+            downlinks=self.downlinks if q.commands else None,
         )
         self.pipeline.listeners.append(lambda _n: up.notify())
         return up

@@ -69,9 +69,9 @@ backoff_max_s = 0.5
     return p
 
 
-async def started_gateway(tmp_path: Path, port: int, shape: str, nodes=(7, 8)) -> Gateway:
+async def started_gateway(tmp_path: Path, port: int, shape: str, nodes=(7, 8), extra: str = "") -> Gateway:
     registry(tmp_path / "nodes.toml", list(nodes)).save()
-    gw = Gateway(load_config(write_config(tmp_path, port, shape)))
+    gw = Gateway(load_config(write_config(tmp_path, port, shape, extra)))
     await gw.start()
     return gw
 
@@ -260,6 +260,19 @@ async def test_an_rpc_whose_command_expires_unanswered_is_answered_so(tmp_path, 
                 "error": "the command expired without an answer",
             }
             assert gw.store.downlink(dl.id).state == "expired"
+        finally:
+            await gw.stop()
+
+
+async def test_commands_false_refuses_every_rpc_with_an_error_reply(tmp_path, broker):
+    async with Subscriber(broker.port, ms.TB_RPC) as sub:
+        gw = await started_gateway(tmp_path, broker.port, "thingsboard", extra="commands = false")
+        try:
+            await wait_for(lambda: gw.upstream.connected, 5, "connected")
+            await rpc(broker.port, {"device": "00000007", "data": {"id": 9, "method": "clear_fault"}})
+            got = await wait_for(lambda: replies(sub, 9), 5, "the refusal")
+            assert got[0]["data"] == {"success": False, "error": "this gateway takes no commands over MQTT"}
+            assert gw.store.downlinks() == []
         finally:
             await gw.stop()
 
