@@ -75,6 +75,10 @@ INFLIGHT = 100  # QoS 1 messages unacknowledged at once on the wire (paho queues
 # whole batch at once costs its square (bench/README.md, upstream_mqtt.py: 32 halves the CPU of 500)
 WINDOW = 32
 PENDING_MAX = 10_000  # commands remembered for their CMD_ACK's reply
+# commands being handled at once; more are dropped (counted, logged): a flood on the command topic
+# costs a bounded amount of memory and replies. INCOMING_MAX: messages aiomqtt holds before it drops.
+HANDLERS_MAX = 64
+INCOMING_MAX = 1000
 PENDING_SWEEP_S = 1.0  # how often commands waiting for their CMD_ACK are looked at (expired? failed?)
 GOODBYE_S = 2.0  # at a clean stop: time for "offline" / device disconnects
 # CONNACK codes that mean "your credentials": MQTT 3.1.1 4 and 5, MQTT 5 0x86 and 0x87
@@ -183,6 +187,7 @@ class MqttUpstream:
         self.batches = 0
         self.commands_in = 0
         self.commands_refused = 0
+        self.commands_dropped = 0
         self.replies = 0
 
     def __repr__(self) -> str:
@@ -258,6 +263,7 @@ class MqttUpstream:
             "batch_latency_seconds_sum": self.batch_latency_sum,
             "commands_in": self.commands_in,
             "commands_refused": self.commands_refused,
+            "commands_dropped": self.commands_dropped,
             "replies": self.replies,
         }
 
@@ -281,6 +287,7 @@ class MqttUpstream:
             tls_context=self._tls,
             max_inflight_messages=INFLIGHT,
             max_concurrent_outgoing_calls=WINDOW,
+            max_queued_incoming_messages=INCOMING_MAX,
             logger=logging.getLogger("lumeau.gateway.upstream_mqtt.client"),
         )
         client.pending_calls_threshold = 1 << 30  # a batch in flight is many pending publishes by design
@@ -516,6 +523,14 @@ class MqttUpstream:
     async def _receive(self, client: aiomqtt.Client) -> None:
         """Commands in; ends with MqttError when the connection is lost (which ends the session)."""
         async for msg in client.messages:
+            if len(self._handlers) >= HANDLERS_MAX:
+                self.commands_dropped += 1
+                if self._limiter.allow("commands_dropped")[0]:
+                    log.warning(
+                        "MQTT commands arrive faster than they are handled: dropped",
+                        extra={"topic": msg.topic.value[:120]},
+                    )
+                continue
             payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else str(msg.payload or "").encode()
             t = asyncio.ensure_future(self._command(client, msg.topic.value, bytes(payload)))
             self._handlers.add(t)

@@ -302,6 +302,26 @@ async def test_malformed_rpcs_and_unknown_devices_get_an_error_and_nothing_break
             await gw.stop()
 
 
+async def test_a_flood_of_commands_costs_bounded_work_and_records_still_flow(tmp_path, broker):
+    async with Subscriber(broker.port, "lumeau/parc-nord/00000007/light") as sub:
+        gw = await started_gateway(tmp_path, broker.port, "plain")
+        try:
+            await wait_for(lambda: gw.upstream.connected, 5, "connected")
+            async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+                for i in range(500):
+                    doc = {"op": "clear_fault", "request_id": i}
+                    await c.publish("lumeau/parc-nord/00000007/command", json.dumps(doc).encode(), qos=1)
+            up = gw.upstream
+            await wait_for(lambda: up.commands_in + up.commands_dropped == 500, 20, "every message handled or dropped")
+            # the node's queue holds at most 16: the rest were refused (429), none lost track of
+            assert len(gw.store.downlinks(node_id=7)) == 16
+            assert up.connected and not up._task.done()
+            assert await gw.pipeline.ingest(reception(seal(7, 1))) == "accepted"
+            await wait_for(lambda: sub.messages, 5, "a record still delivered")
+        finally:
+            await gw.stop()
+
+
 # ---------------------------------------------------------------- failures
 
 
