@@ -316,6 +316,9 @@ async def test_a_flood_of_commands_costs_bounded_work_and_records_still_flow(tmp
             # the node's queue holds at most 16: the rest were refused (429), none lost track of
             assert len(gw.store.downlinks(node_id=7)) == 16
             assert up.connected and not up._task.done()
+            text = gw.api.render_metrics()
+            assert "lumeau_upstream_connected 1" in text
+            assert f'lumeau_upstream_commands_total{{outcome="refused"}} {up.commands_refused}' in text
             assert await gw.pipeline.ingest(reception(seal(7, 1))) == "accepted"
             await wait_for(lambda: sub.messages, 5, "a record still delivered")
         finally:
