@@ -312,9 +312,11 @@ async def test_a_flood_of_commands_costs_bounded_work_and_records_still_flow(tmp
                     doc = {"op": "clear_fault", "request_id": i}
                     await c.publish("lumeau/parc-nord/00000007/command", json.dumps(doc).encode(), qos=1)
             up = gw.upstream
-            await wait_for(lambda: up.commands_in + up.commands_dropped == 500, 20, "every message handled or dropped")
+            await wait_for(lambda: up.commands_in + up.commands_dropped == 500, 20, "every message taken or dropped")
+            # each command taken is answered once: queued, or refused
+            await wait_for(lambda: up.replies == up.commands_in, 20, "every command taken answered")
             # the node's queue holds at most 16: the rest were refused (429), none lost track of
-            assert len(gw.store.downlinks(node_id=7)) == 16
+            assert len(gw.store.downlinks(node_id=7)) == 16 and up.commands_refused == up.commands_in - 16
             assert up.connected and not up._task.done()
             text = gw.api.render_metrics()
             assert "lumeau_upstream_connected 1" in text
