@@ -7,9 +7,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lumeau-installed
 NODE_STAMP := node_modules/.lumeau-installed
 
-.PHONY: demo test lint pytest bench setup clean chromium openssl-headers
+.PHONY: demo test lint pytest bench setup clean chromium openssl-headers mosquitto
 
-setup: $(STAMP) $(NODE_STAMP) chromium
+setup: $(STAMP) $(NODE_STAMP) chromium mosquitto
 
 # setup.py builds gateway._fastadmit (C, links OpenSSL's libcrypto): the stamp follows its sources.
 $(STAMP): pyproject.toml setup.py gateway/_fastadmit.c | openssl-headers
@@ -31,6 +31,17 @@ chromium:
 	    echo "installing Debian's chromium for the browser test"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "warning: $(CHROMIUM) is missing and apt-get (as root) is not available: tests/test_web_ui.py will fail" >&2; fi; }
+
+# tests/test_upstream_mqtt.py starts Debian's MQTT broker (package mosquitto) on a free port, as the
+# gateway's MQTT upstream's counterpart; installed when missing, as chromium is. Without it those tests
+# fail saying so: they are never skipped.
+MOSQUITTO := /usr/sbin/mosquitto
+mosquitto:
+	@test -x $(MOSQUITTO) || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's mosquitto for the MQTT upstream tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; \
+	  else echo "warning: $(MOSQUITTO) is missing and apt-get (as root) is not available: tests/test_upstream_mqtt.py will fail" >&2; fi; }
 
 # gateway/_fastadmit.c includes OpenSSL's headers (Debian package libssl-dev; a fresh Debian 12 has the
 # library, not the headers). Installed when missing, as chromium is; without them the extension is not
@@ -58,7 +69,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(MYPY_PATHS)
 
-pytest: $(STAMP) $(NODE_STAMP) chromium
+pytest: $(STAMP) $(NODE_STAMP) chromium mosquitto
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every benchmark in bench/, each printing one JSON object (figures: bench/README.md).

@@ -349,8 +349,8 @@ def parse_downlink_request(doc: Any, node_kind: str | None = None) -> tuple[int,
         "config": {"type", "settings", "ttl_s"},
         "time": {"type", "ttl_s"},
     }
-    if kind not in allowed:
-        raise DownlinkRejected(f"type {kind!r} is not one of command, config, time")
+    if not isinstance(kind, str) or kind not in allowed:  # a list or an object is no type (and unhashable)
+        raise DownlinkRejected(f"type {str(kind)[:40]!r} is not one of command, config, time")
     extra = sorted(set(doc) - allowed[kind])
     if extra:
         raise DownlinkRejected(f"unknown field {extra[0]!r} for a {kind}")
@@ -386,6 +386,17 @@ def parse_downlink_request(doc: Any, node_kind: str | None = None) -> tuple[int,
     if args:
         body[2] = args
     return m.COMMAND, body, ttl
+
+
+async def queue_command(registry: Registry, downlinks: Downlinks, node_id: int, doc: Any) -> Downlink:
+    """Queue a downlink from a command document (`POST /nodes/{id}/commands`' body): the one path
+    every command takes, from this API or from the MQTT upstream (gateway/upstream_mqtt.py).
+    Raises DownlinkRejected (404 unknown node, 400 bad document, 429 queue full)."""
+    entry = registry.get(node_id)
+    if entry is None:
+        raise DownlinkRejected(f"node {node_id:08x} is not in the registry", 404)
+    mtype, body, ttl = parse_downlink_request(doc, entry.kind)
+    return await downlinks.enqueue(node_id, mtype, body, ttl)
 
 
 def _load_web() -> dict[str, tuple[bytes, str, str]]:
@@ -659,12 +670,8 @@ class Api:
     async def post_command(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)
         doc = await self._body(request)
-        entry = self.registry.get(node_id)
-        if entry is None:
-            return _error(404, f"node {node_id:08x} is not in the registry")
         try:
-            mtype, body, ttl = parse_downlink_request(doc, entry.kind)
-            dl = await self.downlinks.enqueue(node_id, mtype, body, ttl)
+            dl = await queue_command(self.registry, self.downlinks, node_id, doc)
         except DownlinkRejected as e:
             return _error(e.status, str(e))
         return web.json_response(downlink_json(dl), status=201)

@@ -9,10 +9,14 @@ Relative paths are relative to the config file's directory, so a deployment
 directory can be moved as a whole. Secrets (API and upstream tokens) come
 from `token_file` (preferred: the file must be mode 0600 or stricter) or
 `token`; they are held in `Secret` objects that never show in reprs or logs.
+The MQTT upstream's credentials (`[mqtt] username`, `password`) likewise, each
+from its `_file` key or the value itself (no length rule: the broker decides).
 
 `example_config()` is the complete commented configuration printed by
 `lumeau gateway --example-config`; it loads as is (tests check that, and
 that it mentions every key), with a fresh random API token each time.
+
+One file (over 600 lines): every section's declarations are both the validator and the example.
 """
 
 from __future__ import annotations
@@ -129,6 +133,12 @@ def _sources(v: Any) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def _mqtt_site(v: Any) -> str | None:
+    from gateway.mqtt_shapes import check_site
+
+    return None if v == "" else check_site(v)
 
 
 def _url(v: Any) -> str | None:
@@ -306,6 +316,58 @@ class UpstreamSection:
 
 
 @dataclass(frozen=True)
+class MqttSection:
+    """The MQTT upstream (gateway/upstream_mqtt.py): instead of [upstream], to an MQTT broker."""
+
+    enabled: bool = opt(False, "send records to an MQTT broker instead of [upstream] (which then must not be enabled)")
+    host: str = opt("127.0.0.1", "the broker's host name or address", _host)
+    port: int = opt(1883, "the broker's port (8883: MQTT over TLS)", _port)
+    shape: str = opt(
+        "plain",
+        "plain: lumeau/<site>/<node>/<type> topics; thingsboard: ThingsBoard's Gateway MQTT API (v1/gateway/...)",
+        _one_of("plain", "thingsboard"),
+    )
+    site: str = opt("", "the <site> topic level (plain); empty: the gateway's id", _mqtt_site)
+    commands: bool = opt(
+        True,
+        "take commands (ThingsBoard RPCs, plain command topic) from whoever the broker lets publish there: "
+        "restrict it with the broker's ACL; false: refused with an error reply",
+    )
+    client_id: str = opt("", "MQTT client identifier; empty: lumeau-<site>")
+    username_file: Path | None = opt(
+        None, "file holding the user name (mode 0600); ThingsBoard: the access token", kind="path"
+    )
+    username: Secret | None = opt(
+        None, "the user name itself (ThingsBoard: the gateway device's access token)", kind="credential"
+    )
+    password_file: Path | None = opt(None, "file holding the password (mode 0600)", kind="path")
+    password: Secret | None = opt(None, "the password itself", kind="credential")
+    tls: bool = opt(False, "connect over TLS (the broker's certificate checked against the system's CAs or ca_file)")
+    ca_file: Path | None = opt(None, "PEM file of the CA(s) the broker's certificate must chain to", kind="path")
+    cert_file: Path | None = opt(
+        None, "client certificate (PEM) for brokers that authenticate by certificate", kind="path"
+    )
+    key_file: Path | None = opt(None, "the client certificate's private key (PEM, mode 0600)", kind="path")
+    keepalive_s: int = opt(
+        60, "MQTT keep-alive: the broker drops a silent connection after 1.5 times this", _range(5, 3600)
+    )
+    batch_max_records: int = opt(
+        500, "records published per batch at most (each acknowledged before the next)", _range(1, 10_000)
+    )
+    batch_max_age_s: float = opt(
+        1.0, "a smaller batch goes when its oldest record waited this long (alarms at once)", _non_negative
+    )
+    timeout_s: float = opt(30.0, "a PUBACK not back within this counts as a lost connection", _positive)
+    max_payload_bytes: int = opt(
+        65536,
+        "ThingsBoard telemetry messages are split below this (ThingsBoard's default limit)",
+        _range(256, 268435455),
+    )
+    backoff_initial_s: float = opt(1.0, "first reconnect delay; doubled per failure, with jitter", _positive)
+    backoff_max_s: float = opt(60.0, "reconnect delay at most", _positive)
+
+
+@dataclass(frozen=True)
 class SemtechSection:
     enabled: bool = opt(False, "listen for Semtech UDP packet forwarders (any commercial LoRa gateway)")
     host: str = opt("0.0.0.0", "listen address: the LAN the forwarders are on", _host)
@@ -371,6 +433,7 @@ class GatewayConfig:
     serial: tuple[SerialPortSection, ...]
     ble: BleSection
     adr: AdrSection = field(default_factory=AdrSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
 
 
 _SECTIONS: dict[str, type] = {
@@ -384,6 +447,7 @@ _SECTIONS: dict[str, type] = {
     "semtech": SemtechSection,
     "ble": BleSection,
     "adr": AdrSection,
+    "mqtt": MqttSection,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
 
@@ -395,7 +459,7 @@ def _type_name(t: type) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(t, t.__name__)
 
 
-def _read_secret_file(p: Path, where: str) -> Secret:
+def _read_secret_file(p: Path, where: str, min_len: int = TOKEN_MIN_LEN) -> Secret:
     try:
         st = p.stat()
     except FileNotFoundError:
@@ -409,7 +473,9 @@ def _read_secret_file(p: Path, where: str) -> Secret:
         value = p.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{where}: cannot read {p}: {e}") from None
-    if len(value) < TOKEN_MIN_LEN:
+    if len(value) < max(min_len, 1):
+        if min_len <= 1:
+            raise ConfigError(f"{where}: {p} is empty")
         raise ConfigError(f"{where}: the token in {p} is shorter than {TOKEN_MIN_LEN} characters")
     return Secret(value)
 
@@ -447,6 +513,11 @@ def _section(cls: type, data: Any, where: str, base: Path) -> Any:
                 raise ConfigError(f"{key}: shorter than {TOKEN_MIN_LEN} characters: too easy to guess")
             values[name] = Secret(v)
             continue
+        if kind == "credential":  # a broker's user name or password: text, its length the broker's business
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{key}: must be non-empty text")
+            values[name] = Secret(v)
+            continue
         want = type(default)
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
@@ -465,6 +536,12 @@ def _section(cls: type, data: Any, where: str, base: Path) -> Any:
             raise ConfigError(f"{where}: set token or token_file, not both")
         if "token_file" in values:
             values["token"] = _read_secret_file(values["token_file"], f"{where}.token_file")
+    for name, f in known.items():
+        if f.metadata["kind"] == "credential" and f"{name}_file" in known:
+            if name in values and f"{name}_file" in values:
+                raise ConfigError(f"{where}: set {name} or {name}_file, not both")
+            if f"{name}_file" in values:
+                values[name] = _read_secret_file(values[f"{name}_file"], f"{where}.{name}_file", 1)
     return cls(**values)
 
 
@@ -505,12 +582,65 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
         raise ConfigError(f"{name}: api.token: required when the API is enabled (set token_file or token)")
     if out["upstream"].backoff_initial_s > out["upstream"].backoff_max_s:
         raise ConfigError(f"{name}: upstream.backoff_initial_s: larger than backoff_max_s")
+    out["mqtt"], out["upstream"] = _check_mqtt(out["mqtt"], out["upstream"], data, name, out["gateway"].id)
     adr = out["adr"]
     if adr.min_uplinks > adr.history:
         raise ConfigError(f"{name}: adr.min_uplinks: larger than adr.history")
     if adr.tx_power_min > adr.tx_power_max:
         raise ConfigError(f"{name}: adr.tx_power_min: larger than adr.tx_power_max")
     return GatewayConfig(path=path, **out)
+
+
+def _check_mqtt(
+    mq: MqttSection, up: UpstreamSection, data: dict[str, Any], name: str, gateway_id: str
+) -> tuple[MqttSection, UpstreamSection]:
+    """The MQTT section's cross-key rules; with it enabled, [upstream] is off unless set on (an error)."""
+    if not mq.site:
+        mq = dataclasses.replace(mq, site=gateway_id)
+        from gateway.mqtt_shapes import check_site
+
+        why = check_site(mq.site)
+        if why:
+            raise ConfigError(f"{name}: mqtt.site: empty, and the gateway id {why}; set mqtt.site")
+    if mq.password is not None and mq.username is None:
+        raise ConfigError(f"{name}: mqtt.password: set without a username")
+    if mq.backoff_initial_s > mq.backoff_max_s:
+        raise ConfigError(f"{name}: mqtt.backoff_initial_s: larger than backoff_max_s")
+    if (mq.cert_file is None) != (mq.key_file is None):
+        raise ConfigError(f"{name}: mqtt.cert_file: a client certificate needs both cert_file and key_file")
+    for key in ("ca_file", "cert_file", "key_file"):
+        p = getattr(mq, key)
+        if p is not None and not mq.tls:
+            raise ConfigError(f"{name}: mqtt.{key}: set, but mqtt.tls is false (the file would not be used)")
+        if p is not None and not p.is_file():
+            raise ConfigError(f"{name}: mqtt.{key}: {p} does not exist")
+    if mq.key_file is not None and mq.key_file.stat().st_mode & 0o077:
+        raise ConfigError(
+            f"{name}: mqtt.key_file: {mq.key_file} holds a private key but is accessible to group or others; "
+            f"run: chmod 600 {mq.key_file}"
+        )
+    if mq.tls:
+        import ssl
+
+        try:
+            ctx = ssl.create_default_context(cafile=str(mq.ca_file) if mq.ca_file else None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"{name}: mqtt.ca_file: not a usable PEM CA file: {e}") from None
+        if mq.cert_file is not None:
+            try:
+                ctx.load_cert_chain(str(mq.cert_file), str(mq.key_file))
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(
+                    f"{name}: mqtt.cert_file: the certificate and key_file do not load together: {e}"
+                ) from None
+    if mq.enabled:
+        if data.get("upstream", {}).get("enabled") is True:
+            raise ConfigError(
+                f"{name}: mqtt.enabled: the store has one upstream, and [upstream] enabled = true is set too; "
+                "set one of them to false (a record leaves the queue once, when its upstream acknowledged it)"
+            )
+        up = dataclasses.replace(up, enabled=False)
+    return mq, up
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -580,6 +710,21 @@ def example_config() -> str:
     out += ["# " + line if line else "" for line in ex]
     out += _example_section("[ble]", BleSection, {}, set())
     out += _example_section("[adr]", AdrSection, {}, set())
+    out += ['# MQTT upstream (gateway/README.md, "MQTT upstream"): instead of [upstream] when enabled.']
+    out += _example_section(
+        "[mqtt]",
+        MqttSection,
+        {
+            "username_file": '"mqtt.user"',
+            "username": '"lumeau-gateway"',
+            "password_file": '"mqtt.password"',
+            "password": '"the-broker-password"',
+            "ca_file": '"ca.pem"',
+            "cert_file": '"client.pem"',
+            "key_file": '"client.key"',
+        },
+        {"username_file", "username", "password_file", "password", "ca_file", "cert_file", "key_file"},
+    )
     return "\n".join(out).rstrip() + "\n"
 
 

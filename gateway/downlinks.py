@@ -148,6 +148,7 @@ class Downlinks:
         self._collect: dict[tuple[int, int], list[Reception]] = {}
         self._early: OrderedDict[tuple[int, int], list[Reception]] = OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
+        self._enqueue_locks: dict[int, asyncio.Lock] = {}  # bounded by the registry's nodes
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
         self._queued = asyncio.Event()  # set when a downlink is queued: the sweep sleeps while none is open
@@ -194,6 +195,12 @@ class Downlinks:
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if not 0 < ttl <= 30 * 86400:
             raise DownlinkRejected("ttl_s must be within 0..2592000 s (30 days)")
+        # One enqueue per node at a time: the limit is checked before the store's await and the
+        # downlink counted after it, so concurrent requests (API, MQTT) would all pass the check.
+        async with self._enqueue_locks.setdefault(node_id, asyncio.Lock()):
+            return await self._enqueue(node_id, mtype, body, ttl)
+
+    async def _enqueue(self, node_id: int, mtype: int, body: dict[int, Any], ttl: float) -> Downlink:
         queue = self._open.setdefault(node_id, [])
         if len(queue) >= self.max_queued_per_node:
             raise DownlinkRejected(f"node {node_id:08x} already has {len(queue)} downlinks waiting", 429)

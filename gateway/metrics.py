@@ -103,3 +103,21 @@ def upstream_families(x: Metrics, st: dict[str, Any]) -> None:
         "The last batch's latency.",
         [({}, st.get("batch_latency_seconds_last", 0.0))],
     )
+    if "connected" in st:  # the MQTT upstream (gateway/upstream_mqtt.py): responses are puback|error|refused
+        x.family("lumeau_upstream_connected", "gauge", "1 while connected to the MQTT broker.", [({}, st["connected"])])
+        x.family(
+            "lumeau_upstream_connections_total",
+            "counter",
+            "Connections made to the MQTT broker.",
+            [({}, st.get("connections", 0))],
+        )
+        x.family(
+            "lumeau_upstream_commands_total",
+            "counter",
+            "Commands received over MQTT (RPCs, command messages) by outcome.",
+            [
+                ({"outcome": "received"}, st.get("commands_in", 0)),
+                ({"outcome": "refused"}, st.get("commands_refused", 0)),
+                ({"outcome": "dropped"}, st.get("commands_dropped", 0)),
+            ],
+        )

@@ -189,11 +189,13 @@ class Gateway:
                 "api_port": self.api.port if self.api else None,
                 "semtech_port": next((t.port for t in self.transports if type(t).__name__ == "SemtechServer"), None),
                 "serial_ports": [t.port for t in self.transports if type(t).__name__ == "SerialTransport"],
-                "upstream": cfg.upstream.url if self.upstream is not None else None,
+                "upstream": getattr(self.upstream, "url", None),
             },
         )
 
     def _make_upstream(self) -> Any:
+        if self.cfg.mqtt.enabled:
+            return self._make_mqtt_upstream()
         u = self.cfg.upstream
         if not u.enabled:
             return None
@@ -219,6 +221,36 @@ class Gateway:
             ngsi_tenant=u.tenant or None,
         )
         self.pipeline.listeners.append(lambda _n: up.notify())  # look at once, not at the next poll
+        return up
+
+    def _make_mqtt_upstream(self) -> Any:
+        """[mqtt]: the store's upstream is an MQTT broker (gateway/upstream_mqtt.py); commands come
+        back through the same downlink queue as the local API's."""
+        from gateway.upstream_mqtt import MqttUpstream, tls_context
+
+        q = self.cfg.mqtt
+        assert self.store is not None and self.registry is not None and self.pipeline is not None
+        up = MqttUpstream(
+            self.store,
+            q.host,
+            q.port,
+            shape=q.shape,
+            site=q.site,
+            client_id=q.client_id,
+            username=q.username.reveal() if q.username else None,
+            password=q.password.reveal() if q.password else None,
+            tls=tls_context(q.ca_file, q.cert_file, q.key_file) if q.tls else None,
+            keepalive=q.keepalive_s,
+            batch_size=q.batch_max_records,
+            max_age=q.batch_max_age_s,
+            timeout=q.timeout_s,
+            backoff_base=q.backoff_initial_s,
+            backoff_max=q.backoff_max_s,
+            max_payload=q.max_payload_bytes,
+            registry=self.registry,
+            downlinks=self.downlinks if q.commands else None,
+        )
+        self.pipeline.listeners.append(lambda _n: up.notify())
         return up
 
     def _make_transports(self) -> list[Any]:

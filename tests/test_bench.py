@@ -119,3 +119,37 @@ def test_open311_bench_prints_its_figures():
     # measured here: each variant's reports were filed within the whole run
     assert result["indexed_reports_per_s"] >= 20 / wall and result["full_scan_reports_per_s"] >= 5 / wall
     assert result["speedup"] > 0
+
+
+def test_upstream_mqtt_bench_prints_its_figures():
+    # against Debian's mosquitto (make mosquitto) and bench/gateway.py's null HTTP sink
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "upstream_mqtt.py"),
+            "--json",
+            "--records",
+            "300",
+            "--nodes",
+            "10",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    wall = time.monotonic() - t0
+    result = json.loads(out)
+    for name in ("http", "mqtt_plain", "mqtt_thingsboard"):
+        assert result[f"{name}_records_per_s"] >= 300 / wall  # each drain took less than the whole run
+        assert result[f"{name}_cpu_us_per_record"] > 0
+    # one message per record on plain topics; ThingsBoard groups a batch's records (+ a connect and a
+    # disconnect per device)
+    assert result["mqtt_plain_messages_per_record"] >= 1.0 > result["mqtt_thingsboard_messages_per_record"]
+    for name in ("mqtt_plain", "mqtt_thingsboard"):
+        assert result[f"{name}_cpu_ratio"] == pytest.approx(
+            result[f"{name}_cpu_us_per_record"] / result["http_cpu_us_per_record"], rel=0.02, abs=0.01
+        )

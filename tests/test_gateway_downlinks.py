@@ -253,6 +253,18 @@ async def test_enqueue_refuses_what_cannot_be_sent(gw):
     assert e.value.status == 429
 
 
+async def test_concurrent_enqueues_respect_the_per_node_limit(gw):
+    # requests arriving together (API, MQTT commands) each await the store: the limit must still hold
+    _p, d, _ = gw
+    got = await asyncio.gather(
+        *(d.enqueue(3, m.COMMAND, {1: m.OP_REBOOT}) for _ in range(d.max_queued_per_node + 10)),
+        return_exceptions=True,
+    )
+    refused = [g for g in got if isinstance(g, DownlinkRejected)]
+    assert len(got) - len(refused) == d.max_queued_per_node == d.pending(3)
+    assert len(refused) == 10 and all(e.status == 429 for e in refused)
+
+
 async def test_queued_downlinks_survive_a_restart(tmp_path):
     reg = registry(tmp_path / "nodes.toml", [NODE])
     s = await Store.open(tmp_path / "gw.db")
