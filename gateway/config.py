@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import files
+from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
 from gateway.timesync import DEFAULT_MAX_DRIFT_PPM, DEFAULT_THRESHOLD_S
@@ -371,6 +372,7 @@ class GatewayConfig:
     serial: tuple[SerialPortSection, ...]
     ble: BleSection
     adr: AdrSection = field(default_factory=AdrSection)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # gateway/notify_config.py
 
 
 _SECTIONS: dict[str, type] = {
@@ -473,8 +475,8 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
     base = path.absolute().parent
     name = str(path)
     for key in data:
-        if key not in _SECTIONS and key not in _ARRAYS:
-            close = difflib.get_close_matches(key, list(_SECTIONS) + list(_ARRAYS), n=1)
+        if key not in _SECTIONS and key not in _ARRAYS and key != "notify":
+            close = difflib.get_close_matches(key, [*_SECTIONS, *_ARRAYS, "notify"], n=1)
             hint = f" (did you mean [{close[0]}]?)" if close else ""
             raise ConfigError(f"{name}: [{key}]: unknown section{hint}")
     try:
@@ -495,7 +497,8 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
             if p.port in seen:
                 raise ConfigError(f"serial[{i}].port: {p.port} is listed twice")
             seen.add(p.port)
-    except ConfigError as e:
+        out["notify"] = parse_notify(data.get("notify", {}), base)  # its own module: rules are lists of tables
+    except (ConfigError, NotifyConfigError) as e:
         raise ConfigError(f"{name}: {e}") from None
     gw = out["gateway"]
     if not gw.id:
@@ -580,6 +583,7 @@ def example_config() -> str:
     out += ["# " + line if line else "" for line in ex]
     out += _example_section("[ble]", BleSection, {}, set())
     out += _example_section("[adr]", AdrSection, {}, set())
+    out += [example_notify()]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -1,0 +1,434 @@
+"""Alarm notifications: the I/O side (the decisions are gateway/notify_rules.py's, pure).
+
+`Notifier(cfg, store, registry, gateway_id)`, `await start()`, `await stop()`;
+the service calls `wake()` after each commit (pipeline listener). One task:
+
+1. decides each journalled alarm event (gateway/store/notifications.py: the
+   journal is written with the record that raised or cleared the alarm) into
+   the outbox, one transaction per event (`Notifications.apply`);
+2. escalates the cycles not acknowledged (`ack`, the API's POST
+   /alarms/{node}/{code}/ack) nor cleared in time;
+3. closes the digests whose window ended;
+4. sends what is due: e-mail through SMTP (stdlib smtplib, in a thread:
+   STARTTLS, implicit TLS or none; login when configured), webhooks as a JSON
+   POST signed with HMAC-SHA256; marks each row sent once the channel
+   accepted it (SMTP: the server's 250 after DATA; HTTP: a 2xx).
+
+Failures: a server down, a timeout, SMTP 4xx, HTTP 408/429/5xx are retried
+with exponential backoff and jitter (`retry_initial_s` doubling to
+`retry_max_s`), forever: nothing is dropped. An SMTP 5xx refusing the
+recipient or the message, and an HTTP 4xx, are final: the row is `failed`,
+logged, kept.
+
+Delivery guarantee, exactly: a message is handed to its channel until one
+attempt is accepted, and never again after the "sent" mark is committed. A
+crash after the channel accepted and before that commit (a few
+milliseconds: one SQLite transaction) sends it once more after the restart;
+that copy carries the same idempotency key -- `X-Lumeau-Delivery` header and
+`id` field of the webhook, `Message-ID` and `X-Lumeau-Delivery` of the
+e-mail -- so a receiver can drop it. So: at least once, and exactly once
+for a receiver that de-duplicates by that key.
+
+Webhook signature: `X-Lumeau-Timestamp: <Unix seconds>` and
+`X-Lumeau-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`;
+a receiver recomputes it over the raw body and refuses a timestamp older
+than a few minutes (a replay). Secrets and webhook URLs' paths (they often
+hold tokens) never reach the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import smtplib
+import ssl
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from gateway import notify_rules as nr
+from gateway.notify_config import NotifyConfig, SmtpConfig
+from gateway.registry import Registry
+from gateway.store import Store
+from gateway.store.notifications import JournalEvent, NewMessage, OutboxRow, Outcome
+from protocol import messages as m
+from protocol.expand import ENUMS
+
+log = logging.getLogger("lumeau.gateway.notify")
+
+POLL_S = 1.0  # at most this long between looks at the outbox without a wake-up
+SEND_CONCURRENCY = 8  # messages being sent at once
+USER_AGENT = "lumeau-gateway-notify/1"
+
+_CODES: dict[int, str] = ENUMS[(m.EVENT, m.E_CODE)]
+_SEVERITIES: dict[int, str] = ENUMS[(m.EVENT, m.E_SEVERITY)]
+
+
+class Permanent(Exception):
+    """The channel refused the message for good: retrying cannot help."""
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The `X-Lumeau-Signature` value for a webhook body (module docstring)."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def redact(target: nr.Target) -> str:
+    """A recipient as the log shows it: a webhook's scheme and host only."""
+    if target.channel == "webhook":
+        u = urlsplit(target.address)
+        return f"{u.scheme}://{u.hostname}" + (f":{u.port}" if u.port else "")
+    return target.address
+
+
+def smtp_send(cfg: SmtpConfig, msg: EmailMessage) -> None:
+    """Hand one message to the SMTP server (blocking: run in a thread); raises Permanent for a 5xx refusal."""
+    try:
+        if cfg.security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                cfg.host, cfg.port, timeout=cfg.timeout_s, context=ssl.create_default_context()
+            )
+        else:
+            client = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_s)
+        with client:
+            if cfg.security == "starttls":
+                client.starttls(context=ssl.create_default_context())
+            if cfg.username and cfg.password is not None:
+                client.login(cfg.username, cfg.password.reveal())
+            client.send_message(msg)
+    except smtplib.SMTPRecipientsRefused as e:
+        codes = [c for c, _ in e.recipients.values()]
+        if codes and all(c >= 500 for c in codes):
+            raise Permanent(f"recipient refused: {codes}") from None
+        raise
+    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as e:
+        if e.smtp_code >= 500:
+            raise Permanent(f"SMTP {e.smtp_code}: {e.smtp_error!r}") from None
+        raise
+
+
+class Notifier:
+    """See the module docstring. `clock` is the wall clock (a seam for quiet-hour tests)."""
+
+    def __init__(
+        self,
+        cfg: NotifyConfig,
+        store: Store,
+        registry: Registry,
+        gateway_id: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.table = store.notifications
+        self.registry = registry
+        self.gateway_id = gateway_id
+        self.clock = clock
+        self.tz = cfg.tz
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._secret = cfg.webhook.secret.reveal().encode() if cfg.webhook.secret is not None else b""
+        self.turn_started = 0.0  # when the latest turn began (tests wait for a turn after an instant)
+        self.counts = {"sent": 0, "retried": 0, "failed": 0, "decided": 0, "escalated": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, run: bool = True) -> None:
+        """Open the HTTP client and run the task (`run=False`: the caller drives `run_once`, as tests do)."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.webhook.timeout_s), headers={"User-Agent": USER_AGENT}
+        )
+        if run:
+            self._task = asyncio.create_task(self._run(), name="lumeau-notify")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def wake(self) -> None:
+        """Something was committed: look at the journal now (cheap: called after every commit)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # a bad turn must not end notifications; the rows wait in the store
+                log.exception("notification turn failed")
+            nxt = self.table.next_wake()
+            delay = POLL_S if nxt is None else min(POLL_S, max(0.0, nxt - self.clock()))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """One turn: decide journalled events, escalate, close digests, send what is due. Returns rows sent."""
+        self.turn_started = self.clock()
+        await self.decide_events()
+        await self.escalate()
+        await self.table.seal_digests(self.clock())
+        return await self.send_due()
+
+    # ------------------------------------------------------------ deciding
+
+    def _groups(self) -> dict[int, frozenset[str]]:
+        by_node: dict[int, set[str]] = {}
+        for g in self.registry.groups():
+            for n in g.members:
+                by_node.setdefault(n, set()).add(g.name)
+        return {n: frozenset(s) for n, s in by_node.items()}
+
+    def _event(self, je: JournalEvent) -> nr.AlarmEvent:
+        entry = self.registry.get(je.node_id)
+        return nr.AlarmEvent(
+            cycle=je.cycle,
+            event=je.event,
+            node_id=je.node_id,
+            code=_CODES.get(je.code, str(je.code)),
+            zone=je.zone,
+            severity=_SEVERITIES.get(je.severity, str(je.severity)),
+            value=je.value,
+            at=je.at,
+            since=je.since,
+            closed_by=je.closed_by,
+            node_name=(entry.name if entry is not None else "") or "",
+        )
+
+    async def decide_events(self) -> int:
+        events = self.table.events()
+        if not events:
+            return 0
+        groups = self._groups()
+        cfg = self.cfg
+        for je in events:
+            ev = self._event(je)
+            now = self.clock()
+            node_groups = groups.get(ev.node_id, frozenset())
+
+            decide = self._decider(ev, node_groups, now)
+            out = await self.table.apply(je.id, ev.cycle, decide, now, cfg.storm_window_s, now + cfg.storm_window_s)
+            self.counts["decided"] += 1
+            for msg in out.messages:
+                state = "skipped" if msg.skipped else "digest" if msg.digest else "queued"
+                log.info(
+                    "alarm notification %s",
+                    state,
+                    extra={
+                        "node": f"{ev.node_id:08x}",
+                        "code": ev.code,
+                        "event": ev.event,
+                        "channel": msg.channel,
+                        "to": redact(nr.Target(msg.channel, msg.recipient)),
+                        "due_in_s": round(msg.due - now, 1),
+                    },
+                )
+        return len(events)
+
+    def _decider(
+        self, ev: nr.AlarmEvent, node_groups: frozenset[str], now: float
+    ) -> Callable[[frozenset[tuple[str, str]], dict[tuple[str, str], int]], Outcome]:
+        """What `Notifications.apply` runs, inside its transaction, with the outbox's view."""
+        cfg = self.cfg
+
+        def decide(told: frozenset[tuple[str, str]], recent: dict[tuple[str, str], int]) -> Outcome:
+            d = nr.decide(
+                ev,
+                cfg.rules,
+                node_groups,
+                now,
+                self.tz,
+                {nr.Target(*k): n for k, n in recent.items()},
+                cfg.storm_threshold,
+                frozenset(nr.Target(*t) for t in told),
+            )
+            out = Outcome(messages=[self._new(msg, now) for msg in d.messages])
+            if ev.event in ("raise", "report") and d.messages:
+                out.cycle_row = {
+                    "node_id": ev.node_id,
+                    "code": ev.code,
+                    "zone": ev.zone,
+                    "severity": ev.severity,
+                    "item": nr.item(ev),
+                    "raised": ev.since,
+                }
+            if d.escalate_at is not None:
+                out.escalate_at = d.escalate_at
+                out.escalate_to = [[t.channel, t.address] for t in d.escalate_to]
+            if ev.event == "clear" or ev.event == "report":  # a one-shot is over once told
+                out.cleared = ev.at
+            return out
+
+        return decide
+
+    def _new(self, msg: nr.Message, now: float) -> NewMessage:
+        return NewMessage(
+            key=msg.key,
+            kind=msg.kind,
+            channel=msg.target.channel,
+            recipient=msg.target.address,
+            cycle=msg.cycle,
+            item=msg.item,
+            due=msg.due,
+            skipped=msg.skipped is not None,
+            digest=msg.digest,
+            digest_key=nr.digest_key(msg.target, now),
+        )
+
+    async def escalate(self) -> int:
+        now = self.clock()
+        due = self.table.escalations_due(now)
+        for cycle, raised, targets in due:
+            it = {**raised, "event": "escalation", "at": now}
+
+            def decide(
+                told: frozenset[tuple[str, str]],
+                recent: dict[tuple[str, str], int],
+                it: dict[str, Any] = it,
+                cycle: str = cycle,
+                targets: list[list[str]] = targets,
+            ) -> Outcome:
+                msgs = [
+                    nr.escalation_message(
+                        cycle, it, nr.Target(ch, addr), now, recent.get((ch, addr), 0), self.cfg.storm_threshold
+                    )
+                    for ch, addr in targets
+                ]
+                return Outcome(messages=[self._new(x, now) for x in msgs])
+
+            await self.table.apply(None, cycle, decide, now, self.cfg.storm_window_s, now + self.cfg.storm_window_s)
+            self.counts["escalated"] += 1
+            log.warning(
+                "alarm not acknowledged: escalated",
+                extra={"node": raised.get("node"), "code": raised.get("code"), "to": len(targets)},
+            )
+        return len(due)
+
+    async def ack(self, node_id: int, code: str, zone: int | None = None, by: str = "api") -> list[str]:
+        """Acknowledge a node's open alarm cycles of `code` (every zone unless `zone`): no escalation follows."""
+        cycles = await self.table.ack(node_id, code, zone, by, self.clock())
+        if cycles:
+            log.info("alarm acknowledged", extra={"node": f"{node_id:08x}", "code": code, "cycles": len(cycles)})
+        return cycles
+
+    # ------------------------------------------------------------ sending
+
+    async def send_due(self) -> int:
+        rows = self.table.due(self.clock(), limit=256)
+        if not rows:
+            return 0
+        sem = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def one(row: OutboxRow) -> bool:
+            async with sem:
+                return await self._deliver(row)
+
+        done = await asyncio.gather(*(one(r) for r in rows))
+        return sum(done)
+
+    async def _deliver(self, row: OutboxRow) -> bool:
+        target = nr.Target(row.channel, row.recipient)
+        try:
+            if row.channel == "email":
+                await asyncio.to_thread(smtp_send, self.cfg.smtp, self.email(row))
+            else:
+                await self._post(row)
+        except Permanent as e:
+            await self.table.give_up(row.id, str(e))
+            self.counts["failed"] += 1
+            log.error(
+                "alarm notification refused for good",
+                extra={"id": row.id, "kind": row.kind, "channel": row.channel, "to": redact(target), "why": str(e)},
+            )
+            return False
+        except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError) as e:
+            delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(row.attempts, 30))
+            delay *= random.uniform(0.5, 1.0)
+            await self.table.retry(row.id, self.clock() + delay, _why(e))
+            self.counts["retried"] += 1
+            log.warning(
+                "alarm notification not delivered, will retry",
+                extra={
+                    "id": row.id,
+                    "channel": row.channel,
+                    "to": redact(target),
+                    "attempt": row.attempts + 1,
+                    "retry_in_s": round(delay, 1),
+                    "why": _why(e),
+                },
+            )
+            return False
+        await self.table.sent(row.id, self.clock())
+        self.counts["sent"] += 1
+        log.info(
+            "alarm notification sent",
+            extra={
+                "id": row.id,
+                "kind": row.kind,
+                "channel": row.channel,
+                "to": redact(target),
+                "items": len(row.items),
+            },
+        )
+        return True
+
+    def email(self, row: OutboxRow) -> EmailMessage:
+        subject, text = nr.email_text(row.kind, row.items, self.gateway_id, self.tz)
+        msg = EmailMessage()
+        msg["From"] = self.cfg.smtp.sender
+        msg["To"] = row.recipient
+        msg["Subject"] = subject
+        msg["Date"] = formatdate(self.clock(), localtime=False)
+        msg["Message-ID"] = f"<{row.key}@lumeau.{_domain(self.cfg.smtp.sender)}>"
+        msg["X-Lumeau-Delivery"] = row.key
+        msg.set_content(text)
+        return msg
+
+    async def _post(self, row: OutboxRow) -> None:
+        assert self._session is not None, "start() first"
+        doc = nr.webhook_body(row.kind, row.key, row.items, self.gateway_id, row.created)
+        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        ts = str(int(self.clock()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Lumeau-Timestamp": ts,
+            "X-Lumeau-Signature": sign(self._secret, ts, body),
+            "X-Lumeau-Delivery": row.key,
+        }
+        async with self._session.post(row.recipient, data=body, headers=headers, allow_redirects=False) as resp:
+            await resp.read()
+            if 200 <= resp.status < 300:
+                return
+            if resp.status in (408, 425, 429) or resp.status >= 500:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=resp.reason or "")
+            raise Permanent(f"HTTP {resp.status}")
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, **{f"outbox_{k}": v for k, v in self.table.counts().items()}}
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, aiohttp.ClientResponseError):
+        return f"HTTP {e.status}"
+    return f"{type(e).__name__}: {e}"[:200]
+
+
+def _domain(addr: str) -> str:
+    return addr.rpartition("@")[2] or "localhost"

@@ -1,0 +1,472 @@
+"""Alarm notifications, durable (tables `notify_events`, `notify_outbox`, `notify_alarms`, `notify_rate`).
+
+- `notify_events`, the journal: every change of an alarm cycle (raised,
+  cleared, a one-shot report) is written **in the same group commit as the
+  record that made it** (this is a group `Part`, fed by gateway/store/nodes.py
+  as it folds records into node state), so an alarm stored is an alarm that
+  will be notified, across `kill -9`. Only with `Store.open(alarm_journal=True)`
+  (the service sets it when `[notify] enabled`); rows leave once decided.
+- `notify_outbox`: one row per message, `key` UNIQUE: the idempotency key per
+  (alarm cycle, event, channel, recipient) (gateway/notify_rules.py), so a
+  decision made twice adds nothing. States: `pending` (to send at `due`,
+  retried at `next_try`), `collecting` (a digest still taking entries until
+  `due`), `sent`, `failed` (refused for good), `skipped` (quiet hours),
+  `digested` (went out inside a digest: `digest` names it).
+- `notify_alarms`: each alarm cycle told of, with its acknowledgement and its
+  escalation (when, to whom, done).
+- `notify_rate`: when each target was last given something, for storm
+  detection (pruned past the window).
+
+Deciding an event (`apply`) reads what it needs and writes every outcome in
+one transaction, on the writer's thread: it is done exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.store.core import Part, StoreError, Writer
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notify_events (
+    id INTEGER PRIMARY KEY,
+    node_id INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    zone INTEGER NOT NULL,
+    severity INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    at REAL NOT NULL,
+    since REAL NOT NULL,
+    counter INTEGER NOT NULL,
+    closed_by TEXT
+);
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    cycle TEXT,
+    items TEXT NOT NULL,
+    created REAL NOT NULL,
+    due REAL NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    sent_at REAL,
+    digest INTEGER
+);
+CREATE INDEX IF NOT EXISTS notify_outbox_state ON notify_outbox (state, due);
+CREATE INDEX IF NOT EXISTS notify_outbox_cycle ON notify_outbox (cycle);
+CREATE TABLE IF NOT EXISTS notify_alarms (
+    cycle TEXT PRIMARY KEY,
+    node_id INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    zone INTEGER NOT NULL,
+    severity TEXT NOT NULL,
+    item TEXT NOT NULL,
+    raised REAL NOT NULL,
+    cleared REAL,
+    acked REAL,
+    acked_by TEXT,
+    escalate_at REAL,
+    escalate_to TEXT,
+    escalated INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS notify_alarms_node ON notify_alarms (node_id, code);
+CREATE TABLE IF NOT EXISTS notify_rate (
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notify_rate_target ON notify_rate (channel, recipient, at);
+"""
+
+OPEN_STATES = ("pending", "collecting")
+TOLD_STATES = ("pending", "collecting", "sent", "digested")
+
+_OUT_COLS = (
+    "id, key, kind, channel, recipient, cycle, items, created, due, state, attempts, next_try, last_error, sent_at"
+)
+
+
+@dataclass(frozen=True)
+class JournalEvent:
+    """A row of `notify_events`: an alarm cycle changed (codes and severities as on the air)."""
+
+    id: int
+    node_id: int
+    event: str  # raise | clear | report
+    code: int
+    zone: int
+    severity: int
+    value: Any
+    at: float
+    since: float
+    counter: int  # the counter of the record that raised the cycle
+    closed_by: str | None
+
+    @property
+    def cycle(self) -> str:
+        """The alarm cycle's identity: node, code, zone, and counter and time of its raise
+        (a counter alone could come back after a re-key)."""
+        return f"{self.node_id:08x}-{self.code}-{self.zone}-{self.counter}-{round(self.since * 1000)}"
+
+
+@dataclass
+class OutboxRow:
+    id: int
+    key: str
+    kind: str  # alarm | clear | report | escalation | digest
+    channel: str
+    recipient: str
+    cycle: str | None
+    items: list[dict[str, Any]]
+    created: float
+    due: float
+    state: str
+    attempts: int
+    next_try: float
+    last_error: str | None
+    sent_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "key": self.key,
+            "kind": self.kind,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "cycle": self.cycle,
+            "items": len(self.items),
+            "created": self.created,
+            "due": self.due,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_try": self.next_try,
+            "last_error": self.last_error,
+            "sent_at": self.sent_at,
+        }
+
+
+def _row(r: tuple) -> OutboxRow:
+    return OutboxRow(*r[:6], json.loads(r[6]), *r[7:])  # type: ignore[call-arg]
+
+
+@dataclass
+class NewMessage:
+    """A message decided for the outbox (gateway/notify.py builds these from notify_rules.Message)."""
+
+    key: str
+    kind: str
+    channel: str
+    recipient: str
+    cycle: str | None
+    item: dict[str, Any]
+    due: float
+    skipped: bool = False
+    digest: bool = False  # join the target's open digest (or open one, due `digest_due`)
+    digest_key: str = ""  # the key of a digest this message opens
+
+
+@dataclass
+class Outcome:
+    """What deciding one event writes: messages, and the cycle's bookkeeping."""
+
+    messages: list[NewMessage]
+    cycle: str | None = None
+    cycle_row: dict[str, Any] | None = None  # insert (raise, report) or update severity
+    cleared: float | None = None
+    escalate_at: float | None = None
+    escalate_to: list[list[str]] | None = None
+
+
+class Notifications(Part):
+    """The journal (a group Part) and the outbox; see the module docstring."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.enabled = False
+        self._pending: list[tuple] = []
+
+    # ------------------------------------------------------------ the journal, in the group commit
+
+    def journal(
+        self,
+        event: str,
+        node_id: int,
+        code: int,
+        zone: int,
+        severity: int,
+        value: Any,
+        at: float,
+        since: float,
+        counter: int,
+        closed_by: str | None = None,
+    ) -> None:
+        """Called by node state as it folds a record (loop thread); written with that record's group."""
+        if not self.enabled:
+            return
+        self._pending.append((node_id, event, code, zone, severity, json.dumps(value), at, since, counter, closed_by))
+        self.writer.wake()
+
+    def has_work(self) -> bool:
+        return bool(self._pending)
+
+    def take(self, limit: int) -> Any:
+        if not self._pending:
+            return None
+        work, self._pending = self._pending, []
+        return work
+
+    def write(self, c: sqlite3.Connection, work: Any) -> Any:
+        if work:
+            c.executemany(
+                "INSERT INTO notify_events (node_id, event, code, zone, severity, value, at, since, counter, "
+                "closed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                work,
+            )
+        return None
+
+    def failed(self, work: Any, err: StoreError) -> None:
+        if work:  # as node state does: the change is still true in memory, written with the next group
+            self._pending[:0] = work
+
+    # ------------------------------------------------------------ reads (the reader's connection)
+
+    def _reader(self) -> sqlite3.Connection:
+        r = self.writer.reader
+        assert r is not None
+        return r
+
+    def events(self, limit: int = 100) -> list[JournalEvent]:
+        rows = self._reader().execute(
+            "SELECT id, node_id, event, code, zone, severity, value, at, since, counter, closed_by "
+            "FROM notify_events ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [JournalEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), *r[7:]) for r in rows]
+
+    def due(self, now: float, limit: int = 100) -> list[OutboxRow]:
+        rows = self._reader().execute(
+            f"SELECT {_OUT_COLS} FROM notify_outbox WHERE state = 'pending' AND due <= ? AND next_try <= ? "
+            "ORDER BY due, id LIMIT ?",
+            (now, now, limit),
+        )
+        return [_row(r) for r in rows]
+
+    def next_wake(self) -> float | None:
+        """The earliest time something in the outbox becomes due (or a digest closes)."""
+        got = (
+            self._reader()
+            .execute("SELECT MIN(MAX(due, next_try)) FROM notify_outbox WHERE state IN ('pending', 'collecting')")
+            .fetchone()[0]
+        )
+        esc = (
+            self._reader()
+            .execute(
+                "SELECT MIN(escalate_at) FROM notify_alarms WHERE escalated = 0 AND escalate_at IS NOT NULL "
+                "AND acked IS NULL AND cleared IS NULL"
+            )
+            .fetchone()[0]
+        )
+        times = [t for t in (got, esc) if t is not None]
+        return min(times) if times else None
+
+    def outbox(self, states: tuple[str, ...] | None = None, limit: int = 1000) -> list[OutboxRow]:
+        if states:
+            q = f"SELECT {_OUT_COLS} FROM notify_outbox WHERE state IN ({','.join('?' * len(states))}) ORDER BY id"
+            rows = self._reader().execute(q + " LIMIT ?", (*states, limit))
+        else:
+            rows = self._reader().execute(f"SELECT {_OUT_COLS} FROM notify_outbox ORDER BY id LIMIT ?", (limit,))
+        return [_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._reader().execute("SELECT state, COUNT(*) FROM notify_outbox GROUP BY state"))
+
+    def alarms(self, open_only: bool = True, limit: int = 1000) -> list[dict[str, Any]]:
+        q = (
+            "SELECT cycle, node_id, code, zone, severity, raised, cleared, acked, acked_by, escalate_at, escalated "
+            "FROM notify_alarms"
+        )
+        q += " WHERE cleared IS NULL" if open_only else ""
+        rows = self._reader().execute(q + " ORDER BY raised LIMIT ?", (limit,))
+        keys = ("cycle", "node_id", "code", "zone", "severity", "raised", "cleared", "acked", "acked_by")
+        return [{**dict(zip(keys, r[:9])), "escalate_at": r[9], "escalated": bool(r[10])} for r in rows]
+
+    def escalations_due(self, now: float) -> list[tuple[str, dict[str, Any], list[list[str]]]]:
+        """(cycle, raise item, targets) of cycles neither acknowledged nor cleared past their escalation time."""
+        rows = self._reader().execute(
+            "SELECT cycle, item, escalate_to FROM notify_alarms WHERE escalated = 0 AND escalate_at <= ? "
+            "AND acked IS NULL AND cleared IS NULL ORDER BY escalate_at",
+            (now,),
+        )
+        return [(c, json.loads(i), json.loads(t or "[]")) for c, i, t in rows]
+
+    # ------------------------------------------------------------ writes (one transaction each)
+
+    async def apply(
+        self,
+        event_id: int | None,
+        cycle: str,
+        decide: Callable[[frozenset[tuple[str, str]], dict[tuple[str, str], int]], Outcome],
+        now: float,
+        storm_window_s: float,
+        digest_due: float,
+    ) -> Outcome:
+        """Decide one event and write the outcome in one transaction; the journal row goes with it.
+
+        `decide(told, recent)` runs on the writer's thread with what the outbox holds: the
+        targets told of the cycle's raise or escalation, and each target's recent count.
+        `event_id` None: an escalation (the cycle is marked escalated instead)."""
+
+        def op(c: sqlite3.Connection) -> Outcome:
+            told = frozenset(
+                c.execute(
+                    "SELECT channel, recipient FROM notify_outbox WHERE cycle = ? AND kind IN ('alarm', 'escalation') "
+                    f"AND state IN ({','.join('?' * len(TOLD_STATES))})",
+                    (cycle, *TOLD_STATES),
+                ).fetchall()
+            )
+            c.execute("DELETE FROM notify_rate WHERE at < ?", (now - storm_window_s,))
+            recent = {
+                (ch, rc): n
+                for ch, rc, n in c.execute(
+                    "SELECT channel, recipient, COUNT(*) FROM notify_rate GROUP BY channel, recipient"
+                )
+            }
+            out = decide(told, recent)
+            for msg in out.messages:
+                self._insert(c, msg, now, digest_due)
+            if out.cycle_row is not None:
+                r = out.cycle_row
+                c.execute(
+                    "INSERT INTO notify_alarms (cycle, node_id, code, zone, severity, item, raised) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cycle) DO UPDATE SET severity = excluded.severity, "
+                    "item = excluded.item",
+                    (cycle, r["node_id"], r["code"], r["zone"], r["severity"], json.dumps(r["item"]), r["raised"]),
+                )
+            if out.escalate_at is not None:
+                c.execute(
+                    "UPDATE notify_alarms SET escalate_at = ?, escalate_to = ? WHERE cycle = ? AND escalated = 0 "
+                    "AND (escalate_at IS NULL OR escalate_at > ?)",
+                    (out.escalate_at, json.dumps(out.escalate_to), cycle, out.escalate_at),
+                )
+            if out.cleared is not None:
+                c.execute("UPDATE notify_alarms SET cleared = ? WHERE cycle = ?", (out.cleared, cycle))
+            if event_id is not None:
+                c.execute("DELETE FROM notify_events WHERE id = ?", (event_id,))
+            else:
+                c.execute("UPDATE notify_alarms SET escalated = 1 WHERE cycle = ?", (cycle,))
+            return out
+
+        result: Outcome = await self.writer.submit(op)
+        return result
+
+    @staticmethod
+    def _insert(c: sqlite3.Connection, msg: NewMessage, now: float, digest_due: float) -> None:
+        if c.execute("SELECT 1 FROM notify_outbox WHERE key = ?", (msg.key,)).fetchone():
+            return  # decided before: the idempotency key holds
+        items = json.dumps([msg.item])
+        if msg.skipped:
+            state, digest = "skipped", None
+        elif msg.digest:
+            row = c.execute(
+                "SELECT id, items FROM notify_outbox WHERE kind = 'digest' AND state = 'collecting' "
+                "AND channel = ? AND recipient = ? ORDER BY id DESC LIMIT 1",
+                (msg.channel, msg.recipient),
+            ).fetchone()
+            if row is None:
+                cur = c.execute(
+                    "INSERT INTO notify_outbox (key, kind, channel, recipient, cycle, items, created, due, state) "
+                    "VALUES (?, 'digest', ?, ?, NULL, ?, ?, ?, 'collecting')",
+                    (
+                        msg.digest_key,
+                        msg.channel,
+                        msg.recipient,
+                        items,
+                        now,
+                        max(digest_due, msg.due),
+                    ),
+                )
+                digest = cur.lastrowid
+            else:
+                digest = row[0]
+                c.execute(
+                    "UPDATE notify_outbox SET items = ? WHERE id = ?",
+                    (json.dumps([*json.loads(row[1]), msg.item]), digest),
+                )
+            state = "digested"
+        else:
+            state, digest = "pending", None
+        c.execute(
+            "INSERT INTO notify_outbox (key, kind, channel, recipient, cycle, items, created, due, state, digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg.key, msg.kind, msg.channel, msg.recipient, msg.cycle, items, now, msg.due, state, digest),
+        )
+        if state != "skipped":
+            c.execute(
+                "INSERT INTO notify_rate (channel, recipient, at) VALUES (?, ?, ?)", (msg.channel, msg.recipient, now)
+            )
+
+    async def seal_digests(self, now: float) -> int:
+        """Close the digests whose window ended: they take no more entries and are sent as they are."""
+
+        def op(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "UPDATE notify_outbox SET state = 'pending' WHERE state = 'collecting' AND due <= ?", (now,)
+            ).rowcount
+
+        n: int = await self.writer.submit(op)
+        return n
+
+    async def sent(self, id_: int, now: float) -> None:
+        """The channel accepted the message: never sent again."""
+        await self.writer.submit(
+            lambda c: c.execute(
+                "UPDATE notify_outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL "
+                "WHERE id = ?",
+                (now, id_),
+            )
+        )
+
+    async def retry(self, id_: int, next_try: float, error: str) -> None:
+        await self.writer.submit(
+            lambda c: c.execute(
+                "UPDATE notify_outbox SET attempts = attempts + 1, next_try = ?, last_error = ? WHERE id = ?",
+                (next_try, error[:500], id_),
+            )
+        )
+
+    async def give_up(self, id_: int, error: str) -> None:
+        """Refused for good (a 4xx, an SMTP 5xx for the recipient): kept, not retried."""
+        await self.writer.submit(
+            lambda c: c.execute(
+                "UPDATE notify_outbox SET state = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error[:500], id_),
+            )
+        )
+
+    async def ack(self, node_id: int, code: str, zone: int | None, by: str, now: float) -> list[str]:
+        """Acknowledge the open cycles of an alarm (every zone unless `zone`); the cycles acknowledged."""
+
+        def op(c: sqlite3.Connection) -> list[str]:
+            q = "SELECT cycle FROM notify_alarms WHERE node_id = ? AND code = ? AND cleared IS NULL AND acked IS NULL"
+            args: tuple[Any, ...] = (node_id, code)
+            if zone is not None:
+                q += " AND zone = ?"
+                args += (zone,)
+            cycles = [r[0] for r in c.execute(q, args)]
+            c.executemany(
+                "UPDATE notify_alarms SET acked = ?, acked_by = ? WHERE cycle = ?", [(now, by, x) for x in cycles]
+            )
+            return cycles
+
+        got: list[str] = await self.writer.submit(op)
+        return got
