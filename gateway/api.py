@@ -1023,4 +1023,22 @@ class Api:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     samples.append(({"transport": kind, "instance": instance, "counter": k}, v))
         x.family("lumeau_transport_stat", "gauge", "Transport counters and states (transports' stats()).", samples)
+        if self.notifier is not None:
+            n = self.notifier
+            x.family(
+                "lumeau_notifications_total",
+                "counter",
+                "Alarm notification outcomes since start: sent, retried (a failed attempt), failed (refused for good).",
+                [({"outcome": k}, n.counts[k]) for k in ("sent", "retried", "failed")],
+            )
+            counts = n.table.counts()
+            x.family(
+                "lumeau_notification_outbox",
+                "gauge",
+                "Notification outbox rows by state (pending: waiting or retrying; collecting: open digests).",
+                [
+                    ({"state": k}, counts.get(k, 0))
+                    for k in ("pending", "collecting", "sent", "failed", "skipped", "digested")
+                ],
+            )
         return x.text()

@@ -68,6 +68,8 @@ log = logging.getLogger("lumeau.gateway.notify")
 POLL_S = 1.0  # at most this long between looks at the outbox without a wake-up
 SEND_CONCURRENCY = 8  # messages being sent at once
 USER_AGENT = "lumeau-gateway-notify/1"
+RETENTION_S = 30 * 86400.0  # settled messages and cleared cycles are kept this long (GET /notifications)
+PRUNE_EVERY_S = 3600.0
 
 _CODES: dict[int, str] = ENUMS[(m.EVENT, m.E_CODE)]
 _SEVERITIES: dict[int, str] = ENUMS[(m.EVENT, m.E_SEVERITY)]
@@ -90,18 +92,21 @@ def redact(target: nr.Target) -> str:
     return target.address
 
 
+def _tls(cfg: SmtpConfig) -> ssl.SSLContext:
+    """Certificate and host name checked, against `ca_file` when given (a private CA)."""
+    return ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file is not None else None)
+
+
 def smtp_send(cfg: SmtpConfig, msg: EmailMessage) -> None:
     """Hand one message to the SMTP server (blocking: run in a thread); raises Permanent for a 5xx refusal."""
     try:
         if cfg.security == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                cfg.host, cfg.port, timeout=cfg.timeout_s, context=ssl.create_default_context()
-            )
+            client: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_s, context=_tls(cfg))
         else:
             client = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_s)
         with client:
             if cfg.security == "starttls":
-                client.starttls(context=ssl.create_default_context())
+                client.starttls(context=_tls(cfg))
             if cfg.username and cfg.password is not None:
                 client.login(cfg.username, cfg.password.reveal())
             client.send_message(msg)
@@ -139,6 +144,7 @@ class Notifier:
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._secret = cfg.webhook.secret.reveal().encode() if cfg.webhook.secret is not None else b""
+        self._pruned = 0.0
         self.turn_started = 0.0  # when the latest turn began (tests wait for a turn after an instant)
         self.counts = {"sent": 0, "retried": 0, "failed": 0, "decided": 0, "escalated": 0}
 
@@ -184,7 +190,11 @@ class Notifier:
         self.turn_started = self.clock()
         await self.decide_events()
         await self.escalate()
-        await self.table.seal_digests(self.clock())
+        now = self.clock()
+        await self.table.seal_digests(now)
+        if now - self._pruned >= PRUNE_EVERY_S:
+            self._pruned = now
+            await self.table.prune(now - RETENTION_S)
         return await self.send_due()
 
     # ------------------------------------------------------------ deciding
@@ -331,19 +341,33 @@ class Notifier:
     # ------------------------------------------------------------ sending
 
     async def send_due(self) -> int:
-        rows = self.table.due(self.clock(), limit=256)
+        """Send what is due: recipients in parallel, each one's messages in order (an alarm before
+        its clear); a message waiting for its retry holds back the later ones of its recipient."""
+        now = self.clock()
+        rows = self.table.due(now, limit=1024)
         if not rows:
             return 0
+        queues: dict[tuple[str, str], list[OutboxRow]] = {}
+        for row in rows:
+            queues.setdefault((row.channel, row.recipient), []).append(row)
         sem = asyncio.Semaphore(SEND_CONCURRENCY)
 
-        async def one(row: OutboxRow) -> bool:
+        async def in_order(queue: list[OutboxRow]) -> int:
+            n = 0
             async with sem:
-                return await self._deliver(row)
+                for row in queue:
+                    if row.next_try > now:
+                        break
+                    outcome = await self._deliver(row)
+                    if outcome == "retry":
+                        break
+                    n += outcome == "sent"
+            return n
 
-        done = await asyncio.gather(*(one(r) for r in rows))
-        return sum(done)
+        return sum(await asyncio.gather(*(in_order(q) for q in queues.values())))
 
-    async def _deliver(self, row: OutboxRow) -> bool:
+    async def _deliver(self, row: OutboxRow) -> str:
+        """Try once: "sent", "failed" (for good) or "retry"."""
         target = nr.Target(row.channel, row.recipient)
         try:
             if row.channel == "email":
@@ -357,7 +381,7 @@ class Notifier:
                 "alarm notification refused for good",
                 extra={"id": row.id, "kind": row.kind, "channel": row.channel, "to": redact(target), "why": str(e)},
             )
-            return False
+            return "failed"
         except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError) as e:
             delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(row.attempts, 30))
             delay *= random.uniform(0.5, 1.0)
@@ -374,7 +398,7 @@ class Notifier:
                     "why": _why(e),
                 },
             )
-            return False
+            return "retry"
         await self.table.sent(row.id, self.clock())
         self.counts["sent"] += 1
         log.info(
@@ -387,7 +411,7 @@ class Notifier:
                 "items": len(row.items),
             },
         )
-        return True
+        return "sent"
 
     def email(self, row: OutboxRow) -> EmailMessage:
         subject, text = nr.email_text(row.kind, row.items, self.gateway_id, self.tz)

@@ -56,6 +56,7 @@ class SmtpConfig:
     password: Hidden | None = None
     sender: str = "lumeau-gateway@localhost"
     timeout_s: float = 30.0
+    ca_file: Path | None = None  # None: the system's CAs
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ _SMTP = {
     "password_file": ("", "file holding the SMTP password (mode 0600)"),
     "sender": ("lumeau-gateway@localhost", "the From address"),
     "timeout_s": (30.0, "a connection or reply taking longer is retried"),
+    "ca_file": ("", "PEM file of the CA that signed the server's certificate (a private CA); empty: the system's"),
 }
 _WEBHOOK = {
     "secret_file": ("", "file holding the HMAC-SHA256 signing secret (mode 0600; required for webhooks)"),
@@ -272,6 +274,14 @@ def parse_notify(data: Any, base: Path) -> NotifyConfig:
     if password is not None and s["security"] == "none":
         raise NotifyConfigError("notify.smtp.security: none would send the password in clear; use starttls or tls")
     _email(s["sender"], "notify.smtp.sender")
+    ca_file = None
+    if s["ca_file"]:
+        ca_file = Path(s["ca_file"]).expanduser()
+        ca_file = ca_file if ca_file.is_absolute() else base / ca_file
+        if not ca_file.is_file():
+            raise NotifyConfigError(f"notify.smtp.ca_file: {ca_file} is not a file")
+        if s["security"] == "none":
+            raise NotifyConfigError("notify.smtp.ca_file: given, but security = none uses no TLS")
     smtp = SmtpConfig(
         host=s["host"],
         port=s["port"],
@@ -280,6 +290,7 @@ def parse_notify(data: Any, base: Path) -> NotifyConfig:
         password=password,
         sender=s["sender"],
         timeout_s=s["timeout_s"],
+        ca_file=ca_file,
     )
     wh_data = data.get("webhook", {})
     if not isinstance(wh_data, dict):

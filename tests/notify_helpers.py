@@ -13,24 +13,90 @@ import email.policy
 import hashlib
 import hmac
 import json
+import ssl
 import time
+import warnings
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiosmtpd.smtp import SMTP as SmtpProtocol
+from aiosmtpd.smtp import AuthResult
 
 WEBHOOK_SECRET = "a-webhook-signing-secret-0123456789"
 MAX_SKEW_S = 300
 
 
-class MailServer:
-    """aiosmtpd on 127.0.0.1; `stop()` then `start()` again on the same port: an SMTP server down, then up."""
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files: (cert, key)."""
+    import datetime as dt
+    import ipaddress
 
-    def __init__(self) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-mx")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    c, k = tmp / "mx.pem", tmp / "mx.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return c, k
+
+
+class MailServer:
+    """aiosmtpd on 127.0.0.1; `stop()` then `start()` again on the same port: an SMTP server down, then up.
+
+    `tls`: None (plain), "starttls" (required before anything) or "tls" (implicit); `login`:
+    (user, password) required (over TLS only)."""
+
+    def __init__(
+        self, tls: str | None = None, cert: tuple[Path, Path] | None = None, login: tuple[str, str] | None = None
+    ) -> None:
         self.messages: list[EmailMessage] = []
         self.port = 0
         self._server: asyncio.Server | None = None
+        self.tls = tls
+        self.login = login
+        self.logins: list[str] = []
+        self.ctx: ssl.SSLContext | None = None
+        if cert is not None:
+            self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ctx.load_cert_chain(*cert)
+
+    def _auth(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = self.login is not None and (data.login.decode(), data.password.decode()) == self.login
+        if ok:
+            self.logins.append(data.login.decode())
+        return AuthResult(success=ok)
+
+    def _protocol(self) -> SmtpProtocol:
+        kw: dict[str, Any] = {}
+        if self.tls == "starttls":
+            kw.update(tls_context=self.ctx, require_starttls=True)
+        if self.login is not None:
+            # aiosmtpd sees only STARTTLS as TLS; with implicit TLS the whole connection is encrypted
+            kw.update(authenticator=self._auth, auth_required=True, auth_require_tls=self.tls != "tls")
+        with warnings.catch_warnings():  # its warning about AUTH without STARTTLS: implicit TLS is TLS
+            warnings.simplefilter("ignore", UserWarning)
+            return SmtpProtocol(self, hostname="test-mx", **kw)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
@@ -42,7 +108,11 @@ class MailServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SmtpProtocol(self, hostname="test-mx"), "127.0.0.1", self.port, reuse_address=True
+            self._protocol,
+            "127.0.0.1",
+            self.port,
+            reuse_address=True,
+            ssl=self.ctx if self.tls == "tls" else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -629,3 +629,72 @@ def test_an_ack_body_is_read_or_refused_with_a_reason(body):
         return
     assert zone is None or (type(zone) is int and 0 <= zone <= 255)
     assert isinstance(by, str) and 1 <= len(by) <= 64 and by.isprintable()
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_smtp_over_tls_with_login(tmp_path, security):
+    from notify_helpers import self_signed
+
+    cert, _key = pair = self_signed(tmp_path)
+    mail = MailServer(tls=security, cert=pair, login=("gw", "a-mail-password"))
+    await mail.start()
+    clock = Clock(NOON)
+    hook = WebhookReceiver(clock=clock)
+    await hook.start()
+    pw = tmp_path / "smtp.password"
+    pw.write_text("a-mail-password\n")
+    os.chmod(pw, 0o600)
+    p = write_config(tmp_path, hook, mail)
+    text = p.read_text().replace(
+        'security = "none"',
+        f'security = "{security}"\nusername = "gw"\npassword_file = "smtp.password"\nca_file = "{cert}"',
+    )
+    p.write_text(text)
+    r = await Rig(tmp_path, p, clock).open(run=False)
+    try:
+        await r.event(1, leak())
+        await r.turns()
+        assert len(mail.messages) == 1 and mail.logins == ["gw"], r.outbox()
+        assert "a-mail-password" not in repr(r.cfg)
+    finally:
+        await r.close()
+        await hook.stop()
+        await mail.stop()
+    # a certificate the gateway does not trust: retried (never sent in clear), not lost
+    p.write_text(text.replace(f'ca_file = "{cert}"\n', ""))
+    mail2 = MailServer(tls=security, cert=pair, login=("gw", "a-mail-password"))
+    mail2.port = mail.port
+    await mail2.start()
+    await hook.start()
+    r = await Rig(tmp_path, p, clock).open(run=False)
+    try:
+        await r.event(2, leak())
+        await r.turns(1)
+        assert mail2.messages == []
+        assert any("CERTIFICATE_VERIFY_FAILED" in (x.last_error or "") for x in r.outbox("pending"))
+    finally:
+        await r.close()
+        await hook.stop()
+        await mail2.stop()
+
+
+async def test_settled_rows_are_pruned_after_the_retention(tmp_path, parts):
+    from gateway.notify import RETENTION_S
+
+    mail, hook, clock = parts
+    r = await rig(tmp_path, parts)
+    try:
+        await mail.stop()
+        await r.event(1, leak())
+        await r.event(1, leak(active=0))
+        await r.turns(1)  # webhooks sent; e-mails wait for the relay
+        clock.advance(RETENTION_S + 3600)
+        await r.turns(1)  # the pending e-mails tried again (relay still down), the sent webhooks forgotten
+        assert {(x.channel, x.state) for x in r.outbox()} == {("email", "pending")}
+        assert r.store.notifications.alarms(open_only=False) == []
+        await mail.start()
+        clock.advance(RETENTION_S)
+        await r.turns()
+        assert [m_["Subject"].split("] ")[1].split()[0] for m_ in mail.messages] == ["ALARM", "CLEARED"]
+    finally:
+        await r.close()

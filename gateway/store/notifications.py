@@ -254,10 +254,11 @@ class Notifications(Part):
         return [JournalEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), *r[7:]) for r in rows]
 
     def due(self, now: float, limit: int = 100) -> list[OutboxRow]:
+        """Pending rows due by `now`, oldest first, those waiting for a retry included (the sender
+        keeps each recipient's order: a row waiting holds back the later ones of its recipient)."""
         rows = self._reader().execute(
-            f"SELECT {_OUT_COLS} FROM notify_outbox WHERE state = 'pending' AND due <= ? AND next_try <= ? "
-            "ORDER BY due, id LIMIT ?",
-            (now, now, limit),
+            f"SELECT {_OUT_COLS} FROM notify_outbox WHERE state = 'pending' AND due <= ? ORDER BY id LIMIT ?",
+            (now, limit),
         )
         return [_row(r) for r in rows]
 
@@ -452,6 +453,21 @@ class Notifications(Part):
                 (error[:500], id_),
             )
         )
+
+    async def prune(self, before: float) -> int:
+        """Forget what is settled and older than `before`: messages sent, failed, skipped or digested
+        (a digest only once sent), cycles cleared. Open cycles and unsent messages stay."""
+
+        def op(c: sqlite3.Connection) -> int:
+            n = c.execute(
+                "DELETE FROM notify_outbox WHERE created < ? AND state IN ('sent', 'failed', 'skipped', 'digested')",
+                (before,),
+            ).rowcount
+            c.execute("DELETE FROM notify_alarms WHERE cleared IS NOT NULL AND cleared < ?", (before,))
+            return n
+
+        got: int = await self.writer.submit(op)
+        return got
 
     async def ack(self, node_id: int, code: str, zone: int | None, by: str, now: float) -> list[str]:
         """Acknowledge the open cycles of an alarm (every zone unless `zone`); the cycles acknowledged."""
