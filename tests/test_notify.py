@@ -9,6 +9,7 @@ conditions with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -698,3 +699,55 @@ async def test_settled_rows_are_pruned_after_the_retention(tmp_path, parts):
         assert [m_["Subject"].split("] ")[1].split()[0] for m_ in mail.messages] == ["ALARM", "CLEARED"]
     finally:
         await r.close()
+
+
+async def test_kill_9_mid_outbox_then_restart_sends_nothing_twice(tmp_path, parts):
+    # A real `lumeau gateway` process: alarms arrive over the Semtech UDP port; e-mails go out,
+    # webhooks are refused (503) and wait; kill -9; restart with the receiver back: every
+    # message arrives once, none of those already accepted again.
+    import socket
+
+    from gateway_helpers import GatewayProcess, push_data
+
+    mail, hook, _ = parts
+    hook.clock = time.time
+    hook.status = 503
+    attempts: list[int] = []
+    receive = hook.receive
+
+    async def counting(request):  # every attempt, refused or not
+        attempts.append(1)
+        return await receive(request)
+
+    hook.receive = counting  # type: ignore[method-assign]
+    await hook.stop()
+    await hook.start()
+    registry(tmp_path / "nodes.toml", list(range(1, 6)), kind="irrigation").save()
+    cfg = write_config(tmp_path, hook, mail)
+    text = cfg.read_text().replace("[upstream]", '[semtech]\nenabled = true\nhost = "127.0.0.1"\nport = 0\n[upstream]')
+    cfg.write_text(text.replace("[gateway]", f'[gateway]\ndatabase = "{tmp_path / "gw.db"}"'))
+    gw = GatewayProcess(cfg)
+    started = await asyncio.to_thread(gw.start)
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        frames = [seal(n, 1, m.EVENT, leak()) for n in range(1, 6)]
+        sock.sendto(push_data(frames), ("127.0.0.1", started["semtech_port"]))
+        await wait_for(lambda: len(mail.messages) == 5 and len(attempts) >= 5, 20, "e-mails sent, webhooks tried")
+        gw.stop(9)
+        hook.status = 200
+        await asyncio.to_thread(gw.start)
+        await wait_for(lambda: len(hook.deliveries) == 5, 30, "the webhooks after the restart")
+        await wait_for(lambda: gw.logged("alarm notification sent") and not _pending(tmp_path), 10, "outbox drained")
+        assert sorted(d["alarms"][0]["node"] for d in hook.deliveries) == [f"{n:08x}" for n in range(1, 6)]
+        assert len({d["id"] for d in hook.deliveries}) == 5
+        assert len(mail.messages) == 5 and len({x["X-Lumeau-Delivery"] for x in mail.messages}) == 5
+        sock.close()
+    finally:
+        gw.kill()
+
+
+def _pending(tmp: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(tmp / "gw.db") as c:
+        return c.execute("SELECT COUNT(*) FROM notify_outbox WHERE state IN ('pending', 'collecting')").fetchone()[0]
