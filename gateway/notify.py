@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway import notify_rules as nr
+from gateway.logs import RateLimiter
 from gateway.notify_config import NotifyConfig, SmtpConfig
 from gateway.registry import Registry
 from gateway.store import Store
@@ -70,6 +71,7 @@ SEND_CONCURRENCY = 8  # messages being sent at once
 USER_AGENT = "lumeau-gateway-notify/1"
 RETENTION_S = 30 * 86400.0  # settled messages and cleared cycles are kept this long (GET /notifications)
 PRUNE_EVERY_S = 3600.0
+EVENTS_PER_READ = 256  # journal rows read at once (each decided in its own transaction)
 
 _CODES: dict[int, str] = ENUMS[(m.EVENT, m.E_CODE)]
 _SEVERITIES: dict[int, str] = ENUMS[(m.EVENT, m.E_SEVERITY)]
@@ -145,6 +147,7 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
         self._secret = cfg.webhook.secret.reveal().encode() if cfg.webhook.secret is not None else b""
         self._pruned = 0.0
+        self._log_limit = RateLimiter()  # a storm's decisions: 20 lines, then 1/s
         self.turn_started = 0.0  # when the latest turn began (tests wait for a turn after an instant)
         self.counts = {"sent": 0, "retried": 0, "failed": 0, "decided": 0, "escalated": 0}
 
@@ -194,7 +197,7 @@ class Notifier:
         await self.table.seal_digests(now)
         if now - self._pruned >= PRUNE_EVERY_S:
             self._pruned = now
-            await self.table.prune(now - RETENTION_S)
+            await self.table.prune(now - RETENTION_S, now - self.cfg.storm_window_s)
         return await self.send_due()
 
     # ------------------------------------------------------------ deciding
@@ -206,7 +209,7 @@ class Notifier:
                 by_node.setdefault(n, set()).add(g.name)
         return {n: frozenset(s) for n, s in by_node.items()}
 
-    def _event(self, je: JournalEvent) -> nr.AlarmEvent:
+    def alarm_event(self, je: JournalEvent) -> nr.AlarmEvent:
         entry = self.registry.get(je.node_id)
         return nr.AlarmEvent(
             cycle=je.cycle,
@@ -223,49 +226,63 @@ class Notifier:
         )
 
     async def decide_events(self) -> int:
-        events = self.table.events()
-        if not events:
-            return 0
+        """Decide every journalled event, oldest first, a batch per transaction. An event whose
+        decision failed (a bug) stays in the journal, tried again next turn, logged."""
+        done, after = 0, 0
+        while events := self.table.events(EVENTS_PER_READ, after=after):
+            after = events[-1].id
+            done += await self._decide(events)
+        return done
+
+    async def _decide(self, events: list[JournalEvent]) -> int:
         groups = self._groups()
         cfg = self.cfg
-        for je in events:
-            ev = self._event(je)
-            now = self.clock()
-            node_groups = groups.get(ev.node_id, frozenset())
-
-            decide = self._decider(ev, node_groups, now)
-            out = await self.table.apply(je.id, ev.cycle, decide, now, cfg.storm_window_s, now + cfg.storm_window_s)
-            self.counts["decided"] += 1
+        now = self.clock()
+        evs = [self.alarm_event(je) for je in events]
+        items = [
+            (je.id, ev.cycle, self.decider(ev, groups.get(ev.node_id, frozenset()), now)) for je, ev in zip(events, evs)
+        ]
+        results = await self.table.apply_many(items, now, cfg.storm_window_s, now + cfg.storm_window_s)
+        decided = 0
+        for ev, out in zip(evs, results):
+            if isinstance(out, Exception):
+                log.error("alarm event not decided (kept, tried again): %r", out, extra={"cycle": ev.cycle})
+                continue
+            decided += 1
             for msg in out.messages:
                 state = "skipped" if msg.skipped else "digest" if msg.digest else "queued"
-                log.info(
-                    "alarm notification %s",
-                    state,
-                    extra={
-                        "node": f"{ev.node_id:08x}",
-                        "code": ev.code,
-                        "event": ev.event,
-                        "channel": msg.channel,
-                        "to": redact(nr.Target(msg.channel, msg.recipient)),
-                        "due_in_s": round(msg.due - now, 1),
-                    },
-                )
-        return len(events)
+                allowed, suppressed = self._log_limit.allow("decided")
+                if allowed:
+                    log.info(
+                        "alarm notification %s",
+                        state,
+                        extra={
+                            "node": f"{ev.node_id:08x}",
+                            "code": ev.code,
+                            "event": ev.event,
+                            "channel": msg.channel,
+                            "to": redact(nr.Target(msg.channel, msg.recipient)),
+                            "due_in_s": round(msg.due - now, 1),
+                            **({"suppressed": suppressed} if suppressed else {}),
+                        },
+                    )
+        self.counts["decided"] += decided
+        return decided
 
-    def _decider(
+    def decider(
         self, ev: nr.AlarmEvent, node_groups: frozenset[str], now: float
-    ) -> Callable[[frozenset[tuple[str, str]], dict[tuple[str, str], int]], Outcome]:
+    ) -> Callable[[frozenset[tuple[str, str]], Callable[[str, str], int]], Outcome]:
         """What `Notifications.apply` runs, inside its transaction, with the outbox's view."""
         cfg = self.cfg
 
-        def decide(told: frozenset[tuple[str, str]], recent: dict[tuple[str, str], int]) -> Outcome:
+        def decide(told: frozenset[tuple[str, str]], recent: Callable[[str, str], int]) -> Outcome:
             d = nr.decide(
                 ev,
                 cfg.rules,
                 node_groups,
                 now,
                 self.tz,
-                {nr.Target(*k): n for k, n in recent.items()},
+                lambda t: recent(t.channel, t.address),
                 cfg.storm_threshold,
                 frozenset(nr.Target(*t) for t in told),
             )
@@ -310,14 +327,14 @@ class Notifier:
 
             def decide(
                 told: frozenset[tuple[str, str]],
-                recent: dict[tuple[str, str], int],
+                recent: Callable[[str, str], int],
                 it: dict[str, Any] = it,
                 cycle: str = cycle,
                 targets: list[list[str]] = targets,
             ) -> Outcome:
                 msgs = [
                     nr.escalation_message(
-                        cycle, it, nr.Target(ch, addr), now, recent.get((ch, addr), 0), self.cfg.storm_threshold
+                        cycle, it, nr.Target(ch, addr), now, recent(ch, addr), self.cfg.storm_threshold
                     )
                     for ch, addr in targets
                 ]

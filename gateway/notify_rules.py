@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -184,13 +185,13 @@ def decide(
     node_groups: frozenset[str],
     now: float,
     tz: ZoneInfo,
-    recent: dict[Target, int],
+    recent: Callable[[Target], int],
     storm_threshold: int,
     told: frozenset[Target] = frozenset(),
 ) -> Decision:
     """The messages for one event (module docstring).
 
-    `recent[target]`: messages the target was given within the storm window (individual
+    `recent(target)`: messages the target was given within the storm window (individual
     ones and digest entries); `told`: for a clear, the targets told of the raise.
     Each target gets at most one message per event, from the first rule that names it.
     """
@@ -243,7 +244,7 @@ def _message(
     rule: Rule | None,
     now: float,
     tz: ZoneInfo,
-    recent: dict[Target, int],
+    recent: Callable[[Target], int],
     storm_threshold: int,
 ) -> Message:
     due = now
@@ -264,7 +265,7 @@ def _message(
         item=item(ev),
         skipped=skipped,
     )
-    if skipped is None and recent.get(target, 0) >= storm_threshold:
+    if skipped is None and recent(target) >= storm_threshold:
         msg.digest = True
     return msg
 

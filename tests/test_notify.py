@@ -574,14 +574,17 @@ def test_rules_filter_by_severity_code_and_group():
         nr.Rule("park", (a,), groups=frozenset({"park"})),
         nr.Rule("bursts", (b,), codes=frozenset({"burst"}), severities=frozenset({"warning", "alarm"})),
     )
-    told = lambda ev, groups=frozenset(): [x.target for x in nr.decide(ev, rules, groups, NOON, UTC, {}, 10).messages]  # noqa: E731
+
+    def told(ev: nr.AlarmEvent, groups: frozenset[str] = frozenset()) -> list[nr.Target]:
+        return [x.target for x in nr.decide(ev, rules, groups, NOON, UTC, lambda t: 0, 10).messages]
+
     assert told(event()) == []
     assert told(event(), frozenset({"park"})) == [a]
     assert told(event(code="burst", severity="warning")) == [b]
     assert told(event(code="burst", severity="critical")) == []
     # a target named by two matching rules gets one message
     both = (nr.Rule("one", (a,)), nr.Rule("two", (a, b)))
-    assert [x.target for x in nr.decide(event(), both, frozenset(), NOON, UTC, {}, 10).messages] == [a, b]
+    assert [x.target for x in nr.decide(event(), both, frozenset(), NOON, UTC, lambda t: 0, 10).messages] == [a, b]
 
 
 def test_quiet_hours_span_midnight_and_follow_the_local_clock():
@@ -751,3 +754,28 @@ def _pending(tmp: Path) -> int:
 
     with sqlite3.connect(tmp / "gw.db") as c:
         return c.execute("SELECT COUNT(*) FROM notify_outbox WHERE state IN ('pending', 'collecting')").fetchone()[0]
+
+
+def test_a_target_past_the_storm_threshold_gets_a_digest_entry():
+    a, b = nr.Target("email", "a@x.example"), nr.Target("webhook", "https://x.example/h")
+    rules = (nr.Rule("all", (a, b)),)
+    d = nr.decide(event(), rules, frozenset(), NOON, UTC, lambda t: 10 if t == a else 9, 10)
+    assert [(x.target, x.digest) for x in d.messages] == [(a, True), (b, False)]
+
+
+def test_the_notify_bench_prints_its_figures():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "notify.py"), "--json", "--alarms", "40", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    doc = json.loads(out.stdout)
+    # 4 targets: 10 messages each alone, the other 30 alarms in one digest each
+    assert doc["outbox"] == {"pending": 40, "collecting": 4, "digested": 120}
+    assert doc["batch_speedup"] > 0 and doc["per_event_events_per_s"] > 0

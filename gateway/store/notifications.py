@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS notify_outbox (
 );
 CREATE INDEX IF NOT EXISTS notify_outbox_state ON notify_outbox (state, due);
 CREATE INDEX IF NOT EXISTS notify_outbox_cycle ON notify_outbox (cycle);
+CREATE INDEX IF NOT EXISTS notify_outbox_digest ON notify_outbox (digest) WHERE digest IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notify_outbox_target ON notify_outbox (channel, recipient, state);
 CREATE TABLE IF NOT EXISTS notify_alarms (
     cycle TEXT PRIMARY KEY,
     node_id INTEGER NOT NULL,
@@ -155,8 +157,14 @@ class OutboxRow:
         }
 
 
-def _row(r: tuple) -> OutboxRow:
-    return OutboxRow(*r[:6], json.loads(r[6]), *r[7:])  # type: ignore[call-arg]
+def _row(r: tuple, c: sqlite3.Connection) -> OutboxRow:
+    row = OutboxRow(*r[:6], json.loads(r[6]), *r[7:])  # type: ignore[call-arg]
+    if row.kind == "digest":  # its entries: the rows digested into it, in order
+        row.items = [
+            json.loads(i)[0]
+            for (i,) in c.execute("SELECT items FROM notify_outbox WHERE digest = ? ORDER BY id", (row.id,))
+        ]
+    return row
 
 
 @dataclass
@@ -185,6 +193,10 @@ class Outcome:
     cleared: float | None = None
     escalate_at: float | None = None
     escalate_to: list[list[str]] | None = None
+
+
+# what `apply` runs for one event: (targets told of the cycle, recent(channel, recipient)) -> Outcome
+Decider = Callable[[frozenset[tuple[str, str]], Callable[[str, str], int]], Outcome]
 
 
 class Notifications(Part):
@@ -245,11 +257,12 @@ class Notifications(Part):
         assert r is not None
         return r
 
-    def events(self, limit: int = 100) -> list[JournalEvent]:
+    def events(self, limit: int = 100, after: int = 0) -> list[JournalEvent]:
+        """Journalled events not yet decided (id > `after`), oldest first."""
         rows = self._reader().execute(
             "SELECT id, node_id, event, code, zone, severity, value, at, since, counter, closed_by "
-            "FROM notify_events ORDER BY id LIMIT ?",
-            (limit,),
+            "FROM notify_events WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
         )
         return [JournalEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), *r[7:]) for r in rows]
 
@@ -260,7 +273,7 @@ class Notifications(Part):
             f"SELECT {_OUT_COLS} FROM notify_outbox WHERE state = 'pending' AND due <= ? ORDER BY id LIMIT ?",
             (now, limit),
         )
-        return [_row(r) for r in rows]
+        return [_row(r, self._reader()) for r in rows]
 
     def next_wake(self) -> float | None:
         """The earliest time something in the outbox becomes due (or a digest closes)."""
@@ -286,7 +299,7 @@ class Notifications(Part):
             rows = self._reader().execute(q + " LIMIT ?", (*states, limit))
         else:
             rows = self._reader().execute(f"SELECT {_OUT_COLS} FROM notify_outbox ORDER BY id LIMIT ?", (limit,))
-        return [_row(r) for r in rows]
+        return [_row(r, self._reader()) for r in rows]
 
     def counts(self) -> dict[str, int]:
         return dict(self._reader().execute("SELECT state, COUNT(*) FROM notify_outbox GROUP BY state"))
@@ -316,59 +329,99 @@ class Notifications(Part):
         self,
         event_id: int | None,
         cycle: str,
-        decide: Callable[[frozenset[tuple[str, str]], dict[tuple[str, str], int]], Outcome],
+        decide: Decider,
         now: float,
         storm_window_s: float,
         digest_due: float,
     ) -> Outcome:
-        """Decide one event and write the outcome in one transaction; the journal row goes with it.
+        """Decide one event (see `apply_many`); raises what deciding it raised."""
+        (got,) = await self.apply_many([(event_id, cycle, decide)], now, storm_window_s, digest_due)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    async def apply_many(
+        self,
+        items: Sequence[tuple[int | None, str, Decider]],
+        now: float,
+        storm_window_s: float,
+        digest_due: float,
+    ) -> list[Outcome | Exception]:
+        """Decide events in order and write each outcome with the removal of its journal row, all
+        in one transaction (a storm costs one fsync per batch, not per alarm); each event in a
+        savepoint of its own, so one that fails (a bug) is left in the journal alone.
 
         `decide(told, recent)` runs on the writer's thread with what the outbox holds: the
-        targets told of the cycle's raise or escalation, and each target's recent count.
-        `event_id` None: an escalation (the cycle is marked escalated instead)."""
+        targets told of the cycle's raise or escalation, and `recent(channel, recipient)`: what
+        the target was given within the storm window. An `event_id` None is an escalation (the
+        cycle is marked escalated instead)."""
+        since = now - storm_window_s
 
-        def op(c: sqlite3.Connection) -> Outcome:
-            told = frozenset(
-                c.execute(
-                    "SELECT channel, recipient FROM notify_outbox WHERE cycle = ? AND kind IN ('alarm', 'escalation') "
-                    f"AND state IN ({','.join('?' * len(TOLD_STATES))})",
-                    (cycle, *TOLD_STATES),
-                ).fetchall()
-            )
-            c.execute("DELETE FROM notify_rate WHERE at < ?", (now - storm_window_s,))
-            recent = {
-                (ch, rc): n
-                for ch, rc, n in c.execute(
-                    "SELECT channel, recipient, COUNT(*) FROM notify_rate GROUP BY channel, recipient"
+        def op(c: sqlite3.Connection) -> list[Outcome | Exception]:
+            def recent(channel: str, recipient: str) -> int:
+                return int(
+                    c.execute(
+                        "SELECT COUNT(*) FROM notify_rate WHERE channel = ? AND recipient = ? AND at >= ?",
+                        (channel, recipient, since),
+                    ).fetchone()[0]
                 )
-            }
-            out = decide(told, recent)
-            for msg in out.messages:
-                self._insert(c, msg, now, digest_due)
-            if out.cycle_row is not None:
-                r = out.cycle_row
-                c.execute(
-                    "INSERT INTO notify_alarms (cycle, node_id, code, zone, severity, item, raised) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cycle) DO UPDATE SET severity = excluded.severity, "
-                    "item = excluded.item",
-                    (cycle, r["node_id"], r["code"], r["zone"], r["severity"], json.dumps(r["item"]), r["raised"]),
-                )
-            if out.escalate_at is not None:
-                c.execute(
-                    "UPDATE notify_alarms SET escalate_at = ?, escalate_to = ? WHERE cycle = ? AND escalated = 0 "
-                    "AND (escalate_at IS NULL OR escalate_at > ?)",
-                    (out.escalate_at, json.dumps(out.escalate_to), cycle, out.escalate_at),
-                )
-            if out.cleared is not None:
-                c.execute("UPDATE notify_alarms SET cleared = ? WHERE cycle = ?", (out.cleared, cycle))
-            if event_id is not None:
-                c.execute("DELETE FROM notify_events WHERE id = ?", (event_id,))
-            else:
-                c.execute("UPDATE notify_alarms SET escalated = 1 WHERE cycle = ?", (cycle,))
-            return out
 
-        result: Outcome = await self.writer.submit(op)
+            results: list[Outcome | Exception] = []
+            for event_id, cycle, decide in items:
+                c.execute("SAVEPOINT notify_event")
+                try:
+                    results.append(self._apply_one(c, event_id, cycle, decide, recent, now, digest_due))
+                    c.execute("RELEASE notify_event")
+                except Exception as e:  # this event only: the others of the batch stand
+                    c.execute("ROLLBACK TO notify_event")
+                    c.execute("RELEASE notify_event")
+                    results.append(e)
+            return results
+
+        result: list[Outcome | Exception] = await self.writer.submit(op)
         return result
+
+    def _apply_one(
+        self,
+        c: sqlite3.Connection,
+        event_id: int | None,
+        cycle: str,
+        decide: Decider,
+        recent: Callable[[str, str], int],
+        now: float,
+        digest_due: float,
+    ) -> Outcome:
+        told = frozenset(
+            c.execute(
+                "SELECT channel, recipient FROM notify_outbox WHERE cycle = ? AND kind IN ('alarm', 'escalation') "
+                f"AND state IN ({','.join('?' * len(TOLD_STATES))})",
+                (cycle, *TOLD_STATES),
+            ).fetchall()
+        )
+        out = decide(told, recent)
+        for msg in out.messages:
+            self._insert(c, msg, now, digest_due)
+        if out.cycle_row is not None:
+            r = out.cycle_row
+            c.execute(
+                "INSERT INTO notify_alarms (cycle, node_id, code, zone, severity, item, raised) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cycle) DO UPDATE SET severity = excluded.severity, "
+                "item = excluded.item",
+                (cycle, r["node_id"], r["code"], r["zone"], r["severity"], json.dumps(r["item"]), r["raised"]),
+            )
+        if out.escalate_at is not None:
+            c.execute(
+                "UPDATE notify_alarms SET escalate_at = ?, escalate_to = ? WHERE cycle = ? AND escalated = 0 "
+                "AND (escalate_at IS NULL OR escalate_at > ?)",
+                (out.escalate_at, json.dumps(out.escalate_to), cycle, out.escalate_at),
+            )
+        if out.cleared is not None:
+            c.execute("UPDATE notify_alarms SET cleared = ? WHERE cycle = ?", (out.cleared, cycle))
+        if event_id is not None:
+            c.execute("DELETE FROM notify_events WHERE id = ?", (event_id,))
+        else:
+            c.execute("UPDATE notify_alarms SET escalated = 1 WHERE cycle = ?", (cycle,))
+        return out
 
     @staticmethod
     def _insert(c: sqlite3.Connection, msg: NewMessage, now: float, digest_due: float) -> None:
@@ -379,30 +432,19 @@ class Notifications(Part):
             state, digest = "skipped", None
         elif msg.digest:
             row = c.execute(
-                "SELECT id, items FROM notify_outbox WHERE kind = 'digest' AND state = 'collecting' "
+                "SELECT id FROM notify_outbox WHERE kind = 'digest' AND state = 'collecting' "
                 "AND channel = ? AND recipient = ? ORDER BY id DESC LIMIT 1",
                 (msg.channel, msg.recipient),
             ).fetchone()
-            if row is None:
+            if row is None:  # its entries are the rows `digested` into it (no JSON rewritten per entry)
                 cur = c.execute(
                     "INSERT INTO notify_outbox (key, kind, channel, recipient, cycle, items, created, due, state) "
-                    "VALUES (?, 'digest', ?, ?, NULL, ?, ?, ?, 'collecting')",
-                    (
-                        msg.digest_key,
-                        msg.channel,
-                        msg.recipient,
-                        items,
-                        now,
-                        max(digest_due, msg.due),
-                    ),
+                    "VALUES (?, 'digest', ?, ?, NULL, '[]', ?, ?, 'collecting')",
+                    (msg.digest_key, msg.channel, msg.recipient, now, max(digest_due, msg.due)),
                 )
                 digest = cur.lastrowid
             else:
                 digest = row[0]
-                c.execute(
-                    "UPDATE notify_outbox SET items = ? WHERE id = ?",
-                    (json.dumps([*json.loads(row[1]), msg.item]), digest),
-                )
             state = "digested"
         else:
             state, digest = "pending", None
@@ -454,9 +496,10 @@ class Notifications(Part):
             )
         )
 
-    async def prune(self, before: float) -> int:
+    async def prune(self, before: float, rate_before: float) -> int:
         """Forget what is settled and older than `before`: messages sent, failed, skipped or digested
-        (a digest only once sent), cycles cleared. Open cycles and unsent messages stay."""
+        (a digest only once sent), cycles cleared; and the storm counts older than `rate_before`.
+        Open cycles and unsent messages stay."""
 
         def op(c: sqlite3.Connection) -> int:
             n = c.execute(
@@ -464,6 +507,7 @@ class Notifications(Part):
                 (before,),
             ).rowcount
             c.execute("DELETE FROM notify_alarms WHERE cleared IS NOT NULL AND cleared < ?", (before,))
+            c.execute("DELETE FROM notify_rate WHERE at < ?", (rate_before,))
             return n
 
         got: int = await self.writer.submit(op)
