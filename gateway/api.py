@@ -66,7 +66,8 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    (default: every zone, by "api"); 200 {"acked": [cycles]},
                                    404 no open alarm of that code was told of (or notifications off)
   GET    /notifications            the notification outbox, oldest first (?state=pending,sent,...
-                                   &limit=): kind, channel, recipient, state, attempts, last error
+                                   &limit=): kind, channel, recipient (a webhook: scheme and host
+                                   only), state, attempts, last error
   GET    /groups/{name}/commands/{id}  one group command: per member applied, pending, failed
                                    (with the reason) or skipped, and the counts
 
@@ -116,7 +117,8 @@ from gateway.history import History
 from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
-from gateway.notify import Notifier
+from gateway.notify import Notifier, redact
+from gateway.notify_rules import Target
 from gateway.pipeline import REASONS, Pipeline
 from gateway.registry import (
     Group,
@@ -885,7 +887,8 @@ class Api:
         s = request.query.get("state")
         states = tuple(s.split(",")) if s else None
         rows = n.table.outbox(states, limit=self._limit(request))
-        return web.json_response({"notifications": [r.public() for r in rows], "counts": n.table.counts()})
+        shown = [r.public(redact(Target(r.channel, r.recipient))) for r in rows]  # a webhook: scheme and host
+        return web.json_response({"notifications": shown, "counts": n.table.counts()})
 
     async def ui_root(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(UI_PREFIX)

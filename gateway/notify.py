@@ -402,7 +402,8 @@ class Notifier:
         except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError) as e:
             delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(row.attempts, 30))
             delay *= random.uniform(0.5, 1.0)
-            await self.table.retry(row.id, self.clock() + delay, _why(e))
+            why = _why(e, target)
+            await self.table.retry(row.id, self.clock() + delay, why)
             self.counts["retried"] += 1
             log.warning(
                 "alarm notification not delivered, will retry",
@@ -412,7 +413,7 @@ class Notifier:
                     "to": redact(target),
                     "attempt": row.attempts + 1,
                     "retry_in_s": round(delay, 1),
-                    "why": _why(e),
+                    "why": why,
                 },
             )
             return "retry"
@@ -465,10 +466,17 @@ class Notifier:
         return {**self.counts, **{f"outbox_{k}": v for k, v in self.table.counts().items()}}
 
 
-def _why(e: BaseException) -> str:
+def _why(e: BaseException, target: nr.Target) -> str:
+    """Why an attempt failed, for the log and the outbox: never a webhook URL's path."""
     if isinstance(e, aiohttp.ClientResponseError):
         return f"HTTP {e.status}"
-    return f"{type(e).__name__}: {e}"[:200]
+    text = f"{type(e).__name__}: {e}"
+    if target.channel == "webhook":
+        text = text.replace(target.address, redact(target))
+        u = urlsplit(target.address)
+        if u.path and len(u.path) > 1:
+            text = text.replace(u.path, "/...")
+    return text[:200]
 
 
 def _domain(addr: str) -> str:

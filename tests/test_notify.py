@@ -359,6 +359,9 @@ async def test_no_escalation_once_acknowledged_through_the_api(tmp_path, parts):
             async with http.get("/notifications?state=sent", headers=auth) as resp:
                 doc = await resp.json()
             assert doc["counts"]["sent"] == len(doc["notifications"]) == 3 * 2 + 2
+            # a webhook's URL path may hold a token: the API shows its scheme and host only
+            shown = {x["recipient"] for x in doc["notifications"] if x["channel"] == "webhook"}
+            assert shown == {f"http://127.0.0.1:{hook.port}"}
     finally:
         await api.stop()
         await d.close()
@@ -394,7 +397,10 @@ async def test_smtp_down_then_up_delivers_once(tmp_path, parts):
         await r.close()
 
 
-async def test_webhook_errors_retry_and_a_4xx_is_final(tmp_path, parts):
+async def test_webhook_errors_retry_and_a_4xx_is_final(tmp_path, parts, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     mail, hook, clock = parts
     r = await rig(tmp_path, parts)
     try:
@@ -415,6 +421,14 @@ async def test_webhook_errors_retry_and_a_4xx_is_final(tmp_path, parts):
         clock.advance(3600)
         await r.turns()
         assert len(hook.deliveries) == 1 and len(mail.messages) == 2
+        # the receiver gone (connection refused): retried, and its URL's path never logged or kept
+        await hook.stop()
+        await r.event(3, leak())
+        await r.turns(1)
+        (row,) = r.outbox("pending")
+        assert "Cannot connect" in (row.last_error or "") and "/ops" not in (row.last_error or "")
+        logged = " ".join(f"{x.getMessage()} {x.__dict__}" for x in caplog.records if x.name.startswith("lumeau"))
+        assert "retry" in logged and "/ops" not in logged and WEBHOOK_SECRET not in logged
     finally:
         await r.close()
 
@@ -636,8 +650,12 @@ def test_an_ack_body_is_read_or_refused_with_a_reason(body):
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-async def test_smtp_over_tls_with_login(tmp_path, security):
+async def test_smtp_over_tls_with_login(tmp_path, security, caplog):
+    import logging
+
     from notify_helpers import self_signed
+
+    caplog.set_level(logging.DEBUG)
 
     cert, _key = pair = self_signed(tmp_path)
     mail = MailServer(tls=security, cert=pair, login=("gw", "a-mail-password"))
@@ -676,6 +694,7 @@ async def test_smtp_over_tls_with_login(tmp_path, security):
         await r.turns(1)
         assert mail2.messages == []
         assert any("CERTIFICATE_VERIFY_FAILED" in (x.last_error or "") for x in r.outbox("pending"))
+        assert not any("a-mail-password" in f"{x.getMessage()} {x.__dict__}" for x in caplog.records)
     finally:
         await r.close()
         await hook.stop()

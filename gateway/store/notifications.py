@@ -138,13 +138,14 @@ class OutboxRow:
     last_error: str | None
     sent_at: float | None
 
-    def public(self) -> dict[str, Any]:
+    def public(self, recipient: str | None = None) -> dict[str, Any]:
+        """For the API; `recipient`: how to show it (a webhook URL's path may hold a token)."""
         return {
             "id": self.id,
             "key": self.key,
             "kind": self.kind,
             "channel": self.channel,
-            "recipient": self.recipient,
+            "recipient": self.recipient if recipient is None else recipient,
             "cycle": self.cycle,
             "items": len(self.items),
             "created": self.created,
@@ -433,8 +434,8 @@ class Notifications(Part):
         elif msg.digest:
             row = c.execute(
                 "SELECT id FROM notify_outbox WHERE kind = 'digest' AND state = 'collecting' "
-                "AND channel = ? AND recipient = ? ORDER BY id DESC LIMIT 1",
-                (msg.channel, msg.recipient),
+                "AND channel = ? AND recipient = ? AND due >= ? ORDER BY id DESC LIMIT 1",
+                (msg.channel, msg.recipient, msg.due),  # a deferred entry never rides an earlier digest
             ).fetchone()
             if row is None:  # its entries are the rows `digested` into it (no JSON rewritten per entry)
                 cur = c.execute(
@@ -460,6 +461,12 @@ class Notifications(Part):
 
     async def seal_digests(self, now: float) -> int:
         """Close the digests whose window ended: they take no more entries and are sent as they are."""
+        if (
+            not self._reader()
+            .execute("SELECT 1 FROM notify_outbox WHERE state = 'collecting' AND due <= ? LIMIT 1", (now,))
+            .fetchone()
+        ):
+            return 0  # nothing to close: no transaction (this runs every turn)
 
         def op(c: sqlite3.Connection) -> int:
             return c.execute(
