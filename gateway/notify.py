@@ -60,7 +60,7 @@ from gateway.logs import RateLimiter
 from gateway.notify_config import NotifyConfig, SmtpConfig
 from gateway.registry import Registry
 from gateway.store import Store
-from gateway.store.notifications import JournalEvent, NewMessage, OutboxRow, Outcome
+from gateway.store.notifications import Decider, JournalEvent, NewMessage, OutboxRow, Outcome
 from protocol import messages as m
 from protocol.expand import ENUMS
 
@@ -269,9 +269,7 @@ class Notifier:
         self.counts["decided"] += decided
         return decided
 
-    def decider(
-        self, ev: nr.AlarmEvent, node_groups: frozenset[str], now: float
-    ) -> Callable[[frozenset[tuple[str, str]], Callable[[str, str], int]], Outcome]:
+    def decider(self, ev: nr.AlarmEvent, node_groups: frozenset[str], now: float) -> Decider:
         """What `Notifications.apply` runs, inside its transaction, with the outbox's view."""
         cfg = self.cfg
 
@@ -320,33 +318,39 @@ class Notifier:
         )
 
     async def escalate(self) -> int:
+        """Escalate the cycles past their time, neither acknowledged nor cleared (checked again in
+        the transaction: an acknowledgement that comes first wins)."""
         now = self.clock()
         due = self.table.escalations_due(now)
-        for cycle, raised, targets in due:
-            it = {**raised, "event": "escalation", "at": now}
+        if not due:
+            return 0
+        items = [(None, cycle, self.escalator(cycle, raised, targets, now)) for cycle, raised, targets in due]
+        results = await self.table.apply_many(items, now, self.cfg.storm_window_s, now + self.cfg.storm_window_s)
+        done = 0
+        for (_c, raised, targets), out in zip(due, results):
+            if isinstance(out, Exception):
+                log.error("escalation not decided (tried again): %r", out)
+            elif out.messages:
+                done += 1
+                log.warning(
+                    "alarm not acknowledged: escalated",
+                    extra={"node": raised.get("node"), "code": raised.get("code"), "to": len(targets)},
+                )
+        self.counts["escalated"] += done
+        return done
 
-            def decide(
-                told: frozenset[tuple[str, str]],
-                recent: Callable[[str, str], int],
-                it: dict[str, Any] = it,
-                cycle: str = cycle,
-                targets: list[list[str]] = targets,
-            ) -> Outcome:
-                msgs = [
-                    nr.escalation_message(
-                        cycle, it, nr.Target(ch, addr), now, recent(ch, addr), self.cfg.storm_threshold
-                    )
-                    for ch, addr in targets
-                ]
-                return Outcome(messages=[self._new(x, now) for x in msgs])
+    def escalator(self, cycle: str, raised: dict[str, Any], targets: list[list[str]], now: float) -> Decider:
+        """What `Notifications.apply_many` runs for an escalation: a message to each target."""
+        it = {**raised, "event": "escalation", "at": now}
 
-            await self.table.apply(None, cycle, decide, now, self.cfg.storm_window_s, now + self.cfg.storm_window_s)
-            self.counts["escalated"] += 1
-            log.warning(
-                "alarm not acknowledged: escalated",
-                extra={"node": raised.get("node"), "code": raised.get("code"), "to": len(targets)},
-            )
-        return len(due)
+        def decide(told: frozenset[tuple[str, str]], recent: Callable[[str, str], int]) -> Outcome:
+            msgs = [
+                nr.escalation_message(cycle, it, nr.Target(ch, addr), now, recent(ch, addr), self.cfg.storm_threshold)
+                for ch, addr in targets
+            ]
+            return Outcome(messages=[self._new(x, now) for x in msgs])
+
+        return decide
 
     async def ack(self, node_id: int, code: str, zone: int | None = None, by: str = "api") -> list[str]:
         """Acknowledge a node's open alarm cycles of `code` (every zone unless `zone`): no escalation follows."""

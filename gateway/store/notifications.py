@@ -17,8 +17,12 @@
 - `notify_rate`: when each target was last given something, for storm
   detection (pruned past the window).
 
-Deciding an event (`apply`) reads what it needs and writes every outcome in
-one transaction, on the writer's thread: it is done exactly once.
+Deciding an event (`apply`, `apply_many`) reads what it needs and writes
+every outcome in one transaction with the removal of its journal row, on the
+writer's thread: it is done exactly once. A group that fails keeps its
+journal rows in memory for the next group, as node state keeps its alarms
+(the node resends a confirmed alarm whose record was lost; node state would
+not see a change again).
 """
 
 from __future__ import annotations
@@ -392,6 +396,13 @@ class Notifications(Part):
         now: float,
         digest_due: float,
     ) -> Outcome:
+        if event_id is None:  # an escalation: only if still due, as of this transaction
+            still = c.execute(
+                "SELECT 1 FROM notify_alarms WHERE cycle = ? AND escalated = 0 AND acked IS NULL AND cleared IS NULL",
+                (cycle,),
+            ).fetchone()
+            if still is None:
+                return Outcome(messages=[])
         told = frozenset(
             c.execute(
                 "SELECT channel, recipient FROM notify_outbox WHERE cycle = ? AND kind IN ('alarm', 'escalation') "
