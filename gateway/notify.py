@@ -403,7 +403,9 @@ class Notifier:
                 extra={"id": row.id, "kind": row.kind, "channel": row.channel, "to": redact(target), "why": str(e)},
             )
             return "failed"
-        except (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError) as e:
+        except Exception as e:  # down, timeout, 4xx/5xx to retry; and anything unforeseen: kept, backed off
+            if not isinstance(e, (OSError, smtplib.SMTPException, aiohttp.ClientError, TimeoutError)):
+                log.exception("alarm notification attempt failed unexpectedly", extra={"id": row.id})
             delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(row.attempts, 30))
             delay *= random.uniform(0.5, 1.0)
             why = _why(e, target)

@@ -831,3 +831,23 @@ async def test_an_acknowledgement_that_comes_first_wins_over_an_escalation_under
         assert not mail.to(BOSS) and table.escalations_due(clock()) == []
     finally:
         await r.close()
+
+
+async def test_a_rule_for_a_group_tells_of_its_members_only(tmp_path, parts):
+    mail, hook, _ = parts
+    r = await rig(tmp_path, parts, rule='groups = ["park"]')
+    try:
+        await r.event(7, leak())  # not in the park
+        await r.event(3, leak())
+        await r.turns()
+        assert [d["alarms"][0]["node"] for d in hook.deliveries] == ["00000003"]
+        assert len(mail.messages) == 1
+        # a group changed in the registry (a reload replaces it in place) is followed at once
+        from gateway.registry import Group
+
+        r.registry.put_group(Group("park", "park", [1, 2, 3, 7]))
+        await r.event(7, leak(zone=2))
+        await r.turns()
+        assert [d["alarms"][0]["node"] for d in hook.deliveries] == ["00000003", "00000007"]
+    finally:
+        await r.close()
