@@ -851,3 +851,25 @@ async def test_a_rule_for_a_group_tells_of_its_members_only(tmp_path, parts):
         assert [d["alarms"][0]["node"] for d in hook.deliveries] == ["00000003", "00000007"]
     finally:
         await r.close()
+
+
+async def test_a_deferred_digest_entry_never_rides_an_earlier_digest(tmp_path, parts):
+    mail, hook, clock = parts
+    clock.t = dt.datetime(2026, 3, 2, 21, 58, tzinfo=UTC).timestamp()
+    r = await rig(tmp_path, parts, notify="storm_threshold = 1", rule='quiet_hours = "22:00-07:00"')
+    try:
+        await r.event(1, leak())  # alone
+        await r.event(2, leak())  # opens a digest, due 22:03
+        await r.turns()
+        clock.t = dt.datetime(2026, 3, 2, 22, 1, tzinfo=UTC).timestamp()
+        await r.event(3, leak())  # in the quiet hours: deferred to 07:00, in a digest of its own
+        await r.turns()
+        clock.t = dt.datetime(2026, 3, 2, 22, 4, tzinfo=UTC).timestamp()
+        await r.turns()
+        assert [[a["node"] for a in d["alarms"]] for d in hook.deliveries] == [["00000001"], ["00000002"]]
+        clock.t = dt.datetime(2026, 3, 3, 7, 0, tzinfo=UTC).timestamp()
+        await r.turns()
+        assert [[a["node"] for a in d["alarms"]] for d in hook.deliveries][2:] == [["00000003"]]
+        assert hook.deliveries[2]["kind"] == "digest" and len(mail.messages) == 3
+    finally:
+        await r.close()
