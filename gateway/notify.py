@@ -1,11 +1,12 @@
 """Alarm notifications: the I/O side (the decisions are gateway/notify_rules.py's, pure).
 
 `Notifier(cfg, store, registry, gateway_id)`, `await start()`, `await stop()`;
-the service calls `wake()` after each commit (pipeline listener). One task:
+the service calls `wake()` after each commit (pipeline listener). Two tasks,
+one deciding (1-3), one sending (4), so a hanging server delays no decision:
 
 1. decides each journalled alarm event (gateway/store/notifications.py: the
    journal is written with the record that raised or cleared the alarm) into
-   the outbox, one transaction per event (`Notifications.apply`);
+   the outbox, a batch of events per transaction (`Notifications.apply_many`);
 2. escalates the cycles not acknowledged (`ack`, the API's POST
    /alarms/{node}/{code}/ack) nor cleared in time;
 3. closes the digests whose window ended;
@@ -14,11 +15,12 @@ the service calls `wake()` after each commit (pipeline listener). One task:
    POST signed with HMAC-SHA256; marks each row sent once the channel
    accepted it (SMTP: the server's 250 after DATA; HTTP: a 2xx).
 
-Failures: a server down, a timeout, SMTP 4xx, HTTP 408/429/5xx are retried
-with exponential backoff and jitter (`retry_initial_s` doubling to
-`retry_max_s`), forever: nothing is dropped. An SMTP 5xx refusing the
-recipient or the message, and an HTTP 4xx, are final: the row is `failed`,
-logged, kept.
+Failures: a server down, a timeout, SMTP 4xx, HTTP 408/425/429/5xx, and
+anything unforeseen are retried with exponential backoff and jitter
+(`retry_initial_s` doubling to `retry_max_s`), forever: nothing is dropped.
+An SMTP 5xx refusing the recipient or the message, and any other HTTP status
+(3xx: redirects are not followed; 4xx), are final: the row is `failed`,
+logged, kept. Each recipient's messages go in order.
 
 Delivery guarantee, exactly: a message is handed to its channel until one
 attempt is accepted, and never again after the "sent" mark is committed. A
@@ -47,7 +49,7 @@ import random
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
@@ -67,7 +69,8 @@ from protocol.expand import ENUMS
 log = logging.getLogger("lumeau.gateway.notify")
 
 POLL_S = 1.0  # at most this long between looks at the outbox without a wake-up
-SEND_CONCURRENCY = 8  # messages being sent at once
+SEND_CONCURRENCY = 8  # recipients being sent to at once
+STOP_GRACE_S = 3.0  # at a stop, sends under way may finish for this long (within the service's 15 s)
 USER_AGENT = "lumeau-gateway-notify/1"
 RETENTION_S = 30 * 86400.0  # settled messages and cleared cycles are kept this long (GET /notifications)
 PRUNE_EVERY_S = 3600.0
@@ -142,8 +145,11 @@ class Notifier:
         self.gateway_id = gateway_id
         self.clock = clock
         self.tz = cfg.tz
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # the decide loop's
+        self._send_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._sending: dict[tuple[str, str], asyncio.Task] = {}  # per recipient, its send under way
+        self._sem = asyncio.Semaphore(SEND_CONCURRENCY)
         self._session: aiohttp.ClientSession | None = None
         self._secret = cfg.webhook.secret.reveal().encode() if cfg.webhook.secret is not None else b""
         self._pruned = 0.0
@@ -154,18 +160,32 @@ class Notifier:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, run: bool = True) -> None:
-        """Open the HTTP client and run the task (`run=False`: the caller drives `run_once`, as tests do)."""
+        """Open the HTTP client and run the tasks (`run=False`: the caller drives `run_once`, as tests do)."""
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.webhook.timeout_s), headers={"User-Agent": USER_AGENT}
         )
         if run:
-            self._task = asyncio.create_task(self._run(), name="lumeau-notify")
+            # two loops: a mail server that hangs until its timeout must not hold back the
+            # decisions (nor, through them, the webhooks of the next alarms)
+            self._tasks = [
+                asyncio.create_task(self._loop(self._decide_turn, self._wake), name="lumeau-notify-decide"),
+                asyncio.create_task(self._loop(self._send_turn, self._send_wake), name="lumeau-notify-send"),
+            ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop the loops; the sends under way get STOP_GRACE_S to finish (one cut off later is
+        sent again at the next start: an e-mail handed over in that instant goes twice)."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        sending = list(self._sending.values())
+        if sending:
+            await asyncio.wait(sending, timeout=STOP_GRACE_S)
+            for t in sending:
+                t.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+        self._sending.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -174,30 +194,37 @@ class Notifier:
         """Something was committed: look at the journal now (cheap: called after every commit)."""
         self._wake.set()
 
-    async def _run(self) -> None:
+    async def _loop(self, turn: Callable[[], Awaitable[int]], event: asyncio.Event) -> None:
         while True:
+            event.clear()  # before the turn: a wake-up during it is not lost
             try:
-                await self.run_once()
+                await turn()
             except Exception:  # a bad turn must not end notifications; the rows wait in the store
                 log.exception("notification turn failed")
             nxt = self.table.next_wake()
             delay = POLL_S if nxt is None else min(POLL_S, max(0.0, nxt - self.clock()))
-            self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(event.wait(), delay)
             except TimeoutError:
                 pass
 
-    async def run_once(self) -> int:
-        """One turn: decide journalled events, escalate, close digests, send what is due. Returns rows sent."""
+    async def _decide_turn(self) -> int:
+        """Decide journalled events, escalate, close digests, prune; wake the sender if anything changed."""
         self.turn_started = self.clock()
-        await self.decide_events()
-        await self.escalate()
+        n = await self.decide_events() + await self.escalate()
         now = self.clock()
-        await self.table.seal_digests(now)
+        n += await self.table.seal_digests(now)
         if now - self._pruned >= PRUNE_EVERY_S:
             self._pruned = now
             await self.table.prune(now - RETENTION_S, now - self.cfg.storm_window_s)
+        if n:
+            self._send_wake.set()
+        return n
+
+    async def run_once(self) -> int:
+        """One turn of both loops: decide journalled events, escalate, close digests, send what is due.
+        Returns the messages sent."""
+        await self._decide_turn()
         return await self.send_due()
 
     # ------------------------------------------------------------ deciding
@@ -361,31 +388,52 @@ class Notifier:
 
     # ------------------------------------------------------------ sending
 
-    async def send_due(self) -> int:
-        """Send what is due: recipients in parallel, each one's messages in order (an alarm before
-        its clear); a message waiting for its retry holds back the later ones of its recipient."""
-        now = self.clock()
-        rows = self.table.due(now, limit=1024)
-        if not rows:
-            return 0
+    def _queues(self, now: float) -> dict[tuple[str, str], list[OutboxRow]]:
+        """What is due, per recipient, oldest first."""
         queues: dict[tuple[str, str], list[OutboxRow]] = {}
-        for row in rows:
+        for row in self.table.due(now, limit=1024):
             queues.setdefault((row.channel, row.recipient), []).append(row)
-        sem = asyncio.Semaphore(SEND_CONCURRENCY)
+        return queues
 
-        async def in_order(queue: list[OutboxRow]) -> int:
-            n = 0
-            async with sem:
-                for row in queue:
-                    if row.next_try > now:
-                        break
-                    outcome = await self._deliver(row)
-                    if outcome == "retry":
-                        break
-                    n += outcome == "sent"
-            return n
+    async def _in_order(self, queue: list[OutboxRow], now: float) -> int:
+        """One recipient's messages in order (an alarm before its clear); a message waiting for
+        its retry, or failing now, holds back the later ones."""
+        n = 0
+        async with self._sem:
+            for row in queue:
+                if row.next_try > now:
+                    break
+                outcome = await self._deliver(row)
+                if outcome == "retry":
+                    break
+                n += outcome == "sent"
+        return n
 
-        return sum(await asyncio.gather(*(in_order(q) for q in queues.values())))
+    async def send_due(self) -> int:
+        """Send what is due, recipients in parallel, and wait for it all (tests' turns)."""
+        now = self.clock()
+        return sum(await asyncio.gather(*(self._in_order(q, now) for q in self._queues(now).values())))
+
+    async def _send_turn(self) -> int:
+        """The send loop's turn: a task per recipient with something due and none under way, not
+        awaited, so a server that hangs holds back its own recipient only."""
+        now = self.clock()
+        started = 0
+        for target, queue in self._queues(now).items():
+            if target in self._sending:
+                continue
+            task = asyncio.create_task(self._in_order(queue, now), name="lumeau-notify-recipient")
+            self._sending[target] = task
+
+            def done(t: asyncio.Task, target: tuple[str, str] = target) -> None:
+                self._sending.pop(target, None)
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("sending to a recipient failed: %r", t.exception())
+                self._send_wake.set()  # its later rows, or another recipient's
+
+            task.add_done_callback(done)
+            started += 1
+        return started
 
     async def _deliver(self, row: OutboxRow) -> str:
         """Try once: "sent", "failed" (for good) or "retry"."""

@@ -873,3 +873,30 @@ async def test_a_deferred_digest_entry_never_rides_an_earlier_digest(tmp_path, p
         assert hook.deliveries[2]["kind"] == "digest" and len(mail.messages) == 3
     finally:
         await r.close()
+
+
+async def test_a_hanging_mail_server_holds_back_no_webhook(tmp_path, parts):
+    # The relay accepts the connection and never answers (until the 5 s timeout): the webhooks
+    # of this alarm and of the next ones go out meanwhile.
+    mail, hook, _ = parts
+    await mail.stop()
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", mail.port, reuse_address=True)
+    r = await rig(tmp_path, parts, run=True, real_time=True)
+    try:
+        t0 = time.monotonic()
+        await r.event(1, leak())
+        await wait_for(lambda: len(hook.deliveries) == 1 and held, 5, "the first webhook, the mail hanging")
+        await r.event(2, leak())
+        await wait_for(lambda: len(hook.deliveries) == 2, 5, "the second webhook")
+        assert time.monotonic() - t0 < 4.5  # before the mail's 5 s timeout: not held back by it
+        assert mail.messages == []
+    finally:
+        server.close()
+        for w in held:
+            w.close()
+        await r.close()
