@@ -900,3 +900,20 @@ async def test_a_hanging_mail_server_holds_back_no_webhook(tmp_path, parts):
         for w in held:
             w.close()
         await r.close()
+
+
+async def test_a_one_shot_report_is_told_once_and_leaves_nothing_open(tmp_path, parts):
+    mail, hook, clock = parts
+    r = await rig(tmp_path, parts, rule='severities = ["warning", "alarm", "critical"]\n' + ESCALATE)
+    try:
+        await r.event(4, {m.E_CODE: m.EV_WATCHDOG_RESET, m.E_SEVERITY: m.SEV_WARNING})
+        await r.turns()
+        (d,) = hook.deliveries
+        assert d["kind"] == "report" and d["alarms"][0]["code"] == "watchdog_reset"
+        assert "REPORT warning watchdog_reset on 00000004" in mail.messages[0]["Subject"]
+        assert r.store.notifications.alarms() == []  # nothing to acknowledge, never escalated
+        clock.advance(3600)
+        await r.turns()
+        assert len(hook.deliveries) == 1 and not mail.to(BOSS)
+    finally:
+        await r.close()
