@@ -58,6 +58,16 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    queue; members of a kind the op is not for are "skipped"
                                    (gateway/groups.py); 400 bad op or arguments, nothing queued
   GET    /groups/{name}/commands   the group's commands with their progress counts
+  GET    /alarms                   alarm cycles told of by notifications ([notify], gateway/notify.py),
+                                   open ones (?all=1: cleared too): node, code, zone, severity,
+                                   raised, acked, acked_by, escalate_at, escalated; 404 when off
+  POST   /alarms/{id}/{code}/ack   acknowledge a node's open alarm (code by name, e.g. leak):
+                                   no escalation follows; body optional {"zone": n, "by": "name"}
+                                   (default: every zone, by "api"); 200 {"acked": [cycles]},
+                                   404 no open alarm of that code was told of (or notifications off)
+  GET    /notifications            the notification outbox, oldest first (?state=pending,sent,...
+                                   &limit=): kind, channel, recipient (a webhook: scheme and host
+                                   only), state, attempts, last error
   GET    /groups/{name}/commands/{id}  one group command: per member applied, pending, failed
                                    (with the reason) or skipped, and the counts
 
@@ -107,6 +117,8 @@ from gateway.history import History
 from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
+from gateway.notify import Notifier, redact
+from gateway.notify_rules import Target
 from gateway.pipeline import REASONS, Pipeline
 from gateway.registry import (
     Group,
@@ -291,6 +303,21 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def ack_args(doc: Any) -> tuple[int | None, str]:
+    """(zone or None, by) from the optional body of POST /alarms/{id}/{code}/ack; ValueError saying why."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict) or set(doc) - {"zone", "by"}:
+        raise ValueError('the body is optional: {"zone": n, "by": "name"}')
+    zone = doc.get("zone")
+    if zone is not None and (type(zone) is not int or not 0 <= zone <= 255):
+        raise ValueError("zone must be an integer 0..255")
+    by = doc.get("by", "api")
+    if not isinstance(by, str) or not 1 <= len(by) <= 64 or not by.isprintable():
+        raise ValueError("by must be 1 to 64 printable characters")
+    return zone, by
+
+
 def downlink_json(dl: Downlink) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": dl.id,
@@ -431,10 +458,12 @@ class Api:
         history: History | None = None,
         ui: bool = True,
         silent_after_s: float = health.SILENT_AFTER_S,
+        notifier: Notifier | None = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
         self.history = history
+        self.notifier = notifier
         self.silent_after_s = silent_after_s
         self.registry = registry
         self.store = store
@@ -478,6 +507,9 @@ class Api:
         r.add_post("/groups/{name}/commands", self.post_group_command)
         r.add_get("/groups/{name}/commands", self.group_commands)
         r.add_get("/groups/{name}/commands/{id}", self.get_group_command)
+        r.add_get("/alarms", self.list_alarms)
+        r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
+        r.add_get("/notifications", self.list_notifications)
         self.app = app
 
     async def start(self) -> None:
@@ -827,6 +859,44 @@ class Api:
 
     # ------------------------------------------------------------ the web page
 
+    # ------------------------------------------------------------ alarm notifications
+
+    def _notifier(self) -> Notifier:
+        if self.notifier is None:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "alarm notifications are off ([notify] enabled = false)"}),
+                content_type="application/json",
+            )
+        return self.notifier
+
+    async def list_alarms(self, request: web.Request) -> web.Response:
+        n = self._notifier()
+        rows = n.table.alarms(open_only=request.query.get("all") not in ("1", "true"), limit=self._limit(request))
+        for r in rows:
+            r["node"] = format_node_id(r.pop("node_id"))
+        return web.json_response({"alarms": _json_safe(rows)})
+
+    async def ack_alarm(self, request: web.Request) -> web.Response:
+        n = self._notifier()
+        node_id = self._node_id(request)
+        code = request.match_info["code"]
+        try:
+            zone, by = ack_args(await self._body(request) if request.can_read_body else None)
+        except ValueError as e:
+            return _error(400, str(e))
+        cycles = await n.ack(node_id, code, zone, by)
+        if not cycles:
+            return _error(404, f"no open {code} alarm of node {format_node_id(node_id)} waits for an acknowledgement")
+        return web.json_response({"acked": cycles})
+
+    async def list_notifications(self, request: web.Request) -> web.Response:
+        n = self._notifier()
+        s = request.query.get("state")
+        states = tuple(s.split(",")) if s else None
+        rows = n.table.outbox(states, limit=self._limit(request))
+        shown = [r.public(redact(Target(r.channel, r.recipient))) for r in rows]  # a webhook: scheme and host
+        return web.json_response({"notifications": shown, "counts": n.table.counts()})
+
     async def ui_root(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(UI_PREFIX)
 
@@ -963,4 +1033,22 @@ class Api:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     samples.append(({"transport": kind, "instance": instance, "counter": k}, v))
         x.family("lumeau_transport_stat", "gauge", "Transport counters and states (transports' stats()).", samples)
+        if self.notifier is not None:
+            n = self.notifier
+            x.family(
+                "lumeau_notifications_total",
+                "counter",
+                "Alarm notification outcomes since start: sent, retried (a failed attempt), failed (refused for good).",
+                [({"outcome": k}, n.counts[k]) for k in ("sent", "retried", "failed")],
+            )
+            counts = n.table.counts()
+            x.family(
+                "lumeau_notification_outbox",
+                "gauge",
+                "Notification outbox rows by state (pending: waiting or retrying; collecting: open digests).",
+                [
+                    ({"state": k}, counts.get(k, 0))
+                    for k in ("pending", "collecting", "sent", "failed", "skipped", "digested")
+                ],
+            )
         return x.text()

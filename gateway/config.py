@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import files
+from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
 from gateway.timesync import DEFAULT_MAX_DRIFT_PPM, DEFAULT_THRESHOLD_S
@@ -434,6 +435,7 @@ class GatewayConfig:
     ble: BleSection
     adr: AdrSection = field(default_factory=AdrSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # gateway/notify_config.py
 
 
 _SECTIONS: dict[str, type] = {
@@ -550,8 +552,8 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
     base = path.absolute().parent
     name = str(path)
     for key in data:
-        if key not in _SECTIONS and key not in _ARRAYS:
-            close = difflib.get_close_matches(key, list(_SECTIONS) + list(_ARRAYS), n=1)
+        if key not in _SECTIONS and key not in _ARRAYS and key != "notify":
+            close = difflib.get_close_matches(key, [*_SECTIONS, *_ARRAYS, "notify"], n=1)
             hint = f" (did you mean [{close[0]}]?)" if close else ""
             raise ConfigError(f"{name}: [{key}]: unknown section{hint}")
     try:
@@ -572,7 +574,8 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
             if p.port in seen:
                 raise ConfigError(f"serial[{i}].port: {p.port} is listed twice")
             seen.add(p.port)
-    except ConfigError as e:
+        out["notify"] = parse_notify(data.get("notify", {}), base)  # its own module: rules are lists of tables
+    except (ConfigError, NotifyConfigError) as e:
         raise ConfigError(f"{name}: {e}") from None
     gw = out["gateway"]
     if not gw.id:
@@ -725,6 +728,7 @@ def example_config() -> str:
         },
         {"username_file", "username", "password_file", "password", "ca_file", "cert_file", "key_file"},
     )
+    out += [example_notify()]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -7,9 +7,9 @@
 
 Start order (each step only once the previous one worked; a failure stops
 what was started, in reverse): store, registry, downlinks, pipeline, API,
-upstream, then the transports last, so nothing is heard before it can be
-stored. Once everything listens, one log line "gateway started" gives the
-bound ports (port 0 in the config picks a free one).
+upstream, alarm notifications (`[notify]`, gateway/notify.py), then the
+transports last, so nothing is heard before it can be stored. Once
+everything listens, one log line "gateway started" gives the bound ports (port 0 in the config picks a free one).
 
 The node registry file is watched (every REGISTRY_WATCH_S, its inode, size
 and mtime): when it changes under the gateway -- `lumeau node provision
@@ -52,6 +52,7 @@ from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
 from gateway.history import History
 from gateway.model import Reception, Record
+from gateway.notify import Notifier
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, RegistryError, file_stamp
 from gateway.store import Store, StoreError
@@ -86,6 +87,7 @@ class Gateway:
         self.upstream: Any = None
         self.transports: list[Any] = []
         self.timesync: TimeSync | None = None
+        self.notifier: Notifier | None = None
         self.node_log = NodeLog()
         self._registry_stamp: tuple[int, int, int, int] | None = None
         self._watcher: asyncio.Task | None = None
@@ -115,6 +117,7 @@ class Gateway:
                 max_records=cfg.queue.max_records,
                 group_max=cfg.queue.group_max,
                 quarantine_max=cfg.queue.quarantine_max_records,
+                alarm_journal=cfg.notify.enabled,  # alarm changes journalled with their records (notify.py)
             )
             self._registry_stamp = file_stamp(cfg.gateway.registry)
             self.registry = Registry.load(cfg.gateway.registry)
@@ -148,6 +151,9 @@ class Gateway:
                 self.registry, self.store, downlinks=observer, max_inflight=cfg.pipeline.max_inflight
             )
             self.upstream = self._make_upstream()
+            if cfg.notify.enabled:
+                notifier = self.notifier = Notifier(cfg.notify, self.store, self.registry, cfg.gateway.id)
+                self.pipeline.listeners.append(lambda _n: notifier.wake())
             self.transports = self._make_transports()
             if cfg.api.enabled:
                 assert cfg.api.token is not None
@@ -164,10 +170,13 @@ class Gateway:
                     history=self.history,
                     ui=cfg.api.ui,
                     silent_after_s=cfg.api.silent_after_s,
+                    notifier=self.notifier,
                 )
                 await self.api.start()
             if self.upstream is not None:
                 await self.upstream.start()
+            if self.notifier is not None:
+                await self.notifier.start()
             for t in self.transports:
                 await t.start()
             self._watcher = asyncio.create_task(self._watch_registry(), name="lumeau-registry-watch")
@@ -327,6 +336,9 @@ class Gateway:
             await _quietly(self.api.stop(), "api")
         if self.upstream is not None:
             await _quietly(asyncio.wait_for(self.upstream.stop(), SHUTDOWN_UPSTREAM_S), "upstream")
+        if self.notifier is not None:
+            await _quietly(self.notifier.stop(), "notifier")  # what is not sent stays in the outbox
+            self.notifier = None
         if self.store is not None:
             await _quietly(self.store.close(), "store")
         self.transports = []

@@ -17,7 +17,9 @@ and its in-memory state:
 - downlinks.py: `downlinks` and `dl_counters`, the downlink queue and every
   node's downlink frame counter;
 - nodes.py: `nodes`, node state (last seen, radio, firmware, last readings,
-  open alarms), flushed every `state_flush_s` (alarm changes with their group).
+  open alarms), flushed every `state_flush_s` (alarm changes with their group);
+- notifications.py: the alarm journal (written with the records' group) and
+  the notification outbox (gateway/notify.py sends it).
 
 Limits and policies are `Store.open` arguments: `max_records`, `group_max`
 (records per transaction: bounds commit latency), `quarantine_max`,
@@ -25,7 +27,8 @@ Limits and policies are `Store.open` arguments: `max_records`, `group_max`
 `window_log_max` (windows logged before the fold), and how the writer runs:
 `executor` (default: a thread of its own), `synchronous` (the SQLite level)
 and `exclusive` (reads through the writer's connection, which holds the file
-alone: for a writer running on the loop's thread, as the simulator's).
+alone: for a writer running on the loop's thread, as the simulator's);
+`alarm_journal` journals alarm changes for notifications (notifications.py).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from gateway.store.downlinks import DOWNLINK_OPEN_STATES, DownlinkTable
 from gateway.store.downlinks import SCHEMA as _DOWNLINKS_SCHEMA
 from gateway.store.nodes import SCHEMA as _NODES_SCHEMA
 from gateway.store.nodes import STATE_FLUSH_S, NodeStates
+from gateway.store.notifications import SCHEMA as _NOTIFY_SCHEMA
+from gateway.store.notifications import Notifications
 from gateway.store.records import (
     DEFAULT_MAX_RECORDS,
     DEFAULT_QUARANTINE_MAX,
@@ -104,6 +109,7 @@ class Store:
         executor: concurrent.futures.Executor | None = None,
         synchronous: str = "FULL",
         exclusive: bool = False,
+        alarm_journal: bool = False,
     ) -> None:
         self.path = Path(path)
         self.max_records = max_records
@@ -123,9 +129,14 @@ class Store:
         )
         self.downlink_table = DownlinkTable(self.writer)
         self.nodes = NodeStates(self.writer, state_flush_s)
+        # alarm changes journalled for notifications, with the records that made them
+        self.notifications = Notifications(self.writer)
+        self.notifications.enabled = alarm_journal
+        if alarm_journal:
+            self.nodes.on_alarm = self.notifications.journal
         # the records' windows are logged by the records' share of a group, folded after it;
         # a node whose alarms changed has its state written in the same group (nodes.py)
-        self.writer.parts = [self.records, self.replay_windows, self.nodes]
+        self.writer.parts = [self.records, self.replay_windows, self.nodes, self.notifications]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -143,6 +154,7 @@ class Store:
         executor: concurrent.futures.Executor | None = None,
         synchronous: str = "FULL",
         exclusive: bool = False,
+        alarm_journal: bool = False,
     ) -> Store:
         """Open (or create) the database at `path`; the keyword arguments are the module docstring's."""
         if max_records < 1 or group_max < 1 or quarantine_max < 0 or recent_max < 1 or window_log_max < 1:
@@ -158,9 +170,10 @@ class Store:
             executor=executor,
             synchronous=synchronous,
             exclusive=exclusive,
+            alarm_journal=alarm_journal,
         )
         w = self.writer
-        await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA)
+        await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA + _NOTIFY_SCHEMA)
         r = w.reader
         assert r is not None
         self.records.load(r, w.meta())

@@ -77,6 +77,22 @@ def _alarm(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_CODES = {v: k for k, v in expand.ENUMS[(m.EVENT, m.E_CODE)].items()}
+_SEVERITIES = {v: k for k, v in expand.ENUMS[(m.EVENT, m.E_SEVERITY)].items()}
+
+
+def _raw(entry: dict[str, Any]) -> dict[int, Any]:
+    """An open alarm's code, zone, severity and value as body keys (air values: what the journal keeps)."""
+    a = _alarm(entry)
+    code, sev = a["code"], a["severity"]
+    return {
+        m.E_CODE: _CODES.get(code, code) if isinstance(code, str) else code,
+        m.E_ZONE: a["zone"],
+        m.E_SEVERITY: _SEVERITIES.get(sev, sev) if isinstance(sev, str) else sev,
+        m.E_VALUE: a["value"],
+    }
+
+
 class NodeStates(Part):
     def __init__(self, writer: Writer, flush_s: float = STATE_FLUSH_S) -> None:
         self.writer = writer
@@ -85,6 +101,9 @@ class NodeStates(Part):
         self._dirty: set[int] = set()
         self._urgent: set[int] = set()  # alarms changed: written with the next group commit
         self._flusher: asyncio.Task | None = None
+        # told of every change of an alarm cycle (notifications.Notifications.journal), on alarm
+        # changes only: the hot path (telemetry) never reaches it
+        self.on_alarm: Callable[..., None] | None = None
 
     def load(self, r: sqlite3.Connection) -> None:
         self._states = {n: json.loads(s) for n, s in r.execute("SELECT node_id, state FROM nodes")}
@@ -127,6 +146,8 @@ class NodeStates(Part):
     def _event(self, rec: Record, st: dict[str, Any]) -> None:
         active = rec.body.get(m.E_ACTIVE)
         if active is None:  # a one-shot report: nothing opens or closes
+            if self.on_alarm is not None:
+                self._tell("report", rec, rec.rx_time, rec.counter, rec.body)
             return
         key = f"{rec.body[m.E_CODE]}:{rec.body.get(m.E_ZONE, 0)}"
         opened = st[_OPEN]
@@ -136,12 +157,19 @@ class NodeStates(Part):
             if entry is None or entry.get("counter", 0) > rec.counter:  # new, or counters restarted (re-keyed)
                 opened[key] = {"fields": fields, "since": rec.rx_time, "counter": rec.counter}
                 self._changed(rec.node_id)
+                if self.on_alarm is not None:
+                    self._tell("raise", rec, rec.rx_time, rec.counter, rec.body)
             elif entry["fields"] != fields:  # raised again (a new severity, value): since stays
+                before = entry["fields"].get("severity")
                 entry["fields"] = fields
                 self._changed(rec.node_id)
+                if self.on_alarm is not None and before != fields.get("severity"):
+                    self._tell("raise", rec, entry["since"], entry["counter"], rec.body)
         else:
             entry = opened.pop(key, None)
             if entry is not None:
+                if self.on_alarm is not None:
+                    self._tell("clear", rec, entry["since"], entry["counter"], _raw(entry), "event")
                 t = rec.body.get(m.E_TIME)
                 st.setdefault(_CLOSED, {})[key] = {
                     **entry,
@@ -161,6 +189,8 @@ class NodeStates(Part):
             if node_time is not None and raised and raised > node_time:
                 continue  # raised after the STATUS was taken: the STATUS does not know it
             del opened[key]
+            if self.on_alarm is not None:
+                self._tell("clear", rec, entry["since"], entry["counter"], _raw(entry), by)
             closed[key] = {
                 **entry,
                 "until": rec.rx_time,
@@ -169,6 +199,23 @@ class NodeStates(Part):
                 "closed_by": by,
             }
             self._changed(rec.node_id)
+
+    def _tell(
+        self, event: str, rec: Record, since: float, counter: int, body: dict[int, Any], by: str | None = None
+    ) -> None:
+        assert self.on_alarm is not None
+        self.on_alarm(
+            event,
+            rec.node_id,
+            body.get(m.E_CODE, 0),
+            body.get(m.E_ZONE, 0),
+            body.get(m.E_SEVERITY, 0),
+            body.get(m.E_VALUE),
+            rec.rx_time,
+            since,
+            counter,
+            by,
+        )
 
     def _changed(self, node_id: int) -> None:
         self._urgent.add(node_id)
