@@ -5,6 +5,9 @@ simulator/report.py puts them in the page and in `plots/`. Matplotlib with
 the Agg backend: no display needed. Every number comes from the results
 object; nothing here computes what the results do not hold, except unit
 conversions and labels.
+
+One file (just over 600 lines): one short function per plot, sharing the styling helpers
+at the top; split by plot, each file would hold a function and its imports.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ gateway's real config loader, pipeline and SQLite store, frames sealed by protoc
 Time: tests about quiet hours, escalation and retries move a hand clock (`Clock`) and drive the
 notifier's turns (`run_once`); the others run its own task on the real clock and wait on
 conditions with a deadline.
+
+One file (over 600 lines): every test drives the same servers and fixtures (tests/notify_helpers.py
+holds the shared parts); the issue's done-when cases read in one place.
 """
 
 from __future__ import annotations

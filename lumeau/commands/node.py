@@ -21,6 +21,10 @@ command: the gateway's API without curl), lumeau/ble_tools.py (BLE commissioning
 scan, check, configure; its docstring says what each does). Tests drive the
 async cores of the BLE commands (`scan_command`, `check_command`,
 `configure_command`) with bleak's backend seam (ble_tools.Backends).
+
+One file (just over 600 lines): the parsers of every `lumeau node` action and the printing of
+the BLE ones, whose work lives in the library modules named above (show and command in
+node_api.py).
 """
 
 from __future__ import annotations
