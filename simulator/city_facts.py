@@ -1,0 +1,53 @@
+"""What the city platform is told about a scenario's nodes for its ledger (PUT /v1/nodes on `lumeau sink`).
+
+Beside kind, name, site and position (what the registry carries), each
+lamp declares its rated power and each irrigation controller its fixed
+schedule as the ledger's baseline (city/ledger_db.py): litres a day = the
+zones' design flow x minutes per zone / every_days, watered from the
+schedule's start for zones x minutes (the window is given only for a daily
+schedule; a schedule every n days is spread over its days). The district is
+the scenario's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def ledger_nodes(sc: Any) -> list[dict[str, Any]]:
+    """PUT /v1/nodes items for every lamp and controller of a simulator.scenario.Scenario."""
+    out: list[dict[str, Any]] = []
+    for lamp in sc.lamps:
+        out.append(
+            {
+                "id": f"{lamp.node_id:08x}",
+                "kind": "lighting",
+                "name": lamp.name,
+                "site": lamp.street,
+                "lat": lamp.lat,
+                "lon": lamp.lon,
+                "district": sc.name,
+                "rated_power_w": lamp.rated_power_w,
+            }
+        )
+    for c in sc.controllers:
+        sch = c.schedule
+        baseline: dict[str, Any] = {
+            "l_per_day": sum(z.flow_l_min * sch.minutes_per_zone for z in c.zones) / sch.every_days
+        }
+        if sch.every_days == 1:
+            baseline["start"] = f"{sch.start_min // 60:02d}:{sch.start_min % 60:02d}"
+            baseline["minutes"] = max(1, round(sch.minutes_per_zone * len(c.zones)))
+        out.append(
+            {
+                "id": f"{c.node_id:08x}",
+                "kind": "irrigation",
+                "name": c.name,
+                "site": c.park,
+                "lat": c.lat,
+                "lon": c.lon,
+                "district": sc.name,
+                "baseline": baseline,
+            }
+        )
+    return out
