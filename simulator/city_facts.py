@@ -11,16 +11,19 @@ the scenario's name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
-def ledger_nodes(sc: Any) -> list[dict[str, Any]]:
-    """PUT /v1/nodes items for every lamp and controller of a simulator.scenario.Scenario."""
+def ledger_nodes(sc: Any, ids: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """PUT /v1/nodes items for every lamp and controller of a simulator.scenario.Scenario; `ids`: node
+    name -> id as run (a registry's), when they may differ from the scenario's."""
+    ids = ids or {}
     out: list[dict[str, Any]] = []
     for lamp in sc.lamps:
         out.append(
             {
-                "id": f"{lamp.node_id:08x}",
+                "id": f"{ids.get(lamp.name, lamp.node_id):08x}",
                 "kind": "lighting",
                 "name": lamp.name,
                 "site": lamp.street,
@@ -40,7 +43,7 @@ def ledger_nodes(sc: Any) -> list[dict[str, Any]]:
             baseline["minutes"] = max(1, round(sch.minutes_per_zone * len(c.zones)))
         out.append(
             {
-                "id": f"{c.node_id:08x}",
+                "id": f"{ids.get(c.name, c.node_id):08x}",
                 "kind": "irrigation",
                 "name": c.name,
                 "site": c.park,
