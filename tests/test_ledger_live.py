@@ -6,7 +6,8 @@ firmware on a virtual clock, a real `lumeau gateway` process and a real
 `lumeau sink` (simulator/live.py). Then a `lumeau sink` is started again on
 the run's database, told the lamps' rated powers and the controller's
 schedule (simulator/city_facts.py), and its /ledger/daily.json for each
-local day of the run is summed and set against the simulator's results.
+local day of the run is summed and set against the simulator's results
+(simulator/demo_ledger.py, as `lumeau demo` does).
 
 Tolerances, and why:
 - energy used within 2 % of the world's truth (`energy.total_kwh`): the
@@ -27,21 +28,8 @@ Tolerances, and why:
 
 from __future__ import annotations
 
-import os
-import select
-import signal
-import subprocess
-import sys
-import tomllib
-from datetime import datetime, timedelta
-from pathlib import Path
-
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-ENERGY_TOL = 0.02
-WATER_TOL = 0.05
 BASELINE_TOL = 0.01
 
 SCENARIO = """
@@ -139,18 +127,6 @@ progress = false
 """
 
 
-def _sink(out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lumeau", "sink", "--db", str(out / "sink.db"), "--port", "0"]
-        + ["--token-file", str(out / "sink.token"), "--nodes", str(out / "nodes.toml"), "--timezone", "Europe/Paris"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from simulator.live import LiveGateway
@@ -169,55 +145,38 @@ def run(tmp_path_factory):
 
 
 def test_the_sinks_ledger_agrees_with_the_simulators_truth(run):
-    from simulator.city_facts import ledger_nodes
+    from simulator.demo_ledger import ENERGY_TOL, WATER_TOL, agreement, platform_ledger
 
     sc, out, results = run
-    reg = tomllib.loads((out / "nodes.toml").read_text())
-    ids = {e["name"]: int(h, 16) for h, e in reg["nodes"].items()}
-    p = _sink(out)
-    try:
-        ready, _, _ = select.select([p.stdout], [], [], 30)
-        assert ready, "lumeau sink did not start within 30 s"
-        line = p.stdout.readline()
-        assert line.startswith("lumeau sink: listening on "), p.stderr.read()
-        url = line.split()[4]
-        token = (out / "sink.token").read_text().strip()
-        r = requests.put(
-            f"{url}/v1/nodes",
-            json={"nodes": ledger_nodes(sc, ids)},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-        assert r.status_code == 200, r.text
-        tz = sc.location.tz
-        first = datetime.fromtimestamp(sc.start_unix, tz).date()
-        last = datetime.fromtimestamp(sc.end_unix, tz).date()
-        days = []
-        while first <= last:
-            r = requests.get(f"{url}/ledger/daily.json", params={"date": first.isoformat()}, timeout=60)
-            assert r.status_code == 200, r.text
-            days.append(r.json())
-            first += timedelta(days=1)
-    finally:
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=30) == 0
-    kwh = sum(x["city"]["energy_kwh"] for x in days)
-    base_kwh = sum(x["city"]["energy_baseline_kwh"] for x in days)
-    m3 = sum(x["city"]["water_m3"] for x in days)
-    base_m3 = sum(x["city"]["water_baseline_m3"] for x in days)
+    led = platform_ledger(sc, out)
+    assert led["sink_exit"] == 0 and led["timezone"] == "Europe/Paris"
+    assert [d["date"] for d in led["days"]] == ["2026-06-15", "2026-06-16"]  # noon to noon, local days
+    t = led["totals"]
     en, wa = results["energy"], results["water"]
+    agree = agreement(led, results)
     figures = (
-        f"energy {kwh:.4f} kWh (truth {en['total_kwh']:.4f}, {100 * (kwh / en['total_kwh'] - 1):+.2f} %), "
-        f"baseline {base_kwh:.4f} (simulator {en['total_baseline_kwh']:.4f}); "
-        f"water {m3:.4f} m3 (truth {wa['total_m3']:.4f}, {100 * (m3 / wa['total_m3'] - 1):+.2f} %), "
-        f"baseline {base_m3:.4f} (simulator {wa['total_baseline_m3']:.4f})"
+        f"energy {t['energy_kwh']:.4f} kWh (truth {en['total_kwh']:.4f}, {agree['energy_kwh']['diff_pct']:+.3f} %), "
+        f"baseline {t['energy_baseline_kwh']:.4f} (simulator {en['total_baseline_kwh']:.4f}); "
+        f"water {t['water_m3']:.4f} m3 (truth {wa['total_m3']:.4f}, {agree['water_m3']['diff_pct']:+.3f} %), "
+        f"baseline {t['water_baseline_m3']:.4f} (simulator {wa['total_baseline_m3']:.4f})"
     )
     print(figures)
+    assert (ENERGY_TOL, WATER_TOL) == (0.02, 0.05)
     assert en["total_kwh"] > 2 and wa["total_m3"] > 1  # the run lit and watered: the comparison means something
-    assert kwh == pytest.approx(en["total_kwh"], rel=ENERGY_TOL), figures
-    assert m3 == pytest.approx(wa["total_m3"], rel=WATER_TOL), figures
-    assert base_kwh == pytest.approx(en["total_baseline_kwh"], rel=BASELINE_TOL), figures
-    assert base_m3 == pytest.approx(wa["total_baseline_m3"], rel=BASELINE_TOL), figures
-    # what was lost shows too: the failed lamp's dark hours, the leak's water is in the meter's total
-    assert sum(x["city"]["dark_lamp_hours"] for x in days) > 1
-    assert all(x["city"]["lamps"] == len(sc.lamps) and x["city"]["irrigation_controllers"] == 1 for x in days)
+    assert t["energy_kwh"] == pytest.approx(en["total_kwh"], rel=ENERGY_TOL), figures
+    assert t["water_m3"] == pytest.approx(wa["total_m3"], rel=WATER_TOL), figures
+    assert agree["agree"] and agree["energy_kwh"]["agree"] and agree["water_m3"]["agree"]
+    assert t["energy_baseline_kwh"] == pytest.approx(en["total_baseline_kwh"], rel=BASELINE_TOL), figures
+    assert t["water_baseline_m3"] == pytest.approx(wa["total_baseline_m3"], rel=BASELINE_TOL), figures
+    # what was lost shows too: the failed lamp's dark hours; the leak's water is in the meter's total
+    assert t["dark_lamp_hours"] > 1
+    assert all(d["city"]["lamps"] == len(sc.lamps) and d["city"]["irrigation_controllers"] == 1 for d in led["days"])
+
+
+def test_agreement_says_disagree_beyond_the_tolerance():
+    from simulator.demo_ledger import agreement
+
+    led = {"totals": {"energy_kwh": 10.3, "water_m3": 1.0}}
+    got = agreement(led, {"energy": {"total_kwh": 10.0}, "water": {"total_m3": 1.04}})
+    assert not got["energy_kwh"]["agree"] and got["energy_kwh"]["diff_pct"] == pytest.approx(3.0)
+    assert got["water_m3"]["agree"] and not got["agree"]
