@@ -85,9 +85,9 @@ class Settings:
     """Tariffs, factors and publication settings (defaults and their sources: city/README.md)."""
 
     timezone: str = "Europe/Paris"
-    eur_per_kwh: float = 0.2016  # CRE, regulated tariff (TRVE Bleu, option Base), 1 Feb 2025, incl. taxes
-    kgco2_per_kwh: float = 0.052  # ADEME Base Empreinte: French grid electricity, mean mix, kgCO2e/kWh
-    eur_per_m3: float = 3.40  # Eau du Grand Lyon: water and sanitation, 2024, incl. taxes (about)
+    eur_per_kwh: float = 0.2016  # regulated tariff (TRVE "Bleu", option Base) from 1 Feb 2025, taxes included
+    kgco2_per_kwh: float = 0.052  # ADEME Base Carbone, French "mix de consommation - moyen", kgCO2e/kWh (about)
+    eur_per_m3: float = 3.13  # Lyon's mean water price (supply, sanitation, taxes), 1 Jan 2018
     kgco2_per_m3: float = 0.0  # not counted unless configured: no national factor adopted
     default_rated_power_w: float | None = None  # for lamps that declare none (None: no baseline for them)
     presence_min_count: int = 5

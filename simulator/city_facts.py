@@ -6,7 +6,10 @@ schedule as the ledger's baseline (city/ledger_db.py): litres a day = the
 zones' design flow x minutes per zone / every_days, watered from the
 schedule's start for zones x minutes (the window is given only for a daily
 schedule; a schedule every n days is spread over its days). The district is
-the scenario's name.
+the scenario's name. Its soil-stress threshold is FAO-56's: the moisture at
+which the root zone has used its readily available water (Ks < 1, as the
+simulator counts stress), `theta_fc - p (theta_fc - theta_wp)`, for the
+controller's first zone (a park's zones share soil and crop).
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def ledger_nodes(sc: Any, ids: Mapping[str, int] | None = None) -> list[dict[str
                 "lon": c.lon,
                 "district": sc.name,
                 "baseline": baseline,
+                "stress_vwc_pct": round(stress_vwc_pct(c.zones[0]), 2),
             }
         )
     return out
+
+
+def stress_vwc_pct(zone: Any) -> float:
+    """Volumetric soil moisture (%) below which FAO-56 stresses the turf (depletion past RAW)."""
+    fc, wp = zone.soil.theta_fc, zone.soil.theta_wp
+    return 100.0 * (fc - zone.crop.p * (fc - wp))
