@@ -162,20 +162,22 @@ class OpenData:
         s = self.settings
         d0, d1 = day_bounds(d, s.tz)
 
-        def read(c: Any) -> tuple[Any, Any]:
-            v = ledger_db.version(c)
-            key = (d.isoformat(), v)
+        def read_and_compute(c: Any) -> tuple[Any, Day | None]:
+            # on the database's thread: the event loop keeps serving while a day is computed
+            # (a district's day is a few tenths of a second), and days are computed one at a time
+            key = (d.isoformat(), ledger_db.version(c))
             if key in self._cache:
                 return key, None
-            return key, ledger_db.day_inputs(c, d0, d1)
+            nodes, facts, readings, reqs = ledger_db.day_inputs(c, d0, d1)
+            return key, compute_day(d, nodes, facts, readings, reqs, s)
 
-        key, inputs = await self.db.run(read)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        nodes, facts, readings, reqs = inputs
-        out = compute_day(d, nodes, facts, readings, reqs, s)
+        key, out = await self.db.run(read_and_compute)
+        if out is None:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            return await self.day(d)  # evicted meanwhile: compute it again
         self._cache[key] = out
         while len(self._cache) > CACHE_DAYS:
             self._cache.popitem(last=False)

@@ -8,9 +8,12 @@ times (Paris, the summer solstice).
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from city.ledger import (
     Facts,
@@ -262,3 +265,26 @@ def test_settings_are_checked_and_named():
     ):
         with pytest.raises(ValueError, match=msg):
             settings_from(table, "ledger.toml")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["district", "rated_power_w", "baseline", "stress_vwc_pct", "name"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+            max_leaves=8,
+        ),
+    ),
+    st.sampled_from(["lighting", "irrigation", "bridge"]),
+)
+def test_fuzz_node_facts_are_facts_or_a_named_error(d, kind):
+    try:
+        f = parse_facts("nodes[7]", d, kind)
+    except ValueError as e:
+        assert str(e).startswith("nodes[7]")
+        return
+    if f is not None:
+        for v in (f.rated_power_w, f.baseline_l_day, f.stress_vwc_pct):
+            assert v is None or (isinstance(v, float) and math.isfinite(v) and v >= 0)

@@ -230,6 +230,23 @@ def test_no_personal_data_in_any_open_output(base):
     assert "@" not in blob
 
 
+def test_a_report_closed_by_staff_counts_as_resolved_today(base):
+    reqs = requests.get(f"{base}/open311/v2/requests.json", timeout=10).json()
+    (mine,) = [q for q in reqs if q["service_code"] == "lamp_out" and q["lumeau_source"] == "resident"]
+    today = mine["requested_datetime"][:10]  # the UTC day it was filed (the ledger here runs in UTC)
+    r = requests.post(
+        f"{base}/v1/service-requests/{mine['service_request_id']}/close",
+        json={"service_notice": "Lamp replaced."},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert r.status_code in (200, 409), r.text  # 409: closed already (another run of this test)
+    rep = get(base, "/ledger/daily.json", date=today).json()["reports"]
+    assert rep["resident_requests_filed"] == 1 and rep["by_service"] == {"lamp_out": 1}
+    assert rep["resident_requests_resolved"] == 1 and rep["resident_requests_open_at_end"] == 0
+    assert 0 <= rep["resolve_hours_median"] < 1  # filed and closed within this test session (if closed that day)
+
+
 def test_the_rest_of_the_sink_still_needs_its_token(base):
     assert requests.get(f"{base}/v1/records", timeout=10).status_code == 401
     assert requests.get(f"{base}/v1/nodes", timeout=10).status_code == 401
