@@ -82,6 +82,16 @@ DICTIONARY: dict[str, tuple[str, str, str]] = {  # column: (type, unit, meaning)
     "hour": ("integer", "h", "presence: local hour of the day, 0-23"),
     "count": ("integer", "", "presence: detections reported by the street's lamps in that hour; empty: withheld"),
 }
+REPORT_FIELDS: dict[str, tuple[str, str, str]] = {  # the JSON's `reports` object
+    "resident_requests_filed": ("integer", "", "Open311 requests filed by residents this day"),
+    "by_service": ("object", "", "of those, how many per service code"),
+    "by_verdict": ("object", "", "of those, how many per verdict of the devices (confirmed, device_normal, no_device)"),
+    "device_requests_opened": ("integer", "", "requests opened by node alarms this day"),
+    "resident_requests_resolved": ("integer", "", "residents' requests closed this day"),
+    "resolve_hours_median": ("number", "h", "median time from filing to closing, requests closed this day"),
+    "resolve_hours_max": ("number", "h", "longest such time"),
+    "resident_requests_open_at_end": ("integer", "", "residents' requests still open at midnight"),
+}
 LEDGER_COLUMNS = ("date", *ROW_FIELDS)
 PRESENCE_COLUMNS = ("date", "street", "hour", "count")
 
@@ -219,7 +229,8 @@ class OpenData:
                 for n in names
             ]
 
-        return {"ledger": cols(LEDGER_COLUMNS), "presence": cols(PRESENCE_COLUMNS)}
+        reports = [{"name": k, "type": t, "unit": u, "description": d} for k, (t, u, d) in REPORT_FIELDS.items()]
+        return {"ledger": cols(LEDGER_COLUMNS), "presence": cols(PRESENCE_COLUMNS), "reports": reports}
 
     async def get_catalog(self, request: web.Request) -> web.Response:
         s = self.settings

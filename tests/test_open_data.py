@@ -191,6 +191,7 @@ def test_open_data_files_agree_with_the_ledger_and_the_dictionary(base):
     dic = get(base, "/open-data/dictionary.json").json()
     assert list(rows[0]) == [c["name"] for c in dic["ledger"]]
     assert all(c["description"] and "type" in c and "unit" in c for c in dic["ledger"] + dic["presence"])
+    assert [c["name"] for c in dic["reports"]] == list(j["reports"])  # the JSON's reports, every key described
     by = {(x["level"], x["name"]): x for x in rows}
     assert float(by[("city", "")]["energy_kwh"]) == pytest.approx(j["city"]["energy_kwh"])
     assert float(by[("street", "Rue de Rivoli")]["energy_kwh"]) == pytest.approx(1.92)
