@@ -416,12 +416,12 @@ def _lamp(
     t.node_h = (d1 - d0) / 3600.0
     power = f.rated_power_w if f.rated_power_w is not None else s.default_rated_power_w
     dark: list[tuple[float, float]] | None = None
-    if n.lat is not None and n.lon is not None:
+    if n.lat is not None and n.lon is not None and len(recs) >= 2:  # no interval, no sun to compute
         key = (round(n.lat, 3), round(n.lon, 3))  # lamps a few metres apart share their night
         dark = cache.get(key)
         if dark is None:
             dark = cache[key] = dark_intervals(n.lat, n.lon, d0 - LOOKBACK_S, d1 + LOOKBACK_S)
-    if dark is None or power is None:
+    if n.lat is None or n.lon is None or power is None:
         t.lamps_without_baseline = 1
     failed = [(a, b if b is not None else d1) for al, a, b in alarms if al in DARK_ALARMS]
     for prev, cur in zip(recs, recs[1:], strict=False):
