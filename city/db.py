@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from city import requests_db
+from city import ledger_db, requests_db
 from gateway import files
 
 SCHEMA = (
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS units (type TEXT PRIMARY KEY, units TEXT NOT NULL);
 """
     + requests_db.SCHEMA
+    + ledger_db.SCHEMA
 )
 
 

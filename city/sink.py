@@ -31,6 +31,9 @@ Endpoints (all but /healthz need `Authorization: Bearer <token>`):
   PUT  /v1/nodes          the nodes' public facts: {"nodes": [{"id", "kind", "name",
                           "site", "lat", "lon"}]} (no keys), upserted; what reports
                           are matched against (`lumeau sink --nodes` loads a registry).
+                          Optional, for the ledger (city/ledger_db.py): "district",
+                          "rated_power_w" (a lamp), "baseline" and "stress_vwc_pct"
+                          (an irrigation controller).
   GET  /v1/nodes          them, with their open alarms.
   POST /v1/service-requests/{id}/close
                           city staff close a request after a field check:
@@ -41,6 +44,9 @@ Endpoints (all but /healthz need `Authorization: Bearer <token>`):
 Open311 GeoReport v2 (city/open311.py) under /open311/v2/, without the
 bearer token: residents' reports, matched to the nodes and judged by them;
 node alarms open requests by themselves.
+
+The public-value ledger and open data (city/open_data.py) under /ledger/
+and /open-data/, without the bearer token: daily aggregates only.
 
 Limits: request bodies up to MAX_BODY (16 MiB after decompression: a gzip
 bomb is cut off there; a 500-record batch is about 300 kB); a native batch
@@ -65,10 +71,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from city import matching, requests_db
+from city import ledger_db, matching, requests_db
 from city.db import SinkDB, bump
+from city.ledger import Facts, Settings
 from city.open311 import PREFIX as OPEN311_PREFIX
 from city.open311 import Open311, Open311Config, check_text
+from city.open_data import PUBLIC_PREFIXES, OpenData
 from gateway import formats
 
 log = logging.getLogger("lumeau.city.sink")
@@ -103,6 +111,7 @@ class Sink:
         port: int = DEFAULT_PORT,
         open311: Open311Config | None = None,
         nodes: list[matching.NodeInfo] | None = None,
+        ledger: Settings | None = None,
     ) -> None:
         self.db = SinkDB(Path(db_path))
         self._token = token.encode() if token else None
@@ -121,6 +130,8 @@ class Sink:
         self.app.router.add_post("/v1/service-requests/{id:[0-9]{1,18}}/close", self.close_request)
         self.open311 = Open311(self.db, open311)
         self.open311.add_routes(self.app)
+        self.open_data = OpenData(self.db, ledger)
+        self.open_data.add_routes(self.app)
         self._initial_nodes = nodes or []
         self._runner: web.AppRunner | None = None
 
@@ -148,7 +159,8 @@ class Sink:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        public = request.path == "/healthz" or request.path.startswith(OPEN311_PREFIX + "/")
+        path = request.path
+        public = path == "/healthz" or path.startswith((OPEN311_PREFIX + "/", *PUBLIC_PREFIXES))
         if self._token is not None and not public:
             got = request.headers.get("Authorization", "")
             scheme, _, value = got.partition(" ")
@@ -307,12 +319,26 @@ class Sink:
 
     async def put_nodes(self, request: web.Request) -> web.Response:
         doc = await self._json_body(request)
+        items = doc.get("nodes") if isinstance(doc, dict) else None
         try:
-            nodes = node_infos(doc.get("nodes") if isinstance(doc, dict) else None)
+            nodes = node_infos(items)
+            facts = node_facts(items, nodes)
         except ValueError as e:
             return _problem(400, "invalid nodes", str(e))
-        n = await self.db.run(lambda c: requests_db.put_nodes(c, nodes, time.time()))
-        return web.json_response({"nodes": n})
+
+        def put(c: sqlite3.Connection) -> int:
+            now = time.time()
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                n = requests_db.put_nodes(c, nodes, now)
+                ledger_db.put_facts(c, facts, now)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return n
+
+        return web.json_response({"nodes": await self.db.run(put)})
 
     async def get_nodes(self, request: web.Request) -> web.Response:
         def read(c: sqlite3.Connection) -> tuple[list[matching.NodeInfo], list[matching.Alarm]]:
@@ -507,6 +533,17 @@ def node_infos(items: Any) -> list[matching.NodeInfo]:
                 raise ValueError(f"{where}: lat -90..90 and lon -180..180, in degrees")
             lat, lon = float(lat), float(lon)
         out.append(matching.NodeInfo(nid, kind, text["name"], text["site"], lat, lon))
+    return out
+
+
+def node_facts(items: Any, nodes: list[matching.NodeInfo]) -> list[tuple[str, Facts]]:
+    """The ledger facts (district, rated power, watering baseline, stress threshold) the checked
+    items declare (city/ledger_db.py); ValueError names the bad one."""
+    out = []
+    for i, (d, n) in enumerate(zip(items, nodes, strict=True)):
+        f = ledger_db.parse_facts(f"nodes[{i}]", d, n.kind)
+        if f is not None:
+            out.append((n.id, f))
     return out
 
 

@@ -18,7 +18,13 @@ What happens, in order:
    going away for half an hour);
 4. the services are stopped cleanly (SIGTERM, their exit statuses
    checked), and the figures are read back from the sink;
-5. a summary is printed, and `report.html` (plots embedded, and as PNGs in
+5. the city platform's own ledger of the run is read back: `lumeau sink`
+   again on the run's database, told the lamps' rated powers and the
+   schedules, computes each local day from its records
+   (simulator/demo_ledger.py); its kWh and m3 are set against the
+   simulator's truth (2 % and 5 %), in the summary and in `results.json`
+   (`platform_ledger`);
+6. a summary is printed, and `report.html` (plots embedded, and as PNGs in
    `plots/`) and `results.json` (the same figures as `lumeau sim run
    --json`) are written to the output directory.
 
@@ -63,6 +69,22 @@ def live_summary(results: dict[str, Any]) -> str:
         f"gateway to read UDP ({gw.get('live_catch_up_real_s', 0):.1f} s)",
     ]
     return "\n".join(lines)
+
+
+def _ledger(scenario: Any, out: Path, doc: dict[str, Any]) -> None:
+    """The platform's own ledger of the run (simulator/demo_ledger.py) into `doc` and the summary."""
+    from simulator.demo_ledger import agreement, platform_ledger, summary
+    from simulator.services import ServiceError
+
+    start = scenario.start_unix
+    try:
+        led = platform_ledger(scenario, out, start, start + float(doc["scenario"]["hours"]) * 3600.0)
+    except (ServiceError, OSError, ValueError) as e:  # the run stands; say why its ledger is missing
+        _say(f"  ledger: not computed: {e}")
+        return
+    agree = agreement(led, doc)
+    doc["platform_ledger"] = {**led, "agreement": agree}
+    _say(summary(led, agree))
 
 
 def run_demo(
@@ -119,6 +141,7 @@ def run_demo(
     _say("")
     _say(results.summary())
     _say(live_summary(doc))
+    _ledger(scenario, out, doc)
     (out / "results.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     if report:
         path = write_report(doc, out, scenario)

@@ -263,10 +263,19 @@ class _Process:
 class SinkProcess(_Process):
     """`lumeau sink` on 127.0.0.1; `start()` waits for its "listening" line and returns the port."""
 
-    def __init__(self, db: Path, token_file: Path, log: Path, port: int = 0, nodes: Path | None = None) -> None:
+    def __init__(
+        self,
+        db: Path,
+        token_file: Path,
+        log: Path,
+        port: int = 0,
+        nodes: Path | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         super().__init__("sink", [], log)
         self.db, self.token_file, self.port = db, token_file, port
         self.nodes = nodes  # the registry: the sink matches residents' reports to these nodes' kinds and positions
+        self.extra = list(extra)  # more options (e.g. the ledger's --timezone)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> int:
         self.argv = [
@@ -283,6 +292,7 @@ class SinkProcess(_Process):
         ]
         if self.nodes is not None:
             self.argv += ["--nodes", str(self.nodes)]
+        self.argv += self.extra
         p = self.spawn(stdout=subprocess.PIPE)
         assert p.stdout is not None
         deadline = time.monotonic() + timeout

@@ -620,6 +620,22 @@ def test_demo_delivery_frames_and_totals(demo):
     assert "gateway exit 0, sink exit 0" in stdout
 
 
+def test_demo_ledger_of_the_platform_agrees_with_the_simulator(demo):
+    """The ledger `lumeau sink` computes from its records after the run (simulator/demo_ledger.py)."""
+    out, stdout, results = demo
+    led = results["platform_ledger"]
+    agree = led["agreement"]
+    assert agree["agree"], agree
+    assert abs(agree["energy_kwh"]["diff_pct"]) <= 2 and abs(agree["water_m3"]["diff_pct"]) <= 5
+    assert agree["energy_kwh"]["simulator"] == pytest.approx(results["energy"]["total_kwh"], abs=1e-4)
+    assert agree["water_m3"]["simulator"] == pytest.approx(results["water"]["total_m3"], abs=1e-4)
+    assert [d["date"] for d in led["days"]] == ["2026-06-15", "2026-06-16"] and led["sink_exit"] == 0
+    t = led["totals"]
+    assert t["energy_baseline_kwh"] == pytest.approx(results["energy"]["total_baseline_kwh"], rel=0.01)
+    assert t["water_baseline_m3"] == pytest.approx(results["water"]["total_baseline_m3"], rel=0.01)
+    assert "against the simulator: energy" in stdout and ": agree" in stdout
+
+
 def test_demo_report_has_the_numbers_and_the_plots(demo):
     from simulator.report import PLOTS
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from city import matching, open311, sink
+from city import matching, open311, open_data, sink
+from city.ledger import Settings
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -57,6 +59,15 @@ def add_subcommand(subparsers: Any) -> None:
         metavar="N/SECONDS",
         help="submissions allowed per client address (default %(default)s: 10 per 10 minutes, bursts of 10)",
     )
+    led = p.add_argument_group("public-value ledger and open data (served under /ledger/ and /open-data/)")
+    led.add_argument(
+        "--ledger-config",
+        metavar="TOML",
+        help="a file with a [ledger] table: timezone, eur_per_kwh, kgco2_per_kwh, eur_per_m3, kgco2_per_m3, "
+        "default_rated_power_w, presence_min_count, licence, licence_url, publisher "
+        "(defaults and their sources: city/README.md)",
+    )
+    led.add_argument("--timezone", help="the ledger's local day, an IANA zone (default Europe/Paris)")
     p.set_defaults(func=cmd_sink)
 
 
@@ -109,6 +120,10 @@ def cmd_sink(args: argparse.Namespace) -> int:
         token = _token(args)
         config = open311_config(args)
         nodes = registry_nodes(args.nodes) if args.nodes else None
+        ledger = open_data.load_settings(args.ledger_config) if args.ledger_config else Settings()
+        if args.timezone:  # over the file's: checked as the file's would be
+            tz = open_data.settings_from({"timezone": args.timezone}, "--timezone").timezone
+            ledger = dataclasses.replace(ledger, timezone=tz)
     except (OSError, ValueError) as e:
         print(f"lumeau sink: {e}", file=sys.stderr)
         return 2
@@ -123,5 +138,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
         logs.setup()
     return asyncio.run(
-        sink.serve(sink.Sink(args.db, token, host=args.host, port=args.port, open311=config, nodes=nodes))
+        sink.serve(
+            sink.Sink(args.db, token, host=args.host, port=args.port, open311=config, nodes=nodes, ledger=ledger)
+        )
     )
