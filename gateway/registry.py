@@ -14,6 +14,15 @@ node keyed by its id in hex:
     lat = 48.8606                          # optional, degrees (WGS 84)
     lon = 2.3376
     firmware = "0.1.0"                     # optional: as provisioned
+    key_gen = 1                            # written by the gateway and the tools, never by hand
+
+`key_gen` is the node's key generation (SPEC §4, "Re-keying"): 0 for a node
+never re-keyed (and then left out of the file), one more each time its
+root key changes. Records carry it in their idempotency key, so the
+records of a re-keyed node, whose counters start again at 0, are never
+taken for resends of the old key's. It is bumped in one place, here: by
+`upsert` when a node's key changes, and by `change` and `replace_all` for a
+key that changed in the file (edited by hand) without a bump.
 
 What the node reports about itself (last seen, firmware it runs, readings)
 is node state in the store, not here: this file changes only when a person
@@ -76,7 +85,8 @@ KINDS = ("lighting", "irrigation", "bridge")  # protocol.messages KIND_* 1, 2, 3
 TEXT_MAX = 128
 LOCK_WAIT_S = 10.0
 _T = TypeVar("_T")
-_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware")
+_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware", "key_gen")
+MAX_KEY_GEN = 0xFFFFFFFF  # re-keyings of one node: never reached; bounds what a file may say
 GROUP_KINDS = ("street", "park", "district", "custom")
 MAX_GROUPS = 1000
 MAX_MEMBERS = 10_000
@@ -136,6 +146,7 @@ class NodeEntry:
     lat: float | None = None
     lon: float | None = None
     firmware: str = ""
+    key_gen: int = 0  # key generation: see the module doc
     keys: NodeKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +172,9 @@ class NodeEntry:
             setattr(self, name, float(v))
         if (self.lat is None) != (self.lon is None):
             raise RegistryError(f"{where}: lat and lon go together")
+        g = self.key_gen
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_KEY_GEN:
+            raise RegistryError(f"{where}: key_gen: must be an integer 0..{MAX_KEY_GEN}")
         self.keys = NodeKeys(self.node_id, self.root_key)
 
     @classmethod
@@ -191,6 +205,7 @@ class NodeEntry:
             lat=d.get("lat"),
             lon=d.get("lon"),
             firmware=d.get("firmware", ""),
+            key_gen=d.get("key_gen", 0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,13 +217,16 @@ class NodeEntry:
         if self.lat is not None:
             d["lat"] = self.lat
             d["lon"] = self.lon
+        if self.key_gen:  # left out at 0: the file of a node never re-keyed is as before
+            d["key_gen"] = self.key_gen
         return d
 
     def public(self) -> dict[str, Any]:
-        """Everything but the key, for the API."""
+        """Everything but the key, for the API (key_gen always: it is in the records' ids)."""
         d = self.to_dict()
         del d["root_key"]
         d["id"] = format_node_id(self.node_id)
+        d["key_gen"] = self.key_gen
         return d
 
 
@@ -455,14 +473,38 @@ class Registry:
             else:
                 fresh = Registry.load(self.path, missing_ok=False)
             result = edit(fresh)
+            self.carry_key_gens(fresh)  # a key changed on disk by hand: its bump is saved with this write
             fresh.save()
         return result, self.replace_all(fresh)
+
+    def carry_key_gens(self, other: Registry) -> list[int]:
+        """Give `other`'s nodes (a newer state of this registry) a key generation past this one's
+        wherever the root key changed without one; returns the ids bumped.
+
+        A node whose key is the same never goes back to a lower generation either.
+        """
+        bumped = []
+        for n, e in other._entries.items():
+            old = self._entries.get(n)
+            if old is None:
+                continue
+            if old.root_key != e.root_key:
+                if e.key_gen <= old.key_gen:
+                    e.key_gen = old.key_gen + 1
+                    bumped.append(n)
+            elif e.key_gen < old.key_gen:
+                e.key_gen = old.key_gen
+                bumped.append(n)
+        return bumped
 
     def replace_all(self, other: Registry) -> list[int]:
         """Take `other`'s nodes (a reloaded file) in place; returns the ids whose root key changed.
 
-        In place, so everyone holding `registry.get` sees the new nodes at once.
+        In place, so everyone holding `registry.get` sees the new nodes at once. Key
+        generations are carried first (`carry_key_gens`): in memory only, unless the caller
+        saves `other`.
         """
+        self.carry_key_gens(other)
         rekeyed = [
             n for n, e in other._entries.items() if n in self._entries and self._entries[n].root_key != e.root_key
         ]
@@ -473,10 +515,19 @@ class Registry:
         return rekeyed
 
     def upsert(self, entry: NodeEntry) -> NodeEntry | None:
-        """Add or replace a node (not saved: call save()); returns the entry it replaced."""
+        """Add or replace a node (not saved: call save()); returns the entry it replaced.
+
+        A new root key for a registered node takes the next key generation (`entry.key_gen`
+        is set), and the same key keeps the generation it had.
+        """
         old = self._entries.get(entry.node_id)
         if old is None and len(self._entries) >= MAX_NODES:
             raise RegistryError(f"{self.path}: at most {MAX_NODES} nodes")
+        if old is not None:
+            if old.root_key != entry.root_key:
+                entry.key_gen = max(entry.key_gen, old.key_gen + 1)
+            else:
+                entry.key_gen = max(entry.key_gen, old.key_gen)
         self._entries[entry.node_id] = entry
         return old
 
