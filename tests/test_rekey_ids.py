@@ -28,10 +28,12 @@ from pathlib import Path
 
 import pytest
 from gateway_helpers import LIGHT_BODY, GatewayProcess, push_data, reception, record
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from waiting import wait_for, wait_for_sync
 
 from gateway import formats
-from gateway.pipeline import ACCEPTED, DUPLICATE, Pipeline
+from gateway.pipeline import ACCEPTED, ADMISSION_PATH, DUPLICATE, Pipeline
 from gateway.registry import NodeEntry, Registry, RegistryError
 from gateway.store import Store
 from protocol import frame
@@ -41,6 +43,7 @@ from protocol.keys import NodeKeys
 API_TOKEN = "rekey-api-token-0123456789"
 SINK_TOKEN = "rekey-sink-token-0123456789"
 NODE = 0x00C0FFEE
+NEEDS_C = pytest.mark.skipif(ADMISSION_PATH != "compiled", reason="gateway._fastadmit is not built")
 N = 12  # frames per key
 
 
@@ -385,13 +388,14 @@ async def test_a_database_from_before_generations_is_migrated_and_keeps_its_reco
     assert cols.count("key_gen") == 1
 
 
-async def test_a_copy_under_the_new_key_never_merges_into_the_old_keys_record(tmp_path):
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=NEEDS_C)])
+async def test_a_copy_under_the_new_key_never_merges_into_the_old_keys_record(tmp_path, compiled):
     """Two radios hear counter 5 of the old key, then (after the re-key) counter 5 of the new
-    key: two records, each with its own receptions."""
+    key: two records, each with its own receptions and generation, on both admission paths."""
     reg = Registry(tmp_path / "nodes.toml")
     reg.upsert(NodeEntry(NODE, "lighting", key(1)))
     store = await Store.open(tmp_path / "gateway.db")
-    pipe = Pipeline(reg, store)
+    pipe = Pipeline(reg, store, compiled=compiled)
     try:
 
         def sealed(k: bytes, c: int) -> bytes:
@@ -412,8 +416,8 @@ async def test_a_copy_under_the_new_key_never_merges_into_the_old_keys_record(tm
             (f"{NODE:08x}-5", 2, "gw:b"),
             (f"{NODE:08x}-g1-5", 2, "gw:c"),
         ]
-        # both admission paths stamp the generation
-        assert pipe.admission_path in ("compiled", "python")
+        assert [r.key_gen for r in recs] == [0, 1]
+        assert pipe.admission_path == ("compiled" if compiled else "python")
     finally:
         await pipe.close()
         await store.close()
@@ -486,3 +490,29 @@ def test_the_v3_receiver_refuses_a_bad_generation_column(gen):
     doc["records"][0][-1] = gen
     with pytest.raises(formats.FormatError, match=r"records\[0\]\.key_gen: must be an integer"):
         formats.check_native_batch(doc)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(gen=_json, id_=st.one_of(st.none(), st.text(max_size=40)), version=st.sampled_from([2, 3]))
+def test_any_generation_from_the_network_is_a_record_with_its_id_or_a_format_error(gen, id_, version):
+    doc = json.loads(formats.native_encoder(version)([_rec(4, 1)]))
+    if version == 3:
+        doc["records"][0][-1] = gen
+    else:
+        doc["records"][0]["key_gen"] = gen
+        if id_ is not None:
+            doc["records"][0]["id"] = id_
+    try:
+        got = formats.check_native_batch(doc)
+    except formats.FormatError:
+        return
+    (n,) = got
+    assert type(gen) is int and 0 <= gen <= formats.MAX_KEY_GEN
+    assert n.key == n.doc["id"] == formats.idempotency_key(f"{NODE:08x}", gen, 4)
