@@ -1,5 +1,7 @@
 """The node registry: which nodes exist, their root keys and where they are.
 
+One file (over 600 lines): nodes, groups and key generations share one file format and one lock.
+
 A TOML file written by provisioning (and by the local API), one table per
 node keyed by its id in hex:
 
@@ -22,7 +24,14 @@ root key changes. Records carry it in their idempotency key, so the
 records of a re-keyed node, whose counters start again at 0, are never
 taken for resends of the old key's. It is bumped in one place, here: by
 `upsert` when a node's key changes, and by `change` and `replace_all` for a
-key that changed in the file (edited by hand) without a bump.
+key that changed in the file (edited by hand) without a bump. A node removed
+leaves its next generation in a `[retired]` table (id = generation), so the
+same id registered again later starts there, not at 0:
+
+    [retired]
+    00a1b2c4 = 1                           # removed at generation 0
+
+At most MAX_NODES ids are remembered there (the oldest forgotten first).
 
 What the node reports about itself (last seen, firmware it runs, readings)
 is node state in the store, not here: this file changes only when a person
@@ -230,6 +239,24 @@ class NodeEntry:
         return d
 
 
+def _load_retired(path: Path, table: Any) -> dict[int, int]:
+    """The `[retired]` table of a registry file: node id (hex) -> key generation."""
+    if not isinstance(table, dict):
+        raise RegistryError(f"{path}: retired: must be a table of node id = key generation")
+    if len(table) > MAX_NODES:
+        raise RegistryError(f"{path}: retired: {len(table)} ids, at most {MAX_NODES}")
+    out: dict[int, int] = {}
+    for k, g in table.items():
+        try:
+            n = parse_node_id(k)
+        except ValueError as e:
+            raise RegistryError(f"{path}: retired.{str(k)[:40]}: {e}") from None
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 < g <= MAX_KEY_GEN:
+            raise RegistryError(f"{path}: retired.{k}: must be a key generation 1..{MAX_KEY_GEN}")
+        out[n] = g
+    return out
+
+
 class GroupExists(RegistryError):
     """A group created under a name already in use."""
 
@@ -361,6 +388,8 @@ class Registry:
         self.path = Path(path)
         self._entries: dict[int, NodeEntry] = dict(entries or {})
         self._groups: dict[str, Group] = dict(groups or {})
+        # removed nodes: id -> the key generation it takes if it is registered again (module doc)
+        self._retired: dict[int, int] = {}
         # the pipeline's hot path: a bound dict lookup
         self.get = self._entries.get
 
@@ -389,9 +418,11 @@ class Registry:
         version = data.get("version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise RegistryError(f"{path}: version: {version!r} is not supported (this gateway reads {FORMAT_VERSION})")
-        unknown = sorted(set(data) - {"version", "nodes", "groups"})
+        unknown = sorted(set(data) - {"version", "nodes", "groups", "retired"})
         if unknown:
-            raise RegistryError(f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes, groups)")
+            raise RegistryError(
+                f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes, groups, retired)"
+            )
         nodes = data.get("nodes", {})
         if not isinstance(nodes, dict):
             raise RegistryError(f"{path}: nodes: must be a table of node tables")
@@ -410,6 +441,7 @@ class Registry:
             except RegistryError as e:
                 raise RegistryError(f"{path}: nodes.{key}: {str(e).split(': ', 1)[1]}") from None
         reg = cls(path, entries)
+        reg._retired = _load_retired(path, data.get("retired", {}))
         groups = data.get("groups", {})
         if not isinstance(groups, dict):
             raise RegistryError(f"{path}: groups: must be a table of group tables")
@@ -430,6 +462,9 @@ class Registry:
         }
         if self._groups:
             doc["groups"] = {g: self._groups[g].to_dict() for g in sorted(self._groups)}
+        retired = {format_node_id(n): g for n, g in self._retired.items() if n not in self._entries}
+        if retired:
+            doc["retired"] = dict(sorted(retired.items()))
         text = (
             "# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
             "# Written by provisioning and the gateway's API; see gateway/registry.py.\n" + tomli_w.dumps(doc)
@@ -470,6 +505,7 @@ class Registry:
         with self.locked():
             if missing_ok and not self.path.exists():  # no file (yet): what this registry holds
                 fresh = Registry(self.path, self._entries, self._groups)
+                fresh._retired = dict(self._retired)
             else:
                 fresh = Registry.load(self.path, missing_ok=False)
             result = edit(fresh)
@@ -486,7 +522,10 @@ class Registry:
         bumped = []
         for n, e in other._entries.items():
             old = self._entries.get(n)
-            if old is None:
+            if old is None:  # new here: past the generations of its id before a removal
+                if e.key_gen < self._retired.get(n, 0):
+                    e.key_gen = self._retired[n]
+                    bumped.append(n)
                 continue
             if old.root_key != e.root_key:
                 if e.key_gen <= old.key_gen:
@@ -512,6 +551,9 @@ class Registry:
         self._entries.update(other._entries)
         self._groups.clear()
         self._groups.update(other._groups)
+        for n, g in self._retired.items():  # what this registry retired and the other does not know
+            other._retired[n] = max(g, other._retired.get(n, 0))
+        self._retired = other._retired
         return rekeyed
 
     def upsert(self, entry: NodeEntry) -> NodeEntry | None:
@@ -528,13 +570,20 @@ class Registry:
                 entry.key_gen = max(entry.key_gen, old.key_gen + 1)
             else:
                 entry.key_gen = max(entry.key_gen, old.key_gen)
+        else:  # an id removed before: its counters restart, as after a re-key
+            entry.key_gen = max(entry.key_gen, self._retired.pop(entry.node_id, 0))
         self._entries[entry.node_id] = entry
         return old
 
     def remove(self, node_id: int) -> NodeEntry | None:
-        """Remove a node (not saved), and take it out of every group."""
+        """Remove a node (not saved), and take it out of every group; its id's next key
+        generation is remembered (`retired`)."""
         old = self._entries.pop(node_id, None)
         if old is not None:
+            self._retired.pop(node_id, None)  # to the end: the newest
+            self._retired[node_id] = min(old.key_gen + 1, MAX_KEY_GEN)
+            while len(self._retired) > MAX_NODES:
+                del self._retired[next(iter(self._retired))]
             for name, g in list(self._groups.items()):
                 if node_id in g.members:
                     self._groups[name] = Group(g.name, g.kind, [n for n in g.members if n != node_id], g.title)

@@ -231,6 +231,62 @@ def test_upsert_gives_a_new_key_the_next_generation_and_keeps_it_for_the_same_ke
     assert reg.get(NODE).public()["key_gen"] == 2 and "root_key" not in reg.get(NODE).public()
 
 
+def test_an_id_removed_and_registered_again_continues_its_generations(tmp_path):
+    """Its counters start at 0 again too: generation 0 would give it the old records' ids."""
+    p = tmp_path / "nodes.toml"
+    reg = Registry(p)
+    reg.upsert(NodeEntry(NODE, "lighting", key(1)))
+    reg.upsert(NodeEntry(NODE, "lighting", key(2)))  # generation 1
+    reg.save()
+    # removed through the lock, as `lumeau node remove` and the API's DELETE do
+    gone, _ = reg.change(lambda r: r.remove(NODE), missing_ok=False)
+    assert gone is not None and NODE not in reg
+    text = p.read_text()
+    assert "[retired]" in text and f"{NODE:08x} = 2" in text
+    # registered again later (another process: what is in the file)
+    again = Registry.load(p)
+    again.change(lambda r: r.upsert(NodeEntry(NODE, "irrigation", key(3))), missing_ok=False)
+    assert again.get(NODE).key_gen == 2
+    after = Registry.load(p)
+    assert after.get(NODE).key_gen == 2 and "[retired]" not in p.read_text()
+    # a node never registered before starts at 0
+    after.change(lambda r: r.upsert(NodeEntry(NODE + 1, "lighting", key(4))), missing_ok=False)
+    assert Registry.load(p).get(NODE + 1).key_gen == 0
+
+
+def test_an_id_added_back_by_hand_takes_its_retired_generation_on_reload(tmp_path):
+    p = tmp_path / "nodes.toml"
+    running = Registry(p)
+    running.upsert(NodeEntry(NODE, "lighting", key(1)))
+    running.save()
+    running.change(lambda r: r.remove(NODE), missing_ok=False)
+    # the file rewritten by a hand (or an older tool) that knows nothing of [retired]
+    hand = Registry(p)
+    hand.upsert(NodeEntry(NODE, "lighting", key(2)))
+    hand.save()
+    assert "retired" not in p.read_text() and "key_gen" not in p.read_text()
+    _, rekeyed = running.change(lambda r: None, missing_ok=False)
+    assert rekeyed == [] and running.get(NODE).key_gen == 1
+    assert Registry.load(p).get(NODE).key_gen == 1
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("retired = 3", "retired: must be a table"),
+        ("[retired]\nzz = 1", "retired.zz: node id 'zz' is not 1 to 8 hex digits"),
+        ("[retired]\n00c0ffee = 0", "retired.00c0ffee: must be a key generation 1..4294967295"),
+        ('[retired]\n00c0ffee = "1"', "retired.00c0ffee: must be a key generation"),
+    ],
+)
+def test_a_bad_retired_table_is_refused_naming_it(tmp_path, table, message):
+    p = tmp_path / "nodes.toml"
+    p.write_text("version = 1\n" + table + "\n")
+    p.chmod(0o600)
+    with pytest.raises(RegistryError, match=re.escape(f"{p}: {message}")):
+        Registry.load(p)
+
+
 def test_a_node_never_rekeyed_has_no_generation_in_the_file(tmp_path):
     reg = Registry(tmp_path / "nodes.toml")
     reg.upsert(NodeEntry(NODE, "lighting", key(1)))

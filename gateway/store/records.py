@@ -1,5 +1,7 @@
 """Records and quarantine: the durable queue of verified uplinks, in memory and on disk.
 
+One file (over 600 lines): the queue's memory and disk halves follow one policy (bound, merging, read-back).
+
 Tables `records` (waiting for the upstream, oldest first), `quarantine` and
 `quarantine_batches` (records of batches the upstream refused with a 4xx,
 kept for inspection, never resent automatically).
