@@ -374,8 +374,24 @@ enabled = false
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 400 and "key_gen" in json.loads(e.value.read())["error"]
         assert get(f"{api}/nodes/{NODE:08x}", API_TOKEN)["key_gen"] == 1
+        # removed and added again through the API: the id goes on from its last generation
+        assert call(api, "DELETE", f"/nodes/{NODE:08x}") == 204
+        assert call(api, "PUT", f"/nodes/{NODE:08x}", {"kind": "lighting", "root_key": key(5).hex()}) == 201
+        assert get(f"{api}/nodes/{NODE:08x}", API_TOKEN)["key_gen"] == 2
+        assert Registry.load(p).get(NODE).key_gen == 2
     finally:
         gw.kill()
+
+
+def call(api: str, method: str, path: str, doc: dict | None = None) -> int:
+    req = urllib.request.Request(
+        f"{api}{path}",
+        data=None if doc is None else json.dumps(doc).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status
 
 
 # ---------------------------------------------------------------- the store
