@@ -552,7 +552,8 @@ class Registry:
         self._groups.clear()
         self._groups.update(other._groups)
         for n, g in self._retired.items():  # what this registry retired and the other does not know
-            other._retired[n] = max(g, other._retired.get(n, 0))
+            if n not in other._entries:
+                other._retired[n] = max(g, other._retired.get(n, 0))
         self._retired = other._retired
         return rekeyed
 
