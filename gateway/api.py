@@ -11,7 +11,8 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    bearer); `[api] ui = false` turns it off
   GET    /metrics                  Prometheus text format (version 0.0.4)
   GET    /nodes                    every registered node, with its state
-  GET    /nodes/{id}               one node: registry entry (never the key), last seen,
+  GET    /nodes/{id}               one node: registry entry (never the key; its key_gen, the
+                                   key generation in its records' ids, SPEC §4), last seen,
                                    RSSI/SNR and gateway of the best reception, supply
                                    voltage, firmware, last readings, open alarms, downlinks waiting,
                                    health {"state": ok|alarm|silent|failsafe, "conditions", "silent_s"}
@@ -20,7 +21,8 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    96 per type): ?type=light,status (default: all) &limit=N
   PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
                                    to add, optional to update: a new key resets the node's
-                                   counters), "name", "site", "lat", "lon", "firmware"};
+                                   counters and takes the next key_gen, which a body may
+                                   not set), "name", "site", "lat", "lon", "firmware"};
                                    saved to the registry file at once, merged with the file as it
                                    is (Registry.change: a node added to it offline is kept, and
                                    known from then on). 201 added, 200 updated.
@@ -642,8 +644,8 @@ class Api:
             return None, _error(400, str(e))
         except OSError as e:
             return None, _error(500, f"registry not saved: {e}")
+        await self.pipeline.reset_nodes(rekeyed)  # all forgotten before the first await
         for n in rekeyed:
-            await self.pipeline.reset_node(n)
             log.info("node re-keyed: counters reset", extra={"node": format_node_id(n)})
         return done, None
 
@@ -668,6 +670,8 @@ class Api:
         doc = await self._body(request)
         if not isinstance(doc, dict):
             return _error(400, "the body must be a JSON object")
+        if "key_gen" in doc:  # counted by the registry on each new key (SPEC §4): never set by a client
+            return _error(400, f"node {node_id:08x}: key_gen: set by the gateway when the root key changes")
 
         def edit(reg: Registry) -> tuple[NodeEntry, NodeEntry | None]:
             # on the file as it is now (issue 17): a node provisioned offline meanwhile is kept

@@ -16,9 +16,10 @@ Native, two versions (the gateway sends /3 unless told otherwise):
   fields by name (physical values, gateway/bodies.py), the units of every
   field once per message type in the batch.
 
-Both carry an idempotency key per record ("<node id hex>-<counter>": /2
-writes it, /3 leaves the receiver to join node and counter) so a receiver
-can drop resends. Receivers accept /3, /2 and `lumeau.records/1` (units
+Both carry an idempotency key per record ("<node id hex>-<counter>", or
+"<node id hex>-g<key_gen>-<counter>" once the node was re-keyed: SPEC §4;
+/2 writes it, /3 leaves the receiver to join node, key_gen and counter) so a
+receiver can drop resends. Receivers accept /3, /2 and `lumeau.records/1` (units
 with every value) and read each as /2 (`check_native_batch`).
 """
 
@@ -44,12 +45,16 @@ DEFAULT_NATIVE_VERSION = 3
 # /3: what each record's array holds, in this order (a receiver finds them by name in "columns",
 # so a later version can add columns)
 V3_COLUMNS = ("type", "node", "counter", "time", "alarm", "values", "gateway", "receptions", "rssi", "snr")
+# /3: added at the end of "columns" only in a batch holding a record of a re-keyed node (key
+# generation > 0), so batches of nodes never re-keyed are byte for byte as before; absent: 0
+V3_KEY_GEN = "key_gen"
 NATIVE_CONTENT_TYPE = "application/json"
 
 # Limits a receiver enforces on a native record (the sink does).
 KEY_MAX = 64
 TYPE_MAX = 32
 MAX_COUNTER = 0xFFFFFFFF
+MAX_KEY_GEN = 0xFFFFFFFF  # gateway/registry.py MAX_KEY_GEN
 UNITS_TYPES_MAX = 32  # message types in a batch's "units"
 UNITS_FIELDS_MAX = 64  # fields per type there
 UNIT_MAX = 32  # characters of a field name or a unit
@@ -144,8 +149,8 @@ def native_record(r: Record) -> dict[str, Any]:
     if r.best_snr is not None:
         radio["snr"] = r.best_snr
     node = "%08x" % r.node_id
-    return {
-        "id": node + "-" + str(r.counter),  # Record.idempotency_key
+    out = {
+        "id": r.idempotency_key,
         "node": node,
         "counter": r.counter,
         "type": r.kind,
@@ -154,6 +159,9 @@ def native_record(r: Record) -> dict[str, Any]:
         "fields": bodies.values(r.mtype, r.body),
         "radio": radio,
     }
+    if r.key_gen:  # only after a re-key: records of nodes never re-keyed are as before
+        out["key_gen"] = r.key_gen
+    return out
 
 
 def native_batch(records: Iterable[Record], gateway: str = "", sent: float | None = None) -> bytes:
@@ -199,15 +207,17 @@ _V3_PLANS = {mtype: _compile_v3(plan) for mtype, plan in bodies.PLANS.items()}
 
 def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | None = None) -> bytes:
     """A `lumeau.records/3` batch (columnar, FORMATS.md); same errors as `native_batch`."""
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     types: dict[str, int] = {}
     plans = _V3_PLANS
     iso = iso_time
+    gens: list[int] = []  # each record's key generation, in order
     for r in records:
         mtype = r.mtype
         kind = r.kind
         if kind not in types:
             types[kind] = mtype
+        gens.append(r.key_gen)
         # values: null where the body does not carry the field
         rows.append(
             (
@@ -223,6 +233,10 @@ def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | 
                 r.best_snr,
             )
         )
+    columns: tuple[str, ...] = V3_COLUMNS
+    if any(gens):  # a re-keyed node among them: its generation joins the key (rare, so a second pass)
+        columns = (*V3_COLUMNS, V3_KEY_GEN)
+        rows = [(*row, g) for row, g in zip(rows, gens)]
     doc: dict[str, Any] = {"format": NATIVE_FORMAT_V3}
     if gateway:
         doc["gateway"] = gateway
@@ -231,7 +245,7 @@ def native_batch_v3(records: Iterable[Record], gateway: str = "", sent: float | 
     doc["types"] = {
         kind: {"fields": plans[mtype][0], "units": bodies.UNITS.get(kind, _NO_UNITS)} for kind, mtype in types.items()
     }
-    doc["columns"] = V3_COLUMNS
+    doc["columns"] = columns
     doc["records"] = rows
     try:
         return orjson.dumps(doc)
@@ -331,6 +345,7 @@ def _check_v3(doc: dict[str, Any], recs: list[Any]) -> list[NativeRecord]:
     except ValueError:
         raise FormatError(f"columns: must name {', '.join(V3_COLUMNS)}") from None
     i_type, i_node, i_counter, i_time, i_alarm, i_values, i_gw, i_rx, i_rssi, i_snr = at
+    i_gen = cols.index(V3_KEY_GEN) if V3_KEY_GEN in cols else -1  # optional: 0 without it
     types = doc.get("types")
     if not isinstance(types, dict) or len(types) > UNITS_TYPES_MAX:
         raise FormatError(f"types: must be an object of at most {UNITS_TYPES_MAX} message types")
@@ -381,28 +396,33 @@ def _check_v3(doc: dict[str, Any], recs: list[Any]) -> list[NativeRecord]:
         v = row[i_snr]
         if v is not None:
             radio["snr"] = v
-        key = node + "-" + str(counter)  # at most 19 characters: within KEY_MAX
-        out.append(
-            NativeRecord(
-                key,
-                node,
-                counter,
-                kind,
-                t,
-                {
-                    "id": key,
-                    "node": node,
-                    "counter": counter,
-                    "type": kind,
-                    "time": when,
-                    "alarm": alarm,
-                    "fields": {name: v for name, v in zip(names, vals) if v is not None},
-                    "radio": radio,
-                },
-                units.get(kind, _NO_UNITS),
-            )
-        )
+        rec = {
+            "id": "",
+            "node": node,
+            "counter": counter,
+            "type": kind,
+            "time": when,
+            "alarm": alarm,
+            "fields": {name: v for name, v in zip(names, vals) if v is not None},
+            "radio": radio,
+        }
+        gen = row[i_gen] if i_gen >= 0 else 0
+        if gen == 0 and type(gen) is int:
+            key = node + "-" + str(counter)  # at most 19 characters: within KEY_MAX
+        else:
+            if type(gen) is not int or not 0 < gen <= MAX_KEY_GEN:
+                raise FormatError(f"records[{i}].key_gen: must be an integer 0..{MAX_KEY_GEN}")
+            key = idempotency_key(node, gen, counter)  # at most 30 characters
+            rec["key_gen"] = gen
+        rec["id"] = key
+        out.append(NativeRecord(key, node, counter, kind, t, rec, units.get(kind, _NO_UNITS)))
     return out
+
+
+def idempotency_key(node: str, key_gen: int, counter: int) -> str:
+    """A record's idempotency key from its node (8 hex digits), key generation and counter
+    (Record.idempotency_key; SPEC §4): generation 0 keeps the ids of before generations."""
+    return f"{node}-{counter}" if key_gen == 0 else f"{node}-g{key_gen}-{counter}"
 
 
 _NO_UNITS: dict[str, str] = {}
@@ -417,10 +437,15 @@ def _check_record(i: int, r: Any, units: dict[str, dict[str, str]]) -> NativeRec
         raise FormatError(f"{where}.node: must be 8 lower-case hex digits")
     if isinstance(counter, bool) or not isinstance(counter, int) or not 0 <= counter <= MAX_COUNTER:
         raise FormatError(f"{where}.counter: must be an integer 0..{MAX_COUNTER}")
+    gen = r.get("key_gen", 0)
+    if isinstance(gen, bool) or not isinstance(gen, int) or not 0 <= gen <= MAX_KEY_GEN:
+        raise FormatError(f"{where}.key_gen: must be an integer 0..{MAX_KEY_GEN}")
     if not isinstance(key, str) or len(key) > KEY_MAX:
         raise FormatError(f"{where}.id: must be a string of at most {KEY_MAX} characters")
-    if key != f"{node}-{counter}":
-        raise FormatError(f"{where}.id: {key!r} is not node-counter ({node}-{counter})")
+    want = idempotency_key(node, gen, counter)
+    if key != want:
+        what = "node-counter" if gen == 0 else "node-g<key_gen>-counter"
+        raise FormatError(f"{where}.id: {key[:KEY_MAX]!r} is not {what} ({want})")
     if not isinstance(kind, str) or not 0 < len(kind) <= TYPE_MAX:
         raise FormatError(f"{where}.type: must be a string of 1..{TYPE_MAX} characters")
     try:

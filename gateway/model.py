@@ -61,10 +61,16 @@ class Record:
     # that encoding, as nodes send it): the store keeps these bytes instead of encoding the body
     # again. None: the store encodes `body`.
     cbor: bytes | None = field(default=None, repr=False, compare=False)
+    # The key generation of the root key that verified the frame (gateway/registry.py, SPEC §4
+    # "Re-keying"): a re-keyed node starts its counters again, so the counter alone is not unique.
+    key_gen: int = 0
 
     @property
     def idempotency_key(self) -> str:
-        """node id + counter: unique per uplink for the life of a root key."""
+        """Unique per uplink of a node: `<node>-<counter>` under the node's first key (the ids
+        platforms knew before generations), `<node>-g<gen>-<counter>` after a re-key (SPEC §4)."""
+        if self.key_gen:
+            return f"{self.node_id:08x}-g{self.key_gen}-{self.counter}"
         return f"{self.node_id:08x}-{self.counter}"
 
 

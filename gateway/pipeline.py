@@ -66,7 +66,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -129,7 +129,9 @@ REASONS = (
 
 
 class KeyLookup(Protocol):
-    def get(self, node_id: int) -> Any: ...  # an object with `.keys` (protocol.keys.NodeKeys), or None
+    # an object with `.keys` (protocol.keys.NodeKeys) and `.key_gen` (taken as 0 where it has
+    # none: a registry of keys alone, as some tests and benchmarks build), or None
+    def get(self, node_id: int) -> Any: ...
 
 
 class UplinkObserver(Protocol):
@@ -304,10 +306,17 @@ class Pipeline:
 
     async def reset_node(self, node_id: int) -> None:
         """Forget the node's counters: it was re-keyed and may restart at 0 (SPEC §2)."""
-        self._windows.pop(node_id, None)
-        if self._fast is not None:
-            self._fast.forget(node_id)
-        await self.store.reset_node(node_id)
+        await self.reset_nodes((node_id,))
+
+    async def reset_nodes(self, node_ids: Iterable[int]) -> None:
+        """`reset_node` for every node re-keyed at once (a registry reload): each is forgotten in
+        memory before anything awaits, so no frame of a new key is checked against an old window."""
+        ids = list(node_ids)
+        for n in ids:
+            self._windows.pop(n, None)
+            if self._fast is not None:
+                self._fast.forget(n)
+        await self.store.reset_nodes(ids)
 
     # ------------------------------------------------------------ the worker behind submit()
 
@@ -443,6 +452,8 @@ class Pipeline:
         if body is None:  # a copy of a frame whose commit failed (its counter forgotten): decode it again
             return self._admit_reference(rec)
         w.commit(counter)
+        # the generation of the entry whose keys the C call just used (nothing ran in between)
+        key_gen = getattr(self._registry.get(node_id), "key_gen", 0)
         record = Record(
             node_id,
             counter,
@@ -457,6 +468,7 @@ class Pipeline:
             rec.gateway_id,
             mtype == m.EVENT and is_alarm(mtype, body),
             cbor,
+            key_gen,
         )
         return record, (node_id, w.top, w.mask), w
 
@@ -518,6 +530,7 @@ class Pipeline:
             rec.gateway_id,
             is_alarm(mtype, body),
             cbor,
+            getattr(entry, "key_gen", 0),
         )
         return record, (node_id, w.top, w.mask), w
 
@@ -531,7 +544,8 @@ class Pipeline:
         """A counter the window has seen: a copy to merge (DUPLICATE) or a replay (STALE)."""
         if verdict == frame.DUPLICATE:
             self.duplicates += 1
-            self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id)
+            gen = getattr(self._registry.get(node_id), "key_gen", 0)  # the key that verified this copy
+            self.store.add_reception(node_id, counter, rec.rssi, rec.snr, rec.gateway_id, gen)
             if self.downlinks is not None:
                 self.downlinks.on_duplicate(node_id, counter, rec)
             return DUPLICATE

@@ -1,5 +1,7 @@
 """The node registry: which nodes exist, their root keys and where they are.
 
+One file (over 600 lines): nodes, groups and key generations share one file format and one lock.
+
 A TOML file written by provisioning (and by the local API), one table per
 node keyed by its id in hex:
 
@@ -14,6 +16,22 @@ node keyed by its id in hex:
     lat = 48.8606                          # optional, degrees (WGS 84)
     lon = 2.3376
     firmware = "0.1.0"                     # optional: as provisioned
+    key_gen = 1                            # written by the gateway and the tools, never by hand
+
+`key_gen` is the node's key generation (SPEC §4, "Re-keying"): 0 for a node
+never re-keyed (and then left out of the file), one more each time its
+root key changes. Records carry it in their idempotency key, so the
+records of a re-keyed node, whose counters start again at 0, are never
+taken for resends of the old key's. It is bumped in one place, here: by
+`upsert` when a node's key changes, and by `change` and `replace_all` for a
+key that changed in the file (edited by hand) without a bump. A node removed
+leaves its next generation in a `[retired]` table (id = generation), so the
+same id registered again later starts there, not at 0:
+
+    [retired]
+    00a1b2c4 = 1                           # removed at generation 0
+
+At most MAX_NODES ids are remembered there (the oldest forgotten first).
 
 What the node reports about itself (last seen, firmware it runs, readings)
 is node state in the store, not here: this file changes only when a person
@@ -76,7 +94,8 @@ KINDS = ("lighting", "irrigation", "bridge")  # protocol.messages KIND_* 1, 2, 3
 TEXT_MAX = 128
 LOCK_WAIT_S = 10.0
 _T = TypeVar("_T")
-_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware")
+_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware", "key_gen")
+MAX_KEY_GEN = 0xFFFFFFFF  # re-keyings of one node: never reached; bounds what a file may say
 GROUP_KINDS = ("street", "park", "district", "custom")
 MAX_GROUPS = 1000
 MAX_MEMBERS = 10_000
@@ -136,6 +155,7 @@ class NodeEntry:
     lat: float | None = None
     lon: float | None = None
     firmware: str = ""
+    key_gen: int = 0  # key generation: see the module doc
     keys: NodeKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +181,9 @@ class NodeEntry:
             setattr(self, name, float(v))
         if (self.lat is None) != (self.lon is None):
             raise RegistryError(f"{where}: lat and lon go together")
+        g = self.key_gen
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_KEY_GEN:
+            raise RegistryError(f"{where}: key_gen: must be an integer 0..{MAX_KEY_GEN}")
         self.keys = NodeKeys(self.node_id, self.root_key)
 
     @classmethod
@@ -191,6 +214,7 @@ class NodeEntry:
             lat=d.get("lat"),
             lon=d.get("lon"),
             firmware=d.get("firmware", ""),
+            key_gen=d.get("key_gen", 0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,14 +226,35 @@ class NodeEntry:
         if self.lat is not None:
             d["lat"] = self.lat
             d["lon"] = self.lon
+        if self.key_gen:  # left out at 0: the file of a node never re-keyed is as before
+            d["key_gen"] = self.key_gen
         return d
 
     def public(self) -> dict[str, Any]:
-        """Everything but the key, for the API."""
+        """Everything but the key, for the API (key_gen always: it is in the records' ids)."""
         d = self.to_dict()
         del d["root_key"]
         d["id"] = format_node_id(self.node_id)
+        d["key_gen"] = self.key_gen
         return d
+
+
+def _load_retired(path: Path, table: Any) -> dict[int, int]:
+    """The `[retired]` table of a registry file: node id (hex) -> key generation."""
+    if not isinstance(table, dict):
+        raise RegistryError(f"{path}: retired: must be a table of node id = key generation")
+    if len(table) > MAX_NODES:
+        raise RegistryError(f"{path}: retired: {len(table)} ids, at most {MAX_NODES}")
+    out: dict[int, int] = {}
+    for k, g in table.items():
+        try:
+            n = parse_node_id(k)
+        except ValueError as e:
+            raise RegistryError(f"{path}: retired.{str(k)[:40]}: {e}") from None
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 < g <= MAX_KEY_GEN:
+            raise RegistryError(f"{path}: retired.{k}: must be a key generation 1..{MAX_KEY_GEN}")
+        out[n] = g
+    return out
 
 
 class GroupExists(RegistryError):
@@ -343,6 +388,8 @@ class Registry:
         self.path = Path(path)
         self._entries: dict[int, NodeEntry] = dict(entries or {})
         self._groups: dict[str, Group] = dict(groups or {})
+        # removed nodes: id -> the key generation it takes if it is registered again (module doc)
+        self._retired: dict[int, int] = {}
         # the pipeline's hot path: a bound dict lookup
         self.get = self._entries.get
 
@@ -371,9 +418,11 @@ class Registry:
         version = data.get("version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise RegistryError(f"{path}: version: {version!r} is not supported (this gateway reads {FORMAT_VERSION})")
-        unknown = sorted(set(data) - {"version", "nodes", "groups"})
+        unknown = sorted(set(data) - {"version", "nodes", "groups", "retired"})
         if unknown:
-            raise RegistryError(f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes, groups)")
+            raise RegistryError(
+                f"{path}: unknown top-level key {unknown[0]!r} (known: version, nodes, groups, retired)"
+            )
         nodes = data.get("nodes", {})
         if not isinstance(nodes, dict):
             raise RegistryError(f"{path}: nodes: must be a table of node tables")
@@ -392,6 +441,7 @@ class Registry:
             except RegistryError as e:
                 raise RegistryError(f"{path}: nodes.{key}: {str(e).split(': ', 1)[1]}") from None
         reg = cls(path, entries)
+        reg._retired = _load_retired(path, data.get("retired", {}))
         groups = data.get("groups", {})
         if not isinstance(groups, dict):
             raise RegistryError(f"{path}: groups: must be a table of group tables")
@@ -412,6 +462,9 @@ class Registry:
         }
         if self._groups:
             doc["groups"] = {g: self._groups[g].to_dict() for g in sorted(self._groups)}
+        retired = {format_node_id(n): g for n, g in self._retired.items() if n not in self._entries}
+        if retired:
+            doc["retired"] = dict(sorted(retired.items()))
         text = (
             "# Lumeau node registry: holds root keys. Keep it mode 0600.\n"
             "# Written by provisioning and the gateway's API; see gateway/registry.py.\n" + tomli_w.dumps(doc)
@@ -452,17 +505,45 @@ class Registry:
         with self.locked():
             if missing_ok and not self.path.exists():  # no file (yet): what this registry holds
                 fresh = Registry(self.path, self._entries, self._groups)
+                fresh._retired = dict(self._retired)
             else:
                 fresh = Registry.load(self.path, missing_ok=False)
             result = edit(fresh)
+            self.carry_key_gens(fresh)  # a key changed on disk by hand: its bump is saved with this write
             fresh.save()
         return result, self.replace_all(fresh)
+
+    def carry_key_gens(self, other: Registry) -> list[int]:
+        """Give `other`'s nodes (a newer state of this registry) a key generation past this one's
+        wherever the root key changed without one; returns the ids bumped.
+
+        A node whose key is the same never goes back to a lower generation either.
+        """
+        bumped = []
+        for n, e in other._entries.items():
+            old = self._entries.get(n)
+            if old is None:  # new here: past the generations of its id before a removal
+                if e.key_gen < self._retired.get(n, 0):
+                    e.key_gen = self._retired[n]
+                    bumped.append(n)
+                continue
+            if old.root_key != e.root_key:
+                if e.key_gen <= old.key_gen:
+                    e.key_gen = old.key_gen + 1
+                    bumped.append(n)
+            elif e.key_gen < old.key_gen:
+                e.key_gen = old.key_gen
+                bumped.append(n)
+        return bumped
 
     def replace_all(self, other: Registry) -> list[int]:
         """Take `other`'s nodes (a reloaded file) in place; returns the ids whose root key changed.
 
-        In place, so everyone holding `registry.get` sees the new nodes at once.
+        In place, so everyone holding `registry.get` sees the new nodes at once. Key
+        generations are carried first (`carry_key_gens`): in memory only, unless the caller
+        saves `other`.
         """
+        self.carry_key_gens(other)
         rekeyed = [
             n for n, e in other._entries.items() if n in self._entries and self._entries[n].root_key != e.root_key
         ]
@@ -470,20 +551,40 @@ class Registry:
         self._entries.update(other._entries)
         self._groups.clear()
         self._groups.update(other._groups)
+        for n, g in self._retired.items():  # what this registry retired and the other does not know
+            if n not in other._entries:
+                other._retired[n] = max(g, other._retired.get(n, 0))
+        self._retired = other._retired
         return rekeyed
 
     def upsert(self, entry: NodeEntry) -> NodeEntry | None:
-        """Add or replace a node (not saved: call save()); returns the entry it replaced."""
+        """Add or replace a node (not saved: call save()); returns the entry it replaced.
+
+        A new root key for a registered node takes the next key generation (`entry.key_gen`
+        is set), and the same key keeps the generation it had.
+        """
         old = self._entries.get(entry.node_id)
         if old is None and len(self._entries) >= MAX_NODES:
             raise RegistryError(f"{self.path}: at most {MAX_NODES} nodes")
+        if old is not None:
+            if old.root_key != entry.root_key:
+                entry.key_gen = max(entry.key_gen, old.key_gen + 1)
+            else:
+                entry.key_gen = max(entry.key_gen, old.key_gen)
+        else:  # an id removed before: its counters restart, as after a re-key
+            entry.key_gen = max(entry.key_gen, self._retired.pop(entry.node_id, 0))
         self._entries[entry.node_id] = entry
         return old
 
     def remove(self, node_id: int) -> NodeEntry | None:
-        """Remove a node (not saved), and take it out of every group."""
+        """Remove a node (not saved), and take it out of every group; its id's next key
+        generation is remembered (`retired`)."""
         old = self._entries.pop(node_id, None)
         if old is not None:
+            self._retired.pop(node_id, None)  # to the end: the newest
+            self._retired[node_id] = min(old.key_gen + 1, MAX_KEY_GEN)
+            while len(self._retired) > MAX_NODES:
+                del self._retired[next(iter(self._retired))]
             for name, g in list(self._groups.items()):
                 if node_id in g.members:
                     self._groups[name] = Group(g.name, g.kind, [n for n in g.members if n != node_id], g.title)

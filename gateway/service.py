@@ -374,9 +374,18 @@ class Gateway:
         except RegistryError as e:
             log.error("registry not reloaded, keeping the running one: %s", e)
             return
-        rekeyed = self.registry.replace_all(fresh)
-        for node_id in rekeyed:
-            await self.pipeline.reset_node(node_id)
+        if self.registry.carry_key_gens(fresh):
+            # a key changed in the file without its generation (an edit by hand): the bump goes
+            # to the file too, or a restart would give the new key's records the old key's ids;
+            # the watch then sees this write and reloads once more, finding nothing to bump
+            try:
+                _, rekeyed = self.registry.change(lambda reg: None, missing_ok=False)
+            except (RegistryError, OSError) as e:
+                log.error("registry: new key generation not saved, kept in memory only: %s", e)
+                rekeyed = self.registry.replace_all(fresh)
+        else:
+            rekeyed = self.registry.replace_all(fresh)
+        await self.pipeline.reset_nodes(rekeyed)
         log.info("registry reloaded", extra={"nodes": len(self.registry), "rekeyed": len(rekeyed)})
 
     async def run(self) -> None:

@@ -6,8 +6,8 @@ quarantine (`store.quarantine`: kept, counted, inspectable), never retried
 forever; everything else is retried, with exponential backoff and jitter,
 honouring `Retry-After`. One request is in flight at a time and batches
 leave oldest first, so each node's records arrive in the order they were
-stored. Every record carries an idempotency key (node id + counter; native
-format), so a resend after a timeout or a crash (the platform stored it,
+stored. Every record carries an idempotency key (node id + counter, and the
+key generation once re-keyed: SPEC §4; native format), so a resend after a timeout or a crash (the platform stored it,
 the answer got lost) is harmless.
 
 Pipelined (native format): while a full batch is in flight the next one is

@@ -61,6 +61,7 @@ from gateway.store.records import (
     priority,
 )
 from gateway.store.records import SCHEMA as _RECORDS_SCHEMA
+from gateway.store.records import migrate as _migrate_records
 from gateway.store.windows import SCHEMA as _WINDOWS_SCHEMA
 from gateway.store.windows import WINDOW_LOG_MAX, ReplayWindow, Snapshot, Windows
 
@@ -174,6 +175,11 @@ class Store:
         )
         w = self.writer
         await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA + _NOTIFY_SCHEMA)
+        try:
+            await w.call(_migrate_records)
+        except sqlite3.Error as e:
+            await w.close()
+            raise StoreError(f"{path}: cannot bring the database up to date: {e}") from e
         r = w.reader
         assert r is not None
         self.records.load(r, w.meta())
@@ -233,9 +239,11 @@ class Store:
         self.writer.wake()
         return fut
 
-    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str) -> bool:
+    def add_reception(
+        self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str, key_gen: int = 0
+    ) -> bool:
         """Merge another radio's reception of a stored frame (records.Records.add_reception)."""
-        return self.records.add_reception(node_id, counter, rssi, snr, gateway_id)
+        return self.records.add_reception(node_id, counter, rssi, snr, gateway_id, key_gen)
 
     def next_batch(self, max_records: int, after: int = 0, named: bool = True) -> list[tuple[int, Record]]:
         """The oldest queued records (seq > after), in arrival order (records.Records.next_batch)."""
@@ -312,16 +320,26 @@ class Store:
 
         SPEC §2: a new root key may restart the counters at 0.
         """
+        await self.reset_nodes((node_id,))
+
+    async def reset_nodes(self, node_ids: Iterable[int]) -> None:
+        """`reset_node` for several nodes, all forgotten in memory before the first await: a
+        frame of the second node's new key never meets its old window (nor merges into its old
+        key's record) while the first one's reset is written."""
+        ids = list(node_ids)
         log_windows, reset_counter = self.replay_windows.log, self.downlink_table.reset_counter
 
         def op(c: sqlite3.Connection) -> None:
             # a tombstone after whatever the log holds for the node; the fold deletes its row
-            log_windows(c, [(node_id, -1, 0)])
-            reset_counter(c, node_id)
+            log_windows(c, [(n, -1, 0) for n in ids])
+            for n in ids:
+                reset_counter(c, n)
 
-        self.replay_windows.current.pop(node_id, None)
-        self.records.forget_node(node_id)
-        await self.writer.submit(op)
+        for n in ids:
+            self.replay_windows.current.pop(n, None)
+            self.records.forget_node(n)
+        if ids:
+            await self.writer.submit(op)
 
     # ------------------------------------------------------------ node state
 

@@ -1,5 +1,7 @@
 """Records and quarantine: the durable queue of verified uplinks, in memory and on disk.
 
+One file (over 600 lines): the queue's memory and disk halves follow one policy (bound, merging, read-back).
+
 Tables `records` (waiting for the upstream, oldest first), `quarantine` and
 `quarantine_batches` (records of batches the upstream refused with a 4xx,
 kept for inspection, never resent automatically).
@@ -79,7 +81,8 @@ CREATE TABLE IF NOT EXISTS records (
     best_rssi REAL,
     best_snr REAL,
     gateway_id TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    key_gen INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY,
@@ -93,7 +96,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     best_rssi REAL,
     best_snr REAL,
     gateway_id TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    key_gen INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS quarantine_batches (
     batch INTEGER PRIMARY KEY,
@@ -104,9 +108,22 @@ CREATE TABLE IF NOT EXISTS quarantine_batches (
 );
 """
 
-_RECORD_COLS = "seq, node_id, counter, mtype, prio, rx_time, receptions, best_rssi, best_snr, gateway_id, body"
-_INSERT_RECORD = f"INSERT INTO records ({_RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_RECORD_COLS = "seq, node_id, counter, mtype, prio, rx_time, receptions, best_rssi, best_snr, gateway_id, body, key_gen"
+_INSERT_RECORD = f"INSERT INTO records ({_RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPDATE_RECEPTION = "UPDATE records SET receptions = ?, best_rssi = ?, best_snr = ?, gateway_id = ? WHERE seq = ?"
+
+
+def migrate(c: sqlite3.Connection) -> None:
+    """Bring a database of an older gateway to SCHEMA: `key_gen` (SPEC §4, re-keying) came later.
+
+    Its records were all taken under generation 0, the column's default, which is what
+    their ids said then. ADD COLUMN rewrites no row: instant on any size of queue.
+    """
+    for table in ("records", "quarantine"):
+        cols = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+        if "key_gen" not in cols:
+            c.execute(f"ALTER TABLE {table} ADD COLUMN key_gen INTEGER NOT NULL DEFAULT 0")
+            log.info("store: added column key_gen to %s (records before it are key generation 0)", table)
 
 
 class QueueFull(StoreError):
@@ -120,7 +137,7 @@ def priority(record: Record) -> int:
 
 
 def record_from_row(row: tuple, named: bool = True) -> tuple[int, Record]:
-    seq, node_id, counter, mtype, prio, rx_time, receptions, rssi, snr, gw, body = row
+    seq, node_id, counter, mtype, prio, rx_time, receptions, rssi, snr, gw, body, key_gen = row
     b = cbor2.loads(body)
     return seq, Record(
         node_id,
@@ -136,6 +153,7 @@ def record_from_row(row: tuple, named: bool = True) -> tuple[int, Record]:
         gw,
         prio == PRIO_ALARM,
         body,
+        key_gen,
     )
 
 
@@ -248,7 +266,9 @@ class Records(Part):
         self._pending += len(items)
         return fut, items, seq
 
-    def add_reception(self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str) -> bool:
+    def add_reception(
+        self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str, key_gen: int = 0
+    ) -> bool:
         """Merge another radio's reception of a stored frame: count it, keep the best RSSI.
 
         Returns False when the frame's record can no longer take it (not its
@@ -262,7 +282,14 @@ class Records(Part):
         if entry is None:
             return False
         seq, rec = entry
-        if rec.counter != counter or seq < self.mem_floor or (seq <= self._committed_upto and seq not in self.ready):
+        # key_gen: a frame of a new key never merges into the old key's record of the same counter
+        # (forget_node drops it at the re-key; this holds even if a copy slips in before that)
+        if (
+            rec.counter != counter
+            or rec.key_gen != key_gen
+            or seq < self.mem_floor
+            or (seq <= self._committed_upto and seq not in self.ready)
+        ):
             return False
         rec.receptions += 1
         if rssi is not None and (rec.best_rssi is None or rssi > rec.best_rssi):
@@ -453,6 +480,7 @@ class Records(Part):
                             r.best_snr,
                             r.gateway_id,
                             r.cbor if r.cbor is not None else dumps(r.body),
+                            r.key_gen,
                         )
                     )
                     seq += 1
