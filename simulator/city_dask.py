@@ -56,6 +56,7 @@ class CityOptions:
     progress: bool | None = None  # None: when stderr is a terminal
     processes: bool = True  # local workers as processes (False: threads in this process, for tests)
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    run_id: str | None = None  # names the run's tasks and its Queue of attempts (default: a random one)
 
 
 @dataclasses.dataclass
@@ -140,9 +141,9 @@ def run_city(scenario: Scenario, options: CityOptions = CityOptions(), client: A
         client, cluster = _client(options)
     wall0 = time.perf_counter()
     try:
-        queue_name = f"lumeau-city-{uuid.uuid4().hex}"
+        run_id = options.run_id or uuid.uuid4().hex[:12]
+        queue_name = f"lumeau-city-{run_id}"
         starts = Queue(queue_name, client=client)
-        run_id = uuid.uuid4().hex[:8]
         futures = {
             client.submit(
                 run_area, a, queue_name, key=f"lumeau-area-{a.gateway}-{run_id}", retries=RETRIES, pure=False

@@ -153,6 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_dask(args: argparse.Namespace, sc: Any) -> int:
+    from simulator import city_dask
     from simulator.city_dask import CityError, CityOptions, run_city
 
     if args.workdir is not None:
@@ -165,6 +166,7 @@ def _run_dask(args: argparse.Namespace, sc: Any) -> int:
         hours=args.hours,
         nodes_scale=args.nodes_scale,
         progress=args.progress,
+        connect_timeout_s=city_dask.CONNECT_TIMEOUT_S,
     )
     try:
         results = run_city(sc, opts)
