@@ -12,7 +12,7 @@ hours (default 2, from noon: daytime, the lamps off). In the same process:
   dask-2   the same on 2 worker processes.
 
 Figures: node-days per CPU second (CPU: the areas' own, as each area's run
-measures it; and the worker processes' whole CPU by psutil, Dask's own work
+measures it; and the worker processes' whole CPU, Dask's own work
 included), node-days per wall second (the cluster's start apart), the
 scaling (dask-2 / dask-1 node-days per wall second; at most the number of
 areas on the larger worker's share), `vs_engine` (the engine's CPU per
@@ -47,10 +47,7 @@ from simulator.runner import run  # noqa: E402
 
 
 def _worker_cpu() -> float:
-    import psutil
-
-    t = psutil.Process().cpu_times()
-    return float(t.user + t.system)
+    return time.process_time()  # run in the worker: its whole process's CPU so far
 
 
 def dask_run(sc: Any, workers: int) -> dict[str, Any]:
