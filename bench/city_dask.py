@@ -56,7 +56,7 @@ def dask_run(sc: Any, workers: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_port=0
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
         ) as cluster,
         Client(cluster) as client,
     ):

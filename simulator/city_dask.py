@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -39,7 +40,10 @@ from simulator.scenario import Scenario
 RETRIES = 2  # a task that raises is run again this many times
 CONNECT_TIMEOUT_S = 10.0  # to reach a --scheduler
 MEMORY_LIMIT = "2GiB"  # per local worker
-MACHINE_KEYS = ("run",)  # per area: what depends on the machine (left out by without_wall_clock)
+MACHINE_KEYS = ("run",)
+# A run sets process-wide state (gc thresholds and freeze, the gateway log's counting handler):
+# areas given to one worker process run one after another, whatever its thread count.
+_ONE_AT_A_TIME = threading.Lock()  # per area: what depends on the machine (left out by without_wall_clock)
 
 
 class CityError(Exception):
@@ -101,7 +105,8 @@ def run_area(area: Area, queue_name: str | None = None) -> dict[str, Any]:
         from distributed import Queue
 
         Queue(queue_name).put(area.gateway)  # this attempt started (a second one means a retry)
-    return run(area.scenario, RunOptions(progress=False)).to_dict()
+    with _ONE_AT_A_TIME:
+        return run(area.scenario, RunOptions(progress=False)).to_dict()
 
 
 def _client(options: CityOptions) -> tuple[Any, Any]:
@@ -117,7 +122,7 @@ def _client(options: CityOptions) -> tuple[Any, Any]:
         threads_per_worker=1,  # the engine is pure Python: one area per process at a time
         processes=options.processes,
         memory_limit=MEMORY_LIMIT,
-        dashboard_address=None,
+        dashboard_address=":0",  # its HTTP server on a free port, never a fixed one
         scheduler_port=0,
     )
     return Client(cluster), cluster

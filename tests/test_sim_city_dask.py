@@ -159,7 +159,7 @@ def test_a_killed_worker_gets_its_area_retried() -> None:
     _t, sc = generate(spec)
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_port=0
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -218,3 +218,16 @@ def test_unreachable_scheduler_is_a_clear_error(
     assert main(["sim", "run", str(f), "--scheduler", f"tcp://127.0.0.1:{port}"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the Dask scheduler") and "Traceback" not in err
+
+
+def test_an_existing_scheduler_runs_the_city(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from distributed import LocalCluster
+
+    f = tmp_path / "city.toml"
+    f.write_text(_text(SMALL))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        argv = ["sim", "run", str(f), "--scheduler", cluster.scheduler_address, "--hours", "0.25", "--json"]
+        assert main([*argv, "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run"]["scheduler"] == cluster.scheduler_address and out["run"]["workers"] == 1
+    assert out["city"]["hours"] == 0.25 and out["delivery"]["settled"] > 0
