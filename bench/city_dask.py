@@ -18,7 +18,9 @@ scaling (dask-2 / dask-1 node-days per wall second; at most the number of
 areas on the larger worker's share), `vs_engine` (the engine's CPU per
 node-day / the Dask run's: above 1, an area costs less per node than the
 undivided city), and the border's cost: the split run's delivery against
-the undivided run's (the same seed; `--noise` adds the undivided run of the
+the undivided run's, with the default border (`halo`: neighbour gateways'
+reception kept) and with `own` (an area hears through its own gateway
+only) (the same seed; `--noise` adds the undivided run of the
 next seed, so the difference can be read against seed-to-seed variation).
 
 Extrapolation: `10k_24h_*` = 10,000 x 24 h at the measured rate of 2 workers,
@@ -50,7 +52,7 @@ def _worker_cpu() -> float:
     return time.process_time()  # run in the worker: its whole process's CPU so far
 
 
-def dask_run(sc: Any, workers: int) -> dict[str, Any]:
+def dask_run(sc: Any, workers: int, border: str = "halo") -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
@@ -63,7 +65,7 @@ def dask_run(sc: Any, workers: int) -> dict[str, Any]:
         client.wait_for_workers(workers)
         startup = time.perf_counter() - t0
         before = client.run(_worker_cpu)
-        res = run_city(sc, CityOptions(progress=False), client=client)
+        res = run_city(sc, CityOptions(progress=False, border=border), client=client)
         after = client.run(_worker_cpu)
     r = res.sections["run"]
     procs_cpu = sum(after[w] - before[w] for w in after if w in before)
@@ -120,6 +122,8 @@ def main() -> int:
     one = dask_run(sc, 1)
     two = dask_run(sc, 2)
     same = one.pop("_json") == two.pop("_json")
+    own = dask_run(sc, 2, border="own")
+    own.pop("_json")
     engine_per_knd = 1000 * engine_cpu / node_days
     result: dict[str, Any] = {
         "nodes": nodes,
@@ -136,6 +140,9 @@ def main() -> int:
         "scaling_1_to_2": round(two["node_days_per_wall_s"] / one["node_days_per_wall_s"], 2),
         "vs_engine_cpu": round(engine_per_knd / two["cpu_s_per_1000_node_days"], 2),
         "border_delivery_diff_pp": round(two["delivery_pct"] - engine_dlv, 3),
+        "own_border_delivery_pct": own["delivery_pct"],
+        "own_border_delivery_diff_pp": round(own["delivery_pct"] - engine_dlv, 3),
+        "own_border_cpu_s_per_1000_node_days": own["cpu_s_per_1000_node_days"],
         "10k_24h_wall_min_at_2_workers": round(10000 / two["node_days_per_wall_s"] / 60, 1),
         "10k_24h_cpu_s": round(10000 * two["cpu_s_per_1000_node_days"] / 1000, 0),
         "load_average": [round(x, 2) for x in os.getloadavg()],

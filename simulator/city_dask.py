@@ -60,6 +60,7 @@ class CityOptions:
     progress: bool | None = None  # None: when stderr is a terminal
     processes: bool = True  # local workers as processes (False: threads in this process, for tests)
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    border: str = "halo"  # areas.split: "halo" (neighbour gateways' reception kept) or "own"
     run_id: str | None = None  # names the run's tasks and its Queue of attempts (default: a random one)
 
 
@@ -133,7 +134,7 @@ def run_city(scenario: Scenario, options: CityOptions = CityOptions(), client: A
     from distributed import Queue, as_completed
 
     sc = prepare(scenario, RunOptions(seed=options.seed, hours=options.hours, nodes_scale=options.nodes_scale))
-    areas = split(sc)
+    areas = split(sc, options.border)
     if not areas:
         raise ValueError("the scenario has no nodes")
     if options.scheduler is None and not 1 <= options.workers <= 64:
@@ -233,8 +234,14 @@ def _merge(
         },
         "split": {
             "by": "best gateway (median received power)",
-            "border": "interference across a border ignored: each area has its own channel and hears only its "
-            "own gateway (simulator/README.md, City scale)",
+            "border": options.border,
+            "border_rule": "interference across a border ignored: each area has its own channel"
+            + (
+                "; neighbour gateways an area's nodes may reach are in its channel (their reception kept)"
+                if options.border == "halo"
+                else "; a node is heard by its own area's gateway only"
+            ),
+            "area_gateways": {a.gateway: [g.id for g in a.scenario.gateways] for a in areas},
             "empty_gateways": [g.id for g in sc.gateways if g.id not in results],
         },
         "delivery": delivery,

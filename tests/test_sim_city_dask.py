@@ -55,6 +55,11 @@ def test_generator_refuses_numbers_that_make_no_city(spec: CitySpec, word: str) 
         generate(spec)
 
 
+def test_an_unknown_border_is_refused() -> None:
+    with pytest.raises(ValueError, match="border must be one of halo, own"):
+        split(generate(SMALL)[1], "none")
+
+
 def test_generate_command_writes_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "city.toml"
     argv = ["sim", "generate", "--streets", "4", "--lamps-per-street", "8", "--parks", "2", "--zones-per-park", "5"]
@@ -111,14 +116,20 @@ def test_zero_nodes_and_overlapping_gateways_are_named() -> None:
 # ---------------------------------------------------------------- the split
 
 
-def test_every_node_is_in_exactly_one_area_its_best_gateways() -> None:
+@pytest.mark.parametrize("border", ["halo", "own"])
+def test_every_node_is_in_exactly_one_area_its_best_gateways(border: str) -> None:
     _t, sc = generate(CitySpec(streets=6, lamps_per_street=10, parks=3, zones_per_park=4, gateways=4, seed=1))
-    areas = split(sc)
+    areas = split(sc, border)
     best = best_gateways(sc)
     names = [n.name for a in areas for n in a.scenario.nodes]
     assert sorted(names) == sorted(n.name for n in sc.nodes)
     for a in areas:
-        assert [g.id for g in a.scenario.gateways] == [a.gateway]
+        sites = [g.id for g in a.scenario.gateways]
+        assert sites[0] == a.gateway and len(set(sites)) == len(sites)
+        # halo: this small city's nodes reach every gateway; own: the area's alone
+        assert sites == (
+            [a.gateway] if border == "own" else [a.gateway] + [g.id for g in sc.gateways if g.id != a.gateway]
+        )
         assert all(best[n.name] == a.gateway for n in a.scenario.nodes)
         # ids, places and SFs unchanged: an area's node is the city's node
         assert all(n == sc.node(n.name) for n in a.scenario.nodes)

@@ -95,6 +95,13 @@ def add_run_action(actions: Any) -> None:
         "an area's border is ignored; the same results for any N)",
     )
     p.add_argument(
+        "--border",
+        choices=("halo", "own"),
+        default="halo",
+        help="with --dask: an area also hears through the neighbour gateways its nodes may reach (halo, "
+        "the default) or only through its own gateway (own); interference across a border is ignored either way",
+    )
+    p.add_argument(
         "--scheduler",
         metavar="tcp://HOST:8786",
         help="run the areas on this existing Dask cluster (implies --dask; its workers need lumeau installed)",
@@ -167,6 +174,7 @@ def _run_dask(args: argparse.Namespace, sc: Any) -> int:
         nodes_scale=args.nodes_scale,
         progress=args.progress,
         connect_timeout_s=city_dask.CONNECT_TIMEOUT_S,
+        border=args.border,
     )
     try:
         results = run_city(sc, opts)
