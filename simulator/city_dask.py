@@ -19,6 +19,9 @@ results' `retried_areas`. An area that still fails ends the run with an
 error naming it (the other areas' results are not kept: `AreaFailed`).
 
 The workers need this package installed (as `pip install -e .` does here).
+Areas are submitted largest first (Dask priority = nodes), so the wall
+time is not set by a large area started last.
+
 Limits: RETRIES, CONNECT_TIMEOUT_S, MEMORY_LIMIT; one task per area, so
 parallelism is at most the number of non-empty areas.
 """
@@ -151,10 +154,17 @@ def run_city(scenario: Scenario, options: CityOptions = CityOptions(), client: A
         queue_name = f"lumeau-city-{run_id}"
         starts = Queue(queue_name, client=client)
         futures = {
+            # the largest areas first (Dask's priority), so a large one does not start last and set the wall time
             client.submit(
-                run_area, a, queue_name, key=f"lumeau-area-{a.gateway}-{run_id}", retries=RETRIES, pure=False
+                run_area,
+                a,
+                queue_name,
+                key=f"lumeau-area-{a.gateway}-{run_id}",
+                retries=RETRIES,
+                pure=False,
+                priority=a.nodes,
             ): a
-            for a in areas
+            for a in sorted(areas, key=lambda a: (-a.nodes, a.index))
         }
         results: dict[str, dict[str, Any]] = {}
         total_nd = sum(a.nodes for a in areas) * sc.duration_s / 86400.0
