@@ -100,6 +100,13 @@ def test_bad_city_files_exit_2_with_a_clear_error(
     assert (word or "no nodes") in err
 
 
+def test_border_without_dask_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "city.toml"
+    f.write_text(_text(SMALL))
+    assert main(["sim", "run", str(f), "--border", "own"]) == 2
+    assert "--border goes with --dask" in capsys.readouterr().err
+
+
 def test_zero_nodes_and_overlapping_gateways_are_named() -> None:
     text = _text(SMALL)
     no_nodes = text.replace("lamps = 8", "lamps = 0")

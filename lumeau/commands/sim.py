@@ -98,8 +98,9 @@ def add_run_action(actions: Any) -> None:
         "--border",
         choices=("halo", "own"),
         default="halo",
-        help="with --dask: an area also hears through the neighbour gateways its nodes may reach (halo, "
-        "the default) or only through its own gateway (own); interference across a border is ignored either way",
+        help="with --dask (refused without it): an area also hears through the neighbour gateways its nodes "
+        "may reach (halo, the default) or only through its own gateway (own); interference across a border "
+        "is ignored either way",
     )
     p.add_argument(
         "--scheduler",
@@ -138,6 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return INVALID
     if args.dask or args.scheduler:
         return _run_dask(args, sc)
+    if args.border != "halo":
+        print("error: --border goes with --dask or --scheduler (a run in one city has no borders)", file=sys.stderr)
+        return INVALID
     try:
         opts = RunOptions(
             seed=args.seed,
