@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 LAMP_ID_BASE = 0x01000000
 IRRIGATION_ID_BASE = 0x02000000
 MAX_NODES = 100_000  # per kind; ids stay inside their base's range
+MAX_COORD_M = 100_000.0  # |x|, |y| of anything on the map: a city is well within 100 km of its origin
 MAX_DURATION_S = 366 * 86400
 JITTER_FRACTION = 0.1
 M_PER_DEG_LAT = 111_320.0  # equirectangular projection around the scenario origin
@@ -429,6 +430,8 @@ def _point(t: _Table, name: str, v: Any) -> tuple[float, float]:
         or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in v)
     ):
         raise t.err(name, f"expected a point [x, y] in metres, got {show(v)}")
+    if any(abs(c) > MAX_COORD_M for c in v):
+        raise t.err(name, f"must be within {MAX_COORD_M:g} m of the origin on each axis, got {show(v)}")
     return float(v[0]), float(v[1])
 
 
@@ -624,11 +627,16 @@ def _build(top: _Table) -> Scenario:
     gateways: list[ch.GatewaySite] = []
     for g in top.array("gateways"):
         gid = g.get("id", "str", check=_ident)
-        x, y = g.get("x", "float"), g.get("y", "float")
+        x = g.get("x", "float", check=_in(-MAX_COORD_M, MAX_COORD_M))
+        y = g.get("y", "float", check=_in(-MAX_COORD_M, MAX_COORD_M))
         h = g.get("height_m", "float", 30.0, _in(1, 500))
         g.done()
         if any(o.id == gid for o in gateways):
             raise g.err("id", f"duplicate gateway id {show(gid)}")
+        # two sites on one spot are one site counted twice (and a zero distance for the path loss)
+        same = next((o for o in gateways if math.hypot(o.x - x, o.y - y) < 1.0), None)
+        if same is not None:
+            raise g.err("x", f"gateway {show(gid)} stands within 1 m of gateway {show(same.id)} at ({x:g}, {y:g})")
         gateways.append(ch.GatewaySite(gid, x, y, h))
     if not gateways:
         raise ScenarioError(file, "gateways", "at least one [[gateways]] entry is required")
@@ -734,6 +742,8 @@ def _build(top: _Table) -> Scenario:
                     0,
                 )
             )
+    if not lamps and not controllers:
+        raise ScenarioError(file, "", "the scenario has no nodes: every street has 0 lamps and there are no parks")
     if len(lamps) > MAX_NODES or len(controllers) > MAX_NODES:
         raise ScenarioError(file, "", f"at most {MAX_NODES} nodes of each kind")
 

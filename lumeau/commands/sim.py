@@ -39,6 +39,7 @@ def add_subcommand(subparsers: Any) -> None:
     actions = sim.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
     add_board_action(actions)
     add_run_action(actions)
+    add_generate_action(actions)
     add_compare_action(actions)
     add_demo_action(actions)
 
@@ -84,7 +85,27 @@ def add_run_action(actions: Any) -> None:
         default=1,
         metavar="N",
         help="run the nodes in N processes, the radio channel and gateway in this one "
-        "(simulator/parallel.py; the same results for any N >= 2)",
+        "(simulator/parallel.py; the same results for any N >= 2); with --dask, N local Dask workers",
+    )
+    p.add_argument(
+        "--dask",
+        action="store_true",
+        help="split the city into areas (one per gateway, each node in its best gateway's) and run them "
+        "on a Dask LocalCluster of --workers processes (simulator/city_dask.py; interference across "
+        "an area's border is ignored; the same results for any N)",
+    )
+    p.add_argument(
+        "--border",
+        choices=("halo", "own"),
+        default="halo",
+        help="with --dask (refused without it): an area also hears through the neighbour gateways its nodes "
+        "may reach (halo, the default) or only through its own gateway (own); interference across a border "
+        "is ignored either way",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="run the areas on this existing Dask cluster (implies --dask; its workers need lumeau installed)",
     )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
@@ -116,6 +137,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ScenarioError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return INVALID
+    if args.dask or args.scheduler:
+        return _run_dask(args, sc)
+    if args.border != "halo":
+        print("error: --border goes with --dask or --scheduler (a run in one city has no borders)", file=sys.stderr)
+        return INVALID
     try:
         opts = RunOptions(
             seed=args.seed,
@@ -134,6 +160,101 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(results.without_wall_clock()) if args.no_wall_clock else results.to_json())
     else:
         print(results.summary())
+    return 0
+
+
+def _run_dask(args: argparse.Namespace, sc: Any) -> int:
+    from simulator import city_dask
+    from simulator.city_dask import CityError, CityOptions, run_city
+
+    if args.workdir is not None:
+        print("error: --workdir is not kept in a Dask run (each area's gateway is in its worker)", file=sys.stderr)
+        return INVALID
+    opts = CityOptions(
+        workers=args.workers,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        hours=args.hours,
+        nodes_scale=args.nodes_scale,
+        progress=args.progress,
+        connect_timeout_s=city_dask.CONNECT_TIMEOUT_S,
+        border=args.border,
+    )
+    try:
+        results = run_city(sc, opts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return INVALID
+    except CityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results.without_wall_clock()) if args.no_wall_clock else results.to_json())
+    else:
+        print(results.summary())
+    return 0
+
+
+# ---------------------------------------------------------------- lumeau sim generate
+
+
+def add_generate_action(actions: Any) -> None:
+    p = actions.add_parser(
+        "generate",
+        help="write a city scenario: a street grid, parks with zones, gateways on a grid",
+        description="Write a scenario file for a generated city (simulator/city_generator.py): STREETS "
+        "streets (half west-east, half south-north) of K lamps each, P parks of Z zones in the "
+        "blocks, G gateways on a grid; checked by the scenario validator before it is written.",
+    )
+    p.add_argument("--streets", type=int, required=True, metavar="N", help="streets in the grid")
+    p.add_argument("--lamps-per-street", type=int, required=True, metavar="K", help="lamps on each street")
+    p.add_argument("--parks", type=int, default=0, metavar="P", help="parks, one per block (default 0)")
+    p.add_argument(
+        "--zones-per-park",
+        type=int,
+        default=4,
+        metavar="Z",
+        help="valve zones per park, on ceil(Z/4) controllers (rounded up to fill them; default 4)",
+    )
+    p.add_argument("--gateways", type=int, default=1, metavar="G", help="gateways on a grid (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="the scenario's seed (parks' blocks, every draw of a run)")
+    p.add_argument("--hours", type=float, default=24.0, help="the scenario's duration (default 24)")
+    p.add_argument("--name", default="generated-city", help="the scenario's name")
+    p.add_argument("--out", type=Path, required=True, help="the scenario file to write (TOML)")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from simulator.city_generator import CitySpec, GenerateError, generate
+    from simulator.scenario import ScenarioError
+
+    spec = CitySpec(
+        streets=args.streets,
+        lamps_per_street=args.lamps_per_street,
+        parks=args.parks,
+        zones_per_park=args.zones_per_park,
+        gateways=args.gateways,
+        seed=args.seed,
+        hours=args.hours,
+        name=args.name,
+    )
+    try:
+        text, sc = generate(spec)
+    except (GenerateError, ScenarioError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return INVALID
+    try:
+        args.out.write_text(text)
+    except OSError as e:
+        print(f"error: {args.out}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 1
+    controllers, zones = spec.park_layout()
+    note = f" (rounded up from {spec.zones_per_park})" if controllers * zones != spec.zones_per_park else ""
+    print(
+        f"{args.out}: {len(sc.lamps)} lamps on {len(sc.streets)} streets, {len(sc.controllers)} controllers "
+        f"({sc.zones} zones, {controllers * zones} per park{note}) in {len(sc.parks)} parks, "
+        f"{len(sc.gateways)} gateways"
+    )
     return 0
 
 
