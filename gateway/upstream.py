@@ -187,7 +187,74 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class Upstream:
+class StoreDrain:
+    """What every upstream shares (this HTTP one, upstream_mqtt's): a flush on demand, the lag of
+    the oldest record waiting, and the figures /metrics reads (gateway/metrics.py). A subclass sets
+    these attributes in its __init__; its own figures extend stats()."""
+
+    store: BatchStore
+    clock: Callable[[], float]
+    _flush: bool
+    _wake: asyncio.Event
+    state: str
+    records_sent: int
+    requests: int
+    responses: dict[str, int]
+    retries: int
+    quarantined_records: int
+    quarantined_batches: int
+    consecutive_failures: int
+    last_success: float | None
+    last_error: str | None
+    batches: int
+    batch_latency_last: float
+    batch_latency_sum: float
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Send everything queued now, without waiting for batches to fill or age.
+
+        Returns True when the store is empty (delivered or quarantined), False on timeout.
+        """
+        self._flush = True
+        self._wake.set()
+        try:
+
+            async def empty() -> None:
+                while self.store.next_batch(1):
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(empty(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._flush = False
+
+    def lag(self) -> float:
+        """Seconds since the oldest record still waiting was received (0 when none waits)."""
+        t = self.store.oldest_rx_time()
+        return 0.0 if t is None else max(0.0, self.clock() - t)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "records_sent": self.records_sent,
+            "requests": self.requests,
+            "responses": dict(self.responses),
+            "retries": self.retries,
+            "quarantined_records": self.quarantined_records,
+            "quarantined_batches": self.quarantined_batches,
+            "consecutive_failures": self.consecutive_failures,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "lag_seconds": self.lag(),
+            "batches": self.batches,
+            "batch_latency_seconds_last": self.batch_latency_last,
+            "batch_latency_seconds_sum": self.batch_latency_sum,
+        }
+
+
+class Upstream(StoreDrain):
     """Sends what the store holds to `url`; `await start()`, `notify()` after appends, `await stop()`."""
 
     def __init__(
@@ -303,49 +370,6 @@ class Upstream:
     def notify(self) -> None:
         """New records were stored: look now instead of at the next poll."""
         self._wake.set()
-
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Send everything queued now, without waiting for batches to fill or age.
-
-        Returns True when the store is empty (delivered or quarantined), False on timeout.
-        """
-        self._flush = True
-        self._wake.set()
-        try:
-
-            async def empty() -> None:
-                while self.store.next_batch(1):
-                    await asyncio.sleep(0.01)
-
-            await asyncio.wait_for(empty(), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._flush = False
-
-    def lag(self) -> float:
-        """Seconds since the oldest record still waiting was received (0 when none waits)."""
-        t = self.store.oldest_rx_time()
-        return 0.0 if t is None else max(0.0, self.clock() - t)
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "records_sent": self.records_sent,
-            "requests": self.requests,
-            "responses": dict(self.responses),
-            "retries": self.retries,
-            "quarantined_records": self.quarantined_records,
-            "quarantined_batches": self.quarantined_batches,
-            "consecutive_failures": self.consecutive_failures,
-            "last_success": self.last_success,
-            "last_error": self.last_error,
-            "lag_seconds": self.lag(),
-            "batches": self.batches,
-            "batch_latency_seconds_last": self.batch_latency_last,
-            "batch_latency_seconds_sum": self.batch_latency_sum,
-        }
 
     # -- the loop ----------------------------------------------------------
 

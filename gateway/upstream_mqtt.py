@@ -59,7 +59,7 @@ from gateway.api import downlink_json, queue_command
 from gateway.downlinks import DownlinkRejected
 from gateway.logs import RateLimiter
 from gateway.model import Downlink, Record
-from gateway.upstream import BatchStore
+from gateway.upstream import BatchStore, StoreDrain
 from protocol import messages as m
 
 log = logging.getLogger("lumeau.gateway.upstream_mqtt")
@@ -94,7 +94,7 @@ def tls_context(ca_file: Path | None, cert_file: Path | None, key_file: Path | N
     return ctx
 
 
-class MqttUpstream:
+class MqttUpstream(StoreDrain):
     """Sends what the store holds to an MQTT broker; `await start()`, `notify()` after appends, `await stop()`."""
 
     def __init__(
@@ -222,45 +222,11 @@ class MqttUpstream:
     def notify(self) -> None:
         self._wake.set()
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Send everything queued now; True when the store is empty, False on timeout."""
-        self._flush = True
-        self._wake.set()
-        try:
-
-            async def empty() -> None:
-                while self.store.next_batch(1):
-                    await asyncio.sleep(0.01)
-
-            await asyncio.wait_for(empty(), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._flush = False
-
-    def lag(self) -> float:
-        t = self.store.oldest_rx_time()
-        return 0.0 if t is None else max(0.0, self.clock() - t)
-
     def stats(self) -> dict[str, Any]:
         return {
-            "state": self.state,
+            **super().stats(),
             "connected": self.connected,
             "connections": self.connections,
-            "records_sent": self.records_sent,
-            "requests": self.requests,
-            "responses": dict(self.responses),
-            "retries": self.retries,
-            "quarantined_records": self.quarantined_records,
-            "quarantined_batches": self.quarantined_batches,
-            "consecutive_failures": self.consecutive_failures,
-            "last_success": self.last_success,
-            "last_error": self.last_error,
-            "lag_seconds": self.lag(),
-            "batches": self.batches,
-            "batch_latency_seconds_last": self.batch_latency_last,
-            "batch_latency_seconds_sum": self.batch_latency_sum,
             "commands_in": self.commands_in,
             "commands_refused": self.commands_refused,
             "commands_dropped": self.commands_dropped,
