@@ -37,6 +37,7 @@ from typing import Any
 from gateway import files
 from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
+from gateway.secret import Secret
 from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
 from gateway.timesync import DEFAULT_MAX_DRIFT_PPM, DEFAULT_THRESHOLD_S
 
@@ -48,29 +49,6 @@ SERIAL_MODES = ("auto", "wired", "bridge")
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says where and why."""
-
-
-class Secret:
-    """A token or password: compared and used, never printed."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(<hidden>)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
-
-    def __hash__(self) -> int:
-        return hash(Secret)
 
 
 # ---------------------------------------------------------------- checks

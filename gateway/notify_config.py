@@ -5,7 +5,7 @@ Its own module (gateway/config.py calls `parse_notify` and prints
 which the flat sections of config.py do not describe. Errors are
 `NotifyConfigError` naming the key (`notify.rule[1].quiet_hours: ...`);
 config.py prefixes the file. Secrets (the SMTP password, the webhook
-signing secret) come from files of mode 0600 and are `Hidden`: never in a
+signing secret) come from files of mode 0600 and are `Secret`: never in a
 repr or a log line.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.notify_rules import QUIET_MODES, SEVERITIES, Rule, Target, parse_hours
+from gateway.secret import Secret
 from protocol import messages as m
 from protocol.expand import ENUMS
 
@@ -30,30 +31,13 @@ class NotifyConfigError(ValueError):
     """`[notify]` cannot be used; the message names the key and why."""
 
 
-class Hidden:
-    """A password or signing secret: used, never printed."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Hidden(<secret>)"
-
-    __str__ = __repr__
-
-
 @dataclass(frozen=True)
 class SmtpConfig:
     host: str = "127.0.0.1"
     port: int = 25
     security: str = "starttls"  # starttls | tls | none
     username: str = ""
-    password: Hidden | None = None
+    password: Secret | None = None
     sender: str = "lumeau-gateway@localhost"
     timeout_s: float = 30.0
     ca_file: Path | None = None  # None: the system's CAs
@@ -61,7 +45,7 @@ class SmtpConfig:
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    secret: Hidden | None = None
+    secret: Secret | None = None
     timeout_s: float = 10.0
 
 
@@ -153,7 +137,7 @@ def _typed(data: dict[str, Any], spec: dict[str, tuple[Any, str]], where: str) -
     return out
 
 
-def _secret(value: str, base: Path, where: str) -> Hidden:
+def _secret(value: str, base: Path, where: str) -> Secret:
     p = Path(value).expanduser()
     p = p if p.is_absolute() else base / p
     try:
@@ -171,7 +155,7 @@ def _secret(value: str, base: Path, where: str) -> Hidden:
         raise NotifyConfigError(f"{where}: cannot read {p}: {e}") from None
     if not text:
         raise NotifyConfigError(f"{where}: {p} is empty")
-    return Hidden(text)
+    return Secret(text)
 
 
 def _email(v: str, where: str) -> Target:
@@ -369,7 +353,6 @@ def example_notify() -> str:
 
 
 __all__ = [
-    "Hidden",
     "NotifyConfig",
     "NotifyConfigError",
     "SmtpConfig",
