@@ -20,6 +20,12 @@ Bound and eviction policy, when `max_records` are queued and more arrive:
    (its result is QueueFull).
 Every evicted or dropped record is counted (`evicted_total`, persisted).
 
+A full disk is not the bound (gateway/store/core.py, "full mode"): while the
+disk is full every non-alarm record is refused without being written
+(`StoreFull`, counted in `Writer.refused_full`) and alarms are written into
+the released reserve; queued records are not evicted for it (the database
+file would not shrink).
+
 Committed records not yet delivered stay in memory (at most `recent_max`),
 so the upstream gets them without a read-back; older ones (a backlog, or
 what was queued before a restart) are read back from the database. A record
@@ -47,7 +53,7 @@ from typing import Any
 import cbor2
 
 from gateway.model import Record
-from gateway.store.core import Part, StoreClosed, StoreError, Writer
+from gateway.store.core import Part, StoreClosed, StoreError, StoreFull, Writer
 from gateway.store.windows import Snapshot, Windows
 from protocol import expand
 from protocol import messages as m
@@ -215,6 +221,7 @@ class Records(Part):
         self.next_seq = 1
         self._count = 0  # records queued (maintained by the writer thread)
         self._count_at_begin = 0
+        self._refused: set[int] = set()  # seqs of the group refused in full mode (writer thread)
         # node -> (seq, record) of its newest record: where copies of a frame are merged
         self.latest: dict[int, tuple[int, Record]] = {}
         # committed, undelivered records in memory, by seq: next_batch reads no row at or above
@@ -494,6 +501,7 @@ class Records(Part):
 
     def begin(self) -> None:
         self._count_at_begin = self._count
+        self._refused = set()
 
     def write(
         self, c: sqlite3.Connection, work: tuple[Slices, list[tuple], list[Snapshot], list[tuple]]
@@ -502,10 +510,21 @@ class Records(Part):
         _taken, rows, windows, updates = work
         dropped: set[int] = set()
         evicted: list[int] = []
+        if rows and self.writer.full:  # full mode: the reserve is for alarms (core.py)
+            keep = [r for r in rows if r[4] == PRIO_ALARM]
+            if len(keep) < len(rows):
+                dropped = {r[0] for r in rows if r[4] != PRIO_ALARM}
+                rows = keep
+                self._refused = set(dropped)
+                # nor the windows of refused records: the pipeline forgets their counters, and each
+                # group's window log would eat the reserve (the node of a kept alarm keeps its window)
+                alarm_nodes = {r[1] for r in keep}
+                windows = [w for w in windows if w[0] in alarm_nodes]
         if rows:
-            dropped, evicted = self._make_room(c, rows)
-            if dropped:
-                rows = [r for r in rows if r[0] not in dropped]
+            gone, evicted = self._make_room(c, rows)
+            if gone:
+                rows = [r for r in rows if r[0] not in gone]
+                dropped |= gone
             c.executemany(_INSERT_RECORD, rows)
             self._count += len(rows)
         if windows:
@@ -529,6 +548,9 @@ class Records(Part):
     ) -> None:
         taken, rows = work[0], work[1]
         dropped, evicted = result
+        refused = self._refused
+        if refused:
+            self.writer.refused_full += len(refused)
         self.committed_records += len(rows) - len(dropped)
         if evicted:
             self._forget(evicted)
@@ -548,7 +570,9 @@ class Records(Part):
             res = chunk.results
             for i, (r, _w) in enumerate(recs):
                 seq = seq0 + i
-                if seq in dropped:
+                if seq in refused:
+                    res[start + i] = StoreFull("disk full: only alarms are stored until there is room")
+                elif seq in dropped:
                     res[start + i] = QueueFull("queue full of alarms: routine record dropped")
                 else:
                     res[start + i] = seq
