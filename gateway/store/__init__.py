@@ -258,6 +258,11 @@ class Store:
         self.writer.wake()
         return fut
 
+    def upstream_down(self, down: bool) -> None:
+        """The upstream started failing (True) or works again: during an outage only a few
+        committed records are kept in memory (records.Records: they would be sent last)."""
+        self.records.upstream_down = down
+
     def add_reception(
         self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str, key_gen: int = 0
     ) -> bool:

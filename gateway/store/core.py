@@ -236,7 +236,7 @@ class Writer:
             pass
         try:
             files.create(self.reserve_path)
-            fd = os.open(self.reserve_path, os.O_WRONLY)
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_NOFOLLOW)  # never through a planted symlink
             try:
                 os.posix_fallocate(fd, 0, self.reserve_bytes)  # real blocks, not a sparse file
             finally:
@@ -301,6 +301,10 @@ class Writer:
                 extra={"event": "store_room"},
             )
         return self.full
+
+    def allow_log(self, key: str) -> tuple[bool, int]:
+        """The store's log limiter (burst 5, then one line per 10 s per key): (allowed, suppressed)."""
+        return self._limiter.allow(key)
 
     def _log_failure(self, e: BaseException, full: bool) -> None:
         ok, suppressed = self._limiter.allow("full" if full else "other")

@@ -26,9 +26,11 @@ disk is full every non-alarm record is refused without being written
 the released reserve; queued records are not evicted for it (the database
 file would not shrink).
 
-Committed records not yet delivered stay in memory (at most `recent_max`),
-so the upstream gets them without a read-back; older ones (a backlog, or
-what was queued before a restart) are read back from the database. A record
+Committed records not yet delivered stay in memory (at most `recent_max`,
+and at most `recent_max // 32` while the upstream fails: an outage's backlog
+would be sent last, long from now), so the upstream gets them without a read-back; older
+ones (a backlog, or what was queued before a restart) are read back from
+the database. A record
 leaves memory when delivered, quarantined, evicted or pushed out. (Holding
 the stored row instead of the Record was measured and rejected: rebuilding
 the Record costs nearly all a read-back costs; bench/README.md.)
@@ -67,6 +69,9 @@ DEFAULT_QUARANTINE_MAX = 100_000  # oldest dropped beyond, counted
 # Committed, undelivered Records kept in memory (each with its decoded body): bounds the memory a
 # backlog takes while still serving a burst from memory (bench/README.md has the sizes).
 RECENT_MAX = 65536
+# While the upstream fails (Store.upstream_down), at most recent_max // 32 stay in memory: 65,536
+# Records are ~59 MB, which an outage would hold for nothing (bench/outage.py)
+BACKLOG_DIVISOR = 32
 RESPONSE_TEXT_MAX = 4096  # bytes of a refusing upstream's answer kept with a quarantined batch
 
 # Eviction classes: lower goes first.
@@ -214,6 +219,8 @@ class Records(Part):
         self.max_records = max_records
         self.quarantine_max = quarantine_max
         self.recent_max = recent_max
+        self.backlog_max = max(1, recent_max // BACKLOG_DIVISOR)
+        self.upstream_down = False  # told by the upstream (Store.upstream_down)
         self.chunks: list[Chunk] = []  # appends waiting for the writer, oldest first
         self._pending = 0  # records in those chunks not yet taken by a group
         self._taken_upto = 0  # every seq up to this one was handed to the writer (set by load)
@@ -581,9 +588,12 @@ class Records(Part):
                         order.append(seq)
             chunk.done(n)
         self._trim_order()
-        if len(ready) > self.recent_max:  # memory is full: the oldest are read back from the database
+        # the upstream is down: the records in memory would be sent last, long from now, so only
+        # a few stay (issue 15: flat memory through an outage)
+        cap = self.backlog_max if self.upstream_down else self.recent_max
+        if len(ready) > cap:  # memory is full: the oldest are read back from the database
             head = self._head
-            while len(ready) > self.recent_max:
+            while len(ready) > cap:
                 seq = order[head]
                 head += 1
                 if ready.pop(seq, None) is not None:
@@ -623,12 +633,15 @@ class Records(Part):
         if evicted or dropped:
             self.writer.bump(c, "evicted", evicted + len(dropped))
             self.evicted_total += evicted + len(dropped)
-            log.warning(
-                "queue full (%d records): evicted %d queued and dropped %d arriving records",
-                self.max_records,
-                evicted,
-                len(dropped),
-            )
+            ok, suppressed = self.writer.allow_log("evicted")  # once per group at most: bounded all the same
+            if ok:
+                log.warning(
+                    "queue full (%d records): evicted %d queued and dropped %d arriving records",
+                    self.max_records,
+                    evicted,
+                    len(dropped),
+                    extra={"suppressed": suppressed},
+                )
         return dropped, gone
 
 
