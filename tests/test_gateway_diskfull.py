@@ -174,3 +174,46 @@ async def test_a_full_disk_refuses_keeps_alarms_corrupts_nothing_and_recovers(sm
     delivered = {(r.node_id, r.counter) for _seq, r in batch}
     assert feed.accepted - delivered == on_disk  # exactly the accepted frames, less those delivered
     assert alarms <= on_disk
+
+
+async def test_when_the_reserve_is_used_up_alarms_are_refused_too_and_stored_once_there_is_room(small_disk, tmp_path):
+    db = small_disk / "gw.db"
+    s = await Store.open(db, reserve_bytes=16 * 1024)  # a small reserve: used up by a few alarm commits
+    reg = registry(tmp_path / "nodes.toml", NODES)
+    p = Pipeline(reg, s)
+    try:
+        filler = fill(small_disk, 400_000)
+        feed = Feed(p)
+        while "store_error" not in await feed.round():
+            pass
+        assert s.full
+        # alarms only, one group each, until even the reserve is full
+        refused_alarm = None
+        for i in range(5000):
+            n = NODES[i % len(NODES)]
+            feed.counter[n] += 1
+            raw = seal(n, feed.counter[n], m.EVENT, ALARM)
+            v = await p.ingest(reception(raw))
+            if v == "accepted":
+                feed.accepted.add((n, feed.counter[n]))
+            else:
+                assert v == "store_error"
+                refused_alarm = raw
+                break
+        assert refused_alarm is not None, "the reserve never ran out"
+        assert s.full_figures()["commit_failures_full"] >= 2
+        # room again: the node's resend of the same frame (same counter) is stored now
+        filler.unlink()
+        await wait_for(lambda: not s.full, timeout=10, what="the store leaves full mode")
+        assert await p.ingest(reception(refused_alarm)) == "accepted"
+        assert set(await feed.round()) == {"accepted"}
+    finally:
+        await p.close()
+        await s.close()
+    c = sqlite3.connect(db)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        on_disk = set(c.execute("SELECT node_id, counter FROM records").fetchall())
+    finally:
+        c.close()
+    assert feed.accepted <= on_disk and len(on_disk) == len(feed.accepted) + 1
