@@ -34,13 +34,12 @@ ALARM = {0: m.EV_BURST, 1: m.SEV_CRITICAL, 2: 950, 4: 1, 5: 2}
 RESERVE = 256 * 1024
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MB tmpfs mounted for this test alone."""
+def mounted(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted for this test alone; skipped where mount is not permitted."""
     d = tmp_path / "disk"
     d.mkdir()
     r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(d)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)], capture_output=True, text=True
     )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
@@ -48,6 +47,16 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield d
     finally:
         subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted(tmp_path, "4m")
+
+
+@pytest.fixture
+def disk_16m(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted(tmp_path, "16m")
 
 
 def free_bytes(d: Path) -> int:
@@ -78,13 +87,15 @@ class Feed:
         self.accepted: set[tuple[int, int]] = set()
         self.verdicts: dict[str, int] = {}
 
-    async def round(self, alarm_node: int | None = None) -> list[str]:
-        """One frame from every node (an alarm from `alarm_node`) in one ingest_many."""
+    async def round(self, alarm_node: int | None = None, per_node: int = 1) -> list[str]:
+        """`per_node` frames from every node (the first an alarm from `alarm_node`) in one ingest_many."""
         frames = []
-        for n in NODES:
-            self.counter[n] += 1
-            c = self.counter[n]
-            frames.append((n, c, seal(n, c, m.EVENT, ALARM) if n == alarm_node else seal(n, c)))
+        for _ in range(per_node):
+            for n in NODES:
+                self.counter[n] += 1
+                c = self.counter[n]
+                frames.append((n, c, seal(n, c, m.EVENT, ALARM) if n == alarm_node else seal(n, c)))
+                alarm_node = None if n == alarm_node else alarm_node
         vs = await self.p.ingest_many([reception(raw) for _n, _c, raw in frames])
         for (n, c, _raw), v in zip(frames, vs):
             self.verdicts[v] = self.verdicts.get(v, 0) + 1
@@ -114,9 +125,14 @@ async def test_a_full_disk_refuses_keeps_alarms_corrupts_nothing_and_recovers(sm
                 break
         else:
             pytest.fail("the disk never filled")
+        assert s.full and len(feed.accepted) > 100
+        # entering full mode truncated the WAL (its room is free again): take that room too, so the
+        # disk stays full (the store needs twice the reserve free to leave full mode)
+        fill(small_disk, RESERVE // 2)
+        for _ in range(100):
+            if "store_error" in await feed.round():
+                break
         assert s.full
-        stored_before_full = len(feed.accepted)
-        assert stored_before_full > 100
         # 2. while full: routine frames refused (store_error), every alarm stored
         alarms: set[tuple[int, int]] = set()
         n_refused = 0
@@ -217,3 +233,39 @@ async def test_when_the_reserve_is_used_up_alarms_are_refused_too_and_stored_onc
     finally:
         c.close()
     assert feed.accepted <= on_disk and len(on_disk) == len(feed.accepted) + 1
+
+
+async def test_a_disk_filled_by_the_backlog_recovers_once_the_upstream_delivered(disk_16m, tmp_path):
+    # nothing else frees space: the room comes back inside the database, as free pages. Entering full
+    # mode checkpoints the WAL into the database (the released reserve lets the file grow) and truncates
+    # it: without that, a WAL that filled the disk could never be checkpointed, nor deleted from
+    # (its frames need the database's room first)
+    db = disk_16m / "gw.db"
+    s = await Store.open(db, reserve_bytes=5 * 1024 * 1024)  # more than the WAL at its checkpoint size
+    reg = registry(tmp_path / "nodes.toml", NODES)
+    p = Pipeline(reg, s)
+    try:
+        fill(disk_16m, 9_000_000)
+        feed = Feed(p)
+        for _ in range(20_000):
+            if "store_error" in await feed.round(per_node=25):
+                break
+        assert s.full and s.count() > 20_000
+        delivered: set[tuple[int, int]] = set()
+        while s.count() > 100:  # the upstream delivers in batches, as it would
+            batch = s.next_batch(500)
+            await s.delete([seq for seq, _ in batch])  # room for it: the WAL was truncated on entering full mode
+            delivered |= {(r.node_id, r.counter) for _seq, r in batch}
+        await wait_for(lambda: not s.full, timeout=10, what="the store leaves full mode")
+        assert set(await feed.round()) == {"accepted"}
+        assert (disk_16m / "filler").exists()  # still there: the room was inside the database
+    finally:
+        await p.close()
+        await s.close()
+    c = sqlite3.connect(db)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        on_disk = set(c.execute("SELECT node_id, counter FROM records").fetchall())
+    finally:
+        c.close()
+    assert on_disk == feed.accepted - delivered

@@ -28,8 +28,9 @@ SQLite rolled the transaction back, and the same write succeeds once there is
 room. So it is told apart (`StoreFull`) and the writer enters *full mode*:
 
 - it releases the **reserve**, a file of `reserve_bytes` beside the database
-  (`<db>-reserve`, created at open), so alarms still have room, and retries
-  the failed group at once with its alarms only;
+  (`<db>-reserve`, created at open), checkpoints the WAL into the database
+  and truncates it (the reserve gives the file room to grow; the WAL's space
+  is then free), and retries the failed group at once with its alarms only;
 - while full, the records part refuses every non-alarm record without writing
   it (`StoreFull`, the pipeline's `store_error`): refused, never acknowledged;
 - every `FULL_PROBE_S` (and after each group) it looks for room again: the
@@ -85,7 +86,10 @@ class StoreFull(StoreError):
 
 
 SQLITE_FULL = 13
-DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024  # room kept for alarms once the disk is full
+# Room kept for alarms once the disk is full, and for the checkpoint that truncates the WAL then: more
+# than the WAL at SQLite's autocheckpoint size (1,000 pages, ~4 MB), or a WAL that filled the disk
+# could never be moved into the database (which must grow for its new pages) nor reset
+DEFAULT_RESERVE_BYTES = 8 * 1024 * 1024
 FULL_PROBE_S = 0.5  # how often full mode looks for room again
 
 
@@ -190,6 +194,7 @@ class Writer:
         self.failures: dict[str, int] = {"full": 0, "other": 0}  # failed group commits by cause
         self.refused_full = 0  # records refused while full (the records part counts them)
         self._probed = 0.0
+        self._no_reserve = False  # out of full mode without the reserve: made again when the disk allows
         self._limiter = log_limiter or RateLimiter(burst=5, rate=0.1)
 
     # ------------------------------------------------------------ lifecycle
@@ -261,12 +266,14 @@ class Writer:
         self.full_events += 1
         self._probed = self.full_since
         self._release_reserve()
-        log.warning(
-            "store: disk full (%s): refusing all but alarms until there is room (%s)",
-            why,
-            self.path.parent,
-            extra={"event": "store_full"},
-        )
+        ok, suppressed = self._limiter.allow("full_mode")  # a disk at its limit may go in and out
+        if ok:
+            log.warning(
+                "store: disk full (%s): refusing all but alarms until there is room (%s)",
+                why,
+                self.path.parent,
+                extra={"event": "store_full", "suppressed": suppressed},
+            )
 
     def _room(self) -> bool:
         """Is there room again: free space for twice the reserve, or free pages in the database?"""
@@ -285,22 +292,42 @@ class Writer:
         return bool(free_pages * page >= want)
 
     def probe(self, force: bool = False) -> bool:
-        """In full mode, at most every FULL_PROBE_S: leave it when there is room. Returns `full`."""
-        if not self.full:
+        """At most every FULL_PROBE_S: in full mode, leave it when there is room; out of it, re-make
+        a reserve that could not be made when room came back inside the database. Returns `full`."""
+        if not (self.full or self._no_reserve):
             return False
         now = time.monotonic()
         if not force and now - self._probed < FULL_PROBE_S:
-            return True
+            return self.full
         self._probed = now
-        if self._room() and self._make_reserve():
+        if not self.full:
+            self._no_reserve = not self._make_reserve()
+            return False
+        room = self._room()
+        if room:
+            # the room may be free pages inside the database (the upstream delivered) while the
+            # file system is still full: store again, and make the reserve once the disk allows
+            self._no_reserve = not self._make_reserve()
             self.full = False
-            log.warning(
-                "store: room again after %.1f s: storing every record (%d refused while full)",
-                now - self.full_since,
-                self.refused_full,
-                extra={"event": "store_room"},
-            )
+            ok, suppressed = self._limiter.allow("room_again")
+            if ok:
+                log.warning(
+                    "store: room again after %.1f s: storing every record (%d refused while full)%s",
+                    now - self.full_since,
+                    self.refused_full,
+                    "; no room for the reserve yet" if self._no_reserve else "",
+                    extra={"event": "store_room", "suppressed": suppressed},
+                )
         return self.full
+
+    def _truncate_wal(self) -> None:
+        """Writer thread, entering full mode: move the WAL into the database (the released reserve
+        gives the file room to grow) and truncate it, so its space is free again; best effort."""
+        try:
+            assert self._conn is not None
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
 
     def allow_log(self, key: str) -> tuple[bool, int]:
         """The store's log limiter (burst 5, then one line per 10 s per key): (allowed, suppressed)."""
@@ -431,6 +458,7 @@ class Writer:
                     self.failures["full"] += 1
                     self._log_failure(e, True)
                     self._enter_full(str(e))
+                    await loop.run_in_executor(self.executor, self._truncate_wal)
                     results, op_results = await loop.run_in_executor(self.executor, self._commit, works, fns)
             except BaseException as e:  # the whole group failed: nothing of it is stored
                 full = is_full(e)
