@@ -1012,6 +1012,26 @@ class Api:
         x.family("lumeau_store_commits_total", "counter", "Store transactions (group commits).", [({}, s.commits)])
         x.family("lumeau_store_commit_seconds_total", "counter", "Time spent committing.", [({}, s.commit_seconds)])
         x.family("lumeau_store_committed_records_total", "counter", "Records committed.", [({}, s.committed_records)])
+        full = s.full_figures()
+        x.family(
+            "lumeau_store_full",
+            "gauge",
+            "1 while the disk is full: only alarms are stored (gateway/README.md, disk full).",
+            [({}, int(s.full))],
+        )
+        x.family("lumeau_store_full_events_total", "counter", "Times the disk went full.", [({}, full["full_events"])])
+        x.family(
+            "lumeau_store_commit_failures_total",
+            "counter",
+            "Group commits that failed, by cause (full: no room; other: I/O error or a bug).",
+            [({"cause": "full"}, full["commit_failures_full"]), ({"cause": "other"}, full["commit_failures_other"])],
+        )
+        x.family(
+            "lumeau_store_refused_full_total",
+            "counter",
+            "Records refused without being written while the disk was full (counted as store_error).",
+            [({}, full["refused_full"])],
+        )
         x.family(
             "lumeau_downlink_queue_depth", "gauge", "Downlinks queued or awaiting their answer.", [({}, d.depth())]
         )

@@ -38,7 +38,7 @@ from gateway import files
 from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
 from gateway.pipeline import DEFAULT_MAX_INFLIGHT
 from gateway.secret import Secret
-from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX
+from gateway.store import DEFAULT_GROUP_MAX, DEFAULT_MAX_RECORDS, DEFAULT_QUARANTINE_MAX, DEFAULT_RESERVE_BYTES
 from gateway.timesync import DEFAULT_MAX_DRIFT_PPM, DEFAULT_THRESHOLD_S
 
 TOKEN_MIN_LEN = 16  # characters: a bearer token shorter than this is guessable
@@ -177,6 +177,12 @@ class QueueSection:
         DEFAULT_QUARANTINE_MAX, "records of refused (4xx) batches kept for inspection", _non_negative
     )
     group_max: int = opt(DEFAULT_GROUP_MAX, "records per transaction at most (one fsync each)", _positive)
+    reserve_bytes: int = opt(
+        DEFAULT_RESERVE_BYTES,
+        "disk space reserved beside the database for alarms: released when the disk fills "
+        "(only alarms are stored then), re-made when room returns; 0: none",
+        _non_negative,
+    )
 
 
 @dataclass(frozen=True)

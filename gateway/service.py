@@ -118,6 +118,7 @@ class Gateway:
                 group_max=cfg.queue.group_max,
                 quarantine_max=cfg.queue.quarantine_max_records,
                 alarm_journal=cfg.notify.enabled,  # alarm changes journalled with their records (notify.py)
+                reserve_bytes=cfg.queue.reserve_bytes,
             )
             self._registry_stamp = file_stamp(cfg.gateway.registry)
             self.registry = Registry.load(cfg.gateway.registry)

@@ -150,7 +150,9 @@ class BatchStore(Protocol):
 
     def oldest_rx_time(self) -> float | None: ...
 
-    # and, read when present (NGSI-LD): node_alarms(node_id), the alarm state of a node (Store.node_alarms)
+    # and, read when present (NGSI-LD): node_alarms(node_id), the alarm state of a node (Store.node_alarms);
+    # called when present: upstream_down(bool), when sending starts failing and when it works again
+    # (Store.upstream_down: a store holds fewer records in memory during an outage)
 
 
 @dataclass(slots=True)
@@ -316,6 +318,7 @@ class Upstream(StoreDrain):
         if node_alarms is None:
             node_alarms = getattr(store, "node_alarms", None)
         self._mapper = ngsi_ld.NgsiMapper(node_info, ngsi_context, node_alarms) if fmt == "ngsi-ld" else None
+        self._tell_down: Callable[[bool], Any] | None = getattr(store, "upstream_down", None)
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._flush = False
@@ -490,6 +493,8 @@ class Upstream(StoreDrain):
             if out.kind == "ok":
                 self._delete(seqs)
                 self.records_sent += len(part)
+                if self.consecutive_failures and self._tell_down is not None:
+                    self._tell_down(False)
                 self.consecutive_failures = 0
                 self.last_success = self.clock()
                 parts.pop(0)
@@ -514,6 +519,8 @@ class Upstream(StoreDrain):
             else:  # retry, config
                 self.retries += 1
                 self.consecutive_failures += 1
+                if self.consecutive_failures == 1 and self._tell_down is not None:
+                    self._tell_down(True)
                 delay = self._backoff(attempt, out.retry_after)
                 attempt += 1
                 self.state = "backoff"

@@ -134,6 +134,7 @@ class MqttUpstream(StoreDrain):
         if batch_size < 1 or max_age < 0 or timeout <= 0 or not 0 < backoff_base <= backoff_max or max_payload < 256:
             raise ValueError("mqtt limits must be positive (and backoff_base <= backoff_max, max_payload >= 256)")
         self.store = store
+        self._tell_down: Callable[[bool], Any] | None = getattr(store, "upstream_down", None)
         self.host = host
         self.port = port
         self.shape = shape
@@ -280,6 +281,8 @@ class MqttUpstream(StoreDrain):
                     t.cancel()
             self.retries += 1
             self.consecutive_failures += 1
+            if self.consecutive_failures == 1 and self._tell_down is not None:
+                self._tell_down(True)  # the store holds fewer records in memory meanwhile (Store.upstream_down)
             delay = self._backoff(self._attempt)
             self._attempt += 1
             self.state = "backoff"
@@ -315,6 +318,8 @@ class MqttUpstream(StoreDrain):
             self.connected = True
             self.connections += 1
             self._attempt = 0
+            if self.consecutive_failures and self._tell_down is not None:
+                self._tell_down(False)
             self.consecutive_failures = 0
             log.info("connected to the MQTT broker", extra={"broker": self.url, "shape": self.shape})
             try:

@@ -175,7 +175,12 @@ async def open_sim_store(path: Path, state_flush_s: float = STATE_FLUSH_S) -> St
     in the same transaction, eviction, downlinks -- is the real store's.
     """
     return await Store.open(
-        path, state_flush_s=state_flush_s, executor=_InlineExecutor(), synchronous="OFF", exclusive=True
+        path,
+        state_flush_s=state_flush_s,
+        executor=_InlineExecutor(),
+        synchronous="OFF",
+        exclusive=True,
+        reserve_bytes=0,  # a simulation's scratch database: no disk to keep room on
     )
 
 

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 from conftest import ROOT
 from gateway_helpers import alarm_record, event_record, reception, record, registry, seal
+from waiting import wait_for
 
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
@@ -260,7 +261,9 @@ async def test_a_failed_commit_stores_nothing_and_says_so(store):
     with pytest.raises(StoreError):
         await store.append(big)
     assert store.count() == 1 and rows(store.path) == [(1, 1)]
+    assert store.full and isinstance(store.full_figures(), dict)  # a full page limit is a full disk
     await store.writer.call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    await wait_for(lambda: not store.full, what="the store leaves full mode by itself")
     await store.append(record(1, 3))  # and it recovers
     assert rows(store.path) == [(1, 1), (1, 3)]
 

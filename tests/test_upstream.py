@@ -366,6 +366,36 @@ async def test_outage_then_recovery_drains_the_backlog_in_per_node_order(tmp_pat
         await platform.stop()
 
 
+async def test_during_an_outage_the_store_keeps_few_records_in_memory_and_loses_none(tmp_path):
+    # issue 15: an outage's backlog is sent last, so memory holds recent_max // 8 of it, not recent_max
+    s = await Store.open(tmp_path / "gw.db", recent_max=64)
+    with socket.socket() as sock:  # nothing behind it: the upstream is down
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    u = await run_upstream(s, f"http://127.0.0.1:{port}/v1/records", batch_size=16)
+    platform = Platform(tmp_path / "sink.db", port=port)
+    try:
+        sent = interleaved(5, 60)
+        await s.append_many([(r, (r.node_id, r.counter, 1)) for r in sent[:20]])
+        u.notify()
+        await until(lambda: s.records.upstream_down)
+        for i in range(20, len(sent), 20):
+            await s.append_many([(r, (r.node_id, r.counter, 1)) for r in sent[i : i + 20]])
+        assert len(s.records.ready) <= s.records.backlog_max == 2 and s.count() == 300
+        await platform.start()
+        await until(lambda: s.count() == 0)
+        assert not s.records.upstream_down  # told it works again
+        docs = await platform.records()
+        assert len({d["id"] for d in docs}) == 300
+        assert per_node_counters(docs) == {f"{n:08x}": list(range(1, 61)) for n in range(1, 6)}
+        await s.append_many([(r, None) for r in interleaved(5, 70)[300:]])  # memory is used again
+        assert len(s.records.ready) + s.count() >= 50 or s.count() == 0
+    finally:
+        await u.stop()
+        await platform.stop()
+        await s.close()
+
+
 async def test_a_burst_larger_than_memory_arrives_exactly_once_in_per_node_order(tmp_path, platform):
     # the store keeps RECENT_MAX committed records in memory; a burst past it is read back from the
     # database while the upstream drains the newest from memory: no record lost, none twice, order kept

@@ -28,7 +28,9 @@ Limits and policies are `Store.open` arguments: `max_records`, `group_max`
 `executor` (default: a thread of its own), `synchronous` (the SQLite level)
 and `exclusive` (reads through the writer's connection, which holds the file
 alone: for a writer running on the loop's thread, as the simulator's);
-`alarm_journal` journals alarm changes for notifications (notifications.py).
+`alarm_journal` journals alarm changes for notifications (notifications.py);
+`reserve_bytes` (the room kept for alarms when the disk fills: core.py,
+"full mode"; 0: none).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.model import Downlink, Record
-from gateway.store.core import SYNC_LEVELS, StoreClosed, StoreError, Writer
+from gateway.store.core import DEFAULT_RESERVE_BYTES, SYNC_LEVELS, StoreClosed, StoreError, StoreFull, Writer
 from gateway.store.downlinks import DOWNLINK_OPEN_STATES, DownlinkTable
 from gateway.store.downlinks import SCHEMA as _DOWNLINKS_SCHEMA
 from gateway.store.nodes import SCHEMA as _NODES_SCHEMA
@@ -69,6 +71,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreClosed",
+    "StoreFull",
     "QueueFull",
     "ReplayWindow",
     "priority",
@@ -84,6 +87,7 @@ __all__ = [
     "PRIO_ALARM",
     "DOWNLINK_OPEN_STATES",
     "SYNC_LEVELS",
+    "DEFAULT_RESERVE_BYTES",
 ]
 
 DEFAULT_GROUP_MAX = 4096
@@ -111,6 +115,7 @@ class Store:
         synchronous: str = "FULL",
         exclusive: bool = False,
         alarm_journal: bool = False,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
         self.path = Path(path)
         self.max_records = max_records
@@ -118,7 +123,12 @@ class Store:
         self.quarantine_max = quarantine_max
         self.state_flush_s = state_flush_s
         self.writer = Writer(
-            self.path, group_max=group_max, executor=executor, synchronous=synchronous, exclusive=exclusive
+            self.path,
+            group_max=group_max,
+            executor=executor,
+            synchronous=synchronous,
+            exclusive=exclusive,
+            reserve_bytes=reserve_bytes,
         )
         self.replay_windows = Windows(window_log_max)
         self.records = Records(
@@ -156,9 +166,17 @@ class Store:
         synchronous: str = "FULL",
         exclusive: bool = False,
         alarm_journal: bool = False,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> Store:
         """Open (or create) the database at `path`; the keyword arguments are the module docstring's."""
-        if max_records < 1 or group_max < 1 or quarantine_max < 0 or recent_max < 1 or window_log_max < 1:
+        if (
+            max_records < 1
+            or group_max < 1
+            or quarantine_max < 0
+            or recent_max < 1
+            or window_log_max < 1
+            or reserve_bytes < 0
+        ):
             raise ValueError("store limits must be positive")
         self = cls(
             Path(path),
@@ -172,6 +190,7 @@ class Store:
             synchronous=synchronous,
             exclusive=exclusive,
             alarm_journal=alarm_journal,
+            reserve_bytes=reserve_bytes,
         )
         w = self.writer
         await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA + _NOTIFY_SCHEMA)
@@ -239,6 +258,11 @@ class Store:
         self.writer.wake()
         return fut
 
+    def upstream_down(self, down: bool) -> None:
+        """The upstream started failing (True) or works again: during an outage only a few
+        committed records are kept in memory (records.Records: they would be sent last)."""
+        self.records.upstream_down = down
+
     def add_reception(
         self, node_id: int, counter: int, rssi: float | None, snr: float | None, gateway_id: str, key_gen: int = 0
     ) -> bool:
@@ -293,6 +317,21 @@ class Store:
     @property
     def committed_records(self) -> int:
         return self.records.committed_records
+
+    @property
+    def full(self) -> bool:
+        """The disk is full: only alarms are stored until there is room (core.py, "full mode")."""
+        return self.writer.full
+
+    def full_figures(self) -> dict[str, int]:
+        """Failed group commits by cause, times the disk went full, records refused while full."""
+        w = self.writer
+        return {
+            "commit_failures_full": w.failures["full"],
+            "commit_failures_other": w.failures["other"],
+            "full_events": w.full_events,
+            "refused_full": w.refused_full,
+        }
 
     @property
     def commits(self) -> int:

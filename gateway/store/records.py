@@ -20,9 +20,17 @@ Bound and eviction policy, when `max_records` are queued and more arrive:
    (its result is QueueFull).
 Every evicted or dropped record is counted (`evicted_total`, persisted).
 
-Committed records not yet delivered stay in memory (at most `recent_max`),
-so the upstream gets them without a read-back; older ones (a backlog, or
-what was queued before a restart) are read back from the database. A record
+A full disk is not the bound (gateway/store/core.py, "full mode"): while the
+disk is full every non-alarm record is refused without being written
+(`StoreFull`, counted in `Writer.refused_full`) and alarms are written into
+the released reserve; queued records are not evicted for it (the database
+file would not shrink).
+
+Committed records not yet delivered stay in memory (at most `recent_max`,
+and at most `recent_max // 32` while the upstream fails: an outage's backlog
+would be sent last, long from now), so the upstream gets them without a read-back; older
+ones (a backlog, or what was queued before a restart) are read back from
+the database. A record
 leaves memory when delivered, quarantined, evicted or pushed out. (Holding
 the stored row instead of the Record was measured and rejected: rebuilding
 the Record costs nearly all a read-back costs; bench/README.md.)
@@ -47,7 +55,7 @@ from typing import Any
 import cbor2
 
 from gateway.model import Record
-from gateway.store.core import Part, StoreClosed, StoreError, Writer
+from gateway.store.core import Part, StoreClosed, StoreError, StoreFull, Writer
 from gateway.store.windows import Snapshot, Windows
 from protocol import expand
 from protocol import messages as m
@@ -61,6 +69,9 @@ DEFAULT_QUARANTINE_MAX = 100_000  # oldest dropped beyond, counted
 # Committed, undelivered Records kept in memory (each with its decoded body): bounds the memory a
 # backlog takes while still serving a burst from memory (bench/README.md has the sizes).
 RECENT_MAX = 65536
+# While the upstream fails (Store.upstream_down), at most recent_max // 32 stay in memory: 65,536
+# Records are ~59 MB, which an outage would hold for nothing (bench/outage.py)
+BACKLOG_DIVISOR = 32
 RESPONSE_TEXT_MAX = 4096  # bytes of a refusing upstream's answer kept with a quarantined batch
 
 # Eviction classes: lower goes first.
@@ -208,6 +219,8 @@ class Records(Part):
         self.max_records = max_records
         self.quarantine_max = quarantine_max
         self.recent_max = recent_max
+        self.backlog_max = max(1, recent_max // BACKLOG_DIVISOR)
+        self.upstream_down = False  # told by the upstream (Store.upstream_down)
         self.chunks: list[Chunk] = []  # appends waiting for the writer, oldest first
         self._pending = 0  # records in those chunks not yet taken by a group
         self._taken_upto = 0  # every seq up to this one was handed to the writer (set by load)
@@ -215,6 +228,7 @@ class Records(Part):
         self.next_seq = 1
         self._count = 0  # records queued (maintained by the writer thread)
         self._count_at_begin = 0
+        self._refused: set[int] = set()  # seqs of the group refused in full mode (writer thread)
         # node -> (seq, record) of its newest record: where copies of a frame are merged
         self.latest: dict[int, tuple[int, Record]] = {}
         # committed, undelivered records in memory, by seq: next_batch reads no row at or above
@@ -494,6 +508,7 @@ class Records(Part):
 
     def begin(self) -> None:
         self._count_at_begin = self._count
+        self._refused = set()
 
     def write(
         self, c: sqlite3.Connection, work: tuple[Slices, list[tuple], list[Snapshot], list[tuple]]
@@ -502,10 +517,21 @@ class Records(Part):
         _taken, rows, windows, updates = work
         dropped: set[int] = set()
         evicted: list[int] = []
+        if rows and self.writer.full:  # full mode: the reserve is for alarms (core.py)
+            keep = [r for r in rows if r[4] == PRIO_ALARM]
+            if len(keep) < len(rows):
+                dropped = {r[0] for r in rows if r[4] != PRIO_ALARM}
+                rows = keep
+                self._refused = set(dropped)
+                # nor the windows of refused records: the pipeline forgets their counters, and each
+                # group's window log would eat the reserve (the node of a kept alarm keeps its window)
+                alarm_nodes = {r[1] for r in keep}
+                windows = [w for w in windows if w[0] in alarm_nodes]
         if rows:
-            dropped, evicted = self._make_room(c, rows)
-            if dropped:
-                rows = [r for r in rows if r[0] not in dropped]
+            gone, evicted = self._make_room(c, rows)
+            if gone:
+                rows = [r for r in rows if r[0] not in gone]
+                dropped |= gone
             c.executemany(_INSERT_RECORD, rows)
             self._count += len(rows)
         if windows:
@@ -529,6 +555,9 @@ class Records(Part):
     ) -> None:
         taken, rows = work[0], work[1]
         dropped, evicted = result
+        refused = self._refused
+        if refused:
+            self.writer.refused_full += len(refused)
         self.committed_records += len(rows) - len(dropped)
         if evicted:
             self._forget(evicted)
@@ -548,7 +577,9 @@ class Records(Part):
             res = chunk.results
             for i, (r, _w) in enumerate(recs):
                 seq = seq0 + i
-                if seq in dropped:
+                if seq in refused:
+                    res[start + i] = StoreFull("disk full: only alarms are stored until there is room")
+                elif seq in dropped:
                     res[start + i] = QueueFull("queue full of alarms: routine record dropped")
                 else:
                     res[start + i] = seq
@@ -557,9 +588,12 @@ class Records(Part):
                         order.append(seq)
             chunk.done(n)
         self._trim_order()
-        if len(ready) > self.recent_max:  # memory is full: the oldest are read back from the database
+        # the upstream is down: the records in memory would be sent last, long from now, so only
+        # a few stay (issue 15: flat memory through an outage)
+        cap = self.backlog_max if self.upstream_down else self.recent_max
+        if len(ready) > cap:  # memory is full: the oldest are read back from the database
             head = self._head
-            while len(ready) > self.recent_max:
+            while len(ready) > cap:
                 seq = order[head]
                 head += 1
                 if ready.pop(seq, None) is not None:
@@ -599,12 +633,15 @@ class Records(Part):
         if evicted or dropped:
             self.writer.bump(c, "evicted", evicted + len(dropped))
             self.evicted_total += evicted + len(dropped)
-            log.warning(
-                "queue full (%d records): evicted %d queued and dropped %d arriving records",
-                self.max_records,
-                evicted,
-                len(dropped),
-            )
+            ok, suppressed = self.writer.allow_log("evicted")  # once per group at most: bounded all the same
+            if ok:
+                log.warning(
+                    "queue full (%d records): evicted %d queued and dropped %d arriving records",
+                    self.max_records,
+                    evicted,
+                    len(dropped),
+                    extra={"suppressed": suppressed},
+                )
         return dropped, gone
 
 
