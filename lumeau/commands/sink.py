@@ -18,7 +18,7 @@ from city.ledger import Settings
 def add_subcommand(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sink",
-        help="run the embedded upstream: receive what a gateway sends, in SQLite",
+        help="the embedded city platform: what gateways send (SQLite), residents' reports (Open311), the ledger",
         description=sink.__doc__.split("\n\n")[0] if sink.__doc__ else None,
     )
     p.add_argument("--db", default="lumeau-sink.db", help="SQLite file (default: lumeau-sink.db)")
