@@ -3,7 +3,8 @@
 `Results.to_dict()` is the JSON (stable keys; plain numbers, strings, lists
 and dicts); `Results.summary()` the text the CLI prints. Sections:
 
-  scenario   name, file, description, seed, start, hours, node counts, gateways, SFs
+  scenario   name, file, description, seed, start, hours, node counts, gateways (with
+             heights), the path-loss model and its parameters, SFs
   run        link used, wall and CPU seconds (all processes), simulated node-seconds per
              wall second, ticked apps, worker processes (simulator/parallel.py)
   delivery   uplinks put on the air (and refused by the channel: duty cycle, too long,
@@ -12,7 +13,8 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
   latency_s  uplink end -> durable commit at the gateway: count, mean, p50, p95, p99,
              max, histogram (bin edges in s and counts)
   airtime    per node: seconds on the air and the share of its EU868 sub-band
-             duty-cycle allowance over the run; max and mean share
+             duty-cycle allowance over the run; max and mean share; `under_an_hour`
+             (the duty cycle is judged over an hour: shorter runs' shares are flagged)
   frames     largest frame put on the air per message type (bytes, header and MIC
              included) against the 51-byte budget, frames over it
   alarms     per injected fault: the alarm it should raise (Fault.expected), whether
@@ -37,7 +39,14 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
   totals     the gateway's and the platform's totals against the nodes' own counters:
              uplinks (nodes' tx counters, on the air, heard, stored), energy Wh and
              water L (platform's last value per node = the value in the node's own
-             frame with that counter), and the nodes' meters at the end
+             frame with that counter), and the nodes' meters at the end; `truth`: both
+             against the world's true meters (truth_check): nodes the platform stopped
+             hearing (`not_heard`, which make `agree` false), nodes' meters off the truth
+             (`meters_off`), the platform's share of the true energy and water
+  warnings   what the models and nodes cannot answer for (simulator/run_warnings.py):
+             [{"code", "text"}]
+  spread     only with `--seeds N`: mean, std, min, max and per-seed values of each
+             saving over the seeds (spread_section); the rest is the first seed's run
   gateway    the link's counters (accepted, duplicates, rejected by reason, downlinks,
              restarts), records delivered upstream, queued at the end, most queued
   channel    the channel's own counts (simulator/channel.py `counts`)
@@ -775,8 +784,8 @@ def truth_check(
             )
             not_heard.append({"node": name, "kind": kind, "truth": round(true_v, 1), "platform": plat, "why": why})
     return {
-        "energy_wh": {"truth": round(sums["lighting"][0], 1), "nodes_meters": sums["lighting"][1]},
-        "water_l": {"truth": round(sums["irrigation"][0], 1), "nodes_meters": sums["irrigation"][1]},
+        "energy_wh": {"truth": round(sums["lighting"][0], 1), "nodes_meters": int(sums["lighting"][1])},
+        "water_l": {"truth": round(sums["irrigation"][0], 1), "nodes_meters": int(sums["irrigation"][1])},
         "platform_share_energy": ratio(sums["lighting"][2], sums["lighting"][0]),
         "platform_share_water": ratio(sums["irrigation"][2], sums["irrigation"][0]),
         "not_heard": not_heard,

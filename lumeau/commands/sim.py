@@ -107,7 +107,8 @@ def add_run_action(actions: Any) -> None:
         default=1,
         metavar="N",
         help="run N seeds (--seed or the scenario's, and the next N-1) and report the mean, std, min and max "
-        "of each saving (the results' `spread`; the rest is the first seed's run)",
+        "of each saving (the results' `spread`; the rest is the first seed's run; --workdir gets a seed-S "
+        "directory per seed)",
     )
     p.add_argument(
         "--report",
@@ -171,7 +172,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if warns:
             return strict_refusal(warns)
     first = prepared.seed
-    runs = [run(sc, dataclasses.replace(opts, seed=first + k)) for k in range(args.seeds)]
+    runs = []
+    for k in range(args.seeds):
+        seed_opts = dataclasses.replace(opts, seed=first + k)
+        if args.workdir is not None and args.seeds > 1:  # one gateway database per seed
+            seed_opts = dataclasses.replace(seed_opts, workdir=args.workdir / f"seed-{first + k}")
+        runs.append(run(sc, seed_opts))
     results = runs[0]
     if args.seeds > 1:
         results.sections["spread"] = spread_section([r.to_dict() for r in runs])
