@@ -241,7 +241,7 @@ def test_demo_help_offers_progress_and_strict():
 
 def test_seeds_report_mean_and_spread_of_each_saving(tmp_path):
     sc = tmp_path / "s.toml"
-    sc.write_text(small(duration="3d"))
+    sc.write_text(small(duration="24h"))
     r = lumeau("sim", "run", str(sc), "--seeds", "3", "--seed", "10", "--json", "--no-wall-clock", "--no-progress")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
