@@ -277,3 +277,29 @@ def test_a_run_of_days_reports_daily_series(tmp_path):
     assert len(res["days"]) >= 4 and res["warnings"] == []
     page = write_report(res, tmp_path).read_text()
     assert "Day by day" in page and (tmp_path / "plots" / "days.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_meter_floor_follows_the_firmware_config():
+    park = """
+[scenario]
+start = 2026-06-15T12:00:00Z
+duration = "4d"
+
+[location]
+lat = 45.76
+lon = 4.84
+
+[[gateways]]
+id = "gw"
+x = 0.0
+y = 0.0
+
+[[parks]]
+id = "pocket"
+polygon = [[10, 10], [12, 10], [12, 12], [10, 12]]
+controllers = 1
+"""
+    # 4 m2 x 0.6 irrigated / 4 zones x 12 mm/h = 0.12 L/min a zone
+    assert codes(scenario_warnings(loads(park))) == {"flow_below_meter"}
+    finer = park + "\n[irrigation.firmware.irrigation]\nleak_dlpm = 1\n"
+    assert scenario_warnings(loads(finer)) == []
