@@ -82,10 +82,12 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
-    sc, run, dv, al, en, wa, fr, to = (
-        results[k] for k in ("scenario", "run", "delivery", "alarms", "energy", "water", "frames", "totals")
+    sc, dv, al, en, wa, fr, to = (
+        results[k] for k in ("scenario", "delivery", "alarms", "energy", "water", "frames", "totals")
     )
-    live = run["link"] == "live"
+    # a results file written with --no-wall-clock has no `run` section: then the page says nothing of it
+    run: dict[str, Any] | None = results.get("run")
+    live = run is not None and run["link"] == "live"
     gw = results.get("gateway", {})
     start = dt.datetime.fromisoformat(sc["start"])
     link = (
@@ -135,22 +137,28 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "</div>",
         *_warnings_section(results.get("warnings") or []),
         *_spread_section(results.get("spread")),
-        f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, {run['node_seconds_per_wall_s']:,.0f} simulated "
-        f"node-seconds per second"
-        + (
-            "; the simulated clock ran "
-            + (
-                f"at most {gw['live_speed']:,.0f} times faster than real time"
-                if gw.get("live_speed")
-                else "as fast as the CPU allowed"
-            )
-            + " and waited "
-            f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
-            f"({gw.get('live_holds', 0)} receive windows)"
-            if live
-            else ""
-        )
-        + ".</p>",
+        *(
+            [
+                f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, "
+                f"{run['node_seconds_per_wall_s']:,.0f} simulated node-seconds per second"
+                + (
+                    "; the simulated clock ran "
+                    + (
+                        f"at most {gw['live_speed']:,.0f} times faster than real time"
+                        if gw.get("live_speed")
+                        else "as fast as the CPU allowed"
+                    )
+                    + " and waited "
+                    f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
+                    f"({gw.get('live_holds', 0)} receive windows)"
+                    if live
+                    else ""
+                )
+                + ".</p>"
+            ]
+            if run
+            else []
+        ),
         "<h2>The district</h2>",
         _img(pngs["map"], "district map"),
         "<h2>Energy</h2>",

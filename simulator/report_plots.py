@@ -471,7 +471,7 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xticks(range(len(counts)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("records")
-    live = results["run"]["link"] == "live"
+    live = (results.get("run") or {}).get("link") == "live"
     what = (
         "uplink end \u2192 stored at the city platform (real time, through the real gateway and its upstream)"
         if live

@@ -303,3 +303,10 @@ controllers = 1
     assert codes(scenario_warnings(loads(park))) == {"flow_below_meter"}
     finer = park + "\n[irrigation.firmware.irrigation]\nleak_dlpm = 1\n"
     assert scenario_warnings(loads(finer)) == []
+
+
+def test_a_results_file_without_wall_clock_still_makes_a_report(tmp_path):
+    res = run(loads(small(duration="2h")), RunOptions(progress=False)).without_wall_clock()
+    assert "run" not in res
+    page = write_report(res, tmp_path).read_text()
+    assert "Lumeau simulation: small" in page and "s of wall time" not in page
