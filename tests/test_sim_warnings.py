@@ -310,3 +310,14 @@ def test_a_results_file_without_wall_clock_still_makes_a_report(tmp_path):
     assert "run" not in res
     page = write_report(res, tmp_path).read_text()
     assert "Lumeau simulation: small" in page and "s of wall time" not in page
+
+
+def test_seeds_with_a_workdir_keep_one_gateway_database_per_seed(tmp_path):
+    sc = tmp_path / "w.toml"
+    sc.write_text(small(duration="2h"))
+    work = tmp_path / "work"
+    r = lumeau("sim", "run", str(sc), "--seeds", "2", "--workdir", str(work), "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["seed-3", "seed-4"]
+    assert all(any(p.iterdir()) for p in work.iterdir())
+    assert json.loads(r.stdout)["spread"]["seeds"] == [3, 4]

@@ -58,7 +58,9 @@ def add_run_action(actions: Any) -> None:
         "the airtime saved and the DER).",
     )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--json", action="store_true", help="print the results as one JSON object (also: [output] json = true)"
+    )
     p.add_argument(
         "--no-wall-clock",
         action="store_true",
@@ -92,7 +94,8 @@ def add_run_action(actions: Any) -> None:
         dest="progress",
         action="store_true",
         default=None,
-        help="draw a progress bar on stderr (default: when stderr is a terminal)",
+        help="draw a progress bar on stderr (default: when stderr is a terminal, unless the scenario's "
+        "[output] progress is false)",
     )
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument(
