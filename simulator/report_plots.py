@@ -400,6 +400,7 @@ def plot_days(results: dict[str, Any], scenario: Any) -> bytes:
     a1.set_title("Per day of the run (24 h from its start; weather days below)", fontsize=10)
     a2.bar(x, water, color=WATER, label="through the meters, m³")
     a2.set_ylabel("m³ per day")
+    a2.set_ylim(0, 1.4 * max(water + [0.001]))  # head room for the legends above the bars
     a2.legend(loc="upper left", fontsize=8)
     dx = list(range(1, len(days) + 1))
     if days:
@@ -407,6 +408,7 @@ def plot_days(results: dict[str, Any], scenario: Any) -> bytes:
         r.plot(dx, [d["rain_mm"] for d in days], color="#1f5fa8", marker="v", linestyle="none", label="rain, mm")
         r.plot(dx, [d["et0_mm"] for d in days], color="#b3541e", marker=".", label="ET0, mm")
         r.set_ylabel("mm per weather day")
+        r.set_ylim(0, 1.4 * max([1.0] + [d["rain_mm"] for d in days] + [d["et0_mm"] for d in days]))
         r.legend(loc="upper right", fontsize=8)
         soil = [None if d["soil_end"] is None else 100 * d["soil_end"] for d in days]
         a3.plot(dx, soil, color=WATER, marker=".", label="soil water at the day's end, % of available")
