@@ -78,13 +78,17 @@ FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("airtime", "total on the air, s", "airtime.total_s", ".1f"),
     ("frames", "largest frame, B", "", "d"),
     ("frames", "frames over the budget", "frames.over_budget", "d"),
-    ("totals", "platform = nodes' own counters", "totals.agree", "s"),
+    ("totals", "platform = nodes' own counters, all heard", "totals.agree", "s"),
+    ("totals", "platform's share of the true water, %", "totals.truth.platform_share_water", "%"),
+    ("warnings", "warnings", "", "d"),
+    ("warnings", "path-loss model", "scenario.path_loss.model", "s"),
 )
 
 _DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "lamps / controllers": lambda d: (
         f"{_get(d, 'scenario.lamps')} / {_get(d, 'scenario.controllers')}" if "lamps" in d["scenario"] else None
     ),
+    "warnings": lambda d: len(d["warnings"]) if isinstance(d.get("warnings"), list) else None,
     "alarms with no fault behind them": lambda d: (
         len(d["alarms"]["unexpected"]) if isinstance(_get(d, "alarms.unexpected"), list) else None
     ),

@@ -1,6 +1,7 @@
 """The main job (`make demo`, `lumeau demo`, `lumeau sim demo`): a simulated district against the real services.
 
-    lumeau demo [SCENARIO.toml] [--out out] [--speed 2000] [--hours H] [--seed N]
+    lumeau demo [SCENARIO.toml] [--out out] [--speed 2000] [--hours H] [--seed N] [--no-report]
+                [--progress | --no-progress] [--strict]
 
 What happens, in order:
 
@@ -89,17 +90,24 @@ def _ledger(scenario: Any, out: Path, doc: dict[str, Any]) -> None:
 
 def run_demo(
     scenario_path: str | Path = DEFAULT_SCENARIO,
-    out: Path = Path("out"),
+    out: Path | None = None,
     *,
     speed: float | None = None,
     hours: float | None = None,
     seed: int | None = None,
-    report: bool = True,
+    report: bool | None = None,
+    progress: bool | None = None,
+    strict: bool = False,
 ) -> int:
-    """The main job (see the module docstring); its exit status. speed None: live.DEFAULT_SPEED, 0: no cap."""
+    """The main job (see the module docstring); its exit status. speed None: live.DEFAULT_SPEED, 0: no cap.
+
+    None keeps the scenario's [output]: out its `dir`, report its `html`, progress its `progress`
+    (a bar when stderr is a terminal). strict: refuse a scenario with warnings (exit 2).
+    """
     from simulator.live import DEFAULT_SPEED, LiveGateway
     from simulator.report import write_report
-    from simulator.runner import RunOptions, run
+    from simulator.run_warnings import scenario_warnings
+    from simulator.runner import RunOptions, prepare, run
     from simulator.scenario import ScenarioError, load
     from simulator.services import ServiceError
 
@@ -113,7 +121,20 @@ def run_demo(
     if speed < 0 or (hours is not None and hours <= 0):
         print("lumeau demo: --speed must be >= 0 and --hours > 0", file=sys.stderr)
         return 2
-    out = Path(out)
+    out = Path(scenario.output.dir if out is None else out)
+    if report is None:
+        report = scenario.output.html
+    if progress is None and not scenario.output.progress:
+        progress = False
+    try:
+        warns = scenario_warnings(prepare(scenario, RunOptions(seed=seed, hours=hours)))
+    except ValueError as e:
+        print(f"lumeau demo: {e}", file=sys.stderr)
+        return 2
+    if strict and warns:
+        for w in warns:
+            print(f"lumeau demo: {w['text']} [{w['code']}] (--strict)", file=sys.stderr)
+        return 2
     link = LiveGateway(
         out,
         speed=speed or None,
@@ -128,7 +149,7 @@ def run_demo(
     )
     t0 = time.monotonic()
     try:
-        results = run(scenario, RunOptions(seed=seed, hours=hours, link=lambda: link))
+        results = run(scenario, RunOptions(seed=seed, hours=hours, progress=progress, link=lambda: link))
     except ServiceError as e:
         print(f"lumeau demo: {e}", file=sys.stderr)
         return 1

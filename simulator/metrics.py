@@ -3,7 +3,8 @@
 `Results.to_dict()` is the JSON (stable keys; plain numbers, strings, lists
 and dicts); `Results.summary()` the text the CLI prints. Sections:
 
-  scenario   name, file, description, seed, start, hours, node counts, gateways, SFs
+  scenario   name, file, description, seed, start, hours, node counts, gateways (with
+             heights), the path-loss model and its parameters, SFs
   run        link used, wall and CPU seconds (all processes), simulated node-seconds per
              wall second, ticked apps, worker processes (simulator/parallel.py)
   delivery   uplinks put on the air (and refused by the channel: duty cycle, too long,
@@ -12,7 +13,8 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
   latency_s  uplink end -> durable commit at the gateway: count, mean, p50, p95, p99,
              max, histogram (bin edges in s and counts)
   airtime    per node: seconds on the air and the share of its EU868 sub-band
-             duty-cycle allowance over the run; max and mean share
+             duty-cycle allowance over the run; max and mean share; `under_an_hour`
+             (the duty cycle is judged over an hour: shorter runs' shares are flagged)
   frames     largest frame put on the air per message type (bytes, header and MIC
              included) against the 51-byte budget, frames over it
   alarms     per injected fault: the alarm it should raise (Fault.expected), whether
@@ -37,7 +39,14 @@ and dicts); `Results.summary()` the text the CLI prints. Sections:
   totals     the gateway's and the platform's totals against the nodes' own counters:
              uplinks (nodes' tx counters, on the air, heard, stored), energy Wh and
              water L (platform's last value per node = the value in the node's own
-             frame with that counter), and the nodes' meters at the end
+             frame with that counter), and the nodes' meters at the end; `truth`: both
+             against the world's true meters (truth_check): nodes the platform stopped
+             hearing (`not_heard`, which make `agree` false), nodes' meters off the truth
+             (`meters_off`), the platform's share of the true energy and water
+  warnings   what the models and nodes cannot answer for (simulator/run_warnings.py):
+             [{"code", "text"}]
+  spread     only with `--seeds N`: mean, std, min, max and per-seed values of each
+             saving over the seeds (spread_section); the rest is the first seed's run
   gateway    the link's counters (accepted, duplicates, rejected by reason, downlinks,
              restarts), records delivered upstream, queued at the end, most queued
   channel    the channel's own counts (simulator/channel.py `counts`)
@@ -128,7 +137,8 @@ class Results:
             f"(lost on the air {dv['lost_on_air']}, refused by the channel {sum(dv['refused'].values())})",
             f"  latency (uplink end -> stored): p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, max {lat['max']:.3f} s",
             f"  airtime: at most {air['max_share_of_limit_pct']:.1f} % of a node's duty-cycle limit "
-            f"(mean {air['mean_share_of_limit_pct']:.2f} %)",
+            f"(mean {air['mean_share_of_limit_pct']:.2f} %)"
+            + (" -- over less than an hour: not the duty cycle's hourly measure" if air.get("under_an_hour") else ""),
             "  largest frames: "
             + ", ".join(f"{k} {v} B" for k, v in fr_["largest"].items())
             + f" (budget {fr_['budget']} B, over it: {fr_['over_budget']})",
@@ -200,10 +210,7 @@ class Results:
             lines.append(
                 f"  gross (faults included): energy {en['gross_saved_pct']:.1f} %, water {wa['gross_saved_pct']:.1f} %"
             )
-        lines += [
-            f"  totals: platform {to['energy_wh']['platform']} Wh / {to['water_l']['platform']} L = nodes' own "
-            f"{to['energy_wh']['nodes']} Wh / {to['water_l']['nodes']} L: " + ("agree" if to["agree"] else "DISAGREE"),
-        ]
+        lines += totals_lines(to)
         a = s.get("adr")
         if a is not None:
             hist = lambda d: ", ".join(f"{k} x{v}" for k, v in d.items())  # noqa: E731
@@ -211,7 +218,83 @@ class Results:
                 f"  adr: {hist(a['sf_before'])} -> {hist(a['sf_after'])}; airtime saved {a['airtime_saved_pct']:.1f} %"
                 f"; DER {a['der']:.3f} (first quarter {a['der_first_quarter']}, last {a['der_last_quarter']})"
             )
+        sp = s.get("spread")
+        if sp:
+            lines += spread_lines(sp)
+        lines += [f"  warning: {w['text']} [{w['code']}]" for w in s.get("warnings") or []]
         return "\n".join(lines)
+
+
+def totals_lines(to: dict[str, Any]) -> list[str]:
+    """The totals verdict: the platform against the nodes' counters and against the true meters."""
+    e, w = to["energy_wh"], to["water_l"]
+    tr = to.get("truth")
+    line = (
+        f"  totals: platform {e['platform']:,} Wh / {w['platform']:,} L = nodes' own {e['nodes']:,} Wh / "
+        f"{w['nodes']:,} L in the same frames"
+    )
+    if tr is not None:
+        line += (
+            f"; true meters {tr['energy_wh']['truth']:,.0f} Wh / {tr['water_l']['truth']:,.0f} L "
+            f"(platform has {100 * tr['platform_share_energy']:.1f} % / {100 * tr['platform_share_water']:.1f} %)"
+        )
+    out = [line + ": " + ("agree" if to["agree"] else "DISAGREE")]
+    if tr is not None:
+        for o in tr["not_heard"][:5]:
+            out.append(f"    {o['node']}: {o['why']} ({o['truth']:,} true, {o['platform']:,} at the platform)")
+        if len(tr["not_heard"]) > 5:
+            out.append(f"    ... {len(tr['not_heard'])} nodes in all")
+        if tr["meters_off"]:
+            out.append(
+                f"    nodes' meters off the truth on {len(tr['meters_off'])} node(s): "
+                + ", ".join(f"{o['node']} {o['node_meter']:,} for {o['truth']:,}" for o in tr["meters_off"][:5])
+                + " (a reboot loses what was not yet saved; a cycling lamp is metered at the node's tick)"
+            )
+    return out
+
+
+SPREAD_FIGURES = (
+    ("energy.saved_pct", "energy saved by the control, %"),
+    ("water.saved_pct", "water saved by the control, %"),
+    ("energy.gross_saved_pct", "energy saved, gross, %"),
+    ("water.gross_saved_pct", "water saved, gross, %"),
+    ("water.stress_zone_hours", "turf stress, zone-h"),
+    ("water.baseline_stress_zone_hours", "turf stress on the schedule, zone-h"),
+    ("delivery.ratio_pct", "uplinks stored, %"),
+)
+
+
+def spread_section(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of each SPREAD_FIGURES over runs of several seeds."""
+    figures = {}
+    for path, label in SPREAD_FIGURES:
+        vals = []
+        for r in runs:
+            v: Any = r
+            for k in path.split("."):
+                v = v.get(k) if isinstance(v, dict) else None
+            if isinstance(v, (int, float)):
+                vals.append(float(v))
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        figures[path] = {
+            "label": label,
+            "mean": mean,
+            "std": sd,
+            "min": min(vals),
+            "max": max(vals),
+            "values": vals,
+        }
+    return {"seeds": [r["scenario"]["seed"] for r in runs], "figures": figures}
+
+
+def spread_lines(sp: dict[str, Any]) -> list[str]:
+    out = [f"  over {len(sp['seeds'])} seeds ({', '.join(str(x) for x in sp['seeds'])}): mean +- std [min .. max]"]
+    for f in sp["figures"].values():
+        out.append(f"    {f['label']}: {f['mean']:.1f} +- {f['std']:.1f} [{f['min']:.1f} .. {f['max']:.1f}]")
+    return out
 
 
 # ---------------------------------------------------------------- building the sections
@@ -279,6 +362,7 @@ def build(
 ) -> Results:
     """Results of a finished simulator.engine.Simulation and its link's GatewayReport."""
     from simulator.baseline import lighting_baseline
+    from simulator.run_warnings import scenario_warnings
     from simulator.savings import days_section, energy_section, water_section
 
     sc = sim.sc
@@ -372,6 +456,8 @@ def build(
         "mean_share_of_limit": sum(shares) / len(shares) if shares else 0.0,
         "mean_share_of_limit_pct": 100.0 * (sum(shares) / len(shares) if shares else 0.0),
         "total_s": sum(n["airtime_s"] for n in air_nodes),
+        # EU868 duty cycle is judged over an hour (ETSI EN 300 220-1): shorter runs' shares are flagged
+        "under_an_hour": dur < 3600.0,
         "per_node": air_nodes,
     }
 
@@ -426,7 +512,11 @@ def build(
         "platform_equals_nodes": energy_t["platform"] == energy_t["nodes"] and water_t["platform"] == water_t["nodes"],
         "mismatches": own["mismatches"],
     }
-    totals["agree"] = totals["platform_equals_nodes"] and stored_ok and not own["mismatches"]
+    truth = truth_check(sc, world.truth_by_node(), meters, platform["last"], stored, by_id)
+    totals["truth"] = truth
+    totals["agree"] = (
+        totals["platform_equals_nodes"] and stored_ok and not own["mismatches"] and truth["platform_covers_truth"]
+    )
 
     # -- series
     baseline_series = []
@@ -458,7 +548,8 @@ def build(
             "lamps": len(sc.lamps),
             "controllers": len(sc.controllers),
             "zones": sc.zones,
-            "gateways": [{"id": g.id, "x": g.x, "y": g.y} for g in sc.gateways],
+            "gateways": [{"id": g.id, "x": g.x, "y": g.y, "height_m": g.height_m} for g in sc.gateways],
+            "path_loss": path_loss_section(sc.radio.params.path_loss),
             "sf": dict(sorted(sfs.items())),
             "nodes_scale": sim.options.nodes_scale,
         },
@@ -483,6 +574,7 @@ def build(
         "water": water,
         "totals": totals,
         "days": days,
+        "warnings": scenario_warnings(sc),
         "gateway": {
             **report.counters,
             "delivered_upstream": report.delivered_upstream,
@@ -501,6 +593,13 @@ def build(
     if sc.adr is not None:
         sections["adr"] = adr_results.section(sim, report, series)
     return Results(sections)
+
+
+def path_loss_section(model: Any) -> dict[str, Any]:
+    """The run's path-loss model by name and parameters (what the report says the radio figures rest on)."""
+    if type(model).__name__ == "HataUrban":
+        return {"model": "hata", "freq_mhz": model.freq_mhz}
+    return {"model": "log_distance", "d0_m": model.d0_m, "pl_d0_db": model.pl_d0_db, "gamma": model.gamma}
 
 
 def _sum_counters(counters: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -627,6 +726,73 @@ def platform_totals(report: Any, by_id: dict[int, Any]) -> dict[str, Any]:
     wh = sum(v for nid, (_c, t, v) in last.items() if t == m.LIGHT)
     litres = sum(v for nid, (_c, t, v) in last.items() if t == m.IRRIGATION)
     return {"energy_wh": wh, "water_l": litres, "last": last}
+
+
+TRUTH_SLACK_REPORTS = 2  # a node's last record may be this many report intervals old at the end
+
+
+def truth_check(
+    sc: Any,
+    truth: dict[str, float],
+    meters: dict[str, int],
+    last: dict[int, tuple[int, int, float]],
+    stored: Sequence[Any],
+    by_id: dict[int, Any],
+) -> dict[str, Any]:
+    """The platform's and the nodes' meters against what really flowed and was drawn (the world's meters).
+
+    Two checks per node. `not_heard`: the platform's last value may lag the
+    node's meter only by what flowed since the node's last record reached it,
+    and that record must be at most TRUTH_SLACK_REPORTS report intervals old
+    at the end; a node the platform stopped hearing (a gateway out of range)
+    fails, whatever its counters say ("0 L = 0 L" while 42 m3 flowed), and so
+    does `agree`. `meters_off`: the node's own meter at the end against the
+    truth, beyond its unit (1 Wh or 1 L, plus 1 % for a lamp, whose meter
+    integrates the measured current at its own tick, and 0.1 % for a flow
+    meter's pulses): a reboot loses what the node had not yet saved, a
+    cycling lamp is metered at the node's tick. Reported apart
+    (`meters_agree`): the platform cannot know better than the node's meter.
+    """
+    when = {(r.node_id, r.counter): r.rx_time for r in stored}
+    ids = {sn.spec.name: nid for nid, sn in by_id.items()}
+    not_heard: list[dict[str, Any]] = []
+    meters_off: list[dict[str, Any]] = []
+    sums = {"lighting": [0.0, 0.0, 0.0], "irrigation": [0.0, 0.0, 0.0]}  # truth, nodes' meters, platform
+    for spec in sc.nodes:
+        name = spec.name
+        if name not in truth or name not in ids:
+            continue
+        kind = spec.kind
+        interval = (sc.lighting if kind == "lighting" else sc.irrigation).report_interval_s
+        true_v = truth[name]
+        own = meters.get(name, 0)
+        got = last.get(ids[name])
+        plat = got[2] if got else 0
+        seen = when.get((ids[name], got[0])) if got else None
+        age = None if seen is None else sc.end_unix - seen
+        sums[kind][0] += true_v
+        sums[kind][1] += own
+        sums[kind][2] += plat
+        slack = 1.0 + (0.01 if kind == "lighting" else 0.001) * true_v
+        if abs(own - true_v) > slack:
+            meters_off.append({"node": name, "kind": kind, "truth": round(true_v, 1), "node_meter": own})
+        if true_v >= 1.0 and (age is None or age > TRUTH_SLACK_REPORTS * interval):
+            why = (
+                "nothing reached the platform"
+                if age is None
+                else f"its last record reached the platform {age / 3600.0:.1f} h before the end"
+            )
+            not_heard.append({"node": name, "kind": kind, "truth": round(true_v, 1), "platform": plat, "why": why})
+    return {
+        "energy_wh": {"truth": round(sums["lighting"][0], 1), "nodes_meters": int(sums["lighting"][1])},
+        "water_l": {"truth": round(sums["irrigation"][0], 1), "nodes_meters": int(sums["irrigation"][1])},
+        "platform_share_energy": ratio(sums["lighting"][2], sums["lighting"][0]),
+        "platform_share_water": ratio(sums["irrigation"][2], sums["irrigation"][0]),
+        "not_heard": not_heard,
+        "platform_covers_truth": not not_heard,
+        "meters_off": meters_off,
+        "meters_agree": not meters_off,
+    }
 
 
 def node_side_totals(air: Any, last: dict[int, tuple[int, int, float]], by_id: dict[int, Any]) -> dict[str, Any]:

@@ -507,6 +507,10 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
     world.water_l = lambda: water
     world.applied_l = lambda: applied
     world.accounts = lambda: accounts
+    kinds = {n.name: n.kind for n in sc.nodes}
+    world.truth_by_node = lambda: {
+        name: truth[name][0] if kinds[name] == "lighting" else truth[name][1] for name in order
+    }
     world.weather = coord.world.weather
     view = _View()
     view.sc = sc  # type: ignore[attr-defined]

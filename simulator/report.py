@@ -19,8 +19,10 @@ EU868 duty-cycle limit, largest frame per message type against the 51-byte
 budget, alarms raised against faults injected, energy and water against
 their baselines), the value faults destroyed (dark lamp-hours, water lost,
 water not delivered, turf stress) apart from the savings, the days (ET0,
-rain, temperatures, night length, soil water, stress), the fault table, the totals (platform against the nodes'
-own counters), the nodes' clocks (automatic time), the gateway's and the sink's counters in a live run, and
+rain, temperatures, night length, soil water, stress; with the daily
+series plotted in `days.png`), the fault table, the totals (the platform against the nodes' own counters
+and both against the true meters), the warnings (simulator/run_warnings.py), the spread over seeds
+(`--seeds`), the nodes' clocks (automatic time), the gateway's and the sink's counters in a live run, and
 the models' limits.
 
 The plots are simulator/report_plots.py; this module is the page.
@@ -80,15 +82,17 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
-    sc, run, dv, al, en, wa, fr, to = (
-        results[k] for k in ("scenario", "run", "delivery", "alarms", "energy", "water", "frames", "totals")
+    sc, dv, al, en, wa, fr, to = (
+        results[k] for k in ("scenario", "delivery", "alarms", "energy", "water", "frames", "totals")
     )
-    live = run["link"] == "live"
+    # a results file written with --no-wall-clock has no `run` section: then the page says nothing of it
+    run: dict[str, Any] | None = results.get("run")
+    live = run is not None and run["link"] == "live"
     gw = results.get("gateway", {})
     start = dt.datetime.fromisoformat(sc["start"])
     link = (
-        "a real <code>lumeau gateway</code> process (radio bridge on a pseudo-terminal and a Semtech UDP "
-        "packet forwarder) and <code>lumeau sink</code> as the city platform"
+        f"a real <code>lumeau gateway</code> process ({_e(front_ends(results))}) and <code>lumeau sink</code> as "
+        "the city platform"
         if live
         else "the real gateway pipeline and store in the simulator's process"
     )
@@ -124,24 +128,37 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
             f"largest frame (budget {fr['budget']} B)",
             not fr["over_budget"],
         ),
-        _tile("agree" if to["agree"] else "DISAGREE", "platform totals = the nodes' own counters", to["agree"]),
+        _tile(
+            "agree" if to["agree"] else "DISAGREE",
+            "platform totals = the nodes' own counters"
+            + (", and every node with metered energy or water heard to the end" if "truth" in to else ""),
+            to["agree"],
+        ),
         "</div>",
-        f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, {run['node_seconds_per_wall_s']:,.0f} simulated "
-        f"node-seconds per second"
-        + (
-            "; the simulated clock ran "
-            + (
-                f"at most {gw['live_speed']:,.0f} times faster than real time"
-                if gw.get("live_speed")
-                else "as fast as the CPU allowed"
-            )
-            + " and waited "
-            f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
-            f"({gw.get('live_holds', 0)} receive windows)"
-            if live
-            else ""
-        )
-        + ".</p>",
+        *_warnings_section(results.get("warnings") or []),
+        *_spread_section(results.get("spread")),
+        *(
+            [
+                f"<p class=note>Run: {run['wall_s']:.0f} s of wall time, "
+                f"{run['node_seconds_per_wall_s']:,.0f} simulated node-seconds per second"
+                + (
+                    "; the simulated clock ran "
+                    + (
+                        f"at most {gw['live_speed']:,.0f} times faster than real time"
+                        if gw.get("live_speed")
+                        else "as fast as the CPU allowed"
+                    )
+                    + " and waited "
+                    f"{gw.get('live_holds_real_s', 0):.1f} s in all for the gateway's downlink decisions "
+                    f"({gw.get('live_holds', 0)} receive windows)"
+                    if live
+                    else ""
+                )
+                + ".</p>"
+            ]
+            if run
+            else []
+        ),
         "<h2>The district</h2>",
         _img(pngs["map"], "district map"),
         "<h2>Energy</h2>",
@@ -149,6 +166,7 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "<h2>Water</h2>",
         _img(pngs["water"], "water against the baseline"),
         *_destroyed_section(en, wa),
+        *(["<h2>Day by day</h2>", _img(pngs["days"], "daily series")] if "days" in pngs else []),
         *_days_section(results.get("days") or []),
         "<h2>Faults and alarms</h2>",
         _img(pngs["alarms"], "alarms against faults"),
@@ -156,6 +174,14 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "<h2>Radio</h2>",
         _img(pngs["delivery"], "delivery per node"),
         _img(pngs["airtime"], "airtime against the duty-cycle limit"),
+        *(
+            [
+                "<p class=note><span class=bad>This run is shorter than an hour</span>: the EU868 duty cycle is "
+                "judged over an hour (ETSI EN 300 220-1), so these shares weigh the first reports too much.</p>"
+            ]
+            if results["airtime"].get("under_an_hour")
+            else []
+        ),
         _img(pngs["frames"], "largest frames"),
         _img(pngs["latency"], "latency"),
         "<h2>Totals: the platform against the nodes</h2>",
@@ -164,7 +190,7 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "<h2>The gateway</h2>",
         _gateway_table(gw, live),
         "<h2>Models and their limits</h2>",
-        _limits(live),
+        _limits(live, sc.get("path_loss"), front_ends(results) if live else ""),
         "</main></body></html>",
     ]
     return "\n".join(out)
@@ -280,6 +306,30 @@ def _totals_table(to: dict[str, Any]) -> str:
         ("energy, Wh: platform / nodes' own", f"{e['platform']:,} / {e['nodes']:,}"),
         ("water, L: platform / nodes' own", f"{w['platform']:,} / {w['nodes']:,}"),
     ]
+    tr = to.get("truth")
+    if tr is not None:
+        rows += [
+            (
+                "energy, Wh: true meters / nodes' meters at the end",
+                f"{tr['energy_wh']['truth']:,.0f} / {tr['energy_wh']['nodes_meters']:,}",
+            ),
+            (
+                "water, L: true meters / nodes' meters at the end",
+                f"{tr['water_l']['truth']:,.0f} / {tr['water_l']['nodes_meters']:,}",
+            ),
+            (
+                "the platform's share of the truth (energy / water)",
+                f"{100 * tr['platform_share_energy']:.1f} % / {100 * tr['platform_share_water']:.1f} %",
+            ),
+        ]
+        rows += [
+            (f"{o['node']}: {o['why']}", f"{o['truth']:,} true, {o['platform']:,} at the platform")
+            for o in tr["not_heard"]
+        ]
+        rows += [
+            (f"{o['node']}: its own meter off the truth", f"{o['node_meter']:,} for {o['truth']:,} true")
+            for o in tr["meters_off"]
+        ]
     cells = "".join(
         f"<tr><td>{_e(k)}</td><td class=n>{_e(f'{v:,}' if isinstance(v, int) else v)}</td></tr>"
         for k, v in rows
@@ -366,9 +416,54 @@ def _gateway_table(gw: dict[str, Any], live: bool) -> str:
     return f"<table>{cells}</table>{extra}"
 
 
-def _limits(live: bool) -> str:
+def front_ends(results: dict[str, Any]) -> str:
+    """The radio front-ends that really stood at the gateway sites of a live run."""
+    fronts = (results.get("gateway") or {}).get("live_fronts") or {}
+    names = {"bridge": "a radio bridge board on a pseudo-terminal", "udp": "a Semtech UDP packet forwarder"}
+    if fronts:
+        return "; ".join(f"{site}: {names.get(f.get('kind'), f.get('kind'))}" for site, f in fronts.items())
+    sites = [g["id"] for g in results["scenario"]["gateways"]]  # live.py: the first a bridge, the others UDP
+    return "; ".join(f"{g}: {names['bridge'] if i == 0 else names['udp']}" for i, g in enumerate(sites))
+
+
+def path_loss_text(pl: dict[str, Any] | None) -> str:
+    if pl is None or pl.get("model") == "log_distance":
+        p = pl or {"d0_m": 40.0, "pl_d0_db": 127.41, "gamma": 2.08}
+        return (
+            f"log-distance path loss {p['pl_d0_db']:g} + {10 * p['gamma']:g} log10(d / {p['d0_m']:g} m) dB "
+            "(LoRaSim's measured fit, a node and gateway near street level)"
+        )
+    return f"Okumura-Hata urban path loss at {pl['freq_mhz']:g} MHz (Hata 1980; a rooftop gateway, heights used)"
+
+
+def _warnings_section(warnings: list[dict[str, Any]]) -> list[str]:
+    if not warnings:
+        return []
+    items = "".join(f"<li>{_e(w['text'])} <code>{_e(w['code'])}</code></li>" for w in warnings)
+    return ["<h2>Warnings</h2>", f"<ul class=note>{items}</ul>"]
+
+
+def _spread_section(sp: dict[str, Any] | None) -> list[str]:
+    if not sp:
+        return []
+    head = "<tr><th>figure</th><th>mean</th><th>std</th><th>min .. max</th><th>per seed</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_e(f['label'])}</td><td class=n>{f['mean']:.1f}</td><td class=n>{f['std']:.1f}</td>"
+        f"<td class=n>{f['min']:.1f} .. {f['max']:.1f}</td>"
+        f"<td class=n>{_e(', '.join(f'{v:.1f}' for v in f['values']))}</td></tr>"
+        for f in sp["figures"].values()
+    )
+    return [
+        f"<h2>Over {len(sp['seeds'])} seeds</h2>",
+        "<p class=note>The same scenario with seeds " + _e(", ".join(str(x) for x in sp["seeds"])) + " (weather, "
+        "people, radio); the rest of this report is the first seed's run. std is the sample standard deviation.</p>",
+        f"<table>{head}{rows}</table>",
+    ]
+
+
+def _limits(live: bool, path_loss: dict[str, Any] | None = None, fronts: str = "") -> str:
     items = [
-        "Radio: log-distance path loss with log-normal shadowing (LoRaSim, FLoRa), LoRaSim sensitivities, "
+        f"Radio: {path_loss_text(path_loss)} with log-normal shadowing (FLoRa), LoRaSim sensitivities, "
         "collisions with capture and preamble locking, 8 demodulators per gateway, EU868 duty cycle per node "
         "and gateway; no inter-SF interference, interferers not summed (simulator/channel.py).",
         "Lighting energy: rated power \u00d7 dimming level \u00d7 time (LED drivers are close to linear); "
@@ -377,6 +472,8 @@ def _limits(live: bool) -> str:
         "at the city's normals; the baseline waters every zone on its schedule whatever the soil and the rain.",
         "Faults are injected as data (simulator/faults.py); each names the alarm it must raise.",
     ]
+    if live and fronts:
+        items.append(f"Radio front-ends at the gateway sites: {fronts} (simulator/live_radio.py).")
     if live:
         items.append(
             "Live pacing: the simulated clock runs at most a set number of times faster than real time "
@@ -394,8 +491,10 @@ def write_report(results: dict[str, Any], out_dir: Path, scenario: Any = None) -
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     pngs = make_plots(results, scenario)
-    for name, png in pngs.items():
-        (plots_dir / f"{name}.png").write_bytes(png)
+    output = getattr(scenario, "output", None)
+    if output is None or output.plots:  # [output] plots = false: the PNGs only inside the HTML
+        for name, png in pngs.items():
+            (plots_dir / f"{name}.png").write_bytes(png)
     path = out_dir / "report.html"
     tmp = path.with_suffix(".html.part")
     tmp.write_text(render_html(results, pngs), encoding="utf-8")

@@ -1,5 +1,7 @@
 """The report's plots: one results object (simulator/metrics.py) -> PNG bytes per question.
 
+(Over 600 lines: one small function per plot, all sharing the style and axes helpers at the top.)
+
 `make_plots(results, scenario)` gives every plot of PLOTS by name;
 simulator/report.py puts them in the page and in `plots/`. Matplotlib with
 the Agg backend: no display needed. Every number comes from the results
@@ -34,7 +36,7 @@ GOOD = "#009e73"
 BAD = "#d55e00"
 INK = "#222222"
 GRID = "#e6e6e6"
-PLOTS = ("map", "energy", "water", "delivery", "latency", "airtime", "frames", "alarms")
+PLOTS = ("map", "energy", "water", "days", "delivery", "latency", "airtime", "frames", "alarms")
 
 
 def _style() -> None:
@@ -371,6 +373,61 @@ def plot_water(results: dict[str, Any], scenario: Any) -> bytes:
     return _png(fig)
 
 
+def daily_from_series(series: dict[str, Any], key: str) -> list[float]:
+    """Per 24 h from the run's start, the increase of a cumulative hourly series (the last day may be part)."""
+    out: list[float] = []
+    prev = 0.0
+    for t, v in zip(series["t_h"], series[key]):
+        k = int((t - 1e-9) // 24)
+        while len(out) <= k:
+            out.append(0.0)
+        out[k] += v - prev
+        prev = v
+    return out
+
+
+def plot_days(results: dict[str, Any], scenario: Any) -> bytes:
+    """The daily series of a run of days, weeks or a season: energy, water and rain, soil and stress."""
+    s, days = results["series"], results.get("days") or []
+    e_used = [v / 1000 for v in daily_from_series(s, "energy_wh")]
+    e_base = [v / 1000 for v in daily_from_series(s, "baseline_energy_wh")]
+    water = [v / 1000 for v in daily_from_series(s, "water_l")]
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(9, 7.2), sharex=False)
+    x = list(range(1, len(e_used) + 1))
+    a1.plot(x, e_base, color=BASE, linestyle="--", marker=".", label="baseline, full power dusk to dawn")
+    a1.plot(x, e_used, color=LIGHT, marker=".", label="Lumeau")
+    a1.set_ylabel("kWh per day")
+    a1.xaxis.get_major_locator().set_params(integer=True)
+    a1.set_ylim(bottom=0)
+    a1.legend(loc="lower left", fontsize=8)
+    a1.set_title("Per day of the run (24 h from its start; weather days below)", fontsize=10)
+    a2.bar(x, water, color=WATER, label="through the meters, m³")
+    a2.set_ylabel("m³ per day")
+    a2.set_ylim(0, 1.4 * max(water + [0.001]))  # head room for the legends above the bars
+    a2.legend(loc="upper left", fontsize=8)
+    dx = list(range(1, len(days) + 1))
+    if days:
+        r = a2.twinx()
+        r.plot(dx, [d["rain_mm"] for d in days], color="#1f5fa8", marker="v", linestyle="none", label="rain, mm")
+        r.plot(dx, [d["et0_mm"] for d in days], color="#b3541e", marker=".", label="ET0, mm")
+        r.set_ylabel("mm per weather day")
+        r.set_ylim(0, 1.4 * max([1.0] + [d["rain_mm"] for d in days] + [d["et0_mm"] for d in days]))
+        r.legend(loc="upper right", fontsize=8)
+        soil = [None if d["soil_end"] is None else 100 * d["soil_end"] for d in days]
+        a3.plot(dx, soil, color=WATER, marker=".", label="soil water at the day's end, % of available")
+        a3.set_ylim(0, 105)
+        a3.set_ylabel("% of available water")
+        t = a3.twinx()
+        t.bar(dx, [d["stress_zone_hours"] for d in days], color=BAD, alpha=0.35, label="turf stress, zone-h")
+        t.set_ylabel("stress, zone-h")
+        t.set_ylim(0, max([1.0] + [1.1 * d["stress_zone_hours"] for d in days]))
+        a3.legend(loc="lower left", fontsize=8)
+        t.legend(loc="lower right", fontsize=8)
+    a3.set_xlabel("day of the run")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def plot_delivery(results: dict[str, Any], scenario: Any) -> bytes:
     dv = results["delivery"]
     nodes = sorted(dv.get("by_node", []), key=lambda n: (n["ratio"], n["node"]))
@@ -419,7 +476,7 @@ def plot_latency(results: dict[str, Any], scenario: Any) -> bytes:
     ax.set_xticks(range(len(counts)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("records")
-    live = results["run"]["link"] == "live"
+    live = (results.get("run") or {}).get("link") == "live"
     what = (
         "uplink end \u2192 stored at the city platform (real time, through the real gateway and its upstream)"
         if live
@@ -591,6 +648,7 @@ PLOTTERS: dict[str, Callable[[dict[str, Any], Any], bytes]] = {
     "map": plot_map,
     "energy": plot_energy,
     "water": plot_water,
+    "days": plot_days,
     "delivery": plot_delivery,
     "latency": plot_latency,
     "airtime": plot_airtime,

@@ -305,7 +305,7 @@ class Scenario:
             profile or DEFAULT_PROFILE,
         )
 
-    def summary(self) -> str:
+    def summary(self, with_warnings: bool = True) -> str:
         sfs: dict[int, int] = {}
         for n in self.nodes:
             sfs[n.sf] = sfs.get(n.sf, 0) + 1
@@ -319,7 +319,8 @@ class Scenario:
             "  SF: " + ", ".join(f"SF{sf} x{n}" for sf, n in sorted(sfs.items())),
             f"  {len(self.faults)} faults: " + ", ".join(f"{f.kind}@{f.at_s / 3600:g}h" for f in self.faults),
         ]
-        lines += [f"  warning: {w}" for w in self.warnings]
+        if with_warnings:  # the SF ones; `python -m simulator.scenario` prints simulator/run_warnings.py's, all
+            lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -1032,16 +1033,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m simulator.scenario",
         description="Check scenario files (TOML; simulator/README.md, 'Scenario files') and print what each "
         "holds: nodes, zones, gateways, SFs, faults. An error names the file, the key and why, and the "
-        f"status is {INVALID}; the warnings (e.g. a node no SF reaches with margin) are printed with the summary.",
+        f"status is {INVALID}; the warnings (simulator/run_warnings.py: no SF with margin, flow below the meter, a "
+        "gateway on a node, nodes far off the map, dates outside the climate, a run too short) are printed with "
+        "the summary.",
     )
     p.add_argument("scenarios", nargs="+", metavar="SCENARIO.toml", help="the files to check")
+    p.add_argument("--strict", action="store_true", help=f"a file with warnings is an error too (status {INVALID})")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from simulator.run_warnings import scenario_warnings, summary_lines
+
     rc = 0
     for a in args.scenarios:
         try:
-            print(load(a).summary())
+            sc = load(a)
         except ScenarioError as e:
             print(f"error: {e}", file=sys.stderr)
+            rc = INVALID
+            continue
+        warns = scenario_warnings(sc)
+        print("\n".join([sc.summary(with_warnings=False), *summary_lines(warns)]))
+        if args.strict and warns:
+            print(f"error: {sc.file}: {len(warns)} warning(s) (--strict)", file=sys.stderr)
             rc = INVALID
     return rc
 

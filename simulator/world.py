@@ -482,6 +482,12 @@ class World:
     def applied_l(self) -> float:
         return sum(sum(c.applied_l) for c in self.controllers.values())
 
+    def truth_by_node(self) -> dict[str, float]:
+        """What each node's meter should read: Wh a lamp drew, litres through a controller's meter."""
+        out = {n: lw.energy_wh for n, lw in self.lamps.items()}
+        out.update({n: c.meter_l for n, c in self.controllers.items()})
+        return out
+
     def accounts(self) -> dict[str, dict[str, Any]]:
         """Every node's ledger as plain data (simulator/ledger.py), by node name."""
         out: dict[str, dict[str, Any]] = {n: {"lamp": lw.ledger.to_dict()} for n, lw in self.lamps.items()}

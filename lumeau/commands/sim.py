@@ -59,7 +59,9 @@ def add_run_action(actions: Any) -> None:
         "the airtime saved and the DER).",
     )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--json", action="store_true", help="print the results as one JSON object (also: [output] json = true)"
+    )
     p.add_argument(
         "--no-wall-clock",
         action="store_true",
@@ -113,7 +115,8 @@ def add_run_action(actions: Any) -> None:
         dest="progress",
         action="store_true",
         default=None,
-        help="draw a progress bar on stderr (default: when stderr is a terminal)",
+        help="draw a progress bar on stderr (default: when stderr is a terminal, unless the scenario's "
+        "[output] progress is false)",
     )
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument(
@@ -122,16 +125,45 @@ def add_run_action(actions: Any) -> None:
         help="keep the in-process gateway's database and registry here "
         "(default: a temporary directory, removed after the run)",
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N seeds (--seed or the scenario's, and the next N-1) and report the mean, std, min and max "
+        "of each saving (the results' `spread`; the rest is the first seed's run; --workdir gets a seed-S "
+        "directory per seed)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html, plots/ and results.json into --out (default: the scenario's [output] dir)",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="where --report writes (default: [output] dir)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to run a scenario with warnings (exit 2): no SF with margin, flow below the meter, "
+        "a gateway on a node, nodes far off the map, dates outside the climate, a run too short",
+    )
     p.set_defaults(func=cmd_run)
 
 
+def strict_refusal(warnings: list[dict[str, str]]) -> int:
+    """--strict: every warning printed as an error; the exit status of invalid input."""
+    for w in warnings:
+        print(f"error: {w['text']} [{w['code']}] (--strict)", file=sys.stderr)
+    return INVALID
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from simulator.metrics import spread_section
+    from simulator.run_warnings import scenario_warnings
     from simulator.runner import RunOptions, prepare, run
     from simulator.scenario import ScenarioError, load
 
-    if args.no_wall_clock and not args.json:
-        print("error: --no-wall-clock goes with --json (the summary shows the wall time)", file=sys.stderr)
-        return INVALID
     try:
         sc = load(args.scenario)
     except (ScenarioError, OSError) as e:
@@ -142,21 +174,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.border != "halo":
         print("error: --border goes with --dask or --scheduler (a run in one city has no borders)", file=sys.stderr)
         return INVALID
+    as_json = args.json or sc.output.json  # [output] json = true: as if --json
+    if args.no_wall_clock and not as_json:
+        print("error: --no-wall-clock goes with --json (the summary shows the wall time)", file=sys.stderr)
+        return INVALID
+    if not 1 <= args.seeds <= 1000:
+        print(f"error: --seeds must be within 1..1000, got {args.seeds}", file=sys.stderr)
+        return INVALID
+    # [output] progress = false: no bar unless --progress; true: the bar when stderr is a terminal
+    progress = args.progress if args.progress is not None else (None if sc.output.progress else False)
     try:
         opts = RunOptions(
             seed=args.seed,
             hours=args.hours,
             nodes_scale=args.nodes_scale,
-            progress=args.progress,
+            progress=progress,
             workdir=args.workdir,
             workers=args.workers,
         )
-        prepare(sc, opts)
+        prepared = prepare(sc, opts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return INVALID
-    results = run(sc, opts)
-    if args.json:
+    if args.strict:
+        warns = scenario_warnings(prepared)
+        if warns:
+            return strict_refusal(warns)
+    first = prepared.seed
+    runs = []
+    for k in range(args.seeds):
+        seed_opts = dataclasses.replace(opts, seed=first + k)
+        if args.workdir is not None and args.seeds > 1:  # one gateway database per seed
+            seed_opts = dataclasses.replace(seed_opts, workdir=args.workdir / f"seed-{first + k}")
+        runs.append(run(sc, seed_opts))
+    results = runs[0]
+    if args.seeds > 1:
+        results.sections["spread"] = spread_section([r.to_dict() for r in runs])
+    if args.report:
+        from simulator.report import write_report
+
+        out = args.out if args.out is not None else Path(sc.output.dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1), encoding="utf-8")
+            path = write_report(results.to_dict(), out, prepared)
+        except OSError as e:
+            print(f"error: {out}: cannot write the report: {e.strerror or e}", file=sys.stderr)
+            return 1
+        print(f"report: {path}", file=sys.stderr)
+    if as_json:
         print(json.dumps(results.without_wall_clock()) if args.no_wall_clock else results.to_json())
     else:
         print(results.summary())
@@ -427,7 +493,11 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         default=str(DEFAULT_SCENARIO),
         help="scenario file (default: the district, simulator/scenarios/district.toml)",
     )
-    p.add_argument("--out", default="out", help="output directory: report, results, services' files (default: out)")
+    p.add_argument(
+        "--out",
+        help="output directory: report, results, services' files (default: the scenario's [output] dir, "
+        "out for the district)",
+    )
     p.add_argument(
         "--speed",
         type=float,
@@ -440,7 +510,21 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="another draw of the same district (the weather it does not script, people, radio, keys)",
     )
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report and its plots")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the HTML report and its plots (as [output] html = false in the scenario does)",
+    )
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="draw a progress bar on stderr (default: the scenario's [output] progress, when stderr is a terminal)",
+    )
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--strict", action="store_true", help="refuse to run a scenario with warnings (exit 2)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -459,5 +543,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from simulator.demo import run_demo
 
     return run_demo(
-        args.scenario, Path(args.out), speed=args.speed, hours=args.hours, seed=args.seed, report=not args.no_report
+        args.scenario,
+        None if args.out is None else Path(args.out),
+        speed=args.speed,
+        hours=args.hours,
+        seed=args.seed,
+        report=False if args.no_report else None,
+        progress=args.progress,
+        strict=args.strict,
     )
