@@ -211,6 +211,9 @@ class StoreDrain:
     batches: int
     batch_latency_last: float
     batch_latency_sum: float
+    _deleting: set[asyncio.Task[int]]
+    _rewind: bool
+    _limiter: RateLimiter
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued now, without waiting for batches to fill or age.
@@ -236,6 +239,21 @@ class StoreDrain:
         """Seconds since the oldest record still waiting was received (0 when none waits)."""
         t = self.store.oldest_rx_time()
         return 0.0 if t is None else max(0.0, self.clock() - t)
+
+    def _delete(self, seqs: list[int]) -> None:
+        """Delete delivered records without waiting for the commit (see the module docstring)."""
+        t = asyncio.ensure_future(self.store.delete(seqs))
+        self._deleting.add(t)
+        t.add_done_callback(self._deleted)
+
+    def _deleted(self, t: asyncio.Task[int]) -> None:
+        self._deleting.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            # still queued: send them again (the receiver drops them by key), and delete them then
+            self._rewind = True
+            self.last_error = f"delete failed: {t.exception()}"
+            if self._limiter.allow("delete")[0]:
+                log.error("delivered records could not be deleted, they will be sent again: %s", t.exception())
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -446,21 +464,6 @@ class Upstream(StoreDrain):
             return self._encode_native(batch)
         except (TypeError, ValueError):
             return None
-
-    def _delete(self, seqs: list[int]) -> None:
-        """Delete delivered records without waiting for the commit (see the module docstring)."""
-        t = asyncio.ensure_future(self.store.delete(seqs))
-        self._deleting.add(t)
-        t.add_done_callback(self._deleted)
-
-    def _deleted(self, t: asyncio.Task[int]) -> None:
-        self._deleting.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            # still queued: send them again (the receiver drops them by key), and delete them then
-            self._rewind = True
-            self.last_error = f"delete failed: {t.exception()}"
-            if self._limiter.allow("delete")[0]:
-                log.error("delivered records could not be deleted, they will be sent again: %s", t.exception())
 
     async def _deliver(
         self,

@@ -470,19 +470,6 @@ class MqttUpstream(StoreDrain):
             self._devices.update(r.node_id for r in records)
         return out + replies, answered
 
-    def _delete(self, seqs: list[int]) -> None:
-        t = asyncio.ensure_future(self.store.delete(seqs))
-        self._deleting.add(t)
-        t.add_done_callback(self._deleted)
-
-    def _deleted(self, t: asyncio.Task[int]) -> None:
-        self._deleting.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            self._rewind = True
-            self.last_error = f"delete failed: {t.exception()}"
-            if self._limiter.allow("delete")[0]:
-                log.error("delivered records could not be deleted, they will be sent again: %s", t.exception())
-
     async def _quarantine(self, seqs: list[int], text: str) -> None:
         await self.store.quarantine(seqs, 0, text)
         self.quarantined_records += len(seqs)
