@@ -48,6 +48,10 @@ node alarms open requests by themselves.
 The public-value ledger and open data (city/open_data.py) under /ledger/
 and /open-data/, without the bearer token: daily aggregates only.
 
+The public page (city/public_page.py, files in city/web/) under /public/
+(`/` redirects there), without the bearer token: map, ledger, open
+requests and a report form, in French and English.
+
 Limits: request bodies up to MAX_BODY (16 MiB after decompression: a gzip
 bomb is cut off there; a 500-record batch is about 300 kB); a native batch
 up to MAX_BATCH records; queries up to QUERY_LIMIT_MAX rows.
@@ -56,6 +60,7 @@ up to MAX_BATCH records; queries up to QUERY_LIMIT_MAX rows.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import hmac
 import json
@@ -77,6 +82,7 @@ from city.ledger import Facts, Settings
 from city.open311 import PREFIX as OPEN311_PREFIX
 from city.open311 import Open311, Open311Config, check_text
 from city.open_data import PUBLIC_PREFIXES, OpenData
+from city.public_page import PAGE_PREFIX, PublicPage, new_page_key
 from gateway import formats
 
 log = logging.getLogger("lumeau.city.sink")
@@ -128,8 +134,14 @@ class Sink:
         self.app.router.add_put("/v1/nodes", self.put_nodes)
         self.app.router.add_get("/v1/nodes", self.get_nodes)
         self.app.router.add_post("/v1/service-requests/{id:[0-9]{1,18}}/close", self.close_request)
-        self.open311 = Open311(self.db, open311)
+        # The public page submits with a key of its own, public by design (city/public_page.py)
+        page_key = new_page_key()
+        o311 = open311 or Open311Config()
+        o311 = dataclasses.replace(o311, api_keys=o311.api_keys | {page_key})
+        self.open311 = Open311(self.db, o311)
         self.open311.add_routes(self.app)
+        self.page = PublicPage(self.open311, page_key)
+        self.page.add_routes(self.app)
         self.open_data = OpenData(self.db, ledger)
         self.open_data.add_routes(self.app)
         self._initial_nodes = nodes or []
@@ -160,7 +172,7 @@ class Sink:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         path = request.path
-        public = path == "/healthz" or path.startswith((OPEN311_PREFIX + "/", *PUBLIC_PREFIXES))
+        public = path in ("/healthz", "/") or path.startswith((OPEN311_PREFIX + "/", PAGE_PREFIX, *PUBLIC_PREFIXES))
         if self._token is not None and not public:
             got = request.headers.get("Authorization", "")
             scheme, _, value = got.partition(" ")
