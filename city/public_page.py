@@ -105,7 +105,7 @@ class PublicPage:
         r.add_get("/", self.root)
         r.add_get(PAGE_PREFIX + "nodes.json", self.nodes)
         r.add_get(PAGE_PREFIX + "config.json", self.config)
-        r.add_get(PAGE_PREFIX + "{name:[a-z0-9_-]*(\\.[a-z]+)?}", self.file)
+        r.add_get(PAGE_PREFIX + "{name:.*}", self.file)  # only the files read at start are ever served
 
     async def root(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(PAGE_PREFIX, headers=SECURITY_HEADERS)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_web_ui import CHROMIUM, CHROMIUM_ARGS
 
 from city.public_page import pick_lang
@@ -323,6 +325,48 @@ def test_a_resident_reads_the_map_ledger_and_requests_and_reports(sink, browser)
         ctx.close()
 
 
+CONTRAST_JS = """() => {
+  const rgb = (c) => (c.match(/[0-9.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const bg = (el) => {
+    for (; el; el = el.parentElement) {
+      const st = getComputedStyle(el);
+      if (el instanceof SVGElement && el.tagName !== "svg") continue;
+      const c = rgb(st.backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) continue;
+    const st = getComputedStyle(el);
+    let fg = rgb(el instanceof SVGElement ? st.fill : st.color).slice(0, 3);
+    // SVG text sits on the map's background, or on the page's (the charts have none of their own)
+    const plate = el instanceof SVGElement && el.ownerSVGElement.querySelector(".map-bg");
+    const back = plate ? rgb(getComputedStyle(plate).fill) : bg(el);
+    const [a, b] = [lum(fg), lum(back.length >= 3 ? back : [255, 255, 255])].sort((x, y) => y - x);
+    out.push([el.tagName + (el.id ? "#" + el.id : ""), (a + 0.05) / (b + 0.05)]);
+  }
+  return out;
+}"""
+
+
+def test_text_contrast_is_at_least_aa(sink, browser):
+    ctx, page, _resp, _problems, _ = open_page(browser, sink + "/public/")
+    try:
+        ratios = page.evaluate(CONTRAST_JS)
+        assert len(ratios) > 50  # the page's texts were found
+        low = [(tag, round(r, 2)) for tag, r in ratios if r < 4.5]
+        assert low == []
+    finally:
+        ctx.close()
+
+
 def test_french_by_default_from_the_browser_language(sink, browser):
     ctx, page, _resp, problems, _ = open_page(browser, sink + "/public/", locale="fr-FR")
     try:
@@ -362,3 +406,28 @@ def send_until_refused(url: str, key: str) -> list[int]:
             assert int(r.headers["Retry-After"]) > 0
             break
     return codes
+
+
+@given(st.one_of(st.none(), st.text(max_size=10)), st.text(max_size=200))
+def test_fuzz_pick_lang_is_en_or_fr(query, accept):
+    assert pick_lang(query, accept) in ("en", "fr")
+
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=120)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40), accept=HEADER_TEXT)
+def test_fuzz_public_paths_and_languages(sink, name, accept):
+    r = requests.get(
+        sink + "/public/" + requests.utils.quote(name, safe=""),
+        headers={"Accept-Language": accept},
+        params={"lang": accept[:8]},
+        timeout=10,
+    )
+    assert r.status_code in (200, 404), r.text[:200]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    if r.status_code == 200 and r.headers["Content-Type"].startswith("text/html"):
+        assert r.headers["Content-Language"] in ("en", "fr")
+        assert f'<html lang="{r.headers["Content-Language"]}">' in r.text
+        assert "unsafe" not in r.headers["Content-Security-Policy"]
