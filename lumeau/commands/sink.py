@@ -38,7 +38,8 @@ def add_subcommand(subparsers: Any) -> None:
     o.add_argument(
         "--open311-keys",
         metavar="FILE",
-        help="file of api_key values allowed to POST requests, one a line (without it, POST answers 403)",
+        help="file of api_key values allowed to POST requests, one a line "
+        "(without it, only the public page's own key is accepted: city/README.md)",
     )
     o.add_argument("--jurisdiction", default=open311.DEFAULT_JURISDICTION, help="jurisdiction_id (default %(default)s)")
     o.add_argument(
