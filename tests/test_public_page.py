@@ -247,6 +247,13 @@ def test_a_resident_reads_the_map_ledger_and_requests_and_reports(sink, browser)
         assert page.locator("#map .marker.fault").count() == 1
         assert "Rue Saint-Honoré" in page.locator("#map .marker.fault").get_attribute("aria-label")
         assert page.locator("#map .marker[data-kind='irrigation']").count() == 1
+        labels = sorted(page.locator("#map .site-label").all_text_contents())
+        assert labels == ["Jardin des Tuileries", "Rue Saint-Honoré", "Rue de Rivoli"]
+        # the first Tab reaches the skip link, which leads to the form
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip"
+        page.keyboard.press("Enter")
+        assert page.evaluate("location.hash") == "#report"
         # the ledger: a bar per figure, and the same figures in a table
         assert page.locator("#energy-chart .bar-row .bar-used").count() == 2  # two streets
         assert page.locator("#water-chart .bar-row .bar-base").count() == 1

@@ -64,8 +64,21 @@ function drawMap(nodes) {
     s("text", { x: 0, y: -6, text: step >= 1000 ? `${step / 1000} km` : `${step} m` })));
   svg.append(s("text", { class: "north", x: W - PAD, y: PAD, "text-anchor": "middle", text: "N ↑" }));
   for (const p of pts) {
-    const px = W / 2 + (p.x - (x0 + x1) / 2) * scale;
-    const py = H / 2 + (p.y - (y0 + y1) / 2) * scale;
+    p.px = W / 2 + (p.x - (x0 + x1) / 2) * scale;
+    p.py = H / 2 + (p.y - (y0 + y1) / 2) * scale;
+  }
+  // One name per street or park, under its marks (the markers' own names say it to screen readers)
+  const sites = new Map();
+  for (const p of pts) if (p.n.site) sites.set(p.n.site, [...(sites.get(p.n.site) || []), p]);
+  for (const [site, ps] of sites) {
+    const cx = ps.reduce((a, p) => a + p.px, 0) / ps.length;
+    const cy = Math.max(...ps.map((p) => p.py)) + 24;
+    const anchor = cx < W / 4 ? "start" : cx > (3 * W) / 4 ? "end" : "middle";
+    svg.append(s("text", { class: "site-label", x: cx, y: Math.min(cy, H - 8), "text-anchor": anchor,
+      "aria-hidden": "true", text: site }));
+  }
+  for (const p of pts) {
+    const [px, py] = [p.px, p.py];
     const n = p.n;
     const label = `${T[n.kind] || n.kind}, ${n.site || "?"}: ${n.fault ? T.fault : T.ok}`;
     const shape = n.kind === "irrigation"
