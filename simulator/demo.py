@@ -88,6 +88,20 @@ def _ledger(scenario: Any, out: Path, doc: dict[str, Any]) -> None:
     _say(summary(led, agree))
 
 
+def _residents(scenario: Any, out: Path, doc: dict[str, Any]) -> None:
+    """Residents report faults to the platform (simulator/demo_residents.py): verdicts into `doc`."""
+    from simulator.demo_residents import resident_reports, summary
+    from simulator.services import ServiceError
+
+    try:
+        reports = resident_reports(scenario, out, float(doc["scenario"]["hours"]) * 3600.0)
+    except (ServiceError, OSError, ValueError) as e:  # the run stands; say why the reports are missing
+        _say(f"  residents' reports: not filed: {e}")
+        return
+    doc["resident_reports"] = reports
+    _say(summary(reports))
+
+
 def run_demo(
     scenario_path: str | Path = DEFAULT_SCENARIO,
     out: Path | None = None,
@@ -163,6 +177,7 @@ def run_demo(
     _say(results.summary())
     _say(live_summary(doc))
     _ledger(scenario, out, doc)
+    _residents(scenario, out, doc)
     (out / "results.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     if report:
         path = write_report(doc, out, scenario)

@@ -667,3 +667,28 @@ def test_report_of_a_short_in_process_run(tmp_path):
     assert f"{results['delivery']['stored']:,} of {results['delivery']['settled']:,}" in html
     assert f"{results['energy']['baseline_kwh']:.1f} kWh" in html
     assert sorted(p.name for p in (tmp_path / "report" / "plots").iterdir()) == sorted(f"{n}.png" for n in PLOTS)
+
+
+def test_demo_residents_reports_get_the_platforms_verdicts(demo):
+    """Residents report faults through Open311 after the run (simulator/demo_residents.py, issue 13)."""
+    out, stdout, results = demo
+    reports = results["resident_reports"]
+    # every injected lamp, water and valve fault is reported, then a mistaken resident and one past the edge
+    assert [r["service_code"] for r in reports] == [
+        "lamp_out",
+        "lamp_flickering",
+        "water_leak",
+        "broken_sprinkler",
+        "water_leak",
+        "lamp_out",
+        "lamp_out",
+    ]
+    assert all(r["verdict"] == r["expected"] for r in reports), reports
+    # the three verdicts a resident can get, each from the nodes' own state at the run's end
+    assert {r["verdict"] for r in reports} == {"confirmed", "device_normal", "no_device"}
+    assert next(r for r in reports if r["near"] == "republique-05")["verdict"] == "confirmed"
+    assert next(r for r in reports if r["fault"].startswith("leak"))["verdict"] == "device_normal"  # ended at 18 h
+    assert "residents' reports (Open311" in stdout and "7/7 as expected" in stdout
+    report = (out / "report.html").read_text()
+    assert "<h2>Residents' reports</h2>" in report and "<h2>The city platform's ledger</h2>" in report
+    assert "resident1@example.org" not in report  # contacts are never published
