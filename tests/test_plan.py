@@ -10,6 +10,7 @@ import pytest
 
 from lumeau.cli import main
 from simulator.city_generator import CitySpec, generate
+from simulator.plan_check import event_der
 from simulator.planning import PlanError, Planner, load_candidates
 from simulator.scenario import Scenario, loads
 
@@ -62,6 +63,19 @@ def test_greedy_is_within_one_site_of_the_exhaustive_optimum(tmp_path: Path, mar
     assert all(planner.meets(c, target) is None for c in itertools.combinations(range(len(sites)), o - 1))
 
 
+@pytest.mark.parametrize(("margin", "alarms", "hours"), [(5.0, 0.1, 24.0), (8.0, 0.1, 24.0), (5.0, 500.0, 6.0)])
+def test_the_estimate_agrees_with_the_channels_event_model(
+    tmp_path: Path, margin: float, alarms: float, hours: float
+) -> None:
+    sites = load_candidates(write_sites(tmp_path / "sites.csv", [*GRID, (60.0, 60.0), (150.0, 150.0)]))
+    planner = Planner(scenario(), sites, margin_db=margin, alarms_per_node_day=alarms)
+    ev = planner.greedy(0.95).evaluation
+    der, counts = event_der(planner, ev, hours, seed=1)
+    assert counts["uplinks"] > 4000 and counts["downlinks"] > 100
+    # the estimate leaves out capture and the preamble lock (cautious) and sums no interferers (not)
+    assert der == pytest.approx(ev.der, abs=0.006), (der, ev.der)
+
+
 def test_more_traffic_lowers_the_der_and_can_need_more_sites(sites: Path) -> None:
     sc = scenario()
     quiet = Planner(sc, load_candidates(sites), margin_db=5.0)
@@ -90,10 +104,13 @@ def test_plan_command_writes_map_sites_and_json(
 ) -> None:
     png, out = tmp_path / "plan.png", tmp_path / "chosen.csv"
     args = [str(city), "--candidates", str(sites), "--margin-db", "5", "--exhaustive"]
-    rc = main(["plan", *args, "--target-der", "0.99", "--map", str(png), "--out", str(out), "--json"])
+    rc = main(
+        ["plan", *args, "--target-der", "0.99", "--map", str(png), "--out", str(out), "--json", "--check-hours", "2"]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert r["der"] >= 0.99 and r["exhaustive"]["gap"] in (0, 1)
+    assert r["event_check"]["uplinks"] > 0 and 0.9 < r["event_check"]["der"] <= 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = out.read_text().splitlines()
     assert rows[0].startswith("id,x,y,height_m,") and len(rows) == 1 + len(r["chosen"])
@@ -163,6 +180,7 @@ def test_bad_candidates_files_name_row_and_column(
         (["--target-der", "0"], "--target-der"),
         (["--out", "x.txt"], "--out"),
         (["--alarms-per-node-day", "-1"], "--alarms-per-node-day"),
+        (["--check-hours", "-1"], "--check-hours"),
     ],
 )
 def test_bad_options_exit_2(

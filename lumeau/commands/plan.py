@@ -47,6 +47,15 @@ def add_subcommand(subparsers: Any) -> None:
         action="store_true",
         help="also search every subset (at most 16 candidates) and report the greedy's gap",
     )
+    p.add_argument(
+        "--check-hours",
+        type=float,
+        default=0.0,
+        metavar="H",
+        help="also run H hours of the traffic on the channel's event model with the chosen sites "
+        "(collisions, capture, demodulators, half duplex) and print its DER beside the estimate",
+    )
+    p.add_argument("--seed", type=int, default=1, help="the event model's draws (with --check-hours)")
     p.add_argument("--map", type=Path, help="write the map (PNG): nodes by delivery and SF, the sites")
     p.add_argument("--out", type=Path, help="write the chosen sites here: .csv or .json (the full plan)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
@@ -68,6 +77,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     alarms = ALARMS_PER_NODE_DAY if args.alarms_per_node_day is None else args.alarms_per_node_day
     if not 0.0 <= alarms <= 1000.0:
         return fail(f"--alarms-per-node-day: must be within 0..1000, got {alarms:g}")
+    if not 0.0 <= args.check_hours <= 24.0 * 31:
+        return fail(f"--check-hours: must be within 0..744, got {args.check_hours:g}")
     try:
         sc = load(args.scenario)
     except ScenarioError as e:
@@ -82,6 +93,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except PlanError as e:
         return fail(str(e))
     result = planner.to_dict(plan, best)
+    if args.check_hours > 0:
+        from simulator.plan_check import event_der
+
+        der, counts = event_der(planner, plan.evaluation, args.check_hours, args.seed)
+        result["event_check"] = {"hours": args.check_hours, "seed": args.seed, "der": round(der, 5), **counts}
     try:
         if args.map is not None:
             from simulator.plan_map import plot
@@ -131,6 +147,12 @@ def summary(r: dict) -> str:
         lines.append(
             f"  exhaustive: {ex['sites']} gateways ({', '.join(ex['chosen'])}), DER {ex['der']:.4f}; "
             f"greedy's gap {ex['gap']:+d} ({ex['note']})"
+        )
+    chk = r.get("event_check")
+    if chk:
+        lines.append(
+            f"  event model, {chk['hours']:g} h: DER {chk['der']:.4f} "
+            f"({chk['delivered']} of {chk['uplinks']} uplinks heard; estimate {r['der']:.4f})"
         )
     if "map" in r:
         lines.append(f"  map: {r['map']}")
