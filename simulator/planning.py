@@ -43,6 +43,7 @@ The model (simulator/README.md, "Gateway planning"):
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import itertools
@@ -228,19 +229,40 @@ class Planner:
             dl_s[best[i]] += self.dl_rate * self.dl_air_s[sfs[i]]
             dl_rate[best[i]] += self.dl_rate
         dl_mean = {c: dl_s[c] / dl_rate[c] if dl_rate[c] else 0.0 for c in S}
+        # per (site, SF): the load it hears sorted by median power, to find the part a frame does not capture
+        ranked: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+        for k, c in enumerate(S):
+            for sf in self.sens:
+                pts = sorted(
+                    (self.rx[i][c], self.up_rate[i] * self.up_air_s[sf] / self.channels * hear[i][k])
+                    for i in range(n)
+                    if sfs[i] == sf and hear[i][k] > 0.0
+                )
+                suffix = [0.0] * (len(pts) + 1)
+                for j in range(len(pts) - 1, -1, -1):
+                    suffix[j] = suffix[j + 1] + pts[j][1]
+                ranked[(c, sf)] = ([p for p, _w in pts], suffix)
+        capture = self.params.capture_db
         delivery = []
         for i in range(n):
             sf = sfs[i]
             own = self.up_rate[i] * self.up_air_s[sf] / self.channels
-            miss = 1.0
+            clear_miss = over_miss = 1.0
+            g_any = 0.0
             for k, c in enumerate(S):
                 h = hear[i][k]
                 if h <= 0.0:
                     continue
-                g = max(0.0, load[(c, sf)] - own * h)
+                powers, suffix = ranked[(c, sf)]
+                g = max(0.0, suffix[0] - own * h)  # everything else this site hears on the channel and SF
+                harm = max(0.0, suffix[bisect.bisect_right(powers, self.rx[i][c] - capture)] - own * h)
+                g_any = max(g_any, g)
                 duplex = math.exp(-dl_rate[c] * (self.up_air_s[sf] + dl_mean[c]))
-                miss *= 1.0 - h * math.exp(-2.0 * g) * duplex
-            delivery.append(1.0 - miss)
+                clear_miss *= 1.0 - h * duplex
+                over_miss *= 1.0 - h * duplex * (1.0 - harm / g if g > 0 else 1.0)
+            # the overlap is one event for every site (ALOHA, 2 airtimes); each site then captures or not
+            p_clear = math.exp(-2.0 * g_any)
+            delivery.append(p_clear * (1.0 - clear_miss) + (1.0 - p_clear) * (1.0 - over_miss))
         total = sum(self.up_rate)
         der = sum(r * d for r, d in zip(self.up_rate, delivery)) / total
         return Evaluation(

@@ -72,8 +72,10 @@ def test_the_estimate_agrees_with_the_channels_event_model(
     ev = planner.greedy(0.95).evaluation
     der, counts = event_der(planner, ev, hours, seed=1)
     assert counts["uplinks"] > 4000 and counts["downlinks"] > 100
-    # the estimate leaves out capture and the preamble lock (cautious) and sums no interferers (not)
-    assert der == pytest.approx(ev.der, abs=0.006), (der, ev.der)
+    # the estimate leaves out the preamble lock and the duty cycle's refusals (so it is cautious under a
+    # heavy load: the 500-alarm day) and takes interferers one at a time, as the channel does
+    assert der == pytest.approx(ev.der, abs=0.01), (der, ev.der)
+    assert ev.der <= der + 0.003
 
 
 def test_more_traffic_lowers_the_der_and_can_need_more_sites(sites: Path) -> None:
