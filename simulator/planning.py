@@ -34,7 +34,8 @@ The model (simulator/README.md, "Gateway planning"):
 - Search: greedy set cover (the site that covers most uncovered nodes,
   ties to the larger summed margin), then greedy on DER (the site that
   raises it most) until the target is met, then reverse delete (drop any
-  chosen site whose loss keeps coverage and target). Why greedy: set cover
+  chosen site whose loss keeps coverage and target), then a pair swap
+  (two chosen sites for one unchosen, while one meets the target). Why greedy: set cover
   is NP-hard; greedy is within ln(n) of the optimum in the worst case and
   usually within one site on a city (checked against `exhaustive` by the
   tests); a city has tens to hundreds of candidates, where 2^C subsets
@@ -326,7 +327,27 @@ class Planner:
             if fewer and (better := self.meets(fewer, target)) is not None:
                 chosen, ev = fewer, better
                 steps.append(f"drop: {self.sites[c].id} (DER {ev.der:.4f})")
+        chosen, ev = self._swap_pairs(chosen, ev, target, steps)
         return Plan(target, ev, tuple(steps))
+
+    def _swap_pairs(
+        self, chosen: list[int], ev: Evaluation, target: float, steps: list[str]
+    ) -> tuple[list[int], Evaluation]:
+        """Local search: two chosen sites replaced by one unchosen that still meets the target, while any does."""
+        improved = True
+        while improved and len(chosen) >= 2:
+            improved = False
+            for a, b in itertools.combinations(list(chosen), 2):
+                keep = [k for k in chosen if k not in (a, b)]
+                for c in range(len(self.sites)):
+                    if c in chosen or (better := self.meets([*keep, c], target)) is None:
+                        continue
+                    steps.append(f"swap: {self.sites[a].id} and {self.sites[b].id} for {self.sites[c].id}")
+                    chosen, ev, improved = [*keep, c], better, True
+                    break
+                if improved:
+                    break
+        return chosen, ev
 
     def _margin_sum(self, c: int, nodes: set[int]) -> float:
         floor = self.sens[ch.SF_MAX]
@@ -383,7 +404,7 @@ class Planner:
             "nodes": len(self.rx),
             "candidates": len(self.sites),
             "target_der": plan.target,
-            "algorithm": "greedy set cover, then greedy on DER, then reverse delete",
+            "algorithm": "greedy set cover, then greedy on DER, reverse delete and pair swaps",
             "margin_db": self.margin_db,
             "der": round(ev.der, 5),
             "chosen": [
