@@ -73,14 +73,18 @@ class PlanError(ValueError):
 
 
 def load_candidates(path: Path) -> list[ch.GatewaySite]:
-    """Candidate sites from a CSV file with a header: id, x, y (metres, as the scenario), height_m optional."""
+    """Candidate sites from a CSV file with a header: id, x, y (metres, as the scenario), height_m optional.
+
+    Comma- or semicolon-separated (the header says which), UTF-8 with or without a byte-order mark."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is no part of "id"
     except FileNotFoundError:
         raise PlanError(f"{path}: no such candidates file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"{path}: cannot read: {e}") from None
-    rows = list(csv.reader(text.splitlines()))
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    delimiter = ";" if ";" in first and "," not in first else ","  # spreadsheets in French locales write ';'
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
     rows_n = [(k + 1, r) for k, r in enumerate(rows) if any(c.strip() for c in r)]
     if not rows_n:
         raise PlanError(f"{path}: empty: needs a header (id,x,y[,height_m]) and one row per candidate site")
@@ -105,8 +109,9 @@ def load_candidates(path: Path) -> list[ch.GatewaySite]:
         seen[sid] = line
 
         def num(col: str, lo: float, hi: float, line: int = line, rec: dict[str, str] = rec) -> float:
+            text = rec[col].replace(",", ".") if delimiter == ";" else rec[col]  # with ';' comes a decimal comma
             try:
-                v = float(rec[col])
+                v = float(text)
             except ValueError:
                 raise PlanError(f"{path}: row {line}, column {col}: not a number: {rec[col]!r}") from None
             if not (math.isfinite(v) and lo <= v <= hi):

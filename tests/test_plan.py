@@ -200,6 +200,17 @@ def test_a_bad_scenario_exits_2(tmp_path: Path, sites: Path, capsys: pytest.Capt
     assert "no such file" in err_of(capsys, ["plan", str(tmp_path / "none.toml"), "--candidates", str(sites)]).lower()
 
 
+def test_spreadsheet_csv_dialects_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "sites.csv"
+    # a French-locale spreadsheet: byte-order mark, ';' between fields, decimal commas, CRLF
+    path.write_bytes("\ufeffid;x;y;height_m\r\nA;-200;0;25\r\nB;200,5;0;25\r\n".encode())
+    sites = load_candidates(path)
+    assert [(s.id, s.x, s.height_m) for s in sites] == [("A", -200.0, 25.0), ("B", 200.5, 25.0)]
+    path.write_bytes(b"id;x;y\nA;1.2.3;0\n")
+    with pytest.raises(PlanError, match="row 2, column x: not a number: '1.2.3'"):
+        load_candidates(path)
+
+
 def test_exhaustive_refuses_too_many_candidates(tmp_path: Path) -> None:
     many = write_sites(tmp_path / "many.csv", [(x, y) for x in range(-200, 201, 100) for y in range(-200, 201, 100)])
     planner = Planner(scenario(), load_candidates(many), margin_db=5.0)
