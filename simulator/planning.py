@@ -21,16 +21,19 @@ The model (simulator/README.md, "Gateway planning"):
   ACKs), each downlink sent in RX1 through the node's best site.
   Frames are sized at the 51-byte report budget (every report fits it;
   an upper bound, so airtime and collisions are cautious).
-- Delivery of one uplink at a site: heard above sensitivity under the
+- Delivery of one uplink: at each site, heard above sensitivity under the
   channel's log-normal shadowing (Phi(margin / sigma), as
-  `Channel.delivery_probability`), times no collision (pure ALOHA,
-  exp(-2 G), G the load on the same channel and SF of the frames that site
-  hears: LoRaSim's rule that frames below sensitivity do not collide;
-  capture and the preamble lock are left out, so this is cautious), times
-  the site not transmitting then (half duplex: exp(-downlink rate x (uplink
-  + downlink airtime))). A node's delivery is 1 - the product of the sites'
-  misses (sites decide independently, as in the channel); the DER is the
-  traffic-weighted mean of the nodes' deliveries.
+  `Channel.delivery_probability`) and the site not transmitting then (half
+  duplex: exp(-downlink rate x (uplink + downlink airtime))). Collisions:
+  the overlap is one event for every site (pure ALOHA: clear with
+  exp(-2 G), G the load on the same channel and SF of the frames a site
+  hears -- LoRaSim's rule that frames below sensitivity do not collide);
+  overlapped, a site still takes the frame when the interferer is
+  `capture_db` weaker there (the share of G that is, by median power).
+  Sites otherwise decide independently, as in the channel; the DER is the
+  traffic-weighted mean of the nodes' deliveries. Left out: the preamble
+  lock and the duty cycle's refusals (both cautious). `plan_check` runs the
+  same traffic on the channel's event model to check the figure.
 - Search: greedy set cover (the site that covers most uncovered nodes,
   ties to the larger summed margin), then greedy on DER (the site that
   raises it most) until the target is met, then reverse delete (drop any
@@ -211,7 +214,7 @@ class Planner:
 
     # ------------------------------------------------------------ delivery
     def evaluate(self, sites: Sequence[int]) -> Evaluation:
-        """The expected DER with these sites (module docstring: hearing x ALOHA x half duplex)."""
+        """The expected DER with these sites (module docstring: hearing, half duplex, a shared overlap, capture)."""
         S = tuple(sorted(sites))
         n = len(self.rx)
         sfs, best = [], []
