@@ -38,7 +38,8 @@ The model (simulator/README.md, "Gateway planning"):
   ties to the larger summed margin), then greedy on DER (the site that
   raises it most) until the target is met, then reverse delete (drop any
   chosen site whose loss keeps coverage and target), then a pair swap
-  (two chosen sites for one unchosen, while one meets the target). Why greedy: set cover
+  (two chosen sites for one unchosen, while one meets the target; at most
+  SWAP_BUDGET / nodes evaluations, so a big city gets a part of it). Why greedy: set cover
   is NP-hard; greedy is within ln(n) of the optimum in the worst case and
   usually within one site on a city (checked against `exhaustive` by the
   tests); a city has tens to hundreds of candidates, where 2^C subsets
@@ -65,6 +66,7 @@ FRAME_BYTES = FRAME_BUDGET  # every uplink sized at the report budget (cautious)
 DOWNLINK_BYTES = 20  # a TIME or an ACK: 13 bytes of overhead and a short body
 ALARMS_PER_NODE_DAY = 0.1  # confirmed alarms per node and day (a fault every ten days, a cautious figure)
 TIME_RESYNC_S = timesync.DEFAULT_THRESHOLD_S / (timesync.DEFAULT_MAX_DRIFT_PPM * 1e-6)  # 20,000 s
+SWAP_BUDGET = 2_000_000  # node-evaluations the pair swaps may spend (evaluations x nodes): 10k nodes, 200
 MAX_EXHAUSTIVE = 16  # candidates: 2^16 subsets is the most the exhaustive check tries
 DAY_S = 86400.0
 COLUMNS = ("id", "x", "y")  # required; height_m optional (default GATEWAY_HEIGHT_M)
@@ -343,12 +345,19 @@ class Planner:
     ) -> tuple[list[int], Evaluation]:
         """Local search: two chosen sites replaced by one unchosen that still meets the target, while any does."""
         improved = True
+        budget = SWAP_BUDGET // len(self.rx)  # evaluations: the whole pass on a small city, a bounded part on a big one
         while improved and len(chosen) >= 2:
             improved = False
             for a, b in itertools.combinations(list(chosen), 2):
                 keep = [k for k in chosen if k not in (a, b)]
                 for c in range(len(self.sites)):
-                    if c in chosen or (better := self.meets([*keep, c], target)) is None:
+                    if c in chosen or not self.covered([*keep, c]):
+                        continue
+                    if budget <= 0:
+                        steps.append("swap: stopped, its budget spent (SWAP_BUDGET)")
+                        return chosen, ev
+                    budget -= 1
+                    if (better := self.meets([*keep, c], target)) is None:
                         continue
                     steps.append(f"swap: {self.sites[a].id} and {self.sites[b].id} for {self.sites[c].id}")
                     chosen, ev, improved = [*keep, c], better, True
