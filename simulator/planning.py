@@ -439,6 +439,8 @@ class Planner:
             ],
             "sf_histogram": dict(sorted(sfh.items(), key=lambda kv: int(kv[0][2:]))),
             "der_by_group": self.groups(ev),
+            # the target is the city's DER (traffic-weighted): a street or park may still fall short of it
+            "groups_below_target": sorted(k for k, g in self.groups(ev).items() if g["der"] < plan.target),
             "steps": list(plan.steps),
             "traffic": {
                 "frame_bytes": FRAME_BYTES,

@@ -98,6 +98,8 @@ def test_der_per_street_and_park_covers_every_node(sites: Path) -> None:
     assert set(groups) == {f"street:{s.id}" for s in sc.streets} | {f"park:{p.id}" for p in sc.parks}
     assert sum(g["nodes"] for g in groups.values()) == len(sc.nodes)
     assert min(g["worst"] for g in groups.values()) == pytest.approx(min(ev.delivery), abs=1e-5)
+    below = planner.to_dict(planner.greedy(0.99))["groups_below_target"]
+    assert below == sorted(k for k, g in groups.items() if g["der"] < 0.99)
 
 
 # ---------------------------------------------------------------- the command

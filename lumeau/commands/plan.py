@@ -142,6 +142,13 @@ def summary(r: dict) -> str:
     lines.append(f"  DER per street and park (worst {min(5, len(groups))} of {len(groups)}):")
     for k, g in groups[:5]:
         lines.append(f"    {k}: {g['der']:.4f} ({g['nodes']} nodes, worst node {g['worst']:.4f})")
+    below = r["groups_below_target"]
+    if below:
+        shown = ", ".join(below[:8]) + (f" and {len(below) - 8} more" if len(below) > 8 else "")
+        lines.append(
+            f"  note: the target is the city's DER; {len(below)} of {len(groups)} streets and parks "
+            f"are below it: {shown}"
+        )
     ex = r.get("exhaustive")
     if ex:
         lines.append(
