@@ -67,6 +67,8 @@ DOWNLINK_BYTES = 20  # a TIME or an ACK: 13 bytes of overhead and a short body
 ALARMS_PER_NODE_DAY = 0.1  # confirmed alarms per node and day (a fault every ten days, a cautious figure)
 TIME_RESYNC_S = timesync.DEFAULT_THRESHOLD_S / (timesync.DEFAULT_MAX_DRIFT_PPM * 1e-6)  # 20,000 s
 SWAP_BUDGET = 2_000_000  # node-evaluations the pair swaps may spend (evaluations x nodes): 10k nodes, 200
+POISSON_TAIL = 1e-6  # overlap counts summed until this much probability is left (counted as lost)
+MAX_OVERLAPS = 60
 MAX_EXHAUSTIVE = 16  # candidates: 2^16 subsets is the most the exhaustive check tries
 DAY_S = 86400.0
 COLUMNS = ("id", "x", "y")  # required; height_m optional (default GATEWAY_HEIGHT_M)
@@ -258,8 +260,8 @@ class Planner:
         for i in range(n):
             sf = sfs[i]
             own = self.up_rate[i] * self.up_air_s[sf] / self.channels
-            clear_miss = over_miss = 1.0
             g_any = 0.0
+            sites_i: list[tuple[float, float]] = []  # (heard and not deafened, share of the load that is harmful)
             for k, c in enumerate(S):
                 h = hear[i][k]
                 if h <= 0.0:
@@ -269,11 +271,24 @@ class Planner:
                 harm = max(0.0, suffix[bisect.bisect_right(powers, self.rx[i][c] - capture)] - own * h)
                 g_any = max(g_any, g)
                 duplex = math.exp(-dl_rate[c] * (self.up_air_s[sf] + dl_mean[c]))
-                clear_miss *= 1.0 - h * duplex
-                over_miss *= 1.0 - h * duplex * (1.0 - harm / g if g > 0 else 1.0)
-            # the overlap is one event for every site (ALOHA, 2 airtimes); each site then captures or not
-            p_clear = math.exp(-2.0 * g_any)
-            delivery.append(p_clear * (1.0 - clear_miss) + (1.0 - p_clear) * (1.0 - over_miss))
+                sites_i.append((h * duplex, harm / g if g > 0 else 0.0))
+            # the overlapping frames are the same for every site: K ~ Poisson(2 G) (pure ALOHA); a site
+            # takes the frame when none of the K is harmful there (not capture_db weaker)
+            mean_k = 2.0 * g_any
+            p_k = math.exp(-mean_k)
+            seen = got = 0.0
+            k_over = 0
+            while True:
+                miss = 1.0
+                for ok, q in sites_i:
+                    miss *= 1.0 - ok * (1.0 - q) ** k_over
+                got += p_k * (1.0 - miss)
+                seen += p_k
+                if seen > 1.0 - POISSON_TAIL or k_over >= MAX_OVERLAPS:
+                    break
+                k_over += 1
+                p_k *= mean_k / k_over
+            delivery.append(got)
         total = sum(self.up_rate)
         der = sum(r * d for r, d in zip(self.up_rate, delivery)) / total
         return Evaluation(
