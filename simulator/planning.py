@@ -67,6 +67,7 @@ DOWNLINK_BYTES = 20  # a TIME or an ACK: 13 bytes of overhead and a short body
 ALARMS_PER_NODE_DAY = 0.1  # confirmed alarms per node and day (a fault every ten days, a cautious figure)
 TIME_RESYNC_S = timesync.DEFAULT_THRESHOLD_S / (timesync.DEFAULT_MAX_DRIFT_PPM * 1e-6)  # 20,000 s
 SWAP_BUDGET = 2_000_000  # node-evaluations the pair swaps may spend (evaluations x nodes): 10k nodes, 200
+GAUSS_HERMITE_3 = ((-math.sqrt(3.0), 1 / 6), (0.0, 2 / 3), (math.sqrt(3.0), 1 / 6))  # standard normal nodes, weights
 POISSON_TAIL = 1e-6  # overlap counts summed until this much probability is left (counted as lost)
 MAX_OVERLAPS = 60
 MAX_EXHAUSTIVE = 16  # candidates: 2^16 subsets is the most the exhaustive check tries
@@ -256,6 +257,8 @@ class Planner:
                     suffix[j] = suffix[j + 1] + pts[j][1]
                 ranked[(c, sf)] = ([p for p, _w in pts], suffix)
         capture = self.params.capture_db
+        d_sigma = self.sigma * math.sqrt(2.0)
+        spread = ((0.0, 1.0),) if d_sigma == 0 else tuple((z * d_sigma, w) for z, w in GAUSS_HERMITE_3)
         delivery = []
         for i in range(n):
             sf = sfs[i]
@@ -268,7 +271,13 @@ class Planner:
                     continue
                 powers, suffix = ranked[(c, sf)]
                 g = max(0.0, suffix[0] - own * h)  # everything else this site hears on the channel and SF
-                harm = max(0.0, suffix[bisect.bisect_right(powers, self.rx[i][c] - capture)] - own * h)
+                # harmful: not capture_db weaker at this site, the two frames' shadowing draws included
+                # (their difference ~ N(0, 2 sigma^2), by 3-point Gauss-Hermite)
+                floor = self.rx[i][c] - capture
+                harm = 0.0
+                for z, w in spread:
+                    harm += w * suffix[bisect.bisect_right(powers, floor + z)]
+                harm = max(0.0, harm - own * h)
                 g_any = max(g_any, g)
                 duplex = math.exp(-dl_rate[c] * (self.up_air_s[sf] + dl_mean[c]))
                 sites_i.append((h * duplex, harm / g if g > 0 else 0.0))
