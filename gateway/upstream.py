@@ -212,6 +212,10 @@ class StoreDrain:
     batch_latency_last: float
     batch_latency_sum: float
     _deleting: set[asyncio.Task[int]]
+    batch_size: int
+    max_age: float
+    monotonic: Callable[[], float]
+    _pending_since: float | None
     _rewind: bool
     _limiter: RateLimiter
 
@@ -254,6 +258,16 @@ class StoreDrain:
             self.last_error = f"delete failed: {t.exception()}"
             if self._limiter.allow("delete")[0]:
                 log.error("delivered records could not be deleted, they will be sent again: %s", t.exception())
+
+    def _batch_wait(self, batch: list[tuple[int, Record]], now_anyway: bool) -> float:
+        """Seconds to wait for `batch` to fill or age; 0: send it now (full, an alarm in it, a
+        flush, or `now_anyway`: draining a backlog, or the next batch already encoded)."""
+        if now_anyway or self._flush or len(batch) >= self.batch_size or any(r.alarm for _, r in batch):
+            return 0.0
+        now = self.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+        return self._pending_since + self.max_age - now
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -434,15 +448,11 @@ class Upstream(StoreDrain):
                 await self._sleep(POLL_S)
                 continue
             full = len(batch) >= self.batch_size
-            if ready is None and not (full or draining or self._flush or any(r.alarm for _, r in batch)):
-                now = self.monotonic()
-                if self._pending_since is None:
-                    self._pending_since = now
-                wait = self._pending_since + self.max_age - now
-                if wait > 0:
-                    self.state = "waiting"
-                    await self._sleep(min(wait, POLL_S))
-                    continue
+            wait = self._batch_wait(batch, draining or ready is not None)
+            if wait > 0:
+                self.state = "waiting"
+                await self._sleep(min(wait, POLL_S))
+                continue
             started = self.monotonic()
             # a full batch means more are waiting: encode the next one during the round trip
             ahead = await self._deliver(batch, ready, self._encode_after if full and not named else None)

@@ -386,15 +386,11 @@ class MqttUpstream(StoreDrain):
                 await self._sleep(POLL_S)
                 continue
             full = len(batch) >= self.batch_size
-            if not (full or draining or self._flush or any(r.alarm for _, r in batch)):
-                now = self.monotonic()
-                if self._pending_since is None:
-                    self._pending_since = now
-                wait = self._pending_since + self.max_age - now
-                if wait > 0:
-                    self.state = "waiting"
-                    await self._sleep(min(wait, POLL_S))
-                    continue
+            wait = self._batch_wait(batch, draining)
+            if wait > 0:
+                self.state = "waiting"
+                await self._sleep(min(wait, POLL_S))
+                continue
             started = self.monotonic()
             self.state = "sending"
             await self._deliver(client, batch)
