@@ -13,6 +13,13 @@ creating the database file first with the right mode is enough for the mode;
 `secure_sqlite` also fixes their group and mode after opening (they may survive
 a crash from an older version).
 
+Securing a file never opens it for reading or writing once it exists: closing
+any descriptor of a file drops every POSIX lock the process holds on it, and
+SQLite's locks are POSIX locks. A gateway that lost them let the next outside
+reader (a backup, `sqlite3`) believe it was the last connection, checkpoint and
+delete the WAL the gateway was still writing into. Existing files are changed
+through an `O_PATH` descriptor (Linux), which takes and drops no lock.
+
 `set_group` is called once at startup (gateway/service.py) before any file is
 opened; the default is no group (0600).
 """
@@ -33,7 +40,9 @@ GROUP_READ = 0o640
 SQLITE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 _group: int | None = None
-_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_PATH_ONLY = getattr(os, "O_PATH", 0)
 
 
 def group_id(group: str | int) -> int:
@@ -56,12 +65,19 @@ def mode(group: int | None = None) -> int:
     return GROUP_READ if (group if group is not None else _group) is not None else PRIVATE
 
 
-def _apply(fd: int, group: int | None, path: str | Path) -> None:
+def _apply(fd: int, group: int | None, path: str | Path, via: str | None = None) -> None:
+    """Give the file open as `fd` its group and mode; `via`: change it through that path instead
+    (an O_PATH descriptor's /proc entry: fchmod does not take O_PATH descriptors)."""
     g = group if group is not None else _group
     try:
-        if g is not None:
-            os.fchown(fd, -1, g)
-        os.fchmod(fd, mode(g))  # after the chown: a chown may clear bits, and the umask never applies
+        if via is None:
+            if g is not None:
+                os.fchown(fd, -1, g)
+            os.fchmod(fd, mode(g))  # after the chown: a chown may clear bits, and the umask never applies
+        else:
+            if g is not None:
+                os.chown(via, -1, g)
+            os.chmod(via, mode(g))
     except PermissionError as e:  # a file of another user: usable as before, said loudly
         log.warning("cannot give %s mode %04o: %s", path, mode(g), e.strerror, extra={"path": str(path)})
 
@@ -82,10 +98,13 @@ def create(path: str | Path, group: int | None = None) -> None:
     if _ours(path) is False:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, _FLAGS, PRIVATE)  # O_NOFOLLOW: a symlink planted meanwhile fails, is not followed
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            _apply(fd, group, path)
+        fd = os.open(path, _NEW, PRIVATE)  # O_NOFOLLOW: a symlink planted meanwhile fails, is not followed
+    except FileExistsError:
+        secure(path, group)  # never opened read/write: SQLite may hold locks on it (module docstring)
+        return
+    try:
+        _apply(fd, group, path)
     finally:
         os.close(fd)
 
@@ -94,15 +113,32 @@ def secure(path: str | Path, group: int | None = None) -> None:
     """Give an existing regular file the private mode and group; anything else is left alone."""
     if not _ours(Path(path)):
         return
+    if not _PATH_ONLY or not os.path.isdir("/proc/self/fd"):
+        _apply_by_path(Path(path), group)
+        return
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _PATH_ONLY | _NOFOLLOW)  # no read, no write: closing it drops no lock
     except (FileNotFoundError, IsADirectoryError):
         return
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            _apply(fd, group, path)
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # not a symlink planted since _ours: O_NOFOLLOW opened the link
+            _apply(fd, group, path, via=f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
+
+
+def _apply_by_path(path: Path, group: int | None) -> None:
+    """Without O_PATH (not Linux): by name, after _ours checked it is a regular file. A symlink
+    planted between the check and the change would be followed: a named limit of other systems."""
+    g = group if group is not None else _group
+    try:
+        if g is not None:
+            os.chown(path, -1, g, follow_symlinks=False)
+        os.chmod(path, mode(g))
+    except FileNotFoundError:
+        return
+    except PermissionError as e:
+        log.warning("cannot give %s mode %04o: %s", path, mode(g), e.strerror, extra={"path": str(path)})
 
 
 def secure_sqlite(path: str | Path, group: int | None = None) -> None:

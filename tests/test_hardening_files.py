@@ -139,3 +139,37 @@ async def test_a_file_of_another_user_is_used_as_before_with_a_warning(tmp_path,
         s = await Store.open(tmp_path / "gw.db")
         await s.close()
     assert any("cannot give" in r.getMessage() for r in caplog.records)
+
+
+def _outside_count(db: Path) -> int:
+    """Another process (a backup, `sqlite3`, a test) reads the database and closes it again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        "print(c.execute('SELECT COUNT(*) FROM records').fetchone()[0]); c.close()"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+async def test_securing_the_files_keeps_sqlites_locks_so_another_reader_loses_nothing(tmp_path):
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it: securing
+    # the files by open()+close() after SQLite opened them left the gateway holding no lock, and
+    # the next reader that closed thought it was the last, checkpointed and deleted the WAL the
+    # gateway was still writing into (its later commits were lost to every other process).
+    db = tmp_path / "gw.db"
+    s = await Store.open(db)
+    reg = registry(tmp_path / "nodes.toml", [1])
+    p = Pipeline(reg, s)
+    try:
+        for counter in range(1, 4):
+            assert await p.ingest(reception(seal(1, counter))) == "accepted"
+            await s.drain()
+            assert _outside_count(db) == counter  # each read closes its connection in between
+        assert Path(f"{db}-wal").exists()
+    finally:
+        await p.close()
+        await s.close()
+    assert _outside_count(db) == 3
