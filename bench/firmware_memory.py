@@ -2,6 +2,7 @@
 
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
                                            [--tick-ms MS] [--sample-every 400] [--heap-map] [--ble]
+                                           [--calendar]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
 small gateway, tests/micropython/mpnode.py) in the MicroPython WebAssembly
@@ -51,6 +52,13 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   harness code) connects, reads the status, opens a session, writes a sealed
   CONFIG, reads the status for 30 s and leaves, so the day's peak includes a
   connection; `ble` in each app's result counts sessions and CONFIGs applied;
+- with --calendar, the node is sent a calendar (bench_calendar below: the
+  district demo's kind of calendar, 3 fragments for lighting, 2 for
+  irrigation), one CONFIG fragment per uplink from its first one on, so the
+  run includes the reassembly (protocol/nodecal.py, loaded for each fragment
+  and dropped) and a node holding a calendar (firmware/calendar.py loaded by
+  the app, its stored bytes kept): both count as runtime heap;
+  `calendar_held` says the node took it;
 - the bars: runtime_heap <= 16 KB and total <= 72 KB on the worst day
   (issue 11; issue 3's were 24 and 96 KB), growth <= 512 B over days 2-7,
   and their ratios.
@@ -216,6 +224,46 @@ def compile_all(out: Path) -> dict[str, Path]:
     return built
 
 
+def bench_calendar(kind: str) -> list[bytes]:
+    """The CONFIG fragments of a typical calendar for `kind` (--calendar)."""
+    from protocol import calendar as pc
+    from protocol import messages as m
+
+    if kind == "lighting":
+        evening = [(m.ANCHOR_SUNSET, 0, 100), (m.ANCHOR_SUNSET, 150, 0), (m.ANCHOR_SUNSET, 390, 100)]
+        blob = pc.encode(
+            m.KIND_LIGHTING,
+            4,
+            pc.DST_EU,
+            [evening + [(m.ANCHOR_SUNRISE, 0, 0)], [(m.ANCHOR_SUNSET, 0, 100), (m.ANCHOR_SUNRISE, 0, 0)]],
+            [
+                (pc.when(rng=pc.RANGE_YEARLY, lo=12 * 32 + 5, hi=12 * 32 + 8), pc.light_action(0)),
+                (pc.when(rng=pc.RANGE_YEARLY, lo=12 * 32 + 25, hi=12 * 32 + 25), pc.light_action(1)),
+                (pc.when(rng=pc.RANGE_YEARLY, lo=1 * 32 + 1, hi=1 * 32 + 1), pc.light_action(1)),
+                (pc.when(pc.DAYS_WEEKDAYS, 0x30, 0, pc.RANGE_YEARLY, 6 * 32 + 1, 8 * 32 + 31), pc.light_action(1)),
+            ],
+        )
+    else:
+        blob = pc.encode(
+            m.KIND_IRRIGATION,
+            4,
+            pc.DST_EU,
+            [],
+            [
+                (
+                    pc.when(pc.DAYS_ODD, rng=pc.RANGE_YEARLY, lo=5 * 32 + 1, hi=9 * 32 + 30),
+                    pc.program_action(1, 300, 20),
+                ),
+                (
+                    pc.when(pc.DAYS_EVEN, rng=pc.RANGE_YEARLY, lo=5 * 32 + 1, hi=9 * 32 + 30),
+                    pc.program_action(2, 330, 15),
+                ),
+                (pc.when(pc.DAYS_INTERVAL, 3), pc.program_action(1, 1200, 10)),
+            ],
+        )
+    return pc.fragments(blob)
+
+
 def run_app(
     kind: str,
     built: dict[str, Path],
@@ -224,6 +272,7 @@ def run_app(
     sample_every: int = SAMPLE_EVERY,
     heap_map: bool = False,
     ble_central: Path | None = None,
+    calendar: bool = False,
 ) -> dict:
     """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too."""
     module, cls = APP_CLASS[kind]
@@ -248,7 +297,9 @@ def run_app(
         "setup": (
             "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
             f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
-            f"_end = {int(hours * 3600 * 1000)}\n" + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
+            f"_end = {int(hours * 3600 * 1000)}\n"
+            + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
+            + (f"_gw.feed = [None] * 2 + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n" if calendar else "")
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears
@@ -257,7 +308,8 @@ def run_app(
         "heap_map": heap_map,
         "check": (
             "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
-            "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error"
+            "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error, "
+            "'calendar_held': _node.cal[0] is not None"
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
             + "})"
         ),
@@ -330,6 +382,7 @@ def run_app(
         "max_frame_bytes": r["check"]["max_frame"],
         "app_faults": r["check"]["app_faults"],
         **({"ble": r["check"]["ble"]} if ble else {}),
+        **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
     }
 
 
@@ -353,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a node with BLE commissioning on (firmware/ble.py over the aioble stand-in, a central once a day)",
     )
+    ap.add_argument(
+        "--calendar",
+        action="store_true",
+        help="send the node a calendar (CONFIG fragments, one per uplink) and keep it: reassembly and use counted",
+    )
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
@@ -371,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                 zip(
                     apps,
                     pool.map(
-                        lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map, central),
+                        lambda k: run_app(
+                            k, built, hours, args.tick_ms, args.sample_every, args.heap_map, central, args.calendar
+                        ),
                         apps,
                     ),
                 )
@@ -384,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_bar": TOTAL_BAR,
         "growth_bar": GROWTH_BAR,
         "ble": args.ble,
+        "calendar": args.calendar,
         "apps": results,
         "all_meet_bar": all(r["meets_bar"] for r in results.values()),
     }

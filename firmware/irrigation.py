@@ -14,7 +14,10 @@
 # Schedules: at most _SCHEDULE_MAX entries (zone, weekday mask bit 0 Monday, start
 # minute, minutes) on the node's local standard time, UTC + utc_offset_min (no
 # daylight saving). Each entry starts at most once a local day; a start minute
-# that a clock jump skips is not caught up. A scheduled run is skipped when the
+# that a clock jump skips is not caught up. A node holding a calendar
+# (node.cal, firmware/calendar.py) runs the calendar's programs instead, on
+# the calendar's local time (daylight saving included), each at most once a
+# local day; the same skips and caps apply. A scheduled run is skipped when the
 # rain sensor is wet, a rain delay is active, or the zone's soil moisture is
 # at or above skip_pct; it stops early when the sensor turns wet, a rain delay
 # starts, or the moisture has stayed at or above target_pct for MOIST_HOLD_MS
@@ -111,6 +114,7 @@ _RES_REFUSED = const(4)
 _RES_UNKNOWN_OP = const(1)
 _SCHEDULE_GROUPS_MAX = const(6)
 _SCHEDULE_MAX = const(8)
+_RULES_MAX = const(16)  # protocol.calendar.RULES_MAX: a calendar's programs
 _SEV_ALARM = const(2)
 _SEV_CRITICAL = const(3)
 _SEV_WARNING = const(1)
@@ -193,7 +197,7 @@ class Irrigation:
         self.schedule = s["schedule"]
         self.rain_until = 0  # Unix s; 0: no rain delay
         self._load_program()
-        self._done = [-1] * _SCHEDULE_MAX  # local day each entry last started
+        self._done = [-1] * _RULES_MAX  # local day each entry (or calendar program) last started
         self._last_min = -1
         self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
         self._since = [0] * _ZONES_MAX
@@ -359,12 +363,25 @@ class Irrigation:
             self._valves(0)  # a master valve never stays open on its own
 
     def _due(self, t):
+        if t // 60 == self._last_min:
+            return
+        self._last_min = t // 60  # a new minute (UTC: the same minutes as any local time's)
+        cal = getattr(self.node, "cal", None)  # the runtime's [stored calendar or None, ...]
+        cal = cal[0] if cal and cal[0] and cal[0][9] else None
+        if cal is not None:
+            # a calendar's programs replace the weekly schedule, on the calendar's local time. Its
+            # code loads for this, once a minute, by a string (a name here costs heap at boot: a
+            # qstr) and leaves again (firmware.unload): the node keeps only the calendar's bytes
+            c = __import__("firmware.calendar", None, None, ("schedule",))
+            lt = t + c.offset(cal, t)
+            for z, mins in c.schedule(cal, lt // 86400, lt % 86400 // 60, self._done):
+                if len(self.queue) < _QUEUE_MAX:
+                    self.queue.append((z, mins))
+            unload("firmware.calendar")  # dotted: a short string would cost a qstr
+            return
         lt = t + self.s["utc_offset_min"] * 60
         day = lt // 86400
         minute = lt % 86400 // 60
-        if minute == self._last_min:
-            return
-        self._last_min = minute
         wd = (day + 3) % 7  # 1970-01-01 was a Thursday; bit 0 is Monday
         for i in range(len(self.schedule)):
             z, mask, start, mins = self.schedule[i]
@@ -512,7 +529,7 @@ class Irrigation:
             if sched is None:
                 return _RES_BAD_ARGS, 0
             self.schedule = sched
-            self._done = [-1] * _SCHEDULE_MAX
+            self._done = [-1] * _RULES_MAX
             return self._saved(len(sched))
         if op == _OP_CLEAR_FAULT:
             if n:
@@ -541,6 +558,8 @@ class Irrigation:
         return _RES_OK, value
 
     def configure(self, settings):
+        if not settings:  # a new calendar (the runtime says so with {}): its programs start afresh
+            self._done = [-1] * _RULES_MAX
         v = settings.get(_CFG_MAX_RUN)
         if v is not None and 1 <= v <= _DAY_MIN:
             self.max_run_min = v

@@ -233,7 +233,15 @@ class Lighting:
         mid = (sset + srise) // 2
         prev = 0
         i = 0
-        for a, off, lv in self.profile:
+        steps = self.profile
+        cal = getattr(self.node, "cal", None)  # the runtime's [stored calendar or None, ...]
+        if cal and cal[0]:
+            # a calendar may give this night (its evening's date, k) another profile. Its code
+            # loads for this, once a night, by a string (a name here costs heap at boot: a
+            # qstr) and leaves again (firmware.unload): the node keeps only the calendar's bytes
+            steps = __import__("firmware.calendar", None, None, ("profile",)).profile(cal[0], k) or steps
+            unload("firmware.calendar")  # dotted: a short string would cost a qstr
+        for a, off, lv in steps:
             # an offset counted into the night stops at its other end
             if a == _ANCHOR_SUNSET:
                 t = sset + off * 60
@@ -513,6 +521,8 @@ class Lighting:
         return _RES_UNKNOWN_OP, 0
 
     def configure(self, settings):
+        self._cycle = None  # replan tonight: the runtime calls this with {} for a new calendar
+        self._hi = 0
         w = settings.get(_CFG_LAMP_POWER)
         if w is not None and 1 <= w <= _LAMP_POWER_MAX_W:
             self._power_w = w

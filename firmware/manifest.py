@@ -17,9 +17,10 @@
 # protocol/ files every kind imports, then those only some kinds import: the
 # nodes' frames and messages (nodeframe.py, nodemsg.py, nodecbor.py; cbor.py, loaded only for CBOR
 # outside a node's subset) and the BLE profile (nodeble.py, only for firmware/ble.py when
-# BLE commissioning is on: flash, not heap), the bridge's serial messages.
+# BLE commissioning is on: flash, not heap), a calendar's checks and reassembly (nodecal.py, only
+# while a calendar arrives), the bridge's serial messages.
 PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
-_PROTOCOL_NODE = ("cbor.py", "nodeble.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
+_PROTOCOL_NODE = ("cbor.py", "nodeble.py", "nodecal.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
 PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap.
@@ -27,6 +28,7 @@ _NODE = (
     "__init__.py",
     "aio.py",
     "ble.py",
+    "calendar.py",
     "config.py",
     "hal_machine.py",
     "radio.py",

@@ -52,7 +52,7 @@ from protocol import nodeframe as fr
 from protocol import nodelora as lora
 from protocol import nodemsg as m
 
-from firmware import aio, uplink
+from firmware import aio, unload, uplink
 from firmware.store import TOTALS_FLUSH_MS, CounterExhausted, NeedsRekey, StorageError, Store
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
@@ -73,6 +73,7 @@ _CFG_REPORT_INTERVAL = const(0)
 _CFG_SF = const(3)
 _CFG_STATUS_INTERVAL = const(1)
 _CFG_TX_POWER = const(2)
+_CF_CALENDAR = const(3)
 _CF_EXPIRES = const(1)
 _CF_SETTINGS = const(0)
 _CMD_ACK = const(6)
@@ -93,6 +94,7 @@ _E_TIME = const(3)
 _E_VALUE = const(2)
 _E_ZONE = const(5)
 _HELLO = const(1)
+_H_CALENDAR = const(5)
 _H_CAPS = const(2)
 _H_CONFIG_HASH = const(3)
 _H_FIRMWARE = const(0)
@@ -208,6 +210,10 @@ class Node:
         self.app_faults = 0
         self._exc_open = False  # EVENT app_exception raised and not cleared yet
         self.cfg_rejected = 0
+        # [the stored calendar: its 4-byte hash then the calendar (firmware/calendar.py reads it),
+        # or None; the fragments of one arriving] (SPEC §5 "Calendars"). One attribute: on the node
+        # every name costs heap (MicroPython's qstr pool); HAL storage "cal" holds the same bytes.
+        self.cal = [None, []]
         self.last_error = None
         self.on_event = None  # optional hook(severity, EVENT body CBOR): BLE keeps the last alarms
 
@@ -266,7 +272,21 @@ class Node:
         self._seed ^= self.store.peek_uplink() & 0xFFFFFFFF
         if self.store.opened:
             self._apply_saved_settings()
+        try:
+            data = hal.load("cal")
+            if data is not None:
+                import hashlib
+
+                if hashlib.sha256(data[4:]).digest()[:4] == data[:4]:  # checked when it came; flash can rot
+                    self.cal[0] = data
+        except Exception as e:  # unreadable: the node's own profile and schedule, and the gateway resends
+            self.last_error = repr(e)
         self._hello()
+        if hal.reset_cause() == _RST_WATCHDOG:
+            self.event(_EV_WATCHDOG_RESET, _SEV_WARNING)
+        if self.store.faults or not self.store.opened:
+            sev = _SEV_WARNING if self.store.opened else _SEV_ALARM
+            self.event(_EV_STORAGE_FAULT, sev, self.store.faults)
         self._spawn(self._sender())
         self._spawn(self._supervise())
         self._spawn(self._periodic(False))
@@ -290,12 +310,10 @@ class Node:
             _H_CONFIG_HASH: self.cfg["hash"],
             _H_RESET: self.hal.reset_cause(),
         }
+        cal = self.cal[0]
+        if cal is not None:
+            body[_H_CALENDAR] = cal[:4]
         self.queue.put(_HELLO, m.encode(_HELLO, body), uplink.PRIO_HELLO)
-        if self.hal.reset_cause() == _RST_WATCHDOG:
-            self.event(_EV_WATCHDOG_RESET, _SEV_WARNING)
-        if self.store.faults or not self.store.opened:
-            sev = _SEV_WARNING if self.store.opened else _SEV_ALARM
-            self.event(_EV_STORAGE_FAULT, sev, self.store.faults)
 
     def _open_store(self):
         """Open the store; until it opens the node is stopped safely (SPEC §4).
@@ -727,6 +745,35 @@ class Node:
             elif t == _CONFIG:
                 was = None if r.continuous else (r.sf, r.tx_power)
                 self.apply_settings(msg[_CF_SETTINGS])
+                data = msg.get(_CF_CALENDAR)
+                if data is not None:
+                    # A calendar fragment (SPEC §5 "Calendars"): a whole, valid calendar is stored,
+                    # applied and reported by a HELLO; anything wrong is refused (cfg_rejected) and
+                    # changes nothing stored. The reassembly and checks (protocol/nodecal.py) load
+                    # for this only, named by a string, and inline here: a module, method or
+                    # function name in this file would cost heap at boot (MicroPython's qstrs).
+                    cal = self.cal
+                    try:
+                        if cal[0] is not None and len(data) > 6 and data[0] == 0 and data[2:6] == cal[0][:4]:
+                            cal[1] = []  # the one it holds: say so, and the gateway stops sending
+                            data = None
+                            self._hello()
+                        else:
+                            data = __import__("protocol.nodecal", None, None, ("join",)).join(cal[1], data, self.kind)
+                    except ValueError as e:
+                        data = None
+                        self.cfg_rejected += 1
+                        self.last_error = repr(e)
+                    finally:
+                        unload("protocol.nodecal")
+                    if data is not None:
+                        try:
+                            self.hal.save("cal", data)
+                            cal[0] = data
+                            self._configure_app({})  # the app replans with it
+                            self._hello()
+                        except OSError as e:  # not stored: not applied either; the gateway sends it again
+                            self.last_error = repr(e)
                 if was is not None and was != (r.sf, r.tx_power):  # ADR: on trial until a downlink is heard
                     self._adr_prev = was
                     self._adr_left = _ADR_FALLBACK + 1  # the window it came in counts down too

@@ -218,6 +218,17 @@ class DownlinksSection:
 
 
 @dataclass(frozen=True)
+class CalendarsSection:
+    """Lighting and irrigation calendars (gateway/calendars.py, gateway/calendar_sync.py; SPEC 5 "Calendars")."""
+
+    dir: Path | None = opt(
+        None,
+        "directory of calendar files (*.toml, in name order: the first that names a node wins); unset: off",
+        kind="path",
+    )
+
+
+@dataclass(frozen=True)
 class AdrSection:
     """Adaptive data rate (gateway/adr.py; SPEC 5 "ADR"): off unless enabled; defaults ChirpStack's."""
 
@@ -418,6 +429,7 @@ class GatewayConfig:
     serial: tuple[SerialPortSection, ...]
     ble: BleSection
     adr: AdrSection = field(default_factory=AdrSection)
+    calendars: CalendarsSection = field(default_factory=CalendarsSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # gateway/notify_config.py
 
@@ -433,6 +445,7 @@ _SECTIONS: dict[str, type] = {
     "semtech": SemtechSection,
     "ble": BleSection,
     "adr": AdrSection,
+    "calendars": CalendarsSection,
     "mqtt": MqttSection,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
@@ -570,6 +583,14 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
     if out["upstream"].backoff_initial_s > out["upstream"].backoff_max_s:
         raise ConfigError(f"{name}: upstream.backoff_initial_s: larger than backoff_max_s")
     out["mqtt"], out["upstream"] = _check_mqtt(out["mqtt"], out["upstream"], data, name, out["gateway"].id)
+    cal_dir = out["calendars"].dir
+    if cal_dir is not None:
+        from gateway.calendars import CalendarError, load_dir
+
+        try:
+            load_dir(cal_dir)  # compiled again when the gateway starts: an error must stop it here
+        except CalendarError as e:
+            raise ConfigError(f"{name}: calendars.dir: {e}") from None
     adr = out["adr"]
     if adr.min_uplinks > adr.history:
         raise ConfigError(f"{name}: adr.min_uplinks: larger than adr.history")
@@ -697,6 +718,7 @@ def example_config() -> str:
     out += ["# " + line if line else "" for line in ex]
     out += _example_section("[ble]", BleSection, {}, set())
     out += _example_section("[adr]", AdrSection, {}, set())
+    out += _example_section("[calendars]", CalendarsSection, {"dir": '"calendars"'}, {"dir"})
     out += ['# MQTT upstream (gateway/README.md, "MQTT upstream"): instead of [upstream] when enabled.']
     out += _example_section(
         "[mqtt]",

@@ -48,6 +48,8 @@ from typing import Any
 from gateway import files, logs
 from gateway.adr import ADR_KEYS, FALLBACK_UPLINKS, Adr, AdrObserver
 from gateway.api import Api
+from gateway.calendar_sync import CalendarSync
+from gateway.calendars import load_dir as load_calendars
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
 from gateway.history import History
@@ -87,6 +89,7 @@ class Gateway:
         self.upstream: Any = None
         self.transports: list[Any] = []
         self.timesync: TimeSync | None = None
+        self.calendars: CalendarSync | None = None
         self.notifier: Notifier | None = None
         self.node_log = NodeLog()
         self._registry_stamp: tuple[int, int, int, int] | None = None
@@ -143,6 +146,15 @@ class Gateway:
                     Adr(**{k: getattr(a, k) for k in ADR_KEYS}, fallback_uplinks=FALLBACK_UPLINKS), self.downlinks
                 )
                 first = self.adr
+            if cfg.calendars.dir is not None:  # the calendar's fragment is queued before ADR's CONFIG
+                self.calendars = CalendarSync(
+                    load_calendars(cfg.calendars.dir),
+                    self.registry,
+                    first,
+                    queue=self.downlinks,
+                    clock=self.downlinks.clock,
+                )
+                first = self.calendars
             observer = (
                 Observers(first, self.node_log)
                 if self.history is None

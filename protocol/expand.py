@@ -15,6 +15,7 @@ FIELDS = {
         (2, "capabilities", None, 1),
         (3, "config_hash", None, 1),
         (4, "reset_cause", None, 1),
+        (5, "calendar_hash", None, 1),
     ),
     m.LIGHT: (
         (0, "level", "%", 1),
@@ -55,7 +56,12 @@ FIELDS = {
     ),
     m.CMD_ACK: ((0, "command_id", None, 1), (1, "result", None, 1), (2, "value", None, 1)),
     m.COMMAND: ((0, "command_id", None, 1), (1, "op", None, 1), (2, "args", None, 1), (3, "expires", "s", 1)),
-    m.CONFIG: ((0, "settings", None, 1), (1, "expires", "s", 1), (2, "echo", None, 1)),
+    m.CONFIG: (
+        (0, "settings", None, 1),
+        (1, "expires", "s", 1),
+        (2, "echo", None, 1),
+        (3, "calendar_fragment", None, 1),
+    ),
     m.TIME: ((0, "time", "s", 1), (1, "ms", "ms", 1), (2, "answers", None, 1), (3, "echo", None, 1)),
     m.ACK: ((0, "counter", None, 1), (1, "pending", None, 1)),
 }

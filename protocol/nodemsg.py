@@ -27,13 +27,14 @@ _REQUIRED = const(8)
 _NO_VALUE = const(0xFF)
 
 TABLE = (
-    # HELLO (1), 5 fields
-    b"\x01\x05"
+    # HELLO (1), 6 fields
+    b"\x01\x06"
     b"\x00\x0b\x00\x00"  # 0 T required: firmware version
     b"\x01\x08\x00\x01"  # 1 U required: node kind
     b"\x02\x00\x00\x02"  # 2 U: capabilities bitmask
     b"\x03\x02\x00\x03"  # 3 B: config hash: first 4 bytes of SHA-256 of the config
     b"\x04\x00\x00\x04"  # 4 U: reset cause
+    b"\x05\x02\x00\x03"  # 5 B: calendar hash: first 4 bytes of SHA-256 of the stored calendar
     # LIGHT (2), 7 fields
     b"\x02\x07"
     b"\x00\x00\x00\x05"  # 0 U: level %
@@ -82,11 +83,12 @@ TABLE = (
     b"\x01\x08\x00\x11"  # 1 U required: op
     b"\x02\x04\x18\x0a"  # 2 A: args (at most 24)
     b"\x03\x00\x00\x06"  # 3 U: expires, Unix s (0: never)
-    # CONFIG (9), 3 fields
-    b"\x09\x03"
+    # CONFIG (9), 4 fields
+    b"\x09\x04"
     b"\x00\x0d\x10\x06"  # 0 M required: partial config: CFG_* -> value (at most 16)
     b"\x01\x00\x00\x06"  # 1 U: expires, Unix s (0: never)
     b"\x02\x02\x00\x13"  # 2 B: a commissioning session's nonce (BLE tool only)
+    b"\x03\x02\x00\x14"  # 3 B: a calendar fragment: index, total, part (protocol/nodecal.py)
     # TIME (10), 4 fields
     b"\x0a\x04"
     b"\x00\x08\x00\x06"  # 0 U required: Unix time, s
@@ -120,6 +122,7 @@ RANGES = (
     1, 0xFF,  # 17
     0, 999,  # 18
     8, 8,  # 19
+    3, 26,  # 20
 )  # fmt: skip
 
 

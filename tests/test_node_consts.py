@@ -19,18 +19,19 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from protocol import ble, frame, lora, messages
+from protocol import ble, calendar, frame, lora, messages
 
 SOURCES = [messages, lora, frame]
 NODE_MODULES = sorted(
     [f"firmware.{p.stem}" for p in (ROOT / "firmware").glob("*.py") if p.stem not in ("manifest", "boot", "main")]
-    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble"]
+    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble", "protocol.nodecal"]
 )
 # whose copies each module keeps, where not SOURCES
 COPIES_OF = {
     "protocol.nodelora": [lora],  # lora.SF_MIN 6 is the modem's, messages.SF_MIN 7 EU868's CONFIG range
     "protocol.nodeframe": [frame],
     "protocol.nodeble": [ble],
+    "protocol.nodecal": [calendar, messages],
     "firmware.ble": [messages, frame, ble],
 }
 

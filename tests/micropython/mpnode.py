@@ -37,6 +37,7 @@ class MiniGateway:
         self.heard = []  # (ticks_ms, mtype, counter, body, frame length)
         self.rejected = 0
         self.pending = []
+        self.feed = []  # downlinks sent one per uplink, in order (a calendar's fragments)
         self.down = 0
         self.max_frame = 0
 
@@ -68,6 +69,10 @@ class MiniGateway:
                 todo.append((m.TIME, {0: self.clock.unix(), 2: f.counter}))
             todo.extend(self.pending)
             self.pending = []
+            if self.feed:
+                x = self.feed.pop(0)
+                if x is not None:  # None: this uplink gets nothing
+                    todo.append(x)
             replies = []
             alarm = f.mtype == m.EVENT and body.get(1, 0) >= m.SEV_ALARM
             if alarm or len(todo) > 1:
