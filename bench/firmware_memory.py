@@ -299,7 +299,8 @@ def run_app(
             f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
             f"_end = {int(hours * 3600 * 1000)}\n"
             + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
-            + (f"_gw.feed = [None] * 2 + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n" if calendar else "")
+            # the first fragment answers the node's second uplink: the HELLO's window carries its TIME
+            + (f"_gw.feed = [None] + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n" if calendar else "")
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears

@@ -123,7 +123,7 @@ def _month_day(w: _Where, key: str, v: Any) -> int:
 
 def _int(w: _Where, key: str, v: Any, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise w.err(key, f"{str(v)[:40]!r} is not an integer in {lo}..{hi}")
+        raise w.err(key, f"{repr(v)[:40]} is not an integer in {lo}..{hi}")
     return v
 
 

@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "lumeau.commands.node",
     "lumeau.commands.group",
     "lumeau.commands.plan",
+    "lumeau.commands.calendar",
 ]
 
 
