@@ -104,20 +104,20 @@ class CalendarSync:
 
     def _decide(self, nid: int, record: Record) -> Any:
         st = self.nodes.setdefault(nid, NodeSync())
+        cal = self.assigned(nid)
         if record.mtype == m.HELLO:
             held = record.body.get(m.H_CALENDAR)
             st.held = held if isinstance(held, bytes) else b""
             if st.target and st.held != st.target and st.next:
                 st.next = st.waited = 0  # the node restarted mid-way: its reassembly is gone
             if st.target and st.held == st.target:
-                if st.next == 1 and st.fragments <= 1:
+                if st.fragments == 1 and cal is not None and len(cal.fragments()) > 1:
                     self.counts["already_held"] += 1
                 else:
                     self.counts["applied"] += 1
                     st.applied_at = self.clock() if self.clock is not None else None
                     log.info("calendar applied", extra={"node": f"{nid:08x}", "hash": st.target.hex()})
                 st.target, st.next, st.rounds, st.fragments = b"", 0, 0, 0
-        cal = self.assigned(nid)
         if cal is None or st.held == cal.hash or nid in self._queuing:
             return None
         if st.target != cal.hash:  # a new version (or the first): start over

@@ -19,13 +19,18 @@ What happens, in order:
    going away for half an hour);
 4. the services are stopped cleanly (SIGTERM, their exit statuses
    checked), and the figures are read back from the sink;
-5. the city platform's own ledger of the run is read back: `lumeau sink`
+5. (before 3) a calendar event is written for the gateway to send: a named
+   evening on the first street (simulator/demo_calendar.py), lights off
+   around a light show; after the run, the lamps that took it (the
+   gateway's log) and the energy it changed go into the summary and
+   `results.json` (`calendar_event`);
+6. the city platform's own ledger of the run is read back: `lumeau sink`
    again on the run's database, told the lamps' rated powers and the
    schedules, computes each local day from its records
    (simulator/demo_ledger.py); its kWh and m3 are set against the
    simulator's truth (2 % and 5 %), in the summary and in `results.json`
    (`platform_ledger`);
-6. a summary is printed, and `report.html` (plots embedded, and as PNGs in
+7. a summary is printed, and `report.html` (plots embedded, and as PNGs in
    `plots/`) and `results.json` (the same figures as `lumeau sim run
    --json`) are written to the output directory.
 
@@ -102,6 +107,19 @@ def _residents(scenario: Any, out: Path, doc: dict[str, Any]) -> None:
     _say(summary(reports))
 
 
+def _calendar(scenario: Any, out: Path, doc: dict[str, Any], event: dict[str, Any]) -> None:
+    """The calendar event: which lamps took it (the gateway's log), its energy effect, into `doc`."""
+    from simulator.demo_calendar import event_report, summary
+
+    try:
+        r = event_report(scenario, out, event)
+    except (OSError, ValueError, KeyError) as e:  # the run stands; say why the event's account is missing
+        _say(f"  calendar event: not reported: {e}")
+        return
+    doc["calendar_event"] = r
+    _say(summary(r))
+
+
 def run_demo(
     scenario_path: str | Path = DEFAULT_SCENARIO,
     out: Path | None = None,
@@ -155,6 +173,9 @@ def run_demo(
         channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
         bw_hz=scenario.radio.params.bw_hz,
     )
+    from simulator.demo_calendar import write_event
+
+    event = write_event(scenario, out)  # the gateway sends it to a street's lamps (simulator/demo_calendar.py)
     _say(f"Lumeau demo: {scenario.name} ({scenario.description})")
     _say(
         f"  {len(scenario.lamps)} street lights, {len(scenario.controllers)} irrigation controllers "
@@ -178,6 +199,7 @@ def run_demo(
     _say(live_summary(doc))
     _ledger(scenario, out, doc)
     _residents(scenario, out, doc)
+    _calendar(scenario, out, doc, event)
     (out / "results.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     if report:
         path = write_report(doc, out, scenario)

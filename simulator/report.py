@@ -188,6 +188,7 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         _totals_table(to),
         *_clock_section(results.get("clock")),
         *_platform_section(results.get("platform_ledger"), results.get("resident_reports")),
+        *_calendar_section(results.get("calendar_event")),
         "<h2>The gateway</h2>",
         _gateway_table(gw, live),
         "<h2>Models and their limits</h2>",
@@ -481,6 +482,28 @@ def _platform_section(led: dict[str, Any] | None, reports: list[dict[str, Any]] 
             f"<th>notice to the resident</th></tr>{rows_html}</table>",
         ]
     return out
+
+
+def _calendar_section(r: dict[str, Any] | None) -> list[str]:
+    """The demo's calendar event (simulator/demo_calendar.py): which lamps took it, what it changed."""
+    if not r:
+        return []
+    missing = sorted(set(r["nodes"]) - set(r["applied"]))
+    return [
+        "<h2>Calendar event</h2>",
+        f"<p>{_e(r['name'])}, the evening of {_e(r['date'])}: the gateway compiled the calendar file "
+        f"({r['calendar_bytes']} B, hash <code>{_e(r['calendar_hash'])}</code>) and sent it to the lamps of "
+        f"<code>{_e(r['street'])}</code> as {r['fragments_per_node']} CONFIG fragments each in their receive "
+        f"windows ({r['fragments_queued']} queued in all); {len(r['applied'])} of {len(r['nodes'])} lamps "
+        "reported it back in a HELLO (the gateway's log)"
+        + (f"; not (yet): {_e(', '.join(missing))}" if missing else "")
+        + ".</p>",
+        "<table><tr><th>that night, those lamps</th><th>kWh</th></tr>"
+        f"<tr><td>their own profile</td><td class=n>{r['night_kwh_own_profile']:.2f}</td></tr>"
+        f"<tr><td>with the event (off around the show)</td><td class=n>{r['night_kwh_with_event']:.2f}</td></tr>"
+        f"<tr><td>saved by the schedule (presence boosts aside)</td><td class=n>{r['night_kwh_saved']:.2f}</td></tr>"
+        "</table>",
+    ]
 
 
 def _warnings_section(warnings: list[dict[str, Any]]) -> list[str]:

@@ -107,6 +107,7 @@ def gateway_config(
     semtech: bool = True,
     log_file: Path,
     gateway_id: str = GATEWAY_ID,
+    calendars_dir: Path | None = None,
 ) -> str:
     """The TOML of a gateway wired to the simulator: its bridges on `serial_ports`, UDP on a free port."""
 
@@ -137,6 +138,8 @@ def gateway_config(
         'host = "127.0.0.1"',
         "port = 0",
     ]
+    if calendars_dir is not None:
+        out += ["[calendars]", f"dir = {q(calendars_dir)}"]
     for p in serial_ports:
         out += ["[[serial]]", f"port = {q(p)}", 'mode = "bridge"']
     return "\n".join(out) + "\n"
@@ -398,6 +401,9 @@ class Services:
                     serial_ports=serial_ports,
                     semtech=semtech,
                     log_file=self.workdir / "gateway.log",
+                    # a calendars/ directory in the run's directory (the demo writes one): the
+                    # gateway's [calendars] dir, sent to the nodes as CONFIG fragments
+                    calendars_dir=self.workdir / "calendars" if (self.workdir / "calendars").is_dir() else None,
                 )
             )
             started = self.gateway.start()

@@ -6,7 +6,8 @@ Rules (issue 10, /work/shared/DESIGN.md):
 - gateway/ never imports firmware/, simulator/ or city/;
 - city/ never imports firmware/;
 - lumeau/ imports from firmware/ only firmware.manifest (bundles), firmware.config and the apps'
-  firmware.lighting / firmware.irrigation (the node's own config validators, lumeau/boards.py);
+  firmware.lighting / firmware.irrigation (the node's own config validators, lumeau/boards.py) and
+  firmware.calendar (`lumeau calendar check --on`);
 - no import cycles among the project's modules;
 - no private name (`_x`) imported or reached across modules, outside tests.
 
@@ -52,7 +53,13 @@ FORBIDDEN = {
     ("gateway", "city"): "gateway/ never imports city/",
     ("city", "firmware"): "city/ never imports firmware/",
 }
-LUMEAU_FIRMWARE_ALLOWED = {"firmware.manifest", "firmware.config", "firmware.lighting", "firmware.irrigation"}
+LUMEAU_FIRMWARE_ALLOWED = {
+    "firmware.manifest",
+    "firmware.config",
+    "firmware.lighting",
+    "firmware.irrigation",
+    "firmware.calendar",  # `lumeau calendar check --on`: what a node does with a calendar, by the node's code
+}
 
 
 @dataclass(frozen=True)

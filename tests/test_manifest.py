@@ -57,6 +57,15 @@ def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)  # from firmware import astro
+        elif (  # __import__("firmware.calendar", ...): a module named by a string (no qstr at boot)
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            out.add(node.args[0].value)
     return {name for name in out if name.split(".")[0] in ("firmware", "protocol")}
 
 
