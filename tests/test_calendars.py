@@ -479,3 +479,35 @@ def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = write(tmp_path, "bad.toml", 'kind = "lighting"')
     assert lumeau_main(["calendar", "check", str(bad)]) == 1
     assert f"{bad}: timezone: required" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the demo's event
+
+
+def test_demo_event_is_written_reported_and_shown(tmp_path: Path) -> None:
+    from simulator.demo_calendar import event_report, summary, write_event
+    from simulator.report import _calendar_section
+    from simulator.scenario import load as load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "district.toml")
+    ev = write_event(sc, tmp_path)
+    quai = [n.node_id for n in sc.lamps if n.street == sc.streets[0].id]
+    assert ev["nodes"] == quai and ev["date"] == "2026-06-15"
+    cal = load(tmp_path / "calendars" / "event.toml")  # what the gateway will compile
+    assert cal.nodes == tuple(quai) and len(cal.fragments()) == 2
+    # the gateway's log says two lamps took it (one line for another hash does not count)
+    log = [
+        {"msg": "calendar fragment 1/2 queued", "node": f"{quai[0]:08x}"},
+        {"msg": "calendar applied", "node": f"{quai[0]:08x}", "hash": cal.hash.hex()},
+        {"msg": "calendar applied", "node": f"{quai[1]:08x}", "hash": cal.hash.hex()},
+        {"msg": "calendar applied", "node": f"{quai[2]:08x}", "hash": "00000000"},
+    ]
+    (tmp_path / "gateway.log").write_text("\n".join(json.dumps(x) for x in log) + "\nnot json\n")
+    r = event_report(sc, tmp_path, ev)
+    assert r["applied"] == [f"{quai[0]:08x}", f"{quai[1]:08x}"] and r["fragments_queued"] == 1
+    # off from an hour after sunset to an hour after the midpoint: well under the own profile
+    assert 0 < r["night_kwh_with_event"] < 0.7 * r["night_kwh_own_profile"]
+    assert r["night_kwh_saved"] == pytest.approx(r["night_kwh_own_profile"] - r["night_kwh_with_event"], abs=0.002)
+    assert "2 of 13 lamps of quai took the calendar" in summary(r)
+    html = "\n".join(_calendar_section(r))
+    assert "Calendar event" in html and "not (yet):" in html and f"{quai[2]:08x}" in html
