@@ -54,7 +54,8 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   connection; `ble` in each app's result counts sessions and CONFIGs applied;
 - with --calendar, the node is sent a calendar (bench_calendar below: the
   district demo's kind of calendar, 3 fragments for lighting, 2 for
-  irrigation), one CONFIG fragment per uplink from its first one on, so the
+  irrigation), one CONFIG fragment per uplink from its 9th on (as the gateway's
+  calendar_sync.BOOT_HOLD), so the
   run includes the reassembly (protocol/nodecal.py, loaded for each fragment
   and dropped) and a node holding a calendar (firmware/calendar.py loaded by
   the app, its stored bytes kept): both count as runtime heap;
@@ -299,8 +300,12 @@ def run_app(
             f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
             f"_end = {int(hours * 3600 * 1000)}\n"
             + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
-            # the first fragment answers the node's second uplink: the HELLO's window carries its TIME
-            + (f"_gw.feed = [None] + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n" if calendar else "")
+            # the first fragment answers the node's 9th uplink, as the gateway's does (BOOT_HOLD)
+            + (
+                f"_gw.feed = [None] * 8 + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n"
+                if calendar
+                else ""
+            )
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears

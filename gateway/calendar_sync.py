@@ -10,7 +10,8 @@ config; the files are gateway/calendars.py's). Per node:
   HELLO at boot and each time it stores a calendar), unknown until one is heard;
 - when they differ (or the node's is unknown), the fragments go one per uplink, in order, each
   a CONFIG {CF_SETTINGS: {}, CF_CALENDAR: fragment} queued before the downlink queue hears of
-  the uplink, so it leaves in that uplink's receive window (like gateway/adr.py). A node that
+  the uplink, so it leaves in that uplink's receive window (like gateway/adr.py), from the
+  BOOT_HOLD-th uplink after a boot's HELLO on (the node's first hour is its heap's peak). A node that
   already holds the calendar answers the first fragment with a HELLO: nothing more is sent.
   After the last fragment, RESEND_AFTER uplinks without a HELLO with the new hash start the
   round again (a fragment lost on the air), at most ROUNDS_MAX rounds per calendar version.
@@ -33,6 +34,9 @@ from protocol import messages as m
 log = logging.getLogger("lumeau.gateway.calendars")
 
 RESEND_AFTER = 3  # uplinks after the last fragment without the node's HELLO confirming
+# Uplinks after a node's HELLO (its boot) before a first fragment goes: a node's first hour
+# has its heap's peak of the day (bench/README.md, "Calendars"), and a calendar is no hurry.
+BOOT_HOLD = 8
 ROUNDS_MAX = 3  # rounds per calendar version, then the node is left alone until its next HELLO
 CONFIG_TTL_S = 86400.0
 KIND_NAMES = {m.KIND_LIGHTING: "lighting", m.KIND_IRRIGATION: "irrigation"}
@@ -48,6 +52,7 @@ class NodeSync:
     held: bytes | None = None  # the hash the node reported, None: not heard yet
     applied_at: float | None = None
     fragments: int = 0
+    since_hello: int = BOOT_HOLD  # uplinks since its last HELLO (a node not seen booting: no hold)
 
 
 @dataclass
@@ -57,6 +62,7 @@ class CalendarSync:
     downlinks: Any  # the next observer: the downlink queue (or ADR in front of it)
     queue: Any = None  # what `enqueue`s: the gateway's Downlinks
     clock: Any = None
+    boot_hold: int = BOOT_HOLD
     nodes: dict[int, NodeSync] = field(default_factory=dict)
     counts: dict[str, int] = field(
         default_factory=lambda: {"fragments": 0, "applied": 0, "already_held": 0, "rounds": 0, "refused": 0}
@@ -105,7 +111,9 @@ class CalendarSync:
     def _decide(self, nid: int, record: Record) -> Any:
         st = self.nodes.setdefault(nid, NodeSync())
         cal = self.assigned(nid)
+        st.since_hello += 1
         if record.mtype == m.HELLO:
+            st.since_hello = 0  # a boot (or a calendar stored: then nothing is to be sent anyway)
             held = record.body.get(m.H_CALENDAR)
             st.held = held if isinstance(held, bytes) else b""
             if st.target and st.held != st.target and st.next:
@@ -124,6 +132,8 @@ class CalendarSync:
             st.target, st.next, st.waited, st.rounds, st.fragments = cal.hash, 0, 0, 0, 0
         if st.pending is not None and getattr(st.pending, "state", None) == "queued":
             return None  # the last fragment has not left yet
+        if st.since_hello < self.boot_hold:
+            return None
         frags = cal.fragments()
         if st.next >= len(frags):
             st.waited += 1

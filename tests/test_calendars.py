@@ -373,7 +373,7 @@ async def gateway(tmp_path: Path):
     d = Downlinks(store, reg, collect_s=0.0)
     await d.start()
     cal = load(write(tmp_path, "lyon.toml", LYON))
-    sync = CalendarSync([cal], reg, d)
+    sync = CalendarSync([cal], reg, d, boot_hold=0)
     p = Pipeline(reg, store, downlinks=sync)
     yield p, d, sync, cal
     await d.close()
@@ -511,3 +511,15 @@ def test_demo_event_is_written_reported_and_shown(tmp_path: Path) -> None:
     assert "2 of 13 lamps of quai took the calendar" in summary(r)
     html = "\n".join(_calendar_section(r))
     assert "Calendar event" in html and "not (yet):" in html and f"{quai[2]:08x}" in html
+
+
+async def test_no_fragment_in_a_nodes_first_uplinks_after_boot(gateway) -> None:
+    p, d, sync, cal = gateway
+    sync.boot_hold = 8
+    radio = Radio()
+    await up(p, d, 1, 1, radio, m.HELLO, hello(None))
+    for c in range(2, 9):
+        await up(p, d, 1, c, radio)
+    assert radio.sent == []  # HELLO + 7 uplinks: the node's first hour is its heap's peak
+    await up(p, d, 1, 9, radio)
+    assert [b[3] for t, b in radio.sent if t == m.CONFIG] == cal.fragments()[:1]
