@@ -82,6 +82,19 @@ def test_firmware_memory_bench_measures_a_node_with_ble():
     assert app["code_heap"] > 10_000
 
 
+def test_firmware_memory_bench_measures_a_node_taking_a_calendar():
+    # --calendar: CONFIG fragments from the 9th uplink, reassembled, stored, used, within the bars
+    cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "6"]
+    out = subprocess.run(
+        [*cmd, "--tick-ms", "5000", "--calendar"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    result = json.loads(out)
+    assert result["calendar"] is True
+    for kind, app in result["apps"].items():
+        assert app["calendar_held"] is True and app["app_faults"] == 0 and app["frames_rejected"] == 0, kind
+        assert app["max_frame_bytes"] <= 51 and app["meets_bar"], (kind, app["runtime_heap"], app["total"])
+
+
 def test_firmware_memory_soak_is_flat_over_three_days():
     """Both nodes under MicroPython for 3 simulated days: their heap must not grow (issue 21).
 
