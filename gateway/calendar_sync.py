@@ -8,11 +8,13 @@ config; the files are gateway/calendars.py's). Per node:
   else the first file with `default = true` for the node's kind, else none;
 - the calendar the node holds: the hash its HELLO reports (key H_CALENDAR; a node sends a
   HELLO at boot and each time it stores a calendar), unknown until one is heard;
-- when they differ (or the node's is unknown), the fragments go one per uplink, in order, each
-  a CONFIG {CF_SETTINGS: {}, CF_CALENDAR: fragment} queued before the downlink queue hears of
-  the uplink, so it leaves in that uplink's receive window (like gateway/adr.py), from the
-  BOOT_HOLD-th uplink after a boot's HELLO on (the node's first hour is its heap's peak). A node that
-  already holds the calendar answers the first fragment with a HELLO: nothing more is sent.
+- when they differ (or the node's is unknown), all its fragments are queued at once, in order,
+  each a CONFIG {CF_SETTINGS: {}, CF_CALENDAR: fragment}, before the downlink queue hears of
+  the uplink (like gateway/adr.py), from the BOOT_HOLD-th uplink after a boot's HELLO on (the
+  node's first hour is its heap's peak); they leave one per receive window (on LoRa), so no
+  store write stands between a later uplink and its answer. A node that already holds the
+  calendar answers the first fragment with a HELLO: the rest is cancelled. So is the rest of a
+  round when the node reboots mid-way (a HELLO with another hash), and a new round starts.
   After the last fragment, RESEND_AFTER uplinks without a HELLO with the new hash start the
   round again (a fragment lost on the air), at most ROUNDS_MAX rounds per calendar version.
 
@@ -45,13 +47,11 @@ KIND_NAMES = {m.KIND_LIGHTING: "lighting", m.KIND_IRRIGATION: "irrigation"}
 @dataclass
 class NodeSync:
     target: bytes = b""  # the hash being sent
-    next: int = 0  # the next fragment's index
+    round: list[Any] = field(default_factory=list)  # the Downlinks of this round's fragments
     waited: int = 0  # uplinks since the last fragment went
     rounds: int = 0
-    pending: Any = None  # the Downlink of the last fragment queued
     held: bytes | None = None  # the hash the node reported, None: not heard yet
     applied_at: float | None = None
-    fragments: int = 0
     since_hello: int = BOOT_HOLD  # uplinks since its last HELLO (a node not seen booting: no hold)
 
 
@@ -109,55 +109,68 @@ class CalendarSync:
         self.downlinks.on_duplicate(node_id, counter, reception)
 
     def _decide(self, nid: int, record: Record) -> Any:
+        """A coroutine to run before the downlinks hear of this uplink, or None."""
         st = self.nodes.setdefault(nid, NodeSync())
         cal = self.assigned(nid)
         st.since_hello += 1
+        drop: list[Any] = []  # fragments still queued that no longer serve
         if record.mtype == m.HELLO:
             st.since_hello = 0  # a boot (or a calendar stored: then nothing is to be sent anyway)
             held = record.body.get(m.H_CALENDAR)
             st.held = held if isinstance(held, bytes) else b""
-            if st.target and st.held != st.target and st.next:
-                st.next = st.waited = 0  # the node restarted mid-way: its reassembly is gone
             if st.target and st.held == st.target:
-                if st.fragments == 1 and cal is not None and len(cal.fragments()) > 1:
+                left = sum(1 for dl in st.round if dl.state != "queued")
+                if left == 1 and len(st.round) > 1:
                     self.counts["already_held"] += 1
                 else:
                     self.counts["applied"] += 1
                     st.applied_at = self.clock() if self.clock is not None else None
                     log.info("calendar applied", extra={"node": f"{nid:08x}", "hash": st.target.hex()})
-                st.target, st.next, st.rounds, st.fragments = b"", 0, 0, 0
-        if cal is None or st.held == cal.hash or nid in self._queuing:
+                drop = self._queued(st)
+                st.target, st.round, st.rounds = b"", [], 0
+            elif st.round:  # rebooted mid-way: its reassembly is gone, the round starts again
+                drop = self._queued(st)
+                st.round, st.waited = [], 0
+        if nid in self._queuing:
             return None
+        if cal is None or st.held == cal.hash:
+            return self._run(nid, st, drop, []) if drop else None
         if st.target != cal.hash:  # a new version (or the first): start over
-            st.target, st.next, st.waited, st.rounds, st.fragments = cal.hash, 0, 0, 0, 0
-        if st.pending is not None and getattr(st.pending, "state", None) == "queued":
-            return None  # the last fragment has not left yet
-        if st.since_hello < self.boot_hold:
-            return None
-        frags = cal.fragments()
-        if st.next >= len(frags):
+            drop += self._queued(st)
+            st.target, st.round, st.waited, st.rounds = cal.hash, [], 0, 0
+        if self._queued(st) or st.since_hello < self.boot_hold:
+            return self._run(nid, st, drop, []) if drop else None  # still leaving, or the node just booted
+        if st.round:  # every fragment left: the node's HELLO with the hash should follow
             st.waited += 1
-            if st.waited <= RESEND_AFTER:
-                return None
-            if st.rounds + 1 >= ROUNDS_MAX:
-                return None
+            if st.waited <= RESEND_AFTER or st.rounds + 1 >= ROUNDS_MAX:
+                return self._run(nid, st, drop, []) if drop else None
             st.rounds += 1
-            st.next = st.waited = 0
             self.counts["rounds"] += 1
-        i = st.next
-        st.next += 1
-        return self._queue_fragment(nid, st, frags[i], i, len(frags))
+        st.waited = 0
+        return self._run(nid, st, drop, cal.fragments())
 
-    async def _queue_fragment(self, nid: int, st: NodeSync, frag: bytes, i: int, n: int) -> None:
+    @staticmethod
+    def _queued(st: NodeSync) -> list[Any]:
+        return [dl for dl in st.round if getattr(dl, "state", None) == "queued"]
+
+    async def _run(self, nid: int, st: NodeSync, drop: list[Any], frags: list[bytes]) -> None:
+        """Cancel what no longer serves, then queue a round: every fragment at once, in order.
+
+        They leave one per receive window (the downlink queue's order and LoRa's one frame
+        per window), so no store write stands between a later uplink and its answer."""
         try:
-            st.pending = await self.queue.enqueue(nid, m.CONFIG, {m.CF_SETTINGS: {}, m.CF_CALENDAR: frag}, CONFIG_TTL_S)
-            st.fragments += 1
-            self.counts["fragments"] += 1
-            log.info("calendar fragment %d/%d queued", i + 1, n, extra={"node": f"{nid:08x}"})
-        except Exception as e:  # a full queue, a node just removed: tried again at its next uplink
-            st.next = i
-            self.counts["refused"] += 1
-            log.warning("calendar fragment not queued: %s", e, extra={"node": f"{nid:08x}"})
+            for dl in drop:
+                await self.queue.cancel(dl.id)
+            for i, frag in enumerate(frags):
+                try:
+                    dl = await self.queue.enqueue(nid, m.CONFIG, {m.CF_SETTINGS: {}, m.CF_CALENDAR: frag}, CONFIG_TTL_S)
+                except Exception as e:  # a full queue, a node just removed: the round is short, resent later
+                    self.counts["refused"] += 1
+                    log.warning("calendar fragment not queued: %s", e, extra={"node": f"{nid:08x}"})
+                    break
+                st.round.append(dl)
+                self.counts["fragments"] += 1
+                log.info("calendar fragment %d/%d queued", i + 1, len(frags), extra={"node": f"{nid:08x}"})
         finally:
             if self._queuing.get(nid) is asyncio.current_task():
                 del self._queuing[nid]
