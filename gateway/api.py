@@ -60,6 +60,9 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    queue; members of a kind the op is not for are "skipped"
                                    (gateway/groups.py); 400 bad op or arguments, nothing queued
   GET    /groups/{name}/commands   the group's commands with their progress counts
+  GET    /calendars                the calendars compiled ([calendars], gateway/calendar_sync.py)
+                                   and per node seen: hash assigned, hash held, in_sync; counters;
+                                   404 when off
   GET    /alarms                   alarm cycles told of by notifications ([notify], gateway/notify.py),
                                    open ones (?all=1: cleared too): node, code, zone, severity,
                                    raised, acked, acked_by, escalate_at, escalated; 404 when off
@@ -461,11 +464,13 @@ class Api:
         ui: bool = True,
         silent_after_s: float = health.SILENT_AFTER_S,
         notifier: Notifier | None = None,
+        calendars: Any = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
         self.history = history
         self.notifier = notifier
+        self.calendars = calendars  # gateway/calendar_sync.py CalendarSync, None when [calendars] is off
         self.silent_after_s = silent_after_s
         self.registry = registry
         self.store = store
@@ -509,6 +514,7 @@ class Api:
         r.add_post("/groups/{name}/commands", self.post_group_command)
         r.add_get("/groups/{name}/commands", self.group_commands)
         r.add_get("/groups/{name}/commands/{id}", self.get_group_command)
+        r.add_get("/calendars", self.list_calendars)
         r.add_get("/alarms", self.list_alarms)
         r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
         r.add_get("/notifications", self.list_notifications)
@@ -862,6 +868,16 @@ class Api:
         return web.json_response(out)
 
     # ------------------------------------------------------------ the web page
+
+    # ------------------------------------------------------------ calendars
+
+    async def list_calendars(self, request: web.Request) -> web.Response:
+        """The calendars compiled, and per node seen: the hash assigned, the one it holds, in sync."""
+        if self.calendars is None:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "calendars are off ([calendars] dir unset)"}), content_type="application/json"
+            )
+        return web.json_response(self.calendars.status())
 
     # ------------------------------------------------------------ alarm notifications
 

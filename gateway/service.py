@@ -184,6 +184,7 @@ class Gateway:
                     ui=cfg.api.ui,
                     silent_after_s=cfg.api.silent_after_s,
                     notifier=self.notifier,
+                    calendars=self.calendars,
                 )
                 await self.api.start()
             if self.upstream is not None:

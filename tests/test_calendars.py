@@ -523,3 +523,35 @@ async def test_no_fragment_in_a_nodes_first_uplinks_after_boot(gateway) -> None:
     assert radio.sent == []  # HELLO + 7 uplinks: the node's first hour is its heap's peak
     await up(p, d, 1, 9, radio)
     assert [b[3] for t, b in radio.sent if t == m.CONFIG] == cal.fragments()[:1]
+
+
+async def test_api_lists_calendars_and_nodes_in_sync(gateway, tmp_path: Path) -> None:
+    import aiohttp
+
+    from gateway.api import Api
+
+    p, d, sync, cal = gateway
+    radio = Radio()
+    await up(p, d, 2, 1, radio, m.HELLO, hello(cal.hash))
+    await up(p, d, 1, 1, radio, m.HELLO, hello(None))
+    token = "a-test-token-0123456789"
+    apis = [
+        Api(registry=sync.registry, store=d.store, pipeline=p, downlinks=d, token=token, port=0, calendars=c)
+        for c in (sync, None)
+    ]
+    for api in apis:
+        await api.start()
+    try:
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{apis[0].port}/calendars", headers=auth) as r:
+                assert r.status == 200
+                doc = await r.json()
+            async with http.get(f"http://127.0.0.1:{apis[1].port}/calendars", headers=auth) as r:
+                assert r.status == 404 and "calendars are off" in (await r.json())["error"]
+    finally:
+        for api in apis:
+            await api.stop()
+    assert doc["calendars"][0]["hash"] == cal.hash.hex() and doc["calendars"][0]["kind"] == "lighting"
+    assert doc["nodes"]["00000002"] == {"assigned": cal.hash.hex(), "held": cal.hash.hex(), "in_sync": True}
+    assert doc["nodes"]["00000001"]["in_sync"] is False and doc["counts"]["fragments"] == len(cal.fragments())
