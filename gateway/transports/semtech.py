@@ -74,6 +74,12 @@ stats() reports `rcvbuf_bytes` (granted) and, on Linux, the kernel's
 `rx_queue` columns of /proc/net/udp or udp6, found by the socket's inode); on
 other systems those two are absent from stats() and /metrics, not zero.
 
+Stopping (a restart) first reads what the kernel already queued for the socket
+(up to STOP_DRAIN_MAX datagrams) and hands it on like any datagram, so a burst
+that arrived while the gateway was busy is stored, not dropped with the socket
+(`drained_on_stop` counts them). What arrives while no process holds the port is
+lost as on any UDP port: the forwarder does not resend PUSH_DATA.
+
 Limits: at most MAX_FORWARDERS forwarders are remembered (the least
 recently heard is forgotten first); a route is valid for `route_timeout`
 (60 s, six missed 10 s keepalives) after the last PULL_DATA.
@@ -152,6 +158,7 @@ MAX_FORWARDERS = 256
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
 SOURCE_BINDINGS = ("tofu", "configured", "off")
+STOP_DRAIN_MAX = 100_000  # datagrams read at stop: far more than an 8 MiB buffer holds
 MAX_BINDINGS = 4096  # EUIs bound on first use at most; then new EUIs are refused, never a bound one evicted
 MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure (see _parse_int)
 STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
@@ -418,6 +425,7 @@ class SemtechServer(asyncio.DatagramProtocol):
 
     async def stop(self) -> None:
         if self._transport is not None:
+            self._drain_socket()
             self._transport.close()
             self._transport = None
         for _eui, fut in self._pending.values():
@@ -425,6 +433,28 @@ class SemtechServer(asyncio.DatagramProtocol):
                 fut.cancel()
         self._pending.clear()
         await self.ingestor.stop()
+
+    def _drain_socket(self) -> None:
+        """Hand on the datagrams the kernel queued before the stop (see the module docstring)."""
+        assert self._transport is not None
+        tsock = self._transport.get_extra_info("socket")
+        if tsock is None:
+            return
+        sock = socket.socket(tsock.family, tsock.type, fileno=os.dup(tsock.fileno()))
+        try:
+            sock.setblocking(False)
+            for _ in range(STOP_DRAIN_MAX):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:  # an ICMP error queued for the socket, say: the rest is still read
+                    self.error_received(e)
+                    continue
+                self.counts["drained_on_stop"] += 1
+                self.datagram_received(data, addr)
+        finally:
+            sock.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics: datagrams and packets by outcome, forwarders known."""
