@@ -300,6 +300,8 @@ class Gateway:
                     trust_time=cfg.gateway.trust_radio_time,
                 )
             )
+        if cfg.chirpstack.enabled:
+            out.append(self._make_chirpstack())
         if cfg.ble.enabled:
             from gateway.transports.ble import BleTransport
 
@@ -314,6 +316,30 @@ class Gateway:
                 )
             )
         return out
+
+    def _make_chirpstack(self) -> Any:
+        """[chirpstack]: uplinks from a ChirpStack application's MQTT integration, DevEUIs from the registry."""
+        from gateway.transports.chirpstack import ChirpStackTransport, RegistryDevices
+        from gateway.upstream_mqtt import tls_context
+
+        c = self.cfg.chirpstack
+        assert self.pipeline is not None
+        return ChirpStackTransport(
+            self.pipeline,
+            c.host,
+            c.port,
+            application_id=c.application_id,
+            devices=RegistryDevices(lambda: self.registry),
+            username=c.username.reveal() if c.username else None,
+            password=c.password.reveal() if c.password else None,
+            tls=tls_context(c.ca_file, c.cert_file, c.key_file) if c.tls else None,
+            client_id=c.client_id,
+            keepalive=c.keepalive_s,
+            confirmed=c.confirmed,
+            backoff_base=c.backoff_initial_s,
+            backoff_max=c.backoff_max_s,
+            max_event_bytes=c.max_event_bytes,
+        )
 
     async def stop(self) -> None:
         """Graceful, in reverse order; safe to call on a half-started gateway."""
