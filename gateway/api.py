@@ -22,7 +22,8 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
                                    to add, optional to update: a new key resets the node's
                                    counters and takes the next key_gen, which a body may
-                                   not set), "name", "site", "lat", "lon", "firmware"};
+                                   not set), "name", "site", "lat", "lon", "firmware",
+                                   "dev_eui" (a LoRaWAN DevEUI, 16 hex digits: ChirpStack)};
                                    saved to the registry file at once, merged with the file as it
                                    is (Registry.change: a node added to it offline is kept, and
                                    known from then on). 201 added, 200 updated.

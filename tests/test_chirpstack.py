@@ -447,3 +447,17 @@ def test_fuzz_hostile_events_never_raise_and_never_cost_the_next_valid_uplink(ri
     loop.run_until_complete(run())
     assert t.counts["internal_error"] == 0
     assert pipe.rejected.get(("internal_error", "chirpstack"), 0) == 0
+
+
+def test_provisioning_records_the_dev_eui_in_the_registry(tmp_path):
+    from lumeau.provision import ProvisionError, provision
+
+    reg = tmp_path / "nodes.toml"
+    p = provision(
+        "lighting", tmp_path / "a.json", node_id=0x11, registry=reg, new_registry=True, dev_eui="70B3D57ED0000011"
+    )
+    assert Registry.load(reg).get(p.node_id).dev_eui == "70b3d57ed0000011"
+    with pytest.raises(ProvisionError, match="dev_eui"):  # one DevEUI, one node
+        provision("lighting", tmp_path / "b.json", node_id=0x12, registry=reg, dev_eui="70b3d57ed0000011")
+    with pytest.raises(ProvisionError, match="16 hex digits"):
+        provision("lighting", tmp_path / "c.json", node_id=0x13, registry=reg, dev_eui="70b3")

@@ -183,6 +183,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             lat=args.lat,
             lon=args.lon,
             firmware=args.firmware,
+            dev_eui=args.dev_eui,
             force=args.force,
             new_registry=args.new_registry,
             board=args.board,
@@ -224,7 +225,7 @@ def _registry_nodes(args: argparse.Namespace, cmd: str) -> list[dict[str, Any]]:
     return [{k: v for k, v in n.items() if k in PUBLIC_FIELDS} for n in doc.get("nodes", [])]
 
 
-PUBLIC_FIELDS = ("id", "kind", "name", "site", "lat", "lon", "firmware")
+PUBLIC_FIELDS = ("id", "kind", "name", "site", "lat", "lon", "firmware", "dev_eui")
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -360,6 +361,12 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--lat", type=float, help="latitude, degrees")
     p.add_argument("--lon", type=float, help="longitude, degrees")
     p.add_argument("--firmware", default="", help="firmware version as provisioned")
+    p.add_argument(
+        "--dev-eui",
+        default="",
+        metavar="EUI",
+        help="the node's LoRaWAN DevEUI (16 hex digits), for a node behind ChirpStack ([chirpstack] in gateway.toml)",
+    )
     p.add_argument("--show-key", action="store_true", help="print the root key (it is never printed otherwise)")
     p.add_argument(
         "--force",
