@@ -14,6 +14,7 @@
 #     "pins": {"lamp": 25, "pir": 26, ...},     for the board HAL
 #     "adc_scale": {"supply": [11, 1]},         voltage dividers in front of ADC inputs
 #     (radio "uart": {"id": 1, "baud": 115200, "tx": 17, "rx": 16} for a wired node)
+#     (radio "lorawan": an AT-command LoRaWAN modem on "uart", firmware/radio_lorawan.py)
 #     "key_fresh": true,                written by `lumeau node provision` with a new
 #                                       key: the uplink counter may start at 0 when
 #                                       no state of this key is on the board (SPEC §4
@@ -62,7 +63,7 @@ _MAX_FILE = const(4096)  # a config file larger than this is refused before pars
 
 KINDS = ("lighting", "irrigation", "bridge")
 KIND_CODES = {"lighting": _KIND_LIGHTING, "irrigation": _KIND_IRRIGATION, "bridge": _KIND_BRIDGE}
-RADIO_TYPES = ("lora", "uart", "sim")
+RADIO_TYPES = ("lora", "uart", "sim", "lorawan")
 
 DEFAULTS = {
     "report_interval_s": 900,

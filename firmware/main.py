@@ -49,6 +49,10 @@ def make_radio(cfg, hal, machine=None):
         return LoRaRadio(
             modem, r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"], bridge=cfg["kind"] == "bridge"
         )
+    if r["type"] == "lorawan":  # an AT-command LoRaWAN modem (SPEC §13): loaded only here
+        from firmware.radio_lorawan import make
+
+        return make(cfg, hal, machine)
     raise ValueError("radio.type %r has no board implementation" % r["type"])
 
 

@@ -22,7 +22,8 @@ PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
 _PROTOCOL_NODE = ("cbor.py", "nodeble.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
 PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
-# BLE commissioning (firmware/main.py): flash, not heap.
+# BLE commissioning (firmware/main.py): flash, not heap. radio_lorawan.py likewise,
+# imported only by a node whose radio is a LoRaWAN modem (radio.type "lorawan").
 _NODE = (
     "__init__.py",
     "aio.py",
@@ -31,6 +32,7 @@ _NODE = (
     "hal_machine.py",
     "radio.py",
     "radio_lora.py",
+    "radio_lorawan.py",
     "runtime.py",
     "store.py",
     "uplink.py",

@@ -43,7 +43,11 @@ TOP_KEYS = (
     "lighting",
     "irrigation",
 )
-RADIO_KEYS = ("type", "freq_hz", "sf", "bw_hz", "cr", "tx_power", "chip", "uart")
+# the last five: radio.type "lorawan" (firmware/radio_lorawan.py), an AT-command LoRaWAN modem on radio.uart
+RADIO_KEYS = (
+    *("type", "freq_hz", "sf", "bw_hz", "cr", "tx_power", "chip", "uart"),
+    *("region", "dev_eui", "join_eui", "app_key", "confirmed"),
+)
 UART_KEYS = ("id", "baud", "tx", "rx")
 BLE_KEYS = ("enabled", "configure", "adv_interval_ms")
 LOCATION_KEYS = ("lat", "lon")
@@ -214,7 +218,7 @@ def validate(data: bytes | str, require_pins: bool = True) -> dict[str, Any]:
 
 # -- board presets -----------------------------------------------------------------------------
 
-RADIOS = ("lora", "uart")
+RADIOS = ("lora", "uart", "lorawan")
 DEFAULT_RADIO = {"esp32-devkit": "lora", "rp2-pico": "lora", "vboard": "uart"}
 
 # The ESP32 DevKit's pins per kind; the virtual board (simulator/vboard) emulates an ESP32 with
@@ -252,6 +256,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "pins": {"spi": 2, "cs": 5, "reset": 14, "dio0": 4},
             },
             "uart": {"radio": {"type": "uart", "uart": {"id": 2, "baud": 115200, "tx": 17, "rx": 16}}, "pins": {}},
+            "lorawan": {
+                "radio": {"type": "lorawan", "region": "EU868", "uart": {"id": 2, "baud": 115200, "tx": 17, "rx": 16}},
+                "pins": {},
+            },
         },
         "pins": ESP32_PINS,
     },
@@ -262,6 +270,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "pins": {"spi": 0, "cs": 17, "reset": 20, "dio0": 21},
             },
             "uart": {"radio": {"type": "uart", "uart": {"id": 1, "baud": 115200, "tx": 4, "rx": 5}}, "pins": {}},
+            "lorawan": {
+                "radio": {"type": "lorawan", "region": "EU868", "uart": {"id": 1, "baud": 115200, "tx": 4, "rx": 5}},
+                "pins": {},
+            },
         },
         "pins": {
             "lighting": {"lamp": 15, "pir": 14, "lamp_current": 26, "ambient": 27, "supply": 28},
@@ -302,7 +314,7 @@ def preset(board: str, kind: str, radio: str | None = None) -> dict[str, Any]:
         why = " (the virtual board has no SPI devices: its link is UART1, --uart 1=PATH)" if board == "vboard" else ""
         raise PresetError(f"--radio {radio} is not available on {board}: use {', '.join(choices)}{why}")
     r = choices[radio]
-    if kind == "bridge" and radio == "uart":
-        raise PresetError("--radio uart: a bridge is the gateway's LoRa radio; it needs --radio lora")
+    if kind == "bridge" and radio != "lora":
+        raise PresetError(f"--radio {radio}: a bridge is the gateway's LoRa radio; it needs --radio lora")
     pins = {**PRESETS[board]["pins"][kind], **r["pins"]}
     return json.loads(json.dumps({"radio": r["radio"], "pins": pins}))  # a deep copy

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from protocol import ble, frame, lora, messages
+from protocol import ble, frame, lora, lorawan, messages
 
 SOURCES = [messages, lora, frame]
 NODE_MODULES = sorted(
@@ -32,6 +32,7 @@ COPIES_OF = {
     "protocol.nodeframe": [frame],
     "protocol.nodeble": [ble],
     "firmware.ble": [messages, frame, ble],
+    "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §13)
 }
 
 
@@ -56,6 +57,8 @@ def test_private_copies_match_protocol(modname: str) -> None:
             checked += 1
     if modname in ("firmware.runtime", "firmware.lighting", "firmware.irrigation", "firmware.ble"):
         assert checked > 10  # the copies are there, and this test sees them
+    if modname == "firmware.radio_lorawan":
+        assert checked == 3  # PORT_MIN, PORT_MAX, FRM_BUDGET
 
 
 def test_sources_do_not_disagree_on_a_name() -> None:

@@ -2,7 +2,7 @@
 
     lumeau node build     --target esp32|rp2 --kind KIND [--out DIR] [--frozen]
     lumeau node provision --kind KIND (--registry FILE [--new-registry] | --gateway URL) [--node-id ID]
-                          [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart]] [--out FILE] [--force]
+                          [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart|lorawan]] [--out FILE] [--force]
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node show      ID --gateway URL [--json]
@@ -348,7 +348,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument(
         "--radio",
         choices=boards.RADIOS,
-        help="with --board: lora (default on esp32-devkit and rp2-pico) or uart, a wired node (the only one on vboard)",
+        help="with --board: lora (default on esp32-devkit and rp2-pico), uart (a wired node, the only one on "
+        "vboard) or lorawan (a RAK3172 LoRaWAN modem on the UART, for a city's ChirpStack: give --dev-eui, "
+        "and the modem's keys in a --template's radio section or in the modem)",
     )
     p.add_argument(
         "--template",

@@ -1,0 +1,135 @@
+"""firmware/radio_lorawan.py under CPython: over a real pseudo-terminal, the RAK3172 simulated on
+the far side speaking RUI3's AT commands (tests/micropython/at_modem.py, the same modem the
+MicroPython tests use), and the board wiring (firmware/main.py's make_radio, lumeau/boards.py).
+The whole-node behaviour under real MicroPython is tests/micropython/mp_lorawan.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+from conftest import ROOT
+from firmware_helpers import NODE_ID, ROOT_KEY, ToyLamp, make_cfg
+from test_hal_machine import fake_machine
+
+from firmware import main as board_main
+from firmware.radio_lorawan import LorawanRadio, setup_commands
+from firmware.runtime import Node
+from lumeau import boards
+from protocol import messages as m
+from simulator import virtual_loop
+from simulator.hal_sim import SimHAL
+
+sys.path.insert(0, str(ROOT / "tests" / "micropython"))
+from at_modem import AtModem, Network
+
+
+class PtyPort:
+    """One end of a real pseudo-terminal, non-blocking like machine.UART(timeout=0)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def write(self, data) -> int:
+        return os.write(self.fd, bytes(data))
+
+    def read(self, n: int) -> bytes | None:
+        try:
+            return os.read(self.fd, n) or None
+        except BlockingIOError:
+            return None
+
+
+@pytest.fixture
+def pty():
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    tty.setraw(master)
+    yield master, slave
+    os.close(master)
+    os.close(slave)
+
+
+def test_a_node_over_a_real_pty_joins_reports_and_takes_a_command(pty):
+    master, slave = pty
+
+    async def main(clock):
+        hal = SimHAL(clock)
+        net = Network(clock, NODE_ID, ROOT_KEY.hex())
+        modem = AtModem(hal, net)
+        far = PtyPort(master)
+
+        async def modem_side():  # the module on the other end of the wire
+            while True:
+                data = far.read(256)
+                if data:
+                    modem.write(data)
+                out = modem.read(256)
+                if out:
+                    far.write(out)
+                await hal.sleep_ms(5)
+
+        radio = LorawanRadio(hal, PtyPort(slave), NODE_ID, setup_commands({"region": "EU868"}))
+        node = Node(make_cfg(), hal, radio, ToyLamp, hello_jitter_ms=0)
+        tasks = [asyncio.create_task(modem_side()), asyncio.create_task(node.run())]
+        await clock.run_for(90_000)
+        net.seal(m.COMMAND, {0: 3, 1: m.OP_SET_LEVEL, 2: [55, 60]})
+        await clock.run_for(300_000)
+        for t in tasks:
+            t.cancel()
+        hal.power_off()
+        return net, modem, radio, node
+
+    clock = virtual_loop.VirtualClock()
+    net, modem, radio, node = virtual_loop.run(main(clock), clock)
+    assert [c.split("=")[0] for c in modem.commands][:7] == [
+        "AT+NWM", "AT+NJM", "AT+CLASS", "AT+BAND", "AT+ADR", "AT+CFM", "AT+JOIN",
+    ]  # fmt: skip
+    assert net.rejected == 0 and net.heard[0][0] == m.HELLO
+    assert node.time() is not None  # the TIME came down in RX1 over the wire
+    assert node.app.level == 55
+    acks = net.of_type(m.CMD_ACK)
+    assert acks and acks[0][2] == {0: 3, 1: m.RES_OK, 2: 55}
+    assert radio.dropped == 0 and radio.joins == 1
+
+
+def test_a_board_node_with_a_lorawan_modem_is_wired_to_its_uart(monkeypatch, tmp_path):
+    mach = fake_machine()
+    opened = []
+
+    class UART:
+        def __init__(self, uid, **kw):
+            opened.append((uid, kw))
+
+        def write(self, data):
+            return len(data)
+
+        def read(self, n):
+            return None
+
+    mach.UART = UART
+    doc = {
+        "node_id": 7,
+        "kind": "lighting",
+        "root_key": "00" * 16,
+        **boards.preset("esp32-devkit", "lighting", "lorawan"),
+    }
+    doc["radio"].update(dev_eui="70b3d57ed0000007", app_key="2b7e151628aed2a6abf7158809cf4f3c")
+    cfg = boards.validate(json.dumps(doc))  # the provisioning tools' check: keys known, pins present
+    radio = board_main.make_radio(cfg, None, mach)
+    assert isinstance(radio, LorawanRadio) and radio.node_id == 7
+    assert opened == [(2, {"baudrate": 115200, "timeout": 0, "tx": 17, "rx": 16})]
+    assert "AT+DEVEUI=70B3D57ED0000007" in radio.setup and "AT+BAND=4" in radio.setup
+    assert radio.band is None and radio.max_frame == 56 and not radio.continuous
+
+
+def test_lorawan_presets_exist_where_a_uart_does_and_never_for_a_bridge():
+    assert boards.preset("rp2-pico", "irrigation", "lorawan")["radio"]["uart"]["id"] == 1
+    with pytest.raises(boards.PresetError, match="needs --radio lora"):
+        boards.preset("esp32-devkit", "bridge", "lorawan")
