@@ -39,6 +39,8 @@ _CMD_MS = const(2000)  # the modem answers a command within this
 _TX_MS = const(20000)  # TX_DONE within this: SF12 air time, both receive windows, retries
 _JOIN_MS = const(90000)  # 8 join attempts 10 s apart, and their air time
 _RX_WINDOW_MS = const(4000)  # the modem reports RX1/RX2 downlinks up to ~3 s after the uplink
+_BUSY_WAIT_MS = const(500)  # AT_BUSY_ERROR: the modem's receive windows are still open
+_BUSY_TRIES = const(12)
 _SF_FOR_AIRTIME = const(12)  # the worst case: the modem's data rate is the network's to choose
 
 REGIONS = {"EU868": 4, "US915": 5, "AU915": 6, "KR920": 7, "AS923": 8, "IN865": 3}  # RUI3 AT+BAND
@@ -196,12 +198,18 @@ class LorawanRadio:
         if not self.joined:
             await self.join()
         cmd = "AT+SEND=%d:%s" % (frame[0], hexlify(frame[_ELIDED:]).decode())
-        try:
-            await self._command(cmd)
-        except ModemError as e:
-            if "NO_NETWORK_JOINED" in str(e):
-                self.joined = False  # the network forgot us (a rejoin request): join at the next send
-            raise
+        tries = _BUSY_TRIES
+        while True:
+            try:
+                await self._command(cmd)
+                break
+            except ModemError as e:
+                if "NO_NETWORK_JOINED" in str(e):
+                    self.joined = False  # the network forgot us (a rejoin request): join at the next send
+                tries -= 1
+                if "BUSY" not in str(e) or tries <= 0:
+                    raise
+                await self.hal.sleep_ms(_BUSY_WAIT_MS)  # a frame right after a downlink: RX2 still open
         line = await self._expect(_TX_MS, (b"+EVT:TX_DONE", b"+EVT:SEND"))
         if line is None or line.endswith(b"FAILED"):
             raise ModemError("send: %s" % (line.decode() if line else "no TX_DONE"))

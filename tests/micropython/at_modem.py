@@ -7,8 +7,10 @@
 # says: OK or an AT_..._ERROR status, +EVT:JOINED after a join, +EVT:TX_DONE
 # once an uplink's air time has passed, +EVT:RX_1:<rssi>:<snr>:UNICAST:<port>:<hex>
 # for a downlink in RX1. Timed on the node's simulated clock (hal.ticks_ms).
-# Class A, as LoRaWAN has it: at most one downlink after each uplink; the
-# network keeps the others queued for the next uplinks (as ChirpStack does).
+# Class A, as LoRaWAN has it: at most one downlink after each uplink, the
+# first the network holds when RX1 opens (ChirpStack takes what the
+# application enqueued until then); the others wait for the next uplinks.
+# The modem is busy (AT_BUSY_ERROR) until its receive windows are over.
 from binascii import hexlify, unhexlify
 
 from protocol import frame as fr
@@ -89,6 +91,10 @@ class AtModem:
         out = bytearray()
         while self._out and self._out[0][0] <= now and len(out) < n:
             due, data = self._out.pop(0)
+            if data is None:  # an RX1 slot: what the network holds now goes down
+                data = self._rx_line()
+                if data is None:
+                    continue
             take = n - len(out)
             out.extend(data[:take])
             if len(data) > take:
@@ -97,10 +103,20 @@ class AtModem:
 
     # -- the modem -----------------------------------------------------------------------------
 
+    def _rx_line(self):
+        if not self.network.queue:
+            return None
+        raw = self.network.queue.pop(0)
+        line = "+EVT:RX_1:%d:%d:UNICAST:%d:%s" % (self.rssi, self.snr, raw[0], hexlify(raw[5:]).decode().upper())
+        return line.encode() + b"\r\n"
+
     def _say(self, text, delay_ms=0):
         due = self.hal.ticks_ms() + delay_ms
-        data = self.noise + text.encode() + b"\r\n"
-        self.noise = b""
+        if text is None:
+            data = None
+        else:
+            data = self.noise + text.encode() + b"\r\n"
+            self.noise = b""
         i = len(self._out)
         while i > 0 and self._out[i - 1][0] > due:
             i -= 1
@@ -157,14 +173,6 @@ class AtModem:
         air = 1500  # SF12 on air, about
         self._busy_until = now + air + 3000  # until RX2 is over
         self.network.uplink(fport, payload)
-        rx = None
-        if self.network.queue:  # class A: one downlink in the RX1 window of this uplink
-            raw = self.network.queue.pop(0)
-            rx = "+EVT:RX_1:%d:%d:UNICAST:%d:%s" % (self.rssi, self.snr, raw[0], hexlify(raw[5:]).decode().upper())
-        if self.tx_done_first or rx is None:
-            self._say("+EVT:TX_DONE", air)
-            if rx:
-                self._say(rx, air + 1000 + 400)
-        else:
-            self._say(rx, air + 1000 + 400)
-            self._say("+EVT:TX_DONE", air + 3000)
+        # class A: RX1 opens 1 s after the uplink; the line comes once the frame is in (about 0.4 s)
+        self._say(None, air + 1000 + 400)
+        self._say("+EVT:TX_DONE", air if self.tx_done_first else air + 3000)
