@@ -302,6 +302,13 @@ def provision(
     name, site, firmware = keep("name", name) or "", keep("site", site) or "", keep("firmware", firmware) or ""
     lat, lon = keep("lat", lat), keep("lon", lon)
     dev_eui = keep("dev_eui", dev_eui.lower()) or ""
+    radio_section = (template or {}).get("radio", (preset or {}).get("radio"))
+    if dev_eui and isinstance(radio_section, dict) and radio_section.get("type") == "lorawan":
+        # one DevEUI, two places: the modem joins with it, the gateway maps it to the node
+        given = str(radio_section.get("dev_eui", dev_eui)).lower()
+        if given != dev_eui:
+            raise ProvisionError(f"--dev-eui {dev_eui}: the template's radio.dev_eui is {given}")
+        template = {**(template or {}), "radio": {**radio_section, "dev_eui": dev_eui}}
     data = build_config(node_id, kind, key, template, lat, lon, preset)
     try:
         entry = NodeEntry(

@@ -461,3 +461,23 @@ def test_provisioning_records_the_dev_eui_in_the_registry(tmp_path):
         provision("lighting", tmp_path / "b.json", node_id=0x12, registry=reg, dev_eui="70b3d57ed0000011")
     with pytest.raises(ProvisionError, match="16 hex digits"):
         provision("lighting", tmp_path / "c.json", node_id=0x13, registry=reg, dev_eui="70b3")
+
+
+def test_a_lorawan_node_gets_its_dev_eui_in_the_registry_and_in_its_modem_config(tmp_path):
+    from lumeau.provision import ProvisionError, provision
+
+    reg = tmp_path / "nodes.toml"
+    out = tmp_path / "n.json"
+    provision(
+        "lighting", out, node_id=0x21, registry=reg, new_registry=True, board="esp32-devkit", radio="lorawan",
+        dev_eui="70B3D57ED0000021",
+    )  # fmt: skip
+    cfg = json.loads(out.read_text())
+    assert cfg["radio"]["type"] == "lorawan" and cfg["radio"]["dev_eui"] == "70b3d57ed0000021"
+    assert Registry.load(reg).get(0x21).dev_eui == "70b3d57ed0000021"
+    with pytest.raises(ProvisionError, match="the template's radio.dev_eui is 70b3d57ed0000099"):
+        provision(
+            "lighting", tmp_path / "m.json", node_id=0x22, registry=reg, board="esp32-devkit", radio="lorawan",
+            template={"radio": {"type": "lorawan", "dev_eui": "70b3d57ed0000099"}}, dev_eui="70b3d57ed0000022",
+        )  # fmt: skip
+    assert not (tmp_path / "m.json").exists() and Registry.load(reg).get(0x22) is None  # nothing half done

@@ -57,8 +57,11 @@ CMD_ACK already closes the loop end to end. Not connected: DownlinkError
 
 Connection: aiomqtt, username/password and TLS as `[chirpstack]` in
 gateway.toml sets them; clean session false with a fixed client id, so the
-broker keeps QoS 1 events for us across a short disconnection; reconnects
-with exponential backoff and jitter (backoff_base doubling to backoff_max).
+broker keeps QoS 1 events for us across a short disconnection (one gateway
+per client id: a second one with the same id takes the session over, and
+the broker drops the first); reconnects with exponential backoff and jitter
+(backoff_base doubling to backoff_max). At most INCOMING_MAX events wait in
+aiomqtt's queue while one is committed.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ log = logging.getLogger("lumeau.gateway.transports.chirpstack")
 
 TRANSPORT = "chirpstack"
 DEFAULT_MAX_EVENT_BYTES = 65536  # ChirpStack's events are 1-2 kB; a gateway list cannot make one 64 kB
+# Events aiomqtt holds while the transport awaits a commit: past it, aiomqtt discards the newest
+# with a warning (already acknowledged to the broker at QoS 1: lost, and not counted here), so a
+# flood costs bounded memory. A commit takes milliseconds: only a flood fills it.
+INCOMING_MAX = 8192
 MAX_SESSIONS = 100_000  # devices whose fCnt is remembered (a registry's worth; the oldest forgotten first)
 REFUSED_CREDENTIALS = frozenset((4, 5, 0x86, 0x87))  # MQTT 3.1.1 and 5 "bad credentials" / "not authorised"
 TIME_RANGE = (946_684_800.0, 4_102_444_800.0)  # 2000-2100: outside, a clock that was never set
@@ -451,6 +458,7 @@ class ChirpStackTransport:
             keepalive=self.keepalive,
             timeout=self.timeout,
             tls_context=self._tls,
+            max_queued_incoming_messages=INCOMING_MAX,
             logger=logging.getLogger("lumeau.gateway.transports.chirpstack.client"),
         )
         async with client:
