@@ -319,12 +319,12 @@ class Gateway:
 
     def _make_chirpstack(self) -> Any:
         """[chirpstack]: uplinks from a ChirpStack application's MQTT integration, DevEUIs from the registry."""
-        from gateway.transports.chirpstack import ChirpStackTransport, RegistryDevices
+        from gateway.transports.chirpstack import ChirpstackTransport, RegistryDevices
         from gateway.upstream_mqtt import tls_context
 
         c = self.cfg.chirpstack
         assert self.pipeline is not None
-        return ChirpStackTransport(
+        return ChirpstackTransport(
             self.pipeline,
             c.host,
             c.port,

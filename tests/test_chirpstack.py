@@ -33,7 +33,7 @@ from waiting import wait_for
 from gateway.config import ConfigError, load_config
 from gateway.registry import NodeEntry, Registry, RegistryError
 from gateway.service import Gateway
-from gateway.transports.chirpstack import ChirpStackTransport
+from gateway.transports.chirpstack import ChirpstackTransport
 from protocol import frame, lorawan
 from protocol import messages as m
 
@@ -81,11 +81,11 @@ backoff_max_s = 0.3
     return p
 
 
-async def started(tmp_path: Path, port: int, extra: str = "") -> tuple[Gateway, ChirpStackTransport]:
+async def started(tmp_path: Path, port: int, extra: str = "") -> tuple[Gateway, ChirpstackTransport]:
     write_registry(tmp_path)
     gw = Gateway(load_config(write_config(tmp_path, port, extra)))
     await gw.start()
-    t = next(t for t in gw.transports if isinstance(t, ChirpStackTransport))
+    t = next(t for t in gw.transports if isinstance(t, ChirpstackTransport))
     await wait_for(lambda: t.connected, 10, "subscribed to the broker")
     return gw, t
 
@@ -135,6 +135,14 @@ async def test_the_documented_uplink_event_becomes_a_stored_record_with_its_radi
         await wait_for(lambda: t.counts["foreign_port"] == 1, 5, "foreign port counted")
         assert gw.pipeline.rejected[("foreign_port", "chirpstack")] == 1
         assert len(records(gw)) == 1
+        # and /metrics says so, under the transport's name
+        assert gw.api is not None
+        async with (
+            aiohttp.ClientSession(f"http://127.0.0.1:{gw.api.port}") as http,
+            http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as resp,
+        ):
+            text = await resp.text()
+        assert re.search(r'lumeau_transport_stat\{transport="chirpstack",[^}]*counter="uplinks"\} 1', text), text
     finally:
         await gw.stop()
 
@@ -316,7 +324,7 @@ async def test_refused_credentials_are_a_clear_error_and_no_secret_is_logged(tmp
         gw = Gateway(load_config(cfg))
         await gw.start()
         try:
-            t = next(t for t in gw.transports if isinstance(t, ChirpStackTransport))
+            t = next(t for t in gw.transports if isinstance(t, ChirpstackTransport))
             await wait_for(lambda: t.counts["refused"] >= 1, 10, "refused")
             assert not t.connected
             text = caplog.text
@@ -395,7 +403,7 @@ def rig(tmp_path_factory):
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(Store.open(d / "gw.db"))
     pipe = Pipeline(reg, store)
-    t = ChirpStackTransport(pipe, "127.0.0.1", 1, application_id=APP, devices=RegistryDevices(lambda: reg))
+    t = ChirpstackTransport(pipe, "127.0.0.1", 1, application_id=APP, devices=RegistryDevices(lambda: reg))
     yield loop, t, pipe, itertools.count(1)
     loop.run_until_complete(pipe.close())
     loop.run_until_complete(store.close())

@@ -31,7 +31,7 @@ from firmware.runtime import Node
 from gateway.config import load_config
 from gateway.registry import NodeEntry, Registry
 from gateway.service import Gateway
-from gateway.transports.chirpstack import ChirpStackTransport
+from gateway.transports.chirpstack import ChirpstackTransport
 from protocol import messages as m
 from simulator.hal_sim import SimHAL
 
@@ -109,7 +109,7 @@ async def test_a_node_on_a_lorawan_modem_reports_through_chirpstack_and_obeys_a_
     listener = asyncio.create_task(cs.listen())
     node_task = None
     try:
-        t = next(t for t in gw.transports if isinstance(t, ChirpStackTransport))
+        t = next(t for t in gw.transports if isinstance(t, ChirpstackTransport))
         await wait_for(lambda: t.connected, 10, "gateway subscribed")
         await asyncio.wait_for(cs.ready.wait(), 10)
         # an operator's command, queued before the node is heard: it goes in the first RX1

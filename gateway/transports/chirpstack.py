@@ -313,12 +313,12 @@ def _loads(payload: bytes) -> Any:
         raise EventError("malformed", f"not JSON: {str(e)[:80]}") from None
 
 
-class ChirpStackPath:
+class ChirpstackPath:
     """The DownlinkPath of an uplink heard through ChirpStack: the device's command/down topic."""
 
     __slots__ = ("transport", "dev_eui")
 
-    def __init__(self, transport: ChirpStackTransport, dev_eui: str) -> None:
+    def __init__(self, transport: ChirpstackTransport, dev_eui: str) -> None:
         self.transport = transport
         self.dev_eui = dev_eui
 
@@ -326,7 +326,7 @@ class ChirpStackPath:
         await self.transport.send(self.dev_eui, frame)
 
 
-class ChirpStackTransport:
+class ChirpstackTransport:
     """Subscribes to one ChirpStack application's events; `await start()`, `await stop()`."""
 
     def __init__(
@@ -376,7 +376,7 @@ class ChirpStackTransport:
         self.last_error = ""
         # dev_eui -> (devAddr, highest fCnt accepted); a join event forgets the device
         self._sessions: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._paths: dict[str, ChirpStackPath] = {}
+        self._paths: dict[str, ChirpstackPath] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._limiter = RateLimiter(clock=monotonic)
@@ -541,12 +541,12 @@ class ChirpStackTransport:
                 self._sessions.popitem(last=False)
         return verdict
 
-    def _path(self, dev_eui: str) -> ChirpStackPath:
+    def _path(self, dev_eui: str) -> ChirpstackPath:
         p = self._paths.get(dev_eui)
         if p is None:
             if len(self._paths) >= MAX_SESSIONS:
                 self._paths.clear()  # paths are stateless: forgetting them costs an allocation
-            p = self._paths[dev_eui] = ChirpStackPath(self, dev_eui)
+            p = self._paths[dev_eui] = ChirpstackPath(self, dev_eui)
         return p
 
     def _bad_field(self, name: str) -> None:
