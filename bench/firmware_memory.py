@@ -2,6 +2,7 @@
 
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
                                            [--tick-ms MS] [--sample-every 400] [--heap-map] [--ble]
+                                           [--lorawan]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
 small gateway, tests/micropython/mpnode.py) in the MicroPython WebAssembly
@@ -51,6 +52,11 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   harness code) connects, reads the status, opens a session, writes a sealed
   CONFIG, reads the status for 30 s and leaves, so the day's peak includes a
   connection; `ble` in each app's result counts sessions and CONFIGs applied;
+- with --lorawan, a node on a LoRaWAN modem (firmware/radio_lorawan.py, SPEC §13):
+  the device imports are radio_lorawan's instead of radio and radio_lora (as
+  firmware/main.py imports them), and the node talks AT commands to the
+  simulated RAK3172 of tests/micropython/at_modem.py, whose network verifies
+  each uplink and answers a HELLO with a TIME (harness code);
 - the bars: runtime_heap <= 16 KB and total <= 72 KB on the worst day
   (issue 11; issue 3's were 24 and 96 KB), growth <= 512 B over days 2-7,
   and their ratios.
@@ -87,6 +93,7 @@ MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassem
 RUNNER = ROOT / "bench" / "firmware_memory.mjs"
 MPNODE = ROOT / "tests" / "micropython" / "mpnode.py"
 AIOBLE_FAKE = ROOT / "tests" / "micropython" / "aioble_fake.py"
+AT_MODEM = ROOT / "tests" / "micropython" / "at_modem.py"
 HEAP = 64 * 1024
 SAMPLE_EVERY = 400  # scheduler steps per heap sample, besides one after each frame heard (the docstring says why)
 TICK_MS = None  # the apps' own tick (1 s); --tick-ms sets another
@@ -224,30 +231,38 @@ def run_app(
     sample_every: int = SAMPLE_EVERY,
     heap_map: bool = False,
     ble_central: Path | None = None,
+    lorawan: bool = False,
 ) -> dict:
-    """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too."""
+    """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
+    with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
     module, cls = APP_CLASS[kind]
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
     ble = ble_central is not None
     if ble:
         files += [[str(AIOBLE_FAKE), "/bench/aioble_fake.py"], [str(ble_central), "/bench/blecentral.py"]]
+    if lorawan:
+        files.append([str(AT_MODEM), "/bench/at_modem.py"])
+    radios = "radio_lorawan" if lorawan else "radio, radio_lora"  # what firmware/main.py imports for that radio
     job = {
         "micropython": str(MICROPYTHON_MJS),
         "heapsize": HEAP,
         "files": files,
         "device_imports": (
             "import firmware\n"
-            f"from firmware import config, hal_machine, radio, radio_lora, runtime\nfrom {module} import {cls}\n"
+            f"from firmware import config, hal_machine, {radios}, runtime\nfrom {module} import {cls}\n"
             + ("from firmware import ble\n" if ble else "")
             + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
             "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool
         ),
-        "sim_imports": "import mpnode\n" + ("import blecentral\n" if ble else ""),
+        "sim_imports": "import mpnode\n"
+        + ("import blecentral\n" if ble else "")
+        + ("import at_modem\n" if lorawan else ""),
         "setup": (
             "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
-            f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
+            f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r}, "
+            f"lorawan={lorawan!r})\n"
             f"_end = {int(hours * 3600 * 1000)}\n" + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
         ),
         "sample_every": sample_every,
@@ -330,6 +345,7 @@ def run_app(
         "max_frame_bytes": r["check"]["max_frame"],
         "app_faults": r["check"]["app_faults"],
         **({"ble": r["check"]["ble"]} if ble else {}),
+        **({"radio": "lorawan"} if lorawan else {}),
     }
 
 
@@ -353,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a node with BLE commissioning on (firmware/ble.py over the aioble stand-in, a central once a day)",
     )
+    ap.add_argument(
+        "--lorawan",
+        action="store_true",
+        help="a node on a LoRaWAN modem (firmware/radio_lorawan.py, the simulated RAK3172 of tests/micropython)",
+    )
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
@@ -371,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                 zip(
                     apps,
                     pool.map(
-                        lambda k: run_app(k, built, hours, args.tick_ms, args.sample_every, args.heap_map, central),
+                        lambda k: run_app(
+                            k, built, hours, args.tick_ms, args.sample_every, args.heap_map, central, args.lorawan
+                        ),
                         apps,
                     ),
                 )
@@ -384,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_bar": TOTAL_BAR,
         "growth_bar": GROWTH_BAR,
         "ble": args.ble,
+        "lorawan": args.lorawan,
         "apps": results,
         "all_meet_bar": all(r["meets_bar"] for r in results.values()),
     }

@@ -175,3 +175,19 @@ def test_fuzz_whatever_the_modem_says_the_radio_never_raises(chunks):
     for frame, rssi, snr in heard:
         assert 0x20 <= frame[0] <= 0x3F and frame[1:5] == NODE_ID.to_bytes(4, "big") and len(frame) > 5
         assert isinstance(rssi, int) and isinstance(snr, int)
+
+
+def test_the_memory_bench_measures_a_node_on_a_lorawan_modem():
+    """bench/firmware_memory.py --lorawan: the node on radio_lorawan and the simulated modem, under MicroPython."""
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "3", "--lorawan"]
+    out = subprocess.run(
+        [*cmd, "--apps", "lighting", "--tick-ms", "5000"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    result = json.loads(out)
+    app = result["apps"]["lighting"]
+    assert result["lorawan"] is True and app["radio"] == "lorawan"
+    assert app["app_faults"] == 0 and app["frames_rejected"] == 0 and app["frames_heard"] >= 10
+    assert app["max_frame_bytes"] <= 56  # 51 bytes of FRMPayload and the 5 that ride in FPort and DevEUI
+    assert app["meets_bar"], app

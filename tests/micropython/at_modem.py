@@ -17,6 +17,7 @@ from protocol import frame as fr
 from protocol import messages as m
 from protocol.keys import NodeKeys
 
+COMMANDS_KEPT = 64
 SETTINGS = ("NWM", "NJM", "CLASS", "BAND", "ADR", "CFM", "DEVEUI", "APPEUI", "APPKEY")
 
 
@@ -24,7 +25,10 @@ class Network:
     """The network side: rebuilds each uplink's Lumeau frame (FPort = vt, DevEUI -> node id),
     verifies it with the node's key as the gateway does, answers a HELLO with a TIME."""
 
-    def __init__(self, clock, node_id, root_hex):
+    def __init__(self, clock, node_id, root_hex, keep=True):
+        self.keep = keep  # False: count, do not keep what was heard (memory benchmark)
+        self.count = 0
+        self.max_frame = 0  # the longest Lumeau frame rebuilt (FRMPayload + 5)
         self.clock = clock
         self.node_id = node_id
         self.keys = NodeKeys(node_id, bytes.fromhex(root_hex))
@@ -48,7 +52,10 @@ class Network:
         except ValueError:
             self.rejected += 1
             return
-        self.heard.append((f.mtype, f.counter, body, len(payload)))
+        self.count += 1
+        self.max_frame = max(self.max_frame, len(raw))
+        if self.keep:
+            self.heard.append((f.mtype, f.counter, body, len(payload)))
         if f.mtype == m.HELLO:
             self.seal(m.TIME, {0: self.clock.unix(), 2: f.counter})  # answers this uplink (SPEC §4)
 
@@ -57,8 +64,9 @@ class Network:
 
 
 class AtModem:
-    def __init__(self, hal, network, join_ms=6000, rssi=-97, snr=6, tx_done_first=True):
+    def __init__(self, hal, network, join_ms=6000, rssi=-97, snr=6, tx_done_first=True, keep=True):
         self.hal = hal
+        self.keep = keep  # False: keep no command lines (memory benchmark: the harness's heap counts)
         self.network = network
         self.join_ms = join_ms
         self.rssi = rssi
@@ -66,7 +74,7 @@ class AtModem:
         self.tx_done_first = tx_done_first  # RUI3 versions differ on which event comes first
         self.joined = False
         self.settings = {}
-        self.commands = []  # every command line received (the app key masked)
+        self.commands = []  # the first COMMANDS_KEPT command lines received (the app key masked)
         self._in = bytearray()
         self._out = []  # (due ms, bytes), in due order
         self._busy_until = 0
@@ -124,7 +132,8 @@ class AtModem:
 
     def _command(self, line):
         name, _, value = line.partition("=")
-        self.commands.append(name + "=****" if name == "AT+APPKEY" else line)
+        if self.keep and len(self.commands) < COMMANDS_KEPT:  # a week of uplinks must not grow the heap
+            self.commands.append(name + "=****" if name == "AT+APPKEY" else line)
         if not name.startswith("AT+"):
             self._say("AT_ERROR")
             return

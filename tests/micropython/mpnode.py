@@ -153,16 +153,34 @@ class WaterWorld:
 
 
 def start_node(
-    clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True, lean=False, tick_ms=None
+    clock,
+    kind,
+    storage=None,
+    reset_cause=m.RST_POWER_ON,
+    app_class=None,
+    watchdog=True,
+    lean=False,
+    tick_ms=None,
+    lorawan=False,
 ):
     """(hal, node, gateway, tasks, world): one node and its gateway on `clock`, running.
 
     lean: keep no history (output changes, frames heard), for memory measurements.
     tick_ms: the app's tick instead of its default (a soak runs faster on a coarser one).
+    lorawan: the node's radio is firmware/radio_lorawan.py on the simulated RAK3172
+    (at_modem.py), and the "gateway" the network behind it (at_modem.Network).
     """
     hal = SimHAL(clock, storage=storage, reset_cause=reset_cause, history_max=0 if lean else 20000)
-    gw_hal = SimHAL(clock)
-    node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
+    gw = None
+    if lorawan:
+        from at_modem import AtModem, Network
+        from firmware.radio_lorawan import LorawanRadio
+
+        gw = Network(clock, NODE_ID, ROOT_HEX, keep=not lean)
+        node_radio = LorawanRadio(hal, AtModem(hal, gw, keep=not lean), NODE_ID, ())
+    else:
+        gw_hal = SimHAL(clock)
+        node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
     if app_class is None:
         if kind == "lighting":
             from firmware.lighting import Lighting as app_class
@@ -170,8 +188,10 @@ def start_node(
             from firmware.irrigation import Irrigation as app_class
     world = LampWorld(hal) if kind == "lighting" else WaterWorld(hal)
     node = Node(node_config(kind, tick_ms), hal, node_radio, app_class, hello_jitter_ms=0, watchdog=watchdog)
-    gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
-    tasks = [asyncio.create_task(gw.run()), asyncio.create_task(node.run())]
+    tasks = [asyncio.create_task(node.run())]
+    if gw is None:
+        gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
+        tasks.append(asyncio.create_task(gw.run()))
     return hal, node, gw, tasks, world
 
 
