@@ -316,6 +316,24 @@ async def test_the_broker_killed_and_back_the_transport_reconnects_and_events_fl
         await gw.stop()
 
 
+async def test_events_published_while_the_gateway_is_away_wait_in_its_session(tmp_path, broker):
+    """A persistent session (clean session false, a fixed client id): the broker keeps the QoS 1
+    events of a restart, and the gateway takes them when it is back, in order."""
+    gw, t = await started(tmp_path, broker.port)
+    try:
+        await publish(broker.port, EUI[7], up_event(7, seal(7, 1), fcnt=1))
+        await wait_for(lambda: len(records(gw)) == 1, 5, "before")
+        await t.stop()  # the transport goes away (a gateway restart), the broker stays
+        for c in (2, 3, 4):
+            await publish(broker.port, EUI[7], up_event(7, seal(7, c), fcnt=c))
+        await t.start()
+        await wait_for(lambda: len(records(gw)) == 4, 10, "the events kept by the broker")
+        assert [r.counter for r in records(gw)] == [1, 2, 3, 4]
+        assert t.counts["fcnt_replay"] == 0
+    finally:
+        await gw.stop()
+
+
 async def test_refused_credentials_are_a_clear_error_and_no_secret_is_logged(tmp_path, caplog):
     b = Broker(tmp_path, users={"lumeau": "right-password-1"}).start()
     try:
