@@ -42,6 +42,7 @@ from protocol import expand
 from protocol import messages as m
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out"
 TOKEN = "web-requests-token-0123456789"
 SINK_TOKEN = "web-requests-sink-token-55"
 API_KEY = "web-requests-key-7d"
@@ -202,6 +203,12 @@ def test_the_technician_page_shows_the_citys_requests_beside_the_nodes(tmp_path,
         )
         assert sorted(counts) == [[f"{LAMP:08x}", "1"], [f"{LAMP_ALARM:08x}", "1"], [f"{PARK:08x}", "–"]]
 
+        # the plan marks the nodes the requests concern, with their count (named for screen readers)
+        marker = page.locator(f"#plan .node-marker[data-node='{LAMP:08x}']")
+        assert marker.get_attribute("data-requests") == "1" and marker.locator(".request-badge").text_content() == "1"
+        assert marker.get_attribute("aria-label").endswith("· 1 service request")
+        assert page.locator(f"#plan .node-marker[data-node='{PARK:08x}'] .request-badge").count() == 0
+
         # a request's node link opens the node, whose detail lists the request
         res.locator(f"button.node-link[data-node='{LAMP:08x}']").click()
         page.wait_for_selector(f"#detail-title:has-text('{LAMP:08x}')")
@@ -209,10 +216,14 @@ def test_the_technician_page_shows_the_citys_requests_beside_the_nodes(tmp_path,
         assert page.locator("#node-requests li").count() == 1 and page.is_hidden("#node-no-requests")
         assert page.locator("#node-requests .description").inner_text() == MARKUP
 
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / "web_requests.png"), full_page=True)
+
         # the lamp reports its fault repaired: the platform closes the request and the page drops it
         send(sink, [event(LAMP_ALARM, 2, 0)])
         expect(page.locator("#requests li.request")).to_have_count(2, timeout=20000)
         assert page.locator(f"#requests li[data-request='{by_id_device(doc)}']").count() == 0
+        expect(page.locator(f"#plan .node-marker[data-node='{LAMP_ALARM:08x}'] .request-badge")).to_have_count(0)
 
         # the platform goes away: the page says so and keeps the last list it had
         stop(sink_proc)

@@ -135,10 +135,11 @@ function renderOverview() {
   for (const k of Object.keys(counts)) $("count-" + k).textContent = counts[k];
 
   // Redraw the plan only when something on it changed (keeps hover and focus between refreshes).
-  const look = JSON.stringify([ui.selected, ui.nodes.map((n) => [n.id, n.name, n.kind, n.lat, n.lon, n.health.state])]);
+  const asked = new Map([...ui.requestsByNode].map(([id, list]) => [id, list.length]));
+  const look = JSON.stringify([ui.selected, [...asked], ui.nodes.map((n) => [n.id, n.name, n.kind, n.lat, n.lon, n.health.state])]);
   if (look !== ui.planLook) {
     ui.planLook = look;
-    ui.unplaced = drawPlan($("plan"), ui.nodes, ui.selected, select);
+    ui.unplaced = drawPlan($("plan"), ui.nodes, ui.selected, select, asked);
   }
   const unplaced = ui.unplaced;
   const up = $("unplaced");
