@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway import files
 from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
@@ -405,7 +406,16 @@ class BleSection:
 
 
 def _url_or_empty(v: Any) -> str | None:
-    return None if v == "" else _url(v)
+    if v == "":
+        return None
+    try:
+        u = urlsplit(v)
+        u.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError as e:
+        return f"{v!r} is not a URL: {e}"
+    if not u.hostname:
+        return f"{v!r} has no host"
+    return _url(v)
 
 
 @dataclass(frozen=True)

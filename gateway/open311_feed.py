@@ -8,7 +8,9 @@ needs no CORS, and one cached fetch serves every open page.
 
 `RequestsFeed.snapshot()` answers the API's `GET /requests`: the open
 requests as the platform last gave them, fetched at most every `refresh_s`
-(concurrent callers share one fetch), each trimmed to the fields the page
+in the background (one fetch at a time; only the very first snapshot waits
+for it, so a platform that hangs never holds up the page's refresh for
+longer than that first `timeout_s`), each trimmed to the fields the page
 shows and tied to the gateway's nodes: the ids in `lumeau_nodes` (the sink's
 extension) that the registry knows, else the registry's nodes within
 `radius_m` of the request's position, nearest first. A platform that does
@@ -140,7 +142,7 @@ class RequestsFeed:
         self._fetched: float | None = None  # when the list above was read
         self._tried: float | None = None  # when a fetch last ended, well or not
         self._error: str | None = None
-        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -148,17 +150,28 @@ class RequestsFeed:
         """The endpoint without its query or any user:password (shown on the page)."""
         u = urlsplit(self.url)
         host = u.hostname or ""
-        return f"{u.scheme}://{host}{':' + str(u.port) if u.port else ''}{u.path}"
+        try:
+            port = f":{u.port}" if u.port else ""
+        except ValueError:  # config.py refuses such a URL; never a 500 for it here
+            port = ""
+        return f"{u.scheme}://{host}{port}{u.path}"
 
     async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def snapshot(self) -> dict[str, Any]:
-        async with self._lock:  # one fetch at a time; callers that waited get its result
-            if self._tried is None or self.clock() - self._tried >= self.refresh_s:
-                await self._fetch()
+    async def snapshot(self, wait: bool = False) -> dict[str, Any]:
+        """The latest list; starts a fetch when it is due. `wait`: return after that fetch."""
+        due = self._tried is None or self.clock() - self._tried >= self.refresh_s
+        if due and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._fetch(), name="lumeau-open311-fetch")
+        if self._task is not None and not self._task.done() and (wait or self._tried is None):
+            await asyncio.shield(self._task)  # a caller that goes away does not cancel the fetch
         return {
             "configured": True,
             "source": self.source,

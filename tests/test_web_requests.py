@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import expect
 from test_web_ui import browser  # noqa: F401  (the Chromium fixture)
-from waiting import wait_for_sync
+from waiting import wait_for, wait_for_sync
 
 from gateway import formats
 from gateway.config import ConfigError, parse_config
@@ -263,6 +263,8 @@ def test_without_open311_the_api_says_so(tmp_path):
         ('url = "ftp://city.example/open311"', "open311.url: 'ftp://city.example/open311' must start with http://"),
         ('url = "http://x/open311/v2"\nrefresh_s = 0', "open311.refresh_s: 0.0 must be positive"),
         ('urls = "http://x"', "open311.urls: unknown key (did you mean 'url'?)"),
+        ('url = "http://city.example:99999/open311"', "open311.url: 'http://city.example:99999/open311' is not a URL"),
+        ('url = "http:///open311"', "open311.url: 'http:///open311' has no host"),
     ],
 )
 def test_bad_open311_config_is_named(tmp_path, section, why):
@@ -321,14 +323,23 @@ async def test_the_feed_keeps_the_last_good_list_when_the_platform_answers_badly
                 "junk",
             ]
         ).encode()
-        snap = await feed.snapshot()
+        snap = await feed.snapshot(wait=True)
         assert [(r["service_request_id"], r["nodes"]) for r in snap["requests"]] == [("12", ["00000031"]), ("13", [])]
         assert snap["error"] is None and snap["fetched"] == 1000.0 and snap["source"] == plat.url
         assert plat.queries == [{"status": "open", "jurisdiction_id": "j1"}]
         now[0] += 10  # within refresh_s: no second read
-        await feed.snapshot()
+        await feed.snapshot(wait=True)
         assert len(plat.queries) == 1
-        good = snap["requests"]
+        # due again: the caller gets the list it had at once, the read goes on in the background
+        plat.body = json.dumps([{"service_request_id": "14", "status": "open"}]).encode()
+        now[0] += 31
+        assert [r["service_request_id"] for r in (await feed.snapshot())["requests"]] == ["12", "13"]
+        await wait_for(lambda: len(plat.queries) == 2, 10, "the background read")
+        assert [r["service_request_id"] for r in (await feed.snapshot(wait=True))["requests"]] == ["14"]
+        plat.body = b"[]"
+        now[0] += 31
+        snap = await feed.snapshot(wait=True)
+        good, fetched = snap["requests"], snap["fetched"]
         for status, body, why in [
             (500, b"[]", "HTTP 500"),
             (200, b"<html>", "not JSON"),
@@ -337,11 +348,11 @@ async def test_the_feed_keeps_the_last_good_list_when_the_platform_answers_badly
         ]:
             plat.status, plat.body = status, body
             now[0] += 31
-            snap = await feed.snapshot()
-            assert why in snap["error"] and snap["requests"] == good and snap["fetched"] == 1000.0, snap["error"]
+            snap = await feed.snapshot(wait=True)
+            assert why in snap["error"] and snap["requests"] == good and snap["fetched"] == fetched, snap["error"]
         await plat.runner.cleanup()  # gone altogether
         now[0] += 31
-        snap = await feed.snapshot()
+        snap = await feed.snapshot(wait=True)
         assert snap["error"] == "the platform did not answer" and snap["requests"] == good
     finally:
         await feed.close()
