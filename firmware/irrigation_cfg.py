@@ -26,6 +26,8 @@ SETTINGS = {
     "moist_mv_50": (1400, 0, 5000),  # ... and at 50 % (saturated soil)
     "utc_offset_min": (0, -720, 840),
     "tick_ms": (1000, 100, 5000),
+    "battery": (0, 0, 1),  # 1: the node deep-sleeps between events (firmware/battery.py)
+    "latch_ms": (0, 0, 500),  # 0: valves held open by current; else latching, driven by pulses this long
 }
 ZONE_SETTINGS = {
     "flow_dlpm": (100, 1, 50000),  # expected flow, 0.1 L/min

@@ -84,7 +84,12 @@ class StdioPort:
 
 def build(cfg, machine=None):
     """(hal, awaitable main) for a loaded config; on a board `machine` is imported here."""
-    from firmware.hal_machine import MachineHAL
+    # irrigation.battery: the node deep-sleeps between events (firmware/battery.py)
+    battery = cfg["kind"] == "irrigation" and (cfg.get("irrigation") or {}).get("battery")
+    if battery:
+        from firmware.hal_battery import BatteryHAL as MachineHAL
+    else:
+        from firmware.hal_machine import MachineHAL
 
     hal = MachineHAL(cfg["pins"], STATE_DIR, cfg.get("adc_scale"), machine)
     radio = make_radio(cfg, hal, machine)
@@ -92,6 +97,10 @@ def build(cfg, machine=None):
         from firmware.bridge import Bridge
 
         return hal, Bridge(hal, radio, StdioPort(), cfg["wdt_ms"]).run()
+    if battery:
+        from firmware.battery import BatteryIrrigation, BatteryNode
+
+        return hal, BatteryNode(cfg, hal, radio, BatteryIrrigation).run()
     from firmware.runtime import Node
 
     node = Node(cfg, hal, radio, app_class(cfg["kind"]))
