@@ -73,6 +73,9 @@ def check(section, parse_schedule):
         s["zones"].append(z)
     if s["moist_mv_0"] == s["moist_mv_50"]:
         raise ValueError("irrigation.moist_mv_0 and moist_mv_50 must differ")
+    if s["battery"] and not s["latch_ms"]:
+        # a held valve closes when its current stops, and holding it open drains a cell in days
+        raise ValueError("irrigation.battery: needs latching valves (irrigation.latch_ms > 0)")
     flat = []
     for e in section.get("schedule", []):
         if type(e) is not list or len(e) != 4:
