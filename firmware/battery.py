@@ -396,3 +396,11 @@ class BatteryNode(Node):
             self.store.flush(True)
         except Exception as e:
             self.last_error = repr(e)
+
+
+def build(cfg, machine, make_radio, state_dir):
+    """(hal, awaitable main) of a battery irrigation node: firmware/main.py's build() for it."""
+    from firmware.hal_battery import BatteryHAL
+
+    hal = BatteryHAL(cfg["pins"], state_dir, cfg.get("adc_scale"), machine)
+    return hal, BatteryNode(cfg, hal, make_radio(cfg, hal, machine), BatteryIrrigation).run()

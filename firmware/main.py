@@ -84,12 +84,11 @@ class StdioPort:
 
 def build(cfg, machine=None):
     """(hal, awaitable main) for a loaded config; on a board `machine` is imported here."""
-    # irrigation.battery: the node deep-sleeps between events (firmware/battery.py)
-    battery = cfg["kind"] == "irrigation" and (cfg.get("irrigation") or {}).get("battery")
-    if battery:
-        from firmware.hal_battery import BatteryHAL as MachineHAL
-    else:
-        from firmware.hal_machine import MachineHAL
+    if (cfg.get("irrigation") or {}).get("battery"):  # deep sleep between events: firmware/battery.py
+        from firmware import battery
+
+        return battery.build(cfg, machine, make_radio, STATE_DIR)
+    from firmware.hal_machine import MachineHAL
 
     hal = MachineHAL(cfg["pins"], STATE_DIR, cfg.get("adc_scale"), machine)
     radio = make_radio(cfg, hal, machine)
@@ -97,10 +96,6 @@ def build(cfg, machine=None):
         from firmware.bridge import Bridge
 
         return hal, Bridge(hal, radio, StdioPort(), cfg["wdt_ms"]).run()
-    if battery:
-        from firmware.battery import BatteryIrrigation, BatteryNode
-
-        return hal, BatteryNode(cfg, hal, radio, BatteryIrrigation).run()
     from firmware.runtime import Node
 
     node = Node(cfg, hal, radio, app_class(cfg["kind"]))
