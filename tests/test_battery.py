@@ -193,3 +193,32 @@ def test_the_park_meets_the_five_year_bar_in_the_json_and_the_text_report(tmp_pa
         [sys.executable, "-m", "lumeau", "sim", "run", str(PARK)], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert "battery (esp32, 19 Ah cell" in text.stdout and "meets the 5-year bar" in text.stdout, text.stdout
+
+
+def test_flash_refuses_a_battery_config_without_its_close_pins_and_names_them():
+    cfg = {
+        "node_id": "0a0b0c0d",
+        "kind": "irrigation",
+        "root_key": "000102030405060708090a0b0c0d0e0f",
+        "radio": {"type": "uart"},
+        "pins": {"master": 6, "zone1": 7, "flow": 11, "rain": 12},
+        "irrigation": {"battery": 1, "latch_ms": 50, "zones": [{}]},
+    }
+    with pytest.raises(boards.ConfigKeyError, match="master_close, zone1_close missing"):
+        boards.validate(json.dumps(cfg))
+    cfg["pins"].update(master_close=8, zone1_close=9)
+    assert boards.validate(json.dumps(cfg))["irrigation"]["battery"] == 1
+    cfg["irrigation"]["latch_ms"] = 0
+    with pytest.raises(boards.ConfigKeyError, match="latch_ms"):
+        boards.validate(json.dumps(cfg))
+
+
+def test_the_simulator_provisions_battery_controllers_as_such():
+    from simulator.provisioning import firmware_config
+
+    sc = loads(PARK.read_text(), "park.toml")
+    cfg = firmware_config(sc, sc.controllers[0], 868100000)
+    assert cfg["irrigation"]["battery"] == 1 and cfg["irrigation"]["latch_ms"] == 50
+    assert cfg["status_interval_s"] == 21600
+    mains = loads(PARK.read_text()[: PARK.read_text().index("\n[battery]")], "park.toml")
+    assert "battery" not in firmware_config(mains, mains.controllers[0], 868100000)["irrigation"]
