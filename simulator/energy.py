@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BAR_YEARS = 5.0
+LINES_MAX = 12  # nodes listed one by one in the text report
 RX1_DELAY_S = 1.0  # SPEC §6 (firmware/runtime.py RX1_DELAY_MS)
 
 
@@ -263,4 +264,10 @@ def lines(b: dict[str, Any]) -> list[str]:
         f"{worst['uplinks_per_day']:g} uplinks/day, {worst['valve_open_min_per_day']:g} min/day watering; "
         f"on an rp2040 {worst['rp2040']['life_years']:.1f} years, on an esp32 {worst['esp32']['life_years']:.1f}",
     ]
+    if len(b["nodes"]) <= LINES_MAX:  # a park's few nodes each; a city's in the JSON
+        out += [
+            f"    {n['node']}: {n['mah_per_day']:.2f} mAh/day in season, "
+            f"{n[b['mcu']]['mah_per_day_off_season']:.2f} off season, {n['life_years']:.1f} years"
+            for n in b["nodes"]
+        ]
     return out

@@ -601,6 +601,14 @@ def build(
     return Results(sections)
 
 
+def battery_inputs(sn: Any) -> tuple[int, float, int, bool, int]:
+    """What the energy model needs of a controller that only its process knows: watering runs,
+    seconds a valve was open, valve moves, a flow meter fitted, its receive window (ms)."""
+    w = sn.world
+    flow = bool(json.loads(sn.cfg_bytes)["irrigation"].get("flow_meter", 1))
+    return (w.runs, w.valve_open_s(), w.valve_moves, flow, sn.radio.rx_window_ms())
+
+
 def battery_section(sim: Any) -> dict[str, Any]:
     """Battery irrigation controllers: mAh per day and projected life (simulator/energy.py)."""
     from simulator import energy
@@ -611,18 +619,18 @@ def battery_section(sim: Any) -> dict[str, Any]:
     for name, sn in sim.nodes.items():
         if sn.spec.kind != "irrigation":
             continue
-        w = sn.world
+        # a parallel run's workers send these (simulator/parallel.py); else the node is here
+        runs, open_s, moves, flow, rx_ms = getattr(sn, "battery_inputs", None) or battery_inputs(sn)
         st = sim.air.nodes.get(sn.spec.node_id)
-        cfg = json.loads(sn.cfg_bytes)
         acts[name] = energy.Activity(
             seconds=sc.duration_s,
             uplinks=st.uplinks if st is not None else 0,
             airtime_s=sim.channel.airtime_used_ms(sn.spec.node_id) / 1000.0,
-            rx_window_s=sn.radio.rx_window_ms() / 1000.0,
-            runs=w.runs,
-            open_s=w.valve_open_s(),
-            valve_moves=w.valve_moves,
-            flow_meter=bool(cfg["irrigation"].get("flow_meter", 1)),
+            rx_window_s=rx_ms / 1000.0,
+            runs=runs,
+            open_s=open_s,
+            valve_moves=moves,
+            flow_meter=flow,
             tx_power_dbm=tx_dbm,
         )
     b = energy.section(acts, sc.battery)

@@ -193,6 +193,23 @@ def test_the_park_meets_the_five_year_bar_in_the_json_and_the_text_report(tmp_pa
         [sys.executable, "-m", "lumeau", "sim", "run", str(PARK)], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert "battery (esp32, 19 Ah cell" in text.stdout and "meets the 5-year bar" in text.stdout, text.stdout
+    for n in b["nodes"]:
+        assert f"    {n['node']}: {n['mah_per_day']:.2f} mAh/day in season" in text.stdout
+
+
+def test_a_parallel_run_reports_the_same_batteries():
+    out = subprocess.run(
+        [sys.executable, "-m", "lumeau", "sim", "run", str(PARK), "--json", "--workers", "2", "--hours", "26"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    b = json.loads(out.stdout)["battery"]
+    assert len(b["nodes"]) == 4
+    for n in b["nodes"]:
+        assert n["valve_open_min_per_day"] > 0 and n["uplinks_per_day"] > 80, n
 
 
 def test_flash_refuses_a_battery_config_without_its_close_pins_and_names_them():
