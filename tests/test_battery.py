@@ -239,3 +239,34 @@ def test_the_simulator_provisions_battery_controllers_as_such():
     assert cfg["status_interval_s"] == 21600
     mains = loads(PARK.read_text()[: PARK.read_text().index("\n[battery]")], "park.toml")
     assert "battery" not in firmware_config(mains, mains.controllers[0], 868100000)["irrigation"]
+
+
+def test_the_rtc_record_fits_the_esp32_rtc_memory_with_a_full_uplink_queue():
+    # MicroPython's ESP32 port keeps at most 2,048 bytes in RTC.memory(); a record that did not fit
+    # would be lost (the next wake a boot: valves closed, HELLO), so the worst case must fit
+    from firmware import config as fwconfig
+    from firmware import uplink
+    from firmware.battery import BatteryIrrigation, BatteryNode
+    from firmware.radio import MemoryRadio
+    from simulator.hal_sim import SimHAL, StepClock
+
+    raw = {
+        "node_id": "0a0b0c0d",
+        "kind": "irrigation",
+        "root_key": "000102030405060708090a0b0c0d0e0f",
+        "irrigation": {"battery": 1, "latch_ms": 40, "schedule": [[z % 4 + 1, 127, 300 + z, 20] for z in range(6)]},
+    }
+    hal = SimHAL(StepClock(1782000000), time_known=True)
+    node = BatteryNode(fwconfig.load(json.dumps(raw).encode()), hal, MemoryRadio(hal), BatteryIrrigation)
+    node._build_app()
+    app = node.app
+    assert app is not None, node.last_error
+    app.queue = [(1, 1440)] * 8
+    app._done = [-(2**31)] * 8
+    for i in range(16):  # the queue's bound, each body as large as a 51-byte frame allows
+        it = node.queue.put(4, bytes(range(38)), uplink.PRIO_ALARM, True, None)
+        it.sends, it.due = 7, 10**9
+    assert len(node.queue) == 16
+    node._save(21600000)
+    print("RTC record, worst case:", len(hal.rtc["mem"]), "B")
+    assert 0 < len(hal.rtc["mem"]) <= 2048, len(hal.rtc["mem"])
