@@ -263,7 +263,7 @@ def test_the_rtc_record_fits_the_esp32_rtc_memory_with_a_full_uplink_queue():
     assert app is not None, node.last_error
     app.queue = [(1, 1440)] * 8
     app._done = [-(2**31)] * 8
-    for i in range(16):  # the queue's bound, each body as large as a 51-byte frame allows
+    for _i in range(16):  # the queue's bound, each body as large as a 51-byte frame allows
         it = node.queue.put(4, bytes(range(38)), uplink.PRIO_ALARM, True, None)
         it.sends, it.due = 7, 10**9
     assert len(node.queue) == 16
