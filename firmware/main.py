@@ -84,6 +84,10 @@ class StdioPort:
 
 def build(cfg, machine=None):
     """(hal, awaitable main) for a loaded config; on a board `machine` is imported here."""
+    if (cfg.get("irrigation") or {}).get("battery"):  # deep sleep between events: firmware/battery.py
+        from firmware import battery
+
+        return battery.build(cfg, machine, make_radio, STATE_DIR)
     from firmware.hal_machine import MachineHAL
 
     hal = MachineHAL(cfg["pins"], STATE_DIR, cfg.get("adc_scale"), machine)

@@ -37,7 +37,7 @@ _NODE = (
 )
 FIRMWARE = {
     "lighting": _NODE + ("astro.py", "lighting.py", "lighting_cfg.py"),
-    "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py"),
+    "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py", "battery.py", "hal_battery.py"),
     "bridge": (
         "__init__.py",
         "aio.py",

@@ -65,6 +65,12 @@ APP_PINS = {
         "moisture3",
         "moisture4",
         "supply",
+        # latching valves (irrigation.latch_ms > 0): the H-bridge input that closes each valve
+        "master_close",
+        "zone1_close",
+        "zone2_close",
+        "zone3_close",
+        "zone4_close",
     ),
     "bridge": (),
 }
@@ -157,6 +163,8 @@ def required_pins(cfg: dict[str, Any], app: dict[str, Any]) -> list[str]:
         if app["rain_sensor"]:
             need.append("rain")
         need += [f"moisture{i + 1}" for i, z in enumerate(app["zones"]) if z["moisture"]]
+        if app.get("latch_ms"):  # a latching valve has a second input: the pulse that closes it
+            need += [f"{p}_close" for p in need if p == "master" or p.startswith("zone")]
     return need
 
 

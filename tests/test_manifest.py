@@ -43,6 +43,8 @@ ENTRIES = {
         "firmware.runtime",
         "firmware.irrigation",
         "firmware.ble",
+        "firmware.battery",  # irrigation.battery = 1 (main.build)
+        "firmware.hal_battery",
     ],
     "bridge": ["firmware.config", "firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
 }
