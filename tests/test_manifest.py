@@ -24,7 +24,8 @@ from firmware.bridge import Bridge
 from firmware.radio import UartRadio
 from firmware.radio_lora import LoRaRadio
 
-# What main.read_config() and main.build() import for each kind, beyond main.py's own top-level imports.
+# What main.read_config(), main.build() and main.release_state() import for each kind, beyond main.py's
+# own top-level imports (boot.py imports firmware.slots too), and firmware.updater (`lumeau node update`).
 ENTRIES = {
     "lighting": [
         "firmware.config",
@@ -34,6 +35,8 @@ ENTRIES = {
         "firmware.runtime",
         "firmware.lighting",
         "firmware.ble",
+        "firmware.slots",
+        "firmware.updater",
     ],
     "irrigation": [
         "firmware.config",
@@ -43,8 +46,17 @@ ENTRIES = {
         "firmware.runtime",
         "firmware.irrigation",
         "firmware.ble",
+        "firmware.slots",
+        "firmware.updater",
     ],
-    "bridge": ["firmware.config", "firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
+    "bridge": [
+        "firmware.config",
+        "firmware.hal_machine",
+        "firmware.radio",
+        "firmware.radio_lora",
+        "firmware.bridge",
+        "firmware.slots",
+    ],
 }
 
 
@@ -195,7 +207,8 @@ def test_main_unloads_the_config_module_once_the_node_is_built(monkeypatch, tmp_
     monkeypatch.setattr(firmware, "unload", lambda *names: calls.append(("unload", names)))
     monkeypatch.setattr(board_main.asyncio, "run", lambda coro: calls.append(("run", coro)))
     board_main.main()
-    assert calls == [("build", "lighting"), ("unload", ("config",)), ("run", "coro")]
+    # release_state() reads the A/B state (none here: the factory release) and drops slots.py first
+    assert calls == [("unload", ("slots",)), ("build", "lighting"), ("unload", ("config",)), ("run", "coro")]
 
 
 def test_unload_is_a_no_op_on_cpython():
