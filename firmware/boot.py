@@ -17,14 +17,14 @@ import micropython
 # Room for a traceback raised inside an IRQ handler (the pulse counters).
 micropython.alloc_emergency_exception_buf(100)
 try:
+    import machine
     from firmware import slots
 
-    _slot = slots.select()
+    # a soft reset (a tool's raw REPL, Ctrl-D) is not a failed boot: not counted
+    _slot = slots.select(count=machine.reset_cause() != machine.SOFT_RESET)
     if _slot:
         sys.path.insert(0, "/" + _slot)
         if slots.read()["t"] == _slot:
-            import machine
-
             machine.WDT(timeout=8000)  # main.py's runtime feeds it (and sets its own timeout)
     del slots
 except Exception as e:

@@ -97,39 +97,22 @@ def build(cfg, machine=None):
     node = Node(cfg, hal, radio, app_class(cfg["kind"]))
     coro = with_ble(node, cfg["ble"]) if cfg["ble"]["enabled"] else node.run()
     if cfg.get("trial"):
-        coro = on_trial(node, hal, coro)
+        from firmware import slots
+
+        coro = slots.on_trial(node, hal, coro)
     return hal, coro
 
 
-def release_state(cfg, root="/"):
-    """Put the running release's bundle id (HELLO key 5) and whether it is on trial in cfg.
-
-    firmware/slots.py, loaded for this and dropped; never fatal: a node that cannot read
-    its release state runs without saying which bundle it is.
-    """
+def release_state(cfg):
+    """HELLO's bundle id and the trial flag into cfg (firmware/slots.py, SPEC §13); never fatal."""
     try:
         from firmware import slots
 
-        bid, trial = slots.running(root)
-        firmware.unload("slots")
+        slots.prepare(cfg)
     except Exception as e:
         print("lumeau: release state: %r" % e)
-        return
-    if bid:
-        cfg["bundle"] = bytes.fromhex(bid[:6])
-    cfg["trial"] = trial
-
-
-async def on_trial(node, hal, coro, root="/"):
-    """Run the node while its release is on trial: commit it once healthy (slots.watch)."""
-    from firmware import slots
-
-    async def watch():
-        await slots.watch(node, hal, root)
+    if not cfg.get("trial"):
         firmware.unload("slots")
-
-    asyncio.create_task(watch())
-    await coro
 
 
 async def with_ble(node, settings, lib=None, uuid=None):

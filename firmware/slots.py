@@ -51,12 +51,16 @@ def directory(slot, root="/"):
     return root + slot + "/" if slot else root
 
 
-def select(root="/"):
-    """The slot to boot ("" the factory), counting a trial's boots; call once per boot."""
+def select(root="/", count=True):
+    """The slot to boot ("" the factory), counting a trial's boots; call once per boot.
+
+    count=False (boot.py after a soft reset: a tool entering the raw REPL, not a crash)
+    boots the same slot without counting it.
+    """
     st = read(root)
     t = st["t"]
-    if not t:
-        return st["a"]
+    if not t or not count:
+        return t or st["a"]
     st["n"] = st.get("n", 0) + 1
     if st["n"] > MAX_BOOTS:
         st["rb"] = t  # rolled back: the gateway sees the old bundle id in HELLO
@@ -83,6 +87,28 @@ def commit(root="/"):
         st["n"] = 0
         st["rb"] = ""
         write(st, root)
+
+
+def prepare(cfg, root="/"):
+    """main.py: the running bundle id (HELLO key 5, 3 bytes) and whether it is on trial, into cfg."""
+    bid, trial = running(root)
+    if bid:
+        cfg["bundle"] = bytes.fromhex(bid[:6])
+    cfg["trial"] = trial
+
+
+async def on_trial(node, hal, coro, root="/"):
+    """Run the node (coro) with watch() beside it; slots.py leaves the heap once it is done."""
+    import asyncio
+
+    async def w():
+        await watch(node, hal, root)
+        import firmware
+
+        firmware.unload("slots")
+
+    asyncio.create_task(w())
+    await coro
 
 
 async def watch(node, hal, root="/", healthy_ms=HEALTHY_MS, trial_ms=TRIAL_MS):

@@ -23,7 +23,9 @@ from protocol import VERSION, ed25519
 from protocol import noderelease as rel
 
 _CHUNK = 512
-_TARGETS = {"esp32": "esp32", "rp2": "rp2"}  # sys.platform -> release target
+# sys.platform -> release target; the virtual board (simulator/vboard, `webassembly`) stands
+# in for an ESP32: node code is bytecode only, the same .mpy for both (lumeau/bundle.py).
+_TARGETS = {"esp32": "esp32", "rp2": "rp2", "webassembly": "esp32"}
 
 
 def _mkdirs(path):

@@ -270,6 +270,14 @@ class Flasher:
         except (ValueError, SyntaxError):
             raise FlashError("transport", f"{self.port}: unexpected answer from the board: {out[:200]!r}") from None
 
+    def run(self, code: str) -> bytes:
+        """Execute code on the board (raw REPL) and return its output; FlashError on failure."""
+        return self._exec(code)
+
+    def evaluate(self, code: str) -> Any:
+        """Execute code that prints one Python literal, and return that value."""
+        return self._eval(code)
+
     def board_info(self) -> dict[str, Any]:
         mpy, platform, version = self._eval(
             "import sys\nprint(repr((sys.implementation._mpy, sys.platform, sys.version)))"

@@ -14,6 +14,7 @@
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
     lumeau node release-key --out FILE
     lumeau node release   --key FILE --bundle DIR --replaces V[,V] [--base DIR] [--version V] [--out FILE]
+    lumeau node update    IMAGE --port PORT [--settle S] [--json]
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
 (for configure, an unknown setting or a value out of range included).

@@ -3,13 +3,16 @@
     lumeau node release-key --out FILE
     lumeau node release     --key FILE --replaces VERSION[,VERSION...] [--bundle DIR]
                             [--base DIR] [--version V] [--out FILE]
+    lumeau node update      IMAGE --port PORT [--settle S] [--json]
 
 `release-key` writes a new Ed25519 private key (0600, never overwritten, never printed) and
 prints the public key for the nodes' configs ("release_key", 64 hex digits). Keep the
 private key off the gateway: a stolen gateway then cannot push firmware.
 `release` signs an image of a bundle (`lumeau node build`): every .mpy file, or with
 --base (the bundle the nodes run) only those that changed, a delta. Format: SPEC §13;
-library: lumeau/release.py.
+library: lumeau/release.py. `update` installs an image on a node over its USB serial
+(lumeau/update.py): resumable upload, the node's own updater verifies and stages it, then
+the board resets into the new release on trial.
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments.
 """
@@ -17,6 +20,7 @@ Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,25 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from lumeau import update as updates
+
+    log = (lambda _s: None) if args.json else print
+    try:
+        r = updates.update(args.port, args.image, settle_s=args.settle, log=log)
+    except updates.UpdateError as e:
+        if args.json:
+            print(json.dumps({"error": e.reason, "message": str(e)}))
+        return _err("update", str(e))
+    if args.json:
+        print(updates.report_json(r))
+    else:
+        print(f"{args.port}: {r.version} installed on trial; the node commits it once the gateway hears it")
+        if "Traceback" in r.console:
+            print(f"the board printed a traceback after the reset:\n{r.console[-800:]}")
+    return 0
+
+
 def add_release_actions(actions: Any) -> None:
     k = actions.add_parser(
         "release-key", help="generate the city's Ed25519 release key (0600, never printed); prints the public key"
@@ -76,3 +99,12 @@ def add_release_actions(actions: Any) -> None:
     r.add_argument("--version", help="release version (default: the bundle's firmware version)")
     r.add_argument("--out", type=Path, help="image file (default BUNDLE-VERSION[-delta].lup)")
     r.set_defaults(func=cmd_release)
+
+    u = actions.add_parser(
+        "update", help="install a signed release (.lup) on a node over USB serial (resumable; the node verifies it)"
+    )
+    u.add_argument("image", type=Path, help="the release image (lumeau node release)")
+    u.add_argument("--port", required=True, help="the node's serial port (/dev/ttyUSB0, /dev/ttyACM0)")
+    u.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset")
+    u.add_argument("--json", action="store_true", help="one JSON object: version, bundle, bytes sent, resumed at")
+    u.set_defaults(func=cmd_update)

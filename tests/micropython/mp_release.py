@@ -296,3 +296,47 @@ def test_power_cut_at_every_step_leaves_a_bootable_node():
         finally:
             _restore()
         assert boot(root)[1] in ("0.1.0", "0.1.1")
+
+
+class _Node:
+    rx = 0
+    app_faults = 0
+
+
+class _Hal:
+    def __init__(self):
+        self.ms = 0
+        self.resets = 0
+
+    def ticks_ms(self):
+        return self.ms
+
+    async def sleep_ms(self, ms):
+        self.ms += ms
+
+    def reset(self):
+        self.resets += 1
+
+
+async def test_watch_commits_a_healthy_trial_and_resets_a_silent_one():
+    root = fresh_root()
+    install(root, "FULL_011", running="0.1.0")
+    assert boot(root)[0] == "s0"
+    node, hal = _Node(), _Hal()
+    node.rx = 1  # the gateway answered
+    assert await slots.watch(node, hal, root) is True
+    assert hal.ms >= slots.HEALTHY_MS and slots.read(root)["a"] == "s0" and hal.resets == 0
+    cfg = {}
+    slots.prepare(cfg, root)
+    assert cfg == {"bundle": bytes.fromhex(slots.read(root)["id"]["s0"][:6]), "trial": False}
+
+    root = fresh_root()
+    install(root, "FULL_011", running="0.1.0")
+    boot(root)
+    node, hal = _Node(), _Hal()
+    node.rx, node.app_faults = 5, 1  # heard, but the app faulted: not healthy
+    assert await slots.watch(node, hal, root) is False
+    assert hal.resets == 1 and hal.ms >= slots.TRIAL_MS and slots.read(root)["t"] == "s0"
+    cfg = {}
+    slots.prepare(cfg, root)
+    assert cfg["trial"] is True
