@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from lumeau import bundle as bundles
 from lumeau import release as releases
-from protocol import ed25519, nodemsg
+from protocol import ed25519, expand, nodemsg
 from protocol import noderelease as rel
 
 LUMEAU = [sys.executable, "-m", "lumeau"]
@@ -93,6 +93,8 @@ def test_hello_with_the_bundle_id_fits_51_bytes():
     assert len(worst) + 13 <= 51  # 13: header and MIC (SPEC §1)
     with pytest.raises(ValueError):
         nodemsg.encode(1, {0: "0.1.0", 1: 1, 5: b"abcd"})  # exactly 3 bytes
+    # the gateway names it: a rollback shows as the previous bundle id in the next HELLO
+    assert expand.expand(1, {0: "0.1.1", 1: 1, 5: b"\x8c\x83\x2f"})["bundle"]["value"] == "8c832f"
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,13 @@ def releases_dir(tmp_path_factory) -> Path:
     key = Ed25519PrivateKey.generate()
     (d / "pub").write_text(releases.public_bytes(key.public_key()).hex())
     (d / "delta.lup").write_bytes(releases.build(new, key, ["0.1.0"], old, "0.1.1").image)
+    # a release that crashes at boot: the node's runtime module raises on import
+    rt = src / "firmware" / "runtime.py"
+    good = rt.read_text()
+    rt.write_text('raise RuntimeError("release 0.1.2 is broken")\n' + good)
+    crash = bundles.build("lighting", "esp32", d / "crash", source_root=src)
+    rt.write_text(good)
+    (d / "crash.lup").write_bytes(releases.build(crash, key, ["0.1.0"], old, "0.1.2").image)
     other = Ed25519PrivateKey.generate()
     (d / "forged.lup").write_bytes(releases.build(new, other, ["0.1.0"], old, "0.1.1").image)
     return d
@@ -124,3 +131,27 @@ def test_a_forged_release_is_refused_and_changes_nothing(flashed, releases_dir):
     assert {k: v for k, v in after.items() if not k.startswith("state/")} == {
         k: v for k, v in before.items() if not k.startswith("state/")
     }
+
+
+def test_a_release_that_crashes_at_boot_rolls_back_by_itself(flashed, releases_dir):
+    # boot.py arms the watchdog for a release on trial: the crash leaves the board at the REPL,
+    # the watchdog resets it, each boot is counted, and after slots.MAX_BOOTS the factory boots
+    p = lumeau("node", "update", str(releases_dir / "crash.lup"), "--port", flashed.port, "--settle", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    state = flashed.flash_dir / "ab.json"
+    deadline = time.monotonic() + 90
+    while json.loads(state.read_text())["rb"] != "s0":
+        assert time.monotonic() < deadline, state.read_text()
+        time.sleep(0.5)
+    st = json.loads(state.read_text())
+    assert st["t"] == "" and st["a"] == "" and st["n"] == 0
+    # the factory release runs the node again: main.py keeps running, and no watchdog reset
+    # comes in more than a watchdog period (the crashed trial sat at the REPL until it bit)
+    deadline = time.monotonic() + 20
+    while not flashed.control({"get": "state"})["running"]:
+        assert time.monotonic() < deadline, "the rolled-back node does not run"
+        time.sleep(0.2)
+    boots = flashed.control({"get": "state"})["boots"]
+    time.sleep(10)  # longer than the 8 s watchdog: nothing to wait for, a period to live through
+    now = flashed.control({"get": "state"})
+    assert now["running"] and now["boots"] == boots, now
