@@ -119,6 +119,7 @@ def install(image, kind, public_key, root="/", target=None, running=None, mpy=No
         free = "s1" if active == "s0" else "s0"
         base = root + free
         src_dir = slots.directory(active, root)
+        got_all = []
         try:
             wipe(base)
             for path, n, digest, carried in m["files"]:
@@ -132,9 +133,11 @@ def install(image, kind, public_key, root="/", target=None, running=None, mpy=No
                             got = _copy(src, dst, n, buf)
                     except (OSError, rel.Refused):
                         got = None  # missing or short in the running slot
-                if got != digest:
+                if got is None or (digest and got != digest):
                     raise rel.Refused("%s does not match its hash in the manifest" % path)
-            for path, _n, digest, _c in m["files"]:  # read back from flash: what will boot
+                got_all.append((path, got))
+            rel.check_bundle(m, got_all)  # a delta's copied files: the signed bundle id binds them
+            for path, digest in got_all:  # read back from flash: what will boot
                 if _hash_file(base + "/" + path, buf) != digest:
                     raise rel.Refused("%s reads back wrong from flash" % path)
         except BaseException as e:

@@ -113,7 +113,9 @@ def build(
             )
         old = {p: h for p, _, h in release_files(base)}
         base_id = rel.bundle_id([(p, h) for p, h in old.items()]).hex()
-    entries = [[p, n, h, 0 if old.get(p) == h else 1] for p, n, h in files]
+    # a file the node copies from its running release goes without its hash: the node hashes
+    # it while copying, and the signed bundle id must come out of those hashes (SPEC §13)
+    entries = [[p, n, "", 0] if old.get(p) == h else [p, n, h, 1] for p, n, h in files]
     manifest = {
         "format": rel.FORMAT,
         "version": version,

@@ -16,7 +16,9 @@
 #   "files": [["firmware/runtime.mpy", size, "<sha256 hex>", carried 0|1], ...]}
 # "files" lists the WHOLE release; a delta carries only the changed files
 # (carried 1) and names in "base" the bundle id it applies to: the others
-# are copied from the running release, each checked against its hash.
+# (carried 0) are copied from the running release, and their hash may be
+# left out ("", 70 bytes less per file): the node hashes each copied file
+# and the bundle id, signed, must then come out of the hashes it got.
 # bundle id = SHA-256 over "path sha256\n" for every file, sorted by path:
 # the same for a delta and a full image of one release (HELLO key 5 carries
 # its first 3 bytes).
@@ -109,14 +111,24 @@ def parse_manifest(manifest):
     for f in files:
         if type(f) is not list or len(f) != 4 or not _path_ok(f[0]):
             raise Refused("manifest: bad file entry")
-        if type(f[1]) is not int or not 0 <= f[1] <= MAX_FILE or type(f[2]) is not str or len(f[2]) != 64:
-            raise Refused("manifest: bad size or hash for %s" % f[0])
         if f[3] not in (0, 1):
             raise Refused("manifest: bad carried flag for %s" % f[0])
+        if type(f[1]) is not int or not 0 <= f[1] <= MAX_FILE or type(f[2]) is not str:
+            raise Refused("manifest: bad size or hash for %s" % f[0])
+        if len(f[2]) != 64 and (f[3] or f[2]):  # only a copied file's hash may be left out
+            raise Refused("manifest: bad size or hash for %s" % f[0])
         ids.append((f[0], f[2]))
-    if bundle_id(ids).hex() != m["bundle"]:
-        raise Refused("manifest: bundle id does not match its files")
+    if len(m["bundle"]) != 64:
+        raise Refused("manifest: bad bundle id")
+    if all(h for _, h in ids):
+        check_bundle(m, ids)
     return m
+
+
+def check_bundle(m, ids):
+    """Refused unless the bundle id signed in the manifest is the one of ids [(path, sha256 hex)]."""
+    if bundle_id(ids).hex() != m["bundle"]:
+        raise Refused("the files do not make the signed bundle %s (the running files differ?)" % m["bundle"][:6])
 
 
 def check_applicable(m, kind, target, mpy, running, running_bundle):

@@ -65,7 +65,11 @@ def image(
     old = {p: hashlib.sha256(b).hexdigest() for p, b in (base or {}).items()}
     if lie_about:  # a correctly signed manifest whose hash for one file is not the file's
         digests[lie_about] = hashlib.sha256(b"not this file").hexdigest()
-    entries = [[p, len(files[p]), digests[p], 0 if old.get(p) == digests[p] else 1] for p in sorted(files)]
+    bundle = rel.bundle_id(list(digests.items())).hex()
+    entries = [
+        [p, len(files[p]), "", 0] if old.get(p) == digests[p] else [p, len(files[p]), digests[p], 1]
+        for p in sorted(files)
+    ]
     m = {
         "format": 1,
         "version": version,
@@ -74,7 +78,7 @@ def image(
         "kind": kind,
         "mpy": 6,
         "key": key_id(public_bytes(key.public_key())),
-        "bundle": rel.bundle_id(list(digests.items())).hex(),
+        "bundle": bundle,
         "base": rel.bundle_id(list(old.items())).hex() if base else None,
         "files": entries,
     }

@@ -128,8 +128,13 @@ def test_delta_carries_one_file_and_copies_the_rest():
 
 
 def test_delta_refused_when_the_running_files_differ():
+    # a delta carries no hash for the files it copies: the signed bundle id binds them
     root = fresh_root()
-    put(root, "relapp/util.mpy", b"M\x06damaged")
+    good = V.FACTORY["relapp/util.mpy"]
+    put(root, "relapp/util.mpy", good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit off
+    refused(root, "DELTA_011", None, "do not make the signed bundle")
+    root = fresh_root()
+    put(root, "relapp/util.mpy", b"M\x06short")
     refused(root, "DELTA_011", None, "util.mpy does not match its hash")
 
 
