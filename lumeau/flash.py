@@ -65,6 +65,26 @@ if TYPE_CHECKING:  # imported where used: mpremote loads only for a flash
 
 CONFIG_PATH = "config.json"  # on the board: firmware/main.py reads /config.json
 MANAGED_DIRS = ("firmware", "protocol")  # the bundle owns these directories on the board
+AB_STATE = "ab.json"  # the A/B release state (firmware/slots.py, SPEC §13)
+# Runs on the board: remove the over-the-air release slots /s0 and /s1 (a wired flash replaces them).
+WIPE_SLOTS = """
+import os
+def _lumeau_rm(p):
+    try:
+        es = list(os.ilistdir(p))
+    except OSError:
+        return
+    for e in es:
+        q = p + '/' + e[0]
+        if e[1] == 0x4000:
+            _lumeau_rm(q)
+        else:
+            os.remove(q)
+    os.rmdir(p)
+for _s in ('s0', 's1'):
+    _lumeau_rm(_s)
+del _lumeau_rm
+"""
 CHUNK = 1024
 RETRIES = 1
 CONNECT_TIMEOUT_S = 10.0
@@ -690,6 +710,15 @@ def flash(
             write_private(config, fresh_cleared)
             log(f"  {config}: key_fresh cleared (the key is in use on this board; SPEC §4)")
 
+        # The wired release is the one that boots: the A/B state (SPEC §13) names it active with
+        # its bundle id (HELLO key 5), and releases installed over the air before are removed.
+        from lumeau.release import factory_state
+
+        state = factory_state(bundle)
+        if fl.remote_hashes([AB_STATE])[0] != hashlib.sha256(state).hexdigest():
+            fl.write_verified(AB_STATE, state, hashlib.sha256(state).hexdigest())
+            fl._exec(WIPE_SLOTS)
+            log(f"  /{AB_STATE}: the flashed release boots (over-the-air slots cleared)")
         # A flash cut short leaves PATH.part files; at the root one may hold the key.
         stray = [p + ".part" for p, _, _ in wanted if "/" not in p]
         fl._exec("import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n  pass" % (stray,))

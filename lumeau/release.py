@@ -87,6 +87,17 @@ def release_files(bundle: Bundle) -> list:
     return sorted((f.path, f.size, f.sha256) for f in bundle.files if f.path not in SOURCE_ONLY)
 
 
+def bundle_id(bundle: Bundle) -> str:
+    """The bundle id (hex, SPEC §13) of the files a release of this bundle carries."""
+    return rel.bundle_id([(p, h) for p, _, h in release_files(bundle)]).hex()
+
+
+def factory_state(bundle: Bundle) -> bytes:
+    """/ab.json after a wired flash of `bundle`: the factory release active, nothing on trial."""
+    st = {"a": "", "t": "", "n": 0, "id": {"": bundle_id(bundle)}, "v": {"": bundle.firmware_version}, "rb": ""}
+    return json.dumps(st, separators=(",", ":"), sort_keys=True).encode()
+
+
 def build(
     bundle: Bundle, key: Ed25519PrivateKey, replaces: list[str], base: Bundle | None = None, version: str | None = None
 ) -> Release:
@@ -112,7 +123,7 @@ def build(
                 f"--base is a {base.target} {base.kind} bundle, the release {bundle.target} {bundle.kind}"
             )
         old = {p: h for p, _, h in release_files(base)}
-        base_id = rel.bundle_id([(p, h) for p, h in old.items()]).hex()
+        base_id = bundle_id(base)
     # a file the node copies from its running release goes without its hash: the node hashes
     # it while copying, and the signed bundle id must come out of those hashes (SPEC §13)
     entries = [[p, n, "", 0] if old.get(p) == h else [p, n, h, 1] for p, n, h in files]

@@ -92,6 +92,9 @@ def board_eval(port: str, code: str) -> str:
 
 
 def test_a_delta_installs_over_serial_resumes_and_boots_on_trial(flashed, releases_dir):
+    old = bundles.load(releases_dir / "old")
+    st = json.loads((flashed.flash_dir / "ab.json").read_text())  # written by the wired flash
+    assert st["a"] == "" and st["id"] == {"": releases.bundle_id(old)}
     image = releases_dir / "delta.lup"
     with pytest.raises(updates.UpdateError, match="stopped at"):
         updates.update(flashed.port, image, log=lambda s: None, stop_after=3, settle_s=0)
@@ -113,13 +116,20 @@ def test_a_delta_installs_over_serial_resumes_and_boots_on_trial(flashed, releas
         time.sleep(0.1)
     st = json.loads((flashed.flash_dir / "ab.json").read_text())
     assert st["t"] == "s0" and st["a"] == "" and st["n"] == 1 and st["v"]["s0"] == "0.1.1"
-    old = bundles.load(releases_dir / "old")
     for f in old.files:
         assert hashlib.sha256((flashed.flash_dir / f.path).read_bytes()).hexdigest() == f.sha256
     # the board runs the new code from its slot (a tool's soft reset is not counted as a boot)
     out = board_eval(flashed.port, "import sys\nfrom firmware import uplink\nprint(uplink._fix_marker(), sys.path[0])")
     assert out.endswith("1 /s0"), out
     assert json.loads((flashed.flash_dir / "ab.json").read_text())["n"] == 1
+    # a wired flash afterwards is what boots: the A/B state names it, the slots go
+    p = lumeau("node", "flash", "--port", flashed.port, "--settle", "2", "--timeout", "5",
+               "--bundle", str(releases_dir / "old"))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "over-the-air slots cleared" in p.stdout
+    st = json.loads((flashed.flash_dir / "ab.json").read_text())
+    assert st == {"a": "", "t": "", "n": 0, "id": {"": releases.bundle_id(old)}, "v": {"": "0.1.0"}, "rb": ""}
+    assert not slot.exists()
 
 
 def test_a_forged_release_is_refused_and_changes_nothing(flashed, releases_dir):
