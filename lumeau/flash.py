@@ -22,6 +22,8 @@ raw-paste mode every MicroPython port speaks):
    finds it unchanged). A key's counter never restarts at 0 (SPEC §4 "Counter
    persistence"): an erased board, or the file moved to another board, refuses to
    send until re-keyed;
+   then write /ab.json (SPEC §13) naming the flashed release as the one that boots, with its
+   bundle id, and remove the over-the-air release slots /s0 and /s1;
 7. soft-reset in the friendly REPL so boot.py and main.py run, and confirm: on the
    console (no traceback, no "cannot start" within ``settle_s``: the node prints an
    app's exception there) or, with a gateway, by the node's HELLO there (last seen

@@ -345,3 +345,30 @@ async def test_watch_commits_a_healthy_trial_and_resets_a_silent_one():
     cfg = {}
     slots.prepare(cfg, root)
     assert cfg["trial"] is True
+
+
+def test_any_flipped_bit_or_cut_is_refused_without_a_change():
+    # every byte of an image is covered: header, manifest and signature by the signature,
+    # the files by their hashes, the length by the manifest
+    import random
+
+    random.seed(12)
+    root = fresh_root()
+    full = V.DELTA_011
+    before = snapshot(root[:-1])
+    for i in range(60):
+        pos = random.getrandbits(16) % len(full)
+        if i % 3 == 2:
+            bad = full[:pos]  # cut
+        else:
+            bad = full[:pos] + bytes([full[pos] ^ (1 << (i % 8))]) + full[pos + 1 :]
+        put(root, "upd.lup", bad)
+        try:
+            updater.install(root + "upd.lup", "lighting", V.PUB, root=root, target="esp32", running="0.1.0")
+        except rel.Refused:
+            pass
+        else:
+            raise AssertionError("installed with byte %d changed" % pos)
+        after = snapshot(root[:-1])
+        del after[root + "upd.lup"]
+        assert after == before, pos
