@@ -34,6 +34,9 @@ def read(root="/"):
         with open(root + "ab.json") as f:
             st = json.load(f)
         if type(st) is dict and st.get("a") in ("", "s0", "s1") and st.get("t") in ("", "s0", "s1"):
+            for k, v in _empty().items():  # a key missing or of the wrong type: its default
+                if type(st.get(k)) is not type(v):
+                    st[k] = v
             return st
     except Exception:  # missing or damaged: the factory release is always there
         pass

@@ -372,3 +372,13 @@ def test_any_flipped_bit_or_cut_is_refused_without_a_change():
         after = snapshot(root[:-1])
         del after[root + "upd.lup"]
         assert after == before, pos
+
+
+def test_a_damaged_state_file_boots_the_factory_or_fills_defaults():
+    root = fresh_root()
+    put(root, "ab.json", b'{"a": "s0", "t": "')  # cut mid-write (never happens: rename) or flash damage
+    assert slots.select(root) == ""
+    put(root, "ab.json", b'{"a": "", "t": "", "n": "x"}')
+    assert slots.running(root) == (None, False)
+    install(root, "FULL_011", running="0.1.0")
+    assert boot(root) == ("s0", "0.1.1")
