@@ -218,3 +218,28 @@ def test_unload_is_a_no_op_on_cpython():
 
     firmware.unload("config")
     assert sys.modules["firmware.config"] is config
+
+
+def test_a_release_on_trial_runs_with_the_health_watch(monkeypatch, tmp_path):
+    # main.release_state() marks a trial (firmware/slots.py, SPEC §13); build() then runs the
+    # node beside slots.watch, which commits the release once healthy
+    from firmware import slots
+
+    mach = fake_machine()
+    mach.UART = lambda uid, **kw: None
+    monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(
+        "firmware.hal_machine.MachineHAL.__init__.__defaults__", ("/state", None, None, FakeTime()), raising=False
+    )
+    (tmp_path / "ab.json").write_text(json.dumps({"a": "", "t": "s1", "n": 1, "id": {"s1": "ab" * 32}, "v": {}}))
+    cfg = cfg_for("lighting", {"type": "uart"})
+    slots.prepare(cfg, str(tmp_path) + "/")
+    assert cfg["trial"] is True and cfg["bundle"] == bytes.fromhex("ababab")
+    seen = []
+    monkeypatch.setattr(slots, "on_trial", lambda node, hal, coro: (seen.append(node), coro.close(), "watched")[2])
+    hal, coro = board_main.build(cfg, machine=mach)
+    assert coro == "watched" and seen and seen[0].cfg is cfg
+    cfg["trial"] = False
+    hal, coro = board_main.build(cfg, machine=mach)
+    coro.close()
+    assert len(seen) == 1
