@@ -296,9 +296,29 @@ class Flasher:
         """Execute code on the board (raw REPL) and return its output; FlashError on failure."""
         return self._exec(code)
 
-    def evaluate(self, code: str) -> Any:
-        """Execute code that prints one Python literal, and return that value."""
-        return self._eval(code)
+    def evaluate(self, code: str, silent_s: float | None = None) -> Any:
+        """Execute code that prints one Python literal, and return that value.
+
+        silent_s: how long the board may stay silent (mpremote's default is 10 s between two
+        characters: too short for work that prints only at its end, like an update's install).
+        """
+        if silent_s is None:
+            return self._eval(code)
+        import ast
+
+        from mpremote.transport import TransportError
+
+        try:
+            out, err = self._connected().exec_raw(code, timeout=silent_s)
+        except (TransportError, OSError) as e:
+            raise FlashError("transport", f"{self.port}: lost the board: {e}; {RESUME}") from None
+        if err:
+            raise FlashError("transport", f"{self.port}: the board failed: {err.decode(errors='replace')[-300:]}")
+        text = out.decode("utf-8", "replace").strip()
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise FlashError("transport", f"{self.port}: unexpected answer from the board: {text[:200]!r}") from None
 
     def board_info(self) -> dict[str, Any]:
         mpy, platform, version = self._eval(

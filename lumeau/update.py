@@ -34,6 +34,9 @@ REMOTE = "upd.lup"
 PART = REMOTE + ".part"
 CHUNK = 512  # bytes per raw-REPL append (their repr is up to 4x that on the line)
 SETTLE_S = 3.0
+# The node prints its verdict only when done: a signature check takes seconds on a board
+# (bench/README.md, release_verify.py), then up to 64 files are written and read back.
+INSTALL_SILENT_S = 300.0
 REASONS = ("bad_image", "refused", "board_full", "transport", "no_such_port", "port_busy", "timeout")
 
 INSTALL_SCRIPT = (
@@ -142,7 +145,7 @@ def update(
             log(f"{port}: {info['board']} ({info['platform']})")
             report.sent_bytes, report.resumed_at = upload(fl, image, log, stop_after)
             log(f"  uploaded ({report.sent_bytes} bytes sent); the node verifies and stages it")
-            verdict = fl.evaluate(INSTALL_SCRIPT)
+            verdict = fl.evaluate(INSTALL_SCRIPT, silent_s=INSTALL_SILENT_S)
             fl.run(f"import os\ntry: os.remove({REMOTE!r})\nexcept OSError: pass")
             if verdict[0] != "ok":
                 raise UpdateError("refused", f"the node refused the release: {verdict[1]}; nothing was changed")
