@@ -27,6 +27,7 @@ from typing import Any
 
 from lumeau import bundle as bundles
 from lumeau import release as releases
+from protocol import nodelora as lora
 
 
 def _err(cmd: str, msg: str) -> int:
@@ -62,6 +63,11 @@ def cmd_release(args: argparse.Namespace) -> int:
         f"{carried} of {len(m['files'])} files, {len(r.image)} bytes "
         f"({r.carried_bytes} of {r.full_bytes} file bytes), bundle {m['bundle'][:6]}, key {m['key']}"
     )
+    # what it would cost on the air, one copy without repairs (bench/release_verify.py)
+    per = lora.max_payload(9) - 15
+    frames = -(-len(r.image) // per)
+    air_s = frames * lora.airtime_ms(per + 15, 9) / 1000
+    print(f"  over LoRa at SF9: {frames} frames, {air_s:.0f} s of airtime ({air_s / 36:.1f} h at a 1 % duty cycle)")
     return 0
 
 
