@@ -99,9 +99,24 @@ def build(cfg, machine=None):
     from firmware.runtime import Node
 
     node = Node(cfg, hal, radio, app_class(cfg["kind"]))
-    if cfg["ble"]["enabled"]:
-        return hal, with_ble(node, cfg["ble"])
-    return hal, node.run()
+    coro = with_ble(node, cfg["ble"]) if cfg["ble"]["enabled"] else node.run()
+    if cfg.get("trial"):
+        from firmware import slots
+
+        coro = slots.on_trial(node, hal, coro)
+    return hal, coro
+
+
+def release_state(cfg):
+    """HELLO's bundle id and the trial flag into cfg (firmware/slots.py, SPEC §13); never fatal."""
+    try:
+        from firmware import slots
+
+        slots.prepare(cfg)
+    except Exception as e:
+        print("lumeau: release state: %r" % e)
+    if not cfg.get("trial"):
+        firmware.unload("slots")
 
 
 async def with_ble(node, settings, lib=None, uuid=None):
@@ -143,6 +158,7 @@ def main():
     cfg = read_config(CONFIG_PATH)
     if cfg is None:
         return
+    release_state(cfg)
     hal, coro = build(cfg)
     firmware.unload("config")  # boot-only: validation never runs again
     asyncio.run(coro)

@@ -19,10 +19,13 @@
 # outside a node's subset) and the BLE profile (nodeble.py, only for firmware/ble.py when
 # BLE commissioning is on: flash, not heap), the bridge's serial messages.
 PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
-_PROTOCOL_NODE = ("cbor.py", "nodeble.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
+# ed25519.py and noderelease.py: only while an update is checked (firmware/updater.py).
+_PROTOCOL_NODE = ("cbor.py", "ed25519.py", "nodeble.py", "nodecbor.py", "nodeframe.py", "nodemsg.py", "noderelease.py")
 PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
 # ble.py is carried by every node but imported only when the config enables
-# BLE commissioning (firmware/main.py): flash, not heap.
+# BLE commissioning (firmware/main.py): flash, not heap. slots.py (A/B releases) is
+# loaded by boot.py and main.py and dropped; updater.py only during an update
+# (`lumeau node update`, SPEC §13).
 _NODE = (
     "__init__.py",
     "aio.py",
@@ -32,7 +35,9 @@ _NODE = (
     "radio.py",
     "radio_lora.py",
     "runtime.py",
+    "slots.py",
     "store.py",
+    "updater.py",
     "uplink.py",
 )
 FIRMWARE = {
@@ -46,6 +51,7 @@ FIRMWARE = {
         "hal_machine.py",
         "radio.py",
         "radio_lora.py",
+        "slots.py",
     ),
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 # -- the schema's key lists (firmware/config.py load; firmware/README.md "Config file") --------
@@ -40,6 +41,7 @@ TOP_KEYS = (
     "pins",
     "adc_scale",
     "ble",
+    "release_key",
     "lighting",
     "irrigation",
 )
@@ -118,6 +120,9 @@ def zone_settings() -> tuple[str, ...]:
 def check_keys(raw: dict[str, Any]) -> None:
     """Every key of the config is one the node knows, for its kind; else ConfigKeyError."""
     _keys("", raw, TOP_KEYS)
+    rk = raw.get("release_key")
+    if rk is not None and not (isinstance(rk, str) and re.fullmatch(r"[0-9a-fA-F]{64}", rk)):
+        raise ConfigKeyError("release_key: expected 64 hex digits (the public key `lumeau node release-key` prints)")
     kind = raw.get("kind")
     radio = raw.get("radio")
     _keys("radio.", radio, RADIO_KEYS)
