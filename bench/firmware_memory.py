@@ -52,7 +52,7 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   harness code) connects, reads the status, opens a session, writes a sealed
   CONFIG, reads the status for 30 s and leaves, so the day's peak includes a
   connection; `ble` in each app's result counts sessions and CONFIGs applied;
-- with --lorawan, a node on a LoRaWAN modem (firmware/radio_lorawan.py, SPEC §13):
+- with --lorawan, a node on a LoRaWAN modem (firmware/radio_lorawan.py, SPEC §14):
   the device imports are radio_lorawan's instead of radio and radio_lora (as
   firmware/main.py imports them), and the node talks AT commands to the
   simulated RAK3172 of tests/micropython/at_modem.py, whose network verifies
@@ -198,7 +198,13 @@ async def _visit(node, stack):
         stack.read(status)
     stack.disconnect()
 """
-APP_CLASS = {"lighting": ("firmware.lighting", "Lighting"), "irrigation": ("firmware.irrigation", "Irrigation")}
+APP_CLASS = {
+    "lighting": ("firmware.lighting", "Lighting"),
+    "irrigation": ("firmware.irrigation", "Irrigation"),
+    # a battery irrigation node (irrigation.battery = 1): deep sleeps on timer wakes, each a boot
+    # (tests/micropython/mpnode.py BatteryCell); its runtime heap is the peak of its awake periods
+    "irrigation-battery": ("firmware.battery", "BatteryIrrigation"),
+}
 
 
 def mpy_cross() -> str:
@@ -236,6 +242,7 @@ def run_app(
     """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
     with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
     module, cls = APP_CLASS[kind]
+    battery = kind == "irrigation-battery"
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
     ble = ble_central is not None
@@ -251,6 +258,7 @@ def run_app(
         "device_imports": (
             "import firmware\n"
             f"from firmware import config, hal_machine, {radios}, runtime\nfrom {module} import {cls}\n"
+            + ("from firmware import hal_battery\n" if battery else "")
             + ("from firmware import ble\n" if ble else "")
             + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
@@ -261,9 +269,14 @@ def run_app(
         + ("import at_modem\n" if lorawan else ""),
         "setup": (
             "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
-            f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r}, "
-            f"lorawan={lorawan!r})\n"
-            f"_end = {int(hours * 3600 * 1000)}\n" + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
+            + (
+                f"_node, _gw, _tasks = mpnode.start_battery_cell(_clock, lean=True, tick_ms={tick_ms!r})\n"
+                if battery
+                else f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, "
+                f"tick_ms={tick_ms!r}, lorawan={lorawan!r})\n"
+            )
+            + f"_end = {int(hours * 3600 * 1000)}\n"
+            + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears
@@ -295,7 +308,7 @@ def run_app(
     pool = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", r.get("output", ""))
     runtime_heap = max(0, r["peak"] - r["code_sim"])
     total = code_heap + runtime_heap
-    bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files(kind))
+    bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files("irrigation" if battery else kind))
     base = r["code_sim"]
     days = [
         {
@@ -354,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--days", type=float, default=DAYS, help=f"simulated days per app (default {DAYS})")
     ap.add_argument("--hours", type=float, default=None, help="simulated hours per app instead of --days")
-    ap.add_argument("--apps", default="lighting,irrigation")
+    ap.add_argument(
+        "--apps",
+        default="lighting,irrigation",
+        help="lighting, irrigation, irrigation-battery (a node that deep-sleeps)",
+    )
     ap.add_argument(
         "--tick-ms", type=int, default=TICK_MS, help="the apps' tick in ms (default: theirs, 1000; coarser runs faster)"
     )

@@ -20,6 +20,9 @@
 #                                       no state of this key is on the board (SPEC §4
 #                                       "Counter persistence"); the node clears it
 #                                       once it holds state (clear_fresh)
+#     "release_key": "03a1...b8",       the city's Ed25519 release public key, 64 hex
+#                                       digits: firmware updates (SPEC §13); read by
+#                                       firmware/updater.py, not kept in the dict
 #     "ble": {"enabled": false, "configure": true, "adv_interval_ms": 500},
 #                                       BLE commissioning (firmware/ble.py); off by default
 #     "lighting": {...}, "irrigation": {...}     the app's own section
@@ -281,6 +284,9 @@ def load(data):
             raise ConfigError("root_key: not hexadecimal")
         cfg["keys"] = NodeKeys(node_id, root_bytes)
         cfg["key_id"] = key_id(root_bytes)
+    # the city's release public key (SPEC §13): firmware/updater.py reads it from the file
+    # during an update; 64 characters the node does not keep in its heap meanwhile
+    cfg.pop("release_key", None)
     cfg["hash"] = config_hash(data)
     return cfg
 

@@ -245,18 +245,22 @@ class Irrigation:
         want = (1 << (zone - 1) | (_VALVE_MASTER if self.s["master"] else 0)) if zone else 0
         have = self._open
         if have & _VALVE_MASTER and not want & _VALVE_MASTER:
-            hal.pin_write("master", 0)
+            self._drive("master", 0)
         for i in range(self._nzones):
             bit = 1 << i
             if (have ^ want) & bit:
-                hal.pin_write(_ZONE_NAMES[i], 1 if want & bit else 0)
+                self._drive(_ZONE_NAMES[i], 1 if want & bit else 0)
                 if want & bit:
                     self._since[i] = hal.ticks_ms()
         if want & _VALVE_MASTER and not have & _VALVE_MASTER:
-            hal.pin_write("master", 1)
+            self._drive("master", 1)
         if have and not want:
             self._closed_at = hal.ticks_ms()
         self._open = want
+
+    def _drive(self, name, v):
+        # one valve output; firmware/battery.py drives latching valves by pulses instead
+        self.hal.pin_write(name, v)
 
     def _run(self, zone, secs, manual):
         self._zone = zone
@@ -552,7 +556,7 @@ class Irrigation:
         self._open = 0
         for name in ("master",) + _ZONE_NAMES[: self._nzones]:
             try:
-                self.hal.pin_write(name, 0)
+                self._drive(name, 0)
             except Exception:
                 pass
         try:

@@ -1,6 +1,6 @@
 # A LoRaWAN modem driven by AT commands over a UART (RAK3172 with RUI3
 # firmware; the same module set as RAK's RUI3 AT command manual): the node's
-# radio when the city already runs a LoRaWAN network (ChirpStack, SPEC §13).
+# radio when the city already runs a LoRaWAN network (ChirpStack, SPEC §14).
 # Imported only by a node whose config says radio.type "lorawan": a node on
 # Lumeau's own radio never loads it.
 #
@@ -10,7 +10,7 @@
 #   +EVT:TX_DONE           the uplink left (+EVT:SEND_CONFIRMED_OK/_FAILED for confirmed ones)
 #   +EVT:RX_1:<rssi>:<snr>:UNICAST:<port>:<hex>   a downlink (RX_2, RX_B, RX_C alike)
 #
-# The frame (SPEC §13): FPort = the frame's vt byte, FRMPayload = the frame
+# The frame (SPEC §14): FPort = the frame's vt byte, FRMPayload = the frame
 # from its counter on; the node id rides in the DevEUI, so a downlink is
 # rebuilt with this node's id, then verified by the runtime like any other.
 # The modem runs the LoRaWAN MAC: join, FCnt, AppSKey encryption, the

@@ -98,6 +98,7 @@ _H_CONFIG_HASH = const(3)
 _H_FIRMWARE = const(0)
 _H_KIND = const(1)
 _H_RESET = const(4)
+_H_BUNDLE = const(5)
 _I32_MAX = const(0x7FFFFFFF)
 _I32_MIN = const(-0x80000000)
 _KIND_IRRIGATION = const(2)
@@ -290,6 +291,8 @@ class Node:
             _H_CONFIG_HASH: self.cfg["hash"],
             _H_RESET: self.hal.reset_cause(),
         }
+        if "bundle" in self.cfg:  # the release's bundle id (SPEC §13), set by main.py
+            body[_H_BUNDLE] = self.cfg["bundle"]
         self.queue.put(_HELLO, m.encode(_HELLO, body), uplink.PRIO_HELLO)
         if self.hal.reset_cause() == _RST_WATCHDOG:
             self.event(_EV_WATCHDOG_RESET, _SEV_WARNING)

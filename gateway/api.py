@@ -73,6 +73,14 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    only), state, attempts, last error
   GET    /groups/{name}/commands/{id}  one group command: per member applied, pending, failed
                                    (with the reason) or skipped, and the counts
+  GET    /requests                 the city's open service requests, read over HTTP from its Open311
+                                   API ([open311] url; gateway/open311_feed.py), each with the
+                                   registered nodes it concerns: {"configured", "source", "fetched",
+                                   "error", "requests": [{service_request_id, status, service_code,
+                                   service_name, description, status_notes, requested_datetime,
+                                   updated_datetime, address, lat, long, lumeau_verdict,
+                                   lumeau_source, reports, nodes: [ids]}]}; {"configured": false}
+                                   without [open311]
 
 Node ids are 8 hex digits (`00a1b2c3`, or with `0x`). Limits: request bodies
 up to MAX_BODY (64 KiB); list endpoints return at most LIST_MAX items.
@@ -122,6 +130,7 @@ from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
 from gateway.notify import Notifier, redact
 from gateway.notify_rules import Target
+from gateway.open311_feed import RequestsFeed
 from gateway.pipeline import REASONS, Pipeline
 from gateway.registry import (
     Group,
@@ -462,11 +471,13 @@ class Api:
         ui: bool = True,
         silent_after_s: float = health.SILENT_AFTER_S,
         notifier: Notifier | None = None,
+        requests_feed: RequestsFeed | None = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
         self.history = history
         self.notifier = notifier
+        self.requests_feed = requests_feed
         self.silent_after_s = silent_after_s
         self.registry = registry
         self.store = store
@@ -513,6 +524,7 @@ class Api:
         r.add_get("/alarms", self.list_alarms)
         r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
         r.add_get("/notifications", self.list_notifications)
+        r.add_get("/requests", self.list_requests)
         self.app = app
 
     async def start(self) -> None:
@@ -527,6 +539,8 @@ class Api:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.requests_feed is not None:
+            await self.requests_feed.close()
 
     # ------------------------------------------------------------ auth
 
@@ -1077,3 +1091,8 @@ class Api:
                 ],
             )
         return x.text()
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        if self.requests_feed is None:
+            return web.json_response({"configured": False, "requests": []})
+        return web.json_response(await self.requests_feed.snapshot())

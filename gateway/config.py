@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway import files
 from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
@@ -390,7 +391,7 @@ def _mqtt_level(v: Any) -> str | None:
 
 @dataclass(frozen=True)
 class ChirpStackSection:
-    """ChirpStack v4 southbound (gateway/transports/chirpstack.py, SPEC 13): nodes behind a LoRaWAN network."""
+    """ChirpStack v4 southbound (gateway/transports/chirpstack.py, SPEC 14): nodes behind a LoRaWAN network."""
 
     enabled: bool = opt(False, "read uplinks from a ChirpStack v4 application's MQTT integration")
     host: str = opt("127.0.0.1", "the broker ChirpStack's MQTT integration publishes to", _host)
@@ -440,6 +441,39 @@ class BleSection:
     max_connections: int = opt(7, "nodes connected at once (adapters manage 7 to 10)", _range(1, 32))
 
 
+def _url_or_empty(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        u = urlsplit(v)
+        u.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError as e:
+        return f"{v!r} is not a URL: {e}"
+    if not u.hostname:
+        return f"{v!r} has no host"
+    return _url(v)
+
+
+@dataclass(frozen=True)
+class Open311Section:
+    """The city's Open311 API, read for the technician page (gateway/open311_feed.py)."""
+
+    url: str = opt(
+        "",
+        "GeoReport v2 endpoint whose open service requests the technician page shows beside the nodes "
+        '(lumeau sink: "http://127.0.0.1:8088/open311/v2"); empty: none',
+        _url_or_empty,
+    )
+    jurisdiction_id: str = opt("", "jurisdiction_id to ask for; empty: the server's default")
+    refresh_s: float = opt(30.0, "read the requests at most this often (every open page shares one read)", _positive)
+    timeout_s: float = opt(10.0, "a read taking longer fails (the page keeps the last list)", _positive)
+    radius_m: float = opt(
+        60.0,
+        "a request that names no node (a server other than lumeau sink) is shown beside the nodes this close",
+        _positive,
+    )
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     path: Path
@@ -457,6 +491,7 @@ class GatewayConfig:
     mqtt: MqttSection = field(default_factory=MqttSection)
     chirpstack: ChirpStackSection = field(default_factory=ChirpStackSection)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # gateway/notify_config.py
+    open311: Open311Section = field(default_factory=Open311Section)
 
 
 _SECTIONS: dict[str, type] = {
@@ -472,6 +507,7 @@ _SECTIONS: dict[str, type] = {
     "adr": AdrSection,
     "mqtt": MqttSection,
     "chirpstack": ChirpStackSection,
+    "open311": Open311Section,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
 
@@ -783,6 +819,8 @@ def example_config() -> str:
         },
         {"username_file", "username", "password_file", "password", "ca_file", "cert_file", "key_file"},
     )
+    out += ["# The city's residents' requests on the technician page, read over HTTP (gateway/README.md):"]
+    out += _example_section("[open311]", Open311Section, {"url": '"http://127.0.0.1:8088/open311/v2"'}, {"url"})
     out += [example_notify()]
     return "\n".join(out).rstrip() + "\n"
 

@@ -21,7 +21,7 @@ node keyed by its id in hex:
 
 `dev_eui` (16 hex digits, unique in the registry) maps a node behind a LoRaWAN
 network server to its node id: the ChirpStack transport (gateway/transports/
-chirpstack.py, SPEC §13) knows devices by DevEUI, frames by node id.
+chirpstack.py, SPEC §14) knows devices by DevEUI, frames by node id.
 
 `key_gen` is the node's key generation (SPEC §4, "Re-keying"): 0 for a node
 never re-keyed (and then left out of the file), one more each time its

@@ -53,6 +53,7 @@ from gateway.downlinks import Downlinks
 from gateway.history import History
 from gateway.model import Reception, Record
 from gateway.notify import Notifier
+from gateway.open311_feed import Place, RequestsFeed
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, RegistryError, file_stamp
 from gateway.store import Store, StoreError
@@ -172,6 +173,7 @@ class Gateway:
                     ui=cfg.api.ui,
                     silent_after_s=cfg.api.silent_after_s,
                     notifier=self.notifier,
+                    requests_feed=self._requests_feed(cfg),
                 )
                 await self.api.start()
             if self.upstream is not None:
@@ -370,6 +372,25 @@ class Gateway:
             await _quietly(self.store.close(), "store")
         self.transports = []
         self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
+
+    def _requests_feed(self, cfg: GatewayConfig) -> RequestsFeed | None:
+        """The city's Open311 requests for the technician page ([open311] url), placed by the registry."""
+        o = cfg.open311
+        if not o.url:
+            return None
+
+        def places() -> list[Place]:
+            reg = self.registry
+            return [] if reg is None else [Place(f"{n.node_id:08x}", n.lat, n.lon) for n in reg]
+
+        return RequestsFeed(
+            o.url,
+            jurisdiction_id=o.jurisdiction_id,
+            refresh_s=o.refresh_s,
+            timeout_s=o.timeout_s,
+            radius_m=o.radius_m,
+            places=places,
+        )
 
     async def _watch_registry(self) -> None:
         """Reload the registry whenever its file changes under the gateway (see the module doc)."""

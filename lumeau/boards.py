@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 # -- the schema's key lists (firmware/config.py load; firmware/README.md "Config file") --------
@@ -40,6 +41,7 @@ TOP_KEYS = (
     "pins",
     "adc_scale",
     "ble",
+    "release_key",
     "lighting",
     "irrigation",
 )
@@ -69,6 +71,12 @@ APP_PINS = {
         "moisture3",
         "moisture4",
         "supply",
+        # latching valves (irrigation.latch_ms > 0): the H-bridge input that closes each valve
+        "master_close",
+        "zone1_close",
+        "zone2_close",
+        "zone3_close",
+        "zone4_close",
     ),
     "bridge": (),
 }
@@ -116,6 +124,9 @@ def zone_settings() -> tuple[str, ...]:
 def check_keys(raw: dict[str, Any]) -> None:
     """Every key of the config is one the node knows, for its kind; else ConfigKeyError."""
     _keys("", raw, TOP_KEYS)
+    rk = raw.get("release_key")
+    if rk is not None and not (isinstance(rk, str) and re.fullmatch(r"[0-9a-fA-F]{64}", rk)):
+        raise ConfigKeyError("release_key: expected 64 hex digits (the public key `lumeau node release-key` prints)")
     kind = raw.get("kind")
     radio = raw.get("radio")
     _keys("radio.", radio, RADIO_KEYS)
@@ -161,6 +172,8 @@ def required_pins(cfg: dict[str, Any], app: dict[str, Any]) -> list[str]:
         if app["rain_sensor"]:
             need.append("rain")
         need += [f"moisture{i + 1}" for i, z in enumerate(app["zones"]) if z["moisture"]]
+        if app.get("latch_ms"):  # a latching valve has a second input: the pulse that closes it
+            need += [f"{p}_close" for p in need if p == "master" or p.startswith("zone")]
     return need
 
 

@@ -15,6 +15,7 @@ FIELDS = {
         (2, "capabilities", None, 1),
         (3, "config_hash", None, 1),
         (4, "reset_cause", None, 1),
+        (5, "bundle", None, 1),
     ),
     m.LIGHT: (
         (0, "level", "%", 1),

@@ -1,4 +1,4 @@
-# A Lumeau frame carried by LoRaWAN (SPEC §13): what stays of the frame when
+# A Lumeau frame carried by LoRaWAN (SPEC §14): what stays of the frame when
 # a LoRaWAN network server (ChirpStack) moves it.
 #
 #   LoRaWAN field   carries

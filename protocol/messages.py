@@ -196,6 +196,7 @@ H_KIND = const(1)
 H_CAPS = const(2)
 H_CONFIG_HASH = const(3)
 H_RESET = const(4)
+H_BUNDLE = const(5)
 # LIGHT
 L_LEVEL = const(0)
 L_POWER = const(1)

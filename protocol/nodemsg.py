@@ -27,13 +27,14 @@ _REQUIRED = const(8)
 _NO_VALUE = const(0xFF)
 
 TABLE = (
-    # HELLO (1), 5 fields
-    b"\x01\x05"
+    # HELLO (1), 6 fields
+    b"\x01\x06"
     b"\x00\x0b\x00\x00"  # 0 T required: firmware version
     b"\x01\x08\x00\x01"  # 1 U required: node kind
     b"\x02\x00\x00\x02"  # 2 U: capabilities bitmask
     b"\x03\x02\x00\x03"  # 3 B: config hash: first 4 bytes of SHA-256 of the config
     b"\x04\x00\x00\x04"  # 4 U: reset cause
+    b"\x05\x02\x00\x14"  # 5 B: bundle id: first 3 bytes of the running release's (SPEC §13)
     # LIGHT (2), 7 fields
     b"\x02\x07"
     b"\x00\x00\x00\x05"  # 0 U: level %
@@ -120,6 +121,7 @@ RANGES = (
     1, 0xFF,  # 17
     0, 999,  # 18
     8, 8,  # 19
+    3, 3,  # 20
 )  # fmt: skip
 
 

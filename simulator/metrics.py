@@ -218,6 +218,10 @@ class Results:
                 f"  adr: {hist(a['sf_before'])} -> {hist(a['sf_after'])}; airtime saved {a['airtime_saved_pct']:.1f} %"
                 f"; DER {a['der']:.3f} (first quarter {a['der_first_quarter']}, last {a['der_last_quarter']})"
             )
+        if s.get("battery"):
+            from simulator.energy import lines as battery_lines
+
+            lines += battery_lines(s["battery"])
         sp = s.get("spread")
         if sp:
             lines += spread_lines(sp)
@@ -587,12 +591,51 @@ def build(
         "clock": None,
         "series": series,
     }
+    if sc.battery is not None:
+        sections["battery"] = battery_section(sim)
     watch = getattr(sim, "clock_watch", None)
     if watch is not None:
         sections["clock"] = watch.section(report.counters)
     if sc.adr is not None:
         sections["adr"] = adr_results.section(sim, report, series)
     return Results(sections)
+
+
+def battery_inputs(sn: Any) -> tuple[int, float, int, bool, int]:
+    """What the energy model needs of a controller that only its process knows: watering runs,
+    seconds a valve was open, valve moves, a flow meter fitted, its receive window (ms)."""
+    w = sn.world
+    flow = bool(json.loads(sn.cfg_bytes)["irrigation"].get("flow_meter", 1))
+    return (w.runs, w.valve_open_s(), w.valve_moves, flow, sn.radio.rx_window_ms())
+
+
+def battery_section(sim: Any) -> dict[str, Any]:
+    """Battery irrigation controllers: mAh per day and projected life (simulator/energy.py)."""
+    from simulator import energy
+
+    sc = sim.sc
+    acts = {}
+    tx_dbm = float(sc.radio.params.tx_power_dbm)
+    for name, sn in sim.nodes.items():
+        if sn.spec.kind != "irrigation":
+            continue
+        # a parallel run's workers send these (simulator/parallel.py); else the node is here
+        runs, open_s, moves, flow, rx_ms = getattr(sn, "battery_inputs", None) or battery_inputs(sn)
+        st = sim.air.nodes.get(sn.spec.node_id)
+        acts[name] = energy.Activity(
+            seconds=sc.duration_s,
+            uplinks=st.uplinks if st is not None else 0,
+            airtime_s=sim.channel.airtime_used_ms(sn.spec.node_id) / 1000.0,
+            rx_window_s=rx_ms / 1000.0,
+            runs=runs,
+            open_s=open_s,
+            valve_moves=moves,
+            flow_meter=flow,
+            tx_power_dbm=tx_dbm,
+        )
+    b = energy.section(acts, sc.battery)
+    b["figures"]["tx_ma_at_power"] = {"dbm": tx_dbm, "ma": round(energy.tx_ma(tx_dbm), 1)}
+    return b
 
 
 def path_loss_section(model: Any) -> dict[str, Any]:

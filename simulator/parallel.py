@@ -227,6 +227,11 @@ class _Worker(Simulation):
             "fault_shown": dict(self.fault_shown),
             "hourly": self.node_hourly,
             "crashes": list(self.crashes),
+            "battery": {
+                name: metrics.battery_inputs(sn) for name, sn in self.nodes.items() if sn.spec.kind == "irrigation"
+            }
+            if self.sc.battery is not None
+            else {},
             "cpu_s": time.process_time(),
         }
         await self.stop_nodes()
@@ -463,6 +468,7 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
             stub.spec = spec
             stub.boots = d["boots"]
             stub.radio = type("Radio", (), {"band": d["band"]})()
+            stub.battery_inputs = r["battery"].get(name)  # type: ignore[attr-defined]
             nodes[name] = stub
             by_id[spec.node_id] = stub
         for nid, (uplinks, refused, frames, reports, dl_ok) in r["air"].items():

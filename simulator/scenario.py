@@ -245,6 +245,9 @@ class Scenario:
     output: Output
     warnings: tuple[str, ...] = ()
     adr: Mapping[str, Any] | None = None  # [adr]: the gateway's ADR policy (Adr keyword arguments); None = off
+    # [battery]: the irrigation controllers run on a cell (firmware/battery.py); the energy model's
+    # settings (simulator/energy.py DEFAULTS); None = mains
+    battery: Mapping[str, Any] | None = None
 
     @property
     def start_unix(self) -> float:
@@ -624,6 +627,7 @@ def _build(top: _Table) -> Scenario:
 
     radio = _radio(top.sub("radio"))
     adr = _adr(top.sub("adr"))
+    battery = _battery(top.sub("battery"), "battery" in top.data)
 
     gateways: list[ch.GatewaySite] = []
     for g in top.array("gateways"):
@@ -831,6 +835,7 @@ def _build(top: _Table) -> Scenario:
         output,
         tuple(warnings),
         adr,
+        battery,
     )
 
 
@@ -849,6 +854,19 @@ def _adr(t: _Table) -> dict[str, Any] | None:
     except (ValueError, TypeError) as e:
         raise t.err("enabled", f"bad ADR policy: {e}") from None
     return kw if enabled else None
+
+
+def _battery(t: _Table, present: bool) -> dict[str, Any] | None:
+    """[battery]: battery irrigation controllers and the energy model's settings (simulator/energy.py)."""
+    from simulator import energy
+
+    p = dict(energy.DEFAULTS)
+    p["mcu"] = t.get("mcu", "str", p["mcu"], _oneof(energy.MCUS))
+    for k, (lo, hi) in energy.RANGES.items():
+        kind = "int" if isinstance(energy.DEFAULTS[k], int) else "float"
+        p[k] = t.get(k, kind, p[k], _in(lo, hi))
+    t.done()
+    return p if present else None
 
 
 def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationNode:

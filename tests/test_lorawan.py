@@ -1,4 +1,4 @@
-"""protocol/lorawan.py: a Lumeau frame carried in LoRaWAN's FPort and FRMPayload (SPEC §13)."""
+"""protocol/lorawan.py: a Lumeau frame carried in LoRaWAN's FPort and FRMPayload (SPEC §14)."""
 
 from __future__ import annotations
 

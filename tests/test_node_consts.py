@@ -32,7 +32,7 @@ COPIES_OF = {
     "protocol.nodeframe": [frame],
     "protocol.nodeble": [ble],
     "firmware.ble": [messages, frame, ble],
-    "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §13)
+    "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §14)
 }
 
 

@@ -8,7 +8,7 @@ documentation, "Integrations > MQTT" and "Event types"):
   application/{application_id}/device/{dev_eui}/command/down downlinks we publish:
       {"devEui": "...", "confirmed": false, "fPort": 40, "data": "<base64>"}
 
-What the payload is (SPEC §13, protocol/lorawan.py): the FPort is the Lumeau
+What the payload is (SPEC §14, protocol/lorawan.py): the FPort is the Lumeau
 frame's vt byte, the FRMPayload the frame without vt and node id, and the
 DevEUI names the node through the registry's `dev_eui`. Each uplink event
 becomes the whole frame again and goes to the unchanged pipeline, which

@@ -12,6 +12,9 @@
     lumeau node scan      [--timeout S] [--json]
     lumeau node check     ADDR [--timeout S] [--json]
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
+    lumeau node release-key --out FILE
+    lumeau node release   --key FILE --bundle DIR --replaces V[,V] [--base DIR] [--version V] [--out FILE]
+    lumeau node update    IMAGE --port PORT [--settle S] [--json]
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
 (for configure, an unknown setting or a value out of range included).
@@ -57,6 +60,7 @@ from lumeau.ble_tools import (
     scan,
 )
 from lumeau.commands.node_api import add_api_actions
+from lumeau.commands.node_release import add_release_actions
 
 TOKEN_ENV = "LUMEAU_API_TOKEN"  # the gateway API token, kept out of shell history
 
@@ -400,6 +404,7 @@ def add_subcommand(subparsers: Any) -> None:
     rm.set_defaults(func=cmd_remove)
 
     add_api_actions(actions, _node_id)
+    add_release_actions(actions)
 
     f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")

@@ -1,7 +1,7 @@
 # A whole lighting node on a LoRaWAN modem (firmware/radio_lorawan.py), inside
 # real MicroPython: the RAK3172's AT commands simulated on the far side of the
 # UART (at_modem.AtModem), the network server and gateway behind it
-# (at_modem.Network: the frame rebuilt from FPort and DevEUI, SPEC §13, and
+# (at_modem.Network: the frame rebuilt from FPort and DevEUI, SPEC §14, and
 # verified with the node's key). Node code loads from .mpy, as on a board.
 import asyncio
 
