@@ -51,14 +51,18 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   POST   /groups                   create a group: {"name", "kind" (street|park|district|custom),
                                    "members": [node ids], "title"}; 201, 409 the name is taken,
                                    400 a bad name or kind, or a member not in the registry
-  GET    /groups/{name}            one group
+  GET    /groups/{name}            one group, with "multicast": {"lamps", "provisioned" (lamps holding the
+                                   group key), "addr", "gen", "next_counter", "delivery": {"mode":
+                                   "multicast"|"unicast", "reason"} for a lamp's op} (gateway/multicast.py)
   PUT    /groups/{name}            create (201) or update (200) a group; fields not given are kept
   DELETE /groups/{name}            remove a group (204; its nodes stay registered)
                                    (groups are saved in the registry file by Registry.change)
   POST   /groups/{name}/commands   one COMMAND for every member (201): {"op", "args", "ttl_s"} as
-                                   for a node; unicast fan-out through each member's downlink
-                                   queue; members of a kind the op is not for are "skipped"
-                                   (gateway/groups.py); 400 bad op or arguments, nothing queued
+                                   for a node; by LoRa multicast when every member is a lamp with
+                                   the group key, else unicast fan-out through each member's
+                                   downlink queue ("delivery": {"mode", "reason"}); members of a
+                                   kind the op is not for are "skipped" (gateway/groups.py); 400
+                                   bad op or arguments, nothing queued
   GET    /groups/{name}/commands   the group's commands with their progress counts
   GET    /alarms                   alarm cycles told of by notifications ([notify], gateway/notify.py),
                                    open ones (?all=1: cleared too): node, code, zone, severity,
@@ -119,6 +123,7 @@ from gateway.history import History
 from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
+from gateway.multicast import Multicast
 from gateway.notify import Notifier, redact
 from gateway.notify_rules import Target
 from gateway.pipeline import REASONS, Pipeline
@@ -481,7 +486,10 @@ class Api:
         self._runner: web.AppRunner | None = None
         self.started = clock()
         self._web = _load_web() if ui else {}
-        self.groups = GroupCommands(registry, store, downlinks, clock=clock)
+        # multicast through the first transport that can send at any time (a packet forwarder)
+        radio = next((t for t in self.transports if hasattr(t, "transmit_now")), None)
+        self.multicast = Multicast(registry, store, downlinks, radio)
+        self.groups = GroupCommands(registry, store, downlinks, clock=clock, multicast=self.multicast)
         app = web.Application(middlewares=[self._headers, self._auth], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -521,8 +529,10 @@ class Api:
         await site.start()
         self.port = self._runner.addresses[0][1]  # the bound one: port 0 picks a free port
         log.info("api listening", extra={"host": self.host, "port": self.port})
+        self.groups.start()  # multicasts still waiting for their unicast repair
 
     async def stop(self) -> None:
+        await self.groups.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -818,7 +828,11 @@ class Api:
         g = self.registry.group(self._group_name(request))
         if g is None:
             return _error(404, "no such group")
-        return web.json_response(g.public())
+        kinds = ("lighting",)  # what a lamp's op would take: the group's delivery for set_level
+        mode, why = self.multicast.choose(g, kinds)
+        return web.json_response(
+            {**g.public(), "multicast": {**self.multicast.status(g), "delivery": {"mode": mode, "reason": why}}}
+        )
 
     async def put_group(self, request: web.Request) -> web.Response:
         name = self._group_name(request)
