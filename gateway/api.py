@@ -64,6 +64,9 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    kind the op is not for are "skipped" (gateway/groups.py); 400
                                    bad op or arguments, nothing queued
   GET    /groups/{name}/commands   the group's commands with their progress counts
+  POST   /groups/{name}/multicast  give the group key to its lamps that lack it (join_group by unicast;
+                                   also done when a group is saved): {"provisioning": {"queued",
+                                   "failed"}, "multicast"}; 409 without a packet forwarder
   GET    /alarms                   alarm cycles told of by notifications ([notify], gateway/notify.py),
                                    open ones (?all=1: cleared too): node, code, zone, severity,
                                    raised, acked, acked_by, escalate_at, escalated; 404 when off
@@ -517,6 +520,7 @@ class Api:
         r.add_post("/groups/{name}/commands", self.post_group_command)
         r.add_get("/groups/{name}/commands", self.group_commands)
         r.add_get("/groups/{name}/commands/{id}", self.get_group_command)
+        r.add_post("/groups/{name}/multicast", self.post_group_multicast)
         r.add_get("/alarms", self.list_alarms)
         r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
         r.add_get("/notifications", self.list_notifications)
@@ -808,7 +812,19 @@ class Api:
             return refused
         group, old = done
         log.info("group %s", "updated" if old else "added", extra={"group": name, "members": len(group.members)})
-        return web.json_response(group.public(), status=200 if old else 201)
+        out = group.public()
+        if self.multicast.radio is not None and self.multicast.lamps(group):
+            out["provisioning"] = await self.multicast.provision(group)  # the key to its lamps (join_group)
+        return web.json_response(out, status=200 if old else 201)
+
+    async def post_group_multicast(self, request: web.Request) -> web.Response:
+        g = self.registry.group(self._group_name(request))
+        if g is None:
+            return _error(404, "no such group")
+        if self.multicast.radio is None:
+            return _error(409, "no radio that can send at any time (a packet forwarder: [semtech])")
+        done = await self.multicast.provision(g)
+        return web.json_response({"provisioning": done, "multicast": self.multicast.status(g)})
 
     async def list_groups(self, request: web.Request) -> web.Response:
         return web.json_response({"groups": [g.public() for g in self.registry.groups()]})

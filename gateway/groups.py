@@ -33,9 +33,11 @@ which (`delivery`: mode and reason). A multicast command goes out at once as one
 GROUP_COMMAND whose command id is MCAST_ID_BASE + the group command's id; each member
 answers with a CMD_ACK of that id after a random 0-60 s (`applied` on ok). Members without
 an ok answer `repair_after_s` (120 s) later get the command by unicast, as above (a member
-that applied it but whose answer was lost applies it again). Every group command of a group
-with lamps also provisions the key to the lamps that lack it (join_group), so the next one
-can go by multicast. Answers and repairs are appended to the log as lines of their own.
+that applied it but whose answer was lost applies it again). Answers and repairs are
+appended to the log as lines of their own. The key reaches the lamps when a group is saved
+through the API, or on POST /groups/{name}/multicast (gateway/api.py), never in the middle
+of a command: its joins would take the windows (and the gateway's duty cycle) that the
+command's own unicast needs.
 """
 
 from __future__ import annotations
@@ -238,8 +240,6 @@ class GroupCommands:
         self._append(rec)
         if mode == "multicast":
             self._schedule_repair(id_)
-        if self.multicast is not None and self.multicast.radio is not None and self.multicast.lamps(group):
-            rec["provisioning"] = await self.multicast.provision(group)  # so the next one may go by multicast
         log.info("group command", extra={"group": group.name, "op": rec["op"], "mode": mode, "members": len(members)})
         return self.progress(id_) or rec
 
