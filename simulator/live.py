@@ -173,6 +173,7 @@ class LiveGateway:
         self._poller: threading.Thread | None = None
         self._poll_error: str | None = None
         self._failed: ServiceError | None = None
+        self.probes: list[Any] = []  # polled with the API: poll(api, virtual Unix s) (simulator/demo_group.py)
 
     def __repr__(self) -> str:
         return f"LiveGateway({self.workdir}, speed={self.speed}, fronts={list(self.fronts)})"
@@ -295,6 +296,8 @@ class LiveGateway:
                     doc = svc.api.json("/commands?state=queued,sent&limit=1000")
                     nodes = frozenset(int(c["node"], 16) for c in doc.get("commands", []))
                 self._open_nodes = nodes
+                for p in self.probes:
+                    p.poll(svc.api, self.ctx.unix_now() if self.ctx is not None else 0.0)
             except (OSError, ValueError, KeyError) as e:  # the gateway stopping, a slow answer: next time
                 self._poll_error = str(e)[:200]
 

@@ -809,13 +809,14 @@ class SemtechServer(asyncio.DatagramProtocol):
         freq_hz = int(round(freq_mhz * 1e6))
         band = lora.band_for(freq_hz)
         airtime = lora.airtime_ms(len(frame), sf)
-        sent, why = 0, "no forwarder with a live route"
+        sent, reason, why = 0, "no_route", "no forwarder with a live route"
         for eui in list(self.forwarders):
             fwd = self.route(eui)
             if fwd is None:
                 continue
             start_ms = fwd.air_us // 1000 + int((self.monotonic() - fwd.last_push) * 1000)
             if fwd.duty.wait_ms(start_ms, band):
+                reason = "duty_cycle"
                 why = f"sub-band {lora.band_name(band)} closed for {fwd.duty.wait_ms(start_ms, band)} ms more"
                 self.counts["downlink_duty_cycle"] += 1
                 continue
@@ -834,10 +835,10 @@ class SemtechServer(asyncio.DatagramProtocol):
             try:
                 await self._send_txpk(fwd, txpk, band, airtime, start_ms)
             except DownlinkError as e:
-                why = str(e)
+                reason, why = e.reason, f"forwarder {fwd.eui} refused it ({e.reason})"
                 continue
             sent += 1
             self.counts["multicasts_sent"] += 1
         if not sent:
-            raise DownlinkError("duty_cycle" if "closed" in why else "no_route", why)
+            raise DownlinkError(reason, why)
         return sent
