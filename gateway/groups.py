@@ -219,7 +219,16 @@ class GroupCommands:
                 mode, why = "unicast", f"the multicast could not go: {str(e)[:160]}"
             else:
                 for n in group.members:
-                    members[format_node_id(n)] = {"multicast": True}
+                    entry = self.registry.get(n)
+                    key = format_node_id(n)
+                    if entry is None:
+                        members[key] = {"failed": "not in the registry"}
+                    elif entry.kind not in kinds:
+                        members[key] = {
+                            "skipped": f"{OP_NAMES[op]} is for {' and '.join(kinds)} nodes, not {entry.kind}"
+                        }
+                    else:
+                        members[key] = {"multicast": True}
         if mode == "unicast":
             members = await self._fan_out(group, kinds, op, body, ttl)
         rec: dict[str, Any] = {

@@ -158,12 +158,13 @@ class Multicast:
 
     def choose(self, group: Group, kinds: tuple[str, ...]) -> tuple[str, str]:
         """("multicast" | "unicast", why) for a command of an op taken by `kinds`."""
-        takers = [n for n in group.members if (e := self.registry.get(n)) is not None and e.kind in kinds]
+        entries = [e for n in group.members if (e := self.registry.get(n)) is not None and e.kind in kinds]
+        takers = [e.node_id for e in entries]
         if LIGHTING not in kinds or not takers:
             return "unicast", "multicast is for lamps"
-        other = [n for n in takers if self.registry.get(n).kind != LIGHTING]  # type: ignore[union-attr]
+        other = [e for e in entries if e.kind != LIGHTING]
         if other:
-            return "unicast", f"{len(other)} member(s) are not lamps"
+            return "unicast", f"{len(other)} member(s) taking the op are not lamps"
         if self.radio is None:
             return "unicast", "no radio that can send at any time (a packet forwarder: [semtech])"
         g = self._state["groups"].get(group.name)
