@@ -149,7 +149,14 @@ class GroupCommands:
                     self._replay(rec)
                     continue
                 id_ = rec["id"]
-                if not isinstance(id_, int) or not isinstance(rec.get("members"), dict):
+                if (
+                    not isinstance(id_, int)
+                    or not isinstance(rec.get("members"), dict)
+                    or not all(isinstance(v, dict) for v in rec["members"].values())
+                    or not isinstance(rec.get("group"), str)
+                    or not isinstance(rec.get("op"), str)
+                    or not isinstance(rec.get("args"), list)
+                ):
                     raise ValueError("bad record")
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line after a crash: that command's record is lost, nothing else
@@ -366,7 +373,7 @@ class GroupCommands:
                 item.update(state="applied")
             elif v.get("multicast") and "downlink" not in v and "failed" not in v:
                 if "ack" in v:
-                    res = v["ack"]
+                    res = v["ack"] if isinstance(v["ack"], int) else -1
                     item.update(state="failed", reason=f"the node answered {RESULT_NAMES.get(res, res)}")
                 else:
                     item.update(state="pending", downlink="multicast")

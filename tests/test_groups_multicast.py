@@ -16,9 +16,12 @@ import struct
 
 import pytest
 from gateway_helpers import node_keys, seal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_groups import Gateway, make_registry
 
 from firmware.group import Groups
+from gateway.groups import GroupCommands
 from gateway.transports import semtech
 from protocol import frame, groupcast
 from protocol import messages as m
@@ -199,3 +202,41 @@ async def test_provision_then_multicast_then_repair_then_a_leaver_renews_the_key
     assert g.lamps[last].slots == []  # the leaver was told to forget the key
     status, doc = await g.call("GET", "/groups/rue")
     assert doc["multicast"]["provisioned"] == 4 and doc["multicast"]["delivery"]["mode"] == "multicast"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["ack", "repair", "node", "result", "members", "id"]), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(json_values, max_size=6))
+def test_fuzz_a_damaged_command_log_loads_what_it_can(tmp_path, lines):
+    """Answers and repairs of multicasts are log lines too: whatever a damaged log holds, the gateway starts."""
+    reg = make_registry(tmp_path / "nodes.toml", lamps=LAMPS[:2], valves=[])
+    log = tmp_path / "nodes.group-commands.jsonl"
+    good = {
+        "id": 1,
+        "group": "rue",
+        "op": "set_level",
+        "args": [1, 1],
+        "created": 0,
+        "members": {"00000300": {"multicast": True}},
+    }
+    log.write_text("\n".join([json.dumps(good)] + [json.dumps(x) for x in lines]) + "\n")
+
+    class NoStore:
+        def downlink(self, _id):
+            return None
+
+    class NoDownlinks:
+        cmd_ack_listeners: list = []
+
+    gc = GroupCommands(reg, NoStore(), NoDownlinks(), log_path=log)  # type: ignore[arg-type]
+    p = gc.progress(1)
+    assert p is not None and sum(p["progress"].values()) == 1
