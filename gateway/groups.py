@@ -123,6 +123,8 @@ class GroupCommands:
         self.repair_after_s = repair_after_s
         self._repairs: set[asyncio.Task[None]] = set()
         downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
+        # (node id, command id) -> (group command id, member): a unicast member's CMD_ACK dates its answer
+        self._unicast: dict[tuple[int, int], tuple[int, str]] = {}
         p = registry.path
         self.log_path = log_path or p.with_name(f"{p.stem}.group-commands.jsonl")
         self._commands: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -164,6 +166,8 @@ class GroupCommands:
             self._commands.move_to_end(id_)
         while len(self._commands) > MAX_KEPT:
             self._commands.popitem(last=False)
+        for id_ in self._commands:
+            self._index(id_)
 
     def _replay(self, line: dict[str, Any]) -> None:
         # a multicast's answer or repair, logged after its command's own line
@@ -172,6 +176,8 @@ class GroupCommands:
             v = rec and rec["members"].get(line.get("node"))
             if v is not None and isinstance(line.get("result"), int):
                 v["ack"] = line["result"]
+                if isinstance(line.get("at"), (int, float)):
+                    v["at"] = line["at"]
         else:
             rec = self._commands.get(line["repair"])
             if rec is not None and isinstance(line.get("members"), dict):
@@ -252,8 +258,12 @@ class GroupCommands:
             rec["repair_at"] = now + self.repair_after_s
         self._commands[id_] = rec
         while len(self._commands) > MAX_KEPT:
-            self._commands.popitem(last=False)
+            _old, gone = self._commands.popitem(last=False)
+            for key, v in gone["members"].items():
+                if isinstance(v.get("downlink"), int):
+                    self._unicast.pop((int(key, 16), v["downlink"]), None)
         self._append(rec)
+        self._index(id_)
         if mode == "multicast":
             self._schedule_repair(id_)
         log.info("group command", extra={"group": group.name, "op": rec["op"], "mode": mode, "members": len(members)})
@@ -280,11 +290,29 @@ class GroupCommands:
             members[key] = {"downlink": dl.id}
         return members
 
+    def _index(self, id_: int) -> None:
+        rec = self._commands.get(id_)
+        for key, v in (rec or {}).get("members", {}).items():
+            dl = v.get("downlink")
+            if isinstance(dl, int):
+                try:
+                    self._unicast[(int(key, 16), dl)] = (id_, key)
+                except ValueError:
+                    pass
+
     # ------------------------------------------------------------ a multicast's answers and repairs
 
     def _on_cmd_ack(self, record: Record) -> None:
         cid = record.body.get(0)
-        if not isinstance(cid, int) or cid < groupcast.MCAST_ID_BASE:
+        if not isinstance(cid, int):
+            return
+        if cid < groupcast.MCAST_ID_BASE:
+            # a member's own COMMAND (fan-out or repair): its state comes from the store; note when
+            # it answered, on the reception's clock (memory only: `answered_at` of the progress)
+            hit = self._unicast.get((record.node_id, cid))
+            rec = self._commands.get(hit[0]) if hit else None
+            if rec is not None and hit is not None and hit[1] in rec["members"]:
+                rec["members"][hit[1]].setdefault("at", record.rx_time)
             return
         rec = self._commands.get(cid - groupcast.MCAST_ID_BASE)
         key = format_node_id(record.node_id)
@@ -292,8 +320,9 @@ class GroupCommands:
         if v is None or not v.get("multicast") or v.get("ack") == m.RES_OK:
             return
         v["ack"] = record.body.get(1, -1)
+        v["at"] = record.rx_time
         try:
-            self._append({"ack": cid - groupcast.MCAST_ID_BASE, "node": key, "result": v["ack"]})
+            self._append({"ack": cid - groupcast.MCAST_ID_BASE, "node": key, "result": v["ack"], "at": v["at"]})
         except OSError as e:
             log.warning("a multicast answer not logged", extra={"why": str(e)[:200]})
 
@@ -344,6 +373,7 @@ class GroupCommands:
             v["downlink"] = done[key] = dl.id
         rec["repaired"] = True
         self._append({"repair": id_, "members": done})
+        self._index(id_)
         log.info("multicast repaired by unicast", extra={"group": rec["group"], "members": len(done)})
 
     def commands(self, group: str) -> list[dict[str, Any]]:
@@ -393,6 +423,8 @@ class GroupCommands:
                     item.update(state="failed", reason=f"the node answered {RESULT_NAMES.get(res, res)}")
                 else:
                     item.update(state="failed", reason=f"downlink {dl.state}", attempts=dl.attempts)
+            if isinstance(v.get("at"), (int, float)) and item["state"] in ("applied", "failed"):
+                item["answered_at"] = v["at"]  # the CMD_ACK's reception time
             counts[item["state"]] += 1
             members.append(item)
         return {

@@ -9,10 +9,11 @@ had applied it (their CMD_ACK stored by the gateway; sampled every poll, so a fe
 seconds late at most at the demo's speed). The results carry it as `group_command_live`,
 with the delivery the gateway chose and why, and the report shows it.
 
-The delivery is the real gateway's choice. In the live simulator the packet forwarders
-accept downlinks only in a node's receive window (simulator/live_radio.py): a multicast
-(sent at once) is refused there, and the gateway then falls back to unicast and says why.
-The unicast-against-multicast figures of the simulated air are `lumeau sim run` on
+The delivery is the real gateway's choice: once the lamps hold the key, a multicast through
+the district's packet forwarder (simulator/live_radio.py passes a transmission sent at once
+to the simulated air, simulator/air.py `multicast`: a copy for every lamp, heard by those
+that listen all the time -- the members). Lamps the multicast missed get the unicast repair.
+Unicast against multicast on a 60-lamp street, many draws: `lumeau sim run` on
 simulator/scenarios/street_group.toml (section `group_command`).
 """
 
@@ -76,11 +77,13 @@ class GroupProbe:
             return
         doc = api.json(f"/groups/{self.name}/commands/{self.id}")
         self.progress = doc["progress"]
-        done = self.progress.get("applied", 0)
-        if self.t95 is None and done >= math.ceil(0.95 * len(self.members)):
-            self.t95 = now_unix - self.sent_at
-        if done >= len(self.members):
-            self.t100 = now_unix - self.sent_at
+        # when each lamp answered, on the gateway's reception clock (simulated time): exact; else the poll's
+        at = sorted(x.get("answered_at", now_unix) for x in doc["members"] if x["state"] == "applied")
+        k95 = math.ceil(0.95 * len(self.members))
+        if self.t95 is None and len(at) >= k95:
+            self.t95 = max(0.0, at[k95 - 1] - self.sent_at)
+        if len(at) >= len(self.members):
+            self.t100 = max(0.0, at[-1] - self.sent_at)
 
     def section(self) -> dict[str, Any]:
         return {

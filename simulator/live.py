@@ -194,6 +194,7 @@ class LiveGateway:
                     self._resolve,
                     bw_hz=self.bw_hz,
                     channels_hz=self.channels_hz,
+                    immediate=self._immediate,
                 )
         # Blocking here is right: the simulated clock stands still until the services are up.
         self.services = svc = Services(self.workdir, ctx.nodes)
@@ -381,6 +382,21 @@ class LiveGateway:
         self.counts["holds"] += 1
         self.counts["holds_answered" if w.answered else "holds_unanswered"] += 1
         self.holds_real_s += time.monotonic() - t0
+
+    def _immediate(self, site: str, raw: bytes, freq_hz: int, sf: int) -> str | None:
+        """A forwarder told to send at once (a multicast, SPEC §5 "Groups"): a copy for every lamp on the air;
+        the lamps that listen all the time (group members) hear it. None (on the air) or why not."""
+        ctx = self.ctx
+        if ctx is None or ctx.multicast is None:
+            return "bad_request"
+        lamps = [n.node_id for n in ctx.nodes if n.kind == "lighting"]
+        try:
+            ctx.multicast(site, lamps, raw, sf, freq_hz)
+        except DownlinkError as e:
+            self.counts[f"multicasts_{e.reason}"] += 1
+            return e.reason
+        self.counts["multicasts_on_air"] += 1
+        return None
 
     def _resolve(self, site: str, tmst: int, node_id: int, raw: bytes) -> str | None:
         """A front-end got a downlink for RX1 at its time `tmst`: on the air, or why not (a DownlinkError reason)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway_helpers import seal
+from gateway_helpers import reception, seal
 from test_groups import TOKEN, Gateway, make_registry
 
 from protocol import messages as m
@@ -41,8 +41,12 @@ async def test_the_probe_makes_the_group_sends_the_command_and_times_it(tmp_path
             node, mtype, body = g.radio.sent[-1]
             assert node == n and body[2] == [100, 7200]
             ids[n] = body[0]
-            await g.uplink(seal(n, 2, m.CMD_ACK, {0: body[0], 1: m.RES_OK, 2: 100}))
-            await poll(t0 + 60 * (i + 1))
+            ack = seal(n, 2, m.CMD_ACK, {0: body[0], 1: m.RES_OK, 2: 100})
+            # heard at the simulated time the probe counts in (the radio stamps receptions)
+            at = t0 + 60 * (i + 1)
+            await g.p.ingest(reception(ack, transport="udp", path=g.radio, gateway_id=g.radio.name, rx_time=at))
+            await g.d.idle()
+            await poll(at + 30)
         s = probe.section()
         assert s["applied_95_s"] == s["applied_100_s"] == 300.0  # 95 % of 5 is all 5
         assert s["progress"]["applied"] == 5
