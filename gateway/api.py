@@ -121,7 +121,7 @@ from aiohttp import web
 
 from gateway import health, ops
 from gateway.downlinks import DownlinkRejected, Downlinks
-from gateway.groups import GroupCommandError, GroupCommands
+from gateway.groups import REPAIR_AFTER_S, GroupCommandError, GroupCommands
 from gateway.history import History
 from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
@@ -469,6 +469,7 @@ class Api:
         ui: bool = True,
         silent_after_s: float = health.SILENT_AFTER_S,
         notifier: Notifier | None = None,
+        multicast_repair_s: float = REPAIR_AFTER_S,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
@@ -492,7 +493,9 @@ class Api:
         # multicast through the first transport that can send at any time (a packet forwarder)
         radio = next((t for t in self.transports if hasattr(t, "transmit_now")), None)
         self.multicast = Multicast(registry, store, downlinks, radio)
-        self.groups = GroupCommands(registry, store, downlinks, clock=clock, multicast=self.multicast)
+        self.groups = GroupCommands(
+            registry, store, downlinks, clock=clock, multicast=self.multicast, repair_after_s=multicast_repair_s
+        )
         app = web.Application(middlewares=[self._headers, self._auth], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/healthz", self.healthz)

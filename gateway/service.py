@@ -172,6 +172,7 @@ class Gateway:
                     ui=cfg.api.ui,
                     silent_after_s=cfg.api.silent_after_s,
                     notifier=self.notifier,
+                    multicast_repair_s=cfg.downlinks.multicast_repair_s,
                 )
                 await self.api.start()
             if self.upstream is not None:

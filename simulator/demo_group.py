@@ -42,6 +42,7 @@ class GroupProbe:
         self.t95: float | None = None
         self.t100: float | None = None
         self.error: str | None = None
+        self.repaired = 0  # members the multicast missed (or whose answer was lost): sent it again by unicast
 
     @classmethod
     def for_scenario(cls, scenario: Any) -> GroupProbe | None:
@@ -77,6 +78,7 @@ class GroupProbe:
             return
         doc = api.json(f"/groups/{self.name}/commands/{self.id}")
         self.progress = doc["progress"]
+        self.repaired = sum(1 for x in doc["members"] if "command" in x and x.get("via") == "multicast")
         # when each lamp answered, on the gateway's reception clock (simulated time): exact; else the poll's
         at = sorted(x.get("answered_at", now_unix) for x in doc["members"] if x["state"] == "applied")
         k95 = math.ceil(0.95 * len(self.members))
@@ -94,6 +96,7 @@ class GroupProbe:
             "sent_at_h": None if self.sent_at is None else GROUP_COMMAND_AT_H,
             "delivery": self.delivery,
             "progress": self.progress,
+            "repaired_by_unicast": self.repaired,
             "applied_95_s": None if self.t95 is None else round(self.t95, 1),
             "applied_100_s": None if self.t100 is None else round(self.t100, 1),
         }
@@ -110,4 +113,5 @@ class GroupProbe:
             f"  group command: {s['street']} ({s['members']} lamps) set_level 100 % for 2 h at "
             f"{GROUP_COMMAND_AT_H:g} h by {s['delivery']['mode']} ({s['delivery']['reason']}); 95 % applied after "
             f"{t(s['applied_95_s'])}, 100 % after {t(s['applied_100_s'])}"
+            + (f" ({s['repaired_by_unicast']} by the unicast repair)" if s["repaired_by_unicast"] else "")
         )

@@ -387,6 +387,7 @@ def _group_section(live: dict[str, Any] | None, model: dict[str, Any] | None) ->
             ("delivery chosen by the gateway", f"{d['mode']} ({d['reason']})"),
             ("95 % / 100 % applied after", f"{t(live['applied_95_s'])} / {t(live['applied_100_s'])}"),
             ("at the end", ", ".join(f"{k} {v}" for k, v in p.items())),
+            ("repaired by unicast (missed by the multicast)", str(live.get("repaired_by_unicast", 0))),
         ]
     if model:
         for mode in ("unicast", "multicast"):
