@@ -83,6 +83,8 @@ _C_EXPIRES = const(3)
 _C_ID = const(0)
 _C_OP = const(1)
 _EVENT = const(4)
+_GROUP_COMMAND = const(15)
+_ACK_SPREAD_S = const(60)
 _EV_APP_EXCEPTION = const(23)
 _EV_STORAGE_FAULT = const(22)
 _EV_WATCHDOG_RESET = const(20)
@@ -272,7 +274,9 @@ class Node:
         self._spawn(self._supervise())
         self._spawn(self._periodic(False))
         self._spawn(self._periodic(True))
-        if self.radio.continuous:
+        if self.radio.continuous or getattr(self.app, "group", None) is not None:
+            # a wire hears at any time; a lamp in a multicast group listens between its uplinks
+            # (LoRa class C, SPEC §5 "Groups"), its receive windows unchanged
             self._spawn(self._receiver())
         try:
             await self._housekeeping()
@@ -677,6 +681,32 @@ class Node:
         except fr.FrameError:
             self.rx_rejected += 1
             return None
+        if f.mtype == _GROUP_COMMAND:
+            # SPEC §5 "Groups": a frame for one of this lamp's groups (app.group: firmware/group.py)
+            # whose MIC verifies under the group's key and whose counter is at or above the group's
+            # next (written before acting) runs once; its CMD_ACK goes after a random 0..ACK_SPREAD_S
+            # s, so a street does not answer at once. A frame of another group is only counted.
+            g = getattr(self.app, "group", None)
+            body = g.check(f) if g is not None else None
+            if body is None:
+                self.rx_other += 1
+                return None
+            try:
+                msg = m.decode(_COMMAND, body) if body else None
+            except m.MessageError:
+                msg = None
+            if msg is None:
+                self.rx_rejected += 1
+                return None
+            self.rx += 1
+            res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
+            body = {_CA_ID: msg[_C_ID], _CA_RESULT: res}
+            if value:
+                body[_CA_VALUE] = _clamp(int(value), _I32_MIN, _I32_MAX)
+            it = self.queue.put(_CMD_ACK, m.encode(_CMD_ACK, body), uplink.PRIO_ACK)
+            if it is not None:
+                it.due = self.hal.ticks_ms() + self._rand(_ACK_SPREAD_S * 1000)
+            return None
         if f.node_id != self.node_id or not f.downlink:
             self.rx_other += 1
             return None
@@ -777,7 +807,10 @@ class Node:
         elif cid != fresh_id:
             res, value = _RES_EXPIRED, 0  # stale: at or below the mark, its result forgotten: never run again
         else:
+            had = self.radio.continuous or getattr(self.app, "group", None) is not None
             res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
+            if not had and getattr(self.app, "group", None) is not None:
+                self._spawn(self._receiver())  # joined a multicast group: listen from now on (as in run)
             try:
                 self.store.record_command(cid, res, value)
             except StorageError as e:

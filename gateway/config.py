@@ -216,6 +216,11 @@ class DownlinksSection:
     time_airtime_s_per_h: float = opt(
         9.0, "air time per hour automatic TIMEs may use (within the 1 % duty cycle)", _range(0.1, 36.0)
     )
+    multicast_repair_s: float = opt(
+        120.0,
+        "a group multicast's member without an ok CMD_ACK after this many seconds gets it by unicast",
+        _range(0.05, 86400.0),
+    )
 
 
 @dataclass(frozen=True)

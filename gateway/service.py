@@ -174,6 +174,7 @@ class Gateway:
                     silent_after_s=cfg.api.silent_after_s,
                     notifier=self.notifier,
                     requests_feed=self._requests_feed(cfg),
+                    multicast_repair_s=cfg.downlinks.multicast_repair_s,
                 )
                 await self.api.start()
             if self.upstream is not None:

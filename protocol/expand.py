@@ -129,6 +129,7 @@ ENUMS = {
         m.OP_SET_SCHEDULE: "set_schedule",
         m.OP_SET_INTERVAL: "set_interval",
         m.OP_REBOOT: "reboot",
+        m.OP_JOIN_GROUP: "join_group",
     },
 }
 

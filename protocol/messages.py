@@ -28,6 +28,7 @@ COMMAND = 8
 CONFIG = 9
 TIME = 10
 ACK = 11
+GROUP_COMMAND = 15  # a COMMAND body to a group address, multicast (SPEC §5 "Groups"; protocol/groupcast.py)
 
 # Node kinds (HELLO kind).
 KIND_LIGHTING = 1
@@ -112,6 +113,7 @@ OP_RAIN_DELAY = 6  # [hours]
 OP_SET_SCHEDULE = 7  # [zone, weekday mask (bit 0 Monday), start min after midnight, minutes, ...]
 OP_SET_INTERVAL = 8  # [report interval s]
 OP_REBOOT = 9  # []
+OP_JOIN_GROUP = 10  # [addr, gen, next, w0..w3] or [addr] (leave): a group key, wrapped (SPEC §5 "Groups")
 
 # set_profile anchors: what a step's offset counts from.
 ANCHOR_SUNSET = 0

@@ -155,6 +155,11 @@ def run_demo(
         channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
         bw_hz=scenario.radio.params.bw_hz,
     )
+    from simulator.demo_group import GroupProbe
+
+    probe = GroupProbe.for_scenario(scenario)  # one group command to the first street, through the API
+    if probe is not None:
+        link.probes.append(probe)
     _say(f"Lumeau demo: {scenario.name} ({scenario.description})")
     _say(
         f"  {len(scenario.lamps)} street lights, {len(scenario.controllers)} irrigation controllers "
@@ -176,6 +181,9 @@ def run_demo(
     _say("")
     _say(results.summary())
     _say(live_summary(doc))
+    if probe is not None:
+        doc["group_command_live"] = probe.section()
+        _say(probe.summary())
     _ledger(scenario, out, doc)
     _residents(scenario, out, doc)
     (out / "results.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")

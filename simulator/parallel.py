@@ -266,6 +266,10 @@ class _CoordAir(Air):
         self.outgoing: dict[int, list[Any]] = {}
         self.too_late = 0
 
+    def multicast(self, site: str, node_ids: list[int], frame: bytes, sf: int, freq_hz: int) -> int:
+        # the copies would have to reach every worker's nodes at once: not offered in a split run
+        raise DownlinkError("bad_request", "multicast is not simulated in a run split over workers")
+
     def downlink(self, site: str, node_id: int, frame: bytes, uplink: ch.Uplink) -> ch.Downlink:
         if id(uplink) not in self.held:
             self.too_late += 1

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from protocol import ble, frame, lora, lorawan, messages
+from protocol import ble, frame, groupcast, lora, lorawan, messages
 
-SOURCES = [messages, lora, frame]
+SOURCES = [messages, lora, frame, groupcast]
 NODE_MODULES = sorted(
     [f"firmware.{p.stem}" for p in (ROOT / "firmware").glob("*.py") if p.stem not in ("manifest", "boot", "main")]
-    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble"]
+    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble", "protocol.nodegroup"]
 )
 # whose copies each module keeps, where not SOURCES
 COPIES_OF = {

@@ -799,6 +799,11 @@ class SemtechServer(asyncio.DatagramProtocol):
             "size": len(frame),
             "data": base64.b64encode(frame).decode("ascii"),
         }
+        await self._send_txpk(fwd, txpk, band, airtime, start_ms)
+
+    async def _send_txpk(
+        self, fwd: Forwarder, txpk: dict[str, Any], band: int | None, airtime: Any, start_ms: int
+    ) -> None:
         token = self._next_token()
         payload = (
             bytes((fwd.version, token >> 8, token & 0xFF, PULL_RESP))
@@ -806,6 +811,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         )
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[token] = (fwd.eui, fut)
+        assert self._transport is not None
         try:
             self._transport.sendto(payload, fwd.pull_addr)
             try:
@@ -819,3 +825,50 @@ class SemtechServer(asyncio.DatagramProtocol):
             raise DownlinkError(error.lower(), f"forwarder {fwd.eui} refused the downlink")
         if band is not None and airtime is not None:
             fwd.duty.record(start_ms, airtime, band)
+
+    async def transmit_now(self, frame: bytes, freq_mhz: float, sf: int) -> int:
+        """Send `frame` at once (`imme`) through every forwarder with a live route: a multicast.
+
+        LoRa class C (SPEC §5 "Groups"): the members listen all the time, so the frame goes now,
+        on `freq_mhz` at SF`sf`/125 kHz, within each forwarder's duty cycle (its concentrator
+        time is estimated from its last uplink plus the time since). Returns how many forwarders
+        took it; raises DownlinkError when none could (no route, duty cycle spent, refused).
+        """
+        if self._transport is None:
+            raise DownlinkError("no_route", "server stopped")
+        freq_hz = int(round(freq_mhz * 1e6))
+        band = lora.band_for(freq_hz)
+        airtime = lora.airtime_ms(len(frame), sf)
+        sent, reason, why = 0, "no_route", "no forwarder with a live route"
+        for eui in list(self.forwarders):
+            fwd = self.route(eui)
+            if fwd is None:
+                continue
+            start_ms = fwd.air_us // 1000 + int((self.monotonic() - fwd.last_push) * 1000)
+            if fwd.duty.wait_ms(start_ms, band):
+                reason = "duty_cycle"
+                why = f"sub-band {lora.band_name(band)} closed for {fwd.duty.wait_ms(start_ms, band)} ms more"
+                self.counts["downlink_duty_cycle"] += 1
+                continue
+            txpk = {
+                "imme": True,
+                "freq": freq_mhz,
+                "rfch": 0,
+                "powe": self.tx_power,
+                "modu": "LORA",
+                "datr": f"SF{sf}BW125",
+                "codr": "4/5",
+                "ipol": self.invert_iq,
+                "size": len(frame),
+                "data": base64.b64encode(frame).decode("ascii"),
+            }
+            try:
+                await self._send_txpk(fwd, txpk, band, airtime, start_ms)
+            except DownlinkError as e:
+                reason, why = e.reason, f"forwarder {fwd.eui} refused it ({e.reason})"
+                continue
+            sent += 1
+            self.counts["multicasts_sent"] += 1
+        if not sent:
+            raise DownlinkError(reason, why)
+        return sent

@@ -114,7 +114,7 @@ async function refresh() {
     renderOverview();
     renderRequests(ui.requests, new Map(ui.nodes.map((n) => [n.id, n])), select);
     renderGateway(await request("/metrics", { text: true }));
-    renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select);
+    renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select, refresh);
     if (ui.selected) await refreshDetail();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
