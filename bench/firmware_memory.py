@@ -2,6 +2,7 @@
 
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
                                            [--tick-ms MS] [--sample-every 400] [--heap-map] [--ble]
+                                           [--lorawan]
                                            [--calendar]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
@@ -52,6 +53,11 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   harness code) connects, reads the status, opens a session, writes a sealed
   CONFIG, reads the status for 30 s and leaves, so the day's peak includes a
   connection; `ble` in each app's result counts sessions and CONFIGs applied;
+- with --lorawan, a node on a LoRaWAN modem (firmware/radio_lorawan.py, SPEC §14):
+  the device imports are radio_lorawan's instead of radio and radio_lora (as
+  firmware/main.py imports them), and the node talks AT commands to the
+  simulated RAK3172 of tests/micropython/at_modem.py, whose network verifies
+  each uplink and answers a HELLO with a TIME (harness code);
 - with --calendar, the node is sent a calendar (bench_calendar below: the
   district demo's kind of calendar, 3 fragments for lighting, 2 for
   irrigation), one CONFIG fragment per uplink from its 9th on (as the gateway's
@@ -96,6 +102,7 @@ MICROPYTHON_MJS = ROOT / "node_modules" / "@micropython" / "micropython-webassem
 RUNNER = ROOT / "bench" / "firmware_memory.mjs"
 MPNODE = ROOT / "tests" / "micropython" / "mpnode.py"
 AIOBLE_FAKE = ROOT / "tests" / "micropython" / "aioble_fake.py"
+AT_MODEM = ROOT / "tests" / "micropython" / "at_modem.py"
 HEAP = 64 * 1024
 SAMPLE_EVERY = 400  # scheduler steps per heap sample, besides one after each frame heard (the docstring says why)
 TICK_MS = None  # the apps' own tick (1 s); --tick-ms sets another
@@ -200,7 +207,13 @@ async def _visit(node, stack):
         stack.read(status)
     stack.disconnect()
 """
-APP_CLASS = {"lighting": ("firmware.lighting", "Lighting"), "irrigation": ("firmware.irrigation", "Irrigation")}
+APP_CLASS = {
+    "lighting": ("firmware.lighting", "Lighting"),
+    "irrigation": ("firmware.irrigation", "Irrigation"),
+    # a battery irrigation node (irrigation.battery = 1): deep sleeps on timer wakes, each a boot
+    # (tests/micropython/mpnode.py BatteryCell); its runtime heap is the peak of its awake periods
+    "irrigation-battery": ("firmware.battery", "BatteryIrrigation"),
+}
 
 
 def mpy_cross() -> str:
@@ -273,32 +286,46 @@ def run_app(
     sample_every: int = SAMPLE_EVERY,
     heap_map: bool = False,
     ble_central: Path | None = None,
+    lorawan: bool = False,
     calendar: bool = False,
 ) -> dict:
-    """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too."""
+    """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
+    with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
     module, cls = APP_CLASS[kind]
+    battery = kind == "irrigation-battery"
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
     ble = ble_central is not None
     if ble:
         files += [[str(AIOBLE_FAKE), "/bench/aioble_fake.py"], [str(ble_central), "/bench/blecentral.py"]]
+    if lorawan:
+        files.append([str(AT_MODEM), "/bench/at_modem.py"])
+    radios = "radio_lorawan" if lorawan else "radio, radio_lora"  # what firmware/main.py imports for that radio
     job = {
         "micropython": str(MICROPYTHON_MJS),
         "heapsize": HEAP,
         "files": files,
         "device_imports": (
             "import firmware\n"
-            f"from firmware import config, hal_machine, radio, radio_lora, runtime\nfrom {module} import {cls}\n"
+            f"from firmware import config, hal_machine, {radios}, runtime\nfrom {module} import {cls}\n"
+            + ("from firmware import hal_battery\n" if battery else "")
             + ("from firmware import ble\n" if ble else "")
             + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
             "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool
         ),
-        "sim_imports": "import mpnode\n" + ("import blecentral\n" if ble else ""),
+        "sim_imports": "import mpnode\n"
+        + ("import blecentral\n" if ble else "")
+        + ("import at_modem\n" if lorawan else ""),
         "setup": (
             "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
-            f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, tick_ms={tick_ms!r})\n"
-            f"_end = {int(hours * 3600 * 1000)}\n"
+            + (
+                f"_node, _gw, _tasks = mpnode.start_battery_cell(_clock, lean=True, tick_ms={tick_ms!r})\n"
+                if battery
+                else f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, "
+                f"tick_ms={tick_ms!r}, lorawan={lorawan!r})\n"
+            )
+            + f"_end = {int(hours * 3600 * 1000)}\n"
             + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
             # the first fragment answers the node's 9th uplink, as the gateway's does (BOOT_HOLD)
             + (
@@ -315,7 +342,7 @@ def run_app(
         "check": (
             "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
             "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error, "
-            "'calendar_held': _node.cal[0] is not None"
+            "'calendar_held': getattr(_node, 'schedule', [None])[0] is not None"
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
             + "})"
         ),
@@ -338,7 +365,7 @@ def run_app(
     pool = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", r.get("output", ""))
     runtime_heap = max(0, r["peak"] - r["code_sim"])
     total = code_heap + runtime_heap
-    bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files(kind))
+    bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files("irrigation" if battery else kind))
     base = r["code_sim"]
     days = [
         {
@@ -388,6 +415,7 @@ def run_app(
         "max_frame_bytes": r["check"]["max_frame"],
         "app_faults": r["check"]["app_faults"],
         **({"ble": r["check"]["ble"]} if ble else {}),
+        **({"radio": "lorawan"} if lorawan else {}),
         **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
     }
 
@@ -397,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--days", type=float, default=DAYS, help=f"simulated days per app (default {DAYS})")
     ap.add_argument("--hours", type=float, default=None, help="simulated hours per app instead of --days")
-    ap.add_argument("--apps", default="lighting,irrigation")
+    ap.add_argument(
+        "--apps",
+        default="lighting,irrigation",
+        help="lighting, irrigation, irrigation-battery (a node that deep-sleeps)",
+    )
     ap.add_argument(
         "--tick-ms", type=int, default=TICK_MS, help="the apps' tick in ms (default: theirs, 1000; coarser runs faster)"
     )
@@ -411,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ble",
         action="store_true",
         help="a node with BLE commissioning on (firmware/ble.py over the aioble stand-in, a central once a day)",
+    )
+    ap.add_argument(
+        "--lorawan",
+        action="store_true",
+        help="a node on a LoRaWAN modem (firmware/radio_lorawan.py, the simulated RAK3172 of tests/micropython)",
     )
     ap.add_argument(
         "--calendar",
@@ -436,7 +473,15 @@ def main(argv: list[str] | None = None) -> int:
                     apps,
                     pool.map(
                         lambda k: run_app(
-                            k, built, hours, args.tick_ms, args.sample_every, args.heap_map, central, args.calendar
+                            k,
+                            built,
+                            hours,
+                            args.tick_ms,
+                            args.sample_every,
+                            args.heap_map,
+                            central,
+                            args.lorawan,
+                            args.calendar,
                         ),
                         apps,
                     ),
@@ -450,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_bar": TOTAL_BAR,
         "growth_bar": GROWTH_BAR,
         "ble": args.ble,
+        "lorawan": args.lorawan,
         "calendar": args.calendar,
         "apps": results,
         "all_meet_bar": all(r["meets_bar"] for r in results.values()),

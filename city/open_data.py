@@ -263,6 +263,24 @@ class OpenData:
                         ],
                     },
                     {
+                        "id": "twin-ledger",
+                        "title": "The day's ledger as NGSI-LD entities: StreetlightGroup per street, "
+                        "GreenspaceRecord per park (FIWARE Smart Data Models)",
+                        "licence": licence,
+                        "distributions": [
+                            {"format": "NGSI-LD", "url": f"{OPEN_DATA_PREFIX}/twin/ledger/{{date}}.jsonld"}
+                        ],
+                    },
+                    {
+                        "id": "twin-service-requests",
+                        "title": "Residents' and devices' service requests as NGSI-LD entities "
+                        "(Smart Data Models IssueTracking, the Open311 mapping; no personal data)",
+                        "licence": licence,
+                        "distributions": [
+                            {"format": "NGSI-LD", "url": f"{OPEN_DATA_PREFIX}/twin/service-requests.jsonld"}
+                        ],
+                    },
+                    {
                         "id": "presence",
                         "title": f"Presence counts per street and hour (withheld below {s.presence_min_count})",
                         "licence": licence,

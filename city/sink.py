@@ -46,7 +46,9 @@ bearer token: residents' reports, matched to the nodes and judged by them;
 node alarms open requests by themselves.
 
 The public-value ledger and open data (city/open_data.py) under /ledger/
-and /open-data/, without the bearer token: daily aggregates only.
+and /open-data/, without the bearer token: daily aggregates only; the
+digital twin of the requests and the ledger as NGSI-LD entities
+(city/twin.py, city/twin_web.py) under /open-data/twin/.
 
 The public page (city/public_page.py, files in city/web/) under /public/
 (`/` redirects there), without the bearer token: map, ledger, open
@@ -83,6 +85,7 @@ from city.open311 import PREFIX as OPEN311_PREFIX
 from city.open311 import Open311, Open311Config, check_text
 from city.open_data import PUBLIC_PREFIXES, OpenData
 from city.public_page import PAGE_PREFIX, PublicPage, new_page_key
+from city.twin_web import TwinRoutes
 from gateway import formats
 
 log = logging.getLogger("lumeau.city.sink")
@@ -144,6 +147,7 @@ class Sink:
         self.page.add_routes(self.app)
         self.open_data = OpenData(self.db, ledger)
         self.open_data.add_routes(self.app)
+        TwinRoutes(self.db, self.open_data, o311.jurisdiction_id).add_routes(self.app)
         self._initial_nodes = nodes or []
         self._runner: web.AppRunner | None = None
 

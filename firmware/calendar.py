@@ -1,7 +1,7 @@
 # What a stored calendar (protocol/nodecal.py has its format, SPEC §5
 # "Calendars") says at run time: the local time, which lighting profile a
 # night takes, which irrigation programs start at a minute. Loaded only on a
-# node that holds a calendar. `cal` is what the runtime keeps (node.cal[0]):
+# node that holds a calendar. `cal` is what the runtime keeps (node.schedule[0]):
 # the 4-byte hash, then the calendar; it is read in place, nothing is built
 # from it. Every name here costs a node heap (MicroPython's qstr pool), so
 # there are few.

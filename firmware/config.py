@@ -14,11 +14,15 @@
 #     "pins": {"lamp": 25, "pir": 26, ...},     for the board HAL
 #     "adc_scale": {"supply": [11, 1]},         voltage dividers in front of ADC inputs
 #     (radio "uart": {"id": 1, "baud": 115200, "tx": 17, "rx": 16} for a wired node)
+#     (radio "lorawan": an AT-command LoRaWAN modem on "uart", firmware/radio_lorawan.py)
 #     "key_fresh": true,                written by `lumeau node provision` with a new
 #                                       key: the uplink counter may start at 0 when
 #                                       no state of this key is on the board (SPEC §4
 #                                       "Counter persistence"); the node clears it
 #                                       once it holds state (clear_fresh)
+#     "release_key": "03a1...b8",       the city's Ed25519 release public key, 64 hex
+#                                       digits: firmware updates (SPEC §13); read by
+#                                       firmware/updater.py, not kept in the dict
 #     "ble": {"enabled": false, "configure": true, "adv_interval_ms": 500},
 #                                       BLE commissioning (firmware/ble.py); off by default
 #     "lighting": {...}, "irrigation": {...}     the app's own section
@@ -62,7 +66,7 @@ _MAX_FILE = const(4096)  # a config file larger than this is refused before pars
 
 KINDS = ("lighting", "irrigation", "bridge")
 KIND_CODES = {"lighting": _KIND_LIGHTING, "irrigation": _KIND_IRRIGATION, "bridge": _KIND_BRIDGE}
-RADIO_TYPES = ("lora", "uart", "sim")
+RADIO_TYPES = ("lora", "uart", "sim", "lorawan")
 
 DEFAULTS = {
     "report_interval_s": 900,
@@ -280,6 +284,9 @@ def load(data):
             raise ConfigError("root_key: not hexadecimal")
         cfg["keys"] = NodeKeys(node_id, root_bytes)
         cfg["key_id"] = key_id(root_bytes)
+    # the city's release public key (SPEC §13): firmware/updater.py reads it from the file
+    # during an update; 64 characters the node does not keep in its heap meanwhile
+    cfg.pop("release_key", None)
     cfg["hash"] = config_hash(data)
     return cfg
 

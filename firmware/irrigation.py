@@ -15,7 +15,7 @@
 # minute, minutes) on the node's local standard time, UTC + utc_offset_min (no
 # daylight saving). Each entry starts at most once a local day; a start minute
 # that a clock jump skips is not caught up. A node holding a calendar
-# (node.cal, firmware/calendar.py) runs the calendar's programs instead, on
+# (node.schedule, firmware/calendar.py) runs the calendar's programs instead, on
 # the calendar's local time (daylight saving included), each at most once a
 # local day; the same skips and caps apply. A scheduled run is skipped when the
 # rain sensor is wet, a rain delay is active, or the zone's soil moisture is
@@ -249,18 +249,22 @@ class Irrigation:
         want = (1 << (zone - 1) | (_VALVE_MASTER if self.s["master"] else 0)) if zone else 0
         have = self._open
         if have & _VALVE_MASTER and not want & _VALVE_MASTER:
-            hal.pin_write("master", 0)
+            self._drive("master", 0)
         for i in range(self._nzones):
             bit = 1 << i
             if (have ^ want) & bit:
-                hal.pin_write(_ZONE_NAMES[i], 1 if want & bit else 0)
+                self._drive(_ZONE_NAMES[i], 1 if want & bit else 0)
                 if want & bit:
                     self._since[i] = hal.ticks_ms()
         if want & _VALVE_MASTER and not have & _VALVE_MASTER:
-            hal.pin_write("master", 1)
+            self._drive("master", 1)
         if have and not want:
             self._closed_at = hal.ticks_ms()
         self._open = want
+
+    def _drive(self, name, v):
+        # one valve output; firmware/battery.py drives latching valves by pulses instead
+        self.hal.pin_write(name, v)
 
     def _run(self, zone, secs, manual):
         self._zone = zone
@@ -366,7 +370,7 @@ class Irrigation:
         if t // 60 == self._last_min:
             return
         self._last_min = t // 60  # a new minute (UTC: the same minutes as any local time's)
-        cal = getattr(self.node, "cal", None)  # the runtime's [stored calendar or None, ...]
+        cal = getattr(self.node, "schedule", None)  # the runtime's [stored calendar or None, ...]
         cal = cal[0] if cal and cal[0] and cal[0][9] else None
         if cal is not None:
             # a calendar's programs replace the weekly schedule, on the calendar's local time. Its
@@ -571,7 +575,7 @@ class Irrigation:
         self._open = 0
         for name in ("master",) + _ZONE_NAMES[: self._nzones]:
             try:
-                self.hal.pin_write(name, 0)
+                self._drive(name, 0)
             except Exception:
                 pass
         try:

@@ -26,6 +26,8 @@ SETTINGS = {
     "moist_mv_50": (1400, 0, 5000),  # ... and at 50 % (saturated soil)
     "utc_offset_min": (0, -720, 840),
     "tick_ms": (1000, 100, 5000),
+    "battery": (0, 0, 1),  # 1: the node deep-sleeps between events (firmware/battery.py)
+    "latch_ms": (0, 0, 500),  # 0: valves held open by current; else latching, driven by pulses this long
 }
 ZONE_SETTINGS = {
     "flow_dlpm": (100, 1, 50000),  # expected flow, 0.1 L/min
@@ -71,6 +73,9 @@ def check(section, parse_schedule):
         s["zones"].append(z)
     if s["moist_mv_0"] == s["moist_mv_50"]:
         raise ValueError("irrigation.moist_mv_0 and moist_mv_50 must differ")
+    if s["battery"] and not s["latch_ms"]:
+        # a held valve closes when its current stops, and holding it open drains a cell in days
+        raise ValueError("irrigation.battery: needs latching valves (irrigation.latch_ms > 0)")
     flat = []
     for e in section.get("schedule", []):
         if type(e) is not list or len(e) != 4:

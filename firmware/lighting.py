@@ -88,6 +88,7 @@ _L_PRESENCE = const(5)
 _L_STATE = const(3)
 _OFFSET_MAX_MIN = const(720)
 _OP_CLEAR_FAULT = const(3)
+_OP_JOIN_GROUP = const(10)
 _OP_SET_LEVEL = const(1)
 _OP_SET_PROFILE = const(2)
 _OVERRIDE_MAX_S = const(86400)
@@ -195,6 +196,14 @@ class Lighting:
         self._energy_mj = 0  # energy below one Wh, mJ
         self._burn_ms = 0  # burning time below one minute
         self._power_w = s["power_w"]
+        self.group = None  # multicast groups (firmware/group.py), loaded by a member only
+        try:
+            if hal.load("group"):
+                from firmware import group
+
+                self.group = group.load(hal, node.keys)
+        except Exception:
+            pass  # unreadable: no group frame is taken (a join writes it again)
         self.failsafe()  # until the first step decides: on unless known day
 
     # -- persistence -------------------------------------------------------------
@@ -234,7 +243,7 @@ class Lighting:
         prev = 0
         i = 0
         steps = self.profile
-        cal = getattr(self.node, "cal", None)  # the runtime's [stored calendar or None, ...]
+        cal = getattr(self.node, "schedule", None)  # the runtime's [stored calendar or None, ...]
         if cal and cal[0]:
             # a calendar may give this night (its evening's date, k) another profile. Its code
             # loads for this, once a night, by a string (a name here costs heap at boot: a
@@ -518,6 +527,12 @@ class Lighting:
                 self._edges[i] = -_CYCLE_MS - 1
             self._alarm_events(now)
             return _RES_OK, bin(cleared).count("1")
+        if op == _OP_JOIN_GROUP:
+            if self.group is None:
+                from firmware import group
+
+                self.group = group.load(self.hal, self.node.keys)
+            return self.group.join(args)
         return _RES_UNKNOWN_OP, 0
 
     def configure(self, settings):

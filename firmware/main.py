@@ -49,6 +49,10 @@ def make_radio(cfg, hal, machine=None):
         return LoRaRadio(
             modem, r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"], bridge=cfg["kind"] == "bridge"
         )
+    if r["type"] == "lorawan":  # an AT-command LoRaWAN modem (SPEC §14): loaded only here
+        from firmware.radio_lorawan import make
+
+        return make(cfg, hal, machine)
     raise ValueError("radio.type %r has no board implementation" % r["type"])
 
 
@@ -84,6 +88,10 @@ class StdioPort:
 
 def build(cfg, machine=None):
     """(hal, awaitable main) for a loaded config; on a board `machine` is imported here."""
+    if (cfg.get("irrigation") or {}).get("battery"):  # deep sleep between events: firmware/battery.py
+        from firmware import battery
+
+        return battery.build(cfg, machine, make_radio, STATE_DIR)
     from firmware.hal_machine import MachineHAL
 
     hal = MachineHAL(cfg["pins"], STATE_DIR, cfg.get("adc_scale"), machine)
@@ -95,9 +103,24 @@ def build(cfg, machine=None):
     from firmware.runtime import Node
 
     node = Node(cfg, hal, radio, app_class(cfg["kind"]))
-    if cfg["ble"]["enabled"]:
-        return hal, with_ble(node, cfg["ble"])
-    return hal, node.run()
+    coro = with_ble(node, cfg["ble"]) if cfg["ble"]["enabled"] else node.run()
+    if cfg.get("trial"):
+        from firmware import slots
+
+        coro = slots.on_trial(node, hal, coro)
+    return hal, coro
+
+
+def release_state(cfg):
+    """HELLO's bundle id and the trial flag into cfg (firmware/slots.py, SPEC §13); never fatal."""
+    try:
+        from firmware import slots
+
+        slots.prepare(cfg)
+    except Exception as e:
+        print("lumeau: release state: %r" % e)
+    if not cfg.get("trial"):
+        firmware.unload("slots")
 
 
 async def with_ble(node, settings, lib=None, uuid=None):
@@ -139,6 +162,7 @@ def main():
     cfg = read_config(CONFIG_PATH)
     if cfg is None:
         return
+    release_state(cfg)
     hal, coro = build(cfg)
     firmware.unload("config")  # boot-only: validation never runs again
     asyncio.run(coro)

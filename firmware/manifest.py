@@ -17,13 +17,31 @@
 # protocol/ files every kind imports, then those only some kinds import: the
 # nodes' frames and messages (nodeframe.py, nodemsg.py, nodecbor.py; cbor.py, loaded only for CBOR
 # outside a node's subset) and the BLE profile (nodeble.py, only for firmware/ble.py when
-# BLE commissioning is on: flash, not heap), a calendar's checks and reassembly (nodecal.py, only
-# while a calendar arrives), the bridge's serial messages.
+# BLE commissioning is on: flash, not heap), a lamp's multicast groups (nodegroup.py, only for
+# firmware/group.py once the lamp joined a group), a calendar's checks and reassembly (nodecal.py,
+# only while a calendar arrives), the bridge's serial messages.
 PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
-_PROTOCOL_NODE = ("cbor.py", "nodeble.py", "nodecal.py", "nodecbor.py", "nodeframe.py", "nodemsg.py")
-PROTOCOL_FOR = {"lighting": _PROTOCOL_NODE, "irrigation": _PROTOCOL_NODE, "bridge": ("bridge_msg.py",)}
+# ed25519.py and noderelease.py: only while an update is checked (firmware/updater.py).
+_PROTOCOL_NODE = (
+    "cbor.py",
+    "ed25519.py",
+    "nodeble.py",
+    "nodecal.py",
+    "nodecbor.py",
+    "nodeframe.py",
+    "nodemsg.py",
+    "noderelease.py",
+)
+PROTOCOL_FOR = {
+    "lighting": _PROTOCOL_NODE + ("nodegroup.py",),
+    "irrigation": _PROTOCOL_NODE,
+    "bridge": ("bridge_msg.py",),
+}
 # ble.py is carried by every node but imported only when the config enables
-# BLE commissioning (firmware/main.py): flash, not heap.
+# BLE commissioning (firmware/main.py): flash, not heap. slots.py (A/B releases) is
+# loaded by boot.py and main.py and dropped; updater.py only during an update
+# (`lumeau node update`, SPEC §13). radio_lorawan.py only on a node whose radio is a
+# LoRaWAN modem (radio.type "lorawan", SPEC §14).
 _NODE = (
     "__init__.py",
     "aio.py",
@@ -33,13 +51,16 @@ _NODE = (
     "hal_machine.py",
     "radio.py",
     "radio_lora.py",
+    "radio_lorawan.py",
     "runtime.py",
+    "slots.py",
     "store.py",
+    "updater.py",
     "uplink.py",
 )
 FIRMWARE = {
-    "lighting": _NODE + ("astro.py", "lighting.py", "lighting_cfg.py"),
-    "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py"),
+    "lighting": _NODE + ("astro.py", "group.py", "lighting.py", "lighting_cfg.py"),
+    "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py", "battery.py", "hal_battery.py"),
     "bridge": (
         "__init__.py",
         "aio.py",
@@ -48,6 +69,7 @@ FIRMWARE = {
         "hal_machine.py",
         "radio.py",
         "radio_lora.py",
+        "slots.py",
     ),
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py

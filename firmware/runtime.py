@@ -84,7 +84,10 @@ _C_EXPIRES = const(3)
 _C_ID = const(0)
 _C_OP = const(1)
 _EVENT = const(4)
+_GROUP_COMMAND = const(15)
+_ACK_SPREAD_S = const(60)
 _EV_APP_EXCEPTION = const(23)
+_EV_CALENDAR = const(24)
 _EV_STORAGE_FAULT = const(22)
 _EV_WATCHDOG_RESET = const(20)
 _E_ACTIVE = const(4)
@@ -94,12 +97,12 @@ _E_TIME = const(3)
 _E_VALUE = const(2)
 _E_ZONE = const(5)
 _HELLO = const(1)
-_H_CALENDAR = const(5)
 _H_CAPS = const(2)
 _H_CONFIG_HASH = const(3)
 _H_FIRMWARE = const(0)
 _H_KIND = const(1)
 _H_RESET = const(4)
+_H_BUNDLE = const(5)
 _I32_MAX = const(0x7FFFFFFF)
 _I32_MIN = const(-0x80000000)
 _KIND_IRRIGATION = const(2)
@@ -116,6 +119,7 @@ _RES_OK = const(0)
 _RES_REFUSED = const(4)
 _RST_WATCHDOG = const(2)
 _SEV_ALARM = const(2)
+_SEV_INFO = const(0)
 _SEV_WARNING = const(1)
 _SF_MAX = const(12)
 _SF_MIN = const(7)
@@ -210,10 +214,12 @@ class Node:
         self.app_faults = 0
         self._exc_open = False  # EVENT app_exception raised and not cleared yet
         self.cfg_rejected = 0
-        # [the stored calendar: its 4-byte hash then the calendar (firmware/calendar.py reads it),
-        # or None; the fragments of one arriving] (SPEC §5 "Calendars"). One attribute: on the node
-        # every name costs heap (MicroPython's qstr pool); HAL storage "cal" holds the same bytes.
-        self.cal = [None, []]
+        # The node's calendar (SPEC §5 "Calendars"): [the stored calendar: its 4-byte hash then the
+        # calendar (firmware/calendar.py reads it), or None; the fragments of one arriving]. One
+        # attribute, named "schedule": a name MicroPython's firmware has already, since on the
+        # node every new name costs heap (the qstr pool, bench/README.md); likewise the HAL key
+        # "calendar.bin" (a string over 10 characters is not interned) holds the same bytes.
+        self.schedule = [None, []]
         self.last_error = None
         self.on_event = None  # optional hook(severity, EVENT body CBOR): BLE keeps the last alarms
 
@@ -273,15 +279,19 @@ class Node:
         if self.store.opened:
             self._apply_saved_settings()
         try:
-            data = hal.load("cal")
+            data = hal.load("calendar.bin")
             if data is not None:
                 import hashlib
 
                 if hashlib.sha256(data[4:]).digest()[:4] == data[:4]:  # checked when it came; flash can rot
-                    self.cal[0] = data
+                    self.schedule[0] = data
         except Exception as e:  # unreadable: the node's own profile and schedule, and the gateway resends
             self.last_error = repr(e)
         self._hello()
+        cal = self.schedule[0]
+        if cal is not None:  # EVENT calendar: its hash, a signed 32-bit int (SPEC §5 "Calendars")
+            v = int.from_bytes(cal[:4], "big")
+            self.event(_EV_CALENDAR, _SEV_INFO, v - 0x100000000 if v > _I32_MAX else v)
         if hal.reset_cause() == _RST_WATCHDOG:
             self.event(_EV_WATCHDOG_RESET, _SEV_WARNING)
         if self.store.faults or not self.store.opened:
@@ -291,7 +301,9 @@ class Node:
         self._spawn(self._supervise())
         self._spawn(self._periodic(False))
         self._spawn(self._periodic(True))
-        if self.radio.continuous:
+        if self.radio.continuous or getattr(self.app, "group", None) is not None:
+            # a wire hears at any time; a lamp in a multicast group listens between its uplinks
+            # (LoRa class C, SPEC §5 "Groups"), its receive windows unchanged
             self._spawn(self._receiver())
         try:
             await self._housekeeping()
@@ -310,9 +322,8 @@ class Node:
             _H_CONFIG_HASH: self.cfg["hash"],
             _H_RESET: self.hal.reset_cause(),
         }
-        cal = self.cal[0]
-        if cal is not None:
-            body[_H_CALENDAR] = cal[:4]
+        if "bundle" in self.cfg:  # the release's bundle id (SPEC §13), set by main.py
+            body[_H_BUNDLE] = self.cfg["bundle"]
         self.queue.put(_HELLO, m.encode(_HELLO, body), uplink.PRIO_HELLO)
 
     def _open_store(self):
@@ -692,6 +703,32 @@ class Node:
         except fr.FrameError:
             self.rx_rejected += 1
             return None
+        if f.mtype == _GROUP_COMMAND:
+            # SPEC §5 "Groups": a frame for one of this lamp's groups (app.group: firmware/group.py)
+            # whose MIC verifies under the group's key and whose counter is at or above the group's
+            # next (written before acting) runs once; its CMD_ACK goes after a random 0..ACK_SPREAD_S
+            # s, so a street does not answer at once. A frame of another group is only counted.
+            g = getattr(self.app, "group", None)
+            body = g.check(f) if g is not None else None
+            if body is None:
+                self.rx_other += 1
+                return None
+            try:
+                msg = m.decode(_COMMAND, body) if body else None
+            except m.MessageError:
+                msg = None
+            if msg is None:
+                self.rx_rejected += 1
+                return None
+            self.rx += 1
+            res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
+            body = {_CA_ID: msg[_C_ID], _CA_RESULT: res}
+            if value:
+                body[_CA_VALUE] = _clamp(int(value), _I32_MIN, _I32_MAX)
+            it = self.queue.put(_CMD_ACK, m.encode(_CMD_ACK, body), uplink.PRIO_ACK)
+            if it is not None:
+                it.due = self.hal.ticks_ms() + self._rand(_ACK_SPREAD_S * 1000)
+            return None
         if f.node_id != self.node_id or not f.downlink:
             self.rx_other += 1
             return None
@@ -752,12 +789,11 @@ class Node:
                     # changes nothing stored. The reassembly and checks (protocol/nodecal.py) load
                     # for this only, named by a string, and inline here: a module, method or
                     # function name in this file would cost heap at boot (MicroPython's qstrs).
-                    cal = self.cal
+                    cal = self.schedule
                     try:
                         if cal[0] is not None and len(data) > 6 and data[0] == 0 and data[2:6] == cal[0][:4]:
-                            cal[1] = []  # the one it holds: say so, and the gateway stops sending
-                            data = None
-                            self._hello()
+                            cal[1] = []  # the one it holds: say so (below), and the gateway stops sending
+                            data = cal[0]
                         else:
                             data = __import__("protocol.nodecal", None, None, ("join",)).join(cal[1], data, self.kind)
                     except ValueError as e:
@@ -768,10 +804,13 @@ class Node:
                         unload("protocol.nodecal")
                     if data is not None:
                         try:
-                            self.hal.save("cal", data)
-                            cal[0] = data
-                            self._configure_app({})  # the app replans with it
-                            self._hello()
+                            if data is not cal[0]:  # a new one: stored, then the app replans with it
+                                self.hal.save("calendar.bin", data)
+                                cal[0] = data
+                                self._configure_app({})
+                            # EVENT calendar: its hash, a signed 32-bit int (SPEC §5 "Calendars")
+                            v = int.from_bytes(data[:4], "big")
+                            self.event(_EV_CALENDAR, _SEV_INFO, v - 0x100000000 if v > _I32_MAX else v)
                         except OSError as e:  # not stored: not applied either; the gateway sends it again
                             self.last_error = repr(e)
                 if was is not None and was != (r.sf, r.tx_power):  # ADR: on trial until a downlink is heard
@@ -821,7 +860,10 @@ class Node:
         elif cid != fresh_id:
             res, value = _RES_EXPIRED, 0  # stale: at or below the mark, its result forgotten: never run again
         else:
+            had = self.radio.continuous or getattr(self.app, "group", None) is not None
             res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
+            if not had and getattr(self.app, "group", None) is not None:
+                self._spawn(self._receiver())  # joined a multicast group: listen from now on (as in run)
             try:
                 self.store.record_command(cid, res, value)
             except StorageError as e:

@@ -22,7 +22,8 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
                                    to add, optional to update: a new key resets the node's
                                    counters and takes the next key_gen, which a body may
-                                   not set), "name", "site", "lat", "lon", "firmware"};
+                                   not set), "name", "site", "lat", "lon", "firmware",
+                                   "dev_eui" (a LoRaWAN DevEUI, 16 hex digits: ChirpStack)};
                                    saved to the registry file at once, merged with the file as it
                                    is (Registry.change: a node added to it offline is kept, and
                                    known from then on). 201 added, 200 updated.
@@ -51,15 +52,22 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   POST   /groups                   create a group: {"name", "kind" (street|park|district|custom),
                                    "members": [node ids], "title"}; 201, 409 the name is taken,
                                    400 a bad name or kind, or a member not in the registry
-  GET    /groups/{name}            one group
+  GET    /groups/{name}            one group, with "multicast": {"lamps", "provisioned" (lamps holding the
+                                   group key), "addr", "gen", "next_counter", "delivery": {"mode":
+                                   "multicast"|"unicast", "reason"} for a lamp's op} (gateway/multicast.py)
   PUT    /groups/{name}            create (201) or update (200) a group; fields not given are kept
   DELETE /groups/{name}            remove a group (204; its nodes stay registered)
                                    (groups are saved in the registry file by Registry.change)
   POST   /groups/{name}/commands   one COMMAND for every member (201): {"op", "args", "ttl_s"} as
-                                   for a node; unicast fan-out through each member's downlink
-                                   queue; members of a kind the op is not for are "skipped"
-                                   (gateway/groups.py); 400 bad op or arguments, nothing queued
+                                   for a node; by LoRa multicast when every member is a lamp with
+                                   the group key, else unicast fan-out through each member's
+                                   downlink queue ("delivery": {"mode", "reason"}); members of a
+                                   kind the op is not for are "skipped" (gateway/groups.py); 400
+                                   bad op or arguments, nothing queued
   GET    /groups/{name}/commands   the group's commands with their progress counts
+  POST   /groups/{name}/multicast  give the group key to its lamps that lack it (join_group by unicast;
+                                   also done when a group is saved): {"provisioning": {"queued",
+                                   "failed"}, "multicast"}; 409 without a packet forwarder
   GET    /calendars                the calendars compiled ([calendars], gateway/calendar_sync.py)
                                    and per node seen: hash assigned, hash held, in_sync; counters;
                                    404 when off
@@ -75,6 +83,14 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    only), state, attempts, last error
   GET    /groups/{name}/commands/{id}  one group command: per member applied, pending, failed
                                    (with the reason) or skipped, and the counts
+  GET    /requests                 the city's open service requests, read over HTTP from its Open311
+                                   API ([open311] url; gateway/open311_feed.py), each with the
+                                   registered nodes it concerns: {"configured", "source", "fetched",
+                                   "error", "requests": [{service_request_id, status, service_code,
+                                   service_name, description, status_notes, requested_datetime,
+                                   updated_datetime, address, lat, long, lumeau_verdict,
+                                   lumeau_source, reports, nodes: [ids]}]}; {"configured": false}
+                                   without [open311]
 
 Node ids are 8 hex digits (`00a1b2c3`, or with `0x`). Limits: request bodies
 up to MAX_BODY (64 KiB); list endpoints return at most LIST_MAX items.
@@ -117,13 +133,15 @@ from aiohttp import web
 
 from gateway import health, ops
 from gateway.downlinks import DownlinkRejected, Downlinks
-from gateway.groups import GroupCommandError, GroupCommands
+from gateway.groups import REPAIR_AFTER_S, GroupCommandError, GroupCommands
 from gateway.history import History
 from gateway.logs import RateLimiter
 from gateway.metrics import Metrics, snake, upstream_families
 from gateway.model import Downlink, Record
+from gateway.multicast import Multicast
 from gateway.notify import Notifier, redact
 from gateway.notify_rules import Target
+from gateway.open311_feed import RequestsFeed
 from gateway.pipeline import REASONS, Pipeline
 from gateway.registry import (
     Group,
@@ -464,12 +482,15 @@ class Api:
         ui: bool = True,
         silent_after_s: float = health.SILENT_AFTER_S,
         notifier: Notifier | None = None,
+        requests_feed: RequestsFeed | None = None,
+        multicast_repair_s: float = REPAIR_AFTER_S,
         calendars: Any = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
         self.history = history
         self.notifier = notifier
+        self.requests_feed = requests_feed
         self.calendars = calendars  # gateway/calendar_sync.py CalendarSync, None when [calendars] is off
         self.silent_after_s = silent_after_s
         self.registry = registry
@@ -486,7 +507,12 @@ class Api:
         self._runner: web.AppRunner | None = None
         self.started = clock()
         self._web = _load_web() if ui else {}
-        self.groups = GroupCommands(registry, store, downlinks, clock=clock)
+        # multicast through the first transport that can send at any time (a packet forwarder)
+        radio = next((t for t in self.transports if hasattr(t, "transmit_now")), None)
+        self.multicast = Multicast(registry, store, downlinks, radio)
+        self.groups = GroupCommands(
+            registry, store, downlinks, clock=clock, multicast=self.multicast, repair_after_s=multicast_repair_s
+        )
         app = web.Application(middlewares=[self._headers, self._auth], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -514,10 +540,12 @@ class Api:
         r.add_post("/groups/{name}/commands", self.post_group_command)
         r.add_get("/groups/{name}/commands", self.group_commands)
         r.add_get("/groups/{name}/commands/{id}", self.get_group_command)
+        r.add_post("/groups/{name}/multicast", self.post_group_multicast)
         r.add_get("/calendars", self.list_calendars)
         r.add_get("/alarms", self.list_alarms)
         r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
         r.add_get("/notifications", self.list_notifications)
+        r.add_get("/requests", self.list_requests)
         self.app = app
 
     async def start(self) -> None:
@@ -527,11 +555,15 @@ class Api:
         await site.start()
         self.port = self._runner.addresses[0][1]  # the bound one: port 0 picks a free port
         log.info("api listening", extra={"host": self.host, "port": self.port})
+        self.groups.start()  # multicasts still waiting for their unicast repair
 
     async def stop(self) -> None:
+        await self.groups.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.requests_feed is not None:
+            await self.requests_feed.close()
 
     # ------------------------------------------------------------ auth
 
@@ -804,7 +836,19 @@ class Api:
             return refused
         group, old = done
         log.info("group %s", "updated" if old else "added", extra={"group": name, "members": len(group.members)})
-        return web.json_response(group.public(), status=200 if old else 201)
+        out = group.public()
+        if self.multicast.radio is not None and self.multicast.lamps(group):
+            out["provisioning"] = await self.multicast.provision(group)  # the key to its lamps (join_group)
+        return web.json_response(out, status=200 if old else 201)
+
+    async def post_group_multicast(self, request: web.Request) -> web.Response:
+        g = self.registry.group(self._group_name(request))
+        if g is None:
+            return _error(404, "no such group")
+        if self.multicast.radio is None:
+            return _error(409, "no radio that can send at any time (a packet forwarder: [semtech])")
+        done = await self.multicast.provision(g)
+        return web.json_response({"provisioning": done, "multicast": self.multicast.status(g)})
 
     async def list_groups(self, request: web.Request) -> web.Response:
         return web.json_response({"groups": [g.public() for g in self.registry.groups()]})
@@ -824,7 +868,11 @@ class Api:
         g = self.registry.group(self._group_name(request))
         if g is None:
             return _error(404, "no such group")
-        return web.json_response(g.public())
+        kinds = ("lighting",)  # what a lamp's op would take: the group's delivery for set_level
+        mode, why = self.multicast.choose(g, kinds)
+        return web.json_response(
+            {**g.public(), "multicast": {**self.multicast.status(g), "delivery": {"mode": mode, "reason": why}}}
+        )
 
     async def put_group(self, request: web.Request) -> web.Response:
         name = self._group_name(request)
@@ -1092,3 +1140,8 @@ class Api:
                 ],
             )
         return x.text()
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        if self.requests_feed is None:
+            return web.json_response({"configured": False, "requests": []})
+        return web.json_response(await self.requests_feed.snapshot())

@@ -6,16 +6,18 @@ config; the files are gateway/calendars.py's). Per node:
 - the calendar assigned: the first file (in the order configured) that names the node in
   `nodes` or one of its groups in `groups` (the registry's groups, read at each decision),
   else the first file with `default = true` for the node's kind, else none;
-- the calendar the node holds: the hash its HELLO reports (key H_CALENDAR; a node sends a
-  HELLO at boot and each time it stores a calendar), unknown until one is heard;
+- the calendar the node holds: the hash its EVENT calendar reports (EV_CALENDAR, info; a node
+  sends one after its boot's HELLO when it holds a calendar, each time it stores one, and when
+  the first fragment of the one it holds arrives); a HELLO without one following: none;
+  unknown until either is heard;
 - when they differ (or the node's is unknown), all its fragments are queued at once, in order,
   each a CONFIG {CF_SETTINGS: {}, CF_CALENDAR: fragment}, before the downlink queue hears of
   the uplink (like gateway/adr.py), from the BOOT_HOLD-th uplink after a boot's HELLO on (the
   node's first hour is its heap's peak); they leave one per receive window (on LoRa), so no
   store write stands between a later uplink and its answer. A node that already holds the
-  calendar answers the first fragment with a HELLO: the rest is cancelled. So is the rest of a
-  round when the node reboots mid-way (a HELLO with another hash), and a new round starts.
-  After the last fragment, RESEND_AFTER uplinks without a HELLO with the new hash start the
+  calendar answers the first fragment with its EVENT: the rest is cancelled. So is the rest of
+  a round when the node reboots mid-way (a HELLO), and a new round starts.
+  After the last fragment, RESEND_AFTER uplinks without an EVENT with the new hash start the
   round again (a fragment lost on the air), at most ROUNDS_MAX rounds per calendar version.
 
 Nothing here persists: after a restart a node's calendar is unknown again, and the first
@@ -31,11 +33,12 @@ from typing import Any
 
 from gateway.calendars import Compiled
 from gateway.model import Reception, Record
+from protocol import calendar as pc
 from protocol import messages as m
 
 log = logging.getLogger("lumeau.gateway.calendars")
 
-RESEND_AFTER = 3  # uplinks after the last fragment without the node's HELLO confirming
+RESEND_AFTER = 3  # uplinks after the last fragment without the node's EVENT calendar confirming
 # Uplinks after a node's HELLO (its boot) before a first fragment goes: a node's first hour
 # has its heap's peak of the day (bench/README.md, "Calendars"), and a calendar is no hurry.
 BOOT_HOLD = 8
@@ -114,10 +117,14 @@ class CalendarSync:
         cal = self.assigned(nid)
         st.since_hello += 1
         drop: list[Any] = []  # fragments still queued that no longer serve
-        if record.mtype == m.HELLO:
-            st.since_hello = 0  # a boot (or a calendar stored: then nothing is to be sent anyway)
-            held = record.body.get(m.H_CALENDAR)
-            st.held = held if isinstance(held, bytes) else b""
+        if record.mtype == m.HELLO:  # a boot: what it holds comes next, in an EVENT calendar
+            st.since_hello = 0
+            st.held = b""
+            if st.round:  # rebooted mid-way: its reassembly is gone, the round starts again
+                drop = self._queued(st)
+                st.round, st.waited = [], 0
+        elif record.mtype == m.EVENT and record.body.get(0) == m.EV_CALENDAR:
+            st.held = pc.value_hash(record.body.get(2, 0))
             if st.target and st.held == st.target:
                 left = sum(1 for dl in st.round if dl.state != "queued")
                 if left == 1 and len(st.round) > 1:
@@ -128,9 +135,6 @@ class CalendarSync:
                     log.info("calendar applied", extra={"node": f"{nid:08x}", "hash": st.target.hex()})
                 drop = self._queued(st)
                 st.target, st.round, st.rounds = b"", [], 0
-            elif st.round:  # rebooted mid-way: its reassembly is gone, the round starts again
-                drop = self._queued(st)
-                st.round, st.waited = [], 0
         if nid in self._queuing:
             return None
         if cal is None or st.held == cal.hash:
@@ -140,7 +144,7 @@ class CalendarSync:
             st.target, st.round, st.waited, st.rounds = cal.hash, [], 0, 0
         if self._queued(st) or st.since_hello < self.boot_hold:
             return self._run(nid, st, drop, []) if drop else None  # still leaving, or the node just booted
-        if st.round:  # every fragment left: the node's HELLO with the hash should follow
+        if st.round:  # every fragment left: the node's EVENT with the hash should follow
             st.waited += 1
             if st.waited <= RESEND_AFTER or st.rounds + 1 >= ROUNDS_MAX:
                 return self._run(nid, st, drop, []) if drop else None

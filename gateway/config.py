@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway import files
 from gateway.notify_config import NotifyConfig, NotifyConfigError, example_notify, parse_notify
@@ -215,6 +216,11 @@ class DownlinksSection:
     time_airtime_s_per_h: float = opt(
         9.0, "air time per hour automatic TIMEs may use (within the 1 % duty cycle)", _range(0.1, 36.0)
     )
+    multicast_repair_s: float = opt(
+        120.0,
+        "a group multicast's member without an ok CMD_ACK after this many seconds gets it by unicast",
+        _range(0.05, 86400.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -391,6 +397,42 @@ class SemtechSection:
     sources: str = opt("", 'gateway EUI = its source IP, e.g. "aa555a0000000101=192.0.2.10, ..."', _sources)
 
 
+def _mqtt_level(v: Any) -> str | None:
+    if not v:
+        return "required: the ChirpStack application's id (a UUID, in its web interface)"
+    if any(c in v for c in "/+#\0") or len(v) > 128:
+        return f"{v!r} is not one MQTT topic level (no / + # and at most 128 characters)"
+    return None
+
+
+@dataclass(frozen=True)
+class ChirpStackSection:
+    """ChirpStack v4 southbound (gateway/transports/chirpstack.py, SPEC 14): nodes behind a LoRaWAN network."""
+
+    enabled: bool = opt(False, "read uplinks from a ChirpStack v4 application's MQTT integration")
+    host: str = opt("127.0.0.1", "the broker ChirpStack's MQTT integration publishes to", _host)
+    port: int = opt(1883, "the broker's port (8883: MQTT over TLS)", _port)
+    application_id: str = opt("", "the ChirpStack application's id (UUID): application/<id>/device/...")
+    client_id: str = opt("", "MQTT client identifier (a persistent session); empty: lumeau-<application_id>")
+    username_file: Path | None = opt(None, "file holding the broker user name (mode 0600)", kind="path")
+    username: Secret | None = opt(None, "the broker user name itself", kind="credential")
+    password_file: Path | None = opt(None, "file holding the broker password (mode 0600)", kind="path")
+    password: Secret | None = opt(None, "the broker password itself", kind="credential")
+    tls: bool = opt(False, "connect over TLS (the broker's certificate checked against the system's CAs or ca_file)")
+    ca_file: Path | None = opt(None, "PEM file of the CA(s) the broker's certificate must chain to", kind="path")
+    cert_file: Path | None = opt(None, "client certificate (PEM), for brokers that ask for one", kind="path")
+    key_file: Path | None = opt(None, "the client certificate's private key (PEM, mode 0600)", kind="path")
+    keepalive_s: int = opt(60, "MQTT keep-alive", _range(5, 3600))
+    confirmed: bool = opt(
+        False, "send downlinks as LoRaWAN confirmed data (Lumeau's CMD_ACK already confirms end to end)"
+    )
+    max_event_bytes: int = opt(
+        65536, "an event larger than this is refused (counted as oversized)", _range(256, 1 << 24)
+    )
+    backoff_initial_s: float = opt(1.0, "first reconnect delay; doubled per failure, with jitter", _positive)
+    backoff_max_s: float = opt(60.0, "reconnect delay at most", _positive)
+
+
 @dataclass(frozen=True)
 class SerialPortSection:
     port: str = opt("", "device path, e.g. /dev/ttyUSB0 (required)", _nonempty)
@@ -415,6 +457,39 @@ class BleSection:
     max_connections: int = opt(7, "nodes connected at once (adapters manage 7 to 10)", _range(1, 32))
 
 
+def _url_or_empty(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        u = urlsplit(v)
+        u.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError as e:
+        return f"{v!r} is not a URL: {e}"
+    if not u.hostname:
+        return f"{v!r} has no host"
+    return _url(v)
+
+
+@dataclass(frozen=True)
+class Open311Section:
+    """The city's Open311 API, read for the technician page (gateway/open311_feed.py)."""
+
+    url: str = opt(
+        "",
+        "GeoReport v2 endpoint whose open service requests the technician page shows beside the nodes "
+        '(lumeau sink: "http://127.0.0.1:8088/open311/v2"); empty: none',
+        _url_or_empty,
+    )
+    jurisdiction_id: str = opt("", "jurisdiction_id to ask for; empty: the server's default")
+    refresh_s: float = opt(30.0, "read the requests at most this often (every open page shares one read)", _positive)
+    timeout_s: float = opt(10.0, "a read taking longer fails (the page keeps the last list)", _positive)
+    radius_m: float = opt(
+        60.0,
+        "a request that names no node (a server other than lumeau sink) is shown beside the nodes this close",
+        _positive,
+    )
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     path: Path
@@ -431,7 +506,9 @@ class GatewayConfig:
     adr: AdrSection = field(default_factory=AdrSection)
     calendars: CalendarsSection = field(default_factory=CalendarsSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    chirpstack: ChirpStackSection = field(default_factory=ChirpStackSection)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # gateway/notify_config.py
+    open311: Open311Section = field(default_factory=Open311Section)
 
 
 _SECTIONS: dict[str, type] = {
@@ -447,6 +524,8 @@ _SECTIONS: dict[str, type] = {
     "adr": AdrSection,
     "calendars": CalendarsSection,
     "mqtt": MqttSection,
+    "chirpstack": ChirpStackSection,
+    "open311": Open311Section,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
 
@@ -583,6 +662,7 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
     if out["upstream"].backoff_initial_s > out["upstream"].backoff_max_s:
         raise ConfigError(f"{name}: upstream.backoff_initial_s: larger than backoff_max_s")
     out["mqtt"], out["upstream"] = _check_mqtt(out["mqtt"], out["upstream"], data, name, out["gateway"].id)
+    _check_chirpstack(out["chirpstack"], name)
     cal_dir = out["calendars"].dir
     if cal_dir is not None:
         from gateway.calendars import CalendarError, load_dir
@@ -610,37 +690,7 @@ def _check_mqtt(
         why = check_site(mq.site)
         if why:
             raise ConfigError(f"{name}: mqtt.site: empty, and the gateway id {why}; set mqtt.site")
-    if mq.password is not None and mq.username is None:
-        raise ConfigError(f"{name}: mqtt.password: set without a username")
-    if mq.backoff_initial_s > mq.backoff_max_s:
-        raise ConfigError(f"{name}: mqtt.backoff_initial_s: larger than backoff_max_s")
-    if (mq.cert_file is None) != (mq.key_file is None):
-        raise ConfigError(f"{name}: mqtt.cert_file: a client certificate needs both cert_file and key_file")
-    for key in ("ca_file", "cert_file", "key_file"):
-        p = getattr(mq, key)
-        if p is not None and not mq.tls:
-            raise ConfigError(f"{name}: mqtt.{key}: set, but mqtt.tls is false (the file would not be used)")
-        if p is not None and not p.is_file():
-            raise ConfigError(f"{name}: mqtt.{key}: {p} does not exist")
-    if mq.key_file is not None and mq.key_file.stat().st_mode & 0o077:
-        raise ConfigError(
-            f"{name}: mqtt.key_file: {mq.key_file} holds a private key but is accessible to group or others; "
-            f"run: chmod 600 {mq.key_file}"
-        )
-    if mq.tls:
-        import ssl
-
-        try:
-            ctx = ssl.create_default_context(cafile=str(mq.ca_file) if mq.ca_file else None)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"{name}: mqtt.ca_file: not a usable PEM CA file: {e}") from None
-        if mq.cert_file is not None:
-            try:
-                ctx.load_cert_chain(str(mq.cert_file), str(mq.key_file))
-            except (OSError, ssl.SSLError) as e:
-                raise ConfigError(
-                    f"{name}: mqtt.cert_file: the certificate and key_file do not load together: {e}"
-                ) from None
+    _check_broker(mq, "mqtt", name)
     if mq.enabled:
         if data.get("upstream", {}).get("enabled") is True:
             raise ConfigError(
@@ -649,6 +699,49 @@ def _check_mqtt(
             )
         up = dataclasses.replace(up, enabled=False)
     return mq, up
+
+
+def _check_broker(sec: MqttSection | ChirpStackSection, prefix: str, name: str) -> None:
+    """The rules an MQTT client section shares: credentials, backoff, TLS files that load."""
+    if sec.password is not None and sec.username is None:
+        raise ConfigError(f"{name}: {prefix}.password: set without a username")
+    if sec.backoff_initial_s > sec.backoff_max_s:
+        raise ConfigError(f"{name}: {prefix}.backoff_initial_s: larger than backoff_max_s")
+    if (sec.cert_file is None) != (sec.key_file is None):
+        raise ConfigError(f"{name}: {prefix}.cert_file: a client certificate needs both cert_file and key_file")
+    for key in ("ca_file", "cert_file", "key_file"):
+        p = getattr(sec, key)
+        if p is not None and not sec.tls:
+            raise ConfigError(f"{name}: {prefix}.{key}: set, but {prefix}.tls is false (the file would not be used)")
+        if p is not None and not p.is_file():
+            raise ConfigError(f"{name}: {prefix}.{key}: {p} does not exist")
+    if sec.key_file is not None and sec.key_file.stat().st_mode & 0o077:
+        raise ConfigError(
+            f"{name}: {prefix}.key_file: {sec.key_file} holds a private key but is accessible to group or others; "
+            f"run: chmod 600 {sec.key_file}"
+        )
+    if sec.tls:
+        import ssl
+
+        try:
+            ctx = ssl.create_default_context(cafile=str(sec.ca_file) if sec.ca_file else None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"{name}: {prefix}.ca_file: not a usable PEM CA file: {e}") from None
+        if sec.cert_file is not None:
+            try:
+                ctx.load_cert_chain(str(sec.cert_file), str(sec.key_file))
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(
+                    f"{name}: {prefix}.cert_file: the certificate and key_file do not load together: {e}"
+                ) from None
+
+
+def _check_chirpstack(cs: ChirpStackSection, name: str) -> None:
+    _check_broker(cs, "chirpstack", name)
+    if cs.enabled:
+        why = _mqtt_level(cs.application_id)
+        if why:
+            raise ConfigError(f"{name}: chirpstack.application_id: {why}")
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -734,6 +827,27 @@ def example_config() -> str:
         },
         {"username_file", "username", "password_file", "password", "ca_file", "cert_file", "key_file"},
     )
+    out += [
+        '# ChirpStack v4 southbound (gateway/README.md, "ChirpStack"): nodes behind a LoRaWAN network server;',
+        "# each node's DevEUI is its dev_eui in the registry.",
+    ]
+    out += _example_section(
+        "[chirpstack]",
+        ChirpStackSection,
+        {
+            "application_id": '"17c82e96-be03-4f38-aef3-f83d48582d97"',
+            "username_file": '"chirpstack.user"',
+            "username": '"lumeau"',
+            "password_file": '"chirpstack.password"',
+            "password": '"the-broker-password"',
+            "ca_file": '"ca.pem"',
+            "cert_file": '"client.pem"',
+            "key_file": '"client.key"',
+        },
+        {"username_file", "username", "password_file", "password", "ca_file", "cert_file", "key_file"},
+    )
+    out += ["# The city's residents' requests on the technician page, read over HTTP (gateway/README.md):"]
+    out += _example_section("[open311]", Open311Section, {"url": '"http://127.0.0.1:8088/open311/v2"'}, {"url"})
     out += [example_notify()]
     return "\n".join(out).rstrip() + "\n"
 

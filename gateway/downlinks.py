@@ -133,6 +133,7 @@ class Downlinks:
         """`timesync`: the automatic time policy (None: TIME only when queued); it should share `clock`."""
         self.store = store
         self.timesync = timesync
+        self.cmd_ack_listeners: list[Callable[[Record], None]] = []  # told every CMD_ACK committed
         self.registry = registry
         self.default_ttl_s = default_ttl_s
         self.max_attempts = max_attempts
@@ -209,7 +210,8 @@ class Downlinks:
         body = dict(body)
         if mtype == m.COMMAND:
             body[0] = 0  # a placeholder for the check: the store assigns the id
-            body[3] = int(expires)
+            if body.get(1) != m.OP_JOIN_GROUP:  # a join has no expiry on the air: it would not fit 51 B (SPEC)
+                body[3] = int(expires)
         elif mtype == m.CONFIG:
             body[m.CF_EXPIRES] = int(expires)
         elif mtype == m.TIME:
@@ -257,6 +259,8 @@ class Downlinks:
             self._last_rx_at.pop(node_id, None)
         if record.mtype == m.CMD_ACK:
             self._spawn(self._settle_cmd_ack(record))
+            for listener in self.cmd_ack_listeners:  # a multicast's answers (gateway/groups.py)
+                listener(record)
         ack = self.ack_alarms and record.alarm
         auto = None
         ts = self.timesync

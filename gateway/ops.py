@@ -134,10 +134,14 @@ _CATALOGUE: dict[int, tuple[tuple[str, ...], list[dict[str, Any]], tuple[int, in
 
 
 def catalogue() -> list[dict[str, Any]]:
-    """Every op, in op order, as JSON-able data."""
+    """Every op a person may send, in op order, as JSON-able data.
+
+    join_group (a lamp's multicast key, SPEC §5 "Groups") is not one: only the gateway sends
+    it (gateway/multicast.py), so the API refuses it as an unknown op.
+    """
     names = expand.ENUMS[(m.COMMAND, 1)]
     out = []
-    for op in sorted(names):
+    for op in sorted(_CATALOGUE):
         kinds, args, (gmin, gmax), help_ = _CATALOGUE[op]
         out.append(
             {

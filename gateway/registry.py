@@ -17,6 +17,11 @@ node keyed by its id in hex:
     lon = 2.3376
     firmware = "0.1.0"                     # optional: as provisioned
     key_gen = 1                            # written by the gateway and the tools, never by hand
+    dev_eui = "70b3d57ed0000001"           # optional: its LoRaWAN DevEUI (ChirpStack southbound)
+
+`dev_eui` (16 hex digits, unique in the registry) maps a node behind a LoRaWAN
+network server to its node id: the ChirpStack transport (gateway/transports/
+chirpstack.py, SPEC §14) knows devices by DevEUI, frames by node id.
 
 `key_gen` is the node's key generation (SPEC §4, "Re-keying"): 0 for a node
 never re-keyed (and then left out of the file), one more each time its
@@ -94,7 +99,8 @@ KINDS = ("lighting", "irrigation", "bridge")  # protocol.messages KIND_* 1, 2, 3
 TEXT_MAX = 128
 LOCK_WAIT_S = 10.0
 _T = TypeVar("_T")
-_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware", "key_gen")
+_FIELDS = ("kind", "root_key", "name", "site", "lat", "lon", "firmware", "key_gen", "dev_eui")
+DEV_EUI = re.compile(r"[0-9a-f]{16}")
 MAX_KEY_GEN = 0xFFFFFFFF  # re-keyings of one node: never reached; bounds what a file may say
 GROUP_KINDS = ("street", "park", "district", "custom")
 MAX_GROUPS = 1000
@@ -156,6 +162,7 @@ class NodeEntry:
     lon: float | None = None
     firmware: str = ""
     key_gen: int = 0  # key generation: see the module doc
+    dev_eui: str = ""  # LoRaWAN DevEUI, 16 lower-case hex digits; "" for a node not behind LoRaWAN
     keys: NodeKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -184,6 +191,9 @@ class NodeEntry:
         g = self.key_gen
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_KEY_GEN:
             raise RegistryError(f"{where}: key_gen: must be an integer 0..{MAX_KEY_GEN}")
+        if not isinstance(self.dev_eui, str) or (self.dev_eui and not DEV_EUI.fullmatch(self.dev_eui.lower())):
+            raise RegistryError(f"{where}: dev_eui: must be 16 hex digits (the LoRaWAN DevEUI)")
+        self.dev_eui = self.dev_eui.lower()
         self.keys = NodeKeys(self.node_id, self.root_key)
 
     @classmethod
@@ -215,12 +225,13 @@ class NodeEntry:
             lon=d.get("lon"),
             firmware=d.get("firmware", ""),
             key_gen=d.get("key_gen", 0),
+            dev_eui=d.get("dev_eui", ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML table (with the key: only for the registry file)."""
         d: dict[str, Any] = {"kind": self.kind, "root_key": self.root_key.hex()}
-        for name in ("name", "site", "firmware"):
+        for name in ("name", "site", "firmware", "dev_eui"):
             if getattr(self, name):
                 d[name] = getattr(self, name)
         if self.lat is not None:
@@ -440,6 +451,13 @@ class Registry:
                 entries[node_id] = NodeEntry.from_dict(node_id, table)
             except RegistryError as e:
                 raise RegistryError(f"{path}: nodes.{key}: {str(e).split(': ', 1)[1]}") from None
+        eui_of: dict[str, int] = {}
+        for node_id, entry in entries.items():
+            eui = entry.dev_eui
+            if eui:
+                if eui in eui_of:
+                    raise RegistryError(f"{path}: nodes.{node_id:08x}: dev_eui: {eui} is node {eui_of[eui]:08x}'s too")
+                eui_of[eui] = node_id
         reg = cls(path, entries)
         reg._retired = _load_retired(path, data.get("retired", {}))
         groups = data.get("groups", {})
@@ -566,6 +584,10 @@ class Registry:
         old = self._entries.get(entry.node_id)
         if old is None and len(self._entries) >= MAX_NODES:
             raise RegistryError(f"{self.path}: at most {MAX_NODES} nodes")
+        if entry.dev_eui:
+            other = self.dev_euis().get(entry.dev_eui)
+            if other is not None and other != entry.node_id:
+                raise RegistryError(f"node {entry.node_id:08x}: dev_eui: {entry.dev_eui} is node {other:08x}'s")
         if old is not None:
             if old.root_key != entry.root_key:
                 entry.key_gen = max(entry.key_gen, old.key_gen + 1)
@@ -575,6 +597,10 @@ class Registry:
             entry.key_gen = max(entry.key_gen, self._retired.pop(entry.node_id, 0))
         self._entries[entry.node_id] = entry
         return old
+
+    def dev_euis(self) -> dict[str, int]:
+        """DevEUI (16 lower-case hex digits) -> node id, of the nodes that have one."""
+        return {e.dev_eui: n for n, e in self._entries.items() if e.dev_eui}
 
     def remove(self, node_id: int) -> NodeEntry | None:
         """Remove a node (not saved), and take it out of every group; its id's next key

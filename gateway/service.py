@@ -55,6 +55,7 @@ from gateway.downlinks import Downlinks
 from gateway.history import History
 from gateway.model import Reception, Record
 from gateway.notify import Notifier
+from gateway.open311_feed import Place, RequestsFeed
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, RegistryError, file_stamp
 from gateway.store import Store, StoreError
@@ -184,6 +185,8 @@ class Gateway:
                     ui=cfg.api.ui,
                     silent_after_s=cfg.api.silent_after_s,
                     notifier=self.notifier,
+                    requests_feed=self._requests_feed(cfg),
+                    multicast_repair_s=cfg.downlinks.multicast_repair_s,
                     calendars=self.calendars,
                 )
                 await self.api.start()
@@ -313,6 +316,8 @@ class Gateway:
                     trust_time=cfg.gateway.trust_radio_time,
                 )
             )
+        if cfg.chirpstack.enabled:
+            out.append(self._make_chirpstack())
         if cfg.ble.enabled:
             from gateway.transports.ble import BleTransport
 
@@ -327,6 +332,30 @@ class Gateway:
                 )
             )
         return out
+
+    def _make_chirpstack(self) -> Any:
+        """[chirpstack]: uplinks from a ChirpStack application's MQTT integration, DevEUIs from the registry."""
+        from gateway.transports.chirpstack import ChirpstackTransport, RegistryDevices
+        from gateway.upstream_mqtt import tls_context
+
+        c = self.cfg.chirpstack
+        assert self.pipeline is not None
+        return ChirpstackTransport(
+            self.pipeline,
+            c.host,
+            c.port,
+            application_id=c.application_id,
+            devices=RegistryDevices(lambda: self.registry),
+            username=c.username.reveal() if c.username else None,
+            password=c.password.reveal() if c.password else None,
+            tls=tls_context(c.ca_file, c.cert_file, c.key_file) if c.tls else None,
+            client_id=c.client_id,
+            keepalive=c.keepalive_s,
+            confirmed=c.confirmed,
+            backoff_base=c.backoff_initial_s,
+            backoff_max=c.backoff_max_s,
+            max_event_bytes=c.max_event_bytes,
+        )
 
     async def stop(self) -> None:
         """Graceful, in reverse order; safe to call on a half-started gateway."""
@@ -357,6 +386,25 @@ class Gateway:
             await _quietly(self.store.close(), "store")
         self.transports = []
         self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
+
+    def _requests_feed(self, cfg: GatewayConfig) -> RequestsFeed | None:
+        """The city's Open311 requests for the technician page ([open311] url), placed by the registry."""
+        o = cfg.open311
+        if not o.url:
+            return None
+
+        def places() -> list[Place]:
+            reg = self.registry
+            return [] if reg is None else [Place(f"{n.node_id:08x}", n.lat, n.lon) for n in reg]
+
+        return RequestsFeed(
+            o.url,
+            jurisdiction_id=o.jurisdiction_id,
+            refresh_s=o.refresh_s,
+            timeout_s=o.timeout_s,
+            radius_m=o.radius_m,
+            places=places,
+        )
 
     async def _watch_registry(self) -> None:
         """Reload the registry whenever its file changes under the gateway (see the module doc)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 # -- the schema's key lists (firmware/config.py load; firmware/README.md "Config file") --------
@@ -40,10 +41,15 @@ TOP_KEYS = (
     "pins",
     "adc_scale",
     "ble",
+    "release_key",
     "lighting",
     "irrigation",
 )
-RADIO_KEYS = ("type", "freq_hz", "sf", "bw_hz", "cr", "tx_power", "chip", "uart")
+# the last five: radio.type "lorawan" (firmware/radio_lorawan.py), an AT-command LoRaWAN modem on radio.uart
+RADIO_KEYS = (
+    *("type", "freq_hz", "sf", "bw_hz", "cr", "tx_power", "chip", "uart"),
+    *("region", "dev_eui", "join_eui", "app_key", "confirmed"),
+)
 UART_KEYS = ("id", "baud", "tx", "rx")
 BLE_KEYS = ("enabled", "configure", "adv_interval_ms")
 LOCATION_KEYS = ("lat", "lon")
@@ -65,6 +71,12 @@ APP_PINS = {
         "moisture3",
         "moisture4",
         "supply",
+        # latching valves (irrigation.latch_ms > 0): the H-bridge input that closes each valve
+        "master_close",
+        "zone1_close",
+        "zone2_close",
+        "zone3_close",
+        "zone4_close",
     ),
     "bridge": (),
 }
@@ -112,6 +124,9 @@ def zone_settings() -> tuple[str, ...]:
 def check_keys(raw: dict[str, Any]) -> None:
     """Every key of the config is one the node knows, for its kind; else ConfigKeyError."""
     _keys("", raw, TOP_KEYS)
+    rk = raw.get("release_key")
+    if rk is not None and not (isinstance(rk, str) and re.fullmatch(r"[0-9a-fA-F]{64}", rk)):
+        raise ConfigKeyError("release_key: expected 64 hex digits (the public key `lumeau node release-key` prints)")
     kind = raw.get("kind")
     radio = raw.get("radio")
     _keys("radio.", radio, RADIO_KEYS)
@@ -157,6 +172,8 @@ def required_pins(cfg: dict[str, Any], app: dict[str, Any]) -> list[str]:
         if app["rain_sensor"]:
             need.append("rain")
         need += [f"moisture{i + 1}" for i, z in enumerate(app["zones"]) if z["moisture"]]
+        if app.get("latch_ms"):  # a latching valve has a second input: the pulse that closes it
+            need += [f"{p}_close" for p in need if p == "master" or p.startswith("zone")]
     return need
 
 
@@ -214,7 +231,7 @@ def validate(data: bytes | str, require_pins: bool = True) -> dict[str, Any]:
 
 # -- board presets -----------------------------------------------------------------------------
 
-RADIOS = ("lora", "uart")
+RADIOS = ("lora", "uart", "lorawan")
 DEFAULT_RADIO = {"esp32-devkit": "lora", "rp2-pico": "lora", "vboard": "uart"}
 
 # The ESP32 DevKit's pins per kind; the virtual board (simulator/vboard) emulates an ESP32 with
@@ -252,6 +269,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "pins": {"spi": 2, "cs": 5, "reset": 14, "dio0": 4},
             },
             "uart": {"radio": {"type": "uart", "uart": {"id": 2, "baud": 115200, "tx": 17, "rx": 16}}, "pins": {}},
+            "lorawan": {
+                "radio": {"type": "lorawan", "region": "EU868", "uart": {"id": 2, "baud": 115200, "tx": 17, "rx": 16}},
+                "pins": {},
+            },
         },
         "pins": ESP32_PINS,
     },
@@ -262,6 +283,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "pins": {"spi": 0, "cs": 17, "reset": 20, "dio0": 21},
             },
             "uart": {"radio": {"type": "uart", "uart": {"id": 1, "baud": 115200, "tx": 4, "rx": 5}}, "pins": {}},
+            "lorawan": {
+                "radio": {"type": "lorawan", "region": "EU868", "uart": {"id": 1, "baud": 115200, "tx": 4, "rx": 5}},
+                "pins": {},
+            },
         },
         "pins": {
             "lighting": {"lamp": 15, "pir": 14, "lamp_current": 26, "ambient": 27, "supply": 28},
@@ -302,7 +327,7 @@ def preset(board: str, kind: str, radio: str | None = None) -> dict[str, Any]:
         why = " (the virtual board has no SPI devices: its link is UART1, --uart 1=PATH)" if board == "vboard" else ""
         raise PresetError(f"--radio {radio} is not available on {board}: use {', '.join(choices)}{why}")
     r = choices[radio]
-    if kind == "bridge" and radio == "uart":
-        raise PresetError("--radio uart: a bridge is the gateway's LoRa radio; it needs --radio lora")
+    if kind == "bridge" and radio != "lora":
+        raise PresetError(f"--radio {radio}: a bridge is the gateway's LoRa radio; it needs --radio lora")
     pins = {**PRESETS[board]["pins"][kind], **r["pins"]}
     return json.loads(json.dumps({"radio": r["radio"], "pins": pins}))  # a deep copy

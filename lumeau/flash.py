@@ -22,6 +22,8 @@ raw-paste mode every MicroPython port speaks):
    finds it unchanged). A key's counter never restarts at 0 (SPEC §4 "Counter
    persistence"): an erased board, or the file moved to another board, refuses to
    send until re-keyed;
+   then write /ab.json (SPEC §13) naming the flashed release as the one that boots, with its
+   bundle id, and remove the over-the-air release slots /s0 and /s1;
 7. soft-reset in the friendly REPL so boot.py and main.py run, and confirm: on the
    console (no traceback, no "cannot start" within ``settle_s``: the node prints an
    app's exception there) or, with a gateway, by the node's HELLO there (last seen
@@ -65,6 +67,26 @@ if TYPE_CHECKING:  # imported where used: mpremote loads only for a flash
 
 CONFIG_PATH = "config.json"  # on the board: firmware/main.py reads /config.json
 MANAGED_DIRS = ("firmware", "protocol")  # the bundle owns these directories on the board
+AB_STATE = "ab.json"  # the A/B release state (firmware/slots.py, SPEC §13)
+# Runs on the board: remove the over-the-air release slots /s0 and /s1 (a wired flash replaces them).
+WIPE_SLOTS = """
+import os
+def _lumeau_rm(p):
+    try:
+        es = list(os.ilistdir(p))
+    except OSError:
+        return
+    for e in es:
+        q = p + '/' + e[0]
+        if e[1] == 0x4000:
+            _lumeau_rm(q)
+        else:
+            os.remove(q)
+    os.rmdir(p)
+for _s in ('s0', 's1'):
+    _lumeau_rm(_s)
+del _lumeau_rm
+"""
 CHUNK = 1024
 RETRIES = 1
 CONNECT_TIMEOUT_S = 10.0
@@ -269,6 +291,34 @@ class Flasher:
             return ast.literal_eval(out)
         except (ValueError, SyntaxError):
             raise FlashError("transport", f"{self.port}: unexpected answer from the board: {out[:200]!r}") from None
+
+    def run(self, code: str) -> bytes:
+        """Execute code on the board (raw REPL) and return its output; FlashError on failure."""
+        return self._exec(code)
+
+    def evaluate(self, code: str, silent_s: float | None = None) -> Any:
+        """Execute code that prints one Python literal, and return that value.
+
+        silent_s: how long the board may stay silent (mpremote's default is 10 s between two
+        characters: too short for work that prints only at its end, like an update's install).
+        """
+        if silent_s is None:
+            return self._eval(code)
+        import ast
+
+        from mpremote.transport import TransportError
+
+        try:
+            out, err = self._connected().exec_raw(code, timeout=silent_s)
+        except (TransportError, OSError) as e:
+            raise FlashError("transport", f"{self.port}: lost the board: {e}; {RESUME}") from None
+        if err:
+            raise FlashError("transport", f"{self.port}: the board failed: {err.decode(errors='replace')[-300:]}")
+        text = out.decode("utf-8", "replace").strip()
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise FlashError("transport", f"{self.port}: unexpected answer from the board: {text[:200]!r}") from None
 
     def board_info(self) -> dict[str, Any]:
         mpy, platform, version = self._eval(
@@ -682,6 +732,15 @@ def flash(
             write_private(config, fresh_cleared)
             log(f"  {config}: key_fresh cleared (the key is in use on this board; SPEC §4)")
 
+        # The wired release is the one that boots: the A/B state (SPEC §13) names it active with
+        # its bundle id (HELLO key 5), and releases installed over the air before are removed.
+        from lumeau.release import factory_state
+
+        state = factory_state(bundle)
+        if fl.remote_hashes([AB_STATE])[0] != hashlib.sha256(state).hexdigest():
+            fl.write_verified(AB_STATE, state, hashlib.sha256(state).hexdigest())
+            fl._exec(WIPE_SLOTS)
+            log(f"  /{AB_STATE}: the flashed release boots (over-the-air slots cleared)")
         # A flash cut short leaves PATH.part files; at the root one may hold the key.
         stray = [p + ".part" for p, _, _ in wanted if "/" not in p]
         fl._exec("import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n  pass" % (stray,))

@@ -212,6 +212,7 @@ def provision(
     lat: float | None = None,
     lon: float | None = None,
     firmware: str = "",
+    dev_eui: str = "",
     force: bool = False,
     new_registry: bool = False,
     board: str | None = None,
@@ -300,10 +301,26 @@ def provision(
 
     name, site, firmware = keep("name", name) or "", keep("site", site) or "", keep("firmware", firmware) or ""
     lat, lon = keep("lat", lat), keep("lon", lon)
+    dev_eui = keep("dev_eui", dev_eui.lower()) or ""
+    radio_section = (template or {}).get("radio", (preset or {}).get("radio"))
+    if dev_eui and isinstance(radio_section, dict) and radio_section.get("type") == "lorawan":
+        # one DevEUI, two places: the modem joins with it, the gateway maps it to the node
+        given = str(radio_section.get("dev_eui", dev_eui)).lower()
+        if given != dev_eui:
+            raise ProvisionError(f"--dev-eui {dev_eui}: the template's radio.dev_eui is {given}")
+        template = {**(template or {}), "radio": {**radio_section, "dev_eui": dev_eui}}
     data = build_config(node_id, kind, key, template, lat, lon, preset)
     try:
         entry = NodeEntry(
-            node_id=node_id, kind=kind, root_key=key, name=name, site=site, lat=lat, lon=lon, firmware=firmware
+            node_id=node_id,
+            kind=kind,
+            root_key=key,
+            name=name,
+            site=site,
+            lat=lat,
+            lon=lon,
+            firmware=firmware,
+            dev_eui=dev_eui,
         )
     except RegistryError as e:
         raise ProvisionError(str(e)) from None
@@ -343,6 +360,8 @@ def provision(
         body = {"kind": kind, "root_key": key.hex(), "name": name, "site": site, "firmware": firmware}
         if lat is not None:
             body.update(lat=lat, lon=lon)
+        if dev_eui:
+            body["dev_eui"] = dev_eui
         status, answer = api_call(gateway, token, "PUT", f"/nodes/{node_id:08x}", body)
         if status not in (200, 201):
             raise ProvisionError(http_error(status, answer, gateway, f"node {node_id:08x}"))

@@ -68,8 +68,19 @@ def program_action(zone, start_min, minutes):
 
 
 def digest(blob):
-    """A calendar's hash: the first 4 bytes of its SHA-256 (HELLO H_CALENDAR, the first fragment)."""
+    """A calendar's hash: the first 4 bytes of its SHA-256 (EVENT calendar, the first fragment)."""
     return hashlib.sha256(blob).digest()[:HASH_LEN]
+
+
+def hash_value(h):
+    """A calendar's hash as EVENT calendar's value (messages.EV_CALENDAR): a signed 32-bit int."""
+    v = int.from_bytes(h, "big")
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def value_hash(v):
+    """The hash back from EVENT calendar's value."""
+    return (v & 0xFFFFFFFF).to_bytes(4, "big")
 
 
 def fragments(blob):

@@ -15,7 +15,7 @@ FIELDS = {
         (2, "capabilities", None, 1),
         (3, "config_hash", None, 1),
         (4, "reset_cause", None, 1),
-        (5, "calendar_hash", None, 1),
+        (5, "bundle", None, 1),
     ),
     m.LIGHT: (
         (0, "level", "%", 1),
@@ -113,6 +113,7 @@ ENUMS = {
         m.EV_LOW_SUPPLY: "low_supply",
         m.EV_STORAGE_FAULT: "storage_fault",
         m.EV_APP_EXCEPTION: "app_exception",
+        m.EV_CALENDAR: "calendar",
     },
     (m.EVENT, 1): {m.SEV_INFO: "info", m.SEV_WARNING: "warning", m.SEV_ALARM: "alarm", m.SEV_CRITICAL: "critical"},
     (m.CMD_ACK, 1): {
@@ -134,6 +135,7 @@ ENUMS = {
         m.OP_SET_SCHEDULE: "set_schedule",
         m.OP_SET_INTERVAL: "set_interval",
         m.OP_REBOOT: "reboot",
+        m.OP_JOIN_GROUP: "join_group",
     },
 }
 

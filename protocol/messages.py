@@ -28,6 +28,7 @@ COMMAND = 8
 CONFIG = 9
 TIME = 10
 ACK = 11
+GROUP_COMMAND = 15  # a COMMAND body to a group address, multicast (SPEC §5 "Groups"; protocol/groupcast.py)
 
 # Node kinds (HELLO kind).
 KIND_LIGHTING = 1
@@ -79,6 +80,10 @@ EV_WATCHDOG_RESET = 20
 EV_LOW_SUPPLY = 21
 EV_STORAGE_FAULT = 22
 EV_APP_EXCEPTION = 23
+# EV_CALENDAR (info): the node holds a calendar (SPEC §5 "Calendars"); value: its 4-byte hash as a
+# signed 32-bit integer (protocol/calendar.py hash_value); sent at boot, when one is stored, and
+# when the first fragment of the one it holds arrives. Not in HELLO: HELLO has no byte to spare.
+EV_CALENDAR = 24
 # EV_APP_EXCEPTION's value: APP_EXC_TYPES index << 16 | the app's restarts (0xFFFF at most);
 # the index of the exception's type name here, 0 for any other (SPEC §5).
 APP_EXC_TYPES = (
@@ -112,6 +117,7 @@ OP_RAIN_DELAY = 6  # [hours]
 OP_SET_SCHEDULE = 7  # [zone, weekday mask (bit 0 Monday), start min after midnight, minutes, ...]
 OP_SET_INTERVAL = 8  # [report interval s]
 OP_REBOOT = 9  # []
+OP_JOIN_GROUP = 10  # [addr, gen, next, w0..w3] or [addr] (leave): a group key, wrapped (SPEC §5 "Groups")
 
 # set_profile anchors: what a step's offset counts from.
 ANCHOR_SUNSET = 0
@@ -196,7 +202,7 @@ H_KIND = const(1)
 H_CAPS = const(2)
 H_CONFIG_HASH = const(3)
 H_RESET = const(4)
-H_CALENDAR = const(5)
+H_BUNDLE = const(5)
 # LIGHT
 L_LEVEL = const(0)
 L_POWER = const(1)

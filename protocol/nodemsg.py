@@ -34,7 +34,7 @@ TABLE = (
     b"\x02\x00\x00\x02"  # 2 U: capabilities bitmask
     b"\x03\x02\x00\x03"  # 3 B: config hash: first 4 bytes of SHA-256 of the config
     b"\x04\x00\x00\x04"  # 4 U: reset cause
-    b"\x05\x02\x00\x03"  # 5 B: calendar hash: first 4 bytes of SHA-256 of the stored calendar
+    b"\x05\x02\x00\x14"  # 5 B: bundle id: first 3 bytes of the running release's (SPEC §13)
     # LIGHT (2), 7 fields
     b"\x02\x07"
     b"\x00\x00\x00\x05"  # 0 U: level %
@@ -88,7 +88,7 @@ TABLE = (
     b"\x00\x0d\x10\x06"  # 0 M required: partial config: CFG_* -> value (at most 16)
     b"\x01\x00\x00\x06"  # 1 U: expires, Unix s (0: never)
     b"\x02\x02\x00\x13"  # 2 B: a commissioning session's nonce (BLE tool only)
-    b"\x03\x02\x00\x14"  # 3 B: a calendar fragment: index, total, part (protocol/nodecal.py)
+    b"\x03\x02\x00\x15"  # 3 B: a calendar fragment: index, total, part (protocol/nodecal.py)
     # TIME (10), 4 fields
     b"\x0a\x04"
     b"\x00\x08\x00\x06"  # 0 U required: Unix time, s
@@ -122,7 +122,8 @@ RANGES = (
     1, 0xFF,  # 17
     0, 999,  # 18
     8, 8,  # 19
-    3, 26,  # 20
+    3, 3,  # 20
+    3, 26,  # 21
 )  # fmt: skip
 
 

@@ -178,6 +178,25 @@ class Air:
         self.loop.call_at(dl.end_us / 1e6, self._settle)
         return dl
 
+    def multicast(self, site: str, node_ids: list[int], frame: bytes, sf: int, freq_hz: int) -> int:
+        """A gateway's multicast, sent now (LoRa class C): one transmission, a copy per listening node.
+
+        Returns how many nodes it was put on the air for; DownlinkError when the gateway could not
+        send it (down, busy, duty cycle). Only a node whose radio listens then hears it (a member's
+        receiver, firmware/runtime.py)."""
+        start_ms = self.now_us() / 1000 + 1.0
+        try:
+            dls = self.channel.multicast(site, list(node_ids), start_ms, len(frame), sf, freq_hz, bytes(frame))
+        except ValueError as e:
+            raise DownlinkError("no_route", str(e)) from None
+        if dls and dls[0].refused is not None:
+            raise DownlinkError(_REFUSALS.get(dls[0].refused, dls[0].refused))
+        for dl in dls:
+            self.add_downlink(dl.node_id, dl)
+        if dls:
+            self.loop.call_at(dls[0].end_us / 1e6, self._settle)
+        return len(dls)
+
     def add_downlink(self, node_id: int, dl: Any) -> None:
         """A downlink on its way to the node (a ch.Downlink, or what a parallel run's worker is handed)."""
         self._pending.setdefault(node_id, []).append(dl)

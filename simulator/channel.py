@@ -626,12 +626,15 @@ class Channel:
         sf: int,
         freq_hz: int,
         payload: bytes | None = None,
+        shared: bool = False,
     ) -> Downlink:
         """A gateway sends a frame to a node at start_ms (its receive window).
 
         Refused when the gateway is down, already transmitting then, or its
         sub-band is closed by the duty cycle. The uplinks the gateway was
-        receiving during the transmission are lost (half duplex).
+        receiving during the transmission are lost (half duplex). `shared`:
+        another node's copy of a multicast already sent (accounted once, by the
+        first copy; `multicast`).
         """
         self._check(length, sf)
         g = self._gw(gateway)
@@ -648,16 +651,19 @@ class Channel:
             return self._refuse(dl, REFUSED_TOO_LONG)
         air = self.airtime_us(length, sf)
         end = start + air
-        g.tx = [d for d in g.tx if d.end_us > self._clock]
-        for d in g.tx:
-            if d.start_us < end and d.end_us > start:
-                return self._refuse(dl, REFUSED_BUSY)
-        if g.dc.wait_ms(start_ms, band) > 0:
-            return self._refuse(dl, REFUSED_DUTY_CYCLE)
         dl.end_us = end
-        g.dc.record(start_ms, air / 1000, band)
-        g.tx.append(dl)
-        self._count("downlinks")
+        if not shared:
+            g.tx = [d for d in g.tx if d.end_us > self._clock]
+            for d in g.tx:
+                if d.start_us < end and d.end_us > start:
+                    dl.end_us = dl.start_us
+                    return self._refuse(dl, REFUSED_BUSY)
+            if g.dc.wait_ms(start_ms, band) > 0:
+                dl.end_us = dl.start_us
+                return self._refuse(dl, REFUSED_DUTY_CYCLE)
+            g.dc.record(start_ms, air / 1000, band)
+            g.tx.append(dl)
+            self._count("downlinks")
         # Half duplex: whatever this gateway is receiving across [start, end) is lost.
         for act in g.active.values():
             for o_end, _o_rssi, o_h in act:
@@ -683,6 +689,8 @@ class Channel:
         for o in lst:
             if not (o.start_us < end and o.end_us > start):
                 continue
+            if o.gateway == dl.gateway and o.start_us == start:
+                continue  # another node's copy of the same multicast: one transmission
             earlier, later = (o, dl) if o.start_us <= start else (dl, o)
             if earlier.end_us <= later.start_us + (p.preamble - p.lock_symbols) * self._sym[sf]:
                 continue
@@ -699,6 +707,26 @@ class Channel:
         lst.append(dl)
         node.rx.append(dl)
         return self._schedule(dl)
+
+    def multicast(
+        self,
+        gateway: str | int,
+        node_ids: list[int],
+        start_ms: float,
+        length: int,
+        sf: int,
+        freq_hz: int,
+        payload: bytes,
+    ) -> list[Downlink]:
+        """One transmission heard by every node of `node_ids` (LoRa multicast): a copy per node, each
+        with its own reception; the gateway's duty cycle and airtime count it once."""
+        out: list[Downlink] = []
+        for i, n in enumerate(node_ids):
+            dl = self.downlink(gateway, n, start_ms, length, sf, freq_hz, payload, shared=i > 0)
+            if i == 0 and dl.refused is not None:
+                return [dl]
+            out.append(dl)
+        return out
 
     def _dl_power(self, node: _Node, gi: int, sigma: float) -> float:
         mean = self.params.gateway_tx_power_dbm - node.loss[gi] - node.link_shadow[gi]

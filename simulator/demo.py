@@ -20,7 +20,7 @@ What happens, in order:
 4. the services are stopped cleanly (SIGTERM, their exit statuses
    checked), and the figures are read back from the sink;
 5. (before 3) a calendar event is written for the gateway to send: a named
-   evening on the first street (simulator/demo_calendar.py), lights off
+   evening on the second street (simulator/demo_calendar.py), lights off
    around a light show; after the run, the lamps that took it (the
    gateway's log) and the energy it changed go into the summary and
    `results.json` (`calendar_event`);
@@ -173,6 +173,11 @@ def run_demo(
         channels_mhz=tuple(f / 1e6 for f in scenario.radio.channels_hz),
         bw_hz=scenario.radio.params.bw_hz,
     )
+    from simulator.demo_group import GroupProbe
+
+    probe = GroupProbe.for_scenario(scenario)  # one group command to the first street, through the API
+    if probe is not None:
+        link.probes.append(probe)
     from simulator.demo_calendar import write_event
 
     event = write_event(scenario, out)  # the gateway sends it to a street's lamps (simulator/demo_calendar.py)
@@ -197,6 +202,9 @@ def run_demo(
     _say("")
     _say(results.summary())
     _say(live_summary(doc))
+    if probe is not None:
+        doc["group_command_live"] = probe.section()
+        _say(probe.summary())
     _ledger(scenario, out, doc)
     _residents(scenario, out, doc)
     _calendar(scenario, out, doc, event)

@@ -2,11 +2,12 @@
 
 `make demo` writes a lighting calendar into the run's `calendars/` directory before the run
 (simulator/services.py makes it the gateway's `[calendars] dir`): on the local date of the
-run's first evening, the lamps of the scenario's first street take the "show" profile, as Lyon
+run's first evening, the lamps of the scenario's second street (the first takes the demo's
+group command) take the "show" profile, as Lyon
 does around the installations of the Fête des Lumières: full power at sunset, off an hour
 later, back at 30 % an hour after the night's midpoint, then the node's usual last steps. The
 gateway compiles it, sends it to those lamps as CONFIG fragments in their receive windows and
-hears each one report the new hash in a HELLO (gateway/calendar_sync.py); the nodes (the real
+hears each one report the new hash in an EVENT calendar (gateway/calendar_sync.py); the nodes (the real
 firmware) follow it that night.
 
 After the run, `event_report` reads the gateway's own log for the nodes that reported the
@@ -29,8 +30,9 @@ PROFILE = [["sunset", 0, 100], ["sunset", 60, 0], ["midnight", 60, 30], ["sunris
 
 
 def write_event(scenario: Any, out: Path) -> dict[str, Any]:
-    """Write the event's calendar for the first street's lamps; what it is, for the report."""
-    street = scenario.streets[0]
+    """Write the event's calendar for the second street's lamps; what it is, for the report."""
+    # the second street: the demo's group command goes to the first (simulator/demo_group.py)
+    street = scenario.streets[1] if len(scenario.streets) > 1 else scenario.streets[0]
     lamps = [n for n in scenario.lamps if n.street == street.id]
     tz = scenario.location.tz
     start = dt.datetime.fromtimestamp(scenario.start_unix, tz)
@@ -66,7 +68,7 @@ def _night_wh(scenario: Any, lamp: Any, date: dt.date, held: bytes | None) -> fl
     noon = int(dt.datetime.combine(date, dt.time(12), dt.UTC).timestamp())
 
     class Node:
-        cal: list[Any] = [held, []]
+        schedule: list[Any] = [held, []]
 
     app = Lighting(
         {"location": {"lat": lamp.lat, "lon": lamp.lon}, "lighting": {}},

@@ -268,6 +268,7 @@ class Simulation:
         self.clock_watch = ClockWatch(lambda: self.clock.t, drift)
         ctx = LinkContext(infos, sc.gateways, sc.start_unix, self.unix, self.air.downlink, workdir)
         ctx.adr = None if sc.adr is None else dict(sc.adr)
+        ctx.multicast = self.air.multicast
         return ctx
 
     def _boot(self, sn: SimNode, cause: int, old: WorldHAL | None = None, lost: bool = False) -> None:

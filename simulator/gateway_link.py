@@ -99,6 +99,9 @@ class LinkContext:
         self.downlink = downlink
         self.workdir = workdir  # a private temporary directory (pathlib.Path)
         self.adr: dict[str, Any] | None = None  # the scenario's [adr] policy (gateway.adr.Adr arguments); None: off
+        # multicast(site_id, node_ids, frame, sf, freq_hz) -> copies on the air, or raises DownlinkError:
+        # a frame sent at once to every listening node (simulator/air.py `multicast`); None: not offered
+        self.multicast: Callable[..., int] | None = None
 
 
 class GatewayLink(Protocol):

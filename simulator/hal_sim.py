@@ -86,6 +86,21 @@ HISTORY_MAX = 20000  # output changes kept in SimHAL.history (oldest half droppe
 SETTLE_MAX = 100000  # run-queue yields per step before StepClock gives up (a busy loop)
 
 
+class SimSleep(BaseException):
+    """Raised by SimHAL.deepsleep(): the node's program ends there, as on a board.
+
+    The caller boots the node again later (a new SimHAL with reset_cause
+    RST_DEEPSLEEP, the old one's `storage` and `rtc`, `carry_clock(old)` and
+    `wake` set to what woke it): firmware/battery.py.
+    """
+
+    def __init__(self, ms: int, flow: bool, rain: bool) -> None:
+        super().__init__("simulated deep sleep, %d ms" % ms)
+        self.ms = ms
+        self.flow = flow
+        self.rain = rain
+
+
 class SimReset(BaseException):
     """Raised by SimHAL.reset(): unwinds the node like a board reset would.
 
@@ -298,6 +313,13 @@ class SimHAL(HAL):
         self.bitten_at: int | None = None
         self.resets = 0
         self.time_sets = 0
+        # battery nodes: RTC memory (pass the old HAL's dict on a deep-sleep wake), what woke the
+        # node (firmware/hal_battery.py: 0 timer, 1 flow, 2 rain), the last deepsleep's arguments
+        self.rtc: dict[str, bytes] = {}
+        self.wake = 0
+        self.slept: tuple[int, bool, bool] | None = None
+        self.valve_pulses = 0
+        self.pulse_ms = 0
 
     # -- time ---------------------------------------------------------------
 
@@ -486,6 +508,33 @@ class SimHAL(HAL):
         if self.on_reset is not None:
             self.on_reset(_m.RST_SOFT)
         raise SimReset(_m.RST_SOFT)
+
+    # -- battery nodes (firmware/hal_battery.py is the board's) ----------------------------------
+
+    def deepsleep(self, ms: int, flow: bool = False, rain: bool = False) -> None:
+        """Record the sleep (`slept`) and raise SimSleep: the node's run ends here."""
+        self.slept = (ms, flow, rain)
+        raise SimSleep(ms, flow, rain)
+
+    def wake_reason(self) -> int:
+        return self.wake
+
+    def rtc_save(self, data: bytes) -> None:
+        self.rtc["mem"] = bytes(data)
+
+    def rtc_load(self) -> "bytes | None":
+        return self.rtc.get("mem")
+
+    def pulse_out(self, name: str, ms: int) -> None:
+        """One coil pulse of a latching valve: the simulated valve takes the position it drives
+        ("zone1" opens, "zone1_close" closes: the output `zone1` shows 1 or 0); counted in
+        `valve_pulses` (and `pulse_ms`) for the energy model."""
+        self.valve_pulses += 1
+        self.pulse_ms += ms
+        if name.endswith("_close"):
+            self._out(self.pins, name[:-6], 0)
+        else:
+            self._out(self.pins, name, 1)
 
     def free_heap(self) -> int:
         return self.heap_free

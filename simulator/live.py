@@ -173,6 +173,7 @@ class LiveGateway:
         self._poller: threading.Thread | None = None
         self._poll_error: str | None = None
         self._failed: ServiceError | None = None
+        self.probes: list[Any] = []  # polled with the API: poll(api, virtual Unix s) (simulator/demo_group.py)
 
     def __repr__(self) -> str:
         return f"LiveGateway({self.workdir}, speed={self.speed}, fronts={list(self.fronts)})"
@@ -193,6 +194,7 @@ class LiveGateway:
                     self._resolve,
                     bw_hz=self.bw_hz,
                     channels_hz=self.channels_hz,
+                    immediate=self._immediate,
                 )
         # Blocking here is right: the simulated clock stands still until the services are up.
         self.services = svc = Services(self.workdir, ctx.nodes)
@@ -295,6 +297,8 @@ class LiveGateway:
                     doc = svc.api.json("/commands?state=queued,sent&limit=1000")
                     nodes = frozenset(int(c["node"], 16) for c in doc.get("commands", []))
                 self._open_nodes = nodes
+                for p in self.probes:
+                    p.poll(svc.api, self.ctx.unix_now() if self.ctx is not None else 0.0)
             except (OSError, ValueError, KeyError) as e:  # the gateway stopping, a slow answer: next time
                 self._poll_error = str(e)[:200]
 
@@ -378,6 +382,21 @@ class LiveGateway:
         self.counts["holds"] += 1
         self.counts["holds_answered" if w.answered else "holds_unanswered"] += 1
         self.holds_real_s += time.monotonic() - t0
+
+    def _immediate(self, site: str, raw: bytes, freq_hz: int, sf: int) -> str | None:
+        """A forwarder told to send at once (a multicast, SPEC §5 "Groups"): a copy for every lamp on the air;
+        the lamps that listen all the time (group members) hear it. None (on the air) or why not."""
+        ctx = self.ctx
+        if ctx is None or ctx.multicast is None:
+            return "bad_request"
+        lamps = [n.node_id for n in ctx.nodes if n.kind == "lighting"]
+        try:
+            ctx.multicast(site, lamps, raw, sf, freq_hz)
+        except DownlinkError as e:
+            self.counts[f"multicasts_{e.reason}"] += 1
+            return e.reason
+        self.counts["multicasts_on_air"] += 1
+        return None
 
     def _resolve(self, site: str, tmst: int, node_id: int, raw: bytes) -> str | None:
         """A front-end got a downlink for RX1 at its time `tmst`: on the air, or why not (a DownlinkError reason)."""

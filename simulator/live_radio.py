@@ -46,6 +46,7 @@ import errno
 import json
 import os
 import random
+import re
 import socket
 import time
 import tty
@@ -88,6 +89,7 @@ _TX_ACK = {
 
 # resolve(site, front-end time of the RX1 window, node id, frame) -> None (on the air) or a DownlinkError reason
 Resolver = Callable[[str, int, int, bytes], str | None]
+_DATR = re.compile(r"^SF(\d+)BW\d+$")
 
 
 def _snr_q(snr_db: float) -> int:
@@ -270,13 +272,21 @@ class PacketForwarder:
     kind = "udp"
 
     def __init__(
-        self, site: str, eui: bytes, resolve: Resolver, *, bw_hz: int = 125000, channels_hz: tuple[int, ...] = ()
+        self,
+        site: str,
+        eui: bytes,
+        resolve: Resolver,
+        *,
+        bw_hz: int = 125000,
+        channels_hz: tuple[int, ...] = (),
+        immediate: Callable[[str, bytes, int, int], str | None] | None = None,
     ) -> None:
         if len(eui) != 8:
             raise ValueError("a forwarder EUI is 8 bytes")
         self.site = site
         self.eui = eui
         self.resolve = resolve
+        self.immediate = immediate  # immediate(site, frame, freq Hz, sf): a txpk with `imme` (a multicast)
         self.bw_hz = bw_hz
         self.channels_hz = tuple(channels_hz)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -403,12 +413,17 @@ class PacketForwarder:
         try:
             txpk = json.loads(data[4:])["txpk"]
             raw = base64.b64decode(txpk["data"])
-            tmst = int(txpk["tmst"])
-            if txpk.get("imme"):
-                why: str | None = "bad_request"  # nodes only listen in their windows
-            elif not self.up:
+            why: str | None
+            if not self.up:
                 why = "busy"
+            elif txpk.get("imme"):  # sent at once: only a node that listens all the time hears it (multicast)
+                datr = _DATR.match(str(txpk.get("datr", "")))
+                if self.immediate is None or datr is None:
+                    why = "bad_request"
+                else:
+                    why = self.immediate(self.site, raw, int(round(float(txpk["freq"]) * 1e6)), int(datr.group(1)))
             else:
+                tmst = int(txpk["tmst"])
                 node = _node_of(raw)
                 why = "bad_request" if node is None else self.resolve(self.site, tmst & U32, node, raw)
             error = _TX_ACK.get(why, "TX_FREQ")

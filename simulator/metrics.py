@@ -77,7 +77,7 @@ from typing import Any
 
 from protocol import expand, frame, lora
 from protocol import messages as m
-from simulator import adr_results
+from simulator import adr_results, group_delivery
 
 FRAME_BUDGET = lora.max_payload(12)  # 51 bytes: the smallest EU868 payload budget
 LATENCY_BINS_S = (0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -218,6 +218,13 @@ class Results:
                 f"  adr: {hist(a['sf_before'])} -> {hist(a['sf_after'])}; airtime saved {a['airtime_saved_pct']:.1f} %"
                 f"; DER {a['der']:.3f} (first quarter {a['der_first_quarter']}, last {a['der_last_quarter']})"
             )
+        if s.get("battery"):
+            from simulator.energy import lines as battery_lines
+
+            lines += battery_lines(s["battery"])
+        gc = s.get("group_command")
+        if gc is not None:
+            lines += group_delivery.summary_lines(gc)
         sp = s.get("spread")
         if sp:
             lines += spread_lines(sp)
@@ -587,12 +594,53 @@ def build(
         "clock": None,
         "series": series,
     }
+    if sc.battery is not None:
+        sections["battery"] = battery_section(sim)
     watch = getattr(sim, "clock_watch", None)
     if watch is not None:
         sections["clock"] = watch.section(report.counters)
     if sc.adr is not None:
         sections["adr"] = adr_results.section(sim, report, series)
+    if sc.group_command is not None:
+        sections["group_command"] = group_delivery.simulate(sc.group_command)
     return Results(sections)
+
+
+def battery_inputs(sn: Any) -> tuple[int, float, int, bool, int]:
+    """What the energy model needs of a controller that only its process knows: watering runs,
+    seconds a valve was open, valve moves, a flow meter fitted, its receive window (ms)."""
+    w = sn.world
+    flow = bool(json.loads(sn.cfg_bytes)["irrigation"].get("flow_meter", 1))
+    return (w.runs, w.valve_open_s(), w.valve_moves, flow, sn.radio.rx_window_ms())
+
+
+def battery_section(sim: Any) -> dict[str, Any]:
+    """Battery irrigation controllers: mAh per day and projected life (simulator/energy.py)."""
+    from simulator import energy
+
+    sc = sim.sc
+    acts = {}
+    tx_dbm = float(sc.radio.params.tx_power_dbm)
+    for name, sn in sim.nodes.items():
+        if sn.spec.kind != "irrigation":
+            continue
+        # a parallel run's workers send these (simulator/parallel.py); else the node is here
+        runs, open_s, moves, flow, rx_ms = getattr(sn, "battery_inputs", None) or battery_inputs(sn)
+        st = sim.air.nodes.get(sn.spec.node_id)
+        acts[name] = energy.Activity(
+            seconds=sc.duration_s,
+            uplinks=st.uplinks if st is not None else 0,
+            airtime_s=sim.channel.airtime_used_ms(sn.spec.node_id) / 1000.0,
+            rx_window_s=rx_ms / 1000.0,
+            runs=runs,
+            open_s=open_s,
+            valve_moves=moves,
+            flow_meter=flow,
+            tx_power_dbm=tx_dbm,
+        )
+    b = energy.section(acts, sc.battery)
+    b["figures"]["tx_ma_at_power"] = {"dbm": tx_dbm, "ma": round(energy.tx_ma(tx_dbm), 1)}
+    return b
 
 
 def path_loss_section(model: Any) -> dict[str, Any]:

@@ -227,6 +227,11 @@ class _Worker(Simulation):
             "fault_shown": dict(self.fault_shown),
             "hourly": self.node_hourly,
             "crashes": list(self.crashes),
+            "battery": {
+                name: metrics.battery_inputs(sn) for name, sn in self.nodes.items() if sn.spec.kind == "irrigation"
+            }
+            if self.sc.battery is not None
+            else {},
             "cpu_s": time.process_time(),
         }
         await self.stop_nodes()
@@ -260,6 +265,10 @@ class _CoordAir(Air):
         self.held: set[int] = set()  # id() of uplinks whose node waits before RX1
         self.outgoing: dict[int, list[Any]] = {}
         self.too_late = 0
+
+    def multicast(self, site: str, node_ids: list[int], frame: bytes, sf: int, freq_hz: int) -> int:
+        # the copies would have to reach every worker's nodes at once: not offered in a split run
+        raise DownlinkError("bad_request", "multicast is not simulated in a run split over workers")
 
     def downlink(self, site: str, node_id: int, frame: bytes, uplink: ch.Uplink) -> ch.Downlink:
         if id(uplink) not in self.held:
@@ -463,6 +472,7 @@ def _merge(coord: _Coordinator, results: list[dict[str, Any]]) -> tuple[_View, d
             stub.spec = spec
             stub.boots = d["boots"]
             stub.radio = type("Radio", (), {"band": d["band"]})()
+            stub.battery_inputs = r["battery"].get(name)  # type: ignore[attr-defined]
             nodes[name] = stub
             by_id[spec.node_id] = stub
         for nid, (uplinks, refused, frames, reports, dl_ok) in r["air"].items():

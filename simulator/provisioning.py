@@ -102,6 +102,9 @@ def firmware_config(sc: Scenario, node: LampNode | IrrigationNode, freq_hz: int)
             "zones": zones,
             "schedule": [[z.number, mask, start_std, minutes] for z in node.zones],
         }
+        if sc.battery is not None:  # deep sleep between events, latching valves (firmware/battery.py)
+            cfg["irrigation"].update(battery=1, latch_ms=int(sc.battery["latch_ms"]))
+            cfg["status_interval_s"] = int(sc.battery["status_interval_s"])
     return _merge(cfg, settings.firmware)
 
 

@@ -187,6 +187,7 @@ def render_html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "<h2>Totals: the platform against the nodes</h2>",
         _totals_table(to),
         *_clock_section(results.get("clock")),
+        *_group_section(results.get("group_command_live"), results.get("group_command")),
         *_platform_section(results.get("platform_ledger"), results.get("resident_reports")),
         *_calendar_section(results.get("calendar_event")),
         "<h2>The gateway</h2>",
@@ -368,6 +369,40 @@ def _clock_section(ck: dict[str, Any] | None) -> list[str]:
     return ["<h2>Clocks</h2>", f"<table>{cells}</table>"]
 
 
+def _group_section(live: dict[str, Any] | None, model: dict[str, Any] | None) -> list[str]:
+    """The demo's group command through the live gateway, and the model's unicast against multicast."""
+    if not live and not model:
+        return []
+
+    def t(v: float | None) -> str:
+        return "not reached" if v is None else f"{v / 60:.1f} min"
+
+    rows = []
+    if live and live.get("delivery"):
+        d, p = live["delivery"], live.get("progress") or {}
+        rows += [
+            (
+                "group",
+                f"{live['street']} ({live['members']} lamps): set_level 100 % for 2 h at {live['sent_at_h']:g} h",
+            ),
+            ("delivery chosen by the gateway", f"{d['mode']} ({d['reason']})"),
+            ("95 % / 100 % applied after", f"{t(live['applied_95_s'])} / {t(live['applied_100_s'])}"),
+            ("at the end", ", ".join(f"{k} {v}" for k, v in p.items())),
+            ("repaired by unicast (missed by the multicast)", str(live.get("repaired_by_unicast", 0))),
+        ]
+    if model:
+        for mode in ("unicast", "multicast"):
+            r = model[mode]
+            rows.append(
+                (
+                    f"model, {model['members']} lamps, {mode}: 95 % / 100 % applied",
+                    f"{t(r['applied_95_s'])} / {t(r['applied_100_s'])} ({r['downlinks']} downlinks)",
+                )
+            )
+    cells = "".join(f"<tr><td>{_e(k)}</td><td class=n>{_e(v)}</td></tr>" for k, v in rows)
+    return ["<h2>Group command</h2>", f"<table>{cells}</table>"]
+
+
 MAIN_COUNTERS = (
     "received",
     "accepted",
@@ -495,7 +530,7 @@ def _calendar_section(r: dict[str, Any] | None) -> list[str]:
         f"({r['calendar_bytes']} B, hash <code>{_e(r['calendar_hash'])}</code>) and sent it to the lamps of "
         f"<code>{_e(r['street'])}</code> as {r['fragments_per_node']} CONFIG fragments each in their receive "
         f"windows ({r['fragments_queued']} queued in all); {len(r['applied'])} of {len(r['nodes'])} lamps "
-        "reported it back in a HELLO (the gateway's log)"
+        "reported it back in an EVENT calendar (the gateway's log)"
         + (f"; not (yet): {_e(', '.join(missing))}" if missing else "")
         + ".</p>",
         "<table><tr><th>that night, those lamps</th><th>kWh</th></tr>"

@@ -51,6 +51,7 @@ from protocol import lora
 from simulator import channel as ch
 from simulator import soil as soil_mod
 from simulator.faults import KINDS, FaultError, FaultSchedule, parse_duration
+from simulator.group_delivery import GroupCommandSettings
 from simulator.weather import CLIMATES, RainEvent, Weather
 from simulator.wording import did_you_mean, duration_text, show
 
@@ -245,6 +246,10 @@ class Scenario:
     output: Output
     warnings: tuple[str, ...] = ()
     adr: Mapping[str, Any] | None = None  # [adr]: the gateway's ADR policy (Adr keyword arguments); None = off
+    # [battery]: the irrigation controllers run on a cell (firmware/battery.py); the energy model's
+    # settings (simulator/energy.py DEFAULTS); None = mains
+    battery: Mapping[str, Any] | None = None
+    group_command: GroupCommandSettings | None = None  # [group_command]: unicast vs multicast (group_delivery.py)
 
     @property
     def start_unix(self) -> float:
@@ -624,6 +629,8 @@ def _build(top: _Table) -> Scenario:
 
     radio = _radio(top.sub("radio"))
     adr = _adr(top.sub("adr"))
+    battery = _battery(top.sub("battery"), "battery" in top.data)
+    group_command = _group_command(top.sub("group_command"), seed, duration_s) if top.has("group_command") else None
 
     gateways: list[ch.GatewaySite] = []
     for g in top.array("gateways"):
@@ -831,6 +838,8 @@ def _build(top: _Table) -> Scenario:
         output,
         tuple(warnings),
         adr,
+        battery,
+        group_command,
     )
 
 
@@ -849,6 +858,37 @@ def _adr(t: _Table) -> dict[str, Any] | None:
     except (ValueError, TypeError) as e:
         raise t.err("enabled", f"bad ADR policy: {e}") from None
     return kw if enabled else None
+
+
+def _battery(t: _Table, present: bool) -> dict[str, Any] | None:
+    """[battery]: battery irrigation controllers and the energy model's settings (simulator/energy.py)."""
+    from simulator import energy
+
+    p = dict(energy.DEFAULTS)
+    p["mcu"] = t.get("mcu", "str", p["mcu"], _oneof(energy.MCUS))
+    for k, (lo, hi) in energy.RANGES.items():
+        kind = "int" if isinstance(energy.DEFAULTS[k], int) else "float"
+        p[k] = t.get(k, kind, p[k], _in(lo, hi))
+    t.done()
+    return p if present else None
+
+
+def _group_command(t: _Table, seed: int, duration_s: float) -> GroupCommandSettings:
+    """[group_command]: one street commanded by unicast and by multicast (simulator/group_delivery.py)."""
+    g = GroupCommandSettings(
+        members=t.get("members", "int", 60, _in(2, 1000)),
+        at_s=t.get("at", "duration", 3600.0, _span(0, duration_s)),
+        args=(t.get("level", "int", 100, _in(0, 100)), int(t.get("hold", "duration", 7200.0, _span(1, 86400)))),
+        sf=t.get("sf", "int", 9, _in(7, 12)),
+        multicast_sf=t.get("multicast_sf", "int", 9, _in(7, 12)),
+        report_s=t.get("report_interval", "duration", 900.0, _span(10, 86400)),
+        loss=t.get("loss", "float", 0.05, _in(0.0, 0.9)),
+        repair_after_s=t.get("repair_after", "duration", 120.0, _span(10, 86400)),
+        seed=seed,
+        runs=t.get("runs", "int", 21, _in(1, 1000)),
+    )
+    t.done()
+    return g
 
 
 def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationNode:

@@ -264,6 +264,11 @@ class ControllerWorld:
         self._affected = [False] * len(node.zones)
         self._soil_t = world.start
         self.valves = 0  # zone bits as the node drives them
+        # battery nodes' energy model (simulator/energy.py): valve movements, runs started, open time
+        self.valve_moves = 0
+        self.runs = 0
+        self.open_s = 0.0
+        self._opened_at: float | None = None
         self.master = False
         self.leak_l_min = 0.0
         self.burst: dict[int, float] = {}  # zone number -> factor
@@ -283,6 +288,9 @@ class ControllerWorld:
         self.hal = hal
         # a reset drops the solenoids: every valve closes until the node drives it again
         self.integrate(self.world.unix())
+        if self._opened_at is not None:
+            self.open_s += self.world.unix() - self._opened_at
+            self._opened_at = None
         self.valves = 0
         self.master = False
         hal.on_output = self._output
@@ -291,6 +299,8 @@ class ControllerWorld:
         self.refresh_affected()
 
     def _output(self, name: str, value: int) -> None:
+        if name == "master" or name in ZONE_PINS:
+            self._count_valves(name, value)
         if name == "master":
             self.integrate(self.world.unix())
             self.master = bool(value)
@@ -302,6 +312,22 @@ class ControllerWorld:
                 self.valves = self.valves | (1 << z) if value else self.valves & ~(1 << z)
                 self._update_rates()
         self.refresh_affected()
+
+    def _count_valves(self, name: str, value: int) -> None:
+        self.valve_moves += 1
+        t = self.world.unix()
+        if name in ZONE_PINS:
+            if value and self._opened_at is None:
+                self.runs += 1
+                self._opened_at = t
+            elif not value and self._opened_at is not None and not self.valves & ~(1 << ZONE_PINS.index(name)):
+                self.open_s += t - self._opened_at
+                self._opened_at = None
+
+    def valve_open_s(self) -> float:
+        """Seconds with a zone valve open so far (the run in progress counted to now)."""
+        extra = self.world.unix() - self._opened_at if self._opened_at is not None else 0.0
+        return self.open_s + extra
 
     def set_fault(self, kind: str, params: dict[str, Any], on: bool) -> None:
         self.integrate(self.world.unix())

@@ -60,6 +60,12 @@ def is_timestamp(s: Any) -> bool:
 
 @functools.cache
 def validators() -> dict[str, jsonschema.Draft202012Validator]:
+    return {model: schema_validator(model) for model in MODELS}
+
+
+@functools.cache
+def schema_validator(model: str) -> jsonschema.Draft202012Validator:
+    """The validator of one vendored model (its folder under tests/vectors/smart-data-models), offline."""
     d = vectors_dir() / "smart-data-models"
     registry = Registry().with_resources(
         [(uri, Resource.from_contents(json.loads((d / name).read_text()))) for uri, name in REMOTE.items()]
@@ -67,12 +73,9 @@ def validators() -> dict[str, jsonschema.Draft202012Validator]:
     # jsonschema only checks "date-time" with an optional package installed: check it here instead.
     checker = jsonschema.FormatChecker()
     checker.checks("date-time", raises=ValueError)(lambda s: not isinstance(s, str) or _strict_timestamp(s))
-    out = {}
-    for model in MODELS:
-        schema = json.loads((d / model / "schema.json").read_text())
-        jsonschema.Draft202012Validator.check_schema(schema)
-        out[model] = jsonschema.Draft202012Validator(schema, registry=registry, format_checker=checker)
-    return out
+    schema = json.loads((d / model / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=registry, format_checker=checker)
 
 
 def _strict_timestamp(s: str) -> bool:

@@ -166,3 +166,26 @@ def test_upstream_mqtt_bench_prints_its_figures():
         assert result[f"{name}_cpu_ratio"] == pytest.approx(
             result[f"{name}_cpu_us_per_record"] / result["http_cpu_us_per_record"], rel=0.02, abs=0.01
         )
+
+
+def test_release_verify_bench_prints_its_figures():
+    from protocol import nodelora
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "release_verify.py"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    r = json.loads(out)
+    mp, d = r["micropython"], r["delta"]
+    assert mp["verify_us"] > 0 and mp["verify_vs_sha256_image"] == pytest.approx(
+        mp["verify_us"] / mp["sha256_image_us"], rel=0.01, abs=0.1
+    )
+    assert mp["code_updater"] > mp["code_verifier"] > 1000
+    assert mp["churn_verify"] > mp["live_after_verify"]
+    assert d["delta_image_bytes"] < d["full_image_bytes"] / 5
+    # frames counted here from the sizes it reports: 51-byte frames at SF12, 15 bytes of overhead
+    assert d["delta_sf12"]["frames"] == -(-d["delta_image_bytes"] // (nodelora.max_payload(12) - 15))
+    assert d["full_sf9"]["airtime_s"] > d["delta_sf9"]["airtime_s"]

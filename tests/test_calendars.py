@@ -388,26 +388,28 @@ async def up(p, d, node: int, counter: int, radio: Radio, mtype: int = m.LIGHT, 
     await d.idle()
 
 
-def hello(held: bytes | None) -> dict:
-    b = {0: "0.1.0", 1: m.KIND_LIGHTING}
-    if held is not None:
-        b[5] = held
-    return b
+def hello() -> dict:
+    return {0: "0.1.0", 1: m.KIND_LIGHTING, 4: m.RST_POWER_ON}
+
+
+def held(h: bytes) -> dict:
+    """EVENT calendar: the node holds the calendar of hash h."""
+    return {0: m.EV_CALENDAR, 1: m.SEV_INFO, 2: pc.hash_value(h), 4: 1}
 
 
 async def test_fragments_go_one_per_uplink_until_the_node_reports_the_hash(gateway) -> None:
     p, d, sync, cal = gateway
     radio = Radio()
-    await up(p, d, 1, 1, radio, m.HELLO, hello(None))
+    await up(p, d, 1, 1, radio, m.HELLO, hello())
     n = len(cal.fragments())
     for c in range(2, 2 + n + 1):
         await up(p, d, 1, c, radio)
     frags = [b[3] for t, b in radio.sent if t == m.CONFIG]
     assert frags == cal.fragments()  # in order, one per window, each exactly once
     parts: list = []
-    held = [nodecal.join(parts, f, m.KIND_LIGHTING) for f in frags][-1]
-    assert held == cal.hash + cal.blob
-    await up(p, d, 1, 20, radio, m.HELLO, hello(cal.hash))
+    got = [nodecal.join(parts, f, m.KIND_LIGHTING) for f in frags][-1]
+    assert got == cal.hash + cal.blob
+    await up(p, d, 1, 20, radio, m.EVENT, held(cal.hash))
     before = len(radio.sent)
     for c in range(21, 30):
         await up(p, d, 1, c, radio)
@@ -418,7 +420,7 @@ async def test_fragments_go_one_per_uplink_until_the_node_reports_the_hash(gatew
 async def test_a_node_that_holds_it_gets_one_fragment_and_others_nothing(gateway) -> None:
     p, d, sync, cal = gateway
     radio = Radio()
-    await up(p, d, 2, 1, radio, m.HELLO, hello(cal.hash))  # group member, already in sync
+    await up(p, d, 2, 1, radio, m.EVENT, held(cal.hash))  # group member, already in sync (no boot seen)
     await up(p, d, 2, 2, radio)
     await up(p, d, 9, 1, radio, m.IRRIGATION)  # an irrigation node: a lighting calendar is not for it
     await up(p, d, 9, 2, radio, m.IRRIGATION)
@@ -426,7 +428,7 @@ async def test_a_node_that_holds_it_gets_one_fragment_and_others_nothing(gateway
     # node 3 (named in `nodes`), calendar unknown (a gateway restarted): the first fragment asks
     await up(p, d, 3, 1, radio)
     assert [t for t, _ in radio.sent] == [m.CONFIG]
-    await up(p, d, 3, 2, radio, m.HELLO, hello(cal.hash))  # "I hold that one"
+    await up(p, d, 3, 2, radio, m.EVENT, held(cal.hash))  # "I hold that one"
     await up(p, d, 3, 3, radio)
     assert len(radio.sent) == 1 and sync.counts["already_held"] == 1
 
@@ -435,9 +437,9 @@ async def test_lost_fragments_start_a_new_round_and_a_reboot_restarts(gateway) -
     p, d, sync, cal = gateway
     radio = Radio()
     n = len(cal.fragments())
-    await up(p, d, 1, 1, radio, m.HELLO, hello(None))
+    await up(p, d, 1, 1, radio, m.HELLO, hello())
     await up(p, d, 1, 2, radio)
-    await up(p, d, 1, 3, radio, m.HELLO, hello(None))  # rebooted mid-way: its reassembly is gone
+    await up(p, d, 1, 3, radio, m.HELLO, hello())  # rebooted mid-way: its reassembly is gone
     c = 4
     while len([1 for t, _ in radio.sent if t == m.CONFIG]) < 2 + n:
         await up(p, d, 1, c, radio)
@@ -491,7 +493,7 @@ def test_demo_event_is_written_reported_and_shown(tmp_path: Path) -> None:
 
     sc = load_scenario(Path(__file__).resolve().parent.parent / "simulator" / "scenarios" / "district.toml")
     ev = write_event(sc, tmp_path)
-    quai = [n.node_id for n in sc.lamps if n.street == sc.streets[0].id]
+    quai = [n.node_id for n in sc.lamps if n.street == sc.streets[1].id]  # the second street
     assert ev["nodes"] == quai and ev["date"] == "2026-06-15"
     cal = load(tmp_path / "calendars" / "event.toml")  # what the gateway will compile
     assert cal.nodes == tuple(quai) and len(cal.fragments()) == 2
@@ -508,7 +510,7 @@ def test_demo_event_is_written_reported_and_shown(tmp_path: Path) -> None:
     # off from an hour after sunset to an hour after the midpoint: well under the own profile
     assert 0 < r["night_kwh_with_event"] < 0.7 * r["night_kwh_own_profile"]
     assert r["night_kwh_saved"] == pytest.approx(r["night_kwh_own_profile"] - r["night_kwh_with_event"], abs=0.002)
-    assert "2 of 13 lamps of quai took the calendar" in summary(r)
+    assert f"2 of {len(quai)} lamps of {sc.streets[1].id} took the calendar" in summary(r)
     html = "\n".join(_calendar_section(r))
     assert "Calendar event" in html and "not (yet):" in html and f"{quai[2]:08x}" in html
 
@@ -517,7 +519,7 @@ async def test_no_fragment_in_a_nodes_first_uplinks_after_boot(gateway) -> None:
     p, d, sync, cal = gateway
     sync.boot_hold = 8
     radio = Radio()
-    await up(p, d, 1, 1, radio, m.HELLO, hello(None))
+    await up(p, d, 1, 1, radio, m.HELLO, hello())
     for c in range(2, 9):
         await up(p, d, 1, c, radio)
     assert radio.sent == []  # HELLO + 7 uplinks: the node's first hour is its heap's peak
@@ -532,8 +534,8 @@ async def test_api_lists_calendars_and_nodes_in_sync(gateway, tmp_path: Path) ->
 
     p, d, sync, cal = gateway
     radio = Radio()
-    await up(p, d, 2, 1, radio, m.HELLO, hello(cal.hash))
-    await up(p, d, 1, 1, radio, m.HELLO, hello(None))
+    await up(p, d, 2, 1, radio, m.EVENT, held(cal.hash))
+    await up(p, d, 1, 1, radio, m.HELLO, hello())
     token = "a-test-token-0123456789"
     apis = [
         Api(registry=sync.registry, store=d.store, pipeline=p, downlinks=d, token=token, port=0, calendars=c)

@@ -246,6 +246,7 @@ async def test_a_street_of_60_lamps_is_commanded_by_unicast_and_progress_follows
     doc = await progress()
     assert doc["progress"] == {"applied": 59, "pending": 0, "failed": 1, "skipped": 3}
     failed = [x for x in doc["members"] if x["state"] == "failed"]
+    assert all(isinstance(x.pop("answered_at"), float) for x in failed)  # when its CMD_ACK was heard
     assert failed == [
         {"node": f"{last:08x}", "command": ids[f"{last:08x}"], "state": "failed", "reason": "the node answered busy"}
     ]

@@ -24,27 +24,43 @@ from firmware.bridge import Bridge
 from firmware.radio import UartRadio
 from firmware.radio_lora import LoRaRadio
 
-# What main.read_config() and main.build() import for each kind, beyond main.py's own top-level imports.
+# What main.read_config(), main.build() and main.release_state() import for each kind, beyond main.py's
+# own top-level imports (boot.py imports firmware.slots too), and firmware.updater (`lumeau node update`).
 ENTRIES = {
     "lighting": [
         "firmware.config",
         "firmware.hal_machine",
         "firmware.radio",
         "firmware.radio_lora",
+        "firmware.radio_lorawan",
         "firmware.runtime",
         "firmware.lighting",
         "firmware.ble",
+        "firmware.slots",
+        "firmware.updater",
     ],
     "irrigation": [
         "firmware.config",
         "firmware.hal_machine",
         "firmware.radio",
         "firmware.radio_lora",
+        "firmware.radio_lorawan",
         "firmware.runtime",
         "firmware.irrigation",
         "firmware.ble",
+        "firmware.battery",  # irrigation.battery = 1 (main.build)
+        "firmware.hal_battery",
+        "firmware.slots",
+        "firmware.updater",
     ],
-    "bridge": ["firmware.config", "firmware.hal_machine", "firmware.radio", "firmware.radio_lora", "firmware.bridge"],
+    "bridge": [
+        "firmware.config",
+        "firmware.hal_machine",
+        "firmware.radio",
+        "firmware.radio_lora",
+        "firmware.bridge",
+        "firmware.slots",
+    ],
 }
 
 
@@ -204,7 +220,8 @@ def test_main_unloads_the_config_module_once_the_node_is_built(monkeypatch, tmp_
     monkeypatch.setattr(firmware, "unload", lambda *names: calls.append(("unload", names)))
     monkeypatch.setattr(board_main.asyncio, "run", lambda coro: calls.append(("run", coro)))
     board_main.main()
-    assert calls == [("build", "lighting"), ("unload", ("config",)), ("run", "coro")]
+    # release_state() reads the A/B state (none here: the factory release) and drops slots.py first
+    assert calls == [("unload", ("slots",)), ("build", "lighting"), ("unload", ("config",)), ("run", "coro")]
 
 
 def test_unload_is_a_no_op_on_cpython():
@@ -214,3 +231,28 @@ def test_unload_is_a_no_op_on_cpython():
 
     firmware.unload("config")
     assert sys.modules["firmware.config"] is config
+
+
+def test_a_release_on_trial_runs_with_the_health_watch(monkeypatch, tmp_path):
+    # main.release_state() marks a trial (firmware/slots.py, SPEC §13); build() then runs the
+    # node beside slots.watch, which commits the release once healthy
+    from firmware import slots
+
+    mach = fake_machine()
+    mach.UART = lambda uid, **kw: None
+    monkeypatch.setattr(board_main, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(
+        "firmware.hal_machine.MachineHAL.__init__.__defaults__", ("/state", None, None, FakeTime()), raising=False
+    )
+    (tmp_path / "ab.json").write_text(json.dumps({"a": "", "t": "s1", "n": 1, "id": {"s1": "ab" * 32}, "v": {}}))
+    cfg = cfg_for("lighting", {"type": "uart"})
+    slots.prepare(cfg, str(tmp_path) + "/")
+    assert cfg["trial"] is True and cfg["bundle"] == bytes.fromhex("ababab")
+    seen = []
+    monkeypatch.setattr(slots, "on_trial", lambda node, hal, coro: (seen.append(node), coro.close(), "watched")[2])
+    hal, coro = board_main.build(cfg, machine=mach)
+    assert coro == "watched" and seen and seen[0].cfg is cfg
+    cfg["trial"] = False
+    hal, coro = board_main.build(cfg, machine=mach)
+    coro.close()
+    assert len(seen) == 1

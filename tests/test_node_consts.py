@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from protocol import ble, calendar, frame, lora, messages
+from protocol import ble, calendar, frame, groupcast, lora, lorawan, messages
 
-SOURCES = [messages, lora, frame]
+SOURCES = [messages, lora, frame, groupcast]
 NODE_MODULES = sorted(
     [f"firmware.{p.stem}" for p in (ROOT / "firmware").glob("*.py") if p.stem not in ("manifest", "boot", "main")]
-    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble", "protocol.nodecal"]
+    + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble", "protocol.nodegroup"]
+    + ["protocol.nodecal"]
 )
 # whose copies each module keeps, where not SOURCES
 COPIES_OF = {
@@ -33,6 +34,7 @@ COPIES_OF = {
     "protocol.nodeble": [ble],
     "protocol.nodecal": [calendar, messages],
     "firmware.ble": [messages, frame, ble],
+    "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §14)
 }
 
 
@@ -57,6 +59,8 @@ def test_private_copies_match_protocol(modname: str) -> None:
             checked += 1
     if modname in ("firmware.runtime", "firmware.lighting", "firmware.irrigation", "firmware.ble"):
         assert checked > 10  # the copies are there, and this test sees them
+    if modname == "firmware.radio_lorawan":
+        assert checked == 3  # PORT_MIN, PORT_MAX, FRM_BUDGET
 
 
 def test_sources_do_not_disagree_on_a_name() -> None:

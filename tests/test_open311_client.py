@@ -8,11 +8,21 @@ clients on PyPI, `open311` 1.1 and `three` 0.8.0, are Python 2 only (they
 fail to import on 3.11). So the submissions go as the spec writes them
 with `requests` (the HTTP library georeport itself uses): a form-encoded
 POST with api_key, followed by GET tokens/{token}.
+
+`civicbot` (PyPI, 0.4.0, MIT; stdlib urllib only) has a GeoReport v2 client
+that does submit: `civicbot.open311.Open311Client.create_request` (dry-run
+unless `dry_run=False, confirm="SEND"` and an `api_key`). The `test_civicbot_*`
+tests use it unchanged, against a sink of their own, for the whole life of a
+report: services and definitions, a POST validated against the live
+definition, the token, following the request to its close (by the node, and
+by staff), a second reporter joining, and the spec's errors as it surfaces
+them (its `HttpError` with the error list in `body`).
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import secrets
 import select
@@ -23,8 +33,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from civicbot.http import HttpError, HttpTransport, RateLimiter
+from civicbot.open311 import Open311Client, Open311Error
+from civicbot.registry import Endpoint
 from georeport import GeoReport
-from open311_helpers import API_KEY, LAMP_A, NODES, PARK, event
+from open311_helpers import API_KEY, LAMP_A, LAMP_C, NODES, PARK, event
 
 from gateway import formats
 from gateway.registry import NodeEntry, Registry
@@ -36,7 +49,17 @@ TOKEN = "sink-client-token-9e1"
 
 @pytest.fixture(scope="module")
 def sink_url(tmp_path_factory):
-    d = tmp_path_factory.mktemp("open311-client")
+    yield from run_sink(tmp_path_factory.mktemp("open311-client"))
+
+
+@pytest.fixture(scope="module")
+def civic_url(tmp_path_factory):
+    """A sink of its own for civicbot's tests, so that their reports never join georeport's."""
+    yield from run_sink(tmp_path_factory.mktemp("open311-civicbot"))
+
+
+def run_sink(d: Path):
+    """A `lumeau sink` process on a free port with the four nodes; yields its URL, stops it after."""
     reg = Registry(d / "nodes.toml")
     for n in NODES:
         reg.upsert(
@@ -190,3 +213,106 @@ def test_cli_refuses_bad_open311_options(tmp_path, args, why):
         timeout=60,
     )
     assert p.returncode == 2 and why in p.stderr, p.stderr
+
+
+# -- civicbot: a client that submits -------------------------------------------------------------
+
+
+def civic(url: str) -> Open311Client:
+    """civicbot's client for this sink: an Endpoint as its registry describes a city, no politeness delay."""
+    city = Endpoint(id="lumeau-test", name="Lumeau test city", base_url=f"{url}/open311/v2", write=True)
+    return Open311Client(city, HttpTransport(rate_limiter=RateLimiter(min_interval=0)), jurisdiction_id="paris.example")
+
+
+def civic_submit(c: Open311Client, code: str, **fields) -> dict:
+    """A real submission through civicbot (its three gates open), checked against the live definition."""
+    prepared = c.create_request(code, dry_run=False, confirm="SEND", api_key=API_KEY, validate_remote=True, **fields)
+    assert not prepared.dry_run and prepared.form["api_key"] == API_KEY
+    assert prepared.redacted_form()["api_key"] == "***"
+    answer = prepared.response
+    assert isinstance(answer, list) and len(answer) == 1, answer
+    return answer[0]
+
+
+def test_civicbot_reads_the_catalogue(civic_url):
+    c = civic(civic_url)
+    codes = {s["service_code"] for s in c.list_services()}
+    assert {"lamp_out", "too_dark", "water_leak", "broken_sprinkler", "lawn_not_watered"} <= codes
+    definition = c.get_service_definition("lamp_out")
+    assert [a["code"] for a in definition["attributes"]] == ["when_seen", "how_many"]
+    # civicbot checks attribute values against the live definition before sending anything
+    with pytest.raises(Open311Error, match="when_seen"):
+        c.create_request(
+            "lamp_out", validate_remote=True, lat=LAMP_C["lat"], lng=LAMP_C["lon"], attributes={"when_seen": "noon"}
+        )
+
+
+def test_civicbot_submits_and_follows_a_report_to_its_close(civic_url):
+    c = civic(civic_url)
+    first = civic_submit(
+        c,
+        "lamp_out",
+        lat=LAMP_C["lat"],
+        lng=LAMP_C["lon"],
+        description="<b>Dark</b> since Monday",
+        attributes={"when_seen": "night", "how_many": "one"},
+        email="resident@example.org",
+        first_name="Ada",
+    )
+    rid, token = first["service_request_id"], first["token"]
+    assert "field check" in first["service_notice"]  # the lamp reports nothing wrong (yet)
+    assert c.get_token(token) == [{"service_request_id": rid, "token": token}]
+    req = c.get_request(rid)
+    assert req["status"] == "open" and req["service_code"] == "lamp_out"
+    assert req["description"] == "<b>Dark</b> since Monday"  # data, as sent
+    assert req["lumeau_verdict"] == "device_normal" and req["lumeau_nodes"].split(",")[0] == LAMP_C["id"]
+    assert not {"email", "first_name", "phone", "account_id"} & set(req)
+    # a neighbour reports the same lamp by its address: the report joins the open request
+    second = civic_submit(c, "lamp_out", address_string="16 rue de Rivoli", description="still dark")
+    assert second["service_request_id"] == rid and second["token"] != token
+    assert c.get_request(rid)["lumeau_reports"] == 2
+    # the lamp raises its failure: the same request is confirmed by the device
+    send_records(civic_url, [event(LAMP_C["id"], 300, m.EV_LAMP_FAILURE)])
+    assert c.get_request(rid)["lumeau_verdict"] == "confirmed"
+    assert rid in [r["service_request_id"] for r in c.list_requests(status="open", service_code="lamp_out")]
+    # the node reports it repaired: closed with the notice, for both reporters
+    send_records(civic_url, [event(LAMP_C["id"], 301, m.EV_LAMP_FAILURE, active=0)])
+    closed = c.list_requests(service_request_ids=[rid])
+    assert [(r["status"], "Resolved" in r["service_notice"]) for r in closed] == [("closed", True)]
+    assert c.get_token(second["token"])[0]["service_request_id"] == rid
+    assert rid not in [r["service_request_id"] for r in c.list_requests(status="open")]
+
+
+def test_civicbot_follows_a_report_no_device_can_see(civic_url):
+    c = civic(civic_url)
+    sub = civic_submit(c, "water_leak", address_string="Square du Temple", attributes={"water_amount": "stream"})
+    rid = sub["service_request_id"]
+    assert c.get_request(rid)["lumeau_verdict"] == "no_device"
+    # city staff close it after the field check; the resident sees the notice through the client
+    r = requests.post(
+        f"{civic_url}/v1/service-requests/{rid}/close",
+        json={"service_notice": "Valve replaced on site"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    req = c.get_request(rid)
+    assert (req["status"], req["service_notice"]) == ("closed", "Valve replaced on site")
+
+
+def test_civicbot_surfaces_the_spec_errors(civic_url):
+    c = civic(civic_url)
+    city = Endpoint(id="lumeau-test", name="x", base_url=f"{civic_url}/open311/v2", write=True)
+    wrong_key = Open311Client(city, HttpTransport(rate_limiter=RateLimiter(min_interval=0)))
+    with pytest.raises(HttpError) as e:
+        wrong_key.create_request("lamp_out", dry_run=False, confirm="SEND", api_key="not-a-key", lat=48.86, lng=2.34)
+    assert e.value.status == 403 and json.loads(e.value.body) == [
+        {"code": 403, "description": "api_key missing or not valid"}
+    ]
+    with pytest.raises(HttpError) as e:  # New York is not in this city
+        c.create_request("lamp_out", dry_run=False, confirm="SEND", api_key=API_KEY, lat=40.7, lng=-74.0)
+    assert e.value.status == 400 and "outside" in json.loads(e.value.body)[0]["description"]
+    with pytest.raises(HttpError) as e:
+        c.get_request("424242")
+    assert e.value.status == 404 and json.loads(e.value.body)[0]["code"] == 404
+    assert c.list_requests(service_code="lamp_flickering") == []  # nothing stored by the refusals

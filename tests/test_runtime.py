@@ -107,6 +107,23 @@ def test_boot_hello_first_then_reports_and_status():
     assert [h.counter for h in heard] == list(range(len(heard)))
 
 
+def test_hello_names_the_running_release_bundle():
+    # SPEC §13: main.py puts the running release's bundle id (3 bytes) in cfg; HELLO key 5 carries it
+    async def main(clock):
+        cfg = make_cfg()
+        cfg["bundle"] = b"\x8c\x83\x2f"
+        w = World(clock, cfg=cfg)
+        w.boot()
+        await clock.run_for(1 * MIN)
+        await w.stop()
+        return w
+
+    w = run(main)
+    hello = w.gw.heard[0]
+    assert hello.mtype == m.HELLO and hello.body[m.H_BUNDLE] == b"\x8c\x83\x2f"
+    assert len(hello.raw) <= 51
+
+
 def test_reboot_counter_continuity_and_watchdog_reset_reported():
     async def main(clock):
         w = World(clock)

@@ -643,3 +643,20 @@ def test_duty_cycle_law_holds_for_any_traffic(events):
         inv = lora.BANDS[band][2]
         for prev, nxt in zip(ups, ups[1:]):
             assert nxt.start_ms >= prev.start_ms + prev.airtime_ms * inv - 1e-6
+
+
+def test_a_multicast_is_one_transmission_heard_by_each_node_on_its_own():
+    """LoRa multicast (SPEC §5 "Groups"): a copy per node, one airtime and one off-time for the gateway."""
+    c = one_gw()
+    place(c, 1, -100)
+    place(c, 2, -100, 1.0)
+    place(c, 3, -140, 2.0)  # below SF9's sensitivity
+    dls = c.multicast("gw", [1, 2, 3], 1000, 35, 9, RX2, b"x" * 35)
+    assert [d.node_id for d in dls] == [1, 2, 3] and all(d.refused is None for d in dls)
+    assert len({(d.start_ms, d.end_ms) for d in dls}) == 1
+    c.settle(1e9)
+    assert [d.delivered for d in dls] == [True, True, False]  # copies do not collide with each other
+    assert c.gateway_airtime_used_ms("gw") == pytest.approx(lora.airtime_ms(35, 9))
+    # the gateway's g3 off-time follows from that one transmission: a second one at once is refused
+    again = c.multicast("gw", [1, 2], dls[0].end_ms + 1, 35, 9, RX2, b"y" * 35)
+    assert len(again) == 1 and again[0].refused == ch.REFUSED_DUTY_CYCLE

@@ -33,7 +33,15 @@ def unhex(s: str) -> bytes:
 
 def test_spec_has_examples_of_every_kind():
     kinds = {k for k, _ in BLOCK.findall(SPEC.read_text())}
-    assert kinds == {"key-derivation", "frame", "airtime", "serial", "bridge"}
+    assert kinds == {
+        "key-derivation",
+        "frame",
+        "airtime",
+        "serial",
+        "bridge",
+        "lorawan",
+        "group",
+    }  # group: test_groupcast.py
     assert len(examples("frame")) >= 4
 
 

@@ -164,16 +164,6 @@ def api(port: int, path: str, token: str = TOKEN) -> dict:
         return json.loads(r.read())
 
 
-def post(port: int, path: str, body: dict) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
     return wait_for_sync(cond, timeout, what)
 
@@ -379,22 +369,36 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         assert cmd[1] == m.OP_SET_LEVEL and cmd[2] == [80, 600]
         assert api(port, f"/commands/{cmd[0]}")["state"] == "acked"
 
-        # A group command to the street (issue 11): its progress member by member on the page.
+        # A group command to the street (issue 11), sent from the Groups card with the same bearer
+        # token; its delivery and its progress member by member on the page.
         page.wait_for_selector("#groups li[data-group='oberkampf'] >> text=No group command yet.")
-        group_cmd = post(
-            port, "/groups/oberkampf/commands", {"op": "set_level", "args": {"level": 60, "duration": 900}}
-        )
-        assert group_cmd["progress"]["pending"] == 3
+        group = page.locator("#groups li[data-group='oberkampf']")
+        group.locator(".group-send-box > summary").click()
+        form = group.locator("form.group-send")
+        form.locator("select").select_option("set_level")
+        form.locator("input").fill("180 900")  # out of range: said at once, nothing sent
+        form.locator("button").click()
+        result = form.locator(".group-send-result[data-error='1']")
+        result.wait_for()
+        assert result.inner_text() == "level must be between 0 and 100 %"
+        assert api(port, "/groups/oberkampf/commands")["commands"] == []
+        form.locator("input").fill("60 900")
+        form.locator("button").click()
+        form.locator(".group-send-result[data-mode='unicast']").wait_for()
+        sent = form.locator(".group-send-result").inner_text()
+        assert sent == "sent by unicast (3 of 3 lamps do not have the group key yet): 0 of 3 applied, 3 pending", sent
+        listed = api(port, "/groups/oberkampf/commands")["commands"]
+        assert [(c["op"], c["args"], c["delivery"]["mode"]) for c in listed] == [("set_level", [60, 900], "unicast")]
         for i in range(20):  # each member hears its command after its own uplink; LAMP_NEVER stays silent
             for node in (LAMP, LAMP_ALARM):
                 fwd.uplink(node, m.LIGHT, light_body(time.time(), DAY + 30 + i))
             if len([c for c in fwd.commands if c[2] == [60, 900]]) == 2:
                 break
             page.wait_for_timeout(1000)
-        group = page.locator("#groups li[data-group='oberkampf']")
         group.locator(".group-progress:text-is('2 of 3 applied, 1 pending')").wait_for(timeout=15000)
-        assert "set level 60 900 · " in group.inner_text()
-        group.locator("summary").click()
+        assert "set level 60 900 · by unicast · " in group.inner_text()
+        group.locator(".group-send-box").evaluate("d => d.open")  # the form stays as it was across refreshes
+        group.locator("details:not(.group-send-box) > summary").click()
         member_states = group.locator(".member").evaluate_all("ls => ls.map(l => [l.dataset.node, l.dataset.state])")
         assert sorted(member_states) == sorted(
             [[f"{LAMP:08x}", "applied"], [f"{LAMP_ALARM:08x}", "applied"], [f"{LAMP_NEVER:08x}", "pending"]]

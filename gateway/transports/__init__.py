@@ -10,6 +10,7 @@ Modules:
   serial.py   bridge boards and wired nodes on a serial port (COBS + CRC)
   semtech.py  Semtech UDP packet forwarder protocol v2 server
   ble.py      nodes in Bluetooth LE reach, through bleak
+  chirpstack.py  nodes behind a ChirpStack v4 LoRaWAN network server (its MQTT integration)
 
 Shared here:
   Pipeline       what a transport needs from the pipeline (submit, reject)

@@ -74,6 +74,12 @@ stats() reports `rcvbuf_bytes` (granted) and, on Linux, the kernel's
 `rx_queue` columns of /proc/net/udp or udp6, found by the socket's inode); on
 other systems those two are absent from stats() and /metrics, not zero.
 
+Stopping (a restart) first reads what the kernel already queued for the socket
+(up to STOP_DRAIN_MAX datagrams) and hands it on like any datagram, so a burst
+that arrived while the gateway was busy is stored, not dropped with the socket
+(`drained_on_stop` counts them). What arrives while no process holds the port is
+lost as on any UDP port: the forwarder does not resend PUSH_DATA.
+
 Limits: at most MAX_FORWARDERS forwarders are remembered (the least
 recently heard is forgotten first); a route is valid for `route_timeout`
 (60 s, six missed 10 s keepalives) after the last PULL_DATA.
@@ -152,6 +158,7 @@ MAX_FORWARDERS = 256
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
 SOURCE_BINDINGS = ("tofu", "configured", "off")
+STOP_DRAIN_MAX = 100_000  # datagrams read at stop: far more than an 8 MiB buffer holds
 MAX_BINDINGS = 4096  # EUIs bound on first use at most; then new EUIs are refused, never a bound one evicted
 MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure (see _parse_int)
 STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
@@ -418,6 +425,7 @@ class SemtechServer(asyncio.DatagramProtocol):
 
     async def stop(self) -> None:
         if self._transport is not None:
+            self._drain_socket()
             self._transport.close()
             self._transport = None
         for _eui, fut in self._pending.values():
@@ -425,6 +433,28 @@ class SemtechServer(asyncio.DatagramProtocol):
                 fut.cancel()
         self._pending.clear()
         await self.ingestor.stop()
+
+    def _drain_socket(self) -> None:
+        """Hand on the datagrams the kernel queued before the stop (see the module docstring)."""
+        assert self._transport is not None
+        tsock = self._transport.get_extra_info("socket")
+        if tsock is None:
+            return
+        sock = socket.socket(tsock.family, tsock.type, fileno=os.dup(tsock.fileno()))
+        try:
+            sock.setblocking(False)
+            for _ in range(STOP_DRAIN_MAX):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:  # an ICMP error queued for the socket, say: the rest is still read
+                    self.error_received(e)
+                    continue
+                self.counts["drained_on_stop"] += 1
+                self.datagram_received(data, addr)
+        finally:
+            sock.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics: datagrams and packets by outcome, forwarders known."""
@@ -769,6 +799,11 @@ class SemtechServer(asyncio.DatagramProtocol):
             "size": len(frame),
             "data": base64.b64encode(frame).decode("ascii"),
         }
+        await self._send_txpk(fwd, txpk, band, airtime, start_ms)
+
+    async def _send_txpk(
+        self, fwd: Forwarder, txpk: dict[str, Any], band: int | None, airtime: Any, start_ms: int
+    ) -> None:
         token = self._next_token()
         payload = (
             bytes((fwd.version, token >> 8, token & 0xFF, PULL_RESP))
@@ -776,6 +811,7 @@ class SemtechServer(asyncio.DatagramProtocol):
         )
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[token] = (fwd.eui, fut)
+        assert self._transport is not None
         try:
             self._transport.sendto(payload, fwd.pull_addr)
             try:
@@ -789,3 +825,50 @@ class SemtechServer(asyncio.DatagramProtocol):
             raise DownlinkError(error.lower(), f"forwarder {fwd.eui} refused the downlink")
         if band is not None and airtime is not None:
             fwd.duty.record(start_ms, airtime, band)
+
+    async def transmit_now(self, frame: bytes, freq_mhz: float, sf: int) -> int:
+        """Send `frame` at once (`imme`) through every forwarder with a live route: a multicast.
+
+        LoRa class C (SPEC §5 "Groups"): the members listen all the time, so the frame goes now,
+        on `freq_mhz` at SF`sf`/125 kHz, within each forwarder's duty cycle (its concentrator
+        time is estimated from its last uplink plus the time since). Returns how many forwarders
+        took it; raises DownlinkError when none could (no route, duty cycle spent, refused).
+        """
+        if self._transport is None:
+            raise DownlinkError("no_route", "server stopped")
+        freq_hz = int(round(freq_mhz * 1e6))
+        band = lora.band_for(freq_hz)
+        airtime = lora.airtime_ms(len(frame), sf)
+        sent, reason, why = 0, "no_route", "no forwarder with a live route"
+        for eui in list(self.forwarders):
+            fwd = self.route(eui)
+            if fwd is None:
+                continue
+            start_ms = fwd.air_us // 1000 + int((self.monotonic() - fwd.last_push) * 1000)
+            if fwd.duty.wait_ms(start_ms, band):
+                reason = "duty_cycle"
+                why = f"sub-band {lora.band_name(band)} closed for {fwd.duty.wait_ms(start_ms, band)} ms more"
+                self.counts["downlink_duty_cycle"] += 1
+                continue
+            txpk = {
+                "imme": True,
+                "freq": freq_mhz,
+                "rfch": 0,
+                "powe": self.tx_power,
+                "modu": "LORA",
+                "datr": f"SF{sf}BW125",
+                "codr": "4/5",
+                "ipol": self.invert_iq,
+                "size": len(frame),
+                "data": base64.b64encode(frame).decode("ascii"),
+            }
+            try:
+                await self._send_txpk(fwd, txpk, band, airtime, start_ms)
+            except DownlinkError as e:
+                reason, why = e.reason, f"forwarder {fwd.eui} refused it ({e.reason})"
+                continue
+            sent += 1
+            self.counts["multicasts_sent"] += 1
+        if not sent:
+            raise DownlinkError(reason, why)
+        return sent

@@ -9,6 +9,7 @@ import { drawPlan } from "./plan.js";
 import { chartableFields, drawChart } from "./chart.js";
 import { CommandForm, commandItem } from "./command.js";
 import { loadGroups, renderGroups } from "./groups.js";
+import { loadRequests, renderRequests, requestItem, requestsByNode } from "./requests.js";
 
 const REFRESH_MS = 5000;
 const CHART_TYPES = ["light", "irrigation", "status"];
@@ -26,6 +27,8 @@ const ui = {
   running: false,
   planLook: null, // what the plan last drew
   unplaced: [],
+  requests: null, // GET /requests: the city's open service requests
+  requestsByNode: new Map(),
 };
 
 const form = new CommandForm({
@@ -105,10 +108,13 @@ async function refresh() {
   try {
     const doc = await request("/nodes");
     ui.nodes = doc.nodes;
+    ui.requests = await loadRequests();
+    ui.requestsByNode = requestsByNode(ui.requests);
     show($("banner"), false);
     renderOverview();
+    renderRequests(ui.requests, new Map(ui.nodes.map((n) => [n.id, n])), select);
     renderGateway(await request("/metrics", { text: true }));
-    renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select);
+    renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select, refresh);
     if (ui.selected) await refreshDetail();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
@@ -129,10 +135,11 @@ function renderOverview() {
   for (const k of Object.keys(counts)) $("count-" + k).textContent = counts[k];
 
   // Redraw the plan only when something on it changed (keeps hover and focus between refreshes).
-  const look = JSON.stringify([ui.selected, ui.nodes.map((n) => [n.id, n.name, n.kind, n.lat, n.lon, n.health.state])]);
+  const asked = new Map([...ui.requestsByNode].map(([id, list]) => [id, list.length]));
+  const look = JSON.stringify([ui.selected, [...asked], ui.nodes.map((n) => [n.id, n.name, n.kind, n.lat, n.lon, n.health.state])]);
   if (look !== ui.planLook) {
     ui.planLook = look;
-    ui.unplaced = drawPlan($("plan"), ui.nodes, ui.selected, select);
+    ui.unplaced = drawPlan($("plan"), ui.nodes, ui.selected, select, asked);
   }
   const unplaced = ui.unplaced;
   const up = $("unplaced");
@@ -157,7 +164,8 @@ function renderTable() {
         h("td", { text: n.kind }),
         h("td", { title: n.last_seen ? clock(n.last_seen) : null, text: ago(n.last_seen) }),
         h("td", { text: n.rssi === null ? "–" : `${n.rssi} dBm` }),
-        h("td", { class: "mono", text: n.reported_firmware || n.firmware || "–" }));
+        h("td", { class: "mono", text: n.reported_firmware || n.firmware || "–" }),
+        h("td", { class: "requests-count", text: String((ui.requestsByNode.get(n.id) || []).length || "–") }));
       tr.addEventListener("click", () => select(n.id));
       tr.addEventListener("keydown", (e) => { if (e.key === "Enter") select(n.id); });
       return tr;
@@ -298,6 +306,9 @@ function renderDetail(node) {
   $("node-alarms").replaceChildren(...node.open_alarms.map((a) => alarmItem(node, a, false)));
   show($("node-no-alarms"), node.open_alarms.length === 0);
   renderEvents();
+  const reqs = ui.requestsByNode.get(node.id) || [];
+  $("node-requests").replaceChildren(...reqs.map((r) => requestItem(r, new Map(), select, false)));
+  show($("node-no-requests"), reqs.length === 0);
   form.setNode(node);
   renderCommands();
 }

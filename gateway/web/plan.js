@@ -38,10 +38,12 @@ function niceMetres(target) {
   return best;
 }
 
-function marker(p, selected, W) {
+function marker(p, selected, W, requests) {
   const n = p.n;
   const state = n.health.state;
   const label = n.name || n.id;
+  const asked = requests ? requests.get(n.id) || 0 : 0; // the city's open service requests about it
+  const about = asked ? ` · ${asked} service request${asked === 1 ? "" : "s"}` : "";
   const shape = n.kind === "irrigation"
     ? s("rect", { x: p.px - 8, y: p.py - 8, width: 16, height: 16, rx: 3 })
     : n.kind === "bridge"
@@ -49,11 +51,15 @@ function marker(p, selected, W) {
       : s("circle", { cx: p.px, cy: p.py, r: 9 });
   const g = s("g", {
     class: "node-marker" + (selected ? " selected" : ""), "data-node": n.id, "data-state": state,
-    tabindex: 0, role: "button", "aria-label": `${label}: ${STATE_LABELS[state]}`,
+    tabindex: 0, role: "button", "aria-label": `${label}: ${STATE_LABELS[state]}${about}`,
+    "data-requests": asked || null,
   },
-  s("title", { text: `${label} (${n.id}) · ${words(n.kind)} · ${STATE_LABELS[state]}` }),
+  s("title", { text: `${label} (${n.id}) · ${words(n.kind)} · ${STATE_LABELS[state]}${about}` }),
   selected ? s("circle", { class: "halo", cx: p.px, cy: p.py, r: 17 }) : null,
   shape,
+  asked ? s("g", { class: "request-badge" },
+    s("circle", { cx: p.px + 9, cy: p.py - 9, r: 7 }),
+    s("text", { x: p.px + 9, y: p.py - 5.5, "text-anchor": "middle", text: asked > 9 ? "9+" : String(asked) })) : null,
   // A label that would leave the plan goes on the marker's other side (about 7.5 px a character).
   p.px + 14 + label.length * 7.5 > W
     ? s("text", { class: "node-label", x: p.px - 14, y: p.py + 4, "text-anchor": "end", text: label })
@@ -61,9 +67,10 @@ function marker(p, selected, W) {
   return g;
 }
 
-// Draw `nodes` (API node objects) into `svg`; `onPick(id)` when one is clicked.
+// Draw `nodes` (API node objects) into `svg`; `onPick(id)` when one is clicked; `requests`
+// (node id -> how many open service requests concern it) puts a count on a marker.
 // Returns the nodes without a position.
-export function drawPlan(svg, nodes, selectedId, onPick) {
+export function drawPlan(svg, nodes, selectedId, onPick, requests) {
   // One SVG unit per CSS pixel: labels and markers keep their size on a phone as on a desk.
   const W = Math.round(svg.clientWidth) || 1000;
   const H = Math.round(Math.min(560, Math.max(280, W * 0.56)));
@@ -97,7 +104,7 @@ export function drawPlan(svg, nodes, selectedId, onPick) {
   svg.append(s("g", { class: "pulses" }, pts.filter((p) => p.n.health.state === "alarm")
     .map((p) => s("circle", { class: "pulse", cx: p.px, cy: p.py, r: 12 }))));
   for (const p of pts) {
-    const g = marker(p, p.n.id === selectedId, W);
+    const g = marker(p, p.n.id === selectedId, W, requests);
     g.addEventListener("click", () => onPick(p.n.id));
     g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); onPick(p.n.id); } });
     svg.append(g);

@@ -175,6 +175,9 @@ def _print_progress(doc: dict[str, Any]) -> None:
         + f" -- {c['applied']} applied, {c['pending']} pending, {c['failed']} failed, {c['skipped']} skipped"
         + f" of {total}"
     )
+    d = doc.get("delivery")
+    if d:
+        print(f"  delivery: {d['mode']} ({d['reason']})")
     for mem in doc.get("members", []):
         why = f"  ({mem['reason']})" if mem.get("reason") else ""
         print(f"  {mem['node']}  {mem['state']}{why}")
@@ -253,7 +256,9 @@ def add_subcommand(subparsers: Any) -> None:
     group = subparsers.add_parser(
         "group",
         help="groups of nodes (street, park, district) and commands to a whole group",
-        description="Name sets of nodes and command them as a whole (unicast fan-out through the gateway).",
+        description="Name sets of nodes and command them as a whole, through the gateway: by LoRa multicast "
+        "when every member is a lamp holding the group's key (given to them when the group is saved through "
+        "the gateway), else by unicast fan-out; `status` says which and why (SPEC §5 'Groups').",
     )
     actions = group.add_subparsers(dest="group_command", required=True, metavar="ACTION")
 

@@ -2,7 +2,7 @@
 
     lumeau node build     --target esp32|rp2 --kind KIND [--out DIR] [--frozen]
     lumeau node provision --kind KIND (--registry FILE [--new-registry] | --gateway URL) [--node-id ID]
-                          [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart]] [--out FILE] [--force]
+                          [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart|lorawan]] [--out FILE] [--force]
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node show      ID --gateway URL [--json]
@@ -12,6 +12,9 @@
     lumeau node scan      [--timeout S] [--json]
     lumeau node check     ADDR [--timeout S] [--json]
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
+    lumeau node release-key --out FILE
+    lumeau node release   --key FILE --bundle DIR --replaces V[,V] [--base DIR] [--version V] [--out FILE]
+    lumeau node update    IMAGE --port PORT [--settle S] [--json]
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
 (for configure, an unknown setting or a value out of range included).
@@ -57,6 +60,7 @@ from lumeau.ble_tools import (
     scan,
 )
 from lumeau.commands.node_api import add_api_actions
+from lumeau.commands.node_release import add_release_actions
 
 TOKEN_ENV = "LUMEAU_API_TOKEN"  # the gateway API token, kept out of shell history
 
@@ -183,6 +187,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             lat=args.lat,
             lon=args.lon,
             firmware=args.firmware,
+            dev_eui=args.dev_eui,
             force=args.force,
             new_registry=args.new_registry,
             board=args.board,
@@ -224,7 +229,7 @@ def _registry_nodes(args: argparse.Namespace, cmd: str) -> list[dict[str, Any]]:
     return [{k: v for k, v in n.items() if k in PUBLIC_FIELDS} for n in doc.get("nodes", [])]
 
 
-PUBLIC_FIELDS = ("id", "kind", "name", "site", "lat", "lon", "firmware")
+PUBLIC_FIELDS = ("id", "kind", "name", "site", "lat", "lon", "firmware", "dev_eui")
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -347,7 +352,9 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument(
         "--radio",
         choices=boards.RADIOS,
-        help="with --board: lora (default on esp32-devkit and rp2-pico) or uart, a wired node (the only one on vboard)",
+        help="with --board: lora (default on esp32-devkit and rp2-pico), uart (a wired node, the only one on "
+        "vboard) or lorawan (a RAK3172 LoRaWAN modem on the UART, for a city's ChirpStack: give --dev-eui, "
+        "and the modem's keys in a --template's radio section or in the modem)",
     )
     p.add_argument(
         "--template",
@@ -360,6 +367,12 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--lat", type=float, help="latitude, degrees")
     p.add_argument("--lon", type=float, help="longitude, degrees")
     p.add_argument("--firmware", default="", help="firmware version as provisioned")
+    p.add_argument(
+        "--dev-eui",
+        default="",
+        metavar="EUI",
+        help="the node's LoRaWAN DevEUI (16 hex digits), for a node behind ChirpStack ([chirpstack] in gateway.toml)",
+    )
     p.add_argument("--show-key", action="store_true", help="print the root key (it is never printed otherwise)")
     p.add_argument(
         "--force",
@@ -391,6 +404,7 @@ def add_subcommand(subparsers: Any) -> None:
     rm.set_defaults(func=cmd_remove)
 
     add_api_actions(actions, _node_id)
+    add_release_actions(actions)
 
     f = actions.add_parser("flash", help="copy a bundle and a config to a board over USB serial and start it")
     f.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")

@@ -56,7 +56,8 @@ def add_run_action(actions: Any) -> None:
         "results (delivery, latency, airtime, frames, alarms against faults, "
         "energy and water saved by the control against the naive baselines, apart from what faults destroyed; "
         "with [adr], the SFs before and after, "
-        "the airtime saved and the DER).",
+        "the airtime saved and the DER; with [battery], each battery irrigation node's mAh per day "
+        "and projected battery life on its cell, simulator/README.md 'Battery nodes').",
     )
     p.add_argument("scenario", type=Path, help="a scenario file (simulator/scenarios/*.toml)")
     p.add_argument(

@@ -60,7 +60,10 @@ def add_subcommand(subparsers: Any) -> None:
         metavar="N/SECONDS",
         help="submissions allowed per client address (default %(default)s: 10 per 10 minutes, bursts of 10)",
     )
-    led = p.add_argument_group("public-value ledger and open data (served under /ledger/ and /open-data/)")
+    led = p.add_argument_group(
+        "public-value ledger and open data (served under /ledger/ and /open-data/; the NGSI-LD twin of the "
+        "requests and the ledger under /open-data/twin/)"
+    )
     led.add_argument(
         "--ledger-config",
         metavar="TOML",

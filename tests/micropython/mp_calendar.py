@@ -30,7 +30,7 @@ class Node:
         self.hal = hal
         self.store = Store(hal)
         self.store.open()
-        self.cal = [None if cal is None else held(cal), []]
+        self.schedule = [None if cal is None else held(cal), []]
 
     def event(self, code, severity, value=0, active=1, zone=0):
         pass
@@ -121,7 +121,7 @@ async def test_lighting_app_output_with_a_calendar():
     task = asyncio.create_task(app.run())
     await clock.run_for(60000)
     assert hal.pwm["lamp"] == 1000  # the own profile: full power early in the night
-    node.cal[0] = held(lighting_calendar())
+    node.schedule[0] = held(lighting_calendar())
     app.configure({})  # what the runtime does once a calendar is stored
     await clock.run_for(60000)
     assert hal.pwm["lamp"] < 1000  # fading down to New Year's Eve's 80 %
@@ -193,7 +193,8 @@ def frags_config(frags):
 
 
 def hello_hashes(gw):
-    return [h[3].get(m.H_CALENDAR) for h in gw.of_type(m.HELLO)]
+    # the hashes the node reported: EVENT calendar (SPEC §5 "Calendars"), one per HELLO at most
+    return [pc.value_hash(e[3][2]) for e in gw.of_type(m.EVENT) if e[3][0] == m.EV_CALENDAR]
 
 
 async def test_runtime_takes_stores_and_reports_a_calendar():
@@ -201,28 +202,28 @@ async def test_runtime_takes_stores_and_reports_a_calendar():
     storage = {}
     hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage)
     await clock.run_for(60000)
-    assert hello_hashes(gw) == [None]
+    assert hello_hashes(gw) == []  # nothing held: no EVENT calendar after the HELLO
     cal = lighting_calendar()
     frags = pc.fragments(cal)
     assert len(frags) > 1 and max(len(f) for f in frags) <= pc.FRAG_MAX
     gw.pending = frags_config(frags)
     await clock.run_for(2 * 900 * 1000)
     h = pc.digest(cal)
-    assert node.cal == [h + cal, []], node.last_error
-    assert storage["cal"] == h + cal
+    assert node.schedule == [h + cal, []], node.last_error
+    assert storage["calendar.bin"] == h + cal
     assert hello_hashes(gw)[-1] == h
     assert gw.max_frame <= 51, gw.max_frame
     assert node.cfg_rejected == 0
-    # the same calendar again: its first fragment is enough, answered by a HELLO
-    n = len(gw.of_type(m.HELLO))
+    # the same calendar again: its first fragment is enough, answered by an EVENT calendar
+    n = len(hello_hashes(gw))
     gw.pending = frags_config(frags[:1])
     await clock.run_for(2 * 900 * 1000)
-    assert len(gw.of_type(m.HELLO)) == n + 1 and hello_hashes(gw)[-1] == h
+    assert hello_hashes(gw)[n:] == [h]
     mpnode.stop(hal, tasks)
     # a reboot keeps it, and HELLO says so
     hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage, reset_cause=m.RST_SOFT)
     await clock.run_for(60000)
-    assert node.cal[0] == h + cal and hello_hashes(gw) == [h]
+    assert node.schedule[0] == h + cal and hello_hashes(gw) == [h]
     mpnode.stop(hal, tasks)
 
 
@@ -240,16 +241,16 @@ async def test_runtime_refuses_bad_calendars_and_changes_nothing():
     good = lighting_calendar()
     gw.pending = frags_config(pc.fragments(good))
     await clock.run_for(2 * 900 * 1000)
-    assert node.cal[0] == held(good)
-    stored = storage["cal"]
-    hellos = len(gw.of_type(m.HELLO))
+    assert node.schedule[0] == held(good)
+    stored = storage["calendar.bin"]
+    hellos = len(hello_hashes(gw))
 
     async def refused(pending):
         before = node.cfg_rejected + node.rx_rejected
         gw.pending = pending
         await clock.run_for(2 * 900 * 1000)
-        assert node.cal[0] == held(good) and storage["cal"] == stored
-        assert len(gw.of_type(m.HELLO)) == hellos
+        assert node.schedule[0] == held(good) and storage["calendar.bin"] == stored
+        assert len(hello_hashes(gw)) == hellos
         return node.cfg_rejected + node.rx_rejected - before
 
     other = pc.encode(m.KIND_LIGHTING, 0, 0, [[(0, 0, 50)]], [(pc.when(), pc.light_action(0))] * 2)

@@ -158,16 +158,34 @@ class WaterWorld:
 
 
 def start_node(
-    clock, kind, storage=None, reset_cause=m.RST_POWER_ON, app_class=None, watchdog=True, lean=False, tick_ms=None
+    clock,
+    kind,
+    storage=None,
+    reset_cause=m.RST_POWER_ON,
+    app_class=None,
+    watchdog=True,
+    lean=False,
+    tick_ms=None,
+    lorawan=False,
 ):
     """(hal, node, gateway, tasks, world): one node and its gateway on `clock`, running.
 
     lean: keep no history (output changes, frames heard), for memory measurements.
     tick_ms: the app's tick instead of its default (a soak runs faster on a coarser one).
+    lorawan: the node's radio is firmware/radio_lorawan.py on the simulated RAK3172
+    (at_modem.py), and the "gateway" the network behind it (at_modem.Network).
     """
     hal = SimHAL(clock, storage=storage, reset_cause=reset_cause, history_max=0 if lean else 20000)
-    gw_hal = SimHAL(clock)
-    node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
+    gw = None
+    if lorawan:
+        from at_modem import AtModem, Network
+        from firmware.radio_lorawan import LorawanRadio
+
+        gw = Network(clock, NODE_ID, ROOT_HEX, keep=not lean)
+        node_radio = LorawanRadio(hal, AtModem(hal, gw, keep=not lean), NODE_ID, ())
+    else:
+        gw_hal = SimHAL(clock)
+        node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
     if app_class is None:
         if kind == "lighting":
             from firmware.lighting import Lighting as app_class
@@ -175,8 +193,10 @@ def start_node(
             from firmware.irrigation import Irrigation as app_class
     world = LampWorld(hal) if kind == "lighting" else WaterWorld(hal)
     node = Node(node_config(kind, tick_ms), hal, node_radio, app_class, hello_jitter_ms=0, watchdog=watchdog)
-    gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
-    tasks = [asyncio.create_task(gw.run()), asyncio.create_task(node.run())]
+    tasks = [asyncio.create_task(node.run())]
+    if gw is None:
+        gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
+        tasks.append(asyncio.create_task(gw.run()))
     return hal, node, gw, tasks, world
 
 
@@ -217,3 +237,83 @@ class LeanClock(StepClock):
 def new_clock(unix0=MIDSUMMER, lean=False):
     """A StepClock at unix0; lean: a LeanClock (cancelled sleeps leave at once, for memory figures)."""
     return LeanClock(unix0) if lean else StepClock(unix0)
+
+
+class BatteryCell:
+    """A battery irrigation node (firmware/battery.py) across deep sleeps, on timer wakes: each
+    wake a new SimHAL and BatteryNode with the old storage, RTC memory and latched valves, as a
+    board boots again. For bench/firmware_memory.py ("irrigation-battery"). `tx`, `app_faults`
+    and `last_error` add up every boot's; `gw` hears them all."""
+
+    def __init__(self, clock, lean=False, tick_ms=None):
+        from firmware.radio import MemoryRadio
+
+        self._radio_class = MemoryRadio
+        self.clock = clock
+        self.lean = lean
+        section = {
+            "zones": [{"flow_dlpm": 120, "moisture": 1}, {"flow_dlpm": 80}],
+            "schedule": [[1, 127, 300, 20], [2, 127, 330, 15]],
+            "utc_offset_min": 0,
+            "battery": 1,
+            "latch_ms": 40,
+        }
+        if tick_ms is not None:
+            section["tick_ms"] = tick_ms
+        self.cfg = node_config("irrigation", **section)
+        self.storage = {}
+        self.rtc = {}
+        self.hal = None
+        gw_hal = SimHAL(clock)
+        self._node_radio, gw_radio = memory_link(None, gw_hal, sf=9)
+        self.gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
+        self.tx = self.app_faults = self.boots = 0
+        self.last_error = None
+        self.node = None
+
+    async def run(self):
+        from firmware.battery import BatteryIrrigation, BatteryNode
+        from simulator.hal_sim import SimSleep
+
+        cause = m.RST_POWER_ON
+        while True:
+            old = self.hal
+            hal = SimHAL(
+                self.clock,
+                storage=self.storage,
+                reset_cause=cause,
+                time_known=old is None,
+                history_max=0 if self.lean else 20000,
+            )
+            if old is not None:
+                hal.carry_clock(old)
+                for v in ("master", "zone1", "zone2"):
+                    if v in old.pins:
+                        hal.pins[v] = old.pins[v]
+                old.power_off()
+            hal.rtc = self.rtc
+            WaterWorld(hal)
+            self.hal = hal
+            radio = self._radio_class(hal, sf=9)
+            radio.peer = self.gw.radio
+            self.gw.radio.peer = radio
+            node = self.node = BatteryNode(self.cfg, hal, radio, BatteryIrrigation, hello_jitter_ms=0, watchdog=False)
+            self.boots += 1
+            slept = 1000
+            try:
+                await node.run()
+            except SimSleep as s:
+                slept = s.ms
+            self.tx += node.tx
+            self.app_faults += node.app_faults
+            self.last_error = node.last_error or self.last_error
+            self.node = None
+            cause = m.RST_DEEPSLEEP
+            await self.clock.sleep_ms(slept)
+
+
+def start_battery_cell(clock, lean=False, tick_ms=None):
+    """(cell, gateway, tasks): a battery node (BatteryCell) and its gateway on `clock`, running."""
+    cell = BatteryCell(clock, lean, tick_ms)
+    tasks = [asyncio.create_task(cell.gw.run()), asyncio.create_task(cell.run())]
+    return cell, cell.gw, tasks
