@@ -920,12 +920,11 @@ class Api:
     # ------------------------------------------------------------ calendars
 
     async def list_calendars(self, request: web.Request) -> web.Response:
-        """The calendars compiled, and per node seen: the hash assigned, the one it holds, in sync."""
-        if self.calendars is None:
-            raise web.HTTPNotFound(
-                text=json.dumps({"error": "calendars are off ([calendars] dir unset)"}), content_type="application/json"
-            )
-        return web.json_response(self.calendars.status())
+        """The calendars compiled, and per node seen: the hash assigned, the one it holds, in sync;
+        `configured` false (and nothing else) when `[calendars]` is off."""
+        if self.calendars is None:  # 200, as GET /requests: the page asks on every refresh
+            return web.json_response({"configured": False, "calendars": [], "nodes": {}, "counts": {}})
+        return web.json_response({"configured": True, **self.calendars.status()})
 
     # ------------------------------------------------------------ alarm notifications
 

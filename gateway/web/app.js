@@ -8,6 +8,7 @@ import { $, h, show, ago, clock, fieldText, words, STATE_LABELS } from "./dom.js
 import { drawPlan } from "./plan.js";
 import { chartableFields, drawChart } from "./chart.js";
 import { CommandForm, commandItem } from "./command.js";
+import { calendarFact, calendarsByNode, loadCalendars, renderCalendars } from "./calendars.js";
 import { loadGroups, renderGroups } from "./groups.js";
 import { loadRequests, renderRequests, requestItem, requestsByNode } from "./requests.js";
 
@@ -29,6 +30,7 @@ const ui = {
   unplaced: [],
   requests: null, // GET /requests: the city's open service requests
   requestsByNode: new Map(),
+  calendarsByNode: new Map(), // GET /calendars: node id -> the calendar it should hold, and whether it does
 };
 
 const form = new CommandForm({
@@ -115,6 +117,9 @@ async function refresh() {
     renderRequests(ui.requests, new Map(ui.nodes.map((n) => [n.id, n])), select);
     renderGateway(await request("/metrics", { text: true }));
     renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select, refresh);
+    const calendars = await loadCalendars();
+    ui.calendarsByNode = calendarsByNode(calendars);
+    renderCalendars(calendars, new Map(ui.nodes.map((n) => [n.id, n])), select);
     if (ui.selected) await refreshDetail();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
@@ -298,6 +303,7 @@ function renderDetail(node) {
         ? `provisioned ${node.firmware}` : ""),
     fact("Supply", fieldText(node.supply_voltage)),
     fact("Waiting downlinks", String(node.downlinks_waiting)),
+    ...(calendarFact(ui.calendarsByNode, node.id) ? [fact("Calendar", calendarFact(ui.calendarsByNode, node.id))] : []),
     ...(last ? Object.entries(last.fields).slice(0, 4).map(([k, f]) => fact(sentence(k), fieldText(f))) : []),
     ...(node.bad_mic ? [fact("Bad MIC frames", String(node.bad_mic))] : []),
   ]);
