@@ -550,7 +550,12 @@ async def test_api_lists_calendars_and_nodes_in_sync(gateway, tmp_path: Path) ->
                 assert r.status == 200
                 doc = await r.json()
             async with http.get(f"http://127.0.0.1:{apis[1].port}/calendars", headers=auth) as r:
-                assert r.status == 200 and await r.json() == {"configured": False, "calendars": [], "nodes": {}, "counts": {}}
+                assert r.status == 200 and await r.json() == {
+                    "configured": False,
+                    "calendars": [],
+                    "nodes": {},
+                    "counts": {},
+                }
     finally:
         for api in apis:
             await api.stop()
