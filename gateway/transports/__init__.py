@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+import re
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
@@ -145,6 +147,30 @@ class Ingestor:
                     self.log.exception("pipeline.submit raised", extra={"transport": self.transport})
             finally:
                 q.task_done()
+
+
+# A radio `time` outside these years (2000-2100) is a clock that was never set: use ours.
+TIME_RANGE = (946_684_800.0, 4_102_444_800.0)
+_FRACTION = re.compile(r"(\.\d{6})\d+")  # nanoseconds (some forwarders, ChirpStack): microseconds kept
+
+
+def radio_time(v: Any) -> float | None:
+    """Unix seconds of an ISO 8601 / RFC 3339 `time` from a forwarder or a network server (a `Z`
+    or an offset; a zone-less time is UTC; fractions past microseconds dropped), or None for
+    anything else, also outside TIME_RANGE."""
+    if not isinstance(v, str) or len(v) > 40:
+        return None
+    try:
+        t = datetime.fromisoformat(_FRACTION.sub(r"\1", v.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    try:
+        ts = t.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+    return ts if TIME_RANGE[0] <= ts < TIME_RANGE[1] else None
 
 
 def report_reject(

@@ -78,7 +78,6 @@ import ssl
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiomqtt
@@ -86,7 +85,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
-from gateway.transports import DownlinkError, Pipeline, report_reject
+from gateway.transports import DownlinkError, Pipeline, radio_time, report_reject
 from protocol import lorawan
 
 log = logging.getLogger("lumeau.gateway.transports.chirpstack")
@@ -99,13 +98,11 @@ DEFAULT_MAX_EVENT_BYTES = 65536  # ChirpStack's events are 1-2 kB; a gateway lis
 INCOMING_MAX = 8192
 MAX_SESSIONS = 100_000  # devices whose fCnt is remembered (a registry's worth; the oldest forgotten first)
 REFUSED_CREDENTIALS = frozenset((4, 5, 0x86, 0x87))  # MQTT 3.1.1 and 5 "bad credentials" / "not authorised"
-TIME_RANGE = (946_684_800.0, 4_102_444_800.0)  # 2000-2100: outside, a clock that was never set
 FUTURE_SLACK_S = 60.0  # an event time further ahead of ours than this is not believed
 RSSI_RANGE = (-200.0, 50.0)
 SNR_RANGE = (-50.0, 50.0)
 _EUI = re.compile(r"[0-9a-fA-F]{16}\Z")
 _GATEWAY_ID = re.compile(r"[0-9a-fA-F]{1,32}\Z")
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 TOPIC_RE = re.compile(r"application/([^/]+)/device/([^/]+)/event/([a-z]+)\Z")
 
 
@@ -183,23 +180,6 @@ def _number(v: Any, lo: float, hi: float) -> float | None:
 
 def _int(v: Any, lo: int, hi: int) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else None
-
-
-def parse_time(v: Any) -> float | None:
-    """Unix seconds of ChirpStack's RFC 3339 `time` (nanoseconds allowed), or None."""
-    if not isinstance(v, str) or len(v) > 40:
-        return None
-    try:
-        t = datetime.fromisoformat(_FRACTION.sub(r"\1", v.replace("Z", "+00:00")))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    try:
-        ts = t.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
-    return ts if TIME_RANGE[0] <= ts < TIME_RANGE[1] else None
 
 
 class Uplink:
@@ -298,7 +278,7 @@ def parse_uplink(dev_eui: str, doc: Any, bad_field: Callable[[str], None]) -> Up
     elif tx is not None:
         bad_field("txInfo")
     if "time" in doc:
-        u.time = parse_time(doc["time"])
+        u.time = radio_time(doc["time"])
         if u.time is None:
             bad_field("time")
     return u

@@ -122,12 +122,11 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
-from gateway.transports import DownlinkError, Ingestor, Pipeline, report_reject
+from gateway.transports import DownlinkError, Ingestor, Pipeline, radio_time, report_reject
 from protocol import lora
 
 log = logging.getLogger("lumeau.gateway.transports.semtech")
@@ -164,12 +163,9 @@ MAX_INT_DIGITS = 20  # longer integers in a forwarder's JSON are no radio figure
 STAT_KEYS_MAX = 32  # of a `stat` report, at most this many scalar fields are kept
 STAT_TEXT_MAX = 64
 TMST_MOD = 1 << 32
-# A forwarder `time` outside these years (2000-2100) is a clock that was never set: use ours.
-TIME_RANGE = (946_684_800.0, 4_102_444_800.0)
 
 _DATR = re.compile(r"SF(\d{1,2})BW(\d{2,3})\Z")
 _CODR = re.compile(r"4/([5-8])\Z")
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 @dataclass(slots=True)
@@ -255,24 +251,7 @@ def _stat_value(v: Any) -> bool:
     return v is None
 
 
-def _parse_time(v: Any) -> float | None:
-    """Unix seconds from the forwarder's ISO 8601 `time`, or None (also outside TIME_RANGE)."""
-    if not isinstance(v, str) or len(v) > 40:
-        return None
-    try:
-        t = datetime.fromisoformat(v)
-    except ValueError:
-        try:
-            t = datetime.fromisoformat(_FRACTION.sub(r"\1", v))  # some forwarders send nanoseconds
-        except ValueError:
-            return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    try:
-        ts = t.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
-    return ts if TIME_RANGE[0] <= ts < TIME_RANGE[1] else None
+_parse_time = radio_time  # the forwarder's `time` (a module name: tests replace it)
 
 
 def udp_socket_counters(inode: int) -> tuple[int, int] | None:
