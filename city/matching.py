@@ -38,6 +38,7 @@ DEVICE_NORMAL = "device_normal"
 NO_DEVICE = "no_device"
 ALARM_SEVERITIES = frozenset(("alarm", "critical"))
 ONE_SHOT = frozenset(("watchdog_reset", "storage_fault"))  # as gateway/ngsi_ld.py: issued and over at once
+INFO_ONLY = frozenset(("calendar",))  # sent only as info (the calendar a node holds): never a fault
 
 
 @dataclass(frozen=True)
