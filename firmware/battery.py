@@ -195,7 +195,7 @@ class BatteryIrrigation(Irrigation):
                 for d in range(8):
                     wd = (day + d + 3) % 7
                     ahead = d * _DAY_MIN + start - minute
-                    if mask >> wd & 1 and (ahead > 0 or ahead == 0 and self._last_min != minute):
+                    if mask >> wd & 1 and (ahead > 0 or ahead == 0 and self._last_min != t // 60):
                         if ahead < best:
                             best = ahead
                         break
