@@ -395,6 +395,18 @@ class Store:
     async def flush_state(self) -> None:
         await self.nodes.flush()
 
+    async def expect_release(self, node_id: int, expected: dict[str, str] | None, now: float) -> dict[str, Any]:
+        """Set (None: clear) the release a node should run (gateway/releases.py); on disk on return."""
+        return await self.nodes.expect_release(node_id, expected, now)
+
+    def release_states(self) -> dict[str, int]:
+        """Nodes with an expected release, by state (gateway/releases.py STATES)."""
+        return self.nodes.release_states()
+
+    @property
+    def release_rollbacks(self) -> int:
+        return self.nodes.rollbacks
+
     # ------------------------------------------------------------ downlinks
 
     async def add_downlink(
