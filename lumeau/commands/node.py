@@ -15,7 +15,8 @@
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
     lumeau node release-key --out FILE
     lumeau node release   --key FILE --bundle DIR --replaces V[,V] [--base DIR] [--version V] [--out FILE]
-    lumeau node update    IMAGE --port PORT [--settle S] [--json]
+    lumeau node update    IMAGE --port PORT [--settle S] [--json] [--gateway URL --node ID [--token T]]
+    lumeau node expect    (ID | --group NAME) (--image FILE | --version V --bundle HEX | --clear) --gateway URL
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
 (for configure, an unknown setting or a value out of range included).
