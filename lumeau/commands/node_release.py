@@ -50,6 +50,7 @@ def cmd_release_key(args: argparse.Namespace) -> int:
         return _err("release-key", str(e))
     print(f"{args.out}: new release key {releases.key_id(pub)} (private, mode 600: keep it off the gateway)")
     print(f'public key for the nodes\' config: "release_key": "{pub.hex()}"')
+    print(f"  (lumeau node provision ... --release-key {pub.hex()} puts it there)")
     return 0
 
 
