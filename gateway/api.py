@@ -862,14 +862,18 @@ class Api:
         except releases.ReleaseError as e:
             raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
 
-    async def _set_release(self, node_id: int, expected: dict[str, str] | None) -> dict[str, Any]:
-        rel = await self.store.expect_release(node_id, expected, self.clock())
+    async def _set_release(self, node_ids: list[int], expected: dict[str, str] | None) -> dict[int, dict[str, Any]]:
+        rels = await self.store.expect_release(node_ids, expected, self.clock())
         log.info(
             "expected release %s",
             "set" if expected else "cleared",
-            extra={"node": format_node_id(node_id), "version": expected and expected["version"], "state": rel["state"]},
+            extra={
+                "nodes": len(node_ids),
+                "node": format_node_id(node_ids[0]) if len(node_ids) == 1 else None,
+                "version": expected and expected["version"],
+            },
         )
-        return rel
+        return rels
 
     async def put_node_release(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)
@@ -877,7 +881,7 @@ class Api:
         if node_id not in self.registry:
             return _error(404, "no such node")
         try:
-            rel = await self._set_release(node_id, expected)
+            rel = (await self._set_release([node_id], expected))[node_id]
         except StoreError as e:
             return _error(503, f"not saved: {e}")
         return web.json_response({"id": format_node_id(node_id), "release": rel})
@@ -887,7 +891,7 @@ class Api:
         if node_id not in self.registry:
             return _error(404, "no such node")
         try:
-            rel = await self._set_release(node_id, None)
+            rel = (await self._set_release([node_id], None))[node_id]
         except StoreError as e:
             return _error(503, f"not saved: {e}")
         return web.json_response({"id": format_node_id(node_id), "release": rel})
@@ -898,12 +902,13 @@ class Api:
         g = self.registry.group(name)
         if g is None:
             return _error(404, "no such group")
-        states: dict[str, Any] = {}
+        if not g.members:
+            return web.json_response({"group": name, "release": expected, "nodes": {}})
         try:
-            for n in g.members:
-                states[format_node_id(n)] = (await self._set_release(n, expected))["state"]
+            rels = await self._set_release(list(g.members), expected)
         except StoreError as e:
-            return _error(503, f"not saved (after {len(states)} of {len(g.members)} members): {e}")
+            return _error(503, f"not saved: {e}")
+        states = {format_node_id(n): r["state"] for n, r in rels.items()}
         return web.json_response({"group": name, "release": expected, "nodes": states})
 
     async def post_group_multicast(self, request: web.Request) -> web.Response:

@@ -167,20 +167,25 @@ class NodeStates(Part):
                     extra={"node": f"{rec.node_id:08x}", "suppressed": suppressed},
                 )
 
-    async def expect_release(self, node_id: int, expected: dict[str, str] | None, now: float) -> dict[str, Any]:
-        """Set (None: clear) the release a node should run; durable when this returns."""
-        st = self._states.get(node_id)
-        if st is None:
-            st = self._states[node_id] = {"readings": {}, "open_alarms": {}}
-        st["release"] = releases.expect(st.get("release"), expected, now)
-        self._dirty.discard(node_id)
-        rows = self._rows({node_id})
+    async def expect_release(
+        self, node_ids: list[int], expected: dict[str, str] | None, now: float
+    ) -> dict[int, dict[str, Any]]:
+        """Set (None: clear) the release nodes should run, in one transaction; durable on return."""
+        out = {}
+        for n in node_ids:
+            st = self._states.get(n)
+            if st is None:
+                st = self._states[n] = {"readings": {}, "open_alarms": {}}
+            st["release"] = releases.expect(st.get("release"), expected, now)
+            out[n] = dict(st["release"])
+        self._dirty.difference_update(node_ids)
+        rows = self._rows(set(node_ids))
 
         def op(c: sqlite3.Connection) -> None:
             c.executemany(_UPSERT, rows)
 
         await self.writer.submit(op)
-        return dict(st["release"])
+        return out
 
     def release_states(self) -> dict[str, int]:
         out = dict.fromkeys(releases.STATES, 0)
