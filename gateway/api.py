@@ -15,8 +15,17 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    key generation in its records' ids, SPEC §4), last seen,
                                    RSSI/SNR and gateway of the best reception, supply
                                    voltage, firmware, last readings, open alarms, downlinks waiting,
+                                   release {"running", "expected", "state", ...} (null: no HELLO
+                                   with a bundle id and no release expected yet),
                                    health {"state": ok|alarm|silent|failsafe, "conditions", "silent_s"}
                                    (gateway/health.py)
+  PUT    /nodes/{id}/release       the release the node should run (gateway/releases.py): {"version":
+                                   "0.2.0", "bundle": 64 hex (the image manifest's)}; 200 with its
+                                   "release" {"running", "expected", "state": current | updating |
+                                   rolled_back, "since", "rolled_back_at", "rollbacks"}, on disk
+                                   before the answer; 400 bad body, 404 unknown node
+  DELETE /nodes/{id}/release       forget the expected release (state null); 200 with "release"
+  PUT    /groups/{name}/release    the same for every member: {"release": {...}, "nodes": {id: state}}
   GET    /nodes/{id}/readings      its recent uplinks, oldest first (gateway/history.py: the last
                                    96 per type): ?type=light,status (default: all) &limit=N
   PUT    /nodes/{id}               add or update a node: {"kind", "root_key" (32 hex; needed
@@ -131,7 +140,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import health, ops
+from gateway import health, ops, releases
 from gateway.downlinks import DownlinkRejected, Downlinks
 from gateway.groups import REPAIR_AFTER_S, GroupCommandError, GroupCommands
 from gateway.history import History
@@ -153,7 +162,7 @@ from gateway.registry import (
     format_node_id,
     parse_node_id,
 )
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from protocol import expand
 from protocol import messages as m
 
@@ -531,6 +540,9 @@ class Api:
         r.add_delete("/commands/{id}", self.delete_command)
         r.add_get("/quarantine", self.quarantine)
         r.add_get("/nodes/{id}/readings", self.node_readings)
+        r.add_put("/nodes/{id}/release", self.put_node_release)
+        r.add_delete("/nodes/{id}/release", self.delete_node_release)
+        r.add_put("/groups/{name}/release", self.put_group_release)
         r.add_get("/ops", self.list_ops)
         r.add_get("/groups", self.list_groups)
         r.add_post("/groups", self.post_group)
@@ -660,6 +672,7 @@ class Api:
             snr=st.get("snr"),
             gateway=st.get("gateway_id"),
             reported_firmware=st.get("firmware"),
+            release=st.get("release"),
             supply_voltage=supply,
             readings=readings,
             open_alarms=list(st.get("open_alarms", {}).values()),
@@ -841,6 +854,63 @@ class Api:
             out["provisioning"] = await self.multicast.provision(group)  # the key to its lamps (join_group)
         return web.json_response(out, status=200 if old else 201)
 
+    # ------------------------------------------------------------ releases
+
+    async def _expected(self, request: web.Request) -> dict[str, str]:
+        try:
+            return releases.parse_expected(await self._body(request))
+        except releases.ReleaseError as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from None
+
+    async def _set_release(self, node_ids: list[int], expected: dict[str, str] | None) -> dict[int, dict[str, Any]]:
+        rels = await self.store.expect_release(node_ids, expected, self.clock())
+        log.info(
+            "expected release %s",
+            "set" if expected else "cleared",
+            extra={
+                "nodes": len(node_ids),
+                "node": format_node_id(node_ids[0]) if len(node_ids) == 1 else None,
+                "version": expected and expected["version"],
+            },
+        )
+        return rels
+
+    async def put_node_release(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        expected = await self._expected(request)
+        if node_id not in self.registry:
+            return _error(404, "no such node")
+        try:
+            rel = (await self._set_release([node_id], expected))[node_id]
+        except StoreError as e:
+            return _error(503, f"not saved: {e}")
+        return web.json_response({"id": format_node_id(node_id), "release": rel})
+
+    async def delete_node_release(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        if node_id not in self.registry:
+            return _error(404, "no such node")
+        try:
+            rel = (await self._set_release([node_id], None))[node_id]
+        except StoreError as e:
+            return _error(503, f"not saved: {e}")
+        return web.json_response({"id": format_node_id(node_id), "release": rel})
+
+    async def put_group_release(self, request: web.Request) -> web.Response:
+        name = self._group_name(request)
+        expected = await self._expected(request)
+        g = self.registry.group(name)
+        if g is None:
+            return _error(404, "no such group")
+        if not g.members:
+            return web.json_response({"group": name, "release": expected, "nodes": {}})
+        try:
+            rels = await self._set_release(list(g.members), expected)
+        except StoreError as e:
+            return _error(503, f"not saved: {e}")
+        states = {format_node_id(n): r["state"] for n, r in rels.items()}
+        return web.json_response({"group": name, "release": expected, "nodes": states})
+
     async def post_group_multicast(self, request: web.Request) -> web.Response:
         g = self.registry.group(self._group_name(request))
         if g is None:
@@ -1017,6 +1087,19 @@ class Api:
             [({"reason": r, "transport": t}, n) for (r, t), n in sorted(rejected.items())],
         )
         x.family("lumeau_pipeline_inflight", "gauge", "Receptions queued or committing.", [({}, p.inflight)])
+        x.family(
+            "lumeau_release_rollbacks_total",
+            "counter",
+            "Nodes seen back on another release than the one expected (a rollback), since start.",
+            [({}, s.release_rollbacks)],
+        )
+        by_state = s.release_states()
+        x.family(
+            "lumeau_nodes_release",
+            "gauge",
+            "Nodes with an expected release, by state (current, updating, rolled_back).",
+            [({"state": k}, v) for k, v in by_state.items()],
+        )
         guard = p.mic_guard.stats()
         x.family(
             "lumeau_mic_lockouts_total",

@@ -217,6 +217,7 @@ def provision(
     new_registry: bool = False,
     board: str | None = None,
     radio: str | None = None,
+    release_key: str | None = None,
 ) -> Provisioned:
     from gateway.registry import NodeEntry, Registry, RegistryError
     from lumeau import boards
@@ -309,6 +310,8 @@ def provision(
         if given != dev_eui:
             raise ProvisionError(f"--dev-eui {dev_eui}: the template's radio.dev_eui is {given}")
         template = {**(template or {}), "radio": {**radio_section, "dev_eui": dev_eui}}
+    if release_key is not None:  # 64 hex (lumeau/release.py parse_public_key): over the template's
+        template = {**(template or {}), "release_key": release_key}
     data = build_config(node_id, kind, key, template, lat, lon, preset)
     try:
         entry = NodeEntry(

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -72,6 +73,40 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ReleaseError(f"{path}: not an Ed25519 key")
     return key
+
+
+def parse_public_key(value: str) -> str:
+    """A node's `release_key` (64 lowercase hex) from 64 hex digits or a file holding them or a
+    PEM Ed25519 public key (e.g. `openssl pkey -pubout`). A private key is refused: it never
+    goes on a node (anyone holding one node could then sign releases)."""
+    text = value.strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    path = Path(value)
+    if not path.is_file():
+        raise ReleaseError(
+            f"--release-key {value[:80]!r}: neither 64 hex digits (the public key `lumeau node release-key` "
+            "prints) nor a file holding a PEM public key"
+        )
+    try:
+        data = path.read_bytes()[:65536]
+    except OSError as e:
+        raise ReleaseError(f"{path}: cannot read the release key ({e.strerror})") from None
+    stripped = data.strip()
+    if len(stripped) == 64 and all(c in b"0123456789abcdefABCDEF" for c in stripped):
+        return stripped.decode().lower()
+    if b"PRIVATE KEY" in data:
+        raise ReleaseError(
+            f"{path}: a private key; give the public key (64 hex, printed by `lumeau node release-key`): "
+            "the private key never goes on a node"
+        )
+    try:
+        pub = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ReleaseError(f"{path}: not a PEM public key nor 64 hex digits") from None
+    if not isinstance(pub, Ed25519PublicKey):
+        raise ReleaseError(f"{path}: a public key, but not Ed25519 (releases are signed with Ed25519, SPEC §13)")
+    return public_bytes(pub).hex()
 
 
 @dataclass(frozen=True)

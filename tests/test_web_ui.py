@@ -200,6 +200,9 @@ enabled = false
 
 def feed_a_day(fwd: Forwarder, now: float) -> None:
     """A day of reports for the lamps and the park; an alarm; the park falls into fail-safe."""
+    # the alarmed lamp was told to run release 0.2.0 and says HELLO from its previous one: rolled back
+    hello = {0: "0.1.0", 1: m.KIND_LIGHTING, 2: 3, 4: m.RST_WATCHDOG, 5: bytes.fromhex("aa11bb")}
+    fwd.uplink(LAMP_ALARM, m.HELLO, hello, at=now - (DAY + 4) * 900)
     for node, kind in ((LAMP, m.KIND_LIGHTING), (PARK, m.KIND_IRRIGATION)):
         fwd.uplink(node, m.HELLO, {0: "0.1.0", 1: kind, 2: 3, 4: m.RST_POWER_ON}, at=now - (DAY + 4) * 900)
     for i in range(DAY + 4):  # more than the history keeps: the oldest 4 must be gone
@@ -245,6 +248,14 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         port = started["api_port"]
         fwd = Forwarder(started["semtech_port"])
         now = time.time()
+        put = urllib.request.Request(
+            f"http://127.0.0.1:{port}/nodes/{LAMP_ALARM:08x}/release",
+            data=json.dumps({"version": "0.2.0", "bundle": "cc22dd" + "0" * 58}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(put, timeout=10) as r:
+            assert json.loads(r.read())["release"]["state"] == "updating"
         feed_a_day(fwd, now)
         wait_for(
             lambda: (
@@ -307,6 +318,7 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         assert "Depot spare" in page.inner_text("#unplaced")
         assert page.inner_text("#count-alarm") == "1" and page.inner_text("#count-silent") == "1"
         assert page.inner_text("#count-failsafe") == "1" and page.inner_text("#count-ok") == "2"
+        page.wait_for_selector("#gateway .fact")  # rendered after the plan, once /metrics answered
         gateway = page.inner_text("#gateway")  # the gateway's own figures, from /metrics
         assert "Nodes registered\n5" in gateway and "Frames refused\n0" in gateway
         alarms = page.locator("#alarms li")
@@ -318,6 +330,8 @@ def test_a_technician_signs_in_sees_the_nodes_and_commands_a_lamp(tmp_path, brow
         page.wait_for_selector("#detail-state[data-state='alarm']")
         assert "lamp failure" in page.inner_text("#node-alarms")
         assert "lamp failure raised" in page.inner_text("#node-events")
+        release = page.locator("#facts .fact[data-release='rolled_back']")
+        assert "ROLLED BACK" in release.inner_text() and "runs aa11bb, expected 0.2.0 (cc22dd)" in release.inner_text()
 
         # The park: its soil drying out, one line per zone with a sensor.
         page.click(f'#plan .node-marker[data-node="{PARK:08x}"]')

@@ -395,6 +395,21 @@ class Store:
     async def flush_state(self) -> None:
         await self.nodes.flush()
 
+    async def expect_release(
+        self, node_ids: list[int], expected: dict[str, str] | None, now: float
+    ) -> dict[int, dict[str, Any]]:
+        """Set (None: clear) the release nodes should run (gateway/releases.py), in one
+        transaction; on disk on return. Their release states by node id."""
+        return await self.nodes.expect_release(node_ids, expected, now)
+
+    def release_states(self) -> dict[str, int]:
+        """Nodes with an expected release, by state (gateway/releases.py STATES)."""
+        return self.nodes.release_states()
+
+    @property
+    def release_rollbacks(self) -> int:
+        return self.nodes.rollbacks
+
     # ------------------------------------------------------------ downlinks
 
     async def add_downlink(

@@ -30,6 +30,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from gateway import releases
+from gateway.logs import RateLimiter
 from gateway.model import Record
 from gateway.store.core import Part, StoreError, Writer
 from protocol import expand
@@ -104,6 +106,8 @@ class NodeStates(Part):
         # told of every change of an alarm cycle (notifications.Notifications.journal), on alarm
         # changes only: the hot path (telemetry) never reaches it
         self.on_alarm: Callable[..., None] | None = None
+        self.rollbacks = 0  # rollbacks seen since the gateway started (/metrics)
+        self._log_limit = RateLimiter()  # a fleet rolling back at once: 20 lines, then 1/s
 
     def load(self, r: sqlite3.Connection) -> None:
         self._states = {n: json.loads(s) for n, s in r.execute("SELECT node_id, state FROM nodes")}
@@ -134,6 +138,7 @@ class NodeStates(Part):
         if mtype == m.HELLO:  # rare: expanded now
             st["firmware"] = rec.body.get(0)
             st["hello"] = expand.expand(mtype, rec.body)
+            self._release(rec, st)
             self._close(rec, st, "hello", None)  # a restarted node raises again what still holds
         elif mtype == m.EVENT:
             self._event(rec, st)
@@ -142,6 +147,53 @@ class NodeStates(Part):
             if mtype == m.STATUS and rec.body.get(m.S_ALARMS) == 0 and st[_OPEN]:
                 self._close(rec, st, "status", rec.body.get(m.S_TIME) or None)
         self._dirty.add(rec.node_id)
+
+    def _release(self, rec: Record, st: dict[str, Any]) -> None:
+        before = st.get("release")
+        rel, rolled_back = releases.on_hello(before, rec.body.get(m.H_BUNDLE), rec.rx_time)
+        st["release"] = rel
+        if before is None or rel.get("state") != before.get("state"):
+            self._changed(rec.node_id)  # written with the HELLO's group commit
+        if rolled_back:
+            self.rollbacks += 1
+            allowed, suppressed = self._log_limit.allow("rollback")
+            if allowed:
+                exp = rel["expected"]
+                log.warning(
+                    "node rolled back: expected release %s (bundle %s), HELLO reports bundle %s",
+                    exp["version"],
+                    exp["bundle"][: releases.PREFIX],
+                    rel["running"] or "none",
+                    extra={"node": f"{rec.node_id:08x}", "suppressed": suppressed},
+                )
+
+    async def expect_release(
+        self, node_ids: list[int], expected: dict[str, str] | None, now: float
+    ) -> dict[int, dict[str, Any]]:
+        """Set (None: clear) the release nodes should run, in one transaction; durable on return."""
+        out = {}
+        for n in node_ids:
+            st = self._states.get(n)
+            if st is None:
+                st = self._states[n] = {"readings": {}, "open_alarms": {}}
+            st["release"] = releases.expect(st.get("release"), expected, now)
+            out[n] = dict(st["release"])
+        self._dirty.difference_update(node_ids)
+        rows = self._rows(set(node_ids))
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany(_UPSERT, rows)
+
+        await self.writer.submit(op)
+        return out
+
+    def release_states(self) -> dict[str, int]:
+        out = dict.fromkeys(releases.STATES, 0)
+        for st in self._states.values():
+            state = (st.get("release") or {}).get("state")
+            if state in out:
+                out[state] += 1
+        return out
 
     def _event(self, rec: Record, st: dict[str, Any]) -> None:
         active = rec.body.get(m.E_ACTIVE)

@@ -282,6 +282,19 @@ function fact(label, value, title) {
   return h("div", { class: "fact" }, h("dt", { text: label }), h("dd", { title: title || null, text: value }));
 }
 
+// The release it runs against the one expected (gateway/releases.py): a rollback stands out.
+const RELEASE_LABELS = { current: "current", updating: "updating", rolled_back: "ROLLED BACK" };
+
+function releaseFact(rel) {
+  const running = rel.running || "none reported";
+  const exp = rel.expected;
+  if (!exp) return fact("Release", `bundle ${running}`, "no release expected: set one with lumeau node expect");
+  const text = `${RELEASE_LABELS[rel.state] || rel.state} · runs ${running}, expected ${exp.version} (${exp.bundle.slice(0, 6)})`;
+  const f = fact("Release", text, rel.rolled_back_at ? `rolled back ${clock(rel.rolled_back_at)}` : "");
+  f.dataset.release = rel.state;
+  return f;
+}
+
 function renderDetail(node) {
   show($("detail"), true);
   $("detail-title").textContent = node.name ? `${node.name} · ${node.id}` : `Node ${node.id}`;
@@ -301,6 +314,7 @@ function renderDetail(node) {
     fact("Firmware", node.reported_firmware || node.firmware || "–",
       node.firmware && node.reported_firmware && node.firmware !== node.reported_firmware
         ? `provisioned ${node.firmware}` : ""),
+    ...(node.release && (node.release.expected || node.release.running) ? [releaseFact(node.release)] : []),
     fact("Supply", fieldText(node.supply_voltage)),
     fact("Waiting downlinks", String(node.downlinks_waiting)),
     ...(calendarFact(ui.calendarsByNode, node.id) ? [fact("Calendar", calendarFact(ui.calendarsByNode, node.id))] : []),

@@ -3,6 +3,7 @@
     lumeau node build     --target esp32|rp2 --kind KIND [--out DIR] [--frozen]
     lumeau node provision --kind KIND (--registry FILE [--new-registry] | --gateway URL) [--node-id ID]
                           [--board esp32-devkit|rp2-pico|vboard [--radio lora|uart|lorawan]] [--out FILE] [--force]
+                          [--template FILE] [--release-key PUBHEX|FILE]
     lumeau node list      (--registry FILE | --gateway URL) [--json]
     lumeau node remove    ID (--registry FILE | --gateway URL)
     lumeau node show      ID --gateway URL [--json]
@@ -14,7 +15,8 @@
     lumeau node configure ADDR key=value ... (--config FILE | --registry FILE) [--timeout S]
     lumeau node release-key --out FILE
     lumeau node release   --key FILE --bundle DIR --replaces V[,V] [--base DIR] [--version V] [--out FILE]
-    lumeau node update    IMAGE --port PORT [--settle S] [--json]
+    lumeau node update    IMAGE --port PORT [--settle S] [--json] [--gateway URL --node ID [--token T]]
+    lumeau node expect    (ID | --group NAME) (--image FILE | --version V --bundle HEX | --clear) --gateway URL
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments
 (for configure, an unknown setting or a value out of range included).
@@ -173,6 +175,14 @@ def cmd_provision(args: argparse.Namespace) -> int:
             return _err("provision", f"{args.template}: {e}")
         if not isinstance(template, dict):
             return _err("provision", f"{args.template}: must hold a JSON object")
+    release_key = None
+    if args.release_key is not None:
+        from lumeau import release as rl
+
+        try:
+            release_key = rl.parse_public_key(args.release_key)
+        except rl.ReleaseError as e:
+            return _err("provision", str(e))
     try:
         p = pv.provision(
             args.kind,
@@ -192,6 +202,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             new_registry=args.new_registry,
             board=args.board,
             radio=args.radio,
+            release_key=release_key,
         )
     except pv.ProvisionError as e:
         return _err("provision", str(e))
@@ -361,6 +372,13 @@ def add_subcommand(subparsers: Any) -> None:
         type=Path,
         help="site template: a JSON config without node_id/kind/root_key (radio, pins, the app's section); "
         "its keys replace the --board preset's",
+    )
+    p.add_argument(
+        "--release-key",
+        metavar="PUBHEX|FILE",
+        help="the city's release public key for the node's config (release_key): 64 hex digits as "
+        "`lumeau node release-key` prints them, or a file holding them or a PEM Ed25519 public key; "
+        "replaces a --template's",
     )
     p.add_argument("--name", default="", help="a name for people, e.g. 'Rue de Rivoli 12'")
     p.add_argument("--site", default="", help="street, park or zone")

@@ -51,6 +51,11 @@ def print_node(doc: dict[str, Any], now: float) -> None:
         print(f"  signal       RSSI {doc['rssi']} dBm, SNR {doc.get('snr')} dB")
     if doc.get("reported_firmware") is not None:
         print(f"  firmware     {doc['reported_firmware']}")
+    rel = doc.get("release") or {}
+    if rel.get("expected") or rel.get("running"):
+        exp = rel.get("expected")
+        want = f", expected {exp['version']} ({exp['bundle'][:6]}): {rel.get('state')}" if exp else ""
+        print(f"  release      runs bundle {rel.get('running') or 'none reported'}{want}")
     alarms = doc.get("open_alarms") or []
     print(f"  open alarms  {len(alarms)}")
     for a in alarms:

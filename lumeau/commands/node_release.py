@@ -3,7 +3,9 @@
     lumeau node release-key --out FILE
     lumeau node release     --key FILE --replaces VERSION[,VERSION...] [--bundle DIR]
                             [--base DIR] [--version V] [--out FILE]
-    lumeau node update      IMAGE --port PORT [--settle S] [--json]
+    lumeau node update      IMAGE --port PORT [--settle S] [--json] [--gateway URL --node ID [--token T]]
+    lumeau node expect      (ID | --group NAME) (--image FILE | --version V --bundle HEX | --clear)
+                            --gateway URL [--token T] [--json]
 
 `release-key` writes a new Ed25519 private key (0600, never overwritten, never printed) and
 prints the public key for the nodes' configs ("release_key", 64 hex digits). Keep the
@@ -12,7 +14,13 @@ private key off the gateway: a stolen gateway then cannot push firmware.
 --base (the bundle the nodes run) only those that changed, a delta. Format: SPEC §13;
 library: lumeau/release.py. `update` installs an image on a node over its USB serial
 (lumeau/update.py): resumable upload, the node's own updater verifies and stages it, then
-the board resets into the new release on trial.
+the board resets into the new release on trial; with --gateway and --node it then tells the
+gateway which release the node should now run (PUT /nodes/{id}/release). `expect` tells the
+gateway that for a node or a group without installing anything (an update over LoRa, a node
+updated by another hand): from an image's manifest (its version and bundle id) or given.
+The gateway then reports a node whose HELLO comes back with another bundle id, a release
+that rolled itself back (gateway/releases.py: API, /metrics, log, web page). The token comes
+from --token or $LUMEAU_API_TOKEN.
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments.
 """
@@ -42,6 +50,7 @@ def cmd_release_key(args: argparse.Namespace) -> int:
         return _err("release-key", str(e))
     print(f"{args.out}: new release key {releases.key_id(pub)} (private, mode 600: keep it off the gateway)")
     print(f'public key for the nodes\' config: "release_key": "{pub.hex()}"')
+    print(f"  (lumeau node provision ... --release-key {pub.hex()} puts it there)")
     return 0
 
 
@@ -71,9 +80,42 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_update(args: argparse.Namespace) -> int:
+def _tell_gateway(args: argparse.Namespace, path: str, expected: dict[str, str] | None) -> dict[str, Any]:
+    """PUT (DELETE when None) the expected release at the gateway; its answer, GroupCliError otherwise."""
+    from lumeau.commands.group import gateway_call, refusal
+
+    method = "DELETE" if expected is None else "PUT"
+    status, doc = gateway_call(args, method, path, expected)
+    if status != 200:
+        raise refusal(status, doc, args)
+    return doc
+
+
+def _node_id(value: str) -> int:
+    from gateway.registry import parse_node_id
+
+    try:
+        return parse_node_id(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _manifest_release(image: Path) -> dict[str, str]:
     from lumeau import update as updates
 
+    try:
+        m = updates.describe(image.read_bytes())
+    except OSError as e:
+        raise updates.UpdateError("bad_image", f"{image}: {e.strerror}") from None
+    return {"version": m["version"], "bundle": m["bundle"]}
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from lumeau import update as updates
+    from lumeau.commands.group import GroupCliError
+
+    if (args.gateway is None) != (args.node is None):
+        return _err("update", "--gateway and --node go together (the gateway is told which node runs what)")
     log = (lambda _s: None) if args.json else print
     try:
         r = updates.update(args.port, args.image, settle_s=args.settle, log=log)
@@ -87,6 +129,53 @@ def cmd_update(args: argparse.Namespace) -> int:
         print(f"{args.port}: {r.version} installed on trial; the node commits it once the gateway hears it")
         if "Traceback" in r.console:
             print(f"the board printed a traceback after the reset:\n{r.console[-800:]}")
+    if args.gateway is not None:
+        try:
+            expected = _manifest_release(args.image)
+            _tell_gateway(args, f"/nodes/{args.node:08x}/release", expected)
+        except (GroupCliError, updates.UpdateError) as e:
+            return _err("update", f"installed, but the gateway was not told ({e}); run `lumeau node expect`")
+        if not args.json:
+            print(
+                f"gateway {args.gateway}: node {args.node:08x} expected on {expected['version']} (rollbacks reported)"
+            )
+    return 0
+
+
+def cmd_expect(args: argparse.Namespace) -> int:
+    from lumeau import update as updates
+    from lumeau.commands.group import GroupCliError
+
+    if (args.node is None) == (args.group is None):
+        return _err("expect", "give a node ID or --group NAME (one of them)")
+    given = [x for x in (args.image, args.version or args.bundle, args.clear or None) if x]
+    if len(given) != 1 or (args.version is None) != (args.bundle is None):
+        return _err("expect", "give --image FILE, or --version V with --bundle HEX, or --clear (one of them)")
+    try:
+        if args.clear:
+            expected = None
+        elif args.image is not None:
+            expected = _manifest_release(args.image)
+        else:
+            expected = {"version": args.version, "bundle": args.bundle.lower()}
+        if args.group is not None:
+            if args.clear:
+                return _err("expect", "--clear is for one node (DELETE /nodes/{id}/release)")
+            doc = _tell_gateway(args, f"/groups/{args.group}/release", expected)
+            states = doc.get("nodes", {})
+        else:
+            node = f"{args.node:08x}"
+            doc = _tell_gateway(args, f"/nodes/{node}/release", expected)
+            states = {node: (doc.get("release") or {}).get("state")}
+    except (GroupCliError, updates.UpdateError) as e:
+        return _err("expect", str(e))
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    what = "no release expected" if expected is None else f"expected on {expected['version']}"
+    print(f"{what} (bundle {expected['bundle'][:6]})" if expected else what)
+    for n, state in states.items():
+        print(f"  {n}  {state or '-'}")
     return 0
 
 
@@ -113,4 +202,27 @@ def add_release_actions(actions: Any) -> None:
     u.add_argument("--port", required=True, help="the node's serial port (/dev/ttyUSB0, /dev/ttyACM0)")
     u.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset")
     u.add_argument("--json", action="store_true", help="one JSON object: version, bundle, bytes sent, resumed at")
+    u.add_argument(
+        "--gateway",
+        help="once installed, tell this gateway's API (e.g. http://127.0.0.1:8760) the node should run this "
+        "release, so it reports a rollback; needs --node",
+    )
+    u.add_argument("--node", type=_node_id, help="the node's id, hex (with --gateway)")
+    u.add_argument("--token", help="API token for --gateway (or $LUMEAU_API_TOKEN)")
     u.set_defaults(func=cmd_update)
+
+    e = actions.add_parser(
+        "expect",
+        help="tell the gateway which release a node or a group should run (from an image's manifest); "
+        "it then reports a node that rolled back",
+    )
+    e.add_argument("node", nargs="?", type=_node_id, help="the node's id, hex (or --group)")
+    e.add_argument("--group", help="every member of this group")
+    e.add_argument("--image", type=Path, help="a release image (.lup): its manifest's version and bundle id")
+    e.add_argument("--version", help="the release's version (with --bundle, without --image)")
+    e.add_argument("--bundle", help="the release's bundle id, 64 hex digits (with --version)")
+    e.add_argument("--clear", action="store_true", help="forget the node's expected release (no rollback reported)")
+    e.add_argument("--gateway", required=True, help="the gateway's API URL, e.g. http://127.0.0.1:8760")
+    e.add_argument("--token", help="API token (or $LUMEAU_API_TOKEN)")
+    e.add_argument("--json", action="store_true", help="the gateway's answer as JSON")
+    e.set_defaults(func=cmd_expect)
