@@ -215,6 +215,9 @@ class Gateway:
                 "api_port": self.api.port if self.api else None,
                 "semtech_port": next((t.port for t in self.transports if type(t).__name__ == "SemtechServer"), None),
                 "serial_ports": [t.port for t in self.transports if type(t).__name__ == "SerialTransport"],
+                "basicstation_port": next(
+                    (t.port for t in self.transports if type(t).__name__ == "BasicStationServer"), None
+                ),
                 "upstream": getattr(self.upstream, "url", None),
             },
         )
@@ -318,6 +321,8 @@ class Gateway:
             )
         if cfg.chirpstack.enabled:
             out.append(self._make_chirpstack())
+        if cfg.basicstation.enabled:
+            out.append(self._make_basicstation())
         if cfg.ble.enabled:
             from gateway.transports.ble import BleTransport
 
@@ -332,6 +337,25 @@ class Gateway:
                 )
             )
         return out
+
+    def _make_basicstation(self) -> Any:
+        """[basicstation]: LoRa Basics Stations over WebSocket (TLS, a token per gateway EUI)."""
+        from gateway.config import load_station_tokens, station_tls_context
+        from gateway.transports.basicstation import BasicStationServer
+
+        b = self.cfg.basicstation
+        assert self.pipeline is not None and b.tokens_file is not None  # checked by the config
+        return BasicStationServer(
+            self.pipeline,
+            b.host,
+            b.port,
+            tokens=load_station_tokens(b.tokens_file),
+            ssl_context=station_tls_context(b.cert_file, b.key_file) if b.tls else None,
+            rx_delay=b.rx_delay_s,
+            dntxed_timeout=b.dntxed_timeout_s,
+            max_message_bytes=b.max_message_bytes,
+            trust_time=self.cfg.gateway.trust_radio_time,
+        )
 
     def _make_chirpstack(self) -> Any:
         """[chirpstack]: uplinks from a ChirpStack application's MQTT integration, DevEUIs from the registry."""
