@@ -221,6 +221,9 @@ async def test_a_station_over_tls_discovers_connects_and_its_frames_and_commands
                 stats = srv.stats()
                 assert stats["stations_connected"] == 1 and stats["propdf_forwarded"] == 2
                 rec = gw.store.next_batch(10)[0][1]
+                async with http.get(f"{api}/metrics", headers=api_auth) as r:
+                    metrics = await r.text()
+                assert 'transport="basic_station"' in metrics and 'counter="foreign_updf"} 1' in metrics
                 assert rec.gateway_id == f"basicstation:{EUI}" and rec.best_rssi == -97.0 and rec.best_snr == 8.25
     finally:
         await gw.stop()
