@@ -249,14 +249,19 @@ async def test_wrong_tokens_and_unknown_gateways_are_refused_and_counted(tmp_pat
             with pytest.raises(aiohttp.WSServerHandshakeError) as e:
                 await http.ws_connect(f"{url}/router-00000000000000ff", ssl=tls, headers=AUTH)
             assert e.value.status == 403
-            async with http.ws_connect(f"{url}/router-info", ssl=tls, headers={"Authorization": "Bearer nope"}) as ws:
+            # discovery: a stranger gets no WebSocket; a known token naming another gateway gets an error
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await http.ws_connect(f"{url}/router-info", ssl=tls, headers={"Authorization": "Bearer nope"})
+            assert e.value.status == 403
+            other = {"Authorization": "Bearer other-station-token-0123456789"}
+            async with http.ws_connect(f"{url}/router-info", ssl=tls, headers=other) as ws:
                 await ws.send_json({"router": int(EUI, 16)})
                 info = await receive_json(ws)
             assert "error" in info and "uri" not in info
             # plain HTTP to the TLS port gets nowhere
             with pytest.raises(aiohttp.ClientError):
                 await http.ws_connect(f"ws://127.0.0.1:{srv.port}/router-{EUI}", headers=AUTH)
-        assert srv.counts["auth_refused"] == 7 and srv.counts["unknown_router"] == 1
+        assert srv.counts["auth_refused"] == 8 and srv.counts["unknown_router"] == 1
         assert srv.counts["connections"] == 0
         assert STATION_TOKEN not in caplog.text and "wrong-token" not in caplog.text
     finally:

@@ -23,8 +23,10 @@ Exchanges (Basics Station docs, "The LNS Protocol"):
 Decisions:
 
 - Both endpoints need the gateway's token; an unknown router EUI, a missing or
-  wrong token are refused (HTTP 401/403 before the upgrade on the muxs, an
-  `error` answer on discovery) and counted (`auth_refused`, `unknown_router`).
+  wrong token are refused and counted (`auth_refused`, `unknown_router`): HTTP
+  403 before the upgrade on the muxs; on discovery, 403 before the upgrade
+  without any known token, and an `error` answer when the token is another
+  gateway's. At most MAX_DISCOVERING discovery exchanges run at once (503).
   The token is compared with hmac.compare_digest against the exact header value
   `Bearer <token>`; it is never logged. A second connection for an EUI
   replaces the first (a station reconnecting after a lost link).
@@ -76,6 +78,8 @@ TIME_RANGE = (946_684_800.0, 4_102_444_800.0)  # 2000-2100: a station clock that
 EU868_DRS = ((12, 125), (11, 125), (10, 125), (9, 125), (8, 125), (7, 125), (7, 250))  # DR0..DR6
 FREQ_RANGE_HZ = (863_000_000, 870_000_000)
 TEXT_MAX = 64  # of the station's version strings, what is kept
+MAX_DISCOVERING = 64  # discovery exchanges at once; more are answered 503 (each is one message)
+DISCOVERY_TIMEOUT_S = 10.0  # for the station's one discovery message
 
 
 def parse_router(v: Any) -> str | None:
@@ -282,6 +286,7 @@ class BasicStationServer:
         self._diid = itertools.count(1)
         self._limiter = RateLimiter(clock=monotonic)
         self._runner: web.AppRunner | None = None
+        self._discovering = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -350,12 +355,34 @@ class BasicStationServer:
 
     # -- discovery ---------------------------------------------------------
 
+    def _any_token(self, request: web.Request) -> bool:
+        """Does the request carry one of the known tokens? Every one is compared (no early exit)."""
+        got = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return sum(hmac.compare_digest(got, want) for want in self._tokens.values()) > 0
+
     async def _discovery(self, request: web.Request) -> web.StreamResponse:
+        # Strangers get no WebSocket at all: the EUI is only known from the first message, so the
+        # token is checked against all of them first, and against the EUI's own once it is named.
+        if not self._any_token(request):
+            self.counts["auth_refused"] += 1
+            if self._limiter.allow("refused")[0]:
+                log.warning("basicstation: discovery refused: no known token", extra={"peer": request.remote})
+            raise web.HTTPForbidden(text="wrong or missing token")
+        if self._discovering >= MAX_DISCOVERING:
+            self.counts["discovery_busy"] += 1
+            raise web.HTTPServiceUnavailable(text="busy")
         ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=None)
-        await ws.prepare(request)
+        self._discovering += 1
+        try:
+            await ws.prepare(request)
+            return await self._discover(request, ws)
+        finally:
+            self._discovering -= 1
+
+    async def _discover(self, request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
         self.counts["discovery"] += 1
         try:
-            msg = await asyncio.wait_for(ws.receive(), 10)
+            msg = await asyncio.wait_for(ws.receive(), DISCOVERY_TIMEOUT_S)
             doc = _loads(msg.data) if msg.type == WSMsgType.TEXT else None
             router = doc.get("router") if isinstance(doc, dict) else None
             eui = parse_router(router)
