@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import logging
 import ssl
 import time
 from pathlib import Path
@@ -343,6 +344,36 @@ async def test_a_huge_number_drops_the_field_not_the_frame_and_an_oversized_mess
     finally:
         await srv.stop()
         await pipe.close()
+
+
+async def test_a_flood_of_bad_messages_and_refusals_logs_a_bounded_number_of_lines(tmp_path, caplog):
+    from gateway import logs
+
+    pipe = await Pipe.open(tmp_path / "gw.db")
+    # a frozen monotonic clock: the limiter never refills, so the burst is all that may pass
+    srv = BasicStationServer(
+        pipe.pipeline, "127.0.0.1", 0, tokens={EUI: STATION_TOKEN}, ssl_context=None, monotonic=lambda: 1000.0
+    )
+    await srv.start()
+    caplog.set_level(logging.DEBUG, logger="lumeau.gateway.transports.basicstation")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{srv.port}/router-{EUI}", headers=AUTH) as ws:
+                for i in range(300):
+                    await ws.send_str(["{", "[1]", '{"msgtype": 5}', '"x"'][i % 4])
+                await ws.send_json(propdf(light_frame(counter=1)))
+                await pipe.seen.wait(lambda: len(pipe.seen.uplinks) == 1)
+            for _ in range(50):
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await http.ws_connect(f"ws://127.0.0.1:{srv.port}/router-{EUI}", headers={"Authorization": "x"})
+    finally:
+        await srv.stop()
+        await pipe.close()
+    assert srv.counts["malformed"] == 225 and srv.counts["unknown_msgtype"] == 75
+    assert srv.counts["auth_refused"] == 50
+    for what in ("malformed message", "connection refused", "unknown msgtype"):
+        lines = [r for r in caplog.records if what in r.getMessage()]
+        assert 1 <= len(lines) <= logs.LOG_BURST, (what, len(lines))
 
 
 def test_router_ids_and_tokens_files_parse_or_say_why():
