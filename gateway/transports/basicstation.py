@@ -41,6 +41,10 @@ Decisions:
   types) is counted (`malformed`, `bad_field`) and logged rate-limited; a
   metadata field that does not fit is dropped, not the frame. Messages are at
   most `max_message_bytes`; a larger one closes that connection (aiohttp).
+- Backpressure: each connection awaits `pipeline.submit` for its frames, so
+  a pipeline at its in-flight bound slows the station's TCP stream instead
+  of dropping frames (UDP needs transports.Ingestor's bounded queue; TCP
+  does not).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from aiohttp import WSMsgType, web
 
 from gateway.logs import RateLimiter
 from gateway.model import Reception
-from gateway.transports import DownlinkError, Ingestor, Pipeline, report_reject
+from gateway.transports import DownlinkError, Pipeline, report_reject
 from protocol import lora, proprietary
 
 log = logging.getLogger("lumeau.gateway.transports.basicstation")
@@ -260,7 +264,6 @@ class BasicStationServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channels_hz: tuple[int, ...] = lora.DEFAULT_CHANNELS_HZ,
         trust_time: bool = False,
-        ingestor: Ingestor | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -279,7 +282,6 @@ class BasicStationServer:
         self.trust_time = trust_time
         self.clock = clock
         self.monotonic = monotonic
-        self.ingestor = ingestor or Ingestor(pipeline, TRANSPORT, log=log)
         self.stations: dict[str, Station] = {}
         self.counts: Counter[str] = Counter()
         self._pending: dict[int, tuple[str, asyncio.Future[None]]] = {}
@@ -294,7 +296,6 @@ class BasicStationServer:
         app = web.Application(client_max_size=4096)
         app.router.add_get("/router-info", self._discovery)
         app.router.add_get("/router-{router}", self._muxs)
-        self.ingestor.start()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
@@ -313,13 +314,10 @@ class BasicStationServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.ingestor.stop()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)
         out["stations_connected"] = len(self.stations)
-        out["ingest_waiting"] = self.ingestor.waiting()
-        out["ingest_dropped"] = self.ingestor.dropped
         return out
 
     def station_status(self) -> list[dict[str, Any]]:
@@ -454,7 +452,9 @@ class BasicStationServer:
             return self._malformed("not a JSON object")
         kind = doc.get("msgtype")
         if kind == "propdf":
-            self._propdf(st, doc)
+            reception = self._propdf(st, doc)
+            if reception is not None:
+                await self._submit(reception)
         elif kind == "version":
             st.version = {
                 k: v[:TEXT_MAX]
@@ -479,7 +479,18 @@ class BasicStationServer:
         if value is not None:
             self.counts["bad_field"] += 1
 
-    def _propdf(self, st: Station, doc: dict[str, Any]) -> None:
+    async def _submit(self, reception: Reception) -> None:
+        """Hand a reception on, awaiting the pipeline: over TCP a station is slowed, never dropped."""
+        try:
+            await self.pipeline.submit(reception)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a pipeline bug must not stop the radio
+            self.counts["submit_errors"] += 1
+            if self._limiter.allow("submit_error")[0]:
+                log.exception("pipeline.submit raised", extra={"transport": TRANSPORT})
+
+    def _propdf(self, st: Station, doc: dict[str, Any]) -> Reception | None:
         self.counts["propdf"] += 1
         payload = doc.get("FRMPayload")
         try:
@@ -488,11 +499,12 @@ class BasicStationServer:
             phy = None
         if phy is None:
             self.counts["propdf_malformed"] += 1
-            return report_reject(self.pipeline, "malformed", TRANSPORT, self._limiter, log, "propdf without hex")
+            report_reject(self.pipeline, "malformed", TRANSPORT, self._limiter, log, "propdf without hex")
+            return None
         raw = proprietary.unwrap(phy)
         if raw is None:
             self.counts["foreign_propdf"] += 1  # another proprietary protocol on the same air
-            return
+            return None
         heard_at = self.monotonic()
         up = doc.get("upinfo")
         up = up if isinstance(up, dict) else {}
@@ -536,7 +548,7 @@ class BasicStationServer:
             path=path,
         )
         self.counts["propdf_forwarded"] += 1
-        self.ingestor.offer(reception)
+        return reception
 
     def _dntxed(self, st: Station, doc: dict[str, Any]) -> None:
         self.counts["dntxed"] += 1
