@@ -18,6 +18,9 @@ provisioned while the gateway runs is known without a signal. SIGHUP
 re-reads it too. A file that does not load is refused with one error line
 ("registry not reloaded ...") and the running registry kept; it is tried
 again at its next change.
+SIGHUP also re-reads `[basicstation] tokens_file` (a station whose token
+changed or was removed is disconnected; a file that does not load keeps the
+running tokens, with one error line).
 
 At info level the log says when a node is first heard since this start
 ("node heard", with its id, message kind and radio) and when an alarm is
@@ -474,6 +477,23 @@ class Gateway:
         await self.pipeline.reset_nodes(rekeyed)
         log.info("registry reloaded", extra={"nodes": len(self.registry), "rekeyed": len(rekeyed)})
 
+    async def reload_station_tokens(self) -> None:
+        """Re-read [basicstation] tokens_file (SIGHUP): a changed or removed token disconnects its
+        station. A file that does not load leaves the running tokens as they were."""
+        from gateway.config import load_station_tokens
+
+        b = self.cfg.basicstation
+        station = next((t for t in self.transports if type(t).__name__ == "BasicStationServer"), None)
+        if station is None or b.tokens_file is None:
+            return
+        try:
+            tokens = load_station_tokens(b.tokens_file)
+        except ValueError as e:
+            log.error("station tokens not reloaded, keeping the running ones: %s", e)
+            return
+        revoked = await station.set_tokens(tokens)
+        log.info("station tokens reloaded", extra={"gateways": len(tokens), "disconnected": revoked})
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
@@ -491,9 +511,10 @@ class Gateway:
 
         def on_hup() -> None:
             if self.registry is not None and not stopping.is_set():
-                task = loop.create_task(self.reload_registry())
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
+                for reload in (self.reload_registry, self.reload_station_tokens):
+                    task = loop.create_task(reload())
+                    reloads.add(task)
+                    task.add_done_callback(reloads.discard)
 
         reloads: set[asyncio.Task] = set()
         for sig in signals:

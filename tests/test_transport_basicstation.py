@@ -286,6 +286,33 @@ async def test_a_second_connection_replaces_the_first(tmp_path):
         await gw.stop()
 
 
+async def test_reloaded_tokens_disconnect_a_revoked_station_and_a_bad_file_keeps_the_old_ones(tmp_path, caplog):
+    gw, srv = await started(tmp_path)
+    tls = client_tls(tmp_path)
+    url = f"wss://127.0.0.1:{srv.port}/router-{EUI}"
+    new = "station-token-rotated-0123456789"
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(url, ssl=tls, headers=AUTH)
+            tokens = tmp_path / "station.tokens"
+            tokens.write_text(f"{EUI} short\n")  # does not load: the running tokens stay
+            await gw.reload_station_tokens()
+            assert "station tokens not reloaded" in caplog.text and not ws.closed
+            tokens.write_text(f"{EUI} {new}\n")
+            await gw.reload_station_tokens()
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert srv.counts["revoked"] == 1
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await http.ws_connect(url, ssl=tls, headers=AUTH)
+            async with http.ws_connect(url, ssl=tls, headers={"Authorization": f"Bearer {new}"}) as ws2:
+                await ws2.send_json(propdf(seal(7, 1)))
+                await wait_for(lambda: gw.store.count() == 1, 10)
+            assert new not in caplog.text and STATION_TOKEN not in caplog.text
+    finally:
+        await gw.stop()
+
+
 async def test_a_downlink_too_late_or_never_confirmed_stays_queued(tmp_path):
     pipe = await Pipe.open(tmp_path / "gw.db")
     clock = [100.0]

@@ -224,6 +224,7 @@ class Station:
     last_heard: float = 0.0
     version: dict[str, str] = field(default_factory=dict)
     configured: bool = False
+    token: bytes = b""  # the header value it was let in with (set_tokens compares)
 
 
 @dataclass(slots=True)
@@ -335,6 +336,16 @@ class BasicStationServer:
 
     # -- authentication ----------------------------------------------------
 
+    async def set_tokens(self, tokens: dict[str, str]) -> int:
+        """Take a new token table (a reload): a station whose token changed or was removed is
+        disconnected at once (it must come back with the new one). Returns how many were."""
+        self._tokens = {parse_router(k) or k: ("Bearer " + v).encode() for k, v in tokens.items()}
+        gone = [st for st in self.stations.values() if st.token != self._tokens.get(st.eui)]
+        for st in gone:
+            self.counts["revoked"] += 1
+            await st.ws.close(message=b"token revoked")
+        return len(gone)
+
     def _authorized(self, eui: str | None, request: web.Request) -> str | None:
         """None when `request` carries `eui`'s token; else why not (counted, logged rate-limited)."""
         want = self._tokens.get(eui) if eui is not None else None
@@ -410,7 +421,7 @@ class BasicStationServer:
         ws = web.WebSocketResponse(max_msg_size=self.max_message_bytes, heartbeat=30.0)
         await ws.prepare(request)
         old = self.stations.get(eui)
-        st = self.stations[eui] = Station(eui, ws, self.monotonic())
+        st = self.stations[eui] = Station(eui, ws, self.monotonic(), token=self._tokens[eui])
         self.counts["connections"] += 1
         if old is not None:
             self.counts["replaced"] += 1
