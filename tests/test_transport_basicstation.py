@@ -448,6 +448,20 @@ def test_config_errors_name_the_file_key_and_why(tmp_path):
 # ---------------------------------------------------------------- hostile input, fuzzed
 
 
+class Escaped(logging.Handler):
+    """ERROR lines aiohttp writes when an exception escapes a request handler."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+ESCAPED = Escaped()
+
+
 @pytest.fixture(scope="module")
 def live_station(tmp_path_factory):
     """A server, a real pipeline and a connected station on their own loop, for sync hypothesis tests."""
@@ -462,7 +476,10 @@ def live_station(tmp_path_factory):
         return pipe, srv, http, ws
 
     pipe, srv, http, ws = loop.run_until_complete(make())
+    aio = logging.getLogger("aiohttp")  # an exception escaping a handler is logged here by aiohttp
+    aio.addHandler(ESCAPED)
     yield loop, pipe, srv, ws
+    aio.removeHandler(ESCAPED)
     loop.run_until_complete(ws.close())
     loop.run_until_complete(http.close())
     loop.run_until_complete(srv.stop())
@@ -522,5 +539,42 @@ def test_fuzz_hostile_messages_never_cost_the_valid_frame(live_station, doc, dee
         await wait_for(lambda: any(r.node_id == node for r, _ in pipe.seen.uplinks), 5, interval=0.001)
 
     loop.run_until_complete(run())
-    assert srv.counts["internal_error"] == 0
+    assert srv.counts["internal_error"] == 0 and not ESCAPED.lines
     assert not ws.closed
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=st.one_of(value, st.text(alphabet="0123456789abcdefABCDEF:-", max_size=40)))
+def test_fuzz_router_ids_parse_or_are_none(v):
+    eui = parse_router(v)
+    assert eui is None or (len(eui) == 16 and all(c in "0123456789abcdef" for c in eui))
+    if eui is not None:  # every accepted form names the same EUI again in its canonical forms
+        assert parse_router(eui) == eui and parse_router(basicstation.id6(eui)) == eui
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=value, deep=st.sampled_from([0, 3, 10_000]))
+def test_fuzz_discovery_never_crashes(live_station, doc, deep):
+    loop, pipe, srv, ws = live_station
+
+    async def run() -> dict | None:
+        async with aiohttp.ClientSession() as http:
+            url = f"ws://127.0.0.1:{srv.port}/router-info"
+            async with http.ws_connect(url, headers=AUTH) as d:
+                text = hostile_text({"router": doc}, deep, False)
+                await d.send_str(text)
+                msg = await asyncio.wait_for(d.receive(), 5)
+                if len(text) > 4096:  # over discovery's message limit: closed without an answer
+                    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                    return None
+                assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                return json.loads(msg.data)
+
+    info = loop.run_until_complete(run())
+    assert not ESCAPED.lines
+    if info is None:
+        return
+    assert ("error" in info) != ("uri" in info)
+    if "uri" in info:
+        assert info["uri"].endswith(f"/router-{EUI}")
+    assert srv.counts["internal_error"] == 0

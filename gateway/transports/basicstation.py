@@ -392,7 +392,10 @@ class BasicStationServer:
         self.counts["discovery"] += 1
         try:
             msg = await asyncio.wait_for(ws.receive(), DISCOVERY_TIMEOUT_S)
-            doc = _loads(msg.data) if msg.type == WSMsgType.TEXT else None
+            if msg.type != WSMsgType.TEXT:  # closed, too large (aiohttp closed it), binary: no answer
+                self._malformed(f"router-info message of type {msg.type.name}")
+                return ws
+            doc = _loads(msg.data)
             router = doc.get("router") if isinstance(doc, dict) else None
             eui = parse_router(router)
             if eui is None:
@@ -406,6 +409,8 @@ class BasicStationServer:
                 await ws.send_json({"router": id6(eui), "muxs": "muxs-::0", "uri": uri})
         except (TimeoutError, ValueError, RecursionError):
             self._malformed("router-info request does not parse")
+        except ConnectionError:  # the station went away before the answer
+            self.counts["discovery_lost"] += 1
         finally:
             await ws.close()
         return ws
