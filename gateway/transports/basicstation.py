@@ -439,6 +439,8 @@ class BasicStationServer:
                     st.last_heard = self.monotonic()
                     try:
                         await self._message(st, msg.data)
+                    except ConnectionError:  # an answer (router_config) to a station already gone
+                        break
                     except Exception:  # one message must never take the connection down
                         self.counts["internal_error"] += 1
                         if self._limiter.allow("internal_error")[0]:
