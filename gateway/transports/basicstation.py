@@ -1,5 +1,7 @@
 """LoRa Basics Station LNS protocol: the server side, over WebSocket with TLS and per-gateway tokens.
 
+(Over 600 lines: one protocol's server -- discovery, the muxs connection, message checks, RX1 downlinks.)
+
 Current commercial gateways run Semtech's Basics Station instead of (or beside)
 the UDP packet forwarder; it connects out to its LNS over a WebSocket, so it is
 authenticated by design: TLS with our certificate, and a token per gateway in
