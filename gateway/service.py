@@ -1,5 +1,7 @@
 """`lumeau gateway`: the service that wires transports, pipeline, store, downlinks, upstream and API.
 
+(Over 600 lines: the one place that builds every part from the config and stops it in reverse.)
+
     lumeau gateway --config gateway.toml
     lumeau gateway --example-config > gateway.toml
 
