@@ -1,9 +1,9 @@
-"""What the transports cost on top of the pipeline: frames/s in through UDP and a serial line.
+"""What the transports cost on top of the pipeline: frames/s in through UDP, a serial line and a Basics Station.
 
 `python bench/transports.py --json [--frames N] [--nodes N] [--rxpk K]`
 
 The same sealed LIGHT frames go, on one CPU, into a real pipeline over a
-real store (WAL, synchronous=FULL, group commit) three ways:
+real store (WAL, synchronous=FULL, group commit) four ways:
 
 - `direct`: `pipeline.submit` of ready-made receptions (the baseline: what a
   transport would cost if it were free);
@@ -13,7 +13,11 @@ real store (WAL, synchronous=FULL, group commit) three ways:
   into `SemtechServer` (JSON, base64, metadata, the bounded ingest queue);
 - `serial`: the COBS+CRC byte stream written by another process into a
   real pseudo-terminal, read by `SerialTransport` (pyserial-asyncio-fast,
-  protocol/serial.py's decoder in pure Python: the dominant cost).
+  protocol/serial.py's decoder in pure Python: the dominant cost);
+- `basicstation`: `propdf` messages (a Lumeau frame behind MHDR 0xE0) from a
+  station process on another CPU over one WebSocket with TLS (a self-signed
+  certificate made for the run) and its token, into `BasicStationServer`
+  (TLS, WebSocket framing, JSON, hex; the connection awaits the pipeline).
 
 Each run ends when every frame is committed. `*_cost_ratio` = direct
 frames/s / transport frames/s (1.0: the transport is free). Figures are what
@@ -31,6 +35,7 @@ import json
 import os
 import platform
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,14 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.model import Reception
 from gateway.pipeline import Pipeline
 from gateway.store import Store
+from gateway.transports.basicstation import BasicStationServer
 from gateway.transports.semtech import SemtechServer
 from gateway.transports.serial import SerialTransport
-from protocol import frame, keys
+from protocol import frame, keys, proprietary
 from protocol import messages as m
 from protocol import serial as framing
 
 EUI = bytes.fromhex("aa555a0000000101")
 WINDOW = 32  # datagrams in flight before the sender waits for a PUSH_ACK
+STATION_TOKEN = "bench-station-token-0123456789"
+HOWS = ("direct", "udp", "serial", "basicstation")
 
 
 class Keys:
@@ -122,6 +130,30 @@ async def run(tmp: Path, reg: Keys, frames: list[bytes], how: str, rxpk: int) ->
         sender.wait(30)
         out["udp_overload_dropped"] = srv.ingestor.dropped
         await srv.stop()
+    elif how == "basicstation":
+        cert, key = self_signed(tmp)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+        station = BasicStationServer(pipe, "127.0.0.1", 0, tokens={EUI.hex(): STATION_TOKEN}, ssl_context=ctx)
+        await station.start()
+        msgs = [
+            {
+                "msgtype": "propdf",
+                "FRMPayload": proprietary.wrap(raw).hex().upper(),
+                "DR": 5,
+                "Freq": 868_100_000,
+                "upinfo": {"rctx": 0, "xtime": i, "rssi": -90, "snr": 7.5, "rxtime": time.time()},
+            }
+            for i, raw in enumerate(frames)
+        ]
+        data = tmp / "messages.json"
+        data.write_text(json.dumps([json.dumps(x) for x in msgs]))
+        t0, c0 = time.perf_counter(), time.process_time()
+        sender = subprocess.Popen([sys.executable, __file__, "--ws-sender", str(station.port), str(data), str(cert)])
+        await until_taken(pipe, n, sender, "station")
+        await pipe.drain()
+        await station.stop()  # closes the station's connection: the sender then exits
+        sender.wait(30)
     else:
         master, slave = os.openpty()
         tty.setraw(slave)
@@ -171,6 +203,58 @@ def udp_sender(port: int, path: str) -> None:
         in_flight -= 1
 
 
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, for the run."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lumeau-bench")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(k.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(k, hashes.SHA256())
+    )
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key = tmp / "key.pem"
+    key.write_bytes(
+        k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key.chmod(0o600)
+    return tmp / "cert.pem", key
+
+
+def ws_sender(port: int, path: str, cafile: str) -> None:
+    """A station: every propdf over one wss:// connection, as fast as TCP takes them."""
+    import aiohttp
+
+    msgs = json.loads(Path(path).read_text())
+
+    async def send() -> None:
+        ctx = ssl.create_default_context(cafile=cafile)
+        async with aiohttp.ClientSession() as http:
+            url = f"wss://127.0.0.1:{port}/router-{EUI.hex()}"
+            async with http.ws_connect(url, ssl=ctx, headers={"Authorization": f"Bearer {STATION_TOKEN}"}) as ws:
+                for msg in msgs:
+                    await ws.send_str(msg)
+                await ws.receive()  # until the server closes (at its stop): nothing is cut short
+
+    asyncio.run(send())
+
+
 def serial_writer(fd: int, path: str) -> None:
     data = memoryview(Path(path).read_bytes())
     while data:
@@ -186,12 +270,15 @@ def main() -> int:
     ap.add_argument("--rxpk", type=int, default=8, help="rxpk per PUSH_DATA datagram")
     ap.add_argument("--udp-sender", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--serial-writer", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--ws-sender", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
-    if args.udp_sender or args.serial_writer:
+    if args.udp_sender or args.serial_writer or args.ws_sender:
         if len(cpus) > 1:
             os.sched_setaffinity(0, set(cpus[1:]))
-        if args.udp_sender:
+        if args.ws_sender:
+            ws_sender(int(args.ws_sender[0]), args.ws_sender[1], args.ws_sender[2])
+        elif args.udp_sender:
             udp_sender(int(args.udp_sender[0]), args.udp_sender[1])
         else:
             serial_writer(int(args.serial_writer[0]), args.serial_writer[1])
@@ -200,13 +287,13 @@ def main() -> int:
     reg, frames = build(args.frames, args.nodes)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="lumeau-bench-") as d:
-        for how in ("direct", "udp", "serial"):
+        for how in HOWS:
             (Path(d) / how).mkdir()
             runs[how] = asyncio.run(run(Path(d) / how, reg, frames, how, args.rxpk))
     n = len(frames)
     direct = n / runs["direct"]["seconds"]
     out: dict = {"frames": n, "nodes": args.nodes, "rxpk_per_datagram": args.rxpk, "direct_frames_per_s": round(direct)}
-    for how in ("udp", "serial"):
+    for how in HOWS[1:]:
         fps = n / runs[how]["seconds"]
         out[f"{how}_frames_per_s"] = round(fps)
         out[f"{how}_cost_ratio"] = round(direct / fps, 2)

@@ -397,6 +397,33 @@ class SemtechSection:
     sources: str = opt("", 'gateway EUI = its source IP, e.g. "aa555a0000000101=192.0.2.10, ..."', _sources)
 
 
+@dataclass(frozen=True)
+class BasicStationSection:
+    """LoRa Basics Station LNS endpoint (gateway/transports/basicstation.py): WebSocket, TLS, a token per gateway."""
+
+    enabled: bool = opt(False, "accept LoRa Basics Stations (the LNS protocol over WebSocket)")
+    host: str = opt("0.0.0.0", "listen address", _host)
+    port: int = opt(8887, "listen port; the station's tc.uri is wss://<this host>:<port>/router-info", _port0)
+    tokens_file: Path | None = opt(
+        None,
+        "file of `EUI token` lines, one per gateway (mode 0600); a station's tc.key holds "
+        "`Authorization: Bearer <token>`",
+        kind="path",
+    )
+    tls: bool = opt(
+        True, "serve wss:// with cert_file and key_file; false only behind a TLS-terminating proxy on this host"
+    )
+    cert_file: Path | None = opt(
+        None, "the server certificate chain (PEM); stations trust it through tc.trust", kind="path"
+    )
+    key_file: Path | None = opt(None, "its private key (PEM, mode 0600)", kind="path")
+    rx_delay_s: int = opt(1, "RX1 delay after an uplink, whole seconds (SPEC 6)", _range(1, 15))
+    dntxed_timeout_s: float = opt(
+        3.0, "a downlink without the station's dntxed this long after RX1 stays queued", _positive
+    )
+    max_message_bytes: int = opt(65536, "a larger WebSocket message closes the connection", _range(1024, 1 << 24))
+
+
 def _mqtt_level(v: Any) -> str | None:
     if not v:
         return "required: the ChirpStack application's id (a UUID, in its web interface)"
@@ -507,6 +534,7 @@ class GatewayConfig:
     calendars: CalendarsSection = field(default_factory=CalendarsSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     chirpstack: ChirpStackSection = field(default_factory=ChirpStackSection)
+    basicstation: BasicStationSection = field(default_factory=BasicStationSection)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # gateway/notify_config.py
     open311: Open311Section = field(default_factory=Open311Section)
 
@@ -525,6 +553,7 @@ _SECTIONS: dict[str, type] = {
     "calendars": CalendarsSection,
     "mqtt": MqttSection,
     "chirpstack": ChirpStackSection,
+    "basicstation": BasicStationSection,
     "open311": Open311Section,
 }
 _ARRAYS: dict[str, type] = {"serial": SerialPortSection}
@@ -663,6 +692,7 @@ def parse_config(data: dict[str, Any], path: Path) -> GatewayConfig:
         raise ConfigError(f"{name}: upstream.backoff_initial_s: larger than backoff_max_s")
     out["mqtt"], out["upstream"] = _check_mqtt(out["mqtt"], out["upstream"], data, name, out["gateway"].id)
     _check_chirpstack(out["chirpstack"], name)
+    _check_basicstation(out["basicstation"], name)
     cal_dir = out["calendars"].dir
     if cal_dir is not None:
         from gateway.calendars import CalendarError, load_dir
@@ -742,6 +772,77 @@ def _check_chirpstack(cs: ChirpStackSection, name: str) -> None:
         why = _mqtt_level(cs.application_id)
         if why:
             raise ConfigError(f"{name}: chirpstack.application_id: {why}")
+
+
+def _check_basicstation(bs: BasicStationSection, name: str) -> None:
+    """[basicstation] enabled: a tokens file that loads (0600), and with tls a certificate and key that load."""
+    if not bs.enabled:
+        return
+    if bs.tokens_file is None:
+        raise ConfigError(f"{name}: basicstation.tokens_file: required: every station needs its own token")
+    try:
+        load_station_tokens(bs.tokens_file)
+    except ValueError as e:
+        raise ConfigError(f"{name}: basicstation.tokens_file: {e}") from None
+    if not bs.tls:
+        for key in ("cert_file", "key_file"):
+            if getattr(bs, key) is not None:
+                raise ConfigError(f"{name}: basicstation.{key}: set, but basicstation.tls is false")
+        return
+    for key in ("cert_file", "key_file"):
+        p = getattr(bs, key)
+        if p is None:
+            raise ConfigError(f"{name}: basicstation.{key}: required with tls = true (stations connect over wss://)")
+        if not p.is_file():
+            raise ConfigError(f"{name}: basicstation.{key}: {p} does not exist")
+    assert bs.key_file is not None
+    if bs.key_file.stat().st_mode & 0o077:
+        raise ConfigError(
+            f"{name}: basicstation.key_file: {bs.key_file} holds a private key but is accessible to group or "
+            f"others; run: chmod 600 {bs.key_file}"
+        )
+    try:
+        station_tls_context(bs.cert_file, bs.key_file)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{name}: basicstation.cert_file: the certificate and key_file do not load together: {e}"
+        ) from None
+
+
+def load_station_tokens(p: Path) -> dict[str, str]:
+    """[basicstation] tokens_file -> {gateway EUI hex: token}; ValueError says why (never a token)."""
+    from gateway.transports.basicstation import parse_tokens
+
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{p} does not exist") from None
+    if st.st_mode & 0o077:
+        raise ValueError(
+            f"{p} holds secrets but is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {p}"
+        )
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {p}: {e}") from None
+    try:
+        tokens = parse_tokens(text, TOKEN_MIN_LEN)
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from None
+    if not tokens:
+        raise ValueError(f"{p} lists no gateway (one `EUI token` line per gateway)")
+    return tokens
+
+
+def station_tls_context(cert_file: Path | None, key_file: Path | None) -> Any:
+    """The server-side TLS context for [basicstation]; raises OSError (ssl.SSLError is one) on bad files."""
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -845,6 +946,16 @@ def example_config() -> str:
             "key_file": '"client.key"',
         },
         {"username_file", "username", "password_file", "password", "ca_file", "cert_file", "key_file"},
+    )
+    out += [
+        '# LoRa Basics Station LNS endpoint (gateway/README.md, "Basics Station"): stations connect',
+        "# to wss://<host>:<port>/router-info; each gateway EUI has its own token in tokens_file.",
+    ]
+    out += _example_section(
+        "[basicstation]",
+        BasicStationSection,
+        {"tokens_file": '"station.tokens"', "cert_file": '"lns.pem"', "key_file": '"lns.key"'},
+        {"tokens_file", "cert_file", "key_file"},
     )
     out += ["# The city's residents' requests on the technician page, read over HTTP (gateway/README.md):"]
     out += _example_section("[open311]", Open311Section, {"url": '"http://127.0.0.1:8088/open311/v2"'}, {"url"})

@@ -1,5 +1,7 @@
 """`lumeau gateway`: the service that wires transports, pipeline, store, downlinks, upstream and API.
 
+(Over 600 lines: the one place that builds every part from the config and stops it in reverse.)
+
     lumeau gateway --config gateway.toml
     lumeau gateway --example-config > gateway.toml
 
@@ -18,6 +20,9 @@ provisioned while the gateway runs is known without a signal. SIGHUP
 re-reads it too. A file that does not load is refused with one error line
 ("registry not reloaded ...") and the running registry kept; it is tried
 again at its next change.
+SIGHUP also re-reads `[basicstation] tokens_file` (a station whose token
+changed or was removed is disconnected; a file that does not load keeps the
+running tokens, with one error line).
 
 At info level the log says when a node is first heard since this start
 ("node heard", with its id, message kind and radio) and when an alarm is
@@ -215,6 +220,9 @@ class Gateway:
                 "api_port": self.api.port if self.api else None,
                 "semtech_port": next((t.port for t in self.transports if type(t).__name__ == "SemtechServer"), None),
                 "serial_ports": [t.port for t in self.transports if type(t).__name__ == "SerialTransport"],
+                "basicstation_port": next(
+                    (t.port for t in self.transports if type(t).__name__ == "BasicStationServer"), None
+                ),
                 "upstream": getattr(self.upstream, "url", None),
             },
         )
@@ -318,6 +326,8 @@ class Gateway:
             )
         if cfg.chirpstack.enabled:
             out.append(self._make_chirpstack())
+        if cfg.basicstation.enabled:
+            out.append(self._make_basicstation())
         if cfg.ble.enabled:
             from gateway.transports.ble import BleTransport
 
@@ -332,6 +342,25 @@ class Gateway:
                 )
             )
         return out
+
+    def _make_basicstation(self) -> Any:
+        """[basicstation]: LoRa Basics Stations over WebSocket (TLS, a token per gateway EUI)."""
+        from gateway.config import load_station_tokens, station_tls_context
+        from gateway.transports.basicstation import BasicStationServer
+
+        b = self.cfg.basicstation
+        assert self.pipeline is not None and b.tokens_file is not None  # checked by the config
+        return BasicStationServer(
+            self.pipeline,
+            b.host,
+            b.port,
+            tokens=load_station_tokens(b.tokens_file),
+            ssl_context=station_tls_context(b.cert_file, b.key_file) if b.tls else None,
+            rx_delay=b.rx_delay_s,
+            dntxed_timeout=b.dntxed_timeout_s,
+            max_message_bytes=b.max_message_bytes,
+            trust_time=self.cfg.gateway.trust_radio_time,
+        )
 
     def _make_chirpstack(self) -> Any:
         """[chirpstack]: uplinks from a ChirpStack application's MQTT integration, DevEUIs from the registry."""
@@ -450,6 +479,23 @@ class Gateway:
         await self.pipeline.reset_nodes(rekeyed)
         log.info("registry reloaded", extra={"nodes": len(self.registry), "rekeyed": len(rekeyed)})
 
+    async def reload_station_tokens(self) -> None:
+        """Re-read [basicstation] tokens_file (SIGHUP): a changed or removed token disconnects its
+        station. A file that does not load leaves the running tokens as they were."""
+        from gateway.config import load_station_tokens
+
+        b = self.cfg.basicstation
+        station = next((t for t in self.transports if type(t).__name__ == "BasicStationServer"), None)
+        if station is None or b.tokens_file is None:
+            return
+        try:
+            tokens = load_station_tokens(b.tokens_file)
+        except ValueError as e:
+            log.error("station tokens not reloaded, keeping the running ones: %s", e)
+            return
+        revoked = await station.set_tokens(tokens)
+        log.info("station tokens reloaded", extra={"gateways": len(tokens), "disconnected": revoked})
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
@@ -467,9 +513,10 @@ class Gateway:
 
         def on_hup() -> None:
             if self.registry is not None and not stopping.is_set():
-                task = loop.create_task(self.reload_registry())
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
+                for reload in (self.reload_registry, self.reload_station_tokens):
+                    task = loop.create_task(reload())
+                    reloads.add(task)
+                    task.add_done_callback(reloads.discard)
 
         reloads: set[asyncio.Task] = set()
         for sig in signals:

@@ -23,11 +23,11 @@ def test_transports_bench_prints_its_figures():
     wall = time.monotonic() - t0
     r = json.loads(out)
     assert r["frames"] == 400
-    for how in ("direct", "udp", "serial"):
+    for how in ("direct", "udp", "serial", "basicstation"):
         assert r[f"{how}_accepted"] == 400  # every frame went through and was committed
         # measured here, not by the bench: each way's 400 frames took less than the whole run
         assert r[f"{how}_frames_per_s"] >= 400 / wall
-    for how in ("udp", "serial"):  # each ratio is derived from the two rates it reports (both rounded)
+    for how in ("udp", "serial", "basicstation"):  # each ratio is derived from the two rates it reports (both rounded)
         # relative: under load a rate of a few hundred frames/s, rounded, moves a large ratio by more than 0.02
         assert r[f"{how}_cost_ratio"] == pytest.approx(
             r["direct_frames_per_s"] / r[f"{how}_frames_per_s"], rel=0.01, abs=0.01

@@ -9,6 +9,7 @@ frame (bad CRC, broken framing, an overlong line) is reported with
 Modules:
   serial.py   bridge boards and wired nodes on a serial port (COBS + CRC)
   semtech.py  Semtech UDP packet forwarder protocol v2 server
+  basicstation.py  LoRa Basics Station LNS server (WebSocket, TLS, a token per gateway)
   ble.py      nodes in Bluetooth LE reach, through bleak
   chirpstack.py  nodes behind a ChirpStack v4 LoRaWAN network server (its MQTT integration)
 

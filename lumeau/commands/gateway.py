@@ -37,7 +37,8 @@ def add_subcommand(subparsers: Any) -> None:
         "gateway",
         help="run the gateway service (transports, durable queue, upstream, API)",
         description="Run the Lumeau gateway until SIGTERM or SIGINT. Nodes are heard through the transports "
-        "its configuration enables: [semtech] packet forwarders, [[serial]] ports, [ble], and [chirpstack] "
+        "its configuration enables: [semtech] packet forwarders, [basicstation] LoRa Basics Stations "
+        "(WebSocket, TLS, a token per gateway), [[serial]] ports, [ble], and [chirpstack] "
         "(a ChirpStack v4 application's MQTT integration).",
     )
     p.add_argument("--config", metavar="FILE", help="the gateway's TOML configuration")
