@@ -94,7 +94,10 @@ class Listener:
             return None
         if not self.tuned:
             self.tuned = True
-            self.radio.modem.configure({"freq_khz": _GROUP_FREQ_HZ // 1000, "sf": _GROUP_SF})
+            # as the gateway sends a GROUP_COMMAND (gateway/multicast.py); IQ stays the node's, inverted
+            self.radio.modem.configure(
+                {"freq_khz": _GROUP_FREQ_HZ // 1000, "sf": _GROUP_SF, "bw": "125", "coding_rate": 5}
+            )
         self.listening = True
         try:
             r = await self.radio.recv(left)

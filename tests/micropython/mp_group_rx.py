@@ -80,7 +80,8 @@ async def test_a_member_hears_group_frames_between_uplinks_and_keeps_its_windows
     assert type(radio) is not LoRaRadio and radio.modem is modem  # the member's Listener
     await _until(clock, lambda: _listening(modem), 30)
     assert len(modem.sent) == 1  # the HELLO, then its window, then the group channel
-    assert modem.cfg["invert_iq_rx"] is True and modem.cfg["invert_iq_tx"] is False
+    c = modem.cfg
+    assert c["invert_iq_rx"] is True and c["bw"] == "125" and c["coding_rate"] == 5  # as the gateway sends
     # a unicast COMMAND waits at the gateway for the next uplink's RX1
     modem.rx1.append(_down(1, {0: 5, 1: m.OP_SET_LEVEL, 2: [50, 60]}))
     t0 = hal.ticks_ms()
