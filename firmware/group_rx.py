@@ -26,6 +26,7 @@ _GROUP_SF = const(9)
 _WINDOW_MAX_MS = const(1000)  # a recv() shorter than this is a receive window (at most 342 ms at SF12)
 _HOLD_TX_MS = const(1100)  # after an uplink: RX1 opens RX1_DELAY_MS - RX_EARLY_MS (980 ms) after its end
 _HOLD_RX_MS = const(100)  # after a window; also the step at which a held listener looks again
+_STOP_WAIT_MS = const(2000)  # the driver looks at least every second: never wait forever for it
 _HOLD_JOIN_MS = const(5000)  # a join is heard in a window whose burst goes on (4 x 342 ms at SF12 at most)
 
 
@@ -48,11 +49,13 @@ class Listener:
         return getattr(self.radio, name)
 
     async def _take(self):
-        # the modem for a send or a window: the listening stopped, the uplink's settings back
-        self.busy += 1
+        # the modem for a send or a window (the caller counted itself in `busy`): the listening
+        # stopped, the uplink's settings back
         if self.listening:
             self.radio.modem.standby()  # its "soft IRQ" ends the listening recv(): it returns None
-            while self.listening:
+            for _ in range(_STOP_WAIT_MS):
+                if not self.listening:
+                    break
                 await self.hal.sleep_ms(1)
         if self.tuned:
             self.tuned = False
@@ -69,8 +72,9 @@ class Listener:
         self.tuned = False  # never while listening: a CONFIG is heard in a window (SPEC §5 "ADR")
 
     async def send(self, frame):
-        await self._take()
+        self.busy += 1
         try:
+            await self._take()
             return await self.radio.send(frame)
         finally:
             self._give(_HOLD_TX_MS)
@@ -78,8 +82,9 @@ class Listener:
     async def recv(self, timeout_ms):
         hal = self.hal
         if timeout_ms < _WINDOW_MAX_MS:
-            await self._take()
+            self.busy += 1
             try:
+                await self._take()
                 return await self.radio.recv(timeout_ms)
             finally:
                 self._give(_HOLD_RX_MS)
@@ -93,11 +98,11 @@ class Listener:
         if left <= 0:
             return None
         if not self.tuned:
-            self.tuned = True
             # as the gateway sends a GROUP_COMMAND (gateway/multicast.py); IQ stays the node's, inverted
             self.radio.modem.configure(
                 {"freq_khz": _GROUP_FREQ_HZ // 1000, "sf": _GROUP_SF, "bw": "125", "coding_rate": 5}
             )
+            self.tuned = True
         self.listening = True
         try:
             r = await self.radio.recv(left)

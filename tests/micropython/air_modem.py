@@ -37,6 +37,7 @@ class AirModem:
         self.heard = 0
         self.lost = 0
         self.cut = 0  # recv() calls ended by standby()
+        self.fail_sends = 0  # the next sends raise OSError
         self._ev = asyncio.Event()
         self._got = None
 
@@ -54,6 +55,9 @@ class AirModem:
         self.cfg.update(cfg)
 
     async def send(self, packet):
+        if self.fail_sends:  # the driver raising (an SPI fault): nothing on the air
+            self.fail_sends -= 1
+            raise OSError(5)
         self._enter("send")
         c = self.cfg
         self.sent.append((self.hal.ticks_ms(), self.channel(), bytes(packet)))

@@ -133,3 +133,19 @@ async def test_a_lamp_in_no_group_never_listens_until_it_joins():
     task.cancel()
     hal.power_off()
     assert modem.overlaps == 0
+
+
+async def test_a_driver_error_on_send_leaves_the_member_listening():
+    clock, hal, modem, node, task = _boot(True)
+    await _until(clock, lambda: _listening(modem), 30)
+    modem.fail_sends = 1
+    assert modem.air(_group_frame(0), GROUP_CH)  # its CMD_ACK's send raises
+    await _until(clock, lambda: node.tx_failed == 1, 70)
+    await _until(clock, lambda: _listening(modem), 5)
+    assert modem.air(_group_frame(1, MCAST_ID + 1), GROUP_CH)
+    await clock.run_for(S)
+    assert node.app.group.slots[0][2] == 2
+    await _until(clock, lambda: MCAST_ID + 1 in _acks(modem), 130)  # and its uplinks go on
+    task.cancel()
+    hal.power_off()
+    assert modem.overlaps == 0
