@@ -101,5 +101,10 @@ class Groups:
         return None
 
 
-def load(hal, keys):
-    return Groups(hal, keys)
+def load(hal, node):
+    """The groups of the lamp `node` (firmware.runtime.Node); its radio listens between uplinks
+    from now on (firmware/group_rx.py: on a LoRa modem, the continuous receive of a member)."""
+    from firmware import group_rx
+
+    node.radio = group_rx.wrap(hal, node.radio)
+    return Groups(hal, node.keys)

@@ -201,7 +201,7 @@ class Lighting:
             if hal.load("group"):
                 from firmware import group
 
-                self.group = group.load(hal, node.keys)
+                self.group = group.load(hal, node)
         except Exception:
             pass  # unreadable: no group frame is taken (a join writes it again)
         self.failsafe()  # until the first step decides: on unless known day
@@ -531,7 +531,7 @@ class Lighting:
             if self.group is None:
                 from firmware import group
 
-                self.group = group.load(self.hal, self.node.keys)
+                self.group = group.load(self.hal, self.node)
             return self.group.join(args)
         return _RES_UNKNOWN_OP, 0
 

@@ -40,8 +40,8 @@ from protocol import messages as m
 
 log = logging.getLogger("lumeau.gateway.multicast")
 
-RX2_MHZ = 869.525  # EU868 RX2, sub-band g3 (10 %): where members listen (LoRaWAN class C's default)
-DEFAULT_SF = 9
+RX2_MHZ = groupcast.GROUP_FREQ_HZ / 1e6  # EU868 RX2, sub-band g3 (10 %): where members listen (LoRa class C)
+DEFAULT_SF = groupcast.GROUP_SF  # what a member's LoRa modem listens at (firmware/group_rx.py)
 LIGHTING = "lighting"
 
 

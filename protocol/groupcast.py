@@ -28,6 +28,8 @@ GROUPS_MAX = 4  # groups a lamp can be a member of at once (LoRaWAN TS005 has 4 
 MCAST_ID_BASE = 0x80000000  # command ids of multicast commands: CMD_ACK 0 >= this names a group command
 ACK_SPREAD_S = 60  # a member answers a GROUP_COMMAND with a CMD_ACK after a random 0..this s
 JOIN_ARGS = 7  # [addr, gen, next, w0, w1, w2, w3]
+GROUP_FREQ_HZ = 869525000  # GROUP_COMMANDs go on EU868's RX2 channel (sub-band g3, 10 %), where members listen
+GROUP_SF = 9  # ... at SF9 (SPEC §5 "Groups"; gateway/multicast.py sends there)
 
 
 def group_key(master, addr, gen):

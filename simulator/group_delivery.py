@@ -41,7 +41,7 @@ from protocol import frame, groupcast, lora
 from protocol import messages as m
 
 RX1_DELAY_S = 1.0
-RX2_HZ = 869525000  # EU868 RX2: sub-band g3, 10 %
+RX2_HZ = groupcast.GROUP_FREQ_HZ  # EU868 RX2: sub-band g3, 10 %
 UPLINK_HZ = lora.DEFAULT_CHANNELS_HZ
 CMD_ACK_BYTES = 19  # a CMD_ACK of a multicast id: 13 + {0: 0x8000_00nn, 1: 0, 2: 100}
 REPORT_BYTES = 40  # a lamp's LIGHT report (SPEC §5 "Sizes": 44 B at most)
