@@ -219,7 +219,7 @@ class Node:
         # attribute, named "schedule": a name MicroPython's firmware has already, since on the
         # node every new name costs heap (the qstr pool, bench/README.md); likewise the HAL key
         # "calendar.bin" (a string over 10 characters is not interned) holds the same bytes.
-        self.schedule = [None, []]
+        self.schedule = [None, []]  # type: list
         self.last_error = None
         self.on_event = None  # optional hook(severity, EVENT body CBOR): BLE keeps the last alarms
 
