@@ -86,7 +86,15 @@ def parse_facts(where: str, d: dict[str, Any], kind: str) -> Facts | None:
         if "start" in b:
             s = b["start"]
             hh, sep, mm_ = s.partition(":") if isinstance(s, str) else ("", "", "")
-            if not (sep and len(hh) == 2 and len(mm_) == 2 and hh.isdigit() and mm_.isdigit()):
+            if not (
+                sep
+                and len(hh) == 2
+                and len(mm_) == 2
+                and hh.isascii()
+                and hh.isdigit()
+                and mm_.isascii()
+                and mm_.isdigit()
+            ):
                 raise ValueError(f"{where}.baseline.start: local time as HH:MM")
             if not (int(hh) < 24 and int(mm_) < 60):
                 raise ValueError(f"{where}.baseline.start: local time as HH:MM")

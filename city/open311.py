@@ -442,7 +442,7 @@ class Open311:
         if ids_text:
             ids = []
             for x in ids_text.split(",")[:MAX_RESULTS]:
-                if x.strip().isdigit() and len(x.strip()) < 19:
+                if x.strip().isascii() and x.strip().isdigit() and len(x.strip()) < 19:
                     ids.append(int(x))
                 else:
                     errs.append(f"service_request_id {x[:30]!r} is not a request id")
@@ -487,7 +487,7 @@ class Open311:
         if isinstance(fmt, web.Response):
             return fmt
         rid = request.match_info["id"]
-        if not rid.isdigit() or len(rid) > 18:
+        if not (rid.isascii() and rid.isdigit()) or len(rid) > 18:  # "¹".isdigit() too
             return errors(fmt, 404, [f"service_request_id {rid[:30]!r} not found"])
         rows = await self.db.run(lambda c: requests_db.query(c, ids=[int(rid)], limit=1))
         if not rows:

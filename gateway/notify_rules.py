@@ -134,7 +134,7 @@ def parse_hours(text: str) -> tuple[int, int]:
 
 def _minutes(hhmm: str) -> int:
     h, m = hhmm.strip().split(":")
-    if not (h.isdigit() and m.isdigit() and len(m) == 2):
+    if not (h.isascii() and h.isdigit() and m.isascii() and m.isdigit() and len(m) == 2):
         raise ValueError(hhmm)
     hi, mi = int(h), int(m)
     if not (0 <= hi <= 23 and 0 <= mi <= 59):

@@ -553,6 +553,14 @@ queries = st.dictionaries(
 )
 
 
+async def test_unicode_digits_are_not_request_ids(sink, http):
+    # str.isdigit() is true for "¹" and other Unicode digits that int() refuses: found by the fuzz below
+    async with http.get(url(sink, PREFIX + "/requests/%C2%B9.json")) as r:
+        assert r.status == 404
+    async with http.get(url(sink, PREFIX + "/requests.json"), params={"service_request_id": "\u00b9"}) as r:
+        assert r.status == 400 and "is not a request id" in (await r.text())
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(q=queries, fmt=st.sampled_from(["json", "xml"]), rid=st.text(max_size=20))
 async def test_fuzz_get_endpoints(sink, http, q, fmt, rid):

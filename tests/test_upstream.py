@@ -708,7 +708,7 @@ def test_retry_after_parsing():
     date = format_datetime(datetime.fromtimestamp(now, UTC) + timedelta(seconds=90), usegmt=True)
     assert up.parse_retry_after(date, now=now) == 90
     assert up.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0  # in the past
-    for bad in (None, "", "soon", "-5", "1.5"):
+    for bad in (None, "", "soon", "-5", "1.5", "\u00b9", "\u0663"):  # "¹" and an Arabic-Indic 3 are isdigit()
         assert up.parse_retry_after(bad) is None
 
 
