@@ -11,6 +11,7 @@ from typing import Any
 
 from firmware.store import Store
 from protocol import messages as m
+from protocol.keys import NodeKeys
 from simulator import virtual_loop
 from simulator.hal_sim import SimHAL
 
@@ -37,6 +38,10 @@ class AppNode:
         self.store = Store(hal)
         self.store.open()
         self.events: list[Event] = []
+        # a lamp that joins a group (COMMAND join_group) reads the node's keys and wraps its
+        # radio (firmware/group.py): the runtime's Node has both; this facade has keys, no radio
+        self.keys = NodeKeys(1, bytes(range(16)))
+        self.radio = None
 
     def event(self, code: int, severity: int, value: int = 0, active: int = 1, zone: int = 0) -> None:
         # the value is the app's to keep in range; the time stamp is the runtime's (it leaves
