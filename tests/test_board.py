@@ -259,8 +259,16 @@ def test_a_main_that_ignores_ctrl_c_is_reset_and_skipped_once(board, tmp_path):
 
         wait_until(main_runs, 10, "main.py running after the reset")
         # mpremote's Ctrl-C cannot stop a busy loop; the board resets after the grace
-        # period (1 s here) and that boot skips main.py, so the tool still gets in.
-        assert mpremote(board.port, "exec", "print('in')", timeout=20).stdout.strip() == b"in"
+        # period (1 s here) and that boot skips main.py, so the tool still gets in. Its
+        # raw-REPL request can fall into the reset it caused (the old interpreter's input
+        # goes with it) and then waits for ever: a technician's second try meets the safe
+        # boot. Seen in full runs of the suite, not alone.
+        try:
+            out = mpremote(board.port, "exec", "print('in')", timeout=10)
+        except subprocess.TimeoutExpired:
+            wait_until(lambda: board.control({"get": "state"})["boots"] > boots + 1, 10, "the reset after the grace")
+            out = mpremote(board.port, "exec", "print('in')", timeout=20)
+        assert out.stdout.strip() == b"in"
     finally:
         remove_on_board(board, "main.py")
 
