@@ -85,6 +85,9 @@ _C_ID = const(0)
 _C_OP = const(1)
 _EVENT = const(4)
 _GROUP_COMMAND = const(15)
+_FRAG = const(12)  # protocol.fragments: a release's fragment to this node (SPEC §13 "Over LoRa")
+_GROUP_FRAG = const(13)  # ... to one of this lamp's groups
+_OP_FRAG_STATUS = const(11)
 _ACK_SPREAD_S = const(60)
 _EV_APP_EXCEPTION = const(23)
 _EV_CALENDAR = const(24)
@@ -703,7 +706,7 @@ class Node:
         except fr.FrameError:
             self.rx_rejected += 1
             return None
-        if f.mtype == _GROUP_COMMAND:
+        if f.mtype == _GROUP_COMMAND or f.mtype == _GROUP_FRAG:
             # SPEC §5 "Groups": a frame for one of this lamp's groups (app.group: firmware/group.py)
             # whose MIC verifies under the group's key and whose counter is at or above the group's
             # next (written before acting) runs once; its CMD_ACK goes after a random 0..ACK_SPREAD_S
@@ -713,6 +716,12 @@ class Node:
             if body is None:
                 self.rx_other += 1
                 return None
+            if f.mtype == _GROUP_FRAG:  # an update's fragment: firmware/fuota.py, loaded by name for a session only
+                if not body:
+                    self.rx_rejected += 1
+                    return None
+                self.rx += 1
+                return __import__("firmware.fuota", None, None, ("rx",)).rx(self, body)
             try:
                 msg = m.decode(_COMMAND, body) if body else None
             except m.MessageError:
@@ -750,7 +759,7 @@ class Node:
             return None
         t = f.mtype
         try:
-            msg = m.decode(t, body)
+            msg = m.decode(t, body) if t != _FRAG else None
         except m.MessageError:
             msg = None
         cid = 0
@@ -769,6 +778,8 @@ class Node:
         if self._adr_prev is not None:  # heard after a change: the new settings work, keep them
             self._adr_prev = None
             self._save_radio(r.sf, r.tx_power)
+        if t == _FRAG:  # counted in rx above; a refused fragment raises: rx_rejected (_downlink)
+            return __import__("firmware.fuota", None, None, ("rx",)).rx(self, body)
         if msg is None:
             self.rx_rejected += 1
             return None
@@ -882,6 +893,8 @@ class Node:
                 return _RES_BAD_ARGS, 0
             self._set_runtime(_CFG_REPORT_INTERVAL, args[0], True)
             return _RES_OK, args[0]
+        if op == _OP_FRAG_STATUS:  # an update's session (firmware/fuota.py): what is still missing
+            return __import__("firmware.fuota", None, None, ("rx",)).rx(self, list(args))
         if op == _OP_REBOOT:
             self._reboot_at = self.hal.ticks_ms() + _REBOOT_GRACE_MS
             if not self.watchdog:

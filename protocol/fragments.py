@@ -7,10 +7,6 @@ bodies, seal them in FRAG (unicast: the node's key and downlink counter) or GROU
 (layout, matrix line, the flash-backed decoder) is protocol/nodefrag.py, re-exported here.
 """
 
-from __future__ import annotations
-
-import math
-
 from protocol import frame
 from protocol.groupcast import check_addr, mic_key
 from protocol.nodefrag import Decoder, line, prbs23, setup  # the node's part
@@ -41,12 +37,12 @@ ST_NO_SESSION = 1  # the node holds no session with this id (rebooted, or never 
 ST_REFUSED = 2  # the image was complete and the node's updater refused it (reason: its last_error)
 
 
-def fragment_size(max_frame: int) -> int:
+def fragment_size(max_frame):
     """The largest fragment a frame of `max_frame` bytes carries (51 B at SF12: 34 B)."""
     return max_frame - OVERHEAD
 
 
-def setup_body(session: int, bundle: bytes, size: int, f: int, n: int, redundancy: int) -> bytes:
+def setup_body(session, bundle, size, f, n, redundancy):
     if not (0 <= session <= 255 and len(bundle) >= 4 and 0 < size <= SIZE_MAX and 0 < f <= 255):
         raise ValueError("session set-up out of range")
     if not (0 < n <= N_MAX and (n - 1) * f < size <= n * f and 0 <= redundancy <= 0xFFFF):
@@ -61,7 +57,7 @@ def setup_body(session: int, bundle: bytes, size: int, f: int, n: int, redundanc
     )
 
 
-def data_body(session: int, index: int, data: bytes) -> bytes:
+def data_body(session, index, data):
     if not 0 <= index <= 0xFFFF:
         raise ValueError("fragment index out of range")
     return bytes([DATA, session]) + index.to_bytes(2, "big") + bytes(data)
@@ -70,18 +66,18 @@ def data_body(session: int, index: int, data: bytes) -> bytes:
 class Encoder:
     """An image cut into fragments of `f` bytes; fragment(i) for any i (i >= n: coded)."""
 
-    def __init__(self, image: bytes, f: int) -> None:
+    def __init__(self, image, f):
         if not 0 < f <= 255:
             raise ValueError("fragment size must be 1..255 bytes")
         self.image = bytes(image)
         self.f = f
-        self.n = max(1, math.ceil(len(self.image) / f))
+        self.n = max(1, -(-len(self.image) // f))
         if self.n > N_MAX:
             raise ValueError("image of %d B is %d fragments of %d B, at most %d" % (len(image), self.n, f, N_MAX))
         pad = self.image + bytes(self.n * f - len(self.image))
         self._frags = [pad[i * f : (i + 1) * f] for i in range(self.n)]
 
-    def fragment(self, index: int) -> bytes:
+    def fragment(self, index):
         if index < self.n:
             return self._frags[index]
         bits = bytearray((self.n + 7) // 8)
@@ -95,12 +91,12 @@ class Encoder:
         return bytes(out)
 
 
-def seal_unicast(keys, counter: int, body: bytes) -> bytes:
+def seal_unicast(keys, counter, body):
     """A FRAG frame to one node, sealed as its other downlinks (SPEC §1)."""
     return frame.seal(keys, FRAG, counter, body)
 
 
-def seal_group(key: bytes, addr: int, counter: int, body: bytes) -> bytes:
+def seal_group(key, addr, counter, body):
     """A GROUP_FRAG frame to group `addr`, sealed as a GROUP_COMMAND (SPEC §5 "Groups")."""
     check_addr(addr)
     n = len(body)
@@ -110,7 +106,7 @@ def seal_group(key: bytes, addr: int, counter: int, body: bytes) -> bytes:
     return raw + mic_key(key, addr).digest(raw)[: frame.MIC_LEN]
 
 
-def frames_needed(size: int, f: int, redundancy: float) -> tuple[int, int]:
+def frames_needed(size, f, redundancy):
     """(N, coded fragments sent up front) for an image of `size` bytes, fragments of `f` bytes."""
-    n = max(1, math.ceil(size / f))
-    return n, math.ceil(n * redundancy)
+    n = max(1, -(-size // f))
+    return n, int(-(-n * redundancy // 1))

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from protocol import ble, calendar, frame, groupcast, lora, lorawan, messages
+from protocol import ble, calendar, fragments, frame, groupcast, lora, lorawan, messages
 
-SOURCES = [messages, lora, frame, groupcast]
+SOURCES = [messages, lora, frame, groupcast, fragments]
 NODE_MODULES = sorted(
     [f"firmware.{p.stem}" for p in (ROOT / "firmware").glob("*.py") if p.stem not in ("manifest", "boot", "main")]
     + ["protocol.nodemsg", "protocol.nodelora", "protocol.nodeframe", "protocol.nodeble", "protocol.nodegroup"]
-    + ["protocol.nodecal"]
+    + ["protocol.nodecal", "protocol.nodefrag"]
 )
 # whose copies each module keeps, where not SOURCES
 COPIES_OF = {
@@ -34,7 +34,9 @@ COPIES_OF = {
     "protocol.nodeble": [ble],
     "protocol.nodecal": [calendar, messages],
     "firmware.ble": [messages, frame, ble],
-    "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §14)
+    "firmware.radio_lorawan": [lorawan],
+    "firmware.fuota": [fragments, messages],
+    "protocol.nodefrag": [fragments],  # the LoRaWAN carriage's numbers (SPEC §14)
 }
 
 
