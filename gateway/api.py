@@ -142,6 +142,7 @@ from aiohttp import web
 
 from gateway import health, ops, releases
 from gateway.downlinks import DownlinkRejected, Downlinks
+from gateway.fuota import FuotaDelivery, FuotaSettings
 from gateway.groups import REPAIR_AFTER_S, GroupCommandError, GroupCommands
 from gateway.history import History
 from gateway.logs import RateLimiter
@@ -494,6 +495,7 @@ class Api:
         requests_feed: RequestsFeed | None = None,
         multicast_repair_s: float = REPAIR_AFTER_S,
         calendars: Any = None,
+        fuota: FuotaSettings | None = None,
     ) -> None:
         if not token:
             raise ValueError("the API needs a token")
@@ -522,6 +524,8 @@ class Api:
         self.groups = GroupCommands(
             registry, store, downlinks, clock=clock, multicast=self.multicast, repair_after_s=multicast_repair_s
         )
+        # release images over LoRa (gateway/fuota.py): what campaigns deliver through
+        self.fuota = FuotaDelivery(registry, store, downlinks, self.multicast, fuota)
         app = web.Application(middlewares=[self._headers, self._auth], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/healthz", self.healthz)

@@ -224,6 +224,26 @@ class DownlinksSection:
 
 
 @dataclass(frozen=True)
+class FuotaSection:
+    """Release images over LoRa: fragments with forward error correction (gateway/fuota.py; SPEC 13)."""
+
+    redundancy: float = opt(
+        0.25, "coded fragments sent after the image's N fragments, as a share of N", _range(0.0, 4.0)
+    )
+    margin: int = opt(2, "coded fragments a repair sends beyond what the worst node misses", _range(0, 1000))
+    max_rounds: int = opt(4, "status + repair rounds after the first pass before a node is failed", _range(0, 100))
+    duty_cycle: float = opt(
+        0.1, "share of the time multicast fragments may use (869.525 MHz, sub-band g3: 10 %)", _range(0.001, 0.1)
+    )
+    status_timeout_s: float = opt(
+        7200.0, "wait this long for a node's answer to a status request (it comes after its next uplink)", _positive
+    )
+    session_timeout_s: float = opt(
+        604800.0, "unicast: the fragments of one pass must go out in the node's receive windows within this", _positive
+    )
+
+
+@dataclass(frozen=True)
 class CalendarsSection:
     """Lighting and irrigation calendars (gateway/calendars.py, gateway/calendar_sync.py; SPEC 5 "Calendars")."""
 
@@ -532,6 +552,7 @@ class GatewayConfig:
     ble: BleSection
     adr: AdrSection = field(default_factory=AdrSection)
     calendars: CalendarsSection = field(default_factory=CalendarsSection)
+    fuota: FuotaSection = field(default_factory=FuotaSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     chirpstack: ChirpStackSection = field(default_factory=ChirpStackSection)
     basicstation: BasicStationSection = field(default_factory=BasicStationSection)
@@ -551,6 +572,7 @@ _SECTIONS: dict[str, type] = {
     "ble": BleSection,
     "adr": AdrSection,
     "calendars": CalendarsSection,
+    "fuota": FuotaSection,
     "mqtt": MqttSection,
     "chirpstack": ChirpStackSection,
     "basicstation": BasicStationSection,
@@ -913,6 +935,7 @@ def example_config() -> str:
     out += _example_section("[ble]", BleSection, {}, set())
     out += _example_section("[adr]", AdrSection, {}, set())
     out += _example_section("[calendars]", CalendarsSection, {"dir": '"calendars"'}, {"dir"})
+    out += _example_section("[fuota]", FuotaSection, {}, set())
     out += ['# MQTT upstream (gateway/README.md, "MQTT upstream"): instead of [upstream] when enabled.']
     out += _example_section(
         "[mqtt]",

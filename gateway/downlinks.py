@@ -106,6 +106,7 @@ EARLY_MAX = 1024  # copies heard before their first copy was committed, remember
 TIME_ANSWER_S = m.TIME_SLACK_S / 2  # a TIME answers an uplink heard at most this long ago (SPEC §4)
 OPEN = ("queued", "sent")
 KINDS = (m.COMMAND, m.CONFIG, m.TIME)
+FILL_MAX = 32  # filler frames per pass on a wire (serial, BLE); LoRa takes one per window
 
 
 class DownlinkRejected(ValueError):
@@ -134,6 +135,9 @@ class Downlinks:
         self.store = store
         self.timesync = timesync
         self.cmd_ack_listeners: list[Callable[[Record], None]] = []  # told every CMD_ACK committed
+        # node -> what fills its receive windows once nothing queued is due: (frame type, raw body)
+        # or None (gateway/fuota.py: an update's fragments, never stored, made again if lost)
+        self.fillers: dict[int, Callable[[], tuple[int, bytes] | None]] = {}
         self.registry = registry
         self.default_ttl_s = default_ttl_s
         self.max_attempts = max_attempts
@@ -164,6 +168,7 @@ class Downlinks:
             "unmatched_cmd_acks": 0,
             "path_switches_refused": 0,
             "time_auto": 0,
+            "filled": 0,  # frames a filler gave (update fragments)
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -269,7 +274,7 @@ class Downlinks:
             # the uplink's time on air dates a STATUS's node time (its start); nothing else needs it
             air = ts.airtime_s(len(reception.raw), reception.sf) if record.mtype == m.STATUS and not wire else 0.0
             auto = ts.on_uplink(node_id, record.mtype, record.body, reception.rx_time, air, wire, reception.sf)
-        if not ack and auto is None and not self._open.get(node_id):
+        if not ack and auto is None and not self._open.get(node_id) and node_id not in self.fillers:
             return  # the common case: nothing to say
         if reception.path is None:
             return
@@ -407,7 +412,18 @@ class Downlinks:
                 else:
                     await self._close(dl, "sent")
             if auto in (DRIFT, REPEAT) and not timed and (budget is None or budget > 0):
-                await self._auto_time(entry, rx, auto)
+                if await self._auto_time(entry, rx, auto) and budget is not None:
+                    budget -= 1
+            fill = self.fillers.get(node_id)
+            for _ in range(FILL_MAX):  # on LoRa the window's one frame, when nothing else took it
+                if fill is None or (budget is not None and budget <= 0):
+                    break
+                made = fill()
+                if made is None or not await self._send(entry, made[0], {}, rx, made[1]):
+                    break
+                self.counts["filled"] += 1
+                if budget is not None:
+                    budget -= 1
 
     async def _auto_time(self, entry: Any, rx: Reception, reason: str) -> bool:
         """Send an automatic TIME answering the node's latest uplink; tell the policy when it went."""
@@ -480,13 +496,16 @@ class Downlinks:
                     out.append(dl)
         return out
 
-    async def _send(self, entry: Any, mtype: int, body: dict[int, Any], rx: Reception) -> bool:
+    async def _send(
+        self, entry: Any, mtype: int, body: dict[int, Any], rx: Reception, raw_body: bytes | None = None
+    ) -> bool:
         path = rx.path
         if path is None:
             return False
         try:
             counter = await self.store.next_downlink_counter(entry.node_id)  # committed first
-            raw = frame.seal(entry.keys, mtype, counter, m.encode(mtype, body))
+            plain = m.encode(mtype, body) if raw_body is None else raw_body
+            raw = frame.seal(entry.keys, mtype, counter, plain)
             await path.send_downlink(raw, rx)
         except Exception as e:  # the transport's DownlinkError, a closed store, a vanished port
             self.counts["send_errors"] += 1

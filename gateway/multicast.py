@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from gateway.downlinks import DownlinkRejected, Downlinks
 from gateway.registry import Group, Registry, format_node_id, write_private
 from gateway.store import Store
-from protocol import groupcast
+from protocol import fragments, groupcast
 from protocol import messages as m
 
 log = logging.getLogger("lumeau.gateway.multicast")
@@ -199,3 +199,17 @@ class Multicast:
         raw = groupcast.seal(key, g["addr"], counter, m.encode(m.COMMAND, {0: command_id, **body}))
         n = await self.radio.transmit_now(raw, RX2_MHZ, self.sf)
         log.info("multicast sent", extra={"group": group.name, "counter": counter, "forwarders": n})
+
+    async def send_frame(self, group: Group, body: bytes) -> int:
+        """Seal and send one GROUP_FRAG (an update's fragment body, SPEC §13 "Over LoRa") with the
+        group's next counter (committed first, as `send`); how many forwarders took it. Raises
+        as the radio does (DownlinkError "duty_cycle" while the sub-band is closed)."""
+        assert self.radio is not None
+        g = self._group(group.name)
+        counter = g["next"]
+        if counter > groupcast.GROUP_COUNTER_MAX:
+            raise ValueError("group counter exhausted: the key must be renewed")
+        g["next"] = counter + 1
+        self._save()
+        key = groupcast.group_key(self._master(), g["addr"], g["gen"])
+        return await self.radio.transmit_now(fragments.seal_group(key, g["addr"], counter, body), RX2_MHZ, self.sf)

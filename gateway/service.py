@@ -44,6 +44,7 @@ message names file, key and why), 1 when startup failed otherwise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -57,6 +58,7 @@ from gateway.calendar_sync import CalendarSync
 from gateway.calendars import load_dir as load_calendars
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
+from gateway.fuota import FuotaSettings
 from gateway.history import History
 from gateway.model import Reception, Record
 from gateway.notify import Notifier
@@ -193,6 +195,7 @@ class Gateway:
                     requests_feed=self._requests_feed(cfg),
                     multicast_repair_s=cfg.downlinks.multicast_repair_s,
                     calendars=self.calendars,
+                    fuota=FuotaSettings(**dataclasses.asdict(cfg.fuota)),
                 )
                 await self.api.start()
             if self.upstream is not None:

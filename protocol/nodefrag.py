@@ -164,7 +164,10 @@ class Decoder:
             self._reduce(bits, bytearray(data))
         if self.missing and len(self.rows) - self.rows.count(-1) == self.missing:
             self._solve()
-        return not self.missing
+        if self.missing:
+            return False
+        self.img.flush()  # complete: readable through another handle from now on
+        return True
 
     def _reduce(self, bits, data):
         tmp, d2 = self.tmp, bytearray(self.f)

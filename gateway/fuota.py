@@ -1,0 +1,303 @@
+"""A release image over LoRa to a list of nodes: fragments with forward error correction (SPEC §13 "Over LoRa").
+
+`FuotaDelivery.deliver(image, node_ids, report)` runs one fragment session (LoRaWAN TS004's
+scheme, protocol/fragments.py) for the nodes:
+
+- **multicast** to the members of a group whose lamps all hold the group key and listen on
+  the group channel (gateway/multicast.py `choose`): a SETUP, the N uncoded fragments and
+  `redundancy` x N coded ones, each a GROUP_FRAG sent at once through the packet forwarders
+  at SF9 (98-byte fragments in 115-byte frames), paced so that the session uses at most
+  `duty_cycle` of the time (the g3 sub-band allows 10 %); a forwarder whose duty cycle is
+  spent is waited for;
+- **unicast** to every other node (class A: battery valves, lamps outside such a group):
+  FRAG frames sealed with the node's key and downlink counter, one per receive window
+  after its uplinks, when nothing queued for it is due (gateway/downlinks.py `fillers`),
+  34-byte fragments so that a frame fits 51 bytes at SF12.
+
+Then each node is asked by unicast (COMMAND `frag_status`, op 11) what it still misses; it
+answers in its CMD_ACK (ok, value = fragments missing). Repairs are coded fragments: for a
+group as many as its worst member misses plus `margin`, for a node alone what it misses plus
+`margin`; at most `max_rounds` rounds. A node with nothing missing has handed the image to its
+updater (it verifies everything and reboots into the trial): "verifying". A node whose
+updater refused the image, that never answers, or that still misses fragments after the last
+round is "failed", the reason in the log. Installed, healthy and rolled back come from the
+node's next HELLO (gateway/releases.py), not from here.
+
+report(node_id, state, fraction): "receiving" (fraction of the image the node holds, as far
+as the gateway knows: frames sent until its first status answer), "verifying" (1.0),
+"failed" (None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.downlinks import DownlinkRejected, Downlinks
+from gateway.multicast import Multicast
+from gateway.registry import Group, Registry, format_node_id
+from gateway.store import Store
+from protocol import fragments as fz
+from protocol import lora
+from protocol import messages as m
+from protocol import noderelease as rel
+
+log = logging.getLogger("lumeau.gateway.fuota")
+
+Report = Callable[[int, str, float | None], None]
+UNICAST_FRAME = lora.max_payload(12)  # 51 B: a unicast fragment fits any data rate
+MULTICAST_SF = 9  # protocol.groupcast.GROUP_SF: where members listen
+RUNNING_PREFIX = 6  # hex digits of the bundle id a HELLO reports (gateway/releases.py PREFIX)
+
+
+@dataclass(frozen=True)
+class FuotaSettings:
+    redundancy: float = 0.25  # coded fragments sent up front, as a share of N
+    margin: int = 2  # coded fragments sent beyond what the worst node misses, per repair
+    max_rounds: int = 4  # status + repair rounds after the first pass
+    duty_cycle: float = 0.1  # share of the time multicast fragments may use (g3 sub-band: 10 %)
+    status_timeout_s: float = 7200.0  # a node's answer to a status request (it comes after its next uplink)
+    session_timeout_s: float = 7 * 86400.0  # unicast: the fragments of one pass through the receive windows
+
+
+def image_bundle(image: bytes) -> bytes:
+    """The bundle id (32 bytes) of a release image (.lup); ValueError when it is not one."""
+    try:
+        mlen = rel.parse_header(bytes(image[: rel.HEADER]))
+        doc = json.loads(bytes(image[rel.HEADER : rel.HEADER + mlen]))
+        return bytes.fromhex(doc["bundle"])
+    except (rel.Refused, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a release image: {e}") from None
+
+
+class _Failed(Exception):
+    pass
+
+
+class FuotaDelivery:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        downlinks: Downlinks,
+        multicast: Multicast | None = None,
+        settings: FuotaSettings | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.downlinks = downlinks
+        self.multicast = multicast
+        self.settings = settings or FuotaSettings()
+        self.sleep = sleep
+        self._answers: dict[int, asyncio.Future[tuple[int, int]]] = {}  # status command id -> CMD_ACK
+        downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
+        self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0}
+
+    # ------------------------------------------------------------ the plan
+
+    def plan(self, node_ids: Sequence[int]) -> tuple[list[tuple[Group, list[int]]], list[int]]:
+        """([(group, its members to update)], nodes by unicast): a group when multicast suits it."""
+        left = list(dict.fromkeys(node_ids))
+        groups: list[tuple[Group, list[int]]] = []
+        mc = self.multicast
+        if mc is not None and mc.radio is not None:
+            for g in self.registry.groups():
+                take = [n for n in left if n in mc.lamps(g)]
+                if take and mc.choose(g, ("lighting",))[0] == "multicast":
+                    groups.append((g, take))
+                    left = [n for n in left if n not in take]
+        return groups, left
+
+    async def deliver(self, image: bytes, node_ids: Sequence[int], report: Report) -> None:
+        """Run one session for `node_ids`; every node ends "verifying" or "failed" in `report`."""
+        bundle = image_bundle(image)
+        sid = secrets.randbelow(256)
+        groups, solo = self.plan(node_ids)
+        log.info(
+            "update session",
+            extra={"session": sid, "bytes": len(image), "groups": len(groups), "unicast": len(solo)},
+        )
+        jobs = [self._group(g, members, image, bundle, sid, report) for g, members in groups]
+        jobs += [self._node(n, image, bundle, sid, report) for n in solo]
+        await asyncio.gather(*jobs)
+
+    # ------------------------------------------------------------ status
+
+    def _on_cmd_ack(self, record: Any) -> None:
+        fut = self._answers.get(record.body.get(m.CA_ID, -1))
+        if fut is not None and not fut.done():
+            fut.set_result((record.body.get(m.CA_RESULT, -1), record.body.get(m.CA_VALUE, 0)))
+
+    async def _ask(self, node: int, sid: int) -> tuple[int, int] | None:
+        """The node's (result, value) to frag_status, or None without an answer in time."""
+        s = self.settings
+        try:
+            dl = await self.downlinks.enqueue(
+                node, m.COMMAND, {m.C_OP: fz.OP_FRAG_STATUS, m.C_ARGS: [sid]}, ttl_s=s.status_timeout_s
+            )
+        except DownlinkRejected as e:
+            log.warning("status request not queued", extra={"node": format_node_id(node), "why": str(e)[:200]})
+            return None
+        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._answers[dl.id] = fut
+        try:
+            return await asyncio.wait_for(fut, s.status_timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            del self._answers[dl.id]
+
+    async def _missing(self, node: int, sid: int, n: int, bundle: bytes) -> int:
+        """Fragments the node still misses (0: complete); raises _Failed with the reason."""
+        got = await self._ask(node, sid)
+        if got is None:
+            raise _Failed(f"no answer to the status request within {self.settings.status_timeout_s:g} s")
+        res, value = got
+        if res == m.RES_OK:
+            return max(0, int(value))
+        if res == m.RES_REFUSED and value == fz.ST_REFUSED:
+            raise _Failed("the node's updater refused the image (its last_error says why)")
+        if res == m.RES_REFUSED and value == fz.ST_NO_SESSION:
+            st = self.store.node_state(node) or {}
+            if (st.get("release") or {}).get("running") == bundle.hex()[:RUNNING_PREFIX]:
+                return 0  # complete, installed and rebooted: its HELLO names the new bundle
+            return n  # it missed the set-up (or rebooted): everything again
+        raise _Failed(f"status request answered with result {res}: the node's firmware has no LoRa update")
+
+    # ------------------------------------------------------------ multicast
+
+    async def _transmit(self, group: Group, body: bytes) -> None:
+        mc = self.multicast
+        assert mc is not None
+        air = lora.airtime_ms(13 + len(body), MULTICAST_SF) / 1000
+        # transmit_now returns as the frame starts: the next one starts T/d later (the band's
+        # off-time, protocol/lora.py DutyCycle.record)
+        off = air / self.settings.duty_cycle
+        for _ in range(8):
+            try:
+                await mc.send_frame(group, body)
+            except Exception as e:  # the forwarders' DownlinkError: duty cycle spent, no route
+                log.info("multicast fragment not sent, waiting", extra={"group": group.name, "why": str(e)[:200]})
+                await self.sleep(max(off, 1.0) * 4)
+                continue
+            self.counts["multicast_frames"] += 1
+            self.counts["airtime_ms"] += air * 1000
+            await self.sleep(off)
+            return
+        raise _Failed("the packet forwarders refused the group's fragments (duty cycle or no route)")
+
+    async def _group(
+        self, group: Group, members: list[int], image: bytes, bundle: bytes, sid: int, report: Report
+    ) -> None:
+        s = self.settings
+        f = fz.fragment_size(lora.max_payload(MULTICAST_SF))
+        enc = fz.Encoder(image, f)
+        n = enc.n
+        coded = math.ceil(n * s.redundancy)
+        setup = fz.setup_body(sid, bundle, len(image), f, n, coded)
+        pending = list(members)
+        try:
+            await self._transmit(group, setup)
+            for i in range(n + coded):
+                await self._transmit(group, fz.data_body(sid, i, enc.fragment(i)))
+                if i % 16 == 15:
+                    for node in pending:
+                        report(node, "receiving", min(1.0, (i + 1) / n) * 0.99)
+            nxt = n + coded
+            for rnd in range(s.max_rounds + 1):
+                need = 0
+                for node in list(pending):
+                    try:
+                        k = await self._missing(node, sid, n, bundle)
+                    except _Failed as e:
+                        self._fail(node, str(e), report)
+                        pending.remove(node)
+                        continue
+                    if k == 0:
+                        report(node, "verifying", 1.0)
+                        pending.remove(node)
+                    else:
+                        report(node, "receiving", 1 - k / n)
+                        need = max(need, k)
+                if not pending:
+                    return
+                if rnd == s.max_rounds:
+                    break
+                self.counts["repairs"] += 1
+                await self._transmit(group, setup)  # for members that missed it: a repeat costs the others nothing
+                for i in range(nxt, nxt + need + s.margin):
+                    await self._transmit(group, fz.data_body(sid, i, enc.fragment(i)))
+                nxt += need + s.margin
+            for node in pending:
+                self._fail(node, f"fragments still missing after {s.max_rounds} repair rounds", report)
+        except _Failed as e:
+            for node in pending:
+                self._fail(node, str(e), report)
+
+    # ------------------------------------------------------------ unicast
+
+    async def _node(self, node: int, image: bytes, bundle: bytes, sid: int, report: Report) -> None:
+        s = self.settings
+        f = fz.fragment_size(UNICAST_FRAME)
+        try:
+            enc = fz.Encoder(image, f)
+        except ValueError as e:
+            self._fail(node, str(e), report)
+            return
+        n = enc.n
+        coded = math.ceil(n * s.redundancy)
+        setup = fz.setup_body(sid, bundle, len(image), f, n, coded)
+        queue: deque[bytes] = deque([setup] + [fz.data_body(sid, i, enc.fragment(i)) for i in range(n + coded)])
+        emptied = asyncio.Event()
+        total = len(queue)
+
+        def fill() -> tuple[int, bytes] | None:
+            if not queue:
+                emptied.set()
+                return None
+            body = queue.popleft()
+            self.counts["unicast_frames"] += 1
+            left = len(queue)
+            if left % 8 == 0:
+                report(node, "receiving", min(1.0, (total - left) / total) * 0.99)
+            if not queue:
+                emptied.set()
+            return fz.FRAG, body
+
+        self.downlinks.fillers[node] = fill
+        nxt = n + coded
+        try:
+            for rnd in range(s.max_rounds + 1):
+                try:
+                    await asyncio.wait_for(emptied.wait(), s.session_timeout_s)
+                except TimeoutError:
+                    raise _Failed(f"fragments not all sent within {s.session_timeout_s:g} s (no uplinks?)") from None
+                k = await self._missing(node, sid, n, bundle)
+                if k == 0:
+                    report(node, "verifying", 1.0)
+                    return
+                report(node, "receiving", 1 - k / n)
+                if rnd == s.max_rounds:
+                    raise _Failed(f"{k} fragments still missing after {s.max_rounds} repair rounds")
+                self.counts["repairs"] += 1
+                emptied.clear()
+                if k >= n:
+                    queue.append(setup)
+                queue.extend(fz.data_body(sid, i, enc.fragment(i)) for i in range(nxt, nxt + k + s.margin))
+                nxt += k + s.margin
+        except _Failed as e:
+            self._fail(node, str(e), report)
+        finally:
+            self.downlinks.fillers.pop(node, None)
+
+    def _fail(self, node: int, why: str, report: Report) -> None:
+        log.warning("update failed: %s", why, extra={"node": format_node_id(node), "why": why})
+        report(node, "failed", None)

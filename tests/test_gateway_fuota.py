@@ -1,0 +1,216 @@
+"""A release image over LoRa (SPEC §13 "Over LoRa"; gateway/fuota.py) through the real gateway.
+
+The gateway (registry, store, downlinks, pipeline, API and a real SemtechServer on UDP with a
+forwarder played over a socket, as tests/test_groups_multicast.py) runs a fragment session for
+a street's lamps by multicast and for a valve by unicast in its receive windows. Each node's
+side reassembles with protocol/nodefrag.py's decoder (the node's own code; the firmware around
+it is tested under MicroPython, tests/micropython/mp_frag.py) and loses frames at its own rate;
+the gateway asks each for its status and repairs with coded fragments until every node holds
+the image, pacing the multicast within the duty cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from gateway_helpers import node_keys, seal
+from test_groups_multicast import EUI, LAMPS, Flash, street  # noqa: F401  (the fixture)
+from waiting import wait_for
+
+from firmware.group import Groups
+from gateway.fuota import FuotaDelivery, FuotaSettings, image_bundle
+from gateway.transports import semtech
+from protocol import fragments as fz
+from protocol import frame, lora, nodefrag
+from protocol import messages as m
+
+VALVE = 0x3FF
+
+
+def make_image(payload: int = 1500, seed: int = 3) -> bytes:
+    manifest = json.dumps({"bundle": random.Random(seed).randbytes(32).hex(), "version": "9.9.9"}).encode()
+    return b"LUP1" + len(manifest).to_bytes(2, "big") + manifest + bytes(64) + random.Random(seed).randbytes(payload)
+
+
+class Node:
+    """A node's fragment side: the group check (firmware/group.py), the decoder, its losses."""
+
+    def __init__(self, node_id: int, loss: float, tmp: Path) -> None:
+        self.id = node_id
+        self.groups = Groups(Flash(), node_keys(node_id))
+        self.rnd = random.Random(node_id)
+        self.loss = loss
+        self.tmp = tmp
+        self.dec: nodefrag.Decoder | None = None
+        self.sid: int | None = None
+        self.heard = 0
+
+    def take(self, body: bytes) -> None:
+        if self.rnd.random() < self.loss:
+            return
+        self.heard += 1
+        if body[0] == fz.SETUP:
+            sid, _b, size, f, n, _r = nodefrag.setup(body)
+            if sid != self.sid:
+                self.sid = sid
+                self.dec = nodefrag.Decoder(
+                    str(self.tmp / f"{self.id}.img"), str(self.tmp / f"{self.id}.rows"), size, f, n
+                )
+        elif self.dec is not None and body[1] == self.sid:
+            self.dec.add(int.from_bytes(body[2:4], "big"), body[4:])
+
+    def hear_group(self, raw: bytes) -> None:
+        body = self.groups.check(frame.parse(raw))
+        if body:
+            self.take(body)
+
+    def status(self, sid: int) -> tuple[int, int]:
+        if self.dec is None or sid != self.sid:
+            return m.RES_REFUSED, fz.ST_NO_SESSION
+        return m.RES_OK, self.dec.missing
+
+    def image(self) -> bytes:
+        return (self.tmp / f"{self.id}.img").read_bytes()
+
+
+class LinkRadio:
+    """The downlink path of the nodes' uplinks: COMMANDs recorded, FRAG frames handed to the node."""
+
+    name = "udp:aa"
+
+    def __init__(self, nodes: dict[int, Node]) -> None:
+        self.nodes = nodes
+        self.sent: list[tuple[int, int, dict]] = []
+        self.frags = 0
+
+    async def send_downlink(self, raw: bytes, rx) -> None:
+        node = frame.parse(raw).node_id
+        f, body = frame.unseal(node_keys(node), raw)
+        if f.mtype == fz.FRAG:
+            self.frags += 1
+            self.nodes[node].take(body)
+        else:
+            self.sent.append((node, f.mtype, m.decode(f.mtype, body)))
+
+
+async def run_uplinks(g, radio: LinkRadio, nodes: dict[int, Node], stop: asyncio.Event) -> None:
+    """Every node sends uplinks in turn and answers each COMMAND it got (join, status)."""
+    counters = dict.fromkeys(nodes, 0)
+    answer: dict[int, dict] = {}
+    seen = 0
+    while not stop.is_set():
+        for n in nodes:
+            counters[n] += 1
+            a = answer.pop(n, None)
+            raw = seal(n, counters[n]) if a is None else seal(n, counters[n], m.CMD_ACK, a)
+            assert await g.uplink(raw) == "accepted"
+            for node, mtype, body in radio.sent[seen:]:
+                seen += 1
+                if mtype != m.COMMAND:
+                    continue
+                if body[1] == m.OP_JOIN_GROUP:
+                    res, value = nodes[node].groups.join(body[2])
+                elif body[1] == fz.OP_FRAG_STATUS:
+                    res, value = nodes[node].status(body[2][0])
+                else:
+                    res, value = m.RES_UNKNOWN_OP, 0
+                answer[node] = {0: body[0], 1: res, 2: value} if value else {0: body[0], 1: res}
+        await asyncio.sleep(0.002)
+
+
+async def test_a_street_by_multicast_and_a_valve_by_unicast_get_the_image(street, tmp_path):  # noqa: F811
+    g = street
+    losses = [0.0, 0.05, 0.1, 0.2, 0.4]
+    nodes = {n: Node(n, losses[i], tmp_path) for i, n in enumerate(LAMPS)}
+    nodes[VALVE] = Node(VALVE, 0.2, tmp_path)
+    radio = g.radio = LinkRadio(nodes)
+    members = [f"{n:08x}" for n in LAMPS] + [f"{VALVE:08x}"]
+    status, doc = await g.call("POST", "/groups", {"name": "rue", "kind": "street", "members": members})
+    assert status == 201
+    stop = asyncio.Event()
+    up = asyncio.create_task(run_uplinks(g, radio, nodes, stop))
+
+    async def provisioned() -> bool:
+        return (await g.call("GET", "/groups/rue"))[1]["multicast"]["delivery"]["mode"] == "multicast"
+
+    assert await wait_for(provisioned, 10, "the lamps holding the group key")
+
+    # the forwarder: acknowledges each multicast and hands it to the lamps; the session's
+    # pacing runs on a clock of its own (the server's monotonic moves with it)
+    clock = [time.monotonic()]
+    g.srv.monotonic = lambda: clock[0]
+    txpks: list[dict] = []
+
+    async def forwarder() -> None:
+        while True:
+            data = await g.fwd.inbox.get()
+            if data[3] != semtech.PULL_RESP:
+                continue
+            txpk = json.loads(data[4:])["txpk"]
+            txpks.append(txpk)
+            g.fwd.tx_ack(struct.unpack(">H", data[1:3])[0])
+            raw = base64.b64decode(txpk["data"])
+            for n in LAMPS:
+                nodes[n].hear_group(raw)
+
+    slept = [0.0]
+
+    async def sleep(s: float) -> None:
+        slept[0] += s
+        clock[0] += s
+        assert g.fwd.transport is not None
+        g.fwd.transport.sendto(struct.pack(">BHB", 2, 1, semtech.PULL_DATA) + EUI)  # keeps the route alive
+        await asyncio.sleep(0.002)
+
+    fwd = asyncio.create_task(forwarder())
+    fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast, FuotaSettings(status_timeout_s=30), sleep=sleep)
+    image = make_image()
+    assert fu.plan(LAMPS + [VALVE]) == ([(g.reg.group("rue"), LAMPS)], [VALVE])
+    reports: dict[int, list[tuple[str, float | None]]] = {}
+    await asyncio.wait_for(
+        fu.deliver(image, LAMPS + [VALVE], lambda n, s, f: reports.setdefault(n, []).append((s, f))), 60
+    )
+    stop.set()
+    fwd.cancel()
+    await up
+    assert {n: r[-1] for n, r in reports.items()} == {n: ("verifying", 1.0) for n in nodes}, reports
+    for n, node in nodes.items():
+        assert node.image() == image, f"{n:x}"
+    assert any(s == "receiving" for s, _ in reports[LAMPS[4]])
+    assert fu.counts["repairs"] >= 1  # the lamp losing 40 % needed more than the redundancy
+    assert all(t["freq"] == 869.525 and t["datr"] == "SF9BW125" and t["imme"] for t in txpks)
+    assert len(txpks) == fu.counts["multicast_frames"]
+    air = sum(lora.airtime_ms(t["size"], 9) for t in txpks) / 1000
+    assert air <= 0.1 * slept[0] + 1e-6  # within the g3 sub-band's 10 % duty cycle
+    assert radio.frags == fu.counts["unicast_frames"] > 0
+
+
+async def test_a_node_that_never_answers_is_failed_with_its_reason(street, caplog):  # noqa: F811
+    g = street
+    nodes = {VALVE: Node(VALVE, 0.0, Path(g.tmp))}
+    radio = g.radio = LinkRadio(nodes)
+    fu = FuotaDelivery(g.reg, g.store, g.d, None, FuotaSettings(status_timeout_s=0.3, max_rounds=0))
+    reports: list[tuple[int, str, float | None]] = []
+    task = asyncio.create_task(fu.deliver(make_image(200), [VALVE], lambda *a: reports.append(a)))
+    counter = 0
+    while not task.done():  # its uplinks take the fragments; no status answer ever comes
+        counter += 1
+        assert counter < 2000, "the session never ended"
+        assert await g.uplink(seal(VALVE, counter)) == "accepted"
+        await asyncio.sleep(0.005)
+    await task
+    assert radio.frags == fu.counts["unicast_frames"] > 10 and nodes[VALVE].dec is not None
+    assert reports[-1] == (VALVE, "failed", None)
+    assert "no answer to the status request" in caplog.text
+
+
+def test_not_a_release_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a release image"):
+        image_bundle(b"nope")
