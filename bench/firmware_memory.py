@@ -3,7 +3,7 @@
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
                                            [--tick-ms MS] [--sample-every 400] [--heap-map] [--ble]
                                            [--lorawan]
-                                           [--calendar]
+                                           [--calendar] [--fuota]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
 small gateway, tests/micropython/mpnode.py) in the MicroPython WebAssembly
@@ -66,6 +66,13 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   and dropped) and a node holding a calendar (firmware/calendar.py loaded by
   the app, its stored bytes kept): both count as runtime heap;
   `calendar_held` says the node took it;
+- with --fuota, the node is sent a release over LoRa by unicast (SPEC §13 "Over LoRa";
+  bench_fuota below: a 2,758-byte image, a typical delta, in 34-byte fragments, one FRAG
+  per uplink from its 9th on, 10 % of them lost and made up by coded ones), so the run
+  includes a whole fragment session (firmware/fuota.py and protocol/nodefrag.py loaded by
+  name at the first fragment; the decoder's bitmaps, rows and buffers): runtime heap.
+  The image is not a signed release, so the node's updater refuses it once complete
+  (`fuota_end` gives the node's last_error: the session reached the updater);
 - the bars: runtime_heap <= 16 KB and total <= 72 KB on the worst day
   (issue 11; issue 3's were 24 and 96 KB), growth <= 512 B over days 2-7,
   and their ratios.
@@ -278,6 +285,22 @@ def bench_calendar(kind: str) -> list[bytes]:
     return pc.fragments(blob)
 
 
+def bench_fuota() -> list[bytes | None]:
+    """The FRAG bodies of a fragment session (--fuota): None for an uplink that gets nothing."""
+    import random
+
+    from protocol import fragments as fz
+
+    rnd = random.Random(12)
+    image = rnd.randbytes(2758)
+    enc = fz.Encoder(image, fz.fragment_size(51))
+    coded = -(-enc.n // 4)
+    out: list[bytes | None] = [fz.setup_body(1, bytes(4), len(image), enc.f, enc.n, coded)]
+    for i in range(enc.n + coded):
+        out.append(None if rnd.random() < 0.1 else fz.data_body(1, i, enc.fragment(i)))
+    return out
+
+
 def run_app(
     kind: str,
     built: dict[str, Path],
@@ -288,6 +311,7 @@ def run_app(
     ble_central: Path | None = None,
     lorawan: bool = False,
     calendar: bool = False,
+    fuota: bool = False,
 ) -> dict:
     """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
     with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
@@ -331,6 +355,11 @@ def run_app(
             + (
                 f"_gw.feed = [None] * 8 + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n"
                 if calendar
+                else ""
+            )
+            + (
+                f"_gw.feed = [None] * 8 + [None if b is None else (12, b) for b in {bench_fuota()!r}]\n"
+                if fuota
                 else ""
             )
         ),
@@ -417,6 +446,7 @@ def run_app(
         **({"ble": r["check"]["ble"]} if ble else {}),
         **({"radio": "lorawan"} if lorawan else {}),
         **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
+        **({"fuota_end": r["check"]["last_error"]} if fuota else {}),
     }
 
 
@@ -454,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="send the node a calendar (CONFIG fragments, one per uplink) and keep it: reassembly and use counted",
     )
+    ap.add_argument(
+        "--fuota",
+        action="store_true",
+        help="send the node a release image over LoRa (FRAG fragments, one per uplink): a whole session counted",
+    )
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
@@ -482,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                             central,
                             args.lorawan,
                             args.calendar,
+                            args.fuota,
                         ),
                         apps,
                     ),
@@ -497,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "ble": args.ble,
         "lorawan": args.lorawan,
         "calendar": args.calendar,
+        "fuota": args.fuota,
         "apps": results,
         "all_meet_bar": all(r["meets_bar"] for r in results.values()),
     }

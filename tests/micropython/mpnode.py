@@ -42,7 +42,8 @@ class MiniGateway:
         self.max_frame = 0
 
     def seal(self, mtype, body):
-        raw = fr.seal(self.keys, mtype, self.down, m.encode(mtype, body))
+        # bytes: a raw body (an update's FRAG, protocol/fragments.py), else a CBOR message
+        raw = fr.seal(self.keys, mtype, self.down, body if type(body) is bytes else m.encode(mtype, body))
         self.down += 1
         return raw
 
