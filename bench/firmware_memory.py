@@ -285,6 +285,24 @@ def bench_calendar(kind: str) -> list[bytes]:
     return pc.fragments(blob)
 
 
+# The gateway's feed of --fuota, read from a file one frame at a time (harness code, loaded with
+# the simulation): a list of the session's 120-odd frames would itself count as the node's heap.
+FUOTA_FEED = """
+class FileFeed:
+    def __init__(self, path, n):
+        self.f = open(path, "rb")
+        self.left = n
+
+    def __len__(self):
+        return self.left
+
+    def pop(self, i):
+        self.left -= 1
+        n = self.f.read(1)[0]
+        return (12, self.f.read(n)) if n else None
+"""
+
+
 def bench_fuota() -> list[bytes | None]:
     """The FRAG bodies of a fragment session (--fuota): None for an uplink that gets nothing."""
     import random
@@ -324,6 +342,14 @@ def run_app(
         files += [[str(AIOBLE_FAKE), "/bench/aioble_fake.py"], [str(ble_central), "/bench/blecentral.py"]]
     if lorawan:
         files.append([str(AT_MODEM), "/bench/at_modem.py"])
+    feed_n = 0
+    if fuota:  # [None] * 8: the first fragment answers the node's 9th uplink, as a calendar's
+        frames = [None] * 8 + bench_fuota()
+        feed_n = len(frames)
+        tmpdir = Path(tempfile.mkdtemp(prefix="lumeau-fuota-"))
+        (tmpdir / "fuota.bin").write_bytes(b"".join(bytes([len(b)]) + b if b else b"\0" for b in frames))
+        (tmpdir / "filefeed.py").write_text(FUOTA_FEED)
+        files += [[str(tmpdir / "fuota.bin"), "/bench/fuota.bin"], [str(tmpdir / "filefeed.py"), "/bench/filefeed.py"]]
     radios = "radio_lorawan" if lorawan else "radio, radio_lora"  # what firmware/main.py imports for that radio
     job = {
         "micropython": str(MICROPYTHON_MJS),
@@ -340,7 +366,8 @@ def run_app(
         ),
         "sim_imports": "import mpnode\n"
         + ("import blecentral\n" if ble else "")
-        + ("import at_modem\n" if lorawan else ""),
+        + ("import at_modem\n" if lorawan else "")
+        + ("import filefeed\n" if fuota else ""),
         "setup": (
             "_clock = mpnode.new_clock(lean=True)\n"  # cancelled sleeps leave at once, as on a board
             + (
@@ -357,11 +384,7 @@ def run_app(
                 if calendar
                 else ""
             )
-            + (
-                f"_gw.feed = [None] * 8 + [None if b is None else (12, b) for b in {bench_fuota()!r}]\n"
-                if fuota
-                else ""
-            )
+            + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota else "")
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears

@@ -77,7 +77,7 @@ from typing import Any
 
 from protocol import expand, frame, lora
 from protocol import messages as m
-from simulator import adr_results, group_delivery
+from simulator import adr_results, group_delivery, update_delivery
 
 FRAME_BUDGET = lora.max_payload(12)  # 51 bytes: the smallest EU868 payload budget
 LATENCY_BINS_S = (0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -225,6 +225,9 @@ class Results:
         gc = s.get("group_command")
         if gc is not None:
             lines += group_delivery.summary_lines(gc)
+        up = s.get("update")
+        if up is not None:
+            lines += update_delivery.summary_lines(up)
         sp = s.get("spread")
         if sp:
             lines += spread_lines(sp)
@@ -603,6 +606,8 @@ def build(
         sections["adr"] = adr_results.section(sim, report, series)
     if sc.group_command is not None:
         sections["group_command"] = group_delivery.simulate(sc.group_command)
+    if sc.update is not None:
+        sections["update"] = update_delivery.simulate(sc.update)
     return Results(sections)
 
 

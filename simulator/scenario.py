@@ -52,6 +52,7 @@ from simulator import channel as ch
 from simulator import soil as soil_mod
 from simulator.faults import KINDS, FaultError, FaultSchedule, parse_duration
 from simulator.group_delivery import GroupCommandSettings
+from simulator.update_delivery import UpdateSettings
 from simulator.weather import CLIMATES, RainEvent, Weather
 from simulator.wording import did_you_mean, duration_text, show
 
@@ -250,6 +251,7 @@ class Scenario:
     # settings (simulator/energy.py DEFAULTS); None = mains
     battery: Mapping[str, Any] | None = None
     group_command: GroupCommandSettings | None = None  # [group_command]: unicast vs multicast (group_delivery.py)
+    update: UpdateSettings | None = None  # [update]: a release to a street by multicast (update_delivery.py)
 
     @property
     def start_unix(self) -> float:
@@ -631,6 +633,7 @@ def _build(top: _Table) -> Scenario:
     adr = _adr(top.sub("adr"))
     battery = _battery(top.sub("battery"), "battery" in top.data)
     group_command = _group_command(top.sub("group_command"), seed, duration_s) if top.has("group_command") else None
+    update = _update(top.sub("update"), seed, duration_s) if top.has("update") else None
 
     gateways: list[ch.GatewaySite] = []
     for g in top.array("gateways"):
@@ -840,6 +843,7 @@ def _build(top: _Table) -> Scenario:
         adr,
         battery,
         group_command,
+        update,
     )
 
 
@@ -889,6 +893,26 @@ def _group_command(t: _Table, seed: int, duration_s: float) -> GroupCommandSetti
     )
     t.done()
     return g
+
+
+def _update(t: _Table, seed: int, duration_s: float) -> UpdateSettings:
+    """[update]: a release image to a street of lamps by multicast (simulator/update_delivery.py)."""
+    u = UpdateSettings(
+        members=t.get("members", "int", 60, _in(1, 1000)),
+        at_s=t.get("at", "duration", 3600.0, _span(0, duration_s)),
+        image_bytes=t.get("image_bytes", "int", 2758, _in(1, 65536)),
+        sf=t.get("sf", "int", 9, _in(7, 12)),
+        multicast_sf=t.get("multicast_sf", "int", 9, _in(7, 12)),
+        report_s=t.get("report_interval", "duration", 900.0, _span(10, 86400)),
+        loss=t.get("loss", "float", 0.05, _in(0.0, 0.9)),
+        redundancy=t.get("redundancy", "float", 0.25, _in(0.0, 4.0)),
+        margin=t.get("margin", "int", 2, _in(0, 1000)),
+        max_rounds=t.get("max_rounds", "int", 4, _in(0, 100)),
+        install_s=t.get("install", "duration", 60.0, _span(0, 86400)),
+        seed=seed,
+    )
+    t.done()
+    return u
 
 
 def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationNode:
