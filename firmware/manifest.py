@@ -21,13 +21,15 @@
 # firmware/group.py once the lamp joined a group), a calendar's checks and reassembly (nodecal.py,
 # only while a calendar arrives), the bridge's serial messages.
 PROTOCOL = ("__init__.py", "crypto.py", "keys.py", "nodelora.py", "serial.py")
-# ed25519.py and noderelease.py: only while an update is checked (firmware/updater.py).
+# ed25519.py and noderelease.py: only while an update is checked (firmware/updater.py);
+# nodefrag.py only during an update over LoRa (firmware/fuota.py).
 _PROTOCOL_NODE = (
     "cbor.py",
     "ed25519.py",
     "nodeble.py",
     "nodecal.py",
     "nodecbor.py",
+    "nodefrag.py",
     "nodeframe.py",
     "nodemsg.py",
     "noderelease.py",
@@ -40,7 +42,8 @@ PROTOCOL_FOR = {
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap. slots.py (A/B releases) is
 # loaded by boot.py and main.py and dropped; updater.py only during an update
-# (`lumeau node update`, SPEC §13). radio_lorawan.py only on a node whose radio is a
+# (`lumeau node update`, SPEC §13); fuota.py only during a LoRa fragment session (SPEC §13
+# "Over LoRa"). radio_lorawan.py only on a node whose radio is a
 # LoRaWAN modem (radio.type "lorawan", SPEC §14).
 _NODE = (
     "__init__.py",
@@ -48,6 +51,7 @@ _NODE = (
     "ble.py",
     "calendar.py",
     "config.py",
+    "fuota.py",
     "hal_machine.py",
     "radio.py",
     "radio_lora.py",
