@@ -5,7 +5,7 @@
 # pool is full, SPEC §13 "Sizes"). The frames reach rx() already checked: MIC under the
 # node's or the group's key, counter at or above the next one, written before acting.
 #
-# Heap during a session: the decoder's two bitmaps of N bits, two bytes per kept coded row,
+# Heap during a session: the decoder's two bitmaps of N bits, a list entry per kept coded row,
 # two F-byte buffers; the image and the coded rows live in /frag.lup and /frag.rows.
 # When the image is complete it goes to firmware/updater.py install() (signature, manifest,
 # every hash; a refusal wipes the free slot) and the node reboots into the trial.
@@ -25,6 +25,7 @@ _RES_OK = const(0)
 _RES_REFUSED = const(4)
 _OP_REBOOT = const(9)
 _IMG = "/frag.lup"
+_ST = "/frag.st"  # the session's SETUP body: a reboot (or a battery node's deep sleep) resumes it
 _ROWS = "/frag.rows"
 _KINDS = ("", "lighting", "irrigation")
 
@@ -37,11 +38,17 @@ def _drop():
     if _s is not None:
         _s[2].close()
     _s = None
-    for p in (_IMG, _ROWS):
+    for p in (_ST, _IMG, _ROWS):
         try:
             os.remove(p)
         except OSError:
             pass
+
+
+def _open(x, resume):
+    # the session of SETUP body x; resume: its files after a reboot or a deep sleep
+    sid, b, size, f, n, _ = nf.setup(x)
+    return [sid, b, nf.Decoder(_IMG, _ROWS, size, f, n, resume), False]
 
 
 def rx(node, x):
@@ -49,6 +56,12 @@ def rx(node, x):
     latter (result, value). A body that is refused raises ValueError (the runtime counts it
     rx_rejected, its text in last_error) and changes nothing."""
     global _s
+    if _s is None:
+        try:
+            with open(_ST, "rb") as f:
+                _s = _open(f.read(), True)
+        except (OSError, ValueError):
+            pass  # none, or unreadable: no session
     if type(x) is list or type(x) is tuple:
         if _s is None or len(x) != 1 or x[0] != _s[0]:
             return _RES_REFUSED, _ST_NO_SESSION
@@ -57,11 +70,13 @@ def rx(node, x):
         return _RES_OK, _s[2].missing
     k = x[0]
     if k == _SETUP:
-        sid, b, size, f, n, _ = nf.setup(x)
+        sid, b = nf.setup(x)[:2]  # refused (ValueError) before anything changes
         if _s is not None and _s[0] == sid and _s[1] == b:
             return None  # the set-up again (repeated for nodes that missed it)
         _drop()
-        _s = [sid, b, nf.Decoder(_IMG, _ROWS, size, f, n), False]
+        _s = _open(x, False)
+        with open(_ST, "wb") as f:
+            f.write(x)
         return None
     if k != _DATA or len(x) < _DATA_HEAD:
         raise ValueError("not a fragment frame")
@@ -90,7 +105,7 @@ def _install(node):
         node.last_error = repr(e)
         return
     finally:
-        for p in (_IMG, _ROWS):
+        for p in (_ST, _IMG, _ROWS):
             try:
                 os.remove(p)
             except OSError:

@@ -9,8 +9,9 @@
 # arrival its line loses every fragment the node has (their bytes XORed out of its data),
 # then it is reduced against the rows kept so far, each keyed by its pivot (the lowest
 # fragment it still names, one the node lacks): a row that ends empty told nothing new, else
-# it is kept with a new pivot. Kept rows live in the rows file (line bits + data); the heap
-# holds two bitmaps of N bits and two bytes per kept row. When the rows cover every missing
+# it is kept with a new pivot. Kept rows live in the rows file (line bits + data, after the
+# bitmap of fragments held, so that a reboot resumes: resume=True); the heap holds two
+# bitmaps of N bits and one list entry per kept row. When the rows cover every missing
 # fragment they are solved from the highest pivot down (each row then names only its pivot
 # among the fragments still missing) and written into the image.
 
@@ -83,24 +84,46 @@ class Decoder:
     """Reassembles N fragments of F bytes into the image file `path` (size bytes), with the
     coded rows kept in `rows_path`. add() -> True once the image is complete."""
 
-    def __init__(self, path, rows_path, size, f, n):
+    def __init__(self, path, rows_path, size, f, n, resume=False):
         self.size = size
         self.f = f
         self.n = n
         nb = (n + 7) // 8
-        self.have = bytearray(nb)
+        self.have = bytearray(nb)  # also at the start of the rows file: a reboot resumes (below)
         self.piv = bytearray(nb)  # fragments that are some kept row's pivot
-        self.rows = []  # per kept row's slot in the rows file: its pivot, or -1 (free)
+        self.rows = []  # per kept row's slot in the rows file: its pivot, or -1 (free: its bits all 0)
         self.missing = n
         self.rec = nb + f
+        self.buf = bytearray(f)
+        self.tmp = bytearray(nb)
+        if resume:  # the files of a session cut by a reboot (OSError: none, start over)
+            self.img = open(path, "r+b")
+            self.rf = open(rows_path, "r+b")
+            if self.rf.readinto(self.have) != nb:
+                raise OSError("no session state")
+            lost = []
+            d = bytearray(f)
+            while self.rf.readinto(self.tmp) == nb and self.rf.readinto(d) == f:
+                p = _low(self.tmp)
+                self.rows.append(p)
+                if p >= 0:
+                    if self.have[p >> 3] & (1 << (p & 7)):
+                        lost.append(len(self.rows) - 1)  # its pivot came in before the cut
+                    else:
+                        self.piv[p >> 3] |= 1 << (p & 7)
+            self.missing = n - sum(bin(b).count("1") for b in self.have)
+            for slot in lost:
+                self._free(slot)
+            return
         self.img = open(path, "w+b")
         z = bytes(256)
         left = size
         while left:  # the image file at its size: fragments are written in place
             left -= self.img.write(z if left >= 256 else z[:left])
         self.rf = open(rows_path, "w+b")
-        self.buf = bytearray(f)
-        self.tmp = bytearray(nb)
+        self.rf.write(self.have)
+        self.img.flush()
+        self.rf.flush()
 
     def close(self):
         self.img.close()
@@ -115,6 +138,8 @@ class Decoder:
         self.img.write(data[: self.size - i * self.f] if i == self.n - 1 else data)
         self.have[i >> 3] |= 1 << (i & 7)
         self.missing -= 1
+        self.rf.seek(i >> 3)  # after the data: a cut in between only makes it come again
+        self.rf.write(self.have[i >> 3 : (i >> 3) + 1])
 
     def _get(self, i, out):
         # fragment i (had) into out, padded with zeros
@@ -136,7 +161,7 @@ class Decoder:
                 bits[k] &= ~m
 
     def _read(self, slot, bits, data):
-        self.rf.seek(slot * self.rec)
+        self.rf.seek(len(self.tmp) + slot * self.rec)
         self.rf.readinto(bits)
         self.rf.readinto(data)
 
@@ -152,22 +177,28 @@ class Decoder:
                 return False  # a repeat
             self._put(idx, data)
             if self.piv[idx >> 3] & (1 << (idx & 7)):  # a kept row lost its pivot: reduce it again
-                slot = self.rows.index(idx)
-                bits, d = bytearray(len(self.tmp)), bytearray(self.f)
-                self._read(slot, bits, d)
-                self.rows[slot] = -1
                 self.piv[idx >> 3] &= ~(1 << (idx & 7))
-                self._reduce(bits, d)
+                self._free(self.rows.index(idx))
         else:
             bits = bytearray(len(self.tmp))
             line(idx - n + 1, n, bits)
             self._reduce(bits, bytearray(data))
         if self.missing and len(self.rows) - self.rows.count(-1) == self.missing:
             self._solve()
-        if self.missing:
-            return False
-        self.img.flush()  # complete: readable through another handle from now on
-        return True
+        # on flash at once (littlefs commits a file on flush): a reset or a deep sleep loses
+        # nothing taken, and the complete image is readable through another handle
+        self.img.flush()
+        self.rf.flush()
+        return not self.missing
+
+    def _free(self, slot):
+        # take a kept row out (its pivot came in) and reduce it again
+        bits, d = bytearray(len(self.tmp)), bytearray(self.f)
+        self._read(slot, bits, d)
+        self.rows[slot] = -1
+        self.rf.seek(len(self.tmp) + slot * self.rec)
+        self.rf.write(bytes(len(bits)))  # free on the file too
+        self._reduce(bits, d)
 
     def _reduce(self, bits, data):
         tmp, d2 = self.tmp, bytearray(self.f)
@@ -187,7 +218,7 @@ class Decoder:
         except ValueError:
             slot = len(self.rows)
             self.rows.append(p)
-        self.rf.seek(slot * self.rec)
+        self.rf.seek(len(self.tmp) + slot * self.rec)
         self.rf.write(bits)
         self.rf.write(data)
         self.piv[p >> 3] |= 1 << (p & 7)

@@ -118,3 +118,36 @@ def test_any_fragment_is_taken_or_refused_and_never_breaks_the_decoder(tmp_path_
             assert len(data) != 34
     assert 0 <= dec.missing <= enc.n
     dec.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cut=st.floats(0, 1), size=st.integers(1, 600))
+def test_a_session_cut_by_a_reboot_resumes_from_its_files(tmp_path_factory, seed: int, cut: float, size: int) -> None:
+    """The decoder's state lives in its files: reopened with resume=True it goes on where it was."""
+    tmp = tmp_path_factory.mktemp("r")
+    rnd = random.Random(seed)
+    image = rnd.randbytes(size)
+    enc = fz.Encoder(image, 17)
+    order = [i for i in range(enc.n) if rnd.random() > 0.3] + list(range(enc.n, enc.n + enc.n + 20))
+    k = int(len(order) * cut)
+    paths = (str(tmp / "img"), str(tmp / "rows"))
+    dec = nodefrag.Decoder(*paths, size, 17, enc.n)
+    done = False
+    for i in order[:k]:
+        done = dec.add(i, enc.fragment(i)) or done
+    missing = dec.missing
+    dec.close()  # the reboot: nothing of the decoder's heap survives
+    dec = nodefrag.Decoder(*paths, size, 17, enc.n, resume=True)
+    assert dec.missing == missing
+    for i in order[k:]:
+        if dec.complete():
+            break
+        dec.add(i, enc.fragment(i))
+    assert dec.complete(), "resumed session did not complete"
+    dec.close()
+    assert (tmp / "img").read_bytes() == image
+
+
+def test_resume_without_files_is_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        nodefrag.Decoder(str(tmp_path / "img"), str(tmp_path / "rows"), 100, 10, 10, resume=True)

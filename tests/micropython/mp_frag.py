@@ -6,6 +6,7 @@
 # updater and nothing is armed. Node code from .mpy, as on a board.
 import json
 import os
+import sys
 
 import mpnode
 import release_vectors as V
@@ -47,10 +48,10 @@ def _ab():
         return json.load(f)
 
 
-async def _member():
+async def _member(storage=None):
     _board()
     clock = mpnode.new_clock()
-    hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting")
+    hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage)
     await clock.run_for(60 * S)
     args = gc.join_args(node.keys, ADDR, 1, 0, _key())
     gw.pending.append((m.COMMAND, {0: 1, 1: m.OP_JOIN_GROUP, 2: args}))
@@ -164,3 +165,36 @@ async def test_unicast_fragments_and_a_bad_signature_refused_by_the_updater():
     assert "signature" in node.last_error, node.last_error
     assert node._reboot_at is None and _ab()["t"] == ""  # nothing armed
     mpnode.stop(hal, tasks)
+
+
+async def test_a_reboot_mid_session_resumes_where_it_was():
+    storage = {}
+    clock, hal, node, gw, tasks = await _member(storage)
+    g = Group(node)
+    enc = fz.Encoder(V.FULL_011, F)
+    sid = SID + 2
+    g.send(fz.setup_body(sid, BUNDLE, len(V.FULL_011), F, enc.n, 4))
+    half = enc.n // 2
+    for i in range(half):
+        if i != 2:
+            g.send(fz.data_body(sid, i, enc.fragment(i)))
+    g.send(fz.data_body(sid, enc.n, enc.fragment(enc.n)))  # a coded one, kept as a row
+    before = _status(node, sid)
+    assert before == (m.RES_OK, enc.n - (half - 1)), before
+    # the reboot: a new node from the same flash; the session code and its heap are gone
+    mpnode.stop(hal, tasks)
+    sys.modules.pop("firmware.fuota", None)
+    hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage)
+    await clock.run_for(60 * S)
+    g.node = node
+    assert _status(node, sid) == before  # read back from /frag.st, /frag.lup, /frag.rows
+    for i in range(half, enc.n):
+        g.send(fz.data_body(sid, i, enc.fragment(i)))
+    k = enc.n + 1
+    while node._reboot_at is None:
+        assert k < enc.n + 12, "the resumed session did not converge"
+        g.send(fz.data_body(sid, k, enc.fragment(k)))
+        k += 1
+    assert _ab()["t"] == "s0"
+    mpnode.stop(hal, tasks)
+    os.remove("/ab.json")
