@@ -120,7 +120,14 @@ class FuotaDelivery:
         """Run one session for `node_ids`; every node ends "verifying" or "failed" in `report`."""
         bundle = image_bundle(image)
         sid = secrets.randbelow(256)
-        groups, solo = self.plan(node_ids)
+        known = []
+        for n in dict.fromkeys(node_ids):
+            if self.registry.get(n) is None:
+                self._fail(n, "not in the registry", report)
+            else:
+                known.append(n)
+                report(n, "receiving", 0.0)
+        groups, solo = self.plan(known)
         log.info(
             "update session",
             extra={"session": sid, "bytes": len(image), "groups": len(groups), "unicast": len(solo)},

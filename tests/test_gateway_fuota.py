@@ -211,6 +211,14 @@ async def test_a_node_that_never_answers_is_failed_with_its_reason(street, caplo
     assert "no answer to the status request" in caplog.text
 
 
+async def test_an_unknown_node_fails_at_once(street, caplog):  # noqa: F811
+    g = street
+    fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast)
+    reports: list[tuple[int, str, float | None]] = []
+    await asyncio.wait_for(fu.deliver(make_image(200), [0xDEAD], lambda *a: reports.append(a)), 5)
+    assert reports == [(0xDEAD, "failed", None)] and "not in the registry" in caplog.text
+
+
 def test_not_a_release_image_is_refused() -> None:
     with pytest.raises(ValueError, match="not a release image"):
         image_bundle(b"nope")
