@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import random
+import re
 import struct
 import time
 from pathlib import Path
@@ -222,3 +224,20 @@ async def test_an_unknown_node_fails_at_once(street, caplog):  # noqa: F811
 def test_not_a_release_image_is_refused() -> None:
     with pytest.raises(ValueError, match="not a release image"):
         image_bundle(b"nope")
+
+
+@pytest.mark.parametrize(
+    ("section", "why"),
+    [
+        ({"duty_cycle": 0.5}, "fuota.duty_cycle: 0.5 is outside 0.001..0.1"),
+        ({"redundnacy": 1}, "did you mean 'redundancy'"),
+        ({"max_rounds": "x"}, "fuota.max_rounds: must be an integer"),
+    ],
+)
+def test_fuota_config_errors_name_file_key_and_why(tmp_path, section: dict, why: str) -> None:
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        parse_config({"api": {"enabled": False}, "fuota": section}, tmp_path / "gw.toml")
+    cfg = parse_config({"api": {"enabled": False}}, tmp_path / "gw.toml")
+    assert FuotaSettings(**dataclasses.asdict(cfg.fuota)) == FuotaSettings()  # the defaults agree
