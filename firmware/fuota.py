@@ -54,7 +54,19 @@ def _open(x, resume):
 def rx(node, x):
     """A fragment frame's body (bytes), or a status request's COMMAND args (a list): for the
     latter (result, value). A body that is refused raises ValueError (the runtime counts it
-    rx_rejected, its text in last_error) and changes nothing."""
+    rx_rejected, its text in last_error) and changes nothing. Without a session (none, or
+    done) this module leaves the heap again: a status request after the update's reboot, or
+    a stray fragment, does not keep its code."""
+    try:
+        return _rx(node, x)
+    finally:
+        if _s is None:
+            from firmware import unload
+
+            unload("fuota", "protocol.nodefrag")
+
+
+def _rx(node, x):
     global _s
     if _s is None:
         try:

@@ -86,7 +86,9 @@ async def test_a_member_recovers_lost_fragments_from_coded_ones_and_installs():
     g = Group(node)
     enc = fz.Encoder(V.FULL_011, F)
     assert _status(node) == (m.RES_REFUSED, fz.ST_NO_SESSION)
+    assert "firmware.fuota" not in sys.modules  # no session: its code left the heap again
     g.send(fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4))
+    assert "firmware.fuota" in sys.modules
     lost = {1, 4, 9, enc.n - 1}
     for i in range(enc.n):
         if i not in lost:
@@ -102,6 +104,7 @@ async def test_a_member_recovers_lost_fragments_from_coded_ones_and_installs():
     with open("/s0/relapp/ver.mpy", "rb") as f:
         assert f.read() == V.FULL_011[-35:]
     assert "/frag.lup" not in ["/" + e for e in os.listdir("/")]
+    assert "firmware.fuota" not in sys.modules and "protocol.nodefrag" not in sys.modules
     mpnode.stop(hal, tasks)
     os.remove("/ab.json")
 
