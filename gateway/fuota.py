@@ -24,7 +24,7 @@ round is "failed", the reason in the log. Installed, healthy and rolled back com
 node's next HELLO (gateway/releases.py), not from here.
 
 report(node_id, state, fraction): "receiving" (fraction of the image the node holds, as far
-as the gateway knows: frames sent until its first status answer), "verifying" (1.0),
+as the gateway knows: frames sent until its first status answer), "verifying" (None),
 "failed" (None).
 """
 
@@ -229,7 +229,7 @@ class FuotaDelivery:
                         pending.remove(node)
                         continue
                     if k == 0:
-                        report(node, "verifying", 1.0)
+                        report(node, "verifying", None)
                         pending.remove(node)
                     else:
                         report(node, "receiving", 1 - k / n)
@@ -289,7 +289,7 @@ class FuotaDelivery:
                     raise _Failed(f"fragments not all sent within {s.session_timeout_s:g} s (no uplinks?)") from None
                 k = await self._missing(node, sid, n, bundle)
                 if k == 0:
-                    report(node, "verifying", 1.0)
+                    report(node, "verifying", None)
                     return
                 report(node, "receiving", 1 - k / n)
                 if rnd == s.max_rounds:

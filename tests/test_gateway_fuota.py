@@ -182,7 +182,7 @@ async def test_a_street_by_multicast_and_a_valve_by_unicast_get_the_image(street
     stop.set()
     fwd.cancel()
     await up
-    assert {n: r[-1] for n, r in reports.items()} == {n: ("verifying", 1.0) for n in nodes}, reports
+    assert {n: r[-1] for n, r in reports.items()} == {n: ("verifying", None) for n in nodes}, reports
     for n, node in nodes.items():
         assert node.image() == image, f"{n:x}"
     assert any(s == "receiving" for s, _ in reports[LAMPS[4]])
@@ -219,6 +219,25 @@ async def test_an_unknown_node_fails_at_once(street, caplog):  # noqa: F811
     reports: list[tuple[int, str, float | None]] = []
     await asyncio.wait_for(fu.deliver(make_image(200), [0xDEAD], lambda *a: reports.append(a)), 5)
     assert reports == [(0xDEAD, "failed", None)] and "not in the registry" in caplog.text
+
+
+async def test_cancelling_a_session_leaves_nothing_behind(street):  # noqa: F811
+    """A campaign's pause or abort cancels deliver(): no filler or status waiter stays."""
+    g = street
+    nodes = {VALVE: Node(VALVE, 0.0, Path(g.tmp))}
+    radio = g.radio = LinkRadio(nodes)
+    fu = FuotaDelivery(g.reg, g.store, g.d, None)
+    task = asyncio.create_task(fu.deliver(make_image(300), [VALVE], lambda *a: None))
+    await wait_for(lambda: VALVE in g.d.fillers, 5, "the session's filler")
+    for counter in range(1, 4):
+        assert await g.uplink(seal(VALVE, counter)) == "accepted"
+    assert radio.frags == 3  # one per receive window
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert VALVE not in g.d.fillers
+    assert await g.uplink(seal(VALVE, 4)) == "accepted"
+    assert radio.frags == 3
 
 
 def test_not_a_release_image_is_refused() -> None:
