@@ -67,6 +67,7 @@ from protocol import nodeframe as fr
 from protocol import nodemsg as m
 from protocol import serial as framing
 
+from firmware import unload
 from firmware.store import StorageError
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
@@ -127,6 +128,7 @@ _R_COUNTER = const(6)
 _R_DISABLED = const(7)
 _R_STORAGE = const(8)
 _R_ECHO = const(9)
+_UPDATE = const(0xA2)  # an update message (SPEC §11, "Updates"): firmware/bleupd.py
 
 _ADV_REFRESH_MS = const(10000)
 _STATUS_REFRESH_MS = const(1000)
@@ -268,6 +270,8 @@ class Commissioning:
     def _handle(self, raw):
         node = self.node
         store = node.store
+        if raw and raw[0] == _UPDATE:  # loaded by its dotted name: the resident node pays none of its names
+            return __import__("firmware.bleupd", None, None, ("handle",)).handle(self, raw, self._sess)
         if raw and raw[0] == _SESSION:
             if len(raw) != 1 + _CHALLENGE_LEN:
                 return self._refuse(_R_MALFORMED)
@@ -381,6 +385,7 @@ class Commissioning:
             task.cancel()
             self._decoder = None
             self._sess = None
+            unload("firmware.bleupd")  # an update's code leaves with its connection (its state is on flash)
 
     async def _control(self, conn):
         hal = self.node.hal
