@@ -31,7 +31,9 @@
 #   `A1 challenge` by `A1 nonce top tag`, a frame by a CMD_ACK uplink sealed
 #   with the node's keys when a CONFIG or TIME was applied (command id = the
 #   frame's counter, value = bitmask of refused keys), or by a refusal
-#   `A0 reason top tag` when nothing was applied.
+#   `A0 reason top tag` when nothing was applied; an update message `A2 ...`
+#   (SPEC §11 "Updates": a release image in chunks) goes to firmware/bleupd.py,
+#   loaded by its dotted name only then and dropped with the connection.
 # Sessions (SPEC §11, "Sessions", after OSCORE's Echo, RFC 9175): the node
 # draws a random nonce for each session request and takes a tool frame only
 # if it carries that nonce (CONFIG key 2, TIME key 3), so a frame sealed by a

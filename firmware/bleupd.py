@@ -34,22 +34,22 @@ from protocol import nodeble as bp
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 
 _UPDATE = const(0xA2)
-_BEGIN = const(1)
-_CHUNK = const(2)
-_FINISH = const(3)
-_HELD = const(0)
-_INSTALLED = const(1)
-_REFUSED = const(2)
-_HEAD = const(6)
+_U_BEGIN = const(1)
+_U_CHUNK = const(2)
+_U_FINISH = const(3)
+_U_HELD = const(0)
+_U_INSTALLED = const(1)
+_U_REFUSED = const(2)
+_UPDATE_HEAD = const(6)
 _TAG_LEN = const(8)
-_TEXT_MAX = const(64)
+_UPDATE_TEXT_MAX = const(64)
 _IMAGE_MAX = const(4300000)  # 64 files of 64 KiB, a 4 KB manifest, header and signature
 _SPARE = const(16384)  # flash left free beside the image: the slot it is staged into needs room too
 _RESET_MS = const(1500)  # the answer's notifications go out before the reset
 
 
 def _answer(c, session, status, held, text=""):
-    a = struct.pack(">BBI", _UPDATE, status, held) + text[:_TEXT_MAX].encode()
+    a = struct.pack(">BBI", _UPDATE, status, held) + text[:_UPDATE_TEXT_MAX].encode()
     return a + bp.tag(c.node.keys, a, session or bytes(16))
 
 
@@ -78,48 +78,48 @@ def handle(c, raw, session):
     root = getattr(c, "fs", "/")
     keys = c.node.keys
     n = len(raw) - _TAG_LEN
-    if session is None or n < _HEAD:
-        return _answer(c, session, _REFUSED, 0, "not authenticated: open a session first")
+    if session is None or n < _UPDATE_HEAD:
+        return _answer(c, session, _U_REFUSED, 0, "not authenticated: open a session first")
     # the tool's tag, with the downlink key (protocol.ble.update_tag)
     if keys.mic_down.digest(raw[:n], keys.node_id.to_bytes(4, "big"), session)[:_TAG_LEN] != raw[n:]:
         c.refused += 1
-        return _answer(c, session, _REFUSED, 0, "not authenticated: not this node's key or session")
-    op, off = struct.unpack(">BI", raw[1:_HEAD])
-    data = raw[_HEAD:n]
+        return _answer(c, session, _U_REFUSED, 0, "not authenticated: not this node's key or session")
+    op, off = struct.unpack(">BI", raw[1:_UPDATE_HEAD])
+    data = raw[_UPDATE_HEAD:n]
     lup = root + "ble.lup"
     try:
-        if op == _BEGIN:
-            return _begin(c, session, root, raw[2:_HEAD] + data, off)
+        if op == _U_BEGIN:
+            return _begin(c, session, root, raw[2:_UPDATE_HEAD] + data, off)
         try:
             with open(root + "ble.lid", "rb") as f:
                 ident = f.read()
         except OSError:
-            return _answer(c, session, _REFUSED, 0, "no update under way: begin again")
+            return _answer(c, session, _U_REFUSED, 0, "no update under way: begin again")
         size = struct.unpack(">I", ident[:4])[0]
         held = max(_size(lup), 0)
-        if op == _CHUNK:
+        if op == _U_CHUNK:
             if off == held and data and held + len(data) <= size:
                 with open(lup, "ab") as f:
                     f.write(data)
                 held += len(data)
-            return _answer(c, session, _HELD, held)  # elsewhere: not written, the tool goes on from here
-        if op == _FINISH:
+            return _answer(c, session, _U_HELD, held)  # elsewhere: not written, the tool goes on from here
+        if op == _U_FINISH:
             return _finish(c, session, root, ident, size, held)
-        return _answer(c, session, _REFUSED, held, "unknown update message %d" % op)
+        return _answer(c, session, _U_REFUSED, held, "unknown update message %d" % op)
     except OSError as e:
         _drop(root)
-        return _answer(c, session, _REFUSED, 0, "storage: %r" % e)
+        return _answer(c, session, _U_REFUSED, 0, "storage: %r" % e)
 
 
 def _begin(c, session, root, ident, size):
     if len(ident) != 36 or not 0 < size <= _IMAGE_MAX:
-        return _answer(c, session, _REFUSED, 0, "malformed begin (size %d)" % size)
+        return _answer(c, session, _U_REFUSED, 0, "malformed begin (size %d)" % size)
     try:
         k = _config(root).get("release_key")
     except (OSError, ValueError):
         k = None
     if type(k) is not str or len(k) != 64:
-        return _answer(c, session, _REFUSED, 0, "no release_key in the node's config: updates are disabled")
+        return _answer(c, session, _U_REFUSED, 0, "no release_key in the node's config: updates are disabled")
     lid = root + "ble.lid"
     try:
         with open(lid, "rb") as f:
@@ -136,13 +136,13 @@ def _begin(c, session, root, ident, size):
     st = os.statvfs(root)
     free = st[0] * st[4]
     if size - held + _SPARE > free:
-        return _answer(c, session, _REFUSED, held, "flash full: %d bytes free, the image needs %d" % (free, size))
-    return _answer(c, session, _HELD, held)
+        return _answer(c, session, _U_REFUSED, held, "flash full: %d bytes free, the image needs %d" % (free, size))
+    return _answer(c, session, _U_HELD, held)
 
 
 def _finish(c, session, root, ident, size, held):
     if held != size:
-        return _answer(c, session, _REFUSED, held, "image incomplete: %d of %d bytes" % (held, size))
+        return _answer(c, session, _U_REFUSED, held, "image incomplete: %d of %d bytes" % (held, size))
     lup = root + "ble.lup"
     h = hashlib.sha256()
     buf = bytearray(512)
@@ -154,7 +154,7 @@ def _finish(c, session, root, ident, size, held):
             h.update(buf[:k] if k < 512 else buf)
     if h.digest() != ident[4:]:
         _drop(root)
-        return _answer(c, session, _REFUSED, 0, "the image does not match the hash it began with: send it again")
+        return _answer(c, session, _U_REFUSED, 0, "the image does not match the hash it began with: send it again")
     from firmware import unload, updater
     from protocol.noderelease import Refused
 
@@ -162,17 +162,17 @@ def _finish(c, session, root, ident, size, held):
         cfg = _config(root)
         m = updater.install(lup, cfg["kind"], bytes.fromhex(cfg["release_key"]), root=root)
     except Refused as e:
-        return _answer(c, session, _REFUSED, 0, str(e))
+        return _answer(c, session, _U_REFUSED, 0, str(e))
     except Exception as e:  # whatever went wrong, the node keeps running its release
         c.node.last_error = repr(e)
-        return _answer(c, session, _REFUSED, 0, "install failed: %r" % e)
+        return _answer(c, session, _U_REFUSED, 0, "install failed: %r" % e)
     finally:
         _drop(root)
         unload("updater", "slots", "protocol.ed25519", "protocol.noderelease")
     import asyncio
 
     asyncio.create_task(_reset(c.node.hal))
-    return _answer(c, session, _INSTALLED, size, m["version"])
+    return _answer(c, session, _U_INSTALLED, size, m["version"])
 
 
 async def _reset(hal):

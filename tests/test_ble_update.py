@@ -7,6 +7,7 @@ tests/micropython/mp_bleupd.py; the chunk parser's fuzzing is here (CPython, the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import io
 import json
@@ -214,3 +215,23 @@ def test_fuzz_the_node_answers_any_update_message_and_never_crashes(fuzz_root: s
         if os.path.exists(fuzz_root + "ble.lid"):
             ident = Path(fuzz_root + "ble.lid").read_bytes()
             assert len(ident) == 36 and held <= int.from_bytes(ident[:4], "big")
+
+
+def test_the_update_example_of_the_spec_is_what_node_and_tool_compute(tmp_path: Path):
+    from ble_site import spec_examples, unhex
+
+    ex = spec_examples("ble-update")[0]
+    keys = NodeKeys(int(ex["node_id"], 0), unhex(ex["root_key"]))
+    assert keys.node_id == NODE_ID
+    sess = unhex(ex["session"])
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "lighting", "release_key": V.PUB.hex()}))
+    c = _Commissioning(str(tmp_path) + "/")
+    c.node.keys = keys
+    img = b"LUP1"
+    begin = bytes((pb.UPDATE, pb.U_BEGIN)) + len(img).to_bytes(4, "big") + hashlib.sha256(img).digest()
+    assert unhex(ex["begin"]) == begin + pb.update_tag(keys, begin, sess)
+    chunk = bytes((pb.UPDATE, pb.U_CHUNK)) + bytes(4) + img
+    assert unhex(ex["chunk"]) == chunk + pb.update_tag(keys, chunk, sess)
+    assert bleupd.handle(c, unhex(ex["begin"]), sess) == unhex(ex["held"])
+    assert bleupd.handle(c, unhex(ex["chunk"]), sess) == unhex(ex["held_after"])
+    assert (tmp_path / "ble.lup").read_bytes() == img

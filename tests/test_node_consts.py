@@ -34,6 +34,7 @@ COPIES_OF = {
     "protocol.nodeble": [ble],
     "protocol.nodecal": [calendar, messages],
     "firmware.ble": [messages, frame, ble],
+    "firmware.bleupd": [ble],  # the update messages (SPEC §11, "Updates")
     "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §14)
 }
 
