@@ -134,6 +134,76 @@ def begin_args(image):
     return len(image), hashlib.sha256(image).digest()
 
 
+def _big(n):
+    """n bytes of a hash chain: an image-sized byte string, made as it is sent."""
+    out = bytearray()
+    h = b"lumeau"
+    while len(out) < n:
+        h = hashlib.sha256(h).digest()
+        out += h
+    return bytes(out[:n])
+
+
+async def test_a_64_kb_image_goes_to_flash_as_it_arrives_and_the_heap_stays_flat():
+    # first in this file: nothing has loaded firmware.bleupd yet
+    import mptest
+    import sys
+
+    clock = mpnode.new_clock(lean=True)  # cancelled sleeps leave at once, as on a board
+    root = fresh_root()
+    b = Board(clock, root)
+    await b.connect()
+    sess = await b.session()
+    image = _big(65536)
+    digest = hashlib.sha256(image).digest()
+    import micropython
+
+    print("interned names before an update message:")
+    micropython.qstr_info()
+    await asyncio.sleep_ms(0)
+    base = mptest.mem()
+    st, held, _ = await ask(b, sess, bp.U_BEGIN, len(image), digest)
+    assert (st, held) == (bp.U_HELD, 0) and "firmware.bleupd" in sys.modules
+    await asyncio.sleep_ms(0)
+    loaded = mptest.mem() - base
+    print("... and with firmware/bleupd.py loaded:")
+    micropython.qstr_info()
+    peak = loaded
+    # the control: as many chunks, at an offset the node does not hold (answered, not written)
+    for i in range(0, len(image), 236):
+        await ask(b, sess, bp.U_CHUNK, 1, image[i : i + 236])
+        if i % (236 * 40) == 0:
+            await asyncio.sleep_ms(0)
+            peak = max(peak, mptest.mem() - base)
+    control = peak
+    held = 0
+    while held < len(image):
+        st, held2, _ = await ask(b, sess, bp.U_CHUNK, held, image[held : held + 236])
+        assert st == bp.U_HELD and held2 > held
+        held = held2
+        if held % (236 * 40) == 0:
+            await asyncio.sleep_ms(0)
+            peak = max(peak, mptest.mem() - base)
+    assert os.stat(root + "ble.lup")[6] == len(image)
+    st, _, text = await ask(b, sess, bp.U_FINISH, len(image))
+    assert st == bp.U_REFUSED and "LUP1" in text or "magic" in text or "release image" in text, text
+    b.stack.disconnect()
+    await clock.run_for(3000)
+    assert "firmware.bleupd" not in sys.modules
+    await asyncio.sleep_ms(0)
+    after = mptest.mem() - base
+    print(
+        "bleupd: %d B on the heap once loaded (code, the module's objects), at most %d B during a 64 KB "
+        "transfer, %d B after the link dropped; finish said: %s; control %d" % (loaded, peak, after, text, control)
+    )
+    # The harness keeps every exchange's garbage counted within a test (README.md, "Memory
+    # measurements"), so the heap grows with the number of exchanges either way: the control
+    # shows how much. A copy of the image in RAM would add its 64 KB on top.
+    assert peak - control < len(image), (control, peak)
+    assert 0 < loaded < 8192, loaded
+    b.stop()
+
+
 async def test_an_image_sent_over_ble_resumes_after_a_lost_link_and_installs():
     clock = mpnode.new_clock()
     root = fresh_root()
