@@ -42,14 +42,14 @@ _U_INSTALLED = const(1)
 _U_REFUSED = const(2)
 _UPDATE_HEAD = const(6)
 _TAG_LEN = const(8)
-_UPDATE_TEXT_MAX = const(64)
+_UPDATE_TEXT_MAX = const(120)
 _IMAGE_MAX = const(4300000)  # 64 files of 64 KiB, a 4 KB manifest, header and signature
 _SPARE = const(16384)  # flash left free beside the image: the slot it is staged into needs room too
 _RESET_MS = const(1500)  # the answer's notifications go out before the reset
 
 
 def _answer(c, session, status, held, text=""):
-    a = struct.pack(">BBI", _UPDATE, status, held) + text[:_UPDATE_TEXT_MAX].encode()
+    a = struct.pack(">BBI", _UPDATE, status, held) + text.encode()[:_UPDATE_TEXT_MAX]
     return a + bp.tag(c.node.keys, a, session or bytes(16))
 
 
@@ -120,6 +120,13 @@ def _begin(c, session, root, ident, size):
         k = None
     if type(k) is not str or len(k) != 64:
         return _answer(c, session, _U_REFUSED, 0, "no release_key in the node's config: updates are disabled")
+    try:
+        with open(root + "ab.json") as f:
+            trial = json.load(f).get("t")
+    except (OSError, ValueError, AttributeError):
+        trial = None  # no A/B state: the factory release runs
+    if trial:  # the updater would refuse it after the whole transfer (firmware/slots.py)
+        return _answer(c, session, _U_REFUSED, 0, "a release is already on trial: update once it is committed")
     lid = root + "ble.lid"
     try:
         with open(lid, "rb") as f:

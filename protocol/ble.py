@@ -80,7 +80,7 @@ U_INSTALLED = 1  # installed and armed for trial (text = the version); the node 
 U_REFUSED = 2  # refused (text = why); the transfer is dropped and nothing else changed
 UPDATE_HEAD = 1 + 1 + 4  # UPDATE, op or status, offset
 UPDATE_CHUNK_MAX = 255 - UPDATE_HEAD - TAG_LEN  # a message is one §8 frame of at most 255 bytes
-UPDATE_TEXT_MAX = 64
+UPDATE_TEXT_MAX = 120
 
 
 def update_tag(keys, message, session):

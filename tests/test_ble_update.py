@@ -129,6 +129,7 @@ def test_json_output_and_a_larger_mtu(board: RemoteStack, tmp_path: Path):
         ("WRONG_TARGET", "release is for rp2 boards, this board is esp32"),
         ("DOWNGRADE", "downgrade or same version refused"),
         ("LYING_HASH", "does not match its hash in the manifest"),
+        ("PADDED", "its manifest says 666 (truncated or padded)"),  # signed, then bytes added
     ],
 )
 def test_a_bad_release_is_refused_with_the_node_text_and_nothing_changes(
@@ -137,7 +138,8 @@ def test_a_bad_release_is_refused_with_the_node_text_and_nothing_changes(
     air = Air()
     air.add(board)
     before = board.state()
-    img = image(tmp_path, name, getattr(V, name))
+    data = V.FULL_011 + bytes(300) if name == "PADDED" else getattr(V, name)
+    img = image(tmp_path, name, data)
     code, out, err = run_cli(air, str(img), "--ble", "00a1b2c3", "--config", str(tool_config(tmp_path)))
     assert code == 1, (out, err)
     assert "node 00a1b2c3 refused the release: " in err and text in err and "[refused]" in err, err

@@ -230,6 +230,9 @@ async def test_an_image_sent_over_ble_resumes_after_a_lost_link_and_installs():
     await send(b, sess2, image, half)
     st, _, text = await ask(b, sess2, bp.U_FINISH, len(image))
     assert (st, text) == (bp.U_INSTALLED, "0.1.1"), (st, text)
+    # a second update before the trial is over: refused at once, not after a whole transfer
+    st, _, text = await ask(b, sess2, bp.U_BEGIN, *begin_args(V.DELTA_011))
+    assert st == bp.U_REFUSED and "already on trial" in text, text
     with open(root + "ab.json") as f:
         ab = __import__("json").load(f)
     assert ab["t"] == "s0" and ab["v"]["s0"] == "0.1.1", ab
