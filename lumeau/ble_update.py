@@ -46,6 +46,9 @@ from protocol import ble as pb
 from protocol.keys import NodeKeys
 
 DEFAULT_RECONNECTS = 5
+# finish: the node hashes the image, verifies the signature (Ed25519 in Python: seconds on a
+# board, SPEC §13), writes and reads back every file before it answers
+FINISH_TIMEOUT_S = 120.0
 RECONNECT_PAUSE_S = 1.0
 WRITE_PIECE_MAX = pb.CONTROL_WRITE_MAX  # the node's attribute buffer
 FRAMING_OVERHEAD = 6  # §8: two delimiters, the CRC, at most two COBS code bytes for 257
@@ -133,6 +136,8 @@ async def update(
     log(f"{node} at {seen.address} ({KINDS.get(seen.kind, seen.kind)}, firmware {seen.firmware}), RSSI {seen.rssi} dBm")
     done = BleUpdated(seen, size=len(image))
     lost = 0
+    held = 0
+    finishing = False
     while True:
         try:
             async with Link(device, seen, timeout, backends) as link:
@@ -164,6 +169,8 @@ async def update(
                         log(f"  {now} of {len(image)} bytes ({100 * now // len(image)} %)")
                     held = now
                 log(f"  sent in {time.monotonic() - started:.1f} s; the node verifies and stages it")
+                finishing = True
+                link.timeout = max(timeout, FINISH_TIMEOUT_S)
                 status, _, text = await ask(pb.U_FINISH, len(image))
                 if status == pb.U_INSTALLED:
                     done.version, done.bundle = text, m["bundle"]
@@ -171,8 +178,20 @@ async def update(
                     return done
                 raise BleToolError("refused", f"{node} refused the release: {text}; nothing was changed")
         except BleToolError as e:
-            if e.reason not in ("disconnected", "timeout", "connect") or lost >= reconnects:
+            if e.reason not in ("disconnected", "timeout", "connect"):
                 raise
+            if finishing:
+                raise BleToolError(
+                    e.reason,
+                    f"{node}: no answer to finish ({e}); the node may have installed the release and reset: "
+                    f"`lumeau node check {seen.node_id:08x}` shows the firmware it runs",
+                ) from None
+            if lost >= reconnects:
+                raise BleToolError(
+                    e.reason,
+                    f"{node}: the link was lost {lost + 1} times ({e}); the node keeps the {held} bytes it "
+                    "holds: run the command again to resume",
+                ) from None
             lost += 1
             done.reconnects = lost
             log(f"  link lost ({e}); reconnecting ({lost} of {reconnects})")

@@ -237,3 +237,18 @@ def test_the_update_example_of_the_spec_is_what_node_and_tool_compute(tmp_path: 
     assert bleupd.handle(c, unhex(ex["begin"]), sess) == unhex(ex["held"])
     assert bleupd.handle(c, unhex(ex["chunk"]), sess) == unhex(ex["held_after"])
     assert (tmp_path / "ble.lup").read_bytes() == img
+
+
+def test_a_lost_link_without_reconnects_resumes_when_the_command_runs_again(board: RemoteStack, tmp_path: Path):
+    air = Air()
+    air.add(board, mtu=23)
+    board.drop_at_write = 20
+    img = image(tmp_path, "full", V.FULL_011)
+    cfg = str(tool_config(tmp_path))
+    code, out, err = run_cli(air, str(img), "--ble", "00a1b2c3", "--config", cfg, "--reconnects", "0")
+    assert code == 1 and "keeps the 240 bytes it holds: run the command again to resume" in err, (out, err)
+    assert [f for f in board.state()["files"] if f.endswith("ble.lup")]  # kept on the node's flash
+    code, out, err = run_cli(air, str(img), "--ble", "00a1b2c3", "--config", cfg, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["resumed_at"] == [240] and doc["sent_bytes"] == len(V.FULL_011) - 240 and doc["version"] == "0.1.1"
