@@ -131,6 +131,7 @@ _R_DISABLED = const(7)
 _R_STORAGE = const(8)
 _R_ECHO = const(9)
 _UPDATE = const(0xA2)  # an update message (SPEC §11, "Updates"): firmware/bleupd.py
+_U_REFUSED = const(2)
 
 _ADV_REFRESH_MS = const(10000)
 _STATUS_REFRESH_MS = const(1000)
@@ -273,7 +274,10 @@ class Commissioning:
         node = self.node
         store = node.store
         if raw and raw[0] == _UPDATE:  # loaded by its dotted name: the resident node pays none of its names
-            return __import__("firmware.bleupd", None, None, ("handle",)).handle(self, raw, self._sess)
+            out = __import__("firmware.bleupd", None, None, ("handle",)).handle(self, raw, self._sess)
+            if out[1] == _U_REFUSED:
+                self._refusals += 1  # a guesser pays a reconnection for every few tries, as with frames
+            return out
         if raw and raw[0] == _SESSION:
             if len(raw) != 1 + _CHALLENGE_LEN:
                 return self._refuse(_R_MALFORMED)

@@ -348,3 +348,19 @@ async def test_a_node_without_a_release_key_refuses_at_begin():
     st, _, text = await ask(b, sess, bp.U_BEGIN, *begin_args(V.FULL_011))
     assert st == bp.U_REFUSED and "updates are disabled" in text, text
     b.stop()
+
+
+async def test_a_guesser_is_dropped_after_eight_refused_update_messages():
+    clock = mpnode.new_clock()
+    root = fresh_root()
+    b = Board(clock, root)
+    await b.connect()
+    sess = await b.session()
+    other = keys("ee" * 16)
+    for _ in range(8):
+        a = await b.exchange(msg(sess, bp.U_BEGIN, *begin_args(V.FULL_011), k=other))
+        assert a[1] == bp.U_REFUSED, a
+    await clock.run_for(2000)
+    assert b.stack.connection is None  # dropped: advertising again
+    assert "ble.lid" not in os.listdir(root[:-1])
+    b.stop()
