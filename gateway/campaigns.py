@@ -247,6 +247,9 @@ class Campaigns:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for c in self.campaigns.values():
+            if c.state == "running":
+                self._put_back(c)  # their delivery was cancelled: sent again from the start
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
