@@ -51,7 +51,7 @@ def inspect(image: bytes, public_key: bytes | None = None) -> dict[str, Any]:
         raw = image[rel.HEADER : rel.HEADER + mlen]
         sig = image[rel.HEADER + mlen : rel.HEADER + mlen + rel.SIG_LEN]
         if len(raw) != mlen or len(sig) != rel.SIG_LEN:
-            raise ImageRefused(f"image is truncated ({len(image)} bytes)")
+            raise ImageRefused(f"not a release image: truncated ({len(image)} bytes)")
         manifest = rel.parse_manifest(bytes(raw))
     except rel.Refused as e:
         raise ImageRefused(f"not a release image: {e}") from None
