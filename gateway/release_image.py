@@ -5,7 +5,8 @@ The gateway never holds the release key: it cannot sign, and a node checks every
 airtime is spent on it, with a reason a person can act on:
 
 - the image's shape: magic, manifest length, a manifest that parses (protocol/noderelease.py),
-  and its exact size (the manifest says how many bytes the carried files take);
+  its exact size (the manifest says how many bytes the carried files take), and every carried
+  file against its SHA-256 in the manifest (a corrupted image would cost airtime for nothing);
 - its signature, when the gateway is given the city's PUBLIC key ([campaigns] release_key,
   64 hex digits as `lumeau node release-key` prints): an image not signed by the city is
   refused (Ed25519 with the `cryptography` library, over SHA-256 of the manifest, as nodes do);
@@ -61,6 +62,12 @@ def inspect(image: bytes, public_key: bytes | None = None) -> dict[str, Any]:
     size = rel.HEADER + mlen + rel.SIG_LEN + carried
     if len(image) != size:
         raise ImageRefused(f"image is {len(image)} bytes, its manifest says {size}")
+    at = rel.HEADER + mlen + rel.SIG_LEN
+    for path, n, digest, carried_flag in manifest["files"]:
+        if carried_flag:  # a corrupted file costs no airtime: the node would refuse it at the end
+            if hashlib.sha256(image[at : at + n]).hexdigest() != digest:
+                raise ImageRefused(f"{path} does not match its hash in the manifest (a corrupted image)")
+            at += n
     if public_key is not None:
         try:
             Ed25519PublicKey.from_public_bytes(public_key).verify(bytes(sig), hashlib.sha256(raw).digest())
