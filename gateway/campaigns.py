@@ -1,5 +1,7 @@
 """Firmware update campaigns (issue 12 item 5): a signed release to a group, canaries first.
 
+(Over 600 lines: the model, its runner and the uplink observer are one state machine, kept together.)
+
 A campaign sends one release image (.lup, SPEC §13) to the members of a group in two stages:
 the canaries (the first `canary` members by node id: a count, or a fraction of the group
 rounded up, at least 1), then the rest, only once every canary is healthy within
@@ -466,9 +468,14 @@ class Campaigns:
                 await verdict
         except asyncio.CancelledError:
             raise
+        except StoreError as e:  # the disk: the campaign stays as it was on it; a restart resumes it
+            log.error("campaign runner stopped: progress not saved: %s", e, extra={"campaign": c.id})
         except Exception:  # a bug: the campaign stops where it is, the gateway goes on
             log.exception("campaign runner failed", extra={"campaign": c.id})
-            await self._finish(c, "halted", "internal error (see the gateway's log)")
+            try:
+                await self._finish(c, "halted", "internal error (see the gateway's log)")
+            except StoreError as e:
+                log.error("campaign halt not saved: %s", e, extra={"campaign": c.id})
         finally:
             if self._tasks.get(c.id) is asyncio.current_task():
                 del self._tasks[c.id]
