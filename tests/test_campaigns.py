@@ -304,3 +304,23 @@ async def test_a_node_already_on_the_release_is_installed_without_a_delivery(tmp
         await rig.send(light, 1, at=time.time() + 200)
         await rig.wait_node(cid, 2, "verifying")
         assert [ids for _, ids in delivery.calls] == [[2, 3, 4]]  # the canary was not sent it again
+
+
+async def test_rest_nodes_not_healthy_within_the_window_fail_and_the_campaign_ends(tmp_path, images):
+    delivery = StepDelivery(free=True)
+    bundle = images.manifest["bundle"]
+    async with Rig(tmp_path, delivery) as rig:
+        await on_old_release(rig)
+        cid = (await rig.start(images.image, "group=quai&window_s=1.5"))["id"]
+        await rig.wait_node(cid, 1, "verifying")
+        await install(rig, 1, bundle)
+        await rig.wait_node(cid, 2, "verifying")
+        await install(rig, 2, bundle)  # healthy
+        await rig.send(hello, 3, bundle, "9.9.0")  # installed, never reports again
+        await rig.send(hello, 4, bundle, "9.9.0")
+        await rig.send(hello, 4, OLD_BUNDLE)  # rolled back: the rest stage goes on
+        doc = await rig.wait_state(cid, "done")
+        states = {k: v["state"] for k, v in doc["nodes"].items()}
+        assert states == {"00000001": "healthy", "00000002": "healthy", "00000003": "failed", "00000004": "rolled_back"}
+        assert "not healthy within 1.5 s (installed)" in doc["nodes"]["00000003"]["reason"]
+        assert doc["reason"] == "" and doc["counts"]["failed"] == 1

@@ -163,3 +163,98 @@ async def test_a_running_campaign_resumes_after_the_gateway_restarts(tmp_path):
 async def _state(http, cid: int, state: str) -> dict | None:
     doc = await campaign(http, cid)
     return doc if doc["state"] == state else None
+
+
+class Child(GatewayProcess):
+    """tests/campaign_gateway_child.py: the service with a delivery, as a process we can kill -9."""
+
+    def __init__(self, config, mode: str) -> None:
+        super().__init__(config)
+        self.mode = mode
+
+    def start(self, timeout: float = 20.0) -> dict:
+        import subprocess
+        import sys
+        import threading
+        from pathlib import Path
+
+        child = Path(__file__).with_name("campaign_gateway_child.py")
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [sys.executable, str(child), str(self.config), self.mode],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return wait_for_sync(lambda: next(iter(self.logged("gateway started")), None), timeout, "the child's start")
+
+
+def get(port: int, path: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=AUTH)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def node_state(port: int, cid: int, node: int) -> str:
+    return get(port, f"/campaigns/{cid}")["nodes"][f"{node:08x}"]["state"]
+
+
+def test_a_campaign_survives_kill_9_mid_delivery(tmp_path):
+    images = build_images(tmp_path / "img")
+    bundle = images.manifest["bundle"]
+    write_config(tmp_path)
+    air = Air()
+    gw = Child(tmp_path / "gateway.toml", "hold-after-first")
+    try:
+        started = gw.start()
+        api, udp = started["api_port"], started["semtech_port"]
+        for n in (1, 2, 3):
+            air.send(udp, hello, n, OLD_BUNDLE)
+        wait_for_sync(lambda: all(get(api, f"/nodes/{n:08x}")["release"] for n in (1, 2, 3)), 10, "HELLOs stored")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{api}/campaigns?group=quai&canary=1&healthy_after_s=0.4",
+            data=images.image,
+            headers=AUTH,
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            cid = json.loads(r.read())["id"]
+        wait_for_sync(lambda: node_state(api, cid, 1) == "verifying", 10, "the canary holds the image")
+        air.send(udp, hello, 1, bundle, "9.9.0")
+
+        def healthy() -> bool:
+            if node_state(api, cid, 1) == "healthy":
+                return True
+            air.send(udp, light, 1)
+            return False
+
+        wait_for_sync(healthy, 15, "the canary healthy", interval=0.2)
+        wait_for_sync(lambda: node_state(api, cid, 3) == "receiving", 10, "the rest receiving")
+        gw.proc.kill()  # kill -9 in the middle of the rest's delivery
+        gw.proc.wait(10)
+    finally:
+        gw.kill()
+
+    gw = Child(tmp_path / "gateway.toml", "free")
+    try:
+        started = gw.start()
+        api, udp = started["api_port"], started["semtech_port"]
+        doc = get(api, f"/campaigns/{cid}")
+        assert doc["stage"] == "rest" and doc["nodes"]["00000001"]["state"] == "healthy"
+        wait_for_sync(lambda: node_state(api, cid, 3) == "verifying", 10, "the rest sent again")
+        for n in (2, 3):
+            air.send(udp, hello, n, bundle, "9.9.0")
+
+        def done() -> bool:
+            if get(api, f"/campaigns/{cid}")["state"] == "done":
+                return True
+            for n in (2, 3):
+                air.send(udp, light, n)
+            return False
+
+        wait_for_sync(done, 15, "the campaign done", interval=0.2)
+        assert gw.stop() == 0
+    finally:
+        gw.kill()
