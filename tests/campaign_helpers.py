@@ -71,15 +71,14 @@ class StepDelivery:
         self.fail = set(fail)
         self.free = free
         self.cancelled = 0
-        self._step = asyncio.Event()
+        self._steps = asyncio.Semaphore(0)  # steps given before the delivery waits are kept
 
     def step(self) -> None:
-        self._step.set()
+        self._steps.release()
 
     async def _wait(self) -> None:
         if not self.free:
-            await self._step.wait()
-            self._step.clear()
+            await self._steps.acquire()
 
     async def deliver(
         self, image: bytes, node_ids: Sequence[int], report: Callable[[int, str, float | None], None]

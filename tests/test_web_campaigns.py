@@ -16,7 +16,7 @@ from campaign_helpers import OLD_BUNDLE, StepDelivery, build_images, hello, ligh
 from playwright.sync_api import expect
 from test_campaigns import LAMPS, TOKEN
 from test_fleet_cli import Threaded
-from test_web_ui import browser  # noqa: F401  (the Chromium fixture)
+from test_web_ui import OUT, browser  # noqa: F401  (the Chromium fixture)
 
 TIMEOUT = 15_000  # ms: the page refreshes every 5 s
 
@@ -73,6 +73,8 @@ def test_a_technician_runs_a_campaign_from_the_page(tmp_path, images, browser): 
         expect(canary.locator(".badge")).to_have_text("healthy", timeout=TIMEOUT)
         expect(item.locator('li[data-node="00000003"] .badge')).to_have_text("receiving 50 %", timeout=TIMEOUT)
         expect(item).to_contain_text("stage rest")
+        OUT.mkdir(exist_ok=True)
+        item.screenshot(path=str(OUT / "web_campaigns.png"))  # for people: how the card looks
 
         item.locator('button[data-action="pause"]').click()
         expect(item.locator("[data-campaign-state]")).to_have_text("paused", timeout=TIMEOUT)
