@@ -31,7 +31,9 @@
 #   `A1 challenge` by `A1 nonce top tag`, a frame by a CMD_ACK uplink sealed
 #   with the node's keys when a CONFIG or TIME was applied (command id = the
 #   frame's counter, value = bitmask of refused keys), or by a refusal
-#   `A0 reason top tag` when nothing was applied.
+#   `A0 reason top tag` when nothing was applied; an update message `A2 ...`
+#   (SPEC §11 "Updates": a release image in chunks) goes to firmware/bleupd.py,
+#   loaded by its dotted name only then and dropped with the connection.
 # Sessions (SPEC §11, "Sessions", after OSCORE's Echo, RFC 9175): the node
 # draws a random nonce for each session request and takes a tool frame only
 # if it carries that nonce (CONFIG key 2, TIME key 3), so a frame sealed by a
@@ -67,6 +69,7 @@ from protocol import nodeframe as fr
 from protocol import nodemsg as m
 from protocol import serial as framing
 
+from firmware import unload
 from firmware.store import StorageError
 
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
@@ -127,6 +130,8 @@ _R_COUNTER = const(6)
 _R_DISABLED = const(7)
 _R_STORAGE = const(8)
 _R_ECHO = const(9)
+_UPDATE = const(0xA2)  # an update message (SPEC §11, "Updates"): firmware/bleupd.py
+_U_REFUSED = const(2)
 
 _ADV_REFRESH_MS = const(10000)
 _STATUS_REFRESH_MS = const(1000)
@@ -268,6 +273,11 @@ class Commissioning:
     def _handle(self, raw):
         node = self.node
         store = node.store
+        if raw and raw[0] == _UPDATE:  # loaded by its dotted name: the resident node pays none of its names
+            out = __import__("firmware.bleupd", None, None, ("handle",)).handle(self, raw, self._sess)
+            if out[1] == _U_REFUSED:
+                self._refusals += 1  # a guesser pays a reconnection for every few tries, as with frames
+            return out
         if raw and raw[0] == _SESSION:
             if len(raw) != 1 + _CHALLENGE_LEN:
                 return self._refuse(_R_MALFORMED)
@@ -381,6 +391,7 @@ class Commissioning:
             task.cancel()
             self._decoder = None
             self._sess = None
+            unload("firmware.bleupd")  # an update's code leaves with its connection (its state is on flash)
 
     async def _control(self, conn):
         hal = self.node.hal

@@ -43,12 +43,14 @@ PROTOCOL_FOR = {
 # BLE commissioning (firmware/main.py): flash, not heap. slots.py (A/B releases) is
 # loaded by boot.py and main.py and dropped; updater.py only during an update
 # (`lumeau node update`, SPEC §13); fuota.py only during a LoRa fragment session (SPEC §13
-# "Over LoRa"). radio_lorawan.py only on a node whose radio is a
+# "Over LoRa"); bleupd.py only while an update arrives over BLE (firmware/ble.py loads it by
+# its dotted name, SPEC §11 "Updates"). radio_lorawan.py only on a node whose radio is a
 # LoRaWAN modem (radio.type "lorawan", SPEC §14).
 _NODE = (
     "__init__.py",
     "aio.py",
     "ble.py",
+    "bleupd.py",
     "calendar.py",
     "config.py",
     "fuota.py",

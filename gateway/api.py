@@ -92,6 +92,9 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    only), state, attempts, last error
   GET    /groups/{name}/commands/{id}  one group command: per member applied, pending, failed
                                    (with the reason) or skipped, and the counts
+  POST   /campaigns?group=G&...     firmware update campaigns (gateway/campaigns.py; their routes and
+  GET    /campaigns[/{id}]         bodies: gateway/campaigns_api.py): the release image as the body,
+  POST   /campaigns/{id}/pause|resume|abort   canaries first, per-node progress
   GET    /requests                 the city's open service requests, read over HTTP from its Open311
                                    API ([open311] url; gateway/open311_feed.py), each with the
                                    registered nodes it concerns: {"configured", "source", "fetched",
@@ -141,6 +144,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import health, ops, releases
+from gateway.campaigns import Campaigns
+from gateway.campaigns_api import CampaignRoutes
 from gateway.downlinks import DownlinkRejected, Downlinks
 from gateway.fuota import FuotaDelivery, FuotaSettings
 from gateway.groups import REPAIR_AFTER_S, GroupCommandError, GroupCommands
@@ -495,6 +500,7 @@ class Api:
         requests_feed: RequestsFeed | None = None,
         multicast_repair_s: float = REPAIR_AFTER_S,
         calendars: Any = None,
+        campaigns: Campaigns | None = None,
         fuota: FuotaSettings | None = None,
     ) -> None:
         if not token:
@@ -503,6 +509,7 @@ class Api:
         self.notifier = notifier
         self.requests_feed = requests_feed
         self.calendars = calendars  # gateway/calendar_sync.py CalendarSync, None when [calendars] is off
+        self.campaigns = campaigns  # gateway/campaigns.py; None: the campaign endpoints answer 404
         self.silent_after_s = silent_after_s
         self.registry = registry
         self.store = store
@@ -562,6 +569,7 @@ class Api:
         r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
         r.add_get("/notifications", self.list_notifications)
         r.add_get("/requests", self.list_requests)
+        CampaignRoutes(campaigns).add(r)
         self.app = app
 
     async def start(self) -> None:
@@ -1104,6 +1112,20 @@ class Api:
             "Nodes with an expected release, by state (current, updating, rolled_back).",
             [({"state": k}, v) for k, v in by_state.items()],
         )
+        if self.campaigns is not None:
+            by_state, by_node = self.campaigns.figures()
+            x.family(
+                "lumeau_campaigns",
+                "gauge",
+                "Firmware update campaigns kept, by state (running, paused, done, halted, aborted).",
+                [({"state": k}, v) for k, v in by_state.items()],
+            )
+            x.family(
+                "lumeau_campaign_nodes",
+                "gauge",
+                "Nodes of running and paused campaigns, by state (pending ... healthy, rolled_back, failed).",
+                [({"state": k}, v) for k, v in by_node.items()],
+            )
         guard = p.mic_guard.stats()
         x.family(
             "lumeau_mic_lockouts_total",

@@ -254,6 +254,34 @@ class CalendarsSection:
     )
 
 
+def _release_key(v: Any) -> str | None:
+    if v == "" or (len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
+        return None
+    return "the city's PUBLIC release key: 64 lowercase hex digits (`lumeau node release-key` prints it), or empty"
+
+
+@dataclass(frozen=True)
+class CampaignsSection:
+    """Firmware update campaigns (gateway/campaigns.py; gateway/README.md "Campaigns")."""
+
+    release_key: str = opt(
+        "",
+        "the city's PUBLIC release key (64 hex): images not signed by it are refused; empty: not checked here",
+        _release_key,
+    )
+    target: str = opt(
+        "", "the nodes' board (esp32, rp2): a release for another is refused; empty: any", _one_of("", "esp32", "rp2")
+    )
+    healthy_after_s: float = opt(
+        150.0, "a node is healthy once it reports this long after its HELLO from the new release", _range(1.0, 86400.0)
+    )
+    window_s: float = opt(
+        7200.0,
+        "canaries must be healthy within this long after their delivery, or the campaign halts",
+        _range(1.0, 30 * 86400.0),
+    )
+
+
 @dataclass(frozen=True)
 class AdrSection:
     """Adaptive data rate (gateway/adr.py; SPEC 5 "ADR"): off unless enabled; defaults ChirpStack's."""
@@ -553,6 +581,7 @@ class GatewayConfig:
     adr: AdrSection = field(default_factory=AdrSection)
     calendars: CalendarsSection = field(default_factory=CalendarsSection)
     fuota: FuotaSection = field(default_factory=FuotaSection)
+    campaigns: CampaignsSection = field(default_factory=CampaignsSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     chirpstack: ChirpStackSection = field(default_factory=ChirpStackSection)
     basicstation: BasicStationSection = field(default_factory=BasicStationSection)
@@ -573,6 +602,7 @@ _SECTIONS: dict[str, type] = {
     "adr": AdrSection,
     "calendars": CalendarsSection,
     "fuota": FuotaSection,
+    "campaigns": CampaignsSection,
     "mqtt": MqttSection,
     "chirpstack": ChirpStackSection,
     "basicstation": BasicStationSection,
@@ -936,6 +966,7 @@ def example_config() -> str:
     out += _example_section("[adr]", AdrSection, {}, set())
     out += _example_section("[calendars]", CalendarsSection, {"dir": '"calendars"'}, {"dir"})
     out += _example_section("[fuota]", FuotaSection, {}, set())
+    out += _example_section("[campaigns]", CampaignsSection, {"release_key": '"' + "0" * 64 + '"'}, {"release_key"})
     out += ['# MQTT upstream (gateway/README.md, "MQTT upstream"): instead of [upstream] when enabled.']
     out += _example_section(
         "[mqtt]",

@@ -56,6 +56,7 @@ from gateway.adr import ADR_KEYS, FALLBACK_UPLINKS, Adr, AdrObserver
 from gateway.api import Api
 from gateway.calendar_sync import CalendarSync
 from gateway.calendars import load_dir as load_calendars
+from gateway.campaigns import Campaigns, Delivery
 from gateway.config import GatewayConfig
 from gateway.downlinks import Downlinks
 from gateway.fuota import FuotaSettings
@@ -85,8 +86,10 @@ GC_THRESHOLDS = (20_000, 20, 50)
 class Gateway:
     """One running gateway. `await start()`, then `await stop()`; `run()` does both around signals."""
 
-    def __init__(self, cfg: GatewayConfig) -> None:
+    def __init__(self, cfg: GatewayConfig, delivery: Delivery | None = None) -> None:
         self.cfg = cfg
+        self.delivery = delivery  # moves release images for campaigns; None: _campaign_delivery() decides
+        self.campaigns: Campaigns | None = None
         self.store: Store | None = None
         self.registry: Registry | None = None
         self.downlinks: Downlinks | None = None
@@ -163,11 +166,19 @@ class Gateway:
                     clock=self.downlinks.clock,
                 )
                 first = self.calendars
-            observer = (
-                Observers(first, self.node_log)
-                if self.history is None
-                else Observers(first, self.history, self.node_log)
+            c = cfg.campaigns
+            self.campaigns = Campaigns(
+                self.store,
+                self.registry,
+                None,  # the delivery, once the transports exist (below)
+                release_key=bytes.fromhex(c.release_key) if c.release_key else None,
+                target=c.target,
+                healthy_after_s=c.healthy_after_s,
+                window_s=c.window_s,
             )
+            await self.campaigns.load()  # before the pipeline: its HELLOs reach the campaigns
+            watchers = (first, self.node_log, self.campaigns)
+            observer = Observers(*watchers) if self.history is None else Observers(*watchers, self.history)
             self.pipeline = Pipeline(
                 self.registry, self.store, downlinks=observer, max_inflight=cfg.pipeline.max_inflight
             )
@@ -176,6 +187,7 @@ class Gateway:
                 notifier = self.notifier = Notifier(cfg.notify, self.store, self.registry, cfg.gateway.id)
                 self.pipeline.listeners.append(lambda _n: notifier.wake())
             self.transports = self._make_transports()
+            self.campaigns.delivery = self._campaign_delivery()
             if cfg.api.enabled:
                 assert cfg.api.token is not None
                 self.api = Api(
@@ -195,6 +207,7 @@ class Gateway:
                     requests_feed=self._requests_feed(cfg),
                     multicast_repair_s=cfg.downlinks.multicast_repair_s,
                     calendars=self.calendars,
+                    campaigns=self.campaigns,
                     fuota=FuotaSettings(**dataclasses.asdict(cfg.fuota)),
                 )
                 await self.api.start()
@@ -204,6 +217,7 @@ class Gateway:
                 await self.notifier.start()
             for t in self.transports:
                 await t.start()
+            self.campaigns.start()  # last: a resumed campaign's delivery needs the transports
             self._watcher = asyncio.create_task(self._watch_registry(), name="lumeau-registry-watch")
         except BaseException:
             await self.stop()
@@ -395,6 +409,9 @@ class Gateway:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
+        if self.campaigns is not None:
+            await _quietly(self.campaigns.close(), "campaigns")  # stays running on disk: resumed at start
+            self.campaigns = None
         for t in reversed(self.transports):
             await _quietly(t.stop(), "transport")
         if self.pipeline is not None:
@@ -418,6 +435,16 @@ class Gateway:
             await _quietly(self.store.close(), "store")
         self.transports = []
         self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
+
+    def _campaign_delivery(self) -> Delivery | None:
+        """FUOTA HOOK (issue 12): what moves release images to nodes for campaigns (gateway/campaigns.py).
+
+        The lead plugs gateway/fuota.py's FuotaDelivery in here, built on the packet forwarder
+        transport (self.transports) once they exist. Until then: only a delivery given to
+        Gateway(cfg, delivery=...) (tests); None makes POST /campaigns answer 409 ("no release
+        delivery wired"), and a campaign found running at start waits, tracked but not sent.
+        """
+        return self.delivery
 
     def _requests_feed(self, cfg: GatewayConfig) -> RequestsFeed | None:
         """The city's Open311 requests for the technician page ([open311] url), placed by the registry."""

@@ -577,7 +577,7 @@ async def configure(
             raise BleToolError(
                 "protocol", f"{device.address} advertises node {seen.node_id:08x} but its status says {status['node']}"
             )
-        session = await _open_session(link, keys)
+        session = await open_session(link, keys)
         top = session.top
         refused, retried, when = 0, False, None
         if settings:
@@ -619,12 +619,12 @@ class Session:
         return self.challenge + self.nonce
 
 
-def _verified(keys: NodeKeys, answer: bytes, session: bytes) -> bool:
+def verified(keys: NodeKeys, answer: bytes, session: bytes) -> bool:
     n = len(answer) - pb.TAG_LEN
     return hmac.compare_digest(answer[n:], pb.tag(keys, answer[:n], session))
 
 
-async def _open_session(link: Link, keys: NodeKeys) -> Session:
+async def open_session(link: Link, keys: NodeKeys) -> Session:
     """Ask the node for a session; trust its nonce and counter top only when its tag verifies."""
     node = f"node {link.seen.node_id:08x}"
     challenge = os.urandom(pb.CHALLENGE_LEN)
@@ -640,7 +640,7 @@ async def _open_session(link: Link, keys: NodeKeys) -> Session:
     if answer[:1] != bytes((pb.SESSION,)) or len(answer) != pb.SESSION_ANSWER_LEN:
         raise BleToolError("protocol", f"{node} answered a session request with {len(answer)} bytes of something else")
     nonce = answer[1 : 1 + pb.NONCE_LEN]
-    if not _verified(keys, answer, challenge + nonce):
+    if not verified(keys, answer, challenge + nonce):
         raise BleToolError(
             "auth",
             f"{node}: its answer is not tagged with this key -- the key is not this node's "
@@ -662,7 +662,7 @@ async def _send(
             )
         answer = await link.exchange(fr.seal(keys, mtype, counter, m.encode(mtype, body())))
         if answer[:1] == bytes((pb.REFUSED,)):
-            if len(answer) != pb.REFUSAL_LEN or not _verified(keys, answer, session.tag_input):
+            if len(answer) != pb.REFUSAL_LEN or not verified(keys, answer, session.tag_input):
                 raise BleToolError(
                     "auth", f"{node}: a refusal not tagged with this node's key for this session: not trusted"
                 )

@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "lumeau.commands.gateway",
     "lumeau.commands.node",
     "lumeau.commands.group",
+    "lumeau.commands.fleet",
     "lumeau.commands.plan",
     "lumeau.commands.calendar",
 ]

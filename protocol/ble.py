@@ -65,3 +65,28 @@ R_COUNTER = 6  # a gateway counter (below TOOL_COUNTER_BASE)
 R_DISABLED = 7  # the config says no configuration over BLE
 R_STORAGE = 8  # applied, but no uplink counter to sign the answer with
 R_ECHO = 9  # the frame does not carry the nonce of this connection's session
+
+# Firmware updates over BLE (SPEC §11, "Updates"): a release image (.lup, SPEC §13) written
+# in chunks on the control characteristic, in a session. The tool writes
+#   UPDATE op offset(u32) data tag(8)      tag: update_tag() over the session
+# and the node answers
+#   UPDATE status offset(u32) text tag(8)  tag: tag() (the node's), over the session.
+UPDATE = 0xA2
+U_BEGIN = 1  # offset = the image's size; data = its SHA-256 (32 bytes)
+U_CHUNK = 2  # offset = where data goes in the image; data = 1..UPDATE_CHUNK_MAX bytes
+U_FINISH = 3  # offset = the image's size; no data: the node checks the hash and installs
+U_HELD = 0  # the node holds `offset` bytes of this image (the next chunk goes there)
+U_INSTALLED = 1  # installed and armed for trial (text = the version); the node resets
+U_REFUSED = 2  # refused (text = why); the transfer is dropped and nothing else changed
+UPDATE_HEAD = 1 + 1 + 4  # UPDATE, op or status, offset
+UPDATE_CHUNK_MAX = 255 - UPDATE_HEAD - TAG_LEN  # a message is one §8 frame of at most 255 bytes
+UPDATE_TEXT_MAX = 120
+
+
+def update_tag(keys, message, session):
+    """The tag of a tool's update message: HMAC-SHA256(downlink MIC key, message || node id || session)[:8].
+
+    The downlink key (the node's answers use the uplink one): an answer can never pass for a
+    message. UPDATE's version bits are 101, as SESSION's: never a frame's first byte.
+    """
+    return keys.mic_down.digest(message, keys.node_id.to_bytes(4, "big"), session)[:TAG_LEN]

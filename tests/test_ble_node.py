@@ -294,6 +294,8 @@ def test_fuzz_the_node_answers_anything_written_with_a_refusal(lone_node, raw):
     answer = ble.handle(raw)
     if answer[0] == pb.SESSION:  # `a1` and 8 bytes: a session request, answered
         assert len(raw) == 9 and len(answer) == pb.SESSION_ANSWER_LEN
+    elif raw[:1] == bytes((pb.UPDATE,)):  # an update message (firmware/bleupd.py): never tagged with the key here
+        assert answer[0] == pb.UPDATE and answer[1] == pb.U_REFUSED, answer
     else:
         assert answer[0] == pb.REFUSED and len(answer) == pb.REFUSAL_LEN
     assert (node.report_s, dict(node.store.settings()), node.store.tool_window.top) == before

@@ -233,7 +233,7 @@ def test_fuzz_the_tool_trusts_no_answer_it_cannot_verify(session_answer, refusal
     link = _Answers([session_answer, refusal])
 
     async def run() -> None:
-        s = await ble_tools._open_session(link, keys)  # type: ignore[arg-type]
+        s = await ble_tools.open_session(link, keys)  # type: ignore[arg-type]
         await ble_tools._send(link, keys, s, m.CONFIG, lambda: {0: {0: 60}, 2: s.nonce}, s.top)  # type: ignore[arg-type]
 
     with pytest.raises(ble_tools.BleToolError) as e:

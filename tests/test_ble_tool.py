@@ -122,10 +122,8 @@ def test_the_session_example_of_the_spec_is_what_node_and_tool_compute(tmp_path,
     keys = NodeKeys(int(ex["node_id"], 0), unhex(ex["root_key"]))
     request, nonce, answer, refusal = (unhex(ex[k]) for k in ("request", "nonce", "answer", "refusal"))
     challenge = request[1:]
-    assert ble_tools._verified(keys, answer, challenge + nonce) and ble_tools._verified(
-        keys, refusal, challenge + nonce
-    )
-    assert not ble_tools._verified(keys, answer, bytes(8) + nonce)  # another challenge: another tag
+    assert ble_tools.verified(keys, answer, challenge + nonce) and ble_tools.verified(keys, refusal, challenge + nonce)
+    assert not ble_tools.verified(keys, answer, bytes(8) + nonce)  # another challenge: another tag
 
     class Os:
         @staticmethod

@@ -34,9 +34,10 @@ COPIES_OF = {
     "protocol.nodeble": [ble],
     "protocol.nodecal": [calendar, messages],
     "firmware.ble": [messages, frame, ble],
-    "firmware.radio_lorawan": [lorawan],
-    "firmware.fuota": [fragments, messages],
-    "protocol.nodefrag": [fragments],  # the LoRaWAN carriage's numbers (SPEC §14)
+    "firmware.bleupd": [ble],  # the update messages (SPEC §11, "Updates")
+    "firmware.fuota": [fragments, messages],  # an update over LoRa (SPEC §13, "Over LoRa")
+    "protocol.nodefrag": [fragments],
+    "firmware.radio_lorawan": [lorawan],  # the LoRaWAN carriage's numbers (SPEC §14)
 }
 
 

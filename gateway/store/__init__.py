@@ -19,7 +19,9 @@ and its in-memory state:
 - nodes.py: `nodes`, node state (last seen, radio, firmware, last readings,
   open alarms), flushed every `state_flush_s` (alarm changes with their group);
 - notifications.py: the alarm journal (written with the records' group) and
-  the notification outbox (gateway/notify.py sends it).
+  the notification outbox (gateway/notify.py sends it);
+- campaigns.py: firmware update campaigns, their images and per-node progress
+  (gateway/campaigns.py).
 
 Limits and policies are `Store.open` arguments: `max_records`, `group_max`
 (records per transaction: bounds commit latency), `quarantine_max`,
@@ -43,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.model import Downlink, Record
+from gateway.store.campaigns import SCHEMA as _CAMPAIGNS_SCHEMA
+from gateway.store.campaigns import CampaignTable
 from gateway.store.core import DEFAULT_RESERVE_BYTES, SYNC_LEVELS, StoreClosed, StoreError, StoreFull, Writer
 from gateway.store.downlinks import DOWNLINK_OPEN_STATES, DownlinkTable
 from gateway.store.downlinks import SCHEMA as _DOWNLINKS_SCHEMA
@@ -140,6 +144,7 @@ class Store:
         )
         self.downlink_table = DownlinkTable(self.writer)
         self.nodes = NodeStates(self.writer, state_flush_s)
+        self.campaigns = CampaignTable(self.writer)
         # alarm changes journalled for notifications, with the records that made them
         self.notifications = Notifications(self.writer)
         self.notifications.enabled = alarm_journal
@@ -193,7 +198,9 @@ class Store:
             reserve_bytes=reserve_bytes,
         )
         w = self.writer
-        await w.open(_RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA + _NOTIFY_SCHEMA)
+        await w.open(
+            _RECORDS_SCHEMA + _WINDOWS_SCHEMA + _DOWNLINKS_SCHEMA + _NODES_SCHEMA + _NOTIFY_SCHEMA + _CAMPAIGNS_SCHEMA
+        )
         try:
             await w.call(_migrate_records)
         except sqlite3.Error as e:
@@ -205,6 +212,7 @@ class Store:
         self.downlink_table.load(r)
         self.replay_windows.load(r)
         self.nodes.load(r)
+        self.campaigns.load(r)
         w.start()
         self.nodes.start()
         return self

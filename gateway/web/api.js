@@ -29,13 +29,15 @@ export async function signIn(token) {
   sessionStorage.setItem(KEY, token);
 }
 
-export async function request(path, { method = "GET", body, token, text = false } = {}) {
+// `raw`: bytes sent as they are (a release image for POST /campaigns), not JSON.
+export async function request(path, { method = "GET", body, token, text = false, raw } = {}) {
   const headers = { Accept: text ? "text/plain" : "application/json", Authorization: "Bearer " + (token ?? sessionStorage.getItem(KEY) ?? "") };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (raw !== undefined) headers["Content-Type"] = "application/octet-stream";
   let r;
   try {
     r = await fetch(path, {
-      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+      method, headers, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store", credentials: "omit", redirect: "error",
     });
   } catch (e) {

@@ -10,6 +10,7 @@ import { chartableFields, drawChart } from "./chart.js";
 import { CommandForm, commandItem } from "./command.js";
 import { calendarFact, calendarsByNode, loadCalendars, renderCalendars } from "./calendars.js";
 import { loadGroups, renderGroups } from "./groups.js";
+import { campaignForm, loadCampaigns, renderCampaigns } from "./campaigns.js";
 import { loadRequests, renderRequests, requestItem, requestsByNode } from "./requests.js";
 
 const REFRESH_MS = 5000;
@@ -89,6 +90,7 @@ $("login-form").addEventListener("submit", async (e) => {
 });
 
 $("logout").addEventListener("click", () => signedOut("Signed out."));
+campaignForm(() => refresh());
 
 async function start() {
   show($("login-view"), false);
@@ -116,7 +118,9 @@ async function refresh() {
     renderOverview();
     renderRequests(ui.requests, new Map(ui.nodes.map((n) => [n.id, n])), select);
     renderGateway(await request("/metrics", { text: true }));
-    renderGroups(await loadGroups(), new Map(ui.nodes.map((n) => [n.id, n])), select, refresh);
+    const groups = await loadGroups();
+    renderGroups(groups, new Map(ui.nodes.map((n) => [n.id, n])), select, refresh);
+    renderCampaigns(await loadCampaigns(), groups.groups, new Map(ui.nodes.map((n) => [n.id, n])), select, refresh);
     const calendars = await loadCalendars();
     ui.calendarsByNode = calendarsByNode(calendars);
     renderCalendars(calendars, new Map(ui.nodes.map((n) => [n.id, n])), select);

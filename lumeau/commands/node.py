@@ -16,6 +16,7 @@
     lumeau node release-key --out FILE
     lumeau node release   --key FILE --bundle DIR --replaces V[,V] [--base DIR] [--version V] [--out FILE]
     lumeau node update    IMAGE --port PORT [--settle S] [--json] [--gateway URL --node ID [--token T]]
+    lumeau node update    IMAGE --ble ADDR (--config FILE | --registry FILE) [--reconnects N] [--json]
     lumeau node expect    (ID | --group NAME) (--image FILE | --version V --bundle HEX | --clear) --gateway URL
 
 Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments

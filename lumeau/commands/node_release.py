@@ -4,6 +4,8 @@
     lumeau node release     --key FILE --replaces VERSION[,VERSION...] [--bundle DIR]
                             [--base DIR] [--version V] [--out FILE]
     lumeau node update      IMAGE --port PORT [--settle S] [--json] [--gateway URL --node ID [--token T]]
+    lumeau node update      IMAGE --ble ADDR (--config FILE | --registry FILE) [--timeout S]
+                            [--reconnects N] [--json] [--gateway URL [--token T]]
     lumeau node expect      (ID | --group NAME) (--image FILE | --version V --bundle HEX | --clear)
                             --gateway URL [--token T] [--json]
 
@@ -14,7 +16,10 @@ private key off the gateway: a stolen gateway then cannot push firmware.
 --base (the bundle the nodes run) only those that changed, a delta. Format: SPEC §13;
 library: lumeau/release.py. `update` installs an image on a node over its USB serial
 (lumeau/update.py): resumable upload, the node's own updater verifies and stages it, then
-the board resets into the new release on trial; with --gateway and --node it then tells the
+the board resets into the new release on trial; with --ble it does the same over Bluetooth LE
+from a laptop in reach (lumeau/ble_update.py: ADDR is the node's address or id as for `lumeau
+node check`; authenticated with the node's key, resumed from the node's offset after a lost
+link); with --gateway and --node (implied by --ble) it then tells the
 gateway which release the node should now run (PUT /nodes/{id}/release). `expect` tells the
 gateway that for a node or a group without installing anything (an update over LoRa, a node
 updated by another hand): from an image's manifest (its version and bundle id) or given.
@@ -28,14 +33,18 @@ Exit codes: 0 done, 1 the job failed (the message says why), 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lumeau import bundle as bundles
 from lumeau import release as releases
 from protocol import nodelora as lora
+
+DEFAULT_BLE_TIMEOUT_S = 10.0  # ble_tools.DEFAULT_TIMEOUT_S (not imported here: bleak loads only for --ble)
+DEFAULT_RECONNECTS = 5  # ble_update.DEFAULT_RECONNECTS
 
 
 def _err(cmd: str, msg: str) -> int:
@@ -111,9 +120,76 @@ def _manifest_release(image: Path) -> dict[str, str]:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    if args.ble is not None:
+        return asyncio.run(update_ble_command(args))
+    return _update_serial(args)
+
+
+async def update_ble_command(
+    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None, backends: Any = None
+) -> int:
+    """`lumeau node update IMAGE --ble ADDR`: the async core (tests pass bleak backends: ble_tools.Backends)."""
+    from lumeau import ble_update
+    from lumeau.ble_tools import BleToolError
+    from lumeau.commands.group import GroupCliError
+
+    out, err = out or sys.stdout, err or sys.stderr
+    if args.port is not None or args.node is not None:
+        err.write("lumeau node update: --ble goes without --port and --node (the node says its id)\n")
+        return 2
+    if (args.config is None) == (args.registry is None):
+        err.write("lumeau node update: --ble needs the node's key: --config FILE or --registry FILE (one)\n")
+        return 2
+
+    def log(s: str) -> None:
+        if not args.json:
+            out.write(s + "\n")
+
+    try:
+        r = await ble_update.update(
+            args.ble,
+            args.image,
+            config=args.config,
+            registry=args.registry,
+            timeout=args.timeout,
+            reconnects=args.reconnects,
+            backends=backends,
+            log=log,
+        )
+    except BleToolError as e:
+        if args.json:
+            out.write(json.dumps({"error": e.reason, "message": str(e)}) + "\n")
+        err.write(f"lumeau node update: {e} [{e.reason}]\n")
+        return 1
+    node = f"node {r.seen.node_id:08x}"
+    if args.json:
+        out.write(json.dumps(r.json()) + "\n")
+    else:
+        rate = r.sent_bytes / r.seconds if r.seconds else 0.0
+        out.write(
+            f"{node}: {r.version} installed on trial ({r.size} bytes, {r.sent_bytes} sent in {r.seconds:.1f} s, "
+            f"{rate:.0f} B/s, {r.reconnects} reconnection{'s' if r.reconnects != 1 else ''}); it resets into it and "
+            "commits it once the gateway hears it\n"
+        )
+    if args.gateway is not None:
+        try:
+            _tell_gateway(args, f"/nodes/{r.seen.node_id:08x}/release", {"version": r.version, "bundle": r.bundle})
+        except GroupCliError as e:
+            err.write(f"lumeau node update: installed, but the gateway was not told ({e}); run `lumeau node expect`\n")
+            return 1
+        if not args.json:
+            out.write(f"gateway {args.gateway}: {node} expected on {r.version} (rollbacks reported)\n")
+    return 0
+
+
+def _update_serial(args: argparse.Namespace) -> int:
     from lumeau import update as updates
     from lumeau.commands.group import GroupCliError
 
+    if args.port is None:
+        return _err("update", "give --port PORT (USB serial) or --ble ADDR (Bluetooth LE)")
+    if args.config is not None or args.registry is not None:
+        return _err("update", "--config and --registry are for --ble (the serial path needs no key)")
     if (args.gateway is None) != (args.node is None):
         return _err("update", "--gateway and --node go together (the gateway is told which node runs what)")
     log = (lambda _s: None) if args.json else print
@@ -196,18 +272,45 @@ def add_release_actions(actions: Any) -> None:
     r.set_defaults(func=cmd_release)
 
     u = actions.add_parser(
-        "update", help="install a signed release (.lup) on a node over USB serial (resumable; the node verifies it)"
+        "update",
+        help="install a signed release (.lup) on a node over USB serial or Bluetooth LE (resumable; the node "
+        "verifies it)",
     )
     u.add_argument("image", type=Path, help="the release image (lumeau node release)")
-    u.add_argument("--port", required=True, help="the node's serial port (/dev/ttyUSB0, /dev/ttyACM0)")
-    u.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset")
-    u.add_argument("--json", action="store_true", help="one JSON object: version, bundle, bytes sent, resumed at")
+    how = u.add_mutually_exclusive_group(required=True)
+    how.add_argument("--port", help="the node's serial port (/dev/ttyUSB0, /dev/ttyACM0)")
+    how.add_argument(
+        "--ble",
+        metavar="ADDR",
+        help="over Bluetooth LE: the node's address, or its node id in hex (as for lumeau node check); "
+        "needs --config or --registry for its key",
+    )
+    u.add_argument("--config", type=Path, help="with --ble: the node's config file (lumeau node provision: its key)")
+    u.add_argument("--registry", type=Path, help="with --ble: the gateway's registry file (holds the keys)")
+    u.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_BLE_TIMEOUT_S,
+        help="with --ble: seconds to find and connect, and for each answer (default %(default)g)",
+    )
+    u.add_argument(
+        "--reconnects",
+        type=int,
+        default=DEFAULT_RECONNECTS,
+        help="with --ble: lost links to reconnect and resume after (default %(default)d)",
+    )
+    u.add_argument("--settle", type=float, default=3.0, help="seconds to watch the console after the reset (serial)")
+    u.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: version, bundle, bytes sent, resumed at (with --ble: node, seconds, reconnects)",
+    )
     u.add_argument(
         "--gateway",
         help="once installed, tell this gateway's API (e.g. http://127.0.0.1:8760) the node should run this "
         "release, so it reports a rollback; needs --node",
     )
-    u.add_argument("--node", type=_node_id, help="the node's id, hex (with --gateway)")
+    u.add_argument("--node", type=_node_id, help="the node's id, hex (with --gateway and --port)")
     u.add_argument("--token", help="API token for --gateway (or $LUMEAU_API_TOKEN)")
     u.set_defaults(func=cmd_update)
 
