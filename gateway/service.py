@@ -187,7 +187,6 @@ class Gateway:
                 notifier = self.notifier = Notifier(cfg.notify, self.store, self.registry, cfg.gateway.id)
                 self.pipeline.listeners.append(lambda _n: notifier.wake())
             self.transports = self._make_transports()
-            self.campaigns.delivery = self._campaign_delivery()
             if cfg.api.enabled:
                 assert cfg.api.token is not None
                 self.api = Api(
@@ -211,6 +210,7 @@ class Gateway:
                     fuota=FuotaSettings(**dataclasses.asdict(cfg.fuota)),
                 )
                 await self.api.start()
+            self.campaigns.delivery = self._campaign_delivery()
             if self.upstream is not None:
                 await self.upstream.start()
             if self.notifier is not None:
@@ -437,14 +437,17 @@ class Gateway:
         self.pipeline = self.downlinks = self.api = self.upstream = self.store = None
 
     def _campaign_delivery(self) -> Delivery | None:
-        """FUOTA HOOK (issue 12): what moves release images to nodes for campaigns (gateway/campaigns.py).
+        """What moves release images to nodes for campaigns (gateway/campaigns.py).
 
-        The lead plugs gateway/fuota.py's FuotaDelivery in here, built on the packet forwarder
-        transport (self.transports) once they exist. Until then: only a delivery given to
-        Gateway(cfg, delivery=...) (tests); None makes POST /campaigns answer 409 ("no release
-        delivery wired"), and a campaign found running at start waits, tracked but not sent.
+        A delivery given to Gateway(cfg, delivery=...) (tests) wins; else the API's LoRa
+        delivery (gateway/fuota.py FuotaDelivery: multicast to a group's member lamps, unicast
+        fragments to the others), which needs the API's multicast sender. With the API off
+        there is none: POST /campaigns cannot happen, and a campaign found running at start
+        waits, tracked but not sent.
         """
-        return self.delivery
+        if self.delivery is not None:
+            return self.delivery
+        return self.api.fuota if self.api is not None else None
 
     def _requests_feed(self, cfg: GatewayConfig) -> RequestsFeed | None:
         """The city's Open311 requests for the technician page ([open311] url), placed by the registry."""
