@@ -69,9 +69,9 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
 - with --member, a lamp in a multicast group (`lighting-member`, run beside the
   others; SPEC §5 "Groups"): its radio is firmware/radio_lora.py's LoRaRadio on a
   modem shaped like micropython-lib's `lora` driver (mpnode.LinkModem, over the same
-  memory link), so as a member it listens through firmware/group_rx.py's Listener
-  between its uplinks (continuous receive: the runtime's receiver task). firmware.group,
-  firmware.group_rx and protocol.nodegroup are among its device imports (a member
+  memory link), so as a member it listens through firmware/group.py's Listener
+  between its uplinks (continuous receive: the runtime's receiver task). firmware.group
+  and protocol.nodegroup are among its device imports (a member
   loads them at boot: its group record is stored), so they count as code. The
   gateway sends it a sealed join_group COMMAND (protocol/groupcast.py join_body, as
   gateway/multicast.py) answering its 2nd uplink, then one GROUP_COMMAND a day
@@ -355,7 +355,7 @@ def run_app(
             f"from firmware import config, hal_machine, {radios}, runtime\nfrom {module} import {cls}\n"
             + ("from firmware import hal_battery\n" if battery else "")
             + ("from firmware import ble\n" if ble else "")
-            + ("from firmware import group, group_rx\nfrom protocol import nodegroup\n" if member else "")
+            + ("from firmware import group\nfrom protocol import nodegroup\n" if member else "")
             + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
             "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool
@@ -400,7 +400,7 @@ def run_app(
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
             + (
                 ", 'member': {'groups': [[s[0], s[2]] for s in _node.app.group.slots] if _node.app.group else [], "
-                "'listener': hasattr(_node.radio, 'heard'), 'listener_heard': getattr(_node.radio, 'heard', 0), "
+                "'listener': type(_node.radio) is group.Listener, 'listener_heard': getattr(_node.radio, 'rx', 0), "
                 f"'sent': {n_mcast} if _mc.done() else None, 'acks_ok': _gw.group_acks, 'rx': _node.rx}}"
                 if member
                 else ""

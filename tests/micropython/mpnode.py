@@ -180,7 +180,7 @@ def start_node(
     lorawan: the node's radio is firmware/radio_lorawan.py on the simulated RAK3172
     (at_modem.py), and the "gateway" the network behind it (at_modem.Network).
     modem: the node's radio is firmware/radio_lora.py's LoRaRadio, as on a board, on a LinkModem
-    over the memory link (so a lamp in a group listens through firmware/group_rx.py's Listener).
+    over the memory link (so a lamp in a group listens through firmware/group.py's Listener).
     """
     hal = SimHAL(clock, storage=storage, reset_cause=reset_cause, history_max=0 if lean else 20000)
     gw = None
