@@ -3,7 +3,7 @@
     python bench/firmware_memory.py --json [--days 7 | --hours H] [--apps lighting,irrigation]
                                            [--tick-ms MS] [--sample-every 400] [--heap-map] [--ble]
                                            [--lorawan]
-                                           [--calendar] [--fuota]
+                                           [--calendar] [--fuota] [--member]
 
 Each app runs as a whole node (runtime + app, the memory-link radio and a
 small gateway, tests/micropython/mpnode.py) in the MicroPython WebAssembly
@@ -73,6 +73,21 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   name at the first fragment; the decoder's bitmaps, rows and buffers): runtime heap.
   The image is not a signed release, so the node's updater refuses it once complete
   (`fuota_end` gives the node's last_error: the session reached the updater);
+- with --member, a lamp in a multicast group (`lighting-member`, run beside the
+  others; SPEC §5 "Groups"): its radio is firmware/radio_lora.py's LoRaRadio on a
+  modem shaped like micropython-lib's `lora` driver (mpnode.LinkModem, over the same
+  memory link), so as a member it listens through firmware/group.py's Listener
+  between its uplinks (continuous receive: the runtime's receiver task). firmware.group
+  and protocol.nodegroup are among its device imports (a member
+  loads them at boot: its group record is stored), so they count as code. The
+  gateway sends it a sealed join_group COMMAND (protocol/groupcast.py join_body, as
+  gateway/multicast.py) answering its 2nd uplink, then one GROUP_COMMAND a day
+  (set_level 50 % for an hour, group counter 0, 1, ...) at 01:00 on the group
+  channel, sealed here beforehand (their bytes, some 30 B each, are held by the
+  harness: counted in the runtime heap). `member` in its result says what the
+  node holds: its groups ([addr, next group counter]), whether its radio is the
+  Listener and how many frames that heard, the group commands sent, and the CMD_ACKs
+  with result ok the gateway heard for them;
 - the bars: runtime_heap <= 16 KB and total <= 72 KB on the worst day
   (issue 11; issue 3's were 24 and 96 KB), growth <= 512 B over days 2-7,
   and their ratios.
@@ -220,7 +235,14 @@ APP_CLASS = {
     # a battery irrigation node (irrigation.battery = 1): deep sleeps on timer wakes, each a boot
     # (tests/micropython/mpnode.py BatteryCell); its runtime heap is the peak of its awake periods
     "irrigation-battery": ("firmware.battery", "BatteryIrrigation"),
+    # a lamp in a multicast group (--member): the module docstring says what it runs
+    "lighting-member": ("firmware.lighting", "Lighting"),
 }
+GROUP_ADDR = 7
+GROUP_MASTER = bytes(range(16, 32))  # the gateway's group master secret (bench only)
+MCAST_AT_MS = 3600 * 1000  # the first group command at 01:00 of day 1, then one a day
+JOIN_ID = 1  # the join_group COMMAND's id
+COMMAND = 8  # protocol.messages.COMMAND (the harness seals it: mpnode.MiniGateway.feed)
 
 
 def mpy_cross() -> str:
@@ -319,6 +341,26 @@ def bench_fuota() -> list[bytes | None]:
     return out
 
 
+def member_downlinks(hours: float) -> tuple[dict, bytes, int]:
+    """(join_group COMMAND body, the GROUP_COMMAND frames end to end, how many) for --member:
+    made as the gateway makes them (gateway/multicast.py: protocol/groupcast.py)."""
+    from protocol import groupcast as gc
+    from protocol import messages as m
+    from protocol.keys import NodeKeys
+
+    key = gc.group_key(GROUP_MASTER, GROUP_ADDR, 1)
+    keys = NodeKeys(0x00A1B2C3, bytes(range(16)))  # mpnode.NODE_ID, ROOT_HEX
+    join = gc.join_body(keys, JOIN_ID, GROUP_ADDR, 1, 0, key)
+    n = 0
+    while MCAST_AT_MS + n * 86400 * 1000 < hours * 3600 * 1000:
+        n += 1
+    frames = b"".join(
+        gc.seal(key, GROUP_ADDR, i, m.encode(m.COMMAND, {0: gc.MCAST_ID_BASE + i, 1: m.OP_SET_LEVEL, 2: [50, 3600]}))
+        for i in range(n)
+    )
+    return join, frames, n
+
+
 def run_app(
     kind: str,
     built: dict[str, Path],
@@ -334,7 +376,10 @@ def run_app(
     """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
     with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
     module, cls = APP_CLASS[kind]
+    join, frames, n_mcast = member_downlinks(hours) if kind == "lighting-member" else ({}, b"", 0)
     battery = kind == "irrigation-battery"
+    member = kind == "lighting-member"
+    app_kind = "lighting" if member else kind
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
     ble = ble_central is not None
@@ -360,6 +405,7 @@ def run_app(
             f"from firmware import config, hal_machine, {radios}, runtime\nfrom {module} import {cls}\n"
             + ("from firmware import hal_battery\n" if battery else "")
             + ("from firmware import ble\n" if ble else "")
+            + ("from firmware import group\nfrom protocol import nodegroup\n" if member else "")
             + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
             "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool
@@ -373,18 +419,26 @@ def run_app(
             + (
                 f"_node, _gw, _tasks = mpnode.start_battery_cell(_clock, lean=True, tick_ms={tick_ms!r})\n"
                 if battery
-                else f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {kind!r}, lean=True, "
-                f"tick_ms={tick_ms!r}, lorawan={lorawan!r})\n"
+                else f"_hal, _node, _gw, _tasks, _world = mpnode.start_node(_clock, {app_kind!r}, lean=True, "
+                f"tick_ms={tick_ms!r}, lorawan={lorawan!r}, modem={member and not lorawan!r})\n"
             )
             + f"_end = {int(hours * 3600 * 1000)}\n"
             + ("_ble = blecentral.start(_node, _tasks)\n" if ble else "")
             # the first fragment answers the node's 9th uplink, as the gateway's does (BOOT_HOLD)
             + (
-                f"_gw.feed = [None] * 8 + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(kind)!r}]\n"
+                f"_gw.feed = [None] * 8 + [(9, {{0: {{}}, 3: f}}) for f in {bench_calendar(app_kind)!r}]\n"
                 if calendar
                 else ""
             )
             + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota else "")
+            + (
+                # join_group answers the 2nd uplink (a COMMAND); a calendar's fragments come later
+                f"_gw.feed = _gw.feed or [None, None]\n_gw.feed[1] = ({COMMAND}, {join!r})\n"
+                f"_mc = asyncio.create_task(mpnode.multicast(_gw, {frames!r}, {n_mcast}, {MCAST_AT_MS}))\n"
+                "_tasks.append(_mc)\n"
+                if member
+                else ""
+            )
         ),
         "sample_every": sample_every,
         "watch": "_gw.count",  # also sample right after each frame the gateway hears
@@ -396,6 +450,13 @@ def run_app(
             "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error, "
             "'calendar_held': getattr(_node, 'schedule', [None])[0] is not None"
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
+            + (
+                ", 'member': {'groups': [[s[0], s[2]] for s in _node.app.group.slots] if _node.app.group else [], "
+                "'listener': type(_node.radio) is group.Listener, 'listener_heard': getattr(_node.radio, 'rx', 0), "
+                f"'sent': {n_mcast} if _mc.done() else None, 'acks_ok': _gw.group_acks, 'rx': _node.rx}}"
+                if member
+                else ""
+            )
             + "})"
         ),
     }
@@ -417,7 +478,7 @@ def run_app(
     pool = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", r.get("output", ""))
     runtime_heap = max(0, r["peak"] - r["code_sim"])
     total = code_heap + runtime_heap
-    bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files("irrigation" if battery else kind))
+    bundle = sum(built[src].stat().st_size for src, _ in manifest.device_files("irrigation" if battery else app_kind))
     base = r["code_sim"]
     days = [
         {
@@ -470,6 +531,7 @@ def run_app(
         **({"radio": "lorawan"} if lorawan else {}),
         **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
         **({"fuota_end": r["check"]["last_error"]} if fuota else {}),
+        **({"member": r["check"]["member"]} if member else {}),
     }
 
 
@@ -481,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--apps",
         default="lighting,irrigation",
-        help="lighting, irrigation, irrigation-battery (a node that deep-sleeps)",
+        help="lighting, irrigation, irrigation-battery (a node that deep-sleeps), lighting-member (see --member)",
     )
     ap.add_argument(
         "--tick-ms", type=int, default=TICK_MS, help="the apps' tick in ms (default: theirs, 1000; coarser runs faster)"
@@ -512,12 +574,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="send the node a release image over LoRa (FRAG fragments, one per uplink): a whole session counted",
     )
+    ap.add_argument(
+        "--member",
+        action="store_true",
+        help="also run lighting-member: a lamp that joins a multicast group and takes a group command a day",
+    )
     args = ap.parse_args(argv)
     hours = args.hours if args.hours is not None else args.days * 24
     if not MICROPYTHON_MJS.exists() or not shutil.which("node"):
         print("needs Node.js and node_modules (make test runs npm ci)", file=sys.stderr)
         return 2
     apps = [a for a in args.apps.split(",") if a]
+    if args.lorawan and (args.member or "lighting-member" in apps):
+        ap.error("--member runs the lamp on a LoRa modem (firmware/radio_lora.py): not with --lorawan")
+    for a in apps:
+        if a not in APP_CLASS:
+            ap.error(f"--apps: {a!r} is not one of {', '.join(APP_CLASS)}")
+    if args.member and "lighting-member" not in apps:
+        apps.append("lighting-member")
     tmp = Path(tempfile.mkdtemp(prefix="lumeau-mem-"))
     try:
         built = compile_all(tmp)  # source path ("firmware/x.py") -> its .mpy
@@ -557,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         "lorawan": args.lorawan,
         "calendar": args.calendar,
         "fuota": args.fuota,
+        "member": "lighting-member" in apps,
         "apps": results,
         "all_meet_bar": all(r["meets_bar"] for r in results.values()),
     }
@@ -565,11 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for kind, r in results.items():
             print(
-                f"{kind:11s} code {r['code_heap']:6d} B  runtime {r['runtime_heap']:6d} B  total {r['total']:6d} B"
+                f"{kind:15s} code {r['code_heap']:6d} B  runtime {r['runtime_heap']:6d} B  total {r['total']:6d} B"
                 f"  grew {r['heap_grew']}  .mpy {r['mpy_bundle']} B  ({r['steps']} steps, {r['wall_s']} s)"
             )
             print(
-                f"{'':11s} by day: peak {r['runtime_heap_by_day']}  floor {r['floor_by_day']}"
+                f"{'':15s} by day: peak {r['runtime_heap_by_day']}  floor {r['floor_by_day']}"
                 f"  growth day 2-7 {r['growth_day2_to_7']} B"
             )
     return 0

@@ -15,6 +15,8 @@
 #     "adc_scale": {"supply": [11, 1]},         voltage dividers in front of ADC inputs
 #     (radio "uart": {"id": 1, "baud": 115200, "tx": 17, "rx": 16} for a wired node)
 #     (radio "lorawan": an AT-command LoRaWAN modem on "uart", firmware/radio_lorawan.py)
+#     (radio "basics_station": true: a "lora" node behind LoRa Basics Station gateways sends
+#      each frame as a LoRaWAN proprietary frame, 0xE0 before it, SPEC §7; default false)
 #     "key_fresh": true,                written by `lumeau node provision` with a new
 #                                       key: the uplink counter may start at 0 when
 #                                       no state of this key is on the board (SPEC §4
@@ -90,6 +92,8 @@ RADIO_DEFAULTS = {
     "bw_hz": 125000,
     "cr": 5,
     "tx_power": 14,
+    # a name longer than 10 characters: mpy-cross stores it as a string, not an interned name
+    "basics_station": False,
 }
 
 
@@ -187,6 +191,10 @@ def _radio(r):
         raise ConfigError("radio.bw_hz: %d is not 125000, 250000 or 500000" % bw)
     _int(out, "cr", _CR_DENOM_MIN, _CR_DENOM_MAX, "radio.")
     _int(out, "tx_power", _TX_POWER_MIN, _TX_POWER_MAX, "radio.")
+    if _bool(out, "basics_station", "radio.") and out["type"] != "lora":
+        raise ConfigError(
+            "radio.basics_station: only for radio.type lora (a LoRa modem the node drives), not %r" % out["type"]
+        )
     uart = out.get("uart", {})
     if type(uart) is not dict:
         raise ConfigError("radio.uart: expected an object")
@@ -240,6 +248,10 @@ def load(data):
     _bool(cfg, "encrypt")
     _bool(cfg, "key_fresh")
     cfg["radio"] = _radio(_section(cfg, "radio"))
+    if kind == "bridge" and cfg["radio"]["basics_station"]:
+        raise ConfigError(
+            "radio.basics_station: a node's setting; a radio bridge forwards the frames it hears as they are"
+        )
     ble = {"enabled": False, "configure": True, "adv_interval_ms": 500}
     for k in _section(cfg, "ble"):
         if k not in ble:

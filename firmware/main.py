@@ -47,7 +47,14 @@ def make_radio(cfg, hal, machine=None):
 
         modem = make_modem(r, cfg["pins"])
         return LoRaRadio(
-            modem, r["freq_hz"], r["sf"], r["bw_hz"], r["cr"], r["tx_power"], bridge=cfg["kind"] == "bridge"
+            modem,
+            r["freq_hz"],
+            r["sf"],
+            r["bw_hz"],
+            r["cr"],
+            r["tx_power"],
+            bridge=cfg["kind"] == "bridge",
+            wrapper=r["basics_station"],  # LoRaWAN proprietary frames (SPEC §7), config.py checked it
         )
     if r["type"] == "lorawan":  # an AT-command LoRaWAN modem (SPEC §14): loaded only here
         from firmware.radio_lorawan import make

@@ -65,7 +65,7 @@ _NODE = (
     "uplink.py",
 )
 FIRMWARE = {
-    "lighting": _NODE + ("astro.py", "group.py", "group_rx.py", "lighting.py", "lighting_cfg.py"),
+    "lighting": _NODE + ("astro.py", "group.py", "lighting.py", "lighting_cfg.py"),
     "irrigation": _NODE + ("irrigation.py", "irrigation_cfg.py", "battery.py", "hal_battery.py"),
     "bridge": (
         "__init__.py",

@@ -17,7 +17,6 @@
 import asyncio
 
 from protocol import nodelora as lora
-from protocol import serial as framing
 
 from firmware.aio import wait_ms
 
@@ -59,6 +58,10 @@ class UartRadio(Radio):
     continuous = True
 
     def __init__(self, hal, port, baud=115200, poll_ms=_UART_POLL_MS):
+        # protocol.serial is imported here, not with the module: a LoRa node (or the simulator's
+        # memory link) never loads its code and names (every name costs heap, bench/README.md)
+        from protocol import serial as framing
+
         self.hal = hal
         self.port = port
         self.baud = baud
@@ -69,10 +72,14 @@ class UartRadio(Radio):
         self.dropped = 0
 
     def airtime_ms(self, n):
+        from protocol import serial as framing
+
         # 10 bits a byte (8N1), COBS and CRC overhead included
         return framing.max_encoded_len(n) * 10000 // self.baud
 
     async def send(self, frame):
+        from protocol import serial as framing
+
         k = framing.encode_into(frame, self._out)
         self.port.write(memoryview(self._out)[:k])
         await self.hal.sleep_ms(self.airtime_ms(len(frame)))

@@ -23,12 +23,18 @@ RX_MARGIN_MS = 40
 
 
 class LoRaRadio:
-    """firmware.radio.Radio on a micropython-lib async LoRa modem."""
+    """firmware.radio.Radio on a micropython-lib async LoRa modem.
+
+    wrapper: the node is behind LoRa Basics Station gateways (config radio.basics_station,
+    SPEC §7): every frame goes out as a LoRaWAN proprietary frame (protocol/nodelora.py
+    `wrapper`: one byte 0xE0, then the frame), a leading 0xE0 is stripped from what is heard,
+    and the payload limits and times on air count that byte."""
 
     continuous = False
 
-    def __init__(self, modem, freq_hz=868100000, sf=9, bw_hz=125000, cr=5, tx_power=14, bridge=False):
+    def __init__(self, modem, freq_hz=868100000, sf=9, bw_hz=125000, cr=5, tx_power=14, bridge=False, wrapper=False):
         self.modem = modem
+        self.wrapper = wrapper
         self.freq_hz = freq_hz
         self.sf = sf
         self.bw_hz = bw_hz
@@ -36,7 +42,7 @@ class LoRaRadio:
         self.tx_power = tx_power
         self.bridge = bridge
         self.band = lora.band_for(freq_hz, bw_hz)
-        self.max_frame = lora.max_payload(sf)
+        self.max_frame = lora.max_payload(sf) - wrapper  # a bool: the MHDR's byte, or none
         self.crc_errors = 0
         self._apply()
 
@@ -60,7 +66,7 @@ class LoRaRadio:
         if sf is not None:
             lora.max_payload(sf)  # ValueError outside 7..12
             self.sf = sf
-            self.max_frame = lora.max_payload(sf)
+            self.max_frame = lora.max_payload(sf) - self.wrapper
         if tx_power is not None:
             self.tx_power = tx_power
         if freq_hz is not None or bw_hz is not None:
@@ -72,12 +78,14 @@ class LoRaRadio:
         self._apply()
 
     def airtime_ms(self, n):
-        return lora.airtime_ms(n, self.sf, self.bw_hz, self.cr, _PREAMBLE)
+        return lora.airtime_ms(n + self.wrapper, self.sf, self.bw_hz, self.cr, _PREAMBLE)
 
     def rx_window_ms(self):
         return 2 * RX_MARGIN_MS + RX_WINDOW_SYMBOLS * lora.symbol_us(self.sf, self.bw_hz) // 1000
 
     async def send(self, frame):
+        if self.wrapper:
+            frame = lora.wrapper(frame)
         return await self.modem.send(frame)
 
     async def recv(self, timeout_ms):
@@ -87,7 +95,10 @@ class LoRaRadio:
         if getattr(rx, "crc_error", False):
             self.crc_errors += 1
             return None
-        return (bytes(rx), rx.rssi, rx.snr)
+        data = bytes(rx)
+        if self.wrapper:
+            data = lora.wrapper(data, True)
+        return (data, rx.rssi, rx.snr)
 
 
 def make_modem(radio_cfg, pins):

@@ -41,7 +41,7 @@ from protocol import messages as m
 log = logging.getLogger("lumeau.gateway.multicast")
 
 RX2_MHZ = groupcast.GROUP_FREQ_HZ / 1e6  # EU868 RX2, sub-band g3 (10 %): where members listen (LoRa class C)
-DEFAULT_SF = groupcast.GROUP_SF  # what a member's LoRa modem listens at (firmware/group_rx.py)
+DEFAULT_SF = groupcast.GROUP_SF  # what a member's LoRa modem listens at (firmware/group.py Listener)
 LIGHTING = "lighting"
 
 

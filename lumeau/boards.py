@@ -45,10 +45,12 @@ TOP_KEYS = (
     "lighting",
     "irrigation",
 )
-# the last five: radio.type "lorawan" (firmware/radio_lorawan.py), an AT-command LoRaWAN modem on radio.uart
+# the second line: radio.type "lorawan" (firmware/radio_lorawan.py), an AT-command LoRaWAN modem on radio.uart;
+# the last: a "lora" node behind LoRa Basics Station gateways (SPEC §7, firmware/README.md)
 RADIO_KEYS = (
     *("type", "freq_hz", "sf", "bw_hz", "cr", "tx_power", "chip", "uart"),
     *("region", "dev_eui", "join_eui", "app_key", "confirmed"),
+    "basics_station",
 )
 UART_KEYS = ("id", "baud", "tx", "rx")
 BLE_KEYS = ("enabled", "configure", "adv_interval_ms")

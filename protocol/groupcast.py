@@ -6,7 +6,7 @@
 #   group key = HKDF-SHA256(master, "lumeau/v1", "lumeau group key" || addr (4) || gen (4), 16)
 #
 # (derived, not drawn: one (addr, gen) has exactly one key, so the pad a key travels
-# under, protocol/nodegroup.py `wrap_pad`, never covers two different keys, even after a
+# under, wrap_pad below (protocol/nodegroup.py `mask`), never covers two different keys, even after a
 # gateway database is restored from a backup). The key reaches each member in a unicast
 # COMMAND `join_group` (OP_JOIN_GROUP), wrapped under that member's own key: never in
 # clear. A GROUP_COMMAND frame is the ordinary frame layout (SPEC §1) with the group
@@ -17,7 +17,9 @@
 from protocol import frame
 from protocol.crypto import hkdf_sha256
 from protocol.messages import GROUP_COMMAND, OP_JOIN_GROUP
-from protocol.nodegroup import mic_key, mic_ok, wrap_pad, xor16  # the node's part
+from protocol.nodegroup import mask, mic_key, verify  # the node's part
+
+mic_ok = verify  # mic_ok(mic key, raw): the frame's MIC checks
 
 GROUP_ADDR_MIN = 1
 GROUP_ADDR_MAX = 0xFFFF  # 3 bytes of CBOR at most: the join COMMAND must fit 51 B
@@ -48,6 +50,16 @@ def check_addr(addr):
         raise ValueError("group address must be an integer %d..%d" % (GROUP_ADDR_MIN, GROUP_ADDR_MAX))
 
 
+def wrap_pad(keys, addr, gen):
+    """The 16-byte pad a group key of (addr, gen) travels under to the node of `keys`
+    (protocol/nodegroup.py `mask` XORs a key with it)."""
+    return mask(keys, addr, gen, bytes(16))
+
+
+def xor16(a, b):
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
 def _words(b):
     # 16 bytes -> four signed int32 (COMMAND arguments are int32)
     out = []
@@ -75,7 +87,7 @@ def join_args(keys, addr, gen, next_counter, key):
         raise ValueError("group counter out of range 0..%d: rotate the group key" % GROUP_COUNTER_MAX)
     if len(key) != GROUP_KEY_LEN:
         raise ValueError("a group key is 16 bytes")
-    return [addr, gen, next_counter] + _words(xor16(key, wrap_pad(keys, addr, gen)))
+    return [addr, gen, next_counter] + _words(mask(keys, addr, gen, key))
 
 
 def unwrap_args(keys, args):
@@ -83,7 +95,7 @@ def unwrap_args(keys, args):
     if len(args) != JOIN_ARGS:
         raise ValueError("join_group takes %d arguments" % JOIN_ARGS)
     addr, gen, nxt = args[0], args[1], args[2]
-    return addr, gen, nxt, xor16(_unwords(args[3:]), wrap_pad(keys, addr, gen))
+    return addr, gen, nxt, mask(keys, addr, gen, _unwords(args[3:]))
 
 
 def join_body(keys, command_id, addr, gen, next_counter, key):
@@ -113,6 +125,6 @@ def open_frame(key, raw):
     f = frame.parse(raw)
     if f.mtype != GROUP_COMMAND or f.encrypted:
         raise frame.MalformedFrame("not a GROUP_COMMAND frame (type %d)" % f.mtype)
-    if not mic_ok(mic_key(key, f.node_id), f.raw):
+    if not verify(mic_key(key, f.node_id), f.raw):
         raise frame.BadMIC("group MIC mismatch for group %d counter %d" % (f.node_id, f.counter))
     return f.node_id, f.counter, f.body

@@ -18,6 +18,7 @@ _PREAMBLE_MAX = const(65535)
 _PREAMBLE_DEFAULT = const(8)  # LoRaWAN's preamble
 _LDRO_SYMBOL_US = const(16000)  # LDRO auto-on from this symbol duration (16 ms)
 _N_BANDS = const(6)
+_MHDR = const(0xE0)  # protocol.proprietary.MHDR: a LoRaWAN proprietary frame's header (SPEC §7)
 
 # EU868 sub-bands, 3 ints each: low edge Hz, high edge Hz, 1 / duty cycle
 # (lora.BANDS adds their names).
@@ -178,3 +179,14 @@ class DutyCycle:
         for i in range(_N_BANDS):
             self._until[i] = 0
             self._used_us[i] = 0
+
+
+def wrapper(frame, strip=False):
+    """A node's frames through LoRa Basics Station gateways (SPEC §7, protocol/proprietary.py):
+    the PHYPayload carrying `frame` as a LoRaWAN proprietary frame, MHDR 0xE0 then the frame
+    unchanged; with `strip`, a received PHYPayload's frame: without its leading 0xE0, and
+    unchanged when it has none (no v1 frame starts with 0xE0: anything else fails to parse
+    as it always did). Names a node has interned already (`wrapper`, `strip`)."""
+    if strip:
+        return frame[1:] if frame and frame[0] == _MHDR else frame
+    return bytes((_MHDR,)) + frame

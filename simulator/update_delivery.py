@@ -14,7 +14,7 @@ fragment session (SPEC §13 "Over LoRa") `at_s` after the start, as gateway/fuot
   misses plus `margin` go by multicast; at most `max_rounds` rounds.
 
 Each lamp takes each frame unless it is lost (probability `loss`, the scenario's seed) or
-the lamp is deaf: transmitting its own report, and for 1.1 s after it (firmware/group_rx.py:
+the lamp is deaf: transmitting its own report, and for 1.1 s after it (firmware/group.py's Listener:
 its RX1). Its fragments go through the node's own decoder (protocol/nodefrag.py, the code a
 lamp runs, with its files in a temporary directory): a lamp is `updated` once its image is
 complete plus `install_s` (the updater's checks and the reboot into the trial). No bad

@@ -95,6 +95,31 @@ def test_firmware_memory_bench_measures_a_node_taking_a_calendar():
         assert app["max_frame_bytes"] <= 51 and app["meets_bar"], (kind, app["runtime_heap"], app["total"])
 
 
+def test_firmware_memory_bench_measures_a_member_lamp():
+    # --member: the lamp joins a group by a sealed join_group COMMAND and takes the day's group
+    # command at 01:00 by multicast on its Listener; checked against what the node holds and sent
+    cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "1.5"]
+    out = subprocess.run(
+        [*cmd, "--apps", "lighting", "--tick-ms", "5000", "--member"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert result["member"] is True and set(result["apps"]) == {"lighting", "lighting-member"}
+    app = result["apps"]["lighting-member"]
+    got = app["member"]
+    # the node holds group 7, its next group counter past the one frame sent; its radio is the Listener,
+    # which heard it; the gateway heard the node's CMD_ACK (result ok) for it
+    assert got["sent"] == 1 and got["groups"] == [[7, 1]], got
+    assert got["listener"] is True and got["listener_heard"] == 1 and got["acks_ok"] == 1, got
+    assert app["app_faults"] == 0 and app["frames_rejected"] == 0
+    # the group code is resident: more code than the lamp in no group of the same run
+    assert app["code_heap"] > result["apps"]["lighting"]["code_heap"]
+    assert "member" not in result["apps"]["lighting"]
+
+
 def test_firmware_memory_soak_is_flat_over_three_days():
     """Both nodes under MicroPython for 3 simulated days: their heap must not grow (issue 21).
 

@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import ROOT
 
-from protocol import bridge_msg, frame, keys, lora, serial
+from protocol import bridge_msg, frame, keys, lora, nodelora, proprietary, serial
 from protocol import messages as m
 
 SPEC = ROOT / "protocol" / "SPEC.md"
@@ -41,6 +41,7 @@ def test_spec_has_examples_of_every_kind():
         "bridge",
         "lorawan",
         "group",
+        "basicstation",
     }  # group: test_groupcast.py
     assert len(examples("frame")) >= 4
 
@@ -108,3 +109,10 @@ def test_bridge_example(ex):
         assert bridge_msg.encode_time(*want[1:]) == message
     else:
         assert bridge_msg.encode_tx_result(*want[1:]) == message
+
+
+@pytest.mark.parametrize("ex", examples("basicstation"))
+def test_basicstation_example(ex):
+    raw, phy = unhex(ex["frame"]), unhex(ex["phy"])
+    assert nodelora.wrapper(raw) == proprietary.wrap(raw) == phy  # the node's rule and the gateway's
+    assert nodelora.wrapper(phy, True) == proprietary.unwrap(phy) == raw

@@ -1,5 +1,5 @@
 # A member lamp's continuous receive on a LoRa modem, under real MicroPython (SPEC §5
-# "Groups", "Listening"; firmware/group_rx.py over firmware/radio_lora.py): tested above the
+# "Groups", "Listening"; firmware/group.py Listener over firmware/radio_lora.py): tested above the
 # driver, on air_modem.AirModem (shaped like micropython-lib's async `lora` modem). A member
 # hears a GROUP_COMMAND on the group channel between its uplinks; its uplinks and their
 # receive windows stay on the uplink channel and still carry unicast downlinks; the driver
@@ -88,7 +88,7 @@ async def test_a_member_hears_group_frames_between_uplinks_and_keeps_its_windows
     assert modem.air(_group_frame(0), GROUP_CH)
     await clock.run_for(S)
     g = node.app.group
-    assert g.slots[0][2] == 1 and radio.heard == 1 and node.rx == 1
+    assert g.slots[0][2] == 1 and radio.rx == 1 and node.rx == 1
     # the group command's CMD_ACK goes within 60 s; the unicast COMMAND in its RX1, then its CMD_ACK
     await _until(clock, lambda: _acks(modem) == [MCAST_ID, 5], 180)
     # each sent when due, not held back by the listening (a send stops it at once): the group
@@ -101,7 +101,7 @@ async def test_a_member_hears_group_frames_between_uplinks_and_keeps_its_windows
     await _until(clock, lambda: _listening(modem), 5)
     assert modem.air(_group_frame(1, MCAST_ID + 1), GROUP_CH)
     await clock.run_for(S)
-    assert g.slots[0][2] == 2 and radio.heard == 2
+    assert g.slots[0][2] == 2 and radio.rx == 2
     await _until(clock, lambda: _acks(modem)[-1:] == [MCAST_ID + 1], 90)
     await _until(clock, lambda: _listening(modem), 5)  # after that uplink's window
     task.cancel()

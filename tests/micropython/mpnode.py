@@ -21,6 +21,7 @@ ROOT_HEX = "000102030405060708090a0b0c0d0e0f"
 NODE_ID = 0x00A1B2C3
 # 2026-06-21 00:00 UTC: midsummer, the shortest night at the test latitude
 MIDSUMMER = 1782000000 - (1782000000 % 86400)
+MCAST_ID_BASE = 0x80000000  # protocol.groupcast's: command ids of multicast commands
 
 
 class MiniGateway:
@@ -40,6 +41,7 @@ class MiniGateway:
         self.feed = []  # downlinks sent one per uplink, in order (a calendar's fragments)
         self.down = 0
         self.max_frame = 0
+        self.group_acks = 0  # CMD_ACKs of multicast commands (ids >= MCAST_ID_BASE) with result ok
 
     def seal(self, mtype, body):
         # bytes: a raw body (an update's FRAG, protocol/fragments.py), else a CBOR message
@@ -64,6 +66,8 @@ class MiniGateway:
             self.count += 1
             if self.keep:
                 self.heard.append((self.hal.ticks_ms(), f.mtype, f.counter, body, n))
+            if f.mtype == m.CMD_ACK and body.get(0, 0) >= MCAST_ID_BASE and body.get(1) == m.RES_OK:
+                self.group_acks += 1
             todo = []
             if (f.mtype == m.HELLO or (f.mtype == m.STATUS and not body.get(1))) and self.clock is not None:
                 # a TIME answers the uplink it follows (SPEC §4, "Freshness")
@@ -168,6 +172,7 @@ def start_node(
     lean=False,
     tick_ms=None,
     lorawan=False,
+    modem=False,
 ):
     """(hal, node, gateway, tasks, world): one node and its gateway on `clock`, running.
 
@@ -175,6 +180,8 @@ def start_node(
     tick_ms: the app's tick instead of its default (a soak runs faster on a coarser one).
     lorawan: the node's radio is firmware/radio_lorawan.py on the simulated RAK3172
     (at_modem.py), and the "gateway" the network behind it (at_modem.Network).
+    modem: the node's radio is firmware/radio_lora.py's LoRaRadio, as on a board, on a LinkModem
+    over the memory link (so a lamp in a group listens through firmware/group.py's Listener).
     """
     hal = SimHAL(clock, storage=storage, reset_cause=reset_cause, history_max=0 if lean else 20000)
     gw = None
@@ -187,6 +194,10 @@ def start_node(
     else:
         gw_hal = SimHAL(clock)
         node_radio, gw_radio = memory_link(hal, gw_hal, sf=9)
+        if modem:
+            from firmware.radio_lora import LoRaRadio
+
+            node_radio = LoRaRadio(LinkModem(node_radio))
     if app_class is None:
         if kind == "lighting":
             from firmware.lighting import Lighting as app_class
@@ -199,6 +210,49 @@ def start_node(
         gw = MiniGateway(gw_hal, gw_radio, clock=clock, keep=not lean)
         tasks.append(asyncio.create_task(gw.run()))
     return hal, node, gw, tasks, world
+
+
+class _Packet(bytearray):
+    """What the `lora` driver's recv() returns (RxPacket): the bytes, rssi, snr, crc_error."""
+
+    rssi = -90
+    snr = 80
+    crc_error = False
+
+
+class LinkModem:
+    """A LoRa modem shaped like micropython-lib's async `lora` driver (as air_modem.AirModem:
+    configure(dict), send, recv, standby) on the node's end of a memory link. Lean: it keeps
+    nothing (for bench/firmware_memory.py --member); one channel: what the gateway end sends
+    reaches a recv() under way, whatever channel the node tuned to."""
+
+    def __init__(self, link):
+        self.link = link  # the node's MemoryRadio
+
+    def configure(self, cfg):
+        pass
+
+    def standby(self):
+        self.link._arrived.set()  # the recv() under way returns None (its queue is empty)
+
+    async def send(self, packet):
+        await self.link.send(packet)
+
+    async def recv(self, timeout_ms):
+        r = await self.link.recv(timeout_ms)
+        return None if r is None else _Packet(r[0])
+
+
+async def multicast(gw, frames, n, at_ms, every_ms=86400000):
+    """Send the `n` GROUP_COMMAND frames in `frames` (bytes, all of one length, already sealed)
+    from the gateway's radio: the first at ticks `at_ms`, then one every `every_ms`. Returns how
+    many went out (a multicast is sent whether anyone listens or not)."""
+    hal = gw.hal
+    size = len(frames) // n
+    for i in range(n):
+        await hal.sleep_ms(at_ms + i * every_ms - hal.ticks_ms())
+        await gw.radio.send(frames[i * size : (i + 1) * size])
+    return n
 
 
 def stop(hal, tasks):
