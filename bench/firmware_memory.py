@@ -389,10 +389,10 @@ def run_app(
         files.append([str(AT_MODEM), "/bench/at_modem.py"])
     feed_n = 0
     if fuota:  # [None] * 8: the first fragment answers the node's 9th uplink, as a calendar's
-        frames = [None] * 8 + bench_fuota()
-        feed_n = len(frames)
+        feed = [None] * 8 + bench_fuota()
+        feed_n = len(feed)
         tmpdir = Path(tempfile.mkdtemp(prefix="lumeau-fuota-"))
-        (tmpdir / "fuota.bin").write_bytes(b"".join(bytes([len(b)]) + b if b else b"\0" for b in frames))
+        (tmpdir / "fuota.bin").write_bytes(b"".join(bytes([len(b)]) + b if b else b"\0" for b in feed))
         (tmpdir / "filefeed.py").write_text(FUOTA_FEED)
         files += [[str(tmpdir / "fuota.bin"), "/bench/fuota.bin"], [str(tmpdir / "filefeed.py"), "/bench/filefeed.py"]]
     radios = "radio_lorawan" if lorawan else "radio, radio_lora"  # what firmware/main.py imports for that radio
