@@ -655,6 +655,22 @@ def datetime_unix(text: str) -> float:
     return parse_time(text)
 
 
+def test_demo_clocks_stay_within_the_bar_through_the_real_gateway(demo):
+    """Issue 11's bar, through the real gateway process: every node's clock within 2 s all day after its
+    first TIME (the demo reached 3.9-5.0 s while the live link did not hold for the gateway's drift
+    re-syncs); the windows the link held for were answered or ended by the gateway, not by the clock."""
+    _out, stdout, results = demo
+    ck, gw = results["clock"], results["gateway"]
+    assert ck["nodes_synced"] == results["scenario"]["lamps"] + results["scenario"]["controllers"]
+    assert ck["max_error_s"] <= 2.0, ck["worst_node"]
+    assert ck["never_restored"] == [] and ck["reboot_to_profile_s"] <= 15.0
+    assert ck["time_taken"] >= 0.9 * ck["time_downlinks_sent"]  # taken, not only sent
+    assert gw["downlinks_time_auto"] == ck["time_downlinks_sent"] and gw["downlinks_rerouted"] >= 1
+    assert gw["live_holds"] == gw["live_holds_answered"] + gw.get("live_holds_unanswered", 0)
+    assert gw.get("live_holds_unanswered", 0) - gw.get("live_holds_ended_by_gateway", 0) <= 5  # at the deadline
+    assert "ended by the gateway with nothing to send" in stdout
+
+
 def test_demo_delivery_frames_and_totals(demo):
     from simulator.scenario import load
 
