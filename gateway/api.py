@@ -84,7 +84,9 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
                                    "nodes": {id: {"offset_s": [lo, hi] (null: unknown), "drift_ppm":
                                    [lo, hi], "last_time_at", "resync_at" (from when its uplinks get a
                                    re-sync; 0: its next one; null: not foreseen), "repeat", "refused"}}}
-                                   for the nodes heard (?limit=); 404 when auto_time is off
+                                   for the nodes heard (?limit=; "total": how many); ?plan=1:
+                                   {"resync_at": {id: t}} for every node heard, nothing else per
+                                   node (the simulator's live link reads it); 404 when auto_time is off
   GET    /nodes/{id}/window        its latest radio uplink's receive window: {"counter", "answering"
                                    (the answer still being made), "sent" (frames handed to a radio),
                                    "refused" (why the last refused one was, or null)}; 404 none since
@@ -1024,14 +1026,21 @@ class Api:
         ts = self.downlinks.timesync
         if ts is None:
             return _error(404, "automatic time is off ([downlinks] auto_time = false)")
+        heard = ts.nodes()
+        head = {"threshold_s": ts.threshold_s, "at": ts.clock(), "total": len(heard), "counts": dict(ts.counts)}
+        if request.query.get("plan") == "1":  # only when each re-sync falls due: small enough for every node
+            plan = {}
+            for node_id in heard:
+                d = ts.describe(node_id)
+                if d is not None:
+                    plan[format_node_id(node_id)] = d["resync_at"]
+            return web.json_response({**head, "resync_at": plan})
         nodes = {}
-        for node_id in ts.nodes()[: self._limit(request)]:
+        for node_id in heard[: self._limit(request)]:
             d = ts.describe(node_id)
             if d is not None:
                 nodes[format_node_id(node_id)] = d
-        return web.json_response(
-            {"threshold_s": ts.threshold_s, "at": ts.clock(), "nodes": nodes, "counts": dict(ts.counts)}
-        )
+        return web.json_response({**head, "nodes": nodes})
 
     async def node_window(self, request: web.Request) -> web.Response:
         node_id = self._node_id(request)

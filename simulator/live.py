@@ -319,12 +319,12 @@ class LiveGateway:
         """When the gateway's drift re-syncs fall due, per node heard (GET /time); None: auto time off."""
         assert svc.api is not None
         try:
-            doc = svc.api.json("/time")  # the first LIST_MAX (1,000) nodes heard: a district's
+            doc = svc.api.json("/time?plan=1")  # every node heard, its due time only
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 return None
             raise
-        return {int(k, 16): v.get("resync_at") for k, v in doc.get("nodes", {}).items()}
+        return {int(k, 16): v for k, v in doc.get("resync_at", {}).items()}
 
     def _note_received(self, samples: list) -> None:
         self._gw_received = {

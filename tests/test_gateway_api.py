@@ -334,6 +334,10 @@ async def test_time_and_receive_window_endpoints(tmp_path):
             n = doc["nodes"]["00000001"]
             assert n["repeat"] is True and n["resync_at"] == n["last_time_at"] > t0  # its repeat: next uplink
             assert n["offset_s"] == [-0.1, 0.1] and n["drift_ppm"] == [-100.0, 100.0]
+            assert doc["total"] == 1
+            async with http.get("/time?plan=1", headers=AUTH) as r:
+                plan = await r.json()
+            assert plan["resync_at"] == {"00000001": n["resync_at"]} and "nodes" not in plan
             async with http.get("/time?limit=0", headers=AUTH) as r:
                 assert r.status == 400
     finally:
