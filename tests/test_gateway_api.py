@@ -314,6 +314,8 @@ async def test_time_and_receive_window_endpoints(tmp_path):
                 assert r.status == 404 and "since the gateway started" in (await r.json())["error"]
             async with http.get("/nodes/00000009/window", headers=AUTH) as r:
                 assert r.status == 404 and (await r.json())["error"] == "no such node"
+            async with http.get("/nodes/not-a-node/window", headers=AUTH) as r:
+                assert r.status == 400 and "error" in await r.json()
             radio = Radio()
             rx = reception(seal(1, 5), transport="udp", path=radio, rx_time=t0)
             rx.sf = 7
