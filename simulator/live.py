@@ -38,8 +38,10 @@ How time is paced (the virtual clock against a gateway on real time):
   gateway's automatic TIME), an uplink of a set clock from when the
   gateway's time plan (GET /time: `resync_at` per node, the drift
   re-sync's due time on the radios' clock, that is simulated time) says
-  the node is due, or when the gateway has downlinks queued for its node
-  (the link asks the gateway's local API every API_POLL_S of real time).
+  the node is due, when the gateway has downlinks queued for its node, or
+  when the node's calendar is pending (GET /calendars: any of its uplinks
+  may start a round, whose first fragment answers that uplink) -- the link
+  asks the gateway's local API every API_POLL_S of real time.
   Every other uplink costs no real time. Issue 11: before the time plan
   the drift re-syncs were not held for and missed their windows (the
   demo's clocks drifted to 3.9-5 s); before the gateway said when it is
@@ -171,6 +173,9 @@ class LiveGateway:
         self._handed: dict[tuple[int, int], float] = {}  # (node, counter) -> time.time() of the first hand-over
         self._sent: Counter[str] = Counter()  # frames handed over, by gateway transport
         self._open_nodes: frozenset[int] = frozenset()  # nodes with downlinks queued at the gateway
+        # nodes whose calendar is pending (GET /calendars): any uplink may start a round, whose first
+        # fragment goes in that uplink's own window (gateway/calendar_sync.py)
+        self._calendar_pending: frozenset[int] = frozenset()
         # node -> from when (virtual Unix s) its uplinks get a drift re-sync (GET /time); None: auto time off
         # (until the first answer: every node never heard, whose first uplink of a set clock gets one)
         self._resync_at: dict[int, float | None] | None = {}
@@ -311,6 +316,10 @@ class LiveGateway:
                 for p in self.probes:
                     p.poll(svc.api, self.ctx.unix_now() if self.ctx is not None else 0.0)
                 self._resync_at = self._time_plan(svc)
+                cal = svc.api.json("/calendars")
+                self._calendar_pending = frozenset(
+                    int(k, 16) for k, v in cal.get("nodes", {}).items() if v.get("state") == "pending"
+                )
             except (OSError, ValueError, KeyError) as e:  # the gateway stopping, a slow answer: next time
                 self._poll_error = str(e)[:200]
 
@@ -383,7 +392,7 @@ class LiveGateway:
         self._by_key[(hearing.gateway, tmst, up.node_id)] = w
 
     def _may_answer(self, node_id: int, raw: bytes, unix_s: float) -> bool:
-        if node_id in self._open_nodes:
+        if node_id in self._open_nodes or node_id in self._calendar_pending:
             return True
         keys = self._keys.get(node_id)
         if keys is None:
