@@ -354,9 +354,36 @@ class TimeSync:
         after = st.sent_at + wait if st.sent_at is not None else -math.inf
         if st.a_t is None:
             return after
-        ahead = self._ahead(st)
         cross = self._cross(st)
-        return max(after, (cross if cross is not None else math.inf) - ahead)
+        return max(after, self._first_due(st, cross if cross is not None else math.inf))
+
+    def _first_due(self, st: _Node, cross: float) -> float:
+        """The earliest time t of the node's next uplink with t + ahead >= cross, ahead as that very
+        uplink makes it: its gap enters the node's mean gap first (a report's jitter moves the mean,
+        and three gaps of lookahead move with it by tens of seconds)."""
+        if cross == math.inf:
+            return cross
+        last = st.last_rx
+        if last is None:  # its first uplink leaves the gap unknown
+            return cross - self.lookahead_s
+        k = REFUSALS_FREE + 1
+        g0 = st.gap
+
+        def ahead_at(t: float) -> float:
+            g = t - last if g0 is None else 0.75 * g0 + 0.25 * (t - last)
+            return min(max(k * g, 60.0), 3600.0)
+
+        # t + ahead_at(t) grows with t: solve it unclamped, then in the clamp's region if it falls there
+        if g0 is None:
+            t = (cross + k * last) / (1 + k)
+        else:
+            t = (cross - k * 0.75 * g0 + k * 0.25 * last) / (1 + 0.25 * k)
+        a = ahead_at(t)
+        if a <= 60.0:
+            return cross - 60.0
+        if a >= 3600.0:
+            return cross - 3600.0
+        return t
 
     def describe(self, node_id: int) -> dict[str, Any] | None:
         """What the gateway knows of the node's clock (the API's GET /time): None when never heard."""

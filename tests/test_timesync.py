@@ -10,7 +10,7 @@ import json
 
 import pytest
 from gateway_helpers import LIGHT_BODY, node_keys, reception, registry, seal
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.downlinks import Downlinks
@@ -348,13 +348,16 @@ async def test_the_service_keeps_what_it_knows_of_the_clocks_across_a_restart(tm
 # -- told ahead: when a node's next uplink gets a re-sync (GET /time; the simulator's live link) ----
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     ppm=st.floats(-100.0, 100.0),
-    gap=st.sampled_from([300.0, 900.0, 1800.0]),
+    gap=st.sampled_from([10.0, 300.0, 900.0, 1800.0, 3000.0]),
     refuse=st.lists(st.booleans(), min_size=40, max_size=40),
+    jitter=st.lists(st.floats(-0.2, 0.2), min_size=40, max_size=40),
 )
-def test_due_at_says_ahead_which_uplinks_get_a_resync(ppm, gap, refuse):
+@example(ppm=0.0, gap=300.0, refuse=[False] * 40, jitter=[0.2, -0.2, 0.1, -0.1, 0.0] * 8)
+@example(ppm=-90.0, gap=900.0, refuse=[False, True] * 20, jitter=[0.15, -0.2, 0.05, 0.2] * 10)
+def test_due_at_says_ahead_which_uplinks_get_a_resync(ppm, gap, refuse, jitter):
     """`due_at`, asked before an uplink, says what `on_uplink` then decides: a radio link that holds its
     clock for the gateway's answer holds for exactly those uplinks (none missed; none held in vain but
     a STATUS's, whose measurement may show the clock better than the bound feared)."""
@@ -363,8 +366,8 @@ def test_due_at_says_ahead_which_uplinks_get_a_resync(ppm, gap, refuse):
     set_at, offset = T0, 0.0  # the node's clock: offset at set_at, then ppm
     t = T0
     decided = 0
-    for k, no in enumerate(refuse * 3):
-        t += gap
+    for k, (no, j) in enumerate(zip(refuse * 3, jitter * 3)):
+        t += gap * (1 + j)  # a report's jitter moves the node's mean gap, and the lookahead with it
         node = t + offset + ppm * 1e-6 * (t - set_at)
         due = ts.due_at(NODE)
         predicted = due is None or t >= due
