@@ -120,6 +120,7 @@ HOLD_LEAD_S = 0.010  # simulated s before RX1 at which the clock waits for the g
 HOLD_SLACK_S = 0.05  # real s past the gateway's 1 s deadline a downlink may still be in flight
 API_POLL_S = 0.2  # real s between looks at the gateway's counters, downlink queue and queue depth
 HOLD_POLL_S = 0.004  # real s between looks at the gateway's answer to a held window (GET /nodes/{id}/window)
+SETTLE_MAX_S = 0.25  # real s an answered window may wait past the deadline for the gateway to say it is done
 UDP_AHEAD_MAX = 64  # rxpk handed over UDP and not yet read by the gateway, at most (see "Flow control")
 CATCH_UP_TIMEOUT_S = 30.0  # real s the gateway may take to read that backlog before the run fails
 DRAIN_TIMEOUT_S = 60.0  # real s for the gateway to read, store and deliver everything at the end
@@ -415,17 +416,21 @@ class LiveGateway:
         return False
 
     def _hold(self, w: _Window) -> None:
-        """Stop the simulated clock (a synchronous callback) until the gateway answered, or said it is done
-        with the window without a frame for it (nothing due after all, its duty cycle, its budget), or
+        """Stop the simulated clock (a synchronous callback) until the gateway is done with the window:
+        answered it and knows its frame went (the radio's TX_RESULT or TX_ACK read: its bookkeeping, a
+        calendar's round say, is done before the node's next uplink can reach it, as in the field), or
+        said it is done without a frame for it (nothing due after all, its duty cycle, its budget), or
         cannot answer any more."""
         t0 = time.monotonic()
         deadline = w.handed + RX1_DELAY_MS / 1000 + HOLD_SLACK_S
         counter = fr.parse(bytes(w.uplink.payload or b"")).counter
-        done = False
-        while not w.answered and not done and (now := time.monotonic()) < deadline:
+        done = settle = False
+        while not done and (now := time.monotonic()) < deadline:
             self._poll(min(HOLD_POLL_S, deadline - now))
-            if not w.answered:
-                done = self._window_done(w.node_id, counter)
+            done = self._window_done(w.node_id, counter)
+            if w.answered and not done and not settle and time.monotonic() >= deadline:
+                settle = True  # on the air: the gateway's word may lag a little, once
+                deadline = time.monotonic() + SETTLE_MAX_S
         if done:
             self._poll(0)  # a frame written before the gateway said so is read now
         self.counts["holds"] += 1
