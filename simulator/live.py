@@ -28,10 +28,11 @@ How time is paced (the virtual clock against a gateway on real time):
   (HOLD_LEAD_S of simulated time before it) and waits in real time for
   the gateway's TX request or PULL_RESP; the frame then goes on the
   simulated air exactly in the window. The hold ends as soon as the
-  gateway says it is done with that window without a frame for it
-  (GET /nodes/{id}/window, asked every HOLD_POLL_S: nothing was due after
-  all, its duty cycle or air-time budget said no), and at the latest at
-  the gateway's own deadline (1 s after the hand-over plus HOLD_SLACK_S).
+  gateway says it is done with that window (GET /nodes/{id}/window, asked
+  every HOLD_POLL_S): its frame's TX_RESULT or TX_ACK read, or no frame
+  at all (nothing was due after all, its duty cycle or air-time budget
+  said no); at the latest at the gateway's own deadline (1 s after the
+  hand-over plus HOLD_SLACK_S; SETTLE_MAX_S more for a frame on the air).
   An uplink may get an answer when it is a confirmed alarm (the gateway
   ACKs alarms once stored; the link decodes the frame with the node's key
   to know), a HELLO or an uplink saying the node's clock is not set (the
