@@ -80,6 +80,17 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   GET    /calendars                the calendars compiled ([calendars], gateway/calendar_sync.py)
                                    and per node seen: hash assigned, hash held, in_sync; counters;
                                    404 when off
+  GET    /time                     automatic time (gateway/timesync.py): {"threshold_s", "at", "counts",
+                                   "nodes": {id: {"offset_s": [lo, hi] (null: unknown), "drift_ppm":
+                                   [lo, hi], "last_time_at", "resync_at" (from when its uplinks get a
+                                   re-sync; 0: its next one; null: not foreseen), "repeat", "refused"}}}
+                                   for the nodes heard (?limit=; "total": how many); ?plan=1:
+                                   {"resync_at": {id: t}} for every node heard, nothing else per
+                                   node (the simulator's live link reads it); 404 when auto_time is off
+  GET    /nodes/{id}/window        its latest radio uplink's receive window: {"counter", "answering"
+                                   (the answer still being made), "sent" (frames handed to a radio),
+                                   "refused" (why the last refused one was, or null)}; 404 none since
+                                   the gateway started
   GET    /alarms                   alarm cycles told of by notifications ([notify], gateway/notify.py),
                                    open ones (?all=1: cleared too): node, code, zone, severity,
                                    raised, acked, acked_by, escalate_at, escalated; 404 when off
@@ -151,7 +162,7 @@ from gateway.fuota import FuotaDelivery, FuotaSettings
 from gateway.groups import REPAIR_AFTER_S, GroupCommandError, GroupCommands
 from gateway.history import History
 from gateway.logs import RateLimiter
-from gateway.metrics import Metrics, snake, upstream_families
+from gateway.metrics import Metrics, calendar_families, snake, upstream_families
 from gateway.model import Downlink, Record
 from gateway.multicast import Multicast
 from gateway.notify import Notifier, redact
@@ -565,6 +576,8 @@ class Api:
         r.add_get("/groups/{name}/commands/{id}", self.get_group_command)
         r.add_post("/groups/{name}/multicast", self.post_group_multicast)
         r.add_get("/calendars", self.list_calendars)
+        r.add_get("/time", self.get_time)
+        r.add_get("/nodes/{id}/window", self.node_window)
         r.add_get("/alarms", self.list_alarms)
         r.add_post("/alarms/{id}/{code}/ack", self.ack_alarm)
         r.add_get("/notifications", self.list_notifications)
@@ -1008,6 +1021,36 @@ class Api:
             return web.json_response({"configured": False, "calendars": [], "nodes": {}, "counts": {}})
         return web.json_response({"configured": True, **self.calendars.status()})
 
+    async def get_time(self, request: web.Request) -> web.Response:
+        """Automatic time (gateway/timesync.py): per node heard, its offset's bound, drift, next re-sync."""
+        ts = self.downlinks.timesync
+        if ts is None:
+            return _error(404, "automatic time is off ([downlinks] auto_time = false)")
+        heard = ts.nodes()
+        head = {"threshold_s": ts.threshold_s, "at": ts.clock(), "total": len(heard), "counts": dict(ts.counts)}
+        if request.query.get("plan") == "1":  # only when each re-sync falls due: small enough for every node
+            plan = {}
+            for node_id in heard:
+                d = ts.describe(node_id)
+                if d is not None:
+                    plan[format_node_id(node_id)] = d["resync_at"]
+            return web.json_response({**head, "resync_at": plan})
+        nodes = {}
+        for node_id in heard[: self._limit(request)]:
+            d = ts.describe(node_id)
+            if d is not None:
+                nodes[format_node_id(node_id)] = d
+        return web.json_response({**head, "nodes": nodes})
+
+    async def node_window(self, request: web.Request) -> web.Response:
+        node_id = self._node_id(request)
+        if self.registry.get(node_id) is None:
+            return _error(404, "no such node")
+        w = self.downlinks.window(node_id)
+        if w is None:
+            return _error(404, "no radio uplink of this node since the gateway started")
+        return web.json_response({"node": format_node_id(node_id), **w})
+
     # ------------------------------------------------------------ alarm notifications
 
     def _notifier(self) -> Notifier:
@@ -1229,6 +1272,8 @@ class Api:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     samples.append(({"transport": kind, "instance": instance, "counter": k}, v))
         x.family("lumeau_transport_stat", "gauge", "Transport counters and states (transports' stats()).", samples)
+        if self.calendars is not None:
+            calendar_families(x, self.calendars)
         if self.notifier is not None:
             n = self.notifier
             x.family(

@@ -68,7 +68,14 @@ class CalendarSync:
     boot_hold: int = BOOT_HOLD
     nodes: dict[int, NodeSync] = field(default_factory=dict)
     counts: dict[str, int] = field(
-        default_factory=lambda: {"fragments": 0, "applied": 0, "already_held": 0, "rounds": 0, "refused": 0}
+        default_factory=lambda: {
+            "fragments": 0,  # queued
+            "fragments_sent": 0,  # of rounds over (the current rounds' are counted by `fragments_sent`)
+            "applied": 0,
+            "already_held": 0,
+            "rounds": 0,
+            "refused": 0,
+        }
     )
     _queuing: dict[int, asyncio.Task] = field(default_factory=dict)
 
@@ -122,6 +129,7 @@ class CalendarSync:
             st.held = b""
             if st.round:  # rebooted mid-way: its reassembly is gone, the round starts again
                 drop = self._queued(st)
+                self._retire(st)
                 st.round, st.waited = [], 0
         elif record.mtype == m.EVENT and record.body.get(0) == m.EV_CALENDAR:
             st.held = pc.value_hash(record.body.get(2, 0))
@@ -134,6 +142,7 @@ class CalendarSync:
                     st.applied_at = self.clock() if self.clock is not None else None
                     log.info("calendar applied", extra={"node": f"{nid:08x}", "hash": st.target.hex()})
                 drop = self._queued(st)
+                self._retire(st)
                 st.target, st.round, st.rounds = b"", [], 0
         if nid in self._queuing:
             return None
@@ -141,6 +150,7 @@ class CalendarSync:
             return self._run(nid, st, drop, []) if drop else None
         if st.target != cal.hash:  # a new version (or the first): start over
             drop += self._queued(st)
+            self._retire(st)
             st.target, st.round, st.waited, st.rounds = cal.hash, [], 0, 0
         if self._queued(st) or st.since_hello < self.boot_hold:
             return self._run(nid, st, drop, []) if drop else None  # still leaving, or the node just booted
@@ -156,6 +166,35 @@ class CalendarSync:
     @staticmethod
     def _queued(st: NodeSync) -> list[Any]:
         return [dl for dl in st.round if getattr(dl, "state", None) == "queued"]
+
+    def _retire(self, st: NodeSync) -> None:
+        """A node's rounds are over: count the fragments that went on the air."""
+        self.counts["fragments_sent"] += sum(1 for dl in st.round if getattr(dl, "state", None) == "sent")
+
+    def fragments_sent(self) -> int:
+        """Fragments handed to a radio (or a wire) since the gateway started."""
+        live = sum(1 for st in self.nodes.values() for dl in st.round if getattr(dl, "state", None) == "sent")
+        return self.counts["fragments_sent"] + live
+
+    def state(self, node_id: int) -> str | None:
+        """The node's calendar state: `in_step` (it holds the calendar assigned to it), `pending` (it
+        does not yet: fragments queued or leaving, or its answer awaited, or its hold after a boot),
+        `failed` (ROUNDS_MAX rounds went without its confirmation: left alone until its next HELLO);
+        None: no calendar is assigned to it, or it was never heard."""
+        st = self.nodes.get(node_id)
+        cal = self.assigned(node_id)
+        if st is None or cal is None:
+            return None
+        if st.held == cal.hash:
+            return "in_step"
+        given_up = (
+            st.target == cal.hash
+            and bool(st.round)
+            and not self._queued(st)
+            and st.waited > RESEND_AFTER
+            and st.rounds + 1 >= ROUNDS_MAX
+        )
+        return "failed" if given_up else "pending"
 
     async def _run(self, nid: int, st: NodeSync, drop: list[Any], frags: list[bytes]) -> None:
         """Cancel what no longer serves, then queue a round: every fragment at once, in order.
@@ -192,5 +231,16 @@ class CalendarSync:
                 "assigned": cal.hash.hex() if cal else None,
                 "held": st.held.hex() if st.held else None,
                 "in_sync": cal is not None and st.held == cal.hash,
+                "state": self.state(nid),
             }
+        out["counts"]["fragments_sent"] = self.fragments_sent()
+        return out
+
+    def states(self) -> dict[str, int]:
+        """Nodes by calendar state (the nodes heard that have a calendar assigned)."""
+        out = {"in_step": 0, "pending": 0, "failed": 0}
+        for nid in self.nodes:
+            s = self.state(nid)
+            if s is not None:
+                out[s] += 1
         return out

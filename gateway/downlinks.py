@@ -16,21 +16,27 @@ When:
   after its uplink. The gateway waits `collect_s` (0.2 s) for copies of the
   uplink heard by other radios and answers through the one with the best
   RSSI (then SNR), as LoRaWAN network servers do -- among the copies heard
-  on the transport of the copy that was committed only (below). One frame per receive
+  by LoRa radios (`LORA_RADIOS`: packet forwarders, radio bridges, Basics
+  Stations) when the committed copy came by one, else on its transport
+  only (below). One frame per receive
   window (a transport schedules its frame at the uplink's timestamp plus
   the RX1 delay; a second one would collide with it): an ACK goes first,
   with "pending" 0 so the node does not listen for frames that cannot come;
   queued downlinks go after later uplinks. An ACK the best radio refuses
   (its forwarder says TOO_LATE, or its duty cycle is spent) is tried
-  through the next copy's radio on the same transport (`acks_rerouted`):
-  otherwise the node would resend the alarm and spend its own airtime.
+  through the next copy's radio (`acks_rerouted`): otherwise the node
+  would resend the alarm and spend its own airtime; so are an automatic
+  TIME and a queued downlink (`rerouted`).
 - Serial and BLE (`IMMEDIATE_TRANSPORTS`) are always listening: everything
   due is sent at once, after the uplink and also as soon as it is enqueued;
   an ACK's "pending" counts what follows it.
 
 Path binding (issue 20): the answer goes back the way the stored copy came.
-- RSSI is compared only within one transport: a copy of the same frame heard
-  on another transport (a BLE or serial "relay" claiming -45 dBm) never
+- RSSI is compared only within one transport, the LoRa radios counting as
+  one (issue 11: a lamp heard at -127 dBm by the bridge and -114 dBm by a
+  forwarder got its TIMEs through the bridge whenever the bridge's copy
+  was committed first, and lost them): a copy of the same frame heard on
+  another transport (a BLE or serial "relay" claiming -45 dBm) never
   takes the answer from the radio path; it is counted in
   `path_switches_refused`. A frame is only signed, not bound to a link, so a
   relay can always repeat it; it must not steer the gateway's answers.
@@ -96,6 +102,18 @@ from protocol import messages as m
 log = logging.getLogger("lumeau.gateway.downlinks")
 
 IMMEDIATE_TRANSPORTS = frozenset(("serial", "ble"))
+# LoRa radio front-ends an operator configured (a packet forwarder, a radio bridge on a serial port set to
+# `bridge`, a Basics Station): each reports what its own radio measured, and their copies of an uplink
+# compete on RSSI for the answer, as a LoRaWAN network server's gateways do. Any other transport (a wire,
+# BLE: a relay can claim any RSSI) only ever answers its own copies (path binding, issue 20).
+LORA_RADIOS = frozenset(("udp", "bridge", "basicstation"))
+
+
+def path_family(transport: str) -> str:
+    """The transports whose copies of one uplink compete for its answer: every LoRa radio, else itself."""
+    return "lora" if transport in LORA_RADIOS else transport
+
+
 RETRY_AFTER_S = 5.0
 ACK_TIMEOUT_S = 10.0
 SWEEP_S = 1.0
@@ -150,6 +168,8 @@ class Downlinks:
         self._last_rx: dict[int, Reception] = {}  # node -> last reception on an immediate transport
         self._last_rx_at: dict[int, float] = {}  # node -> when (self.clock) that reception was committed
         self._answering: dict[int, tuple[int, float]] = {}  # node -> (uplink counter, when) a TIME may answer
+        # node -> its latest radio uplink's receive window: (counter, answering, frames sent, refusal or "")
+        self._windows: dict[int, tuple[int, bool, int, str]] = {}
         self._collect: dict[tuple[int, int], list[Reception]] = {}
         self._early: OrderedDict[tuple[int, int], list[Reception]] = OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
@@ -164,6 +184,7 @@ class Downlinks:
             "expired": 0,
             "acks_sent": 0,
             "acks_rerouted": 0,  # an alarm's ACK a radio refused, sent through another that heard it
+            "rerouted": 0,  # another frame (a TIME, a queued downlink) a radio refused, sent through another
             "send_errors": 0,
             "unmatched_cmd_acks": 0,
             "path_switches_refused": 0,
@@ -274,10 +295,15 @@ class Downlinks:
             # the uplink's time on air dates a STATUS's node time (its start); nothing else needs it
             air = ts.airtime_s(len(reception.raw), reception.sf) if record.mtype == m.STATUS and not wire else 0.0
             auto = ts.on_uplink(node_id, record.mtype, record.body, reception.rx_time, air, wire, reception.sf)
-        if not ack and auto is None and not self._open.get(node_id) and node_id not in self.fillers:
+        radio = reception.transport not in IMMEDIATE_TRANSPORTS
+        if (
+            not ack and auto is None and not self._open.get(node_id) and node_id not in self.fillers
+        ) or reception.path is None:
+            if radio:
+                self._windows[node_id] = (record.counter, False, 0, "")
             return  # the common case: nothing to say
-        if reception.path is None:
-            return
+        if radio:
+            self._windows[node_id] = (record.counter, True, 0, "")
         key = (node_id, record.counter)
         early = self._early.pop(key, [])
         if early:
@@ -292,7 +318,7 @@ class Downlinks:
         key = (node_id, counter)
         copies = self._collect.get(key)
         if copies is not None:
-            if copies[0].transport == reception.transport:
+            if path_family(copies[0].transport) == path_family(reception.transport):
                 copies.append(reception)
             else:  # a copy on another transport never takes the answer (path binding)
                 self.counts["path_switches_refused"] += 1
@@ -303,7 +329,8 @@ class Downlinks:
         self._early.setdefault(key, []).append(reception)
 
     def _same_transport(self, committed: Reception, copies: list[Reception]) -> list[Reception]:
-        same = [r for r in copies if r.transport == committed.transport]
+        family = path_family(committed.transport)
+        same = [r for r in copies if path_family(r.transport) == family]
         self.counts["path_switches_refused"] += len(copies) - len(same)
         return same
 
@@ -343,7 +370,22 @@ class Downlinks:
                 reverse=True,
             )
             reception, others = ranked[0], ranked[1:]
-        await self._send_due(record.node_id, reception, record.counter if ack else None, auto, others)
+        try:
+            await self._send_due(record.node_id, reception, record.counter if ack else None, auto, others)
+        finally:
+            w = self._windows.get(record.node_id)
+            if w is not None and w[0] == record.counter:
+                self._windows[record.node_id] = (w[0], False, w[2], w[3])
+
+    def window(self, node_id: int) -> dict[str, Any] | None:
+        """The node's latest radio uplink's receive window as the gateway dealt with it (None: none
+        since the gateway started): its counter, whether the answer is still being made, the frames
+        handed to a radio for it and why the last refused one was refused (GET /nodes/{id}/window:
+        "why did my command not go", and how the simulator's live link knows the gateway is done)."""
+        w = self._windows.get(node_id)
+        if w is None:
+            return None
+        return {"counter": w[0], "answering": w[1], "sent": w[2], "refused": w[3] or None}
 
     async def _send_due(
         self,
@@ -353,9 +395,11 @@ class Downlinks:
         auto: str | None = None,
         others: list[Reception] | None = None,
     ) -> None:
-        """Send what is due to the node through `rx`; an alarm's ACK that `rx` refuses is tried
-        through `others` (the uplink's other copies on the same transport, best first: another
-        forwarder whose duty cycle or schedule allows it), as the alarm is retried otherwise."""
+        """Send what is due to the node through `rx`; a frame that `rx` refuses is tried through
+        `others` (the uplink's other copies on the same transport, best first: another forwarder
+        whose duty cycle or schedule allows it): an alarm's ACK, as the alarm is retried otherwise,
+        an automatic TIME, as a clock near the threshold cannot wait for three more uplinks, and
+        the first queued downlink."""
         lock = self._locks.setdefault(node_id, asyncio.Lock())
         async with lock:
             entry = self.registry.get(node_id)
@@ -378,9 +422,12 @@ class Downlinks:
                         break
             timed = False  # an automatic TIME went: a queued one is served by it
             if auto in (BOOT, NO_TIME) and (budget is None or budget > 0):
-                timed = await self._auto_time(entry, rx, auto)
-                if timed and budget is not None:
-                    budget -= 1
+                took = await self._auto_time(entry, rx, auto, others)
+                timed = took is not None
+                if took is not None:
+                    rx = took
+                    if budget is not None:
+                        budget -= 1
             for dl in self._due(node_id, rx, immediate):
                 if budget is not None and budget <= 0:
                     break
@@ -398,8 +445,11 @@ class Downlinks:
                         continue
                     body = time_body[0]
                     timed = True
-                if not await self._send(entry, dl.mtype, body, rx):
+                # a queued TIME's value is by rx's clock: another radio dated the same uplink's end
+                took = await self._send_first(entry, dl.mtype, body, [rx] if immediate else [rx, *(others or ())])
+                if took is None:
                     break  # the path is down: the rest waits too
+                rx = took
                 dl.attempts += 1
                 self._last_sent[dl.id] = self.clock()
                 self.counts["sent"] += 1
@@ -412,8 +462,11 @@ class Downlinks:
                 else:
                     await self._close(dl, "sent")
             if auto in (DRIFT, REPEAT) and not timed and (budget is None or budget > 0):
-                if await self._auto_time(entry, rx, auto) and budget is not None:
-                    budget -= 1
+                took = await self._auto_time(entry, rx, auto, others)
+                if took is not None:
+                    rx = took
+                    if budget is not None:
+                        budget -= 1
             fill = self.fillers.get(node_id)
             for _ in range(FILL_MAX):  # on LoRa the window's one frame, when nothing else took it
                 if fill is None or (budget is not None and budget <= 0):
@@ -425,19 +478,38 @@ class Downlinks:
                 if budget is not None:
                     budget -= 1
 
-    async def _auto_time(self, entry: Any, rx: Reception, reason: str) -> bool:
-        """Send an automatic TIME answering the node's latest uplink; tell the policy when it went."""
+    async def _send_first(
+        self, entry: Any, mtype: int, body: dict[int, Any], paths: list[Reception]
+    ) -> Reception | None:
+        """Send through the first of `paths` that takes the frame; the one that did, or None."""
+        for i, path_rx in enumerate(paths):
+            if await self._send(entry, mtype, body, path_rx):
+                if i:
+                    self.counts["rerouted"] += 1
+                return path_rx
+        return None
+
+    async def _auto_time(
+        self, entry: Any, rx: Reception, reason: str, others: list[Reception] | None = None
+    ) -> Reception | None:
+        """Send an automatic TIME answering the node's latest uplink, through `rx` or, refused, the
+        next of `others`; tell the policy when it went. The copy that took it, or None."""
         ts = self.timesync
-        made = self._time_body(entry.node_id, rx)
-        if ts is None or made is None:
-            return False
-        body, set_at, air = made
-        if not await self._send(entry, m.TIME, body, rx):
-            ts.failed(entry.node_id, reason, rx.rx_time)
-            return False
-        self.counts["time_auto"] += 1
-        ts.sent(entry.node_id, reason, set_at, air)
-        return True
+        if ts is None:
+            return None
+        for i, path_rx in enumerate([rx, *(others or ())]):
+            made = self._time_body(entry.node_id, path_rx)  # the value: by that radio's clock
+            if made is None:
+                return None
+            body, set_at, air = made
+            if await self._send(entry, m.TIME, body, path_rx):
+                if i:
+                    self.counts["rerouted"] += 1
+                self.counts["time_auto"] += 1
+                ts.sent(entry.node_id, reason, set_at, air)
+                return path_rx
+        ts.failed(entry.node_id, reason, rx.rx_time)
+        return None
 
     def _note_uplink(self, record: Record) -> None:
         """Remember the node's latest uplink: the one a TIME answers (SPEC §4, "Freshness")."""
@@ -509,13 +581,21 @@ class Downlinks:
             await path.send_downlink(raw, rx)
         except Exception as e:  # the transport's DownlinkError, a closed store, a vanished port
             self.counts["send_errors"] += 1
+            self._note_window(entry.node_id, rx, 0, str(getattr(e, "reason", "")) or type(e).__name__)
             log.warning(
                 "downlink not sent: %s",
                 e,
                 extra={"node": f"{entry.node_id:08x}", "mtype": mtype, "transport": rx.transport},
             )
             return False
+        self._note_window(entry.node_id, rx, 1, "")
         return True
+
+    def _note_window(self, node_id: int, rx: Reception, sent: int, refused: str) -> None:
+        """Count a frame sent (or refused) in the receive window being answered, if one is."""
+        w = self._windows.get(node_id)
+        if w is not None and w[1] and rx.transport not in IMMEDIATE_TRANSPORTS:
+            self._windows[node_id] = (w[0], True, w[2] + sent, refused or w[3])
 
     async def _settle_cmd_ack(self, record: Record) -> None:
         command_id = record.body.get(0)

@@ -121,3 +121,28 @@ def upstream_families(x: Metrics, st: dict[str, Any]) -> None:
                 ({"outcome": "dropped"}, st.get("commands_dropped", 0)),
             ],
         )
+
+
+def calendar_families(x: Metrics, sync: Any) -> None:
+    """The calendars' families (gateway/calendar_sync.py CalendarSync), when [calendars] is on."""
+    x.family(
+        "lumeau_calendar_nodes",
+        "gauge",
+        "Nodes with a calendar assigned, by state: in_step (holds it), pending (being sent, or its "
+        "answer awaited), failed (every round went unconfirmed: left until its next boot).",
+        [({"state": k}, v) for k, v in sync.states().items()],
+    )
+    x.family(
+        "lumeau_calendar_fragments_total",
+        "counter",
+        "Calendar CONFIG fragments since start: queued, and sent (handed to a radio or a wire).",
+        [({"outcome": "queued"}, sync.counts["fragments"]), ({"outcome": "sent"}, sync.fragments_sent())],
+    )
+    x.family(
+        "lumeau_calendar_events_total",
+        "counter",
+        "Calendar outcomes since start: applied (a node confirmed the calendar sent to it), already_held "
+        "(it had it: the rest of the round cancelled), rounds (a round sent again), refused (a fragment "
+        "the downlink queue did not take).",
+        [({"outcome": k}, sync.counts[k]) for k in ("applied", "already_held", "rounds", "refused")],
+    )

@@ -70,7 +70,8 @@ def live_summary(results: dict[str, Any]) -> str:
         "  pacing: "
         + (f"at most {gw['live_speed']:,.0f} x real time" if gw.get("live_speed") else "uncapped")
         + f"; {gw.get('live_holds', 0)} holds "
-        f"before a receive window ({gw.get('live_holds_real_s', 0):.1f} s of real time), "
+        f"before a receive window ({gw.get('live_holds_real_s', 0):.1f} s of real time; "
+        f"{gw.get('live_holds_ended_by_gateway', 0)} ended by the gateway with nothing to send), "
         f"{gw.get('live_downlinks_late', 0)} downlinks too late, {gw.get('live_catch_ups', 0)} waits for the "
         f"gateway to read UDP ({gw.get('live_catch_up_real_s', 0):.1f} s)",
     ]

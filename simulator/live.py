@@ -25,20 +25,28 @@ How time is paced (the virtual clock against a gateway on real time):
   node's RX1 window (1 s after the uplink) and gives up when it cannot
   reach the radio before that. So after an uplink that may get an answer,
   the simulation holds its clock just before that uplink's RX1 window
-  (HOLD_LEAD_S of simulated time before it) and waits in real time, at
-  most until the gateway's own deadline (1 s after the hand-over plus
-  HOLD_SLACK_S), for the gateway's TX request or PULL_RESP; the frame then
-  goes on the simulated air exactly in the window. An uplink may get an
-  answer when it is a confirmed alarm (the gateway ACKs alarms once
-  stored; the link decodes the frame with the node's key to know), a HELLO
-  after a reboot or an uplink saying the node's clock is not set (the
-  gateway's automatic TIME), or when the gateway has downlinks queued for
-  its node (the link asks the gateway's local API every API_POLL_S of real
-  time). Every other uplink costs no real time: so the gateway's drift
-  re-syncs (gateway/timesync.py), which may follow any uplink, mostly come
-  after the window and are refused; its back-off keeps them few. The
-  `clock` results of a live run therefore show reboots restored, not drift
-  held (the in-process link shows both).
+  (HOLD_LEAD_S of simulated time before it) and waits in real time for
+  the gateway's TX request or PULL_RESP; the frame then goes on the
+  simulated air exactly in the window. The hold ends as soon as the
+  gateway says it is done with that window (GET /nodes/{id}/window, asked
+  every HOLD_POLL_S): its frame's TX_RESULT or TX_ACK read, or no frame
+  at all (nothing was due after all, its duty cycle or air-time budget
+  said no); at the latest at the gateway's own deadline (1 s after the
+  hand-over plus HOLD_SLACK_S; SETTLE_MAX_S more for a frame on the air).
+  An uplink may get an answer when it is a confirmed alarm (the gateway
+  ACKs alarms once stored; the link decodes the frame with the node's key
+  to know), a HELLO or an uplink saying the node's clock is not set (the
+  gateway's automatic TIME), an uplink of a set clock from when the
+  gateway's time plan (GET /time: `resync_at` per node, the drift
+  re-sync's due time on the radios' clock, that is simulated time) says
+  the node is due, when the gateway has downlinks queued for its node, or
+  when the node's calendar is pending (GET /calendars: any of its uplinks
+  may start a round, whose first fragment answers that uplink) -- the link
+  asks the gateway's local API every API_POLL_S of real time.
+  Every other uplink costs no real time. Issue 11: before the time plan
+  the drift re-syncs were not held for and missed their windows (the
+  demo's clocks drifted to 3.9-5 s); before the gateway said when it is
+  done, every hold with nothing to send lasted the full second.
 - A downlink that still arrives after its window (the hold timed out, or
   nothing said one would come) is refused the way the hardware refuses it
   (TX_RESULT too_late, TX_ACK TOO_LATE) and counted (`downlinks_late`).
@@ -85,6 +93,7 @@ import logging
 import select
 import threading
 import time
+import urllib.error
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -111,6 +120,8 @@ MAX_LAG_S = 0.5  # real s of pacing debt forgiven after a hold or a slow stretch
 HOLD_LEAD_S = 0.010  # simulated s before RX1 at which the clock waits for the gateway's decision
 HOLD_SLACK_S = 0.05  # real s past the gateway's 1 s deadline a downlink may still be in flight
 API_POLL_S = 0.2  # real s between looks at the gateway's counters, downlink queue and queue depth
+HOLD_POLL_S = 0.004  # real s between looks at the gateway's answer to a held window (GET /nodes/{id}/window)
+SETTLE_MAX_S = 0.25  # real s an answered window may wait past the deadline for the gateway to say it is done
 UDP_AHEAD_MAX = 64  # rxpk handed over UDP and not yet read by the gateway, at most (see "Flow control")
 CATCH_UP_TIMEOUT_S = 30.0  # real s the gateway may take to read that backlog before the run fails
 DRAIN_TIMEOUT_S = 60.0  # real s for the gateway to read, store and deliver everything at the end
@@ -164,6 +175,13 @@ class LiveGateway:
         self._handed: dict[tuple[int, int], float] = {}  # (node, counter) -> time.time() of the first hand-over
         self._sent: Counter[str] = Counter()  # frames handed over, by gateway transport
         self._open_nodes: frozenset[int] = frozenset()  # nodes with downlinks queued at the gateway
+        # nodes whose calendar is pending (GET /calendars): any uplink may start a round, whose first
+        # fragment goes in that uplink's own window (gateway/calendar_sync.py)
+        self._calendar_pending: frozenset[int] = frozenset()
+        # node -> from when (virtual Unix s) its uplinks get a drift re-sync (GET /time); None: auto time off
+        # (until the first answer: every node never heard, whose first uplink of a set clock gets one)
+        self._resync_at: dict[int, float | None] | None = {}
+        self.holds_unanswered_real_s = 0.0
         self._gw_received: dict[str, float] = {}  # the gateway's receptions by transport (its /metrics)
         self.catch_up_real_s = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -299,8 +317,25 @@ class LiveGateway:
                 self._open_nodes = nodes
                 for p in self.probes:
                     p.poll(svc.api, self.ctx.unix_now() if self.ctx is not None else 0.0)
+                self._resync_at = self._time_plan(svc)
+                cal = svc.api.json("/calendars")
+                self._calendar_pending = frozenset(
+                    int(k, 16) for k, v in cal.get("nodes", {}).items() if v.get("state") == "pending"
+                )
             except (OSError, ValueError, KeyError) as e:  # the gateway stopping, a slow answer: next time
                 self._poll_error = str(e)[:200]
+
+    @staticmethod
+    def _time_plan(svc: Services) -> dict[int, float | None] | None:
+        """When the gateway's drift re-syncs fall due, per node heard (GET /time); None: auto time off."""
+        assert svc.api is not None
+        try:
+            doc = svc.api.json("/time?plan=1")  # every node heard, its due time only
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+        return {int(k, 16): v for k, v in doc.get("resync_at", {}).items()}
 
     def _note_received(self, samples: list) -> None:
         self._gw_received = {
@@ -353,13 +388,13 @@ class LiveGateway:
                 self._handed.setdefault((f.node_id, f.counter), time.time())
             except ValueError:
                 pass
-            if self._may_answer(up.node_id, raw):
+            if self._may_answer(up.node_id, raw, self.ctx.start_unix + up.end_us / 1e6):
                 w.hold = True
                 self._loop.call_at(w.rx1_s - HOLD_LEAD_S, self._hold, w)
         self._by_key[(hearing.gateway, tmst, up.node_id)] = w
 
-    def _may_answer(self, node_id: int, raw: bytes) -> bool:
-        if node_id in self._open_nodes:
+    def _may_answer(self, node_id: int, raw: bytes, unix_s: float) -> bool:
+        if node_id in self._open_nodes or node_id in self._calendar_pending:
             return True
         keys = self._keys.get(node_id)
         if keys is None:
@@ -367,21 +402,56 @@ class LiveGateway:
         try:
             f, body = fr.unseal(keys, raw)
             msg = m.decode(f.mtype, body)
-            # automatic time (gateway/timesync.py) answers a reboot's HELLO (not a first boot's: counter 0,
-            # the clock set at commissioning) and a node saying its clock is not set
-            return is_alarm(f.mtype, msg) or (f.mtype == m.HELLO and f.counter > 0) or clock_unset(f.mtype, msg) is True
         except ValueError:  # not a frame of ours: the gateway will reject it, nothing comes back
             return False
+        # automatic time (gateway/timesync.py) answers every HELLO (a reset may have cost the clock)
+        # and a node saying its clock is not set
+        unset = clock_unset(f.mtype, msg)
+        if is_alarm(f.mtype, msg) or f.mtype == m.HELLO or unset is True:
+            return True
+        # ... and re-syncs a set clock from when the gateway's plan says (a node it never heard: at once)
+        plan = self._resync_at
+        if unset is False and plan is not None:
+            due = plan.get(node_id, 0.0)
+            return due is not None and due <= unix_s
+        return False
 
     def _hold(self, w: _Window) -> None:
-        """Stop the simulated clock (a synchronous callback) until the gateway answered or cannot any more."""
+        """Stop the simulated clock (a synchronous callback) until the gateway is done with the window:
+        answered it and knows its frame went (the radio's TX_RESULT or TX_ACK read: its bookkeeping, a
+        calendar's round say, is done before the node's next uplink can reach it, as in the field), or
+        said it is done without a frame for it (nothing due after all, its duty cycle, its budget), or
+        cannot answer any more."""
         t0 = time.monotonic()
         deadline = w.handed + RX1_DELAY_MS / 1000 + HOLD_SLACK_S
-        while not w.answered and (now := time.monotonic()) < deadline:
-            self._poll(deadline - now)
+        counter = fr.parse(bytes(w.uplink.payload or b"")).counter
+        done = settle = False
+        while not done and (now := time.monotonic()) < deadline:
+            self._poll(min(HOLD_POLL_S, deadline - now))
+            done = self._window_done(w.node_id, counter)
+            if w.answered and not done and not settle and time.monotonic() >= deadline:
+                settle = True  # on the air: the gateway's word may lag a little, once
+                deadline = time.monotonic() + SETTLE_MAX_S
+        if done:
+            self._poll(0)  # a frame written before the gateway said so is read now
         self.counts["holds"] += 1
         self.counts["holds_answered" if w.answered else "holds_unanswered"] += 1
-        self.holds_real_s += time.monotonic() - t0
+        if done and not w.answered:
+            self.counts["holds_ended_by_gateway"] += 1
+        spent = time.monotonic() - t0
+        self.holds_real_s += spent
+        if not w.answered:
+            self.holds_unanswered_real_s += spent
+
+    def _window_done(self, node_id: int, counter: int) -> bool:
+        """The gateway has dealt with this uplink's window (or a later one of the node) and is not answering."""
+        assert self.services is not None and self.services.api is not None
+        try:
+            doc = self.services.api.json(f"/nodes/{node_id:08x}/window", timeout=0.5)
+        except (OSError, ValueError):  # 404: not committed yet; the gateway busy: look again
+            return False
+        c = doc.get("counter", -1)
+        return c > counter or (c == counter and not doc.get("answering", True))
 
     def _immediate(self, site: str, raw: bytes, freq_hz: int, sf: int) -> str | None:
         """A forwarder told to send at once (a multicast, SPEC §5 "Groups"): a copy for every lamp on the air;
@@ -405,14 +475,15 @@ class LiveGateway:
         if w is None:
             self.counts["downlinks_unmatched"] += 1
             return "too_late"  # no window of this node opens then: forgotten long ago, or never heard
-        w.answered = True
         try:
             self.ctx.downlink(site, node_id, raw, w.uplink)
         except DownlinkError as e:
+            # not answered: a hold goes on, as the gateway may try another radio that heard the uplink
             self.counts[f"downlinks_{e.reason}"] += 1
             if e.reason == "too_late":
                 self.counts["downlinks_late"] += 1
             return e.reason
+        w.answered = True
         self.counts["downlinks_on_air"] += 1
         return None
 
@@ -540,6 +611,7 @@ class LiveGateway:
         out.update({f"live_{k}": v for k, v in sorted(self.counts.items())})
         out["live_handed_over"] = dict(self._sent)
         out["live_holds_real_s"] = round(self.holds_real_s, 3)
+        out["live_holds_unanswered_real_s"] = round(self.holds_unanswered_real_s, 3)
         out["live_catch_up_real_s"] = round(self.catch_up_real_s, 3)
         out["live_speed"] = self.speed
         out["live_fronts"] = {site: {"kind": f.kind, **f.stats()} for site, f in self.fronts.items()}

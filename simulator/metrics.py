@@ -173,11 +173,6 @@ class Results:
                     else ""
                 )
                 + (f"; NEVER restored: {', '.join(ck['never_restored'])}" if ck["never_restored"] else "")
-                + (
-                    "\n    (live link: drift re-syncs are not held for, so they miss their window)"
-                    if run["link"] == "live"
-                    else ""
-                )
             )
         ef, wf = en["faults"], wa["faults"]
         lines += [

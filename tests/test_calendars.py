@@ -560,5 +560,67 @@ async def test_api_lists_calendars_and_nodes_in_sync(gateway, tmp_path: Path) ->
         for api in apis:
             await api.stop()
     assert doc["calendars"][0]["hash"] == cal.hash.hex() and doc["calendars"][0]["kind"] == "lighting"
-    assert doc["nodes"]["00000002"] == {"assigned": cal.hash.hex(), "held": cal.hash.hex(), "in_sync": True}
+    assert doc["nodes"]["00000002"] == {
+        "assigned": cal.hash.hex(),
+        "held": cal.hash.hex(),
+        "in_sync": True,
+        "state": "in_step",
+    }
+    assert doc["nodes"]["00000001"]["state"] == "pending" and doc["counts"]["fragments_sent"] == 1
     assert doc["nodes"]["00000001"]["in_sync"] is False and doc["counts"]["fragments"] == len(cal.fragments())
+
+
+async def test_calendar_states_and_their_metrics(gateway, tmp_path: Path) -> None:
+    """Per node: in_step, pending, failed (ROUNDS_MAX rounds unconfirmed); /metrics counts them and the
+    fragments queued and sent."""
+    import aiohttp
+
+    from gateway.api import Api
+    from gateway.calendar_sync import ROUNDS_MAX
+    from simulator.services import metric_sum, parse_metrics
+
+    p, d, sync, cal = gateway
+    radio = Radio()
+    n = len(cal.fragments())
+    await up(p, d, 2, 1, radio, m.EVENT, held(cal.hash))  # holds it
+    await up(p, d, 9, 1, radio, m.IRRIGATION)  # no calendar for it: no state
+    c = 1
+    await up(p, d, 1, c, radio, m.HELLO, hello())
+    states = []
+    while len([1 for t, _ in radio.sent if t == m.CONFIG]) < ROUNDS_MAX * n or sync.state(1) != "failed":
+        c += 1
+        await up(p, d, 1, c, radio)  # every fragment lost: the node never says it holds the calendar
+        states.append(sync.state(1))
+        assert c < 100, states
+    assert set(states[:-1]) == {"pending"} and states[-1] == "failed"
+    assert (sync.state(2), sync.state(9), sync.state(3)) == ("in_step", None, None)  # 3: never heard
+    sent = ROUNDS_MAX * n
+    assert sync.counts["rounds"] == ROUNDS_MAX - 1 and sync.fragments_sent() == sent
+    token = "a-test-token-0123456789"
+    api = Api(registry=sync.registry, store=d.store, pipeline=p, downlinks=d, token=token, port=0, calendars=sync)
+    await api.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{api.port}"
+            async with http.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}) as r:
+                samples = parse_metrics(await r.text())
+            async with http.get(url + "/calendars", headers={"Authorization": f"Bearer {token}"}) as r:
+                doc = await r.json()
+    finally:
+        await api.stop()
+    assert {s: metric_sum(samples, "lumeau_calendar_nodes", state=s) for s in ("in_step", "pending", "failed")} == {
+        "in_step": 1,
+        "pending": 0,
+        "failed": 1,
+    }
+    assert metric_sum(samples, "lumeau_calendar_fragments_total", outcome="queued") == sent
+    assert metric_sum(samples, "lumeau_calendar_fragments_total", outcome="sent") == sent
+    assert metric_sum(samples, "lumeau_calendar_events_total", outcome="rounds") == ROUNDS_MAX - 1
+    assert doc["nodes"]["00000001"]["state"] == "failed" and doc["counts"]["fragments_sent"] == sent
+    # a reboot: the node is tried again (pending), and a confirmation puts it in step
+    await up(p, d, 1, c + 1, radio, m.HELLO, hello())
+    assert sync.state(1) == "pending"
+    await up(p, d, 1, c + 2, radio, m.EVENT, held(cal.hash))
+    assert sync.state(1) == "in_step" and sync.states() == {"in_step": 2, "pending": 0, "failed": 0}
+    # what went before the reboot is still counted, and the new round's first fragment (the question)
+    assert sync.fragments_sent() == sent + 1 and sync.counts["already_held"] == 1

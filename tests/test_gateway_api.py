@@ -282,3 +282,67 @@ async def test_metrics_count_bad_mic_lockouts(gw):
     rej = fams["lumeau_frames_rejected_total"]
     assert rej['reason="mic_lockout",transport="serial"'] == 4
     assert rej['reason="bad_mic",transport="serial"'] == BAD_MIC_BURST + 1
+
+
+async def test_time_and_receive_window_endpoints(tmp_path):
+    """GET /time: what the gateway knows of each clock heard and when it re-syncs it; GET
+    /nodes/{id}/window: what it did with a node's latest receive window. Both need the token."""
+    from gateway.timesync import TimeSync
+
+    class Radio:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send_downlink(self, raw: bytes, rx) -> None:
+            self.sent.append(raw)
+
+    s = await Store.open(tmp_path / "gw.db")
+    reg = registry(tmp_path / "nodes.toml", [1, 2])
+    t0 = 1_800_000_000.0
+    clock = [t0]
+    d = Downlinks(s, reg, collect_s=0.0, clock=lambda: clock[0], timesync=TimeSync(clock=lambda: clock[0]))
+    await d.start()
+    p = Pipeline(reg, s, downlinks=d)
+    api = Api(registry=reg, store=s, pipeline=p, downlinks=d, token=TOKEN, port=0)
+    await api.start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{api.port}") as http:
+            for path in ("/time", "/nodes/00000001/window"):
+                async with http.get(path) as r:
+                    assert r.status == 401
+            async with http.get("/nodes/00000001/window", headers=AUTH) as r:
+                assert r.status == 404 and "since the gateway started" in (await r.json())["error"]
+            async with http.get("/nodes/00000009/window", headers=AUTH) as r:
+                assert r.status == 404 and (await r.json())["error"] == "no such node"
+            async with http.get("/nodes/not-a-node/window", headers=AUTH) as r:
+                assert r.status == 400 and "error" in await r.json()
+            radio = Radio()
+            rx = reception(seal(1, 5), transport="udp", path=radio, rx_time=t0)
+            rx.sf = 7
+            assert await p.ingest(rx) == "accepted"
+            await d.idle()
+            assert len(radio.sent) == 1  # an offset never measured: a TIME at once
+            async with http.get("/nodes/0x00000001/window", headers=AUTH) as r:
+                assert await r.json() == {
+                    "node": "00000001",
+                    "counter": 5,
+                    "answering": False,
+                    "sent": 1,
+                    "refused": None,
+                }
+            async with http.get("/time", headers=AUTH) as r:
+                doc = await r.json()
+            assert doc["threshold_s"] == 2.0 and doc["counts"]["drift"] == 1 and list(doc["nodes"]) == ["00000001"]
+            n = doc["nodes"]["00000001"]
+            assert n["repeat"] is True and n["resync_at"] == n["last_time_at"] > t0  # its repeat: next uplink
+            assert n["offset_s"] == [-0.1, 0.1] and n["drift_ppm"] == [-100.0, 100.0]
+            assert doc["total"] == 1
+            async with http.get("/time?plan=1", headers=AUTH) as r:
+                plan = await r.json()
+            assert plan["resync_at"] == {"00000001": n["resync_at"]} and "nodes" not in plan
+            async with http.get("/time?limit=0", headers=AUTH) as r:
+                assert r.status == 400
+    finally:
+        await api.stop()
+        await d.close()
+        await s.close()

@@ -388,3 +388,39 @@ async def test_the_last_receive_record_expires_and_a_radio_uplink_replaces_it(gw
     await d.enqueue(NODE, m.CONFIG, {0: {m.CFG_REPORT_INTERVAL: 600}})
     await d.idle()
     assert wire.sent == []
+
+
+async def test_a_time_or_a_queued_downlink_the_best_radio_refuses_goes_through_the_next_one(tmp_path):
+    """Issue 11: an automatic TIME refused by the best radio (its duty cycle's off-time) was not tried
+    through the other radio that heard the uplink; three refusals in a row (one per uplink) and the
+    re-sync backed off while the clock went past its threshold (the demo's 3.3 s). A queued downlink
+    (a calendar fragment) went the same way."""
+    from gateway.timesync import TimeSync
+
+    s = await Store.open(tmp_path / "gw.db")
+    reg = registry(tmp_path / "nodes.toml", range(1, 3))
+    clock = Clock()
+    d = Downlinks(s, reg, collect_s=0.05, clock=clock, timesync=TimeSync(clock=clock))
+    await d.start()
+    p = Pipeline(reg, s, downlinks=d)
+    try:
+        for counter, want in ((40, m.TIME), (41, m.TIME), (42, m.CONFIG)):  # the re-sync, its repeat, a CONFIG
+            if want == m.CONFIG:
+                await d.enqueue(NODE, m.CONFIG, {0: {1: 600}})
+            near, far = Radio("udp:near", fail=1), Radio("udp:far")
+            raw = seal(NODE, counter)
+            copies = []
+            for radio, rssi in ((near, -70.0), (far, -110.0)):
+                rx = reception(raw, transport="udp", path=radio, gateway_id=radio.name, rssi=rssi, rx_time=clock.t)
+                rx.sf = 7
+                copies.append(p.ingest(rx))
+            await asyncio.gather(*copies)
+            await d.idle()
+            assert near.sent == [] and [t for t, _c, _b in far.sent] == [want], counter
+            assert d.window(NODE) == {"counter": counter, "answering": False, "sent": 1, "refused": "no_route"}
+            clock.t += 900
+        assert d.counts["time_auto"] == 2 and d.counts["rerouted"] == 3 and d.timesync.counts["refused"] == 0
+    finally:
+        await d.close()
+        await p.close()
+        await s.close()

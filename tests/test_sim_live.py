@@ -393,11 +393,21 @@ def test_live_link_through_a_real_gateway_and_sink(tmp_path):
     c = report.counters
     assert c["received"] == sum(c["live_handed_over"].values())  # the gateway read every copy we handed over
     assert c["accepted"] == len(sent) and c["duplicates"] == c["received"] - len(sent)
-    # the alarm was acknowledged in its receive window, through one of the two sites
-    assert c["downlinks_acks_sent"] == 1 and c["live_holds"] == 1 and c["live_holds_answered"] == 1
-    ((site, node, raw),) = downlinks
-    f, body = frame.unseal(keys.NodeKeys(node, NODES[0].root_key), raw)
-    assert node == NODES[0].node_id and f.mtype == m.ACK and m.decode(m.ACK, body)[0] == 5
+    # the alarm was acknowledged in its receive window, through one of the two sites; each lamp's clock
+    # (set, but never measured by this gateway) was re-synced at its first uplink and once more at the
+    # next (gateway/timesync.py): the link held its clock for those windows (GET /time), and nothing
+    # the gateway sent came too late
+    assert c["downlinks_acks_sent"] == 1 and c["downlinks_time_auto"] == 2 * len(NODES)
+    assert c["live_holds_answered"] == len(downlinks) == 1 + 2 * len(NODES) and c.get("live_downlinks_late", 0) == 0
+    assert c["live_holds"] == c["live_holds_answered"] + c.get("live_holds_unanswered", 0)
+    got_by = {}
+    for _site, node, raw in downlinks:
+        n = next(x for x in NODES if x.node_id == node)
+        f, body = frame.unseal(keys.NodeKeys(node, n.root_key), raw)
+        got_by.setdefault(node, []).append((f.mtype, m.decode(f.mtype, body)))
+    assert [t for t, _b in got_by[NODES[1].node_id]] == [m.TIME, m.TIME]
+    (ack,) = [b for t, b in got_by[NODES[0].node_id] if t == m.ACK]
+    assert ack[0] == 5
     # the alarm itself, as the platform got it
     (alarm,) = [r for r in report.stored if r.mtype == m.EVENT]
     assert alarm.body[0] == m.EV_LAMP_FAILURE and alarm.body[1] == m.SEV_ALARM
@@ -458,6 +468,64 @@ def test_a_command_queued_at_the_gateway_goes_out_in_the_next_receive_window(tmp
         if f.mtype == m.COMMAND:
             commands.append(m.decode(m.COMMAND, body))
     assert commands and commands[0][1] == m.OP_SET_LEVEL and list(commands[0][2]) == [100, 600]
+
+
+def test_a_hold_with_nothing_to_send_ends_when_the_gateway_says_so(tmp_path):
+    """Issue 11: the link held its clock a full real second (the gateway's deadline) after every uplink
+    of a node with a downlink open that the gateway would not send (a COMMAND awaiting its CMD_ACK, a
+    duty cycle spent): 97 s of the demo's 136 s. It now asks the gateway (GET /nodes/{id}/window) and
+    goes on as soon as the gateway is done with the window."""
+    channel = ch.Channel(SITES, seed=5)
+    for i, n in enumerate(NODES):
+        channel.add_node(n.node_id, -40 + 40 * i, 20)
+    got: list[tuple] = []
+
+    def downlink(site, node, raw, uplink):
+        assert asyncio.get_running_loop().time() < channel.rx1_start_ms(uplink) / 1000
+        got.append((site, node, raw))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ctx = LinkContext(NODES, SITES, T0, lambda: T0 + loop.time(), downlink, tmp_path)
+        link = LiveGateway(tmp_path / "out", speed=None)
+        try:
+            await link.start(ctx)
+            target = NODES[2]
+            link.services.api.post(f"/nodes/{target.node_id:08x}/commands", {"op": "set_level", "args": [100, 600]})
+            deadline = time.monotonic() + 5
+            while target.node_id not in link._open_nodes and time.monotonic() < deadline:
+                time.sleep(0.05)  # the link's poller has seen the queue (real time; the clock stands)
+            nk = keys.NodeKeys(target.node_id, target.root_key)
+            # the COMMAND, the unknown clock's re-sync, its repeat; then the COMMAND waits for its CMD_ACK
+            # (never sent here) and is not due again for RETRY_AFTER_S of the gateway's real time
+            for counter in (1, 2, 3, 4, 5):
+                raw = frame.seal(nk, m.LIGHT, counter, m.encode(m.LIGHT, {0: 40, 2: 100 + counter}))
+                up = channel.transmit(target.node_id, loop.time() * 1000, len(raw), 9, 868_100_000, raw)
+                await asyncio.sleep(up.airtime_ms / 1000 + 0.001)
+                for tx in channel.settle(loop.time() * 1000):
+                    for h in tx.hearings:
+                        if h.ok:
+                            link.uplink(h)
+                await asyncio.sleep(30)
+            return link, await link.finish()
+        finally:
+            await link.close()
+
+    loop = VirtualLoop(VirtualClock(T0))
+    try:
+        link, report = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    c = report.counters
+    kinds = []
+    for _site, node, raw in got:
+        f, _body = frame.unseal(keys.NodeKeys(node, NODES[2].root_key), raw)
+        kinds.append(f.mtype)
+    assert kinds == [m.COMMAND, m.TIME, m.TIME] and c["live_holds_answered"] == 3
+    assert c["live_holds_ended_by_gateway"] >= 1 and c["live_holds_unanswered"] == c["live_holds_ended_by_gateway"]
+    # each ended well before the 1 s deadline (a commit and a look at the API: tens of ms)
+    assert c["live_holds_unanswered_real_s"] < 0.5 * c["live_holds_unanswered"]
+    assert c.get("live_downlinks_late", 0) == 0
 
 
 def test_a_gateway_that_dies_mid_run_is_said_clearly(tmp_path):
@@ -585,6 +653,22 @@ def datetime_unix(text: str) -> float:
     from simulator.sink_records import parse_time
 
     return parse_time(text)
+
+
+def test_demo_clocks_stay_within_the_bar_through_the_real_gateway(demo):
+    """Issue 11's bar, through the real gateway process: every node's clock within 2 s all day after its
+    first TIME (the demo reached 3.9-5.0 s while the live link did not hold for the gateway's drift
+    re-syncs); the windows the link held for were answered or ended by the gateway, not by the clock."""
+    _out, stdout, results = demo
+    ck, gw = results["clock"], results["gateway"]
+    assert ck["nodes_synced"] == results["scenario"]["lamps"] + results["scenario"]["controllers"]
+    assert ck["max_error_s"] <= 2.0, ck["worst_node"]
+    assert ck["never_restored"] == [] and ck["reboot_to_profile_s"] <= 15.0
+    assert ck["time_taken"] >= 0.9 * ck["time_downlinks_sent"]  # taken, not only sent
+    assert gw["downlinks_time_auto"] == ck["time_downlinks_sent"] and gw["downlinks_rerouted"] >= 1
+    assert gw["live_holds"] == gw["live_holds_answered"] + gw.get("live_holds_unanswered", 0)
+    assert gw.get("live_holds_unanswered", 0) - gw.get("live_holds_ended_by_gateway", 0) <= 5  # at the deadline
+    assert "ended by the gateway with nothing to send" in stdout
 
 
 def test_demo_delivery_frames_and_totals(demo):

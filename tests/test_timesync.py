@@ -10,7 +10,7 @@ import json
 
 import pytest
 from gateway_helpers import LIGHT_BODY, node_keys, reception, registry, seal
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.downlinks import Downlinks
@@ -76,7 +76,7 @@ def test_a_synced_clock_is_resynced_before_its_bound_passes_the_threshold_then_o
     ts.sent(NODE, BOOT, T0 + 1)
     assert ts.bound(NODE, T0 + 1) == pytest.approx((-0.1, 0.1))
     # 100 ppm: the bound reaches 2 s 19,000 s after the TIME; with reports every 900 s the gateway
-    # acts one and a half gaps ahead
+    # acts two to three gaps ahead (three tries before the threshold: the first and two refused ones)
     t = T0
     reasons = []
     while t < T0 + 20_000:
@@ -85,7 +85,7 @@ def test_a_synced_clock_is_resynced_before_its_bound_passes_the_threshold_then_o
         if r is not None:
             reasons.append((r, t - T0))
             ts.sent(NODE, r, t + 1)
-    assert reasons[0][0] == DRIFT and 19_000 - 2 * 900 <= reasons[0][1] <= 19_000
+    assert reasons[0][0] == DRIFT and 19_000 - 3 * 900 <= reasons[0][1] <= 19_000 - 2 * 900
     assert reasons[1] == (REPEAT, reasons[0][1] + 900)  # a TIME has no answer: sent twice
     assert len(reasons) == 2
     lo, hi = ts.bound(NODE, T0 + 20_000)
@@ -343,3 +343,101 @@ async def test_the_service_keeps_what_it_knows_of_the_clocks_across_a_restart(tm
         assert svc.timesync is None and svc.downlinks.timesync is None
     finally:
         await svc.stop()
+
+
+# -- told ahead: when a node's next uplink gets a re-sync (GET /time; the simulator's live link) ----
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ppm=st.floats(-100.0, 100.0),
+    gap=st.sampled_from([10.0, 300.0, 900.0, 1800.0, 3000.0]),
+    refuse=st.lists(st.booleans(), min_size=40, max_size=40),
+    jitter=st.lists(st.floats(-0.2, 0.2), min_size=40, max_size=40),
+)
+@example(ppm=0.0, gap=300.0, refuse=[False] * 40, jitter=[0.2, -0.2, 0.1, -0.1, 0.0] * 8)
+@example(ppm=-90.0, gap=900.0, refuse=[False, True] * 20, jitter=[0.15, -0.2, 0.05, 0.2] * 10)
+def test_due_at_says_ahead_which_uplinks_get_a_resync(ppm, gap, refuse, jitter):
+    """`due_at`, asked before an uplink, says what `on_uplink` then decides: a radio link that holds its
+    clock for the gateway's answer holds for exactly those uplinks (none missed; none held in vain but
+    a STATUS's, whose measurement may show the clock better than the bound feared)."""
+    ts = TimeSync(airtime_s_per_h=36.0)  # a budget that never refuses: only the timing is asked about
+    assert ts.due_at(NODE) is None  # never heard: its first uplink gets one (the offset is unknown)
+    set_at, offset = T0, 0.0  # the node's clock: offset at set_at, then ppm
+    t = T0
+    decided = 0
+    for k, (no, j) in enumerate(zip(refuse * 3, jitter * 3)):
+        t += gap * (1 + j)  # a report's jitter moves the node's mean gap, and the lookahead with it
+        node = t + offset + ppm * 1e-6 * (t - set_at)
+        due = ts.due_at(NODE)
+        predicted = due is None or t >= due
+        if k % max(1, int(21600 / gap)) == 5:  # a STATUS every 6 h
+            # its measurement can only narrow the bound: a re-sync predicted may be spared, none comes unforeseen
+            r = ts.on_uplink(NODE, m.STATUS, status(int(node)), t)
+            assert r not in (DRIFT, REPEAT) or predicted, (k, r, due, t)
+        else:
+            r = ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, t)
+            if due is None or abs(t - due) > 1e-3:  # exactly at the due time, rounding decides either way
+                assert (r in (DRIFT, REPEAT)) == predicted, (k, r, due, t)
+        if r is not None:
+            decided += 1
+            if no and r != REPEAT:
+                ts.failed(NODE, r, t)
+            else:
+                ts.sent(NODE, r, t + 1)
+                set_at, offset = t + 1, 0.0
+    assert decided >= 1
+    d = ts.describe(NODE)
+    assert d is not None and d["resync_at"] is None or d["resync_at"] >= 0
+
+
+def test_describe_says_what_the_gateway_knows_of_a_clock():
+    ts = TimeSync(threshold_s=2.0, max_drift_ppm=100.0, sync_error_s=0.1, clock=lambda: T0 + 901 + 3600)
+    assert ts.describe(NODE) is None and ts.nodes() == []
+    ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, T0)
+    d = ts.describe(NODE)
+    assert d["offset_s"] is None and d["resync_at"] == 0.0  # never set nor measured: at its next uplink
+    ts.sent(NODE, DRIFT, T0 + 1)
+    d = ts.describe(NODE)
+    assert d["repeat"] is True and d["resync_at"] == T0 + 1  # the repeat: any uplink from now
+    ts.on_uplink(NODE, m.LIGHT, LIGHT_OK, T0 + 900)
+    ts.sent(NODE, REPEAT, T0 + 901)
+    d = ts.describe(NODE)
+    # 1.9 s of room at 100 ppm is 19,000 s; the gateway looks 60 s ahead until it knows the node's gaps
+    # (two of them: one mean gap of 900 s so far)
+    assert d["repeat"] is False and d["resync_at"] == pytest.approx(T0 + 901 + 19_000 - 1800)
+    assert d["drift_ppm"] == [-100.0, 100.0] and d["offset_s"] == pytest.approx([-0.46, 0.46])  # an hour on
+    assert ts.nodes() == [NODE]
+
+
+async def test_the_receive_window_says_what_the_gateway_did_with_it(gw):
+    """GET /nodes/{id}/window: sent, refused and why, or nothing to say; and when the answer is made."""
+    from gateway.transports import DownlinkError
+
+    p, d, clock = gw
+    radio = Radio()
+
+    class Closed:
+        async def send_downlink(self, raw: bytes, rx) -> None:
+            raise DownlinkError("duty_cycle", "sub-band g1 closed")
+
+    assert d.window(NODE) is None
+    for counter, path, want in (
+        (20, Closed(), {"counter": 20, "answering": False, "sent": 0, "refused": "duty_cycle"}),
+        (21, radio, {"counter": 21, "answering": False, "sent": 1, "refused": None}),  # the unknown offset's TIME
+        (22, radio, {"counter": 22, "answering": False, "sent": 1, "refused": None}),  # its repeat
+        (23, radio, {"counter": 23, "answering": False, "sent": 0, "refused": None}),  # nothing to say
+    ):
+        rx = reception(seal(NODE, counter), transport="udp", path=path, rx_time=T0 + 900 * counter)
+        rx.sf = 7
+        clock.t = T0 + 900 * counter + 0.1
+        assert await p.ingest(rx) == "accepted"
+        if want["sent"] or want["refused"]:
+            assert d.window(NODE)["answering"] is True  # committed; the answer is being made
+        await d.idle()
+        assert d.window(NODE) == want
+    assert [t for t, _b, _n in radio.sent] == [m.TIME, m.TIME]
+    # a wire has no receive window: it leaves the radio's alone
+    await p.ingest(reception(seal(NODE, 24), transport="serial", path=radio, rx_time=T0 + 900 * 24))
+    await d.idle()
+    assert d.window(NODE)["counter"] == 23

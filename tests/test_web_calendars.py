@@ -94,9 +94,30 @@ def test_the_page_shows_which_nodes_hold_their_calendar(tmp_path, browser):  # n
         expect(waiting).to_have_count(1)
         expect(waiting).to_have_text("Rue Mercière 9")
         waiting.click()  # the lamp still waiting: its view says so
-        expect(page.locator("#facts")).to_contain_text(f"{cal['name']}: waiting (holds none)")
+        expect(page.locator("#facts")).to_contain_text(f"{cal['name']}: pending (holds none)")
         page.locator(f'#nodes tr[data-node="{HOLDS:08x}"]').first.click()
-        expect(page.locator("#facts")).to_contain_text(f"{cal['name']}: held")
+        expect(page.locator("#facts")).to_contain_text(f"{cal['name']}: held (in step)")
+        assert api(port, "/calendars")["nodes"][f"{WAITS:08x}"]["state"] == "pending"
+        # a node the gateway gave up on (3 rounds unconfirmed; gateway/calendar_sync.py `state`), in the
+        # page's own module: its fact, and the card lists it apart from the nodes still waiting
+        failed = page.evaluate(
+            """async ([doc]) => {
+                const c = await import("/ui/calendars.js");
+                c.renderCalendars(doc, new Map([["00000052", { name: "Rue Mercière 9" }]]), () => {});
+                const card = document.querySelector("#calendars .calendar-failed");
+                return [c.calendarFact(c.calendarsByNode(doc), "00000052"), card && card.textContent];
+            }""",
+            [
+                {
+                    "calendars": [cal],
+                    "nodes": {"00000052": {"assigned": cal["hash"], "held": None, "in_sync": False, "state": "failed"}},
+                }
+            ],
+        )
+        assert failed == [
+            f"{cal['name']}: failed (holds none; 3 rounds unconfirmed, sent again after its next boot)",
+            "Failed (again at their next boot): Rue Mercière 9",
+        ]
         assert problems == []
     finally:
         if fwd is not None:
