@@ -4,7 +4,8 @@
 scheme, protocol/fragments.py) for the nodes:
 
 - **multicast** to the members of a group whose lamps all hold the group key and listen on
-  the group channel (gateway/multicast.py `choose`): a SETUP, the N uncoded fragments and
+  the group channel (gateway/multicast.py `choose`), when all of its lamps are to be sent
+  the image (the others would hear the fragments and install too): a SETUP, the N uncoded fragments and
   `redundancy` x N coded ones, each a GROUP_FRAG sent at once through the packet forwarders
   at SF9 (98-byte fragments in 115-byte frames), paced so that the session uses at most
   `duty_cycle` of the time (the g3 sub-band allows 10 %); a forwarder whose duty cycle is
@@ -110,8 +111,12 @@ class FuotaDelivery:
         mc = self.multicast
         if mc is not None and mc.radio is not None:
             for g in self.registry.groups():
-                take = [n for n in left if n in mc.lamps(g)]
-                if take and mc.choose(g, ("lighting",))[0] == "multicast":
+                lamps = mc.lamps(g)
+                take = [n for n in left if n in lamps]
+                # every lamp holding the group key hears a GROUP_FRAG and installs what it
+                # completes (firmware/fuota.py): a multicast for some of the group (a campaign's
+                # canaries) would update the rest too, before the canaries were judged
+                if take and len(take) == len(lamps) and mc.choose(g, ("lighting",))[0] == "multicast":
                     groups.append((g, take))
                     left = [n for n in left if n not in take]
         return groups, left

@@ -37,6 +37,7 @@ from test_groups_multicast import EUI, Forwarder
 from waiting import wait_for
 
 from gateway.config import load_config
+from gateway.fuota import FuotaDelivery
 from gateway.registry import Group
 from gateway.service import Gateway
 from gateway.transports import semtech
@@ -113,6 +114,7 @@ class Air:
         self.downlinks: list[tuple[int, int]] = []  # (node id or group address, mtype) in order sent
         self.group_frames = 0
         self.token = 0
+        self.fuota: FuotaDelivery | None = None
 
     async def open(self) -> None:
         _, self.fwd = await asyncio.get_running_loop().create_datagram_endpoint(
@@ -227,6 +229,7 @@ async def run_campaign(
         air = Air(gw, lamps, release, good)
         await air.open()
         gw.api.fuota.sleep = air.sleep
+        air.fuota = gw.api.fuota
         tasks.append(asyncio.create_task(air.radio()))
         for lamp in lamps.values():  # they boot on the old release
             lamp.counter += 1
@@ -269,6 +272,11 @@ async def test_a_campaign_goes_over_lora_to_the_canary_then_the_street(tmp_path,
 
         doc = await wait_for(done, 90, what="the campaign ended", interval=0.05)
         assert doc["state"] == "done" and doc["stage"] == "done", doc
+        fu = air.fuota
+        assert fu is not None
+        assert [(g.name, ids) for g, ids in fu.plan(MC)[0]] == [("mc", MC)]
+        # some of a group by unicast: its other lamps would hear a multicast and install it
+        assert fu.plan([0x302, 0x303]) == ([], [0x302, 0x303])
         assert doc["counts"]["healthy"] == 4, doc
         order = ["pending", "receiving", "verifying", "installed", "healthy"]
         for k, states in seen.items():
