@@ -82,6 +82,35 @@ class _Failed(Exception):
     pass
 
 
+class _Feed:
+    """A unicast session's frames for gateway/downlinks.py (a Filler): one per receive window;
+    a frame the transport refused (the RX1 band's duty cycle closed) goes first in a later one."""
+
+    def __init__(self, frames: list[bytes], counts: dict[str, Any]) -> None:
+        self.queue: deque[bytes] = deque(frames)
+        self.emptied = asyncio.Event()  # the last frame went: time to ask the node's status
+        self.counts = counts
+        self.progress: Callable[[int], None] = lambda left: None
+
+    def __call__(self) -> tuple[int, bytes] | None:
+        if not self.queue:
+            self.emptied.set()
+            return None
+        body = self.queue.popleft()
+        self.counts["unicast_frames"] += 1
+        left = len(self.queue)
+        if left % 8 == 0:
+            self.progress(left)
+        if not self.queue:
+            self.emptied.set()
+        return fz.FRAG, body
+
+    def put_back(self, made: tuple[int, bytes]) -> None:
+        self.queue.appendleft(made[1])
+        self.counts["unicast_frames"] -= 1
+        self.counts["refused"] += 1
+
+
 class FuotaDelivery:
     def __init__(
         self,
@@ -100,7 +129,7 @@ class FuotaDelivery:
         self.sleep = sleep
         self._answers: dict[int, asyncio.Future[tuple[int, int]]] = {}  # status command id -> CMD_ACK
         downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
-        self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0}
+        self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0, "refused": 0}
 
     # ------------------------------------------------------------ the plan
 
@@ -267,24 +296,10 @@ class FuotaDelivery:
         n = enc.n
         coded = math.ceil(n * s.redundancy)
         setup = fz.setup_body(sid, bundle, len(image), f, n, coded)
-        queue: deque[bytes] = deque([setup] + [fz.data_body(sid, i, enc.fragment(i)) for i in range(n + coded)])
-        emptied = asyncio.Event()
-        total = len(queue)
-
-        def fill() -> tuple[int, bytes] | None:
-            if not queue:
-                emptied.set()
-                return None
-            body = queue.popleft()
-            self.counts["unicast_frames"] += 1
-            left = len(queue)
-            if left % 8 == 0:
-                report(node, "receiving", min(1.0, (total - left) / total) * 0.99)
-            if not queue:
-                emptied.set()
-            return fz.FRAG, body
-
-        self.downlinks.fillers[node] = fill
+        feed = _Feed([setup] + [fz.data_body(sid, i, enc.fragment(i)) for i in range(n + coded)], self.counts)
+        queue, emptied, total = feed.queue, feed.emptied, len(feed.queue)
+        feed.progress = lambda left: report(node, "receiving", min(1.0, (total - left) / total) * 0.99)
+        self.downlinks.fillers[node] = feed
         nxt = n + coded
         try:
             for rnd in range(s.max_rounds + 1):
