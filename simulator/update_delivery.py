@@ -22,8 +22,9 @@ complete plus `install_s` (the updater's checks and the reboot into the trial).
 With `park_valves` > 0, an irrigation park is updated beside it by unicast (section `park`),
 as gateway/fuota.py sends to a class-A node: the SETUP and fragments of
 fz.fragment_size(51 B) one per receive window after each heard uplink (every
-`park_report_s`), in the RX1 band's 1 % duty cycle (a window the band has closed loses that
-frame, as the gateway's filler does), then the `frag_status` exchange and coded repairs per
+`park_report_s`, give or take 5 %, as the firmware jitters it), in the RX1 band's 1 % duty
+cycle (a window the band has closed sends nothing: the frame waits for a later one, as the
+gateway's filler puts it back), then the `frag_status` exchange and coded repairs per
 valve. One gateway serves the park.
 
 With `bad_release`, a release that fails its trial goes through a campaign's stages
@@ -312,10 +313,11 @@ class _Unicast:
                 if self.rng.random() >= s.loss:
                     self.asked[i] = True
             return
-        x = q.pop(0)  # the filler hands it over whether or not the band lets it go
+        x = q[0]
         body = self.setup if x is None else fz.data_body(1, x, self.enc.fragment(x))
         if not self._downlink(t, len(body)):
-            return
+            return  # refused: put back, first in a later window (gateway/downlinks.py Filler.put_back)
+        q.pop(0)
         if self.rng.random() < s.loss:
             self.lost += 1
             return
@@ -336,7 +338,8 @@ class _Unicast:
             if self.rng.random() >= s.loss:  # the uplink heard: a receive window
                 self._window(i, t)
             if self.verified[i] is None and not self.failed[i]:
-                heapq.heappush(heap, (t + self.report_s, i))
+                # each report moves by up to a tenth of the interval (firmware/runtime.py _REPORT_JITTER)
+                heapq.heappush(heap, (t + self.report_s * (1 + self.rng.uniform(-0.05, 0.05)), i))
             else:
                 self.end = max(self.end, t)
 
