@@ -78,7 +78,8 @@ class Delivery(Protocol):
     """Moves a release image to nodes (gateway/fuota.py FuotaDelivery: LoRa multicast with FEC).
 
     Reports per node: ("receiving", fraction 0..1), ("verifying", None), ("failed", None).
-    Returns when it is done with every node; it is cancelled on pause and abort."""
+    Returns when it is done with every node; it is cancelled on pause and abort, and in the
+    canary stage when a canary is rolled back or failed meanwhile."""
 
     async def deliver(
         self, image: bytes, node_ids: Sequence[int], report: Callable[[int, str, float | None], None]
