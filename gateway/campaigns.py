@@ -78,7 +78,8 @@ class Delivery(Protocol):
     """Moves a release image to nodes (gateway/fuota.py FuotaDelivery: LoRa multicast with FEC).
 
     Reports per node: ("receiving", fraction 0..1), ("verifying", None), ("failed", None).
-    Returns when it is done with every node; it is cancelled on pause and abort."""
+    Returns when it is done with every node; it is cancelled on pause and abort, and in the
+    canary stage when a canary is rolled back or failed meanwhile."""
 
     async def deliver(
         self, image: bytes, node_ids: Sequence[int], report: Callable[[int, str, float | None], None]
@@ -487,7 +488,7 @@ class Campaigns:
             image = self._image(c)
             log.info("campaign delivering", extra={"campaign": c.id, "stage": c.stage, "nodes": len(ids)})
             try:
-                await self.delivery.deliver(image, ids, lambda n, s, f: self._report(c, n, s, f))
+                await self._deliver_watching(c, image, ids)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the delivery gave up: its nodes failed, the window decides the rest
@@ -499,6 +500,38 @@ class Campaigns:
         c.delivered = True
         c.deadline = self.clock() + c.window_s
         await self._changed(c, None)
+
+    async def _deliver_watching(self, c: Campaign, image: bytes, ids: list[int]) -> None:
+        """The stage's delivery, cut short when a canary rolls back or fails meanwhile.
+
+        A node installs as soon as its image is complete (firmware/fuota.py), so a canary can
+        boot the release, fail its trial and come back on the old one while the delivery still
+        serves the others (or waits for its own status answer, which would then ask it for the
+        whole image again): the halt must not wait for the delivery to return."""
+        assert self.delivery is not None
+        task = asyncio.ensure_future(self.delivery.deliver(image, ids, lambda n, s, f: self._report(c, n, s, f)))
+        ev = self._events[c.id]
+        try:
+            while not task.done():
+                ev.clear()
+                woke = asyncio.ensure_future(ev.wait())
+                try:
+                    await asyncio.wait({task, woke}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woke.cancel()
+                if not task.done() and c.stage == "canary" and self._canary_down(c):
+                    log.info("campaign delivery stopped: a canary is down", extra={"campaign": c.id})
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    return
+            await task  # its exception, if any
+        finally:
+            if not task.done():  # we were cancelled (pause, abort, close)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _canary_down(self, c: Campaign) -> bool:
+        return any(c.nodes[n].state in ("rolled_back", "failed") for n in c.stage_nodes())
 
     def _judge(self, c: Campaign) -> Any:
         """The stage's outcome as a coroutine to await, or None while it is open."""

@@ -91,7 +91,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.model import Downlink, Reception, Record
 from gateway.store import Store
@@ -127,6 +127,16 @@ KINDS = (m.COMMAND, m.CONFIG, m.TIME)
 FILL_MAX = 32  # filler frames per pass on a wire (serial, BLE); LoRa takes one per window
 
 
+class Filler(Protocol):
+    """Frames for a node's receive windows once nothing queued is due (gateway/fuota.py)."""
+
+    def __call__(self) -> tuple[int, bytes] | None:
+        """The next frame (frame type, raw body), taken; None when there is none now."""
+
+    def put_back(self, made: tuple[int, bytes]) -> None:
+        """A frame the call gave that the transport did not send: give it again first."""
+
+
 class DownlinkRejected(ValueError):
     """An enqueue request that cannot be queued (unknown node, bad body, queue full)."""
 
@@ -153,9 +163,9 @@ class Downlinks:
         self.store = store
         self.timesync = timesync
         self.cmd_ack_listeners: list[Callable[[Record], None]] = []  # told every CMD_ACK committed
-        # node -> what fills its receive windows once nothing queued is due: (frame type, raw body)
-        # or None (gateway/fuota.py: an update's fragments, never stored, made again if lost)
-        self.fillers: dict[int, Callable[[], tuple[int, bytes] | None]] = {}
+        # node -> what fills its receive windows once nothing queued is due (gateway/fuota.py:
+        # an update's fragments, never stored, made again if lost)
+        self.fillers: dict[int, Filler] = {}
         self.registry = registry
         self.default_ttl_s = default_ttl_s
         self.max_attempts = max_attempts
@@ -472,7 +482,12 @@ class Downlinks:
                 if fill is None or (budget is not None and budget <= 0):
                     break
                 made = fill()
-                if made is None or not await self._send(entry, made[0], {}, rx, made[1]):
+                if made is None:
+                    break
+                if not await self._send(entry, made[0], {}, rx, made[1]):
+                    # the transport refused it (the band's duty cycle closed, no route): it
+                    # goes first in a later window, not lost to the node
+                    fill.put_back(made)
                     break
                 self.counts["filled"] += 1
                 if budget is not None:

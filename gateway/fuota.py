@@ -4,7 +4,8 @@
 scheme, protocol/fragments.py) for the nodes:
 
 - **multicast** to the members of a group whose lamps all hold the group key and listen on
-  the group channel (gateway/multicast.py `choose`): a SETUP, the N uncoded fragments and
+  the group channel (gateway/multicast.py `choose`), when all of its lamps are to be sent
+  the image (the others would hear the fragments and install too): a SETUP, the N uncoded fragments and
   `redundancy` x N coded ones, each a GROUP_FRAG sent at once through the packet forwarders
   at SF9 (98-byte fragments in 115-byte frames), paced so that the session uses at most
   `duty_cycle` of the time (the g3 sub-band allows 10 %); a forwarder whose duty cycle is
@@ -81,6 +82,35 @@ class _Failed(Exception):
     pass
 
 
+class _Feed:
+    """A unicast session's frames for gateway/downlinks.py (a Filler): one per receive window;
+    a frame the transport refused (the RX1 band's duty cycle closed) goes first in a later one."""
+
+    def __init__(self, frames: list[bytes], counts: dict[str, Any]) -> None:
+        self.queue: deque[bytes] = deque(frames)
+        self.emptied = asyncio.Event()  # the last frame went: time to ask the node's status
+        self.counts = counts
+        self.progress: Callable[[int], None] = lambda left: None
+
+    def __call__(self) -> tuple[int, bytes] | None:
+        if not self.queue:
+            self.emptied.set()
+            return None
+        body = self.queue.popleft()
+        self.counts["unicast_frames"] += 1
+        left = len(self.queue)
+        if left % 8 == 0:
+            self.progress(left)
+        if not self.queue:
+            self.emptied.set()
+        return fz.FRAG, body
+
+    def put_back(self, made: tuple[int, bytes]) -> None:
+        self.queue.appendleft(made[1])
+        self.counts["unicast_frames"] -= 1
+        self.counts["refused"] += 1
+
+
 class FuotaDelivery:
     def __init__(
         self,
@@ -99,7 +129,7 @@ class FuotaDelivery:
         self.sleep = sleep
         self._answers: dict[int, asyncio.Future[tuple[int, int]]] = {}  # status command id -> CMD_ACK
         downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
-        self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0}
+        self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0, "refused": 0}
 
     # ------------------------------------------------------------ the plan
 
@@ -110,8 +140,12 @@ class FuotaDelivery:
         mc = self.multicast
         if mc is not None and mc.radio is not None:
             for g in self.registry.groups():
-                take = [n for n in left if n in mc.lamps(g)]
-                if take and mc.choose(g, ("lighting",))[0] == "multicast":
+                lamps = mc.lamps(g)
+                take = [n for n in left if n in lamps]
+                # every lamp holding the group key hears a GROUP_FRAG and installs what it
+                # completes (firmware/fuota.py): a multicast for some of the group (a campaign's
+                # canaries) would update the rest too, before the canaries were judged
+                if take and len(take) == len(lamps) and mc.choose(g, ("lighting",))[0] == "multicast":
                     groups.append((g, take))
                     left = [n for n in left if n not in take]
         return groups, left
@@ -262,24 +296,10 @@ class FuotaDelivery:
         n = enc.n
         coded = math.ceil(n * s.redundancy)
         setup = fz.setup_body(sid, bundle, len(image), f, n, coded)
-        queue: deque[bytes] = deque([setup] + [fz.data_body(sid, i, enc.fragment(i)) for i in range(n + coded)])
-        emptied = asyncio.Event()
-        total = len(queue)
-
-        def fill() -> tuple[int, bytes] | None:
-            if not queue:
-                emptied.set()
-                return None
-            body = queue.popleft()
-            self.counts["unicast_frames"] += 1
-            left = len(queue)
-            if left % 8 == 0:
-                report(node, "receiving", min(1.0, (total - left) / total) * 0.99)
-            if not queue:
-                emptied.set()
-            return fz.FRAG, body
-
-        self.downlinks.fillers[node] = fill
+        feed = _Feed([setup] + [fz.data_body(sid, i, enc.fragment(i)) for i in range(n + coded)], self.counts)
+        queue, emptied, total = feed.queue, feed.emptied, len(feed.queue)
+        feed.progress = lambda left: report(node, "receiving", min(1.0, (total - left) / total) * 0.99)
+        self.downlinks.fillers[node] = feed
         nxt = n + coded
         try:
             for rnd in range(s.max_rounds + 1):

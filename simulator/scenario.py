@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import adr as adr_mod
+from gateway.campaigns import WINDOW_S, CampaignError, canary_count
 from protocol import lora
 from simulator import channel as ch
 from simulator import soil as soil_mod
@@ -910,9 +911,26 @@ def _update(t: _Table, seed: int, duration_s: float) -> UpdateSettings:
         max_rounds=t.get("max_rounds", "int", 4, _in(0, 100)),
         install_s=t.get("install", "duration", 60.0, _span(0, 86400)),
         seed=seed,
+        park_valves=t.get("park_valves", "int", 0, _in(0, 1000)),
+        park_image_bytes=t.get("park_image_bytes", "int", 2758, _in(1, 65536)),
+        park_sf=t.get("park_sf", "int", 10, _in(7, 12)),
+        park_report_s=t.get("park_report_interval", "duration", 900.0, _span(10, 86400)),
+        bad_release=t.get("bad_release", "bool", False),
+        canary=t.get("canary", "float", 1.0, _canary),
+        rollback_s=t.get("rollback", "duration", 5400.0, _span(0, 7 * 86400)),
+        window_s=t.get("window", "duration", WINDOW_S, _span(1, 30 * 86400)),
     )
     t.done()
     return u
+
+
+def _canary(v: Any) -> str | None:
+    """gateway/campaigns.py's rule: a count (a whole number >= 1) or a share between 0 and 1."""
+    try:
+        canary_count(v, 1_000_000)
+    except (CampaignError, TypeError) as e:
+        return str(e)
+    return None
 
 
 def _replace_sf(n: LampNode | IrrigationNode, sf: int) -> LampNode | IrrigationNode:

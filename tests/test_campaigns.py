@@ -8,6 +8,7 @@ StepDelivery: it reports receiving/verifying/failed, never installed, healthy or
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -206,6 +207,42 @@ async def test_a_canary_that_rolls_back_halts_the_campaign_and_the_rest_get_noth
         await rig.act(cid, "resume", 409)  # halted is final
         # the nodes are free for the next campaign (a fixed release)
         await rig.start(images.image, "group=quai&canary=1")
+
+
+class HangingDelivery:
+    """Canary 1 holds the image (verifying) while the delivery still serves canary 2, and never returns."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.cancelled = 0
+
+    async def deliver(self, image, node_ids, report) -> None:
+        self.calls.append(list(node_ids))
+        report(node_ids[0], "verifying", None)
+        for n in node_ids[1:]:
+            report(n, "receiving", 0.4)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+async def test_a_canary_rolling_back_mid_delivery_halts_at_once(tmp_path, images):
+    """A node installs once its image is complete: the halt does not wait for the delivery to return."""
+    delivery = HangingDelivery()
+    bundle = images.manifest["bundle"]
+    async with Rig(tmp_path, delivery) as rig:
+        await on_old_release(rig)
+        cid = (await rig.start(images.image, "group=quai&canary=0.5&window_s=600"))["id"]  # 2 of 4
+        await rig.wait_node(cid, 1, "verifying")
+        await rig.send(hello, 1, bundle, "9.9.0")
+        await rig.wait_node(cid, 1, "installed")
+        await rig.send(hello, 1, OLD_BUNDLE)
+        doc = await rig.wait_state(cid, "halted")
+        assert doc["reason"].startswith("canary 00000001 rolled back"), doc["reason"]
+        assert delivery.cancelled == 1 and delivery.calls == [[1, 2]]
+        assert {doc["nodes"][f"{n:08x}"]["state"] for n in (2, 3, 4)} == {"pending"}
 
 
 async def test_a_canary_not_healthy_within_the_window_halts(tmp_path, images):

@@ -28,7 +28,7 @@ from waiting import wait_for
 
 from firmware.group import Groups
 from gateway.fuota import FuotaDelivery, FuotaSettings, image_bundle
-from gateway.transports import semtech
+from gateway.transports import DownlinkError, semtech
 from protocol import fragments as fz
 from protocol import frame, lora, nodefrag
 from protocol import messages as m
@@ -211,6 +211,52 @@ async def test_a_node_that_never_answers_is_failed_with_its_reason(street, caplo
     assert radio.frags == fu.counts["unicast_frames"] > 10 and nodes[VALVE].dec is not None
     assert reports[-1] == (VALVE, "failed", None)
     assert "no answer to the status request" in caplog.text
+
+
+class ClosingRadio(LinkRadio):
+    """Refuses every third fragment as the packet forwarder does while the band's duty cycle is closed."""
+
+    def __init__(self, nodes: dict[int, Node]) -> None:
+        super().__init__(nodes)
+        self.tries = self.refused = 0
+
+    async def send_downlink(self, raw: bytes, rx) -> None:
+        f, _ = frame.unseal(node_keys(frame.parse(raw).node_id), raw)
+        if f.mtype == fz.FRAG:
+            self.tries += 1
+            if self.tries % 3 == 0:
+                self.refused += 1
+                raise DownlinkError("duty_cycle", "sub-band g1 closed for 20000 ms more")
+        await super().send_downlink(raw, rx)
+
+
+async def test_a_fragment_the_duty_cycle_refuses_goes_in_a_later_window(street):  # noqa: F811
+    """Not lost: a third of the windows refused would otherwise outrun the 25 % coded up front."""
+    g = street
+    nodes = {VALVE: Node(VALVE, 0.0, Path(g.tmp))}
+    radio = g.radio = ClosingRadio(nodes)
+    fu = FuotaDelivery(g.reg, g.store, g.d, None, FuotaSettings(status_timeout_s=5, max_rounds=0))
+    image = make_image(400)
+    reports: list[tuple[int, str, float | None]] = []
+    task = asyncio.create_task(fu.deliver(image, [VALVE], lambda *a: reports.append(a)))
+    counter, answer = 0, None
+    seen = 0
+    while not task.done():
+        counter += 1
+        assert counter < 3000, "the session never ended"
+        raw = seal(VALVE, counter) if answer is None else seal(VALVE, counter, m.CMD_ACK, answer)
+        answer = None
+        assert await g.uplink(raw) == "accepted"
+        for node, mtype, body in radio.sent[seen:]:
+            seen += 1
+            if mtype == m.COMMAND and body[1] == fz.OP_FRAG_STATUS:
+                res, value = nodes[node].status(body[2][0])
+                answer = {0: body[0], 1: res, 2: value} if value else {0: body[0], 1: res}
+        await asyncio.sleep(0.002)
+    await task
+    assert reports[-1] == (VALVE, "verifying", None) and nodes[VALVE].image() == image
+    assert radio.refused >= 5 and fu.counts["refused"] == radio.refused
+    assert fu.counts["repairs"] == 0 and radio.frags == fu.counts["unicast_frames"]
 
 
 async def test_an_unknown_node_fails_at_once(street, caplog):  # noqa: F811
