@@ -144,6 +144,14 @@ def instance_fields(cls: type) -> tuple[str, ...]:
     return tuple(sorted(x for x in names if not hasattr(cls, x)))
 
 
+def slotted(cls: type) -> type:
+    """`cls` with its fields as slots (see `ticked`): same name, same behaviour, a compact layout."""
+    return type(cls.__name__, (cls,), {"__slots__": instance_fields(cls), "__module__": cls.__module__})
+
+
+_SLOTTED_NODE = slotted(Node)  # what the run boots: the real runtime, its fields in slots
+
+
 def ticked(app_class: type, clock: SimClock) -> type:
     """The app with its run() loop ticked by the clock: step(), then again tick_ms later (see above).
 
@@ -318,7 +326,7 @@ class Simulation:
         hal.on_time_set = lambda before, after: self._time_set(sn, before, after)
         sn.world.bind(hal)
         sn.hal = hal
-        sn.node = Node(fw_config.load(sn.cfg_bytes), hal, sn.radio, sn.app_class, watchdog=False)
+        sn.node = _SLOTTED_NODE(fw_config.load(sn.cfg_bytes), hal, sn.radio, sn.app_class, watchdog=False)
         if isinstance(sn.world, ControllerWorld):
             sn.world.latched = _latch_probe(sn.node)
         sn.boots += 1

@@ -135,6 +135,9 @@ def _on_time(t0: float, t1: float, since: float) -> float:
 
 
 class LampWorld:
+    # the PIR's state, read at every tick (WorldHAL.pin_read), in slots; the rest in __dict__
+    __slots__ = ("_pir_state", "_pir_next", "_pir", "_pir_i", "world", "__dict__")
+
     def __init__(self, node: LampNode, world: World, pir: list[tuple[float, float]]) -> None:
         self.node = node
         self.world = world
