@@ -123,8 +123,8 @@ class GatewayLink(Protocol):
 # ---------------------------------------------------------------- the in-process gateway
 
 import asyncio  # noqa: E402
-import dataclasses  # noqa: E402
 import concurrent.futures  # noqa: E402
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import sqlite3  # noqa: E402
 from pathlib import Path  # noqa: E402
