@@ -19,18 +19,15 @@ share of the nodes, the coordinator the air and the gateway) share.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import dataclasses
 import gc
-import inspect
 import json
 import logging
 import math
 import random
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +58,7 @@ from simulator.metrics import Results
 from simulator.provisioning import APPS, SIM_TICK_MS, firmware_config
 from simulator.scenario import IrrigationNode, LampNode, Scenario
 from simulator.simclock import SimClock, Ticker
+from simulator.slots import instance_fields, slotted
 from simulator.virtual_loop import VirtualLoop
 from simulator.world import WORLD_STEP_S, ControllerWorld, World, WorldHAL
 
@@ -117,36 +115,6 @@ def _thin(nodes: tuple, share: float, keep: set[str]) -> tuple:
     # an even share along the file's order (every street and park keeps its part; the first node
     # always), fault targets kept
     return tuple(n for i, n in enumerate(nodes) if math.ceil((i + 1) * share) > math.ceil(i * share) or n.name in keep)
-
-
-def instance_fields(cls: type) -> tuple[str, ...]:
-    """The names `cls`'s own code assigns on self (`self.x = ...`) that are no class attribute, sorted.
-
-    Read from the source of every class of its MRO (ast), so a field added to an app
-    is found without a list to keep up to date here.
-    """
-    names: set[str] = set()
-    for c in cls.__mro__:
-        if c is object:
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(c)))
-        except (OSError, TypeError):  # no source (a C class, an interactive one): its fields stay in __dict__
-            continue
-        for n in ast.walk(tree):
-            if (
-                isinstance(n, ast.Attribute)
-                and isinstance(n.ctx, ast.Store)
-                and isinstance(n.value, ast.Name)
-                and n.value.id == "self"
-            ):
-                names.add(n.attr)
-    return tuple(sorted(x for x in names if not hasattr(cls, x)))
-
-
-def slotted(cls: type) -> type:
-    """`cls` with its fields as slots (see `ticked`): same name, same behaviour, a compact layout."""
-    return type(cls.__name__, (cls,), {"__slots__": instance_fields(cls), "__module__": cls.__module__})
 
 
 _SLOTTED_NODE = slotted(Node)  # what the run boots: the real runtime, its fields in slots

@@ -1,6 +1,6 @@
 """The simulator's speed-ups that change layout and call shape only: the same results, field for field.
 
-engine.slotted / ticked give the firmware's classes __slots__ for the fields
+simulator.slots (engine's runtime and ticked apps) gives the firmware's classes __slots__ for the fields
 their code assigns; InProcessGateway.uplink builds its Reception
 positionally; VirtualLoop puts due timer handles straight on the ready
 queue. Each is checked against the plain way here.
@@ -19,7 +19,7 @@ from firmware.lighting import Lighting
 from firmware.runtime import Node
 from gateway.model import Reception
 from simulator import channel as ch
-from simulator import engine
+from simulator import engine, slots
 from simulator.gateway_link import InProcessGateway, LinkContext
 from simulator.runner import RunOptions, run
 from simulator.scenario import load
@@ -43,16 +43,16 @@ class _Toy:
 
 
 def test_instance_fields_are_what_the_code_assigns_on_self_and_no_class_attribute():
-    assert engine.instance_fields(_Toy) == ("_b", "a", "c", "d")
-    lf = engine.instance_fields(Lighting)
+    assert slots.instance_fields(_Toy) == ("_b", "a", "c", "d")
+    lf = slots.instance_fields(Lighting)
     assert {"_out", "_last_ms", "flags", "hal", "s", "presence", "_lo", "_hi"} <= set(lf)
     assert not {"KIND", "step", "schedule", "run"} & set(lf)  # methods and class constants stay on the class
-    assert "schedule" in engine.instance_fields(Irrigation)  # a field there, not a method
-    assert {"queue", "store", "radio", "app"} <= set(engine.instance_fields(Node))
+    assert "schedule" in slots.instance_fields(Irrigation)  # a field there, not a method
+    assert {"queue", "store", "radio", "app"} <= set(slots.instance_fields(Node))
 
 
 def test_a_slotted_class_behaves_as_its_own():
-    cls = engine.slotted(_Toy)
+    cls = slots.slotted(_Toy)
     assert cls.__name__ == "_Toy" and issubclass(cls, _Toy)
     x = cls()
     x.later()
