@@ -109,6 +109,29 @@ def _child(tree: Path, a: argparse.Namespace, out: dict[str, Any]) -> None:
     out.update(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
+def differences(a: Any, b: Any, path: str = "", limit: int = 5) -> list[str]:
+    """Up to `limit` paths where two results differ ("delivery/stored: 1 != 2")."""
+    out: list[str] = []
+    if type(a) is not type(b):
+        return [f"{path}: {a!r:.60} != {b!r:.60}"]
+    if isinstance(a, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                out.append(f"{path}/{k}: only in one")
+            else:
+                out += differences(a[k], b[k], f"{path}/{k}", limit - len(out))
+            if len(out) >= limit:
+                break
+    elif isinstance(a, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += differences(x, y, f"{path}[{i}]", limit - len(out))
+            if len(out) >= limit:
+                break
+    elif a != b:
+        out.append(f"{path}: {a!r:.60} != {b!r:.60}")
+    return out[:limit]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--streets", type=int, default=100)
@@ -149,6 +172,8 @@ def main() -> int:
                 r["baseline_cpu_s_per_1000_node_days"] = round(1000 * base["cpu_s"] / base["node_days"], 1)
                 r["ratio"] = round(mine["cpu_s"] / base["cpu_s"], 3)
                 r["identical"] = base["results"] == mine["results"]
+                if not r["identical"]:
+                    r["differences"] = differences(base["results"], mine["results"])
             rounds.append(r)
     finally:
         if tmp is not None:
