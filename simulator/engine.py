@@ -58,6 +58,7 @@ from simulator.metrics import Results
 from simulator.provisioning import APPS, SIM_TICK_MS, firmware_config
 from simulator.scenario import IrrigationNode, LampNode, Scenario
 from simulator.simclock import SimClock, Ticker
+from simulator.slots import instance_fields, slotted
 from simulator.virtual_loop import VirtualLoop
 from simulator.world import WORLD_STEP_S, ControllerWorld, World, WorldHAL
 
@@ -116,10 +117,22 @@ def _thin(nodes: tuple, share: float, keep: set[str]) -> tuple:
     return tuple(n for i, n in enumerate(nodes) if math.ceil((i + 1) * share) > math.ceil(i * share) or n.name in keep)
 
 
+_SLOTTED_NODE = slotted(Node)  # what the run boots: the real runtime, its fields in slots
+
+
 def ticked(app_class: type, clock: SimClock) -> type:
-    """The app with its run() loop ticked by the clock: step(), then again tick_ms later (see above)."""
+    """The app with its run() loop ticked by the clock: step(), then again tick_ms later (see above).
+
+    Its fields are slots (`instance_fields`): CPython reads and writes a slot at a fixed
+    offset in the object, where an app's forty-odd fields in an instance dict cost a hashed
+    lookup each; step() touches some thirty of them every tick, for every node. Layout
+    only: a field the list misses still lives in the instance's __dict__ (the firmware's
+    class has one), and nothing reads an app's __dict__.
+    """
 
     class Ticked(app_class):
+        __slots__ = instance_fields(app_class)
+
         async def run(self) -> None:
             # the first step now (raising, it ends run() at once), then the clock's ticker:
             # cancelled with this task it stops; a step that raises sets fut, and run() raises it
@@ -281,7 +294,7 @@ class Simulation:
         hal.on_time_set = lambda before, after: self._time_set(sn, before, after)
         sn.world.bind(hal)
         sn.hal = hal
-        sn.node = Node(fw_config.load(sn.cfg_bytes), hal, sn.radio, sn.app_class, watchdog=False)
+        sn.node = _SLOTTED_NODE(fw_config.load(sn.cfg_bytes), hal, sn.radio, sn.app_class, watchdog=False)
         if isinstance(sn.world, ControllerWorld):
             sn.world.latched = _latch_probe(sn.node)
         sn.boots += 1

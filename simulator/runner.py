@@ -48,6 +48,12 @@ How the firmware is driven, and what is chosen for speed (named below):
   `tick_ms`; the PIR's hold time follows (simulator/world.py);
 - `Node(..., watchdog=False)`, as the runtime offers for simulations of many
   nodes (feeding is its most frequent wake-up);
+- the runtime and the apps as subclasses whose fields are `__slots__`
+  (simulator/slots.py, for the runtime and `ticked`: the fields their code assigns, read from the
+  source), and the HAL's and the world's hottest fields likewise
+  (simulator/world.py): a step touches some thirty fields of its node, and
+  a slot is a fixed offset where an instance dict of forty-odd keys costs a
+  hashed lookup (12-19 % of a city area's CPU, more with more nodes; bench/sim_area.py);
 - nodes power up at seeded whole seconds spread over BOOT_SPREAD_S, as a
   network whose nodes booted at different times, so the first reports do
   not all collide (whole seconds: nodes whose ticks fall in the same

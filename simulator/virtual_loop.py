@@ -140,15 +140,14 @@ class _VirtualSelector(selectors.DefaultSelector):
 class VirtualLoop(asyncio.SelectorEventLoop):
     """A SelectorEventLoop on a VirtualClock (see the module docstring).
 
-    Public asyncio API only, but for one read: `has_ready_callbacks` looks at
-    the loop's ready queue, which asyncio offers no public way to see.
+    Public asyncio API only, but for the loop's ready queue, which asyncio
+    offers no public way to see or fill: `has_ready_callbacks` looks at it,
+    and `release_due` appends due timer handles to it, as asyncio does.
     """
 
     def __init__(self, clock: VirtualClock | None = None) -> None:
         self.clock = clock if clock is not None else VirtualClock()
-        self._vl_timers: list[
-            tuple[float, int, asyncio.TimerHandle, Callable[..., object], tuple[Any, ...], contextvars.Context]
-        ] = []
+        self._vl_timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._vl_seq = itertools.count()
         # what asyncio's loop adds to "now" when it picks the due timers (BaseEventLoop.__init__)
         self._vl_resolution = time.get_clock_info("monotonic").resolution
@@ -171,7 +170,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         if context is None:
             context = contextvars.copy_context()
         timer = asyncio.TimerHandle(when, callback, args, self, context)
-        heapq.heappush(self._vl_timers, (when, next(self._vl_seq), timer, callback, args, context))
+        heapq.heappush(self._vl_timers, (when, next(self._vl_seq), timer))
         return timer
 
     def next_timer(self) -> float | None:
@@ -185,10 +184,15 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         """Queue every timer due now (within the clock's resolution, as asyncio) to run, in order."""
         timers = self._vl_timers
         end = self.clock.t + self._vl_resolution
+        # The timer handle itself goes to the ready queue, as asyncio's own loop puts its due
+        # timers there (BaseEventLoop._run_once): it runs its callback in its context, and
+        # is skipped if cancelled by then -- what a call_soon(_fire, ...) did, without a
+        # second handle per timer (a run fires hundreds of thousands).
+        ready = self._ready  # type: ignore[attr-defined]  # no public API appends a handle
         while timers and timers[0][0] < end:
-            _when, _seq, timer, callback, args, context = heapq.heappop(timers)
+            timer = heapq.heappop(timers)[2]
             if not timer.cancelled():
-                self.call_soon(_fire, timer, callback, args, context=context)
+                ready.append(timer)
 
     def has_ready_callbacks(self) -> bool:
         """Whether callbacks wait in the ready queue (what runs before anything scheduled now)."""
@@ -197,12 +201,6 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def close(self) -> None:
         super().close()
         self._vl_timers.clear()
-
-
-def _fire(timer: asyncio.TimerHandle, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
-    # a timer cancelled after it was queued does not run, as in asyncio
-    if not timer.cancelled():
-        callback(*args)
 
 
 def new_loop(clock: VirtualClock | None = None) -> VirtualLoop:

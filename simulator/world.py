@@ -76,6 +76,10 @@ class WorldHAL(SimHAL):
     compares them); everything else is SimHAL's.
     """
 
+    # The fields its hot reads use, as slots (a fixed offset in the object instead of a lookup
+    # in an instance dict of some forty keys); SimHAL.__init__ sets them as before, and its
+    # other fields stay in the instance's __dict__.
+    __slots__ = ("clock", "_boot_ms", "_wall_offset", "_wall_set", "wall_ppm", "drift_ppm", "_inputs", "pir")
     clock: VirtualClock  # read as `clock.t` directly (SimHAL takes any clock)
 
     def __init__(self, clock: VirtualClock, **kw: Any) -> None:
@@ -113,6 +117,8 @@ class WorldHAL(SimHAL):
 
     def adc_read_mv(self, name: str) -> int:
         v = self._inputs.get(name, 0)
+        if type(v) is int:  # a lamp's current (LampWorld._set_current), read every tick: as is
+            return v
         return int(v() if callable(v) else v)
 
 
@@ -129,6 +135,9 @@ def _on_time(t0: float, t1: float, since: float) -> float:
 
 
 class LampWorld:
+    # the PIR's state, read at every tick (WorldHAL.pin_read), in slots; the rest in __dict__
+    __slots__ = ("_pir_state", "_pir_next", "_pir", "_pir_i", "world", "__dict__")
+
     def __init__(self, node: LampNode, world: World, pir: list[tuple[float, float]]) -> None:
         self.node = node
         self.world = world
