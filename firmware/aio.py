@@ -5,6 +5,25 @@
 
 import asyncio
 
+# MicroPython's task queues are pairing heaps (py/pairheap.h, used by _asyncio's
+# TaskQueue): a task popped from one keeps its `child` and `child_last`
+# pointers, and a push never clears `child_last`. The collector follows them,
+# so a task that was once another's parent in a queue keeps that one alive
+# after both are done, and that one the next: a chain of finished tasks with
+# their coroutines. wait_ms's timer tasks formed such chains (some 100 of them,
+# 22 KB, on a lamp listening between uplinks: bench/README.md, "the member's
+# runtime heap"). So a timer, before it ends, is made for an instant the parent
+# of `peer`, a task that never runs: its pointers then hold only that one.
+# The names are ones the node has interned already (`queue`, `peer`); CPython's
+# tasks hold no such pointers (its _asyncio has no TaskQueue).
+try:
+    from _asyncio import Task, TaskQueue
+
+    queue = TaskQueue()
+    peer = Task(None)
+except ImportError:
+    queue = None
+
 
 def _uncancel(task):
     # CPython 3.11 counts cancellations; a handled one must be withdrawn or a
@@ -16,10 +35,17 @@ def _uncancel(task):
     return 0
 
 
-async def _timer(hal, ms, waiter, box):
-    await hal.sleep_ms(ms)
-    box[0] = True
-    waiter.cancel()
+async def _timer(hal, ms, waiter):
+    try:
+        await hal.sleep_ms(ms)
+        waiter.cancel()
+    finally:
+        hal = waiter = None  # a finished coroutine keeps its locals
+        if queue is not None:
+            queue.push(peer, 1)
+            queue.push(asyncio.current_task(), 0)  # sorts first: the parent of peer
+            queue.pop()
+            queue.pop()  # both out again, the queue empty
 
 
 async def wait_ms(hal, event, ms):
@@ -33,15 +59,15 @@ async def wait_ms(hal, event, ms):
     if ms <= 0:
         return False
     me = asyncio.current_task()
-    box = [False]
-    timer = asyncio.create_task(_timer(hal, ms, me, box))
+    timer = asyncio.create_task(_timer(hal, ms, me))
     try:
         await event.wait()
         return True
     except asyncio.CancelledError:
-        if not box[0] or _uncancel(me):
+        # the timer is done once it has cancelled us (it ends in the same step); if it is not,
+        # the cancel came from outside
+        if not timer.done() or _uncancel(me):
             raise  # cancelled from outside (also in the instant the timer fired): propagate
         return event.is_set()
     finally:
-        if not box[0]:
-            timer.cancel()
+        timer.cancel()  # nothing if it is done
