@@ -60,13 +60,15 @@ class Groups:
     def __init__(self, hal, keys):
         self.hal = hal
         self.keys = keys
-        self.slots = []  # [addr, gen, next counter, group key, its MIC key]
+        # [addr, gen, next counter, group key]; the MIC key is derived for each frame heard (one a
+        # day or so): held, its HMAC pads cost some 300 B of heap per group (bench/README.md)
+        self.slots = []
         data = hal.load("group") or b""
         for n in range(0, len(data) - 27, 28):
             a = int.from_bytes(data[n : n + 4], "big")
             k = bytes(data[n + 12 : n + 28])
             gen = int.from_bytes(data[n + 4 : n + 8], "big")
-            self.slots.append([a, gen, int.from_bytes(data[n + 8 : n + 12], "big"), k, nodegroup.mic_key(k, a)])
+            self.slots.append([a, gen, int.from_bytes(data[n + 8 : n + 12], "big"), k])
 
     def save(self, slots):
         out = b""
@@ -102,7 +104,7 @@ class Groups:
             for i in range(4):
                 w[4 * i : 4 * i + 4] = (args[3 + i] & 0xFFFFFFFF).to_bytes(4, "big")
             k = nodegroup.mask(self.keys, addr, gen, w)
-            slots.append([addr, gen, nxt, k, nodegroup.mic_key(k, addr)])
+            slots.append([addr, gen, nxt, k])
         try:
             self.save(slots)
         except OSError:
@@ -116,7 +118,7 @@ class Groups:
         for s in self.slots:
             if s[0] == f.node_id:
                 was = s[2]
-                if f.counter < was or f.encrypted or not nodegroup.verify(s[4], f.raw):
+                if f.counter < was or f.encrypted or not nodegroup.verify(nodegroup.mic_key(s[3], s[0]), f.raw):
                     return False
                 s[2] = f.counter + 1
                 try:
