@@ -35,17 +35,21 @@ def _uncancel(task):
     return 0
 
 
+def drop(task):
+    # `task` (running: in no queue) lets go of the tasks its queue pointers still hold (above)
+    if queue is not None:
+        queue.push(peer, 1)
+        queue.push(task, 0)  # sorts first: the parent of peer
+        queue.pop()
+        queue.pop()  # both out again, the queue empty
+
+
 async def _timer(hal, ms, waiter):
     try:
         await hal.sleep_ms(ms)
         waiter.cancel()
     finally:
-        hal = waiter = None  # a finished coroutine keeps its locals
-        if queue is not None:
-            queue.push(peer, 1)
-            queue.push(asyncio.current_task(), 0)  # sorts first: the parent of peer
-            queue.pop()
-            queue.pop()  # both out again, the queue empty
+        drop(asyncio.current_task())
 
 
 async def wait_ms(hal, event, ms):
@@ -60,6 +64,7 @@ async def wait_ms(hal, event, ms):
         return False
     me = asyncio.current_task()
     timer = asyncio.create_task(_timer(hal, ms, me))
+    drop(me)  # it may wait for long: holding nothing it does not need
     try:
         await event.wait()
         return True
