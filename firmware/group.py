@@ -35,8 +35,11 @@
 #   once when the gateway says more are queued).
 # The listening never transmits: the duty cycle is the sender's, unchanged.
 
-from protocol import nodegroup
+from firmware import unload
 
+# protocol/nodegroup.py (the key unwrap, the MIC) runs at a join and for each group frame heard, a
+# few times a day: loaded by name for each and dropped after (firmware/__init__.py unload), its
+# code out of a member's heap in between (bench/README.md)
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 # protocol.groupcast / messages numbers, as private consts (tests/test_node_consts.py checks them)
 _GROUPS_MAX = const(4)
@@ -103,7 +106,9 @@ class Groups:
             w = bytearray(16)
             for i in range(4):
                 w[4 * i : 4 * i + 4] = (args[3 + i] & 0xFFFFFFFF).to_bytes(4, "big")
+            nodegroup = __import__("protocol.nodegroup", None, None, ("mask",))
             k = nodegroup.mask(self.keys, addr, gen, w)
+            unload("protocol.nodegroup")
             slots.append([addr, gen, nxt, k])
         try:
             self.save(slots)
@@ -118,7 +123,12 @@ class Groups:
         for s in self.slots:
             if s[0] == f.node_id:
                 was = s[2]
-                if f.counter < was or f.encrypted or not nodegroup.verify(nodegroup.mic_key(s[3], s[0]), f.raw):
+                if f.counter < was or f.encrypted:
+                    return False
+                nodegroup = __import__("protocol.nodegroup", None, None, ("mask",))
+                ok = nodegroup.verify(nodegroup.mic_key(s[3], s[0]), f.raw)
+                unload("protocol.nodegroup")
+                if not ok:
                     return False
                 s[2] = f.counter + 1
                 try:
