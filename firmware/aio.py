@@ -12,10 +12,12 @@ import asyncio
 # after both are done, and that one the next: a chain of finished tasks with
 # their coroutines. wait_ms's timer tasks formed such chains (some 100 of them,
 # 22 KB, on a lamp listening between uplinks: bench/README.md, "the member's
-# runtime heap"). So a timer, before it ends, is made for an instant the parent
-# of `peer`, a task that never runs: its pointers then hold only that one.
-# The names are ones the node has interned already (`queue`, `peer`); CPython's
-# tasks hold no such pointers (its _asyncio has no TaskQueue).
+# runtime heap"). So a timer as it starts and as it ends, and a waiter before
+# it waits, is made for an instant the parent of `peer`, a task that never
+# runs (drop): its pointers then hold only that one. What is left is at most
+# one finished task per live task (no chain). The names are ones the node has
+# interned already (`queue`, `peer`, `drop`); CPython's tasks hold no such
+# pointers (its _asyncio has no TaskQueue).
 try:
     from _asyncio import Task, TaskQueue
 
@@ -45,11 +47,13 @@ def drop(task):
 
 
 async def _timer(hal, ms, waiter):
+    me = asyncio.current_task()
+    drop(me)  # just popped from the run queue, to sleep for the whole wait
     try:
         await hal.sleep_ms(ms)
         waiter.cancel()
     finally:
-        drop(asyncio.current_task())
+        drop(me)  # fired or cancelled: done, and held by nothing it points at
 
 
 async def wait_ms(hal, event, ms):
