@@ -19,7 +19,9 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
 - runtime_heap: the peak in use on the worst day, sampled at a scheduler
   step boundary every `--sample-every` steps and right after each frame
   the gateway hears (JavaScript's and MicroPython's collectors run before
-  each sample), minus everything imported
+  each sample; every reading, code_heap's too, is taken in a call after the
+  one that collected: this port collects only when a call returns to
+  JavaScript, firmware_memory.mjs), minus everything imported
   (the simulation harness's own code included). It counts the simulated HAL,
   radio link and gateway too (a few hundred bytes: history keeping is off),
   so it is an upper bound for the node. The harness's clock
@@ -78,8 +80,9 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   modem shaped like micropython-lib's `lora` driver (mpnode.LinkModem, over the same
   memory link), so as a member it listens through firmware/group.py's Listener
   between its uplinks (continuous receive: the runtime's receiver task). firmware.group
-  and protocol.nodegroup are among its device imports (a member
-  loads them at boot: its group record is stored), so they count as code. The
+  is among its device imports (a member loads it at boot: its group record is stored),
+  so it counts as code; protocol.nodegroup is loaded by name for a join and for each
+  group frame and dropped after (runtime heap when a sample falls then). The
   gateway sends it a sealed join_group COMMAND (protocol/groupcast.py join_body, as
   gateway/multicast.py) answering its 2nd uplink, then one GROUP_COMMAND a day
   (set_level 50 % for an hour, group counter 0, 1, ...) at 01:00 on the group
@@ -405,7 +408,7 @@ def run_app(
             f"from firmware import config, hal_machine, {radios}, runtime\nfrom {module} import {cls}\n"
             + ("from firmware import hal_battery\n" if battery else "")
             + ("from firmware import ble\n" if ble else "")
-            + ("from firmware import group\nfrom protocol import nodegroup\n" if member else "")
+            + ("from firmware import group\n" if member else "")
             + "del config\n"
             "firmware.unload('config')\n"  # as main.py does once the node is built
             "__import__('micropython').qstr_info()\n"  # read back from the output: qstr_pool

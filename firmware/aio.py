@@ -5,6 +5,27 @@
 
 import asyncio
 
+# MicroPython's task queues are pairing heaps (py/pairheap.h, used by _asyncio's
+# TaskQueue): a task popped from one keeps its `child` and `child_last`
+# pointers, and a push never clears `child_last`. The collector follows them,
+# so a task that was once another's parent in a queue keeps that one alive
+# after both are done, and that one the next: a chain of finished tasks with
+# their coroutines. wait_ms's timer tasks formed such chains (some 100 of them,
+# 22 KB, on a lamp listening between uplinks: bench/README.md, "the member's
+# runtime heap"). So a timer as it starts and as it ends, and a waiter before
+# it waits, is made for an instant the parent of `peer`, a task that never
+# runs (drop): its pointers then hold only that one. What is left is at most
+# one finished task per live task (no chain). The names are ones the node has
+# interned already (`queue`, `peer`, `drop`); CPython's tasks hold no such
+# pointers (its _asyncio has no TaskQueue).
+try:
+    from _asyncio import Task, TaskQueue
+
+    queue = TaskQueue()
+    peer = Task(None)
+except ImportError:
+    queue = None
+
 
 def _uncancel(task):
     # CPython 3.11 counts cancellations; a handled one must be withdrawn or a
@@ -16,10 +37,23 @@ def _uncancel(task):
     return 0
 
 
-async def _timer(hal, ms, waiter, box):
-    await hal.sleep_ms(ms)
-    box[0] = True
-    waiter.cancel()
+def drop(task):
+    # `task` (running: in no queue) lets go of the tasks its queue pointers still hold (above)
+    if queue is not None:
+        queue.push(peer, 1)
+        queue.push(task, 0)  # sorts first: the parent of peer
+        queue.pop()
+        queue.pop()  # both out again, the queue empty
+
+
+async def _timer(hal, ms, waiter):
+    me = asyncio.current_task()
+    drop(me)  # just popped from the run queue, to sleep for the whole wait
+    try:
+        await hal.sleep_ms(ms)
+        waiter.cancel()
+    finally:
+        drop(me)  # fired or cancelled: done, and held by nothing it points at
 
 
 async def wait_ms(hal, event, ms):
@@ -33,15 +67,16 @@ async def wait_ms(hal, event, ms):
     if ms <= 0:
         return False
     me = asyncio.current_task()
-    box = [False]
-    timer = asyncio.create_task(_timer(hal, ms, me, box))
+    timer = asyncio.create_task(_timer(hal, ms, me))
+    drop(me)  # it may wait for long: holding nothing it does not need
     try:
         await event.wait()
         return True
     except asyncio.CancelledError:
-        if not box[0] or _uncancel(me):
+        # the timer is done once it has cancelled us (it ends in the same step); if it is not,
+        # the cancel came from outside
+        if not timer.done() or _uncancel(me):
             raise  # cancelled from outside (also in the instant the timer fired): propagate
         return event.is_set()
     finally:
-        if not box[0]:
-            timer.cancel()
+        timer.cancel()  # nothing if it is done

@@ -35,8 +35,11 @@
 #   once when the gateway says more are queued).
 # The listening never transmits: the duty cycle is the sender's, unchanged.
 
-from protocol import nodegroup
+from firmware import unload
 
+# protocol/nodegroup.py (the key unwrap, the MIC) runs at a join and for each group frame heard, a
+# few times a day: loaded by name for each and dropped after (firmware/__init__.py unload), its
+# code out of a member's heap in between (bench/README.md)
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 # protocol.groupcast / messages numbers, as private consts (tests/test_node_consts.py checks them)
 _GROUPS_MAX = const(4)
@@ -60,13 +63,15 @@ class Groups:
     def __init__(self, hal, keys):
         self.hal = hal
         self.keys = keys
-        self.slots = []  # [addr, gen, next counter, group key, its MIC key]
+        # [addr, gen, next counter, group key]; the MIC key is derived for each frame heard (one a
+        # day or so): held, its HMAC pads cost some 300 B of heap per group (bench/README.md)
+        self.slots = []
         data = hal.load("group") or b""
         for n in range(0, len(data) - 27, 28):
             a = int.from_bytes(data[n : n + 4], "big")
             k = bytes(data[n + 12 : n + 28])
             gen = int.from_bytes(data[n + 4 : n + 8], "big")
-            self.slots.append([a, gen, int.from_bytes(data[n + 8 : n + 12], "big"), k, nodegroup.mic_key(k, a)])
+            self.slots.append([a, gen, int.from_bytes(data[n + 8 : n + 12], "big"), k])
 
     def save(self, slots):
         out = b""
@@ -101,8 +106,10 @@ class Groups:
             w = bytearray(16)
             for i in range(4):
                 w[4 * i : 4 * i + 4] = (args[3 + i] & 0xFFFFFFFF).to_bytes(4, "big")
+            nodegroup = __import__("protocol.nodegroup", None, None, ("mask",))
             k = nodegroup.mask(self.keys, addr, gen, w)
-            slots.append([addr, gen, nxt, k, nodegroup.mic_key(k, addr)])
+            unload("protocol.nodegroup")
+            slots.append([addr, gen, nxt, k])
         try:
             self.save(slots)
         except OSError:
@@ -116,7 +123,12 @@ class Groups:
         for s in self.slots:
             if s[0] == f.node_id:
                 was = s[2]
-                if f.counter < was or f.encrypted or not nodegroup.verify(s[4], f.raw):
+                if f.counter < was or f.encrypted:
+                    return False
+                nodegroup = __import__("protocol.nodegroup", None, None, ("mask",))
+                ok = nodegroup.verify(nodegroup.mic_key(s[3], s[0]), f.raw)
+                unload("protocol.nodegroup")
+                if not ok:
                     return False
                 s[2] = f.counter + 1
                 try:
