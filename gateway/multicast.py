@@ -189,14 +189,8 @@ class Multicast:
     async def send(self, group: Group, command_id: int, body: dict[int, Any]) -> None:
         """Seal and send one GROUP_COMMAND (the counter committed first); raises on failure."""
         assert self.radio is not None
-        g = self._group(group.name)
-        counter = g["next"]
-        if counter > groupcast.GROUP_COUNTER_MAX:
-            raise ValueError("group counter exhausted: the key must be renewed")
-        g["next"] = counter + 1
-        self._save()  # committed before sealing (SPEC §4): a crash skips a counter, never reuses one
-        key = groupcast.group_key(self._master(), g["addr"], g["gen"])
-        raw = groupcast.seal(key, g["addr"], counter, m.encode(m.COMMAND, {0: command_id, **body}))
+        addr, counter, key = self._take_counter(group)
+        raw = groupcast.seal(key, addr, counter, m.encode(m.COMMAND, {0: command_id, **body}))
         n = await self.radio.transmit_now(raw, RX2_MHZ, self.sf)
         log.info("multicast sent", extra={"group": group.name, "counter": counter, "forwarders": n})
 
@@ -205,11 +199,16 @@ class Multicast:
         group's next counter (committed first, as `send`); how many forwarders took it. Raises
         as the radio does (DownlinkError "duty_cycle" while the sub-band is closed)."""
         assert self.radio is not None
+        addr, counter, key = self._take_counter(group)
+        return await self.radio.transmit_now(fragments.seal_group(key, addr, counter, body), RX2_MHZ, self.sf)
+
+    def _take_counter(self, group: Group) -> tuple[int, int, bytes]:
+        """(group address, the next group counter, the group key): the counter is committed to
+        disk before anything is sealed with it (SPEC §4): a crash skips a counter, never reuses one."""
         g = self._group(group.name)
         counter = g["next"]
         if counter > groupcast.GROUP_COUNTER_MAX:
             raise ValueError("group counter exhausted: the key must be renewed")
         g["next"] = counter + 1
         self._save()
-        key = groupcast.group_key(self._master(), g["addr"], g["gen"])
-        return await self.radio.transmit_now(fragments.seal_group(key, g["addr"], counter, body), RX2_MHZ, self.sf)
+        return g["addr"], counter, groupcast.group_key(self._master(), g["addr"], g["gen"])
