@@ -22,9 +22,9 @@ try:
     from _asyncio import Task, TaskQueue
 
     queue = TaskQueue()
-    peer = Task(None)
+    peer = Task(None)  # type: ignore[arg-type,var-annotated]  # a task that never runs
 except ImportError:
-    queue = None
+    queue = None  # type: ignore[assignment]  # CPython: no TaskQueue, nothing to drop
 
 
 def _uncancel(task):

@@ -124,4 +124,4 @@ def _install(node):
                 pass
         unload("updater", "slots", "protocol.noderelease", "protocol.ed25519")
     _s = None  # done: the reboot forgets it anyway
-    node._execute(_OP_REBOOT, (), 0)  # armed: reboot into the trial once the queue is out, as a reboot command
+    node.execute(_OP_REBOOT, (), 0)  # armed: reboot into the trial once the queue is out, as a reboot command

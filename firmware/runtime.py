@@ -730,7 +730,7 @@ class Node:
                 self.rx_rejected += 1
                 return None
             self.rx += 1
-            res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
+            res, value = self.execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
             body = {_CA_ID: msg[_C_ID], _CA_RESULT: res}
             if value:
                 body[_CA_VALUE] = _clamp(int(value), _I32_MIN, _I32_MAX)
@@ -872,7 +872,7 @@ class Node:
             res, value = _RES_EXPIRED, 0  # stale: at or below the mark, its result forgotten: never run again
         else:
             had = self.radio.continuous or getattr(self.app, "group", None) is not None
-            res, value = self._execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
+            res, value = self.execute(msg[_C_OP], msg.get(_C_ARGS, ()), msg.get(_C_EXPIRES, 0))
             if not had and getattr(self.app, "group", None) is not None:
                 self._spawn(self._receiver())  # joined a multicast group: listen from now on (as in run)
             try:
@@ -884,7 +884,7 @@ class Node:
             body[_CA_VALUE] = _clamp(int(value), _I32_MIN, _I32_MAX)
         self.queue.put(_CMD_ACK, m.encode(_CMD_ACK, body), uplink.PRIO_ACK)
 
-    def _execute(self, op, args, expires):
+    def execute(self, op, args, expires):
         now = self.hal.time()
         if expires and now is not None and now > expires:
             return _RES_EXPIRED, 0

@@ -78,7 +78,7 @@ class Group:
 
 
 def _status(node, sid=SID):
-    return node._execute(fz.OP_FRAG_STATUS, [sid], 0)
+    return node.execute(fz.OP_FRAG_STATUS, [sid], 0)
 
 
 async def test_a_member_recovers_lost_fragments_from_coded_ones_and_installs():
