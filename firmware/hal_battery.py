@@ -28,31 +28,36 @@ _WAKE_RAIN = const(2)
 
 
 class BatteryHAL(MachineHAL):
+    # Names: every name a module brings is interned for good on the node (bench/README.md), so
+    # the esp32 module's constants are written as their values (WAKEUP_ALL_LOW is False,
+    # WAKEUP_ANY_HIGH True; machine.EXT0_WAKE 2, EXT1_WAKE 3: ESP-IDF's ESP_SLEEP_WAKEUP_EXT0/1),
+    # and its functions are looked up by strings over 10 characters, which are not interned
+    # until used (at the sleep: on an ESP32 they are the firmware's own names anyway).
+
     def deepsleep(self, ms, flow=False, rain=False):
         m = self._m
         try:
             import esp32  # type: ignore[import-not-found]  # the ESP32 port's module
 
-            for name, on, ext0 in (("rain", rain, True), ("flow", flow, False)):
+            for name, on, arm in (("rain", rain, "wake_on_ext0"), ("flow", flow, "wake_on_ext1")):
                 if on:
                     p = m.Pin(self._pin_no(name), m.Pin.IN, m.Pin.PULL_UP)
                     high = p.value() == 0  # wake on the other level: an edge either way
-                    if ext0:
-                        esp32.wake_on_ext0(p, esp32.WAKEUP_ANY_HIGH if high else esp32.WAKEUP_ALL_LOW)
-                    else:
-                        esp32.wake_on_ext1((p,), esp32.WAKEUP_ANY_HIGH if high else esp32.WAKEUP_ALL_LOW)
+                    getattr(esp32, arm)(p if name == "rain" else (p,), high)
         except ImportError:
             pass  # RP2040: the timer only (see the header)
         m.deepsleep(ms)
 
     def wake_reason(self):
         m = self._m
-        r = m.wake_reason() if hasattr(m, "wake_reason") else None
-        if r is not None and r == getattr(m, "EXT1_WAKE", -1):
-            return _WAKE_FLOW
-        if r is not None and r == getattr(m, "EXT0_WAKE", -1):
-            return _WAKE_RAIN
-        return 0
+        if not hasattr(m, "wake_reason"):
+            return 0
+        try:
+            import esp32  # type: ignore[import-not-found]  # noqa: F401  # the ESP32 port: its numbers below
+        except ImportError:
+            return 0  # another port: its pins are not wake sources (see the header)
+        r = m.wake_reason()
+        return _WAKE_FLOW if r == 3 else _WAKE_RAIN if r == 2 else 0
 
     def rtc_save(self, data):
         rtc = self._m.RTC()

@@ -267,6 +267,6 @@ def test_the_rtc_record_fits_the_esp32_rtc_memory_with_a_full_uplink_queue():
         it = node.queue.put(4, bytes(range(38)), uplink.PRIO_ALARM, True, None)
         it.sends, it.due = 7, 10**9
     assert len(node.queue) == 16
-    node._save(21600000)
+    node.save(21600000)
     print("RTC record, worst case:", len(hal.rtc["mem"]), "B")
     assert 0 < len(hal.rtc["mem"]) <= 2048, len(hal.rtc["mem"])
