@@ -346,6 +346,7 @@ class BatteryCell:
                     if v in old.pins:
                         hal.pins[v] = old.pins[v]
                 old.power_off()
+            old = None  # a reset frees the last boot's heap: keep nothing of it across this one
             hal.rtc = self.rtc
             WaterWorld(hal)
             self.hal = hal
@@ -362,7 +363,7 @@ class BatteryCell:
             self.tx += node.tx
             self.app_faults += node.app_faults
             self.last_error = node.last_error or self.last_error
-            self.node = None
+            self.node = node = None  # the slept node: its heap went with the reset
             cause = m.RST_DEEPSLEEP
             await self.clock.sleep_ms(slept)
 
