@@ -123,6 +123,49 @@ def test_firmware_memory_bench_measures_a_member_lamp():
     assert "member" not in result["apps"]["lighting"]
 
 
+def test_firmware_memory_bench_measures_a_battery_node():
+    # irrigation-battery: a node that deep-sleeps between events, each wake a boot (mpnode.BatteryCell);
+    # within both bars and its names in five qstr pools (642 names and a sixth pool before the
+    # battheap name diet: 77-78 KB)
+    cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "26"]
+    out = subprocess.run(
+        [*cmd, "--apps", "irrigation-battery"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    result = json.loads(out)
+    app = result["apps"]["irrigation-battery"]
+    # woken by its timer for reports and STATUS all day, every frame heard and valid
+    assert app["frames_heard"] >= 50 and app["frames_rejected"] == 0 and app["app_faults"] == 0, app
+    assert app["total"] == app["code_heap"] + app["runtime_heap"]
+    assert app["qstr_pool"]["pools"] == 5 and app["qstr_pool"]["qstrs"] <= 620, app["qstr_pool"]
+    assert app["meets_bar"], (app["code_heap"], app["runtime_heap"], app["total"])
+
+
+def test_firmware_names_bench_lists_the_names_an_app_adds():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "firmware_names.py"), "--json"]
+        + ["--apps", "irrigation-battery,irrigation", "--against", "irrigation"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    mains, battery = result["apps"]["irrigation"], result["apps"]["irrigation-battery"]
+    assert mains["extra"] == [] and mains["left"] == 620 - mains["qstrs"]
+    extra = battery["extra"]
+    # at least the difference in count (names the mains node holds and the battery one not would add to it)
+    assert len(extra) >= battery["qstrs"] - mains["qstrs"] > 0
+    assert battery["fifth_pool_ratio"] == round(battery["qstrs"] / 620, 3)
+    for e in extra:
+        # each name is in the source of every module said to carry it, or is its source's name (a
+        # .mpy names its source for tracebacks): checked here, not by the bench ...
+        for mod in e["modules"]:
+            assert e["name"] == mod or e["name"] in (ROOT / mod).read_text(), (e, mod)
+        # ... and is the battery node's own: its modules, their paths, or a name they share with main.py
+        assert "battery" in e["name"] or any("battery" in mod for mod in e["modules"]) or e["name"] == "battery", e
+    assert {"BatteryNode", "BatteryIrrigation", "firmware.battery"} <= {e["name"] for e in extra}
+
+
 def test_firmware_memory_soak_is_flat_over_three_days():
     """Both nodes under MicroPython for 3 simulated days: their heap must not grow (issue 21).
 
