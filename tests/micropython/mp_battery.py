@@ -325,3 +325,35 @@ async def test_a_rain_wake_stops_a_run_in_progress():
     assert valve(c.hal, "zone1") == 0 and valve(c.hal, "master") == 0
     closed = [t for t, v in c.changes("zone1") if v == 0 and t > at]
     assert closed and closed[0] - (at + 5 * MIN) <= 3 * S, closed
+
+
+async def test_an_app_failing_as_the_node_plans_its_sleep_closes_the_valves_first():
+    # no flow meter: the node sleeps with the valve latched open (a 40-minute run, a report wake
+    # within it); if the app fails while the node plans the sleep, the fault closes every valve,
+    # the node sleeps on its timer alone, and the next wake says so (EVENT app_exception)
+    clock = mpnode.new_clock(mpnode.MIDSUMMER + 5 * 3600 - 5)
+    c = Cell(clock, flow_meter=0, schedule=[[1, 127, 300, 40]])
+    c.boot()
+    await c.until_asleep()
+    await c.until(lambda: valve(c.hal, "zone1"))  # open, asleep
+
+    def failing(self, ms, t):
+        raise ValueError("planning failed")
+
+    planned = BatteryIrrigation.sleep_ms
+    BatteryIrrigation.sleep_ms = failing
+    try:
+        await c.sleep_through()
+        s = await c.until_asleep()
+    finally:
+        BatteryIrrigation.sleep_ms = planned
+    woke = c.hal
+    assert c.node.app_faults == 1 and "planning failed" in c.node.last_error, c.node.last_error
+    assert valve(woke, "zone1") == 0 and valve(woke, "master") == 0, woke.pins
+    assert woke.valve_pulses >= 2, woke.valve_pulses  # closed by pulses (latching valves)
+    assert not s.flow and not s.rain  # the timer alone
+    await c.sleep_through()
+    await c.until_asleep()
+    c.stop()
+    assert any(h[1] == m.EVENT and h[3][0] == m.EV_APP_EXCEPTION for h in c.gw.heard), c.gw.heard
+    assert valve(c.hal, "zone1") == 0
