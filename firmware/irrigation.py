@@ -196,7 +196,15 @@ class Irrigation:
         self._nzones = len(self.zones)
         self.schedule = s["schedule"]
         self.rain_until = 0  # Unix s; 0: no rain delay
-        self._load_program()
+        try:  # the program set over the air, if any (HAL storage "iprog")
+            data = hal.load("iprog")
+            if data is not None:  # (no reason to load the full CBOR codec for None)
+                rec = cbor.loads(data)
+                sched = parse_schedule(rec[1], self._nzones) if rec[1] else []
+                if type(rec[0]) is int and sched is not None:
+                    self.rain_until, self.schedule = rec[0], sched
+        except Exception:
+            pass  # unreadable: the provisioned schedule stands
         self._done = [-1] * _RULES_MAX  # local day each entry (or calendar program) last started
         self._last_min = -1
         self._open = 0  # valve bits as reported: zones 0-3, VALVE_MASTER
@@ -220,26 +228,6 @@ class Irrigation:
         self._last_ms = self._no_time_ms = hal.ticks_ms()
         self.max_run_min = s["max_run_min"]
         self.failsafe()
-
-    # -- persistence -------------------------------------------------------------------
-
-    def _load_program(self):
-        try:
-            data = self.hal.load("iprog")
-            if data is None:
-                return  # nothing stored (and no reason to load the full CBOR codec for None)
-            rec = cbor.loads(data)
-            sched = parse_schedule(rec[1], self._nzones) if rec[1] else []
-            if type(rec[0]) is int and sched is not None:
-                self.rain_until, self.schedule = rec[0], sched
-        except Exception:
-            pass  # nothing stored, or unreadable: the provisioned schedule stands
-
-    def _save_program(self):
-        flat = []
-        for e in self.schedule:
-            flat.extend(e)
-        self.hal.save("iprog", cbor.dumps([self.rain_until, flat]))
 
     # -- valves -----------------------------------------------------------------------------
 
@@ -349,11 +337,7 @@ class Irrigation:
                 self.node.event(_EV_IRRIGATION_FAILSAFE, _SEV_WARNING, 0, 0)
             self._due(t)
             self._control(now, t, dt)
-        self._hard_limits(now)
-        if self.s["flow_meter"]:
-            self._flow_faults(now, dt)
-
-    def _hard_limits(self, now):
+        # the hard maximum, whatever the run logic above decided (the header says why)
         limit = self.max_run_min * 60000
         for i in range(self._nzones):
             if self._open & (1 << i) and now - self._since[i] > limit:
@@ -365,6 +349,8 @@ class Irrigation:
                     self.node.event(_EV_MAX_RUNTIME, _SEV_ALARM, self.max_run_min, 1, i + 1)
         if self._open == _VALVE_MASTER:
             self._valves(0)  # a master valve never stays open on its own
+        if self.s["flow_meter"]:
+            self._flow_faults(now, dt)
 
     def _due(self, t):
         if t // 60 == self._last_min:
@@ -394,12 +380,6 @@ class Irrigation:
                 if len(self.queue) < _QUEUE_MAX:
                     self.queue.append((z, mins))
 
-    def _skip(self, z, rain):
-        if rain or self.faults & _LATCHED:
-            return True
-        v = self.moisture(z)
-        return v is not None and v >= self.zones[z - 1]["skip_pct"] * 2
-
     def _control(self, now, t, dt):
         rain = self._rain_flags(t)
         z = self._zone
@@ -419,7 +399,10 @@ class Irrigation:
                 self._zone = 0
         while not self._zone and self.queue:
             z, mins = self.queue.pop(0)
-            if not self._skip(z, rain):
+            if rain or self.faults & _LATCHED:
+                continue  # skipped: rain, or a fault that needs a person
+            v = self.moisture(z)
+            if v is None or v < self.zones[z - 1]["skip_pct"] * 2:  # else wet enough: skipped
                 self._run(z, mins * 60, False)  # from one zone to the next: the master stays open
         if not self._zone and self._open:
             self._stop()
@@ -555,8 +538,12 @@ class Irrigation:
         return _RES_UNKNOWN_OP, 0
 
     def _saved(self, value):
+        """The program (schedule, rain delay) to HAL storage "iprog", read back at boot (__init__)."""
+        flat = []
+        for e in self.schedule:
+            flat.extend(e)
         try:
-            self._save_program()
+            self.hal.save("iprog", cbor.dumps([self.rain_until, flat]))
         except OSError:
             return _RES_FAILED, value  # applied, but lost at the next reboot
         return _RES_OK, value
