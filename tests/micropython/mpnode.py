@@ -4,7 +4,7 @@
 import asyncio
 import json
 
-from firmware import config
+from firmware import aio, config
 from simulator.hal_sim import SimHAL, StepClock
 from firmware.radio import memory_link
 from firmware.runtime import Node
@@ -365,7 +365,12 @@ class BatteryCell:
             self.last_error = node.last_error or self.last_error
             self.node = node = None  # the slept node: its heap went with the reset
             cause = m.RST_DEEPSLEEP
+            # This task lives across boots: through its task-queue pointers it may hold a finished
+            # task of the slept node, and with it that node's whole heap (firmware/aio.py says how),
+            # which a board's reset frees. Let go of them before and after the sleep.
+            aio.drop(asyncio.current_task())
             await self.clock.sleep_ms(slept)
+            aio.drop(asyncio.current_task())
 
 
 def start_battery_cell(clock, lean=False, tick_ms=None):
