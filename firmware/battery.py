@@ -13,7 +13,7 @@
 # An awake period: the app steps every tick, due reports / STATUS are queued, the sender
 # sends everything due, each uplink followed by its receive window (the only time the node
 # hears downlinks: class A, SPEC §6 "Battery nodes"). The node sleeps once nothing is due,
-# the radio is idle and the app does not need to watch (see BatteryIrrigation.awake). It
+# the radio is idle and the app does not need to watch (see BatteryIrrigation.active). It
 # wakes on its timer (the earliest of: next report, STATUS, schedule start, run end, the
 # retry of a queued uplink, the hourly re-check of a known leak), on a flow pulse (a leak
 # while closed) and on a rain sensor change.
