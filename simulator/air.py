@@ -159,6 +159,13 @@ class Air:
                 for h in tx.hearings:
                     if h.status == ch.OK:
                         self.on_uplink(h)
+                # Settled, the uplink's hearings are final and handed on: the uplink lets go of
+                # them. Each hearing points back at its uplink (`tx`, the gateway's way to answer),
+                # so the two made a reference cycle that only the cyclic collector freed: some
+                # sixteen objects per uplink kept past their use, scanned by every young
+                # collection they survived (bench/README.md, sim_area.py). Now the uplink goes
+                # when the gateway drops the last hearing it kept.
+                tx.hearings = []
 
     # ------------------------------------------------------------ downlinks
 
