@@ -80,7 +80,7 @@ class WorldHAL(SimHAL):
     # in an instance dict of some forty keys); SimHAL.__init__ sets them as before, and its
     # other fields stay in the instance's __dict__.
     __slots__ = ("clock", "_boot_ms", "_wall_offset", "_wall_set", "wall_ppm", "drift_ppm", "_inputs", "pir")
-    clock: VirtualClock  # read as `clock.t` directly (SimHAL takes any clock)
+    clock: VirtualClock  # read as `clock.now_ms` directly (SimHAL takes any clock)
 
     def __init__(self, clock: VirtualClock, **kw: Any) -> None:
         if kw.get("drift_ppm"):
@@ -94,13 +94,13 @@ class WorldHAL(SimHAL):
         super().set_pin(name, value)
 
     def ticks_ms(self) -> int:
-        return int(self.clock.t * 1000 + 0.5) - self._boot_ms
+        return self.clock.now_ms - self._boot_ms
 
     def time(self) -> int | None:
         w = self._wall_offset
         if w is None:
             return None
-        t = int(self.clock.t * 1000 + 0.5) - self._boot_ms
+        t = self.clock.now_ms - self._boot_ms
         if self.wall_ppm:  # the RTC's drift (SimHAL.wall_ppm): ticks keep the grid's pace
             w += int((t - self._wall_set) * self.wall_ppm / 1000000)
         return (t + w) // 1000
@@ -108,8 +108,7 @@ class WorldHAL(SimHAL):
     def pin_read(self, name: str) -> int:
         p = self.pir
         if p is not None and name == "pir":  # LampWorld._pir_high's cached answer, without its call
-            c = self.clock
-            return p._pir_state if c.unix0 + c.t < p._pir_next else p._pir_high()
+            return p._pir_state if self.clock.unix_now < p._pir_next else p._pir_high()
         v = self._inputs.get(name, 0)
         if callable(v):
             v = v()
@@ -168,8 +167,7 @@ class LampWorld:
         self._set_current()
 
     def _pir_high(self) -> int:
-        c = self.world.clock
-        t = c.unix0 + c.t
+        t = self.world.clock.unix_now
         if t < self._pir_next:  # polled every tick: most reads change nothing
             return self._pir_state
         ivs = self._pir
@@ -460,7 +458,7 @@ class World:
     ) -> None:
         self.scenario = scenario
         self.clock = clock  # a VirtualClock whose unix0 is the scenario's start
-        self.unix: Callable[[], float] = lambda: clock.unix0 + clock.t
+        self.unix: Callable[[], float] = lambda: clock.unix_now
         self.start = scenario.start_unix
         self.end = scenario.end_unix
         self.weather: Weather = scenario.weather_model()
