@@ -134,9 +134,9 @@ class WorldHAL(SimHAL):
         if p is not None and name == "pir":  # LampWorld._pir_high's answer, kept here while it holds
             if self.clock.unix_now < self.pir_next:
                 return self.pir_state
-            v = self.pir_state = p._pir_high()
+            high = self.pir_state = p._pir_high()
             self.pir_next = p._pir_next
-            return v
+            return high
         v = self._inputs.get(name, 0)
         if callable(v):
             v = v()
