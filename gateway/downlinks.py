@@ -311,6 +311,8 @@ class Downlinks:
         ) or reception.path is None:
             if radio:
                 self._windows[node_id] = (record.counter, False, 0, "")
+            if self._early:  # the copies heard before this commit choose no path now: let them go
+                self._early.pop((node_id, record.counter), None)
             return  # the common case: nothing to say
         if radio:
             self._windows[node_id] = (record.counter, True, 0, "")

@@ -10,7 +10,9 @@
 - at the end of every transmission the channel is settled and each gateway
   site that heard an uplink is handed to the gateway link
   (`GatewayLink.uplink(hearing)`), with the uplink's outcome final (every
-  transmission that could overlap it has been registered by then);
+  transmission that could overlap it has been registered by then); the
+  uplink's own `hearings` list is emptied then (each hearing keeps its `tx`:
+  no reference cycle left for the collector);
 - `Air.downlink(site, node, frame, uplink)` is the gateway's way back: the
   frame goes on the air in the node's RX1 (1 s after the end of its uplink,
   same frequency and SF, simulator/channel.py), or DownlinkError says why
@@ -159,6 +161,13 @@ class Air:
                 for h in tx.hearings:
                     if h.status == ch.OK:
                         self.on_uplink(h)
+                # Settled, the uplink's hearings are final and handed on: the uplink lets go of
+                # them. Each hearing points back at its uplink (`tx`, the gateway's way to answer),
+                # so the two made a reference cycle that only the cyclic collector freed: some
+                # sixteen objects per uplink kept past their use, scanned by every young
+                # collection they survived (bench/README.md, sim_area.py). Now the uplink goes
+                # when the gateway drops the last hearing it kept.
+                tx.hearings = []
 
     # ------------------------------------------------------------ downlinks
 

@@ -76,6 +76,7 @@ fast fading beyond the log-normal draw.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -347,6 +348,10 @@ class _Gateway:
         self.dc = lora.DutyCycle()
 
 
+_UP_COUNTS: dict[str, str] = {}  # hearing status -> its key in Channel.counts ("up_" + status)
+_DOWN_COUNTS: dict[str, str] = {}  # ... for a downlink's ("down_" + status)
+
+
 def _us(ms: float) -> int:
     return int(round(ms * 1000))
 
@@ -580,19 +585,22 @@ class Channel:
                         h.status = GATEWAY_TX
                         break
             if h.status == OK:
-                dm = g.demod
+                dm = g.demod  # sorted: what ended by our start is a prefix
                 if dm and dm[0] <= start:
-                    dm[:] = [e for e in dm if e > start]
+                    del dm[: bisect.bisect_right(dm, start)]
                 if len(dm) >= p.demodulators:
                     h.status = NO_DEMODULATOR
                 else:
-                    dm.append(end)
-                    dm.sort()
+                    bisect.insort(dm, end)
             act = g.active.get(key)
             if act is None:
                 act = g.active[key] = []
             elif act:
-                act[:] = [e for e in act if e[0] > start]
+                if len(act) == 1:  # the usual case: the last frame heard here, over or not
+                    if act[0][0] <= start:
+                        act.clear()
+                else:
+                    act[:] = [e for e in act if e[0] > start]
                 for o_end, o_rssi, o_h in act:
                     # Every entry overlaps (it ends after our start); it only
                     # harms anyone if it reaches into our last lock symbols.
@@ -777,11 +785,17 @@ class Channel:
         now = _us(now_ms)
         out = []
         pend = self._pending
+        counts = self.counts
         while pend and pend[0][0] <= now:
             tx = heapq.heappop(pend)[2]
             if tx.refused is None:
-                for h in tx.hearings:
-                    self._count(("up_" if isinstance(tx, Uplink) else "down_") + h.status)
+                is_up = isinstance(tx, Uplink)
+                names = _UP_COUNTS if is_up else _DOWN_COUNTS
+                for h in tx.hearings:  # a count per gateway and uplink: the key's string made once
+                    k = names.get(h.status)
+                    if k is None:
+                        k = names[h.status] = ("up_" if is_up else "down_") + h.status
+                    counts[k] = counts.get(k, 0) + 1
                 if isinstance(tx, Uplink):
                     self._count("uplinks_delivered" if tx.delivered else "uplinks_lost")
             out.append(tx)

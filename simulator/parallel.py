@@ -262,7 +262,8 @@ class _CoordAir(Air):
     ) -> None:
         super().__init__(channel, loop, on_uplink)
         self.owner = owner
-        self.held: set[int] = set()  # id() of uplinks whose node waits before RX1
+        # the uplinks whose node waits before RX1, held here (an id() could be a freed one's, reused)
+        self.held: set[ch.Transmission] = set()
         self.outgoing: dict[int, list[Any]] = {}
         self.too_late = 0
 
@@ -271,7 +272,7 @@ class _CoordAir(Air):
         raise DownlinkError("bad_request", "multicast is not simulated in a run split over workers")
 
     def downlink(self, site: str, node_id: int, frame: bytes, uplink: ch.Uplink) -> ch.Downlink:
-        if id(uplink) not in self.held:
+        if uplink not in self.held:
             self.too_late += 1
             raise DownlinkError("too_late", "the node's worker did not hold for this uplink")
         dl = super().downlink(site, node_id, frame, uplink)
@@ -346,7 +347,7 @@ class _Coordinator(Simulation):
                 await self._until_us(start)
                 up = air.transmit(node_id, frame, sf, freq, start_us=start, tx_power=power)
                 if hold and up.refused is None:
-                    air.held.add(id(up))
+                    air.held.add(up)
             await self._until_us(safe)
             for w in range(n):
                 if holding[w] and at[w] <= safe:

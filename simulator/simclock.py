@@ -79,7 +79,7 @@ class SimClock(VirtualClock):
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        due = int(self.t * 1000 + 0.5) + ms
+        due = self.now_ms + ms
         b = self._buckets.get(due)
         if b is None:
             self._buckets[due] = [entry]
@@ -104,7 +104,7 @@ class SimClock(VirtualClock):
     def call_later_ms(self, ms: int, fn: Callable[[], Any]) -> None:
         """Call fn() (no arguments) ms from now, in turn with the sleepers of that millisecond."""
         # the path of every app tick: the bucket usually exists already
-        b = self._buckets.get(int(self.t * 1000 + 0.5) + (ms if ms > 0 else 1))
+        b = self._buckets.get(self.now_ms + (ms if ms > 0 else 1))
         if b is not None:
             b.append(fn)
         else:
@@ -130,7 +130,7 @@ class SimClock(VirtualClock):
                 self._handle = loop.call_at(self._armed / 1000, self._fire)
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = int(self.t * 1000 + 0.5)
+        now = self.now_ms
         dues = self._dues
         buckets = self._buckets
         # Callbacks keep their place among the woken tasks without a call_soon
@@ -169,9 +169,11 @@ class SimClock(VirtualClock):
 
     def _run_all(self, loop: asyncio.AbstractEventLoop, entries: list[Any]) -> None:
         """A run of callbacks and tickers released together, in order (directly, or one call_soon for the run)."""
-        now = int(self.t * 1000 + 0.5)
+        now = self.now_ms
         buckets = self._buckets
         ticker = Ticker
+        last_due = -1  # the bucket the last ticker went to: most go to the same one
+        last_b: list[Any] = []
         for entry in entries:
             if type(entry) is ticker:  # inline, not a call: the hottest path of a run
                 if entry.fut.done():
@@ -182,11 +184,16 @@ class SimClock(VirtualClock):
                     entry.fut.set_exception(e)
                     continue
                 due = now + entry.settings["tick_ms"]
+                if due == last_due:
+                    last_b.append(entry)
+                    continue
                 b = buckets.get(due)
                 if b is not None:
                     b.append(entry)
                 else:
                     self._file(due - now, entry)
+                    b = buckets[due]
+                last_due, last_b = due, b
             else:
                 try:
                     entry()

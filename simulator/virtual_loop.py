@@ -62,13 +62,29 @@ class VirtualClock:
     ``t`` is the loop's time in seconds (float) since the clock started.
     """
 
+    # `t` is a property whose setter also keeps `now_ms` (int(t * 1000 + 0.5), the whole
+    # millisecond every HAL reads) and `unix_now` (unix0 + t): the time moves once per loop
+    # jump, while a thousand nodes read it at every tick (simulator/world.py).
+    now_ms: int
+    unix_now: float
+
     def __init__(self, unix0: int = DEFAULT_UNIX0) -> None:
         self.unix0 = unix0
         self.t = 0.0
         self.jumps = 0  # idle waits skipped, for benchmarks
 
+    @property
+    def t(self) -> float:
+        return self._t
+
+    @t.setter
+    def t(self, value: float) -> None:
+        self._t = value
+        self.now_ms = int(value * 1000 + 0.5)
+        self.unix_now = self.unix0 + value
+
     def ms(self) -> int:
-        return int(self.t * 1000 + 0.5)
+        return self.now_ms
 
     def unix(self) -> int:
         return self.unix0 + int(self.t)
@@ -154,7 +170,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         super().__init__(_VirtualSelector(self))
 
     def time(self) -> float:
-        return self.clock.t
+        return self.clock._t  # the property's field: asyncio asks for the time at every timer
 
     def call_at(
         self,

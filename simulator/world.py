@@ -79,45 +79,76 @@ class WorldHAL(SimHAL):
     # The fields its hot reads use, as slots (a fixed offset in the object instead of a lookup
     # in an instance dict of some forty keys); SimHAL.__init__ sets them as before, and its
     # other fields stay in the instance's __dict__.
-    __slots__ = ("clock", "_boot_ms", "_wall_offset", "_wall_set", "wall_ppm", "drift_ppm", "_inputs", "pir")
-    clock: VirtualClock  # read as `clock.t` directly (SimHAL takes any clock)
+    # The lamp's two inputs read at every tick are kept here too ("pir": its state and until
+    # when it holds; "lamp_current": an int), so a tick's reads touch this object only and not
+    # the input dict or the LampWorld as well (a city's tick sweeps hundreds of nodes through
+    # the CPU's cache: each further object a node's tick reads costs a miss).
+    __slots__ = (
+        "clock",
+        "_boot_ms",
+        "_wall_offset",
+        "_wall_set",
+        "wall_ppm",
+        "drift_ppm",
+        "_inputs",
+        "pir",
+        "pir_state",
+        "pir_next",
+        "lamp_mv",
+    )
+    clock: VirtualClock  # read as `clock.now_ms` directly (SimHAL takes any clock)
 
     def __init__(self, clock: VirtualClock, **kw: Any) -> None:
         if kw.get("drift_ppm"):
             raise ValueError("WorldHAL models no oscillator drift; use SimHAL")
+        self.lamp_mv: int | None = None  # "lamp_current" when set to an int (set_adc), else None
         super().__init__(clock, **kw)
         self.pir: LampWorld | None = None  # the lamp whose PIR "pir" reads (LampWorld.bind), in one call
+        self.pir_state = 0  # its last answer, good while clock.unix_now < pir_next
+        self.pir_next = -math.inf
 
     def set_pin(self, name: str, value: Any) -> None:
         if name == "pir":
             self.pir = None  # an input set by hand wins over the lamp's
         super().set_pin(name, value)
 
+    def set_adc(self, name: str, mv: Any) -> None:
+        if name == "lamp_current":
+            self.lamp_mv = mv if type(mv) is int else None
+        super().set_adc(name, mv)
+
     def ticks_ms(self) -> int:
-        return int(self.clock.t * 1000 + 0.5) - self._boot_ms
+        return self.clock.now_ms - self._boot_ms
 
     def time(self) -> int | None:
         w = self._wall_offset
         if w is None:
             return None
-        t = int(self.clock.t * 1000 + 0.5) - self._boot_ms
+        t = self.clock.now_ms - self._boot_ms
         if self.wall_ppm:  # the RTC's drift (SimHAL.wall_ppm): ticks keep the grid's pace
             w += int((t - self._wall_set) * self.wall_ppm / 1000000)
         return (t + w) // 1000
 
     def pin_read(self, name: str) -> int:
         p = self.pir
-        if p is not None and name == "pir":  # LampWorld._pir_high's cached answer, without its call
-            c = self.clock
-            return p._pir_state if c.unix0 + c.t < p._pir_next else p._pir_high()
+        if p is not None and name == "pir":  # LampWorld._pir_high's answer, kept here while it holds
+            if self.clock.unix_now < self.pir_next:
+                return self.pir_state
+            high = self.pir_state = p._pir_high()
+            self.pir_next = p._pir_next
+            return high
         v = self._inputs.get(name, 0)
         if callable(v):
             v = v()
         return 1 if v else 0
 
     def adc_read_mv(self, name: str) -> int:
+        if name == "lamp_current":  # a lamp's current (LampWorld._set_current), read every tick: as is
+            mv = self.lamp_mv
+            if mv is not None:
+                return mv
         v = self._inputs.get(name, 0)
-        if type(v) is int:  # a lamp's current (LampWorld._set_current), read every tick: as is
+        if type(v) is int:
             return v
         return int(v() if callable(v) else v)
 
@@ -168,8 +199,7 @@ class LampWorld:
         self._set_current()
 
     def _pir_high(self) -> int:
-        c = self.world.clock
-        t = c.unix0 + c.t
+        t = self.world.clock.unix_now
         if t < self._pir_next:  # polled every tick: most reads change nothing
             return self._pir_state
         ivs = self._pir
@@ -460,7 +490,7 @@ class World:
     ) -> None:
         self.scenario = scenario
         self.clock = clock  # a VirtualClock whose unix0 is the scenario's start
-        self.unix: Callable[[], float] = lambda: clock.unix0 + clock.t
+        self.unix: Callable[[], float] = lambda: clock.unix_now
         self.start = scenario.start_unix
         self.end = scenario.end_unix
         self.weather: Weather = scenario.weather_model()

@@ -370,6 +370,28 @@ async def test_a_duplicate_heard_first_never_switches_the_transport(gw):
     assert relay.sent == [] and lora.sent == [(m.ACK, 0, {0: 60, 1: 0})]
 
 
+async def test_copies_of_an_uplink_with_nothing_to_say_are_not_kept(gw):
+    # The copies heard with the first one (in one batch, before its commit) wait for the path
+    # choice; when the commit has nothing to say they choose nothing and must not stay behind
+    # (a city's gateway hears each uplink some fifteen times: simulator/air.py, bench/README.md).
+    import gc
+    import weakref
+
+    p, d, _ = gw
+    radios = [Radio(f"udp:r{i}") for i in range(5)]
+    raw = seal(NODE, 70)
+    verdicts = await p.ingest_many(
+        [reception(raw, transport="udp", path=r, gateway_id=r.name, rssi=-100.0 + i) for i, r in enumerate(radios)]
+    )
+    await d.idle()
+    assert verdicts == ["accepted"] + ["duplicate"] * 4
+    assert all(r.sent == [] for r in radios)
+    refs = [weakref.ref(r) for r in radios]
+    del radios
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 5
+
+
 async def test_the_last_receive_record_expires_and_a_radio_uplink_replaces_it(gw):
     from gateway.downlinks import LAST_RX_TTL_S
 
