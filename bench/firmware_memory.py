@@ -245,6 +245,9 @@ GROUP_ADDR = 7
 GROUP_MASTER = bytes(range(16, 32))  # the gateway's group master secret (bench only)
 MCAST_AT_MS = 3600 * 1000  # the first group command at 01:00 of day 1, then one a day
 JOIN_ID = 1  # the join_group COMMAND's id
+MEMBER_FUOTA_AT_MS = 2 * 3600 * 1000  # --member --fuota: the session's first GROUP_FRAG at 02:00 of day 1
+MEMBER_FUOTA_EVERY_MS = 60 * 1000  # then one a minute (the member listens between its uplinks)
+
 COMMAND = 8  # protocol.messages.COMMAND (the harness seals it: mpnode.MiniGateway.feed)
 
 
@@ -313,6 +316,9 @@ def bench_calendar(kind: str) -> list[bytes]:
 # The gateway's feed of --fuota, read from a file one frame at a time (harness code, loaded with
 # the simulation): a list of the session's 120-odd frames would itself count as the node's heap.
 FUOTA_FEED = """
+import asyncio
+
+
 class FileFeed:
     def __init__(self, path, n):
         self.f = open(path, "rb")
@@ -325,6 +331,95 @@ class FileFeed:
         self.left -= 1
         n = self.f.read(1)[0]
         return (12, self.f.read(n)) if n else None
+
+
+async def group_feed(path, at_ms, every_ms):
+    # a member's session: the GROUP_FRAG frames (sealed beforehand, length-prefixed) from the
+    # gateway's radio on the group channel, one every every_ms from at_ms
+    global sent
+    f = open(path, "rb")
+    while True:
+        b = f.read(1)
+        if not b:
+            return
+        raw = f.read(b[0])
+        hal = _g["_gw"].hal
+        await hal.sleep_ms(at_ms + sent * every_ms - hal.ticks_ms())
+        await _g["_gw"].radio.send(raw)
+        sent += 1
+
+
+# The node reboots once its image is complete (SPEC §13 "Over LoRa"). A board's reset never
+# returns; here it ends the node's task (CancelledError) and _reboot() does the board's next
+# boot: boot.py's install (boot(): firmware/updater.py boot(), here refused, the image being
+# random bytes and the node without a release key), then a new node (and gateway end) from the
+# same flash and storage. On a board the reset also drops the names the install interned; here
+# they stay among the harness's (some hundred bytes of text, counted after the reboot).
+_g = None
+_args = None
+heard = 0  # frames heard by the gateway ends of the nodes before a reboot
+reboots = 0
+sent = 0  # a member's GROUP_FRAG frames sent
+
+
+def arm(g, *args):
+    # g: the run's globals (_hal, _node, _gw, _tasks, ...); args: start_node's kind, tick_ms, lorawan, modem
+    global _g, _args
+    _g, _args = g, args
+    g["_hal"].reset = _reset
+
+
+def _reset():
+    asyncio.create_task(_reboot())
+    raise asyncio.CancelledError
+
+
+async def _reboot():
+    import mpnode
+
+    global heard, reboots
+    g = _g
+    heard += g["_gw"].count
+    reboots += 1
+    old = g["_tasks"]
+    mpnode.stop(g["_hal"], old[:2])  # the node's and its gateway end's; the harness's senders go on
+    boot()
+    kind, tick_ms, lorawan, modem = _args
+    hal, g["_node"], g["_gw"], tasks, g["_world"] = mpnode.start_node(
+        g["_clock"], kind, storage=g["_hal"].storage, lean=True, tick_ms=tick_ms, lorawan=lorawan, modem=modem
+    )
+    g["_hal"], g["_tasks"] = hal, tasks + old[2:]
+    hal.reset = _reset
+
+
+async def multicast(frames, n, at_ms, every_ms=86400000):
+    # mpnode.multicast from the gateway of the moment (a reboot of the node makes a new one)
+    size = len(frames) // n
+    for i in range(n):
+        hal = _g["_gw"].hal
+        await hal.sleep_ms(at_ms + i * every_ms - hal.ticks_ms())
+        await _g["_gw"].radio.send(frames[i * size : (i + 1) * size])
+    return n
+
+
+def boot():
+    # what boot.py does after the node's reboot at the session's end: the install in a boot of
+    # its own (firmware/updater.py boot()); the board then resets, the harness starts a new node
+    from firmware import unload, updater
+
+    r = updater.boot()
+    unload("updater", "slots", "protocol.noderelease", "protocol.ed25519")
+    return r
+
+
+def state():
+    # the session's state on flash at the end: /frag.setup's length (14 receiving, 15 complete,
+    # more: refused), or None
+    try:
+        with open("/frag.setup", "rb") as f:
+            return len(f.read())
+    except OSError:
+        return None
 """
 
 
@@ -344,9 +439,23 @@ def bench_fuota() -> list[bytes | None]:
     return out
 
 
-def member_downlinks(hours: float) -> tuple[dict, bytes, int]:
+def group_fuota(first: int) -> tuple[bytes, int]:
+    """A member's session (--member --fuota): bench_fuota's bodies as GROUP_FRAG frames under the
+    group's key, counters from `first` (a lost body: not sent), length-prefixed end to end; and
+    how many frames."""
+    from protocol import fragments as fz
+    from protocol import groupcast as gc
+
+    key = gc.group_key(GROUP_MASTER, GROUP_ADDR, 1)
+    frames = [fz.seal_group(key, GROUP_ADDR, first + i, b) for i, b in enumerate(x for x in bench_fuota() if x)]
+    return b"".join(bytes([len(f)]) + f for f in frames), len(frames)
+
+
+def member_downlinks(hours: float, skip: int = 0) -> tuple[dict, bytes, int]:
     """(join_group COMMAND body, the GROUP_COMMAND frames end to end, how many) for --member:
-    made as the gateway makes them (gateway/multicast.py: protocol/groupcast.py)."""
+    made as the gateway makes them (gateway/multicast.py: protocol/groupcast.py). With --fuota
+    the group counters after the first command skip the session's `skip` frames (sent between
+    the first command and the second: MEMBER_FUOTA_AT_MS)."""
     from protocol import groupcast as gc
     from protocol import messages as m
     from protocol.keys import NodeKeys
@@ -358,7 +467,12 @@ def member_downlinks(hours: float) -> tuple[dict, bytes, int]:
     while MCAST_AT_MS + n * 86400 * 1000 < hours * 3600 * 1000:
         n += 1
     frames = b"".join(
-        gc.seal(key, GROUP_ADDR, i, m.encode(m.COMMAND, {0: gc.MCAST_ID_BASE + i, 1: m.OP_SET_LEVEL, 2: [50, 3600]}))
+        gc.seal(
+            key,
+            GROUP_ADDR,
+            i + (skip if i else 0),
+            m.encode(m.COMMAND, {0: gc.MCAST_ID_BASE + i, 1: m.OP_SET_LEVEL, 2: [50, 3600]}),
+        )
         for i in range(n)
     )
     return join, frames, n
@@ -379,9 +493,10 @@ def run_app(
     """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
     with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
     module, cls = APP_CLASS[kind]
-    join, frames, n_mcast = member_downlinks(hours) if kind == "lighting-member" else ({}, b"", 0)
     battery = kind == "irrigation-battery"
     member = kind == "lighting-member"
+    gfrag, n_gfrag = group_fuota(1) if fuota and member else (b"", 0)
+    join, frames, n_mcast = member_downlinks(hours, n_gfrag) if member else ({}, b"", 0)
     app_kind = "lighting" if member else kind
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
@@ -395,7 +510,8 @@ def run_app(
         feed = [None] * 8 + bench_fuota()
         feed_n = len(feed)
         tmpdir = Path(tempfile.mkdtemp(prefix="lumeau-fuota-"))
-        (tmpdir / "fuota.bin").write_bytes(b"".join(bytes([len(b)]) + b if b else b"\0" for b in feed))
+        data = gfrag if member else b"".join(bytes([len(b)]) + b if b else b"\0" for b in feed)
+        (tmpdir / "fuota.bin").write_bytes(data)
         (tmpdir / "filefeed.py").write_text(FUOTA_FEED)
         files += [[str(tmpdir / "fuota.bin"), "/bench/fuota.bin"], [str(tmpdir / "filefeed.py"), "/bench/filefeed.py"]]
     radios = "radio_lorawan" if lorawan else "radio, radio_lora"  # what firmware/main.py imports for that radio
@@ -433,26 +549,47 @@ def run_app(
                 if calendar
                 else ""
             )
-            + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota else "")
+            + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota and not member else "")
+            + (f"filefeed.arm(globals(), {app_kind!r}, {tick_ms!r}, {lorawan!r}, {member!r})\n" if fuota else "")
+            + (
+                f"asyncio.create_task(filefeed.group_feed('/bench/fuota.bin', "
+                f"{MEMBER_FUOTA_AT_MS}, {MEMBER_FUOTA_EVERY_MS}))\n"
+                if fuota and member
+                else ""
+            )
             + (
                 # join_group answers the 2nd uplink (a COMMAND); a calendar's fragments come later
                 f"_gw.feed = _gw.feed or [None, None]\n_gw.feed[1] = ({COMMAND}, {join!r})\n"
-                f"_mc = asyncio.create_task(mpnode.multicast(_gw, {frames!r}, {n_mcast}, {MCAST_AT_MS}))\n"
+                f"_mc = asyncio.create_task({'filefeed' if fuota else 'mpnode'}.multicast("
+                + ("" if fuota else "_gw, ")
+                + f"{frames!r}, {n_mcast}, {MCAST_AT_MS}))\n"
                 "_tasks.append(_mc)\n"
                 if member
                 else ""
             )
         ),
         "sample_every": sample_every,
-        "watch": "_gw.count",  # also sample right after each frame the gateway hears
+        "watch": "_gw.count + filefeed.heard"
+        if fuota
+        else "_gw.count",  # also sample right after each frame the gateway hears
         "day_ms": 86400 * 1000,
         "resample": RESAMPLE,
         "heap_map": heap_map,
         "check": (
-            "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
+            "import json\n_check = json.dumps({'heard': _gw.count"
+            + (" + filefeed.heard" if fuota else "")
+            + ", 'rejected': _gw.rejected, 'tx': _node.tx, "
             "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error, "
             "'calendar_held': getattr(_node, 'schedule', [None])[0] is not None"
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
+            + (
+                ", 'fuota': {'reboots': filefeed.reboots, 'state_bytes': filefeed.state(), 'status': "
+                "list(_node.execute(11, [1], 0)), 'last_error': _node.last_error"
+                + (", 'group_frames': filefeed.sent" if member else "")
+                + "}"
+                if fuota
+                else ""
+            )
             + (
                 ", 'member': {'groups': [[s[0], s[2]] for s in _node.app.group.slots] if _node.app.group else [], "
                 "'listener': type(_node.radio) is group.Listener, 'listener_heard': getattr(_node.radio, 'rx', 0), "
@@ -533,7 +670,7 @@ def run_app(
         **({"ble": r["check"]["ble"]} if ble else {}),
         **({"radio": "lorawan"} if lorawan else {}),
         **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
-        **({"fuota_end": r["check"]["last_error"]} if fuota else {}),
+        **({"fuota_end": r["check"]["fuota"]} if fuota else {}),
         **({"member": r["check"]["member"]} if member else {}),
     }
 
