@@ -71,10 +71,19 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
 - with --fuota, the node is sent a release over LoRa by unicast (SPEC §13 "Over LoRa";
   bench_fuota below: a 2,758-byte image, a typical delta, in 34-byte fragments, one FRAG
   per uplink from its 9th on, 10 % of them lost and made up by coded ones), so the run
-  includes a whole fragment session (firmware/fuota.py and protocol/nodefrag.py loaded by
-  name at the first fragment; the decoder's bitmaps, rows and buffers): runtime heap.
-  The image is not a signed release, so the node's updater refuses it once complete
-  (`fuota_end` gives the node's last_error: the session reached the updater);
+  includes a whole fragment session: firmware/fuota.py and protocol/nodefrag.py are loaded
+  by name for each frame and dropped after it (between frames the session is on flash).
+  A member lamp (with --member) gets the same bodies as GROUP_FRAG frames under its group's
+  key, one a minute from 02:00 (MEMBER_FUOTA_AT_MS; its daily group commands after the
+  first take counters after them). Once the image is complete the node reboots: the run
+  ends there (the harness's reset ends the node's task), and the check does what boot.py
+  would, the install (firmware/updater.py boot(); the image is random bytes and the node
+  has no release key, so it is refused: the session reached the updater). `fuota_end`
+  says: reboots, complete (before the install), boot_install, the state left on flash
+  (/frag.setup's length: 15 complete, more refused), the status request's answer and
+  last_error. `frame_heap` is what one frame's handling adds within its step, which no
+  sample sees (the two modules and a decoder of the session's size, loaded after the
+  run: FRAME_HEAP), and `frame_bound` the worst day's runtime heap plus it;
 - with --member, a lamp in a multicast group (`lighting-member`, run beside the
   others; SPEC §5 "Groups"): its radio is firmware/radio_lora.py's LoRaRadio on a
   modem shaped like micropython-lib's `lora` driver (mpnode.LinkModem, over the same
@@ -245,6 +254,14 @@ GROUP_ADDR = 7
 GROUP_MASTER = bytes(range(16, 32))  # the gateway's group master secret (bench only)
 MCAST_AT_MS = 3600 * 1000  # the first group command at 01:00 of day 1, then one a day
 JOIN_ID = 1  # the join_group COMMAND's id
+# --fuota: the heap with a frame's code loaded (firmware/fuota.py, protocol/nodefrag.py and a
+# decoder open on a session of bench_fuota's size, 82 fragments of 34 B) minus without it
+FRAME_HEAP = [
+    "pass",
+    "from firmware import fuota\nfrom protocol import nodefrag\n"
+    "_fd = nodefrag.Decoder('/bench/fd.image', '/bench/fd.coded', 2758, 34, 82)",
+    "_fd.close()\ndel _fd, fuota, nodefrag\nfirmware.unload('fuota', 'protocol.nodefrag')",
+]
 MEMBER_FUOTA_AT_MS = 2 * 3600 * 1000  # --member --fuota: the session's first GROUP_FRAG at 02:00 of day 1
 MEMBER_FUOTA_EVERY_MS = 60 * 1000  # then one a minute (the member listens between its uplinks)
 
@@ -319,9 +336,19 @@ FUOTA_FEED = """
 import asyncio
 
 
+def _next(path, at):
+    # the length-prefixed record at offset `at` (b"" past the end); the file is not kept open
+    # between frames: an open file is heap the node would be charged with
+    with open(path, "rb") as f:
+        f.seek(at)
+        n = f.read(1)
+        return n + f.read(n[0]) if n and n[0] else n
+
+
 class FileFeed:
     def __init__(self, path, n):
-        self.f = open(path, "rb")
+        self.path = path
+        self.at = 0
         self.left = n
 
     def __len__(self):
@@ -329,82 +356,53 @@ class FileFeed:
 
     def pop(self, i):
         self.left -= 1
-        n = self.f.read(1)[0]
-        return (12, self.f.read(n)) if n else None
+        r = _next(self.path, self.at)
+        self.at += len(r)
+        return (12, r[1:]) if len(r) > 1 else None
 
 
 async def group_feed(path, at_ms, every_ms):
     # a member's session: the GROUP_FRAG frames (sealed beforehand, length-prefixed) from the
     # gateway's radio on the group channel, one every every_ms from at_ms
     global sent
-    f = open(path, "rb")
+    at = 0
     while True:
-        b = f.read(1)
-        if not b:
+        r = _next(path, at)
+        if not r:
             return
-        raw = f.read(b[0])
+        at += len(r)
         hal = _g["_gw"].hal
         await hal.sleep_ms(at_ms + sent * every_ms - hal.ticks_ms())
-        await _g["_gw"].radio.send(raw)
+        await _g["_gw"].radio.send(r[1:])
         sent += 1
 
 
 # The node reboots once its image is complete (SPEC §13 "Over LoRa"). A board's reset never
-# returns; here it ends the node's task (CancelledError) and _reboot() does the board's next
-# boot: boot.py's install (boot(): firmware/updater.py boot(), here refused, the image being
-# random bytes and the node without a release key), then a new node (and gateway end) from the
-# same flash and storage. On a board the reset also drops the names the install interned; here
-# they stay among the harness's (some hundred bytes of text, counted after the reboot).
+# returns; here it ends the node's task (CancelledError) and the run: what follows is a new
+# boot (boot.py's install, boot() below, run by the check; then a node as the runs without
+# --fuota measure it).
 _g = None
-_args = None
-heard = 0  # frames heard by the gateway ends of the nodes before a reboot
 reboots = 0
 sent = 0  # a member's GROUP_FRAG frames sent
 
 
-def arm(g, *args):
-    # g: the run's globals (_hal, _node, _gw, _tasks, ...); args: start_node's kind, tick_ms, lorawan, modem
-    global _g, _args
-    _g, _args = g, args
+def arm(g):
+    # g: the run's globals (_hal, _gw, _clock, _end, ...)
+    global _g
+    _g = g
     g["_hal"].reset = _reset
 
 
 def _reset():
-    asyncio.create_task(_reboot())
-    raise asyncio.CancelledError
-
-
-async def _reboot():
-    import mpnode
-
-    global heard, reboots
-    g = _g
-    heard += g["_gw"].count
+    global reboots
     reboots += 1
-    old = g["_tasks"]
-    mpnode.stop(g["_hal"], old[:2])  # the node's and its gateway end's; the harness's senders go on
-    boot()
-    kind, tick_ms, lorawan, modem = _args
-    hal, g["_node"], g["_gw"], tasks, g["_world"] = mpnode.start_node(
-        g["_clock"], kind, storage=g["_hal"].storage, lean=True, tick_ms=tick_ms, lorawan=lorawan, modem=modem
-    )
-    g["_hal"], g["_tasks"] = hal, tasks + old[2:]
-    hal.reset = _reset
-
-
-async def multicast(frames, n, at_ms, every_ms=86400000):
-    # mpnode.multicast from the gateway of the moment (a reboot of the node makes a new one)
-    size = len(frames) // n
-    for i in range(n):
-        hal = _g["_gw"].hal
-        await hal.sleep_ms(at_ms + i * every_ms - hal.ticks_ms())
-        await _g["_gw"].radio.send(frames[i * size : (i + 1) * size])
-    return n
+    _g["_end"] = _g["_clock"].ms()  # the run ends at this step
+    raise asyncio.CancelledError
 
 
 def boot():
     # what boot.py does after the node's reboot at the session's end: the install in a boot of
-    # its own (firmware/updater.py boot()); the board then resets, the harness starts a new node
+    # its own (firmware/updater.py boot()), then the board resets
     from firmware import unload, updater
 
     r = updater.boot()
@@ -550,7 +548,7 @@ def run_app(
                 else ""
             )
             + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota and not member else "")
-            + (f"filefeed.arm(globals(), {app_kind!r}, {tick_ms!r}, {lorawan!r}, {member!r})\n" if fuota else "")
+            + ("filefeed.arm(globals())\n" if fuota else "")
             + (
                 f"asyncio.create_task(filefeed.group_feed('/bench/fuota.bin', "
                 f"{MEMBER_FUOTA_AT_MS}, {MEMBER_FUOTA_EVERY_MS}))\n"
@@ -560,31 +558,30 @@ def run_app(
             + (
                 # join_group answers the 2nd uplink (a COMMAND); a calendar's fragments come later
                 f"_gw.feed = _gw.feed or [None, None]\n_gw.feed[1] = ({COMMAND}, {join!r})\n"
-                f"_mc = asyncio.create_task({'filefeed' if fuota else 'mpnode'}.multicast("
-                + ("" if fuota else "_gw, ")
-                + f"{frames!r}, {n_mcast}, {MCAST_AT_MS}))\n"
+                f"_mc = asyncio.create_task(mpnode.multicast(_gw, {frames!r}, {n_mcast}, {MCAST_AT_MS}))\n"
                 "_tasks.append(_mc)\n"
                 if member
                 else ""
             )
         ),
         "sample_every": sample_every,
-        "watch": "_gw.count + filefeed.heard"
-        if fuota
-        else "_gw.count",  # also sample right after each frame the gateway hears
+        "watch": "_gw.count",  # also sample right after each frame the gateway hears
         "day_ms": 86400 * 1000,
         "resample": RESAMPLE,
         "heap_map": heap_map,
+        # --fuota: what one fragment frame's handling adds within its step (no sample sees it: the
+        # session's code is loaded for the frame and dropped after it), the decoder on files of
+        # the bench session's size
+        "after": FRAME_HEAP if fuota else [],
         "check": (
-            "import json\n_check = json.dumps({'heard': _gw.count"
-            + (" + filefeed.heard" if fuota else "")
-            + ", 'rejected': _gw.rejected, 'tx': _node.tx, "
+            "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
             "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error, "
             "'calendar_held': getattr(_node, 'schedule', [None])[0] is not None"
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
             + (
-                ", 'fuota': {'reboots': filefeed.reboots, 'state_bytes': filefeed.state(), 'status': "
-                "list(_node.execute(11, [1], 0)), 'last_error': _node.last_error"
+                ", 'fuota': {'reboots': filefeed.reboots, 'complete': filefeed.state() == 15, "
+                "'boot_install': filefeed.boot(), 'state_bytes': filefeed.state(), "
+                "'status': list(_node.execute(11, [1], 0)), 'last_error': _node.last_error"
                 + (", 'group_frames': filefeed.sent" if member else "")
                 + "}"
                 if fuota
@@ -671,6 +668,15 @@ def run_app(
         **({"radio": "lorawan"} if lorawan else {}),
         **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
         **({"fuota_end": r["check"]["fuota"]} if fuota else {}),
+        **(
+            {
+                "frame_heap": r["after"][1] - r["after"][0],
+                "frame_bound": runtime_heap + r["after"][1] - r["after"][0],
+                "frame_bound_meets_bar": runtime_heap + r["after"][1] - r["after"][0] <= RUNTIME_BAR,
+            }
+            if fuota
+            else {}
+        ),
         **({"member": r["check"]["member"]} if member else {}),
     }
 

@@ -217,7 +217,7 @@ async def test_a_reboot_mid_session_resumes_where_it_was():
     hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage)
     await clock.run_for(60 * S)
     g.node = node
-    assert _status(node, sid) == before  # read back from /frag.st, /frag.lup, /frag.rows
+    assert _status(node, sid) == before  # read back from /frag.setup, /frag.image, /frag.coded
     for i in range(half, enc.n):
         g.send(fz.data_body(sid, i, enc.fragment(i)))
     k = enc.n + 1
