@@ -19,8 +19,6 @@
 # are ones the node has interned already, and the file names are long enough (over 10
 # characters) to stay plain strings.
 
-import os
-
 const = int  # MicroPython's compiler folds const() itself, whatever the name is bound to
 # protocol.fragments / messages numbers, as private consts (tests/test_node_consts.py checks them)
 _SETUP = const(1)
@@ -65,12 +63,12 @@ def rx(node, x):
             size, f, n = nodefrag.parse(x)[2:5]  # refused (ValueError) before anything changes
             if b is not None and b[:6] == bytes(x[:6]):
                 return None  # the set-up again (repeated for nodes that missed it): same id, same bundle
-            for q in ("/frag.setup", "/frag.image", "/frag.coded"):
-                try:
-                    os.remove(q)
-                except OSError:
-                    pass
-            nodefrag.Decoder("/frag.image", "/frag.coded", size, f, n).close()
+            # the files start afresh (opened "wb", truncated: no os module to load for a remove)
+            try:
+                nodefrag.Decoder("/frag.image", "/frag.coded", size, f, n).close()
+            except OSError:
+                open("/frag.setup", "wb").close()  # storage: no session left half made
+                raise
             with open("/frag.setup", "wb") as f:
                 f.write(x)
             return None
