@@ -10,8 +10,8 @@
 # then it is reduced against the rows kept so far, each keyed by its pivot (the lowest
 # fragment it still names, one the node lacks): a row that ends empty told nothing new, else
 # it is kept with a new pivot. Kept rows live in the rows file (line bits + data, after the
-# bitmap of fragments held, so that a reboot resumes: lost=True); the heap holds two
-# bitmaps of N bits and one list entry per kept row. When the rows cover every missing
+# bitmap of fragments held, so that a reboot resumes: lost=True); the heap holds a bitmap of
+# N bits and one list entry per kept row (its pivot). When the rows cover every missing
 # fragment they are solved from the highest pivot down (each row then names only its pivot
 # among the fragments still missing) and written into the image.
 
@@ -70,10 +70,10 @@ def _first(item):
 class Decoder:
     """Reassembles N fragments of F bytes into the image file `path` (size bytes), with the
     coded rows kept in the file `queue`. add() -> True once the image is complete; `missing`
-    says how many fragments it still lacks. lost=True: the heap was lost (a reboot), the
-    files of the session carry on.
+    says how many fragments it still lacks. lost=True: the heap was lost (a reboot, or the
+    node loads this module for one frame only), the files of the session carry on.
 
-    Its names are ones a lamp has interned already (window, mask, mark, ...): the lamp's
+    Its names are ones a lamp has interned already (mask, values, queue, ...): the lamp's
     qstr pools are nearly full and qstrs are never freed (SPEC §13 "Sizes")."""
 
     def __init__(self, path, queue, size, f, n, lost=False):
@@ -82,40 +82,30 @@ class Decoder:
         self.n = n
         nb = (n + 7) // 8
         self.mask = bytearray(nb)  # fragments held; also at the start of the rows file
-        self.mark = bytearray(nb)  # fragments that are some kept row's pivot
         self.values = []  # per kept row's slot in the rows file: its pivot, or -1 (free: its bits all 0)
-        self.missing = n
         self.rec = nb + f
         self.buf = bytearray(f)
         self.item = bytearray(nb)  # a row's bits read back
-        if lost:  # the files of a session cut by a reboot (OSError: none, start over)
-            self.target = open(path, "r+b")  # the image
-            self.queue = q = open(queue, "r+b")  # the rows
-            if q.readinto(self.mask) != nb:
-                raise OSError("no session state")
-            gone = []
-            d = bytearray(f)
-            while q.readinto(self.item) == nb and q.readinto(d) == f:
-                p = _first(self.item)
-                self.values.append(p)
-                if p >= 0:
-                    if self.mask[p >> 3] & (1 << (p & 7)):
-                        gone.append(len(self.values) - 1)  # its pivot came in before the cut
-                    else:
-                        self.mark[p >> 3] |= 1 << (p & 7)
-            self.missing = n - sum(bin(b).count("1") for b in self.mask)
-            for slot in gone:
-                self.drop(slot)
-            return
-        with open(path, "wb") as img:  # the image file at its size: fragments are written in place
-            z = bytes(256)
-            left = size
-            while left:
-                left -= img.write(z if left >= 256 else z[:left])
-        with open(queue, "wb") as q:
-            q.write(self.mask)
-        self.target = open(path, "r+b")
-        self.queue = open(queue, "r+b")
+        if not lost:
+            with open(path, "wb") as img:  # the image file at its size: fragments are written in place
+                z = bytes(256)
+                left = size
+                while left:
+                    left -= img.write(z if left >= 256 else z[:left])
+            with open(queue, "wb") as q:
+                q.write(self.mask)
+        # (OSError: no files, no session)
+        self.target = open(path, "r+b")  # the image
+        self.queue = q = open(queue, "r+b")  # the rows
+        if q.readinto(self.mask) != nb:
+            raise OSError("no session state")
+        self.missing = n - sum(bin(b).count("1") for b in self.mask)
+        d = bytearray(f)
+        while q.readinto(self.item) == nb and q.readinto(d) == f:
+            self.values.append(_first(self.item))
+        for k, p in enumerate(self.values):
+            if p >= 0 and self.mask[p >> 3] & (1 << (p & 7)):
+                self.drop(k)  # its pivot came in before the cut: reduce it again
 
     def close(self):
         self.target.close()
@@ -154,33 +144,28 @@ class Decoder:
         if len(data) != self.f:
             raise ValueError("fragment of %d B, the session's are %d B" % (len(data), self.f))
         n = self.n
-        if self.missing == 0:
+        vals = self.values
+        if not self.missing:
             return True
         if k < n:
             if self.mask[k >> 3] & (1 << (k & 7)):
                 return False  # a repeat
             self.put(k, data)
-            if self.mark[k >> 3] & (1 << (k & 7)):  # a kept row lost its pivot: reduce it again
-                self.mark[k >> 3] &= ~(1 << (k & 7))
-                self.drop(self.values.index(k))
+            if k in vals:  # a kept row lost its pivot: reduce it again
+                self.drop(vals.index(k))
         else:
-            bits = bytearray(len(self.item))
-            line(k - n + 1, n, bits)
-            self.check(bits, bytearray(data))
-        vals = self.values
+            item = bytearray(len(self.item))
+            line(k - n + 1, n, item)
+            self.check(item, bytearray(data))
         if self.missing and len(vals) - vals.count(-1) == self.missing:
             # the rows cover every missing fragment: solve from the highest pivot down (each row
             # then names only its pivot among the fragments still missing)
-            bits, d = self.item, bytearray(self.f)
+            item, d = self.item, bytearray(self.f)
             for p in sorted([p for p in vals if p >= 0], reverse=True):
-                slot = vals.index(p)
-                self._read(slot, bits, d)
-                vals[slot] = -1
-                self.mark[p >> 3] &= ~(1 << (p & 7))
-                bits[p >> 3] &= ~(1 << (p & 7))
-                self.take(bits, d)  # every other fragment it names is had by now
+                self._read(vals.index(p), item, d)
+                item[p >> 3] &= ~(1 << (p & 7))
+                self.take(item, d)  # every other fragment it names is had by now
                 self.put(p, d)
-            self.values = []
         # on flash at once (littlefs commits a file on flush): a reset or a deep sleep loses
         # nothing taken, and the complete image is readable through another handle
         self.target.flush()
@@ -189,35 +174,35 @@ class Decoder:
 
     def drop(self, pos):
         # take a kept row out (its pivot came in) and reduce it again
-        bits, d = bytearray(len(self.item)), bytearray(self.f)
-        self._read(pos, bits, d)
+        item, d = bytearray(len(self.item)), bytearray(self.f)
+        self._read(pos, item, d)
         self.values[pos] = -1
         self.queue.seek(len(self.item) + pos * self.rec)
-        self.queue.write(bytes(len(bits)))  # free on the file too
-        self.check(bits, d)
+        self.queue.write(bytes(len(item)))  # free on the file too
+        self.check(item, d)
 
     def check(self, item, data):
-        # reduce a row against the kept ones; keep it with a new pivot unless it told nothing new
-        row, d2 = self.item, bytearray(self.f)
+        # reduce a row against the kept ones (each keyed by its pivot in `values`); keep it with
+        # a new pivot unless it told nothing new
+        row, d2, vals = self.item, bytearray(self.f), self.values
         while True:
             self.take(item, data)
             p = _first(item)
             if p < 0:
                 return  # nothing new
-            if not self.mark[p >> 3] & (1 << (p & 7)):
+            if p not in vals:
                 break
-            self._read(self.values.index(p), row, d2)
+            self._read(vals.index(p), row, d2)
             for i in range(len(item)):
                 item[i] ^= row[i]
             for i in range(len(data)):
                 data[i] ^= d2[i]
-        try:
-            slot = self.values.index(-1)
-            self.values[slot] = p
-        except ValueError:
-            slot = len(self.values)
-            self.values.append(p)
-        self.queue.seek(len(self.item) + slot * self.rec)
+        if -1 in vals:
+            pos = vals.index(-1)
+            vals[pos] = p
+        else:
+            pos = len(vals)
+            vals.append(p)
+        self.queue.seek(len(self.item) + pos * self.rec)
         self.queue.write(item)
         self.queue.write(data)
-        self.mark[p >> 3] |= 1 << (p & 7)
