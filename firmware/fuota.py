@@ -10,7 +10,8 @@
 # node's deep sleep) resumes the session where it was. When the image is complete /frag.setup
 # gets a 15th byte, 0, and the node reboots (as for a reboot command): boot.py installs the
 # image in a boot of its own (firmware/updater.py boot(): signature, manifest, every hash, with
-# the heap free of the node's code) and resets the board into the trial. A refusal there
+# the heap free of the node's code; 2 or 3 there while it runs) and resets the board into the
+# trial. A refusal there
 # leaves /frag.setup as 14 bytes, 1, the reason: a status request answers "refused" and puts
 # the reason in last_error. A SETUP for the release the node runs (its bundle id's first 3
 # bytes, as in HELLO) opens no session and does not load the decoder.

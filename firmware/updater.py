@@ -160,26 +160,33 @@ def boot(root="/"):
     own, the heap free of the node's code. True when there was one: boot.py then resets the
     board, so the names interned here (qstrs are never freed) leave with it and the next boot
     selects the release on trial. A refusal stays in /frag.setup (15th byte 1, the reason) for
-    FRAG_STATUS and last_error."""
+    FRAG_STATUS and last_error. An install under way is 2 there (3: the second try), so one
+    cut short (power) is tried once more and one that crashes the board is not retried
+    forever."""
     st = root + "frag.setup"
     try:
         with open(st, "rb") as f:
             b = f.read()
     except OSError:
         return False
-    if len(b) != 15 or b[14]:
+    if len(b) != 15 or b[14] == 1:
         return False
     why = None
-    try:
-        import json
+    if b[14] >= 3:  # two installs began and never ended (power cut, crash): no boot loop
+        why = "install cut short twice, not tried again"
+    else:
+        with open(st, "wb") as f:  # an install begins: 2, then 3 (the second)
+            f.write(b[:14] + (b"\x03" if b[14] == 2 else b"\x02"))
+        try:
+            import json
 
-        with open(root + "config.json") as f:
-            kind = json.load(f).get("kind")
-        m = install(root + "frag.image", kind, release_key(root + "config.json"), root)
-        if m["bundle"][:8] != b[2:6].hex():  # signed and for this node all the same: the signature decides
-            print("lumeau: release %s, the session was set up for %s" % (m["bundle"][:8], b[2:6].hex()))
-    except Exception as e:  # refused (signature, manifest, hashes) or storage: nothing armed
-        why = repr(e)
+            with open(root + "config.json") as f:
+                kind = json.load(f).get("kind")
+            m = install(root + "frag.image", kind, release_key(root + "config.json"), root)
+            if m["bundle"][:8] != b[2:6].hex():  # signed and for this node all the same: the signature decides
+                print("lumeau: release %s, the session was set up for %s" % (m["bundle"][:8], b[2:6].hex()))
+        except Exception as e:  # refused (signature, manifest, hashes) or storage: nothing armed
+            why = repr(e)
     for p in ("frag.image", "frag.coded", "frag.setup"):
         try:
             os.remove(root + p)

@@ -248,3 +248,28 @@ async def test_a_setup_for_the_running_release_opens_no_session():
     g.send(fz.setup_body(SID, other, len(V.FULL_011), F, enc.n, 4))  # another release: a session
     assert _status(node) == (m.RES_OK, enc.n)
     mpnode.stop(hal, tasks)
+
+
+def test_an_install_cut_short_is_tried_once_more_then_refused():
+    # /frag.setup's 15th byte: 2 an install began (a power cut: tried again), 3 the second one
+    # began too (a crash each time, say): refused, so the board does not loop on it
+    from firmware import updater
+
+    enc = fz.Encoder(V.FULL_011, F)
+    setup = fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4)
+    for mark, armed in ((b"\x03", False), (b"\x02", True)):
+        _board()
+        with open("/frag.image", "wb") as f:
+            f.write(V.FULL_011)
+        with open("/frag.setup", "wb") as f:
+            f.write(setup + mark)
+        assert updater.boot()
+        assert _ab()["t"] == ("s0" if armed else ""), _ab()
+        if armed:
+            assert not [e for e in os.listdir("/") if e.startswith("frag.")]
+        else:
+            with open("/frag.setup", "rb") as f:
+                b = f.read()
+            assert b[:14] == setup and b[14] == 1 and b"cut short" in b[15:], b
+            assert "/frag.image" not in ["/" + e for e in os.listdir("/")]
+    os.remove("/ab.json")
