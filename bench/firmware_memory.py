@@ -76,7 +76,7 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
   A member lamp (with --member) gets the same bodies as GROUP_FRAG frames under its group's
   key, one a minute from 02:00 (MEMBER_FUOTA_AT_MS; its daily group commands after the
   first take counters after them). Once the image is complete the node reboots: the run
-  ends there (the harness's reset ends the node's task), and the check does what boot.py
+  ends there (the harness's reset ends the node's task), and the check does what main.py
   would, the install (firmware/updater.py boot(); the image is random bytes and the node
   has no release key, so it is refused: the session reached the updater). `fuota_end`
   says: reboots, complete (before the install), boot_install, the state left on flash
@@ -379,7 +379,7 @@ async def group_feed(path, at_ms, every_ms):
 
 # The node reboots once its image is complete (SPEC §13 "Over LoRa"). A board's reset never
 # returns; here it ends the node's task (CancelledError) and the run: what follows is a new
-# boot (boot.py's install, boot() below, run by the check; then a node as the runs without
+# boot (main.py's install, firmware/slots.py prepare(): boot() below, run by the check; then a node as the runs without
 # --fuota measure it).
 _g = None
 reboots = 0
@@ -401,7 +401,7 @@ def _reset():
 
 
 def boot():
-    # what boot.py does after the node's reboot at the session's end: the install in a boot of
+    # what main.py does at the boot after the session's end (firmware/slots.py prepare()): the install in a boot of
     # its own (firmware/updater.py boot()), then the board resets
     from firmware import unload, updater
 

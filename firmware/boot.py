@@ -16,22 +16,6 @@ import micropython
 
 # Room for a traceback raised inside an IRQ handler (the pulse counters).
 micropython.alloc_emergency_exception_buf(100)
-# An update over LoRa whose image is complete (firmware/fuota.py: /frag.setup of 15 bytes) is
-# installed here, in a boot of its own with the heap free of the node's code, and the board
-# resets: the updater's names (qstrs, never freed) leave with it, and the next boot selects the
-# release it armed, below. A refusal is kept for the gateway (firmware/updater.py boot()).
-try:
-    import os
-
-    if os.stat("/frag.setup")[6] == 15:
-        from firmware import updater
-
-        updater.boot()
-        import machine
-
-        machine.reset()
-except Exception:  # none (OSError) or the updater not loadable: boot as usual
-    pass
 try:
     import machine
     from firmware import slots

@@ -13,7 +13,7 @@
 # Only then is the slot armed for trial in /ab.json (one atomic rename,
 # firmware/slots.py); the caller reboots. Imported only for an update, and
 # unloaded after it (firmware.unload("updater", "slots")). boot() is the end of an
-# update over LoRa (firmware/fuota.py's files), called by boot.py.
+# update over LoRa (firmware/fuota.py's files), called at boot by slots.prepare().
 
 import hashlib
 import os
@@ -155,14 +155,14 @@ def install(image, kind, public_key, root="/", target=None, running=None, mpy=No
 
 
 def boot(root="/"):
-    """boot.py, before it selects the slot to boot: an image that came over LoRa complete
-    (firmware/fuota.py's files, /frag.setup's 15th byte 0) is installed here, in a boot of its
-    own, the heap free of the node's code. True when there was one: boot.py then resets the
-    board, so the names interned here (qstrs are never freed) leave with it and the next boot
-    selects the release on trial. A refusal stays in /frag.setup (15th byte 1, the reason) for
-    FRAG_STATUS and last_error. An install under way is 2 there (3: the second try), so one
-    cut short (power) is tried once more and one that crashes the board is not retried
-    forever."""
+    """At boot, before the node's code loads (firmware/slots.py prepare(), from main.py): an
+    image that came over LoRa complete (firmware/fuota.py's files, /frag.setup's 15th byte 0)
+    is installed here, in a boot of its own, the heap free of the node's code. True when there
+    was one: the caller then resets the board, so the names interned here (qstrs are never
+    freed) leave with it and the next boot selects the release on trial. A refusal stays in
+    /frag.setup (15th byte 1, the reason) for FRAG_STATUS and last_error. An install under way
+    is 2 there (3: the second try), so one cut short (power) is tried once more and one that
+    crashes the board is not retried forever."""
     st = root + "frag.setup"
     try:
         with open(st, "rb") as f:
@@ -174,6 +174,8 @@ def boot(root="/"):
     why = None
     if b[14] >= 3:  # two installs began and never ended (power cut, crash): no boot loop
         why = "install cut short twice, not tried again"
+    elif slots.read(root)["t"]:  # install() refuses it too, after the signature: not under a trial's watchdog
+        why = "a release is already on trial"
     else:
         with open(st, "wb") as f:  # an install begins: 2, then 3 (the second)
             f.write(b[:14] + (b"\x03" if b[14] == 2 else b"\x02"))

@@ -221,7 +221,7 @@ def test_release_verify_bench_prints_its_figures():
 
 def test_firmware_memory_bench_measures_a_lora_update_session():
     # --fuota: a lamp by unicast (FRAG, one per uplink) and a member lamp by multicast (GROUP_FRAG):
-    # each completes the image, reboots (the run ends there), boot.py's install refuses it (random
+    # each completes the image, reboots (the run ends there), the install at boot refuses it (random
     # bytes, no release key) and keeps the refusal for the status request; within the bars at
     # the samples, the session's modules loaded for one frame only (frame_heap: not sampled)
     cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "30"]

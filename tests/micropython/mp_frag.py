@@ -1,11 +1,11 @@
 # An update over LoRa on a lamp, under real MicroPython (SPEC §13 "Over LoRa"; firmware/fuota.py,
 # protocol/nodefrag.py, the hook in firmware/runtime.py): a group's fragments (GROUP_FRAG) and a
 # node's own (FRAG) are reassembled in flash, lost ones recovered from coded fragments, the node
-# reboots and the image goes through firmware/updater.py in a boot of its own (boot(), as
-# boot.py calls it). A truncated or corrupted fragment, another session's, a replayed counter
-# are refused and change nothing; a badly signed image is refused by the updater, nothing is
-# armed and the status says so; a SETUP for the release the node runs opens nothing. Node code
-# from .mpy, as on a board.
+# reboots and the image goes through firmware/updater.py in a boot of its own (boot(), which
+# main.py calls at boot through firmware/slots.py prepare()). A truncated or corrupted fragment,
+# another session's, a replayed counter are refused and change nothing; a badly signed image is
+# refused by the updater, nothing is armed and the status says so; a SETUP for the release the
+# node runs opens nothing. Node code from .mpy, as on a board.
 import json
 import os
 import sys
@@ -84,7 +84,7 @@ def _status(node, sid=SID):
 
 
 def _boot():
-    # what boot.py does after the node's reboot: install the complete image, in a boot of its own
+    # what main.py does at boot (slots.prepare): install the complete image, in a boot of its own
     from firmware import updater
 
     assert "/frag.setup" in ["/" + e for e in os.listdir("/")]
@@ -273,3 +273,28 @@ def test_an_install_cut_short_is_tried_once_more_then_refused():
             assert b[:14] == setup and b[14] == 1 and b"cut short" in b[15:], b
             assert "/frag.image" not in ["/" + e for e in os.listdir("/")]
     os.remove("/ab.json")
+
+
+def test_an_image_complete_while_a_release_is_on_trial_is_refused_at_once():
+    # the install would refuse it after the signature; refused before it, it never runs under the
+    # trial's boot watchdog (boot.py, 8 s)
+    from firmware import updater
+
+    enc = fz.Encoder(V.FULL_011, F)
+    setup = fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4)
+    _board()
+    st = _ab()
+    st["t"] = "s1"
+    with open("/ab.json", "w") as f:
+        json.dump(st, f)
+    with open("/frag.image", "wb") as f:
+        f.write(V.FULL_011)
+    with open("/frag.setup", "wb") as f:
+        f.write(setup + b"\x00")
+    assert updater.boot()
+    with open("/frag.setup", "rb") as f:
+        b = f.read()
+    assert b[14] == 1 and b"on trial" in b[15:], b
+    assert _ab()["t"] == "s1" and "/frag.image" not in ["/" + e for e in os.listdir("/")]
+    os.remove("/ab.json")
+    os.remove("/frag.setup")
