@@ -387,13 +387,16 @@ sent = 0  # a member's GROUP_FRAG frames sent
 
 
 def arm(g):
-    # g: the run's globals (_hal, _gw, _clock, _end, ...)
+    # g: the run's globals (_gw, _clock, _end, ...); every SimHAL's reset (a battery cell makes a
+    # new one at each wake; the gateway end's never resets)
     global _g
+    from simulator.hal_sim import SimHAL
+
     _g = g
-    g["_hal"].reset = _reset
+    SimHAL.reset = _reset
 
 
-def _reset():
+def _reset(hal):
     global reboots
     reboots += 1
     _g["_end"] = _g["_clock"].ms()  # the run ends at this step
@@ -581,9 +584,8 @@ def run_app(
             + (
                 ", 'fuota': {'reboots': filefeed.reboots, 'complete': filefeed.state() == 15, "
                 "'boot_install': filefeed.boot(), 'state_bytes': filefeed.state(), "
-                "'status': list(_node.execute(11, [1], 0)), 'last_error': _node.last_error"
-                + (", 'group_frames': filefeed.sent" if member else "")
-                + "}"
+                "'status': list(_node.execute(11, [1], 0)) if hasattr(_node, 'execute') else None, "
+                "'last_error': _node.last_error" + (", 'group_frames': filefeed.sent" if member else "") + "}"
                 if fuota
                 else ""
             )
