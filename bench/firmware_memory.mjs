@@ -150,10 +150,14 @@ async def _run_chunk(n):
     }
     if (!more) break;
   }
+  // `after`: Python run once the days are over, each in its own call, the heap read after each
+  // (e.g. what a moment inside one step holds: code loaded and dropped within it)
+  const after = [];
+  for (const code of job.after || []) { mp.runPython(code); after.push(mem()); }
   mp.runPython(job.check);
   const check = JSON.parse(mp.globals.get("_check"));
   process.stdout.write(JSON.stringify({ interpreter, code, code_sim: codeSim, peak, steps, samples, days,
-    wall_ms: Date.now() - t0, check, output: out }) + "\n");
+    wall_ms: Date.now() - t0, check, after, output: out }) + "\n");
 } catch (e) {
   process.stdout.write(JSON.stringify({ error: String(e?.message ?? e), output: out }) + "\n");
 }

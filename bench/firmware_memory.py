@@ -71,10 +71,19 @@ makes (as on a board) and a 64 KB initial GC heap. Per app:
 - with --fuota, the node is sent a release over LoRa by unicast (SPEC §13 "Over LoRa";
   bench_fuota below: a 2,758-byte image, a typical delta, in 34-byte fragments, one FRAG
   per uplink from its 9th on, 10 % of them lost and made up by coded ones), so the run
-  includes a whole fragment session (firmware/fuota.py and protocol/nodefrag.py loaded by
-  name at the first fragment; the decoder's bitmaps, rows and buffers): runtime heap.
-  The image is not a signed release, so the node's updater refuses it once complete
-  (`fuota_end` gives the node's last_error: the session reached the updater);
+  includes a whole fragment session: firmware/fuota.py and protocol/nodefrag.py are loaded
+  by name for each frame and dropped after it (between frames the session is on flash).
+  A member lamp (with --member) gets the same bodies as GROUP_FRAG frames under its group's
+  key, one a minute from 02:00 (MEMBER_FUOTA_AT_MS; its daily group commands after the
+  first take counters after them). Once the image is complete the node reboots: the run
+  ends there (the harness's reset ends the node's task), and the check does what main.py
+  would, the install (firmware/updater.py boot(); the image is random bytes and the node
+  has no release key, so it is refused: the session reached the updater). `fuota_end`
+  says: reboots, complete (before the install), boot_install, the state left on flash
+  (/frag.setup's length: 15 complete, more refused), the status request's answer and
+  last_error. `frame_heap` is what one frame's handling adds within its step, which no
+  sample sees (the two modules and a decoder of the session's size, loaded after the
+  run: FRAME_HEAP), and `frame_bound` the worst day's runtime heap plus it;
 - with --member, a lamp in a multicast group (`lighting-member`, run beside the
   others; SPEC §5 "Groups"): its radio is firmware/radio_lora.py's LoRaRadio on a
   modem shaped like micropython-lib's `lora` driver (mpnode.LinkModem, over the same
@@ -245,6 +254,17 @@ GROUP_ADDR = 7
 GROUP_MASTER = bytes(range(16, 32))  # the gateway's group master secret (bench only)
 MCAST_AT_MS = 3600 * 1000  # the first group command at 01:00 of day 1, then one a day
 JOIN_ID = 1  # the join_group COMMAND's id
+# --fuota: the heap with a frame's code loaded (firmware/fuota.py, protocol/nodefrag.py and a
+# decoder open on a session of bench_fuota's size, 82 fragments of 34 B) minus without it
+FRAME_HEAP = [
+    "pass",
+    "from firmware import fuota\nfrom protocol import nodefrag\n"
+    "_fd = nodefrag.Decoder('/bench/fd.image', '/bench/fd.coded', 2758, 34, 82)",
+    "_fd.close()\ndel _fd, fuota, nodefrag\nfirmware.unload('fuota', 'protocol.nodefrag')",
+]
+MEMBER_FUOTA_AT_MS = 2 * 3600 * 1000  # --member --fuota: the session's first GROUP_FRAG at 02:00 of day 1
+MEMBER_FUOTA_EVERY_MS = 60 * 1000  # then one a minute (the member listens between its uplinks)
+
 COMMAND = 8  # protocol.messages.COMMAND (the harness seals it: mpnode.MiniGateway.feed)
 
 
@@ -313,9 +333,22 @@ def bench_calendar(kind: str) -> list[bytes]:
 # The gateway's feed of --fuota, read from a file one frame at a time (harness code, loaded with
 # the simulation): a list of the session's 120-odd frames would itself count as the node's heap.
 FUOTA_FEED = """
+import asyncio
+
+
+def _next(path, at):
+    # the length-prefixed record at offset `at` (b"" past the end); the file is not kept open
+    # between frames: an open file is heap the node would be charged with
+    with open(path, "rb") as f:
+        f.seek(at)
+        n = f.read(1)
+        return n + f.read(n[0]) if n and n[0] else n
+
+
 class FileFeed:
     def __init__(self, path, n):
-        self.f = open(path, "rb")
+        self.path = path
+        self.at = 0
         self.left = n
 
     def __len__(self):
@@ -323,8 +356,71 @@ class FileFeed:
 
     def pop(self, i):
         self.left -= 1
-        n = self.f.read(1)[0]
-        return (12, self.f.read(n)) if n else None
+        r = _next(self.path, self.at)
+        self.at += len(r)
+        return (12, r[1:]) if len(r) > 1 else None
+
+
+async def group_feed(path, at_ms, every_ms):
+    # a member's session: the GROUP_FRAG frames (sealed beforehand, length-prefixed) from the
+    # gateway's radio on the group channel, one every every_ms from at_ms
+    global sent
+    at = 0
+    while True:
+        r = _next(path, at)
+        if not r:
+            return
+        at += len(r)
+        hal = _g["_gw"].hal
+        await hal.sleep_ms(at_ms + sent * every_ms - hal.ticks_ms())
+        await _g["_gw"].radio.send(r[1:])
+        sent += 1
+
+
+# The node reboots once its image is complete (SPEC §13 "Over LoRa"). A board's reset never
+# returns; here it ends the node's task (CancelledError) and the run: what follows is a new
+# boot (main.py's install, firmware/slots.py prepare(): boot() below, run by the check; then a node as the runs without
+# --fuota measure it).
+_g = None
+reboots = 0
+sent = 0  # a member's GROUP_FRAG frames sent
+
+
+def arm(g):
+    # g: the run's globals (_gw, _clock, _end, ...); every SimHAL's reset (a battery cell makes a
+    # new one at each wake; the gateway end's never resets)
+    global _g
+    from simulator.hal_sim import SimHAL
+
+    _g = g
+    SimHAL.reset = _reset
+
+
+def _reset(hal):
+    global reboots
+    reboots += 1
+    _g["_end"] = _g["_clock"].ms()  # the run ends at this step
+    raise asyncio.CancelledError
+
+
+def boot():
+    # what main.py does at the boot after the session's end (firmware/slots.py prepare()): the install in a boot of
+    # its own (firmware/updater.py boot()), then the board resets
+    from firmware import unload, updater
+
+    r = updater.boot()
+    unload("updater", "slots", "protocol.noderelease", "protocol.ed25519")
+    return r
+
+
+def state():
+    # the session's state on flash at the end: /frag.setup's length (14 receiving, 15 complete,
+    # more: refused), or None
+    try:
+        with open("/frag.setup", "rb") as f:
+            return len(f.read())
+    except OSError:
+        return None
 """
 
 
@@ -344,9 +440,23 @@ def bench_fuota() -> list[bytes | None]:
     return out
 
 
-def member_downlinks(hours: float) -> tuple[dict, bytes, int]:
+def group_fuota(first: int) -> tuple[bytes, int]:
+    """A member's session (--member --fuota): bench_fuota's bodies as GROUP_FRAG frames under the
+    group's key, counters from `first` (a lost body: not sent), length-prefixed end to end; and
+    how many frames."""
+    from protocol import fragments as fz
+    from protocol import groupcast as gc
+
+    key = gc.group_key(GROUP_MASTER, GROUP_ADDR, 1)
+    frames = [fz.seal_group(key, GROUP_ADDR, first + i, b) for i, b in enumerate(x for x in bench_fuota() if x)]
+    return b"".join(bytes([len(f)]) + f for f in frames), len(frames)
+
+
+def member_downlinks(hours: float, skip: int = 0) -> tuple[dict, bytes, int]:
     """(join_group COMMAND body, the GROUP_COMMAND frames end to end, how many) for --member:
-    made as the gateway makes them (gateway/multicast.py: protocol/groupcast.py)."""
+    made as the gateway makes them (gateway/multicast.py: protocol/groupcast.py). With --fuota
+    the group counters after the first command skip the session's `skip` frames (sent between
+    the first command and the second: MEMBER_FUOTA_AT_MS)."""
     from protocol import groupcast as gc
     from protocol import messages as m
     from protocol.keys import NodeKeys
@@ -358,7 +468,12 @@ def member_downlinks(hours: float) -> tuple[dict, bytes, int]:
     while MCAST_AT_MS + n * 86400 * 1000 < hours * 3600 * 1000:
         n += 1
     frames = b"".join(
-        gc.seal(key, GROUP_ADDR, i, m.encode(m.COMMAND, {0: gc.MCAST_ID_BASE + i, 1: m.OP_SET_LEVEL, 2: [50, 3600]}))
+        gc.seal(
+            key,
+            GROUP_ADDR,
+            i + (skip if i else 0),
+            m.encode(m.COMMAND, {0: gc.MCAST_ID_BASE + i, 1: m.OP_SET_LEVEL, 2: [50, 3600]}),
+        )
         for i in range(n)
     )
     return join, frames, n
@@ -379,9 +494,10 @@ def run_app(
     """One app's figures; with `ble_central` (BLE_CENTRAL written to a file) BLE commissioning runs too;
     with `lorawan` the node's radio is the LoRaWAN modem's (firmware/radio_lorawan.py)."""
     module, cls = APP_CLASS[kind]
-    join, frames, n_mcast = member_downlinks(hours) if kind == "lighting-member" else ({}, b"", 0)
     battery = kind == "irrigation-battery"
     member = kind == "lighting-member"
+    gfrag, n_gfrag = group_fuota(1) if fuota and member else (b"", 0)
+    join, frames, n_mcast = member_downlinks(hours, n_gfrag) if member else ({}, b"", 0)
     app_kind = "lighting" if member else kind
     files = [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()]
     files.append([str(MPNODE), "/bench/mpnode.py"])
@@ -395,7 +511,8 @@ def run_app(
         feed = [None] * 8 + bench_fuota()
         feed_n = len(feed)
         tmpdir = Path(tempfile.mkdtemp(prefix="lumeau-fuota-"))
-        (tmpdir / "fuota.bin").write_bytes(b"".join(bytes([len(b)]) + b if b else b"\0" for b in feed))
+        data = gfrag if member else b"".join(bytes([len(b)]) + b if b else b"\0" for b in feed)
+        (tmpdir / "fuota.bin").write_bytes(data)
         (tmpdir / "filefeed.py").write_text(FUOTA_FEED)
         files += [[str(tmpdir / "fuota.bin"), "/bench/fuota.bin"], [str(tmpdir / "filefeed.py"), "/bench/filefeed.py"]]
     radios = "radio_lorawan" if lorawan else "radio, radio_lora"  # what firmware/main.py imports for that radio
@@ -433,7 +550,14 @@ def run_app(
                 if calendar
                 else ""
             )
-            + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota else "")
+            + (f"_gw.feed = filefeed.FileFeed('/bench/fuota.bin', {feed_n})\n" if fuota and not member else "")
+            + ("filefeed.arm(globals())\n" if fuota else "")
+            + (
+                f"asyncio.create_task(filefeed.group_feed('/bench/fuota.bin', "
+                f"{MEMBER_FUOTA_AT_MS}, {MEMBER_FUOTA_EVERY_MS}))\n"
+                if fuota and member
+                else ""
+            )
             + (
                 # join_group answers the 2nd uplink (a COMMAND); a calendar's fragments come later
                 f"_gw.feed = _gw.feed or [None, None]\n_gw.feed[1] = ({COMMAND}, {join!r})\n"
@@ -448,11 +572,23 @@ def run_app(
         "day_ms": 86400 * 1000,
         "resample": RESAMPLE,
         "heap_map": heap_map,
+        # --fuota: what one fragment frame's handling adds within its step (no sample sees it: the
+        # session's code is loaded for the frame and dropped after it), the decoder on files of
+        # the bench session's size
+        "after": FRAME_HEAP if fuota else [],
         "check": (
             "import json\n_check = json.dumps({'heard': _gw.count, 'rejected': _gw.rejected, 'tx': _node.tx, "
             "'app_faults': _node.app_faults, 'max_frame': _gw.max_frame, 'last_error': _node.last_error, "
             "'calendar_held': getattr(_node, 'schedule', [None])[0] is not None"
             + (", 'ble': dict(blecentral.stats, applied_node=_ble.applied, refused=_ble.refused)" if ble else "")
+            + (
+                ", 'fuota': {'reboots': filefeed.reboots, 'complete': filefeed.state() == 15, "
+                "'boot_install': filefeed.boot(), 'state_bytes': filefeed.state(), "
+                "'status': list(_node.execute(11, [1], 0)) if hasattr(_node, 'execute') else None, "
+                "'last_error': _node.last_error" + (", 'group_frames': filefeed.sent" if member else "") + "}"
+                if fuota
+                else ""
+            )
             + (
                 ", 'member': {'groups': [[s[0], s[2]] for s in _node.app.group.slots] if _node.app.group else [], "
                 "'listener': type(_node.radio) is group.Listener, 'listener_heard': getattr(_node.radio, 'rx', 0), "
@@ -533,7 +669,16 @@ def run_app(
         **({"ble": r["check"]["ble"]} if ble else {}),
         **({"radio": "lorawan"} if lorawan else {}),
         **({"calendar_held": r["check"]["calendar_held"]} if calendar else {}),
-        **({"fuota_end": r["check"]["last_error"]} if fuota else {}),
+        **({"fuota_end": r["check"]["fuota"]} if fuota else {}),
+        **(
+            {
+                "frame_heap": r["after"][1] - r["after"][0],
+                "frame_bound": runtime_heap + r["after"][1] - r["after"][0],
+                "frame_bound_meets_bar": runtime_heap + r["after"][1] - r["after"][0] <= RUNTIME_BAR,
+            }
+            if fuota
+            else {}
+        ),
         **({"member": r["check"]["member"]} if member else {}),
     }
 

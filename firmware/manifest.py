@@ -37,7 +37,9 @@ _PROTOCOL_NODE = (
 PROTOCOL_FOR = {
     "lighting": _PROTOCOL_NODE + ("nodegroup.py",),
     "irrigation": _PROTOCOL_NODE,
-    "bridge": ("bridge_msg.py",),
+    # ed25519.py and noderelease.py: slots.py's prepare() installs an update completed over LoRa
+    # (never on a bridge, which takes none, but main.py's path is one for every kind)
+    "bridge": ("bridge_msg.py", "ed25519.py", "noderelease.py"),
 }
 # ble.py is carried by every node but imported only when the config enables
 # BLE commissioning (firmware/main.py): flash, not heap. slots.py (A/B releases) is
@@ -76,6 +78,7 @@ FIRMWARE = {
         "radio.py",
         "radio_lora.py",
         "slots.py",
+        "updater.py",  # flash only: slots.prepare() (above)
     ),
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py

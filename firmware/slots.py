@@ -15,7 +15,8 @@
 # fault within the trial window), then the active slot boots again.
 #
 # Loaded at boot by boot.py (then dropped) and by main.py only while a release
-# is on trial: it costs the resident node nothing otherwise.
+# is on trial: it costs the resident node nothing otherwise. main.py's prepare() also installs
+# an image completed over LoRa (SPEC §13 "Over LoRa").
 
 import json
 import os
@@ -93,7 +94,23 @@ def commit(root="/"):
 
 
 def prepare(cfg, root="/"):
-    """main.py: the running bundle id (HELLO key 5, 3 bytes) and whether it is on trial, into cfg."""
+    """main.py: the running bundle id (HELLO key 5, 3 bytes) and whether it is on trial, into cfg.
+
+    First, an update over LoRa whose image is complete (firmware/fuota.py: /frag.setup of 15
+    bytes) is installed, before the node's code is loaded (firmware/updater.py boot()), and the
+    board resets: the updater's code and names (qstrs, never freed) leave with it, and the next
+    boot selects the release it armed. Here, not in boot.py: this module comes from the running
+    release's slot, boot.py is the factory's and no update replaces it."""
+    try:
+        if os.stat(root + "frag.setup")[6] == 15:
+            from firmware import updater
+
+            updater.boot(root)
+            import machine
+
+            machine.reset()
+    except OSError:
+        pass  # no session
     bid, trial = running(root)
     if bid:
         cfg["bundle"] = bytes.fromhex(bid[:6])

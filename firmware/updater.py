@@ -12,7 +12,8 @@
 #      checked against the new manifest's hash.
 # Only then is the slot armed for trial in /ab.json (one atomic rename,
 # firmware/slots.py); the caller reboots. Imported only for an update, and
-# unloaded after it (firmware.unload("updater", "slots")).
+# unloaded after it (firmware.unload("updater", "slots")). boot() is the end of an
+# update over LoRa (firmware/fuota.py's files), called at boot by slots.prepare().
 
 import hashlib
 import os
@@ -151,3 +152,49 @@ def install(image, kind, public_key, root="/", target=None, running=None, mpy=No
     st["v"][free] = m["version"]
     slots.write(st, root)  # armed: the next boot tries it
     return m
+
+
+def boot(root="/"):
+    """At boot, before the node's code loads (firmware/slots.py prepare(), from main.py): an
+    image that came over LoRa complete (firmware/fuota.py's files, /frag.setup's 15th byte 0)
+    is installed here, in a boot of its own, the heap free of the node's code. True when there
+    was one: the caller then resets the board, so the names interned here (qstrs are never
+    freed) leave with it and the next boot selects the release on trial. A refusal stays in
+    /frag.setup (15th byte 1, the reason) for FRAG_STATUS and last_error. An install under way
+    is 2 there (3: the second try), so one cut short (power) is tried once more and one that
+    crashes the board is not retried forever."""
+    st = root + "frag.setup"
+    try:
+        with open(st, "rb") as f:
+            b = f.read()
+    except OSError:
+        return False
+    if len(b) != 15 or b[14] == 1:
+        return False
+    why = None
+    if b[14] >= 3:  # two installs began and never ended (power cut, crash): no boot loop
+        why = "install cut short twice, not tried again"
+    elif slots.read(root)["t"]:  # install() refuses it too, after the signature: not under a trial's watchdog
+        why = "a release is already on trial"
+    else:
+        with open(st, "wb") as f:  # an install begins: 2, then 3 (the second)
+            f.write(b[:14] + (b"\x03" if b[14] == 2 else b"\x02"))
+        try:
+            import json
+
+            with open(root + "config.json") as f:
+                kind = json.load(f).get("kind")
+            m = install(root + "frag.image", kind, release_key(root + "config.json"), root)
+            if m["bundle"][:8] != b[2:6].hex():  # signed and for this node all the same: the signature decides
+                print("lumeau: release %s, the session was set up for %s" % (m["bundle"][:8], b[2:6].hex()))
+        except Exception as e:  # refused (signature, manifest, hashes) or storage: nothing armed
+            why = repr(e)
+    for p in ("frag.image", "frag.coded", "frag.setup"):
+        try:
+            os.remove(root + p)
+        except OSError:
+            pass
+    if why is not None:
+        with open(st, "wb") as f:
+            f.write(b[:14] + b"\x01" + why.encode()[:120])
+    return True

@@ -9,7 +9,8 @@ bodies, seal them in FRAG (unicast: the node's key and downlink counter) or GROU
 
 from protocol import frame
 from protocol.groupcast import check_addr, mic_key
-from protocol.nodefrag import Decoder, line, prbs23, setup  # the node's part
+from protocol.nodefrag import Decoder, line  # the node's part
+from protocol.nodefrag import parse as setup
 
 __all__ = [
     "Decoder",
@@ -35,6 +36,11 @@ OVERHEAD = frame.HEADER_LEN + frame.MIC_LEN + DATA_HEAD  # 17 B around a fragmen
 # status answers (CMD_ACK result RES_REFUSED, value)
 ST_NO_SESSION = 1  # the node holds no session with this id (rebooted, or never set up)
 ST_REFUSED = 2  # the image was complete and the node's updater refused it (reason: its last_error)
+
+
+def prbs23(x):
+    """TS004's 23-bit pseudo-random sequence step (the node's line() has it inline: one name less)."""
+    return (x >> 1) | (((x ^ (x >> 5)) & 1) << 22)
 
 
 def fragment_size(max_frame):

@@ -240,9 +240,9 @@ def _air(n: int, sf: int) -> float:
 
 
 def _read(d: nodefrag.Decoder) -> bytes:
-    d.img.flush()
-    d.img.seek(0)
-    return bytes(d.img.read())
+    d.target.flush()
+    d.target.seek(0)
+    return bytes(d.target.read())
 
 
 class _Unicast:

@@ -260,3 +260,29 @@ def test_release_verify_bench_prints_its_figures():
     # frames counted here from the sizes it reports: 51-byte frames at SF12, 15 bytes of overhead
     assert d["delta_sf12"]["frames"] == -(-d["delta_image_bytes"] // (nodelora.max_payload(12) - 15))
     assert d["full_sf9"]["airtime_s"] > d["delta_sf9"]["airtime_s"]
+
+
+def test_firmware_memory_bench_measures_a_lora_update_session():
+    # --fuota: a lamp by unicast (FRAG, one per uplink) and a member lamp by multicast (GROUP_FRAG):
+    # each completes the image, reboots (the run ends there), the install at boot refuses it (random
+    # bytes, no release key) and keeps the refusal for the status request; within the bars at
+    # the samples, the session's modules loaded for one frame only (frame_heap: not sampled)
+    cmd = [sys.executable, str(ROOT / "bench" / "firmware_memory.py"), "--json", "--hours", "30"]
+    out = subprocess.run(
+        [*cmd, "--apps", "lighting", "--tick-ms", "5000", "--member", "--fuota"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert result["fuota"] is True and set(result["apps"]) == {"lighting", "lighting-member"}
+    for kind, app in result["apps"].items():
+        end = app["fuota_end"]
+        assert end["complete"] is True and end["reboots"] == 1 and end["boot_install"] is True, (kind, end)
+        assert end["status"] == [4, 2] and end["state_bytes"] > 15 and "OSError" in end["last_error"], (kind, end)
+        assert app["app_faults"] == 0 and app["meets_bar"], (kind, app["code_heap"], app["runtime_heap"])
+        assert 2_000 < app["frame_heap"] < 6_000, (kind, app["frame_heap"])
+        assert app["frame_bound"] == app["runtime_heap"] + app["frame_heap"]
+    # the member's session came by multicast: its frames were sent on the group channel
+    assert result["apps"]["lighting-member"]["fuota_end"]["group_frames"] > 80

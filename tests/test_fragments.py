@@ -47,13 +47,13 @@ def test_any_loss_up_to_the_redundancy_recovers(tmp_path_factory, size: int, f: 
     order = [i for i in range(n) if i not in lost]
     enc = fz.Encoder(image, f)
     dec = nodefrag.Decoder(str(tmp / "img"), str(tmp / "rows"), size, f, n)
-    done = not lost and all(dec.add(i, enc.fragment(i)) or True for i in order) and dec.complete()
+    done = not lost and all(dec.add(i, enc.fragment(i)) or True for i in order) and (not dec.missing)
     if lost:
         for i in order:
             assert not dec.add(i, enc.fragment(i))
         extra = 0
-        while not dec.complete():
-            assert not dec.complete()
+        while not (not dec.missing):
+            assert not (not dec.missing)
             dec.add(n + extra, enc.fragment(n + extra))
             extra += 1
             assert extra <= len(lost) + 12, "coded fragments do not converge"
@@ -71,20 +71,20 @@ def test_too_much_loss_leaves_fragments_missing(tmp_path: Path) -> None:
         dec.add(i, enc.fragment(i))
     for k in range(3):
         dec.add(enc.n + k, enc.fragment(enc.n + k))
-    assert not dec.complete() and dec.missing == enc.n // 2  # what the node reports: a repair asks for these
+    assert not (not dec.missing) and dec.missing == enc.n // 2  # what the node reports: a repair asks for these
     dec.close()
 
 
 def test_setup_round_trip_and_refusals() -> None:
     b = fz.setup_body(7, bytes(range(32)), 2758, 98, 29, 6)
     assert len(b) == fz.SETUP_LEN == 14
-    assert nodefrag.setup(b) == (7, bytes(range(4)), 2758, 98, 29, 6)
+    assert fz.setup(b) == (7, bytes(range(4)), 2758, 98, 29, 6)
     with pytest.raises(ValueError):
-        nodefrag.setup(b[:-1])
+        fz.setup(b[:-1])
     bad = bytearray(b)
     bad[11] = 40  # N disagrees with size / F
     with pytest.raises(ValueError):
-        nodefrag.setup(bytes(bad))
+        fz.setup(bytes(bad))
     with pytest.raises(ValueError):
         fz.setup_body(7, bytes(4), 2758, 98, 20, 6)
 
@@ -98,7 +98,7 @@ def test_sizes_fit_sf12() -> None:
 @given(body=st.binary(max_size=40))
 def test_any_setup_body_is_taken_or_refused_with_value_error(body: bytes) -> None:
     try:
-        sid, b, size, f, n, r = nodefrag.setup(body)
+        sid, b, size, f, n, r = fz.setup(body)
     except ValueError:
         return
     assert len(body) == fz.SETUP_LEN and 0 < n <= fz.N_MAX and (n - 1) * f < size <= n * f
@@ -123,7 +123,7 @@ def test_any_fragment_is_taken_or_refused_and_never_breaks_the_decoder(tmp_path_
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), cut=st.floats(0, 1), size=st.integers(1, 600))
 def test_a_session_cut_by_a_reboot_resumes_from_its_files(tmp_path_factory, seed: int, cut: float, size: int) -> None:
-    """The decoder's state lives in its files: reopened with resume=True it goes on where it was."""
+    """The decoder's state lives in its files: reopened with lost=True it goes on where it was."""
     tmp = tmp_path_factory.mktemp("r")
     rnd = random.Random(seed)
     image = rnd.randbytes(size)
@@ -137,17 +137,17 @@ def test_a_session_cut_by_a_reboot_resumes_from_its_files(tmp_path_factory, seed
         done = dec.add(i, enc.fragment(i)) or done
     missing = dec.missing
     dec.close()  # the reboot: nothing of the decoder's heap survives
-    dec = nodefrag.Decoder(*paths, size, 17, enc.n, resume=True)
+    dec = nodefrag.Decoder(*paths, size, 17, enc.n, lost=True)
     assert dec.missing == missing
     for i in order[k:]:
-        if dec.complete():
+        if not dec.missing:
             break
         dec.add(i, enc.fragment(i))
-    assert dec.complete(), "resumed session did not complete"
+    assert not dec.missing, "resumed session did not complete"
     dec.close()
     assert (tmp / "img").read_bytes() == image
 
 
 def test_resume_without_files_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(OSError):
-        nodefrag.Decoder(str(tmp_path / "img"), str(tmp_path / "rows"), 100, 10, 10, resume=True)
+        nodefrag.Decoder(str(tmp_path / "img"), str(tmp_path / "rows"), 100, 10, 10, lost=True)

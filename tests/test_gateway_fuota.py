@@ -59,7 +59,7 @@ class Node:
             return
         self.heard += 1
         if body[0] == fz.SETUP:
-            sid, _b, size, f, n, _r = nodefrag.setup(body)
+            sid, _b, size, f, n, _r = nodefrag.parse(body)
             if sid != self.sid:
                 self.sid = sid
                 self.dec = nodefrag.Decoder(

@@ -1,9 +1,11 @@
 # An update over LoRa on a lamp, under real MicroPython (SPEC §13 "Over LoRa"; firmware/fuota.py,
 # protocol/nodefrag.py, the hook in firmware/runtime.py): a group's fragments (GROUP_FRAG) and a
-# node's own (FRAG) are reassembled in flash, lost ones recovered from coded fragments, and the
-# image goes through firmware/updater.py. A truncated or corrupted fragment, another session's,
-# a replayed counter are refused and change nothing; a badly signed image is refused by the
-# updater and nothing is armed. Node code from .mpy, as on a board.
+# node's own (FRAG) are reassembled in flash, lost ones recovered from coded fragments, the node
+# reboots and the image goes through firmware/updater.py in a boot of its own (boot(), which
+# main.py calls at boot through firmware/slots.py prepare()). A truncated or corrupted fragment,
+# another session's, a replayed counter are refused and change nothing; a badly signed image is
+# refused by the updater, nothing is armed and the status says so; a SETUP for the release the
+# node runs opens nothing. Node code from .mpy, as on a board.
 import json
 import os
 import sys
@@ -30,7 +32,7 @@ def _key():
 def _board():
     # the factory release 0.1.0 active, the city's release key in the node's config
     with open("/config.json", "w") as f:
-        json.dump({"release_key": V.PUB.hex()}, f)
+        json.dump({"release_key": V.PUB.hex(), "kind": "lighting"}, f)
     with open("/ab.json", "w") as f:
         json.dump({"a": "", "t": "", "n": 0, "id": {"": V.BUNDLE_010}, "v": {"": "0.1.0"}, "rb": ""}, f)
     for p in V.FACTORY:
@@ -81,14 +83,26 @@ def _status(node, sid=SID):
     return node.execute(fz.OP_FRAG_STATUS, [sid], 0)
 
 
+def _boot():
+    # what main.py does at boot (slots.prepare): install the complete image, in a boot of its own
+    from firmware import updater
+
+    assert "/frag.setup" in ["/" + e for e in os.listdir("/")]
+    assert updater.boot()
+    for name in ("firmware.updater", "firmware.slots", "protocol.noderelease", "protocol.ed25519"):
+        sys.modules.pop(name, None)  # the board resets after it
+
+
 async def test_a_member_recovers_lost_fragments_from_coded_ones_and_installs():
     clock, hal, node, gw, tasks = await _member()
     g = Group(node)
     enc = fz.Encoder(V.FULL_011, F)
     assert _status(node) == (m.RES_REFUSED, fz.ST_NO_SESSION)
-    assert "firmware.fuota" not in sys.modules  # no session: its code left the heap again
+    assert "firmware.fuota" not in sys.modules  # its code left the heap again
     g.send(fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4))
-    assert "firmware.fuota" in sys.modules
+    assert "firmware.fuota" not in sys.modules and "protocol.nodefrag" not in sys.modules  # so after every frame
+    with open("/frag.setup", "rb") as f:
+        assert len(f.read()) == 14  # the session is on flash
     lost = {1, 4, 9, enc.n - 1}
     for i in range(enc.n):
         if i not in lost:
@@ -99,11 +113,16 @@ async def test_a_member_recovers_lost_fragments_from_coded_ones_and_installs():
         assert k < enc.n + len(lost) + 10, "coded fragments did not converge"
         g.send(fz.data_body(SID, k, enc.fragment(k)))
         k += 1
+    assert "firmware.fuota" not in sys.modules and "firmware.updater" not in sys.modules
+    assert _status(node) == (m.RES_OK, 0)  # complete, the install waits for the reboot
+    with open("/frag.setup", "rb") as f:
+        assert len(f.read()) == 15
+    _boot()
     st = _ab()
     assert st["t"] == "s0" and st["v"]["s0"] == "0.1.1", st  # armed: the next boot tries it
     with open("/s0/relapp/ver.mpy", "rb") as f:
         assert f.read() == V.FULL_011[-35:]
-    assert "/frag.lup" not in ["/" + e for e in os.listdir("/")]
+    assert not [e for e in os.listdir("/") if e.startswith("frag.")]  # installed: the session's files gone
     assert "firmware.fuota" not in sys.modules and "protocol.nodefrag" not in sys.modules
     mpnode.stop(hal, tasks)
     os.remove("/ab.json")
@@ -160,13 +179,21 @@ async def test_unicast_fragments_and_a_bad_signature_refused_by_the_updater():
     node._downlink(fz.seal_unicast(node.keys, c[0] - 1, fz.data_body(SID, 3, enc.fragment(3))), -80, 5)
     assert node.rx_rejected == rej + 1 and _status(node) == (m.RES_OK, 1)  # a replayed counter
     k = enc.n
-    while _status(node)[0] == m.RES_OK:
+    while node._reboot_at is None:
         assert k < enc.n + 12
         send(fz.data_body(SID, k, enc.fragment(k)))
         k += 1
+    mpnode.stop(hal, tasks)  # the reboot
+    _boot()
+    assert _ab()["t"] == ""  # nothing armed
+    hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=hal.storage)
+    await clock.run_for(60 * S)
     assert _status(node) == (m.RES_REFUSED, fz.ST_REFUSED)
     assert "signature" in node.last_error, node.last_error
-    assert node._reboot_at is None and _ab()["t"] == ""  # nothing armed
+    assert "firmware.fuota" not in sys.modules  # the refusal is on flash
+    c[0] = node.store.window.top + 1
+    send(fz.setup_body(SID + 1, BUNDLE, len(bad), F, enc.n, 2))  # a new session starts afresh
+    assert _status(node, SID + 1) == (m.RES_OK, enc.n)
     mpnode.stop(hal, tasks)
 
 
@@ -190,7 +217,7 @@ async def test_a_reboot_mid_session_resumes_where_it_was():
     hal, node, gw, tasks, _ = mpnode.start_node(clock, "lighting", storage=storage)
     await clock.run_for(60 * S)
     g.node = node
-    assert _status(node, sid) == before  # read back from /frag.st, /frag.lup, /frag.rows
+    assert _status(node, sid) == before  # read back from /frag.setup, /frag.image, /frag.coded
     for i in range(half, enc.n):
         g.send(fz.data_body(sid, i, enc.fragment(i)))
     k = enc.n + 1
@@ -198,6 +225,76 @@ async def test_a_reboot_mid_session_resumes_where_it_was():
         assert k < enc.n + 12, "the resumed session did not converge"
         g.send(fz.data_body(sid, k, enc.fragment(k)))
         k += 1
+    _boot()
     assert _ab()["t"] == "s0"
     mpnode.stop(hal, tasks)
     os.remove("/ab.json")
+
+
+async def test_a_setup_for_the_running_release_opens_no_session():
+    clock, hal, node, gw, tasks = await _member()
+    g = Group(node)
+    enc = fz.Encoder(V.FULL_011, F)
+    node.cfg["bundle"] = BUNDLE[:3]  # what main.py puts there (slots.prepare): HELLO's bundle id
+    rx = node.rx
+    g.send(fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4))  # a repeat after the install
+    assert node.rx == rx + 1  # heard and checked (MIC, counter), then ignored
+    assert "firmware.fuota" not in sys.modules and "protocol.nodefrag" not in sys.modules
+    assert not [e for e in os.listdir("/") if e.startswith("frag.")]
+    assert _status(node) == (m.RES_REFUSED, fz.ST_NO_SESSION)
+    g.send(fz.data_body(SID, 0, enc.fragment(0)))  # its fragments are strays
+    assert "not this node's session" in node.last_error, node.last_error
+    other = bytes([BUNDLE[0] ^ 1]) + BUNDLE[1:]
+    g.send(fz.setup_body(SID, other, len(V.FULL_011), F, enc.n, 4))  # another release: a session
+    assert _status(node) == (m.RES_OK, enc.n)
+    mpnode.stop(hal, tasks)
+
+
+def test_an_install_cut_short_is_tried_once_more_then_refused():
+    # /frag.setup's 15th byte: 2 an install began (a power cut: tried again), 3 the second one
+    # began too (a crash each time, say): refused, so the board does not loop on it
+    from firmware import updater
+
+    enc = fz.Encoder(V.FULL_011, F)
+    setup = fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4)
+    for mark, armed in ((b"\x03", False), (b"\x02", True)):
+        _board()
+        with open("/frag.image", "wb") as f:
+            f.write(V.FULL_011)
+        with open("/frag.setup", "wb") as f:
+            f.write(setup + mark)
+        assert updater.boot()
+        assert _ab()["t"] == ("s0" if armed else ""), _ab()
+        if armed:
+            assert not [e for e in os.listdir("/") if e.startswith("frag.")]
+        else:
+            with open("/frag.setup", "rb") as f:
+                b = f.read()
+            assert b[:14] == setup and b[14] == 1 and b"cut short" in b[15:], b
+            assert "/frag.image" not in ["/" + e for e in os.listdir("/")]
+    os.remove("/ab.json")
+
+
+def test_an_image_complete_while_a_release_is_on_trial_is_refused_at_once():
+    # the install would refuse it after the signature; refused before it, it never runs under the
+    # trial's boot watchdog (boot.py, 8 s)
+    from firmware import updater
+
+    enc = fz.Encoder(V.FULL_011, F)
+    setup = fz.setup_body(SID, BUNDLE, len(V.FULL_011), F, enc.n, 4)
+    _board()
+    st = _ab()
+    st["t"] = "s1"
+    with open("/ab.json", "w") as f:
+        json.dump(st, f)
+    with open("/frag.image", "wb") as f:
+        f.write(V.FULL_011)
+    with open("/frag.setup", "wb") as f:
+        f.write(setup + b"\x00")
+    assert updater.boot()
+    with open("/frag.setup", "rb") as f:
+        b = f.read()
+    assert b[14] == 1 and b"on trial" in b[15:], b
+    assert _ab()["t"] == "s1" and "/frag.image" not in ["/" + e for e in os.listdir("/")]
+    os.remove("/ab.json")
+    os.remove("/frag.setup")
