@@ -26,7 +26,12 @@ node's next HELLO (gateway/releases.py), not from here.
 
 report(node_id, state, fraction): "receiving" (fraction of the image the node holds, as far
 as the gateway knows: frames sent until its first status answer), "verifying" (None),
-"failed" (None).
+"failed" (None, and the reason as a 4th argument).
+
+`drop(node_id)`: the caller (a campaign that saw the node roll back, fail or boot the release
+from its HELLO) takes a node out of the session that holds it: no more unicast fragments, no
+status request (one queued is withdrawn), nothing more reported for it; a multicast goes on
+for the others, its repairs sized on them.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from gateway import releases
 from gateway.downlinks import DownlinkRejected, Downlinks
 from gateway.multicast import Multicast
 from gateway.registry import Group, Registry, format_node_id
@@ -52,10 +58,15 @@ from protocol import noderelease as rel
 
 log = logging.getLogger("lumeau.gateway.fuota")
 
-Report = Callable[[int, str, float | None], None]
+
+class Report(Protocol):
+    """A session's report per node (module doc); `reason` says why a node "failed"."""
+
+    def __call__(self, node_id: int, state: str, fraction: float | None, reason: str = "") -> None: ...
+
+
 UNICAST_FRAME = lora.max_payload(12)  # 51 B: a unicast fragment fits any data rate
 MULTICAST_SF = 9  # protocol.groupcast.GROUP_SF: where members listen
-RUNNING_PREFIX = 6  # hex digits of the bundle id a HELLO reports (gateway/releases.py PREFIX)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,9 @@ def image_bundle(image: bytes) -> bytes:
 
 class _Failed(Exception):
     pass
+
+
+DROPPED = object()  # what `_for` returns for a node dropped meanwhile
 
 
 class _Feed:
@@ -128,6 +142,10 @@ class FuotaDelivery:
         self.settings = settings or FuotaSettings()
         self.sleep = sleep
         self._answers: dict[int, asyncio.Future[tuple[int, int]]] = {}  # status command id -> CMD_ACK
+        self._live: set[int] = set()  # nodes of the sessions running now
+        self._dropped: set[int] = set()  # ... taken out of theirs (drop)
+        self._jobs: dict[int, asyncio.Task] = {}  # node -> what the session awaits for it alone now
+        self._hello_at: dict[int, Any] = {}  # node -> its last HELLO's time when its session began
         downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
         self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0, "refused": 0}
 
@@ -167,8 +185,44 @@ class FuotaDelivery:
             extra={"session": sid, "bytes": len(image), "groups": len(groups), "unicast": len(solo)},
         )
         jobs = [self._group(g, members, image, bundle, sid, report) for g, members in groups]
-        jobs += [self._node(n, image, bundle, sid, report) for n in solo]
-        await asyncio.gather(*jobs)
+        jobs += [self._for(n, self._node(n, image, bundle, sid, report)) for n in solo]
+        self._live.update(known)
+        for n in known:
+            self._hello_at[n] = ((self.store.node_state(n) or {}).get("release") or {}).get("hello_at")
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            self._live.difference_update(known)
+            self._dropped.difference_update(known)
+            for n in known:
+                self._hello_at.pop(n, None)
+
+    def drop(self, node_id: int) -> None:
+        """Take a node out of the session that holds it (module doc); a node in none is ignored."""
+        if node_id not in self._live or node_id in self._dropped:
+            return
+        self._dropped.add(node_id)
+        log.info("update session: node dropped", extra={"node": format_node_id(node_id)})
+        job = self._jobs.get(node_id)
+        if job is not None:
+            job.cancel()
+
+    async def _for(self, node: int, coro: Awaitable[Any]) -> Any:
+        """Await `coro` for this node alone; DROPPED (coro cancelled) when `drop(node)` comes first.
+        Cancelling the caller (pause, abort) cancels it too."""
+        task = asyncio.ensure_future(coro)
+        if node in self._dropped:
+            task.cancel()
+        self._jobs[node] = task
+        try:
+            await asyncio.wait({task})  # returns, not raises, when the task is cancelled by drop
+        finally:
+            if self._jobs.get(node) is task:
+                del self._jobs[node]
+            if not task.done():  # the caller was cancelled
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return DROPPED if task.cancelled() else task.result()
 
     # ------------------------------------------------------------ status
 
@@ -193,6 +247,12 @@ class FuotaDelivery:
             return await asyncio.wait_for(fut, s.status_timeout_s)
         except TimeoutError:
             return None
+        except asyncio.CancelledError:  # dropped, paused, aborted: the question is withdrawn, not sent later
+            try:
+                await self.downlinks.cancel(dl.id)
+            except Exception as e:  # the store: the request expires by its own ttl
+                log.info("status request not withdrawn", extra={"node": format_node_id(node), "why": str(e)[:200]})
+            raise
         finally:
             del self._answers[dl.id]
 
@@ -207,10 +267,19 @@ class FuotaDelivery:
         if res == m.RES_REFUSED and value == fz.ST_REFUSED:
             raise _Failed("the node's updater refused the image (its last_error says why)")
         if res == m.RES_REFUSED and value == fz.ST_NO_SESSION:
-            st = self.store.node_state(node) or {}
-            if (st.get("release") or {}).get("running") == bundle.hex()[:RUNNING_PREFIX]:
+            now = (self.store.node_state(node) or {}).get("release") or {}
+            if releases.runs(now.get("running"), bundle.hex()):
                 return 0  # complete, installed and rebooted: its HELLO names the new bundle
-            return n  # it missed the set-up (or rebooted): everything again
+            if now.get("hello_at") != self._hello_at.get(node):
+                # a session lives in the node's flash through a reboot (SPEC §13 "Reboots"): gone
+                # after one, the image was complete and installed, and the node is back on its
+                # old release (its trial HELLO lost, or none: a release that crashes at boot).
+                # Sending it again would install it again
+                raise _Failed(
+                    f"rebooted on bundle {now.get('running') or 'none'} without the session: it held the image"
+                    " and rolled back (or it had missed the set-up)"
+                )
+            return n  # it missed the set-up: everything again
         raise _Failed(f"status request answered with result {res}: the node's firmware has no LoRa update")
 
     # ------------------------------------------------------------ multicast
@@ -248,21 +317,26 @@ class FuotaDelivery:
         try:
             await self._transmit(group, setup)
             for i in range(n + coded):
+                if all(node in self._dropped for node in pending):
+                    return  # every member out of it (a campaign dropped them): nobody to send to
                 await self._transmit(group, fz.data_body(sid, i, enc.fragment(i)))
                 if i % 16 == 15:
                     for node in pending:
-                        report(node, "receiving", min(1.0, (i + 1) / n) * 0.99)
+                        if node not in self._dropped:
+                            report(node, "receiving", min(1.0, (i + 1) / n) * 0.99)
             nxt = n + coded
             for rnd in range(s.max_rounds + 1):
                 need = 0
                 for node in list(pending):
                     try:
-                        k = await self._missing(node, sid, n, bundle)
+                        k = await self._for(node, self._missing(node, sid, n, bundle))
                     except _Failed as e:
                         self._fail(node, str(e), report)
                         pending.remove(node)
                         continue
-                    if k == 0:
+                    if k is DROPPED:  # the others go on; its loss no longer sizes the repairs
+                        pending.remove(node)
+                    elif k == 0:
                         report(node, "verifying", None)
                         pending.remove(node)
                     else:
@@ -278,10 +352,12 @@ class FuotaDelivery:
                     await self._transmit(group, fz.data_body(sid, i, enc.fragment(i)))
                 nxt += need + s.margin
             for node in pending:
-                self._fail(node, f"fragments still missing after {s.max_rounds} repair rounds", report)
+                if node not in self._dropped:
+                    self._fail(node, f"fragments still missing after {s.max_rounds} repair rounds", report)
         except _Failed as e:
             for node in pending:
-                self._fail(node, str(e), report)
+                if node not in self._dropped:
+                    self._fail(node, str(e), report)
 
     # ------------------------------------------------------------ unicast
 
@@ -327,4 +403,4 @@ class FuotaDelivery:
 
     def _fail(self, node: int, why: str, report: Report) -> None:
         log.warning("update failed: %s", why, extra={"node": format_node_id(node), "why": why})
-        report(node, "failed", None)
+        report(node, "failed", None, why)

@@ -84,6 +84,9 @@ class Lamp(Node):
         self.reboot = False  # its image is complete: it installs and reboots into the trial
         self.hellos: list[str] = []  # the bundles its HELLOs after the image reported
         self.trial_uplinks = 0  # uplinks since its trial boot
+        # "" good; "rollback": its trial fails after a few uplinks (HELLO new, then HELLO old);
+        # "silent": the release crashes at boot, its HELLO never sent (the old one's comes next)
+        self.bad = ""
 
     def take(self, body: dict) -> None:  # type: ignore[override]
         super().take(body)
@@ -122,6 +125,8 @@ class Air:
         self.good = good
         self.fwd: Forwarder | None = None
         self.downlinks: list[tuple[int, int]] = []  # (node id or group address, mtype) in order sent
+        self.asked: list[tuple[int, int]] = []  # (node id, index in downlinks) of each frag_status
+        self.marks: dict[tuple[int, str], int] = {}  # (lamp, bundle of a HELLO after the image) -> len(downlinks)
         self.group_frames = 0
         self.token = 0
         self.fuota: FuotaDelivery | None = None
@@ -171,7 +176,10 @@ class Air:
             if hdr.mtype == fz.FRAG:
                 lamp.take(body)
             elif hdr.mtype == m.COMMAND:
-                lamp.command(m.decode(m.COMMAND, body))
+                cmd = m.decode(m.COMMAND, body)
+                if cmd[1] == fz.OP_FRAG_STATUS:
+                    self.asked.append((f.node_id, len(self.downlinks) - 1))
+                lamp.command(cmd)
 
     async def lamps_talk(self, stop: asyncio.Event) -> None:
         """Each lamp in turn sends its next uplink: an answer, its HELLO after a reboot, or a report."""
@@ -181,12 +189,21 @@ class Air:
                 if lamp.answer is not None:
                     raw = seal(lamp.id, lamp.counter, m.CMD_ACK, lamp.answer)
                     lamp.answer = None
-                elif lamp.reboot and not lamp.hellos:  # the trial boot: the new release says HELLO
-                    lamp.hellos.append(self.new_bundle)
-                    raw = hello(lamp.id, lamp.counter, self.new_bundle, "9.9.0")
-                elif lamp.hellos and not self.good and len(lamp.hellos) == 1 and lamp.trial_uplinks >= 3:
+                elif lamp.reboot and not lamp.hellos:
+                    # the trial boot: the new release says HELLO; one that crashes at boot says
+                    # nothing, and after its boots the node is back on its previous bundle
+                    b, v = (self.old_bundle, OLD_VERSION) if lamp.bad == "silent" else (self.new_bundle, "9.9.0")
+                    lamp.hellos.append(b)
+                    self.marks[(lamp.id, b)] = len(self.downlinks)
+                    raw = hello(lamp.id, lamp.counter, b, v)
+                elif (
+                    lamp.hellos == [self.new_bundle]
+                    and (not self.good or lamp.bad == "rollback")
+                    and lamp.trial_uplinks >= 3
+                ):
                     # a bad release fails its trial: the node is back on its previous bundle
                     lamp.hellos.append(self.old_bundle)
+                    self.marks[(lamp.id, self.old_bundle)] = len(self.downlinks)
                     raw = hello(lamp.id, lamp.counter, self.old_bundle, OLD_VERSION)
                 else:
                     lamp.trial_uplinks += bool(lamp.hellos)
@@ -227,14 +244,17 @@ async def get(http: aiohttp.ClientSession, path: str) -> dict:
 
 @asynccontextmanager
 async def run_campaign(
-    tmp_path: Path, release: dict, good: bool
+    tmp_path: Path, release: dict, good: bool, mc: list[int] = MC, bad: dict[int, str] | None = None
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, Air, int, int]]:
-    """Start the service, the forwarder, the lamps; provision "mc"; start the campaign. Yields
-    (http, air, campaign id, downlinks sent before it) and stops everything after."""
+    """Start the service, the forwarder, the lamps; provision "mc" (of `mc`); start the campaign.
+    `bad`: lamps whose release fails them (Lamp.bad). Yields (http, air, campaign id, downlinks
+    sent before it) and stops everything after."""
     write_config(tmp_path, release["pub"])
     gw = Gateway(load_config(tmp_path / "gateway.toml"))
     await gw.start()
     lamps = {n: Lamp(n, tmp_path) for n in LAMPS}
+    for n, how in (bad or {}).items():
+        lamps[n].bad = how
     stop = asyncio.Event()
     tasks: list[asyncio.Task] = []
     try:
@@ -249,7 +269,7 @@ async def run_campaign(
             air.uplink(hello(lamp.id, lamp.counter, release["old"]))
         async with aiohttp.ClientSession(f"http://127.0.0.1:{gw.api.port}", headers=AUTH) as http:
             await wait_for(lambda: all(gw.store.node_state(n) for n in LAMPS), 10, what="the HELLOs stored")
-            members = [f"{n:08x}" for n in MC]
+            members = [f"{n:08x}" for n in mc]
             async with http.post("/groups", json={"name": "mc", "kind": "street", "members": members}) as r:
                 assert r.status == 201, await r.text()
             tasks.append(asyncio.create_task(air.lamps_talk(stop)))
@@ -332,3 +352,48 @@ async def test_a_release_the_canary_rolls_back_halts_before_the_rest(tmp_path, r
         assert air.fuota is not None and CANARY not in air.fuota.downlinks.fillers
         n = -(-len(release["image"]) // fz.fragment_size(lora.max_payload(12)))
         assert len([d for d in sent if d == (CANARY, fz.FRAG)]) <= 1 + n + math.ceil(n * 0.25)
+
+
+async def test_rest_nodes_that_roll_back_mid_delivery_are_dropped_and_the_others_go_on(tmp_path, release):
+    """The rest stage: 0x302 alone by unicast, 0x303 and 0x304 by multicast (the group "mc" of
+    those two). 0x302's trial fails (HELLO new, then old) while the stage's delivery still runs;
+    0x303's release crashes at boot (no HELLO from it: the old one's after). Neither is sent the
+    image again, nor asked its status once it is out; 0x304 takes the release; the campaign
+    ends done, saying what failed."""
+    solo, silent = 0x302, 0x303
+    bad = {solo: "rollback", silent: "silent"}
+    async with run_campaign(tmp_path, release, good=True, mc=[0x303, 0x304], bad=bad) as (http, air, cid, before):
+
+        async def ended() -> dict | None:
+            doc = await get(http, f"/campaigns/{cid}")
+            return doc if doc["state"] != "running" else None
+
+        doc = await wait_for(ended, 90, what="the campaign ended", interval=0.05)
+        states = {k: p["state"] for k, p in doc["nodes"].items()}
+        assert doc["state"] == "done" and doc["stage"] == "done", doc
+        assert states == {"00000301": "healthy", "00000302": "rolled_back", "00000303": "failed", "00000304": "healthy"}
+        lamps = air.lamps
+        for n in (solo, silent, 0x304):
+            assert lamps[n].image() == release["image"], f"{n:x}"
+        assert lamps[solo].hellos == [release["bundle"], release["old"]]
+        assert lamps[silent].hellos == [release["old"]]
+        sent = air.downlinks[before:]
+        assert air.group_frames > 0 and not [d for d in sent if d[0] in (0x303, 0x304) and d[1] == fz.FRAG]
+        # 0x302 by unicast: loss-free, it completed after 1 + N frames and said HELLO from the
+        # release; the coded tail (25 % of N) was cut there (the HELLO's own window may carry one)
+        n = -(-len(release["image"]) // fz.fragment_size(lora.max_payload(12)))
+        frags = [i for i, d in enumerate(air.downlinks) if d == (solo, fz.FRAG)]
+        assert 1 + n <= len(frags) <= 1 + n + 2, (len(frags), n)
+        installed_at = air.marks[(solo, release["bundle"])]
+        assert len([i for i in frags if i >= installed_at]) <= 1
+        rolled_at = air.marks[(solo, release["old"])]
+        assert not [i for i in frags if i >= rolled_at] and not [
+            i for x, i in air.asked if x == solo and i >= rolled_at
+        ]
+        # 0x303: asked once after its HELLO from the old bundle (no session: it held the image),
+        # then never again, and the multicast went on for 0x304
+        after = [i for x, i in air.asked if x == silent and i >= air.marks[(silent, release["old"])]]
+        assert len(after) <= 1, after
+        assert air.fuota is not None and solo not in air.fuota.downlinks.fillers
+        assert doc["reason"] == "done with failures: 1 rolled back, 1 failed of 4", doc["reason"]
+        assert "rolled back" in doc["nodes"]["00000303"]["reason"], doc["nodes"]["00000303"]

@@ -209,7 +209,7 @@ async def test_a_node_that_never_answers_is_failed_with_its_reason(street, caplo
         await asyncio.sleep(0.005)
     await task
     assert radio.frags == fu.counts["unicast_frames"] > 10 and nodes[VALVE].dec is not None
-    assert reports[-1] == (VALVE, "failed", None)
+    assert reports[-1] == (VALVE, "failed", None, "no answer to the status request within 0.3 s")
     assert "no answer to the status request" in caplog.text
 
 
@@ -264,7 +264,7 @@ async def test_an_unknown_node_fails_at_once(street, caplog):  # noqa: F811
     fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast)
     reports: list[tuple[int, str, float | None]] = []
     await asyncio.wait_for(fu.deliver(make_image(200), [0xDEAD], lambda *a: reports.append(a)), 5)
-    assert reports == [(0xDEAD, "failed", None)] and "not in the registry" in caplog.text
+    assert reports == [(0xDEAD, "failed", None, "not in the registry")] and "not in the registry" in caplog.text
 
 
 async def test_cancelling_a_session_leaves_nothing_behind(street):  # noqa: F811
