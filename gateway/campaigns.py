@@ -37,8 +37,10 @@ returned), not before, so a node rebooting mid-transfer is not taken for a rollb
 
 Delivery is a seam (`Delivery`): the runner hands it the image and the nodes of a stage and
 it reports receiving/verifying/failed per node (gateway/fuota.py's FuotaDelivery over LoRa;
-gateway/service.py wires it). Installed, healthy and rolled back come only from uplinks
-through the pipeline (`on_uplink`, an observer like the downlinks).
+gateway/service.py wires it: lamps that listen get a stage by multicast, on their group when
+the stage is all of it, else on a temporary group of the stage's lamps, the canaries' own).
+Installed, healthy and rolled back come only from uplinks through the pipeline (`on_uplink`,
+an observer like the downlinks).
 
 Persistence: every campaign, its image and its nodes are rows of the gateway's SQLite store
 (gateway/store/campaigns.py), written within FLUSH_S of a change and at once on a change of

@@ -10,6 +10,14 @@ scheme, protocol/fragments.py) for the nodes:
   at SF9 (98-byte fragments in 115-byte frames), paced so that the session uses at most
   `duty_cycle` of the time (the g3 sub-band allows 10 %); a forwarder whose duty cycle is
   spent is waited for;
+- **multicast on a temporary group** to the other lamps that listen (members of a group,
+  `Multicast.listening`: a campaign's canaries, or its rest when it is not a whole group):
+  a group of their own (`Multicast.open_temporary`: a fresh address, a join_group to each),
+  the session as above on it once their joins are answered, and a leave to each when it
+  ends, however it ends. The group's other lamps hear those frames and drop them at once (no
+  key for that address: firmware/group.py `check`, counted rx_other, no update code loaded:
+  tests/micropython/mp_group_frag.py). A lamp whose join is refused (in 4 groups), not
+  queued or not answered within `status_timeout_s` goes by unicast;
 - **unicast** to every other node (class A: battery valves, lamps outside such a group):
   FRAG frames sealed with the node's key and downlink counter, one per receive window
   after its uplinks, when nothing queued for it is due (gateway/downlinks.py `fillers`),
@@ -48,7 +56,7 @@ from typing import Any, Protocol
 
 from gateway import releases
 from gateway.downlinks import DownlinkRejected, Downlinks
-from gateway.multicast import Multicast
+from gateway.multicast import Multicast, Temporary
 from gateway.registry import Group, Registry, format_node_id
 from gateway.store import Store
 from protocol import fragments as fz
@@ -146,13 +154,16 @@ class FuotaDelivery:
         self._dropped: set[int] = set()  # ... taken out of theirs (drop)
         self._jobs: dict[int, asyncio.Task] = {}  # node -> what the session awaits for it alone now
         self._hello_at: dict[int, Any] = {}  # node -> its last HELLO's time when its session began
+        self._temporaries: set[int] = set()  # addresses of the temporary groups of the sessions running
         downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
         self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0, "refused": 0}
 
     # ------------------------------------------------------------ the plan
 
-    def plan(self, node_ids: Sequence[int]) -> tuple[list[tuple[Group, list[int]]], list[int]]:
-        """([(group, its members to update)], nodes by unicast): a group when multicast suits it."""
+    def plan(self, node_ids: Sequence[int]) -> tuple[list[tuple[Group, list[int]]], list[int], list[int]]:
+        """([(group, its members to update)], lamps for a temporary group, nodes by unicast): a
+        group when multicast suits it and all its lamps are to be updated; the other lamps that
+        listen (members of a group) in a temporary group of their own (module doc)."""
         left = list(dict.fromkeys(node_ids))
         groups: list[tuple[Group, list[int]]] = []
         mc = self.multicast
@@ -166,7 +177,9 @@ class FuotaDelivery:
                 if take and len(take) == len(lamps) and mc.choose(g, ("lighting",))[0] == "multicast":
                     groups.append((g, take))
                     left = [n for n in left if n not in take]
-        return groups, left
+            listeners = [n for n in left if mc.listening(n)]
+            return groups, listeners, [n for n in left if n not in listeners]
+        return groups, [], left
 
     async def deliver(self, image: bytes, node_ids: Sequence[int], report: Report) -> None:
         """Run one session for `node_ids`; every node ends "verifying" or "failed" in `report`."""
@@ -179,12 +192,22 @@ class FuotaDelivery:
             else:
                 known.append(n)
                 report(n, "receiving", 0.0)
-        groups, solo = self.plan(known)
+        if self.multicast is not None and self.multicast.radio is not None:
+            await self.multicast.close_stale(self._temporaries)
+        groups, listeners, solo = self.plan(known)
         log.info(
             "update session",
-            extra={"session": sid, "bytes": len(image), "groups": len(groups), "unicast": len(solo)},
+            extra={
+                "session": sid,
+                "bytes": len(image),
+                "groups": len(groups),
+                "temporary": len(listeners),
+                "unicast": len(solo),
+            },
         )
         jobs = [self._group(g, members, image, bundle, sid, report) for g, members in groups]
+        if listeners:
+            jobs.append(self._temporary(listeners, image, bundle, sid, report))
         jobs += [self._for(n, self._node(n, image, bundle, sid, report)) for n in solo]
         self._live.update(known)
         for n in known:
@@ -284,7 +307,7 @@ class FuotaDelivery:
 
     # ------------------------------------------------------------ multicast
 
-    async def _transmit(self, group: Group, body: bytes) -> None:
+    async def _transmit(self, group: Group | Temporary, body: bytes) -> None:
         mc = self.multicast
         assert mc is not None
         air = lora.airtime_ms(13 + len(body), MULTICAST_SF) / 1000
@@ -304,8 +327,62 @@ class FuotaDelivery:
             return
         raise _Failed("the packet forwarders refused the group's fragments (duty cycle or no route)")
 
+    async def _temporary(self, nodes: list[int], image: bytes, bundle: bytes, sid: int, report: Report) -> None:
+        """Lamps that listen but are not a whole group: a temporary group of them (their join_group
+        answered ok), by multicast; unicast for those whose join was refused (in 4 groups already),
+        not queued or not answered within status_timeout_s. They leave it when the session ends,
+        however it ends."""
+        mc = self.multicast
+        assert mc is not None
+        t = await mc.open_temporary(nodes)
+        self._temporaries.add(t.addr)
+        try:
+            joined = await self._joined(t)
+            solo = [n for n in nodes if n not in joined and n not in self._dropped]
+            log.info(
+                "temporary group for the session",
+                extra={"session": sid, "addr": t.addr, "joined": len(joined), "unicast": len(solo)},
+            )
+            jobs = [self._group(t, joined, image, bundle, sid, report)] if joined else []
+            jobs += [self._for(n, self._node(n, image, bundle, sid, report)) for n in solo]
+            await asyncio.gather(*jobs)
+        finally:
+            self._temporaries.discard(t.addr)
+            try:
+                await mc.close_temporary(t)
+            except Exception as e:  # the store, at a stop: closed by the next session (close_stale)
+                log.warning("temporary group not closed: %s", e, extra={"addr": t.addr})
+
+    async def _joined(self, t: Temporary) -> list[int]:
+        """The members whose join_group was answered ok, waiting for each answer up to
+        status_timeout_s (members dropped meanwhile are left out)."""
+        loop = asyncio.get_running_loop()
+        futs: dict[int, asyncio.Future[tuple[int, int]]] = {}
+        for n, dl_id in t.joins.items():
+            futs[n] = self._answers[dl_id] = loop.create_future()
+
+        def ok(n: int) -> bool:
+            f = futs[n]
+            if f.done():
+                return f.result()[0] == m.RES_OK
+            dl = self.store.downlink(t.joins[n])  # answered before its future was there
+            return dl is not None and dl.state == "acked" and dl.result == m.RES_OK
+
+        try:
+            deadline = loop.time() + self.settings.status_timeout_s
+            while True:
+                waiting = [f for n, f in futs.items() if not f.done() and not ok(n) and n not in self._dropped]
+                left = deadline - loop.time()
+                if not waiting or left <= 0:
+                    break
+                await asyncio.wait(waiting, timeout=min(left, 5.0))  # 5 s: the store's view, and drops
+        finally:
+            for dl_id in t.joins.values():
+                self._answers.pop(dl_id, None)
+        return [n for n in t.members if n in futs and n not in self._dropped and ok(n)]
+
     async def _group(
-        self, group: Group, members: list[int], image: bytes, bundle: bytes, sid: int, report: Report
+        self, group: Group | Temporary, members: list[int], image: bytes, bundle: bytes, sid: int, report: Report
     ) -> None:
         s = self.settings
         f = fz.fragment_size(lora.max_payload(MULTICAST_SF))

@@ -174,7 +174,7 @@ async def test_a_street_by_multicast_and_a_valve_by_unicast_get_the_image(street
     fwd = asyncio.create_task(forwarder())
     fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast, FuotaSettings(status_timeout_s=30), sleep=sleep)
     image = make_image()
-    assert fu.plan(LAMPS + [VALVE]) == ([(g.reg.group("rue"), LAMPS)], [VALVE])
+    assert fu.plan(LAMPS + [VALVE]) == ([(g.reg.group("rue"), LAMPS)], [], [VALVE])
     reports: dict[int, list[tuple[str, float | None]]] = {}
     await asyncio.wait_for(
         fu.deliver(image, LAMPS + [VALVE], lambda n, s, f: reports.setdefault(n, []).append((s, f))), 60
