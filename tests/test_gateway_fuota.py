@@ -379,3 +379,62 @@ async def test_a_part_of_a_street_gets_a_temporary_group_and_leaves_it(street, t
         assert [a for a in ops(n) if a[0] == addr] == [ops(n)[-2], [addr]], ops(n)
     assert ops(LAMPS[4])[-1] == [stale.addr]  # the stale group closed
     assert g.api.multicast.status(g.reg.group("rue"))["provisioned"] == 5  # "rue" untouched
+
+
+async def test_a_member_dropped_from_a_multicast_session_is_not_asked_and_the_others_finish(street, tmp_path):  # noqa: F811
+    """drop(node) (a campaign saw it roll back): the street's session goes on for the others, the
+    dropped lamp is never asked its status and nothing more is reported for it."""
+    g = street
+    losses = [0.0, 0.05, 0.1, 0.2, 0.5]
+    nodes = {n: Node(n, losses[i], tmp_path) for i, n in enumerate(LAMPS)}
+    radio = g.radio = LinkRadio(nodes)
+    status, _ = await g.call(
+        "POST", "/groups", {"name": "rue", "kind": "street", "members": [f"{n:08x}" for n in LAMPS]}
+    )
+    assert status == 201
+    stop = asyncio.Event()
+    up = asyncio.create_task(run_uplinks(g, radio, nodes, stop))
+
+    async def provisioned() -> bool:
+        return (await g.call("GET", "/groups/rue"))[1]["multicast"]["delivery"]["mode"] == "multicast"
+
+    assert await wait_for(provisioned, 10, "the lamps holding the group key")
+    clock = [time.monotonic()]
+    g.srv.monotonic = lambda: clock[0]
+    gone = LAMPS[4]
+    fu: FuotaDelivery | None = None
+
+    async def forwarder() -> None:
+        while True:
+            data = await g.fwd.inbox.get()
+            if data[3] != semtech.PULL_RESP:
+                continue
+            g.fwd.tx_ack(struct.unpack(">H", data[1:3])[0])
+            raw = base64.b64decode(json.loads(data[4:])["txpk"]["data"])
+            for n in LAMPS:
+                nodes[n].hear_group(raw)
+            if fu is not None and fu.counts["multicast_frames"] == 5:
+                fu.drop(gone)  # mid-way through the first pass
+
+    async def sleep(s: float) -> None:
+        clock[0] += s
+        assert g.fwd.transport is not None
+        g.fwd.transport.sendto(struct.pack(">BHB", 2, 1, semtech.PULL_DATA) + EUI)
+        await asyncio.sleep(0.002)
+
+    fwd = asyncio.create_task(forwarder())
+    fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast, FuotaSettings(status_timeout_s=30), sleep=sleep)
+    image = make_image()
+    reports: list[tuple[int, str]] = []
+    await asyncio.wait_for(fu.deliver(image, LAMPS, lambda n, s, f, *why: reports.append((n, s))), 60)
+    stop.set()
+    fwd.cancel()
+    await up
+    last = {n: s for n, s in reports}
+    assert last == {**dict.fromkeys(LAMPS[:4], "verifying"), gone: "receiving"}, last
+    assert [s for n, s in reports if n == gone] == ["receiving"]  # the 0.0 at the start, then nothing
+    asked = [n for n, t, b in radio.sent if t == m.COMMAND and b[1] == fz.OP_FRAG_STATUS]
+    assert gone not in asked and set(asked) == set(LAMPS[:4]), asked
+    for n in LAMPS[:4]:
+        assert nodes[n].image() == image
+    fu.drop(gone)  # after the session: nothing to do, no error
