@@ -475,3 +475,26 @@ async def test_canaries_that_listen_get_the_image_by_a_temporary_group(tmp_path,
         # 100); here a join, its answer, the status request and its answer, and whatever uplinks
         # the lamps made while the multicast ran (time is compressed: they overlap)
         assert took["canary_uplinks"] < 40, took
+
+
+async def test_a_canary_on_a_temporary_group_that_rolls_back_halts_and_leaves_it(tmp_path, release):
+    """The bad release with every lamp in "mc": the canary gets it on its temporary group, rolls
+    back; the campaign halts, the canary is sent its leave, and the others never heard a frame
+    meant for them (no session opened on any of them)."""
+    async with run_campaign(tmp_path, release, good=False, mc=LAMPS) as (http, air, cid, before):
+
+        async def ended() -> dict | None:
+            doc = await get(http, f"/campaigns/{cid}")
+            return doc if doc["state"] != "running" else None
+
+        doc = await wait_for(ended, 60, what="the campaign ended", interval=0.05)
+        assert doc["state"] == "halted" and doc["reason"].startswith(f"canary {CANARY:08x} rolled back"), doc
+        lamps = air.lamps
+        assert lamps[CANARY].image() == release["image"] and lamps[CANARY].hellos == [release["bundle"], release["old"]]
+        mc_addr = lamps[MC[0]].groups.slots[0][0]
+        await wait_for(lambda: [s[0] for s in lamps[CANARY].groups.slots] == [mc_addr], 30, what="the canary's leave")
+        sent = air.downlinks[before:]
+        assert not [d for d in sent if d[1] == fz.FRAG]
+        assert mc_addr not in {a for a, t in sent if t == -1}  # nothing on the street's own address
+        for n in MC:
+            assert lamps[n].heard == 0 and lamps[n].dec is None and doc["nodes"][f"{n:08x}"]["state"] == "pending"
