@@ -29,7 +29,11 @@ group as many as its worst member misses plus `margin`, for a node alone what it
 `margin`; at most `max_rounds` rounds. A node with nothing missing has handed the image to its
 updater (it verifies everything and reboots into the trial): "verifying". A node whose
 updater refused the image, that never answers, or that still misses fragments after the last
-round is "failed", the reason in the log. Installed, healthy and rolled back come from the
+round is "failed", the reason in the log; so is one that answers "no session" after a HELLO
+since its session began that does not name the release: a session survives a reboot in the
+node's flash (SPEC §13 "Reboots"), so it held the image, installed it and is back on its old
+release (its trial HELLO lost, or a release that crashes before HELLO). Sending it everything
+again would install it again. Installed, healthy and rolled back come from the
 node's next HELLO (gateway/releases.py), not from here.
 
 report(node_id, state, fraction): "receiving" (fraction of the image the node holds, as far
