@@ -22,7 +22,7 @@ with `WWW-Authenticate: Bearer`). JSON in and out; errors are
   PUT    /nodes/{id}/release       the release the node should run (gateway/releases.py): {"version":
                                    "0.2.0", "bundle": 64 hex (the image manifest's)}; 200 with its
                                    "release" {"running", "expected", "state": current | updating |
-                                   rolled_back, "since", "rolled_back_at", "rollbacks"}, on disk
+                                   rolled_back, "since", "rolled_back_at", "rollbacks", "hello_at"}, on disk
                                    before the answer; 400 bad body, 404 unknown node
   DELETE /nodes/{id}/release       forget the expected release (state null); 200 with "release"
   PUT    /groups/{name}/release    the same for every member: {"release": {...}, "nodes": {id: state}}

@@ -9,7 +9,10 @@ rounded up, at least 1), then the rest, only once every canary is healthy within
 
 Campaign states: running, paused, done, halted (a canary rolled back, failed, or was not
 healthy in time: the reason says which; the rest are never sent the release), aborted.
-Stages: canary, rest, done.
+Stages: canary, rest, done. A rest-stage node that rolls back or fails does not stop the
+others: it is dropped from the delivery at once (Delivery.drop) and the campaign ends done,
+its reason "done with failures: 2 rolled back, 1 failed of 60" (empty when every node is
+healthy).
 
 Node states, in order:
   pending      not sent yet
@@ -34,8 +37,10 @@ returned), not before, so a node rebooting mid-transfer is not taken for a rollb
 
 Delivery is a seam (`Delivery`): the runner hands it the image and the nodes of a stage and
 it reports receiving/verifying/failed per node (gateway/fuota.py's FuotaDelivery over LoRa;
-gateway/service.py wires it). Installed, healthy and rolled back come only from uplinks
-through the pipeline (`on_uplink`, an observer like the downlinks).
+gateway/service.py wires it: lamps that listen get a stage by multicast, on their group when
+the stage is all of it, else on a temporary group of the stage's lamps, the canaries' own).
+Installed, healthy and rolled back come only from uplinks through the pipeline (`on_uplink`,
+an observer like the downlinks).
 
 Persistence: every campaign, its image and its nodes are rows of the gateway's SQLite store
 (gateway/store/campaigns.py), written within FLUSH_S of a change and at once on a change of
@@ -47,6 +52,7 @@ receiving; otherwise its window goes on where it was.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -54,7 +60,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from gateway import release_image
+from gateway import release_image, releases
 from gateway.model import Reception, Record
 from gateway.registry import Registry, format_node_id
 from gateway.store import Store, StoreError
@@ -72,6 +78,16 @@ FLUSH_S = 0.5  # progress reports reach the disk this often at most
 REPORTED = ("receiving", "verifying", "failed")  # what a Delivery may report
 PAST_DELIVERY = frozenset(("verifying", "installed", "healthy"))
 DELIVERABLE = frozenset(("pending", "receiving"))
+# a node in these while its stage's delivery runs is dropped from it (Delivery.drop): its HELLO
+# showed the release (it holds the image) or a rollback, or the delivery gave up on it
+OUT_OF_DELIVERY = frozenset(("installed", "healthy", "rolled_back", "failed"))
+
+
+class Report(Protocol):
+    """What a Delivery calls per node: ("receiving", fraction), ("verifying", None), ("failed", None,
+    why): the reason is shown with the node (a Delivery may leave it out)."""
+
+    def __call__(self, node_id: int, state: str, fraction: float | None, reason: str = "") -> None: ...
 
 
 class Delivery(Protocol):
@@ -79,11 +95,12 @@ class Delivery(Protocol):
 
     Reports per node: ("receiving", fraction 0..1), ("verifying", None), ("failed", None).
     Returns when it is done with every node; it is cancelled on pause and abort, and in the
-    canary stage when a canary is rolled back or failed meanwhile."""
+    canary stage when a canary is rolled back or failed meanwhile. It may also have
+    `drop(node_id)`: take one node out of the delivery (no more frames nor status requests to
+    it, nothing more reported; the others go on), called once per node that rolled back,
+    failed or installed the release meanwhile (FuotaDelivery has it)."""
 
-    async def deliver(
-        self, image: bytes, node_ids: Sequence[int], report: Callable[[int, str, float | None], None]
-    ) -> None: ...
+    async def deliver(self, image: bytes, node_ids: Sequence[int], report: Report) -> None: ...
 
 
 class CampaignError(ValueError):
@@ -229,7 +246,7 @@ class Campaigns:
     def _runs_release(self, c: Campaign, node_id: int) -> float | None:
         """When the node's last HELLO (as the store's node state keeps it) reported the release, else None."""
         rel = (self.store.node_state(node_id) or {}).get("release") or {}
-        if rel.get("running") != c.release["bundle"][: release_image.PREFIX]:
+        if not releases.runs(rel.get("running"), c.release["bundle"]):
             return None
         last = (self.store.node_state(node_id) or {}).get("last_seen")
         return float(rel.get("since") or last or self.clock())
@@ -382,9 +399,8 @@ class Campaigns:
             return
         p = c.nodes[record.node_id]
         if record.mtype == m.HELLO:
-            b = record.body.get(m.H_BUNDLE)
-            running = b.hex() if isinstance(b, (bytes, bytearray)) else None
-            if running == c.release["bundle"][: release_image.PREFIX]:
+            running = releases.hello_running(record.body.get(m.H_BUNDLE))
+            if releases.runs(running, c.release["bundle"]):
                 if p.state != "healthy":  # a committed node rebooting stays healthy
                     self._set(c, record.node_id, p, "installed", installed_at=record.rx_time)
             elif p.state in PAST_DELIVERY:
@@ -396,7 +412,7 @@ class Campaigns:
     def on_duplicate(self, node_id: int, counter: int, reception: Reception) -> None:
         pass
 
-    def _report(self, c: Campaign, node_id: int, state: str, fraction: float | None) -> None:
+    def _report(self, c: Campaign, node_id: int, state: str, fraction: float | None, reason: str = "") -> None:
         """A Delivery's report; never moves a node back from what its uplinks showed."""
         p = c.nodes.get(node_id)
         if (
@@ -416,7 +432,8 @@ class Campaigns:
         elif state == "verifying":
             self._set(c, node_id, p, "verifying", fraction=1.0)
         else:
-            self._set(c, node_id, p, "failed", reason="delivery failed")
+            why = reason[:200] if isinstance(reason, str) and reason else ""
+            self._set(c, node_id, p, "failed", reason=f"delivery failed: {why}" if why else "delivery failed")
 
     def _set(self, c: Campaign, node_id: int, p: NodeProgress, state: str, **kw: Any) -> None:
         changed = p.state != state
@@ -502,15 +519,19 @@ class Campaigns:
         await self._changed(c, None)
 
     async def _deliver_watching(self, c: Campaign, image: bytes, ids: list[int]) -> None:
-        """The stage's delivery, cut short when a canary rolls back or fails meanwhile.
+        """The stage's delivery, watched: cut short when a canary rolls back or fails, and in the
+        rest stage a node that did is dropped from it (the others go on).
 
-        A node installs as soon as its image is complete (firmware/fuota.py), so a canary can
-        boot the release, fail its trial and come back on the old one while the delivery still
-        serves the others (or waits for its own status answer, which would then ask it for the
-        whole image again): the halt must not wait for the delivery to return."""
+        A node installs as soon as its image is complete (firmware/fuota.py), so it can boot the
+        release, fail its trial and come back on the old one while the delivery still serves the
+        others (or waits for its own status answer, which would then ask it for the whole image
+        again): the halt, or the drop, must not wait for the delivery to return. A node whose
+        HELLO reports the release holds the image: it is dropped too (no more fragments to it)."""
         assert self.delivery is not None
-        task = asyncio.ensure_future(self.delivery.deliver(image, ids, lambda n, s, f: self._report(c, n, s, f)))
+        task = asyncio.ensure_future(self.delivery.deliver(image, ids, functools.partial(self._report, c)))
         ev = self._events[c.id]
+        drop: Callable[[int], None] | None = getattr(self.delivery, "drop", None)
+        dropped: set[int] = set()
         try:
             while not task.done():
                 ev.clear()
@@ -519,11 +540,18 @@ class Campaigns:
                     await asyncio.wait({task, woke}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     woke.cancel()
-                if not task.done() and c.stage == "canary" and self._canary_down(c):
+                if task.done():
+                    break
+                if c.stage == "canary" and self._canary_down(c):
                     log.info("campaign delivery stopped: a canary is down", extra={"campaign": c.id})
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
                     return
+                if drop is not None:
+                    for n in ids:
+                        if n not in dropped and c.nodes[n].state in OUT_OF_DELIVERY:
+                            dropped.add(n)
+                            drop(n)
             await task  # its exception, if any
         finally:
             if not task.done():  # we were cancelled (pause, abort, close)
@@ -550,14 +578,20 @@ class Campaigns:
                 return self._finish(c, "halted", f"canaries not healthy within {c.window_s:g} s: {', '.join(slow[:5])}")
             return None
         if all(p.state in ("healthy", "rolled_back", "failed") for p in nodes):
-            return self._finish(c, "done", "")
+            return self._finish(c, "done", self._failures(c))
         if late:
             for n in c.stage_nodes():
                 p = c.nodes[n]
                 if p.state not in ("healthy", "rolled_back", "failed"):
                     self._set(c, n, p, "failed", reason=f"not healthy within {c.window_s:g} s ({p.state})")
-            return self._finish(c, "done", "")
+            return self._finish(c, "done", self._failures(c))
         return None
+
+    def _failures(self, c: Campaign) -> str:
+        """A done campaign's reason: what did not take the release ("" when every node did)."""
+        counts = c.counts()
+        parts = [f"{counts[s]} {s.replace('_', ' ')}" for s in ("rolled_back", "failed") if counts[s]]
+        return f"done with failures: {', '.join(parts)} of {len(c.nodes)}" if parts else ""
 
     async def _next_stage(self, c: Campaign) -> None:
         if any(p.stage == "rest" for p in c.nodes.values()):

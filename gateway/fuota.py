@@ -10,6 +10,14 @@ scheme, protocol/fragments.py) for the nodes:
   at SF9 (98-byte fragments in 115-byte frames), paced so that the session uses at most
   `duty_cycle` of the time (the g3 sub-band allows 10 %); a forwarder whose duty cycle is
   spent is waited for;
+- **multicast on a temporary group** to the other lamps that listen (members of a group,
+  `Multicast.listening`: a campaign's canaries, or its rest when it is not a whole group):
+  a group of their own (`Multicast.open_temporary`: a fresh address, a join_group to each),
+  the session as above on it once their joins are answered, and a leave to each when it
+  ends, however it ends. The group's other lamps hear those frames and drop them at once (no
+  key for that address: firmware/group.py `check`, counted rx_other, no update code loaded:
+  tests/micropython/mp_group_frag.py). A lamp whose join is refused (in 4 groups), not
+  queued or not answered within `status_timeout_s` goes by unicast;
 - **unicast** to every other node (class A: battery valves, lamps outside such a group):
   FRAG frames sealed with the node's key and downlink counter, one per receive window
   after its uplinks, when nothing queued for it is due (gateway/downlinks.py `fillers`),
@@ -21,12 +29,21 @@ group as many as its worst member misses plus `margin`, for a node alone what it
 `margin`; at most `max_rounds` rounds. A node with nothing missing has handed the image to its
 updater (it verifies everything and reboots into the trial): "verifying". A node whose
 updater refused the image, that never answers, or that still misses fragments after the last
-round is "failed", the reason in the log. Installed, healthy and rolled back come from the
+round is "failed", the reason in the log; so is one that answers "no session" after a HELLO
+since its session began that does not name the release: a session survives a reboot in the
+node's flash (SPEC §13 "Reboots"), so it held the image, installed it and is back on its old
+release (its trial HELLO lost, or a release that crashes before HELLO). Sending it everything
+again would install it again. Installed, healthy and rolled back come from the
 node's next HELLO (gateway/releases.py), not from here.
 
 report(node_id, state, fraction): "receiving" (fraction of the image the node holds, as far
 as the gateway knows: frames sent until its first status answer), "verifying" (None),
-"failed" (None).
+"failed" (None, and the reason as a 4th argument).
+
+`drop(node_id)`: the caller (a campaign that saw the node roll back, fail or boot the release
+from its HELLO) takes a node out of the session that holds it: no more unicast fragments, no
+status request (one queued is withdrawn), nothing more reported for it; a multicast goes on
+for the others, its repairs sized on them.
 """
 
 from __future__ import annotations
@@ -39,10 +56,11 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from gateway import releases
 from gateway.downlinks import DownlinkRejected, Downlinks
-from gateway.multicast import Multicast
+from gateway.multicast import Multicast, Temporary
 from gateway.registry import Group, Registry, format_node_id
 from gateway.store import Store
 from protocol import fragments as fz
@@ -52,10 +70,15 @@ from protocol import noderelease as rel
 
 log = logging.getLogger("lumeau.gateway.fuota")
 
-Report = Callable[[int, str, float | None], None]
+
+class Report(Protocol):
+    """A session's report per node (module doc); `reason` says why a node "failed"."""
+
+    def __call__(self, node_id: int, state: str, fraction: float | None, reason: str = "") -> None: ...
+
+
 UNICAST_FRAME = lora.max_payload(12)  # 51 B: a unicast fragment fits any data rate
 MULTICAST_SF = 9  # protocol.groupcast.GROUP_SF: where members listen
-RUNNING_PREFIX = 6  # hex digits of the bundle id a HELLO reports (gateway/releases.py PREFIX)
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,9 @@ def image_bundle(image: bytes) -> bytes:
 
 class _Failed(Exception):
     pass
+
+
+DROPPED = object()  # what `_for` returns for a node dropped meanwhile
 
 
 class _Feed:
@@ -128,13 +154,20 @@ class FuotaDelivery:
         self.settings = settings or FuotaSettings()
         self.sleep = sleep
         self._answers: dict[int, asyncio.Future[tuple[int, int]]] = {}  # status command id -> CMD_ACK
+        self._live: set[int] = set()  # nodes of the sessions running now
+        self._dropped: set[int] = set()  # ... taken out of theirs (drop)
+        self._jobs: dict[int, asyncio.Task] = {}  # node -> what the session awaits for it alone now
+        self._hello_at: dict[int, Any] = {}  # node -> its last HELLO's time when its session began
+        self._temporaries: set[int] = set()  # addresses of the temporary groups of the sessions running
         downlinks.cmd_ack_listeners.append(self._on_cmd_ack)
         self.counts = {"multicast_frames": 0, "unicast_frames": 0, "repairs": 0, "airtime_ms": 0.0, "refused": 0}
 
     # ------------------------------------------------------------ the plan
 
-    def plan(self, node_ids: Sequence[int]) -> tuple[list[tuple[Group, list[int]]], list[int]]:
-        """([(group, its members to update)], nodes by unicast): a group when multicast suits it."""
+    def plan(self, node_ids: Sequence[int]) -> tuple[list[tuple[Group, list[int]]], list[int], list[int]]:
+        """([(group, its members to update)], lamps for a temporary group, nodes by unicast): a
+        group when multicast suits it and all its lamps are to be updated; the other lamps that
+        listen (members of a group) in a temporary group of their own (module doc)."""
         left = list(dict.fromkeys(node_ids))
         groups: list[tuple[Group, list[int]]] = []
         mc = self.multicast
@@ -148,7 +181,9 @@ class FuotaDelivery:
                 if take and len(take) == len(lamps) and mc.choose(g, ("lighting",))[0] == "multicast":
                     groups.append((g, take))
                     left = [n for n in left if n not in take]
-        return groups, left
+            listeners = [n for n in left if mc.listening(n)]
+            return groups, listeners, [n for n in left if n not in listeners]
+        return groups, [], left
 
     async def deliver(self, image: bytes, node_ids: Sequence[int], report: Report) -> None:
         """Run one session for `node_ids`; every node ends "verifying" or "failed" in `report`."""
@@ -161,14 +196,60 @@ class FuotaDelivery:
             else:
                 known.append(n)
                 report(n, "receiving", 0.0)
-        groups, solo = self.plan(known)
+        if self.multicast is not None and self.multicast.radio is not None:
+            await self.multicast.close_stale(self._temporaries)
+        groups, listeners, solo = self.plan(known)
         log.info(
             "update session",
-            extra={"session": sid, "bytes": len(image), "groups": len(groups), "unicast": len(solo)},
+            extra={
+                "session": sid,
+                "bytes": len(image),
+                "groups": len(groups),
+                "temporary": len(listeners),
+                "unicast": len(solo),
+            },
         )
         jobs = [self._group(g, members, image, bundle, sid, report) for g, members in groups]
-        jobs += [self._node(n, image, bundle, sid, report) for n in solo]
-        await asyncio.gather(*jobs)
+        if listeners:
+            jobs.append(self._temporary(listeners, image, bundle, sid, report))
+        jobs += [self._for(n, self._node(n, image, bundle, sid, report)) for n in solo]
+        self._live.update(known)
+        for n in known:
+            self._hello_at[n] = ((self.store.node_state(n) or {}).get("release") or {}).get("hello_at")
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            self._live.difference_update(known)
+            self._dropped.difference_update(known)
+            for n in known:
+                self._hello_at.pop(n, None)
+
+    def drop(self, node_id: int) -> None:
+        """Take a node out of the session that holds it (module doc); a node in none is ignored."""
+        if node_id not in self._live or node_id in self._dropped:
+            return
+        self._dropped.add(node_id)
+        log.info("update session: node dropped", extra={"node": format_node_id(node_id)})
+        job = self._jobs.get(node_id)
+        if job is not None:
+            job.cancel()
+
+    async def _for(self, node: int, coro: Awaitable[Any]) -> Any:
+        """Await `coro` for this node alone; DROPPED (coro cancelled) when `drop(node)` comes first.
+        Cancelling the caller (pause, abort) cancels it too."""
+        task = asyncio.ensure_future(coro)
+        if node in self._dropped:
+            task.cancel()
+        self._jobs[node] = task
+        try:
+            await asyncio.wait({task})  # returns, not raises, when the task is cancelled by drop
+        finally:
+            if self._jobs.get(node) is task:
+                del self._jobs[node]
+            if not task.done():  # the caller was cancelled
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return DROPPED if task.cancelled() else task.result()
 
     # ------------------------------------------------------------ status
 
@@ -193,6 +274,12 @@ class FuotaDelivery:
             return await asyncio.wait_for(fut, s.status_timeout_s)
         except TimeoutError:
             return None
+        except asyncio.CancelledError:  # dropped, paused, aborted: the question is withdrawn, not sent later
+            try:
+                await self.downlinks.cancel(dl.id)
+            except Exception as e:  # the store: the request expires by its own ttl
+                log.info("status request not withdrawn", extra={"node": format_node_id(node), "why": str(e)[:200]})
+            raise
         finally:
             del self._answers[dl.id]
 
@@ -207,15 +294,24 @@ class FuotaDelivery:
         if res == m.RES_REFUSED and value == fz.ST_REFUSED:
             raise _Failed("the node's updater refused the image (its last_error says why)")
         if res == m.RES_REFUSED and value == fz.ST_NO_SESSION:
-            st = self.store.node_state(node) or {}
-            if (st.get("release") or {}).get("running") == bundle.hex()[:RUNNING_PREFIX]:
+            now = (self.store.node_state(node) or {}).get("release") or {}
+            if releases.runs(now.get("running"), bundle.hex()):
                 return 0  # complete, installed and rebooted: its HELLO names the new bundle
-            return n  # it missed the set-up (or rebooted): everything again
+            if now.get("hello_at") != self._hello_at.get(node):
+                # a session lives in the node's flash through a reboot (SPEC §13 "Reboots"): gone
+                # after one, the image was complete and installed, and the node is back on its
+                # old release (its trial HELLO lost, or none: a release that crashes at boot).
+                # Sending it again would install it again
+                raise _Failed(
+                    f"rebooted on bundle {now.get('running') or 'none'} without the session: it held the image"
+                    " and rolled back (or it had missed the set-up)"
+                )
+            return n  # it missed the set-up: everything again
         raise _Failed(f"status request answered with result {res}: the node's firmware has no LoRa update")
 
     # ------------------------------------------------------------ multicast
 
-    async def _transmit(self, group: Group, body: bytes) -> None:
+    async def _transmit(self, group: Group | Temporary, body: bytes) -> None:
         mc = self.multicast
         assert mc is not None
         air = lora.airtime_ms(13 + len(body), MULTICAST_SF) / 1000
@@ -235,8 +331,62 @@ class FuotaDelivery:
             return
         raise _Failed("the packet forwarders refused the group's fragments (duty cycle or no route)")
 
+    async def _temporary(self, nodes: list[int], image: bytes, bundle: bytes, sid: int, report: Report) -> None:
+        """Lamps that listen but are not a whole group: a temporary group of them (their join_group
+        answered ok), by multicast; unicast for those whose join was refused (in 4 groups already),
+        not queued or not answered within status_timeout_s. They leave it when the session ends,
+        however it ends."""
+        mc = self.multicast
+        assert mc is not None
+        t = await mc.open_temporary(nodes)
+        self._temporaries.add(t.addr)
+        try:
+            joined = await self._joined(t)
+            solo = [n for n in nodes if n not in joined and n not in self._dropped]
+            log.info(
+                "temporary group for the session",
+                extra={"session": sid, "addr": t.addr, "joined": len(joined), "unicast": len(solo)},
+            )
+            jobs = [self._group(t, joined, image, bundle, sid, report)] if joined else []
+            jobs += [self._for(n, self._node(n, image, bundle, sid, report)) for n in solo]
+            await asyncio.gather(*jobs)
+        finally:
+            self._temporaries.discard(t.addr)
+            try:
+                await mc.close_temporary(t)
+            except Exception as e:  # the store, at a stop: closed by the next session (close_stale)
+                log.warning("temporary group not closed: %s", e, extra={"addr": t.addr})
+
+    async def _joined(self, t: Temporary) -> list[int]:
+        """The members whose join_group was answered ok, waiting for each answer up to
+        status_timeout_s (members dropped meanwhile are left out)."""
+        loop = asyncio.get_running_loop()
+        futs: dict[int, asyncio.Future[tuple[int, int]]] = {}
+        for n, dl_id in t.joins.items():
+            futs[n] = self._answers[dl_id] = loop.create_future()
+
+        def ok(n: int) -> bool:
+            f = futs[n]
+            if f.done():
+                return f.result()[0] == m.RES_OK
+            dl = self.store.downlink(t.joins[n])  # answered before its future was there
+            return dl is not None and dl.state == "acked" and dl.result == m.RES_OK
+
+        try:
+            deadline = loop.time() + self.settings.status_timeout_s
+            while True:
+                waiting = [f for n, f in futs.items() if not f.done() and not ok(n) and n not in self._dropped]
+                left = deadline - loop.time()
+                if not waiting or left <= 0:
+                    break
+                await asyncio.wait(waiting, timeout=min(left, 5.0))  # 5 s: the store's view, and drops
+        finally:
+            for dl_id in t.joins.values():
+                self._answers.pop(dl_id, None)
+        return [n for n in t.members if n in futs and n not in self._dropped and ok(n)]
+
     async def _group(
-        self, group: Group, members: list[int], image: bytes, bundle: bytes, sid: int, report: Report
+        self, group: Group | Temporary, members: list[int], image: bytes, bundle: bytes, sid: int, report: Report
     ) -> None:
         s = self.settings
         f = fz.fragment_size(lora.max_payload(MULTICAST_SF))
@@ -248,21 +398,26 @@ class FuotaDelivery:
         try:
             await self._transmit(group, setup)
             for i in range(n + coded):
+                if all(node in self._dropped for node in pending):
+                    return  # every member out of it (a campaign dropped them): nobody to send to
                 await self._transmit(group, fz.data_body(sid, i, enc.fragment(i)))
                 if i % 16 == 15:
                     for node in pending:
-                        report(node, "receiving", min(1.0, (i + 1) / n) * 0.99)
+                        if node not in self._dropped:
+                            report(node, "receiving", min(1.0, (i + 1) / n) * 0.99)
             nxt = n + coded
             for rnd in range(s.max_rounds + 1):
                 need = 0
                 for node in list(pending):
                     try:
-                        k = await self._missing(node, sid, n, bundle)
+                        k = await self._for(node, self._missing(node, sid, n, bundle))
                     except _Failed as e:
                         self._fail(node, str(e), report)
                         pending.remove(node)
                         continue
-                    if k == 0:
+                    if k is DROPPED:  # the others go on; its loss no longer sizes the repairs
+                        pending.remove(node)
+                    elif k == 0:
                         report(node, "verifying", None)
                         pending.remove(node)
                     else:
@@ -278,10 +433,12 @@ class FuotaDelivery:
                     await self._transmit(group, fz.data_body(sid, i, enc.fragment(i)))
                 nxt += need + s.margin
             for node in pending:
-                self._fail(node, f"fragments still missing after {s.max_rounds} repair rounds", report)
+                if node not in self._dropped:
+                    self._fail(node, f"fragments still missing after {s.max_rounds} repair rounds", report)
         except _Failed as e:
             for node in pending:
-                self._fail(node, str(e), report)
+                if node not in self._dropped:
+                    self._fail(node, str(e), report)
 
     # ------------------------------------------------------------ unicast
 
@@ -327,4 +484,4 @@ class FuotaDelivery:
 
     def _fail(self, node: int, why: str, report: Report) -> None:
         log.warning("update failed: %s", why, extra={"node": format_node_id(node), "why": why})
-        report(node, "failed", None)
+        report(node, "failed", None, why)

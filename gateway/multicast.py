@@ -21,6 +21,14 @@ lighting node (mains-powered: the registry has no battery lamps), every one of t
 provisioned, and the gateway has a radio that can send at any time (a packet forwarder:
 gateway/transports/semtech.py `transmit_now`); else unicast fan-out, with the reason.
 
+Temporary groups (`open_temporary`, `close_temporary`): a group of the gateway's own for one
+update session (gateway/fuota.py: a campaign's canaries, or its rest when it is not a whole
+group), of lamps that listen already (members of a group: `listening`). A fresh address, gen
+0, a join_group to each member; a leave to each when the session ends. Kept under
+`temporary` in the state file (by address), never in the registry, so no group name can meet
+it; one left by a stopped gateway is closed (its members sent a leave) by `close_stale`.
+A lamp holds at most 4 groups: one already in 4 refuses the join and is served by unicast.
+
 Not here: the members' progress and the unicast repair (gateway/groups.py).
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +52,20 @@ log = logging.getLogger("lumeau.gateway.multicast")
 RX2_MHZ = groupcast.GROUP_FREQ_HZ / 1e6  # EU868 RX2, sub-band g3 (10 %): where members listen (LoRa class C)
 DEFAULT_SF = groupcast.GROUP_SF  # what a member's LoRa modem listens at (firmware/group.py Listener)
 LIGHTING = "lighting"
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """A group of the gateway's own for one update session (module doc); `joins`: node -> the id
+    of its join_group downlink."""
+
+    addr: int
+    members: tuple[int, ...]
+    joins: dict[int, int]
+
+    @property
+    def name(self) -> str:  # for log lines, as a Group's
+        return f"temporary {self.addr}"
 
 
 class MulticastRadio(Protocol):
@@ -81,7 +104,7 @@ class Multicast:
             pass
         except (OSError, ValueError) as e:
             log.warning("multicast state unreadable: groups fall back to unicast", extra={"why": str(e)[:200]})
-        return {"master": None, "groups": {}, "last_addr": 0}
+        return {"master": None, "groups": {}, "last_addr": 0, "temporary": {}}
 
     def _save(self) -> None:
         write_private(self.path, json.dumps(self._state, separators=(",", ":")).encode("utf-8"))
@@ -94,12 +117,15 @@ class Multicast:
     def _group(self, name: str) -> dict[str, Any]:
         g = self._state["groups"].get(name)
         if g is None:
-            addr = int(self._state.get("last_addr", 0)) + 1
-            if addr > groupcast.GROUP_ADDR_MAX:
-                raise ValueError("no group address left (65,535 used)")
-            self._state["last_addr"] = addr
-            g = self._state["groups"][name] = {"addr": addr, "gen": 0, "next": 0, "members": {}}
+            g = self._state["groups"][name] = {"addr": self._new_addr(), "gen": 0, "next": 0, "members": {}}
         return g
+
+    def _new_addr(self) -> int:
+        addr = int(self._state.get("last_addr", 0)) + 1
+        if addr > groupcast.GROUP_ADDR_MAX:
+            raise ValueError("no group address left (65,535 used)")
+        self._state["last_addr"] = addr
+        return addr
 
     # ------------------------------------------------------------ provisioning
 
@@ -154,6 +180,64 @@ class Multicast:
         self._save()
         return {"queued": queued, "failed": failed}
 
+    # ------------------------------------------------------------ temporary groups
+
+    def listening(self, node: int) -> bool:
+        """Whether the node is a lamp that listens on the group channel: it holds the current key
+        of one of the registry's groups (a lamp listens once it is a member: SPEC §5 "Listening")."""
+        e = self.registry.get(node)
+        if e is None or e.kind != LIGHTING:
+            return False
+        k = format_node_id(node)
+        return any(k in g["members"] and self.provisioned(name, node) for name, g in self._state["groups"].items())
+
+    async def open_temporary(self, nodes: list[int]) -> Temporary:
+        """A temporary group of these lamps: its address, and a join_group queued for each (those
+        the queue refused are left out of `joins`)."""
+        addr = self._new_addr()
+        rec: dict[str, Any] = {"gen": 0, "next": 0, "members": {}}
+        self._state.setdefault("temporary", {})[str(addr)] = rec
+        self._save()  # the address is taken before any key goes out
+        key = groupcast.group_key(self._master(), addr, 0)
+        joins: dict[int, int] = {}
+        for n in nodes:
+            entry = self.registry.get(n)
+            assert entry is not None
+            args = groupcast.join_args(entry.keys, addr, 0, rec["next"], key)
+            try:
+                dl = await self.downlinks.enqueue(n, m.COMMAND, {1: m.OP_JOIN_GROUP, 2: args})
+            except DownlinkRejected as e:
+                log.info("join_group not queued", extra={"node": format_node_id(n), "why": str(e)[:120]})
+                continue
+            joins[n] = dl.id
+            rec["members"][format_node_id(n)] = {"join": dl.id}
+        self._save()
+        log.info("temporary group opened", extra={"addr": addr, "members": len(nodes)})
+        return Temporary(addr, tuple(nodes), joins)
+
+    async def close_temporary(self, t: Temporary) -> None:
+        """Its members leave it (a join still queued is withdrawn, and a leave follows in case it
+        went out); the group is forgotten. Its address is never used again."""
+        rec = self._state.get("temporary", {}).get(str(t.addr))
+        if rec is None:
+            return
+        for k, member in rec["members"].items():
+            n = int(k, 16)
+            try:
+                await self.downlinks.cancel(member.get("join", -1))
+                await self.downlinks.enqueue(n, m.COMMAND, {1: m.OP_JOIN_GROUP, 2: [t.addr]})
+            except DownlinkRejected as e:  # a key to a group nobody sends to any more: harmless
+                log.info("leave not queued", extra={"node": k, "why": str(e)[:120]})
+        del self._state["temporary"][str(t.addr)]
+        self._save()
+        log.info("temporary group closed", extra={"addr": t.addr, "members": len(rec["members"])})
+
+    async def close_stale(self, keep: set[int]) -> None:
+        """Close the temporary groups but those of `keep` (addresses): left by a gateway stopped mid-session."""
+        for a in [int(a) for a in self._state.get("temporary", {}) if int(a) not in keep]:
+            members = tuple(int(k, 16) for k in self._state["temporary"][str(a)]["members"])
+            await self.close_temporary(Temporary(a, members, {}))
+
     # ------------------------------------------------------------ the choice and the frame
 
     def choose(self, group: Group, kinds: tuple[str, ...]) -> tuple[str, str]:
@@ -194,7 +278,7 @@ class Multicast:
         n = await self.radio.transmit_now(raw, RX2_MHZ, self.sf)
         log.info("multicast sent", extra={"group": group.name, "counter": counter, "forwarders": n})
 
-    async def send_frame(self, group: Group, body: bytes) -> int:
+    async def send_frame(self, group: Group | Temporary, body: bytes) -> int:
         """Seal and send one GROUP_FRAG (an update's fragment body, SPEC §13 "Over LoRa") with the
         group's next counter (committed first, as `send`); how many forwarders took it. Raises
         as the radio does (DownlinkError "duty_cycle" while the sub-band is closed)."""
@@ -202,13 +286,18 @@ class Multicast:
         addr, counter, key = self._take_counter(group)
         return await self.radio.transmit_now(fragments.seal_group(key, addr, counter, body), RX2_MHZ, self.sf)
 
-    def _take_counter(self, group: Group) -> tuple[int, int, bytes]:
+    def _take_counter(self, group: Group | Temporary) -> tuple[int, int, bytes]:
         """(group address, the next group counter, the group key): the counter is committed to
         disk before anything is sealed with it (SPEC §4): a crash skips a counter, never reuses one."""
-        g = self._group(group.name)
+        if isinstance(group, Temporary):
+            g = self._state["temporary"][str(group.addr)]
+            addr = group.addr
+        else:
+            g = self._group(group.name)
+            addr = g["addr"]
         counter = g["next"]
         if counter > groupcast.GROUP_COUNTER_MAX:
             raise ValueError("group counter exhausted: the key must be renewed")
         g["next"] = counter + 1
         self._save()
-        return g["addr"], counter, groupcast.group_key(self._master(), g["addr"], g["gen"])
+        return addr, counter, groupcast.group_key(self._master(), addr, g["gen"])

@@ -9,7 +9,7 @@ restart:
 
     {"running": "a1b2c3" | null, "expected": {"version", "bundle"} | null,
      "state": "current" | "updating" | "rolled_back" | null, "since": t, "rolled_back_at": t,
-     "rollbacks": n}
+     "rollbacks": n, "hello_at": t (its last HELLO)}
 
 - setting the expected release: "current" when the node's last HELLO already reported it,
   else "updating";
@@ -69,18 +69,33 @@ def expect(rel: dict[str, Any] | None, expected: dict[str, str] | None, now: flo
     if expected is None:
         out["state"] = None
     else:
-        out["state"] = "current" if out.get("running") == expected["bundle"][:PREFIX] else "updating"
+        out["state"] = "current" if runs(out.get("running"), expected["bundle"]) else "updating"
     return out
 
 
+def hello_running(bundle: Any) -> str | None:
+    """The running release a HELLO names: its key 5 (bytes) as hex, the first PREFIX digits of a
+    bundle id; None when the HELLO has none (no A/B state, SPEC §5 HELLO) or it is not bytes.
+    The one parse of it: the node state (on_hello) and campaigns (gateway/campaigns.py) use it."""
+    return bundle.hex() if isinstance(bundle, (bytes, bytearray)) else None
+
+
+def runs(running: str | None, bundle: str) -> bool:
+    """Whether a node reporting `running` (hello_running) runs the release of bundle id `bundle`
+    (64 hex digits): the 3 bytes a HELLO has are all there is to compare."""
+    return running is not None and running == bundle[:PREFIX]
+
+
 def on_hello(rel: dict[str, Any] | None, bundle: Any, now: float) -> tuple[dict[str, Any], bool]:
-    """Fold a HELLO's bundle id (bytes or None) in; returns (new state, True when it rolled back now)."""
+    """Fold a HELLO's bundle id (bytes or None) in; returns (new state, True when it rolled back now).
+    `hello_at` is the HELLO's time (gateway/fuota.py: a reboot during an update session)."""
     out = dict(rel or {"expected": None, "state": None, "rollbacks": 0})
-    out["running"] = bundle.hex() if isinstance(bundle, (bytes, bytearray)) else None
+    out["running"] = hello_running(bundle)
+    out["hello_at"] = now
     exp = out.get("expected")
     if not exp:
         return out, False
-    if out["running"] == exp["bundle"][:PREFIX]:
+    if runs(out["running"], exp["bundle"]):
         if out.get("state") != "current":
             out["state"], out["since"] = "current", now
         return out, False

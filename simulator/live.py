@@ -1,5 +1,7 @@
 """The live gateway link: the simulated district against a real `lumeau gateway` process.
 
+(Over 600 lines: the pacing, the holds and the gateway API's polling are one link, kept together.)
+
     link = LiveGateway(Path("out"), speed=2000)
     results = run(scenario, RunOptions(link=lambda: link))     # simulator/runner.py
 
@@ -41,8 +43,11 @@ How time is paced (the virtual clock against a gateway on real time):
   re-sync's due time on the radios' clock, that is simulated time) says
   the node is due, when the gateway has downlinks queued for its node, or
   when the node's calendar is pending (GET /calendars: any of its uplinks
-  may start a round, whose first fragment answers that uplink) -- the link
-  asks the gateway's local API every API_POLL_S of real time.
+  may start a round, whose first fragment answers that uplink), or when the
+  node is receiving a release image in a running update campaign (GET
+  /campaigns: a unicast session gives it a FRAG in each receive window,
+  gateway/fuota.py; before issue 12's follow-up they were refused too late)
+  -- the link asks the gateway's local API every API_POLL_S of real time.
   Every other uplink costs no real time. Issue 11: before the time plan
   the drift re-syncs were not held for and missed their windows (the
   demo's clocks drifted to 3.9-5 s); before the gateway said when it is
@@ -178,6 +183,9 @@ class LiveGateway:
         # nodes whose calendar is pending (GET /calendars): any uplink may start a round, whose first
         # fragment goes in that uplink's own window (gateway/calendar_sync.py)
         self._calendar_pending: frozenset[int] = frozenset()
+        # nodes receiving a release image in a running campaign (GET /campaigns): a unicast update
+        # session fills each of their receive windows with a fragment (gateway/fuota.py)
+        self._updating: frozenset[int] = frozenset()
         # node -> from when (virtual Unix s) its uplinks get a drift re-sync (GET /time); None: auto time off
         # (until the first answer: every node never heard, whose first uplink of a set clock gets one)
         self._resync_at: dict[int, float | None] | None = {}
@@ -322,8 +330,27 @@ class LiveGateway:
                 self._calendar_pending = frozenset(
                     int(k, 16) for k, v in cal.get("nodes", {}).items() if v.get("state") == "pending"
                 )
+                self._updating = self._receiving(svc)
             except (OSError, ValueError, KeyError) as e:  # the gateway stopping, a slow answer: next time
                 self._poll_error = str(e)[:200]
+
+    @staticmethod
+    def _receiving(svc: Services) -> frozenset[int]:
+        """Nodes receiving an image in a running campaign (GET /campaigns, then each such campaign's
+        nodes: one more call per running campaign with a node receiving)."""
+        assert svc.api is not None
+        try:
+            doc = svc.api.json("/campaigns")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:  # campaigns not run by this gateway
+                return frozenset()
+            raise
+        out: set[int] = set()
+        for c in doc.get("campaigns", []):
+            if c.get("state") == "running" and (c.get("counts") or {}).get("receiving"):
+                one = svc.api.json(f"/campaigns/{int(c['id'])}")
+                out.update(int(k, 16) for k, p in one.get("nodes", {}).items() if p.get("state") == "receiving")
+        return frozenset(out)
 
     @staticmethod
     def _time_plan(svc: Services) -> dict[int, float | None] | None:
@@ -394,7 +421,7 @@ class LiveGateway:
         self._by_key[(hearing.gateway, tmst, up.node_id)] = w
 
     def _may_answer(self, node_id: int, raw: bytes, unix_s: float) -> bool:
-        if node_id in self._open_nodes or node_id in self._calendar_pending:
+        if node_id in self._open_nodes or node_id in self._calendar_pending or node_id in self._updating:
             return True
         keys = self._keys.get(node_id)
         if keys is None:

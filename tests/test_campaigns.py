@@ -360,4 +360,4 @@ async def test_rest_nodes_not_healthy_within_the_window_fail_and_the_campaign_en
         states = {k: v["state"] for k, v in doc["nodes"].items()}
         assert states == {"00000001": "healthy", "00000002": "healthy", "00000003": "failed", "00000004": "rolled_back"}
         assert "not healthy within 1.5 s (installed)" in doc["nodes"]["00000003"]["reason"]
-        assert doc["reason"] == "" and doc["counts"]["failed"] == 1
+        assert doc["reason"] == "done with failures: 1 rolled back, 1 failed of 4" and doc["counts"]["failed"] == 1

@@ -174,7 +174,7 @@ async def test_a_street_by_multicast_and_a_valve_by_unicast_get_the_image(street
     fwd = asyncio.create_task(forwarder())
     fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast, FuotaSettings(status_timeout_s=30), sleep=sleep)
     image = make_image()
-    assert fu.plan(LAMPS + [VALVE]) == ([(g.reg.group("rue"), LAMPS)], [VALVE])
+    assert fu.plan(LAMPS + [VALVE]) == ([(g.reg.group("rue"), LAMPS)], [], [VALVE])
     reports: dict[int, list[tuple[str, float | None]]] = {}
     await asyncio.wait_for(
         fu.deliver(image, LAMPS + [VALVE], lambda n, s, f: reports.setdefault(n, []).append((s, f))), 60
@@ -209,7 +209,7 @@ async def test_a_node_that_never_answers_is_failed_with_its_reason(street, caplo
         await asyncio.sleep(0.005)
     await task
     assert radio.frags == fu.counts["unicast_frames"] > 10 and nodes[VALVE].dec is not None
-    assert reports[-1] == (VALVE, "failed", None)
+    assert reports[-1] == (VALVE, "failed", None, "no answer to the status request within 0.3 s")
     assert "no answer to the status request" in caplog.text
 
 
@@ -264,7 +264,7 @@ async def test_an_unknown_node_fails_at_once(street, caplog):  # noqa: F811
     fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast)
     reports: list[tuple[int, str, float | None]] = []
     await asyncio.wait_for(fu.deliver(make_image(200), [0xDEAD], lambda *a: reports.append(a)), 5)
-    assert reports == [(0xDEAD, "failed", None)] and "not in the registry" in caplog.text
+    assert reports == [(0xDEAD, "failed", None, "not in the registry")] and "not in the registry" in caplog.text
 
 
 async def test_cancelling_a_session_leaves_nothing_behind(street):  # noqa: F811
@@ -306,3 +306,135 @@ def test_fuota_config_errors_name_file_key_and_why(tmp_path, section: dict, why:
         parse_config({"api": {"enabled": False}, "fuota": section}, tmp_path / "gw.toml")
     cfg = parse_config({"api": {"enabled": False}}, tmp_path / "gw.toml")
     assert FuotaSettings(**dataclasses.asdict(cfg.fuota)) == FuotaSettings()  # the defaults agree
+
+
+async def test_a_part_of_a_street_gets_a_temporary_group_and_leaves_it(street, tmp_path):  # noqa: F811
+    """Three of the five lamps of "rue" (a campaign's canaries): the two that can take one more
+    group get a temporary group of their own and the image by multicast on it; the one already
+    in 4 groups refuses the join and gets it by unicast; the other two lamps hear the frames and
+    drop them (not their group). Every joined lamp is sent a leave at the end, and a temporary
+    group a stopped gateway left behind is closed (its member sent a leave) at the session's start."""
+    g = street
+    nodes = {n: Node(n, 0.0, tmp_path) for n in LAMPS}
+    radio = g.radio = LinkRadio(nodes)
+    status, _ = await g.call(
+        "POST", "/groups", {"name": "rue", "kind": "street", "members": [f"{n:08x}" for n in LAMPS]}
+    )
+    assert status == 201
+    stop = asyncio.Event()
+    up = asyncio.create_task(run_uplinks(g, radio, nodes, stop))
+
+    async def provisioned() -> bool:
+        return (await g.call("GET", "/groups/rue"))[1]["multicast"]["delivery"]["mode"] == "multicast"
+
+    assert await wait_for(provisioned, 10, "the lamps holding the group key")
+    full, part, others = LAMPS[0], LAMPS[:3], LAMPS[3:]
+    nodes[full].groups.slots += [[200 + i, 0, 0, bytes(16)] for i in range(3)]  # 4 groups: no room
+    stale = await g.api.multicast.open_temporary([LAMPS[4]])  # a gateway stopped mid-session
+    clock = [time.monotonic()]
+    g.srv.monotonic = lambda: clock[0]
+    addrs: list[int] = []
+
+    async def forwarder() -> None:
+        while True:
+            data = await g.fwd.inbox.get()
+            if data[3] != semtech.PULL_RESP:
+                continue
+            g.fwd.tx_ack(struct.unpack(">H", data[1:3])[0])
+            raw = base64.b64decode(json.loads(data[4:])["txpk"]["data"])
+            addrs.append(frame.parse(raw).node_id)
+            for n in LAMPS:
+                nodes[n].hear_group(raw)
+
+    async def sleep(s: float) -> None:
+        clock[0] += s
+        assert g.fwd.transport is not None
+        g.fwd.transport.sendto(struct.pack(">BHB", 2, 1, semtech.PULL_DATA) + EUI)
+        await asyncio.sleep(0.002)
+
+    fwd = asyncio.create_task(forwarder())
+    fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast, FuotaSettings(status_timeout_s=30), sleep=sleep)
+    assert fu.plan(part) == ([], part, [])
+    image = make_image()
+    reports: dict[int, list] = {}
+    await asyncio.wait_for(fu.deliver(image, part, lambda n, s, f, *why: reports.setdefault(n, []).append(s)), 60)
+
+    def ops(node: int) -> list[list]:
+        return [b[2] for n, t, b in radio.sent if n == node and t == m.COMMAND and b[1] == m.OP_JOIN_GROUP]
+
+    await wait_for(lambda: all(len(nodes[n].groups.slots) == (4 if n == full else 1) for n in LAMPS), 10, "leaves")
+    stop.set()
+    fwd.cancel()
+    await up
+    assert {n: r[-1] for n, r in reports.items()} == dict.fromkeys(part, "verifying"), reports
+    for n in part:
+        assert nodes[n].image() == image, f"{n:x}"
+    rue = nodes[LAMPS[1]].groups.slots[0][0]
+    temp = {a for a in addrs if a != rue}
+    assert len(temp) == 1 and stale.addr not in temp, (temp, stale)
+    (addr,) = temp
+    assert radio.frags > 0 and all(nodes[n].heard > 0 for n in part)
+    assert all(nodes[n].heard == 0 and nodes[n].dec is None for n in others)  # not their group: dropped
+    for n in part:  # a join (7 args) for the temporary group, then a leave ([addr])
+        assert [a for a in ops(n) if a[0] == addr] == [ops(n)[-2], [addr]], ops(n)
+    assert ops(LAMPS[4])[-1] == [stale.addr]  # the stale group closed
+    assert g.api.multicast.status(g.reg.group("rue"))["provisioned"] == 5  # "rue" untouched
+
+
+async def test_a_member_dropped_from_a_multicast_session_is_not_asked_and_the_others_finish(street, tmp_path):  # noqa: F811
+    """drop(node) (a campaign saw it roll back): the street's session goes on for the others, the
+    dropped lamp is never asked its status and nothing more is reported for it."""
+    g = street
+    losses = [0.0, 0.05, 0.1, 0.2, 0.5]
+    nodes = {n: Node(n, losses[i], tmp_path) for i, n in enumerate(LAMPS)}
+    radio = g.radio = LinkRadio(nodes)
+    status, _ = await g.call(
+        "POST", "/groups", {"name": "rue", "kind": "street", "members": [f"{n:08x}" for n in LAMPS]}
+    )
+    assert status == 201
+    stop = asyncio.Event()
+    up = asyncio.create_task(run_uplinks(g, radio, nodes, stop))
+
+    async def provisioned() -> bool:
+        return (await g.call("GET", "/groups/rue"))[1]["multicast"]["delivery"]["mode"] == "multicast"
+
+    assert await wait_for(provisioned, 10, "the lamps holding the group key")
+    clock = [time.monotonic()]
+    g.srv.monotonic = lambda: clock[0]
+    gone = LAMPS[4]
+    fu: FuotaDelivery | None = None
+
+    async def forwarder() -> None:
+        while True:
+            data = await g.fwd.inbox.get()
+            if data[3] != semtech.PULL_RESP:
+                continue
+            g.fwd.tx_ack(struct.unpack(">H", data[1:3])[0])
+            raw = base64.b64decode(json.loads(data[4:])["txpk"]["data"])
+            for n in LAMPS:
+                nodes[n].hear_group(raw)
+            if fu is not None and fu.counts["multicast_frames"] == 5:
+                fu.drop(gone)  # mid-way through the first pass
+
+    async def sleep(s: float) -> None:
+        clock[0] += s
+        assert g.fwd.transport is not None
+        g.fwd.transport.sendto(struct.pack(">BHB", 2, 1, semtech.PULL_DATA) + EUI)
+        await asyncio.sleep(0.002)
+
+    fwd = asyncio.create_task(forwarder())
+    fu = FuotaDelivery(g.reg, g.store, g.d, g.api.multicast, FuotaSettings(status_timeout_s=30), sleep=sleep)
+    image = make_image()
+    reports: list[tuple[int, str]] = []
+    await asyncio.wait_for(fu.deliver(image, LAMPS, lambda n, s, f, *why: reports.append((n, s))), 60)
+    stop.set()
+    fwd.cancel()
+    await up
+    last = {n: s for n, s in reports}
+    assert last == {**dict.fromkeys(LAMPS[:4], "verifying"), gone: "receiving"}, last
+    assert [s for n, s in reports if n == gone] == ["receiving"]  # the 0.0 at the start, then nothing
+    asked = [n for n, t, b in radio.sent if t == m.COMMAND and b[1] == fz.OP_FRAG_STATUS]
+    assert gone not in asked and set(asked) == set(LAMPS[:4]), asked
+    for n in LAMPS[:4]:
+        assert nodes[n].image() == image
+    fu.drop(gone)  # after the session: nothing to do, no error

@@ -81,7 +81,9 @@ async def test_installed_release_is_current_then_a_rollback_is_reported(tmp_path
     caplog.set_level(logging.WARNING, logger="lumeau.gateway.store")
     async with Gateway(tmp_path) as gw:
         assert await gw.pipe.ingest(reception(hello(1, 0, OLD))) == "accepted"
-        assert (await gw.node(1))["release"] == {"running": "aa11bb", "expected": None, "state": None, "rollbacks": 0}
+        rel = (await gw.node(1))["release"]
+        assert isinstance(rel.pop("hello_at"), float)  # the HELLO's time
+        assert rel == {"running": "aa11bb", "expected": None, "state": None, "rollbacks": 0}
         async with gw.http.put("/nodes/00000001/release", json=NEW_RELEASE) as r:
             assert r.status == 200
             assert (await r.json())["release"]["state"] == "updating"  # still on the old one

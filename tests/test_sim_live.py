@@ -776,3 +776,96 @@ def test_demo_residents_reports_get_the_platforms_verdicts(demo):
     report = (out / "report.html").read_text()
     assert "<h2>Residents' reports</h2>" in report and "<h2>The city platform's ledger</h2>" in report
     assert "resident1@example.org" not in report  # contacts are never published
+
+
+@pytest.fixture(scope="module")
+def release_image(tmp_path_factory) -> bytes:
+    """A signed full release image of today's lighting bundle (version 9.9.0)."""
+    from lumeau import bundle as bundles
+    from lumeau import release as releases
+
+    d = tmp_path_factory.mktemp("live-rel")
+    bundles.build("lighting", "esp32", d / "b")
+    releases.generate_key(d / "city.pem")
+    return releases.build(bundles.load(d / "b"), releases.load_key(d / "city.pem"), ["0.0.1"], None, "9.9.0").image
+
+
+def test_an_update_campaigns_fragments_go_out_in_the_held_receive_windows(tmp_path, release_image):
+    """A campaign sends a lamp its image by unicast: a FRAG in each receive window after its uplinks
+    (gateway/fuota.py), when nothing queued is due. The link holds its clock for the windows of a node
+    receiving an image in a running campaign (GET /campaigns) as for queued downlinks: before, those
+    fragments came after the window and were refused too late."""
+    import urllib.request
+
+    from protocol import fragments as fz
+
+    channel = ch.Channel(SITES, seed=5)
+    for i, n in enumerate(NODES):
+        channel.add_node(n.node_id, -40 + 40 * i, 20)
+    got: list[tuple] = []
+
+    def downlink(site, node, raw, uplink):
+        assert asyncio.get_running_loop().time() < channel.rx1_start_ms(uplink) / 1000
+        got.append((site, node, raw))
+
+    target = NODES[0]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ctx = LinkContext(NODES, SITES, T0, lambda: T0 + loop.time(), downlink, tmp_path)
+        link = LiveGateway(tmp_path / "out", speed=None)
+        try:
+            await link.start(ctx)
+            api = link.services.api
+            api.post("/groups", {"name": "upd", "kind": "street", "members": [f"{target.node_id:08x}"]})
+            token = (tmp_path / "out" / "api.token").read_text().strip()
+            req = urllib.request.Request(
+                api.base + "/campaigns?group=upd&canary=1",
+                data=release_image,
+                method="POST",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 201
+            deadline = time.monotonic() + 10
+            while target.node_id not in link._updating and time.monotonic() < deadline:
+                time.sleep(0.05)  # the link's poller has seen the campaign (real time; the clock stands)
+            assert target.node_id in link._updating
+            nk = keys.NodeKeys(target.node_id, target.root_key)
+            answered: set[int] = set()
+            for counter in range(1, 11):
+                # the lamp answers the group's join_group (queued with the group, open until answered:
+                # the link would hold for it) with its next uplink; else a LIGHT report
+                cmds = [
+                    m.decode(m.COMMAND, b)
+                    for f, b in (frame.unseal(nk, raw) for _s, _n, raw in got)
+                    if f.mtype == m.COMMAND
+                ]
+                todo = [c for c in cmds if c[0] not in answered]
+                if todo:
+                    answered.add(todo[0][0])
+                    raw = frame.seal(nk, m.CMD_ACK, counter, m.encode(m.CMD_ACK, {0: todo[0][0], 1: 0}))
+                else:
+                    raw = frame.seal(nk, m.LIGHT, counter, m.encode(m.LIGHT, {0: 40, 2: 100 + counter}))
+                up = channel.transmit(target.node_id, loop.time() * 1000, len(raw), 9, 868_100_000, raw)
+                await asyncio.sleep(up.airtime_ms / 1000 + 0.001)
+                for tx in channel.settle(loop.time() * 1000):
+                    for h in tx.hearings:
+                        if h.ok:
+                            link.uplink(h)
+                await asyncio.sleep(30)
+            return await link.finish()
+        finally:
+            await link.close()
+
+    loop = VirtualLoop(VirtualClock(T0))
+    try:
+        report = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    kinds = [frame.unseal(keys.NodeKeys(node, target.root_key), raw)[0].mtype for _s, node, raw in got]
+    # the join_group, the clock's TIMEs, then fragments in every window, held for (without the hold
+    # the windows after the TIMEs got nothing: 4 fragments of 10 uplinks)
+    assert kinds[0] == m.COMMAND and kinds.count(fz.FRAG) >= 6, kinds
+    assert kinds[-3:] == [fz.FRAG] * 3, kinds
+    assert report.counters.get("live_downlinks_late", 0) == 0, report.counters

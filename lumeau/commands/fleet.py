@@ -9,13 +9,17 @@
 (its shape and size; its signature when the gateway holds the city's PUBLIC key; its kind,
 versions and delta base against every node of the group) and starts a campaign: the canaries
 first (`--canary`: a count, default 1, or a fraction such as 0.1), the rest only once every
-canary is healthy within `--window` seconds of their delivery. `--follow` prints the progress
-until the campaign ends. `status` lists the campaigns, or one campaign node by node: pending,
-receiving (%), verifying, installed, healthy, rolled_back, failed. The token comes from --token
-or $LUMEAU_API_TOKEN.
+canary is healthy within `--window` seconds of their delivery (a canary that rolls back or
+fails halts the campaign; a node of the rest that does is dropped from the delivery and the
+others go on: the campaign ends done, its reason "done with failures: ..."). Lamps that listen
+(members of a multicast group) get a stage by multicast, the canaries on a temporary group of
+their own. `--follow` prints the progress until the campaign ends. `status` lists the
+campaigns, or one campaign node by node: pending, receiving (%), verifying, installed,
+healthy, rolled_back, failed. The token comes from --token or $LUMEAU_API_TOKEN.
 
-Exit codes: 0 done (for `update --follow`: the campaign ended done), 1 refused or failed (the
-message says why; `--follow`: the campaign halted or was aborted), 2 bad arguments.
+Exit codes: 0 done (for `update --follow`: the campaign ended done, with failures or not: the
+last line's reason names them), 1 refused or failed (the message says why; `--follow`: the
+campaign halted or was aborted), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -204,6 +208,8 @@ def add_subcommand(subparsers: Any) -> None:
         help="firmware update campaigns at a running gateway: a release to a group, canaries first",
         description="Run a signed release (lumeau node release) over a group through the gateway: canary nodes "
         "first, the rest once the canaries are healthy; pause, resume, abort; progress node by node. "
+        "A node of the rest that rolls back or fails is dropped and the others go on: the campaign ends "
+        "done, its reason saying 'done with failures: ...'. "
         "gateway/README.md 'Campaigns' says how healthy and rolled back are told.",
     )
     actions = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
