@@ -367,6 +367,9 @@ class BatteryNode(Node):
     def save(self, ms):
         """The record RTC memory keeps across a sleep of `ms` (see the header); totals to flash."""
         hal = self.hal
+        if self.cfg.get("trial"):  # a release on trial: each wake is a trial run (SPEC §13, slots.wake)
+            if __import__("firmware.slots", None, None, ("wake",)).wake(self):
+                hal.reset()  # rolled back: a boot of the release before it, which says HELLO
         now = hal.ticks_ms()
         t = hal.time()
         ups = []

@@ -9,7 +9,7 @@
 # held and the coded rows in /frag.coded (protocol/nodefrag.py), so a reboot (or a battery
 # node's deep sleep) resumes the session where it was. When the image is complete /frag.setup
 # gets a 15th byte, 0, and the node reboots (as for a reboot command): at boot, before the
-# node's code loads, main.py's firmware/slots.py prepare() installs the
+# node's code loads, main.py's release_state() installs the
 # image in a boot of its own (firmware/updater.py boot(): signature, manifest, every hash, with
 # the heap free of the node's code; 2 or 3 there while it runs) and resets the board into the
 # trial. A refusal there
@@ -87,7 +87,7 @@ def rx(node, x):
             d.close()
         if k:
             with open("/frag.setup", "wb") as f:
-                f.write(b + b"\x00")  # complete: installed at the next boot (slots.prepare)
+                f.write(b + b"\x00")  # complete: installed at the next boot (main.py release_state)
             node.execute(_OP_REBOOT, (), 0)  # once the queue is out, as a reboot command
         return None
     finally:

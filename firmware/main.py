@@ -119,7 +119,25 @@ def build(cfg, machine=None):
 
 
 def release_state(cfg):
-    """HELLO's bundle id and the trial flag into cfg (firmware/slots.py, SPEC §13); never fatal."""
+    """HELLO's bundle id and the trial flag into cfg (firmware/slots.py, SPEC §13); never fatal.
+
+    First, an update over LoRa whose image is complete (firmware/fuota.py: /frag.setup of 15
+    bytes) is installed, before the node's code is loaded (firmware/updater.py boot()), and the
+    board resets: the updater's code and names (qstrs, never freed) leave with it, and the next
+    boot selects the release it armed. Here, not in boot.py: main.py comes from the running
+    release's slot, boot.py is the factory's and no update replaces it."""
+    try:
+        import os
+
+        if os.stat("/frag.setup")[6] == 15:
+            from firmware import updater
+
+            updater.boot()
+            import machine
+
+            machine.reset()
+    except OSError:
+        pass  # no session
     try:
         from firmware import slots
 

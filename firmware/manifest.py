@@ -37,7 +37,7 @@ _PROTOCOL_NODE = (
 PROTOCOL_FOR = {
     "lighting": _PROTOCOL_NODE + ("nodegroup.py",),
     "irrigation": _PROTOCOL_NODE,
-    # ed25519.py and noderelease.py: slots.py's prepare() installs an update completed over LoRa
+    # ed25519.py and noderelease.py: main.py's release_state() installs an update completed over LoRa
     # (never on a bridge, which takes none, but main.py's path is one for every kind)
     "bridge": ("bridge_msg.py", "ed25519.py", "noderelease.py"),
 }
@@ -78,7 +78,7 @@ FIRMWARE = {
         "radio.py",
         "radio_lora.py",
         "slots.py",
-        "updater.py",  # flash only: slots.prepare() (above)
+        "updater.py",  # flash only: main.py release_state() (above)
     ),
 }
 ROOT_FILES = ("boot.py", "main.py")  # firmware/boot.py -> /boot.py, firmware/main.py -> /main.py

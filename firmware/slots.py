@@ -12,11 +12,11 @@
 # either the old or the new state. A missing or unreadable state means the
 # factory release. boot.py calls select() on every boot: a slot on trial gets
 # MAX_BOOTS boots to be committed (watch(): a verified downlink heard and no app
-# fault within the trial window), then the active slot boots again.
+# fault within the trial window; a battery node: wake(), per awake period), then the
+# active slot boots again.
 #
 # Loaded at boot by boot.py (then dropped) and by main.py only while a release
-# is on trial: it costs the resident node nothing otherwise. main.py's prepare() also installs
-# an image completed over LoRa (SPEC §13 "Over LoRa").
+# is on trial: it costs the resident node nothing otherwise.
 
 import json
 import os
@@ -93,24 +93,25 @@ def commit(root="/"):
         write(st, root)
 
 
+def wake(node, root="/"):
+    """A battery node's awake period on trial (firmware/battery.py; True: rolled back).
+
+    It never stays up HEALTHY_MS: each wake is short and ends in deep sleep, which boot.py
+    does not count. So a wake that sent something is a trial run of its own: a verified
+    downlink heard and no app fault commits the release (as watch() does); none heard, or an
+    app fault, counts as a boot of the trial (select()), so MAX_BOOTS such wakes roll it back.
+    A wake that sent nothing (a flow pulse watched, a valve closed) proves nothing either way."""
+    if not node.tx:
+        return False
+    if node.rx and not node.app_faults:
+        commit(root)
+        return False
+    select(root)
+    return not read(root)["t"]
+
+
 def prepare(cfg, root="/"):
-    """main.py: the running bundle id (HELLO key 5, 3 bytes) and whether it is on trial, into cfg.
-
-    First, an update over LoRa whose image is complete (firmware/fuota.py: /frag.setup of 15
-    bytes) is installed, before the node's code is loaded (firmware/updater.py boot()), and the
-    board resets: the updater's code and names (qstrs, never freed) leave with it, and the next
-    boot selects the release it armed. Here, not in boot.py: this module comes from the running
-    release's slot, boot.py is the factory's and no update replaces it."""
-    try:
-        if os.stat(root + "frag.setup")[6] == 15:
-            from firmware import updater
-
-            updater.boot(root)
-            import machine
-
-            machine.reset()
-    except OSError:
-        pass  # no session
+    """main.py: the running bundle id (HELLO key 5, 3 bytes) and whether it is on trial, into cfg."""
     bid, trial = running(root)
     if bid:
         cfg["bundle"] = bytes.fromhex(bid[:6])

@@ -13,7 +13,7 @@
 # Only then is the slot armed for trial in /ab.json (one atomic rename,
 # firmware/slots.py); the caller reboots. Imported only for an update, and
 # unloaded after it (firmware.unload("updater", "slots")). boot() is the end of an
-# update over LoRa (firmware/fuota.py's files), called at boot by slots.prepare().
+# update over LoRa (firmware/fuota.py's files), called at boot by main.py release_state().
 
 import hashlib
 import os
@@ -155,7 +155,7 @@ def install(image, kind, public_key, root="/", target=None, running=None, mpy=No
 
 
 def boot(root="/"):
-    """At boot, before the node's code loads (firmware/slots.py prepare(), from main.py): an
+    """At boot, before the node's code loads (main.py release_state()): an
     image that came over LoRa complete (firmware/fuota.py's files, /frag.setup's 15th byte 0)
     is installed here, in a boot of its own, the heap free of the node's code. True when there
     was one: the caller then resets the board, so the names interned here (qstrs are never

@@ -1,7 +1,7 @@
 """The end of an update over LoRa on the virtual board (real MicroPython, boot.py and main.py as
 flashed by `lumeau node flash`): an image the node completed from fragments (firmware/fuota.py's
 files on flash, /frag.setup's 15th byte 0) is installed at boot, before the node's code loads
-(main.py -> firmware/slots.py prepare(): firmware/updater.py boot()), in a boot of its own,
+(main.py release_state() -> firmware/updater.py boot()), in a boot of its own,
 which then resets the board into the release on trial; an image
 signed by another key is refused there, the refusal kept on flash for the gateway's status
 request, and the board boots its running release as before. SPEC §13 "Over LoRa"."""

@@ -60,6 +60,7 @@ ENTRIES = {
         "firmware.radio_lora",
         "firmware.bridge",
         "firmware.slots",
+        "firmware.updater",  # main.release_state installs an image completed over LoRa, for every kind
     ],
 }
 

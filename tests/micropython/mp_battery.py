@@ -8,7 +8,7 @@ import mpnode
 from firmware.battery import BatteryIrrigation, BatteryNode
 from firmware.radio import MemoryRadio, memory_link
 from protocol import messages as m
-from simulator.hal_sim import SimHAL, SimSleep
+from simulator.hal_sim import SimHAL, SimReset, SimSleep
 
 MPY = True
 S = 1000
@@ -47,6 +47,7 @@ class Cell:
         self.hals = []
         self.boot_at = []  # clock ms of each boot: a HAL's ticks_ms start at 0 there
         self.cause = 0  # what a wake before the timer was: 1 flow, 2 rain
+        self.resets = 0
 
     def boot(self, cause=m.RST_POWER_ON, wake=0):
         old = self.hal
@@ -87,6 +88,8 @@ class Cell:
         except SimSleep as s:
             self.sleeps.append((self.clock.ms(), s))
             self.pulses += self.hal.valve_pulses
+        except SimReset:
+            self.resets += 1  # the board resets instead of sleeping (a release rolled back)
         self.done.append(1)
 
     async def until_asleep(self, limit_ms=3 * H):
@@ -357,3 +360,52 @@ async def test_an_app_failing_as_the_node_plans_its_sleep_closes_the_valves_firs
     c.stop()
     assert any(h[1] == m.EVENT and h[3][0] == m.EV_APP_EXCEPTION for h in c.gw.heard), c.gw.heard
     assert valve(c.hal, "zone1") == 0
+
+
+async def test_a_release_on_trial_commits_at_an_answered_wake_and_rolls_back_after_silent_ones():
+    # a battery node never stays up slots.HEALTHY_MS: each wake that sent something is a trial run
+    # (firmware/slots.py wake): heard and no fault commits, silence counts as a boot of the trial
+    import os
+
+    from firmware import slots
+
+    def on_trial():
+        slots.write({"a": "", "t": "s0", "n": 1, "id": {"s0": "ab" * 32}, "v": {}, "rb": ""})
+
+    clock = mpnode.new_clock(mpnode.MIDSUMMER + 12 * 3600)
+    c = Cell(clock)
+    c.cfg["trial"] = True  # what main.py's release_state says while a release is on trial
+    try:
+        on_trial()
+        c.boot()
+        await c.until_asleep()  # HELLO, answered by a TIME: a verified downlink
+        assert c.node.rx >= 1 and c.node.app_faults == 0
+        st = slots.read()
+        assert st["a"] == "s0" and st["t"] == "" and st["rb"] == "", st
+
+        on_trial()  # the next release on trial, and a gateway that no longer answers
+        c.gw_task.cancel()
+        for n in (2, 3):
+            await c.sleep_through()
+            await c.until_asleep()
+            assert c.node.tx >= 1 and c.node.rx == 0
+            st = slots.read()
+            assert st["t"] == "s0" and st["n"] == n, st  # counted, still on trial
+            assert c.resets == 0
+        await c.sleep_through()
+        await c.until_asleep()
+        st = slots.read()
+        assert st["t"] == "" and st["rb"] == "s0" and st["a"] == "", st  # rolled back
+        assert c.resets == 1 and len(c.sleeps) == 3  # it reset (a boot says HELLO) instead of sleeping
+
+        # a wake that sends nothing proves nothing: no count
+        on_trial()
+        node = BatteryNode(c.cfg, c.hal, None, BatteryIrrigation, hello_jitter_ms=0, watchdog=False)
+        assert node.tx == 0 and slots.wake(node) is False and slots.read()["n"] == 1
+    finally:
+        c.stop()
+        for p in ("/ab.json", "/ab.tmp"):
+            try:
+                os.remove(p)
+            except OSError:
+                pass

@@ -2,7 +2,7 @@
 # protocol/nodefrag.py, the hook in firmware/runtime.py): a group's fragments (GROUP_FRAG) and a
 # node's own (FRAG) are reassembled in flash, lost ones recovered from coded fragments, the node
 # reboots and the image goes through firmware/updater.py in a boot of its own (boot(), which
-# main.py calls at boot through firmware/slots.py prepare()). A truncated or corrupted fragment,
+# main.py's release_state() calls at boot). A truncated or corrupted fragment,
 # another session's, a replayed counter are refused and change nothing; a badly signed image is
 # refused by the updater, nothing is armed and the status says so; a SETUP for the release the
 # node runs opens nothing. Node code from .mpy, as on a board.
