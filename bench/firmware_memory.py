@@ -479,6 +479,19 @@ def member_downlinks(hours: float, skip: int = 0) -> tuple[dict, bytes, int]:
     return join, frames, n
 
 
+def run_job(cmd: list[str], job: dict, kind: str, timeout: float) -> dict:
+    """Run a MicroPython job (a .mjs runner reading the job as JSON on stdin) and return the
+    last JSON line it printed; its error, or no line, raises RuntimeError naming the app."""
+    proc = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{kind}: runner printed nothing (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    r = json.loads(lines[-1])
+    if "error" in r:
+        raise RuntimeError(f"{kind}: {r['error']}\n{r.get('output', '')[-3000:]}")
+    return r
+
+
 def run_app(
     kind: str,
     built: dict[str, Path],
@@ -599,20 +612,7 @@ def run_app(
             + "})"
         ),
     }
-    proc = subprocess.run(
-        ["node", "--expose-gc", str(RUNNER)],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=ROOT,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"{kind}: runner printed nothing (rc {proc.returncode}): {proc.stderr[-2000:]}")
-    r = json.loads(lines[-1])
-    if "error" in r:
-        raise RuntimeError(f"{kind}: {r['error']}\n{r.get('output', '')[-3000:]}")
+    r = run_job(["node", "--expose-gc", str(RUNNER)], job, kind, timeout=1800)
     code_heap = r["code"] - r["interpreter"]
     pool = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", r.get("output", ""))
     runtime_heap = max(0, r["peak"] - r["code_sim"])

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -87,15 +86,7 @@ def names_of(kind: str, built: dict[str, Path]) -> tuple[list[str], dict[str, in
         "files": [[str(p), "/proj/" + rel[:-3] + ".mpy"] for rel, p in built.items()],
         "device_imports": device_imports(kind),
     }
-    proc = subprocess.run(
-        ["node", str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=300, cwd=fm.ROOT
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"{kind}: runner printed nothing (rc {proc.returncode}): {proc.stderr[-2000:]}")
-    r = json.loads(lines[-1])
-    if "error" in r:
-        raise RuntimeError(f"{kind}: {r['error']}\n{r.get('output', '')[-3000:]}")
+    r = fm.run_job(["node", str(RUNNER)], job, kind, timeout=300)
     bare = set(re.findall(r"^Q\((.*)\)\r?$", r["bare"], re.M))
     after = re.findall(r"^Q\((.*)\)\r?$", r["after"], re.M)
     m = re.search(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", r["after"])
